@@ -1,0 +1,110 @@
+"""The ``visionzoo`` command line: one subcommand per job, each family adding its own.
+
+A module adds a subcommand with :func:`register_command`; the modules listed in
+``COMMAND_MODULES`` are imported when the CLI starts, so a new family only appends its module
+there. User errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ...) become one
+line on stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+COMMAND_MODULES = (
+    "visionzoo.models.commands",
+    "visionzoo.data.commands",
+    "visionzoo.train.commands",
+    "visionzoo.metrics.commands",
+    "visionzoo.tour",
+)
+
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+_COMMANDS: dict[str, Command] = {}
+
+
+def register_command(
+    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Callable[[Callable[[argparse.Namespace], int | None]], Callable[[argparse.Namespace], int | None]]:
+    """Register ``run(args) -> exit code | None`` as ``visionzoo NAME``; ``arguments`` adds its options."""
+
+    def decorator(run: Callable[[argparse.Namespace], int | None]):
+        if name in _COMMANDS:
+            raise ValueError(f"command {name!r} is registered twice")
+        _COMMANDS[name] = Command(name, help, arguments or (lambda parser: None), run)
+        return run
+
+    return decorator
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = _OneLineParser(prog="visionzoo", description="visionzoo: the vision models of the notes, one command line.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+    for command in sorted(_COMMANDS.values(), key=lambda c: c.name):
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except USER_ERRORS as error:
+        if args.debug or os.environ.get("VISIONZOO_DEBUG"):
+            raise
+        print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
+        return 130

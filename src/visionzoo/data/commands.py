@@ -1,0 +1,1 @@
+"""CLI commands of this package (filled in as the package grows)."""

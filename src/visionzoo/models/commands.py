@@ -1,0 +1,26 @@
+"""``visionzoo list-models [PATTERN]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from visionzoo.cli import register_command
+from visionzoo.models import get_model_entry, list_models
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'resnet*'")
+    parser.add_argument("--task", help="only models of this task (classification, detection, ...)")
+
+
+@register_command("list-models", help="list registered models", arguments=_arguments)
+def list_models_command(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern, task=args.task)
+    if not names:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    width = max(len(n) for n in names)
+    for name in names:
+        entry = get_model_entry(name)
+        print(f"{name:<{width}}  {entry.task:<15} {'pretrained' if entry.pretrained else ''}")
+    return 0

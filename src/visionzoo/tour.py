@@ -1,0 +1,1 @@
+"""The tour (filled in below)."""
