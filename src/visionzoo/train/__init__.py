@@ -1,1 +1,7 @@
-"""visionzoo.train"""
+"""The training engine and the tasks families plug into it."""
+
+from visionzoo.train import classification  # noqa: F401  (registers the task)
+from visionzoo.train.engine import TrainConfig, TrainResult, fit
+from visionzoo.train.task import Setup, Task, get_task, register_task
+
+__all__ = ["Setup", "Task", "TrainConfig", "TrainResult", "fit", "get_task", "register_task"]

@@ -1,1 +1,153 @@
-"""CLI commands of this package (filled in as the package grows)."""
+"""``visionzoo train``, ``visionzoo eval`` and ``visionzoo predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionzoo.cli import positive_float, positive_int, register_command
+from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
+from visionzoo.train.run import load_for_inference, load_images, run_training
+from visionzoo.train.task import _TASKS
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every registered task's own options; their names are kept to hand them back to the task."""
+    before = {action.dest for action in parser._actions}
+    for task in _TASKS.values():
+        task.add_arguments(parser)
+    parser.set_defaults(_task_options=sorted({action.dest for action in parser._actions} - before))
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in args._task_options}
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registered model name (see `visionzoo list-models`)")
+    parser.add_argument("--data", required=True, help="built-in data set (shapes, digits) or a COCO folder")
+    parser.add_argument("--img-size", type=positive_int, help="image side in pixels (default: the data set's)")
+    parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    budget = parser.add_argument_group("budget (the first reached ends the run)")
+    budget.add_argument("--max-steps", type=positive_int)
+    budget.add_argument("--epochs", type=positive_float)
+    budget.add_argument("--minutes", type=positive_float, help="training time budget")
+    optim = parser.add_argument_group("optimisation (defaults: the task's)")
+    optim.add_argument("--batch-size", type=positive_int, help="per process, as in timm")
+    optim.add_argument("--lr", type=positive_float)
+    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--warmup-steps", type=int)
+    optim.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
+    optim.add_argument("--ema-decay", type=float, help="EMA of the weights (0 disables)")
+    optim.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    optim.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
+    run.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: at the end)")
+    run.add_argument("--device", choices=("cpu", "cuda"))
+    run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                     help="extra model argument, e.g. small_input=true (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_task_arguments(parser)
+
+
+def _data_name(data: str) -> str:
+    return Path(data).name or "data"
+
+
+@register_command("train", help="train a registered model on built-in data or a COCO folder", arguments=_train_arguments)
+def train_command(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        out=args.out or f"runs/{args.model}-{_data_name(args.data)}",
+        batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, minutes=args.minutes,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+        precision=args.precision, ema_decay=args.ema_decay, seed=args.seed, num_workers=args.workers,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, device=args.device,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
+                                 _task_options(args))
+    print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
+          f"({result.samples_per_second:.1f} samples/s)")
+    for name, value in result.metrics.items():
+        print(f"  val {name:<12} {value:.4f}")
+    print(f"run folder: {result.out}")
+    return 0
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registered model name")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--data", help="data set name or COCO folder (default: the training data)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--img-size", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+@register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
+def eval_command(args: argparse.Namespace) -> int:
+    setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size)
+    model = setup.model.eval()
+    autocast = autocast_context(torch.device("cpu"), args.precision)
+    with torch.no_grad():
+        metrics = setup.task.evaluate(model, setup.splits[args.split], args.batch_size, autocast)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.model} on {args.split} split ({len(setup.splits[args.split])} images):")
+        for name, value in metrics.items():
+            print(f"  {name:<12} {value:.4f}")
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registered model name")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace files of the same name in --out")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+
+
+@register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
+def predict_command(args: argparse.Namespace) -> int:
+    setup = load_for_inference(args.model, args.checkpoint)
+    out = Path(args.out)
+    targets = [out / f"{Path(p).stem}.png" for p in args.images]
+    clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
+    if clashes and not args.overwrite:
+        raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")
+    size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
+    images = load_images(args.images, size, channels)
+    autocast = autocast_context(torch.device("cpu"), args.precision)
+    predictions = setup.task.predict(setup.model.eval(), images, autocast)
+    out.mkdir(parents=True, exist_ok=True)
+    for image, prediction, target in zip(images, predictions, targets):
+        setup.task.draw(image, prediction).save(target)
+    records = [{"image": str(p), **pred} for p, pred in zip(args.images, predictions)]
+    (out / "predictions.json").write_text(json.dumps(records, indent=2))
+    for record in records:
+        print(f"{record['image']}: " + ", ".join(
+            f"{label} {score:.3f}" for label, score in list(zip(record["labels"], record["scores"]))[:3]))
+    print(f"pictures in {out}")
+    return 0

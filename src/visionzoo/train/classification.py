@@ -1,0 +1,174 @@
+"""Image classification as a training task: cross-entropy with label smoothing, mixup and CutMix."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from visionzoo.train.mixup import mix_batch, smooth_one_hot
+from visionzoo.train.task import Setup, Task, register_task
+
+DEFAULT_MEAN = (0.5,)
+DEFAULT_STD = (0.5,)
+
+
+def normalization(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:
+    """The input mean/std of ``model`` (its ``default_cfg``), fitted to ``in_chans`` channels."""
+    cfg = getattr(model, "default_cfg", {}) or {}
+    mean, std = list(cfg.get("mean", DEFAULT_MEAN)), list(cfg.get("std", DEFAULT_STD))
+    if len(mean) != in_chans:
+        mean = [sum(mean) / len(mean)] * in_chans
+        std = [sum(std) / len(std)] * in_chans
+    return mean, std
+
+
+def class_label(target: Any) -> int:
+    """The class index of a sample's target: an int, or the ``label`` of a target dict (Shapes)."""
+    if isinstance(target, Mapping):
+        if "label" not in target:
+            raise ValueError("this data set has no image-level class labels (its targets have no 'label')")
+        return int(target["label"])
+    return int(target)
+
+
+def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with edge pixels.
+
+    Args:
+        images: Tensor[B, C, H, W]. Returns the same shape.
+    """
+    if max_shift <= 0:
+        return images
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (images.shape[0], 2), generator=generator)
+    return torch.stack([
+        padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets.tolist())
+    ])
+
+
+@register_task("classification")
+class ClassificationTask(Task):
+    """Softmax classification over ``classes``; top-1 accuracy is the headline metric.
+
+    Args:
+        classes: the class names; labels index them.
+        mean, std: per-channel input normalisation of images in [0, 1] (one value: all channels).
+        label_smoothing, mixup_alpha, cutmix_alpha: DeiT's regularisers (0 disables each).
+        translate: random shift in pixels as a light augmentation (0 disables it).
+    """
+
+    metric = "accuracy"
+    higher_is_better = True
+    defaults = {"lr": 2e-3, "weight_decay": 0.05, "batch_size": 64, "epochs": 10, "ema_decay": 0.0}
+
+    def __init__(self, classes: Sequence[str], mean: Sequence[float] = DEFAULT_MEAN,
+                 std: Sequence[float] = DEFAULT_STD, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, translate: int = 0) -> None:
+        super().__init__()
+        self.classes = list(classes)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.label_smoothing = label_smoothing
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.translate = translate
+
+    # ------------------------------------------------------------------------------ the maths
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+
+    def collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([image for image, _ in samples])
+        labels = torch.tensor([class_label(target) for _, target in samples], dtype=torch.int64)
+        return images, labels
+
+    def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        images = random_translate(images, self.translate, self.generator)
+        targets = smooth_one_hot(labels, len(self.classes), self.label_smoothing)
+        images, targets = mix_batch(images, targets, self.mixup_alpha, self.cutmix_alpha, self.generator)
+        logits = model(self.normalize(images))
+        loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model(self.normalize(images)).float()
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
+                 autocast: Callable[[], Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        correct1 = correct5 = total = 0
+        loss_sum = 0.0
+        top = min(5, len(self.classes))
+        for images, labels in self.batches(dataset, batch_size):
+            images, labels = images.to(device), labels.to(device)
+            with autocast():
+                logits = self.logits(model, images)
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            ranked = logits.topk(top, dim=-1).indices
+            correct1 += int((ranked[:, 0] == labels).sum())
+            correct5 += int((ranked == labels[:, None]).any(dim=-1).sum())
+            total += labels.numel()
+        metrics = {"accuracy": correct1 / total, "loss": loss_sum / total}
+        if top == 5:
+            metrics["top5"] = correct5 / total
+        return metrics
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"classes": self.classes, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    # -------------------------------------------------------------------------- CLI and tour
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("classification")
+        group.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default 0)")
+        group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 disables)")
+        group.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0 disables)")
+        group.add_argument("--translate", type=int, default=None,
+                           help="random shift augmentation in pixels (default: 1/16 of the image size)")
+
+    @classmethod
+    def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        from visionzoo.data import create_dataset
+        from visionzoo.models import create_model
+
+        options = dict(options or {})
+        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
+        image, target = splits["train"][0]
+        class_label(target)
+        in_chans, size = image.shape[0], image.shape[-1]
+        model = create_model(model_name, checkpoint=checkpoint, num_classes=len(splits["train"].classes),
+                             in_chans=in_chans, **model_args)
+        mean, std = normalization(model, in_chans)
+        translate = options.get("translate")
+        task = cls(splits["train"].classes, mean, std, options.get("label_smoothing", 0.0),
+                   options.get("mixup", 0.0), options.get("cutmix", 0.0),
+                   size // 16 if translate is None else translate)
+        return Setup(task, model, splits, {"data": data, "img_size": size, "in_chans": in_chans})
+
+    def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
+        """Top-5 classes and probabilities of each image of ``images`` (Tensor[B, C, H, W] in [0, 1])."""
+        with autocast():
+            probs = self.logits(model, images).softmax(-1)
+        top = probs.topk(min(5, len(self.classes)), dim=-1)
+        return [
+            {"labels": [self.classes[i] for i in idx.tolist()], "scores": vals.tolist()}
+            for vals, idx in zip(top.values, top.indices)
+        ]
+
+    def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
+        """A PIL image: the input, enlarged, with its top-3 predictions written under it."""
+        from visionzoo.train.drawing import draw_classification
+
+        truth = None if target is None else self.classes[class_label(target)]
+        return draw_classification(image, prediction["labels"][:3], prediction["scores"][:3], truth)

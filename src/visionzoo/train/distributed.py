@@ -1,0 +1,107 @@
+"""Process-group set-up for ``torchrun``, and a resumable, sharded batch order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Uses NCCL when the device is CUDA, gloo otherwise. ``device`` None picks CUDA when available.
+    A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) needs no process group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    elif device == "cpu":
+        target = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank, target)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """The batches of one epoch for one rank, starting at a given step: a pure function of the seed.
+
+    Each epoch shuffles all indices with a generator seeded by ``(seed, epoch)``; the global batch
+    of step ``s`` is ``perm[s*B*W : (s+1)*B*W]`` (``B`` the per-process batch size, ``W`` the world
+    size) and rank ``r`` takes every ``W``-th index of it from offset ``r``, so ``W`` processes with
+    batch ``B`` see exactly the samples of one process with batch ``B*W``. An incomplete last batch
+    is dropped. Starting at ``start_step`` skips batches without loading them (exact resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+
+    @staticmethod
+    def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+        return num_samples // (batch_size * world_size)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch(self.num_samples, self.batch_size, self.world_size) - self.start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=generator)
+        global_batch = self.batch_size * self.world_size
+        for step in range(self.start_step, self.start_step + len(self)):
+            chunk = order[step * global_batch:(step + 1) * global_batch]
+            yield chunk[self.rank::self.world_size].tolist()
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (SplitMix64-style), stable across processes and runs."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return state & 0x7FFFFFFFFFFFFFFF
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one training step on one rank."""
+    return _mix(seed, rank, step, 1)

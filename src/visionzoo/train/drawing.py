@@ -1,0 +1,47 @@
+"""Pictures of predictions, drawn with PIL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_pil(image: torch.Tensor, min_side: int = 192) -> Image.Image:
+    """``Tensor[C, H, W]`` in [0, 1] (C = 1 or 3) as an RGB PIL image, enlarged (nearest) to ``min_side``."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    pil = Image.fromarray(array.permute(1, 2, 0).contiguous().numpy(), "RGB")
+    scale = max(1, -(-min_side // min(pil.size)))
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+
+
+def draw_classification(image: torch.Tensor, labels: Sequence[str], scores: Sequence[float],
+                        truth: str | None = None) -> Image.Image:
+    """The image with its top predictions (and the true class, if known) written in a band below it."""
+    picture = to_pil(image)
+    font = ImageFont.load_default()
+    lines = [f"{label}: {score:.1%}" for label, score in zip(labels, scores)]
+    if truth is not None:
+        lines.append(f"true: {truth}")
+    band = 14 * len(lines) + 8
+    canvas = Image.new("RGB", (picture.width, picture.height + band), "white")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, line in enumerate(lines):
+        correct = truth is None or row != 0 or labels[0] == truth
+        colour = (0, 110, 0) if correct and row == 0 else (160, 0, 0) if row == 0 else (40, 40, 40)
+        draw.text((4, picture.height + 4 + 14 * row), line, fill=colour, font=font)
+    return canvas
+
+
+def grid(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Image:
+    """Pictures of equal size pasted into a grid."""
+    width, height = pictures[0].size
+    rows = -(-len(pictures) // columns)
+    canvas = Image.new("RGB", (width * min(columns, len(pictures)), height * rows), "white")
+    for index, picture in enumerate(pictures):
+        canvas.paste(picture, ((index % columns) * width, (index // columns) * height))
+    return canvas

@@ -1,0 +1,471 @@
+"""The training engine: one loop for every family.
+
+The engine owns what is not the model's maths: AdamW, warmup + cosine learning rate, gradient
+clipping, bf16 autocast (CPU and CUDA), an EMA of the weights, budgets (steps, epochs, minutes),
+a progress bar, a JSONL metrics log, a loss-curve PNG, atomic ``.safetensors`` checkpoints with
+exact resume, and DistributedDataParallel under ``torchrun``. The family supplies a
+:class:`~visionzoo.train.task.Task`.
+
+Exact resume rests on three facts: the batch order is a pure function of ``(seed, epoch)``, the
+randomness of a step is re-seeded from ``(seed, rank, step)`` before it runs, and the learning
+rate is a pure function of the step; so the checkpoint needs only the weights, the EMA, the
+optimizer state and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from visionzoo.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from visionzoo.train.distributed import EpochBatchSampler, barrier, init_distributed, step_seed
+from visionzoo.train.task import Task
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run. ``None`` means "the task's default, else the engine's"."""
+
+    out: str = "runs/train"
+    batch_size: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    minutes: float | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.01
+    grad_clip: float | None = None
+    precision: str = "bf16"
+    ema_decay: float | None = None
+    seed: int = 0
+    num_workers: int = 0
+    checkpoint_every: int = 100
+    eval_every: int | None = None
+    eval_batch_size: int | None = None
+    log_every: int = 1
+    device: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+ENGINE_DEFAULTS: Mapping[str, Any] = {
+    "batch_size": 64,
+    "epochs": 10,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "grad_clip": 1.0,
+    "ema_decay": 0.0,
+}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
+    """Fill the ``None`` settings from the task's defaults, then the engine's."""
+    resolved = copy.copy(config)
+    for name in ENGINE_DEFAULTS:
+        if getattr(resolved, name) is None:
+            setattr(resolved, name, task.defaults.get(name, ENGINE_DEFAULTS[name]))
+    if config.max_steps is not None or config.minutes is not None:
+        if config.epochs is None:
+            resolved.epochs = None
+    if resolved.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {resolved.precision!r}")
+    return resolved
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts: bf16 on CPU (AMX) and CUDA, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (buffers are copied).
+
+    The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so the average is not dominated
+    by the random initialisation early in short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_value.dtype.is_floating_point:
+                ema_value.lerp_(value, 1.0 - decay)
+            else:
+                ema_value.copy_(value)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor inside (lists, tuples, dicts) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
+    """The run folder, created; an existing non-empty one needs ``resume`` or ``overwrite``."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if resume:
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT_NAME} in {out}")
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink()
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"run folder {out} exists and is not empty; use --resume to continue it or --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{name}.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(name: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"optimizer.{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, entry = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[entry] = value
+    for key, value in meta["scalars"].items():
+        index, entry = key.split(".", 1)
+        state.setdefault(int(index), {})[entry] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def model_record(model: nn.Module) -> dict[str, Any]:
+    """The registry name and arguments that rebuild ``model`` (see ``create_model``)."""
+    return {"name": getattr(model, "model_name", type(model).__name__), "args": getattr(model, "model_args", {})}
+
+
+class Trainer:
+    """Runs one training of ``model`` on ``train_set`` with ``task``; see :func:`fit`."""
+
+    def __init__(self, task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
+                 config: TrainConfig, run_meta: Mapping[str, Any] | None = None) -> None:
+        self.task = task
+        self.config = resolve_config(config, task)
+        self.dist = init_distributed(self.config.device)
+        self.train_set = train_set
+        self.val_set = val_set
+        self.run_meta = dict(run_meta or {})
+        self.out = Path(self.config.out)
+        if self.dist.is_main:
+            prepare_run_dir(self.out, self.config.resume, self.config.overwrite)
+        barrier(self.dist)
+
+        cfg = self.config
+        self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, self.dist.world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(train_set)} samples, fewer than one batch of "
+                f"{cfg.batch_size} x {self.dist.world_size} process(es); lower --batch-size"
+            )
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.dist.device)
+        self.autocast = autocast_context(self.dist.device, cfg.precision)
+        self.optimizers = {
+            name: torch.optim.AdamW(task.parameter_groups(self.model, name, cfg.weight_decay), lr=cfg.lr)
+            for name in task.optimizer_names()
+        }
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group.setdefault("base_lr", group["lr"])
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.total_steps: int | None = None
+        self.train_model: nn.Module = self.model
+        self.warmup_steps = 1
+        if cfg.resume:
+            self._load()
+        if self.total_steps is None:
+            self.total_steps = self._plan_total_steps()
+        self.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 20)
+        if self.dist.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None,
+                find_unused_parameters=task.find_unused_parameters,
+            )
+
+    # ----------------------------------------------------------------------------------- budget
+    def _plan_total_steps(self) -> int:
+        cfg = self.config
+        if cfg.max_steps is not None:
+            return cfg.max_steps
+        if cfg.epochs is not None:
+            return max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
+        seconds = self._seconds_per_step()
+        steps = max(1, int(cfg.minutes * 60 / seconds))
+        log.info("time budget %.1f min at %.3f s/step: planning %d steps", cfg.minutes, seconds, steps)
+        return steps
+
+    def _seconds_per_step(self, repeats: int = 3) -> float:
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_optim = {n: copy.deepcopy(o.state_dict()) for n, o in self.optimizers.items()}
+        sampler = EpochBatchSampler(len(self.train_set), self.config.batch_size, self.config.seed, epoch=0)
+        batch = self.task.collate([self.train_set[i] for i in next(iter(sampler))])
+        times = []
+        for index in range(repeats + 1):
+            start = time.perf_counter()
+            self._train_step(move_to(batch, self.dist.device), index)
+            times.append(time.perf_counter() - start)
+        self.model.load_state_dict(saved_model)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved_optim[name])
+        return min(times[1:])
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent; rank 0's clock decides for every process."""
+        if self.config.minutes is None:
+            return False
+        spent = torch.tensor(float(self.train_seconds >= self.config.minutes * 60), device=self.dist.device)
+        if self.dist.distributed:
+            torch.distributed.broadcast(spent, src=0)
+        return bool(spent.item())
+
+    # ------------------------------------------------------------------------------------ steps
+    def _train_step(self, batch: Any, step: int) -> dict[str, float]:
+        seed = step_seed(self.config.seed, self.dist.rank, step)
+        torch.manual_seed(seed)
+        self.task.generator.manual_seed(seed)
+        factor = lr_factor(step, self.total_steps or 1, self.warmup_steps, self.config.min_lr_ratio)
+        model = self.train_model.train()
+        logged: dict[str, float] = {}
+        for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                losses = self.task.training_step(model, batch, name)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; lower --lr or use --precision fp32")
+            loss.backward()
+            if self.config.grad_clip:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            optimizer.step()
+            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
+            logged.update({prefix + k: float(v.detach()) for k, v in losses.items()})
+        logged["lr"] = self.config.lr * factor
+        return logged
+
+    def fit(self) -> TrainResult:
+        cfg, dist_info = self.config, self.dist
+        main = dist_info.is_main
+        if main:
+            self._truncate_log()
+            log.info("training %s for %d steps (%d per epoch), batch %d x %d process(es), %s on %s",
+                     model_record(self.model)["name"], self.total_steps, self.steps_per_epoch,
+                     cfg.batch_size, dist_info.world_size, cfg.precision, dist_info.device)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
+                   unit="step", dynamic_ncols=True, leave=False)
+        global_batch = cfg.batch_size * dist_info.world_size
+        samples_seen, timed_seconds = 0, 0.0
+        stop = self.step >= self.total_steps or self._out_of_time()
+        while not stop:
+            epoch, start_step = divmod(self.step, self.steps_per_epoch)
+            sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
+                                        dist_info.rank, dist_info.world_size)
+            loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.task.collate,
+                                num_workers=cfg.num_workers)
+            for batch in loader:
+                started = time.perf_counter()
+                logged = self._train_step(move_to(batch, dist_info.device), self.step)
+                if self.ema is not None:
+                    self.ema.update(self.model, self.step)
+                self.step += 1
+                seconds = time.perf_counter() - started
+                self.train_seconds += seconds
+                samples_seen += global_batch
+                timed_seconds += seconds
+                logged["samples_per_s"] = global_batch / seconds
+                if main and self.step % cfg.log_every == 0:
+                    self._log({"step": self.step, "epoch": epoch, **logged})
+                bar.update(1)
+                bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
+                                img_s=f"{logged['samples_per_s']:.0f}")
+                stop = self.step >= self.total_steps or self._out_of_time()
+                if self.step % cfg.checkpoint_every == 0 or stop:
+                    self._save()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
+                    self.evaluate()
+                if stop:
+                    break
+        bar.close()
+        metrics = self.evaluate()
+        if main:
+            self._plot()
+        throughput = samples_seen / timed_seconds if timed_seconds else 0.0
+        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics)
+        if main:
+            summary = {**asdict(result), "out": str(self.out), "model": model_record(self.model),
+                       "parameters": sum(p.numel() for p in self.model.parameters())}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return result
+
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        """The task's metrics on the validation set (rank 0; the others wait). EMA ones prefixed ``ema_``."""
+        metrics: dict[str, float] = {}
+        if self.dist.is_main and self.val_set is not None:
+            batch_size = self.config.eval_batch_size or self.config.batch_size
+            models = [("", self.model)] + ([("ema_", self.ema.module)] if self.ema is not None else [])
+            for prefix, model in models:
+                model.eval()
+                with torch.no_grad():
+                    result = self.task.evaluate(model, self.val_set, batch_size, self.autocast)
+                metrics.update({prefix + k: v for k, v in result.items()})
+            self._log({"step": self.step, "split": "val", **metrics})
+            log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        barrier(self.dist)
+        return metrics
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _save(self) -> None:
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        optim_meta = {}
+        for name, optimizer in self.optimizers.items():
+            optim_tensors, optim_meta[name] = _optimizer_tensors(name, optimizer)
+            tensors.update(optim_tensors)
+        meta = {
+            "format": 1,
+            "model": model_record(self.model),
+            "task": {"name": self.task.name, **self.task.checkpoint_meta()},
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "train_seconds": self.train_seconds,
+            "optimizers": optim_meta,
+            "config": asdict(self.config),
+            "run": self.run_meta,
+        }
+        save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
+        barrier(self.dist)
+
+    def _load(self) -> None:
+        path = self.out / CHECKPOINT_NAME
+        tensors, meta = read_checkpoint(path)
+        if meta is None or "step" not in meta:
+            raise CheckpointError(f"{path} is not a visionzoo training checkpoint")
+        saved_name = meta["model"]["name"]
+        if saved_name != model_record(self.model)["name"]:
+            raise CheckpointError(f"--resume: {path} was trained as {saved_name!r}, not {model_record(self.model)['name']!r}")
+        own = self.model.state_dict()
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        if set(state) != set(own):
+            raise CheckpointError(f"--resume: {path} does not fit the model (its keys differ)")
+        self.model.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.module.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+        for name, optimizer in self.optimizers.items():
+            if name not in meta["optimizers"]:
+                raise CheckpointError(f"--resume: {path} has no state for optimizer {name!r}")
+            optimizer.load_state_dict(_optimizer_state(name, tensors, meta["optimizers"][name]))
+        self.step = meta["step"]
+        self.total_steps = meta["total_steps"]
+        self.train_seconds = meta["train_seconds"]
+        log.info("resumed %s at step %d of %d", path, self.step, self.total_steps)
+
+    # ---------------------------------------------------------------------------------- logging
+    def _log(self, record: Mapping[str, Any]) -> None:
+        with open(self.out / METRICS_NAME, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self) -> None:
+        """On resume, drop log lines of steps after the checkpoint (they will be run again)."""
+        path = self.out / METRICS_NAME
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _plot(self) -> None:
+        from visionzoo.train.plots import plot_metrics
+
+        plot_metrics(self.out / METRICS_NAME, self.out / "loss.png")
+
+
+def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
+        run_meta: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train ``model`` with ``task`` on ``train_set`` as ``config`` says; evaluate on ``val_set``.
+
+    Writes into ``config.out``: ``checkpoint.safetensors`` (+ ``.json``), ``metrics.jsonl``,
+    ``loss.png`` and ``summary.json``. Under ``torchrun`` every process calls this; rank 0 alone
+    writes. ``run_meta`` (data set name, image size, ...) is stored in the checkpoint.
+    """
+    return Trainer(task, model, train_set, val_set, config, run_meta).fit()

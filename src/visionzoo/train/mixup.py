@@ -1,0 +1,59 @@
+"""Batch-level regularisers for classification: label smoothing, mixup and CutMix (DeiT's recipe)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Soft targets ``Tensor[B, K]`` float: ``1 - smoothing + smoothing/K`` on the label, ``smoothing/K`` elsewhere.
+
+    Args:
+        labels: Tensor[B] int64 class indices in ``[0, num_classes)``.
+    """
+    off = smoothing / num_classes
+    targets = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return targets.scatter_(1, labels[:, None], 1.0 - smoothing + off)
+
+
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A box ``(y1, y2, x1, x2)`` of area ≈ ``(1 - lam)·H·W`` centred uniformly, clipped to the image."""
+    cut = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    y1, y2 = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
+    x1, x2 = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
+    return int(y1), int(y2), int(x1), int(x2)
+
+
+def mix_batch(images: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, cutmix_alpha: float,
+              generator: torch.Generator, switch_prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each sample with the batch in reverse order (timm's "batch" mode).
+
+    With both alphas positive, CutMix is chosen with probability ``switch_prob``; ``lam`` is drawn
+    from Beta(alpha, alpha). CutMix pastes a box of the partner image and sets ``lam`` to the
+    kept area fraction. All randomness comes from ``generator``.
+
+    Args:
+        images: Tensor[B, C, H, W].
+        targets: Tensor[B, K] soft targets (see :func:`smooth_one_hot`).
+
+    Returns:
+        ``(images, targets)`` mixed, same shapes.
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, targets
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
+    partner = images.flip(0)
+    if use_cutmix:
+        height, width = images.shape[-2:]
+        y1, y2, x1, x2 = cutmix_box(height, width, lam, rng)
+        images = images.clone()
+        images[..., y1:y2, x1:x2] = partner[..., y1:y2, x1:x2]
+        lam = 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
+    else:
+        images = images * lam + partner * (1.0 - lam)
+    return images, targets * lam + targets.flip(0) * (1.0 - lam)

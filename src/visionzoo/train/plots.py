@@ -1,0 +1,44 @@
+"""Pictures of a run: the loss curve from ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split"}
+
+
+def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """Draw every logged loss against the step, and the validation metrics on a second panel."""
+    train, val = [], []
+    for line in Path(metrics_path).read_text().splitlines():
+        record = json.loads(line)
+        (val if record.get("split") == "val" else train).append(record)
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for key in sorted({k for r in train for k in r} - _NOT_LOSSES):
+        points = [(r["step"], r[key]) for r in train if key in r]
+        ax.plot(*zip(*points), label=key, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if val:
+        ax = axes[0, 1]
+        for key in sorted({k for r in val for k in r} - _NOT_LOSSES):
+            points = [(r["step"], r[key]) for r in val if key in r]
+            ax.plot(*zip(*points), marker="o", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return Path(out_path)

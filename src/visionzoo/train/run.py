@@ -1,0 +1,96 @@
+"""Glue shared by the CLI and the tour: build a run from names, and reload a trained model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from torchvision.transforms.functional import pil_to_tensor, resize
+
+from visionzoo.checkpoint import METADATA_KEY, CheckpointError
+from visionzoo.train.engine import TrainConfig, TrainResult, fit
+from visionzoo.train.task import Setup, Task, get_task
+
+
+def task_class(model_name: str) -> type[Task]:
+    from visionzoo.models import get_model_entry
+
+    return get_task(get_model_entry(model_name).task)
+
+
+def build_setup(model_name: str, data: str, img_size: int | None = None, model_args: Mapping[str, Any] | None = None,
+                checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+    """The task, model and data splits of ``model_name`` trained on ``data`` (a data set name or folder)."""
+    return task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options)
+
+
+def run_training(model_name: str, data: str, config: TrainConfig, img_size: int | None = None,
+                 model_args: Mapping[str, Any] | None = None,
+                 options: Mapping[str, Any] | None = None) -> tuple[Setup, TrainResult]:
+    """Train ``model_name`` on ``data``'s train split, evaluating on its val split."""
+    setup = build_setup(model_name, data, img_size, model_args, options=options)
+    run_meta = {**setup.run_meta, "options": dict(options or {})}
+    result = fit(setup.task, setup.model, setup.splits["train"], setup.splits.get("val"), config, run_meta)
+    return setup, result
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON document of one of our checkpoints, without reading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable visionzoo checkpoint: {error}") from None
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(f"{path} is not a visionzoo training checkpoint (no run metadata)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None = None,
+                       img_size: int | None = None) -> Setup:
+    """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones."""
+    meta = checkpoint_metadata(checkpoint)
+    run = meta.get("run", {})
+    return build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
+                       checkpoint=checkpoint, options=run.get("options"))
+
+
+def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tensor:
+    """Image files as ``Tensor[B, channels, size, size]`` float in [0, 1] (resized with antialiasing)."""
+    images = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as pil:
+                pil = pil.convert("L" if channels == 1 else "RGB")
+        except OSError as error:
+            raise ValueError(f"image {path} cannot be read: {error}") from None
+        tensor = pil_to_tensor(pil).float() / 255.0
+        images.append(resize(tensor, [size, size], antialias=True).clamp(0, 1))
+    return torch.stack(images)
+
+
+def inference_throughput(model: nn.Module, images: torch.Tensor, autocast: Any, repeats: int = 3) -> float:
+    """Images per second of ``model`` in eval mode on the batch ``images``, best of ``repeats``."""
+    import time
+
+    model.eval()
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            with autocast():
+                model(images)
+            best = min(best, time.perf_counter() - start)
+    return images.shape[0] / best

@@ -1,0 +1,133 @@
+"""What a model family supplies to the training engine: its step, its optimizers, its evaluation.
+
+A :class:`Task` knows the maths of one kind of training (classification, detection, a GAN, ...);
+the engine (:mod:`visionzoo.train.engine`) owns the loop, precision, devices, checkpoints,
+logging and budgets. A family registers its task with :func:`register_task` under the name its
+models give in the registry (``@register_model(task=...)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from visionzoo.utils import closest
+
+
+@dataclass
+class Setup:
+    """What a task builds for a run: itself, the model, the data splits and what the checkpoint records."""
+
+    task: Task
+    model: nn.Module
+    splits: dict[str, Dataset]
+    run_meta: dict[str, Any]
+
+
+class Task:
+    """Base class of training tasks.
+
+    Attributes:
+        name: the task's registry name.
+        metric: the name of the headline evaluation metric (a key of :meth:`evaluate`'s result).
+        higher_is_better: whether a larger ``metric`` is better.
+        defaults: engine settings this task prefers (``lr``, ``batch_size``, ``ema_decay``, ...);
+            the user's explicit settings override them.
+        generator: a ``torch.Generator`` the engine re-seeds before every step (from the seed, the
+            rank and the step); draw the step's randomness (augmentation, mixup) from it so that a
+            resumed run repeats the uninterrupted one exactly.
+    """
+
+    name = "task"
+    metric = "loss"
+    higher_is_better = False
+    defaults: Mapping[str, Any] = {}
+    find_unused_parameters = False
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator()
+
+    def optimizer_names(self) -> Sequence[str]:
+        """The optimizers of one training step, in the order they step (e.g. a GAN's D then G)."""
+        return ("model",)
+
+    def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
+        """Parameter groups of ``optimizer``: by default no weight decay on biases and norms (1-D)."""
+        decay, no_decay = [], []
+        for param in model.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def collate(self, samples: list[Any]) -> Any:
+        return default_collate(samples)
+
+    def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
+        """Losses for ``optimizer``'s update on ``batch``: ``"loss"`` is back-propagated, the rest logged."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int, autocast: Callable[[], Any]) -> dict[str, float]:
+        """Metrics of ``model`` (in eval mode) on ``dataset``; must contain :attr:`metric`."""
+        raise NotImplementedError
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What :meth:`from_checkpoint_meta` needs to rebuild this task (class names, sizes, ...)."""
+        return {}
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this task's own options to ``visionzoo train``/``eval`` (an argument group)."""
+
+    @classmethod
+    def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        """Build the task, the model (from ``checkpoint`` if given) and the ``train/val/test`` splits.
+
+        ``options`` are the values of the task's own CLI options (see :meth:`add_arguments`).
+        """
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
+        """Predictions for ``images`` (Tensor[B, C, H, W] in [0, 1]), one dict per image."""
+        raise NotImplementedError
+
+    def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
+        """A ``PIL.Image`` showing ``prediction`` (and the ground truth ``target`` if given) on ``image``."""
+        raise NotImplementedError
+
+    def batches(self, dataset: Dataset, batch_size: int) -> Iterator[Any]:
+        """The batches of ``dataset`` in order (for evaluation)."""
+        for start in range(0, len(dataset), batch_size):
+            yield self.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: make ``get_task(name)`` build this task."""
+
+    def decorator(cls: type[Task]) -> type[Task]:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is registered twice")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_task(name: str) -> Callable[..., Task]:
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; registered: {closest(name, _TASKS)}")
+    return _TASKS[name]

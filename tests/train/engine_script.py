@@ -1,0 +1,98 @@
+"""A tiny training run for the engine's process-level tests (kill and resume, torchrun).
+
+Usage: python engine_script.py OUT [--steps N] [--batch-size B] [--kill-at STEP] [--kill-in-save N]
+[--resume] [--dropout P] [--precision bf16|fp32] [--final FILE]
+On ranks other than 0, any write into the run folder raises.
+"""
+
+import argparse
+import os
+import signal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import Dataset
+
+import visionzoo.checkpoint
+from visionzoo.train import TrainConfig
+from visionzoo.train.classification import ClassificationTask
+from visionzoo.train.engine import Trainer
+
+
+class Blobs(Dataset):
+    """Two classes of 8×8 noise images that differ in brightness."""
+
+    classes = ["dark", "bright"]
+
+    def __init__(self, n: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 2, (n,), generator=generator)
+        self.images = (torch.rand(n, 1, 8, 8, generator=generator) + self.labels.view(-1, 1, 1, 1)) / 2
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--kill-in-save", type=int, help="kill during the N-th checkpoint write")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--ema-decay", type=float, default=0.9)
+    parser.add_argument("--final", help="write this process's final weights here (%%r: the rank)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    if args.kill_in_save is not None:
+        real_save_file = visionzoo.checkpoint.save_file
+        calls = []
+
+        def save_then_die(tensors, path, metadata=None):
+            calls.append(path)
+            real_save_file(tensors, path, metadata=metadata)
+            if len(calls) == args.kill_in_save:
+                with open(path, "r+b") as handle:  # a half-written temporary file
+                    handle.truncate(os.path.getsize(path) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        visionzoo.checkpoint.save_file = save_then_die
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Dropout(args.dropout), nn.Linear(32, 2))
+    config = TrainConfig(out=args.out, batch_size=args.batch_size, max_steps=args.steps, lr=5e-3,
+                         precision=args.precision, ema_decay=args.ema_decay, checkpoint_every=5,
+                         resume=args.resume, progress=False)
+    trainer = Trainer(ClassificationTask(Blobs.classes), model, Blobs(256, 0), Blobs(64, 1), config)
+
+    if args.kill_at is not None:
+        real_step = trainer._train_step
+
+        def step_or_die(batch, step):
+            if step == args.kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_step(batch, step)
+
+        trainer._train_step = step_or_die
+    if not trainer.dist.is_main:
+        def refuse(*_args, **_kwargs):
+            raise AssertionError(f"rank {trainer.dist.rank} tried to write into the run folder")
+
+        visionzoo.checkpoint.save_file = refuse
+        trainer._log = refuse
+    trainer.fit()
+    if args.final:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  args.final.replace("%r", str(trainer.dist.rank)))
+
+
+if __name__ == "__main__":
+    main()

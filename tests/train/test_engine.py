@@ -1,0 +1,133 @@
+"""The training engine: exact resume after SIGKILL, torchrun with 2 processes, schedules, run folders."""
+
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from visionzoo.checkpoint import read_checkpoint
+from visionzoo.train.distributed import EpochBatchSampler
+from visionzoo.train.engine import lr_factor, prepare_run_dir
+
+SCRIPT = Path(__file__).with_name("engine_script.py")
+
+
+def run_script(*args: str, expect_kill: bool = False) -> None:
+    process = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    if expect_kill:
+        assert process.returncode == -9, f"expected SIGKILL, got {process.returncode}\n{process.stderr}"
+    else:
+        assert process.returncode == 0, process.stderr
+
+
+def training_state(run: Path) -> dict[str, torch.Tensor]:
+    tensors, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == 24
+    return tensors
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    assert any(k.startswith("optimizer.") for k in a) and any(k.startswith("ema.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    run = tmp_path_factory.mktemp("engine") / "full"
+    run_script(str(run))
+    return training_state(run)
+
+
+def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, uninterrupted):
+    kill_at = random.Random(8).randint(1, 23)
+    run = tmp_path / "killed"
+    run_script(str(run), "--kill-at", str(kill_at), expect_kill=True)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == (kill_at // 5) * 5 and meta["step"] < 24
+    run_script(str(run), "--resume")
+    assert_same_state(training_state(run), uninterrupted)
+    steps = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in line]
+    assert len(steps) == 24, "the log repeats or loses steps after resume"
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(tmp_path, uninterrupted):
+    run = tmp_path / "killed_in_save"
+    run_script(str(run), "--kill-in-save", "2", expect_kill=True)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == 5, "the half-written checkpoint replaced the previous one"
+    assert list(run.glob(".checkpoint.safetensors.*.tmp")), "the test did not interrupt a write"
+    run_script(str(run), "--resume")
+    assert not list(run.glob(".*.tmp")), "stale temporary files were left behind"
+    assert_same_state(training_state(run), uninterrupted)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    common = ["--dropout", "0", "--precision", "fp32", "--ema-decay", "0"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT),
+               str(tmp_path / "ddp"), "--batch-size", "8", "--final", str(tmp_path / "final_%r.safetensors"),
+               *common]
+    # torchrun cannot template the rank into an argument: the script gets one path, ranks suffix it.
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    rank0 = load_file(tmp_path / "final_0.safetensors")
+    rank1 = load_file(tmp_path / "final_1.safetensors")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in lines if '"split"' not in line]) == 24, "more than one rank wrote the log"
+
+    run_script(str(tmp_path / "single"), "--batch-size", "16", "--final", str(tmp_path / "single.safetensors"),
+               *common)
+    single = load_file(tmp_path / "single.safetensors")
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-5, atol=1e-6)
+    changed = load_file(tmp_path / "single.safetensors")
+    assert any(not torch.allclose(changed[k], torch.zeros_like(changed[k])) for k in changed)
+
+
+def test_two_ranks_partition_the_global_batch_of_one_process():
+    one = list(EpochBatchSampler(100, 8, seed=3, epoch=2))
+    ranks = [list(EpochBatchSampler(100, 4, seed=3, epoch=2, rank=r, world_size=2)) for r in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 12
+    for step, batch in enumerate(one):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+        assert not set(ranks[0][step]) & set(ranks[1][step])
+    resumed = list(EpochBatchSampler(100, 8, seed=3, epoch=2, start_step=5))
+    assert resumed == one[5:]
+    assert list(EpochBatchSampler(100, 8, seed=3, epoch=3)) != one
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0, 100, 10, 0.01) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.01) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.01) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
+
+
+def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        prepare_run_dir(run, resume=False, overwrite=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="no checkpoint.safetensors"):
+        prepare_run_dir(run, resume=True, overwrite=False)
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert not (run / "notes.txt").exists()
