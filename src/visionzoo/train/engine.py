@@ -339,13 +339,14 @@ class Trainer:
                                         dist_info.rank, dist_info.world_size)
             loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.task.collate,
                                 num_workers=cfg.num_workers)
+            tick = time.perf_counter()
             for batch in loader:
-                started = time.perf_counter()
                 logged = self._train_step(move_to(batch, dist_info.device), self.step)
                 if self.ema is not None:
                     self.ema.update(self.model, self.step)
                 self.step += 1
-                seconds = time.perf_counter() - started
+                # Seconds since the previous step ended: data loading included, checkpoints and evaluation not.
+                seconds = time.perf_counter() - tick
                 self.train_seconds += seconds
                 samples_seen += global_batch
                 timed_seconds += seconds
@@ -362,6 +363,7 @@ class Trainer:
                     self.evaluate()
                 if stop:
                     break
+                tick = time.perf_counter()
         bar.close()
         metrics = self.evaluate()
         if main:

@@ -1,0 +1,70 @@
+"""bf16 autocast against fp32: end-to-end training throughput of the engine on this machine.
+
+Each configuration trains the same model on the same data for the same steps through
+``visionzoo.train`` (data loading included, evaluation excluded), once in fp32 and once with bf16
+autocast, alternating, best of ``--repeats``; it also reports the validation accuracy both reach,
+so that the speed-up is not bought with quality.
+
+    python benchmarks/precision.py                 # the README's table
+    python benchmarks/precision.py --steps 20 --repeats 1 --only resnet18-digits32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from visionzoo.train import TrainConfig
+from visionzoo.train.run import run_training
+
+CONFIGS = {
+    # name: (model, data, image size, model arguments, batch size)
+    "resnet18-digits32": ("resnet18", "digits", 32, {"small_input": True}, 64),
+    "resnet50-shapes64": ("resnet50", "shapes", 64, {}, 32),
+}
+
+
+def measure(name: str, precision: str, steps: int, seed: int = 0) -> dict:
+    model, data, size, model_args, batch = CONFIGS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(out=str(Path(tmp) / "run"), max_steps=steps, batch_size=batch, precision=precision,
+                             seed=seed, progress=False, checkpoint_every=10**9)
+        _, result = run_training(model, data, config, size, model_args)
+    return {"samples_per_s": result.samples_per_second, "accuracy": result.metrics["accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", action="append", choices=sorted(CONFIGS))
+    parser.add_argument("--out", default="benchmarks/results/precision.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for name in args.only or CONFIGS:
+        best = {"fp32": None, "bf16": None}
+        for _ in range(args.repeats):
+            for precision in ("fp32", "bf16"):
+                run = measure(name, precision, args.steps)
+                if best[precision] is None or run["samples_per_s"] > best[precision]["samples_per_s"]:
+                    best[precision] = run
+        rows.append({"config": name, "steps": args.steps, **{f"{p}_{k}": v for p, r in best.items() for k, v in r.items()},
+                     "speedup": best["bf16"]["samples_per_s"] / best["fp32"]["samples_per_s"]})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, best of {args.repeats}\n")
+    print("| config | fp32 samples/s | bf16 samples/s | bf16 / fp32 | fp32 val acc | bf16 val acc |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['config']} | {row['fp32_samples_per_s']:.1f} | {row['bf16_samples_per_s']:.1f} | "
+              f"{row['speedup']:.2f}x | {row['fp32_accuracy']:.3f} | {row['bf16_accuracy']:.3f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Classification task pieces: label smoothing, mixup, CutMix, translation; against hand computations."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from visionzoo.train.classification import ClassificationTask, class_label, random_translate
+from visionzoo.train.mixup import cutmix_box, mix_batch, smooth_one_hot
+
+
+def test_smooth_one_hot_matches_the_definition_and_torch_cross_entropy():
+    labels = torch.tensor([0, 2, 1])
+    targets = smooth_one_hot(labels, 4, smoothing=0.2)
+    assert torch.allclose(targets.sum(1), torch.ones(3))
+    assert targets[1, 2] == pytest.approx(0.8 + 0.05) and targets[1, 0] == pytest.approx(0.05)
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    ours = torch.sum(-targets * logits.log_softmax(-1), -1).mean()
+    reference = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_mixup_mixes_images_and_targets_with_the_same_lambda():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    targets = smooth_one_hot(torch.tensor([0, 1, 2, 3]), 4)
+    mixed, soft = mix_batch(images, targets, mixup_alpha=0.8, cutmix_alpha=0.0, generator=generator)
+    lam = soft[0, 0].item()
+    assert 0 < lam < 1 and soft[0, 3].item() == pytest.approx(1 - lam)
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
+
+
+def test_cutmix_pastes_a_box_and_sets_lambda_to_the_kept_area():
+    images = torch.zeros(2, 1, 16, 16)
+    images[1] = 1.0
+    targets = smooth_one_hot(torch.tensor([0, 1]), 2)
+    mixed, soft = mix_batch(images, targets, mixup_alpha=0.0, cutmix_alpha=1.0,
+                            generator=torch.Generator().manual_seed(5))
+    pasted = mixed[0].mean().item()  # fraction of image 0 now taken from image 1
+    assert 0 < pasted < 1
+    assert soft[0, 0].item() == pytest.approx(1 - pasted)
+    assert soft[1, 1].item() == pytest.approx(1 - pasted)
+
+
+def test_cutmix_box_area_follows_lambda_when_unclipped():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y1, y2, x1, x2 = cutmix_box(100, 100, 0.75, rng)
+        assert 0 <= y1 <= y2 <= 100 and 0 <= x1 <= x2 <= 100
+        assert (y2 - y1) * (x2 - x1) <= 50 * 50 + 1
+
+
+def test_random_translate_shifts_content_within_bounds():
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 3:5, 3:5] = 1.0
+    shifted = random_translate(image.repeat(16, 1, 1, 1), 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == (16, 1, 8, 8)
+    assert torch.all(shifted.sum((1, 2, 3)) == 4)  # the square moved, never cut
+    assert len({tuple(s.nonzero()[0].tolist()) for s in shifted}) > 1
+    assert torch.equal(random_translate(image, 0, torch.Generator()), image)
+
+
+def test_evaluate_counts_top1_and_top5_and_loss():
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):  # logits fall with the distance between the class index and 5 × first pixel
+            first = (x[:, 0, 0, 0] * 0.5 + 0.5) * 5
+            return -(torch.arange(6.0) - first[:, None]).abs() * self.scale
+
+    dataset = [(torch.full((1, 2, 2), v / 5), lab) for v, lab in [(0, 0), (1, 1), (2, 3), (3, 3), (4, 5)]]
+    task = ClassificationTask([str(i) for i in range(6)])
+    metrics = task.evaluate(Fixed(), dataset, batch_size=2, autocast=contextlib.nullcontext)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["top5"] == pytest.approx(1.0)
+    expected_loss = torch.nn.functional.cross_entropy(
+        Fixed()(torch.stack([img for img, _ in dataset]) * 2 - 1), torch.tensor([0, 1, 3, 3, 5]))
+    assert metrics["loss"] == pytest.approx(expected_loss.item(), rel=1e-5)
+
+
+def test_class_label_refuses_targets_without_an_image_label():
+    assert class_label(3) == 3 and class_label({"label": 2, "boxes": None}) == 2
+    with pytest.raises(ValueError, match="no image-level class labels"):
+        class_label({"boxes": torch.zeros(0, 4)})
