@@ -247,7 +247,8 @@ class Trainer:
         self.warmup_steps = 1
         if cfg.resume:
             self._load()
-        if self.total_steps is None:
+        if self.total_steps is None or cfg.max_steps is not None or cfg.epochs is not None:
+            # A resumed run keeps its planned length unless a step or epoch budget is given again.
             self.total_steps = self._plan_total_steps()
         self.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 20)
         if self.dist.distributed:
