@@ -13,8 +13,10 @@ Foreign files (timm's ``.safetensors``/``.pth``, torchvision's ``.pth``) are rea
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors.torch import safe_open
+from safetensors.torch import safe_open, save_file
 
 METADATA_KEY = "visionzoo"
 MODEL_PREFIX = "model."
@@ -74,7 +75,10 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
             tensor = tensor.clone()
         seen.add(tensor.untyped_storage().data_ptr())
         flat[name] = tensor.contiguous().cpu()
-    document = json.dumps(meta, sort_keys=True)
+    try:
+        document = json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path}: the metadata is not JSON-serialisable ({error})") from None
     atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={METADATA_KEY: document}))
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
 
@@ -82,35 +86,75 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read any weights file safely: ``(tensors, our metadata or None)``.
 
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``, unwrapping the usual containers (``state_dict``, ``model``,
-    ``module.`` prefixes). Raises :class:`CheckpointError` naming the file for a missing, truncated,
-    corrupt or unsafe file.
+    ``.safetensors`` files (by suffix or by their header) are read with safetensors; anything else
+    with ``torch.load(weights_only=True)``, unwrapping the usual containers (``state_dict``,
+    ``model``, ``module.`` prefixes). The metadata is ours (a dict) only for files that
+    :func:`save_checkpoint` wrote; foreign files give ``None``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a truncated or corrupt file, or one holding Python objects beyond tensors
+            and plain containers (refused: loading it would need arbitrary unpickling).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     if _is_safetensors(path):
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from None
-        meta = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
-        return tensors, meta
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        unsafe = _unsafe_global(error, path)
+        if unsafe:
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects beyond tensors and is refused for safety "
-                "(it would need arbitrary unpickling); save its state_dict instead"
+                f"checkpoint {path} is refused for safety: it holds a Python object of type {unsafe}, "
+                "which only arbitrary unpickling could load; save the model's state_dict (or a .safetensors) instead"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+    except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
     return _unwrap_state_dict(obj, path), None
+
+
+def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
+    """The ``module.name`` that weights-only unpickling refused, or None when the file is just damaged.
+
+    A legacy (non-zip) file cut inside a GLOBAL opcode is refused with the partial name it ends on,
+    so the name only counts when the file holds it whole (``module\\nname\\n``; torch's zip entries
+    are stored uncompressed, so the same test holds for them).
+    """
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if not found:
+        return None
+    name = found.group(1)
+    needles = [f"{name[:i]}\n{name[i + 1:]}\n".encode() for i, c in enumerate(name) if c == "."]
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return name if any(data.find(needle) >= 0 for needle in needles) else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+    if METADATA_KEY not in metadata:
+        return tensors, None
+    try:
+        meta = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {error}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: expected a JSON object")
+    return tensors, meta
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -127,8 +171,13 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} is not a state dict of tensors")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
+    others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others or not obj:
+        found = f"non-tensor entries {others[:5]}" if others else "no tensors"
+        raise CheckpointError(f"checkpoint {path} is not a state dict of tensors: it has {found}")
+    # DistributedDataParallel saves its wrapped model under "module."
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -125,27 +125,28 @@ def create_model(
         num_classes, in_chans: as in timm. Loading weights made for another number of classes
             re-initialises the head; for another number of input channels the stem conv is adapted
             (summed or repeated), each with a log line.
-        kwargs: passed to the builder (sizes, drop_path_rate, ...).
+        kwargs: passed to the builder (sizes, drop_path_rate, ...); they override the arguments
+            recorded in our checkpoints.
+
+    Returns the model (in train mode, as built), with ``model_name``, ``model_args`` (what rebuilds
+    it) and ``default_cfg``. Weights that do not fit raise :class:`CheckpointError` naming the keys.
     """
     entry = get_model_entry(name)
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     state: dict[str, torch.Tensor] | None = None
+    foreign = True
     source = ""
     if checkpoint is not None:
         tensors, meta = read_checkpoint(checkpoint)
         source = str(checkpoint)
         if meta is not None:
-            saved = meta.get("model", {})
-            if saved.get("name") not in (None, name):
-                raise CheckpointError(f"checkpoint {checkpoint} is for model {saved['name']!r}, not {name!r}")
-            kwargs = {**saved.get("args", {}), **kwargs}
-            if num_classes is None:
-                num_classes = kwargs.pop("num_classes", None)
-            if in_chans is None:
-                in_chans = kwargs.pop("in_chans", None)
-            kwargs.pop("num_classes", None)
-            kwargs.pop("in_chans", None)
+            saved_args = dict(_saved_model(meta, name, source).get("args") or {})
+            saved_classes = saved_args.pop("num_classes", None)
+            saved_chans = saved_args.pop("in_chans", None)
+            num_classes = saved_classes if num_classes is None else num_classes
+            in_chans = saved_chans if in_chans is None else in_chans
+            kwargs = {**saved_args, **kwargs}
         state = model_state(tensors, meta)
         foreign = meta is None
     elif pretrained:
@@ -153,8 +154,7 @@ def create_model(
 
         path = download_pretrained(entry)
         source = str(path)
-        tensors, _ = read_checkpoint(path)
-        state, foreign = tensors, True
+        state, _ = read_checkpoint(path)
 
     args = dict(kwargs)
     if num_classes is not None:
@@ -164,42 +164,126 @@ def create_model(
     model = entry.builder(**args)
     model.model_name = name
     model.model_args = args
-    model.default_cfg = dict(entry.default_cfg)
+    model.default_cfg = _default_cfg(entry)
     if state is not None:
-        if foreign and entry.checkpoint_filter is not None:
-            state = entry.checkpoint_filter(state, model)
-        state = adapt_state_dict(state, model, entry, source)
-        load_state_dict_strict(model, state, source)
+        _load_state(model, entry, state, foreign, source)
     return model
 
 
+def load_checkpoint(model: nn.Module, checkpoint: str | Path, ema: bool = False) -> None:
+    """Load a weights file into an existing ``model``, all of it or nothing.
+
+    The same conversions as :func:`create_model` apply when the model came from the registry
+    (it has ``model_name``): the family's filter for foreign files, head re-initialisation and stem
+    adaptation. ``ema=True`` takes the EMA weights of our training checkpoints where they exist.
+    A file that does not fit raises :class:`CheckpointError` and leaves the model unchanged.
+    """
+    tensors, meta = read_checkpoint(checkpoint)
+    name = getattr(model, "model_name", None)
+    entry = _MODELS.get(name) if name is not None else None
+    if meta is not None and name is not None:
+        _saved_model(meta, name, str(checkpoint))
+    _load_state(model, entry, model_state(tensors, meta, ema=ema), meta is None, str(checkpoint))
+
+
+def _saved_model(meta: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    saved = meta.get("model") or {}
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"checkpoint {source} has a malformed 'model' entry in its metadata: {saved!r}")
+    if saved.get("name") not in (None, name):
+        raise CheckpointError(f"checkpoint {source} is for model {saved['name']!r}, not {name!r}")
+    return saved
+
+
+def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"architecture": entry.name, **entry.default_cfg}
+    if entry.first_conv is not None:
+        cfg["first_conv"] = entry.first_conv
+    if entry.classifier:
+        cfg["classifier"] = entry.classifier[0] if len(entry.classifier) == 1 else entry.classifier
+    weights = entry.pretrained
+    if weights is not None:
+        cfg.update({"url": weights.url} if weights.url else {"hf_hub_id": weights.hf_hub_id, "filename": weights.filename})
+        if weights.sha256:
+            cfg["sha256"] = weights.sha256
+    return cfg
+
+
+def _load_state(
+    model: nn.Module, entry: ModelEntry | None, state: dict[str, torch.Tensor], foreign: bool, source: str
+) -> None:
+    if foreign and entry is not None and entry.checkpoint_filter is not None:
+        state = entry.checkpoint_filter(state, model)
+    state = adapt_state_dict(state, model, entry, source)
+    load_state_dict_strict(model, state, source)
+
+
+def _top(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
 def adapt_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module, entry: ModelEntry, source: str
+    state: Mapping[str, torch.Tensor], model: nn.Module, entry: ModelEntry | None, source: str
 ) -> dict[str, torch.Tensor]:
-    """Fit a checkpoint to another head size or input channel count (timm's rules)."""
+    """Fit a checkpoint to the model's head and stem (timm's rules), each change with a log line.
+
+    - A feature extractor (``model.features_only``) leaves out the head and late stages: their
+      weights are dropped. So are the head's weights for a model built with ``num_classes=0``.
+    - A head for another number of classes (same input features) keeps the model's fresh head.
+    - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv`.
+
+    Anything else that differs is left for :func:`load_state_dict_strict` to report.
+    """
     own = model.state_dict()
     state = dict(state)
+    if getattr(model, "features_only", False):
+        present = {_top(k) for k in own}
+        absent = sorted({_top(k) for k in state} - present)
+        if absent:
+            log.info("%s: the feature extractor has no %s; dropping their weights", source, ", ".join(absent))
+            state = {k: v for k, v in state.items() if _top(k) in present}
+    if entry is None:
+        return state
     for head in entry.classifier:
-        for suffix in (".weight", ".bias"):
-            key = head + suffix
-            if key in state and key in own and state[key].shape != own[key].shape:
-                log.info("%s: %s has shape %s, the model %s: re-initialising the classifier",
-                         source, key, tuple(state[key].shape), tuple(own[key].shape))
-                state[key] = own[key]
+        weight, bias = head + ".weight", head + ".bias"
+        head_keys = [k for k in state if k.startswith(head + ".")]
+        if head_keys and not any(k.startswith(head + ".") for k in own):
+            log.info("%s: the model has no classifier %s (num_classes=0); dropping its weights", source, head)
+            for key in head_keys:
+                del state[key]
+        elif weight in state and weight in own and _other_classes(state[weight], own[weight]):
+            log.info("%s: %s has %d classes, the model %d: re-initialising the classifier %s",
+                     source, weight, state[weight].shape[0], own[weight].shape[0], head)
+            for key in (weight, bias):
+                if key in state and key in own:
+                    state[key] = own[key]
     if entry.first_conv is not None:
         key = entry.first_conv + ".weight"
-        if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
-            log.info("%s: adapting %s from %d to %d input channels", source, key, state[key].shape[1], own[key].shape[1])
+        if key in state and key in own and _other_in_chans(state[key], own[key]):
+            log.info("%s: adapting %s from %d to %d input channels",
+                     source, key, state[key].shape[1], own[key].shape[1])
             state[key] = adapt_input_conv(own[key].shape[1], state[key])
     return state
+
+
+def _other_classes(saved: torch.Tensor, own: torch.Tensor) -> bool:
+    return saved.shape != own.shape and saved.shape[1:] == own.shape[1:]
+
+
+def _other_in_chans(saved: torch.Tensor, own: torch.Tensor) -> bool:
+    same_kernel = saved.ndim == own.ndim >= 2 and saved.shape[0] == own.shape[0] and saved.shape[2:] == own.shape[2:]
+    return same_kernel and saved.shape[1] != own.shape[1]
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     """Stem conv weights ``Tensor[O, I, kh, kw]`` for ``in_chans`` inputs instead of ``I``.
 
-    As timm does: RGB→grey sums the three input planes; otherwise the planes are repeated
-    cyclically and scaled by ``I / in_chans`` so that activations keep their scale.
+    As timm does: for one channel the ``I`` input planes are summed (a grey image is R = G = B);
+    otherwise they are repeated cyclically and scaled by ``I / in_chans`` so that activations keep
+    their scale. Computed in float32, returned in the weight's dtype.
     """
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be positive, got {in_chans}")
     original = weight.shape[1]
     dtype = weight.dtype
     weight = weight.float()
@@ -211,21 +295,35 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     return adapted.to(dtype)
 
 
+def _listing(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load all of ``state`` or nothing: differences in keys or shapes raise before any copy."""
+    """Load all of ``state`` or nothing: differences in keys or shapes raise before any copy.
+
+    Batch-norm step counters (``num_batches_tracked``) may be absent, as in checkpoints written
+    before PyTorch 0.4.1 (torchvision's ImageNet ResNets among them): the model keeps its own.
+    Raises :class:`CheckpointError` listing the missing, unexpected and shape-mismatched keys.
+    """
     own = model.state_dict()
+    state = dict(state)
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
         if mismatched:
-            parts.append("shape mismatches: " + ", ".join(
-                f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:3]))
+            parts.append(f"{len(mismatched)} shape mismatches: " + _listing(
+                [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]))
         name = getattr(model, "model_name", type(model).__name__)
         raise CheckpointError(f"checkpoint {source} does not fit model {name}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

@@ -1,1 +1,284 @@
-"""ResNet (He et al. 2016) in torchvision's module layout."""
+"""ResNet (He et al. 2016, "Deep Residual Learning for Image Recognition") in torchvision's layout.
+
+Module names are torchvision's: ``conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc``, and
+in each block ``conv1/bn1/conv2/bn2[/conv3/bn3]`` plus ``downsample.0`` (1×1 conv) and
+``downsample.1`` (batch norm). torchvision's and timm's ResNet state dicts therefore load key for
+key. A bottleneck block strides in its 3×3 conv ("ResNet v1.5"), as both libraries do.
+
+The four sizes are data (``_SIZES``); each registered builder only names one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionzoo.layers.features import FeatureInfo
+from visionzoo.models._registry import Pretrained, register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with a residual: ``Tensor[B, C_in, H, W] -> Tensor[B, planes, H/s, W/s]``."""
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3 (strided), 1×1 expand ×4, with a residual:
+    ``Tensor[B, C_in, H, W] -> Tensor[B, 4·planes, H/s, W/s]``."""
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+_SIZES: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
+
+_STAGE_PLANES = (64, 128, 256, 512)
+
+
+def _make_stage(block: Block, in_chs: int, planes: int, depth: int, stride: int) -> nn.Sequential:
+    out_chs = planes * block.expansion
+    downsample = None
+    if stride != 1 or in_chs != out_chs:
+        downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs))
+    blocks = [block(in_chs, planes, stride, downsample)]
+    blocks += [block(out_chs, planes) for _ in range(depth - 1)]
+    return nn.Sequential(*blocks)
+
+
+class ResNet(nn.Module):
+    """ResNet classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
+
+    Args:
+        block, layers: the block type and the number of blocks in each of the four stages.
+        num_classes: classifier outputs; 0 makes ``fc`` an identity (``forward`` gives pooled
+            features ``Tensor[B, num_features]``).
+        in_chans: input channels.
+        zero_init_residual: start every block's last batch norm at zero, so each block begins as
+            the identity (Goyal et al. 2017).
+        drop_rate: dropout before ``fc``.
+        small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
+            stride is then 8 instead of 32. Module names (and so checkpoint keys) stay the same.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        zero_init_residual: bool = False,
+        drop_rate: float = 0.0,
+        small_input: bool = False,
+    ):
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
+        self.drop_rate = drop_rate
+        if small_input:
+            self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+            self.maxpool: nn.Module = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+
+        stem_reduction = 1 if small_input else 2
+        infos = [dict(num_chs=64, reduction=stem_reduction, module="relu")]
+        in_chs, reduction = 64, stem_reduction * (1 if small_input else 2)
+        for index, (planes, depth) in enumerate(zip(_STAGE_PLANES, layers), start=1):
+            stride = 1 if index == 1 else 2
+            reduction *= stride
+            setattr(self, f"layer{index}", _make_stage(block, in_chs, planes, depth, stride))
+            in_chs = planes * block.expansion
+            infos.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{index}"))
+        self.feature_info = FeatureInfo(infos)
+        self.num_features = in_chs
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_classes = num_classes
+        self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.default_cfg: dict = {}
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock | Bottleneck):
+                    nn.init.zeros_(module.last_bn.weight)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled
+        ``Tensor[B, num_features]``."""
+        x = torch.flatten(self.avgpool(x), 1)
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class ResNetFeatures(nn.Module):
+    """A ResNet trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
+
+    ``out_indices`` picks maps from 0 (stem, after ``relu``, stride 2) and 1–4 (C2–C5, the outputs of
+    ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map ``i`` is
+    ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
+    Modules keep the classifier's names; stages after the last index and the head are left out.
+    """
+
+    features_only = True
+
+    def __init__(self, resnet: ResNet, out_indices: Sequence[int] = (1, 2, 3, 4)):
+        super().__init__()
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(5)):
+            raise ValueError(f"out_indices must be increasing indices in 0..4, got {out_indices}")
+        self.out_indices = out_indices
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.num_stages = max(out_indices)
+        for index in range(1, self.num_stages + 1):
+            setattr(self, f"layer{index}", getattr(resnet, f"layer{index}"))
+        self.feature_info = FeatureInfo(resnet.feature_info[i] for i in out_indices)
+        self.default_cfg: dict = {}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        maps = [x] if 0 in self.out_indices else []
+        x = self.maxpool(x)
+        for index in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{index}")(x)
+            if index in self.out_indices:
+                maps.append(x)
+        return maps
+
+
+def _create(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (1, 2, 3, 4),
+    zero_init_residual: bool = False,
+    drop_rate: float = 0.0,
+    small_input: bool = False,
+) -> ResNet | ResNetFeatures:
+    block, layers = _SIZES[name]
+    model = ResNet(block, layers, num_classes, in_chans, zero_init_residual, drop_rate, small_input)
+    return ResNetFeatures(model, out_indices) if features_only else model
+
+
+def _torchvision_weights(filename: str) -> Pretrained:
+    # torchvision names its files NAME-<first 8 hex digits of the sha256>.pth
+    digest = filename.rsplit("-", 1)[1].split(".", 1)[0]
+    return Pretrained(url=f"https://download.pytorch.org/models/{filename}", sha256=digest)
+
+
+_CFG = dict(
+    first_conv="conv1", classifier="fc", input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    pool_size=(7, 7), crop_pct=0.875, interpolation="bilinear", num_classes=1000,
+)
+
+
+@register_model(pretrained=_torchvision_weights("resnet18-f37072fd.pth"), **_CFG)
+def resnet18(**kwargs) -> ResNet | ResNetFeatures:
+    """ResNet-18: BasicBlock ×(2, 2, 2, 2), 11.7 M parameters, 512 features."""
+    return _create("resnet18", **kwargs)
+
+
+@register_model(pretrained=_torchvision_weights("resnet34-b627a593.pth"), **_CFG)
+def resnet34(**kwargs) -> ResNet | ResNetFeatures:
+    """ResNet-34: BasicBlock ×(3, 4, 6, 3), 21.8 M parameters, 512 features."""
+    return _create("resnet34", **kwargs)
+
+
+@register_model(pretrained=_torchvision_weights("resnet50-0676ba61.pth"), **_CFG)
+def resnet50(**kwargs) -> ResNet | ResNetFeatures:
+    """ResNet-50: Bottleneck ×(3, 4, 6, 3), 25.6 M parameters, 2048 features."""
+    return _create("resnet50", **kwargs)
+
+
+@register_model(pretrained=_torchvision_weights("resnet101-63fe2227.pth"), **_CFG)
+def resnet101(**kwargs) -> ResNet | ResNetFeatures:
+    """ResNet-101: Bottleneck ×(3, 4, 23, 3), 44.5 M parameters, 2048 features."""
+    return _create("resnet101", **kwargs)

@@ -1,0 +1,236 @@
+"""The model registry: names, patterns, loading foreign and own checkpoints, head and stem adaptation."""
+
+import logging
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from visionzoo.checkpoint import CheckpointError, save_checkpoint
+from visionzoo.cli import main
+from visionzoo.models import create_model, get_model_entry, list_models, register_model
+from visionzoo.models._registry import adapt_input_conv, load_checkpoint, load_state_dict_strict
+
+RESNETS = ["resnet101", "resnet18", "resnet34", "resnet50"]
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights everywhere, BN statistics included, so every loaded tensor is checked."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if key.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def torchvision_files(tmp_path_factory):
+    """Random torchvision resnet18/34 state dicts saved as .pth, with the models."""
+    folder = tmp_path_factory.mktemp("torchvision")
+    files = {}
+    for seed, name in enumerate(("resnet18", "resnet34")):
+        reference = randomize(getattr(torchvision.models, name)(), seed).eval()
+        torch.save(reference.state_dict(), folder / f"{name}.pth")
+        files[name] = (reference, folder / f"{name}.pth")
+    return files
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_unknown_name_lists_closest():
+    with pytest.raises(ValueError, match="unknown model 'resnet5'.*resnet50"):
+        create_model("resnet5")
+    with pytest.raises(ValueError, match="resnet18"):
+        get_model_entry("resnet-18")
+
+
+def test_list_models_patterns():
+    assert list_models("resnet*") == RESNETS
+    assert list_models("resnet1*") == ["resnet101", "resnet18"]
+    assert list_models("resnet?4") == ["resnet34"]
+    assert list_models("nosuch*") == []
+    assert set(RESNETS) <= set(list_models())
+    assert set(RESNETS) <= set(list_models(task="classification"))
+    assert not set(RESNETS) & set(list_models(task="detection"))
+
+
+def test_registering_a_name_twice_is_refused():
+    def resnet18():
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model(resnet18)
+    assert get_model_entry("resnet18").family == "resnet"
+
+
+def test_created_model_carries_name_args_and_default_cfg():
+    model = create_model("resnet34", num_classes=10, drop_rate=0.1)
+    assert model.model_name == "resnet34"
+    assert model.model_args == {"num_classes": 10, "drop_rate": 0.1}
+    cfg = model.default_cfg
+    assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
+    assert cfg["input_size"] == (3, 224, 224) and cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc"
+    assert cfg["url"] == "https://download.pytorch.org/models/resnet34-b627a593.pth" and cfg["sha256"] == "b627a593"
+    tv_url = torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url
+    assert cfg["url"] == tv_url
+    with pytest.raises(ValueError, match="not both"):
+        create_model("resnet18", pretrained=True, checkpoint="x.pth")
+
+
+def test_other_num_classes_reinitialises_head_with_log(torchvision_files, caplog):
+    reference, path = torchvision_files["resnet18"]
+    torch.manual_seed(0)
+    fresh_head = nn.Linear(512, 10).weight.detach().clone()
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="visionzoo"):
+        model = create_model("resnet18", checkpoint=path, num_classes=10).eval()
+    assert any("re-initialising the classifier fc" in r.getMessage() and "1000" in r.getMessage() for r in caplog.records)
+    assert model.fc.weight.shape == (10, 512)
+    assert not torch.equal(model.fc.weight, reference.fc.weight[:10])
+    assert fresh_head.std() == pytest.approx(model.fc.weight.std().item(), rel=0.2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), torch.nn.Sequential(*list(reference.children())[:-2])(x))
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 4])
+def test_other_in_chans_adapts_stem_like_timm(torchvision_files, caplog, in_chans):
+    reference, path = torchvision_files["resnet18"]
+    with caplog.at_level(logging.INFO, logger="visionzoo"):
+        model = create_model("resnet18", checkpoint=path, in_chans=in_chans)
+    assert any(f"from 3 to {in_chans} input channels" in r.getMessage() for r in caplog.records)
+    expected = timm.models.adapt_input_conv(in_chans, reference.conv1.weight.detach().clone())
+    assert model.conv1.weight.shape == (64, in_chans, 7, 7)
+    torch.testing.assert_close(model.conv1.weight, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)
+    if in_chans == 1:  # a grey image through the summed stem equals the RGB image R = G = B
+        grey = torch.rand(1, 1, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(model.conv1(grey), reference.conv1(grey.expand(1, 3, 32, 32)))
+
+
+def test_adapt_input_conv_keeps_dtype_and_matches_timm_in_half():
+    weight = torch.randn(8, 3, 3, 3).half()
+    for in_chans in (1, 5, 6):
+        got = adapt_input_conv(in_chans, weight)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got, timm.models.adapt_input_conv(in_chans, weight.clone()))
+    with pytest.raises(ValueError, match="positive"):
+        adapt_input_conv(0, weight)
+
+
+def test_checkpoint_without_num_batches_tracked_loads(tmp_path, torchvision_files):
+    # torchvision's ImageNet files predate PyTorch 0.4.1 and have no BN step counters
+    reference, _ = torchvision_files["resnet18"]
+    old = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")
+    model = create_model("resnet18", checkpoint=tmp_path / "old.pth").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_another_models_checkpoint_is_refused_and_model_unchanged(torchvision_files):
+    _, path18 = torchvision_files["resnet18"]
+    _, path34 = torchvision_files["resnet34"]
+    model34 = create_model("resnet34")
+    before = state_copy(model34)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(model34, path18)
+    message = str(info.value)
+    assert str(path18) in message and "resnet34" in message
+    assert "missing keys" in message and "layer1.2.bn1.bias" in message and "unexpected" not in message
+    after = model34.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    model18 = create_model("resnet18")
+    before = state_copy(model18)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: layer1\.2\.bn1\.bias"):
+        load_checkpoint(model18, path34)
+    assert all(torch.equal(before[k], v) for k, v in model18.state_dict().items())
+
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet50", checkpoint=path18)
+    message = str(info.value)
+    assert "missing keys" in message and "shape mismatches" in message
+    # a head with other input features is a wrong architecture, not another class count
+    assert "fc.weight (1000, 512) vs model (1000, 2048)" in message
+    assert "layer1.0.conv1.weight (64, 64, 3, 3) vs model (64, 64, 1, 1)" in message
+
+
+def test_load_state_dict_strict_changes_nothing_on_a_shape_mismatch():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    before = state_copy(model)
+    state = {"0.weight": torch.ones(4, 3), "0.bias": torch.ones(4), "1.weight": torch.ones(3, 4), "1.bias": torch.ones(2)}
+    with pytest.raises(CheckpointError, match=r"1 shape mismatches: 1\.weight \(3, 4\) vs model \(2, 4\)"):
+        load_state_dict_strict(model, state, "test.pth")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_own_format_round_trip_rebuilds_the_architecture(tmp_path):
+    torch.manual_seed(3)
+    model = randomize(create_model("resnet18", num_classes=10, in_chans=1, small_input=True), 3).eval()
+    path = tmp_path / "digits.safetensors"
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["ema.fc.bias"] = torch.full((10,), 5.0)
+    save_checkpoint(path, tensors, meta={"model": {"name": "resnet18", "args": model.model_args}, "step": 7})
+    rebuilt = create_model("resnet18", checkpoint=path).eval()
+    assert rebuilt.model_args == {"num_classes": 10, "in_chans": 1, "small_input": True}
+    assert rebuilt.conv1.weight.shape == (64, 1, 3, 3) and isinstance(rebuilt.maxpool, nn.Identity)
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+    # explicit arguments win over the recorded ones: another head, re-initialised
+    five = create_model("resnet18", checkpoint=path, num_classes=5)
+    assert five.fc.weight.shape == (5, 512) and five.model_args["in_chans"] == 1
+    # the same checkpoint as a feature extractor (e.g. a detector backbone)
+    backbone = create_model("resnet18", checkpoint=path, features_only=True, out_indices=(2, 3)).eval()
+    with torch.no_grad():
+        maps = backbone(x)
+        c3 = model.layer2(model.layer1(model.relu(model.bn1(model.conv1(x)))))
+        torch.testing.assert_close(maps[0], c3)
+        torch.testing.assert_close(maps[1], model.layer3(c3))
+    # ema=True reads the EMA section where there is one
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(rebuilt, path, ema=True)
+
+
+def test_checkpoint_for_another_model_name_is_refused(tmp_path):
+    model = create_model("resnet18", num_classes=3)
+    path = tmp_path / "r18.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    meta={"model": {"name": "resnet18", "args": model.model_args}})
+    with pytest.raises(CheckpointError, match="is for model 'resnet18', not 'resnet34'"):
+        create_model("resnet34", checkpoint=path)
+    other = create_model("resnet34")
+    with pytest.raises(CheckpointError, match="is for model 'resnet18', not 'resnet34'"):
+        load_checkpoint(other, path)
+
+
+def test_headless_model_drops_classifier_weights(torchvision_files, caplog):
+    reference, path = torchvision_files["resnet18"]
+    with caplog.at_level(logging.INFO, logger="visionzoo"):
+        model = create_model("resnet18", checkpoint=path, num_classes=0).eval()
+    assert any("no classifier fc" in r.getMessage() for r in caplog.records)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.flatten(nn.Sequential(*list(reference.children())[:-1])(x), 1))
+
+
+def test_cli_list_models(capsys):
+    assert main(["list-models", "resnet*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == RESNETS
+    assert all("pretrained" in line for line in lines)
+    assert main(["list-models", "nosuch*"]) != 0
+    assert "nosuch" in capsys.readouterr().out

@@ -1,0 +1,177 @@
+"""ResNet against torchvision and timm: sizes, checkpoints, logits, feature maps, the timm interface."""
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from visionzoo.models import create_model
+from visionzoo.models.resnet import ResNet
+
+NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def randomize_batch_norm(model: nn.Module, seed: int) -> nn.Module:
+    """Random BN statistics and affine parameters, so that a checkpoint test sees every buffer."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def torchvision_resnet50(tmp_path_factory):
+    """A torchvision resnet50 with random weights and BN statistics, and its state dict saved as .pth."""
+    torch.manual_seed(0)
+    reference = randomize_batch_norm(torchvision.models.resnet50(), 0).eval()
+    path = tmp_path_factory.mktemp("torchvision") / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_and_keys_equal_torchvision(name):
+    ours = create_model(name)
+    reference = getattr(torchvision.models, name)()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert ours_shapes == reference_shapes
+
+
+def test_torchvision_resnet50_checkpoint_gives_torchvision_logits(torchvision_resnet50):
+    reference, path = torchvision_resnet50
+    ours = create_model("resnet50", checkpoint=path).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert expected.std() > 1.0  # random BN statistics: a model that ignored them would differ
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+
+
+def test_timm_resnet18_checkpoint_loads_and_matches_timm(tmp_path):
+    torch.manual_seed(2)
+    reference = randomize_batch_norm(timm.create_model("resnet18"), 2).eval()
+    path = tmp_path / "model.safetensors"  # the format of timm's Hugging Face weights
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    ours = create_model("resnet18", checkpoint=path).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), reference.forward_features(x), atol=1e-4, rtol=1e-5)
+        features = ours.forward_features(x)
+        torch.testing.assert_close(
+            ours.forward_head(features, pre_logits=True), reference.forward_head(features, pre_logits=True)
+        )
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-4, rtol=1e-5)
+    assert ours.num_features == reference.num_features == 512
+
+
+def test_features_only_maps_equal_torchvision_intermediates(torchvision_resnet50):
+    reference, path = torchvision_resnet50
+    ours = create_model("resnet50", checkpoint=path, features_only=True).eval()
+    nodes = {"relu": "c1", "layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
+    extractor = create_feature_extractor(reference, return_nodes=nodes)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = extractor(x)
+        maps = ours(x)
+    assert len(maps) == 4
+    for got, key in zip(maps, ("c2", "c3", "c4", "c5"), strict=True):
+        torch.testing.assert_close(got, expected[key], atol=1e-4, rtol=1e-5)
+    # feature_info describes the maps it returns
+    assert ours.feature_info.channels() == [m.shape[1] for m in maps]
+    assert ours.feature_info.reduction() == [64 // m.shape[-1] for m in maps]
+    assert ours.feature_info.module_name() == ["layer1", "layer2", "layer3", "layer4"]
+    assert not hasattr(ours, "fc")
+
+
+def test_features_only_out_indices_and_timm_feature_info():
+    ours = create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
+    reference = timm.create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
+    assert ours.feature_info.channels() == reference.feature_info.channels() == [64, 512, 1024]
+    assert ours.feature_info.reduction() == reference.feature_info.reduction() == [2, 8, 16]
+    assert ours.feature_info.channels(1) == 512
+    # stages after the last requested one are left out, as timm does
+    assert hasattr(ours, "layer3") and not hasattr(ours, "layer4")
+    maps = ours(torch.randn(1, 3, 64, 64))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 32, 32), (512, 8, 8), (1024, 4, 4)]
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("resnet18", features_only=True, out_indices=(3, 1))
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("resnet18", features_only=True, out_indices=(1, 5))
+
+
+def test_forward_is_head_of_features_and_reset_classifier():
+    torch.manual_seed(6)
+    model = randomize_batch_norm(create_model("resnet18", num_classes=7), 6).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (2, 512, 2, 2)
+        torch.testing.assert_close(model(x), model.fc(features.mean(dim=(2, 3))))
+        pooled = model.forward_head(features, pre_logits=True)
+        torch.testing.assert_close(pooled, features.mean(dim=(2, 3)))
+        model.reset_classifier(3)
+        assert model.num_classes == 3 and model(x).shape == (2, 3)
+        model.reset_classifier(0)
+        torch.testing.assert_close(model(x), pooled)
+
+
+def test_zero_init_residual_makes_blocks_identities_like_torchvision():
+    torch.manual_seed(7)
+    ours = create_model("resnet50", zero_init_residual=True).eval()
+    reference = torchvision.models.resnet50(zero_init_residual=True)
+    zeroed = {k for k, v in ours.state_dict().items() if k.endswith("weight") and v.ndim == 1 and not v.any()}
+    expected = {k for k, v in reference.state_dict().items() if k.endswith("weight") and v.ndim == 1 and not v.any()}
+    assert zeroed == expected and len(zeroed) == 16
+    x = torch.rand(1, 256, 8, 8)  # non-negative, as after a ReLU
+    with torch.no_grad():
+        torch.testing.assert_close(ours.layer1[1](x), x)
+    plain = create_model("resnet50")
+    assert plain.layer1[1].bn3.weight.min() == 1.0
+
+
+def test_small_input_stem_keeps_keys_and_stride_eight():
+    standard = create_model("resnet18")
+    small = create_model("resnet18", small_input=True, in_chans=1, num_classes=10)
+    assert set(small.state_dict()) == set(standard.state_dict())
+    assert small.conv1.weight.shape == (64, 1, 3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    assert small.feature_info.reduction() == [1, 1, 2, 4, 8]
+    assert small.forward_features(torch.randn(2, 1, 32, 32)).shape == (2, 512, 4, 4)
+    features = create_model("resnet18", small_input=True, features_only=True)
+    maps = features(torch.randn(1, 3, 32, 32))
+    assert [32 // m.shape[-1] for m in maps] == features.feature_info.reduction() == [1, 2, 4, 8]
+
+
+def test_drop_rate_acts_in_training_only():
+    torch.manual_seed(8)
+    model = create_model("resnet18", num_classes=5, drop_rate=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pooled = features.mean(dim=(2, 3))
+        torch.testing.assert_close(model.forward_head(features), model.fc(pooled))
+        model.train()
+        dropped = model.forward_head(features, pre_logits=True)
+    assert (dropped == 0).any()
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], 2 * pooled[kept])
+
+
+def test_resnet_rejects_wrong_stage_count():
+    from visionzoo.models.resnet import BasicBlock
+
+    with pytest.raises(ValueError, match="4 stage depths"):
+        ResNet(BasicBlock, (2, 2, 2))

@@ -1,0 +1,183 @@
+"""Checkpoint files: safe reading of any weights file, atomic writing of ours."""
+
+import collections
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from visionzoo.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    model_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+UNPICKLED = []
+
+
+def _record_unpickling():
+    UNPICKLED.append(True)
+    return {}
+
+
+class Payload:
+    """An object whose unpickling runs code: what weights-only loading must never do."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+class TaggedDict(collections.OrderedDict):
+    pass
+
+
+def state(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=generator), "fc.bias": torch.randn(5, generator=generator)}
+
+
+@pytest.mark.parametrize("kind", ["instance", "dict_subclass"])
+def test_unsafe_pickles_are_refused(tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "instance":
+        torch.save({**state(), "extra": Payload()}, path)
+        type_name = "_record_unpickling"
+    else:
+        torch.save(TaggedDict(state()), path)
+        type_name = "TaggedDict"
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "refused for safety" in message and type_name in message
+    assert "\n" not in message
+    assert UNPICKLED == []
+
+
+def test_torchvision_and_timm_containers_are_unwrapped(tmp_path):
+    tensors = state()
+    torch.save(collections.OrderedDict(tensors), tmp_path / "plain.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tensors.items()}, "epoch": 3, "arch": "x"},
+               tmp_path / "timm_train.pth")
+    torch.save({"model": tensors, "epoch": 9}, tmp_path / "torchvision_reference.pth")
+    for name in ("plain.pth", "timm_train.pth", "torchvision_reference.pth"):
+        loaded, meta = read_checkpoint(tmp_path / name)
+        assert meta is None
+        assert loaded.keys() == tensors.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in tensors.items()), name
+
+
+def test_non_state_dicts_are_refused(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    torch.save({"weight": torch.zeros(3), "note": "hello"}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a state dict"):
+        read_checkpoint(tmp_path / "tensor.pth")
+    with pytest.raises(CheckpointError, match=r"non-tensor entries \['note'\]"):
+        read_checkpoint(tmp_path / "mixed.pth")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_pth_gives_checkpoint_error_at_any_length(tmp_path, legacy):
+    whole = tmp_path / "whole.pth"
+    torch.save(state(), whole, _use_new_zipfile_serialization=not legacy)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pth"
+    for length in range(0, len(data), 3):  # every opcode of the pickle, cut in the middle or at its end
+        cut.write_bytes(data[:length])
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(cut)
+        message = str(info.value)
+        assert message.startswith(f"checkpoint {cut} is truncated or corrupt"), (length, message)
+        assert "\n" not in message
+
+
+def test_random_bytes_are_corrupt_not_unsafe(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is (corrupt|truncated)") as info:
+        read_checkpoint(path)
+    assert "safety" not in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.3, 0.0])
+def test_truncated_safetensors_gives_checkpoint_error(tmp_path, keep):
+    whole = tmp_path / "whole.safetensors"
+    save_checkpoint(whole, {f"model.{k}": v for k, v in state().items()}, meta={"model": {"name": "m"}})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=rf"checkpoint {cut} is truncated or corrupt"):
+        read_checkpoint(cut)
+
+
+def test_safetensors_is_recognised_by_its_header(tmp_path):
+    path = tmp_path / "model.bin"
+    save_file(state(), str(path))
+    loaded, meta = read_checkpoint(path)
+    assert meta is None and all(torch.equal(loaded[k], v) for k, v in state().items())
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        read_checkpoint(tmp_path / "nothere.pth")
+    with pytest.raises(CheckpointError, match="is not a file"):
+        read_checkpoint(tmp_path)
+
+
+def test_save_and_read_round_trip_with_shared_tensors(tmp_path):
+    tensors = state()
+    tied = torch.randn(6, 4)
+    tensors["embed.weight"] = tied
+    tensors["head.weight"] = tied  # tied weights share storage, which safetensors refuses as such
+    tensors["view.weight"] = tied[:3]
+    tensors["transposed"] = tied.t()
+    meta = {"model": {"name": "resnet18", "args": {"num_classes": 6, "out_indices": [1, 2]}}, "step": 12}
+    path = tmp_path / "run" / "last.safetensors"
+    save_checkpoint(path, tensors, meta)
+    loaded, read_meta = read_checkpoint(path)
+    assert read_meta == meta
+    assert json.loads((tmp_path / "run" / "last.json").read_text()) == meta
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.json", "last.safetensors"]
+
+
+def test_save_refuses_unserialisable_metadata(tmp_path):
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        save_checkpoint(tmp_path / "x.safetensors", state(), meta={"model": object()})
+    assert not list(tmp_path.iterdir())
+
+
+def test_corrupt_metadata_gives_checkpoint_error(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file(state(), str(path), metadata={"visionzoo": "{not json"})
+    with pytest.raises(CheckpointError, match="corrupt metadata"):
+        read_checkpoint(path)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_checkpoint(path, state(0), {"step": 1})
+
+    def failing(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, failing)
+    loaded, meta = read_checkpoint(path)
+    assert meta == {"step": 1} and torch.equal(loaded["conv.weight"], state(0)["conv.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.json", "weights.safetensors"]
+
+
+def test_model_state_sections():
+    tensors = {"model.a": torch.zeros(1), "ema.a": torch.ones(1), "optimizer.state.0": torch.zeros(2)}
+    assert model_state(tensors, {"step": 1}).keys() == {"a"}
+    assert torch.equal(model_state(tensors, {"step": 1}, ema=True)["a"], torch.ones(1))
+    no_ema = {"model.a": torch.zeros(1)}
+    assert torch.equal(model_state(no_ema, {}, ema=True)["a"], torch.zeros(1))
+    foreign = {"conv.weight": torch.zeros(1)}
+    assert model_state(foreign, None) == foreign
