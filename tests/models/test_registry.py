@@ -233,4 +233,4 @@ def test_cli_list_models(capsys):
     assert [line.split()[0] for line in lines] == RESNETS
     assert all("pretrained" in line for line in lines)
     assert main(["list-models", "nosuch*"]) != 0
-    assert "nosuch" in capsys.readouterr().out
+    assert "no model matches 'nosuch*'" in capsys.readouterr().err

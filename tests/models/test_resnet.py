@@ -6,7 +6,6 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from visionzoo.models import create_model
 from visionzoo.models.resnet import ResNet
@@ -78,20 +77,24 @@ def test_timm_resnet18_checkpoint_loads_and_matches_timm(tmp_path):
 
 def test_features_only_maps_equal_torchvision_intermediates(torchvision_resnet50):
     reference, path = torchvision_resnet50
-    ours = create_model("resnet50", checkpoint=path, features_only=True).eval()
-    nodes = {"relu": "c1", "layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
-    extractor = create_feature_extractor(reference, return_nodes=nodes)
+    ours = create_model("resnet50", checkpoint=path, features_only=True, out_indices=(0, 1, 2, 3, 4)).eval()
+    names = ("relu", "layer1", "layer2", "layer3", "layer4")  # torchvision's top-level relu is the stem's alone
+    expected = {}
+    hooks = [getattr(reference, name).register_forward_hook(lambda m, i, out, name=name: expected.update({name: out}))
+             for name in names]
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        expected = extractor(x)
+        reference(x)
         maps = ours(x)
-    assert len(maps) == 4
-    for got, key in zip(maps, ("c2", "c3", "c4", "c5"), strict=True):
-        torch.testing.assert_close(got, expected[key], atol=1e-4, rtol=1e-5)
+    for hook in hooks:
+        hook.remove()
+    assert len(maps) == 5
+    for got, name in zip(maps, names, strict=True):
+        torch.testing.assert_close(got, expected[name], atol=1e-4, rtol=1e-5)
     # feature_info describes the maps it returns
-    assert ours.feature_info.channels() == [m.shape[1] for m in maps]
-    assert ours.feature_info.reduction() == [64 // m.shape[-1] for m in maps]
-    assert ours.feature_info.module_name() == ["layer1", "layer2", "layer3", "layer4"]
+    assert ours.feature_info.channels() == [m.shape[1] for m in maps] == [64, 256, 512, 1024, 2048]
+    assert ours.feature_info.reduction() == [64 // m.shape[-1] for m in maps] == [2, 4, 8, 16, 32]
+    assert ours.feature_info.module_name() == list(names)
     assert not hasattr(ours, "fc")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from visionzoo.cli import register_command
 from visionzoo.models import get_model_entry, list_models
@@ -17,7 +18,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def list_models_command(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, task=args.task)
     if not names:
-        print(f"no model matches {args.pattern!r}")
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
     for name in names:

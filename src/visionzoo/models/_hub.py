@@ -1,0 +1,146 @@
+"""Downloading official weights into a hash-checked cache (``create_model(..., pretrained=True)``).
+
+Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``~/.cache/visionzoo``.
+A file in the cache is used without touching the network; a download goes to a temporary file
+beside its final name, is checked against the expected sha256 (the full digest, or the prefix
+torchvision puts in its file names) and only then renamed into place, so the cache never holds a
+partial or unverified file.
+
+Where files come from:
+- a direct URL (torchvision's weights). ``$VISIONZOO_WEIGHTS_MIRROR`` (e.g. ``http://host:8080/pt``)
+  replaces the URL's scheme and host, for users behind proxies and for tests on loopback.
+- a Hugging Face repository (timm's weights): ``{endpoint}/{repo}/resolve/main/{filename}`` with
+  ``endpoint`` from ``$HF_ENDPOINT`` (default ``https://huggingface.co``), fetched by the same
+  code as URLs rather than through ``huggingface_hub``: one code path with our hash check and
+  cache, no extra dependency, and the endpoint variable that huggingface_hub users already set.
+  ``$HF_TOKEN``, when set, is sent for gated repositories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from visionzoo.models._registry import ModelEntry, Pretrained
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+CHUNK = 1 << 20
+
+
+class DownloadError(ValueError):
+    """Weights that could not be fetched or failed their hash check (a user-facing error)."""
+
+
+def cache_dir() -> Path:
+    """The weights cache: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``~/.cache/visionzoo``."""
+    if os.environ.get("VISIONZOO_CACHE"):
+        return Path(os.environ["VISIONZOO_CACHE"]).expanduser()
+    if os.environ.get("TORCH_HOME"):
+        return Path(os.environ["TORCH_HOME"]).expanduser() / "visionzoo"
+    return Path.home() / ".cache" / "visionzoo"
+
+
+def weights_url(pretrained: Pretrained) -> str:
+    """The URL to fetch, after ``$VISIONZOO_WEIGHTS_MIRROR`` (URLs) or ``$HF_ENDPOINT`` (Hugging Face)."""
+    if pretrained.url is not None:
+        mirror = os.environ.get("VISIONZOO_WEIGHTS_MIRROR")
+        if not mirror:
+            return pretrained.url
+        parts = urllib.parse.urlsplit(pretrained.url)
+        return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+    if pretrained.hf_hub_id is not None:
+        endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
+        return f"{endpoint.rstrip('/')}/{pretrained.hf_hub_id}/resolve/main/{pretrained.filename}"
+    raise ValueError("Pretrained needs a url or an hf_hub_id")
+
+
+def cached_path(pretrained: Pretrained) -> Path:
+    """Where the weights live in the cache: ``NAME`` of the URL, or ``hf/ORG--REPO/FILENAME``."""
+    if pretrained.url is not None:
+        return cache_dir() / Path(urllib.parse.urlsplit(pretrained.url).path).name
+    if pretrained.hf_hub_id is not None:
+        return cache_dir() / "hf" / pretrained.hf_hub_id.replace("/", "--") / pretrained.filename
+    raise ValueError("Pretrained needs a url or an hf_hub_id")
+
+
+def download_pretrained(entry: ModelEntry) -> Path:
+    """The local path of ``entry``'s official weights, downloading and hash-checking them once.
+
+    Raises:
+        ValueError: the model has no official weights.
+        DownloadError: the download failed (naming the URL) or the file's sha256 differs from the
+            expected one (naming the URL and both digests; the file is deleted).
+    """
+    if entry.pretrained is None:
+        raise ValueError(f"model {entry.name!r} has no pretrained weights; build it with pretrained=False")
+    target = cached_path(entry.pretrained)
+    if target.is_file():
+        log.info("using cached weights %s", target)
+        return target
+    headers = {}
+    token = os.environ.get("HF_TOKEN")
+    if entry.pretrained.url is None and token:
+        headers["Authorization"] = f"Bearer {token}"
+    return download(weights_url(entry.pretrained), target, entry.pretrained.sha256, headers)
+
+
+def download(url: str, target: Path, sha256: str | None = None, headers: dict[str, str] | None = None,
+             timeout: float = 60.0) -> Path:
+    """Fetch ``url`` into ``target`` atomically, checking its sha256 (full digest or prefix) if given."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", url, target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _fetch(url, out, headers or {}, timeout)
+        if sha256 is not None and not digest.startswith(sha256.lower()):
+            raise DownloadError(
+                f"{url} has sha256 {digest}, expected {sha256.lower()}{'...' if len(sha256) < 64 else ''}; "
+                "the download was deleted (a corrupt transfer, or a mirror serving another file)"
+            )
+        if sha256 is None:
+            log.info("%s: no known hash to check; sha256 %s", url, digest)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _fetch(url: str, out, headers: dict[str, str], timeout: float) -> str:
+    """Stream ``url`` into the open file ``out`` with a progress bar; return the sha256 hex digest."""
+    request = urllib.request.Request(url, headers={"User-Agent": "visionzoo", **headers})
+    hasher = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            name = Path(urllib.parse.urlsplit(url).path).name
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise DownloadError(f"could not download {url}: {error.reason}") from None
+    except (OSError, http.client.HTTPException) as error:
+        raise DownloadError(f"could not download {url}: {type(error).__name__}: {error}") from None
+    if total is not None and received != total:
+        raise DownloadError(f"could not download {url}: the transfer stopped after {received} of {total} bytes")
+    return hasher.hexdigest()

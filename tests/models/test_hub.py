@@ -1,0 +1,183 @@
+"""pretrained=True through a local HTTP server on 127.0.0.1: the real download code path, no internet."""
+
+import dataclasses
+import hashlib
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+from visionzoo.models import _registry as registry
+from visionzoo.models import create_model, get_model_entry
+from visionzoo.models._hub import DownloadError, cache_dir, download_pretrained
+from visionzoo.models._registry import Pretrained
+
+HF_REPO = "timm/resnet18.tv_in1k"
+
+
+class Server:
+    """Serves a folder on an ephemeral loopback port in a thread, counting the requests per path."""
+
+    def __init__(self, root: Path):
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                if self.path.startswith("/short/"):  # promises more bytes than it sends
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"x" * 10)
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A random torchvision resnet18 saved where torchvision's URL and timm's HF repo put it."""
+    root = tmp_path_factory.mktemp("www")
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    generator = torch.Generator().manual_seed(0)
+    for module in reference.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    reference.eval()
+    url_path = root / "models" / Path(get_model_entry("resnet18").pretrained.url).name
+    url_path.parent.mkdir()
+    torch.save(reference.state_dict(), url_path)
+    hf_path = root / HF_REPO / "resolve" / "main" / "model.safetensors"
+    hf_path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(hf_path))
+    server = Server(root)
+    yield reference, server, hashlib.sha256(url_path.read_bytes()).hexdigest(), hf_path
+    server.close()
+
+
+@pytest.fixture
+def mirror(served, tmp_path, monkeypatch):
+    reference, server, digest, hf_path = served
+    server.requests.clear()
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", server.url)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    return served
+
+
+def with_weights(monkeypatch, name: str, **changes) -> registry.ModelEntry:
+    """Point the registry entry ``name`` at other weights for this test only."""
+    entry = get_model_entry(name)
+    changed = dataclasses.replace(entry, pretrained=dataclasses.replace(entry.pretrained, **changes))
+    monkeypatch.setitem(registry._MODELS, name, changed)
+    return changed
+
+
+def test_pretrained_download_gives_torchvision_logits_then_uses_the_cache(mirror, monkeypatch, tmp_path):
+    reference, server, digest, _ = mirror
+    with_weights(monkeypatch, "resnet18", sha256=digest[:8])  # the file-name prefix torchvision uses
+    model = create_model("resnet18", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-5)
+    assert server.requests == ["/models/resnet18-f37072fd.pth"]
+    cached = tmp_path / "cache" / "resnet18-f37072fd.pth"
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]
+
+    again = create_model("resnet18", pretrained=True, num_classes=10)
+    assert len(server.requests) == 1  # served from the cache, no request
+    assert torch.equal(again.conv1.weight, reference.conv1.weight) and again.fc.weight.shape == (10, 512)
+
+
+def test_full_digest_is_accepted(mirror, monkeypatch, tmp_path):
+    _, _, digest, _ = mirror
+    entry = with_weights(monkeypatch, "resnet18", sha256=digest)
+    path = download_pretrained(entry)
+    assert path == tmp_path / "cache" / "resnet18-f37072fd.pth"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_hash_mismatch_is_refused_and_deleted(mirror, tmp_path):
+    # the served file is random weights, so torchvision's real hash prefix cannot match
+    _, server, digest, _ = mirror
+    with pytest.raises(DownloadError) as info:
+        create_model("resnet18", pretrained=True)
+    message = str(info.value)
+    assert f"{server.url}/models/resnet18-f37072fd.pth" in message
+    assert digest in message and "expected f37072fd" in message
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_hugging_face_repo_through_the_endpoint(mirror, monkeypatch, tmp_path):
+    reference, server, _, hf_path = mirror
+    digest = hashlib.sha256(hf_path.read_bytes()).hexdigest()
+    monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(
+        get_model_entry("resnet18"), pretrained=Pretrained(hf_hub_id=HF_REPO, filename="model.safetensors", sha256=digest)))
+    model = create_model("resnet18", pretrained=True, in_chans=1).eval()
+    assert server.requests == [f"/{HF_REPO}/resolve/main/model.safetensors"]
+    assert (tmp_path / "cache" / "hf" / "timm--resnet18.tv_in1k" / "model.safetensors").is_file()
+    grey = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(grey), reference(grey.expand(1, 3, 64, 64)), atol=1e-4, rtol=1e-4)
+
+
+def test_network_failures_name_the_url(mirror, monkeypatch, tmp_path):
+    _, server, _, _ = mirror
+    entry = with_weights(monkeypatch, "resnet18", url="https://download.pytorch.org/missing/resnet18-f37072fd.pth")
+    with pytest.raises(DownloadError, match=rf"could not download {server.url}/missing/resnet18-f37072fd.pth: HTTP 404"):
+        download_pretrained(entry)
+
+    entry = with_weights(monkeypatch, "resnet18", url="https://download.pytorch.org/short/resnet18-f37072fd.pth")
+    with pytest.raises(DownloadError, match="short/resnet18-f37072fd.pth: the transfer stopped after 10 of 1000 bytes"):
+        download_pretrained(entry)
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{closed}")
+    with pytest.raises(DownloadError, match=rf"could not download http://127.0.0.1:{closed}/short/.*refused") as info:
+        download_pretrained(entry)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_model_without_weights_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(get_model_entry("resnet18"), pretrained=None))
+    with pytest.raises(ValueError, match="'resnet18' has no pretrained weights"):
+        create_model("resnet18", pretrained=True)
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("VISIONZOO_CACHE", raising=False)
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "visionzoo"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert cache_dir() == tmp_path / "torch" / "visionzoo"
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "vz"))
+    assert cache_dir() == tmp_path / "vz"
