@@ -1,1 +1,59 @@
-"""CLI commands of this package (filled in as the package grows)."""
+"""``visionzoo export-data shapes --out DIR [--split ...] [--num N] [--image-size N] [--overwrite]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from visionzoo.cli import positive_int, register_command
+from visionzoo.data.export import export_shapes
+from visionzoo.data.shapes import DEFAULT_LENGTHS, SPLIT_SEEDS
+
+EXPORTABLE = ("shapes",)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help=f"built-in dataset to export: {', '.join(EXPORTABLE)}")
+    parser.add_argument(
+        "--out", required=True, help="output folder (COCO layout: SPLIT/*.png, annotations/*.json)"
+    )
+    parser.add_argument(
+        "--split",
+        nargs="+",
+        choices=list(SPLIT_SEEDS),
+        default=list(SPLIT_SEEDS),
+        help="splits to write (default: all)",
+    )
+    parser.add_argument(
+        "--num",
+        type=positive_int,
+        help="images per split (default: the split's length, "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LENGTHS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, default=128, help="image side in pixels (default 128)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the dataset (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+
+@register_command(
+    "export-data", help="write a built-in dataset as PNG files + COCO JSON", arguments=_arguments
+)
+def export_data_command(args: argparse.Namespace) -> int:
+    if args.dataset.lower() not in EXPORTABLE:
+        raise ValueError(
+            f"cannot export {args.dataset!r}: export-data writes detection data; "
+            f"choose from {', '.join(EXPORTABLE)}"
+        )
+    written = export_shapes(
+        args.out,
+        splits=args.split,
+        num=args.num,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+        seed=args.seed,
+    )
+    for split, path in written.items():
+        print(f"{split}: images in {path.parent.parent / split}, annotations in {path}")
+    return 0

@@ -1,0 +1,325 @@
+"""A detection dataset read from a COCO-format folder: images plus an instances JSON file.
+
+The annotation file is read and checked when the dataset is built, so bad input stops a run before
+training starts: a JSON syntax error (file, line and column), a missing key (file and entry), an
+annotation naming an unknown image or category, a missing image file (path and image id), or a box
+with no area inside its image (file and annotation id) raises one ``ValueError`` or
+``FileNotFoundError``. Boxes that run partly outside their image are clipped to it, as real COCO
+files need. Images are decoded only when a sample is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from visionzoo.data.masks import polygon_to_mask, rle_to_mask
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed JSON of ``path``; a syntax error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+
+
+def _require(entry: Any, keys: tuple[str, ...], where: str, ann_file: Path) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{ann_file}: {where} is not a JSON object")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{ann_file}: {where} is missing {', '.join(repr(k) for k in missing)}")
+
+
+def _entry_name(kind: str, position: int, entry: Any) -> str:
+    """'annotation id 7' when the entry has an id, else 'annotations[3]'."""
+    if isinstance(entry, dict) and "id" in entry:
+        return f"{kind} id {entry['id']}"
+    return f"{kind}s[{position}]"
+
+
+def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """COCO ``[x, y, w, h]`` as xyxy clipped to the image, or None when no area is left inside it.
+
+    Raises ValueError when ``bbox`` is not four finite numbers.
+    """
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        raise ValueError(f"bbox must be [x, y, width, height], got {bbox!r}")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ValueError(f"bbox must hold four numbers, got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"bbox must hold finite numbers, got {bbox!r}")
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return x1, y1, x2, y2
+
+
+def _check_segmentation(segmentation: Any, width: int, height: int) -> str | None:
+    """Why ``segmentation`` cannot be decoded for a width x height image, or None when it can."""
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                return "a polygon must be a list of at least 3 (x, y) pairs"
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in polygon):
+                return "a polygon must hold finite numbers"
+        return None
+    if isinstance(segmentation, dict):
+        if "counts" not in segmentation or "size" not in segmentation:
+            return "an RLE segmentation needs 'size' and 'counts'"
+        if list(segmentation["size"]) != [height, width]:
+            return f"RLE size {segmentation['size']} differs from the image's [{height}, {width}]"
+        return None
+    return f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"
+
+
+def _image_size(entry: dict[str, Any], path: Path) -> tuple[int, int]:
+    """(width, height) from the JSON entry, or from the image file's header when the entry lacks them."""
+    if "width" in entry and "height" in entry:
+        return int(entry["width"]), int(entry["height"])
+    with Image.open(path) as image:
+        return image.size
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """bool[H, W] mask of a COCO segmentation: polygons, or RLE with compressed or uncompressed counts."""
+    if isinstance(segmentation, dict):
+        return rle_to_mask(segmentation)
+    return polygon_to_mask(segmentation, height, width)
+
+
+class CocoDetection(Dataset):
+    """Images and instance annotations in COCO's format, returned like :class:`visionzoo.data.Shapes`.
+
+    ``ds[i]`` returns ``(image, target)``: ``image`` float32 Tensor[3, H, W] in [0, 1] (read with
+    PIL as RGB); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
+    and clipped to the image), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
+    to contiguous labels; ``label_to_cat_id`` maps back), ``area`` float32 Tensor[N] (the file's,
+    else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
+    should ignore them and evaluation does), ``image_id`` int (COCO's id) and, when every
+    annotation has a segmentation and ``load_masks`` is set, ``masks`` bool Tensor[N, H, W]
+    (polygons rasterised by pixel centre; RLE with compressed or uncompressed counts).
+
+    Args:
+        images_dir: folder that the images' ``file_name`` entries are relative to.
+        ann_file: the instances JSON file.
+        skip_invalid: drop boxes with no area inside their image instead of raising; the count is
+            logged and kept in ``num_skipped``.
+        transform: optional callable ``(image, target) -> (image, target)``.
+        load_masks: decode segmentations into ``masks`` (costs time; detection alone needs none).
+        image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, aspect not
+            kept), scaling boxes, areas and masks with it; None keeps the files' sizes.
+
+    Attributes: ``classes`` (category names, ``classes[label - 1]``), ``cat_ids`` (sorted COCO
+    category ids), ``label_to_cat_id`` / ``cat_id_to_label`` (dicts), ``image_ids`` (sorted),
+    ``num_skipped``, ``has_masks``.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        ann_file: str | Path,
+        skip_invalid: bool = False,
+        transform: Transform | None = None,
+        load_masks: bool = True,
+        image_size: int | None = None,
+    ):
+        self.images_dir = Path(images_dir)
+        self.ann_file = Path(ann_file)
+        self.skip_invalid = skip_invalid
+        self.transform = transform
+        self.load_masks = load_masks
+        if image_size is not None and image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.image_size = image_size
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder not found: {self.images_dir}")
+        data = read_json(self.ann_file)
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.ann_file}: expected a JSON object with images, annotations, categories")
+        _require(data, ("images", "annotations", "categories"), "the top level", self.ann_file)
+        self._read_categories(data["categories"])
+        self._read_images(data["images"])
+        self.num_skipped = self._read_annotations(data["annotations"])
+        if self.num_skipped:
+            log.warning(
+                "%s: skipped %d boxes with no area inside their image", self.ann_file, self.num_skipped
+            )
+
+    def _read_categories(self, categories: Any) -> None:
+        if not isinstance(categories, list):
+            raise ValueError(f"{self.ann_file}: 'categories' must be a list")
+        names: dict[int, str] = {}
+        for position, entry in enumerate(categories):
+            _require(entry, ("id", "name"), _entry_name("category", position, entry), self.ann_file)
+            if entry["id"] in names:
+                raise ValueError(f"{self.ann_file}: category id {entry['id']} appears twice")
+            names[entry["id"]] = str(entry["name"])
+        self.cat_ids = sorted(names)
+        self.classes = [names[c] for c in self.cat_ids]
+        self.cat_id_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self.label_to_cat_id = {i + 1: c for i, c in enumerate(self.cat_ids)}
+
+    def _read_images(self, images: Any) -> None:
+        if not isinstance(images, list):
+            raise ValueError(f"{self.ann_file}: 'images' must be a list")
+        self._images: dict[Any, dict[str, Any]] = {}
+        for position, entry in enumerate(images):
+            _require(entry, ("id", "file_name"), _entry_name("image", position, entry), self.ann_file)
+            image_id = entry["id"]
+            if image_id in self._images:
+                raise ValueError(f"{self.ann_file}: image id {image_id} appears twice")
+            path = self.images_dir / entry["file_name"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.ann_file}: image id {image_id}: file not found: {path}")
+            width, height = _image_size(entry, path)
+            self._images[image_id] = {"path": path, "width": width, "height": height, "annotations": []}
+        self.image_ids = sorted(self._images)
+
+    def _read_annotations(self, annotations: Any) -> int:
+        if not isinstance(annotations, list):
+            raise ValueError(f"{self.ann_file}: 'annotations' must be a list")
+        seen: set[Any] = set()
+        skipped = 0
+        for position, entry in enumerate(annotations):
+            name = _entry_name("annotation", position, entry)
+            _require(entry, ("id", "image_id", "category_id", "bbox"), name, self.ann_file)
+            if entry["id"] in seen:
+                raise ValueError(f"{self.ann_file}: annotation id {entry['id']} appears twice")
+            seen.add(entry["id"])
+            image = self._images.get(entry["image_id"])
+            if image is None:
+                raise ValueError(
+                    f"{self.ann_file}: {name} refers to image id {entry['image_id']}, not in 'images'"
+                )
+            if entry["category_id"] not in self.cat_id_to_label:
+                raise ValueError(
+                    f"{self.ann_file}: {name} has category_id {entry['category_id']}, not in 'categories'"
+                )
+            try:
+                box = clip_box(entry["bbox"], image["width"], image["height"])
+            except ValueError as error:
+                raise ValueError(f"{self.ann_file}: {name}: {error}") from None
+            if box is None:
+                if self.skip_invalid:
+                    skipped += 1
+                    continue
+                raise ValueError(
+                    f"{self.ann_file}: {name}: box {entry['bbox']} has no area inside its image "
+                    f"(image id {entry['image_id']}, {image['width']}x{image['height']}); "
+                    "pass skip_invalid=True to drop such boxes"
+                )
+            segmentation = entry.get("segmentation")
+            if segmentation is not None:
+                problem = _check_segmentation(segmentation, image["width"], image["height"])
+                if problem:
+                    raise ValueError(f"{self.ann_file}: {name}: {problem}")
+            area = entry.get("area")
+            if not isinstance(area, int | float) or not math.isfinite(area):
+                area = (box[2] - box[0]) * (box[3] - box[1])
+            image["annotations"].append(
+                {
+                    "box": box,
+                    "label": self.cat_id_to_label[entry["category_id"]],
+                    "area": float(area),
+                    "iscrowd": int(entry.get("iscrowd", 0)),
+                    "segmentation": segmentation,
+                }
+            )
+        self.has_masks = all(
+            a["segmentation"] for image in self._images.values() for a in image["annotations"]
+        ) and any(image["annotations"] for image in self._images.values())
+        return skipped
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self._images[self.image_ids[index]]["path"]
+
+    def _load_image(self, record: dict[str, Any], image_id: Any) -> torch.Tensor:
+        with Image.open(record["path"]) as file:
+            if file.size != (record["width"], record["height"]):
+                raise ValueError(
+                    f"{self.ann_file}: image id {image_id}: {record['path']} is {file.size[0]}x{file.size[1]}, "
+                    f"the annotations say {record['width']}x{record['height']}"
+                )
+            pixels = np.array(file.convert("RGB"))
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float().div_(255)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        record = self._images[image_id]
+        annotations = record["annotations"]
+        image = self._load_image(record, image_id)
+        target: dict[str, Any] = {
+            "boxes": torch.tensor([a["box"] for a in annotations], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([a["label"] for a in annotations], dtype=torch.int64),
+            "area": torch.tensor([a["area"] for a in annotations], dtype=torch.float32),
+            "iscrowd": torch.tensor([a["iscrowd"] for a in annotations], dtype=torch.int64),
+            "image_id": image_id,
+        }
+        if self.has_masks and self.load_masks:
+            height, width = record["height"], record["width"]
+            masks = [decode_segmentation(a["segmentation"], height, width) for a in annotations]
+            target["masks"] = torch.from_numpy(
+                np.stack(masks) if masks else np.zeros((0, height, width), bool)
+            )
+        if self.image_size is not None:
+            image, target = resize_sample(image, target, self.image_size)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDetection(images_dir={str(self.images_dir)!r}, ann_file={str(self.ann_file)!r}, "
+            f"images={len(self)}, classes={len(self.classes)})"
+        )
+
+
+def resize_sample(
+    image: torch.Tensor, target: dict[str, Any], size: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Resize image float[3, H, W] to [3, size, size] (bilinear) and scale ``boxes``, ``area``, ``masks`` with it."""
+    height, width = image.shape[-2:]
+    if (height, width) == (size, size):
+        return image, target
+    sx, sy = size / width, size / height
+    image = F.interpolate(
+        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    target = dict(target)
+    target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+    target["area"] = target["area"] * (sx * sy)
+    if "masks" in target:
+        # Nearest neighbour by pixel centre; plain indexing also handles images without objects.
+        rows = ((torch.arange(size) + 0.5) / sy).long().clamp_(max=height - 1)
+        cols = ((torch.arange(size) + 0.5) / sx).long().clamp_(max=width - 1)
+        target["masks"] = target["masks"][:, rows][:, :, cols]
+    return image.clamp_(0, 1), target

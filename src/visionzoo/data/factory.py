@@ -1,0 +1,100 @@
+"""``create_dataset``: a built-in dataset by name, or a COCO-format folder or JSON file by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from visionzoo.data.coco import CocoDetection, read_json
+from visionzoo.data.digits import Digits
+from visionzoo.data.shapes import Shapes
+from visionzoo.utils import closest
+
+DATASETS = ("shapes", "digits")
+
+
+def _annotation_file(root: Path, split: str) -> Path:
+    candidates = [
+        root / "annotations" / f"instances_{split}.json",
+        root / "annotations" / f"instances_{split}2017.json",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no annotations for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
+    )
+
+
+def _images_folder(root: Path, split: str, ann_file: Path) -> Path:
+    candidates = [root / split, root / f"{split}2017", root / "images"]
+    if ann_file.name.endswith("2017.json"):
+        candidates.insert(0, candidates.pop(1))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no images folder for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
+    )
+
+
+def _images_beside(ann_file: Path) -> Path:
+    """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image."""
+    folder = ann_file.parent
+    data = read_json(ann_file)
+    images = data.get("images") if isinstance(data, dict) else None
+    first = images[0].get("file_name") if images and isinstance(images[0], dict) else None
+    if isinstance(first, str) and not (folder / first).is_file() and (folder / "images" / first).is_file():
+        return folder / "images"
+    return folder
+
+
+def create_dataset(
+    name_or_path: str | Path, split: str = "train", image_size: int | None = None, **kwargs: Any
+) -> Dataset:
+    """Build a dataset from a name in ``DATASETS`` or a path in COCO format.
+
+    - ``"shapes"`` / ``"digits"`` (case-insensitive): :class:`Shapes` / :class:`Digits` of ``split``; ``image_size``
+      None keeps their default (128 / 8); ``kwargs`` go to the class.
+    - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
+      ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/`` or
+      ``DIR/images/``.
+    - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it.
+
+    Paths give :class:`CocoDetection` (``image_size`` resizes, ``kwargs`` go to it). An unknown
+    name that is no existing path raises ValueError with the closest dataset names; a folder
+    without the expected files raises FileNotFoundError naming what was looked for.
+    """
+    text = str(name_or_path)
+    if text.lower() in DATASETS:  # a name wins over a folder of that name; "./shapes" names the folder
+        name = text.lower()
+        if name == "shapes":
+            return Shapes(split, **({"image_size": image_size} if image_size else {}), **kwargs)
+        return Digits(split, **({"image_size": image_size} if image_size else {}), **kwargs)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        ann_file = _annotation_file(path, split)
+        return CocoDetection(_images_folder(path, split, ann_file), ann_file, image_size=image_size, **kwargs)
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise ValueError(f"dataset file must be a COCO .json file, got {path}")
+        return CocoDetection(_images_beside(path), path, image_size=image_size, **kwargs)
+    looks_like_path = any(sep in text for sep in ("/", "\\")) or text.lower().endswith(".json")
+    if looks_like_path:
+        raise FileNotFoundError(f"dataset path not found: {path}")
+    raise ValueError(
+        f"unknown dataset {text!r}; closest: {closest(text, DATASETS)}; built-in: {', '.join(DATASETS)}, "
+        "or give a COCO folder or .json file"
+    )
+
+
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Collate detection samples into (list of images Tensor[3, H, W], list of target dicts), sizes may differ."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets

@@ -1,0 +1,238 @@
+"""Shapes: determinism, split seeds, the geometric guarantees, captions, colours, speed."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from visionzoo.data import Shapes
+from visionzoo.data.shapes import (
+    CLASSES,
+    COLOR_NAMES,
+    PALETTE,
+    SIZE_NAMES,
+    shape_area,
+    shape_bounds,
+    shape_mask,
+)
+
+
+def _digest(ds: Shapes, indices: list[int]) -> str:
+    h = hashlib.sha256()
+    for i in indices:
+        image, target = ds[i]
+        h.update(image.numpy().tobytes())
+        h.update(target["boxes"].numpy().tobytes())
+        h.update(target["labels"].numpy().tobytes())
+        h.update(target["caption"].encode())
+    return h.hexdigest()
+
+
+def _assert_same(a, b) -> None:
+    (image_a, target_a), (image_b, target_b) = a, b
+    assert torch.equal(image_a, image_b)
+    assert target_a.keys() == target_b.keys()
+    for key, value in target_a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, target_b[key]), key
+        else:
+            assert value == target_b[key], key
+
+
+def test_same_index_gives_same_sample_in_any_order():
+    ds = Shapes("train", length=50)
+    forward = [ds[i] for i in range(10)]
+    again = Shapes("train", length=50)
+    backward = [again[i] for i in reversed(range(10))][::-1]
+    for a, b in zip(forward, backward):
+        _assert_same(a, b)
+    _assert_same(ds[3], ds[3])
+    _assert_same(ds[-1], ds[49])
+
+
+def test_same_sample_in_another_process():
+    indices = [0, 7, 123, 3999]
+    code = (
+        "import hashlib; from visionzoo.data import Shapes; ds = Shapes('train'); h = hashlib.sha256()\n"
+        f"for i in {indices}:\n"
+        "    image, t = ds[i]\n"
+        "    for part in (image.numpy().tobytes(), t['boxes'].numpy().tobytes(), t['labels'].numpy().tobytes(),"
+        " t['caption'].encode()): h.update(part)\n"
+        "print(h.hexdigest())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == _digest(Shapes("train"), indices)
+
+
+def test_splits_and_seeds_give_different_samples():
+    images = [Shapes(split)[0][0] for split in ("train", "val", "test")]
+    images.append(Shapes("train", seed=1)[0][0])
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            assert not torch.equal(images[i], images[j])
+    assert len(Shapes("train")) == 4000 and len(Shapes("val")) == 500 and len(Shapes("test", length=7)) == 7
+
+
+def _check_scene(image: torch.Tensor, target: dict, size: int) -> None:
+    n = len(target["labels"])
+    assert image.dtype == torch.float32 and image.shape == (3, size, size)
+    assert target["masks"].dtype == torch.bool and target["boxes"].dtype == torch.float32
+    image = image.numpy()
+    masks, boxes, area = target["masks"].numpy(), target["boxes"].numpy(), target["area"].numpy()
+    labels, full_area = target["labels"].numpy(), target["full_area"].numpy()
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert 1 <= n <= 6
+    assert masks.shape == (n, size, size)
+    assert masks.sum(0).max() <= 1  # visible masks are disjoint
+    assert np.array_equal(area, masks.sum((1, 2)))
+    for k in range(n):
+        rows = np.flatnonzero(masks[k].any(1))
+        cols = np.flatnonzero(masks[k].any(0))
+        assert np.array_equal(boxes[k], [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    min_side = 12 * size / 128
+    assert (boxes[:, 2] - boxes[:, 0]).min() >= min_side
+    assert (boxes[:, 3] - boxes[:, 1]).min() >= min_side
+    assert (area >= 0.5 * full_area).all()
+    assert (area <= full_area).all()
+    assert target["label"] == labels[np.argmax(area)] - 1
+    assert ((labels >= 1) & (labels <= len(CLASSES))).all()
+    assert len(set(target["colors"].tolist())) == n  # colours are unique within a scene
+
+
+def test_geometric_guarantees_at_128():
+    ds = Shapes("val", length=300)
+    counts, classes = [], set()
+    for i in range(len(ds)):
+        image, target = ds[i]
+        _check_scene(image, target, 128)
+        counts.append(len(target["labels"]))
+        classes.update(target["labels"].tolist())
+    assert classes == set(range(1, len(CLASSES) + 1))
+    assert set(counts) == {1, 2, 3, 4, 5, 6}
+    assert np.mean(counts) > 3.0  # scenes rarely run out of room
+    assert ds.classes == list(CLASSES) and ds.color_names == list(COLOR_NAMES)
+
+
+def test_geometric_guarantees_scale_with_image_size():
+    ds = Shapes("train", image_size=64, length=120)
+    for i in range(len(ds)):
+        _check_scene(*ds[i], 64)
+
+
+def test_objects_are_painted_in_their_named_colour():
+    ds = Shapes("test", length=80)
+    for i in range(len(ds)):
+        image, target = ds[i]
+        for k, color in enumerate(target["colors"].tolist()):
+            mean = image[:, target["masks"][k]].mean(1).numpy()
+            distances = np.linalg.norm(PALETTE - mean, axis=1)
+            assert int(np.argmin(distances)) == color
+            assert distances[color] < 0.11  # the per-object jitter is at most 0.06 a channel
+
+
+def _centre(box):
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def _relation(a, b) -> str:
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    if abs(ax - bx) >= abs(ay - by):
+        return "left of" if ax < bx else "right of"
+    return "above" if ay < by else "below"
+
+
+def test_caption_names_the_most_visible_objects_and_their_places():
+    ds = Shapes("train", length=150)
+    phrase = r"a (\w+) (\w+) (\w+)"
+    for i in range(len(ds)):
+        _, target = ds[i]
+        order = torch.argsort(target["area"], descending=True, stable=True).tolist()
+        words = [
+            (
+                SIZE_NAMES[target["sizes"][k]],
+                COLOR_NAMES[target["colors"][k]],
+                CLASSES[target["labels"][k] - 1],
+            )
+            for k in order
+        ]
+        boxes = target["boxes"].tolist()
+        caption = target["caption"]
+        match = re.fullmatch(
+            rf"{phrase}(?: (left of|right of|above|below) {phrase})?"
+            rf"(?: and {phrase} (left of|right of|above|below) the (\w+) (\w+))?",
+            caption,
+        )
+        assert match, caption
+        groups = match.groups()
+        assert groups[0:3] == words[0]
+        if len(order) >= 2:
+            assert groups[4:7] == words[1]
+            assert groups[3] == _relation(boxes[order[0]], boxes[order[1]])
+        else:
+            assert groups[3] is None
+        if len(order) >= 3:
+            assert groups[7:10] == words[2]
+            assert groups[10] == _relation(boxes[order[2]], boxes[order[0]])
+            assert groups[11:13] == words[0][1:]
+        else:
+            assert groups[7] is None
+
+
+@pytest.mark.parametrize("cls", range(len(CLASSES)))
+def test_rasterised_shapes_have_their_exact_area_and_bounds(cls):
+    extent, angle = 300.0, 0.7
+    xmin, ymin, xmax, ymax = shape_bounds(cls, extent, angle)
+    px = np.arange(math.floor(xmin) - 2, math.ceil(xmax) + 2) + 0.5
+    py = np.arange(math.floor(ymin) - 2, math.ceil(ymax) + 2) + 0.5
+    mask = shape_mask(cls, extent, angle, px, py)
+    assert abs(mask.sum() / shape_area(cls, extent) - 1) < 0.01
+    ys, xs = np.nonzero(mask)
+    assert px[xs].min() >= xmin and px[xs].max() <= xmax
+    assert py[ys].min() >= ymin and py[ys].max() <= ymax
+    assert px[xs].min() < xmin + 2 and py[ys].max() > ymax - 2  # bounds are tight
+
+
+def test_transform_is_applied_to_image_and_target():
+    def flip(image, target):
+        width = image.shape[-1]
+        target = dict(
+            target,
+            boxes=target["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1])
+            + torch.tensor([width, 0, width, 0]),
+        )
+        return image.flip(-1), target
+
+    plain, flipped = Shapes("val", length=5), Shapes("val", length=5, transform=flip)
+    image, target = plain[2]
+    image_f, target_f = flipped[2]
+    assert torch.equal(image_f, image.flip(-1))
+    assert torch.equal(target_f["boxes"][:, 0], 128 - target["boxes"][:, 2])
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="train, val, test"):
+        Shapes("training")
+    with pytest.raises(IndexError, match="out of range"):
+        Shapes("val", length=3)[3]
+    with pytest.raises(ValueError, match="max_objects"):
+        Shapes("val", max_objects=9)
+
+
+def test_rendering_is_fast():
+    ds = Shapes("train", length=300)
+    ds[0]
+    start = time.process_time()
+    for i in range(len(ds)):
+        ds[i]
+    per_sample = (time.process_time() - start) / len(ds)
+    assert per_sample < 0.004, f"{per_sample * 1e3:.2f} ms per sample"
