@@ -1,0 +1,724 @@
+"""COCO detection evaluation with pycocotools' rules, vectorised with NumPy.
+
+The work is split as pycocotools splits it: :func:`evaluate` matches detections to ground truth
+per (image, category) at every IoU threshold and area range, :func:`accumulate` turns the matches
+into the precision/recall arrays, :func:`summarize` reads the 12 standard numbers off them.
+:func:`coco_evaluate` runs the three from COCO JSON files or dicts. Inside, nothing loops over
+images or categories: IoUs are computed for all (detection, ground truth) pairs of a group at
+once, the greedy matching walks detection ranks (at most ``max_dets[-1]`` steps) over all groups
+and thresholds together, and the precision envelope uses segmented reductions.
+
+Conventions (pycocotools'): detection boxes are ``[x, y, w, h]``; a detection's area is ``w * h``
+(its mask area for ``"segm"``); a ground truth's area is its ``area`` field; crowd ground truth is
+ignored and its IoU divides by the detection's area; detections are ranked by score with ties
+kept in input order; precision uses the 101-point interpolated envelope; -1 marks undefined.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionzoo.metrics import _masks
+
+SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")
+DEFAULT_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "all": (0.0, 1e5**2),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
+# pycocotools caps the IoU needed for a match just below 1 so that a perfect overlap always matches.
+_MAX_IOU_THRESHOLD = 1 - 1e-10
+
+
+@dataclass(frozen=True, eq=False)
+class CocoParams:
+    """Evaluation settings, pycocotools' ``Params`` for ``bbox``/``segm``.
+
+    iou_thresholds: float64[T]; rec_thresholds: float64[R]; max_dets: sorted ints [M];
+    area_ranges: float64[A, 2] ``[low, high]`` inclusive on both ends; area_labels: A names.
+    """
+
+    iou_type: str
+    iou_thresholds: np.ndarray
+    rec_thresholds: np.ndarray
+    max_dets: tuple[int, ...]
+    area_ranges: np.ndarray
+    area_labels: tuple[str, ...]
+
+
+def make_params(
+    iou_type: str = "bbox",
+    iou_thresholds: Sequence[float] | np.ndarray | None = None,
+    max_dets: Sequence[int] = (1, 10, 100),
+    area_ranges: Mapping[str, Sequence[float]] | Sequence[Sequence[float]] | None = None,
+    rec_thresholds: Sequence[float] | np.ndarray | None = None,
+) -> CocoParams:
+    """Validate and build :class:`CocoParams`; ``None`` means pycocotools' default.
+
+    ``area_ranges`` is ``{label: (low, high)}`` or four ``(low, high)`` pairs read as
+    ``all, small, medium, large`` (what overriding ``Params.areaRng`` does). ``max_dets`` is sorted
+    as pycocotools sorts it and needs at least three values: the summary reads AR1/AR10/AR100 at
+    ``max_dets[0]``, ``[1]`` and ``[2]``.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    ious = (
+        np.linspace(0.5, 0.95, 10) if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
+    )
+    recs = (
+        np.linspace(0.0, 1.0, 101) if rec_thresholds is None else np.asarray(rec_thresholds, dtype=np.float64)
+    )
+    for name, values in (("iou_thresholds", ious), ("rec_thresholds", recs)):
+        if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+            raise ValueError(f"{name} must be a non-empty list of finite numbers, got {values.tolist()}")
+        if np.any(np.diff(values) <= 0):
+            raise ValueError(f"{name} must be strictly increasing, got {values.tolist()}")
+    dets = sorted(int(m) for m in max_dets)
+    if len(dets) < 3 or dets[0] < 1:
+        raise ValueError(
+            f"max_dets needs at least three positive values (AR1, AR10, AR100), got {list(max_dets)}"
+        )
+    if area_ranges is None:
+        area_ranges = DEFAULT_AREA_RANGES
+    if isinstance(area_ranges, Mapping):
+        labels = tuple(str(k) for k in area_ranges)
+        ranges = [area_ranges[k] for k in area_ranges]
+    else:
+        ranges = list(area_ranges)
+        if len(ranges) != len(DEFAULT_AREA_RANGES):
+            raise ValueError(
+                f"area_ranges as a list needs {len(DEFAULT_AREA_RANGES)} (low, high) pairs "
+                f"(all, small, medium, large), got {len(ranges)}; pass a dict to name them"
+            )
+        labels = tuple(DEFAULT_AREA_RANGES)
+    try:
+        rng = np.asarray(ranges, dtype=np.float64).reshape(len(ranges), 2)
+    except ValueError as error:
+        raise ValueError(f"area_ranges must be (low, high) pairs, got {ranges}") from error
+    if len(rng) == 0:
+        raise ValueError("area_ranges must not be empty")
+    return CocoParams(iou_type, ious, recs, tuple(dets), rng, labels)
+
+
+@dataclass(eq=False)
+class CocoGroundTruth:
+    """Columnar COCO ground truth.
+
+    image_ids: [I] sorted unique image ids; category_ids: [K] sorted unique category ids;
+    category_names: K names. Per annotation, in file order: image, category: int64[G] indices into
+    those; boxes: float64[G, 4] xywh; area: float64[G]; iscrowd: bool[G]; ids: int64[G];
+    masks: G segmentations (``_masks`` RLE dicts) for ``segm``, else None.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    category_names: tuple[str, ...]
+    image: np.ndarray
+    category: np.ndarray
+    boxes: np.ndarray
+    area: np.ndarray
+    iscrowd: np.ndarray
+    ids: np.ndarray
+    masks: list | None = None
+    image_sizes: dict | None = None
+
+
+@dataclass(eq=False)
+class CocoDetections:
+    """Columnar detections, in input order (the order breaks score ties).
+
+    image, category: int64[D] indices into the ground truth's ids; boxes: float64[D, 4] xywh;
+    scores: float64[D]; area: float64[D]; masks: D RLE dicts for ``segm``, else None;
+    num_dropped: detections left out because their category is not among the ground truth's.
+    """
+
+    image: np.ndarray
+    category: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    area: np.ndarray
+    masks: list | None = None
+    num_dropped: int = 0
+
+
+@dataclass(eq=False)
+class CocoEvaluation:
+    """Result of :func:`evaluate`: what pycocotools keeps in ``evalImgs``, as flat arrays.
+
+    One entry per kept detection (the ``max_dets[-1]`` best of each (image, category)):
+    image, category, rank (position by score in its group), order (input index): int64[D];
+    scores: float64[D]; matched, ignored: bool[A, T, D] (matched a ground truth / ignored at area
+    range a and IoU threshold t). num_positives: int64[K, A], the non-ignored ground truth.
+    """
+
+    params: CocoParams
+    image: np.ndarray
+    category: np.ndarray
+    rank: np.ndarray
+    order: np.ndarray
+    scores: np.ndarray
+    matched: np.ndarray
+    ignored: np.ndarray
+    num_positives: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_json(source: str | os.PathLike, what: str) -> Any:
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: malformed JSON at line {error.lineno} column {error.colno} (char {error.pos}): {error.msg}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text at byte {error.start}") from None
+
+
+def _column(records: list, key: str, what: str, default: Any = KeyError) -> list:
+    """``[r[key] for r in records]``, naming the first record that lacks the key."""
+    try:
+        if default is KeyError:
+            return [r[key] for r in records]
+        return [r.get(key, default) for r in records]
+    except (KeyError, TypeError, AttributeError):
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise ValueError(f"{what} {i} is not an object: {r!r:.80}") from None
+            if key not in r and default is KeyError:
+                raise ValueError(f"{what} {i} has no {key!r}: {r!r:.120}") from None
+        raise
+
+
+def _float_matrix(values: list, width: int, what: str, field: str) -> np.ndarray:
+    try:
+        out = np.asarray(values, dtype=np.float64).reshape(len(values), width)
+    except (ValueError, TypeError):
+        for i, v in enumerate(values):
+            if not isinstance(v, list | tuple) or len(v) != width:
+                raise ValueError(f"{what} {i}: {field} must be {width} numbers, got {v!r:.80}") from None
+        raise ValueError(f"{what}: {field} must be numbers") from None
+    return out
+
+
+def _float_vector(values: list, what: str, field: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(len(values))
+    except (ValueError, TypeError):
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"{what} {i}: {field} must be a number, got {v!r:.80}") from None
+        raise
+
+
+def _index_of(ids: np.ndarray, sorted_ids: np.ndarray, what: str, name: str) -> np.ndarray:
+    """Positions of ``ids`` in ``sorted_ids``; a ValueError names the first id not there."""
+    if len(sorted_ids) == 0:
+        if len(ids):
+            raise ValueError(f"{what} 0 has {name} {ids[0].tolist()!r}, absent from the ground truth")
+        return np.zeros(0, dtype=np.int64)
+    try:
+        pos = np.searchsorted(sorted_ids, ids)
+    except TypeError:
+        raise ValueError(f"{what}: {name} values are not comparable with the ground truth's ids") from None
+    pos = np.minimum(pos, len(sorted_ids) - 1)
+    missing = sorted_ids[pos] != ids
+    if np.any(missing):
+        i = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"{what} {i} has {name} {ids[i].tolist()!r}, absent from the ground truth")
+    return pos.astype(np.int64)
+
+
+def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -> CocoGroundTruth:
+    """Read a COCO ground-truth dict or JSON file into columns.
+
+    Needs ``images`` and ``categories``; each annotation needs ``id``, ``image_id``,
+    ``category_id`` and ``bbox`` (``segmentation`` for ``segm``). ``iscrowd`` defaults to 0 and
+    ``area`` to the box (or mask) area. Raises ValueError naming the file and the offending entry
+    for an annotation of an unknown image or category, duplicate annotation ids, or bad values.
+    """
+    name = str(gt) if isinstance(gt, str | os.PathLike) else "ground truth"
+    data = _read_json(gt, "ground-truth") if isinstance(gt, str | os.PathLike) else gt
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{name}: expected a COCO dict with 'images' and 'categories', got {type(data).__name__}"
+        )
+    for key in ("images", "categories"):
+        if key not in data:
+            raise ValueError(f"{name}: no {key!r} list")
+    images, categories = data["images"], data["categories"]
+    anns = data.get("annotations") or []
+    image_ids = np.unique(np.asarray(_column(images, "id", f"{name}: image")))
+    cat_ids_raw = np.asarray(_column(categories, "id", f"{name}: category"))
+    cat_ids, first = np.unique(cat_ids_raw, return_index=True)
+    cat_names = tuple(str(categories[i].get("name", cat_ids_raw[i])) for i in first)
+    what = f"{name}: annotation"
+    ann_image = np.asarray(_column(anns, "image_id", what))
+    ann_cat = np.asarray(_column(anns, "category_id", what))
+    ids = np.asarray(_column(anns, "id", what))
+    image = _index_of(ann_image, image_ids, what, "image_id")
+    category = _index_of(ann_cat, cat_ids, what, "category_id")
+    if len(ids) and len(np.unique(ids)) != len(ids):
+        uniq, counts = np.unique(ids, return_counts=True)
+        raise ValueError(f"{what} id {uniq[counts > 1][0].tolist()!r} is used more than once")
+    iscrowd = np.asarray(_column(anns, "iscrowd", what, 0)).astype(bool).reshape(len(anns))
+    masks = None
+    sizes = None
+    if iou_type == "segm":
+        sizes = {i["id"]: (i.get("height"), i.get("width")) for i in images}
+        masks = [
+            _masks.to_rle(seg, *sizes[img], f"{what} {i}")
+            for i, (seg, img) in enumerate(zip(_column(anns, "segmentation", what), ann_image.tolist()))
+        ]
+        boxes = _masks.rle_boxes(masks)
+        default_area = _masks.rle_area(masks)
+    else:
+        boxes = _float_matrix(_column(anns, "bbox", what), 4, what, "bbox")
+        default_area = boxes[:, 2] * boxes[:, 3]
+    areas = _column(anns, "area", what, None)
+    area = _float_vector([d if a is None else a for a, d in zip(areas, default_area.tolist())], what, "area")
+    return CocoGroundTruth(
+        image_ids, cat_ids, cat_names, image, category, boxes, area, iscrowd, ids, masks, sizes
+    )
+
+
+def load_detections(
+    dets: Sequence[Mapping] | str | os.PathLike, gt: CocoGroundTruth, iou_type: str = "bbox"
+) -> CocoDetections:
+    """Read COCO results (a list of dicts or a JSON file) into columns against ``gt``.
+
+    Each result needs ``image_id``, ``category_id``, ``score`` and ``bbox`` (``[x, y, w, h]``) or,
+    for ``segm``, ``segmentation`` (an RLE). Raises ValueError for an image id absent from the
+    ground truth (pycocotools asserts), a NaN score or a non-finite box, naming the entry.
+    Results of a category the ground truth does not list are left out, as pycocotools leaves them
+    out; their count is ``num_dropped``.
+    """
+    name = str(dets) if isinstance(dets, str | os.PathLike) else "detections"
+    data = _read_json(dets, "detections") if isinstance(dets, str | os.PathLike) else dets
+    if not isinstance(data, list | tuple):
+        raise ValueError(f"{name}: expected a list of result objects, got {type(data).__name__}")
+    what = f"{name}: result"
+    det_image = np.asarray(_column(data, "image_id", what))
+    det_cat = np.asarray(_column(data, "category_id", what))
+    scores = _float_vector(_column(data, "score", what), what, "score")
+    image = _index_of(det_image, gt.image_ids, what, "image_id")
+    if np.isnan(scores).any():
+        raise ValueError(f"{what} {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
+    masks = None
+    if iou_type == "segm":
+        sizes = gt.image_sizes or {}
+        masks = [
+            _masks.to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
+            for i, (seg, img) in enumerate(zip(_column(data, "segmentation", what), det_image.tolist()))
+        ]
+        boxes = _masks.rle_boxes(masks)
+        area = _masks.rle_area(masks)
+    else:
+        boxes = _float_matrix(_column(data, "bbox", what), 4, what, "bbox")
+        bad = ~np.isfinite(boxes).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{what} {i} has a non-finite bbox {boxes[i].tolist()}")
+        area = boxes[:, 2] * boxes[:, 3]
+    if len(gt.category_ids):
+        pos = np.minimum(np.searchsorted(gt.category_ids, det_cat), len(gt.category_ids) - 1)
+        known = gt.category_ids[pos] == det_cat
+    else:
+        pos = np.zeros(len(det_cat), dtype=np.int64)
+        known = np.zeros(len(det_cat), dtype=bool)
+    keep = np.flatnonzero(known)
+    if masks is not None:
+        masks = [masks[i] for i in keep]
+    return CocoDetections(
+        image[keep],
+        pos[keep].astype(np.int64),
+        boxes[keep],
+        scores[keep],
+        area[keep],
+        masks,
+        len(data) - len(keep),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# IoU of (detection, ground truth) pairs
+
+
+def _box_iou_pairs(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU of xywh box pairs d[P, 4], g[P, 4], float64[P]; a crowd pair divides by d's area.
+
+    The arithmetic is the order pycocotools' C code uses, so the values are the same bits.
+    """
+    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
+    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
+    inter = w * h
+    d_area = d[:, 2] * d[:, 3]
+    union = np.where(crowd, d_area, d_area + g[:, 2] * g[:, 3] - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+    return np.where((w > 0) & (h > 0), iou, 0.0)
+
+
+def _pair_ious(
+    gt: CocoGroundTruth, dt: CocoDetections, det: np.ndarray, g: np.ndarray, iou_type: str
+) -> np.ndarray:
+    if iou_type == "bbox":
+        return _box_iou_pairs(dt.boxes[det], gt.boxes[g], gt.iscrowd[g])
+    return _masks.rle_iou_pairs([dt.masks[i] for i in det], [gt.masks[i] for i in g], gt.iscrowd[g])
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate: greedy matching
+
+
+def _segment_last_best(
+    mask: np.ndarray, values: np.ndarray, starts: np.ndarray, seg: np.ndarray
+) -> np.ndarray:
+    """Per segment, the last index of the largest ``values`` where ``mask``; -1 where none.
+
+    mask: bool[..., P]; values: float[P] (>= 0); starts: [S] segment starts; seg: [P] segment of
+    each position. Returns int64[..., S]. "Last of the largest" is pycocotools' ``>=`` scan.
+    """
+    masked = np.where(mask, values, -1.0)
+    best = np.maximum.reduceat(masked, starts, axis=-1)
+    hit = mask & (masked == best[..., seg])
+    return np.maximum.reduceat(np.where(hit, np.arange(values.shape[-1]), -1), starts, axis=-1)
+
+
+def evaluate(gt: CocoGroundTruth, dt: CocoDetections, params: CocoParams) -> CocoEvaluation:
+    """Match detections to ground truth per (image, category), pycocotools' ``evaluate()``.
+
+    Within a group, detections go by decreasing score (ties in input order), only the
+    ``max_dets[-1]`` best kept. At each IoU threshold and area range a detection takes the
+    unmatched, non-ignored ground truth of highest IoU (the later one on ties); failing that an
+    ignored one (crowd ground truth may take any number of detections). Ground truth is ignored
+    when crowd or its area is outside the range; an unmatched detection whose area is outside
+    the range is ignored too.
+    """
+    n_cat = len(gt.category_ids)
+    thr = np.minimum(params.iou_thresholds, _MAX_IOU_THRESHOLD)
+    lo, hi = params.area_ranges[:, 0:1], params.area_ranges[:, 1:2]
+    n_area, n_thr = len(lo), len(thr)
+
+    gkey = gt.image * n_cat + gt.category
+    gorder = np.argsort(gkey, kind="stable")
+    gkey_sorted = gkey[gorder]
+    gt_ignore = gt.iscrowd[None, :] | (gt.area[None, :] < lo) | (gt.area[None, :] > hi)  # [A, G]
+    num_positives = np.zeros((n_cat, n_area), dtype=np.int64)
+    for a in range(n_area):
+        num_positives[:, a] = np.bincount(gt.category[~gt_ignore[a]], minlength=n_cat)
+
+    n_det = len(dt.scores)
+    dkey = dt.image * n_cat + dt.category
+    dorder = np.lexsort((np.arange(n_det), -dt.scores, dkey))
+    dkey_sorted = dkey[dorder]
+    first = np.ones(n_det, dtype=bool)
+    first[1:] = dkey_sorted[1:] != dkey_sorted[:-1]
+    group_start = np.flatnonzero(first)
+    rank = np.arange(n_det) - np.repeat(group_start, np.diff(np.append(group_start, n_det)))
+    keep = rank < params.max_dets[-1]
+    kept, kept_key, rank = dorder[keep], dkey_sorted[keep], rank[keep]
+    n_kept = len(kept)
+
+    # every (kept detection, ground truth of its group) pair, ground truth in file order
+    g_lo = np.searchsorted(gkey_sorted, kept_key, side="left")
+    counts = np.searchsorted(gkey_sorted, kept_key, side="right") - g_lo
+    pair_det = np.repeat(np.arange(n_kept), counts)
+    offsets = np.cumsum(counts) - counts
+    pair_gt = gorder[np.arange(len(pair_det)) - np.repeat(offsets - g_lo, counts)]
+    ious = _pair_ious(gt, dt, kept[pair_det], pair_gt, params.iou_type)
+
+    # a pair below the lowest threshold can never match; walk the rest rank by rank
+    cand = np.flatnonzero(ious >= thr.min())
+    cand = cand[np.argsort(rank[pair_det[cand]], kind="stable")]
+    c_det, c_gt, c_iou = pair_det[cand], pair_gt[cand], ious[cand]
+    c_rank = rank[c_det]
+    bounds = np.searchsorted(c_rank, np.arange(params.max_dets[-1] + 1))
+
+    taken = np.zeros((n_area, n_thr, len(gt.ids)), dtype=bool)
+    matched = np.zeros((n_area, n_thr, n_kept), dtype=bool)
+    ignored = np.zeros((n_area, n_thr, n_kept), dtype=bool)
+    for r in range(params.max_dets[-1]):
+        s, e = bounds[r], bounds[r + 1]
+        if s == e:
+            continue
+        d, g, v = c_det[s:e], c_gt[s:e], c_iou[s:e]
+        new = np.ones(e - s, dtype=bool)
+        new[1:] = d[1:] != d[:-1]
+        starts = np.flatnonzero(new)
+        seg = np.cumsum(new) - 1
+        above = (v[None, :] >= thr[:, None])[None]  # [1, T, P]
+        free = ~taken[:, :, g]  # [A, T, P]
+        ig = gt_ignore[:, g][:, None, :]  # [A, 1, P]
+        regular = _segment_last_best(above & free & ~ig, v, starts, seg)
+        fallback = _segment_last_best(above & (free | gt.iscrowd[g]) & ig, v, starts, seg)
+        pick = np.where(regular >= 0, regular, fallback)  # [A, T, S]
+        ai, ti, si = np.nonzero(pick >= 0)
+        p = pick[ai, ti, si]
+        taken[ai, ti, g[p]] = True
+        matched[ai, ti, d[p]] = True
+        ignored[ai, ti, d[p]] = ig[ai, 0, p]
+
+    det_area = dt.area[kept]
+    outside = (det_area[None, :] < lo) | (det_area[None, :] > hi)  # [A, D]
+    ignored |= ~matched & outside[:, None, :]
+    return CocoEvaluation(
+        params,
+        dt.image[kept],
+        dt.category[kept],
+        rank,
+        kept,
+        dt.scores[kept],
+        matched,
+        ignored,
+        num_positives,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# accumulate: precision / recall arrays
+
+
+def _first_count_reaching(n: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Smallest integer j >= 0 with float64(j) / n >= threshold, for n int[...] and thresholds [R].
+
+    Comparing integer true-positive counts with this is comparing recalls ``tp / n`` with the
+    threshold, bit for bit (division is monotonic), which lets one searchsorted serve all rows.
+    """
+    nf = n.astype(np.float64)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        j = np.maximum(np.ceil(thresholds * nf), 0.0)
+        for _ in range(2):
+            j = np.where((j >= 1) & ((j - 1) / nf >= thresholds), j - 1, j)
+            j = np.where(j / nf < thresholds, j + 1, j)
+    return np.where(n[..., None] > 0, j, 0).astype(np.int64)
+
+
+def accumulate(ev: CocoEvaluation) -> dict[str, np.ndarray]:
+    """Precision and recall from matches, pycocotools' ``accumulate()``.
+
+    Returns ``precision``: float64[T, R, K, A, M] (interpolated precision at each recall
+    threshold), ``recall``: float64[T, K, A, M] (final recall) and ``scores``: float64[T, R, K, A, M]
+    (the score where each recall threshold is reached); -1 where a category has no non-ignored
+    ground truth in the area range.
+    """
+    p = ev.params
+    n_thr, n_rec, n_area, n_max = (
+        len(p.iou_thresholds),
+        len(p.rec_thresholds),
+        len(p.area_ranges),
+        len(p.max_dets),
+    )
+    n_cat = ev.num_positives.shape[0]
+    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
+    recall = -np.ones((n_thr, n_cat, n_area, n_max))
+    scores = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
+    # per category: by score, ties by image then by input order (pycocotools' concatenation + mergesort)
+    order = np.lexsort((ev.order, ev.image, -ev.scores, ev.category))
+    rank = ev.rank[order]
+    counted = ~ev.ignored
+    true_pos = np.take(ev.matched & counted, order, axis=2).view(np.int8)
+    counted = np.take(counted, order, axis=2).view(np.int8)
+    npig = ev.num_positives.T  # [A, K]
+    has_gt = npig > 0
+    need = _first_count_reaching(npig, p.rec_thresholds)  # [A, K, R]
+    previous = -1
+    for m, max_det in enumerate(p.max_dets):
+        keep = rank < max_det
+        n = int(keep.sum())
+        if n == previous:  # no group has more detections than the previous max_dets: same numbers
+            precision[..., m], recall[..., m], scores[..., m] = (
+                precision[..., m - 1],
+                recall[..., m - 1],
+                scores[..., m - 1],
+            )
+            continue
+        previous = n
+        everything = n == len(rank)
+        cat = ev.category[order[keep]]
+        det_scores = ev.scores[order[keep]]
+        seg_start = np.searchsorted(cat, np.arange(n_cat), side="left")
+        seg_end = np.searchsorted(cat, np.arange(n_cat), side="right")
+        seg_len = seg_end - seg_start
+        # running sums of true positives and of counted (tp + fp) detections, restarted per category
+        zero = np.zeros((n_area, n_thr, 1), np.int32)
+        tp = np.cumsum(
+            true_pos if everything else np.compress(keep, true_pos, axis=2), axis=-1, dtype=np.int32
+        )
+        tp_base = np.concatenate([zero, tp], axis=-1)[:, :, seg_start]  # [A, T, K]
+        tp_cat = tp - np.repeat(tp_base, seg_len, axis=-1)
+        den = np.cumsum(
+            counted if everything else np.compress(keep, counted, axis=2), axis=-1, dtype=np.int32
+        )
+        den -= np.repeat(np.concatenate([zero, den], axis=-1)[:, :, seg_start], seg_len, axis=-1)
+        flat_pr = np.empty(n_area * n_thr * n + 1)
+        pr = flat_pr[:-1].reshape(n_area, n_thr, n)
+        np.add(den, np.spacing(1), out=pr)
+        np.divide(tp_cat, pr, out=pr)
+        flat_pr[-1] = 0.0
+
+        # final recall: at the category's last detection, 0 without detections
+        last = np.maximum(seg_end - 1, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rec = np.where(
+                seg_len > 0, (tp_cat[:, :, last] if n else 0.0) / npig[:, None, :], 0.0
+            )  # [A, T, K]
+
+        # first position where each recall threshold is reached: tp counts are non-decreasing along
+        # each (a, t) slice, so one searchsorted over offset keys serves all rows
+        big = n + 1
+        slice_base = (np.arange(n_area * n_thr) * n).reshape(n_area, n_thr, 1, 1)
+        keys = (tp + (np.arange(n_area * n_thr, dtype=np.int64) * big).reshape(n_area, n_thr, 1)).ravel()
+        queries = (need[:, None] + tp_base[..., None]) + (np.arange(n_area * n_thr) * big).reshape(
+            n_area, n_thr, 1, 1
+        )
+        pos = np.searchsorted(keys, queries.ravel()).reshape(queries.shape) - slice_base  # [A, T, K, R]
+        start, end = seg_start[None, None, :, None], seg_end[None, None, :, None]
+        pos = np.clip(pos, start, end)
+        valid = pos < end
+        # interpolated precision at pos = max of pr over [pos, category end): the maxima of the chunks
+        # between consecutive positions, then a running maximum from the right
+        bounds = np.concatenate([pos, np.broadcast_to(end, pos.shape[:3] + (1,))], axis=-1) + slice_base
+        chunks = np.maximum.reduceat(flat_pr, bounds.ravel()).reshape(bounds.shape)[..., :-1]
+        chunks[~valid] = -np.inf
+        envelope = np.maximum.accumulate(chunks[..., ::-1], axis=-1)[..., ::-1]
+        q = np.where(valid, envelope, 0.0)
+        ss = np.where(valid, det_scores[np.minimum(pos, n - 1)] if n else 0.0, 0.0)
+
+        defined = has_gt[:, None, :, None]  # [A, 1, K, 1]
+        precision[..., m] = np.where(defined, q, -1.0).transpose(1, 3, 2, 0)
+        scores[..., m] = np.where(defined, ss, -1.0).transpose(1, 3, 2, 0)
+        recall[..., m] = np.where(has_gt[:, None, :], rec, -1.0).transpose(1, 2, 0)
+    return {"precision": precision, "recall": recall, "scores": scores}
+
+
+# ----------------------------------------------------------------------------------------------
+# summarize
+
+
+def _summary_value(
+    arrays: Mapping[str, np.ndarray], params: CocoParams, ap: bool, iou: float | None, area: str, max_det: int
+) -> float:
+    """pycocotools' ``_summarize``: the mean of the defined (> -1) entries at a setting, else -1."""
+    aind = [i for i, label in enumerate(params.area_labels) if label == area]
+    mind = [i for i, m in enumerate(params.max_dets) if m == max_det]
+    s = arrays["precision"] if ap else arrays["recall"]
+    if iou is not None:
+        s = s[np.where(iou == params.iou_thresholds)[0]]
+    s = s[:, :, :, aind, mind] if ap else s[:, :, aind, mind]
+    defined = s[s > -1]
+    return float(np.mean(defined)) if defined.size else -1.0
+
+
+def summarize(
+    arrays: Mapping[str, np.ndarray], params: CocoParams, style: str = "pycocotools"
+) -> dict[str, float]:
+    """The 12 standard numbers (:data:`SUMMARY_NAMES`) from :func:`accumulate`'s arrays.
+
+    ``style="pycocotools"`` reads them as pycocotools' ``summarize()`` does: AP at maxDets 100 exactly
+    (-1 if 100 is not among ``max_dets``), AP50/AP75/APs/APm/APl and ARs/ARm/ARl at ``max_dets[2]``,
+    AR1/AR10/AR100 at ``max_dets[0..2]``, AP50/AP75 at IoU exactly 0.5/0.75 (-1 if absent), areas by
+    label. ``style="faster_coco_eval"`` reads every AP and the area ARs at ``max_dets[-1]`` instead.
+    """
+    if style not in ("pycocotools", "faster_coco_eval"):
+        raise ValueError(f"style must be 'pycocotools' or 'faster_coco_eval', got {style!r}")
+    md = params.max_dets
+    top = md[2] if style == "pycocotools" else md[-1]
+    settings = [
+        (True, None, "all", 100 if style == "pycocotools" else md[-1]),
+        (True, 0.5, "all", top),
+        (True, 0.75, "all", top),
+        (True, None, "small", top),
+        (True, None, "medium", top),
+        (True, None, "large", top),
+        (False, None, "all", md[0]),
+        (False, None, "all", md[1]),
+        (False, None, "all", md[2]),
+        (False, None, "small", top),
+        (False, None, "medium", top),
+        (False, None, "large", top),
+    ]
+    return {name: _summary_value(arrays, params, *s) for name, s in zip(SUMMARY_NAMES, settings)}
+
+
+def per_category(arrays: Mapping[str, np.ndarray], params: CocoParams) -> tuple[np.ndarray, np.ndarray]:
+    """AP and AR per category: float64[K] each, at area ``all`` and ``max_dets[-1]``, -1 where undefined.
+
+    AP is the mean of the defined precision entries over IoU and recall thresholds (detectron2's
+    per-category AP); AR the mean of the defined recalls over IoU thresholds.
+    """
+    a = params.area_labels.index("all") if "all" in params.area_labels else 0
+    prec = arrays["precision"][:, :, :, a, -1]  # [T, R, K]
+    rec = arrays["recall"][:, :, a, -1]  # [T, K]
+    out = []
+    for s in (prec.reshape(-1, prec.shape[2]), rec):
+        valid = s > -1
+        total = np.where(valid, s, 0.0).sum(axis=0)
+        count = valid.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(count > 0, total / np.maximum(count, 1), -1.0))
+    return out[0], out[1]
+
+
+def coco_evaluate(
+    gt: Mapping | str | os.PathLike | CocoGroundTruth,
+    dets: Sequence[Mapping] | str | os.PathLike | CocoDetections,
+    iou_type: str = "bbox",
+    iou_thresholds: Sequence[float] | None = None,
+    max_dets: Sequence[int] = (1, 10, 100),
+    area_ranges: Mapping[str, Sequence[float]] | Sequence[Sequence[float]] | None = None,
+    rec_thresholds: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """COCO evaluation of detections, with pycocotools' rules and numbers.
+
+    gt: a COCO dict or JSON path (``images``, ``annotations``, ``categories``); dets: a list of
+    result dicts ``{image_id, category_id, bbox: [x, y, w, h], score}`` (``segmentation`` RLE for
+    ``iou_type="segm"``) or a JSON path. ``iou_thresholds``, ``max_dets``, ``area_ranges`` and
+    ``rec_thresholds`` override pycocotools' ``Params`` (see :func:`make_params`).
+
+    Returns a dict: the 12 numbers by name (``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
+    ARs, ARm, ARl``; -1 where undefined, e.g. no ground truth in an area range);
+    ``per_category``: ``{category_id: {"name", "AP", "AR"}}``; ``precision`` float64[T, R, K, A, M],
+    ``recall`` float64[T, K, A, M], ``scores`` float64[T, R, K, A, M] (pycocotools' ``eval`` arrays,
+    categories in sorted id order ``category_ids``); ``params``; ``num_dropped_detections``.
+
+    Bad input raises ValueError naming the file and entry: malformed JSON (with its position), a
+    detection for an image id absent from the ground truth, a NaN score, a non-finite box.
+    Empty detections give AP/AR 0 where there is ground truth and -1 elsewhere. One difference
+    from pycocotools: it never counts a match with a ground truth whose id is 0 (it stores match
+    ids with 0 meaning "none"); here an annotation id of 0 is an id like any other.
+    """
+    params = make_params(iou_type, iou_thresholds, max_dets, area_ranges, rec_thresholds)
+    ground = gt if isinstance(gt, CocoGroundTruth) else load_ground_truth(gt, iou_type)
+    results = dets if isinstance(dets, CocoDetections) else load_detections(dets, ground, iou_type)
+    arrays = accumulate(evaluate(ground, results, params))
+    stats: dict[str, Any] = summarize(arrays, params)
+    ap, ar = per_category(arrays, params)
+    stats["per_category"] = {
+        ground.category_ids[k].item(): {
+            "name": ground.category_names[k],
+            "AP": float(ap[k]),
+            "AR": float(ar[k]),
+        }
+        for k in range(len(ground.category_ids))
+    }
+    stats.update(arrays)
+    stats["category_ids"] = ground.category_ids
+    stats["params"] = params
+    stats["num_dropped_detections"] = results.num_dropped
+    return stats
