@@ -1,0 +1,278 @@
+"""CocoDetection and create_dataset on COCO folders: reading, clipping, masks, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from visionzoo.data import DATASETS, CocoDetection, Digits, Shapes, collate_detection, create_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
+CATEGORIES = [{"id": 12, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+
+
+def _write_images(folder: Path, sizes: dict[str, tuple[int, int]], seed: int = 0) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = {}
+    for name, (width, height) in sizes.items():
+        pixels[name] = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels[name]).save(folder / name)
+    return pixels
+
+
+def _images():
+    return [
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b.png", "width": 50, "height": 20},
+        {"id": 5, "file_name": "c.png"},  # no size in the file: read from the image header
+    ]
+
+
+def _annotations():
+    return [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [2, 3, 10, 8], "area": 80.0, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 12, "bbox": [35, -4, 10, 10], "iscrowd": 0},  # clipped
+        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [-5.5, 2, 20, 30.5], "iscrowd": 1},  # clipped
+    ]
+
+
+def _write(tmp_path: Path, images=None, annotations=None, categories=None, name="instances.json") -> Path:
+    content = {
+        "images": _images() if images is None else images,
+        "annotations": _annotations() if annotations is None else annotations,
+        "categories": CATEGORIES if categories is None else categories,
+    }
+    ann_file = tmp_path / name
+    ann_file.write_text(json.dumps(content))
+    return ann_file
+
+
+@pytest.fixture
+def folder(tmp_path):
+    pixels = _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    return tmp_path, pixels
+
+
+def test_reads_images_boxes_and_labels_with_clipping(folder):
+    root, pixels = folder
+    ds = CocoDetection(root / "images", _write(root))
+    assert len(ds) == 3 and ds.image_ids == [1, 2, 5]
+    assert ds.classes == ["cat", "dog", "zebra"] and ds.cat_ids == [3, 7, 12]
+    assert ds.label_to_cat_id == {1: 3, 2: 7, 3: 12} and ds.cat_id_to_label == {3: 1, 7: 2, 12: 3}
+    assert ds.num_skipped == 0
+    image, target = ds[0]
+    assert target["image_id"] == 1
+    assert torch.equal(image, torch.from_numpy(pixels["a.png"]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(target["boxes"], torch.tensor([[2.0, 3.0, 12.0, 11.0], [35.0, 0.0, 40.0, 6.0]]))
+    assert target["labels"].tolist() == [1, 3]
+    assert target["area"].tolist() == [80.0, 30.0]  # the file's area, else the clipped box's
+    image, target = ds[1]
+    assert torch.equal(target["boxes"], torch.tensor([[0.0, 2.0, 14.5, 20.0]]))
+    assert target["iscrowd"].tolist() == [1]
+    image, target = ds[2]
+    assert image.shape == (3, 24, 16) and target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    assert "masks" not in target  # no segmentations in this file
+
+
+def test_boxes_agree_with_pycocotools(folder):
+    root, _ = folder
+    ann_file = _write(root)
+    ds, coco = CocoDetection(root / "images", ann_file), COCO(str(ann_file))
+    for index, image_id in enumerate(ds.image_ids):
+        info = coco.imgs[image_id]
+        width, height = info.get("width", 16), info.get("height", 24)
+        expected = []
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            x, y, w, h = ann["bbox"]
+            expected.append([max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)])
+        _, target = ds[index]
+        assert torch.allclose(target["boxes"], torch.tensor(expected, dtype=torch.float32).reshape(-1, 4))
+        labels = [
+            ds.cat_id_to_label[a["category_id"]] for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        ]
+        assert target["labels"].tolist() == labels
+
+
+def test_polygon_and_rle_masks_match_pycocotools(folder):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[2, 3, 12, 3, 12, 11, 2, 11], [20, 20, 30, 20, 25, 28]]
+    annotations[1]["segmentation"] = {"size": [30, 40], "counts": [1050, 5, 25, 5, 115]}
+    annotations[2]["segmentation"] = [[0, 2, 14.5, 2, 7, 20]]
+    ann_file = _write(root, annotations=annotations)
+    ds, coco = CocoDetection(root / "images", ann_file), COCO(str(ann_file))
+    assert ds.has_masks
+    for index in range(2):
+        _, target = ds[index]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[ds.image_ids[index]]))
+        for mask, ann in zip(target["masks"], anns):
+            reference = torch.from_numpy(coco.annToMask(ann).astype(bool))
+            iou = (mask & reference).sum() / (mask | reference).sum()
+            assert iou > 0.85, (ann["id"], float(iou))
+        assert target["masks"].shape[1:] == ((30, 40) if index == 0 else (20, 50))
+    _, target = ds[0]
+    assert target["masks"][1].sum() == 10 and target["masks"][1, 0:5, 35:37].all()  # the exact RLE
+    assert target["masks"][0, 3:11, 2:12].all() and target["masks"][0].sum() > 80
+    _, target = ds[2]
+    assert target["masks"].shape == (0, 24, 16)
+
+
+def test_invalid_json_names_file_line_and_column(folder):
+    root, _ = folder
+    ann_file = root / "broken.json"
+    ann_file.write_text('{"images": [\n  {"id": 1,\n   "file_name": "a.png",,}\n]}')
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON at line 3, column 25"):
+        CocoDetection(root / "images", ann_file)
+
+
+def test_missing_keys_name_file_and_entry(folder):
+    root, _ = folder
+    with pytest.raises(ValueError, match=r"instances\.json: the top level is missing 'annotations'"):
+        ann_file = root / "instances.json"
+        ann_file.write_text(json.dumps({"images": [], "categories": []}))
+        CocoDetection(root / "images", ann_file)
+    annotations = _annotations()
+    del annotations[1]["bbox"]
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 2 is missing 'bbox'"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    images = _images()
+    del images[1]["file_name"]
+    with pytest.raises(ValueError, match=r"instances\.json: image id 2 is missing 'file_name'"):
+        CocoDetection(root / "images", _write(root, images=images))
+    annotations = _annotations()
+    del annotations[2]["id"]
+    with pytest.raises(ValueError, match=r"annotations\[2\] is missing 'id'"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
+def test_unknown_references_and_bad_boxes_name_the_annotation(folder):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[1]["image_id"] = 99
+    with pytest.raises(ValueError, match="annotation id 2 refers to image id 99"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    annotations = _annotations()
+    annotations[2]["category_id"] = 4
+    with pytest.raises(ValueError, match="annotation id 3 has category_id 4"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    annotations = _annotations()
+    annotations[0]["bbox"] = [1, 2, "wide", 4]
+    with pytest.raises(ValueError, match=r"annotation id 1: bbox must hold four numbers"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
+def test_missing_image_names_path_and_image_id(folder):
+    root, _ = folder
+    images = _images()
+    images[1]["file_name"] = "gone.png"
+    with pytest.raises(FileNotFoundError, match=r"image id 2: file not found: .*images/gone\.png"):
+        CocoDetection(root / "images", _write(root, images=images))
+
+
+def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
+    root, _ = folder
+    annotations = _annotations() + [
+        {"id": 8, "image_id": 1, "category_id": 3, "bbox": [45, 5, 10, 10]},  # right of the 40 px image
+        {"id": 9, "image_id": 2, "category_id": 3, "bbox": [5, 5, 0, 4]},  # zero width
+        {"id": 10, "image_id": 2, "category_id": 3, "bbox": [5, 5, -3, 4]},  # negative width
+    ]
+    ann_file = _write(root, annotations=annotations)
+    with pytest.raises(
+        ValueError, match=r"instances\.json: annotation id 8: box \[45, 5, 10, 10\] has no area"
+    ):
+        CocoDetection(root / "images", ann_file)
+    with caplog.at_level(logging.WARNING, logger="visionzoo.data.coco"):
+        ds = CocoDetection(root / "images", ann_file, skip_invalid=True)
+    assert ds.num_skipped == 3
+    assert "skipped 3 boxes" in caplog.text and "instances.json" in caplog.text
+    assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == 3
+
+
+def test_image_size_mismatch_is_reported_when_read(folder):
+    root, _ = folder
+    images = _images()
+    images[0]["width"] = 41
+    ds = CocoDetection(root / "images", _write(root, images=images))
+    with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 40x30, the annotations say 41x30"):
+        ds[0]
+
+
+def test_image_size_resizes_boxes_and_masks(folder):
+    root, _ = folder
+    annotations = _annotations()
+    for ann in annotations:
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    ds = CocoDetection(root / "images", _write(root, annotations=annotations), image_size=60)
+    image, target = ds[0]
+    assert image.shape == (3, 60, 60) and target["masks"].shape == (2, 60, 60)
+    assert torch.allclose(target["boxes"][0], torch.tensor([2 * 1.5, 3 * 2.0, 12 * 1.5, 11 * 2.0]))
+    assert target["area"][0] == pytest.approx(80 * 1.5 * 2.0)
+    rows, cols = torch.nonzero(target["masks"][0], as_tuple=True)
+    assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == (3, 6, 18, 22)
+
+
+def _coco_folder(root: Path, split: str, year: str = "", images_folder: str | None = None) -> None:
+    images = images_folder or f"{split}{year}"
+    _write_images(root / images, {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    _write(root / "annotations", name=f"instances_{split}{year}.json")
+
+
+def test_create_dataset_reads_coco_layouts(tmp_path):
+    _coco_folder(tmp_path / "plain", "val")
+    _coco_folder(tmp_path / "year", "train", year="2017")
+    _coco_folder(tmp_path / "shared", "test", images_folder="images")
+    for root, split in (
+        (tmp_path / "plain", "val"),
+        (tmp_path / "year", "train"),
+        (tmp_path / "shared", "test"),
+    ):
+        ds = create_dataset(root, split)
+        assert isinstance(ds, CocoDetection) and len(ds) == 3 and ds.classes == ["cat", "dog", "zebra"]
+    ann_file = tmp_path / "year" / "annotations" / "instances_train2017.json"
+    with pytest.raises(
+        FileNotFoundError, match=r"looked for .*instances_train\.json, .*instances_train2017\.json"
+    ):
+        create_dataset(tmp_path / "plain", "train")
+    with pytest.raises(FileNotFoundError, match=r"image id 1: file not found"):
+        create_dataset(ann_file)  # its images are not beside it
+
+
+def test_create_dataset_finds_images_folder_beside_json(tmp_path):
+    _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    ds = create_dataset(str(_write(tmp_path, name="mine.json")), image_size=32)
+    assert ds.images_dir == tmp_path / "images" and ds[0][0].shape == (3, 32, 32)
+
+
+def test_create_dataset_builds_named_datasets_and_rejects_unknown_names(tmp_path):
+    assert DATASETS == ("shapes", "digits")
+    shapes = create_dataset("shapes", "val", image_size=64, length=3)
+    assert (
+        isinstance(shapes, Shapes) and shapes.image_size == 64 and len(shapes) == 3 and shapes.split == "val"
+    )
+    assert create_dataset("Shapes").image_size == 128
+    digits = create_dataset("digits", "test", image_size=32, channels=3)
+    assert isinstance(digits, Digits) and digits[0][0].shape == (3, 32, 32)
+    assert create_dataset("digits")[0][0].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"unknown dataset 'shapse'; closest: shapes"):
+        create_dataset("shapse")
+    with pytest.raises(FileNotFoundError, match="dataset path not found"):
+        create_dataset(str(tmp_path / "nowhere"))
+
+
+def test_collate_detection_keeps_lists():
+    ds = Shapes("val", length=3)
+    images, targets = collate_detection([ds[0], ds[1], ds[2]])
+    assert len(images) == 3 and len(targets) == 3
+    assert torch.equal(images[1], ds[1][0]) and torch.equal(targets[2]["boxes"], ds[2][1]["boxes"])
+    assert collate_detection([]) == ([], [])

@@ -1,0 +1,76 @@
+"""Digits: the fixed stratified split, pixel values, resize and channel repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from visionzoo.data import Digits
+
+
+@pytest.fixture(scope="module")
+def reference():
+    digits = load_digits()
+    return digits.images.astype(np.float32) / 16.0, digits.target
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {split: Digits(split) for split in ("train", "val", "test")}
+
+
+def test_splits_cover_every_image_exactly_once(splits):
+    sizes = {split: len(ds) for split, ds in splits.items()}
+    assert sizes == {"train": 1257, "val": 270, "test": 270}
+    every = np.concatenate([ds.indices for ds in splits.values()])
+    assert len(every) == 1797
+    assert np.array_equal(np.sort(every), np.arange(1797))
+
+
+def test_split_is_fixed_across_constructions(splits):
+    assert np.array_equal(Digits("val").indices, splits["val"].indices)
+
+
+def test_splits_are_stratified(splits, reference):
+    _, labels = reference
+    class_counts = np.bincount(labels, minlength=10)
+    for split, fraction in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
+        counts = np.bincount(splits[split].targets, minlength=10)
+        assert np.all(np.abs(counts - fraction * class_counts) <= 1.5), (split, counts)
+
+
+def test_images_and_labels_match_sklearn(splits, reference):
+    images, labels = reference
+    for ds in splits.values():
+        assert ds.targets == labels[ds.indices].tolist()
+        assert torch.equal(ds.images[:, 0], torch.from_numpy(images[ds.indices]))
+        image, label = ds[5]
+        assert image.shape == (1, 8, 8) and image.dtype == torch.float32
+        assert label == ds.targets[5]
+    assert splits["train"].images.min() == 0.0 and splits["train"].images.max() == 1.0
+    assert splits["train"].classes == [str(d) for d in range(10)]
+
+
+def test_resize_matches_bilinear_reference_and_channels_repeat(reference):
+    images, _ = reference
+    ds = Digits("test", image_size=32, channels=3)
+    assert ds.images.shape == (270, 3, 32, 32)
+    for i in (0, 100, 269):
+        # PIL's bilinear resize of a float image agrees with interpolate(align_corners=False) when upsampling.
+        expected = np.array(Image.fromarray(images[ds.indices[i]], mode="F").resize((32, 32), Image.BILINEAR))
+        image, _ = ds[i]
+        assert np.abs(image[0].numpy() - expected).max() < 1e-6
+        assert torch.equal(image[1], image[0]) and torch.equal(image[2], image[0])
+    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+
+
+def test_transform_and_bad_arguments():
+    ds = Digits("val", transform=lambda image: 1 - image)
+    assert torch.equal(ds[3][0], 1 - ds.images[3])
+    with pytest.raises(ValueError, match="train, val, test"):
+        Digits("validation")
+    with pytest.raises(ValueError, match="channels"):
+        Digits("train", channels=2)

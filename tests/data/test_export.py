@@ -1,0 +1,116 @@
+"""export-data: Shapes as PNG + COCO JSON, read back by create_dataset and by pycocotools."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from visionzoo.cli import main
+from visionzoo.data import CocoDetection, Shapes, create_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "shapes"
+    code = main(
+        [
+            "export-data",
+            "shapes",
+            "--out",
+            str(out),
+            "--split",
+            "val",
+            "test",
+            "--num",
+            "12",
+            "--image-size",
+            "96",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_layout_and_json_content(exported):
+    assert sorted(p.name for p in exported.iterdir()) == ["annotations", "test", "val"]
+    assert sorted(p.name for p in (exported / "val").iterdir()) == [f"{i:06d}.png" for i in range(12)]
+    content = json.loads((exported / "annotations" / "instances_val.json").read_text())
+    shapes = Shapes("val", image_size=96, length=12)
+    assert [c["name"] for c in content["categories"]] == shapes.classes
+    assert [c["id"] for c in content["categories"]] == list(range(1, len(shapes.classes) + 1))
+    assert [image["caption"] for image in content["images"]] == [shapes[i][1]["caption"] for i in range(12)]
+    assert all(a["iscrowd"] == 0 for a in content["annotations"])
+    assert len({a["id"] for a in content["annotations"]}) == len(content["annotations"])
+
+
+def test_read_back_with_create_dataset_gives_the_same_targets_and_pixels(exported):
+    shapes = Shapes("val", image_size=96, length=12)
+    ds = create_dataset(exported, "val")
+    assert isinstance(ds, CocoDetection) and len(ds) == 12 and ds.classes == shapes.classes
+    for i in range(12):
+        image, target = ds[i]
+        original, expected = shapes[i]
+        assert target["image_id"] == expected["image_id"] == i
+        assert torch.equal(target["boxes"], expected["boxes"])
+        assert torch.equal(target["labels"], expected["labels"])
+        assert torch.equal(target["masks"], expected["masks"])
+        assert torch.equal(target["area"], expected["area"])
+        quantised = (original.clamp(0, 1) * 255).round().to(torch.uint8)
+        png = torch.from_numpy(np.array(Image.open(exported / "val" / f"{i:06d}.png"))).permute(2, 0, 1)
+        assert torch.equal(png, quantised)
+        assert torch.equal(image, quantised.float() / 255)
+
+
+def test_read_back_with_pycocotools(exported):
+    shapes = Shapes("test", image_size=96, length=12)
+    coco = COCO(str(exported / "annotations" / "instances_test.json"))
+    assert sorted(coco.imgs) == list(range(12))
+    for i in range(12):
+        _, expected = shapes[i]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[i]))
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        assert torch.equal(xyxy, expected["boxes"])
+        assert [a["category_id"] for a in anns] == expected["labels"].tolist()
+        assert [coco.cats[a["category_id"]]["name"] for a in anns] == [
+            shapes.classes[k - 1] for k in expected["labels"].tolist()
+        ]
+        masks = np.stack([coco.annToMask(a) for a in anns]).astype(bool)
+        assert np.array_equal(masks, expected["masks"].numpy())
+        assert [a["area"] for a in anns] == expected["masks"].sum((1, 2)).tolist()
+
+
+def test_refuses_non_empty_folder_without_overwrite(exported, capsys):
+    before = (exported / "annotations" / "instances_val.json").read_bytes()
+    capsys.readouterr()
+    code = main(["export-data", "shapes", "--out", str(exported), "--split", "val", "--num", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err and str(exported) in err
+    assert (exported / "annotations" / "instances_val.json").read_bytes() == before
+
+
+def test_overwrite_replaces_the_split(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert (
+        main(["export-data", "shapes", "--out", str(out), "--split", "train", "--num", "3", "--overwrite"])
+        == 0
+    )
+    assert len(create_dataset(out, "train")) == 3
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
+    assert main(["export-data", "digits", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot export 'digits'" in err and "shapes" in err
+    assert not (tmp_path / "x").exists()
