@@ -1,5 +1,6 @@
 """visionzoo.metrics: COCO and VOC detection evaluation, Fréchet distance."""
 
 from visionzoo.metrics.coco import coco_evaluate
+from visionzoo.metrics.mean_ap import MeanAveragePrecision
 
-__all__ = ["coco_evaluate"]
+__all__ = ["MeanAveragePrecision", "coco_evaluate"]

@@ -87,6 +87,14 @@ def rle_from_mask(mask: Any) -> Rle:
     return Rle(array.shape[0], array.shape[1], change[0::2].astype(np.int64), change[1::2].astype(np.int64))
 
 
+def rle_to_mask(rle: Rle) -> np.ndarray:
+    """The binary mask bool[H, W] of an :class:`Rle`."""
+    flips = np.zeros(rle.height * rle.width + 1, dtype=np.int8)
+    np.add.at(flips, rle.starts, 1)
+    np.add.at(flips, rle.ends, -1)
+    return np.cumsum(flips[:-1]).astype(bool).reshape(rle.width, rle.height).T
+
+
 def _polygon_toggles(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     """Column-major pixel positions where the polygon's outline toggles the inside/outside state.
 

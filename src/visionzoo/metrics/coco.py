@@ -656,22 +656,23 @@ def summarize(
     return {name: _summary_value(arrays, params, *s) for name, s in zip(SUMMARY_NAMES, settings)}
 
 
-def per_category(arrays: Mapping[str, np.ndarray], params: CocoParams) -> tuple[np.ndarray, np.ndarray]:
-    """AP and AR per category: float64[K] each, at area ``all`` and ``max_dets[-1]``, -1 where undefined.
+def per_category(
+    arrays: Mapping[str, np.ndarray], params: CocoParams, max_det: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """AP and AR per category: float64[K] each, at area ``all`` and ``max_det`` (default ``max_dets[-1]``).
 
-    AP is the mean of the defined precision entries over IoU and recall thresholds (detectron2's
-    per-category AP); AR the mean of the defined recalls over IoU thresholds.
+    A category's AP is the mean of its defined precision entries over IoU and recall thresholds
+    (what pycocotools' summary gives when ``catIds`` is that category alone), its AR the mean of its
+    defined recalls over IoU thresholds; -1 where undefined.
     """
     a = params.area_labels.index("all") if "all" in params.area_labels else 0
-    prec = arrays["precision"][:, :, :, a, -1]  # [T, R, K]
-    rec = arrays["recall"][:, :, a, -1]  # [T, K]
-    out = []
-    for s in (prec.reshape(-1, prec.shape[2]), rec):
-        valid = s > -1
-        total = np.where(valid, s, 0.0).sum(axis=0)
-        count = valid.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(np.where(count > 0, total / np.maximum(count, 1), -1.0))
+    m = params.max_dets.index(params.max_dets[-1] if max_det is None else max_det)
+    out = np.full((2, arrays["recall"].shape[1]), -1.0)
+    for k in range(out.shape[1]):
+        for row, s in enumerate((arrays["precision"][:, :, k, a, m], arrays["recall"][:, k, a, m])):
+            defined = s[s > -1]
+            if defined.size:
+                out[row, k] = np.mean(defined)
     return out[0], out[1]
 
 

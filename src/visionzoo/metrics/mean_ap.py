@@ -1,0 +1,241 @@
+"""``MeanAveragePrecision``: a torchmetrics-style COCO mAP accumulator over per-image tensors.
+
+``update(preds, targets)`` takes one dict per image; ``compute()`` runs :mod:`visionzoo.metrics.coco`
+on everything seen. The conversion follows torchmetrics' (``backend="faster_coco_eval"``) so the
+numbers are the same: boxes go to xywh in their own dtype, a target's area is its ``area`` entry
+when positive and ``w * h`` otherwise, categories are the labels seen, and the summary reads every
+AP at the largest max-detections threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from visionzoo.metrics.coco import (
+    CocoDetections,
+    CocoGroundTruth,
+    accumulate,
+    evaluate,
+    make_params,
+    per_category,
+    summarize,
+)
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+def _to_xywh(boxes: Tensor, box_format: str) -> Tensor:
+    """Tensor[N, 4] in ``box_format`` -> Tensor[N, 4] xywh, computed in the boxes' dtype."""
+    if box_format == "xywh":
+        return boxes
+    if box_format == "cxcywh":
+        cx, cy, w, h = boxes.unbind(-1)
+        boxes = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+
+
+def _as_numpy(value: Tensor, name: str, index: int, side: str) -> np.ndarray:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{side} {index}: {name!r} must be a Tensor, got {type(value).__name__}")
+    return value.detach().cpu().numpy()
+
+
+class MeanAveragePrecision:
+    """COCO mAP over images given one at a time, as ``torchmetrics.detection.MeanAveragePrecision``.
+
+    Args:
+        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+        iou_thresholds / rec_thresholds: default torchmetrics' (``torch.linspace`` in float32: 0.5:0.05:0.95
+            and 0:0.01:1).
+        max_detection_thresholds: three ints, default ``[1, 10, 100]``.
+        class_metrics: also return ``map_per_class`` and ``mar_{max}_per_class``.
+        average: ``"macro"`` (mean over classes) or ``"micro"`` (all classes pooled as one).
+
+    ``update(preds, targets)``: per image, ``preds[i] = {"boxes": Tensor[N, 4], "scores": Tensor[N],
+    "labels": Tensor[N] int}`` and ``targets[i] = {"boxes": Tensor[M, 4], "labels": Tensor[M] int,
+    optional "iscrowd": Tensor[M], optional "area": Tensor[M]}``. NaN scores or non-finite boxes raise
+    ValueError; empty tensors are fine.
+
+    ``compute() -> dict[str, Tensor]``: float32 scalars ``map, map_50, map_75, map_small, map_medium,
+    map_large, mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large`` (the mar names follow
+    ``max_detection_thresholds``; -1 where undefined), ``classes`` int32[C] (sorted labels seen) and,
+    with ``class_metrics``, ``map_per_class`` / ``mar_100_per_class`` float32[C], else float32 [-1].
+    """
+
+    def __init__(
+        self,
+        box_format: str = "xyxy",
+        iou_thresholds: Sequence[float] | None = None,
+        rec_thresholds: Sequence[float] | None = None,
+        max_detection_thresholds: Sequence[int] | None = None,
+        class_metrics: bool = False,
+        average: str = "macro",
+    ) -> None:
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+        if average not in ("macro", "micro"):
+            raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+        max_dets = (
+            [1, 10, 100]
+            if max_detection_thresholds is None
+            else sorted(int(m) for m in max_detection_thresholds)
+        )
+        if len(max_dets) != 3:
+            raise ValueError(f"max_detection_thresholds needs exactly 3 values, got {max_dets}")
+        ious = torch.linspace(0.5, 0.95, 10).tolist() if iou_thresholds is None else list(iou_thresholds)
+        recs = torch.linspace(0.0, 1.0, 101).tolist() if rec_thresholds is None else list(rec_thresholds)
+        self.params = make_params("bbox", ious, max_dets, None, recs)
+        self.box_format = box_format
+        self.class_metrics = class_metrics
+        self.average = average
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image seen."""
+        self._preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._targets: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def update(self, preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
+        """Add images: ``preds[i]`` and ``targets[i]`` describe the same image (see the class docstring)."""
+        if not isinstance(preds, Sequence) or not isinstance(targets, Sequence):
+            raise ValueError("preds and targets must be lists of dicts, one per image")
+        if len(preds) != len(targets):
+            raise ValueError(
+                f"preds and targets must have the same length, got {len(preds)} and {len(targets)}"
+            )
+        new_preds, new_targets = [], []
+        for i, (pred, target) in enumerate(zip(preds, targets)):
+            for side, item, keys in (
+                ("preds", pred, ("boxes", "scores", "labels")),
+                ("targets", target, ("boxes", "labels")),
+            ):
+                missing = [k for k in keys if k not in item]
+                if missing:
+                    raise ValueError(f"{side} {i} has no {missing[0]!r}")
+            new_preds.append(self._convert_pred(pred, i))
+            new_targets.append(self._convert_target(target, i))
+        self._preds.extend(new_preds)
+        self._targets.extend(new_targets)
+
+    def _boxes(self, boxes: Tensor, index: int, side: str) -> tuple[np.ndarray, int]:
+        if not isinstance(boxes, Tensor):
+            raise ValueError(f"{side} {index}: 'boxes' must be a Tensor, got {type(boxes).__name__}")
+        if boxes.numel() == 0:
+            return np.zeros((0, 4)), 0
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"{side} {index}: 'boxes' must be [N, 4], got {list(boxes.shape)}")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"{side} {index}: 'boxes' has non-finite values")
+        xywh = _to_xywh(boxes.detach(), self.box_format).cpu().double().numpy()
+        return xywh, len(xywh)
+
+    def _labels(self, labels: Tensor, n: int, index: int, side: str) -> np.ndarray:
+        out = _as_numpy(labels, "labels", index, side).reshape(-1)
+        if out.size and not np.issubdtype(out.dtype, np.integer):
+            raise ValueError(f"{side} {index}: 'labels' must be integers, got {labels.dtype}")
+        if len(out) != n:
+            raise ValueError(f"{side} {index}: {n} boxes but {len(out)} labels")
+        return out.astype(np.int64)
+
+    def _convert_pred(self, pred: dict[str, Tensor], index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, n = self._boxes(pred["boxes"], index, "preds")
+        scores = _as_numpy(pred["scores"], "scores", index, "preds").reshape(-1).astype(np.float64)
+        if len(scores) != n:
+            raise ValueError(f"preds {index}: {n} boxes but {len(scores)} scores")
+        if np.isnan(scores).any():
+            raise ValueError(f"preds {index}: 'scores' has NaN at {int(np.flatnonzero(np.isnan(scores))[0])}")
+        return boxes, scores, self._labels(pred["labels"], n, index, "preds")
+
+    def _convert_target(self, target: dict[str, Tensor], index: int) -> tuple[np.ndarray, ...]:
+        boxes, n = self._boxes(target["boxes"], index, "targets")
+        labels = self._labels(target["labels"], n, index, "targets")
+        crowd = np.zeros(n, dtype=bool)
+        if "iscrowd" in target:
+            crowd = _as_numpy(target["iscrowd"], "iscrowd", index, "targets").reshape(-1).astype(bool)
+        area = boxes[:, 2] * boxes[:, 3]
+        if "area" in target:
+            given = _as_numpy(target["area"], "area", index, "targets").reshape(-1).astype(np.float64)
+            if len(given) != n:
+                raise ValueError(f"targets {index}: {n} boxes but {len(given)} areas")
+            area = np.where(given > 0, given, area)
+        if len(crowd) != n:
+            raise ValueError(f"targets {index}: {n} boxes but {len(crowd)} iscrowd flags")
+        return boxes, labels, crowd, area
+
+    def _datasets(self) -> tuple[CocoGroundTruth, CocoDetections, np.ndarray]:
+        n_images = len(self._preds)
+        image_ids = np.arange(n_images)
+        counts_p = [len(p[1]) for p in self._preds]
+        counts_t = [len(t[1]) for t in self._targets]
+        p_labels = np.concatenate([p[2] for p in self._preds] + [np.zeros(0, np.int64)])
+        t_labels = np.concatenate([t[1] for t in self._targets] + [np.zeros(0, np.int64)])
+        classes = np.unique(np.concatenate([p_labels, t_labels]))
+        if self.average == "micro":
+            p_labels, t_labels = np.zeros_like(p_labels), np.zeros_like(t_labels)
+        categories = np.unique(np.concatenate([p_labels, t_labels]))
+        t_boxes = np.concatenate([t[0] for t in self._targets] + [np.zeros((0, 4))])
+        gt = CocoGroundTruth(
+            image_ids=image_ids,
+            category_ids=categories,
+            category_names=tuple(str(c) for c in categories.tolist()),
+            image=np.repeat(image_ids, counts_t),
+            category=np.searchsorted(categories, t_labels),
+            boxes=t_boxes,
+            area=np.concatenate([t[3] for t in self._targets] + [np.zeros(0)]),
+            iscrowd=np.concatenate([t[2] for t in self._targets] + [np.zeros(0, bool)]),
+            ids=np.arange(1, len(t_labels) + 1),
+        )
+        p_boxes = np.concatenate([p[0] for p in self._preds] + [np.zeros((0, 4))])
+        dt = CocoDetections(
+            image=np.repeat(image_ids, counts_p),
+            category=np.searchsorted(categories, p_labels),
+            boxes=p_boxes,
+            scores=np.concatenate([p[1] for p in self._preds] + [np.zeros(0)]),
+            area=p_boxes[:, 2] * p_boxes[:, 3],
+        )
+        return gt, dt, classes
+
+    def compute(self) -> dict[str, Tensor]:
+        """The COCO numbers over every image seen so far (see the class docstring)."""
+        md = self.params.max_dets
+        names = [
+            *_KEYS,
+            f"mar_{md[0]}",
+            f"mar_{md[1]}",
+            f"mar_{md[2]}",
+            "mar_small",
+            "mar_medium",
+            "mar_large",
+        ]
+        gt, dt, classes = self._datasets()
+        per_class_ap = per_class_ar = np.array([-1.0])
+        if len(self._preds) == 0:
+            values = [-1.0] * 12
+        else:
+            arrays = accumulate(evaluate(gt, dt, self.params))
+            values = list(summarize(arrays, self.params, style="faster_coco_eval").values())
+            if self.class_metrics:
+                per_class_ap = self._per_class(arrays, gt, classes, ap=True)
+                per_class_ar = self._per_class(arrays, gt, classes, ap=False)
+        out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(names, values)}
+        out["map_per_class"] = torch.tensor(per_class_ap, dtype=torch.float32)
+        out[f"mar_{md[2]}_per_class"] = torch.tensor(per_class_ar, dtype=torch.float32)
+        out["classes"] = torch.tensor(classes, dtype=torch.int32)
+        return out
+
+    def _per_class(self, arrays: dict, gt: CocoGroundTruth, classes: np.ndarray, ap: bool) -> np.ndarray:
+        if self.average == "micro":
+            # torchmetrics evaluates each class of the un-pooled labels for the per-class numbers
+            pooled = MeanAveragePrecision.__new__(MeanAveragePrecision)
+            pooled.__dict__.update(self.__dict__, average="macro", class_metrics=False)
+            gt, dt, _ = pooled._datasets()
+            arrays = accumulate(evaluate(gt, dt, self.params))
+        if ap:
+            return per_category(arrays, self.params, max_det=self.params.max_dets[-1])[0]
+        return per_category(arrays, self.params, max_det=self.params.max_dets[2])[1]

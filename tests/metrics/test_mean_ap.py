@@ -1,0 +1,135 @@
+"""MeanAveragePrecision against torchmetrics' (faster_coco_eval backend) on the same per-image tensors."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from visionzoo.metrics import MeanAveragePrecision
+
+torchmetrics_detection = pytest.importorskip("torchmetrics.detection")
+
+
+def per_image_tensors(gt, dets, box_format="xyxy", seed=0):
+    """The random COCO dataset as torchmetrics-style per-image dicts; some targets omit ``area``."""
+    rng = np.random.default_rng(seed)
+
+    def convert(xywh):
+        b = torch.tensor(xywh, dtype=torch.float32).reshape(-1, 4)
+        x, y, w, h = b.unbind(-1)
+        if box_format == "xywh":
+            return b
+        if box_format == "cxcywh":
+            return torch.stack((x + w / 2, y + h / 2, w, h), -1)
+        return torch.stack((x, y, x + w, y + h), -1)
+
+    preds, targets = [], []
+    for img in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
+        mine = [d for d in dets if d["image_id"] == img["id"]]
+        target = {
+            "boxes": convert([a["bbox"] for a in anns]),
+            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "iscrowd": torch.tensor([a["iscrowd"] for a in anns], dtype=torch.int64),
+        }
+        if rng.random() < 0.7:  # else the area comes from the box
+            target["area"] = torch.tensor([a["area"] if rng.random() < 0.8 else 0.0 for a in anns])
+        targets.append(target)
+        preds.append(
+            {
+                "boxes": convert([d["bbox"] for d in mine]),
+                "scores": torch.tensor([d["score"] for d in mine], dtype=torch.float32),
+                "labels": torch.tensor([d["category_id"] for d in mine], dtype=torch.int64),
+            }
+        )
+    return preds, targets
+
+
+def run_both(preds, targets, batch=7, **kwargs):
+    ref = torchmetrics_detection.MeanAveragePrecision(backend="faster_coco_eval", **kwargs)
+    ref.warn_on_many_detections = False
+    ours = MeanAveragePrecision(**kwargs)
+    for i in range(0, len(preds), batch):
+        ref.update(preds[i : i + batch], targets[i : i + batch])
+        ours.update(preds[i : i + batch], targets[i : i + batch])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ref.compute()
+    return ours.compute(), expected
+
+
+@pytest.mark.parametrize(
+    ("seed", "kwargs"),
+    [
+        (0, {}),
+        (1, {"box_format": "xywh", "class_metrics": True}),
+        (2, {"box_format": "cxcywh", "max_detection_thresholds": [1, 5, 50]}),
+        (3, {"iou_thresholds": [0.3, 0.5, 0.75], "class_metrics": True}),
+        (4, {"average": "micro", "class_metrics": True}),
+    ],
+    ids=["default", "xywh-per-class", "cxcywh-maxdets", "iou-thresholds", "micro"],
+)
+def test_equals_torchmetrics_faster_coco_eval(seed, kwargs, make_coco):
+    gt, dets = make_coco(seed, ties=seed % 2 == 0, n_images=30)
+    preds, targets = per_image_tensors(gt, dets, kwargs.get("box_format", "xyxy"), seed)
+    ours, ref = run_both(preds, targets, **kwargs)
+    assert set(ours) == set(ref)
+    for key in ref:
+        np.testing.assert_array_equal(
+            ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key
+        )
+    assert ours["map"] > 0.05
+
+
+def test_reset_and_empty_inputs():
+    metric = MeanAveragePrecision()
+    assert metric.compute()["map"] == -1
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}
+    metric.update([empty], [target])
+    out = metric.compute()
+    assert out["map"] == 0 and out["mar_100"] == 0 and out["classes"].tolist() == [1]
+    metric.update(
+        [
+            {
+                "boxes": torch.tensor([[0.0, 0, 10, 10]]),
+                "scores": torch.tensor([0.9]),
+                "labels": torch.tensor([1]),
+            }
+        ],
+        [target],
+    )
+    assert metric.compute()["map_50"] == pytest.approx(0.50495, abs=1e-4)  # one of two images found
+    metric.reset()
+    metric.update([empty], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    assert metric.compute()["map"] == -1
+
+
+def test_bad_input_raises():
+    metric = MeanAveragePrecision()
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}
+    nan = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10]]),
+        "scores": torch.tensor([float("nan")]),
+        "labels": torch.tensor([1]),
+    }
+    with pytest.raises(ValueError, match="preds 0: 'scores' has NaN"):
+        metric.update([nan], [target])
+    with pytest.raises(ValueError, match="same length"):
+        metric.update([], [target])
+    with pytest.raises(ValueError, match="preds 0 has no 'scores'"):
+        metric.update([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}], [target])
+    bad_shape = {
+        "boxes": torch.zeros(2, 3),
+        "scores": torch.zeros(2),
+        "labels": torch.zeros(2, dtype=torch.int64),
+    }
+    with pytest.raises(ValueError, match=r"'boxes' must be \[N, 4\]"):
+        metric.update([bad_shape], [target])
+    with pytest.raises(ValueError, match="box_format"):
+        MeanAveragePrecision(box_format="yxyx")
