@@ -181,3 +181,12 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "torch" / "visionzoo"
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "vz"))
     assert cache_dir() == tmp_path / "vz"
+
+
+def test_pretrained_entries_are_validated():
+    with pytest.raises(ValueError, match="exactly one of url and hf_hub_id"):
+        Pretrained()
+    with pytest.raises(ValueError, match="exactly one of url and hf_hub_id"):
+        Pretrained(url="https://x/y.pth", hf_hub_id="timm/y")
+    with pytest.raises(ValueError, match="hex digits"):
+        Pretrained(url="https://x/y.pth", sha256="not-hex")

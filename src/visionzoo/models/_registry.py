@@ -41,9 +41,20 @@ class Pretrained:
     filename: str = "model.safetensors"
     sha256: str | None = None
 
+    def __post_init__(self):
+        if (self.url is None) == (self.hf_hub_id is None):
+            raise ValueError(f"Pretrained needs exactly one of url and hf_hub_id, got {self}")
+        if self.sha256 is not None and not (
+            0 < len(self.sha256) <= 64 and all(c in "0123456789abcdefABCDEF" for c in self.sha256)
+        ):
+            raise ValueError(f"Pretrained sha256 must be hex digits (a digest or its prefix), got {self.sha256!r}")
+
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its builder, family (module name), task, official weights, and the
+    module names of its stem conv and classifier (for in_chans/num_classes adaptation)."""
+
     name: str
     builder: Callable[..., nn.Module]
     family: str
