@@ -276,3 +276,22 @@ def test_collate_detection_keeps_lists():
     assert len(images) == 3 and len(targets) == 3
     assert torch.equal(images[1], ds[1][0]) and torch.equal(targets[2]["boxes"], ds[2][1]["boxes"])
     assert collate_detection([]) == ([], [])
+
+
+def test_bad_segmentations_name_the_annotation(folder):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[1, 2, 3, 4]]
+    with pytest.raises(ValueError, match=r"annotation id 1: a polygon must be a list of at least 3"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    annotations[0]["segmentation"] = {"size": [30, 41], "counts": "PPYo0"}
+    with pytest.raises(ValueError, match=r"annotation id 1: RLE size \[30, 41\] differs"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    annotations[0]["segmentation"] = {"size": [30, 40], "counts": [5, 7]}  # too few pixels: found when read
+    for ann in annotations[1:]:
+        ann["segmentation"] = [[0, 0, 4, 0, 4, 4]]
+    ds = CocoDetection(root / "images", _write(root, annotations=annotations))
+    with pytest.raises(
+        ValueError, match=r"instances\.json: annotation id 1: segmentation: RLE runs cover 12"
+    ):
+        ds[0]

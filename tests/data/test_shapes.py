@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from visionzoo.data.shapes import (
     shape_area,
     shape_bounds,
     shape_mask,
+    to_classification,
 )
 
 
@@ -200,6 +202,15 @@ def test_rasterised_shapes_have_their_exact_area_and_bounds(cls):
     assert px[xs].min() >= xmin and px[xs].max() <= xmax
     assert py[ys].min() >= ymin and py[ys].max() <= ymax
     assert px[xs].min() < xmin + 2 and py[ys].max() > ymax - 2  # bounds are tight
+
+
+def test_classification_labels_are_balanced_and_picklable_transform_gives_them():
+    ds = Shapes("train", length=600, transform=to_classification)
+    labels = [ds[i][1] for i in range(len(ds))]
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    assert counts.min() >= 0.7 * len(ds) / len(CLASSES), counts  # sizes are areas, so no shape dominates
+    restored = pickle.loads(pickle.dumps(ds))
+    assert restored[5][1] == labels[5] and torch.equal(restored[5][0], ds[5][0])
 
 
 def test_transform_is_applied_to_image_and_target():

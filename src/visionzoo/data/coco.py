@@ -93,6 +93,11 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
             return "an RLE segmentation needs 'size' and 'counts'"
         if list(segmentation["size"]) != [height, width]:
             return f"RLE size {segmentation['size']} differs from the image's [{height}, {width}]"
+        counts = segmentation["counts"]
+        if not isinstance(counts, str) and not (
+            isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+        ):
+            return "RLE counts must be a string (compressed) or a list of non-negative ints"
         return None
     return f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"
 
@@ -248,6 +253,7 @@ class CocoDetection(Dataset):
                     "area": float(area),
                     "iscrowd": int(entry.get("iscrowd", 0)),
                     "segmentation": segmentation,
+                    "id": entry["id"],
                 }
             )
         self.has_masks = all(
@@ -269,8 +275,19 @@ class CocoDetection(Dataset):
                     f"{self.ann_file}: image id {image_id}: {record['path']} is {file.size[0]}x{file.size[1]}, "
                     f"the annotations say {record['width']}x{record['height']}"
                 )
-            pixels = np.array(file.convert("RGB"))
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float().div_(255)
+            pixels = np.asarray(file.convert("RGB"))
+        # numpy rather than torch ops: no thread-pool hand-off per image inside data-loader workers.
+        chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        chw /= 255
+        return torch.from_numpy(chw)
+
+    def _decode(self, annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
+        try:
+            return decode_segmentation(annotation["segmentation"], height, width)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.ann_file}: annotation id {annotation['id']}: segmentation: {error}"
+            ) from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.image_ids[index]
@@ -286,7 +303,7 @@ class CocoDetection(Dataset):
         }
         if self.has_masks and self.load_masks:
             height, width = record["height"], record["width"]
-            masks = [decode_segmentation(a["segmentation"], height, width) for a in annotations]
+            masks = [self._decode(a, height, width) for a in annotations]
             target["masks"] = torch.from_numpy(
                 np.stack(masks) if masks else np.zeros((0, height, width), bool)
             )

@@ -38,8 +38,10 @@ PALETTE = np.array(
     dtype=np.float32,
 )
 SIZE_NAMES = ("small", "medium", "large")
-# Nominal extent (the largest side of the unrotated shape) in pixels at the reference size.
-SIZE_RANGES = ((20.0, 28.0), (28.0, 38.0), (38.0, 50.0))
+# A size is an area: the side, in pixels at the reference size, of the square of equal area. Sizing
+# by area (not by extent) keeps the classification label, the class of the most visible object,
+# balanced across shapes: a star spans more than a square of the same area.
+SIZE_RANGES = ((15.0, 21.0), (21.0, 29.0), (29.0, 38.0))
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 4000, "val": 500, "test": 500}
 REFERENCE_SIZE = 128
@@ -163,6 +165,10 @@ def shape_area(cls: int, extent: float) -> float:
     raise ValueError(f"unknown shape class {cls}")
 
 
+# sqrt(area of the shape with extent 1): dividing an equal-area square's side by it gives the extent.
+_UNIT_AREA_SIDE = [math.sqrt(shape_area(cls, 1.0)) for cls in range(len(CLASSES))]
+
+
 def _tight(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) of the set pixels of ``mask`` (x1, y1 exclusive), None when empty."""
     cols = np.flatnonzero(mask.any(axis=0))
@@ -178,7 +184,7 @@ def _propose(rng: np.random.Generator, size: int, scale: float):
     cls = min(int(u[0] * len(CLASSES)), len(CLASSES) - 1)
     size_index = min(int(u[1] * len(SIZE_NAMES)), len(SIZE_NAMES) - 1)
     low, high = SIZE_RANGES[size_index]
-    extent = (low + (high - low) * u[2]) * scale
+    extent = (low + (high - low) * u[2]) * scale / _UNIT_AREA_SIDE[cls]
     angle = 2 * math.pi * u[3]
     xmin, ymin, xmax, ymax = shape_bounds(cls, extent, angle)
     cx = -xmin + (size - xmax + xmin) * u[4]
@@ -374,6 +380,14 @@ def caption(scene: Scene) -> str:
             f" the {COLOR_NAMES[scene.colors[a]]} {CLASSES[scene.classes[a]]}"
         )
     return text
+
+
+def to_classification(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """A Shapes ``transform`` for classification: ``(image, target) -> (image, target["label"])``.
+
+    A module-level function, so data-loader workers can pickle it (a lambda cannot be).
+    """
+    return image, target["label"]
 
 
 class Shapes(Dataset):
