@@ -1,6 +1,24 @@
-"""visionzoo.metrics: COCO and VOC detection evaluation, Fréchet distance."""
+"""visionzoo.metrics: COCO and VOC detection evaluation, Fréchet distance.
 
+- :func:`coco_evaluate` (pycocotools' numbers, vectorised; ``coco.evaluate/accumulate/summarize``
+  for the steps) and :class:`MeanAveragePrecision` (torchmetrics-style accumulator over tensors);
+- :func:`voc_ap` and :func:`voc_evaluate` (the PASCAL VOC devkit's AP);
+- :func:`frechet_distance` (FID's formula) and :class:`FeatureStatistics` (float64 running mean
+  and covariance of features).
+"""
+
+from visionzoo.metrics._masks import mask_iou
 from visionzoo.metrics.coco import coco_evaluate
+from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
 from visionzoo.metrics.mean_ap import MeanAveragePrecision
+from visionzoo.metrics.voc import voc_ap, voc_evaluate
 
-__all__ = ["MeanAveragePrecision", "coco_evaluate"]
+__all__ = [
+    "FeatureStatistics",
+    "MeanAveragePrecision",
+    "coco_evaluate",
+    "frechet_distance",
+    "mask_iou",
+    "voc_ap",
+    "voc_evaluate",
+]

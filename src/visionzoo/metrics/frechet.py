@@ -1,0 +1,158 @@
+"""Fréchet distance between Gaussians (the FID formula) and a float64 feature-statistics accumulator.
+
+The distance between N(mu1, S1) and N(mu2, S2) is ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2)``.
+pytorch-fid takes a general matrix square root of S1 S2 (scipy's ``sqrtm``), which is the cost.
+Only the trace is needed: with S1 = F F^T (a Cholesky factor), F^T S2 F is symmetric positive
+semi-definite and has the eigenvalues of S1 S2, so the trace is the sum of the square roots of
+its eigenvalues: one Cholesky, two products and one symmetric eigenvalue problem, in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _float64(x: Any, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        t = x.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an array of numbers, got {type(x).__name__}") from None
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} has non-finite values")
+    return t
+
+
+def _psd_factor(sigma: Tensor) -> Tensor:
+    """F with F F^T = sigma: the Cholesky factor, or V diag(sqrt(max(w, 0))) for a singular sigma."""
+    factor, info = torch.linalg.cholesky_ex(sigma)
+    if int(info) == 0:
+        return factor
+    w, v = torch.linalg.eigh(sigma)
+    return v * w.clamp(min=0).sqrt()
+
+
+def trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> float:
+    """tr((sigma1 sigma2)^1/2) for symmetric positive semi-definite float64 [D, D] matrices.
+
+    Singular (rank-deficient) matrices, e.g. covariances of fewer samples than dimensions, are
+    handled exactly: the factor of sigma1 then comes from its eigendecomposition with eigenvalues
+    clipped at 0, so no ``eps * I`` is added (pytorch-fid adds ``1e-6 * I`` to both only when its
+    ``sqrtm`` fails). Tiny negative eigenvalues from rounding are clipped to 0.
+    """
+    factor = _psd_factor(sigma1)
+    inner = factor.T @ sigma2 @ factor
+    inner = (inner + inner.T) / 2  # exact symmetry for the symmetric eigensolver
+    return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), as pytorch-fid's
+    ``calculate_frechet_distance`` (within ~1e-10 relative where its ``sqrtm`` is accurate).
+
+    mu1, mu2: [D]; sigma1, sigma2: [D, D] symmetric positive semi-definite; NumPy arrays, tensors
+    or lists, computed in float64 on the CPU. Returns a Python float. Raises ValueError on shape
+    mismatches or non-finite values. Non-symmetric sigmas are symmetrised ((S + S^T) / 2).
+    """
+    m1, m2 = _float64(mu1, "mu1").reshape(-1), _float64(mu2, "mu2").reshape(-1)
+    s1, s2 = _float64(sigma1, "sigma1"), _float64(sigma2, "sigma2")
+    d = m1.numel()
+    if m2.numel() != d or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(
+            f"expected mu1, mu2 of shape [D] and sigma1, sigma2 of shape [D, D]; got {list(m1.shape)}, "
+            f"{list(m2.shape)}, {list(s1.shape)}, {list(s2.shape)}"
+        )
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    diff = m1 - m2
+    return float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2)
+
+
+class FeatureStatistics:
+    """Running mean and covariance of feature vectors in float64, mergeable across workers.
+
+    ``update(features)`` takes Tensor or array [N, D] (any float dtype; converted to float64 before
+    any arithmetic) and folds the batch in with the pairwise (Chan et al.) update: per batch, its
+    mean and centred scatter, then one rank-one correction, so no large sums of squares cancel.
+    ``mean``: float64[D]; ``covariance``: float64[D, D] with ``ddof=1`` (``np.cov``, what pytorch-fid
+    uses). ``merge(other)`` folds in another accumulator (e.g. from another process: send
+    ``state_dict()``, rebuild with ``from_state_dict``, merge); ``all_gather()`` does that over an
+    initialised ``torch.distributed`` group.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+        self.count = 0
+        self._mean: Tensor | None = None
+        self._scatter: Tensor | None = None
+
+    def update(self, features: Any) -> FeatureStatistics:
+        x = _float64(features, "features")
+        if x.ndim != 2:
+            raise ValueError(f"features must be [N, D], got shape {list(x.shape)}")
+        if self.dim is None:
+            self.dim = x.shape[1]
+        if x.shape[1] != self.dim:
+            raise ValueError(f"features have {x.shape[1]} dimensions, expected {self.dim}")
+        if x.shape[0] == 0:
+            return self
+        mean = x.mean(dim=0)
+        centred = x - mean
+        return self._fold(x.shape[0], mean, centred.T @ centred)
+
+    def _fold(self, count: int, mean: Tensor, scatter: Tensor) -> FeatureStatistics:
+        if self.count == 0:
+            self.count, self._mean, self._scatter = count, mean.clone(), scatter.clone()
+            return self
+        total = self.count + count
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (count / total)
+        self._scatter = self._scatter + scatter + torch.outer(delta, delta) * (self.count * count / total)
+        self.count = total
+        return self
+
+    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
+        """Fold ``other``'s samples into this accumulator (in place; returns self)."""
+        if other.count == 0:
+            return self
+        if self.dim is not None and other.dim != self.dim:
+            raise ValueError(f"cannot merge statistics of {other.dim} dimensions into {self.dim}")
+        self.dim = other.dim
+        return self._fold(other.count, other._mean, other._scatter)
+
+    @property
+    def mean(self) -> Tensor:
+        if self._mean is None:
+            raise ValueError("no features seen yet")
+        return self._mean
+
+    @property
+    def covariance(self) -> Tensor:
+        if self.count < 2:
+            raise ValueError(f"the covariance needs at least 2 samples, have {self.count}")
+        return self._scatter / (self.count - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dim": self.dim, "count": self.count, "mean": self._mean, "scatter": self._scatter}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FeatureStatistics:
+        stats = cls(state["dim"])
+        stats.count, stats._mean, stats._scatter = int(state["count"]), state["mean"], state["scatter"]
+        return stats
+
+    def all_gather(self, group: Any = None) -> FeatureStatistics:
+        """The statistics of every rank's samples (merged in rank order) over ``torch.distributed``."""
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(states, self.state_dict(), group=group)
+        merged = FeatureStatistics(self.dim)
+        for state in states:
+            merged.merge(FeatureStatistics.from_state_dict(state))
+        return merged

@@ -1,0 +1,88 @@
+"""``visionzoo coco-eval``: pycocotools' table, JSON output, and one-line errors."""
+
+import copy
+import io
+import json
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+
+from visionzoo.cli import main
+from visionzoo.metrics.coco import SUMMARY_NAMES
+
+
+@pytest.fixture
+def files(tmp_path, make_coco):
+    gt, dets = make_coco(9)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    return tmp_path / "gt.json", tmp_path / "dt.json", gt, dets
+
+
+def one_line_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_table_is_pycocotools_summary(files, capsys):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_path, dt_path, _, _ = files
+    assert main(["coco-eval", str(gt_path), str(dt_path)]) == 0
+    ours = capsys.readouterr().out.splitlines()
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        coco = COCO(str(gt_path))
+        ev = COCOeval(coco, coco.loadRes(str(dt_path)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    expected = [line for line in buffer.getvalue().splitlines() if line.startswith(" Average")]
+    assert ours[:12] == expected
+    assert ours[13].split() == ["category", "id", "AP", "AR"]
+    assert any(line.startswith("note: ") and "left out" in line for line in ours)
+
+
+def test_json_output(files, capsys):
+    gt_path, dt_path, gt, dets = files
+    assert main(["coco-eval", str(gt_path), str(dt_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from visionzoo.metrics import coco_evaluate
+
+    direct = coco_evaluate(gt, dets)
+    assert [out[n] for n in SUMMARY_NAMES] == [direct[n] for n in SUMMARY_NAMES]
+    assert set(out["per_category"]) == {str(c["id"]) for c in gt["categories"]}
+
+
+def test_empty_detections_file(files, capsys, tmp_path):
+    gt_path, _, _, _ = files
+    (tmp_path / "empty.json").write_text("[]")
+    assert main(["coco-eval", str(gt_path), str(tmp_path / "empty.json"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["AP"] == 0 and out["AR100"] == 0
+    assert np.isin([row["AP"] for row in out["per_category"].values()], [0.0, -1.0]).all()
+
+
+def test_errors_are_one_line(files, capsys, tmp_path):
+    gt_path, dt_path, _, dets = files
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image_id": 7, "category_id": 1,\n "bbox": [1, 2, 3, 4] "score": 0.5}]')
+    one_line_error(
+        capsys, ["coco-eval", str(gt_path), str(bad)], "bad.json", "malformed JSON at line 2 column"
+    )
+    unknown = copy.deepcopy(dets)
+    unknown[5]["image_id"] = 99999
+    bad.write_text(json.dumps(unknown))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)], "result 5 has image_id 99999")
+    nan = copy.deepcopy(dets)
+    nan[0]["score"] = float("nan")
+    bad.write_text(json.dumps(nan))  # json writes NaN, which json.load reads back
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)], "result 0 has a NaN score")
+    one_line_error(capsys, ["coco-eval", str(tmp_path / "nope.json"), str(dt_path)], "nope.json")
+    bad.write_text(json.dumps({"not": "a list"}))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)], "expected a list of result objects")

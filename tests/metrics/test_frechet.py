@@ -1,0 +1,98 @@
+"""frechet_distance against pytorch-fid, exact cases, and the float64 feature statistics."""
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
+
+fid_score = pytest.importorskip("pytorch_fid.fid_score")
+pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
+
+
+def gaussian_stats(rng, n, d, shift=0.0):
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    x = rng.normal(size=(n, d)) @ mix + shift + rng.normal(size=d) * 0.1
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+@pytest.mark.parametrize("d", [8, 96, 200])
+def test_equals_pytorch_fid(d):
+    rng = np.random.default_rng(d)
+    mu1, s1 = gaussian_stats(rng, 3 * d, d)
+    mu2, s2 = gaussian_stats(rng, 3 * d, d, shift=0.05)
+    ref = fid_score.calculate_frechet_distance(mu1, s1, mu2, s2)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    assert ours == pytest.approx(
+        frechet_distance(*(torch.from_numpy(a).float() for a in (mu1, s1, mu2, s2))), rel=1e-4
+    )
+
+
+def test_identical_gaussians_are_at_distance_zero_and_it_is_symmetric():
+    rng = np.random.default_rng(0)
+    mu, s = gaussian_stats(rng, 200, 32)
+    assert abs(frechet_distance(mu, s, mu, s)) < 1e-9 * np.trace(s)
+    mu2, s2 = gaussian_stats(rng, 200, 32)
+    assert frechet_distance(mu, s, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu, s), rel=1e-10)
+
+
+def test_singular_covariances_are_exact():
+    """S1 = Q D1 Q^T and S2 = Q D2 Q^T commute: tr sqrt(S1 S2) = sum sqrt(d1 d2), with zeros in D1."""
+    rng = np.random.default_rng(1)
+    d = 50
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    d1 = rng.uniform(0.5, 2, d)
+    d1[::3] = 0  # rank deficient, as with fewer samples than dimensions
+    d2 = rng.uniform(0.5, 2, d)
+    s1, s2 = (q * d1) @ q.T, (q * d2) @ q.T
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    expected = np.sum((mu1 - mu2) ** 2) + d1.sum() + d2.sum() - 2 * np.sqrt(d1 * d2).sum()
+    # rounding leaves ~1e-16 eigenvalues where D1 has zeros; their square roots (~1e-8) bound the accuracy
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-8)
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="expected mu1, mu2 of shape"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="sigma2 has non-finite values"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1, np.nan], [0, 1]]))
+
+
+def test_feature_statistics_match_numpy_in_batches_and_merges():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(1000, 24)) * 3 + 1e4).astype(np.float32)  # a large offset: cancellation-prone
+    ref_mean, ref_cov = x.astype(np.float64).mean(0), np.cov(x.astype(np.float64), rowvar=False)
+    a, b = FeatureStatistics(), FeatureStatistics()
+    for chunk in np.array_split(x[:700], 9):
+        a.update(torch.from_numpy(chunk))
+    b.update(x[700:])
+    merged = FeatureStatistics.from_state_dict(a.state_dict()).merge(b)
+    one = FeatureStatistics().update(x)
+    for stats in (merged, one):
+        assert stats.count == 1000
+        np.testing.assert_allclose(stats.mean.numpy(), ref_mean, rtol=1e-13)
+        np.testing.assert_allclose(stats.covariance.numpy(), ref_cov, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="expected 24"):
+        a.update(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        _ = FeatureStatistics().update(np.zeros((1, 3))).covariance
+
+
+def test_all_gather_merges_the_statistics_of_every_rank(monkeypatch):
+    """Two ranks' states, as torch.distributed.all_gather_object would hand them over."""
+    xs = [np.random.default_rng(r).normal(size=(50 + 10 * r, 6)) for r in range(2)]
+    other = FeatureStatistics().update(xs[1]).state_dict()
+
+    def fake_all_gather_object(out, state, group=None):
+        out[0], out[1] = state, other
+
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather_object", fake_all_gather_object)
+    merged = FeatureStatistics().update(xs[0]).all_gather()
+    x = np.concatenate(xs)
+    assert merged.count == 110
+    np.testing.assert_allclose(merged.mean.numpy(), x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance.numpy(), np.cov(x, rowvar=False), rtol=1e-12)
