@@ -1,5 +1,6 @@
 """Model families, registered by name (timm's / torchvision's names where they exist)."""
 
+from visionzoo.models import resnet  # noqa: F401  (registers the family)
 from visionzoo.models._registry import (
     ModelEntry,
     Pretrained,
@@ -8,6 +9,5 @@ from visionzoo.models._registry import (
     list_models,
     register_model,
 )
-from visionzoo.models import resnet  # noqa: F401  (registers the family)
 
 __all__ = ["ModelEntry", "Pretrained", "create_model", "get_model_entry", "list_models", "register_model"]

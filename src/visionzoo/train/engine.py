@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from visionzoo.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, save_checkpoint
+from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import EpochBatchSampler, barrier, init_distributed, step_seed
 from visionzoo.train.task import Task
 
@@ -428,13 +429,9 @@ class Trainer:
         saved_name = meta["model"]["name"]
         if saved_name != model_record(self.model)["name"]:
             raise CheckpointError(f"--resume: {path} was trained as {saved_name!r}, not {model_record(self.model)['name']!r}")
-        own = self.model.state_dict()
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        if set(state) != set(own):
-            raise CheckpointError(f"--resume: {path} does not fit the model (its keys differ)")
-        self.model.load_state_dict(state)
+        load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
-            self.ema.module.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+            load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))
         for name, optimizer in self.optimizers.items():
             if name not in meta["optimizers"]:
                 raise CheckpointError(f"--resume: {path} has no state for optimizer {name!r}")

@@ -1,0 +1,127 @@
+"""The command line end to end: train → eval → predict on Digits, resume, and one-line user errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.checkpoint import read_checkpoint
+from visionzoo.cli import main
+from visionzoo.data import Digits
+from visionzoo.models import create_model
+
+TRAIN = ["train", "resnet18", "--data", "digits", "--img-size", "16", "--model-arg", "small_input=true",
+         "--batch-size", "32", "--precision", "fp32", "--no-progress"]
+
+
+def one_line_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "r18"
+    assert main([*TRAIN, "--max-steps", "40", "--checkpoint-every", "20", "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_the_run_folder_and_eval_reproduces_its_validation_accuracy(trained, capsys):
+    for name in ("checkpoint.safetensors", "checkpoint.json", "metrics.jsonl", "loss.png", "summary.json"):
+        assert (trained / name).is_file(), name
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["metrics"]["accuracy"] > 0.5
+    capsys.readouterr()
+    assert main(["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                 "--split", "val", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+    assert metrics["loss"] == pytest.approx(summary["metrics"]["loss"], rel=1e-4)
+
+
+def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys):
+    digits = Digits("test", image_size=16)
+    paths = []
+    for index in range(3):
+        image, _ = digits[index]
+        path = tmp_path / f"digit{index}.png"
+        Image.fromarray((image[0] * 255).round().byte().numpy(), "L").save(path)
+        paths.append(str(path))
+    out = tmp_path / "pred"
+    assert main(["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    model = create_model("resnet18", checkpoint=trained / "checkpoint.safetensors").eval()
+    for index, record in enumerate(records):
+        assert (out / f"digit{index}.png").is_file()
+        image, _ = digits[index]
+        quantised = (image * 255).round() / 255
+        with torch.no_grad():
+            logits = model(_normalised(model, quantised[None]))
+        assert record["labels"][0] == str(int(logits.argmax()))
+        assert record["scores"] == sorted(record["scores"], reverse=True)
+    capsys.readouterr()
+    one_line_error(capsys, ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--out", str(out)], "exists", "--overwrite")
+
+
+def _normalised(model, images):
+    from visionzoo.train.classification import normalization
+
+    mean, std = normalization(model, images.shape[1])
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def test_resume_extends_a_finished_run_to_a_longer_budget(tmp_path):
+    run = tmp_path / "short"
+    assert main([*TRAIN, "--max-steps", "20", "--out", str(run)]) == 0
+    assert main([*TRAIN, "--max-steps", "30", "--out", str(run), "--resume"]) == 0
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == 30 and meta["total_steps"] == 30
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"split"' not in line]
+    assert steps == list(range(1, 31))
+
+
+def test_unknown_model_names_the_closest(capsys):
+    one_line_error(capsys, ["train", "resnet19", "--data", "digits"], "resnet19", "resnet18")
+
+
+def test_unknown_dataset_names_the_closest(capsys, tmp_path):
+    one_line_error(capsys, ["train", "resnet18", "--data", "digitz", "--out", str(tmp_path / "x")], "digits")
+
+
+def test_missing_checkpoint_file(capsys, tmp_path):
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(tmp_path / "none.safetensors")],
+                   "none.safetensors", "does not exist")
+
+
+def test_bad_option_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "resnet18", "--data", "digits", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "positive integer" in err
+
+
+def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    one_line_error(capsys, [*TRAIN, "--max-steps", "2", "--out", str(run)], "--resume", "--overwrite")
+    assert (run / "notes.txt").read_text() == "keep me"
+
+
+def test_module_entry_point_lists_models():
+    result = subprocess.run([sys.executable, "-m", "visionzoo", "list-models", "resnet*"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["resnet101", "resnet18", "resnet34", "resnet50"]
