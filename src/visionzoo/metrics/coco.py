@@ -154,7 +154,8 @@ class CocoDetections:
 class CocoEvaluation:
     """Result of :func:`evaluate`: what pycocotools keeps in ``evalImgs``, as flat arrays.
 
-    One entry per kept detection (the ``max_dets[-1]`` best of each (image, category)):
+    One entry per kept detection (the ``max_dets[-1]`` best of each (image, category)), sorted by
+    image, category, decreasing score and input index (:func:`accumulate` relies on it):
     image, category, rank (position by score in its group), order (input index): int64[D];
     scores: float64[D]; matched, ignored: bool[A, T, D] (matched a ground truth / ignored at area
     range a and IoU threshold t). num_positives: int64[K, A], the non-ignored ground truth.
@@ -425,7 +426,7 @@ def evaluate(gt: CocoGroundTruth, dt: CocoDetections, params: CocoParams) -> Coc
 
     n_det = len(dt.scores)
     dkey = dt.image * n_cat + dt.category
-    dorder = np.lexsort((np.arange(n_det), -dt.scores, dkey))
+    dorder = np.lexsort((-dt.scores, dkey))  # stable: score ties stay in input order
     dkey_sorted = dkey[dorder]
     first = np.ones(n_det, dtype=bool)
     first[1:] = dkey_sorted[1:] != dkey_sorted[:-1]
@@ -443,36 +444,57 @@ def evaluate(gt: CocoGroundTruth, dt: CocoDetections, params: CocoParams) -> Coc
     pair_gt = gorder[np.arange(len(pair_det)) - np.repeat(offsets - g_lo, counts)]
     ious = _pair_ious(gt, dt, kept[pair_det], pair_gt, params.iou_type)
 
-    # a pair below the lowest threshold can never match; walk the rest rank by rank
+    # a pair below the lowest threshold can never match
     cand = np.flatnonzero(ious >= thr.min())
-    cand = cand[np.argsort(rank[pair_det[cand]], kind="stable")]
     c_det, c_gt, c_iou = pair_det[cand], pair_gt[cand], ious[cand]
-    c_rank = rank[c_det]
-    bounds = np.searchsorted(c_rank, np.arange(params.max_dets[-1] + 1))
-
-    taken = np.zeros((n_area, n_thr, len(gt.ids)), dtype=bool)
     matched = np.zeros((n_area, n_thr, n_kept), dtype=bool)
     ignored = np.zeros((n_area, n_thr, n_kept), dtype=bool)
-    for r in range(params.max_dets[-1]):
-        s, e = bounds[r], bounds[r + 1]
-        if s == e:
-            continue
-        d, g, v = c_det[s:e], c_gt[s:e], c_iou[s:e]
-        new = np.ones(e - s, dtype=bool)
+    taken = np.zeros((n_area, n_thr, len(gt.ids)), dtype=bool)
+
+    def step(d: np.ndarray, g: np.ndarray, v: np.ndarray, contested: bool) -> None:
+        """Match detections d (pairs grouped by detection, ground truth in file order) at once."""
+        new = np.ones(len(d), dtype=bool)
         new[1:] = d[1:] != d[:-1]
         starts = np.flatnonzero(new)
         seg = np.cumsum(new) - 1
-        above = (v[None, :] >= thr[:, None])[None]  # [1, T, P]
-        free = ~taken[:, :, g]  # [A, T, P]
         ig = gt_ignore[:, g][:, None, :]  # [A, 1, P]
-        regular = _segment_last_best(above & free & ~ig, v, starts, seg)
-        fallback = _segment_last_best(above & (free | gt.iscrowd[g]) & ig, v, starts, seg)
+        if contested:
+            above = (v[None, :] >= thr[:, None])[None]  # [1, T, P]
+            free = ~taken[:, :, g]  # [A, T, P]
+            regular = _segment_last_best(above & free & ~ig, v, starts, seg)
+            fallback = _segment_last_best(above & (free | gt.iscrowd[g]) & ig, v, starts, seg)
+        else:
+            # nothing is taken, so the best pair does not depend on the threshold: pick it once per
+            # area range, then keep it where its IoU clears the threshold
+            ig2 = ig[:, 0, :]
+            best_reg = _segment_last_best(~ig2, v, starts, seg)[:, None, :]  # [A, 1, S]
+            best_ign = _segment_last_best(ig2, v, starts, seg)[:, None, :]
+            thr_col = thr[None, :, None]
+            regular = np.where((best_reg >= 0) & (v[best_reg] >= thr_col), best_reg, -1)
+            fallback = np.where((best_ign >= 0) & (v[best_ign] >= thr_col), best_ign, -1)
         pick = np.where(regular >= 0, regular, fallback)  # [A, T, S]
         ai, ti, si = np.nonzero(pick >= 0)
         p = pick[ai, ti, si]
-        taken[ai, ti, g[p]] = True
+        if contested:
+            taken[ai, ti, g[p]] = True
         matched[ai, ti, d[p]] = True
         ignored[ai, ti, d[p]] = ig[ai, 0, p]
+
+    # Detections whose candidate ground truth no other detection wants cannot be affected by the
+    # order of matching: match them all at once. The rest go rank by rank (score order).
+    wanted = np.bincount(c_gt, minlength=len(gt.ids))[c_gt] > 1
+    contested_det = np.zeros(n_kept, dtype=bool)
+    contested_det[c_det[wanted]] = True
+    alone = ~contested_det[c_det]
+    if alone.any():
+        step(c_det[alone], c_gt[alone], c_iou[alone], contested=False)
+    rest = np.flatnonzero(~alone)
+    rest = rest[np.argsort(rank[c_det[rest]], kind="stable")]
+    r_det, r_gt, r_iou = c_det[rest], c_gt[rest], c_iou[rest]
+    bounds = np.searchsorted(rank[r_det], np.arange(params.max_dets[-1] + 1))
+    for r in np.flatnonzero(np.diff(bounds)):
+        s, e = bounds[r], bounds[r + 1]
+        step(r_det[s:e], r_gt[s:e], r_iou[s:e], contested=True)
 
     det_area = dt.area[kept]
     outside = (det_area[None, :] < lo) | (det_area[None, :] > hi)  # [A, D]
@@ -497,8 +519,8 @@ def evaluate(gt: CocoGroundTruth, dt: CocoDetections, params: CocoParams) -> Coc
 def _first_count_reaching(n: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Smallest integer j >= 0 with float64(j) / n >= threshold, for n int[...] and thresholds [R].
 
-    Comparing integer true-positive counts with this is comparing recalls ``tp / n`` with the
-    threshold, bit for bit (division is monotonic), which lets one searchsorted serve all rows.
+    Recall after the j-th true positive is ``j / n``; comparing counts with this is comparing
+    recalls with the threshold bit for bit (division is monotonic), as pycocotools' searchsorted does.
     """
     nf = n.astype(np.float64)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -516,27 +538,29 @@ def accumulate(ev: CocoEvaluation) -> dict[str, np.ndarray]:
     threshold), ``recall``: float64[T, K, A, M] (final recall) and ``scores``: float64[T, R, K, A, M]
     (the score where each recall threshold is reached); -1 where a category has no non-ignored
     ground truth in the area range.
+
+    Per category, detections are ranked by score (ties by image, then input order, as pycocotools'
+    concatenation and mergesort rank them). Precision only rises at true positives, so the
+    interpolated precision at a recall threshold is the largest precision over the true positives
+    from the one that first reaches it to the category's last: only true positives are visited.
     """
     p = ev.params
-    n_thr, n_rec, n_area, n_max = (
-        len(p.iou_thresholds),
-        len(p.rec_thresholds),
-        len(p.area_ranges),
-        len(p.max_dets),
-    )
+    n_thr, n_rec, n_area = len(p.iou_thresholds), len(p.rec_thresholds), len(p.area_ranges)
     n_cat = ev.num_positives.shape[0]
-    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
-    recall = -np.ones((n_thr, n_cat, n_area, n_max))
-    scores = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
-    # per category: by score, ties by image then by input order (pycocotools' concatenation + mergesort)
-    order = np.lexsort((ev.order, ev.image, -ev.scores, ev.category))
+    shape = (n_thr, n_rec, n_cat, n_area, len(p.max_dets))
+    precision, scores = -np.ones(shape), -np.ones(shape)
+    recall = -np.ones((n_thr, n_cat, n_area, len(p.max_dets)))
+    # ev is in (image, category, score, input) order, so a stable sort by (category, score) leaves
+    # ties in (image, input) order
+    order = np.lexsort((-ev.scores, ev.category))
     rank = ev.rank[order]
     counted = ~ev.ignored
     true_pos = np.take(ev.matched & counted, order, axis=2).view(np.int8)
     counted = np.take(counted, order, axis=2).view(np.int8)
     npig = ev.num_positives.T  # [A, K]
-    has_gt = npig > 0
-    need = _first_count_reaching(npig, p.rec_thresholds)  # [A, K, R]
+    has_gt = npig[:, None, :, None] > 0  # [A, 1, K, 1]
+    need = _first_count_reaching(npig, p.rec_thresholds)[:, None]  # [A, 1, K, R] true positives needed
+    rows = n_area * n_thr
     previous = -1
     for m, max_det in enumerate(p.max_dets):
         keep = rank < max_det
@@ -550,60 +574,56 @@ def accumulate(ev: CocoEvaluation) -> dict[str, np.ndarray]:
             continue
         previous = n
         everything = n == len(rank)
-        cat = ev.category[order[keep]]
+        tp_flag = true_pos if everything else np.compress(keep, true_pos, axis=2)
+        det_cat = ev.category[order[keep]]
         det_scores = ev.scores[order[keep]]
-        seg_start = np.searchsorted(cat, np.arange(n_cat), side="left")
-        seg_end = np.searchsorted(cat, np.arange(n_cat), side="right")
-        seg_len = seg_end - seg_start
-        # running sums of true positives and of counted (tp + fp) detections, restarted per category
-        zero = np.zeros((n_area, n_thr, 1), np.int32)
-        tp = np.cumsum(
-            true_pos if everything else np.compress(keep, true_pos, axis=2), axis=-1, dtype=np.int32
-        )
-        tp_base = np.concatenate([zero, tp], axis=-1)[:, :, seg_start]  # [A, T, K]
-        tp_cat = tp - np.repeat(tp_base, seg_len, axis=-1)
-        den = np.cumsum(
-            counted if everything else np.compress(keep, counted, axis=2), axis=-1, dtype=np.int32
-        )
-        den -= np.repeat(np.concatenate([zero, den], axis=-1)[:, :, seg_start], seg_len, axis=-1)
-        flat_pr = np.empty(n_area * n_thr * n + 1)
-        pr = flat_pr[:-1].reshape(n_area, n_thr, n)
-        np.add(den, np.spacing(1), out=pr)
-        np.divide(tp_cat, pr, out=pr)
-        flat_pr[-1] = 0.0
+        seg_start = np.searchsorted(det_cat, np.arange(n_cat), side="left")
+        seg_end = np.searchsorted(det_cat, np.arange(n_cat), side="right")
+        row_base = (np.arange(rows) * n).reshape(n_area, n_thr, 1)
 
-        # final recall: at the category's last detection, 0 without detections
-        last = np.maximum(seg_end - 1, 0)
+        # true positives: flat positions (row-major over [A, T, n]), and each category's range of them
+        events = np.flatnonzero(tp_flag.reshape(-1))
+        ev_pos = events - (events // max(n, 1)) * n
+        ev_begin = np.searchsorted(events, row_base + seg_start)  # [A, T, K]
+        ev_end = np.searchsorted(events, row_base + seg_end)
+        n_tp = ev_end - ev_begin
+
+        # precision at each true positive: its rank among the category's true positives over the
+        # detections counted so far (pycocotools' tp / (fp + tp + eps))
+        counted_m = counted if everything else np.compress(keep, counted, axis=2)
+        den = np.cumsum(counted_m, axis=-1, dtype=np.int32).reshape(-1)
+        den_before = np.concatenate(
+            [np.zeros((n_area, n_thr, 1), np.int32), den.reshape(n_area, n_thr, n)], axis=-1
+        )[:, :, seg_start]  # [A, T, K]
+        ev_row_cat = (events // max(n, 1)) * n_cat + det_cat[ev_pos] if n else events
+        tp_rank = np.arange(1, len(events) + 1) - ev_begin.reshape(-1)[ev_row_cat]
+        pr = np.empty(len(events) + 1)
+        np.add(den[events] - den_before.reshape(-1)[ev_row_cat], np.spacing(1), out=pr[:-1])
+        np.divide(tp_rank, pr[:-1], out=pr[:-1])
+        pr[-1] = 0.0
+
         with np.errstate(divide="ignore", invalid="ignore"):
-            rec = np.where(
-                seg_len > 0, (tp_cat[:, :, last] if n else 0.0) / npig[:, None, :], 0.0
-            )  # [A, T, K]
+            final = np.where(seg_end > seg_start, n_tp / npig[:, None, :], 0.0)  # [A, T, K]
 
-        # first position where each recall threshold is reached: tp counts are non-decreasing along
-        # each (a, t) slice, so one searchsorted over offset keys serves all rows
-        big = n + 1
-        slice_base = (np.arange(n_area * n_thr) * n).reshape(n_area, n_thr, 1, 1)
-        keys = (tp + (np.arange(n_area * n_thr, dtype=np.int64) * big).reshape(n_area, n_thr, 1)).ravel()
-        queries = (need[:, None] + tp_base[..., None]) + (np.arange(n_area * n_thr) * big).reshape(
-            n_area, n_thr, 1, 1
-        )
-        pos = np.searchsorted(keys, queries.ravel()).reshape(queries.shape) - slice_base  # [A, T, K, R]
-        start, end = seg_start[None, None, :, None], seg_end[None, None, :, None]
-        pos = np.clip(pos, start, end)
-        valid = pos < end
-        # interpolated precision at pos = max of pr over [pos, category end): the maxima of the chunks
-        # between consecutive positions, then a running maximum from the right
-        bounds = np.concatenate([pos, np.broadcast_to(end, pos.shape[:3] + (1,))], axis=-1) + slice_base
-        chunks = np.maximum.reduceat(flat_pr, bounds.ravel()).reshape(bounds.shape)[..., :-1]
-        chunks[~valid] = -np.inf
+        # the true positive reaching each recall threshold (need = 0: the category's first detection)
+        begin, end = ev_begin[..., None], ev_end[..., None]
+        valid = (seg_end > seg_start)[None, None, :, None] & (need <= n_tp[..., None])  # [A, T, K, R]
+        first = np.where(valid, begin + np.maximum(need - 1, 0), end)
+        bounds = np.concatenate([first, end], axis=-1)
+        chunks = np.maximum.reduceat(pr, bounds.reshape(-1)).reshape(bounds.shape)[..., :-1]
+        chunks[first >= end] = -np.inf  # empty ranges (reduceat would give the next element)
         envelope = np.maximum.accumulate(chunks[..., ::-1], axis=-1)[..., ::-1]
-        q = np.where(valid, envelope, 0.0)
-        ss = np.where(valid, det_scores[np.minimum(pos, n - 1)] if n else 0.0, 0.0)
+        q = np.where(valid, np.maximum(envelope, 0.0), 0.0)
+        at = np.where(
+            need > 0,
+            ev_pos[np.minimum(first, len(events) - 1)] if len(events) else 0,
+            seg_start[None, None, :, None],
+        )
+        ss = np.where(valid, det_scores[np.minimum(at, max(n - 1, 0))] if n else 0.0, 0.0)
 
-        defined = has_gt[:, None, :, None]  # [A, 1, K, 1]
-        precision[..., m] = np.where(defined, q, -1.0).transpose(1, 3, 2, 0)
-        scores[..., m] = np.where(defined, ss, -1.0).transpose(1, 3, 2, 0)
-        recall[..., m] = np.where(has_gt[:, None, :], rec, -1.0).transpose(1, 2, 0)
+        precision[..., m] = np.where(has_gt, q, -1.0).transpose(1, 3, 2, 0)
+        scores[..., m] = np.where(has_gt, ss, -1.0).transpose(1, 3, 2, 0)
+        recall[..., m] = np.where(has_gt[..., 0], final, -1.0).transpose(1, 2, 0)
     return {"precision": precision, "recall": recall, "scores": scores}
 
 
