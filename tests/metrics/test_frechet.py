@@ -38,20 +38,25 @@ def test_identical_gaussians_are_at_distance_zero_and_it_is_symmetric():
     assert frechet_distance(mu, s, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu, s), rel=1e-10)
 
 
-def test_singular_covariances_are_exact():
-    """S1 = Q D1 Q^T and S2 = Q D2 Q^T commute: tr sqrt(S1 S2) = sum sqrt(d1 d2), with zeros in D1."""
-    rng = np.random.default_rng(1)
-    d = 50
+@pytest.mark.parametrize("d", [50, 520])  # 520: the blocked product path
+@pytest.mark.parametrize("singular", [False, True])
+def test_commuting_covariances_give_the_exact_value(d, singular):
+    """S1 = Q D1 Q^T and S2 = Q D2 Q^T commute: tr sqrt(S1 S2) = sum sqrt(d1 d2).
+
+    With zeros in D1 (rank deficient, as with fewer samples than dimensions) rounding leaves ~1e-16
+    eigenvalues whose square roots (~1e-8) bound the accuracy."""
+    rng = np.random.default_rng(d)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     d1 = rng.uniform(0.5, 2, d)
-    d1[::3] = 0  # rank deficient, as with fewer samples than dimensions
+    if singular:
+        d1[::3] = 0
     d2 = rng.uniform(0.5, 2, d)
     s1, s2 = (q * d1) @ q.T, (q * d2) @ q.T
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     expected = np.sum((mu1 - mu2) ** 2) + d1.sum() + d2.sum() - 2 * np.sqrt(d1 * d2).sum()
-    # rounding leaves ~1e-16 eigenvalues where D1 has zeros; their square roots (~1e-8) bound the accuracy
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
-    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=1e-8)
+    rel = 1e-8 if singular else 1e-11
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=rel)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=rel)
 
 
 def test_bad_input_raises():
@@ -96,3 +101,10 @@ def test_all_gather_merges_the_statistics_of_every_rank(monkeypatch):
     assert merged.count == 110
     np.testing.assert_allclose(merged.mean.numpy(), x.mean(0), rtol=1e-12)
     np.testing.assert_allclose(merged.covariance.numpy(), np.cov(x, rowvar=False), rtol=1e-12)
+
+
+def test_non_finite_features_raise():
+    x = np.ones((4, 3))
+    x[2, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        FeatureStatistics().update(x)
