@@ -16,11 +16,13 @@ def random_coco(
     integer: bool = False,
     crowd_rate: float = 0.1,
     crowded_group: int = 130,
+    degenerate: bool = False,
 ) -> tuple[dict, list]:
     """(ground truth dict, result list) with crowd boxes, images without ground truth or without
     detections, a declared category without ground truth, detections of an undeclared category,
     exact duplicates of ground-truth boxes, score ties (``ties``), IoU ties (``integer`` boxes) and
-    one (image, category) with ``crowded_group`` detections."""
+    one (image, category) with ``crowded_group`` detections; ``degenerate`` adds detections with
+    negative or zero width/height and infinite scores."""
     rng = np.random.default_rng(seed)
     cat_ids = sorted(int(c) for c in rng.choice(np.arange(1, 40), n_cats, replace=False))
     image_ids = [int(7 + 3 * i) for i in rng.permutation(n_images)]
@@ -84,6 +86,15 @@ def random_coco(
                 "score": score(),
             }
         )
+    if degenerate:
+        for d in dets[:: max(len(dets) // 25, 1)]:
+            d["bbox"] = [
+                d["bbox"][0],
+                d["bbox"][1],
+                -d["bbox"][2],
+                d["bbox"][3] * float(rng.choice([1, 0, -1])),
+            ]
+        dets[3]["score"], dets[7]["score"] = float("inf"), float("-inf")
     order = rng.permutation(len(dets))
     dets = [dets[i] for i in order]
     categories = [{"id": c, "name": f"class{c}"} for c in cat_ids]

@@ -19,9 +19,12 @@ def assert_same_as_pycocotools(ours, ref):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("variant", ["plain", "ties", "integer"])
+@pytest.mark.parametrize("variant", ["plain", "ties", "integer", "degenerate"])
 def test_equals_pycocotools_on_random_datasets(seed, variant, make_coco, reference_eval):
-    gt, dets = make_coco(seed, ties=variant == "ties", integer=variant == "integer")
+    """Degenerate: boxes with w < 0 or h <= 0 (IoU 0, area outside every range) and +-inf scores."""
+    gt, dets = make_coco(
+        seed, ties=variant == "ties", integer=variant == "integer", degenerate=variant == "degenerate"
+    )
     ref = reference_eval(gt, dets)
     ours = coco_evaluate(gt, dets)
     assert_same_as_pycocotools(ours, ref)

@@ -720,6 +720,10 @@ def coco_evaluate(
 
     Bad input raises ValueError naming the file and entry: malformed JSON (with its position), a
     detection for an image id absent from the ground truth, a NaN score, a non-finite box.
+    Degenerate boxes follow pycocotools: a box with w <= 0 or h <= 0 overlaps nothing (IoU 0); such
+    a detection is then a false positive, except that a negative area ``w * h`` lies outside every
+    area range, which makes it ignored (neither true nor false positive). Scores of +-inf rank
+    first / last.
     Empty detections give AP/AR 0 where there is ground truth and -1 elsewhere. One difference
     from pycocotools: it never counts a match with a ground truth whose id is 0 (it stores match
     ids with 0 meaning "none"); here an annotation id of 0 is an id like any other.

@@ -60,7 +60,9 @@ class MeanAveragePrecision:
     ``update(preds, targets)``: per image, ``preds[i] = {"boxes": Tensor[N, 4], "scores": Tensor[N],
     "labels": Tensor[N] int}`` and ``targets[i] = {"boxes": Tensor[M, 4], "labels": Tensor[M] int,
     optional "iscrowd": Tensor[M], optional "area": Tensor[M]}``. NaN scores or non-finite boxes raise
-    ValueError; empty tensors are fine.
+    ValueError; empty tensors are fine. A box with x2 <= x1 or y2 <= y1 overlaps nothing; as a
+    prediction it is a false positive, or ignored when its area (x2 - x1) * (y2 - y1) is negative
+    (pycocotools' and torchmetrics' rule: a negative area is outside every area range).
 
     ``compute() -> dict[str, Tensor]``: float32 scalars ``map, map_50, map_75, map_small, map_medium,
     map_large, mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large`` (the mar names follow
