@@ -4,9 +4,10 @@ The work is split as pycocotools splits it: :func:`evaluate` matches detections 
 per (image, category) at every IoU threshold and area range, :func:`accumulate` turns the matches
 into the precision/recall arrays, :func:`summarize` reads the 12 standard numbers off them.
 :func:`coco_evaluate` runs the three from COCO JSON files or dicts. Inside, nothing loops over
-images or categories: IoUs are computed for all (detection, ground truth) pairs of a group at
-once, the greedy matching walks detection ranks (at most ``max_dets[-1]`` steps) over all groups
-and thresholds together, and the precision envelope uses segmented reductions.
+images or categories: IoUs are computed for all (detection, ground truth) pairs of every group at
+once; detections that compete with no other for a ground truth are matched in one step, the rest
+by walking score ranks (at most ``max_dets[-1]`` steps) over all groups, thresholds and area
+ranges together; precision is read only at true positives, with segmented reductions.
 
 Conventions (pycocotools'): detection boxes are ``[x, y, w, h]``; a detection's area is ``w * h``
 (its mask area for ``"segm"``); a ground truth's area is its ``area`` field; crowd ground truth is
