@@ -100,44 +100,57 @@ class MeanAveragePrecision:
 
     def reset(self) -> None:
         """Forget every image seen."""
-        self._preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._targets: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pred_boxes: list[Tensor] = []
+        self._pred_rest: list[tuple[np.ndarray, np.ndarray]] = []  # scores, labels
+        self._target_boxes: list[Tensor] = []
+        self._target_rest: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # labels, crowd, area
 
     def update(self, preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
-        """Add images: ``preds[i]`` and ``targets[i]`` describe the same image (see the class docstring)."""
+        """Add images: ``preds[i]`` and ``targets[i]`` describe the same image (see the class docstring).
+
+        Inputs are checked here; the box conversion waits for :meth:`compute`, where it runs once on
+        all boxes (per dtype) with the same arithmetic as per image.
+        """
         if not isinstance(preds, Sequence) or not isinstance(targets, Sequence):
             raise ValueError("preds and targets must be lists of dicts, one per image")
         if len(preds) != len(targets):
             raise ValueError(
                 f"preds and targets must have the same length, got {len(preds)} and {len(targets)}"
             )
-        new_preds, new_targets = [], []
+        new = []
         for i, (pred, target) in enumerate(zip(preds, targets)):
             for side, item, keys in (
                 ("preds", pred, ("boxes", "scores", "labels")),
                 ("targets", target, ("boxes", "labels")),
             ):
+                if not isinstance(item, dict):
+                    raise ValueError(f"{side} {i} must be a dict, got {type(item).__name__}")
                 missing = [k for k in keys if k not in item]
                 if missing:
                     raise ValueError(f"{side} {i} has no {missing[0]!r}")
-            new_preds.append(self._convert_pred(pred, i))
-            new_targets.append(self._convert_target(target, i))
-        self._preds.extend(new_preds)
-        self._targets.extend(new_targets)
+            new.append((self._check_pred(pred, i), self._check_target(target, i)))
+        for (p_boxes, p_rest), (t_boxes, t_rest) in new:
+            self._pred_boxes.append(p_boxes)
+            self._pred_rest.append(p_rest)
+            self._target_boxes.append(t_boxes)
+            self._target_rest.append(t_rest)
 
-    def _boxes(self, boxes: Tensor, index: int, side: str) -> tuple[np.ndarray, int]:
+    @staticmethod
+    def _boxes(boxes: Tensor, index: int, side: str) -> Tensor:
         if not isinstance(boxes, Tensor):
             raise ValueError(f"{side} {index}: 'boxes' must be a Tensor, got {type(boxes).__name__}")
+        boxes = boxes.detach().cpu()
         if boxes.numel() == 0:
-            return np.zeros((0, 4)), 0
+            return boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ValueError(f"{side} {index}: 'boxes' must be [N, 4], got {list(boxes.shape)}")
-        if not torch.isfinite(boxes).all():
+        values = boxes.numpy() if boxes.dtype != torch.bfloat16 else boxes.float().numpy()
+        if not np.isfinite(values).all():
             raise ValueError(f"{side} {index}: 'boxes' has non-finite values")
-        xywh = _to_xywh(boxes.detach(), self.box_format).cpu().double().numpy()
-        return xywh, len(xywh)
+        return boxes
 
-    def _labels(self, labels: Tensor, n: int, index: int, side: str) -> np.ndarray:
+    @staticmethod
+    def _labels(labels: Tensor, n: int, index: int, side: str) -> np.ndarray:
         out = _as_numpy(labels, "labels", index, side).reshape(-1)
         if out.size and not np.issubdtype(out.dtype, np.integer):
             raise ValueError(f"{side} {index}: 'labels' must be integers, got {labels.dtype}")
@@ -145,43 +158,58 @@ class MeanAveragePrecision:
             raise ValueError(f"{side} {index}: {n} boxes but {len(out)} labels")
         return out.astype(np.int64)
 
-    def _convert_pred(self, pred: dict[str, Tensor], index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, n = self._boxes(pred["boxes"], index, "preds")
+    def _check_pred(
+        self, pred: dict[str, Tensor], index: int
+    ) -> tuple[Tensor, tuple[np.ndarray, np.ndarray]]:
+        boxes = self._boxes(pred["boxes"], index, "preds")
+        n = len(boxes)
         scores = _as_numpy(pred["scores"], "scores", index, "preds").reshape(-1).astype(np.float64)
         if len(scores) != n:
             raise ValueError(f"preds {index}: {n} boxes but {len(scores)} scores")
         if np.isnan(scores).any():
             raise ValueError(f"preds {index}: 'scores' has NaN at {int(np.flatnonzero(np.isnan(scores))[0])}")
-        return boxes, scores, self._labels(pred["labels"], n, index, "preds")
+        return boxes, (scores, self._labels(pred["labels"], n, index, "preds"))
 
-    def _convert_target(self, target: dict[str, Tensor], index: int) -> tuple[np.ndarray, ...]:
-        boxes, n = self._boxes(target["boxes"], index, "targets")
+    def _check_target(self, target: dict[str, Tensor], index: int) -> tuple[Tensor, tuple[np.ndarray, ...]]:
+        boxes = self._boxes(target["boxes"], index, "targets")
+        n = len(boxes)
         labels = self._labels(target["labels"], n, index, "targets")
         crowd = np.zeros(n, dtype=bool)
         if "iscrowd" in target:
             crowd = _as_numpy(target["iscrowd"], "iscrowd", index, "targets").reshape(-1).astype(bool)
-        area = boxes[:, 2] * boxes[:, 3]
+            if len(crowd) != n:
+                raise ValueError(f"targets {index}: {n} boxes but {len(crowd)} iscrowd flags")
+        area = np.zeros(n)  # 0: from the box
         if "area" in target:
-            given = _as_numpy(target["area"], "area", index, "targets").reshape(-1).astype(np.float64)
-            if len(given) != n:
-                raise ValueError(f"targets {index}: {n} boxes but {len(given)} areas")
-            area = np.where(given > 0, given, area)
-        if len(crowd) != n:
-            raise ValueError(f"targets {index}: {n} boxes but {len(crowd)} iscrowd flags")
-        return boxes, labels, crowd, area
+            area = _as_numpy(target["area"], "area", index, "targets").reshape(-1).astype(np.float64)
+            if len(area) != n:
+                raise ValueError(f"targets {index}: {n} boxes but {len(area)} areas")
+        return boxes, (labels, crowd, area)
+
+    def _xywh(self, boxes: list[Tensor]) -> np.ndarray:
+        """All boxes as float64 [N, 4] xywh, converted in their own dtype (one pass per dtype run)."""
+        dtypes = {b.dtype for b in boxes if len(b)}
+        if len(dtypes) > 1:
+            return np.concatenate([self._xywh([b]) for b in boxes] + [np.zeros((0, 4))])
+        dtype = dtypes.pop() if dtypes else torch.float32
+        if not (dtype.is_floating_point or dtype in (torch.int32, torch.int64)):
+            dtype = torch.float32
+        joined = torch.cat([b.to(dtype) for b in boxes]) if boxes else torch.zeros(0, 4)
+        return _to_xywh(joined, self.box_format).double().numpy().reshape(-1, 4)
 
     def _datasets(self) -> tuple[CocoGroundTruth, CocoDetections, np.ndarray]:
-        n_images = len(self._preds)
+        n_images = len(self._pred_rest)
         image_ids = np.arange(n_images)
-        counts_p = [len(p[1]) for p in self._preds]
-        counts_t = [len(t[1]) for t in self._targets]
-        p_labels = np.concatenate([p[2] for p in self._preds] + [np.zeros(0, np.int64)])
-        t_labels = np.concatenate([t[1] for t in self._targets] + [np.zeros(0, np.int64)])
+        counts_p = [len(r[0]) for r in self._pred_rest]
+        counts_t = [len(r[0]) for r in self._target_rest]
+        p_labels = np.concatenate([r[1] for r in self._pred_rest] + [np.zeros(0, np.int64)])
+        t_labels = np.concatenate([r[0] for r in self._target_rest] + [np.zeros(0, np.int64)])
         classes = np.unique(np.concatenate([p_labels, t_labels]))
         if self.average == "micro":
             p_labels, t_labels = np.zeros_like(p_labels), np.zeros_like(t_labels)
         categories = np.unique(np.concatenate([p_labels, t_labels]))
-        t_boxes = np.concatenate([t[0] for t in self._targets] + [np.zeros((0, 4))])
+        t_boxes = self._xywh(self._target_boxes)
+        given_area = np.concatenate([r[2] for r in self._target_rest] + [np.zeros(0)])
         gt = CocoGroundTruth(
             image_ids=image_ids,
             category_ids=categories,
@@ -189,16 +217,16 @@ class MeanAveragePrecision:
             image=np.repeat(image_ids, counts_t),
             category=np.searchsorted(categories, t_labels),
             boxes=t_boxes,
-            area=np.concatenate([t[3] for t in self._targets] + [np.zeros(0)]),
-            iscrowd=np.concatenate([t[2] for t in self._targets] + [np.zeros(0, bool)]),
+            area=np.where(given_area > 0, given_area, t_boxes[:, 2] * t_boxes[:, 3]),
+            iscrowd=np.concatenate([r[1] for r in self._target_rest] + [np.zeros(0, bool)]),
             ids=np.arange(1, len(t_labels) + 1),
         )
-        p_boxes = np.concatenate([p[0] for p in self._preds] + [np.zeros((0, 4))])
+        p_boxes = self._xywh(self._pred_boxes)
         dt = CocoDetections(
             image=np.repeat(image_ids, counts_p),
             category=np.searchsorted(categories, p_labels),
             boxes=p_boxes,
-            scores=np.concatenate([p[1] for p in self._preds] + [np.zeros(0)]),
+            scores=np.concatenate([r[0] for r in self._pred_rest] + [np.zeros(0)]),
             area=p_boxes[:, 2] * p_boxes[:, 3],
         )
         return gt, dt, classes
@@ -217,7 +245,7 @@ class MeanAveragePrecision:
         ]
         gt, dt, classes = self._datasets()
         per_class_ap = per_class_ar = np.array([-1.0])
-        if len(self._preds) == 0:
+        if not self._pred_rest:
             values = [-1.0] * 12
         else:
             arrays = accumulate(evaluate(gt, dt, self.params))
