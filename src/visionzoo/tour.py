@@ -20,7 +20,7 @@ import torch
 
 from visionzoo.cli import positive_float, register_command
 from visionzoo.train.drawing import grid
-from visionzoo.train.engine import TrainConfig, autocast_context, prepare_run_dir
+from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context, prepare_run_dir
 from visionzoo.train.run import run_training
 from visionzoo.utils import closest
 
@@ -62,7 +62,7 @@ def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
     return [min(share, job.max_minutes) if job.max_minutes else share for job, share in zip(jobs, shares)]
 
 
-def run_job(job: TourJob, minutes: float, out: Path, precision: str = "bf16",
+def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
             progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on the test split, time and picture one job; its report row."""
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
@@ -124,7 +124,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
     parser.add_argument("--no-progress", action="store_true")
 
 

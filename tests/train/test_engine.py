@@ -12,7 +12,13 @@ from safetensors.torch import load_file
 
 from visionzoo.checkpoint import read_checkpoint
 from visionzoo.train.distributed import EpochBatchSampler
-from visionzoo.train.engine import lr_factor, prepare_run_dir
+from visionzoo.train.engine import (
+    autocast_context,
+    lr_factor,
+    native_bf16,
+    prepare_run_dir,
+    resolve_precision,
+)
 
 SCRIPT = Path(__file__).with_name("engine_script.py")
 
@@ -131,3 +137,16 @@ def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
         prepare_run_dir(run, resume=True, overwrite=False)
     prepare_run_dir(run, resume=False, overwrite=True)
     assert not (run / "notes.txt").exists()
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_native():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="--precision"):
+        resolve_precision("fp8", cpu)
+    layer = torch.nn.Linear(4, 4)
+    with autocast_context(cpu, "bf16")():
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast_context(cpu, "fp32")():
+        assert layer(torch.randn(2, 4)).dtype == torch.float32

@@ -56,7 +56,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--warmup-steps", type=int)
     optim.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights (0 disables)")
-    optim.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    optim.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (default): bf16 autocast where the CPU/GPU runs bf16 natively, else fp32")
     optim.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=0, help="data loader worker processes")

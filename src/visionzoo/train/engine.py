@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.01
     grad_clip: float | None = None
-    precision: str = "bf16"
+    precision: str = "auto"
     ema_decay: float | None = None
     seed: int = 0
     num_workers: int = 0
@@ -100,8 +100,6 @@ def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
     if config.max_steps is not None or config.minutes is not None:
         if config.epochs is None:
             resolved.epochs = None
-    if resolved.precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {resolved.precision!r}")
     return resolved
 
 
@@ -113,9 +111,29 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, or a CPU with AMX or AVX512-BF16).
+
+    Elsewhere bf16 is emulated: on an AVX2-only CPU a bf16 matmul is tens of times slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes ``bf16`` where the device runs it natively, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast_context(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts: bf16 on CPU (AMX) and CUDA, or nothing for fp32."""
-    if precision == "bf16":
+    """A factory of autocast contexts: bf16 autocast on CPU or CUDA, or nothing for fp32 (``auto`` resolved)."""
+    if resolve_precision(precision, device) == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -215,6 +233,7 @@ class Trainer:
         self.task = task
         self.config = resolve_config(config, task)
         self.dist = init_distributed(self.config.device)
+        self.config.precision = resolve_precision(self.config.precision, self.dist.device)
         self.train_set = train_set
         self.val_set = val_set
         self.run_meta = dict(run_meta or {})
