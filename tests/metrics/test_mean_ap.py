@@ -134,3 +134,15 @@ def test_bad_input_raises():
         metric.update([bad_shape], [target])
     with pytest.raises(ValueError, match="box_format"):
         MeanAveragePrecision(box_format="yxyx")
+
+
+def test_mixed_box_dtypes_equal_torchmetrics(make_coco):
+    """Boxes are converted in their own dtype, as torchmetrics converts them per image."""
+    gt, dets = make_coco(7, n_images=20)
+    preds, targets = per_image_tensors(gt, dets, "cxcywh", 7)
+    for i in range(0, len(preds), 3):
+        preds[i]["boxes"] = preds[i]["boxes"].double()
+        targets[i]["boxes"] = targets[i]["boxes"].round().long()
+    ours, ref = run_both(preds, targets, box_format="cxcywh")
+    for key in ref:
+        np.testing.assert_array_equal(ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key)
