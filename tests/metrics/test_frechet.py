@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
+from visionzoo.metrics.frechet import FeatureStatistics, _psd_factor, frechet_distance
 
 fid_score = pytest.importorskip("pytorch_fid.fid_score")
 pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
@@ -46,7 +46,10 @@ def test_commuting_covariances_give_the_exact_value(d, singular):
     With zeros in D1 (rank deficient, as with fewer samples than dimensions) rounding leaves ~1e-16
     eigenvalues whose square roots (~1e-8) bound the accuracy."""
     rng = np.random.default_rng(d)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    q = np.eye(d)
+    for _ in range(2):  # two Householder reflections: a dense orthogonal matrix, cheaply
+        v = rng.normal(size=d)
+        q = q - 2 * np.outer(q @ v, v) / (v @ v)
     d1 = rng.uniform(0.5, 2, d)
     if singular:
         d1[::3] = 0
@@ -55,6 +58,8 @@ def test_commuting_covariances_give_the_exact_value(d, singular):
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     expected = np.sum((mu1 - mu2) ** 2) + d1.sum() + d2.sum() - 2 * np.sqrt(d1 * d2).sum()
     rel = 1e-8 if singular else 1e-11
+    # the singular case takes the eigendecomposition path, the other the Cholesky one
+    assert _psd_factor(torch.from_numpy((s1 + s1.T) / 2))[1] is not singular
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=rel)
     assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(expected, rel=rel)
 

@@ -145,4 +145,6 @@ def test_mixed_box_dtypes_equal_torchmetrics(make_coco):
         targets[i]["boxes"] = targets[i]["boxes"].round().long()
     ours, ref = run_both(preds, targets, box_format="cxcywh")
     for key in ref:
-        np.testing.assert_array_equal(ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key)
+        np.testing.assert_array_equal(
+            ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key
+        )

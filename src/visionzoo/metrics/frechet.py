@@ -35,13 +35,24 @@ def _float64(x: Any, name: str) -> Tensor:
     return t
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _psd_factor(sigma: Tensor) -> tuple[Tensor, bool]:
     """(F, lower) with F F^T = sigma: the Cholesky factor (lower triangular), or for a singular
     sigma V diag(sqrt(max(w, 0))) from its eigendecomposition (not triangular)."""
     factor, info = torch.linalg.cholesky_ex(sigma)
     if int(info) == 0:
         return factor, True
-    w, v = torch.linalg.eigh(sigma)
+    with _one_thread():  # see trace_sqrt_product
+        w, v = torch.linalg.eigh(sigma)
     return v * w.clamp(min=0).sqrt(), False
 
 
@@ -61,16 +72,6 @@ def _congruence_lower(factor: Tensor, sigma: Tensor, triangular: bool) -> Tensor
     out[h:, h:] = f22.T @ b_right[h:]
     out[:h, h:] = out[h:, :h].T
     return out
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> float:
