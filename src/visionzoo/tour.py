@@ -51,7 +51,7 @@ class TourJob:
 
 TOUR_JOBS: list[TourJob] = [
     TourJob("resnet18-digits", "resnet18", "digits", weight=1.0, max_minutes=2.5, img_size=32,
-            model_args={"small_input": True}, config={"batch_size": 64, "lr": 2e-3, "ema_decay": 0.0}),
+            config={"batch_size": 64, "lr": 2e-3}),
 ]
 
 
