@@ -100,7 +100,8 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
 
     mu1, mu2: [D]; sigma1, sigma2: [D, D] symmetric positive semi-definite; NumPy arrays, tensors
     or lists, computed in float64 on the CPU. Returns a Python float. Raises ValueError on shape
-    mismatches or non-finite values. Non-symmetric sigmas are symmetrised ((S + S^T) / 2).
+    mismatches or non-finite values. The sigmas are taken as symmetric: sigma1's lower triangle is
+    factored and sigma2 multiplied as given.
     """
     m1, m2 = _float64(mu1, "mu1").reshape(-1), _float64(mu2, "mu2").reshape(-1)
     s1, s2 = _float64(sigma1, "sigma1"), _float64(sigma2, "sigma2")
@@ -110,7 +111,6 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
             f"expected mu1, mu2 of shape [D] and sigma1, sigma2 of shape [D, D]; got {list(m1.shape)}, "
             f"{list(m2.shape)}, {list(s1.shape)}, {list(s2.shape)}"
         )
-    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
     diff = m1 - m2
     return float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2)
 
