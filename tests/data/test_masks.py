@@ -1,15 +1,32 @@
-"""COCO RLE and polygon rasterisation against pycocotools and matplotlib."""
+"""The COCO mask codec (RLE both ways, polygons, area, boxes) against pycocotools' mask API."""
 
 from __future__ import annotations
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import pytest
-from matplotlib.path import Path
-from pycocotools import mask as coco_mask
+import torch
 
-from visionzoo.data.masks import mask_to_counts, mask_to_rle, polygon_to_mask, rle_to_mask, string_to_counts
+from visionzoo.data.masks import (
+    Rle,
+    counts_to_string,
+    mask_to_counts,
+    mask_to_rle,
+    polygon_to_mask,
+    rle_area,
+    rle_boxes,
+    rle_from_counts,
+    rle_from_mask,
+    rle_from_polygons,
+    rle_to_mask,
+    string_to_counts,
+    to_rle,
+)
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 
 
 def _random_masks(rng: np.random.Generator):
@@ -27,15 +44,35 @@ def _random_masks(rng: np.random.Generator):
     yield np.ones((300, 300), bool)  # runs too long for one 5-bit group
 
 
-def test_rle_encoding_matches_pycocotools():
+def _reference_rle(mask: np.ndarray) -> dict:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def test_rle_encoding_area_and_boxes_match_pycocotools():
     rng = np.random.default_rng(0)
     for mask in _random_masks(rng):
-        reference = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        reference = _reference_rle(mask)
         ours = mask_to_rle(mask)
         assert ours["size"] == list(reference["size"])
         assert ours["counts"] == reference["counts"].decode("ascii")
         assert np.array_equal(rle_to_mask(ours), mask)
-        assert np.array_equal(coco_mask.decode({"size": ours["size"], "counts": ours["counts"]}), mask)
+        assert np.array_equal(mask_utils.decode({"size": ours["size"], "counts": ours["counts"]}), mask)
+        counts = string_to_counts(reference["counts"])  # bytes, as pycocotools returns them
+        assert counts_to_string(counts) == ours["counts"] and counts == mask_to_counts(mask)
+        runs = to_rle(reference, None, None)
+        assert np.array_equal(rle_to_mask(runs), mask)
+        assert rle_area([runs])[0] == mask_utils.area(reference)
+        assert np.array_equal(rle_boxes([runs])[0], mask_utils.toBbox(reference))
+
+
+def test_binary_masks_of_any_dtype_encode_alike():
+    mask = np.random.default_rng(4).random((9, 7)) < 0.4
+    expected = rle_from_mask(mask)
+    for other in (mask.astype(np.uint8) * 3, torch.from_numpy(mask), mask.astype(np.float32)):
+        runs = rle_from_mask(other)
+        assert np.array_equal(runs.starts, expected.starts) and np.array_equal(runs.ends, expected.ends)
+    with pytest.raises(ValueError, match=r"\[H, W\], got shape \(2, 9, 7\)"):
+        rle_from_mask(np.stack([mask, mask]))
 
 
 def test_uncompressed_rle_decodes_like_pycocotools():
@@ -43,47 +80,86 @@ def test_uncompressed_rle_decodes_like_pycocotools():
     for mask in list(_random_masks(rng))[:40]:
         uncompressed = {"size": list(mask.shape), "counts": mask_to_counts(mask)}
         assert np.array_equal(rle_to_mask(uncompressed), mask)
-        compressed = coco_mask.frPyObjects(uncompressed, *mask.shape)
-        assert np.array_equal(coco_mask.decode(compressed).astype(bool), mask)
+        compressed = mask_utils.frPyObjects(uncompressed, *mask.shape)
+        assert np.array_equal(mask_utils.decode(compressed).astype(bool), mask)
+    # empty runs in the middle (not pycocotools' own output, but valid) are read too
+    m = np.zeros((4, 5), bool)
+    m[1:3, 2:4] = True
+    assert np.array_equal(rle_to_mask(rle_from_counts([9, 1, 0, 1, 2, 2, 5], 4, 5)), m)
 
 
 def test_malformed_rle_raises():
-    with pytest.raises(ValueError, match="expected 4x4"):
+    with pytest.raises(ValueError, match=r"segmentation: RLE counts sum to 5, expected 4x4 = 16"):
         rle_to_mask({"size": [4, 4], "counts": [3, 2]})
+    with pytest.raises(ValueError, match="crowd 3: RLE counts must not be negative"):
+        to_rle({"size": [2, 2], "counts": [5, -1]}, None, None, "crowd 3")
+    with pytest.raises(ValueError, match="needs 'size' and 'counts'"):
+        to_rle({"counts": "0"}, None, None)
     with pytest.raises(ValueError, match="ends inside a run"):
         string_to_counts("0P")  # 'P' sets the continuation bit and nothing follows
+    with pytest.raises(ValueError, match="segmentation: compressed RLE string has an invalid character ' '"):
+        to_rle({"size": [2, 2], "counts": "1 "}, None, None)
+    with pytest.raises(ValueError, match="polygons need the image's 'height' and 'width'"):
+        to_rle([[0, 0, 1, 0, 1, 1]], None, 4)
+    with pytest.raises(ValueError, match="unsupported segmentation of type int"):
+        to_rle(3, 4, 4)
 
 
-def test_polygon_rasterisation_is_the_pixel_centre_rule():
-    rng = np.random.default_rng(2)
-    height, width = 50, 70
-    ys, xs = np.mgrid[0:height, 0:width]
-    centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
-    for _ in range(60):
-        points = rng.uniform(-10, 80, size=(int(rng.integers(3, 10)), 2))  # self-intersecting, partly outside
-        expected = Path(points).contains_points(centres).reshape(height, width)  # even-odd
-        assert np.array_equal(polygon_to_mask([points.ravel().tolist()], height, width), expected)
+def _random_polygon(rng: np.random.Generator, height: int, width: int) -> list[float]:
+    """Polygons that exercise pycocotools' rule: self-intersecting, partly or wholly outside, on the
+    half-pixel and 1/10-pixel grids (rounding ties on the 5x grid), repeated vertices, degenerate."""
+    n = int(rng.integers(3, 12))
+    kind = int(rng.integers(0, 6))
+    size = max(height, width)
+    if kind == 0:  # star-shaped around a centre that may lie outside the image
+        centre = rng.uniform(-5, size + 5, 2)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(0.3, size / 2, n)
+        xy = centre + radius[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
+    elif kind == 1:  # self-intersecting
+        xy = rng.uniform(-10, size + 10, (n, 2))
+    elif kind == 2:
+        xy = np.round(rng.uniform(-3, size + 3, (n, 2)) * 10) / 10
+    elif kind == 3:
+        xy = np.round(rng.uniform(-3, size + 3, (n, 2)) * 2) / 2
+    elif kind == 4:  # integer vertices, some repeated
+        xy = rng.integers(-3, size + 3, (n, 2)).astype(float)
+        xy[rng.integers(0, n)] = xy[rng.integers(0, n)]
+        xy = np.repeat(xy, 2, axis=0)
+    else:  # all on one vertical or horizontal line
+        xy = np.stack([np.full(n, rng.uniform(0, size)), rng.uniform(-2, size + 2, n)], 1)
+        xy = xy[:, ::-1] if rng.random() < 0.5 else xy
+    return xy.ravel().tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_polygons_rasterise_exactly_like_pycocotools(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        height, width = (int(v) for v in rng.integers(1, 50, size=2))
+        polygons = [_random_polygon(rng, height, width) for _ in range(int(rng.integers(1, 4)))]
+        reference = mask_utils.merge(mask_utils.frPyObjects([list(p) for p in polygons], height, width))
+        expected = mask_utils.decode(reference).astype(bool)
+        assert np.array_equal(polygon_to_mask(polygons, height, width), expected), (height, width, polygons)
+        runs = rle_from_polygons(polygons, height, width)
+        assert mask_to_rle(rle_to_mask(runs))["counts"] == reference["counts"].decode()
+        assert rle_area([runs])[0] == mask_utils.area(reference)
+        assert np.array_equal(rle_boxes([runs])[0], mask_utils.toBbox(reference))
+
+
+def test_polygon_known_values_and_errors():
     square = polygon_to_mask([[0, 0, 10, 0, 10, 10, 0, 10]], 12, 12)
     assert square.sum() == 100 and square[:10, :10].all()
-
-
-def test_polygons_agree_with_pycocotools():
-    rng = np.random.default_rng(3)
-    height, width = 80, 80
-    ious = []
-    for _ in range(120):
-        centre, radius = rng.uniform(30, 50, size=2), rng.uniform(10, 25)
-        angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(5, 10))))
-        if (
-            np.max(np.diff(np.r_[angles, angles[0] + 2 * np.pi])) > 2.2
-        ):  # keep polygons fat: thin slivers measure rounding, not agreement
-            continue
-        rad = radius * rng.uniform(0.8, 1.0, size=len(angles))
-        polygon = (
-            np.stack([centre[0] + rad * np.cos(angles), centre[1] + rad * np.sin(angles)], 1).ravel().tolist()
-        )
-        reference = coco_mask.decode(coco_mask.frPyObjects([polygon], height, width))[..., 0].astype(bool)
-        ours = polygon_to_mask([polygon], height, width)
-        ious.append((ours & reference).sum() / (ours | reference).sum())
-    assert len(ious) > 20
-    assert np.mean(ious) > 0.97 and np.min(ious) > 0.9
+    # pycocotools tests pixel x at coordinate x, not at its centre x + 0.5: this square covers
+    # pixels 2..6 (a pixel-centre rule would give 1..5)
+    square = polygon_to_mask([[1.5, 1.5, 6.5, 1.5, 6.5, 6.5, 1.5, 6.5]], 12, 12)
+    assert square.sum() == 25 and square[2:7, 2:7].all()
+    # touching and overlapping polygons: their union, as one set of runs
+    runs = rle_from_polygons([[0, 0, 3, 0, 3, 3, 0, 3], [3, 0, 5, 0, 5, 3, 3, 3], [1, 0, 4, 0, 4, 2]], 5, 6)
+    assert isinstance(runs, Rle) and np.all(runs.starts[1:] > runs.ends[:-1])
+    assert np.array_equal(rle_to_mask(runs), polygon_to_mask([[0, 0, 5, 0, 5, 3, 0, 3]], 5, 6))
+    assert not polygon_to_mask([], 3, 3).any()
+    with pytest.raises(ValueError, match=r"annotation 4: a polygon needs at least 3 finite \(x, y\) points"):
+        rle_from_polygons([[0, 0, 1, 1]], 5, 5, "annotation 4")
+    with pytest.raises(ValueError, match="finite"):
+        polygon_to_mask([[0, 0, 1, float("nan"), 2, 2]], 5, 5)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visionzoo.data.masks import polygon_to_mask, rle_to_mask
+from visionzoo.data.masks import rle_to_mask, to_rle
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,9 @@ def _image_size(entry: dict[str, Any], path: Path) -> tuple[int, int]:
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """bool[H, W] mask of a COCO segmentation: polygons, or RLE with compressed or uncompressed counts."""
-    if isinstance(segmentation, dict):
-        return rle_to_mask(segmentation)
-    return polygon_to_mask(segmentation, height, width)
+    """bool[H, W] mask of a COCO segmentation: polygons (rasterised as pycocotools does), or RLE with
+    compressed or uncompressed counts. Errors start with 'segmentation: '."""
+    return rle_to_mask(to_rle(segmentation, height, width, "segmentation"))
 
 
 class CocoDetection(Dataset):
@@ -127,7 +126,8 @@ class CocoDetection(Dataset):
     else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
     should ignore them and evaluation does), ``image_id`` int (COCO's id) and, when every
     annotation has a segmentation and ``load_masks`` is set, ``masks`` bool Tensor[N, H, W]
-    (polygons rasterised by pixel centre; RLE with compressed or uncompressed counts).
+    (polygons rasterised pixel for pixel as pycocotools does; RLE with compressed or uncompressed
+    counts).
 
     Args:
         images_dir: folder that the images' ``file_name`` entries are relative to.
@@ -285,9 +285,7 @@ class CocoDetection(Dataset):
         try:
             return decode_segmentation(annotation["segmentation"], height, width)
         except ValueError as error:
-            raise ValueError(
-                f"{self.ann_file}: annotation id {annotation['id']}: segmentation: {error}"
-            ) from None
+            raise ValueError(f"{self.ann_file}: annotation id {annotation['id']}: {error}") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.image_ids[index]

@@ -1,34 +1,45 @@
-"""COCO segmentations and binary masks: run-length encoding (RLE) both ways and polygon rasterisation.
+"""COCO instance masks: run-length encodings (RLE), polygons, binary masks, their areas and boxes.
 
-COCO stores a mask as runs over the pixels in column-major order, starting with a run of zeros;
-``counts`` is either that list of ints ("uncompressed", used by crowd annotations) or a string
-("compressed"): each run is stored as a difference to the run two places before it (from the
-fourth run on) and written in 5-bit groups, least significant first, as characters from '0'
-(bit 5 of a group: more groups follow; bit 4 of the last group: the sign). Polygons are lists of
-``[x1, y1, x2, y2, ...]`` in pixel coordinates; a pixel belongs to a polygon when its centre does
-(even-odd rule), which matches pycocotools' rasteriser closely.
+The one codec of the package: :class:`visionzoo.data.CocoDetection` decodes annotations with it and
+:mod:`visionzoo.metrics` evaluates ``segm`` with it, so both agree with pycocotools pixel for pixel.
+The forms of a mask:
+
+- a binary mask bool[H, W];
+- a COCO RLE dict ``{"size": [H, W], "counts": ...}``: run lengths over the pixels in column-major
+  order (pixel ``x * H + y``), starting with a (possibly empty) run of zeros. ``counts`` is a list of
+  ints ("uncompressed", used by crowd annotations) or a string ("compressed"): from the fourth run
+  on each run is stored as its difference to the run two places before it, in 5-bit groups, least
+  significant first, as characters from '0' (bit 5 of a character: more groups follow; bit 4 of the
+  last group: the sign);
+- polygons ``[[x0, y0, x1, y1, ...], ...]`` in pixel coordinates (their union), rasterised with
+  pycocotools' rule: the outline is walked on a grid 5 times finer and, in each pixel column, the
+  state flips between outside and inside where the outline crosses the column's centre line;
+- :class:`Rle`: the foreground runs ``[starts, ends)`` int64[n] in column-major order, the form
+  areas, boxes and mask IoUs are computed on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
+_POLY_SCALE = 5  # pycocotools samples polygon outlines on a grid 5 times finer than the pixels
 
-def mask_to_counts(mask: np.ndarray) -> list[int]:
-    """Run lengths of bool[H, W] ``mask`` in column-major order, starting with a (possibly empty) run of zeros."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    if flat.size == 0:
-        return []
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
-    return [0, *runs] if flat[0] else runs
+
+class Rle(NamedTuple):
+    """Foreground runs of an h x w mask: ``starts``, ``ends`` int64[n], half-open, strictly increasing,
+    over the column-major pixel index ``x * height + y``."""
+
+    height: int
+    width: int
+    starts: np.ndarray
+    ends: np.ndarray
 
 
 def counts_to_string(counts: Sequence[int]) -> str:
-    """COCO's compressed string for a list of run lengths."""
+    """COCO's compressed string for run lengths ``counts`` (ints, background first)."""
     chars = []
     for i, run in enumerate(counts):
         value = int(run) - (int(counts[i - 2]) if i > 2 else 0)
@@ -41,74 +52,229 @@ def counts_to_string(counts: Sequence[int]) -> str:
     return "".join(chars)
 
 
-def string_to_counts(text: str) -> list[int]:
-    """The run lengths of COCO's compressed string ``text`` (raises ValueError on a malformed string)."""
+def string_to_counts(text: str | bytes) -> list[int]:
+    """The run lengths of COCO's compressed string ``text``; ValueError on a malformed string."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
     counts: list[int] = []
-    position = 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(text):
-                raise ValueError("compressed RLE string ends inside a run")
-            group = ord(text[position]) - 48
-            if not 0 <= group < 64:
-                raise ValueError(f"compressed RLE string has an invalid character {text[position]!r}")
-            value |= (group & 0x1F) << shift
-            more = bool(group & 0x20)
-            position += 1
-            shift += 5
-            if not more and group & 0x10:
-                value |= -1 << shift
+    value, shift = 0, 0
+    for char in text:
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"compressed RLE string has an invalid character {char!r}")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift  # bit 4 of the last group is the sign
         if len(counts) > 2:
             value += counts[-2]
         counts.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise ValueError("compressed RLE string ends inside a run")
     return counts
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of bool[H, W] ``mask`` (pycocotools' encode)."""
+def _rle_of_flat(flat: np.ndarray, height: int, width: int) -> Rle:
+    """:class:`Rle` of bool[height * width] ``flat`` (column-major pixels)."""
+    padded = np.concatenate([[False], flat, [False]])
+    change = np.flatnonzero(padded[1:] != padded[:-1])
+    return Rle(height, width, change[0::2].astype(np.int64), change[1::2].astype(np.int64))
+
+
+def rle_from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int, what: str = "RLE") -> Rle:
+    """:class:`Rle` of run lengths ``counts`` (int[n], background first) of an h x w mask.
+
+    Raises ValueError, naming ``what``, when a count is negative or they do not cover h * w pixels.
+    """
+    try:
+        counts = np.asarray(counts, dtype=np.int64).ravel()
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{what}: RLE counts must be integers") from None
+    if counts.size and counts.min() < 0:
+        raise ValueError(f"{what}: RLE counts must not be negative")
+    total = int(counts.sum())
+    if total != height * width:
+        raise ValueError(f"{what}: RLE counts sum to {total}, expected {height}x{width} = {height * width}")
+    edges = np.cumsum(counts)
+    starts, ends = edges[0::2][: len(edges) // 2], edges[1::2]
+    keep = ends > starts
+    return Rle(height, width, starts[keep], ends[keep])
+
+
+def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
+    if "counts" not in rle or "size" not in rle:
+        raise ValueError(f"{what}: an RLE needs 'size' and 'counts'")
+    height, width = (int(s) for s in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, str | bytes):
+        try:
+            counts = string_to_counts(counts)
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from None
+    return rle_from_counts(counts, height, width, what)
+
+
+def rle_from_mask(mask: Any) -> Rle:
+    """:class:`Rle` of a binary mask [H, W] (NumPy or torch, any dtype; nonzero is foreground)."""
+    array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+    if array.ndim != 2:
+        raise ValueError(f"a mask must be [H, W], got shape {array.shape}")
+    return _rle_of_flat((array != 0).T.ravel(), array.shape[0], array.shape[1])
+
+
+def mask_to_counts(mask: Any) -> list[int]:
+    """COCO's uncompressed counts of binary mask [H, W]: run lengths in column-major order, background first."""
+    rle = rle_from_mask(mask)
+    edges = np.stack([rle.starts, rle.ends], axis=1).ravel()
+    runs = np.diff(edges, prepend=0).tolist()
+    size = rle.height * rle.width
+    last = int(edges[-1]) if edges.size else 0
+    return [*runs, size - last] if last < size else runs
+
+
+def mask_to_rle(mask: Any) -> dict[str, Any]:
+    """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of binary mask [H, W] (pycocotools' encode)."""
     height, width = np.shape(mask)
     return {"size": [int(height), int(width)], "counts": counts_to_string(mask_to_counts(mask))}
 
 
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """bool[H, W] mask of a COCO RLE with compressed (str) or uncompressed (list of ints) ``counts``."""
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    runs = string_to_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
-    if any(r < 0 for r in runs) or sum(runs) != height * width:
-        raise ValueError(
-            f"RLE runs cover {sum(runs)} pixels with {len(runs)} runs, expected {height}x{width}"
-        )
+def rle_to_mask(rle: Rle | Mapping[str, Any]) -> np.ndarray:
+    """bool[H, W] mask of an :class:`Rle` or a COCO RLE dict (compressed or uncompressed ``counts``)."""
+    if not isinstance(rle, Rle):
+        rle = _rle_of_dict(rle, "segmentation")
+    edges = np.stack([rle.starts, rle.ends], axis=1).ravel()
+    runs = np.diff(edges, prepend=0, append=rle.height * rle.width)
     values = np.arange(len(runs)) % 2 == 1
-    return np.repeat(values, runs).reshape(width, height).T.copy()
+    return np.repeat(values, runs).reshape(rle.width, rle.height).T
+
+
+def _polygon_toggles(xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Column-major pixel indices int64[t] where polygon ``xy`` float64[2k] flips outside/inside.
+
+    pycocotools' rule: the vertices are rounded onto the 5x finer grid, each edge is sampled at
+    every fine step along its longer axis (from its lower end, listed in walking order); where the
+    walk steps across a pixel column's centre line, the pixel at the crossing's (upper) height is
+    where that column flips.
+    """
+    x = np.trunc(_POLY_SCALE * xy[0::2] + 0.5).astype(np.int64)
+    y = np.trunc(_POLY_SCALE * xy[1::2] + 0.5).astype(np.int64)
+    x_end, y_end = np.roll(x, -1), np.roll(y, -1)
+    dx, dy = np.abs(x_end - x), np.abs(y_end - y)
+    along_x = dx >= dy
+    flip = np.where(along_x, x > x_end, y > y_end)
+    lo_x, hi_x = np.where(flip, x_end, x), np.where(flip, x, x_end)
+    lo_y, hi_y = np.where(flip, y_end, y), np.where(flip, y, y_end)
+    steps = np.where(along_x, dx, dy)
+    rise = np.where(along_x, hi_y - lo_y, hi_x - lo_x)
+    # A repeated vertex gives a 0-step edge: its one sample is the vertex (pycocotools' 0/0 there
+    # never reaches the result, as the samples beside it share its column).
+    slope = np.divide(rise, steps, out=np.zeros(len(steps)), where=steps > 0)
+    edge = np.repeat(np.arange(len(steps)), steps + 1)
+    first = np.cumsum(steps + 1) - (steps + 1)
+    d = np.arange(len(edge)) - first[edge]
+    t = np.where(flip[edge], steps[edge] - d, d)
+    walked = t + np.where(along_x, lo_x, lo_y)[edge]
+    slanted = np.trunc(np.where(along_x, lo_y, lo_x)[edge] + slope[edge] * t + 0.5).astype(np.int64)
+    along = along_x[edge]
+    u, v = np.where(along, walked, slanted), np.where(along, slanted, walked)
+
+    step = np.flatnonzero(u[1:] != u[:-1]) + 1
+    column = np.where(u[step] < u[step - 1], u[step], u[step] - 1)
+    xd = (column + 0.5) / _POLY_SCALE - 0.5
+    yd = (np.minimum(v[step], v[step - 1]) + 0.5) / _POLY_SCALE - 0.5
+    on_column = (np.floor(xd) == xd) & (xd >= 0) & (xd <= width - 1)
+    yd = np.ceil(np.clip(yd[on_column], 0, height))
+    return xd[on_column].astype(np.int64) * height + yd.astype(np.int64)
+
+
+def _runs_of_toggles(toggles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [starts, ends) of the pixels with an odd number of ``toggles`` int64[t] at or before them."""
+    toggles = toggles[toggles < size]
+    positions, multiplicity = np.unique(toggles, return_counts=True)
+    flips = positions[multiplicity % 2 == 1]
+    if len(flips) % 2:
+        flips = np.append(flips, size)
+    return flips[0::2], flips[1::2]
+
+
+def _union(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Union of several sets of runs [starts, ends), as strictly increasing runs."""
+    if len(runs) == 1:
+        return runs[0]
+    starts = np.concatenate([s for s, _ in runs])
+    ends = np.concatenate([e for _, e in runs])
+    positions = np.concatenate([starts, ends])
+    delta = np.concatenate([np.ones(len(starts), np.int64), -np.ones(len(ends), np.int64)])
+    order = np.lexsort((-delta, positions))  # at one position, starts before ends: touching runs merge
+    positions, delta = positions[order], delta[order]
+    cover = np.cumsum(delta)
+    opens = (delta > 0) & (cover == 1)
+    closes = (delta < 0) & (cover == 0)
+    return positions[opens], positions[closes]
+
+
+def rle_from_polygons(
+    polygons: Sequence[Sequence[float]], height: int, width: int, what: str = "polygon"
+) -> Rle:
+    """:class:`Rle` of the union of polygons ``[[x0, y0, x1, y1, ...], ...]`` on an h x w image.
+
+    Pixel for pixel pycocotools' ``merge(frPyObjects(polygons, h, w))``. Raises ValueError, naming
+    ``what``, for a polygon of fewer than 3 finite (x, y) points.
+    """
+    runs = []
+    for polygon in polygons:
+        xy = np.asarray(polygon, dtype=np.float64).ravel()
+        if xy.size < 6 or xy.size % 2 or not np.isfinite(xy).all():
+            raise ValueError(
+                f"{what}: a polygon needs at least 3 finite (x, y) points, got {list(polygon)[:8]}"
+            )
+        runs.append(_runs_of_toggles(_polygon_toggles(xy, height, width), height * width))
+    if not runs:
+        return Rle(height, width, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    starts, ends = _union(runs)
+    return Rle(height, width, starts.astype(np.int64), ends.astype(np.int64))
 
 
 def polygon_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """bool[H, W]: the union of COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` (pixel centres inside, even-odd)."""
-    mask = np.zeros((height, width + 1), dtype=np.int32)
-    rows = np.arange(height) + 0.5
-    for polygon in polygons:
-        points = np.asarray(polygon, dtype=np.float64)
-        if points.ndim != 1 or points.size < 6 or points.size % 2:
-            raise ValueError(f"a polygon needs at least 3 (x, y) pairs, got {points.size} numbers")
-        xy = points.reshape(-1, 2)
-        x0, y0 = xy[:, 0], xy[:, 1]
-        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-        low, high = np.minimum(y0, y1), np.maximum(y0, y1)
-        # Half-open in y, so a vertex shared by two edges counts once.
-        crossing = (rows[:, None] >= low) & (rows[:, None] < high)
-        dy = np.where(y1 != y0, y1 - y0, 1.0)
-        x = np.where(crossing, x0 + (rows[:, None] - y0) * (x1 - x0) / dy, np.inf)
-        x.sort(axis=1)
-        starts, ends = x[:, 0::2], x[:, 1::2]
-        row, pair = np.nonzero(np.isfinite(starts[:, : ends.shape[1]]) & np.isfinite(ends))
-        first = np.clip(np.ceil(starts[row, pair] - 0.5), 0, width).astype(np.int64)
-        stop = np.clip(np.ceil(ends[row, pair] - 0.5), 0, width).astype(np.int64)
-        span = np.zeros((height, width + 1), dtype=np.int32)
-        np.add.at(span, (row, first), 1)
-        np.add.at(span, (row, stop), -1)
-        mask += np.cumsum(span, axis=1) > 0
-    return mask[:, :width] > 0
+    """bool[H, W]: the union of COCO polygons ``[[x0, y0, x1, y1, ...], ...]``, as pycocotools rasterises it."""
+    return rle_to_mask(rle_from_polygons(polygons, height, width))
+
+
+def to_rle(segmentation: Any, height: int | None, width: int | None, what: str = "segmentation") -> Rle:
+    """:class:`Rle` of any supported segmentation: an :class:`Rle`, a COCO RLE dict, polygons (which
+    need the image's ``height`` and ``width``) or a binary mask [H, W]. Errors name ``what``."""
+    if isinstance(segmentation, Rle):
+        return segmentation
+    if isinstance(segmentation, Mapping):
+        return _rle_of_dict(segmentation, what)
+    if isinstance(segmentation, list | tuple):
+        if height is None or width is None:
+            raise ValueError(f"{what}: polygons need the image's 'height' and 'width'")
+        return rle_from_polygons(segmentation, int(height), int(width), what)
+    if hasattr(segmentation, "shape"):
+        return rle_from_mask(segmentation)
+    raise ValueError(f"{what}: unsupported segmentation of type {type(segmentation).__name__}")
+
+
+def rle_area(masks: Sequence[Rle]) -> np.ndarray:
+    """Foreground pixel counts of N masks, float64[N] (pycocotools' ``area``)."""
+    return np.array([float((m.ends - m.starts).sum()) for m in masks], dtype=np.float64).reshape(len(masks))
+
+
+def rle_boxes(masks: Sequence[Rle]) -> np.ndarray:
+    """Tight ``[x, y, w, h]`` boxes of N masks, float64[N, 4], zeros for an empty mask (pycocotools' ``toBbox``)."""
+    out = np.zeros((len(masks), 4))
+    for i, m in enumerate(masks):
+        if len(m.starts) == 0:
+            continue
+        last = m.ends - 1
+        x_start, x_end = m.starts // m.height, last // m.height
+        if np.any(x_end > x_start):  # a run that wraps into the next column spans every row
+            y_min, y_max = 0, m.height - 1
+        else:
+            y_min, y_max = int((m.starts % m.height).min()), int((last % m.height).max())
+        out[i] = (x_start.min(), y_min, x_end.max() - x_start.min() + 1, y_max - y_min + 1)
+    return out

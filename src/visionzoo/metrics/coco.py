@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.metrics import _masks
+from visionzoo.data.masks import rle_area, rle_boxes, to_rle
+from visionzoo.metrics._masks import rle_iou_pairs
 
 SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -117,7 +118,7 @@ class CocoGroundTruth:
     image_ids: [I] sorted unique image ids; category_ids: [K] sorted unique category ids;
     category_names: K names. Per annotation, in file order: image, category: int64[G] indices into
     those; boxes: float64[G, 4] xywh; area: float64[G]; iscrowd: bool[G]; ids: int64[G];
-    masks: G segmentations (``_masks`` RLE dicts) for ``segm``, else None.
+    masks: G :class:`visionzoo.data.masks.Rle` for ``segm``, else None.
     """
 
     image_ids: np.ndarray
@@ -138,7 +139,7 @@ class CocoDetections:
     """Columnar detections, in input order (the order breaks score ties).
 
     image, category: int64[D] indices into the ground truth's ids; boxes: float64[D, 4] xywh;
-    scores: float64[D]; area: float64[D]; masks: D RLE dicts for ``segm``, else None;
+    scores: float64[D]; area: float64[D]; masks: D :class:`visionzoo.data.masks.Rle` for ``segm``, else None;
     num_dropped: detections left out because their category is not among the ground truth's.
     """
 
@@ -284,11 +285,11 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     if iou_type == "segm":
         sizes = {i["id"]: (i.get("height"), i.get("width")) for i in images}
         masks = [
-            _masks.to_rle(seg, *sizes[img], f"{what} {i}")
+            to_rle(seg, *sizes[img], f"{what} {i}")
             for i, (seg, img) in enumerate(zip(_column(anns, "segmentation", what), ann_image.tolist()))
         ]
-        boxes = _masks.rle_boxes(masks)
-        default_area = _masks.rle_area(masks)
+        boxes = rle_boxes(masks)
+        default_area = rle_area(masks)
     else:
         boxes = _float_matrix(_column(anns, "bbox", what), 4, what, "bbox")
         default_area = boxes[:, 2] * boxes[:, 3]
@@ -325,11 +326,11 @@ def load_detections(
     if iou_type == "segm":
         sizes = gt.image_sizes or {}
         masks = [
-            _masks.to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
+            to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
             for i, (seg, img) in enumerate(zip(_column(data, "segmentation", what), det_image.tolist()))
         ]
-        boxes = _masks.rle_boxes(masks)
-        area = _masks.rle_area(masks)
+        boxes = rle_boxes(masks)
+        area = rle_area(masks)
     else:
         boxes = _float_matrix(_column(data, "bbox", what), 4, what, "bbox")
         bad = ~np.isfinite(boxes).all(axis=1)
@@ -381,7 +382,7 @@ def _pair_ious(
 ) -> np.ndarray:
     if iou_type == "bbox":
         return _box_iou_pairs(dt.boxes[det], gt.boxes[g], gt.iscrowd[g])
-    return _masks.rle_iou_pairs([dt.masks[i] for i in det], [gt.masks[i] for i in g], gt.iscrowd[g])
+    return rle_iou_pairs([dt.masks[i] for i in det], [gt.masks[i] for i in g], gt.iscrowd[g])
 
 
 # ----------------------------------------------------------------------------------------------
