@@ -1,0 +1,357 @@
+"""RoI Align (Mask R-CNN) and RoI Pool (Fast R-CNN), with torchvision's signatures and results.
+
+RoI Align averages bilinear samples of the feature map on a regular grid inside each output bin.
+A sample's weight is a product of a y factor and an x factor (including the "outside the map"
+test), so for one RoI the whole operation is ``Ay @ F @ Ax^T / count``: ``Ay`` [PH, H] holds, for
+each output row, the summed bilinear weights of its sample rows, and ``Ax`` [PW, W] likewise for
+columns. Per RoI that is two small matrix products on a strided view of the feature map (no copy)
+or, where a fixed sampling ratio leaves most rows or columns of the RoI unsampled, on just the
+sampled ones; the backward pass runs the transposed products and adds into the gradient in place
+(``_RoIAlignFunction``). The work is ~PH multiply-adds per feature value under the RoI, done by
+BLAS, against torchvision's 4 per sample point and channel in scalar code. The sample positions,
+the clamping at the map border and the sample counts follow torchvision's CPU kernel operation
+by operation, in the input's dtype (float32 for float16/bfloat16 input, which is also what
+torchvision's autocast does).
+
+RoI Pool takes, in each bin of the rounded RoI, the maximum (the first one in row-major order on
+ties, which is where the gradient goes), 0 for an empty bin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["roi_align", "roi_pool", "boxes_to_rois"]
+
+# Rows (columns) of a RoI are gathered one by one, instead of read as one strided block, when fewer
+# than this fraction of the block's rows (columns) carry a sample.
+SPARSE_FRACTION = 0.6
+# RoI Pool gathers the values of whole bins for a batch of RoIs at once, at most this many.
+MAX_POOL_ELEMS = 1 << 24
+
+
+def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """Tensor[K, 5] (image index, x1, y1, x2, y2) from per-image lists of Tensor[L_i, 4] xyxy boxes.
+
+    The index column has the first list's dtype (as in torchvision); no lists give Tensor[0, 5] float32.
+    """
+    for i, b in enumerate(boxes):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must be Tensor[L, 4], got shape {tuple(b.shape)}")
+    if not boxes:
+        return torch.zeros((0, 5))
+    dtype = boxes[0].dtype
+    ids = [torch.full((b.shape[0], 1), i, dtype=dtype, device=b.device) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids), torch.cat([b.to(dtype) for b in boxes])], 1)
+
+
+def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
+    """Tensor[K, 5] (batch index, x1, y1, x2, y2) from either accepted box layout, checked."""
+    if input.dim() != 4:
+        raise ValueError(f"{name}: input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+    if isinstance(boxes, (list, tuple)):
+        if len(boxes) > input.shape[0]:
+            raise ValueError(f"{name}: {len(boxes)} box lists for a batch of {input.shape[0]} feature maps")
+        try:
+            return boxes_to_rois(list(boxes)).to(input.device)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{name}: boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
+    if boxes.shape[0]:
+        batch = boxes[:, 0].long()
+        if int(batch.min()) < 0 or int(batch.max()) >= input.shape[0]:
+            bad = int(((batch < 0) | (batch >= input.shape[0])).nonzero()[0])
+            raise ValueError(
+                f"{name}: boxes[{bad}, 0] = {boxes[bad, 0].item()} is not a batch index in [0, {input.shape[0] - 1}]"
+            )
+    return boxes
+
+
+def _compute_dtype(input: Tensor) -> torch.dtype:
+    return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _axis_weights(
+    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int
+) -> tuple[Tensor, Tensor, int]:
+    """Separable bilinear weights along one axis for K RoIs, in crop coordinates.
+
+    start, bin_size: Tensor[K] (compute dtype); grid: Long[K] samples per bin along the axis.
+    Returns (weights Tensor[K, pooled, S], first Long[K], S): row ``first[k] + s`` of the feature
+    map gets weight ``weights[k, p, s]`` in output row p, summed over the p's samples, with zero
+    weight for samples outside [-1, size] (torchvision drops a sample if it is outside in y or x).
+    """
+    k = start.shape[0]
+    dtype, device = start.dtype, start.device
+    g_max = max(int(grid.max()), 1) if k else 1
+    p = torch.arange(pooled, device=device, dtype=dtype)[None, :, None]
+    i = torch.arange(g_max, device=device)
+    # torchvision: start + p * bin + (i + .5) * bin / grid, evaluated left to right.
+    grid_f = grid.to(dtype).clamp(min=1)[:, None, None]
+    pos = start[:, None, None] + p * bin_size[:, None, None]
+    pos = pos + (i.to(dtype) + 0.5)[None, None, :] * bin_size[:, None, None] / grid_f
+    used = (i[None, None, :] < grid[:, None, None]) & (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.long()
+    top = low >= size - 1
+    low = torch.where(top, size - 1, low)
+    high = torch.where(top, size - 1, low + 1)
+    pos = torch.where(top, low.to(dtype), pos)
+    frac = pos - low.to(dtype)
+    w_low = torch.where(used, 1.0 - frac, 0.0)
+    w_high = torch.where(used, frac, 0.0)
+    big = torch.iinfo(torch.int64).max
+    first = torch.where(used, low, big).amin((1, 2))
+    last = torch.where(used, high, -1).amax((1, 2))
+    first = torch.where(last >= 0, first, 0)
+    span = int((last - first + 1).clamp(min=1).max()) if k else 1
+    weights = torch.zeros(k, pooled, span, dtype=dtype, device=device)
+    shape = (k, pooled, g_max)
+    weights.scatter_add_(2, (low - first[:, None, None]).clamp(0, span - 1).reshape(k, pooled, -1), w_low.reshape(shape))
+    weights.scatter_add_(
+        2, (high - first[:, None, None]).clamp(0, span - 1).reshape(k, pooled, -1), w_high.reshape(shape)
+    )
+    return weights, first, last - first + 1
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoI Align with average pooling (Mask R-CNN); torchvision.ops.roi_align's semantics and results.
+
+    Args:
+        input: Tensor[N, C, H, W] float (float16/bfloat16 are computed in float32 and returned in their dtype).
+        boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of N' <= N Tensor[L_i, 4] xyxy,
+            one per image, in input coordinates before ``spatial_scale``.
+        output_size: (PH, PW) or an int for both.
+        spatial_scale: factor from box coordinates to feature-map coordinates (e.g. 1/16).
+        sampling_ratio: samples per bin along each axis; <= 0: ceil(roi size / output size) per RoI.
+        aligned: shift boxes by -0.5 pixel (Detectron2's alignment); False keeps the legacy behaviour,
+            which also stretches RoIs smaller than 1x1 to 1x1.
+
+    Returns:
+        Tensor[K, C, PH, PW] in ``input``'s dtype. Gradients flow to ``input`` only, as in torchvision.
+
+    Bad input: K = 0 gives Tensor[0, C, PH, PW]. A flipped box (x2 < x1) is, with ``aligned=False``,
+    stretched to width 1 starting at x1; with ``aligned=True`` it has negative size, no samples
+    (adaptive grid <= 0) or samples walking backwards (fixed grid), as in torchvision. A batch index
+    outside [0, N) raises ValueError (torchvision reads out of bounds). Samples more than one pixel
+    outside the map count as zero; those within are clamped to the border.
+    """
+    rois = _as_rois(boxes, input, "roi_align")
+    ph, pw = _pair(output_size, "output_size")
+    n, c, height, width = input.shape
+    dtype = _compute_dtype(input)
+    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
+    if rois.shape[0] == 0 or input.numel() == 0:
+        return out.to(input.dtype)
+    with torch.autocast(device_type=input.device.type, enabled=False):
+        r = rois.detach().to(dtype)
+        offset = 0.5 if aligned else 0.0
+        start_w, start_h = r[:, 1] * spatial_scale - offset, r[:, 2] * spatial_scale - offset
+        roi_w = r[:, 3] * spatial_scale - offset - start_w
+        roi_h = r[:, 4] * spatial_scale - offset - start_h
+        if not aligned:
+            roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        if sampling_ratio > 0:
+            grid_h = torch.full_like(r[:, 0], sampling_ratio, dtype=torch.long)
+            grid_w = grid_h
+        else:
+            grid_h, grid_w = torch.ceil(roi_h / ph).long(), torch.ceil(roi_w / pw).long()
+        count = (grid_h * grid_w).clamp(min=1).to(dtype)
+        wy, first_y, rows = _axis_weights(start_h, bin_h, grid_h, ph, height)
+        wx, first_x, cols = _axis_weights(start_w, bin_w, grid_w, pw, width)
+        wy = wy / count[:, None, None]
+        plan = _plan(r[:, 0].long(), wy, first_y, rows, wx, first_x, cols)
+        out = _RoIAlignFunction.apply(input.to(dtype), plan)
+    return out.to(input.dtype)
+
+
+def _axis_slices(weights: Tensor, first: Tensor, count: Tensor) -> list[tuple[int, int, Tensor | None, Tensor]]:
+    """Per RoI (first, count, index or None, weights Tensor[P, n]): the feature rows (columns) to read.
+
+    ``index`` lists the sampled rows when they are few next to the block ``first .. first + count``;
+    ``weights`` then has one column per listed row, else one per row of the block.
+    """
+    used = weights.abs().amax(1) > 0  # [K, S]
+    n_used = used.sum(1).tolist()
+    firsts, counts = first.tolist(), count.clamp(min=0).tolist()
+    plans = []
+    for k, (f, n, u) in enumerate(zip(firsts, counts, n_used, strict=True)):
+        if u < SPARSE_FRACTION * n:
+            local = used[k].nonzero().squeeze(1)
+            plans.append((f, n, local + f, weights[k][:, local]))
+        else:
+            plans.append((f, n, None, weights[k, :, :n]))
+    return plans
+
+
+def _plan(batch: Tensor, wy: Tensor, first_y: Tensor, rows: Tensor, wx: Tensor, first_x: Tensor, cols: Tensor):
+    return batch.tolist(), _axis_slices(wy, first_y, rows), _axis_slices(wx, first_x, cols)
+
+
+def _crop(image: Tensor, row_plan, col_plan) -> Tensor:
+    """The [nr, nc, C] feature values a RoI reads from ``image`` [H, W, C]: a view where possible."""
+    y0, ny, y_index, _ = row_plan
+    x0, nx, x_index, _ = col_plan
+    crop = image[:, x0 : x0 + nx] if x_index is None else image.index_select(1, x_index)
+    return crop[y0 : y0 + ny] if y_index is None else crop.index_select(0, y_index)
+
+
+class _RoIAlignFunction(torch.autograd.Function):
+    """Forward: out[k] = wy_k @ crop_k @ wx_k^T per RoI. Backward: grad_crop_k = wy_k^T @ g_k @ wx_k, added in place."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, plan) -> Tensor:
+        batch, row_plans, col_plans = plan
+        n, c, height, width = features.shape
+        ph, pw = row_plans[0][3].shape[0], col_plans[0][3].shape[0]
+        images = features.permute(0, 2, 3, 1)  # channels last: a pixel's C values are contiguous
+        if not images.is_contiguous():
+            images = images.contiguous()
+        out = features.new_zeros(len(batch), ph, pw, c)
+        for k, (b, row_plan, col_plan) in enumerate(zip(batch, row_plans, col_plans, strict=True)):
+            wy, wx = row_plan[3], col_plan[3]
+            if wy.shape[1] == 0 or wx.shape[1] == 0:
+                continue
+            crop = _crop(images[b], row_plan, col_plan)
+            t = torch.mm(wy, crop.reshape(wy.shape[1], -1)).view(ph, wx.shape[1], c)
+            torch.matmul(wx, t, out=out[k])
+        ctx.plan = plan
+        ctx.shape = (n, height, width, c)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        batch, row_plans, col_plans = ctx.plan
+        n, height, width, c = ctx.shape
+        grad_images = grad_out.new_zeros(n, height, width, c)
+        grads = grad_out.permute(0, 2, 3, 1)  # [K, PH, PW, C]
+        for k, (b, row_plan, col_plan) in enumerate(zip(batch, row_plans, col_plans, strict=True)):
+            (y0, ny, y_index, wy), (x0, nx, x_index, wx) = row_plan, col_plan
+            if wy.shape[1] == 0 or wx.shape[1] == 0:
+                continue
+            t = torch.matmul(wx.t(), grads[k])  # [PH, nc, C]
+            g = torch.mm(wy.t(), t.reshape(wy.shape[0], -1)).view(wy.shape[1], wx.shape[1], c)
+            image = grad_images[b]
+            if y_index is None and x_index is None:
+                image[y0 : y0 + ny, x0 : x0 + nx] += g
+            elif y_index is None:
+                image[y0 : y0 + ny].index_add_(1, x_index, g)
+            elif x_index is None:
+                image[:, x0 : x0 + nx].index_add_(0, y_index, g)
+            else:
+                flat = (y_index[:, None] * width + x_index[None, :]).reshape(-1)
+                image.view(height * width, c).index_add_(0, flat, g.reshape(-1, c))
+        return grad_images.permute(0, 3, 1, 2), None
+
+
+def _round_half_away(x: Tensor) -> Tensor:
+    """C's round(): halves go away from zero (torch.round goes to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def roi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoI max pooling (Fast R-CNN); torchvision.ops.roi_pool's semantics and results.
+
+    The box is scaled and rounded to whole cells (half away from zero), given at least one cell, and
+    split into PH x PW bins with floor/ceil edges; each output is the maximum of its bin clipped to
+    the map (0 for an empty bin).
+
+    Args:
+        input: Tensor[N, C, H, W] float (float16/bfloat16 computed in float32).
+        boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L_i, 4] xyxy.
+        output_size: (PH, PW) or an int. spatial_scale: box-to-map coordinate factor.
+
+    Returns:
+        Tensor[K, C, PH, PW] in ``input``'s dtype; the gradient of each output goes to its arg-max (the
+        first maximum in row-major order), none from an empty bin.
+
+    Bad input: K = 0 gives an empty result; a flipped box (x2 < x1) is rounded, then given width 1;
+    a batch index outside [0, N) raises ValueError. NaN features are skipped (a bin of only NaN or
+    values <= -FLT_MAX gives -FLT_MAX and no gradient), as in torchvision.
+    """
+    rois = _as_rois(boxes, input, "roi_pool")
+    ph, pw = _pair(output_size, "output_size")
+    n, c, height, width = input.shape
+    dtype = _compute_dtype(input)
+    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
+    if rois.shape[0] == 0 or input.numel() == 0:
+        return out.to(input.dtype)
+    with torch.autocast(device_type=input.device.type, enabled=False):
+        r = rois.detach().to(dtype)
+        start_w, start_h = _round_half_away(r[:, 1] * spatial_scale), _round_half_away(r[:, 2] * spatial_scale)
+        end_w, end_h = _round_half_away(r[:, 3] * spatial_scale), _round_half_away(r[:, 4] * spatial_scale)
+        roi_w = (end_w - start_w + 1).clamp(min=1)
+        roi_h = (end_h - start_h + 1).clamp(min=1)
+        h_lo, h_hi = _bin_edges(roi_h / ph, ph, start_h.long(), height)
+        w_lo, w_hi = _bin_edges(roi_w / pw, pw, start_w.long(), width)
+        batch = r[:, 0].long()
+        features = input.to(dtype).permute(0, 2, 3, 1)
+        bin_h = int((h_hi - h_lo).max().clamp(min=1))
+        bin_w = int((w_hi - w_lo).max().clamp(min=1))
+        chunk = max(1, MAX_POOL_ELEMS // (ph * pw * bin_h * bin_w * c))
+        for s in range(0, rois.shape[0], chunk):
+            part = slice(s, s + chunk)
+            out[part] = _pool_bins(features, batch[part], h_lo[part], h_hi[part], w_lo[part], w_hi[part], bin_h, bin_w)
+    return out.to(input.dtype)
+
+
+def _bin_edges(bin_size: Tensor, pooled: int, start: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Long[K, pooled] first and end (exclusive) cells of each bin, clipped to [0, size]."""
+    p = torch.arange(pooled, device=bin_size.device, dtype=bin_size.dtype)
+    lo = torch.floor(p[None, :] * bin_size[:, None]).long() + start[:, None]
+    hi = torch.ceil((p[None, :] + 1) * bin_size[:, None]).long() + start[:, None]
+    return lo.clamp(0, size), hi.clamp(0, size)
+
+
+def _pool_bins(
+    features: Tensor, batch: Tensor, h_lo: Tensor, h_hi: Tensor, w_lo: Tensor, w_hi: Tensor, bin_h: int, bin_w: int
+) -> Tensor:
+    """Tensor[G, C, PH, PW]: max over each bin (rows h_lo..h_hi-1, columns w_lo..w_hi-1) of ``features`` [N, H, W, C]."""
+    _, height, width, _ = features.shape
+    dy = torch.arange(bin_h, device=features.device)
+    dx = torch.arange(bin_w, device=features.device)
+    ys = h_lo[:, :, None] + dy  # [G, PH, bin_h]
+    xs = w_lo[:, :, None] + dx  # [G, PW, bin_w]
+    inside_y = ys < h_hi[:, :, None]
+    inside_x = xs < w_hi[:, :, None]
+    g, ph, pw = ys.shape[0], ys.shape[1], xs.shape[1]
+    # [G, PH, PW, bin_h, bin_w, C] values of each bin, row-major inside the bin.
+    vals = features[
+        batch[:, None, None, None, None],
+        ys.clamp(max=height - 1)[:, :, None, :, None],
+        xs.clamp(max=width - 1)[:, None, :, None, :],
+    ]
+    inside = inside_y[:, :, None, :, None] & inside_x[:, None, :, None, :]
+    lowest = torch.finfo(torch.float32).min  # the kernel starts from -FLT_MAX, also for float64
+    vals = torch.where(inside[..., None] & ~torch.isnan(vals), vals, -math.inf)
+    best, _ = vals.reshape(g, ph, pw, bin_h * bin_w, -1).max(3)
+    empty = ~(inside_y.any(2)[:, :, None] & inside_x.any(2)[:, None, :])
+    best = torch.where(best > lowest, best, lowest)
+    best = torch.where(empty[..., None], 0.0, best)
+    return best.permute(0, 3, 1, 2)
