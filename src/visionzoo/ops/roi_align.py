@@ -80,6 +80,14 @@ def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
     return boxes
 
 
+def _empty_like_output(input: Tensor, k: int, ph: int, pw: int) -> Tensor:
+    """Zeros [K, C, PH, PW] for no RoIs or an empty map, still tied to ``input`` so its gradient is 0, not None."""
+    n, c, height, width = input.shape
+    if k == 0 and input.numel():
+        return input[:0, :, :1, :1].expand(0, c, ph, pw)
+    return input.new_zeros(k, c, ph, pw)
+
+
 def _compute_dtype(input: Tensor) -> torch.dtype:
     return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -151,18 +159,19 @@ def roi_align(
         Tensor[K, C, PH, PW] in ``input``'s dtype. Gradients flow to ``input`` only, as in torchvision.
 
     Bad input: K = 0 gives Tensor[0, C, PH, PW]. A flipped box (x2 < x1) is, with ``aligned=False``,
-    stretched to width 1 starting at x1; with ``aligned=True`` it has negative size, no samples
-    (adaptive grid <= 0) or samples walking backwards (fixed grid), as in torchvision. A batch index
-    outside [0, N) raises ValueError (torchvision reads out of bounds). Samples more than one pixel
-    outside the map count as zero; those within are clamped to the border.
+    stretched to width 1 starting at x1; with ``aligned=True`` it keeps its negative size: no samples
+    with the adaptive grid (output 0; torchvision's CPU kernel fails to allocate a negative-sized
+    buffer when only one axis is that flipped), samples walking backwards from x1 with a fixed grid,
+    as in torchvision. A batch index outside [0, N) raises ValueError (torchvision reads out of
+    bounds). Samples more than one pixel outside the map count as zero; those within are clamped to
+    the border.
     """
     rois = _as_rois(boxes, input, "roi_align")
     ph, pw = _pair(output_size, "output_size")
     n, c, height, width = input.shape
     dtype = _compute_dtype(input)
-    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
     if rois.shape[0] == 0 or input.numel() == 0:
-        return out.to(input.dtype)
+        return _empty_like_output(input, rois.shape[0], ph, pw)
     with torch.autocast(device_type=input.device.type, enabled=False):
         r = rois.detach().to(dtype)
         offset = 0.5 if aligned else 0.0
@@ -299,9 +308,9 @@ def roi_pool(
     ph, pw = _pair(output_size, "output_size")
     n, c, height, width = input.shape
     dtype = _compute_dtype(input)
-    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
     if rois.shape[0] == 0 or input.numel() == 0:
-        return out.to(input.dtype)
+        return _empty_like_output(input, rois.shape[0], ph, pw)
+    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
     with torch.autocast(device_type=input.device.type, enabled=False):
         r = rois.detach().to(dtype)
         start_w, start_h = _round_half_away(r[:, 1] * spatial_scale), _round_half_away(r[:, 2] * spatial_scale)

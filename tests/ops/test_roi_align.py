@@ -1,0 +1,147 @@
+"""roi_align / roi_pool against torchvision: forward and input gradient on the same random inputs."""
+
+import importlib
+
+import pytest
+import torch
+from torchvision import ops as tv
+
+from visionzoo.ops import boxes_to_rois, roi_align, roi_pool
+
+roi_align_module = importlib.import_module("visionzoo.ops.roi_align")  # `roi_align` is also the function
+
+
+def random_rois(k, gen, height, width, n_images=2, dtype=torch.float32):
+    """Boxes of all kinds: inside, crossing and fully outside the map, tiny, zero-size and flipped."""
+    centre = torch.rand(k, 2, generator=gen, dtype=torch.float64) * torch.tensor([width + 16.0, height + 16.0]) - 8
+    size = torch.empty(k, 2, dtype=torch.float64).uniform_(-6, 1.3 * max(height, width), generator=gen)
+    size[::9] = 0.0  # zero-size boxes
+    size[1::11] = torch.rand(size[1::11].shape, generator=gen, dtype=torch.float64)  # smaller than a cell
+    boxes = torch.cat([centre - size / 2, centre + size / 2], 1)  # negative sizes: flipped boxes
+    batch = torch.randint(0, n_images, (k, 1), generator=gen).double()
+    return torch.cat([batch, boxes], 1).to(dtype)
+
+
+@pytest.fixture(params=["auto", "blocks", "sampled"])
+def layout(request, monkeypatch):
+    """Read RoIs as strided blocks, as lists of sampled rows/columns, or let the op choose."""
+    fraction = {"auto": roi_align_module.SPARSE_FRACTION, "blocks": 0.0, "sampled": 2.0}[request.param]
+    monkeypatch.setattr(roi_align_module, "SPARSE_FRACTION", fraction)
+    return request.param
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+def test_roi_align_forward_and_gradient_match_torchvision(aligned, sampling_ratio, layout):
+    gen = torch.Generator().manual_seed(sampling_ratio + 10 * aligned)
+    x = torch.randn(2, 6, 23, 31, generator=gen)
+    rois = random_rois(120, gen, 46, 62)  # image coordinates, scale 0.5
+    ours_x, their_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = roi_align(ours_x, rois, (5, 4), 0.5, sampling_ratio, aligned)
+    theirs = tv.roi_align(their_x, rois, (5, 4), 0.5, sampling_ratio, aligned)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(theirs.shape, generator=gen)
+    (ours * grad).sum().backward()
+    (theirs * grad).sum().backward()
+    torch.testing.assert_close(ours_x.grad, their_x.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_roi_align_float64_is_exact_to_rounding():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 17, 20, generator=gen, dtype=torch.float64)
+    rois = random_rois(200, gen, 17, 20, dtype=torch.float64)
+    for scale, ratio, aligned in [(1.0, -1, False), (0.75, 2, True), (1.3, -1, False), (0.9, -1, True)]:
+        ours = roi_align(x, rois, 7, scale, ratio, aligned)
+        torch.testing.assert_close(ours, tv.roi_align(x, rois, 7, scale, ratio, aligned), rtol=1e-12, atol=1e-12)
+
+
+def test_roi_align_flipped_box_with_aligned_adaptive_grid_gives_zero():
+    # x2 - x1 < -PW with aligned=True makes the adaptive grid negative in x only; torchvision's CPU
+    # kernel then fails to allocate a negative-sized buffer. Here the RoI simply has no samples.
+    x = torch.randn(1, 2, 10, 10)
+    rois = torch.tensor([[0.0, 9.0, 1.0, 1.0, 8.0], [0.0, 1.0, 1.0, 8.0, 8.0]])
+    out = roi_align(x, rois, 2, 1.0, -1, aligned=True)
+    assert torch.equal(out[0], torch.zeros(2, 2, 2))
+    with pytest.raises(Exception, match="vector"):
+        tv.roi_align(x, rois, 2, 1.0, -1, aligned=True)
+    torch.testing.assert_close(out[1:], tv.roi_align(x, rois[1:], 2, 1.0, -1, aligned=True))
+
+
+def test_roi_align_list_of_boxes_and_output_sizes():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 20, 24, generator=gen)
+    boxes = [random_rois(n, gen, 20, 24, n_images=1)[:, 1:] for n in (5, 0, 9)]
+    for size in (7, (2, 9), [3, 3]):
+        ours = roi_align(x, boxes, size, 1.0, 2)
+        torch.testing.assert_close(ours, tv.roi_align(x, boxes, size, 1.0, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        boxes_to_rois(boxes)[:, 0], torch.tensor([0.0] * 5 + [2.0] * 9)
+    )  # the image index column
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_roi_align_half_precision_computes_in_float32(dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 16, 16, generator=gen)
+    rois = random_rois(40, gen, 16, 16, n_images=1)
+    ours = roi_align(x.to(dtype), rois.to(dtype), 3, 1.0, 2, True)
+    assert ours.dtype == dtype
+    reference = tv.roi_align(x.to(dtype).float(), rois.to(dtype).float(), 3, 1.0, 2, True)
+    torch.testing.assert_close(ours.float(), reference, rtol=0, atol=1e-2 if dtype == torch.float16 else 4e-2)
+
+
+def test_roi_align_under_autocast_stays_float32():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 12, 12, generator=gen)
+    rois = random_rois(30, gen, 12, 12)
+    plain = roi_align(x, rois, 4, 1.0, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = roi_align(x, rois, 4, 1.0, -1)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_roi_align_known_value():
+    # A linear ramp f(y, x) = x is reproduced exactly by bilinear sampling: each bin averages x over it.
+    x = torch.arange(10.0).repeat(10, 1)[None, None]
+    out = roi_align(x, torch.tensor([[0.0, 2.0, 2.0, 6.0, 6.0]]), 2, 1.0, 2, aligned=False)
+    # Bins [2, 4) and [4, 6): samples at 2.5, 3.5 and 4.5, 5.5.
+    torch.testing.assert_close(out[0, 0], torch.tensor([[3.0, 5.0], [3.0, 5.0]]))
+
+
+def test_roi_align_bad_input():
+    x = torch.zeros(2, 3, 8, 8)
+    assert roi_align(x, torch.zeros(0, 5), 7).shape == (0, 3, 7, 7)
+    assert roi_align(x, [], 2).shape == (0, 3, 2, 2)
+    with pytest.raises(ValueError, match="batch index"):
+        roi_align(x, torch.tensor([[2.0, 0, 0, 4, 4]]), 2)
+    with pytest.raises(ValueError, match="Tensor\\[K, 5\\]"):
+        roi_align(x, torch.zeros(3, 4), 2)
+    with pytest.raises(ValueError, match="boxes\\[1\\] must be Tensor\\[L, 4\\]"):
+        roi_align(x, [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
+    with pytest.raises(ValueError, match="output_size"):
+        roi_align(x, torch.zeros(1, 5), (0, 2))
+
+
+def test_roi_pool_forward_and_gradient_match_torchvision():
+    gen = torch.Generator().manual_seed(5)
+    # ReLU-like features: many exact ties at 0, where the gradient must go to the first maximum.
+    x = torch.randn(2, 5, 21, 26, generator=gen).clamp(min=0)
+    rois = random_rois(150, gen, 42, 52)
+    for scale, size in [(0.5, (7, 7)), (0.37, (3, 5)), (1.0, 2)]:
+        ours_x, their_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours = roi_pool(ours_x, rois, size, scale)
+        theirs = tv.roi_pool(their_x, rois, size, scale)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        grad = torch.randn(theirs.shape, generator=gen)
+        (ours * grad).sum().backward()
+        (theirs * grad).sum().backward()
+        torch.testing.assert_close(ours_x.grad, their_x.grad, rtol=1e-5, atol=1e-5)  # summation order
+
+
+def test_roi_pool_rounds_half_away_from_zero_and_list_boxes():
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    # x2 = 4.5 rounds to 5 (C round), not 4 (round half to even): the max of row 1, cols 1..5 is 13.
+    box = [torch.tensor([[1.0, 1.0, 4.5, 1.0]])]
+    assert roi_pool(x, box, 1).item() == 13.0 == tv.roi_pool(x, box, 1).item()
+    assert roi_pool(x, torch.zeros(0, 5), 3).shape == (0, 1, 3, 3)
