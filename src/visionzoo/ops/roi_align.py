@@ -14,7 +14,8 @@ by operation, in the input's dtype (float32 for float16/bfloat16 input, which is
 torchvision's autocast does).
 
 RoI Pool takes, in each bin of the rounded RoI, the maximum (the first one in row-major order on
-ties, which is where the gradient goes), 0 for an empty bin.
+ties, which is where the gradient goes), 0 for an empty bin: per RoI, the maxima of the column bins
+of every row, then of the row bins of those.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ __all__ = ["roi_align", "roi_pool", "boxes_to_rois"]
 # Rows (columns) of a RoI are gathered one by one, instead of read as one strided block, when fewer
 # than this fraction of the block's rows (columns) carry a sample.
 SPARSE_FRACTION = 0.6
-# RoI Pool gathers the values of whole bins for a batch of RoIs at once, at most this many.
-MAX_POOL_ELEMS = 1 << 24
 
 
 def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
@@ -310,7 +309,6 @@ def roi_pool(
     dtype = _compute_dtype(input)
     if rois.shape[0] == 0 or input.numel() == 0:
         return _empty_like_output(input, rois.shape[0], ph, pw)
-    out = torch.zeros(rois.shape[0], c, ph, pw, dtype=dtype, device=input.device)
     with torch.autocast(device_type=input.device.type, enabled=False):
         r = rois.detach().to(dtype)
         start_w, start_h = _round_half_away(r[:, 1] * spatial_scale), _round_half_away(r[:, 2] * spatial_scale)
@@ -319,14 +317,8 @@ def roi_pool(
         roi_h = (end_h - start_h + 1).clamp(min=1)
         h_lo, h_hi = _bin_edges(roi_h / ph, ph, start_h.long(), height)
         w_lo, w_hi = _bin_edges(roi_w / pw, pw, start_w.long(), width)
-        batch = r[:, 0].long()
-        features = input.to(dtype).permute(0, 2, 3, 1)
-        bin_h = int((h_hi - h_lo).max().clamp(min=1))
-        bin_w = int((w_hi - w_lo).max().clamp(min=1))
-        chunk = max(1, MAX_POOL_ELEMS // (ph * pw * bin_h * bin_w * c))
-        for s in range(0, rois.shape[0], chunk):
-            part = slice(s, s + chunk)
-            out[part] = _pool_bins(features, batch[part], h_lo[part], h_hi[part], w_lo[part], w_hi[part], bin_h, bin_w)
+        bins = (r[:, 0].long(), h_lo, h_hi, w_lo, w_hi)
+        out = _RoIPoolFunction.apply(input.to(dtype), bins)
     return out.to(input.dtype)
 
 
@@ -338,29 +330,76 @@ def _bin_edges(bin_size: Tensor, pooled: int, start: Tensor, size: int) -> tuple
     return lo.clamp(0, size), hi.clamp(0, size)
 
 
-def _pool_bins(
-    features: Tensor, batch: Tensor, h_lo: Tensor, h_hi: Tensor, w_lo: Tensor, w_hi: Tensor, bin_h: int, bin_w: int
-) -> Tensor:
-    """Tensor[G, C, PH, PW]: max over each bin (rows h_lo..h_hi-1, columns w_lo..w_hi-1) of ``features`` [N, H, W, C]."""
-    _, height, width, _ = features.shape
-    dy = torch.arange(bin_h, device=features.device)
-    dx = torch.arange(bin_w, device=features.device)
-    ys = h_lo[:, :, None] + dy  # [G, PH, bin_h]
-    xs = w_lo[:, :, None] + dx  # [G, PW, bin_w]
-    inside_y = ys < h_hi[:, :, None]
-    inside_x = xs < w_hi[:, :, None]
-    g, ph, pw = ys.shape[0], ys.shape[1], xs.shape[1]
-    # [G, PH, PW, bin_h, bin_w, C] values of each bin, row-major inside the bin.
-    vals = features[
-        batch[:, None, None, None, None],
-        ys.clamp(max=height - 1)[:, :, None, :, None],
-        xs.clamp(max=width - 1)[:, None, :, None, :],
-    ]
-    inside = inside_y[:, :, None, :, None] & inside_x[:, None, :, None, :]
-    lowest = torch.finfo(torch.float32).min  # the kernel starts from -FLT_MAX, also for float64
-    vals = torch.where(inside[..., None] & ~torch.isnan(vals), vals, -math.inf)
-    best, _ = vals.reshape(g, ph, pw, bin_h * bin_w, -1).max(3)
-    empty = ~(inside_y.any(2)[:, :, None] & inside_x.any(2)[:, None, :])
-    best = torch.where(best > lowest, best, lowest)
-    best = torch.where(empty[..., None], 0.0, best)
-    return best.permute(0, 3, 1, 2)
+def _bin_max(values: Tensor, lo: Tensor, hi: Tensor, origin: int, dim: int, index: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Max of ``values`` over the bins [lo_p, hi_p) of dimension ``dim``, counted from ``origin``.
+
+    Returns (max, with dimension ``dim`` now the P bins; offset of the first maximum inside its bin,
+    if ``index``; Long[P, B] positions read). A bin narrower than B repeats its last cell, which
+    changes neither the maximum nor where it first occurs; an empty bin's result is meaningless
+    (the caller masks it). ``amax`` plus a first-match search is much faster than ``max(dim)``.
+    """
+    width = max(int((hi - lo).max()), 1)
+    pos = (lo - origin)[:, None] + torch.arange(width, device=values.device)
+    pos = torch.minimum(pos, (hi - origin - 1)[:, None]).clamp(0, values.shape[dim] - 1)
+    picked = values.index_select(dim, pos.reshape(-1))
+    picked = picked.view(*values.shape[:dim], *pos.shape, *values.shape[dim + 1 :])
+    best = picked.amax(dim + 1)
+    if not index:
+        return best, None, pos
+    shape = (width, *([1] * (values.dim() - dim - 1)))
+    countdown = torch.arange(width, 0, -1, device=values.device, dtype=values.dtype).view(shape)
+    # sign(v - max) + 1 is 1 at a maximum and 0 elsewhere; times the countdown, its max marks the first.
+    marks = (picked - best.unsqueeze(dim + 1)).sign_().add_(1).mul_(countdown).amax(dim + 1)
+    if bool(torch.isnan(marks).any()):  # an infinite maximum (inf - inf): compare exactly instead
+        exact = torch.where(picked == best.unsqueeze(dim + 1), countdown, 0).amax(dim + 1)
+        marks = torch.where(torch.isnan(marks), exact, marks)
+    return best, width - marks.long(), pos
+
+
+class _RoIPoolFunction(torch.autograd.Function):
+    """Forward: per RoI, the max over each bin (row-bin maxima of column-bin maxima), and its flat
+    arg-max when a gradient is wanted. Backward: every output's gradient added at its arg-max."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, bins) -> Tensor:
+        batch, h_lo, h_hi, w_lo, w_hi = bins
+        n, c, height, width = features.shape
+        k, ph, pw = h_lo.shape[0], h_lo.shape[1], w_lo.shape[1]
+        need_index = ctx.needs_input_grad[0]
+        if bool(torch.isnan(features).any()):  # NaN never wins a comparison in the kernel; nor does -inf
+            features = features.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        images = features.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: a pixel's C values together
+        out = features.new_zeros(k, ph, pw, c)
+        argmax = torch.full((k, ph, pw, c), -1, dtype=torch.long, device=features.device) if need_index else None
+        lowest = torch.finfo(torch.float32).min  # the kernel starts from -FLT_MAX, also for float64
+        channel = torch.arange(c, device=features.device)
+        empty = (h_hi <= h_lo)[:, :, None] | (w_hi <= w_lo)[:, None, :]  # [K, PH, PW]
+        bounds = torch.stack([h_lo.amin(1), h_hi.amax(1), w_lo.amin(1), w_hi.amax(1)], 1).tolist()
+        for i, (b, (r0, r1, c0, c1)) in enumerate(zip(batch.tolist(), bounds, strict=True)):
+            if r1 <= r0 or c1 <= c0:
+                continue
+            crop = images[b, r0:r1, c0:c1]  # [hr, wr, C], a view
+            col_max, col_at, col_pos = _bin_max(crop, w_lo[i], w_hi[i], c0, 1, need_index)  # [hr, PW, C]
+            best, row_at, row_pos = _bin_max(col_max, h_lo[i], h_hi[i], r0, 0, need_index)  # [PH, PW, C]
+            hit = empty[i, :, :, None]
+            found = (best > lowest) & ~hit
+            out[i] = torch.where(hit, 0.0, torch.where(found, best, lowest))
+            if need_index:
+                rows = row_pos.gather(1, row_at.view(ph, -1)).view(ph, pw, c)  # crop row of each maximum
+                col_at = col_at.gather(0, rows).transpose(0, 1).reshape(pw, -1)
+                cols = col_pos.gather(1, col_at).view(pw, ph, c).transpose(0, 1)
+                flat = ((b * c + channel) * height + rows + r0) * width + cols + c0
+                argmax[i] = torch.where(found, flat, -1)
+        ctx.save_for_backward(argmax)
+        ctx.shape = features.shape
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (argmax,) = ctx.saved_tensors
+        size = math.prod(ctx.shape)
+        # Outputs without an arg-max (-1) send their gradient to one extra slot, dropped afterwards.
+        flat = torch.where(argmax >= 0, argmax, size).reshape(-1)
+        grad_features = grad_out.new_zeros(size + 1)
+        grad_features.index_add_(0, flat, grad_out.permute(0, 2, 3, 1).reshape(-1))
+        return grad_features[:size].view(ctx.shape), None
