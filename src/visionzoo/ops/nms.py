@@ -32,6 +32,9 @@ MAX_WINDOW = 4096
 DENSE_PAIRS = 1 << 21
 # Boxes per (category, area class, y strip) group that make a finer split worth its extra searches.
 GROUP_BOXES = 32
+# batched_nms with categories small enough that all pairs within them number at most this: every
+# pair is tested at once (no blocks, no search windows).
+CATEGORY_PAIRS = 1 << 23
 # Score blocks: the first has FIRST_BLOCK boxes; later ones are sized so that about
 # TARGET_SURVIVORS candidates survive the kept boxes, judging by the last block's survival rate.
 FIRST_BLOCK = 512
@@ -76,6 +79,18 @@ def _threshold_below(threshold: float, dtype: torch.dtype) -> float:
     return float(rounded)
 
 
+def _dense_ids(ids: Tensor) -> Tensor:
+    """Long[N]: ``ids`` renumbered 0, 1, ... in increasing order (a lookup table when their range is
+    small, which avoids the sort inside ``torch.unique``)."""
+    ids = ids.long()
+    low, high = int(ids.min()), int(ids.max())
+    if high - low > 4 * ids.numel():
+        return torch.unique(ids, return_inverse=True)[1]
+    present = torch.zeros(high - low + 1, dtype=torch.long, device=ids.device)
+    present[ids - low] = 1
+    return (present.cumsum(0) - 1)[ids - low]
+
+
 class _Boxes:
     """The N boxes as the IoU tests want them: x1, y1, x2, y2, area as rows of ``floats`` (Tensor[5, N+1]
     in the working dtype) and score rank and category as rows of ``ints`` (Tensor[2, N+1]); column N
@@ -96,7 +111,7 @@ class _Boxes:
         self.rank = torch.empty(n, dtype=torch.long, device=device)
         self.rank[self.order] = torch.arange(n, device=device)
         self.has_cats = cats is not None
-        cat = torch.unique(cats, return_inverse=True)[1] if self.has_cats else torch.zeros_like(self.rank)
+        cat = _dense_ids(cats) if self.has_cats else torch.zeros_like(self.rank)
         self.ints = torch.cat([torch.stack([self.rank, cat]), torch.full((2, 1), -1, device=device)], 1)
         if iou_threshold >= 0:
             # A box with no width or height has zero intersection with everything, so its IoU is
@@ -268,19 +283,22 @@ def _windows(space: _Spatial, chunks: Tensor, ref: Tensor) -> tuple[Tensor, Tens
     return chunk, lo, (hi - lo).clamp(min=0)
 
 
-def _chunks(boxes: _Boxes, cand: Tensor, by_category: bool) -> Tensor:
+def _chunks(boxes: _Boxes, cand: Tensor, by_category: bool, values: Tensor | None = None, fill: int | None = None) -> Tensor:
     """Long[C, CHUNK_ROWS]: ``cand`` cut in runs (of one category if ``by_category``: ``cand`` is then
-    grouped by category), padded with the NaN box N."""
+    grouped by category), padded with the NaN box N. With ``values``, the table holds
+    ``values[i]`` where it would hold ``cand[i]``, and ``fill`` as padding."""
+    values = cand if values is None else values
+    fill = boxes.n if fill is None else fill
     if not by_category:
         pad = -cand.numel() % CHUNK_ROWS
-        return torch.nn.functional.pad(cand, (0, pad), value=boxes.n).view(-1, CHUNK_ROWS)
+        return torch.nn.functional.pad(values, (0, pad), value=fill).view(-1, CHUNK_ROWS)
     cats = boxes.ints[1, cand]
     counts = torch.bincount(cats)
     per_cat = (counts + CHUNK_ROWS - 1) // CHUNK_ROWS
     position = torch.arange(cand.numel(), device=cand.device) - (counts.cumsum(0) - counts)[cats]
     slot = ((per_cat.cumsum(0) - per_cat)[cats] + position // CHUNK_ROWS) * CHUNK_ROWS + position % CHUNK_ROWS
-    table = torch.full((int(per_cat.sum()) * CHUNK_ROWS,), boxes.n, dtype=cand.dtype, device=cand.device)
-    table[slot] = cand
+    table = torch.full((int(per_cat.sum()) * CHUNK_ROWS,), fill, dtype=values.dtype, device=cand.device)
+    table[slot] = values
     return table.view(-1, CHUNK_ROWS)
 
 
@@ -315,49 +333,93 @@ def _tiles(boxes: _Boxes, cand: Tensor, ref: Tensor):
     owner = (pieces.cumsum(0) - pieces)[owner] + position // MAX_WINDOW
     position = position % MAX_WINDOW
     piece_len = torch.bincount(owner, minlength=piece_rows.numel())
+    # Lay all pieces out in one flat table, grouped by padded width (the next power of two), so one
+    # scatter fills every column list; each group is then a [pieces, width] view.
     bucket = torch.ceil(torch.log2(piece_len.clamp(min=8).double())).long()
-    bucket[piece_len == 0] = -1
+    bucket = torch.where(piece_len > 0, bucket, -1)
+    bucket, by_width = bucket.sort(stable=True)
+    width = torch.where(bucket >= 0, 1 << bucket.clamp(min=0), 0)
+    base = torch.empty_like(width)
+    base[by_width] = width.cumsum(0) - width
+    flat = torch.full((int(width.sum()),), boxes.n, dtype=ref.dtype, device=ref.device)
+    flat[base[owner] + position] = column
+    piece_rows = piece_rows[by_width]
+    groups = torch.unique_consecutive(bucket, return_counts=True)
+    first_piece, first_slot = 0, 0
+    for b, count in zip(groups[0].tolist(), groups[1].tolist(), strict=True):
+        if b >= 0:
+            w = 1 << b
+            cols = flat[first_slot : first_slot + count * w].view(count, w)
+            rows = chunks[piece_rows[first_piece : first_piece + count]]
+            per_batch = max(1, BATCH_ELEMS // (CHUNK_ROWS * w))
+            for s in range(0, count, per_batch):
+                yield rows[s : s + per_batch], cols[s : s + per_batch], False
+            first_slot += count * w
+        first_piece += count
+
+
+def _category_tiles(boxes: _Boxes):
+    """Tiles (as from ``_tiles``) pairing every active box with the active boxes of its category
+    whose x1 is within its search range (all of them for a threshold <= 0)."""
+    members = _indices(boxes.active)
+    x1 = boxes.floats[0, members].double()
+    widths = boxes.floats[2, members].double() - x1
+    span = float(x1.max() - x1.min()) if members.numel() else 0.0
+    max_w = float(widths.max()) if members.numel() else 0.0
+    thr = boxes.iou_threshold
+    if thr > 0:
+        t = thr * (1.0 - 1e-5)  # a little below: float rounding of an IoU cannot escape the range
+        reach = widths * ((1.0 - t) / t) + 1e-6
+        left, right = reach.clamp(max=max_w + 1e-6), torch.minimum(reach, widths + 1e-6)
+    else:
+        left = right = torch.full_like(x1, span + max_w + 1.0)
+    gap = 2 * span + 4 * max_w + 8.0  # wider than any range: categories never meet
+    key = boxes.ints[1, members].double() * gap + (x1 - (x1.min() if members.numel() else 0.0))
+    key, order = key.sort()
+    members, left, right = members[order], left[order], right[order]
+    chunks = _chunks(boxes, members, by_category=True)
+    # Position in ``members`` of each chunk row (-1: padding, which reads the +-inf entry appended below).
+    slot = _chunks(boxes, members, True, torch.arange(members.numel(), device=members.device), -1)
+    pad = torch.tensor([math.inf], dtype=key.dtype, device=key.device)
+    lows = torch.cat([key - left, pad])[slot].amin(1)
+    highs = torch.cat([key + right, -pad])[slot].amax(1)
+    lo = torch.searchsorted(key, lows, side="left")
+    length = torch.searchsorted(key, highs, side="right") - lo
+    padded = torch.nn.functional.pad(members, (0, 1), value=boxes.n)
+    bucket = torch.ceil(torch.log2(length.clamp(min=8).double())).long()
     for b in torch.unique(bucket).tolist():
-        if b < 0:
-            continue
-        members = _indices(bucket == b)
+        ids = _indices(bucket == b)
         width = 1 << b
-        slot = torch.full_like(piece_len, -1)
-        slot[members] = torch.arange(members.numel(), device=ref.device)
-        cols = torch.full((members.numel(), width), boxes.n, dtype=ref.dtype, device=ref.device)
-        mine = slot[owner] >= 0
-        cols[slot[owner[mine]], position[mine]] = column[mine]
-        rows = chunks[piece_rows[members]]
+        offs = torch.arange(width, device=members.device)
+        cols = padded[torch.where(offs < length[ids, None], lo[ids, None] + offs, members.numel())]
         per_batch = max(1, BATCH_ELEMS // (CHUNK_ROWS * width))
-        for s in range(0, members.numel(), per_batch):
-            yield rows[s : s + per_batch], cols[s : s + per_batch], False
+        for s in range(0, ids.numel(), per_batch):
+            yield chunks[ids[s : s + per_batch]], cols[s : s + per_batch], False
 
 
-def _pairs(boxes: _Boxes, cand: Tensor, ref: Tensor, work: _Batch, edges: bool):
-    """IoU > threshold between candidate boxes ``cand`` and reference boxes ``ref`` of one category.
+def _pairs(boxes: _Boxes, tiles, work: _Batch, edges: bool):
+    """IoU > threshold for the (row, column) box pairs of ``tiles`` (see ``_tiles``).
 
-    ``cand`` and ``ref`` are box indices (in the spatial key order when windows are used). With
-    ``edges`` False, returns Bool[N] marking the candidates some reference box suppresses; with
+    With ``edges`` False, returns Bool[N] marking the row boxes some column box suppresses; with
     ``edges`` True, the pairs (i, j) of box indices with rank_i < rank_j.
     """
-    device = ref.device
+    device = boxes.floats.device
     hit = torch.zeros(boxes.n + 1, dtype=torch.bool, device=device)
     firsts, seconds = [], []
-    if cand.numel() and ref.numel():
-        for rows, cols, mixed in _tiles(boxes, cand, ref):
-            row_boxes = boxes.floats.index_select(1, rows.reshape(-1)).view(5, *rows.shape)
-            col_boxes = boxes.floats.index_select(1, cols.reshape(-1)).view(5, *cols.shape)
-            above = work.above(row_boxes, col_boxes, boxes.thr_f)
-            if mixed:
-                above.mul_(boxes.ints[1, rows][..., None] == boxes.ints[1, cols][:, None, :])
-            row_hit = above.amax(2) > 0
-            if not edges:
-                hit.index_fill_(0, rows.masked_select(row_hit), True)
-            elif bool(row_hit.any()):
-                t, r = row_hit.nonzero(as_tuple=True)
-                p, q = above[t, r].nonzero(as_tuple=True)
-                firsts.append(rows[t[p], r[p]])
-                seconds.append(cols[t[p], q])
+    for rows, cols, mixed in tiles:
+        row_boxes = boxes.floats.index_select(1, rows.reshape(-1)).view(5, *rows.shape)
+        col_boxes = boxes.floats.index_select(1, cols.reshape(-1)).view(5, *cols.shape)
+        above = work.above(row_boxes, col_boxes, boxes.thr_f)
+        if mixed:
+            above.mul_(boxes.ints[1, rows][..., None] == boxes.ints[1, cols][:, None, :])
+        row_hit = above.amax(2) > 0
+        if not edges:
+            hit.index_fill_(0, rows.masked_select(row_hit), True)
+        elif bool(row_hit.any()):
+            t, r = row_hit.nonzero(as_tuple=True)
+            p, q = above[t, r].nonzero(as_tuple=True)
+            firsts.append(rows[t[p], r[p]])
+            seconds.append(cols[t[p], q])
     if not edges:
         return hit[: boxes.n]
     if not firsts:
@@ -396,17 +458,22 @@ def _greedy_nms(boxes: _Boxes) -> Tensor:
     n = boxes.n
     work = _Batch(boxes.dtype, boxes.floats.device)
     kept = ~boxes.active
+    if boxes.has_cats:
+        counts = torch.bincount(boxes.ints[1, : boxes.n][boxes.active]).double()
+        if float((counts * counts).sum()) <= CATEGORY_PAIRS:
+            first, second = _pairs(boxes, _category_tiles(boxes), work, edges=True)
+            return kept | _greedy_on_edges(boxes.active, first, second)
     start, block = 0, FIRST_BLOCK
     while start < n:
         stop = min(n, start + block)
         in_block = torch.zeros(n, dtype=torch.bool, device=kept.device)
         in_block[boxes.order[start:stop]] = True
         in_block &= boxes.active
-        in_block &= ~_pairs(boxes, *_in_order(boxes, in_block, kept & boxes.active), work, edges=False)
-        cand, ref = _in_order(boxes, in_block, in_block)
-        first, second = _pairs(boxes, cand, ref, work, edges=True)
+        tiles = _tiles(boxes, *_in_order(boxes, in_block, kept & boxes.active))
+        in_block &= ~_pairs(boxes, tiles, work, edges=False)
+        first, second = _pairs(boxes, _tiles(boxes, *_in_order(boxes, in_block, in_block)), work, edges=True)
         kept |= _greedy_on_edges(in_block, first, second)
-        survival = max(cand.numel() / (stop - start), 1.0 / 256)
+        survival = max(int(in_block.sum()) / (stop - start), 1.0 / 256)
         start, block = stop, max(FIRST_BLOCK, int(TARGET_SURVIVORS / survival))
     return kept
 
@@ -466,7 +533,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if boxes.numel() <= BATCHED_NMS_OFFSET_LIMIT:
         offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
         return nms(boxes + offsets[:, None], scores, iou_threshold)
-    keep = _greedy_nms(_Boxes(boxes, scores, float(iou_threshold), idxs))
+    table = _Boxes(boxes, scores, float(iou_threshold), idxs)
+    keep = _greedy_nms(table)
+    # torchvision orders the kept boxes with an unstable sort; that is the score order unless scores tie.
+    in_order = table.order.masked_select(keep[table.order])
+    kept_scores = scores[in_order]
+    if in_order.numel() < 2 or bool((kept_scores[1:] < kept_scores[:-1]).all()):
+        return in_order
     idx = _indices(keep)
     return idx[scores[idx].sort(descending=True)[1]]
 
