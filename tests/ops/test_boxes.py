@@ -33,7 +33,7 @@ def assert_same(ours, theirs):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64, torch.int16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int16])
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (0,)])
 def test_box_convert_and_area(dtype, shape):
     gen = torch.Generator().manual_seed(0)
@@ -55,7 +55,7 @@ def test_box_convert_round_trip_and_known_values():
 
 
 @pytest.mark.parametrize("fn", [box_iou, generalized_box_iou, distance_box_iou, complete_box_iou])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32])
 def test_iou_family_matches_torchvision(fn, dtype):
     gen = torch.Generator().manual_seed(1)
     a = random_boxes((40,), gen, flipped=0.1)

@@ -145,3 +145,14 @@ def test_roi_pool_rounds_half_away_from_zero_and_list_boxes():
     box = [torch.tensor([[1.0, 1.0, 4.5, 1.0]])]
     assert roi_pool(x, box, 1).item() == 13.0 == tv.roi_pool(x, box, 1).item()
     assert roi_pool(x, torch.zeros(0, 5), 3).shape == (0, 1, 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_roi_pool_half_precision(dtype):
+    # The maximum of rounded values is one of them: exact against torchvision on the float32 copy.
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 3, 12, 12, generator=gen).to(dtype)
+    rois = random_rois(25, gen, 12, 12, n_images=1).to(dtype)
+    out = roi_pool(x, rois, 3)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), tv.roi_pool(x.float(), rois.float(), 3), rtol=0, atol=0)

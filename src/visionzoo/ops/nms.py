@@ -7,10 +7,13 @@ against an already kept box, evaluated with the same float operations in the box
 The greedy pass is sequential by nature; here it runs in score blocks of growing size. Each block's
 candidates are first tested against the boxes kept so far, then the survivors are resolved among
 themselves (a suppression graph, settled in a few vectorised rounds). Both tests only look at pairs
-that can overlap enough: for ``IoU > t > 0`` the corners of two boxes are closer than
-``(1 - t) / t * min(w_i, w_j)`` in x (and likewise in y), so with the reference boxes sorted by
-(category, y strip, x1), a run of candidates needs a few contiguous slices of them. All slices are
-tested at once as padded [windows, rows, columns] tensors, a dozen broadcast operations per batch.
+that can overlap enough: for ``IoU > t > 0`` the areas are within a factor 1/t and the corners of two
+boxes are closer than ``(1 - t) / t * min(w_i, w_j)`` in x (and likewise in y), so with the reference
+boxes sorted by (category, area class, y strip, x1), a run of 16 nearby candidates needs a few
+contiguous slices of them. The slices, padded to a power of two, are tested in batches of
+[runs, 16, columns] tensors: a dozen broadcast operations per batch, no Python loop over boxes.
+``batched_nms`` with small categories skips the blocks and tests all pairs within each category.
+Problems with few pairs are tested all against all.
 """
 
 from __future__ import annotations
@@ -267,7 +270,7 @@ def _windows(space: _Spatial, chunks: Tensor, ref: Tensor) -> tuple[Tensor, Tens
     b = space.bounds[chunks].amax(1)
     x_lo, x_hi, y_lo, y_hi = -b[:, 0], b[:, 1], -b[:, 2], b[:, 3]
     k_lo, k_hi, c_lo, c_hi = -b[:, 4], b[:, 5], -b[:, 6], b[:, 7]
-    n_k = (k_hi - k_lo + 1).long()
+    n_k = (k_hi - k_lo + 1).long().clamp(min=0)  # 0 for a threshold above 1: no partner class
     chunk, offset = _expand((c_hi - c_lo + 1).long() * n_k)
     cat = c_lo[chunk] + (offset // n_k[chunk]).double()
     cls = k_lo[chunk] + (offset % n_k[chunk]).double()
