@@ -236,10 +236,11 @@ class _RoIAlignFunction(torch.autograd.Function):
         images = features.permute(0, 2, 3, 1)  # channels last: a pixel's C values are contiguous
         if not images.is_contiguous():
             images = images.contiguous()
-        out = features.new_zeros(len(batch), ph, pw, c)
+        out = features.new_empty(len(batch), ph, pw, c)  # every row is written below (zeros are slow)
         for k, (b, row_plan, col_plan) in enumerate(zip(batch, row_plans, col_plans, strict=True)):
             wy, wx = row_plan[3], col_plan[3]
             if wy.shape[1] == 0 or wx.shape[1] == 0:
+                out[k] = 0.0
                 continue
             crop = _crop(images[b], row_plan, col_plan)
             t = torch.mm(wy, crop.reshape(wy.shape[1], -1)).view(ph, wx.shape[1], c)
