@@ -150,3 +150,16 @@ def test_precision_auto_picks_bf16_only_where_it_is_native():
         assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
     with autocast_context(cpu, "fp32")():
         assert layer(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_a_time_budget_alone_ends_the_run_near_its_limit(tmp_path):
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    config = TrainConfig(out=str(tmp_path / "run"), minutes=0.04, batch_size=16, progress=False)
+    result = fit(ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
+    assert result.steps > 16, "the run stopped long before its budget (more than one epoch fits)"
+    assert result.train_seconds <= 0.04 * 60 * 1.25

@@ -305,6 +305,22 @@ class Trainer:
             optimizer.load_state_dict(saved_optim[name])
         return min(times[1:])
 
+    def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
+        """With only a time budget, re-size the schedule at each epoch from the steps timed so far.
+
+        The first estimate comes from a few steps and is easily off on a busy machine; the steps run
+        since then measure the real pace. Rank 0's plan is broadcast so every process agrees.
+        """
+        cfg = self.config
+        if cfg.minutes is None or cfg.max_steps is not None or cfg.epochs is not None or steps_timed < 5:
+            return
+        remaining = max(0.0, cfg.minutes * 60 - self.train_seconds)
+        planned = torch.tensor(self.step + int(remaining / (seconds / steps_timed)), device=self.dist.device)
+        if self.dist.distributed:
+            torch.distributed.broadcast(planned, src=0)
+        self.total_steps = max(self.step + 1, int(planned))
+        self.warmup_steps = min(self.warmup_steps, self.total_steps)
+
     def _out_of_time(self) -> bool:
         """Whether the time budget is spent; rank 0's clock decides for every process."""
         if self.config.minutes is None:
@@ -356,6 +372,8 @@ class Trainer:
         stop = self.step >= self.total_steps or self._out_of_time()
         while not stop:
             epoch, start_step = divmod(self.step, self.steps_per_epoch)
+            self._replan_for_time(samples_seen // global_batch, timed_seconds)
+            bar.total = self.total_steps
             sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
                                         dist_info.rank, dist_info.world_size)
             loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.task.collate,
