@@ -181,3 +181,18 @@ def test_model_state_sections():
     assert torch.equal(model_state(no_ema, {}, ema=True)["a"], torch.zeros(1))
     foreign = {"conv.weight": torch.zeros(1)}
     assert model_state(foreign, None) == foreign
+
+
+def test_read_metadata_returns_ours_without_tensors_and_none_for_foreign(tmp_path):
+    from safetensors.torch import save_file
+
+    from visionzoo.checkpoint import read_metadata, save_checkpoint
+
+    ours = tmp_path / "ours.safetensors"
+    save_checkpoint(ours, {"model.w": torch.ones(2)}, {"model": {"name": "resnet18", "args": {}}, "step": 3})
+    assert read_metadata(ours) == {"model": {"name": "resnet18", "args": {}}, "step": 3}
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.ones(2)}, foreign)
+    assert read_metadata(foreign) is None
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / "missing.safetensors")

@@ -146,15 +146,35 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+    return tensors, _parse_metadata(metadata, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Our JSON document of a ``.safetensors`` checkpoint without reading its tensors (None: not ours).
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+    return _parse_metadata(metadata, path)
+
+
+def _parse_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, Any] | None:
     if METADATA_KEY not in metadata:
-        return tensors, None
+        return None
     try:
         meta = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: {error}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: expected a JSON object")
-    return tensors, meta
+    return meta
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -216,10 +216,6 @@ def _optimizer_state(name: str, tensors: Mapping[str, torch.Tensor], meta: Mappi
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def model_record(model: nn.Module) -> dict[str, Any]:
     """The registry name and arguments that rebuild ``model`` (see ``create_model``)."""
     return {"name": getattr(model, "model_name", type(model).__name__), "args": getattr(model, "model_args", {})}

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from torch import nn
 from torchvision.transforms.functional import pil_to_tensor, resize
 
-from visionzoo.checkpoint import METADATA_KEY, CheckpointError
+from visionzoo.checkpoint import CheckpointError, read_metadata
 from visionzoo.train.engine import TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, get_task
 
@@ -41,18 +38,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON document of one of our checkpoints, without reading its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable visionzoo checkpoint: {error}") from None
-    if METADATA_KEY not in metadata:
+    """The JSON document of one of our training checkpoints, without reading its tensors."""
+    meta = read_metadata(path)
+    if meta is None:
         raise CheckpointError(f"{path} is not a visionzoo training checkpoint (no run metadata)")
-    return json.loads(metadata[METADATA_KEY])
+    return meta
 
 
 def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None = None,
@@ -79,18 +69,3 @@ def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tens
         tensor = pil_to_tensor(pil).float() / 255.0
         images.append(resize(tensor, [size, size], antialias=True).clamp(0, 1))
     return torch.stack(images)
-
-
-def inference_throughput(model: nn.Module, images: torch.Tensor, autocast: Any, repeats: int = 3) -> float:
-    """Images per second of ``model`` in eval mode on the batch ``images``, best of ``repeats``."""
-    import time
-
-    model.eval()
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            with autocast():
-                model(images)
-            best = min(best, time.perf_counter() - start)
-    return images.shape[0] / best
