@@ -1,1 +1,14 @@
-"""visionzoo.layers"""
+"""Building blocks shared by the model families (timm's module names, so checkpoints load key for key)."""
+
+from visionzoo.layers.attention import Attention
+from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
+from visionzoo.layers.features import FeatureInfo
+from visionzoo.layers.layer_scale import LayerScale
+from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.patch_embed import PatchEmbed
+from visionzoo.layers.pos_embed import resample_abs_pos_embed
+
+__all__ = [
+    "Attention", "DropPath", "FeatureInfo", "LayerScale", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
+    "resample_abs_pos_embed",
+]

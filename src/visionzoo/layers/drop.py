@@ -1,0 +1,43 @@
+"""Stochastic depth (Huang et al. 2016): drop a residual branch per sample during training."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
+    """Zero the whole residual branch ``x`` (Tensor[B, ...]) for a random ``drop_prob`` of the samples
+    and scale the survivors by ``1 / (1 - drop_prob)``, so the expectation is unchanged."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """:func:`drop_path` as a module (an identity in eval mode)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
+    """Per-block stochastic-depth rates rising linearly from 0 to ``drop_path_rate`` over all blocks,
+    split into stages of ``depths`` blocks (the schedule of DeiT, Swin and ConvNeXt)."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    stages, start = [], 0
+    for depth in depths:
+        stages.append(rates[start:start + depth])
+        start += depth
+    return stages

@@ -1,0 +1,33 @@
+"""The transformer feed-forward block."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Mlp(nn.Module):
+    """``fc1 -> act -> drop -> fc2 -> drop``: ``Tensor[..., in_features] -> Tensor[..., out_features]``.
+
+    Module names (``fc1``, ``fc2``) are timm's, so its checkpoints load key for key.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        bias: bool = True,
+    ):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -1,0 +1,88 @@
+"""Shared layers against timm's: attention, MLP, position-embedding resampling, patch embedding, DropPath."""
+
+import pytest
+import timm.layers
+import torch
+
+from visionzoo.layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed
+
+
+def test_attention_equals_timm_attention_with_the_same_weights():
+    torch.manual_seed(0)
+    reference = timm.layers.Attention(64, num_heads=4, qkv_bias=True).eval()
+    ours = Attention(64, num_heads=4).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(3, 17, 64)
+    torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_bias_is_added_to_the_logits():
+    torch.manual_seed(1)
+    attention = Attention(32, num_heads=2).eval()
+    x = torch.randn(2, 5, 32)
+    bias = torch.randn(2, 5, 5)
+    q, k, v = attention.qkv(x).reshape(2, 5, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    weights = ((q @ k.transpose(-2, -1)) * 16 ** -0.5 + bias).softmax(-1)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
+    torch.testing.assert_close(attention(x, attn_bias=bias), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_equals_timm_mlp():
+    torch.manual_seed(2)
+    reference = timm.layers.Mlp(16, 48).eval()
+    ours = Mlp(16, 48).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(ours(x), reference(x))
+
+
+@pytest.mark.parametrize("new_size", [(18, 18), (10, 14), (14, 14)])
+def test_resample_abs_pos_embed_equals_timm(new_size):
+    table = torch.randn(1, 1 + 14 * 14, 24, generator=torch.Generator().manual_seed(3))
+    expected = timm.layers.resample_abs_pos_embed(table, new_size, (14, 14), num_prefix_tokens=1)
+    got = resample_abs_pos_embed(table, new_size, (14, 14), num_prefix_tokens=1)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(got[:, :1], table[:, :1])
+
+
+def test_resample_refuses_a_table_that_does_not_fit_the_grid():
+    with pytest.raises(ValueError, match="does not fit"):
+        resample_abs_pos_embed(torch.zeros(1, 1 + 50, 8), (4, 4), (7, 7))
+
+
+def test_patch_embed_errors_name_the_problem():
+    embed = PatchEmbed(img_size=32, patch_size=4, in_chans=3, embed_dim=8)
+    assert embed(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 8)
+    with pytest.raises(ValueError, match="3-channel images, got 1 channels"):
+        embed(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="smaller than one 4×4 patch"):
+        PatchEmbed(None, 4, 3, 8)(torch.zeros(1, 3, 3, 8))
+    with pytest.raises(ValueError, match="built for 32×32"):
+        embed(torch.zeros(1, 3, 36, 36))
+
+
+def test_patch_embed_pads_right_and_bottom_when_asked():
+    embed = PatchEmbed(None, 4, 3, 8, output_fmt="NHWC", pad=True)
+    x = torch.randn(1, 3, 9, 6)
+    padded = torch.nn.functional.pad(x, (0, 2, 0, 3))
+    out = embed(x)
+    assert out.shape == (1, 3, 2, 8)
+    torch.testing.assert_close(out, embed.proj(padded).permute(0, 2, 3, 1))
+
+
+def test_drop_path_keeps_the_expectation_and_drops_whole_samples():
+    torch.manual_seed(4)
+    layer = DropPath(0.25).train()
+    out = layer(torch.ones(20000, 3))
+    per_sample = out[:, 0]
+    assert per_sample.unique().tolist() == pytest.approx([0.0, 4 / 3])
+    assert torch.equal(out[:, 0], out[:, 2])
+    assert abs(per_sample.mean().item() - 1.0) < 0.02
+    assert torch.equal(layer.eval()(torch.ones(5, 3)), torch.ones(5, 3))
+
+
+def test_drop_path_rates_rise_linearly_over_all_blocks():
+    rates = drop_path_rates(0.3, [2, 1, 1])
+    assert [len(stage) for stage in rates] == [2, 1, 1]
+    flat = [r for stage in rates for r in stage]
+    assert flat == pytest.approx([0.0, 0.1, 0.2, 0.3])
