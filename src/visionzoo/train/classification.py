@@ -12,8 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.train.distillation import DISTILLATION_KINDS, Teacher, distillation_loss, soft_cross_entropy
 from visionzoo.train.mixup import mix_batch, smooth_one_hot
 from visionzoo.train.task import Setup, Task, register_task
+
+OBJECTIVES = ("classify", "mpp")
 
 DEFAULT_MEAN = (0.5,)
 DEFAULT_STD = (0.5,)
@@ -63,6 +66,10 @@ class ClassificationTask(Task):
         mean, std: per-channel input normalisation of images in [0, 1] (one value: all channels).
         label_smoothing, mixup_alpha, cutmix_alpha: DeiT's regularisers (0 disables each).
         translate: random shift in pixels as a light augmentation (0 disables it).
+        teacher: distil from this frozen classifier (DeiT): ``distillation`` "hard" or "soft", with
+            weight ``distillation_alpha`` and temperature ``distillation_tau`` (see
+            :func:`~visionzoo.train.distillation.distillation_loss`). A model with a distillation token
+            (``deit_*_distilled_*``) trains its second head on the teacher; any other model its one head.
     """
 
     metric = "accuracy"
@@ -71,7 +78,8 @@ class ClassificationTask(Task):
 
     def __init__(self, classes: Sequence[str], mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, translate: int = 0) -> None:
+                 cutmix_alpha: float = 0.0, translate: int = 0, teacher: Teacher | None = None,
+                 distillation: str = "hard", distillation_alpha: float = 0.5, distillation_tau: float = 1.0) -> None:
         super().__init__()
         self.classes = list(classes)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -80,6 +88,10 @@ class ClassificationTask(Task):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.translate = translate
+        self.teacher = teacher
+        self.distillation = distillation
+        self.distillation_alpha = distillation_alpha
+        self.distillation_tau = distillation_tau
 
     # ------------------------------------------------------------------------------ the maths
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,8 +107,12 @@ class ClassificationTask(Task):
         images = random_translate(images, self.translate, self.generator)
         targets = smooth_one_hot(labels, len(self.classes), self.label_smoothing)
         images, targets = mix_batch(images, targets, self.mixup_alpha, self.cutmix_alpha, self.generator)
-        logits = model(self.normalize(images))
-        loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        output = model(self.normalize(images))
+        if self.teacher is None:
+            return {"loss": soft_cross_entropy(output, targets)}
+        class_logits, distill_logits = output if isinstance(output, tuple | list) else (output, output)
+        loss = distillation_loss(class_logits, distill_logits, targets, self.teacher(images), self.distillation,
+                                 self.distillation_alpha, self.distillation_tau)
         return {"loss": loss}
 
     @torch.no_grad()
@@ -135,26 +151,59 @@ class ClassificationTask(Task):
         group.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0 disables)")
         group.add_argument("--translate", type=int, default=None,
                            help="random shift augmentation in pixels (default: 1/16 of the image size)")
+        group.add_argument("--objective", choices=OBJECTIVES, default="classify",
+                           help="classify (default), or mpp: the ViT paper's masked patch prediction pretraining")
+        group.add_argument("--initial-checkpoint", metavar="FILE",
+                           help="start from these weights (e.g. an --objective mpp run); the head is re-initialised")
+        group.add_argument("--teacher", metavar="MODEL", help="distil from this model (DeiT); needs --teacher-checkpoint")
+        group.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
+        group.add_argument("--distillation", choices=DISTILLATION_KINDS, default="hard",
+                           help="hard (default): the teacher's arg-max; soft: its temperature-scaled distribution")
+        group.add_argument("--distillation-alpha", type=float, default=0.5, help="weight of the teacher's term")
+        group.add_argument("--distillation-tau", type=float, default=1.0, help="soft distillation temperature")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         from visionzoo.data import create_dataset
-        from visionzoo.models import create_model
 
         options = dict(options or {})
+        objective = options.get("objective") or "classify"
+        if objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
         splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
         image, target = splits["train"][0]
         class_label(target)
         in_chans, size = image.shape[0], image.shape[-1]
-        model = create_model(model_name, checkpoint=checkpoint, num_classes=len(splits["train"].classes),
-                             in_chans=in_chans, **model_args)
-        mean, std = normalization(model, in_chans)
+        classes = splits["train"].classes
         translate = options.get("translate")
-        task = cls(splits["train"].classes, mean, std, options.get("label_smoothing", 0.0),
-                   options.get("mixup", 0.0), options.get("cutmix", 0.0),
-                   size // 16 if translate is None else translate)
-        return Setup(task, model, splits, {"data": data, "img_size": size, "in_chans": in_chans})
+        common = dict(label_smoothing=options.get("label_smoothing", 0.0), mixup_alpha=options.get("mixup", 0.0),
+                      cutmix_alpha=options.get("cutmix", 0.0), translate=size // 16 if translate is None else translate)
+        run_meta = {"data": data, "img_size": size, "in_chans": in_chans}
+        if objective == "mpp":
+            from visionzoo.train.mpp import MaskedPatchTask
+
+            if options.get("teacher"):
+                raise ValueError("--teacher applies to classification, not to --objective mpp")
+            task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
+                                                options.get("initial_checkpoint"), common)
+            return Setup(task, model, splits, run_meta)
+
+        model = build_classifier(model_name, len(classes), in_chans, model_args, checkpoint,
+                                 options.get("initial_checkpoint"))
+        mean, std = normalization(model, in_chans)
+        teacher = None
+        if options.get("teacher") or options.get("teacher_checkpoint"):
+            if not (options.get("teacher") and options.get("teacher_checkpoint")):
+                raise ValueError("distillation needs both --teacher MODEL and --teacher-checkpoint FILE")
+            if checkpoint is None:  # training; evaluating a distilled model needs no teacher
+                teacher = Teacher(options["teacher"], options["teacher_checkpoint"], classes, in_chans)
+                if hasattr(model, "set_distilled_training"):
+                    model.set_distilled_training(True)
+        task = cls(classes, mean, std, teacher=teacher, distillation=options.get("distillation") or "hard",
+                   distillation_alpha=options.get("distillation_alpha", 0.5),
+                   distillation_tau=options.get("distillation_tau", 1.0), **common)
+        return Setup(task, model, splits, run_meta)
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Top-5 classes and probabilities of each image of ``images`` (Tensor[B, C, H, W] in [0, 1])."""
@@ -172,3 +221,59 @@ class ClassificationTask(Task):
 
         truth = None if target is None else self.classes[class_label(target)]
         return draw_classification(image, prediction["labels"][:3], prediction["scores"][:3], truth)
+
+
+def build_classifier(model_name: str, num_classes: int, in_chans: int, model_args: Mapping[str, Any],
+                     checkpoint: str | Path | None = None, initial_checkpoint: str | Path | None = None) -> nn.Module:
+    """The registered model for ``num_classes`` classes: from a checkpoint of this run (``checkpoint``),
+    else built fresh and, with ``initial_checkpoint``, starting from those weights (fine-tuning)."""
+    from visionzoo.models import create_model
+
+    if checkpoint is not None or initial_checkpoint is None:
+        return create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, in_chans=in_chans,
+                            **model_args)
+    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
+                         **{**saved_model_args(initial_checkpoint, model_name), **model_args})
+    load_initial_weights(model, initial_checkpoint)
+    return model
+
+
+def saved_model_args(path: str | Path, model_name: str) -> dict[str, Any]:
+    """The model arguments recorded in our checkpoint ``path`` (without its class and channel counts);
+    ``{}`` for a foreign file. A checkpoint of another model raises ``ValueError``."""
+    from visionzoo.checkpoint import read_metadata
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    saved = (read_metadata(path) or {}).get("model") or {}
+    if saved.get("name") not in (None, model_name):
+        raise ValueError(f"checkpoint {path} is for model {saved['name']!r}, not {model_name!r}")
+    args = dict(saved.get("args") or {})
+    args.pop("num_classes", None)
+    args.pop("in_chans", None)
+    return args
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` (a registered classifier) from the weights in ``path``, except its head.
+
+    ``path`` is one of our checkpoints (a classifier's, or a masked-patch pretraining's encoder) or a
+    timm/torchvision file of the same model. The head keeps its fresh initialisation.
+    """
+    from visionzoo.checkpoint import model_state, read_checkpoint
+    from visionzoo.models import get_model_entry
+    from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
+    from visionzoo.train.mpp import pretrained_encoder_state
+
+    entry = get_model_entry(model.model_name)
+    tensors, meta = read_checkpoint(path)
+    state = model_state(tensors, meta)
+    if meta is None and entry.checkpoint_filter is not None:
+        state = entry.checkpoint_filter(state, model)
+    if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
+        state = pretrained_encoder_state(state)
+    own = model.state_dict()
+    heads = tuple(head + "." for head in entry.classifier)
+    state = {k: v for k, v in state.items() if not k.startswith(heads)}
+    state.update({k: v for k, v in own.items() if k.startswith(heads)})
+    load_state_dict_strict(model, adapt_state_dict(state, model, entry, str(path)), str(path))

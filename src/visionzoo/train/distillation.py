@@ -1,0 +1,110 @@
+"""Knowledge distillation from a trained teacher (DeiT, Touvron et al. 2021, section 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DISTILLATION_KINDS = ("hard", "soft")
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` Tensor[B, K] against probability ``targets`` Tensor[B, K]."""
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def distillation_loss(
+    class_logits: Tensor,
+    distill_logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor,
+    kind: str = "hard",
+    alpha: float = 0.5,
+    tau: float = 1.0,
+) -> Tensor:
+    """DeiT's objective: the class head learns the labels, the distillation head the teacher.
+
+    Args:
+        class_logits, distill_logits: Tensor[B, K], the student's two heads (the same tensor for a
+            student without a distillation token).
+        targets: Tensor[B, K] label probabilities (one-hot, smoothed or mixed).
+        teacher_logits: Tensor[B, K] on the same (augmented) images.
+        kind: "hard": cross-entropy with the teacher's arg-max, ``(1-α)·CE(cls, y) + α·CE(dist, y_t)``
+            (DeiT uses α = 1/2); "soft": ``(1-α)·CE(cls, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ))``.
+    Returns the scalar loss (float32).
+    """
+    if kind not in DISTILLATION_KINDS:
+        raise ValueError(f"distillation must be one of {DISTILLATION_KINDS}, got {kind!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
+    base = soft_cross_entropy(class_logits, targets)
+    teacher_logits = teacher_logits.detach().float()
+    if kind == "hard":
+        distill = F.cross_entropy(distill_logits.float(), teacher_logits.argmax(dim=-1))
+    else:
+        if tau <= 0:
+            raise ValueError(f"distillation tau must be positive, got {tau}")
+        distill = F.kl_div(
+            F.log_softmax(distill_logits.float() / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="batchmean", log_target=True,
+        ) * (tau * tau)
+    return (1.0 - alpha) * base + alpha * distill
+
+
+class Teacher:
+    """A frozen classifier, loaded on first use, with its own input normalisation.
+
+    Args:
+        model_name: a registered model name.
+        checkpoint: a training checkpoint of ours (its classes and normalisation are checked and used)
+            or a timm/torchvision weights file of that model.
+        classes: the student's class names; the teacher must predict the same classes.
+        in_chans: channels of the images.
+    """
+
+    def __init__(self, model_name: str, checkpoint: str | Path, classes: Sequence[str], in_chans: int) -> None:
+        from visionzoo.checkpoint import read_metadata
+        from visionzoo.models import get_model_entry
+
+        get_model_entry(model_name)  # an unknown name fails now, not at the first step
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+        meta = read_metadata(path) or {}
+        task_meta = meta.get("task") or {}
+        teacher_classes = task_meta.get("classes")
+        if teacher_classes is not None and list(teacher_classes) != list(classes):
+            raise ValueError(
+                f"teacher checkpoint {path} predicts classes {list(teacher_classes)}, the data set has {list(classes)}"
+            )
+        self.model_name, self.checkpoint, self.num_classes, self.in_chans = model_name, path, len(classes), in_chans
+        self.mean, self.std = task_meta.get("mean"), task_meta.get("std")
+        self._model: nn.Module | None = None
+
+    def _load(self, device: torch.device) -> nn.Module:
+        from visionzoo.models import create_model
+        from visionzoo.train.classification import normalization
+
+        model = create_model(self.model_name, checkpoint=self.checkpoint, num_classes=self.num_classes,
+                             in_chans=self.in_chans)
+        if self.mean is None:
+            self.mean, self.std = normalization(model, self.in_chans)
+        model.requires_grad_(False)
+        return model.eval().to(device)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        """Logits Tensor[B, K] float32 of ``images`` Tensor[B, C, H, W] in [0, 1]."""
+        if self._model is None:
+            self._model = self._load(images.device)
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        logits = self._model((images - mean) / std)
+        if isinstance(logits, tuple | list):
+            logits = (logits[0] + logits[1]) / 2
+        return logits.float()

@@ -1,0 +1,74 @@
+"""DeiT's distillation objective and the teacher plumbing of `visionzoo train --teacher`."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visionzoo.cli import main
+from visionzoo.train.distillation import distillation_loss
+from visionzoo.train.run import build_setup
+
+SMALL = ["--img-size", "16", "--model-arg", "small_input=true", "--batch-size", "32", "--precision", "fp32",
+         "--no-progress"]
+
+
+def test_hard_distillation_is_half_label_half_teacher_argmax():
+    g = torch.Generator().manual_seed(0)
+    cls, dist, teacher = (torch.randn(6, 4, generator=g) for _ in range(3))
+    labels = torch.randint(0, 4, (6,), generator=g)
+    targets = F.one_hot(labels, 4).float()
+    expected = 0.5 * F.cross_entropy(cls, labels) + 0.5 * F.cross_entropy(dist, teacher.argmax(-1))
+    torch.testing.assert_close(distillation_loss(cls, dist, targets, teacher, "hard"), expected)
+
+
+def test_soft_distillation_is_tau_squared_kl_to_the_tempered_teacher():
+    g = torch.Generator().manual_seed(1)
+    cls, dist, teacher = (torch.randn(5, 3, generator=g) for _ in range(3))
+    targets = F.softmax(torch.randn(5, 3, generator=g), -1)
+    tau, alpha = 3.0, 0.1
+    p_teacher = F.softmax(teacher / tau, -1)
+    kl = (p_teacher * (p_teacher.log() - F.log_softmax(dist / tau, -1))).sum(-1).mean() * tau ** 2
+    ce = (-targets * F.log_softmax(cls, -1)).sum(-1).mean()
+    got = distillation_loss(cls, dist, targets, teacher, "soft", alpha=alpha, tau=tau)
+    torch.testing.assert_close(got, (1 - alpha) * ce + alpha * kl)
+
+
+def test_distillation_refuses_bad_settings():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="distillation must be one of"):
+        distillation_loss(x, x, x, x, "medium")
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_loss(x, x, x, x, "hard", alpha=2.0)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher") / "r18"
+    assert main(["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "30", "--out", str(run)]) == 0
+    return run / "checkpoint.safetensors"
+
+
+def test_training_step_uses_the_teachers_predictions(teacher_run):
+    options = {"teacher": "resnet18", "teacher_checkpoint": str(teacher_run), "distillation": "hard",
+               "distillation_alpha": 1.0, "translate": 0}
+    setup = build_setup("resnet18", "digits", 16, {"small_input": True}, options=options)
+    task, model = setup.task, setup.model
+    images, labels = task.collate([setup.splits["train"][i] for i in range(32)])
+    teacher_logits = task.teacher(images)
+    agreement = (teacher_logits.argmax(-1) == labels).float().mean()
+    assert agreement > 0.5  # a trained teacher, loaded with its own normalisation
+    torch.manual_seed(0)
+    loss = task.training_step(model.train(), (images, labels), "model")["loss"]
+    torch.manual_seed(0)
+    expected = F.cross_entropy(model(task.normalize(images)), teacher_logits.argmax(-1))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(tmp_path / "r")]
+    assert main([*base, "--teacher", "resnet18"]) == 2
+    assert "--teacher-checkpoint" in capsys.readouterr().err
+    assert main([*base, "--teacher", "resnet18", "--teacher-checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--teacher", "resnet81", "--teacher-checkpoint", str(teacher_run)]) == 2
+    assert "resnet18" in capsys.readouterr().err
