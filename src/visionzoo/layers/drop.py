@@ -35,7 +35,8 @@ class DropPath(nn.Module):
 def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
     """Per-block stochastic-depth rates rising linearly from 0 to ``drop_path_rate`` over all blocks,
     split into stages of ``depths`` blocks (the schedule of DeiT, Swin and ConvNeXt)."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    # on the CPU even under `with torch.device("meta")`: the rates are Python floats, not model state
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
     stages, start = [], 0
     for depth in depths:
         stages.append(rates[start:start + depth])
