@@ -1,0 +1,169 @@
+"""Backbones beside timm: parameter counts, logits with converted weights, inference throughput.
+
+Three parts, each writing its section of ``benchmarks/results/backbones.json`` (the others are kept):
+
+* ``params``: every registered name that timm also has, both counted (built on the meta device).
+* ``logits``: a timm model with random weights is saved to a file, loaded through
+  ``create_model(name, checkpoint=FILE)``; the largest absolute logit difference on the same input
+  (fp32), at the checkpoint's size and, for ViT, at 288 through ``dynamic_img_size``.
+* ``speed``: inference images/s at ``--batch`` (32) 224×224, ours and timm's interleaved in one
+  process, best of ``--repeats``; fp32, then bf16 autocast at ``--bf16-batch``. The fraction of the
+  machine's matmul peak (measured here, 2048² in each dtype) uses each model's FLOPs counted by
+  ``torch.utils.flop_counter`` (2 per multiply-add).
+
+    python benchmarks/backbones.py                       # all three parts
+    python benchmarks/backbones.py --part speed --one-thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
+
+from visionzoo.models import create_model, list_models
+
+RESULTS = Path(__file__).parent / "results"
+LOGIT_MODELS = ("vit_small_patch16_224", "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
+                "convnext_tiny")
+SPEED_MODELS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_counts() -> dict[str, dict[str, int]]:
+    shared = sorted(set(list_models()) & set(timm.list_models()))
+    rows = {}
+    for name in shared:
+        with torch.device("meta"):
+            ours, theirs = count(create_model(name)), count(timm.create_model(name))
+        rows[name] = {"ours": ours, "timm": theirs, "equal": ours == theirs}
+        print(f"{name:<40} ours {ours:>12,}  timm {theirs:>12,}  {'equal' if ours == theirs else 'DIFFERENT'}")
+    return rows
+
+
+def logit_differences(batch: int = 2) -> dict[str, dict[str, float]]:
+    rows = {}
+    generator = torch.Generator().manual_seed(0)
+    for name in LOGIT_MODELS:
+        torch.manual_seed(0)
+        reference = timm.create_model(name).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.safetensors"
+            save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+            ours = create_model(name, checkpoint=path).eval()
+            row = {}
+            x = torch.randn(batch, 3, 224, 224, generator=generator)
+            with torch.inference_mode():
+                row["max_abs_diff_224"] = float((ours(x) - reference(x)).abs().max())
+            if name.startswith("vit_"):
+                dyn_ref = timm.create_model(name, dynamic_img_size=True).eval()
+                dyn_ref.load_state_dict(reference.state_dict())
+                dyn_ours = create_model(name, checkpoint=path, dynamic_img_size=True).eval()
+                x = torch.randn(batch, 3, 288, 288, generator=generator)
+                with torch.inference_mode():
+                    row["max_abs_diff_288_dynamic"] = float((dyn_ours(x) - dyn_ref(x)).abs().max())
+        rows[name] = row
+        print(f"{name:<40} " + "  ".join(f"{k} {v:.2e}" for k, v in row.items()))
+    return rows
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flops_per_image(model: torch.nn.Module, size: int = 224) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf16: bool) -> dict[str, float]:
+    """Images/s of each model, measured in turn (interleaved) ``repeats`` times, best kept."""
+    x = torch.randn(batch, 3, 224, 224)
+    best = {key: float("inf") for key in models}
+
+    def run(model):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+
+    for model in models.values():
+        run(model)  # warm-up: allocator, kernel selection
+    for _ in range(repeats):
+        for key, model in models.items():
+            best[key] = min(best[key], _timed(lambda m=model: run(m)))
+    return {key: batch / seconds for key, seconds in best.items()}
+
+
+def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int) -> dict:
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, size=512, repeats=1)}
+    print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
+    rows = {"matmul_peak_flops": peaks, "threads": torch.get_num_threads(), "batch": batch, "bf16_batch": bf16_batch}
+    for name in SPEED_MODELS:
+        torch.manual_seed(0)
+        models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}
+        flops = flops_per_image(models["ours"])
+        row = {"gflops_per_image": flops / 1e9}
+        for precision, size, reps in (("fp32", batch, repeats), ("bf16", bf16_batch, bf16_repeats)):
+            rates = throughput(models, size, reps, bf16=precision == "bf16")
+            row[precision] = {
+                **{f"{k}_img_s": v for k, v in rates.items()},
+                "ratio": rates["ours"] / rates["timm"],
+                "ours_fraction_of_peak": rates["ours"] * flops / peaks[precision],
+                "timm_fraction_of_peak": rates["timm"] * flops / peaks[precision],
+                "ours_fraction_of_2.8_tflops": rates["ours"] * flops / 2.8e12,
+            }
+            print(f"{name:<32} {precision}: ours {rates['ours']:.2f} img/s, timm {rates['timm']:.2f} img/s, "
+                  f"ratio {rates['ours'] / rates['timm']:.3f}, ours at "
+                  f"{100 * rates['ours'] * flops / peaks[precision]:.1f}% of the measured peak")
+        rows[name] = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("params", "logits", "speed", "all"), default="all")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16-batch", type=int, default=2,
+                        help="bf16 batch (small: on CPUs without AMX/AVX512-BF16 bf16 is emulated, ~100× slower)")
+    parser.add_argument("--bf16-repeats", type=int, default=1)
+    parser.add_argument("--one-thread", action="store_true", help="torch.set_num_threads(1)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
+    args = parser.parse_args()
+    if args.one_thread:
+        torch.set_num_threads(1)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.part in ("params", "all"):
+        results["params"] = parameter_counts()
+    if args.part in ("logits", "all"):
+        results["logits"] = logit_differences()
+    if args.part in ("speed", "all"):
+        key = "speed_one_thread" if args.one_thread else "speed"
+        results[key] = speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
