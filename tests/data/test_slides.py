@@ -1,0 +1,93 @@
+"""ShapeSlides: determinism, labels that match the tiles, no ties, tiles taken from the split's pool."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from visionzoo.data import Shapes
+from visionzoo.data.slides import ShapeSlides, draw_tile_classes
+
+
+def _small(split: str = "train", **kwargs) -> ShapeSlides:
+    """Slides of 3 × 3 tiles of 32 pixels: the same logic as the defaults at a fraction of the cost."""
+    return ShapeSlides(split, **{"grid_size": 3, "tile_size": 32, "length": 12, "pool_size": 60, **kwargs})
+
+
+def _digest(ds: ShapeSlides) -> str:
+    h = hashlib.sha256()
+    for i in range(len(ds)):
+        image, target = ds[i]
+        h.update(image.numpy().tobytes())
+        h.update(target["tile_indices"].numpy().tobytes())
+        h.update(bytes([target["label"]]))
+    return h.hexdigest()
+
+
+def test_slides_are_a_function_of_seed_split_and_index():
+    assert _digest(_small()) == _digest(_small())
+    assert _digest(_small()) != _digest(_small(seed=1))
+    assert _digest(_small()) != _digest(_small("test"))
+    ds = _small()
+    backwards = [ds.layout(i).tile_indices for i in reversed(range(len(ds)))][::-1]
+    for i, indices in enumerate(backwards):
+        np.testing.assert_array_equal(indices, ds.layout(i).tile_indices)
+
+
+@pytest.mark.parametrize("margin", [1, 2])
+def test_label_is_the_strict_majority_of_the_tiles_shapes_labels(margin):
+    ds = _small(margin=margin, length=20)
+    pool = Shapes("train", image_size=32, length=60, seed=0, min_objects=1, max_objects=1)
+    seen = set()
+    for i in range(len(ds)):
+        image, target = ds[i]
+        tile_labels = target["tile_labels"].numpy()
+        # each tile's class is the Shapes label of the pool scene placed there
+        for (row, col), j in np.ndenumerate(target["tile_indices"].numpy()):
+            assert tile_labels[row, col] == pool[int(j)][1]["label"]
+        counts = np.bincount(tile_labels.ravel(), minlength=6)
+        np.testing.assert_array_equal(target["counts"].numpy(), counts)
+        ordered = np.sort(counts)
+        assert ordered[-1] - ordered[-2] >= margin
+        assert target["label"] == int(np.argmax(counts))
+        seen.add(target["label"])
+    assert len(seen) >= 4  # labels vary: uniform over six classes by symmetry
+
+
+def test_image_is_the_mosaic_of_pool_tiles():
+    ds = _small()
+    image, target = ds[3]
+    assert image.shape == (3, 96, 96) and image.dtype == torch.float32
+    for (row, col), j in np.ndenumerate(target["tile_indices"].numpy()):
+        tile = image[:, row * 32 : (row + 1) * 32, col * 32 : (col + 1) * 32]
+        assert torch.equal(tile, ds.tile(int(j)))
+
+
+def test_splits_draw_tiles_from_different_pools():
+    train, test = _small("train"), _small("test")
+    assert not torch.equal(train.tile(0), test.tile(0))
+    assert train.pool_labels.shape == (60,) and set(train.pool_labels.tolist()) <= set(range(6))
+
+
+def test_draw_tile_classes_leads_by_margin_and_refuses_the_impossible():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        classes = draw_tile_classes(rng, 16, 6, margin=3)
+        top = np.sort(np.bincount(classes, minlength=6))
+        assert top[-1] - top[-2] >= 3
+    with pytest.raises(ValueError, match="margin=3"):
+        draw_tile_classes(np.random.default_rng(0), 2, 6, margin=3)
+
+
+def test_bad_arguments_raise_value_errors():
+    with pytest.raises(ValueError, match="split"):
+        ShapeSlides("holdout")
+    with pytest.raises(ValueError, match="margin"):
+        ShapeSlides(grid_size=2, margin=5)
+    with pytest.raises(ValueError, match="no tile of class"):
+        _small(pool_size=3).layout(0)
+    with pytest.raises(IndexError):
+        _small()[12]
