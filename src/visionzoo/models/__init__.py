@@ -1,6 +1,7 @@
 """Model families, registered by name (timm's / torchvision's names where they exist)."""
 
-from visionzoo.models import resnet  # noqa: F401  (registers the family)
+# importing a family registers its models
+from visionzoo.models import convnext, hipt, resnet, vision_transformer  # noqa: F401
 from visionzoo.models._registry import (
     ModelEntry,
     Pretrained,

@@ -1,0 +1,150 @@
+"""Backbones trained from scratch on built-in data on this CPU: test accuracy and wall time.
+
+One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writing
+``benchmarks/results/train_<job>.json``, so the README's rows can be filled across several runs:
+
+* ``<family>-digits32`` / ``<family>-shapes64``: one run, test accuracy on the held-out test split.
+* ``deit-distillation``: a teacher (ResNet-18) is trained once; then, for 3 seeds, a distilled DeiT
+  with the teacher against the same-size DeiT without it, equal steps and recipe.
+* ``vit-mpp``: for 3 seeds, masked patch prediction pretraining then fine-tuning, against the same
+  ViT trained from scratch for the same total number of steps.
+
+    python benchmarks/train_backbones.py --job vit-digits32
+    python benchmarks/train_backbones.py --job deit-distillation --job vit-mpp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionzoo.train import TrainConfig
+from visionzoo.train.run import run_training
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    data: str
+    img_size: int
+    steps: int
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    ema_decay: float = 0.0
+    model_args: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+SINGLE = {
+    "vit-digits32": Run("vit_tiny_patch4_32", "digits", 32, 600),
+    "swin-digits32": Run("swin_tiny_patch2_window4_32", "digits", 32, 600),
+    "convnext-digits32": Run("convnext_atto_32", "digits", 32, 600),
+    "vit-shapes64": Run("vit_tiny_patch8_64", "shapes", 64, 600),
+    "swin-shapes64": Run("swin_tiny_patch2_window4_64", "shapes", 64, 600),
+    "convnext-shapes64": Run("convnext_atto_64", "shapes", 64, 600),
+}
+TEACHER = Run("resnet18", "digits", 32, 400, model_args={"small_input": True})
+STUDENT = Run("deit_tiny_distilled_patch4_32", "digits", 32, 300)
+BASELINE = Run("deit_tiny_patch4_32", "digits", 32, 300)
+MPP_PRETRAIN = Run("vit_tiny_patch4_32", "digits", 32, 300, lr=1e-3, options={"objective": "mpp"})
+MPP_FINETUNE = Run("vit_tiny_patch4_32", "digits", 32, 300)
+SEEDS = (0, 1, 2)
+JOBS = (*SINGLE, "deit-distillation", "vit-mpp")
+
+
+def train_and_test(run: Run, out: Path, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Train ``run`` (with ``overrides`` of its fields) and evaluate on the test split."""
+    run = Run(**{**run.__dict__, **overrides})
+    config = TrainConfig(out=str(out), max_steps=run.steps, batch_size=run.batch_size, lr=run.lr,
+                         weight_decay=run.weight_decay, warmup_steps=run.warmup_steps, ema_decay=run.ema_decay,
+                         seed=seed, precision="auto", overwrite=True, progress=False, checkpoint_every=10**9)
+    start = time.perf_counter()
+    setup, result = run_training(run.model, run.data, config, run.img_size, run.model_args, run.options)
+    wall = time.perf_counter() - start
+    model = setup.model.eval()
+    with torch.no_grad():
+        metrics = setup.task.evaluate(model, setup.splits["test"], 256, torch.autocast("cpu", enabled=False))
+    row = {"model": run.model, "data": f"{run.data} {run.img_size}px", "seed": seed, "steps": result.steps,
+           "batch_size": run.batch_size, "train_seconds": round(result.train_seconds, 1),
+           "wall_seconds": round(wall, 1), "test": metrics, "options": run.options, "model_args": run.model_args,
+           "checkpoint": str(out / "checkpoint.safetensors")}
+    print(f"  {run.model} seed {seed}: test {setup.task.metric} {metrics[setup.task.metric]:.4f} "
+          f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)
+    return row
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def distillation_job(tmp: Path) -> dict[str, Any]:
+    teacher = train_and_test(TEACHER, tmp / "teacher")
+    options = {"teacher": TEACHER.model, "teacher_checkpoint": teacher["checkpoint"], "distillation": "hard"}
+    distilled, plain = [], []
+    for seed in SEEDS:
+        distilled.append(train_and_test(STUDENT, tmp / f"student{seed}", seed, options=options))
+        plain.append(train_and_test(BASELINE, tmp / f"plain{seed}", seed))
+    with_teacher = summary([r["test"]["accuracy"] for r in distilled])
+    without = summary([r["test"]["accuracy"] for r in plain])
+    margin = with_teacher["mean"] - without["mean"]
+    return {"teacher": teacher, "distilled": distilled, "plain": plain, "with_teacher": with_teacher,
+            "without_teacher": without, "margin": margin,
+            "margin_over_larger_std": margin / max(with_teacher["std"], without["std"], 1e-12)}
+
+
+def mpp_job(tmp: Path) -> dict[str, Any]:
+    pretrained, scratch = [], []
+    for seed in SEEDS:
+        pre = train_and_test(MPP_PRETRAIN, tmp / f"mpp{seed}", seed)
+        tuned = train_and_test(MPP_FINETUNE, tmp / f"finetune{seed}", seed,
+                               options={"initial_checkpoint": pre["checkpoint"]})
+        pretrained.append({"pretrain": pre, "finetune": tuned})
+        scratch.append(train_and_test(MPP_FINETUNE, tmp / f"scratch{seed}", seed,
+                                      steps=MPP_PRETRAIN.steps + MPP_FINETUNE.steps))
+    with_mpp = summary([r["finetune"]["test"]["accuracy"] for r in pretrained])
+    without = summary([r["test"]["accuracy"] for r in scratch])
+    return {"pretrained": pretrained, "scratch": scratch, "mpp_then_finetune": with_mpp, "from_scratch": without,
+            "margin": with_mpp["mean"] - without["mean"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", action="append", choices=JOBS)
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    if args.list or not args.job:
+        print("\n".join(JOBS))
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for job in args.job:
+        print(f"{job}:", flush=True)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            if job in SINGLE:
+                result = train_and_test(SINGLE[job], Path(tmp) / "run")
+            elif job == "deit-distillation":
+                result = distillation_job(Path(tmp))
+            else:
+                result = mpp_job(Path(tmp))
+        result["job_seconds"] = round(time.perf_counter() - start, 1)
+        result["threads"] = torch.get_num_threads()
+        path = RESULTS / f"train_{job}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""ConvNeXt (Liu et al. 2022, "A ConvNet for the 2020s") in timm's module layout.
+
+Module names are timm's, so its state dicts load key for key: ``stem.0`` (patchify conv) and
+``stem.1`` (LayerNorm2d); ``stages.N.downsample`` (LayerNorm2d and a 2×2 stride-2 conv, stages 1..3);
+``stages.N.blocks.M`` with ``conv_dw`` (7×7 depthwise), ``norm``, ``mlp.fc1``, ``mlp.fc2`` and ``gamma``
+(layer scale); ``head.norm`` and ``head.fc`` (global average pool, LayerNorm, linear: timm's
+NormMlpClassifierHead without a hidden layer). timm's small models (atto ... nano) use 1×1 convs for the
+MLP; their ``[O, I, 1, 1]`` weights are reshaped to our linear ``[O, I]`` by :func:`checkpoint_filter`,
+which also converts the official facebookresearch/ConvNeXt layout.
+
+Speed on CPU: the trunk runs in channels-last memory (the input is converted once), where the 7×7
+depthwise conv is faster and the NHWC view for LayerNorm and the MLP is free (no permute copies).
+Without autograd (inference), a block runs its LayerNorm → MLP → layer scale → residual over chunks of
+pixels, so the 4× wider hidden activations stay in cache and the result is written into the conv's
+output buffer; the arithmetic is the same as the plain path, row for row.
+
+Sizes are data (``_SIZES``). Besides timm's names, small models for the built-in data sets (32×32
+Digits, 64×64 Shapes) are registered: ``convnext_atto_32`` (stem stride 2: 32×32 → 16×16 maps after the
+stem) and ``convnext_atto_64``/``convnext_femto_64`` (stem stride 4: 64×64 → 16×16 after the stem).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from visionzoo.layers.drop import DropPath, drop_path_rates
+from visionzoo.layers.features import FeatureInfo
+from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.norm import LayerNorm2d
+from visionzoo.models._registry import Pretrained, register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+class ConvNeXtBlock(nn.Module):
+    """``x + drop_path(gamma · fc2(gelu(fc1(norm(conv_dw(x))))))``: ``Tensor[B, C, H, W] -> Tensor[B, C, H, W]``.
+
+    The norm and the MLP act on the channels of each pixel (the NHWC view). The output keeps the input's
+    memory format when it is channels-last (the trunk's), as does the depthwise conv.
+
+    Args:
+        dim: channels C.
+        mlp_ratio: hidden width of the MLP as a multiple of C.
+        kernel_size: of the depthwise conv (padding keeps H, W).
+        ls_init_value: initial layer scale ``gamma`` (None: no layer scale).
+        drop_path: stochastic-depth probability of the residual branch in training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        kernel_size: int = 7,
+        ls_init_value: float | None = 1e-6,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim))
+        # a bare parameter (not a LayerScale module): timm's key is ``blocks.M.gamma``
+        self.gamma = nn.Parameter(torch.full((dim,), float(ls_init_value))) if ls_init_value is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv_dw(x).permute(0, 2, 3, 1)
+        if torch.is_grad_enabled() or (self.training and isinstance(self.drop_path, DropPath)):
+            return x + self.drop_path(self._scale(self.mlp(self.norm(y))).permute(0, 3, 1, 2))
+        return self._residual_in_chunks(x, y)
+
+    def _scale(self, branch: Tensor) -> Tensor:
+        return branch if self.gamma is None else branch * self.gamma
+
+    def _residual_in_chunks(self, x: Tensor, y: Tensor) -> Tensor:
+        """The residual update without autograd, ``step`` pixels at a time; ``y``: ``Tensor[B, H, W, C]``,
+        the conv's output (ours to overwrite)."""
+        batch, height, width, channels = y.shape
+        rows = y.reshape(-1, channels)
+        shortcut = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        mlp = self.mlp
+        step = max(1, _CHUNK_ELEMENTS // mlp.fc1.out_features)
+        out = None
+        for start in range(0, rows.shape[0], step):
+            stop = start + step
+            branch = mlp.fc2(mlp.act(mlp.fc1(self.norm(rows[start:stop]))))
+            if out is None:
+                dtype = torch.promote_types(shortcut.dtype, branch.dtype)
+                if self.gamma is not None:
+                    dtype = torch.promote_types(dtype, self.gamma.dtype)
+                out = rows if rows.dtype == dtype else rows.new_empty(rows.shape, dtype=dtype)
+            if self.gamma is None:
+                torch.add(shortcut[start:stop], branch, out=out[start:stop])
+            else:
+                torch.addcmul(shortcut[start:stop], branch, self.gamma, out=out[start:stop])
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+class ConvNeXtStage(nn.Module):
+    """An optional downsample (LayerNorm2d, ``stride``×``stride`` conv) then ``depth`` blocks:
+    ``Tensor[B, in_chs, H, W] -> Tensor[B, out_chs, H/stride, W/stride]``."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        depth: int,
+        stride: int = 2,
+        drop_path_rates: Sequence[float] = (),
+        ls_init_value: float | None = 1e-6,
+        kernel_size: int = 7,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        if stride > 1 or in_chs != out_chs:
+            self.downsample: nn.Module = nn.Sequential(
+                LayerNorm2d(in_chs), nn.Conv2d(in_chs, out_chs, stride, stride=stride)
+            )
+        else:
+            self.downsample = nn.Identity()
+        rates = list(drop_path_rates) or [0.0] * depth
+        self.blocks = nn.Sequential(*[
+            ConvNeXtBlock(out_chs, mlp_ratio, kernel_size, ls_init_value, rate) for rate in rates
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class ConvNeXtHead(nn.Module):
+    """Global average pool, LayerNorm, dropout, linear: ``Tensor[B, C, H, W] -> Tensor[B, num_classes]``.
+
+    timm's ``NormMlpClassifierHead`` without its optional hidden layer (same keys: ``norm``, ``fc``).
+    ``pre_logits=True`` returns the normalised pooled ``Tensor[B, C]``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_features, eps=1e-6)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(self.norm(x.mean(dim=(2, 3))))
+        return x if pre_logits else self.fc(x)
+
+
+def check_images(x: Tensor, in_chans: int, stem_stride: int, min_size: int) -> None:
+    """Raise ``ValueError`` for images a ConvNeXt trunk cannot take: not ``Tensor[B, in_chans, H, W]``,
+    smaller than one ``stem_stride`` patch, or smaller than ``min_size`` (the stride of the last stage
+    run: each 2×2 downsample needs a map of at least 2×2)."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
+            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
+        )
+    height, width = x.shape[-2:]
+    if height < stem_stride or width < stem_stride:
+        raise ValueError(f"image {height}×{width} is smaller than one {stem_stride}×{stem_stride} stem patch")
+    if height < min_size or width < min_size:
+        raise ValueError(
+            f"image {height}×{width} is too small: this ConvNeXt reduces it {min_size}-fold, "
+            f"so it needs at least {min_size}×{min_size}"
+        )
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
+
+    Args:
+        depths, dims: blocks and channels of each stage (four in the paper).
+        num_classes: classifier outputs; 0 makes ``head.fc`` an identity (``forward`` gives the
+            normalised pooled features ``Tensor[B, num_features]``).
+        in_chans: input channels.
+        stem_stride: kernel and stride of the patchify stem (4 in the paper; 2 for 32×32 inputs).
+            Later stages halve the size, so the stage strides are ``stem_stride · (1, 2, 4, 8)``.
+        kernel_size, mlp_ratio, ls_init_value: the blocks' depthwise kernel, MLP width and initial
+            layer scale.
+        drop_rate: dropout before ``head.fc``.
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks.
+        head_init_scale: scale of the initial classifier weights (timm's option).
+
+    Any input of at least ``stem_stride · 2**(stages - 1)`` pixels a side is taken (sizes that are no
+    multiple of a stride are floored, as timm does); other inputs raise ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 3, 9, 3),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem_stride: int = 4,
+        kernel_size: int = 7,
+        mlp_ratio: float = 4.0,
+        ls_init_value: float | None = 1e-6,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        head_init_scale: float = 1.0,
+    ):
+        super().__init__()
+        if len(depths) != len(dims) or not depths:
+            raise ValueError(f"depths and dims need one entry per stage, got depths={depths}, dims={dims}")
+        if stem_stride < 1:
+            raise ValueError(f"stem_stride must be positive, got {stem_stride}")
+        self.in_chans, self.stem_stride, self.num_classes = in_chans, stem_stride, num_classes
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0]))
+        rates = drop_path_rates(drop_path_rate, list(depths))
+        stages, infos, in_chs = [], [], dims[0]
+        for index, (depth, dim) in enumerate(zip(depths, dims)):
+            stride = 1 if index == 0 else 2
+            stages.append(ConvNeXtStage(in_chs, dim, depth, stride, rates[index], ls_init_value, kernel_size, mlp_ratio))
+            infos.append(dict(num_chs=dim, reduction=stem_stride * 2 ** index, module=f"stages.{index}"))
+            in_chs = dim
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = FeatureInfo(infos)
+        self.num_features = in_chs
+        self.head = ConvNeXtHead(in_chs, num_classes, drop_rate)
+        self.default_cfg: dict = {}
+        self.apply(_init_weights)
+        if isinstance(self.head.fc, nn.Linear):
+            with torch.no_grad():
+                self.head.fc.weight.mul_(head_init_scale)
+                self.head.fc.bias.mul_(head_init_scale)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity)."""
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.fc.apply(_init_weights)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/r, W/r]`` with ``r = stem_stride · 8``
+        (four stages), in channels-last memory."""
+        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        return self.stages(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled,
+        normalised ``Tensor[B, num_features]``."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # timm's: truncated normal (std 0.02, cut at ±2) for convs and linears, zero biases
+    if isinstance(module, nn.Conv2d | nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class ConvNeXtFeatures(nn.Module):
+    """A ConvNeXt trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
+
+    ``out_indices`` picks the outputs of ``stages.0..3`` (strides 4, 8, 16, 32; with ``stem_stride=2``
+    2, 4, 8, 16). Map ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` (floored) with
+    ``r = feature_info.reduction(i)``, NCHW in shape and channels-last in memory. Modules keep the
+    classifier's names; the stages after the last index and the head are left out, as timm does.
+    """
+
+    features_only = True
+
+    def __init__(self, model: ConvNeXt, out_indices: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__()
+        out_indices = tuple(int(i) for i in out_indices)
+        count = len(model.stages)
+        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(count)):
+            raise ValueError(f"out_indices must be increasing indices in 0..{count - 1}, got {out_indices}")
+        self.out_indices = out_indices
+        self.in_chans, self.stem_stride = model.in_chans, model.stem_stride
+        self.stem = model.stem
+        self.stages = nn.Sequential(*list(model.stages)[:max(out_indices) + 1])
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+        self.default_cfg: dict = {}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        maps = []
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index in self.out_indices:
+                maps.append(x)
+        return maps
+
+
+def _official_key(key: str) -> str:
+    """A facebookresearch/ConvNeXt key in timm's layout."""
+    key = re.sub(r"^downsample_layers\.0\.", "stem.", key)
+    key = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", key)
+    key = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", key)
+    key = key.replace(".dwconv.", ".conv_dw.").replace(".pwconv1.", ".mlp.fc1.").replace(".pwconv2.", ".mlp.fc2.")
+    key = re.sub(r"^norm\.", "head.norm.", key)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
+
+
+def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Convert a foreign ConvNeXt state dict (``name -> Tensor``) to our keys and shapes.
+
+    - the official layout (facebookresearch/ConvNeXt: ``downsample_layers.N``, ``stages.N.M.{dwconv,
+      norm, pwconv1, pwconv2, gamma}``, ``norm``, ``head``) is renamed to timm's;
+    - timm's feature-extractor keys (``stem_0``, ``stages_1``) get their dots back;
+    - 1×1-conv MLP weights ``Tensor[O, I, 1, 1]`` (timm's atto ... nano) become linear ``Tensor[O, I]``;
+    - for a feature extractor, the weights of the stages it leaves out are dropped.
+    """
+    if any(key.startswith("downsample_layers.") for key in state_dict):
+        state_dict = {_official_key(key): value for key, value in state_dict.items()}
+    state_dict = {re.sub(r"^(stem|stages)_(\d+)\.", r"\1.\2.", key): value for key, value in state_dict.items()}
+    own = model.state_dict()
+    kept_stages = len(model.stages)
+    out = {}
+    for key, value in state_dict.items():
+        stage = re.match(r"stages\.(\d+)\.", key)
+        if getattr(model, "features_only", False) and stage and int(stage.group(1)) >= kept_stages:
+            continue
+        if key in own and value.ndim == 4 and own[key].ndim == 2 and value.shape[2:] == (1, 1):
+            value = value.reshape(value.shape[:2])
+        out[key] = value
+    return out
+
+
+_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "convnext_atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+    "convnext_femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+    "convnext_pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+    "convnext_nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+    "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "convnext_small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+}
+
+
+def _create(
+    size: str, *, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs
+) -> ConvNeXt | ConvNeXtFeatures:
+    depths, dims = _SIZES[size]
+    model = ConvNeXt(depths, dims, **kwargs)
+    return ConvNeXtFeatures(model, out_indices) if features_only else model
+
+
+def _timm(tag: str) -> Pretrained:
+    return Pretrained(hf_hub_id=f"timm/{tag}")
+
+
+def _cfg(size: int = 224, crop_pct: float = 0.875, stride: int = 32) -> dict:
+    return dict(
+        checkpoint_filter=checkpoint_filter, first_conv="stem.0", classifier="head.fc",
+        input_size=(3, size, size), pool_size=(size // stride, size // stride), crop_pct=crop_pct,
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+    )
+
+
+@register_model(pretrained=_timm("convnext_atto.d2_in1k"), **_cfg(crop_pct=0.95))
+def convnext_atto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Atto (timm): depths (2, 2, 6, 2), dims 40..320, 3.7 M parameters."""
+    return _create("convnext_atto", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_femto.d1_in1k"), **_cfg(crop_pct=0.95))
+def convnext_femto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Femto (timm): depths (2, 2, 6, 2), dims 48..384, 5.2 M parameters."""
+    return _create("convnext_femto", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_pico.d1_in1k"), **_cfg(crop_pct=0.95))
+def convnext_pico(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Pico (timm): depths (2, 2, 6, 2), dims 64..512, 9.0 M parameters."""
+    return _create("convnext_pico", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_nano.d1h_in1k"), **_cfg(crop_pct=0.95))
+def convnext_nano(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Nano (timm): depths (2, 2, 8, 2), dims 80..640, 15.6 M parameters."""
+    return _create("convnext_nano", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_tiny.fb_in1k"), **_cfg())
+def convnext_tiny(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-T: depths (3, 3, 9, 3), dims 96..768, 28.6 M parameters."""
+    return _create("convnext_tiny", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_small.fb_in1k"), **_cfg())
+def convnext_small(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-S: depths (3, 3, 27, 3), dims 96..768, 50.2 M parameters."""
+    return _create("convnext_small", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_base.fb_in1k"), **_cfg())
+def convnext_base(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-B: depths (3, 3, 27, 3), dims 128..1024, 88.6 M parameters."""
+    return _create("convnext_base", **kwargs)
+
+
+@register_model(pretrained=_timm("convnext_large.fb_in1k"), **_cfg())
+def convnext_large(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-L: depths (3, 3, 27, 3), dims 192..1536, 197.8 M parameters."""
+    return _create("convnext_large", **kwargs)
+
+
+@register_model(**_cfg(size=32, crop_pct=1.0, stride=16))
+def convnext_atto_32(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Atto for 32×32 inputs (Digits): a 2×2 stride-2 stem, so maps of 16, 8, 4, 2 pixels."""
+    return _create("convnext_atto", **{"stem_stride": 2, **kwargs})
+
+
+@register_model(**_cfg(size=64, crop_pct=1.0))
+def convnext_atto_64(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Atto for 64×64 inputs (Shapes): the 4×4 stem, so maps of 16, 8, 4, 2 pixels."""
+    return _create("convnext_atto", **kwargs)
+
+
+@register_model(**_cfg(size=64, crop_pct=1.0))
+def convnext_femto_64(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
+    """ConvNeXt-Femto for 64×64 inputs (Shapes): the 4×4 stem, so maps of 16, 8, 4, 2 pixels."""
+    return _create("convnext_femto", **kwargs)

@@ -1,0 +1,459 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words") in timm's layout.
+
+An image is cut into ``patch_size`` patches by a strided conv (``patch_embed.proj``); a learned class
+token is prepended; a learned 1-D position table (``pos_embed``, one row per token *including* the
+class token) is added; pre-norm transformer blocks follow, then a final LayerNorm (``norm``) and a
+linear ``head`` on the class token (or on the mean of the patch tokens, ``global_pool="avg"``, which
+moves the final norm after the pooling into ``fc_norm`` as timm does).
+
+Module and parameter names are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj``,
+``blocks.N.{norm1, attn.qkv, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``, ``norm``, ``fc_norm``,
+``head``), so timm's state dicts load key for key; :func:`checkpoint_filter_fn` resamples their
+position table when the model is built for another input size.
+
+Other input sizes: build with ``img_size=`` (a loaded table is resampled once, bicubic, class row
+kept) or with ``dynamic_img_size=True`` (the table is resampled at each forward to the input's grid).
+
+Masked patch prediction and other token-level objectives use :meth:`VisionTransformer.embed_patches`
+and :meth:`VisionTransformer.forward_tokens`: ``forward_features(x)`` is exactly
+``forward_tokens(embed_patches(x), grid)``.
+
+The sizes are data (``_SIZES``); each registered builder only names one of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from visionzoo.layers import (
+    Attention,
+    DropPath,
+    FeatureInfo,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    resample_abs_pos_embed,
+)
+from visionzoo.layers.drop import drop_path_rates
+from visionzoo.models._registry import Pretrained, register_model
+
+GLOBAL_POOLS = ("token", "avg", "")
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``,
+    ``Tensor[B, N, dim] -> Tensor[B, N, dim]``.
+
+    Each residual branch is optionally scaled by LayerScale (``ls1``/``ls2``, when ``init_values``
+    is given; identities otherwise) and dropped per sample by stochastic depth (``drop_path``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values: float | None = None,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: Any = LayerNorm,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias (see :class:`Attention`)."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _take_indices(depth: int, out_indices: int | Sequence[int]) -> tuple[int, ...]:
+    """Block indices for ``out_indices``: an int n means the last n blocks (timm's rule); a sequence
+    names blocks (negative counts from the end). Raises ValueError for anything else."""
+    if isinstance(out_indices, int):
+        if not 0 < out_indices <= depth:
+            raise ValueError(f"out_indices={out_indices} must be in 1..{depth} (the last n of {depth} blocks)")
+        return tuple(range(depth - out_indices, depth))
+    indices = tuple(int(i) + depth if int(i) < 0 else int(i) for i in out_indices)
+    if not indices or list(indices) != sorted(set(indices)) or not all(0 <= i < depth for i in indices):
+        raise ValueError(f"out_indices must be increasing block indices in 0..{depth - 1}, got {tuple(out_indices)}")
+    return indices
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
+
+    Args:
+        img_size: the input size the position table is built for (int or (H, W)).
+        patch_size: the side of a patch (the stride of the patch-embedding conv).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 makes ``head`` an identity.
+        global_pool: "token" (the class token), "avg" (mean of the patch tokens) or "" (no pooling:
+            the head applies to every token, ``Tensor[B, T, num_classes]``).
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the transformer's sizes.
+        class_token: prepend a learned class token (needed by ``global_pool="token"``).
+        init_values: LayerScale's initial value on both residual branches (None: no LayerScale).
+        drop_rate: dropout before ``head``; ``pos_drop_rate``: after adding the position table;
+            ``attn_drop_rate``: on the attention weights; ``drop_path_rate``: stochastic depth,
+            rising linearly to this rate over the blocks.
+        dynamic_img_size: accept any input whose sides are multiples of the patch size, resampling
+            the position table at each forward (timm's option of the same name).
+        fc_norm: put the final LayerNorm after the pooling (``fc_norm``) instead of before it
+            (``norm``); None: only for ``global_pool="avg"`` (timm's default).
+        features_only: return feature maps instead of logits: ``forward`` gives a list of
+            ``Tensor[B, embed_dim, H/p, W/p]`` (the outputs of the blocks ``out_indices``, prefix tokens
+            removed, no final norm; timm's ``features_only``), ``feature_info`` describes them, and
+            the model has no ``norm``/``fc_norm``/``head`` (their checkpoint weights are dropped).
+        out_indices: the blocks whose outputs ``features_only`` returns: an int n for the last n
+            blocks, or a sequence of block indices.
+
+    Token layout: ``num_prefix_tokens`` prefix tokens (the class token) then the ``gh·gw`` patch
+    tokens in raster order, where ``(gh, gw) = (H / p, W / p)`` is the input's grid.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        class_token: bool = True,
+        init_values: float | None = None,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        dynamic_img_size: bool = False,
+        fc_norm: bool | None = None,
+        features_only: bool = False,
+        out_indices: int | Sequence[int] = 3,
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs the class token (class_token=True)")
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.dynamic_img_size = dynamic_img_size
+        self.features_only = features_only
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        rates = drop_path_rates(drop_path_rate, [depth])[0]
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=attn_drop_rate,
+                  init_values=init_values, drop_path=rate)
+            for rate in rates
+        ])
+        reduction = self.patch_embed.patch_size[0]
+        if features_only:
+            self.out_indices = _take_indices(depth, out_indices)
+            self.feature_info = FeatureInfo(
+                dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
+            )
+        else:
+            self.feature_info = FeatureInfo(
+                dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)
+            )
+            self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
+            self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
+            self.head_drop = nn.Dropout(drop_rate)
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.default_cfg: dict = {}
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's initialisation: truncated normal (std 0.02) for the position table and every
+        Linear (zero biases), normal with std 1e-6 for the class token; convs and norms keep
+        PyTorch's defaults."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # --- the timm interface -------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``num_classes``-way head (0: identity), optionally with another ``global_pool``
+        (the final norm's place is kept as built)."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs the class token")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token"}
+
+    # --- tokens -------------------------------------------------------------------------------
+    def embed_patches(self, x: Tensor) -> Tensor:
+        """Patch embedding only: ``Tensor[B, in_chans, H, W] -> Tensor[B, (H/p)·(W/p), embed_dim]``
+        (raster order; no class token, no position table). Wrong channels, an image smaller than a
+        patch or (without ``dynamic_img_size``) another size than the model's raise ValueError."""
+        return self.patch_embed(x)
+
+    def grid_size(self, x: Tensor) -> tuple[int, int]:
+        """The token grid ``(H/p, W/p)`` of images ``Tensor[B, C, H, W]``."""
+        ph, pw = self.patch_embed.patch_size
+        return x.shape[-2] // ph, x.shape[-1] // pw
+
+    def prefix_tokens(self) -> list[Tensor]:
+        """The learned tokens put before the patch tokens, each Tensor[1, 1, embed_dim]."""
+        return [] if self.cls_token is None else [self.cls_token]
+
+    def pos_embed_at(self, grid_size: tuple[int, int]) -> Tensor:
+        """The position table for a ``grid_size`` token grid: Tensor[1, num_prefix_tokens + gh·gw, D].
+
+        The model's own table at its own grid; resampled (bicubic, prefix rows kept) for another
+        grid when ``dynamic_img_size`` allows it, otherwise ValueError.
+        """
+        grid_size = (int(grid_size[0]), int(grid_size[1]))
+        own = self.patch_embed.grid_size
+        if grid_size == own:
+            return self.pos_embed
+        if not self.dynamic_img_size:
+            raise ValueError(
+                f"the model's position table is for a {own[0]}×{own[1]} token grid, got {grid_size[0]}×{grid_size[1]}; "
+                "build it with img_size=... or dynamic_img_size=True"
+            )
+        return resample_abs_pos_embed(self.pos_embed, grid_size, own, num_prefix_tokens=self.num_prefix_tokens)
+
+    def add_pos_embed(self, tokens: Tensor, grid_size: tuple[int, int]) -> Tensor:
+        """Prefix tokens and the position table: ``Tensor[B, gh·gw, D] -> Tensor[B, P + gh·gw, D]``."""
+        pos_embed = self.pos_embed_at(grid_size)
+        prefix = self.prefix_tokens()
+        if not prefix:
+            return self.pos_drop(tokens + pos_embed)
+        batch = tokens.shape[0]
+        count = len(prefix)
+        # Add the table to the prefix rows once, not once per image: the same sums as timm's cat-then-add.
+        head = (torch.cat(prefix, dim=1) + pos_embed[:, :count]).expand(batch, -1, -1)
+        return self.pos_drop(torch.cat([head, tokens + pos_embed[:, count:]], dim=1))
+
+    def forward_tokens(self, tokens: Tensor, grid_size: tuple[int, int]) -> Tensor:
+        """The transformer on patch tokens: ``Tensor[B, gh·gw, D] -> Tensor[B, num_prefix_tokens + gh·gw, D]``.
+
+        Adds the prefix tokens and the position table of ``grid_size`` (resampled for another grid
+        than the model's when ``dynamic_img_size``), runs the blocks and the final norm. ``tokens``
+        may be :meth:`embed_patches`' output with some rows replaced (masked patch prediction).
+        """
+        grid_size = (int(grid_size[0]), int(grid_size[1]))
+        if tokens.ndim != 3 or tokens.shape[1] != grid_size[0] * grid_size[1] or tokens.shape[2] != self.embed_dim:
+            raise ValueError(
+                f"expected tokens Tensor[B, {grid_size[0]}·{grid_size[1]}, {self.embed_dim}] for grid {grid_size}, "
+                f"got shape {tuple(tokens.shape)}"
+            )
+        x = self.blocks(self.add_pos_embed(tokens, grid_size))
+        return x if self.features_only else self.norm(x)
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_prefix_tokens + (H/p)·(W/p), embed_dim]`` tokens."""
+        return self.forward_tokens(self.embed_patches(x), self.grid_size(x))
+
+    def pool(self, x: Tensor) -> Tensor:
+        """``Tensor[B, T, D] -> Tensor[B, D]`` by ``global_pool`` (``""``: unchanged)."""
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens ``Tensor[B, T, D] -> Tensor[B, num_classes]`` logits, or with ``pre_logits`` the pooled
+        (and ``fc_norm``-ed) ``Tensor[B, D]``."""
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward_maps(self, x: Tensor) -> list[Tensor]:
+        """Feature maps of the blocks ``out_indices`` (``features_only``): images ``Tensor[B, C, H, W]``
+        -> list of ``Tensor[B, embed_dim, H/p, W/p]``."""
+        grid = self.grid_size(x)
+        x = self.add_pos_embed(self.embed_patches(x), grid)
+        maps = []
+        for index, block in enumerate(self.blocks[:self.out_indices[-1] + 1]):
+            x = block(x)
+            if index in self.out_indices:
+                tokens = x[:, self.num_prefix_tokens:]
+                maps.append(tokens.reshape(x.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous())
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_maps(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """timm's (and the original DeiT release's) ViT state dict -> ours.
+
+    The key names are the same; what changes: a position table made for another grid is resampled
+    (bicubic, antialiased, prefix rows kept) to the model's ``patch_embed.grid_size`` as timm's own
+    filter does; the ``pre_logits`` layer of old timm checkpoints (unused by their heads) is
+    dropped; DeiT III's ``gamma_1``/``gamma_2`` become ``ls1.gamma``/``ls2.gamma``.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("pre_logits."):
+            continue
+        if key == "pos_embed" and value.shape != model.pos_embed.shape:
+            grid_tokens = value.shape[1] - model.num_prefix_tokens
+            side = math.isqrt(max(grid_tokens, 0))
+            if grid_tokens <= 0 or side * side != grid_tokens:
+                raise ValueError(
+                    f"checkpoint pos_embed {tuple(value.shape)}: {grid_tokens} grid rows after "
+                    f"{model.num_prefix_tokens} prefix rows is not a square grid"
+                )
+            value = resample_abs_pos_embed(
+                value, model.patch_embed.grid_size, (side, side), num_prefix_tokens=model.num_prefix_tokens
+            )
+        elif ".gamma_" in key:
+            block, _, index = key.rpartition(".gamma_")
+            key = f"{block}.ls{index}.gamma"
+        out[key] = value
+    return out
+
+
+# --- registered sizes -------------------------------------------------------------------------
+
+_SIZES: dict[str, dict[str, Any]] = {
+    "vit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_224": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_small_patch32_224": dict(patch_size=32, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch32_224": dict(patch_size=32, embed_dim=768, depth=12, num_heads=12),
+    "vit_base_patch16_384": dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    # Small inputs, for training from scratch on the built-in data: timm's tiny/small widths and
+    # heads, half its depth (6 blocks), an 8×8 grid of 64 patch tokens.
+    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3),
+    "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=6, num_heads=6),
+    "vit_tiny_patch8_64": dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3),
+    "vit_small_patch8_64": dict(img_size=64, patch_size=8, embed_dim=384, depth=6, num_heads=6),
+}
+
+
+def _create(name: str, **kwargs: Any) -> VisionTransformer:
+    """Build the size ``name``, with ``kwargs`` (any constructor argument) overriding its sizes."""
+    return VisionTransformer(**{**_SIZES[name], **kwargs})
+
+
+AUGREG_MEAN = AUGREG_STD = (0.5, 0.5, 0.5)
+
+
+def _cfg(img_size: int = 224, crop_pct: float = 0.9, **extra: Any) -> dict[str, Any]:
+    return dict(
+        checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier="head",
+        input_size=(3, img_size, img_size), mean=AUGREG_MEAN, std=AUGREG_STD, crop_pct=crop_pct,
+        interpolation="bicubic", num_classes=1000, **extra,
+    )
+
+
+def _timm(tag: str) -> Pretrained:
+    return Pretrained(hf_hub_id=f"timm/{tag}")
+
+
+@register_model(pretrained=_timm("vit_tiny_patch16_224.augreg_in21k_ft_in1k"), **_cfg())
+def vit_tiny_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-Ti/16: 192 wide, 12 blocks of 3 heads, 5.7 M parameters."""
+    return _create("vit_tiny_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_small_patch16_224.augreg_in21k_ft_in1k"), **_cfg())
+def vit_small_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-S/16: 384 wide, 12 blocks of 6 heads, 22.1 M parameters."""
+    return _create("vit_small_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_base_patch16_224.augreg2_in21k_ft_in1k"), **_cfg())
+def vit_base_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-B/16: 768 wide, 12 blocks of 12 heads, 86.6 M parameters."""
+    return _create("vit_base_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_large_patch16_224.augreg_in21k_ft_in1k"), **_cfg())
+def vit_large_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-L/16: 1024 wide, 24 blocks of 16 heads, 304.3 M parameters."""
+    return _create("vit_large_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_small_patch32_224.augreg_in21k_ft_in1k"), **_cfg())
+def vit_small_patch32_224(**kwargs) -> VisionTransformer:
+    """ViT-S/32: 384 wide, 12 blocks of 6 heads, 22.9 M parameters."""
+    return _create("vit_small_patch32_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_base_patch32_224.augreg_in21k_ft_in1k"), **_cfg())
+def vit_base_patch32_224(**kwargs) -> VisionTransformer:
+    """ViT-B/32: 768 wide, 12 blocks of 12 heads, 88.2 M parameters."""
+    return _create("vit_base_patch32_224", **kwargs)
+
+
+@register_model(pretrained=_timm("vit_base_patch16_384.augreg_in21k_ft_in1k"), **_cfg(384, crop_pct=1.0))
+def vit_base_patch16_384(**kwargs) -> VisionTransformer:
+    """ViT-B/16 at 384×384 (a 24×24 grid), 86.9 M parameters."""
+    return _create("vit_base_patch16_384", **kwargs)
+
+
+@register_model(**_cfg(32, crop_pct=1.0))
+def vit_tiny_patch4_32(**kwargs) -> VisionTransformer:
+    """ViT-Ti with 4×4 patches for 32×32 images: 192 wide, 6 blocks of 3 heads, 2.9 M parameters."""
+    return _create("vit_tiny_patch4_32", **kwargs)
+
+
+@register_model(**_cfg(32, crop_pct=1.0))
+def vit_small_patch4_32(**kwargs) -> VisionTransformer:
+    """ViT-S with 4×4 patches for 32×32 images: 384 wide, 6 blocks of 6 heads, 11.1 M parameters."""
+    return _create("vit_small_patch4_32", **kwargs)
+
+
+@register_model(**_cfg(64, crop_pct=1.0))
+def vit_tiny_patch8_64(**kwargs) -> VisionTransformer:
+    """ViT-Ti with 8×8 patches for 64×64 images: 192 wide, 6 blocks of 3 heads, 2.9 M parameters."""
+    return _create("vit_tiny_patch8_64", **kwargs)
+
+
+@register_model(**_cfg(64, crop_pct=1.0))
+def vit_small_patch8_64(**kwargs) -> VisionTransformer:
+    """ViT-S with 8×8 patches for 64×64 images: 384 wide, 6 blocks of 6 heads, 11.1 M parameters."""
+    return _create("vit_small_patch8_64", **kwargs)

@@ -1,0 +1,274 @@
+"""ViT against timm: sizes, checkpoints (.pth/.safetensors), logits at 224 and other sizes, pooling,
+feature maps, the token interface used by masked patch prediction, and bad inputs."""
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
+from visionzoo.models import create_model, get_model_entry
+from visionzoo.models.vision_transformer import VisionTransformer
+
+TIMM_NAMES = (
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
+    "vit_small_patch32_224", "vit_base_patch32_224", "vit_base_patch16_384",
+)
+SMALL_CONFIGS = {  # our small sizes, as timm VisionTransformer arguments
+    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3),
+    "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=6, num_heads=6),
+    "vit_tiny_patch8_64": dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3),
+    "vit_small_patch8_64": dict(img_size=64, patch_size=8, embed_dim=384, depth=6, num_heads=6),
+}
+ATOL = 1e-4
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def images(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def timm_tiny(tmp_path_factory):
+    """timm's vit_tiny_patch16_224 with random weights (random biases and norms too), saved as .pth."""
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224").eval()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    path = tmp_path_factory.mktemp("timm") / "vit_tiny.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_parameter_counts_and_keys_equal_timm(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name), timm.create_model(name)
+    assert count(ours) == count(reference)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_vit_small_count_is_the_issue_figure():
+    with torch.device("meta"):
+        assert count(create_model("vit_small_patch16_224")) == 22_050_664
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_small_configs_count_equals_timm_built_with_the_same_sizes(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name, num_classes=10), TimmVisionTransformer(num_classes=10, **SMALL_CONFIGS[name])
+    assert count(ours) == count(reference)
+    size = SMALL_CONFIGS[name]["img_size"]
+    assert ours.default_cfg["input_size"] == (3, size, size)
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_default_cfg_and_weights_are_timms(name):
+    with torch.device("meta"):
+        cfg, expected = create_model(name).default_cfg, timm.create_model(name).pretrained_cfg
+    assert get_model_entry(name).pretrained.hf_hub_id == expected["hf_hub_id"] == cfg["hf_hub_id"]
+    for key in ("mean", "std", "input_size", "crop_pct", "interpolation", "first_conv", "classifier"):
+        assert cfg[key] == expected[key], key
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_checkpoint_gives_timm_logits(timm_tiny, tmp_path, suffix):
+    reference, pth = timm_tiny
+    path = pth
+    if suffix == ".safetensors":
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path).eval()
+    x = images(2, 3, 224, 224, seed=1)
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+        torch.testing.assert_close(ours.forward_features(x), reference.forward_features(x), atol=ATOL, rtol=1e-5)
+        tokens = ours.forward_features(x)
+        torch.testing.assert_close(ours.forward_head(tokens, pre_logits=True),
+                                   reference.forward_head(tokens, pre_logits=True), atol=ATOL, rtol=1e-5)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+    assert ours.num_features == reference.num_features == 192
+
+
+def test_small_config_logits_equal_timm():
+    torch.manual_seed(3)
+    reference = TimmVisionTransformer(num_classes=10, **SMALL_CONFIGS["vit_tiny_patch4_32"]).eval()
+    ours = create_model("vit_tiny_patch4_32", num_classes=10).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(4, 3, 32, 32, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
+def test_img_size_288_resamples_a_224_checkpoint_as_timm(tmp_path):
+    torch.manual_seed(5)
+    source = timm.create_model("vit_small_patch16_224")
+    path = tmp_path / "vit_small.pth"
+    torch.save(source.state_dict(), path)
+    reference = timm.create_model("vit_small_patch16_224", img_size=288, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ours = create_model("vit_small_patch16_224", checkpoint=path, img_size=288).eval()
+    assert ours.pos_embed.shape == reference.pos_embed.shape == (1, 1 + 18 * 18, 384)
+    torch.testing.assert_close(ours.pos_embed, reference.pos_embed)
+    assert torch.equal(ours.pos_embed[:, 0], source.pos_embed[:, 0])  # the class row is kept
+    x = images(1, 3, 288, 288, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+    with pytest.raises(ValueError, match="224×224|288×288"):
+        ours(images(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("size", [(288, 288), (160, 224), (224, 224)])
+def test_dynamic_img_size_equals_timm(timm_tiny, size):
+    reference_224, path = timm_tiny
+    reference = timm.create_model("vit_tiny_patch16_224", dynamic_img_size=True).eval()
+    reference.load_state_dict(reference_224.state_dict())
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path, dynamic_img_size=True).eval()
+    x = images(2, 3, *size, seed=7)
+    with torch.no_grad():
+        got = ours(x)
+        torch.testing.assert_close(got, reference(x), atol=ATOL, rtol=1e-5)
+        assert ours.forward_features(x).shape == (2, 1 + size[0] // 16 * size[1] // 16, 192)
+
+
+def test_global_average_pool_equals_timm():
+    torch.manual_seed(8)
+    reference = timm.create_model("vit_tiny_patch16_224", global_pool="avg", num_classes=5).eval()
+    ours = create_model("vit_tiny_patch16_224", global_pool="avg", num_classes=5).eval()
+    assert isinstance(ours.norm, torch.nn.Identity) and isinstance(ours.fc_norm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        reference.fc_norm.weight.normal_()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 224, 224, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        tokens = ours.forward_features(x)
+        expected = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (192,), ours.fc_norm.weight,
+                                                  ours.fc_norm.bias, eps=1e-6)
+        torch.testing.assert_close(ours.forward_head(tokens, pre_logits=True), expected)
+
+
+def test_no_class_token_and_no_pooling_equal_timm():
+    torch.manual_seed(10)
+    sizes = dict(SMALL_CONFIGS["vit_tiny_patch4_32"], depth=2)
+    reference = TimmVisionTransformer(num_classes=3, global_pool="", class_token=False, **sizes).eval()
+    ours = VisionTransformer(num_classes=3, global_pool="", class_token=False, **sizes).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 32, 32, seed=11)
+    with torch.no_grad():
+        got = ours(x)
+        torch.testing.assert_close(got, reference(x), atol=ATOL, rtol=1e-5)
+    assert got.shape == (2, 64, 3) and ours.num_prefix_tokens == 0
+    with pytest.raises(ValueError, match="class token"):
+        VisionTransformer(class_token=False, global_pool="token", **sizes)
+
+
+def test_layer_scale_and_drop_path_follow_timm():
+    torch.manual_seed(12)
+    sizes = dict(SMALL_CONFIGS["vit_tiny_patch4_32"], depth=3)
+    reference = TimmVisionTransformer(init_values=1e-2, drop_path_rate=0.2, num_classes=4, **sizes).eval()
+    ours = VisionTransformer(init_values=1e-2, drop_path_rate=0.2, num_classes=4, **sizes).eval()
+    assert ours.blocks[0].ls1.gamma[0].item() == pytest.approx(1e-2)
+    rates = [b.drop_path1.drop_prob for b in ours.blocks[1:]]
+    assert rates == [b.drop_path1.drop_prob for b in reference.blocks[1:]]
+    assert rates == pytest.approx([0.1, 0.2])
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 32, 32, seed=13)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
+def test_features_only_maps_equal_timm_intermediates(timm_tiny):
+    reference, path = timm_tiny
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path, features_only=True, out_indices=(3, 7, 11)).eval()
+    assert not hasattr(ours, "head") and not hasattr(ours, "norm")
+    x = images(1, 3, 224, 224, seed=14)
+    with torch.no_grad():
+        maps = ours(x)
+        expected = reference.forward_intermediates(x, indices=[3, 7, 11], intermediates_only=True)
+    assert len(maps) == 3
+    for got, want in zip(maps, expected, strict=True):
+        assert got.shape == (1, 192, 14, 14)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+    assert ours.feature_info.channels() == [192] * 3
+    assert ours.feature_info.reduction() == [16] * 3
+    assert ours.feature_info.module_name() == ["blocks.3", "blocks.7", "blocks.11"]
+    timm_features = timm.create_model("vit_tiny_patch16_224", features_only=True)
+    last_three = create_model("vit_tiny_patch16_224", features_only=True)
+    assert last_three.feature_info.module_name() == timm_features.feature_info.module_name()
+    assert last_three.feature_info.reduction() == timm_features.feature_info.reduction()
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("vit_tiny_patch4_32", features_only=True, out_indices=(2, 1))
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("vit_tiny_patch4_32", features_only=True, out_indices=(6,))
+
+
+def test_forward_features_is_forward_tokens_of_embed_patches():
+    torch.manual_seed(15)
+    model = create_model("vit_tiny_patch4_32", num_classes=10, dynamic_img_size=True).eval()
+    x = images(3, 3, 32, 32, seed=16)
+    with torch.no_grad():
+        tokens = model.embed_patches(x)
+        assert tokens.shape == (3, 64, 192)
+        torch.testing.assert_close(tokens, model.patch_embed.proj(x).flatten(2).transpose(1, 2))
+        assert torch.equal(model.forward_tokens(tokens, (8, 8)), model.forward_features(x))
+        # masking a token changes only what attends to it; the interface takes edited tokens
+        edited = tokens.clone()
+        edited[:, 5] = 0
+        assert not torch.allclose(model.forward_tokens(edited, (8, 8)), model.forward_features(x))
+        # another grid: the table is resampled exactly as forward_features does on a larger image
+        wide = images(1, 3, 32, 48, seed=17)
+        assert torch.equal(model.forward_tokens(model.embed_patches(wide), (8, 12)), model.forward_features(wide))
+    assert model.num_prefix_tokens == 1 and model.patch_embed.patch_size == (4, 4)
+    with pytest.raises(ValueError, match="tokens"):
+        model.forward_tokens(tokens, (8, 7))
+    fixed = create_model("vit_tiny_patch4_32")
+    with pytest.raises(ValueError, match="dynamic_img_size"):
+        fixed.forward_tokens(fixed.embed_patches(images(1, 3, 32, 32)).repeat(1, 2, 1), (8, 16))
+
+
+def test_bad_inputs_raise_one_clear_error_each():
+    model = create_model("vit_tiny_patch4_32")
+    with pytest.raises(ValueError, match="3-channel images, got 1 channels"):
+        model(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="smaller than one 4×4 patch"):
+        create_model("vit_tiny_patch4_32", dynamic_img_size=True)(torch.zeros(1, 3, 2, 32))
+    with pytest.raises(ValueError, match="built for 32×32"):
+        model(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="multiple of the 4×4 patch"):
+        create_model("vit_tiny_patch4_32", dynamic_img_size=True)(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="vit_tiny_patch4_32"):
+        create_model("vit_tiny_patch4_23")
+    with pytest.raises(ValueError, match="global_pool"):
+        create_model("vit_tiny_patch4_32", global_pool="max")
+
+
+def test_init_follows_timm():
+    torch.manual_seed(18)
+    model = create_model("vit_small_patch8_64")
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.cls_token.abs().max().item() < 1e-5
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.weight.std().item() == pytest.approx(0.02, rel=0.05) and torch.all(qkv.bias == 0)
+    assert torch.all(model.blocks[0].norm1.weight == 1) and model.blocks[0].norm1.eps == 1e-6
+
+
+def test_reset_classifier_and_in_chans_adaptation(timm_tiny):
+    _, path = timm_tiny
+    model = create_model("vit_tiny_patch16_224", checkpoint=path, num_classes=7)
+    assert model.head.out_features == 7 and model.num_classes == 7
+    model.reset_classifier(0, global_pool="avg")
+    x = images(1, 3, 224, 224, seed=19)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(model(x), tokens[:, 1:].mean(1))
+    assert model.get_classifier() is model.head
+    grey = create_model("vit_tiny_patch16_224", checkpoint=path, in_chans=1)
+    full = create_model("vit_tiny_patch16_224", checkpoint=path)
+    torch.testing.assert_close(grey.patch_embed.proj.weight, full.patch_embed.proj.weight.sum(1, keepdim=True))
