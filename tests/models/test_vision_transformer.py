@@ -272,3 +272,88 @@ def test_reset_classifier_and_in_chans_adaptation(timm_tiny):
     grey = create_model("vit_tiny_patch16_224", checkpoint=path, in_chans=1)
     full = create_model("vit_tiny_patch16_224", checkpoint=path)
     torch.testing.assert_close(grey.patch_embed.proj.weight, full.patch_embed.proj.weight.sum(1, keepdim=True))
+
+
+# --- DeiT -------------------------------------------------------------------------------------
+
+DEIT_NAMES = (
+    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
+    "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224",
+)
+
+
+@pytest.mark.parametrize("name", DEIT_NAMES)
+def test_deit_counts_keys_and_cfg_equal_timm(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name), timm.create_model(name)
+    assert count(ours) == count(reference)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    for key in ("mean", "std", "input_size", "crop_pct", "hf_hub_id", "classifier"):
+        assert ours.default_cfg[key] == reference.pretrained_cfg[key], key
+
+
+def test_deit_small_distilled_count_is_the_issue_figure():
+    with torch.device("meta"):
+        assert count(create_model("deit_small_distilled_patch16_224")) == 22_436_432
+
+
+@pytest.fixture(scope="module")
+def timm_deit_distilled(tmp_path_factory):
+    torch.manual_seed(7)
+    reference = timm.create_model("deit_tiny_distilled_patch16_224").eval()
+    with torch.no_grad():  # distinct heads, so that averaging them is tested
+        reference.head_dist.weight.normal_(std=0.5)
+        reference.head.bias.normal_()
+    path = tmp_path_factory.mktemp("timm") / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    return reference, path
+
+
+def test_distilled_checkpoint_gives_timm_logits_in_eval_and_both_heads_in_training(timm_deit_distilled):
+    reference, path = timm_deit_distilled
+    ours = create_model("deit_tiny_distilled_patch16_224", checkpoint=path).eval()
+    x = images(2, 3, 224, 224, seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        tokens = ours.forward_features(x)
+        cls_logits, dist_logits = ours.head(tokens[:, 0]), ours.head_dist(tokens[:, 1])
+        assert (cls_logits - dist_logits).abs().max() > 0.1
+        torch.testing.assert_close(ours(x), (cls_logits + dist_logits) / 2)
+        ours.train().set_distilled_training(True)
+        reference.train().set_distilled_training(True)
+        for got, expected in zip(ours(x), reference(x), strict=True):
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+        ours.set_distilled_training(False)
+        assert ours(x).shape == (2, 1000)
+    reference.eval().set_distilled_training(False)
+
+
+def test_distilled_dynamic_size_and_reset_classifier(timm_deit_distilled):
+    reference, path = timm_deit_distilled
+    ours = create_model("deit_tiny_distilled_patch16_224", checkpoint=path, dynamic_img_size=True).eval()
+    theirs = timm.create_model("deit_tiny_distilled_patch16_224", dynamic_img_size=True).eval()
+    theirs.load_state_dict(reference.state_dict())
+    x = images(1, 3, 160, 192, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+    ours.reset_classifier(7)
+    assert ours.head.out_features == ours.head_dist.out_features == 7
+    with pytest.raises(ValueError, match="global_pool must be 'token'"):
+        ours.reset_classifier(7, global_pool="avg")
+    with pytest.raises(ValueError, match="global_pool must be 'token'"):
+        create_model("deit_tiny_distilled_patch4_32", global_pool="avg")
+
+
+def test_distilled_new_num_classes_reinitialises_both_heads(timm_deit_distilled):
+    _, path = timm_deit_distilled
+    ours = create_model("deit_tiny_distilled_patch16_224", checkpoint=path, num_classes=5)
+    assert ours.head.out_features == ours.head_dist.out_features == 5
+
+
+def test_small_deit_pair_differs_only_by_the_distillation_token_and_head():
+    with torch.device("meta"):
+        plain, distilled = create_model("deit_tiny_patch4_32", num_classes=10), create_model(
+            "deit_tiny_distilled_patch4_32", num_classes=10)
+    extra = set(distilled.state_dict()) - set(plain.state_dict())
+    assert extra == {"dist_token", "head_dist.weight", "head_dist.bias"}
+    assert count(distilled) - count(plain) == 192 + 192 + 192 * 10 + 10  # token, table row, head

@@ -18,6 +18,12 @@ Masked patch prediction and other token-level objectives use :meth:`VisionTransf
 and :meth:`VisionTransformer.forward_tokens`: ``forward_features(x)`` is exactly
 ``forward_tokens(embed_patches(x), grid)``.
 
+DeiT (Touvron et al. 2021, "Training data-efficient image transformers & distillation through
+attention"): the ``deit_*`` names are this ViT with DeiT's ImageNet normalisation; the
+``deit_*_distilled_*`` ones are :class:`VisionTransformerDistilled`, which adds a distillation token
+and a second head (``dist_token``, ``head_dist``). The engine trains that head on a teacher's
+predictions (``visionzoo train --teacher``); at inference the two heads' logits are averaged.
+
 The sizes are data (``_SIZES``); each registered builder only names one of them.
 """
 
@@ -324,6 +330,70 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class VisionTransformerDistilled(VisionTransformer):
+    """DeiT's distilled ViT: ``forward(Tensor[B, in_chans, H, W]) -> Tensor[B, num_classes]``.
+
+    A learned distillation token follows the class token (``num_prefix_tokens`` = 2, and the position
+    table has a row for each). The class token feeds ``head``, the distillation token ``head_dist``.
+    In eval mode, or in training without :meth:`set_distilled_training`, the output is the mean of
+    the two heads' logits; while distilled training is on and the model is in training mode,
+    ``forward``/``forward_head`` return the pair ``(class_logits, distill_logits)``, each
+    ``Tensor[B, num_classes]``, for the loss of :func:`visionzoo.train.distillation.distillation_loss`.
+
+    Takes :class:`VisionTransformer`'s arguments; ``global_pool`` must be "token" (the heads read
+    the two prefix tokens).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.global_pool != "token":
+            raise ValueError(f"the distilled ViT reads its class and distillation tokens: global_pool must be "
+                             f"'token', got {self.global_pool!r}")
+        self.num_prefix_tokens = 2
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, self.embed_dim)
+        )
+        if not self.features_only:
+            self.head_dist = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
+        self.distilled_training = False
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """:meth:`VisionTransformer.init_weights`, and the distillation token truncated normal (std 0.02)."""
+        super().init_weights()
+        if hasattr(self, "dist_token"):
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Return both heads' logits in training mode (the distillation objective needs them apart)."""
+        self.distilled_training = enable
+
+    def get_classifier(self) -> tuple[nn.Module, nn.Module]:
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "token"):
+            raise ValueError(f"the distilled ViT pools its prefix tokens: global_pool must be 'token', got {global_pool!r}")
+        super().reset_classifier(num_classes)
+        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def prefix_tokens(self) -> list[Tensor]:
+        return [self.cls_token, self.dist_token]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Tokens ``Tensor[B, T, D]`` -> the mean of the two heads' logits ``Tensor[B, num_classes]``
+        (``pre_logits``: the mean of the two tokens, ``Tensor[B, D]``), or the pair of logits while
+        distilled training is on in training mode."""
+        cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (cls + dist) / 2
+        cls, dist = self.head(cls), self.head_dist(dist)
+        if self.distilled_training and self.training:
+            return cls, dist
+        return (cls + dist) / 2
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm's (and the original DeiT release's) ViT state dict -> ours.
 
@@ -370,23 +440,42 @@ _SIZES: dict[str, dict[str, Any]] = {
     "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=6, num_heads=6),
     "vit_tiny_patch8_64": dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3),
     "vit_small_patch8_64": dict(img_size=64, patch_size=8, embed_dim=384, depth=6, num_heads=6),
+    "deit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "deit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "deit_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "deit_tiny_distilled_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, distilled=True),
+    "deit_small_distilled_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, distilled=True),
+    "deit_base_distilled_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, distilled=True),
+    # DeiT-Ti for 32×32 inputs, the size of vit_tiny_patch4_32 (with and without the distillation token).
+    "deit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3),
+    "deit_tiny_distilled_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3,
+                                          distilled=True),
 }
 
 
 def _create(name: str, **kwargs: Any) -> VisionTransformer:
     """Build the size ``name``, with ``kwargs`` (any constructor argument) overriding its sizes."""
-    return VisionTransformer(**{**_SIZES[name], **kwargs})
+    args = {**_SIZES[name], **kwargs}
+    model_class = VisionTransformerDistilled if args.pop("distilled", False) else VisionTransformer
+    return model_class(**args)
 
 
 AUGREG_MEAN = AUGREG_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _cfg(img_size: int = 224, crop_pct: float = 0.9, **extra: Any) -> dict[str, Any]:
+def _cfg(img_size: int = 224, crop_pct: float = 0.9, mean: tuple[float, ...] = AUGREG_MEAN,
+         std: tuple[float, ...] = AUGREG_STD, classifier: str | tuple[str, ...] = "head", **extra: Any) -> dict[str, Any]:
     return dict(
-        checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier="head",
-        input_size=(3, img_size, img_size), mean=AUGREG_MEAN, std=AUGREG_STD, crop_pct=crop_pct,
+        checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier=classifier,
+        input_size=(3, img_size, img_size), mean=mean, std=std, crop_pct=crop_pct,
         interpolation="bicubic", num_classes=1000, **extra,
     )
+
+
+def _deit_cfg(img_size: int = 224, crop_pct: float = 0.9, distilled: bool = False) -> dict[str, Any]:
+    return _cfg(img_size, crop_pct, IMAGENET_MEAN, IMAGENET_STD, ("head", "head_dist") if distilled else "head")
 
 
 def _timm(tag: str) -> Pretrained:
@@ -457,3 +546,52 @@ def vit_tiny_patch8_64(**kwargs) -> VisionTransformer:
 def vit_small_patch8_64(**kwargs) -> VisionTransformer:
     """ViT-S with 8×8 patches for 64×64 images: 384 wide, 6 blocks of 6 heads, 11.1 M parameters."""
     return _create("vit_small_patch8_64", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_tiny_patch16_224.fb_in1k"), **_deit_cfg())
+def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-Ti: ViT-Ti/16 with DeiT's recipe and normalisation, 5.7 M parameters."""
+    return _create("deit_tiny_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_small_patch16_224.fb_in1k"), **_deit_cfg())
+def deit_small_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-S: ViT-S/16 with DeiT's recipe and normalisation, 22.1 M parameters."""
+    return _create("deit_small_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_base_patch16_224.fb_in1k"), **_deit_cfg())
+def deit_base_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-B: ViT-B/16 with DeiT's recipe and normalisation, 86.6 M parameters."""
+    return _create("deit_base_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_tiny_distilled_patch16_224.fb_in1k"), **_deit_cfg(distilled=True))
+def deit_tiny_distilled_patch16_224(**kwargs) -> VisionTransformerDistilled:
+    """DeiT-Ti⚗: a distillation token and head beside the class token and head, 5.9 M parameters."""
+    return _create("deit_tiny_distilled_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_small_distilled_patch16_224.fb_in1k"), **_deit_cfg(distilled=True))
+def deit_small_distilled_patch16_224(**kwargs) -> VisionTransformerDistilled:
+    """DeiT-S⚗: a distillation token and head beside the class token and head, 22.4 M parameters."""
+    return _create("deit_small_distilled_patch16_224", **kwargs)
+
+
+@register_model(pretrained=_timm("deit_base_distilled_patch16_224.fb_in1k"), **_deit_cfg(distilled=True))
+def deit_base_distilled_patch16_224(**kwargs) -> VisionTransformerDistilled:
+    """DeiT-B⚗: a distillation token and head beside the class token and head, 87.3 M parameters."""
+    return _create("deit_base_distilled_patch16_224", **kwargs)
+
+
+@register_model(**_deit_cfg(32, crop_pct=1.0))
+def deit_tiny_patch4_32(**kwargs) -> VisionTransformer:
+    """DeiT-Ti with 4×4 patches for 32×32 images (the size of ``vit_tiny_patch4_32``), 2.9 M parameters."""
+    return _create("deit_tiny_patch4_32", **kwargs)
+
+
+@register_model(**_deit_cfg(32, crop_pct=1.0, distilled=True))
+def deit_tiny_distilled_patch4_32(**kwargs) -> VisionTransformerDistilled:
+    """DeiT-Ti⚗ with 4×4 patches for 32×32 images: ``deit_tiny_patch4_32`` plus the distillation token
+    and head, 2.9 M parameters."""
+    return _create("deit_tiny_distilled_patch4_32", **kwargs)
