@@ -16,6 +16,7 @@ One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from visionzoo.train import TrainConfig
+from visionzoo.train.engine import resolve_precision
 from visionzoo.train.run import run_training
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,10 +77,10 @@ def train_and_test(run: Run, out: Path, seed: int = 0, **overrides: Any) -> dict
     wall = time.perf_counter() - start
     model = setup.model.eval()
     with torch.no_grad():
-        metrics = setup.task.evaluate(model, setup.splits["test"], 256, torch.autocast("cpu", enabled=False))
+        metrics = setup.task.evaluate(model, setup.splits["test"], 256, contextlib.nullcontext)  # fp32
     row = {"model": run.model, "data": f"{run.data} {run.img_size}px", "seed": seed, "steps": result.steps,
            "batch_size": run.batch_size, "train_seconds": round(result.train_seconds, 1),
-           "wall_seconds": round(wall, 1), "test": metrics, "options": run.options, "model_args": run.model_args,
+           "wall_seconds": round(wall, 1), "precision": resolve_precision(config.precision, torch.device("cpu")), "test": metrics, "options": run.options, "model_args": run.model_args,
            "checkpoint": str(out / "checkpoint.safetensors")}
     print(f"  {run.model} seed {seed}: test {setup.task.metric} {metrics[setup.task.metric]:.4f} "
           f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)

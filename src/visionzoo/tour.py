@@ -20,7 +20,7 @@ import torch
 
 from visionzoo.cli import positive_float, register_command
 from visionzoo.train.drawing import grid
-from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context, prepare_run_dir
+from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context, prepare_run_dir
 from visionzoo.train.run import run_training
 from visionzoo.utils import closest
 
@@ -35,7 +35,8 @@ class TourJob:
     """One row of the tour: ``model`` trained on ``data`` for ``weight`` shares of the budget.
 
     ``max_minutes`` caps the job where more time no longer changes the result; ``config`` overrides
-    engine settings (batch size, lr, ...), ``options`` are the task's own options.
+    engine settings (batch size, lr, ...), ``options`` are the task's own options. ``teacher_job``
+    names an earlier job whose trained model this one distils from (DeiT).
     """
 
     name: str
@@ -47,11 +48,17 @@ class TourJob:
     model_args: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    teacher_job: str | None = None
 
 
+_DIGITS32 = dict(data="digits", img_size=32, config={"batch_size": 64, "lr": 2e-3})
 TOUR_JOBS: list[TourJob] = [
-    TourJob("resnet18-digits", "resnet18", "digits", weight=1.0, max_minutes=2.5, img_size=32,
-            config={"batch_size": 64, "lr": 2e-3}),
+    TourJob("resnet18-digits", "resnet18", weight=1.0, max_minutes=2.0, **_DIGITS32),
+    TourJob("vit-digits", "vit_tiny_patch4_32", max_minutes=2.0, **_DIGITS32),
+    TourJob("deit-distilled-digits", "deit_tiny_distilled_patch4_32", max_minutes=2.0, teacher_job="resnet18-digits",
+            options={"teacher": "resnet18", "distillation": "hard"}, **_DIGITS32),
+    TourJob("swin-digits", "swin_tiny_patch2_window4_32", max_minutes=2.0, **_DIGITS32),
+    TourJob("convnext-digits", "convnext_atto_32", max_minutes=2.0, **_DIGITS32),
 ]
 
 
@@ -67,7 +74,14 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     """Train, evaluate on the test split, time and picture one job; its report row."""
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
                          overwrite=True, progress=progress, checkpoint_every=10**9, **job.config)
-    setup, result = run_training(job.model, job.data, config, job.img_size, job.model_args, job.options)
+    options = dict(job.options)
+    if job.teacher_job is not None:
+        teacher_checkpoint = out / job.teacher_job / CHECKPOINT_NAME
+        if not teacher_checkpoint.is_file():
+            raise ValueError(f"tour job {job.name} distils from {job.teacher_job}, which has not run: "
+                             f"no {teacher_checkpoint}; run both (--only {job.teacher_job} --only {job.name})")
+        options["teacher_checkpoint"] = str(teacher_checkpoint)
+    setup, result = run_training(job.model, job.data, config, job.img_size, job.model_args, options)
     task, model = setup.task, setup.model.eval()
     test = setup.splits["test"]
     autocast = autocast_context(torch.device("cpu"), precision)
