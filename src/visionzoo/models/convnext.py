@@ -367,19 +367,19 @@ def _cfg(size: int = 224, crop_pct: float = 0.875, stride: int = 32) -> dict:
     )
 
 
-@register_model(pretrained=_timm("convnext_atto.d2_in1k"), **_cfg(crop_pct=0.95))
+@register_model(pretrained=_timm("convnext_atto.d2_in1k"), **_cfg())
 def convnext_atto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Atto (timm): depths (2, 2, 6, 2), dims 40..320, 3.7 M parameters."""
     return _create("convnext_atto", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_femto.d1_in1k"), **_cfg(crop_pct=0.95))
+@register_model(pretrained=_timm("convnext_femto.d1_in1k"), **_cfg())
 def convnext_femto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Femto (timm): depths (2, 2, 6, 2), dims 48..384, 5.2 M parameters."""
     return _create("convnext_femto", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_pico.d1_in1k"), **_cfg(crop_pct=0.95))
+@register_model(pretrained=_timm("convnext_pico.d1_in1k"), **_cfg())
 def convnext_pico(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Pico (timm): depths (2, 2, 6, 2), dims 64..512, 9.0 M parameters."""
     return _create("convnext_pico", **kwargs)

@@ -1,0 +1,409 @@
+"""ConvNeXt against timm: sizes and keys, checkpoints (.pth/.safetensors, timm's 1×1-conv MLPs, the
+official facebookresearch layout), logits in training and inference (the chunked block path), feature
+maps, the small configs, stochastic depth and layer scale, bad inputs and the classifier."""
+
+import re
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.convnext import ConvNeXt as TimmConvNeXt
+
+import visionzoo.models.convnext as convnext
+from visionzoo.layers.drop import DropPath
+from visionzoo.models import create_model
+from visionzoo.models.convnext import ConvNeXtBlock
+
+TIMM_NAMES = (
+    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+)
+TIMM_TAGS = {  # the weights our registry names, as timm tags
+    "convnext_atto": "d2_in1k", "convnext_femto": "d1_in1k", "convnext_pico": "d1_in1k", "convnext_nano": "d1h_in1k",
+    "convnext_tiny": "fb_in1k", "convnext_small": "fb_in1k", "convnext_base": "fb_in1k", "convnext_large": "fb_in1k",
+}
+CONV_MLP = {"convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano"}  # timm: 1×1-conv MLPs
+ATOL = 1e-4
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def images(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def randomise(model, seed):
+    """Random biases, norms and layer scales (gamma ~ 0.3, not timm's 1e-6, so that every block counts)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("gamma"):
+                param.copy_(0.3 * noise)
+            elif name.endswith("bias") or "norm" in name:
+                param.add_(0.1 * noise)
+    return model
+
+
+@pytest.fixture(scope="module")
+def timm_tiny(tmp_path_factory):
+    """timm's convnext_tiny with random weights, saved as .pth and .safetensors."""
+    torch.manual_seed(0)
+    reference = randomise(timm.create_model("convnext_tiny"), seed=1).eval()
+    folder = tmp_path_factory.mktemp("timm")
+    state = reference.state_dict()
+    torch.save(state, folder / "convnext_tiny.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "convnext_tiny.safetensors"))
+    return reference, folder
+
+
+@pytest.fixture(scope="module")
+def timm_atto(tmp_path_factory):
+    """timm's convnext_atto (1×1-conv MLP) with random weights, saved as .pth."""
+    torch.manual_seed(2)
+    reference = randomise(timm.create_model("convnext_atto"), seed=3).eval()
+    path = tmp_path_factory.mktemp("timm") / "convnext_atto.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+# --- sizes, keys, configs -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_parameter_counts_and_keys_equal_timm(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name), timm.create_model(name)
+    assert count(ours) == count(reference)
+    own = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert own.keys() == theirs.keys()
+    if name in CONV_MLP:  # timm's [O, I, 1, 1] is our linear [O, I]; everything else is equal
+        mlp = {k for k in theirs if re.search(r"\.mlp\.fc[12]\.weight$", k)}
+        assert mlp and all(theirs[k] == own[k] + (1, 1) for k in mlp)
+        theirs = {k: own[k] if k in mlp else v for k, v in theirs.items()}
+    assert own == theirs
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_default_cfg_equals_timm(name):
+    with torch.device("meta"):
+        cfg = create_model(name).default_cfg
+        expected = timm.create_model(f"{name}.{TIMM_TAGS[name]}").pretrained_cfg
+    for key in ("hf_hub_id", "mean", "std", "input_size", "pool_size", "crop_pct", "interpolation", "first_conv",
+                "classifier", "num_classes"):
+        assert cfg[key] == expected[key], key
+
+
+def _timm_twin(name, num_classes):
+    """timm's ConvNeXt of the same sizes with the 4×4 stem (our *_64 configs), or for ``convnext_atto_32``
+    (a 2×2 stem, which timm would follow with a stride-2 stage) the 4×4-stem twin that gives the same
+    logits on the 2× nearest-upsampled image once its stem kernel is ours spread over 2×2 blocks / 4."""
+    depths, dims = convnext._SIZES[name.rsplit("_", 1)[0]]
+    return TimmConvNeXt(depths=depths, dims=dims, patch_size=4, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name, size, maps", [
+    ("convnext_atto_32", 32, (16, 8, 4, 2)),
+    ("convnext_atto_64", 64, (16, 8, 4, 2)),
+    ("convnext_femto_64", 64, (16, 8, 4, 2)),
+])
+def test_small_configs_equal_timm_and_train(name, size, maps):
+    torch.manual_seed(4)
+    ours = randomise(create_model(name, num_classes=6), seed=5).eval()
+    reference = _timm_twin(name, 6).eval()
+    state = ours.state_dict()
+    x = images(4, 3, size, size, seed=6)
+    if name.endswith("_32"):
+        kernel = state["stem.0.weight"]
+        assert kernel.shape == (40, 3, 2, 2)
+        state["stem.0.weight"] = kernel.repeat_interleave(2, 2).repeat_interleave(2, 3) / 4
+        assert count(ours) == count(reference) - 40 * 3 * (16 - 4)
+        reference_x = x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    else:
+        assert count(ours) == count(reference)
+        reference_x = x
+    reference.load_state_dict(state, strict=True)
+    assert ours.default_cfg["input_size"] == (3, size, size)
+    with torch.no_grad():
+        expected = reference(reference_x)
+        assert expected.std() > 0.1
+        torch.testing.assert_close(ours(x), expected, atol=ATOL, rtol=1e-5)
+    # train mode: forward and backward reach every parameter
+    ours.train()
+    logits = ours(x)
+    assert logits.shape == (4, 6)
+    torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 and p.grad.isfinite().all() for p in ours.parameters())
+    features = create_model(name, features_only=True)
+    assert [m.shape[-1] for m in features(x)] == list(maps)
+    assert features.feature_info.reduction() == [size // m for m in maps]
+
+
+# --- timm checkpoints and logits ----------------------------------------------------------------
+
+def _modes(model, x, modes=("grad", "train-grad", "no_grad", "inference_mode")):
+    """Logits with autograd (eval and train mode: the plain block path) and without it (no_grad and
+    inference_mode: the chunked path)."""
+    out = {}
+    for mode in modes:
+        model.train(mode == "train-grad")
+        if mode in ("grad", "train-grad"):
+            out[mode] = model(x).detach()
+        else:
+            with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+                out[mode] = model(x).clone()
+    model.eval()
+    return out
+
+
+@pytest.mark.parametrize("suffix, modes", [
+    (".pth", ("grad", "train-grad", "no_grad", "inference_mode")),
+    (".safetensors", ("no_grad",)),
+])
+def test_timm_checkpoint_gives_timm_logits_with_and_without_autograd(timm_tiny, suffix, modes):
+    reference, folder = timm_tiny
+    ours = create_model("convnext_tiny", checkpoint=folder / f"convnext_tiny{suffix}")
+    x = images(1, 3, 224, 224, seed=7)
+    with torch.no_grad():
+        expected = reference(x)
+        their_features = reference.forward_features(x)
+    assert expected.std() > 0.1
+    for mode, got in _modes(ours, x, modes).items():
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5, msg=lambda m, mode=mode: f"{mode}: {m}")
+    if suffix == ".pth":
+        with torch.no_grad():
+            features = ours.forward_features(x)
+            assert features.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(features, their_features, atol=ATOL, rtol=1e-5)
+            torch.testing.assert_close(ours.forward_head(features, pre_logits=True),
+                                       reference.forward_head(features, pre_logits=True), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size, channels_last", [((200, 232), False), ((224, 224), True), ((97, 130), True)])
+def test_odd_sizes_and_channels_last_inputs_give_timm_logits(timm_tiny, size, channels_last):
+    reference, folder = timm_tiny
+    ours = create_model("convnext_tiny", checkpoint=folder / "convnext_tiny.pth")
+    x = images(1, 3, *size, seed=8)
+    with torch.no_grad():
+        expected = reference(x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for mode, got in _modes(ours, x, ("grad", "inference_mode")).items():
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5, msg=lambda m, mode=mode: f"{mode}: {m}")
+
+
+def test_timm_conv_mlp_checkpoint_is_reshaped_and_gives_timm_logits(timm_atto):
+    reference, path = timm_atto
+    ours = create_model("convnext_atto", checkpoint=path)
+    theirs = reference.state_dict()
+    fc1 = "stages.2.blocks.3.mlp.fc1.weight"
+    assert theirs[fc1].shape == (640, 160, 1, 1) and ours.state_dict()[fc1].shape == (640, 160)
+    assert torch.equal(ours.state_dict()[fc1], theirs[fc1][:, :, 0, 0])
+    x = images(2, 3, 96, 96, seed=9)
+    with torch.no_grad():
+        expected = reference(x)
+    for mode, got in _modes(ours, x).items():
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5, msg=lambda m, mode=mode: f"{mode}: {m}")
+
+
+def _official_name(key):
+    """timm's key -> the facebookresearch/ConvNeXt release's (``downsample_layers``, ``dwconv``, ...)."""
+    key = re.sub(r"^stem\.", "downsample_layers.0.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+    key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+    key = key.replace(".conv_dw.", ".dwconv.").replace(".mlp.fc1.", ".pwconv1.").replace(".mlp.fc2.", ".pwconv2.")
+    key = re.sub(r"^head\.norm\.", "norm.", key)
+    return re.sub(r"^head\.fc\.", "head.", key)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_official_facebookresearch_layout_loads(timm_tiny, tmp_path, wrapped):
+    reference, _ = timm_tiny
+    official = {_official_name(k): v for k, v in reference.state_dict().items()}
+    assert {"downsample_layers.0.0.weight", "downsample_layers.3.1.weight", "stages.2.8.pwconv1.weight",
+            "stages.3.2.gamma", "norm.weight", "head.weight"} <= set(official)
+    assert not any(k.startswith(("stem.", "head.fc", "head.norm")) or ".blocks." in k for k in official)
+    path = tmp_path / "convnext_tiny_1k_224_ema.pth"
+    torch.save({"model": official} if wrapped else official, path)
+    ours = create_model("convnext_tiny", checkpoint=path).eval()
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    x = images(1, 3, 224, 224, seed=10)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
+# --- feature maps ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (1, 3), (0, 1)])
+def test_features_only_equals_timm(timm_atto, out_indices):
+    _, path = timm_atto
+    reference = timm.create_model("convnext_atto", features_only=True, out_indices=out_indices, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ours = create_model("convnext_atto", features_only=True, out_indices=out_indices, checkpoint=path).eval()
+    assert ours.feature_info.channels() == reference.feature_info.channels()
+    assert ours.feature_info.reduction() == reference.feature_info.reduction()
+    assert ours.feature_info.module_name() == reference.feature_info.module_name()
+    assert len(ours.stages) == max(out_indices) + 1
+    x = images(2, 3, 96, 128, seed=11)
+    with torch.no_grad():
+        expected, got = reference(x), ours(x)
+    assert len(got) == len(expected) == len(out_indices)
+    for index, (ours_map, their_map) in enumerate(zip(got, expected)):
+        assert ours_map.shape == their_map.shape
+        torch.testing.assert_close(ours_map, their_map, atol=ATOL, rtol=1e-5, msg=lambda m, i=index: f"map {i}: {m}")
+
+
+def test_features_only_loads_timm_feature_extractor_keys(tmp_path):
+    torch.manual_seed(12)
+    reference = randomise(timm.create_model("convnext_atto", features_only=True), seed=13).eval()
+    assert any(k.startswith("stem_0.") for k in reference.state_dict())
+    path = tmp_path / "features.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("convnext_atto", features_only=True, checkpoint=path).eval()
+    x = images(1, 3, 64, 64, seed=14)
+    with torch.no_grad():
+        for got, expected in zip(ours(x), reference(x)):
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+
+
+def test_features_only_rejects_bad_out_indices():
+    for bad in [(), (2, 1), (0, 4), (1, 1)]:
+        with pytest.raises(ValueError, match="out_indices"):
+            create_model("convnext_atto", features_only=True, out_indices=bad)
+
+
+# --- the chunked inference path ------------------------------------------------------------------
+
+@pytest.mark.parametrize("ls_init_value", [0.5, None])
+@pytest.mark.parametrize("chunk", [1 << 18, 1000, 37])
+def test_block_chunked_path_equals_plain_path(monkeypatch, ls_init_value, chunk):
+    monkeypatch.setattr(convnext, "_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(15)
+    block = randomise(ConvNeXtBlock(24, ls_init_value=ls_init_value), seed=16).eval()
+    assert (block.gamma is None) == (ls_init_value is None)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = images(3, 24, 13, 11, seed=17).contiguous(memory_format=layout)
+        plain = block(x)  # autograd on: the plain path
+        with torch.no_grad():
+            chunked = block(x)
+        assert chunked.shape == plain.shape == x.shape
+        torch.testing.assert_close(chunked, plain.detach(), atol=1e-5, rtol=1e-5)
+        assert torch.equal(x, images(3, 24, 13, 11, seed=17))  # the input is left alone
+
+
+def test_chunked_path_in_bfloat16_is_close_to_plain():
+    torch.manual_seed(18)
+    block = randomise(ConvNeXtBlock(16), seed=19).eval().to(torch.bfloat16)
+    x = images(2, 16, 9, 9, seed=20).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    plain = block(x).detach()
+    with torch.inference_mode():
+        chunked = block(x)
+    assert chunked.dtype == torch.bfloat16
+    torch.testing.assert_close(chunked.float(), plain.float(), atol=2e-2, rtol=2e-2)
+
+
+# --- stochastic depth and layer scale ---------------------------------------------------------
+
+def test_layer_scale_and_drop_path_rates_follow_timm():
+    with torch.device("meta"):
+        ours = create_model("convnext_tiny", drop_path_rate=0.3)
+        reference = timm.create_model("convnext_tiny", drop_path_rate=0.3)
+    for stage, their_stage in zip(ours.stages, reference.stages):
+        for block, their_block in zip(stage.blocks, their_stage.blocks):
+            rate = block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.0
+            their_rate = getattr(their_block.drop_path, "drop_prob", 0.0)
+            assert rate == pytest.approx(their_rate, abs=1e-7)
+    rates = [b.drop_path.drop_prob for b in ours.stages[3].blocks]
+    assert rates[-1] == pytest.approx(0.3) and isinstance(ours.stages[0].blocks[0].drop_path, torch.nn.Identity)
+    model = create_model("convnext_atto")
+    gammas = [b.gamma for s in model.stages for b in s.blocks]
+    assert len(gammas) == 12 and all(torch.equal(g, torch.full_like(g, 1e-6)) for g in gammas)
+    with torch.device("meta"):
+        no_scale = create_model("convnext_tiny", ls_init_value=None)
+        # timm.create_model drops None arguments: build timm's class directly
+        their_no_scale = TimmConvNeXt(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), ls_init_value=None)
+    assert not any(k.endswith("gamma") for k in no_scale.state_dict())
+    assert no_scale.state_dict().keys() == their_no_scale.state_dict().keys()
+
+
+def test_drop_path_acts_in_training_even_without_autograd():
+    torch.manual_seed(21)
+    model = randomise(create_model("convnext_atto_64", num_classes=5, drop_path_rate=0.5), seed=22)
+    x = images(8, 3, 64, 64, seed=23)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(x)
+    torch.manual_seed(24)
+    model.train()
+    trained = model(x).detach()
+    torch.manual_seed(24)
+    with torch.no_grad():
+        trained_no_grad = model(x)
+    assert not torch.allclose(trained, evaluated, atol=1e-3)  # some branches were dropped
+    torch.testing.assert_close(trained_no_grad, trained, atol=1e-5, rtol=1e-5)  # the same draws, same result
+
+
+def test_initialisation_follows_timm():
+    """The same distributions as timm (its RNG order differs, so compare statistics): truncated normal
+    std 0.02 for convs and linears, zero biases, the head scaled by ``head_init_scale``, norms at 1/0."""
+    torch.manual_seed(25)
+    ours = create_model("convnext_atto", head_init_scale=0.5)
+    reference = timm.create_model("convnext_atto", head_init_scale=0.5)
+    theirs = reference.state_dict()
+    for key, value in ours.state_dict().items():
+        expected = theirs[key].reshape(value.shape)
+        if value.numel() >= 4096:
+            assert value.std().item() == pytest.approx(expected.std().item(), rel=0.1), key
+            assert value.mean().abs() < 3 * value.std() / value.numel() ** 0.5 + 1e-6, key
+        elif key.endswith(("bias", "gamma")) or "norm" in key:
+            assert torch.equal(value, expected), key
+    assert ours.head.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.all(ours.head.fc.bias == 0)
+
+
+# --- bad inputs and the classifier ------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, message", [
+    ((1, 1, 64, 64), r"3-channel images, got 1 channels"),
+    ((1, 4, 64, 64), r"in_chans=4"),
+    ((1, 3, 24, 64), r"24×64 is too small.*32-fold.*32×32"),
+    ((1, 3, 2, 2), r"smaller than one 4×4 stem patch"),
+    ((3, 64, 64), r"Tensor\[B, C, H, W\]"),
+])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_bad_inputs_raise_one_clear_value_error(shape, message, features_only):
+    model = create_model("convnext_atto", features_only=features_only).eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape))
+
+
+def test_smallest_input_is_taken():
+    model = create_model("convnext_atto").eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1000)
+        assert model(torch.zeros(1, 3, 39, 45)).shape == (1, 1000)  # floored like timm
+    features = create_model("convnext_atto_32", features_only=True, out_indices=(0, 1)).eval()
+    with torch.no_grad():  # stride 4 is the deepest map: 4 pixels are enough
+        assert [m.shape[-1] for m in features(torch.zeros(1, 3, 4, 4))] == [2, 1]
+
+
+def test_reset_classifier():
+    torch.manual_seed(26)
+    model = create_model("convnext_atto_64", num_classes=10).eval()
+    x = images(2, 3, 64, 64, seed=27)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(7)
+        assert model.num_classes == 7 and model.get_classifier() is model.head.fc
+        assert model.head.fc.weight.shape == (7, 320) and torch.all(model.head.fc.bias == 0)
+        assert model.head.fc.weight.std() < 0.03
+        torch.testing.assert_close(model(x), model.head.fc(pooled))
+        model.reset_classifier(0)
+        assert isinstance(model.get_classifier(), torch.nn.Identity) and model.num_classes == 0
+        torch.testing.assert_close(model(x), pooled)
+    assert model.num_features == 320
