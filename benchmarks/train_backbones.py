@@ -41,27 +41,27 @@ class Run:
     img_size: int
     steps: int
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int | None = None
+    warmup_steps: int | None = 30
     ema_decay: float = 0.0
     model_args: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
 
 SINGLE = {
-    "vit-digits32": Run("vit_tiny_patch4_32", "digits", 32, 600),
+    "vit-digits32": Run("vit_tiny_patch8_32", "digits", 32, 600, model_args={"global_pool": "avg"}),
     "swin-digits32": Run("swin_tiny_patch2_window4_32", "digits", 32, 600),
     "convnext-digits32": Run("convnext_atto_32", "digits", 32, 600),
     "vit-shapes64": Run("vit_tiny_patch8_64", "shapes", 64, 600),
     "swin-shapes64": Run("swin_tiny_patch2_window4_64", "shapes", 64, 600),
     "convnext-shapes64": Run("convnext_atto_64", "shapes", 64, 600),
 }
-TEACHER = Run("resnet18", "digits", 32, 400, model_args={"small_input": True})
-STUDENT = Run("deit_tiny_distilled_patch4_32", "digits", 32, 300)
-BASELINE = Run("deit_tiny_patch4_32", "digits", 32, 300)
-MPP_PRETRAIN = Run("vit_tiny_patch4_32", "digits", 32, 300, lr=1e-3, options={"objective": "mpp"})
-MPP_FINETUNE = Run("vit_tiny_patch4_32", "digits", 32, 300)
+TEACHER = Run("resnet18", "digits", 32, 400, lr=2e-3, warmup_steps=None)
+STUDENT = Run("deit_tiny_distilled_patch8_32", "digits", 32, 300)
+BASELINE = Run("deit_tiny_patch8_32", "digits", 32, 300)
+MPP_PRETRAIN = Run("vit_tiny_patch8_32", "digits", 32, 200, options={"objective": "mpp"})
+MPP_FINETUNE = Run("vit_tiny_patch8_32", "digits", 32, 200)
 SEEDS = (0, 1, 2)
 JOBS = (*SINGLE, "deit-distillation", "vit-mpp")
 

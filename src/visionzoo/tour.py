@@ -51,11 +51,11 @@ class TourJob:
     teacher_job: str | None = None
 
 
-_DIGITS32 = dict(data="digits", img_size=32, config={"batch_size": 64, "lr": 2e-3})
+_DIGITS32 = dict(data="digits", img_size=32, config={"batch_size": 64, "lr": 1e-3})
 TOUR_JOBS: list[TourJob] = [
-    TourJob("resnet18-digits", "resnet18", weight=1.0, max_minutes=2.0, **_DIGITS32),
-    TourJob("vit-digits", "vit_tiny_patch4_32", max_minutes=2.0, **_DIGITS32),
-    TourJob("deit-distilled-digits", "deit_tiny_distilled_patch4_32", max_minutes=2.0, teacher_job="resnet18-digits",
+    TourJob("resnet18-digits", "resnet18", "digits", max_minutes=2.0, img_size=32, config={"batch_size": 64, "lr": 2e-3}),
+    TourJob("vit-digits", "vit_tiny_patch8_32", max_minutes=2.0, model_args={"global_pool": "avg"}, **_DIGITS32),
+    TourJob("deit-distilled-digits", "deit_tiny_distilled_patch8_32", max_minutes=2.0, teacher_job="resnet18-digits",
             options={"teacher": "resnet18", "distillation": "hard"}, **_DIGITS32),
     TourJob("swin-digits", "swin_tiny_patch2_window4_32", max_minutes=2.0, **_DIGITS32),
     TourJob("convnext-digits", "convnext_atto_32", max_minutes=2.0, **_DIGITS32),

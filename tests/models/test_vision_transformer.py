@@ -16,6 +16,7 @@ TIMM_NAMES = (
 )
 SMALL_CONFIGS = {  # our small sizes, as timm VisionTransformer arguments
     "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3),
+    "vit_tiny_patch8_32": dict(img_size=32, patch_size=8, embed_dim=192, depth=6, num_heads=3),
     "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=6, num_heads=6),
     "vit_tiny_patch8_64": dict(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3),
     "vit_small_patch8_64": dict(img_size=64, patch_size=8, embed_dim=384, depth=6, num_heads=6),
@@ -341,7 +342,7 @@ def test_distilled_dynamic_size_and_reset_classifier(timm_deit_distilled):
     with pytest.raises(ValueError, match="global_pool must be 'token'"):
         ours.reset_classifier(7, global_pool="avg")
     with pytest.raises(ValueError, match="global_pool must be 'token'"):
-        create_model("deit_tiny_distilled_patch4_32", global_pool="avg")
+        create_model("deit_tiny_distilled_patch8_32", global_pool="avg")
 
 
 def test_distilled_new_num_classes_reinitialises_both_heads(timm_deit_distilled):
@@ -352,8 +353,8 @@ def test_distilled_new_num_classes_reinitialises_both_heads(timm_deit_distilled)
 
 def test_small_deit_pair_differs_only_by_the_distillation_token_and_head():
     with torch.device("meta"):
-        plain, distilled = create_model("deit_tiny_patch4_32", num_classes=10), create_model(
-            "deit_tiny_distilled_patch4_32", num_classes=10)
+        plain, distilled = create_model("deit_tiny_patch8_32", num_classes=10), create_model(
+            "deit_tiny_distilled_patch8_32", num_classes=10)
     extra = set(distilled.state_dict()) - set(plain.state_dict())
     assert extra == {"dist_token", "head_dist.weight", "head_dist.bias"}
     assert count(distilled) - count(plain) == 192 + 192 + 192 * 10 + 10  # token, table row, head
