@@ -1,7 +1,7 @@
 """Model families, registered by name (timm's / torchvision's names where they exist)."""
 
 # importing a family registers its models
-from visionzoo.models import convnext, hipt, resnet, vision_transformer  # noqa: F401
+from visionzoo.models import convnext, hipt, resnet, swin_transformer, vision_transformer  # noqa: F401
 from visionzoo.models._registry import (
     ModelEntry,
     Pretrained,

@@ -1,0 +1,771 @@
+"""Swin Transformer (Liu et al. 2021, "Hierarchical Vision Transformer using Shifted Windows") in timm's layout.
+
+A ``patch_size`` patch embedding (strided conv and LayerNorm) makes a ``Tensor[B, H/p, W/p, C]`` map of
+tokens (NHWC throughout, as timm 1.x). Four stages follow; stages 1..3 start with a patch merging
+(2×2 neighbours concatenated, LayerNorm, linear 4C → 2C: half the size, twice the width). Each stage
+alternates blocks of window attention (W-MSA: self-attention inside non-overlapping ``window_size``
+windows, with a learned relative position bias) and shifted-window attention (SW-MSA: the map is
+rolled by half a window first, and a mask of -100 keeps the regions that the roll brought together
+apart). A final LayerNorm, global average pooling and a linear ``head.fc`` classify.
+
+Module and parameter names are timm's (``patch_embed.{proj,norm}``, ``layers.N.downsample.{norm,
+reduction}``, ``layers.N.blocks.M.{norm1, attn.qkv, attn.proj, attn.relative_position_bias_table,
+norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head.fc``), so timm's state dicts load key for key. The model
+has no buffers: timm's ``relative_position_index`` and ``attn_mask`` (absent from timm 1.x state dicts,
+present in older and official files) are computed here from the map and window and dropped from
+checkpoints by :func:`checkpoint_filter_fn`, which also converts the official Microsoft layout.
+
+Any input size: an image that is no multiple of the patch is zero-padded (right, bottom), and so is
+every map that is no multiple of its window, after the block's first LayerNorm, before the cyclic
+shift (the original implementation's order). The attention of a padded map is thus exactly that of
+the explicitly zero-padded map, and the shift mask is the one of the padded map, so no token attends
+across the roll's wrap-around. timm 1.x rolls first and pads after, which puts the mask's region
+borders off the wrap-around when a shifted block pads (tokens of opposite edges then see each other):
+on such inputs the two differ; wherever no shifted block pads (the registered sizes at their own
+input size among them), they are the same. Windows are fitted to the map as timm does at build time:
+along a side where the map is no larger than the window, the window shrinks to the map and the
+shift is 0; ``img_size`` sets these build-time windows (and so the relative-position tables' shapes),
+and any other input size gets the same rule at run time with the built windows as the largest.
+
+Speed (inference): the relative position bias, gathered from its table, plus the shift mask, is one
+additive bias per (map, window, shift) given to ``scaled_dot_product_attention``; without autograd it
+is cached per dtype and device (and recomputed when the table changes). Cyclic shift, padding and
+window partition are one gather with a precomputed index, their inverse another. Without autograd a
+stage runs over sub-batches of about ``_CHUNK_ELEMENTS`` activations with in-place residual updates
+(GELU in place, ``fc2`` accumulated into the tokens, the attention output added by ``index_add_``),
+so that no large buffer is allocated per operation; the sums are the same, up to rounding order.
+
+Sizes are data (``_SIZES``). Besides timm's names, small models for the built-in data sets are
+registered: ``swin_tiny_patch2_window4_32`` (32×32 Digits) and ``swin_tiny_patch2_window4_64``
+(64×64 Shapes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionzoo.layers import Attention, DropPath, FeatureInfo, Mlp, PatchEmbed
+from visionzoo.layers.drop import drop_path_rates
+from visionzoo.models._registry import Pretrained, register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GLOBAL_POOLS = ("avg", "max", "")
+# timm's and the original code's value: finite, so that no row is ever all -inf
+MASK_VALUE = -100.0
+# Activation elements (tokens × channels) per sub-batch of a stage in inference (at least one image).
+_CHUNK_ELEMENTS = 1 << 21
+_BIAS_CACHE_SIZE = 8
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def fit_window(
+    map_size: tuple[int, int], window: tuple[int, int], shifted: bool
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The window and shift a block uses on a ``map_size`` map (timm's rule, per side): the window
+    shrinks to the map where the map is no larger, and the shift (half the window, for the shifted
+    blocks) is 0 along such a side."""
+    fitted = (min(window[0], map_size[0]), min(window[1], map_size[1]))
+    shift = tuple(w // 2 if shifted and m > w else 0 for w, m in zip(fitted, map_size))
+    return fitted, shift
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a ``size`` = (H, W) map is cut into windows: zero-padded to ``grid`` (multiples of
+    ``window``), rolled by ``-shift``, cut into ``num_windows`` windows of ``area`` tokens.
+
+    ``gather``: ``Tensor[num_windows · area]`` long, the flat map index (``h · W + w``) of the token in
+    each window slot (windows in raster order, tokens raster order inside; padding slots hold 0 and
+    are listed in ``pad_slots``, or None). ``scatter``: ``Tensor[H · W]``, the slot of each map token.
+    ``mask``: ``Tensor[num_windows, area, area]`` float, ``MASK_VALUE`` between tokens of different
+    regions of the rolled map (None without shift).
+    """
+
+    size: tuple[int, int]
+    window: tuple[int, int]
+    shift: tuple[int, int]
+    grid: tuple[int, int]
+    gather: Tensor
+    scatter: Tensor
+    pad_slots: Tensor | None
+    mask: Tensor | None
+
+    @property
+    def num_windows(self) -> int:
+        return (self.grid[0] // self.window[0]) * (self.grid[1] // self.window[1])
+
+    @property
+    def area(self) -> int:
+        return self.window[0] * self.window[1]
+
+
+def _to_windows(t: Tensor, window: tuple[int, int]) -> Tensor:
+    """``Tensor[Hp, Wp] -> Tensor[num_windows, wh · ww]`` (windows and their tokens in raster order)."""
+    (hp, wp), (wh, ww) = t.shape, window
+    return t.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+
+
+@lru_cache(maxsize=64)
+def window_plan(
+    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> WindowPlan:
+    """The :class:`WindowPlan` of a ``size`` map (cached: it depends on the sizes only)."""
+    # normal tensors even when first asked for under inference_mode: autograd saves the indices later
+    with torch.inference_mode(False):
+        return _make_window_plan(size, window, shift, device)
+
+
+def _make_window_plan(
+    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> WindowPlan:
+    (height, width), (wh, ww), (sh, sw) = size, window, shift
+    grid = (math.ceil(height / wh) * wh, math.ceil(width / ww) * ww)
+    row_index, col_index = torch.arange(grid[0], device="cpu"), torch.arange(grid[1], device="cpu")
+    # rolled row i shows padded row (i + shift) mod Hp
+    src_rows = _to_windows(((row_index + sh) % grid[0])[:, None].expand(grid), window).flatten()
+    src_cols = _to_windows(((col_index + sw) % grid[1])[None, :].expand(grid), window).flatten()
+    real = (src_rows < height) & (src_cols < width)
+    gather = torch.where(real, src_rows * width + src_cols, 0)
+    scatter = torch.empty(height * width, dtype=torch.long, device="cpu")
+    scatter[gather[real]] = torch.arange(gather.numel(), device="cpu")[real]
+    pad_slots = None if bool(real.all()) else (~real).nonzero().flatten().to(device)
+    mask = None
+    if sh or sw:
+        # regions of the rolled (padded) map: the last ``shift`` rows/cols came from the top/left edge
+        row_region = (row_index >= grid[0] - wh).long() + (row_index >= grid[0] - sh).long()
+        col_region = (col_index >= grid[1] - ww).long() + (col_index >= grid[1] - sw).long()
+        region = _to_windows(row_region[:, None] * 3 + col_region[None, :], window)
+        mask = (region[:, :, None] != region[:, None, :]).float().mul_(MASK_VALUE).to(device)
+    return WindowPlan(size, window, shift, grid, gather.to(device), scatter.to(device), pad_slots, mask)
+
+
+@lru_cache(maxsize=64)
+def relative_position_index(window: tuple[int, int], table_window: tuple[int, int], device: torch.device) -> Tensor:
+    """``Tensor[N, N]`` long (``N = wh · ww``): the row of the relative position table of a
+    ``table_window`` window for each (query, key) pair of a ``window`` window (at most as large)."""
+    with torch.inference_mode(False):
+        rows, cols = torch.arange(window[0], device="cpu"), torch.arange(window[1], device="cpu")
+        coords = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).flatten(1)
+        delta = coords[:, :, None] - coords[:, None, :]
+        index = (delta[0] + table_window[0] - 1) * (2 * table_window[1] - 1) + delta[1] + table_window[1] - 1
+        return index.to(device)
+
+
+class WindowAttention(Attention):
+    """Multi-head self-attention inside windows, with a learned relative position bias:
+    ``Tensor[B, N, dim] -> Tensor[B, N, dim]`` for B windows of ``N`` tokens.
+
+    The shared :class:`~visionzoo.layers.attention.Attention` (``qkv``, ``proj``) plus
+    ``relative_position_bias_table``: ``Tensor[(2·wh - 1)·(2·ww - 1), num_heads]``, one row per
+    relative offset in a ``window_size`` window (timm's layout). Windows up to that size are taken.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, int],
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        head_dim: int | None = None,
+    ):
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, head_dim)
+        self.window_size = _pair(window_size)
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self, window: tuple[int, int]) -> Tensor:
+        """``Tensor[num_heads, N, N]``: the bias of each head for a ``window`` window (``N = wh · ww``)."""
+        table = self.relative_position_bias_table
+        index = relative_position_index(window, self.window_size, table.device)
+        area = window[0] * window[1]
+        return table[index.flatten()].view(area, area, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """``x``: Tensor[B, N, dim], B windows of N tokens. ``attn_bias``: additive, ``Tensor[G, heads, N, N]``
+        with G = 1 or a divisor of B: row g applies to windows g, g + G, g + 2G, ... (G windows per image).
+
+        Without autograd, ``scaled_dot_product_attention`` (its fused kernels). With autograd the
+        attention is written out as timm does: the fused kernels take no gradient for the bias (the
+        learned table), and SDPA's own fallback for it is slower on CPU.
+        """
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if torch.is_grad_enabled():
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if attn_bias is not None:
+                groups = attn_bias.shape[0]
+                attn = (attn.view(-1, groups, self.num_heads, tokens, tokens) + attn_bias).view(-1, self.num_heads,
+                                                                                                tokens, tokens)
+            attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+            out = attn @ v
+        else:
+            if attn_bias is not None:
+                attn_bias = attn_bias.to(q.dtype)
+                if 1 < attn_bias.shape[0] < batch:
+                    attn_bias = attn_bias.repeat(batch // attn_bias.shape[0], 1, 1, 1)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+            )
+        out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        return self.proj_drop(self.proj(out))
+
+
+def _residual(x: Tensor, branch: Tensor, inplace: bool) -> Tensor:
+    """``x + branch``, into ``x`` when ``inplace`` and the sum keeps ``x``'s dtype."""
+    if inplace and torch.promote_types(x.dtype, branch.dtype) == x.dtype:
+        return x.add_(branch)
+    return x + branch
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+class SwinTransformerBlock(nn.Module):
+    """``x + attn(norm1(x))`` over (shifted) windows, then ``x + mlp(norm2(x))``:
+    ``Tensor[B, H, W, dim] -> Tensor[B, H, W, dim]`` for any H, W.
+
+    Args:
+        dim, num_heads, mlp_ratio, qkv_bias: the sizes.
+        window_size: the largest window (the relative position table's); see :func:`fit_window`.
+        shifted: an SW-MSA block (rolled by half the window where the map exceeds it).
+        proj_drop, attn_drop, drop_path: dropout after the projections, on the attention weights,
+            and stochastic depth of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, int] = (7, 7),
+        shifted: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        head_dim: int | None = None,
+    ):
+        super().__init__()
+        self.window_size = _pair(window_size)
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, attn_drop, proj_drop, head_dim)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._bias_cache: dict[tuple, Tensor] = {}
+        self._bias_version: tuple[int, int] | None = None
+
+    def plan(self, height: int, width: int, device: torch.device) -> WindowPlan:
+        """The windows of this block on a ``height × width`` map."""
+        window, shift = fit_window((height, width), self.window_size, self.shifted)
+        return window_plan((height, width), window, shift, device)
+
+    def attn_bias(self, plan: WindowPlan, dtype: torch.dtype) -> Tensor:
+        """The additive attention bias of ``plan``'s windows, relative position bias plus shift mask:
+        ``Tensor[1, heads, N, N]`` without shift, ``Tensor[num_windows, heads, N, N]`` with.
+
+        Without autograd it is made in ``dtype`` and cached (per map, window, shift, dtype and device)
+        until the table changes (in place, as optimisers and ``load_state_dict`` do: its version
+        counter; writes through ``.data`` are not seen), or is replaced; with autograd it is made anew,
+        in the table's dtype.
+        """
+        table = self.attn.relative_position_bias_table
+        key = (plan.size, plan.window, plan.shift, dtype, table.device)
+        cacheable = not torch.is_grad_enabled()
+        if cacheable:
+            version = (table._version, table.data_ptr())
+            if version != self._bias_version:
+                self._bias_cache.clear()
+                self._bias_version = version
+            if key in self._bias_cache:
+                return self._bias_cache[key]
+        bias = self.attn.relative_position_bias(plan.window).unsqueeze(0)
+        if plan.mask is not None:
+            bias = bias + plan.mask.unsqueeze(1)
+        if cacheable:
+            bias = bias.to(dtype)
+            if len(self._bias_cache) >= _BIAS_CACHE_SIZE:
+                self._bias_cache.pop(next(iter(self._bias_cache)))
+            self._bias_cache[key] = bias
+        return bias
+
+    def window_attention(self, y: Tensor) -> Tensor:
+        """The attention branch on normalised tokens: ``Tensor[B, H, W, C] -> Tensor[B, H, W, C]``
+        (pad, roll, partition; attention in each window; and back)."""
+        batch, height, width, channels = y.shape
+        out, plan = self._attend(y)
+        return out.index_select(1, plan.scatter).view(batch, height, width, channels)
+
+    def _attend(self, y: Tensor) -> tuple[Tensor, WindowPlan]:
+        """Attention of ``y`` (Tensor[B, H, W, C]) in window-slot order: ``Tensor[B, num_windows · N, C]``
+        (see :class:`WindowPlan`), and the plan."""
+        batch, height, width, channels = y.shape
+        plan = self.plan(height, width, y.device)
+        windows = y.reshape(batch, height * width, channels).index_select(1, plan.gather)
+        if plan.pad_slots is not None:
+            windows.index_fill_(1, plan.pad_slots, 0)
+        out = self.attn(windows.view(-1, plan.area, channels), self.attn_bias(plan, _compute_dtype(y)))
+        return out.reshape(batch, plan.num_windows * plan.area, channels), plan
+
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """``x``: Tensor[B, H, W, dim]. ``inplace``: update ``x`` itself, without autograd (inference on
+        a tensor of ours: see :meth:`SwinTransformerStage.forward`)."""
+        if inplace:
+            return self._forward_inplace(x)
+        x = x + self.drop_path1(self.window_attention(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def _forward_inplace(self, x: Tensor) -> Tensor:
+        """:meth:`forward` writing into ``x`` (contiguous), with fewer temporaries: the attention output is
+        added from window-slot order by ``index_add_``, GELU runs in place and ``fc2`` accumulates into
+        ``x`` (the same sums as :meth:`forward`, up to rounding order)."""
+        batch, height, width, channels = x.shape
+        out, plan = self._attend(self.norm1(x))
+        out = self.drop_path1(out)
+        if plan.pad_slots is None and out.dtype == x.dtype:
+            x.view(batch, height * width, channels).index_add_(1, plan.gather, out)
+        else:
+            x = _residual(x, out.index_select(1, plan.scatter).view(batch, height, width, channels), True)
+        mlp = self.mlp
+        rows = x.view(-1, channels)
+        hidden = mlp.fc1(self.norm2(rows))
+        if isinstance(mlp.act, nn.GELU):
+            torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
+        else:
+            hidden = mlp.act(hidden)
+        hidden = mlp.drop1(hidden)
+        fc2 = mlp.fc2
+        if not self.training and rows.dtype == hidden.dtype == fc2.weight.dtype:
+            torch.addmm(rows, hidden, fc2.weight.t(), out=rows)  # not addmm_: FLOP counters know addmm
+            if fc2.bias is not None:
+                rows.add_(fc2.bias)
+            return x
+        branch = self.drop_path2(mlp.drop2(fc2(hidden)).view(batch, height, width, channels))
+        return _residual(x, branch, True)
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2×2 neighbourhood, LayerNorm, linear ``4·dim -> out_dim`` (no bias):
+    ``Tensor[B, H, W, dim] -> Tensor[B, ⌈H/2⌉, ⌈W/2⌉, out_dim]`` (odd sizes are zero-padded, as timm).
+
+    The concatenation order is the original's (and timm's): (0, 0), (1, 0), (0, 1), (1, 1) as (row, col).
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None):
+        super().__init__()
+        self.out_dim = out_dim or 2 * dim
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, height, width, channels = x.shape
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+            height, width = height + height % 2, width + width % 2
+        x = x.reshape(batch, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class SwinTransformerStage(nn.Module):
+    """An optional :class:`PatchMerging` (``downsample``), then ``depth`` blocks alternating W-MSA and
+    SW-MSA: ``Tensor[B, H, W, dim] -> Tensor[B, H', W', out_dim]`` (``H' = ⌈H/2⌉`` with downsampling).
+
+    ``window_size`` is the stage's window, fitted by :func:`fit_window` to its map at the build-time
+    ``input_resolution``: that sets the blocks' relative position tables.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        downsample: bool = True,
+        num_heads: int = 4,
+        window_size: tuple[int, int] = (7, 7),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        head_dim: int | None = None,
+    ):
+        super().__init__()
+        if not downsample and dim != out_dim:
+            raise ValueError(f"a stage without downsampling keeps its width, got dim={dim}, out_dim={out_dim}")
+        self.input_resolution = input_resolution
+        self.output_resolution = tuple((s + 1) // 2 for s in input_resolution) if downsample else input_resolution
+        self.downsample: nn.Module = PatchMerging(dim, out_dim) if downsample else nn.Identity()
+        window, _ = fit_window(self.output_resolution, _pair(window_size), False)
+        rates = list(drop_path) or [0.0] * depth
+        self.blocks = nn.Sequential(*[
+            SwinTransformerBlock(out_dim, num_heads, window, index % 2 == 1, mlp_ratio, qkv_bias, proj_drop,
+                                 attn_drop, rates[index], head_dim)
+            for index in range(depth)
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            x = self.downsample(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+        return self._forward_in_chunks(x)
+
+    def _forward_in_chunks(self, x: Tensor) -> Tensor:
+        """The stage without autograd: sub-batches of about ``_CHUNK_ELEMENTS`` activations (whole images),
+        each downsampled (or copied) and then updated in place by the blocks."""
+        batch, height, width, channels = x.shape
+        if isinstance(self.downsample, PatchMerging):
+            height, width, channels = (height + 1) // 2, (width + 1) // 2, self.downsample.out_dim
+        step = max(1, _CHUNK_ELEMENTS // (height * width * channels))
+        out = None
+        for start in range(0, batch, step):
+            chunk = x[start:start + step]
+            if isinstance(self.downsample, PatchMerging):
+                chunk = self.downsample(chunk)
+            else:
+                chunk = chunk.clone(memory_format=torch.contiguous_format)
+            for block in self.blocks:
+                chunk = block(chunk, inplace=True)
+            if out is None:
+                if step >= batch:
+                    return chunk
+                out = chunk.new_empty((batch, *chunk.shape[1:]))
+            out[start:start + step] = chunk
+        return out
+
+
+class SwinHead(nn.Module):
+    """Global pooling, dropout, linear: ``Tensor[B, H, W, C] -> Tensor[B, num_classes]`` (timm's
+    ``ClassifierHead`` on NHWC input; the key ``fc`` is the same). ``global_pool`` "avg" or "max" pools
+    the map; "" keeps it (``Tensor[B, H, W, num_classes]``). ``pre_logits``: the pooled features."""
+
+    def __init__(self, in_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        self.global_pool = global_pool
+        self.drop = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        elif self.global_pool == "max":
+            x = x.amax(dim=(1, 2))
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+class SwinTransformer(nn.Module):
+    """Swin classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
+
+    Args:
+        img_size: the input size the windows are fitted to (int or (H, W)); other sizes are taken too.
+        patch_size: side of a patch (the stride of the patch embedding).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 makes ``head.fc`` an identity.
+        global_pool: "avg" (timm's), "max" or "" (per-position logits ``Tensor[B, h, w, num_classes]``).
+        embed_dim: width of the first stage; stage i is ``embed_dim · 2**i`` wide.
+        depths, num_heads: blocks and heads of each stage.
+        head_dim: per-head width if not ``width // heads``.
+        window_size: the attention window (int or (h, w)), fitted to each stage's map.
+        mlp_ratio, qkv_bias: MLP width as a multiple of the tokens', biases on q, k, v.
+        drop_rate: dropout before ``head.fc``; ``proj_drop_rate`` after the projections;
+            ``attn_drop_rate`` on the attention weights; ``drop_path_rate``: stochastic depth rising
+            linearly from 0 over all blocks (timm's default 0.1).
+
+    Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        head_dim: int | None = None,
+        window_size: int | tuple[int, int] = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+    ):
+        super().__init__()
+        if len(depths) != len(num_heads) or not depths:
+            raise ValueError(f"depths and num_heads need one entry per stage, got {depths} and {num_heads}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_layers = len(depths)
+        self.embed_dim = embed_dim
+        dims = [embed_dim * 2 ** i for i in range(self.num_layers)]
+        self.num_features = dims[-1]
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm,
+                                      output_fmt="NHWC", strict_img_size=False, pad=True)
+        patch = self.patch_embed.patch_size
+        grid = tuple(math.ceil(s / p) for s, p in zip(self.patch_embed.img_size, patch))
+        rates = drop_path_rates(drop_path_rate, list(depths))
+        stages, infos, resolution = [], [], grid
+        for index, depth in enumerate(depths):
+            in_dim = dims[max(index - 1, 0)]
+            stage = SwinTransformerStage(
+                in_dim, dims[index], resolution, depth, downsample=index > 0, num_heads=num_heads[index],
+                window_size=_pair(window_size), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate, drop_path=rates[index], head_dim=head_dim,
+            )
+            resolution = stage.output_resolution
+            stages.append(stage)
+            infos.append(dict(num_chs=dims[index], reduction=max(patch) * 2 ** index, module=f"layers.{index}"))
+        self.layers = nn.Sequential(*stages)
+        self.feature_info = FeatureInfo(infos)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = SwinHead(self.num_features, num_classes, global_pool, drop_rate)
+        self.default_cfg: dict = {}
+        self.apply(_init_weights)
+
+    @property
+    def global_pool(self) -> str:
+        return self.head.global_pool
+
+    # --- the timm interface -------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            self.head.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        """The relative position tables (timm's set)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, h, w, num_features]`` after the final norm (NHWC, as
+        timm), ``h = ⌈⌈H/p⌉/2^(stages-1)⌉`` (H/32 for the 224 models)."""
+        return self.norm(self.layers(self.patch_embed(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``Tensor[B, h, w, num_features] -> Tensor[B, num_classes]`` logits, or with ``pre_logits`` the
+        pooled ``Tensor[B, num_features]``."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # timm's: truncated normal (std 0.02) for linears with zero biases; convs and norms keep PyTorch's
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class SwinTransformerFeatures(nn.Module):
+    """A Swin trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
+
+    ``out_indices`` picks the outputs of ``layers.0..3`` (strides 4, 8, 16, 32 for 4×4 patches). Map
+    ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
+    at each later stage: NCHW in shape (timm's features are NHWC), channels-last in memory, without
+    the final norm (as timm's). The stages after the last index, the norm and the head are left out.
+    """
+
+    features_only = True
+
+    def __init__(self, model: SwinTransformer, out_indices: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__()
+        out_indices = tuple(int(i) for i in out_indices)
+        count = len(model.layers)
+        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(count)):
+            raise ValueError(f"out_indices must be increasing indices in 0..{count - 1}, got {out_indices}")
+        self.out_indices = out_indices
+        self.patch_embed = model.patch_embed
+        self.layers = nn.Sequential(*list(model.layers)[:max(out_indices) + 1])
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+        self.default_cfg: dict = {}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.patch_embed(x)
+        maps = []
+        for index, stage in enumerate(self.layers):
+            x = stage(x)
+            if index in self.out_indices:
+                maps.append(x.permute(0, 3, 1, 2))
+        return maps
+
+
+def _resize_table(table: Tensor, old: tuple[int, int], new: tuple[int, int]) -> Tensor:
+    """A relative position table ``Tensor[(2·oh-1)·(2·ow-1), heads]`` for a ``new`` window: cropped to
+    the central offsets when smaller (the same biases for the offsets both windows have), bicubic
+    interpolation when larger."""
+    heads = table.shape[1]
+    grid = table.t().reshape(1, heads, 2 * old[0] - 1, 2 * old[1] - 1)
+    if new[0] <= old[0] and new[1] <= old[1]:
+        # row oh - 1 of the old grid is offset 0, row nh - 1 of the new one
+        grid = grid[:, :, old[0] - new[0]:old[0] + new[0] - 1, old[1] - new[1]:old[1] + new[1] - 1]
+    else:
+        size = (2 * new[0] - 1, 2 * new[1] - 1)
+        grid = F.interpolate(grid.float(), size=size, mode="bicubic", align_corners=False).to(table.dtype)
+    return grid.reshape(heads, -1).t().contiguous()
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Convert a foreign Swin state dict (timm's, or the official Microsoft release's) to ours.
+
+    - ``relative_position_index`` and ``attn_mask`` buffers are dropped (computed here);
+    - the official layout (patch merging at the end of stages 0..2, ``head.weight``) is renamed to
+      timm's (at the start of stages 1..3, ``head.fc.weight``);
+    - timm's feature-extractor keys (``layers_1``) get their dot back;
+    - a relative position table for another window is cropped (smaller window) or interpolated;
+    - for a feature extractor, the weights of the stages it leaves out are dropped.
+    """
+    official = "layers.0.downsample.reduction.weight" in state_dict
+    own = model.state_dict()
+    kept_stages = len(model.layers)
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        key = _dotted(key)
+        if official:
+            key = _official_key(key)
+        stage = key.split(".")[1] if key.startswith("layers.") else None
+        if getattr(model, "features_only", False) and stage is not None and int(stage) >= kept_stages:
+            continue
+        if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
+            window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
+            side = math.isqrt(value.shape[0])
+            value = _resize_table(value, ((side + 1) // 2, (side + 1) // 2), window)
+        out[key] = value
+    return out
+
+
+def _dotted(key: str) -> str:
+    if key.startswith("layers_"):
+        return "layers." + key[len("layers_"):]
+    return key
+
+
+def _official_key(key: str) -> str:
+    """An official (Microsoft) key in timm's layout."""
+    if key.startswith("layers.") and ".downsample." in key:
+        _, stage, rest = key.split(".", 2)
+        return f"layers.{int(stage) + 1}.{rest}"
+    if key in ("head.weight", "head.bias"):
+        return "head.fc." + key.rsplit(".", 1)[1]
+    return key
+
+
+# --- registered sizes -------------------------------------------------------------------------
+
+_SIZES: dict[str, dict[str, Any]] = {
+    "swin_tiny_patch4_window7_224": dict(patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 6, 2),
+                                         num_heads=(3, 6, 12, 24)),
+    "swin_small_patch4_window7_224": dict(patch_size=4, window_size=7, embed_dim=96, depths=(2, 2, 18, 2),
+                                          num_heads=(3, 6, 12, 24)),
+    "swin_base_patch4_window7_224": dict(patch_size=4, window_size=7, embed_dim=128, depths=(2, 2, 18, 2),
+                                         num_heads=(4, 8, 16, 32)),
+    "swin_base_patch4_window12_384": dict(img_size=384, patch_size=4, window_size=12, embed_dim=128,
+                                          depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    # Small inputs, for training from scratch on the built-in data: 2×2 patches, 4×4 windows, three
+    # stages 48, 96, 192 wide (heads of 16 channels); stages 0 and 1 have shifted windows.
+    "swin_tiny_patch2_window4_32": dict(img_size=32, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
+                                        num_heads=(3, 6, 12)),
+    "swin_tiny_patch2_window4_64": dict(img_size=64, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
+                                        num_heads=(3, 6, 12)),
+}
+
+
+def _create(
+    name: str, *, features_only: bool = False, out_indices: Sequence[int] | None = None, **kwargs: Any
+) -> SwinTransformer | SwinTransformerFeatures:
+    """Build the size ``name``, with ``kwargs`` (any constructor argument) overriding its sizes;
+    ``features_only``: its trunk returning the maps of ``out_indices`` (default: every stage)."""
+    model = SwinTransformer(**{**_SIZES[name], **kwargs})
+    if not features_only:
+        return model
+    return SwinTransformerFeatures(model, tuple(range(len(model.layers))) if out_indices is None else out_indices)
+
+
+def _timm(tag: str) -> Pretrained:
+    return Pretrained(hf_hub_id=f"timm/{tag}")
+
+
+def _cfg(size: int = 224, crop_pct: float = 0.9, stride: int = 32) -> dict[str, Any]:
+    return dict(
+        checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier="head.fc",
+        input_size=(3, size, size), pool_size=(size // stride, size // stride), crop_pct=crop_pct,
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+    )
+
+
+@register_model(pretrained=_timm("swin_tiny_patch4_window7_224.ms_in1k"), **_cfg())
+def swin_tiny_patch4_window7_224(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin-T: 96 wide, depths (2, 2, 6, 2), 7×7 windows, 28.3 M parameters."""
+    return _create("swin_tiny_patch4_window7_224", **kwargs)
+
+
+@register_model(pretrained=_timm("swin_small_patch4_window7_224.ms_in22k_ft_in1k"), **_cfg())
+def swin_small_patch4_window7_224(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin-S: 96 wide, depths (2, 2, 18, 2), 7×7 windows, 49.6 M parameters."""
+    return _create("swin_small_patch4_window7_224", **kwargs)
+
+
+@register_model(pretrained=_timm("swin_base_patch4_window7_224.ms_in22k_ft_in1k"), **_cfg())
+def swin_base_patch4_window7_224(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin-B: 128 wide, depths (2, 2, 18, 2), 7×7 windows, 87.8 M parameters."""
+    return _create("swin_base_patch4_window7_224", **kwargs)
+
+
+@register_model(pretrained=_timm("swin_base_patch4_window12_384.ms_in22k_ft_in1k"), **_cfg(384, crop_pct=1.0))
+def swin_base_patch4_window12_384(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin-B at 384×384: 128 wide, depths (2, 2, 18, 2), 12×12 windows, 87.9 M parameters."""
+    return _create("swin_base_patch4_window12_384", **kwargs)
+
+
+@register_model(**_cfg(32, crop_pct=1.0, stride=8))
+def swin_tiny_patch2_window4_32(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin for 32×32 inputs (Digits): 2×2 patches (16×16 tokens), 4×4 windows, stages of 16, 8, 4 tokens
+    a side (shifted windows in the first two), 48/96/192 wide, depths (2, 2, 2); 1,268,356 parameters
+    with 10 classes (1,459,426 with the default 1000)."""
+    return _create("swin_tiny_patch2_window4_32", **kwargs)
+
+
+@register_model(**_cfg(64, crop_pct=1.0, stride=8))
+def swin_tiny_patch2_window4_64(**kwargs) -> SwinTransformer | SwinTransformerFeatures:
+    """Swin for 64×64 inputs (Shapes): 2×2 patches (32×32 tokens), 4×4 windows, stages of 32, 16, 8
+    tokens a side (all with shifted windows), 48/96/192 wide, depths (2, 2, 2); 1,268,356 parameters with
+    10 classes (1,459,426 with the default 1000)."""
+    return _create("swin_tiny_patch2_window4_64", **kwargs)

@@ -1,0 +1,390 @@
+"""Swin Transformer against timm: sizes, checkpoints (.pth/.safetensors, official layout), logits and
+gradients, padded and other input sizes, the shifted-window mask, feature maps, and bad inputs."""
+
+from functools import partial
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.layers import PatchEmbed as TimmPatchEmbed
+from timm.models.swin_transformer import SwinTransformer as TimmSwinTransformer
+
+import visionzoo.models.swin_transformer as swin
+from visionzoo.models import create_model, get_model_entry
+from visionzoo.models.swin_transformer import SwinTransformer, SwinTransformerBlock, checkpoint_filter_fn
+
+TIMM_NAMES = (
+    "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
+    "swin_base_patch4_window12_384",
+)
+SMALL_CONFIGS = {  # our small sizes, as timm SwinTransformer arguments
+    "swin_tiny_patch2_window4_32": dict(img_size=32, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
+                                        num_heads=(3, 6, 12)),
+    "swin_tiny_patch2_window4_64": dict(img_size=64, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
+                                        num_heads=(3, 6, 12)),
+}
+ATOL = 1e-4
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def images(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def randomise(model, seed):
+    """Random biases, norms and relative position tables too (timm initialises them to 0, 1 and ~0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+            elif name.endswith("relative_position_bias_table"):
+                param.normal_(std=0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def timm_tiny(tmp_path_factory):
+    """timm's swin_tiny_patch4_window7_224 with random weights, saved as .pth; an image and its features."""
+    torch.manual_seed(0)
+    reference = randomise(timm.create_model("swin_tiny_patch4_window7_224").eval(), 1)
+    path = tmp_path_factory.mktemp("timm") / "swin_tiny.pth"
+    torch.save(reference.state_dict(), path)
+    x = images(1, 3, 224, 224, seed=1)
+    with torch.no_grad():
+        features = reference.forward_features(x)
+    return reference, path, x, features
+
+
+@pytest.fixture(scope="module")
+def ours_tiny(timm_tiny):
+    return create_model("swin_tiny_patch4_window7_224", checkpoint=timm_tiny[1]).eval()
+
+
+@pytest.fixture(scope="module")
+def timm_small(tmp_path_factory):
+    """timm's SwinTransformer in our 32×32 size (10 classes) with random weights, saved as .safetensors."""
+    torch.manual_seed(2)
+    reference = randomise(TimmSwinTransformer(num_classes=10, **SMALL_CONFIGS["swin_tiny_patch2_window4_32"]), 3)
+    path = tmp_path_factory.mktemp("timm") / "swin_small.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    return reference.eval(), path
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_parameter_counts_and_keys_equal_timm(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name), timm.create_model(name)
+    assert count(ours) == count(reference)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert ours.no_weight_decay() == reference.no_weight_decay()
+
+
+def test_swin_tiny_count_is_the_issue_figure():
+    with torch.device("meta"):
+        assert count(create_model("swin_tiny_patch4_window7_224")) == 28_288_354
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_default_cfg_and_weights_are_timms(name):
+    with torch.device("meta"):
+        cfg, expected = create_model(name).default_cfg, timm.create_model(name).pretrained_cfg
+    assert get_model_entry(name).pretrained.hf_hub_id == expected["hf_hub_id"] == cfg["hf_hub_id"]
+    for key in ("mean", "std", "input_size", "pool_size", "crop_pct", "interpolation", "first_conv", "classifier"):
+        assert cfg[key] == expected[key], key
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_small_configs_count_and_keys_equal_timm_built_with_the_same_sizes(name):
+    with torch.device("meta"):
+        ours, reference = create_model(name, num_classes=10), TimmSwinTransformer(num_classes=10, **SMALL_CONFIGS[name])
+    assert count(ours) == count(reference) == 1_268_356
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    size = SMALL_CONFIGS[name]["img_size"]
+    assert ours.default_cfg["input_size"] == (3, size, size)
+    assert ours.default_cfg["pool_size"] == (size // 8, size // 8)
+    # shifted windows are active in stages 0 and 1; stage 2's map (4×4 at 32, 8×8 at 64) is one window or more
+    shifts = [[block.plan(*stage.output_resolution, torch.device("cpu")).shift for block in stage.blocks]
+              for stage in create_model(name).layers]
+    assert shifts[0] == shifts[1] == [(0, 0), (2, 2)]
+    assert shifts[2] == ([(0, 0), (0, 0)] if size == 32 else [(0, 0), (2, 2)])
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_checkpoint_gives_timm_logits(timm_tiny, ours_tiny, tmp_path, suffix):
+    reference, _, x, expected_features = timm_tiny
+    ours = ours_tiny
+    if suffix == ".safetensors":
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+        ours = create_model("swin_tiny_patch4_window7_224", checkpoint=path).eval()
+    with torch.no_grad():
+        features = ours.forward_features(x)
+        torch.testing.assert_close(features, expected_features, atol=ATOL, rtol=1e-5)
+        logits = ours(x)
+        torch.testing.assert_close(logits, reference.forward_head(expected_features), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(ours.forward_head(features, pre_logits=True),
+                                   reference.forward_head(expected_features, pre_logits=True), atol=ATOL, rtol=1e-5)
+    assert features.shape == (1, 7, 7, 768)
+    assert logits.shape == (1, 1000) and logits.std() > 0.1
+    assert ours.num_features == reference.num_features == 768
+
+
+def test_official_layout_and_buffers_are_converted(timm_tiny, ours_tiny):
+    reference, _, x, expected_features = timm_tiny
+    official = {}
+    for key, value in reference.state_dict().items():
+        if ".downsample." in key:  # the original code merges patches at the end of the previous stage
+            stage = int(key.split(".")[1])
+            key = key.replace(f"layers.{stage}.", f"layers.{stage - 1}.", 1)
+        official[key.replace("head.fc.", "head.")] = value
+    official["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    official["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    converted = checkpoint_filter_fn(official, ours_tiny)
+    own = ours_tiny.state_dict()
+    assert converted.keys() == own.keys()
+    assert all(torch.equal(converted[k], own[k]) for k in own)
+
+
+def test_inference_path_equals_the_autograd_path_in_sub_batches(monkeypatch):
+    """Without autograd a stage runs over sub-batches, in place; with it, over the batch."""
+    torch.manual_seed(2)
+    model = randomise(create_model("swin_tiny_patch2_window4_32", num_classes=10).eval(), 3)
+    x = images(5, 3, 32, 32, seed=4)
+    with torch.no_grad():
+        whole = model(x)
+    monkeypatch.setattr(swin, "_CHUNK_ELEMENTS", 16 * 16 * 48 * 2)  # two images per sub-batch
+    with torch.no_grad():
+        chunked = model(x)
+    with_grad = model(x)
+    assert with_grad.requires_grad
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_grad.detach(), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_small_config_logits_and_gradients_equal_timm(name):
+    torch.manual_seed(5)
+    reference = randomise(TimmSwinTransformer(num_classes=10, **SMALL_CONFIGS[name]), 6).eval()
+    ours = create_model(name, num_classes=10).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    size = SMALL_CONFIGS[name]["img_size"]
+    x = images(3, 3, size, size, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+    ours(x).logsumexp(-1).sum().backward()
+    reference(x).logsumexp(-1).sum().backward()
+    table = "layers.1.blocks.1.attn.relative_position_bias_table"  # of a shifted block
+    grads = dict(ours.named_parameters())[table].grad, dict(reference.named_parameters())[table].grad
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(*grads, atol=1e-5, rtol=1e-4)
+
+
+def test_drop_path_and_init_follow_timm():
+    torch.manual_seed(8)
+    sizes = SMALL_CONFIGS["swin_tiny_patch2_window4_32"]
+    ours, reference = SwinTransformer(drop_path_rate=0.3, **sizes), TimmSwinTransformer(drop_path_rate=0.3, **sizes)
+    rates = [[b.drop_path1.drop_prob if b.drop_path1.__class__.__name__ == "DropPath" else 0.0 for b in s.blocks]
+             for s in ours.layers]
+    expected = [[b.drop_path1.drop_prob if b.drop_path1.__class__.__name__ == "DropPath" else 0.0 for b in s.blocks]
+                for s in reference.layers]
+    assert rates == expected and rates[-1][-1] == pytest.approx(0.3)
+    assert create_model("swin_tiny_patch2_window4_32").layers[0].blocks[1].drop_path1.drop_prob == pytest.approx(0.02)
+    block = ours.layers[0].blocks[0]
+    assert block.attn.relative_position_bias_table.std().item() == pytest.approx(0.02, rel=0.3)
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1) and torch.all(block.attn.qkv.bias == 0)
+    assert block.norm1.eps == ours.norm.eps == ours.layers[1].downsample.norm.eps == 1e-5
+
+
+def test_unpadded_timm_agrees_where_no_shifted_block_pads():
+    """With one (unshifted) block per stage, timm's padding and ours coincide: 37×37 needs padding to the
+    2×2 patch (38) and then at every stage to the 4×4 window (19 → 20, 10 → 12, 5 → 8)."""
+    torch.manual_seed(9)
+    sizes = dict(SMALL_CONFIGS["swin_tiny_patch2_window4_32"], depths=(1, 1, 1))
+    reference = TimmSwinTransformer(num_classes=10, strict_img_size=False,
+                                    embed_layer=partial(TimmPatchEmbed, dynamic_img_pad=True), **sizes)
+    reference = randomise(reference, 10).eval()
+    ours = SwinTransformer(num_classes=10, **sizes).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 37, 37, seed=11)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        assert ours.forward_features(x).shape == (2, 5, 5, 192)
+
+
+def test_padding_a_map_equals_attention_on_the_explicitly_zero_padded_map():
+    torch.manual_seed(12)
+    y = images(2, 9, 10, 32, seed=13)
+    padded = F.pad(y, (0, 0, 0, 2, 0, 3))  # 12×12: three 4×4 windows a side, as the block pads
+    for shifted in (False, True):
+        block = randomise(SwinTransformerBlock(32, 4, (4, 4), shifted=shifted), 14).eval()
+        assert block.plan(9, 10, y.device).grid == (12, 12)
+        assert block.plan(9, 10, y.device).shift == block.plan(12, 12, y.device).shift == ((2, 2) if shifted else (0, 0))
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                got, want = block.window_attention(y), block.window_attention(padded)[:, :9, :10]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 11)])
+def test_shifted_windows_mask_the_tokens_the_roll_brings_together(size):
+    """Token (0, 0) shares a shifted window with the far corner and the far edges, which the mask keeps
+    out; its near neighbour is in its region. A map that needs padding is masked as well."""
+    torch.manual_seed(15)
+    block = randomise(SwinTransformerBlock(32, 4, (4, 4), shifted=True), 16).eval()
+    height, width = size
+    y = images(1, height, width, 32, seed=17)
+
+    def changed(row, col, grad):
+        edited = y.clone()
+        edited[0, row, col] += 10.0
+        with torch.set_grad_enabled(grad):
+            return (block.window_attention(edited) - block.window_attention(y))[0, 0, 0].abs().max().item()
+
+    for grad in (False, True):
+        assert changed(1, 1, grad) > 1e-2
+        for far in [(height - 1, width - 1), (height - 1, 0), (0, width - 1), (height - 1, 1), (1, width - 1)]:
+            assert changed(*far, grad) < 1e-6, far
+    unshifted = SwinTransformerBlock(32, 4, (4, 4), shifted=False)
+    assert unshifted.plan(height, width, y.device).mask is None
+
+
+def test_windows_fit_small_maps_as_timm_built_for_that_size(timm_tiny, ours_tiny):
+    """At 112×112 the maps are 28, 14, 7, 4: stage 3's window shrinks to 4×4 (shift 0). Our 224 model run
+    at 112 equals timm built for 112 with the same weights, the 7×7 tables cropped to 4×4 by our filter."""
+    reference_224, path, _, _ = timm_tiny
+    ours_224 = ours_tiny
+    ours_112 = create_model("swin_tiny_patch4_window7_224", checkpoint=path, img_size=112).eval()
+    table = "layers.3.blocks.0.attn.relative_position_bias_table"
+    assert ours_112.state_dict()[table].shape == (7 * 7, 24)
+    reference = timm.create_model("swin_tiny_patch4_window7_224", img_size=112).eval()
+    reference.load_state_dict(ours_112.state_dict(), strict=True)
+    x = images(1, 3, 112, 112, seed=18)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(ours_112(x), expected, atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(ours_224(x), expected, atol=ATOL, rtol=1e-5)
+    # a cropped table keeps the biases of the offsets the small window has
+    full = reference_224.state_dict()[table].view(13, 13, 24)
+    torch.testing.assert_close(ours_112.state_dict()[table].view(7, 7, 24), full[3:10, 3:10])
+
+
+def test_any_input_size_is_padded(ours_tiny):
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=10).eval()
+    features = create_model("swin_tiny_patch2_window4_32", features_only=True).eval()
+    features.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(("patch_embed", "layers"))})
+    with torch.no_grad():
+        for size, grids in (((36, 36), [(18, 18), (9, 9), (5, 5)]), ((33, 47), [(17, 24), (9, 12), (5, 6)]),
+                            ((2, 2), [(1, 1)] * 3), ((5, 70), [(3, 35), (2, 18), (1, 9)])):
+            x = images(1, 3, *size)
+            assert model.forward_features(x).shape == (1, *grids[-1], 192)
+            assert torch.isfinite(model(x)).all()
+            maps = features(x)
+            assert [tuple(m.shape[2:]) for m in maps] == grids and [m.shape[1] for m in maps] == [48, 96, 192]
+            torch.testing.assert_close(model.norm(maps[-1].permute(0, 2, 3, 1)), model.forward_features(x))
+        assert ours_tiny.forward_features(images(1, 3, 230, 230, seed=19)).shape == (1, 8, 8, 768)
+
+
+def test_features_only_maps_equal_timm(timm_tiny):
+    reference, path, x, _ = timm_tiny
+    ours = create_model("swin_tiny_patch4_window7_224", checkpoint=path, features_only=True).eval()
+    theirs = timm.create_model("swin_tiny_patch4_window7_224", features_only=True).eval()
+    theirs.load_state_dict({k.replace("layers.", "layers_", 1): v for k, v in reference.state_dict().items()
+                            if not k.startswith(("head", "norm"))})
+    assert not hasattr(ours, "head") and not hasattr(ours, "norm")
+    with torch.no_grad():
+        maps, expected = ours(x), theirs(x)
+    assert [tuple(m.shape) for m in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want.permute(0, 3, 1, 2), atol=ATOL, rtol=1e-5)
+    for key in ("channels", "reduction", "module_name"):
+        assert getattr(ours.feature_info, key)() == getattr(theirs.feature_info, key)(), key
+    # timm's feature-extractor keys (layers_N) load through the filter
+    converted = checkpoint_filter_fn(theirs.state_dict(), ours)
+    assert all(torch.equal(converted[k], v) for k, v in ours.state_dict().items())
+
+
+def test_classifier_weights_load_into_a_truncated_feature_extractor(timm_small):
+    reference, path = timm_small
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, features_only=True, out_indices=(0, 1))
+    x = images(2, 3, 32, 32, seed=20)
+    with torch.no_grad():
+        maps = ours.eval()(x)
+        expected = reference.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+    assert len(ours.layers) == 2 and not hasattr(ours, "norm")
+    assert ours.feature_info.module_name() == ["layers.0", "layers.1"] and ours.feature_info.reduction() == [2, 4]
+    assert [tuple(m.shape) for m in maps] == [(2, 48, 16, 16), (2, 96, 8, 8)]
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("swin_tiny_patch2_window4_32", features_only=True, out_indices=(2, 1))
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("swin_tiny_patch2_window4_32", features_only=True, out_indices=(3,))
+
+
+def test_bias_cache_follows_the_table_and_dtype():
+    torch.manual_seed(20)
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=10).eval()
+    x = images(2, 3, 32, 32, seed=21)
+    with torch.no_grad():
+        before = model(x)
+        for name, param in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                param.normal_(std=1.0)
+        after = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    fresh = model(x)  # with autograd: nothing cached
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, fresh.detach(), atol=1e-5, rtol=1e-5)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - after).abs().max() < 0.05 * after.abs().max()
+
+
+def test_bad_inputs_raise_one_clear_error_each():
+    model = create_model("swin_tiny_patch2_window4_32")
+    with pytest.raises(ValueError, match="3-channel images, got 1 channels"):
+        model(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="smaller than one 2×2 patch"):
+        model(torch.zeros(1, 3, 1, 32))
+    with pytest.raises(ValueError, match=r"Tensor\[B, C, H, W\]"):
+        model(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="global_pool"):
+        create_model("swin_tiny_patch2_window4_32", global_pool="token")
+    with pytest.raises(ValueError, match="one entry per stage"):
+        SwinTransformer(depths=(2, 2), num_heads=(3,))
+
+
+def test_reset_classifier_pooling_and_in_chans(timm_small):
+    _, path = timm_small
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=7).eval()
+    assert model.get_classifier() is model.head.fc and model.head.fc.out_features == 7
+    x = images(2, 3, 32, 32, seed=22)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(0, global_pool="max")
+        torch.testing.assert_close(model(x), features.amax(dim=(1, 2)))
+        model.reset_classifier(5, global_pool="")
+        assert model(x).shape == (2, 4, 4, 5) and model.num_classes == 5 and model.global_pool == ""
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(5, global_pool="token")
+    grey = create_model("swin_tiny_patch2_window4_32", checkpoint=path, in_chans=1, num_classes=3)
+    full = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10)
+    torch.testing.assert_close(grey.patch_embed.proj.weight, full.patch_embed.proj.weight.sum(1, keepdim=True))
+    assert grey.head.fc.out_features == 3
+
+
+def test_training_after_inference_mode_at_a_new_size():
+    """Window plans first made under inference_mode still serve autograd (it saves their indices)."""
+    torch.manual_seed(23)
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=10)
+    x = images(2, 3, 40, 44, seed=24)  # a size no other test uses
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).logsumexp(-1).sum().backward()
+    assert all(param.grad is not None and torch.isfinite(param.grad).all() for param in model.parameters())
