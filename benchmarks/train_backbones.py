@@ -52,7 +52,7 @@ class Run:
 SINGLE = {
     "vit-digits32": Run("vit_tiny_patch8_32", "digits", 32, 600, model_args={"global_pool": "avg"}),
     "swin-digits32": Run("swin_tiny_patch2_window4_32", "digits", 32, 600),
-    "convnext-digits32": Run("convnext_atto_32", "digits", 32, 600),
+    "convnext-digits32": Run("convnext_atto_32", "digits", 32, 300),
     "vit-shapes64": Run("vit_tiny_patch8_64", "shapes", 64, 600),
     "swin-shapes64": Run("swin_tiny_patch2_window4_64", "shapes", 64, 600),
     "convnext-shapes64": Run("convnext_atto_64", "shapes", 64, 600),
