@@ -20,7 +20,7 @@ TIMM_NAMES = (
     "swin_base_patch4_window12_384",
 )
 SMALL_CONFIGS = {  # our small sizes, as timm SwinTransformer arguments
-    "swin_tiny_patch2_window4_32": dict(img_size=32, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
+    "swin_tiny_patch2_window4_32": dict(img_size=32, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 6),
                                         num_heads=(3, 6, 12)),
     "swin_tiny_patch2_window4_64": dict(img_size=64, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 2),
                                         num_heads=(3, 6, 12)),
@@ -103,7 +103,7 @@ def test_default_cfg_and_weights_are_timms(name):
 def test_small_configs_count_and_keys_equal_timm_built_with_the_same_sizes(name):
     with torch.device("meta"):
         ours, reference = create_model(name, num_classes=10), TimmSwinTransformer(num_classes=10, **SMALL_CONFIGS[name])
-    assert count(ours) == count(reference) == 1_268_356
+    assert count(ours) == count(reference) == {32: 3_050_164, 64: 1_268_356}[SMALL_CONFIGS[name]["img_size"]]
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     size = SMALL_CONFIGS[name]["img_size"]
     assert ours.default_cfg["input_size"] == (3, size, size)
@@ -112,7 +112,7 @@ def test_small_configs_count_and_keys_equal_timm_built_with_the_same_sizes(name)
     shifts = [[block.plan(*stage.output_resolution, torch.device("cpu")).shift for block in stage.blocks]
               for stage in create_model(name).layers]
     assert shifts[0] == shifts[1] == [(0, 0), (2, 2)]
-    assert shifts[2] == ([(0, 0), (0, 0)] if size == 32 else [(0, 0), (2, 2)])
+    assert shifts[2] == ([(0, 0)] * 6 if size == 32 else [(0, 0), (2, 2)])
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -158,7 +158,7 @@ def test_inference_path_equals_the_autograd_path_in_sub_batches(monkeypatch):
     x = images(5, 3, 32, 32, seed=4)
     with torch.no_grad():
         whole = model(x)
-    monkeypatch.setattr(swin, "_CHUNK_ELEMENTS", 16 * 16 * 48 * 2)  # two images per sub-batch
+    monkeypatch.setattr(swin, "_CHUNK_BYTES", 16 * 16 * 48 * 4 * 2)  # two images per sub-batch at stage 0
     with torch.no_grad():
         chunked = model(x)
     with_grad = model(x)
@@ -194,7 +194,7 @@ def test_drop_path_and_init_follow_timm():
     expected = [[b.drop_path1.drop_prob if b.drop_path1.__class__.__name__ == "DropPath" else 0.0 for b in s.blocks]
                 for s in reference.layers]
     assert rates == expected and rates[-1][-1] == pytest.approx(0.3)
-    assert create_model("swin_tiny_patch2_window4_32").layers[0].blocks[1].drop_path1.drop_prob == pytest.approx(0.02)
+    assert create_model("swin_tiny_patch2_window4_32").layers[0].blocks[1].drop_path1.drop_prob == pytest.approx(0.1 / 9)
     block = ours.layers[0].blocks[0]
     assert block.attn.relative_position_bias_table.std().item() == pytest.approx(0.02, rel=0.3)
     assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1) and torch.all(block.attn.qkv.bias == 0)
@@ -388,3 +388,16 @@ def test_training_after_inference_mode_at_a_new_size():
         model.eval()(x)
     model.train()(x).logsumexp(-1).sum().backward()
     assert all(param.grad is not None and torch.isfinite(param.grad).all() for param in model.parameters())
+
+
+def test_a_checkpoint_for_smaller_windows_is_interpolated(timm_small):
+    """4×4-window weights into 6×6 windows (at 48×48 the maps are 24, 12, 6): the 7×7 tables become 11×11
+    (bicubic), keeping the bias of offset 0."""
+    reference, path = timm_small
+    model = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=48, window_size=6)
+    table = "layers.0.blocks.1.attn.relative_position_bias_table"
+    assert model.state_dict()[table].shape == (11 * 11, 3)
+    torch.testing.assert_close(model.state_dict()[table].view(11, 11, 3)[5, 5],
+                               reference.state_dict()[table].view(7, 7, 3)[3, 3])
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(images(1, 3, 48, 48))).all()
