@@ -7,6 +7,7 @@ import re
 import pytest
 import timm
 import torch
+from model_helpers import count, images
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 
@@ -26,13 +27,6 @@ TIMM_TAGS = {  # the weights our registry names, as timm tags
 CONV_MLP = {"convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano"}  # timm: 1×1-conv MLPs
 ATOL = 1e-4
 
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def images(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def randomise(model, seed):

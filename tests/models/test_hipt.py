@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from model_helpers import count, images
 
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model
@@ -24,13 +25,6 @@ from visionzoo.models.hipt import (
 
 ATOL = 1e-4
 
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def images(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def randomise(model, seed):

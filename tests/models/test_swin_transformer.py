@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from model_helpers import count, images
 from safetensors.torch import save_file
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from timm.models.swin_transformer import SwinTransformer as TimmSwinTransformer
@@ -27,13 +28,6 @@ SMALL_CONFIGS = {  # our small sizes, as timm SwinTransformer arguments
 }
 ATOL = 1e-4
 
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def images(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def randomise(model, seed):

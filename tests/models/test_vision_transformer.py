@@ -4,6 +4,7 @@ feature maps, the token interface used by masked patch prediction, and bad input
 import pytest
 import timm
 import torch
+from model_helpers import count, images
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
@@ -23,13 +24,6 @@ SMALL_CONFIGS = {  # our small sizes, as timm VisionTransformer arguments
 }
 ATOL = 1e-4
 
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def images(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
