@@ -91,6 +91,23 @@ def test_timm_checkpoint_gives_timm_logits(timm_tiny, tmp_path, suffix):
     assert ours.num_features == reference.num_features == 192
 
 
+def test_inference_in_token_chunks_equals_timm_fp32_and_bf16(timm_tiny, monkeypatch):
+    import visionzoo.models.vision_transformer as vision_transformer
+
+    reference, path = timm_tiny
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path).eval()
+    monkeypatch.setattr(vision_transformer, "_MLP_CHUNK_ELEMENTS", 768 * 50)  # 394 tokens: 8 chunks
+    x = images(2, 3, 224, 224, seed=2)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, expected = ours(x), reference(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), atol=0.01, rtol=0.01)  # equal here
+    with torch.enable_grad():  # the training path (autograd on) is not chunked and matches too
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
 def test_small_config_logits_equal_timm():
     torch.manual_seed(3)
     reference = TimmVisionTransformer(num_classes=10, **SMALL_CONFIGS["vit_tiny_patch4_32"]).eval()

@@ -4,11 +4,12 @@ from visionzoo.layers.attention import Attention
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo
 from visionzoo.layers.layer_scale import LayerScale
+from visionzoo.layers.linear import Linear
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "DropPath", "FeatureInfo", "LayerScale", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
+    "Attention", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
     "resample_abs_pos_embed",
 ]

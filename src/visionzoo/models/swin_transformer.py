@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.layers import Attention, DropPath, FeatureInfo, Mlp, PatchEmbed
+from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import Pretrained, register_model
 
@@ -379,7 +379,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.out_dim = out_dim or 2 * dim
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
+        self.reduction = Linear(4 * dim, self.out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape
