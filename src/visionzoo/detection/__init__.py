@@ -1,1 +1,5 @@
-"""visionzoo.detection"""
+"""visionzoo.detection: region proposals and the R-CNN family of detectors (torchvision's API)."""
+
+from visionzoo.detection.faster_rcnn import FasterRCNN, fpn_backbone
+
+__all__ = ["FasterRCNN", "fpn_backbone"]

@@ -1,7 +1,8 @@
-"""Channels-first LayerNorm: normalise the channels of every pixel of a ``Tensor[B, C, H, W]`` map."""
+"""Norms of feature maps: channels-first LayerNorm, and batch norm with frozen statistics."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,3 +24,54 @@ class LayerNorm2d(nn.LayerNorm):
             raise ValueError(f"LayerNorm2d expects Tensor[B, C, H, W], got shape {tuple(x.shape)}")
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters (buffers, not trained):
+    ``Tensor[B, C, H, W] -> Tensor[B, C, H, W]``, ``x · w / sqrt(var + eps) + (b - mean · w / sqrt(var + eps))``.
+
+    Detectors fine-tuned from classification weights freeze their backbone's batch norms, since a few
+    images per batch give no usable statistics. The buffers (``weight``, ``bias``, ``running_mean``,
+    ``running_var``) are ``nn.BatchNorm2d``'s keys, so either's state dict loads (``num_batches_tracked``
+    is accepted and ignored).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """``module`` with every ``nn.BatchNorm2d`` inside replaced by a frozen copy (in place where possible)."""
+        if isinstance(module, nn.BatchNorm2d):
+            frozen = cls(module.num_features, module.eps)
+            if module.affine:
+                frozen.weight.copy_(module.weight.detach())
+                frozen.bias.copy_(module.bias.detach())
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            converted = cls.convert(child)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -1,6 +1,10 @@
-"""Model families, registered by name (timm's / torchvision's names where they exist)."""
+"""Model families, registered by name (timm's / torchvision's names where they exist).
 
-# importing a family registers its models
+Importing a family registers its models; the detectors (``visionzoo.detection``, task "detection")
+register in the same registry and take their backbones from it.
+"""
+
+from visionzoo import detection  # noqa: F401
 from visionzoo.models import convnext, hipt, resnet, swin_transformer, vision_transformer  # noqa: F401
 from visionzoo.models._registry import (
     ModelEntry,

@@ -1,0 +1,74 @@
+"""Anchor boxes for the RPN: a few sizes × aspect ratios at every position of every feature map."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float32,
+                 device: torch.device | None = None) -> Tensor:
+    """The anchors of one feature-map cell, centred on 0: ``Tensor[len(ratios) · len(sizes), 4]`` xyxy.
+
+    An aspect ratio r is height / width at constant area size²; corners are rounded to whole pixels
+    (ratio-major order: all sizes of the first ratio first), as torchvision's AnchorGenerator does.
+    """
+    scales = torch.as_tensor(sizes, dtype=dtype, device=device)
+    ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    widths = (w_ratios[:, None] * scales[None, :]).view(-1)
+    heights = (h_ratios[:, None] * scales[None, :]).view(-1)
+    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round()
+
+
+def grid_anchors(cell: Tensor, grid_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """``cell`` anchors (Tensor[A, 4]) shifted to every cell of a ``grid_size`` (H, W) map whose cells are
+    ``stride`` (sy, sx) pixels apart: ``Tensor[H · W · A, 4]``, position-major (all A of cell 0 first)."""
+    height, width = grid_size
+    shifts_x = torch.arange(0, width, dtype=torch.int32, device=cell.device) * stride[1]
+    shifts_y = torch.arange(0, height, dtype=torch.int32, device=cell.device) * stride[0]
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for a list of feature maps over a padded image batch.
+
+    Args:
+        sizes: per feature map, the anchor sizes (square root of the area, in input pixels).
+        aspect_ratios: per feature map, the height/width ratios.
+
+    ``forward(batch_shape, feature_maps)``: ``batch_shape`` (H, W) of the padded batch; ``feature_maps``
+    Tensor[B, C, H_l, W_l]; returns per image ``Tensor[sum_l H_l · W_l · A_l, 4]`` xyxy (the same for
+    every image of the batch), float32 whatever the maps' dtype (bf16 cannot hold pixel corners exactly).
+A map's stride is the integer ratio of the batch size to its size.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
+                 aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),) * 5):
+        super().__init__()
+        if len(sizes) != len(aspect_ratios):
+            raise ValueError(f"AnchorGenerator: {len(sizes)} size tuples but {len(aspect_ratios)} aspect-ratio "
+                             "tuples; give one of each per feature map")
+        self.sizes = tuple(tuple(s) for s in sizes)
+        self.aspect_ratios = tuple(tuple(a) for a in aspect_ratios)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
+
+    def forward(self, batch_shape: tuple[int, int], feature_maps: Sequence[Tensor]) -> list[Tensor]:
+        if len(feature_maps) != len(self.sizes):
+            raise ValueError(f"AnchorGenerator has sizes for {len(self.sizes)} feature maps, got {len(feature_maps)}")
+        device = feature_maps[0].device
+        per_level = []
+        for feature, sizes, ratios in zip(feature_maps, self.sizes, self.aspect_ratios):
+            grid = (feature.shape[-2], feature.shape[-1])
+            stride = (batch_shape[0] // grid[0], batch_shape[1] // grid[1])
+            per_level.append(grid_anchors(cell_anchors(sizes, ratios, torch.float32, device), grid, stride))
+        anchors = torch.cat(per_level)
+        return [anchors for _ in range(feature_maps[0].shape[0])]

@@ -1,0 +1,211 @@
+"""Faster R-CNN (Ren et al. 2015): a backbone (with FPN), a Region Proposal Network and RoI heads.
+
+torchvision's API and layout: ``model(images, targets)`` returns a loss dict in train mode and, in
+eval mode, one ``{"boxes": Tensor[D, 4] xyxy, "labels": int64 Tensor[D], "scores": Tensor[D]}`` per
+image, in the input image's pixels. Images are a list of Tensor[3, H_i, W_i] in [0, 1] (sizes may
+differ) or one Tensor[B, 3, H, W]; targets one ``{"boxes": Tensor[N, 4], "labels": int64 Tensor[N]}``
+per image (N = 0 is a valid negative image). Labels are 1..num_classes-1; 0 is the background.
+
+Module names are torchvision's (``transform``, ``backbone.body``, ``backbone.fpn``, ``rpn.head``,
+``roi_heads.box_head``, ``roi_heads.box_predictor``), so torchvision's fasterrcnn_resnet50_fpn state
+dicts load key for key (:func:`checkpoint_filter` takes care of old RPN-head keys and batch-norm
+counters). Constructor keywords carry torchvision's names (``min_size``, ``max_size``,
+``rpn_pre_nms_top_n_test``, ``box_score_thresh``, ``box_nms_thresh``, ``box_detections_per_img``, ...).
+
+Registered: ``fasterrcnn_resnet50_fpn`` (torchvision's), ``fasterrcnn_resnet18_fpn``,
+``fasterrcnn_convnext_tiny_fpn`` and ``fasterrcnn_swin_tiny_fpn`` (any ``features_only`` backbone of
+the registry works through :func:`fpn_backbone`), and ``fasterrcnn_shapes``, a small CPU model for
+the built-in 128×128 Shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from visionzoo.detection.anchors import AnchorGenerator
+from visionzoo.detection.fpn import BackboneWithFPN
+from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from visionzoo.detection.rpn import RegionProposalNetwork, RPNHead
+from visionzoo.detection.transform import DetectionTransform, check_targets
+from visionzoo.layers.norm import FrozenBatchNorm2d
+from visionzoo.models._registry import Pretrained, register_model
+from visionzoo.ops import MultiScaleRoIAlign
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN over ``backbone`` (image → ordered dict of maps with ``out_channels`` channels).
+
+    Args (torchvision's names and defaults):
+        backbone: a module with ``out_channels``, returning an ordered dict of Tensor[B, C, H_l, W_l].
+        num_classes: including the background.
+        min_size, max_size, image_mean, image_std: the input transform (``min_size`` a tuple: scale jitter
+            in training).
+        rpn_*: anchors' matching, sampling and the proposal filter of the RPN.
+        box_*: RoI heads' matching and sampling, and the detection filter.
+        anchor_sizes, aspect_ratios: per feature level (default: one size per FPN level 32..512).
+        representation_size: width of the two fully connected layers of the box head.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 91,
+        min_size: int | Sequence[int] = 800,
+        max_size: int = 1333,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
+        aspect_ratios: Sequence[Sequence[float]] | None = None,
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_score_thresh: float = 0.0,
+        box_roi_output_size: int = 7,
+        box_sampling_ratio: int = 2,
+        representation_size: int = 1024,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] | None = None,
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.transform = DetectionTransform(min_size, max_size, image_mean, image_std)
+        self.backbone = backbone
+        channels = backbone.out_channels
+        aspect_ratios = aspect_ratios or ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+        anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios)
+        rpn_head = RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
+        self.rpn = RegionProposalNetwork(
+            anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+            rpn_positive_fraction, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
+            rpn_score_thresh,
+        )
+        level_names = [str(i) for i in range(len(anchor_sizes) - 1)] if len(anchor_sizes) > 1 else ["0"]
+        pooler = MultiScaleRoIAlign(level_names, box_roi_output_size, box_sampling_ratio)
+        box_head = TwoMLPHead(channels * box_roi_output_size ** 2, representation_size)
+        self.roi_heads = RoIHeads(
+            pooler, box_head, FastRCNNPredictor(representation_size, num_classes), box_fg_iou_thresh,
+            box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
+            box_score_thresh, box_nms_thresh, box_detections_per_img,
+        )
+
+    def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None
+                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("FasterRCNN in train mode needs targets (a dict with boxes and labels per image)")
+            check_targets(images, targets, self.num_classes)
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**head_losses, **rpn_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channels: int = 256,
+                 trainable_layers: int | None = None, frozen_batch_norm: bool = False, extra_pool: bool = True,
+                 **backbone_args: Any) -> BackboneWithFPN:
+    """A registered model built ``features_only`` (ResNet, ConvNeXt, Swin, ...) under an FPN.
+
+    Args:
+        name: registry name of the backbone.
+        out_indices: its maps to use (default: its last four).
+        trainable_layers: ResNet only: how many of ``layer4, layer3, layer2, layer1, conv1`` train (the
+            others are frozen, as torchvision does when starting from classification weights).
+        frozen_batch_norm: replace the backbone's batch norms by :class:`FrozenBatchNorm2d`.
+        backbone_args: passed to the backbone's builder.
+    """
+    from visionzoo.models import create_model
+
+    if out_indices is None:
+        out_indices = (1, 2, 3, 4) if name.startswith("resnet") else (0, 1, 2, 3)
+    body = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_args)
+    if frozen_batch_norm:
+        body = FrozenBatchNorm2d.convert(body)
+    if trainable_layers is not None:
+        if not 0 <= trainable_layers <= 5:
+            raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+        trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers == 5:
+            trainable.append("bn1")
+        for param_name, param in body.named_parameters():
+            if all(not param_name.startswith(layer) for layer in trainable):
+                param.requires_grad_(False)
+    return BackboneWithFPN(body, body.feature_info.channels(), out_channels, extra_pool)
+
+
+def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """torchvision's Faster R-CNN state dicts to ours: the pre-0.13 RPN head keys (``rpn.head.conv.weight``)
+    move to ``rpn.head.conv.0.0.*``; batch-norm counters missing from frozen-BN files are filled in."""
+    out = {}
+    for key, value in state_dict.items():
+        for suffix in ("weight", "bias"):
+            if key == f"rpn.head.conv.{suffix}":
+                key = f"rpn.head.conv.0.0.{suffix}"
+        out[key] = value
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in out:
+            out[key] = value
+    return out
+
+
+def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: Sequence[int] | None = None,
+            trainable_backbone_layers: int | None = None, frozen_batch_norm: bool = False,
+            backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
+    if in_chans != 3:
+        raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
+    body = fpn_backbone(backbone, out_indices, trainable_layers=trainable_backbone_layers,
+                        frozen_batch_norm=frozen_batch_norm, **(backbone_args or {}))
+    return FasterRCNN(body, num_classes=num_classes, **kwargs)
+
+
+_CFG = dict(task="detection", checkpoint_filter=checkpoint_filter,
+            classifier=("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"),
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=91)
+
+
+@register_model(pretrained=Pretrained(url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+                                      sha256="258fb6c6"), **_CFG)
+def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
+    """torchvision's fasterrcnn_resnet50_fpn (v1): ResNet-50, FPN P2–P6, 800/1333 inputs, 91 COCO classes."""
+    return _create("resnet50", **kwargs)
+
+
+@register_model(**_CFG)
+def fasterrcnn_resnet18_fpn(**kwargs) -> FasterRCNN:
+    return _create("resnet18", **kwargs)
+
+
+@register_model(**_CFG)
+def fasterrcnn_convnext_tiny_fpn(**kwargs) -> FasterRCNN:
+    return _create("convnext_tiny", **kwargs)
+
+
+@register_model(**_CFG)
+def fasterrcnn_swin_tiny_fpn(**kwargs) -> FasterRCNN:
+    return _create("swin_tiny_patch4_window7_224", **kwargs)

@@ -1,0 +1,133 @@
+"""A detector's input and output transform: normalise, resize, pad into one batch; boxes back to the inputs.
+
+torchvision's GeneralizedRCNNTransform semantics: an image is scaled so that its short side is
+``min_size`` unless its long side would then pass ``max_size`` (bilinear, the scale factor recomputed
+from the rounded output size), normalised by ``mean``/``std``, and zero-padded at the bottom/right
+into a batch whose sides are multiples of ``size_divisible``. Target boxes move with the image;
+detections are scaled back to each input's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ImageBatch:
+    """Padded images ``tensors`` Tensor[B, C, H, W] and each image's size (h, w) before padding."""
+
+    tensors: Tensor
+    image_sizes: list[tuple[int, int]]
+
+
+def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
+    """``boxes`` Tensor[N, 4] xyxy scaled from an (h, w) image to a (h', w') one."""
+    ratio_h = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
+    x1, y1, x2, y2 = boxes.unbind(1)
+    return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)
+
+
+def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
+    """Raise ValueError naming the image and the box for a bad training target: missing keys, boxes not
+    Tensor[N, 4], a degenerate box (x2 ≤ x1 or y2 ≤ y1), or a label outside 1..num_classes-1."""
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    for index, target in enumerate(targets):
+        if "boxes" not in target or "labels" not in target:
+            raise ValueError(f"target of image {index} needs 'boxes' and 'labels', has {sorted(target)}")
+        boxes, labels = target["boxes"], target["labels"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"target boxes of image {index} must be Tensor[N, 4], got {tuple(boxes.shape)}")
+        if labels.shape != boxes.shape[:1]:
+            raise ValueError(f"image {index}: {boxes.shape[0]} boxes but labels of shape {tuple(labels.shape)}")
+        bad = torch.where((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
+        if bad.numel():
+            box = bad[0].item()
+            raise ValueError(f"image {index}, box {box}: degenerate box {boxes[box].tolist()} "
+                             "(needs x2 > x1 and y2 > y1, xyxy in pixels)")
+        if num_classes is not None and labels.numel():
+            wrong = torch.where((labels < 1) | (labels >= num_classes))[0]
+            if wrong.numel():
+                box = wrong[0].item()
+                raise ValueError(f"image {index}, box {box}: label {labels[box].item()} outside 1..{num_classes - 1} "
+                                 "(0 is the background)")
+
+
+class DetectionTransform(nn.Module):
+    """Images (a list of Tensor[C, H_i, W_i] in [0, 1]) to one normalised, resized, padded ImageBatch.
+
+    Args:
+        min_size: target short side; a tuple in training picks one at random per image (scale jitter).
+        max_size: cap on the long side.
+        image_mean, image_std: per-channel normalisation.
+        size_divisible: the padded batch's sides are multiples of it.
+    """
+
+    def __init__(self, min_size: int | Sequence[int], max_size: int, image_mean: Sequence[float],
+                 image_std: Sequence[float], size_divisible: int = 32):
+        super().__init__()
+        self.min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        self.max_size = max_size
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        self.size_divisible = size_divisible
+
+    def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
+                ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+        out_images, out_targets = [], None if targets is None else []
+        for index, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != len(self.image_mean):
+                raise ValueError(f"image {index} must be Tensor[{len(self.image_mean)}, H, W], got {tuple(image.shape)}")
+            target = None if targets is None else dict(targets[index])
+            image = self.normalize(image)
+            image, target = self.resize(image, target)
+            out_images.append(image)
+            if out_targets is not None:
+                out_targets.append(target)
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in out_images]
+        return ImageBatch(self.batch_images(out_images), sizes), out_targets
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """``(image - mean) / std`` per channel: Tensor[C, H, W]."""
+        if not image.is_floating_point():
+            raise ValueError(f"images must be float tensors in [0, 1], got {image.dtype}")
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return (image - mean[:, None, None]) / std[:, None, None]
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Scale ``image`` Tensor[C, H, W] (and ``target["boxes"]``) to the target short side."""
+        height, width = image.shape[-2:]
+        if self.training:  # drawn even from one choice: the global generator advances as torchvision's
+            size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())]
+        else:
+            size = self.min_size[-1]
+        scale = min(size / min(height, width), self.max_size / max(height, width))
+        image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                              align_corners=False)[0]
+        if target is not None and "boxes" in target:
+            target["boxes"] = resize_boxes(target["boxes"], (height, width), image.shape[-2:])
+        return image, target
+
+    def batch_images(self, images: list[Tensor]) -> Tensor:
+        """Zero-pad ``images`` at the bottom/right into Tensor[B, C, H, W], sides multiples of size_divisible."""
+        stride = self.size_divisible
+        height = -(-max(img.shape[-2] for img in images) // stride) * stride
+        width = -(-max(img.shape[-1] for img in images) // stride) * stride
+        batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+        for slot, image in zip(batch, images):
+            slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        return batch
+
+    def postprocess(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
+                    original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections' boxes scaled from the resized images back to the inputs."""
+        for detection, size, original in zip(detections, image_sizes, original_sizes):
+            detection["boxes"] = resize_boxes(detection["boxes"], size, original)
+        return detections

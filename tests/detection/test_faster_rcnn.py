@@ -1,0 +1,99 @@
+"""Faster R-CNN against torchvision: keys, proposals, detections both ways, training losses; bad targets."""
+
+import pytest
+import torch
+from torchvision.models.detection import fasterrcnn_resnet50_fpn as torchvision_fasterrcnn
+from torchvision.ops import box_iou
+
+from visionzoo.models import create_model
+
+
+def random_image(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+SMALL = dict(min_size=160, max_size=256, box_score_thresh=0.0)
+
+
+@pytest.fixture(scope="module")
+def torchvision_checkpoint(tmp_path_factory):
+    """torchvision's fasterrcnn_resnet50_fpn, random weights with sharpened heads (spread scores), saved."""
+    torch.manual_seed(0)
+    reference = torchvision_fasterrcnn(weights=None, weights_backbone=None, **SMALL).eval()
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(30)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    path = tmp_path_factory.mktemp("torchvision") / "fasterrcnn_resnet50_fpn.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+def _matched(found, wanted, iou_min=0.999, score_tol=1e-4):
+    """Each detection of ``wanted`` is in ``found``: same label, IoU above iou_min, score within score_tol."""
+    iou = box_iou(wanted["boxes"], found["boxes"])
+    same = (wanted["labels"][:, None] == found["labels"][None, :]) & (iou > iou_min)
+    close = (wanted["scores"][:, None] - found["scores"][None, :]).abs() <= score_tol
+    return bool((same & close).any(dim=1).all())
+
+
+def test_state_dict_keys_and_shapes_equal_torchvision(torchvision_checkpoint):
+    reference, _ = torchvision_checkpoint
+    ours = create_model("fasterrcnn_resnet50_fpn", **SMALL)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_torchvision_checkpoint_gives_torchvision_proposals_and_detections(torchvision_checkpoint):
+    reference, path = torchvision_checkpoint
+    ours = create_model("fasterrcnn_resnet50_fpn", checkpoint=path, **SMALL).eval()
+    inputs = [random_image(200, 260, 1), random_image(240, 180, 2)]
+    with torch.inference_mode():
+        expected, got = reference(inputs), ours(inputs)
+        batch, _ = ours.transform(inputs)
+        reference_batch, _ = reference.transform(inputs)
+        assert torch.equal(batch.tensors, reference_batch.tensors)
+        features = ours.backbone(batch.tensors)
+        proposals, _ = ours.rpn(batch, features)
+        reference_proposals, _ = reference.rpn(reference_batch, reference.backbone(reference_batch.tensors))
+    for mine, theirs in zip(proposals, reference_proposals):
+        assert mine.shape == theirs.shape and mine.shape[0] > 200
+        torch.testing.assert_close(mine, theirs, atol=1e-3, rtol=0)
+    for mine, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) >= 100 and len(mine["boxes"]) == len(theirs["boxes"])
+        assert theirs["labels"].unique().numel() >= 3  # several classes, so labels are compared
+        assert _matched(mine, theirs) and _matched(theirs, mine)
+
+
+def test_training_losses_equal_torchvision_with_the_same_seed(torchvision_checkpoint):
+    reference, path = torchvision_checkpoint
+    ours = create_model("fasterrcnn_resnet50_fpn", checkpoint=path, **SMALL)
+    reference.train()
+    ours.train()
+    inputs = [random_image(200, 260, 3), random_image(240, 180, 4)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 30.0, 180.0, 90.0]]),
+                "labels": torch.tensor([3, 17])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # a negative image
+    try:
+        torch.manual_seed(5)
+        expected = reference(inputs, [dict(t) for t in targets])
+        torch.manual_seed(5)
+        got = ours(inputs, [dict(t) for t in targets])
+    finally:
+        reference.eval()
+    assert set(got) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(expected)
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
+    sum(got.values()).backward()
+    assert ours.backbone.body.conv1.weight.grad is not None and ours.rpn.head.cls_logits.weight.grad.abs().sum() > 0
+
+
+def test_bad_targets_raise_one_clear_error_each():
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64).train()
+    image = [torch.rand(3, 64, 64)]
+    with pytest.raises(ValueError, match=r"image 0, box 1: degenerate box"):
+        model(image, [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1, 2])}])
+    with pytest.raises(ValueError, match=r"image 0, box 0: label 4 outside 1..3"):
+        model(image, [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([4])}])
+    with pytest.raises(ValueError, match="needs targets"):
+        model(image)
+    with pytest.raises(ValueError, match=r"image 0 must be Tensor\[3, H, W\]"):
+        model.eval()([torch.rand(4, 64, 64)])
