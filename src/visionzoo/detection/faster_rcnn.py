@@ -49,6 +49,7 @@ class FasterRCNN(nn.Module):
         rpn_*: anchors' matching, sampling and the proposal filter of the RPN.
         box_*: RoI heads' matching and sampling, and the detection filter.
         anchor_sizes, aspect_ratios: per feature level (default: one size per FPN level 32..512).
+        box_featmap_names: the maps the RoI heads pool from (default: every FPN level but "pool").
         representation_size: width of the two fully connected layers of the box head.
     """
 
@@ -72,6 +73,7 @@ class FasterRCNN(nn.Module):
         rpn_batch_size_per_image: int = 256,
         rpn_positive_fraction: float = 0.5,
         rpn_score_thresh: float = 0.0,
+        box_featmap_names: Sequence[str] | None = None,
         box_roi_output_size: int = 7,
         box_sampling_ratio: int = 2,
         representation_size: int = 1024,
@@ -100,8 +102,10 @@ class FasterRCNN(nn.Module):
             {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
             rpn_score_thresh,
         )
-        level_names = [str(i) for i in range(len(anchor_sizes) - 1)] if len(anchor_sizes) > 1 else ["0"]
-        pooler = MultiScaleRoIAlign(level_names, box_roi_output_size, box_sampling_ratio)
+        if box_featmap_names is None:
+            pooled_levels = len(anchor_sizes) - int(getattr(getattr(backbone, "fpn", None), "extra_pool", False))
+            box_featmap_names = [str(i) for i in range(max(1, pooled_levels))]
+        pooler = MultiScaleRoIAlign(list(box_featmap_names), box_roi_output_size, box_sampling_ratio)
         box_head = TwoMLPHead(channels * box_roi_output_size ** 2, representation_size)
         self.roi_heads = RoIHeads(
             pooler, box_head, FastRCNNPredictor(representation_size, num_classes), box_fg_iou_thresh,
@@ -175,12 +179,12 @@ def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
 
 
 def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: Sequence[int] | None = None,
-            trainable_backbone_layers: int | None = None, frozen_batch_norm: bool = False,
-            backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
+            fpn_channels: int = 256, extra_pool: bool = True, trainable_backbone_layers: int | None = None,
+            frozen_batch_norm: bool = False, backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
-    body = fpn_backbone(backbone, out_indices, trainable_layers=trainable_backbone_layers,
-                        frozen_batch_norm=frozen_batch_norm, **(backbone_args or {}))
+    body = fpn_backbone(backbone, out_indices, fpn_channels, trainable_backbone_layers, frozen_batch_norm, extra_pool,
+                        **(backbone_args or {}))
     return FasterRCNN(body, num_classes=num_classes, **kwargs)
 
 
@@ -209,3 +213,18 @@ def fasterrcnn_convnext_tiny_fpn(**kwargs) -> FasterRCNN:
 @register_model(**_CFG)
 def fasterrcnn_swin_tiny_fpn(**kwargs) -> FasterRCNN:
     return _create("swin_tiny_patch4_window7_224", **kwargs)
+
+
+# Shapes at 128×128: objects 12–50 px, so anchors 16/32/64 on strides 4/8/16, a narrow FPN and box
+# head, and fewer proposals than COCO needs.
+_SHAPES = dict(out_indices=(1, 2, 3), fpn_channels=64, extra_pool=False, min_size=128, max_size=128,
+               anchor_sizes=((16,), (32,), (64,)), representation_size=256, rpn_pre_nms_top_n_train=600,
+               rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+               box_batch_size_per_image=128, num_classes=7)
+
+
+@register_model(**{**_CFG, "num_classes": 7, "input_size": (3, 128, 128)})
+def fasterrcnn_shapes(**kwargs) -> FasterRCNN:
+    """A small Faster R-CNN for the built-in Shapes (128×128, 6 classes + background): ResNet-18 C2–C4,
+    a 64-channel FPN without the extra level, a 256-wide box head."""
+    return _create("resnet18", **{**_SHAPES, **kwargs})

@@ -45,3 +45,31 @@ def grid(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Image:
     for index, picture in enumerate(pictures):
         canvas.paste(picture, ((index % columns) * width, (index // columns) * height))
     return canvas
+
+
+_BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+                (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+
+
+def draw_detections(image: torch.Tensor, boxes: Sequence[Sequence[float]], labels: Sequence[str],
+                    scores: Sequence[float], truth: tuple[Sequence[Sequence[float]], Sequence[str]] | None = None,
+                    min_side: int = 384) -> Image.Image:
+    """The image (enlarged to ``min_side``) with predicted ``boxes`` (xyxy in the image's pixels), each
+    labelled "class score" in a colour of its class; ground-truth boxes ``truth`` (boxes, labels) in grey."""
+    picture = to_pil(image, min_side)
+    scale = picture.width / image.shape[-1]
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    names = sorted(set(labels) | set(truth[1] if truth else ()))
+    if truth is not None:
+        for box in truth[0]:
+            draw.rectangle([v * scale for v in box], outline=(128, 128, 128), width=1)
+    for box, label, score in zip(boxes, labels, scores):
+        colour = _BOX_COLOURS[names.index(label) % len(_BOX_COLOURS)]
+        x1, y1, x2, y2 = (v * scale for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        text = f"{label} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
+        draw.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=colour)
+        draw.text((x1 + 1, y1 - (bottom - top) - 2), text, fill=(255, 255, 255), font=font)
+    return picture
