@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from visionzoo.detection.anchors import AnchorGenerator
@@ -123,7 +124,12 @@ class FasterRCNN(nn.Module):
             check_targets(images, targets, self.num_classes)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = self.transform(images, targets)
-        features = self.backbone(batch.tensors)
+        images = batch.tensors
+        if torch.is_autocast_enabled(images.device.type):
+            # channels-last convolutions run ~20% faster on CPU; fp32 keeps torchvision's layout, and so its
+            # exact numbers (a different summation order would reorder near-tied boxes in NMS)
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(images)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         if self.training:

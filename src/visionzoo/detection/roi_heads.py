@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 
@@ -24,8 +25,8 @@ class TwoMLPHead(nn.Module):
 
     def __init__(self, in_channels: int, representation_size: int):
         super().__init__()
-        self.fc6 = nn.Linear(in_channels, representation_size)
-        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.fc6 = Linear(in_channels, representation_size)
+        self.fc7 = Linear(representation_size, representation_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.fc7(F.relu(self.fc6(x.flatten(start_dim=1)))))

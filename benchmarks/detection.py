@@ -1,0 +1,153 @@
+"""Detectors beside torchvision on this CPU: conformance, latency, and training on Shapes.
+
+One job at a time (``--job NAME``, repeatable), each writing ``benchmarks/results/detection_<job>.json``:
+
+* ``conformance``: torchvision's fasterrcnn_resnet50_fpn with random weights and sharpened heads, saved
+  and loaded through ``create_model(..., checkpoint=)``, ``box_score_thresh=0``, on images of three
+  sizes: the RPN's proposals compared, and every detection looked up in the other model's output
+  (same label, box IoU > 0.999, score within 1e-4) in both directions. Then eval latency for one
+  480×640 image (800/1333 resize, as torchvision's default), fp32 and bf16 autocast, best of
+  ``--repeats``, interleaved.
+* ``shapes``: ``fasterrcnn_shapes`` trained from scratch for ``--minutes`` on 128 px Shapes through the
+  engine (``visionzoo train``'s path), COCO metrics on the 500 val images; then torchvision's
+  ``fasterrcnn_mobilenet_v3_large_fpn`` (no pretrained weights) through the same engine, task, data,
+  budget, input size, threads and batch size.
+
+    python benchmarks/detection.py --job conformance
+    python benchmarks/detection.py --job shapes --minutes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from torchvision.ops import box_iou
+
+from visionzoo.models import create_model
+from visionzoo.train import TrainConfig
+from visionzoo.train.engine import fit, resolve_precision
+from visionzoo.train.run import build_setup
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = ((480, 640), (600, 400), (333, 500))
+
+
+def found(wanted: dict, pool: dict, iou_min: float = 0.999, score_tol: float = 1e-4) -> float:
+    """Fraction of ``wanted``'s detections present in ``pool`` (same label, IoU > iou_min, close score)."""
+    if len(wanted["boxes"]) == 0:
+        return 1.0
+    iou = box_iou(wanted["boxes"], pool["boxes"])
+    same = (wanted["labels"][:, None] == pool["labels"][None, :]) & (iou > iou_min)
+    close = (wanted["scores"][:, None] - pool["scores"][None, :]).abs() <= score_tol
+    return float((same & close).any(dim=1).float().mean())
+
+
+def conformance(repeats: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(30)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fasterrcnn_resnet50_fpn.pth"
+        torch.save(reference.state_dict(), path)
+        ours = create_model("fasterrcnn_resnet50_fpn", checkpoint=path, box_score_thresh=0.0).eval()
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for height, width in SIZES:
+        image = torch.rand(3, height, width, generator=generator)
+        with torch.inference_mode():
+            theirs, mine = reference([image])[0], ours([image])[0]
+            batch, _ = ours.transform([image])
+            proposals = ours.rpn(batch, ours.backbone(batch.tensors))[0][0]
+            ref_batch, _ = reference.transform([image])
+            ref_proposals = reference.rpn(ref_batch, reference.backbone(ref_batch.tensors))[0][0]
+        same_count = proposals.shape == ref_proposals.shape
+        row = {"size": [height, width], "detections_ours": len(mine["boxes"]), "detections_torchvision": len(theirs["boxes"]),
+               "classes_detected": int(theirs["labels"].unique().numel()),
+               "theirs_found_in_ours": found(theirs, mine), "ours_found_in_theirs": found(mine, theirs),
+               "proposals": int(proposals.shape[0]), "proposals_same_count": same_count,
+               "proposals_max_abs_diff": float((proposals - ref_proposals).abs().max()) if same_count else None}
+        rows.append(row)
+        print(f"{height}x{width}: {row}", flush=True)
+    image = torch.rand(3, 480, 640, generator=generator)
+    latency = {}
+    for precision in ("fp32", "bf16"):
+        best = {"ours": float("inf"), "torchvision": float("inf")}
+        for _ in range(repeats):
+            for name, model in (("torchvision", reference), ("ours", ours)):
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    start = time.perf_counter()
+                    model([image])
+                    best[name] = min(best[name], time.perf_counter() - start)
+        latency[precision] = {**best, "ratio": best["ours"] / best["torchvision"]}
+        print(f"latency 480x640 {precision}: ours {best['ours']:.3f} s, torchvision {best['torchvision']:.3f} s", flush=True)
+    return {"images": rows, "latency_480x640": latency, "threads": torch.get_num_threads(),
+            "torchvision": torchvision.__version__}
+
+
+def train_and_evaluate(name: str, model: torch.nn.Module | None, minutes: float, batch_size: int, out: Path
+                       ) -> dict[str, Any]:
+    """Train ``model`` (or the registered ``name``) on Shapes through the engine; val COCO metrics."""
+    setup = build_setup("fasterrcnn_shapes", "shapes")
+    model = setup.model if model is None else model
+    config = TrainConfig(out=str(out), minutes=minutes, batch_size=batch_size, overwrite=True, progress=False,
+                         eval_every=0, checkpoint_every=10**9, precision="auto")
+    start = time.perf_counter()
+    result = fit(setup.task, model, setup.splits["train"], None, config, {"data": "shapes", "img_size": 128})
+    wall = time.perf_counter() - start
+    model.eval()
+    val = setup.splits["val"]
+    start = time.perf_counter()
+    metrics = setup.task.evaluate(model, val, 16, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    eval_seconds = time.perf_counter() - start
+    row = {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "steps": result.steps,
+           "batch_size": batch_size, "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
+           "val_images": len(val), "eval_seconds": round(eval_seconds, 1),
+           "inference_ms_per_image": round(1000 * eval_seconds / len(val), 1),
+           "precision": resolve_precision("auto", torch.device("cpu")), "val": metrics}
+    print(f"{name}: map {metrics['map']:.4f}, map_50 {metrics['map_50']:.4f} ({result.steps} steps, "
+          f"{result.train_seconds:.0f} s)", flush=True)
+    return row
+
+
+def shapes(minutes: float, batch_size: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = train_and_evaluate("fasterrcnn_shapes", None, minutes, batch_size, Path(tmp) / "ours")
+        torch.manual_seed(0)
+        reference = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=7,
+                                                       min_size=128, max_size=128)
+        reference.model_name = "torchvision_fasterrcnn_mobilenet_v3_large_fpn"
+        reference.model_args = {}
+        theirs = train_and_evaluate("torchvision fasterrcnn_mobilenet_v3_large_fpn", reference, minutes, batch_size,
+                                    Path(tmp) / "torchvision")
+    return {"minutes": minutes, "ours": ours, "torchvision": theirs, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", action="append", choices=("conformance", "shapes"), required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each detector (shapes)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for job in args.job:
+        start = time.perf_counter()
+        result = conformance(args.repeats) if job == "conformance" else shapes(args.minutes, args.batch_size)
+        result["job_seconds"] = round(time.perf_counter() - start, 1)
+        path = RESULTS / f"detection_{job}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
