@@ -53,6 +53,7 @@ class TourJob:
 
 _DIGITS32 = dict(data="digits", img_size=32, config={"batch_size": 64, "lr": 1e-3})
 TOUR_JOBS: list[TourJob] = [
+    TourJob("faster-rcnn-shapes", "fasterrcnn_shapes", "shapes", weight=1.5, max_minutes=3.0, config={"batch_size": 8}),
     TourJob("resnet18-digits", "resnet18", "digits", max_minutes=2.0, img_size=32, config={"batch_size": 64, "lr": 2e-3}),
     TourJob("vit-digits", "vit_tiny_patch8_32", max_minutes=2.0, model_args={"global_pool": "avg"}, **_DIGITS32),
     TourJob("deit-distilled-digits", "deit_tiny_distilled_patch8_32", max_minutes=2.0, teacher_job="resnet18-digits",
@@ -133,7 +134,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=positive_float, default=12.0, help="total budget (default 12)")
+    parser.add_argument("--minutes", type=positive_float, default=13.0, help="total budget (default 13)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")

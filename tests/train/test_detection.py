@@ -1,6 +1,7 @@
 """The detection task: flips that move boxes, a short Faster R-CNN run on Shapes, COCO metrics, drawings."""
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -57,3 +58,33 @@ def test_the_detector_reloads_from_its_checkpoint(tmp_path):
 def test_unknown_detector_name_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown model 'fasterrcnn_resnet5_fpn'"):
         build_setup("fasterrcnn_resnet5_fpn", "shapes")
+
+
+def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path, capsys):
+    from pycocotools.coco import COCO
+
+    from visionzoo.cli import main
+    from visionzoo.train.drawing import to_pil
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
+                         eval_every=0, checkpoint_every=10**9, precision="fp32")
+    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0})
+    picture = to_pil(setup.splits["val"][0][0], min_side=1)
+    picture.convert("L").save(tmp_path / "7.png")
+    picture.resize((160, 96)).convert("RGBA").save(tmp_path / "rgba.png")
+    coco_json = tmp_path / "results.json"
+    argv = ["predict", "fasterrcnn_shapes", str(tmp_path / "7.png"), str(tmp_path / "rgba.png"), "--checkpoint",
+            str(tmp_path / "run" / "checkpoint.safetensors"), "--out", str(tmp_path / "pred"), "--coco-json", str(coco_json)]
+    assert main(argv) == 0
+    assert (tmp_path / "pred" / "7.png").is_file() and (tmp_path / "pred" / "rgba.png").is_file()
+    records = json.loads(coco_json.read_text())
+    assert {r["image_id"] for r in records} == {7, 2} and all(1 <= r["category_id"] <= 6 for r in records)
+    wide = [r for r in records if r["image_id"] == 2]
+    assert wide and all(r["bbox"][0] + r["bbox"][2] <= 160.001 and r["bbox"][1] + r["bbox"][3] <= 96.001 for r in wide)
+    ground_truth = COCO()
+    ground_truth.dataset = {"images": [{"id": 7}, {"id": 2}], "annotations": [],
+                            "categories": [{"id": k} for k in range(1, 7)]}
+    ground_truth.createIndex()
+    assert len(ground_truth.loadRes(str(coco_json)).getAnnIds()) == len(records)
+    capsys.readouterr()
+    assert main(argv) == 2 and "exists" in capsys.readouterr().err  # nothing overwritten without --overwrite

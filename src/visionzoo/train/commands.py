@@ -128,6 +128,23 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
     parser.add_argument("--overwrite", action="store_true", help="replace files of the same name in --out")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--coco-json", metavar="FILE",
+                        help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
+
+
+def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_cat_id: dict[int, int] | None
+                 ) -> list[dict[str, Any]]:
+    """Detections as COCO result records: ``image_id`` from a numeric file name (COCO's ``000000123.jpg``)
+    or the image's position (1-based), ``category_id`` the data set's id of the label, ``bbox`` xywh."""
+    records = []
+    for position, (path, prediction) in enumerate(zip(paths, predictions), start=1):
+        stem = Path(path).stem
+        image_id = int(stem) if stem.isdigit() else position
+        for (x1, y1, x2, y2), label, score in zip(prediction["boxes"], prediction["label_ids"], prediction["scores"]):
+            category = label_to_cat_id[label] if label_to_cat_id else label
+            records.append({"image_id": image_id, "category_id": int(category),
+                            "bbox": [round(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})
+    return records
 
 
 @register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
@@ -138,8 +155,14 @@ def predict_command(args: argparse.Namespace) -> int:
     clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
     if clashes and not args.overwrite:
         raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")
+    detection = setup.task.name == "detection"
+    if args.coco_json and not detection:
+        raise ValueError(f"--coco-json writes detections; {args.model} is a {setup.task.name} model")
+    if args.coco_json and Path(args.coco_json).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.coco_json} exists; use --overwrite to replace it")
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
-    images = load_images(args.images, size, channels)
+    # a detector sees each image at its own size (boxes in its pixels); a classifier at its training size
+    images = load_images(args.images, None if detection else size, channels)
     autocast = autocast_context(torch.device("cpu"), args.precision)
     predictions = setup.task.predict(setup.model.eval(), images, autocast)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +170,10 @@ def predict_command(args: argparse.Namespace) -> int:
         setup.task.draw(image, prediction).save(target)
     records = [{"image": str(p), **pred} for p, pred in zip(args.images, predictions)]
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
+    if args.coco_json:
+        label_to_cat_id = getattr(setup.splits["train"], "label_to_cat_id", None)
+        Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id)))
+        print(f"COCO results in {args.coco_json}")
     for record in records:
         print(f"{record['image']}: " + ", ".join(
             f"{label} {score:.3f}" for label, score in list(zip(record["labels"], record["scores"]))[:3]))

@@ -44,6 +44,10 @@ METRICS_NAME = "metrics.jsonl"
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# With only a time budget, the schedule's length is re-estimated this often (steps) from the pace so far.
+REPLAN_EVERY = 50
+
+
 @dataclass
 class TrainConfig:
     """Settings of one run. ``None`` means "the task's default, else the engine's"."""
@@ -302,7 +306,8 @@ class Trainer:
         return min(times[1:])
 
     def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
-        """With only a time budget, re-size the schedule at each epoch from the steps timed so far.
+        """With only a time budget, re-size the schedule (at each epoch and every ``REPLAN_EVERY`` steps) from
+        the steps timed so far.
 
         The first estimate comes from a few steps and is easily off on a busy machine; the steps run
         since then measure the real pace. Rank 0's plan is broadcast so every process agrees.
@@ -391,6 +396,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
                                 img_s=f"{logged['samples_per_s']:.0f}")
+                if self.step % REPLAN_EVERY == 0:  # the pace drifts (a detector's proposals change as it learns)
+                    self._replan_for_time(samples_seen // global_batch, timed_seconds)
+                    bar.total = self.total_steps
                 stop = self.step >= self.total_steps or self._out_of_time()
                 if self.step % cfg.checkpoint_every == 0 or stop:
                     self._save()

@@ -54,8 +54,10 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
                        checkpoint=checkpoint, options=run.get("options"))
 
 
-def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tensor:
-    """Image files as ``Tensor[B, channels, size, size]`` float in [0, 1] (resized with antialiasing)."""
+def load_images(paths: list[str | Path], size: int | None, channels: int) -> torch.Tensor | list[torch.Tensor]:
+    """Image files as ``Tensor[B, channels, size, size]`` float in [0, 1] (resized with antialiasing), or with
+    ``size`` None as a list of Tensor[channels, H_i, W_i] at their own sizes. Grayscale, palette and RGBA
+    files are converted to ``channels``."""
     images = []
     for path in paths:
         path = Path(path)
@@ -67,5 +69,5 @@ def load_images(paths: list[str | Path], size: int, channels: int) -> torch.Tens
         except OSError as error:
             raise ValueError(f"image {path} cannot be read: {error}") from None
         tensor = pil_to_tensor(pil).float() / 255.0
-        images.append(resize(tensor, [size, size], antialias=True).clamp(0, 1))
-    return torch.stack(images)
+        images.append(tensor if size is None else resize(tensor, [size, size], antialias=True).clamp(0, 1))
+    return images if size is None else torch.stack(images)
