@@ -97,3 +97,21 @@ def test_bad_targets_raise_one_clear_error_each():
         model(image)
     with pytest.raises(ValueError, match=r"image 0 must be Tensor\[3, H, W\]"):
         model.eval()([torch.rand(4, 64, 64)])
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_convnext_tiny_fpn", "fasterrcnn_swin_tiny_fpn"])
+def test_transformer_and_convnext_backbones_under_the_fpn_train_and_detect(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, min_size=96, max_size=128, rpn_pre_nms_top_n_test=50,
+                         rpn_post_nms_top_n_test=20, box_score_thresh=0.0)
+    assert model.backbone.fpn.inner_blocks[0][0].in_channels == 96  # stage-1 width of both tiny models
+    images = [random_image(96, 128, 6), random_image(112, 96, 7)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        detections = model.eval()(images)
+    assert [d["boxes"].shape[1] for d in detections] == [4, 4] and len(detections[0]["boxes"]) > 0
+    assert float(detections[1]["boxes"][:, 2].max()) <= 96.0 + 1e-4  # in the second input's own pixels
