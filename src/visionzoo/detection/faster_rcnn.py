@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.detection.anchors import AnchorGenerator
 from visionzoo.detection.fpn import BackboneWithFPN
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
@@ -34,9 +35,6 @@ from visionzoo.detection.transform import DetectionTransform, check_targets
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FasterRCNN(nn.Module):

@@ -27,14 +27,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.features import FeatureInfo
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, register_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.features import FeatureInfo
 from visionzoo.models._registry import Pretrained, register_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BasicBlock(nn.Module):

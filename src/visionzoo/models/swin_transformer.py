@@ -54,12 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import Pretrained, register_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GLOBAL_POOLS = ("avg", "max", "")
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0

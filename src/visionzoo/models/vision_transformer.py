@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import (
     Attention,
     DropPath,
@@ -485,8 +486,6 @@ def _create(name: str, **kwargs: Any) -> VisionTransformer:
 
 
 AUGREG_MEAN = AUGREG_STD = (0.5, 0.5, 0.5)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _cfg(img_size: int = 224, crop_pct: float = 0.9, mean: tuple[float, ...] = AUGREG_MEAN,
