@@ -13,8 +13,20 @@ One job at a time (``--job NAME``, repeatable), each writing ``benchmarks/result
   ``fasterrcnn_mobilenet_v3_large_fpn`` (no pretrained weights) through the same engine, task, data,
   budget, input size, threads and batch size.
 
+* ``rcnn``: ``rcnn_shapes`` (ResNet-18 over 64 px warps of Selective Search regions) trained from scratch
+  for ``--minutes`` the same way, COCO metrics on the 500 val images; inference seconds per image with
+  Selective Search included (20 val images); the cost of a 224 px warp measured on 10 images; and the
+  sliding-window detector (the same trained CNN over every window instead of the proposals): windows
+  and seconds per image and its mAP on 20 val images.
+* ``fast-rcnn``: ``fastrcnn_shapes`` (one ResNet-18 pass per image, RoI pooling of the proposals) the same way.
+
+The R-CNN jobs compute the Selective Search boxes of each split once and cache them
+(``$VISIONZOO_CACHE/proposals``); ``proposal_seconds`` is that time (near 0 on a cache hit).
+
     python benchmarks/detection.py --job conformance
     python benchmarks/detection.py --job shapes --minutes 8
+    python benchmarks/detection.py --job rcnn --minutes 8
+    python benchmarks/detection.py --job fast-rcnn --minutes 8
 """
 
 from __future__ import annotations
@@ -94,14 +106,20 @@ def conformance(repeats: int) -> dict[str, Any]:
             "torchvision": torchvision.__version__}
 
 
-def train_and_evaluate(name: str, model: torch.nn.Module | None, minutes: float, batch_size: int, out: Path
-                       ) -> dict[str, Any]:
-    """Train ``model`` (or the registered ``name``) on Shapes through the engine; val COCO metrics."""
-    setup = build_setup("fasterrcnn_shapes", "shapes")
+def train_and_evaluate(name: str, model: torch.nn.Module | None, minutes: float, batch_size: int, out: Path,
+                       registered: str = "fasterrcnn_shapes") -> dict[str, Any]:
+    """Train ``model`` (or the ``registered`` one) on Shapes through the engine; val COCO metrics."""
+    setup = build_setup(registered, "shapes")
     model = setup.model if model is None else model
     config = TrainConfig(out=str(out), minutes=minutes, batch_size=batch_size, overwrite=True, progress=False,
                          eval_every=0, checkpoint_every=10**9, precision="auto")
     start = time.perf_counter()
+    proposal_seconds = None
+    if hasattr(setup.splits["train"], "proposals"):  # computed (or read from the cache) before the clock starts
+        for split in setup.splits.values():
+            split.proposals  # noqa: B018
+        proposal_seconds = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
     result = fit(setup.task, model, setup.splits["train"], None, config, {"data": "shapes", "img_size": 128})
     wall = time.perf_counter() - start
     model.eval()
@@ -113,7 +131,9 @@ def train_and_evaluate(name: str, model: torch.nn.Module | None, minutes: float,
            "batch_size": batch_size, "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
            "val_images": len(val), "eval_seconds": round(eval_seconds, 1),
            "inference_ms_per_image": round(1000 * eval_seconds / len(val), 1),
-           "precision": resolve_precision("auto", torch.device("cpu")), "val": metrics}
+           "precision": resolve_precision("auto", torch.device("cpu")), "val": metrics,
+           **({"proposal_seconds": proposal_seconds} if proposal_seconds is not None else {})}
+    row["_model"] = model
     print(f"{name}: map {metrics['map']:.4f}, map_50 {metrics['map_50']:.4f} ({result.steps} steps, "
           f"{result.train_seconds:.0f} s)", flush=True)
     return row
@@ -122,6 +142,7 @@ def train_and_evaluate(name: str, model: torch.nn.Module | None, minutes: float,
 def shapes(minutes: float, batch_size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ours = train_and_evaluate("fasterrcnn_shapes", None, minutes, batch_size, Path(tmp) / "ours")
+        ours.pop("_model")
         torch.manual_seed(0)
         reference = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=7,
                                                        min_size=128, max_size=128)
@@ -129,12 +150,59 @@ def shapes(minutes: float, batch_size: int) -> dict[str, Any]:
         reference.model_args = {}
         theirs = train_and_evaluate("torchvision fasterrcnn_mobilenet_v3_large_fpn", reference, minutes, batch_size,
                                     Path(tmp) / "torchvision")
+        theirs.pop("_model")
     return {"minutes": minutes, "ours": ours, "torchvision": theirs, "threads": torch.get_num_threads()}
+
+
+def seconds_per_image(model: torch.nn.Module, images: list[torch.Tensor], repeats: int = 1) -> float:
+    """Eval seconds per image, one image at a time, bf16 autocast, the model's own proposals; best of ``repeats``."""
+    model.eval()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for image in images:
+                model([image])
+        best = min(best, time.perf_counter() - start)
+    return best / len(images)
+
+
+def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[str, Any]:
+    """Train and evaluate an R-CNN or Fast R-CNN on Shapes; its inference time with Selective Search included."""
+    from visionzoo.data import create_dataset
+
+    val = create_dataset("shapes", "val")
+    with tempfile.TemporaryDirectory() as tmp:
+        row = train_and_evaluate(registered, None, minutes, batch_size, Path(tmp) / "run", registered=registered)
+    model = row.pop("_model")
+    images = [val[i][0] for i in range(20)]
+    row["seconds_per_image_with_proposals"] = round(seconds_per_image(model, images), 3)
+    result: dict[str, Any] = {"minutes": minutes, "threads": torch.get_num_threads(), "ours": row}
+    if registered == "rcnn_shapes":
+        wide = create_model("rcnn_shapes", warp_size=224).eval()
+        result["warp_224_seconds_per_image"] = round(seconds_per_image(wide, images[:10]), 3)
+        windows = create_model("sliding_window_shapes").eval()
+        windows.load_state_dict(model.state_dict())
+        from visionzoo.metrics import MeanAveragePrecision
+
+        metric = MeanAveragePrecision()
+        start = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for i in range(20):
+                image, target = val[i]
+                metric.update(windows([image]), [target])
+        seconds = (time.perf_counter() - start) / 20
+        scores = metric.compute()
+        result["sliding_window"] = {"windows_per_image": int(windows.propose(images[0]).shape[0]),
+                                    "seconds_per_image": round(seconds, 3), "val_images": 20,
+                                    "map": float(scores["map"]), "map_50": float(scores["map_50"])}
+        print(f"sliding window: {result['sliding_window']}", flush=True)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", action="append", choices=("conformance", "shapes"), required=True)
+    parser.add_argument("--job", action="append", choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each detector (shapes)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -142,7 +210,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         start = time.perf_counter()
-        result = conformance(args.repeats) if job == "conformance" else shapes(args.minutes, args.batch_size)
+        if job == "conformance":
+            result = conformance(args.repeats)
+        elif job == "shapes":
+            result = shapes(args.minutes, args.batch_size)
+        else:
+            result = proposal_detector({"rcnn": "rcnn_shapes", "fast-rcnn": "fastrcnn_shapes"}[job], args.minutes,
+                                       args.batch_size)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         path = RESULTS / f"detection_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,7 @@ def test_budget_shares_follow_weights_and_caps():
     assert abs(sum(shares) - 13.0) < 1e-9
     assert {job.name for job in TOUR_JOBS} >= {"faster-rcnn-shapes", "vit-digits", "swin-digits", "convnext-digits",
                                                "deit-distilled-digits", "resnet18-digits"}
-    assert all(share <= job.max_minutes for job, share in zip(TOUR_JOBS, job_minutes(TOUR_JOBS, 60.0)))
+    assert all(share <= (job.max_minutes or 0.0) for job, share in zip(TOUR_JOBS, job_minutes(TOUR_JOBS, 60.0)))
 
 
 def test_list_prints_every_job(capsys):
@@ -39,3 +39,29 @@ def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
 
 def test_unknown_job_is_one_clear_error(capsys):
     one_line_error(capsys, ["tour", "--only", "faster-rcnn-shape"], "no tour job 'faster-rcnn-shape'")
+
+
+def test_the_sliding_window_reuses_the_trained_rcnn_and_reports_regions(tmp_path, monkeypatch):
+    import visionzoo.tour as tour
+
+    small = dict(train_images=8, eval_images=2)
+    jobs = [tour.TourJob("rcnn-shapes", "rcnn_shapes", "shapes", config={"batch_size": 2}, **small),
+            tour.TourJob("sliding-window-shapes", "sliding_window_shapes", "shapes", weight=0.0,
+                         weights_from="rcnn-shapes", eval_images=1,
+                         model_args={"proposal_args": {"sizes": (48, 64), "stride_fraction": 0.5}})]
+    monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "tour"
+    assert main(["tour", "--out", str(out), "--minutes", "0.05", "--no-progress", "--precision", "fp32"]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows["rcnn-shapes"]["steps"] > 0 and rows["sliding-window-shapes"]["steps"] == 0
+    assert rows["sliding-window-shapes"]["trained_by"] == "rcnn-shapes"
+    assert rows["sliding-window-shapes"]["regions_per_image"] == 61  # 40 windows of 48 px, 21 of 64 px
+    assert 0 < rows["rcnn-shapes"]["regions_per_image"] <= 2000
+    assert "(rcnn-shapes's)" in (out / "report.md").read_text()
+    assert len(list((tmp_path / "cache" / "proposals").glob("*.safetensors"))) == 3  # 8 train, 2 val, 2 test images
+
+
+def test_a_job_that_needs_another_job_is_one_clear_error(tmp_path, capsys):
+    one_line_error(capsys, ["tour", "--out", str(tmp_path / "t"), "--only", "sliding-window-shapes"],
+                   "uses the weights of rcnn-shapes, which has not run")

@@ -148,3 +148,55 @@ def test_mixed_box_dtypes_equal_torchmetrics(make_coco):
         np.testing.assert_array_equal(
             ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key
         )
+
+
+def test_precision_recall_curve_by_hand():
+    """Two objects, three detections, the middle one false: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1."""
+    metric = MeanAveragePrecision()
+    metric.update(
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31]]),
+          "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([4, 4, 4])}],
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([4, 4])}],
+    )
+    curves = metric.precision_recall(0.5)
+    assert curves["classes"].tolist() == [4]
+    torch.testing.assert_close(curves["recall"], torch.linspace(0, 1, 101))
+    # interpolated: the best precision at recall >= r is 1 up to r = 1/2, then 2/3
+    expected = torch.tensor([1.0] * 51 + [2 / 3] * 50)
+    torch.testing.assert_close(curves["precision"], expected[None])
+    torch.testing.assert_close(curves["ap"], torch.tensor([(51 + 50 * 2 / 3) / 101]))
+    # the third box overlaps its object at IoU 10/11: a miss at 0.95, so recall stops at 1/2 there
+    strict = metric.precision_recall(0.95)["precision"][0]
+    assert strict[:51].eq(1).all() and strict[51:].eq(0).all()
+
+
+def test_precision_recall_of_perfect_detections_is_one():
+    boxes = [torch.tensor([[0.0, 0, 10, 10], [20, 5, 40, 30]]), torch.tensor([[3.0, 3, 9, 12]])]
+    labels = [torch.tensor([1, 2]), torch.tensor([2])]
+    metric = MeanAveragePrecision()
+    metric.update([{"boxes": b, "scores": torch.linspace(0.9, 0.5, len(b)), "labels": la}
+                   for b, la in zip(boxes, labels)],
+                  [{"boxes": b, "labels": la} for b, la in zip(boxes, labels)])
+    curves = metric.precision_recall()
+    assert curves["classes"].tolist() == [1, 2] and curves["precision"].shape == (2, 101)
+    assert curves["precision"].eq(1).all() and curves["ap"].eq(1).all()
+
+
+def test_precision_recall_equals_torchmetrics_precision_array(make_coco):
+    gt, dets = make_coco(5, n_images=30)
+    preds, targets = per_image_tensors(gt, dets)
+    ref = torchmetrics_detection.MeanAveragePrecision(backend="faster_coco_eval", extended_summary=True)
+    ref.warn_on_many_detections = False
+    ours = MeanAveragePrecision()
+    ref.update(preds, targets)
+    ours.update(preds, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ref.compute()
+    curves = ours.precision_recall(0.5)
+    assert torch.equal(curves["classes"], expected["classes"])
+    assert torch.equal(curves["precision"], expected["precision"][0, :, :, 0, -1].T.float())
+    at_50 = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True)
+    at_50.update(preds, targets)
+    torch.testing.assert_close(curves["ap"], at_50.compute()["map_per_class"])
+    assert (curves["ap"] > 0).any() and (curves["precision"] == -1).all(dim=1).any()  # a class without objects

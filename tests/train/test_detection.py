@@ -5,10 +5,13 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import Subset
 
-from visionzoo.train import TrainConfig
-from visionzoo.train.detection import DetectionTask, hflip
+from visionzoo.data import Shapes
+from visionzoo.models import create_model
+from visionzoo.train import TrainConfig, fit
+from visionzoo.train.detection import DetectionTask, apply_scale_jitter, hflip, scale_jitter_sizes
 from visionzoo.train.run import build_setup, run_training
 
 
@@ -88,3 +91,62 @@ def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path,
     assert len(ground_truth.loadRes(str(coco_json)).getAnnIds()) == len(records)
     capsys.readouterr()
     assert main(argv) == 2 and "exists" in capsys.readouterr().err  # nothing overwritten without --overwrite
+
+
+def test_a_tiny_run_writes_precision_recall_curves_and_detections(tmp_path):
+    setup = build_setup("fasterrcnn_shapes", "shapes", model_args={"rpn_pre_nms_top_n_test": 100})
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=2, batch_size=2, overwrite=True, progress=False,
+                         eval_every=0, checkpoint_every=10**9, precision="fp32")
+    fit(setup.task, setup.model, Shapes("train", length=4), Shapes("val", length=4), config)
+    for name, size in (("loss.png", None), ("pr_curve.png", (600, 500)), ("detections.png", (4 * 384, 384))):
+        with Image.open(tmp_path / "run" / name) as picture:
+            assert picture.format == "PNG" and (size is None or picture.size == size), name
+            picture.verify()
+
+
+def test_scale_jitter_sizes_put_the_eval_size_last():
+    assert scale_jitter_sizes("96-160", 128) == (96, 160, 128)
+    assert scale_jitter_sizes("64-128", 128) == (64, 96, 128)
+    assert scale_jitter_sizes(" 96, 112 ", 128) == (96, 112, 128)
+    assert scale_jitter_sizes("160", 128) == (160, 128)
+
+
+@pytest.mark.parametrize("text", ["", "96-", "-96", "96-100", "160-96", "96-96", "0-64", "96,x", "96,,128",
+                                  "96,96", "0,128", "96:160"])
+def test_bad_scale_jitter_is_one_clear_error(text):
+    with pytest.raises(ValueError, match="--scale-jitter"):
+        scale_jitter_sizes(text, 128)
+
+
+def test_scale_jitter_resizes_training_images_and_their_boxes():
+    model = create_model("fasterrcnn_shapes", max_size=160)
+    apply_scale_jitter(model, "96-160")
+    assert model.transform.min_size == (96, 160, 128) and model.model_args["min_size"] == (96, 160, 128)
+    image = torch.rand(3, 100, 100)
+    box = torch.tensor([[10.0, 20.0, 50.0, 40.0]])
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(30):
+        batch, targets = model.transform([image], [{"boxes": box, "labels": torch.tensor([1])}])
+        height, width = batch.image_sizes[0]
+        assert height == width and height in (96, 128, 160)
+        torch.testing.assert_close(targets[0]["boxes"], box * height / 100)
+        seen.add(height)
+    assert seen == {96, 128, 160}
+    model.eval()
+    assert model.transform([image])[0].image_sizes == [(128, 128)]
+
+
+def test_scale_jitter_beyond_max_size_is_refused():
+    with pytest.raises(ValueError, match="size 160 is above fasterrcnn_shapes's max_size 128.*max_size=160"):
+        apply_scale_jitter(create_model("fasterrcnn_shapes"), "96-160")
+
+
+def test_a_checkpoint_rebuilds_the_scale_jitter(tmp_path):
+    setup = build_setup("fasterrcnn_shapes", "shapes", model_args={"max_size": 160})
+    apply_scale_jitter(setup.model, "96-160")
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
+                         eval_every=0, checkpoint_every=10**9, precision="fp32")
+    fit(setup.task, setup.model, Shapes("train", length=2), None, config)
+    again = create_model("fasterrcnn_shapes", checkpoint=tmp_path / "run" / "checkpoint.safetensors")
+    assert again.transform.min_size == (96, 160, 128) and again.transform.max_size == 160

@@ -10,6 +10,7 @@ files need. Images are decoded only when a sample is read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -260,6 +261,16 @@ class CocoDetection(Dataset):
             a["segmentation"] for image in self._images.values() for a in image["annotations"]
         ) and any(image["annotations"] for image in self._images.values())
         return skipped
+
+    @property
+    def cache_key(self) -> str | None:
+        """A name for this data set's images (for caches of derived data, e.g. region proposals): the
+        annotation file's path, size and modification time and the image size. None with a transform."""
+        if self.transform is not None:
+            return None
+        stat = self.ann_file.stat()
+        text = f"{self.ann_file.resolve()}|{self.images_dir.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.image_size}"
+        return f"coco-{self.ann_file.stem}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -14,6 +14,7 @@ circles), evaluated only inside each object's box.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -489,6 +490,16 @@ class Shapes(Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
+
+    @property
+    def cache_key(self) -> str | None:
+        """A name for this data set's images (for caches of derived data, e.g. region proposals): its
+        settings and a hash of its first image, which changes if the renderer does. None with a transform."""
+        if self.transform is not None:
+            return None
+        first = hashlib.sha1(self.scene(0).image.tobytes()).hexdigest()[:8] if self.length else "empty"
+        return (f"shapes-{self.split}-{self.image_size}px-{self.length}-seed{self.seed}-"
+                f"{self.min_objects}to{self.max_objects}-{first}")
 
     def __repr__(self) -> str:
         return f"Shapes(split={self.split!r}, image_size={self.image_size}, length={self.length}, seed={self.seed})"

@@ -311,3 +311,29 @@ def selective_search(
     boxes = _rank(_strategy_boxes(rgb, spaces, ks, sets), seed)
     wide = (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
     return torch.from_numpy(boxes[wide][:max_proposals]).float()
+
+
+def sliding_windows(height: int, width: int, sizes: tuple[int, ...] = (16, 24, 32, 48, 64),
+                    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), stride_fraction: float = 0.25) -> Tensor:
+    """Every window of the naive detector: each size (the side of a square of the same area) at each
+    aspect ratio (height / width), slid over the image in steps of ``stride_fraction`` of its side.
+
+    Returns:
+        float32 Tensor[N, 4] xyxy windows lying inside the ``height`` x ``width`` image.
+    """
+    if not sizes or not aspect_ratios or min(sizes) <= 0 or min(aspect_ratios) <= 0:
+        raise ValueError(f"sliding windows need positive sizes and aspect ratios, got {sizes} and {aspect_ratios}")
+    if not 0 < stride_fraction <= 1:
+        raise ValueError(f"stride_fraction must be in (0, 1], got {stride_fraction}")
+    windows = []
+    for size in sizes:
+        stride = max(1, round(size * stride_fraction))
+        for ratio in aspect_ratios:
+            w, h = round(size / ratio ** 0.5), round(size * ratio ** 0.5)
+            if w > width or h > height:
+                continue
+            xs = torch.arange(0, width - w + 1, stride, dtype=torch.float32)
+            ys = torch.arange(0, height - h + 1, stride, dtype=torch.float32)
+            y, x = torch.meshgrid(ys, xs, indexing="ij")
+            windows.append(torch.stack((x, y, x + w, y + h), dim=-1).reshape(-1, 4))
+    return torch.cat(windows) if windows else torch.zeros((0, 4))

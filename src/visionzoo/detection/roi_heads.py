@@ -3,7 +3,8 @@
 Shared by Fast R-CNN (Selective Search proposals) and Faster R-CNN (RPN proposals). torchvision's
 semantics and module names (``box_head.fc6``/``fc7``, ``box_predictor.cls_score``/``bbox_pred``): in
 training the ground-truth boxes join the proposals, proposals with IoU ≥ 0.5 to a box are positives
-labelled with its class, below 0.5 background, 512 per image drawn with at most 25% positives; the loss
+labelled with its class, below 0.5 background (Fast R-CNN and R-CNN: only down to ``background_iou_low``
+= 0.1, below that ignored), 512 per image drawn with at most 25% positives; the loss
 is cross-entropy plus smooth L1 (β = 1/9) on the true class's deltas. At inference each proposal gives
 one box per foreground class, scored by the softmax; low scores and tiny boxes go, NMS runs per class,
 and the ``detections_per_img`` best stay.
@@ -70,8 +71,11 @@ class RoIHeads(nn.Module):
     def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, bbox_reg_weights: tuple[float, ...] | None = None,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
+                 background_iou_low: float = 0.0):
         super().__init__()
+        if not 0.0 <= background_iou_low <= bg_iou_thresh:
+            raise ValueError(f"background_iou_low must be in [0, bg_iou_thresh={bg_iou_thresh}], got {background_iou_low}")
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
         self.box_predictor = box_predictor
@@ -81,6 +85,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.background_iou_low = background_iou_low
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -110,11 +115,14 @@ class RoIHeads(nn.Module):
                 image_labels = torch.zeros_like(matches)
                 gt_boxes = candidates.new_zeros((1, 4))
             else:
-                raw = self.matcher(box_iou(gt_boxes, candidates))
+                iou = box_iou(gt_boxes, candidates)
+                raw = self.matcher(iou)
                 matches = raw.clamp(min=0)
                 image_labels = gt_labels[matches].to(torch.int64)
                 image_labels[raw == BELOW_LOW_THRESHOLD] = 0
                 image_labels[raw == BETWEEN_THRESHOLDS] = -1
+                if self.background_iou_low > 0:
+                    image_labels[iou.max(dim=0).values < self.background_iou_low] = -1
             positive, negative = self.sampler([image_labels])
             keep = torch.where(positive[0] | negative[0])[0]
             sampled_proposals.append(candidates[keep])

@@ -63,16 +63,17 @@ class DetectionTransform(nn.Module):
     """Images (a list of Tensor[C, H_i, W_i] in [0, 1]) to one normalised, resized, padded ImageBatch.
 
     Args:
-        min_size: target short side; a tuple in training picks one at random per image (scale jitter).
+        min_size: target short side; a tuple in training picks one at random per image (scale jitter);
+            None keeps every image at its own size (R-CNN, which warps regions instead).
         max_size: cap on the long side.
         image_mean, image_std: per-channel normalisation.
         size_divisible: the padded batch's sides are multiples of it.
     """
 
-    def __init__(self, min_size: int | Sequence[int], max_size: int, image_mean: Sequence[float],
+    def __init__(self, min_size: int | Sequence[int] | None, max_size: int, image_mean: Sequence[float],
                  image_std: Sequence[float], size_divisible: int = 32):
         super().__init__()
-        self.min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        self.min_size = () if min_size is None else (min_size,) if isinstance(min_size, int) else tuple(min_size)
         self.max_size = max_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
@@ -104,6 +105,8 @@ class DetectionTransform(nn.Module):
     def resize(self, image: Tensor, target: dict[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor] | None]:
         """Scale ``image`` Tensor[C, H, W] (and ``target["boxes"]``) to the target short side."""
         height, width = image.shape[-2:]
+        if not self.min_size:
+            return image, target
         if self.training:  # drawn even from one choice: the global generator advances as torchvision's
             size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())]
         else:

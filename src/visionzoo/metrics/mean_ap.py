@@ -1,10 +1,11 @@
 """``MeanAveragePrecision``: a torchmetrics-style COCO mAP accumulator over per-image tensors.
 
 ``update(preds, targets)`` takes one dict per image; ``compute()`` runs :mod:`visionzoo.metrics.coco`
-on everything seen. The conversion follows torchmetrics' (``backend="faster_coco_eval"``) so the
-numbers are the same: boxes go to xywh in their own dtype, a target's area is its ``area`` entry
-when positive and ``w * h`` otherwise, categories are the labels seen, and the summary reads every
-AP at the largest max-detections threshold.
+on everything seen, ``precision_recall(iou)`` gives the per-class curves behind AP at one IoU. The
+conversion follows torchmetrics' (``backend="faster_coco_eval"``) so the numbers are the same: boxes
+go to xywh in their own dtype, a target's area is its ``area`` entry when positive and ``w * h``
+otherwise, categories are the labels seen, and the summary reads every AP at the largest
+max-detections threshold.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from visionzoo.metrics.coco import (
+    DEFAULT_AREA_RANGES,
     CocoDetections,
     CocoGroundTruth,
     accumulate,
@@ -258,6 +260,32 @@ class MeanAveragePrecision:
         out[f"mar_{md[2]}_per_class"] = torch.tensor(per_class_ar, dtype=torch.float32)
         out["classes"] = torch.tensor(classes, dtype=torch.int32)
         return out
+
+    def precision_recall(self, iou_threshold: float = 0.5) -> dict[str, Tensor]:
+        """Per-class precision–recall curves at one IoU threshold over every image seen (COCO's arrays).
+
+        Matching and precision are :meth:`compute`'s (area ``all``, at most ``max_detection_thresholds[-1]``
+        detections per image), at ``iou_threshold`` alone. Returns ``recall`` float32[R] (the recall
+        thresholds), ``precision`` float32[K, R] (interpolated: the best precision at any recall at
+        least that one; 0 past the class's final recall, -1 for a class without ground truth),
+        ``ap`` float32[K] (the mean of a row: the class's AP at this IoU, -1 where undefined) and
+        ``classes`` int32[K] (the labels seen, sorted; with ``average="micro"`` one pooled row, label 0).
+        """
+        params = make_params("bbox", [iou_threshold], self.params.max_dets, {"all": DEFAULT_AREA_RANGES["all"]},
+                             self.params.rec_thresholds)
+        gt, dt, _ = self._datasets()
+        recall = torch.tensor(params.rec_thresholds, dtype=torch.float32)
+        classes = torch.tensor(gt.category_ids, dtype=torch.int32)
+        if not self._pred_rest:
+            return {"recall": recall, "precision": -torch.ones(0, len(recall)), "ap": -torch.ones(0), "classes": classes}
+        arrays = accumulate(evaluate(gt, dt, params))
+        ap, _ = per_category(arrays, params)
+        return {
+            "recall": recall,
+            "precision": torch.tensor(arrays["precision"][0, :, :, 0, -1].T, dtype=torch.float32),
+            "ap": torch.tensor(ap, dtype=torch.float32),
+            "classes": classes,
+        }
 
     def _per_class(self, arrays: dict, gt: CocoGroundTruth, classes: np.ndarray, ap: bool) -> np.ndarray:
         if self.average == "micro":

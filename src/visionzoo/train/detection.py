@@ -4,11 +4,17 @@ The model (any registered ``task="detection"`` model, e.g. ``fasterrcnn_shapes``
 images in [0, 1] and target dicts, and returns its losses in train mode (their sum is optimised);
 in eval mode it returns ``{boxes, labels, scores}`` per image, scored here with COCO's metrics
 (``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP). Training images are flipped left-right
-at random with their boxes; scale jitter is the detector's own (``min_size`` as a tuple).
+at random with their boxes; scale jitter is the detector's own (``min_size`` as a tuple, which
+``--scale-jitter`` sets). At the end of training the run folder gets ``pr_curve.png`` and ``detections.png``.
+
+Detectors over external proposals (R-CNN, Fast R-CNN: ``model.uses_external_proposals``) get each
+split's Selective Search boxes computed once, cached on disk, and carried in the targets as
+``"proposals"`` (flipped with the image); on new images the model computes its own.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,14 +25,77 @@ from torch.utils.data import Dataset
 
 from visionzoo.train.task import Setup, Task, register_task
 
+BOX_KEYS = ("boxes", "proposals")
+
 
 def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mirror ``image`` Tensor[C, H, W] left-right and its ``target["boxes"]`` Tensor[N, 4] xyxy with it."""
+    """Mirror ``image`` Tensor[C, H, W] left-right and its ``target["boxes"]`` (and ``"proposals"``)
+    Tensor[N, 4] xyxy with it."""
     width = image.shape[-1]
     target = dict(target)
-    boxes = target["boxes"]
-    target["boxes"] = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
+    for key in BOX_KEYS:
+        if key in target:
+            boxes = target[key]
+            target[key] = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
     return image.flip(-1), target
+
+
+def split_proposals(targets: Sequence[dict[str, torch.Tensor]]) -> tuple[list[dict[str, torch.Tensor]], list | None]:
+    """Targets without their ``"proposals"``, and the proposals (None when the targets carry none)."""
+    if not targets or "proposals" not in targets[0]:
+        return list(targets), None
+    return ([{k: v for k, v in t.items() if k != "proposals"} for t in targets], [t["proposals"] for t in targets])
+
+
+SCALE_JITTER_STEP = 32
+
+
+def scale_jitter_sizes(text: str, eval_size: int) -> tuple[int, ...]:
+    """The ``min_size`` tuple of a detector trained at the short sides ``text`` names and evaluated at ``eval_size``.
+
+    ``text`` is ``LOW-HIGH`` (LOW to HIGH in steps of 32, as torchvision's multi-scale recipes) or a comma list
+    (``96,128,160``). The detector's transform draws each training image's short side from every element
+    and evaluates at the last, so ``eval_size`` goes last (and is a training size too):
+    ``scale_jitter_sizes("96-160", 128) == (96, 160, 128)``. Bad text raises ValueError naming ``--scale-jitter``.
+    """
+    words = text.split("-") if "-" in text else text.split(",")
+    try:
+        numbers = [int(word) for word in words]
+    except ValueError:
+        raise ValueError(f"--scale-jitter must be LOW-HIGH or a comma list of sizes (e.g. 96-160 or 96,128), "
+                         f"got {text!r}") from None
+    if "-" in text:
+        if len(numbers) != 2 or not 0 < numbers[0] < numbers[1] or (numbers[1] - numbers[0]) % SCALE_JITTER_STEP:
+            raise ValueError(f"--scale-jitter LOW-HIGH needs 0 < LOW < HIGH with HIGH - LOW a multiple of "
+                             f"{SCALE_JITTER_STEP}, got {text!r}")
+        numbers = list(range(numbers[0], numbers[1] + 1, SCALE_JITTER_STEP))
+    if min(numbers) <= 0 or len(set(numbers)) != len(numbers):
+        raise ValueError(f"--scale-jitter sizes must be positive and distinct, got {text!r}")
+    return tuple(size for size in numbers if size != eval_size) + (eval_size,)
+
+
+def apply_scale_jitter(model: nn.Module, text: str) -> None:
+    """Make ``model`` (a detector with a resizing ``transform``) train at the short sides ``text`` names (see
+    :func:`scale_jitter_sizes`; its eval size, ``min_size[-1]``, is kept), recorded in its ``model_args`` so
+    a checkpoint rebuilds it. A size above the long-side cap ``max_size`` could never be reached: ValueError."""
+    transform = getattr(model, "transform", None)
+    name = getattr(model, "model_name", type(model).__name__)
+    if not getattr(transform, "min_size", None):
+        raise ValueError(f"--scale-jitter: {name} does not resize its input images")
+    sizes = scale_jitter_sizes(text, transform.min_size[-1])
+    if max(sizes) > transform.max_size:
+        raise ValueError(f"--scale-jitter: size {max(sizes)} is above {name}'s max_size {transform.max_size} "
+                         f"(the long side's cap); raise it with --model-arg max_size={max(sizes)}")
+    transform.min_size = sizes
+    if hasattr(model, "model_args"):
+        model.model_args["min_size"] = sizes
+
+
+def with_cached_proposals(dataset: Dataset, model: nn.Module) -> Dataset:
+    """``dataset`` with ``model``'s proposals in its targets, computed (or read from the cache) at first use."""
+    from visionzoo.detection.proposal_cache import WithProposals
+
+    return WithProposals(dataset, propose=model.propose, settings=model.proposal_settings)
 
 
 @register_task("detection")
@@ -46,35 +115,57 @@ class DetectionTask(Task):
         super().__init__()
         self.classes = list(classes)
         self.flip = flip
+        self._last_detections = None
 
     def collate(self, samples: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         images = [image for image, _ in samples]
-        targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long()} for _, target in samples]
+        targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long(),
+                    **({"proposals": target["proposals"].float()} if "proposals" in target else {})}
+                   for _, target in samples]
         return images, targets
 
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
         images, targets = batch
         flips = torch.rand(len(images), generator=self.generator) < self.flip
         pairs = [hflip(image, target) if flip else (image, target) for image, target, flip in zip(images, targets, flips)]
-        losses = model([image for image, _ in pairs], [target for _, target in pairs])
+        targets, proposals = split_proposals([target for _, target in pairs])
+        extra = {} if proposals is None else {"proposals": proposals}
+        losses = model([image for image, _ in pairs], targets, **extra)
         return {"loss": sum(losses.values()), **{name: value.detach() for name, value in losses.items()}}
 
     @torch.no_grad()
-    def detect(self, model: nn.Module, images: Sequence[torch.Tensor], autocast: Callable[[], Any]
-               ) -> list[dict[str, torch.Tensor]]:
+    def detect(self, model: nn.Module, images: Sequence[torch.Tensor], autocast: Callable[[], Any],
+               proposals: Sequence[torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+        """Detections per image (on the CPU); ``proposals`` for detectors over external ones (else their own)."""
         device = next(model.parameters()).device
+        extra = {} if proposals is None else {"proposals": proposals}
         with autocast():
-            detections = model([image.to(device) for image in images])
+            detections = model([image.to(device) for image in images], **extra)
         return [{key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in d.items()}
                 for d in detections]
+
+    def detect_all(self, model: nn.Module, dataset: Dataset, batch_size: int, autocast: Callable[[], Any]
+                   ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """Detections and targets of every image of ``dataset``. The last call's result is kept and
+        returned again for the same model, weights and data set (the end-of-training evaluation and
+        report share one pass)."""
+        key = (id(model), id(dataset), sum(p._version for p in model.parameters()), model.training)
+        if self._last_detections is not None and self._last_detections[0] == key:
+            return self._last_detections[1]
+        detections, all_targets = [], []
+        for images, targets in self.batches(dataset, batch_size):
+            targets, proposals = split_proposals(targets)
+            detections.extend(self.detect(model, images, autocast, proposals))
+            all_targets.extend(targets)
+        self._last_detections = (key, (detections, all_targets))
+        return detections, all_targets
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  autocast: Callable[[], Any]) -> dict[str, float]:
         from visionzoo.metrics import MeanAveragePrecision
 
         metric = MeanAveragePrecision(class_metrics=True)
-        for images, targets in self.batches(dataset, batch_size):
-            metric.update(self.detect(model, images, autocast), targets)
+        metric.update(*self.detect_all(model, dataset, batch_size, autocast))
         result = metric.compute()
         metrics = {name: float(result[name]) for name in ("map", "map_50", "map_75", "map_small", "map_medium",
                                                           "map_large", "mar_100")}
@@ -82,6 +173,29 @@ class DetectionTask(Task):
             if 1 <= label <= len(self.classes):
                 metrics[f"ap/{self.classes[label - 1]}"] = float(ap)
         return metrics
+
+    def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
+               autocast: Callable[[], Any]) -> list[Path]:
+        """``pr_curve.png``: each class's precision–recall curve at IoU 0.5 over ``dataset`` (COCO's
+        interpolated precision, AP@.5 in the legend); ``detections.png``: the first 16 images with their
+        detections (score ≥ 0.5) and the ground truth."""
+        from visionzoo.metrics import MeanAveragePrecision
+        from visionzoo.train.drawing import grid
+        from visionzoo.train.plots import plot_precision_recall
+
+        metric = MeanAveragePrecision()
+        metric.update(*self.detect_all(model, dataset, batch_size, autocast))
+        curves = metric.precision_recall(0.5)
+        names = [self.classes[label - 1] if 1 <= label <= len(self.classes) else f"label {label}"
+                 for label in curves["classes"].tolist()]
+        pr_curve = plot_precision_recall(curves["recall"].tolist(), curves["precision"].tolist(), names,
+                                         curves["ap"].tolist(), out / "pr_curve.png")
+        samples = [dataset[i] for i in range(min(16, len(dataset)))]
+        predictions = self.predict(model, [image for image, _ in samples], autocast)
+        detections = out / "detections.png"
+        grid([self.draw(image, prediction, target) for (image, target), prediction in zip(samples, predictions)]
+             ).save(detections)
+        return [pr_curve, detections]
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Detections of each image of ``images`` (Tensor[B, 3, H, W] or a list of Tensor[3, H, W]):
@@ -105,6 +219,13 @@ class DetectionTask(Task):
         return {"classes": self.classes}
 
     @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("detection")
+        group.add_argument("--scale-jitter", metavar="SIZES",
+                           help="training short sides: LOW-HIGH in steps of 32 (e.g. 96-160) or a comma list; "
+                                "evaluation keeps the model's min_size")
+
+    @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         from visionzoo.data import create_dataset
@@ -117,6 +238,10 @@ class DetectionTask(Task):
             pass
         classes = list(splits["train"].classes)
         model = create_model(model_name, checkpoint=checkpoint, num_classes=len(classes) + 1, **model_args)
+        if (options or {}).get("scale_jitter"):
+            apply_scale_jitter(model, options["scale_jitter"])
         image, _ = splits["train"][0]
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
+        if getattr(model, "uses_external_proposals", False) and model.cache_proposals:
+            splits = {name: with_cached_proposals(split, model) for name, split in splits.items()}
         return Setup(cls(classes), model, splits, run_meta)

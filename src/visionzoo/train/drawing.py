@@ -38,8 +38,8 @@ def draw_classification(image: torch.Tensor, labels: Sequence[str], scores: Sequ
 
 
 def grid(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Image:
-    """Pictures of equal size pasted into a grid."""
-    width, height = pictures[0].size
+    """Pictures pasted into a grid of cells as large as the largest picture (top-left in their cell)."""
+    width, height = max(p.width for p in pictures), max(p.height for p in pictures)
     rows = -(-len(pictures) // columns)
     canvas = Image.new("RGB", (width * min(columns, len(pictures)), height * rows), "white")
     for index, picture in enumerate(pictures):

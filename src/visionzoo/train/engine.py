@@ -411,6 +411,7 @@ class Trainer:
         metrics = self.evaluate()
         if main:
             self._plot()
+            self._report()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
         result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics)
         if main:
@@ -500,13 +501,25 @@ class Trainer:
 
         plot_metrics(self.out / METRICS_NAME, self.out / "loss.png")
 
+    def _report(self) -> None:
+        """The task's own pictures of the final model on the validation set (rank 0)."""
+        if self.val_set is None:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            paths = self.task.report(self.model, self.val_set, self.out,
+                                     self.config.eval_batch_size or self.config.batch_size, self.autocast)
+        for path in paths:
+            log.info("wrote %s", path)
+
 
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
         run_meta: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``model`` with ``task`` on ``train_set`` as ``config`` says; evaluate on ``val_set``.
 
     Writes into ``config.out``: ``checkpoint.safetensors`` (+ ``.json``), ``metrics.jsonl``,
-    ``loss.png`` and ``summary.json``. Under ``torchrun`` every process calls this; rank 0 alone
-    writes. ``run_meta`` (data set name, image size, ...) is stored in the checkpoint.
+    ``loss.png``, ``summary.json`` and the task's own pictures (:meth:`Task.report`). Under ``torchrun``
+    every process calls this; rank 0 alone writes. ``run_meta`` (data set name, image size, ...) is
+    stored in the checkpoint.
     """
     return Trainer(task, model, train_set, val_set, config, run_meta).fit()

@@ -1,8 +1,9 @@
-"""Pictures of a run: the loss curve from ``metrics.jsonl``."""
+"""Pictures of a run: the loss curve from ``metrics.jsonl``, a detector's precision–recall curves."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -38,6 +39,28 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
         ax.set_ylabel("validation")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def plot_precision_recall(recall: Sequence[float], precision: Sequence[Sequence[float]], names: Sequence[str],
+                          ap: Sequence[float], out_path: str | Path, iou_threshold: float = 0.5) -> Path:
+    """One precision–recall curve per class (``precision`` [K][R] at the recall points ``recall`` [R]),
+    labelled with its name and AP; classes without ground truth (AP -1) are left out."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, row, value in zip(names, precision, ap):
+        if value >= 0:
+            ax.plot(recall, row, label=f"{name} (AP@{iou_threshold:g} {value:.3f})", linewidth=1.5)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"precision–recall at IoU {iou_threshold:g}")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -80,6 +80,12 @@ class Task:
         """Metrics of ``model`` (in eval mode) on ``dataset``; must contain :attr:`metric`."""
         raise NotImplementedError
 
+    def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
+               autocast: Callable[[], Any]) -> list[Path]:
+        """Write pictures of ``model`` (in eval mode) on ``dataset`` into the run folder ``out`` at the end of
+        training (e.g. a detector's precision–recall curves); the paths written. By default none."""
+        return []
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What :meth:`from_checkpoint_meta` needs to rebuild this task (class names, sizes, ...)."""
         return {}

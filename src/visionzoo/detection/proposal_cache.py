@@ -1,0 +1,175 @@
+"""Region proposals computed once per data set split and kept on disk (R-CNN and Fast R-CNN training).
+
+Selective Search costs tens of milliseconds per image and its boxes do not change while a detector
+trains, so the R-CNN papers compute them once per split. :func:`cached_proposals` does so in worker
+processes, stores them in ``<cache>/proposals/<key>.safetensors`` (the weights cache of
+:mod:`visionzoo.models._hub`, i.e. ``$VISIONZOO_CACHE``) and reads them back on the next run. The key
+names the data set (its ``cache_key`` when it has one, else a hash of its images) and the proposal
+settings, so another split, size or mode never reuses the wrong file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+Propose = Callable[[Tensor], Tensor]
+
+
+def dataset_key(dataset: Dataset) -> str:
+    """A name for ``dataset``'s images: its ``cache_key`` attribute (a ``Subset``: its parent's and a hash of
+    its indices), else the SHA-1 of all its images."""
+    key = getattr(dataset, "cache_key", None)
+    if key:
+        return str(key)
+    parent_key = getattr(dataset.dataset, "cache_key", None) if isinstance(dataset, Subset) else None
+    if parent_key:
+        indices = hashlib.sha1(json.dumps([int(i) for i in dataset.indices]).encode()).hexdigest()[:12]
+        return f"{parent_key}-subset{len(dataset)}-{indices}"
+    digest = hashlib.sha1()
+    for index in range(len(dataset)):
+        image = dataset[index][0]
+        digest.update(str(tuple(image.shape)).encode())
+        digest.update((image.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+    return f"{type(dataset).__name__.lower()}-{len(dataset)}-{digest.hexdigest()[:16]}"
+
+
+def _propose_range(dataset: Dataset, propose: Propose, start: int, stop: int) -> list[Tensor]:
+    torch.set_num_threads(1)
+    return [propose(dataset[index][0]) for index in range(start, stop)]
+
+
+def compute_proposals(dataset: Dataset, propose: Propose, workers: int = 0, progress: bool = True,
+                      chunk: int = 32) -> list[Tensor]:
+    """``propose(image)`` for every image of ``dataset``, in ``workers`` processes (0: one per CPU).
+
+    Returns:
+        one float32 Tensor[P_i, 4] xyxy per image, in the data set's order.
+    """
+    count = len(dataset)
+    workers = workers or os.cpu_count() or 1
+    ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+    bar = tqdm(total=count, desc="proposals", unit="img", disable=not progress, leave=False)
+    if workers == 1 or len(ranges) <= 1:
+        out = []
+        for start, stop in ranges:
+            out.extend(_propose_range(dataset, propose, start, stop))
+            bar.update(stop - start)
+        bar.close()
+        return out
+    results: list[list[Tensor]] = [[] for _ in ranges]
+    # fork, as torch's DataLoader workers: no re-import of the caller's script (spawn would need a
+    # __main__ guard there), and each child runs torch on one thread, so it never enters OpenMP
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        futures = {pool.submit(_propose_range, dataset, propose, start, stop): i for i, (start, stop) in enumerate(ranges)}
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            bar.update(len(results[index]))
+    bar.close()
+    return [boxes for part in results for boxes in part]
+
+
+def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any], cache_dir: str | Path | None = None,
+                     workers: int = 0, progress: bool = True) -> list[Tensor]:
+    """The proposals of every image of ``dataset``, from the cache or computed and cached.
+
+    Args:
+        propose: ``image Tensor[3, H, W] -> Tensor[P, 4]``; picklable (a module-level function or a
+            ``functools.partial`` of one) to run in worker processes.
+        settings: what ``propose`` does (method, mode, limits), part of the cache key.
+        cache_dir: default ``<weights cache>/proposals``.
+    """
+    from visionzoo.models._hub import cache_dir as weights_cache
+
+    folder = Path(cache_dir) if cache_dir is not None else weights_cache() / "proposals"
+    name = dataset_key(dataset)
+    settings_text = json.dumps(settings, sort_keys=True)
+    key = f"{name}-{hashlib.sha1(settings_text.encode()).hexdigest()[:12]}"
+    path = folder / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return split_boxes(load_file(path))
+        except Exception as error:  # a truncated or foreign file: recompute rather than fail
+            log.warning("ignoring unreadable proposal cache %s (%s)", path, error)
+    log.info("computing proposals for %d images of %s (%s)", len(dataset), name, settings_text)
+    proposals = compute_proposals(dataset, propose, workers, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file(join_boxes(proposals), str(partial), metadata={"settings": settings_text, "dataset": name})
+    os.replace(partial, path)
+    return proposals
+
+
+def join_boxes(proposals: Sequence[Tensor]) -> dict[str, Tensor]:
+    """Per-image boxes as two tensors: ``boxes`` Tensor[sum P_i, 4] and ``counts`` int64 Tensor[N]."""
+    counts = torch.tensor([len(p) for p in proposals], dtype=torch.int64)
+    boxes = torch.cat([p.reshape(-1, 4).float() for p in proposals]) if proposals else torch.zeros((0, 4))
+    return {"boxes": boxes.contiguous(), "counts": counts}
+
+
+def split_boxes(tensors: dict[str, Tensor]) -> list[Tensor]:
+    """The inverse of :func:`join_boxes`."""
+    return list(tensors["boxes"].split(tensors["counts"].tolist()))
+
+
+class WithProposals(Dataset):
+    """``dataset`` whose targets carry ``"proposals"``: Tensor[P_i, 4] xyxy of image i.
+
+    Either the ``proposals`` themselves, or ``propose`` and its ``settings``: then they come from
+    :func:`cached_proposals` at the first access, so a split that is never read costs nothing.
+    """
+
+    def __init__(self, dataset: Dataset, proposals: Sequence[Tensor] | None = None, *, propose: Propose | None = None,
+                 settings: dict[str, Any] | None = None, cache_dir: str | Path | None = None):
+        if (proposals is None) == (propose is None):
+            raise ValueError("WithProposals takes either the proposals or a propose function (with its settings)")
+        self.dataset = dataset
+        self.propose, self.settings, self.cache_dir = propose, dict(settings or {}), cache_dir
+        self._proposals = None if proposals is None else self._checked(proposals)
+
+    def _checked(self, proposals: Sequence[Tensor]) -> list[Tensor]:
+        if len(proposals) != len(self.dataset):
+            raise ValueError(f"{len(proposals)} proposal sets for a data set of {len(self.dataset)} images")
+        return list(proposals)
+
+    @property
+    def proposals(self) -> list[Tensor]:
+        if self._proposals is None:
+            self._proposals = self._checked(cached_proposals(self.dataset, self.propose, self.settings, self.cache_dir))
+        return self._proposals
+
+    def subset(self, indices: Sequence[int]) -> WithProposals:
+        """These images only; proposals not computed yet are then computed for them alone."""
+        part = Subset(self.dataset, list(indices))
+        part.classes = getattr(self.dataset, "classes", None)
+        if self._proposals is not None:
+            return WithProposals(part, [self._proposals[i] for i in indices])
+        return WithProposals(part, propose=self.propose, settings=self.settings, cache_dir=self.cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, {**target, "proposals": self.proposals[index]}
+
+    def __getattr__(self, name: str):  # classes, cache_key, ... of the wrapped data set
+        if name in ("dataset", "_proposals"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

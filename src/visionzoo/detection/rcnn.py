@@ -1,0 +1,325 @@
+"""R-CNN (Girshick et al. 2014), Fast R-CNN (Girshick 2015) and the sliding-window baseline: detectors over
+region proposals that come from outside the network.
+
+All three share Faster R-CNN's second stage (:class:`~visionzoo.detection.roi_heads.RoIHeads`: label and
+sample proposals, K+1-way classification, class-specific regression of the notes' (t_x, t_y, t_w, t_h),
+per-class NMS) and torchvision's API: ``model(images, targets, proposals=None)`` returns the loss dict in
+train mode and one ``{"boxes", "labels", "scores"}`` per image in eval mode. ``proposals`` (one
+Tensor[P_i, 4] xyxy per image, in the input image's pixels) are usually cached per data set split
+(:mod:`visionzoo.detection.proposal_cache`); without them the model computes its own for each image
+(Selective Search, or every sliding window), which is part of its inference cost.
+
+- **R-CNN** warps every proposal, grown by ``context_padding`` pixels of context at the warped size
+  (the paper's p = 16 at 227), to ``warp_size`` × ``warp_size`` and runs a whole classification CNN
+  on each: one CNN pass per region. The warp is RoI Align over the normalised image with adaptive
+  sampling (bilinear when enlarging, area-averaging when shrinking); context outside the image is the
+  mean colour, as in the paper. Training follows the paper's fine-tuning: IoU ≥ 0.5 positive, a
+  quarter of each batch positive (its 32:96), with Fast R-CNN's background band [0.1, 0.5). The
+  softmax of the fine-tuned network scores the classes (the paper's appendix: a little below its
+  SVMs, without the second training stage), and its box regression reads the same pooled features.
+- **Fast R-CNN** runs the backbone once per image and pools each proposal from its last map with RoI
+  pooling (``roi_pool="align"``: RoI Align), then a shared two-layer head; 64 RoIs per image, a quarter
+  positive, background [0.1, 0.5), cross-entropy + smooth L1.
+- **Sliding window** is R-CNN over every window of several sizes, aspect ratios and strides instead
+  of Selective Search's few hundred regions: the naive detector, kept to measure why it is not used.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from visionzoo.detection.proposals import selective_search, sliding_windows
+from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from visionzoo.detection.transform import DetectionTransform, check_targets, resize_boxes
+from visionzoo.models._registry import register_model
+from visionzoo.ops import clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
+from visionzoo.ops.poolers import infer_scale
+
+PROPOSAL_METHODS = ("selective_search", "sliding_window")
+
+
+def dilate_boxes(boxes: Tensor, warp_size: int, padding: int) -> Tensor:
+    """``boxes`` Tensor[R, 4] grown about their centres so that, warped to ``warp_size``, the original box
+    spans ``warp_size - 2 * padding`` pixels: ``padding`` pixels of context on every side (R-CNN's p)."""
+    scale = warp_size / (warp_size - 2 * padding)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return torch.cat((centre - half, centre + half), dim=1)
+
+
+class RegionWarp(nn.Module):
+    """R-CNN's "pooler": ``forward({"image": Tensor[B, 3, H, W]}, proposals, image_sizes)`` → the regions,
+    context-padded and warped, Tensor[R, 3, warp_size, warp_size] (R = all proposals, image by image)."""
+
+    def __init__(self, warp_size: int, context_padding: int):
+        super().__init__()
+        if not 0 <= 2 * context_padding < warp_size:
+            raise ValueError(f"context_padding must be in [0, warp_size / 2), got {context_padding} for {warp_size}")
+        self.warp_size = warp_size
+        self.context_padding = context_padding
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+                ) -> Tensor:
+        boxes = [dilate_boxes(p, self.warp_size, self.context_padding) for p in proposals]
+        return roi_align(features["image"], boxes, self.warp_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+class RegionCNN(nn.Module):
+    """R-CNN's "box head": a classification CNN (built with ``num_classes=0``) over warped regions
+    Tensor[R, 3, S, S] → its pooled features Tensor[R, cnn.num_features]; in eval ``chunk`` regions at a time."""
+
+    def __init__(self, cnn: nn.Module, chunk: int = 256):
+        super().__init__()
+        self.cnn = cnn
+        self.chunk = chunk
+
+    def forward(self, regions: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(regions.device.type):
+            regions = regions.contiguous(memory_format=torch.channels_last)
+        if self.training or regions.shape[0] <= self.chunk:
+            return self.cnn(regions)
+        return torch.cat([self.cnn(part) for part in regions.split(self.chunk)])
+
+
+class RoIPooler(nn.Module):
+    """Fast R-CNN's single-level pooling: ``forward(features, proposals, image_sizes)`` → Tensor[R, C, P, P]
+    from the map ``featmap_name``, by RoI max pooling (``kind="pool"``) or RoI Align (``kind="align"``)."""
+
+    def __init__(self, featmap_name: str, output_size: int, kind: str = "pool", sampling_ratio: int = 2):
+        super().__init__()
+        if kind not in ("pool", "align"):
+            raise ValueError(f"roi_pool must be 'pool' or 'align', got {kind!r}")
+        self.featmap_name = featmap_name
+        self.output_size = output_size
+        self.kind = kind
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+                ) -> Tensor:
+        feature = features[self.featmap_name]
+        image_size = (max(s[0] for s in image_sizes), max(s[1] for s in image_sizes))
+        scale = infer_scale(feature.shape[-2:], image_size)
+        if self.kind == "pool":
+            return roi_pool(feature, proposals, self.output_size, scale)
+        return roi_align(feature, proposals, self.output_size, scale, self.sampling_ratio, aligned=True)
+
+
+def _windows_of(image: Tensor, **window_args: Any) -> Tensor:
+    return sliding_windows(int(image.shape[-2]), int(image.shape[-1]), **window_args)
+
+
+class ProposalDetector(nn.Module):
+    """A detector whose regions come from outside the network (R-CNN, Fast R-CNN, sliding window).
+
+    Subclasses build ``transform``, ``roi_heads`` and :meth:`features`. ``proposals`` names the method
+    used when none are given ("selective_search" with ``proposal_args`` for
+    :func:`~visionzoo.detection.selective_search`, or "sliding_window" with those of
+    :func:`~visionzoo.detection.proposals.sliding_windows`).
+    """
+
+    uses_external_proposals = True
+
+    def __init__(self, num_classes: int, proposals: str, proposal_args: dict[str, Any] | None):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
+        if proposals not in PROPOSAL_METHODS:
+            raise ValueError(f"proposals must be one of {', '.join(PROPOSAL_METHODS)}, got {proposals!r}")
+        self.num_classes = num_classes
+        self.proposal_method = proposals
+        self.proposal_args = dict(proposal_args or {})
+
+    @property
+    def cache_proposals(self) -> bool:
+        """Whether the proposals are worth caching per data set (Selective Search: yes; windows: no)."""
+        return self.proposal_method == "selective_search"
+
+    @property
+    def proposal_settings(self) -> dict[str, Any]:
+        """What decides the proposals (a key of the proposal cache)."""
+        return {"method": self.proposal_method, **self.proposal_args}
+
+    @property
+    def propose(self):
+        """``image Tensor[3, H, W] in [0, 1] -> Tensor[P, 4]`` xyxy proposals (picklable, for worker processes)."""
+        if self.proposal_method == "selective_search":
+            return functools.partial(selective_search, **self.proposal_args)
+        return functools.partial(_windows_of, **self.proposal_args)
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
+                proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images)
+        if self.training:
+            if targets is None:
+                raise ValueError(f"{type(self).__name__} in train mode needs targets (boxes and labels per image)")
+            check_targets(images, targets, self.num_classes)
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        if proposals is None:
+            proposals = [self.propose(image.detach().float().cpu()) for image in images]
+        elif len(proposals) != len(images):
+            raise ValueError(f"{len(images)} images but {len(proposals)} proposal sets")
+        batch, targets = self.transform(images, targets)
+        device = batch.tensors.device
+        regions = []
+        for index, (boxes, original, size) in enumerate(zip(proposals, original_sizes, batch.image_sizes)):
+            if boxes.dim() != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"proposals of image {index} must be Tensor[P, 4], got {tuple(boxes.shape)}")
+            boxes = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)
+            boxes = boxes[remove_small_boxes(boxes, min_size=1.0)]
+            regions.append(resize_boxes(boxes, original, size))
+        detections, losses = self.roi_heads(self.features(batch.tensors), regions, batch.image_sizes, targets)
+        if self.training:
+            return losses
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+class RCNN(ProposalDetector):
+    """R-CNN over a classification CNN.
+
+    Args:
+        cnn: a classifier built with ``num_classes=0`` (pooled features, ``num_features`` wide).
+        num_classes: including the background.
+        warp_size: side of the warped regions (the paper: 227; 224 for ImageNet CNNs).
+        context_padding: pixels of context at the warped size (default: the paper's 16 of 227, scaled).
+        proposals, proposal_args: see :class:`ProposalDetector` (default: Selective Search "fast").
+        batch_size_per_image, positive_fraction, fg_iou_thresh, background_iou_low: the sampling of
+            training regions (IoU ≥ fg positive, [background_iou_low, fg) background).
+        box_score_thresh, box_nms_thresh, box_detections_per_img: the detection filter (the paper's NMS
+            threshold is 0.3).
+        chunk: regions per CNN pass at inference.
+    """
+
+    def __init__(self, cnn: nn.Module, num_classes: int, warp_size: int = 224, context_padding: int | None = None,
+                 image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
+                 proposals: str = "selective_search", proposal_args: dict[str, Any] | None = None,
+                 batch_size_per_image: int = 32, positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5,
+                 background_iou_low: float = 0.1, box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
+                 box_detections_per_img: int = 100, bbox_reg_weights: tuple[float, ...] | None = None,
+                 chunk: int = 256):
+        if proposals == "selective_search" and proposal_args is None:
+            proposal_args = {"mode": "fast", "max_proposals": 2000}
+        super().__init__(num_classes, proposals, proposal_args)
+        if context_padding is None:
+            context_padding = round(16 * warp_size / 227)
+        self.transform = DetectionTransform(None, 1333, image_mean, image_std)
+        self.roi_heads = RoIHeads(
+            RegionWarp(warp_size, context_padding), RegionCNN(cnn, chunk), FastRCNNPredictor(cnn.num_features, num_classes),
+            fg_iou_thresh, fg_iou_thresh, batch_size_per_image, positive_fraction, bbox_reg_weights, box_score_thresh,
+            box_nms_thresh, box_detections_per_img, background_iou_low,
+        )
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        return {"image": images}
+
+
+class FastRCNN(ProposalDetector):
+    """Fast R-CNN over one feature map of a ``features_only`` backbone.
+
+    Args:
+        backbone: returns a list of maps (the last is pooled), with ``feature_info``.
+        num_classes: including the background.
+        min_size, max_size: the input transform (the paper: 600 / 1000; a tuple: scale jitter).
+        roi_pool: "pool" (the paper's RoI max pooling) or "align" (RoI Align).
+        output_size: pooled grid side; representation_size: width of the two fully connected layers.
+        proposals, proposal_args, batch_size_per_image, positive_fraction, fg_iou_thresh,
+        background_iou_low, box_*: as :class:`RCNN` (64 regions per image by default, the paper's).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, min_size: int | Sequence[int] = 600,
+                 max_size: int = 1000, image_mean: Sequence[float] = IMAGENET_MEAN,
+                 image_std: Sequence[float] = IMAGENET_STD, roi_pool: str = "pool", output_size: int = 7,
+                 representation_size: int = 1024, proposals: str = "selective_search",
+                 proposal_args: dict[str, Any] | None = None, batch_size_per_image: int = 64,
+                 positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, background_iou_low: float = 0.1,
+                 box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3, box_detections_per_img: int = 100,
+                 bbox_reg_weights: tuple[float, ...] | None = None):
+        if proposals == "selective_search" and proposal_args is None:
+            proposal_args = {"mode": "fast", "max_proposals": 2000}
+        super().__init__(num_classes, proposals, proposal_args)
+        self.transform = DetectionTransform(min_size, max_size, image_mean, image_std)
+        self.backbone = backbone
+        channels = backbone.feature_info.channels()[-1]
+        self.roi_heads = RoIHeads(
+            RoIPooler("0", output_size, roi_pool), TwoMLPHead(channels * output_size ** 2, representation_size),
+            FastRCNNPredictor(representation_size, num_classes), fg_iou_thresh, fg_iou_thresh, batch_size_per_image,
+            positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
+            background_iou_low,
+        )
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        if torch.is_autocast_enabled(images.device.type):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return {"0": self.backbone(images)[-1]}
+
+
+def _check_rgb(in_chans: int) -> None:
+    if in_chans != 3:
+        raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
+
+
+def _rcnn(cnn_name: str, *, num_classes: int = 91, in_chans: int = 3, cnn_args: dict[str, Any] | None = None,
+          **kwargs: Any) -> RCNN:
+    from visionzoo.models import create_model
+
+    _check_rgb(in_chans)
+    return RCNN(create_model(cnn_name, num_classes=0, **(cnn_args or {})), num_classes, **kwargs)
+
+
+def _fast_rcnn(backbone_name: str, out_index: int, *, num_classes: int = 91, in_chans: int = 3,
+               backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FastRCNN:
+    from visionzoo.models import create_model
+
+    _check_rgb(in_chans)
+    backbone = create_model(backbone_name, features_only=True, out_indices=(out_index,), **(backbone_args or {}))
+    return FastRCNN(backbone, num_classes, **kwargs)
+
+
+_CFG = dict(task="detection", classifier=("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"),
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=91)
+_SHAPES_CFG = {**_CFG, "num_classes": 7, "input_size": (3, 128, 128)}
+# Shapes (128×128, objects 12–50 px): Selective Search's single strategy already finds 99.5% of the
+# objects at IoU 0.5 with ~300 boxes per image (measured on val), a sixth of the "fast" mode's time.
+_SHAPES_PROPOSALS = {"mode": "single", "max_proposals": 2000}
+
+
+@register_model(**_CFG)
+def rcnn_resnet50(**kwargs) -> RCNN:
+    """R-CNN as in the paper (224 px warp, 16 px context at 227, Selective Search "fast", 2,000 boxes) over ResNet-50."""
+    return _rcnn("resnet50", **kwargs)
+
+
+@register_model(**_SHAPES_CFG)
+def rcnn_shapes(**kwargs) -> RCNN:
+    """R-CNN for the built-in Shapes: ResNet-18 over 64 px warps, Selective Search's single strategy."""
+    return _rcnn("resnet18", **{"num_classes": 7, "warp_size": 64, "proposal_args": _SHAPES_PROPOSALS, **kwargs})
+
+
+@register_model(**_SHAPES_CFG)
+def sliding_window_shapes(**kwargs) -> RCNN:
+    """The naive detector on Shapes: R-CNN's ResNet-18 over every window of 16–64 px, 3 aspect ratios, a
+    quarter-side stride (4,076 windows per 128 px image) instead of Selective Search's ~300 regions."""
+    return _rcnn("resnet18", **{"num_classes": 7, "warp_size": 64, "proposals": "sliding_window", **kwargs})
+
+
+@register_model(**_CFG)
+def fastrcnn_resnet50(**kwargs) -> FastRCNN:
+    """Fast R-CNN over ResNet-50's C4 (stride 16), 600/1000 inputs, RoI pooling 7×7, Selective Search "fast"."""
+    return _fast_rcnn("resnet50", 3, **kwargs)
+
+
+@register_model(**_SHAPES_CFG)
+def fastrcnn_shapes(**kwargs) -> FastRCNN:
+    """Fast R-CNN for the built-in Shapes: ResNet-18 C4 over the image enlarged to 256 px (16×16 map),
+    RoI pooling 7×7, a 256-wide head, Selective Search's single strategy."""
+    return _fast_rcnn("resnet18", 3, **{"num_classes": 7, "min_size": 256, "max_size": 256,
+                                        "representation_size": 256, "proposal_args": _SHAPES_PROPOSALS, **kwargs})

@@ -1,0 +1,226 @@
+"""R-CNN, Fast R-CNN and the sliding window: warping, sampling, the torchvision API, bad input; proposal caching."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from visionzoo.data import Shapes
+from visionzoo.detection import RCNN, FastRCNN, sliding_windows
+from visionzoo.detection.proposal_cache import (
+    WithProposals,
+    cached_proposals,
+    dataset_key,
+    join_boxes,
+    split_boxes,
+)
+from visionzoo.detection.rcnn import RegionWarp, RoIPooler, dilate_boxes
+from visionzoo.models import create_model
+from visionzoo.ops import box_iou
+
+
+def shapes_batch(count: int = 2):
+    data = Shapes("train", length=count)
+    images = [data[i][0] for i in range(count)]
+    targets = [{"boxes": data[i][1]["boxes"], "labels": data[i][1]["labels"]} for i in range(count)]
+    return images, targets
+
+
+def test_context_padding_leaves_p_pixels_of_context_at_the_warped_size():
+    box = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    grown = dilate_boxes(box, warp_size=64, padding=16)  # the box must span the middle 32 of 64 pixels
+    assert grown.tolist() == [[0.0, 0.0, 40.0, 80.0]]
+    assert torch.equal(dilate_boxes(box, 64, 0), box)
+
+
+def test_the_warp_of_the_whole_image_at_its_own_size_is_the_image():
+    image = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    warp = RegionWarp(warp_size=16, context_padding=0)
+    out = warp({"image": image[..., :16]}, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])], [(16, 24)])
+    torch.testing.assert_close(out, image[..., :16], atol=1e-6, rtol=0)
+
+
+def test_the_warp_enlarges_bilinearly_and_context_outside_the_image_is_the_mean():
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    warp = RegionWarp(warp_size=32, context_padding=0)
+    out = warp({"image": image}, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])], [(16, 16)])
+    expected = F.interpolate(image, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    padded = RegionWarp(warp_size=32, context_padding=8)({"image": image}, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])],
+                                                         [(16, 16)])
+    assert padded[..., :3, :].abs().max() == 0  # context beyond the border: 0 = the mean after normalising
+    assert padded[..., 12:20, 12:20].abs().min() > 0
+
+
+def test_roi_pooler_pools_from_the_map_at_its_inferred_stride():
+    features = {"0": torch.rand(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))}
+    box = [torch.tensor([[0.0, 0.0, 32.0, 32.0], [9.0, 3.0, 50.0, 61.0]])]  # in a 64 px image: stride 8
+    pooled = RoIPooler("0", 2, "pool")(features, box, [(64, 64)])
+    torch.testing.assert_close(pooled, torchvision.ops.roi_pool(features["0"], box, 2, 1 / 8))
+    aligned = RoIPooler("0", 2, "align")(features, box, [(64, 64)])
+    torch.testing.assert_close(aligned, torchvision.ops.roi_align(features["0"], box, 2, 1 / 8, 2, aligned=True))
+    with pytest.raises(ValueError, match="roi_pool"):
+        RoIPooler("0", 2, "max")
+
+
+def test_sliding_windows_cover_every_size_ratio_and_stride_inside_the_image():
+    windows = sliding_windows(40, 48, sizes=(16,), aspect_ratios=(1.0, 4.0), stride_fraction=0.5)
+    square = windows[(windows[:, 2] - windows[:, 0]) == 16]
+    tall = windows[(windows[:, 2] - windows[:, 0]) == 8]  # ratio 4 = height / width: 8 wide, 32 high
+    assert len(square) == 4 * 5 and len(tall) == 2 * 6 and len(windows) == len(square) + len(tall)
+    assert (windows[:, :2] >= 0).all() and (windows[:, 2] <= 48).all() and (windows[:, 3] <= 40).all()
+    assert set(square[:, 0].tolist()) == {0.0, 8.0, 16.0, 24.0, 32.0}
+    assert len(sliding_windows(128, 128)) == 4076
+    with pytest.raises(ValueError, match="stride_fraction"):
+        sliding_windows(32, 32, stride_fraction=0.0)
+
+
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes", "sliding_window_shapes"])
+def test_train_mode_gives_losses_and_gradients_eval_mode_gives_detections(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    images, targets = shapes_batch()
+    proposals = [sliding_windows(128, 128)[::7] for _ in images]
+    losses = model.train()(images, targets, proposals=proposals)
+    assert set(losses) == {"loss_classifier", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    head = model.roi_heads.box_predictor.bbox_pred.weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    with torch.no_grad():
+        detections = model.eval()(images, proposals=proposals)
+    assert len(detections) == 2
+    for detection in detections:
+        assert set(detection) == {"boxes", "labels", "scores"} and detection["boxes"].shape[1] == 4
+        assert ((detection["labels"] >= 1) & (detection["labels"] <= 6)).all()
+        assert (detection["boxes"] >= 0).all() and (detection["boxes"] <= 128).all()
+
+
+def test_without_proposals_the_model_computes_its_own():
+    model = create_model("rcnn_shapes", box_score_thresh=0.0).eval()
+    image = shapes_batch(1)[0][0]
+    own = model.propose(image)
+    assert 50 < len(own) <= 2000
+    with torch.no_grad():
+        automatic = model([image])[0]
+        given = model([image], proposals=[own])[0]
+    assert torch.equal(automatic["boxes"], given["boxes"]) and torch.equal(automatic["scores"], given["scores"])
+
+
+def test_images_of_other_sizes_move_their_proposals_with_the_resize():
+    torch.manual_seed(0)
+    model = create_model("fastrcnn_shapes", box_score_thresh=0.0).eval()
+    image = torch.rand(3, 96, 160)
+    box = torch.tensor([[40.0, 20.0, 80.0, 60.0]])
+    with torch.no_grad():
+        detections = model([image], proposals=[box])[0]
+    # every detection is one regressed version of the single proposal, in the input's pixels
+    assert len(detections["boxes"]) > 0 and box_iou(detections["boxes"], box).min() > 0.3
+
+
+def test_background_is_the_band_below_the_positive_threshold_and_far_boxes_are_ignored():
+    model = create_model("rcnn_shapes", batch_size_per_image=64)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([3])}
+    proposals = torch.tensor([[12.0, 12.0, 50.0, 50.0],   # IoU 0.9: positive
+                              [30.0, 30.0, 70.0, 70.0],   # IoU 0.14: background
+                              [80.0, 80.0, 120.0, 120.0]])  # IoU 0: below 0.1, ignored
+    sampled, labels, _ = model.roi_heads.select_training_samples([proposals], [target])
+    kept = {tuple(box.tolist()): int(label) for box, label in zip(sampled[0], labels[0])}
+    assert kept == {(12.0, 12.0, 50.0, 50.0): 3, (30.0, 30.0, 70.0, 70.0): 0, (10.0, 10.0, 50.0, 50.0): 3}
+    with pytest.raises(ValueError, match="background_iou_low"):
+        create_model("rcnn_shapes", background_iou_low=0.7)
+
+
+def test_an_image_without_boxes_is_a_negative_and_bad_input_is_one_clear_error():
+    model = create_model("fastrcnn_shapes").train()
+    images, targets = shapes_batch()
+    empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}, targets[1]]
+    proposals = [torch.tensor([[0.0, 0.0, 30.0, 30.0], [5.0, 5.0, 60.0, 40.0]])] * 2
+    losses = model(images, empty, proposals=proposals)
+    assert torch.isfinite(sum(losses.values()))
+    degenerate = [{"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1])}, targets[1]]
+    with pytest.raises(ValueError, match="image 0, box 0: degenerate"):
+        model(images, degenerate, proposals=proposals)
+    with pytest.raises(ValueError, match="2 images but 1 proposal sets"):
+        model(images, targets, proposals=proposals[:1])
+    with pytest.raises(ValueError, match="proposals of image 1 must be Tensor"):
+        model(images, targets, proposals=[proposals[0], torch.zeros(5)])
+    with pytest.raises(ValueError, match="needs targets"):
+        model(images)
+    with pytest.raises(ValueError, match="proposals must be one of"):
+        create_model("rcnn_shapes", proposals="edge_boxes")
+    with pytest.raises(ValueError, match="in_chans=3"):
+        create_model("fastrcnn_shapes", in_chans=1)
+
+
+def test_rcnn_and_fast_rcnn_are_built_from_any_registered_network():
+    rcnn = RCNN(create_model("resnet18", num_classes=0), num_classes=3, warp_size=32, proposals="sliding_window",
+                proposal_args={"sizes": (16,)})
+    assert rcnn.roi_heads.box_roi_pool.context_padding == round(16 * 32 / 227)
+    fast = FastRCNN(create_model("convnext_atto_32", features_only=True, out_indices=(2,)), num_classes=3,
+                    min_size=64, max_size=64, roi_pool="align")
+    images, targets = shapes_batch()
+    targets = [{"boxes": t["boxes"] / 2, "labels": t["labels"].clamp(max=2)} for t in targets]
+    small = [F.interpolate(image[None], size=(64, 64))[0] for image in images]
+    for model in (rcnn, fast):
+        assert torch.isfinite(sum(model.train()(small, targets).values()))
+
+
+def test_cached_proposals_are_computed_once_then_read(tmp_path):
+    data = Shapes("val", length=3)
+    calls = []
+
+    def propose(image):
+        calls.append(1)
+        return torch.tensor([[0.0, 0.0, 8.0, 8.0]]) * (len(calls))
+
+    first = cached_proposals(data, propose, {"method": "test"}, tmp_path, workers=1, progress=False)
+    again = cached_proposals(data, propose, {"method": "test"}, tmp_path, workers=1, progress=False)
+    assert len(calls) == 3 and [p.tolist() for p in first] == [p.tolist() for p in again]
+    other = cached_proposals(data, propose, {"method": "other"}, tmp_path, workers=1, progress=False)
+    assert len(calls) == 6 and other[0].tolist() != first[0].tolist()  # other settings, another file
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_proposals_run_in_worker_processes_in_the_data_set_order(tmp_path):
+    data = Shapes("val", length=6)
+    serial = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path / "a", workers=1, progress=False)
+    parallel = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path / "b", workers=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+
+
+def sliding_window_boxes(image):
+    return sliding_windows(image.shape[-2], image.shape[-1], sizes=(int(image.mean() * 100) + 8,))
+
+
+def test_data_set_keys_name_split_size_and_content():
+    keys = {Shapes("val", length=3).cache_key, Shapes("test", length=3).cache_key,
+            Shapes("val", length=3, image_size=64).cache_key, Shapes("val", length=4).cache_key}
+    assert len(keys) == 4
+    assert Shapes("val", length=3).cache_key == Shapes("val", length=3).cache_key
+    subset = torch.utils.data.Subset(Shapes("val", length=3), [0, 1])
+    assert dataset_key(subset) != dataset_key(torch.utils.data.Subset(Shapes("val", length=3), [1, 0]))
+    boxes = [torch.rand(2, 4), torch.zeros((0, 4)), torch.rand(5, 4)]
+    assert [b.tolist() for b in split_boxes(join_boxes(boxes))] == [b.tolist() for b in boxes]
+
+
+def test_with_proposals_computes_at_first_use_for_the_images_used(tmp_path):
+    data = Shapes("val", length=3)
+    calls = []
+
+    def propose(image):
+        calls.append(1)
+        return torch.zeros((1, 4)) + image.mean()
+
+    wrapped = WithProposals(data, propose=propose, settings={"m": "mean"}, cache_dir=tmp_path)
+    assert not calls and len(wrapped) == 3 and wrapped.classes == data.classes
+    part = wrapped.subset([2, 0])
+    assert part.classes == data.classes and len(part) == 2
+    torch.testing.assert_close(part[0][1]["proposals"], torch.zeros((1, 4)) + data[2][0].mean())
+    assert len(calls) == 2  # the subset's images alone
+    assert torch.equal(wrapped[2][1]["proposals"], part[0][1]["proposals"]) and len(calls) == 5
+    given = WithProposals(data, [torch.zeros((1, 4)), torch.ones((1, 4)), torch.ones((2, 4))])
+    assert given.subset([1])[0][1]["proposals"].tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="1 proposal sets for a data set of 3"):
+        WithProposals(data, [torch.zeros((1, 4))])
+    with pytest.raises(ValueError, match="either the proposals or a propose function"):
+        WithProposals(data)
