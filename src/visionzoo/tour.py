@@ -190,7 +190,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
     header += "|---|---|---|---:|---:|---|---:|---:|---:|\n"
     table = header + "".join(
         f"| {r['model']} | {r['task']} | {r['dataset']} | {r['parameters'] / 1e6:.2f} M | {_trained(r)} "
-        f"| {r['metric']} | {r['value']:.4f} | {r['inference_images_per_s']:.3g} "
+        f"| {r['metric']} | {r['value']:.4f} | {_rate(r['inference_images_per_s'])} "
         f"| {_regions(r)} |\n" for r in rows
     )
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
@@ -199,6 +199,10 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
         f"on this machine, evaluated on the test split.\n\n{table}{pictures}"
     )
     return table
+
+
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:.0f}" if images_per_s >= 10 else f"{images_per_s:.2f}"
 
 
 def _regions(row: dict[str, Any]) -> str:
@@ -212,7 +216,7 @@ def _trained(row: dict[str, Any]) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=positive_float, default=13.0, help="total budget (default 13)")
+    parser.add_argument("--minutes", type=positive_float, default=18.0, help="total training budget (default 18)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")
@@ -227,7 +231,7 @@ def tour_command(args: argparse.Namespace) -> int:
     jobs = TOUR_JOBS
     if args.list:
         for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
-            print(f"{job.name:<24} {job.model:<20} {job.data:<8} {minutes:5.1f} min")
+            print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
         return 0
     if args.only:
         names = {job.name for job in jobs}

@@ -50,8 +50,12 @@ def dataset_key(dataset: Dataset) -> str:
 
 
 def _propose_range(dataset: Dataset, propose: Propose, start: int, stop: int) -> list[Tensor]:
-    torch.set_num_threads(1)
-    return [propose(dataset[index][0]) for index in range(start, stop)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # in a worker process: never enter OpenMP (see compute_proposals)
+    try:
+        return [propose(dataset[index][0]) for index in range(start, stop)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compute_proposals(dataset: Dataset, propose: Propose, workers: int = 0, progress: bool = True,
