@@ -43,7 +43,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: the sum is never needed for the backward pass
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -73,7 +74,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: the sum is never needed for the backward pass
+        return self.relu(out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
