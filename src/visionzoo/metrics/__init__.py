@@ -4,17 +4,22 @@
   for the steps) and :class:`MeanAveragePrecision` (torchmetrics-style accumulator over tensors);
 - :func:`voc_ap` and :func:`voc_evaluate` (the PASCAL VOC devkit's AP);
 - :func:`frechet_distance` (FID's formula) and :class:`FeatureStatistics` (float64 running mean
-  and covariance of features).
+  and covariance of features); :class:`FID` and :class:`InceptionFeatures` (pytorch-fid's network, the
+  legacy or clean-fid resize).
 """
 
 from visionzoo.metrics._masks import mask_iou
 from visionzoo.metrics.coco import coco_evaluate
+from visionzoo.metrics.fid import FID
 from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
+from visionzoo.metrics.inception import InceptionFeatures
 from visionzoo.metrics.mean_ap import MeanAveragePrecision
 from visionzoo.metrics.voc import voc_ap, voc_evaluate
 
 __all__ = [
+    "FID",
     "FeatureStatistics",
+    "InceptionFeatures",
     "MeanAveragePrecision",
     "coco_evaluate",
     "frechet_distance",

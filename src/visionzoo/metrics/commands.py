@@ -1,11 +1,12 @@
-"""``visionzoo coco-eval GT.json DETS.json``: the COCO table (pycocotools' layout) or JSON."""
+"""``visionzoo coco-eval GT.json DETS.json``: the COCO table (pycocotools' layout) or JSON; ``visionzoo fid A B``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from visionzoo.cli import register_command
+from visionzoo.cli import positive_int, register_command
 from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate
 
 # (AP?, IoU label or None, area, which max_dets entry) of pycocotools' 12 summary lines
@@ -73,4 +74,41 @@ def coco_eval_command(args: argparse.Namespace) -> int:
         print(
             f"note: {result['num_dropped_detections']} detections of categories absent from {args.gt} were left out"
         )
+    return 0
+
+
+def _fid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path_a", help="a folder of images or an .npz of statistics (pytorch-fid's mu, sigma)")
+    parser.add_argument("path_b", help="the other folder or .npz")
+    parser.add_argument("--checkpoint", help="pytorch-fid's pt_inception-2015-12-05 weights file "
+                                             "(default: download it once into the weights cache)")
+    parser.add_argument("--resize", choices=("legacy", "clean"), default="legacy",
+                        help="legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--save-stats", metavar="FILE", help="also write PATH_A's statistics to FILE (.npz)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
+
+
+@register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
+                  arguments=_fid_arguments)
+def fid_command(args: argparse.Namespace) -> int:
+    from visionzoo.metrics.fid import folder_statistics, save_statistics, statistics_of
+    from visionzoo.metrics.frechet import frechet_distance
+    from visionzoo.metrics.inception import InceptionFeatures
+
+    if args.save_stats and Path(args.save_stats).exists() and not args.overwrite:
+        raise ValueError(f"--save-stats: {args.save_stats} exists; pass --overwrite to replace it")
+    if args.save_stats and args.path_a.endswith(".npz"):
+        raise ValueError(f"--save-stats writes the statistics of an image folder; {args.path_a} already is statistics")
+    features = InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None)
+    if args.save_stats:
+        stats = folder_statistics(args.path_a, features, args.batch_size)
+        mu_a, sigma_a = stats.mean.numpy(), stats.covariance.numpy()
+        print(f"statistics of {args.path_a}: {save_statistics(args.save_stats, stats)}")
+    else:
+        mu_a, sigma_a = statistics_of(args.path_a, features, args.batch_size)
+    mu_b, sigma_b = statistics_of(args.path_b, features, args.batch_size)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"the statistics have {mu_a.shape[0]} and {mu_b.shape[0]} dimensions")
+    print(f"FID: {frechet_distance(mu_a, sigma_a, mu_b, sigma_b):.6f}")
     return 0

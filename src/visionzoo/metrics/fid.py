@@ -1,0 +1,118 @@
+"""Fréchet Inception Distance: ``FID`` over tensors, statistics in pytorch-fid's ``.npz``, and folders of images.
+
+``FID(features)`` accumulates the features of real and generated images (``update(images, real=...)``)
+in float64 (:class:`~visionzoo.metrics.frechet.FeatureStatistics`) and ``compute()`` gives the Fréchet
+distance of the two Gaussians. ``features`` is any module mapping Tensor[B, 3, H, W] in [0, 1] to
+Tensor[B, D]: :class:`~visionzoo.metrics.inception.InceptionFeatures` for numbers comparable with
+pytorch-fid and clean-fid. Statistics files are pytorch-fid's: an ``.npz`` with ``mu`` [D] and
+``sigma`` [D, D].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms.functional import pil_to_tensor
+
+from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
+
+IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
+
+
+class FID:
+    """FID between the images given as real and as generated.
+
+    Args:
+        features: image → feature module (put in eval mode here).
+        batch_size: images per forward pass in :meth:`update`.
+    """
+
+    def __init__(self, features: nn.Module, batch_size: int = 50):
+        self.features = features.eval()
+        self.batch_size = batch_size
+        self.real = FeatureStatistics()
+        self.fake = FeatureStatistics()
+
+    @torch.no_grad()
+    def update(self, images: Tensor, real: bool) -> None:
+        """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
+        stats = self.real if real else self.fake
+        for part in images.split(self.batch_size):
+            stats.update(self.features(part).double())
+
+    def compute(self) -> float:
+        for name, stats in (("real", self.real), ("generated", self.fake)):
+            if stats.count < 2:
+                raise ValueError(f"FID needs at least 2 {name} images, has {stats.count}")
+        return frechet_distance(self.real.mean, self.real.covariance, self.fake.mean, self.fake.covariance)
+
+
+def save_statistics(path: str | Path, stats: FeatureStatistics) -> Path:
+    """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D])."""
+    path = Path(path)
+    np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy())
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of a pytorch-fid ``.npz``; ValueError naming the file when it is not one."""
+    try:
+        with np.load(path) as data:
+            mu, sigma = data["mu"], data["sigma"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path} is not an FID statistics file (an .npz with 'mu' and 'sigma'): {error}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+    return mu, sigma
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted (pytorch-fid's extensions)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is neither an image folder nor an .npz statistics file")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    if len(files) < 2:
+        raise ValueError(f"{folder} holds {len(files)} image files; FID needs at least 2")
+    return files
+
+
+def read_batches(files: list[Path], batch_size: int) -> Iterator[Tensor]:
+    """Images as Tensor[B, 3, H, W] in [0, 1] (RGB-converted, as pytorch-fid reads them), ``batch_size`` at a time.
+    Images of one batch must share a size (as in pytorch-fid); a file that cannot be read is named."""
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path in files[start:start + batch_size]:
+            try:
+                with Image.open(path) as image:
+                    batch.append(pil_to_tensor(image.convert("RGB")).float() / 255)
+            except OSError as error:
+                raise ValueError(f"image {path} cannot be read: {error}") from None
+        sizes = {tuple(image.shape) for image in batch}
+        if len(sizes) > 1:
+            raise ValueError(f"images of different sizes in {files[start].parent} ({sorted(sizes)[:2]}...); "
+                             "resize them to one size first")
+        yield torch.stack(batch)
+
+
+def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 50) -> FeatureStatistics:
+    """Feature statistics of the images in folder ``path``."""
+    stats = FeatureStatistics()
+    features.eval()
+    with torch.no_grad():
+        for images in read_batches(image_files(path), batch_size):
+            stats.update(features(images).double())
+    return stats
+
+
+def statistics_of(path: str | Path, features: nn.Module, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of an ``.npz`` statistics file or of a folder of images."""
+    if str(path).endswith(".npz"):
+        return load_statistics(path)
+    stats = folder_statistics(path, features, batch_size)
+    return stats.mean.numpy(), stats.covariance.numpy()

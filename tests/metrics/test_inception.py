@@ -1,0 +1,175 @@
+"""The FID Inception-v3 against pytorch-fid's (same random weights) and clean-fid's resize; its weight download."""
+
+import functools
+import hashlib
+import http.server
+import shutil
+import threading
+import urllib.parse
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.resize import make_resizer
+from PIL import Image
+from pytorch_fid import inception as pytorch_fid_inception
+from test_coco_eval_command import one_line_error
+
+from visionzoo.cli import main
+from visionzoo.metrics import FID, frechet_distance
+from visionzoo.metrics import inception as ours
+from visionzoo.metrics.inception import InceptionFeatures, resize_clean
+from visionzoo.models._hub import DownloadError
+from visionzoo.models._registry import Pretrained
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """Random FID Inception weights whose batch norms are calibrated on noise (activations stay O(1)), saved
+    in pytorch-fid's file layout (torchvision's Inception-v3 keys)."""
+    torch.manual_seed(0)
+    model = InceptionFeatures(resize="none")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model.pool_features(torch.randn(4, 3, 299, 299))
+    path = tmp_path_factory.mktemp("fid") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(weights_file, monkeypatch_module):
+    """pytorch-fid's InceptionV3 (2048-d pool block) built with those weights instead of its download."""
+    state = torch.load(weights_file)
+    monkeypatch_module.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    return pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+@pytest.mark.parametrize("size", [(299, 299), (64, 64), (96, 128)])
+def test_legacy_features_equal_pytorch_fid(weights_file, reference, size):
+    images = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(sum(size)))
+    with torch.no_grad():
+        expected = reference(images)[0].flatten(1)
+        got = InceptionFeatures(weights_file)(images)
+    assert got.shape == (3, 2048) and expected.abs().max() > 0.1
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_clean_resize_equals_clean_fid():
+    images = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(3))
+    resizer = make_resizer("PIL", False, "bicubic", (299, 299))
+    for image, got in zip(images, resize_clean(images)):
+        uint8 = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        expected = torch.from_numpy(resizer(uint8)).permute(2, 0, 1) / 255
+        assert torch.equal(got, expected.float())
+
+
+def test_clean_and_legacy_features_differ_on_a_small_image(weights_file):
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        legacy = InceptionFeatures(weights_file, resize="legacy")(images)
+        clean = InceptionFeatures(weights_file, resize="clean")(images)
+    assert not torch.allclose(legacy, clean, atol=1e-3)  # the notes' warning: low-level processing moves FID
+
+
+def test_logits_have_the_original_1008_classes(weights_file):
+    with torch.no_grad():
+        logits = InceptionFeatures(weights_file).logits(torch.rand(2, 3, 75, 75))
+    assert logits.shape == (2, 1008) and torch.isfinite(logits).all()
+
+
+def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path, monkeypatch):
+    served = tmp_path / "www" / urllib.parse.urlsplit(ours.FID_WEIGHTS.url).path.lstrip("/")  # the URL's path
+    served.parent.mkdir(parents=True)
+    shutil.copy(weights_file, served)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(DownloadError, match="sha256"):  # random weights are not the official file
+            InceptionFeatures(pretrained=True)
+        digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+        monkeypatch.setattr(ours, "FID_WEIGHTS", Pretrained(url=ours.FID_WEIGHTS.url, sha256=digest[:12]))
+        model = InceptionFeatures(pretrained=True)
+        expected = torch.load(weights_file)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+        assert (tmp_path / "cache" / weights_file.name).is_file()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bad_input_is_one_clear_error(weights_file, tmp_path):
+    with pytest.raises(ValueError, match="resize must be one of"):
+        InceptionFeatures(resize="bicubic")
+    with pytest.raises(ValueError, match="either pretrained=True or checkpoint"):
+        InceptionFeatures(weights_file, pretrained=True)
+    with pytest.raises(ValueError, match=r"Tensor\[B, 3, H, W\]"):
+        InceptionFeatures()(torch.rand(2, 1, 64, 64))
+    other = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not an FID Inception-v3 weights file"):
+        InceptionFeatures(other)
+    assert np.isfinite(InceptionFeatures(weights_file).fc.weight.detach().numpy()).all()
+
+
+def write_folder(folder, seed: int, count: int = 8, size: int = 48):
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        pixels = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        pixels[: size // 2] //= 1 + seed  # the two folders differ in brightness
+        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+    return folder
+
+
+def test_fid_command_matches_pytorch_fid_on_two_folders(weights_file, reference, tmp_path, capsys):
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    a, b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    expected = calculate_fid_given_paths([str(a), str(b)], batch_size=4, device="cpu", dims=2048, num_workers=0)
+    stats = tmp_path / "a.npz"
+    argv = ["fid", str(a), str(b), "--checkpoint", str(weights_file), "--batch-size", "4", "--save-stats", str(stats)]
+    assert main(argv) == 0
+    got = float(capsys.readouterr().out.split("FID: ")[1])
+    assert expected > 1 and abs(got - expected) <= 1e-3 * expected
+    with np.load(stats) as saved:
+        assert saved["mu"].shape == (2048,) and saved["sigma"].shape == (2048, 2048)
+    assert main(["fid", str(stats), str(b), "--checkpoint", str(weights_file), "--batch-size", "4"]) == 0
+    assert abs(float(capsys.readouterr().out.split("FID: ")[1]) - got) <= 1e-9 * got
+    one_line_error(capsys, argv, "exists; pass --overwrite")
+    (tmp_path / "bad.npz").write_bytes(b"not numpy")
+    one_line_error(capsys, ["fid", str(tmp_path / "bad.npz"), str(b), "--checkpoint", str(weights_file)],
+                   "not an FID statistics file")
+    one_line_error(capsys, ["fid", str(tmp_path / "none"), str(b), "--checkpoint", str(weights_file)],
+                   "neither an image folder nor an .npz")
+
+
+def test_fid_accumulator_equals_the_folder_path(weights_file):
+    features = InceptionFeatures(weights_file)
+    generator = torch.Generator().manual_seed(5)
+    real, fake = torch.rand(6, 3, 40, 40, generator=generator), torch.rand(6, 3, 40, 40, generator=generator) * 0.5
+    metric = FID(features, batch_size=4)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with torch.no_grad():
+        mu1, mu2 = features(real).double(), features(fake).double()
+    expected = frechet_distance(mu1.mean(0), torch.cov(mu1.T), mu2.mean(0), torch.cov(mu2.T))
+    assert abs(metric.compute() - expected) <= 1e-6 * expected
+    only_real = FID(features)
+    only_real.update(real, real=True)
+    with pytest.raises(ValueError, match="at least 2 generated images, has 0"):
+        only_real.compute()
