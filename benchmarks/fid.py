@@ -1,0 +1,131 @@
+"""FID's feature network and FID itself beside pytorch-fid and clean-fid, in one run on this machine.
+
+No weights can be downloaded here, so both sides get the same random FID Inception-v3 weights
+(batch norms calibrated on noise so activations stay O(1)), saved in pytorch-fid's file layout and
+handed to pytorch-fid in place of its download:
+
+* features: ``InceptionFeatures(resize="legacy")`` against pytorch-fid's ``InceptionV3([3])`` on random
+  images of several sizes: the largest difference relative to the largest feature magnitude;
+* ``visionzoo fid A B`` against pytorch-fid's ``calculate_fid_given_paths`` on two folders of PNGs;
+* ``resize="clean"`` against clean-fid's ``make_resizer("PIL", False, "bicubic", (299, 299))``;
+* seconds per image of the features, ours (fp32 and bf16 autocast) and pytorch-fid's (fp32), best of 3.
+
+    python benchmarks/fid.py --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid.resize import make_resizer
+from PIL import Image
+from pytorch_fid import inception as pytorch_fid_inception
+from pytorch_fid.fid_score import calculate_fid_given_paths
+
+from visionzoo.cli import main as cli_main
+from visionzoo.metrics.inception import InceptionFeatures, resize_clean
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = ((299, 299), (64, 64), (96, 128), (384, 512))
+
+
+def random_weights(path: Path) -> None:
+    torch.manual_seed(0)
+    model = InceptionFeatures(resize="none")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.pool_features(torch.randn(8, 3, 299, 299))
+    torch.save(model.state_dict(), path)
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(images: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "pt_inception-2015-12-05-6726825d.pth"
+        random_weights(weights)
+        state = torch.load(weights)
+        pytorch_fid_inception.load_state_dict_from_url = lambda *a, **k: state
+        reference = pytorch_fid_inception.InceptionV3([3]).eval()
+        ours = InceptionFeatures(weights)
+        generator = torch.Generator().manual_seed(1)
+        features = {}
+        for height, width in SIZES:
+            batch = torch.rand(4, 3, height, width, generator=generator)
+            with torch.no_grad():
+                expected, got = reference(batch)[0].flatten(1), ours(batch)
+            features[f"{height}x{width}"] = float((got - expected).abs().max() / expected.abs().max())
+            print(f"features {height}x{width}: max |Δ| / max |f| = {features[f'{height}x{width}']:.2e}", flush=True)
+
+        folders = []
+        for index in range(2):
+            folder = tmp / f"images_{index}"
+            folder.mkdir()
+            pixels = (torch.rand(images, 64, 64, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            pixels[:, :32] //= 1 + index
+            for number, image in enumerate(pixels):
+                Image.fromarray(image).save(folder / f"{number:04d}.png")
+            folders.append(str(folder))
+        theirs = calculate_fid_given_paths(folders, batch_size=16, device="cpu", dims=2048, num_workers=0)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli_main(["fid", *folders, "--checkpoint", str(weights), "--batch-size", "16"])
+        mine = float(out.getvalue().split("FID: ")[1])
+        print(f"FID on two folders of {images} images: ours {mine:.6f}, pytorch-fid {theirs:.6f}", flush=True)
+
+        resizer = make_resizer("PIL", False, "bicubic", (299, 299))
+        batch = torch.rand(4, 3, 40, 52, generator=generator)
+        clean_equal = all(
+            np.array_equal(resize_clean(image[None])[0].numpy(),
+                           (resizer((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()) / 255)
+                           .transpose(2, 0, 1).astype(np.float32))
+            for image in batch)
+
+        batch = torch.rand(16, 3, 299, 299, generator=generator)
+        with torch.no_grad():
+            timing = {
+                "ours_fp32": best_seconds(lambda: ours(batch)) / 16,
+                "pytorch_fid_fp32": best_seconds(lambda: reference(batch)) / 16,
+            }
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                timing["ours_bf16"] = best_seconds(lambda: ours(batch)) / 16
+        print(f"seconds per 299 px image: {timing}", flush=True)
+    return {"feature_max_relative_difference": features,
+            "fid_folders": {"images_per_folder": images, "ours": mine, "pytorch_fid": theirs,
+                            "relative_difference": abs(mine - theirs) / theirs},
+            "clean_resize_equal_to_clean_fid": clean_equal, "seconds_per_image": timing,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64, help="images per folder for the FID comparison")
+    args = parser.parse_args()
+    result = run(args.images)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "fid.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
