@@ -173,3 +173,15 @@ def test_fid_accumulator_equals_the_folder_path(weights_file):
     only_real.update(real, real=True)
     with pytest.raises(ValueError, match="at least 2 generated images, has 0"):
         only_real.compute()
+    with pytest.raises(ValueError, match="keep_features=True"):
+        only_real.confidence_interval()
+
+
+def test_fid_bootstraps_its_confidence_interval_over_kept_features():
+    pooled = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())  # 12-d features, any module works
+    generator = torch.Generator().manual_seed(6)
+    metric = FID(pooled, keep_features=True)
+    metric.update(torch.rand(200, 3, 8, 8, generator=generator), real=True)
+    metric.update(torch.rand(200, 3, 8, 8, generator=generator) * 0.9, real=False)
+    low, high = metric.confidence_interval(samples=50)
+    assert low < metric.compute() < high and metric.confidence_interval(samples=50) == (low, high)

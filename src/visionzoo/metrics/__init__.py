@@ -5,7 +5,8 @@
 - :func:`voc_ap` and :func:`voc_evaluate` (the PASCAL VOC devkit's AP);
 - :func:`frechet_distance` (FID's formula) and :class:`FeatureStatistics` (float64 running mean
   and covariance of features); :class:`FID` and :class:`InceptionFeatures` (pytorch-fid's network, the
-  legacy or clean-fid resize).
+  legacy or clean-fid resize), :func:`kernel_inception_distance`, :func:`inception_score` and
+  :func:`fid_confidence_interval` (a bootstrap interval for FID).
 """
 
 from visionzoo.metrics._masks import mask_iou
@@ -14,6 +15,11 @@ from visionzoo.metrics.fid import FID
 from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
 from visionzoo.metrics.inception import InceptionFeatures
 from visionzoo.metrics.mean_ap import MeanAveragePrecision
+from visionzoo.metrics.sample_quality import (
+    fid_confidence_interval,
+    inception_score,
+    kernel_inception_distance,
+)
 from visionzoo.metrics.voc import voc_ap, voc_evaluate
 
 __all__ = [
@@ -22,7 +28,10 @@ __all__ = [
     "InceptionFeatures",
     "MeanAveragePrecision",
     "coco_evaluate",
+    "fid_confidence_interval",
     "frechet_distance",
+    "inception_score",
+    "kernel_inception_distance",
     "mask_iou",
     "voc_ap",
     "voc_evaluate",

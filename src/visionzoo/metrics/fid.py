@@ -30,20 +30,35 @@ class FID:
     Args:
         features: image → feature module (put in eval mode here).
         batch_size: images per forward pass in :meth:`update`.
+        keep_features: also keep every feature vector, for :meth:`confidence_interval`.
     """
 
-    def __init__(self, features: nn.Module, batch_size: int = 50):
+    def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
         self.features = features.eval()
         self.batch_size = batch_size
         self.real = FeatureStatistics()
         self.fake = FeatureStatistics()
+        self.kept: dict[bool, list[Tensor]] | None = {True: [], False: []} if keep_features else None
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
         """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
         stats = self.real if real else self.fake
         for part in images.split(self.batch_size):
-            stats.update(self.features(part).double())
+            features = self.features(part).double()
+            stats.update(features)
+            if self.kept is not None:
+                self.kept[real].append(features.cpu())
+
+    def confidence_interval(self, samples: int = 100, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+        """FID's percentile bootstrap interval (:func:`~visionzoo.metrics.sample_quality.fid_confidence_interval`)."""
+        from visionzoo.metrics.sample_quality import fid_confidence_interval
+
+        if self.kept is None:
+            raise ValueError("build FID(..., keep_features=True) to bootstrap its confidence interval")
+        self.compute()  # the same checks on the sample counts
+        return fid_confidence_interval(torch.cat(self.kept[True]), torch.cat(self.kept[False]), samples, confidence,
+                                       torch.Generator().manual_seed(seed))
 
     def compute(self) -> float:
         for name, stats in (("real", self.real), ("generated", self.fake)):

@@ -1,0 +1,60 @@
+"""KID and Inception Score equal torchmetrics' on the same features and seed; FID's bootstrap interval."""
+
+import pytest
+import torch
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from visionzoo.metrics import frechet_distance
+from visionzoo.metrics.sample_quality import (
+    fid_confidence_interval,
+    inception_score,
+    kernel_inception_distance,
+)
+
+
+def features(seed: int, count: int, dim: int = 16, shift: float = 0.0) -> torch.Tensor:
+    return torch.randn(count, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+def test_kid_equals_torchmetrics_with_the_same_seed():
+    real, fake = features(0, 60), features(1, 50, shift=0.3)
+    reference = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=7, subset_size=20)
+    reference.real_features, reference.fake_features = [real], [fake]
+    torch.manual_seed(5)
+    expected_mean, expected_std = reference.compute()
+    torch.manual_seed(5)
+    mean, std = kernel_inception_distance(real, fake, subsets=7, subset_size=20)
+    assert mean == pytest.approx(float(expected_mean), rel=1e-10) and std == pytest.approx(float(expected_std), rel=1e-10)
+    same, _ = kernel_inception_distance(features(8, 400), features(9, 400), subsets=3, subset_size=400)
+    far, _ = kernel_inception_distance(features(8, 400), features(9, 400, shift=0.3), subsets=3, subset_size=400)
+    assert abs(same) < 0.05 * far  # unbiased: near 0 for two samples of one distribution
+    with pytest.raises(ValueError, match="subset_size 100 is larger"):
+        kernel_inception_distance(real, fake, subset_size=100)
+
+
+def test_inception_score_equals_torchmetrics_with_the_same_seed():
+    logits = features(2, 90, dim=12) * 3
+    reference = InceptionScore(feature=torch.nn.Identity(), splits=3)
+    reference.features = [logits]
+    torch.manual_seed(7)
+    expected_mean, expected_std = reference.compute()
+    torch.manual_seed(7)
+    mean, std = inception_score(logits, splits=3)
+    assert mean == pytest.approx(float(expected_mean), rel=1e-10) and std == pytest.approx(float(expected_std), rel=1e-10)
+    confident = torch.eye(12).repeat(5, 1) * 50  # every class predicted with certainty, equally often
+    assert inception_score(confident, splits=1)[0] == pytest.approx(12.0, rel=1e-6)
+    with pytest.raises(ValueError, match="N >= splits=10"):
+        inception_score(logits[:5])
+
+
+def test_fid_interval_brackets_the_full_sample_fid_and_narrows_with_more_samples():
+    real, fake = features(3, 400, dim=8), features(4, 400, dim=8, shift=0.5)
+    fid = frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
+    low, high = fid_confidence_interval(real, fake, samples=60, generator=torch.Generator().manual_seed(0))
+    assert low < fid < high
+    small_low, small_high = fid_confidence_interval(real[:50], fake[:50], samples=60,
+                                                    generator=torch.Generator().manual_seed(0))
+    assert small_high - small_low > high - low
+    again = fid_confidence_interval(real, fake, samples=60, generator=torch.Generator().manual_seed(0))
+    assert again == (low, high)
