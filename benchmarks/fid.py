@@ -8,7 +8,8 @@ handed to pytorch-fid in place of its download:
   images of several sizes: the largest difference relative to the largest feature magnitude;
 * ``visionzoo fid A B`` against pytorch-fid's ``calculate_fid_given_paths`` on two folders of PNGs;
 * ``resize="clean"`` against clean-fid's ``make_resizer("PIL", False, "bicubic", (299, 299))``;
-* seconds per image of the features, ours (fp32 and bf16 autocast) and pytorch-fid's (fp32), best of 3.
+* seconds per image of the features, ours (fp32 and bf16 autocast) and pytorch-fid's (fp32), best of 3;
+* KID and Inception Score against torchmetrics' on the same random features and seed.
 
     python benchmarks/fid.py --images 64
 """
@@ -109,11 +110,38 @@ def run(images: int) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 timing["ours_bf16"] = best_seconds(lambda: ours(batch)) / 16
         print(f"seconds per 299 px image: {timing}", flush=True)
-    return {"feature_max_relative_difference": features,
+    kid, inception = kid_and_is()
+    return {"feature_max_relative_difference": features, "kid": kid, "inception_score": inception,
             "fid_folders": {"images_per_folder": images, "ours": mine, "pytorch_fid": theirs,
                             "relative_difference": abs(mine - theirs) / theirs},
             "clean_resize_equal_to_clean_fid": clean_equal, "seconds_per_image": timing,
             "threads": torch.get_num_threads()}
+
+
+def kid_and_is() -> tuple[dict, dict]:
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from visionzoo.metrics import inception_score, kernel_inception_distance
+
+    generator = torch.Generator().manual_seed(2)
+    real = torch.randn(1000, 2048, generator=generator, dtype=torch.float64)
+    fake = torch.randn(1000, 2048, generator=generator, dtype=torch.float64) + 0.05
+    reference = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=20, subset_size=500)
+    reference.real_features, reference.fake_features = [real], [fake]
+    torch.manual_seed(0)
+    theirs = [float(v) for v in reference.compute()]
+    torch.manual_seed(0)
+    kid = {"ours": list(kernel_inception_distance(real, fake, subsets=20, subset_size=500)), "torchmetrics": theirs}
+    logits = torch.randn(1000, 1008, generator=generator, dtype=torch.float64) * 3
+    reference = InceptionScore(feature=torch.nn.Identity(), splits=10)
+    reference.features = [logits]
+    torch.manual_seed(0)
+    theirs = [float(v) for v in reference.compute()]
+    torch.manual_seed(0)
+    inception = {"ours": list(inception_score(logits, splits=10)), "torchmetrics": theirs}
+    print(f"KID (mean, std): {kid}\nIS (mean, std): {inception}", flush=True)
+    return kid, inception
 
 
 def main() -> None:
