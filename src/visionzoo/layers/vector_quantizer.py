@@ -1,0 +1,132 @@
+"""Vector quantisation for VQ-VAE, VQGAN and ViT-VQGAN: nearest code, straight-through gradient, codebook upkeep.
+
+Each input vector z is replaced by its nearest codebook entry e (squared Euclidean distance). The
+decoder's gradient passes to the encoder unchanged (the straight-through estimator: ``z + sg[e - z]``).
+The loss is the commitment term ``β |z - sg[e]|²`` plus, when the codebook is learnt by gradient
+(``ema_decay=None``), the codebook term ``|sg[z] - e|²`` (van den Oord et al. 2017). With
+``ema_decay`` the codebook instead follows exponential moving averages of the vectors assigned to each
+code (the paper's appendix; Laplace-smoothed counts), which trains faster and steadier.
+
+Dead codes: a code whose moving-average count falls below ``dead_code_threshold`` is restarted at a
+random input vector of the current batch, so that the codebook stays in use (a known VQ failure is
+a handful of codes doing all the work). ``usage`` (the fraction of codes used in the batch) and
+``perplexity`` (``exp`` of the entropy of the batch's code histogram: K when all K codes are used
+equally) are reported with every forward.
+
+``code_dim`` gives ViT-VQGAN's factorised codes (Yu et al. 2022): the vector is projected to a low
+dimension and the lookup runs there; with ``l2_normalize`` both the projected vector and the codes are
+unit vectors, so the nearest code is the one of largest cosine similarity; the code is projected back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class VectorQuantizer(nn.Module):
+    """``forward(z)`` → ``(quantised, indices, loss, stats)``.
+
+    Args:
+        num_codes: codebook size K.
+        dim: channels of the input vectors.
+        commitment: β, the weight of the commitment loss.
+        ema_decay: decay of the codebook's moving averages; None learns the codebook by gradient.
+        dead_code_threshold: moving-average count under which a code is restarted (0 disables; EMA only).
+        code_dim: lookup dimension of factorised codes (None: ``dim``, no projection).
+        l2_normalize: look up unit vectors (cosine similarity).
+        eps: Laplace smoothing of the counts.
+
+    Shapes: ``z`` is Tensor[B, dim, H, W] (a feature map) or Tensor[B, N, dim] (tokens); ``quantised``
+    has ``z``'s shape, ``indices`` is int64 Tensor[B, H, W] or Tensor[B, N]; ``loss`` a scalar;
+    ``stats``: ``{"perplexity", "usage"}`` scalars (detached).
+    """
+
+    def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, ema_decay: float | None = 0.99,
+                 dead_code_threshold: float = 1.0, code_dim: int | None = None, l2_normalize: bool = False,
+                 eps: float = 1e-5):
+        super().__init__()
+        if num_codes < 2 or dim < 1:
+            raise ValueError(f"a codebook needs at least 2 codes of dimension >= 1, got {num_codes} x {dim}")
+        if ema_decay is not None and not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        self.num_codes = num_codes
+        self.dim = dim
+        self.code_dim = code_dim or dim
+        self.commitment = commitment
+        self.ema_decay = ema_decay
+        self.dead_code_threshold = dead_code_threshold
+        self.l2_normalize = l2_normalize
+        self.eps = eps
+        self.project_in = nn.Linear(dim, self.code_dim) if code_dim else nn.Identity()
+        self.project_out = nn.Linear(self.code_dim, dim) if code_dim else nn.Identity()
+        codebook = torch.randn(num_codes, self.code_dim)
+        codebook = F.normalize(codebook, dim=1) if l2_normalize else codebook / self.code_dim ** 0.5
+        if ema_decay is None:
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_sum", codebook.clone())
+
+    def lookup(self, vectors: Tensor) -> Tensor:
+        """Index of the nearest code of each of ``vectors`` Tensor[M, code_dim]: int64 Tensor[M]."""
+        codebook = self._codes().detach().to(vectors.dtype)
+        distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.T
+                     + codebook.pow(2).sum(1)[None])
+        return distances.argmin(dim=1)
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Codes of ``indices`` (any shape) projected back: Tensor[*indices.shape, dim]."""
+        return self.project_out(self._codes()[indices])
+
+    def _codes(self) -> Tensor:
+        return F.normalize(self.codebook, dim=1) if self.l2_normalize else self.codebook
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        if z.dim() not in (3, 4) or z.shape[1 if z.dim() == 4 else 2] != self.dim:
+            raise ValueError(f"VectorQuantizer({self.num_codes}, dim={self.dim}) takes Tensor[B, {self.dim}, H, W] "
+                             f"or Tensor[B, N, {self.dim}], got {tuple(z.shape)}")
+        channels_first = z.dim() == 4
+        vectors = z.permute(0, 2, 3, 1) if channels_first else z
+        grid = vectors.shape[:-1]
+        flat = self.project_in(vectors.reshape(-1, self.dim).float())
+        if self.l2_normalize:
+            flat = F.normalize(flat, dim=1)
+        indices = self.lookup(flat.detach())
+        codes = self._codes()[indices]
+        if self.training and self.ema_decay is not None:
+            self._ema_update(flat.detach(), indices)
+            codes = self._codes()[indices]
+        loss = self.commitment * F.mse_loss(flat, codes.detach())
+        if self.ema_decay is None:
+            loss = loss + F.mse_loss(codes, flat.detach())
+        quantised = flat + (codes - flat).detach()  # straight through: d quantised / d flat = identity
+        out = self.project_out(quantised).reshape(*grid, self.dim).to(z.dtype)
+        if channels_first:
+            out = out.permute(0, 3, 1, 2)
+        return out, indices.reshape(grid), loss, self._stats(indices)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, indices: Tensor) -> None:
+        one_hot = F.one_hot(indices, self.num_codes).to(flat.dtype)
+        counts = one_hot.sum(0)
+        self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
+        self.ema_sum.mul_(self.ema_decay).add_(one_hot.T @ flat, alpha=1 - self.ema_decay)
+        total = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
+        self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        if self.dead_code_threshold > 0:
+            dead = torch.where(self.ema_count < self.dead_code_threshold)[0]
+            if dead.numel():
+                picks = flat[torch.randint(len(flat), (dead.numel(),), device=flat.device)]
+                self.codebook[dead] = picks
+                self.ema_sum[dead] = picks * self.dead_code_threshold
+                self.ema_count[dead] = self.dead_code_threshold
+
+    def _stats(self, indices: Tensor) -> dict[str, Tensor]:
+        histogram = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        probabilities = histogram / histogram.sum()
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
+        return {"perplexity": entropy.exp(), "usage": (histogram > 0).float().mean()}

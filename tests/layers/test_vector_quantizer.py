@@ -1,0 +1,96 @@
+"""The vector quantizer: nearest codes, straight-through gradients, losses, EMA codebook, dead codes, statistics."""
+
+import pytest
+import torch
+
+from visionzoo.layers.vector_quantizer import VectorQuantizer
+
+
+def test_each_vector_gets_its_nearest_code_in_either_layout():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(16, 4, ema_decay=None).eval()
+    z = torch.randn(2, 4, 3, 5)
+    quantised, indices, _, _ = quantizer(z)
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.equal(indices.flatten(), torch.cdist(vectors, quantizer.codebook).argmin(1))
+    assert indices.shape == (2, 3, 5) and quantised.shape == z.shape
+    torch.testing.assert_close(quantised.permute(0, 2, 3, 1), quantizer.codebook[indices])
+    tokens, token_indices, _, _ = quantizer(z.flatten(2).transpose(1, 2))  # Tensor[B, N, D]
+    assert torch.equal(token_indices, indices.flatten(1))
+    torch.testing.assert_close(tokens, quantised.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(quantizer.decode_indices(indices), quantised.permute(0, 2, 3, 1))
+
+
+def test_gradients_pass_straight_through_and_the_losses_are_the_papers():
+    torch.manual_seed(1)
+    quantizer = VectorQuantizer(8, 3, commitment=0.25, ema_decay=None)
+    z = torch.randn(4, 3, 2, 2, requires_grad=True)
+    quantised, indices, loss, _ = quantizer(z)
+    upstream = torch.randn_like(quantised)
+    (quantised * upstream).sum().backward(retain_graph=True)
+    torch.testing.assert_close(z.grad, upstream)  # the decoder's gradient reaches the encoder unchanged
+    codes = quantizer.codebook[indices].permute(0, 3, 1, 2)
+    expected = 1.25 * torch.mean((z - codes) ** 2)  # codebook term + 0.25 x commitment term
+    torch.testing.assert_close(loss, expected)
+    z.grad = None
+    loss.backward()
+    torch.testing.assert_close(z.grad, 0.25 * 2 * (z - codes).detach() / z.numel())  # commitment pulls z only
+    assert quantizer.codebook.grad.abs().sum() > 0
+
+
+def test_ema_moves_each_code_to_the_mean_of_its_vectors_and_eval_leaves_it():
+    quantizer = VectorQuantizer(2, 2, ema_decay=0.0, dead_code_threshold=0.0)
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+    z = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [9.0, 9.0], [11.0, 13.0]]])  # Tensor[1, 4, 2]
+    _, indices, loss, _ = quantizer(z)
+    assert indices.tolist() == [[0, 0, 1, 1]]
+    torch.testing.assert_close(quantizer.codebook, torch.tensor([[0.5, 1.5], [10.0, 11.0]]), atol=1e-4, rtol=0)
+    assert loss.item() == pytest.approx(0.25 * 15 / 8, rel=1e-3)  # commitment to the updated codes only
+    before = quantizer.codebook.clone()
+    quantizer.eval()(z + 5)
+    assert torch.equal(quantizer.codebook, before)
+
+
+def test_dead_codes_restart_at_vectors_of_the_batch():
+    torch.manual_seed(2)
+    quantizer = VectorQuantizer(32, 4, ema_decay=0.5, dead_code_threshold=0.75)  # unused: count 1 → 0.5
+    z = torch.randn(1, 64, 4) * 0.01 + 5.0  # far from every initial code: few codes win at first
+    _, indices, _, stats = quantizer(z)
+    dead = quantizer.ema_count < 0.75
+    assert not dead.any()  # the restarted codes were given the threshold count
+    on_an_input = (quantizer.codebook[:, None] == z[0][None]).all(-1).any(1)
+    assert on_an_input.sum() >= 32 - indices.unique().numel()  # the unused codes restarted onto batch vectors
+    _, later, _, later_stats = quantizer(z)
+    assert later.unique().numel() > indices.unique().numel() and later_stats["usage"] > stats["usage"]
+
+
+def test_perplexity_and_usage_count_the_codes_in_use():
+    quantizer = VectorQuantizer(4, 2, ema_decay=None).eval()
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [0.0, 9.0], [9.0, 0.0], [9.0, 9.0]]))
+    all_four = quantizer(quantizer.codebook.detach()[None].repeat(1, 3, 1))[3]
+    assert all_four["perplexity"].item() == pytest.approx(4.0) and all_four["usage"].item() == 1.0
+    one = quantizer(torch.zeros(1, 5, 2))[3]
+    assert one["perplexity"].item() == pytest.approx(1.0) and one["usage"].item() == 0.25
+
+
+def test_factorised_l2_normalised_codes_look_up_by_cosine():
+    torch.manual_seed(3)
+    quantizer = VectorQuantizer(64, 16, code_dim=4, l2_normalize=True).eval()
+    z = torch.randn(2, 10, 16)
+    quantised, indices, _, _ = quantizer(z)
+    projected = torch.nn.functional.normalize(quantizer.project_in(z), dim=-1)
+    codes = torch.nn.functional.normalize(quantizer.codebook, dim=1)
+    assert torch.equal(indices, (projected @ codes.T).argmax(-1))
+    torch.testing.assert_close(quantised, quantizer.project_out(codes[indices]))
+    assert quantised.shape == z.shape
+
+
+def test_bad_shapes_and_settings_are_one_clear_error():
+    with pytest.raises(ValueError, match=r"takes Tensor\[B, 8, H, W\]"):
+        VectorQuantizer(4, 8)(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="ema_decay"):
+        VectorQuantizer(4, 8, ema_decay=1.0)
+    with pytest.raises(ValueError, match="at least 2 codes"):
+        VectorQuantizer(1, 8)
