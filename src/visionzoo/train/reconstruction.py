@@ -1,0 +1,92 @@
+"""Image reconstruction through a discrete bottleneck as a training task (VQ-VAE and its kin).
+
+The model maps images in [0, 1] to ``(reconstruction, indices, vq_loss, stats)``; the step minimises
+the mean squared reconstruction error plus the quantizer's loss. Evaluation reports PSNR (per image,
+then averaged, with a peak of 1), the mean squared error, and the codebook's use over the whole split:
+``codebook_usage`` (the fraction of codes chosen at least once) and ``perplexity`` (``exp`` of the
+entropy of the code histogram).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from visionzoo.train.task import Setup, Task, register_task
+
+
+def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio (peak 1) of each image: Tensor[B, C, H, W] pairs → Tensor[B] in dB."""
+    mse = (reconstruction.float() - images.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+@register_task("reconstruction")
+class ReconstructionTask(Task):
+    metric = "psnr"
+    higher_is_better = True
+    defaults = {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "ema_decay": 0.0}
+
+    def collate(self, samples: list[Any]) -> torch.Tensor:
+        return torch.stack([image for image, _ in samples])
+
+    def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
+        reconstruction, _, vq_loss, stats = model(batch)
+        error = F.mse_loss(reconstruction.float(), batch.float())
+        return {"loss": error + vq_loss, "reconstruction": error.detach(), "vq": vq_loss.detach(),
+                "perplexity": stats["perplexity"].detach(), "codes_used": stats["usage"].detach()}
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
+                 autocast: Callable[[], Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        scores, errors, histogram = [], [], None
+        for images in self.batches(dataset, batch_size):
+            images = images.to(device)
+            with autocast():
+                reconstruction, indices, _, _ = model(images)
+            scores.append(psnr(reconstruction, images).cpu())
+            errors.append((reconstruction.float() - images).pow(2).flatten(1).mean(1).cpu())
+            counts = torch.bincount(indices.flatten().cpu(), minlength=model.quantizer.num_codes)
+            histogram = counts if histogram is None else histogram + counts
+        probabilities = histogram.float() / histogram.sum()
+        entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
+        return {"psnr": float(torch.cat(scores).mean()), "mse": float(torch.cat(errors).mean()),
+                "codebook_usage": float((histogram > 0).float().mean()), "perplexity": float(entropy.exp())}
+
+    def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
+        """Each image's reconstruction (Tensor[C, H, W] in [0, 1]), its code indices and its PSNR."""
+        device = next(model.parameters()).device
+        with torch.no_grad(), autocast():
+            reconstruction, indices, _, _ = model(images.to(device))
+        reconstruction = reconstruction.float().clamp(0, 1).cpu()
+        return [{"reconstruction": r, "indices": i.cpu().tolist(), "psnr": float(p)}
+                for r, i, p in zip(reconstruction, indices, psnr(reconstruction, images.cpu()))]
+
+    def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
+        """The image and its reconstruction side by side, enlarged to at least 128 px."""
+        from torchvision.transforms.functional import to_pil_image
+
+        pair = torch.cat([image.float().cpu(), prediction["reconstruction"]], dim=-1)
+        picture = to_pil_image(pair.expand(3, -1, -1) if pair.shape[0] == 1 else pair)
+        scale = max(1, -(-128 // picture.height))
+        return picture.resize((picture.width * scale, picture.height * scale), 0)
+
+    @classmethod
+    def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        from visionzoo.data import create_dataset
+        from visionzoo.models import create_model
+
+        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
+        image, _ = splits["train"][0]
+        model_args = dict(model_args)
+        model_args.setdefault("in_chans", int(image.shape[0]))
+        model = create_model(model_name, checkpoint=checkpoint, **model_args)
+        run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
+        return Setup(cls(), model, splits, run_meta)

@@ -1,0 +1,64 @@
+"""VQ-VAE: shapes, encode/decode round trip, bad input; the reconstruction task trains, evaluates and draws."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from visionzoo.models import create_model
+from visionzoo.train import TrainConfig
+from visionzoo.train.reconstruction import ReconstructionTask, psnr
+from visionzoo.train.run import run_training
+
+TINY = dict(channels=16, res_channels=8, embed_dim=8, num_codes=32)
+
+
+def test_encode_decode_give_the_forward_reconstruction():
+    torch.manual_seed(0)
+    model = create_model("vqvae_small", in_chans=1, **TINY).eval()
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        reconstruction, indices, loss, stats = model(images)
+        assert indices.shape == (2, 8, 8) and reconstruction.shape == images.shape
+        assert torch.equal(model.encode(images), indices)
+        torch.testing.assert_close(model.decode(indices), reconstruction)
+    assert 0 <= reconstruction.min() and reconstruction.max() <= 1 and loss >= 0
+    assert 1 <= stats["perplexity"] <= 32 and 0 < stats["usage"] <= 1
+
+
+def test_bad_images_are_one_clear_error():
+    model = create_model("vqvae_small", **TINY)
+    with pytest.raises(ValueError, match=r"Tensor\[B, 3, H, W\]"):
+        model(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(torch.rand(2, 3, 30, 32))
+    with pytest.raises(ValueError, match="downsample"):
+        create_model("vqvae_small", downsample=0)
+
+
+def test_psnr_per_image():
+    images = torch.zeros(2, 1, 4, 4)
+    noisy = images.clone()
+    noisy[0] += 0.1  # mse 0.01: 20 dB
+    noisy[1, :, :2] += 1.0  # mse 0.5: 3.01 dB
+    assert psnr(noisy, images).tolist() == pytest.approx([20.0, 10 * math.log10(2)], rel=1e-5)
+
+
+def test_a_short_run_on_digits_improves_the_reconstruction_and_uses_codes(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=60, batch_size=32, lr=2e-3, overwrite=True,
+                         progress=False, eval_every=0, checkpoint_every=10**9, precision="fp32")
+    torch.manual_seed(0)
+    untrained = create_model("vqvae_small", in_chans=1, **TINY).eval()
+    setup, result = run_training("vqvae_small", "digits", config, 32, TINY)
+    task, model = setup.task, setup.model.eval()
+    assert isinstance(task, ReconstructionTask) and result.steps == 60
+    before = task.evaluate(untrained, setup.splits["val"], 128, contextlib.nullcontext)
+    after = task.evaluate(model, setup.splits["val"], 128, contextlib.nullcontext)
+    assert after["psnr"] > before["psnr"] + 5 and after["codebook_usage"] > 0.2
+    assert set(after) == {"psnr", "mse", "codebook_usage", "perplexity"}
+    image = setup.splits["val"][0][0]
+    prediction = task.predict(model, image[None], contextlib.nullcontext)[0]
+    assert prediction["psnr"] == pytest.approx(float(psnr(prediction["reconstruction"][None], image[None])), rel=1e-4)
+    assert task.draw(image, prediction).size == (256, 128)
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
