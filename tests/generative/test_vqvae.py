@@ -1,11 +1,14 @@
 """VQ-VAE: shapes, encode/decode round trip, bad input; the reconstruction task trains, evaluates and draws."""
 
 import contextlib
+import json
 import math
 
 import pytest
 import torch
+from torchvision.transforms.functional import to_pil_image
 
+from visionzoo.cli import main
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
 from visionzoo.train.reconstruction import ReconstructionTask, psnr
@@ -45,7 +48,7 @@ def test_psnr_per_image():
     assert psnr(noisy, images).tolist() == pytest.approx([20.0, 10 * math.log10(2)], rel=1e-5)
 
 
-def test_a_short_run_on_digits_improves_the_reconstruction_and_uses_codes(tmp_path):
+def test_a_short_run_on_digits_improves_the_reconstruction_and_uses_codes(tmp_path, capsys):
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=60, batch_size=32, lr=2e-3, overwrite=True,
                          progress=False, eval_every=0, checkpoint_every=10**9, precision="fp32")
     torch.manual_seed(0)
@@ -61,4 +64,10 @@ def test_a_short_run_on_digits_improves_the_reconstruction_and_uses_codes(tmp_pa
     prediction = task.predict(model, image[None], contextlib.nullcontext)[0]
     assert prediction["psnr"] == pytest.approx(float(psnr(prediction["reconstruction"][None], image[None])), rel=1e-4)
     assert task.draw(image, prediction).size == (256, 128)
-    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    to_pil_image(image).save(tmp_path / "digit.png")
+    assert main(["predict", "vqvae_small", "--checkpoint", str(checkpoint), str(tmp_path / "digit.png"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert "dB through" in capsys.readouterr().out
+    record = json.loads((tmp_path / "pred" / "predictions.json").read_text())[0]
+    assert record["psnr"] > 10 and len(record["indices"]) == 8 and (tmp_path / "pred" / "digit.png").is_file()

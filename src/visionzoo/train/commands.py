@@ -168,14 +168,14 @@ def predict_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for image, prediction, target in zip(images, predictions, targets):
         setup.task.draw(image, prediction).save(target)
-    records = [{"image": str(p), **pred} for p, pred in zip(args.images, predictions)]
+    records = [{"image": str(p), **{k: v for k, v in pred.items() if not isinstance(v, torch.Tensor)}}
+               for p, pred in zip(args.images, predictions)]  # pictures carry the tensors
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
         label_to_cat_id = getattr(setup.splits["train"], "label_to_cat_id", None)
         Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
-        print(f"{record['image']}: " + ", ".join(
-            f"{label} {score:.3f}" for label, score in list(zip(record["labels"], record["scores"]))[:3]))
+        print(f"{record['image']}: {setup.task.describe(record)}")
     print(f"pictures in {out}")
     return 0

@@ -68,6 +68,9 @@ class ReconstructionTask(Task):
         return [{"reconstruction": r, "indices": i.cpu().tolist(), "psnr": float(p)}
                 for r, i, p in zip(reconstruction, indices, psnr(reconstruction, images.cpu()))]
 
+    def describe(self, prediction: Mapping[str, Any]) -> str:
+        return f"PSNR {prediction['psnr']:.2f} dB through {len(set(sum(prediction['indices'], [])))} distinct codes"
+
     def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
         """The image and its reconstruction side by side, enlarged to at least 128 px."""
         from torchvision.transforms.functional import to_pil_image

@@ -107,6 +107,11 @@ class Task:
         """Predictions for ``images`` (Tensor[B, C, H, W] in [0, 1]), one dict per image."""
         raise NotImplementedError
 
+    def describe(self, prediction: Mapping[str, Any]) -> str:
+        """One line about a prediction for the terminal (default: its three best labels and scores)."""
+        return ", ".join(f"{label} {score:.3f}" for label, score in
+                         list(zip(prediction["labels"], prediction["scores"]))[:3])
+
     def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
         """A ``PIL.Image`` showing ``prediction`` (and the ground truth ``target`` if given) on ``image``."""
         raise NotImplementedError
