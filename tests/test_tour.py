@@ -23,12 +23,13 @@ def test_list_prints_every_job(capsys):
 
 def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
     out = tmp_path / "tour"
-    argv = ["tour", "--out", str(out), "--minutes", "0.3", "--only", "faster-rcnn-shapes", "--only", "vit-digits",
-            "--no-progress", "--precision", "fp32"]
+    argv = ["tour", "--out", str(out), "--minutes", "0.4", "--only", "faster-rcnn-shapes", "--only", "vit-digits",
+            "--only", "vqvae-digits", "--no-progress", "--precision", "fp32"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {row["name"]: row for row in report["rows"]}
-    assert set(rows) == {"faster-rcnn-shapes", "vit-digits"}
+    assert set(rows) == {"faster-rcnn-shapes", "vit-digits", "vqvae-digits"}
+    assert rows["vqvae-digits"]["metric"] == "psnr" and rows["vqvae-digits"]["value"] > 15
     assert rows["faster-rcnn-shapes"]["metric"] == "map" and rows["vit-digits"]["metric"] == "accuracy"
     assert rows["vit-digits"]["value"] > 0.2  # ten classes: above chance after a few steps
     for row in rows.values():

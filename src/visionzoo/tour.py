@@ -84,6 +84,7 @@ TOUR_JOBS: list[TourJob] = [
             options={"teacher": "resnet18", "distillation": "hard"}, **_DIGITS32),
     TourJob("swin-digits", "swin_tiny_patch2_window4_32", max_minutes=2.0, **_DIGITS32),
     TourJob("convnext-digits", "convnext_atto_32", max_minutes=2.0, **_DIGITS32),
+    TourJob("vqvae-digits", "vqvae_small", "digits", max_minutes=2.0, img_size=32, config={"batch_size": 64}),
 ]
 
 
