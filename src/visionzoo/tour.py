@@ -107,15 +107,14 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
             raise ValueError(f"tour job {job.name} distils from {job.teacher_job}, which has not run: "
                              f"no {teacher_checkpoint}; run both (--only {job.teacher_job} --only {job.name})")
         options["teacher_checkpoint"] = str(teacher_checkpoint)
-    if job.weights_from is None:
-        setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
+    checkpoint = None if job.weights_from is None else _trained_checkpoint(job, job.weights_from, out)
+    setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
+    if checkpoint is None:
         splits = {name: _first(split, job.train_images if name == "train" else job.eval_images)
                   for name, split in setup.splits.items()}
         run_meta = {**setup.run_meta, "options": options}
         result = fit(setup.task, setup.model, splits["train"], splits.get("val"), config, run_meta)
     else:
-        checkpoint = _trained_checkpoint(job, job.weights_from, out)
-        setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
         setup.model.load_state_dict(model_state(*read_checkpoint(checkpoint)))  # another model's name, same weights
         result = None
     task, model = setup.task, setup.model.eval()

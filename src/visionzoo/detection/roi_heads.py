@@ -80,12 +80,12 @@ class RoIHeads(nn.Module):
         self.box_head = box_head
         self.box_predictor = box_predictor
         self.box_coder = BoxCoder(bbox_reg_weights or (10.0, 10.0, 5.0, 5.0))
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False,
+                               ignore_below=background_iou_low)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
-        self.background_iou_low = background_iou_low
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -115,14 +115,11 @@ class RoIHeads(nn.Module):
                 image_labels = torch.zeros_like(matches)
                 gt_boxes = candidates.new_zeros((1, 4))
             else:
-                iou = box_iou(gt_boxes, candidates)
-                raw = self.matcher(iou)
+                raw = self.matcher(box_iou(gt_boxes, candidates))
                 matches = raw.clamp(min=0)
                 image_labels = gt_labels[matches].to(torch.int64)
                 image_labels[raw == BELOW_LOW_THRESHOLD] = 0
                 image_labels[raw == BETWEEN_THRESHOLDS] = -1
-                if self.background_iou_low > 0:
-                    image_labels[iou.max(dim=0).values < self.background_iou_low] = -1
             positive, negative = self.sampler([image_labels])
             keep = torch.where(positive[0] | negative[0])[0]
             sampled_proposals.append(candidates[keep])

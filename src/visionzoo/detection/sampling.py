@@ -25,14 +25,20 @@ class Matcher:
         allow_low_quality_matches: also match, for each ground-truth box, the predictions that overlap
             it most (ties included) even under ``high_threshold`` (Faster R-CNN's RPN rule), so that no
             box is left without a positive.
+        ignore_below: quality < this is ignored (-2) rather than background: the background is then the
+            band [ignore_below, low_threshold) (Fast R-CNN's and R-CNN's [0.1, 0.5)); 0 ignores nothing.
     """
 
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False):
+    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False,
+                 ignore_below: float = 0.0):
         if low_threshold > high_threshold:
             raise ValueError(f"Matcher: low_threshold {low_threshold} is above high_threshold {high_threshold}")
+        if not 0.0 <= ignore_below <= low_threshold:
+            raise ValueError(f"Matcher: ignore_below {ignore_below} must be in [0, low_threshold={low_threshold}]")
         self.high_threshold = high_threshold
         self.low_threshold = low_threshold
         self.allow_low_quality_matches = allow_low_quality_matches
+        self.ignore_below = ignore_below
 
     def __call__(self, quality: Tensor) -> Tensor:
         """``quality``: Tensor[M, N] (IoU of M ground-truth boxes with N predictions), M, N > 0.
@@ -42,7 +48,8 @@ class Matcher:
         best, matches = quality.max(dim=0)
         unthresholded = matches.clone() if self.allow_low_quality_matches else None
         matches[best < self.low_threshold] = BELOW_LOW_THRESHOLD
-        matches[(best >= self.low_threshold) & (best < self.high_threshold)] = BETWEEN_THRESHOLDS
+        matches[((best >= self.low_threshold) & (best < self.high_threshold)) | (best < self.ignore_below)] = \
+            BETWEEN_THRESHOLDS
         if unthresholded is not None:
             best_per_box = quality.max(dim=1, keepdim=True).values
             columns = torch.where(quality == best_per_box)[1]

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms.functional import pil_to_tensor
 
 from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
 
@@ -100,14 +98,10 @@ def image_files(folder: str | Path) -> list[Path]:
 def read_batches(files: list[Path], batch_size: int) -> Iterator[Tensor]:
     """Images as Tensor[B, 3, H, W] in [0, 1] (RGB-converted, as pytorch-fid reads them), ``batch_size`` at a time.
     Images of one batch must share a size (as in pytorch-fid); a file that cannot be read is named."""
+    from visionzoo.train.run import load_images
+
     for start in range(0, len(files), batch_size):
-        batch = []
-        for path in files[start:start + batch_size]:
-            try:
-                with Image.open(path) as image:
-                    batch.append(pil_to_tensor(image.convert("RGB")).float() / 255)
-            except OSError as error:
-                raise ValueError(f"image {path} cannot be read: {error}") from None
+        batch = load_images(files[start:start + batch_size], None, 3)
         sizes = {tuple(image.shape) for image in batch}
         if len(sizes) > 1:
             raise ValueError(f"images of different sizes in {files[start].parent} ({sorted(sizes)[:2]}...); "

@@ -183,26 +183,29 @@ class DetectionTask(Task):
         from visionzoo.train.drawing import grid
         from visionzoo.train.plots import plot_precision_recall
 
+        detections, targets = self.detect_all(model, dataset, batch_size, autocast)
         metric = MeanAveragePrecision()
-        metric.update(*self.detect_all(model, dataset, batch_size, autocast))
+        metric.update(detections, targets)
         curves = metric.precision_recall(0.5)
         names = [self.classes[label - 1] if 1 <= label <= len(self.classes) else f"label {label}"
                  for label in curves["classes"].tolist()]
         pr_curve = plot_precision_recall(curves["recall"].tolist(), curves["precision"].tolist(), names,
                                          curves["ap"].tolist(), out / "pr_curve.png")
-        samples = [dataset[i] for i in range(min(16, len(dataset)))]
-        predictions = self.predict(model, [image for image, _ in samples], autocast)
-        detections = out / "detections.png"
-        grid([self.draw(image, prediction, target) for (image, target), prediction in zip(samples, predictions)]
-             ).save(detections)
-        return [pr_curve, detections]
+        samples = [dataset[i] for i in range(min(16, len(dataset)))]  # drawn with the detections just scored
+        pictures = out / "detections.png"
+        grid([self.draw(image, self._as_prediction(detection), target)
+              for (image, target), detection in zip(samples, detections)]).save(pictures)
+        return [pr_curve, pictures]
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Detections of each image of ``images`` (Tensor[B, 3, H, W] or a list of Tensor[3, H, W]):
         ``boxes`` (list of [x1, y1, x2, y2]), ``labels`` (class names), ``scores``."""
-        return [{"boxes": d["boxes"].tolist(), "labels": [self.classes[i - 1] for i in d["labels"].tolist()],
-                 "label_ids": d["labels"].tolist(), "scores": d["scores"].tolist()}
-                for d in self.detect(model, list(images), autocast)]
+        return [self._as_prediction(d) for d in self.detect(model, list(images), autocast)]
+
+    def _as_prediction(self, detection: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """A detection's tensors as :meth:`predict`'s lists, with class names."""
+        return {"boxes": detection["boxes"].tolist(), "labels": [self.classes[i - 1] for i in detection["labels"].tolist()],
+                "label_ids": detection["labels"].tolist(), "scores": detection["scores"].tolist()}
 
     def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None, min_score: float = 0.5):
         """A PIL image: predicted boxes (score ≥ ``min_score``) with class and score, ground truth dashed-grey."""
