@@ -82,10 +82,14 @@ def test_clean_and_legacy_features_differ_on_a_small_image(weights_file):
     assert not torch.allclose(legacy, clean, atol=1e-3)  # the notes' warning: low-level processing moves FID
 
 
-def test_logits_have_the_original_1008_classes(weights_file):
+def test_logits_equal_pytorch_fid_inception_classifier(weights_file, reference):
+    images = torch.rand(2, 3, 75, 75, generator=torch.Generator().manual_seed(9))
+    classifier = pytorch_fid_inception.fid_inception_v3().eval()  # the whole network, with its 1008-way fc
     with torch.no_grad():
-        logits = InceptionFeatures(weights_file).logits(torch.rand(2, 3, 75, 75))
-    assert logits.shape == (2, 1008) and torch.isfinite(logits).all()
+        expected = classifier(2 * ours.resize_legacy(images) - 1)
+        logits = InceptionFeatures(weights_file).logits(images)
+    assert logits.shape == (2, 1008)
+    assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path, monkeypatch):
