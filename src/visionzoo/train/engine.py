@@ -253,7 +253,8 @@ class Trainer:
         self.model = model.to(self.dist.device)
         self.autocast = autocast_context(self.dist.device, cfg.precision)
         self.optimizers = {
-            name: torch.optim.AdamW(task.parameter_groups(self.model, name, cfg.weight_decay), lr=cfg.lr)
+            name: torch.optim.AdamW(task.parameter_groups(self.model, name, cfg.weight_decay), lr=cfg.lr,
+                                    **task.optimizer_options(name))
             for name in task.optimizer_names()
         }
         for optimizer in self.optimizers.values():
@@ -336,6 +337,7 @@ class Trainer:
         seed = step_seed(self.config.seed, self.dist.rank, step)
         torch.manual_seed(seed)
         self.task.generator.manual_seed(seed)
+        self.task.step = step
         factor = lr_factor(step, self.total_steps or 1, self.warmup_steps, self.config.min_lr_ratio)
         model = self.train_model.train()
         logged: dict[str, float] = {}

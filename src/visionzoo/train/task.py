@@ -43,6 +43,8 @@ class Task:
         generator: a ``torch.Generator`` the engine re-seeds before every step (from the seed, the
             rank and the step); draw the step's randomness (augmentation, mixup) from it so that a
             resumed run repeats the uninterrupted one exactly.
+        step: the index of the training step being run (set by the engine before each step; a GAN's
+            discriminator, for one, starts at a given step).
     """
 
     name = "task"
@@ -53,10 +55,15 @@ class Task:
 
     def __init__(self) -> None:
         self.generator = torch.Generator()
+        self.step = 0
 
     def optimizer_names(self) -> Sequence[str]:
         """The optimizers of one training step, in the order they step (e.g. a GAN's D then G)."""
         return ("model",)
+
+    def optimizer_options(self, optimizer: str) -> dict[str, Any]:
+        """Extra AdamW arguments of ``optimizer`` (e.g. a GAN's ``{"betas": (0.5, 0.999)}``); none by default."""
+        return {}
 
     def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
         """Parameter groups of ``optimizer``: by default no weight decay on biases and norms (1-D)."""
@@ -106,6 +113,15 @@ class Task:
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Predictions for ``images`` (Tensor[B, C, H, W] in [0, 1]), one dict per image."""
         raise NotImplementedError
+
+    def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
+               **settings: Any) -> torch.Tensor:
+        """``count`` new images from a generative ``model`` (in eval mode): Tensor[count, C, H, W] in [0, 1].
+
+        ``settings`` are the sampler's (``temperature``, ``top_k``, ``top_p``, ``label``, ...); the
+        randomness comes from ``generator`` alone, so a seed gives the same images.
+        """
+        raise ValueError(f"{self.name} models do not generate images; `visionzoo sample` needs a generative model")
 
     def describe(self, prediction: Mapping[str, Any]) -> str:
         """One line about a prediction for the terminal (default: its three best labels and scores)."""
