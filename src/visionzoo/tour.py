@@ -108,6 +108,7 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
                              f"no {teacher_checkpoint}; run both (--only {job.teacher_job} --only {job.name})")
         options["teacher_checkpoint"] = str(teacher_checkpoint)
     checkpoint = None if job.weights_from is None else _trained_checkpoint(job, job.weights_from, out)
+    torch.manual_seed(config.seed)  # the initial weights follow the run's seed, as in run_training
     setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
     if checkpoint is None:
         splits = {name: _first(split, job.train_images if name == "train" else job.eval_images)

@@ -92,11 +92,11 @@ def test_timm_checkpoint_gives_timm_logits(timm_tiny, tmp_path, suffix):
 
 
 def test_inference_in_token_chunks_equals_timm_fp32_and_bf16(timm_tiny, monkeypatch):
-    import visionzoo.models.vision_transformer as vision_transformer
+    import visionzoo.layers.block as block
 
     reference, path = timm_tiny
     ours = create_model("vit_tiny_patch16_224", checkpoint=path).eval()
-    monkeypatch.setattr(vision_transformer, "_MLP_CHUNK_ELEMENTS", 768 * 50)  # 394 tokens: 8 chunks
+    monkeypatch.setattr(block, "_MLP_CHUNK_ELEMENTS", 768 * 50)  # 394 tokens: 8 chunks
     x = images(2, 3, 224, 224, seed=2)
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)

@@ -1,6 +1,7 @@
 """Building blocks shared by the model families (timm's module names, so checkpoints load key for key)."""
 
 from visionzoo.layers.attention import Attention
+from visionzoo.layers.block import Block
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo
 from visionzoo.layers.layer_scale import LayerScale
@@ -10,6 +11,6 @@ from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path", "drop_path_rates",
-    "resample_abs_pos_embed",
+    "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path",
+    "drop_path_rates", "resample_abs_pos_embed",
 ]

@@ -46,16 +46,18 @@ class Attention(nn.Module):
         self.proj = Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """``x``: Tensor[B, N, dim]. ``attn_bias``: optional additive bias on the attention logits,
-        broadcastable to Tensor[B, num_heads, N, N] (relative position bias, a shifted-window mask)."""
+        broadcastable to Tensor[B, num_heads, N, N] (relative position bias, a shifted-window mask).
+        ``is_causal``: token i attends to tokens <= i only (a decoder); not together with ``attn_bias``."""
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, is_causal=is_causal,
+            scale=self.scale,
         )
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(out))

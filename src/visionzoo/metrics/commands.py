@@ -8,6 +8,7 @@ from pathlib import Path
 
 from visionzoo.cli import positive_int, register_command
 from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate
+from visionzoo.metrics.domain import DOMAIN_DATA
 
 # (AP?, IoU label or None, area, which max_dets entry) of pycocotools' 12 summary lines
 _LINES = [
@@ -80,8 +81,15 @@ def coco_eval_command(args: argparse.Namespace) -> int:
 def _fid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path_a", help="a folder of images or an .npz of statistics (pytorch-fid's mu, sigma)")
     parser.add_argument("path_b", help="the other folder or .npz")
-    parser.add_argument("--checkpoint", help="pytorch-fid's pt_inception-2015-12-05 weights file "
-                                             "(default: download it once into the weights cache)")
+    parser.add_argument("--features", choices=("inception", "domain"), default="inception",
+                        help="inception (default): pytorch-fid's Inception-v3; domain: a classifier trained on the "
+                             "built-in --data (offline; numbers comparable only with other domain FIDs)")
+    parser.add_argument("--data", choices=DOMAIN_DATA, help="--features domain: the built-in data set the images are like")
+    parser.add_argument("--img-size", type=positive_int,
+                        help="--features domain: the side the images are resized to (default: 32 digits, 64 shapes)")
+    parser.add_argument("--checkpoint", help="inception: pytorch-fid's pt_inception-2015-12-05 weights file (default: "
+                                             "download it once into the weights cache); domain: a domain features file "
+                                             "(default: train it once and cache it)")
     parser.add_argument("--resize", choices=("legacy", "clean"), default="legacy",
                         help="legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
     parser.add_argument("--batch-size", type=positive_int, default=50)
@@ -100,14 +108,26 @@ def fid_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-stats: {args.save_stats} exists; pass --overwrite to replace it")
     if args.save_stats and args.path_a.endswith(".npz"):
         raise ValueError(f"--save-stats writes the statistics of an image folder; {args.path_a} already is statistics")
-    features = InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None)
+    if args.features == "domain":
+        from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
+
+        if args.data is None:
+            raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
+        size = args.img_size or DEFAULT_SIZES[args.data]
+        features = domain_features(args.data, size, checkpoint=args.checkpoint)
+        reading = {"size": size, "channels": features.in_chans}
+    else:
+        if args.data or args.img_size:
+            raise ValueError("--data and --img-size choose the domain features; add --features domain")
+        features = InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None)
+        reading = {}
     if args.save_stats:
-        stats = folder_statistics(args.path_a, features, args.batch_size)
+        stats = folder_statistics(args.path_a, features, args.batch_size, **reading)
         mu_a, sigma_a = stats.mean.numpy(), stats.covariance.numpy()
         print(f"statistics of {args.path_a}: {save_statistics(args.save_stats, stats)}")
     else:
-        mu_a, sigma_a = statistics_of(args.path_a, features, args.batch_size)
-    mu_b, sigma_b = statistics_of(args.path_b, features, args.batch_size)
+        mu_a, sigma_a = statistics_of(args.path_a, features, args.batch_size, **reading)
+    mu_b, sigma_b = statistics_of(args.path_b, features, args.batch_size, **reading)
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"the statistics have {mu_a.shape[0]} and {mu_b.shape[0]} dimensions")
     print(f"FID: {frechet_distance(mu_a, sigma_a, mu_b, sigma_b):.6f}")

@@ -41,6 +41,12 @@ class FID:
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
         """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
+        low, high = float(images.min()), float(images.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"FID takes images in [0, 1]; these span [{low:.3g}, {high:.3g}] (convert uint8 with / 255, "
+                             "[-1, 1] with (x + 1) / 2)")
         stats = self.real if real else self.fake
         for part in images.split(self.batch_size):
             features = self.features(part).double()
@@ -95,13 +101,17 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_batches(files: list[Path], batch_size: int) -> Iterator[Tensor]:
-    """Images as Tensor[B, 3, H, W] in [0, 1] (RGB-converted, as pytorch-fid reads them), ``batch_size`` at a time.
-    Images of one batch must share a size (as in pytorch-fid); a file that cannot be read is named."""
+def read_batches(files: list[Path], batch_size: int, size: int | None = None, channels: int = 3) -> Iterator[Tensor]:
+    """Images as Tensor[B, channels, H, W] in [0, 1] (RGB-converted by default, as pytorch-fid reads them),
+    ``batch_size`` at a time, resized to ``size`` × ``size`` if given (antialiased). Images of one batch must
+    share a size (as in pytorch-fid); a file that cannot be read is named."""
     from visionzoo.train.run import load_images
 
     for start in range(0, len(files), batch_size):
-        batch = load_images(files[start:start + batch_size], None, 3)
+        if size is not None:
+            yield load_images(files[start:start + batch_size], size, channels)
+            continue
+        batch = load_images(files[start:start + batch_size], None, channels)
         sizes = {tuple(image.shape) for image in batch}
         if len(sizes) > 1:
             raise ValueError(f"images of different sizes in {files[start].parent} ({sorted(sizes)[:2]}...); "
@@ -109,19 +119,21 @@ def read_batches(files: list[Path], batch_size: int) -> Iterator[Tensor]:
         yield torch.stack(batch)
 
 
-def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 50) -> FeatureStatistics:
-    """Feature statistics of the images in folder ``path``."""
+def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 50, size: int | None = None,
+                      channels: int = 3) -> FeatureStatistics:
+    """Feature statistics of the images in folder ``path`` (read as :func:`read_batches` says)."""
     stats = FeatureStatistics()
     features.eval()
     with torch.no_grad():
-        for images in read_batches(image_files(path), batch_size):
+        for images in read_batches(image_files(path), batch_size, size, channels):
             stats.update(features(images).double())
     return stats
 
 
-def statistics_of(path: str | Path, features: nn.Module, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def statistics_of(path: str | Path, features: nn.Module, batch_size: int = 50, size: int | None = None,
+                  channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` of an ``.npz`` statistics file or of a folder of images."""
     if str(path).endswith(".npz"):
         return load_statistics(path)
-    stats = folder_statistics(path, features, batch_size)
+    stats = folder_statistics(path, features, batch_size, size, channels)
     return stats.mean.numpy(), stats.covariance.numpy()

@@ -5,7 +5,7 @@ register in the same registry and take their backbones from it.
 """
 
 from visionzoo import detection  # noqa: F401
-from visionzoo.generative import vqvae  # noqa: F401
+from visionzoo.generative import code_prior, dcgan, image_gpt, vit_vqgan, vqgan, vqvae  # noqa: F401
 from visionzoo.models import convnext, hipt, resnet, swin_transformer, vision_transformer  # noqa: F401
 from visionzoo.models._registry import (
     ModelEntry,

@@ -36,9 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.checkpoint import CheckpointError
+from visionzoo.layers import Block
+from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, register_model
-from visionzoo.models.vision_transformer import Block, LayerNorm, VisionTransformer
+from visionzoo.models.vision_transformer import VisionTransformer
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")

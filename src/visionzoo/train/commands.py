@@ -179,3 +179,67 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"{record['image']}: {setup.task.describe(record)}")
     print(f"pictures in {out}")
     return 0
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="registered generative model name (dcgan, image_gpt, vqgan_transformer, ...)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("-n", "--count", type=positive_int, default=64, help="how many images (default 64)")
+    parser.add_argument("--out", required=True, help="the grid PNG to write")
+    parser.add_argument("--images-dir", metavar="DIR",
+                        help="also write every sample as its own PNG into DIR (for `visionzoo fid`)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
+    parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=positive_float, help="sample within the nucleus of probability p")
+    parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
+    parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out and files in --images-dir")
+
+
+def _class_index(label: str | None, classes: list[str] | None) -> int | None:
+    if label is None:
+        return None
+    if classes and label in classes:
+        return classes.index(label)
+    if label.isdigit() and (classes is None or int(label) < len(classes)):
+        return int(label)
+    known = f"; classes: {', '.join(classes)}" if classes else ""
+    raise ValueError(f"--label {label!r} is not a class of this model{known}")
+
+
+@register_command("sample", help="draw new images from a trained generative model into a grid PNG",
+                  arguments=_sample_arguments)
+def sample_command(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"--out must be a .png or .jpg file, got {out}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+    images_dir = Path(args.images_dir) if args.images_dir else None
+    names = [f"{index:05d}.png" for index in range(args.count)]
+    if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
+        raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
+    setup = load_for_inference(args.model, args.checkpoint)
+    settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
+                                                 ("top_p", args.top_p)) if value is not None}
+    if args.label is not None:
+        settings["label"] = _class_index(args.label, getattr(setup.splits["train"], "classes", None))
+    if args.top_p is not None and args.top_p > 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    autocast = autocast_context(torch.device("cpu"), args.precision)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        images = setup.task.sample(setup.model.eval(), args.count, generator, autocast, **settings).float().clamp(0, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, out, nrow=args.nrow, padding=2, pad_value=1.0)
+    if images_dir is not None:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for image, name in zip(images, names):
+            save_image(image, images_dir / name)
+        print(f"{args.count} images in {images_dir}")
+    print(f"{args.count} samples of {args.model} in {out}")
+    return 0

@@ -60,7 +60,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float | None = None
     warmup_steps: int | None = None
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: float | None = None
     grad_clip: float | None = None
     precision: str = "auto"
     ema_decay: float | None = None
@@ -83,6 +83,7 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "weight_decay": 0.05,
     "grad_clip": 1.0,
     "ema_decay": 0.0,
+    "min_lr_ratio": 0.01,
 }
 
 

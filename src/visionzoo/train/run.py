@@ -31,6 +31,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                  model_args: Mapping[str, Any] | None = None,
                  options: Mapping[str, Any] | None = None) -> tuple[Setup, TrainResult]:
     """Train ``model_name`` on ``data``'s train split, evaluating on its val split."""
+    torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
     result = fit(setup.task, setup.model, setup.splits["train"], setup.splits.get("val"), config, run_meta)

@@ -1,0 +1,208 @@
+"""A decoder-only transformer over token sequences (nanoGPT-sized): the prior of Image GPT and of VQGAN.
+
+The model reads ``[start, t_0, ..., t_{N-2}]`` and predicts ``t_0, ..., t_{N-1}``: position ``i`` sees the
+start token and the tokens before ``t_i``. The start token carries the class: one learned start
+embedding per class, plus one more (index ``num_classes``) for "no class", so a class-conditional
+model trained with some labels dropped (the task drops them) also samples unconditionally.
+
+Blocks are pre-norm (``x + attn(ln(x))``, ``x + mlp(ln(x))``) with the shared
+:class:`~visionzoo.layers.Attention` (causal) and :class:`~visionzoo.layers.Mlp`; learned absolute
+position embeddings; a final LayerNorm and a linear head. Initialisation is GPT-2's: N(0, 0.02)
+weights, residual projections scaled by ``1 / sqrt(2 · depth)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionzoo.layers import Attention, Linear, Mlp
+
+
+class Block(nn.Module):
+    """Pre-norm causal transformer block: Tensor[B, N, dim] → Tensor[B, N, dim]."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=True, attn_drop=drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: Tensor, cache: list[Tensor] | None = None) -> Tensor:
+        """``cache``: None for a whole causal sequence, else this block's ``[keys, values]`` of the positions
+        before ``x`` (empty at first), extended in place; after the first call ``x`` is one position."""
+        y = self.norm1(x)
+        x = x + (self.attn(y, is_causal=True) if cache is None else self._cached_attention(y, cache))
+        return x + self.mlp(self.norm2(x))
+
+    def _cached_attention(self, x: Tensor, cache: list[Tensor]) -> Tensor:
+        attn = self.attn
+        batch, tokens, _ = x.shape
+        q, k, v = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if cache:
+            if tokens != 1:
+                raise ValueError(f"after the first call a KV cache takes one position at a time, got {tokens}")
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+        # A first call holds the whole prefix (causal); a later one a single query that sees every key.
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == tokens, scale=attn.scale)
+        return attn.proj(out.transpose(1, 2).reshape(batch, tokens, attn.num_heads * attn.head_dim))
+
+
+class GPT(nn.Module):
+    """Autoregressive transformer over sequences of ``seq_len`` tokens from a vocabulary of ``vocab_size``.
+
+    Args:
+        vocab_size: number of token values (palette entries, codebook codes).
+        seq_len: the sequence length N the model generates (its position table has N entries:
+            the start token and ``t_0 .. t_{N-2}``).
+        num_classes: 0 for an unconditional model; else class labels ``0 .. num_classes - 1`` condition it.
+        embed_dim, depth, num_heads, mlp_ratio: width, number of blocks, attention heads, MLP expansion.
+        drop: dropout on the embeddings, the attention weights and the residual branches.
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, num_classes: int = 0, embed_dim: int = 128, depth: int = 4,
+                 num_heads: int = 4, mlp_ratio: float = 4.0, drop: float = 0.0):
+        super().__init__()
+        if vocab_size < 2 or seq_len < 1 or num_classes < 0:
+            raise ValueError(f"GPT needs vocab_size >= 2, seq_len >= 1 and num_classes >= 0, "
+                             f"got {vocab_size}, {seq_len}, {num_classes}")
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.tok_embed = nn.Embedding(vocab_size, embed_dim)
+        self.start_embed = nn.Embedding(num_classes + 1, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, seq_len, embed_dim))
+        self.drop = nn.Dropout(drop)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, drop) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = Linear(embed_dim, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.fc2):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * depth))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _start(self, batch: int, labels: Tensor | None, device: torch.device) -> Tensor:
+        """The start embeddings Tensor[B, 1, dim] of ``labels`` (None: the unconditional one)."""
+        if labels is None:
+            labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        elif self.num_classes == 0:
+            raise ValueError("this GPT is unconditional (num_classes=0) and takes no labels")
+        elif labels.shape != (batch,) or labels.min() < 0 or labels.max() > self.num_classes:
+            raise ValueError(f"labels must be Tensor[{batch}] in 0..{self.num_classes} ({self.num_classes}: none), "
+                             f"got shape {tuple(labels.shape)}, values {labels.min().item()}..{labels.max().item()}")
+        return self.start_embed(labels)[:, None]
+
+    def _check(self, tokens: Tensor) -> None:
+        if tokens.dim() != 2 or not 1 <= tokens.shape[1] <= self.seq_len:
+            raise ValueError(f"tokens must be Tensor[B, N] with 1 <= N <= {self.seq_len}, got {tuple(tokens.shape)}")
+
+    def _embed(self, tokens: Tensor, labels: Tensor | None) -> Tensor:
+        """Inputs ``[start, t_0 .. t_{N-2}]`` + positions: Tensor[B, N, dim]."""
+        self._check(tokens)
+        x = torch.cat([self._start(tokens.shape[0], labels, tokens.device), self.tok_embed(tokens[:, :-1])], dim=1)
+        return self.drop(x + self.pos_embed[:, :x.shape[1]])
+
+    def forward(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``tokens``: int64 Tensor[B, N] (N <= seq_len); ``labels``: Tensor[B] or None.
+
+        Returns logits Tensor[B, N, vocab_size]: position i predicts ``tokens[:, i]`` from the start token
+        and ``tokens[:, :i]``.
+        """
+        x = self._embed(tokens, labels)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+    def forward_layers(self, tokens: Tensor, labels: Tensor | None = None) -> list[Tensor]:
+        """The embedding output and every block's output: ``depth + 1`` Tensor[B, N, dim] (for linear probes).
+
+        As in :meth:`forward`, position i has seen the start token and ``tokens[:, :i]``; the last token
+        is not read.
+        """
+        x = self._embed(tokens, labels)
+        layers = [x]
+        for block in self.blocks:
+            x = block(x)
+            layers.append(x)
+        return layers
+
+    @torch.no_grad()
+    def generate(self, prefix: int | Tensor, length: int | None = None, labels: Tensor | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample sequences: int64 Tensor[B, length] (``length`` defaults to ``seq_len``).
+
+        ``prefix`` is a count B (sample from scratch) or int64 Tensor[B, P] of given first tokens, which
+        the result starts with. ``labels``: Tensor[B] or None (unconditional). The sampler is
+        :func:`sample_logits` with ``temperature``, ``top_k``, ``top_p``, drawing from ``generator`` (on its
+        own device).
+
+        With a KV cache: each new token runs one position through the blocks against the stored keys and
+        values. Measured on one CPU thread for 16 sequences, it was 5 times faster than recomputing the whole
+        prefix for every token at 64 positions (64 wide, 4 blocks) and 14 times at 256 (128 wide, 6 blocks),
+        with the same tokens; so only the cached path is kept.
+        """
+        length = self.seq_len if length is None else length
+        device = self.pos_embed.device
+        tokens = torch.zeros(prefix, 0, dtype=torch.long, device=device) if isinstance(prefix, int) else prefix.to(device)
+        if tokens.dim() != 2 or not 0 <= tokens.shape[1] < length <= self.seq_len:
+            raise ValueError(f"generate needs a prefix Tensor[B, P] (or a count) with P < length <= {self.seq_len}, "
+                             f"got prefix {tuple(tokens.shape)}, length {length}")
+        caches: list[list[Tensor]] = [[] for _ in self.blocks]
+        x = self._start(tokens.shape[0], labels, device)
+        if tokens.shape[1]:
+            x = torch.cat([x, self.tok_embed(tokens)], dim=1)
+        x = x + self.pos_embed[:, :x.shape[1]]
+        while True:
+            for block, cache in zip(self.blocks, caches):
+                x = block(x, cache)
+            logits = self.head(self.norm(x[:, -1])).float()
+            if generator is not None:  # draw where the generator lives, so a CPU generator serves a model on any device
+                logits = logits.to(generator.device)
+            new = sample_logits(logits, temperature, top_k, top_p, generator).to(device)
+            tokens = torch.cat([tokens, new[:, None]], dim=1)
+            if tokens.shape[1] == length:
+                return tokens
+            x = self.tok_embed(new)[:, None] + self.pos_embed[:, tokens.shape[1]:tokens.shape[1] + 1]
+
+
+def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of ``logits`` Tensor[B, V]: int64 Tensor[B].
+
+    The logits are divided by ``temperature`` (> 0); ``top_k`` keeps the k most likely tokens; ``top_p``
+    (nucleus) then keeps the smallest set of most likely tokens whose probability reaches ``p``, never
+    fewer than the best one. The draw uses ``generator``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kept = torch.full_like(logits, float("-inf"))
+        best, where = logits.topk(top_k, dim=-1)
+        logits = kept.scatter(-1, where, best)
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probabilities = ordered.softmax(-1)
+        # Keep a token while the probability of the better ones has not reached p yet (so the best always stays).
+        drop = probabilities.cumsum(-1) - probabilities >= top_p
+        logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]

@@ -1,0 +1,239 @@
+"""VQGAN (Esser, Rombach, Ommer 2021, "Taming Transformers"): the first stage, a VQ autoencoder trained with a GAN.
+
+The encoder is taming-transformers' CNN: a 3×3 stem, then per level ``num_res_blocks`` residual blocks
+(GroupNorm, swish, 3×3 conv, twice) and a stride-2 3×3 convolution between levels; at the lowest
+resolution a residual block, a single-head self-attention block over the h·w positions and another
+residual block; GroupNorm, swish and a 3×3 conv to ``z_channels``, and a 1×1 conv to the code
+dimension. The shared :class:`~visionzoo.layers.vector_quantizer.VectorQuantizer` replaces every
+position by its nearest code; the decoder mirrors the encoder (``num_res_blocks + 1`` blocks per
+level, nearest-neighbour upsampling followed by a 3×3 conv). Images are in [0, 1]; the network sees
+them in [-1, 1] and reconstructs in [0, 1] (a tanh, rescaled, as in :mod:`~visionzoo.generative.vqvae`).
+
+The model owns its PatchGAN discriminator (``self.discriminator``, fed images in [-1, 1]) as taming's
+model owns its loss module, so one checkpoint holds both; the model's forward never calls it. How
+the two are trained (L1/L2 + perceptual + adaptive-weight hinge GAN) is the "vqgan" task's business
+(:mod:`visionzoo.train.vqgan`).
+
+``model(images)`` returns ``(reconstruction, indices, vq_loss, stats)``; ``encode(images)`` the code
+indices Tensor[B, H/f, W/f] (f = 2**(len(ch_mult) - 1)) and ``decode(indices)`` the images, for a prior.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionzoo.generative.patchgan import PatchGAN
+from visionzoo.layers.vector_quantizer import VectorQuantizer
+from visionzoo.models._registry import register_model
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """taming's GroupNorm(32, C, eps=1e-6), with fewer groups for narrow (test-sized) layers."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    """``shortcut(x) + conv(swish(norm(conv(swish(norm(x))))))``: Tensor[B, C_in, H, W] → Tensor[B, C_out, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions, added back: Tensor[B, C, H, W] → same."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # each [B, HW, C]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv, padded right and bottom only as in taming: Tensor[B, C, H, W] → Tensor[B, C, H/2, W/2]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 conv: Tensor[B, C, H, W] → Tensor[B, C, 2H, 2W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _middle(channels: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(ResnetBlock(channels, channels, dropout), AttnBlock(channels),
+                         ResnetBlock(channels, channels, dropout))
+
+
+class Encoder(nn.Module):
+    """Tensor[B, in_chans, H, W] → Tensor[B, z_channels, H / 2**(L-1), W / 2**(L-1)], L = len(ch_mult)."""
+
+    def __init__(self, in_chans: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_chans, ch, 3, padding=1)
+        layers: list[nn.Module] = []
+        width = ch
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                layers.append(ResnetBlock(width, ch * mult, dropout))
+                width = ch * mult
+            if level < len(ch_mult) - 1:
+                layers.append(Downsample(width))
+        self.down = nn.Sequential(*layers)
+        self.mid = _middle(width, dropout)
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, z_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.mid(self.down(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Tensor[B, z_channels, h, w] → Tensor[B, out_chans, h * 2**(L-1), w * 2**(L-1)] (pre-activation)."""
+
+    def __init__(self, out_chans: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        width = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
+        self.mid = _middle(width, dropout)
+        layers: list[nn.Module] = []
+        for level in reversed(range(len(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                layers.append(ResnetBlock(width, ch * ch_mult[level], dropout))
+                width = ch * ch_mult[level]
+            if level > 0:
+                layers.append(Upsample(width))
+        self.up = nn.Sequential(*layers)
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, out_chans, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.up(self.mid(self.conv_in(z)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VQGAN(nn.Module):
+    """VQGAN autoencoder (with its discriminator) for images in [0, 1].
+
+    Args:
+        in_chans: image channels (1 for Digits, 3 for Shapes).
+        ch, ch_mult: base width and its multiplier per level; ``len(ch_mult) - 1`` stride-2 stages.
+        num_res_blocks: residual blocks per encoder level (the decoder has one more).
+        z_channels: channels of the encoder's output before the 1×1 conv to ``embed_dim``.
+        embed_dim, num_codes: code dimension and codebook size.
+        dropout: inside the residual blocks.
+        commitment, ema_decay, dead_code_threshold: the quantizer's (EMA codebook by default).
+        disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
+    """
+
+    def __init__(self, in_chans: int = 3, ch: int = 64, ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
+                 z_channels: int = 64, embed_dim: int = 64, num_codes: int = 512, dropout: float = 0.0,
+                 commitment: float = 0.25, ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0,
+                 disc_width: int = 64, disc_layers: int = 2):
+        super().__init__()
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+        if len(ch_mult) < 2:
+            raise ValueError(f"ch_mult needs at least 2 levels (one downsampling), got {tuple(ch_mult)}")
+        self.in_chans = in_chans
+        self.downsample = len(ch_mult) - 1
+        self.encoder = Encoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
+        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+        self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold)
+        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.decoder = Decoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
+        self.discriminator = PatchGAN(in_chans, disc_width, disc_layers)
+
+    def _check(self, images: Tensor) -> None:
+        factor = 2 ** self.downsample
+        if images.dim() != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(f"VQGAN takes Tensor[B, {self.in_chans}, H, W] images in [0, 1], got {tuple(images.shape)}")
+        if images.shape[-1] % factor or images.shape[-2] % factor:
+            raise ValueError(f"image sides must be multiples of {factor} (2**(len(ch_mult) - 1)), "
+                             f"got {tuple(images.shape[-2:])}")
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Tensor[B, C, H, W] in [0, 1] → (reconstruction in [0, 1], indices [B, h, w], vq loss, stats)."""
+        self._check(images)
+        quantised, indices, loss, stats = self.quantizer(self.quant_conv(self.encoder(images * 2 - 1)))
+        return self._decode(quantised), indices, loss, stats
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Code indices, int64 Tensor[B, H / 2**downsample, W / 2**downsample]."""
+        self._check(images)
+        return self.quantizer(self.quant_conv(self.encoder(images * 2 - 1)))[1]
+
+    def decode(self, indices: Tensor) -> Tensor:
+        """Images in [0, 1], Tensor[B, C, h * 2**downsample, w * 2**downsample], from code indices Tensor[B, h, w]."""
+        if indices.dim() != 3:
+            raise ValueError(f"decode takes code indices Tensor[B, h, w], got {tuple(indices.shape)}")
+        return self._decode(self.quantizer.decode_indices(indices).permute(0, 3, 1, 2))
+
+    def _decode(self, quantised: Tensor) -> Tensor:
+        return (torch.tanh(self.decoder(self.post_quant_conv(quantised))) + 1) / 2
+
+    def last_layer_weight(self) -> nn.Parameter:
+        """The decoder's last conv weight, whose gradient norms set the GAN loss's adaptive weight."""
+        return self.decoder.conv_out.weight
+
+
+# Variants are sizes only. The full-resolution level dominates the cost on a CPU, hence width 32 there.
+_SIZES = {
+    "vqgan": dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, disc_layers=2),
+    "vqgan_base": dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, disc_layers=2),
+    "vqgan_f8": dict(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, disc_layers=3),
+}
+
+
+@register_model(task="vqgan", input_size=(3, 32, 32))
+def vqgan(**kwargs) -> VQGAN:
+    """VQGAN for CPU training: a 4× smaller code grid (8×8 for 32 px), widths 32–64, 512 EMA codes of 64 dimensions."""
+    return VQGAN(**{**_SIZES["vqgan"], **kwargs})
+
+
+@register_model(task="vqgan", input_size=(3, 32, 32))
+def vqgan_base(**kwargs) -> VQGAN:
+    """A wider, deeper 4× VQGAN: widths 64–128, two residual blocks per encoder level (about 3× the compute)."""
+    return VQGAN(**{**_SIZES["vqgan_base"], **kwargs})
+
+
+@register_model(task="vqgan", input_size=(3, 64, 64))
+def vqgan_f8(**kwargs) -> VQGAN:
+    """VQGAN with an 8× smaller code grid (8×8 for 64 px Shapes), widths 32–64, a 3-layer PatchGAN."""
+    return VQGAN(**{**_SIZES["vqgan_f8"], **kwargs})

@@ -1,0 +1,69 @@
+"""The pre-norm transformer block shared by the ViT family, HIPT and the ViT-VQGAN codec (timm's ``Block``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from visionzoo.layers.attention import Attention
+from visionzoo.layers.drop import DropPath
+from visionzoo.layers.layer_scale import LayerScale
+from visionzoo.layers.mlp import Mlp
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+# Hidden MLP activations computed at once in inference (bf16: 4 MiB), see Block._mlp_residual_in_chunks.
+_MLP_CHUNK_ELEMENTS = 1 << 21
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``,
+    ``Tensor[B, N, dim] -> Tensor[B, N, dim]``.
+
+    Each residual branch is optionally scaled by LayerScale (``ls1``/``ls2``, when ``init_values``
+    is given; identities otherwise) and dropped per sample by stochastic depth (``drop_path``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values: float | None = None,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: Any = LayerNorm,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias (see :class:`Attention`)."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias)))
+        if torch.is_grad_enabled() or self.training:
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return self._mlp_residual_in_chunks(x)
+
+    def _mlp_residual_in_chunks(self, x: Tensor) -> Tensor:
+        """``x + ls2(mlp(norm2(x)))`` in inference, a few tokens at a time and in place (``x`` is the
+        attention residual's fresh output), so the MLP's wide hidden activations stay in cache."""
+        x = x.contiguous()  # the sum keeps its operands' strides
+        rows = x.view(-1, x.shape[-1])
+        step = max(1, _MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
+        for start in range(0, rows.shape[0], step):
+            chunk = rows[start:start + step]
+            chunk += self.ls2(self.mlp(self.norm2(chunk)))
+        return x

@@ -1,0 +1,252 @@
+"""Autoregressive image models as a training task: Image GPT and VQGAN's transformer over codes.
+
+The model turns images into token sequences (``model.tokens(images) -> Tensor[B, N]``: palette indices
+or a frozen tokenizer's codes), predicts each token from the ones before it (``model(tokens, labels)
+-> logits Tensor[B, N, V]``) and turns tokens back into images (``model.images_from_tokens``); its
+``gpt`` samples (:meth:`~visionzoo.generative.gpt.GPT.generate`).
+
+The step minimises the next-token cross-entropy. A class-conditional model sees the label with one
+exception in ten (``label_drop``): that label is replaced by the "no class" start token, so the same
+model also samples unconditionally. Evaluation: the mean negative log-likelihood per token over the
+split, in nats (``nll``, the headline, lower is better) and in bits (``bits``), conditional on the
+class for a class-conditional model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from visionzoo.train.task import Setup, Task, register_task
+
+GRID = 64
+COLUMNS = 8
+REPORT_SEED = 0
+# Training images the palette's k-means sees (a random subset: Shapes renders each image on demand).
+PALETTE_IMAGES = 1000
+# Image sides of a picture's cells in the reports: tiny images are enlarged (nearest) to at least this.
+MIN_CELL = 32
+
+
+def _label(target: Any) -> int:
+    """The class of a sample's target: Digits gives an int, Shapes a dict with ``"label"``."""
+    return int(target["label"] if isinstance(target, Mapping) else target)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (its own methods, ``tokens`` and ``gpt``, are not forwarded)."""
+    return getattr(model, "module", model)
+
+
+@register_task("autoregressive")
+class AutoregressiveTask(Task):
+    """Next-token training of a model over image tokens.
+
+    Args:
+        classes: the data set's class names (for the conditioning labels and the pictures).
+    """
+
+    metric = "nll"
+    higher_is_better = False
+    defaults = {"lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "ema_decay": 0.0, "grad_clip": 1.0}
+    label_drop = 0.1
+
+    def __init__(self, classes: Sequence[str] = ()):
+        super().__init__()
+        self.classes = list(classes)
+
+    def collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples → (images Tensor[B, C, H, W], labels int64 Tensor[B])."""
+        return torch.stack([image for image, _ in samples]), torch.tensor([_label(t) for _, t in samples])
+
+    def _conditioning(self, model: nn.Module, labels: torch.Tensor, drop: bool) -> torch.Tensor | None:
+        """The labels a class-conditional model is given (some replaced by "no class" when ``drop``), else None."""
+        num_classes = model.gpt.num_classes
+        if num_classes == 0:
+            return None
+        if drop and self.label_drop > 0:
+            dropped = torch.rand(labels.shape[0], generator=self.generator) < self.label_drop
+            labels = labels.masked_fill(dropped.to(labels.device), num_classes)
+        return labels
+
+    def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                      optimizer: str) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        inner = _unwrap(model)
+        with torch.no_grad():
+            tokens = inner.tokens(images)
+        logits = model(tokens, self._conditioning(inner, labels, drop=True))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+        return {"loss": loss, "bits": loss.detach() / math.log(2)}
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
+                 autocast: Callable[[], Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for images, labels in self.batches(dataset, batch_size):
+            images, labels = images.to(device), labels.to(device)
+            with autocast():
+                tokens = model.tokens(images)
+                logits = model(tokens, self._conditioning(model, labels, drop=False))
+            total += float(F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum"))
+            count += tokens.numel()
+        nll = total / max(count, 1)
+        return {"nll": nll, "bits": nll / math.log(2)}
+
+    def _labels_of(self, model: nn.Module, label: int | None, count: int) -> torch.Tensor | None:
+        if label is None:
+            return None
+        num_classes = model.gpt.num_classes
+        if num_classes == 0:
+            raise ValueError(f"label {label} given, but this model is unconditional (trained without classes)")
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label must be a class in 0..{num_classes - 1}, got {label}")
+        return torch.full((count,), int(label), dtype=torch.long)
+
+    def _generate(self, model: nn.Module, labels: torch.Tensor | None, count: int, generator: torch.Generator,
+                  autocast: Callable[[], Any], temperature: float | None, top_k: int | None,
+                  top_p: float | None) -> torch.Tensor:
+        device = next(model.parameters()).device
+        with torch.no_grad(), autocast():
+            tokens = model.gpt.generate(count, labels=None if labels is None else labels.to(device),
+                                        temperature=1.0 if temperature is None else temperature, top_k=top_k,
+                                        top_p=top_p, generator=generator)
+            images = model.images_from_tokens(tokens)
+        return images.float().clamp(0, 1).cpu()
+
+    def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
+               temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
+               label: int | None = None) -> torch.Tensor:
+        """``count`` images Tensor[count, C, H, W] in [0, 1], token by token: the logits divided by
+        ``temperature``, cut to the ``top_k`` best and to the ``top_p`` nucleus, drawn from ``generator``;
+        of class ``label`` (a class-conditional model) or unconditional (None).
+        """
+        labels = self._labels_of(model, label, count)
+        return self._generate(model, labels, count, generator, autocast, temperature, top_k, top_p)
+
+    def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
+               autocast: Callable[[], Any]) -> list[Path]:
+        """``samples.png``: 64 samples, 8 per row (one class per row for a class-conditional model); for a model
+        that completes images (Image GPT), ``completions.png``: 8 validation images, their top halves, and
+        three completions of each."""
+        from torchvision.utils import save_image
+
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(REPORT_SEED)
+        num_classes = model.gpt.num_classes
+        labels = torch.arange(GRID) // COLUMNS % num_classes if num_classes else None
+        samples = self._generate(model, labels, GRID, generator, autocast, None, None, None)
+        paths = [Path(out) / "samples.png"]
+        save_image(_enlarge(samples), paths[0], nrow=COLUMNS, padding=2, pad_value=1.0)
+        if hasattr(model, "complete") and len(dataset) >= COLUMNS:
+            images, targets = self.collate([dataset[i] for i in range(COLUMNS)])
+            images = images.to(device)
+            condition = targets.to(device) if num_classes else None
+            half = images.clone()
+            half[..., images.shape[-2] // 2:, :] = 0.5
+            with torch.no_grad(), autocast():
+                completions = [model.complete(images, generator, condition) for _ in range(3)]
+            rows = torch.cat([images, half, *completions]).float().clamp(0, 1).cpu()
+            paths.append(Path(out) / "completions.png")
+            save_image(_enlarge(rows), paths[1], nrow=COLUMNS, padding=2, pad_value=1.0)
+        return paths
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("autoregressive (image_gpt, vqgan_transformer)")
+        group.add_argument("--tokenizer", metavar="FILE",
+                           help="vqgan_transformer: the checkpoint of a trained tokenizer (a `visionzoo train` run "
+                                "of vqgan, vit_vqgan or vqvae); needed to train, not to load the prior")
+        group.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
+                           help="condition on the class (default: yes for vqgan_transformer, no for image_gpt)")
+
+    @classmethod
+    def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        """Build the model and the splits. Image GPT: ``img_size`` defaults to its registered 16 and the palette
+        is fitted on the training split. The code prior: ``--tokenizer`` gives the tokenizer's architecture,
+        weights and image size. With a ``checkpoint`` both come from it instead."""
+        from visionzoo.data import create_dataset
+        from visionzoo.models import create_model, get_model_entry
+        from visionzoo.models._registry import load_checkpoint
+
+        def splits_at(size: int | None) -> dict[str, Dataset]:
+            return {split: create_dataset(data, split, image_size=size) for split in ("train", "val", "test")}
+
+        options = dict(options or {})
+        model_args = dict(model_args)
+        entry = get_model_entry(model_name)
+        code_prior = entry.family == "code_prior"
+        if checkpoint is not None:
+            model = create_model(model_name, checkpoint=checkpoint, **model_args)
+            splits = splits_at(img_size or model.img_size)
+        else:
+            if code_prior:
+                tokenizer, tokenizer_size = _tokenizer_record(options.get("tokenizer"), model_name)
+                model_args.setdefault("tokenizer", tokenizer)
+                img_size = img_size or tokenizer_size
+            else:
+                img_size = img_size or entry.default_cfg["input_size"][-1]
+            splits = splits_at(img_size)
+            image = splits["train"][0][0]
+            model_args.setdefault("img_size", int(image.shape[-1]))
+            if not code_prior:
+                model_args.setdefault("in_chans", int(image.shape[0]))
+            conditional = options.get("class_conditional")
+            if conditional is None:
+                conditional = entry.default_cfg.get("class_conditional", False)
+            if conditional:
+                model_args.setdefault("num_classes", len(splits["train"].classes))
+            model = create_model(model_name, **model_args)
+            if code_prior:
+                load_checkpoint(model.tokenizer, options["tokenizer"], ema=True)
+                if model.in_chans != image.shape[0]:
+                    raise ValueError(f"--tokenizer {options['tokenizer']} takes {model.in_chans}-channel images, "
+                                     f"but {data} has {image.shape[0]} channels")
+            else:
+                model.fit_palette(_palette_images(splits["train"]), generator=torch.Generator().manual_seed(0))
+        image = splits["train"][0][0]
+        classes = list(getattr(splits["train"], "classes", []))
+        if model.gpt.num_classes not in (0, len(classes)):
+            raise ValueError(f"the model is conditioned on {model.gpt.num_classes} classes, {data} has {len(classes)}")
+        run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
+        return Setup(cls(classes), model, splits, run_meta)
+
+
+def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any], int | None]:
+    """The tokenizer's registry record and training image side, from its training checkpoint."""
+    from visionzoo.checkpoint import read_metadata
+
+    if not path:
+        raise ValueError(f"{model_name} needs --tokenizer FILE: the checkpoint of a trained tokenizer "
+                         "(e.g. runs/vqgan-digits/checkpoint.safetensors from `visionzoo train vqgan`)")
+    meta = read_metadata(path)
+    record = (meta or {}).get("model")
+    if not isinstance(record, Mapping) or not isinstance(record.get("name"), str):
+        raise ValueError(f"--tokenizer {path} is not a checkpoint written by `visionzoo train` (no model record)")
+    return {"name": record["name"], "args": dict(record.get("args") or {})}, (meta.get("run") or {}).get("img_size")
+
+
+def _palette_images(dataset: Dataset) -> torch.Tensor:
+    """Up to ``PALETTE_IMAGES`` training images drawn at random (seeded): Tensor[M, C, H, W]."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:PALETTE_IMAGES]
+    return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _enlarge(images: torch.Tensor) -> torch.Tensor:
+    """Tensor[B, C, S, S] → the same enlarged (nearest) to at least ``MIN_CELL`` px, grey made RGB."""
+    factor = -(-MIN_CELL // images.shape[-1])
+    if factor > 1:
+        images = F.interpolate(images, scale_factor=factor, mode="nearest")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images

@@ -1,0 +1,179 @@
+"""VQGAN's first-stage training (Esser et al. 2021) as a task: reconstruction + perceptual + adaptive-weight GAN.
+
+Each engine step runs two optimizers in order, both AdamW with taming's betas (0.5, 0.9):
+
+- ``autoencoder`` (every parameter but the discriminator's): ``L1 + L2`` reconstruction error (L1 as
+  taming; the L2 term serves PSNR, the metric we are judged on) ``+ perceptual_weight · perceptual
+  + vq loss``, and from step ``disc_start`` on ``+ λ · disc_weight · (-mean D(x̂))``. The adaptive
+  weight ``λ = ‖∇ nll‖ / (‖∇ gan‖ + 1e-4)`` is taken at the decoder's last layer (``nll`` = reconstruction
+  + perceptual), so the GAN term never outweighs the reconstruction in gradient.
+- ``discriminator`` (the model's ``discriminator`` submodule): the hinge loss on D(x) and D(x̂), reusing
+  the reconstruction x̂ of the autoencoder update of the same step (detached) instead of a second
+  forward. Before ``disc_start`` its loss is a constant zero and no discriminator weight moves.
+
+The perceptual network belongs to the task (frozen, never in the model's state dict), built at the
+first training step: VGG16 from ``--perceptual-checkpoint`` (a torchvision file) or else the classifier
+trained on the built-in data (see :mod:`visionzoo.generative.perceptual`). Evaluation, prediction and
+drawing are :class:`~visionzoo.train.reconstruction.ReconstructionTask`'s (PSNR, mse, codebook usage,
+perplexity). The model must be a tokenizer (``model(images) -> (reconstruction, indices, vq_loss,
+stats)``) with a ``discriminator`` submodule and ``last_layer_weight()``, as VQGAN is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from visionzoo.generative.patchgan import adaptive_weight, hinge_d_loss, hinge_g_loss
+from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
+from visionzoo.train.reconstruction import ReconstructionTask
+from visionzoo.train.task import Setup, register_task
+
+DISC_START = 250
+DISC_WEIGHT = 0.8
+PERCEPTUAL_WEIGHT = 1.0
+
+
+@register_task("vqgan")
+class VQGANTask(ReconstructionTask):
+    """The "vqgan" task.
+
+    Args:
+        disc_start: the step from which the discriminator trains and the GAN loss counts.
+        disc_weight: the GAN loss's weight on top of the adaptive weight (taming: 0.8).
+        perceptual_weight: the perceptual distance's weight (0 drops it).
+        perceptual: the :class:`PerceptualLoss`, or a function building it at first use; None drops it.
+    """
+
+    defaults = {"lr": 4e-4, "weight_decay": 0.0, "batch_size": 32, "ema_decay": 0.0}
+
+    def __init__(self, disc_start: int = DISC_START, disc_weight: float = DISC_WEIGHT,
+                 perceptual_weight: float = PERCEPTUAL_WEIGHT,
+                 perceptual: PerceptualLoss | Callable[[], PerceptualLoss] | None = None):
+        super().__init__()
+        if disc_start < 0:
+            raise ValueError(f"--disc-start must be a step >= 0, got {disc_start}")
+        if disc_weight < 0 or perceptual_weight < 0:
+            raise ValueError(f"loss weights must be >= 0, got --disc-weight {disc_weight}, "
+                             f"--perceptual-weight {perceptual_weight}")
+        self.disc_start = disc_start
+        self.disc_weight = disc_weight
+        self.perceptual_weight = perceptual_weight
+        self._perceptual = perceptual if perceptual_weight > 0 else None
+        self._cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------------------- optimizers
+    def optimizer_names(self) -> tuple[str, str]:
+        return ("autoencoder", "discriminator")
+
+    def optimizer_options(self, optimizer: str) -> dict[str, Any]:
+        return {"betas": (0.5, 0.9)}
+
+    def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
+        """The discriminator's parameters for ``discriminator``, all the others for ``autoencoder``;
+        no weight decay on biases and norms (1-D)."""
+        if optimizer not in self.optimizer_names():
+            raise ValueError(f"the vqgan task has optimizers {self.optimizer_names()}, got {optimizer!r}")
+        critic = {id(p) for p in model.discriminator.parameters()}
+        decay, no_decay = [], []
+        for param in model.parameters():
+            if param.requires_grad and (id(param) in critic) == (optimizer == "discriminator"):
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # -------------------------------------------------------------------------------- losses
+    def perceptual(self, device: torch.device) -> PerceptualLoss | None:
+        """The perceptual distance on ``device`` (built at the first call), or None without one."""
+        if self._perceptual is not None and not isinstance(self._perceptual, nn.Module):
+            self._perceptual = self._perceptual()
+        return None if self._perceptual is None else self._perceptual.to(device)
+
+    def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
+        core = getattr(model, "module", model)  # the model inside DistributedDataParallel
+        active = self.step >= self.disc_start
+        if optimizer == "discriminator":
+            return self._discriminator_step(core, batch, active)
+        reconstruction, _, vq_loss, stats = model(batch)
+        reconstruction, images = reconstruction.float(), batch.float()
+        rec = (reconstruction - images).abs().mean() + F.mse_loss(reconstruction, images)
+        perceptual_loss = self.perceptual(batch.device)
+        perceptual = (perceptual_loss(reconstruction, images).mean() if perceptual_loss is not None
+                      else rec.new_zeros(()))
+        nll = rec + self.perceptual_weight * perceptual
+        loss = nll + vq_loss
+        g_loss, weight = rec.new_zeros(()), rec.new_zeros(())
+        if active:
+            g_loss = hinge_g_loss(core.discriminator(reconstruction * 2 - 1))
+            weight = adaptive_weight(nll, g_loss, core.last_layer_weight()) * self.disc_weight
+            loss = loss + weight * g_loss
+        self._cache = (self.step, batch, reconstruction.detach())
+        return {"loss": loss, "rec": rec.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.detach(),
+                "g_loss": g_loss.detach(), "adaptive_weight": weight, "disc_active": rec.new_tensor(float(active)),
+                "perplexity": stats["perplexity"].detach(), "codes_used": stats["usage"].detach()}
+
+    def _discriminator_step(self, core: nn.Module, batch: torch.Tensor, active: bool) -> dict[str, torch.Tensor]:
+        cache, self._cache = self._cache, None
+        if not active:
+            # A leaf, so backward runs and the discriminator's gradients stay None: AdamW leaves it untouched.
+            zero = torch.zeros((), device=batch.device, requires_grad=True)
+            return {"loss": zero, "d_loss": zero.detach(), "disc_active": zero.detach()}
+        if cache is None or cache[0] != self.step or cache[1] is not batch:
+            raise ValueError("the vqgan discriminator step reuses the reconstruction of the same step's autoencoder "
+                             "step; run training_step(model, batch, 'autoencoder') first")
+        real_logits = core.discriminator(batch * 2 - 1)
+        fake_logits = core.discriminator(cache[2] * 2 - 1)
+        d_loss = hinge_d_loss(real_logits, fake_logits)
+        return {"loss": d_loss, "d_loss": d_loss.detach(), "disc_active": d_loss.new_ones(()),
+                "logits_real": real_logits.detach().float().mean(), "logits_fake": fake_logits.detach().float().mean()}
+
+    # ------------------------------------------------------------------------------- pictures
+    def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
+               autocast: Callable[[], Any]) -> list[Path]:
+        """``reconstructions.png``: the first 8 images of ``dataset`` above their reconstructions."""
+        from torchvision.utils import make_grid
+
+        from visionzoo.train.drawing import to_pil
+
+        device = next(model.parameters()).device
+        images = self.collate([dataset[i] for i in range(min(8, len(dataset)))]).to(device)
+        with autocast():
+            reconstruction = model(images)[0]
+        pairs = torch.cat([images.float(), reconstruction.float().clamp(0, 1)]).cpu()
+        path = out / "reconstructions.png"
+        to_pil(make_grid(pairs, nrow=len(images), padding=2, pad_value=1.0), min_side=256).save(path)
+        return [path]
+
+    # ------------------------------------------------------------------------------ CLI, setup
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("VQGAN")
+        group.add_argument("--disc-start", type=int, default=DISC_START, metavar="STEP",
+                           help=f"step from which the discriminator trains and the GAN loss counts (default {DISC_START})")
+        group.add_argument("--disc-weight", type=float, default=DISC_WEIGHT,
+                           help=f"GAN loss weight on top of the adaptive weight (default {DISC_WEIGHT})")
+        group.add_argument("--perceptual-weight", type=float, default=PERCEPTUAL_WEIGHT,
+                           help=f"LPIPS-style perceptual loss weight (default {PERCEPTUAL_WEIGHT}; 0 drops it)")
+        group.add_argument("--perceptual-checkpoint", metavar="FILE",
+                           help="torchvision vgg16 weights for the perceptual loss "
+                                "(default: the classifier trained on the built-in data)")
+
+    @classmethod
+    def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        meta = setup.run_meta
+        build = functools.partial(build_perceptual_loss, options.get("perceptual_checkpoint"), data,
+                                  meta["img_size"], meta["in_chans"])
+        setup.task = cls(disc_start=options.get("disc_start", DISC_START),
+                         disc_weight=options.get("disc_weight", DISC_WEIGHT),
+                         perceptual_weight=options.get("perceptual_weight", PERCEPTUAL_WEIGHT), perceptual=build)
+        return setup

@@ -1,0 +1,48 @@
+"""VQGAN's second stage: a GPT over a frozen tokenizer's code grid, rebuilt from the tokenizer's record."""
+
+import pytest
+import torch
+
+from visionzoo.models import create_model
+
+TOKENIZER = {"name": "vqvae_small", "args": {"in_chans": 1, "channels": 16, "res_channels": 8, "embed_dim": 8,
+                                             "num_codes": 32}}
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+
+
+def test_the_prior_models_the_tokenizers_code_grid():
+    torch.manual_seed(0)
+    model = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, num_classes=10, **TINY)
+    assert model.grid_size == (4, 4) and model.gpt.seq_len == 16 and model.gpt.vocab_size == 32
+    images = torch.rand(3, 1, 16, 16)
+    tokens = model.tokens(images)
+    assert tokens.shape == (3, 16) and torch.equal(tokens, model.tokenizer.encode(images).flatten(1))
+    logits = model(tokens, torch.tensor([0, 5, 10]))
+    assert logits.shape == (3, 16, 32)
+    decoded = model.images_from_tokens(tokens)
+    assert decoded.shape == (3, 1, 16, 16) and 0 <= decoded.min() and decoded.max() <= 1
+    with pytest.raises(ValueError, match=r"Tensor\[B, 1, 16, 16\]"):
+        model.tokens(torch.rand(3, 1, 32, 32))
+
+
+def test_the_tokenizer_is_frozen_in_eval_mode_and_saved_with_the_prior():
+    model = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, **TINY)
+    model.train()
+    assert model.gpt.training and not model.tokenizer.training and not model.tokenizer.quantizer.training
+    assert not any(p.requires_grad for p in model.tokenizer.parameters())
+    assert all(p.requires_grad for p in model.gpt.parameters())
+    state = model.state_dict()
+    assert "tokenizer.quantizer.codebook" in state and "tokenizer.encoder.layers.0.weight" in state
+    codebook = {k: v.clone() for k, v in state.items() if k.startswith("tokenizer.")}
+    model(model.tokens(torch.rand(4, 1, 16, 16))).sum().backward()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in codebook.items())  # no EMA update in train mode
+    rebuilt = create_model("vqgan_transformer", **model.model_args)
+    rebuilt.load_state_dict(state)  # the record rebuilds the same architecture
+    assert model.model_args["tokenizer"] == TOKENIZER
+
+
+def test_a_missing_tokenizer_record_is_a_clear_error():
+    with pytest.raises(ValueError, match="tokenizer="):
+        create_model("vqgan_transformer")
+    with pytest.raises(ValueError, match="unknown model 'vqvae_tiny'"):
+        create_model("vqgan_transformer", tokenizer={"name": "vqvae_tiny"})

@@ -1,0 +1,109 @@
+"""Image GPT: k-means palette, pixel ↔ token round trip, completion, learning on 8×8 Digits, linear probes."""
+
+import math
+
+import pytest
+import torch
+
+from visionzoo.generative.image_gpt import (
+    kmeans,
+    layer_features,
+    plot_probe_curve,
+    probe_accuracies,
+    raw_pixel_probe,
+)
+from visionzoo.models import create_model
+from visionzoo.train import TrainConfig
+from visionzoo.train.run import load_for_inference, run_training
+
+TINY = dict(embed_dim=32, depth=3, num_heads=2)
+
+
+def test_kmeans_finds_separated_clusters_and_is_seeded():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.1, 0.1, 0.1], [0.9, 0.2, 0.2], [0.3, 0.8, 0.5]])
+    points = (centres[:, None] + 0.02 * torch.randn(3, 200, 3, generator=generator)).reshape(-1, 3)
+    found = kmeans(points, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.cdist(found, centres).min(1).values.max() < 0.01
+    assert torch.equal(found, kmeans(points, 3, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="M >= k"):
+        kmeans(points[:2], 3)
+
+
+def test_palette_fit_and_pixel_token_round_trip():
+    model = create_model("image_gpt_small", in_chans=3, img_size=4, palette_size=4, **TINY)
+    colours = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.5, 1.0], [1.0, 1.0, 1.0]])
+    ids = torch.randint(0, 4, (20, 4, 4), generator=torch.Generator().manual_seed(0))
+    images = colours[ids].permute(0, 3, 1, 2)
+    model.fit_palette(images, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.palette, colours)  # darkest first
+    tokens = model.tokens(images)
+    assert tokens.shape == (20, 16) and torch.equal(tokens, ids.flatten(1))  # raster order
+    assert torch.equal(model.images_from_tokens(tokens), images)
+    noisy = (images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    nearest = torch.cdist(noisy.permute(0, 2, 3, 1).reshape(-1, 3), colours).argmin(1).reshape(20, 16)
+    assert torch.equal(model.tokens(noisy), nearest)
+    with pytest.raises(ValueError, match=r"Tensor\[B, 3, 4, 4\]"):
+        model.tokens(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"Tensor\[B, 16\]"):
+        model.images_from_tokens(torch.zeros(2, 15, dtype=torch.long))
+
+
+def test_complete_keeps_the_top_half():
+    torch.manual_seed(0)
+    model = create_model("image_gpt_small", in_chans=1, img_size=6, **TINY).eval()
+    images = torch.rand(3, 1, 6, 6)
+    completed = model.complete(images, torch.Generator().manual_seed(0), top_k=5)
+    assert completed.shape == images.shape
+    quantised = model.images_from_tokens(model.tokens(images))
+    assert torch.equal(completed[..., :3, :], quantised[..., :3, :])
+    assert not torch.equal(completed[..., 3:, :], quantised[..., 3:, :])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Image GPT trained for 60 steps on 8×8 Digits (a few seconds)."""
+    out = tmp_path_factory.mktemp("image_gpt") / "run"
+    config = TrainConfig(out=str(out), max_steps=60, batch_size=32, lr=3e-3, overwrite=True, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    setup, result = run_training("image_gpt_small", "digits", config, 8, TINY)
+    return setup, result, out
+
+
+def test_a_tiny_image_gpt_learns_digits(trained):
+    setup, result, out = trained
+    model = setup.model.eval()
+    assert model.palette.shape == (16, 1) and model.gpt.num_classes == 0
+    val = torch.stack([image for image, _ in setup.splits["val"]])
+    counts = torch.bincount(model.tokens(val).flatten(), minlength=16).float()
+    unigram = float(-(counts / counts.sum() * (counts / counts.sum()).clamp_min(1e-12).log()).sum())
+    # Well below the uniform log 16 and below the entropy of the palette histogram: it uses the context.
+    assert result.metrics["nll"] < 0.7 * math.log(16) and result.metrics["nll"] < unigram - 0.2
+    assert result.metrics["bits"] == pytest.approx(result.metrics["nll"] / math.log(2))
+    assert (out / "samples.png").is_file() and (out / "completions.png").is_file()
+    reloaded = load_for_inference("image_gpt_small", out / "checkpoint.safetensors")
+    assert torch.equal(reloaded.model.palette, model.palette)  # the palette travels in the checkpoint
+
+
+def test_linear_probes_give_one_accuracy_per_layer_and_a_curve(trained, tmp_path):
+    setup, _, _ = trained
+    model = setup.model
+    train = setup.splits["train"]
+    test = setup.splits["test"]
+    train_images = torch.stack([train[i][0] for i in range(400)])
+    train_labels = [train[i][1] for i in range(400)]
+    test_images = torch.stack([test[i][0] for i in range(len(test))])
+    test_labels = [test[i][1] for i in range(len(test))]
+    features = layer_features(model, test_images, batch_size=64)
+    assert len(features) == TINY["depth"] + 1 and all(f.shape == (len(test), 32) for f in features)
+    accuracies = probe_accuracies(model, train_images, train_labels, test_images, test_labels)
+    assert len(accuracies) == TINY["depth"] + 1
+    assert all(0 <= a <= 1 for a in accuracies) and max(accuracies) > 0.3  # ten classes: chance is 0.1
+    raw = raw_pixel_probe(train_images, train_labels, test_images, test_labels)
+    assert 0.8 < raw <= 1
+    path = plot_probe_curve(accuracies, raw, tmp_path / "probe.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seeds = plot_probe_curve([accuracies, [a * 0.9 for a in accuracies]], None, tmp_path / "seeds.png")
+    assert seeds.stat().st_size > 1000
+    with pytest.raises(ValueError, match="list per layer"):
+        plot_probe_curve([[[0.5]]], None, tmp_path / "bad.png")

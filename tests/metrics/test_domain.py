@@ -1,0 +1,105 @@
+"""Domain features: the classifier learns its data, is cached once, and serves `visionzoo fid --features domain`."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from visionzoo.cli import main
+from visionzoo.metrics import domain
+from visionzoo.metrics.domain import DomainFeatures, domain_features, train_domain_classifier
+from visionzoo.metrics.fid import FID
+
+
+def test_the_classifier_learns_digits():
+    model, accuracy = train_domain_classifier("digits", 16, 1, steps=150)
+    assert accuracy > 0.9  # chance is 0.1
+    assert not model.training
+
+
+def test_shapes_targets_mark_every_class_and_colour_present():
+    target = {"labels": torch.tensor([1, 3]), "colors": torch.tensor([0, 6])}
+    multi_hot = domain.domain_targets("shapes", target)
+    assert multi_hot.nonzero().flatten().tolist() == [0, 2, 6, 12]
+
+
+def test_features_and_maps_have_the_documented_shapes():
+    model = DomainFeatures(3, 13, stem_stride=2).eval()
+    images = torch.rand(2, 3, 64, 64)
+    maps = model.feature_maps(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8)]
+    torch.testing.assert_close(model(images), maps[-1].mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match=r"Tensor\[B, 3, H, W\]"):
+        model(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="at least 8 px"):
+        model(torch.rand(2, 3, 4, 4))
+
+
+def test_domain_features_train_once_then_load_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+    calls = []
+
+    def quick(data, image_size, in_chans):
+        calls.append(data)
+        return train_domain_classifier(data, image_size, in_chans, steps=5)
+
+    monkeypatch.setattr(domain, "train_domain_classifier", quick)
+    images = torch.rand(4, 1, 16, 16)
+    first = domain_features("digits", 16)
+    second = domain_features("Digits", 16)
+    assert calls == ["digits"]
+    assert (tmp_path / "domain" / "digits-16px-1ch-v1.safetensors").is_file()
+    torch.testing.assert_close(first(images), second(images))
+    assert not any(p.requires_grad for p in second.parameters())
+    with pytest.raises(ValueError, match="domain features exist for digits, shapes"):
+        domain_features("cifar", 32)
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        domain_features("digits", 16, checkpoint=tmp_path / "nowhere.safetensors")
+
+
+def write_folder(folder, seed, count=6, size=20):
+    folder.mkdir()
+    generator = np.random.default_rng(seed)
+    for index in range(count):
+        pixels = (generator.random((size, size)) * (255 - 100 * seed)).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{index}.png")
+    return folder
+
+
+def test_fid_command_with_domain_features_equals_the_fid_class(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = DomainFeatures(1, 10).eval()
+    weights = tmp_path / "digits-domain.safetensors"
+    save_file(model.state_dict(), weights)
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    assert main(["fid", str(folder_a), str(folder_b), "--features", "domain", "--data", "digits",
+                 "--img-size", "16", "--checkpoint", str(weights)]) == 0
+    printed = float(capsys.readouterr().out.split("FID:")[1])
+
+    from visionzoo.train.run import load_images
+
+    fid = FID(model)
+    for folder, real in ((folder_a, True), (folder_b, False)):
+        fid.update(load_images(sorted(folder.iterdir()), 16, 1), real=real)
+    assert printed == pytest.approx(fid.compute(), rel=1e-5)
+    assert printed > 0
+
+
+def test_fid_command_bad_domain_arguments_are_one_line(tmp_path, capsys):
+    folder = write_folder(tmp_path / "a", 0)
+    assert main(["fid", str(folder), str(folder), "--features", "domain"]) != 0
+    assert "--features domain needs --data" in capsys.readouterr().err
+    assert main(["fid", str(folder), str(folder), "--data", "digits"]) != 0
+    assert "add --features domain" in capsys.readouterr().err
+
+
+def test_fid_refuses_images_outside_the_unit_range():
+    fid = FID(DomainFeatures(1, 10))
+    with pytest.raises(ValueError, match=r"images in \[0, 1\]; these span \[0, 255\]"):
+        fid.update(torch.full((2, 1, 16, 16), 255.0).index_fill_(2, torch.tensor([0]), 0.0), real=True)
+    fid.update(torch.rand(1, 1, 16, 16), real=True)
+    fid.update(torch.rand(3, 1, 16, 16), real=False)
+    with pytest.raises(ValueError, match="at least 2 real images, has 1"):
+        fid.compute()
+

@@ -1,0 +1,119 @@
+"""The autoregressive task: batches, label dropping, NLL, sampling, the code prior over a trained tokenizer, the CLI."""
+
+import contextlib
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visionzoo.checkpoint import read_checkpoint
+from visionzoo.cli import main
+from visionzoo.models import create_model
+from visionzoo.train import TrainConfig
+from visionzoo.train.autoregressive import AutoregressiveTask
+from visionzoo.train.run import load_for_inference, run_training
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2)
+VQVAE = dict(channels=16, res_channels=8, embed_dim=8, num_codes=32)
+
+
+def config(out, steps):
+    return TrainConfig(out=str(out), max_steps=steps, batch_size=32, lr=2e-3, overwrite=True, progress=False,
+                       checkpoint_every=10**9, precision="fp32")
+
+
+def tiny_image_gpt(num_classes=0):
+    torch.manual_seed(0)
+    return create_model("image_gpt_small", in_chans=1, img_size=4, num_classes=num_classes, **TINY)
+
+
+def test_collate_reads_digits_and_shapes_targets():
+    task = AutoregressiveTask()
+    images, labels = task.collate([(torch.zeros(1, 4, 4), 3), (torch.ones(1, 4, 4), 7)])
+    assert images.shape == (2, 1, 4, 4) and labels.tolist() == [3, 7]
+    _, labels = task.collate([(torch.zeros(3, 4, 4), {"label": 2, "boxes": None})])
+    assert labels.tolist() == [2]
+
+
+def test_a_tenth_of_the_labels_is_dropped_in_training_only():
+    task = AutoregressiveTask()
+    task.generator.manual_seed(0)
+    labels = torch.arange(4000) % 10
+    dropped = task._conditioning(tiny_image_gpt(num_classes=10), labels, drop=True)
+    share = float((dropped == 10).float().mean())
+    assert share == pytest.approx(0.1, abs=0.02)
+    assert torch.equal(dropped[dropped != 10], labels[dropped != 10])
+    assert torch.equal(task._conditioning(tiny_image_gpt(num_classes=10), labels, drop=False), labels)
+    assert task._conditioning(tiny_image_gpt(), labels, drop=True) is None
+
+
+def test_evaluate_is_the_mean_token_nll_in_nats_and_bits():
+    task = AutoregressiveTask()
+    model = tiny_image_gpt(num_classes=3).eval()
+    generator = torch.Generator().manual_seed(0)
+    dataset = [(torch.rand(1, 4, 4, generator=generator), i % 3) for i in range(10)]
+    with torch.no_grad():
+        metrics = task.evaluate(model, dataset, 4, contextlib.nullcontext)
+        images, labels = task.collate(dataset)
+        tokens = model.tokens(images)
+        expected = F.cross_entropy(model(tokens, labels).flatten(0, 1), tokens.flatten())
+    assert metrics["nll"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["bits"] == pytest.approx(float(expected) / math.log(2), rel=1e-5)
+
+
+def test_sample_gives_images_from_the_seed_and_checks_the_label():
+    task = AutoregressiveTask()
+    model = tiny_image_gpt(num_classes=3).eval()
+    images = task.sample(model, 5, torch.Generator().manual_seed(1), contextlib.nullcontext, top_k=4, label=2)
+    assert images.shape == (5, 1, 4, 4) and 0 <= images.min() and images.max() <= 1
+    again = task.sample(model, 5, torch.Generator().manual_seed(1), contextlib.nullcontext, top_k=4, label=2)
+    assert torch.equal(images, again)
+    with pytest.raises(ValueError, match="0..2"):
+        task.sample(model, 2, torch.Generator(), contextlib.nullcontext, label=3)
+    with pytest.raises(ValueError, match="unconditional"):
+        task.sample(tiny_image_gpt().eval(), 2, torch.Generator(), contextlib.nullcontext, label=0)
+
+
+def test_the_code_prior_trains_over_a_tokenizer_checkpoint_and_samples(tmp_path):
+    run_training("vqvae_small", "digits", config(tmp_path / "tokenizer", 5), 16, VQVAE)
+    tokenizer = tmp_path / "tokenizer" / "checkpoint.safetensors"
+    setup, result = run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 30), None, TINY,
+                                 options={"tokenizer": str(tokenizer)})
+    model = setup.model.eval()
+    assert model.img_size == 16 and model.grid_size == (4, 4) and model.gpt.num_classes == 10  # from the tokenizer
+    trained, _ = read_checkpoint(tokenizer)
+    state = model.state_dict()
+    assert all(torch.equal(state["tokenizer." + k[len("model."):]], v) for k, v in trained.items()
+               if k.startswith("model."))  # loaded, then never trained
+    assert result.metrics["nll"] < math.log(32) - 0.5
+    images = setup.task.sample(model, 6, torch.Generator().manual_seed(0), contextlib.nullcontext, label=4, top_p=0.9)
+    assert images.shape == (6, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert (tmp_path / "prior" / "samples.png").is_file() and not (tmp_path / "prior" / "completions.png").exists()
+    tokenizer.unlink()  # the prior's checkpoint alone rebuilds both stages
+    reloaded = load_for_inference("vqgan_transformer", tmp_path / "prior" / "checkpoint.safetensors")
+    assert all(torch.equal(v, state[k]) for k, v in reloaded.model.state_dict().items())
+    assert torch.equal(reloaded.task.sample(reloaded.model.eval(), 6, torch.Generator().manual_seed(0),
+                                            contextlib.nullcontext, label=4, top_p=0.9), images)
+
+
+def test_the_code_prior_without_tokenizer_is_one_clear_error(tmp_path, capsys):
+    run = tmp_path / "prior"
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--out", str(run)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--tokenizer FILE" in error and not run.exists()
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--out", str(run),
+                 "--tokenizer", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_class_conditional_image_gpt_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "2", "--out", str(run),
+            "--class-conditional", "--no-progress", "--model-arg", "embed_dim=16", "--model-arg", "depth=1"]
+    assert main(argv) == 0
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["model"]["args"]["num_classes"] == 10 and meta["model"]["args"]["img_size"] == 8
+    assert meta["task"]["classes"] == [str(d) for d in range(10)]
+    assert "val nll" in capsys.readouterr().out

@@ -1,0 +1,151 @@
+"""The gan task: each update moves only its own network, a short run on Digits writes a checkpoint, samples and
+a finite FID, resume is exact, sampling is seeded."""
+
+import contextlib
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.checkpoint import read_checkpoint
+from visionzoo.generative.dcgan import DCGAN
+from visionzoo.metrics import domain
+from visionzoo.train import TrainConfig
+from visionzoo.train.gan import GANTask
+from visionzoo.train.run import build_setup, load_for_inference, run_training
+
+TINY = dict(latent_dim=8, generator_width=4, discriminator_width=4)
+
+
+@pytest.fixture
+def tiny_domain_features(monkeypatch):
+    """An untrained, seeded stand-in for the cached domain classifier (training it takes a minute)."""
+    calls = []
+
+    def features(data, image_size, in_chans=None):
+        calls.append((data, image_size, in_chans))
+        torch.manual_seed(0)
+        return domain.DomainFeatures(in_chans, widths=(4, 8, 8)).eval()
+
+    monkeypatch.setattr(domain, "domain_features", features)
+    return calls
+
+
+def optimizers(task, model):
+    return {name: torch.optim.AdamW(task.parameter_groups(model, name, 0.05), lr=1e-2, **task.optimizer_options(name))
+            for name in task.optimizer_names()}
+
+
+def snapshot(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(module, before):
+    return {name for name, p in module.named_parameters() if not torch.equal(p, before[name])}
+
+
+def test_each_update_moves_only_its_own_network_and_the_generator_reuses_the_step_fakes():
+    torch.manual_seed(0)
+    model = DCGAN(in_chans=1, img_size=16, **TINY).train()
+    task = GANTask("digits", 16, 1)
+    assert task.optimizer_names() == ("discriminator", "generator")
+    assert task.optimizer_options("generator") == {"betas": (0.5, 0.999)}
+    steps = optimizers(task, model)
+    groups = [p for opt in steps.values() for group in opt.param_groups for p in group["params"]]
+    assert len(groups) == len(set(map(id, groups))) == len(list(model.parameters()))
+    assert all(group["weight_decay"] == 0 for opt in steps.values() for group in opt.param_groups)
+
+    generator_calls = []
+    model.generator.register_forward_hook(lambda *_: generator_calls.append(1))
+    batch = torch.rand(8, 1, 16, 16)
+    task.step = 0
+    for name, optimizer in steps.items():
+        before_g, before_d = snapshot(model.generator), snapshot(model.discriminator)
+        optimizer.zero_grad(set_to_none=True)
+        losses = task.training_step(model, batch, name)
+        losses["loss"].backward()
+        optimizer.step()
+        moved, still = (model.discriminator, model.generator) if name == "discriminator" else \
+            (model.generator, model.discriminator)
+        before_moved, before_still = (before_d, before_g) if name == "discriminator" else (before_g, before_d)
+        assert changed(still, before_still) == set(), f"the {name} update moved the other network"
+        assert changed(moved, before_moved) == set(before_moved), f"the {name} update left parameters unchanged"
+        assert torch.isfinite(losses["loss"])
+    assert len(generator_calls) == 1, "the generator update should score the discriminator update's fakes"
+    assert set(losses) == {"loss", "g_loss"}
+    with pytest.raises(ValueError, match="'model'"):
+        task.training_step(model, batch, "model")
+
+
+def test_discriminator_loss_is_the_non_saturating_bce():
+    torch.manual_seed(0)
+    model = DCGAN(in_chans=1, img_size=16, **TINY)
+    task = GANTask("digits", 16, 1)
+    task.generator.manual_seed(5)
+    batch = torch.rand(4, 1, 16, 16)
+    losses = task.training_step(model, batch, "discriminator")
+    fakes = model(model.sample_latents(4, torch.Generator().manual_seed(5)))
+    real, fake = model.discriminate(batch), model.discriminate(fakes)
+    expected = -(real.sigmoid().log().mean() + (1 - fake.sigmoid()).log().mean())
+    torch.testing.assert_close(losses["loss"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["d_real"], real.sigmoid().mean())
+    torch.testing.assert_close(losses["d_fake"], fake.sigmoid().mean())
+
+
+def config(out, steps, **kwargs):
+    return TrainConfig(out=str(out), max_steps=steps, batch_size=16, checkpoint_every=2, eval_every=0,
+                       progress=False, precision="fp32", warmup_steps=0, min_lr_ratio=1.0, **kwargs)
+
+
+def test_a_short_run_on_digits_writes_a_checkpoint_samples_and_a_finite_fid(tmp_path, tiny_domain_features):
+    setup, result = run_training("dcgan", "digits", config(tmp_path / "run", 3, overwrite=True), 16, TINY)
+    assert isinstance(setup.task, GANTask) and result.steps == 3
+    assert tiny_domain_features[-1] == ("digits", 16, 1)
+    metrics = result.metrics
+    assert set(metrics) == {"fid", "d_accuracy", "d_accuracy_real", "d_accuracy_fake"}
+    assert torch.isfinite(torch.tensor(metrics["fid"])) and metrics["fid"] > 0
+    assert 0 <= metrics["d_accuracy"] <= 1
+    with Image.open(tmp_path / "run" / "samples.png") as grid:
+        assert grid.size == (2 + 8 * (16 + 2), 2 + 8 * (16 + 2))
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["task"] == {"name": "gan", "data": "digits", "img_size": 16, "in_chans": 1}
+    assert meta["run"]["img_size"] == 16 and meta["model"]["args"]["img_size"] == 16
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"discriminator/d_loss", "discriminator/d_real", "discriminator/d_fake",
+            "generator/g_loss"} <= set(logged[0])
+
+    reloaded = load_for_inference("dcgan", tmp_path / "run" / "checkpoint.safetensors")
+    assert isinstance(reloaded.task, GANTask) and reloaded.task.img_size == 16
+    model = reloaded.model.eval()
+    first = reloaded.task.sample(model, 5, torch.Generator().manual_seed(1), contextlib.nullcontext)
+    second = reloaded.task.sample(model, 5, torch.Generator().manual_seed(1), contextlib.nullcontext,
+                                  temperature=None, top_k=None, top_p=None, label=None)
+    assert first.shape == (5, 1, 16, 16) and torch.equal(first, second)
+    assert 0 <= first.min() and first.max() <= 1
+    with pytest.raises(ValueError, match="label, top_k does not apply"):
+        reloaded.task.sample(model, 5, torch.Generator(), contextlib.nullcontext, top_k=5, label=3)
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, tiny_domain_features):
+    torch.manual_seed(0)  # the same initial weights
+    run_training("dcgan", "digits", config(tmp_path / "straight", 4), 16, TINY)
+    torch.manual_seed(0)
+    run_training("dcgan", "digits", config(tmp_path / "resumed", 2), 16, TINY)
+    run_training("dcgan", "digits", config(tmp_path / "resumed", 4, resume=True), 16, TINY)
+    straight, _ = read_checkpoint(tmp_path / "straight" / "checkpoint.safetensors")
+    resumed, meta = read_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors")
+    assert meta["step"] == 4 and straight.keys() == resumed.keys()
+    assert any(key.startswith("optimizer.generator.") for key in straight)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_setup_takes_the_data_channels_and_size():
+    setup = build_setup("dcgan", "digits", None, TINY)
+    assert (setup.model.in_chans, setup.model.img_size) == (1, 32)
+    assert setup.run_meta == {"data": "digits", "img_size": 32, "in_chans": 1}
+    with pytest.raises(ValueError, match="img_size=64 does not fit the digits images' 32"):
+        build_setup("dcgan", "digits", 32, {**TINY, "img_size": 64})
+    with pytest.raises(ValueError, match="power of two of at least 16, got 24"):
+        build_setup("dcgan", "digits", 24, TINY)

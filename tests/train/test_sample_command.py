@@ -1,0 +1,54 @@
+"""`visionzoo sample`: a seeded grid and per-image PNGs from a trained generative model; bad requests are one line."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.cli import main
+from visionzoo.metrics import domain
+from visionzoo.train import TrainConfig
+from visionzoo.train.run import run_training
+
+TINY_GAN = dict(latent_dim=8, generator_width=4, discriminator_width=4)
+
+
+@pytest.fixture(scope="module")
+def gan_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gan") / "run"
+    patch = pytest.MonkeyPatch()
+    patch.setattr(domain, "domain_features", lambda data, size, in_chans=None: domain.DomainFeatures(in_chans, widths=(4, 8, 8)))
+    try:
+        run_training("dcgan", "digits", TrainConfig(out=str(out), max_steps=2, batch_size=16, progress=False,
+                                                    precision="fp32"), 16, TINY_GAN)
+    finally:
+        patch.undo()
+    return out / "checkpoint.safetensors"
+
+
+def test_sample_writes_a_seeded_grid_and_the_single_images(gan_checkpoint, tmp_path):
+    grid, images = tmp_path / "grid.png", tmp_path / "images"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "6", "--nrow", "3", "--out", str(grid)]
+    assert main(args + ["--images-dir", str(images)]) == 0
+    with Image.open(grid) as picture:
+        assert picture.size == (2 + 3 * 18, 2 + 2 * 18)
+        first = torch.from_numpy(np.asarray(picture).copy())
+    assert sorted(p.name for p in images.iterdir()) == [f"{i:05d}.png" for i in range(6)]
+    assert main(args) != 0  # the grid exists: refused without --overwrite
+    assert main(args + ["--overwrite"]) == 0
+    with Image.open(grid) as picture:
+        assert torch.equal(torch.from_numpy(np.asarray(picture).copy()), first)
+    assert main(args + ["--overwrite", "--seed", "1"]) == 0
+    with Image.open(grid) as picture:
+        assert not torch.equal(torch.from_numpy(np.asarray(picture).copy()), first)
+
+
+def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "grid.png")
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", out, "--top-k", "5"]) != 0
+    assert "top_k" in capsys.readouterr().err
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "grid.gif")]) != 0
+    assert "--out must be a .png or .jpg" in capsys.readouterr().err
+    assert main(["sample", "resnet18", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out]) != 0
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "grid.png").exists()

@@ -1,0 +1,114 @@
+"""The "vqgan" task: two optimizers, the discriminator switching on at --disc-start, training through the engine."""
+
+import json
+
+import pytest
+import torch
+
+from visionzoo.checkpoint import read_checkpoint
+from visionzoo.cli import main
+from visionzoo.generative.perceptual import PerceptualLoss
+from visionzoo.generative.vqgan import VQGAN
+from visionzoo.metrics import domain
+from visionzoo.metrics.domain import DomainFeatures
+from visionzoo.train import TrainConfig
+from visionzoo.train.run import run_training
+from visionzoo.train.vqgan import VQGANTask
+
+TINY = dict(ch=8, ch_mult=(1, 2, 2), z_channels=8, embed_dim=8, num_codes=32, disc_width=8)
+
+
+@pytest.fixture
+def untrained_domain_features(monkeypatch):
+    """An untrained classifier stands in for the cached domain one (training it is not this test's business)."""
+    monkeypatch.setattr(domain, "domain_features", lambda data, image_size, in_chans: DomainFeatures(in_chans))
+
+
+def test_parameter_groups_split_the_discriminator_from_the_rest():
+    model = VQGAN(in_chans=1, **TINY)
+    task = VQGANTask()
+    assert task.optimizer_names() == ("autoencoder", "discriminator")
+    assert task.optimizer_options("discriminator") == {"betas": (0.5, 0.9)}
+    groups = {name: [p for g in task.parameter_groups(model, name, 0.1) for p in g["params"]]
+              for name in task.optimizer_names()}
+    assert {id(p) for p in groups["discriminator"]} == {id(p) for p in model.discriminator.parameters()}
+    assert len(groups["autoencoder"]) + len(groups["discriminator"]) == len(list(model.parameters()))
+    assert not {id(p) for p in groups["autoencoder"]} & {id(p) for p in groups["discriminator"]}
+
+
+def test_the_discriminator_step_reuses_the_reconstruction_and_starts_at_disc_start():
+    torch.manual_seed(0)
+    model = VQGAN(in_chans=1, **TINY)
+    task = VQGANTask(disc_start=1, perceptual=PerceptualLoss(DomainFeatures(1).feature_maps))
+    batch = torch.rand(4, 1, 16, 16)
+    losses = task.training_step(model, batch, "autoencoder")
+    assert losses["disc_active"] == 0 and losses["g_loss"] == 0 and losses["perceptual"] > 0
+    idle = task.training_step(model, batch, "discriminator")
+    assert idle["loss"] == 0 and idle["loss"].requires_grad
+    idle["loss"].backward()
+    assert all(p.grad is None for p in model.discriminator.parameters())
+
+    task.step = 1
+    with pytest.raises(ValueError, match="autoencoder"):  # the reconstruction of step 0 is not reused
+        task.training_step(model, batch, "discriminator")
+    losses = task.training_step(model, batch, "autoencoder")
+    assert losses["disc_active"] == 1 and losses["adaptive_weight"] > 0
+    losses["loss"].backward()
+    assert model.last_layer_weight().grad is not None
+    reconstruction = task._cache[2]
+    critic = task.training_step(model, batch, "discriminator")
+    real, fake = model.discriminator(batch * 2 - 1), model.discriminator(reconstruction * 2 - 1)
+    expected = 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+    assert critic["d_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="disc-start"):
+        VQGANTask(disc_start=-1)
+    with pytest.raises(ValueError, match="perceptual-weight"):
+        VQGANTask(perceptual_weight=-1.0)
+
+
+def test_a_short_run_switches_the_discriminator_on_at_disc_start(tmp_path, untrained_domain_features):
+    out = tmp_path / "run"
+    options = {"disc_start": 3, "disc_weight": 0.8, "perceptual_weight": 1.0, "perceptual_checkpoint": None}
+
+    def config(steps, resume=False):
+        return TrainConfig(out=str(out), max_steps=steps, batch_size=8, overwrite=not resume, resume=resume,
+                           progress=False, checkpoint_every=10**9, precision="fp32")
+
+    run_training("vqgan", "digits", config(3), 16, TINY, options)
+    before, _ = read_checkpoint(out / "checkpoint.safetensors")
+    setup, result = run_training("vqgan", "digits", config(6, resume=True), 16, TINY, options)
+    after, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert isinstance(setup.task, VQGANTask) and setup.task.disc_start == 3 and result.steps == 6
+    assert {"psnr", "codebook_usage", "perplexity"} <= set(result.metrics)
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "split" not in r]
+    assert [r["autoencoder/disc_active"] for r in steps] == [0, 0, 0, 1, 1, 1]
+    assert [r["discriminator/disc_active"] for r in steps] == [0, 0, 0, 1, 1, 1]
+    assert all(r["discriminator/d_loss"] == 0 and r["autoencoder/g_loss"] == 0 for r in steps[:3])
+    assert all(r["discriminator/d_loss"] > 0 and r["autoencoder/adaptive_weight"] > 0 for r in steps[3:])
+    assert all(r["autoencoder/perceptual"] > 0 and r["autoencoder/rec"] > 0 for r in steps)
+
+    # No discriminator update before disc_start: its optimizer holds no state yet; after it, the weights moved.
+    assert not any(k.startswith("optimizer.discriminator.") for k in before)
+    assert any(k.startswith("optimizer.discriminator.") for k in after)
+    critic = [k for k in before if k.startswith("model.discriminator.") and k.endswith("weight")]
+    assert critic and all(not torch.equal(before[k], after[k]) for k in critic)
+    assert not torch.equal(before["model.decoder.conv_out.weight"], after["model.decoder.conv_out.weight"])
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_visionzoo_train_vqgan(tmp_path, untrained_domain_features, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "2", "--batch-size", "8",
+            "--disc-start", "1", "--perceptual-weight", "0.5", "--out", str(out), "--no-progress",
+            "--precision", "fp32", "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]", "--model-arg",
+            "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8", "--model-arg", "disc_width=8"]
+    assert main(args) == 0
+    assert "val psnr" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
+    assert [r["autoencoder/disc_active"] for r in records] == [0, 1]
+    assert (out / "reconstructions.png").is_file() and (out / "checkpoint.safetensors").is_file()
