@@ -1,14 +1,28 @@
 """Generative models trained on built-in data on this CPU, one model per run, each writing its JSON result.
 
-``--model vqvae``: ``vqvae_small`` (512 codes) trained from scratch for ``--minutes`` on Digits at
-32 px and on Shapes at 64 px, through the engine (``visionzoo train``'s path). Reported on the test
-split: reconstruction PSNR, the share of the 512 codes in use and the codes' perplexity; beside it
-the untrained codec at the same bit rate: k-means vector quantisation of the raw pixel patches
-(patch = the VQ-VAE's downsampling factor, so the same code grid), with as many centroids as codes,
-fitted on the training images (scikit-learn's MiniBatchKMeans).
+Tokenizers (``--model vqvae|vqgan|vit_vqgan``): trained from scratch for ``--minutes`` on Digits at 32 px
+and on Shapes at 64 px through the engine (``visionzoo train``'s path). Reported on the test split:
+reconstruction PSNR, the share of the codes in use and the codes' perplexity, and for the VQGANs the share
+of steps with the discriminator on; beside it the untrained codec at the same bit rate: k-means vector
+quantisation of the raw pixel patches (patch = the downsampling factor, so the same code grid), with as
+many centroids as codes, fitted on the training images (scikit-learn's MiniBatchKMeans). The run folder
+is kept under ``runs/bench/`` for the priors.
+
+Samplers (``--model vqgan_transformer|image_gpt|dcgan``, and ``baselines``): the domain FID
+(:mod:`visionzoo.metrics.domain`) of as many samples as the test split has images, against the test
+split, with a 95% bootstrap interval; ``baselines`` gives the reference points: the FID between the
+val and test splits (real against real) and that of a per-pixel Gaussian fitted to the training set.
+Images of another side than the domain network's (Image GPT's 16 px) are resized to it, and so are the
+real images they are compared with. ``--model vqgan_transformer --tokenizer vqgan`` trains the prior
+over the codes of ``runs/bench/vqgan-DATA``. ``--model image_gpt`` also runs linear probes on every
+layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
 
     python benchmarks/generative.py --model vqvae --minutes 4
-    python benchmarks/generative.py --model vqvae --minutes 9.5 --data shapes
+    python benchmarks/generative.py --model vqgan --minutes 5 --data digits
+    python benchmarks/generative.py --model vqgan_transformer --tokenizer vqgan --minutes 4 --data digits
+    python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
+    python benchmarks/generative.py --model dcgan --minutes 4 --data digits
+    python benchmarks/generative.py --model baselines
 """
 
 from __future__ import annotations
@@ -16,21 +30,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
+from visionzoo.data import create_dataset
+from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
+from visionzoo.metrics.fid import FID
 from visionzoo.train import TrainConfig
+from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
 from visionzoo.train.reconstruction import psnr
 from visionzoo.train.run import run_training
 
 RESULTS = Path(__file__).parent / "results"
+RUNS = Path("runs/bench")
 DATA = (("digits", 32), ("shapes", 64))
+TOKENIZERS = {"vqvae": ("vqvae_small", "vqvae_small"), "vqgan": ("vqgan", "vqgan_f8"),
+              "vit_vqgan": ("vit_vqgan", "vit_vqgan_64")}  # (Digits 32 px, Shapes 64 px)
+CI_SAMPLES = 200
 
 
 def patches(images: torch.Tensor, size: int) -> np.ndarray:
@@ -56,43 +78,227 @@ def stack(dataset, count: int | None = None) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def vqvae(minutes: float, only: list[str] | None = None) -> dict[str, Any]:
+def train(model: str, data: str, size: int, minutes: float, out: Path, seed: int = 0,
+          model_args: dict[str, Any] | None = None, options: dict[str, Any] | None = None, **config: Any):
+    """One run through the engine, kept in ``out``; (setup, result, wall seconds)."""
+    settings = {"batch_size": 64, "precision": "auto", **config}
+    run_config = TrainConfig(out=str(out), minutes=minutes, overwrite=True, progress=False, eval_every=0,
+                             checkpoint_every=10**9, seed=seed, **settings)
+    start = time.perf_counter()
+    setup, result = run_training(model, data, run_config, size, model_args, options)
+    return setup, result, time.perf_counter() - start
+
+
+def disc_active_share(run: Path) -> float:
+    """The share of logged training steps whose discriminator was on (the vqgan task logs ``disc_active``)."""
+    flags = [line["autoencoder/disc_active"] for line in map(json.loads, (run / METRICS_NAME).read_text().splitlines())
+             if "autoencoder/disc_active" in line]
+    return sum(flags) / max(1, len(flags))
+
+
+def tokenizer(kind: str, minutes: float, only: list[str] | None, disc_start: int | None) -> dict[str, Any]:
     rows = {}
-    for data, size in DATA:
+    for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            config = TrainConfig(out=str(Path(tmp) / "run"), minutes=minutes, batch_size=64, lr=1e-3, overwrite=True,
-                                 progress=False, eval_every=0, checkpoint_every=10**9, precision="auto")
-            start = time.perf_counter()
-            setup, result = run_training("vqvae_small", data, config, size)
-            wall = time.perf_counter() - start
+        options = {"disc_start": disc_start} if kind != "vqvae" and disc_start is not None else None
+        run = RUNS / f"{kind}-{data}"
+        setup, result, wall = train(name, data, size, minutes, run, options=options,
+                                    **({"lr": 1e-3} if kind == "vqvae" else {}))
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
         codes = model.quantizer.num_codes
-        factor = 2 ** model.downsample
-        baseline = kmeans_psnr(stack(setup.splits["train"], 2000), stack(setup.splits["test"]), codes, factor)
-        rows[data] = {"img_size": size, "code_grid": size // factor, "codes": codes, "steps": result.steps,
-                      "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
-                      "test": test, "kmeans_patch_vq_psnr": baseline}
-        print(f"vqvae_small on {data} {size}px: PSNR {test['psnr']:.2f} dB, codes in use "
-              f"{test['codebook_usage']:.3f}, perplexity {test['perplexity']:.1f} ({result.steps} steps, "
-              f"{result.train_seconds:.0f} s); k-means patch VQ {baseline:.2f} dB", flush=True)
+        grid = model.encode(setup.splits["test"][0][0][None]).shape[-1]
+        baseline = kmeans_psnr(stack(setup.splits["train"], 2000), stack(setup.splits["test"]), codes, size // grid)
+        row = {"model": name, "img_size": size, "code_grid": grid, "codes": codes, "steps": result.steps,
+               "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1), "test": test,
+               "kmeans_patch_vq_psnr": baseline, "checkpoint": str(run / CHECKPOINT_NAME)}
+        if kind != "vqvae":
+            row["disc_active_share"] = disc_active_share(run)
+        rows[data] = row
+        print(f"{name} on {data} {size}px: PSNR {test['psnr']:.2f} dB, codes in use {test['codebook_usage']:.3f}, "
+              f"perplexity {test['perplexity']:.1f} ({result.steps} steps, {result.train_seconds:.0f} s"
+              + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
+              + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
     return {"minutes": minutes, "threads": torch.get_num_threads(), "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------ sample quality
+def to_domain(images: torch.Tensor, data: str) -> torch.Tensor:
+    """Images at any side → the domain network's side (bilinear, antialiased), clamped to [0, 1]."""
+    side = DEFAULT_SIZES[data]
+    if images.shape[-1] != side:
+        images = F.interpolate(images.float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return images.float().clamp(0, 1)
+
+
+def domain_fid(data: str, real: torch.Tensor, generated: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Domain FID of ``generated`` against ``real`` with its 95% bootstrap interval."""
+    fid = FID(domain_features(data, DEFAULT_SIZES[data]), batch_size=250, keep_features=True)
+    fid.update(to_domain(real, data), real=True)
+    fid.update(to_domain(generated, data), real=False)
+    low, high = fid.confidence_interval(CI_SAMPLES, seed=seed)
+    return {"fid": fid.compute(), "ci_low": low, "ci_high": high, "real": len(real), "generated": len(generated)}
+
+
+def fmt(entry: dict[str, float]) -> str:
+    return f"{entry['fid']:.2f} [{entry['ci_low']:.2f}, {entry['ci_high']:.2f}]"
+
+
+def baselines(only: list[str] | None, sizes: dict[str, list[int]]) -> dict[str, Any]:
+    """Real-vs-real (val against test) and per-pixel Gaussian FIDs at each side the samplers use."""
+    rows = {}
+    for data, _ in DATA:
+        if only and data not in only:
+            continue
+        for size in sizes[data]:
+            train_images = stack(create_dataset(data, "train", image_size=size))
+            val, test = (stack(create_dataset(data, split, image_size=size)) for split in ("val", "test"))
+            mean, std = train_images.mean(0), train_images.std(0)
+            gaussian = (mean + std * torch.randn(len(test), *mean.shape, generator=torch.Generator().manual_seed(0)))
+            row = {"real_vs_real": domain_fid(data, test, val), "per_pixel_gaussian": domain_fid(data, test, gaussian.clamp(0, 1))}
+            rows[f"{data}-{size}"] = row
+            print(f"{data} at {size}px: real vs real {fmt(row['real_vs_real'])}, per-pixel Gaussian "
+                  f"{fmt(row['per_pixel_gaussian'])}", flush=True)
+    return {"rows": rows}
+
+
+def sampler_fid(setup, data: str, count: int, per_class: bool, seed: int = 0, **settings: Any) -> tuple[dict, float]:
+    """Domain FID of ``count`` samples (classes in turn for a class-conditional model) against the test split."""
+    test = stack(setup.splits["test"])
+    generator = torch.Generator().manual_seed(seed)
+    autocast = autocast_context(torch.device("cpu"), "auto")
+    model = setup.model.eval()
+    start = time.perf_counter()
+    if per_class:
+        classes = len(setup.splits["train"].classes)
+        parts = [setup.task.sample(model, len(chunk), generator, autocast, label=int(label), **settings)
+                 for label, chunk in enumerate(torch.arange(count).tensor_split(classes))]
+        samples = torch.cat(parts)
+    else:
+        samples = setup.task.sample(model, count, generator, autocast, **settings)
+    seconds = time.perf_counter() - start
+    return domain_fid(data, test, samples), seconds / count
+
+
+def prior(tokenizer_kind: str, minutes: float, only: list[str] | None) -> dict[str, Any]:
+    rows = {}
+    for data, size in DATA:
+        if only and data not in only:
+            continue
+        checkpoint = RUNS / f"{tokenizer_kind}-{data}" / CHECKPOINT_NAME
+        if not checkpoint.is_file():
+            raise SystemExit(f"no {checkpoint}: run --model {tokenizer_kind} --data {data} first")
+        setup, result, wall = train("vqgan_transformer", data, size, minutes,
+                                    RUNS / f"vqgan_transformer-{tokenizer_kind}-{data}",
+                                    options={"tokenizer": str(checkpoint), "class_conditional": True})
+        with torch.no_grad():
+            test = setup.task.evaluate(setup.model.eval(), setup.splits["test"], 128, contextlib.nullcontext)
+        count = len(setup.splits["test"])
+        fid, seconds = sampler_fid(setup, data, count, per_class=True)
+        rows[data] = {"tokenizer": str(checkpoint), "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
+                      "test_nll": test["nll"], "fid": fid, "seconds_per_sample": seconds}
+        print(f"vqgan_transformer over {tokenizer_kind} codes, {data}: test NLL {test['nll']:.3f} nats, domain FID "
+              f"{fmt(fid)} ({result.steps} steps, {result.train_seconds:.0f} s; {seconds * 1000:.0f} ms/sample)", flush=True)
+    return {"minutes": minutes, "tokenizer": tokenizer_kind, "rows": rows}
+
+
+IMAGE_GPT_SIZES = {"digits": 16, "shapes": 16}
+
+
+def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    from visionzoo.train.autoregressive import _label
+
+    count = len(dataset) if count is None else min(count, len(dataset))
+    samples = [dataset[i] for i in range(count)]
+    return torch.stack([image for image, _ in samples]), torch.tensor([_label(t) for _, t in samples])
+
+
+def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
+    from visionzoo.generative.image_gpt import plot_probe_curve, probe_accuracies, raw_pixel_probe
+
+    rows = {}
+    for data, _ in DATA:
+        if only and data not in only:
+            continue
+        size = IMAGE_GPT_SIZES[data]
+        runs = []
+        for seed in range(seeds):
+            setup, result, wall = train(model_name, data, size, minutes, RUNS / f"{model_name}-{data}-seed{seed}", seed=seed)
+            model = setup.model.eval()
+            with torch.no_grad():
+                test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
+                train_x, train_y = probe_split(setup.splits["train"], 2000)
+                test_x, test_y = probe_split(setup.splits["test"])
+                probes = probe_accuracies(model, train_x, train_y, test_x, test_y)
+            fid, seconds = sampler_fid(setup, data, len(setup.splits["test"]), per_class=False, seed=seed)
+            runs.append({"seed": seed, "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
+                         "test_nll": test["nll"], "probes": probes, "fid": fid, "seconds_per_sample": seconds})
+            best = int(np.argmax(probes))
+            print(f"{model_name} {data} {size}px seed {seed}: NLL {test['nll']:.3f}, probes "
+                  f"{' '.join(f'{p:.3f}' for p in probes)} (best layer {best}), domain FID {fmt(fid)} "
+                  f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)
+        raw = raw_pixel_probe(train_x, train_y, test_x, test_y)
+        curves = np.array([run["probes"] for run in runs])
+        depth = curves.shape[1] - 1
+        mean = curves.mean(0)
+        best = int(np.argmax(mean))
+        plot = RESULTS / f"image_gpt_probes_{data}.png"
+        plot_probe_curve([run["probes"] for run in runs], raw, plot)
+        rows[data] = {"img_size": size, "runs": runs, "raw_pixel_probe": raw, "mean_probes": mean.tolist(),
+                      "std_probes": curves.std(0).tolist(), "best_layer": best, "layers": depth + 1,
+                      "best_in_middle_third": depth / 3 <= best <= 2 * depth / 3, "plot": str(plot)}
+        print(f"{data}: mean probe per layer {' '.join(f'{p:.3f}' for p in mean)}; raw pixels {raw:.3f}; "
+              f"best layer {best} of 0..{depth}", flush=True)
+    return {"minutes": minutes, "model": model_name, "rows": rows}
+
+
+def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
+    rows = {}
+    for data, size in DATA:
+        if only and data not in only:
+            continue
+        setup, result, wall = train("dcgan", data, size, minutes, RUNS / f"dcgan-{data}")
+        fid, seconds = sampler_fid(setup, data, len(setup.splits["test"]), per_class=False)
+        rows[data] = {"img_size": size, "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
+                      "fid": fid, "seconds_per_sample": seconds}
+        print(f"dcgan on {data} {size}px: domain FID {fmt(fid)} ({result.steps} steps, {result.train_seconds:.0f} s)",
+              flush=True)
+    return {"minutes": minutes, "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("vqvae",), required=True)
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per data set")
+    parser.add_argument("--model", required=True,
+                        choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines"))
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per data set (and seed)")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
+    parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
+                        help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
+    parser.add_argument("--disc-start", type=int, help="VQGANs: the step the discriminator starts at")
+    parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     args = parser.parse_args()
-    result = vqvae(args.minutes, args.data)
+    if args.model in TOKENIZERS:
+        result = tokenizer(args.model, args.minutes, args.data, args.disc_start)
+        name = args.model
+    elif args.model == "vqgan_transformer":
+        result = prior(args.tokenizer, args.minutes, args.data)
+        name = f"vqgan_transformer_{args.tokenizer}"
+    elif args.model.startswith("image_gpt"):
+        result = image_gpt(args.minutes, args.seeds, args.data, args.model)
+        name = args.model
+    elif args.model == "dcgan":
+        result = dcgan(args.minutes, args.data)
+        name = "dcgan"
+    else:
+        sizes = {"digits": sorted({32, IMAGE_GPT_SIZES["digits"]}), "shapes": sorted({64, IMAGE_GPT_SIZES["shapes"]})}
+        result = baselines(args.data, sizes)
+        name = "baselines"
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if not args.data else "_" + "_".join(args.data)
-    path = RESULTS / f"generative_{args.model}{suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = RESULTS / f"generative_{name}{suffix}.json"
+    path.write_text(json.dumps({"threads": torch.get_num_threads(), **result}, indent=2) + "\n")
     print(f"wrote {path}")
 
 
