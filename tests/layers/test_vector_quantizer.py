@@ -94,3 +94,13 @@ def test_bad_shapes_and_settings_are_one_clear_error():
         VectorQuantizer(4, 8, ema_decay=1.0)
     with pytest.raises(ValueError, match="at least 2 codes"):
         VectorQuantizer(1, 8)
+
+
+def test_factorised_codes_update_under_bf16_autocast():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(16, 8, code_dim=4, l2_normalize=True, dead_code_threshold=1.0).train()
+    z = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, indices, loss, _ = quantizer(z)
+    assert quantizer.codebook.dtype == torch.float32 and loss.dtype == torch.float32
+    assert out.shape == z.shape and indices.shape == (2, 4, 4)

@@ -91,7 +91,9 @@ class VectorQuantizer(nn.Module):
         channels_first = z.dim() == 4
         vectors = z.permute(0, 2, 3, 1) if channels_first else z
         grid = vectors.shape[:-1]
-        flat = self.project_in(vectors.reshape(-1, self.dim).float())
+        # The lookup and the codebook's moving averages run in float32, also under bf16 autocast.
+        with torch.autocast(z.device.type, enabled=False):
+            flat = self.project_in(vectors.reshape(-1, self.dim).float())
         if self.l2_normalize:
             flat = F.normalize(flat, dim=1)
         indices = self.lookup(flat.detach())
