@@ -66,3 +66,22 @@ def test_the_sliding_window_reuses_the_trained_rcnn_and_reports_regions(tmp_path
 def test_a_job_that_needs_another_job_is_one_clear_error(tmp_path, capsys):
     one_line_error(capsys, ["tour", "--out", str(tmp_path / "t"), "--only", "sliding-window-shapes"],
                    "uses the weights of rcnn-shapes, which has not run")
+
+
+def test_a_job_gets_an_earlier_jobs_checkpoint_as_an_option_and_samplers_show_their_samples(tmp_path, monkeypatch):
+    import visionzoo.tour as tour
+
+    tiny = {"channels": 8, "res_channels": 4, "embed_dim": 4, "num_codes": 16}
+    jobs = [tour.TourJob("vqvae-digits", "vqvae_small", "digits", img_size=16, model_args=tiny, eval_images=16),
+            tour.TourJob("prior-digits", "vqgan_transformer", "digits", uses={"tokenizer": "vqvae-digits"},
+                         model_args={"embed_dim": 16, "depth": 1, "num_heads": 2}, eval_images=16)]
+    monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
+    out = tmp_path / "tour"
+    assert main(["tour", "--out", str(out), "--minutes", "0.05", "--no-progress", "--precision", "fp32"]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+    prior = rows["prior-digits"]
+    assert prior["task"] == "autoregressive" and prior["steps"] > 0 and prior["inference_images_per_s"] > 0
+    assert prior["pictures"][0] == "prior-digits/samples.png" and (out / "prior-digits" / "samples.png").is_file()
+    assert "vqvae-digits/predictions.png" in rows["vqvae-digits"]["pictures"]
+    meta = json.loads((out / "prior-digits" / "checkpoint.json").read_text())
+    assert meta["run"]["options"]["tokenizer"] == str(out / "vqvae-digits" / "checkpoint.safetensors")

@@ -31,6 +31,7 @@ from visionzoo.train.engine import (
     prepare_run_dir,
 )
 from visionzoo.train.run import build_setup
+from visionzoo.train.task import Task
 from visionzoo.utils import closest
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,10 @@ class TourJob:
     """One row of the tour: ``model`` trained on ``data`` for ``weight`` shares of the budget.
 
     ``max_minutes`` caps the job where more time no longer changes the result; ``config`` overrides
-    engine settings (batch size, lr, ...), ``options`` are the task's own options. ``teacher_job``
-    names an earlier job whose trained model this one distils from (DeiT); ``weights_from`` an earlier
-    job whose trained weights this one evaluates without training (the sliding window runs R-CNN's
-    network over every window). ``train_images`` and ``eval_images`` limit the training and the
+    engine settings (batch size, lr, ...), ``options`` are the task's own options. ``uses`` maps a task
+    option to an earlier job whose checkpoint it is given (DeiT's ``teacher_checkpoint``, the VQGAN
+    prior's ``tokenizer``); ``weights_from`` names an earlier job whose trained weights this one
+    evaluates without training (the sliding window runs R-CNN's network over every window). ``train_images`` and ``eval_images`` limit the training and the
     validation and test images of a slow job (R-CNN's proposals are computed for those alone).
     """
 
@@ -60,7 +61,7 @@ class TourJob:
     model_args: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    teacher_job: str | None = None
+    uses: dict[str, str] = field(default_factory=dict)
     weights_from: str | None = None
     train_images: int | None = None
     eval_images: int | None = None
@@ -80,12 +81,24 @@ TOUR_JOBS: list[TourJob] = [
             eval_images=4),
     TourJob("resnet18-digits", "resnet18", "digits", max_minutes=2.0, img_size=32, config={"batch_size": 64, "lr": 2e-3}),
     TourJob("vit-digits", "vit_tiny_patch8_32", max_minutes=2.0, model_args={"global_pool": "avg"}, **_DIGITS32),
-    TourJob("deit-distilled-digits", "deit_tiny_distilled_patch8_32", max_minutes=2.0, teacher_job="resnet18-digits",
-            options={"teacher": "resnet18", "distillation": "hard"}, **_DIGITS32),
+    TourJob("deit-distilled-digits", "deit_tiny_distilled_patch8_32", max_minutes=2.0,
+            uses={"teacher_checkpoint": "resnet18-digits"}, options={"teacher": "resnet18", "distillation": "hard"},
+            **_DIGITS32),
     TourJob("swin-digits", "swin_tiny_patch2_window4_32", max_minutes=2.0, **_DIGITS32),
     TourJob("convnext-digits", "convnext_atto_32", max_minutes=2.0, **_DIGITS32),
     TourJob("vqvae-digits", "vqvae_small", "digits", max_minutes=2.0, img_size=32, config={"batch_size": 64}),
+    # The generative rows: a GAN, Image GPT, and both VQGANs with the prior over the VQGAN's codes.
+    TourJob("vqgan-digits", "vqgan", "digits", weight=0.7, max_minutes=2.0, img_size=32, options={"disc_start": 25}),
+    TourJob("vit-vqgan-digits", "vit_vqgan", "digits", weight=0.7, max_minutes=2.0, img_size=32,
+            options={"disc_start": 40}),
+    TourJob("vqgan-prior-digits", "vqgan_transformer", "digits", weight=0.7, max_minutes=2.0,
+            uses={"tokenizer": "vqgan-digits"}),
+    TourJob("dcgan-digits", "dcgan", "digits", weight=0.7, max_minutes=2.0, img_size=32),
+    TourJob("image-gpt-digits", "image_gpt_small", "digits", weight=0.7, max_minutes=2.0, img_size=16),
 ]
+# The pictures a run folder may hold: the tour's own, the loss curve, and those of the task's report.
+PICTURES = ("predictions.png", "samples.png", "reconstructions.png", "completions.png", "probes.png", "loss.png",
+            "pr_curve.png")
 
 
 def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
@@ -101,12 +114,8 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
                          overwrite=True, progress=progress, checkpoint_every=10**9, **job.config)
     options = dict(job.options)
-    if job.teacher_job is not None:
-        teacher_checkpoint = out / job.teacher_job / CHECKPOINT_NAME
-        if not teacher_checkpoint.is_file():
-            raise ValueError(f"tour job {job.name} distils from {job.teacher_job}, which has not run: "
-                             f"no {teacher_checkpoint}; run both (--only {job.teacher_job} --only {job.name})")
-        options["teacher_checkpoint"] = str(teacher_checkpoint)
+    for option, earlier in job.uses.items():
+        options[option] = str(_trained_checkpoint(job, earlier, out))
     checkpoint = None if job.weights_from is None else _trained_checkpoint(job, job.weights_from, out)
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed, as in run_training
     setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
@@ -125,17 +134,21 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         metrics = task.evaluate(model, test, 128, autocast)
     samples = [test[i] for i in range(min(64, len(test)))]
     images = torch.stack([image for image, _ in samples])
+    generates = type(task).predict is Task.predict  # a sampler: timed drawing new images, pictured by its report
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        predictions = task.predict(model, images, autocast)
+        if generates:
+            task.sample(model, len(samples), torch.Generator().manual_seed(0), autocast)
+        else:
+            predictions = task.predict(model, images, autocast)
         best = min(best, time.perf_counter() - start)
         if best > 10:  # a slow detector: one timing is precise enough
             break
-    pictures = grid([task.draw(image, p, target) for (image, target), p in list(zip(samples, predictions))[:12]])
-    picture_path = out / job.name / "predictions.png"
-    picture_path.parent.mkdir(parents=True, exist_ok=True)
-    pictures.save(picture_path)
+    (out / job.name).mkdir(parents=True, exist_ok=True)
+    if not generates:
+        pictures = grid([task.draw(image, p, target) for (image, target), p in list(zip(samples, predictions))[:12]])
+        pictures.save(out / job.name / "predictions.png")
     return {
         "name": job.name,
         "model": job.model,
@@ -150,10 +163,9 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         "value": metrics[task.metric],
         "split": "test",
         "test_metrics": metrics,
-        "inference_images_per_s": round(len(samples) / best, 2),
+        "inference_images_per_s": round(len(samples) / best, 2),  # samples drawn per second for a sampler
         "regions_per_image": _regions_per_image(model, [image for image, _ in samples[:4]]),
-        "pictures": [str(p.relative_to(out)) for p in (picture_path, out / job.name / "loss.png",
-                                                       out / job.name / "pr_curve.png") if p.exists()],
+        "pictures": [f"{job.name}/{name}" for name in PICTURES if (out / job.name / name).exists()],
     }
 
 
@@ -197,7 +209,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
     (out / "report.md").write_text(
         f"# visionzoo tour\n\nEvery family trained from scratch on built-in data within {minutes:g} minutes "
-        f"on this machine, evaluated on the test split.\n\n{table}{pictures}"
+        f"on this machine, evaluated on the test split. For the samplers (gan, autoregressive) inference img/s "
+        f"counts images drawn.\n\n{table}{pictures}"
     )
     return table
 
@@ -217,7 +230,7 @@ def _trained(row: dict[str, Any]) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=positive_float, default=18.0, help="total training budget (default 18)")
+    parser.add_argument("--minutes", type=positive_float, default=24.0, help="total training budget (default 24)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")

@@ -117,3 +117,4 @@ def test_class_conditional_image_gpt_from_the_command_line(tmp_path, capsys):
     assert meta["model"]["args"]["num_classes"] == 10 and meta["model"]["args"]["img_size"] == 8
     assert meta["task"]["classes"] == [str(d) for d in range(10)]
     assert "val nll" in capsys.readouterr().out
+    assert (run / "completions.png").is_file() and (run / "probes.png").is_file()

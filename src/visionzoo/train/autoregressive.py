@@ -32,6 +32,9 @@ COLUMNS = 8
 REPORT_SEED = 0
 # Training images the palette's k-means sees (a random subset: Shapes renders each image on demand).
 PALETTE_IMAGES = 1000
+# The run report's probes: fit on half of the validation split (up to this many images), scored on the other half.
+PROBE_IMAGES = 500
+PROBE_MIN_IMAGES = 20
 # Image sides of a picture's cells in the reports: tiny images are enlarged (nearest) to at least this.
 MIN_CELL = 32
 
@@ -136,7 +139,7 @@ class AutoregressiveTask(Task):
                autocast: Callable[[], Any]) -> list[Path]:
         """``samples.png``: 64 samples, 8 per row (one class per row for a class-conditional model); for a model
         that completes images (Image GPT), ``completions.png``: 8 validation images, their top halves, and
-        three completions of each."""
+        three completions of each, and ``probes.png``: the linear-probe accuracy of every layer."""
         from torchvision.utils import save_image
 
         device = next(model.parameters()).device
@@ -157,7 +160,22 @@ class AutoregressiveTask(Task):
             rows = torch.cat([images, half, *completions]).float().clamp(0, 1).cpu()
             paths.append(Path(out) / "completions.png")
             save_image(_enlarge(rows), paths[1], nrow=COLUMNS, padding=2, pad_value=1.0)
+        if hasattr(model, "complete") and len(dataset) >= 2 * PROBE_MIN_IMAGES:
+            paths.append(self._probe_report(model, dataset, Path(out) / "probes.png"))
         return paths
+
+    def _probe_report(self, model: nn.Module, dataset: Dataset, path: Path) -> Path:
+        """Image GPT's linear probe on every layer and on the raw pixels, fit on the first half of ``dataset``
+        (at most ``PROBE_IMAGES``) and scored on the second: the notes' evaluation, at run-folder scale."""
+        from visionzoo.generative.image_gpt import plot_probe_curve, probe_accuracies, raw_pixel_probe
+
+        count = min(len(dataset), 2 * PROBE_IMAGES) // 2 * 2
+        images, labels = self.collate([dataset[i] for i in range(count)])
+        fit, score = slice(0, count // 2), slice(count // 2, count)
+        accuracies = probe_accuracies(model, images[fit], labels[fit], images[score], labels[score])
+        raw = raw_pixel_probe(images[fit], labels[fit], images[score], labels[score])
+        return plot_probe_curve(accuracies, raw, path, title=f"Image GPT linear probes ({count // 2} fit, "
+                                                              f"{count - count // 2} scored)")
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"classes": self.classes}
