@@ -52,3 +52,11 @@ def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     assert main(["sample", "resnet18", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out]) != 0
     assert "missing.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_predict_on_a_sampler_points_to_sample(gan_checkpoint, tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    Image.new("L", (16, 16)).save(image)
+    assert main(["predict", "dcgan", str(image), "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "p")]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "use `visionzoo sample`" in error

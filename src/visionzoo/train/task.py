@@ -112,7 +112,8 @@ class Task:
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Predictions for ``images`` (Tensor[B, C, H, W] in [0, 1]), one dict per image."""
-        raise NotImplementedError
+        raise ValueError(f"{self.name} models draw new images rather than predict on given ones; "
+                         "use `visionzoo sample`")
 
     def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
                **settings: Any) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from visionzoo.generative.patchgan import adaptive_weight, hinge_d_loss, hinge_g_loss
@@ -97,10 +98,12 @@ class VQGANTask(ReconstructionTask):
         return None if self._perceptual is None else self._perceptual.to(device)
 
     def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
-        core = getattr(model, "module", model)  # the model inside DistributedDataParallel
+        if isinstance(model, DistributedDataParallel):
+            # The discriminator and the last layer are reached past the wrapper, whose gradients DDP would not average.
+            raise ValueError("the vqgan task does not run under torchrun; train a VQGAN in one process")
         active = self.step >= self.disc_start
         if optimizer == "discriminator":
-            return self._discriminator_step(core, batch, active)
+            return self._discriminator_step(model, batch, active)
         reconstruction, _, vq_loss, stats = model(batch)
         reconstruction, images = reconstruction.float(), batch.float()
         rec = (reconstruction - images).abs().mean() + F.mse_loss(reconstruction, images)
@@ -111,15 +114,15 @@ class VQGANTask(ReconstructionTask):
         loss = nll + vq_loss
         g_loss, weight = rec.new_zeros(()), rec.new_zeros(())
         if active:
-            g_loss = hinge_g_loss(core.discriminator(reconstruction * 2 - 1))
-            weight = adaptive_weight(nll, g_loss, core.last_layer_weight()) * self.disc_weight
+            g_loss = hinge_g_loss(model.discriminator(reconstruction * 2 - 1))
+            weight = adaptive_weight(nll, g_loss, model.last_layer_weight()) * self.disc_weight
             loss = loss + weight * g_loss
         self._cache = (self.step, batch, reconstruction.detach())
         return {"loss": loss, "rec": rec.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.detach(),
                 "g_loss": g_loss.detach(), "adaptive_weight": weight, "disc_active": rec.new_tensor(float(active)),
                 "perplexity": stats["perplexity"].detach(), "codes_used": stats["usage"].detach()}
 
-    def _discriminator_step(self, core: nn.Module, batch: torch.Tensor, active: bool) -> dict[str, torch.Tensor]:
+    def _discriminator_step(self, model: nn.Module, batch: torch.Tensor, active: bool) -> dict[str, torch.Tensor]:
         cache, self._cache = self._cache, None
         if not active:
             # A leaf, so backward runs and the discriminator's gradients stay None: AdamW leaves it untouched.
@@ -128,8 +131,8 @@ class VQGANTask(ReconstructionTask):
         if cache is None or cache[0] != self.step or cache[1] is not batch:
             raise ValueError("the vqgan discriminator step reuses the reconstruction of the same step's autoencoder "
                              "step; run training_step(model, batch, 'autoencoder') first")
-        real_logits = core.discriminator(batch * 2 - 1)
-        fake_logits = core.discriminator(cache[2] * 2 - 1)
+        real_logits = model.discriminator(batch * 2 - 1)
+        fake_logits = model.discriminator(cache[2] * 2 - 1)
         d_loss = hinge_d_loss(real_logits, fake_logits)
         return {"loss": d_loss, "d_loss": d_loss.detach(), "disc_active": d_loss.new_ones(()),
                 "logits_real": real_logits.detach().float().mean(), "logits_fake": fake_logits.detach().float().mean()}
