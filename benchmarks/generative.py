@@ -12,7 +12,7 @@ Samplers (``--model vqgan_transformer|image_gpt|dcgan``, and ``baselines``): the
 (:mod:`visionzoo.metrics.domain`) of as many samples as the test split has images, against the test
 split, with a 95% bootstrap interval; ``baselines`` gives the reference points: the FID between the
 val and test splits (real against real) and that of a per-pixel Gaussian fitted to the training set.
-Images of another side than the domain network's (Image GPT's 16 px) are resized to it, and so are the
+Images of another side than the domain network's (Image GPT's 8 and 16 px) are resized to it, and so are the
 real images they are compared with. ``--model vqgan_transformer --tokenizer vqgan`` trains the prior
 over the codes of ``runs/bench/vqgan-DATA``. ``--model image_gpt`` also runs linear probes on every
 layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
@@ -204,7 +204,7 @@ def prior(tokenizer_kind: str, minutes: float, only: list[str] | None) -> dict[s
     return {"minutes": minutes, "tokenizer": tokenizer_kind, "rows": rows}
 
 
-IMAGE_GPT_SIZES = {"digits": 16, "shapes": 16}
+IMAGE_GPT_SIZES = {"digits": 8, "shapes": 16}  # Digits' own 8×8 scans; Shapes' smallest side
 
 
 def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,3 +86,21 @@ def test_drop_path_rates_rise_linearly_over_all_blocks():
     assert [len(stage) for stage in rates] == [2, 1, 1]
     flat = [r for stage in rates for r in stage]
     assert flat == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_group_norm_equals_torch_on_channels_last_inputs_and_gradients():
+    from visionzoo.layers.norm import GroupNorm
+
+    torch.manual_seed(0)
+    ours, reference = GroupNorm(4, 8, eps=1e-6), torch.nn.GroupNorm(4, 8, eps=1e-6)
+    torch.nn.init.normal_(ours.weight)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    out = ours(a)
+    torch.testing.assert_close(out, reference(b))
+    (out * upstream).sum().backward()
+    (reference(b) * upstream).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(ours.weight.grad, torch.autograd.grad((reference(b) * upstream).sum(), reference.weight)[0])

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.layers.norm import GroupNorm
+
 
 class PatchGAN(nn.Module):
     """Tensor[B, in_chans, H, W] (images in [-1, 1]) → logits Tensor[B, 1, h, w], one per patch.
@@ -52,7 +54,7 @@ class PatchGAN(nn.Module):
             stride = 2 if index < n_layers else 1
             # No bias: the norm's shift replaces it.
             layers += [nn.Conv2d(channels, out, 4, stride=stride, padding=1, bias=False),
-                       nn.GroupNorm(math.gcd(32, out), out), nn.LeakyReLU(0.2)]
+                       GroupNorm(math.gcd(32, out), out), nn.LeakyReLU(0.2)]
             channels = out
         layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
         self.layers = nn.Sequential(*layers)

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.generative.patchgan import PatchGAN
+from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import VectorQuantizer
 from visionzoo.models._registry import register_model
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> GroupNorm:
     """taming's GroupNorm(32, C, eps=1e-6), with fewer groups for narrow (test-sized) layers."""
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    return GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
