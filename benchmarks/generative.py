@@ -18,7 +18,9 @@ over the codes of ``runs/bench/vqgan-DATA``. ``--model image_gpt`` also runs lin
 layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
 
     python benchmarks/generative.py --model vqvae --minutes 4
-    python benchmarks/generative.py --model vqgan --minutes 5 --data digits
+    python benchmarks/generative.py --model vqgan --minutes 5 --data digits --disc-start 100
+    python benchmarks/generative.py --model vit_vqgan --minutes 10 --data digits --disc-start 300 \
+        --perceptual-weight 0.1 --disc-weight 0.1   # the ViT-VQGAN paper's loss weights
     python benchmarks/generative.py --model vqgan_transformer --tokenizer vqgan --minutes 4 --data digits
     python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
@@ -96,12 +98,12 @@ def disc_active_share(run: Path) -> float:
     return sum(flags) / max(1, len(flags))
 
 
-def tokenizer(kind: str, minutes: float, only: list[str] | None, disc_start: int | None) -> dict[str, Any]:
+def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any]) -> dict[str, Any]:
     rows = {}
     for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
             continue
-        options = {"disc_start": disc_start} if kind != "vqvae" and disc_start is not None else None
+        options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
         setup, result, wall = train(name, data, size, minutes, run, options=options,
                                     **({"lr": 1e-3} if kind == "vqvae" else {}))
@@ -121,7 +123,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, disc_start: int
               f"perplexity {test['perplexity']:.1f} ({result.steps} steps, {result.train_seconds:.0f} s"
               + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
-    return {"minutes": minutes, "threads": torch.get_num_threads(), "rows": rows}
+    return {"minutes": minutes, "threads": torch.get_num_threads(), "options": losses, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------ sample quality
@@ -277,10 +279,14 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
     parser.add_argument("--disc-start", type=int, help="VQGANs: the step the discriminator starts at")
+    parser.add_argument("--disc-weight", type=float, help="VQGANs: the GAN loss weight (default: the task's 0.8)")
+    parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     args = parser.parse_args()
     if args.model in TOKENIZERS:
-        result = tokenizer(args.model, args.minutes, args.data, args.disc_start)
+        losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
+                  "perceptual_weight": args.perceptual_weight}
+        result = tokenizer(args.model, args.minutes, args.data, losses)
         name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)

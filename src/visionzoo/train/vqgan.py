@@ -160,10 +160,12 @@ class VQGANTask(ReconstructionTask):
         group = parser.add_argument_group("VQGAN")
         group.add_argument("--disc-start", type=int, default=DISC_START, metavar="STEP",
                            help=f"step from which the discriminator trains and the GAN loss counts (default {DISC_START})")
-        group.add_argument("--disc-weight", type=float, default=DISC_WEIGHT,
-                           help=f"GAN loss weight on top of the adaptive weight (default {DISC_WEIGHT})")
-        group.add_argument("--perceptual-weight", type=float, default=PERCEPTUAL_WEIGHT,
-                           help=f"LPIPS-style perceptual loss weight (default {PERCEPTUAL_WEIGHT}; 0 drops it)")
+        group.add_argument("--disc-weight", type=float,
+                           help=f"GAN loss weight on top of the adaptive weight (default {DISC_WEIGHT}; "
+                                "ViT-VQGAN: its paper's 0.1)")
+        group.add_argument("--perceptual-weight", type=float,
+                           help=f"LPIPS-style perceptual loss weight (default {PERCEPTUAL_WEIGHT}, 0 drops it; "
+                                "ViT-VQGAN: its paper's 0.1)")
         group.add_argument("--perceptual-checkpoint", metavar="FILE",
                            help="torchvision vgg16 weights for the perceptual loss "
                                 "(default: the classifier trained on the built-in data)")
@@ -171,8 +173,12 @@ class VQGANTask(ReconstructionTask):
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        from visionzoo.models import get_model_entry
+
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
-        options = {k: v for k, v in (options or {}).items() if v is not None}
+        # The user's options, else the model's registered loss weights (ViT-VQGAN's paper), else taming's.
+        options = {**get_model_entry(model_name).default_cfg.get("loss_weights", {}),
+                   **{k: v for k, v in (options or {}).items() if v is not None}}
         meta = setup.run_meta
         build = functools.partial(build_perceptual_loss, options.get("perceptual_checkpoint"), data,
                                   meta["img_size"], meta["in_chans"])
