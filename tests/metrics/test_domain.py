@@ -103,3 +103,19 @@ def test_fid_refuses_images_outside_the_unit_range():
     with pytest.raises(ValueError, match="at least 2 real images, has 1"):
         fid.compute()
 
+
+
+def test_fid_command_names_an_empty_folder_and_an_unreadable_image(tmp_path, capsys):
+    weights = tmp_path / "digits-domain.safetensors"
+    save_file(DomainFeatures(1, 10).state_dict(), weights)
+    good = write_folder(tmp_path / "good", 0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    domain_args = ["--features", "domain", "--data", "digits", "--img-size", "16", "--checkpoint", str(weights)]
+    assert main(["fid", str(tmp_path / "empty"), str(good), *domain_args]) == 2
+    assert "holds 0 image files; FID needs at least 2" in capsys.readouterr().err
+    broken = write_folder(tmp_path / "broken", 0)
+    (broken / "9.png").write_bytes(b"not a png")
+    assert main(["fid", str(good), str(broken), *domain_args]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "9.png cannot be read" in error
