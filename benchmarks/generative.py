@@ -19,8 +19,7 @@ layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
 
     python benchmarks/generative.py --model vqvae --minutes 4
     python benchmarks/generative.py --model vqgan --minutes 5 --data digits --disc-start 100
-    python benchmarks/generative.py --model vit_vqgan --minutes 10 --data digits --disc-start 300 \
-        --perceptual-weight 0.1 --disc-weight 0.1   # the ViT-VQGAN paper's loss weights
+    python benchmarks/generative.py --model vit_vqgan --minutes 10 --data digits --disc-start 900 --batch-size 32
     python benchmarks/generative.py --model vqgan_transformer --tokenizer vqgan --minutes 4 --data digits
     python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
@@ -98,14 +97,15 @@ def disc_active_share(run: Path) -> float:
     return sum(flags) / max(1, len(flags))
 
 
-def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any]) -> dict[str, Any]:
+def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any],
+              batch_size: int = 64) -> dict[str, Any]:
     rows = {}
     for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
             continue
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
-        setup, result, wall = train(name, data, size, minutes, run, options=options,
+        setup, result, wall = train(name, data, size, minutes, run, options=options, batch_size=batch_size,
                                     **({"lr": 1e-3} if kind == "vqvae" else {}))
         model = setup.model.eval()
         with torch.no_grad():
@@ -123,7 +123,8 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
               f"perplexity {test['perplexity']:.1f} ({result.steps} steps, {result.train_seconds:.0f} s"
               + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
-    return {"minutes": minutes, "threads": torch.get_num_threads(), "options": losses, "rows": rows}
+    return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "options": losses,
+            "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------ sample quality
@@ -282,11 +283,12 @@ def main() -> None:
     parser.add_argument("--disc-weight", type=float, help="VQGANs: the GAN loss weight (default: the task's 0.8)")
     parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
+    parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
     args = parser.parse_args()
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
-        result = tokenizer(args.model, args.minutes, args.data, losses)
+        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size)
         name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)

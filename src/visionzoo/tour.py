@@ -90,7 +90,7 @@ TOUR_JOBS: list[TourJob] = [
     # The generative rows: a GAN, Image GPT, and both VQGANs with the prior over the VQGAN's codes.
     TourJob("vqgan-digits", "vqgan", "digits", weight=0.7, max_minutes=2.0, img_size=32, options={"disc_start": 25}),
     TourJob("vit-vqgan-digits", "vit_vqgan", "digits", weight=0.7, max_minutes=2.0, img_size=32,
-            options={"disc_start": 40}),
+            config={"batch_size": 32}, options={"disc_start": 80}),
     TourJob("vqgan-prior-digits", "vqgan_transformer", "digits", weight=0.7, max_minutes=2.0,
             uses={"tokenizer": "vqgan-digits"}),
     TourJob("dcgan-digits", "dcgan", "digits", weight=0.7, max_minutes=2.0, img_size=32),
