@@ -228,8 +228,6 @@ def sample_command(args: argparse.Namespace) -> int:
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:
         settings["label"] = _class_index(args.label, getattr(setup.splits["train"], "classes", None))
-    if args.top_p is not None and args.top_p > 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     autocast = autocast_context(torch.device("cpu"), args.precision)
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

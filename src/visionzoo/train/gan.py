@@ -31,8 +31,6 @@ from torch.utils.data import Dataset
 from visionzoo.train.task import Setup, Task, register_task
 
 OPTIMIZERS = ("discriminator", "generator")
-# The sides the issue trains at when --img-size is not given (Digits' own 8 px is below DCGAN's 16).
-DEFAULT_SIZES = {"digits": 32, "shapes": 64}
 EVAL_SAMPLES = 500
 EVAL_SEED = 0
 GRID = 64
@@ -154,6 +152,7 @@ class GANTask(Task):
         """The data's channels and side become the model's ``in_chans`` and ``img_size``; ``img_size`` defaults to
         32 on Digits and 64 on Shapes."""
         from visionzoo.data import create_dataset
+        from visionzoo.metrics.domain import DEFAULT_SIZES  # Digits' own 8 px is below DCGAN's 16
         from visionzoo.models import create_model
 
         img_size = img_size or DEFAULT_SIZES.get(str(data).lower())
