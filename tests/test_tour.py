@@ -23,7 +23,7 @@ def test_list_prints_every_job(capsys):
 
 def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
     out = tmp_path / "tour"
-    argv = ["tour", "--out", str(out), "--minutes", "0.4", "--only", "faster-rcnn-shapes", "--only", "vit-digits",
+    argv = ["tour", "--out", str(out), "--minutes", "0.8", "--only", "faster-rcnn-shapes", "--only", "vit-digits",
             "--only", "vqvae-digits", "--no-progress", "--precision", "fp32"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
