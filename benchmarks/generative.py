@@ -210,16 +210,31 @@ def prior(tokenizer_kind: str, minutes: float, only: list[str] | None) -> dict[s
 IMAGE_GPT_SIZES = {"digits": 8, "shapes": 16}  # Digits' own 8×8 scans; Shapes' smallest side
 
 
-def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    from visionzoo.train.autoregressive import _label
+# What a linear probe reads out of Shapes at 16 px. The classification `label` (the largest object's shape) is
+# hardly visible there: objects are 2–5 px wide and a supervised CNN stays at chance, so the visible properties
+# are probed too: how many objects there are (1–6) and the largest object's colour (7).
+PROBE_TARGETS = {"digits": ("digit",), "shapes": ("label", "objects", "largest_color")}
 
+
+def _targets(target: Any) -> dict[str, int]:
+    if not isinstance(target, dict):
+        return {"digit": int(target)}
+    largest = int(target["area"].argmax())
+    return {"label": int(target["label"]), "objects": len(target["labels"]),
+            "largest_color": int(target["colors"][largest])}
+
+
+def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The first ``count`` images Tensor[N, C, H, W] and each probe target's labels Tensor[N]."""
     count = len(dataset) if count is None else min(count, len(dataset))
     samples = [dataset[i] for i in range(count)]
-    return torch.stack([image for image, _ in samples]), torch.tensor([_label(t) for _, t in samples])
+    targets = [_targets(t) for _, t in samples]
+    return torch.stack([image for image, _ in samples]), {k: torch.tensor([t[k] for t in targets]) for k in targets[0]}
 
 
 def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
-    from visionzoo.generative.image_gpt import plot_probe_curve, probe_accuracies, raw_pixel_probe
+    from visionzoo.generative.image_gpt import layer_features, plot_probe_curve
+    from visionzoo.metrics.probe import linear_probe_accuracy
 
     rows = {}
     for data, _ in DATA:
@@ -234,26 +249,36 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
                 test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
                 train_x, train_y = probe_split(setup.splits["train"], 2000)
                 test_x, test_y = probe_split(setup.splits["test"])
-                probes = probe_accuracies(model, train_x, train_y, test_x, test_y)
+                train_features, test_features = layer_features(model, train_x), layer_features(model, test_x)
+            probes = {name: [linear_probe_accuracy(a, train_y[name], b, test_y[name])
+                             for a, b in zip(train_features, test_features)] for name in PROBE_TARGETS[data]}
             fid, seconds = sampler_fid(setup, data, len(setup.splits["test"]), per_class=False, seed=seed)
             runs.append({"seed": seed, "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
                          "test_nll": test["nll"], "probes": probes, "fid": fid, "seconds_per_sample": seconds})
-            best = int(np.argmax(probes))
-            print(f"{model_name} {data} {size}px seed {seed}: NLL {test['nll']:.3f}, probes "
-                  f"{' '.join(f'{p:.3f}' for p in probes)} (best layer {best}), domain FID {fmt(fid)} "
+            print(f"{model_name} {data} {size}px seed {seed}: NLL {test['nll']:.3f}, domain FID {fmt(fid)} "
                   f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)
-        raw = raw_pixel_probe(train_x, train_y, test_x, test_y)
-        curves = np.array([run["probes"] for run in runs])
-        depth = curves.shape[1] - 1
-        mean = curves.mean(0)
-        best = int(np.argmax(mean))
-        plot = RESULTS / f"image_gpt_probes_{data}.png"
-        plot_probe_curve([run["probes"] for run in runs], raw, plot)
-        rows[data] = {"img_size": size, "runs": runs, "raw_pixel_probe": raw, "mean_probes": mean.tolist(),
-                      "std_probes": curves.std(0).tolist(), "best_layer": best, "layers": depth + 1,
-                      "best_in_middle_third": depth / 3 <= best <= 2 * depth / 3, "plot": str(plot)}
-        print(f"{data}: mean probe per layer {' '.join(f'{p:.3f}' for p in mean)}; raw pixels {raw:.3f}; "
-              f"best layer {best} of 0..{depth}", flush=True)
+            for name, curve in probes.items():
+                print(f"  probe {name}: {' '.join(f'{p:.3f}' for p in curve)} (best layer {int(np.argmax(curve))})",
+                      flush=True)
+        targets = {}
+        for name in PROBE_TARGETS[data]:
+            raw = linear_probe_accuracy(train_x.flatten(1), train_y[name], test_x.flatten(1), test_y[name])
+            majority = float((test_y[name] == torch.mode(train_y[name]).values).float().mean())
+            curves = np.array([run["probes"][name] for run in runs])
+            depth = curves.shape[1] - 1
+            mean = curves.mean(0)
+            best = int(np.argmax(mean))
+            plot = RESULTS / (f"image_gpt_probes_{data}.png" if name == PROBE_TARGETS[data][0]
+                              else f"image_gpt_probes_{data}_{name}.png")
+            plot_probe_curve(curves.tolist(), raw, plot, title=f"Image GPT linear probes: {data} {size} px, {name}")
+            targets[name] = {"raw_pixel_probe": raw, "majority_class": majority, "mean_probes": mean.tolist(),
+                             "std_probes": curves.std(0).tolist(), "best_layer": best,
+                             "best_in_middle_third": depth / 3 <= best <= 2 * depth / 3,
+                             "best_beats_first_and_last": bool(mean[best] > mean[0] and mean[best] > mean[-1]),
+                             "best_minus_raw": float(mean[best] - raw), "plot": str(plot)}
+            print(f"{data} {name}: mean probe per layer {' '.join(f'{p:.3f}' for p in mean)}; raw pixels {raw:.3f}; "
+                  f"majority class {majority:.3f}; best layer {best} of 0..{depth}", flush=True)
+        rows[data] = {"img_size": size, "runs": runs, "layers": depth + 1, "targets": targets}
     return {"minutes": minutes, "model": model_name, "rows": rows}
 
 

@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from visionzoo.data.shapes import CLASSES, Shapes
 from visionzoo.data.slides import ShapeSlides
+from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models import create_model
 from visionzoo.models.hipt import HIPT4K
 from visionzoo.train import TrainConfig
@@ -165,14 +165,6 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     return float((predictions == labels).float().mean())
 
 
-def linear_probe(train: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray]) -> float:
-    """Tile accuracy of a logistic regression on the frozen features (train pool -> test pool)."""
-    mean, std = train[0].mean(0), train[0].std(0) + 1e-6
-    probe = LogisticRegression(max_iter=2000, C=1.0)
-    probe.fit(((train[0] - mean) / std).numpy(), train[1])
-    return float(probe.score(((test[0] - mean) / std).numpy(), test[1]))
-
-
 def tile_vote(tile_logits: torch.Tensor, indices: np.ndarray, labels: torch.Tensor, num_classes: int) -> float:
     """Slide accuracy of the plurality of the encoder's own tile predictions (ties: the lowest class)."""
     predicted = tile_logits.argmax(-1)[torch.from_numpy(indices).flatten(1)]
@@ -214,7 +206,8 @@ def run_row(name: str, encoder: nn.Module | None, data: dict[str, ShapeSlides], 
     vit4k, seconds = train_vit4k(train_grids, train_labels, num_classes)
     row = {
         "tile_encoder": name,
-        "linear_probe_tile_accuracy": linear_probe(*[(pools[s][0], data[s].pool_labels) for s in ("train", "test")]),
+        "linear_probe_tile_accuracy": linear_probe_accuracy(pools["train"][0], data["train"].pool_labels,
+                                                             pools["test"][0], data["test"].pool_labels),
         "encode_pools_seconds": round(encode_seconds, 1),
         "vit4k_train_seconds": round(seconds, 1),
         "vit4k_train_accuracy": accuracy(vit4k, train_grids, train_labels),

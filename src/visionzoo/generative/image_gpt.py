@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT
+from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 
 
@@ -142,21 +143,6 @@ def layer_features(model: nn.Module, images: Tensor, batch_size: int = 256) -> l
     return [torch.cat(chunks) for chunks in zip(*pooled)]
 
 
-def _probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Test accuracy of a logistic regression on standardised features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(train_x, train_y)
-    return float(probe.score(test_x, test_y))
-
-
-def _labels(labels: Tensor | Sequence[int]) -> np.ndarray:
-    return torch.as_tensor(labels).cpu().numpy()
-
-
 def probe_accuracies(model: nn.Module, train_images: Tensor, train_labels: Tensor | Sequence[int],
                      test_images: Tensor, test_labels: Tensor | Sequence[int], batch_size: int = 256) -> list[float]:
     """Linear-probe test accuracy of every layer (``depth + 1`` floats, the embedding first).
@@ -166,15 +152,13 @@ def probe_accuracies(model: nn.Module, train_images: Tensor, train_labels: Tenso
     """
     train = layer_features(model, train_images, batch_size)
     test = layer_features(model, test_images, batch_size)
-    train_y, test_y = _labels(train_labels), _labels(test_labels)
-    return [_probe(a.numpy(), train_y, b.numpy(), test_y) for a, b in zip(train, test)]
+    return [linear_probe_accuracy(a, train_labels, b, test_labels) for a, b in zip(train, test)]
 
 
 def raw_pixel_probe(train_images: Tensor, train_labels: Tensor | Sequence[int], test_images: Tensor,
                     test_labels: Tensor | Sequence[int]) -> float:
     """The baseline: the same linear probe on the raw pixels Tensor[B, C, H, W] (flattened)."""
-    return _probe(train_images.flatten(1).float().cpu().numpy(), _labels(train_labels),
-                  test_images.flatten(1).float().cpu().numpy(), _labels(test_labels))
+    return linear_probe_accuracy(train_images.flatten(1), train_labels, test_images.flatten(1), test_labels)
 
 
 def plot_probe_curve(accuracies: Sequence[float] | Sequence[Sequence[float]], raw_pixel: float | None,
