@@ -127,3 +127,21 @@ def test_three_steps_of_the_vqgan_task_train_the_codec_and_the_discriminator(tmp
     images = torch.stack([setup.splits["val"][i][0] for i in range(4)])
     with torch.no_grad():
         assert torch.equal(reloaded.encode(images), setup.model.eval().encode(images))
+
+
+def test_patch_content_is_not_drowned_by_the_positions_on_low_contrast_images():
+    """Shapes' 8×8 patches vary little; unnormalised, their embeddings vary across tokens ~3× less than the
+    sin-cos positions, the first codes encode mostly position and training collapses to one code."""
+    from visionzoo.data import create_dataset
+
+    torch.manual_seed(0)
+    shapes = create_dataset("shapes", "train", image_size=64)
+    images = torch.stack([shapes[i][0] for i in range(8)])
+    encoder = create_model("vit_vqgan_64", in_chans=3).encoder
+    with torch.no_grad():
+        raw = encoder.patch_embed(images * 2 - 1)
+        tokens = encoder.embed_norm(raw)
+    positions = sincos_pos_embed_2d((8, 8), tokens.shape[-1])
+    content = tokens - tokens.mean((0, 1), keepdim=True)
+    assert content.std() > positions.std()
+    assert (raw - raw.mean((0, 1), keepdim=True)).std() < 0.5 * positions.std()  # what the normalisation fixes

@@ -1,7 +1,7 @@
 """ViT-VQGAN (Yu et al. 2022, "Vector-quantized Image Modeling with Improved VQGAN"): VQGAN with ViT codecs.
 
-The encoder cuts the image into ``patch_size`` patches (:class:`~visionzoo.layers.PatchEmbed`), adds
-fixed 2-D sin-cos positions, and runs pre-norm transformer blocks (:class:`~visionzoo.layers.Block`,
+The encoder cuts the image into ``patch_size`` patches (:class:`~visionzoo.layers.PatchEmbed`), layer-normalises
+their embeddings (our addition, against codebook collapse on low-contrast images), adds fixed 2-D sin-cos positions, and runs pre-norm transformer blocks (:class:`~visionzoo.layers.Block`,
 no class token); at the output of the blocks, as in the paper, a final LayerNorm and a two-layer
 feed-forward network with a tanh in the middle. The shared
 :class:`~visionzoo.layers.vector_quantizer.VectorQuantizer` looks each token up with the paper's
@@ -64,12 +64,16 @@ class ViTEncoder(nn.Module):
     def __init__(self, patch_size: int, in_chans: int, dim: int, depth: int, num_heads: int, mlp_ratio: float):
         super().__init__()
         self.patch_embed = PatchEmbed(None, patch_size, in_chans, dim)
+        # Normalising the patch embeddings puts the content on the scale of the fixed sin-cos positions: on
+        # low-contrast images (Shapes' 8×8 patches) the raw embeddings vary across tokens 2-3× less than the
+        # positions do, the first codes mostly encode position and training collapses to one code.
+        self.embed_norm = LayerNorm(dim)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = LayerNorm(dim)
         self.head = _tanh_ffn(dim, int(dim * mlp_ratio), dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        tokens = self.patch_embed(images)
+        tokens = self.embed_norm(self.patch_embed(images))
         p = self.patch_embed.patch_size[0]
         grid = (images.shape[-2] // p, images.shape[-1] // p)
         tokens = tokens + sincos_pos_embed_2d(grid, tokens.shape[-1], tokens.device)
