@@ -233,7 +233,7 @@ def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, dict[s
 
 
 def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
-    from visionzoo.generative.image_gpt import layer_features, plot_probe_curve
+    from visionzoo.generative.image_gpt import layer_features, plot_probe_curve, raw_pixel_probe
     from visionzoo.metrics.probe import linear_probe_accuracy
 
     rows = {}
@@ -262,7 +262,7 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
                       flush=True)
         targets = {}
         for name in PROBE_TARGETS[data]:
-            raw = linear_probe_accuracy(train_x.flatten(1), train_y[name], test_x.flatten(1), test_y[name])
+            raw = raw_pixel_probe(train_x, train_y[name], test_x, test_y[name])
             majority = float((test_y[name] == torch.mode(train_y[name]).values).float().mean())
             curves = np.array([run["probes"][name] for run in runs])
             depth = curves.shape[1] - 1

@@ -1,7 +1,8 @@
 """ViT-VQGAN (Yu et al. 2022, "Vector-quantized Image Modeling with Improved VQGAN"): VQGAN with ViT codecs.
 
-The encoder cuts the image into ``patch_size`` patches (:class:`~visionzoo.layers.PatchEmbed`), layer-normalises
-their embeddings (our addition, against codebook collapse on low-contrast images), adds fixed 2-D sin-cos positions, and runs pre-norm transformer blocks (:class:`~visionzoo.layers.Block`,
+The encoder cuts the image into ``patch_size`` patches (:class:`~visionzoo.layers.PatchEmbed`),
+layer-normalises their embeddings (our addition, against codebook collapse on low-contrast images), adds
+fixed 2-D sin-cos positions, and runs pre-norm transformer blocks (:class:`~visionzoo.layers.Block`,
 no class token); at the output of the blocks, as in the paper, a final LayerNorm and a two-layer
 feed-forward network with a tanh in the middle. The shared
 :class:`~visionzoo.layers.vector_quantizer.VectorQuantizer` looks each token up with the paper's

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 ArrayLike = Tensor | np.ndarray | Sequence[int]
 
 
 def _numpy(values: ArrayLike) -> np.ndarray:
-    return torch.as_tensor(values).detach().float().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    return values.detach().float().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
 
 
 def linear_probe_accuracy(train_features: Tensor | np.ndarray, train_labels: ArrayLike,

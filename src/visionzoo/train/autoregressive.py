@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, register_task
 
 GRID = 64
@@ -37,11 +38,6 @@ PROBE_IMAGES = 500
 PROBE_MIN_IMAGES = 20
 # Image sides of a picture's cells in the reports: tiny images are enlarged (nearest) to at least this.
 MIN_CELL = 32
-
-
-def _label(target: Any) -> int:
-    """The class of a sample's target: Digits gives an int, Shapes a dict with ``"label"``."""
-    return int(target["label"] if isinstance(target, Mapping) else target)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -68,7 +64,7 @@ class AutoregressiveTask(Task):
 
     def collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples → (images Tensor[B, C, H, W], labels int64 Tensor[B])."""
-        return torch.stack([image for image, _ in samples]), torch.tensor([_label(t) for _, t in samples])
+        return torch.stack([image for image, _ in samples]), torch.tensor([class_label(t) for _, t in samples])
 
     def _conditioning(self, model: nn.Module, labels: torch.Tensor, drop: bool) -> torch.Tensor | None:
         """The labels a class-conditional model is given (some replaced by "no class" when ``drop``), else None."""
