@@ -30,6 +30,27 @@ def test_encode_decode_give_the_forward_reconstruction():
     assert 1 <= stats["perplexity"] <= 32 and 0 < stats["usage"] <= 1
 
 
+def test_a_collapsed_codebook_is_reported(caplog):
+    torch.manual_seed(0)
+    model = create_model("vqvae_small", in_chans=1, **TINY).eval()
+    images = [(torch.rand(1, 32, 32), 0) for _ in range(4)]
+    task = ReconstructionTask()
+    inputs = []
+    handle = model.quantizer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        model(torch.stack([image for image, _ in images]))
+    handle.remove()
+    vectors = inputs[0].permute(0, 2, 3, 1).reshape(-1, TINY["embed_dim"])
+    model.quantizer.codebook.copy_(vectors[torch.randperm(len(vectors))[:32]])  # codes spread over the encoder's output
+    with torch.no_grad(), caplog.at_level("WARNING", logger="visionzoo.train.reconstruction"):
+        healthy = task.evaluate(model, images, 2, contextlib.nullcontext)
+        assert healthy["perplexity"] >= 2 and not caplog.records
+        model.quantizer.codebook.zero_()  # every distance ties: all tokens take code 0
+        collapsed = task.evaluate(model, images, 2, contextlib.nullcontext)
+    assert collapsed["perplexity"] == pytest.approx(1.0) and collapsed["codebook_usage"] == pytest.approx(1 / 32)
+    assert "collapsed: 1 of 32 codes" in caplog.text
+
+
 def test_bad_images_are_one_clear_error():
     model = create_model("vqvae_small", **TINY)
     with pytest.raises(ValueError, match=r"Tensor\[B, 3, H, W\]"):

@@ -7,6 +7,7 @@ import torch
 
 from visionzoo.checkpoint import read_checkpoint
 from visionzoo.cli import main
+from visionzoo.generative.patchgan import adaptive_weight
 from visionzoo.generative.perceptual import PerceptualLoss
 from visionzoo.generative.vqgan import VQGAN
 from visionzoo.metrics import domain
@@ -122,3 +123,35 @@ def test_vit_vqgan_takes_its_papers_loss_weights_unless_told_otherwise():
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.5, 0.1)
     setup = VQGANTask.setup("vqgan", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (1.0, 0.8)
+
+
+def test_the_autoencoder_update_equals_backpropagating_the_full_loss():
+    """The stand-in loss (each loss backpropagated to the reconstruction once) gives taming's value and gradients."""
+    torch.manual_seed(0)
+    model = VQGAN(in_chans=1, **TINY)
+    perceptual = PerceptualLoss(DomainFeatures(1).feature_maps)
+    task = VQGANTask(disc_start=0, disc_weight=0.8, perceptual=perceptual)
+    batch = torch.rand(4, 1, 16, 16)
+    task.step = 0
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # the EMA codebook moves at each forward
+    losses = task.training_step(model, batch, "autoencoder")
+    losses["loss"].backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert not any(n.startswith("discriminator.") for n in ours)  # the critic's gradients are not computed
+
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    reconstruction, _, vq_loss, _ = model(batch)
+    nll = (reconstruction - batch).abs().mean() + torch.nn.functional.mse_loss(reconstruction, batch)
+    nll = nll + perceptual(reconstruction, batch).mean()
+    g_loss = -model.discriminator(reconstruction * 2 - 1).mean()
+    weight = adaptive_weight(nll, g_loss, model.last_layer_weight()) * 0.8
+    expected = nll + vq_loss + weight * g_loss
+    expected.backward()
+    assert losses["adaptive_weight"].item() == pytest.approx(weight.item(), rel=1e-4)
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    theirs = {name: model.get_parameter(name).grad for name in ours}
+    assert set(theirs) == {n for n, p in model.named_parameters() if p.grad is not None and "discriminator" not in n}
+    scale = max(g.abs().max().item() for g in theirs.values())
+    for name, grad in ours.items():  # summation order differs: float32 noise, relative to the largest gradient
+        torch.testing.assert_close(grad, theirs[name], rtol=0, atol=1e-5 * scale, msg=name)

@@ -104,5 +104,23 @@ def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, eps:
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return _norm_ratio(rec_grad, gan_grad, eps, max_weight)
+
+
+def adaptive_weight_from_output_grads(output: Tensor, rec_grad: Tensor, gan_grad: Tensor, last_layer: Tensor,
+                                      eps: float = 1e-4, max_weight: float = 1e4) -> Tensor:
+    """:func:`adaptive_weight` from the two losses' gradients at ``output`` (the decoder's output, computed
+    from ``last_layer``; ``rec_grad`` and ``gan_grad`` shaped like it) instead of from the losses.
+
+    Backpropagating each loss to the output once, then from the output to ``last_layer`` only (a few
+    cheap nodes), spares the perceptual network's and the discriminator's second backward pass: the
+    caller reuses ``rec_grad + weight * gan_grad`` for the update. ``output``'s graph is kept.
+    """
+    rec, gan = (torch.autograd.grad(output, last_layer, grad_outputs=grad, retain_graph=True)[0]
+                for grad in (rec_grad, gan_grad))
+    return _norm_ratio(rec, gan, eps, max_weight)
+
+
+def _norm_ratio(rec_grad: Tensor, gan_grad: Tensor, eps: float, max_weight: float) -> Tensor:
     weight = rec_grad.float().norm() / (gan_grad.float().norm() + eps)
     return weight.clamp(0.0, max_weight).detach()

@@ -4,11 +4,12 @@ The model maps images in [0, 1] to ``(reconstruction, indices, vq_loss, stats)``
 the mean squared reconstruction error plus the quantizer's loss. Evaluation reports PSNR (per image,
 then averaged, with a peak of 1), the mean squared error, and the codebook's use over the whole split:
 ``codebook_usage`` (the fraction of codes chosen at least once) and ``perplexity`` (``exp`` of the
-entropy of the code histogram).
+entropy of the code histogram), with a logged warning when the codebook has collapsed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.train.task import Setup, Task, register_task
+
+log = logging.getLogger(__name__)
+# Below this perplexity nearly every token takes one code: the decoder can only draw the mean image.
+COLLAPSED_PERPLEXITY = 2.0
 
 
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -42,6 +47,7 @@ class ReconstructionTask(Task):
         return {"loss": error + vq_loss, "reconstruction": error.detach(), "vq": vq_loss.detach(),
                 "perplexity": stats["perplexity"].detach(), "codes_used": stats["usage"].detach()}
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  autocast: Callable[[], Any]) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -56,8 +62,14 @@ class ReconstructionTask(Task):
             histogram = counts if histogram is None else histogram + counts
         probabilities = histogram.float() / histogram.sum()
         entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
+        perplexity = float(entropy.exp())
+        if perplexity < COLLAPSED_PERPLEXITY:
+            log.warning("the codebook has collapsed: %d of %d codes in use, perplexity %.2f; every token takes "
+                        "nearly the same code, so reconstructions are close to the mean image (try a lower --lr, "
+                        "or check that the encoder's features vary with the image content)",
+                        int((histogram > 0).sum()), len(histogram), perplexity)
         return {"psnr": float(torch.cat(scores).mean()), "mse": float(torch.cat(errors).mean()),
-                "codebook_usage": float((histogram > 0).float().mean()), "perplexity": float(entropy.exp())}
+                "codebook_usage": float((histogram > 0).float().mean()), "perplexity": perplexity}
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Each image's reconstruction (Tensor[C, H, W] in [0, 1]), its code indices and its PSNR."""

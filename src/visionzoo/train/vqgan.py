@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from visionzoo.generative.patchgan import adaptive_weight, hinge_d_loss, hinge_g_loss
+from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
 from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
 from visionzoo.train.reconstruction import ReconstructionTask
 from visionzoo.train.task import Setup, register_task
@@ -115,8 +115,14 @@ class VQGANTask(ReconstructionTask):
         g_loss, weight = rec.new_zeros(()), rec.new_zeros(())
         if active:
             g_loss = hinge_g_loss(model.discriminator(reconstruction * 2 - 1))
-            weight = adaptive_weight(nll, g_loss, model.last_layer_weight()) * self.disc_weight
-            loss = loss + weight * g_loss
+            # Each loss is backpropagated to the reconstruction once; the update then flows back from there
+            # through a stand-in with the same value and gradient as nll + weight * g_loss.
+            rec_grad, = torch.autograd.grad(nll, reconstruction)
+            gan_grad, = torch.autograd.grad(g_loss, reconstruction)
+            weight = adaptive_weight_from_output_grads(reconstruction, rec_grad, gan_grad,
+                                                       model.last_layer_weight()) * self.disc_weight
+            stand_in = (reconstruction * (rec_grad + weight * gan_grad)).sum()
+            loss = stand_in - stand_in.detach() + (nll + weight * g_loss).detach() + vq_loss
         self._cache = (self.step, batch, reconstruction.detach())
         return {"loss": loss, "rec": rec.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.detach(),
                 "g_loss": g_loss.detach(), "adaptive_weight": weight, "disc_active": rec.new_tensor(float(active)),
