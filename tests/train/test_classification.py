@@ -85,3 +85,23 @@ def test_class_label_refuses_targets_without_an_image_label():
     assert class_label(3) == 3 and class_label({"label": 2, "boxes": None}) == 2
     with pytest.raises(ValueError, match="no image-level class labels"):
         class_label({"boxes": torch.zeros(0, 4)})
+
+
+@pytest.mark.parametrize("name, exempt", [("vit_tiny_patch8_32", {"pos_embed", "cls_token"}),
+                                          ("deit_tiny_distilled_patch8_32", {"pos_embed", "cls_token", "dist_token"}),
+                                          ("swin_tiny_patch2_window4_32", {"layers.0.blocks.0.attn.relative_position_bias_table"})])
+def test_no_weight_decay_on_the_parameters_a_model_names_as_timm(name, exempt):
+    from visionzoo.models import create_model
+
+    model = create_model(name, num_classes=10)
+    wrapped = torch.nn.ModuleDict({"backbone": model})  # as in a pretraining wrapper or DDP's module.
+    task = ClassificationTask([str(i) for i in range(10)])
+    for net, prefix in ((model, ""), (wrapped, "backbone.")):
+        decay, no_decay = task.parameter_groups(net, "main", 0.05)
+        assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+        names = {id(p): n for n, p in net.named_parameters()}
+        undecayed = {names[id(p)] for p in no_decay["params"]}
+        assert {prefix + n for n in exempt} <= undecayed
+        assert prefix + "patch_embed.proj.weight" in {names[id(p)] for p in decay["params"]}
+        assert all(p.ndim > 1 for p in decay["params"])
+        assert len(decay["params"]) + len(no_decay["params"]) == len(names)

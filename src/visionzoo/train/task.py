@@ -66,11 +66,13 @@ class Task:
         return {}
 
     def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
-        """Parameter groups of ``optimizer``: by default no weight decay on biases and norms (1-D)."""
+        """Parameter groups of ``optimizer``: by default, as timm, no weight decay on biases and norms (1-D)
+        nor on the parameters a model names in ``no_weight_decay()`` (position tables, class tokens)."""
+        exempt = no_weight_decay_names(model)
         decay, no_decay = [], []
-        for param in model.parameters():
+        for name, param in model.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -137,6 +139,17 @@ class Task:
         """The batches of ``dataset`` in order (for evaluation)."""
         for start in range(0, len(dataset), batch_size):
             yield self.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The full names of the parameters that ``model`` or any submodule lists in its ``no_weight_decay()``
+    (timm's hook), so they are found also inside a wrapper (DDP's ``module.``, a pretraining head)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{name}" if prefix else name for name in listed()}
+    return names
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
