@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from model_helpers import count, images
 
 from visionzoo.checkpoint import CheckpointError
-from visionzoo.models import create_model
+from visionzoo.models import create_model, load_checkpoint
 from visionzoo.models.hipt import (
     ViT256,
     interpolate_pos_encoding,
@@ -219,14 +219,18 @@ def test_create_model_loads_an_extracted_teacher_dict(vit256, tmp_path):
     assert with_head.head.weight.shape == (4, 384)  # the file has no classifier: the fresh one is kept
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError,
-                   reason="create_model reads files with visionzoo.checkpoint.read_checkpoint, which refuses DINO's "
-                          "argparse.Namespace and does not unwrap 'teacher': whole training states load only through "
-                          "load_official_checkpoint")
 def test_create_model_loads_a_whole_official_file(vit256, tmp_path):
-    path = dino_file(tmp_path / "vit256_small_dino.pth", vit256.state_dict())
+    """DINO's training state (teacher and student, projection heads, an argparse.Namespace) through create_model."""
+    torch.manual_seed(21)
+    student = randomise(create_model("hipt_vit256_small"), seed=22).state_dict()
+    path = dino_file(tmp_path / "vit256_small_dino.pth", vit256.state_dict(), student=student)
     model = create_model("hipt_vit256_small", checkpoint=path).eval()
-    assert torch.equal(model.pos_embed, vit256.pos_embed)
+    assert all(torch.equal(v, vit256.state_dict()[k]) for k, v in model.state_dict().items())  # the teacher's
+    fresh = create_model("hipt_vit256_small")
+    load_checkpoint(fresh, path)
+    assert torch.equal(fresh.pos_embed, vit256.pos_embed)
+    with pytest.raises(CheckpointError, match="refused for safety"):  # other families keep the safe reader
+        create_model("vit_small_patch16_224", checkpoint=path)
 
 
 def test_official_files_load_into_hipt4k_and_match_the_two_stages(vit256, tmp_path):

@@ -25,6 +25,7 @@ from visionzoo.utils import closest
 log = logging.getLogger(__name__)
 
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+CheckpointReader = Callable[[str | Path], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ModelEntry:
     first_conv: str | None = None
     classifier: tuple[str, ...] = ()
     default_cfg: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_reader: CheckpointReader | None = None
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -77,6 +79,7 @@ def register_model(
     checkpoint_filter: CheckpointFilter | None = None,
     first_conv: str | None = None,
     classifier: str | tuple[str, ...] = (),
+    checkpoint_reader: CheckpointReader | None = None,
     **default_cfg: Any,
 ):
     """Register a builder under its function name.
@@ -87,6 +90,8 @@ def register_model(
         checkpoint_filter: ``(state_dict, model) -> state_dict`` converting foreign key layouts.
         first_conv: the name of the stem conv whose weights adapt to another ``in_chans``.
         classifier: the name(s) of the head module(s) re-initialised for another ``num_classes``.
+        checkpoint_reader: ``path -> state_dict`` for the official files that the safe generic reader
+            refuses (HIPT's DINO training states hold an ``argparse.Namespace``); tried when it does.
         default_cfg: input size, mean/std and the like, as timm's ``pretrained_cfg``.
     """
 
@@ -97,7 +102,8 @@ def register_model(
         family = builder.__module__.rsplit(".", 1)[-1]
         heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         _MODELS[name] = ModelEntry(
-            name, builder, family, task, pretrained, checkpoint_filter, first_conv, heads, dict(default_cfg)
+            name, builder, family, task, pretrained, checkpoint_filter, first_conv, heads, dict(default_cfg),
+            checkpoint_reader,
         )
         return builder
 
@@ -149,7 +155,7 @@ def create_model(
     foreign = True
     source = ""
     if checkpoint is not None:
-        tensors, meta = read_checkpoint(checkpoint)
+        tensors, meta = _read_weights(entry, checkpoint)
         source = str(checkpoint)
         if meta is not None:
             saved_args = dict(_saved_model(meta, name, source).get("args") or {})
@@ -165,7 +171,7 @@ def create_model(
 
         path = download_pretrained(entry)
         source = str(path)
-        state, _ = read_checkpoint(path)
+        state, _ = _read_weights(entry, path)
 
     args = dict(kwargs)
     if num_classes is not None:
@@ -189,12 +195,22 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, ema: bool = False)
     adaptation. ``ema=True`` takes the EMA weights of our training checkpoints where they exist.
     A file that does not fit raises :class:`CheckpointError` and leaves the model unchanged.
     """
-    tensors, meta = read_checkpoint(checkpoint)
     name = getattr(model, "model_name", None)
     entry = _MODELS.get(name) if name is not None else None
+    tensors, meta = _read_weights(entry, checkpoint)
     if meta is not None and name is not None:
         _saved_model(meta, name, str(checkpoint))
     _load_state(model, entry, model_state(tensors, meta, ema=ema), meta is None, str(checkpoint))
+
+
+def _read_weights(entry: ModelEntry | None, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """:func:`read_checkpoint`, falling back on the family's own reader for official files it refuses."""
+    try:
+        return read_checkpoint(path)
+    except CheckpointError:
+        if entry is None or entry.checkpoint_reader is None:
+            raise
+        return entry.checkpoint_reader(path), None
 
 
 def _saved_model(meta: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:

@@ -412,7 +412,8 @@ def load_official_checkpoint(model: nn.Module, path: str | os.PathLike, checkpoi
 
 def _cfg(input_size: int, **extra: Any) -> dict[str, Any]:
     return dict(
-        checkpoint_filter=checkpoint_filter_fn, input_size=(3, input_size, input_size), mean=HIPT_MEAN,
+        checkpoint_filter=checkpoint_filter_fn, checkpoint_reader=read_official_checkpoint,
+        input_size=(3, input_size, input_size), mean=HIPT_MEAN,
         std=HIPT_STD, num_classes=0, **extra,
     )
 
