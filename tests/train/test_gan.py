@@ -149,3 +149,15 @@ def test_setup_takes_the_data_channels_and_size():
         build_setup("dcgan", "digits", 32, {**TINY, "img_size": 64})
     with pytest.raises(ValueError, match="power of two of at least 16, got 24"):
         build_setup("dcgan", "digits", 24, TINY)
+
+
+@pytest.mark.parametrize("model_name, model_args", [("dcgan", TINY), ("vqgan", dict(ch=8, z_channels=8, embed_dim=8,
+                                                                                       num_codes=16, disc_width=8))])
+def test_torchrun_is_refused_before_the_run_starts(tmp_path, monkeypatch, model_name, model_args):
+    """The GAN and VQGAN tasks call their parts past DDP's wrapper: under torchrun they stop before writing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"task does not run under torchrun \(.*DDP's wrapper\); train it in one process"):
+        run_training(model_name, "digits", config, 16, model_args)
+    assert not out.exists()

@@ -27,13 +27,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+def requested_world_size() -> int:
+    """The number of processes ``torchrun`` started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Uses NCCL when the device is CUDA, gloo otherwise. ``device`` None picks CUDA when available.
     A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) needs no process group.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = requested_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:

@@ -34,7 +34,13 @@ from tqdm import tqdm
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, save_checkpoint
 from visionzoo.models._registry import load_state_dict_strict
-from visionzoo.train.distributed import EpochBatchSampler, barrier, init_distributed, step_seed
+from visionzoo.train.distributed import (
+    EpochBatchSampler,
+    barrier,
+    init_distributed,
+    requested_world_size,
+    step_seed,
+)
 from visionzoo.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -233,6 +239,9 @@ class Trainer:
                  config: TrainConfig, run_meta: Mapping[str, Any] | None = None) -> None:
         self.task = task
         self.config = resolve_config(config, task)
+        if task.single_process and requested_world_size() > 1:
+            raise ValueError(f"the {task.name} task does not run under torchrun ({task.single_process}); "
+                             "train it in one process")
         self.dist = init_distributed(self.config.device)
         self.config.precision = resolve_precision(self.config.precision, self.dist.device)
         self.train_set = train_set

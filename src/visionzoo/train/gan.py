@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from visionzoo.train.task import Setup, Task, register_task
@@ -48,6 +47,7 @@ class GANTask(Task):
 
     metric = "fid"
     higher_is_better = False
+    single_process = "its generator and discriminator are called past DDP's wrapper"
     defaults = {"lr": 2e-4, "batch_size": 64, "weight_decay": 0.0, "grad_clip": 0.0, "ema_decay": 0.0}
 
     def __init__(self, data: str, img_size: int, in_chans: int, eval_samples: int = EVAL_SAMPLES):
@@ -69,7 +69,7 @@ class GANTask(Task):
         """All of the generator's or the discriminator's parameters, without weight decay (as DCGAN)."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"the gan task's optimizers are {OPTIMIZERS}, not {optimizer!r}")
-        part = getattr(_unwrap(model), optimizer)
+        part = getattr(model, optimizer)
         return [{"params": [p for p in part.parameters() if p.requires_grad], "weight_decay": 0.0}]
 
     def collate(self, samples: list[Any]) -> torch.Tensor:
@@ -77,12 +77,11 @@ class GANTask(Task):
 
     def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
         """``batch``: real images Tensor[B, C, H, W] in [0, 1]. ``optimizer``: ``"discriminator"`` or ``"generator"``."""
-        gan = _unwrap(model)
         if optimizer == "discriminator":
-            fakes = gan(gan.sample_latents(batch.shape[0], self.generator))
+            fakes = model(model.sample_latents(batch.shape[0], self.generator))
             self._fakes = (self.step, fakes)
-            real_logits = gan.discriminate(batch).float()
-            fake_logits = gan.discriminate(fakes.detach()).float()
+            real_logits = model.discriminate(batch).float()
+            fake_logits = model.discriminate(fakes.detach()).float()
             loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                     + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
             return {"loss": loss, "d_loss": loss.detach(), "d_real": real_logits.detach().sigmoid().mean(),
@@ -91,9 +90,9 @@ class GANTask(Task):
             if self._fakes is not None and self._fakes[0] == self.step:
                 fakes = self._fakes[1]
             else:  # a generator update without this step's discriminator update
-                fakes = gan(gan.sample_latents(batch.shape[0], self.generator))
+                fakes = model(model.sample_latents(batch.shape[0], self.generator))
             self._fakes = None
-            logits = gan.discriminate(fakes).float()
+            logits = model.discriminate(fakes).float()
             loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
             return {"loss": loss, "g_loss": loss.detach()}
         raise ValueError(f"the gan task's optimizers are {OPTIMIZERS}, not {optimizer!r}")
@@ -167,9 +166,3 @@ class GANTask(Task):
         run_meta = {"data": data, "img_size": size, "in_chans": in_chans}
         return Setup(cls(str(data).lower(), size, in_chans), model, splits, run_meta)
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, DistributedDataParallel):
-        # Its generator and discriminator are called directly, which DDP would not synchronise.
-        raise ValueError("the gan task does not run under torchrun; train a GAN in one process")
-    return model

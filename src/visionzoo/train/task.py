@@ -45,6 +45,8 @@ class Task:
             resumed run repeats the uninterrupted one exactly.
         step: the index of the training step being run (set by the engine before each step; a GAN's
             discriminator, for one, starts at a given step).
+        single_process: why the task cannot train under ``torchrun`` (None: it can); the engine refuses
+            such a run before it starts.
     """
 
     name = "task"
@@ -52,6 +54,7 @@ class Task:
     higher_is_better = False
     defaults: Mapping[str, Any] = {}
     find_unused_parameters = False
+    single_process: str | None = None
 
     def __init__(self) -> None:
         self.generator = torch.Generator()

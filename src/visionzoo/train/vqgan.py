@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
@@ -55,6 +54,7 @@ class VQGANTask(ReconstructionTask):
     """
 
     defaults = {"lr": 4e-4, "weight_decay": 0.0, "batch_size": 32, "ema_decay": 0.0}
+    single_process = "the discriminator and the decoder's last layer are reached past DDP's wrapper"
 
     def __init__(self, disc_start: int = DISC_START, disc_weight: float = DISC_WEIGHT,
                  perceptual_weight: float = PERCEPTUAL_WEIGHT,
@@ -98,9 +98,6 @@ class VQGANTask(ReconstructionTask):
         return None if self._perceptual is None else self._perceptual.to(device)
 
     def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
-        if isinstance(model, DistributedDataParallel):
-            # The discriminator and the last layer are reached past the wrapper, whose gradients DDP would not average.
-            raise ValueError("the vqgan task does not run under torchrun; train a VQGAN in one process")
         active = self.step >= self.disc_start
         if optimizer == "discriminator":
             return self._discriminator_step(model, batch, active)
