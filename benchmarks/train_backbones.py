@@ -8,6 +8,8 @@ One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writ
   with the teacher against the same-size DeiT without it, equal steps and recipe (DeiT's mixup and CutMix).
 * ``vit-mpp``: for 3 seeds, masked patch prediction pretraining then fine-tuning, against the same
   ViT trained from scratch for the same total number of steps.
+* ``shapes64-label-ambiguity``: no training; how close the runner-up's visible area comes to the
+  largest one's in Shapes' 64 px test split, and what a reader of areas with a given error would score.
 
     python benchmarks/train_backbones.py --job vit-digits32
     python benchmarks/train_backbones.py --job deit-distillation --job vit-mpp
@@ -70,7 +72,7 @@ BASELINE = Run("deit_tiny_patch8_32", "digits", 32, 600, options=DEIT_AUGMENTATI
 MPP_PRETRAIN = Run("vit_tiny_patch8_32", "digits", 32, 200, options={"objective": "mpp"})
 MPP_FINETUNE = Run("vit_tiny_patch8_32", "digits", 32, 200)
 SEEDS = (0, 1, 2)
-JOBS = (*SINGLE, "deit-distillation", "vit-mpp")
+JOBS = (*SINGLE, "deit-distillation", "vit-mpp", "shapes64-label-ambiguity")
 
 
 def train_and_test(run: Run, out: Path, seed: int = 0, **overrides: Any) -> dict[str, Any]:
@@ -130,6 +132,31 @@ def mpp_job(tmp: Path) -> dict[str, Any]:
             "margin": with_mpp["mean"] - without["mean"]}
 
 
+def label_ambiguity_job(repeats: int = 20) -> dict[str, Any]:
+    """Shapes' 64 px test ``label`` (the class of the largest visible object) against errors in reading areas."""
+    import numpy as np
+
+    from visionzoo.data import Shapes
+
+    dataset = Shapes("test", image_size=64)
+    scenes = [dataset.scene(i) for i in range(len(dataset))]
+    ratios = np.array([np.sort(s.visible_area)[-2] / s.visible_area.max() if len(s.classes) > 1 else 0.0
+                       for s in scenes])
+    rng = np.random.default_rng(0)
+    readers = {}
+    for error in (0.02, 0.05, 0.10, 0.20):
+        scores = []
+        for _ in range(repeats):
+            read = [s.classes[np.argmax(s.visible_area * (1 + rng.uniform(-error, error, len(s.classes))))]
+                    == s.classes[np.argmax(s.visible_area)] for s in scenes]
+            scores.append(float(np.mean(read)))
+        readers[f"{error:.2f}"] = float(np.mean(scores))
+    result = {"images": len(scenes), "runner_up_within": {f"{t:.2f}": float((ratios > 1 - t).mean()) for t in (0.05, 0.10, 0.20)},
+              "area_reader_accuracy": readers}
+    print(json.dumps(result, indent=2), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=JOBS)
@@ -145,6 +172,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if job in SINGLE:
                 result = train_and_test(SINGLE[job], Path(tmp) / "run")
+            elif job == "shapes64-label-ambiguity":
+                result = label_ambiguity_job()
             elif job == "deit-distillation":
                 result = distillation_job(Path(tmp))
             else:
