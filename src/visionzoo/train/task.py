@@ -71,15 +71,7 @@ class Task:
     def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
         """Parameter groups of ``optimizer``: by default, as timm, no weight decay on biases and norms (1-D)
         nor on the parameters a model names in ``no_weight_decay()`` (position tables, class tokens)."""
-        exempt = no_weight_decay_names(model)
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return weight_decay_groups(model, weight_decay)
 
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)
@@ -142,6 +134,18 @@ class Task:
         """The batches of ``dataset`` in order (for evaluation)."""
         for start in range(0, len(dataset), batch_size):
             yield self.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float,
+                        include: Callable[[nn.Parameter], bool] | None = None) -> list[dict[str, Any]]:
+    """``model``'s trainable parameters (those ``include`` accepts) in two AdamW groups: ``weight_decay`` on
+    the rest, none on biases and norms (1-D) or on what the model lists in ``no_weight_decay()``."""
+    exempt = no_weight_decay_names(model)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad and (include is None or include(param)):
+            (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
 from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
 from visionzoo.train.reconstruction import ReconstructionTask
-from visionzoo.train.task import Setup, register_task
+from visionzoo.train.task import Setup, register_task, weight_decay_groups
 
 DISC_START = 250
 DISC_WEIGHT = 0.8
@@ -80,15 +80,12 @@ class VQGANTask(ReconstructionTask):
 
     def parameter_groups(self, model: nn.Module, optimizer: str, weight_decay: float) -> list[dict[str, Any]]:
         """The discriminator's parameters for ``discriminator``, all the others for ``autoencoder``;
-        no weight decay on biases and norms (1-D)."""
+        no weight decay on biases and norms (1-D) nor on what the model lists in ``no_weight_decay()``."""
         if optimizer not in self.optimizer_names():
             raise ValueError(f"the vqgan task has optimizers {self.optimizer_names()}, got {optimizer!r}")
         critic = {id(p) for p in model.discriminator.parameters()}
-        decay, no_decay = [], []
-        for param in model.parameters():
-            if param.requires_grad and (id(param) in critic) == (optimizer == "discriminator"):
-                (no_decay if param.ndim <= 1 else decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return weight_decay_groups(model, weight_decay,
+                                   include=lambda param: (id(param) in critic) == (optimizer == "discriminator"))
 
     # -------------------------------------------------------------------------------- losses
     def perceptual(self, device: torch.device) -> PerceptualLoss | None:
