@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visionzoo.generative.vit_vqgan import ViTVQGAN, sincos_pos_embed_2d
+from visionzoo.generative.vit_vqgan import ViTVQGAN
+from visionzoo.layers import sincos_pos_embed_2d
 from visionzoo.models import create_model, get_model_entry
 from visionzoo.train import TrainConfig
 from visionzoo.train.run import load_for_inference, run_training
@@ -72,17 +73,6 @@ def test_gradients_reach_the_encoder_and_the_last_layer():
     assert last.grad is not None and last.grad.abs().sum() > 0
     assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0  # through the straight-through estimator
     assert all(p.grad is None for p in model.discriminator.parameters())  # the forward never runs it
-
-
-def test_sincos_positions():
-    table = sincos_pos_embed_2d((3, 5), 16)
-    assert table.shape == (15, 16) and table.dtype == torch.float32
-    torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
-    assert torch.equal(table[1, :8], table[0, :8]) and not torch.equal(table[1, 8:], table[0, 8:])  # same row
-    assert torch.equal(table[5, 8:], table[0, 8:]) and not torch.equal(table[5, :8], table[0, :8])  # same column
-    assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1  # every position distinct
-    with pytest.raises(ValueError, match="divisible by 4"):
-        sincos_pos_embed_2d((2, 2), 10)
 
 
 def test_bad_input_is_one_clear_error():

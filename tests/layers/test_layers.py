@@ -1,10 +1,18 @@
-"""Shared layers against timm's: attention, MLP, position-embedding resampling, patch embedding, DropPath."""
+"""Shared layers against timm's: attention, MLP, position embeddings (resampling, sin-cos), patch embedding, DropPath."""
 
 import pytest
 import timm.layers
 import torch
 
-from visionzoo.layers import Attention, DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed
+from visionzoo.layers import (
+    Attention,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    drop_path_rates,
+    resample_abs_pos_embed,
+    sincos_pos_embed_2d,
+)
 
 
 def test_attention_equals_timm_attention_with_the_same_weights():
@@ -48,6 +56,26 @@ def test_resample_abs_pos_embed_equals_timm(new_size):
 def test_resample_refuses_a_table_that_does_not_fit_the_grid():
     with pytest.raises(ValueError, match="does not fit"):
         resample_abs_pos_embed(torch.zeros(1, 1 + 50, 8), (4, 4), (7, 7))
+
+
+def test_sincos_positions():
+    table = sincos_pos_embed_2d((3, 5), 16)
+    assert table.shape == (15, 16) and table.dtype == torch.float32
+    torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
+    assert torch.equal(table[1, :8], table[0, :8]) and not torch.equal(table[1, 8:], table[0, 8:])  # same row
+    assert torch.equal(table[5, 8:], table[0, 8:]) and not torch.equal(table[5, :8], table[0, :8])  # same column
+    assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1  # every position distinct
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d((2, 2), 10)
+
+
+def test_sincos_positions_equal_timms_up_to_its_channel_order():
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
+    ours = sincos_pos_embed_2d((4, 6), 32)
+    sin_row, cos_row, sin_col, cos_col = ours.chunk(4, dim=1)
+    torch.testing.assert_close(torch.cat([sin_row, sin_col, cos_row, cos_col], dim=1),
+                               build_sincos2d_pos_embed([4, 6], 32), rtol=0, atol=1e-6)
 
 
 def test_patch_embed_errors_name_the_problem():

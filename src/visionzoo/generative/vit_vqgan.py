@@ -33,25 +33,9 @@ from torch import Tensor, nn
 from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers import Block, PatchEmbed
 from visionzoo.layers.block import LayerNorm
+from visionzoo.layers.pos_embed import sincos_pos_embed_2d
 from visionzoo.layers.vector_quantizer import VectorQuantizer
 from visionzoo.models._registry import register_model
-
-
-def sincos_pos_embed_2d(grid_size: tuple[int, int], dim: int, device: torch.device | None = None) -> Tensor:
-    """Fixed 2-D sin-cos positions of a token grid: float32 Tensor[gh·gw, dim], raster order.
-
-    The first half of the channels encodes the row, the second half the column, each as sines then
-    cosines of the index at ``dim / 4`` frequencies ``10000^(-k / (dim/4))`` (MAE's table). ``dim`` must
-    be a multiple of 4.
-    """
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid_size[0], dtype=torch.float64, device=device),
-                                torch.arange(grid_size[1], dtype=torch.float64, device=device), indexing="ij")
-    y, x = rows.reshape(-1, 1) * omega, cols.reshape(-1, 1) * omega
-    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1).float()
 
 
 def _tanh_ffn(dim: int, hidden: int, out: int) -> nn.Sequential:

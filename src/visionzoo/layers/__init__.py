@@ -8,9 +8,9 @@ from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.linear import Linear
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
-from visionzoo.layers.pos_embed import resample_abs_pos_embed
+from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path",
-    "drop_path_rates", "resample_abs_pos_embed",
+    "drop_path_rates", "resample_abs_pos_embed", "sincos_pos_embed_2d",
 ]

@@ -1,4 +1,4 @@
-"""Absolute position embeddings at another grid size."""
+"""Absolute position embeddings: a learnt table resampled to another grid size, and fixed 2-D sin-cos tables."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def resample_abs_pos_embed(
     grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed_2d(grid_size: tuple[int, int], dim: int, device: torch.device | None = None) -> Tensor:
+    """Fixed 2-D sin-cos positions of a token grid: float32 Tensor[gh·gw, dim], raster order.
+
+    The first half of the channels encodes the row, the second half the column, each as sines then
+    cosines of the index at ``dim / 4`` frequencies ``10000^(-k / (dim/4))``. The values are those of
+    timm's ``build_sincos2d_pos_embed`` (MAE's frequencies), whose channel order is sin row, sin column,
+    cos row, cos column. ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid_size[0], dtype=torch.float64, device=device),
+                                torch.arange(grid_size[1], dtype=torch.float64, device=device), indexing="ij")
+    y, x = rows.reshape(-1, 1) * omega, cols.reshape(-1, 1) * omega
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1).float()
