@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from visionzoo.checkpoint import model_state, read_checkpoint
-from visionzoo.cli import positive_float, register_command
+from visionzoo.cli import positive_float, positive_int, register_command
 from visionzoo.train.drawing import grid
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
@@ -109,10 +109,15 @@ def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
 
 
 def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
-            progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate on the test split, time and picture one job; its report row."""
+            progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
+    """Train, evaluate on the test split, time and picture one job; its report row.
+
+    ``max_steps`` ends the training earlier than ``minutes`` when reached, so that a run's result does not
+    depend on the machine's speed.
+    """
+    settings = {**job.config, "max_steps": max_steps} if max_steps is not None else dict(job.config)
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
-                         overwrite=True, progress=progress, checkpoint_every=10**9, **job.config)
+                         overwrite=True, progress=progress, checkpoint_every=10**9, **settings)
     options = dict(job.options)
     for option, earlier in job.uses.items():
         options[option] = str(_trained_checkpoint(job, earlier, out))
@@ -237,6 +242,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="also stop each job after this many steps (a result independent of the machine's speed)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -257,7 +264,8 @@ def tour_command(args: argparse.Namespace) -> int:
     rows = []
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
         print(f"[tour] {job.name}: {job.model} on {job.data}, {minutes:.1f} min")
-        rows.append(run_job(job, minutes, out, args.precision, progress=not args.no_progress))
+        rows.append(run_job(job, minutes, out, args.precision, progress=not args.no_progress,
+                            max_steps=args.max_steps))
     print(write_report(rows, out, args.minutes))
     print(f"report: {out / 'report.md'}")
     return 0
