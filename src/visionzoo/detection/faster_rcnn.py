@@ -31,7 +31,7 @@ from visionzoo.detection.anchors import AnchorGenerator
 from visionzoo.detection.fpn import BackboneWithFPN
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from visionzoo.detection.rpn import RegionProposalNetwork, RPNHead
-from visionzoo.detection.transform import DetectionTransform, check_targets
+from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
@@ -114,13 +114,7 @@ class FasterRCNN(nn.Module):
 
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None
                 ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if isinstance(images, Tensor) and images.dim() == 4:
-            images = list(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("FasterRCNN in train mode needs targets (a dict with boxes and labels per image)")
-            check_targets(images, targets, self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        images, original_sizes = detector_inputs(self, images, targets)
         batch, targets = self.transform(images, targets)
         images = batch.tensors
         if torch.is_autocast_enabled(images.device.type):

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.detection.proposals import selective_search, sliding_windows
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
-from visionzoo.detection.transform import DetectionTransform, check_targets, resize_boxes
+from visionzoo.detection.transform import DetectionTransform, detector_inputs, resize_boxes
 from visionzoo.models._registry import register_model
 from visionzoo.ops import clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
@@ -157,13 +157,7 @@ class ProposalDetector(nn.Module):
 
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
                 proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if isinstance(images, Tensor) and images.dim() == 4:
-            images = list(images)
-        if self.training:
-            if targets is None:
-                raise ValueError(f"{type(self).__name__} in train mode needs targets (boxes and labels per image)")
-            check_targets(images, targets, self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        images, original_sizes = detector_inputs(self, images, targets)
         if proposals is None:
             proposals = [self.propose(image.detach().float().cpu()) for image in images]
         elif len(proposals) != len(images):

@@ -33,6 +33,20 @@ def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)
 
 
+def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
+                    targets: Sequence[dict[str, Tensor]] | None) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """What every detector's forward starts with: the images as a list (a Tensor[B, 3, H, W] is split),
+    their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`)."""
+    if isinstance(images, Tensor) and images.dim() == 4:
+        images = list(images)
+    if detector.training:
+        if targets is None:
+            raise ValueError(f"{type(detector).__name__} in train mode needs targets "
+                             "(a dict with boxes and labels per image)")
+        check_targets(images, targets, detector.num_classes)
+    return list(images), [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+
+
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
     """Raise ValueError naming the image and the box for a bad training target: missing keys, boxes not
     Tensor[N, 4], a degenerate box (x2 ≤ x1 or y2 ≤ y1), or a label outside 1..num_classes-1."""
