@@ -11,8 +11,10 @@ from visionzoo.layers import (
     PatchEmbed,
     drop_path_rates,
     resample_abs_pos_embed,
+    scaled_dot_product_attention,
     sincos_pos_embed_2d,
 )
+from visionzoo.layers import attention as attention_module
 
 
 def test_attention_equals_timm_attention_with_the_same_weights():
@@ -33,6 +35,46 @@ def test_attention_bias_is_added_to_the_logits():
     weights = ((q @ k.transpose(-2, -1)) * 16 ** -0.5 + bias).softmax(-1)
     expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
     torch.testing.assert_close(attention(x, attn_bias=bias), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["plain", "bias", "causal"])
+def test_written_out_attention_in_bf16_agrees_with_the_fused_kernels(case):
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(4, 3, 17, 32, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    bias = torch.randn(3, 17, 17) if case == "bias" else None
+    causal = case == "causal"
+    ours = scaled_dot_product_attention(q, k, v, bias, causal)  # 17 keys: written out
+    grads = torch.autograd.grad(ours.float().square().sum(), (q, k, v))
+    fused = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=None if bias is None else bias.to(torch.bfloat16), is_causal=causal)
+    fused_grads = torch.autograd.grad(fused.float().square().sum(), (q, k, v))
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), fused.float(), atol=3e-2, rtol=3e-2)
+    for mine, theirs in zip(grads, fused_grads):
+        torch.testing.assert_close(mine.float(), theirs.float(), atol=0.1, rtol=5e-2)
+    if causal:  # the first query sees only the first key
+        torch.testing.assert_close(ours[:, :, 0].float(), v[:, :, 0].float(), atol=0, rtol=0)
+
+
+def test_fp32_and_long_sequences_take_the_fused_kernels_unchanged():
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
+    assert torch.equal(scaled_dot_product_attention(q, k, v, is_causal=True),
+                       torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+    keys = attention_module.EXPLICIT_MAX_KEYS + 1
+    q, k, v = (torch.randn(1, 2, keys, 16, dtype=torch.bfloat16) for _ in range(3))
+    assert torch.equal(scaled_dot_product_attention(q, k, v),
+                       torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+def test_written_out_attention_drops_weights_only_when_asked():
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 8, 16, dtype=torch.bfloat16) for _ in range(3))
+    assert torch.equal(scaled_dot_product_attention(q, k, v), scaled_dot_product_attention(q, k, v))
+    ones = torch.ones_like(v)
+    dropped = scaled_dot_product_attention(q, k, ones, dropout_p=0.5)  # rows of weights · 1: 1 without dropout
+    assert not torch.allclose(dropped.float(), torch.ones(()))
+    assert abs(dropped.float().mean().item() - 1.0) < 0.15  # dropout rescales by 1 / (1 - p)
 
 
 def test_mlp_equals_timm_mlp():

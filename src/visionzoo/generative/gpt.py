@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers import Attention, Linear, Mlp
+from visionzoo.layers.attention import scaled_dot_product_attention
 
 
 class Block(nn.Module):
@@ -49,7 +49,7 @@ class Block(nn.Module):
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         cache[:] = [k, v]
         # A first call holds the whole prefix (causal); a later one a single query that sees every key.
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == tokens, scale=attn.scale)
+        out = scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == tokens, scale=attn.scale)
         return attn.proj(out.transpose(1, 2).reshape(batch, tokens, attn.num_heads * attn.head_dim))
 
 

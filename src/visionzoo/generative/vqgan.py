@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.generative.patchgan import PatchGAN
+from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import VectorQuantizer
 from visionzoo.models._registry import register_model
@@ -68,7 +69,7 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # each [B, HW, C]
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 

@@ -1,6 +1,6 @@
 """Building blocks shared by the model families (timm's module names, so checkpoints load key for key)."""
 
-from visionzoo.layers.attention import Attention
+from visionzoo.layers.attention import Attention, scaled_dot_product_attention
 from visionzoo.layers.block import Block
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo
@@ -12,5 +12,5 @@ from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_
 
 __all__ = [
     "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path",
-    "drop_path_rates", "resample_abs_pos_embed", "sincos_pos_embed_2d",
+    "drop_path_rates", "resample_abs_pos_embed", "scaled_dot_product_attention", "sincos_pos_embed_2d",
 ]

@@ -1,11 +1,48 @@
-"""Multi-head self-attention through ``F.scaled_dot_product_attention`` (fused kernels on CPU and CUDA)."""
+"""Multi-head self-attention, and the attention product every family calls (:func:`scaled_dot_product_attention`)."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
+
+# Up to this many keys, on CPU in bf16/fp16, the written-out product is faster than torch's fused kernels
+# (benchmarks/attention.py): their backward is slow for short sequences, and at inference they gain nothing
+# there. Beyond it (e.g. Image GPT's 256 causal positions) the fused kernels win.
+EXPLICIT_MAX_KEYS = 200
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor | None = None,
+                                 is_causal: bool = False, dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
+    """``softmax(q·kᵀ·scale + attn_bias) · v``: q Tensor[..., N, D], k and v Tensor[..., M, D] → Tensor[..., N, D].
+
+    ``attn_bias`` is additive and broadcasts to Tensor[..., N, M]; ``is_causal`` masks key j > query i
+    (top-left aligned, as ``F.scaled_dot_product_attention``); ``scale`` defaults to ``D ** -0.5``.
+
+    ``F.scaled_dot_product_attention``, except on CPU with bf16/fp16 inputs and at most
+    ``EXPLICIT_MAX_KEYS`` keys: there the product is written out as timm's non-fused path is under
+    autocast (matmuls in the inputs' dtype, the softmax in float32). fp32 always takes the fused kernels.
+    """
+    explicit = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= EXPLICIT_MAX_KEYS
+    if not explicit:
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = ((q * scale) @ k.transpose(-2, -1)).float()
+    if attn_bias is not None:
+        logits = logits + attn_bias
+    if is_causal:
+        queries, keys = logits.shape[-2:]
+        future = torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(1)
+        logits = logits.masked_fill(future, float("-inf"))
+    weights = logits.softmax(dim=-1)
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
+    return weights.to(v.dtype) @ v
 
 
 class Attention(nn.Module):
@@ -53,11 +90,7 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, is_causal=is_causal,
-            scale=self.scale,
-        )
+        out = scaled_dot_product_attention(q, k, v, attn_bias, is_causal, self.attn_drop if self.training else 0.0,
+                                           self.scale)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(out))
