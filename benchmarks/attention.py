@@ -1,0 +1,127 @@
+"""The attention product on CPU in bf16: torch's fused kernels against the written-out product.
+
+``visionzoo.layers.scaled_dot_product_attention`` writes the product out (bf16 matmuls, fp32 softmax) on
+CPU in bf16/fp16 up to ``EXPLICIT_MAX_KEYS`` keys and calls ``F.scaled_dot_product_attention`` otherwise.
+This script times whole-model steps both ways in one process, alternating, best of ``--repeats``: a
+training step (forward, backward, AdamW) or an inference batch under bf16 autocast, with the limit set
+to -1 (always the fused kernels) and to the case's key count (always written out); the last column says
+which one the default limit picks. Models whose attention the switch reaches: ViT,
+DeiT, the GPT prior and Image GPT (Swin keeps its own window attention).
+
+    python benchmarks/attention.py               # README's table; writes benchmarks/results/attention.json
+    python benchmarks/attention.py --only vit_tiny --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import visionzoo.layers.attention as attention
+from visionzoo.generative.gpt import GPT
+from visionzoo.generative.image_gpt import ImageGPT
+from visionzoo.models import create_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def train_step(model: torch.nn.Module, inputs: torch.Tensor, loss: Callable) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", torch.bfloat16):
+            out = model(inputs)
+        value = loss(out[0] if isinstance(out, tuple) else out)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+
+    return step
+
+
+def inference(model: torch.nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    def batch() -> None:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            model(inputs)
+
+    return batch
+
+
+def classifier(name: str, batch: int, size: int, classes: int, train: bool) -> Callable[[], None]:
+    model = create_model(name, num_classes=classes)
+    images = torch.randn(batch, 3, size, size)
+    if not train:
+        return inference(model, images)
+    labels = torch.randint(0, classes, (batch,))
+    return train_step(model, images, lambda logits: F.cross_entropy(logits.float(), labels))
+
+
+def sequence_model(model: torch.nn.Module, batch: int, length: int, vocab: int) -> Callable[[], None]:
+    tokens = torch.randint(0, vocab, (batch, length))
+    return train_step(model, tokens, lambda logits: F.cross_entropy(logits.float().reshape(-1, vocab), tokens.reshape(-1)))
+
+
+# name: (builder, tokens attended per query)
+CASES: dict[str, tuple[Callable[[], Callable[[], None]], int]] = {
+    "vit_tiny_patch8_32 train, batch 64": (lambda: classifier("vit_tiny_patch8_32", 64, 32, 10, True), 17),
+    "deit_tiny_distilled_patch8_32 train, batch 64": (
+        lambda: classifier("deit_tiny_distilled_patch8_32", 64, 32, 10, True), 18),
+    "vit_tiny_patch8_64 train, batch 64": (lambda: classifier("vit_tiny_patch8_64", 64, 64, 6, True), 65),
+    "vit_small_patch16_224 train, batch 32": (lambda: classifier("vit_small_patch16_224", 32, 224, 1000, True), 197),
+    "vit_small_patch16_224 inference, batch 32": (
+        lambda: classifier("vit_small_patch16_224", 32, 224, 1000, False), 197),
+    "GPT prior, 64 codes, 256 wide, train, batch 64": (lambda: sequence_model(GPT(512, 64, 10, 256, 6, 8), 64, 64, 512), 64),
+    "image_gpt 16 px train, batch 64": (lambda: sequence_model(ImageGPT(in_chans=3, img_size=16), 64, 256, 32), 256),
+}
+
+
+def time_case(build: Callable[[], Callable[[], None]], limit: int, repeats: int) -> float:
+    attention.EXPLICIT_MAX_KEYS = limit
+    torch.manual_seed(0)
+    run = build()
+    run()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
+    args = parser.parse_args()
+    default = attention.EXPLICIT_MAX_KEYS
+    rows = []
+    for name, (build, keys) in CASES.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
+        fused = written = float("inf")
+        for _ in range(2):  # alternate, so that a slow spell of the machine hits both
+            fused = min(fused, time_case(build, -1, args.repeats))
+            written = min(written, time_case(build, keys, args.repeats))  # the limit at the keys: written out
+        attention.EXPLICIT_MAX_KEYS = default
+        path = "written out" if keys <= default else "fused (above the limit)"
+        rows.append({"case": name, "keys": keys, "default_path": path, "fused_ms": round(fused * 1000, 1),
+                     "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3)})
+        print(f"{name:48s} {keys:4d} keys  fused {fused * 1000:8.1f} ms  written out {written * 1000:8.1f} ms  "
+              f"ratio {written / fused:.2f}  (default: {path})", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "attention.json"
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "explicit_max_keys": default, "rows": rows},
+                              indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
