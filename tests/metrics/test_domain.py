@@ -18,6 +18,20 @@ def test_the_classifier_learns_digits():
     assert not model.training
 
 
+def test_training_ignores_the_callers_autocast_grad_mode_and_random_stream():
+    # The perceptual loss first builds the network inside a bf16 training step; it once learnt in bf16 there.
+    plain, plain_accuracy = train_domain_classifier("digits", 16, 1, steps=20)
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        inside, inside_accuracy = train_domain_classifier("digits", 16, 1, steps=20)
+    torch.testing.assert_close(torch.rand(3), expected_draw)
+    assert inside_accuracy == plain_accuracy
+    for (name, a), b in zip(plain.state_dict().items(), inside.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 def test_shapes_targets_mark_every_class_and_colour_present():
     target = {"labels": torch.tensor([1, 3]), "colors": torch.tensor([0, 6])}
     multi_hot = domain.domain_targets("shapes", target)
@@ -49,7 +63,7 @@ def test_domain_features_train_once_then_load_from_the_cache(tmp_path, monkeypat
     first = domain_features("digits", 16)
     second = domain_features("Digits", 16)
     assert calls == ["digits"]
-    assert (tmp_path / "domain" / "digits-16px-1ch-v1.safetensors").is_file()
+    assert (tmp_path / "domain" / "digits-16px-1ch-v2.safetensors").is_file()
     torch.testing.assert_close(first(images), second(images))
     assert not any(p.requires_grad for p in second.parameters())
     with pytest.raises(ValueError, match="domain features exist for digits, shapes"):

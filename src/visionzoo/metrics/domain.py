@@ -31,7 +31,9 @@ DOMAIN_DATA = ("digits", "shapes")
 DEFAULT_SIZES = {"digits": 32, "shapes": 64}
 WIDTHS = (32, 64, 128)
 # Bump when the network, its targets or its training change, so that stale cached weights are not reused.
-VERSION = 1
+# v2: trained outside the caller's autocast and RNG (a v1 file first built inside a bf16 training step
+# learnt in bf16 and is a worse network).
+VERSION = 2
 
 
 def _stage(in_chans: int, width: int) -> nn.Sequential:
@@ -136,9 +138,20 @@ def domain_accuracy(model: DomainFeatures, data: str, images: Tensor, targets: T
 def train_domain_classifier(data: str, image_size: int, in_chans: int, steps: int = 600, batch_size: int = 64,
                             lr: float = 2e-3, seed: int = 0) -> tuple[DomainFeatures, float]:
     """A :class:`DomainFeatures` trained on ``data``'s train split (AdamW, cosine schedule, random ±2 px shifts);
-    returns it in eval mode with its val accuracy (:func:`domain_accuracy`)."""
+    returns it in eval mode with its val accuracy (:func:`domain_accuracy`).
+
+    The result does not depend on where it is called from: the perceptual loss first builds this network inside
+    a training step, under bf16 autocast, and it must not learn in bf16 there nor move that run's random stream.
+    """
     if data not in DOMAIN_DATA:
         raise ValueError(f"domain features exist for {', '.join(DOMAIN_DATA)}, not {data!r}")
+    with (torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(),
+          torch.autocast("cpu", enabled=False)):
+        return _train_domain_classifier(data, image_size, in_chans, steps, batch_size, lr, seed)
+
+
+def _train_domain_classifier(data: str, image_size: int, in_chans: int, steps: int, batch_size: int, lr: float,
+                             seed: int) -> tuple[DomainFeatures, float]:
     images, targets = _split_tensors(data, "train", image_size, in_chans)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
