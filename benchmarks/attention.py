@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
+from timing import best_seconds
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
 from visionzoo.models import create_model
@@ -88,12 +88,7 @@ def time_case(build: Callable[[], Callable[[], None]], limit: int, repeats: int)
     torch.manual_seed(0)
     run = build()
     run()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_seconds(run, repeats)
 
 
 def main() -> None:

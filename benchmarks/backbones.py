@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import timm
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
+from timing import best_seconds
 from visionzoo.models import create_model, list_models
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,14 +80,8 @@ def logit_differences(batch: int = 2) -> dict[str, dict[str, float]]:
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = best_seconds(lambda: a @ b, repeats)
     return 2 * size ** 3 / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def flops_per_image(model: torch.nn.Module, size: int = 224) -> float:
@@ -110,7 +104,7 @@ def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf1
         run(model)  # warm-up: allocator, kernel selection
     for _ in range(repeats):
         for key, model in models.items():
-            best[key] = min(best[key], _timed(lambda m=model: run(m)))
+            best[key] = min(best[key], best_seconds(lambda m=model: run(m), 1))
     return {key: batch / seconds for key, seconds in best.items()}
 
 

@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
+from timing import best_seconds
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
 
@@ -48,15 +48,6 @@ def random_weights(path: Path) -> None:
     with torch.no_grad():
         model.pool_features(torch.randn(8, 3, 299, 299))
     torch.save(model.state_dict(), path)
-
-
-def best_seconds(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(images: int) -> dict:

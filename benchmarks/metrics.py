@@ -42,6 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from timing import best_of  # noqa: E402
 from visionzoo.metrics import FeatureStatistics, MeanAveragePrecision, coco_evaluate, frechet_distance  # noqa: E402
 from visionzoo.metrics.coco import SUMMARY_NAMES  # noqa: E402
 
@@ -105,13 +106,9 @@ def make_coco(n_images: int, n_dets: int, seed: int = 0, n_cats: int = 80) -> tu
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = CLOCK()
-        out = fn()
-        best = min(best, CLOCK() - start)
-    return best * 1000, out
+def best_ms(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
+    seconds, out = best_of(fn, repeats, CLOCK)
+    return seconds * 1000, out
 
 
 def quiet(fn: Callable[[], object]) -> Callable[[], object]:
@@ -158,11 +155,11 @@ def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> li
             ev.summarize()
             return np.array(ev.stats)
 
-        ours_ms, ours_stats = best_of(repeats, ours)
+        ours_ms, ours_stats = best_ms(repeats, ours)
         rows = []
         size = f"{n_images:,} images / {n_dets:,} dets (JSON files)"
         for name, fn, reps in (("faster-coco-eval", faster, repeats), ("pycocotools", pycoco, slow_repeats)):
-            ref_ms, ref_stats = best_of(reps, quiet(fn))
+            ref_ms, ref_stats = best_ms(reps, quiet(fn))
             diff = float(np.abs(ref_stats - ours_stats).max())
             rows.append(
                 row(
@@ -229,8 +226,8 @@ def mean_ap_rows(n_images: int, n_dets: int, repeats: int) -> list[dict]:
 
     reference = TorchmetricsMAP(backend="faster_coco_eval")
     reference.warn_on_many_detections = False
-    ours_ms, ours_out = best_of(repeats, run(MeanAveragePrecision()))
-    ref_ms, ref_out = best_of(repeats, quiet(run(reference)))
+    ours_ms, ours_out = best_ms(repeats, run(MeanAveragePrecision()))
+    ref_ms, ref_out = best_ms(repeats, quiet(run(reference)))
     diff = float(np.abs(ours_out - ref_out).max())
     size = f"{n_images:,} images / {n_dets:,} dets (per-image tensors, batches of 16)"
     return [
@@ -264,8 +261,8 @@ def frechet_rows(dim: int, n: int, repeats: int, slow_repeats: int) -> list[dict
         ]
 
     rows = []
-    ref_ms, ref_stats = best_of(repeats, numpy_stats)
-    ours_ms, ours_stats = best_of(repeats, our_stats)
+    ref_ms, ref_stats = best_ms(repeats, numpy_stats)
+    ours_ms, ours_stats = best_ms(repeats, our_stats)
     diff = max(float(np.abs(a[1] - b[1]).max() / np.abs(a[1]).max()) for a, b in zip(ref_stats, ours_stats))
     rows.append(
         row(
@@ -281,8 +278,8 @@ def frechet_rows(dim: int, n: int, repeats: int, slow_repeats: int) -> list[dict
         )
     )
     (mu1, s1), (mu2, s2) = ref_stats
-    ref_ms, ref_fid = best_of(slow_repeats, quiet(lambda: calculate_frechet_distance(mu1, s1, mu2, s2)))
-    ours_ms, ours_fid = best_of(repeats, lambda: frechet_distance(mu1, s1, mu2, s2))
+    ref_ms, ref_fid = best_ms(slow_repeats, quiet(lambda: calculate_frechet_distance(mu1, s1, mu2, s2)))
+    ours_ms, ours_fid = best_ms(repeats, lambda: frechet_distance(mu1, s1, mu2, s2))
     rel = abs(ours_fid - ref_fid) / abs(ref_fid)
     rows.append(
         row(
