@@ -1,11 +1,13 @@
 """The attention product on CPU in bf16: torch's fused kernels against the written-out product.
 
 ``visionzoo.layers.scaled_dot_product_attention`` writes the product out (bf16 matmuls, fp32 softmax) on
-CPU in bf16/fp16 up to ``EXPLICIT_MAX_KEYS`` keys and calls ``F.scaled_dot_product_attention`` otherwise.
-This script times whole-model steps both ways in one process, alternating, best of ``--repeats``: a
-training step (forward, backward, AdamW) or an inference batch under bf16 autocast, with the limit set
-to -1 (always the fused kernels) and to the case's key count (always written out); the last column says
-which one the default limit picks. Models whose attention the switch reaches: ViT,
+CPU in bf16/fp16 for short sequences with small attention matrices (``writes_out``) and calls
+``F.scaled_dot_product_attention`` otherwise. This script times whole-model steps both ways in one process,
+alternating, best of ``--repeats``: a training step (forward, backward, AdamW) or an inference batch under
+bf16 autocast, with the limits lowered (always the fused kernels) and lifted (always written out); the last
+column says which one the default limits pick. Run it in a fresh process per case (``--only``) as well:
+the written-out product allocates large buffers, and how fast those come back from the allocator depends on
+what the process did before. Models whose attention the switch reaches: ViT,
 DeiT, the GPT prior and Image GPT (Swin keeps its own window attention).
 
     python benchmarks/attention.py               # README's table; writes benchmarks/results/attention.json
@@ -83,12 +85,31 @@ CASES: dict[str, tuple[Callable[[], Callable[[], None]], int]] = {
 }
 
 
-def time_case(build: Callable[[], Callable[[], None]], limit: int, repeats: int) -> float:
-    attention.EXPLICIT_MAX_KEYS = limit
+def time_case(build: Callable[[], Callable[[], None]], written_out: bool, repeats: int) -> float:
+    attention.EXPLICIT_MAX_KEYS = 2**62 if written_out else -1
+    attention.EXPLICIT_MAX_LOGITS_BYTES = 2**62
     torch.manual_seed(0)
     run = build()
     run()  # warm-up
     return best_seconds(run, repeats)
+
+
+def default_path(build: Callable[[], Callable[[], None]]) -> str:
+    """What the default limits pick for the case's attention calls: "written out", "fused" or "mixed"."""
+    decide, picks = attention.writes_out, set()
+
+    def spy(q: torch.Tensor, k: torch.Tensor) -> bool:
+        pick = decide(q, k)
+        picks.add(pick)
+        return pick
+
+    attention.writes_out = spy
+    try:
+        torch.manual_seed(0)
+        build()()
+    finally:
+        attention.writes_out = decide
+    return {frozenset({True}): "written out", frozenset({False}): "fused"}.get(frozenset(picks), "mixed")
 
 
 def main() -> None:
@@ -96,25 +117,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
     args = parser.parse_args()
-    default = attention.EXPLICIT_MAX_KEYS
+    defaults = attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES
     rows = []
     for name, (build, keys) in CASES.items():
         if args.only and not any(part in name for part in args.only):
             continue
         fused = written = float("inf")
         for _ in range(2):  # alternate, so that a slow spell of the machine hits both
-            fused = min(fused, time_case(build, -1, args.repeats))
-            written = min(written, time_case(build, keys, args.repeats))  # the limit at the keys: written out
-        attention.EXPLICIT_MAX_KEYS = default
-        path = "written out" if keys <= default else "fused (above the limit)"
+            fused = min(fused, time_case(build, False, args.repeats))
+            written = min(written, time_case(build, True, args.repeats))
+        attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES = defaults
+        path = default_path(build)
         rows.append({"case": name, "keys": keys, "default_path": path, "fused_ms": round(fused * 1000, 1),
                      "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3)})
         print(f"{name:48s} {keys:4d} keys  fused {fused * 1000:8.1f} ms  written out {written * 1000:8.1f} ms  "
               f"ratio {written / fused:.2f}  (default: {path})", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "attention.json"
-    out.write_text(json.dumps({"threads": torch.get_num_threads(), "explicit_max_keys": default, "rows": rows},
-                              indent=2) + "\n")
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "explicit_max_keys": defaults[0],
+                               "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -63,8 +63,20 @@ def test_fp32_and_long_sequences_take_the_fused_kernels_unchanged():
                        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
     keys = attention_module.EXPLICIT_MAX_KEYS + 1
     q, k, v = (torch.randn(1, 2, keys, 16, dtype=torch.bfloat16) for _ in range(3))
+    assert not attention_module.writes_out(q, k)
     assert torch.equal(scaled_dot_product_attention(q, k, v),
                        torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+def test_short_sequences_with_a_large_attention_matrix_take_the_fused_kernels():
+    torch.manual_seed(5)
+    q = torch.randn(64, 8, 160, 8, dtype=torch.bfloat16)  # 160 queries over 64 keys: float32 logits of 20 MiB
+    k = v = torch.randn(64, 8, 64, 8, dtype=torch.bfloat16)
+    assert 4 * 64 * 8 * 160 * 64 > attention_module.EXPLICIT_MAX_LOGITS_BYTES
+    assert attention_module.writes_out(q[:4], k[:4])  # the same sequences at batch 4: 1.25 MiB
+    assert not attention_module.writes_out(q, k)
+    assert not attention_module.writes_out(q[:4].float(), k[:4].float())  # fp32: always fused
+    assert torch.equal(scaled_dot_product_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
 def test_written_out_attention_drops_weights_only_when_asked():
