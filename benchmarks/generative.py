@@ -44,6 +44,7 @@ from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 from visionzoo.metrics.fid import FID
 from visionzoo.train import TrainConfig
+from visionzoo.train.commands import parse_model_arg
 from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
 from visionzoo.train.reconstruction import psnr
 from visionzoo.train.run import run_training
@@ -98,15 +99,15 @@ def disc_active_share(run: Path) -> float:
 
 
 def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any],
-              batch_size: int = 64) -> dict[str, Any]:
+              batch_size: int = 64, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = {}
     for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
             continue
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
-        setup, result, wall = train(name, data, size, minutes, run, options=options, batch_size=batch_size,
-                                    **({"lr": 1e-3} if kind == "vqvae" else {}))
+        setup, result, wall = train(name, data, size, minutes, run, model_args=model_args, options=options,
+                                    batch_size=batch_size, **({"lr": 1e-3} if kind == "vqvae" else {}))
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
@@ -124,7 +125,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
               + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
     return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "options": losses,
-            "rows": rows}
+            "model_args": model_args or {}, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------ sample quality
@@ -309,11 +310,14 @@ def main() -> None:
     parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
+    parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
+    parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                        help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
     args = parser.parse_args()
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
-        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size)
+        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg))
         name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)
@@ -328,9 +332,9 @@ def main() -> None:
         sizes = {"digits": sorted({32, IMAGE_GPT_SIZES["digits"]}), "shapes": sorted({64, IMAGE_GPT_SIZES["shapes"]})}
         result = baselines(args.data, sizes)
         name = "baselines"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if not args.data else "_" + "_".join(args.data)
-    path = RESULTS / f"generative_{name}{suffix}.json"
+    path = args.out or RESULTS / f"generative_{name}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"threads": torch.get_num_threads(), **result}, indent=2) + "\n")
     print(f"wrote {path}")
 

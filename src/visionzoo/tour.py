@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
 
 from visionzoo.checkpoint import model_state, read_checkpoint
 from visionzoo.cli import positive_float, positive_int, register_command
@@ -27,10 +26,9 @@ from visionzoo.train.engine import (
     PRECISIONS,
     TrainConfig,
     autocast_context,
-    fit,
     prepare_run_dir,
 )
-from visionzoo.train.run import build_setup
+from visionzoo.train.run import build_setup, first_items, run_training
 from visionzoo.train.task import Task
 from visionzoo.utils import closest
 
@@ -122,18 +120,16 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     for option, earlier in job.uses.items():
         options[option] = str(_trained_checkpoint(job, earlier, out))
     checkpoint = None if job.weights_from is None else _trained_checkpoint(job, job.weights_from, out)
-    torch.manual_seed(config.seed)  # the initial weights follow the run's seed, as in run_training
-    setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
     if checkpoint is None:
-        splits = {name: _first(split, job.train_images if name == "train" else job.eval_images)
-                  for name, split in setup.splits.items()}
-        run_meta = {**setup.run_meta, "options": options}
-        result = fit(setup.task, setup.model, splits["train"], splits.get("val"), config, run_meta)
+        setup, result = run_training(job.model, job.data, config, job.img_size, job.model_args, options,
+                                     train_images=job.train_images, val_images=job.eval_images)
     else:
+        torch.manual_seed(config.seed)
+        setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
         setup.model.load_state_dict(model_state(*read_checkpoint(checkpoint)))  # another model's name, same weights
         result = None
     task, model = setup.task, setup.model.eval()
-    test = _first(setup.splits["test"], job.eval_images)
+    test = first_items(setup.splits["test"], job.eval_images)
     autocast = autocast_context(torch.device("cpu"), precision)
     with torch.no_grad():
         metrics = task.evaluate(model, test, 128, autocast)
@@ -172,17 +168,6 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         "regions_per_image": _regions_per_image(model, [image for image, _ in samples[:4]]),
         "pictures": [f"{job.name}/{name}" for name in PICTURES if (out / job.name / name).exists()],
     }
-
-
-def _first(dataset: Dataset, count: int | None) -> Dataset:
-    """The first ``count`` items of ``dataset`` (all with None); keeps the wrapped data set's attributes."""
-    if count is None or count >= len(dataset):
-        return dataset
-    if hasattr(dataset, "subset"):  # a data set with proposals: computed for these images alone
-        return dataset.subset(range(count))
-    subset = Subset(dataset, range(count))
-    subset.classes = getattr(dataset, "classes", None)
-    return subset
 
 
 def _trained_checkpoint(job: TourJob, earlier: str, out: Path) -> Path:

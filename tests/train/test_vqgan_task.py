@@ -115,12 +115,14 @@ def test_visionzoo_train_vqgan(tmp_path, untrained_domain_features, capsys):
     assert (out / "reconstructions.png").is_file() and (out / "checkpoint.safetensors").is_file()
 
 
-def test_vit_vqgan_takes_its_papers_loss_weights_unless_told_otherwise():
+def test_vit_vqgan_and_vqgan_f8_take_the_papers_lighter_loss_weights_unless_told_otherwise():
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8},
                             options={"perceptual_weight": 0.5, "disc_weight": None})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.5, 0.1)
+    setup = VQGANTask.setup("vqgan_f8", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
+    assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)
     setup = VQGANTask.setup("vqgan", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (1.0, 0.8)
 

@@ -170,7 +170,7 @@ def _init_linear(module: nn.Module) -> None:
 # Variants are sizes only: both give an 8×8 code grid at their input size (32 px Digits, 64 px Shapes).
 _SIZES = {
     "vit_vqgan": dict(patch_size=4, embed_dim=128, depth=2, num_heads=4, disc_layers=2),
-    "vit_vqgan_64": dict(patch_size=8, embed_dim=192, depth=3, num_heads=4, disc_layers=3),
+    "vit_vqgan_64": dict(patch_size=8, embed_dim=192, depth=3, num_heads=4, disc_width=32, disc_layers=3),
 }
 
 
@@ -187,5 +187,6 @@ def vit_vqgan(**kwargs) -> ViTVQGAN:
 
 @register_model(task="vqgan", input_size=(3, 64, 64), loss_weights=_LOSS_WEIGHTS)
 def vit_vqgan_64(**kwargs) -> ViTVQGAN:
-    """ViT-VQGAN with 8×8 patches (an 8×8 code grid at 64 px), 192 wide, 3 blocks per codec, 3-layer PatchGAN."""
+    """ViT-VQGAN with 8×8 patches (an 8×8 code grid at 64 px), 192 wide, 3 blocks per codec, a 3-layer PatchGAN
+    32 wide (a 64-wide one halved the training steps in equal time and cost 1.1 dB of PSNR at 3 minutes)."""
     return ViTVQGAN(**{**_SIZES["vit_vqgan_64"], **kwargs})

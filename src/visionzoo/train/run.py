@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import pil_to_tensor, resize
 
 from visionzoo.checkpoint import CheckpointError, read_metadata
@@ -27,14 +28,28 @@ def build_setup(model_name: str, data: str, img_size: int | None = None, model_a
     return task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options)
 
 
+def first_items(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` items of ``dataset`` (all with None); keeps the wrapped data set's attributes."""
+    if count is None or count >= len(dataset):
+        return dataset
+    if hasattr(dataset, "subset"):  # a data set with proposals: computed for these images alone
+        return dataset.subset(range(count))
+    subset = Subset(dataset, range(count))
+    subset.classes = getattr(dataset, "classes", None)
+    return subset
+
+
 def run_training(model_name: str, data: str, config: TrainConfig, img_size: int | None = None,
-                 model_args: Mapping[str, Any] | None = None,
-                 options: Mapping[str, Any] | None = None) -> tuple[Setup, TrainResult]:
-    """Train ``model_name`` on ``data``'s train split, evaluating on its val split."""
+                 model_args: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+                 train_images: int | None = None, val_images: int | None = None) -> tuple[Setup, TrainResult]:
+    """Train ``model_name`` on ``data``'s train split (its first ``train_images``), evaluating on its val split
+    (its first ``val_images``)."""
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
-    result = fit(setup.task, setup.model, setup.splits["train"], setup.splits.get("val"), config, run_meta)
+    val = setup.splits.get("val")
+    result = fit(setup.task, setup.model, first_items(setup.splits["train"], train_images),
+                 None if val is None else first_items(val, val_images), config, run_meta)
     return setup, result
 
 
