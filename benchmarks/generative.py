@@ -15,7 +15,9 @@ val and test splits (real against real) and that of a per-pixel Gaussian fitted 
 Images of another side than the domain network's (Image GPT's 8 and 16 px) are resized to it, and so are the
 real images they are compared with. ``--model vqgan_transformer --tokenizer vqgan`` trains the prior
 over the codes of ``runs/bench/vqgan-DATA``. ``--model image_gpt`` also runs linear probes on every
-layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
+layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them. ``--model codebook_stats`` reads
+the tokenizers kept under ``runs/bench/``: how close their nearest codes are, and how many of their codes
+survive encoding under bf16.
 
     python benchmarks/generative.py --model vqvae --minutes 4
     python benchmarks/generative.py --model vqgan --minutes 5 --data digits --disc-start 100
@@ -24,6 +26,7 @@ layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them.
     python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
     python benchmarks/generative.py --model baselines
+    python benchmarks/generative.py --model codebook_stats
 """
 
 from __future__ import annotations
@@ -126,6 +129,38 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
     return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "options": losses,
             "model_args": model_args or {}, "rows": rows}
+
+
+def codebook_stats(only: list[str] | None) -> dict[str, Any]:
+    """How far apart the trained tokenizers' codes are, and whether their codes survive bf16: for each
+    ``runs/bench/KIND-DATA`` checkpoint, the median distance from a code to its nearest other code over the
+    median distance between codes (near 0: near-duplicate codes), and the share of the test split's codes
+    that encoding under bf16 autocast leaves unchanged."""
+    from visionzoo.train.run import load_for_inference
+
+    rows = {}
+    for kind, names in TOKENIZERS.items():
+        for (data, _), name in zip(DATA, names):
+            checkpoint = RUNS / f"{kind}-{data}" / CHECKPOINT_NAME
+            if (only and data not in only) or not checkpoint.is_file():
+                continue
+            setup = load_for_inference(name, checkpoint)
+            model = setup.model.eval()
+            codes = model.quantizer._codes().detach().float()
+            distances = torch.cdist(codes, codes)
+            nearest = distances.clone().fill_diagonal_(float("inf")).min(1).values
+            images = stack(setup.splits["test"], 500)
+            with torch.no_grad():
+                fp32 = model.encode(images)
+                with autocast_context(torch.device("cpu"), "bf16")():
+                    bf16 = model.encode(images)
+            rows[f"{name} {data}"] = {"checkpoint": str(checkpoint),
+                                      "nearest_over_median_distance": float(nearest.median() / distances.median()),
+                                      "bf16_code_agreement": float((fp32 == bf16).float().mean())}
+            print(f"{name} on {data}: nearest code at {rows[f'{name} {data}']['nearest_over_median_distance']:.3f} "
+                  f"of the median distance; bf16 keeps {rows[f'{name} {data}']['bf16_code_agreement']:.1%} of the codes",
+                  flush=True)
+    return {"rows": rows}
 
 
 # ------------------------------------------------------------------------------------------ sample quality
@@ -300,7 +335,8 @@ def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
-                        choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines"))
+                        choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines",
+                                 "codebook_stats"))
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per data set (and seed)")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
@@ -325,6 +361,9 @@ def main() -> None:
     elif args.model.startswith("image_gpt"):
         result = image_gpt(args.minutes, args.seeds, args.data, args.model)
         name = args.model
+    elif args.model == "codebook_stats":
+        result = codebook_stats(args.data)
+        name = "codebook_stats"
     elif args.model == "dcgan":
         result = dcgan(args.minutes, args.data)
         name = "dcgan"

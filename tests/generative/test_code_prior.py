@@ -41,6 +41,28 @@ def test_the_tokenizer_is_frozen_in_eval_mode_and_saved_with_the_prior():
     assert model.model_args["tokenizer"] == TOKENIZER
 
 
+def test_the_codes_do_not_depend_on_the_callers_autocast():
+    """Near-duplicate codes, as a trained ViT-VQGAN has, make bf16 encoding pick other codes; the prior encodes in
+    float32 whatever the caller's precision."""
+    torch.manual_seed(0)
+    model = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, **TINY)
+    quantizer = model.tokenizer.quantizer
+    images = torch.rand(4, 1, 16, 16)
+    seen = []
+    hook = quantizer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    model.tokenizer.encode(images)
+    hook.remove()
+    vectors = seen[0].permute(0, 2, 3, 1).reshape(-1, quantizer.dim)
+    picks = vectors[torch.randperm(len(vectors))[:16]]
+    quantizer.codebook.copy_(torch.cat([picks, picks + 1e-3 * torch.randn_like(picks)]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_bf16 = model.tokens(images)
+        raw_bf16 = model.tokenizer.encode(images)
+    in_fp32 = model.tokens(images)
+    assert not torch.equal(raw_bf16.flatten(1), in_fp32)  # the tokenizer alone does flip codes under bf16
+    assert torch.equal(in_bf16, in_fp32)
+
+
 def test_a_missing_tokenizer_record_is_a_clear_error():
     with pytest.raises(ValueError, match="tokenizer="):
         create_model("vqgan_transformer")

@@ -30,6 +30,17 @@ def test_default_sizes_and_the_8x_variant():
         assert model.encode(torch.rand(1, 3, 64, 64)).shape == (1, 8, 8)
 
 
+def test_factorised_l2_normalised_codes_as_an_option():
+    torch.manual_seed(0)
+    model = VQGAN(in_chans=3, **TINY, code_dim=4, l2_normalize=True).eval()
+    assert model.quantizer.codebook.shape == (32, 4) and VQGAN(in_chans=3, **TINY).quantizer.codebook.shape == (32, 8)
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        reconstruction, indices, _, _ = model(images)
+        torch.testing.assert_close(model.decode(indices), reconstruction)
+    torch.testing.assert_close(model.quantizer._codes().norm(dim=1), torch.ones(32))
+
+
 def test_the_gradient_passes_the_quantizer_and_reaches_the_last_layer():
     torch.manual_seed(0)
     model = VQGAN(in_chans=3, **TINY)

@@ -58,11 +58,18 @@ class CodeTransformer(nn.Module):
 
     @torch.no_grad()
     def tokens(self, images: Tensor) -> Tensor:
-        """The tokenizer's codes in raster order: Tensor[B, C, S, S] in [0, 1] → int64 Tensor[B, h·w]."""
+        """The tokenizer's codes in raster order: Tensor[B, C, S, S] in [0, 1] → int64 Tensor[B, h·w].
+
+        The tokenizer always runs in float32, also under the caller's autocast: a code is the nearest of
+        many, and bf16 rounding picks another one for a share of the positions (86% for the Shapes ViT-VQGAN
+        of benchmarks/generative.py, whose codebook has near-duplicate codes), so a prior trained on bf16
+        codes would be scored on other codes than it learnt.
+        """
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_chans, self.img_size, self.img_size):
             raise ValueError(f"this code prior takes Tensor[B, {self.in_chans}, {self.img_size}, {self.img_size}] "
                              f"images, got {tuple(images.shape)}")
-        return self.tokenizer.encode(images).flatten(1)
+        with torch.autocast(images.device.type, enabled=False):
+            return self.tokenizer.encode(images.float()).flatten(1)
 
     @torch.no_grad()
     def images_from_tokens(self, tokens: Tensor) -> Tensor:

@@ -161,13 +161,14 @@ class VQGAN(nn.Module):
         embed_dim, num_codes: code dimension and codebook size.
         dropout: inside the residual blocks.
         commitment, ema_decay, dead_code_threshold: the quantizer's (EMA codebook by default).
+        code_dim, l2_normalize: ViT-VQGAN's factorised, l2-normalised lookup (None, False: taming's plain codes).
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
     """
 
     def __init__(self, in_chans: int = 3, ch: int = 64, ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
                  z_channels: int = 64, embed_dim: int = 64, num_codes: int = 512, dropout: float = 0.0,
                  commitment: float = 0.25, ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0,
-                 disc_width: int = 64, disc_layers: int = 2):
+                 code_dim: int | None = None, l2_normalize: bool = False, disc_width: int = 64, disc_layers: int = 2):
         super().__init__()
         if in_chans < 1:
             raise ValueError(f"in_chans must be at least 1, got {in_chans}")
@@ -177,7 +178,8 @@ class VQGAN(nn.Module):
         self.downsample = len(ch_mult) - 1
         self.encoder = Encoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
-        self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold)
+        self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold, code_dim,
+                                         l2_normalize)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.decoder = Decoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
         self.discriminator = PatchGAN(in_chans, disc_width, disc_layers)
