@@ -333,6 +333,7 @@ def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
 
 
 def main() -> None:
+    global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
                         choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines",
@@ -347,9 +348,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
+                             "give another one for trials that must not replace them)")
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
     args = parser.parse_args()
+    RUNS = args.runs
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
