@@ -61,7 +61,7 @@ class CodeTransformer(nn.Module):
         """The tokenizer's codes in raster order: Tensor[B, C, S, S] in [0, 1] → int64 Tensor[B, h·w].
 
         The tokenizer always runs in float32, also under the caller's autocast: a code is the nearest of
-        many, and bf16 rounding picks another one for a share of the positions (86% for the Shapes ViT-VQGAN
+        many, and bf16 rounding picks another one for a share of the positions (42% for the Shapes ViT-VQGAN
         of benchmarks/generative.py, whose codebook has near-duplicate codes), so a prior trained on bf16
         codes would be scored on other codes than it learnt.
         """
