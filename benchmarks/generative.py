@@ -50,7 +50,7 @@ from visionzoo.train import TrainConfig
 from visionzoo.train.commands import parse_model_arg
 from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
 from visionzoo.train.reconstruction import psnr
-from visionzoo.train.run import run_training
+from visionzoo.train.run import load_for_inference, run_training
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path("runs/bench")
@@ -136,8 +136,6 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
     ``runs/bench/KIND-DATA`` checkpoint, the median distance from a code to its nearest other code over the
     median distance between codes (near 0: near-duplicate codes), and the share of the test split's codes
     that encoding under bf16 autocast leaves unchanged."""
-    from visionzoo.train.run import load_for_inference
-
     rows = {}
     for kind, names in TOKENIZERS.items():
         for (data, _), name in zip(DATA, names):
@@ -154,12 +152,11 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
                 fp32 = model.encode(images)
                 with autocast_context(torch.device("cpu"), "bf16")():
                     bf16 = model.encode(images)
-            rows[f"{name} {data}"] = {"checkpoint": str(checkpoint),
-                                      "nearest_over_median_distance": float(nearest.median() / distances.median()),
-                                      "bf16_code_agreement": float((fp32 == bf16).float().mean())}
-            print(f"{name} on {data}: nearest code at {rows[f'{name} {data}']['nearest_over_median_distance']:.3f} "
-                  f"of the median distance; bf16 keeps {rows[f'{name} {data}']['bf16_code_agreement']:.1%} of the codes",
-                  flush=True)
+            row = rows[f"{name} {data}"] = {"checkpoint": str(checkpoint),
+                                            "nearest_over_median_distance": float(nearest.median() / distances.median()),
+                                            "bf16_code_agreement": float((fp32 == bf16).float().mean())}
+            print(f"{name} on {data}: nearest code at {row['nearest_over_median_distance']:.3f} of the median distance; "
+                  f"bf16 keeps {row['bf16_code_agreement']:.1%} of the codes", flush=True)
     return {"rows": rows}
 
 
