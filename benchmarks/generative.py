@@ -102,7 +102,7 @@ def disc_active_share(run: Path) -> float:
 
 
 def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any],
-              batch_size: int = 64, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+              batch_size: int = 64, model_args: dict[str, Any] | None = None, lr: float | None = None) -> dict[str, Any]:
     rows = {}
     for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
@@ -110,7 +110,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
         setup, result, wall = train(name, data, size, minutes, run, model_args=model_args, options=options,
-                                    batch_size=batch_size, **({"lr": 1e-3} if kind == "vqvae" else {}))
+                                    batch_size=batch_size, **({"lr": lr} if lr else {"lr": 1e-3} if kind == "vqvae" else {}))
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
@@ -127,7 +127,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
               f"perplexity {test['perplexity']:.1f} ({result.steps} steps, {result.train_seconds:.0f} s"
               + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
-    return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "options": losses,
+    return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "lr": lr, "options": losses,
             "model_args": model_args or {}, "rows": rows}
 
 
@@ -144,7 +144,7 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
                 continue
             setup = load_for_inference(name, checkpoint)
             model = setup.model.eval()
-            codes = model.quantizer._codes().detach().float()
+            codes = model.quantizer.code_vectors().detach().float()
             distances = torch.cdist(codes, codes)
             nearest = distances.clone().fill_diagonal_(float("inf")).min(1).values
             images = stack(setup.splits["test"], 500)
@@ -344,6 +344,7 @@ def main() -> None:
     parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
+    parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
     parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
@@ -355,7 +356,7 @@ def main() -> None:
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
-        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg))
+        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg), args.lr)
         name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)

@@ -53,7 +53,7 @@ def test_codes_are_unit_vectors_in_the_low_dimensional_lookup_space():
         tokens = model.encoder(images * 2 - 1)  # [B, N, 32]
         looked_up = F.normalize(quantizer.project_in(tokens), dim=-1)  # [B, N, 8]
         indices = model.encode(images).flatten(1)
-        codes = quantizer._codes()
+        codes = quantizer.code_vectors()
     assert codes.shape == (64, 8) and looked_up.shape == (4, 64, 8)
     torch.testing.assert_close(codes.norm(dim=1), torch.ones(64))
     # the nearest unit code is the one of largest cosine similarity with the projected token

@@ -38,7 +38,7 @@ def test_factorised_l2_normalised_codes_as_an_option():
     with torch.no_grad():
         reconstruction, indices, _, _ = model(images)
         torch.testing.assert_close(model.decode(indices), reconstruction)
-    torch.testing.assert_close(model.quantizer._codes().norm(dim=1), torch.ones(32))
+    torch.testing.assert_close(model.quantizer.code_vectors().norm(dim=1), torch.ones(32))
 
 
 def test_the_gradient_passes_the_quantizer_and_reaches_the_last_layer():

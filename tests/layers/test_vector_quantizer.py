@@ -65,6 +65,24 @@ def test_dead_codes_restart_at_vectors_of_the_batch():
     assert later.unique().numel() > indices.unique().numel() and later_stats["usage"] > stats["usage"]
 
 
+def test_farthest_restart_puts_dead_codes_on_the_worst_quantised_vectors():
+    quantizer = VectorQuantizer(4, 2, ema_decay=0.0, dead_code_threshold=0.5, dead_code_restart="farthest")
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0], [60.0, 60.0]]))
+    # Codes 2 and 3 get no vector; the two vectors worst served by codes 0 and 1 are (5, 5) and (0, 4).
+    z = torch.tensor([[[0.1, 0.0], [0.9, 0.1], [5.0, 5.0], [0.0, 4.0], [1.0, 0.2]]])
+    quantizer(z)
+    assert quantizer.codebook[2:].tolist() == [[5.0, 5.0], [0.0, 4.0]]
+    _, indices, _, _ = quantizer(z)
+    assert indices.flatten().tolist()[2:4] == [2, 3]  # the restarted codes now serve those vectors
+    random = VectorQuantizer(4, 2, ema_decay=0.0, dead_code_threshold=0.5)
+    with torch.no_grad():
+        random.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0], [60.0, 60.0]]))
+    torch.manual_seed(0)
+    random(z)
+    assert (random.codebook[2:, None] == z[0][None]).all(-1).any(1).all()  # on batch vectors, any of them
+
+
 def test_perplexity_and_usage_count_the_codes_in_use():
     quantizer = VectorQuantizer(4, 2, ema_decay=None).eval()
     with torch.no_grad():
@@ -94,6 +112,8 @@ def test_bad_shapes_and_settings_are_one_clear_error():
         VectorQuantizer(4, 8, ema_decay=1.0)
     with pytest.raises(ValueError, match="at least 2 codes"):
         VectorQuantizer(1, 8)
+    with pytest.raises(ValueError, match="dead_code_restart must be one of"):
+        VectorQuantizer(4, 8, dead_code_restart="nearest")
 
 
 def test_factorised_codes_update_under_bf16_autocast():

@@ -98,6 +98,31 @@ def test_the_code_prior_trains_over_a_tokenizer_checkpoint_and_samples(tmp_path)
                                             contextlib.nullcontext, label=4, top_p=0.9), images)
 
 
+def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_remembered():
+    torch.manual_seed(0)
+    tokenizer = {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}}
+    model = create_model("vqgan_transformer", tokenizer=tokenizer, img_size=16, **TINY)
+    encoded = []
+    model.tokenizer.quantizer.register_forward_hook(lambda module, inputs, output: encoded.append(len(inputs[0])))
+    task = AutoregressiveTask()
+    images = torch.rand(4, 1, 16, 16)
+    first = task.tokens(model, images)
+    assert torch.equal(first, model.tokens(images)) and encoded == [4, 4]
+    assert torch.equal(task.tokens(model, images.flip(0)), first.flip(0)) and encoded == [4, 4]  # none encoded
+    mixed = torch.cat([images[:2], torch.rand(1, 1, 16, 16)])
+    assert torch.equal(task.tokens(model, mixed), model.tokens(mixed)) and encoded[2] == 1  # only the new one
+    assert len(task.remembered) == 5
+    other = create_model("vqgan_transformer", tokenizer=tokenizer, img_size=16, **TINY)  # another tokenizer
+    assert torch.equal(task.tokens(other, images), other.tokens(images)) and len(task.remembered) == 4
+    capped = AutoregressiveTask()
+    capped.remembered.capacity = 2
+    assert torch.equal(capped.tokens(model, images), first) and len(capped.remembered) == 2
+    image_gpt = tiny_image_gpt()
+    palette_images = torch.rand(3, 1, 4, 4)
+    assert torch.equal(task.tokens(image_gpt, palette_images), image_gpt.tokens(palette_images))
+    assert len(task.remembered) == 4  # palette indices are cheap: not remembered
+
+
 def test_the_code_prior_without_tokenizer_is_one_clear_error(tmp_path, capsys):
     run = tmp_path / "prior"
     assert main(["train", "vqgan_transformer", "--data", "digits", "--out", str(run)]) == 2

@@ -7,9 +7,12 @@ The loss is the commitment term ``β |z - sg[e]|²`` plus, when the codebook is 
 ``ema_decay`` the codebook instead follows exponential moving averages of the vectors assigned to each
 code (the paper's appendix; Laplace-smoothed counts), which trains faster and steadier.
 
-Dead codes: a code whose moving-average count falls below ``dead_code_threshold`` is restarted at a
-random input vector of the current batch, so that the codebook stays in use (a known VQ failure is
-a handful of codes doing all the work). ``usage`` (the fraction of codes used in the batch) and
+Dead codes: a code whose moving-average count falls below ``dead_code_threshold`` is restarted at an
+input vector of the current batch, so that the codebook stays in use (a known VQ failure is a handful
+of codes doing all the work): a random one (``dead_code_restart="random"``, as Jukebox and
+vector-quantize-pytorch), or the vectors farthest from their nearest code (``"farthest"``): the random
+pick mostly lands next to a busy code, the farthest ones where the quantisation error is largest, as a
+k-means split would. ``usage`` (the fraction of codes used in the batch) and
 ``perplexity`` (``exp`` of the entropy of the batch's code histogram: K when all K codes are used
 equally) are reported with every forward.
 
@@ -24,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+RESTARTS = ("random", "farthest")
+
 
 class VectorQuantizer(nn.Module):
     """``forward(z)`` → ``(quantised, indices, loss, stats)``.
@@ -34,6 +39,8 @@ class VectorQuantizer(nn.Module):
         commitment: β, the weight of the commitment loss.
         ema_decay: decay of the codebook's moving averages; None learns the codebook by gradient.
         dead_code_threshold: moving-average count under which a code is restarted (0 disables; EMA only).
+        dead_code_restart: where a dead code restarts: "random" (a random vector of the batch) or "farthest"
+            (the batch's vectors farthest from their nearest code, the largest first).
         code_dim: lookup dimension of factorised codes (None: ``dim``, no projection).
         l2_normalize: look up unit vectors (cosine similarity).
         eps: Laplace smoothing of the counts.
@@ -45,18 +52,21 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, ema_decay: float | None = 0.99,
                  dead_code_threshold: float = 1.0, code_dim: int | None = None, l2_normalize: bool = False,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, dead_code_restart: str = "random"):
         super().__init__()
         if num_codes < 2 or dim < 1:
             raise ValueError(f"a codebook needs at least 2 codes of dimension >= 1, got {num_codes} x {dim}")
         if ema_decay is not None and not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if dead_code_restart not in RESTARTS:
+            raise ValueError(f"dead_code_restart must be one of {RESTARTS}, got {dead_code_restart!r}")
         self.num_codes = num_codes
         self.dim = dim
         self.code_dim = code_dim or dim
         self.commitment = commitment
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
+        self.dead_code_restart = dead_code_restart
         self.l2_normalize = l2_normalize
         self.eps = eps
         self.project_in = nn.Linear(dim, self.code_dim) if code_dim else nn.Identity()
@@ -72,16 +82,21 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, vectors: Tensor) -> Tensor:
         """Index of the nearest code of each of ``vectors`` Tensor[M, code_dim]: int64 Tensor[M]."""
-        codebook = self._codes().detach().to(vectors.dtype)
+        return self._nearest(vectors)[1]
+
+    def _nearest(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """(squared distance to the nearest code Tensor[M], its index int64 Tensor[M]) of ``vectors``."""
+        codebook = self.code_vectors().detach().to(vectors.dtype)
         distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.T
                      + codebook.pow(2).sum(1)[None])
-        return distances.argmin(dim=1)
+        return distances.min(dim=1)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Codes of ``indices`` (any shape) projected back: Tensor[*indices.shape, dim]."""
-        return self.project_out(self._codes()[indices])
+        return self.project_out(self.code_vectors()[indices])
 
-    def _codes(self) -> Tensor:
+    def code_vectors(self) -> Tensor:
+        """The codebook as the lookup sees it: Tensor[num_codes, code_dim] (unit rows with ``l2_normalize``)."""
         return F.normalize(self.codebook, dim=1) if self.l2_normalize else self.codebook
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -96,11 +111,11 @@ class VectorQuantizer(nn.Module):
             flat = self.project_in(vectors.reshape(-1, self.dim).float())
         if self.l2_normalize:
             flat = F.normalize(flat, dim=1)
-        indices = self.lookup(flat.detach())
-        codes = self._codes()[indices]
+        distances, indices = self._nearest(flat.detach())
+        codes = self.code_vectors()[indices]
         if self.training and self.ema_decay is not None:
-            self._ema_update(flat.detach(), indices)
-            codes = self._codes()[indices]
+            self._ema_update(flat.detach(), indices, distances)
+            codes = self.code_vectors()[indices]
         loss = self.commitment * F.mse_loss(flat, codes.detach())
         if self.ema_decay is None:
             loss = loss + F.mse_loss(codes, flat.detach())
@@ -111,7 +126,7 @@ class VectorQuantizer(nn.Module):
         return out, indices.reshape(grid), loss, self._stats(indices)
 
     @torch.no_grad()
-    def _ema_update(self, flat: Tensor, indices: Tensor) -> None:
+    def _ema_update(self, flat: Tensor, indices: Tensor, distances: Tensor) -> None:
         one_hot = F.one_hot(indices, self.num_codes).to(flat.dtype)
         counts = one_hot.sum(0)
         self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
@@ -122,10 +137,17 @@ class VectorQuantizer(nn.Module):
         if self.dead_code_threshold > 0:
             dead = torch.where(self.ema_count < self.dead_code_threshold)[0]
             if dead.numel():
-                picks = flat[torch.randint(len(flat), (dead.numel(),), device=flat.device)]
+                picks = flat[self._restart_rows(distances, dead.numel())]
                 self.codebook[dead] = picks
                 self.ema_sum[dead] = picks * self.dead_code_threshold
                 self.ema_count[dead] = self.dead_code_threshold
+
+    def _restart_rows(self, distances: Tensor, count: int) -> Tensor:
+        """Rows of the batch's ``distances`` Tensor[M] (to the nearest code) where ``count`` dead codes restart."""
+        if self.dead_code_restart == "random":
+            return torch.randint(len(distances), (count,), device=distances.device)
+        farthest = distances.argsort(descending=True)
+        return farthest[torch.arange(count, device=distances.device) % len(farthest)]
 
     def _stats(self, indices: Tensor) -> dict[str, Tensor]:
         histogram = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
