@@ -13,7 +13,8 @@ from visionzoo.generative.vqgan import VQGAN
 from visionzoo.metrics import domain
 from visionzoo.metrics.domain import DomainFeatures
 from visionzoo.train import TrainConfig
-from visionzoo.train.run import run_training
+from visionzoo.train.engine import resolve_config
+from visionzoo.train.run import build_setup, run_training
 from visionzoo.train.vqgan import VQGANTask
 
 TINY = dict(ch=8, ch_mult=(1, 2, 2), z_channels=8, embed_dim=8, num_codes=32, disc_width=8)
@@ -125,6 +126,15 @@ def test_vit_vqgan_and_vqgan_f8_take_the_papers_lighter_loss_weights_unless_told
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)
     setup = VQGANTask.setup("vqgan", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (1.0, 0.8)
+
+
+def test_vqgan_f8_trains_at_its_registered_learning_rate_unless_told_otherwise():
+    setup = build_setup("vqgan_f8", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
+    assert resolve_config(TrainConfig(), setup.task).lr == 2e-3
+    assert resolve_config(TrainConfig(lr=1e-4), setup.task).lr == 1e-4
+    assert resolve_config(TrainConfig(), setup.task).batch_size == VQGANTask.defaults["batch_size"]
+    other = build_setup("vqgan", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
+    assert resolve_config(TrainConfig(), other.task).lr == VQGANTask.defaults["lr"] == 4e-4
 
 
 def test_the_autoencoder_update_equals_backpropagating_the_full_loss():

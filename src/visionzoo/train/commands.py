@@ -49,7 +49,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--max-steps", type=positive_int)
     budget.add_argument("--epochs", type=positive_float)
     budget.add_argument("--minutes", type=positive_float, help="training time budget")
-    optim = parser.add_argument_group("optimisation (defaults: the task's)")
+    optim = parser.add_argument_group("optimisation (defaults: the model's registered ones, else the task's)")
     optim.add_argument("--batch-size", type=positive_int, help="per process, as in timm")
     optim.add_argument("--lr", type=positive_float)
     optim.add_argument("--weight-decay", type=float)

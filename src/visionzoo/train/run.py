@@ -24,8 +24,17 @@ def task_class(model_name: str) -> type[Task]:
 
 def build_setup(model_name: str, data: str, img_size: int | None = None, model_args: Mapping[str, Any] | None = None,
                 checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-    """The task, model and data splits of ``model_name`` trained on ``data`` (a data set name or folder)."""
-    return task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options)
+    """The task, model and data splits of ``model_name`` trained on ``data`` (a data set name or folder).
+
+    A model registered with ``train_defaults`` (e.g. ``{"lr": 2e-3}``) overrides its task's engine defaults
+    with them; the user's settings still come first."""
+    from visionzoo.models import get_model_entry
+
+    setup = task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options)
+    preferred = get_model_entry(model_name).default_cfg.get("train_defaults")
+    if preferred:
+        setup.task.defaults = {**setup.task.defaults, **preferred}
+    return setup
 
 
 def first_items(dataset: Dataset, count: int | None) -> Dataset:
