@@ -110,7 +110,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
         setup, result, wall = train(name, data, size, minutes, run, model_args=model_args, options=options,
-                                    batch_size=batch_size, **({"lr": lr} if lr else {"lr": 1e-3} if kind == "vqvae" else {}))
+                                    batch_size=batch_size, **({"lr": lr} if lr else {}))
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
