@@ -14,8 +14,8 @@ from visionzoo.metrics import domain
 from visionzoo.metrics.domain import DomainFeatures
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import resolve_config
-from visionzoo.train.run import build_setup, run_training
-from visionzoo.train.vqgan import VQGANTask
+from visionzoo.train.run import build_setup, load_for_inference, run_training
+from visionzoo.train.vqgan import VQGANTask, parse_disc_start
 
 TINY = dict(ch=8, ch_mult=(1, 2, 2), z_channels=8, embed_dim=8, num_codes=32, disc_width=8)
 
@@ -71,6 +71,37 @@ def test_bad_options_are_refused():
         VQGANTask(perceptual_weight=-1.0)
 
 
+@pytest.mark.parametrize("text, value", [("1100", 1100), ("0", 0), ("40%", 0.4), (" 0% ", 0.0), (0.25, 0.25), (7, 7)])
+def test_disc_start_is_a_step_or_a_share_of_the_run(text, value):
+    parsed = parse_disc_start(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("text, message", [("abc", "such as 40%"), ("40.5", "such as 40%"), ("100%", r"\[0%, 100%\)"),
+                                           ("-5%", r"\[0%, 100%\)"), ("-1", ">= 0"), (1.5, r"\[0%, 100%\)"),
+                                           (True, "such as 40%")])
+def test_bad_disc_starts_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_disc_start(text)
+
+
+def test_a_share_of_the_run_starts_the_discriminator_at_that_point_of_the_plan_and_keeps_it_on():
+    task = VQGANTask(disc_start=0.4)
+    with pytest.raises(RuntimeError, match="total_steps"):
+        task.disc_active()
+    task.total_steps = 10
+    flags = []
+    for step in range(6):
+        task.step = step
+        flags.append(task.disc_active())
+    assert flags == [False, False, False, False, True, True]
+    task.step, task.total_steps = 6, 100  # a timed run re-planned longer: the discriminator stays on
+    assert task.disc_active()
+    other = VQGANTask(disc_start=0.4)
+    other.step, other.total_steps = 6, 100
+    assert not other.disc_active()
+
+
 def test_a_short_run_switches_the_discriminator_on_at_disc_start(tmp_path, untrained_domain_features):
     out = tmp_path / "run"
     options = {"disc_start": 3, "disc_weight": 0.8, "perceptual_weight": 1.0, "perceptual_checkpoint": None}
@@ -103,10 +134,29 @@ def test_a_short_run_switches_the_discriminator_on_at_disc_start(tmp_path, untra
     assert (out / "reconstructions.png").is_file()
 
 
+def test_a_run_with_a_share_as_disc_start(tmp_path, untrained_domain_features):
+    out = tmp_path / "run"
+    options = {"disc_start": 0.5, "perceptual_weight": 0.0}
+    config = TrainConfig(out=str(out), max_steps=6, batch_size=8, progress=False, checkpoint_every=10**9,
+                         precision="fp32")
+    setup, _ = run_training("vqgan", "digits", config, 16, TINY, options)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
+    assert [r["autoencoder/disc_active"] for r in records] == [0, 0, 0, 1, 1, 1]
+    assert load_for_inference("vqgan", out / "checkpoint.safetensors").task.disc_start == 0.5
+
+
+def test_visionzoo_train_vqgan_refuses_a_bad_disc_start(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vqgan", "--data", "digits", "--disc-start", "120%"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--disc-start" in err and "[0%, 100%)" in err
+
+
 def test_visionzoo_train_vqgan(tmp_path, untrained_domain_features, capsys):
     out = tmp_path / "cli"
     args = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "2", "--batch-size", "8",
-            "--disc-start", "1", "--perceptual-weight", "0.5", "--out", str(out), "--no-progress",
+            "--disc-start", "50%", "--perceptual-weight", "0.5", "--out", str(out), "--no-progress",
             "--precision", "fp32", "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]", "--model-arg",
             "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8", "--model-arg", "disc_width=8"]
     assert main(args) == 0

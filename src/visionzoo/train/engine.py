@@ -348,6 +348,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.task.generator.manual_seed(seed)
         self.task.step = step
+        self.task.total_steps = self.total_steps
         factor = lr_factor(step, self.total_steps or 1, self.warmup_steps, self.config.min_lr_ratio)
         model = self.train_model.train()
         logged: dict[str, float] = {}

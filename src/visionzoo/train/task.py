@@ -45,6 +45,8 @@ class Task:
             resumed run repeats the uninterrupted one exactly.
         step: the index of the training step being run (set by the engine before each step; a GAN's
             discriminator, for one, starts at a given step).
+        total_steps: the run's planned length in steps, set with ``step`` (with only a time budget, the
+            engine's current estimate, re-sized as the run goes; None outside the engine).
         single_process: why the task cannot train under ``torchrun`` (None: it can); the engine refuses
             such a run before it starts.
     """
@@ -59,6 +61,7 @@ class Task:
     def __init__(self) -> None:
         self.generator = torch.Generator()
         self.step = 0
+        self.total_steps: int | None = None
 
     def optimizer_names(self) -> Sequence[str]:
         """The optimizers of one training step, in the order they step (e.g. a GAN's D then G)."""

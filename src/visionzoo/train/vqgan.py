@@ -4,12 +4,18 @@ Each engine step runs two optimizers in order, both AdamW with taming's betas (0
 
 - ``autoencoder`` (every parameter but the discriminator's): ``L1 + L2`` reconstruction error (L1 as
   taming; the L2 term serves PSNR, the metric we are judged on) ``+ perceptual_weight · perceptual
-  + vq loss``, and from step ``disc_start`` on ``+ λ · disc_weight · (-mean D(x̂))``. The adaptive
+  + vq loss``, and from ``disc_start`` on ``+ λ · disc_weight · (-mean D(x̂))``. The adaptive
   weight ``λ = ‖∇ nll‖ / (‖∇ gan‖ + 1e-4)`` is taken at the decoder's last layer (``nll`` = reconstruction
   + perceptual), so the GAN term never outweighs the reconstruction in gradient.
 - ``discriminator`` (the model's ``discriminator`` submodule): the hinge loss on D(x) and D(x̂), reusing
   the reconstruction x̂ of the autoencoder update of the same step (detached) instead of a second
   forward. Before ``disc_start`` its loss is a constant zero and no discriminator weight moves.
+
+``disc_start`` is a step (taming's ``disc_start``) or a share of the planned run (``--disc-start 40%``):
+the share starts the discriminator at the same point of any machine's run, where a step count leaves it
+on for more or less of the run with the machine's speed. With only a time budget the planned length is
+the engine's estimate at the pace so far, and the steps after the start are slower (the discriminator's
+own forward and backward), so its share of the steps ends a little under ``1 - share``.
 
 The perceptual network belongs to the task (frozen, never in the model's state dict), built at the
 first training step: VGG16 from ``--perceptual-checkpoint`` (a torchvision file) or else the classifier
@@ -42,12 +48,38 @@ DISC_WEIGHT = 0.8
 PERCEPTUAL_WEIGHT = 1.0
 
 
+def parse_disc_start(value: str | int | float) -> int | float:
+    """``--disc-start``: a step (``"1100"``, an int >= 0) or a share of the planned run (``"40%"``, or a
+    float in [0, 1)), as the task takes it."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else int(text)
+        except ValueError:
+            raise ValueError(f"--disc-start takes a step or a share of the run such as 40%, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"--disc-start takes a step or a share of the run such as 40%, got {value!r}")
+    if isinstance(value, float) and not 0 <= value < 1:
+        raise ValueError(f"--disc-start as a share of the run must lie in [0%, 100%), got {value:.0%}")
+    if value < 0:
+        raise ValueError(f"--disc-start must be a step >= 0, got {value}")
+    return value
+
+
+def _disc_start_argument(text: str) -> int | float:
+    try:
+        return parse_disc_start(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--disc-start ")) from None
+
+
 @register_task("vqgan")
 class VQGANTask(ReconstructionTask):
     """The "vqgan" task.
 
     Args:
-        disc_start: the step from which the discriminator trains and the GAN loss counts.
+        disc_start: the step from which the discriminator trains and the GAN loss counts (an int), or
+            that point as a share of the planned run (a float in [0, 1), e.g. 0.4).
         disc_weight: the GAN loss's weight on top of the adaptive weight (taming: 0.8).
         perceptual_weight: the perceptual distance's weight (0 drops it).
         perceptual: the :class:`PerceptualLoss`, or a function building it at first use; None drops it.
@@ -56,16 +88,15 @@ class VQGANTask(ReconstructionTask):
     defaults = {"lr": 4e-4, "weight_decay": 0.0, "batch_size": 32, "ema_decay": 0.0}
     single_process = "the discriminator and the decoder's last layer are reached past DDP's wrapper"
 
-    def __init__(self, disc_start: int = DISC_START, disc_weight: float = DISC_WEIGHT,
+    def __init__(self, disc_start: int | float = DISC_START, disc_weight: float = DISC_WEIGHT,
                  perceptual_weight: float = PERCEPTUAL_WEIGHT,
                  perceptual: PerceptualLoss | Callable[[], PerceptualLoss] | None = None):
         super().__init__()
-        if disc_start < 0:
-            raise ValueError(f"--disc-start must be a step >= 0, got {disc_start}")
         if disc_weight < 0 or perceptual_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got --disc-weight {disc_weight}, "
                              f"--perceptual-weight {perceptual_weight}")
-        self.disc_start = disc_start
+        self.disc_start = parse_disc_start(disc_start)
+        self._disc_on_from: int | None = None
         self.disc_weight = disc_weight
         self.perceptual_weight = perceptual_weight
         self._perceptual = perceptual if perceptual_weight > 0 else None
@@ -87,6 +118,20 @@ class VQGANTask(ReconstructionTask):
         return weight_decay_groups(model, weight_decay,
                                    include=lambda param: (id(param) in critic) == (optimizer == "discriminator"))
 
+    def disc_active(self) -> bool:
+        """Whether the discriminator is on at ``self.step``. Started from a share of the run, it stays on
+        once on, though the planned length of a timed run may be re-estimated afterwards."""
+        if isinstance(self.disc_start, int):
+            return self.step >= self.disc_start
+        if self._disc_on_from is None or self.step < self._disc_on_from:
+            if self.total_steps is None:
+                raise RuntimeError("a discriminator start given as a share of the run needs the run's planned "
+                                   "length in task.total_steps (the engine sets it)")
+            if self.step < self.disc_start * self.total_steps:
+                return False
+            self._disc_on_from = self.step
+        return True
+
     # -------------------------------------------------------------------------------- losses
     def perceptual(self, device: torch.device) -> PerceptualLoss | None:
         """The perceptual distance on ``device`` (built at the first call), or None without one."""
@@ -95,7 +140,7 @@ class VQGANTask(ReconstructionTask):
         return None if self._perceptual is None else self._perceptual.to(device)
 
     def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
-        active = self.step >= self.disc_start
+        active = self.disc_active()
         if optimizer == "discriminator":
             return self._discriminator_step(model, batch, active)
         reconstruction, _, vq_loss, stats = model(batch)
@@ -158,8 +203,9 @@ class VQGANTask(ReconstructionTask):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("VQGAN")
-        group.add_argument("--disc-start", type=int, default=DISC_START, metavar="STEP",
-                           help=f"step from which the discriminator trains and the GAN loss counts (default {DISC_START})")
+        group.add_argument("--disc-start", type=_disc_start_argument, default=DISC_START, metavar="STEP|SHARE%",
+                           help="step from which the discriminator trains and the GAN loss counts, or that point as "
+                                f"a share of the planned run, e.g. 40%% (default step {DISC_START})")
         group.add_argument("--disc-weight", type=float,
                            help=f"GAN loss weight on top of the adaptive weight (default {DISC_WEIGHT}; "
                                 "ViT-VQGAN: its paper's 0.1)")
