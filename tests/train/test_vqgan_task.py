@@ -13,7 +13,7 @@ from visionzoo.generative.vqgan import VQGAN
 from visionzoo.metrics import domain
 from visionzoo.metrics.domain import DomainFeatures
 from visionzoo.train import TrainConfig
-from visionzoo.train.engine import resolve_config
+from visionzoo.train.engine import Trainer, resolve_config
 from visionzoo.train.run import build_setup, load_for_inference, run_training
 from visionzoo.train.vqgan import VQGANTask, parse_disc_start
 
@@ -143,6 +143,28 @@ def test_a_run_with_a_share_as_disc_start(tmp_path, untrained_domain_features):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
     assert [r["autoencoder/disc_active"] for r in records] == [0, 0, 0, 1, 1, 1]
     assert load_for_inference("vqgan", out / "checkpoint.safetensors").task.disc_start == 0.5
+
+
+def optimizer_betas(tmp_path, config: TrainConfig, model_name="vqgan", model_args=TINY) -> set[tuple[float, float]]:
+    setup = build_setup(model_name, "digits", 16, model_args)
+    config.out, config.max_steps, config.batch_size, config.progress = str(tmp_path / "betas"), 1, 8, False
+    config.overwrite = True
+    trainer = Trainer(setup.task, setup.model, setup.splits["train"], None, config)
+    assert set(trainer.optimizers) == {"autoencoder", "discriminator"}
+    return {tuple(group["betas"]) for optimizer in trainer.optimizers.values() for group in optimizer.param_groups}
+
+
+def test_opt_betas_replace_the_tasks_betas_in_every_optimizer(tmp_path):
+    assert optimizer_betas(tmp_path, TrainConfig()) == {(0.5, 0.9)}  # taming's
+    assert optimizer_betas(tmp_path, TrainConfig(betas=(0.9, 0.99))) == {(0.9, 0.99)}
+
+
+def test_visionzoo_train_refuses_a_bad_adam_beta(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vqgan", "--data", "digits", "--opt-betas", "0.9", "1.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--opt-betas" in err and "[0, 1)" in err
 
 
 def test_visionzoo_train_vqgan_refuses_a_bad_disc_start(capsys):

@@ -53,6 +53,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--batch-size", type=positive_int, help="per process, as in timm")
     optim.add_argument("--lr", type=positive_float)
     optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
+                       help="AdamW's betas for every optimizer of the run (default: the model's, else the task's, "
+                            "e.g. a GAN's 0.5 0.9, else 0.9 0.999)")
     optim.add_argument("--warmup-steps", type=int)
     optim.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights (0 disables)")
@@ -70,6 +73,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_task_arguments(parser)
 
 
+def adam_beta(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"an Adam beta lies in [0, 1), got {text}")
+    return value
+
+
 def _data_name(data: str) -> str:
     return Path(data).name or "data"
 
@@ -79,7 +89,8 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig(
         out=args.out or f"runs/{args.model}-{_data_name(args.data)}",
         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, minutes=args.minutes,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+        lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.opt_betas) if args.opt_betas else None,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
         precision=args.precision, ema_decay=args.ema_decay, seed=args.seed, num_workers=args.workers,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, device=args.device,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,

@@ -65,6 +65,7 @@ class TrainConfig:
     minutes: float | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
     warmup_steps: int | None = None
     min_lr_ratio: float | None = None
     grad_clip: float | None = None
@@ -103,11 +104,14 @@ class TrainResult:
 
 
 def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
-    """Fill the ``None`` settings from the task's defaults, then the engine's."""
+    """Fill the ``None`` settings from the task's defaults, then the engine's. ``betas`` stays None unless
+    given or in the task's defaults: then each optimizer takes the task's ``optimizer_options``, else AdamW's."""
     resolved = copy.copy(config)
     for name in ENGINE_DEFAULTS:
         if getattr(resolved, name) is None:
             setattr(resolved, name, task.defaults.get(name, ENGINE_DEFAULTS[name]))
+    if resolved.betas is None and task.defaults.get("betas") is not None:
+        resolved.betas = tuple(task.defaults["betas"])
     if config.max_steps is not None or config.minutes is not None:
         if config.epochs is None:
             resolved.epochs = None
@@ -264,7 +268,7 @@ class Trainer:
         self.autocast = autocast_context(self.dist.device, cfg.precision)
         self.optimizers = {
             name: torch.optim.AdamW(task.parameter_groups(self.model, name, cfg.weight_decay), lr=cfg.lr,
-                                    **task.optimizer_options(name))
+                                    **{**task.optimizer_options(name), **({"betas": cfg.betas} if cfg.betas else {})})
             for name in task.optimizer_names()
         }
         for optimizer in self.optimizers.values():
