@@ -51,6 +51,7 @@ from visionzoo.train.commands import parse_model_arg
 from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
 from visionzoo.train.reconstruction import psnr
 from visionzoo.train.run import load_for_inference, run_training
+from visionzoo.train.vqgan import disc_start_argument
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path("runs/bench")
@@ -102,7 +103,8 @@ def disc_active_share(run: Path) -> float:
 
 
 def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[str, Any],
-              batch_size: int = 64, model_args: dict[str, Any] | None = None, lr: float | None = None) -> dict[str, Any]:
+              batch_size: int = 64, model_args: dict[str, Any] | None = None, lr: float | None = None,
+              betas: tuple[float, float] | None = None) -> dict[str, Any]:
     rows = {}
     for (data, size), name in zip(DATA, TOKENIZERS[kind]):
         if only and data not in only:
@@ -110,7 +112,8 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
         setup, result, wall = train(name, data, size, minutes, run, model_args=model_args, options=options,
-                                    batch_size=batch_size, **({"lr": lr} if lr else {}))
+                                    batch_size=batch_size, **({"lr": lr} if lr else {}),
+                                    **({"betas": betas} if betas else {}))
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
@@ -127,7 +130,8 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
               f"perplexity {test['perplexity']:.1f} ({result.steps} steps, {result.train_seconds:.0f} s"
               + (f", discriminator on {row['disc_active_share']:.0%} of steps" if "disc_active_share" in row else "")
               + f"); k-means patch VQ {baseline:.2f} dB", flush=True)
-    return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "lr": lr, "options": losses,
+    return {"minutes": minutes, "threads": torch.get_num_threads(), "batch_size": batch_size, "lr": lr,
+            "betas": betas, "options": losses,
             "model_args": model_args or {}, "rows": rows}
 
 
@@ -339,12 +343,15 @@ def main() -> None:
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
-    parser.add_argument("--disc-start", type=int, help="VQGANs: the step the discriminator starts at")
+    parser.add_argument("--disc-start", type=disc_start_argument,
+                        help="VQGANs: the step the discriminator starts at, or a share of the run (40%%)")
     parser.add_argument("--disc-weight", type=float, help="VQGANs: the GAN loss weight (default: the task's 0.8)")
     parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
+    parser.add_argument("--opt-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
+                        help="tokenizers: AdamW's betas (default: the model's, else the task's)")
     parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
@@ -356,7 +363,8 @@ def main() -> None:
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
-        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg), args.lr)
+        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg), args.lr,
+                           tuple(args.opt_betas) if args.opt_betas else None)
         name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)

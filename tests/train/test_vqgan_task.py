@@ -87,8 +87,8 @@ def test_bad_disc_starts_are_refused(text, message):
 
 def test_a_share_of_the_run_starts_the_discriminator_at_that_point_of_the_plan_and_keeps_it_on():
     task = VQGANTask(disc_start=0.4)
-    with pytest.raises(RuntimeError, match="total_steps"):
-        task.disc_active()
+    task.step = 8
+    assert not task.disc_active()  # no planned length yet (the engine timing its first steps)
     task.total_steps = 10
     flags = []
     for step in range(6):
@@ -143,6 +143,15 @@ def test_a_run_with_a_share_as_disc_start(tmp_path, untrained_domain_features):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
     assert [r["autoencoder/disc_active"] for r in records] == [0, 0, 0, 1, 1, 1]
     assert load_for_inference("vqgan", out / "checkpoint.safetensors").task.disc_start == 0.5
+
+    # With only a time budget the engine first times a few steps, before any length is planned.
+    timed = TrainConfig(out=str(tmp_path / "timed"), minutes=0.05, batch_size=8, progress=False,
+                        checkpoint_every=10**9, precision="fp32")
+    _, result = run_training("vqgan", "digits", timed, 16, TINY, {"disc_start": 0.5, "perceptual_weight": 0.0})
+    records = [json.loads(line) for line in (tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()
+               if "split" not in line]
+    flags = [r["autoencoder/disc_active"] for r in records]
+    assert result.steps >= 4 and flags[0] == 0 and flags[-1] == 1 and flags == sorted(flags)
 
 
 def optimizer_betas(tmp_path, config: TrainConfig, model_name="vqgan", model_args=TINY) -> set[tuple[float, float]]:

@@ -176,16 +176,16 @@ _SIZES = {
 
 # The paper's loss weights (perceptual 0.1, adversarial 0.1; L2 1.0): on Digits they beat taming's 1.0 / 0.8
 # by 1 dB of PSNR at equal time (benchmarks/generative.py).
-_LOSS_WEIGHTS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
+_TASK_OPTIONS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
 
 
-@register_model(task="vqgan", input_size=(3, 32, 32), loss_weights=_LOSS_WEIGHTS)
+@register_model(task="vqgan", input_size=(3, 32, 32), task_options=_TASK_OPTIONS)
 def vit_vqgan(**kwargs) -> ViTVQGAN:
     """ViT-VQGAN with 4×4 patches (an 8×8 code grid at 32 px), 128 wide, 2 blocks per codec, 512 codes in 8-d."""
     return ViTVQGAN(**{**_SIZES["vit_vqgan"], **kwargs})
 
 
-@register_model(task="vqgan", input_size=(3, 64, 64), loss_weights=_LOSS_WEIGHTS)
+@register_model(task="vqgan", input_size=(3, 64, 64), task_options=_TASK_OPTIONS)
 def vit_vqgan_64(**kwargs) -> ViTVQGAN:
     """ViT-VQGAN with 8×8 patches (an 8×8 code grid at 64 px), 192 wide, 3 blocks per codec, a 3-layer PatchGAN
     32 wide (in a 3-minute probe a 64-wide one made 18% fewer steps and lost 1.1 dB of PSNR)."""

@@ -226,7 +226,7 @@ _SIZES = {
 }
 # vqgan_f8 trains with ViT-VQGAN's lighter loss weights: on Shapes in 3 minutes taming's perceptual 1.0 and
 # adversarial 0.8 cost 0.8 dB of PSNR (benchmarks/generative.py; our perceptual distance is larger than LPIPS's).
-F8_LOSS_WEIGHTS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
+F8_TASK_OPTIONS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
 # and a peak learning rate of 2e-3 instead of the task's 4e-4: on Shapes +1.0 dB at 3 minutes, +0.25 dB at 10
 # (21.81 against 21.56 dB, discriminator from step 800); 4e-3 fell to 18.3 dB at 3 minutes.
 F8_TRAIN_DEFAULTS = {"lr": 2e-3}
@@ -244,7 +244,7 @@ def vqgan_base(**kwargs) -> VQGAN:
     return VQGAN(**{**_SIZES["vqgan_base"], **kwargs})
 
 
-@register_model(task="vqgan", input_size=(3, 64, 64), loss_weights=F8_LOSS_WEIGHTS,
+@register_model(task="vqgan", input_size=(3, 64, 64), task_options=F8_TASK_OPTIONS,
                 train_defaults=F8_TRAIN_DEFAULTS)
 def vqgan_f8(**kwargs) -> VQGAN:
     """VQGAN with an 8× smaller code grid (8×8 for 64 px Shapes), widths 32–64, a 3-layer PatchGAN 32 wide."""

@@ -66,7 +66,8 @@ def parse_disc_start(value: str | int | float) -> int | float:
     return value
 
 
-def _disc_start_argument(text: str) -> int | float:
+def disc_start_argument(text: str) -> int | float:
+    """:func:`parse_disc_start` as an argparse ``type``."""
     try:
         return parse_disc_start(text)
     except ValueError as error:
@@ -120,14 +121,12 @@ class VQGANTask(ReconstructionTask):
 
     def disc_active(self) -> bool:
         """Whether the discriminator is on at ``self.step``. Started from a share of the run, it stays on
-        once on, though the planned length of a timed run may be re-estimated afterwards."""
+        once on, though the planned length of a timed run may be re-estimated afterwards; while the length
+        is not planned yet (``total_steps`` None: the engine timing its first steps) it is off."""
         if isinstance(self.disc_start, int):
             return self.step >= self.disc_start
         if self._disc_on_from is None or self.step < self._disc_on_from:
-            if self.total_steps is None:
-                raise RuntimeError("a discriminator start given as a share of the run needs the run's planned "
-                                   "length in task.total_steps (the engine sets it)")
-            if self.step < self.disc_start * self.total_steps:
+            if self.total_steps is None or self.step < self.disc_start * self.total_steps:
                 return False
             self._disc_on_from = self.step
         return True
@@ -203,9 +202,9 @@ class VQGANTask(ReconstructionTask):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("VQGAN")
-        group.add_argument("--disc-start", type=_disc_start_argument, default=DISC_START, metavar="STEP|SHARE%",
+        group.add_argument("--disc-start", type=disc_start_argument, metavar="STEP|SHARE%",
                            help="step from which the discriminator trains and the GAN loss counts, or that point as "
-                                f"a share of the planned run, e.g. 40%% (default step {DISC_START})")
+                                f"a share of the planned run, e.g. 40%% (default: the model's, else step {DISC_START})")
         group.add_argument("--disc-weight", type=float,
                            help=f"GAN loss weight on top of the adaptive weight (default {DISC_WEIGHT}; "
                                 "ViT-VQGAN: its paper's 0.1)")
@@ -222,8 +221,8 @@ class VQGANTask(ReconstructionTask):
         from visionzoo.models import get_model_entry
 
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
-        # The user's options, else the model's registered loss weights (ViT-VQGAN's paper), else taming's.
-        options = {**get_model_entry(model_name).default_cfg.get("loss_weights", {}),
+        # The user's options, else the model's registered ones (e.g. ViT-VQGAN's paper's loss weights), else taming's.
+        options = {**get_model_entry(model_name).default_cfg.get("task_options", {}),
                    **{k: v for k, v in (options or {}).items() if v is not None}}
         meta = setup.run_meta
         build = functools.partial(build_perceptual_loss, options.get("perceptual_checkpoint"), data,
