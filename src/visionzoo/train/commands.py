@@ -55,7 +55,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--weight-decay", type=float)
     optim.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                        help="AdamW's betas for every optimizer of the run (default: the model's, else the task's, "
-                            "e.g. a GAN's 0.5 0.9, else 0.9 0.999)")
+                            "e.g. the vqgan task's 0.5 0.9, else 0.9 0.999)")
     optim.add_argument("--warmup-steps", type=int)
     optim.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
     optim.add_argument("--ema-decay", type=float, help="EMA of the weights (0 disables)")
