@@ -47,7 +47,7 @@ from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 from visionzoo.metrics.fid import FID
 from visionzoo.train import TrainConfig
-from visionzoo.train.commands import parse_model_arg
+from visionzoo.train.commands import adam_beta, parse_model_arg
 from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
 from visionzoo.train.reconstruction import psnr
 from visionzoo.train.run import load_for_inference, run_training
@@ -112,8 +112,7 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
         options = {k: v for k, v in losses.items() if v is not None} if kind != "vqvae" else None
         run = RUNS / f"{kind}-{data}"
         setup, result, wall = train(name, data, size, minutes, run, model_args=model_args, options=options,
-                                    batch_size=batch_size, **({"lr": lr} if lr else {}),
-                                    **({"betas": betas} if betas else {}))
+                                    batch_size=batch_size, lr=lr, betas=betas)
         model = setup.model.eval()
         with torch.no_grad():
             test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
@@ -350,7 +349,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
-    parser.add_argument("--opt-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
+    parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
     parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
     parser.add_argument("--runs", type=Path, default=RUNS,

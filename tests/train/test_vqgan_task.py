@@ -166,6 +166,12 @@ def optimizer_betas(tmp_path, config: TrainConfig, model_name="vqgan", model_arg
 def test_opt_betas_replace_the_tasks_betas_in_every_optimizer(tmp_path):
     assert optimizer_betas(tmp_path, TrainConfig()) == {(0.5, 0.9)}  # taming's
     assert optimizer_betas(tmp_path, TrainConfig(betas=(0.9, 0.99))) == {(0.9, 0.99)}
+    # A model's train_defaults may carry betas (build_setup puts them in the task's defaults); the user's still win.
+    task = VQGANTask()
+    task.defaults = {**task.defaults, "betas": (0.8, 0.95)}
+    assert resolve_config(TrainConfig(), task).betas == (0.8, 0.95)
+    assert resolve_config(TrainConfig(betas=(0.9, 0.99)), task).betas == (0.9, 0.99)
+    assert resolve_config(TrainConfig(), VQGANTask()).betas is None
 
 
 def test_visionzoo_train_refuses_a_bad_adam_beta(capsys):

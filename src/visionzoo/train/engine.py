@@ -91,6 +91,7 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "grad_clip": 1.0,
     "ema_decay": 0.0,
     "min_lr_ratio": 0.01,
+    "betas": None,  # each optimizer's from the task's optimizer_options, else AdamW's
 }
 
 
@@ -104,14 +105,11 @@ class TrainResult:
 
 
 def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
-    """Fill the ``None`` settings from the task's defaults, then the engine's. ``betas`` stays None unless
-    given or in the task's defaults: then each optimizer takes the task's ``optimizer_options``, else AdamW's."""
+    """Fill the ``None`` settings from the task's defaults, then the engine's."""
     resolved = copy.copy(config)
     for name in ENGINE_DEFAULTS:
         if getattr(resolved, name) is None:
             setattr(resolved, name, task.defaults.get(name, ENGINE_DEFAULTS[name]))
-    if resolved.betas is None and task.defaults.get("betas") is not None:
-        resolved.betas = tuple(task.defaults["betas"])
     if config.max_steps is not None or config.minutes is not None:
         if config.epochs is None:
             resolved.epochs = None
