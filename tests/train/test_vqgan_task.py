@@ -254,3 +254,11 @@ def test_the_autoencoder_update_equals_backpropagating_the_full_loss():
     scale = max(g.abs().max().item() for g in theirs.values())
     for name, grad in ours.items():  # summation order differs: float32 noise, relative to the largest gradient
         torch.testing.assert_close(grad, theirs[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("model_name, data, size", [("vqgan_f8", "shapes", 64), ("vit_vqgan", "digits", 32),
+                                                    ("vqvae_small", "digits", 64)])
+def test_a_tokenizer_trains_at_its_registered_size_unless_told(model_name, data, size):
+    setup = build_setup(model_name, data)
+    assert setup.run_meta["img_size"] == size and setup.splits["train"][0][0].shape[-1] == size
+    assert build_setup(model_name, data, 16).run_meta["img_size"] == 16

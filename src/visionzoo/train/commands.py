@@ -41,7 +41,8 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name (see `visionzoo list-models`)")
     parser.add_argument("--data", required=True, help="built-in data set (shapes, digits) or a COCO folder")
-    parser.add_argument("--img-size", type=positive_int, help="image side in pixels (default: the data set's)")
+    parser.add_argument("--img-size", type=positive_int,
+                        help="image side in pixels (default: a generative model's registered size, else the data set's)")
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")

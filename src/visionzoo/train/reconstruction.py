@@ -96,8 +96,11 @@ class ReconstructionTask(Task):
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         from visionzoo.data import create_dataset
-        from visionzoo.models import create_model
+        from visionzoo.models import create_model, get_model_entry
 
+        # The registered size sets the code grid the model was designed for (vqgan_f8: 8×8 at 64 px), so it is
+        # the default rather than the data set's own (Shapes: 128 px, a 16×16 grid at four times the cost).
+        img_size = img_size or get_model_entry(model_name).default_cfg["input_size"][-1]
         splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
         image, _ = splits["train"][0]
         model_args = dict(model_args)
