@@ -91,6 +91,18 @@ def test_resume_extends_a_finished_run_to_a_longer_budget(tmp_path):
     assert steps == list(range(1, 31))
 
 
+def test_resume_continues_at_the_trained_size_and_refuses_another(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 0
+    unsized = TRAIN[:4] + TRAIN[6:]  # without --img-size 16
+    assert "--img-size" not in unsized
+    # Continued at its 16 px, not the data set's 8 px (which the resume check would refuse).
+    assert main([*unsized, "--max-steps", "3", "--out", str(run), "--resume"]) == 0
+    assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == 3
+    one_line_error(capsys, [*unsized, "--img-size", "24", "--max-steps", "4", "--out", str(run), "--resume"],
+                   "trained at 16 px", "--img-size 16")
+
+
 def test_unknown_model_names_the_closest(capsys):
     one_line_error(capsys, ["train", "resnet19", "--data", "digits"], "resnet19", "resnet18")
 

@@ -486,6 +486,10 @@ class Trainer:
         saved_name = meta["model"]["name"]
         if saved_name != model_record(self.model)["name"]:
             raise CheckpointError(f"--resume: {path} was trained as {saved_name!r}, not {model_record(self.model)['name']!r}")
+        saved_size, size = meta.get("run", {}).get("img_size"), self.run_meta.get("img_size")
+        if saved_size is not None and size is not None and saved_size != size:
+            raise CheckpointError(f"--resume: {path} was trained at {saved_size} px, this run is at {size} px; "
+                                  f"give --img-size {saved_size} to continue it")
         load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
             load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))
