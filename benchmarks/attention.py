@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
-from timing import best_seconds
+from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
 from visionzoo.models import create_model
@@ -134,7 +134,7 @@ def main() -> None:
               f"ratio {written / fused:.2f}  (default: {path})", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "attention.json"
-    out.write_text(json.dumps({"threads": torch.get_num_threads(), "explicit_max_keys": defaults[0],
+    out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
                                "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

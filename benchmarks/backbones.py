@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from timing import best_seconds
+from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
 
 RESULTS = Path(__file__).parent / "results"
@@ -111,7 +111,7 @@ def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf1
 def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int) -> dict:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, size=512, repeats=1)}
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
-    rows = {"matmul_peak_flops": peaks, "threads": torch.get_num_threads(), "batch": batch, "bf16_batch": bf16_batch}
+    rows = {"matmul_peak_flops": peaks, **machine(), "batch": batch, "bf16_batch": bf16_batch}
     for name in SPEED_MODELS:
         torch.manual_seed(0)
         models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}

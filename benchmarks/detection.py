@@ -43,6 +43,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
+from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import fit, resolve_precision
@@ -218,6 +219,7 @@ def main() -> None:
             result = proposal_detector({"rcnn": "rcnn_shapes", "fast-rcnn": "fastrcnn_shapes"}[job], args.minutes,
                                        args.batch_size)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
+        result["machine"] = machine()
         path = RESULTS / f"detection_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")

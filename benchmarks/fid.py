@@ -30,7 +30,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
-from timing import best_seconds
+from timing import best_seconds, machine
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
 
@@ -142,7 +142,7 @@ def main() -> None:
     result = run(args.images)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "fid.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

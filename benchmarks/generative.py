@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
+from timing import machine
 from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 from visionzoo.metrics.fid import FID
@@ -149,14 +150,16 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
             model = setup.model.eval()
             codes = model.quantizer.code_vectors().detach().float()
             distances = torch.cdist(codes, codes)
-            nearest = distances.clone().fill_diagonal_(float("inf")).min(1).values
+            off_diagonal = ~torch.eye(len(codes), dtype=torch.bool)
+            nearest = distances.masked_fill(~off_diagonal, float("inf")).min(1).values
+            between = distances[off_diagonal]  # each code's distance to itself is no distance between codes
             images = stack(setup.splits["test"], 500)
             with torch.no_grad():
                 fp32 = model.encode(images)
                 with autocast_context(torch.device("cpu"), "bf16")():
                     bf16 = model.encode(images)
             row = rows[f"{name} {data}"] = {"checkpoint": str(checkpoint),
-                                            "nearest_over_median_distance": float(nearest.median() / distances.median()),
+                                            "nearest_over_median_distance": float(nearest.median() / between.median()),
                                             "bf16_code_agreement": float((fp32 == bf16).float().mean())}
             print(f"{name} on {data}: nearest code at {row['nearest_over_median_distance']:.3f} of the median distance; "
                   f"bf16 keeps {row['bf16_code_agreement']:.1%} of the codes", flush=True)
@@ -344,8 +347,10 @@ def main() -> None:
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
     parser.add_argument("--disc-start", type=disc_start_argument,
                         help="VQGANs: the step the discriminator starts at, or a share of the run (40%%)")
-    parser.add_argument("--disc-weight", type=float, help="VQGANs: the GAN loss weight (default: the task's 0.8)")
-    parser.add_argument("--perceptual-weight", type=float, help="VQGANs: the perceptual loss weight (default 1.0)")
+    parser.add_argument("--disc-weight", type=float,
+                        help="VQGANs: the GAN loss weight (default: the model's registered one, else the task's 0.8)")
+    parser.add_argument("--perceptual-weight", type=float,
+                        help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
@@ -384,7 +389,7 @@ def main() -> None:
     suffix = "" if not args.data else "_" + "_".join(args.data)
     path = args.out or RESULTS / f"generative_{name}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"threads": torch.get_num_threads(), **result}, indent=2) + "\n")
+    path.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

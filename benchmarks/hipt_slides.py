@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timing import machine
 from visionzoo.data.shapes import CLASSES, Shapes
 from visionzoo.data.slides import ShapeSlides
 from visionzoo.metrics.probe import linear_probe_accuracy
@@ -286,7 +287,7 @@ def main() -> None:
         "encoder": encoder_info,
         "rows": rows,
         "majority_class_baseline": float((test_labels == majority).mean()),
-        "threads": torch.get_num_threads(),
+        "machine": machine(),
         "total_seconds": round(time.perf_counter() - start, 1),
     }
     print(table(result))

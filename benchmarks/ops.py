@@ -33,7 +33,6 @@ if "--one-thread" in sys.argv:  # before torch starts its thread pool
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv  # noqa: E402
 
+from timing import machine  # noqa: E402
 from visionzoo import ops  # noqa: E402
 
 CLOCK = time.process_time if "--one-thread" in sys.argv else time.perf_counter
@@ -163,8 +163,7 @@ def main() -> None:
               f"{row['ratio']:.2f} | {'yes' if row['equal'] else 'NO'} |")
     print(f"\n{clock}, best of {repeats}; ratio = visionzoo / torchvision (below 1: faster).")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"clock": clock, "repeats": repeats, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
+    meta = {"clock": clock, "repeats": repeats, "torchvision": torchvision.__version__, **machine()}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

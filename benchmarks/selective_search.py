@@ -40,7 +40,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # b
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,6 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from timing import machine  # noqa: E402
 from visionzoo.data import Shapes  # noqa: E402
 from visionzoo.detection import selective_search  # noqa: E402
 from visionzoo.ops import box_iou  # noqa: E402
@@ -147,8 +147,7 @@ def main() -> None:
           f"proposals, {args.threads} thread(s); OpenCV {cv2.__version__}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"images": args.images, "ground_truth_boxes": boxes, "max_proposals": args.max_proposals, "top": args.top,
-            "threads": args.threads, "opencv": cv2.__version__, "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "command": " ".join(["python", *sys.argv])}
+            "opencv": cv2.__version__, **machine(), "threads": args.threads}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import resolve_precision
 from visionzoo.train.run import run_training
@@ -180,7 +181,7 @@ def main() -> None:
             else:
                 result = mpp_job(Path(tmp))
         result["job_seconds"] = round(time.perf_counter() - start, 1)
-        result["threads"] = torch.get_num_threads()
+        result["machine"] = machine()
         path = RESULTS / f"train_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)

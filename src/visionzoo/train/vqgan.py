@@ -51,14 +51,15 @@ PERCEPTUAL_WEIGHT = 1.0
 def parse_disc_start(value: str | int | float) -> int | float:
     """``--disc-start``: a step (``"1100"``, an int >= 0) or a share of the planned run (``"40%"``, or a
     float in [0, 1)), as the task takes it."""
+    unreadable = f"--disc-start takes a step or a share of the run such as 40%, got {value!r}"
     if isinstance(value, str):
         text = value.strip()
         try:
             value = float(text[:-1]) / 100 if text.endswith("%") else int(text)
         except ValueError:
-            raise ValueError(f"--disc-start takes a step or a share of the run such as 40%, got {value!r}") from None
+            raise ValueError(unreadable) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"--disc-start takes a step or a share of the run such as 40%, got {value!r}")
+        raise ValueError(unreadable)
     if isinstance(value, float) and not 0 <= value < 1:
         raise ValueError(f"--disc-start as a share of the run must lie in [0%, 100%), got {value:.0%}")
     if value < 0:
