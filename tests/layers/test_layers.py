@@ -37,8 +37,14 @@ def test_attention_bias_is_added_to_the_logits():
     torch.testing.assert_close(attention(x, attn_bias=bias), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture
+def native_bf16_cpu(monkeypatch):
+    """The written-out product is taken only where bf16 is native; these tests check it on any CPU."""
+    monkeypatch.setattr(attention_module, "native_bf16", lambda device: True)
+
+
 @pytest.mark.parametrize("case", ["plain", "bias", "causal"])
-def test_written_out_attention_in_bf16_agrees_with_the_fused_kernels(case):
+def test_written_out_attention_in_bf16_agrees_with_the_fused_kernels(case, native_bf16_cpu):
     torch.manual_seed(2)
     q, k, v = (torch.randn(4, 3, 17, 32, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     bias = torch.randn(3, 17, 17) if case == "bias" else None
@@ -68,7 +74,7 @@ def test_fp32_and_long_sequences_take_the_fused_kernels_unchanged():
                        torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
-def test_short_sequences_with_a_large_attention_matrix_take_the_fused_kernels():
+def test_short_sequences_with_a_large_attention_matrix_take_the_fused_kernels(native_bf16_cpu):
     torch.manual_seed(5)
     q = torch.randn(64, 8, 160, 8, dtype=torch.bfloat16)  # 160 queries over 64 keys: float32 logits of 20 MiB
     k = v = torch.randn(64, 8, 64, 8, dtype=torch.bfloat16)
@@ -79,7 +85,15 @@ def test_short_sequences_with_a_large_attention_matrix_take_the_fused_kernels():
     assert torch.equal(scaled_dot_product_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
-def test_written_out_attention_drops_weights_only_when_asked():
+def test_a_cpu_that_emulates_bf16_takes_the_fused_kernels(monkeypatch):
+    q = k = torch.randn(2, 2, 8, 16, dtype=torch.bfloat16)
+    monkeypatch.setattr(attention_module, "native_bf16", lambda device: True)
+    assert attention_module.writes_out(q, k)
+    monkeypatch.setattr(attention_module, "native_bf16", lambda device: False)
+    assert not attention_module.writes_out(q, k)
+
+
+def test_written_out_attention_drops_weights_only_when_asked(native_bf16_cpu):
     torch.manual_seed(4)
     q, k, v = (torch.randn(2, 2, 8, 16, dtype=torch.bfloat16) for _ in range(3))
     assert torch.equal(scaled_dot_product_attention(q, k, v), scaled_dot_product_attention(q, k, v))

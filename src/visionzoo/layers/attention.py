@@ -7,21 +7,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
+from visionzoo.utils import native_bf16
 
 # On CPU in bf16/fp16 the written-out product is faster than torch's fused kernels (benchmarks/attention.py) for
 # short sequences, whose fused backward is slow, while the attention matrix stays small: a training step 0.6x as
 # long at 17-65 keys (fp32 logits of 0.2-8 MB). Beyond either limit the fused kernels win or tie: Image GPT's 256
 # causal positions (written out 1.3x slower), and ViT-S/16 inference at batch 32 (197 keys, 30 MB of logits:
 # 1.4x slower in a fresh process, where glibc returns each such buffer to the system and faults it in again).
+# Only where bf16 is native: on an AVX2-only CPU the written-out bf16 matmuls are emulated, and ViT-S/16 inference
+# at batch 2 ran at 0.68x timm's, which takes the fused kernels.
 EXPLICIT_MAX_KEYS = 200
 EXPLICIT_MAX_LOGITS_BYTES = 16 * 2**20
 
 
 def writes_out(q: Tensor, k: Tensor) -> bool:
     """Whether :func:`scaled_dot_product_attention` writes the product of ``q`` Tensor[..., N, D] and ``k``
-    Tensor[..., M, D] out: on CPU, in bf16/fp16, for at most ``EXPLICIT_MAX_KEYS`` keys and float32 logits
-    Tensor[..., N, M] of at most ``EXPLICIT_MAX_LOGITS_BYTES``."""
+    Tensor[..., M, D] out: on a CPU that runs bf16 natively, in bf16/fp16, for at most ``EXPLICIT_MAX_KEYS``
+    keys and float32 logits Tensor[..., N, M] of at most ``EXPLICIT_MAX_LOGITS_BYTES``."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or k.shape[-2] > EXPLICIT_MAX_KEYS:
+        return False
+    if not native_bf16(q.device):
         return False
     logits = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]).numel() * q.shape[-2] * k.shape[-2]
     return 4 * logits <= EXPLICIT_MAX_LOGITS_BYTES
@@ -34,7 +39,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Ten
     ``attn_bias`` is additive and broadcasts to Tensor[..., N, M]; ``is_causal`` masks key j > query i
     (top-left aligned, as ``F.scaled_dot_product_attention``); ``scale`` defaults to ``D ** -0.5``.
 
-    ``F.scaled_dot_product_attention``, except for short sequences on CPU with bf16/fp16 inputs
+    ``F.scaled_dot_product_attention``, except for short sequences on a bf16-native CPU with bf16/fp16 inputs
     (:func:`writes_out`): there the product is written out as timm's non-fused path is under autocast
     (matmuls in the inputs' dtype, the softmax in float32). fp32 always takes the fused kernels.
     """

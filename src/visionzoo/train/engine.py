@@ -42,6 +42,7 @@ from visionzoo.train.distributed import (
     step_seed,
 )
 from visionzoo.train.task import Task
+from visionzoo.utils import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, or a CPU with AMX or AVX512-BF16).
-
-    Elsewhere bf16 is emulated: on an AVX2-only CPU a bf16 matmul is tens of times slower than fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
