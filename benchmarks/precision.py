@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from visionzoo.train import TrainConfig, fit
-from visionzoo.train.engine import native_bf16
 from visionzoo.train.run import build_setup
+from visionzoo.utils import native_bf16
 
 CONFIGS = {
     # name: (model, data, image size, model arguments, batch size)

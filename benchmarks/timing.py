@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from visionzoo.train.engine import native_bf16
+from visionzoo.utils import native_bf16
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3, clock: Callable[[], float] = time.perf_counter

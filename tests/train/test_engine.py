@@ -15,10 +15,10 @@ from visionzoo.train.distributed import EpochBatchSampler
 from visionzoo.train.engine import (
     autocast_context,
     lr_factor,
-    native_bf16,
     prepare_run_dir,
     resolve_precision,
 )
+from visionzoo.utils import native_bf16
 
 SCRIPT = Path(__file__).with_name("engine_script.py")
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from visionzoo.cli import positive_float, positive_int, register_command
-from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
-from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training
+from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
+from visionzoo.train.run import load_for_inference, load_images, run_training
 from visionzoo.train.task import _TASKS
 
 
@@ -96,11 +96,7 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, device=args.device,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
-    img_size = args.img_size
-    checkpoint = Path(config.out) / CHECKPOINT_NAME
-    if args.resume and img_size is None and checkpoint.is_file():  # continue at the size it was trained at
-        img_size = checkpoint_metadata(checkpoint).get("run", {}).get("img_size")
-    _, result = run_training(args.model, args.data, config, img_size, dict(args.model_arg),
+    _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
                                  _task_options(args))
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.samples_per_second:.1f} samples/s)")

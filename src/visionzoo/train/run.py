@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import pil_to_tensor, resize
 
 from visionzoo.checkpoint import CheckpointError, read_metadata
-from visionzoo.train.engine import TrainConfig, TrainResult, fit
+from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, get_task
 
 
@@ -52,7 +52,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                  model_args: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
                  train_images: int | None = None, val_images: int | None = None) -> tuple[Setup, TrainResult]:
     """Train ``model_name`` on ``data``'s train split (its first ``train_images``), evaluating on its val split
-    (its first ``val_images``)."""
+    (its first ``val_images``). A resumed run continues at the image size it was trained at unless
+    ``img_size`` says otherwise (the engine refuses a different one)."""
+    checkpoint = Path(config.out) / CHECKPOINT_NAME
+    if config.resume and img_size is None and checkpoint.is_file():
+        img_size = checkpoint_metadata(checkpoint).get("run", {}).get("img_size")
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
