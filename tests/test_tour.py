@@ -22,24 +22,28 @@ def test_list_prints_every_job(capsys):
 
 
 STEPS = 40
+EVAL_IMAGES = 60
 
 
 def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
     out = tmp_path / "tour"
     # A step budget, with time to spare: the figures below do not depend on how busy the machine is.
     argv = ["tour", "--out", str(out), "--minutes", "6", "--max-steps", str(STEPS), "--only", "faster-rcnn-shapes",
-            "--only", "vit-digits", "--only", "vqvae-digits", "--no-progress", "--precision", "fp32"]
+            "--only", "vit-digits", "--only", "vqvae-digits", "--no-progress", "--precision", "fp32",
+            "--eval-images", str(EVAL_IMAGES)]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     rows = {row["name"]: row for row in report["rows"]}
     assert set(rows) == {"faster-rcnn-shapes", "vit-digits", "vqvae-digits"}
     assert all(row["steps"] == STEPS for row in rows.values())
+    assert all(row["test_images"] == EVAL_IMAGES for row in rows.values())
     assert rows["vqvae-digits"]["metric"] == "psnr" and rows["vqvae-digits"]["value"] > 15
     assert rows["faster-rcnn-shapes"]["metric"] == "map" and rows["vit-digits"]["metric"] == "accuracy"
     assert rows["vit-digits"]["value"] > 0.2  # ten classes: above chance after a few steps
     for row in rows.values():
         assert all((out / picture).is_file() for picture in row["pictures"])
     assert "faster-rcnn-shapes" in (out / "report.md").read_text()
+    assert f"the first {EVAL_IMAGES} images of the test split" in (out / "report.md").read_text()
     one_line_error(capsys, argv, "exists")  # the report folder is not overwritten without --overwrite
 
 

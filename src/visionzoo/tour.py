@@ -109,12 +109,16 @@ def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
 
 
 def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
-            progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
+            progress: bool = True, max_steps: int | None = None, eval_images: int | None = None) -> dict[str, Any]:
     """Train, evaluate on the test split, time and picture one job; its report row.
 
     ``max_steps`` ends the training earlier than ``minutes`` when reached, so that a run's result does not
-    depend on the machine's speed.
+    depend on the machine's speed. ``eval_images`` caps the validation and test images (below the job's own cap).
     """
+    if eval_images is not None:
+        eval_images = min(eval_images, job.eval_images or eval_images)
+    else:
+        eval_images = job.eval_images
     settings = {**job.config, "max_steps": max_steps} if max_steps is not None else dict(job.config)
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
                          overwrite=True, progress=progress, checkpoint_every=10**9, **settings)
@@ -124,14 +128,14 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     checkpoint = None if job.weights_from is None else _trained_checkpoint(job, job.weights_from, out)
     if checkpoint is None:
         setup, result = run_training(job.model, job.data, config, job.img_size, job.model_args, options,
-                                     train_images=job.train_images, val_images=job.eval_images)
+                                     train_images=job.train_images, val_images=eval_images)
     else:
         torch.manual_seed(config.seed)
         setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
         setup.model.load_state_dict(model_state(*read_checkpoint(checkpoint)))  # another model's name, same weights
         result = None
     task, model = setup.task, setup.model.eval()
-    test = first_items(setup.splits["test"], job.eval_images)
+    test = first_items(setup.splits["test"], eval_images)
     autocast = autocast_context(torch.device("cpu"), precision)
     with torch.no_grad():
         metrics = task.evaluate(model, test, 128, autocast)
@@ -166,6 +170,7 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         "value": metrics[task.metric],
         "split": "test",
         "test_metrics": metrics,
+        "test_images": len(test),
         "inference_images_per_s": round(len(samples) / best, 2),  # samples drawn per second for a sampler
         "regions_per_image": _regions_per_image(model, [image for image, _ in samples[:4]]),
         "pictures": [f"{job.name}/{name}" for name in PICTURES if (out / job.name / name).exists()],
@@ -188,9 +193,11 @@ def _regions_per_image(model: torch.nn.Module, images: list[torch.Tensor]) -> fl
     return float(rpn.post_nms_top_n()) if rpn is not None else None  # the model is in eval mode
 
 
-def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
+def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_images: int | None = None) -> str:
     """``report.json`` and ``report.md`` in ``out``; returns the markdown table."""
-    (out / "report.json").write_text(json.dumps({"budget_minutes": minutes, "rows": rows}, indent=2))
+    (out / "report.json").write_text(json.dumps({"budget_minutes": minutes, "eval_images": eval_images, "rows": rows},
+                                                indent=2))
+    split = "the test split" if eval_images is None else f"the first {eval_images} images of the test split"
     header = "| model | task | data | params | train s | test metric | value | inference img/s | regions/img |\n"
     header += "|---|---|---|---:|---:|---|---:|---:|---:|\n"
     table = header + "".join(
@@ -201,7 +208,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float) -> str:
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
     (out / "report.md").write_text(
         f"# visionzoo tour\n\nEvery family trained from scratch on built-in data within {minutes:g} minutes "
-        f"on this machine, evaluated on the test split. For the samplers (gan, autoregressive) inference img/s "
+        f"on this machine, evaluated on {split}. For the samplers (gan, autoregressive) inference img/s "
         f"counts images drawn.\n\n{table}{pictures}"
     )
     return table
@@ -231,6 +238,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="also stop each job after this many steps (a result independent of the machine's speed)")
+    parser.add_argument("--eval-images", type=positive_int, default=None,
+                        help="evaluate each job on at most this many validation and test images (default: all)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -252,8 +261,8 @@ def tour_command(args: argparse.Namespace) -> int:
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
         print(f"[tour] {job.name}: {job.model} on {job.data}, {minutes:.1f} min")
         rows.append(run_job(job, minutes, out, args.precision, progress=not args.no_progress,
-                            max_steps=args.max_steps))
-    print(write_report(rows, out, args.minutes))
+                            max_steps=args.max_steps, eval_images=args.eval_images))
+    print(write_report(rows, out, args.minutes, args.eval_images))
     print(f"report: {out / 'report.md'}")
     return 0
 
