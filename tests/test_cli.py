@@ -103,6 +103,27 @@ def test_resume_continues_at_the_trained_size_and_refuses_another(tmp_path, caps
                    "trained at 16 px", "--img-size 16")
 
 
+def test_resume_keeps_the_trained_optimiser_settings_and_refuses_others(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--lr", "5e-4", "--weight-decay", "0.1", "--warmup-steps", "1", "--max-steps", "2",
+                 "--out", str(run)]) == 0
+    # Without the settings again: the run goes on with its own, not the task's defaults (lr 2e-3), and logs them.
+    assert main([*TRAIN, "--max-steps", "3", "--out", str(run), "--resume"]) == 0
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == 3
+    assert (meta["config"]["lr"], meta["config"]["weight_decay"], meta["config"]["warmup_steps"]) == (5e-4, 0.1, 1)
+    groups = meta["optimizers"]["model"]["param_groups"]
+    assert {group["base_lr"] for group in groups} == {5e-4} and max(group["weight_decay"] for group in groups) == 0.1
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in line]
+    assert abs(logged[-1]["lr"] - groups[0]["lr"]) < 1e-12  # the log shows the rate the optimizer used
+    one_line_error(capsys, [*TRAIN, "--lr", "1e-3", "--max-steps", "4", "--out", str(run), "--resume"],
+                   "trained with --lr 0.0005", "leave --lr out")
+    one_line_error(capsys, [*TRAIN, "--weight-decay", "0.05", "--max-steps", "4", "--out", str(run), "--resume"],
+                   "--weight-decay 0.1")
+    one_line_error(capsys, [*TRAIN, "--opt-betas", "0.8", "0.99", "--max-steps", "4", "--out", str(run), "--resume"],
+                   "trained with --opt-betas 0.9 0.999")
+
+
 def test_unknown_model_names_the_closest(capsys):
     one_line_error(capsys, ["train", "resnet19", "--data", "digits"], "resnet19", "resnet18")
 

@@ -219,6 +219,28 @@ def _optimizer_state(name: str, tensors: Mapping[str, torch.Tensor], meta: Mappi
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+# What a checkpoint's optimizer state fixes for the rest of a run: loading it would override these silently.
+RESUMED_HYPERPARAMETERS = (("base_lr", "--lr"), ("weight_decay", "--weight-decay"), ("betas", "--opt-betas"))
+
+
+def check_resumed_hyperparameters(path: str | Path, groups: list[dict[str, Any]],
+                                  saved_groups: list[dict[str, Any]]) -> None:
+    """Refuse to resume with another learning rate, weight decay or betas than the checkpoint's: its optimizer
+    state would replace them, and the run would go on with values other than those it was given and logs."""
+    for key, flag in RESUMED_HYPERPARAMETERS:
+        for group, saved in zip(groups, saved_groups):
+            asked, trained = group.get(key), saved.get(key)
+            if asked is None or trained is None:
+                continue
+            if key == "betas":
+                asked, trained = tuple(asked), tuple(trained)
+            if asked != trained:
+                shown = " ".join(map(str, trained)) if key == "betas" else trained
+                raise CheckpointError(f"--resume: {path} was trained with {flag} {shown}, this run asks for "
+                                      f"{' '.join(map(str, asked)) if key == 'betas' else asked}; "
+                                      f"leave {flag} out or give {shown} to continue it")
+
+
 def model_record(model: nn.Module) -> dict[str, Any]:
     """The registry name and arguments that rebuild ``model`` (see ``create_model``)."""
     return {"name": getattr(model, "model_name", type(model).__name__), "args": getattr(model, "model_args", {})}
@@ -486,6 +508,7 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             if name not in meta["optimizers"]:
                 raise CheckpointError(f"--resume: {path} has no state for optimizer {name!r}")
+            check_resumed_hyperparameters(path, optimizer.param_groups, meta["optimizers"][name]["param_groups"])
             optimizer.load_state_dict(_optimizer_state(name, tensors, meta["optimizers"][name]))
         self.step = meta["step"]
         self.total_steps = meta["total_steps"]
