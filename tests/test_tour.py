@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from test_cli import one_line_error
 from visionzoo.cli import main
 from visionzoo.tour import TOUR_JOBS, job_minutes
@@ -49,6 +51,11 @@ def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
 
 def test_unknown_job_is_one_clear_error(capsys):
     one_line_error(capsys, ["tour", "--only", "faster-rcnn-shape"], "no tour job 'faster-rcnn-shape'")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--eval-images", "1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "--eval-images" in err and "at least 2 images" in err
 
 
 def test_the_sliding_window_reuses_the_trained_rcnn_and_reports_regions(tmp_path, monkeypatch):

@@ -228,6 +228,13 @@ def _trained(row: dict[str, Any]) -> str:
     return f"{row['train_seconds']:.0f}"
 
 
+def _eval_images(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:  # the samplers' FID compares two sets of at least two images each
+        raise argparse.ArgumentTypeError(f"expected at least 2 images, got {text}")
+    return value
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=positive_float, default=24.0, help="total training budget (default 24)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
@@ -238,7 +245,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="also stop each job after this many steps (a result independent of the machine's speed)")
-    parser.add_argument("--eval-images", type=positive_int, default=None,
+    parser.add_argument("--eval-images", type=_eval_images, default=None,
                         help="evaluate each job on at most this many validation and test images (default: all)")
     parser.add_argument("--no-progress", action="store_true")
 
