@@ -227,18 +227,15 @@ def check_resumed_hyperparameters(path: str | Path, groups: list[dict[str, Any]]
                                   saved_groups: list[dict[str, Any]]) -> None:
     """Refuse to resume with another learning rate, weight decay or betas than the checkpoint's: its optimizer
     state would replace them, and the run would go on with values other than those it was given and logs."""
+    def shown(value: Any) -> str:  # as the flag is written: betas as two numbers
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
     for key, flag in RESUMED_HYPERPARAMETERS:
         for group, saved in zip(groups, saved_groups):
             asked, trained = group.get(key), saved.get(key)
-            if asked is None or trained is None:
-                continue
-            if key == "betas":
-                asked, trained = tuple(asked), tuple(trained)
-            if asked != trained:
-                shown = " ".join(map(str, trained)) if key == "betas" else trained
-                raise CheckpointError(f"--resume: {path} was trained with {flag} {shown}, this run asks for "
-                                      f"{' '.join(map(str, asked)) if key == 'betas' else asked}; "
-                                      f"leave {flag} out or give {shown} to continue it")
+            if asked is not None and trained is not None and shown(asked) != shown(trained):
+                raise CheckpointError(f"--resume: {path} was trained with {flag} {shown(trained)}, this run asks "
+                                      f"for {shown(asked)}; leave {flag} out or give {shown(trained)} to continue it")
 
 
 def model_record(model: nn.Module) -> dict[str, Any]:
