@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, save_checkpoint
+from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata, save_checkpoint
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
@@ -103,6 +104,23 @@ class TrainResult:
     train_seconds: float
     samples_per_second: float
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+# The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one).
+RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "grad_clip",
+                    "ema_decay")
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """For a resumed run, ``config`` with its unset settings of ``RESUMED_SETTINGS`` taken from its checkpoint's
+    config, so that it goes on as it was trained, not with the task's defaults; else ``config`` itself."""
+    path = Path(config.out) / CHECKPOINT_NAME
+    meta = read_metadata(path) if config.resume and path.is_file() else None
+    trained = (meta or {}).get("config", {})
+    fill = {key: trained[key] for key in RESUMED_SETTINGS if getattr(config, key) is None and trained.get(key) is not None}
+    if "betas" in fill:
+        fill["betas"] = tuple(fill["betas"])
+    return dataclasses.replace(config, **fill)
 
 
 def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
@@ -249,7 +267,7 @@ class Trainer:
     def __init__(self, task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None,
                  config: TrainConfig, run_meta: Mapping[str, Any] | None = None) -> None:
         self.task = task
-        self.config = resolve_config(config, task)
+        self.config = resolve_config(resumed_config(config), task)
         if task.single_process and requested_world_size() > 1:
             raise ValueError(f"the {task.name} task does not run under torchrun ({task.single_process}); "
                              "train it in one process")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,14 +52,12 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                  model_args: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
                  train_images: int | None = None, val_images: int | None = None) -> tuple[Setup, TrainResult]:
     """Train ``model_name`` on ``data``'s train split (its first ``train_images``), evaluating on its val split
-    (its first ``val_images``). A resumed run continues at the image size and with the optimisation settings
-    it was trained with unless ``img_size`` or ``config`` give them (the engine refuses another image size,
-    learning rate, weight decay or betas)."""
+    (its first ``val_images``). A resumed run continues at the image size it was trained at unless
+    ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
+    settings, see :func:`~visionzoo.train.engine.resumed_config`)."""
     checkpoint = Path(config.out) / CHECKPOINT_NAME
-    if config.resume and checkpoint.is_file():
-        meta = checkpoint_metadata(checkpoint)
-        img_size = img_size or meta.get("run", {}).get("img_size")
-        config = resumed_config(config, meta.get("config", {}))
+    if config.resume and img_size is None and checkpoint.is_file():
+        img_size = checkpoint_metadata(checkpoint).get("run", {}).get("img_size")
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
@@ -68,20 +65,6 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     result = fit(setup.task, setup.model, first_items(setup.splits["train"], train_images),
                  None if val is None else first_items(val, val_images), config, run_meta)
     return setup, result
-
-
-# The settings a resumed run takes from its checkpoint unless they are given again.
-RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "grad_clip",
-                    "ema_decay")
-
-
-def resumed_config(config: TrainConfig, trained: Mapping[str, Any]) -> TrainConfig:
-    """``config`` with its unset optimisation settings (``None``) taken from the ``trained`` run's config, so
-    that a resumed run goes on as it was trained, not with the task's defaults."""
-    fill = {key: trained[key] for key in RESUMED_SETTINGS if getattr(config, key) is None and trained.get(key) is not None}
-    if "betas" in fill:
-        fill["betas"] = tuple(fill["betas"])
-    return dataclasses.replace(config, **fill)
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
