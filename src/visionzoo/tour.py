@@ -115,10 +115,7 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     ``max_steps`` ends the training earlier than ``minutes`` when reached, so that a run's result does not
     depend on the machine's speed. ``eval_images`` caps the validation and test images (below the job's own cap).
     """
-    if eval_images is not None:
-        eval_images = min(eval_images, job.eval_images or eval_images)
-    else:
-        eval_images = job.eval_images
+    eval_images = min((cap for cap in (job.eval_images, eval_images) if cap is not None), default=None)
     settings = {**job.config, "max_steps": max_steps} if max_steps is not None else dict(job.config)
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
                          overwrite=True, progress=progress, checkpoint_every=10**9, **settings)
