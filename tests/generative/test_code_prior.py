@@ -68,3 +68,40 @@ def test_a_missing_tokenizer_record_is_a_clear_error():
         create_model("vqgan_transformer")
     with pytest.raises(ValueError, match="unknown model 'vqvae_tiny'"):
         create_model("vqgan_transformer", tokenizer={"name": "vqvae_tiny"})
+
+
+VQGAN_TOKENIZER = {"name": "vqgan", "args": {"in_chans": 1, "ch": 8, "ch_mult": [1, 2], "z_channels": 8,
+                                             "embed_dim": 8, "num_codes": 32, "disc_width": 8}}
+
+
+def test_a_vqgan_priors_tokenizer_leaves_out_its_discriminator_and_loads_files_that_hold_it(tmp_path):
+    """The discriminator only trains the tokenizer: the prior neither builds nor saves it, and drops its weights
+    from the tokenizer's checkpoint and from prior checkpoints written while it was kept."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.models._registry import load_checkpoint
+
+    torch.manual_seed(0)
+    tokenizer = create_model(VQGAN_TOKENIZER["name"], **VQGAN_TOKENIZER["args"])
+    tokenizer_file = tmp_path / "tokenizer.safetensors"
+    save_checkpoint(tokenizer_file, {f"model.{k}": v for k, v in tokenizer.state_dict().items()},
+                    {"model": {"name": "vqgan", "args": VQGAN_TOKENIZER["args"]}})
+    model = create_model("vqgan_transformer", tokenizer=VQGAN_TOKENIZER, img_size=16, **TINY)
+    assert not hasattr(model.tokenizer, "discriminator")
+    assert not any(".discriminator." in k for k in model.state_dict())
+    kept = sum(p.numel() for n, p in tokenizer.named_parameters() if not n.startswith("discriminator."))
+    assert sum(p.numel() for p in model.tokenizer.parameters()) == kept
+    assert kept < sum(p.numel() for p in tokenizer.parameters())
+
+    load_checkpoint(model.tokenizer, tokenizer_file)
+    images = torch.rand(2, 1, 16, 16)
+    assert torch.equal(model.tokens(images), tokenizer.eval().encode(images).flatten(1))
+
+    old_state = {**model.state_dict(), **{f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}}
+    assert any(k.startswith("tokenizer.discriminator.") for k in old_state)
+    old_file = tmp_path / "prior.safetensors"
+    save_checkpoint(old_file, {f"model.{k}": v for k, v in old_state.items()},
+                    {"model": {"name": "vqgan_transformer", "args": model.model_args}})
+    reloaded = create_model("vqgan_transformer", checkpoint=old_file)
+    tokens = model.tokens(images)
+    assert torch.equal(reloaded.tokens(images), tokens)
+    assert torch.equal(reloaded(tokens), model(tokens))

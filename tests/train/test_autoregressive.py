@@ -98,6 +98,36 @@ def test_the_code_prior_trains_over_a_tokenizer_checkpoint_and_samples(tmp_path)
                                             contextlib.nullcontext, label=4, top_p=0.9), images)
 
 
+def test_a_code_prior_checkpoint_holding_its_tokenizers_discriminator_resumes_and_samples(tmp_path):
+    """Priors were once saved with their VQGAN tokenizer's discriminator; such a checkpoint still resumes (model
+    and EMA weights) and loads for sampling, its discriminator weights dropped."""
+    import dataclasses
+
+    from visionzoo.checkpoint import save_checkpoint
+
+    args = {"in_chans": 1, "ch": 8, "ch_mult": [1, 2, 2], "z_channels": 8, "embed_dim": 8, "num_codes": 32,
+            "disc_width": 8}
+    torch.manual_seed(0)
+    tokenizer = create_model("vqgan", **args)
+    tokenizer_file = tmp_path / "tokenizer.safetensors"
+    save_checkpoint(tokenizer_file, {f"model.{k}": v for k, v in tokenizer.state_dict().items()},
+                    {"model": {"name": "vqgan", "args": args}, "run": {"img_size": 16}})
+    cfg = dataclasses.replace(config(tmp_path / "prior", 2), ema_decay=0.9)
+    run_training("vqgan_transformer", "digits", cfg, None, TINY, options={"tokenizer": str(tokenizer_file)})
+    path = tmp_path / "prior" / "checkpoint.safetensors"
+    tensors, meta = read_checkpoint(path)
+    assert not any(".discriminator." in k for k in tensors)
+    discriminator = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items() if k.startswith("discriminator.")}
+    save_checkpoint(path, {**tensors, **{f"{section}.{k}": v for section in ("model", "ema")
+                                         for k, v in discriminator.items()}}, meta)
+    resumed = dataclasses.replace(cfg, max_steps=4, resume=True, overwrite=False)
+    run_training("vqgan_transformer", "digits", resumed, None, TINY,
+                                 options={"tokenizer": str(tokenizer_file)})
+    assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 4
+    reloaded = load_for_inference("vqgan_transformer", path)
+    assert not hasattr(reloaded.model.tokenizer, "discriminator")
+
+
 def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_remembered():
     torch.manual_seed(0)
     tokenizer = {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}}

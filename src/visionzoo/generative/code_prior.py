@@ -6,7 +6,9 @@ grid of codes; the transformer models that grid read row by row, usually given t
 draws a grid code by code (top-k / top-p) and decodes it.
 
 The tokenizer lives inside the model, frozen and always in eval mode: its weights are part of the
-state dict, so one checkpoint holds both stages. It is described by a JSON record
+state dict, so one checkpoint holds both stages. A VQGAN tokenizer's discriminator only trains the tokenizer,
+so the prior leaves it out (``omitted_weights``): its weights in a tokenizer checkpoint, or in a prior's
+checkpoint written before it was left out, are dropped on load. It is described by a JSON record
 ``{"name": registry name, "args": {...}}`` (what our checkpoints store as ``model``), which makes
 ``create_model("vqgan_transformer", tokenizer=record, ...)`` rebuild the architecture from a checkpoint.
 """
@@ -42,6 +44,10 @@ class CodeTransformer(nn.Module):
                              f"(the model record of a trained tokenizer), got {tokenizer!r}")
         self.tokenizer = create_model(tokenizer["name"], **dict(tokenizer.get("args") or {})).eval()
         self.tokenizer.requires_grad_(False)
+        if isinstance(getattr(self.tokenizer, "discriminator", None), nn.Module):
+            del self.tokenizer.discriminator
+            self.tokenizer.omitted_weights = ("discriminator",)
+            self.omitted_weights = ("tokenizer.discriminator",)
         self.in_chans = int(self.tokenizer.in_chans)
         self.img_size = img_size
         with torch.no_grad():

@@ -332,10 +332,17 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
 
     Batch-norm step counters (``num_batches_tracked``) may be absent, as in checkpoints written
     before PyTorch 0.4.1 (torchvision's ImageNet ResNets among them): the model keeps its own.
+    Submodules a model leaves out on purpose (``model.omitted_weights``, key prefixes such as a code prior's
+    ``tokenizer.discriminator``) have their weights dropped.
     Raises :class:`CheckpointError` listing the missing, unexpected and shape-mismatched keys.
     """
     own = model.state_dict()
     state = dict(state)
+    for prefix in getattr(model, "omitted_weights", ()):
+        omitted = [k for k in state if k.startswith(prefix + ".")]
+        if omitted:
+            log.info("%s: the model leaves out %s; dropping its %d weights", source, prefix, len(omitted))
+            state = {k: v for k, v in state.items() if not k.startswith(prefix + ".")}
     for key in own:
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
