@@ -145,6 +145,73 @@ def test_bad_option_value_is_one_line(capsys):
     assert len(err.splitlines()) == 1 and "positive integer" in err
 
 
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--grad-clip", "-1", "number >= 0"), ("--weight-decay", "-1", "number >= 0"),
+    ("--warmup-steps", "-5", "integer >= 0"), ("--ema-decay", "1.5", "[0, 1)"), ("--lr", "inf", "finite positive"),
+    ("--label-smoothing", "2", "[0, 1)"), ("--mixup", "-1", "number >= 0"), ("--translate", "-3", "integer >= 0"),
+    ("--distillation-alpha", "1.5", "[0, 1]"), ("--distillation-tau", "0", "positive"),
+])
+def test_training_settings_out_of_range_are_refused_when_parsed(capsys, flag, value, fragment):
+    """A negative --grad-clip, for one, flipped every gradient: the run trained uphill and finished with rc 0."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TRAIN, "--max-steps", "1", flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err and fragment in err, err
+
+
+def test_the_library_refuses_the_same_settings_naming_their_flags(tmp_path):
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.classification import ClassificationTask
+    from visionzoo.train.engine import resolve_config
+
+    task = ClassificationTask(["a", "b"])
+    with pytest.raises(ValueError, match=r"--grad-clip must lie in \[0.0, inf\), got -1"):
+        resolve_config(TrainConfig(out=str(tmp_path), grad_clip=-1.0), task)
+    with pytest.raises(ValueError, match="--ema-decay"):
+        resolve_config(TrainConfig(out=str(tmp_path), ema_decay=float("nan")), task)
+    assert resolve_config(TrainConfig(out=str(tmp_path), grad_clip=0.0, ema_decay=0.999), task).grad_clip == 0.0
+    with pytest.raises(ValueError, match=r"--label-smoothing must be in \[0, 1\), got 2"):
+        ClassificationTask(["a", "b"], label_smoothing=2)
+
+
+def test_model_arguments_unknown_or_set_by_the_data_are_one_line(capsys, tmp_path):
+    one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "a"), "--model-arg", "bogus=1"],
+                   "resnet18 takes no argument 'bogus'")
+    one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "b"), "--model-arg", "num_classes=5"],
+                   "--model-arg num_classes=5", "set from --data")
+    with pytest.raises(TypeError, match="bogus"):  # a TypeError for library callers, as timm's
+        create_model("resnet18", bogus=1)
+
+
+def test_a_diverged_run_is_one_line(capsys, tmp_path):
+    one_line_error(capsys, [*TRAIN, "--max-steps", "3", "--lr", "1e30", "--grad-clip", "0",
+                            "--out", str(tmp_path / "nan")], "loss is", "lower --lr")
+
+
+def test_eval_on_data_with_other_classes_or_channels_is_refused(trained, capsys):
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--data", "shapes"], "trained on digits with 10 classes, shapes has 6",
+                   "classifier would be untrained")
+
+
+def test_predict_refuses_two_images_drawn_into_one_file_and_numbers_coco_ids_one_way(trained, tmp_path, capsys):
+    from visionzoo.train.commands import coco_results
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("L", (16, 16)).save(tmp_path / folder / "d.png")
+    one_line_error(capsys, ["predict", "resnet18", str(tmp_path / "a" / "d.png"), str(tmp_path / "b" / "d.png"),
+                            "--checkpoint", str(trained / "checkpoint.safetensors"), "--out", str(tmp_path / "out")],
+                   "would both be drawn into")
+    assert not (tmp_path / "out").exists()
+    box = {"boxes": [(0.0, 0.0, 1.0, 1.0)], "label_ids": [1], "scores": [0.5]}
+    mixed = coco_results(["s1.png", "x.png", "2.png"], [box] * 3, None)
+    assert [r["image_id"] for r in mixed] == [1, 2, 3]  # "2.png" would have taken x.png's position id
+    coco = coco_results(["000000139.jpg", "000000285.jpg"], [box] * 2, None)
+    assert [r["image_id"] for r in coco] == [139, 285]
+
+
 def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
     run = tmp_path / "mine"
     run.mkdir()

@@ -100,7 +100,7 @@ def test_the_code_prior_trains_over_a_tokenizer_checkpoint_and_samples(tmp_path)
 
 def test_a_code_prior_checkpoint_holding_its_tokenizers_discriminator_resumes_and_samples(tmp_path):
     """Priors were once saved with their VQGAN tokenizer's discriminator; such a checkpoint still resumes (model
-    and EMA weights) and loads for sampling, its discriminator weights dropped."""
+    and EMA weights; without --tokenizer given again) and loads for sampling, its discriminator weights dropped."""
     import dataclasses
 
     from visionzoo.checkpoint import save_checkpoint
@@ -121,11 +121,24 @@ def test_a_code_prior_checkpoint_holding_its_tokenizers_discriminator_resumes_an
     save_checkpoint(path, {**tensors, **{f"{section}.{k}": v for section in ("model", "ema")
                                          for k, v in discriminator.items()}}, meta)
     resumed = dataclasses.replace(cfg, max_steps=4, resume=True, overwrite=False)
-    run_training("vqgan_transformer", "digits", resumed, None, TINY,
-                                 options={"tokenizer": str(tokenizer_file)})
+    run_training("vqgan_transformer", "digits", resumed, None, TINY)  # the run's own --tokenizer
     assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 4
     reloaded = load_for_inference("vqgan_transformer", path)
     assert not hasattr(reloaded.model.tokenizer, "discriminator")
+
+
+def test_a_checkpoint_that_is_not_a_tokenizers_is_refused_naming_it(tmp_path):
+    from visionzoo.checkpoint import save_checkpoint
+
+    dcgan = create_model("dcgan", in_chans=1, img_size=16)
+    path = tmp_path / "dcgan.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in dcgan.state_dict().items()},
+                    {"model": {"name": "dcgan", "args": dcgan.model_args}, "run": {"img_size": 16}})
+    with pytest.raises(ValueError, match=f"--tokenizer {path} is a dcgan checkpoint, not a tokenizer's"):
+        run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 1), None, TINY,
+                     options={"tokenizer": str(path)})
+    with pytest.raises(ValueError, match="dcgan is not a tokenizer"):
+        create_model("vqgan_transformer", tokenizer={"name": "dcgan", "args": {"in_chans": 1, "img_size": 16}})
 
 
 def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_remembered():

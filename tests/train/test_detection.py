@@ -81,11 +81,11 @@ def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path,
     assert main(argv) == 0
     assert (tmp_path / "pred" / "7.png").is_file() and (tmp_path / "pred" / "rgba.png").is_file()
     records = json.loads(coco_json.read_text())
-    assert {r["image_id"] for r in records} == {7, 2} and all(1 <= r["category_id"] <= 6 for r in records)
+    assert {r["image_id"] for r in records} == {1, 2} and all(1 <= r["category_id"] <= 6 for r in records)
     wide = [r for r in records if r["image_id"] == 2]
     assert wide and all(r["bbox"][0] + r["bbox"][2] <= 160.001 and r["bbox"][1] + r["bbox"][3] <= 96.001 for r in wide)
     ground_truth = COCO()
-    ground_truth.dataset = {"images": [{"id": 7}, {"id": 2}], "annotations": [],
+    ground_truth.dataset = {"images": [{"id": 1}, {"id": 2}], "annotations": [],
                             "categories": [{"id": k} for k in range(1, 7)]}
     ground_truth.createIndex()
     assert len(ground_truth.loadRes(str(coco_json)).getAnnIds()) == len(records)

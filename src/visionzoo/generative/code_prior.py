@@ -43,6 +43,9 @@ class CodeTransformer(nn.Module):
             raise ValueError("the code prior needs tokenizer={'name': registry name, 'args': {...}} "
                              f"(the model record of a trained tokenizer), got {tokenizer!r}")
         self.tokenizer = create_model(tokenizer["name"], **dict(tokenizer.get("args") or {})).eval()
+        if not all(hasattr(self.tokenizer, part) for part in ("encode", "decode", "quantizer")):
+            raise ValueError(f"{tokenizer['name']} is not a tokenizer: a code prior needs a model with encode(), "
+                             "decode() and a quantizer (vqvae_small, vqgan, vit_vqgan, ...)")
         self.tokenizer.requires_grad_(False)
         if isinstance(getattr(self.tokenizer, "discriminator", None), nn.Module):
             del self.tokenizer.discriminator

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 CheckpointReader = Callable[[str | Path], dict[str, torch.Tensor]]
+
+
+class ModelArgumentError(TypeError, ValueError):
+    """An argument the model's builder does not take: a TypeError as in timm, a ValueError for the CLI's
+    one-line errors."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,13 @@ def create_model(
         args["num_classes"] = num_classes
     if in_chans is not None:
         args["in_chans"] = in_chans
-    model = entry.builder(**args)
+    try:
+        model = entry.builder(**args)
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}") from None
     model.model_name = name
     model.model_args = args
     model.default_cfg = _default_cfg(entry)

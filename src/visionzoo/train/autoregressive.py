@@ -290,6 +290,10 @@ class AutoregressiveTask(Task):
         return Setup(cls(classes), model, splits, run_meta)
 
 
+# The tasks of the models a code prior can sit on: they encode images to code grids and decode them.
+TOKENIZER_TASKS = ("vqgan", "reconstruction")
+
+
 def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any], int | None]:
     """The tokenizer's registry record and training image side, from its training checkpoint."""
     from visionzoo.checkpoint import read_metadata
@@ -301,6 +305,11 @@ def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any]
     record = (meta or {}).get("model")
     if not isinstance(record, Mapping) or not isinstance(record.get("name"), str):
         raise ValueError(f"--tokenizer {path} is not a checkpoint written by `visionzoo train` (no model record)")
+    from visionzoo.models import get_model_entry, list_models
+
+    if record["name"] in list_models() and get_model_entry(record["name"]).task not in TOKENIZER_TASKS:
+        raise ValueError(f"--tokenizer {path} is a {record['name']} checkpoint, not a tokenizer's "
+                         "(vqvae_small, vqgan, vqgan_f8, vit_vqgan, vit_vqgan_64, ...)")
     return {"name": record["name"], "args": dict(record.get("args") or {})}, (meta.get("run") or {}).get("img_size")
 
 

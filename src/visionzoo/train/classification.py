@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.cli import fraction, nonnegative_float, nonnegative_int, positive_float, unit_interval
 from visionzoo.train.distillation import DISTILLATION_KINDS, Teacher, distillation_loss, soft_cross_entropy
 from visionzoo.train.mixup import mix_batch, smooth_one_hot
 from visionzoo.train.task import Setup, Task, register_task
@@ -81,6 +82,14 @@ class ClassificationTask(Task):
                  cutmix_alpha: float = 0.0, translate: int = 0, teacher: Teacher | None = None,
                  distillation: str = "hard", distillation_alpha: float = 0.5, distillation_tau: float = 1.0) -> None:
         super().__init__()
+        for flag, value, holds, bound in (
+                ("--label-smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
+                ("--mixup", mixup_alpha, mixup_alpha >= 0, ">= 0"), ("--cutmix", cutmix_alpha, cutmix_alpha >= 0, ">= 0"),
+                ("--translate", translate, translate >= 0, ">= 0"),
+                ("--distillation-alpha", distillation_alpha, 0 <= distillation_alpha <= 1, "in [0, 1]"),
+                ("--distillation-tau", distillation_tau, distillation_tau > 0, "> 0")):
+            if not holds:
+                raise ValueError(f"{flag} must be {bound}, got {value}")
         self.classes = list(classes)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
@@ -146,10 +155,10 @@ class ClassificationTask(Task):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("classification")
-        group.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default 0)")
-        group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 disables)")
-        group.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0 disables)")
-        group.add_argument("--translate", type=int, default=None,
+        group.add_argument("--label-smoothing", type=fraction, default=0.0, help="label smoothing (default 0)")
+        group.add_argument("--mixup", type=nonnegative_float, default=0.0, help="mixup alpha (0 disables)")
+        group.add_argument("--cutmix", type=nonnegative_float, default=0.0, help="CutMix alpha (0 disables)")
+        group.add_argument("--translate", type=nonnegative_int, default=None,
                            help="random shift augmentation in pixels (default: 1/16 of the image size)")
         group.add_argument("--objective", choices=OBJECTIVES, default="classify",
                            help="classify (default), or mpp: the ViT paper's masked patch prediction pretraining")
@@ -159,8 +168,8 @@ class ClassificationTask(Task):
         group.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
         group.add_argument("--distillation", choices=DISTILLATION_KINDS, default="hard",
                            help="hard (default): the teacher's arg-max; soft: its temperature-scaled distribution")
-        group.add_argument("--distillation-alpha", type=float, default=0.5, help="weight of the teacher's term")
-        group.add_argument("--distillation-tau", type=float, default=1.0, help="soft distillation temperature")
+        group.add_argument("--distillation-alpha", type=unit_interval, default=0.5, help="weight of the teacher's term")
+        group.add_argument("--distillation-tau", type=positive_float, default=1.0, help="soft distillation temperature")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],

@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from visionzoo.cli import positive_float, positive_int, register_command
+from visionzoo.cli import (
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    register_command,
+)
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import load_for_inference, load_images, run_training
 from visionzoo.train.task import _TASKS
@@ -53,18 +60,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim = parser.add_argument_group("optimisation (defaults: the model's registered ones, else the task's)")
     optim.add_argument("--batch-size", type=positive_int, help="per process, as in timm")
     optim.add_argument("--lr", type=positive_float)
-    optim.add_argument("--weight-decay", type=float)
+    optim.add_argument("--weight-decay", type=nonnegative_float)
     optim.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                        help="AdamW's betas for every optimizer of the run (default: the model's, else the task's, "
                             "e.g. the vqgan task's 0.5 0.9, else 0.9 0.999)")
-    optim.add_argument("--warmup-steps", type=int)
-    optim.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
-    optim.add_argument("--ema-decay", type=float, help="EMA of the weights (0 disables)")
+    optim.add_argument("--warmup-steps", type=nonnegative_int)
+    optim.add_argument("--grad-clip", type=nonnegative_float, help="max gradient norm (0 disables)")
+    optim.add_argument("--ema-decay", type=fraction, help="EMA of the weights (0 disables)")
     optim.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (default): bf16 autocast where the CPU/GPU runs bf16 natively, else fp32")
     optim.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    run.add_argument("--workers", type=nonnegative_int, default=0, help="data loader worker processes")
     run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
     run.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: at the end)")
     run.add_argument("--device", choices=("cpu", "cuda"))
@@ -81,12 +88,19 @@ def adam_beta(text: str) -> float:
     return value
 
 
+# The model arguments a run takes from its data.
+DATA_SET_ARGS = ("num_classes", "in_chans")
+
+
 def _data_name(data: str) -> str:
     return Path(data).name or "data"
 
 
 @register_command("train", help="train a registered model on built-in data or a COCO folder", arguments=_train_arguments)
 def train_command(args: argparse.Namespace) -> int:
+    for key, value in args.model_arg:
+        if key in DATA_SET_ARGS:
+            raise ValueError(f"--model-arg {key}={value}: {key} is set from --data, not given")
     config = TrainConfig(
         out=args.out or f"runs/{args.model}-{_data_name(args.data)}",
         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, minutes=args.minutes,
@@ -146,12 +160,15 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_cat_id: dict[int, int] | None
                  ) -> list[dict[str, Any]]:
-    """Detections as COCO result records: ``image_id`` from a numeric file name (COCO's ``000000123.jpg``)
-    or the image's position (1-based), ``category_id`` the data set's id of the label, ``bbox`` xywh."""
+    """Detections as COCO result records: ``image_id`` from the numeric file names (COCO's ``000000123.jpg``)
+    when every name is a distinct number, else each image's position (1-based), so that two images never
+    share an id; ``category_id`` the data set's id of the label, ``bbox`` xywh."""
+    stems = [Path(path).stem for path in paths]
+    numbers = [int(stem) for stem in stems if stem.isdigit()]
+    by_name = len(numbers) == len(stems) and len(set(numbers)) == len(numbers)
     records = []
-    for position, (path, prediction) in enumerate(zip(paths, predictions), start=1):
-        stem = Path(path).stem
-        image_id = int(stem) if stem.isdigit() else position
+    for position, (stem, prediction) in enumerate(zip(stems, predictions), start=1):
+        image_id = int(stem) if by_name else position
         for (x1, y1, x2, y2), label, score in zip(prediction["boxes"], prediction["label_ids"], prediction["scores"]):
             category = label_to_cat_id[label] if label_to_cat_id else label
             records.append({"image_id": image_id, "category_id": int(category),
@@ -161,9 +178,17 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_c
 
 @register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
 def predict_command(args: argparse.Namespace) -> int:
-    setup = load_for_inference(args.model, args.checkpoint)
     out = Path(args.out)
     targets = [out / f"{Path(p).stem}.png" for p in args.images]
+    first_of = {}
+    for path, target in zip(args.images, targets):
+        if target in first_of:
+            raise ValueError(f"{first_of[target]} and {path} would both be drawn into {target}; "
+                             "give images of distinct names (or predict them in two runs)")
+        first_of[target] = path
+    if args.coco_json and not Path(args.coco_json).parent.is_dir():
+        raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
+    setup = load_for_inference(args.model, args.checkpoint)
     clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
     if clashes and not args.overwrite:
         raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")

@@ -132,7 +132,32 @@ def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
     if config.max_steps is not None or config.minutes is not None:
         if config.epochs is None:
             resolved.epochs = None
+    check_config(resolved)
     return resolved
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings out of range, naming each by its flag: a negative gradient clip, for one, would flip
+    every gradient and train uphill without a sign of trouble."""
+    bounds = {  # setting: (flag, lowest, lowest included, highest, highest included)
+        "lr": ("--lr", 0.0, False, math.inf, False),
+        "weight_decay": ("--weight-decay", 0.0, True, math.inf, False),
+        "grad_clip": ("--grad-clip", 0.0, True, math.inf, False),
+        "ema_decay": ("--ema-decay", 0.0, True, 1.0, False),
+        "min_lr_ratio": ("min_lr_ratio", 0.0, True, 1.0, True),
+        "warmup_steps": ("--warmup-steps", 0, True, math.inf, False),
+        "batch_size": ("--batch-size", 1, True, math.inf, False),
+        "num_workers": ("--workers", 0, True, math.inf, False),
+    }
+    for name, (flag, low, low_in, high, high_in) in bounds.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        if not (above and below):  # also refuses NaN
+            interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise ValueError(f"{flag} must lie in {interval}, got {value}")
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

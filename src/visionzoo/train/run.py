@@ -54,10 +54,14 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     """Train ``model_name`` on ``data``'s train split (its first ``train_images``), evaluating on its val split
     (its first ``val_images``). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
-    settings, see :func:`~visionzoo.train.engine.resumed_config`)."""
+    settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
+    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``)."""
     checkpoint = Path(config.out) / CHECKPOINT_NAME
-    if config.resume and img_size is None and checkpoint.is_file():
-        img_size = checkpoint_metadata(checkpoint).get("run", {}).get("img_size")
+    if config.resume and checkpoint.is_file():
+        trained = checkpoint_metadata(checkpoint).get("run", {})
+        img_size = img_size or trained.get("img_size")
+        options = {**(trained.get("options") or {}),
+                   **{key: value for key, value in (options or {}).items() if value is not None}}
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
@@ -80,8 +84,16 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones."""
     meta = checkpoint_metadata(checkpoint)
     run = meta.get("run", {})
-    return build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
-                       checkpoint=checkpoint, options=run.get("options"))
+    setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
+                        checkpoint=checkpoint, options=run.get("options"))
+    trained = (meta.get("model") or {}).get("args") or {}
+    built = getattr(setup.model, "model_args", {})
+    for key, what, consequence in (("num_classes", "classes", "its classifier would be untrained"),
+                                   ("in_chans", "image channels", "its first layer would be adapted")):
+        if trained.get(key) is not None and built.get(key) is not None and trained[key] != built[key]:
+            raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key]} {what}, {data} has "
+                             f"{built[key]}: {consequence}, not the trained model")
+    return setup
 
 
 def load_images(paths: list[str | Path], size: int | None, channels: int) -> torch.Tensor | list[torch.Tensor]:
