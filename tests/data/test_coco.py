@@ -344,3 +344,121 @@ def test_bad_segmentations_name_the_annotation(folder):
         match=r"instances\.json: annotation id 1: segmentation: RLE counts sum to 12, expected 30x40",
     ):
         ds[0]
+
+
+def test_unreadable_images_raise_naming_the_file(folder):
+    root, _ = folder
+    ann_file = _write(root)
+    (root / "images" / "a.png").write_bytes(b"not an image at all")
+    ds = CocoDetection(root / "images", ann_file)
+    with pytest.raises(ValueError, match=r"image id 1: image .*a\.png cannot be read: cannot identify"):
+        ds[0]
+    png = (root / "images" / "b.png").read_bytes()
+    (root / "images" / "b.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(ValueError, match=r"image id 2: image .*b\.png cannot be read: .*truncated"):
+        ds[1]
+    (root / "images" / "c.png").write_bytes(b"no header to read the size from")
+    with pytest.raises(ValueError, match=r"image id 5: image .*c\.png cannot be read"):
+        CocoDetection(root / "images", ann_file)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("file_name", None, r"image id 2: file_name must be a non-empty string, got None"),
+        ("file_name", "", r"image id 2: file_name must be a non-empty string, got ''"),
+        ("id", [2], r"image id \[2\]: id must be an integer or a string, got \[2\]"),
+        ("id", None, r"image id None: id must be an integer or a string, got None"),
+        ("width", None, r"image id 2: width must be a positive integer, got None"),
+        ("width", "abc", r"image id 2: width must be a positive integer, got 'abc'"),
+        ("height", 0, r"image id 2: height must be a positive integer, got 0"),
+        ("height", 20.5, r"image id 2: height must be a positive integer, got 20\.5"),
+    ],
+)
+def test_bad_image_entries_name_file_and_image(folder, field, value, message):
+    root, _ = folder
+    images = _images()
+    images[1][field] = value
+    with pytest.raises(ValueError, match=r"instances\.json: " + message):
+        CocoDetection(root / "images", _write(root, images=images))
+
+
+def test_image_ids_mixing_integers_and_strings_raise(folder):
+    root, _ = folder
+    images = _images()
+    images[0]["id"] = "1"
+    annotations = [a for a in _annotations() if a["image_id"] != 1]
+    with pytest.raises(
+        ValueError, match=r"instances\.json: image id 2 is an integer but image id '1' is a string"
+    ):
+        CocoDetection(root / "images", _write(root, images=images, annotations=annotations))
+
+
+def test_string_ids_are_read(folder):
+    root, _ = folder
+    images = _images()
+    for image in images:
+        image["id"] = f"img{image['id']}"
+    annotations = _annotations()
+    for ann in annotations:
+        ann["image_id"] = f"img{ann['image_id']}"
+    ds = CocoDetection(root / "images", _write(root, images=images, annotations=annotations))
+    assert ds.image_ids == ["img1", "img2", "img5"] and len(ds[0][1]["boxes"]) == 2
+
+
+def test_no_images_raises_naming_the_file(folder):
+    root, _ = folder
+    with pytest.raises(ValueError, match=r"instances\.json: 'images' is empty"):
+        CocoDetection(root / "images", _write(root, images=[], annotations=[]))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("id", None, r"annotation id None: id must be an integer or a string, got None"),
+        ("image_id", [1], r"annotation id 2: image_id must be an integer or a string, got \[1\]"),
+        ("category_id", [3], r"annotation id 2: category_id must be an integer or a string, got \[3\]"),
+        ("iscrowd", "no", r"annotation id 2: iscrowd must be 0 or 1, got 'no'"),
+        ("iscrowd", "0", r"annotation id 2: iscrowd must be 0 or 1, got '0'"),
+        ("iscrowd", None, r"annotation id 2: iscrowd must be 0 or 1, got None"),
+        ("area", -100, r"annotation id 2: area must be a non-negative number, got -100"),
+        ("area", "big", r"annotation id 2: area must be a non-negative number, got 'big'"),
+    ],
+)
+def test_bad_annotation_values_name_file_and_annotation(folder, field, value, message):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[1][field] = value
+    with pytest.raises(ValueError, match=r"instances\.json: " + message):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
+def test_bad_category_ids_raise(folder):
+    root, _ = folder
+    categories = copy.deepcopy(CATEGORIES)
+    categories[1]["id"] = [3]
+    with pytest.raises(ValueError, match=r"category id \[3\]: id must be an integer or a string, got \[3\]"):
+        CocoDetection(root / "images", _write(root, categories=categories))
+    categories = copy.deepcopy(CATEGORIES) + [{"id": "4", "name": "owl"}]
+    with pytest.raises(ValueError, match=r"category id '4' is a string but category id 12 is an integer"):
+        CocoDetection(root / "images", _write(root, categories=categories))
+
+
+def test_iscrowd_as_bool_and_missing_area_are_read(folder):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[2]["iscrowd"] = True
+    annotations[0]["area"] = None
+    ds = CocoDetection(root / "images", _write(root, annotations=annotations))
+    assert ds[1][1]["iscrowd"].tolist() == [1]
+    assert ds[0][1]["area"][0] == pytest.approx(80.0)
+
+
+def test_image_size_disagreeing_with_rle_and_file_blames_the_image(folder):
+    root, _ = folder
+    images = _images()
+    images[0]["width"] = 41  # the file is 40x30, as the RLE says
+    annotations = _annotations()
+    annotations[0]["segmentation"] = {"size": [30, 40], "counts": [1200]}
+    with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 40x30, the annotations say 41x30"):
+        CocoDetection(root / "images", _write(root, images=images, annotations=annotations))

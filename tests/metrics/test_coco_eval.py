@@ -192,3 +192,70 @@ def test_bad_params_raise():
         coco_evaluate(gt, [], max_dets=(10, 100))
     with pytest.raises(ValueError, match="strictly increasing"):
         coco_evaluate(gt, [], iou_thresholds=[0.5, 0.5])
+
+
+def test_iscrowd_as_bools_gives_the_same_numbers_as_ints(make_coco):
+    gt, dets = make_coco(0)
+    as_bools = copy.deepcopy(gt)
+    for a in as_bools["annotations"]:
+        a["iscrowd"] = bool(a["iscrowd"])
+    assert any(a["iscrowd"] for a in as_bools["annotations"])
+    ours, theirs = coco_evaluate(as_bools, dets), coco_evaluate(gt, dets)
+    np.testing.assert_array_equal(ours["precision"], theirs["precision"])
+
+
+@pytest.mark.parametrize("value", ["0", "false", None, 2, 0.5, [0]])
+def test_iscrowd_other_than_zero_or_one_raises_naming_the_annotation(make_coco, value):
+    gt, dets = make_coco(0)
+    gt["annotations"][3]["iscrowd"] = value
+    ann_id = gt["annotations"][3]["id"]
+    with pytest.raises(ValueError, match=rf"annotation 3 \(id {ann_id}\): iscrowd must be 0 or 1, got"):
+        coco_evaluate(gt, dets)
+
+
+@pytest.mark.parametrize(
+    "where, field, value, message",
+    [
+        ("annotations", "id", None, r"annotation 2: id must be a number or a string, got None"),
+        ("annotations", "image_id", [7], r"annotation 2: image_id must be a number or a string, got \[7\]"),
+        ("annotations", "category_id", {"id": 1}, r"annotation 2: category_id must be a number or a string"),
+        ("annotations", "image_id", "7", r"annotation 2: image_id '7' mixes strings and numbers \(entry 0"),
+        ("images", "id", None, r"image 2: id must be a number or a string, got None"),
+        ("categories", "id", [1], r"category 2: id must be a number or a string, got \[1\]"),
+    ],
+)
+def test_bad_ground_truth_ids_raise_naming_the_entry(make_coco, where, field, value, message):
+    gt, dets = make_coco(0)
+    gt[where][2][field] = value
+    with pytest.raises(ValueError, match=r"ground truth: " + message):
+        coco_evaluate(gt, dets)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("category_id", None, r"result 4: category_id must be a number or a string, got None"),
+        ("image_id", [0], r"result 4: image_id must be a number or a string, got \[0\]"),
+        ("score", None, r"result 4: score must be a number, got None"),
+        ("score", "0.5", r"result 4: score must be a number, got '0.5'"),
+        ("bbox", [1, None, 3, 4], r"result 4: bbox must be 4 numbers, got \[1, None, 3, 4\]"),
+        ("bbox", [1, "2", 3, 4], r"result 4: bbox must be 4 numbers"),
+    ],
+)
+def test_bad_result_values_raise_naming_the_result(make_coco, field, value, message):
+    gt, dets = make_coco(0)
+    dets[4][field] = value
+    with pytest.raises(ValueError, match=r"detections: " + message):
+        coco_evaluate(gt, dets)
+
+
+def test_bad_ground_truth_box_and_area_name_the_annotation(make_coco):
+    gt, dets = make_coco(0)
+    broken = copy.deepcopy(gt)
+    broken["annotations"][1]["bbox"] = [1, 2, None, 4]
+    with pytest.raises(ValueError, match=r"annotation 1: bbox must be 4 numbers, got \[1, 2, None, 4\]"):
+        coco_evaluate(broken, dets)
+    broken = copy.deepcopy(gt)
+    broken["annotations"][1]["area"] = "400"
+    with pytest.raises(ValueError, match=r"annotation 1: area must be a number, got '400'"):
+        coco_evaluate(broken, dets)

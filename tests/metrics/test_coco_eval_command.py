@@ -86,3 +86,28 @@ def test_errors_are_one_line(files, capsys, tmp_path):
     one_line_error(capsys, ["coco-eval", str(tmp_path / "nope.json"), str(dt_path)], "nope.json")
     bad.write_text(json.dumps({"not": "a list"}))
     one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)], "expected a list of result objects")
+
+
+@pytest.mark.parametrize(
+    "target, field, value, fragments",
+    [
+        ("gt", "iscrowd", "0", ("gt.json: annotation 1 (id ", "iscrowd must be 0 or 1, got '0'")),
+        ("gt", "iscrowd", "false", ("gt.json: annotation 1 (id ", "iscrowd must be 0 or 1, got 'false'")),
+        ("gt", "id", None, ("gt.json: annotation 1: id must be a number or a string, got None",)),
+        ("gt", "image_id", [0], ("gt.json: annotation 1: image_id must be a number or a string",)),
+        ("dt", "category_id", None, ("dt.json: result 1: category_id must be a number or a string",)),
+        ("dt", "image_id", [0], ("dt.json: result 1: image_id must be a number or a string, got [0]",)),
+        ("dt", "score", None, ("dt.json: result 1: score must be a number, got None",)),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_file_and_entry(files, capsys, target, field, value, fragments):
+    gt_path, dt_path, gt, dets = files
+    if target == "gt":
+        gt = copy.deepcopy(gt)
+        gt["annotations"][1][field] = value
+        gt_path.write_text(json.dumps(gt))
+    else:
+        dets = copy.deepcopy(dets)
+        dets[1][field] = value
+        dt_path.write_text(json.dumps(dets))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(dt_path)], *fragments)

@@ -2,10 +2,12 @@
 
 The annotation file is read and checked when the dataset is built, so bad input stops a run before
 training starts: a JSON syntax error (file, line and column), a missing key (file and entry), an
-annotation naming an unknown image or category, a missing image file (path and image id), or a box
-with no area inside its image (file and annotation id) raises one ``ValueError`` or
-``FileNotFoundError``. Boxes that run partly outside their image are clipped to it, as real COCO
-files need. Images are decoded only when a sample is read.
+annotation naming an unknown image or category, a missing image file (path and image id), a value
+of the wrong type (an id that is not an integer or a string, a width that is not a positive
+integer, an ``iscrowd`` other than 0 or 1, a negative area), no images at all, or a box with no area
+inside its image (file and annotation id) raises one ``ValueError`` or ``FileNotFoundError``. Boxes
+that run partly outside their image are clipped to it, as real COCO files need. Images are decoded
+only when a sample is read; one that cannot be decoded raises ``ValueError`` naming its file.
 """
 
 from __future__ import annotations
@@ -60,6 +62,49 @@ def _entry_name(kind: str, position: int, entry: Any) -> str:
     return f"{kind}s[{position}]"
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _check_id(value: Any, field: str, where: str, ann_file: Path) -> None:
+    if not _is_id(value):
+        raise ValueError(f"{ann_file}: {where}: {field} must be an integer or a string, got {value!r:.80}")
+
+
+def _check_same_kind(ids: list[Any], kind: str, ann_file: Path) -> None:
+    """Raise when ``ids`` mix integers and strings (they could not be sorted)."""
+    first_type = type(ids[0]) if ids else None
+    odd = next((i for i in ids if type(i) is not first_type), None)
+    if odd is not None:
+        kinds = {int: "an integer", str: "a string"}
+        raise ValueError(
+            f"{ann_file}: {kind} id {odd!r} is {kinds[type(odd)]} but {kind} id {ids[0]!r} is "
+            f"{kinds[first_type]}: {kind} ids must be all integers or all strings"
+        )
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an int when it is a positive whole number (640 or 640.0), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value > 0 else None
+
+
+def _is_area(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def _read_image_size(path: Path, where: str, ann_file: Path) -> tuple[int, int]:
+    """(width, height) from the image file's header."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise ValueError(f"{ann_file}: {where}: image {path} cannot be read: {error}") from None
+
+
 def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, float] | None:
     """COCO ``[x, y, w, h]`` as xyxy clipped to the image, or None when no area is left inside it.
 
@@ -103,12 +148,17 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
     return f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"
 
 
-def _image_size(entry: dict[str, Any], path: Path) -> tuple[int, int]:
+def _image_size(entry: dict[str, Any], path: Path, where: str, ann_file: Path) -> tuple[int, int]:
     """(width, height) from the JSON entry, or from the image file's header when the entry lacks them."""
-    if "width" in entry and "height" in entry:
-        return int(entry["width"]), int(entry["height"])
-    with Image.open(path) as image:
-        return image.size
+    if "width" not in entry or "height" not in entry:
+        return _read_image_size(path, where, ann_file)
+    size = _positive_int(entry["width"]), _positive_int(entry["height"])
+    for field, value in zip(("width", "height"), size):
+        if value is None:
+            raise ValueError(
+                f"{ann_file}: {where}: {field} must be a positive integer, got {entry[field]!r:.80}"
+            )
+    return size
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -181,10 +231,13 @@ class CocoDetection(Dataset):
             raise ValueError(f"{self.ann_file}: 'categories' must be a list")
         names: dict[int, str] = {}
         for position, entry in enumerate(categories):
-            _require(entry, ("id", "name"), _entry_name("category", position, entry), self.ann_file)
+            where = _entry_name("category", position, entry)
+            _require(entry, ("id", "name"), where, self.ann_file)
+            _check_id(entry["id"], "id", where, self.ann_file)
             if entry["id"] in names:
                 raise ValueError(f"{self.ann_file}: category id {entry['id']} appears twice")
             names[entry["id"]] = str(entry["name"])
+        _check_same_kind(list(names), "category", self.ann_file)
         self.cat_ids = sorted(names)
         self.classes = [names[c] for c in self.cat_ids]
         self.cat_id_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
@@ -193,17 +246,26 @@ class CocoDetection(Dataset):
     def _read_images(self, images: Any) -> None:
         if not isinstance(images, list):
             raise ValueError(f"{self.ann_file}: 'images' must be a list")
+        if not images:
+            raise ValueError(f"{self.ann_file}: 'images' is empty: there is nothing to train or evaluate on")
         self._images: dict[Any, dict[str, Any]] = {}
         for position, entry in enumerate(images):
-            _require(entry, ("id", "file_name"), _entry_name("image", position, entry), self.ann_file)
+            where = _entry_name("image", position, entry)
+            _require(entry, ("id", "file_name"), where, self.ann_file)
+            _check_id(entry["id"], "id", where, self.ann_file)
             image_id = entry["id"]
             if image_id in self._images:
                 raise ValueError(f"{self.ann_file}: image id {image_id} appears twice")
+            if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+                raise ValueError(
+                    f"{self.ann_file}: {where}: file_name must be a non-empty string, got {entry['file_name']!r:.80}"
+                )
             path = self.images_dir / entry["file_name"]
             if not path.is_file():
                 raise FileNotFoundError(f"{self.ann_file}: image id {image_id}: file not found: {path}")
-            width, height = _image_size(entry, path)
+            width, height = _image_size(entry, path, where, self.ann_file)
             self._images[image_id] = {"path": path, "width": width, "height": height, "annotations": []}
+        _check_same_kind(list(self._images), "image", self.ann_file)
         self.image_ids = sorted(self._images)
 
     def _read_annotations(self, annotations: Any) -> int:
@@ -214,6 +276,8 @@ class CocoDetection(Dataset):
         for position, entry in enumerate(annotations):
             name = _entry_name("annotation", position, entry)
             _require(entry, ("id", "image_id", "category_id", "bbox"), name, self.ann_file)
+            for field in ("id", "image_id", "category_id"):
+                _check_id(entry[field], field, name, self.ann_file)
             if entry["id"] in seen:
                 raise ValueError(f"{self.ann_file}: annotation id {entry['id']} appears twice")
             seen.add(entry["id"])
@@ -243,16 +307,25 @@ class CocoDetection(Dataset):
             if segmentation is not None:
                 problem = _check_segmentation(segmentation, image["width"], image["height"])
                 if problem:
+                    # the image entry's width/height may be what is wrong: blame it when its file says so
+                    self._check_size_against_header(image, entry["image_id"])
                     raise ValueError(f"{self.ann_file}: {name}: {problem}")
             area = entry.get("area")
-            if not isinstance(area, int | float) or not math.isfinite(area):
+            if area is None:
                 area = (box[2] - box[0]) * (box[3] - box[1])
+            elif not _is_area(area):
+                raise ValueError(
+                    f"{self.ann_file}: {name}: area must be a non-negative number, got {area!r:.80}"
+                )
+            iscrowd = entry.get("iscrowd", 0)
+            if not isinstance(iscrowd, int | float) or iscrowd not in (0, 1):
+                raise ValueError(f"{self.ann_file}: {name}: iscrowd must be 0 or 1, got {iscrowd!r:.80}")
             image["annotations"].append(
                 {
                     "box": box,
                     "label": self.cat_id_to_label[entry["category_id"]],
                     "area": float(area),
-                    "iscrowd": int(entry.get("iscrowd", 0)),
+                    "iscrowd": int(iscrowd),
                     "segmentation": segmentation,
                     "id": entry["id"],
                 }
@@ -279,14 +352,28 @@ class CocoDetection(Dataset):
         """The file of sample ``index``."""
         return self._images[self.image_ids[index]]["path"]
 
+    def _check_size(self, record: dict[str, Any], image_id: Any, size: tuple[int, int]) -> None:
+        """Raise when ``size`` (width, height), read from the image file, differs from the entry's."""
+        if size != (record["width"], record["height"]):
+            raise ValueError(
+                f"{self.ann_file}: image id {image_id}: {record['path']} is {size[0]}x{size[1]}, "
+                f"the annotations say {record['width']}x{record['height']}"
+            )
+
+    def _check_size_against_header(self, record: dict[str, Any], image_id: Any) -> None:
+        """Raise when the image file's header disagrees with the entry's width and height."""
+        where = f"image id {image_id}"
+        self._check_size(record, image_id, _read_image_size(record["path"], where, self.ann_file))
+
     def _load_image(self, record: dict[str, Any], image_id: Any) -> torch.Tensor:
-        with Image.open(record["path"]) as file:
-            if file.size != (record["width"], record["height"]):
-                raise ValueError(
-                    f"{self.ann_file}: image id {image_id}: {record['path']} is {file.size[0]}x{file.size[1]}, "
-                    f"the annotations say {record['width']}x{record['height']}"
-                )
-            pixels = np.asarray(file.convert("RGB"))
+        try:
+            with Image.open(record["path"]) as file:
+                self._check_size(record, image_id, file.size)
+                pixels = np.asarray(file.convert("RGB"))
+        except OSError as error:
+            raise ValueError(
+                f"{self.ann_file}: image id {image_id}: image {record['path']} cannot be read: {error}"
+            ) from None
         # numpy rather than torch ops: no thread-pool hand-off per image inside data-loader workers.
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
         chw /= 255

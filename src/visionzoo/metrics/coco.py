@@ -208,25 +208,76 @@ def _column(records: list, key: str, what: str, default: Any = KeyError) -> list
         raise
 
 
-def _float_matrix(values: list, width: int, what: str, field: str) -> np.ndarray:
+def _flat_array(values: list) -> np.ndarray | None:
+    """``np.asarray(values)`` when that gives one element per value, else None (nested or ragged values)."""
     try:
-        out = np.asarray(values, dtype=np.float64).reshape(len(values), width)
-    except (ValueError, TypeError):
-        for i, v in enumerate(values):
-            if not isinstance(v, list | tuple) or len(v) != width:
-                raise ValueError(f"{what} {i}: {field} must be {width} numbers, got {v!r:.80}") from None
-        raise ValueError(f"{what}: {field} must be numbers") from None
-    return out
+        out = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return out if out.shape == (len(values),) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _float_matrix(values: list, width: int, what: str, field: str) -> np.ndarray:
+    if not values:
+        return np.zeros((0, width))
+    try:
+        out = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        out = None
+    # numpy would read null as NaN and "1" as 1.0: only plain numbers are accepted
+    if out is not None and out.shape == (len(values), width) and out.dtype.kind in "iuf":
+        return out.astype(np.float64)
+    for i, v in enumerate(values):
+        if not isinstance(v, list | tuple) or len(v) != width or not all(_is_number(x) for x in v):
+            raise ValueError(f"{what} {i}: {field} must be {width} numbers, got {v!r:.80}")
+    raise ValueError(f"{what}: {field} must be numbers")
 
 
 def _float_vector(values: list, what: str, field: str) -> np.ndarray:
+    out = _flat_array(values)
+    if out is not None and out.dtype.kind in "iuf":
+        return out.astype(np.float64)
+    for i, v in enumerate(values):
+        if not _is_number(v):
+            raise ValueError(f"{what} {i}: {field} must be a number, got {v!r:.80}")
     try:
-        return np.asarray(values, dtype=np.float64).reshape(len(values))
-    except (ValueError, TypeError):
-        for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ValueError(f"{what} {i}: {field} must be a number, got {v!r:.80}") from None
-        raise
+        return np.asarray(values, dtype=np.float64)  # integers too large for int64
+    except OverflowError:
+        raise ValueError(f"{what}: {field} values must be numbers within float64's range") from None
+
+
+def _id_array(values: list, what: str, field: str) -> np.ndarray:
+    """Ids as a 1-D array of numbers or of strings; a ValueError names the first entry whose id is
+    neither (null, a list, an object), or a string among numbers (numpy would turn all into strings)."""
+    out = _flat_array(values)
+    if out is not None and (
+        out.dtype.kind in "biuf" or (out.dtype.kind == "U" and all(type(v) is str for v in values))
+    ):
+        return out
+    for i, v in enumerate(values):
+        if not isinstance(v, int | float | str):
+            raise ValueError(f"{what} {i}: {field} must be a number or a string, got {v!r:.80}")
+    first_str = next((i for i, v in enumerate(values) if isinstance(v, str)), None)
+    first_number = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+    if first_str is not None and first_number is not None:
+        i, j = max(first_str, first_number), min(first_str, first_number)
+        raise ValueError(
+            f"{what} {i}: {field} {values[i]!r:.80} mixes strings and numbers (entry {j} has {values[j]!r:.80})"
+        )
+    raise ValueError(f"{what}: {field} values must be numbers that fit in 64 bits or strings")
+
+
+def _crowd_flags(values: list, what: str, ids: np.ndarray) -> np.ndarray:
+    """bool[G] from ``iscrowd`` values, which must be 0, 1, true or false (as pycocotools' data is)."""
+    flags = _flat_array(values)
+    if flags is not None and flags.dtype.kind in "biuf" and np.isin(flags, (0, 1)).all():
+        return flags.astype(bool)
+    i = next(i for i, v in enumerate(values) if not (isinstance(v, int | float) and v in (0, 1)))
+    raise ValueError(f"{what} {i} (id {ids[i].tolist()!r}): iscrowd must be 0 or 1, got {values[i]!r:.80}")
 
 
 def _index_of(ids: np.ndarray, sorted_ids: np.ndarray, what: str, name: str) -> np.ndarray:
@@ -266,20 +317,20 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
             raise ValueError(f"{name}: no {key!r} list")
     images, categories = data["images"], data["categories"]
     anns = data.get("annotations") or []
-    image_ids = np.unique(np.asarray(_column(images, "id", f"{name}: image")))
-    cat_ids_raw = np.asarray(_column(categories, "id", f"{name}: category"))
+    image_ids = np.unique(_id_array(_column(images, "id", f"{name}: image"), f"{name}: image", "id"))
+    cat_ids_raw = _id_array(_column(categories, "id", f"{name}: category"), f"{name}: category", "id")
     cat_ids, first = np.unique(cat_ids_raw, return_index=True)
     cat_names = tuple(str(categories[i].get("name", cat_ids_raw[i])) for i in first)
     what = f"{name}: annotation"
-    ann_image = np.asarray(_column(anns, "image_id", what))
-    ann_cat = np.asarray(_column(anns, "category_id", what))
-    ids = np.asarray(_column(anns, "id", what))
+    ann_image = _id_array(_column(anns, "image_id", what), what, "image_id")
+    ann_cat = _id_array(_column(anns, "category_id", what), what, "category_id")
+    ids = _id_array(_column(anns, "id", what), what, "id")
     image = _index_of(ann_image, image_ids, what, "image_id")
     category = _index_of(ann_cat, cat_ids, what, "category_id")
     if len(ids) and len(np.unique(ids)) != len(ids):
         uniq, counts = np.unique(ids, return_counts=True)
         raise ValueError(f"{what} id {uniq[counts > 1][0].tolist()!r} is used more than once")
-    iscrowd = np.asarray(_column(anns, "iscrowd", what, 0)).astype(bool).reshape(len(anns))
+    iscrowd = _crowd_flags(_column(anns, "iscrowd", what, 0), what, ids)
     masks = None
     sizes = None
     if iou_type == "segm":
@@ -316,8 +367,8 @@ def load_detections(
     if not isinstance(data, list | tuple):
         raise ValueError(f"{name}: expected a list of result objects, got {type(data).__name__}")
     what = f"{name}: result"
-    det_image = np.asarray(_column(data, "image_id", what))
-    det_cat = np.asarray(_column(data, "category_id", what))
+    det_image = _id_array(_column(data, "image_id", what), what, "image_id")
+    det_cat = _id_array(_column(data, "category_id", what), what, "category_id")
     scores = _float_vector(_column(data, "score", what), what, "score")
     image = _index_of(det_image, gt.image_ids, what, "image_id")
     if np.isnan(scores).any():
