@@ -133,3 +133,54 @@ def test_fid_command_names_an_empty_folder_and_an_unreadable_image(tmp_path, cap
     assert main(["fid", str(good), str(broken), *domain_args]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "9.png cannot be read" in error
+
+
+def test_features_refuse_images_of_another_size_than_they_were_trained_on(tmp_path):
+    weights = tmp_path / "digits-domain.safetensors"
+    save_file(DomainFeatures(1, 10).state_dict(), weights)
+    model = domain_features("digits", 32, checkpoint=weights)
+    assert model.image_size == 32
+    fid = FID(model)
+    with pytest.raises(ValueError, match="trained on 32×32 images, got \\(8, 8\\); resize them to 32 px"):
+        fid.update(torch.rand(4, 1, 8, 8), real=True)
+    fid.update(torch.rand(4, 1, 32, 32), real=True)
+    assert fid.real.count == 4
+    assert len(model.feature_maps(torch.rand(1, 1, 16, 16))) == 3  # the perceptual loss' maps take any size
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_features_take_images_of_any_float_dtype(dtype):
+    torch.manual_seed(0)
+    model = DomainFeatures(1, 10).eval()
+    images = torch.rand(3, 1, 16, 16).to(dtype)
+    with torch.no_grad():
+        expected = model(images.float())
+        torch.testing.assert_close(model(images), expected)
+    fid = FID(model)
+    fid.update(images, real=True)
+    assert fid.real.count == 3
+
+
+def test_fid_command_names_a_checkpoint_that_is_not_domain_features(tmp_path, capsys):
+    from test_coco_eval_command import one_line_error
+
+    folder = write_folder(tmp_path / "a", 0)
+    good = tmp_path / "good.safetensors"
+    save_file(DomainFeatures(1, 10).state_dict(), good)
+    text = tmp_path / "text.safetensors"
+    text.write_text("hello")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:300])
+    other_model = tmp_path / "resnet.safetensors"
+    save_file({"conv1.weight": torch.zeros(4, 3, 3, 3)}, other_model)
+    rgb = tmp_path / "rgb.safetensors"
+    save_file(DomainFeatures(3, 10).state_dict(), rgb)
+    narrow = tmp_path / "narrow.safetensors"
+    save_file(DomainFeatures(1, 10, widths=(4, 8, 8)).state_dict(), narrow)
+    for checkpoint, message in ((text, "is not a domain-features file (safetensors)"),
+                                (truncated, "is not a domain-features file (safetensors)"),
+                                (other_model, "lacks the tensors stages.0.0.weight and head.weight"),
+                                (rgb, "of 3-channel images; digits needs 1"),
+                                (narrow, "size mismatch for stages.0.0.weight")):
+        one_line_error(capsys, ["fid", str(folder), str(folder), "--features", "domain", "--data", "digits",
+                                "--img-size", "16", "--checkpoint", str(checkpoint)], str(checkpoint), message)

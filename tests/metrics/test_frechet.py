@@ -113,3 +113,27 @@ def test_non_finite_features_raise():
     x[2, 1] = np.inf
     with pytest.raises(ValueError, match="non-finite"):
         FeatureStatistics().update(x)
+
+
+def test_sigmas_that_are_not_covariances_are_refused_where_pytorch_fid_fails_or_errs():
+    zeros, eye = np.zeros(2), np.eye(2)
+    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1
+    for s1, s2, message in ((-eye, eye, "sigma1 is not positive semi-definite"),
+                            (eye, indefinite, "sigma2 is not positive semi-definite"),
+                            (indefinite, eye, "sigma1 is not positive semi-definite")):
+        with pytest.raises(ValueError, match="Imaginary component"):
+            fid_score.calculate_frechet_distance(zeros, s1, zeros, s2)
+        with pytest.raises(ValueError, match=message):
+            frechet_distance(zeros, s1, zeros, s2)
+    asymmetric = np.array([[1.0, 0.0], [9.0, 1.0]])  # pytorch-fid: 0 here; ours read one triangle: -10.8
+    with pytest.raises(ValueError, match="sigma2 is not symmetric"):
+        frechet_distance(zeros, eye, zeros, asymmetric)
+
+
+def test_float32_rank_deficient_covariances_are_not_mistaken_for_bad_ones():
+    # fewer samples than dimensions, rounded to float32: zero eigenvalues come out as ±1e-7 noise
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 64, generator=generator), torch.randn(12, 64, generator=generator) + 0.3
+    exact = frechet_distance(x.double().mean(0), torch.cov(x.double().T), y.double().mean(0), torch.cov(y.double().T))
+    rounded = frechet_distance(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T))
+    assert rounded == pytest.approx(exact, rel=1e-4)

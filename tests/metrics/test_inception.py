@@ -189,3 +189,27 @@ def test_fid_bootstraps_its_confidence_interval_over_kept_features():
     metric.update(torch.rand(200, 3, 8, 8, generator=generator) * 0.9, real=False)
     low, high = metric.confidence_interval(samples=50)
     assert low < metric.compute() < high and metric.confidence_interval(samples=50) == (low, high)
+
+
+def test_features_take_images_of_any_float_dtype(weights_file):
+    features = InceptionFeatures(weights_file)
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = features(images)
+        torch.testing.assert_close(features(images.double()), expected, rtol=0, atol=0)
+        for dtype in (torch.float16, torch.bfloat16):  # their rounding of the pixels moves the features a little
+            assert (features(images.to(dtype)) - expected).abs().max() <= 0.05 * expected.abs().max()
+        assert features.logits(images.double()).dtype == torch.float32
+    metric = FID(features)
+    metric.update(images.double(), real=True)
+    assert metric.real.count == 2
+
+
+def test_features_refuse_images_outside_the_unit_range(weights_file):
+    features = InceptionFeatures(weights_file)
+    images = torch.rand(2, 3, 40, 40)
+    for bad in (images * 255, images * 2 - 1, images.index_fill(2, torch.tensor([0]), float("nan"))):
+        with pytest.raises(ValueError, match=r"InceptionFeatures takes images in \[0, 1\]"):
+            features(bad)
+        with pytest.raises(ValueError, match=r"InceptionFeatures takes images in \[0, 1\]"):
+            features.logits(bad)

@@ -65,3 +65,17 @@ def test_fid_interval_brackets_a_small_fid_between_two_samples_of_one_distributi
     fid = frechet_distance(real.mean(0), torch.cov(real.T), other.mean(0), torch.cov(other.T))
     low, high = fid_confidence_interval(real, other, samples=100, generator=torch.Generator().manual_seed(0))
     assert low <= fid < high  # the plain percentile interval lies wholly above: resamples add duplicates
+
+
+def test_parameter_checks_name_the_parameter():
+    vectors = features(0, 20, dim=4)
+    with pytest.raises(ValueError, match="splits must be >= 1, got 0"):
+        inception_score(vectors, splits=0)
+    with pytest.raises(ValueError, match="subsets must be >= 1, got 0"):
+        kernel_inception_distance(vectors, vectors, subsets=0, subset_size=10)
+    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
+        fid_confidence_interval(vectors, vectors, samples=0)
+    with pytest.raises(ValueError, match="at least 2 images per side, got 1 real and 20 generated"):
+        fid_confidence_interval(vectors[:1], vectors, samples=5)
+    with pytest.raises(ValueError, match=r"features \[N, D\] and \[M, D\]"):
+        fid_confidence_interval(vectors, vectors[:, :3], samples=5)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from visionzoo.cli import positive_int, register_command
 from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate
 from visionzoo.metrics.domain import DOMAIN_DATA
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # (AP?, IoU label or None, area, which max_dets entry) of pycocotools' 12 summary lines
 _LINES = [
@@ -97,38 +101,68 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
 
 
-@register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
-                  arguments=_fid_arguments)
-def fid_command(args: argparse.Namespace) -> int:
-    from visionzoo.metrics.fid import folder_statistics, save_statistics, statistics_of
-    from visionzoo.metrics.frechet import frechet_distance
+def _check_fid_arguments(args: argparse.Namespace) -> None:
+    if args.features == "domain" and args.data is None:
+        raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
+    if args.features != "domain" and (args.data or args.img_size):
+        raise ValueError("--data and --img-size choose the domain features; add --features domain")
+
+
+def _save_stats_target(args: argparse.Namespace) -> Path | None:
+    """The file ``--save-stats`` will write (np.savez appends .npz), refused before any feature is computed
+    where it cannot or should not be written."""
+    from visionzoo.metrics.fid import is_statistics, statistics_path
+
+    if not args.save_stats:
+        return None
+    if is_statistics(args.path_a):
+        raise ValueError(f"--save-stats writes the statistics of an image folder; {args.path_a} already is statistics")
+    target = statistics_path(args.save_stats)
+    if not target.parent.is_dir():
+        raise ValueError(f"--save-stats {args.save_stats}: folder {target.parent} does not exist")
+    if target.resolve() == Path(args.path_b).resolve():
+        # the statistics of PATH_A would replace the ones they are compared with
+        raise ValueError(f"--save-stats {args.save_stats} writes {target}, which is PATH_B; choose another file")
+    if target.exists() and not args.overwrite:
+        raise ValueError(f"--save-stats: {target} exists; pass --overwrite to replace it")
+    return target
+
+
+def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
+    """(the feature network the options choose, how folders are read for it)."""
     from visionzoo.metrics.inception import InceptionFeatures
 
-    if args.save_stats and Path(args.save_stats).exists() and not args.overwrite:
-        raise ValueError(f"--save-stats: {args.save_stats} exists; pass --overwrite to replace it")
-    if args.save_stats and args.path_a.endswith(".npz"):
-        raise ValueError(f"--save-stats writes the statistics of an image folder; {args.path_a} already is statistics")
     if args.features == "domain":
         from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 
-        if args.data is None:
-            raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
         size = args.img_size or DEFAULT_SIZES[args.data]
         features = domain_features(args.data, size, checkpoint=args.checkpoint)
-        reading = {"size": size, "channels": features.in_chans}
-    else:
-        if args.data or args.img_size:
-            raise ValueError("--data and --img-size choose the domain features; add --features domain")
-        features = InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None)
-        reading = {}
-    if args.save_stats:
-        stats = folder_statistics(args.path_a, features, args.batch_size, **reading)
-        mu_a, sigma_a = stats.mean.numpy(), stats.covariance.numpy()
-        print(f"statistics of {args.path_a}: {save_statistics(args.save_stats, stats)}")
-    else:
-        mu_a, sigma_a = statistics_of(args.path_a, features, args.batch_size, **reading)
-    mu_b, sigma_b = statistics_of(args.path_b, features, args.batch_size, **reading)
+        return features, {"size": size, "channels": features.in_chans}
+    return InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None), {}
+
+
+@register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
+                  arguments=_fid_arguments)
+def fid_command(args: argparse.Namespace) -> int:
+    from visionzoo.metrics.fid import folder_statistics, is_statistics, load_statistics, save_statistics
+    from visionzoo.metrics.frechet import frechet_distance
+
+    _check_fid_arguments(args)
+    target = _save_stats_target(args)
+    paths = (args.path_a, args.path_b)
+    # statistics files first: a bad one fails before any feature is computed, and two of them need no network
+    stats = {path: load_statistics(path) for path in paths if is_statistics(path)}
+    folders = [path for path in dict.fromkeys(paths) if path not in stats]
+    if folders:
+        features, reading = _fid_features(args)
+    for path in folders:
+        folder = folder_statistics(path, features, args.batch_size, **reading)
+        if target is not None and path == args.path_a:
+            print(f"statistics of {path}: {save_statistics(target, folder)}")
+        stats[path] = folder.mean.numpy(), folder.covariance.numpy()
+    (mu_a, sigma_a), (mu_b, sigma_b) = stats[args.path_a], stats[args.path_b]
     if mu_a.shape != mu_b.shape:
-        raise ValueError(f"the statistics have {mu_a.shape[0]} and {mu_b.shape[0]} dimensions")
+        raise ValueError(f"{args.path_a} has statistics of {mu_a.shape[0]} dimensions and {args.path_b} of "
+                         f"{mu_b.shape[0]}; both must come from the same feature network")
     print(f"FID: {frechet_distance(mu_a, sigma_a, mu_b, sigma_b):.6f}")
     return 0

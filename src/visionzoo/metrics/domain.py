@@ -49,14 +49,19 @@ class DomainFeatures(nn.Module):
         num_outputs: classifier outputs (10 digits; Shapes' classes + colours).
         widths: channels of the three stages.
         stem_stride: stride of the first convolution (2 for 64 px images, so that every size costs the same).
+        image_size: the side of the images it was trained on; ``forward`` (the FID features) then refuses other
+            sizes, whose features are not comparable (None: any size).
 
-    ``forward(images: Tensor[B, in_chans, H, W])`` → Tensor[B, widths[-1]]; ``logits`` → Tensor[B, num_outputs];
-    ``feature_maps`` → one Tensor[B, widths[i], H / (stem_stride · 2**i), W / (stem_stride · 2**i)] per stage.
+    ``forward(images: Tensor[B, in_chans, H, W])`` (any dtype, converted to the network's) → Tensor[B, widths[-1]];
+    ``logits`` → Tensor[B, num_outputs]; ``feature_maps`` → one Tensor[B, widths[i], H / (stem_stride · 2**i),
+    W / (stem_stride · 2**i)] per stage.
     """
 
-    def __init__(self, in_chans: int = 1, num_outputs: int = 10, widths: tuple[int, ...] = WIDTHS, stem_stride: int = 1):
+    def __init__(self, in_chans: int = 1, num_outputs: int = 10, widths: tuple[int, ...] = WIDTHS, stem_stride: int = 1,
+                 image_size: int | None = None):
         super().__init__()
         self.in_chans = in_chans
+        self.image_size = image_size
         self.num_features = widths[-1]
         channels = (in_chans, *widths)
         self.stages = nn.ModuleList(_stage(a, b) for a, b in zip(channels[:-1], channels[1:]))
@@ -84,7 +89,10 @@ class DomainFeatures(nn.Module):
         return maps
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.feature_maps(images)[-1].mean(dim=(2, 3))
+        if self.image_size is not None and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"these domain features were trained on {self.image_size}×{self.image_size} images, "
+                             f"got {tuple(images.shape[-2:])}; resize them to {self.image_size} px first")
+        return self.feature_maps(images.to(self.head.weight.dtype))[-1].mean(dim=(2, 3))
 
     def logits(self, images: Tensor) -> Tensor:
         return self.head(self.forward(images))
@@ -156,7 +164,7 @@ def _train_domain_classifier(data: str, image_size: int, in_chans: int, steps: i
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     num_outputs = 10 if data == "digits" else targets.shape[1]
-    model = DomainFeatures(in_chans, num_outputs, stem_stride=stem_stride(image_size))
+    model = DomainFeatures(in_chans, num_outputs, stem_stride=stem_stride(image_size), image_size=image_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     model.train()
@@ -180,6 +188,32 @@ def domain_weights_path(data: str, image_size: int, in_chans: int) -> Path:
     return cache_dir() / "domain" / f"{data}-{image_size}px-{in_chans}ch-v{VERSION}.safetensors"
 
 
+def _load_domain_features(path: Path, data: str, image_size: int, in_chans: int) -> DomainFeatures:
+    """The network in domain-features file ``path``; ValueError naming the file when it is not one for ``in_chans``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a domain-features file (safetensors): {error}") from None
+    stem, head = state.get("stages.0.0.weight"), state.get("head.weight")
+    if stem is None or head is None or stem.dim() != 4 or head.dim() != 2:
+        raise ValueError(f"{path} is not a domain-features file: it lacks the tensors stages.0.0.weight and "
+                         "head.weight (a checkpoint of another model?)")
+    if stem.shape[1] != in_chans:
+        raise ValueError(f"{path} holds domain features of {stem.shape[1]}-channel images; {data} needs {in_chans}")
+    model = DomainFeatures(in_chans, head.shape[0], stem_stride=stem_stride(image_size), image_size=image_size)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        # the first line only says "Error(s) in loading state_dict for DomainFeatures:"; the reasons follow
+        reasons = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise ValueError(f"{path} is not a {data} domain-features file for {in_chans} channels: "
+                         f"{reasons[0] if reasons else error}") from None
+    return model
+
+
 def domain_features(data: str, image_size: int, in_chans: int | None = None,
                     checkpoint: str | Path | None = None) -> DomainFeatures:
     """The frozen domain feature network of ``data`` (``"digits"`` or ``"shapes"``) at ``image_size``.
@@ -187,7 +221,7 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     Loaded from ``checkpoint`` when given, else from the weights cache, else trained now (about a minute on
     two CPU cores) and cached. ``in_chans`` defaults to the data's (1 for Digits, 3 for Shapes).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     data = data.lower()
     if data not in DOMAIN_DATA:
@@ -197,13 +231,7 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     if checkpoint and not path.is_file():
         raise FileNotFoundError(f"domain features checkpoint {path} does not exist")
     if path.is_file():
-        state = load_file(path)
-        model = DomainFeatures(in_chans, state["head.weight"].shape[0], stem_stride=stem_stride(image_size))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"{path} is not a {data} domain-features file for {in_chans} channels: "
-                             f"{str(error).splitlines()[0]}") from None
+        model = _load_domain_features(path, data, image_size, in_chans)
     else:
         log.info("training the %s domain classifier at %d px (once; cached in %s)", data, image_size, path)
         model, accuracy = train_domain_classifier(data, image_size, in_chans)

@@ -10,6 +10,7 @@ pytorch-fid and clean-fid. Statistics files are pytorch-fid's: an ``.npz`` with 
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from visionzoo.metrics.frechet import FeatureStatistics, frechet_distance
+from visionzoo.metrics.frechet import SYMMETRY_TOLERANCE, FeatureStatistics, asymmetry, frechet_distance
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
+
+
+def check_unit_range(images: Tensor, who: str) -> None:
+    """ValueError unless every value of ``images`` (a Tensor) is in [0, 1]; NaN is outside."""
+    if not images.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(images))
+    if not (0 <= low and high <= 1):
+        raise ValueError(f"{who} takes images in [0, 1]; these span [{low:.3g}, {high:.3g}] (convert uint8 with / 255, "
+                         "[-1, 1] with (x + 1) / 2)")
 
 
 class FID:
@@ -43,10 +54,7 @@ class FID:
         """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
-        low, high = float(images.min()), float(images.max())
-        if low < 0 or high > 1:
-            raise ValueError(f"FID takes images in [0, 1]; these span [{low:.3g}, {high:.3g}] (convert uint8 with / 255, "
-                             "[-1, 1] with (x + 1) / 2)")
+        check_unit_range(images, "FID")
         stats = self.real if real else self.fake
         for part in images.split(self.batch_size):
             features = self.features(part).double()
@@ -71,22 +79,62 @@ class FID:
         return frechet_distance(self.real.mean, self.real.covariance, self.fake.mean, self.fake.covariance)
 
 
-def save_statistics(path: str | Path, stats: FeatureStatistics) -> Path:
-    """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D])."""
+def is_statistics(path: str | Path) -> bool:
+    """Whether ``path`` names an ``.npz`` statistics file (else a folder of images)."""
+    return str(path).endswith(".npz")
+
+
+def statistics_path(path: str | Path) -> Path:
+    """The file :func:`save_statistics` writes for ``path``: ``.npz`` appended unless it ends so (as ``np.savez``)."""
     path = Path(path)
+    return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
+
+
+def save_statistics(path: str | Path, stats: FeatureStatistics) -> Path:
+    """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D]) at :func:`statistics_path`."""
+    path = statistics_path(path)
     np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy())
-    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    return path
+
+
+def _read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"statistics file {path} does not exist")
+    why = f"{path} is not an FID statistics file (an .npz with 'mu' and 'sigma')"
+    unreadable = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
+    try:
+        data = np.load(path)
+    except unreadable as error:
+        raise ValueError(f"{why}: {error}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{why}: it holds a single array (.npy), not an archive")
+    try:
+        with data:
+            mu, sigma = data["mu"], data["sigma"]
+    except unreadable as error:
+        raise ValueError(f"{why}: {error}") from None
+    for name, array in (("mu", mu), ("sigma", sigma)):
+        # an archive member that is not an .npy file loads as its raw bytes
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{why}: its {name} is not a NumPy array")
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"{why}: its {name} holds {array.dtype}, not real numbers")
+    return mu.astype(np.float64, copy=False), sigma.astype(np.float64, copy=False)
 
 
 def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` of a pytorch-fid ``.npz``; ValueError naming the file when it is not one."""
-    try:
-        with np.load(path) as data:
-            mu, sigma = data["mu"], data["sigma"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} is not an FID statistics file (an .npz with 'mu' and 'sigma'): {error}") from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+    """``(mu, sigma)`` float64 of a pytorch-fid ``.npz``; ValueError naming the file when it is not one, or when
+    its sigma is not a covariance of mu's dimension (not square, asymmetric, negative variances, non-finite)."""
+    mu, sigma = _read_npz(path)
+    if mu.ndim != 1 or mu.shape[0] == 0 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together "
+                         "(expected mu [D] and sigma [D, D], D >= 1)")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path}: the statistics have non-finite values")
+    if asymmetry(torch.from_numpy(sigma)) > SYMMETRY_TOLERANCE:
+        raise ValueError(f"{path}: sigma is not symmetric, so not a covariance matrix")
+    if np.diagonal(sigma).min() < 0:
+        raise ValueError(f"{path}: sigma has negative variances on its diagonal, so is not a covariance matrix")
     return mu, sigma
 
 
@@ -133,7 +181,7 @@ def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 5
 def statistics_of(path: str | Path, features: nn.Module, batch_size: int = 50, size: int | None = None,
                   channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` of an ``.npz`` statistics file or of a folder of images."""
-    if str(path).endswith(".npz"):
+    if is_statistics(path):
         return load_statistics(path)
     stats = folder_statistics(path, features, batch_size, size, channels)
     return stats.mean.numpy(), stats.covariance.numpy()

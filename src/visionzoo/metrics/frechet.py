@@ -19,6 +19,10 @@ import torch
 from torch import Tensor
 
 _BLOCK = 512  # below this size two plain products beat splitting off the triangular blocks
+# Relative tolerances: a covariance computed in float32 is symmetric and PSD to ~1e-7 of its largest
+# entry (eigenvalue); anything beyond these is a wrong matrix, not rounding.
+SYMMETRY_TOLERANCE = 1e-5
+_NEGATIVE_EIGENVALUE_TOLERANCE = 1e-5
 
 
 def _float64(x: Any, name: str) -> Tensor:
@@ -33,6 +37,22 @@ def _float64(x: Any, name: str) -> Tensor:
     if not math.isfinite(float(t.sum())) and not torch.isfinite(t).all():
         raise ValueError(f"{name} has non-finite values")
     return t
+
+
+def asymmetry(sigma: Tensor) -> float:
+    """max |sigma - sigma^T| relative to max |sigma| for a square Tensor[D, D] (0 for a zero matrix)."""
+    scale = float(sigma.abs().max()) if sigma.numel() else 0.0
+    return float((sigma - sigma.T).abs().max()) / scale if scale > 0 else 0.0
+
+
+def _check_not_negative(eigenvalues: Tensor, what: str) -> None:
+    """ValueError when ascending ``eigenvalues`` go below zero by more than rounding explains."""
+    if not eigenvalues.numel():
+        return
+    scale = float(eigenvalues.abs().max())
+    if float(eigenvalues[0]) < -_NEGATIVE_EIGENVALUE_TOLERANCE * scale:
+        raise ValueError(f"{what} is not positive semi-definite (eigenvalue {float(eigenvalues[0]):.3g}, "
+                         f"largest magnitude {scale:.3g}); a covariance matrix is")
 
 
 @contextmanager
@@ -53,6 +73,7 @@ def _psd_factor(sigma: Tensor) -> tuple[Tensor, bool]:
         return factor, True
     with _one_thread():  # see trace_sqrt_product
         w, v = torch.linalg.eigh(sigma)
+    _check_not_negative(w, "sigma1")
     return v * w.clamp(min=0).sqrt(), False
 
 
@@ -85,12 +106,14 @@ def trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> float:
     Singular (rank-deficient) matrices, e.g. covariances of fewer samples than dimensions, are
     handled exactly: their factor comes from the eigendecomposition with eigenvalues clipped at 0,
     so no ``eps * I`` is added (pytorch-fid adds ``1e-6 * I`` to both only when its ``sqrtm``
-    fails). Tiny negative eigenvalues from rounding are clipped to 0.
+    fails). Tiny negative eigenvalues from rounding are clipped to 0; larger ones (a matrix that is not
+    positive semi-definite, where pytorch-fid's ``sqrtm`` turns complex and it raises) raise ValueError.
     """
     factor, triangular = _psd_factor(sigma1)
     inner = _congruence_lower(factor, sigma2, triangular)
     with _one_thread():
         eigenvalues = torch.linalg.eigvalsh(inner)  # reads the lower triangle
+    _check_not_negative(eigenvalues, "sigma2")  # F^T sigma2 F has a negative eigenvalue only if sigma2 has
     return float(eigenvalues.clamp(min=0).sqrt().sum())
 
 
@@ -100,8 +123,9 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
 
     mu1, mu2: [D]; sigma1, sigma2: [D, D] symmetric positive semi-definite; NumPy arrays, tensors
     or lists, computed in float64 on the CPU. Returns a Python float. Raises ValueError on shape
-    mismatches or non-finite values. The sigmas are taken as symmetric: sigma1's lower triangle is
-    factored and sigma2 multiplied as given.
+    mismatches, non-finite values, sigmas that are not symmetric (beyond :data:`SYMMETRY_TOLERANCE`
+    relative) or not positive semi-definite. sigma1's lower triangle is factored and sigma2 multiplied
+    as given.
     """
     m1, m2 = _float64(mu1, "mu1").reshape(-1), _float64(mu2, "mu2").reshape(-1)
     s1, s2 = _float64(sigma1, "sigma1"), _float64(sigma2, "sigma2")
@@ -111,6 +135,10 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
             f"expected mu1, mu2 of shape [D] and sigma1, sigma2 of shape [D, D]; got {list(m1.shape)}, "
             f"{list(m2.shape)}, {list(s1.shape)}, {list(s2.shape)}"
         )
+    for name, sigma in (("sigma1", s1), ("sigma2", s2)):
+        if asymmetry(sigma) > SYMMETRY_TOLERANCE:
+            raise ValueError(f"{name} is not symmetric (max |S - S^T| / max |S| = {asymmetry(sigma):.3g}); "
+                             "a covariance matrix is")
     diff = m1 - m2
     return float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2)
 

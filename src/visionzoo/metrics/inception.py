@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import Pretrained
 
 FID_WEIGHTS = Pretrained(
@@ -189,7 +190,7 @@ def resize_clean(images: Tensor) -> Tensor:
 
 
 class InceptionFeatures(nn.Module):
-    """``forward(images Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, 2048]``: FID's pool features.
+    """``forward(images Tensor[B, 3, H, W] in [0, 1], any dtype) -> Tensor[B, 2048]``: FID's pool features.
 
     Args:
         checkpoint: pytorch-fid's ``pt_inception-2015-12-05`` weights file (torchvision's Inception-v3 keys).
@@ -245,9 +246,12 @@ class InceptionFeatures(nn.Module):
                              f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} in all)")
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """Resized per ``self.resize`` and mapped from [0, 1] to [-1, 1]: Tensor[B, 3, 299, 299]."""
+        """Images Tensor[B, 3, H, W] in [0, 1] of any dtype, resized per ``self.resize``, mapped to [-1, 1] and
+        converted to the network's dtype (float32 unless converted): Tensor[B, 3, 299, 299]."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"InceptionFeatures takes Tensor[B, 3, H, W] RGB images in [0, 1], got {tuple(images.shape)}")
+        check_unit_range(images, "InceptionFeatures")
+        images = images.to(self.fc.weight.dtype)
         if self.resize == "legacy":
             images = resize_legacy(images)
         elif self.resize == "clean":

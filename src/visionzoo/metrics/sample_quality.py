@@ -45,6 +45,8 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100, su
                          f"{len(fake)} generated); lower subset_size")
     if subset_size < 2:
         raise ValueError(f"KID needs subset_size >= 2, got {subset_size}")
+    if subsets < 1:
+        raise ValueError(f"KID's subsets must be >= 1, got {subsets}")
     scores = []
     for _ in range(subsets):
         x = real[torch.randperm(len(real), generator=generator)[:subset_size]]
@@ -57,6 +59,8 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100, su
 
 def inception_score(logits: Tensor, splits: int = 10, generator: torch.Generator | None = None) -> tuple[float, float]:
     """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over ``splits`` chunks of the shuffled samples."""
+    if splits < 1:
+        raise ValueError(f"the Inception Score's splits must be >= 1, got {splits}")
     if logits.dim() != 2 or len(logits) < splits:
         raise ValueError(f"the Inception Score needs logits [N, K] with N >= splits={splits}, got {tuple(logits.shape)}")
     logits = logits[torch.randperm(len(logits), generator=generator)].double()
@@ -82,6 +86,14 @@ def fid_confidence_interval(real: Tensor, fake: Tensor, samples: int = 100, conf
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if samples < 1:
+        raise ValueError(f"the FID interval's samples must be >= 1, got {samples}")
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"the FID interval needs features [N, D] and [M, D], got {tuple(real.shape)} and "
+                         f"{tuple(fake.shape)}")
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"the FID interval needs at least 2 images per side, got {len(real)} real and {len(fake)} "
+                         "generated (a covariance needs 2)")
     real, fake = real.double(), fake.double()
     full = frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
     values = []

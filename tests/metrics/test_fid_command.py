@@ -1,0 +1,129 @@
+"""`visionzoo fid`: where --save-stats writes, statistics files it refuses, and when it builds no network."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from test_coco_eval_command import one_line_error
+
+from visionzoo.cli import main
+from visionzoo.metrics import domain, inception
+from visionzoo.metrics.domain import DomainFeatures
+
+
+def write_folder(folder, seed, count=6, size=16):
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8), mode="L").save(folder / f"{index}.png")
+    return folder
+
+
+def write_stats(path, mu, sigma):
+    np.savez(path, mu=np.asarray(mu, dtype=np.float64), sigma=np.asarray(sigma, dtype=np.float64))
+    return path
+
+
+@pytest.fixture
+def domain_args(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "digits-domain.safetensors"
+    save_file(DomainFeatures(1, 10).state_dict(), weights)
+    return ["--features", "domain", "--data", "digits", "--img-size", "16", "--checkpoint", str(weights)]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Building either feature network fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a feature network was built")
+
+    monkeypatch.setattr(domain, "domain_features", refuse)
+    monkeypatch.setattr(inception, "InceptionFeatures", refuse)
+
+
+def test_save_stats_checks_the_file_np_savez_writes(tmp_path, domain_args, capsys):
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    existing = write_stats(tmp_path / "a.npz", np.zeros(128), np.eye(128))
+    before = existing.read_bytes()
+    typed = str(tmp_path / "a")  # np.savez writes a.npz
+    argv = ["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", typed]
+    one_line_error(capsys, argv, f"{existing} exists; pass --overwrite")
+    assert existing.read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
+    assert f"statistics of {folder_a}: {existing}" in capsys.readouterr().out
+    with np.load(existing) as saved:
+        assert saved["mu"].shape == (128,) and not np.array_equal(saved["sigma"], np.eye(128))
+    assert not (tmp_path / "a.npz.npz").exists()
+
+
+@pytest.mark.parametrize("typed", ["b.npz", "b", "./sub/../b.npz"])
+def test_save_stats_onto_path_b_is_refused(tmp_path, domain_args, capsys, typed):
+    folder_a = write_folder(tmp_path / "a", 0)
+    (tmp_path / "sub").mkdir()
+    stats_b = write_stats(tmp_path / "b.npz", np.zeros(128), np.eye(128))
+    before = stats_b.read_bytes()
+    one_line_error(capsys, ["fid", str(folder_a), str(stats_b), *domain_args, "--save-stats", str(tmp_path / typed),
+                            "--overwrite"], "which is PATH_B")
+    assert stats_b.read_bytes() == before
+
+
+def test_save_stats_into_a_missing_folder_fails_before_any_feature(tmp_path, capsys, no_network):
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / "nowhere" / "a.npz")],
+                   "--save-stats", "nowhere does not exist")
+
+
+def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
+    small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
+    shifted = write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4))
+    assert main(["fid", str(small), str(shifted)]) == 0
+    assert capsys.readouterr().out.strip() == "FID: 4.000000"  # |mu1 - mu2|^2, equal covariances
+    assert main(["fid", str(small), str(shifted), "--features", "domain", "--data", "digits"]) == 0
+
+
+def test_a_bad_statistics_file_fails_before_any_feature(tmp_path, capsys, no_network):
+    folder = write_folder(tmp_path / "a", 0)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    one_line_error(capsys, ["fid", str(folder), str(bad)], str(bad), "not an FID statistics file")
+
+
+def write_junk_member(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("mu", b"junk")
+        archive.writestr("sigma", b"junk")
+
+
+def write_plain_npy(path):
+    with open(path, "wb") as handle:
+        np.save(handle, np.eye(3))
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b"not a zip"), "not an FID statistics file"),
+    (write_plain_npy, "it holds a single array (.npy)"),
+    (write_junk_member, "its mu is not a NumPy array"),
+    (lambda p: np.savez(p, mu=np.zeros(3, bool), sigma=np.eye(3, dtype=bool)), "its mu holds bool"),
+    (lambda p: np.savez(p, other=np.zeros(3)), "not an FID statistics file"),
+    (lambda p: write_stats(p, np.zeros(3), np.eye(2)), "do not fit together"),
+    (lambda p: write_stats(p, np.zeros(3), np.ones((3, 2))), "do not fit together"),
+    (lambda p: write_stats(p, [0, 0, np.nan], np.eye(3)), "non-finite"),
+    (lambda p: write_stats(p, np.zeros(3), [[1, 5, 0], [0, 1, 0], [0, 0, 1]]), "sigma is not symmetric"),
+    (lambda p: write_stats(p, np.zeros(3), -np.eye(3)), "negative variances"),
+])
+def test_invalid_statistics_are_one_line_naming_the_file(tmp_path, capsys, no_network, write, message):
+    good = write_stats(tmp_path / "good.npz", np.zeros(3), np.eye(3))
+    bad = tmp_path / "bad.npz"
+    write(bad)
+    one_line_error(capsys, ["fid", str(good), str(bad)], str(bad), message)
+
+
+def test_statistics_of_different_dimensions_say_which_file_has_which(tmp_path, capsys, no_network):
+    four = write_stats(tmp_path / "four.npz", np.zeros(4), np.eye(4))
+    eight = write_stats(tmp_path / "eight.npz", np.zeros(8), np.eye(8))
+    one_line_error(capsys, ["fid", str(four), str(eight)], f"{four} has statistics of 4 dimensions and {eight} of 8")
