@@ -60,3 +60,20 @@ def test_predict_on_a_sampler_points_to_sample(gan_checkpoint, tmp_path, capsys)
     assert main(["predict", "dcgan", str(image), "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "p")]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "use `visionzoo sample`" in error
+
+
+def test_overwrite_replaces_an_earlier_longer_runs_samples_and_keeps_other_files(gan_checkpoint, tmp_path, capsys):
+    """A shorter run used to leave 00004.png ... 00009.png of a longer one beside its own."""
+    images = tmp_path / "images"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--images-dir", str(images), "--overwrite"]
+    assert main([*args, "-n", "10", "--out", str(tmp_path / "a.png")]) == 0
+    others = ["notes.txt", "cat.png", "0001.png", "000001.png", "00001.jpg"]
+    for name in others:
+        (images / name).write_text("keep me")
+    assert main([*args, "-n", "4", "--out", str(tmp_path / "b.png")]) == 0
+    assert sorted(p.name for p in images.iterdir()) == sorted([f"{i:05d}.png" for i in range(4)] + others)
+    assert all((images / name).read_text() == "keep me" for name in others)
+    capsys.readouterr()
+    assert main([*args[:-1], "-n", "2", "--out", str(tmp_path / "c.png")]) == 2  # without --overwrite: refused
+    assert "already holds samples" in capsys.readouterr().err
+    assert sorted(p.name for p in images.glob("?????.png")) == [f"{i:05d}.png" for i in range(4)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,29 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
     parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out and files in --images-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out, and the numbered samples (NNNNN.png) of an earlier run in --images-dir")
+
+
+# How `visionzoo sample --images-dir` names its images: 00000.png, 00001.png, ..., 123456.png.
+SAMPLE_NAME = "{:05d}.png"
+
+
+def sample_names(count: int) -> list[str]:
+    return [SAMPLE_NAME.format(index) for index in range(count)]
+
+
+def is_sample_name(name: str) -> bool:
+    """Whether ``name`` is one that :func:`sample_names` gives (not, e.g., 0001.png or 000001.png)."""
+    return re.fullmatch(r"\d+\.png", name) is not None and name == SAMPLE_NAME.format(int(name[:-4]))
+
+
+def remove_earlier_samples(folder: Path) -> None:
+    """Delete the numbered sample files of an earlier run in ``folder``, so that a shorter run does not leave
+    the tail of a longer one mixed with its own; every other file stays."""
+    for path in folder.iterdir():
+        if is_sample_name(path.name) and path.is_file():
+            path.unlink()
 
 
 def _class_index(label: str | None, classes: list[str] | None) -> int | None:
@@ -257,7 +280,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     images_dir = Path(args.images_dir) if args.images_dir else None
-    names = [f"{index:05d}.png" for index in range(args.count)]
+    names = sample_names(args.count)
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     setup = load_for_inference(args.model, args.checkpoint)
@@ -273,6 +296,8 @@ def sample_command(args: argparse.Namespace) -> int:
     save_image(images, out, nrow=args.nrow, padding=2, pad_value=1.0)
     if images_dir is not None:
         images_dir.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:
+            remove_earlier_samples(images_dir)
         for image, name in zip(images, names):
             save_image(image, images_dir / name)
         print(f"{args.count} images in {images_dir}")
