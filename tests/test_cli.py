@@ -225,3 +225,43 @@ def test_module_entry_point_lists_models():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["resnet101", "resnet18", "resnet34", "resnet50"]
+
+
+@pytest.mark.parametrize("model, option, fragments", [
+    ("dcgan", ["--class-conditional"], ["--class-conditional is for autoregressive models", "vqgan_transformer",
+                                        "dcgan, a model of the gan task, would ignore it"]),
+    ("image_gpt_small", ["--disc-start", "10"], ["--disc-start is for vqgan models", "vqgan"]),
+    ("resnet18", ["--scale-jitter", "96-160"], ["--scale-jitter is for detection models", "fasterrcnn_"]),
+    ("fasterrcnn_shapes", ["--mixup", "0.5"], ["--mixup is for classification models"]),
+    ("vqvae_small", ["--disc-weight", "0.1"], ["--disc-weight is for vqgan models", "reconstruction task"]),
+])
+def test_an_option_of_another_task_is_refused_naming_the_models_that_take_it(capsys, tmp_path, model, option,
+                                                                             fragments):
+    """They used to be ignored silently: a dcgan trained with --class-conditional was unconditional."""
+    one_line_error(capsys, ["train", model, "--data", "digits", "--max-steps", "1", "--out", str(tmp_path / "r"),
+                            *option], *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_task_options_left_at_their_defaults_are_not_refused():
+    from visionzoo.cli import build_parser
+    from visionzoo.train.commands import _task_options
+
+    parser = build_parser()
+    assert _task_options(parser.parse_args(["train", "dcgan", "--data", "digits", "--mixup", "0"])) == {}
+    classifier = _task_options(parser.parse_args(["train", "resnet18", "--data", "digits"]))
+    assert classifier["label_smoothing"] == 0.0 and "disc_start" not in classifier and "scale_jitter" not in classifier
+    given = _task_options(parser.parse_args(["train", "dcgan", "--data", "digits", "--no-class-conditional"]))
+    assert given == {"class_conditional": False}  # off its default (None): refused by run_training
+
+
+def test_the_library_refuses_another_tasks_option_and_an_unknown_one(tmp_path):
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.run import run_training
+
+    config = TrainConfig(out=str(tmp_path / "r"), max_steps=1)
+    with pytest.raises(ValueError, match="--tokenizer is for autoregressive models"):
+        run_training("resnet18", "digits", config, options={"tokenizer": "x.safetensors"})
+    with pytest.raises(ValueError, match="unknown task option 'disc_strat'; vqgan \\(vqgan\\) takes disc_start"):
+        run_training("vqgan", "digits", config, options={"disc_strat": 0.3})
+    assert not (tmp_path / "r").exists()

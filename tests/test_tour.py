@@ -101,3 +101,11 @@ def test_a_job_gets_an_earlier_jobs_checkpoint_as_an_option_and_samplers_show_th
     assert "vqvae-digits/predictions.png" in rows["vqvae-digits"]["pictures"]
     meta = json.loads((out / "prior-digits" / "checkpoint.json").read_text())
     assert meta["run"]["options"]["tokenizer"] == str(out / "vqvae-digits" / "checkpoint.safetensors")
+
+
+def test_every_job_passes_options_its_task_takes():
+    from visionzoo.train.run import task_class
+    from visionzoo.train.task import check_task_options
+
+    for job in TOUR_JOBS:
+        check_task_options(task_class(job.model), job.model, {**job.options, **dict.fromkeys(job.uses, "x")})

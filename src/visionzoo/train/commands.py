@@ -19,7 +19,7 @@ from visionzoo.cli import (
     register_command,
 )
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
-from visionzoo.train.run import load_for_inference, load_images, run_training
+from visionzoo.train.run import load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
 
 
@@ -35,15 +35,20 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every registered task's own options; their names are kept to hand them back to the task."""
+    """Every registered task's own options; their names and defaults are kept to hand them back to the task."""
     before = {action.dest for action in parser._actions}
     for task in _TASKS.values():
         task.add_arguments(parser)
-    parser.set_defaults(_task_options=sorted({action.dest for action in parser._actions} - before))
+    parser.set_defaults(_task_option_defaults={action.dest: action.default for action in parser._actions
+                                               if action.dest not in before})
 
 
 def _task_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in args._task_options}
+    """The options of the model's task, and those of other tasks that were given (off their defaults), which
+    :func:`run_training` refuses rather than ignore."""
+    own = task_class(args.model).own_options()
+    return {name: getattr(args, name) for name, default in args._task_option_defaults.items()
+            if name in own or getattr(args, name) != default}
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from torchvision.transforms.functional import pil_to_tensor, resize
 
 from visionzoo.checkpoint import CheckpointError, read_metadata
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
-from visionzoo.train.task import Setup, Task, get_task
+from visionzoo.train.task import Setup, Task, check_task_options, get_task
 
 
 def task_class(model_name: str) -> type[Task]:
@@ -55,7 +55,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     (its first ``val_images``). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
     settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
-    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``)."""
+    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``). An option
+    that the model's task does not take is refused (ValueError), not ignored."""
+    check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     if config.resume and checkpoint.is_file():
         trained = checkpoint_metadata(checkpoint).get("run", {})

@@ -102,6 +102,13 @@ class Task:
         """Add this task's own options to ``visionzoo train``/``eval`` (an argument group)."""
 
     @classmethod
+    def own_options(cls) -> dict[str, argparse.Action]:
+        """The options :meth:`add_arguments` declares, by name (``"disc_start"``): the ones this task takes."""
+        parser = argparse.ArgumentParser(add_help=False)
+        cls.add_arguments(parser)
+        return {action.dest: action for action in parser._actions}
+
+    @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         """Build the task, the model (from ``checkpoint`` if given) and the ``train/val/test`` splits.
@@ -176,6 +183,27 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         return cls
 
     return decorator
+
+
+def check_task_options(task: type[Task], model_name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option given in ``options`` (not None) that ``task``, the task of ``model_name``, does not take:
+    its run would ignore it silently. The ValueError names the option and the models that take it."""
+    from visionzoo.models import list_models
+
+    own = task.own_options()
+    for name, value in options.items():
+        if value is None or name in own:
+            continue
+        takers = {other: other_task.own_options()[name] for other, other_task in _TASKS.items()
+                  if name in other_task.own_options()}
+        if not takers:
+            raise ValueError(f"unknown task option {name!r}; {model_name} ({task.name}) takes "
+                             f"{', '.join(own) if own else 'none'}")
+        flag = next(iter(takers.values())).option_strings[0]
+        models = [model for other in takers for model in list_models(task=other)]
+        shown = ", ".join(models[:3]) + (", ..." if len(models) > 3 else "")
+        raise ValueError(f"{flag} is for {' and '.join(takers)} models ({shown}); {model_name}, a model of the "
+                         f"{task.name} task, would ignore it")
 
 
 def get_task(name: str) -> Callable[..., Task]:
