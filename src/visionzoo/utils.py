@@ -6,7 +6,12 @@ import difflib
 import functools
 from collections.abc import Iterable
 
+import numpy as np
 import torch
+from PIL import Image
+
+# PIL's modes of 16-bit greyscale images: a 16-bit PNG opens as "I;16" (older Pillow: "I", 32-bit integers).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
@@ -32,3 +37,19 @@ def native_bf16(device: torch.device) -> bool:
 def _cpu_native_bf16() -> bool:
     cpu = torch.cpu
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def image_array(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
+    """float32[H, W, channels] in [0, 1] (``channels`` 1 or 3) from a PIL ``image`` of any mode.
+
+    8-bit images are converted by PIL (grey, palette and RGBA to "L" or "RGB") and divided by 255; 16-bit
+    greyscale ones are divided by 65535, since PIL's conversion would clip every value above 255 to white.
+    A mode "I" image with values outside 0..65535 raises ValueError naming ``name``.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float32)
+        if grey.size and not 0 <= grey.min() <= grey.max() <= 65535:
+            raise ValueError(f"{name} has values {grey.min():.0f}..{grey.max():.0f}, beyond 16 bits (0..65535)")
+        return np.repeat(grey[..., None] / 65535, channels, axis=2)
+    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+    return pixels[..., None] if channels == 1 else pixels

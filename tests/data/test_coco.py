@@ -462,3 +462,12 @@ def test_image_size_disagreeing_with_rle_and_file_blames_the_image(folder):
     annotations[0]["segmentation"] = {"size": [30, 40], "counts": [1200]}
     with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 40x30, the annotations say 41x30"):
         CocoDetection(root / "images", _write(root, images=images, annotations=annotations))
+
+
+def test_a_sixteen_bit_greyscale_image_is_read_scaled_not_clipped(folder):
+    root, _ = folder
+    values = np.random.default_rng(0).integers(0, 65536, size=(30, 40), dtype=np.uint16)
+    Image.fromarray(values).save(root / "images" / "a.png")  # mode I;16, as 40x30 as the entry says
+    image, _ = CocoDetection(root / "images", _write(root))[0]
+    expected = torch.from_numpy(values.astype(np.float32) / 65535).expand(3, -1, -1)
+    assert image.dtype == torch.float32 and torch.equal(image, expected)

@@ -63,6 +63,14 @@ def test_input_types_agree(shapes_image):
     assert torch.equal(selective_search(grey, mode="single"), selective_search(grey.expand(3, -1, -1), mode="single"))
 
 
+
+def test_a_sixteen_bit_pil_image_is_read_scaled_not_clipped():
+    values = (two_rectangles().mean(0) * 65535).round().to(torch.int32).numpy().astype(np.uint16)
+    scaled = torch.from_numpy(values.astype(np.float32) / 65535)[None].expand(3, -1, -1)
+    boxes = selective_search(Image.fromarray(values), mode="single")  # mode I;16: was clipped to one white image
+    assert torch.equal(boxes, selective_search(scaled, mode="single")) and len(boxes) > 1
+
+
 @pytest.mark.parametrize("mode", ["single", "fast"])
 def test_hierarchy_reaches_objects_and_whole_image(mode):
     boxes = selective_search(two_rectangles(), mode=mode, max_proposals=10_000).tolist()

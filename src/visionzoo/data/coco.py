@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visionzoo.data.masks import rle_to_mask, to_rle
+from visionzoo.utils import image_array
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class CocoDetection(Dataset):
     """Images and instance annotations in COCO's format, returned like :class:`visionzoo.data.Shapes`.
 
     ``ds[i]`` returns ``(image, target)``: ``image`` float32 Tensor[3, H, W] in [0, 1] (read with
-    PIL as RGB); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
+    PIL as RGB; 16-bit greyscale divided by 65535); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
     and clipped to the image), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
     to contiguous labels; ``label_to_cat_id`` maps back), ``area`` float32 Tensor[N] (the file's,
     else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
@@ -369,15 +370,13 @@ class CocoDetection(Dataset):
         try:
             with Image.open(record["path"]) as file:
                 self._check_size(record, image_id, file.size)
-                pixels = np.asarray(file.convert("RGB"))
+                pixels = image_array(file, 3, f"{self.ann_file}: image id {image_id}: image {record['path']}")
         except OSError as error:
             raise ValueError(
                 f"{self.ann_file}: image id {image_id}: image {record['path']} cannot be read: {error}"
             ) from None
         # numpy rather than torch ops: no thread-pool hand-off per image inside data-loader workers.
-        chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
-        chw /= 255
-        return torch.from_numpy(chw)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def _decode(self, annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
         try:

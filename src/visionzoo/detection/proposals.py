@@ -42,6 +42,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from visionzoo.utils import image_array
+
 # (colour spaces, k values at the reference size, similarity sets); C colour, T texture, S size, F fill.
 MODES: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {
     "single": (("hsv",), (100.0,), ("CTSF",)),
@@ -56,7 +58,8 @@ ORIENTATIONS = 8
 
 
 def _as_rgb(image: Tensor | np.ndarray | Image.Image) -> np.ndarray:
-    """float32[H, W, 3] in [0, 1] from a Tensor[3 or 1, H, W], a uint8 ndarray[H, W, 3] or a PIL image."""
+    """float32[H, W, 3] in [0, 1] from a Tensor[3 or 1, H, W], a uint8 ndarray[H, W, 3] or a PIL image (16-bit
+    greyscale divided by 65535)."""
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"image must be Tensor[3, H, W] or Tensor[1, H, W], got shape {tuple(image.shape)}")
@@ -68,7 +71,7 @@ def _as_rgb(image: Tensor | np.ndarray | Image.Image) -> np.ndarray:
             raise ValueError(f"image as an ndarray must be uint8[H, W, 3], got {image.dtype}{list(image.shape)}")
         array = image.astype(np.float32) / 255
     elif isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        array = image_array(image, 3)
     else:
         raise ValueError(f"image must be a Tensor, a uint8 ndarray or a PIL image, got {type(image).__name__}")
     if array.shape[0] < 2 or array.shape[1] < 2:

@@ -6,14 +6,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
-from torchvision.transforms.functional import pil_to_tensor, resize
+from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import CheckpointError, read_metadata
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
+from visionzoo.utils import image_array
 
 
 def task_class(model_name: str) -> type[Task]:
@@ -101,7 +103,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
 def load_images(paths: list[str | Path], size: int | None, channels: int) -> torch.Tensor | list[torch.Tensor]:
     """Image files as ``Tensor[B, channels, size, size]`` float in [0, 1] (resized with antialiasing), or with
     ``size`` None as a list of Tensor[channels, H_i, W_i] at their own sizes. Grayscale, palette and RGBA
-    files are converted to ``channels``."""
+    files are converted to ``channels``; 16-bit greyscale files are scaled by 65535 (see :func:`image_array`)."""
     images = []
     for path in paths:
         path = Path(path)
@@ -109,9 +111,9 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
             raise FileNotFoundError(f"image {path} does not exist")
         try:
             with Image.open(path) as pil:
-                pil = pil.convert("L" if channels == 1 else "RGB")
+                pixels = image_array(pil, channels, f"image {path}")
         except OSError as error:
             raise ValueError(f"image {path} cannot be read: {error}") from None
-        tensor = pil_to_tensor(pil).float() / 255.0
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         images.append(tensor if size is None else resize(tensor, [size, size], antialias=True).clamp(0, 1))
     return images if size is None else torch.stack(images)

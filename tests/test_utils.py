@@ -1,0 +1,39 @@
+"""Shared helpers: reading a PIL image of any mode as floats in [0, 1]."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionzoo.utils import image_array
+
+SIXTEEN_BIT = np.array([[0, 255, 256, 1000], [30000, 40000, 65534, 65535]], dtype=np.uint16)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sixteen_bit_greyscale_is_scaled_by_65535_not_clipped_at_255(mode, channels):
+    """convert("L") made every value above 255 white: 256, 1000 and 40000 all read as 1.0."""
+    if mode == "I":
+        image = Image.fromarray(SIXTEEN_BIT.astype(np.int32), "I")
+    else:
+        image = Image.frombytes(mode, (4, 2), SIXTEEN_BIT.astype("<u2" if mode == "I;16" else ">u2").tobytes())
+    assert image.mode == mode
+    pixels = image_array(image, channels)
+    assert pixels.shape == (2, 4, channels) and pixels.dtype == np.float32
+    expected = (SIXTEEN_BIT.astype(np.float32) / 65535)[..., None]
+    assert np.array_equal(pixels, np.repeat(expected, channels, axis=2))
+
+
+def test_eight_bit_images_are_divided_by_255_as_before():
+    grey = np.array([[0, 1, 128, 255]], dtype=np.uint8)
+    assert np.array_equal(image_array(Image.fromarray(grey, "L"), 1)[..., 0], grey.astype(np.float32) / 255)
+    rgb = np.arange(12, dtype=np.uint8).reshape(1, 4, 3) * 20
+    assert np.array_equal(image_array(Image.fromarray(rgb, "RGB"), 3), rgb.astype(np.float32) / 255)
+    assert np.array_equal(image_array(Image.fromarray(rgb, "RGB"), 1),
+                          np.asarray(Image.fromarray(rgb, "RGB").convert("L"), dtype=np.float32)[..., None] / 255)
+
+
+def test_thirty_two_bit_values_beyond_sixteen_bits_are_refused_naming_the_image():
+    image = Image.fromarray(np.array([[0, 70000]], dtype=np.int32), "I")
+    with pytest.raises(ValueError, match=r"scan.png has values 0..70000, beyond 16 bits"):
+        image_array(image, 1, "scan.png")

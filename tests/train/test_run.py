@@ -1,0 +1,22 @@
+"""The glue of the CLI and the tour: reading image files for predict and fid."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.train.run import load_images
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_sixteen_bit_png_is_read_scaled_to_the_unit_interval(tmp_path, channels):
+    values = np.array([[0, 300, 5000, 20000], [40000, 50000, 65000, 65535]], dtype=np.uint16)
+    path = tmp_path / "scan16.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as written:
+        assert written.mode == "I;16"
+    (image,) = load_images([path], None, channels)
+    expected = torch.from_numpy(values.astype(np.float32) / 65535).expand(channels, -1, -1)
+    assert image.shape == (channels, 2, 4) and torch.equal(image, expected)  # not 0, 1, 1, 1, ... (clipped at 255)
+    resized = load_images([path], 4, channels)
+    assert resized.shape == (1, channels, 4, 4) and 0 < resized.mean() < 0.7
