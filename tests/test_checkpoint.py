@@ -2,6 +2,8 @@
 
 import collections
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from visionzoo.checkpoint import (
     CheckpointError,
     atomic_write,
     model_state,
+    process_umask,
     read_checkpoint,
     save_checkpoint,
 )
@@ -196,3 +199,19 @@ def test_read_metadata_returns_ours_without_tensors_and_none_for_foreign(tmp_pat
     assert read_metadata(foreign) is None
     with pytest.raises(FileNotFoundError):
         read_metadata(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_checkpoints_get_the_mode_open_gives_under_the_umask(tmp_path, umask):
+    """They were written 0o600 (mkstemp's mode) whatever the umask, unlike the run's other files."""
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    previous = os.umask(umask)
+    try:
+        assert process_umask() == umask
+        save_checkpoint(path, state(0), {"step": 1})
+        save_checkpoint(path, state(1), {"step": 2})  # replacing a file too
+    finally:
+        os.umask(previous)
+    for written in (path, path.with_suffix(".json")):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]

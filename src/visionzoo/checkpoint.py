@@ -38,7 +38,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
     A process killed at any moment leaves either the old file or the new one, never a half file:
-    the temporary file is fsynced before ``os.replace``, which is atomic on POSIX.
+    the temporary file is fsynced before ``os.replace``, which is atomic on POSIX. The file gets the
+    mode ``open`` would give it (0o666 less the umask), as the run's other files do, not the 0o600 of
+    ``mkstemp`` (and of safetensors' own writer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~process_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -58,6 +61,21 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def process_umask() -> int:
+    """The process's umask, read from /proc where Linux shows it: ``os.umask`` can only read it by setting it,
+    which another thread creating a file meanwhile would see."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
