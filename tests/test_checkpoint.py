@@ -215,3 +215,20 @@ def test_checkpoints_get_the_mode_open_gives_under_the_umask(tmp_path, umask):
     for written in (path, path.with_suffix(".json")):
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+
+
+def test_read_metadata_tells_a_foreign_pth_from_a_damaged_one(tmp_path):
+    """A torchvision/timm .pth said "truncated or corrupt": it is valid, only not ours (no metadata)."""
+    from visionzoo.checkpoint import read_metadata
+
+    foreign = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(state(0), foreign)
+    assert read_metadata(foreign) is None
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(foreign.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="damaged.pth is truncated or corrupt"):
+        read_metadata(damaged)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save(TaggedDict(state()), unsafe)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        read_metadata(unsafe)

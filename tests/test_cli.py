@@ -265,3 +265,14 @@ def test_the_library_refuses_another_tasks_option_and_an_unknown_one(tmp_path):
     with pytest.raises(ValueError, match="unknown task option 'disc_strat'; vqgan \\(vqgan\\) takes disc_start"):
         run_training("vqgan", "digits", config, options={"disc_strat": 0.3})
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_of_a_foreign_state_dict_says_what_it_is_and_how_to_load_it(capsys, tmp_path):
+    plain = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(create_model("resnet18", num_classes=10).state_dict(), plain)
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(plain)],
+                   f"{plain} is a state dict without visionzoo's metadata", f"create_model(MODEL, checkpoint='{plain}')",
+                   f"--initial-checkpoint {plain}")
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(plain.read_bytes()[:1000])
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(damaged)], "damaged.pth is truncated or corrupt")

@@ -168,13 +168,18 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Our JSON document of a ``.safetensors`` checkpoint without reading its tensors (None: not ours).
+    """Our JSON document of a ``.safetensors`` checkpoint without reading its tensors (None: not ours, e.g.
+    a timm or torchvision file, ``.safetensors`` or ``.pth``).
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable one.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not _is_safetensors(path):
+        # Ours are all safetensors; a torch file is read whole only to tell a foreign state dict from a damaged file.
+        read_checkpoint(path)
+        return None
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -105,3 +105,17 @@ def test_no_weight_decay_on_the_parameters_a_model_names_as_timm(name, exempt):
         assert prefix + "patch_embed.proj.weight" in {names[id(p)] for p in decay["params"]}
         assert all(p.ndim > 1 for p in decay["params"])
         assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_initial_checkpoint_takes_a_torchvision_style_pth(tmp_path):
+    """saved_model_args read a foreign .pth's metadata as "truncated or corrupt" and refused it."""
+    from visionzoo.models import create_model
+    from visionzoo.train.classification import load_initial_weights, saved_model_args
+
+    source = create_model("resnet18", num_classes=10)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    assert saved_model_args(path, "resnet18") == {}
+    model = create_model("resnet18", num_classes=3)
+    load_initial_weights(model, path)
+    assert torch.equal(model.conv1.weight, source.conv1.weight)

@@ -79,7 +79,10 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON document of one of our training checkpoints, without reading its tensors."""
     meta = read_metadata(path)
     if meta is None:
-        raise CheckpointError(f"{path} is not a visionzoo training checkpoint (no run metadata)")
+        raise CheckpointError(
+            f"{path} is a state dict without visionzoo's metadata, not a checkpoint written by `visionzoo train`; "
+            f"load its weights with create_model(MODEL, checkpoint={str(path)!r}), or train from them with "
+            f"`visionzoo train MODEL --initial-checkpoint {path}` (classifiers)")
     return meta
 
 
