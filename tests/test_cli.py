@@ -276,3 +276,16 @@ def test_eval_of_a_foreign_state_dict_says_what_it_is_and_how_to_load_it(capsys,
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(plain.read_bytes()[:1000])
     one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(damaged)], "damaged.pth is truncated or corrupt")
+
+
+def test_list_models_refuses_an_unknown_task_listing_the_tasks(capsys):
+    """It exited 1 with "no model matches '*'", as if the pattern were wrong."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list-models", "--task", "foo"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--task" in err and "'foo'" in err, err
+    for task in ("classification", "detection", "gan", "autoregressive", "vqgan", "reconstruction"):
+        assert task in err
+    assert main(["list-models", "--task", "gan"]) == 0
+    assert capsys.readouterr().out.split() == ["dcgan", "gan"]

@@ -10,7 +10,7 @@ from torch import nn
 
 from visionzoo.checkpoint import CheckpointError, save_checkpoint
 from visionzoo.cli import main
-from visionzoo.models import create_model, get_model_entry, list_models, register_model
+from visionzoo.models import create_model, get_model_entry, list_models, list_tasks, register_model
 from visionzoo.models._registry import adapt_input_conv, load_checkpoint, load_state_dict_strict
 
 RESNETS = ["resnet101", "resnet18", "resnet34", "resnet50"]
@@ -59,6 +59,7 @@ def test_list_models_patterns():
     assert set(RESNETS) <= set(list_models())
     assert set(RESNETS) <= set(list_models(task="classification"))
     assert not set(RESNETS) & set(list_models(task="detection"))
+    assert {"classification", "detection", "gan"} <= set(list_tasks()) and list_tasks() == sorted(set(list_tasks()))
 
 
 def test_registering_a_name_twice_is_refused():

@@ -13,9 +13,10 @@ from visionzoo.models._registry import (
     create_model,
     get_model_entry,
     list_models,
+    list_tasks,
     load_checkpoint,
     register_model,
 )
 
-__all__ = ["ModelEntry", "Pretrained", "create_model", "get_model_entry", "list_models", "load_checkpoint",
-           "register_model"]
+__all__ = ["ModelEntry", "Pretrained", "create_model", "get_model_entry", "list_models", "list_tasks",
+           "load_checkpoint", "register_model"]

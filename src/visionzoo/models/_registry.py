@@ -124,6 +124,11 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     )
 
 
+def list_tasks() -> list[str]:
+    """The tasks of the registered models (``classification``, ``detection``, ...), sorted."""
+    return sorted({entry.task for entry in _MODELS.values()})
+
+
 def get_model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; an unknown name raises ``ValueError`` with the closest names."""
     if name not in _MODELS:

@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from visionzoo.cli import register_command
-from visionzoo.models import get_model_entry, list_models
+from visionzoo.models import get_model_entry, list_models, list_tasks
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'resnet*'")
-    parser.add_argument("--task", help="only models of this task (classification, detection, ...)")
+    parser.add_argument("--task", choices=list_tasks(), metavar="TASK",
+                        help=f"only models of this task: {', '.join(list_tasks())}")
 
 
 @register_command("list-models", help="list registered models", arguments=_arguments)
