@@ -213,3 +213,16 @@ def test_features_refuse_images_outside_the_unit_range(weights_file):
             features(bad)
         with pytest.raises(ValueError, match=r"InceptionFeatures takes images in \[0, 1\]"):
             features.logits(bad)
+
+
+def test_without_resize_images_below_75_px_are_refused_up_front():
+    """They failed deep in the convolutions with "Kernel size can't be greater than actual input size"."""
+    features = InceptionFeatures(resize="none")
+    with torch.no_grad():
+        for height, width in ((74, 74), (74, 300), (300, 74), (32, 32)):
+            with pytest.raises(ValueError, match=rf"at least 75×75 px, got {height}×{width}; resize them"):
+                features(torch.rand(1, 3, height, width))
+            with pytest.raises(ValueError, match="at least 75×75 px"):
+                features.logits(torch.rand(1, 3, height, width))
+        assert features(torch.rand(1, 3, 75, 75)).shape == (1, 2048)  # the smallest that runs
+        assert features(torch.rand(1, 3, 75, 120)).shape == (1, 2048)

@@ -37,6 +37,8 @@ FID_WEIGHTS = Pretrained(
     sha256="6726825d",
 )
 INPUT_SIZE = 299
+# The smallest side the network takes: its stride-2 convolutions and pools leave no 3×3 window below 75 px.
+MIN_INPUT_SIZE = 75
 RESIZE_MODES = ("legacy", "clean", "none")
 
 
@@ -194,7 +196,8 @@ class InceptionFeatures(nn.Module):
 
     Args:
         checkpoint: pytorch-fid's ``pt_inception-2015-12-05`` weights file (torchvision's Inception-v3 keys).
-        resize: "legacy" (pytorch-fid), "clean" (clean-fid) or "none" (inputs already 299×299).
+        resize: "legacy" (pytorch-fid), "clean" (clean-fid) or "none" (inputs already 299×299; any side of at
+            least ``MIN_INPUT_SIZE`` = 75 px runs, but FID's numbers are for 299).
         pretrained: download pytorch-fid's file (once, hash-checked) when no ``checkpoint`` is given.
 
     ``logits(images)`` gives the 1008-way classifier output (Inception Score).
@@ -251,6 +254,10 @@ class InceptionFeatures(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"InceptionFeatures takes Tensor[B, 3, H, W] RGB images in [0, 1], got {tuple(images.shape)}")
         check_unit_range(images, "InceptionFeatures")
+        if self.resize == "none" and min(images.shape[-2:]) < MIN_INPUT_SIZE:
+            raise ValueError(f"InceptionFeatures(resize='none') takes images of at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} "
+                             f"px, got {images.shape[-2]}×{images.shape[-1]}; resize them to 299×299 first, or use "
+                             "resize='legacy' or 'clean'")
         images = images.to(self.fc.weight.dtype)
         if self.resize == "legacy":
             images = resize_legacy(images)
