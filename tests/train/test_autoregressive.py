@@ -186,3 +186,30 @@ def test_class_conditional_image_gpt_from_the_command_line(tmp_path, capsys):
     assert meta["task"]["classes"] == [str(d) for d in range(10)]
     assert "val nll" in capsys.readouterr().out
     assert (run / "completions.png").is_file() and (run / "probes.png").is_file()
+
+
+@pytest.mark.parametrize("num_classes, rows", [(0, 8), (3, 3), (10, 10), (40, 16)])
+def test_samples_png_shows_a_row_per_class(tmp_path, monkeypatch, num_classes, rows):
+    """With 64 cells in rows of 8, a Digits prior's grid showed classes 0-7 only."""
+    from PIL import Image
+
+    from visionzoo.train import autoregressive
+
+    task = AutoregressiveTask([str(i) for i in range(num_classes)])
+    drawn = []
+    generate = task._generate
+
+    def recording(model, labels, count, *rest):
+        drawn.append((labels, count))
+        return generate(model, labels, count, *rest)
+
+    monkeypatch.setattr(task, "_generate", recording)
+    task.report(tiny_image_gpt(num_classes).eval(), [(torch.zeros(1, 4, 4), 0)], tmp_path, 4, contextlib.nullcontext)
+    labels, count = drawn[0]
+    assert count == rows * autoregressive.COLUMNS
+    if num_classes:
+        assert torch.equal(labels, torch.arange(rows).repeat_interleave(8))
+    else:
+        assert labels is None
+    with Image.open(tmp_path / "samples.png") as picture:  # 4 px cells enlarged to 32, 2 px padding
+        assert picture.size == (2 + 8 * 34, 2 + rows * 34)

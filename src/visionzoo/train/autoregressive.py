@@ -37,6 +37,8 @@ from visionzoo.train.task import Setup, Task, register_task
 
 GRID = 64
 COLUMNS = 8
+# samples.png of a class-conditional model: a row per class, for at most this many classes.
+MAX_CLASS_ROWS = 16
 REPORT_SEED = 0
 # Training images the palette's k-means sees (a random subset: Shapes renders each image on demand).
 PALETTE_IMAGES = 1000
@@ -185,16 +187,18 @@ class AutoregressiveTask(Task):
 
     def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
                autocast: Callable[[], Any]) -> list[Path]:
-        """``samples.png``: 64 samples, 8 per row (one class per row for a class-conditional model); for a model
-        that completes images (Image GPT), ``completions.png``: 8 validation images, their top halves, and
-        three completions of each, and ``probes.png``: the linear-probe accuracy of every layer."""
+        """``samples.png``: 64 samples, 8 per row, or for a class-conditional model a row of 8 per class (of its
+        first ``MAX_CLASS_ROWS``); for a model that completes images (Image GPT), ``completions.png``: 8
+        validation images, their top halves, and three completions of each, and ``probes.png``: the
+        linear-probe accuracy of every layer."""
         from torchvision.utils import save_image
 
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(REPORT_SEED)
         num_classes = model.gpt.num_classes
-        labels = torch.arange(GRID) // COLUMNS % num_classes if num_classes else None
-        samples = self._generate(model, labels, GRID, generator, autocast, None, None, None)
+        labels = report_labels(num_classes)
+        samples = self._generate(model, labels, GRID if labels is None else len(labels), generator, autocast,
+                                 None, None, None)
         paths = [Path(out) / "samples.png"]
         save_image(_enlarge(samples), paths[0], nrow=COLUMNS, padding=2, pad_value=1.0)
         if hasattr(model, "complete") and len(dataset) >= COLUMNS:
@@ -288,6 +292,14 @@ class AutoregressiveTask(Task):
             raise ValueError(f"the model is conditioned on {model.gpt.num_classes} classes, {data} has {len(classes)}")
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         return Setup(cls(classes), model, splits, run_meta)
+
+
+def report_labels(num_classes: int) -> torch.Tensor | None:
+    """The classes of ``samples.png``'s cells, int64 Tensor[rows * COLUMNS]: a row of ``COLUMNS`` per class (the
+    first ``MAX_CLASS_ROWS``) for a class-conditional model (``num_classes`` > 0), else None: unconditional."""
+    if not num_classes:
+        return None
+    return torch.arange(min(num_classes, MAX_CLASS_ROWS)).repeat_interleave(COLUMNS)
 
 
 # The tasks of the models a code prior can sit on: they encode images to code grids and decode them.
