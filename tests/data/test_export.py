@@ -114,3 +114,17 @@ def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot export 'digits'" in err and "shapes" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_num_above_the_cap_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """--num 10**9 started writing a billion PNGs (Shapes draws any number of scenes)."""
+    from visionzoo.data import export
+
+    written = []
+    monkeypatch.setattr(export, "write_coco_split", lambda dataset, out, split, progress: written.append(len(dataset)))
+    assert main(["export-data", "shapes", "--out", str(tmp_path / "x"), "--num", str(10**9)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num 1000000000" in err and "100000 images per split" in err, err
+    assert written == [] and not (tmp_path / "x").exists()
+    export.export_shapes(tmp_path / "y", splits=["val"], num=export.MAX_EXPORT_IMAGES)  # the cap itself is taken
+    assert written == [export.MAX_EXPORT_IMAGES]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from visionzoo.cli import positive_int, register_command
-from visionzoo.data.export import export_shapes
+from visionzoo.data.export import MAX_EXPORT_IMAGES, export_shapes
 from visionzoo.data.shapes import DEFAULT_LENGTHS, SPLIT_SEEDS
 
 EXPORTABLE = ("shapes",)
@@ -26,7 +26,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num",
         type=positive_int,
-        help="images per split (default: the split's length, "
+        help="images per split, at most "
+        + str(MAX_EXPORT_IMAGES)
+        + " (default: the split's length, "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LENGTHS.items())
         + ")",
     )
