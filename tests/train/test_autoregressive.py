@@ -176,6 +176,15 @@ def test_the_code_prior_without_tokenizer_is_one_clear_error(tmp_path, capsys):
     assert "none.safetensors does not exist" in capsys.readouterr().err
 
 
+def test_image_gpt_refuses_a_tokenizer_it_would_ignore(tmp_path, capsys):
+    run = tmp_path / "igpt"
+    assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "1",
+                 "--out", str(run), "--tokenizer", str(tmp_path / "vq.safetensors")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--tokenizer is for code priors (vqgan_transformer)" in error
+    assert "image_gpt_small" in error and not run.exists()
+
+
 def test_class_conditional_image_gpt_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "2", "--out", str(run),

@@ -258,6 +258,9 @@ class AutoregressiveTask(Task):
         model_args = dict(model_args)
         entry = get_model_entry(model_name)
         code_prior = entry.family == "code_prior"
+        if not code_prior and options.get("tokenizer") is not None:
+            raise ValueError(f"--tokenizer is for code priors ({', '.join(_code_priors())}); {model_name} quantises "
+                             "pixels with its own colour palette and would ignore it")
         if checkpoint is not None:
             model = create_model(model_name, checkpoint=checkpoint, **model_args)
             splits = splits_at(img_size or model.img_size)
@@ -304,6 +307,12 @@ def report_labels(num_classes: int) -> torch.Tensor | None:
 
 # The tasks of the models a code prior can sit on: they encode images to code grids and decode them.
 TOKENIZER_TASKS = ("vqgan", "reconstruction")
+
+
+def _code_priors() -> list[str]:
+    from visionzoo.models import get_model_entry, list_models
+
+    return [name for name in list_models(task="autoregressive") if get_model_entry(name).family == "code_prior"]
 
 
 def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any], int | None]:
