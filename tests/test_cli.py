@@ -289,3 +289,26 @@ def test_list_models_refuses_an_unknown_task_listing_the_tasks(capsys):
         assert task in err
     assert main(["list-models", "--task", "gan"]) == 0
     assert capsys.readouterr().out.split() == ["dcgan", "gan"]
+
+
+@pytest.mark.parametrize("command", [
+    [*TRAIN, "--max-steps", "1"],
+    ["predict", "resnet18", "x.png", "--checkpoint", "missing.safetensors"],
+    ["tour", "--only", "convnext-digits", "--max-steps", "1"],
+])
+def test_an_out_that_is_a_file_is_refused_in_one_line_naming_the_option_and_left_untouched(command, tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    one_line_error(capsys, [*command, "--out", str(out)], f"--out {out} is a file, not a folder")
+    assert out.read_text() == "mine"
+    capsys.readouterr()
+    one_line_error(capsys, [*command, "--out", str(out), "--overwrite"], f"--out {out} is a file, not a folder")
+    assert out.read_text() == "mine"
+
+
+def test_sample_refuses_an_images_dir_that_is_a_file_before_sampling(tmp_path, capsys):
+    images_dir = tmp_path / "notes.txt"
+    images_dir.write_text("mine")
+    one_line_error(capsys, ["sample", "dcgan", "--checkpoint", "missing.safetensors", "--out", str(tmp_path / "s.png"),
+                            "--images-dir", str(images_dir)], f"--images-dir {images_dir} is a file, not a folder")
+    assert images_dir.read_text() == "mine"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +14,15 @@ from PIL import Image
 
 # PIL's modes of 16-bit greyscale images: a 16-bit PNG opens as "I;16" (older Pillow: "I", 32-bit integers).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
+    """``path`` as a Path, refused up front (NotADirectoryError naming ``option``) when a file already holds
+    the name of the folder a command is about to write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file, not a folder; give a folder path")
+    return path
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str:

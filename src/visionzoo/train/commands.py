@@ -21,6 +21,7 @@ from visionzoo.cli import (
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
+from visionzoo.utils import require_folder_or_absent
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
@@ -184,7 +185,7 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_c
 
 @register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
 def predict_command(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = require_folder_or_absent(args.out, "--out")
     targets = [out / f"{Path(p).stem}.png" for p in args.images]
     first_of = {}
     for path, target in zip(args.images, targets):
@@ -284,7 +285,7 @@ def sample_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .png or .jpg file, got {out}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
-    images_dir = Path(args.images_dir) if args.images_dir else None
+    images_dir = require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None
     names = sample_names(args.count)
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")

@@ -43,7 +43,7 @@ from visionzoo.train.distributed import (
     step_seed,
 )
 from visionzoo.train.task import Task
-from visionzoo.utils import native_bf16
+from visionzoo.utils import native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
     """The run folder, created; an existing non-empty one needs ``resume`` or ``overwrite``."""
-    out = Path(out)
+    out = require_folder_or_absent(out, "--out")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if resume:
