@@ -15,6 +15,7 @@ from visionzoo.checkpoint import (
     model_state,
     process_umask,
     read_checkpoint,
+    read_metadata,
     save_checkpoint,
 )
 
@@ -125,8 +126,16 @@ def test_safetensors_is_recognised_by_its_header(tmp_path):
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         read_checkpoint(tmp_path / "nothere.pth")
-    with pytest.raises(CheckpointError, match="is not a file"):
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
         read_checkpoint(tmp_path)
+
+
+def test_a_run_folder_given_as_checkpoint_is_named_a_folder_with_the_file_inside(tmp_path):
+    """read_metadata (what eval/predict/sample call first) said such a folder 'does not exist'."""
+    save_file(state(), str(tmp_path / "checkpoint.safetensors"))
+    for read in (read_metadata, read_checkpoint):
+        with pytest.raises(CheckpointError, match=f"did you mean {tmp_path / 'checkpoint.safetensors'}"):
+            read(tmp_path)
 
 
 def test_save_and_read_round_trip_with_shared_tensors(tmp_path):

@@ -101,6 +101,21 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
 
 
+def _checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path to an existing file; a folder (often a run folder) is refused naming the file
+    that the command wants, since it says neither missing nor corrupt."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.safetensors"
+        hint = f"; did you mean {inside}?" if inside.is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    return path
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read any weights file safely: ``(tensors, our metadata or None)``.
 
@@ -114,11 +129,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         CheckpointError: a truncated or corrupt file, or one holding Python objects beyond tensors
             and plain containers (refused: loading it would need arbitrary unpickling).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
+    path = _checkpoint_file(path)
     if _is_safetensors(path):
         return _read_safetensors(path)
     try:
@@ -173,9 +184,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for an unreadable one.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = _checkpoint_file(path)
     if not _is_safetensors(path):
         # Ours are all safetensors; a torch file is read whole only to tell a foreign state dict from a damaged file.
         read_checkpoint(path)
