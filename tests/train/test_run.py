@@ -20,3 +20,10 @@ def test_a_sixteen_bit_png_is_read_scaled_to_the_unit_interval(tmp_path, channel
     assert image.shape == (channels, 2, 4) and torch.equal(image, expected)  # not 0, 1, 1, 1, ... (clipped at 255)
     resized = load_images([path], 4, channels)
     assert resized.shape == (1, channels, 4, 4) and 0 < resized.mean() < 0.7
+
+
+def test_a_folder_given_as_an_image_is_named_a_folder_not_missing(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give the image files in it"):
+        load_images([tmp_path], None, 3)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_images([tmp_path / "gone.png"], None, 3)

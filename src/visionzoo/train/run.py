@@ -110,6 +110,8 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
     images = []
     for path in paths:
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"image {path} is a folder; give the image files in it (e.g. {path / '*.png'})")
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
         try:
