@@ -150,3 +150,24 @@ def test_a_checkpoint_rebuilds_the_scale_jitter(tmp_path):
     fit(setup.task, setup.model, Shapes("train", length=2), None, config)
     again = create_model("fasterrcnn_shapes", checkpoint=tmp_path / "run" / "checkpoint.safetensors")
     assert again.transform.min_size == (96, 160, 128) and again.transform.max_size == 160
+
+
+def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
+    """Same class count, other names: eval counted the detector's 'circle' scores as the folder's 'cat'."""
+    from visionzoo.cli import main
+    from visionzoo.train.run import checkpoint_metadata, load_for_inference
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    assert checkpoint_metadata(checkpoint)["run"]["classes"][0] == "circle"
+    load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))  # the same names load
+    ann_file = folder / "annotations" / "instances_val.json"
+    annotations = json.loads(ann_file.read_text())
+    annotations["categories"][0]["name"] = "cat"
+    ann_file.write_text(json.dumps(annotations))
+    with pytest.raises(ValueError, match="the val split of .* names class 0 'cat', not 'circle'"):
+        load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))

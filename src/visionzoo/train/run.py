@@ -69,10 +69,18 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     run_meta = {**setup.run_meta, "options": dict(options or {})}
+    classes = _class_names(setup.splits["train"])
+    if classes is not None:
+        run_meta["classes"] = classes
     val = setup.splits.get("val")
     result = fit(setup.task, setup.model, first_items(setup.splits["train"], train_images),
                  None if val is None else first_items(val, val_images), config, run_meta)
     return setup, result
+
+
+def _class_names(dataset: Any) -> list[str] | None:
+    classes = getattr(dataset, "classes", None)
+    return None if classes is None else [str(name) for name in classes]
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -100,6 +108,18 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         if trained.get(key) is not None and built.get(key) is not None and trained[key] != built[key]:
             raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key]} {what}, {data} has "
                              f"{built[key]}: {consequence}, not the trained model")
+    trained_classes = run.get("classes")  # checkpoints written before it was recorded lack it
+    for split, dataset in setup.splits.items():
+        classes = _class_names(dataset)
+        if trained_classes is None or classes is None or classes == trained_classes:
+            continue
+        index = next((i for i, (a, b) in enumerate(zip(trained_classes, classes)) if a != b),
+                     min(len(trained_classes), len(classes)))
+        theirs = classes[index] if index < len(classes) else "nothing"
+        ours = trained_classes[index] if index < len(trained_classes) else "nothing"
+        raise ValueError(f"{checkpoint} was trained on classes {trained_classes}; the {split} split of "
+                         f"{data or run.get('data')} names class {index} {theirs!r}, not {ours!r}: its scores "
+                         "would be counted against other classes")
     return setup
 
 
