@@ -77,3 +77,14 @@ def test_overwrite_replaces_an_earlier_longer_runs_samples_and_keeps_other_files
     assert main([*args[:-1], "-n", "2", "--out", str(tmp_path / "c.png")]) == 2  # without --overwrite: refused
     assert "already holds samples" in capsys.readouterr().err
     assert sorted(p.name for p in images.glob("?????.png")) == [f"{i:05d}.png" for i in range(4)]
+
+
+def test_an_out_that_is_a_folder_is_refused_in_one_line_before_sampling(tmp_path, capsys):
+    folder = tmp_path / "grid.png"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("mine")
+    assert main(["sample", "dcgan", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(folder),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"visionzoo sample: error: --out {folder} is a folder; give the path of a .png or .jpg file"]
+    assert (folder / "mine.txt").read_text() == "mine"

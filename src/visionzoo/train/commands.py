@@ -283,6 +283,8 @@ def sample_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"--out must be a .png or .jpg file, got {out}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give the path of a .png or .jpg file")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     images_dir = require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None
