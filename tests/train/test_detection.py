@@ -171,3 +171,16 @@ def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
     ann_file.write_text(json.dumps(annotations))
     with pytest.raises(ValueError, match="the val split of .* names class 0 'cat', not 'circle'"):
         load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
+
+
+def test_predict_refuses_a_coco_json_that_is_a_folder_before_predicting(tmp_path, capsys):
+    from visionzoo.cli import main
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    out = tmp_path / "pictures"
+    assert main(["predict", "fasterrcnn_shapes", "x.png", "--checkpoint", str(tmp_path / "missing.safetensors"),
+                 "--out", str(out), "--coco-json", str(folder), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"visionzoo predict: error: --coco-json {folder} is a folder; give the path of a .json file"]
+    assert not out.exists()

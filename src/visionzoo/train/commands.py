@@ -193,6 +193,8 @@ def predict_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{first_of[target]} and {path} would both be drawn into {target}; "
                              "give images of distinct names (or predict them in two runs)")
         first_of[target] = path
+    if args.coco_json and Path(args.coco_json).is_dir():
+        raise IsADirectoryError(f"--coco-json {args.coco_json} is a folder; give the path of a .json file")
     if args.coco_json and not Path(args.coco_json).parent.is_dir():
         raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
     setup = load_for_inference(args.model, args.checkpoint)
