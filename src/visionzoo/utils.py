@@ -25,6 +25,15 @@ def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def require_not_folder(path: str | os.PathLike, option: str, kind: str) -> Path:
+    """``path`` as a Path, refused up front (IsADirectoryError naming ``option``) when a folder holds the name of
+    the file (``kind``, e.g. "a .json file") a command is about to write."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give the path of {kind}")
+    return path
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ', '-joined list of the names in ``choices`` closest to ``name`` (for error messages)."""
     choices = list(choices)

@@ -21,7 +21,7 @@ from visionzoo.cli import (
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
-from visionzoo.utils import require_folder_or_absent
+from visionzoo.utils import require_folder_or_absent, require_not_folder
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
@@ -193,8 +193,8 @@ def predict_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{first_of[target]} and {path} would both be drawn into {target}; "
                              "give images of distinct names (or predict them in two runs)")
         first_of[target] = path
-    if args.coco_json and Path(args.coco_json).is_dir():
-        raise IsADirectoryError(f"--coco-json {args.coco_json} is a folder; give the path of a .json file")
+    if args.coco_json:
+        require_not_folder(args.coco_json, "--coco-json", "a .json file")
     if args.coco_json and not Path(args.coco_json).parent.is_dir():
         raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
     setup = load_for_inference(args.model, args.checkpoint)
@@ -285,8 +285,7 @@ def sample_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"--out must be a .png or .jpg file, got {out}")
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give the path of a .png or .jpg file")
+    require_not_folder(out, "--out", "a .png or .jpg file")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     images_dir = require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None
