@@ -3,7 +3,9 @@
 import collections
 import json
 import os
+import re
 import stat
+import warnings
 
 import pytest
 import torch
@@ -95,6 +97,33 @@ def test_truncated_pth_gives_checkpoint_error_at_any_length(tmp_path, legacy):
         message = str(info.value)
         assert message.startswith(f"checkpoint {cut} is truncated or corrupt"), (length, message)
         assert "\n" not in message
+        assert "weights_only" not in message and "Weights only" not in message, (length, message)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_damaged_pth_never_advises_unsafe_loading(tmp_path, legacy):
+    """torch wraps a damaged file's unpickling error in advice to re-load with weights_only=False
+    (arbitrary code); the message keeps only the reason, in one line, and prints no warning."""
+    whole = tmp_path / "whole.pth"
+    torch.save(state(), whole, _use_new_zipfile_serialization=not legacy)
+    data = whole.read_bytes()
+    damaged = tmp_path / "damaged.pth"
+    refused = 0
+    for index in range(len(data)):
+        flipped = bytearray(data)
+        flipped[index] ^= 0xFF
+        damaged.write_bytes(bytes(flipped))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                read_checkpoint(damaged)
+            except CheckpointError as error:
+                message = str(error)
+                refused += 1
+                assert message.startswith(f"checkpoint {damaged} is truncated or corrupt: "), (index, message)
+                assert "\n" not in message and "weights_only" not in message and "Weights only" not in message
+                assert re.search("[A-Za-z]{3}", message.split(" is truncated or corrupt: ", 1)[1]), (index, message)  # not a bare "253"
+    assert refused > len(data) // 4
 
 
 def test_random_bytes_are_corrupt_not_unsafe(tmp_path):

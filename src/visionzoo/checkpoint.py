@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if _is_safetensors(path):
         return _read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged protocol byte would print torch's "file an issue" warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = _unsafe_global(error, path)
         if unsafe:
@@ -164,8 +167,31 @@ def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The reason in one line: torch's weights-only advice is cut away and a bare ``KeyError: 253`` keeps its type."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if text.startswith(_TORCH_WEIGHTS_ONLY_PREFIX):
+        text = _weights_only_reason(text)
+    line = text.splitlines()[0].strip() if text else ""
+    if not re.search("[A-Za-z]{3}", line):
+        line = f"{type(error).__name__} {line}".strip()
+    return line
+
+
+_TORCH_WEIGHTS_ONLY_PREFIX = "Weights only load failed."
+
+
+def _weights_only_reason(text: str) -> str:
+    """The unpickler's own reason inside torch's message, which wraps it in advice to re-load with
+    ``weights_only=False``: unsafe for a file that is already known not to be a clean checkpoint."""
+    body = text.split("\n\nCheck the documentation")[0]
+    if "WeightsUnpickler error:" in body:
+        reason = body.rsplit("WeightsUnpickler error:", 1)[1].strip()
+    elif "\n\n" in body:
+        reason = body.rsplit("\n\n", 1)[1].strip()
+    else:
+        reason = body.removeprefix(_TORCH_WEIGHTS_ONLY_PREFIX).strip()
+    unknown = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
+    return f"unknown Python object {unknown.group(1)}" if unknown else reason
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
