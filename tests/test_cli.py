@@ -312,3 +312,16 @@ def test_sample_refuses_an_images_dir_that_is_a_file_before_sampling(tmp_path, c
     one_line_error(capsys, ["sample", "dcgan", "--checkpoint", "missing.safetensors", "--out", str(tmp_path / "s.png"),
                             "--images-dir", str(images_dir)], f"--images-dir {images_dir} is a file, not a folder")
     assert images_dir.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [
+    [*TRAIN, "--max-steps", "1"],
+    ["tour", "--only", "convnext-digits", "--max-steps", "1"],
+])
+def test_overwrite_keeps_a_folder_that_no_run_wrote(command, tmp_path, capsys):
+    """A mistyped --out with --overwrite removed the user's folder, whatever it held."""
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("mine")
+    one_line_error(capsys, [*command, "--out", str(out), "--overwrite"], f"--overwrite: {out} is not a visionzoo run folder")
+    assert (out / "chapter1.tex").read_text() == "mine"

@@ -235,7 +235,7 @@ def _eval_images(text: str) -> int:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=positive_float, default=24.0, help="total training budget (default 24)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder (only one that a tour wrote)")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",

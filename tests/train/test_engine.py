@@ -135,8 +135,22 @@ def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
     assert (run / "notes.txt").read_text() == "mine"
     with pytest.raises(FileNotFoundError, match="no checkpoint.safetensors"):
         prepare_run_dir(run, resume=True, overwrite=False)
+    with pytest.raises(FileExistsError, match="is not a visionzoo run folder"):
+        prepare_run_dir(run, resume=False, overwrite=True)  # a mistyped --out: the user's folder is not deleted
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("older_run", [False, True])
+def test_overwrite_removes_a_run_folder(tmp_path, older_run):
+    run = tmp_path / "run"
+    if older_run:  # written before runs were marked: known by its files
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("{}\n")
+    else:  # marked when created, so a run killed before it wrote anything is still known
+        prepare_run_dir(run, resume=False, overwrite=False)
+    (run / "notes.txt").write_text("old")
     prepare_run_dir(run, resume=False, overwrite=True)
-    assert not (run / "notes.txt").exists()
+    assert sorted(p.name for p in run.iterdir()) == [".visionzoo-run"]
 
 
 def test_precision_auto_picks_bf16_only_where_it_is_native():

@@ -59,7 +59,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image side in pixels (default: a generative model's registered size, else the data set's)")
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only one that a run wrote)")
     budget = parser.add_argument_group("budget (the first reached ends the run)")
     budget.add_argument("--max-steps", type=positive_int)
     budget.add_argument("--epochs", type=positive_float)

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
+RUN_MARKER = ".visionzoo-run"  # written into every run and report folder: --overwrite removes only such folders
+RUN_FILES = (RUN_MARKER, CHECKPOINT_NAME, METRICS_NAME, "summary.json", "report.json")  # older runs lack the marker
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -219,7 +221,8 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
-    """The run folder, created; an existing non-empty one needs ``resume`` or ``overwrite``."""
+    """The run folder, created and marked as ours; an existing non-empty one needs ``resume`` or ``overwrite``,
+    and ``overwrite`` removes only a folder that a run or tour wrote (a mistyped ``--out`` is not deleted)."""
     out = require_folder_or_absent(out, "--out")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -232,8 +235,14 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"run folder {out} exists and is not empty; use --resume to continue it or --overwrite")
+        if not any((out / name).exists() for name in RUN_FILES):
+            raise FileExistsError(
+                f"--overwrite: {out} is not a visionzoo run folder (it holds no {CHECKPOINT_NAME}, {METRICS_NAME} "
+                f"or report.json), so it is not removed; choose another --out, or empty it yourself"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).touch()
     return out
 
 
