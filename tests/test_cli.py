@@ -45,6 +45,18 @@ def test_train_writes_the_run_folder_and_eval_reproduces_its_validation_accuracy
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
     assert metrics["loss"] == pytest.approx(summary["metrics"]["loss"], rel=1e-4)
+    assert capsys.readouterr().err == ""  # at its own size: no note
+
+
+def test_eval_at_another_size_than_trained_says_so_beside_its_numbers(trained, capsys):
+    """A detector evaluated at an odd --img-size reported mAP ~0 without a word."""
+    capsys.readouterr()
+    assert main(["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                 "--img-size", "24", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "accuracy" in json.loads(captured.out)
+    assert captured.err.startswith("note: ") and "trained at 16 px; at --img-size 24" in captured.err
+    assert captured.err.count("\n") == 1
 
 
 def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from visionzoo.cli import (
     register_command,
 )
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
-from visionzoo.train.run import load_for_inference, load_images, run_training, task_class
+from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
 from visionzoo.utils import require_folder_or_absent, require_not_folder
 
@@ -141,6 +142,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 @register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
 def eval_command(args: argparse.Namespace) -> int:
     setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size)
+    trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
+    if args.img_size and trained_size and args.img_size != trained_size:
+        print(f"note: {args.checkpoint} was trained at {trained_size} px; at --img-size {args.img_size} objects appear "
+              f"at {args.img_size / trained_size:.2g}x the scale it learned, so its scores can fall far", file=sys.stderr)
     model = setup.model.eval()
     autocast = autocast_context(torch.device("cpu"), args.precision)
     with torch.no_grad():
