@@ -245,6 +245,8 @@ def test_module_entry_point_lists_models():
     ("image_gpt_small", ["--disc-start", "10"], ["--disc-start is for vqgan models", "vqgan"]),
     ("resnet18", ["--scale-jitter", "96-160"], ["--scale-jitter is for detection models", "fasterrcnn_"]),
     ("fasterrcnn_shapes", ["--mixup", "0.5"], ["--mixup is for classification models"]),
+    ("dcgan", ["--mixup", "0"], ["--mixup is for classification models"]),  # typed at its default: still refused
+    ("resnet18", ["--no-class-conditional"], ["--class-conditional is for autoregressive models"]),
     ("vqvae_small", ["--disc-weight", "0.1"], ["--disc-weight is for vqgan models", "reconstruction task"]),
 ])
 def test_an_option_of_another_task_is_refused_naming_the_models_that_take_it(capsys, tmp_path, model, option,
@@ -255,12 +257,13 @@ def test_an_option_of_another_task_is_refused_naming_the_models_that_take_it(cap
     assert not (tmp_path / "r").exists()
 
 
-def test_task_options_left_at_their_defaults_are_not_refused():
+def test_task_options_left_out_are_not_refused_and_typed_ones_are_at_any_value():
     from visionzoo.cli import build_parser
     from visionzoo.train.commands import _task_options
 
     parser = build_parser()
-    assert _task_options(parser.parse_args(["train", "dcgan", "--data", "digits", "--mixup", "0"])) == {}
+    assert _task_options(parser.parse_args(["train", "dcgan", "--data", "digits"])) == {}
+    assert _task_options(parser.parse_args(["train", "dcgan", "--data", "digits", "--mixup", "0"])) == {"mixup": 0.0}
     classifier = _task_options(parser.parse_args(["train", "resnet18", "--data", "digits"]))
     assert classifier["label_smoothing"] == 0.0 and "disc_start" not in classifier and "scale_jitter" not in classifier
     given = _task_options(parser.parse_args(["train", "dcgan", "--data", "digits", "--no-class-conditional"]))

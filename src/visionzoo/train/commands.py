@@ -36,21 +36,34 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
+_NOT_GIVEN = object()
+
+
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every registered task's own options; their names and defaults are kept to hand them back to the task."""
+    """Every registered task's own options. Their defaults are kept aside and replaced by a marker, so that an
+    option typed on the command line is told apart from one left out even when it is typed at its default."""
     before = {action.dest for action in parser._actions}
     for task in _TASKS.values():
         task.add_arguments(parser)
-    parser.set_defaults(_task_option_defaults={action.dest: action.default for action in parser._actions
-                                               if action.dest not in before})
+    defaults = {}
+    for action in parser._actions:
+        if action.dest not in before:
+            defaults[action.dest], action.default = action.default, _NOT_GIVEN
+    parser.set_defaults(_task_option_defaults=defaults)
 
 
 def _task_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of the model's task, and those of other tasks that were given (off their defaults), which
-    :func:`run_training` refuses rather than ignore."""
+    """The options of the model's task (the given values, else their defaults), and those of other tasks that
+    were typed, at any value, which :func:`run_training` refuses rather than ignore."""
     own = task_class(args.model).own_options()
-    return {name: getattr(args, name) for name, default in args._task_option_defaults.items()
-            if name in own or getattr(args, name) != default}
+    options = {}
+    for name, default in args._task_option_defaults.items():
+        value = getattr(args, name)
+        if value is not _NOT_GIVEN:
+            options[name] = value
+        elif name in own:
+            options[name] = default
+    return options
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
