@@ -23,6 +23,17 @@ def test_list_prints_every_job(capsys):
     assert all(job.name in out for job in TOUR_JOBS)
 
 
+def test_list_with_only_prints_the_chosen_jobs_and_their_share(capsys):
+    """--only A --list listed every job, each with its share of the whole tour."""
+    assert main(["tour", "--only", "vit-digits", "--only", "dcgan-digits", "--minutes", "6", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["vit-digits", "dcgan-digits"]
+    assert main(["tour", "--minutes", "6", "--list"]) == 0
+    whole_tour = {line.split()[0]: float(line.split()[-2]) for line in capsys.readouterr().out.splitlines()}
+    for line in lines:  # two jobs share the 6 minutes that the whole tour spreads over all of them
+        assert float(line.split()[-2]) > whole_tour[line.split()[0]]
+
+
 STEPS = 40
 EVAL_IMAGES = 60
 

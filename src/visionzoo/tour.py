@@ -250,16 +250,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @register_command("tour", help="train and evaluate every family on built-in data; write a report", arguments=_arguments)
 def tour_command(args: argparse.Namespace) -> int:
     jobs = TOUR_JOBS
-    if args.list:
-        for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
-            print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
-        return 0
     if args.only:
         names = {job.name for job in jobs}
         for name in args.only:
             if name not in names:
                 raise ValueError(f"no tour job {name!r}; closest: {closest(name, names)}")
         jobs = [job for job in jobs if job.name in args.only]
+    if args.list:  # the jobs that would run, with their share of --minutes
+        for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
+            print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
+        return 0
     out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite)
     rows = []
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
