@@ -1,6 +1,7 @@
 """The command line end to end: train → eval → predict on Digits, resume, and one-line user errors."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -205,6 +206,15 @@ def test_eval_on_data_with_other_classes_or_channels_is_refused(trained, capsys)
     one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
                             "--data", "shapes"], "trained on digits with 10 classes, shapes has 6",
                    "classifier would be untrained")
+
+
+def test_a_refused_checkpoint_logs_no_adaptation_before_its_error(trained, caplog):
+    """eval on data with other classes logged "re-initialising the classifier" and then refused the run."""
+    from visionzoo.train.run import load_for_inference
+
+    with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="trained on digits with 10 classes"):
+        load_for_inference("resnet18", trained / "checkpoint.safetensors", "shapes")
+    assert caplog.records == []
 
 
 def test_predict_refuses_two_images_drawn_into_one_file_and_numbers_coco_ids_one_way(trained, tmp_path, capsys):

@@ -55,9 +55,9 @@ def mask_iou(dets: Sequence[Any], gts: Sequence[Any], iscrowd: Sequence[bool] | 
     """
     d = [to_rle(s, None, None, f"detection {i}") for i, s in enumerate(dets)]
     g = [to_rle(s, None, None, f"ground truth {i}") for i, s in enumerate(gts)]
-    crowd = (
-        np.zeros(len(g), dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool).reshape(len(g))
-    )
+    crowd = np.zeros(len(g), dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool).reshape(-1)
+    if len(crowd) != len(g):
+        raise ValueError(f"iscrowd needs one flag per ground truth: {len(g)} ground truths, {len(crowd)} flags")
     di, gi = np.meshgrid(np.arange(len(d)), np.arange(len(g)), indexing="ij")
     di, gi = di.ravel(), gi.ravel()
     return rle_iou_pairs([d[i] for i in di], [g[i] for i in gi], crowd[gi]).reshape(len(d), len(g))
