@@ -37,3 +37,21 @@ def test_thirty_two_bit_values_beyond_sixteen_bits_are_refused_naming_the_image(
     image = Image.fromarray(np.array([[0, 70000]], dtype=np.int32), "I")
     with pytest.raises(ValueError, match=r"scan.png has values 0..70000, beyond 16 bits"):
         image_array(image, 1, "scan.png")
+
+
+def test_float_images_in_the_unit_interval_are_read_as_they_are(tmp_path):
+    """A float TIFF in [0, 1] went through PIL's convert, which rounds to 0..255: a black image, silently."""
+    values = np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)
+    path = tmp_path / "scan.tif"
+    Image.fromarray(values, "F").save(path)
+    with Image.open(path) as image:
+        assert np.array_equal(image_array(image, 1)[..., 0], values)
+        assert np.array_equal(image_array(image, 3), np.repeat(values[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("bad", [255.0, -0.5, float("nan")])
+def test_float_images_outside_the_unit_interval_are_refused_naming_the_image(bad):
+    values = np.zeros((4, 4), dtype=np.float32)
+    values[1, 2] = bad
+    with pytest.raises(ValueError, match="scan.tif is a 32-bit float image with values"):
+        image_array(Image.fromarray(values, "F"), 1, "scan.tif")

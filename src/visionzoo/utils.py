@@ -64,8 +64,16 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
 
     8-bit images are converted by PIL (grey, palette and RGBA to "L" or "RGB") and divided by 255; 16-bit
     greyscale ones are divided by 65535, since PIL's conversion would clip every value above 255 to white.
-    A mode "I" image with values outside 0..65535 raises ValueError naming ``name``.
+    A mode "I" image with values outside 0..65535 raises ValueError naming ``name``. 32-bit float ("F", e.g.
+    a float TIFF) images are taken as they are when in [0, 1]; other values raise, since PIL would clip them to
+    0..255 and no one scale fits every float image.
     """
+    if image.mode == "F":
+        grey = np.asarray(image, dtype=np.float32)
+        if grey.size and not (np.isfinite(grey).all() and 0 <= grey.min() <= grey.max() <= 1):
+            raise ValueError(f"{name} is a 32-bit float image with values {np.nanmin(grey):.4g}..{np.nanmax(grey):.4g}; "
+                             "float images are read in [0, 1]: scale it, or save it as an 8- or 16-bit PNG")
+        return np.repeat(grey[..., None], channels, axis=2)
     if image.mode in SIXTEEN_BIT_MODES:
         grey = np.asarray(image, dtype=np.float32)
         if grey.size and not 0 <= grey.min() <= grey.max() <= 65535:
