@@ -115,3 +115,21 @@ def test_transformer_and_convnext_backbones_under_the_fpn_train_and_detect(name)
         detections = model.eval()(images)
     assert [d["boxes"].shape[1] for d in detections] == [4, 4] and len(detections[0]["boxes"]) > 0
     assert float(detections[1]["boxes"][:, 2].max()) <= 96.0 + 1e-4  # in the second input's own pixels
+
+
+def test_non_finite_boxes_and_float_labels_in_targets_raise_instead_of_training_on_nan():
+    # before: a NaN box gave NaN box losses and a label of 1.7 trained as class 1, without a word
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64).train()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    nan_box = torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, float("nan"), 9.0, 9.0]])
+    with pytest.raises(ValueError, match=r"image 0, box 1: non-finite box"):
+        model(image, [{"boxes": nan_box, "labels": torch.tensor([1, 2])}])
+    inf_box = torch.tensor([[1.0, 1.0, 9.0, float("inf")]])
+    with pytest.raises(ValueError, match=r"image 0, box 0: non-finite box"):
+        model(image, [{"boxes": inf_box, "labels": torch.tensor([1])}])
+    with pytest.raises(ValueError, match=r"labels of image 0 must be integers \(int64\), got torch.float32"):
+        model(image, [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1.7])}])
+    with pytest.raises(ValueError, match=r"target boxes of image 0 must be a Tensor, got list"):
+        model(image, [{"boxes": [[1.0, 1.0, 9.0, 9.0]], "labels": torch.tensor([1])}])
+    losses = model(image, [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1], dtype=torch.int32)}])
+    assert all(torch.isfinite(v) for v in losses.values())

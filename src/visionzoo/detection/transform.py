@@ -49,17 +49,28 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
 
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
     """Raise ValueError naming the image and the box for a bad training target: missing keys, boxes not
-    Tensor[N, 4], a degenerate box (x2 ≤ x1 or y2 ≤ y1), or a label outside 1..num_classes-1."""
+    Tensor[N, 4], a non-finite or degenerate box (x2 ≤ x1 or y2 ≤ y1), labels that are not integers, or a
+    label outside 1..num_classes-1."""
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     for index, target in enumerate(targets):
         if "boxes" not in target or "labels" not in target:
             raise ValueError(f"target of image {index} needs 'boxes' and 'labels', has {sorted(target)}")
         boxes, labels = target["boxes"], target["labels"]
+        for name, value in (("boxes", boxes), ("labels", labels)):
+            if not isinstance(value, Tensor):
+                raise ValueError(f"target {name} of image {index} must be a Tensor, got {type(value).__name__}")
         if boxes.dim() != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"target boxes of image {index} must be Tensor[N, 4], got {tuple(boxes.shape)}")
         if labels.shape != boxes.shape[:1]:
             raise ValueError(f"image {index}: {boxes.shape[0]} boxes but labels of shape {tuple(labels.shape)}")
+        # a float label would be truncated to a class, a NaN or inf coordinate makes the box losses NaN
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"target labels of image {index} must be integers (int64), got {labels.dtype}")
+        bad = torch.where(~torch.isfinite(boxes).all(dim=1))[0]
+        if bad.numel():
+            box = bad[0].item()
+            raise ValueError(f"image {index}, box {box}: non-finite box {boxes[box].tolist()}")
         bad = torch.where((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0]
         if bad.numel():
             box = bad[0].item()
