@@ -133,3 +133,21 @@ def test_non_finite_boxes_and_float_labels_in_targets_raise_instead_of_training_
         model(image, [{"boxes": [[1.0, 1.0, 9.0, 9.0]], "labels": torch.tensor([1])}])
     losses = model(image, [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1], dtype=torch.int32)}])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_one_image_tensor_no_images_and_float64_images_in_eval_mode():
+    # before: one Tensor[3, H, W] read as 3 images ("image 0 must be Tensor[3, H, W], got (64, 64)"),
+    # [] gave "max() arg is an empty sequence" and float64 images a RuntimeError deep in a convolution
+    torch.manual_seed(0)
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64).eval()
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"got one Tensor\[3, 64, 64\] \(wrap a single image in a list\)"):
+            model(image)
+        with pytest.raises(ValueError, match="got no images"):
+            model([])
+        single = model([image])[0]
+        double = model([image.double()])[0]
+    assert double["boxes"].dtype == torch.float32
+    torch.testing.assert_close(double["scores"], single["scores"])
+    torch.testing.assert_close(double["boxes"], single["boxes"])

@@ -36,9 +36,19 @@ def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence
 def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
                     targets: Sequence[dict[str, Tensor]] | None) -> tuple[list[Tensor], list[tuple[int, int]]]:
     """What every detector's forward starts with: the images as a list (a Tensor[B, 3, H, W] is split),
-    their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`)."""
-    if isinstance(images, Tensor) and images.dim() == 4:
-        images = list(images)
+    their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`). Floating-point
+    images are cast to the detector's dtype (float64 images into a float32 model)."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be a list of Tensor[3, H, W] or one Tensor[B, 3, H, W], got one Tensor"
+                             f"{list(images.shape)}" + (" (wrap a single image in a list)" if images.dim() == 3 else ""))
+    images = list(images)
+    if not images:
+        raise ValueError(f"{type(detector).__name__} got no images")
+    param = next(detector.parameters(), None)
+    if param is not None and param.is_floating_point():
+        images = [image.to(param.dtype) if isinstance(image, Tensor) and image.is_floating_point() else image
+                  for image in images]
     if detector.training:
         if targets is None:
             raise ValueError(f"{type(detector).__name__} in train mode needs targets "
