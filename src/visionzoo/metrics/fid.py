@@ -36,6 +36,8 @@ def check_unit_range(images: Tensor, who: str) -> None:
 class FID:
     """FID between the images given as real and as generated.
 
+    ``update(images, real=...)`` adds images, ``compute()`` gives the distance, ``reset()`` forgets them.
+
     Args:
         features: image → feature module (put in eval mode here).
         batch_size: images per forward pass in :meth:`update`.
@@ -61,6 +63,17 @@ class FID:
             stats.update(features)
             if self.kept is not None:
                 self.kept[real].append(features.cpu())
+
+    def reset(self, keep_real: bool = False) -> None:
+        """Forget the generated images seen, and the real ones unless ``keep_real`` (torchmetrics'
+        ``reset_real_features=False``: score another generator against the same real images)."""
+        if not keep_real:
+            self.real = FeatureStatistics()
+        self.fake = FeatureStatistics()
+        if self.kept is not None:
+            self.kept[False] = []
+            if not keep_real:
+                self.kept[True] = []
 
     def confidence_interval(self, samples: int = 100, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
         """FID's percentile bootstrap interval (:func:`~visionzoo.metrics.sample_quality.fid_confidence_interval`)."""

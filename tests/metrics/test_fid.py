@@ -1,0 +1,36 @@
+"""The FID accumulator's state: update, compute, reset."""
+
+import pytest
+import torch
+
+from visionzoo.metrics import FID
+
+
+def pooled() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())  # 12-d features
+
+
+def test_reset_forgets_the_images_and_can_keep_the_real_ones():
+    # before: FID had no reset(), so scoring a second generator needed a new object (AttributeError)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(40, 3, 8, 8, generator=generator)
+    first, second = torch.rand(40, 3, 8, 8, generator=generator) * 0.5, torch.rand(40, 3, 8, 8, generator=generator)
+    fresh = FID(pooled())
+    fresh.update(real, real=True)
+    fresh.update(second, real=False)
+    expected = fresh.compute()
+
+    metric = FID(pooled(), keep_features=True)
+    metric.update(real, real=True)
+    metric.update(first, real=False)
+    assert metric.compute() > 2 * expected
+    metric.reset(keep_real=True)
+    with pytest.raises(ValueError, match="at least 2 generated images, has 0"):
+        metric.compute()
+    metric.update(second, real=False)
+    assert metric.compute() == pytest.approx(expected, rel=1e-12)
+    assert sum(len(f) for f in metric.kept[False]) == 40 and sum(len(f) for f in metric.kept[True]) == 40
+    metric.reset()
+    with pytest.raises(ValueError, match="at least 2 real images, has 0"):
+        metric.compute()
+    assert metric.kept == {True: [], False: []}
