@@ -79,3 +79,21 @@ def test_parameter_checks_name_the_parameter():
         fid_confidence_interval(vectors[:1], vectors, samples=5)
     with pytest.raises(ValueError, match=r"features \[N, D\] and \[M, D\]"):
         fid_confidence_interval(vectors, vectors[:, :3], samples=5)
+
+
+def test_kid_of_float64_and_float32_features_and_numpy_arrays():
+    # before: float64 real features with float32 generated ones raised "expected m1 and m2 to have the same
+    # dtype" from inside a matmul, and NumPy arrays "'numpy.ndarray' object has no attribute 'dim'"
+    real, fake = features(0, 40), features(1, 40, shift=0.3)
+    torch.manual_seed(3)
+    expected = kernel_inception_distance(real, fake.float().double(), subsets=4, subset_size=20)
+    torch.manual_seed(3)
+    assert kernel_inception_distance(real, fake.float(), subsets=4, subset_size=20) == expected
+    torch.manual_seed(3)
+    assert kernel_inception_distance(real.numpy(), fake.float().double().numpy(), subsets=4, subset_size=20) == expected
+    scores = [inception_score(x, splits=2, generator=torch.Generator().manual_seed(0)) for x in (real, real.numpy())]
+    assert scores[0] == scores[1]
+    interval = fid_confidence_interval(real.numpy(), fake.numpy(), samples=5, generator=torch.Generator().manual_seed(0))
+    assert interval == fid_confidence_interval(real, fake, samples=5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="KID's real features must be a Tensor or a NumPy array of numbers, got list"):
+        kernel_inception_distance([[0.0, 1.0]], fake)

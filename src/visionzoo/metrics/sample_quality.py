@@ -9,16 +9,28 @@
   features. FID is biased upwards at small sample sizes (Chong & Forsyth 2020), so a single number
   from a few hundred samples hides how far it could move; the interval shows it.
 
-Random draws use ``generator`` (default: torch's global generator, as torchmetrics does, so the same
+Features and logits are Tensors or NumPy arrays. Random draws use ``generator`` (default: torch's global generator, as torchmetrics does, so the same
 seed gives torchmetrics' numbers).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from visionzoo.metrics.frechet import frechet_distance
+
+
+def _tensor(values: Any, name: str) -> Tensor:
+    """``values`` (a Tensor or a NumPy array) as a Tensor; ValueError naming ``name`` otherwise."""
+    if isinstance(values, Tensor):
+        return values
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return torch.from_numpy(values)
+    raise ValueError(f"{name} must be a Tensor or a NumPy array of numbers, got {type(values).__name__}")
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> Tensor:
@@ -34,10 +46,15 @@ def unbiased_mmd2(k_xx: Tensor, k_xy: Tensor, k_yy: Tensor) -> Tensor:
     return within - 2 * k_xy.sum() / m ** 2
 
 
-def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
+def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarray, subsets: int = 100, subset_size: int = 1000,
                               degree: int = 3, gamma: float | None = None, coef: float = 1.0,
                               generator: torch.Generator | None = None) -> tuple[float, float]:
-    """KID of feature sets Tensor[N, D] (real) and Tensor[M, D] (generated): (mean, population std) over subsets."""
+    """KID of feature sets Tensor[N, D] (real) and Tensor[M, D] (generated): (mean, population std) over subsets.
+
+    Sets of different dtypes (float64 real features saved earlier, float32 new ones) meet in the wider dtype."""
+    real, fake = _tensor(real, "KID's real features"), _tensor(fake, "KID's generated features")
+    common = torch.promote_types(real.dtype, fake.dtype)
+    real, fake = real.to(common), fake.to(common)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"KID needs features [N, D] and [M, D], got {tuple(real.shape)} and {tuple(fake.shape)}")
     if min(len(real), len(fake)) < subset_size:
@@ -57,8 +74,9 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100, su
     return float(values.mean()), float(values.std(unbiased=False))
 
 
-def inception_score(logits: Tensor, splits: int = 10, generator: torch.Generator | None = None) -> tuple[float, float]:
+def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: torch.Generator | None = None) -> tuple[float, float]:
     """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over ``splits`` chunks of the shuffled samples."""
+    logits = _tensor(logits, "the Inception Score's logits")
     if splits < 1:
         raise ValueError(f"the Inception Score's splits must be >= 1, got {splits}")
     if logits.dim() != 2 or len(logits) < splits:
@@ -74,7 +92,7 @@ def inception_score(logits: Tensor, splits: int = 10, generator: torch.Generator
     return float(values.mean()), float(values.std()) if splits > 1 else 0.0
 
 
-def fid_confidence_interval(real: Tensor, fake: Tensor, samples: int = 100, confidence: float = 0.95,
+def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray, samples: int = 100, confidence: float = 0.95,
                             generator: torch.Generator | None = None) -> tuple[float, float]:
     """Bias-corrected bootstrap interval of FID between feature sets ``real`` Tensor[N, D] and ``fake`` Tensor[M, D].
 
@@ -84,6 +102,7 @@ def fid_confidence_interval(real: Tensor, fake: Tensor, samples: int = 100, conf
     full-sample FID. The interval is therefore the percentile interval moved down by the bootstrap's
     bias (the mean of the resampled FIDs minus the full-sample FID), clamped at 0.
     """
+    real, fake = _tensor(real, "the FID interval's real features"), _tensor(fake, "the FID interval's generated features")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if samples < 1:
