@@ -1,5 +1,6 @@
 """The FID accumulator's state: update, compute, reset."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,10 @@ def test_reset_forgets_the_images_and_can_keep_the_real_ones():
     with pytest.raises(ValueError, match="at least 2 real images, has 0"):
         metric.compute()
     assert metric.kept == {True: [], False: []}
+
+
+def test_update_names_an_input_that_is_not_a_tensor():
+    # before: AttributeError "'numpy.ndarray' object has no attribute 'dim'"
+    metric = FID(pooled())
+    with pytest.raises(ValueError, match="FID.update takes a Tensor.*got ndarray"):
+        metric.update(np.zeros((2, 3, 8, 8), dtype=np.float32), real=True)

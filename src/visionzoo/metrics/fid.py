@@ -54,6 +54,8 @@ class FID:
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
         """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
+        if not isinstance(images, Tensor):
+            raise ValueError(f"FID.update takes a Tensor[B, C, H, W] of images in [0, 1], got {type(images).__name__}")
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
         check_unit_range(images, "FID")
