@@ -29,3 +29,17 @@ def test_accepts_numpy_and_lists_and_checks_lengths():
     with pytest.raises(ValueError, match="differ in length: train 200 vs 199"):
         linear_probe_accuracy(features, labels[:-1], features, labels)
     assert isinstance(as_numpy, float) and 0.0 <= as_numpy <= 1.0 and not np.isnan(as_numpy)
+
+
+def test_fractional_labels_and_an_empty_test_set_are_refused_by_name():
+    # before: labels 0.5 and 1.5 were truncated to 0 and 1 and scored, and an empty test set raised
+    # "cannot reshape array of size 0 into shape (0,newaxis)"
+    features, labels = _clusters(60, 3, True)
+    with pytest.raises(ValueError, match=r"train_labels must be whole numbers.*0\.5"):
+        linear_probe_accuracy(features, labels.double() + 0.5, features, labels)
+    with pytest.raises(ValueError, match="test_labels must be whole numbers"):
+        linear_probe_accuracy(features, labels, features, ["a"] * 60)
+    with pytest.raises(ValueError, match="test_features is empty"):
+        linear_probe_accuracy(features, labels, features[:0], labels[:0])
+    whole = linear_probe_accuracy(features, labels.double(), features, labels.float())
+    assert whole == linear_probe_accuracy(features, labels, features, labels)
