@@ -247,3 +247,20 @@ def test_rendering_is_fast():
         ds[i]
     per_sample = (time.process_time() - start) / len(ds)
     assert per_sample < 0.004, f"{per_sample * 1e3:.2f} ms per sample"
+
+
+def test_indices_and_settings_must_be_integers_and_errors_name_the_index_given():
+    # before: ds[1.5] returned sample 1, Shapes(seed=1.5) was seed 1's data set, ds[-11] of 10 said
+    # "index -1 out of range" and ds[0:2] raised "'<' not supported between slice and int"
+    ds = Shapes("val", image_size=32, length=10)
+    with pytest.raises(TypeError, match="Shapes indices must be integers, got float 1.5"):
+        ds[1.5]
+    with pytest.raises(TypeError, match="got slice"):
+        ds[0:2]
+    with pytest.raises(IndexError, match="Shapes index -11 out of range for length 10"):
+        ds[-11]
+    assert torch.equal(ds[np.int64(3)][0], ds[-7][0]) and ds[torch.tensor(3)][1]["image_id"] == 3
+    for name, value in (("seed", 1.5), ("length", 2.7), ("image_size", 32.0)):
+        with pytest.raises(ValueError, match=f"Shapes {name} must be an integer, got {value}"):
+            Shapes("val", **{name: value})
+    assert len(Shapes("val", image_size=np.int64(32), length=np.int64(4), seed=np.int64(2))) == 4

@@ -91,3 +91,13 @@ def test_bad_arguments_raise_value_errors():
         _small(pool_size=3).layout(0)
     with pytest.raises(IndexError):
         _small()[12]
+
+
+def test_indices_must_be_integers_and_errors_name_the_index_given():
+    # before: slides[1.5] returned slide 1 and slides[-13] of 12 said "index -1 out of range"
+    slides = _small("val")
+    with pytest.raises(TypeError, match="ShapeSlides indices must be integers, got float"):
+        slides[1.5]
+    with pytest.raises(IndexError, match="ShapeSlides index -13 out of range for length 12"):
+        slides[-13]
+    assert torch.equal(slides[np.int64(11)][0], slides[-1][0])

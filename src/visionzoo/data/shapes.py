@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -391,6 +392,19 @@ def to_classification(image: torch.Tensor, target: dict[str, Any]) -> tuple[torc
     return image, target["label"]
 
 
+def sample_index(index: Any, length: int, what: str) -> int:
+    """``index`` (an integer, negative from the end) as a position in 0..length-1; TypeError for a
+    non-integer (a float would silently round down to another sample), IndexError naming the index given."""
+    try:
+        given = operator.index(index)
+    except TypeError:
+        raise TypeError(f"{what} indices must be integers, got {type(index).__name__} {index!r:.40}") from None
+    position = given + length if given < 0 else given
+    if not 0 <= position < length:
+        raise IndexError(f"{what} index {given} out of range for length {length}")
+    return position
+
+
 class Shapes(Dataset):
     """Procedural scenes of coloured shapes: one source for classification, detection, segmentation, captions.
 
@@ -429,6 +443,11 @@ class Shapes(Dataset):
     ):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
+        # int() would turn seed=1.5 into another data set's seed 1 without a word
+        for name, value in (("image_size", image_size), ("length", length), ("seed", seed),
+                            ("min_objects", min_objects), ("max_objects", max_objects)):
+            if value is not None and (isinstance(value, bool) or not hasattr(type(value), "__index__")):
+                raise ValueError(f"Shapes {name} must be an integer, got {value!r:.40}")
         if image_size < 16:
             raise ValueError(f"Shapes image_size must be at least 16, got {image_size}")
         if length is not None and length < 0:
@@ -454,11 +473,7 @@ class Shapes(Dataset):
         return self.length
 
     def _index(self, index: int) -> int:
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"Shapes index {index} out of range for length {self.length}")
-        return int(index)
+        return sample_index(index, self.length, "Shapes")
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of sample ``index``, a function of (seed, split, index) only."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes
+from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, sample_index
 
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 200}
 DEFAULT_POOL_SIZES = {"train": 600, "val": 150, "test": 300}
@@ -158,11 +158,7 @@ class ShapeSlides(Dataset):
         return self._by_class
 
     def _index(self, index: int) -> int:
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"ShapeSlides index {index} out of range for length {self.length}")
-        return int(index)
+        return sample_index(index, self.length, "ShapeSlides")
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of slide ``index``, a function of (seed, split, index) only."""
