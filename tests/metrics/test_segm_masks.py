@@ -99,3 +99,14 @@ def test_segm_evaluation_equals_pycocotools(make_coco, reference_eval):
     np.testing.assert_allclose([ours[n] for n in SUMMARY_NAMES], ref.stats, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(ours["precision"], ref.eval["precision"])
     assert ours["AP50"] > 0.1
+
+
+def test_soft_float_masks_are_refused_not_counted_as_foreground_wherever_above_zero():
+    # before: a probability mask (0.01 outside the object, 0.99 inside) had IoU 1.0 with the whole image
+    inside = np.zeros((6, 8), bool)
+    inside[1:4, 2:6] = True
+    soft = np.where(inside, 0.99, 0.01).astype(np.float32)
+    with pytest.raises(ValueError, match=r"detection 0: a float mask must hold only 0 and 1.*mask > 0\.5"):
+        mask_iou([soft], [np.ones((6, 8), bool)])
+    expected = inside.sum() / inside.size
+    assert mask_iou([(soft > 0.5).astype(np.float32)], [np.ones((6, 8), bool)])[0, 0] == pytest.approx(expected)

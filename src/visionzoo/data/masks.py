@@ -117,11 +117,19 @@ def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     return rle_from_counts(counts, height, width, what)
 
 
-def rle_from_mask(mask: Any) -> Rle:
-    """:class:`Rle` of a binary mask [H, W] (NumPy or torch, any dtype; nonzero is foreground)."""
-    array = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+def rle_from_mask(mask: Any, what: str = "mask") -> Rle:
+    """:class:`Rle` of a binary mask [H, W] (NumPy or torch, any dtype; nonzero is foreground).
+
+    A floating-point mask must hold only 0 and 1: soft masks (probabilities) raise ValueError rather
+    than count every pixel above 0 as foreground; threshold them first (``mask > 0.5``)."""
+    array = np.asarray(mask.detach().cpu() if hasattr(mask, "cpu") else mask)
     if array.ndim != 2:
         raise ValueError(f"a mask must be [H, W], got shape {array.shape}")
+    if array.dtype.kind in "fc":
+        soft = (array != 0) & (array != 1)
+        if soft.any():
+            raise ValueError(f"{what}: a float mask must hold only 0 and 1, got {array[soft].flat[0]!r}; "
+                             "threshold soft masks first (e.g. mask > 0.5)")
     return _rle_of_flat((array != 0).T.ravel(), array.shape[0], array.shape[1])
 
 
@@ -255,7 +263,7 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
             raise ValueError(f"{what}: polygons need the image's 'height' and 'width'")
         return rle_from_polygons(segmentation, int(height), int(width), what)
     if hasattr(segmentation, "shape"):
-        return rle_from_mask(segmentation)
+        return rle_from_mask(segmentation, what)
     raise ValueError(f"{what}: unsupported segmentation of type {type(segmentation).__name__}")
 
 
