@@ -110,3 +110,12 @@ def test_soft_float_masks_are_refused_not_counted_as_foreground_wherever_above_z
         mask_iou([soft], [np.ones((6, 8), bool)])
     expected = inside.sum() / inside.size
     assert mask_iou([(soft > 0.5).astype(np.float32)], [np.ones((6, 8), bool)])[0, 0] == pytest.approx(expected)
+
+
+def test_iscrowd_of_another_length_than_the_ground_truth_is_named():
+    # before: "cannot reshape array of size 1 into shape (2,)"
+    mask = np.zeros((4, 4), bool)
+    mask[:2] = True
+    with pytest.raises(ValueError, match="iscrowd needs one flag per ground truth: 2 ground truths, 1 flags"):
+        mask_iou([mask], [mask, mask], [0])
+    assert mask_iou([mask], [mask, ~mask], [1, 0]).tolist() == [[1.0, 0.0]]
