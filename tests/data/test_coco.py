@@ -471,3 +471,11 @@ def test_a_sixteen_bit_greyscale_image_is_read_scaled_not_clipped(folder):
     image, _ = CocoDetection(root / "images", _write(root))[0]
     expected = torch.from_numpy(values.astype(np.float32) / 65535).expand(3, -1, -1)
     assert image.dtype == torch.float32 and torch.equal(image, expected)
+
+
+def test_create_dataset_refuses_image_size_zero_for_named_datasets_as_for_folders():
+    # before: image_size=0 quietly gave the default size (128 px Shapes, 8 px Digits)
+    with pytest.raises(ValueError, match="Shapes image_size must be at least 16, got 0"):
+        create_dataset("shapes", "val", image_size=0, length=2)
+    with pytest.raises(ValueError, match="Digits image_size must be positive, got 0"):
+        create_dataset("digits", "test", image_size=0)

@@ -72,8 +72,8 @@ def create_dataset(
     if text.lower() in DATASETS:  # a name wins over a folder of that name; "./shapes" names the folder
         name = text.lower()
         if name == "shapes":
-            return Shapes(split, **({"image_size": image_size} if image_size else {}), **kwargs)
-        return Digits(split, **({"image_size": image_size} if image_size else {}), **kwargs)
+            return Shapes(split, **({"image_size": image_size} if image_size is not None else {}), **kwargs)
+        return Digits(split, **({"image_size": image_size} if image_size is not None else {}), **kwargs)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         ann_file = _annotation_file(path, split)
