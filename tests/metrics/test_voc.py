@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from visionzoo.metrics.voc import voc_ap, voc_evaluate
 
@@ -208,3 +209,16 @@ def test_voc_evaluate_edge_cases():
         voc_evaluate([{"boxes": [[0, 0, 5, 5]], "scores": [float("nan")], "labels": [2]}], gts[:1])
     with pytest.raises(ValueError, match="detections 0: 1 boxes but 2 scores"):
         voc_evaluate([{"boxes": [[0, 0, 5, 5]], "scores": [0.1, 0.2], "labels": [2]}], gts[:1])
+
+
+@pytest.mark.parametrize("side", ["detections", "ground_truths"])
+def test_fractional_labels_are_refused_naming_the_entry_not_truncated(side):
+    """A label of 1.7 was counted as class 1."""
+    detections = [{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [1]}]
+    ground_truths = [{"boxes": [[0, 0, 10, 10]], "labels": [1]}]
+    entries = {"detections": detections, "ground_truths": ground_truths}
+    entries[side][0]["labels"] = torch.tensor([1.7])
+    with pytest.raises(ValueError, match=f"{side} 0: 'labels' must be whole numbers"):
+        voc_evaluate(detections, ground_truths)
+    entries[side][0]["labels"] = np.array([1.0])  # whole floats are class indices still
+    assert voc_evaluate(detections, ground_truths)["mAP"] == pytest.approx(1.0)

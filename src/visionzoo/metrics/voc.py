@@ -49,6 +49,10 @@ def _array(item: dict, key: str, shape_tail: tuple, dtype: Any, where: str) -> n
     value = item[key]
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
+    if dtype is np.int64:  # a label of 1.7 would be counted as class 1
+        given = np.asarray(value)
+        if given.dtype.kind not in "biuf" or (given.dtype.kind == "f" and not np.all(np.mod(given, 1) == 0)):
+            raise ValueError(f"{where}: {key!r} must be whole numbers (class labels), got {given.reshape(-1)[:5].tolist()!r:.80}")
     out = np.asarray(value, dtype=dtype)
     if out.size == 0:
         return out.reshape((0, *shape_tail))
