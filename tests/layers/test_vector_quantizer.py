@@ -124,3 +124,13 @@ def test_factorised_codes_update_under_bf16_autocast():
         out, indices, loss, _ = quantizer(z)
     assert quantizer.codebook.dtype == torch.float32 and loss.dtype == torch.float32
     assert out.shape == z.shape and indices.shape == (2, 4, 4)
+
+
+def test_bf16_autocast_picks_the_same_codes_as_float32():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(512, 32, ema_decay=None).eval()
+    z = torch.randn(8, 32, 8, 8) * 0.2  # many close codes: bf16 distances would pick others for ~1% of them
+    _, expected, _, _ = quantizer(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, indices, _, _ = quantizer(z)
+    assert torch.equal(indices, expected)

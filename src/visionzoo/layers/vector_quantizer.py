@@ -86,9 +86,12 @@ class VectorQuantizer(nn.Module):
 
     def _nearest(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
         """(squared distance to the nearest code Tensor[M], its index int64 Tensor[M]) of ``vectors``."""
-        codebook = self.code_vectors().detach().to(vectors.dtype)
-        distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.T
-                     + codebook.pow(2).sum(1)[None])
+        # In float32 also under bf16 autocast: bf16 distances pick another code for a share of the vectors.
+        with torch.autocast(vectors.device.type, enabled=False):
+            vectors = vectors.float()
+            codebook = self.code_vectors().detach().float()
+            distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.T
+                         + codebook.pow(2).sum(1)[None])
         return distances.min(dim=1)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
