@@ -61,6 +61,14 @@ def test_bad_images_are_one_clear_error():
         create_model("vqvae_small", downsample=0)
 
 
+def test_decode_refuses_flat_or_out_of_range_codes():
+    model = create_model("vqvae_small", in_chans=1, **TINY).eval()
+    with pytest.raises(ValueError, match=r"decode takes code indices Tensor\[B, h, w\], got \(2, 64\)"):
+        model.decode(torch.zeros(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"code indices must be in 0\.\.31"):
+        model.decode(torch.full((1, 2, 2), -1))
+
+
 def test_psnr_per_image():
     images = torch.zeros(2, 1, 4, 4)
     noisy = images.clone()

@@ -134,3 +134,15 @@ def test_bf16_autocast_picks_the_same_codes_as_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, indices, _, _ = quantizer(z)
     assert torch.equal(indices, expected)
+
+
+def test_decode_indices_refuses_codes_outside_the_codebook():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 4, ema_decay=None).eval()
+    torch.testing.assert_close(quantizer.decode_indices(torch.tensor([[7, 0]])), quantizer.codebook[torch.tensor([[7, 0]])])
+    with pytest.raises(ValueError, match=r"code indices must be in 0\.\.7.*-1\.\.2"):
+        quantizer.decode_indices(torch.tensor([[-1, 2]]))  # not code 7 from the end
+    with pytest.raises(ValueError, match=r"code indices must be in 0\.\.7.*0\.\.8"):
+        quantizer.decode_indices(torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match="integer tensor, got torch.float32"):
+        quantizer.decode_indices(torch.tensor([1.0, 2.0]))

@@ -118,6 +118,8 @@ class VQVAE(nn.Module):
 
     def decode(self, indices: Tensor) -> Tensor:
         """Images in [0, 1] from code indices Tensor[B, h, w]."""
+        if indices.dim() != 3:
+            raise ValueError(f"decode takes code indices Tensor[B, h, w], got {tuple(indices.shape)}")
         return self._to_image(self.decoder(self.quantizer.decode_indices(indices).permute(0, 3, 1, 2)))
 
     @staticmethod

@@ -95,8 +95,15 @@ class VectorQuantizer(nn.Module):
         return distances.min(dim=1)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Codes of ``indices`` (any shape) projected back: Tensor[*indices.shape, dim]."""
-        return self.project_out(self.code_vectors()[indices])
+        """Codes of ``indices`` int64 Tensor (any shape, values ``0 .. num_codes - 1``) projected back:
+        Tensor[*indices.shape, dim]."""
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"code indices must be an integer tensor, got {indices.dtype}")
+        # A negative index would wrap around to a code from the end of the codebook, silently.
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):
+            raise ValueError(f"code indices must be in 0..{self.num_codes - 1} (the codebook has {self.num_codes} "
+                             f"codes), got values {indices.min().item()}..{indices.max().item()}")
+        return self.project_out(self.code_vectors()[indices.long()])
 
     def code_vectors(self) -> Tensor:
         """The codebook as the lookup sees it: Tensor[num_codes, code_dim] (unit rows with ``l2_normalize``)."""
