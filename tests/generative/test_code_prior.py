@@ -48,11 +48,8 @@ def test_the_codes_do_not_depend_on_the_callers_autocast():
     model = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, **TINY)
     quantizer = model.tokenizer.quantizer
     images = torch.rand(4, 1, 16, 16)
-    seen = []
-    hook = quantizer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    model.tokenizer.encode(images)
-    hook.remove()
-    vectors = seen[0].permute(0, 2, 3, 1).reshape(-1, quantizer.dim)
+    with torch.no_grad():
+        vectors = model.tokenizer.encoder(images * 2 - 1).permute(0, 2, 3, 1).reshape(-1, quantizer.dim)
     picks = vectors[torch.randperm(len(vectors))[:16]]
     quantizer.codebook.copy_(torch.cat([picks, picks + 1e-3 * torch.randn_like(picks)]))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -36,6 +36,17 @@ def test_shapes_and_encode_decode_give_the_forward_reconstruction(name, size, ch
     assert model.quantizer.num_codes == 64 and model.in_chans == chans
 
 
+def test_encode_in_training_mode_does_not_move_the_codebook():
+    torch.manual_seed(0)
+    model = create_model("vit_vqgan", in_chans=1, **TINY)  # training mode, as built
+    images = torch.rand(2, 1, 16, 16)
+    codebook = model.quantizer.codebook.clone()
+    first = model.encode(images)
+    assert torch.equal(model.encode(images), first) and torch.equal(model.quantizer.codebook, codebook)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images)[1], first)
+
+
 def test_registered_sizes():
     assert get_model_entry("vit_vqgan").task == get_model_entry("vit_vqgan_64").task == "vqgan"
     model = create_model("vit_vqgan")

@@ -23,6 +23,17 @@ def test_tokenizer_interface():
     assert 1 <= stats["perplexity"] <= 32 and 0 < stats["usage"] <= 1
 
 
+def test_encode_in_training_mode_does_not_move_the_codebook():
+    torch.manual_seed(0)
+    model = create_model("vqgan", in_chans=1, **TINY)  # training mode, as built
+    images = torch.rand(2, 1, 16, 16)
+    codebook = model.quantizer.codebook.clone()
+    first = model.encode(images)
+    assert torch.equal(model.encode(images), first) and torch.equal(model.quantizer.codebook, codebook)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images)[1], first)
+
+
 def test_default_sizes_and_the_8x_variant():
     assert create_model("vqgan").quantizer.num_codes >= 512
     model = create_model("vqgan_f8", **{**TINY, "ch_mult": (1, 1, 1, 2)}).eval()

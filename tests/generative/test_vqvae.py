@@ -30,6 +30,17 @@ def test_encode_decode_give_the_forward_reconstruction():
     assert 1 <= stats["perplexity"] <= 32 and 0 < stats["usage"] <= 1
 
 
+def test_encode_in_training_mode_does_not_move_the_codebook():
+    torch.manual_seed(0)
+    model = create_model("vqvae_small", in_chans=1, **TINY)  # training mode, as built
+    images = torch.rand(2, 1, 32, 32)
+    codebook = model.quantizer.codebook.clone()
+    first = model.encode(images)
+    assert torch.equal(model.encode(images), first) and torch.equal(model.quantizer.codebook, codebook)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images)[1], first)
+
+
 def test_a_collapsed_codebook_is_reported(caplog):
     torch.manual_seed(0)
     model = create_model("vqvae_small", in_chans=1, **TINY).eval()

@@ -146,3 +146,14 @@ def test_decode_indices_refuses_codes_outside_the_codebook():
         quantizer.decode_indices(torch.tensor([0, 8]))
     with pytest.raises(ValueError, match="integer tensor, got torch.float32"):
         quantizer.decode_indices(torch.tensor([1.0, 2.0]))
+
+
+def test_encode_is_the_forward_lookup_and_leaves_the_codebook_in_training_mode():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(32, 4, code_dim=3, l2_normalize=True).train()  # EMA, dead-code restarts
+    z = torch.randn(2, 4, 3, 5) + 4.0  # far from the codes: a forward would restart dead codes
+    before = quantizer.codebook.clone()
+    indices = quantizer.encode(z)
+    assert torch.equal(quantizer.codebook, before) and torch.equal(quantizer.ema_count, torch.ones(32))
+    assert torch.equal(indices, quantizer.eval()(z)[1])
+    assert torch.equal(quantizer.encode(z.flatten(2).transpose(1, 2)), indices.flatten(1))

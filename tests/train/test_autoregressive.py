@@ -146,7 +146,7 @@ def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_r
     tokenizer = {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}}
     model = create_model("vqgan_transformer", tokenizer=tokenizer, img_size=16, **TINY)
     encoded = []
-    model.tokenizer.quantizer.register_forward_hook(lambda module, inputs, output: encoded.append(len(inputs[0])))
+    model.tokenizer.encoder.register_forward_hook(lambda module, inputs, output: encoded.append(len(inputs[0])))
     task = AutoregressiveTask()
     images = torch.rand(4, 1, 16, 16)
     first = task.tokens(model, images)

@@ -143,7 +143,7 @@ class ViTVQGAN(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Code indices, int64 Tensor[B, H/p, W/p]."""
         grid = self._grid(images)
-        return self.quantizer(self.encoder(images * 2 - 1))[1].reshape(-1, *grid)
+        return self.quantizer.encode(self.encoder(images * 2 - 1)).reshape(-1, *grid)
 
     def decode(self, indices: Tensor) -> Tensor:
         """Images in [0, 1], Tensor[B, C, h·p, w·p], from code indices Tensor[B, h, w]."""

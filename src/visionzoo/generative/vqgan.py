@@ -202,7 +202,7 @@ class VQGAN(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Code indices, int64 Tensor[B, H / 2**downsample, W / 2**downsample]."""
         self._check(images)
-        return self.quantizer(self.quant_conv(self.encoder(images * 2 - 1)))[1]
+        return self.quantizer.encode(self.quant_conv(self.encoder(images * 2 - 1)))
 
     def decode(self, indices: Tensor) -> Tensor:
         """Images in [0, 1], Tensor[B, C, h * 2**downsample, w * 2**downsample], from code indices Tensor[B, h, w]."""

@@ -114,7 +114,7 @@ class VQVAE(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Code indices, int64 Tensor[B, H / 2**downsample, W / 2**downsample]."""
         self._check(images)
-        return self.quantizer(self.encoder(images * 2 - 1))[1]
+        return self.quantizer.encode(self.encoder(images * 2 - 1))
 
     def decode(self, indices: Tensor) -> Tensor:
         """Images in [0, 1] from code indices Tensor[B, h, w]."""

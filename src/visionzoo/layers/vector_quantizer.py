@@ -105,22 +105,34 @@ class VectorQuantizer(nn.Module):
                              f"codes), got values {indices.min().item()}..{indices.max().item()}")
         return self.project_out(self.code_vectors()[indices.long()])
 
-    def code_vectors(self) -> Tensor:
-        """The codebook as the lookup sees it: Tensor[num_codes, code_dim] (unit rows with ``l2_normalize``)."""
-        return F.normalize(self.codebook, dim=1) if self.l2_normalize else self.codebook
+    @torch.no_grad()
+    def encode(self, z: Tensor) -> Tensor:
+        """Indices of the nearest codes of ``z`` (either layout of :meth:`forward`): int64 Tensor[B, H, W] or
+        Tensor[B, N]. A pure lookup: unlike ``forward`` in training mode it never moves the codebook."""
+        flat, grid = self._flatten(z)
+        return self._nearest(flat)[1].reshape(grid)
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def _flatten(self, z: Tensor) -> tuple[Tensor, torch.Size]:
+        """The lookup vectors Tensor[M, code_dim] (float32, projected, unit with ``l2_normalize``) of ``z``
+        and its grid (``z``'s shape without the channels)."""
         if z.dim() not in (3, 4) or z.shape[1 if z.dim() == 4 else 2] != self.dim:
             raise ValueError(f"VectorQuantizer({self.num_codes}, dim={self.dim}) takes Tensor[B, {self.dim}, H, W] "
                              f"or Tensor[B, N, {self.dim}], got {tuple(z.shape)}")
-        channels_first = z.dim() == 4
-        vectors = z.permute(0, 2, 3, 1) if channels_first else z
-        grid = vectors.shape[:-1]
+        vectors = z.permute(0, 2, 3, 1) if z.dim() == 4 else z
         # The lookup and the codebook's moving averages run in float32, also under bf16 autocast.
         with torch.autocast(z.device.type, enabled=False):
             flat = self.project_in(vectors.reshape(-1, self.dim).float())
         if self.l2_normalize:
             flat = F.normalize(flat, dim=1)
+        return flat, vectors.shape[:-1]
+
+    def code_vectors(self) -> Tensor:
+        """The codebook as the lookup sees it: Tensor[num_codes, code_dim] (unit rows with ``l2_normalize``)."""
+        return F.normalize(self.codebook, dim=1) if self.l2_normalize else self.codebook
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        channels_first = z.dim() == 4
+        flat, grid = self._flatten(z)
         distances, indices = self._nearest(flat.detach())
         codes = self.code_vectors()[indices]
         if self.training and self.ema_decay is not None:
