@@ -88,6 +88,28 @@ def test_generate_checks_its_lengths():
         model.generate(2, length=13)
 
 
+
+def test_tokens_labels_and_counts_outside_their_range_are_clear_errors():
+    model = tiny_gpt(num_classes=3)
+    with pytest.raises(ValueError, match=r"prefix tokens must be Tensor\[2, 1\] in 0\.\.10, .* values -1\.\.4"):
+        model.generate(torch.tensor([[4], [-1]]))  # -1 would have embedded token 10, silently
+    with pytest.raises(ValueError, match=r"prefix tokens must be an integer tensor"):
+        model.generate(torch.tensor([[4.0]]))
+    with pytest.raises(ValueError, match=r"tokens must be Tensor\[1, 3\] in 0\.\.10, .* values 0\.\.11"):
+        model(torch.tensor([[0, 1, 11]]))  # the last token is not read but is a target: out of the vocabulary
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor"):
+        model.generate(2, labels=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"labels must be Tensor\[2\] in 0\.\.3 \(3: none\)"):
+        model.generate(2, labels=torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match="count of samples >= 0"):
+        model.generate(-1)
+    assert model.generate(0, labels=torch.zeros(0, dtype=torch.long)).shape == (0, 12)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(2, length=4, labels=[1, 2], generator=generator),
+                       model.generate(2, length=4, labels=torch.tensor([1, 2]),
+                                      generator=torch.Generator().manual_seed(0)))
+
+
 # Probabilities 0.30, 0.25, 0.20, 0.15, 0.10 in a shuffled order of token ids.
 ORDER = [3, 0, 4, 1, 2]
 PROBABILITIES = torch.tensor([0.25, 0.15, 0.10, 0.30, 0.20])
@@ -136,3 +158,4 @@ def test_initial_loss_is_near_uniform():
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
     assert float(loss) == pytest.approx(math.log(11), abs=0.1)
+

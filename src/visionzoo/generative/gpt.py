@@ -101,14 +101,15 @@ class GPT(nn.Module):
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         elif self.num_classes == 0:
             raise ValueError("this GPT is unconditional (num_classes=0) and takes no labels")
-        elif labels.shape != (batch,) or labels.min() < 0 or labels.max() > self.num_classes:
-            raise ValueError(f"labels must be Tensor[{batch}] in 0..{self.num_classes} ({self.num_classes}: none), "
-                             f"got shape {tuple(labels.shape)}, values {labels.min().item()}..{labels.max().item()}")
-        return self.start_embed(labels)[:, None]
+        else:
+            labels = torch.as_tensor(labels, device=device)
+            _check_integers("labels", labels, (batch,), self.num_classes + 1, f" ({self.num_classes}: none)")
+        return self.start_embed(labels.long())[:, None]
 
     def _check(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or not 1 <= tokens.shape[1] <= self.seq_len:
             raise ValueError(f"tokens must be Tensor[B, N] with 1 <= N <= {self.seq_len}, got {tuple(tokens.shape)}")
+        _check_integers("tokens", tokens, tuple(tokens.shape), self.vocab_size)
 
     def _embed(self, tokens: Tensor, labels: Tensor | None) -> Tensor:
         """Inputs ``[start, t_0 .. t_{N-2}]`` + positions: Tensor[B, N, dim]."""
@@ -158,10 +159,14 @@ class GPT(nn.Module):
         """
         length = self.seq_len if length is None else length
         device = self.pos_embed.device
+        if isinstance(prefix, bool) or isinstance(prefix, int) and prefix < 0:
+            raise ValueError(f"generate needs a count of samples >= 0 (or a prefix Tensor[B, P]), got {prefix!r}")
         tokens = torch.zeros(prefix, 0, dtype=torch.long, device=device) if isinstance(prefix, int) else prefix.to(device)
         if tokens.dim() != 2 or not 0 <= tokens.shape[1] < length <= self.seq_len:
             raise ValueError(f"generate needs a prefix Tensor[B, P] (or a count) with P < length <= {self.seq_len}, "
                              f"got prefix {tuple(tokens.shape)}, length {length}")
+        _check_integers("prefix tokens", tokens, tuple(tokens.shape), self.vocab_size)
+        tokens = tokens.long()
         caches: list[list[Tensor]] = [[] for _ in self.blocks]
         x = self._start(tokens.shape[0], labels, device)
         if tokens.shape[1]:
@@ -178,6 +183,17 @@ class GPT(nn.Module):
             if tokens.shape[1] == length:
                 return tokens
             x = self.tok_embed(new)[:, None] + self.pos_embed[:, tokens.shape[1]:tokens.shape[1] + 1]
+
+
+def _check_integers(name: str, values: Tensor, shape: tuple[int, ...], bound: int, note: str = "") -> None:
+    """Raise a ValueError naming ``name`` unless ``values`` is an integer Tensor[shape] in ``0 .. bound - 1``
+    (an index out of range would be a raw IndexError of an embedding, a negative one none at all)."""
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {values.dtype}")
+    low, high = (values.min().item(), values.max().item()) if values.numel() else (0, 0)
+    if tuple(values.shape) != shape or low < 0 or high >= bound:
+        raise ValueError(f"{name} must be Tensor{list(shape)} in 0..{bound - 1}{note}, "
+                         f"got shape {tuple(values.shape)}, values {low}..{high}")
 
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
