@@ -146,7 +146,9 @@ def test_the_kept_tokens_keep_their_relative_odds_and_temperature_sharpens():
 
 
 @pytest.mark.parametrize("sampler, message", [({"temperature": 0.0}, "temperature"), ({"top_k": 0}, "top_k"),
-                                              ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")])
+                                              ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                                              ({"top_k": 2.5}, "top_k must be an integer"),
+                                              ({"top_k": True}, "top_k must be an integer")])
 def test_bad_sampler_settings_are_clear_errors(sampler, message):
     with pytest.raises(ValueError, match=message):
         sample_logits(torch.zeros(2, 5), **sampler)
@@ -159,3 +161,10 @@ def test_initial_loss_is_near_uniform():
         loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
     assert float(loss) == pytest.approx(math.log(11), abs=0.1)
 
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = torch.tensor([[5.0, 20.0, 3.0], [1.0, -2.0, 0.5]])
+    tokens = sample_logits(logits, temperature=1e-38, generator=torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"logits must be Tensor\[B, V\], got \(3,\)"):
+        sample_logits(logits[0])

@@ -14,6 +14,7 @@ weights, residual projections scaled by ``1 / sqrt(2 · depth)``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -206,11 +207,15 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be an integer of at least 1 (or None), got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logits = logits.float() / temperature
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be Tensor[B, V], got {tuple(logits.shape)}")
+    # Shifted so the best is 0 before dividing: a tiny temperature (near-greedy) would overflow to inf - inf = nan.
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kept = torch.full_like(logits, float("-inf"))
         best, where = logits.topk(top_k, dim=-1)
