@@ -177,3 +177,27 @@ def test_a_time_budget_alone_ends_the_run_near_its_limit(tmp_path):
     result = fit(ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
     assert result.steps > 16, "the run stopped long before its budget (more than one epoch fits)"
     assert result.train_seconds <= 0.04 * 60 * 1.25
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"checkpoint_every": 0}, r"--checkpoint-every must lie in \[1, inf\), got 0"),  # was a ZeroDivisionError
+    ({"log_every": 0}, r"log_every must lie in \[1, inf\), got 0"),
+    ({"eval_every": -1}, r"--eval-every must lie in \[0, inf\), got -1"),  # evaluated after every step
+    ({"max_steps": 0}, r"--max-steps must lie in \[1, inf\), got 0"),  # trained nothing, wrote no checkpoint
+    ({"max_steps": None, "epochs": -1.0}, r"--epochs must lie in \(0.0, inf\), got -1.0"),  # one step
+    ({"max_steps": None, "minutes": 0.0}, r"--minutes must lie in \(0.0, inf\), got 0.0"),
+    ({"max_steps": 2.5}, "--max-steps must be an integer, got 2.5"),  # ran 3 steps
+    ({"eval_batch_size": 0}, r"eval_batch_size must lie in \[1, inf\), got 0"),
+])
+def test_budgets_and_periods_out_of_range_are_refused_before_the_run(tmp_path, setting, message):
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    config = TrainConfig(out=str(tmp_path / "run"), **{"max_steps": 2, **setting}, batch_size=16, progress=False,
+                         precision="fp32")
+    with pytest.raises(ValueError, match=message):
+        fit(ClassificationTask(Blobs.classes), model, Blobs(32, 0), Blobs(16, 1), config)
+    assert not (tmp_path / "run").exists()

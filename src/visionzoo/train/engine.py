@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -150,7 +151,22 @@ def check_config(config: TrainConfig) -> None:
         "warmup_steps": ("--warmup-steps", 0, True, math.inf, False),
         "batch_size": ("--batch-size", 1, True, math.inf, False),
         "num_workers": ("--workers", 0, True, math.inf, False),
+        # The budgets and periods: a 0 period was a ZeroDivisionError mid-run, a negative eval_every evaluated
+        # every step, and a budget of 0 or less trained nothing (or one step) without a word.
+        "max_steps": ("--max-steps", 1, True, math.inf, False),
+        "epochs": ("--epochs", 0.0, False, math.inf, False),
+        "minutes": ("--minutes", 0.0, False, math.inf, False),
+        "checkpoint_every": ("--checkpoint-every", 1, True, math.inf, False),
+        "log_every": ("log_every", 1, True, math.inf, False),
+        "eval_every": ("--eval-every", 0, True, math.inf, False),  # 0: only at the end
+        "eval_batch_size": ("eval_batch_size", 1, True, math.inf, False),
     }
+    integers = ("batch_size", "num_workers", "warmup_steps", "max_steps", "checkpoint_every", "log_every",
+                "eval_every", "eval_batch_size", "seed")
+    for name in integers:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{bounds[name][0] if name in bounds else name} must be an integer, got {value!r}")
     for name, (flag, low, low_in, high, high_in) in bounds.items():
         value = getattr(config, name)
         if value is None:
