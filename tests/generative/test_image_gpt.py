@@ -47,6 +47,10 @@ def test_palette_fit_and_pixel_token_round_trip():
         model.tokens(torch.rand(2, 1, 4, 4))
     with pytest.raises(ValueError, match=r"Tensor\[B, 16\]"):
         model.images_from_tokens(torch.zeros(2, 15, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"Image GPT tokens must be Tensor\[1, 16\] in 0\.\.3, .* values -1\.\.0"):
+        model.images_from_tokens(torch.tensor([[-1] + [0] * 15]))  # not the last palette colour, silently
+    with pytest.raises(ValueError, match="palette_size >= 2, got 1, 4, 0"):
+        create_model("image_gpt_small", img_size=4, palette_size=0, **TINY)  # not the default 16, silently
 
 
 def test_complete_keeps_the_top_half():

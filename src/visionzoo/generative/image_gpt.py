@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from visionzoo.generative.gpt import GPT
+from visionzoo.generative.gpt import GPT, _check_integers
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 
@@ -71,7 +71,8 @@ class ImageGPT(nn.Module):
     def __init__(self, in_chans: int = 1, img_size: int = 16, palette_size: int | None = None, num_classes: int = 0,
                  embed_dim: int = 128, depth: int = 6, num_heads: int = 4, mlp_ratio: float = 4.0, drop: float = 0.0):
         super().__init__()
-        palette_size = palette_size or (16 if in_chans == 1 else 32)
+        if palette_size is None:  # not `or`: palette_size=0 must be refused, not mean the default
+            palette_size = 16 if in_chans == 1 else 32
         if in_chans < 1 or img_size < 2 or palette_size < 2:
             raise ValueError(f"Image GPT needs in_chans >= 1, img_size >= 2 and palette_size >= 2, "
                              f"got {in_chans}, {img_size}, {palette_size}")
@@ -106,6 +107,7 @@ class ImageGPT(nn.Module):
         size = self.img_size
         if tokens.dim() != 2 or tokens.shape[1] != size * size:
             raise ValueError(f"Image GPT tokens must be Tensor[B, {size * size}], got {tuple(tokens.shape)}")
+        _check_integers("Image GPT tokens", tokens, tuple(tokens.shape), self.palette.shape[0])
         return self.palette[tokens].reshape(tokens.shape[0], size, size, self.in_chans).permute(0, 3, 1, 2)
 
     def forward(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
