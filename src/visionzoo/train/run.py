@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,9 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones."""
     meta = checkpoint_metadata(checkpoint)
     run = meta.get("run", {})
-    setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
-                        checkpoint=checkpoint, options=run.get("options"))
+    with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
+        setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
+                            checkpoint=checkpoint, options=run.get("options"))
     trained = (meta.get("model") or {}).get("args") or {}
     built = getattr(setup.model, "model_args", {})
     for key, what, consequence in (("num_classes", "classes", "its classifier would be untrained"),
@@ -120,7 +123,25 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         raise ValueError(f"{checkpoint} was trained on classes {trained_classes}; the {split} split of "
                          f"{data or run.get('data')} names class {index} {theirs!r}, not {ours!r}: its scores "
                          "would be counted against other classes")
+    for record in held:
+        logging.getLogger(record.name).handle(record)
     return setup
+
+
+@contextlib.contextmanager
+def _held_logs(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
+    """Keep ``logger``'s records back in the yielded list (the caller emits them once it has not refused)."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
 
 
 def load_images(paths: list[str | Path], size: int | None, channels: int) -> torch.Tensor | list[torch.Tensor]:
