@@ -127,6 +127,19 @@ def test_a_short_run_on_digits_writes_a_checkpoint_samples_and_a_finite_fid(tmp_
         reloaded.task.sample(model, 5, torch.Generator(), contextlib.nullcontext, top_k=5, label=3)
 
 
+def test_resume_with_a_step_budget_below_the_steps_done_is_refused_not_a_silent_no_op(tmp_path, tiny_domain_features):
+    """`train ... --max-steps 400 --resume` after a run of 600 steps trained nothing and said 'training for 400
+    steps'; the budget counts from the run's start, so it is refused naming the steps done."""
+    torch.manual_seed(0)
+    run_training("dcgan", "digits", config(tmp_path / "run", 4), 16, TINY)
+    with pytest.raises(ValueError, match=r"has trained 4 steps already and --max-steps 2 counts from the run's start"):
+        run_training("dcgan", "digits", config(tmp_path / "run", 2, resume=True), 16, TINY)
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 4
+    _, result = run_training("dcgan", "digits", config(tmp_path / "run", 4, resume=True), 16, TINY)  # at its end: fine
+    assert result.steps == 4
+
+
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, tiny_domain_features):
     torch.manual_seed(0)  # the same initial weights
     run_training("dcgan", "digits", config(tmp_path / "straight", 4), 16, TINY)

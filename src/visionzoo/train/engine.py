@@ -360,6 +360,12 @@ class Trainer:
         if self.total_steps is None or cfg.max_steps is not None or cfg.epochs is not None:
             # A resumed run keeps its planned length unless a step or epoch budget is given again.
             self.total_steps = self._plan_total_steps()
+            if cfg.resume and self.total_steps < self.step and (config.max_steps is not None or config.epochs is not None):
+                # The budget counts from the run's start: one below the steps done would train nothing, silently.
+                budget = (f"--max-steps {config.max_steps}" if config.max_steps is not None
+                          else f"--epochs {config.epochs:g} ({self.total_steps} steps)")
+                raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
+                                 f"from the run's start; give more than {self.step} steps to continue it")
         self.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 20)
         if self.dist.distributed:
             self.train_model = DistributedDataParallel(
