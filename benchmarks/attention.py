@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
+from arguments import positive_int
 from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
@@ -119,7 +120,7 @@ def default_path(build: Callable[[], Callable[[], None]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
     args = parser.parse_args()
     defaults = attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES

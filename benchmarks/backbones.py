@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
+from arguments import output_file, positive_int
 from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
 
@@ -136,13 +137,13 @@ def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("params", "logits", "speed", "all"), default="all")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bf16-batch", type=int, default=2,
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--bf16-batch", type=positive_int, default=2,
                         help="bf16 batch (small: on CPUs without AMX/AVX512-BF16 bf16 is emulated, ~100× slower)")
-    parser.add_argument("--bf16-repeats", type=int, default=1)
+    parser.add_argument("--bf16-repeats", type=positive_int, default=1)
     parser.add_argument("--one-thread", action="store_true", help="torch.set_num_threads(1)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)

@@ -43,6 +43,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
+from arguments import positive_float, positive_int
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
@@ -204,9 +205,9 @@ def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each detector (shapes)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--minutes", type=positive_float, default=8.0, help="training budget of each detector (shapes)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for job in args.job:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
+from arguments import output_file, positive_float, positive_int
 from timing import machine
 from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
@@ -341,7 +342,7 @@ def main() -> None:
     parser.add_argument("--model", required=True,
                         choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines",
                                  "codebook_stats"))
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per data set (and seed)")
+    parser.add_argument("--minutes", type=positive_float, default=5.0, help="training budget per data set (and seed)")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
@@ -351,12 +352,13 @@ def main() -> None:
                         help="VQGANs: the GAN loss weight (default: the model's registered one, else the task's 0.8)")
     parser.add_argument("--perceptual-weight", type=float,
                         help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
-    parser.add_argument("--seeds", type=int, default=3, help="image_gpt: trainings for the probe curve")
-    parser.add_argument("--batch-size", type=int, default=64, help="tokenizers: the training batch")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="image_gpt: trainings for the probe curve")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
     parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
-    parser.add_argument("--out", type=Path, help="the JSON result (default: results/generative_MODEL[_DATA].json)")
+    parser.add_argument("--out", type=output_file,
+                        help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA].json)")
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
                              "give another one for trials that must not replace them)")

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arguments import output_file, positive_int
 from timing import machine
 from visionzoo.data.shapes import CLASSES, Shapes
 from visionzoo.data.slides import ShapeSlides
@@ -239,8 +240,8 @@ def table(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "hipt_slides.json")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "hipt_slides.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,6 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from arguments import output_file, positive_int  # noqa: E402
 from timing import best_of  # noqa: E402
 from visionzoo.metrics import FeatureStatistics, MeanAveragePrecision, coco_evaluate, frechet_distance  # noqa: E402
 from visionzoo.metrics.coco import SUMMARY_NAMES  # noqa: E402
@@ -316,14 +317,14 @@ def row(what, size, reference, ref_ms, ours_ms, equal, diff, ref_repeats, ours_r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="best of this many runs (default 3)")
     parser.add_argument(
-        "--slow-repeats", type=int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"
+        "--slow-repeats", type=positive_int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 images / 20k dets, d=512, one repeat")
     parser.add_argument("--only", choices=["coco", "mean_ap", "frechet"], action="append")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
-    parser.add_argument("--out", default=None, help="default benchmarks/results/metrics[_one_thread].json")
+    parser.add_argument("--out", type=output_file, default=None, help="default benchmarks/results/metrics[_one_thread].json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv  # noqa: E402
 
+from arguments import output_file, positive_int  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo import ops  # noqa: E402
 
@@ -145,10 +146,10 @@ def run(repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere, CPU time")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ops.json")
+    parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "ops.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)

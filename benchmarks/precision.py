@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from arguments import at_least_two, output_file, positive_int
 from visionzoo.train import TrainConfig, fit
 from visionzoo.train.run import build_setup
 from visionzoo.utils import native_bf16
@@ -55,10 +56,10 @@ def measure(name: str, precision: str, steps: int, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="training steps per measurement (the first is not timed)")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=at_least_two, default=5, help="training steps per measurement (the first is not timed)")
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--only", action="append", choices=sorted(CONFIGS))
-    parser.add_argument("--out", default="benchmarks/results/precision.json")
+    parser.add_argument("--out", type=output_file, default="benchmarks/results/precision.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []

@@ -48,6 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from arguments import output_file, positive_int  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo.data import Shapes  # noqa: E402
 from visionzoo.detection import selective_search  # noqa: E402
@@ -110,17 +111,17 @@ def evaluate(method: str, samples: list, cap: int, top: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200, help="the first N Shapes val images")
-    parser.add_argument("--threads", type=int, default=1, help="threads for torch, OpenCV and BLAS")
-    parser.add_argument("--max-proposals", type=int, default=2000)
-    parser.add_argument("--top", type=int, default=100, help="MABO over the first TOP proposals too")
+    parser.add_argument("--images", type=positive_int, default=200, help="the first N Shapes val images")
+    parser.add_argument("--threads", type=positive_int, default=1, help="threads for torch, OpenCV and BLAS")
+    parser.add_argument("--max-proposals", type=positive_int, default=2000)
+    parser.add_argument("--top", type=positive_int, default=100, help="MABO over the first TOP proposals too")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(CHOICES)}")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "selective_search.json")
+    parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "selective_search.json")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(CHOICES))
     if unknown:
-        raise ValueError(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
+        parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     dataset = Shapes("val")
