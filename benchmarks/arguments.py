@@ -5,28 +5,11 @@ by a run of zero steps written out as a result."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from visionzoo.cli import positive_float, positive_int
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
-    return value
+__all__ = ["at_least_two", "output_file", "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:
