@@ -57,13 +57,15 @@ def test_nms_keeps_torchvision_indices(kind, n, path):
         assert torch.equal(nms(boxes, scores, thr), tv.nms(boxes, scores, thr)), (kind, n, thr)
 
 
-@pytest.mark.parametrize("thr", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("thr", [-0.1, 1.0, 1.5, math.inf])
 def test_nms_threshold_extremes(thr, path):
     gen = torch.Generator().manual_seed(7)
     boxes = uniform_boxes(300, gen)
     boxes[:5] = boxes[5]  # identical boxes: IoU exactly 1
     scores = torch.rand(300, generator=gen)
     assert torch.equal(nms(boxes, scores, thr), tv.nms(boxes, scores, thr))
+    idxs = torch.randint(0, 3, (300,), generator=gen)
+    assert torch.equal(batched_nms(boxes, scores, idxs, thr), tv.batched_nms(boxes, scores, idxs, thr))
 
 
 def test_nms_float64_and_integer_valued_coordinates(path):

@@ -165,7 +165,9 @@ class _Spatial:
         size_class = torch.where(act, ((log_area - area_min) / width).floor(), 0.0).clamp(min=0)
         n_classes = int(size_class.max()) + 1
         if iou_threshold > 0:
-            t = iou_threshold * (1.0 - 1e-5)  # a little below: float rounding of an IoU cannot escape
+            # A little below: float rounding of an IoU cannot escape. Any threshold above 1 admits no
+            # pair, as 2 does; capping it keeps (1 - t) / t finite for an infinite threshold.
+            t = min(iou_threshold, 2.0) * (1.0 - 1e-5)
             reach_x, reach_y = w * ((1.0 - t) / t), h * ((1.0 - t) / t)
             left_x, right_x = reach_x.clamp(max=max_w), torch.minimum(reach_x, w)
             left_y, right_y = reach_y.clamp(max=max_h), torch.minimum(reach_y, h)
@@ -371,7 +373,7 @@ def _category_tiles(boxes: _Boxes):
     max_w = float(widths.max()) if members.numel() else 0.0
     thr = boxes.iou_threshold
     if thr > 0:
-        t = thr * (1.0 - 1e-5)  # a little below: float rounding of an IoU cannot escape the range
+        t = min(thr, 2.0) * (1.0 - 1e-5)  # a little below (see _Spatial); capped: finite for thr = inf
         reach = widths * ((1.0 - t) / t) + 1e-6
         left, right = reach.clamp(max=max_w + 1e-6), torch.minimum(reach, widths + 1e-6)
     else:
