@@ -178,3 +178,16 @@ def test_resnet_rejects_wrong_stage_count():
 
     with pytest.raises(ValueError, match="4 stage depths"):
         ResNet(BasicBlock, (2, 2, 2))
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_wrong_channels_or_rank_raise_one_clear_error(features_only):
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=4, small_input=True, features_only=features_only).eval()
+    with pytest.raises(ValueError, match=r"takes 3-channel images, got 1 channels .*in_chans=1"):
+        model(torch.randn(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"Tensor\[B, C, H, W\], got a tensor of shape \(3, 16, 16\)"):
+        model(torch.randn(3, 16, 16))
+    gray = create_model("resnet18", num_classes=4, small_input=True, in_chans=1, features_only=features_only).eval()
+    out = gray(torch.randn(2, 1, 16, 16))
+    assert (out[-1] if features_only else out).shape[:2] == ((2, 512) if features_only else (2, 4))

@@ -179,7 +179,9 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input)."""
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input).
+        Other input ranks or channel counts raise ValueError."""
+        _check_images(x, self.conv1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = stage(x)
@@ -195,6 +197,17 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _check_images(x: Tensor, conv1: nn.Conv2d) -> None:
+    """Raise ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != conv1.in_channels:
+        raise ValueError(
+            f"the model takes {conv1.in_channels}-channel images, got {x.shape[1]} channels "
+            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
+        )
 
 
 class ResNetFeatures(nn.Module):
@@ -222,6 +235,7 @@ class ResNetFeatures(nn.Module):
         self.default_cfg: dict = {}
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        _check_images(x, self.conv1)
         x = self.relu(self.bn1(self.conv1(x)))
         maps = [x] if 0 in self.out_indices else []
         x = self.maxpool(x)
