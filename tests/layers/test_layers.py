@@ -10,6 +10,7 @@ from visionzoo.layers import (
     Mlp,
     PatchEmbed,
     drop_path_rates,
+    feature_take_indices,
     resample_abs_pos_embed,
     scaled_dot_product_attention,
     sincos_pos_embed_2d,
@@ -200,3 +201,12 @@ def test_group_norm_equals_torch_on_channels_last_inputs_and_gradients():
     (reference(b) * upstream).sum().backward()
     torch.testing.assert_close(a.grad, b.grad)
     torch.testing.assert_close(ours.weight.grad, torch.autograd.grad((reference(b) * upstream).sum(), reference.weight)[0])
+
+
+def test_feature_take_indices_follows_timm():
+    assert feature_take_indices(4, 2) == (2, 3)
+    assert feature_take_indices(4, (0, -1)) == (0, 3)
+    assert feature_take_indices(5, [-3, -2]) == (2, 3)
+    for bad in (0, 5, (), (2, 1), (4,), (-5,), (1, -3)):
+        with pytest.raises(ValueError, match="out_indices"):
+            feature_take_indices(4, bad)

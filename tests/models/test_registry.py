@@ -235,3 +235,12 @@ def test_cli_list_models(capsys):
     assert all("pretrained" in line for line in lines)
     assert main(["list-models", "nosuch*"]) != 0
     assert "no model matches 'nosuch*'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto", "swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize("out_indices", [2, (-1,), (0, -2)])
+def test_features_only_int_and_negative_out_indices_pick_timms_maps(name, out_indices):
+    ours = create_model(name, features_only=True, out_indices=out_indices)
+    reference = timm.create_model(name, features_only=True, out_indices=out_indices)
+    assert ours.feature_info.channels() == reference.feature_info.channels()
+    assert ours.feature_info.reduction() == reference.feature_info.reduction()

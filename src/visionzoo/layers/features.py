@@ -6,7 +6,7 @@ Detection necks (an FPN) read this to size their convolutions, as they read timm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -39,3 +39,20 @@ class FeatureInfo(list):
 
     def get_dicts(self) -> list[dict[str, Any]]:
         return [dict(info) for info in self]
+
+
+def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str = "stage") -> tuple[int, ...]:
+    """The indices (in 0..count-1, increasing) that ``out_indices`` names, by timm's rule: an int n
+    means the last n of the ``count`` maps; a sequence names maps, a negative index counting from
+    the end. Raises ``ValueError`` naming ``out_indices`` for anything else."""
+    if isinstance(out_indices, int):
+        if not 0 < out_indices <= count:
+            raise ValueError(f"out_indices={out_indices} must be in 1..{count} (the last n of {count} {unit}s)")
+        return tuple(range(count - out_indices, count))
+    indices = tuple(int(i) + count if int(i) < 0 else int(i) for i in out_indices)
+    if not indices or list(indices) != sorted(set(indices)) or not all(0 <= i < count for i in indices):
+        raise ValueError(
+            f"out_indices must be increasing {unit} indices in 0..{count - 1} (or from -{count}), "
+            f"got {tuple(out_indices)}"
+        )
+    return indices

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.drop import DropPath, drop_path_rates
-from visionzoo.layers.features import FeatureInfo
+from visionzoo.layers.features import FeatureInfo, feature_take_indices
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, register_model
@@ -270,16 +270,14 @@ class ConvNeXtFeatures(nn.Module):
     2, 4, 8, 16). Map ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` (floored) with
     ``r = feature_info.reduction(i)``, NCHW in shape and channels-last in memory. Modules keep the
     classifier's names; the stages after the last index and the head are left out, as timm does.
+    As in timm, an int n picks the last n stages and a negative index counts from the end.
     """
 
     features_only = True
 
-    def __init__(self, model: ConvNeXt, out_indices: Sequence[int] = (0, 1, 2, 3)):
+    def __init__(self, model: ConvNeXt, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
-        out_indices = tuple(int(i) for i in out_indices)
-        count = len(model.stages)
-        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(count)):
-            raise ValueError(f"out_indices must be increasing indices in 0..{count - 1}, got {out_indices}")
+        out_indices = feature_take_indices(len(model.stages), out_indices)
         self.out_indices = out_indices
         self.in_chans, self.stem_stride = model.in_chans, model.stem_stride
         self.stem = model.stem
@@ -346,7 +344,7 @@ _SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 def _create(
-    size: str, *, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs
+    size: str, *, features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3), **kwargs
 ) -> ConvNeXt | ConvNeXtFeatures:
     depths, dims = _SIZES[size]
     model = ConvNeXt(depths, dims, **kwargs)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers.features import FeatureInfo
+from visionzoo.layers.features import FeatureInfo, feature_take_indices
 from visionzoo.models._registry import Pretrained, register_model
 
 
@@ -217,15 +217,14 @@ class ResNetFeatures(nn.Module):
     ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map ``i`` is
     ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
     Modules keep the classifier's names; stages after the last index and the head are left out.
+    As in timm, an int n picks the last n maps and a negative index counts from the end.
     """
 
     features_only = True
 
-    def __init__(self, resnet: ResNet, out_indices: Sequence[int] = (1, 2, 3, 4)):
+    def __init__(self, resnet: ResNet, out_indices: int | Sequence[int] = (1, 2, 3, 4)):
         super().__init__()
-        out_indices = tuple(int(i) for i in out_indices)
-        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(5)):
-            raise ValueError(f"out_indices must be increasing indices in 0..4, got {out_indices}")
+        out_indices = feature_take_indices(len(resnet.feature_info), out_indices, "map")
         self.out_indices = out_indices
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.num_stages = max(out_indices)
@@ -252,7 +251,7 @@ def _create(
     num_classes: int = 1000,
     in_chans: int = 3,
     features_only: bool = False,
-    out_indices: Sequence[int] = (1, 2, 3, 4),
+    out_indices: int | Sequence[int] = (1, 2, 3, 4),
     zero_init_residual: bool = False,
     drop_rate: float = 0.0,
     small_input: bool = False,

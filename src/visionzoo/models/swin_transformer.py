@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed
 from visionzoo.layers.drop import drop_path_rates
+from visionzoo.layers.features import feature_take_indices
 from visionzoo.models._registry import Pretrained, register_model
 
 GLOBAL_POOLS = ("avg", "max", "")
@@ -603,16 +604,14 @@ class SwinTransformerFeatures(nn.Module):
     ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
     at each later stage: NCHW in shape (timm's features are NHWC), channels-last in memory, without
     the final norm (as timm's). The stages after the last index, the norm and the head are left out.
+    As in timm, an int n picks the last n stages and a negative index counts from the end.
     """
 
     features_only = True
 
-    def __init__(self, model: SwinTransformer, out_indices: Sequence[int] = (0, 1, 2, 3)):
+    def __init__(self, model: SwinTransformer, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
-        out_indices = tuple(int(i) for i in out_indices)
-        count = len(model.layers)
-        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not set(out_indices) <= set(range(count)):
-            raise ValueError(f"out_indices must be increasing indices in 0..{count - 1}, got {out_indices}")
+        out_indices = feature_take_indices(len(model.layers), out_indices)
         self.out_indices = out_indices
         self.patch_embed = model.patch_embed
         self.layers = nn.Sequential(*list(model.layers)[:max(out_indices) + 1])
@@ -715,7 +714,7 @@ _SIZES: dict[str, dict[str, Any]] = {
 
 
 def _create(
-    name: str, *, features_only: bool = False, out_indices: Sequence[int] | None = None, **kwargs: Any
+    name: str, *, features_only: bool = False, out_indices: int | Sequence[int] | None = None, **kwargs: Any
 ) -> SwinTransformer | SwinTransformerFeatures:
     """Build the size ``name``, with ``kwargs`` (any constructor argument) overriding its sizes;
     ``features_only``: its trunk returning the maps of ``out_indices`` (default: every stage)."""

@@ -41,25 +41,12 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers import Block, FeatureInfo, PatchEmbed, resample_abs_pos_embed
+from visionzoo.layers import Block, FeatureInfo, PatchEmbed, feature_take_indices, resample_abs_pos_embed
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import Pretrained, register_model
 
 GLOBAL_POOLS = ("token", "avg", "")
-
-
-def _take_indices(depth: int, out_indices: int | Sequence[int]) -> tuple[int, ...]:
-    """Block indices for ``out_indices``: an int n means the last n blocks (timm's rule); a sequence
-    names blocks (negative counts from the end). Raises ValueError for anything else."""
-    if isinstance(out_indices, int):
-        if not 0 < out_indices <= depth:
-            raise ValueError(f"out_indices={out_indices} must be in 1..{depth} (the last n of {depth} blocks)")
-        return tuple(range(depth - out_indices, depth))
-    indices = tuple(int(i) + depth if int(i) < 0 else int(i) for i in out_indices)
-    if not indices or list(indices) != sorted(set(indices)) or not all(0 <= i < depth for i in indices):
-        raise ValueError(f"out_indices must be increasing block indices in 0..{depth - 1}, got {tuple(out_indices)}")
-    return indices
 
 
 class VisionTransformer(nn.Module):
@@ -143,7 +130,7 @@ class VisionTransformer(nn.Module):
         ])
         reduction = self.patch_embed.patch_size[0]
         if features_only:
-            self.out_indices = _take_indices(depth, out_indices)
+            self.out_indices = feature_take_indices(depth, out_indices, "block")
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
             )
