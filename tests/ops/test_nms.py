@@ -151,6 +151,17 @@ def test_half_precision_boxes_are_computed_in_float32(dtype):
     assert torch.equal(nms(boxes, scores, 0.5), tv.nms(boxes.float(), scores, 0.5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [300, 1500])  # 300: coordinate-offset path; 1500: per-category path
+def test_batched_nms_half_precision_boxes_are_computed_in_float32(dtype, n):
+    # The category shift must not round a category's coordinates more coarsely than category 0's.
+    gen = torch.Generator().manual_seed(0)
+    boxes = clustered_boxes(n, gen).to(dtype)
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 5, (n,), generator=gen)
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes.float(), scores, idxs, 0.5))
+
+
 @pytest.mark.parametrize("n", [200, 3000])  # 200: coordinate-offset path; 3000: per-category path
 def test_batched_nms_keeps_torchvision_indices(n, path):
     gen = torch.Generator().manual_seed(n)

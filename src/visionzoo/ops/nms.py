@@ -520,7 +520,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """Greedy NMS within each category; the indices torchvision.ops.batched_nms keeps.
 
     Args:
-        boxes: Tensor[N, 4] xyxy, float. scores: Tensor[N]. idxs: Tensor[N] integer category of each box.
+        boxes: Tensor[N, 4] xyxy, float (float16/bfloat16 are computed in float32, as for :func:`nms`).
+        scores: Tensor[N]. idxs: Tensor[N] integer category of each box.
         iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box of its category is > this.
 
     Returns:
@@ -536,6 +537,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= BATCHED_NMS_OFFSET_LIMIT:
+        # Shifted in float32, not half: in float16/bfloat16 the shift would round each category's
+        # coordinates to a coarser grid the larger its id (bfloat16: whole pixels from 128 on).
+        boxes = boxes.to(_work_dtype(boxes)) if boxes.is_floating_point() else boxes
         offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
         return nms(boxes + offsets[:, None], scores, iou_threshold)
     table = _Boxes(boxes, scores, float(iou_threshold), idxs)
