@@ -2,6 +2,7 @@
 official facebookresearch layout), logits in training and inference (the chunked block path), feature
 maps, the small configs, stochastic depth and layer scale, bad inputs and the classifier."""
 
+import copy
 import re
 
 import pytest
@@ -401,3 +402,23 @@ def test_reset_classifier():
         assert isinstance(model.get_classifier(), torch.nn.Identity) and model.num_classes == 0
         torch.testing.assert_close(model(x), pooled)
     assert model.num_features == 320
+
+
+@pytest.mark.parametrize("global_pool", ["avg", "max", ""])
+def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(timm_atto, global_pool):
+    reference, path = timm_atto
+    ours = create_model("convnext_atto", checkpoint=path).eval()
+    timm_model = copy.deepcopy(reference)
+    ours.reset_classifier(0, global_pool)
+    timm_model.reset_classifier(0, global_pool)
+    built = create_model("convnext_atto", checkpoint=path, num_classes=0, global_pool=global_pool).eval()
+    x = images(2, 3, 64, 96, seed=28)
+    with torch.no_grad():
+        expected = timm_model(x)
+        torch.testing.assert_close(ours(x), expected)
+        torch.testing.assert_close(built(x), expected)
+    with pytest.raises(ValueError, match="global_pool"):
+        ours.reset_classifier(0, "avgmax")
+    if global_pool == "":
+        with pytest.raises(ValueError, match="num_classes=0"):
+            ours.reset_classifier(5)

@@ -191,3 +191,25 @@ def test_wrong_channels_or_rank_raise_one_clear_error(features_only):
     gray = create_model("resnet18", num_classes=4, small_input=True, in_chans=1, features_only=features_only).eval()
     out = gray(torch.randn(2, 1, 16, 16))
     assert (out[-1] if features_only else out).shape[:2] == ((2, 512) if features_only else (2, 4))
+
+
+@pytest.mark.parametrize("global_pool", ["avg", "max", ""])
+def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(global_pool):
+    torch.manual_seed(8)
+    reference = randomize_batch_norm(timm.create_model("resnet18"), 8).eval()
+    ours = create_model("resnet18").eval()
+    ours.load_state_dict(reference.state_dict())
+    built = create_model("resnet18", num_classes=0, global_pool=global_pool).eval()
+    built.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
+    ours.reset_classifier(0, global_pool)
+    reference.reset_classifier(0, global_pool)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(ours(x), expected)
+        torch.testing.assert_close(built(x), expected)
+    with pytest.raises(ValueError, match="global_pool"):
+        ours.reset_classifier(0, "avgmax")
+    if global_pool == "":
+        with pytest.raises(ValueError, match="num_classes=0"):
+            ours.reset_classifier(5)

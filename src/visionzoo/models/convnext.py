@@ -132,21 +132,39 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
+GLOBAL_POOLS = ("avg", "max", "")
+
+
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+
+
 class ConvNeXtHead(nn.Module):
-    """Global average pool, LayerNorm, dropout, linear: ``Tensor[B, C, H, W] -> Tensor[B, num_classes]``.
+    """Global pool, LayerNorm, dropout, linear: ``Tensor[B, C, H, W] -> Tensor[B, num_classes]``.
 
     timm's ``NormMlpClassifierHead`` without its optional hidden layer (same keys: ``norm``, ``fc``).
-    ``pre_logits=True`` returns the normalised pooled ``Tensor[B, C]``.
+    ``pre_logits=True`` returns the normalised pooled ``Tensor[B, C]``. ``global_pool`` is "avg",
+    "max" or "" (no pooling, for a headless model: each position of the map is normalised and the
+    map ``Tensor[B, C, H, W]`` returned, as timm does).
     """
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, global_pool: str = "avg"):
         super().__init__()
+        _check_global_pool(global_pool, num_classes)
+        self.global_pool = global_pool
         self.norm = nn.LayerNorm(in_features, eps=1e-6)
         self.drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.norm(x.mean(dim=(2, 3))))
+        if self.global_pool == "":
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            x = self.norm(x.mean(dim=(2, 3)) if self.global_pool == "avg" else x.amax(dim=(2, 3)))
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
@@ -186,6 +204,7 @@ class ConvNeXt(nn.Module):
         drop_rate: dropout before ``head.fc``.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks.
         head_init_scale: scale of the initial classifier weights (timm's option).
+        global_pool: "avg", "max", or "" (no pooling, with ``num_classes=0``), as timm's.
 
     Any input of at least ``stem_stride · 2**(stages - 1)`` pixels a side is taken (sizes that are no
     multiple of a stride are floored, as timm does); other inputs raise ``ValueError``.
@@ -204,6 +223,7 @@ class ConvNeXt(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_init_scale: float = 1.0,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if len(depths) != len(dims) or not depths:
@@ -222,7 +242,7 @@ class ConvNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.feature_info = FeatureInfo(infos)
         self.num_features = in_chs
-        self.head = ConvNeXtHead(in_chs, num_classes, drop_rate)
+        self.head = ConvNeXtHead(in_chs, num_classes, drop_rate, global_pool)
         self.default_cfg: dict = {}
         self.apply(_init_weights)
         if isinstance(self.head.fc, nn.Linear):
@@ -233,8 +253,12 @@ class ConvNeXt(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity),
+        optionally with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``)."""
+        _check_global_pool(self.head.global_pool if global_pool is None else global_pool, num_classes)
+        if global_pool is not None:
+            self.head.global_pool = global_pool
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.fc.apply(_init_weights)

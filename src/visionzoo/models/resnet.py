@@ -100,6 +100,16 @@ def _make_stage(block: Block, in_chs: int, planes: int, depth: int, stride: int)
     return nn.Sequential(*blocks)
 
 
+GLOBAL_POOLS = ("avg", "max", "")
+
+
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+
+
 class ResNet(nn.Module):
     """ResNet classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
 
@@ -113,6 +123,8 @@ class ResNet(nn.Module):
         drop_rate: dropout before ``fc``.
         small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
             stride is then 8 instead of 32. Module names (and so checkpoint keys) stay the same.
+        global_pool: "avg" (torchvision's), "max", or "" (no pooling, with ``num_classes=0``:
+            ``forward`` gives the feature map), as timm's.
     """
 
     def __init__(
@@ -124,10 +136,13 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         drop_rate: float = 0.0,
         small_input: bool = False,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
+        _check_global_pool(global_pool, num_classes)
+        self.global_pool = global_pool
         self.drop_rate = drop_rate
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
@@ -173,8 +188,12 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
+        with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``), as timm's."""
+        _check_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
+        if global_pool is not None:
+            self.global_pool = global_pool
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -189,8 +208,11 @@ class ResNet(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled
-        ``Tensor[B, num_features]``."""
-        x = torch.flatten(self.avgpool(x), 1)
+        ``Tensor[B, num_features]`` (with ``global_pool=""`` the map itself)."""
+        if self.global_pool == "avg":
+            x = torch.flatten(self.avgpool(x), 1)
+        elif self.global_pool == "max":
+            x = x.amax(dim=(2, 3))
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -255,9 +277,10 @@ def _create(
     zero_init_residual: bool = False,
     drop_rate: float = 0.0,
     small_input: bool = False,
+    global_pool: str = "avg",
 ) -> ResNet | ResNetFeatures:
     block, layers = _SIZES[name]
-    model = ResNet(block, layers, num_classes, in_chans, zero_init_residual, drop_rate, small_input)
+    model = ResNet(block, layers, num_classes, in_chans, zero_init_residual, drop_rate, small_input, global_pool)
     return ResNetFeatures(model, out_indices) if features_only else model
 
 
