@@ -9,6 +9,7 @@ from visionzoo.layers import (
     DropPath,
     Mlp,
     PatchEmbed,
+    drop_path,
     drop_path_rates,
     feature_take_indices,
     resample_abs_pos_embed,
@@ -210,3 +211,11 @@ def test_feature_take_indices_follows_timm():
     for bad in (0, 5, (), (2, 1), (4,), (-5,), (1, -3)):
         with pytest.raises(ValueError, match="out_indices"):
             feature_take_indices(4, bad)
+
+
+def test_drop_path_of_probability_one_zeroes_the_branch_like_timm():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5)
+    out = drop_path(x, 1.0, training=True)
+    assert torch.equal(out, torch.zeros_like(x))
+    assert torch.equal(out, timm.layers.drop_path(x, 1.0, training=True))

@@ -8,12 +8,13 @@ from torch import Tensor, nn
 
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
     """Zero the whole residual branch ``x`` (Tensor[B, ...]) for a random ``drop_prob`` of the samples
-    and scale the survivors by ``1 / (1 - drop_prob)``, so the expectation is unchanged."""
+    and scale the survivors by ``1 / (1 - drop_prob)``, so the expectation is unchanged. With
+    ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0."""
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
+    return x * mask.div_(keep) if keep > 0.0 else x * mask
 
 
 class DropPath(nn.Module):
