@@ -443,3 +443,14 @@ def test_bad_arguments_raise_value_error():
     model = small_hipt()
     with pytest.raises(ValueError, match="tile_batch_size"):
         model.encode_tiles(images(1, 3, 64, 64), tile_batch_size=-1)
+
+
+@pytest.mark.parametrize("tile_size", [0, 40])
+def test_a_tile_size_that_is_no_multiple_of_the_patch_is_refused_by_name(tile_size):
+    with pytest.raises(ValueError, match=f"tile_size must be a positive multiple of ViT-256's 16-pixel patch, got {tile_size}"):
+        create_model("hipt_4k", tile_size=tile_size)
+
+
+def test_encode_tiles_refuses_a_tile_batch_size_of_zero():
+    with pytest.raises(ValueError, match="tile_batch_size must be >= 1, got 0"):
+        small_hipt().encode_tiles(images(1, 3, 64, 64), tile_batch_size=0)

@@ -277,6 +277,9 @@ class HIPT4K(nn.Module):
         self.pad_value = pad_value
         self.freeze_vit256 = freeze_vit256
         self.model256 = ViT256(num_classes=0, in_chans=in_chans)
+        patch = self.model256.patch_embed.patch_size[0]
+        if tile_size < patch or tile_size % patch:
+            raise ValueError(f"tile_size must be a positive multiple of ViT-256's {patch}-pixel patch, got {tile_size}")
         self.model4k = ViT4K(num_classes, in_dim=self.model256.num_features, drop_rate=drop_rate,
                              attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         self.num_classes = num_classes
@@ -310,7 +313,7 @@ class HIPT4K(nn.Module):
             raise ValueError(
                 f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape {tuple(x.shape)}"
             )
-        step = tile_batch_size or self.tile_batch_size
+        step = self.tile_batch_size if tile_batch_size is None else tile_batch_size
         if step < 1:
             raise ValueError(f"tile_batch_size must be >= 1, got {step}")
         tiles, (gh, gw) = tile_view(x, self.tile_size, self.remainder, self.pad_value)
