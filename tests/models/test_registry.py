@@ -244,3 +244,21 @@ def test_features_only_int_and_negative_out_indices_pick_timms_maps(name, out_in
     reference = timm.create_model(name, features_only=True, out_indices=out_indices)
     assert ours.feature_info.channels() == reference.feature_info.channels()
     assert ours.feature_info.reduction() == reference.feature_info.reduction()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_classes=2.5), "num_classes must be an integer >= 0, got 2.5"),
+    (dict(num_classes="10"), "num_classes must be an integer >= 0, got '10'"),
+    (dict(in_chans=0), "in_chans must be an integer >= 1, got 0"),
+])
+def test_bad_num_classes_or_in_chans_is_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("resnet18", **kwargs)
+
+
+def test_integer_like_num_classes_is_taken_as_an_int():
+    import numpy as np
+
+    model = create_model("resnet18", num_classes=np.int64(3), in_chans=np.int32(1))
+    assert model.num_classes == 3 and model.model_args == {"num_classes": 3, "in_chans": 1}
+    assert type(model.model_args["num_classes"]) is int

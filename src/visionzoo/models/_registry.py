@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -186,9 +187,9 @@ def create_model(
 
     args = dict(kwargs)
     if num_classes is not None:
-        args["num_classes"] = num_classes
+        args["num_classes"] = _whole_number(num_classes, "num_classes", 0)
     if in_chans is not None:
-        args["in_chans"] = in_chans
+        args["in_chans"] = _whole_number(in_chans, "in_chans", 1)
     try:
         model = entry.builder(**args)
     except TypeError as error:
@@ -202,6 +203,17 @@ def create_model(
     if state is not None:
         _load_state(model, entry, state, foreign, source)
     return model
+
+
+def _whole_number(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int (numpy integers too) of at least ``minimum``; else ValueError naming ``name``."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path, ema: bool = False) -> None:
