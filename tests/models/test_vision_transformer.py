@@ -369,3 +369,16 @@ def test_small_deit_pair_differs_only_by_the_distillation_token_and_head():
     extra = set(distilled.state_dict()) - set(plain.state_dict())
     assert extra == {"dist_token", "head_dist.weight", "head_dist.bias"}
     assert count(distilled) - count(plain) == 192 + 192 + 192 * 10 + 10  # token, table row, head
+
+
+def test_a_vit_file_into_a_distilled_deit_or_back_is_refused_naming_file_and_keys(timm_tiny, timm_deit_distilled):
+    from visionzoo.checkpoint import CheckpointError
+
+    _, vit_path = timm_tiny
+    _, deit_path = timm_deit_distilled
+    with pytest.raises(CheckpointError, match=rf"{vit_path} does not fit model deit_tiny_distilled_patch16_224: "
+                                              r"3 missing keys: dist_token, head_dist.bias, head_dist.weight"):
+        create_model("deit_tiny_distilled_patch16_224", checkpoint=vit_path)
+    with pytest.raises(CheckpointError, match=rf"{deit_path} does not fit model vit_tiny_patch16_224: .*"
+                                              r"pos_embed \(1, 198, 192\) vs model \(1, 197, 192\)"):
+        create_model("vit_tiny_patch16_224", checkpoint=deit_path)

@@ -346,7 +346,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
     The key names are the same; what changes: a position table made for another grid is resampled
     (bicubic, antialiased, prefix rows kept) to the model's ``patch_embed.grid_size`` as timm's own
     filter does; the ``pre_logits`` layer of old timm checkpoints (unused by their heads) is
-    dropped; DeiT III's ``gamma_1``/``gamma_2`` become ``ls1.gamma``/``ls2.gamma``.
+    dropped; DeiT III's ``gamma_1``/``gamma_2`` become ``ls1.gamma``/``ls2.gamma``. A table whose rows
+    after the model's prefix rows are no square grid (a file of a model with other prefix tokens: a
+    ViT's into a distilled DeiT, or back) is kept as it is, for the strict load to report with the
+    keys that differ.
     """
     out = {}
     for key, value in state_dict.items():
@@ -355,14 +358,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
         if key == "pos_embed" and value.shape != model.pos_embed.shape:
             grid_tokens = value.shape[1] - model.num_prefix_tokens
             side = math.isqrt(max(grid_tokens, 0))
-            if grid_tokens <= 0 or side * side != grid_tokens:
-                raise ValueError(
-                    f"checkpoint pos_embed {tuple(value.shape)}: {grid_tokens} grid rows after "
-                    f"{model.num_prefix_tokens} prefix rows is not a square grid"
+            if grid_tokens > 0 and side * side == grid_tokens:
+                value = resample_abs_pos_embed(
+                    value, model.patch_embed.grid_size, (side, side), num_prefix_tokens=model.num_prefix_tokens
                 )
-            value = resample_abs_pos_embed(
-                value, model.patch_embed.grid_size, (side, side), num_prefix_tokens=model.num_prefix_tokens
-            )
         elif ".gamma_" in key:
             block, _, index = key.rpartition(".gamma_")
             key = f"{block}.ls{index}.gamma"
