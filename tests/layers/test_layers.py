@@ -219,3 +219,11 @@ def test_drop_path_of_probability_one_zeroes_the_branch_like_timm():
     out = drop_path(x, 1.0, training=True)
     assert torch.equal(out, torch.zeros_like(x))
     assert torch.equal(out, timm.layers.drop_path(x, 1.0, training=True))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch4_32", "convnext_atto", "swin_tiny_patch2_window4_32"])
+def test_a_drop_path_rate_outside_0_1_is_refused_by_name(name):
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.5"):
+        create_model(name, drop_path_rate=1.5)

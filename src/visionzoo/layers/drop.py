@@ -35,7 +35,10 @@ class DropPath(nn.Module):
 
 def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
     """Per-block stochastic-depth rates rising linearly from 0 to ``drop_path_rate`` over all blocks,
-    split into stages of ``depths`` blocks (the schedule of DeiT, Swin and ConvNeXt)."""
+    split into stages of ``depths`` blocks (the schedule of DeiT, Swin and ConvNeXt).
+    ``drop_path_rate`` must be in [0, 1)."""
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     # on the CPU even under `with torch.device("meta")`: the rates are Python floats, not model state
     rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
     stages, start = [], 0
