@@ -262,3 +262,13 @@ def test_integer_like_num_classes_is_taken_as_an_int():
     model = create_model("resnet18", num_classes=np.int64(3), in_chans=np.int32(1))
     assert model.num_classes == 3 and model.model_args == {"num_classes": 3, "in_chans": 1}
     assert type(model.model_args["num_classes"]) is int
+
+
+def test_list_models_takes_timms_pretrained_filter_list_and_exclude_filters():
+    assert list_models("resnet*", pretrained=True) == RESNETS
+    with_weights = list_models(pretrained=True)
+    assert "vit_tiny_patch4_32" in list_models() and "vit_tiny_patch4_32" not in with_weights
+    assert all(get_model_entry(name).pretrained is not None for name in with_weights)
+    assert list_models(["resnet1*", "resnet3*"]) == ["resnet101", "resnet18", "resnet34"]
+    assert list_models("resnet*", exclude_filters=["*1*"]) == ["resnet34", "resnet50"]
+    assert list_models("resnet*", exclude_filters="resnet5?") == ["resnet101", "resnet18", "resnet34"]

@@ -13,7 +13,7 @@ import fnmatch
 import logging
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,11 +117,24 @@ def register_model(
     return decorator(fn) if fn is not None else decorator
 
 
-def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
-    """Registered names matching the glob ``pattern`` (and ``task`` if given), sorted."""
+def list_models(
+    pattern: str | Sequence[str] = "*",
+    task: str | None = None,
+    *,
+    pretrained: bool = False,
+    exclude_filters: str | Sequence[str] = (),
+) -> list[str]:
+    """Registered names matching the glob ``pattern`` (or any of several, as timm's ``filter``) and
+    ``task`` if given, sorted. As in timm, ``pretrained=True`` keeps the names with official weights
+    and ``exclude_filters`` (globs) removes names."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    excluded = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
     return sorted(
         name for name, entry in _MODELS.items()
-        if fnmatch.fnmatch(name, pattern) and (task is None or entry.task == task)
+        if any(fnmatch.fnmatch(name, p) for p in patterns)
+        and not any(fnmatch.fnmatch(name, p) for p in excluded)
+        and (task is None or entry.task == task)
+        and (not pretrained or entry.pretrained is not None)
     )
 
 
