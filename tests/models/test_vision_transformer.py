@@ -166,6 +166,25 @@ def test_global_average_pool_equals_timm():
         torch.testing.assert_close(ours.forward_head(tokens, pre_logits=True), expected)
 
 
+@pytest.mark.parametrize("global_pool", ["max", "avgmax"])
+def test_max_and_avgmax_pools_equal_timm_built_and_reset(global_pool):
+    torch.manual_seed(11)
+    reference = TimmVisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3,
+                                      global_pool=global_pool, num_classes=5).eval()
+    ours = VisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3,
+                             global_pool=global_pool, num_classes=5).eval()
+    assert isinstance(ours.norm, torch.nn.Identity) and isinstance(ours.fc_norm, torch.nn.LayerNorm)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 32, 32, seed=12)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        ours.reset_classifier(0, "token")
+        reference.reset_classifier(0, "token")
+        ours.reset_classifier(0, global_pool)
+        reference.reset_classifier(0, global_pool)
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
 def test_no_class_token_and_no_pooling_equal_timm():
     torch.manual_seed(10)
     sizes = dict(SMALL_CONFIGS["vit_tiny_patch4_32"], depth=2)
@@ -258,7 +277,7 @@ def test_bad_inputs_raise_one_clear_error_each():
     with pytest.raises(ValueError, match="vit_tiny_patch4_32"):
         create_model("vit_tiny_patch4_23")
     with pytest.raises(ValueError, match="global_pool"):
-        create_model("vit_tiny_patch4_32", global_pool="max")
+        create_model("vit_tiny_patch4_32", global_pool="map")
 
 
 def test_init_follows_timm():

@@ -46,7 +46,8 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import Pretrained, register_model
 
-GLOBAL_POOLS = ("token", "avg", "")
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "")
+PATCH_POOLS = ("avg", "max", "avgmax")  # reductions over the patch tokens, followed by fc_norm by default
 
 
 class VisionTransformer(nn.Module):
@@ -57,8 +58,9 @@ class VisionTransformer(nn.Module):
         patch_size: the side of a patch (the stride of the patch-embedding conv).
         in_chans: input channels.
         num_classes: classifier outputs; 0 makes ``head`` an identity.
-        global_pool: "token" (the class token), "avg" (mean of the patch tokens) or "" (no pooling:
-            the head applies to every token, ``Tensor[B, T, num_classes]``).
+        global_pool: "token" (the class token), "avg", "max" or "avgmax" (mean, maximum, or the mean of
+            the two, over the patch tokens, as timm's) or "" (no pooling: the head applies to every
+            token, ``Tensor[B, T, num_classes]``).
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the transformer's sizes.
         class_token: prepend a learned class token (needed by ``global_pool="token"``).
         init_values: LayerScale's initial value on both residual branches (None: no LayerScale).
@@ -68,7 +70,7 @@ class VisionTransformer(nn.Module):
         dynamic_img_size: accept any input whose sides are multiples of the patch size, resampling
             the position table at each forward (timm's option of the same name).
         fc_norm: put the final LayerNorm after the pooling (``fc_norm``) instead of before it
-            (``norm``); None: only for ``global_pool="avg"`` (timm's default).
+            (``norm``); None: only for ``global_pool`` "avg", "max" or "avgmax" (timm's default).
         features_only: return feature maps instead of logits: ``forward`` gives a list of
             ``Tensor[B, embed_dim, H/p, W/p]`` (the outputs of the blocks ``out_indices``, prefix tokens
             removed, no final norm; timm's ``features_only``), ``feature_info`` describes them, and
@@ -110,7 +112,7 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' needs the class token (class_token=True)")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
-        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.embed_dim = embed_dim
@@ -247,8 +249,13 @@ class VisionTransformer(nn.Module):
         """``Tensor[B, T, D] -> Tensor[B, D]`` by ``global_pool`` (``""``: unchanged)."""
         if self.global_pool == "token":
             return x[:, 0]
+        patches = x[:, self.num_prefix_tokens:]
         if self.global_pool == "avg":
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
+            return patches.mean(dim=1)
+        if self.global_pool == "max":
+            return patches.amax(dim=1)
+        if self.global_pool == "avgmax":
+            return 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
