@@ -227,3 +227,19 @@ def test_a_drop_path_rate_outside_0_1_is_refused_by_name(name):
 
     with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.5"):
         create_model(name, drop_path_rate=1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fused kernels; written out (17 keys)
+def test_a_boolean_mask_keeps_torchs_meaning(dtype, native_bf16_cpu):
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 17, 16, dtype=dtype) for _ in range(3))
+    mask = torch.rand(17, 17) > 0.5
+    mask[:, 0] = True  # every query keeps a key
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask).float(), expected, **tol)
+    attention = Attention(32, num_heads=2).eval()
+    x = torch.randn(1, 17, 32)
+    additive = torch.zeros(17, 17).masked_fill(~mask, float("-inf"))
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x, attn_bias=mask), attention(x, attn_bias=additive))

@@ -36,13 +36,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Ten
                                  is_causal: bool = False, dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
     """``softmax(q·kᵀ·scale + attn_bias) · v``: q Tensor[..., N, D], k and v Tensor[..., M, D] → Tensor[..., N, D].
 
-    ``attn_bias`` is additive and broadcasts to Tensor[..., N, M]; ``is_causal`` masks key j > query i
-    (top-left aligned, as ``F.scaled_dot_product_attention``); ``scale`` defaults to ``D ** -0.5``.
+    ``attn_bias`` is additive (float) or a boolean mask (True: the key takes part, False: -inf, the
+    convention of ``F.scaled_dot_product_attention``), and broadcasts to Tensor[..., N, M];
+    ``is_causal`` masks key j > query i (top-left aligned, as ``F.scaled_dot_product_attention``);
+    ``scale`` defaults to ``D ** -0.5``.
 
     ``F.scaled_dot_product_attention``, except for short sequences on a bf16-native CPU with bf16/fp16 inputs
     (:func:`writes_out`): there the product is written out as timm's non-fused path is under autocast
     (matmuls in the inputs' dtype, the softmax in float32). fp32 always takes the fused kernels.
     """
+    if attn_bias is not None and attn_bias.dtype == torch.bool:
+        attn_bias = torch.zeros(attn_bias.shape, device=attn_bias.device).masked_fill_(~attn_bias, float("-inf"))
     if not writes_out(q, k):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
@@ -102,7 +106,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """``x``: Tensor[B, N, dim]. ``attn_bias``: optional additive bias on the attention logits,
-        broadcastable to Tensor[B, num_heads, N, N] (relative position bias, a shifted-window mask).
+        broadcastable to Tensor[B, num_heads, N, N] (relative position bias, a shifted-window mask), or
+        a boolean mask (True: attend) as :func:`scaled_dot_product_attention` takes it.
         ``is_causal``: token i attends to tokens <= i only (a decoder); not together with ``attn_bias``."""
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
