@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import timm
+import timm.data
 import torch
 import torchvision
 from torch import nn
@@ -272,3 +273,15 @@ def test_list_models_takes_timms_pretrained_filter_list_and_exclude_filters():
     assert list_models(["resnet1*", "resnet3*"]) == ["resnet101", "resnet18", "resnet34"]
     assert list_models("resnet*", exclude_filters=["*1*"]) == ["resnet34", "resnet50"]
     assert list_models("resnet*", exclude_filters="resnet5?") == ["resnet101", "resnet18", "resnet34"]
+
+
+@pytest.mark.parametrize("name, size, mean", [
+    ("vit_tiny_patch4_32", (3, 32, 32), (0.5, 0.5, 0.5)),
+    ("resnet18", (3, 224, 224), (0.485, 0.456, 0.406)),
+])
+def test_timms_data_config_reads_our_cfg(name, size, mean):
+    model = create_model(name)
+    config = timm.data.resolve_model_data_config(model)
+    assert config["input_size"] == size and config["mean"] == mean
+    assert config["interpolation"] == model.default_cfg["interpolation"]
+    assert config["crop_pct"] == model.default_cfg["crop_pct"]

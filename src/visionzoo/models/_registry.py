@@ -171,7 +171,8 @@ def create_model(
             recorded in our checkpoints.
 
     Returns the model (in train mode, as built), with ``model_name``, ``model_args`` (what rebuilds
-    it) and ``default_cfg``. Weights that do not fit raise :class:`CheckpointError` naming the keys.
+    it) and ``default_cfg`` (also as ``pretrained_cfg``, timm's name for it). Weights that do not fit
+    raise :class:`CheckpointError` naming the keys.
     """
     entry = get_model_entry(name)
     if pretrained and checkpoint is not None:
@@ -213,6 +214,7 @@ def create_model(
     model.model_name = name
     model.model_args = args
     model.default_cfg = _default_cfg(entry)
+    model.pretrained_cfg = model.default_cfg  # the name timm 0.9+ reads (timm.data.resolve_model_data_config)
     if state is not None:
         _load_state(model, entry, state, foreign, source)
     return model
