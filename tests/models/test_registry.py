@@ -285,3 +285,31 @@ def test_timms_data_config_reads_our_cfg(name, size, mean):
     assert config["input_size"] == size and config["mean"] == mean
     assert config["interpolation"] == model.default_cfg["interpolation"]
     assert config["crop_pct"] == model.default_cfg["crop_pct"]
+
+
+@pytest.mark.parametrize("name", ["convnext_atto_32", "swin_tiny_patch2_window4_32", "vit_tiny_patch4_32", "resnet18"])
+def test_own_checkpoint_loads_into_a_feature_extractor_without_the_late_stages(tmp_path, name, caplog):
+    torch.manual_seed(5)
+    model = create_model(name, num_classes=10)
+    path = tmp_path / f"{name}.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    meta={"model": {"name": name, "args": model.model_args}})
+    full = create_model(name, checkpoint=path, features_only=True, out_indices=(0, 1, 2)).eval()
+    with caplog.at_level(logging.INFO, logger="visionzoo.models._registry"):
+        early = create_model(name, checkpoint=path, features_only=True, out_indices=(0, 1)).eval()
+    assert "the feature extractor has no" in caplog.text
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for ours, reference in zip(early(x), full(x)[:2], strict=True):
+            torch.testing.assert_close(ours, reference)
+
+
+
+def test_a_stray_key_in_a_kept_module_of_a_feature_extractor_is_still_refused(tmp_path):
+    model = create_model("convnext_atto_32", num_classes=10)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["model.stem.0.bogus"] = torch.zeros(1)
+    path = tmp_path / "stray.safetensors"
+    save_checkpoint(path, tensors, meta={"model": {"name": "convnext_atto_32", "args": model.model_args}})
+    with pytest.raises(CheckpointError, match=r"1 unexpected keys: stem\.0\.bogus"):
+        create_model("convnext_atto_32", checkpoint=path, features_only=True, out_indices=(0, 1))

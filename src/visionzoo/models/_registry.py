@@ -289,8 +289,17 @@ def _load_state(
     load_state_dict_strict(model, state, source)
 
 
-def _top(key: str) -> str:
-    return key.split(".", 1)[0]
+def _absent_module(key: str, model: nn.Module) -> str | None:
+    """The shortest module path of ``key`` that ``model`` lacks (``head``, ``stages.3``), or None when
+    the module that would hold the weight exists (a wrong key there is for the strict load to report)."""
+    parts = key.split(".")[:-1]
+    for depth in range(1, len(parts) + 1):
+        path = ".".join(parts[:depth])
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            return path
+    return None
 
 
 def adapt_state_dict(
@@ -308,11 +317,12 @@ def adapt_state_dict(
     own = model.state_dict()
     state = dict(state)
     if getattr(model, "features_only", False):
-        present = {_top(k) for k in own}
-        absent = sorted({_top(k) for k in state} - present)
+        absent = {k: _absent_module(k, model) for k in state if k not in own}
+        absent = {k: module for k, module in absent.items() if module is not None}
         if absent:
-            log.info("%s: the feature extractor has no %s; dropping their weights", source, ", ".join(absent))
-            state = {k: v for k, v in state.items() if _top(k) in present}
+            log.info("%s: the feature extractor has no %s; dropping their weights",
+                     source, ", ".join(sorted(set(absent.values()))))
+            state = {k: v for k, v in state.items() if k not in absent}
     if entry is None:
         return state
     for head in entry.classifier:
