@@ -229,3 +229,15 @@ def test_soft_nms_bad_input():
     flipped[1] = flipped[1, [2, 1, 0, 3]]  # x2 < x1: no overlap with anything, score untouched
     keep, new_scores = soft_nms(flipped, SOFT_SCORES)
     assert keep.tolist()[:2] == [0, 1] and float(new_scores[1]) == 0.8
+
+
+@pytest.mark.parametrize("n", [40, 2500])
+def test_boxes_and_scores_that_require_grad_are_taken(n, path):
+    gen = torch.Generator().manual_seed(n)
+    boxes = detection_boxes(n, gen)
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 3, (n,), generator=gen)
+    expected = tv.nms(boxes, scores, 0.5)
+    assert torch.equal(nms(boxes.clone().requires_grad_(), scores.clone().requires_grad_(), 0.5), expected)
+    assert torch.equal(batched_nms(boxes.clone().requires_grad_(), scores, idxs, 0.5),
+                       tv.batched_nms(boxes, scores, idxs, 0.5))

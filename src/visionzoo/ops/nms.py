@@ -500,7 +500,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is > this.
 
     Returns:
-        Tensor[K] int64: indices of the kept boxes, by decreasing score.
+        Tensor[K] int64: indices of the kept boxes, by decreasing score. Boxes and scores may require
+        gradients (a detector's outputs); the indices carry none.
 
     Bad input: N = 0 gives an empty result. NaN scores, or NaN/inf box coordinates, raise ValueError;
     +-inf scores are ordinary (largest/smallest). A box with ``x2 <= x1`` or ``y2 <= y1`` has zero
@@ -509,6 +510,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     non-zero union counts as overlapping, as in torchvision.
     """
     _check_inputs(boxes, scores, "nms")
+    boxes, scores = boxes.detach(), scores.detach()  # indices carry no gradient; the IoU buffers take none
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     table = _Boxes(boxes, scores, float(iou_threshold), None)
@@ -534,6 +536,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_inputs(boxes, scores, "batched_nms")
     if idxs.shape != scores.shape:
         raise ValueError(f"batched_nms: idxs must be Tensor[N] like scores, got shape {tuple(idxs.shape)}")
+    boxes, scores = boxes.detach(), scores.detach()
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= BATCHED_NMS_OFFSET_LIMIT:
