@@ -157,3 +157,20 @@ def test_encode_is_the_forward_lookup_and_leaves_the_codebook_in_training_mode()
     assert torch.equal(quantizer.codebook, before) and torch.equal(quantizer.ema_count, torch.ones(32))
     assert torch.equal(indices, quantizer.eval()(z)[1])
     assert torch.equal(quantizer.encode(z.flatten(2).transpose(1, 2)), indices.flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("code_dim", [None, 4])
+def test_a_quantiser_cast_as_a_whole_runs_in_its_dtype(dtype, code_dim):
+    torch.manual_seed(0)
+    reference = VectorQuantizer(16, 8, code_dim=code_dim).eval()
+    quantiser = VectorQuantizer(16, 8, code_dim=code_dim).to(dtype).eval()
+    quantiser.load_state_dict(reference.state_dict())
+    z = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        out, indices, _, _ = quantiser(z.to(dtype))
+        assert out.dtype == dtype and out.shape == z.shape
+        if dtype == torch.float64:  # the codes float32 picks
+            assert torch.equal(indices, reference(z)[1])
+        out, _, loss, _ = quantiser.train()(z.to(dtype))  # the EMA update in that dtype too
+    assert out.dtype == dtype and torch.isfinite(loss)

@@ -113,15 +113,16 @@ class VectorQuantizer(nn.Module):
         return self._nearest(flat)[1].reshape(grid)
 
     def _flatten(self, z: Tensor) -> tuple[Tensor, torch.Size]:
-        """The lookup vectors Tensor[M, code_dim] (float32, projected, unit with ``l2_normalize``) of ``z``
-        and its grid (``z``'s shape without the channels)."""
+        """The lookup vectors Tensor[M, code_dim] (in the codebook's dtype, projected, unit with
+        ``l2_normalize``) of ``z`` and its grid (``z``'s shape without the channels)."""
         if z.dim() not in (3, 4) or z.shape[1 if z.dim() == 4 else 2] != self.dim:
             raise ValueError(f"VectorQuantizer({self.num_codes}, dim={self.dim}) takes Tensor[B, {self.dim}, H, W] "
                              f"or Tensor[B, N, {self.dim}], got {tuple(z.shape)}")
         vectors = z.permute(0, 2, 3, 1) if z.dim() == 4 else z
-        # The lookup and the codebook's moving averages run in float32, also under bf16 autocast.
+        # The lookup and the codebook's moving averages run in the codebook's dtype (float32, also under
+        # bf16 autocast; that of a quantiser cast as a whole with .to(dtype)).
         with torch.autocast(z.device.type, enabled=False):
-            flat = self.project_in(vectors.reshape(-1, self.dim).float())
+            flat = self.project_in(vectors.reshape(-1, self.dim).to(self.codebook.dtype))
         if self.l2_normalize:
             flat = F.normalize(flat, dim=1)
         return flat, vectors.shape[:-1]
