@@ -395,3 +395,20 @@ def test_a_checkpoint_for_smaller_windows_is_interpolated(timm_small):
                                reference.state_dict()[table].view(7, 7, 3)[3, 3])
     with torch.no_grad():
         assert torch.isfinite(model.eval()(images(1, 3, 48, 48))).all()
+
+
+def test_a_model_cast_to_bfloat16_runs_with_and_without_autograd():
+    torch.manual_seed(0)
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=3).eval()
+    reference = create_model("swin_tiny_patch2_window4_32", num_classes=3).eval()
+    reference.load_state_dict(model.state_dict())
+    model.to(torch.bfloat16)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+        inference = model(x.bfloat16())
+    trained = model(x.bfloat16())  # autograd on: the written-out attention with the shift mask
+    trained.float().sum().backward()
+    assert trained.dtype == torch.bfloat16 and model.head.fc.weight.grad is not None
+    torch.testing.assert_close(trained.float(), inference.float(), atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(trained.float(), expected, atol=0.15, rtol=0.1)

@@ -217,7 +217,9 @@ class WindowAttention(Attention):
                 attn = (attn.view(-1, groups, self.num_heads, tokens, tokens) + attn_bias).view(-1, self.num_heads,
                                                                                                 tokens, tokens)
             attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
-            out = attn @ v
+            # a float32 bias (the shift mask) promotes the logits of a model cast to bf16 as a whole;
+            # the product is in v's dtype, as autocast casts it
+            out = attn.to(v.dtype) @ v
         else:
             if attn_bias is not None:
                 attn_bias = attn_bias.to(q.dtype)
