@@ -1,5 +1,6 @@
 """The training engine: exact resume after SIGKILL, torchrun with 2 processes, schedules, run folders."""
 
+import json
 import random
 import socket
 import subprocess
@@ -201,3 +202,41 @@ def test_budgets_and_periods_out_of_range_are_refused_before_the_run(tmp_path, s
     with pytest.raises(ValueError, match=message):
         fit(ClassificationTask(Blobs.classes), model, Blobs(32, 0), Blobs(16, 1), config)
     assert not (tmp_path / "run").exists()
+
+
+def _blobs_fit(run: Path, **settings):
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", **settings)
+    return fit(ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
+
+
+def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path):
+    """`--resume --minutes N` after a finished time-budget run trained nothing: it kept the first run's planned
+    steps (all done) and counted the first run's seconds against the new budget."""
+    run = tmp_path / "run"
+    first = _blobs_fit(run, minutes=0.02)
+    resumed = _blobs_fit(run, minutes=0.02, resume=True)
+    session = resumed.train_seconds - first.train_seconds
+    assert resumed.steps > first.steps + 16, "the resumed session trained (almost) nothing"
+    assert 0.02 * 60 * 0.5 <= session <= 0.02 * 60 * 1.25
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == resumed.steps and meta["total_steps"] >= resumed.steps
+
+
+def test_a_longer_resumed_plan_keeps_the_runs_warmup(tmp_path):
+    """The warmup was re-derived from the new plan's length (a twentieth of it), so extending a 10-step run to
+    400 steps put it back into a warmup of 20 steps: its learning rate fell to 11/20 of the peak at step 11."""
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=10, lr=1e-3)
+    _blobs_fit(run, max_steps=400, lr=1e-3, resume=True)
+    lrs = {record["step"]: record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert lrs[1] == pytest.approx(1e-3)  # the first run's warmup of 1 step
+    assert lrs[11] == pytest.approx(1e-3 * lr_factor(10, 400, 1, 0.01), rel=1e-6)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["warmup_steps"] == 1 and meta["total_steps"] == 400

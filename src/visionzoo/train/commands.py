@@ -72,12 +72,16 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=positive_int,
                         help="image side in pixels (default: a generative model's registered size, else the data set's)")
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint (--max-steps and --epochs count from the "
+                             "run's start, --minutes from now)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only one that a run wrote)")
     budget = parser.add_argument_group("budget (the first reached ends the run)")
-    budget.add_argument("--max-steps", type=positive_int)
-    budget.add_argument("--epochs", type=positive_float)
-    budget.add_argument("--minutes", type=positive_float, help="training time budget")
+    budget.add_argument("--max-steps", type=positive_int, help="steps from the run's start, also with --resume")
+    budget.add_argument("--epochs", type=positive_float, help="epochs from the run's start, also with --resume")
+    budget.add_argument("--minutes", type=positive_float,
+                        help="training time of this invocation: with --resume, minutes more (the cosine schedule is "
+                             "re-sized to the steps done plus those they buy, as a larger --max-steps re-sizes it)")
     optim = parser.add_argument_group("optimisation (defaults: the model's registered ones, else the task's)")
     optim.add_argument("--batch-size", type=positive_int, help="per process, as in timm")
     optim.add_argument("--lr", type=positive_float)

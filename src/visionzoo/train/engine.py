@@ -354,19 +354,27 @@ class Trainer:
         self.train_seconds = 0.0
         self.total_steps: int | None = None
         self.train_model: nn.Module = self.model
-        self.warmup_steps = 1
+        self.warmup_steps = 1  # for the timing steps of a time budget
+        self.resumed_warmup_steps: int | None = None
         if cfg.resume:
             self._load()
-        if self.total_steps is None or cfg.max_steps is not None or cfg.epochs is not None:
-            # A resumed run keeps its planned length unless a step or epoch budget is given again.
-            self.total_steps = self._plan_total_steps()
-            if cfg.resume and self.total_steps < self.step and (config.max_steps is not None or config.epochs is not None):
-                # The budget counts from the run's start: one below the steps done would train nothing, silently.
-                budget = (f"--max-steps {config.max_steps}" if config.max_steps is not None
-                          else f"--epochs {config.epochs:g} ({self.total_steps} steps)")
-                raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
-                                 f"from the run's start; give more than {self.step} steps to continue it")
-        self.warmup_steps = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, self.total_steps // 20)
+        # --minutes is this session's time: on resume it counts from here, not from the run's start.
+        self.session_start_seconds = self.train_seconds
+        # The schedule's length follows this session's budget: the steps (or epochs) counted from the run's start,
+        # or the steps done plus those that --minutes buys.
+        self.total_steps = self._plan_total_steps()
+        if cfg.resume and self.total_steps < self.step and (config.max_steps is not None or config.epochs is not None):
+            # The budget counts from the run's start: one below the steps done would train nothing, silently.
+            budget = (f"--max-steps {config.max_steps}" if config.max_steps is not None
+                      else f"--epochs {config.epochs:g} ({self.total_steps} steps)")
+            raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
+                             f"from the run's start; give more than {self.step} steps to continue it")
+        if cfg.warmup_steps is not None:
+            self.warmup_steps = cfg.warmup_steps
+        elif self.resumed_warmup_steps is not None:  # a run keeps its warmup: a longer plan does not re-enter it
+            self.warmup_steps = self.resumed_warmup_steps
+        else:
+            self.warmup_steps = max(1, self.total_steps // 20)
         if self.dist.distributed:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None,
@@ -383,8 +391,9 @@ class Trainer:
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
         steps = max(1, int(cfg.minutes * 60 / seconds))
-        log.info("time budget %.1f min at %.3f s/step: planning %d steps", cfg.minutes, seconds, steps)
-        return steps
+        log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
+                 f" after the {self.step} done" if self.step else "")
+        return self.step + steps
 
     def _seconds_per_step(self, repeats: int = 3) -> float:
         saved_model = copy.deepcopy(self.model.state_dict())
@@ -411,7 +420,7 @@ class Trainer:
         cfg = self.config
         if cfg.minutes is None or cfg.max_steps is not None or cfg.epochs is not None or steps_timed < 5:
             return
-        remaining = max(0.0, cfg.minutes * 60 - self.train_seconds)
+        remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
         planned = torch.tensor(self.step + int(remaining / (seconds / steps_timed)), device=self.dist.device)
         if self.dist.distributed:
             torch.distributed.broadcast(planned, src=0)
@@ -422,7 +431,8 @@ class Trainer:
         """Whether the time budget is spent; rank 0's clock decides for every process."""
         if self.config.minutes is None:
             return False
-        spent = torch.tensor(float(self.train_seconds >= self.config.minutes * 60), device=self.dist.device)
+        spent = self.train_seconds - self.session_start_seconds >= self.config.minutes * 60
+        spent = torch.tensor(float(spent), device=self.dist.device)
         if self.dist.distributed:
             torch.distributed.broadcast(spent, src=0)
         return bool(spent.item())
@@ -553,6 +563,7 @@ class Trainer:
             "task": {"name": self.task.name, **self.task.checkpoint_meta()},
             "step": self.step,
             "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
             "train_seconds": self.train_seconds,
             "optimizers": optim_meta,
             "config": asdict(self.config),
@@ -583,6 +594,8 @@ class Trainer:
             optimizer.load_state_dict(_optimizer_state(name, tensors, meta["optimizers"][name]))
         self.step = meta["step"]
         self.total_steps = meta["total_steps"]
+        # Checkpoints written before the warmup was recorded: the default one of their plan.
+        self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
         self.train_seconds = meta["train_seconds"]
         log.info("resumed %s at step %d of %d", path, self.step, self.total_steps)
 
