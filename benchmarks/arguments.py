@@ -5,24 +5,52 @@ by a run of zero steps written out as a result."""
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from visionzoo.cli import positive_float, positive_int
 
-__all__ = ["at_least_two", "output_file", "positive_float", "positive_int"]
+__all__ = ["at_least_two", "existing_results", "output_file", "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:
-    """A file to write the result into: not a folder, not inside a file (a missing folder is created)."""
+    """A .json file to write the result into: not a folder, not inside a file, in a folder this process can write
+    (a missing folder is created), and not an existing file it cannot write."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give the .json file to write")
+    if path.suffix.lower() != ".json":
+        raise argparse.ArgumentTypeError(f"{text}: the results are JSON; give a file name ending in .json")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+    try:  # a real write, not os.access: that says yes to root on a read-only mount
+        if path.exists():
+            open(path, "r+b").close()
+        else:
+            tempfile.TemporaryFile(dir=parent).close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {error.strerror or error}") from None
     return path
+
+
+def existing_results(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` that a script adds its sections to ({} where there is none); a file that holds
+    something else is refused (argparse's one line, exit status 2) rather than read with a traceback or replaced."""
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        parser.error(f"--out {path} is not a JSON results file ({error}); give another --out or move it away")
+    if not isinstance(results, dict):
+        parser.error(f"--out {path} holds a JSON {type(results).__name__}, not the object of sections this script "
+                     "adds to; give another --out or move it away")
+    return results
 
 
 def at_least_two(text: str) -> int:

@@ -123,11 +123,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
     args = parser.parse_args()
+    cases = {name: case for name, case in CASES.items() if not args.only or any(part in name for part in args.only)}
+    if not cases:  # would write a results file of no rows
+        parser.error(f"--only {' '.join(args.only)} matches no case; the cases: {', '.join(CASES)}")
     defaults = attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES
     rows = []
-    for name, (build, keys) in CASES.items():
-        if args.only and not any(part in name for part in args.only):
-            continue
+    for name, (build, keys) in cases.items():
         fused = written = float("inf")
         for _ in range(2):  # alternate, so that a slow spell of the machine hits both
             fused = min(fused, time_case(build, False, args.repeats))

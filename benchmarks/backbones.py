@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from arguments import output_file, positive_int
+from arguments import existing_results, output_file, positive_int
 from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
 
@@ -147,7 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = existing_results(parser, args.out)
     if args.part in ("params", "all"):
         results["params"] = parameter_counts()
     if args.part in ("logits", "all"):

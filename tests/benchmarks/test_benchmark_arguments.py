@@ -3,7 +3,9 @@ line and exit status 2, before any work: not a run of zero steps written out as 
 (IsADirectoryError) after minutes of measuring."""
 
 import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ WORK = {
     "detection": ("conformance", "shapes", "proposal_detector"),
     "hipt_slides": ("ShapeSlides",),
     "fid": ("run",),
+    "attention": ("time_case", "default_path"),
 }
 
 
@@ -74,3 +77,61 @@ def test_an_output_path_that_is_a_folder_or_inside_a_file_is_one_line_before_any
     (tmp_path / "file").write_text("x")
     error = refused(monkeypatch, capsys, name, [*argv, "--out", str(tmp_path / "file" / "result.json")])
     assert "is a file, not a folder" in error, error
+
+
+def test_an_only_pattern_that_matches_no_case_is_one_line_before_any_work(monkeypatch, capsys):
+    """attention.py --only vit_tinny measured nothing and wrote a results file of no rows over the README's."""
+    error = refused(monkeypatch, capsys, "attention", ["--only", "vit_tinny", "--only", "nothing"])
+    assert "--only vit_tinny nothing matches no case" in error and "vit_tiny" in error, error
+
+
+OUTPUT_SCRIPTS = [
+    ("generative", ["--model", "vqvae", "--minutes", "1"]),
+    ("precision", []),
+    ("backbones", ["--part", "params"]),
+    ("hipt_slides", []),
+]
+
+
+@pytest.mark.parametrize("name, argv", OUTPUT_SCRIPTS)
+def test_an_output_path_not_named_json_is_one_line_before_any_work(monkeypatch, capsys, tmp_path, name, argv):
+    """backbones.py --out README.md wrote its JSON over the file (and --out notes.txt holding text was a
+    JSONDecodeError traceback)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    error = refused(monkeypatch, capsys, name, [*argv, "--out", str(notes)])
+    assert str(notes) in error and "ending in .json" in error, error
+    assert notes.read_text() == "my notes"
+
+
+def unwritable_folder(tmp_path):
+    """A folder this process cannot create files in: a read-only one, or /sys for root (who may write anywhere
+    else)."""
+    folder = Path("/sys") if os.geteuid() == 0 else tmp_path / "read-only"
+    if folder != Path("/sys"):
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return folder
+    pytest.skip(f"{folder} is writable here")
+
+
+@pytest.mark.parametrize("name, argv", OUTPUT_SCRIPTS)
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(monkeypatch, capsys, tmp_path, name, argv):
+    """It was a PermissionError traceback after the whole measurement."""
+    target = unwritable_folder(tmp_path) / "result.json"
+    error = refused(monkeypatch, capsys, name, [*argv, "--out", str(target)])
+    assert f"{target} cannot be written" in error, error
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]"])
+def test_backbones_refuses_an_existing_out_that_is_not_its_results_and_keeps_it(monkeypatch, capsys, tmp_path, content):
+    """backbones.py adds its section to --out's JSON object: a file holding anything else was a traceback
+    (JSONDecodeError, or TypeError for a list) after the work."""
+    out = tmp_path / "other.json"
+    out.write_text(content)
+    error = refused(monkeypatch, capsys, "backbones", ["--part", "params", "--out", str(out)])
+    assert f"--out {out}" in error and "give another --out" in error, error
+    assert out.read_text() == content
