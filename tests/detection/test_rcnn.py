@@ -1,5 +1,8 @@
 """R-CNN, Fast R-CNN and the sliding window: warping, sampling, the torchvision API, bad input; proposal caching."""
 
+import os
+import stat
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -179,6 +182,17 @@ def test_cached_proposals_are_computed_once_then_read(tmp_path):
     other = cached_proposals(data, propose, {"method": "other"}, tmp_path, workers=1, progress=False)
     assert len(calls) == 6 and other[0].tolist() != first[0].tolist()  # other settings, another file
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_the_proposal_cache_gets_the_mode_open_gives_under_the_umask(tmp_path):
+    """It was written 0o600 (safetensors' mode): a cache, not a secret, unreadable to the group whatever the umask."""
+    previous = os.umask(0o022)
+    try:
+        cached_proposals(Shapes("val", length=2), sliding_window_boxes, {"m": 1}, tmp_path, workers=1, progress=False)
+    finally:
+        os.umask(previous)
+    (path,) = tmp_path.iterdir()
+    assert path.suffix == ".safetensors" and stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_proposals_run_in_worker_processes_in_the_data_set_order(tmp_path):

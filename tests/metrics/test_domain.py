@@ -1,5 +1,8 @@
 """Domain features: the classifier learns its data, is cached once, and serves `visionzoo fid --features domain`."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +73,20 @@ def test_domain_features_train_once_then_load_from_the_cache(tmp_path, monkeypat
         domain_features("cifar", 32)
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         domain_features("digits", 16, checkpoint=tmp_path / "nowhere.safetensors")
+
+
+def test_the_cached_domain_network_gets_the_mode_open_gives_under_the_umask(tmp_path, monkeypatch):
+    """It was written 0o600 (safetensors' mode), unreadable to the group of a shared cache whatever the umask."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+    monkeypatch.setattr(domain, "train_domain_classifier",
+                        lambda data, size, chans: train_domain_classifier(data, size, chans, steps=2))
+    previous = os.umask(0o022)
+    try:
+        domain_features("digits", 16)
+    finally:
+        os.umask(previous)
+    (path,) = (tmp_path / "domain").iterdir()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def write_folder(folder, seed, count=6, size=20):

@@ -3,7 +3,9 @@
 import dataclasses
 import hashlib
 import http.server
+import os
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -119,6 +121,19 @@ def test_full_digest_is_accepted(mirror, monkeypatch, tmp_path):
     path = download_pretrained(entry)
     assert path == tmp_path / "cache" / "resnet18-f37072fd.pth"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_downloaded_weights_get_the_mode_open_gives_under_the_umask(mirror, monkeypatch, tmp_path):
+    """They were written 0o600 (mkstemp's mode): a cache shared by a group, or read by another user's job, could
+    not be read although the umask allowed it."""
+    _, _, digest, _ = mirror
+    entry = with_weights(monkeypatch, "resnet18", sha256=digest)
+    previous = os.umask(0o022)
+    try:
+        path = download_pretrained(entry)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_hash_mismatch_is_refused_and_deleted(mirror, tmp_path):

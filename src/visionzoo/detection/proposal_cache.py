@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from visionzoo.checkpoint import atomic_write
+
 log = logging.getLogger(__name__)
 
 Propose = Callable[[Tensor], Tensor]
@@ -113,10 +115,9 @@ def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any
             log.warning("ignoring unreadable proposal cache %s (%s)", path, error)
     log.info("computing proposals for %d images of %s (%s)", len(dataset), name, settings_text)
     proposals = compute_proposals(dataset, propose, workers, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file(join_boxes(proposals), str(partial), metadata={"settings": settings_text, "dataset": name})
-    os.replace(partial, path)
+    # A cache, not a secret: the file gets the umask's mode (atomic_write), not safetensors' 0o600.
+    atomic_write(path, lambda tmp: save_file(join_boxes(proposals), tmp, metadata={"settings": settings_text,
+                                                                                   "dataset": name}))
     return proposals
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.checkpoint import atomic_write
+
 log = logging.getLogger(__name__)
 
 DOMAIN_DATA = ("digits", "shapes")
@@ -236,10 +238,8 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
         log.info("training the %s domain classifier at %d px (once; cached in %s)", data, image_size, path)
         model, accuracy = train_domain_classifier(data, image_size, in_chans)
         log.info("%s domain classifier: val accuracy %.4f", data, accuracy)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        save_file(model.state_dict(), temporary, metadata={"val_accuracy": f"{accuracy:.6f}"})
-        temporary.replace(path)
+        # A cache, not a secret: the file gets the umask's mode (atomic_write), not safetensors' 0o600.
+        atomic_write(path, lambda tmp: save_file(model.state_dict(), tmp, metadata={"val_accuracy": f"{accuracy:.6f}"}))
     for param in model.parameters():
         param.requires_grad_(False)
     return model.eval()

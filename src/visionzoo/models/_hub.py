@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from visionzoo.checkpoint import atomic_write
 from visionzoo.models._registry import ModelEntry, Pretrained
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,10 @@ def download_pretrained(entry: ModelEntry) -> Path:
 def download(url: str, target: Path, sha256: str | None = None, headers: dict[str, str] | None = None,
              timeout: float = 60.0) -> Path:
     """Fetch ``url`` into ``target`` atomically, checking its sha256 (full digest or prefix) if given."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", url, target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
+
+    def fetch_and_check(tmp: str) -> None:
+        with open(tmp, "wb") as out:
             digest = _fetch(url, out, headers or {}, timeout)
         if sha256 is not None and not digest.startswith(sha256.lower()):
             raise DownloadError(
@@ -111,11 +110,10 @@ def download(url: str, target: Path, sha256: str | None = None, headers: dict[st
             )
         if sha256 is None:
             log.info("%s: no known hash to check; sha256 %s", url, digest)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    # Weights are a cache, not a secret: the file gets the umask's mode, not mkstemp's 0o600; a failed or
+    # mismatched download leaves no file behind.
+    atomic_write(target, fetch_and_check)
     return target
 
 
