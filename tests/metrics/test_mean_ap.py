@@ -75,12 +75,32 @@ def test_equals_torchmetrics_faster_coco_eval(seed, kwargs, make_coco):
     gt, dets = make_coco(seed, ties=seed % 2 == 0, n_images=30, degenerate=seed == 0)
     preds, targets = per_image_tensors(gt, dets, kwargs.get("box_format", "xyxy"), seed)
     ours, ref = run_both(preds, targets, **kwargs)
+    assert_same_results(ours, ref)
+    assert ours["map"] > 0.05
+
+
+def assert_same_results(ours, ref):
+    """The same keys, and for each the same shape, dtype and values."""
     assert set(ours) == set(ref)
     for key in ref:
-        np.testing.assert_array_equal(
-            ours[key].numpy().reshape(-1), ref[key].numpy().reshape(-1), err_msg=key
-        )
-    assert ours["map"] > 0.05
+        assert (ours[key].shape, ours[key].dtype) == (ref[key].shape, ref[key].dtype), key
+        np.testing.assert_array_equal(ours[key].numpy(), ref[key].numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("class_metrics", [False, True])
+@pytest.mark.parametrize("average", ["macro", "micro"])
+@pytest.mark.parametrize("labels", [[], [3], [1, 1], [1, 2]], ids=["no-image", "one-class", "one-class-twice",
+                                                                     "two-classes"])
+def test_per_class_results_have_torchmetrics_shapes(class_metrics, average, labels):
+    """map_per_class and mar_100_per_class were float32[1] where torchmetrics gives 0-d tensors (it squeezes every
+    one-element result: one class, or -1 without class_metrics), and classes int32[1] for one class."""
+    boxes = torch.tensor([[0.0, 0, 10, 10]] * len(labels)) + 20 * torch.arange(len(labels))[:, None]
+    preds = [{"boxes": boxes, "scores": torch.linspace(0.9, 0.5, len(labels)), "labels": torch.tensor(labels)}]
+    targets = [{"boxes": boxes, "labels": torch.tensor(labels)}]
+    if not labels:
+        preds = targets = []
+    ours, ref = run_both(preds, targets, class_metrics=class_metrics, average=average)
+    assert_same_results(ours, ref)
 
 
 def test_reset_and_empty_inputs():
@@ -94,7 +114,7 @@ def test_reset_and_empty_inputs():
     target = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}
     metric.update([empty], [target])
     out = metric.compute()
-    assert out["map"] == 0 and out["mar_100"] == 0 and out["classes"].tolist() == [1]
+    assert out["map"] == 0 and out["mar_100"] == 0 and out["classes"].shape == () and out["classes"].item() == 1
     metric.update(
         [
             {

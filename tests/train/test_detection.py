@@ -184,3 +184,14 @@ def test_predict_refuses_a_coco_json_that_is_a_folder_before_predicting(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"visionzoo predict: error: --coco-json {folder} is a folder; give the path of a .json file"]
     assert not out.exists()
+
+
+def test_evaluate_names_the_ap_of_a_single_class_data_set(monkeypatch):
+    """MeanAveragePrecision gives map_per_class and classes 0-d for one class (as torchmetrics); the per-class loop
+    zipped them as lists and failed ('zip argument #1 must support iteration')."""
+    task = DetectionTask(["circle"])
+    box = torch.tensor([[2.0, 2.0, 12.0, 12.0]])
+    detections = [{"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    monkeypatch.setattr(task, "detect_all", lambda *args: (detections, [{"boxes": box, "labels": torch.tensor([1])}]))
+    metrics = task.evaluate(None, None, 1, contextlib.nullcontext)
+    assert metrics["ap/circle"] == pytest.approx(1.0) and metrics["map"] == pytest.approx(1.0)

@@ -69,7 +69,10 @@ class MeanAveragePrecision:
     ``compute() -> dict[str, Tensor]``: float32 scalars ``map, map_50, map_75, map_small, map_medium,
     map_large, mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large`` (the mar names follow
     ``max_detection_thresholds``; -1 where undefined), ``classes`` int32[C] (sorted labels seen) and,
-    with ``class_metrics``, ``map_per_class`` / ``mar_100_per_class`` float32[C], else float32 [-1].
+    with ``class_metrics``, ``map_per_class`` / ``mar_100_per_class`` float32[C], else -1. As torchmetrics
+    squeezes every one-element result, these three are 0-d tensors where C is 1 (and the per-class ones
+    where ``class_metrics`` is off): read them with ``.reshape(-1)``. Before any image, as torchmetrics,
+    there are no per-class entries and ``classes`` is int32[0].
     """
 
     def __init__(
@@ -256,10 +259,12 @@ class MeanAveragePrecision:
                 per_class_ap = self._per_class(arrays, gt, classes, ap=True)
                 per_class_ar = self._per_class(arrays, gt, classes, ap=False)
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in zip(names, values)}
-        out["map_per_class"] = torch.tensor(per_class_ap, dtype=torch.float32)
-        out[f"mar_{md[2]}_per_class"] = torch.tensor(per_class_ar, dtype=torch.float32)
+        if self._pred_rest:  # torchmetrics leaves them out before any image
+            out["map_per_class"] = torch.tensor(per_class_ap, dtype=torch.float32)
+            out[f"mar_{md[2]}_per_class"] = torch.tensor(per_class_ar, dtype=torch.float32)
         out["classes"] = torch.tensor(classes, dtype=torch.int32)
-        return out
+        # torchmetrics' Metric.compute squeezes every one-element tensor to 0-d; the same keys, shapes, dtypes.
+        return {name: value.reshape(()) if value.numel() == 1 else value for name, value in out.items()}
 
     def precision_recall(self, iou_threshold: float = 0.5) -> dict[str, Tensor]:
         """Per-class precision–recall curves at one IoU threshold over every image seen (COCO's arrays).

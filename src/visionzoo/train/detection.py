@@ -169,7 +169,8 @@ class DetectionTask(Task):
         result = metric.compute()
         metrics = {name: float(result[name]) for name in ("map", "map_50", "map_75", "map_small", "map_medium",
                                                           "map_large", "mar_100")}
-        for label, ap in zip(result["classes"].tolist(), result["map_per_class"].tolist()):
+        # 0-d for a single class, as torchmetrics gives them
+        for label, ap in zip(result["classes"].reshape(-1).tolist(), result["map_per_class"].reshape(-1).tolist()):
             if 1 <= label <= len(self.classes):
                 metrics[f"ap/{self.classes[label - 1]}"] = float(ap)
         return metrics
