@@ -115,7 +115,30 @@ def test_initial_checkpoint_takes_a_torchvision_style_pth(tmp_path):
     source = create_model("resnet18", num_classes=10)
     path = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), path)
-    assert saved_model_args(path, "resnet18") == {}
+    assert saved_model_args(None, path, "resnet18") == {}
     model = create_model("resnet18", num_classes=3)
     load_initial_weights(model, path)
     assert torch.equal(model.conv1.weight, source.conv1.weight)
+
+
+def test_an_initial_checkpoint_pth_is_read_once(tmp_path, monkeypatch):
+    """A .pth given as --initial-checkpoint was unpickled twice: whole by read_metadata, only to tell a foreign
+    state dict from a damaged file, then again for its weights."""
+    import visionzoo.checkpoint
+    from visionzoo.models import create_model
+    from visionzoo.train.classification import build_classifier
+
+    source = create_model("resnet18", num_classes=10)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    loads = []
+    real_load = torch.load
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(visionzoo.checkpoint.torch, "load", counted)
+    model = build_classifier("resnet18", 3, 3, {}, initial_checkpoint=path)
+    assert loads == [path]
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3

@@ -241,20 +241,21 @@ def build_classifier(model_name: str, num_classes: int, in_chans: int, model_arg
     if checkpoint is not None or initial_checkpoint is None:
         return create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, in_chans=in_chans,
                             **model_args)
+    from visionzoo.checkpoint import read_checkpoint
+
+    # Read once for both the model's arguments and its weights: a .pth has no header to read apart.
+    loaded = read_checkpoint(initial_checkpoint)
     model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
-                         **{**saved_model_args(initial_checkpoint, model_name), **model_args})
-    load_initial_weights(model, initial_checkpoint)
+                         **{**saved_model_args(loaded[1], initial_checkpoint, model_name), **model_args})
+    load_initial_weights(model, initial_checkpoint, loaded)
     return model
 
 
-def saved_model_args(path: str | Path, model_name: str) -> dict[str, Any]:
-    """The model arguments recorded in our checkpoint ``path`` (without its class and channel counts);
-    ``{}`` for a foreign file. A checkpoint of another model raises ``ValueError``."""
-    from visionzoo.checkpoint import read_metadata
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    saved = (read_metadata(path) or {}).get("model") or {}
+def saved_model_args(meta: Mapping[str, Any] | None, path: str | Path, model_name: str) -> dict[str, Any]:
+    """The model arguments recorded in ``meta``, the metadata of our checkpoint ``path`` (as
+    :func:`~visionzoo.checkpoint.read_checkpoint` returns it), without its class and channel counts; ``{}`` for
+    a foreign file (``meta`` None). A checkpoint of another model raises ``ValueError``."""
+    saved = (meta or {}).get("model") or {}
     if saved.get("name") not in (None, model_name):
         raise ValueError(f"checkpoint {path} is for model {saved['name']!r}, not {model_name!r}")
     args = dict(saved.get("args") or {})
@@ -263,11 +264,13 @@ def saved_model_args(path: str | Path, model_name: str) -> dict[str, Any]:
     return args
 
 
-def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+def load_initial_weights(model: nn.Module, path: str | Path,
+                         loaded: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None) -> None:
     """Start ``model`` (a registered classifier) from the weights in ``path``, except its head.
 
     ``path`` is one of our checkpoints (a classifier's, or a masked-patch pretraining's encoder) or a
-    timm/torchvision file of the same model. The head keeps its fresh initialisation.
+    timm/torchvision file of the same model; ``loaded`` is what ``read_checkpoint(path)`` returned, if the
+    caller has read it already. The head keeps its fresh initialisation.
     """
     from visionzoo.checkpoint import model_state, read_checkpoint
     from visionzoo.models import get_model_entry
@@ -275,7 +278,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
     from visionzoo.train.mpp import pretrained_encoder_state
 
     entry = get_model_entry(model.model_name)
-    tensors, meta = read_checkpoint(path)
+    tensors, meta = read_checkpoint(path) if loaded is None else loaded
     state = model_state(tensors, meta)
     if meta is None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
