@@ -240,3 +240,13 @@ def test_a_longer_resumed_plan_keeps_the_runs_warmup(tmp_path):
     assert lrs[11] == pytest.approx(1e-3 * lr_factor(10, 400, 1, 0.01), rel=1e-6)
     _, meta = read_checkpoint(run / "checkpoint.safetensors")
     assert meta["warmup_steps"] == 1 and meta["total_steps"] == 400
+
+
+def test_the_readme_names_every_file_of_a_run_folder(tmp_path):
+    """checkpoint.json, written beside every checkpoint, was missing from the README's list of a run folder's
+    files."""
+    _blobs_fit(tmp_path / "run", max_steps=2)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    written = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("."))
+    assert "checkpoint.json" in written
+    assert [name for name in written if f"`{name}`" not in readme] == []
