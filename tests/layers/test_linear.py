@@ -51,3 +51,23 @@ def test_with_autograd_or_without_autocast_it_is_nn_linear():
     out.float().sum().backward()
     assert ours.weight.grad is not None and ours._cast is None
     assert set(ours.state_dict()) == {"weight", "bias"}
+
+
+def test_an_edit_through_data_needs_drop_cast_caches():
+    """An in-place edit through weight.data leaves the version counter alone, so the cast copy goes stale, as the
+    class docstring says; drop_cast_caches(model) makes the next call use the edited weights."""
+    from visionzoo.layers import drop_cast_caches
+
+    ours, reference = _pair()
+    model = nn.Sequential(ours, nn.ReLU())
+    x = torch.randn(5, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x)
+    ours.weight.data.mul_(2.0)
+    reference.weight.data.mul_(2.0)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), before)  # stale, as documented
+    drop_cast_caches(model)
+    assert ours._cast is None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), torch.relu(reference(x)))

@@ -5,13 +5,13 @@ from visionzoo.layers.block import Block
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices
 from visionzoo.layers.layer_scale import LayerScale
-from visionzoo.layers.linear import Linear
+from visionzoo.layers.linear import Linear, drop_cast_caches
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
-    "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed", "drop_path",
-    "drop_path_rates", "feature_take_indices", "resample_abs_pos_embed", "scaled_dot_product_attention",
+    "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed",
+    "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "resample_abs_pos_embed", "scaled_dot_product_attention",
     "sincos_pos_embed_2d",
 ]

@@ -19,6 +19,11 @@ class Linear(nn.Linear):
     With autograd on, or without autocast, it is ``nn.Linear`` exactly. The copy costs half the
     layer's fp32 memory while it is held; ``drop_cast_cache`` releases it.
 
+    An in-place edit through ``weight.data`` (or ``bias.data``) is not seen: ``.data`` has a version counter
+    of its own, and no cheap check catches it (comparing the weights would cost the pass the copy saves), so
+    the next call still uses the old copy. Edit under ``torch.no_grad()`` instead (``load_state_dict``,
+    ``nn.init`` and optimizers do), or call :func:`drop_cast_caches` on the model after such an edit.
+
     ``x``: ``Tensor[..., in_features] -> Tensor[..., out_features]``.
     """
 
@@ -44,3 +49,11 @@ class Linear(nn.Linear):
 
     def drop_cast_cache(self) -> None:
         self._cast = None
+
+
+def drop_cast_caches(model: nn.Module) -> None:
+    """Release the autocast weight copy of every :class:`Linear` in ``model``: needed after editing weights
+    in place through ``.data``, which the copies cannot notice; frees their memory otherwise."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.drop_cast_cache()

@@ -26,7 +26,9 @@ predictions (``visionzoo train --teacher``); at inference the two heads' logits 
 
 Speed on CPU: without autograd (inference), each block's MLP residual runs over chunks of tokens in
 place, so the 4× wider hidden activations stay in cache, and the shared ``Linear`` keeps its autocast
-weight copy between calls; the arithmetic is the plain path's, row for row.
+weight copy between calls; the arithmetic is the plain path's, row for row. The copy follows weight edits
+made under ``torch.no_grad()`` but not in-place edits through ``.data``: after those, call
+``visionzoo.layers.drop_cast_caches(model)``.
 
 The sizes are data (``_SIZES``); each registered builder only names one of them.
 """
