@@ -1,7 +1,7 @@
 """A tiny training run for the engine's process-level tests (kill and resume, torchrun).
 
 Usage: python engine_script.py OUT [--steps N] [--batch-size B] [--kill-at STEP] [--kill-in-save N]
-[--resume] [--dropout P] [--precision bf16|fp32] [--final FILE]
+[--resume] [--dropout P] [--precision bf16|fp32] [--final FILE] [--minutes M [--skewed-timing]]
 On ranks other than 0, any write into the run folder raises.
 """
 
@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--ema-decay", type=float, default=0.9)
     parser.add_argument("--final", help="write this process's final weights here (%%r: the rank)")
+    parser.add_argument("--minutes", type=float, help="a time budget instead of --steps")
+    parser.add_argument("--skewed-timing", action="store_true",
+                        help="each rank times its steps as (rank + 1) times slower, as busy machines differ")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -66,9 +69,19 @@ def main() -> None:
 
         visionzoo.checkpoint.save_file = save_then_die
 
+    if args.skewed_timing:
+        real_seconds_per_step = Trainer._seconds_per_step
+        slowdown = int(os.environ.get("RANK", "0")) + 1
+
+        def skewed_seconds_per_step(self, *a, **kw):
+            return real_seconds_per_step(self, *a, **kw) * slowdown
+
+        Trainer._seconds_per_step = skewed_seconds_per_step
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Dropout(args.dropout), nn.Linear(32, 2))
-    config = TrainConfig(out=args.out, batch_size=args.batch_size, max_steps=args.steps, lr=5e-3,
+    config = TrainConfig(out=args.out, batch_size=args.batch_size, max_steps=None if args.minutes else args.steps,
+                         minutes=args.minutes, lr=5e-3,
                          precision=args.precision, ema_decay=args.ema_decay, checkpoint_every=5,
                          resume=args.resume, progress=False)
     trainer = Trainer(ClassificationTask(Blobs.classes), model, Blobs(256, 0), Blobs(64, 1), config)

@@ -107,6 +107,21 @@ def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path)
     assert any(not torch.allclose(changed[k], torch.zeros_like(changed[k])) for k in changed)
 
 
+def test_torchrun_ranks_follow_rank_0s_plan_of_a_time_budget(tmp_path):
+    # Each rank times its own steps to size the schedule; rank 1 here measures twice rank 0's time per step.
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT),
+               str(tmp_path / "ddp"), "--batch-size", "8", "--minutes", "0.02", "--skewed-timing",
+               "--final", str(tmp_path / "final_%r.safetensors"), "--dropout", "0", "--precision", "fp32"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    rank0 = load_file(tmp_path / "final_0.safetensors")
+    rank1 = load_file(tmp_path / "final_1.safetensors")
+    for key in rank0:  # the same learning rate at every step: DDP's averaged gradients keep them equal
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
 def test_two_ranks_partition_the_global_batch_of_one_process():
     one = list(EpochBatchSampler(100, 8, seed=3, epoch=2))
     ranks = [list(EpochBatchSampler(100, 4, seed=3, epoch=2, rank=r, world_size=2)) for r in range(2)]

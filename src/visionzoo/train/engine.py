@@ -390,7 +390,10 @@ class Trainer:
             return max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
-        steps = max(1, int(cfg.minutes * 60 / seconds))
+        planned = torch.tensor(max(1, int(cfg.minutes * 60 / seconds)), device=self.dist.device)
+        if self.dist.distributed:  # each rank timed its own steps: all follow rank 0's plan, or their LRs differ
+            torch.distributed.broadcast(planned, src=0)
+        steps = int(planned)
         log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
                  f" after the {self.step} done" if self.step else "")
         return self.step + steps
