@@ -11,3 +11,43 @@ def count(model: torch.nn.Module) -> int:
 def images(*shape: int, seed: int = 0) -> torch.Tensor:
     """Seeded standard-normal images of ``shape``."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def checkpointed_step(model: torch.nn.Module, x: torch.Tensor, enable: bool, seed: int = 0):
+    """A training-mode forward and backward of ``model`` on ``x`` after timm's call
+    ``model.set_grad_checkpointing(enable)``: ``(output, {name: grad}, recomputed)`` (a feature extractor's
+    maps flattened into one output), where ``recomputed``
+    counts the module forwards run during the backward pass (0 without checkpointing). The RNG is seeded
+    with ``seed`` first, so that dropout and stochastic depth draw the same masks in every call."""
+    if enable:
+        model.set_grad_checkpointing()  # timm's call, enable=True by default
+    else:
+        model.set_grad_checkpointing(False)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    calls = []
+    handles = [module.register_forward_hook(lambda *_: calls.append(1)) for module in model.modules()]
+    try:
+        torch.manual_seed(seed)
+        out = model(x)
+        forward_calls = len(calls)
+        outputs = out if isinstance(out, list) else [out]
+        sum(y.float().square().mean() for y in outputs).backward()
+        recomputed = len(calls) - forward_calls
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return torch.cat([y.detach().flatten() for y in outputs]), grads, recomputed
+
+
+def assert_grad_checkpointing_changes_nothing(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> None:
+    """Gradient checkpointing recomputes blocks in the backward pass, and outputs and gradients stay those
+    of the plain run (dropout and stochastic depth included: the RNG state is replayed)."""
+    plain, plain_grads, plain_recomputed = checkpointed_step(model, x, False, seed)
+    out, grads, recomputed = checkpointed_step(model, x, True, seed)
+    assert plain_recomputed == 0 and recomputed > 0
+    torch.testing.assert_close(out, plain, atol=0, rtol=0)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-7, rtol=1e-6, msg=name)

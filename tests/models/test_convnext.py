@@ -8,7 +8,7 @@ import re
 import pytest
 import timm
 import torch
-from model_helpers import count, images
+from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 
@@ -422,3 +422,28 @@ def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(t
     if global_pool == "":
         with pytest.raises(ValueError, match="num_classes=0"):
             ours.reset_classifier(5)
+
+
+# --- gradient checkpointing ---------------------------------------------------------------------
+
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients():
+    torch.manual_seed(60)
+    model = randomise(create_model("convnext_atto_64", num_classes=5, drop_path_rate=0.3), seed=61)
+    assert_grad_checkpointing_changes_nothing(model, images(2, 3, 64, 64, seed=62))
+    features = create_model("convnext_atto_64", features_only=True, out_indices=(1, 2))
+    assert_grad_checkpointing_changes_nothing(features, images(2, 3, 64, 64, seed=62))
+
+
+def test_grad_checkpointing_gives_timms_outputs_and_gradients():
+    torch.manual_seed(63)
+    ours = randomise(create_model("convnext_atto_64", num_classes=6), seed=64)
+    reference = _timm_twin("convnext_atto_64", 6)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    x = images(2, 3, 64, 64, seed=65)
+    out, grads, recomputed = checkpointed_step(ours, x, True)
+    expected, expected_grads, expected_recomputed = checkpointed_step(reference, x, True)
+    assert recomputed > 0 and expected_recomputed > 0
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from model_helpers import count, images
+from model_helpers import assert_grad_checkpointing_changes_nothing, count, images
 
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model, load_checkpoint
@@ -454,3 +454,16 @@ def test_a_tile_size_that_is_no_multiple_of_the_patch_is_refused_by_name(tile_si
 def test_encode_tiles_refuses_a_tile_batch_size_of_zero():
     with pytest.raises(ValueError, match="tile_batch_size must be >= 1, got 0"):
         small_hipt().encode_tiles(images(1, 3, 64, 64), tile_batch_size=0)
+
+
+# --- gradient checkpointing ---------------------------------------------------------------------
+
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients():
+    torch.manual_seed(80)
+    vit256 = randomise(create_model("hipt_vit256_small", drop_path_rate=0.2), seed=81)
+    assert_grad_checkpointing_changes_nothing(vit256, images(2, 3, 32, 48, seed=82))
+    vit4k = randomise(create_model("vit4k_xs", num_classes=3, drop_rate=0.1, drop_path_rate=0.2), seed=83)
+    assert_grad_checkpointing_changes_nothing(vit4k, images(2, 384, 3, 4, seed=84))
+    hipt = create_model("hipt_4k", tile_size=32, freeze_vit256=False, num_classes=3, drop_path_rate=0.2)
+    assert_grad_checkpointing_changes_nothing(hipt, images(1, 3, 64, 96, seed=85))
+    assert hipt.model256.grad_checkpointing and hipt.model4k.grad_checkpointing

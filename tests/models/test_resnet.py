@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, images
 from safetensors.torch import save_file
 from torch import nn
 
@@ -213,3 +214,29 @@ def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(g
     if global_pool == "":
         with pytest.raises(ValueError, match="num_classes=0"):
             ours.reset_classifier(5)
+
+
+# --- gradient checkpointing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients(name):
+    torch.manual_seed(70)
+    model = create_model(name, num_classes=5, small_input=True, drop_rate=0.2)
+    assert_grad_checkpointing_changes_nothing(model, images(2, 3, 32, 32, seed=71))
+    features = create_model(name, features_only=True, out_indices=(0, 2), small_input=True)
+    assert_grad_checkpointing_changes_nothing(features, images(2, 3, 32, 32, seed=71))
+
+
+def test_grad_checkpointing_gives_timms_outputs_and_gradients():
+    torch.manual_seed(72)
+    reference = randomize_batch_norm(timm.create_model("resnet18", num_classes=10), 73)
+    ours = create_model("resnet18", num_classes=10)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 64, 64, seed=74)
+    out, grads, recomputed = checkpointed_step(ours, x, True)
+    expected, expected_grads, expected_recomputed = checkpointed_step(reference, x, True)
+    assert recomputed > 0 and expected_recomputed > 0
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)

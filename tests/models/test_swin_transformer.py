@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from model_helpers import count, images
+from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
 from safetensors.torch import save_file
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from timm.models.swin_transformer import SwinTransformer as TimmSwinTransformer
@@ -412,3 +412,29 @@ def test_a_model_cast_to_bfloat16_runs_with_and_without_autograd():
     assert trained.dtype == torch.bfloat16 and model.head.fc.weight.grad is not None
     torch.testing.assert_close(trained.float(), inference.float(), atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(trained.float(), expected, atol=0.15, rtol=0.1)
+
+
+# --- gradient checkpointing ---------------------------------------------------------------------
+
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients():
+    torch.manual_seed(50)
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=5, drop_path_rate=0.3)
+    assert_grad_checkpointing_changes_nothing(model, images(2, 3, 32, 32, seed=51))
+    features = create_model("swin_tiny_patch2_window4_32", features_only=True, out_indices=(0, 1))
+    assert_grad_checkpointing_changes_nothing(features, images(2, 3, 32, 32, seed=51))
+
+
+def test_grad_checkpointing_gives_timms_outputs_and_gradients():
+    torch.manual_seed(52)
+    reference = randomise(TimmSwinTransformer(num_classes=10, drop_path_rate=0.0,
+                                              **SMALL_CONFIGS["swin_tiny_patch2_window4_32"]), 53)
+    ours = create_model("swin_tiny_patch2_window4_32", num_classes=10, drop_path_rate=0.0)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 32, 32, seed=54)
+    out, grads, recomputed = checkpointed_step(ours, x, True)
+    expected, expected_grads, expected_recomputed = checkpointed_step(reference, x, True)
+    assert recomputed > 0 and expected_recomputed > 0
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -4,7 +4,7 @@ feature maps, the token interface used by masked patch prediction, and bad input
 import pytest
 import timm
 import torch
-from model_helpers import count, images
+from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
@@ -401,3 +401,29 @@ def test_a_vit_file_into_a_distilled_deit_or_back_is_refused_naming_file_and_key
     with pytest.raises(CheckpointError, match=rf"{deit_path} does not fit model vit_tiny_patch16_224: .*"
                                               r"pos_embed \(1, 198, 192\) vs model \(1, 197, 192\)"):
         create_model("vit_tiny_patch16_224", checkpoint=deit_path)
+
+
+# --- gradient checkpointing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "deit_tiny_distilled_patch8_32"])
+def test_grad_checkpointing_changes_neither_outputs_nor_gradients(name):
+    torch.manual_seed(40)
+    model = create_model(name, num_classes=5, drop_path_rate=0.2, drop_rate=0.1)
+    assert_grad_checkpointing_changes_nothing(model, images(2, 3, 32, 32, seed=41))
+    features = create_model(name, features_only=True, out_indices=(1, 3))
+    assert_grad_checkpointing_changes_nothing(features, images(2, 3, 32, 32, seed=41))
+
+
+def test_grad_checkpointing_gives_timms_outputs_and_gradients():
+    torch.manual_seed(42)
+    reference = TimmVisionTransformer(num_classes=10, **SMALL_CONFIGS["vit_tiny_patch8_32"])
+    ours = create_model("vit_tiny_patch8_32", num_classes=10)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 32, 32, seed=43)
+    out, grads, recomputed = checkpointed_step(ours, x, True)
+    expected, expected_grads, expected_recomputed = checkpointed_step(reference, x, True)
+    assert recomputed > 0 and expected_recomputed > 0
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices
+from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, register_model
@@ -127,9 +128,10 @@ class ConvNeXtStage(nn.Module):
         self.blocks = nn.Sequential(*[
             ConvNeXtBlock(out_chs, mlp_ratio, kernel_size, ls_init_value, rate) for rate in rates
         ])
+        self.grad_checkpointing = False  # timm's per-stage switch (ConvNeXt.set_grad_checkpointing)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(self.downsample(x))
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 GLOBAL_POOLS = ("avg", "max", "")
@@ -253,6 +255,11 @@ class ConvNeXt(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's
+        switch, set on every stage; see :func:`~visionzoo.layers.run_blocks`)."""
+        _set_grad_checkpointing(self.stages, enable)
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity),
         optionally with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``)."""
@@ -277,6 +284,11 @@ class ConvNeXt(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _set_grad_checkpointing(stages: nn.Sequential, enable: bool) -> None:
+    for stage in stages:
+        stage.grad_checkpointing = enable
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -308,6 +320,10 @@ class ConvNeXtFeatures(nn.Module):
         self.stages = nn.Sequential(*list(model.stages)[:max(out_indices) + 1])
         self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
         self.default_cfg: dict = {}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`ConvNeXt.set_grad_checkpointing`."""
+        _set_grad_checkpointing(self.stages, enable)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.checkpoint import CheckpointError
-from visionzoo.layers import Block
+from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, register_model
@@ -146,6 +146,7 @@ class ViT4K(nn.Module):
         self.in_dim = in_dim
         self.num_features = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
         self.phi = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.GELU(), nn.Dropout(drop_rate))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, POS_GRID * POS_GRID + 1, embed_dim))
@@ -179,6 +180,11 @@ class ViT4K(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (timm's switch; see
+        :func:`~visionzoo.layers.run_blocks`)."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_dim, gh, gw] -> Tensor[B, 1 + gh·gw, embed_dim]`` tokens after the final norm."""
         if x.ndim != 4 or x.shape[1] != self.in_dim:
@@ -189,7 +195,7 @@ class ViT4K(nn.Module):
         tokens = self.phi(x.flatten(2).transpose(1, 2))
         pos_embed = interpolate_pos_encoding(self.pos_embed, (gh, gw))
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1) + pos_embed
-        return self.norm(self.blocks(self.pos_drop(x)))
+        return self.norm(run_blocks(self.blocks, self.pos_drop(x), self.grad_checkpointing))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens ``Tensor[B, T, embed_dim]`` -> the [CLS] ``Tensor[B, embed_dim]`` (``pre_logits``) or logits."""
@@ -300,6 +306,11 @@ class HIPT4K(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.model4k.reset_classifier(num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing of both ViTs' blocks (ViT-256's only matters when it is not frozen)."""
+        self.model256.set_grad_checkpointing(enable)
+        self.model4k.set_grad_checkpointing(enable)
 
     def encode_tiles(self, x: Tensor, tile_batch_size: int | None = None) -> Tensor:
         """First stage: images ``Tensor[B, C, H, W]`` -> grids ``Tensor[B, 384, gh, gw]`` of ViT-256

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.features import FeatureInfo, feature_take_indices
+from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
 
 
@@ -144,6 +145,7 @@ class ResNet(nn.Module):
         _check_global_pool(global_pool, num_classes)
         self.global_pool = global_pool
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
@@ -188,6 +190,12 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's
+        switch; see :func:`~visionzoo.layers.run_blocks`). Batch norm in training then updates its
+        running statistics twice per step, as in timm."""
+        self.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
         with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``), as timm's."""
@@ -203,7 +211,7 @@ class ResNet(nn.Module):
         _check_images(x, self.conv1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
-            x = stage(x)
+            x = run_blocks(stage, x, self.grad_checkpointing)
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -254,6 +262,11 @@ class ResNetFeatures(nn.Module):
             setattr(self, f"layer{index}", getattr(resnet, f"layer{index}"))
         self.feature_info = FeatureInfo(resnet.feature_info[i] for i in out_indices)
         self.default_cfg: dict = {}
+        self.grad_checkpointing = resnet.grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`ResNet.set_grad_checkpointing`."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> list[Tensor]:
         _check_images(x, self.conv1)
@@ -261,7 +274,7 @@ class ResNetFeatures(nn.Module):
         maps = [x] if 0 in self.out_indices else []
         x = self.maxpool(x)
         for index in range(1, self.num_stages + 1):
-            x = getattr(self, f"layer{index}")(x)
+            x = run_blocks(getattr(self, f"layer{index}"), x, self.grad_checkpointing)
             if index in self.out_indices:
                 maps.append(x)
         return maps

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed
+from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed, run_blocks
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices
 from visionzoo.models._registry import Pretrained, register_model
@@ -422,6 +422,7 @@ class SwinTransformerStage(nn.Module):
         self.input_resolution = input_resolution
         self.output_resolution = tuple((s + 1) // 2 for s in input_resolution) if downsample else input_resolution
         self.downsample: nn.Module = PatchMerging(dim, out_dim) if downsample else nn.Identity()
+        self.grad_checkpointing = False  # timm's per-stage switch (SwinTransformer.set_grad_checkpointing)
         window, _ = fit_window(self.output_resolution, _pair(window_size), False)
         rates = list(drop_path) or [0.0] * depth
         self.blocks = nn.Sequential(*[
@@ -432,10 +433,7 @@ class SwinTransformerStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():
-            x = self.downsample(x)
-            for block in self.blocks:
-                x = block(x)
-            return x
+            return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
         return self._forward_in_chunks(x)
 
     def _forward_in_chunks(self, x: Tensor) -> Tensor:
@@ -577,6 +575,11 @@ class SwinTransformer(nn.Module):
         """The relative position tables (timm's set)."""
         return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's
+        switch, set on every stage; see :func:`~visionzoo.layers.run_blocks`)."""
+        _set_grad_checkpointing(self.layers, enable)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, h, w, num_features]`` after the final norm (NHWC, as
         timm), ``h = ⌈⌈H/p⌉/2^(stages-1)⌉`` (H/32 for the 224 models)."""
@@ -589,6 +592,11 @@ class SwinTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _set_grad_checkpointing(stages: nn.Sequential, enable: bool) -> None:
+    for stage in stages:
+        stage.grad_checkpointing = enable
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -619,6 +627,10 @@ class SwinTransformerFeatures(nn.Module):
         self.layers = nn.Sequential(*list(model.layers)[:max(out_indices) + 1])
         self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
         self.default_cfg: dict = {}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`SwinTransformer.set_grad_checkpointing`."""
+        _set_grad_checkpointing(self.layers, enable)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.patch_embed(x)

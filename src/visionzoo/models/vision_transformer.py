@@ -46,6 +46,7 @@ from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Block, FeatureInfo, PatchEmbed, feature_take_indices, resample_abs_pos_embed
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.drop import drop_path_rates
+from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
 
 GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "")
@@ -121,6 +122,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.dynamic_img_size = dynamic_img_size
         self.features_only = features_only
+        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -181,6 +183,12 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "dist_token"}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's
+        switch; see :func:`~visionzoo.layers.run_blocks`): less memory in training, same outputs and
+        gradients."""
+        self.grad_checkpointing = enable
+
     # --- tokens -------------------------------------------------------------------------------
     def embed_patches(self, x: Tensor) -> Tensor:
         """Patch embedding only: ``Tensor[B, in_chans, H, W] -> Tensor[B, (H/p)·(W/p), embed_dim]``
@@ -239,7 +247,7 @@ class VisionTransformer(nn.Module):
                 f"expected tokens Tensor[B, {grid_size[0]}·{grid_size[1]}, {self.embed_dim}] for grid {grid_size}, "
                 f"got shape {tuple(tokens.shape)}"
             )
-        x = self.blocks(self.add_pos_embed(tokens, grid_size))
+        x = run_blocks(self.blocks, self.add_pos_embed(tokens, grid_size), self.grad_checkpointing)
         return x if self.features_only else self.norm(x)
 
     # --- forward ------------------------------------------------------------------------------
@@ -273,7 +281,7 @@ class VisionTransformer(nn.Module):
         x = self.add_pos_embed(self.embed_patches(x), grid)
         maps = []
         for index, block in enumerate(self.blocks[:self.out_indices[-1] + 1]):
-            x = block(x)
+            x = run_blocks([block], x, self.grad_checkpointing)
             if index in self.out_indices:
                 tokens = x[:, self.num_prefix_tokens:]
                 maps.append(tokens.reshape(x.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous())
