@@ -60,7 +60,9 @@ from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices
 from visionzoo.models._registry import Pretrained, register_model
 
-GLOBAL_POOLS = ("avg", "max", "")
+# timm's ClassifierHead pools on NHWC maps: "catavgmax" concatenates the mean and the maximum (the head
+# then takes twice the channels), "avgmax" is their average, "" keeps the map
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
 # Activation bytes (tokens × channels × element size) per sub-batch of a stage in inference (at least
@@ -462,22 +464,41 @@ class SwinTransformerStage(nn.Module):
 
 class SwinHead(nn.Module):
     """Global pooling, dropout, linear: ``Tensor[B, H, W, C] -> Tensor[B, num_classes]`` (timm's
-    ``ClassifierHead`` on NHWC input; the key ``fc`` is the same). ``global_pool`` "avg" or "max" pools
-    the map; "" keeps it (``Tensor[B, H, W, num_classes]``). ``pre_logits``: the pooled features."""
+    ``ClassifierHead`` on NHWC input; the key ``fc`` is the same).
+
+    ``global_pool``: "avg", "max", "avgmax" (their mean) or "catavgmax" (both concatenated,
+    ``Tensor[B, 2·C]``, so ``fc`` takes ``2·C`` features) pool the map; "" keeps it
+    (``Tensor[B, H, W, num_classes]``). ``pre_logits``: the pooled features ``Tensor[B, num_features]``.
+    """
 
     def __init__(self, in_features: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0):
         super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-        self.global_pool = global_pool
+        self.in_features = in_features
         self.drop = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset(num_classes, global_pool)
+
+    @property
+    def num_features(self) -> int:
+        """The width of the pooled features (``fc``'s input)."""
+        return self.in_features * (2 if self.global_pool == "catavgmax" else 1)
+
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``num_classes``-way ``fc`` (0: identity), optionally with another ``global_pool``."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            self.global_pool = global_pool
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":
             x = x.mean(dim=(1, 2))
         elif self.global_pool == "max":
             x = x.amax(dim=(1, 2))
+        elif self.global_pool == "avgmax":
+            x = 0.5 * x.mean(dim=(1, 2)) + 0.5 * x.amax(dim=(1, 2))
+        elif self.global_pool == "catavgmax":
+            x = torch.cat([x.mean(dim=(1, 2)), x.amax(dim=(1, 2))], dim=1)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
@@ -490,7 +511,8 @@ class SwinTransformer(nn.Module):
         patch_size: side of a patch (the stride of the patch embedding).
         in_chans: input channels.
         num_classes: classifier outputs; 0 makes ``head.fc`` an identity.
-        global_pool: "avg" (timm's), "max" or "" (per-position logits ``Tensor[B, h, w, num_classes]``).
+        global_pool: "avg" (timm's default), "max", "avgmax", "catavgmax" (see :class:`SwinHead`) or ""
+            (per-position logits ``Tensor[B, h, w, num_classes]``), as timm's.
         embed_dim: width of the first stage; stage i is ``embed_dim · 2**i`` wide.
         depths, num_heads: blocks and heads of each stage.
         head_dim: per-head width if not ``width // heads``.
@@ -562,14 +584,15 @@ class SwinTransformer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    @property
+    def head_hidden_size(self) -> int:
+        """The width of the pooled features ``head.fc`` takes (twice ``num_features`` for "catavgmax")."""
+        return self.head.num_features
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``."""
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            self.head.global_pool = global_pool
+        self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         """The relative position tables (timm's set)."""
@@ -587,7 +610,7 @@ class SwinTransformer(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """``Tensor[B, h, w, num_features] -> Tensor[B, num_classes]`` logits, or with ``pre_logits`` the
-        pooled ``Tensor[B, num_features]``."""
+        pooled ``Tensor[B, head_hidden_size]``."""
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: Tensor) -> Tensor:
