@@ -51,3 +51,18 @@ def assert_grad_checkpointing_changes_nothing(model: torch.nn.Module, x: torch.T
     assert grads.keys() == plain_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-7, rtol=1e-6, msg=name)
+
+
+def assert_same_outputs(ours, expected, atol: float = 1e-4, rtol: float = 1e-5) -> None:
+    """Equal nested outputs (tensors in lists, tuples and dicts), within ``atol``/``rtol``."""
+    assert type(ours) is type(expected), (type(ours), type(expected))
+    if isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(ours, expected, atol=atol, rtol=rtol)
+    elif isinstance(expected, dict):
+        assert ours.keys() == expected.keys()
+        for key in expected:
+            assert_same_outputs(ours[key], expected[key], atol, rtol)
+    else:
+        assert len(ours) == len(expected)
+        for mine, theirs in zip(ours, expected):
+            assert_same_outputs(mine, theirs, atol, rtol)

@@ -8,7 +8,13 @@ import re
 import pytest
 import timm
 import torch
-from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
+from model_helpers import (
+    assert_grad_checkpointing_changes_nothing,
+    assert_same_outputs,
+    checkpointed_step,
+    count,
+    images,
+)
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 
@@ -447,3 +453,47 @@ def test_grad_checkpointing_gives_timms_outputs_and_gradients():
     assert grads.keys() == expected_grads.keys()
     for key, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+# --- forward_intermediates and prune_intermediate_layers ----------------------------------------
+
+STAGE_INTERMEDIATES_CASES = [
+    dict(),
+    dict(indices=2, norm=True),
+    dict(indices=[0, -1], norm=True, intermediates_only=True),
+    dict(indices=[1], stop_early=True),
+    dict(indices=[0, 1], stop_early=True, norm=True, intermediates_only=True),
+]
+
+
+def _timm_convnext_twin(seed=96):
+    torch.manual_seed(seed)
+    ours = randomise(create_model("convnext_atto_64", num_classes=6), seed=seed)
+    reference = _timm_twin("convnext_atto_64", 6)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("kwargs", STAGE_INTERMEDIATES_CASES)
+def test_forward_intermediates_equal_timms(kwargs):
+    ours, reference = _timm_convnext_twin()
+    x = images(2, 3, 64, 64, seed=97)
+    with torch.no_grad():
+        assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    with pytest.raises(ValueError, match="output_fmt"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("indices, prune_norm, prune_head", [(1, False, True), (2, True, False), ([0, 2], False, False),
+                                                             ([1], False, True)])
+def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head):
+    ours, reference = _timm_convnext_twin()
+    assert ours.prune_intermediate_layers(indices, prune_norm, prune_head) == \
+        reference.prune_intermediate_layers(indices, prune_norm, prune_head)
+    assert ours.num_features == reference.num_features
+    x = images(2, 3, 64, 64, seed=98)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+        assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
+    assert ours.state_dict().keys() == reference.state_dict().keys()

@@ -4,7 +4,12 @@ import pytest
 import timm
 import torch
 import torchvision
-from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, images
+from model_helpers import (
+    assert_grad_checkpointing_changes_nothing,
+    assert_same_outputs,
+    checkpointed_step,
+    images,
+)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -240,3 +245,42 @@ def test_grad_checkpointing_gives_timms_outputs_and_gradients():
     assert grads.keys() == expected_grads.keys()
     for key, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+# --- forward_intermediates and prune_intermediate_layers ----------------------------------------
+
+def _timm_resnet_twin(seed=75):
+    torch.manual_seed(seed)
+    reference = randomize_batch_norm(timm.create_model("resnet18", num_classes=10), seed)
+    ours = create_model("resnet18", num_classes=10)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(indices=2, norm=True),
+    dict(indices=[0, -1], intermediates_only=True),
+    dict(indices=[0], stop_early=True),
+    dict(indices=[1, 3], stop_early=True, intermediates_only=True),
+])
+def test_forward_intermediates_equal_timms(kwargs):
+    ours, reference = _timm_resnet_twin()
+    x = images(2, 3, 64, 64, seed=76)
+    with torch.no_grad():
+        assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    with pytest.raises(ValueError, match="output_fmt"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("indices, prune_head", [(1, True), ([0], False), ([1, 2], False), (3, True), ([4], False)])
+def test_prune_intermediate_layers_equals_timms(indices, prune_head):
+    ours, reference = _timm_resnet_twin()
+    assert ours.prune_intermediate_layers(indices, prune_head=prune_head) == \
+        reference.prune_intermediate_layers(indices, prune_head=prune_head)
+    assert ours.num_features == reference.num_features
+    x = images(2, 3, 64, 64, seed=77)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+        assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
+    assert ours.state_dict().keys() == reference.state_dict().keys()

@@ -7,7 +7,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
+from model_helpers import (
+    assert_grad_checkpointing_changes_nothing,
+    assert_same_outputs,
+    checkpointed_step,
+    count,
+    images,
+)
 from safetensors.torch import save_file
 from timm.layers import PatchEmbed as TimmPatchEmbed
 from timm.models.swin_transformer import SwinTransformer as TimmSwinTransformer
@@ -464,3 +470,48 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
     reference.reset_classifier(4)
     built.reset_classifier(4)
     assert built.global_pool == global_pool and built.head.fc.in_features == reference.head.fc.in_features
+
+
+# --- forward_intermediates and prune_intermediate_layers ----------------------------------------
+
+STAGE_INTERMEDIATES_CASES = [
+    dict(),
+    dict(indices=2, norm=True),
+    dict(indices=[0, -1], norm=True, intermediates_only=True),
+    dict(indices=[1], stop_early=True),
+    dict(indices=[0, 1], stop_early=True, norm=True, intermediates_only=True),
+]
+
+
+def _timm_swin_twin(seed=93):
+    torch.manual_seed(seed)
+    reference = randomise(TimmSwinTransformer(num_classes=10, **SMALL_CONFIGS["swin_tiny_patch2_window4_32"]), seed)
+    ours = create_model("swin_tiny_patch2_window4_32", num_classes=10)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("kwargs", STAGE_INTERMEDIATES_CASES)
+def test_forward_intermediates_equal_timms(kwargs):
+    ours, reference = _timm_swin_twin()
+    x = images(2, 3, 32, 32, seed=94)
+    with torch.no_grad():
+        assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    # with autograd: the training path of the blocks
+    assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    with pytest.raises(ValueError, match="output_fmt"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("indices, prune_norm, prune_head", [(1, False, True), (1, True, False), ([0, 1], False, False),
+                                                             ([1], False, True)])
+def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head):
+    ours, reference = _timm_swin_twin()
+    assert ours.prune_intermediate_layers(indices, prune_norm, prune_head) == \
+        reference.prune_intermediate_layers(indices, prune_norm, prune_head)
+    assert ours.num_features == reference.num_features and ours.head_hidden_size == reference.head_hidden_size
+    x = images(2, 3, 32, 32, seed=95)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+        assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
+    assert ours.state_dict().keys() == reference.state_dict().keys()

@@ -4,7 +4,13 @@ feature maps, the token interface used by masked patch prediction, and bad input
 import pytest
 import timm
 import torch
-from model_helpers import assert_grad_checkpointing_changes_nothing, checkpointed_step, count, images
+from model_helpers import (
+    assert_grad_checkpointing_changes_nothing,
+    assert_same_outputs,
+    checkpointed_step,
+    count,
+    images,
+)
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
@@ -427,3 +433,58 @@ def test_grad_checkpointing_gives_timms_outputs_and_gradients():
     assert grads.keys() == expected_grads.keys()
     for key, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+# --- forward_intermediates and prune_intermediate_layers ----------------------------------------
+
+INTERMEDIATES_CASES = [
+    dict(),
+    dict(indices=2, norm=True),
+    dict(indices=[0, -3, -1], stop_early=True, intermediates_only=True),
+    dict(indices=[1, 2], stop_early=True, output_fmt="NLC"),
+    dict(indices=3, return_prefix_tokens=True),
+    dict(indices=[4], return_prefix_tokens=True, output_dict=True, norm=True),
+    dict(indices=2, output_dict=True, intermediates_only=True),
+]
+
+
+def _timm_vit_twin(global_pool="token", distilled=False, seed=44):
+    from timm.models.deit import VisionTransformerDistilled as TimmDistilled
+
+    torch.manual_seed(seed)
+    sizes = SMALL_CONFIGS["vit_tiny_patch8_32"]
+    reference = (TimmDistilled if distilled else TimmVisionTransformer)(num_classes=10, global_pool=global_pool,
+                                                                         **sizes)
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    name = "deit_tiny_distilled_patch8_32" if distilled else "vit_tiny_patch8_32"
+    ours = create_model(name, num_classes=10, global_pool=global_pool)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("kwargs", INTERMEDIATES_CASES)
+@pytest.mark.parametrize("global_pool, distilled", [("token", False), ("avg", False), ("token", True)])
+def test_forward_intermediates_equal_timms(kwargs, global_pool, distilled):
+    ours, reference = _timm_vit_twin(global_pool, distilled)
+    x = images(2, 3, 32, 32, seed=45)
+    with torch.no_grad():
+        assert_same_outputs(ours.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs))
+    with pytest.raises(ValueError, match="output_fmt"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("indices, prune_norm, prune_head", [(1, False, True), ([1, 3], True, True), (2, False, False)])
+@pytest.mark.parametrize("global_pool, distilled", [("token", False), ("avg", False), ("token", True)])
+def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head, global_pool, distilled):
+    ours, reference = _timm_vit_twin(global_pool, distilled)
+    assert ours.prune_intermediate_layers(indices, prune_norm, prune_head) == \
+        reference.prune_intermediate_layers(indices, prune_norm, prune_head)
+    assert len(ours.blocks) == len(reference.blocks)
+    x = images(2, 3, 32, 32, seed=46)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+        assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
+    assert ours.state_dict().keys() == reference.state_dict().keys()

@@ -273,9 +273,58 @@ class ConvNeXt(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/r, W/r]`` with ``r = stem_stride · 8``
         (four stages), in channels-last memory."""
-        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        return self.stages(x)
+        return self.stages(self._stem(x))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(len(self.stages) - 1))
+        return self.stem(x.contiguous(memory_format=torch.channels_last))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The outputs of some stages beside the final features (timm's API of the same name).
+
+        ``indices``: an int n for the last n stages, a sequence of increasing stage indices (negative
+        ones count from the end), None for all. ``norm``: accepted for timm's signature; this ConvNeXt
+        normalises in its head, after pooling, so there is no norm to apply (as timm's, whose
+        ``norm_pre`` is then an identity). ``stop_early``: run no stage after the last one asked for.
+        Intermediates are ``Tensor[B, C_i, H/r_i, W/r_i]`` (NCHW, the only ``output_fmt``, channels-last
+        memory). Returns the list, or ``(final features, list)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = len(self.stages)
+        take = feature_take_indices(stages, stages if indices is None else indices)
+        x = self._stem(x)
+        intermediates = []
+        for index, stage in enumerate(self.stages[:take[-1] + 1] if stop_early else self.stages):
+            x = stage(x)
+            if index in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices``, as timm's; with ``prune_head`` or when stages
+        are dropped the head goes too (its norm and ``fc`` become identities and ``global_pool`` "", so
+        ``forward`` gives the map). ``prune_norm``: accepted for timm's signature (no norm before the
+        head). Returns the stage indices."""
+        take = feature_take_indices(len(self.stages), indices)
+        prune_end = take[-1] < len(self.stages) - 1
+        self.stages = self.stages[:take[-1] + 1]
+        if prune_end:
+            self.num_features = self.feature_info.channels(take[-1])
+        if prune_head or prune_end:
+            self.head.norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return list(take)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled,

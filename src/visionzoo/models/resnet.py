@@ -214,6 +214,57 @@ class ResNet(nn.Module):
             x = run_blocks(stage, x, self.grad_checkpointing)
         return x
 
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Some of the five maps (0: the stem after ``relu``, 1-4: ``layer1..layer4``) beside the final
+        features (timm's API of the same name).
+
+        ``indices``: an int n for the last n maps, a sequence of increasing map indices (negative ones
+        count from the end), None for all five. ``norm``: accepted for timm's signature (a ResNet has
+        no final norm). ``stop_early``: run no stage after the last map asked for. Maps are
+        ``Tensor[B, C_i, H/r_i, W/r_i]`` (NCHW, the only ``output_fmt``). Returns the list, or
+        ``(final features, list)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take = feature_take_indices(5, 5 if indices is None else indices, "map")
+        _check_images(x, self.conv1)
+        x = self.relu(self.bn1(self.conv1(x)))
+        intermediates = [x] if 0 in take else []
+        x = self.maxpool(x)
+        stages = self.stages()
+        for index, stage in enumerate(stages[:take[-1]] if stop_early else stages, start=1):
+            x = run_blocks(stage, x, self.grad_checkpointing)
+            if index in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last map of ``indices`` (empty ``layerN``), as timm's; with
+        ``prune_head`` or when stages are dropped the classifier goes too (``global_pool`` "", ``fc``
+        an identity: ``forward`` gives the map). ``prune_norm``: accepted for timm's signature.
+        Returns the map indices."""
+        take = feature_take_indices(5, indices, "map")
+        for index in range(take[-1] + 1, 5):
+            setattr(self, f"layer{index}", nn.Sequential())
+        if take[-1] == 0:
+            self.maxpool = nn.Identity()
+        prune_end = take[-1] < 4
+        if prune_end:
+            self.num_features = self.feature_info.channels(take[-1])
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return list(take)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled
         ``Tensor[B, num_features]`` (with ``global_pool=""`` the map itself)."""

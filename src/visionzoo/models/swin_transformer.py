@@ -613,6 +613,58 @@ class SwinTransformer(nn.Module):
         pooled ``Tensor[B, head_hidden_size]``."""
         return self.head(x, pre_logits=pre_logits)
 
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The outputs of some stages beside the final features (timm's API of the same name).
+
+        ``indices``: an int n for the last n stages, a sequence of increasing stage indices (negative
+        ones count from the end), None for all. ``norm``: the final norm on the last stage's map (it is
+        sized for that stage only). ``stop_early``: run no stage after the last one asked for.
+        Intermediates are ``Tensor[B, C_i, h_i, w_i]`` (NCHW, the only ``output_fmt``, contiguous).
+        Returns the list, or ``(final features Tensor[B, h, w, C] (NHWC, normed when the last stage
+        ran), list)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = len(self.layers)
+        take = feature_take_indices(stages, stages if indices is None else indices)
+        x = self.patch_embed(x)
+        intermediates = []
+        index = 0
+        for index, stage in enumerate(self.layers[:take[-1] + 1] if stop_early else self.layers):
+            x = stage(x)
+            if index in take:
+                y = self.norm(x) if norm and index == stages - 1 else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous())
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if index == stages - 1 else x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices``, as timm's: the final norm goes with
+        ``prune_norm`` or when stages are dropped (it fits the last stage only), and the classifier
+        (``global_pool`` "", ``head.fc`` an identity: ``forward`` gives the map) with ``prune_head`` or
+        when stages are dropped. Returns the stage indices."""
+        take = feature_take_indices(len(self.layers), indices)
+        prune_end = take[-1] < len(self.layers) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.layers = self.layers[:take[-1] + 1]
+        if prune_end:
+            self.num_features = self.head.in_features = self.feature_info.channels(take[-1])
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return list(take)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 

@@ -277,15 +277,88 @@ class VisionTransformer(nn.Module):
     def forward_maps(self, x: Tensor) -> list[Tensor]:
         """Feature maps of the blocks ``out_indices`` (``features_only``): images ``Tensor[B, C, H, W]``
         -> list of ``Tensor[B, embed_dim, H/p, W/p]``."""
+        return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+    ) -> list[Tensor] | list[tuple[Tensor, Tensor]] | tuple[Tensor, list] | dict[str, Any]:
+        """The outputs of some blocks beside the final tokens (timm's API of the same name).
+
+        Args:
+            x: images ``Tensor[B, in_chans, H, W]``.
+            indices: the blocks: an int n for the last n, a sequence of increasing block indices
+                (negative ones count from the end), None for all.
+            return_prefix_tokens: pair each intermediate with its prefix tokens
+                ``Tensor[B, num_prefix_tokens, D]``.
+            norm: pass the intermediates through the final ``norm`` (an identity when the model
+                normalises after pooling, ``fc_norm``).
+            stop_early: run no block after the last one asked for (the final tokens are then that
+                block's output).
+            output_fmt: "NCHW" (``Tensor[B, D, H/p, W/p]`` maps of the patch tokens) or "NLC"
+                (``Tensor[B, (H/p)·(W/p), D]``).
+            intermediates_only: return only the intermediates.
+            output_dict: return ``{"image_intermediates": [...], "image_features": tokens}`` (with
+                ``"image_intermediates_prefix"`` when ``return_prefix_tokens``).
+
+        Returns the list of intermediates, or ``(final tokens Tensor[B, T, D] after norm, list)``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = feature_take_indices(len(self.blocks), len(self.blocks) if indices is None else indices, "block")
         grid = self.grid_size(x)
         x = self.add_pos_embed(self.embed_patches(x), grid)
-        maps = []
-        for index, block in enumerate(self.blocks[:self.out_indices[-1] + 1]):
+        intermediates = []
+        for index, block in enumerate(self.blocks[:take[-1] + 1] if stop_early else self.blocks):
             x = run_blocks([block], x, self.grad_checkpointing)
-            if index in self.out_indices:
-                tokens = x[:, self.num_prefix_tokens:]
-                maps.append(tokens.reshape(x.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous())
-        return maps
+            if index in take:
+                intermediates.append(self._final_norm(x) if norm else x)
+        prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(y.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        if output_dict:
+            result: dict[str, Any] = {"image_intermediates": intermediates}
+            if return_prefix_tokens and self.num_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                result["image_features"] = self._final_norm(x)
+            return result
+        if return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        if intermediates_only:
+            return intermediates
+        return self._final_norm(x), intermediates
+
+    def _final_norm(self, x: Tensor) -> Tensor:
+        return x if self.features_only else self.norm(x)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (as :meth:`forward_intermediates` takes them),
+        with ``prune_norm`` the final norm and with ``prune_head`` the classifier (``fc_norm`` and
+        ``head`` become identities and ``global_pool`` "", so ``forward`` gives the tokens), as timm's.
+        Returns the block indices."""
+        take = feature_take_indices(len(self.blocks), indices, "block")
+        self.blocks = self.blocks[:take[-1] + 1]
+        if prune_norm and not self.features_only:
+            self.norm = nn.Identity()
+        if prune_head and not self.features_only:
+            self._remove_head()
+        return list(take)
+
+    def _remove_head(self) -> None:
+        self.fc_norm = nn.Identity()
+        self.reset_classifier(0, "")
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.features_only:
@@ -343,6 +416,10 @@ class VisionTransformerDistilled(VisionTransformer):
 
     def prefix_tokens(self) -> list[Tensor]:
         return [self.cls_token, self.dist_token]
+
+    def _remove_head(self) -> None:
+        # as timm's: both heads become identities, the two tokens are still averaged
+        self.reset_classifier(0)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Tokens ``Tensor[B, T, D]`` -> the mean of the two heads' logits ``Tensor[B, num_classes]``
