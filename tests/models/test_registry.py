@@ -313,3 +313,35 @@ def test_a_stray_key_in_a_kept_module_of_a_feature_extractor_is_still_refused(tm
     save_checkpoint(path, tensors, meta={"model": {"name": "convnext_atto_32", "args": model.model_args}})
     with pytest.raises(CheckpointError, match=r"1 unexpected keys: stem\.0\.bogus"):
         create_model("convnext_atto_32", checkpoint=path, features_only=True, out_indices=(0, 1))
+
+
+# --- None-valued keywords -----------------------------------------------------------------------
+
+def test_none_valued_keywords_are_dropped_as_timm_does(tmp_path):
+    unset = dict(drop_rate=None, drop_path_rate=None, global_pool=None, img_size=None, num_classes=None, in_chans=None)
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", **unset).eval()
+    ours = create_model("vit_tiny_patch16_224", **unset).eval()
+    assert ours.model_args == {} and ours.global_pool == reference.global_pool == "token"
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-4, rtol=1e-5)
+    # a keyword the builder does not take is no error when None (a script's unset option), as in timm
+    resnet = create_model("resnet18", drop_path_rate=None, global_pool=None)
+    assert timm.create_model("resnet18", drop_path_rate=None, global_pool=None).global_pool.pool_type == "avg"
+    assert resnet.global_pool == "avg" and resnet.model_args == {}
+    # None does not override the arguments a checkpoint of ours recorded
+    model = create_model("resnet18", num_classes=4, global_pool="max")
+    path = tmp_path / "resnet18.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    meta={"model": {"name": "resnet18", "args": model.model_args}})
+    rebuilt = create_model("resnet18", checkpoint=path, global_pool=None, num_classes=None)
+    assert rebuilt.global_pool == "max" and rebuilt.num_classes == 4
+
+
+def test_none_is_kept_where_it_is_a_value():
+    learned = create_model("vqvae_small", ema_decay=None)
+    assert learned.quantizer.ema_decay is None and isinstance(learned.quantizer.codebook, nn.Parameter)
+    assert learned.model_args == {"ema_decay": None}
+    assert create_model("vqvae_small").quantizer.ema_decay == 0.99

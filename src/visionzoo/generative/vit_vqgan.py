@@ -34,7 +34,7 @@ from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers import Block, PatchEmbed
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.pos_embed import sincos_pos_embed_2d
-from visionzoo.layers.vector_quantizer import VectorQuantizer
+from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
 
 
@@ -179,13 +179,13 @@ _SIZES = {
 _TASK_OPTIONS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
 
 
-@register_model(task="vqgan", input_size=(3, 32, 32), task_options=_TASK_OPTIONS)
+@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32), task_options=_TASK_OPTIONS)
 def vit_vqgan(**kwargs) -> ViTVQGAN:
     """ViT-VQGAN with 4×4 patches (an 8×8 code grid at 32 px), 128 wide, 2 blocks per codec, 512 codes in 8-d."""
     return ViTVQGAN(**{**_SIZES["vit_vqgan"], **kwargs})
 
 
-@register_model(task="vqgan", input_size=(3, 64, 64), task_options=_TASK_OPTIONS)
+@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 64, 64), task_options=_TASK_OPTIONS)
 def vit_vqgan_64(**kwargs) -> ViTVQGAN:
     """ViT-VQGAN with 8×8 patches (an 8×8 code grid at 64 px), 192 wide, 3 blocks per codec, a 3-layer PatchGAN
     32 wide (in a 3-minute probe a 64-wide one made 18% fewer steps and lost 1.1 dB of PSNR)."""

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
-from visionzoo.layers.vector_quantizer import VectorQuantizer
+from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
 
 
@@ -232,19 +232,19 @@ F8_TASK_OPTIONS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
 F8_TRAIN_DEFAULTS = {"lr": 2e-3}
 
 
-@register_model(task="vqgan", input_size=(3, 32, 32))
+@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32))
 def vqgan(**kwargs) -> VQGAN:
     """VQGAN for CPU training: a 4× smaller code grid (8×8 for 32 px), widths 32–64, 512 EMA codes of 64 dimensions."""
     return VQGAN(**{**_SIZES["vqgan"], **kwargs})
 
 
-@register_model(task="vqgan", input_size=(3, 32, 32))
+@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32))
 def vqgan_base(**kwargs) -> VQGAN:
     """A wider, deeper 4× VQGAN: widths 64–128, two residual blocks per encoder level (about 3× the compute)."""
     return VQGAN(**{**_SIZES["vqgan_base"], **kwargs})
 
 
-@register_model(task="vqgan", input_size=(3, 64, 64), task_options=F8_TASK_OPTIONS,
+@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 64, 64), task_options=F8_TASK_OPTIONS,
                 train_defaults=F8_TRAIN_DEFAULTS)
 def vqgan_f8(**kwargs) -> VQGAN:
     """VQGAN with an 8× smaller code grid (8×8 for 64 px Shapes), widths 32–64, a 3-layer PatchGAN 32 wide."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from visionzoo.layers.vector_quantizer import VectorQuantizer
+from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
 
 
@@ -127,13 +127,13 @@ class VQVAE(nn.Module):
         return (torch.tanh(x) + 1) / 2
 
 
-@register_model(task="reconstruction", input_size=(3, 32, 32))
+@register_model(task="reconstruction", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32))
 def vqvae(**kwargs) -> VQVAE:
     """VQ-VAE with 512 codes of 64 dimensions, a 4× smaller code grid (8×8 for 32 px), 128-wide convolutions."""
     return VQVAE(**kwargs)
 
 
-@register_model(task="reconstruction", input_size=(3, 64, 64))
+@register_model(task="reconstruction", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 64, 64))
 def vqvae_small(**kwargs) -> VQVAE:
     """A narrower VQ-VAE for CPU training: 64-wide convolutions, 512 codes of 32 dimensions."""
     return VQVAE(**{"channels": 64, "res_channels": 32, "embed_dim": 32, **kwargs})

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RESTARTS = ("random", "farthest")
+# The quantiser arguments where None is a value, not "unset": ``ema_decay=None`` learns the codebook by gradient
+# (for the registry, which otherwise drops None-valued keywords as timm does).
+QUANTIZER_NONE_ARGS = ("ema_decay",)
 
 
 class VectorQuantizer(nn.Module):

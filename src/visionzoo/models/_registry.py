@@ -60,8 +60,9 @@ class Pretrained:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder, family (module name), task, official weights, and the
-    module names of its stem conv and classifier (for in_chans/num_classes adaptation)."""
+    """A registered model: its builder, family (module name), task, official weights, the
+    module names of its stem conv and classifier (for in_chans/num_classes adaptation), and the
+    arguments for which None is a value of its own (``none_args``, kept by :func:`create_model`)."""
 
     name: str
     builder: Callable[..., nn.Module]
@@ -73,6 +74,7 @@ class ModelEntry:
     classifier: tuple[str, ...] = ()
     default_cfg: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_reader: CheckpointReader | None = None
+    none_args: tuple[str, ...] = ()
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -87,6 +89,7 @@ def register_model(
     first_conv: str | None = None,
     classifier: str | tuple[str, ...] = (),
     checkpoint_reader: CheckpointReader | None = None,
+    none_args: tuple[str, ...] = (),
     **default_cfg: Any,
 ):
     """Register a builder under its function name.
@@ -99,6 +102,9 @@ def register_model(
         classifier: the name(s) of the head module(s) re-initialised for another ``num_classes``.
         checkpoint_reader: ``path -> state_dict`` for the official files that the safe generic reader
             refuses (HIPT's DINO training states hold an ``argparse.Namespace``); tried when it does.
+        none_args: arguments for which None means something other than the default (a quantiser's
+            ``ema_decay=None``: a codebook learned by gradient), which :func:`create_model` passes on
+            instead of dropping them as "not set".
         default_cfg: input size, mean/std and the like, as timm's ``pretrained_cfg``.
     """
 
@@ -110,7 +116,7 @@ def register_model(
         heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         _MODELS[name] = ModelEntry(
             name, builder, family, task, pretrained, checkpoint_filter, first_conv, heads, dict(default_cfg),
-            checkpoint_reader,
+            checkpoint_reader, tuple(none_args),
         )
         return builder
 
@@ -168,13 +174,17 @@ def create_model(
             re-initialises the head; for another number of input channels the stem conv is adapted
             (summed or repeated), each with a log line.
         kwargs: passed to the builder (sizes, drop_path_rate, ...); they override the arguments
-            recorded in our checkpoints.
+            recorded in our checkpoints. As in timm, a keyword given as None means "not set" and is
+            dropped (the builder's default, or the checkpoint's recorded value, stays), so that a
+            script may pass ``drop_path_rate=args.drop_path`` to any model; the exceptions are the
+            entry's ``none_args``, where None is a value (see :func:`register_model`).
 
     Returns the model (in train mode, as built), with ``model_name``, ``model_args`` (what rebuilds
     it) and ``default_cfg`` (also as ``pretrained_cfg``, timm's name for it). Weights that do not fit
     raise :class:`CheckpointError` naming the keys.
     """
     entry = get_model_entry(name)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None or key in entry.none_args}
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     state: dict[str, torch.Tensor] | None = None
