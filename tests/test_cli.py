@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionzoo.checkpoint import read_checkpoint
+from visionzoo.checkpoint import read_checkpoint, save_checkpoint
 from visionzoo.cli import main
 from visionzoo.data import Digits
 from visionzoo.models import create_model
@@ -350,3 +350,20 @@ def test_overwrite_keeps_a_folder_that_no_run_wrote(command, tmp_path, capsys):
     (out / "chapter1.tex").write_text("mine")
     one_line_error(capsys, [*command, "--out", str(out), "--overwrite"], f"--overwrite: {out} is not a visionzoo run folder")
     assert (out / "chapter1.tex").read_text() == "mine"
+
+
+def test_eval_takes_the_trained_weights_and_use_ema_the_ema_ones_as_timms_validate(trained, tmp_path, capsys):
+    tensors, meta = read_checkpoint(trained / "checkpoint.safetensors")
+    ema = {k.replace("model.", "ema.", 1): v for k, v in tensors.items() if k.startswith("model.")}
+    ema["ema.fc.weight"] = ema["ema.fc.weight"].roll(1, dims=0)  # predicts the next class: accuracy ~0
+    ema["ema.fc.bias"] = ema["ema.fc.bias"].roll(1, dims=0)
+    path = tmp_path / "with_ema.safetensors"
+    save_checkpoint(path, {**tensors, **ema}, meta)
+    summary = json.loads((trained / "summary.json").read_text())
+    capsys.readouterr()
+    accuracy = {}
+    for flag in ([], ["--use-ema"]):
+        assert main(["eval", "resnet18", "--checkpoint", str(path), "--split", "val", "--json", *flag]) == 0
+        accuracy[bool(flag)] = json.loads(capsys.readouterr().out)["accuracy"]
+    assert accuracy[False] == pytest.approx(summary["metrics"]["accuracy"])
+    assert accuracy[True] < 0.3 < summary["metrics"]["accuracy"]

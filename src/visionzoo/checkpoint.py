@@ -117,13 +117,20 @@ def _checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_checkpoint(
+    path: str | os.PathLike, use_ema: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read any weights file safely: ``(tensors, our metadata or None)``.
 
     ``.safetensors`` files (by suffix or by their header) are read with safetensors; anything else
     with ``torch.load(weights_only=True)``, unwrapping the usual containers (``state_dict``,
     ``model``, ``module.`` prefixes). The metadata is ours (a dict) only for files that
     :func:`save_checkpoint` wrote; foreign files give ``None``.
+
+    ``use_ema``: a foreign training file that holds EMA weights beside the trained ones gives its
+    ``state_dict_ema`` (else ``model_ema``) rather than its ``state_dict``/``model``, as timm's
+    ``load_state_dict(use_ema=True)``. Our own files are returned whole (both sections); see
+    :func:`model_state`.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -147,7 +154,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
     except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
-    return _unwrap_state_dict(obj, path), None
+    return _unwrap_state_dict(obj, path, use_ema), None
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
@@ -244,8 +251,12 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model", "model_ema", "module"):
+_STATE_DICT_KEYS = ("state_dict", "model", "model_ema", "module")
+_EMA_FIRST_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")  # timm's order with use_ema
+
+
+def _unwrap_state_dict(obj: Any, path: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    for key in _EMA_FIRST_KEYS if use_ema else _STATE_DICT_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
@@ -262,8 +273,8 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def model_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None, ema: bool = False) -> dict[str, torch.Tensor]:
     """The model's state dict from what :func:`read_checkpoint` returned.
 
-    For our training checkpoints this is the ``model.`` (or, with ``ema=True``, ``ema.``) section;
-    foreign files are returned as they are.
+    For our training checkpoints this is the ``model.`` section, or with ``ema=True`` the ``ema.``
+    section where the run kept one (``--ema-decay``); foreign files are returned as they are.
     """
     if meta is None:
         return dict(tensors)

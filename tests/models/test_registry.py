@@ -181,7 +181,6 @@ def test_own_format_round_trip_rebuilds_the_architecture(tmp_path):
     model = randomize(create_model("resnet18", num_classes=10, in_chans=1, small_input=True), 3).eval()
     path = tmp_path / "digits.safetensors"
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors["ema.fc.bias"] = torch.full((10,), 5.0)
     save_checkpoint(path, tensors, meta={"model": {"name": "resnet18", "args": model.model_args}, "step": 7})
     rebuilt = create_model("resnet18", checkpoint=path).eval()
     assert rebuilt.model_args == {"num_classes": 10, "in_chans": 1, "small_input": True}
@@ -202,9 +201,6 @@ def test_own_format_round_trip_rebuilds_the_architecture(tmp_path):
         c3 = model.layer2(model.layer1(model.relu(model.bn1(model.conv1(x)))))
         torch.testing.assert_close(maps[0], c3)
         torch.testing.assert_close(maps[1], model.layer3(c3))
-    # ema=True reads the EMA section where there is one
-    with pytest.raises(CheckpointError, match="missing keys"):
-        load_checkpoint(rebuilt, path, ema=True)
 
 
 def test_checkpoint_for_another_model_name_is_refused(tmp_path):
@@ -345,3 +341,48 @@ def test_none_is_kept_where_it_is_a_value():
     assert learned.quantizer.ema_decay is None and isinstance(learned.quantizer.codebook, nn.Parameter)
     assert learned.model_args == {"ema_decay": None}
     assert create_model("vqvae_small").quantizer.ema_decay == 0.99
+
+
+# --- EMA weights ----------------------------------------------------------------------------------
+
+def _same_weights(model, state):
+    return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_ema_weights_are_taken_by_default_as_timm_does(tmp_path):
+    trained = randomize(timm.create_model("resnet18", num_classes=4), 10).state_dict()
+    ema = randomize(timm.create_model("resnet18", num_classes=4), 11).state_dict()
+    files = {}
+    for keys in (("state_dict", "state_dict_ema"), ("model", "model_ema")):
+        files[keys] = tmp_path / f"{keys[1]}.pth"
+        torch.save({keys[0]: trained, keys[1]: ema, "epoch": 3}, files[keys])
+    files["plain"] = tmp_path / "plain.pth"
+    torch.save({"state_dict": trained}, files["plain"])
+    for path in files.values():
+        reference = timm.create_model("resnet18", num_classes=4, checkpoint_path=str(path))
+        expected = {k: v.clone() for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+        assert _same_weights(reference, ema if path != files["plain"] else trained)
+        assert _same_weights(create_model("resnet18", num_classes=4, checkpoint=path), expected)
+        timm.models.load_checkpoint(reference, str(path), use_ema=False)
+        assert _same_weights(create_model("resnet18", num_classes=4, checkpoint=path, use_ema=False), trained)
+        model = create_model("resnet18", num_classes=4)
+        load_checkpoint(model, path)
+        assert _same_weights(model, expected)
+        load_checkpoint(model, path, use_ema=False)
+        assert _same_weights(model, trained) and _same_weights(reference, trained)
+
+    # ours: the ema. section of a run with --ema-decay, the model. section of one without
+    own = tmp_path / "own.safetensors"
+    meta = {"model": {"name": "resnet18", "args": {"num_classes": 4}}, "step": 7}
+    save_checkpoint(own, {**{f"model.{k}": v for k, v in trained.items()},
+                          **{f"ema.{k}": v for k, v in ema.items()}}, meta)
+    assert _same_weights(create_model("resnet18", checkpoint=own), ema)
+    assert _same_weights(create_model("resnet18", checkpoint=own, use_ema=False), trained)
+    model = create_model("resnet18", num_classes=4)
+    load_checkpoint(model, own)
+    assert _same_weights(model, ema)
+    load_checkpoint(model, own, use_ema=False)
+    assert _same_weights(model, trained)
+    without = tmp_path / "without.safetensors"
+    save_checkpoint(without, {f"model.{k}": v for k, v in trained.items()}, meta)
+    assert _same_weights(create_model("resnet18", checkpoint=without), trained)

@@ -162,6 +162,7 @@ def create_model(
     checkpoint: str | Path | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
+    use_ema: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name`` and optionally load weights into it.
@@ -170,6 +171,11 @@ def create_model(
         pretrained: download the official weights of this name (cached, hash-checked) and load them.
         checkpoint: a local weights file: ours (which also restores the model's arguments), or a
             timm/torchvision file of the same architecture (converted by the family's filter).
+        use_ema: take the checkpoint's EMA weights where it has them: the ``ema.`` section of ours
+            (a run with ``--ema-decay``), ``state_dict_ema`` or ``model_ema`` of a timm training file;
+            the trained weights otherwise. True by default, as timm's ``create_model(checkpoint_path=)``
+            (its ``load_checkpoint(use_ema=True)``); ``visionzoo eval``/``predict`` take the trained
+            weights unless given ``--use-ema``, as timm's ``validate.py``.
         num_classes, in_chans: as in timm. Loading weights made for another number of classes
             re-initialises the head; for another number of input channels the stem conv is adapted
             (summed or repeated), each with a log line.
@@ -191,7 +197,7 @@ def create_model(
     foreign = True
     source = ""
     if checkpoint is not None:
-        tensors, meta = _read_weights(entry, checkpoint)
+        tensors, meta = _read_weights(entry, checkpoint, use_ema)
         source = str(checkpoint)
         if meta is not None:
             saved_args = dict(_saved_model(meta, name, source).get("args") or {})
@@ -200,7 +206,7 @@ def create_model(
             num_classes = saved_classes if num_classes is None else num_classes
             in_chans = saved_chans if in_chans is None else in_chans
             kwargs = {**saved_args, **kwargs}
-        state = model_state(tensors, meta)
+        state = model_state(tensors, meta, ema=use_ema)
         foreign = meta is None
     elif pretrained:
         from visionzoo.models._hub import download_pretrained
@@ -241,26 +247,29 @@ def _whole_number(value: Any, name: str, minimum: int) -> int:
     return number
 
 
-def load_checkpoint(model: nn.Module, checkpoint: str | Path, ema: bool = False) -> None:
+def load_checkpoint(model: nn.Module, checkpoint: str | Path, use_ema: bool = True) -> None:
     """Load a weights file into an existing ``model``, all of it or nothing.
 
     The same conversions as :func:`create_model` apply when the model came from the registry
     (it has ``model_name``): the family's filter for foreign files, head re-initialisation and stem
-    adaptation. ``ema=True`` takes the EMA weights of our training checkpoints where they exist.
+    adaptation. ``use_ema`` (default True, as timm's ``load_checkpoint``) takes the EMA weights
+    where the file has them, as :func:`create_model` does; False, the trained weights.
     A file that does not fit raises :class:`CheckpointError` and leaves the model unchanged.
     """
     name = getattr(model, "model_name", None)
     entry = _MODELS.get(name) if name is not None else None
-    tensors, meta = _read_weights(entry, checkpoint)
+    tensors, meta = _read_weights(entry, checkpoint, use_ema)
     if meta is not None and name is not None:
         _saved_model(meta, name, str(checkpoint))
-    _load_state(model, entry, model_state(tensors, meta, ema=ema), meta is None, str(checkpoint))
+    _load_state(model, entry, model_state(tensors, meta, ema=use_ema), meta is None, str(checkpoint))
 
 
-def _read_weights(entry: ModelEntry | None, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def _read_weights(
+    entry: ModelEntry | None, path: str | Path, use_ema: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """:func:`read_checkpoint`, falling back on the family's own reader for official files it refuses."""
     try:
-        return read_checkpoint(path)
+        return read_checkpoint(path, use_ema)
     except CheckpointError:
         if entry is None or entry.checkpoint_reader is None:
             raise

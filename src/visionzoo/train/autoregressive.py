@@ -283,7 +283,7 @@ class AutoregressiveTask(Task):
                 model_args.setdefault("num_classes", len(splits["train"].classes))
             model = create_model(model_name, **model_args)
             if code_prior:
-                load_checkpoint(model.tokenizer, options["tokenizer"], ema=True)
+                load_checkpoint(model.tokenizer, options["tokenizer"], use_ema=True)
                 if model.in_chans != image.shape[0]:
                     raise ValueError(f"--tokenizer {options['tokenizer']} takes {model.in_chans}-channel images, "
                                      f"but {data} has {image.shape[0]} channels")

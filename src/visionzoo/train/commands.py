@@ -148,6 +148,8 @@ def train_command(args: argparse.Namespace) -> int:
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--use-ema", action="store_true",
+                        help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--data", help="data set name or COCO folder (default: the training data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--img-size", type=positive_int)
@@ -158,7 +160,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 @register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
 def eval_command(args: argparse.Namespace) -> int:
-    setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size)
+    setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema)
     trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
     if args.img_size and trained_size and args.img_size != trained_size:
         print(f"note: {args.checkpoint} was trained at {trained_size} px; at --img-size {args.img_size} objects appear "
@@ -180,6 +182,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--use-ema", action="store_true",
+                        help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
     parser.add_argument("--overwrite", action="store_true", help="replace files of the same name in --out")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -219,7 +223,7 @@ def predict_command(args: argparse.Namespace) -> int:
         require_not_folder(args.coco_json, "--coco-json", "a .json file")
     if args.coco_json and not Path(args.coco_json).parent.is_dir():
         raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
-    setup = load_for_inference(args.model, args.checkpoint)
+    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
     if clashes and not args.overwrite:
         raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")
@@ -252,6 +256,8 @@ def predict_command(args: argparse.Namespace) -> int:
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered generative model name (dcgan, image_gpt, vqgan_transformer, ...)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--use-ema", action="store_true",
+                        help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("-n", "--count", type=positive_int, default=64, help="how many images (default 64)")
     parser.add_argument("--out", required=True, help="the grid PNG to write")
     parser.add_argument("--images-dir", metavar="DIR",
@@ -314,7 +320,7 @@ def sample_command(args: argparse.Namespace) -> int:
     names = sample_names(args.count)
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
-    setup = load_for_inference(args.model, args.checkpoint)
+    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:

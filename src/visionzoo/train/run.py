@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
-from visionzoo.checkpoint import CheckpointError, read_metadata
+from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
@@ -97,13 +97,20 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None = None,
-                       img_size: int | None = None) -> Setup:
-    """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones."""
+                       img_size: int | None = None, use_ema: bool = False) -> Setup:
+    """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones.
+
+    The model gets the trained weights, or with ``use_ema`` the EMA weights where the run kept them
+    (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
+    default is the EMA weights.
+    """
     meta = checkpoint_metadata(checkpoint)
     run = meta.get("run", {})
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
                             checkpoint=checkpoint, options=run.get("options"))
+    if not use_ema:
+        _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}
     built = getattr(setup.model, "model_args", {})
     for key, what, consequence in (("num_classes", "classes", "its classifier would be untrained"),
@@ -126,6 +133,17 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     for record in held:
         logging.getLogger(record.name).handle(record)
     return setup
+
+
+def _load_trained_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """The ``model.`` section of our training ``checkpoint`` into ``model`` (the task's model, which the
+    engine saved and resumes from that section) when the file also has EMA weights, which the tasks'
+    ``create_model(checkpoint=)`` took."""
+    from visionzoo.models._registry import load_state_dict_strict
+
+    tensors, meta = read_checkpoint(checkpoint)
+    if any(key.startswith("ema.") for key in tensors):
+        load_state_dict_strict(model, model_state(tensors, meta), str(checkpoint))
 
 
 @contextlib.contextmanager
