@@ -341,6 +341,8 @@ def test_none_is_kept_where_it_is_a_value():
     assert learned.quantizer.ema_decay is None and isinstance(learned.quantizer.codebook, nn.Parameter)
     assert learned.model_args == {"ema_decay": None}
     assert create_model("vqvae_small").quantizer.ema_decay == 0.99
+    with torch.device("meta"):
+        assert not any(k.endswith("gamma") for k in create_model("convnext_atto", ls_init_value=None).state_dict())
 
 
 # --- EMA weights ----------------------------------------------------------------------------------

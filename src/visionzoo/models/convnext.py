@@ -445,8 +445,10 @@ def _timm(tag: str) -> Pretrained:
 
 
 def _cfg(size: int = 224, crop_pct: float = 0.875, stride: int = 32) -> dict:
+    # ls_init_value=None builds blocks without layer scale, so create_model passes that None on (timm's
+    # create_model drops it and keeps the 1e-6 layer scale)
     return dict(
-        checkpoint_filter=checkpoint_filter, first_conv="stem.0", classifier="head.fc",
+        checkpoint_filter=checkpoint_filter, first_conv="stem.0", classifier="head.fc", none_args=("ls_init_value",),
         input_size=(3, size, size), pool_size=(size // stride, size // stride), crop_pct=crop_pct,
         interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
     )
