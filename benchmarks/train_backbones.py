@@ -3,7 +3,8 @@
 One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writing
 ``benchmarks/results/train_<job>.json``, so the README's rows can be filled across several runs:
 
-* ``<family>-digits32`` / ``<family>-shapes64``: one run, test accuracy on the held-out test split.
+* ``<family>-digits32`` / ``<family>-shapes64``: one run, test accuracy on the held-out test split;
+  ``<family>-shapes64-flips``: the same with the square's eight symmetries as augmentation.
 * ``deit-distillation``: a teacher (ResNet-18) is trained once; then, for 3 seeds, a distilled DeiT
   with the teacher against the same-size DeiT without it, equal steps and recipe (DeiT's mixup and CutMix).
 * ``vit-mpp``: for 3 seeds, masked patch prediction pretraining then fine-tuning, against the same
@@ -63,6 +64,11 @@ SINGLE = {
     "convnext-shapes64": Run("convnext_atto_64", "shapes", 64, None, minutes=5.0),
     "resnet18-shapes64": Run("resnet18", "shapes", 64, None, minutes=5.0),
 }
+# Shapes' label (the class of the largest visible object) is kept by the square's eight symmetries: the
+# same runs with each drawn equally often (--hflip 0.5 --vflip 0.5 --rot90 0.5).
+SQUARE_SYMMETRIES = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5}
+SINGLE.update({f"{job}-flips": Run(**{**SINGLE[job].__dict__, "options": SQUARE_SYMMETRIES})
+               for job in ("vit-shapes64", "swin-shapes64", "convnext-shapes64", "resnet18-shapes64")})
 TEACHER = Run("resnet18", "digits", 32, 400, lr=2e-3, warmup_steps=None)
 # DeiT's augmentation (mixup 0.8, CutMix 1.0) for both: on mixed images the teacher's hard label says more than
 # the mixed ground truth, which is where hard distillation's gain comes from; without it the teacher (test 1.000)

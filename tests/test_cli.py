@@ -163,6 +163,7 @@ def test_bad_option_value_is_one_line(capsys):
     ("--warmup-steps", "-5", "integer >= 0"), ("--ema-decay", "1.5", "[0, 1)"), ("--lr", "inf", "finite positive"),
     ("--label-smoothing", "2", "[0, 1)"), ("--mixup", "-1", "number >= 0"), ("--translate", "-3", "integer >= 0"),
     ("--distillation-alpha", "1.5", "[0, 1]"), ("--distillation-tau", "0", "positive"),
+    ("--hflip", "1.5", "[0, 1]"), ("--vflip", "-0.1", "[0, 1]"), ("--rot90", "2", "[0, 1]"),
 ])
 def test_training_settings_out_of_range_are_refused_when_parsed(capsys, flag, value, fragment):
     """A negative --grad-clip, for one, flipped every gradient: the run trained uphill and finished with rc 0."""
@@ -256,6 +257,7 @@ def test_module_entry_point_lists_models():
     ("resnet18", ["--scale-jitter", "96-160"], ["--scale-jitter is for detection models", "fasterrcnn_"]),
     ("fasterrcnn_shapes", ["--mixup", "0.5"], ["--mixup is for classification models"]),
     ("dcgan", ["--mixup", "0"], ["--mixup is for classification models"]),  # typed at its default: still refused
+    ("fasterrcnn_shapes", ["--rot90", "0.5"], ["--rot90 is for classification models"]),
     ("resnet18", ["--no-class-conditional"], ["--class-conditional is for autoregressive models"]),
     ("vqvae_small", ["--disc-weight", "0.1"], ["--disc-weight is for vqgan models", "reconstruction task"]),
 ])

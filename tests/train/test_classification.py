@@ -1,4 +1,4 @@
-"""Classification task pieces: label smoothing, mixup, CutMix, translation; against hand computations."""
+"""Classification task pieces: label smoothing, mixup, CutMix, translation, flips; against hand computations."""
 
 import contextlib
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from visionzoo.train.classification import ClassificationTask, class_label, random_translate
+import visionzoo.data
+from visionzoo.train.classification import ClassificationTask, class_label, random_flips, random_translate
 from visionzoo.train.mixup import cutmix_box, mix_batch, smooth_one_hot
 
 
@@ -142,3 +143,43 @@ def test_an_initial_checkpoint_pth_is_read_once(tmp_path, monkeypatch):
     model = build_classifier("resnet18", 3, 3, {}, initial_checkpoint=path)
     assert loads == [path]
     assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
+
+
+def test_random_flips_draw_each_symmetry_of_the_square_equally_often():
+    image = torch.arange(16.0).view(1, 1, 4, 4)  # no symmetry of its own: the 8 images below differ
+    symmetries = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]
+    symmetries += [x.rot90(1, (-2, -1)) for x in symmetries]
+    out = random_flips(image.repeat(4000, 1, 1, 1), 0.5, 0.5, 0.5, torch.Generator().manual_seed(0))
+    kinds = [next(k for k, s in enumerate(symmetries) if torch.equal(x[None], s)) for x in out]
+    counts = np.bincount(kinds, minlength=8)
+    assert counts.min() > 400 and counts.max() < 600, counts  # 500 each expected
+
+
+def test_random_flips_at_probability_0_or_1():
+    images = torch.rand(3, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(random_flips(images, 0.0, 0.0, 0.0, generator), images)
+    assert torch.equal(torch.rand(1, generator=generator), torch.rand(1, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(random_flips(images, 1.0, 0.0, 0.0, generator), images.flip(-1))
+    assert torch.equal(random_flips(images, 0.0, 1.0, 1.0, generator), images.flip(-2).rot90(1, (-2, -1)))
+    task = ClassificationTask(["a", "b"], hflip=1.0)
+    assert torch.equal(task.augment(images), images.flip(-1))  # translate 0: the flip alone
+    with pytest.raises(ValueError, match=r"--vflip must be in \[0, 1\], got 1.5"):
+        ClassificationTask(["a", "b"], vflip=1.5)
+
+
+def test_rot90_refuses_images_that_are_not_square(monkeypatch):
+    class Wide(torch.utils.data.Dataset):
+        classes = ["a", "b"]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.zeros(3, 8, 12), index % 2
+
+    monkeypatch.setattr(visionzoo.data, "create_dataset", lambda *args, **kwargs: Wide())
+    with pytest.raises(ValueError, match="--rot90 needs square images; wide's are 8×12"):
+        ClassificationTask.setup("resnet18", "wide", None, {}, options={"rot90": 0.5})
+    setup = ClassificationTask.setup("resnet18", "wide", None, {}, options={"hflip": 0.5, "vflip": 0.5})
+    assert setup.task.flips == (0.5, 0.5, 0.0)

@@ -58,6 +58,23 @@ def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Gene
     ])
 
 
+def random_flips(images: torch.Tensor, hflip: float, vflip: float, rot90: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Flip each image left-right with probability ``hflip``, upside down with ``vflip``, then turn it a
+    quarter (counter-clockwise) with ``rot90``: with all three at 0.5 each of the square's eight
+    symmetries is equally likely. A probability of 0 draws nothing from ``generator``.
+
+    Args:
+        images: Tensor[B, C, H, W] (square when ``rot90`` > 0). Returns the same shape.
+    """
+    for probability, transform in ((hflip, lambda x: x.flip(-1)), (vflip, lambda x: x.flip(-2)),
+                                   (rot90, lambda x: x.rot90(1, (-2, -1)))):
+        if probability > 0:
+            chosen = torch.rand(images.shape[0], generator=generator) < probability
+            images = torch.where(chosen.view(-1, 1, 1, 1), transform(images), images)
+    return images
+
+
 @register_task("classification")
 class ClassificationTask(Task):
     """Softmax classification over ``classes``; top-1 accuracy is the headline metric.
@@ -67,6 +84,9 @@ class ClassificationTask(Task):
         mean, std: per-channel input normalisation of images in [0, 1] (one value: all channels).
         label_smoothing, mixup_alpha, cutmix_alpha: DeiT's regularisers (0 disables each).
         translate: random shift in pixels as a light augmentation (0 disables it).
+        hflip, vflip, rot90: probabilities of a left-right flip, an upside-down flip and a quarter turn
+            of a training image (:func:`random_flips`; 0 disables each). Only for labels that these
+            keep: Shapes' (all three), not digits'.
         teacher: distil from this frozen classifier (DeiT): ``distillation`` "hard" or "soft", with
             weight ``distillation_alpha`` and temperature ``distillation_tau`` (see
             :func:`~visionzoo.train.distillation.distillation_loss`). A model with a distillation token
@@ -79,13 +99,16 @@ class ClassificationTask(Task):
 
     def __init__(self, classes: Sequence[str], mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, translate: int = 0, teacher: Teacher | None = None,
+                 cutmix_alpha: float = 0.0, translate: int = 0, hflip: float = 0.0, vflip: float = 0.0,
+                 rot90: float = 0.0, teacher: Teacher | None = None,
                  distillation: str = "hard", distillation_alpha: float = 0.5, distillation_tau: float = 1.0) -> None:
         super().__init__()
         for flag, value, holds, bound in (
                 ("--label-smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
                 ("--mixup", mixup_alpha, mixup_alpha >= 0, ">= 0"), ("--cutmix", cutmix_alpha, cutmix_alpha >= 0, ">= 0"),
                 ("--translate", translate, translate >= 0, ">= 0"),
+                ("--hflip", hflip, 0 <= hflip <= 1, "in [0, 1]"), ("--vflip", vflip, 0 <= vflip <= 1, "in [0, 1]"),
+                ("--rot90", rot90, 0 <= rot90 <= 1, "in [0, 1]"),
                 ("--distillation-alpha", distillation_alpha, 0 <= distillation_alpha <= 1, "in [0, 1]"),
                 ("--distillation-tau", distillation_tau, distillation_tau > 0, "> 0")):
             if not holds:
@@ -97,6 +120,7 @@ class ClassificationTask(Task):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.translate = translate
+        self.flips = (hflip, vflip, rot90)
         self.teacher = teacher
         self.distillation = distillation
         self.distillation_alpha = distillation_alpha
@@ -113,7 +137,7 @@ class ClassificationTask(Task):
 
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
         images, labels = batch
-        images = random_translate(images, self.translate, self.generator)
+        images = self.augment(images)
         targets = smooth_one_hot(labels, len(self.classes), self.label_smoothing)
         images, targets = mix_batch(images, targets, self.mixup_alpha, self.cutmix_alpha, self.generator)
         output = model(self.normalize(images))
@@ -123,6 +147,11 @@ class ClassificationTask(Task):
         loss = distillation_loss(class_logits, distill_logits, targets, self.teacher(images), self.distillation,
                                  self.distillation_alpha, self.distillation_tau)
         return {"loss": loss}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """A training batch's random shift, then its flips and quarter turns: Tensor[B, C, H, W], same shape."""
+        images = random_translate(images, self.translate, self.generator)
+        return random_flips(images, *self.flips, self.generator)
 
     @torch.no_grad()
     def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -160,6 +189,14 @@ class ClassificationTask(Task):
         group.add_argument("--cutmix", type=nonnegative_float, default=0.0, help="CutMix alpha (0 disables)")
         group.add_argument("--translate", type=nonnegative_int, default=None,
                            help="random shift augmentation in pixels (default: 1/16 of the image size)")
+        group.add_argument("--hflip", type=unit_interval, default=0.0,
+                           help="probability of a left-right flip of a training image (default 0)")
+        group.add_argument("--vflip", type=unit_interval, default=0.0,
+                           help="probability of an upside-down flip (default 0)")
+        group.add_argument("--rot90", type=unit_interval, default=0.0,
+                           help="probability of a quarter turn, for square images (default 0); with --hflip 0.5 "
+                                "--vflip 0.5 --rot90 0.5 each of the square's 8 symmetries is equally likely "
+                                "(labels they keep: shapes', not digits')")
         group.add_argument("--objective", choices=OBJECTIVES, default="classify",
                            help="classify (default), or mpp: the ViT paper's masked patch prediction pretraining")
         group.add_argument("--initial-checkpoint", metavar="FILE",
@@ -186,8 +223,12 @@ class ClassificationTask(Task):
         in_chans, size = image.shape[0], image.shape[-1]
         classes = splits["train"].classes
         translate = options.get("translate")
+        flips = {name: options.get(name, 0.0) for name in ("hflip", "vflip", "rot90")}
+        if flips["rot90"] and image.shape[-2] != size:
+            raise ValueError(f"--rot90 needs square images; {data}'s are {image.shape[-2]}×{size}")
         common = dict(label_smoothing=options.get("label_smoothing", 0.0), mixup_alpha=options.get("mixup", 0.0),
-                      cutmix_alpha=options.get("cutmix", 0.0), translate=size // 16 if translate is None else translate)
+                      cutmix_alpha=options.get("cutmix", 0.0), translate=size // 16 if translate is None else translate,
+                      **flips)
         run_meta = {"data": data, "img_size": size, "in_chans": in_chans}
         if objective == "mpp":
             from visionzoo.train.mpp import MaskedPatchTask

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.train.classification import ClassificationTask, random_translate
+from visionzoo.train.classification import ClassificationTask
 
 COLOUR_BITS = 3
 
@@ -161,7 +161,7 @@ class MaskedPatchTask(ClassificationTask):
 
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, Tensor]:
         images, _ = batch
-        images = random_translate(images, self.translate, self.generator)
+        images = self.augment(images)
         classes, corruption = self._step_data(images, self.generator)
         logits = model(self.normalize(images), corruption)
         scores = mpp_metrics(logits, classes, corruption)
