@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices
 from visionzoo.layers.grad_checkpoint import run_blocks
@@ -260,6 +261,7 @@ class ConvNeXt(nn.Module):
         switch, set on every stage; see :func:`~visionzoo.layers.run_blocks`)."""
         _set_grad_checkpointing(self.stages, enable)
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity),
         optionally with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``)."""

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
+from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
@@ -172,6 +173,7 @@ class ViT4K(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh ``num_classes``-way head (0: identity)."""
         self.num_classes = num_classes
@@ -303,6 +305,7 @@ class HIPT4K(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.model4k.head
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.model4k.reset_classifier(num_classes)

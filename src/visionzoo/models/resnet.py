@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.features import FeatureInfo, feature_take_indices
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
@@ -196,6 +197,7 @@ class ResNet(nn.Module):
         running statistics twice per step, as in timm."""
         self.grad_checkpointing = enable
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
         with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``), as timm's."""

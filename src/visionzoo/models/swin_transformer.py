@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed, run_blocks
+from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices
 from visionzoo.models._registry import Pretrained, register_model
@@ -589,6 +590,7 @@ class SwinTransformer(nn.Module):
         """The width of the pooled features ``head.fc`` takes (twice ``num_features`` for "catavgmax")."""
         return self.head.num_features
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``."""
         self.head.reset(num_classes, global_pool)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Block, FeatureInfo, PatchEmbed, feature_take_indices, resample_abs_pos_embed
 from visionzoo.layers.block import LayerNorm
+from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
@@ -168,6 +169,7 @@ class VisionTransformer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way head (0: identity), optionally with another ``global_pool``
         (the final norm's place is kept as built)."""
@@ -408,6 +410,7 @@ class VisionTransformerDistilled(VisionTransformer):
     def get_classifier(self) -> tuple[nn.Module, nn.Module]:
         return self.head, self.head_dist
 
+    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, "token"):
             raise ValueError(f"the distilled ViT pools its prefix tokens: global_pool must be 'token', got {global_pool!r}")
