@@ -145,6 +145,30 @@ def test_an_initial_checkpoint_pth_is_read_once(tmp_path, monkeypatch):
     assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
 
 
+def test_an_initial_checkpoint_with_ema_weights_starts_from_them_as_timm_does(tmp_path):
+    """timm's train.py --initial-checkpoint goes through create_model(checkpoint_path=), which takes the EMA
+    weights; ours took the trained ones."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.models import create_model
+    from visionzoo.train.classification import build_classifier
+
+    torch.manual_seed(0)
+    trained, ema = create_model("resnet18", num_classes=10), create_model("resnet18", num_classes=10)
+    own = tmp_path / "own.safetensors"
+    save_checkpoint(own, {**{f"model.{k}": v for k, v in trained.state_dict().items()},
+                          **{f"ema.{k}": v for k, v in ema.state_dict().items()}},
+                    {"model": {"name": "resnet18", "args": {"num_classes": 10}}, "step": 3})
+    timm_style = tmp_path / "timm.pth"
+    torch.save({"state_dict": trained.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 3}, timm_style)
+    plain = tmp_path / "plain.pth"
+    torch.save({"state_dict": trained.state_dict()}, plain)
+    for path, source in ((own, ema), (timm_style, ema), (plain, trained)):
+        model = build_classifier("resnet18", 3, 3, {}, initial_checkpoint=path)
+        assert torch.equal(model.conv1.weight, source.conv1.weight), path.name
+        assert torch.equal(model.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var), path.name
+        assert model.fc.out_features == 3
+
+
 def test_random_flips_draw_each_symmetry_of_the_square_equally_often():
     image = torch.arange(16.0).view(1, 1, 4, 4)  # no symmetry of its own: the 8 images below differ
     symmetries = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]

@@ -200,7 +200,8 @@ class ClassificationTask(Task):
         group.add_argument("--objective", choices=OBJECTIVES, default="classify",
                            help="classify (default), or mpp: the ViT paper's masked patch prediction pretraining")
         group.add_argument("--initial-checkpoint", metavar="FILE",
-                           help="start from these weights (e.g. an --objective mpp run); the head is re-initialised")
+                           help="start from these weights (e.g. an --objective mpp run; its EMA weights where it kept "
+                                "them, as timm's); the head is re-initialised")
         group.add_argument("--teacher", metavar="MODEL", help="distil from this model (DeiT); needs --teacher-checkpoint")
         group.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
         group.add_argument("--distillation", choices=DISTILLATION_KINDS, default="hard",
@@ -285,7 +286,7 @@ def build_classifier(model_name: str, num_classes: int, in_chans: int, model_arg
     from visionzoo.checkpoint import read_checkpoint
 
     # Read once for both the model's arguments and its weights: a .pth has no header to read apart.
-    loaded = read_checkpoint(initial_checkpoint)
+    loaded = read_checkpoint(initial_checkpoint, use_ema=True)
     model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
                          **{**saved_model_args(loaded[1], initial_checkpoint, model_name), **model_args})
     load_initial_weights(model, initial_checkpoint, loaded)
@@ -310,8 +311,10 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     """Start ``model`` (a registered classifier) from the weights in ``path``, except its head.
 
     ``path`` is one of our checkpoints (a classifier's, or a masked-patch pretraining's encoder) or a
-    timm/torchvision file of the same model; ``loaded`` is what ``read_checkpoint(path)`` returned, if the
-    caller has read it already. The head keeps its fresh initialisation.
+    timm/torchvision file of the same model; ``loaded`` is what ``read_checkpoint(path, use_ema=True)``
+    returned, if the caller has read it already. A file with EMA weights (our ``ema.`` section, timm's
+    ``state_dict_ema``/``model_ema``) starts the model from those, as timm's ``train.py
+    --initial-checkpoint`` (``create_model(checkpoint_path=)``) does. The head keeps its fresh initialisation.
     """
     from visionzoo.checkpoint import model_state, read_checkpoint
     from visionzoo.models import get_model_entry
@@ -319,8 +322,8 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     from visionzoo.train.mpp import pretrained_encoder_state
 
     entry = get_model_entry(model.model_name)
-    tensors, meta = read_checkpoint(path) if loaded is None else loaded
-    state = model_state(tensors, meta)
+    tensors, meta = read_checkpoint(path, use_ema=True) if loaded is None else loaded
+    state = model_state(tensors, meta, ema=True)
     if meta is None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
     if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
