@@ -20,7 +20,7 @@ def test_a_new_head_is_built_in_the_models_dtype_and_runs(name):
     assert logits.shape == (2, 3) and logits.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name", [*SMALL, "vit4k_xs"])
+@pytest.mark.parametrize("name", [*SMALL, "vit4k_xs", "hipt_4k"])
 def test_a_new_head_is_built_on_the_models_device(name):
     model = create_model(name, num_classes=10).to("meta")  # a device other than the CPU, without a GPU
     model.reset_classifier(4)

@@ -305,10 +305,9 @@ class HIPT4K(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.model4k.head
 
-    @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.model4k.reset_classifier(num_classes)
+        self.model4k.reset_classifier(num_classes)  # ViT-4K's reset keeps the device and dtype
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of both ViTs' blocks (ViT-256's only matters when it is not frozen)."""

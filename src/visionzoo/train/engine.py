@@ -390,10 +390,8 @@ class Trainer:
             return max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
-        planned = torch.tensor(max(1, int(cfg.minutes * 60 / seconds)), device=self.dist.device)
-        if self.dist.distributed:  # each rank timed its own steps: all follow rank 0's plan, or their LRs differ
-            torch.distributed.broadcast(planned, src=0)
-        steps = int(planned)
+        # Each rank timed its own steps: all follow rank 0's plan, or their learning rates differ.
+        steps = int(self._rank0_value(max(1, int(cfg.minutes * 60 / seconds))))
         log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
                  f" after the {self.step} done" if self.step else "")
         return self.step + steps
@@ -424,21 +422,23 @@ class Trainer:
         if cfg.minutes is None or cfg.max_steps is not None or cfg.epochs is not None or steps_timed < 5:
             return
         remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
-        planned = torch.tensor(self.step + int(remaining / (seconds / steps_timed)), device=self.dist.device)
-        if self.dist.distributed:
-            torch.distributed.broadcast(planned, src=0)
-        self.total_steps = max(self.step + 1, int(planned))
+        planned = int(self._rank0_value(self.step + int(remaining / (seconds / steps_timed))))
+        self.total_steps = max(self.step + 1, planned)
         self.warmup_steps = min(self.warmup_steps, self.total_steps)
 
     def _out_of_time(self) -> bool:
         """Whether the time budget is spent; rank 0's clock decides for every process."""
         if self.config.minutes is None:
             return False
-        spent = self.train_seconds - self.session_start_seconds >= self.config.minutes * 60
-        spent = torch.tensor(float(spent), device=self.dist.device)
-        if self.dist.distributed:
-            torch.distributed.broadcast(spent, src=0)
-        return bool(spent.item())
+        return bool(self._rank0_value(self.train_seconds - self.session_start_seconds >= self.config.minutes * 60))
+
+    def _rank0_value(self, value: float) -> float:
+        """``value`` as rank 0 has it, on every process (the value itself without torchrun)."""
+        if not self.dist.distributed:
+            return value
+        shared = torch.tensor(float(value), dtype=torch.float64, device=self.dist.device)
+        torch.distributed.broadcast(shared, src=0)
+        return shared.item()
 
     # ------------------------------------------------------------------------------------ steps
     def _train_step(self, batch: Any, step: int) -> dict[str, float]:
