@@ -369,3 +369,24 @@ def test_eval_takes_the_trained_weights_and_use_ema_the_ema_ones_as_timms_valida
         accuracy[bool(flag)] = json.loads(capsys.readouterr().out)["accuracy"]
     assert accuracy[False] == pytest.approx(summary["metrics"]["accuracy"])
     assert accuracy[True] < 0.3 < summary["metrics"]["accuracy"]
+
+
+def test_train_size_draws_shapes_scenes_keeps_the_first_of_fixed_data_and_is_kept_on_resume(tmp_path, capsys):
+    shapes = ["train", "resnet18", "--data", "shapes", "--img-size", "16", "--model-arg", "small_input=true",
+              "--batch-size", "25", "--precision", "fp32", "--no-progress"]
+    run = tmp_path / "small"
+    assert main([*shapes, "--train-size", "100", "--epochs", "1", "--out", str(run)]) == 0
+    meta = read_checkpoint(run / "checkpoint.safetensors")[1]
+    assert (meta["step"], meta["run"]["train_images"]) == (4, 100)  # one epoch of 100 images, not of 4,000
+    # Resumed without --train-size: the same 100 images (2 epochs = 8 steps); another size is refused.
+    assert main([*shapes, "--epochs", "2", "--out", str(run), "--resume"]) == 0
+    assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == 8
+    one_line_error(capsys, [*shapes, "--train-size", "200", "--epochs", "3", "--out", str(run), "--resume"],
+                   "trained on 100 images", "--train-size 100")
+    large = tmp_path / "large"
+    assert main([*shapes, "--train-size", "6000", "--max-steps", "1", "--out", str(large)]) == 0
+    assert read_checkpoint(large / "checkpoint.safetensors")[1]["run"]["train_images"] == 6000
+    one_line_error(capsys, [*TRAIN, "--train-size", "5000", "--max-steps", "1", "--out", str(tmp_path / "digits")],
+                   "--train-size 5000", "digits", "1257")
+    assert main([*TRAIN, "--train-size", "64", "--epochs", "1", "--out", str(tmp_path / "digits")]) == 0
+    assert read_checkpoint(tmp_path / "digits" / "checkpoint.safetensors")[1]["step"] == 2

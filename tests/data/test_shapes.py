@@ -264,3 +264,19 @@ def test_indices_and_settings_must_be_integers_and_errors_name_the_index_given()
         with pytest.raises(ValueError, match=f"Shapes {name} must be an integer, got {value}"):
             Shapes("val", **{name: value})
     assert len(Shapes("val", image_size=np.int64(32), length=np.int64(4), seed=np.int64(2))) == 4
+
+
+def test_with_length_keeps_the_first_scenes_and_the_settings_and_draws_new_ones():
+    def flip(image, target):
+        return image.flip(-1), target
+
+    base = Shapes("val", image_size=32, length=3, transform=flip, seed=2, max_objects=2)
+    longer = base.with_length(7)
+    assert len(longer) == 7 and (longer.split, longer.image_size, longer.seed, longer.max_objects) == ("val", 32, 2, 2)
+    for i in range(3):
+        assert torch.equal(longer[i][0], base[i][0])  # the same scenes, the same transform
+    assert not torch.equal(longer[5][0], longer[4][0])
+    assert torch.equal(longer[5][0], Shapes("val", image_size=32, length=6, seed=2, max_objects=2)[5][0].flip(-1))
+    assert len(base.with_length(1)) == 1
+    with pytest.raises(ValueError, match="length"):
+        base.with_length(-1)

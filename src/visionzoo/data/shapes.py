@@ -506,6 +506,12 @@ class Shapes(Dataset):
             image, target = self.transform(image, target)
         return image, target
 
+    def with_length(self, length: int) -> Shapes:
+        """The same data set drawn to ``length`` samples: its first ``min(length, len(self))`` are this one's
+        (each sample depends only on seed, split and index), the rest new scenes of the same stream."""
+        return Shapes(self.split, self.image_size, length, self.transform, self.seed, self.min_objects,
+                      self.max_objects)
+
     @property
     def cache_key(self) -> str | None:
         """A name for this data set's images (for caches of derived data, e.g. region proposals): its

@@ -71,6 +71,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="built-in data set (shapes, digits) or a COCO folder")
     parser.add_argument("--img-size", type=positive_int,
                         help="image side in pixels (default: a generative model's registered size, else the data set's)")
+    parser.add_argument("--train-size", type=positive_int, metavar="N",
+                        help="training images: Shapes, being procedural, draws N scenes (its default 4000 are the "
+                             "first of them); other data keep the first N of their train split")
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (--max-steps and --epochs count from the "
@@ -136,7 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
     _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
-                                 _task_options(args))
+                             _task_options(args), train_images=args.train_size)
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.samples_per_second:.1f} samples/s)")
     for name, value in result.metrics.items():

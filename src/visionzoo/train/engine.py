@@ -587,6 +587,10 @@ class Trainer:
         if saved_size is not None and size is not None and saved_size != size:
             raise CheckpointError(f"--resume: {path} was trained at {saved_size} px, this run is at {size} px; "
                                   f"give --img-size {saved_size} to continue it")
+        saved_images, images = meta.get("run", {}).get("train_images"), self.run_meta.get("train_images")
+        if saved_images is not None and images is not None and saved_images != images:
+            raise CheckpointError(f"--resume: {path} was trained on {saved_images} images, this run has {images}; "
+                                  f"give --train-size {saved_images} to continue it")
         load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
             load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))

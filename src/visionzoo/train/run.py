@@ -52,11 +52,25 @@ def first_items(dataset: Dataset, count: int | None) -> Dataset:
     return subset
 
 
+def training_images(dataset: Dataset, count: int | None, data: str) -> Dataset:
+    """``data``'s train split ``dataset`` as ``count`` images (all with None): a procedural data set (one with
+    ``with_length``, e.g. :class:`~visionzoo.data.Shapes`) is drawn to ``count`` scenes, more or fewer than its
+    default; any other keeps its first ``count`` and refuses more than it has (ValueError naming ``data``)."""
+    if count is None:
+        return dataset
+    if hasattr(dataset, "with_length"):
+        return dataset.with_length(count)
+    if count > len(dataset):
+        raise ValueError(f"--train-size {count}: the train split of {data} has {len(dataset)} images (only the "
+                         "procedural Shapes draws more)")
+    return first_items(dataset, count)
+
+
 def run_training(model_name: str, data: str, config: TrainConfig, img_size: int | None = None,
                  model_args: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
                  train_images: int | None = None, val_images: int | None = None) -> tuple[Setup, TrainResult]:
-    """Train ``model_name`` on ``data``'s train split (its first ``train_images``), evaluating on its val split
-    (its first ``val_images``). A resumed run continues at the image size it was trained at unless
+    """Train ``model_name`` on ``data``'s train split (``train_images`` of it, see :func:`training_images`),
+    evaluating on its val split (its first ``val_images``). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
     settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
     trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``). An option
@@ -66,16 +80,18 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     if config.resume and checkpoint.is_file():
         trained = checkpoint_metadata(checkpoint).get("run", {})
         img_size = img_size or trained.get("img_size")
+        train_images = train_images or trained.get("train_images")
         options = {**(trained.get("options") or {}),
                    **{key: value for key, value in (options or {}).items() if value is not None}}
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
-    run_meta = {**setup.run_meta, "options": dict(options or {})}
+    train = training_images(setup.splits["train"], train_images, data)
+    run_meta = {**setup.run_meta, "options": dict(options or {}), "train_images": len(train)}
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
     val = setup.splits.get("val")
-    result = fit(setup.task, setup.model, first_items(setup.splits["train"], train_images),
+    result = fit(setup.task, setup.model, train,
                  None if val is None else first_items(val, val_images), config, run_meta)
     return setup, result
 
