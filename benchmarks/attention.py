@@ -11,7 +11,10 @@ what the process did before. Models whose attention the switch reaches: ViT,
 DeiT, the GPT prior and Image GPT (Swin keeps its own window attention).
 
     python benchmarks/attention.py               # README's table; writes benchmarks/results/attention.json
-    python benchmarks/attention.py --only vit_tiny --repeats 2
+    python benchmarks/attention.py --only vit_tiny --repeats 2   # replaces those rows, keeps the others
+
+Each row records the machine and command it was measured with, so a file filled by several ``--only`` runs
+says where each row came from.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
-from arguments import positive_int
+from arguments import existing_results, output_file, positive_int
 from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
@@ -122,7 +125,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "attention.json",
+                        help="results JSON; its rows of other cases are kept (default: %(default)s)")
     args = parser.parse_args()
+    earlier = existing_results(parser, args.out)
     cases = {name: case for name, case in CASES.items() if not args.only or any(part in name for part in args.only)}
     if not cases:  # would write a results file of no rows
         parser.error(f"--only {' '.join(args.only)} matches no case; the cases: {', '.join(CASES)}")
@@ -136,14 +142,16 @@ def main() -> None:
         attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES = defaults
         path = default_path(build)
         rows.append({"case": name, "keys": keys, "default_path": path, "fused_ms": round(fused * 1000, 1),
-                     "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3)})
+                     "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3), **machine()})
         print(f"{name:48s} {keys:4d} keys  fused {fused * 1000:8.1f} ms  written out {written * 1000:8.1f} ms  "
               f"ratio {written / fused:.2f}  (default: {path})", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "attention.json"
-    out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
-                               "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    kept = [row for row in earlier.get("rows", []) if isinstance(row, dict) and row.get("case") not in cases]
+    order = list(CASES)
+    rows = sorted(kept + rows, key=lambda row: order.index(row["case"]) if row.get("case") in order else len(order))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
+                                    "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out} ({len(rows) - len(kept)} rows measured, {len(kept)} kept from it)")
 
 
 if __name__ == "__main__":

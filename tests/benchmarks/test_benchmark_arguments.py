@@ -3,6 +3,7 @@ line and exit status 2, before any work: not a run of zero steps written out as 
 (IsADirectoryError) after minutes of measuring."""
 
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -135,3 +136,23 @@ def test_backbones_refuses_an_existing_out_that_is_not_its_results_and_keeps_it(
     error = refused(monkeypatch, capsys, "backbones", ["--part", "params", "--out", str(out)])
     assert f"--out {out}" in error and "give another --out" in error, error
     assert out.read_text() == content
+
+
+def test_attention_only_replaces_its_rows_and_keeps_the_others(monkeypatch, capsys, tmp_path):
+    """attention.py had no --out, and an --only run wrote the whole attention.json with its own rows alone."""
+    module = load("attention")
+    cases = list(module.CASES)
+    out = tmp_path / "attention.json"
+    out.write_text(json.dumps({"rows": [{"case": name, "fused_ms": -1.0} for name in cases]}))
+    monkeypatch.setattr(module, "time_case", lambda build, written_out, repeats: 0.002 if written_out else 0.001)
+    monkeypatch.setattr(module, "default_path", lambda build: "fused")
+    monkeypatch.setattr(sys, "argv", ["attention.py", "--only", cases[1], "--repeats", "1", "--out", str(out)])
+    module.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"] for row in rows] == cases  # the file's order, the measured row in its place
+    assert [row["fused_ms"] for row in rows] == [-1.0, 1.0, *[-1.0] * (len(cases) - 2)]
+    assert rows[1]["ratio"] == 2.0 and "--only" in rows[1]["command"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    error = refused(monkeypatch, capsys, "attention", ["--only", cases[0], "--out", str(notes)])
+    assert "ending in .json" in error and notes.read_text() == "mine"
