@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from visionzoo.cli import positive_float, positive_int
 
-__all__ = ["at_least_two", "existing_results", "output_file", "positive_float", "positive_int"]
+__all__ = ["at_least_two", "existing_results", "merge_rows", "output_file", "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:
@@ -59,3 +60,13 @@ def at_least_two(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected at least 2 (the first step is not timed), got {text}")
     return value
+
+
+def merge_rows(earlier: Any, measured: list[dict[str, Any]], key: str, order: Sequence[str]) -> list[dict[str, Any]]:
+    """``measured`` rows with those of ``earlier`` (a results file's "rows") whose ``key`` this run did not
+    measure, in ``order`` of their ``key`` (unknown keys last): an ``--only`` run replaces its rows, not the file."""
+    done = {row[key] for row in measured}
+    kept = [row for row in (earlier if isinstance(earlier, list) else [])
+            if isinstance(row, dict) and row.get(key) not in done]
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(kept + measured, key=lambda row: rank.get(row.get(key), len(rank)))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
-from arguments import existing_results, output_file, positive_int
+from arguments import existing_results, merge_rows, output_file, positive_int
 from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
@@ -145,13 +145,12 @@ def main() -> None:
                      "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3), **machine()})
         print(f"{name:48s} {keys:4d} keys  fused {fused * 1000:8.1f} ms  written out {written * 1000:8.1f} ms  "
               f"ratio {written / fused:.2f}  (default: {path})", flush=True)
-    kept = [row for row in earlier.get("rows", []) if isinstance(row, dict) and row.get("case") not in cases]
-    order = list(CASES)
-    rows = sorted(kept + rows, key=lambda row: order.index(row["case"]) if row.get("case") in order else len(order))
+    measured = len(rows)
+    rows = merge_rows(earlier.get("rows"), rows, "case", list(CASES))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
                                     "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out} ({len(rows) - len(kept)} rows measured, {len(kept)} kept from it)")
+    print(f"wrote {args.out} ({measured} rows measured, {len(rows) - measured} kept from it)")
 
 
 if __name__ == "__main__":

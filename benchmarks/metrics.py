@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arguments import output_file, positive_int  # noqa: E402
+from arguments import existing_results, merge_rows, output_file, positive_int  # noqa: E402
 from timing import best_of  # noqa: E402
 from visionzoo.metrics import FeatureStatistics, MeanAveragePrecision, coco_evaluate, frechet_distance  # noqa: E402
 from visionzoo.metrics.coco import SUMMARY_NAMES  # noqa: E402
@@ -299,6 +299,9 @@ def frechet_rows(dim: int, n: int, repeats: int, slow_repeats: int) -> list[dict
     return rows
 
 
+PARTS = ["coco", "mean_ap", "frechet"]
+
+
 def row(what, size, reference, ref_ms, ours_ms, equal, diff, ref_repeats, ours_repeats, note=""):
     return {
         "what": what,
@@ -322,23 +325,24 @@ def main() -> None:
         "--slow-repeats", type=positive_int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 images / 20k dets, d=512, one repeat")
-    parser.add_argument("--only", choices=["coco", "mean_ap", "frechet"], action="append")
+    parser.add_argument("--only", choices=PARTS, action="append",
+                        help="measure this part only (repeatable); the file's rows of the other parts are kept")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
     parser.add_argument("--out", type=output_file, default=None, help="default benchmarks/results/metrics[_one_thread].json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
-    args.out = args.out or f"benchmarks/results/metrics{'_one_thread' if args.one_thread else ''}.json"
+    args.out = Path(args.out or f"benchmarks/results/metrics{'_one_thread' if args.one_thread else ''}.json")
+    earlier = existing_results(parser, args.out)
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
     repeats = 1 if args.quick else args.repeats
-    parts = args.only or ["coco", "mean_ap", "frechet"]
+    parts = args.only or PARTS
     rows = []
-    if "coco" in parts:
-        rows += coco_rows(images, dets, repeats, args.slow_repeats)
-    if "mean_ap" in parts:
-        rows += mean_ap_rows(images, dets, repeats)
-    if "frechet" in parts:
-        rows += frechet_rows(dim, 2 * dim, repeats, args.slow_repeats)
+    for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
+                          ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),
+                          ("frechet", lambda: frechet_rows(dim, 2 * dim, repeats, args.slow_repeats))):
+        if part in parts:
+            rows += [{**r, "part": part, "quick": args.quick} for r in measure()]
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"numpy {np.__version__}; best of {repeats} (pycocotools, pytorch-fid: {args.slow_repeats}); "
@@ -352,7 +356,8 @@ def main() -> None:
             f"| {r['what']} | {r['size']} | {r['reference']} | {r['reference_ms']:,.0f} | {r['visionzoo_ms']:,.0f} "
             f"| {r['speedup']:.1f}x | {equal} |"
         )
-    out = Path(args.out)
+    rows = merge_rows(earlier.get("rows"), rows, "part", PARTS)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-from arguments import at_least_two, output_file, positive_int
+from arguments import at_least_two, existing_results, merge_rows, output_file, positive_int
+from timing import machine
 from visionzoo.train import TrainConfig, fit
 from visionzoo.train.run import build_setup
 from visionzoo.utils import native_bf16
 
+MATMUL = "matmul 1024² (GFLOP/s)"
 CONFIGS = {
     # name: (model, data, image size, model arguments, batch size)
     "resnet18-digits32": ("resnet18", "digits", 32, {}, 64),
@@ -59,8 +61,10 @@ def main() -> None:
     parser.add_argument("--steps", type=at_least_two, default=5, help="training steps per measurement (the first is not timed)")
     parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--only", action="append", choices=sorted(CONFIGS))
-    parser.add_argument("--out", type=output_file, default="benchmarks/results/precision.json")
+    parser.add_argument("--out", type=output_file, default="benchmarks/results/precision.json",
+                        help="results JSON; its rows of configs not measured now are kept (default: %(default)s)")
     args = parser.parse_args()
+    earlier = existing_results(parser, args.out)
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for name in args.only or CONFIGS:
@@ -71,10 +75,10 @@ def main() -> None:
                 if best[precision] is None or run["samples_per_s"] > best[precision]["samples_per_s"]:
                     best[precision] = run
         rows.append({"config": name, "steps": args.steps, **{f"{p}_{k}": v for p, r in best.items() for k, v in r.items()},
-                     "speedup": best["bf16"]["samples_per_s"] / best["fp32"]["samples_per_s"]})
+                     "speedup": best["bf16"]["samples_per_s"] / best["fp32"]["samples_per_s"], **machine()})
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    rows.insert(0, {"config": "matmul 1024² (GFLOP/s)", "fp32_samples_per_s": fp32, "bf16_samples_per_s": bf16,
-                    "speedup": bf16 / fp32})
+    rows.insert(0, {"config": MATMUL, "fp32_samples_per_s": fp32, "bf16_samples_per_s": bf16,
+                    "speedup": bf16 / fp32, **machine()})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16(torch.device('cpu'))}; "
           f"{args.steps} training steps, best of {args.repeats}\n")
@@ -83,8 +87,9 @@ def main() -> None:
     for row in rows:
         print(f"| {row['config']} | {row['fp32_samples_per_s']:.1f} | {row['bf16_samples_per_s']:.1f} | "
               f"{row['speedup']:.2f}x |")
+    rows = merge_rows(earlier.get("rows"), rows, "config", [MATMUL, *CONFIGS])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+    Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ WORK = {
     "hipt_slides": ("ShapeSlides",),
     "fid": ("run",),
     "attention": ("time_case", "default_path"),
+    "metrics": ("coco_rows", "mean_ap_rows", "frechet_rows"),
 }
 
 
@@ -138,21 +139,41 @@ def test_backbones_refuses_an_existing_out_that_is_not_its_results_and_keeps_it(
     assert out.read_text() == content
 
 
-def test_attention_only_replaces_its_rows_and_keeps_the_others(monkeypatch, capsys, tmp_path):
-    """attention.py had no --out, and an --only run wrote the whole attention.json with its own rows alone."""
-    module = load("attention")
-    cases = list(module.CASES)
-    out = tmp_path / "attention.json"
-    out.write_text(json.dumps({"rows": [{"case": name, "fused_ms": -1.0} for name in cases]}))
-    monkeypatch.setattr(module, "time_case", lambda build, written_out, repeats: 0.002 if written_out else 0.001)
-    monkeypatch.setattr(module, "default_path", lambda build: "fused")
-    monkeypatch.setattr(sys, "argv", ["attention.py", "--only", cases[1], "--repeats", "1", "--out", str(out)])
+
+def _stub_measurements(module, name, monkeypatch):
+    """Each script's measuring functions replaced by constant ones; returns (row key, every key in order, the
+    keys an --only run of one part measures, its argv)."""
+    if name == "attention":
+        monkeypatch.setattr(module, "time_case", lambda build, written_out, repeats: 0.002 if written_out else 0.001)
+        monkeypatch.setattr(module, "default_path", lambda build: "fused")
+        cases = list(module.CASES)
+        return "case", cases, [cases[1]], ["--only", cases[1], "--repeats", "1"]
+    if name == "precision":
+        monkeypatch.setattr(module, "measure", lambda config, precision, steps: {"samples_per_s": 2.0})
+        monkeypatch.setattr(module, "matmul_gflops", lambda dtype: 1.0)
+        first = next(iter(module.CONFIGS))  # an earlier row of a config it does not know is kept too, last
+        return "config", [module.MATMUL, *module.CONFIGS, "gone"], [module.MATMUL, first], ["--only", first]
+    fake = [module.row(part, "n", "ref", 2.0, 1.0, True, 0.0, 1, 1) for part in module.PARTS]
+    monkeypatch.setattr(module, "coco_rows", lambda *args: [fake[0]])
+    monkeypatch.setattr(module, "mean_ap_rows", lambda *args: [fake[1]])
+    monkeypatch.setattr(module, "frechet_rows", lambda *args: [fake[2]])
+    return "part", list(module.PARTS), ["mean_ap"], ["--only", "mean_ap", "--quick"]
+
+
+@pytest.mark.parametrize("name", ["attention", "precision", "metrics"])
+def test_an_only_run_replaces_its_rows_and_keeps_the_files_others(monkeypatch, capsys, tmp_path, name):
+    """attention.py had no --out, and attention.py, precision.py and metrics.py --only wrote the whole results
+    file with the rows they measured alone, dropping the README's other rows."""
+    module = load(name)
+    key, order, measured, argv = _stub_measurements(module, name, monkeypatch)
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"rows": [{key: value, "earlier": True} for value in order]}))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv, "--out", str(out)])
     module.main()
     rows = json.loads(out.read_text())["rows"]
-    assert [row["case"] for row in rows] == cases  # the file's order, the measured row in its place
-    assert [row["fused_ms"] for row in rows] == [-1.0, 1.0, *[-1.0] * (len(cases) - 2)]
-    assert rows[1]["ratio"] == 2.0 and "--only" in rows[1]["command"]
+    assert [row[key] for row in rows] == order  # each row in its place
+    assert [row[key] for row in rows if not row.get("earlier")] == measured
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    error = refused(monkeypatch, capsys, "attention", ["--only", cases[0], "--out", str(notes)])
+    error = refused(monkeypatch, capsys, name, [*argv, "--out", str(notes)])
     assert "ending in .json" in error and notes.read_text() == "mine"
