@@ -1,1 +1,0 @@
-"""visionzoo.multimodal"""
