@@ -15,6 +15,7 @@ from visionzoo.layers import (
     resample_abs_pos_embed,
     scaled_dot_product_attention,
     sincos_pos_embed_2d,
+    taken_in_order,
 )
 from visionzoo.layers import attention as attention_module
 
@@ -205,10 +206,15 @@ def test_group_norm_equals_torch_on_channels_last_inputs_and_gradients():
 
 
 def test_feature_take_indices_follows_timm():
-    assert feature_take_indices(4, 2) == (2, 3)
-    assert feature_take_indices(4, (0, -1)) == (0, 3)
-    assert feature_take_indices(5, [-3, -2]) == (2, 3)
-    for bad in (0, 5, (), (2, 1), (4,), (-5,), (1, -3)):
+    from timm.models._features import feature_take_indices as timm_feature_take_indices
+
+    for count, indices in [(4, 2), (4, (0, -1)), (5, [-3, -2]), (4, (2, 1)), (4, [1, -3, 3, 1]), (12, [-1, 0, 0])]:
+        expected, last = timm_feature_take_indices(count, indices)
+        assert feature_take_indices(count, indices) == tuple(expected)
+        assert max(taken_in_order(feature_take_indices(count, indices))) == last
+    assert feature_take_indices(4, [1, -3, 3, 1]) == (1, 1, 3, 1)  # the order given, repeats kept
+    assert taken_in_order((3, 1, 1)) == (1, 3)  # what a model returns: each map once, in its order
+    for bad in (0, 5, (), (4,), (-5,), (1, 4)):
         with pytest.raises(ValueError, match="out_indices"):
             feature_take_indices(4, bad)
 

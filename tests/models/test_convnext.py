@@ -273,7 +273,7 @@ def test_features_only_loads_timm_feature_extractor_keys(tmp_path):
 
 
 def test_features_only_rejects_bad_out_indices():
-    for bad in [(), (2, 1), (0, 4), (1, 1)]:
+    for bad in [(), (0, 4), (-5,), 0]:
         with pytest.raises(ValueError, match="out_indices"):
             create_model("convnext_atto", features_only=True, out_indices=bad)
 

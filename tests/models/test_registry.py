@@ -7,6 +7,7 @@ import timm
 import timm.data
 import torch
 import torchvision
+from model_helpers import assert_same_outputs, images
 from torch import nn
 
 from visionzoo.checkpoint import CheckpointError, save_checkpoint
@@ -241,6 +242,37 @@ def test_features_only_int_and_negative_out_indices_pick_timms_maps(name, out_in
     reference = timm.create_model(name, features_only=True, out_indices=out_indices)
     assert ours.feature_info.channels() == reference.feature_info.channels()
     assert ours.feature_info.reduction() == reference.feature_info.reduction()
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("convnext_atto", 64), ("swin_tiny_patch4_window7_224", 224),
+                                        ("vit_tiny_patch16_224", 224)])
+@pytest.mark.parametrize("indices", [(3, 1), (1, 1, 3), (-1, 0, 0)])
+def test_unsorted_or_repeated_indices_give_timms_maps_in_stage_order(tmp_path, name, size, indices):
+    torch.manual_seed(0)
+    reference = timm.create_model(name).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model(name, checkpoint=path).eval()
+    features = create_model(name, checkpoint=path, features_only=True, out_indices=indices).eval()
+    timm_features = timm.create_model(name, features_only=True, out_indices=indices, pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = images(1, 3, size, size, seed=1)
+    with torch.no_grad():
+        for kwargs in (dict(), dict(stop_early=True, intermediates_only=True)):
+            assert_same_outputs(ours.forward_intermediates(x, list(indices), **kwargs),
+                                reference.forward_intermediates(x, list(indices), **kwargs))
+        maps, expected = features(x), timm_features(x)
+    if name.startswith("swin"):  # timm's Swin features are NHWC
+        expected = [m.permute(0, 3, 1, 2) for m in expected]
+    assert_same_outputs(maps, expected)
+    count = len(ours.feature_info)
+    # feature_info and out_indices describe the maps returned (timm's feature_info lists the indices as given)
+    assert features.out_indices == tuple(sorted({i % count for i in indices}))
+    assert features.feature_info.channels() == [m.shape[1] for m in maps]
+    with torch.device("meta"):
+        kept = create_model(name).prune_intermediate_layers(list(indices))
+        assert kept == timm.create_model(name).prune_intermediate_layers(list(indices))
+    assert kept == [i % count for i in indices]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -3,7 +3,7 @@
 from visionzoo.layers.attention import Attention, scaled_dot_product_attention
 from visionzoo.layers.block import Block
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
-from visionzoo.layers.features import FeatureInfo, feature_take_indices
+from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.linear import Linear, drop_cast_caches
@@ -14,5 +14,5 @@ from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_
 __all__ = [
     "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed",
     "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "resample_abs_pos_embed",
-    "run_blocks", "scaled_dot_product_attention", "sincos_pos_embed_2d",
+    "run_blocks", "scaled_dot_product_attention", "sincos_pos_embed_2d", "taken_in_order",
 ]

@@ -42,17 +42,26 @@ class FeatureInfo(list):
 
 
 def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str = "stage") -> tuple[int, ...]:
-    """The indices (in 0..count-1, increasing) that ``out_indices`` names, by timm's rule: an int n
-    means the last n of the ``count`` maps; a sequence names maps, a negative index counting from
-    the end. Raises ``ValueError`` naming ``out_indices`` for anything else."""
+    """The indices (in 0..count-1) that ``out_indices`` names, by timm's rule: an int n means the last n
+    of the ``count`` maps (increasing); a sequence names maps, a negative index counting from the end,
+    and keeps its order and repeats, as timm's ``feature_take_indices`` (its
+    ``prune_intermediate_layers`` returns them so). A model takes each named map once, in its own order
+    (:func:`taken_in_order`). Raises ``ValueError`` naming ``out_indices`` for an int outside
+    1..count, an index outside -count..count-1, or an empty sequence."""
     if isinstance(out_indices, int):
         if not 0 < out_indices <= count:
             raise ValueError(f"out_indices={out_indices} must be in 1..{count} (the last n of {count} {unit}s)")
         return tuple(range(count - out_indices, count))
     indices = tuple(int(i) + count if int(i) < 0 else int(i) for i in out_indices)
-    if not indices or list(indices) != sorted(set(indices)) or not all(0 <= i < count for i in indices):
+    if not indices or not all(0 <= i < count for i in indices):
         raise ValueError(
-            f"out_indices must be increasing {unit} indices in 0..{count - 1} (or from -{count}), "
+            f"out_indices must be {unit} indices in 0..{count - 1} (or from -{count}), at least one, "
             f"got {tuple(out_indices)}"
         )
     return indices
+
+
+def taken_in_order(indices: Sequence[int]) -> tuple[int, ...]:
+    """The maps a model returns for :func:`feature_take_indices`' ``indices``: each once, increasing (timm's
+    ``forward_intermediates`` and ``features_only`` models walk their stages and keep those named)."""
+    return tuple(sorted(set(indices)))

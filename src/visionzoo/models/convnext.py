@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import DropPath, drop_path_rates
-from visionzoo.layers.features import FeatureInfo, feature_take_indices
+from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
@@ -292,8 +292,9 @@ class ConvNeXt(nn.Module):
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """The outputs of some stages beside the final features (timm's API of the same name).
 
-        ``indices``: an int n for the last n stages, a sequence of increasing stage indices (negative
-        ones count from the end), None for all. ``norm``: accepted for timm's signature; this ConvNeXt
+        ``indices``: an int n for the last n stages, a sequence of stage indices (negative ones count
+        from the end; any order, repeats allowed: each map comes once, in stage order, as timm's), None
+        for all. ``norm``: accepted for timm's signature; this ConvNeXt
         normalises in its head, after pooling, so there is no norm to apply (as timm's, whose
         ``norm_pre`` is then an identity). ``stop_early``: run no stage after the last one asked for.
         Intermediates are ``Tensor[B, C_i, H/r_i, W/r_i]`` (NCHW, the only ``output_fmt``, channels-last
@@ -303,9 +304,10 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         stages = len(self.stages)
         take = feature_take_indices(stages, stages if indices is None else indices)
+        last = max(take)
         x = self._stem(x)
         intermediates = []
-        for index, stage in enumerate(self.stages[:take[-1] + 1] if stop_early else self.stages):
+        for index, stage in enumerate(self.stages[:last + 1] if stop_early else self.stages):
             x = stage(x)
             if index in take:
                 intermediates.append(x)
@@ -317,12 +319,13 @@ class ConvNeXt(nn.Module):
         """Drop the stages after the last of ``indices``, as timm's; with ``prune_head`` or when stages
         are dropped the head goes too (its norm and ``fc`` become identities and ``global_pool`` "", so
         ``forward`` gives the map). ``prune_norm``: accepted for timm's signature (no norm before the
-        head). Returns the stage indices."""
+        head). Returns the stage indices as given (negative ones resolved), as timm's."""
         take = feature_take_indices(len(self.stages), indices)
-        prune_end = take[-1] < len(self.stages) - 1
-        self.stages = self.stages[:take[-1] + 1]
+        last = max(take)
+        prune_end = last < len(self.stages) - 1
+        self.stages = self.stages[:last + 1]
         if prune_end:
-            self.num_features = self.feature_info.channels(take[-1])
+            self.num_features = self.feature_info.channels(last)
         if prune_head or prune_end:
             self.head.norm = nn.Identity()
             self.reset_classifier(0, "")
@@ -357,14 +360,16 @@ class ConvNeXtFeatures(nn.Module):
     2, 4, 8, 16). Map ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` (floored) with
     ``r = feature_info.reduction(i)``, NCHW in shape and channels-last in memory. Modules keep the
     classifier's names; the stages after the last index and the head are left out, as timm does.
-    As in timm, an int n picks the last n stages and a negative index counts from the end.
+    As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
+    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
+    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
     """
 
     features_only = True
 
     def __init__(self, model: ConvNeXt, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
-        out_indices = feature_take_indices(len(model.stages), out_indices)
+        out_indices = taken_in_order(feature_take_indices(len(model.stages), out_indices))
         self.out_indices = out_indices
         self.in_chans, self.stem_stride = model.in_chans, model.stem_stride
         self.stem = model.stem

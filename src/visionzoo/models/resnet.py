@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers.classifier import keeps_device_and_dtype
-from visionzoo.layers.features import FeatureInfo, feature_take_indices
+from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
 
@@ -228,21 +228,23 @@ class ResNet(nn.Module):
         """Some of the five maps (0: the stem after ``relu``, 1-4: ``layer1..layer4``) beside the final
         features (timm's API of the same name).
 
-        ``indices``: an int n for the last n maps, a sequence of increasing map indices (negative ones
-        count from the end), None for all five. ``norm``: accepted for timm's signature (a ResNet has
-        no final norm). ``stop_early``: run no stage after the last map asked for. Maps are
+        ``indices``: an int n for the last n maps, a sequence of map indices (negative ones count from
+        the end; any order, repeats allowed: each map comes once, in network order, as timm's), None for
+        all five. ``norm``: accepted for timm's signature (a ResNet has no final norm). ``stop_early``:
+        run no stage after the last map asked for. Maps are
         ``Tensor[B, C_i, H/r_i, W/r_i]`` (NCHW, the only ``output_fmt``). Returns the list, or
         ``(final features, list)``.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take = feature_take_indices(5, 5 if indices is None else indices, "map")
+        last = max(take)
         _check_images(x, self.conv1)
         x = self.relu(self.bn1(self.conv1(x)))
         intermediates = [x] if 0 in take else []
         x = self.maxpool(x)
         stages = self.stages()
-        for index, stage in enumerate(stages[:take[-1]] if stop_early else stages, start=1):
+        for index, stage in enumerate(stages[:last] if stop_early else stages, start=1):
             x = run_blocks(stage, x, self.grad_checkpointing)
             if index in take:
                 intermediates.append(x)
@@ -254,15 +256,16 @@ class ResNet(nn.Module):
         """Drop the stages after the last map of ``indices`` (empty ``layerN``), as timm's; with
         ``prune_head`` or when stages are dropped the classifier goes too (``global_pool`` "", ``fc``
         an identity: ``forward`` gives the map). ``prune_norm``: accepted for timm's signature.
-        Returns the map indices."""
+        Returns the map indices as given (negative ones resolved), as timm's."""
         take = feature_take_indices(5, indices, "map")
-        for index in range(take[-1] + 1, 5):
+        last = max(take)
+        for index in range(last + 1, 5):
             setattr(self, f"layer{index}", nn.Sequential())
-        if take[-1] == 0:
+        if last == 0:
             self.maxpool = nn.Identity()
-        prune_end = take[-1] < 4
+        prune_end = last < 4
         if prune_end:
-            self.num_features = self.feature_info.channels(take[-1])
+            self.num_features = self.feature_info.channels(last)
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return list(take)
@@ -300,14 +303,16 @@ class ResNetFeatures(nn.Module):
     ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map ``i`` is
     ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
     Modules keep the classifier's names; stages after the last index and the head are left out.
-    As in timm, an int n picks the last n maps and a negative index counts from the end.
+    As in timm, an int n picks the last n maps, a negative index counts from the end, and indices in
+    another order or repeated give each map once, in network order (``out_indices`` and ``feature_info``
+    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
     """
 
     features_only = True
 
     def __init__(self, resnet: ResNet, out_indices: int | Sequence[int] = (1, 2, 3, 4)):
         super().__init__()
-        out_indices = feature_take_indices(len(resnet.feature_info), out_indices, "map")
+        out_indices = taken_in_order(feature_take_indices(len(resnet.feature_info), out_indices, "map"))
         self.out_indices = out_indices
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.num_stages = max(out_indices)

@@ -58,7 +58,7 @@ from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed, run_blocks
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
-from visionzoo.layers.features import feature_take_indices
+from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.models._registry import Pretrained, register_model
 
 # timm's ClassifierHead pools on NHWC maps: "catavgmax" concatenates the mean and the maximum (the head
@@ -626,8 +626,9 @@ class SwinTransformer(nn.Module):
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """The outputs of some stages beside the final features (timm's API of the same name).
 
-        ``indices``: an int n for the last n stages, a sequence of increasing stage indices (negative
-        ones count from the end), None for all. ``norm``: the final norm on the last stage's map (it is
+        ``indices``: an int n for the last n stages, a sequence of stage indices (negative ones count
+        from the end; any order, repeats allowed: each map comes once, in stage order, as timm's), None
+        for all. ``norm``: the final norm on the last stage's map (it is
         sized for that stage only). ``stop_early``: run no stage after the last one asked for.
         Intermediates are ``Tensor[B, C_i, h_i, w_i]`` (NCHW, the only ``output_fmt``, contiguous).
         Returns the list, or ``(final features Tensor[B, h, w, C] (NHWC, normed when the last stage
@@ -637,10 +638,11 @@ class SwinTransformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         stages = len(self.layers)
         take = feature_take_indices(stages, stages if indices is None else indices)
+        last = max(take)
         x = self.patch_embed(x)
         intermediates = []
         index = 0
-        for index, stage in enumerate(self.layers[:take[-1] + 1] if stop_early else self.layers):
+        for index, stage in enumerate(self.layers[:last + 1] if stop_early else self.layers):
             x = stage(x)
             if index in take:
                 y = self.norm(x) if norm and index == stages - 1 else x
@@ -655,14 +657,15 @@ class SwinTransformer(nn.Module):
         """Drop the stages after the last of ``indices``, as timm's: the final norm goes with
         ``prune_norm`` or when stages are dropped (it fits the last stage only), and the classifier
         (``global_pool`` "", ``head.fc`` an identity: ``forward`` gives the map) with ``prune_head`` or
-        when stages are dropped. Returns the stage indices."""
+        when stages are dropped. Returns the stage indices as given (negative ones resolved), as timm's."""
         take = feature_take_indices(len(self.layers), indices)
-        prune_end = take[-1] < len(self.layers) - 1
+        last = max(take)
+        prune_end = last < len(self.layers) - 1
         if prune_norm or prune_end:
             self.norm = nn.Identity()
-        self.layers = self.layers[:take[-1] + 1]
+        self.layers = self.layers[:last + 1]
         if prune_end:
-            self.num_features = self.head.in_features = self.feature_info.channels(take[-1])
+            self.num_features = self.head.in_features = self.feature_info.channels(last)
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return list(take)
@@ -691,14 +694,16 @@ class SwinTransformerFeatures(nn.Module):
     ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
     at each later stage: NCHW in shape (timm's features are NHWC), channels-last in memory, without
     the final norm (as timm's). The stages after the last index, the norm and the head are left out.
-    As in timm, an int n picks the last n stages and a negative index counts from the end.
+    As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
+    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
+    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
     """
 
     features_only = True
 
     def __init__(self, model: SwinTransformer, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
-        out_indices = feature_take_indices(len(model.layers), out_indices)
+        out_indices = taken_in_order(feature_take_indices(len(model.layers), out_indices))
         self.out_indices = out_indices
         self.patch_embed = model.patch_embed
         self.layers = nn.Sequential(*list(model.layers)[:max(out_indices) + 1])

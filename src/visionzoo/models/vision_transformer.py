@@ -43,7 +43,14 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers import Block, FeatureInfo, PatchEmbed, feature_take_indices, resample_abs_pos_embed
+from visionzoo.layers import (
+    Block,
+    FeatureInfo,
+    PatchEmbed,
+    feature_take_indices,
+    resample_abs_pos_embed,
+    taken_in_order,
+)
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
@@ -80,7 +87,8 @@ class VisionTransformer(nn.Module):
             removed, no final norm; timm's ``features_only``), ``feature_info`` describes them, and
             the model has no ``norm``/``fc_norm``/``head`` (their checkpoint weights are dropped).
         out_indices: the blocks whose outputs ``features_only`` returns: an int n for the last n
-            blocks, or a sequence of block indices.
+            blocks, or a sequence of block indices (any order, repeats allowed: each map comes once,
+            in block order, as timm's; ``out_indices`` and ``feature_info`` then list those maps).
 
     Token layout: ``num_prefix_tokens`` prefix tokens (the class token) then the ``gh·gw`` patch
     tokens in raster order, where ``(gh, gw) = (H / p, W / p)`` is the input's grid.
@@ -137,7 +145,7 @@ class VisionTransformer(nn.Module):
         ])
         reduction = self.patch_embed.patch_size[0]
         if features_only:
-            self.out_indices = feature_take_indices(depth, out_indices, "block")
+            self.out_indices = taken_in_order(feature_take_indices(depth, out_indices, "block"))
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
             )
@@ -296,8 +304,9 @@ class VisionTransformer(nn.Module):
 
         Args:
             x: images ``Tensor[B, in_chans, H, W]``.
-            indices: the blocks: an int n for the last n, a sequence of increasing block indices
-                (negative ones count from the end), None for all.
+            indices: the blocks: an int n for the last n, a sequence of block indices (negative
+                ones count from the end; any order, repeats allowed: each block's output comes once,
+                in block order, as timm's), None for all.
             return_prefix_tokens: pair each intermediate with its prefix tokens
                 ``Tensor[B, num_prefix_tokens, D]``.
             norm: pass the intermediates through the final ``norm`` (an identity when the model
@@ -315,10 +324,11 @@ class VisionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take = feature_take_indices(len(self.blocks), len(self.blocks) if indices is None else indices, "block")
+        last = max(take)
         grid = self.grid_size(x)
         x = self.add_pos_embed(self.embed_patches(x), grid)
         intermediates = []
-        for index, block in enumerate(self.blocks[:take[-1] + 1] if stop_early else self.blocks):
+        for index, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
             x = run_blocks([block], x, self.grad_checkpointing)
             if index in take:
                 intermediates.append(self._final_norm(x) if norm else x)
@@ -349,9 +359,10 @@ class VisionTransformer(nn.Module):
         """Drop the blocks after the last of ``indices`` (as :meth:`forward_intermediates` takes them),
         with ``prune_norm`` the final norm and with ``prune_head`` the classifier (``fc_norm`` and
         ``head`` become identities and ``global_pool`` "", so ``forward`` gives the tokens), as timm's.
-        Returns the block indices."""
+        Returns the block indices as given (negative ones resolved), as timm's."""
         take = feature_take_indices(len(self.blocks), indices, "block")
-        self.blocks = self.blocks[:take[-1] + 1]
+        last = max(take)
+        self.blocks = self.blocks[:last + 1]
         if prune_norm and not self.features_only:
             self.norm = nn.Identity()
         if prune_head and not self.features_only:
