@@ -2,7 +2,6 @@
 official facebookresearch layout), logits in training and inference (the chunked block path), feature
 maps, the small configs, stochastic depth and layer scale, bad inputs and the classifier."""
 
-import copy
 import re
 
 import pytest
@@ -410,24 +409,44 @@ def test_reset_classifier():
     assert model.num_features == 320
 
 
-@pytest.mark.parametrize("global_pool", ["avg", "max", ""])
-def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(timm_atto, global_pool):
-    reference, path = timm_atto
-    ours = create_model("convnext_atto", checkpoint=path).eval()
-    timm_model = copy.deepcopy(reference)
-    ours.reset_classifier(0, global_pool)
-    timm_model.reset_classifier(0, global_pool)
-    built = create_model("convnext_atto", checkpoint=path, num_classes=0, global_pool=global_pool).eval()
-    x = images(2, 3, 64, 96, seed=28)
+@pytest.mark.parametrize("global_pool, num_classes", [
+    *[(name, 5) for name in ("avg", "max", "avgmax", "fast", "fastavg", "fastmax", "fastavgmax", "FASTMAX")],
+    ("", 5),  # no pooling: a 1×1-conv classifier, logits per position
+    ("", 0),  # the normalised map
+])
+def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms_logits(global_pool, num_classes):
+    depths, dims = convnext._SIZES["convnext_atto"]
+    torch.manual_seed(28)
+    reference = randomise(TimmConvNeXt(depths=depths, dims=dims, num_classes=num_classes, global_pool=global_pool),
+                          seed=28).eval()
+    x = images(2, 3, 64, 96, seed=29)
     with torch.no_grad():
-        expected = timm_model(x)
-        torch.testing.assert_close(ours(x), expected)
-        torch.testing.assert_close(built(x), expected)
-    with pytest.raises(ValueError, match="global_pool"):
-        ours.reset_classifier(0, "avgmax")
-    if global_pool == "":
-        with pytest.raises(ValueError, match="num_classes=0"):
-            ours.reset_classifier(5)
+        expected = reference(x)
+        expected_pre = reference.forward_head(reference.forward_features(x), pre_logits=True)
+    built = create_model("convnext_atto_64", num_classes=num_classes, global_pool=global_pool).eval()
+    reset = create_model("convnext_atto_64", num_classes=3).eval()
+    reset.reset_classifier(num_classes, global_pool)
+    for ours in (built, reset):
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        assert ours.head.global_pool == global_pool.lower()
+        assert (ours.num_features, ours.head_hidden_size) == (reference.num_features, reference.head_hidden_size)
+        with torch.no_grad():
+            got = ours(x)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
+                                       atol=1e-5, rtol=1e-5)
+    assert got.shape == ((2, 5, 2, 3) if global_pool == "" and num_classes else expected.shape)
+
+
+@pytest.mark.parametrize("global_pool", ["catavgmax", "fastcatavgmax"])
+def test_a_pool_that_doubles_the_width_is_refused_by_name_as_timm_does(global_pool):
+    message = rf"global_pool='{global_pool}' doubles the pooled width.*use one of \('avg', 'max', 'avgmax', 'fast'"
+    with pytest.raises(ValueError, match=message):
+        create_model("convnext_atto_64", global_pool=global_pool)
+    with pytest.raises(ValueError, match=message):
+        create_model("convnext_atto_64").reset_classifier(5, global_pool)
+    with pytest.raises(ValueError, match=r"global_pool must be one of .*got 'token'"):
+        create_model("convnext_atto_64", global_pool="token")
 
 
 # --- gradient checkpointing ---------------------------------------------------------------------

@@ -197,26 +197,45 @@ def test_wrong_channels_or_rank_raise_one_clear_error(features_only):
     assert (out[-1] if features_only else out).shape[:2] == ((2, 512) if features_only else (2, 4))
 
 
-@pytest.mark.parametrize("global_pool", ["avg", "max", ""])
-def test_global_pool_of_reset_classifier_and_create_model_gives_timms_features(global_pool):
+TIMM_POOLS = ("avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fastmax", "fastavgmax", "fastcatavgmax", "",
+              "AVGMAX")
+
+
+@pytest.mark.parametrize("global_pool", TIMM_POOLS)
+def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms_logits(global_pool):
+    num_classes = 0 if global_pool == "" else 5
     torch.manual_seed(8)
-    reference = randomize_batch_norm(timm.create_model("resnet18"), 8).eval()
-    ours = create_model("resnet18").eval()
-    ours.load_state_dict(reference.state_dict())
-    built = create_model("resnet18", num_classes=0, global_pool=global_pool).eval()
-    built.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
-    ours.reset_classifier(0, global_pool)
-    reference.reset_classifier(0, global_pool)
-    x = torch.randn(2, 3, 64, 96)
+    reference = randomize_batch_norm(timm.create_model("resnet18", num_classes=num_classes,
+                                                       global_pool=global_pool), 8).eval()
+    x = images(2, 3, 64, 96, seed=9)
     with torch.no_grad():
         expected = reference(x)
-        torch.testing.assert_close(ours(x), expected)
-        torch.testing.assert_close(built(x), expected)
-    with pytest.raises(ValueError, match="global_pool"):
-        ours.reset_classifier(0, "avgmax")
-    if global_pool == "":
-        with pytest.raises(ValueError, match="num_classes=0"):
-            ours.reset_classifier(5)
+        expected_pre = reference.forward_head(reference.forward_features(x), pre_logits=True)
+    built = create_model("resnet18", num_classes=num_classes, global_pool=global_pool).eval()
+    reset = create_model("resnet18", num_classes=3).eval()
+    reset.reset_classifier(num_classes, global_pool)
+    for ours in (built, reset):
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        assert ours.global_pool == global_pool.lower()
+        assert (ours.num_features, ours.head_hidden_size) == (reference.num_features, reference.head_hidden_size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
+                                       atol=1e-5, rtol=1e-5)
+    if num_classes:
+        reset.reset_classifier(4)  # the pool is kept, and with it the classifier's width
+        assert reset.global_pool == global_pool.lower() and reset.fc.weight.shape == (4, reference.head_hidden_size)
+
+
+@pytest.mark.parametrize("global_pool, message", [
+    ("token", r"global_pool must be one of \('avg', 'max', 'avgmax', 'catavgmax', 'fast'.*got 'token'"),
+    ("", "global_pool='' \\(no pooling\\) needs num_classes=0"),  # timm's fc fails on the map at forward
+])
+def test_a_pool_timm_refuses_or_cannot_run_is_refused_by_name(global_pool, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("resnet18", global_pool=global_pool)
+    with pytest.raises(ValueError, match=message):
+        create_model("resnet18").reset_classifier(5, global_pool)
 
 
 # --- gradient checkpointing ---------------------------------------------------------------------

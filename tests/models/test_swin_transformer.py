@@ -446,7 +446,8 @@ def test_grad_checkpointing_gives_timms_outputs_and_gradients():
 
 # --- timm's pooling options ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax", ""])
+@pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax", "", "fast", "fastavg", "fastmax",
+                                         "fastavgmax", "fastcatavgmax", "AVGMAX"])
 def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms_logits(global_pool):
     sizes = SMALL_CONFIGS["swin_tiny_patch2_window4_32"]
     torch.manual_seed(90)
@@ -459,7 +460,7 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
     reset.reset_classifier(10, global_pool)
     for ours in (built, reset):
         ours.load_state_dict(reference.state_dict(), strict=True)
-        assert ours.global_pool == global_pool and ours.head_hidden_size == reference.head_hidden_size
+        assert ours.global_pool == global_pool.lower() and ours.head_hidden_size == reference.head_hidden_size
         assert ours.get_classifier().in_features == reference.get_classifier().in_features
         with torch.no_grad():
             torch.testing.assert_close(ours(x), expected, atol=ATOL, rtol=1e-5)
@@ -467,7 +468,7 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
                                        atol=ATOL, rtol=1e-5)
     reference.reset_classifier(4)
     built.reset_classifier(4)
-    assert built.global_pool == global_pool and built.head.fc.in_features == reference.head.fc.in_features
+    assert built.global_pool == global_pool.lower() and built.head.fc.in_features == reference.head.fc.in_features
 
 
 # --- forward_intermediates and prune_intermediate_layers ----------------------------------------

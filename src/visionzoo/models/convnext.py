@@ -28,7 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers.classifier import keeps_device_and_dtype
+from visionzoo.layers.classifier import (
+    ADAPTIVE_POOLS,
+    check_global_pool,
+    global_pool_2d,
+    keeps_device_and_dtype,
+)
 from visionzoo.layers.drop import DropPath, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
@@ -135,38 +140,50 @@ class ConvNeXtStage(nn.Module):
         return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
-GLOBAL_POOLS = ("avg", "max", "")
+# The head normalises the pooled features at the trunk's width, so timm's ConvNeXt refuses the pools that
+# double it ("catavgmax", "fastcatavgmax"); so do we.
+GLOBAL_POOLS = tuple(name for name in ADAPTIVE_POOLS if not name.endswith("catavgmax"))
 
 
-def _check_global_pool(global_pool: str, num_classes: int) -> None:
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-    if global_pool == "" and num_classes > 0:
-        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+def _check_global_pool(global_pool: str) -> str:
+    if isinstance(global_pool, str) and global_pool.lower().endswith("catavgmax"):
+        raise ValueError(f"global_pool={global_pool!r} doubles the pooled width, which ConvNeXt's head norm does "
+                         f"not take (nor does timm's): use one of {GLOBAL_POOLS}")
+    return check_global_pool(global_pool, GLOBAL_POOLS)
 
 
 class ConvNeXtHead(nn.Module):
     """Global pool, LayerNorm, dropout, linear: ``Tensor[B, C, H, W] -> Tensor[B, num_classes]``.
 
     timm's ``NormMlpClassifierHead`` without its optional hidden layer (same keys: ``norm``, ``fc``).
-    ``pre_logits=True`` returns the normalised pooled ``Tensor[B, C]``. ``global_pool`` is "avg",
-    "max" or "" (no pooling, for a headless model: each position of the map is normalised and the
-    map ``Tensor[B, C, H, W]`` returned, as timm does).
+    ``pre_logits=True`` returns the normalised pooled ``Tensor[B, C]``. ``global_pool`` is one of
+    :data:`GLOBAL_POOLS` (timm's names: "avg", "max", "avgmax", also with a "fast" prefix) or "" (no
+    pooling: each position of the map is normalised, and ``fc`` is a 1×1 conv, so the head gives
+    ``Tensor[B, num_classes, H, W]``, or the normalised map without classes, as timm's).
     """
 
     def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, global_pool: str = "avg"):
         super().__init__()
-        _check_global_pool(global_pool, num_classes)
-        self.global_pool = global_pool
+        self.in_features = in_features
         self.norm = nn.LayerNorm(in_features, eps=1e-6)
         self.drop = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset(num_classes, global_pool)
+
+    def reset(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``num_classes``-way ``fc`` (0: identity), optionally with another ``global_pool``."""
+        if global_pool is not None:
+            self.global_pool = _check_global_pool(global_pool)
+        self.fc: nn.Module = nn.Identity()
+        if num_classes > 0 and self.global_pool:
+            self.fc = nn.Linear(self.in_features, num_classes)
+        elif num_classes > 0:
+            self.fc = nn.Conv2d(self.in_features, num_classes, 1)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "":
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         else:
-            x = self.norm(x.mean(dim=(2, 3)) if self.global_pool == "avg" else x.amax(dim=(2, 3)))
+            x = self.norm(global_pool_2d(x, self.global_pool))
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
@@ -207,7 +224,9 @@ class ConvNeXt(nn.Module):
         drop_rate: dropout before ``head.fc``.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks.
         head_init_scale: scale of the initial classifier weights (timm's option).
-        global_pool: "avg", "max", or "" (no pooling, with ``num_classes=0``), as timm's.
+        global_pool: timm's names: "avg", "max", "avgmax" (their mean), the same with a "fast" prefix
+            ("fast": "avg"), or "" (no pooling: ``forward`` gives ``Tensor[B, num_classes, h, w]``
+            logits per position, or the normalised map with ``num_classes=0``), see :class:`ConvNeXtHead`.
 
     Any input of at least ``stem_stride · 2**(stages - 1)`` pixels a side is taken (sizes that are no
     multiple of a stride are floored, as timm does); other inputs raise ``ValueError``.
@@ -248,13 +267,18 @@ class ConvNeXt(nn.Module):
         self.head = ConvNeXtHead(in_chs, num_classes, drop_rate, global_pool)
         self.default_cfg: dict = {}
         self.apply(_init_weights)
-        if isinstance(self.head.fc, nn.Linear):
+        if isinstance(self.head.fc, nn.Linear | nn.Conv2d):
             with torch.no_grad():
                 self.head.fc.weight.mul_(head_init_scale)
                 self.head.fc.bias.mul_(head_init_scale)
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
+
+    @property
+    def head_hidden_size(self) -> int:
+        """The width of the pooled features ``head.fc`` takes (``num_features``: no hidden layer)."""
+        return self.num_features
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
@@ -263,13 +287,11 @@ class ConvNeXt(nn.Module):
 
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace ``head.fc`` by a freshly initialised ``num_classes``-way linear layer (0: identity),
-        optionally with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``)."""
-        _check_global_pool(self.head.global_pool if global_pool is None else global_pool, num_classes)
-        if global_pool is not None:
-            self.head.global_pool = global_pool
+        """Replace ``head.fc`` by a freshly initialised ``num_classes``-way layer (0: identity), optionally
+        with another ``global_pool`` (see :class:`ConvNeXtHead`; "" makes ``fc`` a 1×1 conv)."""
+        self.head.in_features = self.num_features
+        self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.fc.apply(_init_weights)
 
     def forward_features(self, x: Tensor) -> Tensor:

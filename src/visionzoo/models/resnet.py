@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.layers.classifier import keeps_device_and_dtype
+from visionzoo.layers.classifier import (
+    ADAPTIVE_POOLS,
+    check_global_pool,
+    global_pool_2d,
+    keeps_device_and_dtype,
+    pooled_width,
+)
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
@@ -102,14 +108,13 @@ def _make_stage(block: Block, in_chs: int, planes: int, depth: int, stride: int)
     return nn.Sequential(*blocks)
 
 
-GLOBAL_POOLS = ("avg", "max", "")
-
-
-def _check_global_pool(global_pool: str, num_classes: int) -> None:
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+def _check_global_pool(global_pool: str, num_classes: int) -> str:
+    """timm's pool names (:data:`~visionzoo.layers.classifier.ADAPTIVE_POOLS`), lower-cased; "" (no pooling)
+    only without a classifier: timm builds that model but its ``fc`` fails on the map at the first forward."""
+    global_pool = check_global_pool(global_pool, ADAPTIVE_POOLS)
     if global_pool == "" and num_classes > 0:
         raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+    return global_pool
 
 
 class ResNet(nn.Module):
@@ -125,8 +130,10 @@ class ResNet(nn.Module):
         drop_rate: dropout before ``fc``.
         small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
             stride is then 8 instead of 32. Module names (and so checkpoint keys) stay the same.
-        global_pool: "avg" (torchvision's), "max", or "" (no pooling, with ``num_classes=0``:
-            ``forward`` gives the feature map), as timm's.
+        global_pool: timm's names: "avg" (torchvision's), "max", "avgmax" (their mean), "catavgmax"
+            (both side by side: ``fc`` takes ``2·num_features``, ``head_hidden_size``), the same with a
+            "fast" prefix ("fast": "avg"), or "" (no pooling, with ``num_classes=0``: ``forward`` gives
+            the feature map).
     """
 
     def __init__(
@@ -143,8 +150,7 @@ class ResNet(nn.Module):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
-        _check_global_pool(global_pool, num_classes)
-        self.global_pool = global_pool
+        self.global_pool = _check_global_pool(global_pool, num_classes)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         if small_input:
@@ -169,7 +175,7 @@ class ResNet(nn.Module):
         self.num_features = in_chs
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_classes = num_classes
-        self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.default_cfg: dict = {}
         self._init_weights(zero_init_residual)
 
@@ -191,6 +197,11 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    @property
+    def head_hidden_size(self) -> int:
+        """The width of the pooled features ``fc`` takes (twice ``num_features`` for "catavgmax")."""
+        return pooled_width(self.global_pool, self.num_features)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
         switch; see :func:`~visionzoo.layers.run_blocks`). Batch norm in training then updates its
@@ -200,12 +211,10 @@ class ResNet(nn.Module):
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
-        with another ``global_pool`` ("avg", "max", or "" with ``num_classes=0``), as timm's."""
-        _check_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
-        if global_pool is not None:
-            self.global_pool = global_pool
+        with another ``global_pool`` (see :class:`ResNet`; "" only with ``num_classes=0``), as timm's."""
+        self.global_pool = _check_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input).
@@ -272,11 +281,11 @@ class ResNet(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """``Tensor[B, num_features, h, w] -> Tensor[B, num_classes]``, or with ``pre_logits`` the pooled
-        ``Tensor[B, num_features]`` (with ``global_pool=""`` the map itself)."""
+        ``Tensor[B, head_hidden_size]`` (with ``global_pool=""`` the map itself)."""
         if self.global_pool == "avg":
             x = torch.flatten(self.avgpool(x), 1)
-        elif self.global_pool == "max":
-            x = x.amax(dim=(2, 3))
+        else:
+            x = global_pool_2d(x, self.global_pool)
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)

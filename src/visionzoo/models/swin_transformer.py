@@ -56,14 +56,17 @@ from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed, run_blocks
-from visionzoo.layers.classifier import keeps_device_and_dtype
+from visionzoo.layers.classifier import (
+    ADAPTIVE_POOLS,
+    check_global_pool,
+    global_pool_2d,
+    keeps_device_and_dtype,
+    pooled_width,
+)
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.models._registry import Pretrained, register_model
 
-# timm's ClassifierHead pools on NHWC maps: "catavgmax" concatenates the mean and the maximum (the head
-# then takes twice the channels), "avgmax" is their average, "" keeps the map
-GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
 # Activation bytes (tokens × channels × element size) per sub-batch of a stage in inference (at least
@@ -467,8 +470,9 @@ class SwinHead(nn.Module):
     """Global pooling, dropout, linear: ``Tensor[B, H, W, C] -> Tensor[B, num_classes]`` (timm's
     ``ClassifierHead`` on NHWC input; the key ``fc`` is the same).
 
-    ``global_pool``: "avg", "max", "avgmax" (their mean) or "catavgmax" (both concatenated,
-    ``Tensor[B, 2·C]``, so ``fc`` takes ``2·C`` features) pool the map; "" keeps it
+    ``global_pool``: timm's names (:data:`~visionzoo.layers.classifier.ADAPTIVE_POOLS`): "avg", "max",
+    "avgmax" (their mean) or "catavgmax" (both concatenated, ``Tensor[B, 2·C]``, so ``fc`` takes ``2·C``
+    features), the same with a "fast" prefix ("fast": "avg"), pool the map; "" keeps it
     (``Tensor[B, H, W, num_classes]``). ``pre_logits``: the pooled features ``Tensor[B, num_features]``.
     """
 
@@ -481,26 +485,16 @@ class SwinHead(nn.Module):
     @property
     def num_features(self) -> int:
         """The width of the pooled features (``fc``'s input)."""
-        return self.in_features * (2 if self.global_pool == "catavgmax" else 1)
+        return pooled_width(self.global_pool, self.in_features)
 
     def reset(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way ``fc`` (0: identity), optionally with another ``global_pool``."""
         if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool, ADAPTIVE_POOLS)
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        elif self.global_pool == "max":
-            x = x.amax(dim=(1, 2))
-        elif self.global_pool == "avgmax":
-            x = 0.5 * x.mean(dim=(1, 2)) + 0.5 * x.amax(dim=(1, 2))
-        elif self.global_pool == "catavgmax":
-            x = torch.cat([x.mean(dim=(1, 2)), x.amax(dim=(1, 2))], dim=1)
-        x = self.drop(x)
+        x = self.drop(global_pool_2d(x, self.global_pool, channels_last=True))
         return x if pre_logits else self.fc(x)
 
 
@@ -512,8 +506,8 @@ class SwinTransformer(nn.Module):
         patch_size: side of a patch (the stride of the patch embedding).
         in_chans: input channels.
         num_classes: classifier outputs; 0 makes ``head.fc`` an identity.
-        global_pool: "avg" (timm's default), "max", "avgmax", "catavgmax" (see :class:`SwinHead`) or ""
-            (per-position logits ``Tensor[B, h, w, num_classes]``), as timm's.
+        global_pool: "avg" (timm's default), "max", "avgmax", "catavgmax", the same with a "fast" prefix
+            (see :class:`SwinHead`) or "" (per-position logits ``Tensor[B, h, w, num_classes]``), as timm's.
         embed_dim: width of the first stage; stage i is ``embed_dim · 2**i`` wide.
         depths, num_heads: blocks and heads of each stage.
         head_dim: per-head width if not ``width // heads``.
