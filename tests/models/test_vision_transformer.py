@@ -191,6 +191,59 @@ def test_max_and_avgmax_pools_equal_timm_built_and_reset(global_pool):
         torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("global_pool", ["map", "prr"])
+@pytest.mark.parametrize("class_token", [True, False])
+def test_attention_pools_equal_timm_built_reset_and_pruned(global_pool, class_token):
+    sizes = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, class_token=class_token)
+    torch.manual_seed(13)
+    reference = TimmVisionTransformer(num_classes=5, global_pool=global_pool, **sizes).eval()
+    with torch.no_grad():  # timm starts norms at 1 and biases at 0: random ones check each is applied
+        for param in reference.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    ours = VisionTransformer(num_classes=5, global_pool=global_pool, **sizes).eval()
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    assert (global_pool == "map") == any(key.startswith("attn_pool.") for key in ours.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert ours.head_hidden_size == reference.head_hidden_size == 96
+    x = images(2, 3, 32, 32, seed=14)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+        tokens = ours.forward_features(x)
+        torch.testing.assert_close(ours.forward_head(tokens, pre_logits=True),
+                                   reference.forward_head(tokens, pre_logits=True), atol=1e-5, rtol=1e-5)
+        for model in (ours, reference):
+            model.reset_classifier(3, global_pool)  # kept
+        ours.head.load_state_dict(reference.head.state_dict())
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+        for model in (ours, reference):
+            model.reset_classifier(0, "avgmax")  # drops attn_pool
+        # timm keeps prr's "prefix tokens in the pool" flag after the reset, so its avgmax then counts the class
+        # token in; ours pools the patch tokens, as avgmax does everywhere else (a deliberate difference)
+        reference.pool_include_prefix = False
+        assert ours.attn_pool is None and ours.state_dict().keys() == reference.state_dict().keys()
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=rf"cannot add attention pooling \(global_pool='{global_pool}'\)"):
+        ours.reset_classifier(0, global_pool)
+    other = "prr" if global_pool == "map" else "map"
+    with pytest.raises(ValueError, match=rf"cannot add attention pooling \(global_pool='{other}'\) to a model "
+                                         rf"pooled by '{global_pool}'"):
+        VisionTransformer(global_pool=global_pool, **sizes).reset_classifier(0, other)
+    pruned, timm_pruned = VisionTransformer(global_pool=global_pool, **sizes), TimmVisionTransformer(
+        global_pool=global_pool, **sizes)
+    assert pruned.prune_intermediate_layers(1) == timm_pruned.prune_intermediate_layers(1)
+    assert pruned.state_dict().keys() == timm_pruned.state_dict().keys()
+
+
+def test_a_pool_type_given_to_pool_overrides_global_pool_as_timm():
+    ours, reference = _timm_vit_twin("token")
+    tokens = ours.forward_features(images(2, 3, 32, 32, seed=15)).detach()
+    for pool_type in ("token", "avg", "max", "avgmax", ""):
+        torch.testing.assert_close(ours.pool(tokens, pool_type=pool_type), reference.pool(tokens, pool_type=pool_type))
+    torch.testing.assert_close(ours.pool(tokens), tokens[:, 0])
+    with pytest.raises(ValueError, match="pool_type must be one of"):
+        ours.pool(tokens, pool_type="map")
+
+
 def test_no_class_token_and_no_pooling_equal_timm():
     torch.manual_seed(10)
     sizes = dict(SMALL_CONFIGS["vit_tiny_patch4_32"], depth=2)
@@ -280,8 +333,9 @@ def test_bad_inputs_raise_one_clear_error_each():
         create_model("vit_tiny_patch4_32", dynamic_img_size=True)(torch.zeros(1, 3, 30, 32))
     with pytest.raises(ValueError, match="vit_tiny_patch4_32"):
         create_model("vit_tiny_patch4_23")
-    with pytest.raises(ValueError, match="global_pool"):
-        create_model("vit_tiny_patch4_32", global_pool="map")
+    with pytest.raises(ValueError, match=r"global_pool must be one of \('token', 'avg', 'max', 'avgmax', 'map', 'prr', ''\), "
+                                         r"got 'catavgmax'"):
+        create_model("vit_tiny_patch4_32", global_pool="catavgmax")
 
 
 def test_init_follows_timm():

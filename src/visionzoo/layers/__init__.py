@@ -1,6 +1,7 @@
 """Building blocks shared by the model families (timm's module names, so checkpoints load key for key)."""
 
 from visionzoo.layers.attention import Attention, scaled_dot_product_attention
+from visionzoo.layers.attention_pool import AttentionPoolLatent, AttentionPoolPrr
 from visionzoo.layers.block import Block
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
@@ -12,7 +13,8 @@ from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
-    "Attention", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear", "Mlp", "PatchEmbed",
+    "Attention", "AttentionPoolLatent", "AttentionPoolPrr", "Block", "DropPath", "FeatureInfo", "LayerScale", "Linear",
+    "Mlp", "PatchEmbed",
     "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "resample_abs_pos_embed",
     "run_blocks", "scaled_dot_product_attention", "sincos_pos_embed_2d", "taken_in_order",
 ]

@@ -51,14 +51,16 @@ from visionzoo.layers import (
     resample_abs_pos_embed,
     taken_in_order,
 )
+from visionzoo.layers.attention_pool import AttentionPoolLatent, AttentionPoolPrr
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, register_model
 
-GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "")
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map", "prr", "")
 PATCH_POOLS = ("avg", "max", "avgmax")  # reductions over the patch tokens, followed by fc_norm by default
+ATTENTION_POOLS = ("map", "prr")  # pooled by the module attn_pool
 
 
 class VisionTransformer(nn.Module):
@@ -70,8 +72,11 @@ class VisionTransformer(nn.Module):
         in_chans: input channels.
         num_classes: classifier outputs; 0 makes ``head`` an identity.
         global_pool: "token" (the class token), "avg", "max" or "avgmax" (mean, maximum, or the mean of
-            the two, over the patch tokens, as timm's) or "" (no pooling: the head applies to every
-            token, ``Tensor[B, T, num_classes]``).
+            the two, over the patch tokens, as timm's), "map" (a learned query attends over the patch
+            tokens: :class:`~visionzoo.layers.attention_pool.AttentionPoolLatent`, ``attn_pool``), "prr"
+            (parameter-free self-attention over all tokens, then the class token or the mean:
+            :class:`~visionzoo.layers.attention_pool.AttentionPoolPrr`) or "" (no pooling: the head
+            applies to every token, ``Tensor[B, T, num_classes]``).
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the transformer's sizes.
         class_token: prepend a learned class token (needed by ``global_pool="token"``).
         init_values: LayerScale's initial value on both residual branches (None: no LayerScale).
@@ -127,7 +132,7 @@ class VisionTransformer(nn.Module):
         use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
         self.dynamic_img_size = dynamic_img_size
         self.features_only = features_only
@@ -149,21 +154,30 @@ class VisionTransformer(nn.Module):
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
             )
+            self.attn_pool = None
         else:
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)
             )
             self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
+            self.attn_pool = self._attention_pool(global_pool, num_heads, mlp_ratio)
             self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.default_cfg: dict = {}
         self.init_weights()
 
+    def _attention_pool(self, global_pool: str, num_heads: int, mlp_ratio: float) -> nn.Module | None:
+        if global_pool == "map":
+            return AttentionPoolLatent(self.embed_dim, num_heads, mlp_ratio)
+        if global_pool == "prr":
+            return AttentionPoolPrr(num_heads, "token" if self.cls_token is not None else "avg")
+        return None
+
     def init_weights(self) -> None:
         """timm's initialisation: truncated normal (std 0.02) for the position table and every
-        Linear (zero biases), normal with std 1e-6 for the class token; convs and norms keep
-        PyTorch's defaults."""
+        Linear (zero biases), normal with std 1e-6 for the class token, the attention pool's latent
+        by its own rule; convs and norms keep PyTorch's defaults."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -172,6 +186,8 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, AttentionPoolLatent):
+                module.init_weights()
 
     # --- the timm interface -------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -180,12 +196,18 @@ class VisionTransformer(nn.Module):
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way head (0: identity), optionally with another ``global_pool``
-        (the final norm's place is kept as built)."""
+        (the final norm's place is kept as built). As timm's, attention pooling ("map", "prr") is kept
+        only by a model built with it: another pool drops its ``attn_pool``."""
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs the class token")
+            if global_pool in ATTENTION_POOLS and global_pool != self.global_pool:
+                raise ValueError(f"reset_classifier cannot add attention pooling (global_pool={global_pool!r}) to a "
+                                 f"model pooled by {self.global_pool!r}, nor can timm's: build the model with it")
+            if global_pool not in ATTENTION_POOLS:
+                self.attn_pool = None
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -265,16 +287,23 @@ class VisionTransformer(nn.Module):
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_prefix_tokens + (H/p)·(W/p), embed_dim]`` tokens."""
         return self.forward_tokens(self.embed_patches(x), self.grid_size(x))
 
-    def pool(self, x: Tensor) -> Tensor:
-        """``Tensor[B, T, D] -> Tensor[B, D]`` by ``global_pool`` (``""``: unchanged)."""
-        if self.global_pool == "token":
+    def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
+        """``Tensor[B, T, D] -> Tensor[B, D]`` by ``global_pool`` (``""``: unchanged), or by ``pool_type``
+        ("token", "avg", "max", "avgmax" or "") where given; a model with attention pooling always pools
+        with its ``attn_pool``, as timm's."""
+        if self.attn_pool is not None:
+            return self.attn_pool(x if self.global_pool == "prr" else x[:, self.num_prefix_tokens:])
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type not in set(GLOBAL_POOLS) - set(ATTENTION_POOLS):
+            raise ValueError(f"pool_type must be one of 'token', 'avg', 'max', 'avgmax' or '', got {pool_type!r}")
+        if pool_type == "token":
             return x[:, 0]
         patches = x[:, self.num_prefix_tokens:]
-        if self.global_pool == "avg":
+        if pool_type == "avg":
             return patches.mean(dim=1)
-        if self.global_pool == "max":
+        if pool_type == "max":
             return patches.amax(dim=1)
-        if self.global_pool == "avgmax":
+        if pool_type == "avgmax":
             return 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))
         return x
 
