@@ -540,3 +540,39 @@ def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head,
         assert_same_outputs(ours(x), reference(x))
         assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
     assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+# --- attention masks (timm's attn_mask and is_causal) -------------------------------------------
+
+def _masks(tokens: int, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(2, 1, tokens, tokens, generator=generator) > 0.4
+    keep |= torch.eye(tokens, dtype=torch.bool)  # every query keeps a key
+    return dict(boolean=dict(attn_mask=keep),
+                additive=dict(attn_mask=torch.randn(1, 3, tokens, tokens, generator=generator)),
+                causal=dict(is_causal=True))
+
+
+@pytest.mark.parametrize("mask", ["boolean", "additive", "causal"])
+@pytest.mark.parametrize("global_pool, distilled", [("token", False), ("avg", False), ("token", True)])
+def test_attention_masks_give_timms_outputs_everywhere(mask, global_pool, distilled):
+    ours, reference = _timm_vit_twin(global_pool, distilled)
+    x = images(2, 3, 32, 32, seed=47)
+    masking = _masks(ours.num_prefix_tokens + 16, seed=48)[mask]
+    with torch.no_grad():
+        assert not torch.allclose(ours(x, **masking), ours(x), atol=1e-3)  # the mask matters
+        assert_same_outputs(ours(x, **masking), reference(x, **masking))
+        assert_same_outputs(ours.forward_features(x, **masking), reference.forward_features(x, **masking))
+        for kwargs in (dict(indices=[3, 1], norm=True), dict(indices=2, stop_early=True, output_fmt="NLC",
+                                                             return_prefix_tokens=True, intermediates_only=True)):
+            assert_same_outputs(ours.forward_intermediates(x, **kwargs, **masking),
+                                reference.forward_intermediates(x, **kwargs, **masking))
+        for kwargs in (dict(), dict(n=[0, 5], reshape=True, norm=True), dict(n=2, return_prefix_tokens=True)):
+            if mask == "causal":  # timm's get_intermediate_layers takes attn_mask only
+                break
+            assert_same_outputs(ours.get_intermediate_layers(x, **kwargs, **masking),
+                                reference.get_intermediate_layers(x, **kwargs, **masking))
+    # training with gradient checkpointing: the blocks get the mask when recomputed too
+    plain = ours(x, **masking)
+    ours.set_grad_checkpointing()
+    assert_same_outputs(ours(x, **masking), plain, atol=1e-6, rtol=1e-6)

@@ -50,9 +50,10 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
-        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias (see :class:`Attention`)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias)))
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias or boolean mask, and
+        ``is_causal``: attend to earlier tokens only (see :class:`Attention`)."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias, is_causal)))
         if torch.is_grad_enabled() or self.training:
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return self._mlp_residual_in_chunks(x)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
-def run_blocks(blocks: Iterable[nn.Module], x: Tensor, checkpointed: bool = False) -> Tensor:
-    """``x`` through ``blocks`` in order (each ``Tensor -> Tensor``); with ``checkpointed`` and autograd on,
+def run_blocks(blocks: Iterable[nn.Module], x: Tensor, checkpointed: bool = False, **kwargs: Any) -> Tensor:
+    """``x`` through ``blocks`` in order (each ``Tensor -> Tensor``, called as ``block(x, **kwargs)``: the
+    same keywords, an attention mask for one, for every block); with ``checkpointed`` and autograd on,
     each block under :func:`torch.utils.checkpoint.checkpoint`: only its input is kept for the backward
     pass and its activations are recomputed there, trading one more forward for memory.
 
@@ -22,8 +24,8 @@ def run_blocks(blocks: Iterable[nn.Module], x: Tensor, checkpointed: bool = Fals
     """
     if checkpointed and torch.is_grad_enabled():
         for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
         return x
     for block in blocks:
-        x = block(x)
+        x = block(x, **kwargs)
     return x

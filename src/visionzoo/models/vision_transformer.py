@@ -266,12 +266,17 @@ class VisionTransformer(nn.Module):
         head = (torch.cat(prefix, dim=1) + pos_embed[:, :count]).expand(batch, -1, -1)
         return self.pos_drop(torch.cat([head, tokens + pos_embed[:, count:]], dim=1))
 
-    def forward_tokens(self, tokens: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    def forward_tokens(self, tokens: Tensor, grid_size: tuple[int, int], attn_mask: Tensor | None = None,
+                       is_causal: bool = False) -> Tensor:
         """The transformer on patch tokens: ``Tensor[B, gh·gw, D] -> Tensor[B, num_prefix_tokens + gh·gw, D]``.
 
         Adds the prefix tokens and the position table of ``grid_size`` (resampled for another grid
         than the model's when ``dynamic_img_size``), runs the blocks and the final norm. ``tokens``
         may be :meth:`embed_patches`' output with some rows replaced (masked patch prediction).
+        ``attn_mask`` and ``is_causal`` go to every block's attention, as timm's: a boolean mask (True:
+        attend) or an additive float bias broadcasting to ``Tensor[B, num_heads, T, T]`` over all ``T``
+        tokens, prefix tokens first; ``is_causal``: each token attends to itself and those before it
+        (not with ``attn_mask``: ``scaled_dot_product_attention`` takes one or the other).
         """
         grid_size = (int(grid_size[0]), int(grid_size[1]))
         if tokens.ndim != 3 or tokens.shape[1] != grid_size[0] * grid_size[1] or tokens.shape[2] != self.embed_dim:
@@ -279,13 +284,15 @@ class VisionTransformer(nn.Module):
                 f"expected tokens Tensor[B, {grid_size[0]}·{grid_size[1]}, {self.embed_dim}] for grid {grid_size}, "
                 f"got shape {tuple(tokens.shape)}"
             )
-        x = run_blocks(self.blocks, self.add_pos_embed(tokens, grid_size), self.grad_checkpointing)
+        x = run_blocks(self.blocks, self.add_pos_embed(tokens, grid_size), self.grad_checkpointing,
+                       attn_bias=attn_mask, is_causal=is_causal)
         return x if self.features_only else self.norm(x)
 
     # --- forward ------------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_prefix_tokens + (H/p)·(W/p), embed_dim]`` tokens."""
-        return self.forward_tokens(self.embed_patches(x), self.grid_size(x))
+    def forward_features(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_prefix_tokens + (H/p)·(W/p), embed_dim]`` tokens;
+        ``attn_mask``, ``is_causal``: as :meth:`forward_tokens`."""
+        return self.forward_tokens(self.embed_patches(x), self.grid_size(x), attn_mask, is_causal)
 
     def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
         """``Tensor[B, T, D] -> Tensor[B, D]`` by ``global_pool`` (``""``: unchanged), or by ``pool_type``
@@ -313,10 +320,11 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
-    def forward_maps(self, x: Tensor) -> list[Tensor]:
+    def forward_maps(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> list[Tensor]:
         """Feature maps of the blocks ``out_indices`` (``features_only``): images ``Tensor[B, C, H, W]``
         -> list of ``Tensor[B, embed_dim, H/p, W/p]``."""
-        return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
+        return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True,
+                                          attn_mask=attn_mask, is_causal=is_causal)
 
     def forward_intermediates(
         self,
@@ -328,6 +336,8 @@ class VisionTransformer(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         output_dict: bool = False,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
     ) -> list[Tensor] | list[tuple[Tensor, Tensor]] | tuple[Tensor, list] | dict[str, Any]:
         """The outputs of some blocks beside the final tokens (timm's API of the same name).
 
@@ -347,6 +357,7 @@ class VisionTransformer(nn.Module):
             intermediates_only: return only the intermediates.
             output_dict: return ``{"image_intermediates": [...], "image_features": tokens}`` (with
                 ``"image_intermediates_prefix"`` when ``return_prefix_tokens``).
+            attn_mask, is_causal: for every block's attention, as :meth:`forward_tokens`.
 
         Returns the list of intermediates, or ``(final tokens Tensor[B, T, D] after norm, list)``.
         """
@@ -358,7 +369,7 @@ class VisionTransformer(nn.Module):
         x = self.add_pos_embed(self.embed_patches(x), grid)
         intermediates = []
         for index, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
-            x = run_blocks([block], x, self.grad_checkpointing)
+            x = run_blocks([block], x, self.grad_checkpointing, attn_bias=attn_mask, is_causal=is_causal)
             if index in take:
                 intermediates.append(self._final_norm(x) if norm else x)
         prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]
@@ -402,10 +413,28 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.Identity()
         self.reset_classifier(0, "")
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        attn_mask: Tensor | None = None,
+    ) -> list[Tensor] | list[tuple[Tensor, Tensor]]:
+        """DINO's interface (timm keeps it): the outputs of the blocks ``n`` (an int: the last n), patch
+        tokens ``Tensor[B, (H/p)·(W/p), D]`` or, with ``reshape``, maps ``Tensor[B, D, H/p, W/p]``; the
+        other arguments as :meth:`forward_intermediates`, of which this is the ``intermediates_only`` call."""
+        return self.forward_intermediates(x, n, return_prefix_tokens=return_prefix_tokens, norm=norm,
+                                          output_fmt="NCHW" if reshape else "NLC", intermediates_only=True,
+                                          attn_mask=attn_mask)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor | list[Tensor]:
+        """Images ``Tensor[B, in_chans, H, W]`` -> logits (see the class); ``attn_mask``, ``is_causal``: as
+        :meth:`forward_tokens`."""
         if self.features_only:
-            return self.forward_maps(x)
-        return self.forward_head(self.forward_features(x))
+            return self.forward_maps(x, attn_mask, is_causal)
+        return self.forward_head(self.forward_features(x, attn_mask, is_causal))
 
 
 class VisionTransformerDistilled(VisionTransformer):
