@@ -275,6 +275,37 @@ def test_unsorted_or_repeated_indices_give_timms_maps_in_stage_order(tmp_path, n
     assert kept == [i % count for i in indices]
 
 
+def _param_groups(model: nn.Module, **kwargs) -> list[tuple[float, float, list[str]]]:
+    """timm's optimizer factory's groups for ``model``: (lr_scale, weight_decay, parameter names) each."""
+    import timm.optim
+
+    names = {id(param): name for name, param in model.named_parameters()}
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, **kwargs)
+    return [(group.get("lr_scale", 1.0), group["weight_decay"], [names[id(p)] for p in group["params"]])
+            for group in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vit_tiny_patch16_224", {}), ("vit_tiny_patch16_224", dict(global_pool="map", class_token=False)),
+    ("deit_tiny_distilled_patch16_224", {}), ("swin_tiny_patch4_window7_224", {}), ("convnext_atto", {}),
+    ("resnet18", {}),
+])
+def test_timms_layer_decay_and_weight_decay_groups_are_those_of_timms_model(name, kwargs):
+    from timm.models import group_parameters
+
+    with torch.device("meta"):
+        ours, reference = create_model(name, **kwargs), timm.create_model(name, **kwargs)
+    assert dict(ours.named_parameters()).keys() == dict(reference.named_parameters()).keys()
+    groups = _param_groups(ours, layer_decay=0.65)
+    assert groups == _param_groups(reference, layer_decay=0.65)
+    assert len({scale for scale, _, _ in groups}) > 5  # layer-wise: not one scale for all
+    assert _param_groups(ours) == _param_groups(reference)
+    for coarse in (False, True):
+        assert group_parameters(ours, ours.group_matcher(coarse)) == \
+            group_parameters(reference, reference.group_matcher(coarse))
+    assert getattr(ours, "no_weight_decay", set)() == getattr(reference, "no_weight_decay", set)()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_classes=2.5), "num_classes must be an integer >= 0, got 2.5"),
     (dict(num_classes="10"), "num_classes must be an integer >= 0, got '10'"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -279,6 +280,18 @@ class ConvNeXt(nn.Module):
     def head_hidden_size(self) -> int:
         """The width of the pooled features ``head.fc`` takes (``num_features``: no hidden layer)."""
         return self.num_features
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's optimizer factory (layer-wise learning-rate decay), as timm's: the
+        stem, then per stage its downsampling with the block before it and one group per block
+        (``coarse``: one per stage); the head last."""
+        return dict(
+            stem=r"^stem\.",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's

@@ -202,6 +202,11 @@ class ResNet(nn.Module):
         """The width of the pooled features ``fc`` takes (twice ``num_features`` for "catavgmax")."""
         return pooled_width(self.global_pool, self.num_features)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for timm's optimizer factory (layer-wise learning-rate decay), as timm's: the
+        stem (``conv1``, ``bn1``), then one group per block (``coarse``: per stage); ``fc`` last."""
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
         switch; see :func:`~visionzoo.layers.run_blocks`). Batch norm in training then updates its

@@ -594,6 +594,19 @@ class SwinTransformer(nn.Module):
         """The relative position tables (timm's set)."""
         return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's optimizer factory (layer-wise learning-rate decay), as timm's: the
+        patch embedding, then per stage its patch merging with the block before it and one group per
+        block (``coarse``: one per stage), the final norm with the last block; the head last."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [
+                (r"^layers\.(\d+)\.downsample", (0,)),
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm\.", (99999,)),
+            ],
+        )
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
         switch, set on every stage; see :func:`~visionzoo.layers.run_blocks`)."""

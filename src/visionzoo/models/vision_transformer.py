@@ -213,7 +213,18 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token"}
+        """The parameters timm's optimizer factory keeps out of weight decay (timm's set)."""
+        return {"pos_embed", "cls_token", "reg_token", "dist_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's optimizer factory (layer-wise learning-rate decay,
+        ``timm.optim.create_optimizer_v2(model, layer_decay=...)``), as timm's: the embeddings first, then
+        one group per block with the final norm in the last one; the head is left to the last group.
+        ``coarse`` changes nothing for a ViT (as timm's)."""
+        return dict(
+            stem=r"^(?:cls_token|dist_token|pos_embed|patch_embed)",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm\.", (99999,))],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
