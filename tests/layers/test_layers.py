@@ -249,3 +249,23 @@ def test_a_boolean_mask_keeps_torchs_meaning(dtype, native_bf16_cpu):
     additive = torch.zeros(17, 17).masked_fill(~mask, float("-inf"))
     with torch.no_grad():
         torch.testing.assert_close(attention(x, attn_bias=mask), attention(x, attn_bias=additive))
+
+
+@pytest.mark.parametrize("new_size", [(8, 8), (32, 32), (14, 10)])
+def test_patch_kernel_resampling_equals_timms_and_keeps_embeddings_of_resized_patches(new_size):
+    from visionzoo.layers.patch_embed import resample_patch_kernel
+
+    torch.manual_seed(7)
+    weight = torch.randn(8, 3, 16, 16)
+    resampled = resample_patch_kernel(weight, new_size)
+    torch.testing.assert_close(resampled, timm.layers.resample_patch_embed(weight, list(new_size)))
+    if new_size[0] >= 16:  # upsampling is invertible: a resized patch embeds as the original did
+        patch = torch.randn(5, 3, 16, 16)
+        resized = torch.nn.functional.interpolate(patch, size=new_size, mode="bicubic", antialias=True)
+        torch.testing.assert_close(torch.einsum("bchw,ochw->bo", resized, resampled),
+                                   torch.einsum("bchw,ochw->bo", patch, weight), atol=1e-3, rtol=1e-3)
+    embed = PatchEmbed(64, 16, 3, 8)
+    embed.set_input_size(img_size=(48, 64), patch_size=new_size)
+    assert embed.proj.weight.shape == (8, 3, *new_size) and embed.proj.stride == new_size
+    assert embed.grid_size == (48 // new_size[0], 64 // new_size[1])
+    assert embed.num_patches == embed.grid_size[0] * embed.grid_size[1]

@@ -467,3 +467,9 @@ def test_grad_checkpointing_changes_neither_outputs_nor_gradients():
     hipt = create_model("hipt_4k", tile_size=32, freeze_vit256=False, num_classes=3, drop_path_rate=0.2)
     assert_grad_checkpointing_changes_nothing(hipt, images(1, 3, 64, 96, seed=85))
     assert hipt.model256.grad_checkpointing and hipt.model4k.grad_checkpointing
+
+
+def test_set_input_size_of_vit256_is_refused():
+    """Any tile size already gets the official table by DINO's rule; timm's resampling would change it."""
+    with pytest.raises(ValueError, match="224-pixel position table"):
+        create_model("hipt_vit256_small").set_input_size(img_size=256)

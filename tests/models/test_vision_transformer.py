@@ -576,3 +576,35 @@ def test_attention_masks_give_timms_outputs_everywhere(mask, global_pool, distil
     plain = ours(x, **masking)
     ours.set_grad_checkpointing()
     assert_same_outputs(ours(x, **masking), plain, atol=1e-6, rtol=1e-6)
+
+
+# --- set_input_size -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [dict(img_size=48), dict(img_size=(32, 48)), dict(patch_size=4),
+                                    dict(img_size=64, patch_size=(16, 16)), dict(img_size=32)])
+@pytest.mark.parametrize("distilled", [False, True])
+def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_path, kwargs, distilled):
+    from visionzoo.checkpoint import save_checkpoint
+
+    ours, reference = _timm_vit_twin(distilled=distilled)
+    ours.set_input_size(**kwargs)
+    reference.set_input_size(**kwargs)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, atol=1e-6, rtol=1e-6, msg=key)
+    size = reference.patch_embed.img_size
+    x = images(2, 3, *size, seed=49)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+        assert_same_outputs(ours.forward_intermediates(x, [1, 3]), reference.forward_intermediates(x, [1, 3]))
+    assert ours.patch_embed.grid_size == reference.patch_embed.grid_size
+    assert ours.feature_info.reduction()[0] == reference.patch_embed.patch_size[0]
+    if size != (32, 32):
+        with pytest.raises(ValueError, match="built for"):
+            ours(images(1, 3, 32, 32))
+    path = tmp_path / "resized.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in ours.state_dict().items()},
+                    meta={"model": {"name": ours.model_name, "args": ours.model_args}})
+    rebuilt = create_model(ours.model_name, checkpoint=path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), ours(x), atol=0, rtol=0)

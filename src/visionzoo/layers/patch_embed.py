@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
+                          antialias: bool = True) -> Tensor:
+    """A patch-embedding kernel for another patch size by FlexiViT's pseudo-inverse resize (Beyer et al. 2023;
+    timm's ``resample_patch_embed``): ``Tensor[C_out, C_in, h, w] -> Tensor[C_out, C_in, H, W]``.
+
+    With ``B`` the linear map that resizes an h×w patch to H×W (``interpolation``, ``antialias``), the new
+    kernel is ``pinv(Bᵀ)`` applied to the old one: the least-squares kernel whose embedding of a resized patch
+    equals the old embedding of the patch. Computed in float32, returned in the kernel's dtype.
+    """
+    old_size, new_size = tuple(weight.shape[-2:]), _pair(new_size)
+    if old_size == new_size:
+        return weight
+    basis = torch.eye(old_size[0] * old_size[1], device=weight.device).view(-1, 1, *old_size)
+    resized = F.interpolate(basis, size=new_size, mode=interpolation, antialias=antialias, align_corners=False)
+    resize = resized.flatten(1).t()  # Tensor[H·W, h·w]: column j is basis patch j resized
+    kernel = weight.float().flatten(2) @ torch.linalg.pinv(resize)
+    return kernel.view(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -45,17 +65,41 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"output_fmt must be NLC, NHWC or NCHW, got {output_fmt!r}")
         self.patch_size = _pair(patch_size)
         self.img_size = None if img_size is None else _pair(img_size)
-        if self.img_size is not None:
-            self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-            self.num_patches = self.grid_size[0] * self.grid_size[1]
-        else:
-            self.grid_size, self.num_patches = None, None
+        self._set_grid()
         self.in_chans = in_chans
         self.output_fmt = output_fmt
         self.strict_img_size = strict_img_size and self.img_size is not None
         self.pad = pad
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def _set_grid(self) -> None:
+        if self.img_size is not None:
+            self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+            self.num_patches = self.grid_size[0] * self.grid_size[1]
+        else:
+            self.grid_size, self.num_patches = None, None
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
+                       patch_size: int | tuple[int, int] | None = None) -> None:
+        """Another input size and/or patch size from now on (timm's method): ``img_size`` sets ``grid_size``
+        and ``num_patches``; another ``patch_size`` replaces ``proj`` by a conv of that kernel and stride whose
+        kernel is :func:`resample_patch_kernel`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
+        if patch_size is not None and _pair(patch_size) != self.patch_size:
+            old, new_size = self.proj, _pair(patch_size)
+            proj = nn.Conv2d(old.in_channels, old.out_channels, new_size, stride=new_size, bias=old.bias is not None,
+                             device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                proj.weight.copy_(resample_patch_kernel(old.weight, new_size))
+                if old.bias is not None:
+                    proj.bias.copy_(old.bias)
+            for new_param, old_param in zip(proj.parameters(), old.parameters()):
+                new_param.requires_grad_(old_param.requires_grad)
+            self.proj = proj.train(old.training)
+            self.patch_size = new_size
+        if img_size is not None:
+            self.img_size = _pair(img_size)
+        self._set_grid()
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` for an input this embedding cannot take (channels, size)."""

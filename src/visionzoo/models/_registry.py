@@ -236,6 +236,14 @@ def create_model(
     return model
 
 
+def record_model_args(model: nn.Module, **args: Any) -> None:
+    """After a change made in place (``set_input_size``), update the arguments :func:`create_model` recorded
+    to rebuild ``model`` (``model_args``, which our checkpoints keep), as timm's ``update_model_input_size``;
+    a model not built by :func:`create_model` has none."""
+    if hasattr(model, "model_args"):
+        model.model_args = {**model.model_args, **args}
+
+
 def _whole_number(value: Any, name: str, minimum: int) -> int:
     """``value`` as an int (numpy integers too) of at least ``minimum``; else ValueError naming ``name``."""
     try:

@@ -117,6 +117,12 @@ class ViT256(VisionTransformer):
         """The table for a ``grid_size`` grid by DINO's rule (:func:`interpolate_pos_encoding`)."""
         return interpolate_pos_encoding(self.pos_embed, grid_size)
 
+    def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
+        """Refused: the official weights need their 224-pixel table, which any input size already gets by
+        DINO's rule at each forward; a resampled table would give other features."""
+        raise ValueError("ViT256 keeps the official 224-pixel position table and interpolates it for any input "
+                         "size at each forward: set_input_size would change its weights")
+
 
 class ViT4K(nn.Module):
     """ViT-4K: ``Tensor[B, in_dim, gh, gw]`` grids of ViT-256 [CLS] tokens -> ``Tensor[B, 192]`` region

@@ -56,7 +56,7 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
-from visionzoo.models._registry import Pretrained, register_model
+from visionzoo.models._registry import Pretrained, record_model_args, register_model
 
 GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map", "prr", "")
 PATCH_POOLS = ("avg", "max", "avgmax")  # reductions over the patch tokens, followed by fc_norm by default
@@ -231,6 +231,28 @@ class VisionTransformer(nn.Module):
         switch; see :func:`~visionzoo.layers.run_blocks`): less memory in training, same outputs and
         gradients."""
         self.grad_checkpointing = enable
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None,
+                       patch_size: int | tuple[int, int] | None = None) -> None:
+        """Take ``img_size`` images and/or ``patch_size`` patches from now on, as timm's method: the position
+        table is resampled from the old token grid to the new one (bicubic, antialiased, prefix rows kept:
+        :func:`~visionzoo.layers.resample_abs_pos_embed`), and another patch size resamples the patch kernel
+        (:func:`~visionzoo.layers.patch_embed.resample_patch_kernel`). Without ``dynamic_img_size`` other
+        input sizes are then refused. ``feature_info`` and the arguments that rebuild the model
+        (``model_args``, kept by our checkpoints) follow."""
+        old_grid = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size, patch_size)
+        grid = self.patch_embed.grid_size
+        if grid != old_grid:
+            with torch.no_grad():
+                table = resample_abs_pos_embed(self.pos_embed, grid, old_grid, num_prefix_tokens=self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+        reduction = self.patch_embed.patch_size[0]
+        self.feature_info = FeatureInfo(dict(info, reduction=reduction) for info in self.feature_info)
+        changed = dict(img_size=_int_or_pair(self.patch_embed.img_size))
+        if patch_size is not None:
+            changed["patch_size"] = _int_or_pair(self.patch_embed.patch_size)
+        record_model_args(self, **changed)
 
     # --- tokens -------------------------------------------------------------------------------
     def embed_patches(self, x: Tensor) -> Tensor:
@@ -515,6 +537,10 @@ class VisionTransformerDistilled(VisionTransformer):
         if self.distilled_training and self.training:
             return cls, dist
         return (cls + dist) / 2
+
+
+def _int_or_pair(size: tuple[int, int]) -> int | tuple[int, int]:
+    return size[0] if size[0] == size[1] else size
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
