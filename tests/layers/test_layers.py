@@ -269,3 +269,22 @@ def test_patch_kernel_resampling_equals_timms_and_keeps_embeddings_of_resized_pa
     assert embed.proj.weight.shape == (8, 3, *new_size) and embed.proj.stride == new_size
     assert embed.grid_size == (48 // new_size[0], 64 // new_size[1])
     assert embed.num_patches == embed.grid_size[0] * embed.grid_size[1]
+
+
+@pytest.mark.parametrize("old, new", [((7, 7), (3, 3)), ((7, 7), (14, 14)), ((4, 4), (6, 6)), ((7, 4), (5, 9)),
+                                      ((7, 7), (1, 1)), ((1, 1), (4, 4))])
+def test_relative_position_table_resampling_equals_timms(old, new):
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
+
+    from visionzoo.layers.pos_embed import resample_rel_pos_table
+
+    torch.manual_seed(8)
+    table = torch.randn((2 * old[0] - 1) * (2 * old[1] - 1), 3)
+    shape = ((2 * new[0] - 1) * (2 * new[1] - 1), 3)
+    resampled = resample_rel_pos_table(table, old, new)
+    torch.testing.assert_close(resampled, resize_rel_pos_bias_table(table, new, shape, old_window_size=old),
+                               atol=1e-6, rtol=1e-6)
+    def offset_zero(t, window):
+        return t.view(2 * window[0] - 1, 2 * window[1] - 1, 3)[window[0] - 1, window[1] - 1]
+
+    torch.testing.assert_close(offset_zero(resampled, new), offset_zero(table, old))  # offset 0 keeps its bias

@@ -514,3 +514,56 @@ def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head)
         assert_same_outputs(ours(x), reference(x))
         assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
     assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+# --- set_input_size -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    dict(img_size=64),  # windows scaled with the grid: 8 (tables resampled from 7×7 to 15×15 offsets)
+    dict(img_size=16),  # windows 2
+    dict(img_size=(32, 48)),  # windows (4, 6)
+    dict(img_size=48, window_size=6),
+    dict(img_size=64, window_ratio=4),
+    dict(img_size=32),  # nothing changes
+    dict(img_size=64, patch_size=4),
+])
+def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_path, kwargs):
+    from visionzoo.checkpoint import save_checkpoint
+
+    ours, reference = _timm_swin_twin()
+    ours.set_input_size(**kwargs)
+    reference.set_input_size(**kwargs)
+    assert ours.state_dict().keys() == reference.state_dict().keys() - {
+        k for k in reference.state_dict() if k.endswith(("relative_position_index", "attn_mask"))}
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[key], atol=1e-6, rtol=1e-6, msg=key)
+    assert [stage.blocks[0].window_size for stage in ours.layers] == \
+        [stage.blocks[0].window_size for stage in reference.layers]
+    assert ours.feature_info.reduction() == [info["reduction"] for info in reference.feature_info]
+    x = images(2, 3, *reference.patch_embed.img_size, seed=96)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+        assert_same_outputs(ours.forward_intermediates(x, [0, 2]), reference.forward_intermediates(x, [0, 2]))
+    path = tmp_path / "resized.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in ours.state_dict().items()},
+                    meta={"model": {"name": ours.model_name, "args": ours.model_args}})
+    rebuilt = create_model(ours.model_name, checkpoint=path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), ours(x), atol=0, rtol=0)
+
+
+def test_set_input_size_scales_from_the_build_time_window_and_refuses_what_it_cannot_do():
+    ours, reference = _timm_swin_twin()
+    for size in (64, 48, 32):  # each from the build-time window, as timm's
+        ours.set_input_size(img_size=size)
+        reference.set_input_size(img_size=size)
+        assert [block.window_size for block in ours.layers[0].blocks] == \
+            [block.window_size for block in reference.layers[0].blocks]
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    for kwargs, message in [(dict(window_size=[(4, 4), (4, 4), (2, 2)]), "one window for all stages"),
+                            (dict(window_ratio=(2, 4, 4)), "one positive int"),
+                            (dict(always_partition=True), "always_partition")]:
+        with pytest.raises(ValueError, match=message):
+            ours.set_input_size(img_size=64, **kwargs)
+    assert ours.patch_embed.img_size == (32, 32)
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())

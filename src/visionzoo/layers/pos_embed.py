@@ -1,4 +1,5 @@
-"""Absolute position embeddings: a learnt table resampled to another grid size, and fixed 2-D sin-cos tables."""
+"""Position embeddings: a learnt absolute table or a relative position bias table resampled to another grid or
+window size, and fixed 2-D sin-cos tables."""
 
 from __future__ import annotations
 
@@ -45,6 +46,65 @@ def resample_abs_pos_embed(
     grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def _geometric_offsets(source: int, target: int) -> list[float]:
+    """Positions for the ``source`` rows of a relative-offset axis (offsets -s..s, ``source = 2s + 1``) that
+    span the target axis (offsets -t..t): 0 at the centre and gaps growing geometrically, 1, q, q², ...,
+    with the ratio q in [1.01, 1.5] found by bisection so that the s gaps sum to about t (BEiT's recipe)."""
+    half, reach = source // 2, target // 2
+    low, high = 1.01, 1.5
+    while high - low > 1e-6:
+        ratio = (low + high) / 2
+        if (1.0 - ratio ** half) / (1.0 - ratio) > reach:
+            high = ratio
+        else:
+            low = ratio
+    steps, position = [], 1.0
+    for i in range(half):
+        steps.append(position)
+        position += ratio ** (i + 1)
+    return [-step for step in reversed(steps)] + [0.0] + steps
+
+
+def _linear_weights(points: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For each target: the indices of the points left and right of it and the right one's weight, for
+    linear interpolation on unevenly spaced increasing ``points``, constant beyond the ends."""
+    right = torch.bucketize(targets, points).clamp(max=len(points) - 1)
+    left = (right - 1).clamp(min=0)
+    span = points[right] - points[left]
+    weight = torch.where(span > 0, (targets - points[left]) / span.clamp(min=1e-12), torch.ones_like(span))
+    return left, right, weight.clamp(0, 1)
+
+
+def resample_rel_pos_table(table: Tensor, old_window: tuple[int, int], new_window: tuple[int, int]) -> Tensor:
+    """A Swin-style relative position bias table for another window, by BEiT's recipe (timm's
+    ``resize_rel_pos_bias_table``, used by its Swin ``set_input_size`` and checkpoint filter).
+
+    Args:
+        table: Tensor[(2·oh - 1)·(2·ow - 1), heads], one row per relative offset (dy, dx) of an
+            ``old_window`` = (oh, ow) window, dy major.
+        new_window: (nh, nw).
+
+    Returns Tensor[(2·nh - 1)·(2·nw - 1), heads] in the table's dtype: along each axis the old offsets are
+    placed at geometrically spread positions covering the new range (:func:`_geometric_offsets`; offset 0
+    stays at 0), and each new integer offset takes the bilinear interpolation of the old values there
+    (constant beyond the outermost ones), computed in float32.
+    """
+    old_size = (2 * old_window[0] - 1, 2 * old_window[1] - 1)
+    new_size = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
+    if old_size == new_size:
+        return table
+    heads = table.shape[1]
+    grid = table.float().t().reshape(heads, *old_size)
+    (top, bottom, down), (left, right, across) = (
+        _linear_weights(torch.tensor(_geometric_offsets(old, new), device=table.device),
+                        torch.arange(-(new // 2), new // 2 + 1, dtype=torch.float32, device=table.device))
+        for old, new in zip(old_size, new_size)
+    )
+    rows = grid[:, top] * (1 - down)[:, None] + grid[:, bottom] * down[:, None]
+    resampled = rows[:, :, left] * (1 - across) + rows[:, :, right] * across
+    return resampled.reshape(heads, -1).t().contiguous().to(table.dtype)
 
 
 def sincos_pos_embed_2d(grid_size: tuple[int, int], dim: int, device: torch.device | None = None) -> Tensor:

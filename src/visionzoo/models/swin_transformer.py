@@ -65,7 +65,8 @@ from visionzoo.layers.classifier import (
 )
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
-from visionzoo.models._registry import Pretrained, register_model
+from visionzoo.layers.pos_embed import resample_rel_pos_table
+from visionzoo.models._registry import Pretrained, record_model_args, register_model
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
@@ -78,6 +79,10 @@ _BIAS_CACHE_SIZE = 8
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _int_or_pair(size: tuple[int, int]) -> int | tuple[int, int]:
+    return size[0] if size[0] == size[1] else size
 
 
 def fit_window(
@@ -287,6 +292,19 @@ class SwinTransformerBlock(nn.Module):
         self._bias_cache: dict[tuple, Tensor] = {}
         self._bias_version: tuple[int, int] | None = None
 
+    def set_window_size(self, window_size: tuple[int, int]) -> None:
+        """Another largest window (timm's method of its attention): the relative position table is
+        resampled for it by BEiT's recipe (:func:`~visionzoo.layers.pos_embed.resample_rel_pos_table`)."""
+        window_size = _pair(window_size)
+        if window_size == self.window_size:
+            return
+        table = self.attn.relative_position_bias_table
+        with torch.no_grad():
+            resampled = resample_rel_pos_table(table, self.attn.window_size, window_size)
+        self.attn.relative_position_bias_table = nn.Parameter(resampled, requires_grad=table.requires_grad)
+        self.attn.window_size = self.window_size = window_size
+        self._bias_cache.clear()
+
     def plan(self, height: int, width: int, device: torch.device) -> WindowPlan:
         """The windows of this block on a ``height × width`` map."""
         window, shift = fit_window((height, width), self.window_size, self.shifted)
@@ -437,6 +455,18 @@ class SwinTransformerStage(nn.Module):
             for index in range(depth)
         ])
 
+    def set_input_size(self, input_resolution: tuple[int, int], window_size: tuple[int, int]) -> None:
+        """Another build-time map size and window (timm's stage method): the blocks' windows are ``window_size``
+        fitted to the new map (see :meth:`SwinTransformerBlock.set_window_size`)."""
+        self.input_resolution = input_resolution
+        if isinstance(self.downsample, PatchMerging):
+            self.output_resolution = tuple((s + 1) // 2 for s in input_resolution)
+        else:
+            self.output_resolution = input_resolution
+        window, _ = fit_window(self.output_resolution, _pair(window_size), False)
+        for block in self.blocks:
+            block.set_window_size(window)
+
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
@@ -551,7 +581,9 @@ class SwinTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm,
                                       output_fmt="NHWC", strict_img_size=False, pad=True)
         patch = self.patch_embed.patch_size
-        grid = tuple(math.ceil(s / p) for s, p in zip(self.patch_embed.img_size, patch))
+        grid = self._patch_grid()
+        # set_input_size scales this window with the patch grid, as timm's (its reference windows)
+        self._reference_window, self._reference_grid = _pair(window_size), grid
         rates = drop_path_rates(drop_path_rate, list(depths))
         stages, infos, resolution = [], [], grid
         for index, depth in enumerate(depths):
@@ -611,6 +643,59 @@ class SwinTransformer(nn.Module):
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
         switch, set on every stage; see :func:`~visionzoo.layers.run_blocks`)."""
         _set_grad_checkpointing(self.layers, enable)
+
+    def _patch_grid(self) -> tuple[int, int]:
+        return tuple(math.ceil(s / p) for s, p in zip(self.patch_embed.img_size, self.patch_embed.patch_size))
+
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        window_ratio: int | None = None,
+        always_partition: bool | None = None,
+    ) -> None:
+        """Fit the windows to ``img_size`` images and/or ``patch_size`` patches, as timm's method does.
+
+        The window of every stage becomes ``window_size``, or the patch grid divided by ``window_ratio``,
+        or (neither given) the build-time window scaled with the patch grid, so that each stage keeps its
+        window-to-map ratio (at the current size nothing changes); each stage then fits it to its map, and
+        a block whose window changes gets its relative position table resampled (BEiT's recipe, as timm).
+        A new patch size resamples the patch kernel (FlexiViT's pseudo-inverse). ``feature_info`` and the
+        arguments that rebuild the model (``model_args``: ``img_size``, ``window_size``) follow.
+
+        One window for all stages: per-stage ``window_size``/``window_ratio`` sequences, which timm also
+        takes, and ``always_partition=True`` (windows and shifts on maps no larger than the window) are
+        refused with ``ValueError``, before anything changes.
+        """
+        if always_partition:
+            raise ValueError("always_partition=True is not supported: windows always fit maps no larger than them")
+        if window_size is not None and not (isinstance(window_size, int) or (
+                len(window_size) == 2 and all(isinstance(side, int) for side in window_size))):
+            raise ValueError(f"window_size must be one window for all stages, an int or (h, w), got {window_size!r}")
+        if window_ratio is not None and not (isinstance(window_ratio, int) and window_ratio > 0):
+            raise ValueError(f"window_ratio must be one positive int for all stages, got {window_ratio!r}")
+        self.patch_embed.set_input_size(img_size, patch_size)
+        grid = self._patch_grid()
+        if window_size is not None:
+            window = _pair(window_size)
+        elif window_ratio is not None:
+            window = tuple(max(1, side // window_ratio) for side in grid)
+        else:
+            window = tuple(max(1, w * g // r) for w, g, r in zip(self._reference_window, grid, self._reference_grid))
+        if window_size is not None or window_ratio is not None:
+            self._reference_window, self._reference_grid = window, grid
+        resolution = grid
+        for stage in self.layers:
+            stage.set_input_size(resolution, window)
+            resolution = stage.output_resolution
+        stride = max(self.patch_embed.patch_size)
+        self.feature_info = FeatureInfo(dict(info, reduction=stride * 2 ** index)
+                                        for index, info in enumerate(self.feature_info))
+        changed = dict(img_size=_int_or_pair(self.patch_embed.img_size), window_size=_int_or_pair(window))
+        if patch_size is not None:
+            changed["patch_size"] = _int_or_pair(self.patch_embed.patch_size)
+        record_model_args(self, **changed)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, h, w, num_features]`` after the final norm (NHWC, as
