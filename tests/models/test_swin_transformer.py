@@ -256,22 +256,29 @@ def test_shifted_windows_mask_the_tokens_the_roll_brings_together(size):
 
 def test_windows_fit_small_maps_as_timm_built_for_that_size(timm_tiny, ours_tiny):
     """At 112×112 the maps are 28, 14, 7, 4: stage 3's window shrinks to 4×4 (shift 0). Our 224 model run
-    at 112 equals timm built for 112 with the same weights, the 7×7 tables cropped to 4×4 by our filter."""
+    at 112 uses the central 4×4 offsets of its 7×7 tables, and equals timm built for 112 with those tables;
+    built for 112 from the 224 file, both resample the tables by BEiT's recipe and agree too."""
     reference_224, path, _, _ = timm_tiny
     ours_224 = ours_tiny
-    ours_112 = create_model("swin_tiny_patch4_window7_224", checkpoint=path, img_size=112).eval()
     table = "layers.3.blocks.0.attn.relative_position_bias_table"
-    assert ours_112.state_dict()[table].shape == (7 * 7, 24)
+    cropped = ours_224.state_dict()
+    for key in cropped:
+        if key.startswith("layers.3.") and key.endswith("relative_position_bias_table"):
+            cropped[key] = cropped[key].view(13, 13, 24)[3:10, 3:10].reshape(49, 24)
     reference = timm.create_model("swin_tiny_patch4_window7_224", img_size=112).eval()
-    reference.load_state_dict(ours_112.state_dict(), strict=True)
+    reference.load_state_dict(cropped, strict=True)
     x = images(1, 3, 112, 112, seed=18)
     with torch.no_grad():
-        expected = reference(x)
-        torch.testing.assert_close(ours_112(x), expected, atol=ATOL, rtol=1e-5)
-        torch.testing.assert_close(ours_224(x), expected, atol=ATOL, rtol=1e-5)
-    # a cropped table keeps the biases of the offsets the small window has
-    full = reference_224.state_dict()[table].view(13, 13, 24)
-    torch.testing.assert_close(ours_112.state_dict()[table].view(7, 7, 24), full[3:10, 3:10])
+        torch.testing.assert_close(ours_224(x), reference(x), atol=ATOL, rtol=1e-5)
+    ours_112 = create_model("swin_tiny_patch4_window7_224", checkpoint=path, img_size=112).eval()
+    timm_112 = timm.create_model("swin_tiny_patch4_window7_224", img_size=112, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert ours_112.state_dict()[table].shape == (7 * 7, 24)
+    torch.testing.assert_close(ours_112.state_dict()[table], timm_112.state_dict()[table], atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours_112(x), timm_112(x), atol=ATOL, rtol=1e-5)
+    assert not torch.allclose(reference_224.state_dict()[table].view(13, 13, 24)[3:10, 3:10].reshape(49, 24),
+                              ours_112.state_dict()[table], atol=1e-3)  # resampled, not cropped
 
 
 def test_any_input_size_is_padded(ours_tiny):
@@ -390,7 +397,7 @@ def test_training_after_inference_mode_at_a_new_size():
 
 def test_a_checkpoint_for_smaller_windows_is_interpolated(timm_small):
     """4×4-window weights into 6×6 windows (at 48×48 the maps are 24, 12, 6): the 7×7 tables become 11×11
-    (bicubic), keeping the bias of offset 0."""
+    (BEiT's resampling), keeping the bias of offset 0."""
     reference, path = timm_small
     model = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=48, window_size=6)
     table = "layers.0.blocks.1.attn.relative_position_bias_table"
@@ -399,6 +406,23 @@ def test_a_checkpoint_for_smaller_windows_is_interpolated(timm_small):
                                reference.state_dict()[table].view(7, 7, 3)[3, 3])
     with torch.no_grad():
         assert torch.isfinite(model.eval()(images(1, 3, 48, 48))).all()
+
+
+@pytest.mark.parametrize("img_size, window_size", [(48, 6), (16, 2), (64, 8)])
+def test_a_checkpoint_for_other_windows_gets_timms_tables_and_logits(timm_small, img_size, window_size):
+    from timm.models.swin_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
+
+    reference, path = timm_small
+    sizes = dict(SMALL_CONFIGS["swin_tiny_patch2_window4_32"], img_size=img_size, window_size=window_size)
+    theirs = TimmSwinTransformer(num_classes=10, **sizes).eval()
+    theirs.load_state_dict(timm_checkpoint_filter_fn(reference.state_dict(), theirs))
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=img_size,
+                        window_size=window_size).eval()
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs.state_dict()[key], atol=1e-6, rtol=1e-6, msg=key)
+    x = images(2, 3, img_size, img_size, seed=25)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
 def test_a_model_cast_to_bfloat16_runs_with_and_without_autograd():

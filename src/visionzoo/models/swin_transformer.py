@@ -816,21 +816,6 @@ class SwinTransformerFeatures(nn.Module):
         return maps
 
 
-def _resize_table(table: Tensor, old: tuple[int, int], new: tuple[int, int]) -> Tensor:
-    """A relative position table ``Tensor[(2·oh-1)·(2·ow-1), heads]`` for a ``new`` window: cropped to
-    the central offsets when smaller (the same biases for the offsets both windows have), bicubic
-    interpolation when larger."""
-    heads = table.shape[1]
-    grid = table.t().reshape(1, heads, 2 * old[0] - 1, 2 * old[1] - 1)
-    if new[0] <= old[0] and new[1] <= old[1]:
-        # row oh - 1 of the old grid is offset 0, row nh - 1 of the new one
-        grid = grid[:, :, old[0] - new[0]:old[0] + new[0] - 1, old[1] - new[1]:old[1] + new[1] - 1]
-    else:
-        size = (2 * new[0] - 1, 2 * new[1] - 1)
-        grid = F.interpolate(grid.float(), size=size, mode="bicubic", align_corners=False).to(table.dtype)
-    return grid.reshape(heads, -1).t().contiguous()
-
-
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Convert a foreign Swin state dict (timm's, or the official Microsoft release's) to ours.
 
@@ -838,7 +823,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     - the official layout (patch merging at the end of stages 0..2, ``head.weight``) is renamed to
       timm's (at the start of stages 1..3, ``head.fc.weight``);
     - timm's feature-extractor keys (``layers_1``) get their dot back;
-    - a relative position table for another window is cropped (smaller window) or interpolated;
+    - a relative position table for another (square) window is resampled by BEiT's recipe, as timm's filter
+      does (:func:`~visionzoo.layers.pos_embed.resample_rel_pos_table`);
     - for a feature extractor, the weights of the stages it leaves out are dropped.
     """
     official = "layers.0.downsample.reduction.weight" in state_dict
@@ -857,7 +843,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
             window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
             side = math.isqrt(value.shape[0])
-            value = _resize_table(value, ((side + 1) // 2, (side + 1) // 2), window)
+            value = resample_rel_pos_table(value, ((side + 1) // 2, (side + 1) // 2), window)
         out[key] = value
     return out
 
