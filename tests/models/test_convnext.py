@@ -438,6 +438,22 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
     assert got.shape == ((2, 5, 2, 3) if global_pool == "" and num_classes else expected.shape)
 
 
+@pytest.mark.parametrize("num_classes, global_pool", [(0, None), (5, "max"), (0, "")])
+def test_reset_classifier_with_reset_other_removes_the_head_norm_as_timm(num_classes, global_pool):
+    depths, dims = convnext._SIZES["convnext_atto"]
+    torch.manual_seed(30)
+    reference = randomise(TimmConvNeXt(depths=depths, dims=dims, num_classes=10), seed=30).eval()
+    ours = create_model("convnext_atto_64", num_classes=10).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    ours.reset_classifier(num_classes, global_pool, reset_other=True)
+    reference.reset_classifier(num_classes, global_pool, reset_other=True)
+    assert isinstance(ours.head.norm, torch.nn.Identity)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = images(2, 3, 64, 64, seed=31)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("global_pool", ["catavgmax", "fastcatavgmax"])
 def test_a_pool_that_doubles_the_width_is_refused_by_name_as_timm_does(global_pool):
     message = rf"global_pool='{global_pool}' doubles the pooled width.*use one of \('avg', 'max', 'avgmax', 'fast'"

@@ -301,3 +301,10 @@ def test_prune_intermediate_layers_equals_timms(indices, prune_head):
         assert_same_outputs(ours(x), reference(x))
         assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
     assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_get_classifier_by_name_and_in_chans_as_timm():
+    with torch.device("meta"):
+        ours, reference = create_model("resnet18", in_chans=1), timm.create_model("resnet18", in_chans=1)
+    assert ours.get_classifier(name_only=True) == reference.get_classifier(name_only=True) == "fc"
+    assert ours.get_classifier() is ours.fc and ours.in_chans == reference.in_chans == 1

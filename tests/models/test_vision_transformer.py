@@ -608,3 +608,29 @@ def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_
     rebuilt = create_model(ours.model_name, checkpoint=path).eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), ours(x), atol=0, rtol=0)
+
+
+# --- timm's other attributes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vit_tiny_patch16_224", {}),
+    ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
+    ("deit_tiny_distilled_patch16_224", dict(in_chans=1)),
+])
+def test_timms_descriptive_attributes_are_timms(name, kwargs):
+    with torch.device("meta"):
+        ours, reference = create_model(name, **kwargs), timm.create_model(name, **kwargs)
+    for attribute in ("has_class_token", "num_reg_tokens", "reg_token", "no_embed_class", "in_chans",
+                      "num_prefix_tokens", "head_hidden_size", "num_features"):
+        assert getattr(ours, attribute) == getattr(reference, attribute), attribute
+
+
+def test_distilled_reset_classifier_takes_timms_empty_pool_and_keeps_both_tokens():
+    ours, reference = _timm_vit_twin(distilled=True)
+    ours.reset_classifier(0, "")
+    reference.reset_classifier(0, "")
+    x = images(2, 3, 32, 32, seed=50)
+    with torch.no_grad():
+        got = ours(x)
+        assert_same_outputs(got, reference(x))
+    assert got.shape == (2, 192) and ours.global_pool == "token"

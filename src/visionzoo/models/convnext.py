@@ -299,9 +299,13 @@ class ConvNeXt(nn.Module):
         _set_grad_checkpointing(self.stages, enable)
 
     @keeps_device_and_dtype
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
         """Replace ``head.fc`` by a freshly initialised ``num_classes``-way layer (0: identity), optionally
-        with another ``global_pool`` (see :class:`ConvNeXtHead`; "" makes ``fc`` a 1×1 conv)."""
+        with another ``global_pool`` (see :class:`ConvNeXtHead`; "" makes ``fc`` a 1×1 conv); ``reset_other``
+        also removes the head's norm (an identity: ``fc`` then takes the pooled features as they are), as
+        timm's."""
+        if reset_other:
+            self.head.norm = nn.Identity()
         self.head.in_features = self.num_features
         self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
@@ -362,8 +366,7 @@ class ConvNeXt(nn.Module):
         if prune_end:
             self.num_features = self.feature_info.channels(last)
         if prune_head or prune_end:
-            self.head.norm = nn.Identity()
-            self.reset_classifier(0, "")
+            self.reset_classifier(0, "", reset_other=True)
         return list(take)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -152,6 +152,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
         self.drop_rate = drop_rate
+        self.in_chans = in_chans
         self.grad_checkpointing = False
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
@@ -194,8 +195,9 @@ class ResNet(nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        """The classifier ``fc``, or with ``name_only`` its name, as timm's."""
+        return "fc" if name_only else self.fc
 
     @property
     def head_hidden_size(self) -> int:

@@ -134,6 +134,9 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
+        # timm's descriptive attributes (its tools read them): no register tokens, the table covers the class token
+        self.has_class_token, self.num_reg_tokens, self.reg_token, self.no_embed_class = class_token, 0, None, False
+        self.in_chans = in_chans
         self.dynamic_img_size = dynamic_img_size
         self.features_only = features_only
         self.grad_checkpointing = False
@@ -514,7 +517,9 @@ class VisionTransformerDistilled(VisionTransformer):
 
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool not in (None, "token"):
+        """Fresh heads (0: identities); ``global_pool`` may be "token" or "" (accepted as timm's, which keeps
+        reading the two tokens: its ``prune_intermediate_layers`` passes it)."""
+        if global_pool not in (None, "", "token"):
             raise ValueError(f"the distilled ViT pools its prefix tokens: global_pool must be 'token', got {global_pool!r}")
         super().reset_classifier(num_classes)
         self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
