@@ -1,11 +1,12 @@
-"""The glue of the CLI and the tour: reading image files for predict and fid."""
+"""The glue of the CLI and the tour: reading image files for predict and fid, choosing the training images."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from visionzoo.train.run import load_images
+from visionzoo.data import Shapes
+from visionzoo.train.run import load_images, training_images
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -27,3 +28,35 @@ def test_a_folder_given_as_an_image_is_named_a_folder_not_missing(tmp_path):
         load_images([tmp_path], None, 3)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images([tmp_path / "gone.png"], None, 3)
+
+
+class _ForwardingWrapper(torch.utils.data.Dataset):
+    """A data set wrapping Shapes and forwarding attributes to it, as the region-proposal cache does."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        return self.inner[index]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def subset(self, indices):
+        return _ForwardingWrapper(torch.utils.data.Subset(self.inner, list(indices)))
+
+
+def test_training_images_draws_shapes_but_keeps_a_forwarding_wrapper():
+    """With --train-size, a Shapes wrapped with region proposals was replaced by the bare Shapes its
+    forwarded with_length returned, so R-CNN trained without its cached proposals."""
+    shapes = Shapes("train", image_size=32, length=4)
+    assert len(training_images(shapes, 9, "shapes")) == 9
+    assert training_images(shapes, None, "shapes") is shapes
+    wrapped = _ForwardingWrapper(shapes)
+    fewer = training_images(wrapped, 3, "shapes")
+    assert isinstance(fewer, _ForwardingWrapper) and len(fewer) == 3
+    with pytest.raises(ValueError, match="--train-size 9: the train split of shapes has 4 images"):
+        training_images(wrapped, 9, "shapes")

@@ -53,17 +53,16 @@ def first_items(dataset: Dataset, count: int | None) -> Dataset:
 
 
 def training_images(dataset: Dataset, count: int | None, data: str) -> Dataset:
-    """``data``'s train split ``dataset`` as ``count`` images (all with None): a procedural data set (one with
-    ``with_length``, e.g. :class:`~visionzoo.data.Shapes`) is drawn to ``count`` scenes, more or fewer than its
-    default; any other keeps its first ``count`` and refuses more than it has (ValueError naming ``data``)."""
-    if count is None:
-        return dataset
-    if hasattr(dataset, "with_length"):
+    """``data``'s train split ``dataset`` as ``count`` images (all with None): its first ``count``, and where it has
+    fewer, a procedural data set (a class with ``with_length``, e.g. :class:`~visionzoo.data.Shapes`) is drawn to
+    ``count`` scenes; any other refuses (ValueError naming ``data``). The class is asked, not the object: a
+    wrapper (e.g. one holding region proposals) that forwards attributes to its Shapes would lose its own."""
+    if count is None or count <= len(dataset):
+        return first_items(dataset, count)
+    if callable(getattr(type(dataset), "with_length", None)):
         return dataset.with_length(count)
-    if count > len(dataset):
-        raise ValueError(f"--train-size {count}: the train split of {data} has {len(dataset)} images (only the "
-                         "procedural Shapes draws more)")
-    return first_items(dataset, count)
+    raise ValueError(f"--train-size {count}: the train split of {data} has {len(dataset)} images (Shapes draws "
+                     "more scenes, except for models that precompute region proposals)")
 
 
 def run_training(model_name: str, data: str, config: TrainConfig, img_size: int | None = None,
