@@ -156,3 +156,26 @@ def test_roi_pool_half_precision(dtype):
     out = roi_pool(x, rois, 3)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), tv.roi_pool(x.float(), rois.float(), 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_roi_align_non_finite_features_reach_only_the_bins_that_sample_them(aligned, sampling_ratio, layout):
+    # A NaN or infinite feature value was multiplied by the zero weights of every other bin of a RoI
+    # whose window held it (0 * nan = nan), so the whole RoI came out NaN; torchvision reads a value
+    # only at the bins whose samples touch it: inf where weighted, NaN where read with weight 0.
+    gen = torch.Generator().manual_seed(11 + sampling_ratio + 5 * aligned)
+    x = torch.randn(2, 3, 23, 31, generator=gen)
+    bad = torch.randint(1, 23 * 31, (40,), generator=gen)  # never (0, 0): torchvision's CPU kernel reads it
+    values = torch.tensor([float("nan"), float("inf"), -float("inf")])[torch.arange(40) % 3]
+    x.view(6, -1)[torch.arange(40) % 6, bad] = values
+    rois = random_rois(150, gen, 46, 62)
+    ours_x, their_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = roi_align(ours_x, rois, (5, 4), 0.5, sampling_ratio, aligned)
+    theirs = tv.roi_align(their_x, rois, (5, 4), 0.5, sampling_ratio, aligned)
+    assert 0.5 < theirs.isfinite().float().mean() < 0.99  # the case is meaningful: most bins never see them
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, equal_nan=True)
+    grad = torch.randn(theirs.shape, generator=gen)
+    (ours * grad).sum().backward()
+    (theirs * grad).sum().backward()
+    torch.testing.assert_close(ours_x.grad, their_x.grad, rtol=1e-5, atol=1e-5)

@@ -91,19 +91,17 @@ def _compute_dtype(input: Tensor) -> torch.dtype:
     return input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _axis_weights(
-    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int
-) -> tuple[Tensor, Tensor, int]:
-    """Separable bilinear weights along one axis for K RoIs, in crop coordinates.
+def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int) -> tuple[Tensor, ...]:
+    """Where each RoI's samples read along one axis, as torchvision's CPU kernel places them.
 
     start, bin_size: Tensor[K] (compute dtype); grid: Long[K] samples per bin along the axis.
-    Returns (weights Tensor[K, pooled, S], first Long[K], S): row ``first[k] + s`` of the feature
-    map gets weight ``weights[k, p, s]`` in output row p, summed over the p's samples, with zero
-    weight for samples outside [-1, size] (torchvision drops a sample if it is outside in y or x).
+    Returns (low, high, w_low, w_high, used), each Tensor[K, pooled, G] (G the largest grid): sample
+    g of output row p reads rows ``low`` and ``high`` with weights ``w_low`` and ``w_high``; ``used``
+    is False past the RoI's grid and outside [-1, size] (torchvision drops a sample outside in y or
+    x), where both weights are 0.
     """
-    k = start.shape[0]
     dtype, device = start.dtype, start.device
-    g_max = max(int(grid.max()), 1) if k else 1
+    g_max = max(int(grid.max()), 1) if start.shape[0] else 1
     p = torch.arange(pooled, device=device, dtype=dtype)[None, :, None]
     i = torch.arange(g_max, device=device)
     # torchvision: start + p * bin + (i + .5) * bin / grid, evaluated left to right.
@@ -118,14 +116,24 @@ def _axis_weights(
     high = torch.where(top, size - 1, low + 1)
     pos = torch.where(top, low.to(dtype), pos)
     frac = pos - low.to(dtype)
-    w_low = torch.where(used, 1.0 - frac, 0.0)
-    w_high = torch.where(used, frac, 0.0)
+    return low, high, torch.where(used, 1.0 - frac, 0.0), torch.where(used, frac, 0.0), used
+
+
+def _axis_weights(samples: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Separable bilinear weights along one axis for K RoIs, in crop coordinates.
+
+    samples: :func:`_axis_samples`' tensors. Returns (weights Tensor[K, pooled, S], first Long[K], count
+    Long[K]): row ``first[k] + s`` of the feature map gets weight ``weights[k, p, s]`` in output row p,
+    summed over the p's samples; rows ``first[k]`` to ``first[k] + count[k] - 1`` hold every row read.
+    """
+    low, high, w_low, w_high, used = samples
+    k, pooled, g_max = low.shape
     big = torch.iinfo(torch.int64).max
     first = torch.where(used, low, big).amin((1, 2))
     last = torch.where(used, high, -1).amax((1, 2))
     first = torch.where(last >= 0, first, 0)
     span = int((last - first + 1).clamp(min=1).max()) if k else 1
-    weights = torch.zeros(k, pooled, span, dtype=dtype, device=device)
+    weights = torch.zeros(k, pooled, span, dtype=w_low.dtype, device=w_low.device)
     shape = (k, pooled, g_max)
     weights.scatter_add_(2, (low - first[:, None, None]).clamp(0, span - 1).reshape(k, pooled, -1), w_low.reshape(shape))
     weights.scatter_add_(
@@ -163,7 +171,10 @@ def roi_align(
     buffer when only one axis is that flipped), samples walking backwards from x1 with a fixed grid,
     as in torchvision. A batch index outside [0, N) raises ValueError (torchvision reads out of
     bounds). Samples more than one pixel outside the map count as zero; those within are clamped to
-    the border.
+    the border. A NaN or infinite feature value reaches only the bins whose samples read it, as in
+    torchvision: NaN where it is read with weight 0 (0 * inf), +-inf where weighted. (torchvision's CPU
+    kernel also reads pixel (0, 0) with weight 0 for each sample outside the map, so a NaN there spreads
+    to those bins too; its CUDA kernel reads nothing for them, nor do we.)
     """
     rois = _as_rois(boxes, input, "roi_align")
     ph, pw = _pair(output_size, "output_size")
@@ -186,10 +197,12 @@ def roi_align(
         else:
             grid_h, grid_w = torch.ceil(roi_h / ph).long(), torch.ceil(roi_w / pw).long()
         count = (grid_h * grid_w).clamp(min=1).to(dtype)
-        wy, first_y, rows = _axis_weights(start_h, bin_h, grid_h, ph, height)
-        wx, first_x, cols = _axis_weights(start_w, bin_w, grid_w, pw, width)
+        samples_y = _axis_samples(start_h, bin_h, grid_h, ph, height)
+        samples_x = _axis_samples(start_w, bin_w, grid_w, pw, width)
+        wy, first_y, rows = _axis_weights(samples_y)
+        wx, first_x, cols = _axis_weights(samples_x)
         wy = wy / count[:, None, None]
-        plan = _plan(r[:, 0].long(), wy, first_y, rows, wx, first_x, cols)
+        plan = _plan(r[:, 0].long(), wy, first_y, rows, wx, first_x, cols, samples_y, samples_x)
         out = _RoIAlignFunction.apply(input.to(dtype), plan)
     return out.to(input.dtype)
 
@@ -213,8 +226,9 @@ def _axis_slices(weights: Tensor, first: Tensor, count: Tensor) -> list[tuple[in
     return plans
 
 
-def _plan(batch: Tensor, wy: Tensor, first_y: Tensor, rows: Tensor, wx: Tensor, first_x: Tensor, cols: Tensor):
-    return batch.tolist(), _axis_slices(wy, first_y, rows), _axis_slices(wx, first_x, cols)
+def _plan(batch: Tensor, wy: Tensor, first_y: Tensor, rows: Tensor, wx: Tensor, first_x: Tensor, cols: Tensor,
+          samples_y: tuple[Tensor, ...], samples_x: tuple[Tensor, ...]):
+    return batch.tolist(), _axis_slices(wy, first_y, rows), _axis_slices(wx, first_x, cols), (samples_y, samples_x)
 
 
 def _crop(image: Tensor, row_plan, col_plan) -> Tensor:
@@ -225,12 +239,50 @@ def _crop(image: Tensor, row_plan, col_plan) -> Tensor:
     return crop[y0 : y0 + ny] if y_index is None else crop.index_select(0, y_index)
 
 
+def _pool_crop(crop: Tensor, wy: Tensor, wx: Tensor, out: Tensor) -> None:
+    """out [PH, PW, C] = wy [PH, nr] @ crop [nr, nc, C] @ wx^T [nc, PW], per channel."""
+    t = torch.mm(wy, crop.reshape(wy.shape[1], -1)).view(wy.shape[0], wx.shape[1], crop.shape[-1])
+    torch.matmul(wx, t, out=out)
+
+
+def _touches(samples: list[Tensor], first: int, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Float[P, count] each (1 or 0): which of rows ``first .. first + count - 1`` output row p's samples
+    read at all, read with a zero weight, and read with a positive weight (one RoI's ``_axis_samples``)."""
+    low, high, w_low, w_high, used = samples
+    reads = [torch.zeros(low.shape[0], count, device=low.device) for _ in range(3)]
+    for rows, weight in ((low, w_low), (high, w_high)):
+        rows = (rows - first).clamp(0, max(count - 1, 0))
+        for read, how in zip(reads, (used, used & (weight == 0), used & (weight > 0)), strict=True):
+            read.scatter_add_(1, rows, how.float())
+    return tuple(read.clamp_(max=1) for read in reads)
+
+
+def _pool_non_finite(image: Tensor, row_plan, col_plan, samples: list[list[Tensor]], out: Tensor) -> None:
+    """Redo one RoI's output [PH, PW, C] from ``image`` [H, W, C] holding NaN or infinite values in its
+    window as torchvision's kernel sums them: the finite values pooled as usual with the others set to
+    0, then NaN where a NaN is read, an infinity is read with weight 0, or both infinities with a positive
+    weight; +-inf where only that infinity is read with a positive weight."""
+    (y0, ny, _, wy), (x0, nx, _, wx) = row_plan, col_plan
+    window = image[y0 : y0 + ny, x0 : x0 + nx]
+    _pool_crop(_crop(image, row_plan, col_plan).nan_to_num(0.0, 0.0, 0.0), wy, wx, out)
+    (any_y, zero_y, positive_y), (any_x, zero_x, positive_x) = _touches(samples[0], y0, ny), _touches(samples[1], x0, nx)
+
+    def reached(rows: Tensor, values: Tensor, cols: Tensor) -> Tensor:
+        return torch.einsum("ph,hwc,qw->pqc", rows, values.to(rows.dtype), cols) > 0
+
+    infinite = window.isinf()
+    plus = reached(positive_y, window == math.inf, positive_x)
+    minus = reached(positive_y, window == -math.inf, positive_x)
+    nan = reached(any_y, window.isnan(), any_x) | reached(zero_y, infinite, any_x) | reached(any_y, infinite, zero_x)
+    out.masked_fill_(plus, math.inf).masked_fill_(minus, -math.inf).masked_fill_(nan | (plus & minus), math.nan)
+
+
 class _RoIAlignFunction(torch.autograd.Function):
     """Forward: out[k] = wy_k @ crop_k @ wx_k^T per RoI. Backward: grad_crop_k = wy_k^T @ g_k @ wx_k, added in place."""
 
     @staticmethod
     def forward(ctx, features: Tensor, plan) -> Tensor:
-        batch, row_plans, col_plans = plan
+        batch, row_plans, col_plans, samples = plan
         n, c, height, width = features.shape
         ph, pw = row_plans[0][3].shape[0], col_plans[0][3].shape[0]
         images = features.permute(0, 2, 3, 1)  # channels last: a pixel's C values are contiguous
@@ -242,16 +294,22 @@ class _RoIAlignFunction(torch.autograd.Function):
             if wy.shape[1] == 0 or wx.shape[1] == 0:
                 out[k] = 0.0
                 continue
-            crop = _crop(images[b], row_plan, col_plan)
-            t = torch.mm(wy, crop.reshape(wy.shape[1], -1)).view(ph, wx.shape[1], c)
-            torch.matmul(wx, t, out=out[k])
+            _pool_crop(_crop(images[b], row_plan, col_plan), wy, wx, out[k])
+        if not bool(images.sum().isfinite()):  # one cheap reduction: any NaN or inf makes the sum non-finite
+            # A NaN or infinite value in a crop reaches every output of its RoI through the zero weights
+            # (0 * inf = nan), and a sparse crop may skip one that torchvision's kernel reads with weight 0.
+            bad_pixels = ~images.isfinite().all(-1)  # [N, H, W]
+            for k, (b, (y0, ny, _, _), (x0, nx, _, _)) in enumerate(zip(batch, row_plans, col_plans, strict=True)):
+                if bool(bad_pixels[b, y0 : y0 + ny, x0 : x0 + nx].any()):
+                    per_axis = [[t[k] for t in axis] for axis in samples]
+                    _pool_non_finite(images[b], row_plans[k], col_plans[k], per_axis, out[k])
         ctx.plan = plan
         ctx.shape = (n, height, width, c)
         return out.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        batch, row_plans, col_plans = ctx.plan
+        batch, row_plans, col_plans, _ = ctx.plan
         n, height, width, c = ctx.shape
         grad_images = grad_out.new_zeros(n, height, width, c)
         grads = grad_out.permute(0, 2, 3, 1)  # [K, PH, PW, C]
