@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import ops as tv
 
-from visionzoo.ops import boxes_to_rois, roi_align, roi_pool
+from visionzoo.ops import MultiScaleRoIAlign, boxes_to_rois, roi_align, roi_pool
 
 roi_align_module = importlib.import_module("visionzoo.ops.roi_align")  # `roi_align` is also the function
 
@@ -179,3 +179,18 @@ def test_roi_align_non_finite_features_reach_only_the_bins_that_sample_them(alig
     (ours * grad).sum().backward()
     (theirs * grad).sum().backward()
     torch.testing.assert_close(ours_x.grad, their_x.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_roi_align_and_roi_pool_on_the_meta_device_give_torchvisions_shapes():
+    # before: "Tensor.item() cannot be called on meta tensors" from the batch-index check
+    x = torch.empty(2, 3, 8, 8, device="meta", dtype=torch.float16)
+    rois = torch.empty(4, 5, device="meta", dtype=torch.float16)
+    for ours, theirs in [(roi_align, tv.roi_align), (roi_pool, tv.roi_pool)]:
+        for boxes in (rois, [torch.empty(3, 4, device="meta", dtype=torch.float16)], torch.tensor([[0.0, 1, 1, 4, 4]]).half()):
+            out, expected = ours(x, boxes, (2, 3)), theirs(x, boxes, (2, 3))
+            assert (out.device, out.dtype, out.shape) == (expected.device, expected.dtype, expected.shape)
+        with pytest.raises(ValueError, match="boxes are on the meta device but input is on cpu"):
+            ours(torch.zeros(2, 3, 8, 8), rois.float(), 2)  # torchvision: uninitialised memory
+    pooler = MultiScaleRoIAlign(["0"], 7, 2)
+    out = pooler({"0": torch.empty(2, 3, 8, 8, device="meta")}, [torch.empty(5, 4, device="meta")], [(32, 32)])
+    assert out.device.type == "meta" and out.shape == (5, 3, 7, 7)

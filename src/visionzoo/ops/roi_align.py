@@ -69,7 +69,9 @@ def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"{name}: boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
-    if boxes.shape[0]:
+    if boxes.is_meta and not input.is_meta:
+        raise ValueError(f"{name}: boxes are on the meta device but input is on {input.device}: the boxes' values are needed")
+    if boxes.shape[0] and not boxes.is_meta:
         batch = boxes[:, 0].long()
         if int(batch.min()) < 0 or int(batch.max()) >= input.shape[0]:
             bad = int(((batch < 0) | (batch >= input.shape[0])).nonzero()[0])
@@ -165,6 +167,9 @@ def roi_align(
     Returns:
         Tensor[K, C, PH, PW] in ``input``'s dtype. Gradients flow to ``input`` only, as in torchvision.
 
+    On the meta device the result is an empty meta Tensor[K, C, PH, PW] (boxes on meta with input
+    elsewhere raise ValueError: torchvision returns uninitialised memory).
+
     Bad input: K = 0 gives Tensor[0, C, PH, PW]. A flipped box (x2 < x1) is, with ``aligned=False``,
     stretched to width 1 starting at x1; with ``aligned=True`` it keeps its negative size: no samples
     with the adaptive grid (output 0; torchvision's CPU kernel fails to allocate a negative-sized
@@ -179,6 +184,8 @@ def roi_align(
     rois = _as_rois(boxes, input, "roi_align")
     ph, pw = _pair(output_size, "output_size")
     n, c, height, width = input.shape
+    if input.is_meta:  # shapes only (tracing, FakeTensor-style planning), as torchvision's meta kernel
+        return input.new_empty(rois.shape[0], c, ph, pw)
     dtype = _compute_dtype(input)
     if rois.shape[0] == 0 or input.numel() == 0:
         return _empty_like_output(input, rois.shape[0], ph, pw)
@@ -356,7 +363,7 @@ def roi_pool(
 
     Returns:
         Tensor[K, C, PH, PW] in ``input``'s dtype; the gradient of each output goes to its arg-max (the
-        first maximum in row-major order), none from an empty bin.
+        first maximum in row-major order), none from an empty bin. On the meta device: as :func:`roi_align`.
 
     Bad input: K = 0 gives an empty result; a flipped box (x2 < x1) is rounded, then given width 1;
     a batch index outside [0, N) raises ValueError. NaN features are skipped (a bin of only NaN or
@@ -365,6 +372,8 @@ def roi_pool(
     rois = _as_rois(boxes, input, "roi_pool")
     ph, pw = _pair(output_size, "output_size")
     n, c, height, width = input.shape
+    if input.is_meta:  # shapes only (tracing, FakeTensor-style planning), as torchvision's meta kernel
+        return input.new_empty(rois.shape[0], c, ph, pw)
     dtype = _compute_dtype(input)
     if rois.shape[0] == 0 or input.numel() == 0:
         return _empty_like_output(input, rois.shape[0], ph, pw)
