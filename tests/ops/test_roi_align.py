@@ -194,3 +194,17 @@ def test_roi_align_and_roi_pool_on_the_meta_device_give_torchvisions_shapes():
     pooler = MultiScaleRoIAlign(["0"], 7, 2)
     out = pooler({"0": torch.empty(2, 3, 8, 8, device="meta")}, [torch.empty(5, 4, device="meta")], [(32, 32)])
     assert out.device.type == "meta" and out.shape == (5, 3, 7, 7)
+
+
+@pytest.mark.parametrize("op", [roi_align, roi_pool])
+def test_non_finite_box_coordinates_raise_naming_the_box(op):
+    # before: zeros, silently (torchvision: NaN for a fixed grid, zeros, or a crash for an infinite box)
+    x = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0.0, 1, 1, 4, 4], [1.0, 2, float("nan"), 5, 5], [0.0, 1, 1, float("inf"), 4]])
+    with pytest.raises(ValueError, match=r"boxes\[1\] has a NaN or infinite coordinate: \[2.0, nan, 5.0, 5.0\]"):
+        op(x, rois, 2)
+    with pytest.raises(ValueError, match=r"boxes\[2\] has a NaN or infinite coordinate"):
+        op(x, rois[[0, 0, 2]], 2)
+    with pytest.raises(ValueError, match=r"box 2 of the lists \(image 1\) has a NaN or infinite coordinate"):
+        op(x, [rois[:1, 1:], torch.cat([rois[:1, 1:], rois[2:, 1:]])], 2)
+    assert op(x, rois[:1], 2).isfinite().all()

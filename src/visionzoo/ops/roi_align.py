@@ -63,22 +63,31 @@ def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
         if len(boxes) > input.shape[0]:
             raise ValueError(f"{name}: {len(boxes)} box lists for a batch of {input.shape[0]} feature maps")
         try:
-            return boxes_to_rois(list(boxes)).to(input.device)
+            rois = boxes_to_rois(list(boxes)).to(input.device)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
-        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"{name}: boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
-    if boxes.is_meta and not input.is_meta:
-        raise ValueError(f"{name}: boxes are on the meta device but input is on {input.device}: the boxes' values are needed")
-    if boxes.shape[0] and not boxes.is_meta:
-        batch = boxes[:, 0].long()
+    else:
+        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 5:
+            shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+            raise ValueError(f"{name}: boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got {shape}")
+        if boxes.is_meta and not input.is_meta:
+            raise ValueError(f"{name}: boxes are on the meta device but input is on {input.device}: the boxes' values are needed")
+        rois = boxes
+    if rois.shape[0] == 0 or rois.is_meta:
+        return rois
+    if rois.is_floating_point() and not bool(rois[:, 1:].isfinite().all()):
+        # torchvision's kernels turn such a box into an undefined sample count (NaN or garbage, or a crash)
+        bad = int((~rois[:, 1:].isfinite()).any(1).nonzero()[0])
+        where = f"boxes[{bad}]" if isinstance(boxes, Tensor) else f"box {bad} of the lists (image {int(rois[bad, 0])})"
+        raise ValueError(f"{name}: {where} has a NaN or infinite coordinate: {rois[bad, 1:].tolist()}")
+    if isinstance(boxes, Tensor):
+        batch = rois[:, 0].long()
         if int(batch.min()) < 0 or int(batch.max()) >= input.shape[0]:
             bad = int(((batch < 0) | (batch >= input.shape[0])).nonzero()[0])
             raise ValueError(
-                f"{name}: boxes[{bad}, 0] = {boxes[bad, 0].item()} is not a batch index in [0, {input.shape[0] - 1}]"
+                f"{name}: boxes[{bad}, 0] = {rois[bad, 0].item()} is not a batch index in [0, {input.shape[0] - 1}]"
             )
-    return boxes
+    return rois
 
 
 def _empty_like_output(input: Tensor, k: int, ph: int, pw: int) -> Tensor:
@@ -174,8 +183,8 @@ def roi_align(
     stretched to width 1 starting at x1; with ``aligned=True`` it keeps its negative size: no samples
     with the adaptive grid (output 0; torchvision's CPU kernel fails to allocate a negative-sized
     buffer when only one axis is that flipped), samples walking backwards from x1 with a fixed grid,
-    as in torchvision. A batch index outside [0, N) raises ValueError (torchvision reads out of
-    bounds). Samples more than one pixel outside the map count as zero; those within are clamped to
+    as in torchvision. A batch index outside [0, N), or a NaN or infinite box coordinate, raises
+    ValueError (torchvision reads out of bounds; gives NaN, zeros or a crash). Samples more than one pixel outside the map count as zero; those within are clamped to
     the border. A NaN or infinite feature value reaches only the bins whose samples read it, as in
     torchvision: NaN where it is read with weight 0 (0 * inf), +-inf where weighted. (torchvision's CPU
     kernel also reads pixel (0, 0) with weight 0 for each sample outside the map, so a NaN there spreads
@@ -366,8 +375,9 @@ def roi_pool(
         first maximum in row-major order), none from an empty bin. On the meta device: as :func:`roi_align`.
 
     Bad input: K = 0 gives an empty result; a flipped box (x2 < x1) is rounded, then given width 1;
-    a batch index outside [0, N) raises ValueError. NaN features are skipped (a bin of only NaN or
-    values <= -FLT_MAX gives -FLT_MAX and no gradient), as in torchvision.
+    a batch index outside [0, N) or a NaN or infinite box coordinate raises ValueError. NaN features
+    are skipped (a bin of only NaN or values <= -FLT_MAX gives -FLT_MAX and no gradient), as in
+    torchvision.
     """
     rois = _as_rois(boxes, input, "roi_pool")
     ph, pw = _pair(output_size, "output_size")
