@@ -241,3 +241,15 @@ def test_boxes_and_scores_that_require_grad_are_taken(n, path):
     assert torch.equal(nms(boxes.clone().requires_grad_(), scores.clone().requires_grad_(), 0.5), expected)
     assert torch.equal(batched_nms(boxes.clone().requires_grad_(), scores, idxs, 0.5),
                        tv.batched_nms(boxes, scores, idxs, 0.5))
+
+
+def test_batched_nms_with_coordinates_the_shift_would_overflow_suppresses_per_category():
+    # before: "nms: boxes contain NaN or inf in row 0: [inf, ...]" for finite boxes (the category shift
+    # overflowed float32); torchvision's shifted boxes turn infinite and are all kept, even duplicates.
+    boxes = torch.tensor([[2e38, 0, 2.5e38, 1], [2e38, 0, 2.5e38, 1], [0, 0, 10, 10], [1, 1, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    idxs = torch.tensor([1, 1, 0, 0])
+    per_category = torch.cat([tv.nms(boxes[:2], scores[:2], 0.5), tv.nms(boxes[2:], scores[2:], 0.5) + 2])
+    assert per_category.tolist() == [0, 2]
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == per_category.tolist()
+    assert tv.batched_nms(boxes, scores, idxs, 0.5).tolist() == [0, 1, 2]  # the duplicate survives there

@@ -531,7 +531,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Like torchvision, up to 1,000 boxes (4,000 coordinates) are shifted apart by category and run
     through one ``nms`` (the shift rounds coordinates, which can change an IoU in the last bit);
-    above that each category is suppressed on its own coordinates. Bad input as for :func:`nms`.
+    above that each category is suppressed on its own coordinates. So are boxes whose shift would
+    overflow the dtype (coordinates near its largest value), where torchvision's shifted boxes become
+    infinite and are all kept. Bad input as for :func:`nms`.
     """
     _check_inputs(boxes, scores, "batched_nms")
     if idxs.shape != scores.shape:
@@ -542,9 +544,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if boxes.numel() <= BATCHED_NMS_OFFSET_LIMIT:
         # Shifted in float32, not half: in float16/bfloat16 the shift would round each category's
         # coordinates to a coarser grid the larger its id (bfloat16: whole pixels from 128 on).
-        boxes = boxes.to(_work_dtype(boxes)) if boxes.is_floating_point() else boxes
-        offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-        return nms(boxes + offsets[:, None], scores, iou_threshold)
+        work = boxes.to(_work_dtype(boxes)) if boxes.is_floating_point() else boxes
+        shifted = work + (idxs.to(work) * (work.max() + torch.tensor(1).to(work)))[:, None]
+        if not shifted.is_floating_point() or bool(shifted.isfinite().all()):
+            return nms(shifted, scores, iou_threshold)
+        # The shift overflowed (coordinates near the dtype's largest value): per category below.
     table = _Boxes(boxes, scores, float(iou_threshold), idxs)
     keep = _greedy_nms(table)
     # torchvision orders the kept boxes with an unstable sort; that is the score order unless scores tie.
