@@ -423,6 +423,9 @@ def test_no_images_raises_naming_the_file(folder):
         ("iscrowd", None, r"annotation id 2: iscrowd must be 0 or 1, got None"),
         ("area", -100, r"annotation id 2: area must be a non-negative number, got -100"),
         ("area", "big", r"annotation id 2: area must be a non-negative number, got 'big'"),
+        # before: float() took these, so a bbox of strings or booleans was read as numbers
+        ("bbox", ["35", "-4", "10", "10"], r"annotation id 2: bbox must hold four numbers, got \['35', '-4', '10', '10'\]"),
+        ("bbox", [35, True, 10, 10], r"annotation id 2: bbox must hold four numbers, got \[35, True, 10, 10\]"),
     ],
 )
 def test_bad_annotation_values_name_file_and_annotation(folder, field, value, message):

@@ -113,10 +113,9 @@ def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, f
     """
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         raise ValueError(f"bbox must be [x, y, width, height], got {bbox!r}")
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise ValueError(f"bbox must hold four numbers, got {bbox!r}") from None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
+        raise ValueError(f"bbox must hold four numbers, got {bbox!r}")  # float() would take "12" and True
+    x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise ValueError(f"bbox must hold finite numbers, got {bbox!r}")
     x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
