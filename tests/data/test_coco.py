@@ -218,6 +218,29 @@ def test_unknown_references_and_bad_boxes_name_the_annotation(folder):
         CocoDetection(root / "images", _write(root, annotations=annotations))
 
 
+def test_references_of_the_other_id_type_say_so(folder):
+    # before: "refers to image id 1, not in 'images'" for image_id "1" while 'images' has 1: the quotes
+    # that make the difference were dropped
+    root, _ = folder
+    annotations = _annotations()
+    annotations[1]["image_id"] = "1"
+    with pytest.raises(ValueError, match=r"annotation id 2 refers to image id '1', not in 'images' "
+                                         r"\(which has 1, an integer: ids must match in type\)$"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    annotations = _annotations()
+    annotations[2]["category_id"] = "7"
+    with pytest.raises(ValueError, match=r"annotation id 3 has category_id '7', not in 'categories' \(which has 7,"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+    images = _images()
+    images[0]["id"], images[1]["id"], images[2]["id"] = "1", "2", "5"
+    with pytest.raises(ValueError, match=r"refers to image id 1, not in 'images' \(which has '1', a string"):
+        CocoDetection(root / "images", _write(root, images=images))
+    annotations = _annotations()
+    annotations[1]["image_id"] = "x1"
+    with pytest.raises(ValueError, match=r"refers to image id 'x1', not in 'images'$"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
 def test_missing_image_names_path_and_image_id(folder):
     root, _ = folder
     images = _images()

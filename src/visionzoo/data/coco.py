@@ -84,6 +84,14 @@ def _check_same_kind(ids: list[Any], kind: str, ann_file: Path) -> None:
         )
 
 
+def _other_type_hint(value: int | str, known: Any) -> str:
+    """' (which has 3, an integer)' when ``value`` is '3' and ``known`` holds 3, or the other way round; else ''."""
+    other = str(value) if isinstance(value, int) else int(value) if value.strip().lstrip("-").isdigit() else None
+    if other is None or other not in known:
+        return ""
+    return f" (which has {other!r}, {'a string' if isinstance(other, str) else 'an integer'}: ids must match in type)"
+
+
 def _positive_int(value: Any) -> int | None:
     """``value`` as an int when it is a positive whole number (640 or 640.0), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -284,11 +292,13 @@ class CocoDetection(Dataset):
             image = self._images.get(entry["image_id"])
             if image is None:
                 raise ValueError(
-                    f"{self.ann_file}: {name} refers to image id {entry['image_id']}, not in 'images'"
+                    f"{self.ann_file}: {name} refers to image id {entry['image_id']!r}, not in 'images'"
+                    + _other_type_hint(entry["image_id"], self._images)
                 )
             if entry["category_id"] not in self.cat_id_to_label:
                 raise ValueError(
-                    f"{self.ann_file}: {name} has category_id {entry['category_id']}, not in 'categories'"
+                    f"{self.ann_file}: {name} has category_id {entry['category_id']!r}, not in 'categories'"
+                    + _other_type_hint(entry["category_id"], self.cat_id_to_label)
                 )
             try:
                 box = clip_box(entry["bbox"], image["width"], image["height"])
