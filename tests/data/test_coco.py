@@ -268,6 +268,25 @@ def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
     assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == 3
 
 
+@pytest.mark.parametrize(
+    "bbox, message",
+    [
+        # before: each said "has no area inside its image", which misleads for a box with a negative size
+        ([12, 3, -10, 8], r"box \[12, 3, -10, 8\] has a negative width -10 \(COCO's bbox is \[x, y, width, height\]\)"),
+        ([12, 3, -1, -2.5], r"box .* has a negative width -1 and height -2.5 \(COCO's"),
+        ([2, 3, 0, 8], r"box \[2, 3, 0, 8\] has zero width \(image id 1, 40x30\); pass skip_invalid=True"),
+        ([2, 3, 5, 0.0], r"box .* has zero height \(image id 1,"),
+        ([45, 5, 10, 10], r"box .* has no area inside its image \(image id 1, 40x30\)"),
+    ],
+)
+def test_a_box_without_area_says_why(folder, bbox, message):
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["bbox"] = bbox
+    with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: " + message):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
 def test_image_size_mismatch_is_reported_when_read(folder):
     root, _ = folder
     images = _images()

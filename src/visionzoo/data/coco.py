@@ -133,6 +133,18 @@ def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, f
     return x1, y1, x2, y2
 
 
+def _why_no_area(bbox: list[float]) -> str:
+    """What leaves a COCO ``[x, y, w, h]`` that :func:`clip_box` refused without area (a phrase)."""
+    sizes = dict(zip(("width", "height"), bbox[2:]))
+    negative = [f"{side} {value}" for side, value in sizes.items() if value < 0]
+    if negative:
+        return f"has a negative {' and '.join(negative)} (COCO's bbox is [x, y, width, height])"
+    zero = [side for side, value in sizes.items() if value == 0]
+    if zero:
+        return f"has zero {' and '.join(zero)}"
+    return "has no area inside its image"
+
+
 def _check_segmentation(segmentation: Any, width: int, height: int) -> str | None:
     """Why ``segmentation`` cannot be decoded for a width x height image, or None when it can."""
     if isinstance(segmentation, list):
@@ -309,8 +321,8 @@ class CocoDetection(Dataset):
                     skipped += 1
                     continue
                 raise ValueError(
-                    f"{self.ann_file}: {name}: box {entry['bbox']} has no area inside its image "
-                    f"(image id {entry['image_id']}, {image['width']}x{image['height']}); "
+                    f"{self.ann_file}: {name}: box {entry['bbox']} {_why_no_area(entry['bbox'])} "
+                    f"(image id {entry['image_id']!r}, {image['width']}x{image['height']}); "
                     "pass skip_invalid=True to drop such boxes"
                 )
             segmentation = entry.get("segmentation")
