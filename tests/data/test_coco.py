@@ -182,6 +182,17 @@ def test_invalid_json_names_file_line_and_column(folder):
         CocoDetection(root / "images", ann_file)
 
 
+def test_a_file_that_is_not_utf8_names_the_file_and_byte(folder):
+    # before: "'utf-8' codec can't decode byte 0xe9 in position 53: invalid continuation byte", no file
+    root, _ = folder
+    ann_file = root / "latin1.json"
+    ann_file.write_bytes('{"images": [],\n "categories": [{"id": 1, "name": "caf\u00e9"}]}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.json: not UTF-8 text \(byte 53, line 2: 0xe9\); JSON files are UTF-8"):
+        CocoDetection(root / "images", ann_file)
+    with pytest.raises(ValueError, match=r"latin1\.json: not UTF-8 text"):
+        create_dataset(ann_file)  # reads the file first to find the images folder
+
+
 def test_missing_keys_name_file_and_entry(folder):
     root, _ = folder
     with pytest.raises(ValueError, match=r"instances\.json: the top level is missing 'annotations'"):

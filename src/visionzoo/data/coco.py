@@ -35,11 +35,20 @@ Transform = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[st
 
 
 def read_json(path: str | Path) -> Any:
-    """The parsed JSON of ``path``; a syntax error names the file, line and column."""
+    """The parsed JSON of ``path``; a syntax error names the file, line and column, bytes that are not
+    UTF-8 the file, byte offset and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {error.start}, line {line}: {data[error.start]:#04x}); "
+            "JSON files are UTF-8: save it as UTF-8"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
