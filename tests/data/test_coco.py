@@ -15,12 +15,16 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.io import read_image
 
 from visionzoo.data import DATASETS, CocoDetection, Digits, Shapes, collate_detection, create_dataset
 from visionzoo.data.masks import mask_to_rle
 from visionzoo.metrics import coco_evaluate
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"),
+    pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"),
+]
 
 CATEGORIES = [{"id": 12, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
 
@@ -304,6 +308,28 @@ def test_image_size_mismatch_is_reported_when_read(folder):
     images[0]["width"] = 41
     ds = CocoDetection(root / "images", _write(root, images=images))
     with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 40x30, the annotations say 41x30"):
+        ds[0]
+
+
+def test_an_exif_rotated_jpeg_is_read_as_stored_like_torchvision_and_a_turned_size_says_why(folder):
+    root, _ = folder
+    stored = np.random.default_rng(3).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown turned a quarter, 30x40
+    image.save(root / "images" / "a.jpg", exif=exif.tobytes(), quality=95)
+    images = _images()
+    images[0]["file_name"] = "a.jpg"  # the entry says 40x30, the stored size
+    ds = CocoDetection(root / "images", _write(root, images=images))
+    pixels, _ = ds[0]
+    assert pixels.shape == read_image(str(root / "images" / "a.jpg")).shape == (3, 30, 40)
+    expected = np.asarray(Image.open(root / "images" / "a.jpg").convert("RGB"), dtype=np.float32) / 255
+    assert torch.equal(pixels, torch.from_numpy(expected).permute(2, 0, 1))
+    # before: only "a.jpg is 40x30, the annotations say 30x40", with nothing about the EXIF tag
+    images[0]["width"], images[0]["height"] = 30, 40
+    ds = CocoDetection(root / "images", _write(root, images=images, annotations=_annotations()[:1]))
+    with pytest.raises(ValueError, match=r"a\.jpg is 40x30, the annotations say 30x40; its EXIF orientation 6 shows "
+                                         r"it turned to 30x40, but images are read as stored, without it"):
         ds[0]
 
 

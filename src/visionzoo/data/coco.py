@@ -31,6 +31,9 @@ from visionzoo.utils import image_array
 
 log = logging.getLogger(__name__)
 
+EXIF_ORIENTATION = 0x0112
+EXIF_QUARTER_TURNS = (5, 6, 7, 8)  # orientations that swap width and height when applied
+
 Transform = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
 
@@ -200,7 +203,9 @@ class CocoDetection(Dataset):
     """Images and instance annotations in COCO's format, returned like :class:`visionzoo.data.Shapes`.
 
     ``ds[i]`` returns ``(image, target)``: ``image`` float32 Tensor[3, H, W] in [0, 1] (read with
-    PIL as RGB; 16-bit greyscale divided by 65535); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
+    PIL as RGB; 16-bit greyscale divided by 65535; pixels as stored: an EXIF orientation tag is not
+    applied, as in torchvision's ``read_image`` and ``CocoDetection``, so COCO's width, height and
+    boxes refer to the stored pixels); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
     and clipped to the image), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
     to contiguous labels; ``label_to_cat_id`` maps back), ``area`` float32 Tensor[N] (the file's,
     else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
@@ -383,12 +388,20 @@ class CocoDetection(Dataset):
         """The file of sample ``index``."""
         return self._images[self.image_ids[index]]["path"]
 
-    def _check_size(self, record: dict[str, Any], image_id: Any, size: tuple[int, int]) -> None:
-        """Raise when ``size`` (width, height), read from the image file, differs from the entry's."""
+    def _check_size(self, record: dict[str, Any], image_id: Any, size: tuple[int, int], orientation: Any = None) -> None:
+        """Raise when ``size`` (width, height), read from the image file, differs from the entry's;
+        ``orientation``: the file's EXIF orientation tag, which explains a swapped size."""
         if size != (record["width"], record["height"]):
+            turned = ""
+            if orientation in EXIF_QUARTER_TURNS and size[::-1] == (record["width"], record["height"]):
+                turned = (
+                    f"; its EXIF orientation {orientation} shows it turned to {size[1]}x{size[0]}, but images are "
+                    "read as stored, without it (as torchvision's read_image): annotate the stored pixels or "
+                    "save the image turned"
+                )
             raise ValueError(
                 f"{self.ann_file}: image id {image_id}: {record['path']} is {size[0]}x{size[1]}, "
-                f"the annotations say {record['width']}x{record['height']}"
+                f"the annotations say {record['width']}x{record['height']}{turned}"
             )
 
     def _check_size_against_header(self, record: dict[str, Any], image_id: Any) -> None:
@@ -399,7 +412,7 @@ class CocoDetection(Dataset):
     def _load_image(self, record: dict[str, Any], image_id: Any) -> torch.Tensor:
         try:
             with Image.open(record["path"]) as file:
-                self._check_size(record, image_id, file.size)
+                self._check_size(record, image_id, file.size, file.getexif().get(EXIF_ORIENTATION))
                 pixels = image_array(file, 3, f"{self.ann_file}: image id {image_id}: image {record['path']}")
         except OSError as error:
             raise ValueError(
