@@ -264,6 +264,23 @@ def test_missing_image_names_path_and_image_id(folder):
         CocoDetection(root / "images", _write(root, images=images))
 
 
+def test_masks_left_out_because_some_annotations_lack_a_segmentation_are_reported(folder, caplog):
+    # before: one annotation without a segmentation silently took the masks away from every sample
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[2, 3, 12, 3, 12, 11]]
+    annotations[2]["segmentation"] = {"size": [20, 50], "counts": [1000]}
+    with caplog.at_level(logging.WARNING, logger="visionzoo.data.coco"):
+        ds = CocoDetection(root / "images", _write(root, annotations=annotations))
+    assert not ds.has_masks and "masks" not in ds[0][1]
+    assert "instances.json: 1 of 3 annotations have no segmentation (the first: annotation id 2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="visionzoo.data.coco"):
+        CocoDetection(root / "images", _write(root, annotations=annotations), load_masks=False)
+        CocoDetection(root / "images", _write(root))  # none has one: boxes only, nothing to report
+    assert caplog.text == ""
+
+
 def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
     root, _ = folder
     annotations = _annotations() + [

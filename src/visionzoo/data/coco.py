@@ -212,7 +212,7 @@ class CocoDetection(Dataset):
     should ignore them and evaluation does), ``image_id`` int (COCO's id) and, when every
     annotation has a segmentation and ``load_masks`` is set, ``masks`` bool Tensor[N, H, W]
     (polygons rasterised pixel for pixel as pycocotools does; RLE with compressed or uncompressed
-    counts).
+    counts; when only some annotations have one, a warning names the count and the first without).
 
     Args:
         images_dir: folder that the images' ``file_name`` entries are relative to.
@@ -366,9 +366,14 @@ class CocoDetection(Dataset):
                     "id": entry["id"],
                 }
             )
-        self.has_masks = all(
-            a["segmentation"] for image in self._images.values() for a in image["annotations"]
-        ) and any(image["annotations"] for image in self._images.values())
+        kept = [a for image in self._images.values() for a in image["annotations"]]
+        without = [a["id"] for a in kept if not a["segmentation"]]
+        self.has_masks = bool(kept) and not without
+        if self.load_masks and 0 < len(without) < len(kept):
+            log.warning(
+                "%s: %d of %d annotations have no segmentation (the first: annotation id %r), so no sample "
+                "carries masks, only boxes", self.ann_file, len(without), len(kept), without[0]
+            )
         return skipped
 
     @property
