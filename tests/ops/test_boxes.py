@@ -134,3 +134,19 @@ def test_bad_arguments_raise():
         box_area(torch.zeros(1, 4), "yxyx")
     with pytest.raises(ValueError, match="Tensor\\[..., 4\\]"):
         box_iou(torch.zeros(2, 5), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(box_iou, tv.box_iou), (generalized_box_iou, tv.generalized_box_iou), (distance_box_iou, tv.distance_box_iou),
+     (complete_box_iou, tv.complete_box_iou)],
+)
+def test_a_single_box_is_a_set_of_one(ours, theirs):
+    # before: IndexError for a Tensor[4], which torchvision takes as boxes1 (result [1, M])
+    one = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    many = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 3.0, 3.0], [0.5, 0.0, 4.0, 1.5]])
+    expected = theirs(one, many)
+    assert expected.shape == (1, 3)
+    torch.testing.assert_close(ours(one, many), expected, rtol=0, atol=0)
+    torch.testing.assert_close(ours(many, one), theirs(many, one[None]), rtol=0, atol=0)  # torchvision: IndexError
+    torch.testing.assert_close(ours(one, one), theirs(one[None], one[None]), rtol=0, atol=0)

@@ -4,6 +4,9 @@ Semantics and results are torchvision.ops': boxes are ``(x1, y1, x2, y2)`` unles
 every function takes any number of leading batch dimensions. Half-precision and small integer
 boxes are widened to float32 / int32 before products (as torchvision does), so areas do not overflow.
 
+The IoU family compares two sets, Tensor[..., N, 4] and Tensor[..., M, 4], into Tensor[..., N, M]; a
+single box Tensor[4] counts as a set of one (torchvision takes one as ``boxes1``, giving [1, M]).
+
 Boxes with ``x2 < x1`` or ``y2 < y1`` are not rejected: they get a negative width or height, hence
 a negative (or, with both flipped, positive) area, and an intersection of 0 with everything
 (overlaps are clamped at 0). Their IoU is then ``0 / union``: 0, -0, or NaN when the union is 0
@@ -37,6 +40,13 @@ def _check_format(fmt: str, name: str) -> None:
 def _check_boxes(boxes: Tensor, name: str) -> None:
     if boxes.dim() < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must be Tensor[..., 4], got shape {tuple(boxes.shape)}")
+
+
+def _box_set(boxes: Tensor, name: str) -> Tensor:
+    """``boxes`` Tensor[..., N, 4] checked, a single box Tensor[4] as Tensor[1, 4] (torchvision's IoU
+    functions take one for ``boxes1`` and return Tensor[1, M])."""
+    _check_boxes(boxes, name)
+    return boxes[None] if boxes.dim() == 1 else boxes
 
 
 def _widen(t: Tensor) -> Tensor:
@@ -132,8 +142,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
         Tensor[..., N, M] float: IoU of every pair; NaN for two boxes of zero area (0 / 0).
     """
     _check_format(fmt, "fmt")
-    _check_boxes(boxes1, "boxes1")
-    _check_boxes(boxes2, "boxes2")
+    boxes1, boxes2 = _box_set(boxes1, "boxes1"), _box_set(boxes2, "boxes2")
     inter, union = _inter_union(boxes1, boxes2, fmt)
     return inter / union
 
@@ -154,8 +163,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         Tensor[..., N, M] float.
     """
-    _check_boxes(boxes1, "boxes1")
-    _check_boxes(boxes2, "boxes2")
+    boxes1, boxes2 = _box_set(boxes1, "boxes1"), _box_set(boxes2, "boxes2")
     inter, union = _inter_union(boxes1, boxes2)
     iou = inter / union
     wh = _enclosing_wh(boxes1, boxes2)
@@ -183,8 +191,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     Returns:
         Tensor[..., N, M] float.
     """
-    _check_boxes(boxes1, "boxes1")
-    _check_boxes(boxes2, "boxes2")
+    boxes1, boxes2 = _box_set(boxes1, "boxes1"), _box_set(boxes2, "boxes2")
     return _diou_and_iou(_widen(boxes1), _widen(boxes2), eps)[0]
 
 
@@ -198,9 +205,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     Returns:
         Tensor[..., N, M] float.
     """
-    _check_boxes(boxes1, "boxes1")
-    _check_boxes(boxes2, "boxes2")
-    boxes1, boxes2 = _widen(boxes1), _widen(boxes2)
+    boxes1, boxes2 = _widen(_box_set(boxes1, "boxes1")), _widen(_box_set(boxes2, "boxes2"))
     diou, iou = _diou_and_iou(boxes1, boxes2, eps)
     w1 = boxes1[..., :, None, 2] - boxes1[..., :, None, 0]
     h1 = boxes1[..., :, None, 3] - boxes1[..., :, None, 1]
