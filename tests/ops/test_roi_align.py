@@ -208,3 +208,13 @@ def test_non_finite_box_coordinates_raise_naming_the_box(op):
     with pytest.raises(ValueError, match=r"box 2 of the lists \(image 1\) has a NaN or infinite coordinate"):
         op(x, [rois[:1, 1:], torch.cat([rois[:1, 1:], rois[2:, 1:]])], 2)
     assert op(x, rois[:1], 2).isfinite().all()
+
+
+@pytest.mark.parametrize("op", [roi_align, roi_pool])
+def test_boxes_as_python_lists_raise_naming_the_argument(op):
+    # before: AttributeError: 'list' object has no attribute 'dim' (torchvision: ... no attribute 'size')
+    x = torch.zeros(1, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be Tensor\[L, 4\], got list"):
+        op(x, [[0.0, 1.0, 1.0, 4.0, 4.0]], 2)
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be Tensor\[L, 4\], got list"):
+        boxes_to_rois([[1.0, 1.0, 4.0, 4.0]])

@@ -46,6 +46,8 @@ def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
     The index column has the first list's dtype (as in torchvision); no lists give Tensor[0, 5] float32.
     """
     for i, b in enumerate(boxes):
+        if not isinstance(b, Tensor):
+            raise ValueError(f"boxes[{i}] must be Tensor[L, 4], got {type(b).__name__}")
         if b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(f"boxes[{i}] must be Tensor[L, 4], got shape {tuple(b.shape)}")
     if not boxes:
