@@ -173,6 +173,25 @@ def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
         load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
 
 
+def test_a_coco_folder_without_categories_is_refused_naming_its_file(tmp_path, capsys):
+    # before: "num_classes counts the background and must be at least 2, got 1", naming no file
+    from PIL import Image
+
+    from visionzoo.cli import main
+
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (tmp_path / "coco" / split).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / "coco" / split / "a.png")
+        content = {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": []}
+        (tmp_path / "coco" / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
+    ann_file = tmp_path / "coco" / "annotations" / "instances_train.json"
+    with pytest.raises(ValueError, match=r"instances_train\.json: 'categories' is empty: a detector needs at least one class"):
+        build_setup("fasterrcnn_shapes", str(tmp_path / "coco"))
+    assert main(["train", "fasterrcnn_shapes", "--data", str(tmp_path / "coco"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"visionzoo train: error: {ann_file}: 'categories' is empty: a detector needs at least one class\n"
+
+
 def test_predict_refuses_a_coco_json_that_is_a_folder_before_predicting(tmp_path, capsys):
     from visionzoo.cli import main
 

@@ -241,6 +241,9 @@ class DetectionTask(Task):
         except FileNotFoundError:  # a COCO folder may have no test annotations
             pass
         classes = list(splits["train"].classes)
+        if not classes:  # else the model's "num_classes ... must be at least 2, got 1", naming no file
+            source = getattr(splits["train"], "ann_file", data)
+            raise ValueError(f"{source}: 'categories' is empty: a detector needs at least one class")
         model = create_model(model_name, checkpoint=checkpoint, num_classes=len(classes) + 1, **model_args)
         if (options or {}).get("scale_jitter"):
             apply_scale_jitter(model, options["scale_jitter"])
