@@ -154,6 +154,22 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, tiny_domain_feat
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_a_coco_folder_is_refused_before_training_not_at_the_final_fid(tmp_path, capsys):
+    # before: the run trained to its budget, then failed at the final evaluation: "domain features exist for
+    # digits, shapes, not '...'"
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--image-size", "32"]) == 0
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=r"dcgan trains on digits, shapes, not .*coco: the gan task's FID needs"):
+        build_setup("dcgan", str(folder), model_args=TINY)
+    run = tmp_path / "run"
+    assert main(["train", "dcgan", "--data", str(folder), "--out", str(run), "--max-steps", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"visionzoo train: error: dcgan trains on digits, shapes, not {folder}")
+    assert not run.exists()
+
+
 def test_setup_takes_the_data_channels_and_size():
     setup = build_setup("dcgan", "digits", None, TINY)
     assert (setup.model.in_chans, setup.model.img_size) == (1, 32)

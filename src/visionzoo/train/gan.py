@@ -149,12 +149,15 @@ class GANTask(Task):
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         """The data's channels and side become the model's ``in_chans`` and ``img_size``; ``img_size`` defaults to
-        32 on Digits and 64 on Shapes."""
+        32 on Digits and 64 on Shapes. Other data (a COCO folder) are refused: the FID has no features for them."""
         from visionzoo.data import create_dataset
-        from visionzoo.metrics.domain import DEFAULT_SIZES  # Digits' own 8 px is below DCGAN's 16
+        from visionzoo.metrics.domain import DEFAULT_SIZES, DOMAIN_DATA
         from visionzoo.models import create_model
 
-        img_size = img_size or DEFAULT_SIZES.get(str(data).lower())
+        if str(data).lower() not in DOMAIN_DATA:  # else the FID at the end of training fails, the run wasted
+            raise ValueError(f"{model_name} trains on {', '.join(DOMAIN_DATA)}, not {data}: the gan task's FID needs "
+                             "their domain features, which other data have none of")
+        img_size = img_size or DEFAULT_SIZES.get(str(data).lower())  # Digits' own 8 px is below DCGAN's 16
         splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
         image, _ = splits["train"][0]
         in_chans, size = int(image.shape[0]), int(image.shape[-1])
