@@ -185,6 +185,23 @@ def test_image_gpt_refuses_a_tokenizer_it_would_ignore(tmp_path, capsys):
     assert "image_gpt_small" in error and not run.exists()
 
 
+def test_image_gpt_trains_on_a_coco_folder_unconditionally_and_refuses_to_condition_on_it(tmp_path, capsys):
+    # before: every run failed at its first batch with "this data set has no image-level class labels (its
+    # targets have no 'label')", also unconditional (image_gpt's default), whose labels go unused
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "40", "--image-size", "16"]) == 0
+    run = tmp_path / "run"
+    argv = ["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1", "--batch-size", "8",
+            "--no-progress", "--model-arg", "embed_dim=16", "--model-arg", "depth=1"]
+    assert main([*argv, "--out", str(run)]) == 0
+    assert "val nll" in capsys.readouterr().out
+    assert (run / "completions.png").is_file() and not (run / "probes.png").exists()  # a probe needs classes
+    assert main([*argv, "--out", str(tmp_path / "conditional"), "--class-conditional"]) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: {folder} has no image-level class labels (a detection "
+                                       "data set), which a class-conditional image_gpt_small needs: train it with "
+                                       "--no-class-conditional\n")
+
+
 def test_class_conditional_image_gpt_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "2", "--out", str(run),

@@ -45,6 +45,7 @@ PALETTE_IMAGES = 1000
 # The run report's probes: fit on half of the validation split (up to this many images), scored on the other half.
 PROBE_IMAGES = 500
 PROBE_MIN_IMAGES = 20
+NO_LABEL = -1  # a sample's label where its data set has no image-level classes
 # Image sides of a picture's cells in the reports: tiny images are enlarged (nearest) to at least this.
 MIN_CELL = 32
 # Images whose codes a code prior's task remembers at most (64 codes of an image take 0.5 kB).
@@ -117,8 +118,9 @@ class AutoregressiveTask(Task):
         return self.remembered(model, images) if hasattr(model, "tokenizer") else model.tokens(images)
 
     def collate(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples → (images Tensor[B, C, H, W], labels int64 Tensor[B])."""
-        return torch.stack([image for image, _ in samples]), torch.tensor([class_label(t) for _, t in samples])
+        """Samples → (images Tensor[B, C, H, W], labels int64 Tensor[B]); ``NO_LABEL`` for a target without an
+        image-level class (a COCO folder's), which only an unconditional model takes."""
+        return torch.stack([image for image, _ in samples]), torch.tensor([_label(t) for _, t in samples])
 
     def _conditioning(self, model: nn.Module, labels: torch.Tensor, drop: bool) -> torch.Tensor | None:
         """The labels a class-conditional model is given (some replaced by "no class" when ``drop``), else None."""
@@ -213,16 +215,20 @@ class AutoregressiveTask(Task):
             paths.append(Path(out) / "completions.png")
             save_image(_enlarge(rows), paths[1], nrow=COLUMNS, padding=2, pad_value=1.0)
         if hasattr(model, "complete") and len(dataset) >= 2 * PROBE_MIN_IMAGES:
-            paths.append(self._probe_report(model, dataset, Path(out) / "probes.png"))
+            probes = self._probe_report(model, dataset, Path(out) / "probes.png")
+            paths += [probes] if probes is not None else []
         return paths
 
-    def _probe_report(self, model: nn.Module, dataset: Dataset, path: Path) -> Path:
+    def _probe_report(self, model: nn.Module, dataset: Dataset, path: Path) -> Path | None:
         """Image GPT's linear probe on every layer and on the raw pixels, fit on the first half of ``dataset``
-        (at most ``PROBE_IMAGES``) and scored on the second: the notes' evaluation, at run-folder scale."""
+        (at most ``PROBE_IMAGES``) and scored on the second: the notes' evaluation, at run-folder scale.
+        None for data without image-level classes, which a probe predicts."""
         from visionzoo.generative.image_gpt import plot_probe_curve, probe_accuracies, raw_pixel_probe
 
         count = min(len(dataset), 2 * PROBE_IMAGES) // 2 * 2
         images, labels = self.collate([dataset[i] for i in range(count)])
+        if bool((labels == NO_LABEL).any()):
+            return None
         fit, score = slice(0, count // 2), slice(count // 2, count)
         accuracies = probe_accuracies(model, images[fit], labels[fit], images[score], labels[score])
         raw = raw_pixel_probe(images[fit], labels[fit], images[score], labels[score])
@@ -280,6 +286,7 @@ class AutoregressiveTask(Task):
             if conditional is None:
                 conditional = entry.default_cfg.get("class_conditional", False)
             if conditional:
+                _check_labelled(splits["train"], data, model_name)
                 model_args.setdefault("num_classes", len(splits["train"].classes))
             model = create_model(model_name, **model_args)
             if code_prior:
@@ -293,8 +300,23 @@ class AutoregressiveTask(Task):
         classes = list(getattr(splits["train"], "classes", []))
         if model.gpt.num_classes not in (0, len(classes)):
             raise ValueError(f"the model is conditioned on {model.gpt.num_classes} classes, {data} has {len(classes)}")
+        if model.gpt.num_classes:
+            _check_labelled(splits["train"], data, model_name)
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         return Setup(cls(classes), model, splits, run_meta)
+
+
+def _check_labelled(dataset: Dataset, data: str, model_name: str) -> None:
+    """Refuse, before the first batch fails naming no option, data without image-level classes for a
+    class-conditional model."""
+    if _label(dataset[0][1]) == NO_LABEL:
+        raise ValueError(f"{data} has no image-level class labels (a detection data set), which a class-conditional "
+                         f"{model_name} needs: train it with --no-class-conditional")
+
+
+def _label(target: Any) -> int:
+    """:func:`class_label` of ``target``, or ``NO_LABEL`` for a target dict without ``label``."""
+    return NO_LABEL if isinstance(target, Mapping) and "label" not in target else class_label(target)
 
 
 def report_labels(num_classes: int) -> torch.Tensor | None:
