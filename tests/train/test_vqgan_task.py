@@ -217,6 +217,24 @@ def test_visionzoo_train_vqgan(tmp_path, untrained_domain_features, capsys):
     assert (out / "reconstructions.png").is_file() and (out / "checkpoint.safetensors").is_file()
 
 
+def test_a_coco_folder_without_a_perceptual_network_is_refused_naming_the_options(tmp_path, capsys):
+    # before: the first training step failed with "domain features exist for digits, shapes, not '...'"
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "8", "--image-size", "16"]) == 0
+    argv = ["train", "vqgan", "--data", str(folder), "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "--precision", "fp32", "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]",
+            "--model-arg", "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8",
+            "--model-arg", "disc_width=8"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert capsys.readouterr().err == (
+        f"visionzoo train: error: vqgan's perceptual loss is by default the classifier trained on digits, shapes, "
+        f"which {folder} is not: give --perceptual-checkpoint (torchvision vgg16 weights) or --perceptual-weight 0\n")
+    assert not (tmp_path / "refused").exists()
+    assert main([*argv, "--out", str(tmp_path / "run"), "--perceptual-weight", "0"]) == 0
+    assert "val psnr" in capsys.readouterr().out
+
+
 def test_vit_vqgan_and_vqgan_f8_take_the_papers_lighter_loss_weights_unless_told_otherwise():
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)

@@ -219,16 +219,23 @@ class VQGANTask(ReconstructionTask):
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+        from visionzoo.metrics.domain import DOMAIN_DATA
         from visionzoo.models import get_model_entry
 
-        setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
         # The user's options, else the model's registered ones (e.g. ViT-VQGAN's paper's loss weights), else taming's.
-        options = {**get_model_entry(model_name).default_cfg.get("task_options", {}),
-                   **{k: v for k, v in (options or {}).items() if v is not None}}
+        chosen = {**get_model_entry(model_name).default_cfg.get("task_options", {}),
+                  **{k: v for k, v in (options or {}).items() if v is not None}}
+        if (checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0
+                and chosen.get("perceptual_checkpoint") is None and str(data).lower() not in DOMAIN_DATA):
+            # else the first training step fails with "domain features exist for digits, shapes", naming no option
+            raise ValueError(f"{model_name}'s perceptual loss is by default the classifier trained on "
+                             f"{', '.join(DOMAIN_DATA)}, which {data} is not: give --perceptual-checkpoint "
+                             "(torchvision vgg16 weights) or --perceptual-weight 0")
+        setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
         meta = setup.run_meta
-        build = functools.partial(build_perceptual_loss, options.get("perceptual_checkpoint"), data,
+        build = functools.partial(build_perceptual_loss, chosen.get("perceptual_checkpoint"), data,
                                   meta["img_size"], meta["in_chans"])
-        setup.task = cls(disc_start=options.get("disc_start", DISC_START),
-                         disc_weight=options.get("disc_weight", DISC_WEIGHT),
-                         perceptual_weight=options.get("perceptual_weight", PERCEPTUAL_WEIGHT), perceptual=build)
+        setup.task = cls(disc_start=chosen.get("disc_start", DISC_START),
+                         disc_weight=chosen.get("disc_weight", DISC_WEIGHT),
+                         perceptual_weight=chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT), perceptual=build)
         return setup
