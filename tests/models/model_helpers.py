@@ -66,3 +66,16 @@ def assert_same_outputs(ours, expected, atol: float = 1e-4, rtol: float = 1e-5) 
         assert len(ours) == len(expected)
         for mine, theirs in zip(ours, expected):
             assert_same_outputs(mine, theirs, atol, rtol)
+
+
+def assert_rebuilds_from_its_checkpoint(model, x: torch.Tensor, tmp_path) -> None:
+    """A checkpoint of ``model`` saved as training does (its name and ``model_args``) rebuilds it: the same outputs."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.models import create_model
+
+    path = tmp_path / "resized.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    meta={"model": {"name": model.model_name, "args": model.model_args}})
+    rebuilt = create_model(model.model_name, checkpoint=path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), atol=0, rtol=0)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import (
     assert_grad_checkpointing_changes_nothing,
+    assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
     checkpointed_step,
     count,
@@ -552,7 +553,6 @@ def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head)
     dict(img_size=64, patch_size=4),
 ])
 def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_path, kwargs):
-    from visionzoo.checkpoint import save_checkpoint
 
     ours, reference = _timm_swin_twin()
     ours.set_input_size(**kwargs)
@@ -568,12 +568,7 @@ def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_
     with torch.no_grad():
         assert_same_outputs(ours(x), reference(x), atol=1e-5, rtol=1e-5)
         assert_same_outputs(ours.forward_intermediates(x, [0, 2]), reference.forward_intermediates(x, [0, 2]))
-    path = tmp_path / "resized.safetensors"
-    save_checkpoint(path, {f"model.{k}": v for k, v in ours.state_dict().items()},
-                    meta={"model": {"name": ours.model_name, "args": ours.model_args}})
-    rebuilt = create_model(ours.model_name, checkpoint=path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), ours(x), atol=0, rtol=0)
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
 
 
 def test_set_input_size_scales_from_the_build_time_window_and_refuses_what_it_cannot_do():

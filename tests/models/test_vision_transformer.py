@@ -6,6 +6,7 @@ import timm
 import torch
 from model_helpers import (
     assert_grad_checkpointing_changes_nothing,
+    assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
     checkpointed_step,
     count,
@@ -584,7 +585,6 @@ def test_attention_masks_give_timms_outputs_everywhere(mask, global_pool, distil
                                     dict(img_size=64, patch_size=(16, 16)), dict(img_size=32)])
 @pytest.mark.parametrize("distilled", [False, True])
 def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_path, kwargs, distilled):
-    from visionzoo.checkpoint import save_checkpoint
 
     ours, reference = _timm_vit_twin(distilled=distilled)
     ours.set_input_size(**kwargs)
@@ -602,12 +602,7 @@ def test_set_input_size_gives_timms_model_and_a_checkpoint_that_rebuilds_it(tmp_
     if size != (32, 32):
         with pytest.raises(ValueError, match="built for"):
             ours(images(1, 3, 32, 32))
-    path = tmp_path / "resized.safetensors"
-    save_checkpoint(path, {f"model.{k}": v for k, v in ours.state_dict().items()},
-                    meta={"model": {"name": ours.model_name, "args": ours.model_args}})
-    rebuilt = create_model(ours.model_name, checkpoint=path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), ours(x), atol=0, rtol=0)
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
 
 
 # --- timm's other attributes --------------------------------------------------------------------
