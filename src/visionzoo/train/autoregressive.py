@@ -270,6 +270,8 @@ class AutoregressiveTask(Task):
         if checkpoint is not None:
             model = create_model(model_name, checkpoint=checkpoint, **model_args)
             splits = splits_at(img_size or model.img_size)
+            if model.gpt.num_classes:
+                _check_labelled(splits["train"], data, model_name)
         else:
             if code_prior:
                 tokenizer, tokenizer_size = _tokenizer_record(options.get("tokenizer"), model_name)
@@ -300,8 +302,6 @@ class AutoregressiveTask(Task):
         classes = list(getattr(splits["train"], "classes", []))
         if model.gpt.num_classes not in (0, len(classes)):
             raise ValueError(f"the model is conditioned on {model.gpt.num_classes} classes, {data} has {len(classes)}")
-        if model.gpt.num_classes:
-            _check_labelled(splits["train"], data, model_name)
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         return Setup(cls(classes), model, splits, run_meta)
 
