@@ -79,3 +79,24 @@ def assert_rebuilds_from_its_checkpoint(model, x: torch.Tensor, tmp_path) -> Non
     rebuilt = create_model(model.model_name, checkpoint=path).eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), atol=0, rtol=0)
+
+
+def assert_pool_built_and_reset_give_reference_outputs(reference, model_name: str, num_classes: int, global_pool: str,
+                                                       x: torch.Tensor, atol: float = 1e-5) -> tuple:
+    """``create_model(model_name, num_classes=, global_pool=)`` and a model given them by ``reset_classifier``,
+    each loaded with ``reference``'s weights (strictly), give its logits and pre-logits on ``x``; returns both."""
+    from visionzoo.models import create_model
+
+    with torch.no_grad():
+        expected = reference(x)
+        expected_pre = reference.forward_head(reference.forward_features(x), pre_logits=True)
+    built = create_model(model_name, num_classes=num_classes, global_pool=global_pool).eval()
+    reset = create_model(model_name, num_classes=3).eval()
+    reset.reset_classifier(num_classes, global_pool)
+    for ours in (built, reset):
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), expected, atol=atol, rtol=1e-5)
+            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
+                                       atol=atol, rtol=1e-5)
+    return built, reset

@@ -9,6 +9,7 @@ import timm
 import torch
 from model_helpers import (
     assert_grad_checkpointing_changes_nothing,
+    assert_pool_built_and_reset_give_reference_outputs,
     assert_same_outputs,
     checkpointed_step,
     count,
@@ -420,21 +421,13 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
     reference = randomise(TimmConvNeXt(depths=depths, dims=dims, num_classes=num_classes, global_pool=global_pool),
                           seed=28).eval()
     x = images(2, 3, 64, 96, seed=29)
-    with torch.no_grad():
-        expected = reference(x)
-        expected_pre = reference.forward_head(reference.forward_features(x), pre_logits=True)
-    built = create_model("convnext_atto_64", num_classes=num_classes, global_pool=global_pool).eval()
-    reset = create_model("convnext_atto_64", num_classes=3).eval()
-    reset.reset_classifier(num_classes, global_pool)
-    for ours in (built, reset):
-        ours.load_state_dict(reference.state_dict(), strict=True)
+    models = assert_pool_built_and_reset_give_reference_outputs(reference, "convnext_atto_64", num_classes,
+                                                                global_pool, x)
+    for ours in models:
         assert ours.head.global_pool == global_pool.lower()
         assert (ours.num_features, ours.head_hidden_size) == (reference.num_features, reference.head_hidden_size)
-        with torch.no_grad():
-            got = ours(x)
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
-                                       atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        got, expected = models[1](x), reference(x)
     assert got.shape == ((2, 5, 2, 3) if global_pool == "" and num_classes else expected.shape)
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import (
     assert_grad_checkpointing_changes_nothing,
+    assert_pool_built_and_reset_give_reference_outputs,
     assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
     checkpointed_step,
@@ -478,19 +479,11 @@ def test_every_timm_global_pool_at_create_model_and_reset_classifier_gives_timms
     torch.manual_seed(90)
     reference = randomise(TimmSwinTransformer(num_classes=10, global_pool=global_pool, **sizes), 91).eval()
     x = images(2, 3, 32, 32, seed=92)
-    with torch.no_grad():
-        expected, expected_pre = reference(x), reference.forward_head(reference.forward_features(x), pre_logits=True)
-    built = create_model("swin_tiny_patch2_window4_32", num_classes=10, global_pool=global_pool).eval()
-    reset = create_model("swin_tiny_patch2_window4_32", num_classes=3).eval()
-    reset.reset_classifier(10, global_pool)
+    built, reset = assert_pool_built_and_reset_give_reference_outputs(reference, "swin_tiny_patch2_window4_32", 10,
+                                                                      global_pool, x, atol=ATOL)
     for ours in (built, reset):
-        ours.load_state_dict(reference.state_dict(), strict=True)
         assert ours.global_pool == global_pool.lower() and ours.head_hidden_size == reference.head_hidden_size
         assert ours.get_classifier().in_features == reference.get_classifier().in_features
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x), expected, atol=ATOL, rtol=1e-5)
-            torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
-                                       atol=ATOL, rtol=1e-5)
     reference.reset_classifier(4)
     built.reset_classifier(4)
     assert built.global_pool == global_pool.lower() and built.head.fc.in_features == reference.head.fc.in_features
