@@ -202,7 +202,7 @@ def test_rot90_refuses_images_that_are_not_square(monkeypatch):
         def __getitem__(self, index):
             return torch.zeros(3, 8, 12), index % 2
 
-    monkeypatch.setattr(visionzoo.data, "create_dataset", lambda *args, **kwargs: Wide())
+    monkeypatch.setattr(visionzoo.data.factory, "create_dataset", lambda *args, **kwargs: Wide())
     with pytest.raises(ValueError, match="--rot90 needs square images; wide's are 8×12"):
         ClassificationTask.setup("resnet18", "wide", None, {}, options={"rot90": 0.5})
     setup = ClassificationTask.setup("resnet18", "wide", None, {}, options={"hflip": 0.5, "vflip": 0.5})

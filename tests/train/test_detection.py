@@ -173,6 +173,59 @@ def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
         load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
 
 
+def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names_the_train_file(tmp_path, capsys):
+    # before: eval built every split, so a folder holding only COCO's val annotations failed on instances_train.json
+    import shutil
+
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    (folder / "annotations" / "instances_train.json").unlink()
+    shutil.rmtree(folder / "train")
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder), "--split", "val",
+                 "--json"]) == 0
+    assert "map_50" in json.loads(capsys.readouterr().out)
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder)]) == 2  # test split
+    assert "no annotations for split 'test'" in capsys.readouterr().err
+    assert main(["train", "fasterrcnn_shapes", "--data", str(folder), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no annotations for split 'train'" in err and "instances_train.json" in err
+
+
+def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_its_eval_skips_them_too(tmp_path, capsys, caplog):
+    # before: the refusal's advice, skip_invalid=True, had no CLI flag
+    from visionzoo.cli import main
+    from visionzoo.train.run import checkpoint_metadata
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    for split in ("train", "val"):
+        ann_file = folder / "annotations" / f"instances_{split}.json"
+        content = json.loads(ann_file.read_text())
+        content["annotations"][0]["bbox"][2] = 0
+        ann_file.write_text(json.dumps(content))
+    run = tmp_path / "run"
+    train = ["train", "fasterrcnn_shapes", "--data", str(folder), "--out", str(run), "--max-steps", "1",
+             "--batch-size", "2", "--no-progress", "--model-arg", "rpn_pre_nms_top_n_test=50"]
+    capsys.readouterr()
+    assert main(train) == 2
+    assert "--skip-invalid-boxes" in capsys.readouterr().err
+    assert main([*train, "--skip-invalid-boxes"]) == 0
+    assert "skipped 1 boxes with no area" in caplog.text
+    checkpoint = run / "checkpoint.safetensors"
+    assert checkpoint_metadata(checkpoint)["run"]["options"]["skip_invalid_boxes"] is True
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(checkpoint), "--data", str(folder), "--split", "val",
+                 "--json"]) == 0
+    assert main(["train", "resnet18", "--data", "digits", "--out", str(tmp_path / "other"), "--skip-invalid-boxes"]) == 2
+    assert "--skip-invalid-boxes is for detection models" in capsys.readouterr().err
+
+
 def test_a_coco_folder_without_categories_is_refused_naming_its_file(tmp_path, capsys):
     # before: "num_classes counts the background and must be at least 2, got 1", naming no file
     from PIL import Image

@@ -337,7 +337,7 @@ class CocoDetection(Dataset):
                 raise ValueError(
                     f"{self.ann_file}: {name}: box {entry['bbox']} {_why_no_area(entry['bbox'])} "
                     f"(image id {entry['image_id']!r}, {image['width']}x{image['height']}); "
-                    "pass skip_invalid=True to drop such boxes"
+                    "pass skip_invalid=True (`visionzoo train --skip-invalid-boxes`) to drop such boxes"
                 )
             segmentation = entry.get("segmentation")
             if segmentation is not None:

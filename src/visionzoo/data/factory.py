@@ -91,6 +91,43 @@ def create_dataset(
     )
 
 
+class Splits(dict):
+    """A run's data splits by name. A split that ``data`` lacks (a COCO folder without its annotations) is absent:
+    ``get`` gives None and indexing raises the FileNotFoundError that names the files looked for."""
+
+    def __init__(self, splits: dict[str, Dataset], missing: dict[str, FileNotFoundError]):
+        super().__init__(splits)
+        self.missing = missing
+
+    def __missing__(self, split: str) -> Dataset:
+        if split in self.missing:
+            raise self.missing[split]
+        raise KeyError(split)
+
+    def first(self) -> Dataset:
+        """The first split present (train where there is one): it gives the classes and image size of a trained
+        model's data, which are the same in every split (inference checks them against the checkpoint's)."""
+        return next(iter(self.values()))
+
+
+def open_splits(data: str | Path, names: tuple[str, ...] = ("train", "val", "test"), image_size: int | None = None,
+                **kwargs: Any) -> Splits:
+    """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
+    data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
+    evaluated). None at all raises the first split's FileNotFoundError."""
+    splits, missing = {}, {}
+    for split in names:
+        try:
+            splits[split] = create_dataset(data, split, image_size=image_size, **kwargs)
+        except FileNotFoundError as error:
+            if not Path(data).expanduser().is_dir():  # a missing dataset path, not a missing split
+                raise
+            missing[split] = error
+    if not splits:
+        raise missing[names[0]]
+    return Splits(splits, missing)
+
+
 def collate_detection(
     batch: list[tuple[torch.Tensor, dict[str, Any]]],
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

@@ -253,12 +253,12 @@ class AutoregressiveTask(Task):
         """Build the model and the splits. Image GPT: ``img_size`` defaults to its registered 16 and the palette
         is fitted on the training split. The code prior: ``--tokenizer`` gives the tokenizer's architecture,
         weights and image size. With a ``checkpoint`` both come from it instead."""
-        from visionzoo.data import create_dataset
+        from visionzoo.data import Splits, open_splits
         from visionzoo.models import create_model, get_model_entry
         from visionzoo.models._registry import load_checkpoint
 
-        def splits_at(size: int | None) -> dict[str, Dataset]:
-            return {split: create_dataset(data, split, image_size=size) for split in ("train", "val", "test")}
+        def splits_at(size: int | None) -> Splits:
+            return open_splits(data, image_size=size)
 
         options = dict(options or {})
         model_args = dict(model_args)
@@ -271,7 +271,7 @@ class AutoregressiveTask(Task):
             model = create_model(model_name, checkpoint=checkpoint, **model_args)
             splits = splits_at(img_size or model.img_size)
             if model.gpt.num_classes:
-                _check_labelled(splits["train"], data, model_name)
+                _check_labelled(splits.first(), data, model_name)
         else:
             if code_prior:
                 tokenizer, tokenizer_size = _tokenizer_record(options.get("tokenizer"), model_name)
@@ -298,8 +298,8 @@ class AutoregressiveTask(Task):
                                      f"but {data} has {image.shape[0]} channels")
             else:
                 model.fit_palette(_palette_images(splits["train"]), generator=torch.Generator().manual_seed(0))
-        image = splits["train"][0][0]
-        classes = list(getattr(splits["train"], "classes", []))
+        image = splits.first()[0][0]
+        classes = list(getattr(splits.first(), "classes", []))
         if model.gpt.num_classes not in (0, len(classes)):
             raise ValueError(f"the model is conditioned on {model.gpt.num_classes} classes, {data} has {len(classes)}")
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}

@@ -212,17 +212,17 @@ class ClassificationTask(Task):
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-        from visionzoo.data import create_dataset
+        from visionzoo.data import open_splits
 
         options = dict(options or {})
         objective = options.get("objective") or "classify"
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
-        image, target = splits["train"][0]
+        splits = open_splits(data, image_size=img_size)
+        image, target = splits.first()[0]
         class_label(target)
         in_chans, size = image.shape[0], image.shape[-1]
-        classes = splits["train"].classes
+        classes = splits.first().classes
         translate = options.get("translate")
         flips = {name: options.get(name, 0.0) for name in ("hflip", "vflip", "rot90")}
         if flips["rot90"] and image.shape[-2] != size:

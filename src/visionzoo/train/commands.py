@@ -247,7 +247,7 @@ def predict_command(args: argparse.Namespace) -> int:
                for p, pred in zip(args.images, predictions)]  # pictures carry the tensors
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
-        label_to_cat_id = getattr(setup.splits["train"], "label_to_cat_id", None)
+        label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None)
         Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
@@ -327,7 +327,7 @@ def sample_command(args: argparse.Namespace) -> int:
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:
-        settings["label"] = _class_index(args.label, getattr(setup.splits["train"], "classes", None))
+        settings["label"] = _class_index(args.label, getattr(setup.splits.first(), "classes", None))
     autocast = autocast_context(torch.device("cpu"), args.precision)
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

@@ -228,27 +228,29 @@ class DetectionTask(Task):
         group.add_argument("--scale-jitter", metavar="SIZES",
                            help="training short sides: LOW-HIGH in steps of 32 (e.g. 96-160) or a comma list; "
                                 "evaluation keeps the model's min_size")
+        group.add_argument("--skip-invalid-boxes", action="store_const", const=True, default=None,
+                           help="a COCO folder's boxes with no area inside their image are dropped (the count is "
+                                "logged) instead of refused; kept for eval of the run")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-        from visionzoo.data import create_dataset
+        from visionzoo.data import DATASETS, Splits, open_splits
         from visionzoo.models import create_model
 
-        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val")}
-        try:
-            splits["test"] = create_dataset(data, "test", image_size=img_size)
-        except FileNotFoundError:  # a COCO folder may have no test annotations
-            pass
-        classes = list(splits["train"].classes)
+        options = options or {}
+        folder_args = {"skip_invalid": True} if options.get("skip_invalid_boxes") and str(data).lower() not in DATASETS else {}
+        splits = open_splits(data, image_size=img_size, **folder_args)
+        reference = splits.first()
+        classes = list(reference.classes)
         if not classes:  # else the model's "num_classes ... must be at least 2, got 1", naming no file
-            source = getattr(splits["train"], "ann_file", data)
+            source = getattr(reference, "ann_file", data)
             raise ValueError(f"{source}: 'categories' is empty: a detector needs at least one class")
         model = create_model(model_name, checkpoint=checkpoint, num_classes=len(classes) + 1, **model_args)
-        if (options or {}).get("scale_jitter"):
+        if options.get("scale_jitter"):
             apply_scale_jitter(model, options["scale_jitter"])
-        image, _ = splits["train"][0]
+        image, _ = reference[0]
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         if getattr(model, "uses_external_proposals", False) and model.cache_proposals:
-            splits = {name: with_cached_proposals(split, model) for name, split in splits.items()}
+            splits = Splits({name: with_cached_proposals(split, model) for name, split in splits.items()}, splits.missing)
         return Setup(cls(classes), model, splits, run_meta)

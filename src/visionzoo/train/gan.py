@@ -150,7 +150,7 @@ class GANTask(Task):
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
         """The data's channels and side become the model's ``in_chans`` and ``img_size``; ``img_size`` defaults to
         32 on Digits and 64 on Shapes. Other data (a COCO folder) are refused: the FID has no features for them."""
-        from visionzoo.data import create_dataset
+        from visionzoo.data import open_splits
         from visionzoo.metrics.domain import DEFAULT_SIZES, DOMAIN_DATA
         from visionzoo.models import create_model
 
@@ -158,8 +158,8 @@ class GANTask(Task):
             raise ValueError(f"{model_name} trains on {', '.join(DOMAIN_DATA)}, not {data}: the gan task's FID needs "
                              "their domain features, which other data have none of")
         img_size = img_size or DEFAULT_SIZES.get(str(data).lower())  # Digits' own 8 px is below DCGAN's 16
-        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
-        image, _ = splits["train"][0]
+        splits = open_splits(data, image_size=img_size)
+        image, _ = splits.first()[0]
         in_chans, size = int(image.shape[0]), int(image.shape[-1])
         model_args = dict(model_args)
         for name, value in (("in_chans", in_chans), ("img_size", size)):

@@ -95,14 +95,14 @@ class ReconstructionTask(Task):
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-        from visionzoo.data import create_dataset
+        from visionzoo.data import open_splits
         from visionzoo.models import create_model, get_model_entry
 
         # The registered size sets the code grid the model was designed for (vqgan_f8: 8×8 at 64 px), so it is
         # the default rather than the data set's own (Shapes: 128 px, a 16×16 grid at four times the cost).
         img_size = img_size or get_model_entry(model_name).default_cfg["input_size"][-1]
-        splits = {split: create_dataset(data, split, image_size=img_size) for split in ("train", "val", "test")}
-        image, _ = splits["train"][0]
+        splits = open_splits(data, image_size=img_size)
+        image, _ = splits.first()[0]
         model_args = dict(model_args)
         model_args.setdefault("in_chans", int(image.shape[0]))
         model = create_model(model_name, checkpoint=checkpoint, **model_args)

@@ -85,13 +85,12 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     torch.manual_seed(config.seed)  # the initial weights follow the run's seed
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     train = training_images(setup.splits["train"], train_images, data)
+    val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     run_meta = {**setup.run_meta, "options": dict(options or {}), "train_images": len(train)}
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
-    val = setup.splits.get("val")
-    result = fit(setup.task, setup.model, train,
-                 None if val is None else first_items(val, val_images), config, run_meta)
+    result = fit(setup.task, setup.model, train, first_items(val, val_images), config, run_meta)
     return setup, result
 
 
