@@ -119,3 +119,41 @@ def test_iscrowd_of_another_length_than_the_ground_truth_is_named():
     with pytest.raises(ValueError, match="iscrowd needs one flag per ground truth: 2 ground truths, 1 flags"):
         mask_iou([mask], [mask, mask], [0])
     assert mask_iou([mask], [mask, ~mask], [1, 0]).tolist() == [[1.0, 0.0]]
+
+
+def _box_rle(h, w, x0, y0, x1, y1):
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    enc = mask_utils.encode(np.asfortranarray(m))
+    enc["counts"] = enc["counts"].decode()
+    return enc
+
+
+def test_segm_results_with_boxes_take_their_area_from_the_box_as_pycocotools(reference_eval):
+    # before: a false positive with a 20x20 mask but a 40x40 bbox (Detectron2 and MMDetection write
+    # both) was ignored in the medium range, giving APm 1.0 where pycocotools gives 0.5
+    h, w = 100, 120
+    gt = {
+        "images": [{"id": 1, "height": h, "width": w}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50),
+             "area": 1600.0, "bbox": [10, 10, 40, 40], "iscrowd": 0}
+        ],
+    }
+    dets = [
+        {"image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 80, 60, 100, 80),
+         "bbox": [0, 0, 40, 40], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50),
+         "bbox": [10, 10, 40, 40], "score": 0.5},
+    ]
+    ref = reference_eval(gt, dets, iou_type="segm")
+    ours = coco_evaluate(gt, dets, iou_type="segm")
+    np.testing.assert_allclose([ours[n] for n in SUMMARY_NAMES], ref.stats, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours["precision"], ref.eval["precision"])
+    assert ours["APm"] == pytest.approx(0.5)
+    without_boxes = [{k: v for k, v in d.items() if k != "bbox"} for d in dets]
+    assert coco_evaluate(gt, without_boxes, iou_type="segm")["APm"] == pytest.approx(1.0)  # the mask's area
+    dets[1].pop("bbox")
+    with pytest.raises(ValueError, match=r"result 1 has no 'bbox'"):
+        coco_evaluate(gt, dets, iou_type="segm")

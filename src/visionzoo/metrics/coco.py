@@ -10,9 +10,10 @@ by walking score ranks (at most ``max_dets[-1]`` steps) over all groups, thresho
 ranges together; precision is read only at true positives, with segmented reductions.
 
 Conventions (pycocotools'): detection boxes are ``[x, y, w, h]``; a detection's area is ``w * h``
-(its mask area for ``"segm"``); a ground truth's area is its ``area`` field; crowd ground truth is
-ignored and its IoU divides by the detection's area; detections are ranked by score with ties
-kept in input order; precision uses the 101-point interpolated envelope; -1 marks undefined.
+(for ``"segm"`` its mask area, or its ``bbox``'s when the results carry boxes); a ground truth's
+area is its ``area`` field; crowd ground truth is ignored and its IoU divides by the detection's
+area; detections are ranked by score with ties kept in input order; precision uses the 101-point
+interpolated envelope; -1 marks undefined.
 """
 
 from __future__ import annotations
@@ -351,13 +352,25 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     )
 
 
+def _result_boxes(data: list, what: str) -> np.ndarray:
+    """float64[D, 4] ``bbox`` of every result; a ValueError names the first without 4 finite numbers."""
+    boxes = _float_matrix(_column(data, "bbox", what), 4, what, "bbox")
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what} {i} has a non-finite bbox {boxes[i].tolist()}")
+    return boxes
+
+
 def load_detections(
     dets: Sequence[Mapping] | str | os.PathLike, gt: CocoGroundTruth, iou_type: str = "bbox"
 ) -> CocoDetections:
     """Read COCO results (a list of dicts or a JSON file) into columns against ``gt``.
 
     Each result needs ``image_id``, ``category_id``, ``score`` and ``bbox`` (``[x, y, w, h]``) or,
-    for ``segm``, ``segmentation`` (an RLE). Raises ValueError for an image id absent from the
+    for ``segm``, ``segmentation`` (an RLE; when the first result also has a ``bbox``, as
+    Detectron2's and MMDetection's do, every result needs one and its ``w * h`` is the area the
+    area ranges test, as in pycocotools). Raises ValueError for an image id absent from the
     ground truth (pycocotools asserts), a NaN score or a non-finite box, naming the entry.
     Results of a category the ground truth does not list are left out, as pycocotools leaves them
     out; their count is ``num_dropped``.
@@ -382,12 +395,13 @@ def load_detections(
         ]
         boxes = rle_boxes(masks)
         area = rle_area(masks)
+        if data and isinstance(data[0], Mapping) and data[0].get("bbox", []) != []:
+            # pycocotools' loadRes reads results as boxes when the first one has a bbox: every
+            # result's area (what the area ranges test) is then its bbox's w * h, not its mask's
+            boxes = _result_boxes(data, what)
+            area = boxes[:, 2] * boxes[:, 3]
     else:
-        boxes = _float_matrix(_column(data, "bbox", what), 4, what, "bbox")
-        bad = ~np.isfinite(boxes).all(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{what} {i} has a non-finite bbox {boxes[i].tolist()}")
+        boxes = _result_boxes(data, what)
         area = boxes[:, 2] * boxes[:, 3]
     if len(gt.category_ids):
         pos = np.minimum(np.searchsorted(gt.category_ids, det_cat), len(gt.category_ids) - 1)
