@@ -267,3 +267,41 @@ def test_evaluate_names_the_ap_of_a_single_class_data_set(monkeypatch):
     monkeypatch.setattr(task, "detect_all", lambda *args: (detections, [{"boxes": box, "labels": torch.tensor([1])}]))
     metrics = task.evaluate(None, None, 1, contextlib.nullcontext)
     assert metrics["ap/circle"] == pytest.approx(1.0) and metrics["map"] == pytest.approx(1.0)
+
+
+class _FixedDetector(torch.nn.Module):
+    """Returns the same detections for every image, whatever it is given."""
+
+    def __init__(self, detection):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.detection = detection
+
+    def forward(self, images):
+        return [dict(self.detection) for _ in images]
+
+
+def test_evaluate_on_a_coco_folder_ignores_crowd_regions_and_reads_areas_from_the_file_as_pycocotools(tmp_path):
+    # before: the batches lost 'iscrowd' and 'area', so a crowd region counted as an object to find (map 0.5)
+    # and a box's area replaced the file's mask area in the small/medium/large split (map_small 1, map_medium -1)
+    from visionzoo.data.coco import CocoDetection
+    from visionzoo.metrics import coco_evaluate
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "area": 2000.0, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 30, 30, 30], "area": 900.0, "iscrowd": 1},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    detection = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    reference = coco_evaluate(ground_truth, [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "score": 0.9}])
+    names = {"map": "AP", "map_small": "APs", "map_medium": "APm", "map_large": "APl", "mar_100": "AR100"}
+    assert [metrics[k] for k in names] == pytest.approx([reference[v] for v in names.values()])
+    assert (metrics["map"], metrics["map_small"], metrics["map_medium"]) == (pytest.approx(1.0), -1.0, pytest.approx(1.0))

@@ -3,7 +3,8 @@
 The model (any registered ``task="detection"`` model, e.g. ``fasterrcnn_shapes``) takes a list of
 images in [0, 1] and target dicts, and returns its losses in train mode (their sum is optimised);
 in eval mode it returns ``{boxes, labels, scores}`` per image, scored here with COCO's metrics
-(``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP). Training images are flipped left-right
+(``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP; crowd regions ignored and the data set's
+``area`` splitting small/medium/large, as pycocotools does with the annotation file). Training images are flipped left-right
 at random with their boxes; scale jitter is the detector's own (``min_size`` as a tuple, which
 ``--scale-jitter`` sets). At the end of training the run folder gets ``pr_curve.png`` and ``detections.png``.
 
@@ -118,8 +119,13 @@ class DetectionTask(Task):
         self._last_detections = None
 
     def collate(self, samples: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Images and targets: ``boxes``, ``labels`` and, where the data set gives them, ``iscrowd`` and
+        ``area`` (which evaluation needs: crowd regions are ignored, areas split small/medium/large as
+        the file says) and ``proposals``."""
         images = [image for image, _ in samples]
         targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long(),
+                    **({"iscrowd": target["iscrowd"].long()} if "iscrowd" in target else {}),
+                    **({"area": target["area"].float()} if "area" in target else {}),
                     **({"proposals": target["proposals"].float()} if "proposals" in target else {})}
                    for _, target in samples]
         return images, targets
@@ -129,6 +135,7 @@ class DetectionTask(Task):
         flips = torch.rand(len(images), generator=self.generator) < self.flip
         pairs = [hflip(image, target) if flip else (image, target) for image, target, flip in zip(images, targets, flips)]
         targets, proposals = split_proposals([target for _, target in pairs])
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         extra = {} if proposals is None else {"proposals": proposals}
         losses = model([image for image, _ in pairs], targets, **extra)
         return {"loss": sum(losses.values()), **{name: value.detach() for name, value in losses.items()}}
