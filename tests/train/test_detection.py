@@ -305,3 +305,21 @@ def test_evaluate_on_a_coco_folder_ignores_crowd_regions_and_reads_areas_from_th
     names = {"map": "AP", "map_small": "APs", "map_medium": "APm", "map_large": "APl", "mar_100": "AR100"}
     assert [metrics[k] for k in names] == pytest.approx([reference[v] for v in names.values()])
     assert (metrics["map"], metrics["map_small"], metrics["map_medium"]) == (pytest.approx(1.0), -1.0, pytest.approx(1.0))
+
+
+def test_training_leaves_crowd_regions_out_of_the_targets():
+    # before: an iscrowd region (a crowd of people as one box) trained as one more object of its class
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images, targets):
+            seen.extend(targets)
+            return {"loss": torch.zeros(())}
+
+    task = DetectionTask(["a", "b"], flip=0.0)
+    boxes = torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 30.0, 30.0], [5.0, 5.0, 12.0, 14.0]])
+    sample = {"boxes": boxes, "labels": torch.tensor([1, 2, 2]), "iscrowd": torch.tensor([0, 1, 0]),
+              "area": torch.tensor([64.0, 700.0, 63.0])}
+    task.training_step(Recorder(), task.collate([(torch.zeros(3, 32, 32), sample)]), "adamw")
+    assert set(seen[0]) == {"boxes", "labels"}
+    assert seen[0]["boxes"].tolist() == boxes[[0, 2]].tolist() and seen[0]["labels"].tolist() == [1, 2]

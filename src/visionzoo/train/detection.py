@@ -1,7 +1,8 @@
 """Object detection as a training task: a detector's own loss dict, COCO mAP on evaluation.
 
 The model (any registered ``task="detection"`` model, e.g. ``fasterrcnn_shapes``) takes a list of
-images in [0, 1] and target dicts, and returns its losses in train mode (their sum is optimised);
+images in [0, 1] and target dicts (crowd regions left out), and returns its losses in train mode (their
+sum is optimised);
 in eval mode it returns ``{boxes, labels, scores}`` per image, scored here with COCO's metrics
 (``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP; crowd regions ignored and the data set's
 ``area`` splitting small/medium/large, as pycocotools does with the annotation file). Training images are flipped left-right
@@ -46,6 +47,15 @@ def split_proposals(targets: Sequence[dict[str, torch.Tensor]]) -> tuple[list[di
     if not targets or "proposals" not in targets[0]:
         return list(targets), None
     return ([{k: v for k, v in t.items() if k != "proposals"} for t in targets], [t["proposals"] for t in targets])
+
+
+def training_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a detector trains on: ``boxes`` Tensor[N, 4] and ``labels`` Tensor[N] without the crowd regions
+    (``iscrowd`` 1: one box over many objects, ignored as torchvision's COCO recipes ignore it)."""
+    if "iscrowd" not in target:
+        return {"boxes": target["boxes"], "labels": target["labels"]}
+    keep = target["iscrowd"] == 0
+    return {"boxes": target["boxes"][keep], "labels": target["labels"][keep]}
 
 
 SCALE_JITTER_STEP = 32
@@ -135,7 +145,7 @@ class DetectionTask(Task):
         flips = torch.rand(len(images), generator=self.generator) < self.flip
         pairs = [hflip(image, target) if flip else (image, target) for image, target, flip in zip(images, targets, flips)]
         targets, proposals = split_proposals([target for _, target in pairs])
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        targets = [training_target(t) for t in targets]
         extra = {} if proposals is None else {"proposals": proposals}
         losses = model([image for image, _ in pairs], targets, **extra)
         return {"loss": sum(losses.values()), **{name: value.detach() for name, value in losses.items()}}
