@@ -1,6 +1,7 @@
 """Mask IoU and ``segm`` evaluation against pycocotools (the mask codec itself: tests/data/test_masks.py)."""
 
 import copy
+import json
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -157,3 +158,28 @@ def test_segm_results_with_boxes_take_their_area_from_the_box_as_pycocotools(ref
     dets[1].pop("bbox")
     with pytest.raises(ValueError, match=r"result 1 has no 'bbox'"):
         coco_evaluate(gt, dets, iou_type="segm")
+
+
+def test_a_mask_of_another_size_than_its_image_is_named(tmp_path):
+    # before: "mask sizes differ: detection 120x100, ground truth 100x120", naming neither the file nor
+    # the result, and only when the mask met a ground truth (else it was evaluated as if it fitted)
+    h, w = 100, 120
+    gt = {
+        "images": [{"id": 1, "height": h, "width": w}, {"id": 2, "height": h, "width": w}],
+        "categories": [{"id": 1}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50),
+                         "area": 1600.0, "iscrowd": 0}],
+    }
+    good = {"image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50), "score": 0.9}
+    for image_id in (1, 2):
+        bad = {"image_id": image_id, "category_id": 1, "segmentation": _box_rle(w, h, 10, 10, 50, 50), "score": 0.8}
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps([good, bad]))
+        with pytest.raises(ValueError, match=rf"results\.json: result 1: mask is 120x100 but image {image_id} is 100x120"):
+            coco_evaluate(gt, path, iou_type="segm")
+    gt["annotations"][0]["segmentation"] = _box_rle(w, h, 10, 10, 50, 50)
+    with pytest.raises(ValueError, match=r"ground truth: annotation 0: mask is 120x100 but image 1 is 100x120"):
+        coco_evaluate(gt, [good], iou_type="segm")
+    gt["images"][0].pop("height")  # no size to check against: the masks are compared with each other
+    with pytest.raises(ValueError, match="mask sizes differ"):
+        coco_evaluate(gt, [good], iou_type="segm")

@@ -299,13 +299,24 @@ def _index_of(ids: np.ndarray, sorted_ids: np.ndarray, what: str, name: str) -> 
     return pos.astype(np.int64)
 
 
+def _check_mask_sizes(masks: list, image_ids: list, sizes: Mapping, what: str) -> None:
+    """Raise ValueError naming the first mask whose size is not its image's ``(height, width)`` (when known)."""
+    for i, (mask, image_id) in enumerate(zip(masks, image_ids)):
+        height, width = sizes.get(image_id, (None, None))
+        if height is not None and width is not None and (mask.height, mask.width) != (height, width):
+            raise ValueError(
+                f"{what} {i}: mask is {mask.height}x{mask.width} but image {image_id!r} is {height}x{width}"
+            )
+
+
 def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -> CocoGroundTruth:
     """Read a COCO ground-truth dict or JSON file into columns.
 
     Needs ``images`` and ``categories``; each annotation needs ``id``, ``image_id``,
     ``category_id`` and ``bbox`` (``segmentation`` for ``segm``). ``iscrowd`` defaults to 0 and
     ``area`` to the box (or mask) area. Raises ValueError naming the file and the offending entry
-    for an annotation of an unknown image or category, duplicate annotation ids, or bad values.
+    for an annotation of an unknown image or category, duplicate annotation ids, bad values, or (for
+    ``segm``) a mask whose size is not its image's ``height`` x ``width``.
     """
     name = str(gt) if isinstance(gt, str | os.PathLike) else "ground truth"
     data = _read_json(gt, "ground-truth") if isinstance(gt, str | os.PathLike) else gt
@@ -340,6 +351,7 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
             to_rle(seg, *sizes[img], f"{what} {i}")
             for i, (seg, img) in enumerate(zip(_column(anns, "segmentation", what), ann_image.tolist()))
         ]
+        _check_mask_sizes(masks, ann_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         default_area = rle_area(masks)
     else:
@@ -371,7 +383,8 @@ def load_detections(
     for ``segm``, ``segmentation`` (an RLE; when the first result also has a ``bbox``, as
     Detectron2's and MMDetection's do, every result needs one and its ``w * h`` is the area the
     area ranges test, as in pycocotools). Raises ValueError for an image id absent from the
-    ground truth (pycocotools asserts), a NaN score or a non-finite box, naming the entry.
+    ground truth (pycocotools asserts), a NaN score, a non-finite box or a mask of another size than
+    its image, naming the entry.
     Results of a category the ground truth does not list are left out, as pycocotools leaves them
     out; their count is ``num_dropped``.
     """
@@ -393,6 +406,7 @@ def load_detections(
             to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
             for i, (seg, img) in enumerate(zip(_column(data, "segmentation", what), det_image.tolist()))
         ]
+        _check_mask_sizes(masks, det_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         area = rle_area(masks)
         if data and isinstance(data[0], Mapping) and data[0].get("bbox", []) != []:
