@@ -153,6 +153,8 @@ def test_segm_results_with_boxes_take_their_area_from_the_box_as_pycocotools(ref
     np.testing.assert_allclose([ours[n] for n in SUMMARY_NAMES], ref.stats, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(ours["precision"], ref.eval["precision"])
     assert ours["APm"] == pytest.approx(0.5)
+    as_arrays = [dict(d, bbox=np.array(d["bbox"], dtype=float)) for d in dets]
+    assert coco_evaluate(gt, as_arrays, iou_type="segm")["APm"] == pytest.approx(0.5)
     without_boxes = [{k: v for k, v in d.items() if k != "bbox"} for d in dets]
     assert coco_evaluate(gt, without_boxes, iou_type="segm")["APm"] == pytest.approx(1.0)  # the mask's area
     dets[1].pop("bbox")

@@ -409,7 +409,8 @@ def load_detections(
         _check_mask_sizes(masks, det_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         area = rle_area(masks)
-        if data and isinstance(data[0], Mapping) and data[0].get("bbox", []) != []:
+        first_box = data[0].get("bbox") if data and isinstance(data[0], Mapping) else None
+        if first_box is not None and len(first_box) > 0:
             # pycocotools' loadRes reads results as boxes when the first one has a bbox: every
             # result's area (what the area ranges test) is then its bbox's w * h, not its mask's
             boxes = _result_boxes(data, what)
