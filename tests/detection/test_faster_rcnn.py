@@ -151,3 +151,26 @@ def test_one_image_tensor_no_images_and_float64_images_in_eval_mode():
     assert double["boxes"].dtype == torch.float32
     torch.testing.assert_close(double["scores"], single["scores"])
     torch.testing.assert_close(double["boxes"], single["boxes"])
+
+
+def test_images_and_targets_of_the_wrong_kind_raise_one_clear_error_each():
+    # before: AttributeError ("'numpy.ndarray' object has no attribute 'dim'"), ZeroDivisionError for an
+    # image of height 0, "1 images but 2 targets" for one target dict, and "Boolean value of Tensor with
+    # more than one value is ambiguous" for a (boxes, labels) tuple
+    import numpy as np
+
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64).eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"image 0 must be a Tensor\[3, H, W\], got ndarray"):
+            model([np.zeros((3, 64, 64), np.float32)])
+        with pytest.raises(ValueError, match=r"image 1 must be a Tensor\[3, H, W\], got list"):
+            model([torch.rand(3, 64, 64), [[0.5]]])
+        with pytest.raises(ValueError, match=r"image 0 has no pixels: \(3, 0, 64\)"):
+            model([torch.rand(3, 0, 64)])
+    model.train()
+    image = [torch.rand(3, 64, 64)]
+    boxes, labels = torch.tensor([[1.0, 2.0, 30.0, 40.0]]), torch.tensor([1])
+    with pytest.raises(ValueError, match=r"targets must be a list of dicts \(boxes, labels\), one per image, got dict"):
+        model(image, {"boxes": boxes, "labels": labels})
+    with pytest.raises(ValueError, match=r"target of image 0 must be a dict with 'boxes' and 'labels', got tuple"):
+        model(image, [(boxes, labels)])

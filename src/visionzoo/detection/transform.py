@@ -9,7 +9,7 @@ detections are scaled back to each input's size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +36,9 @@ def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence
 def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
                     targets: Sequence[dict[str, Tensor]] | None) -> tuple[list[Tensor], list[tuple[int, int]]]:
     """What every detector's forward starts with: the images as a list (a Tensor[B, 3, H, W] is split),
-    their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`). Floating-point
-    images are cast to the detector's dtype (float64 images into a float32 model)."""
+    their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`); an image that is
+    not a Tensor or has no pixels is named. Floating-point images are cast to the detector's dtype (float64
+    images into a float32 model)."""
     if isinstance(images, Tensor):
         if images.dim() != 4:
             raise ValueError(f"images must be a list of Tensor[3, H, W] or one Tensor[B, 3, H, W], got one Tensor"
@@ -45,6 +46,11 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
     images = list(images)
     if not images:
         raise ValueError(f"{type(detector).__name__} got no images")
+    for index, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise ValueError(f"image {index} must be a Tensor[3, H, W], got {type(image).__name__}")
+        if image.dim() == 3 and 0 in image.shape[-2:]:  # else a division by zero when it is resized
+            raise ValueError(f"image {index} has no pixels: {tuple(image.shape)}")
     param = next(detector.parameters(), None)
     if param is not None and param.is_floating_point():
         images = [image.to(param.dtype) if isinstance(image, Tensor) and image.is_floating_point() else image
@@ -58,12 +64,17 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
 
 
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
-    """Raise ValueError naming the image and the box for a bad training target: missing keys, boxes not
-    Tensor[N, 4], a non-finite or degenerate box (x2 ≤ x1 or y2 ≤ y1), labels that are not integers, or a
-    label outside 1..num_classes-1."""
+    """Raise ValueError naming the image and the box for a bad training target: targets not a list of dicts,
+    missing keys, boxes not Tensor[N, 4], a non-finite or degenerate box (x2 ≤ x1 or y2 ≤ y1), labels that
+    are not integers, or a label outside 1..num_classes-1."""
+    if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
+        raise ValueError(f"targets must be a list of dicts (boxes, labels), one per image, got {type(targets).__name__}")
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     for index, target in enumerate(targets):
+        if not isinstance(target, Mapping):
+            raise ValueError(f"target of image {index} must be a dict with 'boxes' and 'labels', "
+                             f"got {type(target).__name__}")
         if "boxes" not in target or "labels" not in target:
             raise ValueError(f"target of image {index} needs 'boxes' and 'labels', has {sorted(target)}")
         boxes, labels = target["boxes"], target["labels"]
