@@ -19,16 +19,36 @@ NAME = "fasterrcnn_resnet50_fpn"
 SMALL = dict(min_size=160, max_size=200)
 
 
+def torchvision_coco_model(**kwargs):
+    """What torchvision's fasterrcnn_resnet50_fpn(weights=COCO_V1) builds before loading them: frozen batch norms
+    (epsilon 0 once loaded, overwrite_eps), conv1 and layer1 frozen."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91, **kwargs)
+    for module in model.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.eps = 0.0
+    return model
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """torchvision's detector with random weights (sharpened heads: spread scores), saved under the file name of
-    its official URL and served from 127.0.0.1; yields the model, the server's URL, the requests and the sha256."""
+    """torchvision's detector as it runs its COCO weights, with random weights (sharpened heads: spread scores;
+    a stem batch norm of small variance, so that its epsilon shows), saved under the file name of its official
+    URL and served from 127.0.0.1; yields the model, the server's URL, the requests and the sha256."""
     root = tmp_path_factory.mktemp("www")
     torch.manual_seed(0)
-    reference = torchvision_fasterrcnn(weights=None, weights_backbone=None, **SMALL).eval()
-    with torch.no_grad():
-        reference.roi_heads.box_predictor.cls_score.weight.mul_(30)
-        reference.rpn.head.cls_logits.weight.mul_(30)
+    weights = torchvision_fasterrcnn(weights=None, weights_backbone=None, **SMALL).state_dict()
+    weights["roi_heads.box_predictor.cls_score.weight"] *= 30
+    weights["rpn.head.cls_logits.weight"] *= 30
+    weights["backbone.body.bn1.running_var"].fill_(1e-4)
+    weights["backbone.body.bn1.weight"].fill_(1e-2)
+    reference = torchvision_coco_model(**SMALL)
+    reference.load_state_dict(weights)
+    reference.eval()
     path = root / "models" / Path(get_model_entry(NAME).pretrained.url).name
     path.parent.mkdir()
     torch.save(reference.state_dict(), path)
@@ -76,6 +96,36 @@ def test_pretrained_downloads_verifies_and_gives_torchvision_detections(served, 
     # pixel coordinates up to 200, decoded by our own box coder: float32 rounding differs by a few ulps
     torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
+
+
+def test_pretrained_fine_tunes_as_torchvision_its_coco_weights(served, monkeypatch, tmp_path):
+    # before: pretrained=True built batch norms that trained (batch statistics, running statistics overwritten
+    # by every training step) with epsilon 1e-5 where torchvision's are frozen with epsilon 0, and trained
+    # conv1 and layer1: other detections, other losses
+    reference, url, _, digest = served
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", url)
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    entry = get_model_entry(NAME)
+    monkeypatch.setitem(registry._MODELS, NAME, dataclasses.replace(
+        entry, pretrained=dataclasses.replace(entry.pretrained, sha256=digest[:8])))
+    model = create_model(NAME, pretrained=True, **SMALL)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in reference.named_parameters() if p.requires_grad}
+    assert not any(name.startswith(("backbone.body.conv1", "backbone.body.layer1")) for name in trainable)
+    images = [torch.rand(3, 150, 190, generator=torch.Generator().manual_seed(2))]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 120.0]]), "labels": torch.tensor([3])}]
+    reference.train()
+    try:
+        torch.manual_seed(4)
+        expected = reference(images, [dict(t) for t in targets])
+        torch.manual_seed(4)
+        got = model.train()(images, [dict(t) for t in targets])
+    finally:
+        reference.eval()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
+    unfrozen = create_model(NAME, pretrained=True, frozen_batch_norm=False, **SMALL).backbone.body.bn1
+    assert isinstance(unfrozen, torch.nn.BatchNorm2d) and unfrozen.eps == 0.0  # given keywords win, one by one
 
 
 def test_a_file_that_fails_the_registered_hash_is_refused(served, monkeypatch, tmp_path):

@@ -131,7 +131,7 @@ class FasterRCNN(nn.Module):
 
 def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channels: int = 256,
                  trainable_layers: int | None = None, frozen_batch_norm: bool = False, extra_pool: bool = True,
-                 **backbone_args: Any) -> BackboneWithFPN:
+                 batch_norm_eps: float | None = None, **backbone_args: Any) -> BackboneWithFPN:
     """A registered model built ``features_only`` (ResNet, ConvNeXt, Swin, ...) under an FPN.
 
     Args:
@@ -140,6 +140,8 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
         trainable_layers: ResNet only: how many of ``layer4, layer3, layer2, layer1, conv1`` train (the
             others are frozen, as torchvision does when starting from classification weights).
         frozen_batch_norm: replace the backbone's batch norms by :class:`FrozenBatchNorm2d`.
+        batch_norm_eps: the backbone's batch-norm epsilon (None: the backbone's own; torchvision's COCO
+            weights of fasterrcnn_resnet50_fpn run with 0, as they were trained).
         backbone_args: passed to the backbone's builder.
     """
     from visionzoo.models import create_model
@@ -149,6 +151,10 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
     body = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_args)
     if frozen_batch_norm:
         body = FrozenBatchNorm2d.convert(body)
+    if batch_norm_eps is not None:
+        for module in body.modules():
+            if isinstance(module, nn.BatchNorm2d | FrozenBatchNorm2d):
+                module.eps = batch_norm_eps
     if trainable_layers is not None:
         if not 0 <= trainable_layers <= 5:
             raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
@@ -178,11 +184,12 @@ def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
 
 def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: Sequence[int] | None = None,
             fpn_channels: int = 256, extra_pool: bool = True, trainable_backbone_layers: int | None = None,
-            frozen_batch_norm: bool = False, backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
+            frozen_batch_norm: bool = False, batch_norm_eps: float | None = None,
+            backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
     body = fpn_backbone(backbone, out_indices, fpn_channels, trainable_backbone_layers, frozen_batch_norm, extra_pool,
-                        **(backbone_args or {}))
+                        batch_norm_eps, **(backbone_args or {}))
     return FasterRCNN(body, num_classes=num_classes, **kwargs)
 
 
@@ -191,10 +198,20 @@ _CFG = dict(task="detection", checkpoint_filter=checkpoint_filter,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=91)
 
 
+# torchvision builds the model its COCO weights go into with frozen batch norms (epsilon 0, as they were trained)
+# and conv1/layer1 frozen; a file of them loaded with checkpoint= needs these arguments given
+COCO_WEIGHTS_ARGS = {"frozen_batch_norm": True, "batch_norm_eps": 0.0, "trainable_backbone_layers": 3}
+
+
 @register_model(pretrained=Pretrained(url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
-                                      sha256="258fb6c6"), **_CFG)
+                                      sha256="258fb6c6", model_args=COCO_WEIGHTS_ARGS), **_CFG)
 def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
-    """torchvision's fasterrcnn_resnet50_fpn (v1): ResNet-50, FPN P2–P6, 800/1333 inputs, 91 COCO classes."""
+    """torchvision's fasterrcnn_resnet50_fpn (v1): ResNet-50, FPN P2–P6, 800/1333 inputs, 91 COCO classes.
+
+    Built as torchvision builds it without weights (batch norms that train, every layer trainable); with
+    ``pretrained=True`` as torchvision builds it for its COCO weights (:data:`COCO_WEIGHTS_ARGS`: frozen batch
+    norms of epsilon 0, conv1 and layer1 frozen), so detections and fine-tuning losses are torchvision's.
+    """
     return _create("resnet50", **kwargs)
 
 

@@ -41,13 +41,16 @@ class Pretrained:
 
     ``url`` is a direct download (torchvision's); ``hf_hub_id`` names a Hugging Face repository
     (timm's) with ``filename`` in it. ``sha256`` is the full hex digest or a prefix of it
-    (torchvision puts the first hex digits in its file names).
+    (torchvision puts the first hex digits in its file names). ``model_args`` are builder arguments
+    the weights are used with (torchvision's detectors freeze their batch norms for their COCO
+    weights); ``pretrained=True`` passes them unless the caller gives the same keywords.
     """
 
     url: str | None = None
     hf_hub_id: str | None = None
     filename: str = "model.safetensors"
     sha256: str | None = None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if (self.url is None) == (self.hf_hub_id is None):
@@ -214,6 +217,7 @@ def create_model(
         path = download_pretrained(entry)
         source = str(path)
         state, _ = _read_weights(entry, path)
+        kwargs = {**entry.pretrained.model_args, **kwargs}
 
     args = dict(kwargs)
     if num_classes is not None:
