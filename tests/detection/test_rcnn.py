@@ -238,3 +238,27 @@ def test_with_proposals_computes_at_first_use_for_the_images_used(tmp_path):
         WithProposals(data, [torch.zeros((1, 4))])
     with pytest.raises(ValueError, match="either the proposals or a propose function"):
         WithProposals(data)
+
+
+def test_proposals_of_the_wrong_kind_are_named_and_a_batch_with_nothing_to_sample_trains_on_zero():
+    # before: NumPy or list proposals gave "'numpy.ndarray' object has no attribute 'dim'", one Tensor[P, 4]
+    # for one image was read as P proposal sets ("proposals of image 0 must be Tensor[P, 4], got (4,)"), and
+    # a batch without proposals or ground truth failed in the loss ("cannot reshape tensor of 0 elements")
+    import numpy as np
+
+    model = create_model("fastrcnn_shapes").eval()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    box = [[1.0, 2.0, 30.0, 40.0]]
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"proposals of image 0 must be a Tensor\[P, 4\], got ndarray"):
+            model(image, proposals=[np.array(box)])
+        with pytest.raises(ValueError, match=r"proposals of image 0 must be a Tensor\[P, 4\], got list"):
+            model(image, proposals=[box])
+        with pytest.raises(ValueError, match=r"proposals must be a list of Tensor\[P_i, 4\], one per image, "
+                                             r"got one Tensor\[1, 4\]"):
+            model(image, proposals=torch.tensor(box))
+        assert len(model(image, proposals=[torch.zeros(0, 4)])[0]["boxes"]) == 0
+    negative = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model.train()(image, negative, proposals=[torch.zeros(0, 4)])
+    assert {k: v.item() for k, v in losses.items()} == {"loss_classifier": 0.0, "loss_box_reg": 0.0}
+    sum(losses.values()).backward()

@@ -158,6 +158,9 @@ class ProposalDetector(nn.Module):
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
                 proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         images, original_sizes = detector_inputs(self, images, targets)
+        if isinstance(proposals, Tensor):  # else its rows would be read as one proposal set per image
+            raise ValueError(f"proposals must be a list of Tensor[P_i, 4], one per image, got one Tensor"
+                             f"{list(proposals.shape)}")
         if proposals is None:
             proposals = [self.propose(image.detach().float().cpu()) for image in images]
         elif len(proposals) != len(images):
@@ -166,6 +169,8 @@ class ProposalDetector(nn.Module):
         device = batch.tensors.device
         regions = []
         for index, (boxes, original, size) in enumerate(zip(proposals, original_sizes, batch.image_sizes)):
+            if not isinstance(boxes, Tensor):
+                raise ValueError(f"proposals of image {index} must be a Tensor[P, 4], got {type(boxes).__name__}")
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"proposals of image {index} must be Tensor[P, 4], got {tuple(boxes.shape)}")
             boxes = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)

@@ -50,8 +50,11 @@ def fast_rcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, reg
                    ) -> tuple[Tensor, Tensor]:
     """Multi-task loss over R sampled proposals: cross-entropy of ``class_logits`` Tensor[R, K+1] with
     ``labels`` Tensor[R], plus smooth L1 (β = 1/9, summed, divided by R) between the true class's deltas
-    (``box_deltas`` Tensor[R, 4(K+1)]) and ``regression`` Tensor[R, 4] on the positives."""
+    (``box_deltas`` Tensor[R, 4(K+1)]) and ``regression`` Tensor[R, 4] on the positives; 0 for both when R is 0."""
     class_logits, box_deltas = class_logits.float(), box_deltas.float()
+    if labels.numel() == 0:  # no proposal and no ground truth in the batch: nothing to learn from (not NaN)
+        zero = class_logits.sum() + box_deltas.sum()
+        return zero, zero
     classification = F.cross_entropy(class_logits, labels)
     positive = torch.where(labels > 0)[0]
     per_class = box_deltas.reshape(box_deltas.shape[0], -1, 4)
