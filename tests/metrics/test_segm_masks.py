@@ -185,3 +185,22 @@ def test_a_mask_of_another_size_than_its_image_is_named(tmp_path):
     gt["images"][0].pop("height")  # no size to check against: the masks are compared with each other
     with pytest.raises(ValueError, match="mask sizes differ"):
         coco_evaluate(gt, [good], iou_type="segm")
+
+
+def test_columns_loaded_for_bbox_are_refused_for_segm_by_name():
+    # before: TypeError "'NoneType' object is not subscriptable" from the mask IoU
+    from visionzoo.metrics.coco import load_detections, load_ground_truth
+
+    h, w = 100, 120
+    rle = _box_rle(h, w, 10, 10, 50, 50)
+    gt = {"images": [{"id": 1, "height": h, "width": w}], "categories": [{"id": 1}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "bbox": [10, 10, 40, 40],
+                           "area": 1600.0, "iscrowd": 0}]}
+    dets = [{"image_id": 1, "category_id": 1, "segmentation": rle, "bbox": [10, 10, 40, 40], "score": 0.9}]
+    with pytest.raises(ValueError, match=r"the ground truth has no masks \(loaded for 'bbox'\): load it with "
+                                         r"iou_type='segm'"):
+        coco_evaluate(load_ground_truth(gt), dets, iou_type="segm")
+    ground = load_ground_truth(gt, "segm")
+    with pytest.raises(ValueError, match=r"the detections have no masks \(loaded for 'bbox'\)"):
+        coco_evaluate(ground, load_detections(dets, ground), iou_type="segm")
+    assert coco_evaluate(ground, load_detections(dets, ground, "segm"), iou_type="segm")["AP"] == pytest.approx(1.0)

@@ -813,6 +813,10 @@ def coco_evaluate(
     params = make_params(iou_type, iou_thresholds, max_dets, area_ranges, rec_thresholds)
     ground = gt if isinstance(gt, CocoGroundTruth) else load_ground_truth(gt, iou_type)
     results = dets if isinstance(dets, CocoDetections) else load_detections(dets, ground, iou_type)
+    if iou_type == "segm":
+        for what, columns in (("the ground truth has", ground), ("the detections have", results)):
+            if columns.masks is None:
+                raise ValueError(f"{what} no masks (loaded for 'bbox'): load it with iou_type='segm'")
     arrays = accumulate(evaluate(ground, results, params))
     stats: dict[str, Any] = summarize(arrays, params)
     ap, ar = per_category(arrays, params)
