@@ -1,13 +1,13 @@
 """Object detection as a training task: a detector's own loss dict, COCO mAP on evaluation.
 
 The model (any registered ``task="detection"`` model, e.g. ``fasterrcnn_shapes``) takes a list of
-images in [0, 1] and target dicts (crowd regions left out), and returns its losses in train mode (their
-sum is optimised);
-in eval mode it returns ``{boxes, labels, scores}`` per image, scored here with COCO's metrics
-(``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP; crowd regions ignored and the data set's
-``area`` splitting small/medium/large, as pycocotools does with the annotation file). Training images are flipped left-right
-at random with their boxes; scale jitter is the detector's own (``min_size`` as a tuple, which
-``--scale-jitter`` sets). At the end of training the run folder gets ``pr_curve.png`` and ``detections.png``.
+images in [0, 1] and target dicts (crowd regions left out), and returns its losses in train mode
+(their sum is optimised); in eval mode it returns ``{boxes, labels, scores}`` per image, scored here
+with COCO's metrics (``map`` = mAP@[.5:.95], ``map_50``, ``map_75``, per-class AP; crowd regions
+ignored and the data set's ``area`` splitting small/medium/large, as pycocotools does with the
+annotation file). Training images are flipped left-right at random with their boxes; scale jitter is
+the detector's own (``min_size`` as a tuple, which ``--scale-jitter`` sets). At the end of training the
+run folder gets ``pr_curve.png`` and ``detections.png``.
 
 Detectors over external proposals (R-CNN, Fast R-CNN: ``model.uses_external_proposals``) get each
 split's Selective Search boxes computed once, cached on disk, and carried in the targets as
