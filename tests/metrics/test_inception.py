@@ -6,6 +6,7 @@ import http.server
 import shutil
 import threading
 import urllib.parse
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,6 +73,30 @@ def test_clean_resize_equals_clean_fid():
         uint8 = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         expected = torch.from_numpy(resizer(uint8)).permute(2, 0, 1) / 255
         assert torch.equal(got, expected.float())
+
+
+def test_clean_features_equal_clean_fids_clean_mode(weights_file, monkeypatch):
+    """clean-fid feeds its Inception (x - 128) / 128 of the resized pixels x in [0, 255], not pytorch-fid's
+    2 x / 255 - 1; here its InceptionV3W.forward runs pytorch-fid's layers with the same weights."""
+    from cleanfid.inception_torchscript import InceptionV3W
+    from cleanfid.resize import build_resizer
+
+    state = torch.load(weights_file)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    layers = pytorch_fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
+    clean_fid = InceptionV3W.__new__(InceptionV3W)
+    torch.nn.Module.__init__(clean_fid)
+    clean_fid.resize_inside, clean_fid.layers = False, SimpleNamespace(forward=lambda x: layers(x)[0])
+    images = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(8))
+    resizer = build_resizer("clean")
+    resized = torch.stack([torch.from_numpy(resizer((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()))
+                           .permute(2, 0, 1) for image in images])  # float32 in [0, 255], as its ResizeDataset
+    features = InceptionFeatures(weights_file, resize="clean")
+    with torch.no_grad():
+        torch.testing.assert_close(features.preprocess(images), (resized - 128) / 128, rtol=0, atol=1e-6)
+        expected, got = clean_fid(resized), features(images)
+    assert expected.abs().max() > 0.1
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_clean_and_legacy_features_differ_on_a_small_image(weights_file):

@@ -14,7 +14,9 @@ Surprising Subtleties in GAN Evaluation"):
 - ``resize="clean"``: clean-fid's, the image quantised to uint8 as an image file would be, then PIL's
   bicubic filter with antialiasing on each channel in float mode, clipped to [0, 255].
 
-Both then map [0, 1] to [-1, 1]. The weights are pytorch-fid's ``pt_inception-2015-12-05`` file:
+Both then map the pixels to about [-1, 1] as their library does: legacy ``2 x - 1`` of x in [0, 1]
+(pytorch-fid's ``normalize_input``), clean ``(x - 128) / 128`` of x in [0, 255] (clean-fid's, the
+TensorFlow graph's own), which differ by up to 1/128. The weights are pytorch-fid's ``pt_inception-2015-12-05`` file:
 ``checkpoint=PATH`` loads a local copy, ``pretrained=True`` downloads it once into the weights cache
 (hash-checked).
 """
@@ -249,8 +251,9 @@ class InceptionFeatures(nn.Module):
                              f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} in all)")
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """Images Tensor[B, 3, H, W] in [0, 1] of any dtype, resized per ``self.resize``, mapped to [-1, 1] and
-        converted to the network's dtype (float32 unless converted): Tensor[B, 3, 299, 299]."""
+        """Images Tensor[B, 3, H, W] in [0, 1] of any dtype, resized per ``self.resize``, mapped to about [-1, 1]
+        as that resize's library does (see the module notes) and converted to the network's dtype (float32 unless
+        converted): Tensor[B, 3, 299, 299]."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"InceptionFeatures takes Tensor[B, 3, H, W] RGB images in [0, 1], got {tuple(images.shape)}")
         check_unit_range(images, "InceptionFeatures")
@@ -262,7 +265,7 @@ class InceptionFeatures(nn.Module):
         if self.resize == "legacy":
             images = resize_legacy(images)
         elif self.resize == "clean":
-            images = resize_clean(images)
+            return (resize_clean(images) * 255 - 128) / 128
         return 2 * images - 1
 
     def pool_features(self, x: Tensor) -> Tensor:
