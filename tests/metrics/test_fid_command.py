@@ -115,12 +115,21 @@ def write_plain_npy(path):
     (lambda p: write_stats(p, [0, 0, np.nan], np.eye(3)), "non-finite"),
     (lambda p: write_stats(p, np.zeros(3), [[1, 5, 0], [0, 1, 0], [0, 0, 1]]), "sigma is not symmetric"),
     (lambda p: write_stats(p, np.zeros(3), -np.eye(3)), "negative variances"),
+    # before: "sigma2 is not positive semi-definite", naming neither file
+    (lambda p: write_stats(p, np.zeros(3), [[1, 2, 0], [2, 1, 0], [0, 0, 1]]), "sigma is not positive semi-definite"),
 ])
 def test_invalid_statistics_are_one_line_naming_the_file(tmp_path, capsys, no_network, write, message):
     good = write_stats(tmp_path / "good.npz", np.zeros(3), np.eye(3))
     bad = tmp_path / "bad.npz"
     write(bad)
     one_line_error(capsys, ["fid", str(good), str(bad)], str(bad), message)
+
+
+def test_an_indefinite_sigma_is_refused_beside_a_zero_one(tmp_path, capsys, no_network):
+    # before: "FID: 2.000000", as pytorch-fid gives: a zero sigma1 hides everything about sigma2 but its trace
+    zero = write_stats(tmp_path / "zero.npz", np.zeros(2), np.zeros((2, 2)))
+    indefinite = write_stats(tmp_path / "indefinite.npz", np.zeros(2), [[1, 2], [2, 1]])
+    one_line_error(capsys, ["fid", str(zero), str(indefinite)], str(indefinite), "not positive semi-definite")
 
 
 def test_statistics_of_different_dimensions_say_which_file_has_which(tmp_path, capsys, no_network):

@@ -130,6 +130,18 @@ def test_sigmas_that_are_not_covariances_are_refused_where_pytorch_fid_fails_or_
         frechet_distance(zeros, eye, zeros, asymmetric)
 
 
+def test_a_sigma2_negative_outside_a_singular_sigma1s_range_is_refused_where_pytorch_fid_gives_a_number():
+    zeros = np.zeros(3)
+    sigma1 = np.diag([1.0, 0.0, 0.0])
+    sigma2 = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 2.0], [0.0, 2.0, 1.0]])  # eigenvalues 1, 3, -1
+    assert fid_score.calculate_frechet_distance(zeros, sigma1, zeros, sigma2) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="sigma2 is not positive semi-definite"):
+        frechet_distance(zeros, sigma1, zeros, sigma2)  # before: 2.0 as well
+    with pytest.raises(ValueError, match="sigma2 is not positive semi-definite"):
+        frechet_distance(zeros, np.zeros((3, 3)), zeros, sigma2)
+    assert frechet_distance(zeros, np.zeros((3, 3)), zeros, np.zeros((3, 3))) == 0.0
+
+
 def test_float32_rank_deficient_covariances_are_not_mistaken_for_bad_ones():
     # fewer samples than dimensions, rounded to float32: zero eigenvalues come out as ±1e-7 noise
     generator = torch.Generator().manual_seed(1)

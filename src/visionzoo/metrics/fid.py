@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from visionzoo.metrics.frechet import SYMMETRY_TOLERANCE, FeatureStatistics, asymmetry, frechet_distance
+from visionzoo.metrics.frechet import (
+    SYMMETRY_TOLERANCE,
+    FeatureStatistics,
+    asymmetry,
+    frechet_distance,
+    is_positive_semidefinite,
+)
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
 
@@ -139,7 +145,8 @@ def _read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` float64 of a pytorch-fid ``.npz``; ValueError naming the file when it is not one, or when
-    its sigma is not a covariance of mu's dimension (not square, asymmetric, negative variances, non-finite)."""
+    its sigma is not a covariance of mu's dimension (not square, asymmetric, not positive semi-definite,
+    non-finite)."""
     mu, sigma = _read_npz(path)
     if mu.ndim != 1 or mu.shape[0] == 0 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together "
@@ -150,6 +157,9 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: sigma is not symmetric, so not a covariance matrix")
     if np.diagonal(sigma).min() < 0:
         raise ValueError(f"{path}: sigma has negative variances on its diagonal, so is not a covariance matrix")
+    if not is_positive_semidefinite(torch.from_numpy(sigma)):
+        raise ValueError(f"{path}: sigma is not positive semi-definite (it has negative eigenvalues), so is not a "
+                         "covariance matrix")
     return mu, sigma
 
 
