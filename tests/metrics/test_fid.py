@@ -1,10 +1,12 @@
-"""The FID accumulator's state: update, compute, reset."""
+"""The FID accumulator's state: update, compute, reset; folders of images."""
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from visionzoo.metrics import FID
+from visionzoo.metrics.fid import folder_statistics
 
 
 def pooled() -> torch.nn.Module:
@@ -42,3 +44,17 @@ def test_update_names_an_input_that_is_not_a_tensor():
     metric = FID(pooled())
     with pytest.raises(ValueError, match="FID.update takes a Tensor.*got ndarray"):
         metric.update(np.zeros((2, 3, 8, 8), dtype=np.float32), real=True)
+
+
+def test_a_folder_of_mixed_image_sizes_gives_the_same_statistics_at_any_batch_size(tmp_path):
+    # before: "images of different sizes ... resize them to one size first" whenever two sizes met in one batch
+    # (the default 50), while --batch-size 1 scored the folder; clean-fid scores it at any batch size
+    rng = np.random.default_rng(0)
+    for index, (width, height) in enumerate([(16, 16), (20, 12), (16, 16), (9, 9), (20, 12)]):
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{index}.png")
+    one_at_a_time = folder_statistics(tmp_path, pooled(), batch_size=1)
+    for batch_size in (2, 50):
+        stats = folder_statistics(tmp_path, pooled(), batch_size=batch_size)
+        assert stats.count == 5
+        np.testing.assert_allclose(stats.mean.numpy(), one_at_a_time.mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(stats.covariance.numpy(), one_at_a_time.covariance.numpy(), rtol=1e-10, atol=1e-14)

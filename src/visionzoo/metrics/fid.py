@@ -176,8 +176,10 @@ def image_files(folder: str | Path) -> list[Path]:
 
 def read_batches(files: list[Path], batch_size: int, size: int | None = None, channels: int = 3) -> Iterator[Tensor]:
     """Images as Tensor[B, channels, H, W] in [0, 1] (RGB-converted by default, as pytorch-fid reads them),
-    ``batch_size`` at a time, resized to ``size`` × ``size`` if given (antialiased). Images of one batch must
-    share a size (as in pytorch-fid); a file that cannot be read is named."""
+    ``batch_size`` files at a time, resized to ``size`` × ``size`` if given (antialiased); a file that cannot be
+    read is named. Unresized, a batch of several sizes comes as one tensor per size, in order of first
+    appearance: the feature network resizes each image on its own, as clean-fid does, so folders of mixed
+    sizes give the same statistics at any ``batch_size`` (pytorch-fid only reads them one at a time)."""
     from visionzoo.train.run import load_images
 
     for start in range(0, len(files), batch_size):
@@ -185,11 +187,8 @@ def read_batches(files: list[Path], batch_size: int, size: int | None = None, ch
             yield load_images(files[start:start + batch_size], size, channels)
             continue
         batch = load_images(files[start:start + batch_size], None, channels)
-        sizes = {tuple(image.shape) for image in batch}
-        if len(sizes) > 1:
-            raise ValueError(f"images of different sizes in {files[start].parent} ({sorted(sizes)[:2]}...); "
-                             "resize them to one size first")
-        yield torch.stack(batch)
+        for shape in dict.fromkeys(tuple(image.shape) for image in batch):
+            yield torch.stack([image for image in batch if tuple(image.shape) == shape])
 
 
 def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 50, size: int | None = None,
