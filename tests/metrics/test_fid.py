@@ -46,6 +46,14 @@ def test_update_names_an_input_that_is_not_a_tensor():
         metric.update(np.zeros((2, 3, 8, 8), dtype=np.float32), real=True)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused_by_name(batch_size):
+    # before: accepted, then update raised torch's "split_size can only be 0 if dimension size is 0" (0),
+    # "split expects split_size be non-negative" (-1) or "split_with_sizes(): ... not float" (2.5)
+    with pytest.raises(ValueError, match=f"FID's batch_size must be a positive integer, got {batch_size}"):
+        FID(pooled(), batch_size=batch_size)
+
+
 def test_a_folder_of_mixed_image_sizes_gives_the_same_statistics_at_any_batch_size(tmp_path):
     # before: "images of different sizes ... resize them to one size first" whenever two sizes met in one batch
     # (the default 50), while --batch-size 1 scored the folder; clean-fid scores it at any batch size

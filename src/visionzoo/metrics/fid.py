@@ -51,6 +51,8 @@ class FID:
     """
 
     def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"FID's batch_size must be a positive integer, got {batch_size!r}")
         self.features = features.eval()
         self.batch_size = batch_size
         self.real = FeatureStatistics()
