@@ -67,6 +67,17 @@ def test_fid_interval_brackets_a_small_fid_between_two_samples_of_one_distributi
     assert low <= fid < high  # the plain percentile interval lies wholly above: resamples add duplicates
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kid_of_half_precision_features_is_computed_in_float32(dtype):
+    # before: the kernel sums ran in the features' dtype: float16 overflowed to (nan, nan) and bfloat16 gave
+    # (5.5, 0.0) where the same values in float32 give 5.005 ± 5e-6
+    real, fake = (features(0, 100) * 2).abs().to(dtype), (features(1, 100) * 2.2).abs().to(dtype)
+    torch.manual_seed(4)
+    expected = kernel_inception_distance(real.float(), fake.float(), subsets=3, subset_size=100)
+    torch.manual_seed(4)
+    assert kernel_inception_distance(real, fake, subsets=3, subset_size=100) == expected
+
+
 def test_parameter_checks_name_the_parameter():
     vectors = features(0, 20, dim=4)
     with pytest.raises(ValueError, match="splits must be >= 1, got 0"):

@@ -51,9 +51,10 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
                               generator: torch.Generator | None = None) -> tuple[float, float]:
     """KID of feature sets Tensor[N, D] (real) and Tensor[M, D] (generated): (mean, population std) over subsets.
 
-    Sets of different dtypes (float64 real features saved earlier, float32 new ones) meet in the wider dtype."""
+    Sets of different dtypes (float64 real features saved earlier, float32 new ones) meet in the wider dtype, and
+    never below float32: the kernel sums of half-precision features (autocast's) overflow or round away the score."""
     real, fake = _tensor(real, "KID's real features"), _tensor(fake, "KID's generated features")
-    common = torch.promote_types(real.dtype, fake.dtype)
+    common = torch.promote_types(torch.promote_types(real.dtype, fake.dtype), torch.float32)
     real, fake = real.to(common), fake.to(common)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"KID needs features [N, D] and [M, D], got {tuple(real.shape)} and {tuple(fake.shape)}")
