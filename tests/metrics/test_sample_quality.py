@@ -78,6 +78,19 @@ def test_kid_of_half_precision_features_is_computed_in_float32(dtype):
     assert kernel_inception_distance(real, fake, subsets=3, subset_size=100) == expected
 
 
+def test_non_finite_features_or_logits_are_refused_by_name():
+    # before: KID and IS gave (nan, nan); the FID interval said "mu1 has non-finite values"
+    vectors, bad = features(0, 20, dim=4), features(1, 20, dim=4)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="KID's generated features have non-finite values"):
+        kernel_inception_distance(vectors, bad, subsets=2, subset_size=10)
+    with pytest.raises(ValueError, match="the FID interval's real features have non-finite values"):
+        fid_confidence_interval(bad.numpy(), vectors, samples=2)
+    bad[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="the Inception Score's logits have non-finite values"):
+        inception_score(bad, splits=2)
+
+
 def test_parameter_checks_name_the_parameter():
     vectors = features(0, 20, dim=4)
     with pytest.raises(ValueError, match="splits must be >= 1, got 0"):

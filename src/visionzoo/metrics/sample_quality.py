@@ -25,12 +25,15 @@ from visionzoo.metrics.frechet import frechet_distance
 
 
 def _tensor(values: Any, name: str) -> Tensor:
-    """``values`` (a Tensor or a NumPy array) as a Tensor; ValueError naming ``name`` otherwise."""
-    if isinstance(values, Tensor):
-        return values
+    """``values`` (a Tensor or a NumPy array) as a Tensor; ValueError naming ``name`` otherwise, or when a value
+    is NaN or infinite (the scores would come out NaN)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
-        return torch.from_numpy(values)
-    raise ValueError(f"{name} must be a Tensor or a NumPy array of numbers, got {type(values).__name__}")
+        values = torch.from_numpy(values)
+    if not isinstance(values, Tensor):
+        raise ValueError(f"{name} must be a Tensor or a NumPy array of numbers, got {type(values).__name__}")
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} have non-finite values")
+    return values
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> Tensor:
