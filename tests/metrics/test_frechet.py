@@ -38,6 +38,14 @@ def test_identical_gaussians_are_at_distance_zero_and_it_is_symmetric():
     assert frechet_distance(mu, s, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu, s), rel=1e-10)
 
 
+def test_a_set_against_itself_with_fewer_samples_than_dimensions_is_at_distance_zero_not_below():
+    # before: -1.6e-06 (pytorch-fid: -2e-05), which visionzoo fid printed as "FID: -0.000002"
+    x = np.random.default_rng(0).normal(size=(6, 128))
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    assert fid_score.calculate_frechet_distance(mu, sigma, mu, sigma) < 0
+    assert frechet_distance(mu, sigma, mu, sigma) == 0.0
+
+
 @pytest.mark.parametrize("d", [50, 520])  # 520: the blocked product path
 @pytest.mark.parametrize("singular", [False, True])
 def test_commuting_covariances_give_the_exact_value(d, singular):

@@ -136,7 +136,9 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     ``calculate_frechet_distance`` (within ~1e-10 relative where its ``sqrtm`` is accurate).
 
     mu1, mu2: [D]; sigma1, sigma2: [D, D] symmetric positive semi-definite; NumPy arrays, tensors
-    or lists, computed in float64 on the CPU. Returns a Python float. Raises ValueError on shape
+    or lists, computed in float64 on the CPU. Returns a Python float, never negative: the distance is not
+    (tr (S1 S2)^1/2 <= (tr S1 + tr S2) / 2), so rounding below 0 (about -1e-6 for a set against itself with
+    fewer samples than dimensions; pytorch-fid's -1e-5) gives 0. Raises ValueError on shape
     mismatches, non-finite values, sigmas that are not symmetric (beyond :data:`SYMMETRY_TOLERANCE`
     relative) or not positive semi-definite. sigma1's lower triangle is factored and sigma2 multiplied
     as given.
@@ -154,7 +156,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
             raise ValueError(f"{name} is not symmetric (max |S - S^T| / max |S| = {asymmetry(sigma):.3g}); "
                              "a covariance matrix is")
     diff = m1 - m2
-    return float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2)
+    return max(0.0, float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2))
 
 
 class FeatureStatistics:
