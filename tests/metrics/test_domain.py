@@ -123,6 +123,9 @@ def test_fid_command_bad_domain_arguments_are_one_line(tmp_path, capsys):
     assert "--features domain needs --data" in capsys.readouterr().err
     assert main(["fid", str(folder), str(folder), "--data", "digits"]) != 0
     assert "add --features domain" in capsys.readouterr().err
+    # before: --resize clean was ignored and gave the legacy number
+    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "digits", "--resize", "clean"]) != 0
+    assert "--resize clean chooses how Inception's input is resized" in capsys.readouterr().err
 
 
 def test_fid_refuses_images_outside_the_unit_range():

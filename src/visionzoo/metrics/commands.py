@@ -94,8 +94,8 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="inception: pytorch-fid's pt_inception-2015-12-05 weights file (default: "
                                              "download it once into the weights cache); domain: a domain features file "
                                              "(default: train it once and cache it)")
-    parser.add_argument("--resize", choices=("legacy", "clean"), default="legacy",
-                        help="legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
+    parser.add_argument("--resize", choices=("legacy", "clean"),
+                        help="inception: legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
     parser.add_argument("--batch-size", type=positive_int, default=50)
     parser.add_argument("--save-stats", metavar="FILE", help="also write PATH_A's statistics to FILE (.npz)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
@@ -106,6 +106,9 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
     if args.features != "domain" and (args.data or args.img_size):
         raise ValueError("--data and --img-size choose the domain features; add --features domain")
+    if args.features == "domain" and args.resize:
+        raise ValueError(f"--resize {args.resize} chooses how Inception's input is resized; domain features read "
+                         "images resized to --img-size")
 
 
 def _save_stats_target(args: argparse.Namespace) -> Path | None:
@@ -138,7 +141,7 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
         size = args.img_size or DEFAULT_SIZES[args.data]
         features = domain_features(args.data, size, checkpoint=args.checkpoint)
         return features, {"size": size, "channels": features.in_chans}
-    return InceptionFeatures(args.checkpoint, resize=args.resize, pretrained=args.checkpoint is None), {}
+    return InceptionFeatures(args.checkpoint, resize=args.resize or "legacy", pretrained=args.checkpoint is None), {}
 
 
 @register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
