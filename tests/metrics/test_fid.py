@@ -66,3 +66,15 @@ def test_a_folder_of_mixed_image_sizes_gives_the_same_statistics_at_any_batch_si
         assert stats.count == 5
         np.testing.assert_allclose(stats.mean.numpy(), one_at_a_time.mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(stats.covariance.numpy(), one_at_a_time.covariance.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_a_folder_of_class_subfolders_says_they_are_not_read(tmp_path):
+    # before: "... holds 0 image files; FID needs at least 2", with hundreds of images one level down
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for index in range(2):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name / f"{index}.png")
+    with pytest.raises(ValueError, match=r"holds 0 image files \(its subfolders cat, dog are not read; give one of "
+                                         r"them, or gather the images in one folder\); FID needs at least 2"):
+        folder_statistics(tmp_path, pooled())
+    assert folder_statistics(tmp_path / "cat", pooled()).count == 2

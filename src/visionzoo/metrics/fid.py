@@ -166,13 +166,18 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted (pytorch-fid's extensions)."""
+    """The image files directly in ``folder``, sorted (pytorch-fid's extensions); subfolders are not read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is neither an image folder nor an .npz statistics file")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
     if len(files) < 2:
-        raise ValueError(f"{folder} holds {len(files)} image files; FID needs at least 2")
+        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        unread = ""
+        if subfolders:
+            shown = ", ".join(subfolders[:3]) + ("..." if len(subfolders) > 3 else "")
+            unread = f" (its subfolders {shown} are not read; give one of them, or gather the images in one folder)"
+        raise ValueError(f"{folder} holds {len(files)} image files{unread}; FID needs at least 2")
     return files
 
 
