@@ -78,3 +78,11 @@ def test_a_folder_of_class_subfolders_says_they_are_not_read(tmp_path):
                                          r"them, or gather the images in one folder\); FID needs at least 2"):
         folder_statistics(tmp_path, pooled())
     assert folder_statistics(tmp_path / "cat", pooled()).count == 2
+
+
+def test_a_subfolder_named_like_an_image_is_not_read_as_one(tmp_path):
+    # before: "image .../frames.png is a folder; give the image files in it" (pytorch-fid: IsADirectoryError)
+    for index in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{index}.png")
+    (tmp_path / "frames.png").mkdir()
+    assert folder_statistics(tmp_path, pooled()).count == 2

@@ -170,7 +170,7 @@ def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is neither an image folder nor an .npz statistics file")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and not p.is_dir())
     if len(files) < 2:
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
         unread = ""
