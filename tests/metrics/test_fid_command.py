@@ -76,6 +76,13 @@ def test_save_stats_into_a_missing_folder_fails_before_any_feature(tmp_path, cap
                    "--save-stats", "nowhere does not exist")
 
 
+@pytest.mark.parametrize("make_b", [lambda b: b, lambda b: b.mkdir() or b])
+def test_a_missing_or_empty_path_b_fails_before_any_feature(tmp_path, capsys, no_network, make_b):
+    # before: PATH_A's features were computed (minutes for a large folder) and then PATH_B was found wanting
+    folder_a, path_b = write_folder(tmp_path / "a", 0), make_b(tmp_path / "b")
+    one_line_error(capsys, ["fid", str(folder_a), str(path_b)], str(path_b))
+
+
 def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
     small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
     shifted = write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4))

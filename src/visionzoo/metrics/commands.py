@@ -147,7 +147,13 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
 @register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
                   arguments=_fid_arguments)
 def fid_command(args: argparse.Namespace) -> int:
-    from visionzoo.metrics.fid import folder_statistics, is_statistics, load_statistics, save_statistics
+    from visionzoo.metrics.fid import (
+        folder_statistics,
+        image_files,
+        is_statistics,
+        load_statistics,
+        save_statistics,
+    )
     from visionzoo.metrics.frechet import frechet_distance
 
     _check_fid_arguments(args)
@@ -156,6 +162,8 @@ def fid_command(args: argparse.Namespace) -> int:
     # statistics files first: a bad one fails before any feature is computed, and two of them need no network
     stats = {path: load_statistics(path) for path in paths if is_statistics(path)}
     folders = [path for path in dict.fromkeys(paths) if path not in stats]
+    for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
+        image_files(path)
     if folders:
         features, reading = _fid_features(args)
     for path in folders:
