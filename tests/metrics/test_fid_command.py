@@ -91,6 +91,15 @@ def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
     assert main(["fid", str(small), str(shifted), "--features", "domain", "--data", "digits"]) == 0
 
 
+def test_an_uppercase_npz_is_read_as_statistics(tmp_path, capsys, no_network):
+    # before: "STATS.NPZ is neither an image folder nor an .npz statistics file"
+    small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
+    upper = tmp_path / "SHIFTED.NPZ"
+    write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4)).rename(upper)
+    assert main(["fid", str(small), str(upper)]) == 0
+    assert capsys.readouterr().out.strip() == "FID: 4.000000"
+
+
 def test_a_bad_statistics_file_fails_before_any_feature(tmp_path, capsys, no_network):
     folder = write_folder(tmp_path / "a", 0)
     bad = tmp_path / "bad.npz"

@@ -103,8 +103,8 @@ class FID:
 
 
 def is_statistics(path: str | Path) -> bool:
-    """Whether ``path`` names an ``.npz`` statistics file (else a folder of images)."""
-    return str(path).endswith(".npz")
+    """Whether ``path`` names an ``.npz`` statistics file, in any letter case (else a folder of images)."""
+    return str(path).lower().endswith(".npz")
 
 
 def statistics_path(path: str | Path) -> Path:
