@@ -117,6 +117,26 @@ def test_logits_equal_pytorch_fid_inception_classifier(weights_file, reference):
     assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
+def test_unbiased_logits_are_torchmetrics_inception_score_features(weights_file, monkeypatch):
+    """The Inception Score's original code (softmax/logits/MatMul), torch-fidelity and torchmetrics' InceptionScore
+    (feature="logits_unbiased") leave the classifier's bias out; torchmetrics' own forward, run here on our layers."""
+    from torchmetrics.image import fid as torchmetrics_fid
+
+    features = InceptionFeatures(weights_file, resize="none")
+    network = SimpleNamespace(**dict(features.named_children()), features_list=["logits_unbiased"],
+                              use_antialias=True, INPUT_IMAGE_SIZE=299, MaxPool_1=torch.nn.MaxPool2d(3, 2),
+                              MaxPool_2=torch.nn.MaxPool2d(3, 2), AvgPool=torch.nn.AdaptiveAvgPool2d(1))
+    monkeypatch.setattr(torchmetrics_fid, "vassert", lambda *args: None, raising=False)  # torch-fidelity's
+    images = torch.rand(2, 3, 299, 299, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        # torchmetrics maps uint8 pixels x to (x - 128) / 128; these x give exactly our 2 * images - 1
+        (expected,) = torchmetrics_fid.NoTrainInceptionV3._torch_fidelity_forward(network, 128 + 128 * (2 * images - 1))
+        got = features.logits_unbiased(images)
+        torch.testing.assert_close(got, features.logits(images) - features.fc.bias, rtol=0, atol=1e-5)
+    assert got.shape == (2, 1008) and features.fc.bias.abs().max() > 0.01
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path, monkeypatch):
     served = tmp_path / "www" / urllib.parse.urlsplit(ours.FID_WEIGHTS.url).path.lstrip("/")  # the URL's path
     served.parent.mkdir(parents=True)

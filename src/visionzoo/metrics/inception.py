@@ -202,7 +202,9 @@ class InceptionFeatures(nn.Module):
             least ``MIN_INPUT_SIZE`` = 75 px runs, but FID's numbers are for 299).
         pretrained: download pytorch-fid's file (once, hash-checked) when no ``checkpoint`` is given.
 
-    ``logits(images)`` gives the 1008-way classifier output (Inception Score).
+    ``logits(images)`` gives the 1008-way classifier output; ``logits_unbiased(images)`` the same without its
+    bias, which is what the Inception Score is defined on (give those to
+    :func:`~visionzoo.metrics.sample_quality.inception_score`).
     """
 
     def __init__(self, checkpoint: str | Path | None = None, resize: str = "legacy", pretrained: bool = False):
@@ -286,3 +288,8 @@ class InceptionFeatures(nn.Module):
     def logits(self, images: Tensor) -> Tensor:
         """The 1008-way logits of the original graph's classifier: Tensor[B, 1008]."""
         return self.fc(self.forward(images))
+
+    def logits_unbiased(self, images: Tensor) -> Tensor:
+        """The logits without the classifier's bias, Tensor[B, 1008]: what the Inception Score is computed from
+        (the original code's ``softmax/logits/MatMul``, torch-fidelity's and torchmetrics' ``logits_unbiased``)."""
+        return self.forward(images) @ self.fc.weight.T

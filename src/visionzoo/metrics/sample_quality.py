@@ -79,7 +79,10 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
 
 
 def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: torch.Generator | None = None) -> tuple[float, float]:
-    """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over ``splits`` chunks of the shuffled samples."""
+    """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over ``splits`` chunks of the shuffled samples.
+
+    For numbers comparable with published ones and torchmetrics' give
+    :meth:`~visionzoo.metrics.inception.InceptionFeatures.logits_unbiased` (the classifier without its bias)."""
     logits = _tensor(logits, "the Inception Score's logits")
     if splits < 1:
         raise ValueError(f"the Inception Score's splits must be >= 1, got {splits}")
