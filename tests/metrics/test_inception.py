@@ -19,6 +19,7 @@ from test_coco_eval_command import one_line_error
 from visionzoo.cli import main
 from visionzoo.metrics import FID, frechet_distance
 from visionzoo.metrics import inception as ours
+from visionzoo.metrics.fid import folder_statistics
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
 from visionzoo.models._hub import DownloadError
 from visionzoo.models._registry import Pretrained
@@ -205,6 +206,25 @@ def test_fid_command_matches_pytorch_fid_on_two_folders(weights_file, reference,
                    "not an FID statistics file")
     one_line_error(capsys, ["fid", str(tmp_path / "none"), str(b), "--checkpoint", str(weights_file)],
                    "neither an image folder nor an .npz")
+
+
+def test_clean_folder_statistics_equal_clean_fids_on_a_folder_of_mixed_sizes(weights_file, tmp_path, monkeypatch):
+    """clean-fid's get_folder_features(mode="clean") with its InceptionV3W forward ((x - 128) / 128 into the network)
+    on pytorch-fid's layers with the same weights; it resizes every image on its own, so sizes may differ."""
+    from cleanfid.fid import get_folder_features
+
+    state = torch.load(weights_file)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    layers = pytorch_fid_inception.InceptionV3([3], resize_input=False, normalize_input=False).eval()
+    rng = np.random.default_rng(11)
+    for index, (width, height) in enumerate([(40, 40), (52, 30), (64, 64)]):
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{index}.png")
+    expected = get_folder_features(str(tmp_path), lambda x: layers((x - 128) / 128)[0].flatten(1), num_workers=0,
+                                   batch_size=2, device=torch.device("cpu"), mode="clean", verbose=False)
+    stats = folder_statistics(tmp_path, InceptionFeatures(weights_file, resize="clean"), batch_size=2)
+    scale = np.abs(expected).max()
+    assert scale > 0.1 and np.abs(stats.mean.numpy() - expected.mean(0)).max() <= 1e-4 * scale
+    assert np.abs(stats.covariance.numpy() - np.cov(expected, rowvar=False)).max() <= 1e-4 * scale ** 2
 
 
 def test_fid_accumulator_equals_the_folder_path(weights_file):
