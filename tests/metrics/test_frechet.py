@@ -99,6 +99,15 @@ def test_feature_statistics_match_numpy_in_batches_and_merges():
         _ = FeatureStatistics().update(np.zeros((1, 3))).covariance
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_feature_statistics_take_half_precision_features(dtype):
+    # before: bfloat16 features (Inception under CPU autocast) raised "Got unsupported ScalarType BFloat16"
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(3)).to(dtype)
+    stats = FeatureStatistics().update(x)
+    np.testing.assert_allclose(stats.mean.numpy(), x.double().mean(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance.numpy(), np.cov(x.double().numpy(), rowvar=False), rtol=1e-10)
+
+
 def test_all_gather_merges_the_statistics_of_every_rank(monkeypatch):
     """Two ranks' states, as torch.distributed.all_gather_object would hand them over."""
     xs = [np.random.default_rng(r).normal(size=(50 + 10 * r, 6)) for r in range(2)]

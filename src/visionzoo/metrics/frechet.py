@@ -179,7 +179,7 @@ class FeatureStatistics:
 
     def update(self, features: Any) -> FeatureStatistics:
         if isinstance(features, Tensor):
-            features = features.detach().cpu().numpy()
+            features = features.detach().to("cpu", torch.float64).numpy()  # NumPy has no bfloat16
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"features must be [N, D], got shape {list(x.shape)}")
