@@ -75,6 +75,26 @@ def test_domain_features_train_once_then_load_from_the_cache(tmp_path, monkeypat
         domain_features("digits", 16, checkpoint=tmp_path / "nowhere.safetensors")
 
 
+def test_a_cached_network_is_refused_for_another_image_size_or_data(tmp_path, monkeypatch, capsys):
+    # before: a 16 px network loaded as a 32 px one (or a 64 px Shapes one at 32 px, another stem stride) and gave
+    # numbers comparable with nothing
+    from test_coco_eval_command import one_line_error
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+    monkeypatch.setattr(domain, "train_domain_classifier",
+                        lambda data, size, chans: train_domain_classifier(data, size, chans, steps=2))
+    domain_features("digits", 16)
+    (cached,) = (tmp_path / "domain").iterdir()
+    assert domain_features("digits", 16, checkpoint=cached).image_size == 16
+    with pytest.raises(ValueError, match=f"{cached} holds domain features trained on 16 px images, not 32"):
+        domain_features("digits", 32, checkpoint=cached)
+    with pytest.raises(ValueError, match=f"{cached} holds domain features of digits, not shapes"):
+        domain_features("shapes", 16, in_chans=1, checkpoint=cached)
+    folder = write_folder(tmp_path / "a", 0)
+    one_line_error(capsys, ["fid", str(folder), str(folder), "--features", "domain", "--data", "digits",
+                            "--checkpoint", str(cached)], str(cached), "not 32 (--img-size 16)")
+
+
 def test_the_cached_domain_network_gets_the_mode_open_gives_under_the_umask(tmp_path, monkeypatch):
     """It was written 0o600 (safetensors' mode), unreadable to the group of a shared cache whatever the umask."""
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))

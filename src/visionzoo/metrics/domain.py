@@ -191,14 +191,24 @@ def domain_weights_path(data: str, image_size: int, in_chans: int) -> Path:
 
 
 def _load_domain_features(path: Path, data: str, image_size: int, in_chans: int) -> DomainFeatures:
-    """The network in domain-features file ``path``; ValueError naming the file when it is not one for ``in_chans``."""
-    from safetensors import SafetensorError
+    """The network in domain-features file ``path``; ValueError naming the file when it is not one for ``in_chans``,
+    or its metadata (files written since it was added) says it was trained on other data or another image size."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         state = load_file(path)
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path} is not a domain-features file (safetensors): {error}") from None
+    trained_data, trained_size = metadata.get("data", data), metadata.get("image_size", str(image_size))
+    if trained_data != data:
+        raise ValueError(f"{path} holds domain features of {trained_data}, not {data}")
+    if trained_size != str(image_size):
+        # the features of another size are not comparable, and another stem stride is another network
+        raise ValueError(f"{path} holds domain features trained on {trained_size} px images, not {image_size} "
+                         f"(--img-size {trained_size})")
     stem, head = state.get("stages.0.0.weight"), state.get("head.weight")
     if stem is None or head is None or stem.dim() != 4 or head.dim() != 2:
         raise ValueError(f"{path} is not a domain-features file: it lacks the tensors stages.0.0.weight and "
@@ -239,7 +249,8 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
         model, accuracy = train_domain_classifier(data, image_size, in_chans)
         log.info("%s domain classifier: val accuracy %.4f", data, accuracy)
         # A cache, not a secret: the file gets the umask's mode (atomic_write), not safetensors' 0o600.
-        atomic_write(path, lambda tmp: save_file(model.state_dict(), tmp, metadata={"val_accuracy": f"{accuracy:.6f}"}))
+        metadata = {"val_accuracy": f"{accuracy:.6f}", "data": data, "image_size": str(image_size)}
+        atomic_write(path, lambda tmp: save_file(model.state_dict(), tmp, metadata=metadata))
     for param in model.parameters():
         param.requires_grad_(False)
     return model.eval()
