@@ -162,6 +162,20 @@ def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path,
         server.server_close()
 
 
+def test_torchvisions_imagenet_inception_is_refused_as_fid_weights_in_one_line(tmp_path, capsys):
+    # before: load_state_dict's multi-line RuntimeError "size mismatch for fc.weight ..." as a traceback
+    import torchvision
+
+    imagenet = tmp_path / "inception_v3_google.pth"
+    torch.save(torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), imagenet)
+    with pytest.raises(ValueError, match=r"not an FID Inception-v3 weights file .*its fc.weight \[1000, 2048\] "
+                                         r"\(FID's \[1008, 2048\]\)"):
+        InceptionFeatures(imagenet)
+    folder = write_folder(tmp_path / "a", 0, count=2, size=8)
+    one_line_error(capsys, ["fid", str(folder), str(folder), "--checkpoint", str(imagenet)], str(imagenet),
+                   "differ in shape")
+
+
 def test_bad_input_is_one_clear_error(weights_file, tmp_path):
     with pytest.raises(ValueError, match="resize must be one of"):
         InceptionFeatures(resize="bicubic")

@@ -246,6 +246,13 @@ class InceptionFeatures(nn.Module):
         from visionzoo.checkpoint import read_checkpoint
 
         tensors, _ = read_checkpoint(checkpoint)
+        own = self.state_dict()
+        # a shape mismatch (torchvision's 1000-class ImageNet Inception-v3) would raise inside load_state_dict
+        resized = [f"{k} {list(v.shape)} (FID's {list(own[k].shape)})" for k, v in tensors.items()
+                   if k in own and v.shape != own[k].shape]
+        if resized:
+            raise ValueError(f"{checkpoint} is not an FID Inception-v3 weights file (pytorch-fid's "
+                             f"pt_inception-2015-12-05): its {', '.join(resized[:2])} differ in shape")
         missing, unexpected = self.load_state_dict(tensors, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
