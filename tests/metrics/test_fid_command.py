@@ -83,6 +83,17 @@ def test_a_missing_or_empty_path_b_fails_before_any_feature(tmp_path, capsys, no
     one_line_error(capsys, ["fid", str(folder_a), str(path_b)], str(path_b))
 
 
+@pytest.mark.parametrize("dim, features, message", [
+    (128, [], "128 dimensions; --features inception gives 2048 (statistics of --features domain?)"),
+    (2048, ["--features", "domain", "--data", "digits"], "2048 dimensions; --features domain gives 128"),
+])
+def test_statistics_of_the_other_network_fail_before_it_is_built(tmp_path, capsys, no_network, dim, features, message):
+    # before: the folder's features were computed (Inception first downloaded) and only then the dimensions compared
+    folder = write_folder(tmp_path / "a", 0)
+    stats = write_stats(tmp_path / "stats.npz", np.zeros(dim), np.eye(dim))
+    one_line_error(capsys, ["fid", str(folder), str(stats), *features], str(stats), message)
+
+
 def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
     small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
     shifted = write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4))

@@ -131,6 +131,19 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
     return target
 
 
+def _check_statistics_fit_the_features(args: argparse.Namespace, stats: dict) -> None:
+    """ValueError before the network is built (or downloaded) when a statistics file cannot be compared with the
+    features ``--features`` gives the folder: they have another dimension."""
+    from visionzoo.metrics.domain import WIDTHS
+
+    dim = WIDTHS[-1] if args.features == "domain" else 2048  # the domain network's or Inception's pool features
+    for path, (mu, _) in stats.items():
+        if mu.shape[0] != dim:
+            other = "--features inception" if args.features == "domain" else "--features domain"
+            raise ValueError(f"{path} has statistics of {mu.shape[0]} dimensions; --features {args.features} gives "
+                             f"{dim} (statistics of {other}?)")
+
+
 def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
     """(the feature network the options choose, how folders are read for it)."""
     from visionzoo.metrics.inception import InceptionFeatures
@@ -165,6 +178,7 @@ def fid_command(args: argparse.Namespace) -> int:
     for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
         image_files(path)
     if folders:
+        _check_statistics_fit_the_features(args, stats)
         features, reading = _fid_features(args)
     for path in folders:
         folder = folder_statistics(path, features, args.batch_size, **reading)
