@@ -1,5 +1,6 @@
 """KID and Inception Score equal torchmetrics' on the same features and seed; FID's bootstrap interval."""
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.image.inception import InceptionScore
@@ -103,6 +104,24 @@ def test_parameter_checks_name_the_parameter():
         fid_confidence_interval(vectors[:1], vectors, samples=5)
     with pytest.raises(ValueError, match=r"features \[N, D\] and \[M, D\]"):
         fid_confidence_interval(vectors, vectors[:, :3], samples=5)
+
+
+def test_counts_that_are_not_whole_numbers_are_refused_by_name():
+    # before: TypeErrors from inside torch ("slice indices must be integers", "chunk(): argument 'chunks' must be
+    # int, not float", "'float' object cannot be interpreted as an integer")
+    vectors = features(0, 30, dim=4)
+    for call, message in ((lambda: kernel_inception_distance(vectors, vectors, subsets=2, subset_size=10.0),
+                           "KID's subset_size must be a whole number, got 10.0"),
+                          (lambda: kernel_inception_distance(vectors, vectors, subsets=2.5, subset_size=10),
+                           "KID's subsets must be a whole number, got 2.5"),
+                          (lambda: inception_score(vectors, splits=True), "splits must be a whole number, got True"),
+                          (lambda: fid_confidence_interval(vectors, vectors, samples=2.0),
+                           "the FID interval's samples must be a whole number, got 2.0")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    seeded = [inception_score(vectors, splits=splits, generator=torch.Generator().manual_seed(0))
+              for splits in (np.int64(3), 3)]  # NumPy's integers are whole numbers
+    assert seeded[0] == seeded[1]
 
 
 def test_kid_of_float64_and_float32_features_and_numpy_arrays():

@@ -15,6 +15,7 @@ seed gives torchmetrics' numbers).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ def _tensor(values: Any, name: str) -> Tensor:
     if values.is_floating_point() and not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} have non-finite values")
     return values
+
+
+def _check_whole(value: Any, name: str) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer (Python's or NumPy's; not a bool or a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> Tensor:
@@ -57,6 +64,8 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
     Sets of different dtypes (float64 real features saved earlier, float32 new ones) meet in the wider dtype, and
     never below float32: the kernel sums of half-precision features (autocast's) overflow or round away the score."""
     real, fake = _tensor(real, "KID's real features"), _tensor(fake, "KID's generated features")
+    _check_whole(subsets, "KID's subsets")
+    _check_whole(subset_size, "KID's subset_size")
     common = torch.promote_types(torch.promote_types(real.dtype, fake.dtype), torch.float32)
     real, fake = real.to(common), fake.to(common)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
@@ -84,6 +93,7 @@ def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: to
     For numbers comparable with published ones and torchmetrics' give
     :meth:`~visionzoo.metrics.inception.InceptionFeatures.logits_unbiased` (the classifier without its bias)."""
     logits = _tensor(logits, "the Inception Score's logits")
+    _check_whole(splits, "the Inception Score's splits")
     if splits < 1:
         raise ValueError(f"the Inception Score's splits must be >= 1, got {splits}")
     if logits.dim() != 2 or len(logits) < splits:
@@ -112,6 +122,7 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
     real, fake = _tensor(real, "the FID interval's real features"), _tensor(fake, "the FID interval's generated features")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_whole(samples, "the FID interval's samples")
     if samples < 1:
         raise ValueError(f"the FID interval's samples must be >= 1, got {samples}")
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
