@@ -54,6 +54,13 @@ def test_a_batch_size_that_is_not_a_positive_integer_is_refused_by_name(batch_si
         FID(pooled(), batch_size=batch_size)
 
 
+def test_a_numpy_integer_batch_size_works():
+    # before: update raised "split_with_sizes(): argument 'split_sizes' must be tuple of ints, not numpy.int64"
+    metric = FID(pooled(), batch_size=np.int64(3))
+    metric.update(torch.rand(7, 3, 8, 8), real=True)
+    assert metric.real.count == 7
+
+
 def test_a_folder_of_mixed_image_sizes_gives_the_same_statistics_at_any_batch_size(tmp_path):
     # before: "images of different sizes ... resize them to one size first" whenever two sizes met in one batch
     # (the default 50), while --batch-size 1 scored the folder; clean-fid scores it at any batch size

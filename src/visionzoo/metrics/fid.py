@@ -10,6 +10,7 @@ pytorch-fid and clean-fid. Statistics files are pytorch-fid's: an ``.npz`` with 
 
 from __future__ import annotations
 
+import numbers
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,10 +52,10 @@ class FID:
     """
 
     def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"FID's batch_size must be a positive integer, got {batch_size!r}")
         self.features = features.eval()
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)  # Tensor.split refuses NumPy's integers
         self.real = FeatureStatistics()
         self.fake = FeatureStatistics()
         self.kept: dict[bool, list[Tensor]] | None = {True: [], False: []} if keep_features else None
