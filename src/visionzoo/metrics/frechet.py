@@ -56,9 +56,9 @@ def _check_not_negative(eigenvalues: Tensor, what: str) -> None:
 
 
 def is_positive_semidefinite(sigma: Tensor) -> bool:
-    """Whether a symmetric float64 Tensor[D, D] has no eigenvalue below -1e-5 × its trace (the tolerance of
-    :func:`trace_sqrt_product`'s checks, which it never exceeds): a Cholesky factorisation of sigma shifted
-    up by that much succeeds, several times cheaper than its eigenvalues."""
+    """Whether a symmetric float64 Tensor[D, D] has no eigenvalue below -1e-5 × its trace (never stricter than
+    :func:`trace_sqrt_product`'s -1e-5 × the largest eigenvalue): a Cholesky factorisation of sigma shifted up
+    by that much succeeds, several times cheaper than its eigenvalues."""
     trace = float(sigma.diagonal().sum())
     if trace <= 0:  # a negative variance, or all zero: then so must every covariance be
         return trace == 0 and not bool(sigma.any())

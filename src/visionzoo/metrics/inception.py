@@ -16,9 +16,9 @@ Surprising Subtleties in GAN Evaluation"):
 
 Both then map the pixels to about [-1, 1] as their library does: legacy ``2 x - 1`` of x in [0, 1]
 (pytorch-fid's ``normalize_input``), clean ``(x - 128) / 128`` of x in [0, 255] (clean-fid's, the
-TensorFlow graph's own), which differ by up to 1/128. The weights are pytorch-fid's ``pt_inception-2015-12-05`` file:
-``checkpoint=PATH`` loads a local copy, ``pretrained=True`` downloads it once into the weights cache
-(hash-checked).
+TensorFlow graph's own), which differ by up to 1/128. The weights are pytorch-fid's
+``pt_inception-2015-12-05`` file: ``checkpoint=PATH`` loads a local copy, ``pretrained=True`` downloads
+it once into the weights cache (hash-checked).
 """
 
 from __future__ import annotations
