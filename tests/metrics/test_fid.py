@@ -54,6 +54,22 @@ def test_a_batch_size_that_is_not_a_positive_integer_is_refused_by_name(batch_si
         FID(pooled(), batch_size=batch_size)
 
 
+class ListOfMaps(torch.nn.Module):
+    """pytorch-fid's InceptionV3 output: a list of Tensor[B, D, 1, 1]."""
+
+    def forward(self, images):
+        return [images.mean(dim=(2, 3), keepdim=True)]
+
+
+@pytest.mark.parametrize("features, got", [(ListOfMaps(), "got list"),
+                                           (torch.nn.AdaptiveAvgPool2d(1), r"got \(2, 3, 1, 1\)")])
+def test_a_feature_module_that_does_not_return_vectors_is_named(features, got):
+    # before: AttributeError "'list' object has no attribute 'double'", or FeatureStatistics' "features must be
+    # [N, D]" that did not say the module was at fault
+    with pytest.raises(ValueError, match=f"FID's feature module must return Tensor\\[B, D\\], {got}"):
+        FID(features).update(torch.rand(2, 3, 8, 8), real=True)
+
+
 def test_a_numpy_integer_batch_size_works():
     # before: update raised "split_with_sizes(): argument 'split_sizes' must be tuple of ints, not numpy.int64"
     metric = FID(pooled(), batch_size=np.int64(3))

@@ -70,7 +70,12 @@ class FID:
         check_unit_range(images, "FID")
         stats = self.real if real else self.fake
         for part in images.split(self.batch_size):
-            features = self.features(part).double()
+            features = self.features(part)
+            if not isinstance(features, Tensor) or features.dim() != 2:
+                got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(f"FID's feature module must return Tensor[B, D], got {got} (pytorch-fid's "
+                                 "InceptionV3 returns a list of [B, D, 1, 1]: use InceptionFeatures)")
+            features = features.double()
             stats.update(features)
             if self.kept is not None:
                 self.kept[real].append(features.cpu())
