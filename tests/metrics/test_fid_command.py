@@ -94,6 +94,16 @@ def test_statistics_of_the_other_network_fail_before_it_is_built(tmp_path, capsy
     one_line_error(capsys, ["fid", str(folder), str(stats), *features], str(stats), message)
 
 
+@pytest.mark.parametrize("typed", ["stats/", "new/"])
+def test_save_stats_naming_a_folder_is_refused(tmp_path, capsys, no_network, typed):
+    # before: --save-stats stats/ wrote stats.npz beside the folder, not in it (np.savez would write stats/.npz)
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    (tmp_path / "stats").mkdir()
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", f"{tmp_path}/{typed}"],
+                   "names a folder; name the file")
+    assert not (tmp_path / "stats.npz").exists() and not (tmp_path / "new.npz").exists()
+
+
 def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
     small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
     shifted = write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4))

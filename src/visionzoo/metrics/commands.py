@@ -120,6 +120,10 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
         return None
     if is_statistics(args.path_a):
         raise ValueError(f"--save-stats writes the statistics of an image folder; {args.path_a} already is statistics")
+    if args.save_stats.endswith("/"):
+        # statistics_path would drop the slash and write a file beside the folder, not in it
+        raise ValueError(f"--save-stats {args.save_stats} names a folder; name the file, e.g. "
+                         f"{Path(args.save_stats) / 'stats.npz'}")
     target = statistics_path(args.save_stats)
     if not target.parent.is_dir():
         raise ValueError(f"--save-stats {args.save_stats}: folder {target.parent} does not exist")
