@@ -284,6 +284,18 @@ def test_features_take_images_of_any_float_dtype(weights_file):
     assert metric.real.count == 2
 
 
+def test_a_bfloat16_network_runs_with_every_resize(weights_file):
+    # before: resize="clean" fed the float32 PIL output to a bfloat16 network: "Input type (torch.FloatTensor) and
+    # weight type (CPUBFloat16Type) should be the same"
+    images = torch.rand(1, 3, 80, 80, generator=torch.Generator().manual_seed(12))
+    for resize in ("clean", "legacy"):
+        features = InceptionFeatures(weights_file, resize=resize)
+        with torch.no_grad():
+            expected, got = features(images), features.to(torch.bfloat16)(images)
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
 def test_features_refuse_images_outside_the_unit_range(weights_file):
     features = InceptionFeatures(weights_file)
     images = torch.rand(2, 3, 40, 40)

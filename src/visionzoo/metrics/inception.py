@@ -270,11 +270,11 @@ class InceptionFeatures(nn.Module):
             raise ValueError(f"InceptionFeatures(resize='none') takes images of at least {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE} "
                              f"px, got {images.shape[-2]}×{images.shape[-1]}; resize them to 299×299 first, or use "
                              "resize='legacy' or 'clean'")
+        if self.resize == "clean":  # PIL works in float32 whatever the network's dtype
+            return ((resize_clean(images) * 255 - 128) / 128).to(self.fc.weight.dtype)
         images = images.to(self.fc.weight.dtype)
         if self.resize == "legacy":
             images = resize_legacy(images)
-        elif self.resize == "clean":
-            return (resize_clean(images) * 255 - 128) / 128
         return 2 * images - 1
 
     def pool_features(self, x: Tensor) -> Tensor:
