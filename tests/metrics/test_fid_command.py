@@ -85,7 +85,8 @@ def test_a_missing_or_empty_path_b_fails_before_any_feature(tmp_path, capsys, no
 
 @pytest.mark.parametrize("dim, features, message", [
     (128, [], "128 dimensions; --features inception gives 2048 (statistics of --features domain?)"),
-    (2048, ["--features", "domain", "--data", "digits"], "2048 dimensions; --features domain gives 128"),
+    (2048, ["--features", "domain", "--data", "digits"],
+     "2048 dimensions; --features domain gives 128 (statistics of --features inception?)"),
 ])
 def test_statistics_of_the_other_network_fail_before_it_is_built(tmp_path, capsys, no_network, dim, features, message):
     # before: the folder's features were computed (Inception first downloaded) and only then the dimensions compared
@@ -102,6 +103,14 @@ def test_save_stats_naming_a_folder_is_refused(tmp_path, capsys, no_network, typ
     one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", f"{tmp_path}/{typed}"],
                    "names a folder; name the file")
     assert not (tmp_path / "stats.npz").exists() and not (tmp_path / "new.npz").exists()
+
+
+def test_statistics_of_another_inception_block_get_no_hint_at_the_domain_features(tmp_path, capsys, no_network):
+    folder = write_folder(tmp_path / "a", 0)
+    stats = write_stats(tmp_path / "stats.npz", np.zeros(768), np.eye(768))  # pytorch-fid --dims 768
+    assert main(["fid", str(folder), str(stats)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{stats} has statistics of 768 dimensions; --features inception "
+                                                    "gives 2048")
 
 
 def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):

@@ -140,12 +140,13 @@ def _check_statistics_fit_the_features(args: argparse.Namespace, stats: dict) ->
     features ``--features`` gives the folder: they have another dimension."""
     from visionzoo.metrics.domain import WIDTHS
 
-    dim = WIDTHS[-1] if args.features == "domain" else 2048  # the domain network's or Inception's pool features
+    dims = {"domain": WIDTHS[-1], "inception": 2048}  # the domain network's and Inception's pool features
     for path, (mu, _) in stats.items():
-        if mu.shape[0] != dim:
-            other = "--features inception" if args.features == "domain" else "--features domain"
+        if mu.shape[0] != dims[args.features]:
+            other = [name for name, dim in dims.items() if dim == mu.shape[0]]
+            hint = f" (statistics of --features {other[0]}?)" if other else ""
             raise ValueError(f"{path} has statistics of {mu.shape[0]} dimensions; --features {args.features} gives "
-                             f"{dim} (statistics of {other}?)")
+                             f"{dims[args.features]}{hint}")
 
 
 def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
