@@ -74,13 +74,21 @@ def served(tmp_path_factory):
     thread.join()
 
 
-def test_pretrained_downloads_verifies_and_gives_torchvision_detections(served, monkeypatch, tmp_path):
+@pytest.fixture()
+def mirrored(served, monkeypatch, tmp_path):
+    """The served file as the registered one: downloads go to the local server, the cache to ``tmp_path``, and
+    the registry's hash prefix is the file's. Gives ``served``'s reference model and requests, and the entry."""
     reference, url, requests, digest = served
     monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", url)
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
     entry = get_model_entry(NAME)
     monkeypatch.setitem(registry._MODELS, NAME, dataclasses.replace(
         entry, pretrained=dataclasses.replace(entry.pretrained, sha256=digest[:8])))
+    return reference, requests, entry
+
+
+def test_pretrained_downloads_verifies_and_gives_torchvision_detections(mirrored, tmp_path):
+    reference, requests, entry = mirrored
     model = create_model(NAME, pretrained=True, **SMALL).eval()
 
     file_name = Path(entry.pretrained.url).name
@@ -98,16 +106,11 @@ def test_pretrained_downloads_verifies_and_gives_torchvision_detections(served, 
     torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
 
 
-def test_pretrained_fine_tunes_as_torchvision_its_coco_weights(served, monkeypatch, tmp_path):
+def test_pretrained_fine_tunes_as_torchvision_its_coco_weights(mirrored):
     # before: pretrained=True built batch norms that trained (batch statistics, running statistics overwritten
     # by every training step) with epsilon 1e-5 where torchvision's are frozen with epsilon 0, and trained
     # conv1 and layer1: other detections, other losses
-    reference, url, _, digest = served
-    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", url)
-    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
-    entry = get_model_entry(NAME)
-    monkeypatch.setitem(registry._MODELS, NAME, dataclasses.replace(
-        entry, pretrained=dataclasses.replace(entry.pretrained, sha256=digest[:8])))
+    reference, _, _ = mirrored
     model = create_model(NAME, pretrained=True, **SMALL)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {name for name, p in reference.named_parameters() if p.requires_grad}
