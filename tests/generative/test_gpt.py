@@ -135,6 +135,13 @@ def test_top_k_and_top_p_keep_exactly_the_right_tokens(sampler, kept):
     assert set(drawn(**sampler).tolist()) == set(kept)
 
 
+def test_top_k_keeps_the_tokens_tied_with_the_kth():
+    """top_k=2 over logits [1, 1, 1, 0] used to keep two of the three tied best tokens, picked by topk's order."""
+    logits = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).expand(3000, -1)
+    tokens = sample_logits(logits, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {0, 1, 2}
+
+
 def test_the_kept_tokens_keep_their_relative_odds_and_temperature_sharpens():
     tokens = drawn(top_k=2)
     share = (tokens == ORDER[0]).float().mean()

@@ -201,7 +201,7 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
                   generator: torch.Generator | None = None) -> Tensor:
     """One token per row of ``logits`` Tensor[B, V]: int64 Tensor[B].
 
-    The logits are divided by ``temperature`` (> 0); ``top_k`` keeps the k most likely tokens; ``top_p``
+    The logits are divided by ``temperature`` (> 0); ``top_k`` keeps the k most likely tokens (and any tied with the k-th); ``top_p``
     (nucleus) then keeps the smallest set of most likely tokens whose probability reaches ``p``, never
     fewer than the best one. The draw uses ``generator``.
     """
@@ -217,9 +217,9 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     logits = logits.float()
     logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kept = torch.full_like(logits, float("-inf"))
-        best, where = logits.topk(top_k, dim=-1)
-        logits = kept.scatter(-1, where, best)
+        # Everything below the k-th best goes; tokens tied with it stay (as nanoGPT), not an arbitrary pick of them.
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         ordered, order = logits.sort(dim=-1, descending=True)
         probabilities = ordered.softmax(-1)
