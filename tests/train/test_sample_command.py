@@ -8,6 +8,7 @@ from PIL import Image
 from visionzoo.cli import main
 from visionzoo.metrics import domain
 from visionzoo.train import TrainConfig
+from visionzoo.train.commands import grid_size
 from visionzoo.train.run import run_training
 
 TINY_GAN = dict(latent_dim=8, generator_width=4, discriminator_width=4)
@@ -88,3 +89,15 @@ def test_an_out_that_is_a_folder_is_refused_in_one_line_before_sampling(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"visionzoo sample: error: --out {folder} is a folder; give the path of a .png or .jpg file"]
     assert (folder / "mine.txt").read_text() == "mine"
+
+
+def test_a_jpeg_grid_too_large_for_the_format_is_refused_in_one_line_before_sampling(gan_checkpoint, tmp_path, capsys):
+    """3700 images of 16 pixels in one column (66602 pixels high) used to sample, then end in Pillow's traceback
+    'broken data stream when writing image file'; JPEG's sides stop at 65500."""
+    out = tmp_path / "grid.jpg"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(out), "-n", "3700", "--nrow", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "-n 3700" in err and "--nrow 1" in err and "66602" in err and ".png" in err
+    assert not out.exists()
+    assert grid_size(3700, 1, 16) == (20, 66602) and grid_size(3, 8, 16) == (56, 20)

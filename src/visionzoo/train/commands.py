@@ -297,6 +297,27 @@ def remove_earlier_samples(folder: Path) -> None:
             path.unlink()
 
 
+# libjpeg's largest side; Pillow fails past it with "broken data stream when writing image file".
+JPEG_MAX_SIDE = 65500
+GRID_PADDING = 2
+
+
+def grid_size(count: int, nrow: int, side: int, padding: int = GRID_PADDING) -> tuple[int, int]:
+    """(width, height) in pixels of torchvision's ``make_grid`` of ``count`` images ``side`` × ``side``, ``nrow`` a row."""
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    return columns * (side + padding) + padding, rows * (side + padding) + padding
+
+
+def _check_grid_fits(out: Path, count: int, nrow: int, side: int | None) -> None:
+    if side is None or out.suffix.lower() not in (".jpg", ".jpeg"):
+        return
+    width, height = grid_size(count, nrow, side)
+    if max(width, height) > JPEG_MAX_SIDE:
+        raise ValueError(f"-n {count} images of {side} pixels at --nrow {nrow} make a {width} x {height} grid; a JPEG "
+                         f"--out is at most {JPEG_MAX_SIDE} pixels a side: change -n or --nrow, or write a .png")
+
+
 def _class_index(label: str | None, classes: list[str] | None) -> int | None:
     if label is None:
         return None
@@ -324,6 +345,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
+    _check_grid_fits(out, args.count, args.nrow, setup.run_meta.get("img_size"))  # before sampling, which may take long
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:
@@ -333,7 +355,7 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         images = setup.task.sample(setup.model.eval(), args.count, generator, autocast, **settings).float().clamp(0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, out, nrow=args.nrow, padding=2, pad_value=1.0)
+    save_image(images, out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
     if images_dir is not None:
         images_dir.mkdir(parents=True, exist_ok=True)
         if args.overwrite:
