@@ -38,6 +38,12 @@ def test_too_small_images_are_refused():
         PatchGAN(3, 8, n_layers=0)
 
 
+def test_images_of_other_channels_are_refused_by_name():
+    # Used to be conv2d's "expected input[1, 1, 32, 32] to have 3 channels".
+    with pytest.raises(ValueError, match=r"takes Tensor\[B, 3, H, W\] with sides >= 12, got \(1, 1, 32, 32\)"):
+        PatchGAN(3, 8, n_layers=2)(torch.randn(1, 1, 32, 32))
+
+
 def test_hinge_losses_on_known_logits():
     real = torch.tensor([2.0, 0.5, -1.0])
     fake = torch.tensor([-2.0, 0.0, 1.0])

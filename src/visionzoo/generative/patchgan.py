@@ -46,6 +46,7 @@ class PatchGAN(nn.Module):
         super().__init__()
         if n_layers < 1 or width < 1:
             raise ValueError(f"PatchGAN needs n_layers >= 1 and width >= 1, got n_layers={n_layers}, width={width}")
+        self.in_chans = in_chans
         self.n_layers = n_layers
         layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         channels = width
@@ -67,9 +68,9 @@ class PatchGAN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         minimum = 3 * 2 ** self.n_layers
-        if images.dim() != 4 or min(images.shape[-2:]) < minimum:
-            raise ValueError(f"PatchGAN with {self.n_layers} layers takes Tensor[B, C, H, W] with sides >= {minimum}, "
-                             f"got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != self.in_chans or min(images.shape[-2:]) < minimum:
+            raise ValueError(f"PatchGAN with {self.n_layers} layers takes Tensor[B, {self.in_chans}, H, W] with sides "
+                             f">= {minimum}, got {tuple(images.shape)}")
         return self.layers(images)
 
 
