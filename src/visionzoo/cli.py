@@ -112,6 +112,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """A number in (0, 1]: a share of probability mass (top-p sampling's nucleus)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)

@@ -52,6 +52,9 @@ def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     assert "--out must be a .png or .jpg" in capsys.readouterr().err
     assert main(["sample", "resnet18", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out]) != 0
     assert "missing.safetensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused by the parser, before the checkpoint is read
+        main(["sample", "dcgan", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out, "--top-p", "1.5"])
+    assert "--top-p: expected a number in (0, 1], got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "grid.png").exists()
 
 

@@ -17,6 +17,7 @@ from visionzoo.cli import (
     nonnegative_int,
     positive_float,
     positive_int,
+    probability,
     register_command,
 )
 from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
@@ -268,7 +269,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
-    parser.add_argument("--top-p", type=positive_float, help="sample within the nucleus of probability p")
+    parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
     parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
