@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,16 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
         return np.repeat(grey[..., None] / 65535, channels, axis=2)
     pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
     return pixels[..., None] if channels == 1 else pixels
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` and its submodules in eval mode inside the block; afterwards each gets back its own mode (a
+    model that keeps a frozen part in eval mode while training keeps it so)."""
+    modes = [(part, part.training) for part in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for part, training in modes:
+            part.training = training

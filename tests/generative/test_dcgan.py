@@ -75,6 +75,18 @@ def test_the_same_seed_gives_the_same_images():
     assert not torch.equal(first, model.generate(4, torch.Generator().manual_seed(4)))
 
 
+def test_generate_in_training_mode_samples_as_in_eval_and_leaves_the_running_statistics():
+    """In training mode generate used to normalise by the batch's statistics and move BatchNorm's running ones."""
+    torch.manual_seed(0)
+    model = DCGAN(img_size=16, **TINY)
+    expected = model.eval().generate(4, torch.Generator().manual_seed(3))
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    model.train()
+    torch.testing.assert_close(model.generate(4, torch.Generator().manual_seed(3)), expected)
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+    assert all(module.training for module in model.modules())
+
+
 def test_registered_for_the_gan_task():
     entry = get_model_entry("dcgan")
     assert entry.task == "gan" and entry.default_cfg["input_size"] == (1, 32, 32)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.models._registry import register_model
+from visionzoo.utils import eval_mode
 
 IN_CHANS = (1, 3)
 MIN_SIZE = 16
@@ -133,10 +134,15 @@ class DCGAN(nn.Module):
 
     @torch.no_grad()
     def generate(self, count: int, generator: torch.Generator) -> Tensor:
-        """``count`` images Tensor[count, in_chans, img_size, img_size] in [0, 1]; the randomness is ``generator``'s."""
+        """``count`` images Tensor[count, in_chans, img_size, img_size] in [0, 1]; the randomness is ``generator``'s.
+
+        Runs in eval mode (BatchNorm's running statistics) and gives the model back in its own mode: in training
+        mode the batch would be normalised by its own statistics and move the running ones.
+        """
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
-        return self(self.sample_latents(count, generator))
+        with eval_mode(self):
+            return self(self.sample_latents(count, generator))
 
 
 @register_model(task="gan", input_size=(1, 32, 32))
