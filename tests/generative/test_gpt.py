@@ -79,6 +79,18 @@ def test_kv_cache_generation_equals_full_recomputation(prefix_length, sampler):
     assert torch.equal(again, cached)  # the generator alone decides
 
 
+def test_generate_in_training_mode_is_the_seeded_eval_sampling_and_keeps_the_mode():
+    """With dropout, generate in training mode used to drop activations with the global RNG: other tokens each call."""
+    torch.manual_seed(0)
+    model = GPT(11, 12, 3, drop=0.5, **TINY).eval()
+    expected = model.generate(4, labels=[0, 1, 2, 3], generator=torch.Generator().manual_seed(5))
+    model.train()
+    for _ in range(2):
+        tokens = model.generate(4, labels=[0, 1, 2, 3], generator=torch.Generator().manual_seed(5))
+        assert torch.equal(tokens, expected)
+    assert all(module.training for module in model.modules()) and torch.is_grad_enabled()
+
+
 def test_generate_checks_its_lengths():
     model = tiny_gpt()
     assert model.generate(2, length=5, generator=torch.Generator().manual_seed(0)).shape == (2, 5)
