@@ -7,8 +7,9 @@ from PIL import Image
 
 from visionzoo.cli import main
 from visionzoo.metrics import domain
-from visionzoo.train import TrainConfig
-from visionzoo.train.commands import grid_size
+from visionzoo.train import TrainConfig, commands
+from visionzoo.train.commands import grid_size, sample_batches
+from visionzoo.train.gan import GANTask
 from visionzoo.train.run import run_training
 
 TINY_GAN = dict(latent_dim=8, generator_width=4, discriminator_width=4)
@@ -104,3 +105,22 @@ def test_a_jpeg_grid_too_large_for_the_format_is_refused_in_one_line_before_samp
     assert len(err.splitlines()) == 1 and "-n 3700" in err and "--nrow 1" in err and "66602" in err and ".png" in err
     assert not out.exists()
     assert grid_size(3700, 1, 16) == (20, 66602) and grid_size(3, 8, 16) == (56, 20)
+
+
+def test_many_samples_are_drawn_in_batches_of_bounded_size(gan_checkpoint, tmp_path, monkeypatch):
+    """-n 10000 used to be one call of the sampler: an Image GPT's key-value cache alone grew to about 18 GB."""
+    assert sample_batches(1200) == [500, 500, 200] and sample_batches(500) == [500] and sample_batches(3, 2) == [2, 1]
+    calls = []
+    sample = GANTask.sample
+
+    def counted(self, model, count, *args, **kwargs):
+        calls.append(count)
+        return sample(self, model, count, *args, **kwargs)
+
+    monkeypatch.setattr(GANTask, "sample", counted)
+    monkeypatch.setattr(commands, "SAMPLE_BATCH", 3)
+    images = tmp_path / "images"
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "7", "--out", str(tmp_path / "grid.png"),
+                 "--images-dir", str(images)]) == 0
+    assert calls == [3, 3, 1]
+    assert sorted(p.name for p in images.iterdir()) == [f"{i:05d}.png" for i in range(7)]
