@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,6 +90,17 @@ def test_generate_in_training_mode_is_the_seeded_eval_sampling_and_keeps_the_mod
         tokens = model.generate(4, labels=[0, 1, 2, 3], generator=torch.Generator().manual_seed(5))
         assert torch.equal(tokens, expected)
     assert all(module.training for module in model.modules()) and torch.is_grad_enabled()
+
+
+def test_generate_takes_any_integer_count_and_refuses_other_prefixes_by_name():
+    """A numpy count used to fail with "'numpy.int64' object has no attribute 'to'", as a float or a list did."""
+    model = tiny_gpt()
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(np.int64(2), generator=generator),
+                       model.generate(2, generator=torch.Generator().manual_seed(0)))
+    for prefix in (2.0, [[1, 2]], None, True):
+        with pytest.raises(ValueError, match=r"count of samples >= 0 \(or a prefix Tensor\[B, P\]\)"):
+            model.generate(prefix)
 
 
 def test_generate_checks_its_lengths():

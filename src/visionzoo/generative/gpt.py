@@ -166,9 +166,10 @@ class GPT(nn.Module):
                   top_k: int | None, top_p: float | None, generator: torch.Generator | None) -> Tensor:
         length = self.seq_len if length is None else length
         device = self.pos_embed.device
-        if isinstance(prefix, bool) or isinstance(prefix, int) and prefix < 0:
+        count = isinstance(prefix, numbers.Integral) and not isinstance(prefix, bool)  # numpy's integers too
+        if not (count and prefix >= 0 or isinstance(prefix, Tensor)):
             raise ValueError(f"generate needs a count of samples >= 0 (or a prefix Tensor[B, P]), got {prefix!r}")
-        tokens = torch.zeros(prefix, 0, dtype=torch.long, device=device) if isinstance(prefix, int) else prefix.to(device)
+        tokens = torch.zeros(int(prefix), 0, dtype=torch.long, device=device) if count else prefix.to(device)
         if tokens.dim() != 2 or not 0 <= tokens.shape[1] < length <= self.seq_len:
             raise ValueError(f"generate needs a prefix Tensor[B, P] (or a count) with P < length <= {self.seq_len}, "
                              f"got prefix {tuple(tokens.shape)}, length {length}")
