@@ -114,6 +114,13 @@ def test_bad_shapes_and_settings_are_one_clear_error():
         VectorQuantizer(1, 8)
     with pytest.raises(ValueError, match="dead_code_restart must be one of"):
         VectorQuantizer(4, 8, dead_code_restart="nearest")
+    # These used to be taken silently: code_dim=0 as no projection, a negative commitment as a push away from the code.
+    with pytest.raises(ValueError, match=r"code_dim must be at least 1 \(or None: no projection\), got 0"):
+        VectorQuantizer(4, 8, code_dim=0)
+    with pytest.raises(ValueError, match="commitment and dead_code_threshold must be >= 0, got -0.25 and 1.0"):
+        VectorQuantizer(4, 8, commitment=-0.25)
+    with pytest.raises(ValueError, match="commitment and dead_code_threshold must be >= 0, got 0.25 and -1"):
+        VectorQuantizer(4, 8, dead_code_threshold=-1)
 
 
 def test_factorised_codes_update_under_bf16_autocast():

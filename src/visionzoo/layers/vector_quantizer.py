@@ -61,6 +61,12 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"a codebook needs at least 2 codes of dimension >= 1, got {num_codes} x {dim}")
         if ema_decay is not None and not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        # Not a silent fallback: code_dim=0 would mean "no projection"; a negative commitment would push z away from its code.
+        if code_dim is not None and code_dim < 1:
+            raise ValueError(f"code_dim must be at least 1 (or None: no projection), got {code_dim}")
+        if commitment < 0 or dead_code_threshold < 0:
+            raise ValueError(f"commitment and dead_code_threshold must be >= 0, got {commitment} and "
+                             f"{dead_code_threshold}")
         if dead_code_restart not in RESTARTS:
             raise ValueError(f"dead_code_restart must be one of {RESTARTS}, got {dead_code_restart!r}")
         self.num_codes = num_codes
