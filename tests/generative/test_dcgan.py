@@ -1,5 +1,6 @@
 """DCGAN: shapes and range at 32 and 64 px, clear errors for bad sizes, the paper's initialisation, seeded sampling."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -45,8 +46,15 @@ def test_bad_sizes_and_inputs_are_clear_errors():
         model(torch.randn(2, 100))
     with pytest.raises(ValueError, match=r"Tensor\[B, 1, 16, 16\] images, got \(2, 3, 16, 16\)"):
         model.discriminate(torch.rand(2, 3, 16, 16))
-    with pytest.raises(ValueError, match="count must be positive"):
-        model.generate(0, torch.Generator())
+    # A float count used to fail inside torch.randn, a missing generator with "'NoneType' object has no attribute".
+    for count in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"count must be a positive integer, got {count!r}"):
+            model.generate(count, torch.Generator())
+    assert model.generate(np.int64(2), torch.Generator()).shape[0] == 2
+    torch.manual_seed(1)
+    unseeded = model.generate(2)
+    torch.manual_seed(1)
+    assert torch.equal(model.generate(2, None), unseeded)
 
 
 def test_initialisation_follows_the_paper():

@@ -14,6 +14,8 @@ scores, ``model.generate(count, generator)`` samples. The training objective liv
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -126,21 +128,22 @@ class DCGAN(nn.Module):
                              f"got {tuple(images.shape)}")
         return self.discriminator(images * 2 - 1)
 
-    def sample_latents(self, count: int, generator: torch.Generator) -> Tensor:
-        """``count`` latents from N(0, I) drawn from ``generator``: float32 Tensor[count, latent_dim] on the model's
-        device."""
+    def sample_latents(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        """``count`` latents from N(0, I) drawn from ``generator`` (None: the global RNG): float32
+        Tensor[count, latent_dim] on the model's device."""
         device = next(self.parameters()).device
-        return torch.randn(count, self.latent_dim, generator=generator, device=generator.device).to(device)
+        source = device if generator is None else generator.device
+        return torch.randn(int(count), self.latent_dim, generator=generator, device=source).to(device)
 
     @torch.no_grad()
-    def generate(self, count: int, generator: torch.Generator) -> Tensor:
+    def generate(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """``count`` images Tensor[count, in_chans, img_size, img_size] in [0, 1]; the randomness is ``generator``'s.
 
         Runs in eval mode (BatchNorm's running statistics) and gives the model back in its own mode: in training
         mode the batch would be normalised by its own statistics and move the running ones.
         """
-        if count < 1:
-            raise ValueError(f"count must be positive, got {count}")
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
         with eval_mode(self):
             return self(self.sample_latents(count, generator))
 
