@@ -65,6 +65,15 @@ def test_dead_codes_restart_at_vectors_of_the_batch():
     assert later.unique().numel() > indices.unique().numel() and later_stats["usage"] > stats["usage"]
 
 
+def test_an_empty_batch_in_training_leaves_the_codebook():
+    """It used to decay every count, then fail restarting the dead codes: "random_ expects 'from' to be less than 'to'"."""
+    quantizer = VectorQuantizer(8, 4)
+    state = {name: value.clone() for name, value in quantizer.state_dict().items()}
+    quantised, indices, _, _ = quantizer(torch.zeros(0, 4, 2, 2))
+    assert quantised.shape == (0, 4, 2, 2) and indices.shape == (0, 2, 2)
+    assert all(torch.equal(value, state[name]) for name, value in quantizer.state_dict().items())
+
+
 def test_farthest_restart_puts_dead_codes_on_the_worst_quantised_vectors():
     quantizer = VectorQuantizer(4, 2, ema_decay=0.0, dead_code_threshold=0.5, dead_code_restart="farthest")
     with torch.no_grad():

@@ -145,7 +145,7 @@ class VectorQuantizer(nn.Module):
         flat, grid = self._flatten(z)
         distances, indices = self._nearest(flat.detach())
         codes = self.code_vectors()[indices]
-        if self.training and self.ema_decay is not None:
+        if self.training and self.ema_decay is not None and len(flat):  # an empty batch says nothing of the codes
             self._ema_update(flat.detach(), indices, distances)
             codes = self.code_vectors()[indices]
         loss = self.commitment * F.mse_loss(flat, codes.detach())
