@@ -473,3 +473,11 @@ def test_set_input_size_of_vit256_is_refused():
     """Any tile size already gets the official table by DINO's rule; timm's resampling would change it."""
     with pytest.raises(ValueError, match="224-pixel position table"):
         create_model("hipt_vit256_small").set_input_size(img_size=256)
+
+
+def test_an_empty_batch_of_regions_gives_empty_outputs():
+    """A batch of no regions (the last batch of a filtered loader) gives Tensor[0, ...], as the ViTs do."""
+    model = small_hipt(num_classes=3)
+    with torch.no_grad():
+        assert model.encode_tiles(images(0, 3, 128, 192)).shape == (0, 384, 2, 3)
+        assert model(images(0, 3, 128, 192)).shape == (0, 3)

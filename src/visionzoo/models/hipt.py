@@ -345,6 +345,8 @@ class HIPT4K(nn.Module):
             for start in range(0, batch * cells, step):
                 pick = slice(start, start + step)
                 features.append(self.model256(tiles[image[pick], row[pick], col[pick]]))
+        if not features:  # an empty batch: no tiles to encode
+            return x.new_zeros(0, self.model256.num_features, gh, gw)
         grid = torch.cat(features).reshape(batch, gh, gw, -1)
         return grid.permute(0, 3, 1, 2)
 
