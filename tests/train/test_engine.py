@@ -227,7 +227,7 @@ def _blobs_fit(run: Path, **settings):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", **settings)
+    config = TrainConfig(out=str(run), progress=False, precision="fp32", **{"batch_size": 16, **settings})
     return fit(ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
 
 
@@ -265,3 +265,18 @@ def test_the_readme_names_every_file_of_a_run_folder(tmp_path):
     written = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("."))
     assert "checkpoint.json" in written
     assert [name for name in written if f"`{name}`" not in readme] == []
+
+
+@pytest.mark.parametrize("new_batch", [8, 32])
+def test_resume_with_another_batch_size_goes_on_at_the_next_epoch(tmp_path, new_batch):
+    """After one epoch at batch 16, `--resume --batch-size 8 --epochs 2` mapped step 16 into epoch 0 of the new size
+    (its second half again) and trained 2.5 epochs in all; with batch 32 it was refused as already 2 epochs done."""
+    run = tmp_path / "run"
+    _blobs_fit(run, epochs=1)
+    resumed = _blobs_fit(run, epochs=2, batch_size=new_batch, resume=True)
+    steps_per_epoch = 256 // new_batch
+    assert resumed.steps == 16 + steps_per_epoch
+    epochs = [record["epoch"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == [0] * 16 + [1] * steps_per_epoch
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["epoch_position"] == [2, 0, steps_per_epoch]

@@ -306,6 +306,18 @@ def check_resumed_hyperparameters(path: str | Path, groups: list[dict[str, Any]]
                                       f"for {shown(asked)}; leave {flag} out or give {shown(trained)} to continue it")
 
 
+def resumed_epoch_step(meta: Mapping[str, Any], steps_per_epoch: int) -> int:
+    """Where a checkpoint's data position falls at ``steps_per_epoch`` batches an epoch, counted in this batch
+    size's steps from the run's start: its epoch and batch when the global batch size is unchanged; after a
+    change, its epoch and the same fraction of the epoch, so that the run neither sees part of an epoch twice
+    nor counts ``--epochs`` in batches of the new size. Checkpoints written before the position was recorded:
+    their step."""
+    if "epoch_position" not in meta:
+        return meta["step"]
+    epoch, batch, saved_steps_per_epoch = meta["epoch_position"]
+    return epoch * steps_per_epoch + min(steps_per_epoch, round(batch * steps_per_epoch / saved_steps_per_epoch))
+
+
 def model_record(model: nn.Module) -> dict[str, Any]:
     """The registry name and arguments that rebuild ``model`` (see ``create_model``)."""
     return {"name": getattr(model, "model_name", type(model).__name__), "args": getattr(model, "model_args", {})}
@@ -351,6 +363,9 @@ class Trainer:
                 group.setdefault("base_lr", group["lr"])
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.step = 0
+        # Steps whose batches the epoch arithmetic skips: nonzero after resuming with another global batch size,
+        # so that step ``step`` is batch ``(step - step_offset) % steps_per_epoch`` of its epoch.
+        self.step_offset = 0
         self.train_seconds = 0.0
         self.total_steps: int | None = None
         self.train_model: nn.Module = self.model
@@ -387,7 +402,7 @@ class Trainer:
         if cfg.max_steps is not None:
             return cfg.max_steps
         if cfg.epochs is not None:
-            return max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+            return self.step_offset + max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
         # Each rank timed its own steps: all follow rank 0's plan, or their learning rates differ.
@@ -440,6 +455,10 @@ class Trainer:
         torch.distributed.broadcast(shared, src=0)
         return shared.item()
 
+    def _epoch_position(self) -> tuple[int, int]:
+        """(epoch, batch within it) of the next step at this run's global batch size."""
+        return divmod(self.step - self.step_offset, self.steps_per_epoch)
+
     # ------------------------------------------------------------------------------------ steps
     def _train_step(self, batch: Any, step: int) -> dict[str, float]:
         seed = step_seed(self.config.seed, self.dist.rank, step)
@@ -483,7 +502,7 @@ class Trainer:
         samples_seen, timed_seconds = 0, 0.0
         stop = self.step >= self.total_steps or self._out_of_time()
         while not stop:
-            epoch, start_step = divmod(self.step, self.steps_per_epoch)
+            epoch, start_step = self._epoch_position()
             self._replan_for_time(samples_seen // global_batch, timed_seconds)
             bar.total = self.total_steps
             sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
@@ -565,6 +584,7 @@ class Trainer:
             "model": model_record(self.model),
             "task": {"name": self.task.name, **self.task.checkpoint_meta()},
             "step": self.step,
+            "epoch_position": [*self._epoch_position(), self.steps_per_epoch],  # epoch, batch, batches per epoch
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "train_seconds": self.train_seconds,
@@ -600,6 +620,7 @@ class Trainer:
             check_resumed_hyperparameters(path, optimizer.param_groups, meta["optimizers"][name]["param_groups"])
             optimizer.load_state_dict(_optimizer_state(name, tensors, meta["optimizers"][name]))
         self.step = meta["step"]
+        self.step_offset = self.step - resumed_epoch_step(meta, self.steps_per_epoch)
         self.total_steps = meta["total_steps"]
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
