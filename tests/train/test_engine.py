@@ -280,3 +280,34 @@ def test_resume_with_another_batch_size_goes_on_at_the_next_epoch(tmp_path, new_
     assert epochs == [0] * 16 + [1] * steps_per_epoch
     _, meta = read_checkpoint(run / "checkpoint.safetensors")
     assert meta["epoch_position"] == [2, 0, steps_per_epoch]
+
+
+def test_resume_without_a_budget_finishes_the_runs_plan_exactly(tmp_path):
+    """A run of --max-steps 20 stopped at step 12 and resumed with plain --resume trained the default 10 epochs
+    (160 steps) on a new cosine schedule, so it neither stopped at step 20 nor matched the uninterrupted run."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    class Interrupted(ClassificationTask):
+        def training_step(self, model, batch, optimizer):
+            if self.step == 12:
+                raise KeyboardInterrupt
+            return super().training_step(model, batch, optimizer)
+
+    def run_fit(run, task, **settings):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", checkpoint_every=5,
+                             ema_decay=0.9, **settings)
+        return fit(task, model, Blobs(256, 0), None, config)
+
+    run_fit(tmp_path / "full", ClassificationTask(Blobs.classes), max_steps=20)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(tmp_path / "cut", Interrupted(Blobs.classes), max_steps=20)
+    assert run_fit(tmp_path / "cut", ClassificationTask(Blobs.classes), resume=True).steps == 20
+    full, _ = read_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
+    cut, meta = read_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")
+    assert meta["step"] == meta["total_steps"] == 20
+    assert_same_state(cut, full)

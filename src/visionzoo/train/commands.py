@@ -78,7 +78,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (--max-steps and --epochs count from the "
-                             "run's start, --minutes from now)")
+                             "run's start, --minutes from now; without them it goes on to the end of its plan)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only one that a run wrote)")
     budget = parser.add_argument_group("budget (the first reached ends the run)")
     budget.add_argument("--max-steps", type=positive_int, help="steps from the run's start, also with --resume")

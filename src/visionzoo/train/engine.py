@@ -116,13 +116,18 @@ RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps",
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
     """For a resumed run, ``config`` with its unset settings of ``RESUMED_SETTINGS`` taken from its checkpoint's
-    config, so that it goes on as it was trained, not with the task's defaults; else ``config`` itself."""
+    config, so that it goes on as it was trained, not with the task's defaults, and, when it gives no budget, the
+    checkpoint's (its planned steps for a time budget); else ``config`` itself."""
     path = Path(config.out) / CHECKPOINT_NAME
     meta = read_metadata(path) if config.resume and path.is_file() else None
     trained = (meta or {}).get("config", {})
     fill = {key: trained[key] for key in RESUMED_SETTINGS if getattr(config, key) is None and trained.get(key) is not None}
     if "betas" in fill:
         fill["betas"] = tuple(fill["betas"])
+    if meta is not None and config.max_steps is None and config.epochs is None and config.minutes is None:
+        # No budget given: the run goes on to the end of its plan (a time budget's planned steps), on its schedule.
+        budget = {key: trained.get(key) for key in ("max_steps", "epochs") if trained.get(key) is not None}
+        fill.update(budget or {"max_steps": meta["total_steps"]})
     return dataclasses.replace(config, **fill)
 
 
