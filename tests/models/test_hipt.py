@@ -481,3 +481,11 @@ def test_an_empty_batch_of_regions_gives_empty_outputs():
     with torch.no_grad():
         assert model.encode_tiles(images(0, 3, 128, 192)).shape == (0, 384, 2, 3)
         assert model(images(0, 3, 128, 192)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(("name", "part"), [("hipt_vit256_small", "ViT-256"), ("vit4k_xs", "ViT-4K")])
+def test_one_vits_file_given_to_hipt_4k_names_the_part_it_belongs_to(tmp_path, name, part):
+    """create_model("hipt_4k", checkpoint=vit256_small_dino.pth) listed 228 missing and 150 unexpected keys."""
+    path = dino_file(tmp_path / "official.pth", create_model(name).state_dict())
+    with pytest.raises(CheckpointError, match=rf"one of HIPT's two ViTs \({part}.*load_official_checkpoint\(model.model"):
+        create_model("hipt_4k", checkpoint=path)

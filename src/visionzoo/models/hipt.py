@@ -379,6 +379,15 @@ def _backbone_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _single_vit(state: Mapping[str, Tensor]) -> str | None:
+    """Which of HIPT's ViTs a backbone state dict is (by ViT-4K's ``phi`` and ViT-256's patch embedding), or None."""
+    if "phi.0.weight" in state:
+        return "ViT-4K, vit4k_xs"
+    if "patch_embed.proj.weight" in state:
+        return "ViT-256, hipt_vit256_small"
+    return None
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """A DINO ``teacher``/``student`` dict of HIPT's (or a plain backbone dict) -> ours.
 
@@ -388,6 +397,13 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     classifier: a model built with one keeps its own (freshly initialised) head.
     """
     out = _backbone_state(state_dict)
+    if isinstance(model, HIPT4K) and not any(key.startswith(("model256.", "model4k.")) for key in out):
+        part = _single_vit(out)
+        if part is not None:
+            raise CheckpointError(
+                f"the checkpoint holds one of HIPT's two ViTs ({part}), not a whole hipt_4k; load each official file "
+                "into its part: load_official_checkpoint(model.model256, 'vit256_small_dino.pth') and "
+                "load_official_checkpoint(model.model4k, 'vit4k_xs_dino.pth')")
     for key, value in model.state_dict().items():
         if key.startswith(_CLASSIFIERS) and key not in out:
             out[key] = value
