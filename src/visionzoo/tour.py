@@ -127,7 +127,7 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         setup, result = run_training(job.model, job.data, config, job.img_size, job.model_args, options,
                                      train_images=job.train_images, val_images=eval_images)
     else:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed or 0)
         setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
         setup.model.load_state_dict(model_state(*read_checkpoint(checkpoint)))  # another model's name, same weights
         result = None

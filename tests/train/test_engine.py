@@ -282,12 +282,8 @@ def test_resume_with_another_batch_size_goes_on_at_the_next_epoch(tmp_path, new_
     assert meta["epoch_position"] == [2, 0, steps_per_epoch]
 
 
-def test_resume_without_a_budget_finishes_the_runs_plan_exactly(tmp_path):
-    """A run of --max-steps 20 stopped at step 12 and resumed with plain --resume trained the default 10 epochs
-    (160 steps) on a new cosine schedule, so it neither stopped at step 20 nor matched the uninterrupted run."""
-    from engine_script import Blobs
-
-    from visionzoo.train import TrainConfig, fit
+def _stopped_at_12(classes):
+    """A classification task that is interrupted (as by Ctrl-C) when it reaches step 12."""
     from visionzoo.train.classification import ClassificationTask
 
     class Interrupted(ClassificationTask):
@@ -296,18 +292,43 @@ def test_resume_without_a_budget_finishes_the_runs_plan_exactly(tmp_path):
                 raise KeyboardInterrupt
             return super().training_step(model, batch, optimizer)
 
-    def run_fit(run, task, **settings):
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-        config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", checkpoint_every=5,
-                             ema_decay=0.9, **settings)
-        return fit(task, model, Blobs(256, 0), None, config)
+    return Interrupted(classes)
 
-    run_fit(tmp_path / "full", ClassificationTask(Blobs.classes), max_steps=20)
+
+def _fit_blobs_every_5(run, task=None, **settings):
+    """20-step-sized runs on Blobs with a checkpoint every 5 steps and an EMA."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", checkpoint_every=5,
+                         ema_decay=0.9, **settings)
+    return fit(task or ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
+
+
+def _assert_resumed_like_uninterrupted(tmp_path, first, resumed):
+    from engine_script import Blobs
+
+    _fit_blobs_every_5(tmp_path / "full", **first)
     with pytest.raises(KeyboardInterrupt):
-        run_fit(tmp_path / "cut", Interrupted(Blobs.classes), max_steps=20)
-    assert run_fit(tmp_path / "cut", ClassificationTask(Blobs.classes), resume=True).steps == 20
+        _fit_blobs_every_5(tmp_path / "cut", _stopped_at_12(Blobs.classes), **first)
+    assert _fit_blobs_every_5(tmp_path / "cut", resume=True, **resumed).steps == 20
     full, _ = read_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
     cut, meta = read_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")
     assert meta["step"] == meta["total_steps"] == 20
     assert_same_state(cut, full)
+
+
+def test_resume_without_a_budget_finishes_the_runs_plan_exactly(tmp_path):
+    """A run of --max-steps 20 stopped at step 12 and resumed with plain --resume trained the default 10 epochs
+    (160 steps) on a new cosine schedule, so it neither stopped at step 20 nor matched the uninterrupted run."""
+    _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20}, {})
+
+
+def test_resume_without_a_seed_keeps_the_runs_seed(tmp_path):
+    """A --seed 3 run resumed without --seed went on with seed 0: another shuffle of the epoch under way (some
+    samples twice, others not at all) and other per-step randomness than the uninterrupted run."""
+    _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20, "seed": 3}, {"max_steps": 20})

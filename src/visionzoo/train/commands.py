@@ -98,7 +98,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--ema-decay", type=fraction, help="EMA of the weights (0 disables)")
     optim.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (default): bf16 autocast where the CPU/GPU runs bf16 natively, else fp32")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=int, help="default 0; with --resume, the run's")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=nonnegative_int, default=0, help="data loader worker processes")
     run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")

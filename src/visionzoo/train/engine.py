@@ -76,7 +76,7 @@ class TrainConfig:
     grad_clip: float | None = None
     precision: str = "auto"
     ema_decay: float | None = None
-    seed: int = 0
+    seed: int | None = None  # None: 0, or on resume the run's
     num_workers: int = 0
     checkpoint_every: int = 100
     eval_every: int | None = None
@@ -97,6 +97,7 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "ema_decay": 0.0,
     "min_lr_ratio": 0.01,
     "betas": None,  # each optimizer's from the task's optimizer_options, else AdamW's
+    "seed": 0,
 }
 
 
@@ -111,7 +112,7 @@ class TrainResult:
 
 # The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one).
 RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "grad_clip",
-                    "ema_decay")
+                    "ema_decay", "seed")
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:

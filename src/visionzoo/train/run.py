@@ -82,7 +82,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         train_images = train_images or trained.get("train_images")
         options = {**(trained.get("options") or {}),
                    **{key: value for key, value in (options or {}).items() if value is not None}}
-    torch.manual_seed(config.seed)  # the initial weights follow the run's seed
+    torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=options)
     train = training_images(setup.splits["train"], train_images, data)
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
