@@ -304,8 +304,8 @@ def _fit_blobs_every_5(run, task=None, **settings):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    config = TrainConfig(out=str(run), batch_size=16, progress=False, precision="fp32", checkpoint_every=5,
-                         ema_decay=0.9, **settings)
+    config = TrainConfig(out=str(run), batch_size=16, progress=False, checkpoint_every=5, ema_decay=0.9,
+                         **{"precision": "fp32", **settings})
     return fit(task or ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
 
 
@@ -332,3 +332,13 @@ def test_resume_without_a_seed_keeps_the_runs_seed(tmp_path):
     """A --seed 3 run resumed without --seed went on with seed 0: another shuffle of the epoch under way (some
     samples twice, others not at all) and other per-step randomness than the uninterrupted run."""
     _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20, "seed": 3}, {"max_steps": 20})
+
+
+def test_resume_without_a_precision_keeps_the_runs_precision(tmp_path):
+    """--precision defaulted to auto on resume: a run trained in the precision auto does not pick here went on in
+    the other one, unlike the uninterrupted run."""
+    from visionzoo.train import TrainConfig
+
+    trained = "fp32" if resolve_precision("auto", torch.device("cpu")) == "bf16" else "bf16"
+    _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20, "precision": trained},
+                                       {"max_steps": 20, "precision": TrainConfig().precision})  # not given

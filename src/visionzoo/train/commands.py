@@ -96,8 +96,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--warmup-steps", type=nonnegative_int)
     optim.add_argument("--grad-clip", type=nonnegative_float, help="max gradient norm (0 disables)")
     optim.add_argument("--ema-decay", type=fraction, help="EMA of the weights (0 disables)")
-    optim.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto (default): bf16 autocast where the CPU/GPU runs bf16 natively, else fp32")
+    optim.add_argument("--precision", choices=PRECISIONS,
+                       help="auto (default; with --resume, the run's): bf16 autocast where the CPU/GPU runs bf16 "
+                            "natively, else fp32")
     optim.add_argument("--seed", type=int, help="default 0; with --resume, the run's")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=nonnegative_int, default=0, help="data loader worker processes")

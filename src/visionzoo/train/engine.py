@@ -74,7 +74,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     min_lr_ratio: float | None = None
     grad_clip: float | None = None
-    precision: str = "auto"
+    precision: str | None = None  # None: "auto", or on resume the run's
     ema_decay: float | None = None
     seed: int | None = None  # None: 0, or on resume the run's
     num_workers: int = 0
@@ -98,6 +98,7 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "min_lr_ratio": 0.01,
     "betas": None,  # each optimizer's from the task's optimizer_options, else AdamW's
     "seed": 0,
+    "precision": "auto",
 }
 
 
@@ -112,7 +113,7 @@ class TrainResult:
 
 # The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one).
 RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "grad_clip",
-                    "ema_decay", "seed")
+                    "ema_decay", "seed", "precision")
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
