@@ -342,3 +342,13 @@ def test_resume_without_a_precision_keeps_the_runs_precision(tmp_path):
     trained = "fp32" if resolve_precision("auto", torch.device("cpu")) == "bf16" else "bf16"
     _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20, "precision": trained},
                                        {"max_steps": 20, "precision": TrainConfig().precision})  # not given
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
+    """A metrics.jsonl whose last line a crash cut short made --resume fail with a JSONDecodeError."""
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=4, checkpoint_every=2)
+    log = run / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"step": 5, "lo')
+    assert _blobs_fit(run, max_steps=6, resume=True).steps == 6
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]

@@ -640,11 +640,13 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
     def _truncate_log(self) -> None:
-        """On resume, drop log lines of steps after the checkpoint (they will be run again)."""
+        """On resume, drop log lines of steps after the checkpoint (they will be run again) and any line a crash
+        cut short."""
         path = self.out / METRICS_NAME
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        steps = [(line, _logged_step(line)) for line in path.read_text().splitlines()]
+        kept = [line for line, step in steps if step is not None and step <= self.step]
         path.write_text("".join(line + "\n" for line in kept))
 
     def _plot(self) -> None:
@@ -662,6 +664,15 @@ class Trainer:
                                      self.config.eval_batch_size or self.config.batch_size, self.autocast)
         for path in paths:
             log.info("wrote %s", path)
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics log line, or None for one that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) else None
 
 
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
