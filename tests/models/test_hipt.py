@@ -489,3 +489,12 @@ def test_one_vits_file_given_to_hipt_4k_names_the_part_it_belongs_to(tmp_path, n
     path = dino_file(tmp_path / "official.pth", create_model(name).state_dict())
     with pytest.raises(CheckpointError, match=rf"one of HIPT's two ViTs \({part}.*load_official_checkpoint\(model.model"):
         create_model("hipt_4k", checkpoint=path)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 128), (2, 3, 128, 0), (0, 3, 0, 0)])
+@pytest.mark.parametrize("remainder", ["pad", "crop"])
+def test_an_image_without_pixels_is_refused_by_name(shape, remainder):
+    """An image with a side of 0 failed inside unfold with "maximum size for tensor at dimension 2 is 0"."""
+    model = small_hipt(remainder=remainder)
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"image {shape[2]}×{shape[3]} has no pixels"):
+        model(torch.zeros(shape))

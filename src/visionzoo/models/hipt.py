@@ -232,6 +232,8 @@ def tile_view(
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
     height, width = x.shape[-2:]
+    if height == 0 or width == 0:
+        raise ValueError(f"image {height}×{width} has no pixels to cut into {tile_size}×{tile_size} tiles")
     if remainder == "pad":
         pad_h, pad_w = -height % tile_size, -width % tile_size
         if pad_h or pad_w:
