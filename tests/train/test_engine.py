@@ -280,6 +280,8 @@ def test_resume_with_another_batch_size_goes_on_at_the_next_epoch(tmp_path, new_
     assert epochs == [0] * 16 + [1] * steps_per_epoch
     _, meta = read_checkpoint(run / "checkpoint.safetensors")
     assert meta["epoch_position"] == [2, 0, steps_per_epoch]
+    again = _blobs_fit(run, epochs=3, batch_size=new_batch, resume=True)  # the new size's epochs, from there on
+    assert again.steps == 16 + 2 * steps_per_epoch
 
 
 def _stopped_at_12(classes):
