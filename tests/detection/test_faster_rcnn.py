@@ -5,6 +5,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn as torchvision_fasterrcnn
 from torchvision.ops import box_iou
 
+from visionzoo.detection.faster_rcnn import fpn_backbone
 from visionzoo.models import create_model
 
 
@@ -174,3 +175,18 @@ def test_images_and_targets_of_the_wrong_kind_raise_one_clear_error_each():
         model(image, {"boxes": boxes, "labels": labels})
     with pytest.raises(ValueError, match=r"target of image 0 must be a dict with 'boxes' and 'labels', got tuple"):
         model(image, [(boxes, labels)])
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "swin_tiny_patch4_window7_224"])
+def test_trainable_layers_on_a_backbone_without_resnets_layers_is_refused_by_name(name):
+    # it used to freeze every backbone parameter, since none starts with layer4 ... conv1
+    with pytest.raises(ValueError, match=f"trainable_layers counts ResNet's layers; {name} has none"):
+        fpn_backbone(name, trainable_layers=3)
+    with pytest.raises(ValueError, match="trainable_layers counts ResNet's layers"):
+        create_model("fasterrcnn_convnext_tiny_fpn", trainable_backbone_layers=5)
+
+
+def test_trainable_layers_on_resnet_freezes_the_others():
+    body = fpn_backbone("resnet18", trainable_layers=2)
+    frozen = {n.split(".")[0] for n, p in body.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1", "layer2"}

@@ -137,7 +137,7 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
     Args:
         name: registry name of the backbone.
         out_indices: its maps to use (default: its last four).
-        trainable_layers: ResNet only: how many of ``layer4, layer3, layer2, layer1, conv1`` train (the
+        trainable_layers: ResNet only (other backbones refuse it): how many of ``layer4, layer3, layer2, layer1, conv1`` train (the
             others are frozen, as torchvision does when starting from classification weights).
         frozen_batch_norm: replace the backbone's batch norms by :class:`FrozenBatchNorm2d`.
         batch_norm_eps: the backbone's batch-norm epsilon (None: the backbone's own; torchvision's COCO
@@ -158,6 +158,10 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
     if trainable_layers is not None:
         if not 0 <= trainable_layers <= 5:
             raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+        if not all(hasattr(body, layer) for layer in ("conv1", "layer1")):
+            # the layer names are ResNet's: on any other backbone no parameter matches, which froze all of it
+            raise ValueError(f"trainable_layers counts ResNet's layers; {name} has none (leave it None to train "
+                             "the whole backbone)")
         trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
         if trainable_layers == 5:
             trainable.append("bn1")
