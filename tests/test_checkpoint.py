@@ -75,6 +75,19 @@ def test_torchvision_and_timm_containers_are_unwrapped(tmp_path):
         assert all(torch.equal(loaded[k], v) for k, v in tensors.items()), name
 
 
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_ddp_and_compile_prefixes_are_taken_off_foreign_files_of_either_kind(tmp_path, prefix, suffix):
+    # a .safetensors of a DDP or torch.compile'd model kept its prefixes and did not fit; timm's clean_state_dict drops them
+    tensors = state()
+    wrapped = {prefix + k: v for k, v in tensors.items()}
+    path = tmp_path / f"wrapped{suffix}"
+    save_file(wrapped, path) if suffix == ".safetensors" else torch.save(wrapped, path)
+    loaded, meta = read_checkpoint(path)
+    assert meta is None and loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
 def test_non_state_dicts_are_refused(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     torch.save({"weight": torch.zeros(3), "note": "hello"}, tmp_path / "mixed.pth")

@@ -124,7 +124,8 @@ def read_checkpoint(
 
     ``.safetensors`` files (by suffix or by their header) are read with safetensors; anything else
     with ``torch.load(weights_only=True)``, unwrapping the usual containers (``state_dict``,
-    ``model``, ``module.`` prefixes). The metadata is ours (a dict) only for files that
+    ``model``); foreign files of either kind lose the ``module.`` and ``_orig_mod.`` key prefixes of
+    DDP and torch.compile. The metadata is ours (a dict) only for files that
     :func:`save_checkpoint` wrote; foreign files give ``None``.
 
     ``use_ema``: a foreign training file that holds EMA weights beside the trained ones gives its
@@ -208,7 +209,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
-    return tensors, _parse_metadata(metadata, path)
+    meta = _parse_metadata(metadata, path)
+    return (tensors if meta is not None else clean_state_dict(tensors)), meta
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -266,8 +268,22 @@ def _unwrap_state_dict(obj: Any, path: Path, use_ema: bool = False) -> dict[str,
     if others or not obj:
         found = f"non-tensor entries {others[:5]}" if others else "no tensors"
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors: it has {found}")
-    # DistributedDataParallel saves its wrapped model under "module."
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return clean_state_dict(obj)
+
+
+# DistributedDataParallel saves its wrapped model under "module.", torch.compile under "_orig_mod.", nested either way
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")
+
+
+def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the wrapper prefixes of DDP (``module.``) and torch.compile (``_orig_mod.``) taken
+    off its keys, as timm's ``clean_state_dict``."""
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    return cleaned
 
 
 def model_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None, ema: bool = False) -> dict[str, torch.Tensor]:
