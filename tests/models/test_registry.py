@@ -103,6 +103,24 @@ def test_other_num_classes_reinitialises_head_with_log(torchvision_files, caplog
         torch.testing.assert_close(model.forward_features(x), torch.nn.Sequential(*list(reference.children())[:-2])(x))
 
 
+
+def test_a_fine_tuned_head_is_kept_or_refused_never_replaced_unasked(tmp_path):
+    # a 10-class timm file loaded without num_classes used to get a random 1000-class head and a log line
+    reference = randomize(timm.create_model("resnet18", num_classes=10), 0).eval()
+    path = tmp_path / "fine_tuned.pth"
+    torch.save(reference.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"classifier fc of 10 classes, the model 1000; give num_classes=10"):
+        create_model("resnet18", checkpoint=path)
+    model = create_model("resnet18")
+    before = state_copy(model)
+    with pytest.raises(CheckpointError, match="give num_classes=10"):
+        load_checkpoint(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(create_model("resnet18", checkpoint=path, num_classes=10).eval()(x), reference(x))
+    assert create_model("resnet18", checkpoint=path, num_classes=5).fc.weight.shape == (5, 512)  # asked: re-initialised
+
 @pytest.mark.parametrize("in_chans", [1, 2, 4])
 def test_other_in_chans_adapts_stem_like_timm(torchvision_files, caplog, in_chans):
     reference, path = torchvision_files["resnet18"]

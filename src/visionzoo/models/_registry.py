@@ -236,7 +236,7 @@ def create_model(
     model.default_cfg = _default_cfg(entry)
     model.pretrained_cfg = model.default_cfg  # the name timm 0.9+ reads (timm.data.resolve_model_data_config)
     if state is not None:
-        _load_state(model, entry, state, foreign, source)
+        _load_state(model, entry, state, foreign, source, head_asked=pretrained or num_classes is not None)
     return model
 
 
@@ -273,7 +273,8 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, use_ema: bool = Tr
     tensors, meta = _read_weights(entry, checkpoint, use_ema)
     if meta is not None and name is not None:
         _saved_model(meta, name, str(checkpoint))
-    _load_state(model, entry, model_state(tensors, meta, ema=use_ema), meta is None, str(checkpoint))
+    _load_state(model, entry, model_state(tensors, meta, ema=use_ema), meta is None, str(checkpoint),
+                head_asked="num_classes" in getattr(model, "model_args", {}))
 
 
 def _read_weights(
@@ -312,11 +313,12 @@ def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
 
 
 def _load_state(
-    model: nn.Module, entry: ModelEntry | None, state: dict[str, torch.Tensor], foreign: bool, source: str
+    model: nn.Module, entry: ModelEntry | None, state: dict[str, torch.Tensor], foreign: bool, source: str,
+    head_asked: bool = True,
 ) -> None:
     if foreign and entry is not None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
-    state = adapt_state_dict(state, model, entry, source)
+    state = adapt_state_dict(state, model, entry, source, reinit_head=head_asked)
     load_state_dict_strict(model, state, source)
 
 
@@ -334,13 +336,16 @@ def _absent_module(key: str, model: nn.Module) -> str | None:
 
 
 def adapt_state_dict(
-    state: Mapping[str, torch.Tensor], model: nn.Module, entry: ModelEntry | None, source: str
+    state: Mapping[str, torch.Tensor], model: nn.Module, entry: ModelEntry | None, source: str,
+    reinit_head: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Fit a checkpoint to the model's head and stem (timm's rules), each change with a log line.
 
     - A feature extractor (``model.features_only``) leaves out the head and late stages: their
       weights are dropped. So are the head's weights for a model built with ``num_classes=0``.
-    - A head for another number of classes (same input features) keeps the model's fresh head.
+    - A head for another number of classes (same input features) keeps the model's fresh head when
+      ``reinit_head`` (the caller asked for its ``num_classes``); otherwise it is refused, as timm's strict
+      load does, naming the number of classes to ask for.
     - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv`.
 
     Anything else that differs is left for :func:`load_state_dict_strict` to report.
@@ -364,6 +369,12 @@ def adapt_state_dict(
             for key in head_keys:
                 del state[key]
         elif weight in state and weight in own and _other_classes(state[weight], own[weight]):
+            if not reinit_head:
+                # a fine-tuned file loaded without num_classes would otherwise lose its trained head unnoticed
+                raise CheckpointError(
+                    f"checkpoint {source} has a classifier {head} of {state[weight].shape[0]} classes, the model "
+                    f"{own[weight].shape[0]}; give num_classes={state[weight].shape[0]} to load it "
+                    "(or another num_classes to re-initialise it)")
             log.info("%s: %s has %d classes, the model %d: re-initialising the classifier %s",
                      source, weight, state[weight].shape[0], own[weight].shape[0], head)
             for key in (weight, bias):
