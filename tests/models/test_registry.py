@@ -137,6 +137,21 @@ def test_other_in_chans_adapts_stem_like_timm(torchvision_files, caplog, in_chan
             torch.testing.assert_close(model.conv1(grey), reference.conv1(grey.expand(1, 3, 32, 32)))
 
 
+
+def test_a_stem_for_other_channels_is_adapted_only_when_in_chans_is_asked(tmp_path):
+    # a timm file trained on grey images used to be widened to 3 channels unasked, with only an info line
+    reference = randomize(timm.create_model("resnet18", in_chans=1), 0).eval()
+    path = tmp_path / "grey.pth"
+    torch.save(reference.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"stem conv1 for 1 input channels, the model 3; give in_chans=1"):
+        create_model("resnet18", checkpoint=path)
+    with pytest.raises(CheckpointError, match="give in_chans=1"):
+        load_checkpoint(create_model("resnet18"), path)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(create_model("resnet18", checkpoint=path, in_chans=1).eval()(x), reference(x))
+    assert create_model("resnet18", checkpoint=path, in_chans=3).conv1.weight.shape == (64, 3, 7, 7)
+
 def test_adapt_input_conv_keeps_dtype_and_matches_timm_in_half():
     weight = torch.randn(8, 3, 3, 3).half()
     for in_chans in (1, 5, 6):

@@ -236,7 +236,7 @@ def create_model(
     model.default_cfg = _default_cfg(entry)
     model.pretrained_cfg = model.default_cfg  # the name timm 0.9+ reads (timm.data.resolve_model_data_config)
     if state is not None:
-        _load_state(model, entry, state, foreign, source, head_asked=pretrained or num_classes is not None)
+        _load_state(model, entry, state, foreign, source, asked={"num_classes", "in_chans"} if pretrained else set(args))
     return model
 
 
@@ -274,7 +274,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, use_ema: bool = Tr
     if meta is not None and name is not None:
         _saved_model(meta, name, str(checkpoint))
     _load_state(model, entry, model_state(tensors, meta, ema=use_ema), meta is None, str(checkpoint),
-                head_asked="num_classes" in getattr(model, "model_args", {}))
+                asked=set(getattr(model, "model_args", {})))
 
 
 def _read_weights(
@@ -314,11 +314,15 @@ def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
 
 def _load_state(
     model: nn.Module, entry: ModelEntry | None, state: dict[str, torch.Tensor], foreign: bool, source: str,
-    head_asked: bool = True,
+    asked: set[str] | None = None,
 ) -> None:
+    """``asked``: the builder arguments the caller gave; the head and stem adapt only to a ``num_classes`` and
+    ``in_chans`` among them (None: both)."""
     if foreign and entry is not None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
-    state = adapt_state_dict(state, model, entry, source, reinit_head=head_asked)
+    asked = {"num_classes", "in_chans"} if asked is None else asked
+    state = adapt_state_dict(state, model, entry, source, reinit_head="num_classes" in asked,
+                             adapt_stem="in_chans" in asked)
     load_state_dict_strict(model, state, source)
 
 
@@ -337,7 +341,7 @@ def _absent_module(key: str, model: nn.Module) -> str | None:
 
 def adapt_state_dict(
     state: Mapping[str, torch.Tensor], model: nn.Module, entry: ModelEntry | None, source: str,
-    reinit_head: bool = True,
+    reinit_head: bool = True, adapt_stem: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Fit a checkpoint to the model's head and stem (timm's rules), each change with a log line.
 
@@ -346,7 +350,8 @@ def adapt_state_dict(
     - A head for another number of classes (same input features) keeps the model's fresh head when
       ``reinit_head`` (the caller asked for its ``num_classes``); otherwise it is refused, as timm's strict
       load does, naming the number of classes to ask for.
-    - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv`.
+    - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv` when
+      ``adapt_stem`` (the caller asked for its ``in_chans``); otherwise it is refused in the same way.
 
     Anything else that differs is left for :func:`load_state_dict_strict` to report.
     """
@@ -383,6 +388,11 @@ def adapt_state_dict(
     if entry.first_conv is not None:
         key = entry.first_conv + ".weight"
         if key in state and key in own and _other_in_chans(state[key], own[key]):
+            if not adapt_stem:
+                raise CheckpointError(
+                    f"checkpoint {source} has a stem {entry.first_conv} for {state[key].shape[1]} input channels, "
+                    f"the model {own[key].shape[1]}; give in_chans={state[key].shape[1]} to load it "
+                    "(or another in_chans to adapt it)")
             log.info("%s: adapting %s from %d to %d input channels",
                      source, key, state[key].shape[1], own[key].shape[1])
             state[key] = adapt_input_conv(own[key].shape[1], state[key])
