@@ -181,6 +181,17 @@ def test_network_failures_name_the_url(mirror, monkeypatch, tmp_path):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_cache_that_is_a_file_is_named_before_any_download(mirror, monkeypatch, tmp_path, below):
+    # it failed with a bare FileExistsError / NotADirectoryError from inside atomic_write
+    _, server, _, _ = mirror
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache" / below))
+    with pytest.raises(DownloadError, match="cannot keep downloaded weights in .*cache.*; set VISIONZOO_CACHE"):
+        create_model("resnet18", pretrained=True)
+    assert server.requests == [] and (tmp_path / "cache").read_text() == "not a folder"
+
 def test_model_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(get_model_entry("resnet18"), pretrained=None))
     with pytest.raises(ValueError, match="'resnet18' has no pretrained weights"):

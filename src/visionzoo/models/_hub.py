@@ -99,6 +99,13 @@ def download(url: str, target: Path, sha256: str | None = None, headers: dict[st
              timeout: float = 60.0) -> Path:
     """Fetch ``url`` into ``target`` atomically, checking its sha256 (full digest or prefix) if given."""
     log.info("downloading %s to %s", url, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # the cache (or a folder above it) is a file, or not writable
+        raise DownloadError(
+            f"cannot keep downloaded weights in {target.parent}: {error.strerror}; "
+            "set VISIONZOO_CACHE to a writable folder"
+        ) from None
 
     def fetch_and_check(tmp: str) -> None:
         with open(tmp, "wb") as out:
