@@ -15,6 +15,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import _registry as registry
 from visionzoo.models import create_model, get_model_entry
 from visionzoo.models._hub import DownloadError, cache_dir, download_pretrained
@@ -191,6 +192,18 @@ def test_a_cache_that_is_a_file_is_named_before_any_download(mirror, monkeypatch
     with pytest.raises(DownloadError, match="cannot keep downloaded weights in .*cache.*; set VISIONZOO_CACHE"):
         create_model("resnet18", pretrained=True)
     assert server.requests == [] and (tmp_path / "cache").read_text() == "not a folder"
+
+
+def test_a_damaged_file_in_the_cache_says_to_delete_it(mirror, tmp_path):
+    # it read "truncated or corrupt" with no word that the file was the cache's, nor how to get it again
+    _, server, _, _ = mirror
+    cached = tmp_path / "cache" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir()
+    cached.write_bytes(b"PK\x03\x04cut short")
+    with pytest.raises(CheckpointError, match=rf"{cached} is truncated or corrupt: .*cached download of resnet18's "
+                                              "weights: delete it to download them again"):
+        create_model("resnet18", pretrained=True)
+    assert server.requests == []
 
 def test_model_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(get_model_entry("resnet18"), pretrained=None))

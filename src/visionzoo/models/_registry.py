@@ -216,7 +216,11 @@ def create_model(
 
         path = download_pretrained(entry)
         source = str(path)
-        state, _ = _read_weights(entry, path)
+        try:
+            state, _ = _read_weights(entry, path)
+        except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
+            raise CheckpointError(f"{error}; it is the cached download of {name}'s weights: delete it to "
+                                  "download them again") from None
         kwargs = {**entry.pretrained.model_args, **kwargs}
 
     args = dict(kwargs)
