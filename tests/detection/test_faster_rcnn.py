@@ -1,5 +1,7 @@
 """Faster R-CNN against torchvision: keys, proposals, detections both ways, training losses; bad targets."""
 
+import re
+
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn as torchvision_fasterrcnn
@@ -190,3 +192,21 @@ def test_trainable_layers_on_resnet_freezes_the_others():
     body = fpn_backbone("resnet18", trainable_layers=2)
     frozen = {n.split(".")[0] for n, p in body.body.named_parameters() if not p.requires_grad}
     assert frozen == {"conv1", "bn1", "layer1", "layer2"}
+
+
+@pytest.mark.parametrize(("kwargs", "maps"), [({"out_indices": (1, 2, 3)}, "4 feature maps (3 from out_indices and 'pool')"),
+                                             ({"out_indices": (-1,), "extra_pool": False}, "1 feature maps (1 from out_indices)")])
+def test_out_indices_that_do_not_match_the_anchor_levels_are_refused_when_building(kwargs, maps):
+    # it built, then the first forward failed with "AnchorGenerator has sizes for 5 feature maps, got 4"
+    with pytest.raises(ValueError, match=re.escape(f"the backbone gives {maps} but anchor_sizes has 5 levels")):
+        create_model("fasterrcnn_convnext_tiny_fpn", **kwargs)
+
+
+def test_out_indices_with_matching_anchor_sizes_detect_at_sizes_off_the_stride():
+    torch.manual_seed(0)
+    model = create_model("fasterrcnn_convnext_tiny_fpn", num_classes=3, out_indices=(1, 3), anchor_sizes=((32,), (64,), (128,)),
+                         min_size=100, max_size=130, rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=10,
+                         box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        detections = model([random_image(101, 67, 1), random_image(77, 131, 2)])
+    assert all(d["boxes"].shape[1] == 4 and len(d["boxes"]) > 0 for d in detections)

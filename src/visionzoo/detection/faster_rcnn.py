@@ -92,6 +92,7 @@ class FasterRCNN(nn.Module):
         self.transform = DetectionTransform(min_size, max_size, image_mean, image_std)
         self.backbone = backbone
         channels = backbone.out_channels
+        _check_anchor_levels(backbone, anchor_sizes)
         aspect_ratios = aspect_ratios or ((0.5, 1.0, 2.0),) * len(anchor_sizes)
         anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios)
         rpn_head = RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
@@ -127,6 +128,20 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**head_losses, **rpn_losses}
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+def _check_anchor_levels(backbone: nn.Module, anchor_sizes: Sequence[Sequence[float]]) -> None:
+    """Refuse, when building, an FPN whose number of maps differs from the anchor levels: the RPN would only
+    fail at the first forward, naming neither ``out_indices`` nor ``anchor_sizes``."""
+    fpn = getattr(backbone, "fpn", None)
+    if fpn is None:
+        return
+    maps = len(fpn.inner_blocks)
+    levels = maps + int(fpn.extra_pool)
+    if levels != len(anchor_sizes):
+        pool = " and 'pool'" if fpn.extra_pool else ""
+        raise ValueError(f"the backbone gives {levels} feature maps ({maps} from out_indices{pool}) but anchor_sizes "
+                         f"has {len(anchor_sizes)} levels; give anchor_sizes with one entry per map")
 
 
 def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channels: int = 256,
