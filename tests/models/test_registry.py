@@ -367,6 +367,14 @@ def test_list_models_takes_timms_pretrained_filter_list_and_exclude_filters():
     assert list_models("resnet*", exclude_filters="resnet5?") == ["resnet101", "resnet18", "resnet34"]
 
 
+
+@pytest.mark.parametrize("no_pattern", ["", [], None])
+def test_no_pattern_lists_every_model_as_timms_empty_filter(no_pattern):
+    # list_models("") and list_models([]) gave [] where timm.list_models gives every name (None raised a TypeError)
+    assert list_models(no_pattern) == list_models() and set(RESNETS) <= set(list_models(no_pattern))
+    assert list_models(no_pattern, exclude_filters="resnet*") == list_models(exclude_filters="resnet*")
+    assert list_models("resnet18", exclude_filters=no_pattern) == ["resnet18"]
+
 @pytest.mark.parametrize("name, size, mean", [
     ("vit_tiny_patch4_32", (3, 32, 32), (0.5, 0.5, 0.5)),
     ("resnet18", (3, 224, 224), (0.485, 0.456, 0.406)),

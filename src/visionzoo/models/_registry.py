@@ -127,17 +127,17 @@ def register_model(
 
 
 def list_models(
-    pattern: str | Sequence[str] = "*",
+    pattern: str | Sequence[str] | None = "*",
     task: str | None = None,
     *,
     pretrained: bool = False,
     exclude_filters: str | Sequence[str] = (),
 ) -> list[str]:
     """Registered names matching the glob ``pattern`` (or any of several, as timm's ``filter``) and
-    ``task`` if given, sorted. As in timm, ``pretrained=True`` keeps the names with official weights
-    and ``exclude_filters`` (globs) removes names."""
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    excluded = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    ``task`` if given, sorted. As in timm, no pattern (``""``, ``[]``, None) means every name,
+    ``pretrained=True`` keeps the names with official weights and ``exclude_filters`` (globs) removes names."""
+    patterns = _globs(pattern) or ["*"]  # no pattern ("", [] or None) lists every name, as timm's filter=''
+    excluded = _globs(exclude_filters)
     return sorted(
         name for name, entry in _MODELS.items()
         if any(fnmatch.fnmatch(name, p) for p in patterns)
@@ -145,6 +145,13 @@ def list_models(
         and (task is None or entry.task == task)
         and (not pretrained or entry.pretrained is not None)
     )
+
+
+def _globs(value: str | Sequence[str] | None) -> list[str]:
+    """``value`` as a list of globs: one string, several, or none ("" and None, as timm's ``_to_str_list``)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def list_tasks() -> list[str]:
