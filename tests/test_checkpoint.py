@@ -88,6 +88,19 @@ def test_ddp_and_compile_prefixes_are_taken_off_foreign_files_of_either_kind(tmp
     assert meta is None and loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
 
+
+def test_an_averaged_models_ema_loses_its_step_count(tmp_path):
+    # torchvision's reference scripts save model_ema = AveragedModel.state_dict(); its n_averaged was an unexpected key
+    tensors = state()
+    ema = {"n_averaged": torch.tensor(7), **{f"module.{k}": v + 1 for k, v in tensors.items()}}
+    torch.save({"model": tensors, "model_ema": ema, "epoch": 3}, tmp_path / "reference.pth")
+    loaded, _ = read_checkpoint(tmp_path / "reference.pth", use_ema=True)
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v + 1) for k, v in tensors.items())
+    loaded, _ = read_checkpoint(tmp_path / "reference.pth")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    torch.save({"n_averaged": torch.tensor(7), **tensors}, tmp_path / "plain.pth")  # a model's own key of that name
+    assert "n_averaged" in read_checkpoint(tmp_path / "plain.pth")[0]
+
 def test_non_state_dicts_are_refused(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     torch.save({"weight": torch.zeros(3), "note": "hello"}, tmp_path / "mixed.pth")

@@ -264,6 +264,9 @@ def _unwrap_state_dict(obj: Any, path: Path, use_ema: bool = False) -> dict[str,
             break
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
+    if "n_averaged" in obj and any(str(k).startswith("module.") for k in obj):
+        # torch.optim.swa_utils.AveragedModel (torchvision's reference EMA, "model_ema"): its step count is no weight
+        obj = {k: v for k, v in obj.items() if k != "n_averaged"}
     others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if others or not obj:
         found = f"non-tensor entries {others[:5]}" if others else "no tensors"
