@@ -210,3 +210,13 @@ def test_out_indices_with_matching_anchor_sizes_detect_at_sizes_off_the_stride()
     with torch.no_grad():
         detections = model([random_image(101, 67, 1), random_image(77, 131, 2)])
     assert all(d["boxes"].shape[1] == 4 and len(d["boxes"]) > 0 for d in detections)
+
+
+@pytest.mark.parametrize(("name", "modules"), [
+    ("resnet18", ["layer1", "layer2", "layer3", "layer4"]),
+    ("convnext_tiny", ["stages.0", "stages.1", "stages.2", "stages.3"]),
+    ("vit_tiny_patch16_224", ["blocks.8", "blocks.9", "blocks.10", "blocks.11"]),
+])
+def test_the_default_maps_under_the_fpn_are_the_backbones_last_four(name, modules):
+    # a ViT's default was blocks 0-3, its shallowest features, where the docstring promised its last four
+    assert fpn_backbone(name).body.feature_info.module_name() == modules

@@ -162,7 +162,7 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
     from visionzoo.models import create_model
 
     if out_indices is None:
-        out_indices = (1, 2, 3, 4) if name.startswith("resnet") else (0, 1, 2, 3)
+        out_indices = (-4, -3, -2, -1)  # counted from the end: (0, 1, 2, 3) were a ViT's first four blocks
     body = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_args)
     if frozen_batch_norm:
         body = FrozenBatchNorm2d.convert(body)
