@@ -217,6 +217,34 @@ def test_data_set_keys_name_split_size_and_content():
     assert [b.tolist() for b in split_boxes(join_boxes(boxes))] == [b.tolist() for b in boxes]
 
 
+def test_an_image_replaced_in_a_coco_folder_gets_new_proposals_not_the_cached_ones(tmp_path):
+    """The key of a COCO folder named its annotation file alone: an image file replaced under the same name
+    was served the old image's proposals."""
+    from PIL import Image
+
+    from visionzoo.data import create_dataset
+    from visionzoo.data.export import export_shapes
+
+    export_shapes(tmp_path / "coco", splits=["val"], num=2, image_size=32, progress=False)
+
+    def propose(image):
+        return torch.tensor([[0.0, 0.0, 1.0, 1.0]]) * image.mean()
+
+    def proposals():
+        return cached_proposals(create_dataset(tmp_path / "coco", "val"), propose, {"m": 1}, tmp_path / "cache",
+                                workers=1, progress=False)
+
+    before = proposals()
+    assert create_dataset(tmp_path / "coco", "val").cache_key == create_dataset(tmp_path / "coco", "val").cache_key
+    picture = tmp_path / "coco" / "val" / "000000.png"
+    old = picture.stat()
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(picture)
+    os.utime(picture, ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))
+    after = proposals()
+    assert after[0].tolist() == [[0.0, 0.0, 1.0, 1.0]] and before[0].tolist() != after[0].tolist()
+    assert torch.equal(after[1], before[1]) and len(list((tmp_path / "cache").iterdir())) == 2
+
+
 def test_with_proposals_computes_at_first_use_for_the_images_used(tmp_path):
     data = Shapes("val", length=3)
     calls = []

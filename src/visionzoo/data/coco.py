@@ -379,12 +379,21 @@ class CocoDetection(Dataset):
     @property
     def cache_key(self) -> str | None:
         """A name for this data set's images (for caches of derived data, e.g. region proposals): the
-        annotation file's path, size and modification time and the image size. None with a transform."""
+        annotation file's path, size and modification time, those of every image file (an image replaced
+        under the same name changes it) and the image size. None with a transform."""
         if self.transform is not None:
             return None
         stat = self.ann_file.stat()
         text = f"{self.ann_file.resolve()}|{self.images_dir.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.image_size}"
-        return f"coco-{self.ann_file.stem}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+        digest = hashlib.sha1(text.encode())
+        for image_id in self.image_ids:
+            path = self._images[image_id]["path"]
+            try:
+                image_stat = path.stat()
+                digest.update(f"|{path}|{image_stat.st_size}|{image_stat.st_mtime_ns}".encode())
+            except OSError:  # gone since the data set was opened: reading it will name the file
+                digest.update(f"|{path}|missing".encode())
+        return f"coco-{self.ann_file.stem}-{digest.hexdigest()[:16]}"
 
     def __len__(self) -> int:
         return len(self.image_ids)
