@@ -217,6 +217,23 @@ def test_data_set_keys_name_split_size_and_content():
     assert [b.tolist() for b in split_boxes(join_boxes(boxes))] == [b.tolist() for b in boxes]
 
 
+def test_proposal_settings_name_every_argument_so_a_changed_default_is_another_cache_file(monkeypatch):
+    """The settings named only the arguments given (mode, max_proposals): after an upgrade that changed
+    selective_search's min_size default or its algorithm, the cache served the old boxes."""
+    from visionzoo.detection import proposals
+    from visionzoo.detection.rcnn import ProposalDetector
+
+    settings = ProposalDetector(3, "selective_search", {"mode": "fast", "max_proposals": 2000}).proposal_settings
+    assert settings == {"method": "selective_search", "mode": "fast", "max_proposals": 2000, "min_size": 2, "seed": 0,
+                        "version": proposals.SELECTIVE_SEARCH_VERSION}
+    explicit = ProposalDetector(3, "selective_search", {"mode": "fast", "max_proposals": 2000, "min_size": 2})
+    assert explicit.proposal_settings == settings  # the same boxes, the same file
+    monkeypatch.setattr(proposals.selective_search, "__defaults__", ("fast", 2000, 0, 0))
+    assert ProposalDetector(3, "selective_search", {"mode": "fast"}).proposal_settings["min_size"] == 0
+    windows = ProposalDetector(3, "sliding_window", {"sizes": (16,)}).proposal_settings
+    assert windows["sizes"] == (16,) and windows["stride_fraction"] == 0.25 and "version" not in windows
+
+
 def test_an_image_replaced_in_a_coco_folder_gets_new_proposals_not_the_cached_ones(tmp_path):
     """The key of a COCO folder named its annotation file alone: an image file replaced under the same name
     was served the old image's proposals."""

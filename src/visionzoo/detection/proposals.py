@@ -50,6 +50,9 @@ MODES: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {
     "fast": (("hsv", "lab"), (50.0, 100.0), ("CTSF", "TSF")),
     "quality": (("hsv", "lab", "rgi", "h", "i"), (50.0, 100.0, 150.0, 300.0), ("CTSF", "TSF", "FS", "C")),
 }
+# Part of the proposal cache's key: raise it with any change that alters the boxes of an image (cached ones
+# would otherwise be served for the old algorithm). 2: 16-bit greyscale read divided by 65535.
+SELECTIVE_SEARCH_VERSION = 2
 REFERENCE_AREA = 500 * 500  # the image size the paper's k values are for
 SIGMA = 0.8  # Felzenszwalb's pre-smoothing, as in the paper
 COLOUR_BINS = 25

@@ -27,6 +27,7 @@ Tensor[P_i, 4] xyxy per image, in the input image's pixels) are usually cached p
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.detection.proposals import selective_search, sliding_windows
+from visionzoo.detection.proposals import SELECTIVE_SEARCH_VERSION, selective_search, sliding_windows
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs, resize_boxes
 from visionzoo.models._registry import register_model
@@ -142,8 +143,16 @@ class ProposalDetector(nn.Module):
 
     @property
     def proposal_settings(self) -> dict[str, Any]:
-        """What decides the proposals (a key of the proposal cache)."""
-        return {"method": self.proposal_method, **self.proposal_args}
+        """What decides the proposals (a key of the proposal cache): the method, every argument of its
+        function, defaults included (a default changed by an upgrade gives another key), and for Selective
+        Search the version of its algorithm."""
+        function = selective_search if self.proposal_method == "selective_search" else sliding_windows
+        defaults = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+                    if parameter.default is not inspect.Parameter.empty}
+        settings = {"method": self.proposal_method, **defaults, **self.proposal_args}
+        if self.proposal_method == "selective_search":
+            settings["version"] = SELECTIVE_SEARCH_VERSION
+        return settings
 
     @property
     def propose(self):
