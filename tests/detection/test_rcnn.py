@@ -1,6 +1,7 @@
 """R-CNN, Fast R-CNN and the sliding window: warping, sampling, the torchvision API, bad input; proposal caching."""
 
 import os
+import re
 import stat
 
 import pytest
@@ -182,6 +183,31 @@ def test_cached_proposals_are_computed_once_then_read(tmp_path):
     other = cached_proposals(data, propose, {"method": "other"}, tmp_path, workers=1, progress=False)
     assert len(calls) == 6 and other[0].tolist() != first[0].tolist()  # other settings, another file
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("tensors, reason", [
+    ({"boxes": torch.zeros(3, 3), "counts": torch.ones(3, dtype=torch.int64)}, r"not float \[P, 4\]"),
+    ({"boxes": torch.zeros(3, 4), "counts": torch.tensor([1, 2])}, r"not int64 \[3\]"),
+    ({"boxes": torch.zeros(3, 4), "counts": torch.tensor([2, 2, -1])}, "sum to 3 for 3 boxes"),
+    ({"boxes": torch.full((3, 4), float("nan")), "counts": torch.ones(3, dtype=torch.int64)}, "NaN"),
+    ({"proposals": torch.zeros(3, 4)}, "expected tensors 'boxes' and 'counts'"),
+])
+def test_a_damaged_cache_file_is_recomputed_saying_why(tmp_path, caplog, tensors, reason):
+    """A cache file that loaded but held boxes [P, 3] or another image count was served: the model failed later
+    with "proposals of image 0 must be Tensor[P, 4]" or "2 proposal sets for a data set of 3 images"."""
+    from safetensors.torch import save_file
+
+    data = Shapes("val", length=3, image_size=32)
+    first = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path, workers=1, progress=False)
+    (path,) = tmp_path.iterdir()
+    save_file(tensors, path)
+    with caplog.at_level("WARNING", logger="visionzoo.detection.proposal_cache"):
+        again = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path, workers=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(again) == 3
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "ignoring unreadable proposal cache" in message and str(path) in message
+    assert re.search(reason, message), message
+    assert all(torch.equal(a, b) for a, b in zip(first, cached_proposals(data, None, {"m": 1}, tmp_path)))  # rewritten
 
 
 def test_the_proposal_cache_gets_the_mode_open_gives_under_the_umask(tmp_path):

@@ -110,8 +110,8 @@ def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any
     path = folder / f"{key}.safetensors"
     if path.is_file():
         try:
-            return split_boxes(load_file(path))
-        except Exception as error:  # a truncated or foreign file: recompute rather than fail
+            return checked_boxes(load_file(path), len(dataset))
+        except Exception as error:  # a truncated, damaged or foreign file: recompute rather than fail
             log.warning("ignoring unreadable proposal cache %s (%s)", path, error)
     log.info("computing proposals for %d images of %s (%s)", len(dataset), name, settings_text)
     proposals = compute_proposals(dataset, propose, workers, progress)
@@ -131,6 +131,23 @@ def join_boxes(proposals: Sequence[Tensor]) -> dict[str, Tensor]:
 def split_boxes(tensors: dict[str, Tensor]) -> list[Tensor]:
     """The inverse of :func:`join_boxes`."""
     return list(tensors["boxes"].split(tensors["counts"].tolist()))
+
+
+def checked_boxes(tensors: dict[str, Tensor], count: int) -> list[Tensor]:
+    """:func:`split_boxes` of a cache file's tensors; ValueError saying what is wrong unless they hold ``count``
+    sets of finite float boxes Tensor[P_i, 4] (a damaged file would otherwise fail later, inside the model)."""
+    boxes, counts = tensors.get("boxes"), tensors.get("counts")
+    if boxes is None or counts is None:
+        raise ValueError(f"expected tensors 'boxes' and 'counts', found {sorted(tensors)}")
+    if not boxes.is_floating_point() or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes are {boxes.dtype} {list(boxes.shape)}, not float [P, 4]")
+    if counts.dtype != torch.int64 or counts.dim() != 1 or len(counts) != count:
+        raise ValueError(f"counts are {counts.dtype} {list(counts.shape)}, not int64 [{count}] (one per image)")
+    if (counts < 0).any() or int(counts.sum()) != len(boxes):
+        raise ValueError(f"counts sum to {int(counts.sum())} for {len(boxes)} boxes")
+    if not torch.isfinite(boxes).all():
+        raise ValueError("boxes hold NaN or infinite values")
+    return split_boxes(tensors)
 
 
 class WithProposals(Dataset):
