@@ -63,7 +63,8 @@ def _cpu_native_bf16() -> bool:
 def image_array(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
     """float32[H, W, channels] in [0, 1] (``channels`` 1 or 3) from a PIL ``image`` of any mode.
 
-    8-bit images are converted by PIL (grey, palette and RGBA to "L" or "RGB") and divided by 255; 16-bit
+    8-bit images are converted by PIL (grey, palette, RGBA, CMYK, LAB to "L" or "RGB", through "RGB" where PIL
+    has no direct conversion) and divided by 255; a mode PIL cannot convert raises ValueError naming ``name``; 16-bit
     greyscale ones are divided by 65535, since PIL's conversion would clip every value above 255 to white.
     A mode "I" image with values outside 0..65535 raises ValueError naming ``name``. 32-bit float ("F", e.g.
     a float TIFF) images are taken as they are when in [0, 1]; other values raise, since PIL would clip them to
@@ -80,7 +81,16 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
         if grey.size and not 0 <= grey.min() <= grey.max() <= 65535:
             raise ValueError(f"{name} has values {grey.min():.0f}..{grey.max():.0f}, beyond 16 bits (0..65535)")
         return np.repeat(grey[..., None] / 65535, channels, axis=2)
-    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+    target = "L" if channels == 1 else "RGB"
+    try:
+        converted = image.convert(target)
+    except ValueError:  # PIL has no direct path for some modes (a CIELab TIFF's LAB to L): go through RGB
+        try:
+            converted = image.convert("RGB").convert(target)
+        except ValueError as error:
+            raise ValueError(f"{name} has mode {image.mode}, which PIL cannot convert to {target} ({error}); "
+                             "save it as an RGB or greyscale PNG") from None
+    pixels = np.asarray(converted, dtype=np.float32) / 255
     return pixels[..., None] if channels == 1 else pixels
 
 

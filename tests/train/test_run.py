@@ -30,6 +30,42 @@ def test_a_folder_given_as_an_image_is_named_a_folder_not_missing(tmp_path):
         load_images([tmp_path / "gone.png"], None, 3)
 
 
+def _rgb_picture() -> Image.Image:
+    return Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode, name", [("L", "grey.png"), ("LA", "grey_alpha.png"), ("P", "palette.png"),
+                                        ("RGBA", "rgba.png"), ("1", "bilevel.png"), ("CMYK", "cmyk.jpg"),
+                                        ("RGB", "photo.webp"), ("P", "anim.gif")])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_common_mode_is_read_as_pil_converts_it(tmp_path, mode, name, channels):
+    picture = _rgb_picture().convert(mode)
+    picture.save(tmp_path / name)
+    (image,) = load_images([tmp_path / name], None, channels)
+    with Image.open(tmp_path / name) as stored:
+        expected = np.asarray(stored.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+    assert image.shape == (channels, 20, 30)
+    assert torch.equal(image, torch.from_numpy(expected.reshape(20, 30, channels)).permute(2, 0, 1))
+
+
+def test_a_cielab_tiff_is_read_grey_through_rgb_and_an_unconvertible_mode_names_the_file(tmp_path):
+    """A LAB image (PIL reads CIELab TIFFs so) failed for a 1-channel model with 'conversion from LAB to RGB not
+    supported', naming no file: PIL converts LAB to RGB but not to L."""
+    from PIL import ImageCms
+
+    from visionzoo.utils import image_array
+
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    lab = ImageCms.applyTransform(_rgb_picture(), to_lab)
+    lab.save(tmp_path / "lab.tif")
+    (grey,) = load_images([tmp_path / "lab.tif"], None, 1)
+    (colour,) = load_images([tmp_path / "lab.tif"], None, 3)
+    expected = np.asarray(lab.convert("RGB").convert("L"), dtype=np.float32) / 255
+    assert torch.equal(grey[0], torch.from_numpy(expected)) and colour.shape == (3, 20, 30)
+    with pytest.raises(ValueError, match=r"^image x\.png has mode La, which PIL cannot convert to L"):
+        image_array(_rgb_picture().convert("La"), 1, "image x.png")
+
+
 class _ForwardingWrapper(torch.utils.data.Dataset):
     """A data set wrapping Shapes and forwarding attributes to it, as the region-proposal cache does."""
 
