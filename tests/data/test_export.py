@@ -109,6 +109,22 @@ def test_overwrite_replaces_the_split(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_smaller_export_over_a_larger_one_leaves_only_its_own_images_and_the_users_files(tmp_path):
+    """--overwrite with a smaller --num left 000002.png.. of the earlier export beside the new ones: a folder of
+    5 PNGs for a JSON of 2 images, and tools that read the folder (e.g. visionzoo fid) mixed the two exports."""
+    out = tmp_path / "out"
+    assert main(["export-data", "shapes", "--out", str(out), "--split", "val", "--num", "5", "--image-size", "16"]) == 0
+    for name in ("notes.txt", "0003.png", "000003.png.bak"):
+        (out / "val" / name).write_text("mine")
+    argv = ["export-data", "shapes", "--out", str(out), "--split", "val", "--num", "2", "--image-size", "16"]
+    assert main(argv + ["--overwrite"]) == 0
+    content = json.loads((out / "annotations" / "instances_val.json").read_text())
+    assert [image["file_name"] for image in content["images"]] == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["000000.png", "000001.png",
+                                                                 "000003.png.bak", "0003.png", "notes.txt"]
+    assert all((out / "val" / name).read_text() == "mine" for name in ("notes.txt", "0003.png", "000003.png.bak"))
+
+
 def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
     assert main(["export-data", "digits", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

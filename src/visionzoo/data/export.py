@@ -56,21 +56,40 @@ def _annotations(
     return entries
 
 
+def image_name(index: int) -> str:
+    """The file name of image ``index`` in an export: 000000.png, 000001.png, ..."""
+    return f"{index:06d}.png"
+
+
+def remove_earlier_images(images_dir: Path, count: int) -> None:
+    """Delete the images of an earlier export from ``images_dir`` beyond the ``count`` this one writes, so that a
+    smaller export does not leave the tail of a larger one beside its own (e.g. for tools that read the folder,
+    not the JSON); every other file stays."""
+    if not images_dir.is_dir():
+        return
+    for path in images_dir.iterdir():
+        stem = path.name[:-4]
+        if stem.isdigit() and path.name == image_name(int(stem)) and int(stem) >= count and path.is_file():
+            path.unlink()
+
+
 def write_coco_split(dataset: Any, out_dir: str | Path, split: str, progress: bool = True) -> Path:
     """Write every sample of ``dataset`` ((image, target) with boxes, labels, masks) as split ``split``.
 
-    Returns the path of the JSON file; the PNGs go to ``out_dir/split/``. The JSON is written to a
-    temporary file first and renamed, so a reader never sees half of it.
+    Returns the path of the JSON file; the PNGs go to ``out_dir/split/`` (those of an earlier export beyond
+    ``len(dataset)`` are deleted). The JSON is written to a temporary file first and renamed, so a reader never
+    sees half of it.
     """
     out_dir = Path(out_dir)
     images_dir = out_dir / split
+    remove_earlier_images(images_dir, len(dataset))
     images_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(exist_ok=True)
     color_names = getattr(dataset, "color_names", None)
     images, annotations = [], []
     for index in tqdm(range(len(dataset)), desc=f"export {split}", unit="img", disable=not progress):
         image, target = dataset[index]
-        file_name = f"{index:06d}.png"
+        file_name = image_name(index)
         Image.fromarray(to_uint8(image)).save(images_dir / file_name, compress_level=1)
         entry = {
             "id": int(target["image_id"]),
@@ -111,7 +130,8 @@ def export_shapes(
     """Export Shapes splits (``num`` images each, default the split's length) to ``out_dir`` in COCO layout.
 
     Refuses a ``num`` above ``MAX_EXPORT_IMAGES``, and a non-empty ``out_dir`` unless ``overwrite`` (files of
-    the same names are then replaced, others left alone). Returns {split: JSON path}.
+    the same names are then replaced, the numbered PNGs of an earlier export beyond ``num`` deleted, others left
+    alone). Returns {split: JSON path}.
     """
     if num is not None and num > MAX_EXPORT_IMAGES:
         raise ValueError(f"--num {num} is above the {MAX_EXPORT_IMAGES} images per split an export writes "
