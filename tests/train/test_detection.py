@@ -258,6 +258,25 @@ def test_predict_refuses_a_coco_json_that_is_a_folder_before_predicting(tmp_path
     assert not out.exists()
 
 
+def test_predict_takes_a_coco_json_in_the_out_folder_it_makes_but_not_one_named_as_its_own_files(tmp_path, capsys):
+    """--coco-json OUT/results.json was refused ("its folder does not exist") though predict makes OUT, and
+    --coco-json OUT/predictions.json replaced predict's own predictions.json with the COCO results."""
+    from visionzoo.cli import main
+
+    out = tmp_path / "pictures"
+    argv = ["predict", "fasterrcnn_shapes", "x.png", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)]
+    assert main(argv + ["--coco-json", str(out / "results.json")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err  # past the --coco-json checks, to loading the checkpoint
+    for name in ("predictions.json", "x.png"):
+        assert main(argv + ["--coco-json", str(out / name), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"visionzoo predict: error: --coco-json {out / name} is the {name} that predict writes into "
+                       "--out; give the COCO results another name")
+    assert main(argv + ["--coco-json", str(tmp_path / "typo" / "results.json")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_evaluate_names_the_ap_of_a_single_class_data_set(monkeypatch):
     """MeanAveragePrecision gives map_per_class and classes 0-d for one class (as torchmetrics); the per-class loop
     zipped them as lists and failed ('zip argument #1 must support iteration')."""

@@ -225,9 +225,14 @@ def predict_command(args: argparse.Namespace) -> int:
                              "give images of distinct names (or predict them in two runs)")
         first_of[target] = path
     if args.coco_json:
-        require_not_folder(args.coco_json, "--coco-json", "a .json file")
-    if args.coco_json and not Path(args.coco_json).parent.is_dir():
-        raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
+        coco_json = require_not_folder(args.coco_json, "--coco-json", "a .json file").resolve()
+        written = {path.resolve(): path.name for path in targets + [out / "predictions.json"]}
+        if coco_json in written:
+            raise ValueError(f"--coco-json {args.coco_json} is the {written[coco_json]} that predict writes into "
+                             "--out; give the COCO results another name")
+        # --out is made by predict, so a file in it is fine; any other folder must exist (a typo is caught early)
+        if not coco_json.parent.is_dir() and coco_json.parent != out.resolve():
+            raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
     if clashes and not args.overwrite:
