@@ -277,6 +277,29 @@ def test_predict_takes_a_coco_json_in_the_out_folder_it_makes_but_not_one_named_
     assert not out.exists()
 
 
+def test_predict_never_draws_over_the_images_it_predicts_even_with_overwrite(tmp_path, capsys):
+    """predict OUT/a.png --out OUT --overwrite replaced the photo a.png by its drawing, and --coco-json b.jpg
+    --overwrite (b.jpg an input) replaced the photo by JSON; both are now refused before the model is loaded."""
+    from PIL import Image
+
+    from visionzoo.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.png", "b.jpg"):
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(out / name)
+    before = {name: (out / name).read_bytes() for name in ("a.png", "b.jpg")}
+    base = ["predict", "fasterrcnn_shapes", str(out / "a.png"), str(out / "b.jpg"),
+            "--checkpoint", str(tmp_path / "missing.safetensors"), "--overwrite"]
+    assert main(base + ["--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"visionzoo predict: error: {out / 'a.png'} would replace the input "
+                                               f"image {out / 'a.png'}; give another --out")
+    assert main(base + ["--out", str(tmp_path / "pictures"), "--coco-json", str(out / "b.jpg")]) == 2
+    assert capsys.readouterr().err.strip() == (f"visionzoo predict: error: {out / 'b.jpg'} would replace the input "
+                                               f"image {out / 'b.jpg'}; give another --coco-json")
+    assert {name: (out / name).read_bytes() for name in ("a.png", "b.jpg")} == before
+
+
 def test_evaluate_names_the_ap_of_a_single_class_data_set(monkeypatch):
     """MeanAveragePrecision gives map_per_class and classes 0-d for one class (as torchmetrics); the per-class loop
     zipped them as lists and failed ('zip argument #1 must support iteration')."""

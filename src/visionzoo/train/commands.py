@@ -224,6 +224,12 @@ def predict_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{first_of[target]} and {path} would both be drawn into {target}; "
                              "give images of distinct names (or predict them in two runs)")
         first_of[target] = path
+    inputs = {Path(p).resolve(): p for p in args.images}
+    outputs = targets + [out / "predictions.json"] + ([Path(args.coco_json)] if args.coco_json else [])
+    for output in outputs:  # --overwrite replaces earlier results, never the images being predicted
+        if output.resolve() in inputs:
+            raise ValueError(f"{output} would replace the input image {inputs[output.resolve()]}; give another "
+                             f"{'--coco-json' if args.coco_json and output == Path(args.coco_json) else '--out'}")
     if args.coco_json:
         coco_json = require_not_folder(args.coco_json, "--coco-json", "a .json file").resolve()
         written = {path.resolve(): path.name for path in targets + [out / "predictions.json"]}
