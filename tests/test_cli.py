@@ -235,6 +235,16 @@ def test_predict_refuses_two_images_drawn_into_one_file_and_numbers_coco_ids_one
     assert [r["image_id"] for r in coco] == [139, 285]
 
 
+def test_coco_ids_come_from_ascii_digit_names_only():
+    """A file named ².png (str.isdigit, but not a number int() reads) failed after predicting, with "invalid
+    literal for int() with base 10: '²'"."""
+    from visionzoo.train.commands import coco_results
+
+    box = {"boxes": [(0.0, 0.0, 1.0, 1.0)], "label_ids": [1], "scores": [0.5]}
+    assert [r["image_id"] for r in coco_results(["a/².png", "b/7.png"], [box] * 2, None)] == [1, 2]
+    assert [r["image_id"] for r in coco_results(["a/0012.png"], [box], None)] == [12]
+
+
 def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
     run = tmp_path / "mine"
     run.mkdir()

@@ -199,10 +199,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_cat_id: dict[int, int] | None
                  ) -> list[dict[str, Any]]:
     """Detections as COCO result records: ``image_id`` from the numeric file names (COCO's ``000000123.jpg``)
-    when every name is a distinct number, else each image's position (1-based), so that two images never
-    share an id; ``category_id`` the data set's id of the label, ``bbox`` xywh."""
+    when every name is a distinct number in ASCII digits, else each image's position (1-based), so that two
+    images never share an id; ``category_id`` the data set's id of the label, ``bbox`` xywh."""
     stems = [Path(path).stem for path in paths]
-    numbers = [int(stem) for stem in stems if stem.isdigit()]
+    numbers = [int(stem) for stem in stems if stem.isascii() and stem.isdigit()]  # not "²", which int() refuses
     by_name = len(numbers) == len(stems) and len(set(numbers)) == len(numbers)
     records = []
     for position, (stem, prediction) in enumerate(zip(stems, predictions), start=1):
