@@ -332,6 +332,7 @@ def test_list_models_refuses_an_unknown_task_listing_the_tasks(capsys):
     [*TRAIN, "--max-steps", "1"],
     ["predict", "resnet18", "x.png", "--checkpoint", "missing.safetensors"],
     ["tour", "--only", "convnext-digits", "--max-steps", "1"],
+    ["export-data", "shapes", "--num", "1"],
 ])
 def test_an_out_that_is_a_file_is_refused_in_one_line_naming_the_option_and_left_untouched(command, tmp_path, capsys):
     out = tmp_path / "notes.txt"
@@ -341,6 +342,9 @@ def test_an_out_that_is_a_file_is_refused_in_one_line_naming_the_option_and_left
     capsys.readouterr()
     one_line_error(capsys, [*command, "--out", str(out), "--overwrite"], f"--out {out} is a file, not a folder")
     assert out.read_text() == "mine"
+    capsys.readouterr()
+    # a folder below a file: predict failed after predicting, export-data with "[Errno 20] Not a directory"
+    one_line_error(capsys, [*command, "--out", str(out / "run")], f"--out {out / 'run'}: {out} is a file, not a folder")
 
 
 def test_sample_refuses_an_images_dir_that_is_a_file_before_sampling(tmp_path, capsys):

@@ -19,10 +19,13 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
     """``path`` as a Path, refused up front (NotADirectoryError naming ``option``) when a file already holds
-    the name of the folder a command is about to write into."""
+    the name of the folder a command is about to write into, or of a folder above it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} {path} is a file, not a folder; give a folder path")
+    above = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if above is not None and not above.is_dir():  # else mkdir fails after the work: "[Errno 20] Not a directory"
+        raise NotADirectoryError(f"{option} {path}: {above} is a file, not a folder; give a folder path")
     return path
 
 

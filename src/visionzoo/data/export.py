@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from visionzoo.data.masks import mask_to_rle
 from visionzoo.data.shapes import SPLIT_SEEDS, Shapes
+from visionzoo.utils import require_folder_or_absent
 
 # Shapes draws any number of scenes, so a split has no length to bound ``num``: an export writes at most this
 # many images per split (COCO train2017's scale; at 128 px about 3 GB of PNGs and 7 minutes), not 10**9 files.
@@ -141,8 +142,7 @@ def export_shapes(
     for split in splits:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output path exists and is not a folder: {out_dir}")
+    require_folder_or_absent(out_dir, "--out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out_dir} is not empty; pass --overwrite to write into it")
     return {
