@@ -66,6 +66,22 @@ def test_a_cielab_tiff_is_read_grey_through_rgb_and_an_unconvertible_mode_names_
         image_array(_rgb_picture().convert("La"), 1, "image x.png")
 
 
+def test_an_image_above_pils_pixel_limit_is_one_error_naming_it(tmp_path, monkeypatch):
+    """PIL's DecompressionBombError (a 15000 x 15000 scan is above its 179 million pixels) is no OSError: predict
+    and COCO folders let it through as a traceback that named no file."""
+    from visionzoo.data import create_dataset
+    from visionzoo.data.export import export_shapes
+
+    Image.new("RGB", (50, 40)).save(tmp_path / "scan.png")
+    export_shapes(tmp_path / "coco", splits=["val"], num=1, image_size=48, progress=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # the error comes above twice the limit
+    with pytest.raises(ValueError, match=r"image .*scan\.png cannot be read: Image size \(2000 pixels\) exceeds"):
+        load_images([tmp_path / "scan.png"], None, 3)
+    folder = create_dataset(tmp_path / "coco", "val")
+    with pytest.raises(ValueError, match=r"instances_val\.json: image id 0: image .*000000\.png cannot be read: Image size"):
+        folder[0]
+
+
 class _ForwardingWrapper(torch.utils.data.Dataset):
     """A data set wrapping Shapes and forwarding attributes to it, as the region-proposal cache does."""
 

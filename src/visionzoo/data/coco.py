@@ -122,7 +122,7 @@ def _read_image_size(path: Path, where: str, ann_file: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:  # the bomb error is no OSError: it named no file
         raise ValueError(f"{ann_file}: {where}: image {path} cannot be read: {error}") from None
 
 
@@ -428,7 +428,7 @@ class CocoDetection(Dataset):
             with Image.open(record["path"]) as file:
                 self._check_size(record, image_id, file.size, file.getexif().get(EXIF_ORIENTATION))
                 pixels = image_array(file, 3, f"{self.ann_file}: image id {image_id}: image {record['path']}")
-        except OSError as error:
+        except (OSError, Image.DecompressionBombError) as error:
             raise ValueError(
                 f"{self.ann_file}: image id {image_id}: image {record['path']} cannot be read: {error}"
             ) from None

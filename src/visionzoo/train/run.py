@@ -190,7 +190,7 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
         try:
             with Image.open(path) as pil:
                 pixels = image_array(pil, channels, f"image {path}")
-        except OSError as error:
+        except (OSError, Image.DecompressionBombError) as error:  # the bomb error is no OSError: it named no file
             raise ValueError(f"image {path} cannot be read: {error}") from None
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         images.append(tensor if size is None else resize(tensor, [size, size], antialias=True).clamp(0, 1))
