@@ -144,3 +144,12 @@ def test_a_num_above_the_cap_is_refused_before_anything_is_written(tmp_path, cap
     assert written == [] and not (tmp_path / "x").exists()
     export.export_shapes(tmp_path / "y", splits=["val"], num=export.MAX_EXPORT_IMAGES)  # the cap itself is taken
     assert written == [export.MAX_EXPORT_IMAGES]
+
+
+def test_the_library_refuses_an_export_of_no_images_as_the_cli_does(tmp_path):
+    """export_shapes(num=0) wrote a split of no images, which create_dataset then refused ('no images')."""
+    from visionzoo.data.export import export_shapes
+
+    with pytest.raises(ValueError, match="--num must be at least 1, got 0"):
+        export_shapes(tmp_path / "x", splits=["val"], num=0, progress=False)
+    assert not (tmp_path / "x").exists()

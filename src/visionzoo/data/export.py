@@ -134,6 +134,8 @@ def export_shapes(
     the same names are then replaced, the numbered PNGs of an earlier export beyond ``num`` deleted, others left
     alone). Returns {split: JSON path}.
     """
+    if num is not None and num < 1:  # the CLI's positive_int; an empty split is a JSON CocoDetection refuses
+        raise ValueError(f"--num must be at least 1, got {num}")
     if num is not None and num > MAX_EXPORT_IMAGES:
         raise ValueError(f"--num {num} is above the {MAX_EXPORT_IMAGES} images per split an export writes "
                          "(Shapes draws any number; that many PNGs would fill the disk, not make a data set)")
