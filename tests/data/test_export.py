@@ -153,3 +153,11 @@ def test_the_library_refuses_an_export_of_no_images_as_the_cli_does(tmp_path):
     with pytest.raises(ValueError, match="--num must be at least 1, got 0"):
         export_shapes(tmp_path / "x", splits=["val"], num=0, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_one_split_given_as_a_string_is_that_split(tmp_path):
+    """export_shapes(splits="val") failed with "unknown Shapes split 'v'": the string was read letter by letter."""
+    from visionzoo.data.export import export_shapes
+
+    written = export_shapes(tmp_path / "x", splits="val", num=1, image_size=16, progress=False)
+    assert list(written) == ["val"] and len(create_dataset(tmp_path / "x", "val")) == 1

@@ -121,7 +121,7 @@ def write_coco_split(dataset: Any, out_dir: str | Path, split: str, progress: bo
 
 def export_shapes(
     out_dir: str | Path,
-    splits: Iterable[str] = ("train", "val", "test"),
+    splits: str | Iterable[str] = ("train", "val", "test"),
     num: int | None = None,
     image_size: int = 128,
     overwrite: bool = False,
@@ -140,7 +140,7 @@ def export_shapes(
         raise ValueError(f"--num {num} is above the {MAX_EXPORT_IMAGES} images per split an export writes "
                          "(Shapes draws any number; that many PNGs would fill the disk, not make a data set)")
     out_dir = Path(out_dir)
-    splits = list(dict.fromkeys(splits))
+    splits = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))  # "val", not "v", "a", "l"
     for split in splits:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
