@@ -210,6 +210,19 @@ def test_a_damaged_cache_file_is_recomputed_saying_why(tmp_path, caplog, tensors
     assert all(torch.equal(a, b) for a, b in zip(first, cached_proposals(data, None, {"m": 1}, tmp_path)))  # rewritten
 
 
+def test_a_cache_folder_that_cannot_be_written_keeps_the_computed_proposals(tmp_path, caplog):
+    """A read-only, full or misplaced cache failed the run after every proposal had been computed (minutes of
+    Selective Search), with "[Errno 20] Not a directory" or "[Errno 13] Permission denied"."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    data = Shapes("val", length=2, image_size=32)
+    with caplog.at_level("WARNING", logger="visionzoo.detection.proposal_cache"):
+        proposals = cached_proposals(data, sliding_window_boxes, {"m": 1}, blocker / "cache", workers=1, progress=False)
+    assert [p.tolist() for p in proposals] == [sliding_window_boxes(data[i][0]).tolist() for i in range(2)]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"could not write the proposal cache {blocker / 'cache'}") and "without being cached" in message
+
+
 def test_the_proposal_cache_gets_the_mode_open_gives_under_the_umask(tmp_path):
     """It was written 0o600 (safetensors' mode): a cache, not a secret, unreadable to the group whatever the umask."""
     previous = os.umask(0o022)

@@ -116,8 +116,12 @@ def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any
     log.info("computing proposals for %d images of %s (%s)", len(dataset), name, settings_text)
     proposals = compute_proposals(dataset, propose, workers, progress)
     # A cache, not a secret: the file gets the umask's mode (atomic_write), not safetensors' 0o600.
-    atomic_write(path, lambda tmp: save_file(join_boxes(proposals), tmp, metadata={"settings": settings_text,
-                                                                                   "dataset": name}))
+    try:
+        atomic_write(path, lambda tmp: save_file(join_boxes(proposals), tmp, metadata={"settings": settings_text,
+                                                                                       "dataset": name}))
+    except OSError as error:  # a read-only or full cache: the computed proposals still serve this run
+        log.warning("could not write the proposal cache %s (%s); the proposals are used without being cached",
+                    path, error)
     return proposals
 
 
