@@ -161,3 +161,17 @@ def test_one_split_given_as_a_string_is_that_split(tmp_path):
 
     written = export_shapes(tmp_path / "x", splits="val", num=1, image_size=16, progress=False)
     assert list(written) == ["val"] and len(create_dataset(tmp_path / "x", "val")) == 1
+
+
+def test_the_json_is_written_through_a_temporary_file_of_its_own(tmp_path):
+    """The JSON went through the fixed name instances_val.json.tmp: two exports into one folder wrote into the
+    same temporary file (one could publish the other's half-written JSON), and with --overwrite a file of the
+    user's of that name was consumed, though other files are left alone."""
+    out = tmp_path / "out"
+    (out / "annotations").mkdir(parents=True)
+    (out / "annotations" / "instances_val.json.tmp").write_text("mine")
+    assert main(["export-data", "shapes", "--out", str(out), "--split", "val", "--num", "1", "--image-size", "16",
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == ["instances_val.json", "instances_val.json.tmp"]
+    assert (out / "annotations" / "instances_val.json.tmp").read_text() == "mine"
+    assert len(create_dataset(out, "val")) == 1

@@ -9,7 +9,6 @@ carrying its ``caption`` when the dataset has one.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from visionzoo.checkpoint import atomic_write
 from visionzoo.data.masks import mask_to_rle
 from visionzoo.data.shapes import SPLIT_SEEDS, Shapes
 from visionzoo.utils import require_folder_or_absent
@@ -113,9 +113,8 @@ def write_coco_split(dataset: Any, out_dir: str | Path, split: str, progress: bo
         "categories": categories,
     }
     ann_file = out_dir / "annotations" / f"instances_{split}.json"
-    partial = ann_file.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(content), encoding="utf-8")
-    os.replace(partial, ann_file)
+    # a temporary file of its own (two exports into one folder never write into the same one), then renamed
+    atomic_write(ann_file, lambda tmp: Path(tmp).write_text(json.dumps(content), encoding="utf-8"))
     return ann_file
 
 
