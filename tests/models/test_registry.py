@@ -103,12 +103,16 @@ def test_other_num_classes_reinitialises_head_with_log(torchvision_files, caplog
         torch.testing.assert_close(model.forward_features(x), torch.nn.Sequential(*list(reference.children())[:-2])(x))
 
 
+def saved_timm_resnet18(path, **kwargs):
+    """timm's resnet18 built with ``kwargs`` and random weights (eval mode), its state dict saved at ``path``."""
+    reference = randomize(timm.create_model("resnet18", **kwargs), 0).eval()
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
 
 def test_a_fine_tuned_head_is_kept_or_refused_never_replaced_unasked(tmp_path):
     # a 10-class timm file loaded without num_classes used to get a random 1000-class head and a log line
-    reference = randomize(timm.create_model("resnet18", num_classes=10), 0).eval()
-    path = tmp_path / "fine_tuned.pth"
-    torch.save(reference.state_dict(), path)
+    reference, path = saved_timm_resnet18(tmp_path / "fine_tuned.pth", num_classes=10)
     with pytest.raises(CheckpointError, match=r"classifier fc of 10 classes, the model 1000; give num_classes=10"):
         create_model("resnet18", checkpoint=path)
     model = create_model("resnet18")
@@ -137,12 +141,9 @@ def test_other_in_chans_adapts_stem_like_timm(torchvision_files, caplog, in_chan
             torch.testing.assert_close(model.conv1(grey), reference.conv1(grey.expand(1, 3, 32, 32)))
 
 
-
 def test_a_stem_for_other_channels_is_adapted_only_when_in_chans_is_asked(tmp_path):
     # a timm file trained on grey images used to be widened to 3 channels unasked, with only an info line
-    reference = randomize(timm.create_model("resnet18", in_chans=1), 0).eval()
-    path = tmp_path / "grey.pth"
-    torch.save(reference.state_dict(), path)
+    reference, path = saved_timm_resnet18(tmp_path / "grey.pth", in_chans=1)
     with pytest.raises(CheckpointError, match=r"stem conv1 for 1 input channels, the model 3; give in_chans=1"):
         create_model("resnet18", checkpoint=path)
     with pytest.raises(CheckpointError, match="give in_chans=1"):
@@ -367,7 +368,6 @@ def test_list_models_takes_timms_pretrained_filter_list_and_exclude_filters():
     assert list_models("resnet*", exclude_filters="resnet5?") == ["resnet101", "resnet18", "resnet34"]
 
 
-
 @pytest.mark.parametrize("no_pattern", ["", [], None])
 def test_no_pattern_lists_every_model_as_timms_empty_filter(no_pattern):
     # list_models("") and list_models([]) gave [] where timm.list_models gives every name (None raised a TypeError)
@@ -402,7 +402,6 @@ def test_own_checkpoint_loads_into_a_feature_extractor_without_the_late_stages(t
     with torch.no_grad():
         for ours, reference in zip(early(x), full(x)[:2], strict=True):
             torch.testing.assert_close(ours, reference)
-
 
 
 def test_a_stray_key_in_a_kept_module_of_a_feature_extractor_is_still_refused(tmp_path):
