@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,6 +16,11 @@ from PIL import Image
 
 # PIL's modes of 16-bit greyscale images: a 16-bit PNG opens as "I;16" (older Pillow: "I", 32-bit integers).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer, Python's or NumPy's, and not a bool (which Python counts as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:

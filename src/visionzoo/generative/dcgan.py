@@ -14,13 +14,11 @@ scores, ``model.generate(count, generator)`` samples. The training objective liv
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor, nn
 
 from visionzoo.models._registry import register_model
-from visionzoo.utils import eval_mode
+from visionzoo.utils import eval_mode, is_integer
 
 IN_CHANS = (1, 3)
 MIN_SIZE = 16
@@ -142,7 +140,7 @@ class DCGAN(nn.Module):
         Runs in eval mode (BatchNorm's running statistics) and gives the model back in its own mode: in training
         mode the batch would be normalised by its own statistics and move the running ones.
         """
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        if not is_integer(count) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         with eval_mode(self):
             return self(self.sample_latents(count, generator))

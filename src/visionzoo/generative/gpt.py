@@ -14,14 +14,13 @@ weights, residual projections scaled by ``1 / sqrt(2 · depth)``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor, nn
 
 from visionzoo.layers import Attention, Linear, Mlp
 from visionzoo.layers.attention import scaled_dot_product_attention
-from visionzoo.utils import eval_mode
+from visionzoo.utils import eval_mode, is_integer
 
 
 class Block(nn.Module):
@@ -166,7 +165,7 @@ class GPT(nn.Module):
                   top_k: int | None, top_p: float | None, generator: torch.Generator | None) -> Tensor:
         length = self.seq_len if length is None else length
         device = self.pos_embed.device
-        count = isinstance(prefix, numbers.Integral) and not isinstance(prefix, bool)  # numpy's integers too
+        count = is_integer(prefix)  # numpy's integers too
         if not (count and prefix >= 0 or isinstance(prefix, Tensor)):
             raise ValueError(f"generate needs a count of samples >= 0 (or a prefix Tensor[B, P]), got {prefix!r}")
         tokens = torch.zeros(int(prefix), 0, dtype=torch.long, device=device) if count else prefix.to(device)
@@ -214,7 +213,7 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+    if top_k is not None and (not is_integer(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer of at least 1 (or None), got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")

@@ -10,7 +10,6 @@ pytorch-fid and clean-fid. Statistics files are pytorch-fid's: an ``.npz`` with 
 
 from __future__ import annotations
 
-import numbers
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from visionzoo.metrics.frechet import (
     frechet_distance,
     is_positive_semidefinite,
 )
+from visionzoo.utils import is_integer
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
 
@@ -52,7 +52,7 @@ class FID:
     """
 
     def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"FID's batch_size must be a positive integer, got {batch_size!r}")
         self.features = features.eval()
         self.batch_size = int(batch_size)  # Tensor.split refuses NumPy's integers

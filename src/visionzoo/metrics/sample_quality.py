@@ -15,7 +15,6 @@ seed gives torchmetrics' numbers).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from visionzoo.metrics.frechet import frechet_distance
+from visionzoo.utils import is_integer
 
 
 def _tensor(values: Any, name: str) -> Tensor:
@@ -39,7 +39,7 @@ def _tensor(values: Any, name: str) -> Tensor:
 
 def _check_whole(value: Any, name: str) -> None:
     """ValueError naming ``name`` unless ``value`` is an integer (Python's or NumPy's; not a bool or a float)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
 
 

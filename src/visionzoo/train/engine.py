@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import math
-import numbers
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +43,7 @@ from visionzoo.train.distributed import (
     step_seed,
 )
 from visionzoo.train.task import Task
-from visionzoo.utils import native_bf16, require_folder_or_absent
+from visionzoo.utils import is_integer, native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def check_config(config: TrainConfig) -> None:
                 "eval_every", "eval_batch_size", "seed")
     for name in integers:
         value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        if value is not None and not is_integer(value):
             raise ValueError(f"{bounds[name][0] if name in bounds else name} must be an integer, got {value!r}")
     for name, (flag, low, low_in, high, high_in) in bounds.items():
         value = getattr(config, name)
