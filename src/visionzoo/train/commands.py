@@ -224,23 +224,24 @@ def predict_command(args: argparse.Namespace) -> int:
             raise ValueError(f"{first_of[target]} and {path} would both be drawn into {target}; "
                              "give images of distinct names (or predict them in two runs)")
         first_of[target] = path
+    written = targets + [out / "predictions.json"]  # what predict writes into --out
     inputs = {Path(p).resolve(): p for p in args.images}
-    outputs = targets + [out / "predictions.json"] + ([Path(args.coco_json)] if args.coco_json else [])
+    outputs = written + ([Path(args.coco_json)] if args.coco_json else [])
     for output in outputs:  # --overwrite replaces earlier results, never the images being predicted
         if output.resolve() in inputs:
             raise ValueError(f"{output} would replace the input image {inputs[output.resolve()]}; give another "
                              f"{'--coco-json' if args.coco_json and output == Path(args.coco_json) else '--out'}")
     if args.coco_json:
         coco_json = require_not_folder(args.coco_json, "--coco-json", "a .json file").resolve()
-        written = {path.resolve(): path.name for path in targets + [out / "predictions.json"]}
-        if coco_json in written:
-            raise ValueError(f"--coco-json {args.coco_json} is the {written[coco_json]} that predict writes into "
+        own = {path.resolve(): path.name for path in written}
+        if coco_json in own:
+            raise ValueError(f"--coco-json {args.coco_json} is the {own[coco_json]} that predict writes into "
                              "--out; give the COCO results another name")
         # --out is made by predict, so a file in it is fine; any other folder must exist (a typo is caught early)
         if not coco_json.parent.is_dir() and coco_json.parent != out.resolve():
             raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
-    clashes = [str(t) for t in targets + [out / "predictions.json"] if t.exists()]
+    clashes = [str(t) for t in written if t.exists()]
     if clashes and not args.overwrite:
         raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")
     detection = setup.task.name == "detection"
