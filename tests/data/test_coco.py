@@ -431,6 +431,10 @@ def test_bad_segmentations_name_the_annotation(folder):
     annotations[0]["segmentation"] = {"size": [30, 41], "counts": "PPYo0"}
     with pytest.raises(ValueError, match=r"annotation id 1: RLE size \[30, 41\] differs"):
         CocoDetection(root / "images", _write(root, annotations=annotations))
+    for size in (30, "30 40", [30], None):  # not [height, width]: once a TypeError naming neither file nor entry
+        annotations[0]["segmentation"] = {"size": size, "counts": "PPYo0"}
+        with pytest.raises(ValueError, match=r"instances\.json: annotation id 1: RLE size must be \[height, width\]"):
+            CocoDetection(root / "images", _write(root, annotations=annotations))
     annotations[0]["segmentation"] = {"size": [30, 40], "counts": [5, 7]}  # too few pixels: found when read
     for ann in annotations[1:]:
         ann["segmentation"] = [[0, 0, 4, 0, 4, 4]]

@@ -169,8 +169,11 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
     if isinstance(segmentation, dict):
         if "counts" not in segmentation or "size" not in segmentation:
             return "an RLE segmentation needs 'size' and 'counts'"
-        if list(segmentation["size"]) != [height, width]:
-            return f"RLE size {segmentation['size']} differs from the image's [{height}, {width}]"
+        size = segmentation["size"]
+        if not isinstance(size, list) or len(size) != 2 or None in map(_positive_int, size):
+            return f"RLE size must be [height, width], got {size!r:.80}"
+        if [int(side) for side in size] != [height, width]:
+            return f"RLE size {size} differs from the image's [{height}, {width}]"
         counts = segmentation["counts"]
         if not isinstance(counts, str) and not (
             isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
