@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +23,14 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
         (val if record.get("split") == "val" else train).append(record)
     fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 6, 4), squeeze=False)
     ax = axes[0, 0]
+    values = []
     for key in sorted({k for r in train for k in r} - _NOT_LOSSES):
         points = [(r["step"], r[key]) for r in train if key in r]
         ax.plot(*zip(*points), label=key, linewidth=1)
+        values += [value for _, value in points]
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_yscale("log")
+    _loss_scale(ax, values)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if val:
@@ -43,6 +46,16 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return Path(out_path)
+
+
+def _loss_scale(ax: plt.Axes, values: list[float]) -> None:
+    """A log y axis for ``values``; symmetric-log where some are 0 or negative (a hinge GAN loss, a loss that is not
+    on yet), which a log axis would leave out, linear within the smallest nonzero magnitude."""
+    magnitudes = [abs(v) for v in values if v != 0 and math.isfinite(v)]
+    if all(v > 0 for v in values) or not magnitudes:
+        ax.set_yscale("log" if magnitudes else "linear")
+    else:
+        ax.set_yscale("symlog", linthresh=min(magnitudes))
 
 
 def plot_precision_recall(recall: Sequence[float], precision: Sequence[Sequence[float]], names: Sequence[str],

@@ -1,0 +1,49 @@
+"""The loss curve of a run: every logged value is drawn inside the panel."""
+
+import json
+
+import pytest
+
+import visionzoo.train.plots as plots
+
+
+def _drawn_figure(tmp_path, monkeypatch, records):
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to look at it
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(record) for record in records))
+    plots.plot_metrics(metrics, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").is_file()
+    figure = figures[0]
+    figure.canvas.draw()
+    return figure
+
+
+def _points_outside(ax):
+    """The (label, y) of each plotted point that falls outside the panel's height."""
+    outside = []
+    for line in ax.lines:
+        for (_, y), (_, shown) in zip(line.get_xydata(), ax.transData.transform(line.get_xydata())):
+            if not ax.bbox.y0 - 0.5 <= shown <= ax.bbox.y1 + 0.5:
+                outside.append((line.get_label(), float(y)))
+    return outside
+
+
+def test_losses_at_or_below_zero_are_drawn_inside_the_panel(tmp_path, monkeypatch):
+    """A VQGAN's hinge generator loss (-mean D(fake)) is negative and 0 before the discriminator starts; on the log
+    axis those points fell below the panel, so loss.png showed 3 of its 7 points."""
+    records = [{"step": step, "epoch": 0, "autoencoder/loss": 1 / step, "lr": 1e-3,
+                "autoencoder/g_loss": 0.0 if step < 3 else (-0.3 if step % 2 else 0.2)} for step in range(1, 8)]
+    ax = _drawn_figure(tmp_path, monkeypatch, records).axes[0]
+    assert _points_outside(ax) == []
+    top = max(ax.transData.transform((1, 1 / step))[1] for step in range(1, 8))
+    assert ax.transData.transform((1, 0.2))[1] < top  # still a loss axis: 0.2 below 1
+
+
+@pytest.mark.parametrize("losses", [[2.0, 0.5, 0.02], [3.0, 3.0, 3.0]])
+def test_positive_losses_keep_their_log_axis(tmp_path, monkeypatch, losses):
+    records = [{"step": step + 1, "loss": loss} for step, loss in enumerate(losses)]
+    records.append({"step": 3, "split": "val", "accuracy": 0.0})  # a validation metric of 0 is on its linear panel
+    figure = _drawn_figure(tmp_path, monkeypatch, records)
+    assert figure.axes[0].get_yscale() == "log"
+    assert all(_points_outside(ax) == [] for ax in figure.axes)
