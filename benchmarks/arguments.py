@@ -13,7 +13,7 @@ from typing import Any
 
 from visionzoo.cli import positive_float, positive_int
 
-__all__ = ["at_least_two", "existing_results", "merge_rows", "output_file", "positive_float", "positive_int"]
+__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "output_file", "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:
@@ -59,6 +59,14 @@ def at_least_two(text: str) -> int:
     value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected at least 2 (the first step is not timed), got {text}")
+    return value
+
+
+def at_least_two_images(text: str) -> int:
+    """An image count for FID: a covariance needs at least two images (one gives NaN covariances)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 images (FID's covariances need two), got {text}")
     return value
 
 

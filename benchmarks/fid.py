@@ -30,7 +30,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
-from arguments import positive_int
+from arguments import at_least_two_images
 from timing import best_seconds, machine
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
@@ -138,7 +138,7 @@ def kid_and_is() -> tuple[dict, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=positive_int, default=64, help="images per folder for the FID comparison")
+    parser.add_argument("--images", type=at_least_two_images, default=64, help="images per folder for the FID comparison")
     args = parser.parse_args()
     result = run(args.images)
     RESULTS.mkdir(parents=True, exist_ok=True)

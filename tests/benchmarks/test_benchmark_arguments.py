@@ -60,6 +60,7 @@ def refused(monkeypatch, capsys, name, argv):
     ("detection", ["--job", "shapes", "--minutes", "0"], "--minutes"),
     ("hipt_slides", ["--threads", "-2"], "--threads"),
     ("fid", ["--images", "0"], "--images"),
+    ("fid", ["--images", "1"], "--images"),  # was minutes in pytorch-fid's sqrtm of NaN covariances, then a traceback
 ])
 def test_a_zero_or_negative_count_is_one_line_before_any_work(monkeypatch, capsys, name, argv, flag):
     error = refused(monkeypatch, capsys, name, argv)
