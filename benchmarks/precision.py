@@ -27,6 +27,7 @@ from visionzoo.train import TrainConfig, fit
 from visionzoo.train.run import build_setup
 from visionzoo.utils import native_bf16
 
+RESULTS = Path(__file__).parent / "results"
 MATMUL = "matmul 1024² (GFLOP/s)"
 CONFIGS = {
     # name: (model, data, image size, model arguments, batch size)
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=at_least_two, default=5, help="training steps per measurement (the first is not timed)")
     parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--only", action="append", choices=sorted(CONFIGS))
-    parser.add_argument("--out", type=output_file, default="benchmarks/results/precision.json",
+    parser.add_argument("--out", type=output_file, default=RESULTS / "precision.json",
                         help="results JSON; its rows of configs not measured now are kept (default: %(default)s)")
     args = parser.parse_args()
     earlier = existing_results(parser, args.out)

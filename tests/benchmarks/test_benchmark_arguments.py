@@ -178,3 +178,27 @@ def test_an_only_run_replaces_its_rows_and_keeps_the_files_others(monkeypatch, c
     notes.write_text("mine")
     error = refused(monkeypatch, capsys, name, [*argv, "--out", str(notes)])
     assert "ending in .json" in error and notes.read_text() == "mine"
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["attention", "backbones", "hipt_slides", "ops", "selective_search", "precision"])
+def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypatch, tmp_path, name):
+    """precision.py's default --out was the relative benchmarks/results/precision.json: run from benchmarks/ (or any
+    other folder) it wrote a new benchmarks/benchmarks/results/precision.json, and --only kept no earlier row."""
+    module = load(name)
+    parsed = []
+    parse_args = module.argparse.ArgumentParser.parse_args
+
+    def record(parser, *args, **kwargs):
+        parsed.append(parse_args(parser, *args, **kwargs))
+        raise _Parsed
+
+    monkeypatch.setattr(module.argparse.ArgumentParser, "parse_args", record)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py"])
+    with pytest.raises(_Parsed):
+        module.main()
+    assert Path(parsed[0].out).resolve().parent == BENCHMARKS / "results"
