@@ -272,11 +272,13 @@ def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, dict[s
     return torch.stack([image for image, _ in samples]), {k: torch.tensor([t[k] for t in targets]) for k in targets[0]}
 
 
-def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
+def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str, plots: Path) -> dict[str, Any]:
+    """Train ``model_name`` ``seeds`` times per data set and probe every layer; the probe curves go to ``plots``."""
     from visionzoo.generative.image_gpt import layer_features, plot_probe_curve, raw_pixel_probe
     from visionzoo.metrics.probe import linear_probe_accuracy
 
     rows = {}
+    plots.mkdir(parents=True, exist_ok=True)
     for data, _ in DATA:
         if only and data not in only:
             continue
@@ -308,7 +310,7 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
             depth = curves.shape[1] - 1
             mean = curves.mean(0)
             best = int(np.argmax(mean))
-            plot = RESULTS / (f"image_gpt_probes_{data}.png" if name == PROBE_TARGETS[data][0]
+            plot = plots / (f"image_gpt_probes_{data}.png" if name == PROBE_TARGETS[data][0]
                               else f"image_gpt_probes_{data}_{name}.png")
             plot_probe_curve(curves.tolist(), raw, plot, title=f"Image GPT linear probes: {data} {size} px, {name}")
             targets[name] = {"raw_pixel_probe": raw, "majority_class": majority, "mean_probes": mean.tolist(),
@@ -376,7 +378,8 @@ def main() -> None:
         result = prior(args.tokenizer, args.minutes, args.data)
         name = f"vqgan_transformer_{args.tokenizer}"
     elif args.model.startswith("image_gpt"):
-        result = image_gpt(args.minutes, args.seeds, args.data, args.model)
+        # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
+        result = image_gpt(args.minutes, args.seeds, args.data, args.model, args.out.parent if args.out else RESULTS)
         name = args.model
     elif args.model == "codebook_stats":
         result = codebook_stats(args.data)

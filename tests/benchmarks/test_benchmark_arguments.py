@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 # The functions that do each script's work: any call means the arguments were not refused up front.
@@ -202,3 +203,31 @@ def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypat
     with pytest.raises(_Parsed):
         module.main()
     assert Path(parsed[0].out).resolve().parent == BENCHMARKS / "results"
+
+
+def test_image_gpt_probe_plots_go_beside_out_not_into_the_results(monkeypatch, tmp_path):
+    """generative.py --model image_gpt --out trial.json (a trial, with --runs elsewhere) still drew its probe plots
+    over benchmarks/results/image_gpt_probes_*.png, the README's pictures."""
+    import types
+
+    import visionzoo.generative.image_gpt as image_gpt
+    import visionzoo.metrics.probe as probe
+
+    module = load("generative")
+    dataset = [(torch.zeros(1, 8, 8), 3)] * 4
+    task = types.SimpleNamespace(evaluate=lambda *args: {"nll": 1.0})
+    setup = types.SimpleNamespace(model=torch.nn.Identity(), task=task, splits={"train": dataset, "test": dataset})
+    result = types.SimpleNamespace(steps=1, train_seconds=0.1)
+    monkeypatch.setattr(module, "train", lambda *args, **kwargs: (setup, result, 0.1))
+    monkeypatch.setattr(module, "sampler_fid", lambda *args, **kwargs: ({"fid": 1.0, "ci_low": 0.9, "ci_high": 1.1}, 0.01))
+    monkeypatch.setattr(image_gpt, "layer_features", lambda model, x: [x.flatten(1)] * 3)
+    monkeypatch.setattr(image_gpt, "raw_pixel_probe", lambda *args: 0.5)
+    monkeypatch.setattr(probe, "linear_probe_accuracy", lambda *args: 0.25)
+    plots = []
+    monkeypatch.setattr(image_gpt, "plot_probe_curve", lambda curves, raw, path, title: plots.append(Path(path)))
+    out = tmp_path / "trial" / "image_gpt.json"
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "image_gpt_small", "--data", "digits", "--seeds", "1",
+                                      "--out", str(out), "--runs", str(tmp_path / "runs")])
+    module.main()
+    assert plots == [out.parent / "image_gpt_probes_digits.png"] and out.parent.is_dir()
+    assert json.loads(out.read_text())["rows"]["digits"]["targets"]["digit"]["plot"] == str(plots[0])
