@@ -12,6 +12,7 @@ handed to pytorch-fid in place of its download:
 * KID and Inception Score against torchmetrics' on the same random features and seed.
 
     python benchmarks/fid.py --images 64
+    python benchmarks/fid.py --images 2 --out /tmp/fid_trial.json   # a trial: the README's fid.json stays
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
-from arguments import at_least_two_images
+from arguments import at_least_two_images, output_file
 from timing import best_seconds, machine
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
@@ -139,12 +140,13 @@ def kid_and_is() -> tuple[dict, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=at_least_two_images, default=64, help="images per folder for the FID comparison")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "fid.json",
+                        help="the JSON result (default: %(default)s)")
     args = parser.parse_args()
     result = run(args.images)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "fid.json"
-    path.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
-    print(f"wrote {path}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ OUTPUT_SCRIPTS = [
     ("precision", []),
     ("backbones", ["--part", "params"]),
     ("hipt_slides", []),
+    ("fid", []),
 ]
 
 
@@ -185,7 +186,8 @@ class _Parsed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["attention", "backbones", "hipt_slides", "ops", "selective_search", "precision"])
+@pytest.mark.parametrize("name", ["attention", "backbones", "hipt_slides", "ops", "selective_search", "precision",
+                                  "fid"])
 def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypatch, tmp_path, name):
     """precision.py's default --out was the relative benchmarks/results/precision.json: run from benchmarks/ (or any
     other folder) it wrote a new benchmarks/benchmarks/results/precision.json, and --only kept no earlier row."""
@@ -231,3 +233,13 @@ def test_image_gpt_probe_plots_go_beside_out_not_into_the_results(monkeypatch, t
     module.main()
     assert plots == [out.parent / "image_gpt_probes_digits.png"] and out.parent.is_dir()
     assert json.loads(out.read_text())["rows"]["digits"]["targets"]["digit"]["plot"] == str(plots[0])
+
+
+def test_fid_writes_its_result_to_out(monkeypatch, tmp_path):
+    """fid.py had no --out: a trial (--images 2) always replaced benchmarks/results/fid.json, the README's numbers."""
+    module = load("fid")
+    monkeypatch.setattr(module, "run", lambda images: {"fid_folders": {"images_per_folder": images}})
+    out = tmp_path / "trial" / "fid.json"
+    monkeypatch.setattr(sys, "argv", ["fid.py", "--images", "2", "--out", str(out)])
+    module.main()
+    assert json.loads(out.read_text())["fid_folders"] == {"images_per_folder": 2}
