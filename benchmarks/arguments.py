@@ -13,7 +13,8 @@ from typing import Any
 
 from visionzoo.cli import positive_float, positive_int
 
-__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "output_file", "positive_float", "positive_int"]
+__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "output_file", "output_folder",
+           "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:
@@ -24,19 +25,37 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text} is a folder; give the .json file to write")
     if path.suffix.lower() != ".json":
         raise argparse.ArgumentTypeError(f"{text}: the results are JSON; give a file name ending in .json")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
     try:  # a real write, not os.access: that says yes to root on a read-only mount
         if path.exists():
             open(path, "r+b").close()
         else:
-            tempfile.TemporaryFile(dir=parent).close()
+            _check_folder_writable(text, path.parent)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {error.strerror or error}") from None
     return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write result files into: not a file, not inside a file, one this process can write in (a
+    missing one is created when the results are written)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give the folder to write the results into")
+    try:
+        _check_folder_writable(text, path)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {error.strerror or error}") from None
+    return path
+
+
+def _check_folder_writable(text: str, folder: Path) -> None:
+    """Raise OSError when no file can be created in ``folder`` or the nearest of its parents that exists, and
+    argparse's error when that is a file."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
+    tempfile.TemporaryFile(dir=folder).close()
 
 
 def existing_results(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:

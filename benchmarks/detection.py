@@ -1,6 +1,7 @@
 """Detectors beside torchvision on this CPU: conformance, latency, and training on Shapes.
 
-One job at a time (``--job NAME``, repeatable), each writing ``benchmarks/results/detection_<job>.json``:
+One job at a time (``--job NAME``, repeatable), each writing ``benchmarks/results/detection_<job>.json`` (or into
+``--out-dir``, for a trial):
 
 * ``conformance``: torchvision's fasterrcnn_resnet50_fpn with random weights and sharpened heads, saved
   and loaded through ``create_model(..., checkpoint=)``, ``box_score_thresh=0``, on images of three
@@ -27,6 +28,7 @@ The R-CNN jobs compute the Selective Search boxes of each split once and cache t
     python benchmarks/detection.py --job shapes --minutes 8
     python benchmarks/detection.py --job rcnn --minutes 8
     python benchmarks/detection.py --job fast-rcnn --minutes 8
+    python benchmarks/detection.py --job shapes --minutes 0.2 --out-dir /tmp/trial   # the README's files stay
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
-from arguments import positive_float, positive_int
+from arguments import output_folder, positive_float, positive_int
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
@@ -208,8 +210,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--minutes", type=positive_float, default=8.0, help="training budget of each detector (shapes)")
     parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
+                        help="the folder of the detection_JOB.json results (default: %(default)s)")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         start = time.perf_counter()
         if job == "conformance":
@@ -221,7 +225,7 @@ def main() -> None:
                                        args.batch_size)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine()
-        path = RESULTS / f"detection_{job}.json"
+        path = args.out_dir / f"detection_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
 

@@ -243,3 +243,19 @@ def test_fid_writes_its_result_to_out(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["fid.py", "--images", "2", "--out", str(out)])
     module.main()
     assert json.loads(out.read_text())["fid_folders"] == {"images_per_folder": 2}
+
+
+def test_detection_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path):
+    """detection.py had no way to write elsewhere: a trial (--minutes 0.1) replaced
+    benchmarks/results/detection_shapes.json, the README's numbers."""
+    module = load("detection")
+    monkeypatch.setattr(module, "shapes", lambda minutes, batch_size: {"minutes": minutes})
+    out = tmp_path / "trial"
+    monkeypatch.setattr(sys, "argv", ["detection.py", "--job", "shapes", "--minutes", "0.1", "--out-dir", str(out)])
+    module.main()
+    assert json.loads((out / "detection_shapes.json").read_text())["minutes"] == 0.1
+    (tmp_path / "file").write_text("x")
+    error = refused(monkeypatch, capsys, "detection", ["--job", "shapes", "--out-dir", str(tmp_path / "file")])
+    assert "is a file" in error, error
+    error = refused(monkeypatch, capsys, "detection", ["--job", "shapes", "--out-dir", str(tmp_path / "file" / "d")])
+    assert "is a file, not a folder" in error, error
