@@ -74,3 +74,11 @@ def test_transform_and_bad_arguments():
         Digits("validation")
     with pytest.raises(ValueError, match="channels"):
         Digits("train", channels=2)
+
+
+@pytest.mark.parametrize("setting, value", [("image_size", 32.5), ("image_size", True), ("channels", 3.0)])
+def test_settings_must_be_integers(setting, value):
+    """Digits(image_size=32.5) gave 32 px images and image_size=True 1 x 1 ones, without a word (Shapes refuses)."""
+    with pytest.raises(ValueError, match=f"Digits {setting} must be an integer, got {value}"):
+        Digits("val", **{setting: value})
+    assert Digits("val", image_size=np.int64(16)).images.shape[-1] == 16

@@ -101,3 +101,12 @@ def test_indices_must_be_integers_and_errors_name_the_index_given():
     with pytest.raises(IndexError, match="ShapeSlides index -13 out of range for length 12"):
         slides[-13]
     assert torch.equal(slides[np.int64(11)][0], slides[-1][0])
+
+
+@pytest.mark.parametrize("setting, value", [("grid_size", 2.5), ("length", 2.5), ("pool_size", 40.5), ("margin", 1.5),
+                                            ("tile_size", 16.5), ("grid_size", True)])
+def test_settings_must_be_integers(setting, value):
+    """ShapeSlides(grid_size=2.5) built 2 x 2 slides, length=2.5 two slides, margin=1.5 a lead of 1, without a word."""
+    settings = {"tile_size": 16, "length": 4, "pool_size": 40, setting: value}
+    with pytest.raises(ValueError, match=f"ShapeSlides {setting} must be an integer, got {value}"):
+        ShapeSlides("val", **settings)

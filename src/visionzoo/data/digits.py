@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from visionzoo.data.shapes import require_integers
+
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_SEED = 0
@@ -75,6 +77,7 @@ class Digits(Dataset):
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown Digits split {split!r}; choose from {', '.join(SPLITS)}")
+        require_integers("Digits", image_size=image_size, channels=channels)
         if image_size <= 0:
             raise ValueError(f"Digits image_size must be positive, got {image_size}")
         if channels not in (1, 3):

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visionzoo.utils import is_integer
+
 CLASSES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 COLOR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange", "cyan")
 PALETTE = np.array(
@@ -392,6 +394,14 @@ def to_classification(image: torch.Tensor, target: dict[str, Any]) -> tuple[torc
     return image, target["label"]
 
 
+def require_integers(owner: str, **settings: Any) -> None:
+    """Raise ValueError naming ``owner`` and the setting when one given (not None) is not an integer, Python's or
+    NumPy's: int() would turn seed=1.5 into another data set's seed 1, or grid_size=2.5 into 2, without a word."""
+    for name, value in settings.items():
+        if value is not None and not is_integer(value):
+            raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
+
+
 def sample_index(index: Any, length: int, what: str) -> int:
     """``index`` (an integer, negative from the end) as a position in 0..length-1; TypeError for a
     non-integer (a float would silently round down to another sample), IndexError naming the index given."""
@@ -443,11 +453,8 @@ class Shapes(Dataset):
     ):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
-        # int() would turn seed=1.5 into another data set's seed 1 without a word
-        for name, value in (("image_size", image_size), ("length", length), ("seed", seed),
-                            ("min_objects", min_objects), ("max_objects", max_objects)):
-            if value is not None and (isinstance(value, bool) or not hasattr(type(value), "__index__")):
-                raise ValueError(f"Shapes {name} must be an integer, got {value!r:.40}")
+        require_integers("Shapes", image_size=image_size, length=length, seed=seed, min_objects=min_objects,
+                         max_objects=max_objects)
         if image_size < 16:
             raise ValueError(f"Shapes image_size must be at least 16, got {image_size}")
         if length is not None and length < 0:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, sample_index
+from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, require_integers, sample_index
 
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 200}
 DEFAULT_POOL_SIZES = {"train": 600, "val": 150, "test": 300}
@@ -106,6 +106,8 @@ class ShapeSlides(Dataset):
     ):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown ShapeSlides split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
+        require_integers("ShapeSlides", grid_size=grid_size, tile_size=tile_size, length=length, pool_size=pool_size,
+                         margin=margin)
         if grid_size < 1:
             raise ValueError(f"ShapeSlides grid_size must be >= 1, got {grid_size}")
         if not 1 <= margin <= grid_size * grid_size:
