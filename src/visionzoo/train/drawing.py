@@ -55,7 +55,8 @@ def draw_detections(image: torch.Tensor, boxes: Sequence[Sequence[float]], label
                     scores: Sequence[float], truth: tuple[Sequence[Sequence[float]], Sequence[str]] | None = None,
                     min_side: int = 384) -> Image.Image:
     """The image (enlarged to ``min_side``) with predicted ``boxes`` (xyxy in the image's pixels), each
-    labelled "class score" in a colour of its class; ground-truth boxes ``truth`` (boxes, labels) in grey."""
+    labelled "class score" in a colour of its class (above the box, inside it at the picture's top edge);
+    ground-truth boxes ``truth`` (boxes, labels) in grey."""
     picture = to_pil(image, min_side)
     scale = picture.width / image.shape[-1]
     draw = ImageDraw.Draw(picture)
@@ -69,7 +70,9 @@ def draw_detections(image: torch.Tensor, boxes: Sequence[Sequence[float]], label
         x1, y1, x2, y2 = (v * scale for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
         text = f"{label} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        draw.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=colour)
-        draw.text((x1 + 1, y1 - (bottom - top) - 2), text, fill=(255, 255, 255), font=font)
+        _, _, width, height = draw.textbbox((0, 0), text, font=font)
+        # above the box, or inside it where the box starts at the picture's top (no room above)
+        band_top = y1 - height - 1 if y1 >= height + 1 else y1
+        draw.rectangle([x1, band_top, x1 + width + 2, band_top + height + 1], fill=colour)
+        draw.text((x1 + 1, band_top), text, fill=(255, 255, 255), font=font)
     return picture
