@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
-from arguments import output_file, positive_float, positive_int
+from arguments import output_file, output_folder, positive_float, positive_int
 from timing import machine
+from visionzoo.cli import nonnegative_float
 from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 from visionzoo.metrics.fid import FID
@@ -350,18 +351,18 @@ def main() -> None:
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
     parser.add_argument("--disc-start", type=disc_start_argument,
                         help="VQGANs: the step the discriminator starts at, or a share of the run (40%%)")
-    parser.add_argument("--disc-weight", type=float,
+    parser.add_argument("--disc-weight", type=nonnegative_float,
                         help="VQGANs: the GAN loss weight (default: the model's registered one, else the task's 0.8)")
-    parser.add_argument("--perceptual-weight", type=float,
+    parser.add_argument("--perceptual-weight", type=nonnegative_float,
                         help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
     parser.add_argument("--seeds", type=positive_int, default=3, help="image_gpt: trainings for the probe curve")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="tokenizers: the training batch")
-    parser.add_argument("--lr", type=float, help="tokenizers: the peak learning rate (default: the task's)")
+    parser.add_argument("--lr", type=positive_float, help="tokenizers: the peak learning rate (default: the task's)")
     parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
     parser.add_argument("--out", type=output_file,
                         help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA].json)")
-    parser.add_argument("--runs", type=Path, default=RUNS,
+    parser.add_argument("--runs", type=output_folder, default=RUNS,
                         help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
                              "give another one for trials that must not replace them)")
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",

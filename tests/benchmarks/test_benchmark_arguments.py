@@ -55,6 +55,7 @@ def refused(monkeypatch, capsys, name, argv):
     ("generative", ["--model", "vqvae", "--minutes", "-1"], "--minutes"),
     ("generative", ["--model", "image_gpt", "--seeds", "0"], "--seeds"),
     ("generative", ["--model", "vqvae", "--batch-size", "0"], "--batch-size"),
+    ("generative", ["--model", "vqvae", "--lr", "-1"], "--lr"),  # was a ValueError traceback from the engine
     ("precision", ["--steps", "1"], "--steps"),
     ("precision", ["--repeats", "0"], "--repeats"),
     ("backbones", ["--part", "speed", "--batch", "0"], "--batch"),
@@ -259,3 +260,20 @@ def test_detection_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path
     assert "is a file" in error, error
     error = refused(monkeypatch, capsys, "detection", ["--job", "shapes", "--out-dir", str(tmp_path / "file" / "d")])
     assert "is a file, not a folder" in error, error
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--disc-weight", "nan"], "--disc-weight"),  # trained with a NaN GAN weight, no error
+    (["--disc-weight", "inf"], "--disc-weight"),
+    (["--perceptual-weight", "-1"], "--perceptual-weight"),  # a ValueError traceback from the task
+])
+def test_generative_refuses_loss_weights_that_are_not_finite_and_non_negative(monkeypatch, capsys, argv, flag):
+    error = refused(monkeypatch, capsys, "generative", ["--model", "vqgan", *argv])
+    assert flag in error and "finite number >= 0" in error, error
+
+
+def test_generative_refuses_a_runs_folder_that_is_a_file_before_any_work(monkeypatch, capsys, tmp_path):
+    """--runs FILE was a NotADirectoryError traceback once the first run folder was made."""
+    (tmp_path / "file").write_text("x")
+    error = refused(monkeypatch, capsys, "generative", ["--model", "vqvae", "--runs", str(tmp_path / "file")])
+    assert "--runs" in error and "is a file" in error, error
