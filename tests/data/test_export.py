@@ -175,3 +175,13 @@ def test_the_json_is_written_through_a_temporary_file_of_its_own(tmp_path):
     assert sorted(p.name for p in (out / "annotations").iterdir()) == ["instances_val.json", "instances_val.json.tmp"]
     assert (out / "annotations" / "instances_val.json.tmp").read_text() == "mine"
     assert len(create_dataset(out, "val")) == 1
+
+
+def test_a_repeated_split_option_exports_every_split_named(tmp_path):
+    """--split val --split test exported test alone (the last option replaced the first) without a word."""
+    out = tmp_path / "x"
+    assert main(["export-data", "shapes", "--out", str(out), "--split", "val", "--split", "test", "--num", "1",
+                 "--image-size", "16"]) == 0
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == ["instances_test.json", "instances_val.json"]
+    assert main(["export-data", "shapes", "--out", str(tmp_path / "all"), "--num", "1", "--image-size", "16"]) == 0
+    assert len(list((tmp_path / "all" / "annotations").iterdir())) == 3  # no --split: every split

@@ -19,8 +19,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         nargs="+",
+        action="extend",  # --split val --split test is both, as --split val test
         choices=list(SPLIT_SEEDS),
-        default=list(SPLIT_SEEDS),
         help="splits to write (default: all)",
     )
     parser.add_argument(
@@ -50,7 +50,7 @@ def export_data_command(args: argparse.Namespace) -> int:
         )
     written = export_shapes(
         args.out,
-        splits=args.split,
+        splits=args.split or list(SPLIT_SEEDS),
         num=args.num,
         image_size=args.image_size,
         overwrite=args.overwrite,
