@@ -9,6 +9,7 @@ import numbers
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,14 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def is_integer(value: object) -> bool:
     """Whether ``value`` is an integer, Python's or NumPy's, and not a bool (which Python counts as one)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def require_integers(owner: str, **settings: Any) -> None:
+    """Raise ValueError naming ``owner`` and the setting when one given (not None) is not an integer, Python's or
+    NumPy's: int() would turn seed=1.5 into another data set's seed 1, or grid_size=2.5 into 2, without a word."""
+    for name, value in settings.items():
+        if value is not None and not is_integer(value):
+            raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
 
 
 def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:

@@ -582,3 +582,12 @@ def test_create_dataset_refuses_image_size_zero_for_named_datasets_as_for_folder
         create_dataset("shapes", "val", image_size=0, length=2)
     with pytest.raises(ValueError, match="Digits image_size must be positive, got 0"):
         create_dataset("digits", "test", image_size=0)
+
+
+@pytest.mark.parametrize("image_size", [16.5, True, "16"])
+def test_image_size_must_be_an_integer_when_built(folder, image_size):
+    """image_size=16.5 or True built the data set and failed at the first sample with a TypeError from torch's
+    interpolate, naming neither the setting nor the value."""
+    root, _ = folder
+    with pytest.raises(ValueError, match=f"CocoDetection image_size must be an integer, got {image_size!r}"):
+        CocoDetection(root / "images", _write(root), image_size=image_size)

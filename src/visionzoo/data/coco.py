@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visionzoo.data.masks import rle_to_mask, to_rle
-from visionzoo.utils import image_array
+from visionzoo.utils import image_array, require_integers
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,7 @@ class CocoDetection(Dataset):
         self.skip_invalid = skip_invalid
         self.transform = transform
         self.load_masks = load_masks
+        require_integers("CocoDetection", image_size=image_size)
         if image_size is not None and image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.image_size = image_size

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.utils import is_integer
+from visionzoo.utils import require_integers
 
 CLASSES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 COLOR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange", "cyan")
@@ -392,14 +392,6 @@ def to_classification(image: torch.Tensor, target: dict[str, Any]) -> tuple[torc
     A module-level function, so data-loader workers can pickle it (a lambda cannot be).
     """
     return image, target["label"]
-
-
-def require_integers(owner: str, **settings: Any) -> None:
-    """Raise ValueError naming ``owner`` and the setting when one given (not None) is not an integer, Python's or
-    NumPy's: int() would turn seed=1.5 into another data set's seed 1, or grid_size=2.5 into 2, without a word."""
-    for name, value in settings.items():
-        if value is not None and not is_integer(value):
-            raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
 
 
 def sample_index(index: Any, length: int, what: str) -> int:

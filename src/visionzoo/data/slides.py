@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, require_integers, sample_index
+from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, sample_index
+from visionzoo.utils import require_integers
 
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 200}
 DEFAULT_POOL_SIZES = {"train": 600, "val": 150, "test": 300}
