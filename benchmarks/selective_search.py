@@ -122,9 +122,11 @@ def main() -> None:
     unknown = sorted(set(methods) - set(CHOICES))
     if unknown:
         parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
+    dataset = Shapes("val")
+    if args.images > len(dataset):
+        parser.error(f"--images {args.images}: the Shapes val split has {len(dataset)} images")
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    dataset = Shapes("val")
     samples = [(image, target["boxes"]) for image, target in (dataset[i] for i in range(args.images))]
     top = f"mabo_first_{args.top}"
     print(f"{'method':16s} {'R@0.5':>7s} {'R@0.7':>7s} {'MABO':>7s} {'MABO@' + str(args.top):>9s} {'props':>7s} "

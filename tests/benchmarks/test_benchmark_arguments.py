@@ -23,6 +23,7 @@ WORK = {
     "fid": ("run",),
     "attention": ("time_case", "default_path"),
     "metrics": ("coco_rows", "mean_ap_rows", "frechet_rows"),
+    "selective_search": ("evaluate",),
 }
 
 
@@ -277,3 +278,9 @@ def test_generative_refuses_a_runs_folder_that_is_a_file_before_any_work(monkeyp
     (tmp_path / "file").write_text("x")
     error = refused(monkeypatch, capsys, "generative", ["--model", "vqvae", "--runs", str(tmp_path / "file")])
     assert "--runs" in error and "is a file" in error, error
+
+
+def test_selective_search_refuses_more_images_than_the_val_split_has_before_any_work(monkeypatch, capsys):
+    """--images 501 drew the 500 val scenes, then stopped with an IndexError traceback."""
+    error = refused(monkeypatch, capsys, "selective_search", ["--images", "501"])
+    assert "--images 501" in error and "500" in error, error
