@@ -299,6 +299,7 @@ def frechet_rows(dim: int, n: int, repeats: int, slow_repeats: int) -> list[dict
     return rows
 
 
+RESULTS = Path(__file__).parent / "results"
 PARTS = ["coco", "mean_ap", "frechet"]
 
 
@@ -332,7 +333,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
-    args.out = Path(args.out or f"benchmarks/results/metrics{'_one_thread' if args.one_thread else ''}.json")
+    args.out = Path(args.out or RESULTS / f"metrics{'_one_thread' if args.one_thread else ''}.json")
     earlier = existing_results(parser, args.out)
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
     repeats = 1 if args.quick else args.repeats

@@ -284,3 +284,23 @@ def test_selective_search_refuses_more_images_than_the_val_split_has_before_any_
     """--images 501 drew the 500 val scenes, then stopped with an IndexError traceback."""
     error = refused(monkeypatch, capsys, "selective_search", ["--images", "501"])
     assert "--images 501" in error and "500" in error, error
+
+
+@pytest.mark.parametrize("argv, name", [([], "metrics.json"), (["--one-thread"], "metrics_one_thread.json")])
+def test_metrics_default_out_is_the_results_folder_from_any_working_folder(monkeypatch, tmp_path, argv, name):
+    """metrics.py's default --out was the relative benchmarks/results/metrics.json: run from benchmarks/ it wrote a
+    new benchmarks/benchmarks/results/metrics.json, and --only kept no earlier row."""
+    module = load("metrics")
+    opened = []
+
+    def record(parser, path):
+        opened.append(Path(path))
+        raise _Parsed
+
+    monkeypatch.setattr(module, "existing_results", record)
+    monkeypatch.setattr(module.torch, "set_num_threads", lambda threads: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["metrics.py", *argv])
+    with pytest.raises(_Parsed):
+        module.main()
+    assert opened[0].resolve() == BENCHMARKS / "results" / name
