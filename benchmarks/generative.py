@@ -165,6 +165,9 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
                                             "bf16_code_agreement": float((fp32 == bf16).float().mean())}
             print(f"{name} on {data}: nearest code at {row['nearest_over_median_distance']:.3f} of the median distance; "
                   f"bf16 keeps {row['bf16_code_agreement']:.1%} of the codes", flush=True)
+    if not rows:  # else a file of no rows would replace the results
+        raise SystemExit(f"no tokenizer checkpoint under {RUNS} (KIND-DATA/{CHECKPOINT_NAME}): train one with "
+                         f"--model {'|'.join(TOKENIZERS)} first, or give --runs")
     return {"rows": rows}
 
 

@@ -304,3 +304,17 @@ def test_metrics_default_out_is_the_results_folder_from_any_working_folder(monke
     with pytest.raises(_Parsed):
         module.main()
     assert opened[0].resolve() == BENCHMARKS / "results" / name
+
+
+def test_codebook_stats_without_tokenizers_writes_nothing(monkeypatch, capsys, tmp_path):
+    """With no trained tokenizer under --runs (e.g. run from another folder than the one holding runs/bench),
+    --model codebook_stats wrote a results file of no rows over the README's."""
+    module = load("generative")
+    out = tmp_path / "codebook_stats.json"
+    out.write_text('{"rows": {"vqgan digits": {}}}')
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "codebook_stats", "--runs", str(tmp_path / "none"),
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert f"no tokenizer checkpoint under {tmp_path / 'none'}" in str(exit_info.value.code)
+    assert out.read_text() == '{"rows": {"vqgan digits": {}}}'
