@@ -47,3 +47,16 @@ def test_positive_losses_keep_their_log_axis(tmp_path, monkeypatch, losses):
     figure = _drawn_figure(tmp_path, monkeypatch, records)
     assert figure.axes[0].get_yscale() == "log"
     assert all(_points_outside(ax) == [] for ax in figure.axes)
+
+
+def test_the_symmetric_log_axis_labels_do_not_overlap(tmp_path, monkeypatch):
+    """With the linear band ending at the smallest magnitude (0.006 here), the -10^-3, 0 and 10^-3 tick labels
+    were drawn over one another."""
+    records = [{"step": 1, "loss": 4.77, "vq": 0.0081, "g_loss": 0.0},
+               {"step": 2, "loss": 1.85, "vq": 0.0062, "g_loss": -0.32}]
+    figure = _drawn_figure(tmp_path, monkeypatch, records)
+    ax, renderer = figure.axes[0], figure.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in ax.get_yticklabels() if label.get_text()]
+    assert len(boxes) > 3
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert _points_outside(ax) == []

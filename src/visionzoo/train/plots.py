@@ -50,12 +50,13 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
 
 def _loss_scale(ax: plt.Axes, values: list[float]) -> None:
     """A log y axis for ``values``; symmetric-log where some are 0 or negative (a hinge GAN loss, a loss that is not
-    on yet), which a log axis would leave out, linear within the smallest nonzero magnitude."""
+    on yet), which a log axis would leave out, linear within the power of ten below the smallest nonzero magnitude
+    (a decade tick inside the linear band would be drawn over the 0 tick)."""
     magnitudes = [abs(v) for v in values if v != 0 and math.isfinite(v)]
     if all(v > 0 for v in values) or not magnitudes:
         ax.set_yscale("log" if magnitudes else "linear")
     else:
-        ax.set_yscale("symlog", linthresh=min(magnitudes))
+        ax.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(min(magnitudes))))
 
 
 def plot_precision_recall(recall: Sequence[float], precision: Sequence[Sequence[float]], names: Sequence[str],
