@@ -115,10 +115,11 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, default=1, help="threads for torch, OpenCV and BLAS")
     parser.add_argument("--max-proposals", type=positive_int, default=2000)
     parser.add_argument("--top", type=positive_int, default=100, help="MABO over the first TOP proposals too")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(CHOICES)}")
+    parser.add_argument("--methods", action="append",
+                        help=f"comma-separated, repeatable, from {', '.join(CHOICES)} (default {','.join(METHODS)})")
     parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "selective_search.json")
     args = parser.parse_args()
-    methods = args.methods.split(",")
+    methods = list(dict.fromkeys(m for text in args.methods or [",".join(METHODS)] for m in text.split(",")))
     unknown = sorted(set(methods) - set(CHOICES))
     if unknown:
         parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")

@@ -318,3 +318,23 @@ def test_codebook_stats_without_tokenizers_writes_nothing(monkeypatch, capsys, t
         module.main()
     assert f"no tokenizer checkpoint under {tmp_path / 'none'}" in str(exit_info.value.code)
     assert out.read_text() == '{"rows": {"vqgan digits": {}}}'
+
+
+def test_selective_search_measures_every_method_named_once(monkeypatch, tmp_path):
+    """--methods ours-single --methods opencv-fast measured opencv-fast alone (the last option replaced the first),
+    and --methods ours-single,ours-single measured it twice, two rows of one method."""
+    module = load("selective_search")
+    measured = []
+
+    def evaluate(method, samples, max_proposals, top):
+        measured.append(method)
+        return {"method": method, "recall@0.5": 1.0, "recall@0.7": 1.0, "mabo": 1.0, f"mabo_first_{top}": 1.0,
+                "proposals_per_image": 1.0, "cpu_s_per_image": 0.0, "wall_s_per_image": 0.0, "ground_truth_boxes": 1}
+
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    out = tmp_path / "ss.json"
+    monkeypatch.setattr(sys, "argv", ["selective_search.py", "--images", "1", "--methods", "ours-single,ours-single",
+                                      "--methods", "opencv-fast", "--out", str(out)])
+    module.main()
+    assert measured == ["ours-single", "opencv-fast"]
+    assert [row["method"] for row in json.loads(out.read_text())["rows"]] == measured
