@@ -60,3 +60,15 @@ def test_the_symmetric_log_axis_labels_do_not_overlap(tmp_path, monkeypatch):
     assert len(boxes) > 3
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert _points_outside(ax) == []
+
+
+def test_validation_metrics_without_ground_truth_are_left_out(tmp_path, monkeypatch):
+    """COCO marks a metric with no ground truth -1: Shapes has no object of COCO's 'large' area, so every detector
+    run's validation panel drew map_large as a score of -1, squeezing the real ones into the top half of the axis."""
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]
+    records += [{"step": step, "split": "val", "map": 0.1 * step, "map_large": -1.0, "ap/diamond": -1.0}
+                for step in (1, 2)]
+    records.append({"step": 2, "split": "val", "ap/star": -1.0})
+    records.append({"step": 3, "split": "val", "ap/star": 0.5})  # -1 once, a score later: kept
+    ax = _drawn_figure(tmp_path, monkeypatch, records).axes[1]
+    assert sorted(line.get_label() for line in ax.lines) == ["ap/star", "map"]

@@ -13,10 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 _NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split"}
+_NO_GROUND_TRUTH = -1.0  # COCO's value of a metric with no ground truth (a class or area range without objects)
 
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
-    """Draw every logged loss against the step, and the validation metrics on a second panel."""
+    """Draw every logged loss against the step, and the validation metrics on a second panel (those that are
+    COCO's -1 at every evaluation, metrics without ground truth, left out)."""
     train, val = [], []
     for line in Path(metrics_path).read_text().splitlines():
         record = json.loads(line)
@@ -37,11 +39,14 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
         ax = axes[0, 1]
         for key in sorted({k for r in val for k in r} - _NOT_LOSSES):
             points = [(r["step"], r[key]) for r in val if key in r]
+            if all(value == _NO_GROUND_TRUTH for _, value in points):
+                continue  # not a score: e.g. map_large on data without large objects
             ax.plot(*zip(*points), marker="o", label=key)
         ax.set_xlabel("step")
         ax.set_ylabel("validation")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
