@@ -69,6 +69,19 @@ def test_bad_options_are_refused():
         VQGANTask(disc_start=-1)
     with pytest.raises(ValueError, match="perceptual-weight"):
         VQGANTask(perceptual_weight=-1.0)
+    for weight in (float("nan"), float("inf")):  # NaN passed a `< 0` check and trained with a NaN GAN term
+        with pytest.raises(ValueError, match="finite"):
+            VQGANTask(disc_weight=weight)
+        with pytest.raises(ValueError, match="finite"):
+            VQGANTask(perceptual_weight=weight)
+
+
+def test_visionzoo_train_vqgan_refuses_a_nan_disc_weight_in_one_line(tmp_path, capsys):
+    code = main(["train", "vqgan", "--data", "digits", "--disc-weight", "nan", "--perceptual-weight", "0",
+                 "--max-steps", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "--disc-weight nan" in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("text, value", [("1100", 1100), ("0", 0), ("40%", 0.4), (" 0% ", 0.0), (0.25, 0.25), (7, 7)])

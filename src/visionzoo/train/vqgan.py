@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,8 @@ class VQGANTask(ReconstructionTask):
                  perceptual_weight: float = PERCEPTUAL_WEIGHT,
                  perceptual: PerceptualLoss | Callable[[], PerceptualLoss] | None = None):
         super().__init__()
-        if disc_weight < 0 or perceptual_weight < 0:
-            raise ValueError(f"loss weights must be >= 0, got --disc-weight {disc_weight}, "
+        if not all(0 <= weight < math.inf for weight in (disc_weight, perceptual_weight)):  # NaN fails too
+            raise ValueError(f"loss weights must be finite and >= 0, got --disc-weight {disc_weight}, "
                              f"--perceptual-weight {perceptual_weight}")
         self.disc_start = parse_disc_start(disc_start)
         self._disc_on_from: int | None = None
