@@ -298,6 +298,27 @@ def test_features_only_maps_equal_timm_intermediates(timm_tiny):
         create_model("vit_tiny_patch4_32", features_only=True, out_indices=(6,))
 
 
+
+@pytest.mark.parametrize("distilled", [False, True])
+@pytest.mark.parametrize("out_indices", [(0,), (0, 2), (-3,)])
+def test_features_only_keeps_no_block_after_the_last_map_as_timm(out_indices, distilled):
+    name = "deit_tiny_distilled_patch8_32" if distilled else "vit_tiny_patch8_32"
+    timm_name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
+    torch.manual_seed(40)
+    reference = timm.create_model(timm_name, features_only=True, out_indices=out_indices, **SMALL_CONFIGS[
+        "vit_tiny_patch8_32"]).eval()
+    ours = create_model(name, features_only=True, out_indices=out_indices).eval()
+    expected = {k.removeprefix("model."): v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == expected
+    assert count(ours) == count(reference)
+    ours.load_state_dict({k.removeprefix("model."): v for k, v in reference.state_dict().items()})
+    x = images(2, 3, 32, 32, seed=41)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=ATOL)
+    ours.train()
+    sum(m.square().mean() for m in ours(x)).backward()
+    assert all(p.grad is not None for p in ours.parameters())
+
 def test_forward_features_is_forward_tokens_of_embed_patches():
     torch.manual_seed(15)
     model = create_model("vit_tiny_patch4_32", num_classes=10, dynamic_img_size=True).eval()

@@ -90,7 +90,8 @@ class VisionTransformer(nn.Module):
         features_only: return feature maps instead of logits: ``forward`` gives a list of
             ``Tensor[B, embed_dim, H/p, W/p]`` (the outputs of the blocks ``out_indices``, prefix tokens
             removed, no final norm; timm's ``features_only``), ``feature_info`` describes them, and
-            the model has no ``norm``/``fc_norm``/``head`` (their checkpoint weights are dropped).
+            the model has no ``norm``/``fc_norm``/``head`` nor the blocks after the last of ``out_indices``
+            (their checkpoint weights are dropped).
         out_indices: the blocks whose outputs ``features_only`` returns: an int n for the last n
             blocks, or a sequence of block indices (any order, repeats allowed: each map comes once,
             in block order, as timm's; ``out_indices`` and ``feature_info`` then list those maps).
@@ -154,6 +155,8 @@ class VisionTransformer(nn.Module):
         reduction = self.patch_embed.patch_size[0]
         if features_only:
             self.out_indices = taken_in_order(feature_take_indices(depth, out_indices, "block"))
+            # as timm's: the blocks after the last map would get no gradient (DDP refuses unused parameters)
+            self.blocks = self.blocks[:max(self.out_indices) + 1]
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
             )
