@@ -319,6 +319,21 @@ def test_features_only_keeps_no_block_after_the_last_map_as_timm(out_indices, di
     sum(m.square().mean() for m in ours(x)).backward()
     assert all(p.grad is not None for p in ours.parameters())
 
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_a_timm_feature_extractor_file_loads_and_gives_its_maps(tmp_path, distilled):
+    name = "deit_tiny_distilled_patch8_32" if distilled else "vit_tiny_patch8_32"
+    timm_name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
+    torch.manual_seed(42)
+    reference = timm.create_model(timm_name, features_only=True, out_indices=(1, 3), **SMALL_CONFIGS[
+        "vit_tiny_patch8_32"]).eval()
+    path = tmp_path / "features.pth"
+    torch.save(reference.state_dict(), path)  # timm's keys: model.cls_token, model.blocks.0..., no head
+    ours = create_model(name, features_only=True, out_indices=(1, 3), checkpoint=path).eval()
+    x = images(2, 3, 32, 32, seed=43)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=ATOL)
+
 def test_forward_features_is_forward_tokens_of_embed_patches():
     torch.manual_seed(15)
     model = create_model("vit_tiny_patch4_32", num_classes=10, dynamic_img_size=True).eval()
