@@ -579,3 +579,15 @@ def test_set_input_size_scales_from_the_build_time_window_and_refuses_what_it_ca
             ours.set_input_size(img_size=64, **kwargs)
     assert ours.patch_embed.img_size == (32, 32)
     assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_an_empty_batch_gives_empty_outputs_with_and_without_autograd(features_only):
+    torch.manual_seed(50)
+    model = create_model("swin_tiny_patch2_window4_32", features_only=features_only, num_classes=10).eval()
+    x = images(0, 3, 32, 32)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out = model(x)
+        shapes = [tuple(y.shape) for y in out] if features_only else tuple(out.shape)
+        assert shapes == ([(0, 48, 16, 16), (0, 96, 8, 8), (0, 192, 4, 4)] if features_only else (0, 10)), grad

@@ -480,7 +480,7 @@ class SwinTransformerStage(nn.Module):
             height, width, channels = (height + 1) // 2, (width + 1) // 2, self.downsample.out_dim
         step = max(1, _CHUNK_BYTES // (height * width * channels * _compute_dtype(x).itemsize))
         out = None
-        for start in range(0, batch, step):
+        for start in range(0, max(batch, 1), step):  # an empty batch runs once, into empty maps
             chunk = x[start:start + step]
             if isinstance(self.downsample, PatchMerging):
                 chunk = self.downsample(chunk)
