@@ -525,3 +525,17 @@ def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head)
         assert_same_outputs(ours(x), reference(x))
         assert_same_outputs(ours.forward_intermediates(x, indices), reference.forward_intermediates(x, indices))
     assert ours.state_dict().keys() == reference.state_dict().keys()
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_an_empty_batch_gives_empty_outputs_with_and_without_autograd_as_timm(features_only):
+    torch.manual_seed(51)
+    model = create_model("convnext_atto", features_only=features_only, num_classes=10).eval()
+    reference = timm.create_model("convnext_atto", features_only=features_only, num_classes=10).eval()
+    x = images(0, 3, 64, 64)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out, expected = model(x), reference(x)
+        shapes = [tuple(y.shape) for y in out] if features_only else tuple(out.shape)
+        assert shapes == ([tuple(y.shape) for y in expected] if features_only else tuple(expected.shape)), grad
+        assert shapes == ([(0, 40, 16, 16), (0, 80, 8, 8), (0, 160, 4, 4), (0, 320, 2, 2)] if features_only else (0, 10))

@@ -94,7 +94,7 @@ class ConvNeXtBlock(nn.Module):
         mlp = self.mlp
         step = max(1, _CHUNK_ELEMENTS // mlp.fc1.out_features)
         out = None
-        for start in range(0, rows.shape[0], step):
+        for start in range(0, max(rows.shape[0], 1), step):  # an empty batch runs once, into an empty map
             stop = start + step
             branch = mlp.fc2(mlp.act(mlp.fc1(self.norm(rows[start:stop]))))
             if out is None:
