@@ -487,8 +487,20 @@ def test_an_empty_batch_of_regions_gives_empty_outputs():
 def test_one_vits_file_given_to_hipt_4k_names_the_part_it_belongs_to(tmp_path, name, part):
     """create_model("hipt_4k", checkpoint=vit256_small_dino.pth) listed 228 missing and 150 unexpected keys."""
     path = dino_file(tmp_path / "official.pth", create_model(name).state_dict())
-    with pytest.raises(CheckpointError, match=rf"one of HIPT's two ViTs \({part}.*load_official_checkpoint\(model.model"):
+    with pytest.raises(CheckpointError, match=rf"official.pth.*one of HIPT's two ViTs \({part}.*load_official_checkpoint\(model.model"):
         create_model("hipt_4k", checkpoint=path)
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"])
+def test_another_familys_file_given_to_hipt_4k_is_not_called_one_of_its_vits(tmp_path, name):
+    """Any file with a patch_embed.proj.weight (a Swin's, a ViT-Ti's) was said to hold HIPT's ViT-256."""
+    path = tmp_path / f"{name}.pth"
+    with torch.device("meta"):
+        state = create_model(name).state_dict()
+    torch.save({k: torch.zeros(v.shape) for k, v in state.items()}, path)
+    with pytest.raises(CheckpointError, match=rf"{name}.pth does not fit model hipt_4k: .*missing keys: model256\.") as error:
+        create_model("hipt_4k", checkpoint=path)
+    assert "HIPT's two ViTs" not in str(error.value)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 0, 128), (2, 3, 128, 0), (0, 3, 0, 0)])

@@ -330,7 +330,10 @@ def _load_state(
     """``asked``: the builder arguments the caller gave; the head and stem adapt only to a ``num_classes`` and
     ``in_chans`` among them (None: both)."""
     if foreign and entry is not None and entry.checkpoint_filter is not None:
-        state = entry.checkpoint_filter(state, model)
+        try:
+            state = entry.checkpoint_filter(state, model)
+        except CheckpointError as error:  # a filter knows the weights, not the file they came from
+            raise CheckpointError(f"checkpoint {source}: {error}") from None
     asked = {"num_classes", "in_chans"} if asked is None else asked
     state = adapt_state_dict(state, model, entry, source, reinit_head="num_classes" in asked,
                              adapt_stem="in_chans" in asked)

@@ -381,12 +381,13 @@ def _backbone_state(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _single_vit(state: Mapping[str, Tensor]) -> str | None:
-    """Which of HIPT's ViTs a backbone state dict is (by ViT-4K's ``phi`` and ViT-256's patch embedding), or None."""
-    if "phi.0.weight" in state:
-        return "ViT-4K, vit4k_xs"
-    if "patch_embed.proj.weight" in state:
-        return "ViT-256, hipt_vit256_small"
+def _single_vit(state: Mapping[str, Tensor], model: HIPT4K) -> str | None:
+    """Which of ``model``'s two ViTs a backbone state dict is (its keys and shapes are that ViT's, a classifier
+    aside), or None."""
+    shapes = {key: value.shape for key, value in state.items() if not key.startswith("head.")}
+    for part, name in ((model.model256, "ViT-256, hipt_vit256_small"), (model.model4k, "ViT-4K, vit4k_xs")):
+        if shapes == {key: value.shape for key, value in part.state_dict().items() if not key.startswith("head.")}:
+            return name
     return None
 
 
@@ -400,7 +401,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     """
     out = _backbone_state(state_dict)
     if isinstance(model, HIPT4K) and not any(key.startswith(("model256.", "model4k.")) for key in out):
-        part = _single_vit(out)
+        part = _single_vit(out, model)
         if part is not None:
             raise CheckpointError(
                 f"the checkpoint holds one of HIPT's two ViTs ({part}), not a whole hipt_4k; load each official file "
