@@ -198,6 +198,15 @@ def test_wrong_channels_or_rank_raise_one_clear_error(features_only):
     assert (out[-1] if features_only else out).shape[:2] == ((2, 512) if features_only else (2, 4))
 
 
+@pytest.mark.parametrize("features_only", [False, True])
+@pytest.mark.parametrize("shape", [(1, 3, 0, 32), (2, 3, 32, 0)])
+def test_an_image_without_pixels_is_refused_by_name(shape, features_only):
+    """A side of 0 failed inside conv2d ("Calculated padded input size per channel ... can't be greater")."""
+    model = create_model("resnet18", features_only=features_only).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"image {shape[2]}×{shape[3]} has no pixels"):
+        model(torch.zeros(shape))
+
+
 TIMM_POOLS = ("avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fastmax", "fastavgmax", "fastcatavgmax", "",
               "AVGMAX")
 

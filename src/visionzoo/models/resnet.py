@@ -302,7 +302,7 @@ class ResNet(nn.Module):
 
 
 def _check_images(x: Tensor, conv1: nn.Conv2d) -> None:
-    """Raise ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``."""
+    """Raise ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``, or a side of 0."""
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
     if x.shape[1] != conv1.in_channels:
@@ -310,6 +310,8 @@ def _check_images(x: Tensor, conv1: nn.Conv2d) -> None:
             f"the model takes {conv1.in_channels}-channel images, got {x.shape[1]} channels "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"image {x.shape[-2]}×{x.shape[-1]} has no pixels (input shape {tuple(x.shape)})")
 
 
 class ResNetFeatures(nn.Module):
