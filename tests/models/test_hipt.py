@@ -428,6 +428,8 @@ def test_frozen_vit256_gets_no_gradients_and_stays_in_eval():
     ("hipt_vit256_small", (1, 3, 256, 250), r"not a multiple of the 16×16 patch"),
     ("vit4k_xs", (1, 192, 4, 4), r"Tensor\[B, 384, gh, gw\]"),
     ("vit4k_xs", (384, 4, 4), r"Tensor\[B, 384, gh, gw\]"),
+    ("vit4k_xs", (1, 384, 0, 4), r"grid 0×4 has no tokens"),
+    ("vit4k_xs", (2, 384, 3, 0), r"grid 3×0 has no tokens"),
 ])
 def test_wrong_inputs_raise_value_error(model_name, shape, message):
     model = create_model(model_name, tile_size=64) if model_name == "hipt_4k" else create_model(model_name)

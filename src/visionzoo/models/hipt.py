@@ -200,6 +200,8 @@ class ViT4K(nn.Module):
                 f"ViT-4K takes grids Tensor[B, {self.in_dim}, gh, gw] of ViT-256 [CLS] tokens, got shape {tuple(x.shape)}"
             )
         batch, _, gh, gw = x.shape
+        if gh == 0 or gw == 0:
+            raise ValueError(f"ViT-4K takes a grid of at least one token; grid {gh}×{gw} has no tokens")
         tokens = self.phi(x.flatten(2).transpose(1, 2))
         pos_embed = interpolate_pos_encoding(self.pos_embed, (gh, gw))
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1) + pos_embed
