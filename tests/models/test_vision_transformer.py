@@ -156,6 +156,28 @@ def test_dynamic_img_size_equals_timm(timm_tiny, size):
         assert ours.forward_features(x).shape == (2, 1 + size[0] // 16 * size[1] // 16, 192)
 
 
+@pytest.mark.parametrize("distilled", [False, True])
+@pytest.mark.parametrize("size", [(33, 31), (32, 45), (32, 32), (9, 8)])
+def test_dynamic_img_pad_pads_sizes_that_are_no_multiple_of_the_patch_as_timm(size, distilled):
+    name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
+    torch.manual_seed(44)
+    kwargs = dict(SMALL_CONFIGS["vit_tiny_patch8_32"], dynamic_img_size=True, dynamic_img_pad=True)
+    reference = timm.create_model(name, **kwargs).eval()
+    ours = create_model(name, **kwargs).eval()
+    ours.load_state_dict(reference.state_dict())
+    x = images(2, 3, *size, seed=45)
+    grid = (-(-size[0] // 8), -(-size[1] // 8))
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=ATOL)
+        assert_same_outputs(ours.forward_features(x), reference.forward_features(x), atol=ATOL)
+        maps = ours.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert_same_outputs(maps, reference.forward_intermediates(x, indices=2, intermediates_only=True), atol=ATOL)
+    assert maps[0].shape == (2, 192, *grid)
+    features = create_model(name, features_only=True, out_indices=(1,), **kwargs).eval()
+    with torch.no_grad():
+        assert features(x)[0].shape == (2, 192, *grid)
+
+
 def test_global_average_pool_equals_timm():
     torch.manual_seed(8)
     reference = timm.create_model("vit_tiny_patch16_224", global_pool="avg", num_classes=5).eval()

@@ -85,6 +85,9 @@ class VisionTransformer(nn.Module):
             rising linearly to this rate over the blocks.
         dynamic_img_size: accept any input whose sides are multiples of the patch size, resampling
             the position table at each forward (timm's option of the same name).
+        dynamic_img_pad: zero-pad the right and bottom of an input that is no multiple of the patch
+            size up to the next multiple (a grid of ``⌈H/p⌉ × ⌈W/p⌉`` tokens) instead of refusing it, as
+            timm's option of the same name (with ``dynamic_img_size``, any input of at least one patch).
         fc_norm: put the final LayerNorm after the pooling (``fc_norm``) instead of before it
             (``norm``); None: only for ``global_pool`` "avg", "max" or "avgmax" (timm's default).
         features_only: return feature maps instead of logits: ``forward`` gives a list of
@@ -119,6 +122,7 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
+        dynamic_img_pad: bool = False,
         fc_norm: bool | None = None,
         features_only: bool = False,
         out_indices: int | Sequence[int] = 3,
@@ -142,7 +146,8 @@ class VisionTransformer(nn.Module):
         self.features_only = features_only
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size,
+                                      pad=dynamic_img_pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -268,8 +273,10 @@ class VisionTransformer(nn.Module):
         return self.patch_embed(x)
 
     def grid_size(self, x: Tensor) -> tuple[int, int]:
-        """The token grid ``(H/p, W/p)`` of images ``Tensor[B, C, H, W]``."""
+        """The token grid ``(H/p, W/p)`` of images ``Tensor[B, C, H, W]`` (rounded up with ``dynamic_img_pad``)."""
         ph, pw = self.patch_embed.patch_size
+        if self.patch_embed.pad:
+            return -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
         return x.shape[-2] // ph, x.shape[-1] // pw
 
     def prefix_tokens(self) -> list[Tensor]:
