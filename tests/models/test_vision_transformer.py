@@ -178,6 +178,26 @@ def test_dynamic_img_pad_pads_sizes_that_are_no_multiple_of_the_patch_as_timm(si
         assert features(x)[0].shape == (2, 192, *grid)
 
 
+@pytest.mark.parametrize("distilled", [False, True])
+def test_proj_drop_rate_drops_as_timms_in_training(distilled):
+    name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
+    kwargs = dict(SMALL_CONFIGS["vit_tiny_patch8_32"], proj_drop_rate=0.3)
+    torch.manual_seed(46)
+    reference = timm.create_model(name, **kwargs).train()
+    ours = create_model(name, **kwargs).train()
+    ours.load_state_dict(reference.state_dict())
+    assert [b.attn.proj_drop.p for b in ours.blocks] == [b.attn.proj_drop.p for b in reference.blocks] == [0.3] * 6
+    assert [b.mlp.drop1.p for b in ours.blocks] == [b.mlp.drop2.p for b in ours.blocks] == [0.3] * 6
+    x = images(2, 3, 32, 32, seed=47)
+    torch.manual_seed(48)
+    expected = reference(x)
+    torch.manual_seed(48)
+    got = ours(x)
+    assert_same_outputs(got, expected, atol=ATOL)
+    with torch.no_grad():
+        assert not torch.allclose(ours.eval()(x), got, atol=1e-3)  # the dropout acted
+
+
 def test_global_average_pool_equals_timm():
     torch.manual_seed(8)
     reference = timm.create_model("vit_tiny_patch16_224", global_pool="avg", num_classes=5).eval()

@@ -81,8 +81,9 @@ class VisionTransformer(nn.Module):
         class_token: prepend a learned class token (needed by ``global_pool="token"``).
         init_values: LayerScale's initial value on both residual branches (None: no LayerScale).
         drop_rate: dropout before ``head``; ``pos_drop_rate``: after adding the position table;
-            ``attn_drop_rate``: on the attention weights; ``drop_path_rate``: stochastic depth,
-            rising linearly to this rate over the blocks.
+            ``proj_drop_rate``: in each block after the attention's output projection and after the
+            MLP's activation and output (timm's); ``attn_drop_rate``: on the attention weights;
+            ``drop_path_rate``: stochastic depth, rising linearly to this rate over the blocks.
         dynamic_img_size: accept any input whose sides are multiples of the patch size, resampling
             the position table at each forward (timm's option of the same name).
         dynamic_img_pad: zero-pad the right and bottom of an input that is no multiple of the patch
@@ -119,6 +120,7 @@ class VisionTransformer(nn.Module):
         init_values: float | None = None,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
@@ -153,7 +155,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         rates = drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_drop=attn_drop_rate,
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                   init_values=init_values, drop_path=rate)
             for rate in rates
         ])
