@@ -21,6 +21,7 @@ from timm.layers import PatchEmbed as TimmPatchEmbed
 from timm.models.swin_transformer import SwinTransformer as TimmSwinTransformer
 
 import visionzoo.models.swin_transformer as swin
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model, get_model_entry
 from visionzoo.models.swin_transformer import SwinTransformer, SwinTransformerBlock, checkpoint_filter_fn
 
@@ -591,3 +592,14 @@ def test_an_empty_batch_gives_empty_outputs_with_and_without_autograd(features_o
             out = model(x)
         shapes = [tuple(y.shape) for y in out] if features_only else tuple(out.shape)
         assert shapes == ([(0, 48, 16, 16), (0, 96, 8, 8), (0, 192, 4, 4)] if features_only else (0, 10)), grad
+
+
+def test_a_table_for_a_non_square_window_is_refused_naming_the_file_and_key(tmp_path):
+    """A timm Swin with 3×5 windows loaded into one with 4×4 windows failed inside the resampling with
+    "shape '[2, 5, 5]' is invalid for input of size 90" (its rows, 5·9, were taken for a square window)."""
+    sizes = dict(img_size=32, patch_size=2, embed_dim=24, depths=(2, 2), num_heads=(2, 2))
+    path = tmp_path / "swin_window3x5.pth"
+    torch.save(timm.create_model("swin_tiny_patch4_window7_224", window_size=(3, 5), **sizes).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"swin_window3x5.pth.*layers.0.blocks.0.attn.relative_position_bias_table "
+                                              r"\(45, 2\) vs model \(49, 2\)"):
+        create_model("swin_tiny_patch4_window7_224", window_size=4, checkpoint=path, **sizes)

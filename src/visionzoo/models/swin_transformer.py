@@ -824,7 +824,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
       timm's (at the start of stages 1..3, ``head.fc.weight``);
     - timm's feature-extractor keys (``layers_1``) get their dot back;
     - a relative position table for another (square) window is resampled by BEiT's recipe, as timm's filter
-      does (:func:`~visionzoo.layers.pos_embed.resample_rel_pos_table`);
+      does (:func:`~visionzoo.layers.pos_embed.resample_rel_pos_table`); one for a non-square window is kept
+      as it is, for the strict load to report (its window cannot be told from its size);
     - for a feature extractor, the weights of the stages it leaves out are dropped.
     """
     official = "layers.0.downsample.reduction.weight" in state_dict
@@ -841,9 +842,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         if getattr(model, "features_only", False) and stage is not None and int(stage) >= kept_stages:
             continue
         if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
-            window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
             side = math.isqrt(value.shape[0])
-            value = resample_rel_pos_table(value, ((side + 1) // 2, (side + 1) // 2), window)
+            # the window of a table whose rows are no odd square is ambiguous (5·9 rows: 3×5 or 5×3): left for
+            # the strict load to report
+            if side * side == value.shape[0] and side % 2:
+                window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
+                value = resample_rel_pos_table(value, ((side + 1) // 2, (side + 1) // 2), window)
         out[key] = value
     return out
 
