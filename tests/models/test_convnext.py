@@ -513,6 +513,18 @@ def test_forward_intermediates_equal_timms(kwargs):
         ours.forward_intermediates(x, output_fmt="NHWC")
 
 
+@pytest.mark.parametrize("indices, size", [([0], 4), ([1], 8), ([2], 16), ([0, 1], 15), ([-2], 16)])
+def test_forward_intermediates_stopping_early_takes_images_its_stages_can_as_timms(indices, size):
+    """With stop_early an image too small for the later stages was refused ('needs at least 32×32')."""
+    ours, reference = _timm_convnext_twin()
+    x = images(2, 3, size, size, seed=98)
+    with torch.no_grad():
+        assert_same_outputs(ours.forward_intermediates(x, indices, stop_early=True),
+                            reference.forward_intermediates(x, indices, stop_early=True))
+        with pytest.raises(ValueError, match=r"at least 32×32"):
+            ours.forward_intermediates(x, indices)
+
+
 @pytest.mark.parametrize("indices, prune_norm, prune_head", [(1, False, True), (2, True, False), ([0, 2], False, False),
                                                              ([1], False, True)])
 def test_prune_intermediate_layers_equals_timms(indices, prune_norm, prune_head):

@@ -316,8 +316,9 @@ class ConvNeXt(nn.Module):
         (four stages), in channels-last memory."""
         return self.stages(self._stem(x))
 
-    def _stem(self, x: Tensor) -> Tensor:
-        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(len(self.stages) - 1))
+    def _stem(self, x: Tensor, last_stage: int = -1) -> Tensor:
+        """The stem on images that the stages up to ``last_stage`` (default: all) can take, else ``ValueError``."""
+        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(last_stage % len(self.stages)))
         return self.stem(x.contiguous(memory_format=torch.channels_last))
 
     def forward_intermediates(
@@ -344,7 +345,7 @@ class ConvNeXt(nn.Module):
         stages = len(self.stages)
         take = feature_take_indices(stages, stages if indices is None else indices)
         last = max(take)
-        x = self._stem(x)
+        x = self._stem(x, last if stop_early else -1)
         intermediates = []
         for index, stage in enumerate(self.stages[:last + 1] if stop_early else self.stages):
             x = stage(x)
