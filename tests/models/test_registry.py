@@ -1,6 +1,7 @@
 """The model registry: names, patterns, loading foreign and own checkpoints, head and stem adaptation."""
 
 import logging
+import re
 
 import pytest
 import timm
@@ -51,6 +52,13 @@ def test_unknown_name_lists_closest():
         create_model("resnet5")
     with pytest.raises(ValueError, match="resnet18"):
         get_model_entry("resnet-18")
+
+
+@pytest.mark.parametrize("name", [123, None, ("resnet18",)])
+def test_a_name_that_is_no_string_is_refused_by_name(name):
+    """create_model(123) failed inside the closest-name search with "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=rf"model name must be a string, got {re.escape(repr(name))}"):
+        create_model(name)
 
 
 def test_list_models_patterns():

@@ -160,7 +160,10 @@ def list_tasks() -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; an unknown name raises ``ValueError`` with the closest names."""
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` with the closest names, a name that
+    is no string ``TypeError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {name!r}")
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; closest registered: {closest(name, _MODELS)}")
     return _MODELS[name]
