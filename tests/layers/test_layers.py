@@ -160,6 +160,19 @@ def test_patch_embed_errors_name_the_problem():
         embed(torch.zeros(1, 3, 36, 36))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(patch_size=0), r"patch_size must be positive, got \(0, 0\)"),
+    (dict(patch_size=(4, -1)), r"patch_size must be positive, got \(4, -1\)"),
+    (dict(img_size=0), r"img_size must be positive, got \(0, 0\)"),
+])
+def test_patch_embed_refuses_sizes_that_are_not_positive_by_name(kwargs, message):
+    """patch_size=0 failed with ZeroDivisionError: integer division or modulo by zero."""
+    with pytest.raises(ValueError, match=message):
+        PatchEmbed(**{"img_size": 32, "patch_size": 4, "in_chans": 3, "embed_dim": 8, **kwargs})
+    with pytest.raises(ValueError, match="must be positive"):
+        PatchEmbed(32, 4, 3, 8).set_input_size(**kwargs)
+
+
 def test_patch_embed_pads_right_and_bottom_when_asked():
     embed = PatchEmbed(None, 4, 3, 8, output_fmt="NHWC", pad=True)
     x = torch.randn(1, 3, 9, 6)

@@ -603,3 +603,12 @@ def test_a_table_for_a_non_square_window_is_refused_naming_the_file_and_key(tmp_
     with pytest.raises(CheckpointError, match=r"swin_window3x5.pth.*layers.0.blocks.0.attn.relative_position_bias_table "
                                               r"\(45, 2\) vs model \(49, 2\)"):
         create_model("swin_tiny_patch4_window7_224", window_size=4, checkpoint=path, **sizes)
+
+
+@pytest.mark.parametrize("window_size", [0, (4, 0), -2])
+def test_a_window_that_is_not_positive_is_refused_by_name(window_size):
+    """window_size=0 built a model whose forward failed with ZeroDivisionError: division by zero."""
+    with pytest.raises(ValueError, match=r"window_size must be positive"):
+        create_model("swin_tiny_patch2_window4_32", window_size=window_size)
+    with pytest.raises(ValueError, match=r"window_size must be positive"):
+        create_model("swin_tiny_patch2_window4_32").set_input_size(window_size=window_size)

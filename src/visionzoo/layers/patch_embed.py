@@ -11,6 +11,14 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def _positive_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """``value`` as (h, w), or ``ValueError`` naming ``name`` when a side is below 1."""
+    pair = _pair(value)
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {pair}")
+    return pair
+
+
 def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
                           antialias: bool = True) -> Tensor:
     """A patch-embedding kernel for another patch size by FlexiViT's pseudo-inverse resize (Beyer et al. 2023;
@@ -63,8 +71,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         if output_fmt not in ("NLC", "NHWC", "NCHW"):
             raise ValueError(f"output_fmt must be NLC, NHWC or NCHW, got {output_fmt!r}")
-        self.patch_size = _pair(patch_size)
-        self.img_size = None if img_size is None else _pair(img_size)
+        self.patch_size = _positive_pair(patch_size, "patch_size")
+        self.img_size = None if img_size is None else _positive_pair(img_size, "img_size")
         self._set_grid()
         self.in_chans = in_chans
         self.output_fmt = output_fmt
@@ -85,7 +93,9 @@ class PatchEmbed(nn.Module):
         """Another input size and/or patch size from now on (timm's method): ``img_size`` sets ``grid_size``
         and ``num_patches``; another ``patch_size`` replaces ``proj`` by a conv of that kernel and stride whose
         kernel is :func:`resample_patch_kernel`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
-        if patch_size is not None and _pair(patch_size) != self.patch_size:
+        if img_size is not None:
+            img_size = _positive_pair(img_size, "img_size")
+        if patch_size is not None and _positive_pair(patch_size, "patch_size") != self.patch_size:
             old, new_size = self.proj, _pair(patch_size)
             proj = nn.Conv2d(old.in_channels, old.out_channels, new_size, stride=new_size, bias=old.bias is not None,
                              device=old.weight.device, dtype=old.weight.dtype)
@@ -98,7 +108,7 @@ class PatchEmbed(nn.Module):
             self.proj = proj.train(old.training)
             self.patch_size = new_size
         if img_size is not None:
-            self.img_size = _pair(img_size)
+            self.img_size = img_size
         self._set_grid()
 
     def check_input(self, x: Tensor) -> None:

@@ -85,6 +85,11 @@ def _int_or_pair(size: tuple[int, int]) -> int | tuple[int, int]:
     return size[0] if size[0] == size[1] else size
 
 
+def _check_window(window_size: int | Sequence[int]) -> None:
+    if min(_pair(window_size)) < 1:
+        raise ValueError(f"window_size must be positive, got {window_size!r}")
+
+
 def fit_window(
     map_size: tuple[int, int], window: tuple[int, int], shifted: bool
 ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -572,6 +577,7 @@ class SwinTransformer(nn.Module):
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
             raise ValueError(f"depths and num_heads need one entry per stage, got {depths} and {num_heads}")
+        _check_window(window_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_layers = len(depths)
@@ -673,6 +679,8 @@ class SwinTransformer(nn.Module):
         if window_size is not None and not (isinstance(window_size, int) or (
                 len(window_size) == 2 and all(isinstance(side, int) for side in window_size))):
             raise ValueError(f"window_size must be one window for all stages, an int or (h, w), got {window_size!r}")
+        if window_size is not None:
+            _check_window(window_size)
         if window_ratio is not None and not (isinstance(window_ratio, int) and window_ratio > 0):
             raise ValueError(f"window_ratio must be one positive int for all stages, got {window_ratio!r}")
         self.patch_embed.set_input_size(img_size, patch_size)
