@@ -551,3 +551,20 @@ def test_an_empty_batch_gives_empty_outputs_with_and_without_autograd_as_timm(fe
         shapes = [tuple(y.shape) for y in out] if features_only else tuple(out.shape)
         assert shapes == ([tuple(y.shape) for y in expected] if features_only else tuple(expected.shape)), grad
         assert shapes == ([(0, 40, 16, 16), (0, 80, 8, 8), (0, 160, 4, 4), (0, 320, 2, 2)] if features_only else (0, 10))
+
+
+def test_sizes_given_to_create_model_override_the_names_as_timms():
+    """create_model('convnext_atto', depths=...) failed with "ConvNeXt.__init__() got multiple values for
+    argument 'depths'"; timm's builders let keyword arguments override their sizes."""
+    sizes = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
+    torch.manual_seed(60)
+    reference = timm.create_model("convnext_atto", num_classes=5, **sizes).eval()
+    ours = create_model("convnext_atto", num_classes=5, **sizes).eval()
+    ours.load_state_dict(convnext.checkpoint_filter(reference.state_dict(), ours))
+    assert count(ours) == count(reference)
+    x = images(2, 3, 64, 64, seed=61)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=ATOL)
+    features = create_model("convnext_atto", features_only=True, depths=(1, 1, 2, 1))
+    assert features.feature_info.channels() == [40, 80, 160, 320]
+    assert [len(stage.blocks) for stage in features.stages] == [1, 1, 2, 1]

@@ -482,7 +482,7 @@ def _create(
     size: str, *, features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3), **kwargs
 ) -> ConvNeXt | ConvNeXtFeatures:
     depths, dims = _SIZES[size]
-    model = ConvNeXt(depths, dims, **kwargs)
+    model = ConvNeXt(**{"depths": depths, "dims": dims, **kwargs})  # given sizes override the name's, as timm's
     return ConvNeXtFeatures(model, out_indices) if features_only else model
 
 
