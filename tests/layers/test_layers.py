@@ -29,6 +29,18 @@ def test_attention_equals_timm_attention_with_the_same_weights():
     torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dim=64, num_heads=0), "num_heads must be positive, got 0"),
+    (dict(dim=0, num_heads=4), "dim must be positive, got 0"),
+    (dict(dim=64, num_heads=4, head_dim=0), "head_dim must be positive, got 0"),
+])
+def test_attention_refuses_sizes_that_are_not_positive_by_name(kwargs, message):
+    """num_heads=0 failed with ZeroDivisionError: integer modulo by zero, dim=0 with '0.0 cannot be raised
+    to a negative power' (a ViT built with num_heads=0 or embed_dim=0)."""
+    with pytest.raises(ValueError, match=message):
+        Attention(**kwargs)
+
+
 def test_attention_bias_is_added_to_the_logits():
     torch.manual_seed(1)
     attention = Attention(32, num_heads=2).eval()

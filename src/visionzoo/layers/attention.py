@@ -91,6 +91,9 @@ class Attention(nn.Module):
         head_dim: int | None = None,
     ):
         super().__init__()
+        for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
         if head_dim is None:
             if dim % num_heads:
                 raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
