@@ -198,6 +198,18 @@ def test_proj_drop_rate_drops_as_timms_in_training(distilled):
         assert not torch.allclose(ours.eval()(x), got, atol=1e-3)  # the dropout acted
 
 
+@pytest.mark.parametrize("features_only", [False, True])
+def test_feature_info_of_a_non_square_patch_has_timms_reduction(features_only):
+    """A (8, 16) patch gave reduction 8 (its height) where timm's gives 16 (the larger side, as our Swin)."""
+    kwargs = dict(img_size=32, patch_size=(8, 16), embed_dim=24, depth=3, num_heads=2, features_only=features_only)
+    reference = timm.create_model("vit_tiny_patch16_224", **kwargs)
+    ours = create_model("vit_tiny_patch16_224", **kwargs)
+    assert ours.feature_info.reduction() == [info["reduction"] for info in reference.feature_info] == [16] * 3
+    if not features_only:
+        ours.set_input_size(patch_size=(4, 2))  # timm's keeps its feature_info; ours follows the new patch
+        assert ours.feature_info.reduction() == [4] * 3
+
+
 def test_global_average_pool_equals_timm():
     torch.manual_seed(8)
     reference = timm.create_model("vit_tiny_patch16_224", global_pool="avg", num_classes=5).eval()

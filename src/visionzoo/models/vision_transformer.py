@@ -159,7 +159,7 @@ class VisionTransformer(nn.Module):
                   init_values=init_values, drop_path=rate)
             for rate in rates
         ])
-        reduction = self.patch_embed.patch_size[0]
+        reduction = max(self.patch_embed.patch_size)  # timm's feat_ratio: the larger side of a non-square patch
         if features_only:
             self.out_indices = taken_in_order(feature_take_indices(depth, out_indices, "block"))
             # as timm's: the blocks after the last map would get no gradient (DDP refuses unused parameters)
@@ -260,7 +260,7 @@ class VisionTransformer(nn.Module):
             with torch.no_grad():
                 table = resample_abs_pos_embed(self.pos_embed, grid, old_grid, num_prefix_tokens=self.num_prefix_tokens)
             self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
-        reduction = self.patch_embed.patch_size[0]
+        reduction = max(self.patch_embed.patch_size)
         self.feature_info = FeatureInfo(dict(info, reduction=reduction) for info in self.feature_info)
         changed = dict(img_size=_int_or_pair(self.patch_embed.img_size))
         if patch_size is not None:
