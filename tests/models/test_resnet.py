@@ -309,3 +309,19 @@ def test_get_classifier_by_name_and_in_chans_as_timm():
         ours, reference = create_model("resnet18", in_chans=1), timm.create_model("resnet18", in_chans=1)
     assert ours.get_classifier(name_only=True) == reference.get_classifier(name_only=True) == "fc"
     assert ours.get_classifier() is ours.fc and ours.in_chans == reference.in_chans == 1
+
+
+def test_stage_depths_given_to_create_model_override_the_names_as_timms():
+    """create_model('resnet18', layers=(1, 1, 1, 1)) was refused ('takes no argument'), where timm's builders
+    (and our ViT's, Swin's and ConvNeXt's) let keyword arguments override a name's sizes."""
+    torch.manual_seed(62)
+    reference = timm.create_model("resnet50", layers=(1, 2, 1, 1), num_classes=5).eval()
+    ours = create_model("resnet50", layers=(1, 2, 1, 1), num_classes=5).eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-4, rtol=1e-5)
+    features = create_model("resnet18", layers=(1, 1, 1, 1), features_only=True, out_indices=(2,))
+    assert [len(features.layer1), len(features.layer2)] == [1, 1]
+    with pytest.raises(ValueError, match=r"4 stage depths of at least 1 block, got layers=\(2, 0, 2, 2\)"):
+        create_model("resnet18", layers=(2, 0, 2, 2))

@@ -148,8 +148,8 @@ class ResNet(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        if len(layers) != 4:
-            raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"ResNet needs 4 stage depths of at least 1 block, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
         self.drop_rate = drop_rate
         self.in_chans = in_chans
@@ -367,9 +367,12 @@ def _create(
     drop_rate: float = 0.0,
     small_input: bool = False,
     global_pool: str = "avg",
+    layers: Sequence[int] | None = None,
 ) -> ResNet | ResNetFeatures:
-    block, layers = _SIZES[name]
-    model = ResNet(block, layers, num_classes, in_chans, zero_init_residual, drop_rate, small_input, global_pool)
+    """Build the size ``name``; ``layers`` (blocks per stage) overrides its depths, as timm's builders take it."""
+    block, depths = _SIZES[name]
+    model = ResNet(block, depths if layers is None else tuple(layers), num_classes, in_chans, zero_init_residual,
+                   drop_rate, small_input, global_pool)
     return ResNetFeatures(model, out_indices) if features_only else model
 
 
