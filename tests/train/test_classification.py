@@ -52,6 +52,31 @@ def test_cutmix_box_area_follows_lambda_when_unclipped():
         assert (y2 - y1) * (x2 - x1) <= 50 * 50 + 1
 
 
+def test_cutmix_box_is_timms_for_odd_cut_sizes(monkeypatch):
+    """The box spanned cut // 2 on both sides of its centre, one pixel short of timm's for an odd cut: at 16 px
+    and lam 0.88 a 5 × 5 cut pasted 4 × 4, and the mixing ratios came out nearer 1 than Beta(alpha) draws them."""
+    from timm.data.mixup import rand_bbox
+
+    for height, width, lam in ((16, 16, 1 - (5.5 / 16) ** 2), (17, 13, 0.3), (32, 32, 0.57), (9, 31, 0.05)):
+        for cy, cx in ((0, 0), (height // 2, width // 2), (height - 1, width - 1), (3, 7)):
+            timm_centre = FixedCentre(cy, cx)
+            monkeypatch.setattr(np.random, "randint", lambda low, high, size=None, centre=timm_centre:
+                                centre.integers(low, high))
+            reference = tuple(int(v) for v in rand_bbox((height, width), lam))
+            assert cutmix_box(height, width, lam, FixedCentre(cy, cx)) == reference, (height, width, lam, cy, cx)
+    assert cutmix_box(16, 16, 1 - (5.5 / 16) ** 2, FixedCentre(8, 8)) == (6, 11, 6, 11)  # 5 × 5
+
+
+class FixedCentre:
+    """A stand-in for ``np.random.Generator`` whose ``integers`` give the box centre ``(cy, cx)``."""
+
+    def __init__(self, cy: int, cx: int) -> None:
+        self.values = iter((cy, cx))
+
+    def integers(self, low: int, high: int) -> int:
+        return next(self.values)
+
+
 def test_random_translate_shifts_content_within_bounds():
     image = torch.zeros(1, 1, 8, 8)
     image[0, 0, 3:5, 3:5] = 1.0

@@ -22,8 +22,8 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
     cut = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * cut), int(width * cut)
     cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    y1, y2 = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
-    x1, x2 = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
+    y1, y2 = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + (cut_h + 1) // 2, 0, height)
+    x1, x2 = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + (cut_w + 1) // 2, 0, width)
     return int(y1), int(y2), int(x1), int(x2)
 
 
