@@ -232,3 +232,25 @@ def test_rot90_refuses_images_that_are_not_square(monkeypatch):
         ClassificationTask.setup("resnet18", "wide", None, {}, options={"rot90": 0.5})
     setup = ClassificationTask.setup("resnet18", "wide", None, {}, options={"hflip": 0.5, "vflip": 0.5})
     assert setup.task.flips == (0.5, 0.5, 0.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--objective", "mpp", "--mixup", "0.8"], "--mixup applies to classification, not to --objective mpp"),
+    (["--objective", "mpp", "--cutmix", "1"], "--cutmix applies to classification, not to --objective mpp"),
+    (["--objective", "mpp", "--label-smoothing", "0.1"], "--label-smoothing applies to classification"),
+    (["--objective", "mpp", "--teacher-checkpoint", "t.pth"], "--teacher-checkpoint applies to classification"),
+    (["--distillation", "soft"], "--distillation soft needs a teacher"),
+    (["--distillation-alpha", "0.9"], "--distillation-alpha 0.9 needs a teacher"),
+    (["--distillation-tau", "3"], "--distillation-tau 3.0 needs a teacher"),
+])
+def test_train_refuses_options_the_run_would_ignore(capsys, tmp_path, argv, message):
+    """Masked patch prediction trained on patch colours whatever --mixup, --cutmix or --label-smoothing said, and
+    a run without --teacher took --distillation soft --distillation-tau 3 and trained as if neither was given."""
+    from visionzoo.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "vit_tiny_patch8_32", "--data", "digits", "--img-size", "32", "--max-steps", "1",
+                 "--no-progress", "--out", str(out), *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error, error
+    assert not out.exists()

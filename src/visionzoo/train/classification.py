@@ -21,6 +21,7 @@ OBJECTIVES = ("classify", "mpp")
 
 DEFAULT_MEAN = (0.5,)
 DEFAULT_STD = (0.5,)
+DISTILLATION_DEFAULTS = {"distillation": "hard", "distillation_alpha": 0.5, "distillation_tau": 1.0}
 
 
 def normalization(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:
@@ -204,10 +205,12 @@ class ClassificationTask(Task):
                                 "them, as timm's); the head is re-initialised")
         group.add_argument("--teacher", metavar="MODEL", help="distil from this model (DeiT); needs --teacher-checkpoint")
         group.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
-        group.add_argument("--distillation", choices=DISTILLATION_KINDS, default="hard",
+        group.add_argument("--distillation", choices=DISTILLATION_KINDS, default=DISTILLATION_DEFAULTS["distillation"],
                            help="hard (default): the teacher's arg-max; soft: its temperature-scaled distribution")
-        group.add_argument("--distillation-alpha", type=unit_interval, default=0.5, help="weight of the teacher's term")
-        group.add_argument("--distillation-tau", type=positive_float, default=1.0, help="soft distillation temperature")
+        group.add_argument("--distillation-alpha", type=unit_interval, default=DISTILLATION_DEFAULTS["distillation_alpha"],
+                           help="weight of the teacher's term")
+        group.add_argument("--distillation-tau", type=positive_float, default=DISTILLATION_DEFAULTS["distillation_tau"],
+                           help="soft distillation temperature")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
@@ -231,11 +234,11 @@ class ClassificationTask(Task):
                       cutmix_alpha=options.get("cutmix", 0.0), translate=size // 16 if translate is None else translate,
                       **flips)
         run_meta = {"data": data, "img_size": size, "in_chans": in_chans}
+        if checkpoint is None:
+            refuse_unused_options(options, objective)
         if objective == "mpp":
             from visionzoo.train.mpp import MaskedPatchTask
 
-            if options.get("teacher"):
-                raise ValueError("--teacher applies to classification, not to --objective mpp")
             task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
                                                 options.get("initial_checkpoint"), common)
             return Setup(task, model, splits, run_meta)
@@ -251,9 +254,8 @@ class ClassificationTask(Task):
                 teacher = Teacher(options["teacher"], options["teacher_checkpoint"], classes, in_chans)
                 if hasattr(model, "set_distilled_training"):
                     model.set_distilled_training(True)
-        task = cls(classes, mean, std, teacher=teacher, distillation=options.get("distillation") or "hard",
-                   distillation_alpha=options.get("distillation_alpha", 0.5),
-                   distillation_tau=options.get("distillation_tau", 1.0), **common)
+        distillation = {**DISTILLATION_DEFAULTS, **{k: options[k] for k in DISTILLATION_DEFAULTS if options.get(k) is not None}}
+        task = cls(classes, mean, std, teacher=teacher, **distillation, **common)
         return Setup(task, model, splits, run_meta)
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
@@ -272,6 +274,21 @@ class ClassificationTask(Task):
 
         truth = None if target is None else self.classes[class_label(target)]
         return draw_classification(image, prediction["labels"][:3], prediction["scores"][:3], truth)
+
+
+def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
+    """Refuse the options a training run of ``objective`` would ignore: label smoothing, mixup, CutMix and a
+    teacher under ``mpp`` (its targets are patch colours, not labels), and distillation settings without a teacher."""
+    if objective == "mpp":
+        for flag in ("--label-smoothing", "--mixup", "--cutmix", "--teacher", "--teacher-checkpoint"):
+            if options.get(flag[2:].replace("-", "_")):
+                raise ValueError(f"{flag} applies to classification, not to --objective mpp")
+    if options.get("teacher") or options.get("teacher_checkpoint"):
+        return
+    for name, default in DISTILLATION_DEFAULTS.items():
+        if options.get(name) not in (None, default):
+            raise ValueError(f"--{name.replace('_', '-')} {options[name]} needs a teacher (--teacher MODEL "
+                             "--teacher-checkpoint FILE); without one the run would not distil")
 
 
 def build_classifier(model_name: str, num_classes: int, in_chans: int, model_args: Mapping[str, Any],
