@@ -72,3 +72,26 @@ def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert main([*base, "--teacher", "resnet81", "--teacher-checkpoint", str(teacher_run)]) == 2
     assert "resnet18" in capsys.readouterr().err
+
+
+def test_a_teacher_for_other_classes_or_another_model_is_refused_before_the_run(capsys, teacher_run, tmp_path):
+    """A timm/torchvision file with a 1000-class head was loaded with its head re-initialised, so the student
+    distilled from a random classifier without a word; a checkpoint of another model failed only at the first
+    step, after the run folder was made."""
+    from visionzoo.models import create_model
+    from visionzoo.train.distillation import Teacher
+
+    imagenet = tmp_path / "resnet18_imagenet.pth"
+    torch.save(create_model("resnet18", num_classes=1000).state_dict(), imagenet)
+    with pytest.raises(ValueError, match=r"teacher checkpoint .*resnet18_imagenet.pth predicts 1000 classes"):
+        Teacher("resnet18", imagenet, [str(i) for i in range(10)], 1)
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out)]
+    for teacher, checkpoint, message in (("resnet18", imagenet, "predicts 1000 classes (fc), the data set has 10"),
+                                         ("resnet34", teacher_run, "is for model 'resnet18', not 'resnet34'")):
+        assert main([*base, "--teacher", teacher, "--teacher-checkpoint", str(checkpoint)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and "\n" not in error, error
+        assert not out.exists()
+    teacher = Teacher("resnet18", teacher_run, [str(i) for i in range(10)], 1)
+    assert not any(p.requires_grad for p in teacher.model.parameters()) and not teacher.model.training

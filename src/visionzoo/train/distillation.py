@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 DISTILLATION_KINDS = ("hard", "soft")
 
@@ -57,54 +57,60 @@ def distillation_loss(
 
 
 class Teacher:
-    """A frozen classifier, loaded on first use, with its own input normalisation.
+    """A frozen classifier with its own input normalisation, loaded when built so that a file that does not
+    fit fails before the run starts.
 
     Args:
         model_name: a registered model name.
-        checkpoint: a training checkpoint of ours (its classes and normalisation are checked and used)
-            or a timm/torchvision weights file of that model.
-        classes: the student's class names; the teacher must predict the same classes.
+        checkpoint: a training checkpoint of ours (its model, classes and normalisation are checked and used;
+            its EMA weights where it kept them) or a timm/torchvision weights file of that model.
+        classes: the student's class names; the teacher must predict the same classes (a head for another
+            number is refused, not re-initialised: an untrained teacher would be distilled from).
         in_chans: channels of the images.
     """
 
     def __init__(self, model_name: str, checkpoint: str | Path, classes: Sequence[str], in_chans: int) -> None:
-        from visionzoo.checkpoint import read_metadata
-        from visionzoo.models import get_model_entry
+        from visionzoo.checkpoint import model_state, read_checkpoint
+        from visionzoo.models import create_model, get_model_entry
+        from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
+        from visionzoo.train.classification import normalization, saved_model_args
 
-        get_model_entry(model_name)  # an unknown name fails now, not at the first step
+        entry = get_model_entry(model_name)  # an unknown name fails before the file is read
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
-        meta = read_metadata(path) or {}
-        task_meta = meta.get("task") or {}
+        tensors, meta = read_checkpoint(path, use_ema=True)
+        task_meta = (meta or {}).get("task") or {}
         teacher_classes = task_meta.get("classes")
         if teacher_classes is not None and list(teacher_classes) != list(classes):
             raise ValueError(
                 f"teacher checkpoint {path} predicts classes {list(teacher_classes)}, the data set has {list(classes)}"
             )
-        self.model_name, self.checkpoint, self.num_classes, self.in_chans = model_name, path, len(classes), in_chans
-        self.mean, self.std = task_meta.get("mean"), task_meta.get("std")
-        self._model: nn.Module | None = None
-
-    def _load(self, device: torch.device) -> nn.Module:
-        from visionzoo.models import create_model
-        from visionzoo.train.classification import normalization
-
-        model = create_model(self.model_name, checkpoint=self.checkpoint, num_classes=self.num_classes,
-                             in_chans=self.in_chans)
-        if self.mean is None:
-            self.mean, self.std = normalization(model, self.in_chans)
+        model = create_model(model_name, num_classes=len(classes), in_chans=in_chans,
+                             **saved_model_args(meta, path, model_name))
+        state = model_state(tensors, meta, ema=True)
+        if meta is None and entry.checkpoint_filter is not None:
+            state = entry.checkpoint_filter(state, model)
+        own = model.state_dict()
+        for head in entry.classifier:
+            weight = state.get(head + ".weight")
+            if weight is not None and head + ".weight" in own and weight.shape[0] != own[head + ".weight"].shape[0]:
+                raise ValueError(f"teacher checkpoint {path} predicts {weight.shape[0]} classes ({head}), the data "
+                                 f"set has {len(classes)}")
+        load_state_dict_strict(model, adapt_state_dict(state, model, entry, str(path), reinit_head=False), str(path))
         model.requires_grad_(False)
-        return model.eval().to(device)
+        self.model = model.eval()
+        self.mean, self.std = task_meta.get("mean"), task_meta.get("std")
+        if self.mean is None:
+            self.mean, self.std = normalization(model, in_chans)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
         """Logits Tensor[B, K] float32 of ``images`` Tensor[B, C, H, W] in [0, 1]."""
-        if self._model is None:
-            self._model = self._load(images.device)
+        self.model.to(images.device)
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        logits = self._model((images - mean) / std)
+        logits = self.model((images - mean) / std)
         if isinstance(logits, tuple | list):
             logits = (logits[0] + logits[1]) / 2
         return logits.float()
