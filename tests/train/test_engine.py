@@ -204,6 +204,10 @@ def test_a_time_budget_alone_ends_the_run_near_its_limit(tmp_path):
     ({"max_steps": None, "minutes": 0.0}, r"--minutes must lie in \(0.0, inf\), got 0.0"),
     ({"max_steps": 2.5}, "--max-steps must be an integer, got 2.5"),  # ran 3 steps
     ({"eval_batch_size": 0}, r"eval_batch_size must lie in \[1, inf\), got 0"),
+    # The learning rate stayed at 1/5, 2/5 and 3/5 of --lr, and the cosine decay never began.
+    ({"max_steps": 3, "warmup_steps": 5}, r"--warmup-steps 5 is more than the run's 3 steps"),
+    ({"max_steps": None, "epochs": 1.0, "warmup_steps": 3}, r"--warmup-steps 3 is more than the run's 2 steps"),
+    ({"max_steps": 1, "batch_size": 64}, "fewer than one batch of 64"),  # left a run folder a rerun had to --overwrite
 ])
 def test_budgets_and_periods_out_of_range_are_refused_before_the_run(tmp_path, setting, message):
     from engine_script import Blobs
@@ -212,7 +216,7 @@ def test_budgets_and_periods_out_of_range_are_refused_before_the_run(tmp_path, s
     from visionzoo.train.classification import ClassificationTask
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    config = TrainConfig(out=str(tmp_path / "run"), **{"max_steps": 2, **setting}, batch_size=16, progress=False,
+    config = TrainConfig(out=str(tmp_path / "run"), **{"max_steps": 2, "batch_size": 16, **setting}, progress=False,
                          precision="fp32")
     with pytest.raises(ValueError, match=message):
         fit(ClassificationTask(Blobs.classes), model, Blobs(32, 0), Blobs(16, 1), config)

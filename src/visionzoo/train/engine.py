@@ -192,6 +192,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def check_warmup(warmup_steps: int | None, total_steps: int | None) -> None:
+    """Refuse a warmup longer than the run (``total_steps``; None: not known yet): its learning rate would
+    never reach ``--lr``, nor the cosine decay begin."""
+    if warmup_steps is not None and total_steps is not None and warmup_steps > total_steps:
+        raise ValueError(f"--warmup-steps {warmup_steps} is more than the run's {total_steps} steps: its learning "
+                         f"rate would stay below --lr, at {total_steps / warmup_steps:.2g} of it at the last step")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` becomes ``bf16`` where the device runs it natively, else ``fp32``."""
     if precision not in PRECISIONS:
@@ -345,10 +353,6 @@ class Trainer:
         self.val_set = val_set
         self.run_meta = dict(run_meta or {})
         self.out = Path(self.config.out)
-        if self.dist.is_main:
-            prepare_run_dir(self.out, self.config.resume, self.config.overwrite)
-        barrier(self.dist)
-
         cfg = self.config
         self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(train_set), cfg.batch_size, self.dist.world_size)
         if self.steps_per_epoch == 0:
@@ -356,6 +360,15 @@ class Trainer:
                 f"the training set has {len(train_set)} samples, fewer than one batch of "
                 f"{cfg.batch_size} x {self.dist.world_size} process(es); lower --batch-size"
             )
+        # Steps whose batches the epoch arithmetic skips: nonzero after resuming with another global batch size,
+        # so that step ``step`` is batch ``(step - step_offset) % steps_per_epoch`` of its epoch.
+        self.step_offset = 0
+        if not cfg.resume:  # a resumed run is checked once its plan is read from the checkpoint
+            check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
+        if self.dist.is_main:
+            prepare_run_dir(self.out, self.config.resume, self.config.overwrite)
+        barrier(self.dist)
+
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.dist.device)
         self.autocast = autocast_context(self.dist.device, cfg.precision)
@@ -369,9 +382,6 @@ class Trainer:
                 group.setdefault("base_lr", group["lr"])
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.step = 0
-        # Steps whose batches the epoch arithmetic skips: nonzero after resuming with another global batch size,
-        # so that step ``step`` is batch ``(step - step_offset) % steps_per_epoch`` of its epoch.
-        self.step_offset = 0
         self.train_seconds = 0.0
         self.total_steps: int | None = None
         self.train_model: nn.Module = self.model
@@ -391,6 +401,7 @@ class Trainer:
             raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
                              f"from the run's start; give more than {self.step} steps to continue it")
         if cfg.warmup_steps is not None:
+            check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
             self.warmup_steps = cfg.warmup_steps
         elif self.resumed_warmup_steps is not None:  # a run keeps its warmup: a longer plan does not re-enter it
             self.warmup_steps = self.resumed_warmup_steps
@@ -403,12 +414,20 @@ class Trainer:
             )
 
     # ----------------------------------------------------------------------------------- budget
-    def _plan_total_steps(self) -> int:
+    def _fixed_budget_steps(self) -> int | None:
+        """The steps from the run's start that ``--max-steps`` or ``--epochs`` allow; None for a time budget alone."""
         cfg = self.config
         if cfg.max_steps is not None:
             return cfg.max_steps
         if cfg.epochs is not None:
             return self.step_offset + max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        return None
+
+    def _plan_total_steps(self) -> int:
+        cfg = self.config
+        fixed = self._fixed_budget_steps()
+        if fixed is not None:
+            return fixed
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
         # Each rank timed its own steps: all follow rank 0's plan, or their learning rates differ.
