@@ -150,7 +150,9 @@ class MaskedPatchTask(ClassificationTask):
             tensors, meta = read_checkpoint(checkpoint)
             if meta is None or (meta.get("task") or {}).get("objective") != "mpp":
                 raise ValueError(f"checkpoint {checkpoint} is not a masked patch prediction run")
-            load_state_dict_strict(model, model_state(tensors, meta), str(checkpoint))
+            # its EMA weights where it kept them, as create_model(checkpoint=) takes a classifier's; `visionzoo eval`
+            # without --use-ema then loads the trained ones over them
+            load_state_dict_strict(model, model_state(tensors, meta, ema=True), str(checkpoint))
         mean, std = normalization(encoder, in_chans)
         return cls(classes, mean, std, encoder.patch_embed.patch_size, **options), model
 
