@@ -68,6 +68,19 @@ def sample_corruption(batch: int, tokens: int, generator: torch.Generator, ratio
     return Corruption(corrupted, masked, swapped, source)
 
 
+def evaluation_corruption(first_index: int, batch: int, tokens: int) -> Corruption:
+    """The fixed corruption of images ``first_index`` to ``first_index + batch - 1`` of a validation set: each
+    image's own draw, seeded by its index (swapped patches come from the same image), so that the score does not
+    depend on how the images are batched."""
+    draws = [sample_corruption(1, tokens, torch.Generator().manual_seed(first_index + i)) for i in range(batch)]
+    return Corruption(
+        corrupted=torch.cat([draw.corrupted for draw in draws]),
+        masked=torch.cat([draw.masked for draw in draws]),
+        swapped=torch.cat([draw.swapped for draw in draws]),
+        source=torch.cat([draw.source + i * tokens for i, draw in enumerate(draws)]),
+    )
+
+
 class MaskedPatchPredictor(nn.Module):
     """A ViT with a learned [mask] embedding whose head predicts each patch's colour class.
 
@@ -122,7 +135,8 @@ def mpp_metrics(logits: Tensor, classes: Tensor, corruption: Corruption) -> dict
 
 class MaskedPatchTask(ClassificationTask):
     """Masked patch prediction on a data set's images (labels unused); the metric is the accuracy of
-    the predicted colour class over the corrupted patches of the val split (a fixed corruption)."""
+    the predicted colour class over the corrupted patches of the val split (a fixed corruption of each image,
+    :func:`evaluation_corruption`)."""
 
     defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "epochs": 10, "ema_decay": 0.0}
 
@@ -156,15 +170,11 @@ class MaskedPatchTask(ClassificationTask):
         mean, std = normalization(encoder, in_chans)
         return cls(classes, mean, std, encoder.patch_embed.patch_size, **options), model
 
-    def _step_data(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Corruption]:
-        classes = mean_colour_classes(images, self.patch_size)
-        corruption = sample_corruption(classes.shape[0], classes.shape[1], generator)
-        return classes, corruption
-
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, Tensor]:
         images, _ = batch
         images = self.augment(images)
-        classes, corruption = self._step_data(images, self.generator)
+        classes = mean_colour_classes(images, self.patch_size)
+        corruption = sample_corruption(classes.shape[0], classes.shape[1], self.generator)
         logits = model(self.normalize(images), corruption)
         scores = mpp_metrics(logits, classes, corruption)
         loss = scores["loss_sum"] / max(scores["count"], 1)
@@ -173,11 +183,11 @@ class MaskedPatchTask(ClassificationTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset, batch_size: int, autocast) -> dict[str, float]:
         device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(0)
         loss_sum, correct, count = 0.0, 0, 0
-        for images, _ in self.batches(dataset, batch_size):
+        for start, (images, _) in zip(range(0, len(dataset), batch_size), self.batches(dataset, batch_size)):
             images = images.to(device)
-            classes, corruption = self._step_data(images, generator)
+            classes = mean_colour_classes(images, self.patch_size)
+            corruption = evaluation_corruption(start, *classes.shape)
             with autocast():
                 logits = model(self.normalize(images), corruption)
             scores = mpp_metrics(logits, classes, corruption)
