@@ -217,6 +217,15 @@ def test_random_flips_at_probability_0_or_1():
         ClassificationTask(["a", "b"], vflip=1.5)
 
 
+def test_random_flips_of_images_on_another_device_than_the_generator():
+    """The flips were chosen on the generator's CPU and applied to the batch where the engine put it, so a batch
+    on another device failed torch.where's device check (on the meta device, which stands in for CUDA here:
+    "Tensor on device meta is not on the expected device cpu!")."""
+    images = torch.zeros(5, 1, 4, 4, device="meta")
+    flipped = random_flips(images, 0.5, 0.5, 0.5, torch.Generator().manual_seed(0))
+    assert flipped.device == images.device and flipped.shape == images.shape
+
+
 def test_rot90_refuses_images_that_are_not_square(monkeypatch):
     class Wide(torch.utils.data.Dataset):
         classes = ["a", "b"]

@@ -71,8 +71,8 @@ def random_flips(images: torch.Tensor, hflip: float, vflip: float, rot90: float,
     for probability, transform in ((hflip, lambda x: x.flip(-1)), (vflip, lambda x: x.flip(-2)),
                                    (rot90, lambda x: x.rot90(1, (-2, -1)))):
         if probability > 0:
-            chosen = torch.rand(images.shape[0], generator=generator) < probability
-            images = torch.where(chosen.view(-1, 1, 1, 1), transform(images), images)
+            chosen = torch.rand(images.shape[0], generator=generator) < probability  # drawn on the generator's CPU
+            images = torch.where(chosen.to(images.device).view(-1, 1, 1, 1), transform(images), images)
     return images
 
 
