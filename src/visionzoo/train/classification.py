@@ -230,6 +230,9 @@ class ClassificationTask(Task):
         flips = {name: options.get(name, 0.0) for name in ("hflip", "vflip", "rot90")}
         if flips["rot90"] and image.shape[-2] != size:
             raise ValueError(f"--rot90 needs square images; {data}'s are {image.shape[-2]}×{size}")
+        if checkpoint is None and translate is not None and translate >= min(image.shape[-2:]):
+            raise ValueError(f"--translate {translate} can shift {data}'s {image.shape[-2]}×{size} images wholly off "
+                             f"themselves (leaving edge pixels and no object); give less than {min(image.shape[-2:])}")
         common = dict(label_smoothing=options.get("label_smoothing", 0.0), mixup_alpha=options.get("mixup", 0.0),
                       cutmix_alpha=options.get("cutmix", 0.0), translate=size // 16 if translate is None else translate,
                       **flips)
