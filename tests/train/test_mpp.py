@@ -41,3 +41,23 @@ def test_the_validation_score_does_not_depend_on_the_batch_size(mpp_run):
     for other in scores[1:]:
         assert other["accuracy"] == scores[0]["accuracy"]
         assert other["loss"] == pytest.approx(scores[0]["loss"], rel=1e-5)
+
+
+def test_a_fine_tuned_run_resumes_without_the_file_it_started_from(mpp_run, tmp_path, capsys):
+    """`--resume` of a run fine-tuned with --initial-checkpoint read that file again to build the model, so once
+    the pretraining was deleted the run could not go on ("checkpoint .../checkpoint.safetensors does not exist"),
+    though its own checkpoint holds every weight."""
+    import shutil
+
+    pretrained = tmp_path / "pretrained.safetensors"
+    shutil.copy(mpp_run, pretrained)
+    out = tmp_path / "fine-tuned"
+    base = ["train", "vit_tiny_patch8_32", *SMALL, "--out", str(out)]
+    assert main([*base, "--max-steps", "1", "--initial-checkpoint", str(pretrained)]) == 0
+    pretrained.unlink()
+    assert main([*base, "--max-steps", "2", "--resume"]) == 0
+    _, meta = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["step"] == 2 and meta["run"]["options"]["initial_checkpoint"] == str(pretrained)
+    capsys.readouterr()
+    assert main([*base, "--max-steps", "3", "--resume", "--initial-checkpoint", str(mpp_run)]) == 2
+    assert "--resume goes on from the run's own" in capsys.readouterr().err

@@ -76,14 +76,25 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     that the model's task does not take is refused (ValueError), not ignored."""
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
+    build_options = options
     if config.resume and checkpoint.is_file():
-        trained = checkpoint_metadata(checkpoint).get("run", {})
+        meta = checkpoint_metadata(checkpoint)
+        trained = meta.get("run", {})
         img_size = img_size or trained.get("img_size")
         train_images = train_images or trained.get("train_images")
-        options = {**(trained.get("options") or {}),
-                   **{key: value for key, value in (options or {}).items() if value is not None}}
+        given = {key: value for key, value in (options or {}).items() if value is not None}
+        if "initial_checkpoint" in given:
+            raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
+        options = build_options = {**(trained.get("options") or {}), **given}
+        if options.get("initial_checkpoint") is not None:
+            # A fine-tuned run goes on from its own checkpoint, not from the file it started from (which may be
+            # gone); its model arguments, taken from that file's, are the ones its checkpoint recorded.
+            build_options = {**options, "initial_checkpoint": None}
+            recorded = {key: value for key, value in meta["model"].get("args", {}).items()
+                        if key not in ("num_classes", "in_chans")}
+            model_args = {**recorded, **(model_args or {})}
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
-    setup = build_setup(model_name, data, img_size, model_args, options=options)
+    setup = build_setup(model_name, data, img_size, model_args, options=build_options)
     train = training_images(setup.splits["train"], train_images, data)
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     run_meta = {**setup.run_meta, "options": dict(options or {}), "train_images": len(train)}
