@@ -67,9 +67,12 @@ class Teacher:
         classes: the student's class names; the teacher must predict the same classes (a head for another
             number is refused, not re-initialised: an untrained teacher would be distilled from).
         in_chans: channels of the images.
+        img_size: their side in pixels; a checkpoint of ours trained at another size is refused (the objects
+            would be at another scale than it learned).
     """
 
-    def __init__(self, model_name: str, checkpoint: str | Path, classes: Sequence[str], in_chans: int) -> None:
+    def __init__(self, model_name: str, checkpoint: str | Path, classes: Sequence[str], in_chans: int,
+                 img_size: int | None = None) -> None:
         from visionzoo.checkpoint import model_state, read_checkpoint
         from visionzoo.models import create_model, get_model_entry
         from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
@@ -86,6 +89,11 @@ class Teacher:
             raise ValueError(
                 f"teacher checkpoint {path} predicts classes {list(teacher_classes)}, the data set has {list(classes)}"
             )
+        trained_size = ((meta or {}).get("run") or {}).get("img_size")
+        if img_size is not None and trained_size is not None and trained_size != img_size:
+            raise ValueError(f"teacher checkpoint {path} was trained at {trained_size} px, this run is at {img_size} px: "
+                             f"it would see objects at {img_size / trained_size:.2g}x the scale it learned; train the "
+                             f"student at --img-size {trained_size}, or a teacher at {img_size}")
         model = create_model(model_name, num_classes=len(classes), in_chans=in_chans,
                              **saved_model_args(meta, path, model_name))
         state = model_state(tensors, meta, ema=True)
