@@ -156,6 +156,17 @@ def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path):
     assert (run / "notes.txt").read_text() == "mine"
 
 
+def test_a_run_that_failed_before_writing_anything_does_not_block_its_rerun(tmp_path):
+    """A run that stopped at its first step (a ViT built for 32 px given 64-px images) left a folder holding only
+    the run marker, and the corrected rerun was refused: "exists and is not empty; use --resume ... or --overwrite"."""
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    assert [path.name for path in run.iterdir()] == [".visionzoo-run"]
+    assert prepare_run_dir(run, resume=False, overwrite=False) == run
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        prepare_run_dir(run, resume=False, overwrite=False)
+
+
 @pytest.mark.parametrize("older_run", [False, True])
 def test_overwrite_removes_a_run_folder(tmp_path, older_run):
     run = tmp_path / "run"

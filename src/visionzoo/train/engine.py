@@ -262,7 +262,8 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing
             stale.unlink()
         return out
-    if out.exists() and any(out.iterdir()):
+    # A folder holding only our marker is a run that failed before it wrote anything: nothing there to keep.
+    if out.exists() and any(path.name != RUN_MARKER for path in out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"run folder {out} exists and is not empty; use --resume to continue it or --overwrite")
         if not any((out / name).exists() for name in RUN_FILES):
