@@ -67,6 +67,44 @@ def test_cutmix_box_is_timms_for_odd_cut_sizes(monkeypatch):
     assert cutmix_box(16, 16, 1 - (5.5 / 16) ** 2, FixedCentre(8, 8)) == (6, 11, 6, 11)  # 5 × 5
 
 
+class RecordingRng:
+    """``np.random.default_rng(seed)`` that appends every value it draws to ``draws``."""
+
+    def __init__(self, seed: int, draws: list, make=np.random.default_rng) -> None:
+        self.rng, self.draws = make(seed), draws
+
+    def __getattr__(self, name: str):
+        def draw(*args):
+            self.draws.append(getattr(self.rng, name)(*args))
+            return self.draws[-1]
+        return draw
+
+
+@pytest.mark.parametrize("mixup_alpha, cutmix_alpha, smoothing", [(0.8, 0.0, 0.1), (0.0, 1.0, 0.0), (0.8, 1.0, 0.1)])
+@pytest.mark.parametrize("seed", range(8))
+def test_mix_batch_equals_timms_mixup_in_batch_mode_on_the_same_draws(monkeypatch, mixup_alpha, cutmix_alpha,
+                                                                       smoothing, seed):
+    """timm.data.Mixup(mode="batch") fed the draws mix_batch made (after its own draw against mix_prob 1.0): the
+    same images and targets, for mixup, CutMix and the switch between them, on images of odd sides."""
+    from timm.data.mixup import Mixup
+
+    g = torch.Generator().manual_seed(seed)
+    images, labels = torch.rand(6, 3, 17, 13, generator=g), torch.randint(0, 5, (6,), generator=g)
+    draws = []
+    with monkeypatch.context() as patch:
+        patch.setattr(np.random, "default_rng", lambda seed: RecordingRng(seed, draws))
+        mixed, targets = mix_batch(images, smooth_one_hot(labels, 5, smoothing), mixup_alpha, cutmix_alpha,
+                                   torch.Generator().manual_seed(seed))
+    replay = iter([0.0, *draws])
+    for name in ("rand", "beta", "randint"):
+        monkeypatch.setattr(np.random, name, lambda *args, size=None: next(replay))
+    mixer = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=smoothing, num_classes=5)
+    reference, reference_targets = mixer(images.clone(), labels)
+    assert next(replay, None) is None
+    torch.testing.assert_close(mixed, reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(targets, reference_targets, rtol=0, atol=1e-6)
+
+
 class FixedCentre:
     """A stand-in for ``np.random.Generator`` whose ``integers`` give the box centre ``(cy, cx)``."""
 

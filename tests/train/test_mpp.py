@@ -61,3 +61,21 @@ def test_a_fine_tuned_run_resumes_without_the_file_it_started_from(mpp_run, tmp_
     capsys.readouterr()
     assert main([*base, "--max-steps", "3", "--resume", "--initial-checkpoint", str(mpp_run)]) == 2
     assert "--resume goes on from the run's own" in capsys.readouterr().err
+
+
+def test_fine_tuning_takes_every_encoder_weight_of_the_pretraining_but_its_colour_head(mpp_run):
+    """From the pretraining's EMA (as timm's --initial-checkpoint): every backbone tensor equal, the 8-colour head
+    and the [mask] embedding left behind, the 10-class head freshly initialised."""
+    from visionzoo.train.classification import build_classifier
+
+    tensors, _ = read_checkpoint(mpp_run)
+    pretrained = {key.removeprefix("ema.encoder."): value for key, value in tensors.items()
+                  if key.startswith("ema.encoder.")}
+    model = build_classifier("vit_tiny_patch8_32", 10, 1, {}, initial_checkpoint=mpp_run)
+    own = model.state_dict()
+    assert set(own) == set(pretrained)
+    for key, value in own.items():
+        if key.startswith("head."):
+            assert value.shape[0] == 10 and pretrained[key].shape[0] == 8
+        else:
+            assert torch.equal(value, pretrained[key]), key
