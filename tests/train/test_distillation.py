@@ -72,6 +72,9 @@ def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert main([*base, "--teacher", "resnet81", "--teacher-checkpoint", str(teacher_run)]) == 2
     assert "resnet18" in capsys.readouterr().err
+    # the run folder itself was said not to exist
+    assert main([*base, "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run.parent)]) == 2
+    assert f"is a folder, not a checkpoint file; did you mean {teacher_run}?" in capsys.readouterr().err
 
 
 def test_a_teacher_for_other_classes_or_another_model_is_refused_before_the_run(capsys, teacher_run, tmp_path):

@@ -80,7 +80,7 @@ class Teacher:
 
         entry = get_model_entry(model_name)  # an unknown name fails before the file is read
         path = Path(checkpoint)
-        if not path.is_file():
+        if not path.exists():  # a folder is refused by read_checkpoint, naming the file in it
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
         tensors, meta = read_checkpoint(path, use_ema=True)
         task_meta = (meta or {}).get("task") or {}
