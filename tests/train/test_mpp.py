@@ -79,3 +79,26 @@ def test_fine_tuning_takes_every_encoder_weight_of_the_pretraining_but_its_colou
             assert value.shape[0] == 10 and pretrained[key].shape[0] == 8
         else:
             assert torch.equal(value, pretrained[key]), key
+
+
+@pytest.mark.parametrize("name, model_args", [("deit_tiny_distilled_patch8_32", {}),
+                                              ("vit_tiny_patch8_32", {"global_pool": "avg"})])
+def test_pretraining_runs_under_distributed_data_parallel(tmp_path, name, model_args):
+    """Under torchrun the second step of a DeiT's pretraining failed ("Expected to have finished reduction in the
+    prior iteration"): its head_dist, like an avg-pool ViT's fc_norm, gets no gradient from patch prediction. One
+    process of gloo here, which runs the same check as the two of torchrun."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from visionzoo.train.mpp import MaskedPatchTask
+
+    task, model = MaskedPatchTask.build(name, [str(i) for i in range(10)], 1, model_args, None, None, {"translate": 0})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model, find_unused_parameters=task.find_unused_parameters)
+        batch = (torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.zeros(4, dtype=torch.long))
+        for _ in range(2):
+            task.training_step(wrapped, batch, "main")["loss"].backward()
+    finally:
+        dist.destroy_process_group()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad is not None

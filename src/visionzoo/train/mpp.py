@@ -139,6 +139,9 @@ class MaskedPatchTask(ClassificationTask):
     :func:`evaluation_corruption`)."""
 
     defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "epochs": 10, "ema_decay": 0.0}
+    # The encoder's classifier parts that patch prediction leaves out (a DeiT's head_dist, an avg-pool ViT's fc_norm)
+    # get no gradient, which DistributedDataParallel refuses unless told.
+    find_unused_parameters = True
 
     def __init__(self, classes, mean, std, patch_size: tuple[int, int], **options: Any) -> None:
         super().__init__(classes, mean, std, **options)
