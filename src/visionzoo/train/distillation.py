@@ -79,6 +79,9 @@ class Teacher:
         from visionzoo.train.classification import normalization, saved_model_args
 
         entry = get_model_entry(model_name)  # an unknown name fails before the file is read
+        if entry.task != "classification":
+            raise ValueError(f"--teacher {model_name} is a {entry.task} model; the teacher is a classifier "
+                             "(`visionzoo list-models` shows each model's task)")
         path = Path(checkpoint)
         if not path.exists():  # a folder is refused by read_checkpoint, naming the file in it
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
