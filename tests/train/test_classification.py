@@ -304,3 +304,30 @@ def test_train_refuses_options_the_run_would_ignore(capsys, tmp_path, argv, mess
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error, error
     assert not out.exists()
+
+
+def test_resume_keeps_the_classification_options_the_run_was_trained_with(tmp_path):
+    """`visionzoo train --resume` passed every classification option left out at its default, over the run's
+    own: a run trained with --mixup 0.8 --label-smoothing 0.1 --hflip 0.5 went on without them (its checkpoint
+    then recorded 0.0, 0.0 and 0.0), and an --objective mpp run could not resume at all (built as a classifier,
+    its checkpoint did 'not fit': 80 missing keys)."""
+    import json
+
+    from visionzoo.cli import main
+
+    small = ["--data", "digits", "--img-size", "32", "--batch-size", "16", "--precision", "fp32", "--no-progress"]
+    options = {"mixup": 0.8, "label_smoothing": 0.1, "hflip": 0.5}
+    run = tmp_path / "classifier"
+    assert main(["train", "resnet18", *small, "--out", str(run), "--max-steps", "1", "--mixup", "0.8",
+                 "--label-smoothing", "0.1", "--hflip", "0.5"]) == 0
+    assert main(["train", "resnet18", *small, "--out", str(run), "--max-steps", "2", "--resume"]) == 0
+    recorded = json.loads((run / "checkpoint.json").read_text())["run"]["options"]
+    assert {name: recorded[name] for name in options} == options
+    assert main(["train", "resnet18", *small, "--out", str(run), "--max-steps", "3", "--resume", "--mixup", "0"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["run"]["options"]["mixup"] == 0.0  # typed: taken
+    pretraining = tmp_path / "mpp"
+    assert main(["train", "vit_tiny_patch8_32", *small, "--out", str(pretraining), "--max-steps", "1",
+                 "--objective", "mpp"]) == 0
+    assert main(["train", "vit_tiny_patch8_32", *small, "--out", str(pretraining), "--max-steps", "2", "--resume"]) == 0
+    meta = json.loads((pretraining / "checkpoint.json").read_text())
+    assert meta["step"] == 2 and meta["task"]["objective"] == "mpp"

@@ -20,7 +20,7 @@ from visionzoo.cli import (
     probability,
     register_command,
 )
-from visionzoo.train.engine import PRECISIONS, TrainConfig, autocast_context
+from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
 from visionzoo.utils import require_folder_or_absent, require_not_folder
@@ -53,9 +53,10 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_task_option_defaults=defaults)
 
 
-def _task_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of the model's task (the given values, else their defaults), and those of other tasks that
-    were typed, at any value, which :func:`run_training` refuses rather than ignore."""
+def _task_options(args: argparse.Namespace, trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of the model's task (the given values, else those the run was ``trained`` with when it is
+    resumed, else their defaults), and those of other tasks that were typed, at any value, which
+    :func:`run_training` refuses rather than ignore."""
     own = task_class(args.model).own_options()
     options = {}
     for name, default in args._task_option_defaults.items():
@@ -63,7 +64,7 @@ def _task_options(args: argparse.Namespace) -> dict[str, Any]:
         if value is not _NOT_GIVEN:
             options[name] = value
         elif name in own:
-            options[name] = default
+            options[name] = (trained or {}).get(name, default)
     return options
 
 
@@ -131,8 +132,12 @@ def train_command(args: argparse.Namespace) -> int:
     for key, value in args.model_arg:
         if key in DATA_SET_ARGS:
             raise ValueError(f"--model-arg {key}={value}: {key} is set from --data, not given")
+    out = Path(args.out or f"runs/{args.model}-{_data_name(args.data)}")
+    trained = None
+    if args.resume and (out / CHECKPOINT_NAME).is_file():  # its options, not the defaults, where none is given
+        trained = checkpoint_metadata(out / CHECKPOINT_NAME).get("run", {}).get("options")
     config = TrainConfig(
-        out=args.out or f"runs/{args.model}-{_data_name(args.data)}",
+        out=str(out),
         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, minutes=args.minutes,
         lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.opt_betas) if args.opt_betas else None,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
@@ -141,7 +146,7 @@ def train_command(args: argparse.Namespace) -> int:
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
     _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
-                             _task_options(args), train_images=args.train_size)
+                             _task_options(args, trained), train_images=args.train_size)
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.samples_per_second:.1f} samples/s)")
     for name, value in result.metrics.items():

@@ -83,9 +83,10 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         img_size = img_size or trained.get("img_size")
         train_images = train_images or trained.get("train_images")
         given = {key: value for key, value in (options or {}).items() if value is not None}
-        if "initial_checkpoint" in given:
+        stored = trained.get("options") or {}
+        if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
             raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
-        options = build_options = {**(trained.get("options") or {}), **given}
+        options = build_options = {**stored, **given}
         if options.get("initial_checkpoint") is not None:
             # A fine-tuned run goes on from its own checkpoint, not from the file it started from (which may be
             # gone); its model arguments, taken from that file's, are the ones its checkpoint recorded.
