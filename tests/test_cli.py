@@ -104,6 +104,18 @@ def test_resume_extends_a_finished_run_to_a_longer_budget(tmp_path):
     assert steps == list(range(1, 31))
 
 
+def test_resume_keeps_the_model_args_the_run_was_trained_with(tmp_path):
+    """Without --model-arg small_input=true the resumed ResNet had a 7x7 stride-2 stem, and its weights did not load."""
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 0
+    bare = [arg for arg in TRAIN if arg not in ("--model-arg", "small_input=true")]
+    assert len(bare) == len(TRAIN) - 2
+    assert main([*bare, "--max-steps", "3", "--out", str(run), "--resume"]) == 0
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] == 3 and meta["run"]["model_args"] == {"small_input": True}
+    assert meta["model"]["args"]["small_input"] is True
+
+
 def test_resume_continues_at_the_trained_size_and_refuses_another(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 0

@@ -72,7 +72,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     evaluating on its val split (its first ``val_images``). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
     settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
-    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``). An option
+    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``), and its
+    ``model_args`` under those given again. An option
     that the model's task does not take is refused (ValueError), not ignored."""
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
@@ -87,6 +88,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
             raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
         options = build_options = {**stored, **given}
+        # the --model-arg the run was trained with (a model built without them would not take its weights)
+        model_args = {**(trained.get("model_args") or {}), **(model_args or {})}
         if options.get("initial_checkpoint") is not None:
             # A fine-tuned run goes on from its own checkpoint, not from the file it started from (which may be
             # gone); its model arguments, taken from that file's, are the ones its checkpoint recorded.
@@ -98,7 +101,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
     train = training_images(setup.splits["train"], train_images, data)
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
-    run_meta = {**setup.run_meta, "options": dict(options or {}), "train_images": len(train)}
+    run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
+                "train_images": len(train)}
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
