@@ -217,7 +217,8 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], conte
 
 
 class ModelEma:
-    """Exponential moving average of a model's weights (buffers are copied).
+    """Exponential moving average of a model's weights and floating-point buffers (BatchNorm's running
+    statistics, as timm's ModelEmaV3); integer buffers (``num_batches_tracked``) are copied.
 
     The decay ramps up as ``min(decay, (1 + step) / (10 + step))`` so the average is not dominated
     by the random initialisation early in short runs.
