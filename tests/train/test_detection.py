@@ -198,6 +198,24 @@ def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names
     assert err.count("\n") == 1 and "no annotations for split 'train'" in err and "instances_train.json" in err
 
 
+def test_training_on_one_annotation_file_warns_that_validation_is_on_the_training_images(tmp_path, caplog):
+    # before: a .json file served as train, val and test without a word, so val mAP was on training images
+    import shutil
+
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train"]) == 0
+    ann_file = folder / "train" / "annotations.json"  # the images beside their JSON
+    shutil.move(folder / "annotations" / "instances_train.json", ann_file)
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    with caplog.at_level("WARNING", logger="visionzoo.train.run"):
+        run_training("fasterrcnn_shapes", str(ann_file), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(ann_file) in w and "serve as the train, val and test splits" in w for w in warnings)
+
+
 def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_its_eval_skips_them_too(tmp_path, capsys, caplog):
     # before: the refusal's advice, skip_invalid=True, had no CLI flag
     from visionzoo.cli import main

@@ -99,6 +99,10 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             model_args = {**recorded, **(model_args or {})}
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
+    if Path(data).expanduser().is_file():
+        logging.getLogger(__name__).warning(
+            f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
+            "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
     train = training_images(setup.splits["train"], train_images, data)
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
