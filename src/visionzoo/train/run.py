@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
+from visionzoo.data import DATASETS
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
@@ -99,7 +100,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             model_args = {**recorded, **(model_args or {})}
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
-    if Path(data).expanduser().is_file():
+    if str(data).lower() not in DATASETS and Path(data).expanduser().is_file():  # a name wins over a file
         logging.getLogger(__name__).warning(
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
             "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
