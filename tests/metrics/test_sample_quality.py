@@ -1,5 +1,7 @@
 """KID and Inception Score equal torchmetrics' on the same features and seed; FID's bootstrap interval."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,24 @@ def test_kid_of_float64_and_float32_features_and_numpy_arrays():
     assert interval == fid_confidence_interval(real, fake, samples=5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="KID's real features must be a Tensor or a NumPy array of numbers, got list"):
         kernel_inception_distance([[0.0, 1.0]], fake)
+
+
+def test_scores_of_logits_that_require_grad_warn_nothing():
+    """The README's inception_score(fid.features.logits_unbiased(images)), called outside torch.no_grad, warned
+    'Converting a tensor with requires_grad=True to a scalar' (as did KID and the FID interval on such features)."""
+    real, fake = features(12, 40), features(13, 30, shift=0.2)
+    expected = (kernel_inception_distance(real, fake, subsets=2, subset_size=20, generator=torch.Generator().manual_seed(0)),
+                inception_score(real, splits=2, generator=torch.Generator().manual_seed(0)),
+                fid_confidence_interval(real, fake, samples=5, generator=torch.Generator().manual_seed(0)))
+    real.requires_grad_(), fake.requires_grad_()
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch gives this warning once per process; here every time
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = (kernel_inception_distance(real, fake, subsets=2, subset_size=20, generator=torch.Generator().manual_seed(0)),
+                   inception_score(real, splits=2, generator=torch.Generator().manual_seed(0)),
+                   fid_confidence_interval(real, fake, samples=5, generator=torch.Generator().manual_seed(0)))
+    finally:
+        torch.set_warn_always(warn_always)
+    assert got == expected

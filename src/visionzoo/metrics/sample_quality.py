@@ -26,15 +26,16 @@ from visionzoo.utils import is_integer
 
 
 def _tensor(values: Any, name: str) -> Tensor:
-    """``values`` (a Tensor or a NumPy array) as a Tensor; ValueError naming ``name`` otherwise, or when a value
-    is NaN or infinite (the scores would come out NaN)."""
+    """``values`` (a Tensor or a NumPy array) as a Tensor cut from autograd (a score needs no gradient, and
+    logits taken outside ``torch.no_grad`` would make torch warn); ValueError naming ``name`` otherwise, or when
+    a value is NaN or infinite (the scores would come out NaN)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
         values = torch.from_numpy(values)
     if not isinstance(values, Tensor):
         raise ValueError(f"{name} must be a Tensor or a NumPy array of numbers, got {type(values).__name__}")
     if values.is_floating_point() and not bool(torch.isfinite(values).all()):
         raise ValueError(f"{name} have non-finite values")
-    return values
+    return values.detach()
 
 
 def _check_whole(value: Any, name: str) -> None:
