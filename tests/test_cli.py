@@ -416,3 +416,20 @@ def test_train_size_draws_shapes_scenes_keeps_the_first_of_fixed_data_and_is_kep
                    "--train-size 5000", "digits", "1257")
     assert main([*TRAIN, "--train-size", "64", "--epochs", "1", "--out", str(tmp_path / "digits")]) == 0
     assert read_checkpoint(tmp_path / "digits" / "checkpoint.safetensors")[1]["step"] == 2
+
+
+def test_under_torchrun_only_the_first_process_prints_the_summary(tmp_path, monkeypatch, capsys):
+    """torchrun --nproc_per_node 2 ... train printed its summary twice: the second process's 'resnet18 on digits:
+    2 steps in 4.9 s' and 'run folder: runs/resnet18-digits' without metrics (only the first evaluates)."""
+    from visionzoo.train import commands
+    from visionzoo.train.engine import TrainResult
+
+    result = TrainResult(tmp_path / "run", 2, 1.0, 10.0, {})
+    monkeypatch.setattr(commands, "run_training", lambda *args, **kwargs: (None, result))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "resnet18", "--data", "digits", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "resnet18", "--data", "digits", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.count("run folder:") == 1

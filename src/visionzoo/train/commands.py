@@ -20,6 +20,7 @@ from visionzoo.cli import (
     probability,
     register_command,
 )
+from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
@@ -147,6 +148,8 @@ def train_command(args: argparse.Namespace) -> int:
     )
     _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
                              _task_options(args, trained), train_images=args.train_size)
+    if process_rank() != 0:  # under torchrun only the first process evaluates: it alone has the summary
+        return 0
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.samples_per_second:.1f} samples/s)")
     for name, value in result.metrics.items():

@@ -32,6 +32,11 @@ def requested_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def process_rank() -> int:
+    """This process's rank among those ``torchrun`` started (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
@@ -39,7 +44,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) needs no process group.
     """
     world_size = requested_world_size()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
