@@ -139,3 +139,19 @@ def test_a_file_that_fails_the_registered_hash_is_refused(served, monkeypatch, t
     with pytest.raises(DownloadError, match=f"sha256 {digest}, expected 258fb6c6"):
         create_model(NAME, pretrained=True, **SMALL)
     assert not any((tmp_path / "cache").glob("*"))
+
+
+def test_a_torchvision_file_with_batch_norm_counters_loads_into_frozen_batch_norms(tmp_path):
+    """A torchvision detector saved with trainable batch norms (weights_backbone=None) loads into its COCO setup,
+    whose frozen batch norms drop the counters; ours refused it: '53 unexpected keys: backbone.body.bn1.num_batches_tracked, ...'."""
+    from visionzoo.detection.faster_rcnn import COCO_WEIGHTS_ARGS
+
+    torch.manual_seed(0)
+    weights = torchvision_fasterrcnn(weights=None, weights_backbone=None, **SMALL).state_dict()
+    assert "backbone.body.bn1.num_batches_tracked" in weights
+    reference = torchvision_coco_model(**SMALL)
+    reference.load_state_dict(weights)
+    torch.save(weights, tmp_path / "detector.pth")
+    model = create_model(NAME, checkpoint=tmp_path / "detector.pth", **COCO_WEIGHTS_ARGS, **SMALL)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -454,7 +454,8 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     """Load all of ``state`` or nothing: differences in keys or shapes raise before any copy.
 
     Batch-norm step counters (``num_batches_tracked``) may be absent, as in checkpoints written
-    before PyTorch 0.4.1 (torchvision's ImageNet ResNets among them): the model keeps its own.
+    before PyTorch 0.4.1 (torchvision's ImageNet ResNets among them): the model keeps its own. Counters the
+    model has no place for (frozen batch norms) are dropped, as torchvision's ``FrozenBatchNorm2d`` drops them.
     Submodules a model leaves out on purpose (``model.omitted_weights``, key prefixes such as a code prior's
     ``tokenizer.discriminator``) have their weights dropped.
     Raises :class:`CheckpointError` listing the missing, unexpected and shape-mismatched keys.
@@ -469,6 +470,7 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     for key in own:
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
+    state = {k: v for k, v in state.items() if k in own or not k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
