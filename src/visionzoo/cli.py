@@ -135,11 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from visionzoo.train.distributed import PeerFailed
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except PeerFailed:  # under torchrun: rank 0 failed in work it alone does, and says why in one line
+        return 2
     except USER_ERRORS as error:
         if args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise

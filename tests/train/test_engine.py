@@ -122,6 +122,25 @@ def test_torchrun_ranks_follow_rank_0s_plan_of_a_time_budget(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
 
 
+def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path):
+    """Rank 0 alone prepares the run folder; when it refused one, rank 1 failed on the dropped connection with
+    a traceback (gloo's "Connection closed by peer") beside rank 0's line. Now rank 1 exits quietly."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("not a run")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "visionzoo", "train",
+               "vit_tiny_patch8_32", "--data", "digits", "--max-steps", "2", "--out", str(out), "--no-progress"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert process.returncode != 0
+    errors = [line for line in process.stderr.splitlines() if line.startswith("visionzoo train: error:")]
+    assert errors == [f"visionzoo train: error: run folder {out} exists and is not empty; use --resume to "
+                      "continue it or --overwrite"], process.stderr[-3000:]
+    assert "[rank1]: Traceback" not in process.stderr, process.stderr[-3000:]
+    assert (out / "todo.txt").read_text() == "not a run"
+
+
 def test_two_ranks_partition_the_global_batch_of_one_process():
     one = list(EpochBatchSampler(100, 8, seed=3, epoch=2))
     ranks = [list(EpochBatchSampler(100, 4, seed=3, epoch=2, rank=r, world_size=2)) for r in range(2)]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -62,9 +63,30 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, target)
 
 
-def barrier(info: DistInfo) -> None:
+class PeerFailed(RuntimeError):
+    """Raised on the other ranks when rank 0 fails in work it alone does; rank 0 raises (and reports) the error."""
+
+
+T = TypeVar("T")
+
+
+def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
+    """``action()`` on rank 0 alone while the others wait (None on them). When it raises, rank 0 raises its
+    error and the others :class:`PeerFailed`, instead of each failing on the connection rank 0 dropped."""
+    result, failure = None, None
+    if info.is_main:
+        try:
+            result = action()
+        except Exception as error:
+            failure = error
     if info.distributed:
-        dist.barrier()
+        reason = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+        dist.broadcast_object_list(reason, src=0)
+        if not info.is_main and reason[0] is not None:
+            raise PeerFailed(f"rank 0 failed: {reason[0]}")
+    if failure is not None:
+        raise failure
+    return result
 
 
 class EpochBatchSampler(Sampler[list[int]]):

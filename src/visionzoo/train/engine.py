@@ -37,8 +37,8 @@ from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, 
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
-    barrier,
     init_distributed,
+    on_main,
     requested_world_size,
     step_seed,
 )
@@ -367,9 +367,7 @@ class Trainer:
         self.step_offset = 0
         if not cfg.resume:  # a resumed run is checked once its plan is read from the checkpoint
             check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
-        if self.dist.is_main:
-            prepare_run_dir(self.out, self.config.resume, self.config.overwrite)
-        barrier(self.dist)
+        on_main(self.dist, lambda: prepare_run_dir(self.out, self.config.resume, self.config.overwrite))
 
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.dist.device)
@@ -582,8 +580,11 @@ class Trainer:
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on the validation set (rank 0; the others wait). EMA ones prefixed ``ema_``."""
+        return on_main(self.dist, self._evaluate_here) or {}
+
+    def _evaluate_here(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if self.dist.is_main and self.val_set is not None:
+        if self.val_set is not None:
             batch_size = self.config.eval_batch_size or self.config.batch_size
             models = [("", self.model)] + ([("ema_", self.ema.module)] if self.ema is not None else [])
             for prefix, model in models:
@@ -593,14 +594,13 @@ class Trainer:
                 metrics.update({prefix + k: v for k, v in result.items()})
             self._log({"step": self.step, "split": "val", **metrics})
             log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        barrier(self.dist)
         return metrics
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
-        if not self.dist.is_main:
-            barrier(self.dist)
-            return
+        on_main(self.dist, self._write_checkpoint)
+
+    def _write_checkpoint(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
@@ -622,7 +622,6 @@ class Trainer:
             "run": self.run_meta,
         }
         save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
-        barrier(self.dist)
 
     def _load(self) -> None:
         path = self.out / CHECKPOINT_NAME
