@@ -418,18 +418,26 @@ def test_train_size_draws_shapes_scenes_keeps_the_first_of_fixed_data_and_is_kep
     assert read_checkpoint(tmp_path / "digits" / "checkpoint.safetensors")[1]["step"] == 2
 
 
-def test_under_torchrun_only_the_first_process_prints_the_summary(tmp_path, monkeypatch, capsys):
-    """torchrun --nproc_per_node 2 ... train printed its summary twice: the second process's 'resnet18 on digits:
-    2 steps in 4.9 s' and 'run folder: runs/resnet18-digits' without metrics (only the first evaluates)."""
+def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsys, caplog):
+    """Every rank printed the closing summary ("resnet18 on digits: 4 steps ...", "run folder: ...") and logged
+    "resumed ... at step 4" and the time budget's plan, so torchrun's output showed each twice; rank 1 is silent."""
     from visionzoo.train import commands
     from visionzoo.train.engine import TrainResult
 
-    result = TrainResult(tmp_path / "run", 2, 1.0, 10.0, {})
-    monkeypatch.setattr(commands, "run_training", lambda *args, **kwargs: (None, result))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    assert main(["train", "resnet18", "--data", "digits", "--out", str(tmp_path / "run")]) == 0
-    assert capsys.readouterr().out == ""
-    monkeypatch.setenv("RANK", "0")
-    assert main(["train", "resnet18", "--data", "digits", "--out", str(tmp_path / "run")]) == 0
-    assert capsys.readouterr().out.count("run folder:") == 1
+    def fake_run_training(model_name, data, config, *args, **kwargs):
+        logging.getLogger("visionzoo.train.engine").info("resumed %s at step 4 of 4", config.out)
+        return None, TrainResult(tmp_path, 4, 1.0, 16.0, {})
+
+    monkeypatch.setattr(commands, "run_training", fake_run_training)
+    caplog.set_level(logging.INFO)
+    package_logger = logging.getLogger("visionzoo")
+    level = package_logger.level
+    try:
+        for rank, expected_lines in (("0", 2), ("1", 0)):
+            monkeypatch.setenv("RANK", rank)
+            assert main([*TRAIN, "--max-steps", "4", "--out", str(tmp_path / "run")]) == 0
+            assert len(capsys.readouterr().out.splitlines()) == expected_lines, rank
+            assert len([r for r in caplog.records if r.getMessage().startswith("resumed")]) == (expected_lines > 0)
+            caplog.clear()
+    finally:
+        package_logger.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -146,6 +147,8 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, device=args.device,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
+    if process_rank() != 0:  # under torchrun, rank 0 reports the run: the others' lines would repeat it
+        logging.getLogger("visionzoo").setLevel(logging.WARNING)
     _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
                              _task_options(args, trained), train_images=args.train_size)
     if process_rank() != 0:  # under torchrun only the first process evaluates: it alone has the summary
