@@ -331,3 +331,22 @@ def test_resume_keeps_the_classification_options_the_run_was_trained_with(tmp_pa
     assert main(["train", "vit_tiny_patch8_32", *small, "--out", str(pretraining), "--max-steps", "2", "--resume"]) == 0
     meta = json.loads((pretraining / "checkpoint.json").read_text())
     assert meta["step"] == 2 and meta["task"]["objective"] == "mpp"
+
+
+@pytest.mark.parametrize("objective", ["classify", "mpp"])
+def test_a_fixed_size_vit_on_data_of_another_size_is_refused_before_the_run_naming_img_size(tmp_path, objective):
+    """vit_tiny_patch8_32 on Digits without --img-size (8 px images) prepared its run folder, timed and began
+    training, then failed at the first step with the library's advice ("build it with img_size=..."); the set-up
+    now refuses it naming --img-size, and at --img-size 32 builds it."""
+    from visionzoo.train.engine import TrainConfig
+    from visionzoo.train.run import build_setup, run_training
+
+    out = tmp_path / "vit"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=r"vit_tiny_patch8_32 is built for 32×32 images, digits has 8×8 ones: "
+                                         r"give --img-size 32 \(or --model-arg dynamic_img_size=true\)"):
+        run_training("vit_tiny_patch8_32", "digits", config, options={"objective": objective})
+    assert not out.exists()
+    assert build_setup("vit_tiny_patch8_32", "digits", 32, options={"objective": objective}).run_meta["img_size"] == 32
+    dynamic = build_setup("vit_tiny_patch8_32", "digits", None, {"dynamic_img_size": True}, options={"objective": objective})
+    assert dynamic.run_meta["img_size"] == 8

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.cli import fraction, nonnegative_float, nonnegative_int, positive_float, unit_interval
+from visionzoo.layers import PatchEmbed
 from visionzoo.train.distillation import DISTILLATION_KINDS, Teacher, distillation_loss, soft_cross_entropy
 from visionzoo.train.mixup import mix_batch, smooth_one_hot
 from visionzoo.train.task import Setup, Task, register_task
@@ -244,10 +245,12 @@ class ClassificationTask(Task):
 
             task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
                                                 options.get("initial_checkpoint"), common)
+            check_image_size(model, model_name, data, tuple(image.shape[-2:]))
             return Setup(task, model, splits, run_meta)
 
         model = build_classifier(model_name, len(classes), in_chans, model_args, checkpoint,
                                  options.get("initial_checkpoint"))
+        check_image_size(model, model_name, data, tuple(image.shape[-2:]))
         mean, std = normalization(model, in_chans)
         teacher = None
         if options.get("teacher") or options.get("teacher_checkpoint"):
@@ -277,6 +280,16 @@ class ClassificationTask(Task):
 
         truth = None if target is None else self.classes[class_label(target)]
         return draw_classification(image, prediction["labels"][:3], prediction["scores"][:3], truth)
+
+
+def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[int, int]) -> None:
+    """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
+    ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step."""
+    for module in model.modules():
+        if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != size:
+            side = module.img_size[0]
+            raise ValueError(f"{model_name} is built for {side}×{module.img_size[1]} images, {data} has "
+                             f"{size[0]}×{size[1]} ones: give --img-size {side} (or --model-arg dynamic_img_size=true)")
 
 
 def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
