@@ -130,7 +130,8 @@ def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path
     (out / "todo.txt").write_text("not a run")
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "visionzoo", "train",
-               "vit_tiny_patch8_32", "--data", "digits", "--max-steps", "2", "--out", str(out), "--no-progress"]
+               "vit_tiny_patch8_32", "--data", "digits", "--img-size", "32", "--max-steps", "2", "--out", str(out),
+               "--no-progress"]
     process = subprocess.run(command, capture_output=True, text=True, timeout=300,
                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert process.returncode != 0
