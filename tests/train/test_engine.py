@@ -415,3 +415,25 @@ def test_a_data_set_preparing_itself_at_first_use_does_so_off_the_training_clock
     config = TrainConfig(out=str(tmp_path / "run"), progress=False, precision="fp32", batch_size=16, max_steps=2)
     result = fit(ClassificationTask(Blobs.classes), model, SlowToPrepare(256, 0), None, config)
     assert result.steps == 2 and result.train_seconds < 0.5
+
+
+def test_torchrun_ranks_wait_for_rank_0s_evaluation_longer_than_torchs_30_minutes(monkeypatch):
+    """Rank 0 alone evaluates while the others wait in a collective, under torch's default 30-minute timeout:
+    R-CNN on Shapes' 500 val images took 9+ minutes on 2 cores, so a larger val split ended a finished run with
+    a timeout on the waiting rank. The process group now waits a day."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from visionzoo.train.distributed import init_distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: calls.append((backend, kwargs)))
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size) == (1, 2)
+    [(backend, kwargs)] = calls
+    assert backend == "gloo"
+    assert kwargs.get("timeout", datetime.timedelta(minutes=30)) >= datetime.timedelta(hours=12)

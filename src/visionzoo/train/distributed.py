@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -26,6 +27,12 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+# How long a rank waits for the others in a collective. Rank 0 alone evaluates while the others wait, and a
+# detector's val split on a CPU takes longer than torch's default 30 minutes; torchrun stops the other ranks
+# when one fails, so this is no failure detector.
+PEER_WAIT = timedelta(hours=24)
 
 
 def requested_world_size() -> int:
@@ -59,7 +66,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         raise ValueError(f"unknown device {device!r}; use cpu or cuda")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=PEER_WAIT)
     return DistInfo(rank, world_size, local_rank, target)
 
 
