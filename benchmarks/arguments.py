@@ -73,20 +73,21 @@ def existing_results(parser: argparse.ArgumentParser, path: Path) -> dict[str, A
     return results
 
 
-def at_least_two(text: str) -> int:
-    """A step count whose first step is not timed: at least one more to time."""
+def _at_least_two(text: str, reason: str) -> int:
     value = positive_int(text)
     if value < 2:
-        raise argparse.ArgumentTypeError(f"expected at least 2 (the first step is not timed), got {text}")
+        raise argparse.ArgumentTypeError(f"expected at least 2 {reason}, got {text}")
     return value
+
+
+def at_least_two(text: str) -> int:
+    """A step count whose first step is not timed: at least one more to time."""
+    return _at_least_two(text, "(the first step is not timed)")
 
 
 def at_least_two_images(text: str) -> int:
     """An image count for FID: a covariance needs at least two images (one gives NaN covariances)."""
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected at least 2 images (FID's covariances need two), got {text}")
-    return value
+    return _at_least_two(text, "images (FID's covariances need two)")
 
 
 def merge_rows(earlier: Any, measured: list[dict[str, Any]], key: str, order: Sequence[str]) -> list[dict[str, Any]]:
