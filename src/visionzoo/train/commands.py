@@ -147,11 +147,12 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, device=args.device,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
-    if process_rank() != 0:  # under torchrun, rank 0 reports the run: the others' lines would repeat it
+    reports = process_rank() == 0  # under torchrun, rank 0 reports the run: the others' lines would repeat it
+    if not reports:
         logging.getLogger("visionzoo").setLevel(logging.WARNING)
     _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
                              _task_options(args, trained), train_images=args.train_size)
-    if process_rank() != 0:  # under torchrun only the first process evaluates: it alone has the summary
+    if not reports:  # only rank 0 evaluates: it alone has the summary
         return 0
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.samples_per_second:.1f} samples/s)")
