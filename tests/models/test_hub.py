@@ -212,10 +212,14 @@ def test_model_without_weights_is_a_clear_error(monkeypatch):
 
 
 def test_cache_dir_resolution(monkeypatch, tmp_path):
-    monkeypatch.delenv("VISIONZOO_CACHE", raising=False)
-    monkeypatch.delenv("TORCH_HOME", raising=False)
+    """torch.hub's order: XDG_CACHE_HOME was ignored, so weights went to ~/.cache where a cluster sets it elsewhere
+    (a home folder with a small quota)."""
+    for name in ("VISIONZOO_CACHE", "TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "visionzoo"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "visionzoo"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert cache_dir() == tmp_path / "torch" / "visionzoo"
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "vz"))

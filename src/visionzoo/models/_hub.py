@@ -1,6 +1,7 @@
 """Downloading official weights into a hash-checked cache (``create_model(..., pretrained=True)``).
 
-Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``~/.cache/visionzoo``.
+Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``$XDG_CACHE_HOME/visionzoo``, else
+``~/.cache/visionzoo`` (torch.hub's order, with our folder in place of its ``torch``).
 A file in the cache is used without touching the network; a download goes to a temporary file
 beside its final name, is checked against the expected sha256 (the full digest, or the prefix
 torchvision puts in its file names) and only then renamed into place, so the cache never holds a
@@ -43,11 +44,14 @@ class DownloadError(ValueError):
 
 
 def cache_dir() -> Path:
-    """The weights cache: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``~/.cache/visionzoo``."""
+    """The weights cache: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``$XDG_CACHE_HOME/visionzoo``,
+    else ``~/.cache/visionzoo``."""
     if os.environ.get("VISIONZOO_CACHE"):
         return Path(os.environ["VISIONZOO_CACHE"]).expanduser()
     if os.environ.get("TORCH_HOME"):
         return Path(os.environ["TORCH_HOME"]).expanduser() / "visionzoo"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "visionzoo"
     return Path.home() / ".cache" / "visionzoo"
 
 
