@@ -162,6 +162,28 @@ def test_hugging_face_repo_through_the_endpoint(mirror, monkeypatch, tmp_path):
         torch.testing.assert_close(model(grey), reference(grey.expand(1, 3, 64, 64)), atol=1e-4, rtol=1e-4)
 
 
+def test_a_page_served_instead_of_weights_without_a_hash_is_refused_not_cached(mirror, monkeypatch, tmp_path):
+    """timm's weights have no hash to check: an HTML page served with status 200 (a proxy's login page) was cached as
+    model.safetensors, and every later create_model failed with "header too large ... delete it to download them
+    again", the URL unnamed, and the same page came back on the next download."""
+    reference, server, _, hf_path = mirror
+    page = hf_path.parents[4] / "timm" / "login-page" / "resolve" / "main" / "model.safetensors"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_bytes(b"<!DOCTYPE html><html><body>Sign in to continue</body></html>")
+    monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(
+        get_model_entry("resnet18"), pretrained=Pretrained(hf_hub_id="timm/login-page")))
+    with pytest.raises(DownloadError, match=rf"{server.url}/timm/login-page/resolve/main/model.safetensors sent no "
+                                            r"weights file: it begins b'<!DOCTYPE html>"):
+        create_model("resnet18", pretrained=True)
+    assert list((tmp_path / "cache").rglob("*.safetensors")) == []
+    # weights without a hash still download: safetensors and torch.save's zip
+    monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(
+        get_model_entry("resnet18"), pretrained=Pretrained(hf_hub_id=HF_REPO)))
+    assert torch.equal(create_model("resnet18", pretrained=True).conv1.weight, reference.conv1.weight)
+    entry = with_weights(monkeypatch, "resnet18", sha256=None)
+    assert torch.equal(torch.load(download_pretrained(entry))["conv1.weight"], reference.conv1.weight)
+
+
 def test_network_failures_name_the_url(mirror, monkeypatch, tmp_path):
     _, server, _, _ = mirror
     entry = with_weights(monkeypatch, "resnet18", url="https://download.pytorch.org/missing/resnet18-f37072fd.pth")

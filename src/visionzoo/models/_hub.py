@@ -4,8 +4,8 @@ Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``$XD
 ``~/.cache/visionzoo`` (torch.hub's order, with our folder in place of its ``torch``).
 A file in the cache is used without touching the network; a download goes to a temporary file
 beside its final name, is checked against the expected sha256 (the full digest, or the prefix
-torchvision puts in its file names) and only then renamed into place, so the cache never holds a
-partial or unverified file.
+torchvision puts in its file names; without one, at least that it begins as a weights file does) and
+only then renamed into place, so the cache never holds a partial or unverified file.
 
 Where files come from:
 - a direct URL (torchvision's weights). ``$VISIONZOO_WEIGHTS_MIRROR`` (e.g. ``http://host:8080/pt``)
@@ -101,7 +101,8 @@ def download_pretrained(entry: ModelEntry) -> Path:
 
 def download(url: str, target: Path, sha256: str | None = None, headers: dict[str, str] | None = None,
              timeout: float = 60.0) -> Path:
-    """Fetch ``url`` into ``target`` atomically, checking its sha256 (full digest or prefix) if given."""
+    """Fetch ``url`` into ``target`` atomically, checking its sha256 (full digest or prefix) if given, else that
+    it begins as a weights file (torch.save's or safetensors)."""
     log.info("downloading %s to %s", url, target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -121,11 +122,32 @@ def download(url: str, target: Path, sha256: str | None = None, headers: dict[st
             )
         if sha256 is None:
             log.info("%s: no known hash to check; sha256 %s", url, digest)
+            start = _not_weights(tmp)
+            if start is not None:
+                raise DownloadError(
+                    f"{url} sent no weights file: it begins {start!r} (an error or login page?); "
+                    "the download was deleted"
+                )
 
     # Weights are a cache, not a secret: the file gets the umask's mode, not mkstemp's 0o600; a failed or
     # mismatched download leaves no file behind.
     atomic_write(target, fetch_and_check)
     return target
+
+
+def _not_weights(path: str) -> bytes | None:
+    """The first bytes of the file at ``path`` when it is none of the formats weights come in (torch.save's zip
+    or legacy pickle, safetensors), else None: without a known hash, what tells an HTML page served with
+    status 200 (a proxy's, a mirror's) from weights before it is cached."""
+    with open(path, "rb") as handle:
+        start = handle.read(64)
+    size = os.path.getsize(path)
+    if start.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    # safetensors: the header's length as a little-endian u64, then the header, a JSON object
+    if len(start) > 8 and start[8:9] == b"{" and 8 < int.from_bytes(start[:8], "little") + 8 <= size:
+        return None
+    return start
 
 
 def _fetch(url: str, out, headers: dict[str, str], timeout: float) -> str:
