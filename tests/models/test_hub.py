@@ -25,10 +25,13 @@ HF_REPO = "timm/resnet18.tv_in1k"
 
 
 class Server:
-    """Serves a folder on an ephemeral loopback port in a thread, counting the requests per path."""
+    """Serves a folder on an ephemeral loopback port in a thread, counting the requests per path (and the
+    Authorization header each came with); a path in ``redirects`` answers 302 to its location."""
 
     def __init__(self, root: Path):
         self.requests: list[str] = []
+        self.authorization: list[str | None] = []
+        self.redirects: dict[str, str] = {}
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -37,6 +40,13 @@ class Server:
 
             def do_GET(self):
                 server.requests.append(self.path)
+                server.authorization.append(self.headers.get("Authorization"))
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.startswith("/short/"):  # promises more bytes than it sends
                     self.send_response(200)
                     self.send_header("Content-Length", "1000")
@@ -86,6 +96,7 @@ def served(tmp_path_factory):
 def mirror(served, tmp_path, monkeypatch):
     reference, server, digest, hf_path = served
     server.requests.clear()
+    server.authorization.clear()
     monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", server.url)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
@@ -182,6 +193,28 @@ def test_a_page_served_instead_of_weights_without_a_hash_is_refused_not_cached(m
     assert torch.equal(create_model("resnet18", pretrained=True).conv1.weight, reference.conv1.weight)
     entry = with_weights(monkeypatch, "resnet18", sha256=None)
     assert torch.equal(torch.load(download_pretrained(entry))["conv1.weight"], reference.conv1.weight)
+
+
+def test_the_hugging_face_token_follows_a_redirect_to_the_same_host_only(mirror, monkeypatch, tmp_path):
+    """The Hub answers a download with a redirect to its CDN, another host; urllib copies every header onto the
+    redirected request, so $HF_TOKEN went to whatever host the redirect named (requests and huggingface_hub drop
+    it there)."""
+    reference, server, _, hf_path = mirror
+    cdn = Server(hf_path.parents[4])
+    try:
+        hf_file = f"/{HF_REPO}/resolve/main/model.safetensors"
+        server.redirects = {"/timm/renamed/resolve/main/model.safetensors": "/timm/gated/resolve/main/model.safetensors",
+                            "/timm/gated/resolve/main/model.safetensors": cdn.url + hf_file}
+        monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(
+            get_model_entry("resnet18"), pretrained=Pretrained(hf_hub_id="timm/renamed")))
+        monkeypatch.setenv("HF_TOKEN", "hf_secret")
+        model = create_model("resnet18", pretrained=True)
+        assert torch.equal(model.conv1.weight, reference.conv1.weight)
+        assert server.authorization == ["Bearer hf_secret", "Bearer hf_secret"]  # the Hub, renamed repository
+        assert cdn.requests == [hf_file] and cdn.authorization == [None]
+    finally:
+        server.redirects = {}
+        cdn.close()
 
 
 def test_network_failures_name_the_url(mirror, monkeypatch, tmp_path):

@@ -14,7 +14,8 @@ Where files come from:
   ``endpoint`` from ``$HF_ENDPOINT`` (default ``https://huggingface.co``), fetched by the same
   code as URLs rather than through ``huggingface_hub``: one code path with our hash check and
   cache, no extra dependency, and the endpoint variable that huggingface_hub users already set.
-  ``$HF_TOKEN``, when set, is sent for gated repositories.
+  ``$HF_TOKEN``, when set, is sent for gated repositories, to the endpoint's host only (not to the CDN
+  a download is redirected to).
 """
 
 from __future__ import annotations
@@ -150,13 +151,24 @@ def _not_weights(path: str) -> bytes | None:
     return start
 
 
+class _SameHostAuthorization(urllib.request.HTTPRedirectHandler):
+    """Redirects that keep the Authorization header only on the same host, as requests does: urllib copies every
+    header onto the redirected request, and the Hub redirects downloads to its CDN, another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(new.full_url).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
 def _fetch(url: str, out, headers: dict[str, str], timeout: float) -> str:
     """Stream ``url`` into the open file ``out`` with a progress bar; return the sha256 hex digest."""
     request = urllib.request.Request(url, headers={"User-Agent": "visionzoo", **headers})
     hasher = hashlib.sha256()
     received = 0
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.build_opener(_SameHostAuthorization).open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             name = Path(urllib.parse.urlsplit(url).path).name
