@@ -128,6 +128,17 @@ def test_resume_continues_at_the_trained_size_and_refuses_another(tmp_path, caps
                    "trained at 16 px", "--img-size 16")
 
 
+def test_resume_on_another_built_in_data_set_is_refused_naming_the_runs(tmp_path, capsys):
+    """It failed in the strict load, naming mismatched tensor shapes and not the data."""
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 0
+    data = TRAIN.index("--data") + 1
+    other = [*TRAIN[:data], "shapes", *TRAIN[data + 1:]]
+    one_line_error(capsys, [*other, "--max-steps", "3", "--out", str(run), "--resume"],
+                   "trained on digits, not shapes", "--data digits")
+    assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == 2
+
+
 def test_resume_keeps_the_trained_optimiser_settings_and_refuses_others(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TRAIN, "--lr", "5e-4", "--weight-decay", "0.1", "--warmup-steps", "1", "--max-steps", "2",

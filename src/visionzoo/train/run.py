@@ -82,6 +82,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     if config.resume and checkpoint.is_file():
         meta = checkpoint_metadata(checkpoint)
         trained = meta.get("run", {})
+        _check_resumed_data(trained.get("data"), data, config.out)
         img_size = img_size or trained.get("img_size")
         train_images = train_images or trained.get("train_images")
         given = {key: value for key, value in (options or {}).items() if value is not None}
@@ -113,6 +114,17 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         run_meta["classes"] = classes
     result = fit(setup.task, setup.model, train, first_items(val, val_images), config, run_meta)
     return setup, result
+
+
+def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
+    """Refuse resuming a run on another built-in data set (or a built-in one for a folder, or back): its weights
+    and classes are another task's. Two paths may name one COCO folder that has moved, so those pass."""
+    if trained is None:
+        return
+    names = [str(value).lower() if str(value).lower() in DATASETS else None for value in (trained, data)]
+    if names != [None, None] and names[0] != names[1]:
+        raise ValueError(f"--resume: the run in {out} was trained on {trained}, not {data}; resume it with "
+                         f"--data {trained}, or train on {data} in a new --out")
 
 
 def _class_names(dataset: Any) -> list[str] | None:
