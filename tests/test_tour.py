@@ -92,7 +92,44 @@ def test_the_sliding_window_reuses_the_trained_rcnn_and_reports_regions(tmp_path
 
 def test_a_job_that_needs_another_job_is_one_clear_error(tmp_path, capsys):
     one_line_error(capsys, ["tour", "--out", str(tmp_path / "t"), "--only", "sliding-window-shapes"],
-                   "uses the weights of rcnn-shapes, which has not run")
+                   "uses the weights of rcnn-shapes, which this tour does not run")
+    assert not (tmp_path / "t").exists()  # refused before anything ran
+
+
+def test_a_failed_job_is_reported_and_the_tour_goes_on(tmp_path, monkeypatch, capsys):
+    """One job's failure ended the whole tour with no report, losing the rows of the jobs before it."""
+    import visionzoo.tour as tour
+
+    jobs = [tour.TourJob("a", "vqvae_small", "digits"), tour.TourJob("b", "vqvae_small", "digits"),
+            tour.TourJob("c", "vqgan_transformer", "digits", uses={"tokenizer": "b"}),
+            tour.TourJob("d", "vqvae_small", "digits")]
+    ran = []
+
+    def fake_run_job(job, minutes, out, *args, **kwargs):
+        ran.append(job.name)
+        if job.name == "a":
+            raise ValueError("bad  option\nfor a")
+        if job.name == "b":
+            raise RuntimeError("boom | crash")
+        return {"name": job.name, "model": job.model, "task": "reconstruction", "dataset": "digits 32px",
+                "parameters": 10, "train_seconds": 1.0, "steps": 3, "metric": "psnr", "value": 20.0,
+                "inference_images_per_s": 5.0, "regions_per_image": None, "pictures": []}
+
+    monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
+    monkeypatch.setattr(tour, "run_job", fake_run_job)
+    out = tmp_path / "tour"
+    assert main(["tour", "--out", str(out), "--minutes", "1", "--no-progress"]) == 1
+    assert ran == ["a", "b", "d"]  # c needs b's weights and is not run; d still is
+    rows = {row["name"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows["a"]["failed"] == "bad option for a"
+    assert rows["b"]["failed"] == "RuntimeError: boom | crash"
+    assert rows["c"]["failed"] == "not run: it uses the weights of b, which failed"
+    assert "failed" not in rows["d"] and rows["d"]["value"] == 20.0
+    assert "RuntimeError: boom" in (out / "b" / "error.txt").read_text()  # the traceback is kept
+    report = (out / "report.md").read_text()
+    assert "**failed**: RuntimeError: boom \\| crash" in report and "| 20.0000 |" in report
+    err = capsys.readouterr().err
+    assert "[tour] a failed: bad option for a" in err and "3 of 4 jobs failed: a, b, c" in err
 
 
 def test_a_job_gets_an_earlier_jobs_checkpoint_as_an_option_and_samplers_show_their_samples(tmp_path, monkeypatch):

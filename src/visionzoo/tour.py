@@ -3,7 +3,9 @@
 The jobs are data: one :class:`TourJob` per family in ``TOUR_JOBS`` (a family adds its row). Each
 job trains through the same engine as ``visionzoo train`` for its share of the budget, is
 evaluated on the test split, timed at inference and pictured; ``report.md`` and ``report.json``
-collect one row per job.
+collect one row per job. A job that fails is reported as failed (its traceback in ``JOB/error.txt``) and
+the tour goes on with the others; the report is rewritten after every job, so an interrupted tour keeps
+the rows of the jobs that ran.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +178,22 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     }
 
 
+def _check_dependencies(jobs: list[TourJob]) -> None:
+    """Refuse, before anything runs, a job whose weights come from a job that this tour runs later or not at all."""
+    earlier: set[str] = set()
+    for job in jobs:
+        for needed in (*job.uses.values(), *([job.weights_from] if job.weights_from else [])):
+            if needed not in earlier:
+                raise ValueError(f"tour job {job.name} uses the weights of {needed}, which this tour does not run "
+                                 f"before it; run both (--only {needed} --only {job.name})")
+        earlier.add(job.name)
+
+
+def failed_row(job: TourJob, reason: str) -> dict[str, Any]:
+    """The report row of a job that did not finish: ``reason`` says why, in one line."""
+    return {"name": job.name, "model": job.model, "dataset": job.data, "failed": reason, "pictures": []}
+
+
 def _trained_checkpoint(job: TourJob, earlier: str, out: Path) -> Path:
     checkpoint = out / earlier / CHECKPOINT_NAME
     if not checkpoint.is_file():
@@ -197,11 +217,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
     split = "the test split" if eval_images is None else f"the first {eval_images} images of the test split"
     header = "| model | task | data | params | train s | test metric | value | inference img/s | regions/img |\n"
     header += "|---|---|---|---:|---:|---|---:|---:|---:|\n"
-    table = header + "".join(
-        f"| {r['model']} | {r['task']} | {r['dataset']} | {r['parameters'] / 1e6:.2f} M | {_trained(r)} "
-        f"| {r['metric']} | {r['value']:.4f} | {_rate(r['inference_images_per_s'])} "
-        f"| {_regions(r)} |\n" for r in rows
-    )
+    table = header + "".join(_table_row(r) for r in rows)
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
     (out / "report.md").write_text(
         f"# visionzoo tour\n\nEvery family trained from scratch on built-in data within {minutes:g} minutes "
@@ -209,6 +225,14 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
         f"counts images drawn.\n\n{table}{pictures}"
     )
     return table
+
+
+def _table_row(row: dict[str, Any]) -> str:
+    if "failed" in row:
+        reason = row["failed"].replace("|", "\\|")
+        return f"| {row['model']} | | {row['dataset']} | | | | **failed**: {reason} | | |\n"
+    return (f"| {row['model']} | {row['task']} | {row['dataset']} | {row['parameters'] / 1e6:.2f} M | {_trained(row)} "
+            f"| {row['metric']} | {row['value']:.4f} | {_rate(row['inference_images_per_s'])} | {_regions(row)} |\n")
 
 
 def _rate(images_per_s: float) -> str:
@@ -260,13 +284,40 @@ def tour_command(args: argparse.Namespace) -> int:
         for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
             print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
         return 0
+    _check_dependencies(jobs)
     out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    failed: set[str] = set()
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
         print(f"[tour] {job.name}: {job.model} on {job.data}, {minutes:.1f} min")
-        rows.append(run_job(job, minutes, out, args.precision, progress=not args.no_progress,
-                            max_steps=args.max_steps, eval_images=args.eval_images))
+        missing = [name for name in (*job.uses.values(), job.weights_from) if name in failed]
+        if missing:
+            rows.append(failed_row(job, f"not run: it uses the weights of {missing[0]}, which failed"))
+            failed.add(job.name)
+        else:
+            try:
+                rows.append(run_job(job, minutes, out, args.precision, progress=not args.no_progress,
+                                    max_steps=args.max_steps, eval_images=args.eval_images))
+            except Exception as error:  # noqa: BLE001 - one job's failure must not cost the others' results
+                rows.append(failed_row(job, _reason(error)))
+                failed.add(job.name)
+                log_file = out / job.name / "error.txt"
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                log_file.write_text(traceback.format_exc())
+                print(f"[tour] {job.name} failed: {_reason(error)} (traceback: {log_file})", file=sys.stderr)
+        write_report(rows, out, args.minutes, args.eval_images)
     print(write_report(rows, out, args.minutes, args.eval_images))
     print(f"report: {out / 'report.md'}")
+    if failed:
+        print(f"visionzoo tour: {len(failed)} of {len(jobs)} jobs failed: {', '.join(sorted(failed))}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _reason(error: BaseException) -> str:
+    """One line for the report: the message of an error the user can act on, with its type otherwise."""
+    from visionzoo.cli import USER_ERRORS
+
+    text = " ".join(str(error).split()) or "(no message)"
+    return text if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {text}"
 
