@@ -8,7 +8,7 @@ handed to pytorch-fid in place of its download:
   images of several sizes: the largest difference relative to the largest feature magnitude;
 * ``visionzoo fid A B`` against pytorch-fid's ``calculate_fid_given_paths`` on two folders of PNGs;
 * ``resize="clean"`` against clean-fid's ``make_resizer("PIL", False, "bicubic", (299, 299))``;
-* seconds per image of the features, ours (fp32 and bf16 autocast) and pytorch-fid's (fp32), best of 3;
+* seconds per image of the features, ours and pytorch-fid's, each in fp32 and under bf16 autocast, best of 3;
 * KID and Inception Score against torchmetrics' on the same random features and seed.
 
     python benchmarks/fid.py --images 64
@@ -22,7 +22,9 @@ import contextlib
 import io
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,14 +96,8 @@ def run(images: int) -> dict:
                            .transpose(2, 0, 1).astype(np.float32))
             for image in batch)
 
-        batch = torch.rand(16, 3, 299, 299, generator=generator)
-        with torch.no_grad():
-            timing = {
-                "ours_fp32": best_seconds(lambda: ours(batch)) / 16,
-                "pytorch_fid_fp32": best_seconds(lambda: reference(batch)) / 16,
-            }
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                timing["ours_bf16"] = best_seconds(lambda: ours(batch)) / 16
+        timing = feature_seconds({"ours": ours, "pytorch_fid": reference},
+                                 torch.rand(16, 3, 299, 299, generator=generator))
         print(f"seconds per 299 px image: {timing}", flush=True)
     kid, inception = kid_and_is()
     return {"feature_max_relative_difference": features, "kid": kid, "inception_score": inception,
@@ -109,6 +105,18 @@ def run(images: int) -> dict:
                             "relative_difference": abs(mine - theirs) / theirs},
             "clean_resize_equal_to_clean_fid": clean_equal, "seconds_per_image": timing,
             "threads": torch.get_num_threads()}
+
+
+def feature_seconds(networks: dict[str, Callable[[torch.Tensor], Any]], batch: torch.Tensor) -> dict[str, float]:
+    """Seconds per image of each feature network on ``batch`` (Tensor[B, 3, H, W] float32), best of 3, in fp32
+    and under bf16 autocast: every network in both, so that no side is timed in a faster dtype than the other.
+    Keys ``NAME_fp32`` and ``NAME_bf16``."""
+    timing = {}
+    for precision in ("fp32", "bf16"):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for name, network in networks.items():
+                timing[f"{name}_{precision}"] = best_seconds(lambda n=network: n(batch)) / len(batch)
+    return timing
 
 
 def kid_and_is() -> tuple[dict, dict]:
