@@ -16,12 +16,13 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from test_coco_eval_command import one_line_error
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.cli import main
 from visionzoo.metrics import FID, frechet_distance
 from visionzoo.metrics import inception as ours
 from visionzoo.metrics.fid import folder_statistics
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
-from visionzoo.models._hub import DownloadError
+from visionzoo.models._hub import DownloadError, cached_path
 from visionzoo.models._registry import Pretrained
 
 
@@ -160,6 +161,16 @@ def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_corrupt_cached_download_says_to_delete_it(tmp_path, monkeypatch):
+    """create_model's pretrained files said so; the FID network's said only 'truncated or corrupt'."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    cached = cached_path(ours.FID_WEIGHTS)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match=f"{cached}.*truncated or corrupt.*cached download.*delete it"):
+        InceptionFeatures(pretrained=True)
 
 
 def test_torchvisions_imagenet_inception_is_refused_as_fid_weights_in_one_line(tmp_path, capsys):

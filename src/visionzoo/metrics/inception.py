@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import Pretrained
 
@@ -237,7 +238,12 @@ class InceptionFeatures(nn.Module):
             checkpoint = cached_path(FID_WEIGHTS)
             if not checkpoint.is_file():
                 download(weights_url(FID_WEIGHTS), checkpoint, FID_WEIGHTS.sha256)
-        if checkpoint is not None:
+            try:
+                self.load_weights(checkpoint)
+            except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
+                raise CheckpointError(f"{error}; it is the cached download of pytorch-fid's weights: delete it to "
+                                      "download them again") from None
+        elif checkpoint is not None:
             self.load_weights(checkpoint)
         self.eval()
 
