@@ -2,7 +2,6 @@
 line and exit status 2, before any work: not a run of zero steps written out as a result, nor a traceback
 (IsADirectoryError) after minutes of measuring."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -11,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_helpers import BENCHMARKS, load
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 # The functions that do each script's work: any call means the arguments were not refused up front.
 WORK = {
     "generative": ("tokenizer", "prior", "image_gpt", "dcgan", "baselines", "codebook_stats"),
@@ -25,15 +24,6 @@ WORK = {
     "metrics": ("coco_rows", "mean_ap_rows", "frechet_rows"),
     "selective_search": ("evaluate",),
 }
-
-
-def load(name):
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def refused(monkeypatch, capsys, name, argv):

@@ -1,23 +1,10 @@
 """The benchmark scripts time ours and the reference under the same conditions: the same dtype and autocast, no
 autograd, the first call (allocator, kernel selection) outside the clock, a peak taken from several calls."""
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name):
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_helpers import load
 
 
 class Recorder(torch.nn.Module):
