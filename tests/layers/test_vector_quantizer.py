@@ -65,6 +65,30 @@ def test_dead_codes_restart_at_vectors_of_the_batch():
     assert later.unique().numel() > indices.unique().numel() and later_stats["usage"] > stats["usage"]
 
 
+def test_a_dead_code_chosen_in_the_batch_serves_its_vectors_before_it_restarts():
+    """Code 1 is dead (count 0.55 < 1 after the update) but nearest to (10.1, 0). It used to be restarted before
+    the forward took its codes, so (10.1, 0) came out as the restart point (0.2, 0.1): loss 3.07, not 0.0023."""
+    quantizer = VectorQuantizer(3, 2, ema_decay=0.9, dead_code_threshold=1.0, dead_code_restart="farthest")
+    codebook, count = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), torch.tensor([5.0, 0.5, 5.0])
+    with torch.no_grad():
+        quantizer.codebook.copy_(codebook)
+        quantizer.ema_count.copy_(count)
+        quantizer.ema_sum.copy_(codebook * count[:, None])
+    z = torch.tensor([[[0.1, 0.0], [-0.1, 0.0], [0.2, 0.1], [10.1, 0.0]]])  # Tensor[1, 4, 2]
+    quantised, indices, loss, _ = quantizer(z)
+    assert indices.tolist() == [[0, 0, 0, 1]]
+    # Sonnet's VectorQuantizerEMA update: moving counts and sums, Laplace-smoothed counts.
+    one_hot = torch.nn.functional.one_hot(indices[0], 3).float()
+    moved_count = 0.9 * count + 0.1 * one_hot.sum(0)
+    moved_sum = 0.9 * codebook * count[:, None] + 0.1 * one_hot.T @ z[0]
+    total = moved_count.sum()
+    moved = moved_sum / ((moved_count + 1e-5) / (total + 3e-5) * total)[:, None]
+    torch.testing.assert_close(quantised[0], moved[indices[0]])
+    torch.testing.assert_close(loss, 0.25 * torch.mean((z[0] - moved[indices[0]]) ** 2))
+    assert quantizer.codebook[1].tolist() == pytest.approx([0.2, 0.1])  # restarted after, at the worst vector
+    torch.testing.assert_close(quantizer.codebook[[0, 2]], moved[[0, 2]])
+
+
 def test_an_empty_batch_in_training_leaves_the_codebook():
     """It used to decay every count, then fail restarting the dead codes: "random_ expects 'from' to be less than 'to'"."""
     quantizer = VectorQuantizer(8, 4)

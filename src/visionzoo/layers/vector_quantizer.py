@@ -146,8 +146,11 @@ class VectorQuantizer(nn.Module):
         distances, indices = self._nearest(flat.detach())
         codes = self.code_vectors()[indices]
         if self.training and self.ema_decay is not None and len(flat):  # an empty batch says nothing of the codes
-            self._ema_update(flat.detach(), indices, distances)
+            self._ema_update(flat.detach(), indices)
             codes = self.code_vectors()[indices]
+            # After the lookup: a dead code that some vectors chose still serves them in this forward, not
+            # the batch vector it restarts at.
+            self._restart_dead_codes(flat.detach(), distances)
         loss = self.commitment * F.mse_loss(flat, codes.detach())
         if self.ema_decay is None:
             loss = loss + F.mse_loss(codes, flat.detach())
@@ -158,7 +161,7 @@ class VectorQuantizer(nn.Module):
         return out, indices.reshape(grid), loss, self._stats(indices)
 
     @torch.no_grad()
-    def _ema_update(self, flat: Tensor, indices: Tensor, distances: Tensor) -> None:
+    def _ema_update(self, flat: Tensor, indices: Tensor) -> None:
         one_hot = F.one_hot(indices, self.num_codes).to(flat.dtype)
         counts = one_hot.sum(0)
         self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
@@ -166,6 +169,9 @@ class VectorQuantizer(nn.Module):
         total = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: Tensor, distances: Tensor) -> None:
         if self.dead_code_threshold > 0:
             dead = torch.where(self.ema_count < self.dead_code_threshold)[0]
             if dead.numel():
