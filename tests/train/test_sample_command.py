@@ -59,6 +59,20 @@ def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_a_code_priors_checkpoint_given_for_image_gpt_names_its_model(tmp_path, capsys):
+    """The prior's recorded --tokenizer used to reach Image GPT's set-up first: "--tokenizer is for code priors ..."."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    prior = tmp_path / "prior.safetensors"
+    save_checkpoint(prior, {"model.x": torch.zeros(1)}, {
+        "model": {"name": "vqgan_transformer", "args": {"tokenizer": {"name": "vqvae_small", "args": {}}}},
+        "run": {"data": "digits", "img_size": 16, "options": {"tokenizer": str(tmp_path / "tokenizer.safetensors")}}})
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(prior), "--out", str(tmp_path / "grid.png")]) != 0
+    error = capsys.readouterr().err
+    assert f"checkpoint {prior} is for model 'vqgan_transformer', not 'image_gpt_small'" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_predict_on_a_sampler_points_to_sample(gan_checkpoint, tmp_path, capsys):
     image = tmp_path / "digit.png"
     Image.new("L", (16, 16)).save(image)

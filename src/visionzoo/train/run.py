@@ -151,7 +151,11 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
     default is the EMA weights.
     """
+    from visionzoo.models._registry import _saved_model
+
     meta = checkpoint_metadata(checkpoint)
+    # Before the run's options reach the set-up: another task's (a code prior's --tokenizer) would be refused first.
+    _saved_model(meta, model_name, str(checkpoint))
     run = meta.get("run", {})
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
