@@ -59,6 +59,19 @@ def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_a_grid_inside_the_images_dir_is_refused_before_sampling(gan_checkpoint, tmp_path, capsys):
+    """--out images/00000.png used to be replaced by the first sample (reported as "6 samples ... in" it); a grid of
+    another name stayed among the samples, which `visionzoo fid` reads as one more."""
+    images = tmp_path / "images"
+    for name in ("00000.png", "grid.png"):
+        args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "6", "--out", str(images / name),
+                "--images-dir", str(images)]
+        assert main(args) != 0
+        error = capsys.readouterr().err
+        assert f"--out {images / name} is in --images-dir {images}" in error and len(error.strip().splitlines()) == 1
+    assert not images.exists()
+
+
 def test_a_code_priors_checkpoint_given_for_image_gpt_names_its_model(tmp_path, capsys):
     """The prior's recorded --tokenizer used to reach Image GPT's set-up first: "--tokenizer is for code priors ..."."""
     from visionzoo.checkpoint import save_checkpoint

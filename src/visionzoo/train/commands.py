@@ -378,6 +378,9 @@ def sample_command(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     images_dir = require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None
+    if images_dir is not None and out.resolve().parent == images_dir.resolve():
+        raise ValueError(f"--out {out} is in --images-dir {images_dir}, where a sample of its name would replace the "
+                         "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
     names = sample_names(args.count)
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
