@@ -176,6 +176,24 @@ def test_the_code_prior_without_tokenizer_is_one_clear_error(tmp_path, capsys):
     assert "none.safetensors does not exist" in capsys.readouterr().err
 
 
+def test_eval_at_another_size_than_an_image_gpts_is_one_line_naming_the_option(tmp_path, capsys):
+    """It used to print "objects appear at 2x the scale it learned, so its scores can fall far", then fail at the
+    first batch: "Image GPT takes Tensor[B, 1, 4, 4] images, got (128, 1, 8, 8)"."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = tiny_image_gpt()
+    path = tmp_path / "igpt.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
+                     "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    assert main(["eval", "image_gpt_small", "--checkpoint", str(path), "--img-size", "8"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"image_gpt_small from {path} models 4 px images (a sequence of 16 tokens) and reads no other size: " \
+           "drop --img-size 8" in error
+    assert main(["eval", "image_gpt_small", "--checkpoint", str(path), "--img-size", "4", "--json"]) == 0
+
+
 def test_image_gpt_refuses_a_tokenizer_it_would_ignore(tmp_path, capsys):
     run = tmp_path / "igpt"
     assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "1",

@@ -269,7 +269,10 @@ class AutoregressiveTask(Task):
                              "pixels with its own colour palette and would ignore it")
         if checkpoint is not None:
             model = create_model(model_name, checkpoint=checkpoint, **model_args)
-            splits = splits_at(img_size or model.img_size)
+            if img_size is not None and img_size != model.img_size:  # else its first batch fails, naming no option
+                raise ValueError(f"{model_name} from {checkpoint} models {model.img_size} px images (a sequence of "
+                                 f"{model.gpt.seq_len} tokens) and reads no other size: drop --img-size {img_size}")
+            splits = splits_at(model.img_size)
             if model.gpt.num_classes:
                 _check_labelled(splits.first(), data, model_name)
         else:
