@@ -190,3 +190,21 @@ def test_torchrun_is_refused_before_the_run_starts(tmp_path, monkeypatch, model_
     with pytest.raises(ValueError, match=r"task does not run under torchrun \(.*DDP's wrapper\); train it in one process"):
         run_training(model_name, "digits", config, 16, model_args)
     assert not out.exists()
+
+
+def test_a_checkpoint_loaded_for_other_data_or_another_size_is_refused_naming_both(tmp_path):
+    """It used to fail as "does not fit model dcgan: 12 missing keys ...; 12 shape mismatches ..." (--img-size 32
+    for a 16 px model) or as 3 shape mismatches (Shapes' 3 channels for a Digits model)."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = DCGAN(img_size=16, **TINY)
+    path = tmp_path / "dcgan.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "dcgan", "args": {"in_chans": 1, "img_size": 16, **TINY}},
+                     "run": {"data": "digits", "img_size": 16, "in_chans": 1}})
+    with pytest.raises(ValueError, match=f"dcgan from {path} was trained with img_size 16, the digits images here have "
+                                         "32: give the data and --img-size it was trained on"):
+        load_for_inference("dcgan", path, img_size=32)
+    with pytest.raises(ValueError, match="trained with in_chans 1, the shapes images here have 3"):
+        load_for_inference("dcgan", path, data="shapes")
+    assert load_for_inference("dcgan", path).model.img_size == 16

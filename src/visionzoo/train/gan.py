@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.train.task import Setup, Task, check_trained_images, register_task
 
 OPTIMIZERS = ("discriminator", "generator")
 EVAL_SAMPLES = 500
@@ -162,6 +162,7 @@ class GANTask(Task):
         image, _ = splits.first()[0]
         in_chans, size = int(image.shape[0]), int(image.shape[-1])
         model_args = dict(model_args)
+        check_trained_images(model_name, checkpoint, data, in_chans=in_chans, img_size=size)
         for name, value in (("in_chans", in_chans), ("img_size", size)):
             if model_args.setdefault(name, value) != value:
                 raise ValueError(f"{model_name} {name}={model_args[name]} does not fit the {data} images' {value}")

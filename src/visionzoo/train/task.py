@@ -172,6 +172,21 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
 _TASKS: dict[str, Callable[..., Task]] = {}
 
 
+def check_trained_images(model_name: str, checkpoint: str | Path | None, data: str, **values: int) -> None:
+    """Raise a ValueError naming both unless the model arguments recorded in our ``checkpoint`` (None, or a foreign
+    file: nothing to check) equal ``values`` (``in_chans``, ``img_size``) of ``data``'s images; built for those
+    instead, the model would fail to load as a list of missing and misshapen weights."""
+    if checkpoint is None:
+        return
+    from visionzoo.checkpoint import read_metadata
+
+    trained = ((read_metadata(checkpoint) or {}).get("model") or {}).get("args") or {}
+    for name, value in values.items():
+        if trained.get(name, value) != value:
+            raise ValueError(f"{model_name} from {checkpoint} was trained with {name} {trained[name]}, the {data} "
+                             f"images here have {value}: give the data and --img-size it was trained on")
+
+
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     """Class decorator: make ``get_task(name)`` build this task."""
 
