@@ -111,3 +111,18 @@ def test_a_short_run_on_digits_improves_the_reconstruction_and_uses_codes(tmp_pa
     assert "dB through" in capsys.readouterr().out
     record = json.loads((tmp_path / "pred" / "predictions.json").read_text())[0]
     assert record["psnr"] > 10 and len(record["indices"]) == 8 and (tmp_path / "pred" / "digit.png").is_file()
+
+
+def test_a_checkpoint_evaluated_on_data_of_other_channels_is_refused_naming_both(tmp_path):
+    """Built for Shapes' 3 channels instead, it used to fail as "does not fit model vqvae_small: 3 shape mismatches"."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.train.run import load_for_inference
+
+    model = create_model("vqvae_small", in_chans=1, **TINY)
+    path = tmp_path / "vqvae.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "vqvae_small", "args": {"in_chans": 1, **TINY}},
+                     "run": {"data": "digits", "img_size": 16, "in_chans": 1}})
+    with pytest.raises(ValueError, match="vqvae_small from .* was trained with in_chans 1, the shapes images here have 3"):
+        load_for_inference("vqvae_small", path, data="shapes")
+    assert load_for_inference("vqvae_small", path).model.in_chans == 1

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.train.task import Setup, Task, check_trained_images, register_task
 
 log = logging.getLogger(__name__)
 # Below this perplexity nearly every token takes one code: the decoder can only draw the mean image.
@@ -103,6 +103,7 @@ class ReconstructionTask(Task):
         img_size = img_size or get_model_entry(model_name).default_cfg["input_size"][-1]
         splits = open_splits(data, image_size=img_size)
         image, _ = splits.first()[0]
+        check_trained_images(model_name, checkpoint, data, in_chans=int(image.shape[0]))
         model_args = dict(model_args)
         model_args.setdefault("in_chans", int(image.shape[0]))
         model = create_model(model_name, checkpoint=checkpoint, **model_args)
