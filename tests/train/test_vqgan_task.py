@@ -248,6 +248,17 @@ def test_a_coco_folder_without_a_perceptual_network_is_refused_naming_the_option
     assert "val psnr" in capsys.readouterr().out
 
 
+def test_a_missing_perceptual_checkpoint_is_refused_before_the_run(tmp_path, capsys):
+    """It used to be read at the first step: "training vqgan for 1 steps ...", then "checkpoint ... does not exist"."""
+    missing = tmp_path / "vgg16.pth"
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "--perceptual-checkpoint", str(missing), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: --perceptual-checkpoint {missing} is not a file "
+                                       "(torchvision vgg16 weights)\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_vit_vqgan_and_vqgan_f8_take_the_papers_lighter_loss_weights_unless_told_otherwise():
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)

@@ -232,6 +232,11 @@ class VQGANTask(ReconstructionTask):
             raise ValueError(f"{model_name}'s perceptual loss is by default the classifier trained on "
                              f"{', '.join(DOMAIN_DATA)}, which {data} is not: give --perceptual-checkpoint "
                              "(torchvision vgg16 weights) or --perceptual-weight 0")
+        perceptual_file = chosen.get("perceptual_checkpoint")
+        if (checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0 and perceptual_file is not None
+                and not Path(perceptual_file).is_file()):
+            # else it is read at the first training step, after the run has started
+            raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file (torchvision vgg16 weights)")
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
         meta = setup.run_meta
         build = functools.partial(build_perceptual_loss, chosen.get("perceptual_checkpoint"), data,
