@@ -194,6 +194,16 @@ def test_eval_at_another_size_than_an_image_gpts_is_one_line_naming_the_option(t
     assert main(["eval", "image_gpt_small", "--checkpoint", str(path), "--img-size", "4", "--json"]) == 0
 
 
+def test_a_model_arg_img_size_that_does_not_fit_the_images_is_refused_before_the_run(tmp_path, capsys):
+    """It used to fail at the first step: "Image GPT takes Tensor[B, 1, 16, 16] images, got (4, 1, 8, 8)"."""
+    argv = ["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "1", "--no-progress",
+            "--out", str(tmp_path / "run"), "--model-arg", "embed_dim=16", "--model-arg", "depth=1"]
+    assert main([*argv, "--model-arg", "img_size=16"]) == 2
+    assert capsys.readouterr().err == ("visionzoo train: error: --model-arg img_size=16 does not fit the digits images' "
+                                       "8: give --img-size 16 instead\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_image_gpt_refuses_a_tokenizer_it_would_ignore(tmp_path, capsys):
     run = tmp_path / "igpt"
     assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "1",

@@ -284,7 +284,10 @@ class AutoregressiveTask(Task):
                 img_size = img_size or entry.default_cfg["input_size"][-1]
             splits = splits_at(img_size)
             image = splits["train"][0][0]
-            model_args.setdefault("img_size", int(image.shape[-1]))
+            side = int(image.shape[-1])
+            if model_args.setdefault("img_size", side) != side:  # else the first batch fails, naming no option
+                raise ValueError(f"--model-arg img_size={model_args['img_size']} does not fit the {data} images' {side}: "
+                                 f"give --img-size {model_args['img_size']} instead")
             if not code_prior:
                 model_args.setdefault("in_chans", int(image.shape[0]))
             conditional = options.get("class_conditional")
