@@ -126,3 +126,14 @@ def test_a_checkpoint_evaluated_on_data_of_other_channels_is_refused_naming_both
     with pytest.raises(ValueError, match="vqvae_small from .* was trained with in_chans 1, the shapes images here have 3"):
         load_for_inference("vqvae_small", path, data="shapes")
     assert load_for_inference("vqvae_small", path).model.in_chans == 1
+
+
+def test_an_img_size_the_tokenizer_cannot_cut_into_codes_is_refused_before_the_run(tmp_path, capsys):
+    """It used to start the run ("training vqvae_small for 1 steps ...") and fail at the first step."""
+    run = tmp_path / "run"
+    argv = ["train", "vqvae_small", "--data", "digits", "--img-size", "18", "--max-steps", "1", "--no-progress",
+            "--out", str(run), *[a for k, v in TINY.items() for a in ("--model-arg", f"{k}={v}")]]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ("visionzoo train: error: vqvae_small takes no 18 px images (image sides must be "
+                                       "multiples of 4 (2**downsample), got (18, 18)): give another --img-size\n")
+    assert not run.exists()

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.train.task import Setup, Task, check_trained_images, register_task
+from visionzoo.utils import eval_mode
 
 log = logging.getLogger(__name__)
 # Below this perplexity nearly every token takes one code: the decoder can only draw the mean image.
@@ -107,5 +108,11 @@ class ReconstructionTask(Task):
         model_args = dict(model_args)
         model_args.setdefault("in_chans", int(image.shape[0]))
         model = create_model(model_name, checkpoint=checkpoint, **model_args)
+        try:  # a side the model cannot cut into codes would fail at the first step, after the run has started
+            with torch.no_grad(), eval_mode(model):  # eval: no codebook update
+                model(image[None])
+        except ValueError as error:
+            raise ValueError(f"{model_name} takes no {image.shape[-1]} px images ({error}): give another --img-size") \
+                from None
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         return Setup(cls(), model, splits, run_meta)
