@@ -259,20 +259,34 @@ def test_a_missing_perceptual_checkpoint_is_refused_before_the_run(tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
+def test_images_too_small_for_the_discriminator_are_refused_before_the_run(tmp_path, capsys):
+    """8 px images (a 2-layer PatchGAN needs 12) used to train until --disc-start, then fail there."""
+    run = tmp_path / "run"
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "8", "--max-steps", "3", "--disc-start", "2",
+            "--perceptual-weight", "0", "--no-progress", "--out", str(run),
+            *[a for k, v in TINY.items() if k != "ch_mult" for a in ("--model-arg", f"{k}={v}")]]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "visionzoo train: error: --img-size 8 is too small for vqgan's discriminator (PatchGAN with 2 layers takes "
+        "Tensor[B, 1, H, W] with sides >= 12, got (1, 1, 8, 8)): give a larger --img-size or fewer --model-arg "
+        "disc_layers\n")
+    assert not run.exists()
+
+
 def test_vit_vqgan_and_vqgan_f8_take_the_papers_lighter_loss_weights_unless_told_otherwise():
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)
     setup = VQGANTask.setup("vit_vqgan", "digits", 16, {"embed_dim": 16, "depth": 1, "num_codes": 16, "disc_width": 8},
                             options={"perceptual_weight": 0.5, "disc_weight": None})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.5, 0.1)
-    setup = VQGANTask.setup("vqgan_f8", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
+    setup = VQGANTask.setup("vqgan_f8", "digits", 32, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (0.1, 0.1)
     setup = VQGANTask.setup("vqgan", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert (setup.task.perceptual_weight, setup.task.disc_weight) == (1.0, 0.8)
 
 
 def test_vqgan_f8_trains_at_its_registered_learning_rate_unless_told_otherwise():
-    setup = build_setup("vqgan_f8", "digits", 16, {"ch": 8, "num_codes": 16, "disc_width": 8})
+    setup = build_setup("vqgan_f8", "digits", 32, {"ch": 8, "num_codes": 16, "disc_width": 8})
     assert resolve_config(TrainConfig(), setup.task).lr == 2e-3
     assert resolve_config(TrainConfig(lr=1e-4), setup.task).lr == 1e-4
     assert resolve_config(TrainConfig(), setup.task).batch_size == VQGANTask.defaults["batch_size"]
@@ -317,4 +331,4 @@ def test_the_autoencoder_update_equals_backpropagating_the_full_loss():
 def test_a_tokenizer_trains_at_its_registered_size_unless_told(model_name, data, size):
     setup = build_setup(model_name, data)
     assert setup.run_meta["img_size"] == size and setup.splits["train"][0][0].shape[-1] == size
-    assert build_setup(model_name, data, 16).run_meta["img_size"] == 16
+    assert build_setup(model_name, data, 48).run_meta["img_size"] == 48

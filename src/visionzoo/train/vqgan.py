@@ -239,6 +239,13 @@ class VQGANTask(ReconstructionTask):
             raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file (torchvision vgg16 weights)")
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
         meta = setup.run_meta
+        if checkpoint is None:
+            try:  # else the run fails when the discriminator starts, which may be far into it
+                with torch.no_grad():
+                    setup.model.discriminator(torch.zeros(1, meta["in_chans"], meta["img_size"], meta["img_size"]))
+            except ValueError as error:
+                raise ValueError(f"--img-size {meta['img_size']} is too small for {model_name}'s discriminator ({error}): "
+                                 "give a larger --img-size or fewer --model-arg disc_layers") from None
         build = functools.partial(build_perceptual_loss, chosen.get("perceptual_checkpoint"), data,
                                   meta["img_size"], meta["in_chans"])
         setup.task = cls(disc_start=chosen.get("disc_start", DISC_START),
