@@ -185,6 +185,21 @@ def test_missing_file_and_directory(tmp_path):
         read_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("document", ['{"run": {"data": "digits"}}', '{"model": {}, "step": 3}', "[1, 2]"])
+def test_a_runs_json_record_given_as_checkpoint_is_named_json_with_the_weights_beside_it(tmp_path, document):
+    """It said 'truncated or corrupt: Unsupported operand 123' (torch.load reading '{' as a pickle opcode), or,
+    where the JSON's ninth byte is '{', failed as a damaged safetensors file."""
+    save_file(state(), str(tmp_path / "checkpoint.safetensors"))
+    (tmp_path / "checkpoint.json").write_text(document)
+    for read in (read_metadata, read_checkpoint):
+        with pytest.raises(CheckpointError, match=f"is a JSON document, not a weights file; the run's weights are "
+                                                  f"{tmp_path / 'checkpoint.safetensors'}"):
+            read(tmp_path / "checkpoint.json")
+    (tmp_path / "checkpoint.json").write_bytes(b"\x80\x02 cut short")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(tmp_path / "checkpoint.json")
+
+
 def test_a_run_folder_given_as_checkpoint_is_named_a_folder_with_the_file_inside(tmp_path):
     """read_metadata (what eval/predict/sample call first) said such a folder 'does not exist'."""
     save_file(state(), str(tmp_path / "checkpoint.safetensors"))

@@ -152,9 +152,9 @@ def read_checkpoint(
                 f"checkpoint {path} is refused for safety: it holds a Python object of type {unsafe}, "
                 "which only arbitrary unpickling could load; save the model's state_dict (or a .safetensors) instead"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+        raise _unreadable(path, error) from None
     except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+        raise _unreadable(path, error) from None
     return _unwrap_state_dict(obj, path, use_ema), None
 
 
@@ -208,7 +208,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+        raise _unreadable(path, error) from None
     meta = _parse_metadata(metadata, path)
     return (tensors if meta is not None else clean_state_dict(tensors)), meta
 
@@ -228,7 +228,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}") from None
+        raise _unreadable(path, error) from None
     return _parse_metadata(metadata, path)
 
 
@@ -242,6 +242,21 @@ def _parse_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, Any] |
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: expected a JSON object")
     return meta
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    """The error for a file that neither safetensors nor torch.load could read: a JSON document (a run's
+    checkpoint.json or summary.json given by mistake) is named as such, else the file is truncated or corrupt."""
+    if path.stat().st_size <= 10**7:
+        try:
+            json.loads(path.read_bytes())
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            pass
+        else:
+            weights = path.parent / "checkpoint.safetensors"
+            hint = f"; the run's weights are {weights}" if weights.is_file() and weights != path else ""
+            return CheckpointError(f"checkpoint {path} is a JSON document, not a weights file{hint}")
+    return CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}")
 
 
 def _is_safetensors(path: Path) -> bool:
