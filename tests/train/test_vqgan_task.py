@@ -115,6 +115,25 @@ def test_a_share_of_the_run_starts_the_discriminator_at_that_point_of_the_plan_a
     assert not other.disc_active()
 
 
+def test_a_run_that_ends_before_disc_start_warns_once_that_the_discriminator_will_not_train(caplog):
+    """`train vqgan --max-steps 200` (default --disc-start 250) trained without its GAN, silently."""
+    task = VQGANTask(disc_start=250)
+    task.step = 0
+    assert not task.disc_active()  # no plan yet: nothing to say
+    task.total_steps = 200
+    for step in range(3):
+        task.step = step
+        assert not task.disc_active()
+    warnings = [r.getMessage() for r in caplog.records if "--disc-start" in r.getMessage()]
+    assert warnings == ["--disc-start 250 lies beyond this run's 200 planned steps: the discriminator will not train "
+                        "nor the GAN loss count; give a smaller --disc-start, or a share of the run such as 40%"]
+    caplog.clear()
+    for quiet in (VQGANTask(disc_start=250, disc_weight=0.0), VQGANTask(disc_start=100), VQGANTask(disc_start=0.4)):
+        quiet.step, quiet.total_steps = 0, 200
+        quiet.disc_active()
+    assert not caplog.records
+
+
 def test_a_short_run_switches_the_discriminator_on_at_disc_start(tmp_path, untrained_domain_features):
     out = tmp_path / "run"
     options = {"disc_start": 3, "disc_weight": 0.8, "perceptual_weight": 1.0, "perceptual_checkpoint": None}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +44,8 @@ from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hin
 from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
 from visionzoo.train.reconstruction import ReconstructionTask
 from visionzoo.train.task import Setup, register_task, weight_decay_groups
+
+log = logging.getLogger(__name__)
 
 DISC_START = 250
 DISC_WEIGHT = 0.8
@@ -100,6 +103,7 @@ class VQGANTask(ReconstructionTask):
                              f"--perceptual-weight {perceptual_weight}")
         self.disc_start = parse_disc_start(disc_start)
         self._disc_on_from: int | None = None
+        self._warned_late_start = False
         self.disc_weight = disc_weight
         self.perceptual_weight = perceptual_weight
         self._perceptual = perceptual if perceptual_weight > 0 else None
@@ -126,6 +130,12 @@ class VQGANTask(ReconstructionTask):
         once on, though the planned length of a timed run may be re-estimated afterwards; while the length
         is not planned yet (``total_steps`` None: the engine timing its first steps) it is off."""
         if isinstance(self.disc_start, int):
+            if (not self._warned_late_start and self.total_steps is not None and self.total_steps <= self.disc_start
+                    and self.disc_weight > 0):
+                self._warned_late_start = True
+                log.warning(f"--disc-start {self.disc_start} lies beyond this run's {self.total_steps} planned steps: "
+                            "the discriminator will not train nor the GAN loss count; give a smaller --disc-start, "
+                            "or a share of the run such as 40%")
             return self.step >= self.disc_start
         if self._disc_on_from is None or self.step < self._disc_on_from:
             if self.total_steps is None or self.step < self.disc_start * self.total_steps:
