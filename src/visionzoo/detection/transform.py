@@ -131,6 +131,11 @@ class DetectionTransform(nn.Module):
         for index, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != len(self.image_mean):
                 raise ValueError(f"image {index} must be Tensor[{len(self.image_mean)}, H, W], got {tuple(image.shape)}")
+            height, width = image.shape[-2:]
+            if self.min_size and int(min(height, width) * (self.max_size / max(height, width))) < 1:
+                # else interpolate's "Input and output sizes should be greater than 0", naming no image
+                raise ValueError(f"image {index} of {height}×{width} px is too thin to detect in: with its long side "
+                                 f"at max_size {self.max_size} its short side would be under 1 px")
             target = None if targets is None else dict(targets[index])
             image = self.normalize(image)
             image, target = self.resize(image, target)
