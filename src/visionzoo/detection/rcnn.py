@@ -39,7 +39,7 @@ from visionzoo.detection.proposals import SELECTIVE_SEARCH_VERSION, selective_se
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs, resize_boxes
 from visionzoo.models._registry import register_model
-from visionzoo.ops import clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
+from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
@@ -56,7 +56,8 @@ def dilate_boxes(boxes: Tensor, warp_size: int, padding: int) -> Tensor:
 
 class RegionWarp(nn.Module):
     """R-CNN's "pooler": ``forward({"image": Tensor[B, 3, H, W]}, proposals, image_sizes)`` → the regions,
-    context-padded and warped, Tensor[R, 3, warp_size, warp_size] (R = all proposals, image by image)."""
+    context-padded and warped, Tensor[R, 3, warp_size, warp_size] (R = all proposals, image by image).
+    ``proposals``: per image Tensor[P_i, 4] xyxy, or all of them as Tensor[R, 5] (image index, x1, y1, x2, y2)."""
 
     def __init__(self, warp_size: int, context_padding: int):
         super().__init__()
@@ -65,27 +66,41 @@ class RegionWarp(nn.Module):
         self.warp_size = warp_size
         self.context_padding = context_padding
 
-    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-                ) -> Tensor:
-        boxes = [dilate_boxes(p, self.warp_size, self.context_padding) for p in proposals]
-        return roi_align(features["image"], boxes, self.warp_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor] | Tensor,
+                image_sizes: list[tuple[int, int]]) -> Tensor:
+        rois = boxes_to_rois(proposals) if isinstance(proposals, list) else proposals
+        rois = torch.cat((rois[:, :1], dilate_boxes(rois[:, 1:], self.warp_size, self.context_padding)), dim=1)
+        return roi_align(features["image"], rois, self.warp_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 class RegionCNN(nn.Module):
     """R-CNN's "box head": a classification CNN (built with ``num_classes=0``) over warped regions
-    Tensor[R, 3, S, S] → its pooled features Tensor[R, cnn.num_features]; in eval ``chunk`` regions at a time."""
+    Tensor[R, 3, S, S] → its pooled features Tensor[R, cnn.num_features]."""
 
-    def __init__(self, cnn: nn.Module, chunk: int = 256):
+    def __init__(self, cnn: nn.Module):
         super().__init__()
         self.cnn = cnn
-        self.chunk = chunk
 
     def forward(self, regions: Tensor) -> Tensor:
         if torch.is_autocast_enabled(regions.device.type):
             regions = regions.contiguous(memory_format=torch.channels_last)
-        if self.training or regions.shape[0] <= self.chunk:
-            return self.cnn(regions)
-        return torch.cat([self.cnn(part) for part in regions.split(self.chunk)])
+        return self.cnn(regions)
+
+
+class RegionHeads(RoIHeads):
+    """R-CNN's RoI heads: at inference the regions are warped and run through the CNN ``chunk`` at a time, so that
+    ``chunk`` warped regions are held rather than all of them (2,000 an image at 224 px are 1.2 GB)."""
+
+    def __init__(self, *args: Any, chunk: int = 256, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chunk = chunk
+
+    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+                     ) -> Tensor:
+        if self.training:
+            return super().box_features(features, proposals, image_sizes)
+        rois = boxes_to_rois(proposals)
+        return torch.cat([self.box_head(self.box_roi_pool(features, part, image_sizes)) for part in rois.split(self.chunk)])
 
 
 class RoIPooler(nn.Module):
@@ -204,7 +219,7 @@ class RCNN(ProposalDetector):
             training regions (IoU ≥ fg positive, [background_iou_low, fg) background).
         box_score_thresh, box_nms_thresh, box_detections_per_img: the detection filter (the paper's NMS
             threshold is 0.3).
-        chunk: regions per CNN pass at inference.
+        chunk: regions warped and run through the CNN at a time at inference (bounds its memory).
     """
 
     def __init__(self, cnn: nn.Module, num_classes: int, warp_size: int = 224, context_padding: int | None = None,
@@ -220,10 +235,10 @@ class RCNN(ProposalDetector):
         if context_padding is None:
             context_padding = round(16 * warp_size / 227)
         self.transform = DetectionTransform(None, 1333, image_mean, image_std)
-        self.roi_heads = RoIHeads(
-            RegionWarp(warp_size, context_padding), RegionCNN(cnn, chunk), FastRCNNPredictor(cnn.num_features, num_classes),
+        self.roi_heads = RegionHeads(
+            RegionWarp(warp_size, context_padding), RegionCNN(cnn), FastRCNNPredictor(cnn.num_features, num_classes),
             fg_iou_thresh, fg_iou_thresh, batch_size_per_image, positive_fraction, bbox_reg_weights, box_score_thresh,
-            box_nms_thresh, box_detections_per_img, background_iou_low,
+            box_nms_thresh, box_detections_per_img, background_iou_low, chunk=chunk,
         )
 
     def features(self, images: Tensor) -> dict[str, Tensor]:

@@ -96,13 +96,17 @@ class RoIHeads(nn.Module):
             if targets is None:
                 raise ValueError("the RoI heads need targets in training")
             proposals, labels, regression = self.select_training_samples(proposals, targets)
-        pooled = self.box_roi_pool(features, proposals, image_sizes)
-        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        class_logits, box_deltas = self.box_predictor(self.box_features(features, proposals, image_sizes))
         if self.training:
             loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
                                                            torch.cat(regression))
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         return self.postprocess(class_logits.float(), box_deltas.float(), proposals, image_sizes), {}
+
+    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+                     ) -> Tensor:
+        """The box head over every proposal's pooled features: Tensor[R, D], R = all proposals, image by image."""
+        return self.box_head(self.box_roi_pool(features, proposals, image_sizes))
 
     def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
                                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
