@@ -383,3 +383,36 @@ def test_training_leaves_crowd_regions_out_of_the_targets():
     task.training_step(Recorder(), task.collate([(torch.zeros(3, 32, 32), sample)]), "adamw")
     assert set(seen[0]) == {"boxes", "labels"}
     assert seen[0]["boxes"].tolist() == boxes[[0, 2]].tolist() and seen[0]["labels"].tolist() == [1, 2]
+
+
+def test_eval_and_resume_of_a_run_on_a_coco_folder_keep_its_images_at_their_own_sizes(tmp_path):
+    # before: the run recorded the first training image's width (160) as its img_size, and eval and --resume
+    # rebuilt the folder at that size, squashing every image to 160×160 (boxes with it), unlike the training
+    from visionzoo.train.run import checkpoint_metadata, load_for_inference
+
+    folder = tmp_path / "coco"
+    (folder / "annotations").mkdir(parents=True)
+    sizes = [(96, 160), (128, 80)]
+    for split in ("train", "val"):
+        (folder / split).mkdir()
+        images = [{"id": i, "file_name": f"{i}.png", "height": h, "width": w} for i, (h, w) in enumerate(sizes, 1)]
+        for image in images:
+            Image.new("RGB", (image["width"], image["height"]), (40, 40, 40)).save(folder / split / image["file_name"])
+        annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [20, 10, 50, 40], "area": 2000, "iscrowd": 0}
+                       for i in (1, 2)]
+        content = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}
+        (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    assert checkpoint_metadata(checkpoint)["run"]["img_size"] is None
+    val = load_for_inference("fasterrcnn_shapes", checkpoint).splits["val"]
+    assert [tuple(val[i][0].shape[-2:]) for i in range(2)] == sizes
+    assert val[0][1]["boxes"].tolist() == [[20.0, 10.0, 70.0, 50.0]]
+    config.resume, config.max_steps = True, 2
+    setup, result = run_training("fasterrcnn_shapes", str(folder), config)
+    assert result.steps == 2 and [tuple(setup.splits["train"][i][0].shape[-2:]) for i in range(2)] == sizes
+    resized = build_setup("fasterrcnn_shapes", str(folder), img_size=64)  # --img-size still resizes them
+    assert resized.run_meta["img_size"] == 64 and tuple(resized.splits["val"][0][0].shape[-2:]) == (64, 64)
+    assert build_setup("fasterrcnn_shapes", "shapes").run_meta["img_size"] == 128

@@ -267,7 +267,9 @@ class DetectionTask(Task):
         if options.get("scale_jitter"):
             apply_scale_jitter(model, options["scale_jitter"])
         image, _ = reference[0]
-        run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
+        # the side the data set resizes to (Shapes' 128, --img-size), None for a folder read at its own sizes: its
+        # first image's width would have eval and --resume squash every image to that square
+        run_meta = {"data": data, "img_size": getattr(reference, "image_size", None), "in_chans": int(image.shape[0])}
         if getattr(model, "uses_external_proposals", False) and model.cache_proposals:
             splits = Splits({name: with_cached_proposals(split, model) for name, split in splits.items()}, splits.missing)
         return Setup(cls(classes), model, splits, run_meta)
