@@ -65,8 +65,9 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
 
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
     """Raise ValueError naming the image and the box for a bad training target: targets not a list of dicts,
-    missing keys, boxes not Tensor[N, 4], a non-finite or degenerate box (x2 ≤ x1 or y2 ≤ y1), labels that
-    are not integers, or a label outside 1..num_classes-1."""
+    missing keys, boxes not Tensor[N, 4], a non-finite or degenerate box (x2 ≤ x1 or y2 ≤ y1) or one with no area
+    inside its image (a box partly outside is fine), labels that are not integers, or a label outside
+    1..num_classes-1."""
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise ValueError(f"targets must be a list of dicts (boxes, labels), one per image, got {type(targets).__name__}")
     if len(images) != len(targets):
@@ -97,6 +98,14 @@ def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]]
             box = bad[0].item()
             raise ValueError(f"image {index}, box {box}: degenerate box {boxes[box].tolist()} "
                              "(needs x2 > x1 and y2 > y1, xyxy in pixels)")
+        height, width = images[index].shape[-2:]
+        bad = torch.where((boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0))[0]
+        if bad.numel():
+            # no anchor overlaps it, so the RPN's rule "each box's best anchors are positive" made every anchor
+            # of the image a positive (torchvision does the same)
+            box = bad[0].item()
+            raise ValueError(f"image {index}, box {box}: box {boxes[box].tolist()} has no area inside the "
+                             f"{width}×{height} image (xyxy in its pixels); drop it or correct it")
         if num_classes is not None and labels.numel():
             wrong = torch.where((labels < 1) | (labels >= num_classes))[0]
             if wrong.numel():
