@@ -93,6 +93,8 @@ class RegionHeads(RoIHeads):
 
     def __init__(self, *args: Any, chunk: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk (regions per CNN pass at inference) must be a positive integer, got {chunk!r}")
         self.chunk = chunk
 
     def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
