@@ -236,3 +236,23 @@ def test_a_target_box_with_no_area_inside_its_image_is_refused_and_one_partly_ou
     partly = {"boxes": torch.tensor([[-10.0, 30.0, 20.0, 90.0]]), "labels": torch.tensor([3])}
     losses = model(image, [partly])
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_rpn_box_reg"] < 1
+
+
+
+def test_a_short_image_alone_is_pooled_at_the_maps_strides(torchvision_checkpoint):
+    # before: the RoI pooler inferred each map's stride from the largest image (34 px high once resized) rather
+    # than the padded batch (64 px), so P2 (16 rows) passed for stride 2 and every level for half its stride,
+    # as in torchvision's first call (which then keeps those scales); its scales set by a taller image first,
+    # torchvision gives the detections below
+    _, path = torchvision_checkpoint
+    ours = create_model("fasterrcnn_resnet50_fpn", checkpoint=path, **SMALL).eval()
+    short = random_image(40, 300, 5)
+    reference, fresh = (torchvision_fasterrcnn(weights=None, weights_backbone=None, **SMALL).eval() for _ in range(2))
+    for model in (reference, fresh):
+        model.load_state_dict(torch.load(path))
+    with torch.inference_mode():
+        reference([random_image(200, 260, 1)])  # its pooler's scales: 1/4 .. 1/32
+        expected, got, misled = reference([short])[0], ours([short])[0], fresh([short])[0]
+    assert fresh.roi_heads.box_roi_pool.scales == [0.5, 0.25, 0.125, 0.0625]
+    assert len(got["boxes"]) == len(expected["boxes"]) >= 50
+    assert _matched(got, expected) and _matched(expected, got) and not _matched(misled, expected)

@@ -374,3 +374,16 @@ def test_at_inference_r_cnn_warps_no_more_than_chunk_regions_at_a_time():
     for chunk in (0, 2.5):  # before: torch's "split_size can only be 0 if dimension size is 0" at the first image
         with pytest.raises(ValueError, match=f"chunk .* must be a positive integer, got {chunk}"):
             create_model("rcnn_shapes", chunk=chunk)
+
+
+def test_fast_rcnn_pools_a_short_image_at_its_maps_stride():
+    # before: a 40×256 image, padded to 64 rows, had its stride-16 map (4 rows) pooled at 1/8
+    torch.manual_seed(0)
+    model = create_model("fastrcnn_shapes").eval()
+    seen = {}
+    model.roi_heads.box_roi_pool.register_forward_hook(lambda module, args, out: seen.update(args=args, out=out))
+    with torch.no_grad():
+        model([torch.rand(3, 40, 256, generator=torch.Generator().manual_seed(1))], proposals=[torch.tensor([[10.0, 5.0, 60.0, 35.0], [100.0, 0.0, 200.0, 40.0]])])
+    features, boxes, _ = seen["args"]
+    expected = torchvision.ops.roi_pool(features["0"], boxes, 7, 1 / 16)
+    torch.testing.assert_close(seen["out"], expected)

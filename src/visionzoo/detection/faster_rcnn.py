@@ -124,7 +124,8 @@ class FasterRCNN(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         proposals, rpn_losses = self.rpn(batch, features, targets)
-        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets,
+                                                 tuple(images.shape[-2:]))
         if self.training:
             return {**head_losses, **rpn_losses}
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)

@@ -97,12 +97,12 @@ class RegionHeads(RoIHeads):
             raise ValueError(f"chunk (regions per CNN pass at inference) must be a positive integer, got {chunk!r}")
         self.chunk = chunk
 
-    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], pool_sizes: list[tuple[int, int]]
                      ) -> Tensor:
         if self.training:
-            return super().box_features(features, proposals, image_sizes)
+            return super().box_features(features, proposals, pool_sizes)
         rois = boxes_to_rois(proposals)
-        return torch.cat([self.box_head(self.box_roi_pool(features, part, image_sizes)) for part in rois.split(self.chunk)])
+        return torch.cat([self.box_head(self.box_roi_pool(features, part, pool_sizes)) for part in rois.split(self.chunk)])
 
 
 class RoIPooler(nn.Module):
@@ -202,7 +202,8 @@ class ProposalDetector(nn.Module):
             boxes = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)
             boxes = boxes[remove_small_boxes(boxes, min_size=1.0)]
             regions.append(resize_boxes(boxes, original, size))
-        detections, losses = self.roi_heads(self.features(batch.tensors), regions, batch.image_sizes, targets)
+        detections, losses = self.roi_heads(self.features(batch.tensors), regions, batch.image_sizes, targets,
+                                            tuple(batch.tensors.shape[-2:]))
         if self.training:
             return losses
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)

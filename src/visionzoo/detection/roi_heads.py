@@ -64,9 +64,10 @@ def fast_rcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, reg
 
 
 class RoIHeads(nn.Module):
-    """``forward(features, proposals, image_sizes, targets=None) -> (detections, losses)``.
+    """``forward(features, proposals, image_sizes, targets=None, batch_size=None) -> (detections, losses)``.
 
-    ``features``: ordered dict of Tensor[B, C, H_l, W_l]; ``proposals``: per image Tensor[P_i, 4] xyxy;
+    ``features``: ordered dict of Tensor[B, C, H_l, W_l] computed from a padded batch of ``batch_size`` (H, W)
+    (default: the largest of ``image_sizes``); ``proposals``: per image Tensor[P_i, 4] xyxy;
     ``detections``: per image ``{"boxes": Tensor[D, 4], "labels": int64 Tensor[D], "scores": Tensor[D]}``
     (empty lists in training); ``losses``: ``{"loss_classifier", "loss_box_reg"}`` in training.
     """
@@ -91,22 +92,27 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
-                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+                targets: list[dict[str, Tensor]] | None = None, batch_size: tuple[int, int] | None = None
+                ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training")
             proposals, labels, regression = self.select_training_samples(proposals, targets)
-        class_logits, box_deltas = self.box_predictor(self.box_features(features, proposals, image_sizes))
+        # the pooler infers each map's stride from the padded batch the maps were computed from: from the largest
+        # image alone (torchvision's rule), a batch padded from 40 to 64 rows made every stride look half its size
+        pool_sizes = image_sizes if batch_size is None else [batch_size]
+        class_logits, box_deltas = self.box_predictor(self.box_features(features, proposals, pool_sizes))
         if self.training:
             loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
                                                            torch.cat(regression))
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         return self.postprocess(class_logits.float(), box_deltas.float(), proposals, image_sizes), {}
 
-    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], pool_sizes: list[tuple[int, int]]
                      ) -> Tensor:
-        """The box head over every proposal's pooled features: Tensor[R, D], R = all proposals, image by image."""
-        return self.box_head(self.box_roi_pool(features, proposals, image_sizes))
+        """The box head over every proposal's pooled features: Tensor[R, D], R = all proposals, image by image;
+        ``pool_sizes`` set the pooler's scales (the largest is taken as the size the maps were computed from)."""
+        return self.box_head(self.box_roi_pool(features, proposals, pool_sizes))
 
     def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
                                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
