@@ -416,3 +416,19 @@ def test_eval_and_resume_of_a_run_on_a_coco_folder_keep_its_images_at_their_own_
     resized = build_setup("fasterrcnn_shapes", str(folder), img_size=64)  # --img-size still resizes them
     assert resized.run_meta["img_size"] == 64 and tuple(resized.splits["val"][0][0].shape[-2:]) == (64, 64)
     assert build_setup("fasterrcnn_shapes", "shapes").run_meta["img_size"] == 128
+
+
+def test_eval_at_another_img_size_does_not_warn_of_a_scale_a_detector_resizes_away(tmp_path, capsys, monkeypatch):
+    # before: "objects appear at 0.75x the scale it learned, so its scores can fall far", though the detector
+    # scales every image to its min_size (128), where the objects of 96 px Shapes are as large as in training
+    from visionzoo.cli import main
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32", eval_every=0)
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    seen = []
+    monkeypatch.setattr(DetectionTask, "evaluate", lambda self, model, data, *rest: seen.append(data[0][0].shape) or {})
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"),
+                 "--split", "val", "--img-size", "96"]) == 0
+    assert seen == [(3, 96, 96)] and "note:" not in capsys.readouterr().err

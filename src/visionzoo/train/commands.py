@@ -179,7 +179,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema)
     trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
-    if args.img_size and trained_size and args.img_size != trained_size:
+    # a detector that scales every image to its min_size sees its objects at the trained scale at any --img-size
+    resizes = bool(getattr(getattr(setup.model, "transform", None), "min_size", None))
+    if args.img_size and trained_size and args.img_size != trained_size and not resizes:
         print(f"note: {args.checkpoint} was trained at {trained_size} px; at --img-size {args.img_size} objects appear "
               f"at {args.img_size / trained_size:.2g}x the scale it learned, so its scores can fall far", file=sys.stderr)
     model = setup.model.eval()
