@@ -256,3 +256,14 @@ def test_a_short_image_alone_is_pooled_at_the_maps_strides(torchvision_checkpoin
     assert fresh.roi_heads.box_roi_pool.scales == [0.5, 0.25, 0.125, 0.0625]
     assert len(got["boxes"]) == len(expected["boxes"]) >= 50
     assert _matched(got, expected) and _matched(expected, got) and not _matched(misled, expected)
+
+
+@pytest.mark.parametrize(("name", "arg", "value"), [
+    ("fasterrcnn_resnet18_fpn", "box_detections_per_img", -1), ("fasterrcnn_resnet18_fpn", "box_detections_per_img", 2.5),
+    ("fasterrcnn_resnet18_fpn", "rpn_post_nms_top_n_test", -1), ("fasterrcnn_resnet18_fpn", "rpn_pre_nms_top_n_train", -5),
+    ("rcnn_shapes", "box_detections_per_img", -1)])
+def test_a_negative_or_fractional_count_of_boxes_to_keep_is_refused_naming_it(name, arg, value):
+    # before: -1 sliced the detections (or the RPN's proposals) as [:-1], keeping all but the last without a word;
+    # 2.5 failed at the first image with "slice indices must be integers", a negative pre-NMS count in topk
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be an integer >= 0, got {value}")):
+        create_model(name, **{arg: value})

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from visionzoo.utils import is_integer
 
 
 class TwoMLPHead(nn.Module):
@@ -78,6 +79,8 @@ class RoIHeads(nn.Module):
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                  background_iou_low: float = 0.0):
         super().__init__()
+        if not is_integer(detections_per_img) or detections_per_img < 0:  # -1 kept all but the last, silently
+            raise ValueError(f"box_detections_per_img must be an integer >= 0, got {detections_per_img!r}")
         if not 0.0 <= background_iou_low <= bg_iou_thresh:
             raise ValueError(f"background_iou_low must be in [0, bg_iou_thresh={bg_iou_thresh}], got {background_iou_low}")
         self.box_roi_pool = box_roi_pool

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from visionzoo.detection.anchors import AnchorGenerator
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from visionzoo.utils import is_integer
 
 
 class RPNHead(nn.Module):
@@ -74,6 +75,12 @@ class RegionProposalNetwork(nn.Module):
                  pre_nms_top_n: dict[str, int] | None = None, post_nms_top_n: dict[str, int] | None = None,
                  nms_thresh: float = 0.7, score_thresh: float = 0.0):
         super().__init__()
+        for kind, counts in (("pre", pre_nms_top_n), ("post", post_nms_top_n)):
+            for mode, count in (counts or {}).items():
+                # a negative count sliced the proposals as [:-1] (one less) or failed in topk, naming no argument
+                if not is_integer(count) or count < 0:
+                    name = f"rpn_{kind}_nms_top_n_{'train' if mode == 'training' else 'test'}"
+                    raise ValueError(f"{name} must be an integer >= 0, got {count!r}")
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
