@@ -452,3 +452,8 @@ def test_predict_gives_an_image_the_same_detections_whatever_other_images_are_gi
                      checkpoint, "--out", str(tmp_path / out)]) == 0
     alone, together = (json.loads((tmp_path / out / "predictions.json").read_text()) for out in ("alone", "together"))
     assert len(together) == 2 and len(alone[0]["scores"]) > 0 and together[0] == alone[0]
+    Image.new("RGB", (300, 2)).save(tmp_path / "strip.png")
+    capsys.readouterr()
+    assert main(["predict", "fasterrcnn_shapes", str(tmp_path / "wide.png"), str(tmp_path / "strip.png"), "--checkpoint",
+                 checkpoint, "--out", str(tmp_path / "strip")]) == 2
+    assert f"{tmp_path / 'strip.png'}: image 0 of 2×300 px is too thin" in capsys.readouterr().err

@@ -270,7 +270,12 @@ def predict_command(args: argparse.Namespace) -> int:
     if detection:
         # one image at a time: a batch pads each image to the largest (its scores then moved with the other files
         # given) and holds all of them at once (~340 MB more per 600×800 photo through a ResNet-18 FPN at 800 px)
-        predictions = [setup.task.predict(setup.model.eval(), [image], autocast)[0] for image in images]
+        predictions = []
+        for path, image in zip(args.images, images):
+            try:
+                predictions.append(setup.task.predict(setup.model.eval(), [image], autocast)[0])
+            except ValueError as error:  # the detector numbers the image in its batch of one: name the file
+                raise ValueError(f"{path}: {error}") from None
     else:
         predictions = setup.task.predict(setup.model.eval(), images, autocast)
     out.mkdir(parents=True, exist_ok=True)
