@@ -58,6 +58,23 @@ def test_the_detector_reloads_from_its_checkpoint(tmp_path):
     assert torch.equal(expected["boxes"], got["boxes"]) and torch.equal(expected["scores"], got["scores"])
 
 
+def test_an_images_detections_do_not_depend_on_the_other_sizes_in_its_batch():
+    """Evaluation batches padded every image to the largest, so a mixed-size COCO folder's mAP moved with
+    --batch-size (and differed from the run's own validation score)."""
+    torch.manual_seed(0)
+    model = create_model("fasterrcnn_shapes", num_classes=7, box_score_thresh=0.0).eval()
+    generator = torch.Generator().manual_seed(1)
+    wide, tall, other_wide = (torch.rand(3, h, w, generator=generator) for h, w in ((96, 128), (128, 96), (96, 128)))
+    task = DetectionTask(classes=[str(k) for k in range(6)])
+    alone = [task.detect(model, [image], contextlib.nullcontext)[0] for image in (wide, tall, other_wide)]
+    together = task.detect(model, [wide, tall, other_wide], contextlib.nullcontext)
+    assert len(alone[0]["scores"]) > 0
+    for one, batched in zip(alone, together):
+        assert one.keys() == batched.keys()
+        for key in one:
+            torch.testing.assert_close(batched[key], one[key], rtol=1e-5, atol=1e-4)
+
+
 def test_unknown_detector_name_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown model 'fasterrcnn_resnet5_fpn'"):
         build_setup("fasterrcnn_resnet5_fpn", "shapes")

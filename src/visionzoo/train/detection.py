@@ -153,13 +153,26 @@ class DetectionTask(Task):
     @torch.no_grad()
     def detect(self, model: nn.Module, images: Sequence[torch.Tensor], autocast: Callable[[], Any],
                proposals: Sequence[torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
-        """Detections per image (on the CPU); ``proposals`` for detectors over external ones (else their own)."""
+        """Detections per image (on the CPU); ``proposals`` for detectors over external ones (else their own).
+
+        Images of different sizes run in separate batches: in one batch each would be padded to the largest (as
+        torchvision's GeneralizedRCNNTransform does), which moves its features near the border and so its scores,
+        and an image's result would depend on the batch it came in (torchvision's reference evaluates one image at
+        a time). Images of one size, as Shapes' are, still run together.
+        """
         device = next(model.parameters()).device
-        extra = {} if proposals is None else {"proposals": proposals}
-        with autocast():
-            detections = model([image.to(device) for image in images], **extra)
-        return [{key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in d.items()}
-                for d in detections]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+        results: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        for indices in groups.values():
+            extra = {} if proposals is None else {"proposals": [proposals[i] for i in indices]}
+            with autocast():
+                detections = model([images[i].to(device) for i in indices], **extra)
+            for index, found in zip(indices, detections):
+                results[index] = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
+                                  for key, value in found.items()}
+        return results
 
     def detect_all(self, model: nn.Module, dataset: Dataset, batch_size: int, autocast: Callable[[], Any]
                    ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
