@@ -75,6 +75,12 @@ def test_an_images_detections_do_not_depend_on_the_other_sizes_in_its_batch():
             torch.testing.assert_close(batched[key], one[key], rtol=1e-5, atol=1e-4)
 
 
+def test_predict_says_nothing_was_found_rather_than_an_empty_line():
+    task = DetectionTask(classes=["circle"])
+    assert task.describe({"labels": [], "scores": []}) == "nothing found"
+    assert task.describe({"labels": ["circle"], "scores": [0.9]}) == "circle 0.900"
+
+
 def test_unknown_detector_name_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown model 'fasterrcnn_resnet5_fpn'"):
         build_setup("fasterrcnn_resnet5_fpn", "shapes")

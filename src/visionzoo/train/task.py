@@ -133,8 +133,8 @@ class Task:
 
     def describe(self, prediction: Mapping[str, Any]) -> str:
         """One line about a prediction for the terminal (default: its three best labels and scores)."""
-        return ", ".join(f"{label} {score:.3f}" for label, score in
-                         list(zip(prediction["labels"], prediction["scores"]))[:3])
+        best = list(zip(prediction["labels"], prediction["scores"]))[:3]
+        return ", ".join(f"{label} {score:.3f}" for label, score in best) if best else "nothing found"
 
     def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None):
         """A ``PIL.Image`` showing ``prediction`` (and the ground truth ``target`` if given) on ``image``."""
