@@ -32,6 +32,14 @@ def require_integers(owner: str, **settings: Any) -> None:
             raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
 
 
+def require_unit_interval(**settings: float) -> None:
+    """Raise ValueError naming the setting when one (a threshold, IoU or fraction) lies outside [0, 1] or is NaN:
+    a percentage such as box_score_thresh=50 would keep no detection, without a word."""
+    for name, value in settings.items():
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(f"{name} must be in [0, 1], got {value!r:.40}")
+
+
 def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
     """``path`` as a Path, refused up front (NotADirectoryError naming ``option``) when a file already holds
     the name of the folder a command is about to write into, or of a folder above it."""

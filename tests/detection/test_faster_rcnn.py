@@ -267,3 +267,17 @@ def test_a_negative_or_fractional_count_of_boxes_to_keep_is_refused_naming_it(na
     # 2.5 failed at the first image with "slice indices must be integers", a negative pre-NMS count in topk
     with pytest.raises(ValueError, match=re.escape(f"{arg} must be an integer >= 0, got {value}")):
         create_model(name, **{arg: value})
+
+
+@pytest.mark.parametrize(("name", "arg", "value", "message"), [
+    ("fasterrcnn_shapes", "box_score_thresh", 50, "box_score_thresh must be in [0, 1], got 50"),
+    ("fasterrcnn_shapes", "box_nms_thresh", float("nan"), "box_nms_thresh must be in [0, 1], got nan"),
+    ("fasterrcnn_shapes", "rpn_nms_thresh", 1.5, "rpn_nms_thresh must be in [0, 1], got 1.5"),
+    ("fasterrcnn_shapes", "rpn_fg_iou_thresh", 0.2, "rpn_bg_iou_thresh 0.3 is above rpn_fg_iou_thresh 0.2"),
+    ("fastrcnn_shapes", "box_score_thresh", -0.1, "box_score_thresh must be in [0, 1], got -0.1"),
+    ("rcnn_shapes", "box_nms_thresh", 30, "box_nms_thresh must be in [0, 1], got 30")])
+def test_a_threshold_outside_zero_one_is_refused_naming_it(name, arg, value, message):
+    # before: box_score_thresh=50 (a percentage) kept no detection and NaN no box, without a word; inverted RPN
+    # IoU thresholds named the Matcher's arguments, not the detector's
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, **{arg: value})

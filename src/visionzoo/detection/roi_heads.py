@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from visionzoo.utils import is_integer
+from visionzoo.utils import is_integer, require_unit_interval
 
 
 class TwoMLPHead(nn.Module):
@@ -81,6 +81,11 @@ class RoIHeads(nn.Module):
         super().__init__()
         if not is_integer(detections_per_img) or detections_per_img < 0:  # -1 kept all but the last, silently
             raise ValueError(f"box_detections_per_img must be an integer >= 0, got {detections_per_img!r}")
+        require_unit_interval(box_score_thresh=score_thresh, box_nms_thresh=nms_thresh, fg_iou_thresh=fg_iou_thresh,
+                              bg_iou_thresh=bg_iou_thresh, box_positive_fraction=positive_fraction)
+        if bg_iou_thresh > fg_iou_thresh:
+            raise ValueError(f"the box head's background IoU threshold {bg_iou_thresh} is above its foreground one "
+                             f"{fg_iou_thresh}")
         if not 0.0 <= background_iou_low <= bg_iou_thresh:
             raise ValueError(f"background_iou_low must be in [0, bg_iou_thresh={bg_iou_thresh}], got {background_iou_low}")
         self.box_roi_pool = box_roi_pool
