@@ -437,3 +437,30 @@ def test_torchrun_ranks_wait_for_rank_0s_evaluation_longer_than_torchs_30_minute
     [(backend, kwargs)] = calls
     assert backend == "gloo"
     assert kwargs.get("timeout", datetime.timedelta(minutes=30)) >= datetime.timedelta(hours=12)
+
+
+def test_an_error_in_a_data_loader_worker_is_raised_as_it_was(tmp_path):
+    """A truncated COCO image read by --workers 2 ended `visionzoo train` with "error: Caught ValueError in
+    DataLoader worker process 0." and the worker's whole traceback in place of the one-line error naming the
+    file that --workers 0 gives."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    message = "image id 5: image /data/b.png cannot be read: image file is truncated"
+
+    class Corrupt(Blobs):
+        def __getitem__(self, index):
+            if index == 5:
+                raise ValueError(message)
+            return super().__getitem__(index)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    config = TrainConfig(out=str(tmp_path / "run"), progress=False, precision="fp32", batch_size=4, max_steps=8,
+                         num_workers=2)
+    with pytest.raises(ValueError) as raised:
+        fit(ClassificationTask(Blobs.classes), model, Corrupt(16, 0), None, config)
+    assert str(raised.value) == message
+    assert "raise ValueError(message)" in "".join(raised.value.__notes__), "the worker's traceback is lost for --debug"

@@ -20,8 +20,10 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata, save_checkpoint
@@ -249,6 +251,44 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
+
+
+class WorkerError:
+    """An exception raised in a data loader worker, with the worker's traceback as text."""
+
+    def __init__(self, error: Exception):
+        self.error, self.traceback = error, "".join(traceback.format_exception(error))
+
+    def raise_it(self) -> None:
+        self.error.add_note(f"raised in a data loader worker:\n{self.traceback}")
+        raise self.error
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+class Batches(Dataset):
+    """``collate`` of ``dataset``'s samples at each list of indices (a batch sampler's): one batch per item.
+
+    In a worker process an error is returned as a :class:`WorkerError` for the main process to raise as it was:
+    DataLoader would raise it again as "Caught ValueError in DataLoader worker process 0" with the worker's
+    traceback in its message, which the CLI prints in place of the error's own one line."""
+
+    def __init__(self, dataset: Dataset, collate: Callable[[list[Any]], Any]):
+        self.dataset, self.collate = dataset, collate
+
+    def __getitem__(self, indices: list[int]) -> Any:
+        try:
+            return self.collate([self.dataset[i] for i in indices])
+        except Exception as error:
+            if get_worker_info() is None:
+                raise
+            try:  # one that does not survive the trip back is left to DataLoader's own report
+                pickle.loads(pickle.dumps(error))
+            except Exception:
+                raise error from None
+            return WorkerError(error)
 
 
 def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
@@ -534,10 +574,12 @@ class Trainer:
             bar.total = self.total_steps
             sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
                                         dist_info.rank, dist_info.world_size)
-            loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.task.collate,
-                                num_workers=cfg.num_workers)
+            loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
+                                collate_fn=_as_is, num_workers=cfg.num_workers)
             tick = time.perf_counter()
             for batch in loader:
+                if isinstance(batch, WorkerError):
+                    batch.raise_it()
                 logged = self._train_step(move_to(batch, dist_info.device), self.step)
                 if self.ema is not None:
                     self.ema.update(self.model, self.step)
