@@ -194,6 +194,10 @@ def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
     ann_file.write_text(json.dumps(annotations))
     with pytest.raises(ValueError, match="the val split of .* names class 0 'cat', not 'circle'"):
         load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
+    # The folder moved: predict (which takes no --data) said "unknown dataset '...coco'; closest: none close".
+    folder.rename(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=f"was trained on {folder}, which is not there: .* put the data back"):
+        load_for_inference("fasterrcnn_shapes", checkpoint)
 
 
 def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names_the_train_file(tmp_path, capsys):

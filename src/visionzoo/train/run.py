@@ -157,6 +157,12 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     # Before the run's options reach the set-up: another task's (a code prior's --tokenizer) would be refused first.
     _saved_model(meta, model_name, str(checkpoint))
     run = meta.get("run", {})
+    trained_on = run.get("data")
+    if data is None and trained_on and str(trained_on).lower() not in DATASETS and not Path(trained_on).expanduser().exists():
+        where = "" if Path(trained_on).is_absolute() else f" (a relative path, read from {Path.cwd()})"
+        raise FileNotFoundError(f"{checkpoint} was trained on {trained_on}, which is not there{where}: the model is "
+                                "rebuilt with that data's classes and settings; run from the folder the run was "
+                                "trained in, or put the data back (eval also takes --data FOLDER)")
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
                             checkpoint=checkpoint, options=run.get("options"))
