@@ -416,5 +416,5 @@ def sample_command(args: argparse.Namespace) -> int:
         for image, name in zip(images, names):
             save_image(image, images_dir / name)
         print(f"{args.count} images in {images_dir}")
-    print(f"{args.count} samples of {args.model} in {out}")
+    print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
     return 0
