@@ -199,7 +199,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("images", nargs="+", help="image files, read as stored: an EXIF orientation tag is not applied (as torchvision's decode_image and COCO's annotations)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
