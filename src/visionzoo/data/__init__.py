@@ -9,8 +9,15 @@
 
 from visionzoo.data.coco import CocoDetection
 from visionzoo.data.digits import Digits
-from visionzoo.data.factory import DATASETS, Splits, collate_detection, create_dataset, open_splits
+from visionzoo.data.factory import (
+           DATASETS,
+           Splits,
+           builtin_name,
+           collate_detection,
+           create_dataset,
+           open_splits,
+)
 from visionzoo.data.shapes import Shapes
 
-__all__ = ["DATASETS", "CocoDetection", "Digits", "Shapes", "Splits", "collate_detection", "create_dataset",
+__all__ = ["DATASETS", "CocoDetection", "Digits", "Shapes", "Splits", "builtin_name", "collate_detection", "create_dataset",
            "open_splits"]

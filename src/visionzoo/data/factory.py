@@ -52,6 +52,13 @@ def _images_beside(ann_file: Path) -> Path:
     return folder
 
 
+def builtin_name(data: str | Path | None) -> str | None:
+    """The built-in data set that ``data`` names (case-insensitive), or None for a path (or None). A name wins
+    over a folder of that name; "./shapes" names the folder."""
+    text = str(data).lower() if data is not None else None
+    return text if text in DATASETS else None
+
+
 def create_dataset(
     name_or_path: str | Path, split: str = "train", image_size: int | None = None, **kwargs: Any
 ) -> Dataset:
@@ -69,8 +76,8 @@ def create_dataset(
     without the expected files raises FileNotFoundError naming what was looked for.
     """
     text = str(name_or_path)
-    if text.lower() in DATASETS:  # a name wins over a folder of that name; "./shapes" names the folder
-        name = text.lower()
+    name = builtin_name(text)
+    if name is not None:
         if name == "shapes":
             return Shapes(split, **({"image_size": image_size} if image_size is not None else {}), **kwargs)
         return Digits(split, **({"image_size": image_size} if image_size is not None else {}), **kwargs)

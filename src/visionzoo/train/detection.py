@@ -265,11 +265,11 @@ class DetectionTask(Task):
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-        from visionzoo.data import DATASETS, Splits, open_splits
+        from visionzoo.data import Splits, builtin_name, open_splits
         from visionzoo.models import create_model
 
         options = options or {}
-        folder_args = {"skip_invalid": True} if options.get("skip_invalid_boxes") and str(data).lower() not in DATASETS else {}
+        folder_args = {"skip_invalid": True} if options.get("skip_invalid_boxes") and builtin_name(data) is None else {}
         splits = open_splits(data, image_size=img_size, **folder_args)
         reference = splits.first()
         classes = list(reference.classes)

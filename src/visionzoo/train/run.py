@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
-from visionzoo.data import DATASETS
+from visionzoo.data import builtin_name
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
@@ -101,7 +101,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             model_args = {**recorded, **(model_args or {})}
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
-    if str(data).lower() not in DATASETS and Path(data).expanduser().is_file():  # a name wins over a file
+    if builtin_name(data) is None and Path(data).expanduser().is_file():
         logging.getLogger(__name__).warning(
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
             "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
@@ -121,7 +121,7 @@ def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
     and classes are another task's. Two paths may name one COCO folder that has moved, so those pass."""
     if trained is None:
         return
-    names = [str(value).lower() if str(value).lower() in DATASETS else None for value in (trained, data)]
+    names = [builtin_name(trained), builtin_name(data)]
     if names != [None, None] and names[0] != names[1]:
         raise ValueError(f"--resume: the run in {out} was trained on {trained}, not {data}; resume it with "
                          f"--data {trained}, or train on {data} in a new --out")
@@ -158,7 +158,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     _saved_model(meta, model_name, str(checkpoint))
     run = meta.get("run", {})
     trained_on = run.get("data")
-    if data is None and trained_on and str(trained_on).lower() not in DATASETS and not Path(trained_on).expanduser().exists():
+    if data is None and trained_on and builtin_name(trained_on) is None and not Path(trained_on).expanduser().exists():
         where = "" if Path(trained_on).is_absolute() else f" (a relative path, read from {Path.cwd()})"
         raise FileNotFoundError(f"{checkpoint} was trained on {trained_on}, which is not there{where}: the model is "
                                 "rebuilt with that data's classes and settings; run from the folder the run was "
