@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from visionzoo.checkpoint import model_state, read_checkpoint
-from visionzoo.cli import positive_float, positive_int, register_command
+from visionzoo.cli import USER_ERRORS, positive_float, positive_int, register_command
 from visionzoo.train.drawing import grid
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
@@ -67,6 +67,11 @@ class TourJob:
     weights_from: str | None = None
     train_images: int | None = None
     eval_images: int | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The earlier jobs whose weights this one takes (``uses`` and ``weights_from``)."""
+        return (*self.uses.values(), *([self.weights_from] if self.weights_from else []))
 
 
 # Selective Search takes ~35 ms an image: 3 minutes of training see fewer than 2,000 images at these
@@ -182,7 +187,7 @@ def _check_dependencies(jobs: list[TourJob]) -> None:
     """Refuse, before anything runs, a job whose weights come from a job that this tour runs later or not at all."""
     earlier: set[str] = set()
     for job in jobs:
-        for needed in (*job.uses.values(), *([job.weights_from] if job.weights_from else [])):
+        for needed in job.needs:
             if needed not in earlier:
                 raise ValueError(f"tour job {job.name} uses the weights of {needed}, which this tour does not run "
                                  f"before it; run both (--only {needed} --only {job.name})")
@@ -290,7 +295,7 @@ def tour_command(args: argparse.Namespace) -> int:
     failed: set[str] = set()
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):
         print(f"[tour] {job.name}: {job.model} on {job.data}, {minutes:.1f} min")
-        missing = [name for name in (*job.uses.values(), job.weights_from) if name in failed]
+        missing = [name for name in job.needs if name in failed]
         if missing:
             rows.append(failed_row(job, f"not run: it uses the weights of {missing[0]}, which failed"))
             failed.add(job.name)
@@ -305,8 +310,8 @@ def tour_command(args: argparse.Namespace) -> int:
                 log_file.parent.mkdir(parents=True, exist_ok=True)
                 log_file.write_text(traceback.format_exc())
                 print(f"[tour] {job.name} failed: {_reason(error)} (traceback: {log_file})", file=sys.stderr)
-        write_report(rows, out, args.minutes, args.eval_images)
-    print(write_report(rows, out, args.minutes, args.eval_images))
+        table = write_report(rows, out, args.minutes, args.eval_images)
+    print(table)
     print(f"report: {out / 'report.md'}")
     if failed:
         print(f"visionzoo tour: {len(failed)} of {len(jobs)} jobs failed: {', '.join(sorted(failed))}", file=sys.stderr)
@@ -316,8 +321,6 @@ def tour_command(args: argparse.Namespace) -> int:
 
 def _reason(error: BaseException) -> str:
     """One line for the report: the message of an error the user can act on, with its type otherwise."""
-    from visionzoo.cli import USER_ERRORS
-
     text = " ".join(str(error).split()) or "(no message)"
     return text if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {text}"
 
