@@ -236,17 +236,16 @@ class VQGANTask(ReconstructionTask):
         # The user's options, else the model's registered ones (e.g. ViT-VQGAN's paper's loss weights), else taming's.
         chosen = {**get_model_entry(model_name).default_cfg.get("task_options", {}),
                   **{k: v for k, v in (options or {}).items() if v is not None}}
-        if (checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0
-                and chosen.get("perceptual_checkpoint") is None and str(data).lower() not in DOMAIN_DATA):
-            # else the first training step fails with "domain features exist for digits, shapes", naming no option
-            raise ValueError(f"{model_name}'s perceptual loss is by default the classifier trained on "
-                             f"{', '.join(DOMAIN_DATA)}, which {data} is not: give --perceptual-checkpoint "
-                             "(torchvision vgg16 weights) or --perceptual-weight 0")
         perceptual_file = chosen.get("perceptual_checkpoint")
-        if (checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0 and perceptual_file is not None
-                and not Path(perceptual_file).is_file()):
-            # else it is read at the first training step, after the run has started
-            raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file (torchvision vgg16 weights)")
+        # Each would fail only at the first training step, after the run has started, naming no option.
+        if checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0:
+            if perceptual_file is None and str(data).lower() not in DOMAIN_DATA:
+                raise ValueError(f"{model_name}'s perceptual loss is by default the classifier trained on "
+                                 f"{', '.join(DOMAIN_DATA)}, which {data} is not: give --perceptual-checkpoint "
+                                 "(torchvision vgg16 weights) or --perceptual-weight 0")
+            if perceptual_file is not None and not Path(perceptual_file).is_file():
+                raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file "
+                                        "(torchvision vgg16 weights)")
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
         meta = setup.run_meta
         if checkpoint is None:
@@ -256,7 +255,7 @@ class VQGANTask(ReconstructionTask):
             except ValueError as error:
                 raise ValueError(f"--img-size {meta['img_size']} is too small for {model_name}'s discriminator ({error}): "
                                  "give a larger --img-size or fewer --model-arg disc_layers") from None
-        build = functools.partial(build_perceptual_loss, chosen.get("perceptual_checkpoint"), data,
+        build = functools.partial(build_perceptual_loss, perceptual_file, data,
                                   meta["img_size"], meta["in_chans"])
         setup.task = cls(disc_start=chosen.get("disc_start", DISC_START),
                          disc_weight=chosen.get("disc_weight", DISC_WEIGHT),
