@@ -268,8 +268,8 @@ def predict_command(args: argparse.Namespace) -> int:
     images = load_images(args.images, None if detection else size, channels)
     autocast = autocast_context(torch.device("cpu"), args.precision)
     if detection:
-        # one image at a time: a batch pads each image to the largest (its scores then moved with the other files
-        # given) and holds all of them at once (~340 MB more per 600×800 photo through a ResNet-18 FPN at 800 px)
+        # one image at a time: a batch of files holds all of them at once (~340 MB more per 600×800 photo through a
+        # ResNet-18 FPN at 800 px), and an error names the file
         predictions = []
         for path, image in zip(args.images, images):
             try:
