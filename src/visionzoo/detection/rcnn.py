@@ -41,6 +41,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs, r
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
+from visionzoo.utils import is_integer
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 
@@ -93,7 +94,7 @@ class RegionHeads(RoIHeads):
 
     def __init__(self, *args: Any, chunk: int = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if not is_integer(chunk) or chunk < 1:
             raise ValueError(f"chunk (regions per CNN pass at inference) must be a positive integer, got {chunk!r}")
         self.chunk = chunk
 
