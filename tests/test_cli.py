@@ -84,6 +84,8 @@ def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys)
     capsys.readouterr()
     one_line_error(capsys, ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
                             "--out", str(out)], "exists", "--overwrite")
+    one_line_error(capsys, ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--out", str(tmp_path / "other"), "--min-score", "0.3"], "--min-score filters detections")
 
 
 def _normalised(model, images):

@@ -81,6 +81,43 @@ def test_predict_says_nothing_was_found_rather_than_an_empty_line():
     assert task.describe({"labels": ["circle"], "scores": [0.9]}) == "circle 0.900"
 
 
+def test_describe_leaves_out_detections_under_the_min_score_and_says_so():
+    task = DetectionTask(classes=["circle", "square"])
+    prediction = {"labels": ["circle", "square"], "scores": [0.7, 0.2]}
+    assert task.describe(prediction, min_score=0.5) == "circle 0.700"
+    assert task.describe(prediction) == "circle 0.700, square 0.200"
+    assert task.describe(prediction, min_score=0.8) == "nothing scored 0.8 or more (best 0.700; see --min-score)"
+    assert task.describe({"labels": [], "scores": []}, min_score=0.8) == "nothing found"
+
+
+def test_predict_min_score_sets_what_is_drawn_and_printed_but_the_json_keeps_everything(tmp_path, capsys):
+    from visionzoo.cli import main
+    from visionzoo.train.drawing import to_pil
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
+                         eval_every=0, checkpoint_every=10**9, precision="fp32")
+    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0})
+    to_pil(setup.splits["val"][0][0], min_side=1).save(tmp_path / "scene.png")
+    base = ["predict", "fasterrcnn_shapes", str(tmp_path / "scene.png"), "--checkpoint",
+            str(tmp_path / "run" / "checkpoint.safetensors"), "--overwrite"]
+    capsys.readouterr()
+    printed, drawn, saved = {}, {}, {}
+    for name, extra in (("all", ["--min-score", "0"]), ("none", ["--min-score", "1"])):
+        assert main(base + ["--out", str(tmp_path / name)] + extra) == 0
+        printed[name] = capsys.readouterr().out.splitlines()[0]
+        with Image.open(tmp_path / name / "scene.png") as picture:
+            drawn[name] = picture.convert("RGB").tobytes()
+        saved[name] = json.loads((tmp_path / name / "predictions.json").read_text())
+    scores = saved["all"][0]["scores"]
+    assert scores and max(scores) < 1  # one step of training: every score is under 1, so "none" draws none
+    assert saved["none"] == saved["all"]
+    assert printed["none"].endswith(f"nothing scored 1 or more (best {max(scores):.3f}; see --min-score)")
+    assert printed["all"].count(" 0.") == min(3, len(scores))
+    assert drawn["none"] != drawn["all"]
+    assert main(base + ["--out", str(tmp_path / "pct"), "--min-score", "50"]) == 2
+    assert "--min-score must be in [0, 1], got 50" in capsys.readouterr().err and not (tmp_path / "pct").exists()
+
+
 def test_unknown_detector_name_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown model 'fasterrcnn_resnet5_fpn'"):
         build_setup("fasterrcnn_resnet5_fpn", "shapes")

@@ -25,7 +25,7 @@ from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
 from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
-from visionzoo.utils import require_folder_or_absent, require_not_folder
+from visionzoo.utils import require_folder_or_absent, require_not_folder, require_unit_interval
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
@@ -208,6 +208,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--coco-json", metavar="FILE",
                         help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
+    parser.add_argument("--min-score", type=float, metavar="S",
+                        help="detectors: draw and print the detections scoring at least S (default 0.5); "
+                             "predictions.json and --coco-json keep every detection the model returns")
 
 
 def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_cat_id: dict[int, int] | None
@@ -230,6 +233,8 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_c
 
 @register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
 def predict_command(args: argparse.Namespace) -> int:
+    if args.min_score is not None:
+        require_unit_interval(**{"--min-score": args.min_score})
     out = require_folder_or_absent(args.out, "--out")
     targets = [out / f"{Path(p).stem}.png" for p in args.images]
     first_of = {}
@@ -261,6 +266,9 @@ def predict_command(args: argparse.Namespace) -> int:
     detection = setup.task.name == "detection"
     if args.coco_json and not detection:
         raise ValueError(f"--coco-json writes detections; {args.model} is a {setup.task.name} model")
+    if args.min_score is not None and not detection:
+        raise ValueError(f"--min-score filters detections; {args.model} is a {setup.task.name} model")
+    shown = {"min_score": 0.5 if args.min_score is None else args.min_score} if detection else {}
     if args.coco_json and Path(args.coco_json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.coco_json} exists; use --overwrite to replace it")
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
@@ -280,7 +288,7 @@ def predict_command(args: argparse.Namespace) -> int:
         predictions = setup.task.predict(setup.model.eval(), images, autocast)
     out.mkdir(parents=True, exist_ok=True)
     for image, prediction, target in zip(images, predictions, targets):
-        setup.task.draw(image, prediction).save(target)
+        setup.task.draw(image, prediction, **shown).save(target)
     records = [{"image": str(p), **{k: v for k, v in pred.items() if not isinstance(v, torch.Tensor)}}
                for p, pred in zip(args.images, predictions)]  # pictures carry the tensors
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
@@ -289,7 +297,7 @@ def predict_command(args: argparse.Namespace) -> int:
         Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
-        print(f"{record['image']}: {setup.task.describe(record)}")
+        print(f"{record['image']}: {setup.task.describe(record, **shown)}")
     print(f"pictures in {out}")
     return 0
 

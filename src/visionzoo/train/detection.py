@@ -238,6 +238,13 @@ class DetectionTask(Task):
         return {"boxes": detection["boxes"].tolist(), "labels": [self.classes[i - 1] for i in detection["labels"].tolist()],
                 "label_ids": detection["labels"].tolist(), "scores": detection["scores"].tolist()}
 
+    def describe(self, prediction: Mapping[str, Any], min_score: float = 0.0) -> str:
+        """The three best detections scoring at least ``min_score``, or what the threshold left out."""
+        shown = [(label, score) for label, score in zip(prediction["labels"], prediction["scores"]) if score >= min_score]
+        if shown or not prediction["scores"]:
+            return super().describe({"labels": [label for label, _ in shown], "scores": [score for _, score in shown]})
+        return f"nothing scored {min_score:g} or more (best {max(prediction['scores']):.3f}; see --min-score)"
+
     def draw(self, image: torch.Tensor, prediction: Mapping[str, Any], target: Any = None, min_score: float = 0.5):
         """A PIL image: predicted boxes (score ≥ ``min_score``) with class and score, ground truth dashed-grey."""
         from visionzoo.train.drawing import draw_detections
