@@ -220,3 +220,22 @@ def test_precision_recall_equals_torchmetrics_precision_array(make_coco):
     at_50.update(preds, targets)
     torch.testing.assert_close(curves["ap"], at_50.compute()["map_per_class"])
     assert (curves["ap"] > 0).any() and (curves["precision"] == -1).all(dim=1).any()  # a class without objects
+
+
+@pytest.mark.parametrize("box_format", ["xyxy", "xywh", "cxcywh"])
+def test_inputs_changed_in_place_after_update_do_not_change_the_result(box_format):
+    """update kept the caller's box tensors (converted only in compute), so reusing or rescaling them in place after
+    update changed the score (1 -> 0 here); torchmetrics copies them, as it does the scores and labels."""
+    pred_boxes, scores, target_boxes = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.9]), torch.tensor([[0.0, 0, 10, 10]])
+    preds = [{"boxes": pred_boxes, "scores": scores, "labels": torch.tensor([1])}]
+    targets = [{"boxes": target_boxes, "labels": torch.tensor([1])}]
+    metric = MeanAveragePrecision(box_format=box_format)
+    metric.update(preds, targets)
+    pred_boxes += 100
+    target_boxes.mul_(2)
+    scores.fill_(0.1)
+    ref = torchmetrics_detection.MeanAveragePrecision(backend="faster_coco_eval", box_format=box_format)
+    ref.update([{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}],
+               [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}])
+    assert_same_results(metric.compute(), ref.compute())
+    assert metric.compute()["map"] == 1

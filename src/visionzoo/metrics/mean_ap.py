@@ -113,8 +113,8 @@ class MeanAveragePrecision:
     def update(self, preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
         """Add images: ``preds[i]`` and ``targets[i]`` describe the same image (see the class docstring).
 
-        Inputs are checked here; the box conversion waits for :meth:`compute`, where it runs once on
-        all boxes (per dtype) with the same arithmetic as per image.
+        Inputs are checked and copied here; the box conversion waits for :meth:`compute`, where it runs once
+        on all boxes (per dtype) with the same arithmetic as per image.
         """
         if not isinstance(preds, Sequence) or not isinstance(targets, Sequence):
             raise ValueError("preds and targets must be lists of dicts, one per image")
@@ -144,7 +144,8 @@ class MeanAveragePrecision:
     def _boxes(boxes: Tensor, index: int, side: str) -> Tensor:
         if not isinstance(boxes, Tensor):
             raise ValueError(f"{side} {index}: 'boxes' must be a Tensor, got {type(boxes).__name__}")
-        boxes = boxes.detach().cpu()
+        # a copy: the boxes wait for compute(), and the caller may reuse or rescale its tensors in place meanwhile
+        boxes = boxes.detach().to("cpu", copy=True)
         if boxes.numel() == 0:
             return boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
