@@ -239,3 +239,16 @@ def test_inputs_changed_in_place_after_update_do_not_change_the_result(box_forma
                [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}])
     assert_same_results(metric.compute(), ref.compute())
     assert metric.compute()["map"] == 1
+
+
+def test_bfloat16_scores_and_areas_equal_torchmetrics():
+    """bfloat16 scores (a detector run under autocast) or areas raised TypeError "Got unsupported ScalarType
+    BFloat16" from NumPy; torchmetrics scores them."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [30, 30, 60, 60]])
+    preds = [{"boxes": boxes, "scores": torch.tensor([0.8, 0.9, 0.7], dtype=torch.bfloat16),
+              "labels": torch.tensor([1, 1, 2])}]
+    targets = [{"boxes": boxes[[0, 2]], "labels": torch.tensor([1, 2]),
+                "area": torch.tensor([100.0, 2000.0], dtype=torch.bfloat16)}]
+    ours, ref = run_both(preds, targets, class_metrics=True)
+    assert_same_results(ours, ref)
+    assert 0 < ours["map"] < 1

@@ -45,7 +45,8 @@ def _to_xywh(boxes: Tensor, box_format: str) -> Tensor:
 def _as_numpy(value: Tensor, name: str, index: int, side: str) -> np.ndarray:
     if not isinstance(value, Tensor):
         raise ValueError(f"{side} {index}: {name!r} must be a Tensor, got {type(value).__name__}")
-    return value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # NumPy has no bfloat16
 
 
 class MeanAveragePrecision:
