@@ -163,3 +163,12 @@ def test_scores_of_logits_that_require_grad_warn_nothing():
     finally:
         torch.set_warn_always(warn_always)
     assert got == expected
+
+
+def test_fid_interval_of_one_dimensional_features():
+    # before: torch.cov of [1, N] is 0-d, so frechet_distance raised "expected mu1, mu2 of shape [D] and sigma1, sigma2
+    # of shape [D, D]; got [1], [1], [], []", although FID of such features computes
+    real, fake = features(3, 40, dim=1), features(4, 40, dim=1, shift=0.5)
+    fid = frechet_distance(real.mean(0), real.var()[None, None], fake.mean(0), fake.var()[None, None])
+    low, high = fid_confidence_interval(real, fake, samples=50, generator=torch.Generator().manual_seed(0))
+    assert low < fid < high and fid > 0.1

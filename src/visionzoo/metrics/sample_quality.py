@@ -110,6 +110,12 @@ def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: to
     return float(values.mean()), float(values.std()) if splits > 1 else 0.0
 
 
+def _gaussian(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean Tensor[D] and covariance Tensor[D, D] (ddof 1) of Tensor[N, D]; torch.cov gives a 0-d one for D = 1."""
+    dim = features.shape[1]
+    return features.mean(0), torch.cov(features.T).reshape(dim, dim)
+
+
 def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray, samples: int = 100, confidence: float = 0.95,
                             generator: torch.Generator | None = None) -> tuple[float, float]:
     """Bias-corrected bootstrap interval of FID between feature sets ``real`` Tensor[N, D] and ``fake`` Tensor[M, D].
@@ -133,12 +139,12 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
         raise ValueError(f"the FID interval needs at least 2 images per side, got {len(real)} real and {len(fake)} "
                          "generated (a covariance needs 2)")
     real, fake = real.double(), fake.double()
-    full = frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
+    full = frechet_distance(*_gaussian(real), *_gaussian(fake))
     values = []
     for _ in range(samples):
         x = real[torch.randint(len(real), (len(real),), generator=generator)]
         y = fake[torch.randint(len(fake), (len(fake),), generator=generator)]
-        values.append(frechet_distance(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
+        values.append(frechet_distance(*_gaussian(x), *_gaussian(y)))
     values = torch.tensor(values, dtype=torch.float64)
     bias = float(values.mean()) - full
     tail = (1 - confidence) / 2
