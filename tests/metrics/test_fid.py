@@ -109,3 +109,23 @@ def test_a_subfolder_named_like_an_image_is_not_read_as_one(tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{index}.png")
     (tmp_path / "frames.png").mkdir()
     assert folder_statistics(tmp_path, pooled()).count == 2
+
+
+class SqueezedPool(torch.nn.Module):
+    """Pooled features squeezed as ``[B, D, 1, 1] -> squeeze()``: a batch of one comes out as [D]."""
+
+    def forward(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images, 1).squeeze()
+
+
+def test_an_update_that_fails_on_a_later_batch_adds_nothing():
+    # before: the batches before the failing one were already folded in (and kept), so after the error the
+    # statistics held 4 of the 5 images given, and a retry with a fixed batch size counted them twice
+    metric = FID(SqueezedPool(), batch_size=2, keep_features=True)
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"must return Tensor\[B, D\], got \(3,\)"):
+        metric.update(images, real=True)
+    assert metric.real.count == 0 and metric.kept[True] == []
+    metric.batch_size = 5
+    metric.update(images, real=True)
+    assert metric.real.count == 5 and sum(len(f) for f in metric.kept[True]) == 5

@@ -69,6 +69,7 @@ class FID:
             raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
         check_unit_range(images, "FID")
         stats = self.real if real else self.fake
+        batch, kept = FeatureStatistics(stats.dim), []  # folded in at the end: an update that fails adds nothing
         for part in images.split(self.batch_size):
             features = self.features(part)
             if not isinstance(features, Tensor) or features.dim() != 2:
@@ -76,9 +77,12 @@ class FID:
                 raise ValueError(f"FID's feature module must return Tensor[B, D], got {got} (pytorch-fid's "
                                  "InceptionV3 returns a list of [B, D, 1, 1]: use InceptionFeatures)")
             features = features.double()
-            stats.update(features)
+            batch.update(features)
             if self.kept is not None:
-                self.kept[real].append(features.cpu())
+                kept.append(features.cpu())
+        stats.merge(batch)
+        if self.kept is not None:
+            self.kept[real].extend(kept)
 
     def reset(self, keep_real: bool = False) -> None:
         """Forget the generated images seen, and the real ones unless ``keep_real`` (torchmetrics'
