@@ -279,6 +279,16 @@ def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path):
     assert meta["step"] == resumed.steps and meta["total_steps"] >= resumed.steps
 
 
+@pytest.mark.parametrize(("budget", "steps"), [({"max_steps": 40, "epochs": 1.0}, 16),
+                                              ({"max_steps": 5, "epochs": 1.0}, 5)])
+def test_max_steps_and_epochs_together_end_the_run_at_the_first_reached(tmp_path, budget, steps):
+    """The budget group reads "the first reached ends the run", but --max-steps 40 --epochs 1 (16 steps of 16 on
+    256 samples) trained 40 steps on a 40-step schedule: --epochs was ignored whenever --max-steps was given."""
+    result = _blobs_fit(tmp_path / "run", **budget)
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert result.steps == meta["total_steps"] == steps
+
+
 def test_a_longer_resumed_plan_keeps_the_runs_warmup(tmp_path):
     """The warmup was re-derived from the new plan's length (a twentieth of it), so extending a 10-step run to
     400 steps put it back into a warmup of 20 steps: its learning rate fell to 11/20 of the peak at step 11."""

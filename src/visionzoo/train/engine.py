@@ -436,8 +436,7 @@ class Trainer:
         self.total_steps = self._plan_total_steps()
         if cfg.resume and self.total_steps < self.step and (config.max_steps is not None or config.epochs is not None):
             # The budget counts from the run's start: one below the steps done would train nothing, silently.
-            budget = (f"--max-steps {config.max_steps}" if config.max_steps is not None
-                      else f"--epochs {config.epochs:g} ({self.total_steps} steps)")
+            budget = min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
             raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
                              f"from the run's start; give more than {self.step} steps to continue it")
         if cfg.warmup_steps is not None:
@@ -454,14 +453,21 @@ class Trainer:
             )
 
     # ----------------------------------------------------------------------------------- budget
-    def _fixed_budget_steps(self) -> int | None:
-        """The steps from the run's start that ``--max-steps`` or ``--epochs`` allow; None for a time budget alone."""
+    def _fixed_budgets(self) -> dict[str, int]:
+        """The steps from the run's start that each of ``--max-steps`` and ``--epochs`` given allows, by flag."""
         cfg = self.config
+        budgets = {}
         if cfg.max_steps is not None:
-            return cfg.max_steps
+            budgets[f"--max-steps {cfg.max_steps}"] = cfg.max_steps
         if cfg.epochs is not None:
-            return self.step_offset + max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        return None
+            steps = self.step_offset + max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+            budgets[f"--epochs {cfg.epochs:g} ({steps} steps)"] = steps
+        return budgets
+
+    def _fixed_budget_steps(self) -> int | None:
+        """The steps from the run's start that ``--max-steps`` and ``--epochs`` allow (the first reached ends the
+        run); None for a time budget alone."""
+        return min(self._fixed_budgets().values(), default=None)
 
     def _plan_total_steps(self) -> int:
         cfg = self.config
