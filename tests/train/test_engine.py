@@ -279,6 +279,15 @@ def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path):
     assert meta["step"] == resumed.steps and meta["total_steps"] >= resumed.steps
 
 
+def test_a_warmup_longer_than_a_time_budgets_plan_is_refused_as_for_a_step_budget(tmp_path):
+    """--minutes 0.02 --warmup-steps 100000 trained at 1e-8, 2e-8, ... of --lr for the first epoch, then jumped
+    to a warmup as long as the plan (from the first re-plan on): the learning rate the refusal for a step
+    budget describes, without a word."""
+    with pytest.raises(ValueError, match=r"--warmup-steps 100000 is more than the \d+ steps that --minutes 0.02 "):
+        _blobs_fit(tmp_path / "run", minutes=0.02, warmup_steps=100_000)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize(("budget", "steps"), [({"max_steps": 40, "epochs": 1.0}, 16),
                                               ({"max_steps": 5, "epochs": 1.0}, 5)])
 def test_max_steps_and_epochs_together_end_the_run_at_the_first_reached(tmp_path, budget, steps):

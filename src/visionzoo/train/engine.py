@@ -194,11 +194,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def check_warmup(warmup_steps: int | None, total_steps: int | None) -> None:
-    """Refuse a warmup longer than the run (``total_steps``; None: not known yet): its learning rate would
-    never reach ``--lr``, nor the cosine decay begin."""
+def check_warmup(warmup_steps: int | None, total_steps: int | None, minutes: float | None = None) -> None:
+    """Refuse a warmup longer than the run (``total_steps``; None: not known yet; with ``minutes``, the steps
+    planned for that time budget): its learning rate would never reach ``--lr``, nor the cosine decay begin."""
     if warmup_steps is not None and total_steps is not None and warmup_steps > total_steps:
-        raise ValueError(f"--warmup-steps {warmup_steps} is more than the run's {total_steps} steps: its learning "
+        run = (f"the run's {total_steps} steps" if minutes is None
+               else f"the {total_steps} steps that --minutes {minutes:g} buys at this pace")
+        raise ValueError(f"--warmup-steps {warmup_steps} is more than {run}: its learning "
                          f"rate would stay below --lr, at {total_steps / warmup_steps:.2g} of it at the last step")
 
 
@@ -439,8 +441,9 @@ class Trainer:
             budget = min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
             raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
                              f"from the run's start; give more than {self.step} steps to continue it")
-        if cfg.warmup_steps is not None:
-            check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
+        if cfg.warmup_steps is not None:  # a time budget's plan too: re-plans would only shorten it after the fact
+            fixed = self._fixed_budget_steps()
+            check_warmup(cfg.warmup_steps, self.total_steps, cfg.minutes if fixed is None else None)
             self.warmup_steps = cfg.warmup_steps
         elif self.resumed_warmup_steps is not None:  # a run keeps its warmup: a longer plan does not re-enter it
             self.warmup_steps = self.resumed_warmup_steps
