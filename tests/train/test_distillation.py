@@ -79,6 +79,18 @@ def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
     assert f"is a folder, not a checkpoint file; did you mean {teacher_run}?" in capsys.readouterr().err
 
 
+def test_a_temperature_for_hard_distillation_is_refused_not_ignored(capsys, teacher_run, tmp_path):
+    """--distillation-tau 4 with the default --distillation hard trained on the teacher's arg-max, which no
+    temperature changes: the run took the option and ignored it."""
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out),
+            "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run)]
+    assert main([*base, "--distillation-tau", "4"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--distillation-tau 4.0 applies to --distillation soft" in error and "\n" not in error, error
+    assert not out.exists()
+
+
 def test_a_teacher_for_other_classes_or_another_model_is_refused_before_the_run(capsys, teacher_run, tmp_path):
     """A timm/torchvision file with a 1000-class head was loaded with its head re-initialised, so the student
     distilled from a random classifier without a word; a checkpoint of another model failed only at the first

@@ -294,12 +294,17 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
 
 def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
     """Refuse the options a training run of ``objective`` would ignore: label smoothing, mixup, CutMix and a
-    teacher under ``mpp`` (its targets are patch colours, not labels), and distillation settings without a teacher."""
+    teacher under ``mpp`` (its targets are patch colours, not labels), distillation settings without a teacher,
+    and a temperature for hard distillation (the teacher's arg-max)."""
     if objective == "mpp":
         for flag in ("--label-smoothing", "--mixup", "--cutmix", "--teacher", "--teacher-checkpoint"):
             if options.get(flag[2:].replace("-", "_")):
                 raise ValueError(f"{flag} applies to classification, not to --objective mpp")
     if options.get("teacher") or options.get("teacher_checkpoint"):
+        kind, tau = options.get("distillation") or DISTILLATION_DEFAULTS["distillation"], options.get("distillation_tau")
+        if kind == "hard" and tau not in (None, DISTILLATION_DEFAULTS["distillation_tau"]):
+            raise ValueError(f"--distillation-tau {tau} applies to --distillation soft; hard distillation learns "
+                             "the teacher's arg-max, which no temperature changes")
         return
     for name, default in DISTILLATION_DEFAULTS.items():
         if options.get(name) not in (None, default):
