@@ -112,3 +112,23 @@ def test_training_images_draws_shapes_but_keeps_a_forwarding_wrapper():
     assert isinstance(fewer, _ForwardingWrapper) and len(fewer) == 3
     with pytest.raises(ValueError, match="--train-size 9: the train split of shapes has 4 images"):
         training_images(wrapped, 9, "shapes")
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_use_ema_of_a_run_without_ema_weights_is_refused_not_ignored(tmp_path, capsys, command):
+    """`visionzoo eval --use-ema` of a run trained without --ema-decay printed the trained weights' scores as
+    if they were the EMA's: the flag was taken and ignored."""
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "resnet18", "--data", "digits", "--img-size", "16", "--model-arg", "small_input=true",
+                 "--batch-size", "8", "--train-size", "8", "--max-steps", "1", "--precision", "fp32", "--no-progress",
+                 "--out", str(run)]) == 0
+    image = tmp_path / "digit.png"
+    Image.new("L", (16, 16)).save(image)
+    capsys.readouterr()
+    argv = {"eval": ["--split", "val"], "predict": [str(image), "--out", str(tmp_path / "pred")]}[command]
+    checkpoint = run / "checkpoint.safetensors"
+    assert main([command, "resnet18", "--checkpoint", str(checkpoint), "--use-ema", *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"--use-ema: {checkpoint} holds no EMA weights" in error and "\n" not in error, error

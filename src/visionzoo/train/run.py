@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
@@ -149,11 +150,15 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
 
     The model gets the trained weights, or with ``use_ema`` the EMA weights where the run kept them
     (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
-    default is the EMA weights.
+    default is the EMA weights. ``use_ema`` for a run that kept none raises ValueError (timm's falls back to
+    the trained weights without a word).
     """
     from visionzoo.models._registry import _saved_model
 
     meta = checkpoint_metadata(checkpoint)
+    if use_ema and not _has_ema_weights(checkpoint):
+        raise ValueError(f"--use-ema: {checkpoint} holds no EMA weights (its run was trained without --ema-decay); "
+                         "leave --use-ema out for its trained weights")
     # Before the run's options reach the set-up: another task's (a code prior's --tokenizer) would be refused first.
     _saved_model(meta, model_name, str(checkpoint))
     run = meta.get("run", {})
@@ -190,6 +195,12 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     for record in held:
         logging.getLogger(record.name).handle(record)
     return setup
+
+
+def _has_ema_weights(checkpoint: str | Path) -> bool:
+    """Whether our training ``checkpoint`` (a .safetensors file) has an ``ema.`` section, from its header alone."""
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        return any(key.startswith("ema.") for key in handle.keys())
 
 
 def _load_trained_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
