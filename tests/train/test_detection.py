@@ -521,3 +521,32 @@ def test_predict_gives_an_image_the_same_detections_whatever_other_images_are_gi
     assert main(["predict", "fasterrcnn_shapes", str(tmp_path / "wide.png"), str(tmp_path / "strip.png"), "--checkpoint",
                  checkpoint, "--out", str(tmp_path / "strip")]) == 2
     assert f"{tmp_path / 'strip.png'}: image 0 of 2×300 px is too thin" in capsys.readouterr().err
+
+
+def test_a_run_started_from_backbone_weights_evaluates_and_resumes_without_that_file(tmp_path):
+    """The backbone's file (``backbone_args={"checkpoint": ...}``) is recorded among the model's arguments; eval,
+    predict and --resume read it again, so they failed ("checkpoint .../backbone.pth does not exist") once it was
+    gone, although the run's own checkpoint holds every weight."""
+    import torchvision
+
+    from visionzoo.cli import main
+    from visionzoo.train.run import load_for_inference
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    backbone = tmp_path / "backbone.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), backbone)
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    setup, _ = run_training("fasterrcnn_shapes", str(folder), config,
+                            model_args={"backbone_args": {"checkpoint": str(backbone)}, "rpn_pre_nms_top_n_test": 50})
+    backbone.unlink()
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    again = load_for_inference("fasterrcnn_shapes", checkpoint).model
+    for key, value in setup.model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    assert create_model("fasterrcnn_shapes", checkpoint=checkpoint).state_dict().keys() == again.state_dict().keys()
+    resumed = TrainConfig(out=str(tmp_path / "run"), max_steps=2, batch_size=2, progress=False, resume=True,
+                          checkpoint_every=10**9, precision="fp32")
+    assert run_training("fasterrcnn_shapes", str(folder), resumed)[1].steps == 2

@@ -82,6 +82,18 @@ class ModelEntry:
 
 _MODELS: dict[str, ModelEntry] = {}
 
+# create_model's own weight arguments: a builder passes them on to the models it nests (a detector's
+# backbone_args={"checkpoint": ...}), so they are recorded among the outer model's arguments
+_WEIGHT_SOURCES = ("pretrained", "checkpoint", "use_ema")
+
+
+def without_weight_sources(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` without the weights of nested models (``pretrained``, ``checkpoint``, ``use_ema`` inside a dict
+    argument such as ``backbone_args``): for a model whose own weights are all loaded afterwards, they would only
+    read (or download) again a file that may be gone."""
+    return {key: {k: v for k, v in value.items() if k not in _WEIGHT_SOURCES} if isinstance(value, Mapping) else value
+            for key, value in args.items()}
+
 
 def register_model(
     fn: Callable[..., nn.Module] | None = None,
@@ -196,7 +208,9 @@ def create_model(
             recorded in our checkpoints. As in timm, a keyword given as None means "not set" and is
             dropped (the builder's default, or the checkpoint's recorded value, stays), so that a
             script may pass ``drop_path_rate=args.drop_path`` to any model; the exceptions are the
-            entry's ``none_args``, where None is a value (see :func:`register_model`).
+            entry's ``none_args``, where None is a value (see :func:`register_model`). With weights
+            loaded, the weights of nested models (``backbone_args={"checkpoint": ...}``) are not read,
+            nor recorded (see :func:`without_weight_sources`).
 
     Returns the model (in train mode, as built), with ``model_name``, ``model_args`` (what rebuilds
     it) and ``default_cfg`` (also as ``pretrained_cfg``, timm's name for it). Weights that do not fit
@@ -233,7 +247,7 @@ def create_model(
                                   "download them again") from None
         kwargs = {**entry.pretrained.model_args, **kwargs}
 
-    args = dict(kwargs)
+    args = dict(kwargs) if state is None else without_weight_sources(kwargs)
     if num_classes is not None:
         args["num_classes"] = _whole_number(num_classes, "num_classes", 0)
     if in_chans is not None:

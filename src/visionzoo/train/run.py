@@ -17,6 +17,7 @@ from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import builtin_name
+from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
@@ -91,8 +92,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
             raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
         options = build_options = {**stored, **given}
-        # the --model-arg the run was trained with (a model built without them would not take its weights)
-        model_args = {**(trained.get("model_args") or {}), **(model_args or {})}
+        # the --model-arg the run was trained with (a model built without them would not take its weights), less
+        # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
+        model_args = without_weight_sources({**(trained.get("model_args") or {}), **(model_args or {})})
         if options.get("initial_checkpoint") is not None:
             # A fine-tuned run goes on from its own checkpoint, not from the file it started from (which may be
             # gone); its model arguments, taken from that file's, are the ones its checkpoint recorded.
