@@ -8,6 +8,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn as torchvision_
 from torchvision.ops import box_iou
 
 from visionzoo.detection.faster_rcnn import fpn_backbone
+from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models import create_model
 
 
@@ -281,3 +282,14 @@ def test_a_threshold_outside_zero_one_is_refused_naming_it(name, arg, value, mes
     # IoU thresholds named the Matcher's arguments, not the detector's
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model(name, **{arg: value})
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_convnext_tiny_fpn", "fasterrcnn_swin_tiny_fpn"])
+@pytest.mark.parametrize(("option", "value"), [("frozen_batch_norm", True), ("batch_norm_eps", 0.0)])
+def test_batch_norm_options_on_a_backbone_without_batch_norms_are_refused_by_name(name, option, value):
+    # ConvNeXt and Swin normalise with LayerNorms: the detector built with the option dropped, without a word
+    backbone = "convnext_tiny" if "convnext" in name else "swin_tiny_patch4_window7_224"
+    with pytest.raises(ValueError, match=f"{option} applies to batch norms; {backbone} has none"):
+        create_model(name, **{option: value})
+    frozen = create_model("fasterrcnn_resnet18_fpn", frozen_batch_norm=True, batch_norm_eps=0.0).backbone.body.bn1
+    assert isinstance(frozen, FrozenBatchNorm2d) and frozen.eps == 0.0

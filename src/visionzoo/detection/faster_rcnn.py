@@ -158,6 +158,7 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
         frozen_batch_norm: replace the backbone's batch norms by :class:`FrozenBatchNorm2d`.
         batch_norm_eps: the backbone's batch-norm epsilon (None: the backbone's own; torchvision's COCO
             weights of fasterrcnn_resnet50_fpn run with 0, as they were trained).
+            Both refuse (ValueError) a backbone without batch norms.
         backbone_args: passed to the backbone's builder.
     """
     from visionzoo.models import create_model
@@ -165,6 +166,11 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
     if out_indices is None:
         out_indices = (-4, -3, -2, -1)  # counted from the end: (0, 1, 2, 3) were a ViT's first four blocks
     body = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_args)
+    if (frozen_batch_norm or batch_norm_eps is not None) and not any(
+            isinstance(module, nn.BatchNorm2d) for module in body.modules()):
+        # nothing to convert or set: the option would be dropped without a word (ConvNeXt's and Swin's are LayerNorms)
+        option = "frozen_batch_norm" if frozen_batch_norm else "batch_norm_eps"
+        raise ValueError(f"{option} applies to batch norms; {name} has none (leave {option} at its default)")
     if frozen_batch_norm:
         body = FrozenBatchNorm2d.convert(body)
     if batch_norm_eps is not None:
