@@ -550,3 +550,22 @@ def test_a_run_started_from_backbone_weights_evaluates_and_resumes_without_that_
     resumed = TrainConfig(out=str(tmp_path / "run"), max_steps=2, batch_size=2, progress=False, resume=True,
                           checkpoint_every=10**9, precision="fp32")
     assert run_training("fasterrcnn_shapes", str(folder), resumed)[1].steps == 2
+
+
+def test_a_checkpoint_whose_folder_now_has_more_classes_is_refused_naming_the_folder(tmp_path):
+    """Without --data (predict), the message named the data as None: "... with 7 classes, None has 8"."""
+    from visionzoo.cli import main
+    from visionzoo.train.run import load_for_inference
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    for split in ("train", "val"):
+        ann_file = folder / "annotations" / f"instances_{split}.json"
+        annotations = json.loads(ann_file.read_text())
+        annotations["categories"].append({"id": 99, "name": "cat"})
+        ann_file.write_text(json.dumps(annotations))
+    with pytest.raises(ValueError, match=f"was trained on {folder} with 7 classes, {folder} has 8: its classifier"):
+        load_for_inference("fasterrcnn_shapes", tmp_path / "run" / "checkpoint.safetensors")

@@ -180,8 +180,8 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     for key, what, consequence in (("num_classes", "classes", "its classifier would be untrained"),
                                    ("in_chans", "image channels", "its first layer would be adapted")):
         if trained.get(key) is not None and built.get(key) is not None and trained[key] != built[key]:
-            raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key]} {what}, {data} has "
-                             f"{built[key]}: {consequence}, not the trained model")
+            raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key]} {what}, "
+                             f"{data or run.get('data')} has {built[key]}: {consequence}, not the trained model")
     trained_classes = run.get("classes")  # checkpoints written before it was recorded lack it
     for split, dataset in setup.splits.items():
         classes = _class_names(dataset)
