@@ -293,3 +293,14 @@ def test_batch_norm_options_on_a_backbone_without_batch_norms_are_refused_by_nam
         create_model(name, **{option: value})
     frozen = create_model("fasterrcnn_resnet18_fpn", frozen_batch_norm=True, batch_norm_eps=0.0).backbone.body.bn1
     assert isinstance(frozen, FrozenBatchNorm2d) and frozen.eps == 0.0
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_convnext_tiny_fpn", "fasterrcnn_swin_tiny_fpn"])
+def test_out_indices_as_a_count_takes_the_backbones_last_maps(name):
+    # the backbones take an int n for their last n maps (timm's rule), the detector failed on it with
+    # "TypeError: 'int' object is not iterable" (also from --model-arg out_indices=3)
+    model = create_model(name, out_indices=3, anchor_sizes=((32,), (64,), (128,), (256,)))
+    assert model.backbone.body.out_indices == (1, 2, 3)
+    assert [block[0].in_channels for block in model.backbone.fpn.inner_blocks] == [192, 384, 768]
+    with pytest.raises(ValueError, match=re.escape("the backbone gives 3 feature maps (2 from out_indices and 'pool')")):
+        create_model(name, out_indices=2)

@@ -145,14 +145,14 @@ def _check_anchor_levels(backbone: nn.Module, anchor_sizes: Sequence[Sequence[fl
                          f"has {len(anchor_sizes)} levels; give anchor_sizes with one entry per map")
 
 
-def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channels: int = 256,
+def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_channels: int = 256,
                  trainable_layers: int | None = None, frozen_batch_norm: bool = False, extra_pool: bool = True,
                  batch_norm_eps: float | None = None, **backbone_args: Any) -> BackboneWithFPN:
     """A registered model built ``features_only`` (ResNet, ConvNeXt, Swin, ...) under an FPN.
 
     Args:
         name: registry name of the backbone.
-        out_indices: its maps to use (default: its last four).
+        out_indices: its maps to use (default: its last four); an int n, its last n (as the backbones take it).
         trainable_layers: ResNet only (other backbones refuse it): how many of ``layer4, layer3, layer2, layer1, conv1`` train (the
             others are frozen, as torchvision does when starting from classification weights).
         frozen_batch_norm: replace the backbone's batch norms by :class:`FrozenBatchNorm2d`.
@@ -165,7 +165,9 @@ def fpn_backbone(name: str, out_indices: Sequence[int] | None = None, out_channe
 
     if out_indices is None:
         out_indices = (-4, -3, -2, -1)  # counted from the end: (0, 1, 2, 3) were a ViT's first four blocks
-    body = create_model(name, features_only=True, out_indices=tuple(out_indices), **backbone_args)
+    if not isinstance(out_indices, int):
+        out_indices = tuple(out_indices)
+    body = create_model(name, features_only=True, out_indices=out_indices, **backbone_args)
     if (frozen_batch_norm or batch_norm_eps is not None) and not any(
             isinstance(module, nn.BatchNorm2d) for module in body.modules()):
         # nothing to convert or set: the option would be dropped without a word (ConvNeXt's and Swin's are LayerNorms)
@@ -208,7 +210,7 @@ def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
     return out
 
 
-def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: Sequence[int] | None = None,
+def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: int | Sequence[int] | None = None,
             fpn_channels: int = 256, extra_pool: bool = True, trainable_backbone_layers: int | None = None,
             frozen_batch_norm: bool = False, batch_norm_eps: float | None = None,
             backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
