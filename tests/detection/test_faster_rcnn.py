@@ -304,3 +304,16 @@ def test_out_indices_as_a_count_takes_the_backbones_last_maps(name):
     assert [block[0].in_channels for block in model.backbone.fpn.inner_blocks] == [192, 384, 768]
     with pytest.raises(ValueError, match=re.escape("the backbone gives 3 feature maps (2 from out_indices and 'pool')")):
         create_model(name, out_indices=2)
+
+
+def test_levels_with_different_anchor_counts_are_refused_when_building():
+    # it built, then the first forward failed with "BoxCoder.decode: deltas must be Tensor[N, 4K] and anchors
+    # Tensor[N, 4], got shapes (3072, 4) and (2688, 4)"
+    with pytest.raises(ValueError, match=re.escape("give [6, 3, 3, 3, 3] anchors per location")):
+        create_model("fasterrcnn_convnext_tiny_fpn", anchor_sizes=((32, 48), (64,), (128,), (256,), (512,)))
+    with pytest.raises(ValueError, match=re.escape("give [3, 3, 3, 1] anchors per location")):
+        create_model("fasterrcnn_shapes", aspect_ratios=((0.5, 1.0, 2.0),) * 3 + ((1.0,),), out_indices=(0, 1, 2, 3),
+                     anchor_sizes=((16,), (32,), (64,), (128,)))
+    model = create_model("fasterrcnn_shapes", anchor_sizes=((16, 24), (32, 48), (64, 96))).eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 128, 128)])[0]["boxes"].shape[1] == 4

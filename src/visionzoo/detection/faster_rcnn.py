@@ -95,7 +95,12 @@ class FasterRCNN(nn.Module):
         _check_anchor_levels(backbone, anchor_sizes)
         aspect_ratios = aspect_ratios or ((0.5, 1.0, 2.0),) * len(anchor_sizes)
         anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios)
-        rpn_head = RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
+        counts = anchor_generator.num_anchors_per_location()
+        if len(set(counts)) > 1:
+            # else the first forward fails in BoxCoder.decode, naming neither option
+            raise ValueError(f"anchor_sizes × aspect_ratios give {counts} anchors per location on the feature levels, "
+                             "but the RPN head, shared by all levels, predicts one number: give every level as many")
+        rpn_head = RPNHead(channels, counts[0])
         self.rpn = RegionProposalNetwork(
             anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
             rpn_positive_fraction, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
