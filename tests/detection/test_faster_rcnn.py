@@ -317,3 +317,14 @@ def test_levels_with_different_anchor_counts_are_refused_when_building():
     model = create_model("fasterrcnn_shapes", anchor_sizes=((16, 24), (32, 48), (64, 96))).eval()
     with torch.no_grad():
         assert model([torch.rand(3, 128, 128)])[0]["boxes"].shape[1] == 4
+
+
+def test_box_featmap_names_that_the_fpn_does_not_give_are_refused_when_building():
+    # "5" was skipped by the pooler without a word: the RoI heads pooled from level "0" alone
+    with pytest.raises(ValueError, match=re.escape("box_featmap_names ['0', '5']: the FPN has no level '5'; its levels "
+                                                   "are ['0', '1', '2', '3', 'pool']")):
+        create_model("fasterrcnn_convnext_tiny_fpn", box_featmap_names=["0", "5"])
+    with pytest.raises(ValueError, match=re.escape("the FPN has no level 'pool'; its levels are ['0', '1', '2']")):
+        create_model("fasterrcnn_shapes", box_featmap_names=["2", "pool"])
+    model = create_model("fasterrcnn_shapes", box_featmap_names=["1", "2"])
+    assert model.roi_heads.box_roi_pool.featmap_names == ["1", "2"]

@@ -110,6 +110,7 @@ class FasterRCNN(nn.Module):
         if box_featmap_names is None:
             pooled_levels = len(anchor_sizes) - int(getattr(getattr(backbone, "fpn", None), "extra_pool", False))
             box_featmap_names = [str(i) for i in range(max(1, pooled_levels))]
+        _check_featmap_names(backbone, box_featmap_names)
         pooler = MultiScaleRoIAlign(list(box_featmap_names), box_roi_output_size, box_sampling_ratio)
         box_head = TwoMLPHead(channels * box_roi_output_size ** 2, representation_size)
         self.roi_heads = RoIHeads(
@@ -148,6 +149,19 @@ def _check_anchor_levels(backbone: nn.Module, anchor_sizes: Sequence[Sequence[fl
         pool = " and 'pool'" if fpn.extra_pool else ""
         raise ValueError(f"the backbone gives {levels} feature maps ({maps} from out_indices{pool}) but anchor_sizes "
                          f"has {len(anchor_sizes)} levels; give anchor_sizes with one entry per map")
+
+
+def _check_featmap_names(backbone: nn.Module, names: Sequence[str]) -> None:
+    """Refuse RoI-head level names that the FPN does not give: the pooler skips them, so a misspelt level was
+    left out without a word (or, all misspelt, the first forward failed)."""
+    fpn = getattr(backbone, "fpn", None)
+    if fpn is None:
+        return
+    levels = [str(i) for i in range(len(fpn.inner_blocks))] + (["pool"] if fpn.extra_pool else [])
+    unknown = [name for name in names if name not in levels]
+    if unknown:
+        raise ValueError(f"box_featmap_names {list(names)}: the FPN has no level {', '.join(map(repr, unknown))}; "
+                         f"its levels are {levels}")
 
 
 def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_channels: int = 256,
