@@ -328,3 +328,40 @@ def test_box_featmap_names_that_the_fpn_does_not_give_are_refused_when_building(
         create_model("fasterrcnn_shapes", box_featmap_names=["2", "pool"])
     model = create_model("fasterrcnn_shapes", box_featmap_names=["1", "2"])
     assert model.roi_heads.box_roi_pool.featmap_names == ["1", "2"]
+
+
+# Swin-T's windows, patches and stages at a quarter of its width (the maps' arithmetic is the same, in a fraction of
+# the time)
+NARROW_SWIN = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+
+
+@pytest.mark.parametrize(("name", "backbone", "args", "sizes"), [
+    ("fasterrcnn_convnext_tiny_fpn", "convnext_tiny", {}, [(2, 64, 96), (1, 100, 77)]),
+    # 224 × 222: the patch embedding pads the last column, as zero-padding the image does; no shifted block pads
+    ("fasterrcnn_swin_tiny_fpn", "swin_tiny_patch4_window7_224", NARROW_SWIN, [(2, 224, 224), (1, 224, 222)]),
+])
+def test_a_timm_checkpoint_in_the_backbone_gives_timms_maps(tmp_path, name, backbone, args, sizes):
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model(backbone, features_only=True, **args).eval()
+    with torch.no_grad():
+        for key, param in reference.named_parameters():
+            if key.endswith(("gamma", "relative_position_bias_table")):  # else layer scale 1e-6 hides ConvNeXt's blocks
+                param.normal_(0, 0.5)
+    torch.save(reference.state_dict(), tmp_path / "backbone.pth")
+    body = create_model(name, backbone_args={"checkpoint": str(tmp_path / "backbone.pth"), **args}).backbone.body.eval()
+    for batch, height, width in sizes:
+        images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
+        patch = 4 if "swin" in name else 1  # Swin pads an image that is no multiple of its patch, ConvNeXt floors
+        padded = torch.nn.functional.pad(images, (0, -width % patch, 0, -height % patch))
+        with torch.no_grad():
+            theirs = [m if m.shape[1] == c else m.permute(0, 3, 1, 2)  # timm's Swin maps are NHWC
+                      for m, c in zip(reference(padded), reference.feature_info.channels())]
+            ours = body(images)
+        with torch.enable_grad():  # the training path
+            trained = body(images)
+        assert [m.shape for m in ours] == [m.shape for m in theirs]
+        for mine, grad_mine, their in zip(ours, trained, theirs):
+            torch.testing.assert_close(mine, their, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(grad_mine.detach(), their, atol=2e-5, rtol=1e-5)
