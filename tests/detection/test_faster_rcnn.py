@@ -365,3 +365,15 @@ def test_a_timm_checkpoint_in_the_backbone_gives_timms_maps(tmp_path, name, back
         for mine, grad_mine, their in zip(ours, trained, theirs):
             torch.testing.assert_close(mine, their, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(grad_mine.detach(), their, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("backbone_args", "message"), [
+    ({"out_indices": [1, 2]}, "backbone_args cannot set out_indices: give the detector's out_indices"),
+    ({"features_only": False}, "backbone_args cannot set features_only"),
+    ([1], "backbone_args must be a dict of the backbone's arguments, got [1]"),
+])
+def test_backbone_args_that_the_detector_sets_or_that_are_no_dict_are_refused(backbone_args, message):
+    # a TypeError ("fpn_backbone() got multiple values for argument 'out_indices'", "argument after ** must be a
+    # mapping"), which --model-arg backbone_args=... showed as a traceback
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("fasterrcnn_convnext_tiny_fpn", backbone_args=backbone_args)
