@@ -612,3 +612,20 @@ def test_a_window_that_is_not_positive_is_refused_by_name(window_size):
         create_model("swin_tiny_patch2_window4_32", window_size=window_size)
     with pytest.raises(ValueError, match=r"window_size must be positive"):
         create_model("swin_tiny_patch2_window4_32").set_input_size(window_size=window_size)
+
+
+def test_the_feature_extractor_exempts_the_relative_position_tables_from_weight_decay():
+    # the classifier lists them in no_weight_decay(), the feature extractor had no such hook: trained under a
+    # detector, Swin's 12 relative position tables were weight-decayed
+    from visionzoo.train.task import weight_decay_groups
+
+    detector = create_model("fasterrcnn_swin_tiny_fpn", backbone_args=dict(embed_dim=24, num_heads=(1, 2, 4, 8)))
+    tables = {name for name, _ in detector.named_parameters() if name.endswith("relative_position_bias_table")}
+    assert len(tables) == 12
+    decayed, exempt = weight_decay_groups(detector, 0.05)
+    by_id = {id(param): name for name, param in detector.named_parameters()}
+    assert tables <= {by_id[id(param)] for param in exempt["params"]}
+    assert not tables & {by_id[id(param)] for param in decayed["params"]}
+    features = create_model("swin_tiny_patch4_window7_224", features_only=True, out_indices=(0, 1))
+    assert features.no_weight_decay() == {f"layers.{stage}.blocks.{block}.attn.relative_position_bias_table"
+                                          for stage in (0, 1) for block in (0, 1)}

@@ -814,6 +814,11 @@ class SwinTransformerFeatures(nn.Module):
         """As :meth:`SwinTransformer.set_grad_checkpointing`."""
         _set_grad_checkpointing(self.layers, enable)
 
+    def no_weight_decay(self) -> set[str]:
+        """As :meth:`SwinTransformer.no_weight_decay`: the relative position tables (a detector's backbone trains
+        them without weight decay, as the classifier does and as Swin's detection recipe does)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.patch_embed(x)
         maps = []
