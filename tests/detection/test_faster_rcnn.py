@@ -377,3 +377,14 @@ def test_backbone_args_that_the_detector_sets_or_that_are_no_dict_are_refused(ba
     # mapping"), which --model-arg backbone_args=... showed as a traceback
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model("fasterrcnn_convnext_tiny_fpn", backbone_args=backbone_args)
+
+
+def test_a_backbone_file_given_as_the_detectors_checkpoint_says_where_it_goes(tmp_path):
+    # it listed "208 missing keys: backbone.body.stages.0...; 182 unexpected keys: head.fc.bias, ..."
+    from visionzoo.checkpoint import CheckpointError
+
+    torch.save(create_model("convnext_tiny").state_dict(), tmp_path / "convnext.pth")
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {tmp_path / 'convnext.pth'}: it holds no detector "
+                                                        "weights") + r".*backbone_args=\{\"checkpoint\": PATH\}"):
+        create_model("fasterrcnn_convnext_tiny_fpn", checkpoint=tmp_path / "convnext.pth")
+    create_model("fasterrcnn_convnext_tiny_fpn", backbone_args={"checkpoint": str(tmp_path / "convnext.pth")})

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.detection.anchors import AnchorGenerator
 from visionzoo.detection.fpn import BackboneWithFPN
@@ -216,7 +217,13 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
 
 def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """torchvision's Faster R-CNN state dicts to ours: the pre-0.13 RPN head keys (``rpn.head.conv.weight``)
-    move to ``rpn.head.conv.0.0.*``; batch-norm counters missing from frozen-BN files are filled in."""
+    move to ``rpn.head.conv.0.0.*``; batch-norm counters missing from frozen-BN files are filled in. A file of a
+    backbone alone (no ``backbone.``, ``rpn.`` or ``roi_heads.`` key) is refused, saying where it goes instead."""
+    if not any(key.startswith(("backbone.", "rpn.", "roi_heads.")) for key in state_dict):
+        # else a strict load listing some 200 missing and unexpected keys
+        raise CheckpointError("it holds no detector weights (no backbone., rpn. or roi_heads. key): a backbone's "
+                              "weights (timm's, torchvision's) go in as backbone_args={\"checkpoint\": PATH} "
+                              "(visionzoo train: --model-arg 'backbone_args={\"checkpoint\": \"PATH\"}')")
     out = {}
     for key, value in state_dict.items():
         for suffix in ("weight", "bias"):
