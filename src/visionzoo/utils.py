@@ -7,7 +7,7 @@ import difflib
 import functools
 import numbers
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,19 @@ def require_integers(owner: str, **settings: Any) -> None:
     for name, value in settings.items():
         if value is not None and not is_integer(value):
             raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
+
+
+def require_nested_args(name: str, args: Any, reserved: Mapping[str, str]) -> None:
+    """Refuse a detector's ``name`` (``backbone_args``, ``cnn_args``) when it is no dict, or sets one of the
+    ``reserved`` arguments (key: what sets it instead) that the detector passes itself: else a TypeError
+    ("got multiple values for keyword argument"), a traceback from the CLI's --model-arg."""
+    if args is None:
+        return
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{name} must be a dict of the backbone's arguments, got {args!r:.60}")
+    for key, instead in reserved.items():
+        if key in args:
+            raise ValueError(f"{name} cannot set {key}: {instead}")
 
 
 def require_unit_interval(**settings: float) -> None:

@@ -156,6 +156,19 @@ def test_an_image_without_boxes_is_a_negative_and_bad_input_is_one_clear_error()
         create_model("fastrcnn_shapes", in_chans=1)
 
 
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("rcnn_shapes", {"cnn_args": {"num_classes": 5}}, "cnn_args cannot set num_classes: the CNN gives features"),
+    ("rcnn_shapes", {"cnn_args": "resnet18"}, "cnn_args must be a dict of the backbone's arguments, got 'resnet18'"),
+    ("fastrcnn_shapes", {"backbone_args": {"out_indices": (2,)}}, "backbone_args cannot set out_indices: Fast R-CNN"),
+    ("fastrcnn_shapes", {"backbone_args": [1]}, "backbone_args must be a dict of the backbone's arguments, got [1]"),
+])
+def test_nested_arguments_that_the_detector_sets_or_that_are_no_dict_are_refused(name, args, message):
+    # a TypeError ("create_model() got multiple values for keyword argument 'num_classes'", "argument after ** must
+    # be a mapping"), which --model-arg showed as a traceback
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, **args)
+
+
 def test_rcnn_and_fast_rcnn_are_built_from_any_registered_network():
     rcnn = RCNN(create_model("resnet18", num_classes=0), num_classes=3, warp_size=32, proposals="sliding_window",
                 proposal_args={"sizes": (16,)})

@@ -20,7 +20,7 @@ the built-in 128×128 Shapes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
+from visionzoo.utils import require_nested_args
 
 
 class FasterRCNN(nn.Module):
@@ -236,26 +237,15 @@ def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[s
     return out
 
 
-def _check_backbone_args(backbone_args: Any) -> None:
-    """Refuse ``backbone_args`` that are no dict or that set what the detector sets (else a TypeError, a traceback
-    from the CLI's --model-arg)."""
-    if backbone_args is None:
-        return
-    if not isinstance(backbone_args, Mapping):
-        raise ValueError(f"backbone_args must be a dict of the backbone's arguments, got {backbone_args!r}")
-    for key, instead in (("out_indices", "give the detector's out_indices"),
-                         ("features_only", "the detector builds its backbone features_only")):
-        if key in backbone_args:
-            raise ValueError(f"backbone_args cannot set {key}: {instead}")
-
-
 def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indices: int | Sequence[int] | None = None,
             fpn_channels: int = 256, extra_pool: bool = True, trainable_backbone_layers: int | None = None,
             frozen_batch_norm: bool = False, batch_norm_eps: float | None = None,
             backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
-    _check_backbone_args(backbone_args)
+    require_nested_args("backbone_args", backbone_args, {
+        "out_indices": "give the detector's out_indices",
+        "features_only": "the detector builds its backbone features_only"})
     body = fpn_backbone(backbone, out_indices, fpn_channels, trainable_backbone_layers, frozen_batch_norm, extra_pool,
                         batch_norm_eps, **(backbone_args or {}))
     return FasterRCNN(body, num_classes=num_classes, **kwargs)

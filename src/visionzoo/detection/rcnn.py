@@ -41,7 +41,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs, r
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
-from visionzoo.utils import is_integer
+from visionzoo.utils import is_integer, require_nested_args
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 
@@ -299,6 +299,8 @@ def _rcnn(cnn_name: str, *, num_classes: int = 91, in_chans: int = 3, cnn_args: 
     from visionzoo.models import create_model
 
     _check_rgb(in_chans)
+    require_nested_args("cnn_args", cnn_args, {"num_classes": "the CNN gives features (num_classes=0); give the "
+                                                              "detector's num_classes"})
     return RCNN(create_model(cnn_name, num_classes=0, **(cnn_args or {})), num_classes, **kwargs)
 
 
@@ -307,6 +309,9 @@ def _fast_rcnn(backbone_name: str, out_index: int, *, num_classes: int = 91, in_
     from visionzoo.models import create_model
 
     _check_rgb(in_chans)
+    require_nested_args("backbone_args", backbone_args, {
+        "out_indices": f"Fast R-CNN pools the backbone's one feature map {out_index}",
+        "features_only": "the detector builds its backbone features_only"})
     backbone = create_model(backbone_name, features_only=True, out_indices=(out_index,), **(backbone_args or {}))
     return FastRCNN(backbone, num_classes, **kwargs)
 
