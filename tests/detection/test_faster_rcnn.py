@@ -367,6 +367,14 @@ def test_a_timm_checkpoint_in_the_backbone_gives_timms_maps(tmp_path, name, back
             torch.testing.assert_close(grad_mine.detach(), their, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [0, -3, 2.5])
+def test_an_fpn_width_that_is_no_positive_integer_is_refused_when_built(channels):
+    # 0 built (with PyTorch's zero-element warnings) and failed at the first image; -3 failed with "Trying to
+    # create tensor with negative dimension -3"
+    with pytest.raises(ValueError, match=re.escape(f"fpn_channels must be a positive integer, got {channels}")):
+        create_model("fasterrcnn_shapes", fpn_channels=channels)
+
+
 @pytest.mark.parametrize(("backbone_args", "message"), [
     ({"out_indices": [1, 2]}, "backbone_args cannot set out_indices: give the detector's out_indices"),
     ({"features_only": False}, "backbone_args cannot set features_only"),

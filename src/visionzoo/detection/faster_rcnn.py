@@ -36,7 +36,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
-from visionzoo.utils import require_nested_args
+from visionzoo.utils import is_integer, require_nested_args
 
 
 class FasterRCNN(nn.Module):
@@ -243,6 +243,8 @@ def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indi
             backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
+    if not is_integer(fpn_channels) or fpn_channels < 1:  # 0 built a detector that failed at its first image
+        raise ValueError(f"fpn_channels must be a positive integer, got {fpn_channels!r:.40}")
     require_nested_args("backbone_args", backbone_args, {
         "out_indices": "give the detector's out_indices",
         "features_only": "the detector builds its backbone features_only"})
