@@ -289,6 +289,10 @@ def test_rot90_refuses_images_that_are_not_square(monkeypatch):
     (["--distillation", "soft"], "--distillation soft needs a teacher"),
     (["--distillation-alpha", "0.9"], "--distillation-alpha 0.9 needs a teacher"),
     (["--distillation-tau", "3"], "--distillation-tau 3.0 needs a teacher"),
+    # typed at their defaults these were taken for left out, and the run trained without distilling
+    (["--distillation", "hard"], "--distillation hard needs a teacher"),
+    (["--distillation-alpha", "0.5"], "--distillation-alpha 0.5 needs a teacher"),
+    (["--distillation-tau", "1"], "--distillation-tau 1.0 needs a teacher"),
     # at --translate 40, 36% of 32-px digit training images came out blank and 47% kept under a tenth of their ink
     (["--translate", "32"], "--translate 32 can shift digits's 32×32 images wholly off themselves"),
 ])

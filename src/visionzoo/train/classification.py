@@ -206,12 +206,13 @@ class ClassificationTask(Task):
                                 "them, as timm's); the head is re-initialised")
         group.add_argument("--teacher", metavar="MODEL", help="distil from this model (DeiT); needs --teacher-checkpoint")
         group.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
-        group.add_argument("--distillation", choices=DISTILLATION_KINDS, default=DISTILLATION_DEFAULTS["distillation"],
+        # No argparse defaults (DISTILLATION_DEFAULTS fill them in with a teacher): one typed without a teacher,
+        # even at its default, is refused rather than ignored.
+        group.add_argument("--distillation", choices=DISTILLATION_KINDS,
                            help="hard (default): the teacher's arg-max; soft: its temperature-scaled distribution")
-        group.add_argument("--distillation-alpha", type=unit_interval, default=DISTILLATION_DEFAULTS["distillation_alpha"],
-                           help="weight of the teacher's term")
-        group.add_argument("--distillation-tau", type=positive_float, default=DISTILLATION_DEFAULTS["distillation_tau"],
-                           help="soft distillation temperature")
+        group.add_argument("--distillation-alpha", type=unit_interval,
+                           help="weight of the teacher's term (default 0.5)")
+        group.add_argument("--distillation-tau", type=positive_float, help="soft distillation temperature (default 1)")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
@@ -306,8 +307,8 @@ def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
             raise ValueError(f"--distillation-tau {tau} applies to --distillation soft; hard distillation learns "
                              "the teacher's arg-max, which no temperature changes")
         return
-    for name, default in DISTILLATION_DEFAULTS.items():
-        if options.get(name) not in (None, default):
+    for name in DISTILLATION_DEFAULTS:
+        if options.get(name) is not None:
             raise ValueError(f"--{name.replace('_', '-')} {options[name]} needs a teacher (--teacher MODEL "
                              "--teacher-checkpoint FILE); without one the run would not distil")
 
