@@ -122,3 +122,32 @@ def test_a_teacher_trained_at_another_image_size_is_refused(capsys, teacher_run,
     error = capsys.readouterr().err.strip()
     assert "was trained at 16 px, this run is at 32 px" in error and "\n" not in error, error
     assert not out.exists()
+
+
+def test_a_teacher_that_does_not_take_the_runs_images_is_refused_before_the_run(capsys, teacher_run, tmp_path):
+    """A timm-style file of a ViT built for 32 px, teaching at 16 px, and a checkpoint of ours trained on 3-channel
+    images, teaching on 1-channel Digits, were both accepted and failed at the first step, after the run folder was
+    written, with an error about "the model" ("is built for 32×32 images, got 16×16"; "takes 1-channel images, got
+    3 channels ... build it with in_chans=3") that read as the student's."""
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+    from visionzoo.models import create_model
+
+    vit = tmp_path / "vit32.pth"
+    torch.save(create_model("vit_tiny_patch8_32", num_classes=10, in_chans=1).state_dict(), vit)
+    tensors, meta = read_checkpoint(teacher_run)
+    rgb = create_model("resnet18", num_classes=10, in_chans=3, small_input=True).state_dict()
+    tensors = {**{k: v for k, v in tensors.items() if not k.startswith(("model.", "ema."))},
+               **{"model." + k: v for k, v in rgb.items()}}
+    meta["model"]["args"]["in_chans"] = meta["run"]["in_chans"] = 3
+    meta["task"]["mean"], meta["task"]["std"] = [0.5] * 3, [0.25] * 3
+    save_checkpoint(tmp_path / "rgb.safetensors", tensors, meta)
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out)]
+    for teacher, checkpoint, message in (
+            ("vit_tiny_patch8_32", vit, "teacher vit_tiny_patch8_32 (" + str(vit) + ") does not take this run's "
+                                        "16×16 images: the model is built for 32×32 images"),
+            ("resnet18", tmp_path / "rgb.safetensors", "was trained on 3-channel images, this run's have 1")):
+        assert main([*base, "--teacher", teacher, "--teacher-checkpoint", str(checkpoint)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and "\n" not in error, error
+        assert not out.exists()

@@ -258,7 +258,8 @@ class ClassificationTask(Task):
             if not (options.get("teacher") and options.get("teacher_checkpoint")):
                 raise ValueError("distillation needs both --teacher MODEL and --teacher-checkpoint FILE")
             if checkpoint is None:  # training; evaluating a distilled model needs no teacher
-                teacher = Teacher(options["teacher"], options["teacher_checkpoint"], classes, in_chans, size)
+                teacher = Teacher(options["teacher"], options["teacher_checkpoint"], classes, in_chans,
+                                  tuple(image.shape[-2:]))
                 if hasattr(model, "set_distilled_training"):
                     model.set_distilled_training(True)
         distillation = {**DISTILLATION_DEFAULTS, **{k: options[k] for k in DISTILLATION_DEFAULTS if options.get(k) is not None}}

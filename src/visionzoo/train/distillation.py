@@ -66,13 +66,15 @@ class Teacher:
             its EMA weights where it kept them) or a timm/torchvision weights file of that model.
         classes: the student's class names; the teacher must predict the same classes (a head for another
             number is refused, not re-initialised: an untrained teacher would be distilled from).
-        in_chans: channels of the images.
-        img_size: their side in pixels; a checkpoint of ours trained at another size is refused (the objects
-            would be at another scale than it learned).
+        in_chans: channels of the images; a checkpoint of ours trained on another number is refused (a
+            timm/torchvision file has its stem adapted, as when fine-tuning).
+        image_size: their (H, W); a checkpoint of ours trained at another size is refused (the objects would
+            be at another scale than it learned), and so is a teacher that does not take images of this size
+            (a ViT built for another).
     """
 
     def __init__(self, model_name: str, checkpoint: str | Path, classes: Sequence[str], in_chans: int,
-                 img_size: int | None = None) -> None:
+                 image_size: tuple[int, int] | None = None) -> None:
         from visionzoo.checkpoint import model_state, read_checkpoint
         from visionzoo.models import create_model, get_model_entry
         from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
@@ -92,7 +94,12 @@ class Teacher:
             raise ValueError(
                 f"teacher checkpoint {path} predicts classes {list(teacher_classes)}, the data set has {list(classes)}"
             )
+        trained_chans = ((meta or {}).get("run") or {}).get("in_chans")
+        if trained_chans is not None and trained_chans != in_chans:
+            raise ValueError(f"teacher checkpoint {path} was trained on {trained_chans}-channel images, this run's "
+                             f"have {in_chans}")
         trained_size = ((meta or {}).get("run") or {}).get("img_size")
+        img_size = None if image_size is None else image_size[-1]  # the width, as a run records it
         if img_size is not None and trained_size is not None and trained_size != img_size:
             raise ValueError(f"teacher checkpoint {path} was trained at {trained_size} px, this run is at {img_size} px: "
                              f"it would see objects at {img_size / trained_size:.2g}x the scale it learned; train the "
@@ -114,6 +121,12 @@ class Teacher:
         self.mean, self.std = task_meta.get("mean"), task_meta.get("std")
         if self.mean is None:
             self.mean, self.std = normalization(model, in_chans)
+        if image_size is not None:
+            try:  # here, rather than at the first step once the run folder is written, naming the teacher
+                self(torch.zeros(1, in_chans, *image_size))
+            except (ValueError, RuntimeError) as error:
+                raise ValueError(f"teacher {model_name} ({path}) does not take this run's {image_size[0]}×"
+                                 f"{image_size[1]} images: {error}") from error
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
