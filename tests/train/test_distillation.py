@@ -151,3 +151,15 @@ def test_a_teacher_that_does_not_take_the_runs_images_is_refused_before_the_run(
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error, error
         assert not out.exists()
+
+
+def test_a_masked_patch_prediction_pretraining_is_refused_as_a_teacher(tmp_path):
+    """Its classes are the data set's, so it passed the checks and failed to load with a list of 80 missing and 81
+    unexpected keys ("encoder.blocks.0...")."""
+    from visionzoo.train.distillation import Teacher
+
+    run = tmp_path / "mpp"
+    assert main(["train", "vit_tiny_patch8_32", "--data", "digits", "--img-size", "32", "--precision", "fp32",
+                 "--no-progress", "--batch-size", "8", "--objective", "mpp", "--max-steps", "1", "--out", str(run)]) == 0
+    with pytest.raises(ValueError, match="is a masked patch prediction pretraining, not a classifier; fine-tune it"):
+        Teacher("vit_tiny_patch8_32", run / "checkpoint.safetensors", [str(i) for i in range(10)], 1)

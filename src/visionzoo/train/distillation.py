@@ -89,6 +89,9 @@ class Teacher:
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
         tensors, meta = read_checkpoint(path, use_ema=True)
         task_meta = (meta or {}).get("task") or {}
+        if task_meta.get("objective") == "mpp":
+            raise ValueError(f"teacher checkpoint {path} is a masked patch prediction pretraining, not a classifier; "
+                             f"fine-tune it first (`visionzoo train {model_name} --initial-checkpoint {path}`)")
         teacher_classes = task_meta.get("classes")
         if teacher_classes is not None and list(teacher_classes) != list(classes):
             raise ValueError(
