@@ -34,7 +34,10 @@ def distillation_loss(
         targets: Tensor[B, K] label probabilities (one-hot, smoothed or mixed).
         teacher_logits: Tensor[B, K] on the same (augmented) images.
         kind: "hard": cross-entropy with the teacher's arg-max, ``(1-α)·CE(cls, y) + α·CE(dist, y_t)``
-            (DeiT uses α = 1/2); "soft": ``(1-α)·CE(cls, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ))``.
+            (DeiT uses α = 1/2); "soft": ``(1-α)·CE(cls, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ))``, the KL
+            summed over the classes and averaged over the images, as the paper's formula (per image) and
+            Hinton et al.'s. facebookresearch/deit's ``DistillationLoss`` divides the batch's sum by B·K
+            instead: at the same α its teacher term is K times smaller than this one.
     Returns the scalar loss (float32).
     """
     if kind not in DISTILLATION_KINDS:
