@@ -102,3 +102,15 @@ def test_pretraining_runs_under_distributed_data_parallel(tmp_path, name, model_
     finally:
         dist.destroy_process_group()
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_fine_tuning_reports_the_tensors_it_leaves_out(mpp_run, caplog):
+    """Fine-tuning from a pretraining left its [mask] embedding and colour head behind without a word."""
+    import logging
+
+    from visionzoo.train.classification import build_classifier
+
+    with caplog.at_level(logging.INFO, logger="visionzoo.train.classification"):
+        build_classifier("vit_tiny_patch8_32", 10, 1, {}, initial_checkpoint=mpp_run)
+    assert (f"{mpp_run}: starting from 78 of its 81 tensors; left out: encoder.head.bias, encoder.head.weight, "
+            "mask_token; the model's head freshly initialised") in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from visionzoo.train.mixup import mix_batch, smooth_one_hot
 from visionzoo.train.task import Setup, Task, register_task
 
 OBJECTIVES = ("classify", "mpp")
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEAN = (0.5,)
 DEFAULT_STD = (0.5,)
@@ -355,6 +358,7 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     returned, if the caller has read it already. A file with EMA weights (our ``ema.`` section, timm's
     ``state_dict_ema``/``model_ema``) starts the model from those, as timm's ``train.py
     --initial-checkpoint`` (``create_model(checkpoint_path=)``) does. The head keeps its fresh initialisation.
+    Logs the file's tensors left out (its head; a pretraining's [mask] embedding and colour head).
     """
     from visionzoo.checkpoint import model_state, read_checkpoint
     from visionzoo.models import get_model_entry
@@ -366,10 +370,16 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     state = model_state(tensors, meta, ema=True)
     if meta is None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
+    given = list(state)
+    prefix = ""
     if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
-        state = pretrained_encoder_state(state)
+        state, prefix = pretrained_encoder_state(state), "encoder."
     own = model.state_dict()
     heads = tuple(head + "." for head in entry.classifier)
     state = {k: v for k, v in state.items() if not k.startswith(heads)}
+    taken = {prefix + k for k in state}
     state.update({k: v for k, v in own.items() if k.startswith(heads)})
     load_state_dict_strict(model, adapt_state_dict(state, model, entry, str(path)), str(path))
+    left = sorted(k for k in given if k not in taken)
+    log.info("%s: starting from %d of its %d tensors; left out: %s; the model's %s freshly initialised", path,
+             len(given) - len(left), len(given), ", ".join(left) or "none", " and ".join(entry.classifier))
