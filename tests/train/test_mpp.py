@@ -114,3 +114,20 @@ def test_fine_tuning_reports_the_tensors_it_leaves_out(mpp_run, caplog):
         build_classifier("vit_tiny_patch8_32", 10, 1, {}, initial_checkpoint=mpp_run)
     assert (f"{mpp_run}: starting from 78 of its 81 tensors; left out: encoder.head.bias, encoder.head.weight, "
             "mask_token; the model's head freshly initialised") in caplog.text
+
+
+@pytest.mark.parametrize("model_args", [["dynamic_img_size=true", "dynamic_img_pad=true"], ["dynamic_img_size=true"]])
+def test_images_not_cut_into_whole_patches_are_refused_before_the_run(capsys, tmp_path, model_args):
+    """At --img-size 30 with 8-px patches, a padding ViT failed at the first step with a traceback ("shape
+    '[16, 16, 192]' is invalid for input of size 27648": 16 tokens, 9 colours) and a non-padding one there too,
+    after the run folder was written."""
+    out = tmp_path / "run"
+    argv = ["train", "vit_tiny_patch8_32", *SMALL[:2], "--img-size", "30", *SMALL[4:], "--objective", "mpp",
+            "--max-steps", "1", "--out", str(out)]
+    for arg in model_args:
+        argv += ["--model-arg", arg]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert ("digits's 30×30 images are not a multiple of the 8×8 patch size; give e.g. --img-size 24" in error
+            and "\n" not in error), error
+    assert not out.exists()

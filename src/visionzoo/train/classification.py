@@ -245,11 +245,12 @@ class ClassificationTask(Task):
         if checkpoint is None:
             refuse_unused_options(options, objective)
         if objective == "mpp":
-            from visionzoo.train.mpp import MaskedPatchTask
+            from visionzoo.train.mpp import MaskedPatchTask, check_whole_patches
 
             task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
                                                 options.get("initial_checkpoint"), common)
             check_image_size(model, model_name, data, tuple(image.shape[-2:]))
+            check_whole_patches(tuple(image.shape[-2:]), task.patch_size, data)
             return Setup(task, model, splits, run_meta)
 
         model = build_classifier(model_name, len(classes), in_chans, model_args, checkpoint,

@@ -38,6 +38,17 @@ def mean_colour_classes(images: Tensor, patch_size: tuple[int, int], bits: int =
     return (digits * weights[None, :, None]).sum(dim=1)
 
 
+def check_whole_patches(image_size: tuple[int, int], patch_size: tuple[int, int], data: str) -> None:
+    """Refuse ``data``'s images of ``image_size`` (H, W) unless they cut into whole ``patch_size`` patches: each
+    patch's colour is predicted (a model padding the images, ``dynamic_img_pad``, would have more tokens than
+    colours)."""
+    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+        side = max(patch_size[0], image_size[0] // patch_size[0] * patch_size[0])
+        raise ValueError(f"masked patch prediction predicts the colour of whole patches: {data}'s {image_size[0]}×"
+                         f"{image_size[1]} images are not a multiple of the {patch_size[0]}×{patch_size[1]} patch "
+                         f"size; give e.g. --img-size {side}")
+
+
 @dataclass
 class Corruption:
     """Which patches of a batch are corrupted and how. All Tensor[B, N].
