@@ -173,3 +173,21 @@ def test_a_temperature_for_hard_distillation_is_refused(capsys, teacher_run, tmp
                  "resnet18", "--teacher-checkpoint", str(teacher_run), "--distillation-tau", "3"]) == 2
     assert "--distillation-tau 3.0 applies to --distillation soft" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_runs_recorded_with_every_distillation_default_still_resume(teacher_run, tmp_path, distilled):
+    """Runs recorded before the distillation options lost their argparse defaults hold all three at their defaults
+    (with or without a teacher); refusing those as typed would leave such runs unable to --resume."""
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+
+    out = tmp_path / "r"
+    teacher = ["--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run)] if distilled else []
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--out", str(out), *teacher]
+    assert main([*base, "--max-steps", "1"]) == 0
+    path = out / "checkpoint.safetensors"
+    tensors, meta = read_checkpoint(path)
+    meta["run"]["options"].update(distillation="hard", distillation_alpha=0.5, distillation_tau=1.0)
+    save_checkpoint(path, tensors, meta)
+    assert main([*base, "--max-steps", "2", "--resume"]) == 0
+    assert read_checkpoint(path)[1]["step"] == 2

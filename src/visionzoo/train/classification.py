@@ -300,22 +300,25 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
 
 def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
     """Refuse the options a training run of ``objective`` would ignore: label smoothing, mixup, CutMix and a
-    teacher under ``mpp`` (its targets are patch colours, not labels), distillation settings without a teacher,
-    and a temperature for hard distillation (the teacher's arg-max)."""
+    teacher under ``mpp`` (its targets are patch colours, not labels), distillation settings without a teacher, and a
+    temperature for hard distillation."""
     if objective == "mpp":
         for flag in ("--label-smoothing", "--mixup", "--cutmix", "--teacher", "--teacher-checkpoint"):
             if options.get(flag[2:].replace("-", "_")):
                 raise ValueError(f"{flag} applies to classification, not to --objective mpp")
     if options.get("teacher") or options.get("teacher_checkpoint"):
-        kind, tau = options.get("distillation") or DISTILLATION_DEFAULTS["distillation"], options.get("distillation_tau")
-        if kind == "hard" and tau not in (None, DISTILLATION_DEFAULTS["distillation_tau"]):
-            raise ValueError(f"--distillation-tau {tau} applies to --distillation soft; hard distillation learns "
-                             "the teacher's arg-max, which no temperature changes")
+        kind = options.get("distillation") or DISTILLATION_DEFAULTS["distillation"]
+        # τ = 1 passes: runs recorded before these options lost their argparse defaults hold it, and it tempers nothing
+        if kind == "hard" and options.get("distillation_tau") not in (None, DISTILLATION_DEFAULTS["distillation_tau"]):
+            raise ValueError(f"--distillation-tau {options['distillation_tau']} applies to --distillation soft; hard "
+                             "distillation learns the teacher's arg-max, which a temperature does not change")
         return
-    for name in DISTILLATION_DEFAULTS:
-        if options.get(name) is not None:
-            raise ValueError(f"--{name.replace('_', '-')} {options[name]} needs a teacher (--teacher MODEL "
-                             "--teacher-checkpoint FILE); without one the run would not distil")
+    given = {name: options[name] for name in DISTILLATION_DEFAULTS if options.get(name) is not None}
+    # all three at their defaults pass: what every run recorded before they lost their argparse defaults (resumed)
+    if given and given != DISTILLATION_DEFAULTS:
+        name = next(iter(given))
+        raise ValueError(f"--{name.replace('_', '-')} {options[name]} needs a teacher (--teacher MODEL "
+                         "--teacher-checkpoint FILE); without one the run would not distil")
 
 
 def build_classifier(model_name: str, num_classes: int, in_chans: int, model_args: Mapping[str, Any],
