@@ -131,3 +131,11 @@ def test_images_not_cut_into_whole_patches_are_refused_before_the_run(capsys, tm
     assert ("digits's 30×30 images are not a multiple of the 8×8 patch size; give e.g. --img-size 24" in error
             and "\n" not in error), error
     assert not out.exists()
+
+
+def test_evaluating_a_pretraining_on_images_of_other_channels_says_so(mpp_run, capsys):
+    """`visionzoo eval` of the 1-channel Digits pretraining on RGB Shapes failed with "3 shape mismatches:
+    encoder.head.bias (8,) vs model (512,), ...", where a classifier's run names the data that does not fit."""
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), "--data", "shapes"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "was pretrained on 1-channel images, these have 3: it predicts 8 patch colours, not their 512" in error

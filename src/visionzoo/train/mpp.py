@@ -178,6 +178,11 @@ class MaskedPatchTask(ClassificationTask):
             tensors, meta = read_checkpoint(checkpoint)
             if meta is None or (meta.get("task") or {}).get("objective") != "mpp":
                 raise ValueError(f"checkpoint {checkpoint} is not a masked patch prediction run")
+            trained = ((meta.get("model") or {}).get("args") or {}).get("in_chans")
+            if trained is not None and trained != in_chans:
+                raise ValueError(f"{checkpoint} was pretrained on {trained}-channel images, these have {in_chans}: it "
+                                 f"predicts {(2 ** COLOUR_BITS) ** trained} patch colours, not their "
+                                 f"{(2 ** COLOUR_BITS) ** in_chans}")
             # its EMA weights where it kept them, as create_model(checkpoint=) takes a classifier's; `visionzoo eval`
             # without --use-ema then loads the trained ones over them
             load_state_dict_strict(model, model_state(tensors, meta, ema=True), str(checkpoint))
