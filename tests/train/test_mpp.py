@@ -139,3 +139,22 @@ def test_evaluating_a_pretraining_on_images_of_other_channels_says_so(mpp_run, c
     assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), "--data", "shapes"]) == 2
     error = capsys.readouterr().err.strip()
     assert "was pretrained on 1-channel images, these have 3: it predicts 8 patch colours, not their 512" in error
+
+
+def test_a_swapped_patch_takes_another_patchs_embedding():
+    """The paper swaps 10% of the corrupted patches for "a random other patch embedding"; the source was drawn among
+    all of the batch's patches, the patch itself included, so at validation (one image of 16 patches per draw)
+    7.3% of the swaps kept the patch as it was (0.0073 of the corrupted patches)."""
+    from visionzoo.train.mpp import evaluation_corruption, sample_corruption
+
+    own = torch.arange(4000 * 16).view(4000, 16)
+    for corruption in (evaluation_corruption(0, 4000, 16), sample_corruption(4000, 16, torch.Generator().manual_seed(0))):
+        assert not ((corruption.source == own) & corruption.swapped).any()
+        assert corruption.source.min() >= 0 and corruption.source.max() < 4000 * 16
+    drawn = evaluation_corruption(0, 4000, 16)
+    within = drawn.source - own + torch.arange(16)  # the index of the source patch in its image
+    assert ((within >= 0) & (within < 16)).all()
+    counts = torch.bincount(within[:, 0], minlength=16)  # the first patch's sources: the 15 others, evenly
+    assert counts[0] == 0 and counts[1:].min() > 0.8 * 4000 / 15
+    single = sample_corruption(1, 1, torch.Generator().manual_seed(0))  # no other patch: it keeps its own
+    assert single.source.item() == 0

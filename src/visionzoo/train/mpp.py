@@ -67,7 +67,8 @@ class Corruption:
 def sample_corruption(batch: int, tokens: int, generator: torch.Generator, ratio: float = 0.5,
                       mask_prob: float = 0.8, swap_prob: float = 0.1) -> Corruption:
     """Draw a :class:`Corruption`: exactly ``round(ratio·N)`` patches per image, then each of them is
-    masked with ``mask_prob``, swapped with ``swap_prob``, else kept."""
+    masked with ``mask_prob``, swapped with ``swap_prob`` (for another of the batch's patches, uniformly), else
+    kept."""
     count = max(1, round(ratio * tokens))
     order = torch.rand(batch, tokens, generator=generator).argsort(dim=1)
     corrupted = torch.zeros(batch, tokens, dtype=torch.bool)
@@ -75,7 +76,9 @@ def sample_corruption(batch: int, tokens: int, generator: torch.Generator, ratio
     draw = torch.rand(batch, tokens, generator=generator)
     masked = corrupted & (draw < mask_prob)
     swapped = corrupted & (draw >= mask_prob) & (draw < mask_prob + swap_prob)
-    source = torch.randint(0, batch * tokens, (batch, tokens), generator=generator)
+    own = torch.arange(batch * tokens).view(batch, tokens)
+    source = torch.randint(0, max(batch * tokens - 1, 1), (batch, tokens), generator=generator)
+    source += (source >= own) & (batch * tokens > 1)  # skip the patch itself: a swap onto itself would keep it
     return Corruption(corrupted, masked, swapped, source)
 
 
