@@ -165,16 +165,6 @@ def test_a_masked_patch_prediction_pretraining_is_refused_as_a_teacher(tmp_path)
         Teacher("vit_tiny_patch8_32", run / "checkpoint.safetensors", [str(i) for i in range(10)], 1)
 
 
-def test_a_temperature_for_hard_distillation_is_refused(capsys, teacher_run, tmp_path):
-    """`--teacher ... --distillation-tau 3` (hard distillation, the default) trained as without it: the arg-max of
-    the teacher's logits does not depend on a temperature."""
-    out = tmp_path / "r"
-    assert main(["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out), "--teacher",
-                 "resnet18", "--teacher-checkpoint", str(teacher_run), "--distillation-tau", "3"]) == 2
-    assert "--distillation-tau 3.0 applies to --distillation soft" in capsys.readouterr().err
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("distilled", [False, True])
 def test_runs_recorded_with_every_distillation_default_still_resume(teacher_run, tmp_path, distilled):
     """Runs recorded before the distillation options lost their argparse defaults hold all three at their defaults
