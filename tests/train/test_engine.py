@@ -81,7 +81,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+@pytest.fixture(scope="module")
+def two_processes_and_one(tmp_path_factory) -> Path:
+    """A torchrun run of 2 processes with batch 8 (``ddp``, ``final_0/1.safetensors``) and one process with batch
+    16 (``single``, ``single.safetensors``), without randomness in their steps."""
+    tmp_path = tmp_path_factory.mktemp("torchrun")
     common = ["--dropout", "0", "--precision", "fp32", "--ema-decay", "0"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT),
@@ -91,6 +95,13 @@ def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path)
     process = subprocess.run(command, capture_output=True, text=True, timeout=300,
                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert process.returncode == 0, process.stderr[-3000:]
+    run_script(str(tmp_path / "single"), "--batch-size", "16", "--final", str(tmp_path / "single.safetensors"),
+               *common)
+    return tmp_path
+
+
+def test_torchrun_two_processes_match_one_process_with_twice_the_batch(two_processes_and_one):
+    tmp_path = two_processes_and_one
     rank0 = load_file(tmp_path / "final_0.safetensors")
     rank1 = load_file(tmp_path / "final_1.safetensors")
     for key in rank0:
@@ -98,13 +109,22 @@ def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path)
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"split"' not in line]) == 24, "more than one rank wrote the log"
 
-    run_script(str(tmp_path / "single"), "--batch-size", "16", "--final", str(tmp_path / "single.safetensors"),
-               *common)
     single = load_file(tmp_path / "single.safetensors")
     for key in rank0:
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-5, atol=1e-6)
     changed = load_file(tmp_path / "single.safetensors")
     assert any(not torch.allclose(changed[k], torch.zeros_like(changed[k])) for k in changed)
+
+
+def test_torchrun_logs_the_loss_of_the_global_batch(two_processes_and_one):
+    """metrics.jsonl under torchrun held rank 0's loss, of its half of the global batch: 0.6380 at step 1 where one
+    process with that global batch (and the same weights) logs 0.6464. The ranks' losses are averaged."""
+    def losses(run: str) -> list[float]:
+        records = map(json.loads, (two_processes_and_one / run / "metrics.jsonl").read_text().splitlines())
+        return [record["loss"] for record in records if "split" not in record]
+
+    assert len(losses("ddp")) == 24
+    assert losses("ddp") == pytest.approx(losses("single"), rel=1e-4)
 
 
 def test_torchrun_ranks_follow_rank_0s_plan_of_a_time_budget(tmp_path):

@@ -96,6 +96,16 @@ def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
     return result
 
 
+def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
+    """``values`` (a step's losses, each of this rank's batch) averaged over the ranks, as one process with the
+    global batch logs them; every rank gives the same names in the same order. ``values`` itself without torchrun."""
+    if not info.distributed:
+        return values
+    shared = torch.tensor(list(values.values()), dtype=torch.float64, device=info.device)
+    dist.all_reduce(shared)
+    return dict(zip(values, (total / info.world_size for total in shared.tolist())))
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """The batches of one epoch for one rank, starting at a given step: a pure function of the seed.
 

@@ -40,6 +40,7 @@ from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
     init_distributed,
+    mean_over_ranks,
     on_main,
     requested_world_size,
     step_seed,
@@ -589,7 +590,8 @@ class Trainer:
             for batch in loader:
                 if isinstance(batch, WorkerError):
                     batch.raise_it()
-                logged = self._train_step(move_to(batch, dist_info.device), self.step)
+                # Each rank's losses are of its own batch: the log and the bar show them over the global batch.
+                logged = mean_over_ranks(dist_info, self._train_step(move_to(batch, dist_info.device), self.step))
                 if self.ema is not None:
                     self.ema.update(self.model, self.step)
                 self.step += 1
