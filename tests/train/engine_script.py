@@ -1,13 +1,15 @@
 """A tiny training run for the engine's process-level tests (kill and resume, torchrun).
 
 Usage: python engine_script.py OUT [--steps N] [--batch-size B] [--kill-at STEP] [--kill-in-save N]
-[--resume] [--dropout P] [--precision bf16|fp32] [--final FILE] [--minutes M [--skewed-timing]]
+[--resume] [--dropout P] [--precision bf16|fp32] [--final FILE] [--minutes M [--skewed-timing]] [--prepared-in DIR]
 On ranks other than 0, any write into the run folder raises.
 """
 
 import argparse
 import os
 import signal
+import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +39,28 @@ class Blobs(Dataset):
         return self.images[index], int(self.labels[index])
 
 
+class PreparedAtFirstUse(Blobs):
+    """Blobs that prepare themselves at first use, as R-CNN's proposals do: from the cache in ``folder`` when it is
+    there, else computed (one second; the rank is noted in ``folder/computed_by``) and cached."""
+
+    def __init__(self, n: int, seed: int, folder: str) -> None:
+        super().__init__(n, seed)
+        self.folder = Path(folder)
+        self.ready = False
+
+    def __getitem__(self, index: int):
+        if not self.ready:
+            cache = self.folder / "cache"
+            if not cache.exists():
+                with open(self.folder / "computed_by", "a") as handle:
+                    handle.write(os.environ.get("RANK", "0") + "\n")
+                time.sleep(1.0)
+                (self.folder / f"cache.{os.getpid()}.tmp").write_text("prepared")
+                (self.folder / f"cache.{os.getpid()}.tmp").replace(cache)
+            self.ready = True
+        return super().__getitem__(index)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -52,6 +76,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="a time budget instead of --steps")
     parser.add_argument("--skewed-timing", action="store_true",
                         help="each rank times its steps as (rank + 1) times slower, as busy machines differ")
+    parser.add_argument("--prepared-in", help="the training set prepares itself at first use, cached in this folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -84,7 +109,8 @@ def main() -> None:
                          minutes=args.minutes, lr=5e-3,
                          precision=args.precision, ema_decay=args.ema_decay, checkpoint_every=5,
                          resume=args.resume, progress=False)
-    trainer = Trainer(ClassificationTask(Blobs.classes), model, Blobs(256, 0), Blobs(64, 1), config)
+    train_set = Blobs(256, 0) if args.prepared_in is None else PreparedAtFirstUse(256, 0, args.prepared_in)
+    trainer = Trainer(ClassificationTask(Blobs.classes), model, train_set, Blobs(64, 1), config)
 
     if args.kill_at is not None:
         real_step = trainer._train_step

@@ -489,6 +489,7 @@ class Trainer:
     def _seconds_per_step(self, repeats: int = 3) -> float:
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_optim = {n: copy.deepcopy(o.state_dict()) for n, o in self.optimizers.items()}
+        self._prepare_train_set()
         sampler = EpochBatchSampler(len(self.train_set), self.config.batch_size, self.config.seed, epoch=0)
         batch = self.task.collate([self.train_set[i] for i in next(iter(sampler))])
         times = []
@@ -500,6 +501,12 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(saved_optim[name])
         return min(times[1:])
+
+    def _prepare_train_set(self) -> None:
+        """Read a sample, so that a data set which prepares itself at first use (R-CNN's proposal cache) does so now:
+        on rank 0 first, so that the other ranks read its cache rather than each compute it again at once."""
+        on_main(self.dist, lambda: self.train_set[0])
+        self.train_set[0]
 
     def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
         """With only a time budget, re-size the schedule (at each epoch and every ``REPLAN_EVERY`` steps) from
@@ -576,8 +583,8 @@ class Trainer:
         global_batch = cfg.batch_size * dist_info.world_size
         samples_seen, timed_seconds = 0, 0.0
         stop = self.step >= self.total_steps or self._out_of_time()
-        if not stop:  # a data set that prepares itself at first use (R-CNN's proposal cache) does so off the clock
-            self.train_set[0]
+        if not stop:  # off the clock
+            self._prepare_train_set()
         while not stop:
             epoch, start_step = self._epoch_position()
             self._replan_for_time(samples_seen // global_batch, timed_seconds)
