@@ -82,3 +82,20 @@ def test_settings_must_be_integers(setting, value):
     with pytest.raises(ValueError, match=f"Digits {setting} must be an integer, got {value}"):
         Digits("val", **{setting: value})
     assert Digits("val", image_size=np.int64(16)).images.shape[-1] == 16
+
+
+def test_an_in_place_transform_does_not_change_the_data_set():
+    """Digits handed its transform a view into the preloaded images: an in-place transform (torchvision's
+    RandomErasing(inplace=True), Normalize(inplace=True)) rewrote the data set, so each epoch saw the earlier
+    epochs' erasures piled up. The transform now gets the sample's own copy."""
+    from torchvision.transforms import RandomErasing
+
+    torch.manual_seed(0)
+    ds = Digits("val", image_size=16, transform=RandomErasing(p=1.0, value=0.5, inplace=True))
+    clean = Digits("val", image_size=16)
+    for _ in range(2):
+        for i in range(len(ds)):
+            ds[i]
+    assert torch.equal(ds.images, clean.images)
+    first, _ = ds[0]
+    assert not torch.equal(first, clean.images[0])  # the transform ran, on its own copy

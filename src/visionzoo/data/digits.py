@@ -65,7 +65,7 @@ class Digits(Dataset):
         split: "train" (1,257 images), "val" (270) or "test" (270).
         image_size: side S; 8 is the original, 32 the size the backbone trainings use.
         channels: 1, or 3 to repeat the grey channel for RGB models.
-        transform: optional callable applied to the image tensor.
+        transform: optional callable applied to (a copy of) the image tensor.
     """
 
     def __init__(
@@ -98,7 +98,8 @@ class Digits(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.transform is not None:
-            image = self.transform(image)
+            # a copy: ``image`` is a view into the preloaded images, which an in-place transform would rewrite
+            image = self.transform(image.clone())
         return image, self.targets[index]
 
     def __repr__(self) -> str:
