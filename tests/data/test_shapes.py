@@ -237,6 +237,12 @@ def test_bad_arguments_raise_clear_errors():
         Shapes("val", length=3)[3]
     with pytest.raises(ValueError, match="max_objects"):
         Shapes("val", max_objects=9)
+    # numpy reads a seed of 2**32 as two seed words, and the train split's first scene at seed 2**32 was the val
+    # split's at seed 0
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError, match=re.escape(f"Shapes seed must be in [0, 2**32), got {seed}")):
+            Shapes("train", seed=seed)
+    assert len(Shapes("train", seed=2**32 - 1, length=1)) == 1
 
 
 def test_rendering_is_fast():

@@ -455,8 +455,8 @@ class Shapes(Dataset):
             raise ValueError(
                 f"need 1 <= min_objects <= max_objects <= {len(COLOR_NAMES)}, got {min_objects}, {max_objects}"
             )
-        if seed < 0:
-            raise ValueError(f"Shapes seed must be >= 0, got {seed}")
+        if not 0 <= seed < 2**32:  # a larger seed is two of the generator's seed words: 2**32 is the val split's 0
+            raise ValueError(f"Shapes seed must be in [0, 2**32), got {seed}")
         self.split = split
         self.image_size = int(image_size)
         self.length = DEFAULT_LENGTHS[split] if length is None else int(length)
