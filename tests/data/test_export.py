@@ -185,3 +185,14 @@ def test_a_repeated_split_option_exports_every_split_named(tmp_path):
     assert sorted(p.name for p in (out / "annotations").iterdir()) == ["instances_test.json", "instances_val.json"]
     assert main(["export-data", "shapes", "--out", str(tmp_path / "all"), "--num", "1", "--image-size", "16"]) == 0
     assert len(list((tmp_path / "all" / "annotations").iterdir())) == 3  # no --split: every split
+
+
+@pytest.mark.parametrize("name", ["annotations", "val"])
+def test_a_file_where_the_export_writes_a_folder_is_named_before_anything_is_written(tmp_path, capsys, name):
+    # --overwrite into a folder holding a file named annotations failed part-way with "[Errno 17] File exists"
+    (tmp_path / name).write_text("mine")
+    assert main(["export-data", "shapes", "--out", str(tmp_path), "--split", "val", "--num", "2", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path / name} is a file where the export writes its {name} folder; move it or give "
+                        "another --out") and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name] and (tmp_path / name).read_text() == "mine"

@@ -146,6 +146,10 @@ def export_shapes(
     require_folder_or_absent(out_dir, "--out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out_dir} is not empty; pass --overwrite to write into it")
+    for folder in (out_dir / name for name in ("annotations", *splits)):  # else "[Errno 17] File exists" mid-export
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} is a file where the export writes its {folder.name} folder; move it or "
+                                  "give another --out")
     return {
         split: write_coco_split(
             Shapes(split, image_size=image_size, length=num, seed=seed), out_dir, split, progress
