@@ -50,16 +50,23 @@ Reset = TypeVar("Reset", bound=Callable[..., Any])
 
 def keeps_device_and_dtype(reset_classifier: Reset) -> Reset:
     """Decorate a model's ``reset_classifier`` so that the new head lives where the model does: on the
-    device and in the dtype of its first parameter, as timm's (``get_device_dtype``). Without it a head
-    built with ``nn.Linear(...)`` lands on the CPU in float32 under a model moved to CUDA or cast to
-    bfloat16, and the next forward fails on mismatched tensors."""
+    device and in the dtype of its first parameter, and in its train/eval mode, as timm's (``get_device_dtype``,
+    ``head.train(self.training)``). Without it a head built with ``nn.Linear(...)`` lands on the CPU in float32
+    under a model moved to CUDA or cast to bfloat16, and the next forward fails on mismatched tensors. Only the
+    modules the reset creates move: the others keep their own device and dtype (norms kept in float32 under a
+    half-precision model)."""
 
     @functools.wraps(reset_classifier)
     def reset(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
         first = next(model.parameters(), None)
+        kept = list(model.modules())  # held, so that no new module can reuse a kept one's id
+        old = {id(module) for module in kept}
         result = reset_classifier(model, *args, **kwargs)
-        if first is not None:
-            model.to(device=first.device, dtype=first.dtype)
+        for module in model.modules():
+            if id(module) not in old:
+                if first is not None:
+                    module.to(device=first.device, dtype=first.dtype)
+                module.train(model.training)
         return result
 
     return reset  # type: ignore[return-value]
