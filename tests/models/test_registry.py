@@ -358,6 +358,13 @@ def test_bad_num_classes_or_in_chans_is_refused_by_name(kwargs, message):
         create_model("resnet18", **kwargs)
 
 
+def test_timms_checkpoint_path_keyword_is_refused_naming_ours():
+    """timm's create_model takes a local file as checkpoint_path=; ours as checkpoint=: the refusal says so."""
+    with pytest.raises(TypeError, match=r"takes no argument 'checkpoint_path'; give a local weights file as "
+                                        r"checkpoint=PATH"):
+        create_model("resnet18", checkpoint_path="model.safetensors")
+
+
 def test_integer_like_num_classes_is_taken_as_an_int():
     import numpy as np
 

@@ -258,7 +258,8 @@ def create_model(
         if "unexpected keyword argument" not in str(error):
             raise
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}") from None
+        hint = "; give a local weights file as checkpoint=PATH" if unknown and unknown[1] == "checkpoint_path" else ""
+        raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}{hint}") from None
     model.model_name = name
     model.model_args = args
     model.default_cfg = _default_cfg(entry)
