@@ -383,6 +383,13 @@ def test_list_models_takes_timms_pretrained_filter_list_and_exclude_filters():
     assert list_models("resnet*", exclude_filters="resnet5?") == ["resnet101", "resnet18", "resnet34"]
 
 
+def test_an_unknown_task_is_refused_naming_the_tasks():
+    """list_models("*", "resnet") (timm's call for the models of its module resnet) gave [] as if none matched."""
+    with pytest.raises(ValueError, match=r"unknown task 'resnet'; the tasks are .*classification"):
+        list_models("*", "resnet")
+    assert list_models("*", "classification") == list_models(task="classification")
+
+
 @pytest.mark.parametrize("no_pattern", ["", [], None])
 def test_no_pattern_lists_every_model_as_timms_empty_filter(no_pattern):
     # list_models("") and list_models([]) gave [] where timm.list_models gives every name (None raised a TypeError)

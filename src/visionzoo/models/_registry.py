@@ -147,7 +147,10 @@ def list_models(
 ) -> list[str]:
     """Registered names matching the glob ``pattern`` (or any of several, as timm's ``filter``) and
     ``task`` if given, sorted. As in timm, no pattern (``""``, ``[]``, None) means every name,
-    ``pretrained=True`` keeps the names with official weights and ``exclude_filters`` (globs) removes names."""
+    ``pretrained=True`` keeps the names with official weights and ``exclude_filters`` (globs) removes names.
+    A ``task`` no model has raises ``ValueError`` naming the tasks (timm's second argument, ``module``, is not one)."""
+    if task is not None and task not in list_tasks():
+        raise ValueError(f"unknown task {task!r}; the tasks are {', '.join(list_tasks())}")
     patterns = _globs(pattern) or ["*"]  # no pattern ("", [] or None) lists every name, as timm's filter=''
     excluded = _globs(exclude_filters)
     return sorted(
