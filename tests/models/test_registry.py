@@ -8,7 +8,7 @@ import timm
 import timm.data
 import torch
 import torchvision
-from model_helpers import assert_same_outputs, images
+from model_helpers import assert_rebuilds_from_its_checkpoint, assert_same_outputs, images
 from torch import nn
 
 from visionzoo.checkpoint import CheckpointError, save_checkpoint
@@ -363,6 +363,28 @@ def test_timms_checkpoint_path_keyword_is_refused_naming_ours():
     with pytest.raises(TypeError, match=r"takes no argument 'checkpoint_path'; give a local weights file as "
                                         r"checkpoint=PATH"):
         create_model("resnet18", checkpoint_path="model.safetensors")
+
+
+@pytest.mark.parametrize("name, args, shape", [
+    ("vit_tiny_patch8_32", (5, "avg"), (1, 3, 32, 32)),
+    ("vit_tiny_patch8_32", (1000, "max"), (1, 3, 32, 32)),  # same head shape: was rebuilt token-pooled, silently
+    ("deit_tiny_distilled_patch8_32", (5,), (1, 3, 32, 32)),
+    ("swin_tiny_patch2_window4_32", (5, "max"), (1, 3, 32, 32)),
+    ("convnext_atto_32", (0, ""), (1, 3, 32, 32)),
+    ("resnet18", (5, "catavgmax"), (1, 3, 64, 64)),
+    ("vit4k_xs", (3,), (1, 384, 2, 2)),
+    ("hipt_4k", (3,), (1, 3, 64, 64)),
+])
+def test_a_reset_classifier_is_recorded_so_that_the_checkpoint_rebuilds_the_model(tmp_path, name, args, shape):
+    """As timm's model args: model_args (what our checkpoints rebuild a model from) follow reset_classifier; they
+    kept the built head's, so the checkpoint of a reset model was refused ('a classifier of 5 classes, the model
+    1000') or, for the same number of classes, rebuilt with the old pooling (ViT 'max' -> 'token': 3.8 off)."""
+    torch.manual_seed(0)
+    kwargs = dict(tile_size=32) if name == "hipt_4k" else {}
+    model = create_model(name, **kwargs).eval()
+    model.reset_classifier(*args)
+    assert model.model_args["num_classes"] == args[0]
+    assert_rebuilds_from_its_checkpoint(model, images(*shape, seed=1), tmp_path)
 
 
 def test_integer_like_num_classes_is_taken_as_an_int():

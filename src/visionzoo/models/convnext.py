@@ -40,7 +40,7 @@ from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_i
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
-from visionzoo.models._registry import Pretrained, register_model
+from visionzoo.models._registry import Pretrained, record_model_args, register_model
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -303,13 +303,15 @@ class ConvNeXt(nn.Module):
         """Replace ``head.fc`` by a freshly initialised ``num_classes``-way layer (0: identity), optionally
         with another ``global_pool`` (see :class:`ConvNeXtHead`; "" makes ``fc`` a 1×1 conv); ``reset_other``
         also removes the head's norm (an identity: ``fc`` then takes the pooled features as they are), as
-        timm's."""
+        timm's. ``num_classes`` and ``global_pool`` are recorded in the arguments that rebuild the model
+        (``model_args``, kept by our checkpoints)."""
         if reset_other:
             self.head.norm = nn.Identity()
         self.head.in_features = self.num_features
         self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
         self.head.fc.apply(_init_weights)
+        record_model_args(self, num_classes=num_classes, global_pool=self.head.global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/r, W/r]`` with ``r = stem_stride · 8``

@@ -40,7 +40,7 @@ from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
-from visionzoo.models._registry import load_state_dict_strict, register_model
+from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
@@ -181,9 +181,10 @@ class ViT4K(nn.Module):
 
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int) -> None:
-        """A fresh ``num_classes``-way head (0: identity)."""
+        """A fresh ``num_classes``-way head (0: identity), recorded in ``model_args`` (see :func:`record_model_args`)."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        record_model_args(self, num_classes=num_classes)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
@@ -318,6 +319,7 @@ class HIPT4K(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.model4k.reset_classifier(num_classes)  # ViT-4K's reset keeps the device and dtype
+        record_model_args(self, num_classes=num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of both ViTs' blocks (ViT-256's only matters when it is not frozen)."""

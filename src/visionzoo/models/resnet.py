@@ -26,7 +26,7 @@ from visionzoo.layers.classifier import (
 )
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
-from visionzoo.models._registry import Pretrained, register_model
+from visionzoo.models._registry import Pretrained, record_model_args, register_model
 
 
 class BasicBlock(nn.Module):
@@ -218,10 +218,12 @@ class ResNet(nn.Module):
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
-        with another ``global_pool`` (see :class:`ResNet`; "" only with ``num_classes=0``), as timm's."""
+        with another ``global_pool`` (see :class:`ResNet`; "" only with ``num_classes=0``), as timm's; both are
+        recorded in the arguments that rebuild the model (``model_args``, kept by our checkpoints)."""
         self.global_pool = _check_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        record_model_args(self, num_classes=num_classes, global_pool=self.global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input).

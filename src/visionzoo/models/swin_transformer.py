@@ -624,9 +624,11 @@ class SwinTransformer(nn.Module):
 
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``."""
+        """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``; both
+        are recorded in the arguments that rebuild the model (``model_args``, kept by our checkpoints)."""
         self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
+        record_model_args(self, num_classes=num_classes, global_pool=self.head.global_pool)
 
     def no_weight_decay(self) -> set[str]:
         """The relative position tables (timm's set)."""

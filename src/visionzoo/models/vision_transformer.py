@@ -210,7 +210,9 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way head (0: identity), optionally with another ``global_pool``
         (the final norm's place is kept as built). As timm's, attention pooling ("map", "prr") is kept
-        only by a model built with it: another pool drops its ``attn_pool``."""
+        only by a model built with it: another pool drops its ``attn_pool``. As timm's, the arguments that
+        rebuild the model (``model_args``, kept by our checkpoints) follow: ``num_classes``, and with a
+        ``global_pool`` that pool and the norm's place (``fc_norm``)."""
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -222,8 +224,10 @@ class VisionTransformer(nn.Module):
             if global_pool not in ATTENTION_POOLS:
                 self.attn_pool = None
             self.global_pool = global_pool
+            record_model_args(self, global_pool=global_pool, fc_norm=not isinstance(self.fc_norm, nn.Identity))
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        record_model_args(self, num_classes=num_classes)
 
     def no_weight_decay(self) -> set[str]:
         """The parameters timm's optimizer factory keeps out of weight decay (timm's set)."""
