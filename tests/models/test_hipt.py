@@ -512,3 +512,17 @@ def test_an_image_without_pixels_is_refused_by_name(shape, remainder):
     model = small_hipt(remainder=remainder)
     with torch.no_grad(), pytest.raises(ValueError, match=rf"image {shape[2]}×{shape[3]} has no pixels"):
         model(torch.zeros(shape))
+
+
+def test_hipt4k_lists_both_vits_position_tables_and_class_tokens_for_timms_optimizer_factory():
+    # timm's param_groups_weight_decay reads the top-level no_weight_decay() only: without it, model4k.pos_embed and
+    # both class tokens were weight-decayed
+    from timm.optim import param_groups_weight_decay
+
+    model = create_model("hipt_4k", num_classes=3)
+    names = {name for name, _ in model.named_parameters()}
+    assert {"model256.pos_embed", "model256.cls_token", "model4k.pos_embed", "model4k.cls_token"} <= (
+        model.no_weight_decay() & names)
+    decayed = next(group for group in param_groups_weight_decay(model, 0.05, model.no_weight_decay())
+                   if group["weight_decay"] > 0)["params"]
+    assert not any(p is model.model4k.pos_embed or p is model.model4k.cls_token for p in decayed)

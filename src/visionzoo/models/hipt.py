@@ -321,6 +321,11 @@ class HIPT4K(nn.Module):
         self.model4k.reset_classifier(num_classes)  # ViT-4K's reset keeps the device and dtype
         record_model_args(self, num_classes=num_classes)
 
+    def no_weight_decay(self) -> set[str]:
+        """Both ViTs' position tables and class tokens, by their names in this model (timm's optimizer factory
+        reads the top-level set only)."""
+        return {f"{name}.{key}" for name in ("model256", "model4k") for key in getattr(self, name).no_weight_decay()}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Gradient checkpointing of both ViTs' blocks (ViT-256's only matters when it is not frozen)."""
         self.model256.set_grad_checkpointing(enable)
