@@ -523,6 +523,6 @@ def test_hipt4k_lists_both_vits_position_tables_and_class_tokens_for_timms_optim
     names = {name for name, _ in model.named_parameters()}
     assert {"model256.pos_embed", "model256.cls_token", "model4k.pos_embed", "model4k.cls_token"} <= (
         model.no_weight_decay() & names)
-    decayed = next(group for group in param_groups_weight_decay(model, 0.05, model.no_weight_decay())
+    decayed = next(group for group in param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
                    if group["weight_decay"] > 0)["params"]
     assert not any(p is model.model4k.pos_embed or p is model.model4k.cls_token for p in decayed)
