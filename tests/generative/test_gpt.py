@@ -52,6 +52,18 @@ def test_forward_layers_are_the_embedding_and_every_block_and_end_in_the_logits(
         torch.testing.assert_close(model.head(model.norm(layers[-1])), model(tokens))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_tokens_of_any_integer_dtype_are_read_as_generate_reads_them(dtype):
+    """The check accepts every integer dtype (and generate casts), but forward handed uint8 and int16 tokens to the
+    embedding, which raised a raw 'Expected tensor for argument #1 indices ... ByteTensor'."""
+    model = tiny_gpt()
+    tokens = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens.to(dtype)), model(tokens), rtol=0, atol=0)
+        for given, expected in zip(model.forward_layers(tokens.to(dtype)), model.forward_layers(tokens)):
+            torch.testing.assert_close(given, expected, rtol=0, atol=0)
+
+
 def full_recomputation(model: GPT, prefix: torch.Tensor, labels, generator, **sampler) -> torch.Tensor:
     """The reference sampler: run the whole sequence again for every new token."""
     tokens = prefix

@@ -40,6 +40,8 @@ def test_palette_fit_and_pixel_token_round_trip():
     tokens = model.tokens(images)
     assert tokens.shape == (20, 16) and torch.equal(tokens, ids.flatten(1))  # raster order
     assert torch.equal(model.images_from_tokens(tokens), images)
+    for dtype in (torch.uint8, torch.int16):  # uint8 was read as a boolean mask, int16 refused by indexing
+        assert torch.equal(model.images_from_tokens(tokens.to(dtype)), images)
     noisy = (images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     nearest = torch.cdist(noisy.permute(0, 2, 3, 1).reshape(-1, 3), colours).argmin(1).reshape(20, 16)
     assert torch.equal(model.tokens(noisy), nearest)

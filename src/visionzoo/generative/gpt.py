@@ -115,7 +115,7 @@ class GPT(nn.Module):
     def _embed(self, tokens: Tensor, labels: Tensor | None) -> Tensor:
         """Inputs ``[start, t_0 .. t_{N-2}]`` + positions: Tensor[B, N, dim]."""
         self._check(tokens)
-        x = torch.cat([self._start(tokens.shape[0], labels, tokens.device), self.tok_embed(tokens[:, :-1])], dim=1)
+        x = torch.cat([self._start(tokens.shape[0], labels, tokens.device), self.tok_embed(tokens[:, :-1].long())], dim=1)
         return self.drop(x + self.pos_embed[:, :x.shape[1]])
 
     def forward(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -108,7 +108,8 @@ class ImageGPT(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] != size * size:
             raise ValueError(f"Image GPT tokens must be Tensor[B, {size * size}], got {tuple(tokens.shape)}")
         _check_integers("Image GPT tokens", tokens, tuple(tokens.shape), self.palette.shape[0])
-        return self.palette[tokens].reshape(tokens.shape[0], size, size, self.in_chans).permute(0, 3, 1, 2)
+        # long: a uint8 index would be read as a boolean mask
+        return self.palette[tokens.long()].reshape(tokens.shape[0], size, size, self.in_chans).permute(0, 3, 1, 2)
 
     def forward(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
         """Next-token logits Tensor[B, N, palette_size] of ``tokens`` Tensor[B, N] (see :meth:`GPT.forward`)."""
