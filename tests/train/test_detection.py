@@ -212,16 +212,24 @@ def test_a_checkpoint_rebuilds_the_scale_jitter(tmp_path):
     assert again.transform.min_size == (96, 160, 128) and again.transform.max_size == 160
 
 
-def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
-    """Same class count, other names: eval counted the detector's 'circle' scores as the folder's 'cat'."""
+def _one_step_run_on_a_coco_folder(tmp_path):
+    """A Shapes export in ``tmp_path/coco`` (2 train, 2 val images) and a 1-step Faster R-CNN run on it in
+    ``tmp_path/run``; returns the folder."""
     from visionzoo.cli import main
-    from visionzoo.train.run import checkpoint_metadata, load_for_inference
 
     folder = tmp_path / "coco"
     assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
                          checkpoint_every=10**9, precision="fp32")
     run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    return folder
+
+
+def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
+    """Same class count, other names: eval counted the detector's 'circle' scores as the folder's 'cat'."""
+    from visionzoo.train.run import checkpoint_metadata, load_for_inference
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     assert checkpoint_metadata(checkpoint)["run"]["classes"][0] == "circle"
     load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))  # the same names load
@@ -243,11 +251,7 @@ def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names
 
     from visionzoo.cli import main
 
-    folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
-    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
-                         checkpoint_every=10**9, precision="fp32")
-    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
     checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
     (folder / "annotations" / "instances_train.json").unlink()
     shutil.rmtree(folder / "train")
@@ -554,14 +558,9 @@ def test_a_run_started_from_backbone_weights_evaluates_and_resumes_without_that_
 
 def test_a_checkpoint_whose_folder_now_has_more_classes_is_refused_naming_the_folder(tmp_path):
     """Without --data (predict), the message named the data as None: "... with 7 classes, None has 8"."""
-    from visionzoo.cli import main
     from visionzoo.train.run import load_for_inference
 
-    folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
-    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
-                         checkpoint_every=10**9, precision="fp32")
-    run_training("fasterrcnn_shapes", str(folder), config, model_args={"rpn_pre_nms_top_n_test": 50})
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
     for split in ("train", "val"):
         ann_file = folder / "annotations" / f"instances_{split}.json"
         annotations = json.loads(ann_file.read_text())
