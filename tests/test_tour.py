@@ -157,3 +157,13 @@ def test_every_job_passes_options_its_task_takes():
 
     for job in TOUR_JOBS:
         check_task_options(task_class(job.model), job.model, {**job.options, **dict.fromkeys(job.uses, "x")})
+
+
+def test_an_existing_report_folder_is_refused_without_suggesting_resume_which_tour_lacks(tmp_path, capsys):
+    """The tour's refusal said "use --resume to continue it or --overwrite", and `tour --resume` is no option."""
+    out = tmp_path / "tour"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    err = one_line_error(capsys, ["tour", "--only", "vit-digits", "--out", str(out)], "exists", "--overwrite")
+    assert "--resume" not in err
+    assert (out / "report.json").read_text() == "{}"

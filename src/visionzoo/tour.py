@@ -290,7 +290,7 @@ def tour_command(args: argparse.Namespace) -> int:
             print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
         return 0
     _check_dependencies(jobs)
-    out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite)
+    out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite, resumable=False)
     rows: list[dict[str, Any]] = []
     failed: set[str] = set()
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):

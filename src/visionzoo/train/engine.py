@@ -294,9 +294,10 @@ class Batches(Dataset):
             return WorkerError(error)
 
 
-def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: bool = True) -> Path:
     """The run folder, created and marked as ours; an existing non-empty one needs ``resume`` or ``overwrite``,
-    and ``overwrite`` removes only a folder that a run or tour wrote (a mistyped ``--out`` is not deleted)."""
+    and ``overwrite`` removes only a folder that a run or tour wrote (a mistyped ``--out`` is not deleted).
+    ``resumable`` is False for a command without ``--resume`` (the tour), whose error does not suggest it."""
     out = require_folder_or_absent(out, "--out")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -309,7 +310,8 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
     # A folder holding only our marker is a run that failed before it wrote anything: nothing there to keep.
     if out.exists() and any(path.name != RUN_MARKER for path in out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"run folder {out} exists and is not empty; use --resume to continue it or --overwrite")
+            advice = "use --resume to continue it or --overwrite" if resumable else "use --overwrite to replace it"
+            raise FileExistsError(f"run folder {out} exists and is not empty; {advice}")
         if not any((out / name).exists() for name in RUN_FILES):
             raise FileExistsError(
                 f"--overwrite: {out} is not a visionzoo run folder (it holds no {CHECKPOINT_NAME}, {METRICS_NAME} "
