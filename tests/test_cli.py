@@ -189,6 +189,7 @@ def test_bad_option_value_is_one_line(capsys):
     ("--label-smoothing", "2", "[0, 1)"), ("--mixup", "-1", "number >= 0"), ("--translate", "-3", "integer >= 0"),
     ("--distillation-alpha", "1.5", "[0, 1]"), ("--distillation-tau", "0", "positive"),
     ("--hflip", "1.5", "[0, 1]"), ("--vflip", "-0.1", "[0, 1]"), ("--rot90", "2", "[0, 1]"),
+    ("--seed", str(2**64), "[-2**63, 2**64)"),  # was torch's "Overflow when unpacking long long"
 ])
 def test_training_settings_out_of_range_are_refused_when_parsed(capsys, flag, value, fragment):
     """A negative --grad-clip, for one, flipped every gradient: the run trained uphill and finished with rc 0."""

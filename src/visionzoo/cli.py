@@ -96,6 +96,15 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """An integer that ``torch.manual_seed`` takes: in [-2**63, 2**64) (beyond, torch's "Overflow when unpacking
+    long long")."""
+    value = int(text)
+    if not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1): a decay, a smoothing, a share."""
     value = float(text)

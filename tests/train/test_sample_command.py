@@ -151,3 +151,14 @@ def test_many_samples_are_drawn_in_batches_of_bounded_size(gan_checkpoint, tmp_p
                  "--images-dir", str(images)]) == 0
     assert calls == [3, 3, 1]
     assert sorted(p.name for p in images.iterdir()) == [f"{i:05d}.png" for i in range(7)]
+
+
+def test_a_seed_torch_cannot_take_is_refused_when_parsed(capsys, tmp_path):
+    """-n 3 --seed 2**64 ended in torch's "Overflow when unpacking long long", after the model was loaded."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "dcgan", "--checkpoint", "missing.safetensors", "--out", str(tmp_path / "s.png"),
+              "--seed", str(2**64)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "--seed" in err and "[-2**63, 2**64)" in err
+    assert not (tmp_path / "s.png").exists()

@@ -20,6 +20,7 @@ from visionzoo.cli import (
     positive_int,
     probability,
     register_command,
+    seed,
 )
 from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
@@ -102,7 +103,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--precision", choices=PRECISIONS,
                        help="auto (default; with --resume, the run's): bf16 autocast where the CPU/GPU runs bf16 "
                             "natively, else fp32")
-    optim.add_argument("--seed", type=int, help="default 0; with --resume, the run's")
+    optim.add_argument("--seed", type=seed, help="default 0; with --resume, the run's")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=nonnegative_int, default=0, help="data loader worker processes")
     run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
@@ -311,7 +312,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the grid PNG to write")
     parser.add_argument("--images-dir", metavar="DIR",
                         help="also write every sample as its own PNG into DIR (for `visionzoo fid`)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
