@@ -341,6 +341,14 @@ def test_eval_of_a_foreign_state_dict_says_what_it_is_and_how_to_load_it(capsys,
     one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(damaged)], "damaged.pth is truncated or corrupt")
 
 
+def test_list_models_names_the_task_when_no_model_of_it_matches(capsys):
+    """`list-models 'vit*' --task detection` said "no model matches 'vit*'", while 15 models match it"""
+    assert main(["list-models", "vit*", "--task", "detection"]) == 1
+    assert capsys.readouterr().err.strip() == "no detection model matches 'vit*'"
+    assert main(["list-models", "nothing*"]) == 1
+    assert capsys.readouterr().err.strip() == "no model matches 'nothing*'"
+
+
 def test_list_models_refuses_an_unknown_task_listing_the_tasks(capsys):
     """It exited 1 with "no model matches '*'", as if the pattern were wrong."""
     with pytest.raises(SystemExit) as exit_info:

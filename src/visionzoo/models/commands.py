@@ -19,7 +19,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def list_models_command(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, task=args.task)
     if not names:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        kind = f"{args.task} model" if args.task else "model"  # 'vit*' names models, none of them detectors
+        print(f"no {kind} matches {args.pattern!r}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
     for name in names:
