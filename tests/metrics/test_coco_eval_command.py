@@ -88,6 +88,18 @@ def test_errors_are_one_line(files, capsys, tmp_path):
     one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)], "expected a list of result objects")
 
 
+def test_a_folder_given_as_a_file_is_called_a_folder_naming_its_json(files, capsys, tmp_path):
+    """`coco-eval data/shapes dets.json` said "ground-truth file not found: data/shapes", of a folder that exists."""
+    gt_path, dt_path, _, _ = files
+    export = tmp_path / "export"
+    (export / "annotations").mkdir(parents=True)
+    (export / "annotations" / "instances_val.json").write_text(gt_path.read_text())
+    one_line_error(capsys, ["coco-eval", str(export), str(dt_path)], f"ground-truth file {export} is a folder",
+                   str(export / "annotations" / "instances_val.json"))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(tmp_path / "export" / "annotations")],
+                   "detections file", "is a folder")
+
+
 @pytest.mark.parametrize(
     "target, field, value, fragments",
     [

@@ -181,6 +181,10 @@ class CocoEvaluation:
 
 def _read_json(source: str | os.PathLike, what: str) -> Any:
     path = Path(source)
+    if path.is_dir():  # it exists: "not found" sent the user looking for a typo
+        found = sorted(path.glob("annotations/*.json")) or sorted(path.glob("*.json"))
+        hint = f", e.g. {found[0]}" if found else ""
+        raise IsADirectoryError(f"{what} file {path} is a folder; give the .json file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
