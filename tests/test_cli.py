@@ -13,6 +13,7 @@ from visionzoo.checkpoint import read_checkpoint, save_checkpoint
 from visionzoo.cli import main
 from visionzoo.data import Digits
 from visionzoo.models import create_model
+from visionzoo.train.commands import parse_model_arg
 
 TRAIN = ["train", "resnet18", "--data", "digits", "--img-size", "16", "--model-arg", "small_input=true",
          "--batch-size", "32", "--precision", "fp32", "--no-progress"]
@@ -213,6 +214,15 @@ def test_the_library_refuses_the_same_settings_naming_their_flags(tmp_path):
     assert resolve_config(TrainConfig(out=str(tmp_path), grad_clip=0.0, ema_decay=0.999), task).grad_clip == 0.0
     with pytest.raises(ValueError, match=r"--label-smoothing must be in \[0, 1\), got 2"):
         ClassificationTask(["a", "b"], label_smoothing=2)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("small_input=False", False), ("small_input=false", False), ("small_input=True", True), ("small_input=None", None),
+    ("global_pool=avg", "avg"), ("drop_rate=0.1", 0.1), ("depths=[2, 2]", [2, 2]),
+])
+def test_model_arg_values_read_python_literals_as_json_ones(text, value):
+    """--model-arg small_input=False was the string 'False', which is true: the ResNet got the small-input stem."""
+    assert parse_model_arg(text) == (text.split("=")[0], value)
 
 
 def test_model_arguments_unknown_or_set_by_the_data_are_one_line(capsys, tmp_path):

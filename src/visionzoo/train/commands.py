@@ -28,12 +28,19 @@ from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_im
 from visionzoo.train.task import _TASKS
 from visionzoo.utils import require_folder_or_absent, require_not_folder, require_unit_interval
 
+# Python's spellings of JSON's literals: read as strings, "False" was a non-empty string, so small_input=False
+# built the small-input stem.
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), else a string."""
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, lists), or as Python's
+    True/False/None, else a string."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    if value in _PYTHON_LITERALS:
+        return key, _PYTHON_LITERALS[value]
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
