@@ -225,6 +225,14 @@ def test_model_arg_values_read_python_literals_as_json_ones(text, value):
     assert parse_model_arg(text) == (text.split("=")[0], value)
 
 
+def test_an_image_size_that_does_not_fit_in_memory_is_one_line(capsys, tmp_path):
+    """Digits preloads its images at --img-size: 5000 px asked for 126 GB and ended in a 37-line traceback (here 5 PB,
+    beyond any address space, so that no overcommitting kernel grants it)."""
+    one_line_error(capsys, ["train", "resnet18", "--data", "digits", "--img-size", "1000000", "--max-steps", "1",
+                            "--out", str(tmp_path / "run")], "out of memory", "GB failed", "lower --img-size")
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_arguments_unknown_or_set_by_the_data_are_one_line(capsys, tmp_path):
     one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "a"), "--model-arg", "bogus=1"],
                    "resnet18 takes no argument 'bogus'")

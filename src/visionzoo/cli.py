@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as error:
+        # torch's CPU allocator fails with a RuntimeError: an --img-size of 5000 on Digits (its images are preloaded at
+        # that size) asked for 126 GB and ended in a 37-line traceback
+        if not _out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):
+            raise
+        print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower --img-size, --batch-size "
+              "or the number of images", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -166,3 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _allocation(error: BaseException) -> str:
+    """How much the failed allocation asked for, where torch's message says it."""
+    match = re.search(r"tried to allocate (\d+) bytes", str(error))
+    return f"an allocation of {int(match[1]) / 1e9:,.1f} GB failed" if match else "an allocation failed"
