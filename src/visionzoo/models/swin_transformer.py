@@ -533,6 +533,11 @@ class SwinHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def _relative_position_tables(model: nn.Module) -> set[str]:
+    """The names of ``model``'s relative position bias tables, which train without weight decay (timm's set)."""
+    return {name for name, _ in model.named_parameters() if name.endswith("relative_position_bias_table")}
+
+
 class SwinTransformer(nn.Module):
     """Swin classifier: ``forward(Tensor[B, in_chans, H, W] float) -> Tensor[B, num_classes]`` logits.
 
@@ -632,7 +637,7 @@ class SwinTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """The relative position tables (timm's set)."""
-        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+        return _relative_position_tables(self)
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for timm's optimizer factory (layer-wise learning-rate decay), as timm's: the
@@ -819,7 +824,7 @@ class SwinTransformerFeatures(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """As :meth:`SwinTransformer.no_weight_decay`: the relative position tables (a detector's backbone trains
         them without weight decay, as the classifier does and as Swin's detection recipe does)."""
-        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+        return _relative_position_tables(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.patch_embed(x)
