@@ -158,7 +158,8 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     from visionzoo.models._registry import _saved_model
 
     meta = checkpoint_metadata(checkpoint)
-    if use_ema and not _has_ema_weights(checkpoint):
+    has_ema = _has_ema_weights(checkpoint)
+    if use_ema and not has_ema:
         raise ValueError(f"--use-ema: {checkpoint} holds no EMA weights (its run was trained without --ema-decay); "
                          "leave --use-ema out for its trained weights")
     # Before the run's options reach the set-up: another task's (a code prior's --tokenizer) would be refused first.
@@ -173,7 +174,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
                             checkpoint=checkpoint, options=run.get("options"))
-    if not use_ema:
+    if has_ema and not use_ema:  # create_model(checkpoint=) took the EMA weights
         _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}
     built = getattr(setup.model, "model_args", {})
@@ -207,13 +208,12 @@ def _has_ema_weights(checkpoint: str | Path) -> bool:
 
 def _load_trained_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
     """The ``model.`` section of our training ``checkpoint`` into ``model`` (the task's model, which the
-    engine saved and resumes from that section) when the file also has EMA weights, which the tasks'
+    engine saved and resumes from that section), for a file that also has EMA weights, which the tasks'
     ``create_model(checkpoint=)`` took."""
     from visionzoo.models._registry import load_state_dict_strict
 
     tensors, meta = read_checkpoint(checkpoint)
-    if any(key.startswith("ema.") for key in tensors):
-        load_state_dict_strict(model, model_state(tensors, meta), str(checkpoint))
+    load_state_dict_strict(model, model_state(tensors, meta), str(checkpoint))
 
 
 @contextlib.contextmanager
