@@ -92,6 +92,7 @@ class Teacher:
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
         tensors, meta = read_checkpoint(path, use_ema=True)
         task_meta = (meta or {}).get("task") or {}
+        run_meta = (meta or {}).get("run") or {}
         if task_meta.get("objective") == "mpp":
             raise ValueError(f"teacher checkpoint {path} is a masked patch prediction pretraining, not a classifier; "
                              f"fine-tune it first (`visionzoo train {model_name} --initial-checkpoint {path}`)")
@@ -100,11 +101,11 @@ class Teacher:
             raise ValueError(
                 f"teacher checkpoint {path} predicts classes {list(teacher_classes)}, the data set has {list(classes)}"
             )
-        trained_chans = ((meta or {}).get("run") or {}).get("in_chans")
+        trained_chans = run_meta.get("in_chans")
         if trained_chans is not None and trained_chans != in_chans:
             raise ValueError(f"teacher checkpoint {path} was trained on {trained_chans}-channel images, this run's "
                              f"have {in_chans}")
-        trained_size = ((meta or {}).get("run") or {}).get("img_size")
+        trained_size = run_meta.get("img_size")
         img_size = None if image_size is None else image_size[-1]  # the width, as a run records it
         if img_size is not None and trained_size is not None and trained_size != img_size:
             raise ValueError(f"teacher checkpoint {path} was trained at {trained_size} px, this run is at {img_size} px: "
