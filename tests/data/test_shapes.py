@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from visionzoo.data import Shapes
+from visionzoo.cli import main
+from visionzoo.data import Shapes, create_dataset
 from visionzoo.data.shapes import (
     CLASSES,
     COLOR_NAMES,
@@ -286,3 +287,14 @@ def test_with_length_keeps_the_first_scenes_and_the_settings_and_draws_new_ones(
     assert len(base.with_length(1)) == 1
     with pytest.raises(ValueError, match="length"):
         base.with_length(-1)
+
+
+def test_shapes_image_size_has_a_ceiling_named_at_the_command_line(tmp_path, capsys):
+    """`export-data --image-size 100000` was granted its memory and killed by the kernel later (exit 137, no
+    message); the size is refused when the data set is built."""
+    with pytest.raises(ValueError, match="Shapes image_size must be at most 4096"):
+        create_dataset("shapes", "val", image_size=4097, length=1)
+    assert main(["export-data", "shapes", "--out", str(tmp_path / "out"), "--num", "1", "--image-size", "100000"]) == 2
+    error = capsys.readouterr().err
+    assert "Shapes image_size must be at most 4096" in error and "got 100000" in error
+    assert not (tmp_path / "out").exists()

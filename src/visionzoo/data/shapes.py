@@ -49,6 +49,7 @@ SIZE_RANGES = ((15.0, 21.0), (21.0, 29.0), (29.0, 38.0))
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 4000, "val": 500, "test": 500}
 REFERENCE_SIZE = 128
+MAX_IMAGE_SIZE = 4096
 MIN_VISIBLE_SIDE = 12.0
 MIN_VISIBLE_FRACTION = 0.5
 MAX_TRIES = 30
@@ -449,6 +450,9 @@ class Shapes(Dataset):
                          max_objects=max_objects)
         if image_size < 16:
             raise ValueError(f"Shapes image_size must be at least 16, got {image_size}")
+        if image_size > MAX_IMAGE_SIZE:  # memory grows with its square: 100,000 px is killed by the kernel, unnamed
+            raise ValueError(f"Shapes image_size must be at most {MAX_IMAGE_SIZE} (a scene of that side takes "
+                             f"about 1 GB to draw), got {image_size}")
         if length is not None and length < 0:
             raise ValueError(f"Shapes length must be >= 0, got {length}")
         if not 1 <= min_objects <= max_objects <= len(COLOR_NAMES):
