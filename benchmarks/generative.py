@@ -15,7 +15,9 @@ val and test splits (real against real) and that of a per-pixel Gaussian fitted 
 Images of another side than the domain network's (Image GPT's 8 and 16 px) are resized to it, and so are the
 real images they are compared with. ``--model vqgan_transformer --tokenizer vqgan`` trains the prior
 over the codes of ``runs/bench/vqgan-DATA``. ``--model image_gpt`` also runs linear probes on every
-layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them. ``--model codebook_stats`` reads
+layer (``--seeds`` trainings) beside a probe on raw pixels, and plots them; with ``--untrained`` it probes the
+model at initialisation instead (same palette, no training), the floor those curves are read against.
+``--model codebook_stats`` reads
 the tokenizers kept under ``runs/bench/``: how close their nearest codes are, and how many of their codes
 survive encoding under bf16.
 
@@ -24,6 +26,7 @@ survive encoding under bf16.
     python benchmarks/generative.py --model vit_vqgan --minutes 10 --data digits --disc-start 900 --batch-size 32
     python benchmarks/generative.py --model vqgan_transformer --tokenizer vqgan --minutes 4 --data digits
     python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
+    python benchmarks/generative.py --model image_gpt --untrained --seeds 3
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
     python benchmarks/generative.py --model baselines
     python benchmarks/generative.py --model codebook_stats
@@ -328,6 +331,39 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
     return {"minutes": minutes, "model": model_name, "rows": rows}
 
 
+def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
+    """The probes of ``model_name`` at initialisation (``seeds`` seeds), with the palette the task fits: what the
+    architecture and palette give before any training, the floor a trained model's probe curve is read against."""
+    from visionzoo.generative.image_gpt import layer_features
+    from visionzoo.metrics.probe import linear_probe_accuracy
+    from visionzoo.train.run import build_setup
+
+    rows = {}
+    for data, _ in DATA:
+        if only and data not in only:
+            continue
+        size = IMAGE_GPT_SIZES[data]
+        curves: dict[str, list[list[float]]] = {name: [] for name in PROBE_TARGETS[data]}
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            setup = build_setup(model_name, data, size)
+            model = setup.model.eval()
+            with torch.no_grad():
+                train_x, train_y = probe_split(setup.splits["train"], 2000)
+                test_x, test_y = probe_split(setup.splits["test"])
+                train_features, test_features = layer_features(model, train_x), layer_features(model, test_x)
+            for name in PROBE_TARGETS[data]:
+                curve = [linear_probe_accuracy(a, train_y[name], b, test_y[name])
+                         for a, b in zip(train_features, test_features)]
+                curves[name].append(curve)
+                print(f"untrained {model_name} {data} {size}px seed {seed}, probe {name}: "
+                      f"{' '.join(f'{p:.3f}' for p in curve)}", flush=True)
+        rows[data] = {"img_size": size, "targets": {
+            name: {"probes": runs, "mean_probes": np.mean(runs, 0).tolist(), "std_probes": np.std(runs, 0).tolist()}
+            for name, runs in curves.items()}}
+    return {"model": model_name, "untrained": True, "seeds": seeds, "rows": rows}
+
+
 def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
     rows = {}
     for data, size in DATA:
@@ -359,6 +395,8 @@ def main() -> None:
     parser.add_argument("--perceptual-weight", type=nonnegative_float,
                         help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
     parser.add_argument("--seeds", type=positive_int, default=3, help="image_gpt: trainings for the probe curve")
+    parser.add_argument("--untrained", action="store_true",
+                        help="image_gpt: probe the model at initialisation (--seeds of them), without training")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="tokenizers: the training batch")
     parser.add_argument("--lr", type=positive_float, help="tokenizers: the peak learning rate (default: the task's)")
     parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
@@ -381,6 +419,9 @@ def main() -> None:
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer, args.minutes, args.data)
         name = f"vqgan_transformer_{args.tokenizer}"
+    elif args.model.startswith("image_gpt") and args.untrained:
+        result = untrained_image_gpt(args.seeds, args.data, args.model)
+        name = f"{args.model}_untrained"
     elif args.model.startswith("image_gpt"):
         # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
         result = image_gpt(args.minutes, args.seeds, args.data, args.model, args.out.parent if args.out else RESULTS)
