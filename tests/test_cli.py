@@ -481,3 +481,15 @@ def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsy
             caplog.clear()
     finally:
         package_logger.setLevel(level)
+
+
+@pytest.mark.parametrize("model_arg, message", [
+    ("drop_rate=abc", "ResNet: drop_rate must be a number, got 'abc'"),
+    ("small_input=no", "ResNet: small_input must be a bool, got 'no'"),
+])
+def test_model_arguments_of_the_wrong_type_are_one_line(capsys, tmp_path, model_arg, message):
+    """drop_rate=abc ended in a TypeError traceback from torch's Dropout; small_input=no, a string, was taken as
+    true and trained the small-input stem."""
+    one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "a"), "--model-arg", model_arg],
+                   message)
+    assert not (tmp_path / "a").exists()

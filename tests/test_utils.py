@@ -1,10 +1,14 @@
-"""Shared helpers: reading a PIL image of any mode as floats in [0, 1]."""
+"""Shared helpers: reading a PIL image of any mode as floats in [0, 1]; checking model arguments' types."""
+
+from __future__ import annotations  # as in the package: the annotations checked are strings
+
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from visionzoo.utils import image_array
+from visionzoo.utils import check_argument_types, image_array
 
 SIXTEEN_BIT = np.array([[0, 255, 256, 1000], [30000, 40000, 65534, 65535]], dtype=np.uint16)
 
@@ -55,3 +59,38 @@ def test_float_images_outside_the_unit_interval_are_refused_naming_the_image(bad
     values[1, 2] = bad
     with pytest.raises(ValueError, match="scan.tif is a 32-bit float image with values"):
         image_array(Image.fromarray(values, "F"), 1, "scan.tif")
+
+
+class _Checked:
+    @check_argument_types
+    def __init__(self, depth: int = 2, rate: float = 0.0, flag: bool = False, name: str = "a",
+                 scale: float | None = None, size: int | tuple[int, int] = 4, module: object = None):
+        self.settings = (depth, rate, flag, name, scale, size, module)
+
+
+@pytest.mark.parametrize("arguments", [
+    {}, {"depth": np.int64(3)}, {"rate": 1}, {"rate": np.float32(0.5)}, {"flag": np.bool_(True)},
+    {"scale": None}, {"scale": 2}, {"size": (2, 3)}, {"size": "anything: not a simple annotation"}, {"module": 1},
+])
+def test_argument_types_of_the_right_kind_are_taken(arguments):
+    assert _Checked(**arguments).settings is not None
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"depth": 2.5}, "_Checked: depth must be an integer, got 2.5"),
+    ({"depth": True}, "_Checked: depth must be an integer, got True"),
+    ({"rate": "abc"}, "_Checked: rate must be a number, got 'abc'"),
+    ({"flag": "no"}, "_Checked: flag must be a bool, got 'no'"),
+    ({"name": 3}, "_Checked: name must be a string, got 3"),
+    ({"scale": "x"}, "_Checked: scale must be a number or None, got 'x'"),
+])
+def test_argument_types_of_another_kind_are_refused_naming_the_argument(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _Checked(**arguments)
+    with pytest.raises(ValueError, match=re.escape(message)):  # given by position too
+        _Checked(*arguments.values()) if "depth" in arguments else _Checked(2, **arguments)
+
+
+def test_an_unknown_argument_is_left_to_the_constructor_own_error():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        _Checked(bogus=1)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import inspect
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,57 @@ def require_integers(owner: str, **settings: Any) -> None:
     for name, value in settings.items():
         if value is not None and not is_integer(value):
             raise ValueError(f"{owner} {name} must be an integer, got {value!r:.40}")
+
+
+_SIMPLE_TYPES = {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+
+
+def _simple_types(annotation: Any, namespace: Mapping[str, Any]) -> tuple[type, ...] | None:
+    """The types of an annotation made of bool, int, float, str and None alone (``float | None``); None for any
+    other annotation (a tuple, a module, a callable), which is not checked."""
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, dict(namespace))  # the package's own annotations, as typing does
+        except Exception:
+            return None
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return members if all(member in _SIMPLE_TYPES for member in members) else None
+
+
+def _is_of(value: Any, kind: type) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool | np.bool_)
+    if kind is int:
+        return is_integer(value)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    return isinstance(value, kind)
+
+
+def check_argument_types(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a model's ``__init__``: an argument annotated with bool, int, float or str (or a union of them
+    with None) given a value of another type is refused in a ValueError naming the class, the argument and the
+    value. Models are built from the command line's ``--model-arg KEY=VALUE``, where ``drop_rate=abc`` otherwise
+    ended in a TypeError traceback from deep inside torch and ``small_input=no`` (a string) counted as true."""
+    signature = inspect.signature(init)
+    namespace = init.__globals__
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:  # an unknown keyword: __init__'s own error names it
+            bound = None
+        for name, value in list(bound.arguments.items())[1:] if bound else ():
+            kinds = _simple_types(signature.parameters[name].annotation, namespace)
+            if kinds and not any(_is_of(value, kind) for kind in kinds):
+                expected = " or ".join(_SIMPLE_TYPES[kind] for kind in kinds)
+                raise ValueError(f"{type(self).__name__}: {name} must be {expected}, got {value!r:.40}")
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 def require_nested_args(name: str, args: Any, reserved: Mapping[str, str]) -> None:

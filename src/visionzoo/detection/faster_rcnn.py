@@ -36,7 +36,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
-from visionzoo.utils import is_integer, require_nested_args
+from visionzoo.utils import check_argument_types, is_integer, require_nested_args
 
 
 class FasterRCNN(nn.Module):
@@ -54,6 +54,7 @@ class FasterRCNN(nn.Module):
         representation_size: width of the two fully connected layers of the box head.
     """
 
+    @check_argument_types
     def __init__(
         self,
         backbone: nn.Module,

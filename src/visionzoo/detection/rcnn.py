@@ -41,7 +41,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs, r
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
-from visionzoo.utils import is_integer, require_nested_args
+from visionzoo.utils import check_argument_types, is_integer, require_nested_args
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 
@@ -226,6 +226,7 @@ class RCNN(ProposalDetector):
         chunk: regions warped and run through the CNN at a time at inference (bounds its memory).
     """
 
+    @check_argument_types
     def __init__(self, cnn: nn.Module, num_classes: int, warp_size: int = 224, context_padding: int | None = None,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
                  proposals: str = "selective_search", proposal_args: dict[str, Any] | None = None,
@@ -262,6 +263,7 @@ class FastRCNN(ProposalDetector):
         background_iou_low, box_*: as :class:`RCNN` (64 regions per image by default, the paper's).
     """
 
+    @check_argument_types
     def __init__(self, backbone: nn.Module, num_classes: int, min_size: int | Sequence[int] = 600,
                  max_size: int = 1000, image_mean: Sequence[float] = IMAGENET_MEAN,
                  image_std: Sequence[float] = IMAGENET_STD, roi_pool: str = "pool", output_size: int = 7,

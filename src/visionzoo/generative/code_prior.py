@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT
 from visionzoo.models._registry import create_model, register_model
+from visionzoo.utils import check_argument_types
 
 
 class CodeTransformer(nn.Module):
@@ -36,6 +37,7 @@ class CodeTransformer(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio, drop: the GPT's.
     """
 
+    @check_argument_types
     def __init__(self, tokenizer: Mapping[str, Any] | None = None, img_size: int = 32, num_classes: int = 0,
                  embed_dim: int = 192, depth: int = 6, num_heads: int = 6, mlp_ratio: float = 4.0, drop: float = 0.0):
         super().__init__()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.models._registry import register_model
-from visionzoo.utils import eval_mode, is_integer
+from visionzoo.utils import check_argument_types, eval_mode, is_integer
 
 IN_CHANS = (1, 3)
 MIN_SIZE = 16
@@ -95,6 +95,7 @@ class DCGAN(nn.Module):
         discriminator_width: channels of the discriminator's first layer (doubling towards 4×4).
     """
 
+    @check_argument_types
     def __init__(self, in_chans: int = 1, img_size: int = 32, latent_dim: int = 100, generator_width: int = 64,
                  discriminator_width: int = 64):
         super().__init__()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from visionzoo.generative.gpt import GPT, _check_integers
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
+from visionzoo.utils import check_argument_types
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Generator | None = None) -> Tensor:
@@ -68,6 +69,7 @@ class ImageGPT(nn.Module):
     The palette starts as a grey ramp; :meth:`fit_palette` fits it to data (the task does, on the training split).
     """
 
+    @check_argument_types
     def __init__(self, in_chans: int = 1, img_size: int = 16, palette_size: int | None = None, num_classes: int = 0,
                  embed_dim: int = 128, depth: int = 6, num_heads: int = 4, mlp_ratio: float = 4.0, drop: float = 0.0):
         super().__init__()

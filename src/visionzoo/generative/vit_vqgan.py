@@ -36,6 +36,7 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.pos_embed import sincos_pos_embed_2d
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
+from visionzoo.utils import check_argument_types
 
 
 def _tanh_ffn(dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -100,6 +101,7 @@ class ViTVQGAN(nn.Module):
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
     """
 
+    @check_argument_types
     def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 128, depth: int = 2,
                  decoder_depth: int | None = None, num_heads: int = 4, mlp_ratio: float = 4.0,
                  num_codes: int = 512, code_dim: int = 8, l2_normalize: bool = True, commitment: float = 0.25,

@@ -32,6 +32,7 @@ from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
+from visionzoo.utils import check_argument_types
 
 
 def group_norm(channels: int) -> GroupNorm:
@@ -165,6 +166,7 @@ class VQGAN(nn.Module):
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
     """
 
+    @check_argument_types
     def __init__(self, in_chans: int = 3, ch: int = 64, ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
                  z_channels: int = 64, embed_dim: int = 64, num_codes: int = 512, dropout: float = 0.0,
                  commitment: float = 0.25, ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0,

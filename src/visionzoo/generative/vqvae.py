@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import register_model
+from visionzoo.utils import check_argument_types
 
 
 class ResidualBlock(nn.Module):
@@ -84,6 +85,7 @@ class VQVAE(nn.Module):
         commitment, ema_decay, dead_code_threshold, code_dim, l2_normalize, dead_code_restart: the quantizer's.
     """
 
+    @check_argument_types
     def __init__(self, in_chans: int = 3, channels: int = 128, res_channels: int = 64, num_res: int = 2,
                  downsample: int = 2, embed_dim: int = 64, num_codes: int = 512, commitment: float = 0.25,
                  ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0, code_dim: int | None = None,

@@ -41,6 +41,7 @@ from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
+from visionzoo.utils import check_argument_types
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -233,6 +234,7 @@ class ConvNeXt(nn.Module):
     multiple of a stride are floored, as timm does); other inputs raise ``ValueError``.
     """
 
+    @check_argument_types
     def __init__(
         self,
         depths: Sequence[int] = (3, 3, 9, 3),

@@ -42,6 +42,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
+from visionzoo.utils import check_argument_types
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -135,6 +136,7 @@ class ViT4K(nn.Module):
     position table and inside the blocks (attention output and MLP), as the official code does.
     """
 
+    @check_argument_types
     def __init__(
         self,
         num_classes: int = 0,
@@ -272,6 +274,7 @@ class HIPT4K(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: ViT-4K's regularisation.
     """
 
+    @check_argument_types
     def __init__(
         self,
         num_classes: int = 0,

@@ -27,6 +27,7 @@ from visionzoo.layers.classifier import (
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
+from visionzoo.utils import check_argument_types
 
 
 class BasicBlock(nn.Module):
@@ -136,6 +137,7 @@ class ResNet(nn.Module):
             the feature map).
     """
 
+    @check_argument_types
     def __init__(
         self,
         block: Block,

@@ -67,6 +67,7 @@ from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
+from visionzoo.utils import check_argument_types
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
@@ -560,10 +561,11 @@ class SwinTransformer(nn.Module):
     Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
     """
 
+    @check_argument_types
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 4,
+        patch_size: int | tuple[int, int] = 4,
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",

@@ -57,6 +57,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
+from visionzoo.utils import check_argument_types
 
 GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map", "prr", "")
 PATCH_POOLS = ("avg", "max", "avgmax")  # reductions over the patch tokens, followed by fc_norm by default
@@ -104,10 +105,11 @@ class VisionTransformer(nn.Module):
     tokens in raster order, where ``(gh, gw) = (H / p, W / p)`` is the input's grid.
     """
 
+    @check_argument_types
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int | tuple[int, int] = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "token",
