@@ -289,6 +289,26 @@ def test_coco_ids_come_from_ascii_digit_names_only():
     assert [r["image_id"] for r in coco_results(["a/0012.png"], [box], None)] == [12]
 
 
+
+def test_coco_results_keep_the_data_sets_category_ids_as_written():
+    """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
+    for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to
+    no category of the file."""
+    from visionzoo.metrics import coco_evaluate
+    from visionzoo.train.commands import coco_results
+
+    prediction = {"boxes": [(0.0, 0.0, 4.0, 4.0), (4.0, 4.0, 8.0, 8.0)], "label_ids": [1, 2], "scores": [0.9, 0.8]}
+    records = coco_results(["7.png"], [prediction], {1: "3", 2: "cat"})
+    assert [r["category_id"] for r in records] == ["3", "cat"]
+    gt = {"images": [{"id": 7, "width": 8, "height": 8}],
+          "categories": [{"id": "3", "name": "three"}, {"id": "cat", "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 7, "category_id": "3", "bbox": [0, 0, 4, 4], "area": 16},
+                          {"id": 2, "image_id": 7, "category_id": "cat", "bbox": [4, 4, 4, 4], "area": 16}]}
+    scored = coco_evaluate(gt, records)
+    assert scored["AP"] == pytest.approx(1.0) and scored["num_dropped_detections"] == 0
+    numeric = coco_results(["7.png"], [prediction], {1: 3, 2: 90})
+    assert [r["category_id"] for r in numeric] == [3, 90]
+
 def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
     run = tmp_path / "mine"
     run.mkdir()

@@ -221,11 +221,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "predictions.json and --coco-json keep every detection the model returns")
 
 
-def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_cat_id: dict[int, int] | None
-                 ) -> list[dict[str, Any]]:
+def coco_results(paths: list[str], predictions: list[dict[str, Any]],
+                 label_to_cat_id: dict[int, int | str] | None) -> list[dict[str, Any]]:
     """Detections as COCO result records: ``image_id`` from the numeric file names (COCO's ``000000123.jpg``)
     when every name is a distinct number in ASCII digits, else each image's position (1-based), so that two
-    images never share an id; ``category_id`` the data set's id of the label, ``bbox`` xywh."""
+    images never share an id; ``category_id`` the data set's id of the label as its file writes it (an integer or a
+    string), ``bbox`` xywh."""
     stems = [Path(path).stem for path in paths]
     numbers = [int(stem) for stem in stems if stem.isascii() and stem.isdigit()]  # not "²", which int() refuses
     by_name = len(numbers) == len(stems) and len(set(numbers)) == len(numbers)
@@ -233,8 +234,8 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]], label_to_c
     for position, (stem, prediction) in enumerate(zip(stems, predictions), start=1):
         image_id = int(stem) if by_name else position
         for (x1, y1, x2, y2), label, score in zip(prediction["boxes"], prediction["label_ids"], prediction["scores"]):
-            category = label_to_cat_id[label] if label_to_cat_id else label
-            records.append({"image_id": image_id, "category_id": int(category),
+            category = label_to_cat_id[label] if label_to_cat_id else int(label)
+            records.append({"image_id": image_id, "category_id": category,
                             "bbox": [round(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})
     return records
 
