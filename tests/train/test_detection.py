@@ -312,6 +312,24 @@ def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_its_eval
     assert "--skip-invalid-boxes is for detection models" in capsys.readouterr().err
 
 
+
+def test_a_detector_reads_a_coco_folder_without_decoding_the_masks_it_never_uses(tmp_path):
+    """The detection set-up decoded every segmentation of every sample into masks that collate then dropped: one
+    crowd RLE whose counts cover 5 pixels too many ended a run after all its training steps, at the evaluation,
+    with "RLE counts sum to 16389", on data a box detector (and pycocotools' bbox evaluation) never reads."""
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_val.json"
+    content = json.loads(ann_file.read_text())
+    content["annotations"][-1].update(iscrowd=1, segmentation={"size": [128, 128], "counts": [100, 20, 16269]})
+    ann_file.write_text(json.dumps(content))
+    setup = build_setup("fasterrcnn_shapes", str(folder))
+    for split in ("train", "val"):
+        targets = [setup.splits[split][i][1] for i in range(2)]
+        assert all("masks" not in target and len(target["boxes"]) for target in targets)
+
 def test_a_coco_folder_without_categories_is_refused_naming_its_file(tmp_path, capsys):
     # before: "num_classes counts the background and must be at least 2, got 1", naming no file
     from PIL import Image

@@ -276,7 +276,9 @@ class DetectionTask(Task):
         from visionzoo.models import create_model
 
         options = options or {}
-        folder_args = {"skip_invalid": True} if options.get("skip_invalid_boxes") and builtin_name(data) is None else {}
+        folder_args = {}
+        if builtin_name(data) is None:  # a detector reads boxes only: masks would be decoded per sample, then dropped
+            folder_args = {"load_masks": False, **({"skip_invalid": True} if options.get("skip_invalid_boxes") else {})}
         splits = open_splits(data, image_size=img_size, **folder_args)
         reference = splits.first()
         classes = list(reference.classes)
