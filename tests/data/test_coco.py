@@ -446,6 +446,31 @@ def test_bad_segmentations_name_the_annotation(folder):
         ds[0]
 
 
+
+def test_segmentations_that_cannot_be_decoded_are_no_concern_of_a_data_set_that_loads_no_masks(folder):
+    """Labelling tools write boxes-only annotations with segmentation [[]] or a two-point "polygon"; pycocotools'
+    bbox evaluation reads such a file, but CocoDetection(load_masks=False), which never decodes a segmentation,
+    refused it ("a polygon must be a list of at least 3 (x, y) pairs"), and so did every detector's training."""
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[]]
+    annotations[1]["segmentation"] = [[35, 0, 40, 6]]
+    annotations[2]["segmentation"] = {"size": [30, 40], "counts": [1200]}  # the size of another image
+    for annotation in annotations:
+        annotation.setdefault("area", 50.0)  # pycocotools' evaluation needs it
+    ann_file = _write(root, annotations=annotations)
+    with pytest.raises(ValueError, match="annotation id 1: a polygon must be a list of at least 3"):
+        CocoDetection(root / "images", ann_file)
+    ds = CocoDetection(root / "images", ann_file, load_masks=False)
+    boxes = [ds[i][1]["boxes"].tolist() for i in range(len(ds))]
+    assert boxes == [[[2.0, 3.0, 12.0, 11.0], [35.0, 0.0, 40.0, 6.0]], [[0.0, 2.0, 14.5, 20.0]], []]
+    assert all("masks" not in ds[i][1] for i in range(len(ds)))
+    gt = COCO(str(ann_file))
+    dets = gt.loadRes([{"image_id": 1, "category_id": 3, "bbox": [2, 3, 10, 8], "score": 0.9}])
+    evaluation = COCOeval(gt, dets, "bbox")
+    with redirect_stdout(io.StringIO()):
+        evaluation.evaluate()  # the reference reads the file
+
 def test_unreadable_images_raise_naming_the_file(folder):
     root, _ = folder
     ann_file = _write(root)

@@ -223,7 +223,8 @@ class CocoDetection(Dataset):
         skip_invalid: drop boxes with no area inside their image instead of raising; the count is
             logged and kept in ``num_skipped``.
         transform: optional callable ``(image, target) -> (image, target)``.
-        load_masks: decode segmentations into ``masks`` (costs time; detection alone needs none).
+        load_masks: decode segmentations into ``masks`` (costs time; detection alone needs none). Without it
+            segmentations are neither read nor checked.
         image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, aspect not
             kept), scaling boxes, areas and masks with it; None keeps the files' sizes.
 
@@ -344,7 +345,7 @@ class CocoDetection(Dataset):
                     "pass skip_invalid=True (`visionzoo train --skip-invalid-boxes`) to drop such boxes"
                 )
             segmentation = entry.get("segmentation")
-            if segmentation is not None:
+            if segmentation is not None and self.load_masks:  # never decoded otherwise, as in a bbox evaluation
                 problem = _check_segmentation(segmentation, image["width"], image["height"])
                 if problem:
                     # the image entry's width/height may be what is wrong: blame it when its file says so
