@@ -132,3 +132,27 @@ def test_use_ema_of_a_run_without_ema_weights_is_refused_not_ignored(tmp_path, c
     assert main([command, "resnet18", "--checkpoint", str(checkpoint), "--use-ema", *argv]) == 2
     error = capsys.readouterr().err.strip()
     assert f"--use-ema: {checkpoint} holds no EMA weights" in error and "\n" not in error, error
+
+
+def test_training_refuses_a_val_split_whose_categories_give_other_labels(tmp_path):
+    """A val file listing only the categories it uses (no 'square') numbered its labels apart from the train
+    file's: the run trained, then scored the detector's 'square' boxes against val's triangles (ap/square on a
+    split without squares), where eval of the same checkpoint refuses that folder."""
+    import json
+
+    from visionzoo.cli import main
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.run import run_training
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_val.json"
+    content = json.loads(ann_file.read_text())
+    content["categories"] = [c for c in content["categories"] if c["name"] != "square"]
+    content["annotations"] = [a for a in content["annotations"] if a["category_id"] != 2]
+    ann_file.write_text(json.dumps(content))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, precision="fp32")
+    with pytest.raises(ValueError, match=r"instances_val\.json names class 1 'triangle' where the train split names "
+                                         r"'square'"):
+        run_training("fasterrcnn_shapes", str(folder), config)
+    assert not (tmp_path / "run").exists()

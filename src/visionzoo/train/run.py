@@ -110,6 +110,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
     train = training_images(setup.splits["train"], train_images, data)
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
+    _check_val_classes(setup.splits["train"], val, data)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
                 "train_images": len(train)}
     classes = _class_names(setup.splits["train"])
@@ -133,6 +134,26 @@ def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
 def _class_names(dataset: Any) -> list[str] | None:
     classes = getattr(dataset, "classes", None)
     return None if classes is None else [str(name) for name in classes]
+
+
+def _first_class_difference(expected: list[str], classes: list[str]) -> tuple[int, str, str]:
+    """(index, ``classes``' name, ``expected``'s name) where two different class lists first differ ("nothing"
+    past the end of one)."""
+    index = next((i for i, (a, b) in enumerate(zip(expected, classes)) if a != b), min(len(expected), len(classes)))
+    return (index, classes[index] if index < len(classes) else "nothing",
+            expected[index] if index < len(expected) else "nothing")
+
+
+def _check_val_classes(train: Any, val: Any, data: str) -> None:
+    """Raise when ``val`` names its classes (labels 1..K) other than ``train``: a COCO folder numbers each file's
+    sorted category ids, so a val file listing fewer categories would score the model's classes as others."""
+    expected, classes = _class_names(train), _class_names(val)
+    if expected is None or classes is None or classes == expected:
+        return
+    index, theirs, ours = _first_class_difference(expected, classes)
+    source = getattr(val, "ann_file", f"the val split of {data}")
+    raise ValueError(f"{source} names class {index} {theirs!r} where the train split names {ours!r}: its scores "
+                     "would be counted against other classes; list the same categories in every split's file")
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -188,10 +209,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         classes = _class_names(dataset)
         if trained_classes is None or classes is None or classes == trained_classes:
             continue
-        index = next((i for i, (a, b) in enumerate(zip(trained_classes, classes)) if a != b),
-                     min(len(trained_classes), len(classes)))
-        theirs = classes[index] if index < len(classes) else "nothing"
-        ours = trained_classes[index] if index < len(trained_classes) else "nothing"
+        index, theirs, ours = _first_class_difference(trained_classes, classes)
         raise ValueError(f"{checkpoint} was trained on classes {trained_classes}; the {split} split of "
                          f"{data or run.get('data')} names class {index} {theirs!r}, not {ours!r}: its scores "
                          "would be counted against other classes")
