@@ -287,6 +287,7 @@ def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
         {"id": 8, "image_id": 1, "category_id": 3, "bbox": [45, 5, 10, 10]},  # right of the 40 px image
         {"id": 9, "image_id": 2, "category_id": 3, "bbox": [5, 5, 0, 4]},  # zero width
         {"id": 10, "image_id": 2, "category_id": 3, "bbox": [5, 5, -3, 4]},  # negative width
+        {"id": 11, "image_id": 2, "category_id": 3, "bbox": [20.0, 5, 1e-7, 4]},  # 0 wide in float32
     ]
     ann_file = _write(root, annotations=annotations)
     with pytest.raises(
@@ -295,8 +296,8 @@ def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
         CocoDetection(root / "images", ann_file)
     with caplog.at_level(logging.WARNING, logger="visionzoo.data.coco"):
         ds = CocoDetection(root / "images", ann_file, skip_invalid=True)
-    assert ds.num_skipped == 3
-    assert "skipped 3 boxes" in caplog.text and "instances.json" in caplog.text
+    assert ds.num_skipped == 4
+    assert "skipped 4 boxes" in caplog.text and "instances.json" in caplog.text
     assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == 3
 
 
@@ -309,6 +310,8 @@ def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
         ([2, 3, 0, 8], r"box \[2, 3, 0, 8\] has zero width \(image id 1, 40x30\); pass skip_invalid=True"),
         ([2, 3, 5, 0.0], r"box .* has zero height \(image id 1,"),
         ([45, 5, 10, 10], r"box .* has no area inside its image \(image id 1, 40x30\)"),
+        # before: kept, then 0 wide in the float32 targets, which ended training mid-run naming neither file nor box
+        ([30.1, 3, 1e-6, 8], r"box .* is too thin for float32 \(the boxes' precision\)"),
     ],
 )
 def test_a_box_without_area_says_why(folder, bbox, message):

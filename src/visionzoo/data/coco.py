@@ -127,7 +127,8 @@ def _read_image_size(path: Path, where: str, ann_file: Path) -> tuple[int, int]:
 
 
 def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, float] | None:
-    """COCO ``[x, y, w, h]`` as xyxy clipped to the image, or None when no area is left inside it.
+    """COCO ``[x, y, w, h]`` as xyxy clipped to the image, or None when no area is left inside it at float32
+    precision (the targets' dtype: a box 1e-6 wide at x = 30 has none there).
 
     Raises ValueError when ``bbox`` is not four finite numbers.
     """
@@ -140,12 +141,13 @@ def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, f
         raise ValueError(f"bbox must hold finite numbers, got {bbox!r}")
     x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    x1, y1, x2, y2 = (float(np.float32(v)) for v in (x1, y1, x2, y2))
     if x2 <= x1 or y2 <= y1:
         return None
     return x1, y1, x2, y2
 
 
-def _why_no_area(bbox: list[float]) -> str:
+def _why_no_area(bbox: list[float], width: int, height: int) -> str:
     """What leaves a COCO ``[x, y, w, h]`` that :func:`clip_box` refused without area (a phrase)."""
     sizes = dict(zip(("width", "height"), bbox[2:]))
     negative = [f"{side} {value}" for side, value in sizes.items() if value < 0]
@@ -154,6 +156,9 @@ def _why_no_area(bbox: list[float]) -> str:
     zero = [side for side, value in sizes.items() if value == 0]
     if zero:
         return f"has zero {' and '.join(zero)}"
+    x, y, w, h = bbox
+    if x < width and y < height and x + w > 0 and y + h > 0:
+        return "is too thin for float32 (the boxes' precision)"
     return "has no area inside its image"
 
 
@@ -340,7 +345,7 @@ class CocoDetection(Dataset):
                     skipped += 1
                     continue
                 raise ValueError(
-                    f"{self.ann_file}: {name}: box {entry['bbox']} {_why_no_area(entry['bbox'])} "
+                    f"{self.ann_file}: {name}: box {entry['bbox']} {_why_no_area(entry['bbox'], image['width'], image['height'])} "
                     f"(image id {entry['image_id']!r}, {image['width']}x{image['height']}); "
                     "pass skip_invalid=True (`visionzoo train --skip-invalid-boxes`) to drop such boxes"
                 )
