@@ -540,6 +540,15 @@ def test_no_images_raises_naming_the_file(folder):
         CocoDetection(root / "images", _write(root, images=[], annotations=[]))
 
 
+
+def test_two_categories_of_one_name_are_refused_naming_both_ids(folder):
+    """Classes are known by name (a detector's ap/NAME, predict's labels, a checkpoint's classes): two categories
+    named 'square' (ids 7 and 90) gave 5 ap/ numbers for 6 classes, the second overwriting the first."""
+    root, _ = folder
+    categories = [*CATEGORIES, {"id": 90, "name": "cat"}]
+    with pytest.raises(ValueError, match=r"instances\.json: category ids 3 and 90 are both named 'cat'"):
+        CocoDetection(root / "images", _write(root, categories=categories))
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

@@ -4,8 +4,8 @@ The annotation file is read and checked when the dataset is built, so bad input 
 training starts: a JSON syntax error (file, line and column), a missing key (file and entry), an
 annotation naming an unknown image or category, a missing image file (path and image id), a value
 of the wrong type (an id that is not an integer or a string, a width that is not a positive
-integer, an ``iscrowd`` other than 0 or 1, a negative area), no images at all, or a box with no area
-inside its image (file and annotation id) raises one ``ValueError`` or ``FileNotFoundError``. Boxes
+integer, an ``iscrowd`` other than 0 or 1, a negative area), two categories of one name, no images at all, or a
+box with no area inside its image (file and annotation id) raises one ``ValueError`` or ``FileNotFoundError``. Boxes
 that run partly outside their image are clipped to it, as real COCO files need. Images are decoded
 only when a sample is read; one that cannot be decoded raises ``ValueError`` naming its file.
 """
@@ -274,13 +274,18 @@ class CocoDetection(Dataset):
         if not isinstance(categories, list):
             raise ValueError(f"{self.ann_file}: 'categories' must be a list")
         names: dict[int, str] = {}
+        ids_of: dict[str, int] = {}
         for position, entry in enumerate(categories):
             where = _entry_name("category", position, entry)
             _require(entry, ("id", "name"), where, self.ann_file)
             _check_id(entry["id"], "id", where, self.ann_file)
             if entry["id"] in names:
                 raise ValueError(f"{self.ann_file}: category id {entry['id']} appears twice")
-            names[entry["id"]] = str(entry["name"])
+            name = str(entry["name"])
+            if name in ids_of:  # classes are known by name: a detector's ap/NAME, a checkpoint's classes
+                raise ValueError(f"{self.ann_file}: category ids {ids_of[name]} and {entry['id']} are both named "
+                                 f"{name!r}; give each category its own name")
+            names[entry["id"]], ids_of[name] = name, entry["id"]
         _check_same_kind(list(names), "category", self.ann_file)
         self.cat_ids = sorted(names)
         self.classes = [names[c] for c in self.cat_ids]
