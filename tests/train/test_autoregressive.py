@@ -76,6 +76,16 @@ def test_sample_gives_images_from_the_seed_and_checks_the_label():
         task.sample(tiny_image_gpt().eval(), 2, torch.Generator(), contextlib.nullcontext, label=0)
 
 
+def test_a_top_k_beyond_the_vocabulary_is_refused_rather_than_ignored():
+    """--top-k 100000 on a 16-colour Image GPT kept every token without a word: the option did nothing."""
+    task = AutoregressiveTask()
+    model = tiny_image_gpt().eval()  # a palette of 16 colours: 16 tokens
+    with pytest.raises(ValueError, match="top_k 17 .* 16 tokens"):
+        task.sample(model, 2, torch.Generator().manual_seed(0), contextlib.nullcontext, top_k=17)
+    every = task.sample(model, 2, torch.Generator().manual_seed(0), contextlib.nullcontext, top_k=16)
+    assert torch.equal(every, task.sample(model, 2, torch.Generator().manual_seed(0), contextlib.nullcontext))
+
+
 def test_the_code_prior_trains_over_a_tokenizer_checkpoint_and_samples(tmp_path):
     run_training("vqvae_small", "digits", config(tmp_path / "tokenizer", 5), 16, VQVAE)
     tokenizer = tmp_path / "tokenizer" / "checkpoint.safetensors"

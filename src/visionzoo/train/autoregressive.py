@@ -182,8 +182,13 @@ class AutoregressiveTask(Task):
                label: int | None = None) -> torch.Tensor:
         """``count`` images Tensor[count, C, H, W] in [0, 1], token by token: the logits divided by
         ``temperature``, cut to the ``top_k`` best and to the ``top_p`` nucleus, drawn from ``generator``;
-        of class ``label`` (a class-conditional model) or unconditional (None).
+        of class ``label`` (a class-conditional model) or unconditional (None). A ``top_k`` beyond the model's
+        vocabulary is refused: it would keep every token, as if not given.
         """
+        vocabulary = model.gpt.vocab_size
+        if top_k is not None and top_k > vocabulary:
+            raise ValueError(f"top_k {top_k} is more than the {vocabulary} tokens of this model's vocabulary, so it "
+                             f"would keep them all and change nothing; give at most {vocabulary}")
         labels = self._labels_of(model, label, count)
         return self._generate(model, labels, count, generator, autocast, temperature, top_k, top_p)
 
