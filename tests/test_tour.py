@@ -167,3 +167,25 @@ def test_an_existing_report_folder_is_refused_without_suggesting_resume_which_to
     err = one_line_error(capsys, ["tour", "--only", "vit-digits", "--out", str(out)], "exists", "--overwrite")
     assert "--resume" not in err
     assert (out / "report.json").read_text() == "{}"
+
+
+def test_a_job_evaluated_on_fewer_images_than_the_report_states_is_named(tmp_path, monkeypatch):
+    """report.md said "evaluated on the test split" (or "the first 60 images" with --eval-images 60) of every row,
+    while R-CNN's rows were scored on their first 100 test images and the sliding window's on 4."""
+    import visionzoo.tour as tour
+
+    tiny = {"channels": 8, "res_channels": 4, "embed_dim": 4, "num_codes": 16}
+    jobs = [tour.TourJob("capped", "vqvae_small", "digits", img_size=16, model_args=tiny, eval_images=16),
+            tour.TourJob("whole", "vqvae_small", "digits", img_size=16, model_args=tiny)]
+    monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
+    for extra, whole in (([], "the test split"), (["--eval-images", "40"], "the first 40 images of the test split")):
+        out = tmp_path / f"tour{len(extra)}"
+        argv = ["tour", "--out", str(out), "--minutes", "0.05", "--max-steps", "1", "--no-progress", "--precision",
+                "fp32", *extra]
+        assert main(argv) == 0
+        rows = {row["name"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+        assert rows["capped"]["test_images"] == 16 and rows["whole"]["test_images"] in (270, 40)
+        report = (out / "report.md").read_text()
+        assert f"evaluated on {whole}" in report
+        assert "scored on fewer test images: capped on its first 16." in report
+        assert "whole on" not in report
