@@ -1,6 +1,7 @@
 """The autoregressive task: batches, label dropping, NLL, sampling, the code prior over a trained tokenizer, the CLI."""
 
 import contextlib
+import functools
 import json
 import math
 
@@ -74,6 +75,23 @@ def test_sample_gives_images_from_the_seed_and_checks_the_label():
         task.sample(model, 2, torch.Generator(), contextlib.nullcontext, label=3)
     with pytest.raises(ValueError, match="unconditional"):
         task.sample(tiny_image_gpt().eval(), 2, torch.Generator(), contextlib.nullcontext, label=0)
+
+
+def test_a_label_is_a_class_name_or_index_and_an_unconditional_model_refuses_any():
+    """A label that was no class name of the data was refused as "not a class of this model; classes: ..." also by an
+    unconditional model, which takes no class at all."""
+    task = AutoregressiveTask(["zero", "one", "two"])
+    sample = functools.partial(task.sample, count=3, autocast=contextlib.nullcontext)
+    model = tiny_image_gpt(num_classes=3).eval()
+    by_name = sample(model, generator=torch.Generator().manual_seed(0), label="two")
+    for index in (2, "2"):
+        assert torch.equal(by_name, sample(model, generator=torch.Generator().manual_seed(0), label=index))
+    for label in ("three", "3", 3, -1):
+        with pytest.raises(ValueError, match=r"label must be a class in 0..2 \(zero, one, two\)"):
+            sample(model, generator=torch.Generator(), label=label)
+    for label in ("seven", "12", 0):
+        with pytest.raises(ValueError, match="unconditional"):
+            sample(tiny_image_gpt().eval(), generator=torch.Generator(), label=label)
 
 
 def test_a_top_k_beyond_the_vocabulary_is_refused_rather_than_ignored():

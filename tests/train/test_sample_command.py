@@ -162,3 +162,14 @@ def test_a_seed_torch_cannot_take_is_refused_when_parsed(capsys, tmp_path):
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert "--seed" in err and "[-2**63, 2**64)" in err
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("label", ["12", "seven"])
+def test_a_label_for_a_gan_is_refused_as_not_applying_not_as_an_unknown_class(gan_checkpoint, tmp_path, capsys, label):
+    """--label 12 on a DCGAN said "--label '12' is not a class of this model; classes: 0, 1, ..., 9": the Digits'
+    classes, of a model that takes no class at all (--label 3 then said the label does not apply)."""
+    out = tmp_path / "grid.png"
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(out), "--label", label]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "label does not apply" in err and "classes" not in err
+    assert not out.exists()

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.utils import is_integer
 
 GRID = 64
 COLUMNS = 8
@@ -156,14 +157,21 @@ class AutoregressiveTask(Task):
         nll = total / max(count, 1)
         return {"nll": nll, "bits": nll / math.log(2)}
 
-    def _labels_of(self, model: nn.Module, label: int | None, count: int) -> torch.Tensor | None:
+    def _labels_of(self, model: nn.Module, label: int | str | None, count: int) -> torch.Tensor | None:
+        """``count`` copies of ``label``'s class index: a class name of the data, or an index (an int or its digits,
+        as typed after ``--label``); None for None."""
         if label is None:
             return None
         num_classes = model.gpt.num_classes
         if num_classes == 0:
             raise ValueError(f"label {label} given, but this model is unconditional (trained without classes)")
-        if not 0 <= label < num_classes:
-            raise ValueError(f"label must be a class in 0..{num_classes - 1}, got {label}")
+        if isinstance(label, str) and label in self.classes:
+            label = self.classes.index(label)
+        elif isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which int() refuses
+            label = int(label)
+        if not is_integer(label) or not 0 <= label < num_classes:
+            names = f" ({', '.join(self.classes)})" if self.classes else ""
+            raise ValueError(f"label must be a class in 0..{num_classes - 1}{names}, got {label!r}")
         return torch.full((count,), int(label), dtype=torch.long)
 
     def _generate(self, model: nn.Module, labels: torch.Tensor | None, count: int, generator: torch.Generator,
@@ -179,10 +187,10 @@ class AutoregressiveTask(Task):
 
     def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
                temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
-               label: int | None = None) -> torch.Tensor:
+               label: int | str | None = None) -> torch.Tensor:
         """``count`` images Tensor[count, C, H, W] in [0, 1], token by token: the logits divided by
         ``temperature``, cut to the ``top_k`` best and to the ``top_p`` nucleus, drawn from ``generator``;
-        of class ``label`` (a class-conditional model) or unconditional (None). A ``top_k`` beyond the model's
+        of class ``label`` (a class-conditional model: an index or a class name) or unconditional (None). A ``top_k`` beyond the model's
         vocabulary is refused: it would keep every token, as if not given.
         """
         vocabulary = model.gpt.vocab_size
