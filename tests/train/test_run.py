@@ -156,3 +156,21 @@ def test_training_refuses_a_val_split_whose_categories_give_other_labels(tmp_pat
                                          r"'square'"):
         run_training("fasterrcnn_shapes", str(folder), config)
     assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize("other", ["vit_tiny_patch4_32", "dcgan"])
+def test_resuming_a_run_as_another_model_names_both_models(tmp_path, capsys, other):
+    """Resuming a resnet18 run (trained with --model-arg small_input=true) as another model built that model with the
+    run's recorded model arguments first, and failed as "vit_tiny_patch4_32 takes no argument 'small_input'": an
+    argument the user had not given this time, and not the mistake."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint.safetensors", {"model.x": torch.zeros(1)}, {
+        "model": {"name": "resnet18", "args": {"small_input": True, "num_classes": 10, "in_chans": 1}}, "step": 1,
+        "total_steps": 1, "config": {"max_steps": 1}, "optimizers": {},
+        "run": {"data": "digits", "img_size": 8, "in_chans": 1, "options": {}, "model_args": {"small_input": True}}})
+    capsys.readouterr()
+    assert main(["train", other, "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"--resume: the run in {run} was trained as 'resnet18', not '{other}'" in error and "\n" not in error, error

@@ -84,6 +84,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     if config.resume and checkpoint.is_file():
         meta = checkpoint_metadata(checkpoint)
         trained = meta.get("run", {})
+        # Before its recorded model arguments build this model: another model would refuse them, naming an argument
+        trained_model = (meta.get("model") or {}).get("name")
+        if trained_model not in (None, model_name):
+            raise ValueError(f"--resume: the run in {config.out} was trained as {trained_model!r}, not {model_name!r}; "
+                             f"resume it as {trained_model}, or train {model_name} in a new --out")
         _check_resumed_data(trained.get("data"), data, config.out)
         img_size = img_size or trained.get("img_size")
         train_images = train_images or trained.get("train_images")
