@@ -200,6 +200,23 @@ def test_a_run_with_a_share_as_disc_start(tmp_path, untrained_domain_features, m
     assert result.steps == 12 and flags == [0] * 6 + [1] * 6
 
 
+def test_a_resumed_run_with_a_longer_plan_keeps_the_discriminator_on(tmp_path, untrained_domain_features):
+    """--disc-start 50%: a run of 4 steps switched its discriminator on at step 2. Resumed with --max-steps 10, the
+    new task took 50% of the new plan and switched it off again for step 4 (4 < 5), as if it had never trained,
+    where a run re-planned longer within one session keeps it on."""
+    out = tmp_path / "run"
+    options = {"disc_start": 0.5, "perceptual_weight": 0.0}
+
+    def config(steps, resume=False):
+        return TrainConfig(out=str(out), max_steps=steps, batch_size=8, resume=resume, progress=False,
+                           checkpoint_every=10**9, precision="fp32")
+
+    run_training("vqgan", "digits", config(4), 16, TINY, options)
+    run_training("vqgan", "digits", config(10, resume=True), 16, TINY, options)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
+    assert [r["autoencoder/disc_active"] for r in records] == [0, 0] + [1] * 8
+
+
 def optimizer_betas(tmp_path, config: TrainConfig, model_name="vqgan", model_args=TINY) -> set[tuple[float, float]]:
     setup = build_setup(model_name, "digits", 16, model_args)
     config.out, config.max_steps, config.batch_size, config.progress = str(tmp_path / "betas"), 1, 8, False

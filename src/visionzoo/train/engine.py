@@ -674,6 +674,7 @@ class Trainer:
             "format": 1,
             "model": model_record(self.model),
             "task": {"name": self.task.name, **self.task.checkpoint_meta()},
+            "task_state": self.task.run_state(),
             "step": self.step,
             "epoch_position": [*self._epoch_position(), self.steps_per_epoch],  # epoch, batch, batches per epoch
             "total_steps": self.total_steps,
@@ -709,6 +710,7 @@ class Trainer:
                 raise CheckpointError(f"--resume: {path} has no state for optimizer {name!r}")
             check_resumed_hyperparameters(path, optimizer.param_groups, meta["optimizers"][name]["param_groups"])
             optimizer.load_state_dict(_optimizer_state(name, tensors, meta["optimizers"][name]))
+        self.task.load_run_state(meta.get("task_state") or {})
         self.step = meta["step"]
         self.step_offset = self.step - resumed_epoch_step(meta, self.steps_per_epoch)
         self.total_steps = meta["total_steps"]

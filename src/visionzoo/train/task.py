@@ -97,6 +97,14 @@ class Task:
         """What :meth:`from_checkpoint_meta` needs to rebuild this task (class names, sizes, ...)."""
         return {}
 
+    def run_state(self) -> dict[str, Any]:
+        """What this task learnt while training that a resumed run needs back (JSON-serialisable), beyond the
+        weights and the step: e.g. the step at which a GAN's discriminator came on. None by default."""
+        return {}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        """Take back the :meth:`run_state` of the checkpoint a run resumes from (``{}`` for older checkpoints)."""
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add this task's own options to ``visionzoo train``/``eval`` (an argument group)."""

@@ -143,6 +143,14 @@ class VQGANTask(ReconstructionTask):
             self._disc_on_from = self.step
         return True
 
+    def run_state(self) -> dict[str, Any]:
+        """The step at which a share of the run switched the discriminator on: a resumed run with a longer plan
+        keeps it on, as a re-planned one does."""
+        return {"disc_on_from": self._disc_on_from}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self._disc_on_from = state.get("disc_on_from")
+
     # -------------------------------------------------------------------------------- losses
     def perceptual(self, device: torch.device) -> PerceptualLoss | None:
         """The perceptual distance on ``device`` (built at the first call), or None without one."""
