@@ -174,3 +174,24 @@ def test_resuming_a_run_as_another_model_names_both_models(tmp_path, capsys, oth
     assert main(["train", other, "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert f"--resume: the run in {run} was trained as 'resnet18', not '{other}'" in error and "\n" not in error, error
+
+
+def test_a_file_with_our_metadata_but_no_run_record_is_one_error_not_a_traceback(tmp_path, capsys):
+    """A safetensors whose visionzoo metadata holds no training record (here `{}`, or only the model) ended `eval` in
+    a TypeError traceback from pathlib (no data set to rebuild the run with) and `train --resume` in KeyError:
+    'total_steps'."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.safetensors"
+    for meta in ({}, {"model": {"name": "resnet18", "args": {}}}):
+        save_checkpoint(path, {"model.x": torch.zeros(1)}, meta)
+        capsys.readouterr()
+        assert main(["eval", "resnet18", "--checkpoint", str(path)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"{path} records no data set it was trained on" in error and "\n" not in error, error
+        assert main(["train", "resnet18", "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"{path} is not a visionzoo training checkpoint" in error and "\n" not in error, error

@@ -124,6 +124,8 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
     checkpoint's (its planned steps for a time budget); else ``config`` itself."""
     path = Path(config.out) / CHECKPOINT_NAME
     meta = read_metadata(path) if config.resume and path.is_file() else None
+    if meta is not None:
+        check_training_record(meta, path)
     trained = (meta or {}).get("config", {})
     fill = {key: trained[key] for key in RESUMED_SETTINGS if getattr(config, key) is None and trained.get(key) is not None}
     if "betas" in fill:
@@ -133,6 +135,13 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
         budget = {key: trained.get(key) for key in ("max_steps", "epochs") if trained.get(key) is not None}
         fill.update(budget or {"max_steps": meta["total_steps"]})
     return dataclasses.replace(config, **fill)
+
+
+def check_training_record(meta: Mapping[str, Any] | None, path: str | Path) -> None:
+    """Refuse a file that is not one of the engine's checkpoints (foreign, or our metadata without a run's step and
+    plan): a run cannot go on from it."""
+    if meta is None or "step" not in meta or "total_steps" not in meta:
+        raise CheckpointError(f"{path} is not a visionzoo training checkpoint")
 
 
 def resolve_config(config: TrainConfig, task: Task) -> TrainConfig:
@@ -689,8 +698,7 @@ class Trainer:
     def _load(self) -> None:
         path = self.out / CHECKPOINT_NAME
         tensors, meta = read_checkpoint(path)
-        if meta is None or "step" not in meta:
-            raise CheckpointError(f"{path} is not a visionzoo training checkpoint")
+        check_training_record(meta, path)
         saved_name = meta["model"]["name"]
         if saved_name != model_record(self.model)["name"]:
             raise CheckpointError(f"--resume: {path} was trained as {saved_name!r}, not {model_record(self.model)['name']!r}")

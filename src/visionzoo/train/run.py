@@ -192,6 +192,9 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     _saved_model(meta, model_name, str(checkpoint))
     run = meta.get("run", {})
     trained_on = run.get("data")
+    if data is None and not trained_on:
+        raise CheckpointError(f"{checkpoint} records no data set it was trained on (it was not written by `visionzoo "
+                              "train`), which the model is rebuilt with; `visionzoo eval` takes --data")
     if data is None and trained_on and builtin_name(trained_on) is None and not Path(trained_on).expanduser().exists():
         where = "" if Path(trained_on).is_absolute() else f" (a relative path, read from {Path.cwd()})"
         raise FileNotFoundError(f"{checkpoint} was trained on {trained_on}, which is not there{where}: the model is "
