@@ -295,3 +295,27 @@ def test_samples_png_shows_a_row_per_class(tmp_path, monkeypatch, num_classes, r
         assert labels is None
     with Image.open(tmp_path / "samples.png") as picture:  # 4 px cells enlarged to 32, 2 px padding
         assert picture.size == (2 + 8 * 34, 2 + rows * 34)
+
+
+def test_resuming_a_code_prior_with_another_tokenizer_is_refused_not_ignored(tmp_path):
+    """`train vqgan_transformer --resume --tokenizer OTHER` went on with the tokenizer weights of the run's checkpoint
+    (the engine loads them over OTHER's) while the checkpoint recorded OTHER as the run's --tokenizer."""
+    import dataclasses
+
+    from visionzoo.checkpoint import save_checkpoint
+
+    args = {"in_chans": 1, "channels": 16, "res_channels": 8, "embed_dim": 8, "num_codes": 32}
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        tokenizer = create_model("vqvae_small", **args)
+        files.append(tmp_path / f"tokenizer{seed}.safetensors")
+        save_checkpoint(files[-1], {f"model.{k}": v for k, v in tokenizer.state_dict().items()},
+                        {"model": {"name": "vqvae_small", "args": args}, "run": {"img_size": 16}})
+    cfg = config(tmp_path / "prior", 1)
+    run_training("vqgan_transformer", "digits", cfg, None, TINY, options={"tokenizer": str(files[0])})
+    resumed = dataclasses.replace(cfg, max_steps=2, resume=True, overwrite=False)
+    with pytest.raises(ValueError, match=f"--tokenizer {files[1]}: the run in .* learnt the codes of {files[0]}"):
+        run_training("vqgan_transformer", "digits", resumed, None, TINY, options={"tokenizer": str(files[1])})
+    run_training("vqgan_transformer", "digits", resumed, None, TINY, options={"tokenizer": str(files[0])})
+    assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 2

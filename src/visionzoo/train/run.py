@@ -96,6 +96,12 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         stored = trained.get("options") or {}
         if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
             raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
+        tokenizer = stored.get("tokenizer")
+        if given.get("tokenizer") is not None and tokenizer is not None and not _same_file(given["tokenizer"], tokenizer):
+            # The engine loads the tokenizer's weights from the run's checkpoint: another file's would be ignored.
+            raise ValueError(f"--tokenizer {given['tokenizer']}: the run in {config.out} learnt the codes of {tokenizer}, "
+                             "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
+                             "a prior over another tokenizer in a new --out")
         options = build_options = {**stored, **given}
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
@@ -134,6 +140,12 @@ def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
     if names != [None, None] and names[0] != names[1]:
         raise ValueError(f"--resume: the run in {out} was trained on {trained}, not {data}; resume it with "
                          f"--data {trained}, or train on {data} in a new --out")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (the same text, or one existing file by two names)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    return a == b or (a.exists() and b.exists() and a.samefile(b))
 
 
 def _class_names(dataset: Any) -> list[str] | None:
