@@ -147,6 +147,13 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and _cpu_native_bf16()
 
 
+def is_traced() -> bool:
+    """Whether the caller runs under ``torch.jit.trace``, ``torch.compile`` or ``torch.export``, which record one
+    pass of the Python code: a loop over chunks of a batch would be fixed at the traced batch size (the rows beyond
+    it left unprocessed), and a cache keyed on a tensor's storage cannot be read from a traced graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 @functools.cache
 def _cpu_native_bf16() -> bool:
     cpu = torch.cpu

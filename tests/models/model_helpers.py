@@ -100,3 +100,24 @@ def assert_pool_built_and_reset_give_reference_outputs(reference, model_name: st
             torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True), expected_pre,
                                        atol=atol, rtol=1e-5)
     return built, reset
+
+
+def assert_trace_runs_at_other_batch_sizes(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.jit.trace`` of ``model`` (inference) on two images of ``x`` gives the model's outputs on one and on all
+    of ``x``, as timm's traced models do: nothing in the traced graph is fixed at the traced batch size."""
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, x[:2], check_trace=False)
+        for batch in (1, len(x)):
+            torch.testing.assert_close(traced(x[:batch]), model(x[:batch]), atol=1e-5, rtol=1e-5)
+
+
+def assert_export_runs_at_other_batch_sizes(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """``torch.export`` of ``model`` (inference) with a dynamic batch size, as timm's models export, gives the model's
+    outputs on one image and on all of ``x``."""
+    with torch.no_grad():
+        exported = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+        for batch in (1, len(x)):
+            torch.testing.assert_close(exported.module()(x[:batch]), model(x[:batch]), atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ from model_helpers import (
     assert_pool_built_and_reset_give_reference_outputs,
     assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
+    assert_trace_runs_at_other_batch_sizes,
     checkpointed_step,
     count,
     images,
@@ -168,6 +169,15 @@ def test_inference_path_equals_the_autograd_path_in_sub_batches(monkeypatch):
     assert with_grad.requires_grad
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(with_grad.detach(), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_trace_runs_at_other_batch_sizes(monkeypatch):
+    """The stages' sub-batches were unrolled by torch.jit.trace: traced on 2 images, a model failed at batch 8 with
+    'The size of tensor a (6) must match the size of tensor b (8)'."""
+    monkeypatch.setattr(swin, "_CHUNK_BYTES", 16 * 16 * 48 * 4 * 2)  # two images per sub-batch at stage 0
+    torch.manual_seed(2)
+    model = randomise(create_model("swin_tiny_patch2_window4_32", num_classes=10).eval(), 3)
+    assert_trace_runs_at_other_batch_sizes(model, images(5, 3, 32, 32, seed=4))
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))

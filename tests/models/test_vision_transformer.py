@@ -5,9 +5,11 @@ import pytest
 import timm
 import torch
 from model_helpers import (
+    assert_export_runs_at_other_batch_sizes,
     assert_grad_checkpointing_changes_nothing,
     assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
+    assert_trace_runs_at_other_batch_sizes,
     checkpointed_step,
     count,
     images,
@@ -113,6 +115,20 @@ def test_inference_in_token_chunks_equals_timm_fp32_and_bf16(timm_tiny, monkeypa
     torch.testing.assert_close(got.float(), expected.float(), atol=0.01, rtol=0.01)  # equal here
     with torch.enable_grad():  # the training path (autograd on) is not chunked and matches too
         torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch4_32", "deit_tiny_distilled_patch8_32"])
+def test_a_trace_or_export_runs_at_other_batch_sizes(monkeypatch, name):
+    """The inference path's token chunks were unrolled by torch.jit.trace: a ViT traced on 2 images ran the MLP on
+    the traced number of rows only, and gave wrong logits (1.55 off at batch 16 for vit_tiny_patch16_224); and
+    torch.export with a dynamic batch failed ('your code specialized it to be a constant (2)')."""
+    import visionzoo.layers.block as block
+
+    monkeypatch.setattr(block, "_MLP_CHUNK_ELEMENTS", 768 * 50)  # 65 tokens an image: 3 chunks for 2 images
+    torch.manual_seed(0)
+    model, x = create_model(name).eval(), images(5, 3, 32, 32, seed=1)
+    assert_trace_runs_at_other_batch_sizes(model, x)
+    assert_export_runs_at_other_batch_sizes(model, x)
 
 
 def test_small_config_logits_equal_timm():

@@ -12,6 +12,7 @@ from visionzoo.layers.attention import Attention
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import Mlp
+from visionzoo.utils import is_traced
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -54,7 +55,7 @@ class Block(nn.Module):
         """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias or boolean mask, and
         ``is_causal``: attend to earlier tokens only (see :class:`Attention`)."""
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias, is_causal)))
-        if torch.is_grad_enabled() or self.training:
+        if torch.is_grad_enabled() or self.training or is_traced():
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return self._mlp_residual_in_chunks(x)
 

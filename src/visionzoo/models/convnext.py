@@ -10,7 +10,7 @@ which also converts the official facebookresearch/ConvNeXt layout.
 
 Speed on CPU: the trunk runs in channels-last memory (the input is converted once), where the 7×7
 depthwise conv is faster and the NHWC view for LayerNorm and the MLP is free (no permute copies).
-Without autograd (inference), a block runs its LayerNorm → MLP → layer scale → residual over chunks of
+Without autograd (inference, unless traced or compiled), a block runs its LayerNorm → MLP → layer scale → residual over chunks of
 pixels, so the 4× wider hidden activations stay in cache and the result is written into the conv's
 output buffer; the arithmetic is the same as the plain path, row for row.
 
@@ -41,7 +41,7 @@ from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, is_traced
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -79,7 +79,7 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_dw(x).permute(0, 2, 3, 1)
-        if torch.is_grad_enabled() or (self.training and isinstance(self.drop_path, DropPath)):
+        if torch.is_grad_enabled() or (self.training and isinstance(self.drop_path, DropPath)) or is_traced():
             return x + self.drop_path(self._scale(self.mlp(self.norm(y))).permute(0, 3, 1, 2))
         return self._residual_in_chunks(x, y)
 

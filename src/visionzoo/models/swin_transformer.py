@@ -30,8 +30,8 @@ and any other input size gets the same rule at run time with the built windows a
 Speed (inference): the relative position bias, gathered from its table, plus the shift mask, is one
 additive bias per (map, window, shift) given to ``scaled_dot_product_attention``; without autograd it
 is cached per dtype and device (and recomputed when the table changes). Cyclic shift, padding and
-window partition are one gather with a precomputed index, their inverse another. Without autograd a
-stage runs over sub-batches of about ``_CHUNK_BYTES`` of activations with in-place residual updates
+window partition are one gather with a precomputed index, their inverse another. Without autograd (and
+unless traced or compiled) a stage runs over sub-batches of about ``_CHUNK_BYTES`` of activations with in-place residual updates
 (GELU in place, ``fc2`` accumulated into the tokens, the attention output added by ``index_add_``),
 so that no large buffer is allocated per operation; the sums are the same, up to rounding order.
 With autograd (training) the attention is written out as timm's is, since the fused kernels take no
@@ -67,7 +67,7 @@ from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, is_traced
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
@@ -474,7 +474,7 @@ class SwinTransformerStage(nn.Module):
             block.set_window_size(window)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or is_traced():
             return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
         return self._forward_in_chunks(x)
 

@@ -24,8 +24,8 @@ attention"): the ``deit_*`` names are this ViT with DeiT's ImageNet normalisatio
 and a second head (``dist_token``, ``head_dist``). The engine trains that head on a teacher's
 predictions (``visionzoo train --teacher``); at inference the two heads' logits are averaged.
 
-Speed on CPU: without autograd (inference), each block's MLP residual runs over chunks of tokens in
-place, so the 4× wider hidden activations stay in cache, and the shared ``Linear`` keeps its autocast
+Speed on CPU: without autograd (inference, unless traced or compiled), each block's MLP residual runs over chunks
+of tokens in place, so the 4× wider hidden activations stay in cache, and the shared ``Linear`` keeps its autocast
 weight copy between calls; the arithmetic is the plain path's, row for row. The copy follows weight edits
 made under ``torch.no_grad()`` but not in-place edits through ``.data``: after those, call
 ``visionzoo.layers.drop_cast_caches(model)``.
