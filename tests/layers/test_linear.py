@@ -71,3 +71,18 @@ def test_an_edit_through_data_needs_drop_cast_caches():
     assert ours._cast is None
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(x), torch.relu(reference(x)))
+
+
+def test_autocast_inference_compiles_whole_and_exports():
+    """The cast cache (keyed on the weights' storage) broke a compiled graph at every Linear (ViT-Ti under autocast:
+    26 graphs and dynamo's recompile limit) and failed torch.export ('Cannot access data pointer of Tensor');
+    traced or compiled, the layer is nn.Linear, whose autocast casts compile."""
+    ours, reference = _pair(3)
+    x = torch.randn(5, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(ours, backend="eager", fullgraph=True)
+        assert torch.equal(compiled(x), expected)
+        assert torch.equal(torch.export.export(ours, (x,)).module()(x), expected)
+    assert ours._cast is None

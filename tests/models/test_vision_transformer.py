@@ -131,6 +131,19 @@ def test_a_trace_or_export_runs_at_other_batch_sizes(monkeypatch, name):
     assert_export_runs_at_other_batch_sizes(model, x)
 
 
+def test_bf16_autocast_inference_compiles_as_one_graph():
+    """Under autocast without autograd the Linear cast cache and the attention's CPU probe broke the graph (26
+    graphs for vit_tiny_patch16_224, fullgraph=True failed), where timm's ViT compiles whole."""
+    torch.manual_seed(0)
+    model, x = create_model("vit_tiny_patch4_32").eval(), images(2, 3, 32, 32, seed=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x)
+        torch._dynamo.reset()
+        got = torch.compile(model, backend="eager", fullgraph=True)(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), atol=0.02, rtol=0.02)
+
+
 def test_small_config_logits_equal_timm():
     torch.manual_seed(3)
     reference = TimmVisionTransformer(num_classes=10, **SMALL_CONFIGS["vit_tiny_patch4_32"]).eval()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
-from visionzoo.utils import native_bf16
+from visionzoo.utils import is_traced, native_bf16
 
 # On CPU in bf16/fp16 the written-out product is faster than torch's fused kernels (benchmarks/attention.py) for
 # short sequences, whose fused backward is slow, while the attention matrix stays small: a training step 0.6x as
@@ -22,9 +22,11 @@ EXPLICIT_MAX_LOGITS_BYTES = 16 * 2**20
 
 def writes_out(q: Tensor, k: Tensor) -> bool:
     """Whether :func:`scaled_dot_product_attention` writes the product of ``q`` Tensor[..., N, D] and ``k``
-    Tensor[..., M, D] out: on a CPU that runs bf16 natively, in bf16/fp16, for at most ``EXPLICIT_MAX_KEYS``
-    keys and float32 logits Tensor[..., N, M] of at most ``EXPLICIT_MAX_LOGITS_BYTES``."""
+    Tensor[..., M, D] out: on a CPU that runs bf16 natively, in bf16/fp16, not traced or compiled, for at most
+    ``EXPLICIT_MAX_KEYS`` keys and float32 logits Tensor[..., N, M] of at most ``EXPLICIT_MAX_LOGITS_BYTES``."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or k.shape[-2] > EXPLICIT_MAX_KEYS:
+        return False
+    if is_traced():  # the CPU probe breaks a compiled graph, and the fused kernels compile
         return False
     if not native_bf16(q.device):
         return False

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.utils import is_traced
+
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) that casts its weights once for autocast inference.
@@ -16,8 +18,9 @@ class Linear(nn.Linear):
     ``autocast`` block, so each forward of a model pays a full pass over its weights. Without autograd,
     this layer keeps the cast weights until the parameters change (their version counter, storage,
     dtype or device), and the product equals autocast's: the same bf16 operands, the same kernel.
-    With autograd on, or without autocast, it is ``nn.Linear`` exactly. The copy costs half the
-    layer's fp32 memory while it is held; ``drop_cast_cache`` releases it.
+    With autograd on, without autocast, or traced or compiled (a graph cannot read a cache keyed on
+    storage, and a traced copy would outlive weight changes), it is ``nn.Linear`` exactly. The copy costs
+    half the layer's fp32 memory while it is held; ``drop_cast_cache`` releases it.
 
     An in-place edit through ``weight.data`` (or ``bias.data``) is not seen: ``.data`` has a version counter
     of its own, and no cheap check catches it (comparing the weights would cost the pass the copy saves), so
@@ -31,7 +34,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         device_type = x.device.type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type):
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type) or is_traced():
             return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype(device_type)
         if self.weight.dtype == dtype:
