@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from model_helpers import (
+    assert_export_runs_at_other_batch_sizes,
     assert_grad_checkpointing_changes_nothing,
     assert_pool_built_and_reset_give_reference_outputs,
     assert_rebuilds_from_its_checkpoint,
@@ -178,6 +179,24 @@ def test_a_trace_runs_at_other_batch_sizes(monkeypatch):
     torch.manual_seed(2)
     model = randomise(create_model("swin_tiny_patch2_window4_32", num_classes=10).eval(), 3)
     assert_trace_runs_at_other_batch_sizes(model, images(5, 3, 32, 32, seed=4))
+
+
+@pytest.mark.parametrize("size", [32, 36])  # 36: padded maps (18, 9, 5, 3 against 4-token windows)
+@pytest.mark.parametrize("grad", [False, True])
+def test_compiles_as_one_graph_and_exports(size, grad):
+    """The window plan's boolean indexing (data-dependent sizes) and the bias cache (keyed on the table's storage)
+    broke a compiled Swin into 25 graphs (fullgraph=True failed; timm's Swin compiles whole), and torch.export
+    failed ('Cannot access data pointer of Tensor')."""
+    torch.manual_seed(2)
+    model = randomise(create_model("swin_tiny_patch2_window4_32", num_classes=10).eval(), 3)
+    x = images(3, 3, size, size, seed=4)
+    with torch.set_grad_enabled(grad):
+        expected = model(x)
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(x), expected,
+                                   atol=1e-5, rtol=1e-5)
+    if not grad:
+        assert_export_runs_at_other_batch_sizes(model, x)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))

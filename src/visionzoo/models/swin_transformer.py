@@ -159,9 +159,13 @@ def _make_window_plan(
     src_cols = _to_windows(((col_index + sw) % grid[1])[None, :].expand(grid), window).flatten()
     real = (src_rows < height) & (src_cols < width)
     gather = torch.where(real, src_rows * width + src_cols, 0)
-    scatter = torch.empty(height * width, dtype=torch.long, device="cpu")
-    scatter[gather[real]] = torch.arange(gather.numel(), device="cpu")[real]
-    pad_slots = None if bool(real.all()) else (~real).nonzero().flatten().to(device)
+    # no boolean indexing (its size depends on the data: a graph break under torch.compile): padding slots write
+    # into a spare last entry of ``scatter``, and stable sorting puts them first
+    slots = torch.arange(gather.numel(), device="cpu")
+    scatter = torch.empty(height * width + 1, dtype=torch.long, device="cpu")
+    scatter[torch.where(real, gather, height * width)] = slots
+    padding = grid[0] * grid[1] - height * width
+    pad_slots = real.byte().argsort(stable=True)[:padding].to(device) if padding else None
     mask = None
     if sh or sw:
         # regions of the rolled (padded) map: the last ``shift`` rows/cols came from the top/left edge
@@ -169,7 +173,7 @@ def _make_window_plan(
         col_region = (col_index >= grid[1] - ww).long() + (col_index >= grid[1] - sw).long()
         region = _to_windows(row_region[:, None] * 3 + col_region[None, :], window)
         mask = (region[:, :, None] != region[:, None, :]).float().mul_(MASK_VALUE).to(device)
-    return WindowPlan(size, window, shift, grid, gather.to(device), scatter.to(device), pad_slots, mask)
+    return WindowPlan(size, window, shift, grid, gather.to(device), scatter[:-1].to(device), pad_slots, mask)
 
 
 @lru_cache(maxsize=64)
@@ -320,14 +324,14 @@ class SwinTransformerBlock(nn.Module):
         """The additive attention bias of ``plan``'s windows, relative position bias plus shift mask:
         ``Tensor[1, heads, N, N]`` without shift, ``Tensor[num_windows, heads, N, N]`` with.
 
-        Without autograd it is made in ``dtype`` and cached (per map, window, shift, dtype and device)
-        until the table changes (in place, as optimisers and ``load_state_dict`` do: its version
-        counter; writes through ``.data`` are not seen), or is replaced; with autograd it is made anew,
-        in the table's dtype.
+        Without autograd (and not traced or compiled) it is made in ``dtype`` and cached (per map, window,
+        shift, dtype and device) until the table changes (in place, as optimisers and ``load_state_dict`` do:
+        its version counter; writes through ``.data`` are not seen), or is replaced; otherwise it is made
+        anew, in the table's dtype.
         """
         table = self.attn.relative_position_bias_table
         key = (plan.size, plan.window, plan.shift, dtype, table.device)
-        cacheable = not torch.is_grad_enabled()
+        cacheable = not torch.is_grad_enabled() and not is_traced()
         if cacheable:
             version = (table._version, table.data_ptr())
             if version != self._bias_version:
