@@ -86,6 +86,26 @@ def test_gradients_reach_the_encoder_and_the_last_layer():
     assert all(p.grad is None for p in model.discriminator.parameters())  # the forward never runs it
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_half_precision_reconstructs_as_in_float32(dtype):
+    """The float32 sin-cos positions promoted the tokens of a model cast as a whole, whose LayerNorms then failed
+    ('mixed dtype (CPU): expect parameter to have scalar type of Float'); they now take the tokens' dtype."""
+    torch.manual_seed(0)
+    model = create_model("vit_vqgan").eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, expected_codes = model(images)[:2]
+        model.to(dtype)
+        reconstruction, codes = model(images.to(dtype))[:2]
+        decoded = model.decode(codes)
+    assert reconstruction.dtype == decoded.dtype == dtype
+    assert (codes == expected_codes).float().mean() > 0.9
+    same = (codes == expected_codes).all(dim=(1, 2))
+    assert same.any()
+    torch.testing.assert_close(reconstruction[same].float(), expected[same], atol=0.02, rtol=0)
+    torch.testing.assert_close(decoded, reconstruction)
+
+
 def test_bad_input_is_one_clear_error():
     model = ViTVQGAN(in_chans=3, **TINY)
     with pytest.raises(ValueError, match=r"Tensor\[B, 3, H, W\]"):

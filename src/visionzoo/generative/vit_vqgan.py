@@ -44,6 +44,12 @@ def _tanh_ffn(dim: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, out))
 
 
+def _positions(grid: tuple[int, int], norm_weight: Tensor) -> Tensor:
+    """The sin-cos positions of a ``grid``, Tensor[gh·gw, dim], in the codec's parameter dtype, as a learnt table
+    would be: float32 keeps the token stream in float32 under autocast, a codec cast to bf16 stays in bf16."""
+    return sincos_pos_embed_2d(grid, norm_weight.shape[0], norm_weight.device).to(norm_weight.dtype)
+
+
 class ViTEncoder(nn.Module):
     """Images Tensor[B, in_chans, H, W] in [-1, 1] → tokens Tensor[B, (H/p)·(W/p), dim], raster order."""
 
@@ -62,7 +68,7 @@ class ViTEncoder(nn.Module):
         tokens = self.embed_norm(self.patch_embed(images))
         p = self.patch_embed.patch_size[0]
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        tokens = tokens + sincos_pos_embed_2d(grid, tokens.shape[-1], tokens.device)
+        tokens = tokens + _positions(grid, self.norm.weight)
         return self.head(self.norm(self.blocks(tokens)))
 
 
@@ -81,7 +87,7 @@ class ViTDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, grid_size: tuple[int, int]) -> Tensor:
         (gh, gw), p, c = grid_size, self.patch_size, self.out_chans
-        tokens = tokens + sincos_pos_embed_2d(grid_size, tokens.shape[-1], tokens.device)
+        tokens = tokens + _positions(grid_size, self.norm.weight)
         patches = self.head(self.norm(self.blocks(tokens)))  # [B, gh·gw, p·p·C], each patch (row, col, channel)
         return patches.reshape(-1, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, gh * p, gw * p)
 
