@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from model_helpers import assert_grad_checkpointing_changes_nothing, count, images
+from model_helpers import (
+    assert_export_runs_at_other_batch_sizes,
+    assert_grad_checkpointing_changes_nothing,
+    assert_trace_runs_at_other_batch_sizes,
+    count,
+    images,
+)
 
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model, load_checkpoint
@@ -526,3 +532,14 @@ def test_hipt4k_lists_both_vits_position_tables_and_class_tokens_for_timms_optim
     decayed = next(group for group in param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
                    if group["weight_decay"] > 0)["params"]
     assert not any(p is model.model4k.pos_embed or p is model.model4k.cls_token for p in decayed)
+
+
+def test_a_trace_or_export_runs_at_other_batch_sizes():
+    """The tile batches were a loop that torch.jit.trace unrolled: traced on 2 images (18 tiles, 5 batches of 4), a
+    model failed on 3 (27 tiles) in the TorchScript interpreter, and torch.export with a dynamic batch failed
+    ('specialized it to be a constant (2)'); traced, all tiles are encoded at once."""
+    torch.manual_seed(0)
+    model = create_model("hipt_4k", tile_size=32, tile_batch_size=4, num_classes=3).eval()
+    x = images(3, 3, 96, 96, seed=1)
+    assert_trace_runs_at_other_batch_sizes(model, x)
+    assert_export_runs_at_other_batch_sizes(model, x)

@@ -42,7 +42,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, is_traced
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -264,7 +264,7 @@ class HIPT4K(nn.Module):
         num_classes: outputs of the head on the region embedding (0: none).
         tile_size: the side of the tiles ViT-256 encodes (256).
         tile_batch_size: tiles per ViT-256 forward; bounds the memory of the first stage, not the
-            result (a 4096 × 4096 image is 256 tiles).
+            result (a 4096 × 4096 image is 256 tiles). Traced or compiled, all tiles go in one forward.
         remainder: "pad" or "crop", for sides that are not multiples of ``tile_size`` (see
             :func:`tile_view`); the official code crops.
         pad_value: the value of padded pixels.
@@ -354,11 +354,13 @@ class HIPT4K(nn.Module):
         order = torch.arange(batch * cells, device=x.device)
         image, row, col = order // cells, order % cells // gw, order % gw
         grad = torch.is_grad_enabled() and not self.freeze_vit256
-        features = []
         with torch.set_grad_enabled(grad):
-            for start in range(0, batch * cells, step):
-                pick = slice(start, start + step)
-                features.append(self.model256(tiles[image[pick], row[pick], col[pick]]))
+            if is_traced():  # a trace would keep the traced number of tile batches: all tiles in one
+                features = [self.model256(tiles[image, row, col])]
+            else:
+                features = [self.model256(tiles[image[start:start + step], row[start:start + step],
+                                                col[start:start + step]])
+                            for start in range(0, batch * cells, step)]
         if not features:  # an empty batch: no tiles to encode
             return x.new_zeros(0, self.model256.num_features, gh, gw)
         grid = torch.cat(features).reshape(batch, gh, gw, -1)
