@@ -105,6 +105,27 @@ def test_features_only_maps_equal_torchvision_intermediates(torchvision_resnet50
     assert not hasattr(ours, "fc")
 
 
+def test_torchvisions_fx_feature_extractor_takes_ours_as_torchvisions():
+    """torch.fx tracing (torchvision's create_feature_extractor) failed on the input check ('symbolically traced
+    variables cannot be used as inputs to control flow'), where torchvision's and timm's ResNets trace; the check is
+    one recorded call now, still run on the real input."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    reference = randomize_batch_norm(torchvision.models.resnet18(), 1).eval()
+    ours = create_model("resnet18").eval()
+    ours.load_state_dict(reference.state_dict())
+    nodes = {"layer2": "c3", "layer4": "c5"}
+    x = images(2, 3, 64, 64, seed=2)
+    extractor = create_feature_extractor(ours, nodes)
+    with torch.no_grad():
+        got, expected = extractor(x), create_feature_extractor(reference, nodes)(x)
+    assert got.keys() == expected.keys() == {"c3", "c5"}
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="takes 3-channel images, got 1"):
+        extractor(x[:, :1])
+
+
 def test_features_only_out_indices_and_timm_feature_info():
     ours = create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
     reference = timm.create_model("resnet50", features_only=True, out_indices=(0, 2, 3))

@@ -230,7 +230,7 @@ class ResNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input).
         Other input ranks or channel counts raise ValueError."""
-        _check_images(x, self.conv1)
+        x = _check_images(x, self.conv1.in_channels)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = run_blocks(stage, x, self.grad_checkpointing)
@@ -259,7 +259,7 @@ class ResNet(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take = feature_take_indices(5, 5 if indices is None else indices, "map")
         last = max(take)
-        _check_images(x, self.conv1)
+        x = _check_images(x, self.conv1.in_channels)
         x = self.relu(self.bn1(self.conv1(x)))
         intermediates = [x] if 0 in take else []
         x = self.maxpool(x)
@@ -305,17 +305,24 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _check_images(x: Tensor, conv1: nn.Conv2d) -> None:
-    """Raise ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``, or a side of 0."""
+def _check_images(x: Tensor, in_chans: int) -> Tensor:
+    """``x``, or ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``, or a side
+    of 0."""
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != conv1.in_channels:
+    if x.shape[1] != in_chans:
         raise ValueError(
-            f"the model takes {conv1.in_channels}-channel images, got {x.shape[1]} channels "
+            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"image {x.shape[-2]}×{x.shape[-1]} has no pixels (input shape {tuple(x.shape)})")
+    return x
+
+
+# torch.fx (torchvision's create_feature_extractor) records the check as one call, run on the real input; the
+# images flow through it, so that pruning the graph to the wanted maps keeps it
+torch.fx.wrap("_check_images")
 
 
 class ResNetFeatures(nn.Module):
@@ -349,7 +356,7 @@ class ResNetFeatures(nn.Module):
         self.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        _check_images(x, self.conv1)
+        x = _check_images(x, self.conv1.in_channels)
         x = self.relu(self.bn1(self.conv1(x)))
         maps = [x] if 0 in self.out_indices else []
         x = self.maxpool(x)
