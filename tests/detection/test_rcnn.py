@@ -384,8 +384,9 @@ def test_at_inference_r_cnn_warps_no_more_than_chunk_regions_at_a_time():
         assert torch.equal(mine["labels"], reference["labels"])
     with torch.no_grad():
         assert len(model([images[0]], proposals=[torch.zeros(0, 4)])[0]["boxes"]) == 0
-    for chunk in (0, 2.5):  # before: torch's "split_size can only be 0 if dimension size is 0" at the first image
-        with pytest.raises(ValueError, match=f"chunk .* must be a positive integer, got {chunk}"):
+    # before: torch's "split_size can only be 0 if dimension size is 0" at the first image
+    for chunk, message in ((0, "chunk .* must be a positive integer, got 0"), (2.5, "chunk must be an integer, got 2.5")):
+        with pytest.raises(ValueError, match=message):
             create_model("rcnn_shapes", chunk=chunk)
 
 
