@@ -440,6 +440,18 @@ def test_overwrite_keeps_a_folder_that_no_run_wrote(command, tmp_path, capsys):
     assert (out / "chapter1.tex").read_text() == "mine"
 
 
+@pytest.mark.parametrize("generic_name", ["report.json", "summary.json"])
+def test_overwrite_keeps_a_users_folder_that_holds_a_file_with_a_name_runs_also_write(generic_name, tmp_path, capsys):
+    """A folder holding report.json or summary.json counted as a run's, and --overwrite deleted it with all else in it."""
+    out = tmp_path / "paper"
+    out.mkdir()
+    (out / generic_name).write_text("{}")
+    (out / "figure1.png").write_bytes(b"mine")
+    one_line_error(capsys, ["tour", "--only", "convnext-digits", "--max-steps", "1", "--out", str(out), "--overwrite"],
+                   f"--overwrite: {out} is not a visionzoo run folder")
+    assert (out / "figure1.png").read_bytes() == b"mine"
+
+
 def test_eval_takes_the_trained_weights_and_use_ema_the_ema_ones_as_timms_validate(trained, tmp_path, capsys):
     tensors, meta = read_checkpoint(trained / "checkpoint.safetensors")
     ema = {k.replace("model.", "ema.", 1): v for k, v in tensors.items() if k.startswith("model.")}

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 RUN_MARKER = ".visionzoo-run"  # written into every run and report folder: --overwrite removes only such folders
-RUN_FILES = (RUN_MARKER, CHECKPOINT_NAME, METRICS_NAME, "summary.json", "report.json")  # older runs lack the marker
+# Evidence that a folder is a run's: older runs lack the marker. Generic names (summary.json, report.json) are not
+# evidence, since a user's own folder may hold files so named.
+RUN_FILES = (RUN_MARKER, CHECKPOINT_NAME, METRICS_NAME)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -323,8 +325,8 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
             raise FileExistsError(f"run folder {out} exists and is not empty; {advice}")
         if not any((out / name).exists() for name in RUN_FILES):
             raise FileExistsError(
-                f"--overwrite: {out} is not a visionzoo run folder (it holds no {CHECKPOINT_NAME}, {METRICS_NAME} "
-                f"or report.json), so it is not removed; choose another --out, or empty it yourself"
+                f"--overwrite: {out} is not a visionzoo run folder (it holds no {RUN_MARKER}, {CHECKPOINT_NAME} or "
+                f"{METRICS_NAME}), so it is not removed; choose another --out, or empty it yourself"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
