@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from visionzoo.metrics import FID
-from visionzoo.metrics.fid import folder_statistics
+from visionzoo.metrics.fid import feature_fingerprint, folder_statistics
+from visionzoo.metrics.inception import InceptionFeatures
 
 
 def pooled() -> torch.nn.Module:
@@ -129,3 +130,18 @@ def test_an_update_that_fails_on_a_later_batch_adds_nothing():
     metric.batch_size = 5
     metric.update(images, real=True)
     assert metric.real.count == 5 and sum(len(f) for f in metric.kept[True]) == 5
+
+
+def test_the_feature_fingerprint_tells_resizes_and_weights_apart():
+    torch.manual_seed(0)
+    legacy = InceptionFeatures(resize="legacy")
+    clean = InceptionFeatures(resize="clean")
+    clean.load_state_dict(legacy.state_dict())
+    again = InceptionFeatures(resize="legacy")
+    again.load_state_dict(legacy.state_dict())
+    assert feature_fingerprint(legacy).startswith("InceptionFeatures resize=legacy weights=")
+    assert feature_fingerprint(again) == feature_fingerprint(legacy)
+    assert feature_fingerprint(clean) == feature_fingerprint(legacy).replace("resize=legacy", "resize=clean")
+    with torch.no_grad():
+        again.fc.bias[0] += 1e-6
+    assert feature_fingerprint(again) != feature_fingerprint(legacy)

@@ -182,3 +182,44 @@ def test_statistics_of_different_dimensions_say_which_file_has_which(tmp_path, c
     four = write_stats(tmp_path / "four.npz", np.zeros(4), np.eye(4))
     eight = write_stats(tmp_path / "eight.npz", np.zeros(8), np.eye(8))
     one_line_error(capsys, ["fid", str(four), str(eight)], f"{four} has statistics of 4 dimensions and {eight} of 8")
+
+
+def test_saved_statistics_record_their_features_and_stay_readable_by_pytorch_fid(tmp_path, domain_args, capsys):
+    """A saved .npz did not say which network, image size or resize made it, so it could be compared with features
+    of another without a word."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    saved = tmp_path / "a.npz"
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", str(saved)]) == 0
+    first = capsys.readouterr().out
+    with np.load(saved) as data:  # as pytorch-fid reads it: mu and sigma, whatever else the archive holds
+        assert data["mu"].shape == (128,) and data["sigma"].shape == (128, 128)
+        assert str(data["visionzoo_features"]).startswith("DomainFeatures image_size=16 in_chans=1 weights=")
+        assert int(data["visionzoo_num_images"]) == 6
+    assert main(["fid", str(saved), str(folder_b), *domain_args]) == 0  # the same features: the same distance
+    assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+
+
+@pytest.mark.parametrize("change", ["image size", "weights"])
+def test_statistics_of_other_features_are_refused(tmp_path, domain_args, capsys, change):
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    saved = tmp_path / "a.npz"
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", str(saved)]) == 0
+    other = list(domain_args)
+    if change == "image size":
+        other[other.index("--img-size") + 1] = "24"
+    else:
+        torch.manual_seed(1)
+        save_file(DomainFeatures(1, 10).state_dict(), tmp_path / "other.safetensors")
+        other[other.index("--checkpoint") + 1] = str(tmp_path / "other.safetensors")
+    one_line_error(capsys, ["fid", str(saved), str(folder_b), *other], f"{folder_b} (read with these options) has "
+                   "features of 'DomainFeatures", f"and {saved} of 'DomainFeatures", "compute both the same way")
+
+
+def test_two_statistics_files_of_other_features_are_refused_and_pytorch_fids_are_taken(tmp_path, capsys, no_network):
+    mu, sigma = np.zeros(128), np.eye(128)
+    np.savez(tmp_path / "a.npz", mu=mu, sigma=sigma, visionzoo_features="DomainFeatures image_size=32 weights=aa")
+    np.savez(tmp_path / "b.npz", mu=mu, sigma=sigma, visionzoo_features="DomainFeatures image_size=16 weights=aa")
+    one_line_error(capsys, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")], "image_size=16", "image_size=32")
+    write_stats(tmp_path / "pytorch_fid.npz", mu, sigma)  # no record of its features: taken as it is
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "pytorch_fid.npz")]) == 0
+    assert capsys.readouterr().out.strip() == "FID: 0.000000"

@@ -166,11 +166,14 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
                   arguments=_fid_arguments)
 def fid_command(args: argparse.Namespace) -> int:
     from visionzoo.metrics.fid import (
+        check_same_features,
+        feature_fingerprint,
         folder_statistics,
         image_files,
         is_statistics,
         load_statistics,
         save_statistics,
+        statistics_fingerprint,
     )
     from visionzoo.metrics.frechet import frechet_distance
 
@@ -179,16 +182,19 @@ def fid_command(args: argparse.Namespace) -> int:
     paths = (args.path_a, args.path_b)
     # statistics files first: a bad one fails before any feature is computed, and two of them need no network
     stats = {path: load_statistics(path) for path in paths if is_statistics(path)}
+    fingerprints = {path: statistics_fingerprint(path) for path in stats}
+    check_same_features(fingerprints)
     folders = [path for path in dict.fromkeys(paths) if path not in stats]
     for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
         image_files(path)
     if folders:
         _check_statistics_fit_the_features(args, stats)
         features, reading = _fid_features(args)
+        check_same_features({**fingerprints, f"{folders[0]} (read with these options)": feature_fingerprint(features)})
     for path in folders:
         folder = folder_statistics(path, features, args.batch_size, **reading)
         if target is not None and path == args.path_a:
-            print(f"statistics of {path}: {save_statistics(target, folder)}")
+            print(f"statistics of {path}: {save_statistics(target, folder, features)}")
         stats[path] = folder.mean.numpy(), folder.covariance.numpy()
     (mu_a, sigma_a), (mu_b, sigma_b) = stats[args.path_a], stats[args.path_b]
     if mu_a.shape != mu_b.shape:

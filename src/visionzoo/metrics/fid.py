@@ -5,11 +5,14 @@ in float64 (:class:`~visionzoo.metrics.frechet.FeatureStatistics`) and ``compute
 distance of the two Gaussians. ``features`` is any module mapping Tensor[B, 3, H, W] in [0, 1] to
 Tensor[B, D]: :class:`~visionzoo.metrics.inception.InceptionFeatures` for numbers comparable with
 pytorch-fid and clean-fid. Statistics files are pytorch-fid's: an ``.npz`` with ``mu`` [D] and
-``sigma`` [D, D].
+``sigma`` [D, D]. Ours also record which features made them (:func:`feature_fingerprint`) and from how many
+images, in keys pytorch-fid does not read: statistics of another network, resize or image size are refused
+rather than compared, since such low-level differences move FID by more than the models' differences.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,11 +126,53 @@ def statistics_path(path: str | Path) -> Path:
     return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
 
 
-def save_statistics(path: str | Path, stats: FeatureStatistics) -> Path:
-    """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D]) at :func:`statistics_path`."""
+FINGERPRINT_KEY = "visionzoo_features"
+COUNT_KEY = "visionzoo_num_images"
+# Settings of a feature network that change its features for the same images and weights.
+_FEATURE_SETTINGS = ("resize", "image_size", "in_chans")
+
+
+def feature_fingerprint(features: nn.Module) -> str:
+    """What makes ``features``' output: its class, its reading settings (Inception's resize, the domain network's
+    image size and channels) and a hash of its weights, e.g. ``"InceptionFeatures resize=legacy weights=1a2b..."``."""
+    digest = hashlib.sha256()
+    for name, tensor in features.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    settings = [f"{name}={getattr(features, name)}" for name in _FEATURE_SETTINGS if hasattr(features, name)]
+    return " ".join([type(features).__name__, *settings, f"weights={digest.hexdigest()[:16]}"])
+
+
+def save_statistics(path: str | Path, stats: FeatureStatistics, features: nn.Module | None = None) -> Path:
+    """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D]) at :func:`statistics_path`;
+    with ``features``, also its :func:`feature_fingerprint` and the image count (keys pytorch-fid ignores)."""
     path = statistics_path(path)
-    np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy())
+    provenance = {} if features is None else {FINGERPRINT_KEY: np.array(feature_fingerprint(features)),
+                                              COUNT_KEY: np.array(stats.count)}
+    np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy(), **provenance)
     return path
+
+
+def statistics_fingerprint(path: str | Path) -> str | None:
+    """The :func:`feature_fingerprint` recorded in a statistics file, or None (pytorch-fid's files have none)."""
+    with np.load(path) as data:
+        if FINGERPRINT_KEY not in data.files:
+            return None
+        value = data[FINGERPRINT_KEY]
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "U" or value.ndim != 0:
+        raise ValueError(f"{path}: its {FINGERPRINT_KEY} is not a string")
+    return str(value)
+
+
+def check_same_features(fingerprints: dict[str, str | None]) -> None:
+    """ValueError naming both sources when two known fingerprints (source → fingerprint or None) differ: FID
+    between features of different networks, resizes or image sizes is no measure of the images."""
+    known = [(source, fingerprint) for source, fingerprint in fingerprints.items() if fingerprint is not None]
+    for source, fingerprint in known[1:]:
+        first, expected = known[0]
+        if fingerprint != expected:
+            raise ValueError(f"{source} has features of '{fingerprint}' and {first} of '{expected}': FID compares "
+                             "only features of one network, resize and image size; compute both the same way")
 
 
 def _read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
