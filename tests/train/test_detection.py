@@ -453,6 +453,31 @@ def test_evaluate_on_a_coco_folder_ignores_crowd_regions_and_reads_areas_from_th
     assert (metrics["map"], metrics["map_small"], metrics["map_medium"]) == (pytest.approx(1.0), -1.0, pytest.approx(1.0))
 
 
+def test_evaluate_scores_a_box_running_outside_its_image_unclipped_as_pycocotools(tmp_path):
+    """A ground-truth box partly outside its image was clipped before scoring, so a detection of its visible part
+    matched it at IoU 1 where pycocotools finds 0.67: eval reported AP 1.0 where pycocotools gives 0.4."""
+    from visionzoo.data.coco import CocoDetection
+    from visionzoo.metrics import coco_evaluate
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-8, 4, 24, 16], "area": 384.0,
+                         "iscrowd": 0}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    assert dataset[0][1]["boxes"].tolist() == [[0.0, 4.0, 16.0, 20.0]]  # training still sees the visible part
+    detection = {"boxes": torch.tensor([[0.0, 4.0, 16.0, 20.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    reference = coco_evaluate(ground_truth, [{"image_id": 1, "category_id": 1, "bbox": [0, 4, 16, 16], "score": 0.9}])
+    assert reference["AP"] == pytest.approx(0.4)
+    assert [metrics["map"], metrics["map_50"], metrics["map_75"]] == pytest.approx(
+        [reference["AP"], reference["AP50"], reference["AP75"]])
+
+
 def test_training_leaves_crowd_regions_out_of_the_targets():
     # before: an iscrowd region (a crowd of people as one box) trained as one more object of its class
     seen = []

@@ -147,6 +147,12 @@ def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, f
     return x1, y1, x2, y2
 
 
+def _xyxy(bbox: list[float]) -> tuple[float, float, float, float]:
+    """COCO ``[x, y, w, h]`` (checked by :func:`clip_box`) as xyxy, unclipped."""
+    x, y, w, h = (float(v) for v in bbox)
+    return x, y, x + w, y + h
+
+
 def _why_no_area(bbox: list[float], width: int, height: int) -> str:
     """What leaves a COCO ``[x, y, w, h]`` that :func:`clip_box` refused without area (a phrase)."""
     sizes = dict(zip(("width", "height"), bbox[2:]))
@@ -214,7 +220,8 @@ class CocoDetection(Dataset):
     PIL as RGB; 16-bit greyscale divided by 65535; pixels as stored: an EXIF orientation tag is not
     applied, as in torchvision's ``read_image`` and ``CocoDetection``, so COCO's width, height and
     boxes refer to the stored pixels); ``target``: ``boxes`` float32 Tensor[N, 4] xyxy in pixels (COCO's xywh converted
-    and clipped to the image), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
+    and clipped to the image), ``unclipped_boxes`` the same unclipped (what evaluation scores against, as
+    pycocotools does), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
     to contiguous labels; ``label_to_cat_id`` maps back), ``area`` float32 Tensor[N] (the file's,
     else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
     should ignore them and evaluation does), ``image_id`` int (COCO's id) and, when every
@@ -374,6 +381,7 @@ class CocoDetection(Dataset):
             image["annotations"].append(
                 {
                     "box": box,
+                    "unclipped_box": _xyxy(entry["bbox"]),
                     "label": self.cat_id_to_label[entry["category_id"]],
                     "area": float(area),
                     "iscrowd": int(iscrowd),
@@ -463,6 +471,7 @@ class CocoDetection(Dataset):
         image = self._load_image(record, image_id)
         target: dict[str, Any] = {
             "boxes": torch.tensor([a["box"] for a in annotations], dtype=torch.float32).reshape(-1, 4),
+            "unclipped_boxes": torch.tensor([a["unclipped_box"] for a in annotations], dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor([a["label"] for a in annotations], dtype=torch.int64),
             "area": torch.tensor([a["area"] for a in annotations], dtype=torch.float32),
             "iscrowd": torch.tensor([a["iscrowd"] for a in annotations], dtype=torch.int64),
@@ -490,7 +499,8 @@ class CocoDetection(Dataset):
 def resize_sample(
     image: torch.Tensor, target: dict[str, Any], size: int
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Resize image float[3, H, W] to [3, size, size] (bilinear) and scale ``boxes``, ``area``, ``masks`` with it."""
+    """Resize image float[3, H, W] to [3, size, size] (bilinear) and scale ``boxes`` (and ``unclipped_boxes``),
+    ``area``, ``masks`` with it."""
     height, width = image.shape[-2:]
     if (height, width) == (size, size):
         return image, target
@@ -499,7 +509,9 @@ def resize_sample(
         image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
     )[0]
     target = dict(target)
-    target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+    for key in ("boxes", "unclipped_boxes"):
+        if key in target:
+            target[key] = target[key] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
     target["area"] = target["area"] * (sx * sy)
     if "masks" in target:
         # Nearest neighbour by pixel centre; plain indexing also handles images without objects.

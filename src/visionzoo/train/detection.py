@@ -58,6 +58,15 @@ def training_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {"boxes": target["boxes"][keep], "labels": target["labels"][keep]}
 
 
+def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What detections are scored against: the target with its ``unclipped_boxes`` (a COCO file's boxes as
+    written, which pycocotools scores against) as ``boxes`` where it has them."""
+    target = dict(target)
+    if "unclipped_boxes" in target:
+        target["boxes"] = target.pop("unclipped_boxes")
+    return target
+
+
 SCALE_JITTER_STEP = 32
 
 
@@ -129,14 +138,16 @@ class DetectionTask(Task):
         self._last_detections = None
 
     def collate(self, samples: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """Images and targets: ``boxes``, ``labels`` and, where the data set gives them, ``iscrowd`` and
-        ``area`` (which evaluation needs: crowd regions are ignored, areas split small/medium/large as
-        the file says) and ``proposals``."""
+        """Images and targets: ``boxes``, ``labels`` and, where the data set gives them, ``iscrowd``,
+        ``area`` and ``unclipped_boxes`` (which evaluation needs: crowd regions are ignored, areas split
+        small/medium/large as the file says, boxes that run outside their image are scored unclipped as
+        pycocotools scores them) and ``proposals``."""
         images = [image for image, _ in samples]
         targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long(),
                     **({"iscrowd": target["iscrowd"].long()} if "iscrowd" in target else {}),
                     **({"area": target["area"].float()} if "area" in target else {}),
-                    **({"proposals": target["proposals"].float()} if "proposals" in target else {})}
+                    **({"proposals": target["proposals"].float()} if "proposals" in target else {}),
+                    **({"unclipped_boxes": target["unclipped_boxes"].float()} if "unclipped_boxes" in target else {})}
                    for _, target in samples]
         return images, targets
 
@@ -186,7 +197,7 @@ class DetectionTask(Task):
         for images, targets in self.batches(dataset, batch_size):
             targets, proposals = split_proposals(targets)
             detections.extend(self.detect(model, images, autocast, proposals))
-            all_targets.extend(targets)
+            all_targets.extend(evaluation_target(target) for target in targets)
         self._last_detections = (key, (detections, all_targets))
         return detections, all_targets
 
