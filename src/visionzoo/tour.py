@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from visionzoo.checkpoint import model_state, read_checkpoint
+from visionzoo.checkpoint import atomic_write, model_state, read_checkpoint
 from visionzoo.cli import USER_ERRORS, positive_float, positive_int, register_command
 from visionzoo.train.drawing import grid
 from visionzoo.train.engine import (
@@ -218,8 +218,9 @@ def _regions_per_image(model: torch.nn.Module, images: list[torch.Tensor]) -> fl
 
 def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_images: int | None = None) -> str:
     """``report.json`` and ``report.md`` in ``out``; returns the markdown table."""
-    (out / "report.json").write_text(json.dumps({"budget_minutes": minutes, "eval_images": eval_images, "rows": rows},
-                                                indent=2))
+    # rewritten after every job, atomically: a tour killed while writing keeps the rows of the jobs done
+    report = json.dumps({"budget_minutes": minutes, "eval_images": eval_images, "rows": rows}, indent=2)
+    atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(report))
     split = "the test split" if eval_images is None else f"the first {eval_images} images of the test split"
     # a job's own cap (R-CNN's 100 test images, the sliding window's 4) is below what the sentence says
     fewer = [f"{r['name']} on its first {r['test_images']}" for r in rows if "test_images" in r
@@ -229,11 +230,12 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
     header += "|---|---|---|---:|---:|---|---:|---:|---:|\n"
     table = header + "".join(_table_row(r) for r in rows)
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
-    (out / "report.md").write_text(
+    markdown = (
         f"# visionzoo tour\n\nEvery family trained from scratch on built-in data within {minutes:g} minutes "
         f"on this machine, evaluated on {split}. For the samplers (gan, autoregressive) inference img/s "
         f"counts images drawn.\n\n{table}{pictures}"
     )
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown))
     return table
 
 

@@ -439,6 +439,29 @@ def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_killed_while_trimming_the_metrics_log_keeps_the_log(tmp_path, monkeypatch):
+    """--resume rewrote metrics.jsonl in place: a process killed during the rewrite left the run with a cut or
+    empty log, its loss history lost."""
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=4, checkpoint_every=2)
+    log = run / "metrics.jsonl"
+    before = log.read_text()
+    write_text = Path.write_text
+
+    def killed_halfway(path, text, *args, **kwargs):
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        _blobs_fit(run, max_steps=6, resume=True)
+    monkeypatch.undo()
+    assert log.read_text() == before
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_a_data_set_preparing_itself_at_first_use_does_so_off_the_training_clock(tmp_path):
     """fastrcnn_shapes --max-steps 2 printed '2 steps in 160.2 s (0.1 samples/s)': its Selective Search cache,
     computed when the first batch is read, was counted as training time (and spent a --minutes budget)."""

@@ -35,7 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata, save_checkpoint
+from visionzoo.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    model_state,
+    read_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
@@ -647,7 +654,8 @@ class Trainer:
         if main:
             summary = {**asdict(result), "out": str(self.out), "model": model_record(self.model),
                        "parameters": sum(p.numel() for p in self.model.parameters())}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            text = json.dumps(summary, indent=2)
+            atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
         return result
 
     # ------------------------------------------------------------------------------- evaluation
@@ -742,7 +750,8 @@ class Trainer:
             return
         steps = [(line, _logged_step(line)) for line in path.read_text().splitlines()]
         kept = [line for line, step in steps if step is not None and step <= self.step]
-        path.write_text("".join(line + "\n" for line in kept))
+        # atomically: a process killed while rewriting would otherwise lose the whole log of the run so far
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
     def _plot(self) -> None:
         from visionzoo.train.plots import plot_metrics
