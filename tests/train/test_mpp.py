@@ -81,6 +81,21 @@ def test_fine_tuning_takes_every_encoder_weight_of_the_pretraining_but_its_colou
             assert torch.equal(value, pretrained[key]), key
 
 
+def test_create_model_loads_a_pretraining_checkpoint_as_timm_loads_a_checkpoint_path(mpp_run):
+    """create_model(name, checkpoint=<a masked-patch pretraining>) refused the file: '80 missing keys: blocks.0...;
+    81 unexpected keys: encoder.blocks.0...', though it holds that very model."""
+    from visionzoo.models import create_model
+
+    tensors, _ = read_checkpoint(mpp_run)
+    ema = {key.removeprefix("ema.encoder."): value for key, value in tensors.items() if key.startswith("ema.encoder.")}
+    pretrained = create_model("vit_tiny_patch8_32", checkpoint=mpp_run)  # the colour head too: 8 classes
+    assert pretrained.state_dict().keys() == ema.keys()
+    assert all(torch.equal(value, ema[key]) for key, value in pretrained.state_dict().items())
+    classifier = create_model("vit_tiny_patch8_32", checkpoint=mpp_run, num_classes=10)
+    assert classifier.head.out_features == 10 and pretrained.head.out_features == 8
+    assert torch.equal(classifier.blocks[0].attn.qkv.weight, ema["blocks.0.attn.qkv.weight"])
+
+
 @pytest.mark.parametrize("name, model_args", [("deit_tiny_distilled_patch8_32", {}),
                                               ("vit_tiny_patch8_32", {"global_pool": "avg"})])
 def test_pretraining_runs_under_distributed_data_parallel(tmp_path, name, model_args):

@@ -237,6 +237,8 @@ def create_model(
             in_chans = saved_chans if in_chans is None else in_chans
             kwargs = {**saved_args, **kwargs}
         state = model_state(tensors, meta, ema=use_ema)
+        if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
+            state = encoder_section(state)  # a masked-patch pretraining: the ViT it trained, with its colour head
         foreign = meta is None
     elif pretrained:
         from visionzoo.models._hub import download_pretrained
@@ -319,6 +321,11 @@ def _read_weights(
         if entry is None or entry.checkpoint_reader is None:
             raise
         return entry.checkpoint_reader(path), None
+
+
+def encoder_section(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``encoder.`` weights of a wrapper's state dict (a masked-patch pretraining's) under the encoder's names."""
+    return {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
 
 
 def _saved_model(meta: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:

@@ -132,8 +132,9 @@ class MaskedPatchPredictor(nn.Module):
 def pretrained_encoder_state(state: Mapping[str, Tensor], head: str = "head") -> dict[str, Tensor]:
     """The encoder weights of a :class:`MaskedPatchPredictor` state dict, without its colour head
     and [mask] embedding (what a classifier fine-tunes from)."""
-    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    return {k: v for k, v in encoder.items() if not k.startswith(head + ".")}
+    from visionzoo.models._registry import encoder_section
+
+    return {k: v for k, v in encoder_section(state).items() if not k.startswith(head + ".")}
 
 
 def mpp_metrics(logits: Tensor, classes: Tensor, corruption: Corruption) -> dict[str, Any]:
