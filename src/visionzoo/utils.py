@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 # PIL's modes of 16-bit greyscale images: a 16-bit PNG opens as "I;16" (older Pillow: "I", 32-bit integers).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -148,10 +149,11 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def is_traced() -> bool:
-    """Whether the caller runs under ``torch.jit.trace``, ``torch.compile`` or ``torch.export``, which record one
-    pass of the Python code: a loop over chunks of a batch would be fixed at the traced batch size (the rows beyond
-    it left unprocessed), and a cache keyed on a tensor's storage cannot be read from a traced graph."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """Whether the caller runs under ``torch.jit.trace``, ``torch.compile``, ``torch.export`` or ``torch.fx``'s
+    symbolic tracing, which record one pass of the Python code: a loop over chunks of a batch would be fixed at the
+    traced batch size (the rows beyond it left unprocessed; under torch.fx, where sizes are symbols, it cannot be
+    written at all), and a cache keyed on a tensor's storage cannot be read from a traced graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_symbolic_tracing()
 
 
 @functools.cache

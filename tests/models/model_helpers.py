@@ -121,3 +121,23 @@ def assert_export_runs_at_other_batch_sizes(model: torch.nn.Module, x: torch.Ten
         exported = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
         for batch in (1, len(x)):
             torch.testing.assert_close(exported.module()(x[:batch]), model(x[:batch]), atol=1e-5, rtol=1e-5)
+
+
+def assert_fx_traces(model: torch.nn.Module, x: torch.Tensor, expected: dict[str, torch.Tensor] | None = None) -> None:
+    """``torch.fx.symbolic_trace`` of ``model`` (traced with autograd on and off, as a user may) gives the model's
+    outputs on ``x``, and torchvision's ``create_feature_extractor`` gives at each node of ``expected`` (a module's
+    name: its output) the tensor there (computed eagerly by the caller), as for timm's models."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        traced_without_grad = torch.fx.symbolic_trace(model)
+        reference = model(x)
+        assert_same_outputs(traced(x), reference, atol=1e-5)
+        assert_same_outputs(traced_without_grad(x), reference, atol=1e-5)
+        if expected is None:
+            return
+        got = create_feature_extractor(model, list(expected))(x)
+    assert got.keys() == expected.keys()
+    for node, tensor in expected.items():
+        torch.testing.assert_close(got[node], tensor, atol=1e-5, rtol=1e-5)

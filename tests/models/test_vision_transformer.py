@@ -6,6 +6,7 @@ import timm
 import torch
 from model_helpers import (
     assert_export_runs_at_other_batch_sizes,
+    assert_fx_traces,
     assert_grad_checkpointing_changes_nothing,
     assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
@@ -129,6 +130,45 @@ def test_a_trace_or_export_runs_at_other_batch_sizes(monkeypatch, name):
     model, x = create_model(name).eval(), images(5, 3, 32, 32, seed=1)
     assert_trace_runs_at_other_batch_sizes(model, x)
     assert_export_runs_at_other_batch_sizes(model, x)
+
+
+@pytest.mark.parametrize("name, size, args", [
+    ("vit_tiny_patch8_32", 32, {}),
+    ("deit_tiny_distilled_patch8_32", 32, {}),
+    ("vit_small_patch16_224", 224, {}),
+    ("deit_small_distilled_patch16_224", 224, {}),
+    ("vit_tiny_patch8_32", 44, dict(dynamic_img_size=True, dynamic_img_pad=True, global_pool="avg")),
+])
+def test_torch_fx_traces_and_torchvisions_feature_extractor_takes_it(name, size, args):
+    """torch.fx.symbolic_trace, and with it torchvision's create_feature_extractor and get_graph_node_names, failed
+    on the patch embedding's input check ('symbolically traced variables cannot be used as inputs to control flow'),
+    where timm's ViT and DeiT trace; the traced graph gives the eager logits (at any size, with dynamic_img_size),
+    its nodes the tokens of forward_intermediates and forward_features, and a wrong input is still refused."""
+    torch.manual_seed(0)
+    model, x = create_model(name, **args).eval(), images(2, 3, size, size, seed=1)
+    with torch.no_grad():
+        tokens, (block,) = model.forward_intermediates(x, [2], output_fmt="NLC")
+        prefix = model.forward_intermediates(x, [2], output_fmt="NLC", return_prefix_tokens=True,
+                                             intermediates_only=True)[0][1]
+    assert_fx_traces(model, x, {"blocks.2": torch.cat([prefix, block], dim=1), "norm": tokens})
+    traced = torch.fx.symbolic_trace(model)
+    with pytest.raises(ValueError, match="takes 3-channel images, got 1"):
+        traced(x[:, :1])
+    features = create_model(name, features_only=True, out_indices=(1, 3), **args).eval()
+    assert_fx_traces(features, x)
+
+
+def test_a_traced_vits_attention_mask_input_is_used():
+    """The traced graph keeps forward's attn_mask and is_causal inputs: a boolean mask is converted at each call, as
+    in the eager model."""
+    torch.manual_seed(0)
+    model, x = create_model("vit_tiny_patch8_32").eval(), images(2, 3, 32, 32, seed=1)
+    mask = (torch.rand(17, 17, generator=torch.Generator().manual_seed(2)) > 0.5) | torch.eye(17, dtype=torch.bool)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x, mask), model(x, mask), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(traced(x, is_causal=True), model(x, is_causal=True), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model(x, mask), model(x), atol=1e-3)
 
 
 def test_bf16_autocast_inference_compiles_as_one_graph():

@@ -24,14 +24,28 @@ def writes_out(q: Tensor, k: Tensor) -> bool:
     """Whether :func:`scaled_dot_product_attention` writes the product of ``q`` Tensor[..., N, D] and ``k``
     Tensor[..., M, D] out: on a CPU that runs bf16 natively, in bf16/fp16, not traced or compiled, for at most
     ``EXPLICIT_MAX_KEYS`` keys and float32 logits Tensor[..., N, M] of at most ``EXPLICIT_MAX_LOGITS_BYTES``."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or k.shape[-2] > EXPLICIT_MAX_KEYS:
+    if is_traced():  # the CPU probe breaks a compiled graph, the fused kernels compile, and torch.fx has no sizes
         return False
-    if is_traced():  # the CPU probe breaks a compiled graph, and the fused kernels compile
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or k.shape[-2] > EXPLICIT_MAX_KEYS:
         return False
     if not native_bf16(q.device):
         return False
     logits = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]).numel() * q.shape[-2] * k.shape[-2]
     return 4 * logits <= EXPLICIT_MAX_LOGITS_BYTES
+
+
+def _additive(attn_bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``attn_bias`` as an additive bias in ``dtype``: a boolean mask (True: attend) becomes 0 / -inf; None stays."""
+    if attn_bias is None:
+        return None
+    if attn_bias.dtype == torch.bool:
+        attn_bias = torch.zeros(attn_bias.shape, device=attn_bias.device).masked_fill_(~attn_bias, float("-inf"))
+    return attn_bias.to(dtype)
+
+
+# torch.fx records the conversion as one call, run on the real mask: a traced ViT's ``attn_mask`` input (None by
+# default) is then converted, or left out, at each call
+torch.fx.wrap("_additive")
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor | None = None,
@@ -47,17 +61,13 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Ten
     (:func:`writes_out`): there the product is written out as timm's non-fused path is under autocast
     (matmuls in the inputs' dtype, the softmax in float32). fp32 always takes the fused kernels.
     """
-    if attn_bias is not None and attn_bias.dtype == torch.bool:
-        attn_bias = torch.zeros(attn_bias.shape, device=attn_bias.device).masked_fill_(~attn_bias, float("-inf"))
     if not writes_out(q, k):
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, is_causal=is_causal,
-                                              scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_additive(attn_bias, q.dtype), dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = ((q * scale) @ k.transpose(-2, -1)).float()
     if attn_bias is not None:
-        logits = logits + attn_bias
+        logits = logits + _additive(attn_bias, logits.dtype)
     if is_causal:
         queries, keys = logits.shape[-2:]
         future = torch.ones(queries, keys, dtype=torch.bool, device=q.device).triu(1)

@@ -33,8 +33,10 @@ class Linear(nn.Linear):
     _cast: tuple[tuple, Tensor, Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or is_traced():
+            return F.linear(x, self.weight, self.bias)
         device_type = x.device.type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type) or is_traced():
+        if not torch.is_autocast_enabled(device_type):
             return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype(device_type)
         if self.weight.dtype == dtype:

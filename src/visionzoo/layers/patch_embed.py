@@ -38,6 +38,39 @@ def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolati
     return kernel.view(*weight.shape[:2], *new_size).to(weight.dtype)
 
 
+def _checked_images(x: Tensor, in_chans: int, patch_size: tuple[int, int], img_size: tuple[int, int] | None,
+                    pad: bool) -> Tensor:
+    """``x`` (``Tensor[B, in_chans, H, W]``), with ``pad`` zero-padded on the right and bottom up to a multiple of
+    ``patch_size``; ``ValueError`` for wrong channels, an image smaller than a patch, another size than
+    ``img_size`` (where given: a strict embedding), or (without ``pad``) a size that is no multiple of the patch."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
+            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
+        )
+    height, width = x.shape[-2:]
+    ph, pw = patch_size
+    if height < ph or width < pw:
+        raise ValueError(f"image {height}×{width} is smaller than one {ph}×{pw} patch")
+    if img_size is not None and (height, width) != img_size:
+        raise ValueError(
+            f"the model is built for {img_size[0]}×{img_size[1]} images, got {height}×{width}; "
+            "build it with img_size=... or dynamic_img_size=True"
+        )
+    if pad and (height % ph or width % pw):
+        return F.pad(x, (0, -width % pw, 0, -height % ph))
+    if height % ph or width % pw:
+        raise ValueError(f"image {height}×{width} is not a multiple of the {ph}×{pw} patch size")
+    return x
+
+
+# torch.fx (torchvision's create_feature_extractor) records the check and padding as one call, run on the real
+# input, whose size its symbols cannot branch on; the images flow through it, so that pruning the graph keeps it
+torch.fx.wrap("_checked_images")
+
+
 class PatchEmbed(nn.Module):
     """``Tensor[B, in_chans, H, W] -> tokens`` with one token per ``patch_size`` patch.
 
@@ -113,32 +146,11 @@ class PatchEmbed(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` for an input this embedding cannot take (channels, size)."""
-        if x.ndim != 4:
-            raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels "
-                f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
-            )
-        height, width = x.shape[-2:]
-        ph, pw = self.patch_size
-        if height < ph or width < pw:
-            raise ValueError(f"image {height}×{width} is smaller than one {ph}×{pw} patch")
-        if self.strict_img_size and (height, width) != self.img_size:
-            raise ValueError(
-                f"the model is built for {self.img_size[0]}×{self.img_size[1]} images, got {height}×{width}; "
-                "build it with img_size=... or dynamic_img_size=True"
-            )
-        if not self.pad and (height % ph or width % pw):
-            raise ValueError(f"image {height}×{width} is not a multiple of the {ph}×{pw} patch size")
+        _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None, False)
 
     def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        if self.pad:
-            ph, pw = self.patch_size
-            pad_h, pad_w = -x.shape[-2] % ph, -x.shape[-1] % pw
-            if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None,
+                            self.pad)
         x = self.proj(x)
         if self.output_fmt == "NCHW":
             if isinstance(self.norm, nn.Identity):

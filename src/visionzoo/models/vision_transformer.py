@@ -297,16 +297,8 @@ class VisionTransformer(nn.Module):
         The model's own table at its own grid; resampled (bicubic, prefix rows kept) for another
         grid when ``dynamic_img_size`` allows it, otherwise ValueError.
         """
-        grid_size = (int(grid_size[0]), int(grid_size[1]))
-        own = self.patch_embed.grid_size
-        if grid_size == own:
-            return self.pos_embed
-        if not self.dynamic_img_size:
-            raise ValueError(
-                f"the model's position table is for a {own[0]}×{own[1]} token grid, got {grid_size[0]}×{grid_size[1]}; "
-                "build it with img_size=... or dynamic_img_size=True"
-            )
-        return resample_abs_pos_embed(self.pos_embed, grid_size, own, num_prefix_tokens=self.num_prefix_tokens)
+        return _pos_embed_at(self.pos_embed, grid_size, self.patch_embed.grid_size, self.dynamic_img_size,
+                             self.num_prefix_tokens)
 
     def add_pos_embed(self, tokens: Tensor, grid_size: tuple[int, int]) -> Tensor:
         """Prefix tokens and the position table: ``Tensor[B, gh·gw, D] -> Tensor[B, P + gh·gw, D]``."""
@@ -332,12 +324,7 @@ class VisionTransformer(nn.Module):
         tokens, prefix tokens first; ``is_causal``: each token attends to itself and those before it
         (not with ``attn_mask``: ``scaled_dot_product_attention`` takes one or the other).
         """
-        grid_size = (int(grid_size[0]), int(grid_size[1]))
-        if tokens.ndim != 3 or tokens.shape[1] != grid_size[0] * grid_size[1] or tokens.shape[2] != self.embed_dim:
-            raise ValueError(
-                f"expected tokens Tensor[B, {grid_size[0]}·{grid_size[1]}, {self.embed_dim}] for grid {grid_size}, "
-                f"got shape {tuple(tokens.shape)}"
-            )
+        tokens = _checked_tokens(tokens, grid_size, self.embed_dim)
         x = run_blocks(self.blocks, self.add_pos_embed(tokens, grid_size), self.grad_checkpointing,
                        attn_bias=attn_mask, is_causal=is_causal)
         return x if self.features_only else self.norm(x)
@@ -560,6 +547,38 @@ class VisionTransformerDistilled(VisionTransformer):
         if self.distilled_training and self.training:
             return cls, dist
         return (cls + dist) / 2
+
+
+def _pos_embed_at(pos_embed: Tensor, grid_size: tuple[int, int], own: tuple[int, int], dynamic: bool,
+                  num_prefix_tokens: int) -> Tensor:
+    """:meth:`VisionTransformer.pos_embed_at` of a model whose table ``pos_embed`` is for the grid ``own``."""
+    grid_size = (int(grid_size[0]), int(grid_size[1]))
+    if grid_size == own:
+        return pos_embed
+    if not dynamic:
+        raise ValueError(
+            f"the model's position table is for a {own[0]}×{own[1]} token grid, got {grid_size[0]}×{grid_size[1]}; "
+            "build it with img_size=... or dynamic_img_size=True"
+        )
+    return resample_abs_pos_embed(pos_embed, grid_size, own, num_prefix_tokens=num_prefix_tokens)
+
+
+def _checked_tokens(tokens: Tensor, grid_size: tuple[int, int], embed_dim: int) -> Tensor:
+    """``tokens``, or ``ValueError`` when they are no ``Tensor[B, gh·gw, embed_dim]`` for the grid ``grid_size``."""
+    grid_size = (int(grid_size[0]), int(grid_size[1]))
+    if tokens.ndim != 3 or tokens.shape[1] != grid_size[0] * grid_size[1] or tokens.shape[2] != embed_dim:
+        raise ValueError(
+            f"expected tokens Tensor[B, {grid_size[0]}·{grid_size[1]}, {embed_dim}] for grid {grid_size}, "
+            f"got shape {tuple(tokens.shape)}"
+        )
+    return tokens
+
+
+# torch.fx (torchvision's create_feature_extractor) records the grid's table and the tokens' check as one call
+# each, run on the real sizes, which its symbols cannot branch on; the tokens flow through the check, so that
+# pruning the graph keeps it
+torch.fx.wrap("_pos_embed_at")
+torch.fx.wrap("_checked_tokens")
 
 
 def _int_or_pair(size: tuple[int, int]) -> int | tuple[int, int]:
