@@ -9,6 +9,7 @@ import timm
 import torch
 from model_helpers import (
     assert_export_runs_at_other_batch_sizes,
+    assert_fx_traces,
     assert_grad_checkpointing_changes_nothing,
     assert_pool_built_and_reset_give_reference_outputs,
     assert_same_outputs,
@@ -309,6 +310,22 @@ def test_a_trace_or_export_runs_at_other_batch_sizes(monkeypatch):
     x = images(5, 3, 32, 32, seed=2)
     assert_trace_runs_at_other_batch_sizes(model, x)
     assert_export_runs_at_other_batch_sizes(model, x)
+
+
+@pytest.mark.parametrize("name, size", [("convnext_atto_32", 35), ("convnext_tiny", 224)])
+def test_torch_fx_traces_and_torchvisions_feature_extractor_takes_it(name, size):
+    """torch.fx.symbolic_trace, and with it torchvision's create_feature_extractor, failed on the input check
+    ('symbolically traced variables cannot be used as inputs to control flow'), where timm's ConvNeXt traces; the
+    traced graph gives the eager logits, the stages' nodes forward_intermediates' maps (the last forward_features'),
+    the traced feature extractor its maps, and a wrong input is still refused."""
+    torch.manual_seed(0)
+    model, x = randomise(create_model(name).eval(), seed=1), images(2, 3, size, size, seed=2)
+    with torch.no_grad():
+        features, maps = model.forward_intermediates(x, [1, 2])
+    assert_fx_traces(model, x, {"stages.1": maps[0], "stages.2": maps[1], "stages.3": features})
+    with pytest.raises(ValueError, match="takes 3-channel images, got 1"):
+        torch.fx.symbolic_trace(model)(x[:, :1])
+    assert_fx_traces(create_model(name, features_only=True, out_indices=(0, 2)).eval(), x)
 
 
 def test_chunked_path_in_bfloat16_is_close_to_plain():

@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _checked_map(x: Tensor) -> Tensor:
+    """``x``, or ``ValueError`` when it is no ``Tensor[B, C, H, W]``."""
+    if x.ndim != 4:
+        raise ValueError(f"LayerNorm2d expects Tensor[B, C, H, W], got shape {tuple(x.shape)}")
+    return x
+
+
+# torch.fx records the check as one call, run on the real map (its symbols cannot branch on the rank)
+torch.fx.wrap("_checked_map")
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over ``C`` of ``Tensor[B, C, H, W] -> Tensor[B, C, H, W]`` (same dtype), each pixel alone.
 
@@ -20,8 +31,7 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"LayerNorm2d expects Tensor[B, C, H, W], got shape {tuple(x.shape)}")
+        x = _checked_map(x)
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 

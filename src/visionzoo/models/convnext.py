@@ -190,8 +190,8 @@ class ConvNeXtHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-def check_images(x: Tensor, in_chans: int, stem_stride: int, min_size: int) -> None:
-    """Raise ``ValueError`` for images a ConvNeXt trunk cannot take: not ``Tensor[B, in_chans, H, W]``,
+def check_images(x: Tensor, in_chans: int, stem_stride: int, min_size: int) -> Tensor:
+    """``x``, or ``ValueError`` for images a ConvNeXt trunk cannot take: not ``Tensor[B, in_chans, H, W]``,
     smaller than one ``stem_stride`` patch, or smaller than ``min_size`` (the stride of the last stage
     run: each 2×2 downsample needs a map of at least 2×2)."""
     if x.ndim != 4:
@@ -209,6 +209,12 @@ def check_images(x: Tensor, in_chans: int, stem_stride: int, min_size: int) -> N
             f"image {height}×{width} is too small: this ConvNeXt reduces it {min_size}-fold, "
             f"so it needs at least {min_size}×{min_size}"
         )
+    return x
+
+
+# torch.fx (torchvision's create_feature_extractor) records the check as one call, run on the real input; the
+# images flow through it, so that pruning the graph to the wanted maps keeps it
+torch.fx.wrap("check_images")
 
 
 class ConvNeXt(nn.Module):
@@ -322,7 +328,7 @@ class ConvNeXt(nn.Module):
 
     def _stem(self, x: Tensor, last_stage: int = -1) -> Tensor:
         """The stem on images that the stages up to ``last_stage`` (default: all) can take, else ``ValueError``."""
-        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(last_stage % len(self.stages)))
+        x = check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(last_stage % len(self.stages)))
         return self.stem(x.contiguous(memory_format=torch.channels_last))
 
     def forward_intermediates(
@@ -425,7 +431,7 @@ class ConvNeXtFeatures(nn.Module):
         _set_grad_checkpointing(self.stages, enable)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
+        x = check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         maps = []
         for index, stage in enumerate(self.stages):
