@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model_helpers import (
     assert_export_runs_at_other_batch_sizes,
+    assert_fx_traces,
     assert_grad_checkpointing_changes_nothing,
     assert_pool_built_and_reset_give_reference_outputs,
     assert_rebuilds_from_its_checkpoint,
@@ -179,6 +180,44 @@ def test_a_trace_runs_at_other_batch_sizes(monkeypatch):
     torch.manual_seed(2)
     model = randomise(create_model("swin_tiny_patch2_window4_32", num_classes=10).eval(), 3)
     assert_trace_runs_at_other_batch_sizes(model, images(5, 3, 32, 32, seed=4))
+
+
+@pytest.mark.parametrize("name, size", [
+    ("swin_tiny_patch2_window4_32", 32),
+    ("swin_tiny_patch2_window4_32", 37),  # padded: the image to the patch, maps to the windows, odd maps to merge
+    ("swin_tiny_patch4_window7_224", 224),
+])
+def test_torch_fx_traces_and_torchvisions_feature_extractor_takes_it(name, size):
+    """torch.fx.symbolic_trace, and with it torchvision's create_feature_extractor, failed on the patch embedding's
+    input check ('symbolically traced variables cannot be used as inputs to control flow'), where timm's Swin
+    traces, and next on the window plan of each map; the traced graph (which has no input size) gives the eager
+    logits at any size, the stages' nodes forward_intermediates' maps (NHWC), the traced feature extractor its maps,
+    and a wrong input is still refused."""
+    torch.manual_seed(2)
+    model = randomise(create_model(name, num_classes=10).eval(), 3)
+    x = images(1 if size == 224 else 2, 3, size, size, seed=4)
+    with torch.no_grad():
+        features, maps = model.forward_intermediates(x, [1, 2])
+    nodes = {"layers.1": maps[0].permute(0, 2, 3, 1), "layers.2": maps[1].permute(0, 2, 3, 1), "norm": features}
+    assert_fx_traces(model, x, nodes)
+    with pytest.raises(ValueError, match="takes 3-channel images, got 1"):
+        torch.fx.symbolic_trace(model)(x[:, :1])
+    assert_fx_traces(create_model(name, features_only=True, out_indices=(0, 2)).eval(), x)
+
+
+def test_a_torch_fx_graph_trains_as_the_model():
+    """The traced graph in training mode gives the model's logits (the same dropout and stochastic depth draws) and
+    the relative position tables get their gradients."""
+    model = create_model("swin_tiny_patch2_window4_32", num_classes=10, drop_path_rate=0.2).train()
+    traced, x = torch.fx.symbolic_trace(model), images(2, 3, 36, 36, seed=4)
+    torch.manual_seed(5)
+    expected = model(x)
+    torch.manual_seed(5)
+    got = traced(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    assert all(block.attn.relative_position_bias_table.grad.abs().sum() > 0
+               for stage in model.layers for block in stage.blocks)
 
 
 @pytest.mark.parametrize("size", [32, 36])  # 36: padded maps (18, 9, 5, 3 against 4-token windows)

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.layers import Attention, DropPath, FeatureInfo, Linear, Mlp, PatchEmbed, run_blocks
@@ -188,6 +189,46 @@ def relative_position_index(window: tuple[int, int], table_window: tuple[int, in
         return index.to(device)
 
 
+def _relative_position_bias(table: Tensor, table_window: tuple[int, int], window: tuple[int, int]) -> Tensor:
+    """``Tensor[num_heads, N, N]`` from the relative position ``table`` of a ``table_window`` window, for a
+    ``window`` window at most as large (``N = wh · ww``)."""
+    index = relative_position_index(window, table_window, table.device)
+    area = window[0] * window[1]
+    return table[index.flatten()].view(area, area, -1).permute(2, 0, 1)
+
+
+def _plan_bias(table: Tensor, table_window: tuple[int, int], plan: WindowPlan) -> Tensor:
+    """The additive attention bias of ``plan``'s windows (see :meth:`SwinTransformerBlock.attn_bias`), made anew."""
+    bias = _relative_position_bias(table, table_window, plan.window).unsqueeze(0)
+    return bias if plan.mask is None else bias + plan.mask.unsqueeze(1)
+
+
+def _map_plan(y: Tensor, window_size: tuple[int, int], shifted: bool) -> WindowPlan:
+    """The :class:`WindowPlan` of a block of ``window_size`` windows (``shifted`` or not) on ``y``
+    (``Tensor[B, H, W, C]``)."""
+    height, width = y.shape[1], y.shape[2]
+    window, shift = fit_window((height, width), window_size, shifted)
+    return window_plan((height, width), window, shift, y.device)
+
+
+def _partition(y: Tensor, plan: WindowPlan) -> Tensor:
+    """``Tensor[B, H, W, C] -> Tensor[B · num_windows, N, C]``: ``y`` padded, rolled and cut into ``plan``'s
+    windows (one gather)."""
+    batch, height, width, channels = y.shape
+    windows = y.reshape(batch, height * width, channels).index_select(1, plan.gather)
+    if plan.pad_slots is not None:
+        windows.index_fill_(1, plan.pad_slots, 0)
+    return windows.view(-1, plan.area, channels)
+
+
+# torch.fx (torchvision's create_feature_extractor) records the windows of a map, their bias and the partition
+# as one call each, run on the real map: they depend on its size, which torch.fx's symbols cannot branch on or
+# hash; the attention in the windows is traced as it is
+torch.fx.wrap("_plan_bias")
+torch.fx.wrap("_map_plan")
+torch.fx.wrap("_partition")
+
+
 class WindowAttention(Attention):
     """Multi-head self-attention inside windows, with a learned relative position bias:
     ``Tensor[B, N, dim] -> Tensor[B, N, dim]`` for B windows of ``N`` tokens.
@@ -215,23 +256,20 @@ class WindowAttention(Attention):
 
     def relative_position_bias(self, window: tuple[int, int]) -> Tensor:
         """``Tensor[num_heads, N, N]``: the bias of each head for a ``window`` window (``N = wh · ww``)."""
-        table = self.relative_position_bias_table
-        index = relative_position_index(window, self.window_size, table.device)
-        area = window[0] * window[1]
-        return table[index.flatten()].view(area, area, -1).permute(2, 0, 1)
+        return _relative_position_bias(self.relative_position_bias_table, self.window_size, window)
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         """``x``: Tensor[B, N, dim], B windows of N tokens. ``attn_bias``: additive, ``Tensor[G, heads, N, N]``
         with G = 1 or a divisor of B: row g applies to windows g, g + G, g + 2G, ... (G windows per image).
 
-        Without autograd, ``scaled_dot_product_attention`` (its fused kernels). With autograd the
-        attention is written out as timm does: the fused kernels take no gradient for the bias (the
-        learned table), and SDPA's own fallback for it is slower on CPU.
+        Without autograd, ``scaled_dot_product_attention`` (its fused kernels). With autograd (and under
+        torch.fx, whose graph serves both) the attention is written out as timm does: the fused kernels take
+        no gradient for the bias (the learned table), and SDPA's own fallback for it is slower on CPU.
         """
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or is_fx_symbolic_tracing():
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
                 groups = attn_bias.shape[0]
@@ -330,23 +368,19 @@ class SwinTransformerBlock(nn.Module):
         anew, in the table's dtype.
         """
         table = self.attn.relative_position_bias_table
+        if torch.is_grad_enabled() or is_traced():
+            return _plan_bias(table, self.attn.window_size, plan)
         key = (plan.size, plan.window, plan.shift, dtype, table.device)
-        cacheable = not torch.is_grad_enabled() and not is_traced()
-        if cacheable:
-            version = (table._version, table.data_ptr())
-            if version != self._bias_version:
-                self._bias_cache.clear()
-                self._bias_version = version
-            if key in self._bias_cache:
-                return self._bias_cache[key]
-        bias = self.attn.relative_position_bias(plan.window).unsqueeze(0)
-        if plan.mask is not None:
-            bias = bias + plan.mask.unsqueeze(1)
-        if cacheable:
-            bias = bias.to(dtype)
-            if len(self._bias_cache) >= _BIAS_CACHE_SIZE:
-                self._bias_cache.pop(next(iter(self._bias_cache)))
-            self._bias_cache[key] = bias
+        version = (table._version, table.data_ptr())
+        if version != self._bias_version:
+            self._bias_cache.clear()
+            self._bias_version = version
+        if key in self._bias_cache:
+            return self._bias_cache[key]
+        bias = _plan_bias(table, self.attn.window_size, plan).to(dtype)
+        if len(self._bias_cache) >= _BIAS_CACHE_SIZE:
+            self._bias_cache.pop(next(iter(self._bias_cache)))
+        self._bias_cache[key] = bias
         return bias
 
     def window_attention(self, y: Tensor) -> Tensor:
@@ -359,12 +393,9 @@ class SwinTransformerBlock(nn.Module):
     def _attend(self, y: Tensor) -> tuple[Tensor, WindowPlan]:
         """Attention of ``y`` (Tensor[B, H, W, C]) in window-slot order: ``Tensor[B, num_windows · N, C]``
         (see :class:`WindowPlan`), and the plan."""
-        batch, height, width, channels = y.shape
-        plan = self.plan(height, width, y.device)
-        windows = y.reshape(batch, height * width, channels).index_select(1, plan.gather)
-        if plan.pad_slots is not None:
-            windows.index_fill_(1, plan.pad_slots, 0)
-        out = self.attn(windows.view(-1, plan.area, channels), self.attn_bias(plan, _compute_dtype(y)))
+        batch, _, _, channels = y.shape
+        plan = _map_plan(y, self.window_size, self.shifted)
+        out = self.attn(_partition(y, plan), self.attn_bias(plan, y.dtype if is_traced() else _compute_dtype(y)))
         return out.reshape(batch, plan.num_windows * plan.area, channels), plan
 
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
@@ -418,12 +449,22 @@ class PatchMerging(nn.Module):
         self.reduction = Linear(4 * dim, self.out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = _pad_to_even(x)
         batch, height, width, channels = x.shape
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-            height, width = height + height % 2, width + width % 2
         x = x.reshape(batch, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))
+
+
+def _pad_to_even(x: Tensor) -> Tensor:
+    """``Tensor[B, H, W, C]`` zero-padded at the bottom and right to even sides (``x`` itself when they are)."""
+    height, width = x.shape[1], x.shape[2]
+    if height % 2 or width % 2:
+        return F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+    return x
+
+
+# torch.fx records the padding as one call, run on the real map (its symbols cannot branch on the size)
+torch.fx.wrap("_pad_to_even")
 
 
 class SwinTransformerStage(nn.Module):
