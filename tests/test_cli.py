@@ -518,6 +518,7 @@ def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("model_arg, message", [
     ("drop_rate=abc", "ResNet: drop_rate must be a number, got 'abc'"),
     ("small_input=no", "ResNet: small_input must be a bool, got 'no'"),
+    ('layers=[2,"a",2,2]', "ResNet: layers must be a sequence of integers, got (2, 'a', 2, 2)"),
 ])
 def test_model_arguments_of_the_wrong_type_are_one_line(capsys, tmp_path, model_arg, message):
     """drop_rate=abc ended in a TypeError traceback from torch's Dropout; small_input=no, a string, was taken as

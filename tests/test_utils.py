@@ -3,6 +3,7 @@
 from __future__ import annotations  # as in the package: the annotations checked are strings
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -64,13 +65,17 @@ def test_float_images_outside_the_unit_interval_are_refused_naming_the_image(bad
 class _Checked:
     @check_argument_types
     def __init__(self, depth: int = 2, rate: float = 0.0, flag: bool = False, name: str = "a",
-                 scale: float | None = None, size: int | tuple[int, int] = 4, module: object = None):
-        self.settings = (depth, rate, flag, name, scale, size, module)
+                 scale: float | None = None, size: int | tuple[int, int] = 4, module: object = None,
+                 depths: Sequence[int] = (2, 2), anchors: Sequence[Sequence[float]] | None = None,
+                 table: dict[str, int] | None = None, mixed: tuple[int, str] = (1, "a")):
+        self.settings = (depth, rate, flag, name, scale, size, module, depths, anchors, table, mixed)
 
 
 @pytest.mark.parametrize("arguments", [
     {}, {"depth": np.int64(3)}, {"rate": 1}, {"rate": np.float32(0.5)}, {"flag": np.bool_(True)},
-    {"scale": None}, {"scale": 2}, {"size": (2, 3)}, {"size": "anything: not a simple annotation"}, {"module": 1},
+    {"scale": None}, {"scale": 2}, {"size": (2, 3)}, {"size": [2, 3]}, {"module": 1}, {"depths": [1, np.int64(2)]},
+    {"depths": ()}, {"anchors": [[32], (64.0, 128)]}, {"table": "anything: not a checked annotation"},
+    {"mixed": "anything: not a checked annotation"},
 ])
 def test_argument_types_of_the_right_kind_are_taken(arguments):
     assert _Checked(**arguments).settings is not None
@@ -83,12 +88,41 @@ def test_argument_types_of_the_right_kind_are_taken(arguments):
     ({"flag": "no"}, "_Checked: flag must be a bool, got 'no'"),
     ({"name": 3}, "_Checked: name must be a string, got 3"),
     ({"scale": "x"}, "_Checked: scale must be a number or None, got 'x'"),
+    ({"size": "abc"}, "_Checked: size must be an integer or a sequence of 2 integers, got 'abc'"),
+    ({"size": [2, "a"]}, "_Checked: size must be an integer or a sequence of 2 integers, got [2, 'a']"),
+    ({"size": (2, 3, 4)}, "_Checked: size must be an integer or a sequence of 2 integers, got (2, 3, 4)"),
+    ({"size": 4.5}, "_Checked: size must be an integer or a sequence of 2 integers, got 4.5"),
+    ({"depths": (2, "a")}, "_Checked: depths must be a sequence of integers, got (2, 'a')"),
+    ({"depths": "22"}, "_Checked: depths must be a sequence of integers, got '22'"),
+    ({"depths": [2, True]}, "_Checked: depths must be a sequence of integers, got [2, True]"),
+    ({"depths": 2}, "_Checked: depths must be a sequence of integers, got 2"),
+    ({"anchors": [[32], "x"]}, "_Checked: anchors must be a sequence of sequences of numbers or None, got [[32], 'x']"),
 ])
 def test_argument_types_of_another_kind_are_refused_naming_the_argument(arguments, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         _Checked(**arguments)
     with pytest.raises(ValueError, match=re.escape(message)):  # given by position too
         _Checked(*arguments.values()) if "depth" in arguments else _Checked(2, **arguments)
+
+
+def test_the_annotations_are_read_once_per_constructor(monkeypatch):
+    """Each construction evaluated every string annotation of the constructor again."""
+    import visionzoo.utils as utils
+
+    class Model:
+        @check_argument_types
+        def __init__(self, size: int | tuple[int, int] = 4, depths: Sequence[int] = (2, 2)):
+            pass
+
+    reads, read = [], utils._argument_kinds
+    monkeypatch.setattr(utils, "_argument_kinds", lambda *args: reads.append(args[0]) or read(*args))
+    Model()
+    first = len(reads)
+    Model(size=(2, 3))
+    Model(depths=[1])
+    assert len(reads) == first >= 3  # self, size and depths (and their items), at the first construction only
+    with pytest.raises(ValueError, match="Model: depths must be a sequence of integers, got 'x'"):
+        Model(depths="x")
 
 
 def test_an_unknown_argument_is_left_to_the_constructor_own_error():

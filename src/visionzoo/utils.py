@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -37,21 +39,62 @@ def require_integers(owner: str, **settings: Any) -> None:
 
 
 _SIMPLE_TYPES = {bool: "a bool", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+_PLURALS = {bool: "bools", int: "integers", float: "numbers", str: "strings", type(None): "None"}
+_SEQUENCE_ORIGINS = (tuple, list, collections.abc.Sequence)
 
 
-def _simple_types(annotation: Any, namespace: Mapping[str, Any]) -> tuple[type, ...] | None:
-    """The types of an annotation made of bool, int, float, str and None alone (``float | None``); None for any
-    other annotation (a tuple, a module, a callable), which is not checked."""
+@dataclasses.dataclass(frozen=True)
+class _SequenceOf:
+    """The kind of a ``tuple[int, int]`` (``length`` 2), ``tuple[int, ...]``, ``list[int]`` or ``Sequence[int]``
+    (``length`` None) argument: a list or tuple (what ``--model-arg KEY=[...]`` gives) of ``items``."""
+
+    items: tuple[Any, ...]
+    length: int | None
+
+    def describe(self, plural: bool = False) -> str:
+        items = " or ".join(_describe(kind, plural=True) for kind in self.items)
+        count = "" if self.length is None else f"{self.length} "
+        return f"{'sequences' if plural else 'a sequence'} of {count}{items}"
+
+
+def _describe(kind: Any, plural: bool = False) -> str:
+    if isinstance(kind, _SequenceOf):
+        return kind.describe(plural)
+    return (_PLURALS if plural else _SIMPLE_TYPES)[kind]
+
+
+def _argument_kinds(annotation: Any, namespace: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The kinds of value an annotation takes: bool, int, float, str and None, and lists or tuples of them
+    (:class:`_SequenceOf`, nested too), in a union (``int | tuple[int, int]``); None for any other annotation (a
+    module, a callable, a dict, a tuple of mixed types), which is not checked."""
     if isinstance(annotation, str):
         try:
             annotation = eval(annotation, dict(namespace))  # the package's own annotations, as typing does
         except Exception:
             return None
-    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return members if all(member in _SIMPLE_TYPES for member in members) else None
+    union = typing.get_origin(annotation) in (types.UnionType, typing.Union)
+    kinds = []
+    for member in typing.get_args(annotation) if union else (annotation,):
+        if member in _SIMPLE_TYPES:
+            kinds.append(member)
+            continue
+        args = typing.get_args(member)
+        if typing.get_origin(member) not in _SEQUENCE_ORIGINS or not args:
+            return None
+        variable = typing.get_origin(member) is not tuple or (len(args) == 2 and args[1] is Ellipsis)
+        if not variable and len(set(args)) > 1:
+            return None
+        items = _argument_kinds(args[0], namespace)
+        if items is None:
+            return None
+        kinds.append(_SequenceOf(items, None if variable else len(args)))
+    return tuple(kinds)
 
 
-def _is_of(value: Any, kind: type) -> bool:
+def _is_of(value: Any, kind: Any) -> bool:
+    if isinstance(kind, _SequenceOf):
+        return (isinstance(value, list | tuple) and (kind.length is None or len(value) == kind.length)
+                and all(any(_is_of(item, item_kind) for item_kind in kind.items) for item in value))
     if kind is type(None):
         return value is None
     if kind is bool:
@@ -64,23 +107,30 @@ def _is_of(value: Any, kind: type) -> bool:
 
 
 def check_argument_types(init: Callable[..., None]) -> Callable[..., None]:
-    """Decorate a model's ``__init__``: an argument annotated with bool, int, float or str (or a union of them
-    with None) given a value of another type is refused in a ValueError naming the class, the argument and the
-    value. Models are built from the command line's ``--model-arg KEY=VALUE``, where ``drop_rate=abc`` otherwise
-    ended in a TypeError traceback from deep inside torch and ``small_input=no`` (a string) counted as true."""
+    """Decorate a model's ``__init__``: an argument annotated with bool, int, float or str, a list, tuple or
+    sequence of them (``tuple[int, int]``, ``Sequence[int]``: a list or tuple of that length and those items), or a
+    union of these with None, given a value of another kind is refused in a ValueError naming the class, the
+    argument and the value. Models are built from the command line's ``--model-arg KEY=VALUE``, where
+    ``drop_rate=abc`` otherwise ended in a TypeError traceback from deep inside torch, ``small_input=no`` (a
+    string) counted as true, and ``window_size=abc`` or ``depths=[2,"a"]`` failed with "invalid literal for int()".
+    The annotations are read once, at the first call."""
     signature = inspect.signature(init)
     namespace = init.__globals__
+    kinds_of: dict[str, tuple[Any, ...] | None] = {}
 
     @functools.wraps(init)
     def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not kinds_of:
+            kinds_of.update({name: _argument_kinds(parameter.annotation, namespace)
+                             for name, parameter in signature.parameters.items()})
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError:  # an unknown keyword: __init__'s own error names it
             bound = None
         for name, value in list(bound.arguments.items())[1:] if bound else ():
-            kinds = _simple_types(signature.parameters[name].annotation, namespace)
+            kinds = kinds_of[name]
             if kinds and not any(_is_of(value, kind) for kind in kinds):
-                expected = " or ".join(_SIMPLE_TYPES[kind] for kind in kinds)
+                expected = " or ".join(_describe(kind) for kind in kinds)
                 raise ValueError(f"{type(self).__name__}: {name} must be {expected}, got {value!r:.40}")
         init(self, *args, **kwargs)
 

@@ -489,6 +489,18 @@ def test_a_pool_that_doubles_the_width_is_refused_by_name_as_timm_does(global_po
         create_model("convnext_atto_64", global_pool="token")
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (dict(depths=[2, "a", 2, 2]), "depths must be a sequence of integers, got [2, 'a', 2, 2]"),
+    (dict(dims=[40, 80, 160, 320.5]), "dims must be a sequence of integers, got [40, 80, 160, 320.5]"),
+    (dict(dims=5), "dims must be a sequence of integers, got 5"),
+])
+def test_sequence_arguments_given_junk_are_refused_by_name(arguments, message):
+    """depths=[2, "a", 2, 2] failed with "unsupported operand type(s) for +: 'int' and 'str'", a fractional width with
+    "out_channels must be divisible by groups", dims=5 with "object of type 'int' has no len()"."""
+    with pytest.raises(ValueError, match=re.escape(f"ConvNeXt: {message}")):
+        create_model("convnext_atto_32", **arguments)
+
+
 # --- gradient checkpointing ---------------------------------------------------------------------
 
 def test_grad_checkpointing_changes_neither_outputs_nor_gradients():

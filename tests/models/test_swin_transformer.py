@@ -1,6 +1,7 @@
 """Swin Transformer against timm: sizes, checkpoints (.pth/.safetensors, official layout), logits and
 gradients, padded and other input sizes, the shifted-window mask, feature maps, and bad inputs."""
 
+import re
 from functools import partial
 
 import pytest
@@ -680,6 +681,21 @@ def test_a_window_that_is_not_positive_is_refused_by_name(window_size):
         create_model("swin_tiny_patch2_window4_32", window_size=window_size)
     with pytest.raises(ValueError, match=r"window_size must be positive"):
         create_model("swin_tiny_patch2_window4_32").set_input_size(window_size=window_size)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(window_size="abc"), "window_size must be an integer or a sequence of 2 integers, got 'abc'"),
+    (dict(window_size=[4, 4, 4]), "window_size must be an integer or a sequence of 2 integers, got [4, 4, 4]"),
+    (dict(img_size=[32, "b"]), "img_size must be an integer or a sequence of 2 integers, got [32, 'b']"),
+    (dict(depths=(2, "a"), num_heads=(3, 6)), "depths must be a sequence of integers, got (2, 'a')"),
+    (dict(num_heads="abc"), "num_heads must be a sequence of integers, got 'abc'"),
+])
+def test_sequence_arguments_given_junk_are_refused_by_name(arguments, message):
+    """window_size=abc and img_size=[32, "b"] (from --model-arg) failed with "invalid literal for int() with base 10:
+    'a'", depths=(2, "a") with "unsupported operand type(s) for +: 'int' and 'str'", and window_size=[4, 4, 4] built a
+    model with 4×4 windows, without a word."""
+    with pytest.raises(ValueError, match=re.escape(f"SwinTransformer: {message}")):
+        create_model("swin_tiny_patch2_window4_32", **arguments)
 
 
 def test_the_feature_extractor_exempts_the_relative_position_tables_from_weight_decay():
