@@ -1,5 +1,8 @@
 """Shared layers against timm's: attention, MLP, position embeddings (resampling, sin-cos), patch embedding, DropPath."""
 
+import re
+
+import numpy as np
 import pytest
 import timm.layers
 import torch
@@ -242,6 +245,18 @@ def test_feature_take_indices_follows_timm():
     for bad in (0, 5, (), (4,), (-5,), (1, 4)):
         with pytest.raises(ValueError, match="out_indices"):
             feature_take_indices(4, bad)
+
+
+@pytest.mark.parametrize("bad", ["x", "12", (1.5,), (1, "a"), 2.0, True])
+def test_out_indices_that_are_not_integers_are_refused_by_name(bad):
+    """out_indices='x' (from --model-arg, for a ResNet's features_only) failed with "invalid literal for int() with
+    base 10: 'x'", '12' was read as (1, 2) and (1.5,) as (1,), without a word."""
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=re.escape(f"out_indices must be an int (the last n maps) or a sequence of "
+                                                   f"map indices, got {bad!r}")):
+        create_model("resnet18", features_only=True, out_indices=bad)
+    assert feature_take_indices(4, np.array([0, -1])) == (0, 3)  # a NumPy array of indices, as timm takes
 
 
 def test_drop_path_of_probability_one_zeroes_the_branch_like_timm():

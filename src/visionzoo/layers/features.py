@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from visionzoo.utils import is_integer
+
 
 class FeatureInfo(list):
     """A list of dicts, one per returned feature map, in output order.
@@ -47,16 +49,20 @@ def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str
     and keeps its order and repeats, as timm's ``feature_take_indices`` (its
     ``prune_intermediate_layers`` returns them so). A model takes each named map once, in its own order
     (:func:`taken_in_order`). Raises ``ValueError`` naming ``out_indices`` for an int outside
-    1..count, an index outside -count..count-1, or an empty sequence."""
-    if isinstance(out_indices, int):
+    1..count, an index outside -count..count-1, an empty sequence, or another value (a string, a float)."""
+    if is_integer(out_indices):
         if not 0 < out_indices <= count:
             raise ValueError(f"out_indices={out_indices} must be in 1..{count} (the last n of {count} {unit}s)")
         return tuple(range(count - out_indices, count))
-    indices = tuple(int(i) + count if int(i) < 0 else int(i) for i in out_indices)
+    given = tuple(out_indices) if isinstance(out_indices, Iterable) and not isinstance(out_indices, str) else None
+    if given is None or not all(is_integer(i) for i in given):  # else int() read "12" as (1, 2), 1.5 as 1
+        raise ValueError(f"out_indices must be an int (the last n {unit}s) or a sequence of {unit} indices, "
+                         f"got {out_indices!r:.40}")
+    indices = tuple(int(i) + count if i < 0 else int(i) for i in given)
     if not indices or not all(0 <= i < count for i in indices):
         raise ValueError(
             f"out_indices must be {unit} indices in 0..{count - 1} (or from -{count}), at least one, "
-            f"got {tuple(out_indices)}"
+            f"got {given}"
         )
     return indices
 
