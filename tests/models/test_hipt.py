@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from model_helpers import (
     assert_export_runs_at_other_batch_sizes,
+    assert_fx_traces,
     assert_grad_checkpointing_changes_nothing,
     assert_trace_runs_at_other_batch_sizes,
     count,
@@ -543,3 +544,23 @@ def test_a_trace_or_export_runs_at_other_batch_sizes():
     x = images(3, 3, 96, 96, seed=1)
     assert_trace_runs_at_other_batch_sizes(model, x)
     assert_export_runs_at_other_batch_sizes(model, x)
+
+
+def test_torch_fx_traces_both_stages_and_the_hierarchy():
+    """torch.fx.symbolic_trace, and with it torchvision's create_feature_extractor, failed on the input checks and
+    DINO's interpolation of the position table ('symbolically traced variables cannot be used as inputs to control
+    flow', 'int() argument must be ... not Proxy'); the traced ViT-256 and HIPT-4K, which have no input size, give the
+    eager outputs (a padded 70×102 region of 3×4 tiles), ViT-4K's node norm its forward_features, and a wrong input
+    is still refused."""
+    torch.manual_seed(0)
+    vit256, tiles = create_model("hipt_vit256_small").eval(), images(2, 3, 64, 48, seed=1)
+    with torch.no_grad():
+        tokens = vit256.forward_features(tiles)
+    assert_fx_traces(vit256, tiles, {"norm": tokens})
+    model = create_model("hipt_4k", tile_size=32, tile_batch_size=4, num_classes=3).eval()
+    x = images(3, 3, 70, 102, seed=2)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+    assert_fx_traces(model, x, {"model4k.norm": tokens})
+    with pytest.raises(ValueError, match="HIPT takes 3-channel images"):
+        torch.fx.symbolic_trace(model)(x[:, :1])

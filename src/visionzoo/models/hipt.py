@@ -78,6 +78,11 @@ def interpolate_pos_encoding(pos_embed: Tensor, grid_size: tuple[int, int]) -> T
     return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)], dim=1)
 
 
+# torch.fx (torchvision's create_feature_extractor) records the interpolation as one call, run on the real grid,
+# whose size its symbols cannot branch on
+torch.fx.wrap("interpolate_pos_encoding")
+
+
 def _dino_init(module: nn.Module) -> None:
     """DINO's initialisation: truncated normal (std 0.02) for the [CLS] token and the position table."""
     nn.init.trunc_normal_(module.pos_embed, std=0.02)
@@ -198,13 +203,8 @@ class ViT4K(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[B, in_dim, gh, gw] -> Tensor[B, 1 + gh·gw, embed_dim]`` tokens after the final norm."""
-        if x.ndim != 4 or x.shape[1] != self.in_dim:
-            raise ValueError(
-                f"ViT-4K takes grids Tensor[B, {self.in_dim}, gh, gw] of ViT-256 [CLS] tokens, got shape {tuple(x.shape)}"
-            )
+        x = _checked_grid(x, self.in_dim)
         batch, _, gh, gw = x.shape
-        if gh == 0 or gw == 0:
-            raise ValueError(f"ViT-4K takes a grid of at least one token; grid {gh}×{gw} has no tokens")
         tokens = self.phi(x.flatten(2).transpose(1, 2))
         pos_embed = interpolate_pos_encoding(self.pos_embed, (gh, gw))
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1) + pos_embed
@@ -217,6 +217,28 @@ class ViT4K(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _checked_grid(x: Tensor, in_dim: int) -> Tensor:
+    """``x``, or ``ValueError`` when it is no ``Tensor[B, in_dim, gh, gw]`` grid of at least one token."""
+    if x.ndim != 4 or x.shape[1] != in_dim:
+        raise ValueError(
+            f"ViT-4K takes grids Tensor[B, {in_dim}, gh, gw] of ViT-256 [CLS] tokens, got shape {tuple(x.shape)}"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"ViT-4K takes a grid of at least one token; grid {x.shape[2]}×{x.shape[3]} has no tokens")
+    return x
+
+
+# torch.fx records the check as one call, run on the real grid; the grid flows through it, so that pruning keeps it
+torch.fx.wrap("_checked_grid")
+
+
+def _checked_images(x: Tensor, in_chans: int) -> Tensor:
+    """``x``, or ``ValueError`` when it is no ``Tensor[B, in_chans, H, W]``."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+    return x
 
 
 def tile_view(
@@ -251,6 +273,12 @@ def tile_view(
         x = x[..., top : top + crop_h, left : left + crop_w]
     tiles = x.unfold(2, tile_size, tile_size).unfold(3, tile_size, tile_size)  # [B, C, gh, gw, T, T]
     return tiles.permute(0, 2, 3, 1, 4, 5), (tiles.shape[2], tiles.shape[3])
+
+
+# torch.fx records the check and the tiling (padding or cropping by the image's size) as one call each, run on the
+# real images; the images flow through them, so that pruning keeps them
+torch.fx.wrap("_checked_images")
+torch.fx.wrap("tile_view")
 
 
 class HIPT4K(nn.Module):
@@ -341,11 +369,7 @@ class HIPT4K(nn.Module):
         Tiles are gathered from a view of ``x`` and encoded ``tile_batch_size`` at a time (default:
         the model's), so only one batch of tiles is ever copied; the result does not depend on it.
         """
-        in_chans = self.model256.patch_embed.in_chans
-        if x.ndim != 4 or x.shape[1] != in_chans:
-            raise ValueError(
-                f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape {tuple(x.shape)}"
-            )
+        x = _checked_images(x, self.model256.patch_embed.in_chans)
         step = self.tile_batch_size if tile_batch_size is None else tile_batch_size
         if step < 1:
             raise ValueError(f"tile_batch_size must be >= 1, got {step}")
