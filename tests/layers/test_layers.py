@@ -259,6 +259,18 @@ def test_out_indices_that_are_not_integers_are_refused_by_name(bad):
     assert feature_take_indices(4, np.array([0, -1])) == (0, 3)  # a NumPy array of indices, as timm takes
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "swin_tiny_patch2_window4_32"])
+@pytest.mark.parametrize("rate", [1.5, -0.1])
+def test_an_attention_dropout_rate_outside_0_1_is_refused_when_built(name, rate):
+    """attn_drop_rate=1.5 or -0.1 built a model whose first training step failed ('dropout probability has to be
+    between 0 and 1', or for -0.1 in a ViT 'flash_attention: Currently do not support dropout > 0'), where timm's
+    refuses it when built."""
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=re.escape(f"attn_drop (the attention dropout rate) must be in [0, 1], got {rate}")):
+        create_model(name, attn_drop_rate=rate)
+
+
 def test_drop_path_of_probability_one_zeroes_the_branch_like_timm():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5)

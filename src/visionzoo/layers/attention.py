@@ -106,6 +106,8 @@ class Attention(nn.Module):
         for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not 0.0 <= attn_drop <= 1.0:  # else the first training step failed, and a negative rate as "dropout > 0"
+            raise ValueError(f"attn_drop (the attention dropout rate) must be in [0, 1], got {attn_drop}")
         if head_dim is None:
             if dim % num_heads:
                 raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
