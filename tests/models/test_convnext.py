@@ -501,6 +501,15 @@ def test_sequence_arguments_given_junk_are_refused_by_name(arguments, message):
         create_model("convnext_atto_32", **arguments)
 
 
+@pytest.mark.parametrize("kernel_size", [4, 0])
+def test_a_kernel_size_that_is_even_or_not_positive_is_refused_when_built(kernel_size):
+    """kernel_size=4 built a model whose forward failed with 'The size of tensor a (256) must match the size of tensor
+    b (289)' (timm's fails the same way), kernel_size=0 one that failed in oneDNN ('could not create a primitive
+    descriptor')."""
+    with pytest.raises(ValueError, match=f"kernel_size must be odd and positive .*got {kernel_size}"):
+        create_model("convnext_atto_32", kernel_size=kernel_size)
+
+
 # --- gradient checkpointing ---------------------------------------------------------------------
 
 def test_grad_checkpointing_changes_neither_outputs_nor_gradients():

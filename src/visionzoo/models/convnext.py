@@ -261,6 +261,9 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"depths and dims need one entry per stage, got depths={depths}, dims={dims}")
         if stem_stride < 1:
             raise ValueError(f"stem_stride must be positive, got {stem_stride}")
+        if kernel_size < 1 or kernel_size % 2 == 0:  # an even kernel's padding shrinks the map: the residual fails
+            raise ValueError(f"kernel_size must be odd and positive (the depthwise conv keeps the map's size), "
+                             f"got {kernel_size}")
         self.in_chans, self.stem_stride, self.num_classes = in_chans, stem_stride, num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0]))
         rates = drop_path_rates(drop_path_rate, list(depths))
