@@ -271,6 +271,17 @@ def test_an_attention_dropout_rate_outside_0_1_is_refused_when_built(name, rate)
         create_model(name, attn_drop_rate=rate)
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "swin_tiny_patch2_window4_32", "convnext_atto_32"])
+@pytest.mark.parametrize("mlp_ratio", [0.0, -1.0])
+def test_an_mlp_ratio_that_leaves_no_hidden_width_is_refused(name, mlp_ratio):
+    """mlp_ratio=0 built MLPs as wide as the tokens (ratio 1), without a word, and a negative one failed with
+    'Trying to create tensor with negative dimension'."""
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=r"the MLP's hidden width must be at least 1, got -?\d+ \(a width times an mlp_ratio"):
+        create_model(name, mlp_ratio=mlp_ratio)
+
+
 def test_drop_path_of_probability_one_zeroes_the_branch_like_timm():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5)

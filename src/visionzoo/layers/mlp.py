@@ -23,6 +23,9 @@ class Mlp(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
+        if hidden_features is not None and hidden_features < 1:  # else 0 fell back to in_features without a word
+            raise ValueError(f"the MLP's hidden width must be at least 1, got {hidden_features} "
+                             "(a width times an mlp_ratio below 1)")
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         self.fc1 = Linear(in_features, hidden_features, bias=bias)
