@@ -75,7 +75,7 @@ class _Checked:
     {}, {"depth": np.int64(3)}, {"rate": 1}, {"rate": np.float32(0.5)}, {"flag": np.bool_(True)},
     {"scale": None}, {"scale": 2}, {"size": (2, 3)}, {"size": [2, 3]}, {"module": 1}, {"depths": [1, np.int64(2)]},
     {"depths": ()}, {"anchors": [[32], (64.0, 128)]}, {"table": "anything: not a checked annotation"},
-    {"mixed": "anything: not a checked annotation"},
+    {"mixed": "anything: not a checked annotation"}, {"depths": np.array([2, 3])}, {"size": range(2, 4)},
 ])
 def test_argument_types_of_the_right_kind_are_taken(arguments):
     assert _Checked(**arguments).settings is not None
@@ -96,6 +96,8 @@ def test_argument_types_of_the_right_kind_are_taken(arguments):
     ({"depths": "22"}, "_Checked: depths must be a sequence of integers, got '22'"),
     ({"depths": [2, True]}, "_Checked: depths must be a sequence of integers, got [2, True]"),
     ({"depths": 2}, "_Checked: depths must be a sequence of integers, got 2"),
+    ({"depths": np.array([2.5])}, "_Checked: depths must be a sequence of integers, got array([2.5])"),
+    ({"depths": np.array(2)}, "_Checked: depths must be a sequence of integers, got array(2)"),
     ({"anchors": [[32], "x"]}, "_Checked: anchors must be a sequence of sequences of numbers or None, got [[32], 'x']"),
 ])
 def test_argument_types_of_another_kind_are_refused_naming_the_argument(arguments, message):

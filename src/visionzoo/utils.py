@@ -46,7 +46,8 @@ _SEQUENCE_ORIGINS = (tuple, list, collections.abc.Sequence)
 @dataclasses.dataclass(frozen=True)
 class _SequenceOf:
     """The kind of a ``tuple[int, int]`` (``length`` 2), ``tuple[int, ...]``, ``list[int]`` or ``Sequence[int]``
-    (``length`` None) argument: a list or tuple (what ``--model-arg KEY=[...]`` gives) of ``items``."""
+    (``length`` None) argument: a list, tuple (what ``--model-arg KEY=[...]`` gives), other sequence but a string,
+    or NumPy array, of ``items``."""
 
     items: tuple[Any, ...]
     length: int | None
@@ -93,7 +94,9 @@ def _argument_kinds(annotation: Any, namespace: Mapping[str, Any]) -> tuple[Any,
 
 def _is_of(value: Any, kind: Any) -> bool:
     if isinstance(kind, _SequenceOf):
-        return (isinstance(value, list | tuple) and (kind.length is None or len(value) == kind.length)
+        sequence = (isinstance(value, collections.abc.Sequence) and not isinstance(value, str | bytes)
+                    or isinstance(value, np.ndarray) and value.ndim > 0)
+        return (sequence and (kind.length is None or len(value) == kind.length)
                 and all(any(_is_of(item, item_kind) for item_kind in kind.items) for item in value))
     if kind is type(None):
         return value is None
@@ -108,9 +111,9 @@ def _is_of(value: Any, kind: Any) -> bool:
 
 def check_argument_types(init: Callable[..., None]) -> Callable[..., None]:
     """Decorate a model's ``__init__``: an argument annotated with bool, int, float or str, a list, tuple or
-    sequence of them (``tuple[int, int]``, ``Sequence[int]``: a list or tuple of that length and those items), or a
-    union of these with None, given a value of another kind is refused in a ValueError naming the class, the
-    argument and the value. Models are built from the command line's ``--model-arg KEY=VALUE``, where
+    sequence of them (``tuple[int, int]``, ``Sequence[int]``: a list, tuple or array of that length and those
+    items), or a union of these with None, given a value of another kind is refused in a ValueError naming the
+    class, the argument and the value. Models are built from the command line's ``--model-arg KEY=VALUE``, where
     ``drop_rate=abc`` otherwise ended in a TypeError traceback from deep inside torch, ``small_input=no`` (a
     string) counted as true, and ``window_size=abc`` or ``depths=[2,"a"]`` failed with "invalid literal for int()".
     The annotations are read once, at the first call."""
