@@ -181,3 +181,27 @@ def test_runs_recorded_with_every_distillation_default_still_resume(teacher_run,
     save_checkpoint(path, tensors, meta)
     assert main([*base, "--max-steps", "2", "--resume"]) == 0
     assert read_checkpoint(path)[1]["step"] == 2
+
+
+def test_resuming_with_a_teacher_file_that_now_holds_other_weights_is_refused(teacher_run, tmp_path, capsys):
+    """A teacher retrained into the same file between the start and the --resume of a distillation run was taken
+    without a word, so the run's second half distilled from another teacher than its first."""
+    import shutil
+
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+
+    teacher = tmp_path / "teacher.safetensors"
+    shutil.copy(teacher_run, teacher)
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--out", str(out), "--teacher", "resnet18",
+            "--teacher-checkpoint", str(teacher)]
+    assert main([*base, "--max-steps", "1"]) == 0
+    shutil.copy(teacher, tmp_path / "copy.safetensors")  # the same weights under another name resume
+    assert main([*base[:-1], str(tmp_path / "copy.safetensors"), "--max-steps", "2", "--resume"]) == 0
+    tensors, meta = read_checkpoint(teacher)
+    save_checkpoint(teacher, {key: value + 1 if value.is_floating_point() else value for key, value in tensors.items()},
+                    meta)
+    capsys.readouterr()
+    assert main([*base, "--max-steps", "3", "--resume"]) == 2
+    assert f"the teacher file {teacher} has changed" in capsys.readouterr().err
+    assert read_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 2

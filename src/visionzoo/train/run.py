@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -103,6 +104,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                              "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
                              "a prior over another tokenizer in a new --out")
         options = build_options = {**stored, **given}
+        _check_resumed_teacher(trained.get("teacher_sha256"), options.get("teacher_checkpoint"), config.out)
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
         model_args = without_weight_sources({**(trained.get("model_args") or {}), **(model_args or {})})
@@ -124,6 +126,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     _check_val_classes(setup.splits["train"], val, data)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
                 "train_images": len(train)}
+    if (options or {}).get("teacher_checkpoint"):  # what a resumed run checks that it distils from the same teacher
+        run_meta["teacher_sha256"] = _file_sha256(options["teacher_checkpoint"])
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
@@ -140,6 +144,21 @@ def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
     if names != [None, None] and names[0] != names[1]:
         raise ValueError(f"--resume: the run in {out} was trained on {trained}, not {data}; resume it with "
                          f"--data {trained}, or train on {data} in a new --out")
+
+
+def _file_sha256(path: str | Path) -> str:
+    with open(Path(path).expanduser(), "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _check_resumed_teacher(recorded: str | None, teacher_checkpoint: str | None, out: str) -> None:
+    """Refuse to resume a distillation whose teacher file now holds other weights than the run started with
+    (a teacher retrained into the same file): the rest of the run would distil from another teacher."""
+    if recorded is None or not teacher_checkpoint or not Path(teacher_checkpoint).expanduser().is_file():
+        return  # a run recorded before teachers were fingerprinted; a missing file is the teacher's own error
+    if _file_sha256(teacher_checkpoint) != recorded:
+        raise ValueError(f"--resume: the teacher file {teacher_checkpoint} has changed since the run in {out} started "
+                         "distilling from it (its sha256 differs); restore that file, or train in a new --out")
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
