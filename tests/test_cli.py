@@ -290,6 +290,27 @@ def test_coco_ids_come_from_ascii_digit_names_only():
 
 
 
+def test_predict_image_ids_match_the_annotation_files_entries_by_file_name(tmp_path, capsys):
+    """predict --coco-json numbered images not named by numbers by their position, so the results of
+    val/cat_a.jpg matched whichever image had id 1 in the user's annotation file: --image-ids takes the file's ids."""
+    from visionzoo.train.commands import image_ids_from
+
+    (tmp_path / "val").mkdir()
+    for name in ("cat_a.jpg", "cat_b.jpg", "dog.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / name)
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [{"id": 12, "file_name": "val/cat_b.jpg"}, {"id": 5, "file_name": "cat_a.jpg"},
+                                          {"id": 9, "file_name": "other/dog.jpg"}]}))
+    assert image_ids_from(ann, [str(tmp_path / "val" / "cat_a.jpg"), str(tmp_path / "val" / "cat_b.jpg")]) == [5, 12]
+    base = ["predict", "fasterrcnn_shapes", "--checkpoint", "missing.safetensors", "--out", str(tmp_path / "out")]
+    one_line_error(capsys, [*base, str(tmp_path / "val" / "dog.jpg"), "--coco-json", str(tmp_path / "r.json"),
+                            "--image-ids", str(ann)], f"--image-ids {ann}: {tmp_path / 'val' / 'dog.jpg'} matches no entry")
+    one_line_error(capsys, [*base, str(tmp_path / "val" / "cat_a.jpg"), "--image-ids", str(ann)],
+                   "--image-ids numbers the images of --coco-json")
+    one_line_error(capsys, [*base, str(tmp_path / "val" / "cat_a.jpg"), "--coco-json", str(tmp_path / "r.json"),
+                            "--image-ids", str(tmp_path / "val" / "dog.jpg")], "is not a COCO annotation file")
+
+
 def test_coco_results_keep_the_data_sets_category_ids_as_written():
     """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
     for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to

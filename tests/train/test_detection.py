@@ -151,6 +151,12 @@ def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path,
     assert len(ground_truth.loadRes(str(coco_json)).getAnnIds()) == len(records)
     capsys.readouterr()
     assert main(argv) == 2 and "exists" in capsys.readouterr().err  # nothing overwritten without --overwrite
+    # the ids of the user's own annotation file, matched by file name (numbers and positions would not match it)
+    instances = tmp_path / "instances_val.json"
+    instances.write_text(json.dumps({"images": [{"id": "r", "file_name": "rgba.png"}, {"id": 70, "file_name": "7.png"}]}))
+    assert main([*argv, "--overwrite", "--image-ids", str(instances)]) == 0
+    renumbered = json.loads(coco_json.read_text())
+    assert [r["image_id"] for r in renumbered] == [{1: 70, 2: "r"}[r["image_id"]] for r in records]
 
 
 def test_a_tiny_run_writes_precision_recall_curves_and_detections(tmp_path):

@@ -216,23 +216,51 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--coco-json", metavar="FILE",
                         help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
+    parser.add_argument("--image-ids", metavar="FILE",
+                        help="with --coco-json: take each image's image_id from this COCO annotation file (the entry of "
+                             "'images' whose file_name the image's path ends with), so that coco-eval scores the "
+                             "results against it (default: numeric file names, else positions)")
     parser.add_argument("--min-score", type=float, metavar="S",
                         help="detectors: draw and print the detections scoring at least S (default 0.5); "
                              "predictions.json and --coco-json keep every detection the model returns")
 
 
+def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
+    """The ``id`` of each image of ``paths`` in COCO annotation file ``ann_file``: the entry of its ``images`` whose
+    ``file_name`` (relative to some images folder) the image's path ends with. ValueError naming the file and the
+    image when an image has no such entry, or several."""
+    try:
+        content = json.loads(Path(ann_file).read_text())
+        entries = [(Path(entry["file_name"]).parts, entry["id"]) for entry in content["images"]]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--image-ids {ann_file} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"--image-ids {ann_file} is not a COCO annotation file with images' file_name and id "
+                         f"({type(error).__name__}: {error})") from None
+    ids = []
+    for path in paths:
+        parts = Path(path).resolve().parts
+        found = [image_id for name, image_id in entries if name and parts[-len(name):] == name]
+        if len(found) != 1:
+            problem = "no entry" if not found else f"{len(found)} entries (ids {found[:3]})"
+            raise ValueError(f"--image-ids {ann_file}: {path} matches {problem} of its images by file_name")
+        ids.append(found[0])
+    return ids
+
+
 def coco_results(paths: list[str], predictions: list[dict[str, Any]],
-                 label_to_cat_id: dict[int, int | str] | None) -> list[dict[str, Any]]:
-    """Detections as COCO result records: ``image_id`` from the numeric file names (COCO's ``000000123.jpg``)
-    when every name is a distinct number in ASCII digits, else each image's position (1-based), so that two
-    images never share an id; ``category_id`` the data set's id of the label as its file writes it (an integer or a
-    string), ``bbox`` xywh."""
+                 label_to_cat_id: dict[int, int | str] | None,
+                 image_ids: list[int | str] | None = None) -> list[dict[str, Any]]:
+    """Detections as COCO result records: ``image_id`` from ``image_ids`` (one per path) when given, else from
+    the numeric file names (COCO's ``000000123.jpg``) when every name is a distinct number in ASCII digits, else
+    each image's position (1-based), so that two images never share an id; ``category_id`` the data set's id of
+    the label as its file writes it (an integer or a string), ``bbox`` xywh."""
     stems = [Path(path).stem for path in paths]
     numbers = [int(stem) for stem in stems if stem.isascii() and stem.isdigit()]  # not "²", which int() refuses
     by_name = len(numbers) == len(stems) and len(set(numbers)) == len(numbers)
     records = []
     for position, (stem, prediction) in enumerate(zip(stems, predictions), start=1):
-        image_id = int(stem) if by_name else position
+        image_id = image_ids[position - 1] if image_ids is not None else int(stem) if by_name else position
         for (x1, y1, x2, y2), label, score in zip(prediction["boxes"], prediction["label_ids"], prediction["scores"]):
             category = label_to_cat_id[label] if label_to_cat_id else int(label)
             records.append({"image_id": image_id, "category_id": category,
@@ -268,6 +296,9 @@ def predict_command(args: argparse.Namespace) -> int:
         # --out is made by predict, so a file in it is fine; any other folder must exist (a typo is caught early)
         if not coco_json.parent.is_dir() and coco_json.parent != out.resolve():
             raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
+    if args.image_ids and not args.coco_json:
+        raise ValueError("--image-ids numbers the images of --coco-json; add --coco-json FILE")
+    image_ids = image_ids_from(args.image_ids, args.images) if args.image_ids else None
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     clashes = [str(t) for t in written if t.exists()]
     if clashes and not args.overwrite:
@@ -303,7 +334,7 @@ def predict_command(args: argparse.Namespace) -> int:
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
         label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None)
-        Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id)))
+        Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id, image_ids)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
         print(f"{record['image']}: {setup.task.describe(record, **shown)}")
