@@ -169,6 +169,21 @@ def test_nested_arguments_that_the_detector_sets_or_that_are_no_dict_are_refused
         create_model(name, **args)
 
 
+@pytest.mark.parametrize(("proposals", "args", "message"), [
+    ("selective_search", {"max_proposal": 100}, "selective_search takes no argument 'max_proposal'; it takes mode, "
+                                                "max_proposals, min_size, seed"),
+    ("sliding_window", {"size": (16,)}, "sliding_window takes no argument 'size'; it takes sizes, aspect_ratios, "
+                                        "stride_fraction"),
+    ("selective_search", [1, 2], "proposal_args must be a dict of selective_search's arguments, got [1, 2]"),
+])
+def test_proposal_arguments_that_the_method_does_not_take_are_refused_when_the_model_is_built(proposals, args,
+                                                                                             message):
+    """--model-arg proposal_args={"max_proposal": 100} built the model and ended, once the proposals were computed,
+    in a TypeError traceback from a worker process; a list ended in a TypeError traceback from dict()."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("rcnn_shapes", proposals=proposals, proposal_args=args)
+
+
 def test_rcnn_and_fast_rcnn_are_built_from_any_registered_network():
     rcnn = RCNN(create_model("resnet18", num_classes=0), num_classes=3, warp_size=32, proposals="sliding_window",
                 proposal_args={"sizes": (16,)})

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from visionzoo.ops.poolers import infer_scale
 from visionzoo.utils import check_argument_types, is_integer, require_nested_args
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
+_PROPOSAL_FUNCTIONS = {"selective_search": selective_search, "sliding_window": sliding_windows}
 
 
 def dilate_boxes(boxes: Tensor, warp_size: int, padding: int) -> Tensor:
@@ -150,6 +151,15 @@ class ProposalDetector(nn.Module):
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         if proposals not in PROPOSAL_METHODS:
             raise ValueError(f"proposals must be one of {', '.join(PROPOSAL_METHODS)}, got {proposals!r}")
+        function = _PROPOSAL_FUNCTIONS[proposals]
+        if proposal_args is not None and not isinstance(proposal_args, Mapping):
+            raise ValueError(f"proposal_args must be a dict of {function.__name__}'s arguments, got {proposal_args!r:.60}")
+        # else a TypeError from a worker process once the proposals are computed, after the model was built
+        accepted = [name for name, parameter in inspect.signature(function).parameters.items()
+                    if parameter.default is not inspect.Parameter.empty]
+        for name in proposal_args or {}:
+            if name not in accepted:
+                raise ValueError(f"{proposals} takes no argument {name!r}; it takes {', '.join(accepted)}")
         self.num_classes = num_classes
         self.proposal_method = proposals
         self.proposal_args = dict(proposal_args or {})
@@ -164,7 +174,7 @@ class ProposalDetector(nn.Module):
         """What decides the proposals (a key of the proposal cache): the method, every argument of its
         function, defaults included (a default changed by an upgrade gives another key), and for Selective
         Search the version of its algorithm."""
-        function = selective_search if self.proposal_method == "selective_search" else sliding_windows
+        function = _PROPOSAL_FUNCTIONS[self.proposal_method]
         defaults = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
                     if parameter.default is not inspect.Parameter.empty}
         settings = {"method": self.proposal_method, **defaults, **self.proposal_args}
