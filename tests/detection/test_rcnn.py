@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from visionzoo.data import Shapes
-from visionzoo.detection import RCNN, FastRCNN, sliding_windows
+from visionzoo.detection import RCNN, FastRCNN, selective_search, sliding_windows
 from visionzoo.detection.proposal_cache import (
     WithProposals,
     cached_proposals,
@@ -182,6 +182,33 @@ def test_proposal_arguments_that_the_method_does_not_take_are_refused_when_the_m
     in a TypeError traceback from a worker process; a list ended in a TypeError traceback from dict()."""
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model("rcnn_shapes", proposals=proposals, proposal_args=args)
+
+
+@pytest.mark.parametrize(("proposals", "args", "message"), [
+    ("selective_search", {"max_proposals": 1.5}, "max_proposals must be a positive integer, got 1.5"),
+    ("selective_search", {"max_proposals": "10"}, "max_proposals must be a positive integer, got '10'"),
+    ("selective_search", {"min_size": "2"}, "min_size must be a number >= 0, got '2'"),
+    ("selective_search", {"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ("selective_search", {"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
+    ("selective_search", {"mode": ["fast"]}, "mode must be one of single, fast, quality, got ['fast']"),
+    ("sliding_window", {"sizes": 16}, "sizes must be a list of positive numbers, got 16"),
+    ("sliding_window", {"sizes": ["16"]}, "sizes must be a list of positive numbers, got ['16']"),
+    ("sliding_window", {"aspect_ratios": 1.0}, "aspect_ratios must be a list of positive numbers, got 1.0"),
+    ("sliding_window", {"sizes": [float("nan")]}, "sizes must be a list of positive numbers, got [nan]"),
+    ("sliding_window", {"stride_fraction": "0.25"}, "stride_fraction must be in (0, 1], got '0.25'"),
+])
+def test_proposal_arguments_of_the_wrong_type_are_refused_naming_them(proposals, args, message):
+    """--model-arg proposal_args={"max_proposals": 1.5} (or {"sizes": 16} for the windows) ended in a TypeError
+    traceback from inside Selective Search or the window grid ('slice indices must be integers'), and seed=-1 in
+    NumPy's 'expected non-negative integer', naming no argument."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("rcnn_shapes", proposals=proposals, proposal_args=args)
+    image = torch.rand(3, 16, 16)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if proposals == "selective_search":
+            selective_search(image, **args)
+        else:
+            sliding_windows(16, 16, **args)
 
 
 def test_rcnn_and_fast_rcnn_are_built_from_any_registered_network():

@@ -36,13 +36,15 @@ scikit-image (and SciPy) are imported on the first call.
 from __future__ import annotations
 
 import heapq
+import math
+import numbers
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from visionzoo.utils import image_array
+from visionzoo.utils import image_array, is_integer
 
 # (colour spaces, k values at the reference size, similarity sets); C colour, T texture, S size, F fill.
 MODES: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {
@@ -281,6 +283,34 @@ def _rank(per_strategy: list[np.ndarray], seed: int) -> np.ndarray:
     return boxes[np.sort(first)]
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_selective_search_args(mode: str, max_proposals: int, min_size: float, seed: int) -> None:
+    """Raise ValueError naming the argument of :func:`selective_search` that has a wrong type or value (the
+    arguments arrive from the command line's JSON: a float count or a string would fail deep inside)."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r:.40}")
+    if not is_integer(max_proposals) or max_proposals <= 0:
+        raise ValueError(f"max_proposals must be a positive integer, got {max_proposals!r:.40}")
+    if not _is_number(min_size) or not min_size >= 0:  # NaN fails too
+        raise ValueError(f"min_size must be a number >= 0, got {min_size!r:.40}")
+    if not is_integer(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r:.40}")
+
+
+def check_sliding_window_args(sizes: tuple[int, ...], aspect_ratios: tuple[float, ...], stride_fraction: float
+                              ) -> None:
+    """Raise ValueError naming the argument of :func:`sliding_windows` that has a wrong type or value."""
+    for name, values in (("sizes", sizes), ("aspect_ratios", aspect_ratios)):
+        if (not isinstance(values, tuple | list) or not values
+                or not all(_is_number(v) and 0 < v < math.inf for v in values)):
+            raise ValueError(f"{name} must be a list of positive numbers, got {values!r:.60}")
+    if not _is_number(stride_fraction) or not 0 < stride_fraction <= 1:
+        raise ValueError(f"stride_fraction must be in (0, 1], got {stride_fraction!r:.40}")
+
+
 def selective_search(
     image: Tensor | np.ndarray | Image.Image,
     mode: str = "fast",
@@ -306,12 +336,7 @@ def selective_search(
         float32 Tensor[N, 4] xyxy boxes in pixels (x2, y2 exclusive: a region over columns 3..9
         has x1 = 3, x2 = 10), distinct, N <= max_proposals.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if max_proposals <= 0:
-        raise ValueError(f"max_proposals must be positive, got {max_proposals}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    check_selective_search_args(mode, max_proposals, min_size, seed)
     rgb = _as_rgb(image)
     spaces, ks, sets = MODES[mode]
     boxes = _rank(_strategy_boxes(rgb, spaces, ks, sets), seed)
@@ -327,10 +352,7 @@ def sliding_windows(height: int, width: int, sizes: tuple[int, ...] = (16, 24, 3
     Returns:
         float32 Tensor[N, 4] xyxy windows lying inside the ``height`` x ``width`` image.
     """
-    if not sizes or not aspect_ratios or min(sizes) <= 0 or min(aspect_ratios) <= 0:
-        raise ValueError(f"sliding windows need positive sizes and aspect ratios, got {sizes} and {aspect_ratios}")
-    if not 0 < stride_fraction <= 1:
-        raise ValueError(f"stride_fraction must be in (0, 1], got {stride_fraction}")
+    check_sliding_window_args(sizes, aspect_ratios, stride_fraction)
     windows = []
     for size in sizes:
         stride = max(1, round(size * stride_fraction))

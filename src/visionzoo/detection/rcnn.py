@@ -35,7 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
-from visionzoo.detection.proposals import SELECTIVE_SEARCH_VERSION, selective_search, sliding_windows
+from visionzoo.detection.proposals import (
+    SELECTIVE_SEARCH_VERSION,
+    check_selective_search_args,
+    check_sliding_window_args,
+    selective_search,
+    sliding_windows,
+)
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs, resize_boxes
 from visionzoo.models._registry import register_model
@@ -45,6 +51,7 @@ from visionzoo.utils import check_argument_types, is_integer, require_nested_arg
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 _PROPOSAL_FUNCTIONS = {"selective_search": selective_search, "sliding_window": sliding_windows}
+_PROPOSAL_CHECKS = {"selective_search": check_selective_search_args, "sliding_window": check_sliding_window_args}
 
 
 def dilate_boxes(boxes: Tensor, warp_size: int, padding: int) -> Tensor:
@@ -130,6 +137,12 @@ class RoIPooler(nn.Module):
         return roi_align(feature, proposals, self.output_size, scale, self.sampling_ratio, aligned=True)
 
 
+def _keyword_defaults(function: Any) -> dict[str, Any]:
+    """The arguments of ``function`` that have a default, with it (a proposal method's settings)."""
+    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
 def _windows_of(image: Tensor, **window_args: Any) -> Tensor:
     return sliding_windows(int(image.shape[-2]), int(image.shape[-1]), **window_args)
 
@@ -154,12 +167,12 @@ class ProposalDetector(nn.Module):
         function = _PROPOSAL_FUNCTIONS[proposals]
         if proposal_args is not None and not isinstance(proposal_args, Mapping):
             raise ValueError(f"proposal_args must be a dict of {function.__name__}'s arguments, got {proposal_args!r:.60}")
-        # else a TypeError from a worker process once the proposals are computed, after the model was built
-        accepted = [name for name, parameter in inspect.signature(function).parameters.items()
-                    if parameter.default is not inspect.Parameter.empty]
+        # else a TypeError from inside the proposal function (a worker process) once the model is trained or run
+        defaults = _keyword_defaults(function)
         for name in proposal_args or {}:
-            if name not in accepted:
-                raise ValueError(f"{proposals} takes no argument {name!r}; it takes {', '.join(accepted)}")
+            if name not in defaults:
+                raise ValueError(f"{proposals} takes no argument {name!r}; it takes {', '.join(defaults)}")
+        _PROPOSAL_CHECKS[proposals](**{**defaults, **(proposal_args or {})})
         self.num_classes = num_classes
         self.proposal_method = proposals
         self.proposal_args = dict(proposal_args or {})
@@ -174,9 +187,7 @@ class ProposalDetector(nn.Module):
         """What decides the proposals (a key of the proposal cache): the method, every argument of its
         function, defaults included (a default changed by an upgrade gives another key), and for Selective
         Search the version of its algorithm."""
-        function = _PROPOSAL_FUNCTIONS[self.proposal_method]
-        defaults = {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
-                    if parameter.default is not inspect.Parameter.empty}
+        defaults = _keyword_defaults(_PROPOSAL_FUNCTIONS[self.proposal_method])
         settings = {"method": self.proposal_method, **defaults, **self.proposal_args}
         if self.proposal_method == "selective_search":
             settings["version"] = SELECTIVE_SEARCH_VERSION
