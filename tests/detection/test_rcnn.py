@@ -356,6 +356,32 @@ def test_an_image_replaced_in_a_coco_folder_gets_new_proposals_not_the_cached_on
     assert torch.equal(after[1], before[1]) and len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_an_image_selective_search_cannot_take_is_named_by_its_file(tmp_path):
+    """A 1 x 1 image in a COCO folder's val split ended training, while its proposals were computed, in 'image must
+    be at least 2 x 2 pixels, got 1 x 1', naming none of the split's files."""
+    import functools
+    import json
+
+    from PIL import Image
+
+    from visionzoo.data import create_dataset
+    from visionzoo.data.export import export_shapes
+
+    export_shapes(tmp_path / "coco", splits=["val"], num=3, image_size=32, progress=False)
+    annotations = tmp_path / "coco" / "annotations" / "instances_val.json"
+    data = json.loads(annotations.read_text())
+    record = data["images"][1]
+    record["width"] = record["height"] = 1
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != record["id"]]
+    annotations.write_text(json.dumps(data))
+    Image.new("RGB", (1, 1)).save(tmp_path / "coco" / "val" / record["file_name"])
+    propose = functools.partial(selective_search, mode="single")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'coco' / 'val' / record['file_name']}: image must be "
+                                                   "at least 2 x 2 pixels, got 1 x 1")):
+        cached_proposals(create_dataset(tmp_path / "coco", "val"), propose, {"m": 1}, tmp_path / "cache", workers=1,
+                         progress=False)
+
+
 def test_with_proposals_computes_at_first_use_for_the_images_used(tmp_path):
     data = Shapes("val", length=3)
     calls = []

@@ -51,11 +51,27 @@ def dataset_key(dataset: Dataset) -> str:
     return f"{type(dataset).__name__.lower()}-{len(dataset)}-{digest.hexdigest()[:16]}"
 
 
+def image_name(dataset: Dataset, index: int) -> str:
+    """The file of ``dataset``'s image ``index`` where it has files (a COCO folder, or a ``Subset`` of one), else
+    "image INDEX" (of the data set, or of its parent for a ``Subset``)."""
+    if isinstance(dataset, Subset):
+        return image_name(dataset.dataset, int(dataset.indices[index]))
+    path = getattr(dataset, "image_path", None)
+    return str(path(index)) if callable(path) else f"image {index}"
+
+
 def _propose_range(dataset: Dataset, propose: Propose, start: int, stop: int) -> list[Tensor]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # in a worker process: never enter OpenMP (see compute_proposals)
     try:
-        return [propose(dataset[index][0]) for index in range(start, stop)]
+        out = []
+        for index in range(start, stop):
+            image = dataset[index][0]
+            try:
+                out.append(propose(image))
+            except ValueError as error:  # an image too small to segment: one of thousands, so say which
+                raise ValueError(f"{image_name(dataset, index)}: {error}") from None
+        return out
     finally:
         torch.set_num_threads(threads)
 
