@@ -123,6 +123,16 @@ def test_unknown_detector_name_is_one_clear_error():
         build_setup("fasterrcnn_resnet5_fpn", "shapes")
 
 
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fasterrcnn_shapes"])
+def test_a_data_set_of_class_labels_is_refused_naming_it(name):
+    """train rcnn_shapes --data digits (or fasterrcnn_shapes) ended in a TypeError traceback ("'int' object is not a
+    mapping" from the proposal cache, "'int' object is not subscriptable" from the collate), after R-CNN had
+    computed Selective Search boxes for every digit."""
+    with pytest.raises(ValueError, match=f"{name} is a detector: it trains on boxes, and digits gives one class label "
+                                         "per image; give --data shapes or a COCO folder"):
+        build_setup(name, "digits")
+
+
 def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path, capsys):
     from pycocotools.coco import COCO
 

@@ -292,6 +292,10 @@ class DetectionTask(Task):
             folder_args = {"load_masks": False, **({"skip_invalid": True} if options.get("skip_invalid_boxes") else {})}
         splits = open_splits(data, image_size=img_size, **folder_args)
         reference = splits.first()
+        image, target = reference[0]
+        if not isinstance(target, Mapping) or "boxes" not in target:  # else a TypeError at the first batch
+            raise ValueError(f"{model_name} is a detector: it trains on boxes, and {data} gives one class label per "
+                             "image; give --data shapes or a COCO folder")
         classes = list(reference.classes)
         if not classes:  # else the model's "num_classes ... must be at least 2, got 1", naming no file
             source = getattr(reference, "ann_file", data)
@@ -299,7 +303,6 @@ class DetectionTask(Task):
         model = create_model(model_name, checkpoint=checkpoint, num_classes=len(classes) + 1, **model_args)
         if options.get("scale_jitter"):
             apply_scale_jitter(model, options["scale_jitter"])
-        image, _ = reference[0]
         # the side the data set resizes to (Shapes' 128, --img-size), None for a folder read at its own sizes: its
         # first image's width would have eval and --resume squash every image to that square
         run_meta = {"data": data, "img_size": getattr(reference, "image_size", None), "in_chans": int(image.shape[0])}
