@@ -1,5 +1,7 @@
 """The detectors' input transform: resizing at the limits of min_size / max_size."""
 
+import re
+
 import pytest
 import torch
 
@@ -19,3 +21,19 @@ def test_an_image_too_thin_for_max_size_is_named_and_one_just_wide_enough_is_res
     model = create_model("fasterrcnn_resnet18_fpn", num_classes=3, min_size=64, max_size=96).eval()
     with torch.no_grad(), pytest.raises(ValueError, match=r"image 0 of 300×1 px is too thin"):
         model([torch.rand(3, 300, 1)])
+
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("fastrcnn_shapes", {"min_size": 0}, "min_size must be a positive integer or a list of them, got 0"),
+    ("fastrcnn_shapes", {"min_size": -3}, "min_size must be a positive integer or a list of them, got -3"),
+    ("fastrcnn_shapes", {"min_size": (0, 128)}, "min_size must be a positive integer or a list of them, got (0, 128)"),
+    ("fastrcnn_shapes", {"min_size": (96.5, 128)}, "min_size must be a positive integer or a list of them, got (96.5"),
+    ("fasterrcnn_shapes", {"min_size": 0}, "min_size must be a positive integer or a list of them, got 0"),
+    ("fasterrcnn_shapes", {"max_size": 0}, "max_size must be a positive integer, got 0"),
+])
+def test_a_size_that_is_no_positive_integer_is_refused_when_the_detector_is_built(name, args, message):
+    """--model-arg min_size=0 (or -3, or a scale-jitter list holding 0) built the detector and ended training at the
+    first image in interpolate's RuntimeError 'Input and output sizes should be greater than 0', a traceback; and
+    max_size=0 said of every image that it was 'too thin to detect in'."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name, **args)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.utils import is_integer
+
 
 @dataclass
 class ImageBatch:
@@ -128,7 +130,13 @@ class DetectionTransform(nn.Module):
     def __init__(self, min_size: int | Sequence[int] | None, max_size: int, image_mean: Sequence[float],
                  image_std: Sequence[float], size_divisible: int = 32):
         super().__init__()
-        self.min_size = () if min_size is None else (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        sizes = () if min_size is None else (min_size,) if not isinstance(min_size, Sequence) else tuple(min_size)
+        if (min_size is not None and not sizes) or not all(is_integer(size) and size > 0 for size in sizes):
+            # else interpolate's "Input and output sizes should be greater than 0" at the first image
+            raise ValueError(f"min_size must be a positive integer or a list of them, got {min_size!r:.60}")
+        if not is_integer(max_size) or max_size <= 0:
+            raise ValueError(f"max_size must be a positive integer, got {max_size!r:.40}")
+        self.min_size = sizes
         self.max_size = max_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
