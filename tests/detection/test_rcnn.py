@@ -156,6 +156,16 @@ def test_an_image_without_boxes_is_a_negative_and_bad_input_is_one_clear_error()
         create_model("fastrcnn_shapes", in_chans=1)
 
 
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+def test_an_image_of_four_channels_is_refused_naming_it_before_its_proposals_are_computed(name):
+    """An RGBA Tensor[4, H, W] among the images was refused by Selective Search with 'image must be Tensor[3, H, W] or
+    Tensor[1, H, W], got shape (4, 32, 32)': no image named, and a grey Tensor[1, H, W] that it offered was then
+    refused by the detector (after its proposals had been computed)."""
+    model = create_model(name).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=re.escape("image 1 must be Tensor[3, H, W], got (4, 32, 32)")):
+        model([torch.rand(3, 32, 32), torch.rand(4, 32, 32)])
+
+
 @pytest.mark.parametrize(("name", "args", "message"), [
     ("rcnn_shapes", {"cnn_args": {"num_classes": 5}}, "cnn_args cannot set num_classes: the CNN gives features"),
     ("rcnn_shapes", {"cnn_args": "resnet18"}, "cnn_args must be a dict of the backbone's arguments, got 'resnet18'"),

@@ -209,11 +209,12 @@ class ProposalDetector(nn.Module):
         if isinstance(proposals, Tensor):  # else its rows would be read as one proposal set per image
             raise ValueError(f"proposals must be a list of Tensor[P_i, 4], one per image, got one Tensor"
                              f"{list(proposals.shape)}")
+        # the transform first: it names an image of the wrong shape before any proposal is computed for it
+        batch, targets = self.transform(images, targets)
         if proposals is None:
             proposals = [self.propose(image.detach().float().cpu()) for image in images]
         elif len(proposals) != len(images):
             raise ValueError(f"{len(images)} images but {len(proposals)} proposal sets")
-        batch, targets = self.transform(images, targets)
         device = batch.tensors.device
         regions = []
         for index, (boxes, original, size) in enumerate(zip(proposals, original_sizes, batch.image_sizes)):
