@@ -221,6 +221,17 @@ def test_proposal_arguments_of_the_wrong_type_are_refused_naming_them(proposals,
             sliding_windows(16, 16, **args)
 
 
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+def test_a_shapes_detector_given_one_proposal_argument_keeps_its_other_ones(name):
+    """--model-arg proposal_args={"max_proposals": 100} on rcnn_shapes replaced its whole Selective Search setting:
+    the model silently went from its single strategy to the "fast" mode's 8 (6x the time, other boxes)."""
+    settings = create_model(name, proposal_args={"max_proposals": 100}).proposal_settings
+    assert settings["mode"] == "single" and settings["max_proposals"] == 100
+    assert create_model(name, proposal_args={"mode": "fast"}).proposal_settings["max_proposals"] == 2000
+    windows = create_model(name, proposals="sliding_window", proposal_args={"sizes": (16,)}).proposal_settings
+    assert windows["sizes"] == (16,) and "mode" not in windows
+
+
 def test_rcnn_and_fast_rcnn_are_built_from_any_registered_network():
     rcnn = RCNN(create_model("resnet18", num_classes=0), num_classes=3, warp_size=32, proposals="sliding_window",
                 proposal_args={"sizes": (16,)})

@@ -348,6 +348,15 @@ _SHAPES_CFG = {**_CFG, "num_classes": 7, "input_size": (3, 128, 128)}
 _SHAPES_PROPOSALS = {"mode": "single", "max_proposals": 2000}
 
 
+def _shapes_proposals(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with Shapes' Selective Search setting under the ``proposal_args`` given: one argument given
+    (``{"max_proposals": 100}``) changes that one, not the strategy."""
+    given = kwargs.get("proposal_args")
+    if kwargs.get("proposals", "selective_search") != "selective_search" or not isinstance(given, Mapping | None):
+        return kwargs  # another method's arguments, or no dict (which the detector refuses, naming it)
+    return {**kwargs, "proposal_args": {**_SHAPES_PROPOSALS, **(given or {})}}
+
+
 @register_model(**_CFG)
 def rcnn_resnet50(**kwargs) -> RCNN:
     """R-CNN as in the paper (224 px warp, 16 px context at 227, Selective Search "fast", 2,000 boxes) over ResNet-50."""
@@ -357,7 +366,7 @@ def rcnn_resnet50(**kwargs) -> RCNN:
 @register_model(**_SHAPES_CFG)
 def rcnn_shapes(**kwargs) -> RCNN:
     """R-CNN for the built-in Shapes: ResNet-18 over 64 px warps, Selective Search's single strategy."""
-    return _rcnn("resnet18", **{"num_classes": 7, "warp_size": 64, "proposal_args": _SHAPES_PROPOSALS, **kwargs})
+    return _rcnn("resnet18", **{"num_classes": 7, "warp_size": 64, **_shapes_proposals(kwargs)})
 
 
 @register_model(**_SHAPES_CFG)
@@ -378,4 +387,4 @@ def fastrcnn_shapes(**kwargs) -> FastRCNN:
     """Fast R-CNN for the built-in Shapes: ResNet-18 C4 over the image enlarged to 256 px (16×16 map),
     RoI pooling 7×7, a 256-wide head, Selective Search's single strategy."""
     return _fast_rcnn("resnet18", 3, **{"num_classes": 7, "min_size": 256, "max_size": 256,
-                                        "representation_size": 256, "proposal_args": _SHAPES_PROPOSALS, **kwargs})
+                                        "representation_size": 256, **_shapes_proposals(kwargs)})
