@@ -260,3 +260,15 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for part, training in modes:
             part.training = training
+
+
+def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
+    """ValueError unless ``x`` is a ``Tensor[B, in_chans, H, W]`` of images, naming the shape it has (and, for other
+    channels, the ``in_chans`` that would take it)."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
+            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
+        )

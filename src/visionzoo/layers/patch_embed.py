@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.utils import require_image_batch
+
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
@@ -43,13 +45,7 @@ def _checked_images(x: Tensor, in_chans: int, patch_size: tuple[int, int], img_s
     """``x`` (``Tensor[B, in_chans, H, W]``), with ``pad`` zero-padded on the right and bottom up to a multiple of
     ``patch_size``; ``ValueError`` for wrong channels, an image smaller than a patch, another size than
     ``img_size`` (where given: a strict embedding), or (without ``pad``) a size that is no multiple of the patch."""
-    if x.ndim != 4:
-        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
-            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
-        )
+    require_image_batch(x, in_chans)
     height, width = x.shape[-2:]
     ph, pw = patch_size
     if height < ph or width < pw:

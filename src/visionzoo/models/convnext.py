@@ -41,7 +41,7 @@ from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types, is_traced
+from visionzoo.utils import check_argument_types, is_traced, require_image_batch
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -194,13 +194,7 @@ def check_images(x: Tensor, in_chans: int, stem_stride: int, min_size: int) -> T
     """``x``, or ``ValueError`` for images a ConvNeXt trunk cannot take: not ``Tensor[B, in_chans, H, W]``,
     smaller than one ``stem_stride`` patch, or smaller than ``min_size`` (the stride of the last stage
     run: each 2×2 downsample needs a map of at least 2×2)."""
-    if x.ndim != 4:
-        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
-            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
-        )
+    require_image_batch(x, in_chans)
     height, width = x.shape[-2:]
     if height < stem_stride or width < stem_stride:
         raise ValueError(f"image {height}×{width} is smaller than one {stem_stride}×{stem_stride} stem patch")

@@ -27,7 +27,7 @@ from visionzoo.layers.classifier import (
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, require_image_batch
 
 
 class BasicBlock(nn.Module):
@@ -308,13 +308,7 @@ class ResNet(nn.Module):
 def _check_images(x: Tensor, in_chans: int) -> Tensor:
     """``x``, or ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``, or a side
     of 0."""
-    if x.ndim != 4:
-        raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
-            f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
-        )
+    require_image_batch(x, in_chans)
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"image {x.shape[-2]}×{x.shape[-1]} has no pixels (input shape {tuple(x.shape)})")
     return x
