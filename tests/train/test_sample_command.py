@@ -95,14 +95,19 @@ def test_predict_on_a_sampler_points_to_sample(gan_checkpoint, tmp_path, capsys)
 
 
 def test_overwrite_replaces_an_earlier_longer_runs_samples_and_keeps_other_files(gan_checkpoint, tmp_path, capsys):
-    """A shorter run used to leave 00004.png ... 00009.png of a longer one beside its own."""
+    """A shorter run used to leave 00004.png ... 00009.png of a longer one beside its own; other images in the folder
+    were kept without a word, though `visionzoo fid` of the folder reads them as samples."""
     images = tmp_path / "images"
     args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--images-dir", str(images), "--overwrite"]
     assert main([*args, "-n", "10", "--out", str(tmp_path / "a.png")]) == 0
     others = ["notes.txt", "cat.png", "0001.png", "000001.png", "00001.jpg"]
     for name in others:
         (images / name).write_text("keep me")
+    capsys.readouterr()
     assert main([*args, "-n", "4", "--out", str(tmp_path / "b.png")]) == 0
+    # the images among them would be read as samples by `visionzoo fid`: said, not silently mixed in
+    assert (f"note: {images} also holds 4 other images (000001.png, 00001.jpg, 0001.png, ...), which `visionzoo fid "
+            f"{images}` would read with the samples") in capsys.readouterr().err
     assert sorted(p.name for p in images.iterdir()) == sorted([f"{i:05d}.png" for i in range(4)] + others)
     assert all((images / name).read_text() == "keep me" for name in others)
     capsys.readouterr()

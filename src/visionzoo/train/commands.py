@@ -383,6 +383,20 @@ def remove_earlier_samples(folder: Path) -> None:
             path.unlink()
 
 
+def _note_other_images(folder: Path) -> None:
+    """Say when ``folder`` holds images besides the samples: ``visionzoo fid`` (and pytorch-fid) would read them as
+    samples too."""
+    from visionzoo.metrics.fid import IMAGE_EXTENSIONS
+
+    others = sorted(path.name for path in folder.iterdir() if path.is_file() and not is_sample_name(path.name)
+                    and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        print(f"note: {folder} also holds {len(others)} other image{'s' if len(others) > 1 else ''} ({shown}), which "
+              f"`visionzoo fid {folder}` would read with the samples; give an empty --images-dir for FID",
+              file=sys.stderr)
+
+
 # Images drawn per call of the task's sampler: one call for every -n at once held the whole batch's activations
 # (an Image GPT's key-value cache, about 1.8 MB a sample at 16 px, so 18 GB for -n 10000).
 SAMPLE_BATCH = 500
@@ -453,5 +467,6 @@ def sample_command(args: argparse.Namespace) -> int:
         for image, name in zip(images, names):
             save_image(image, images_dir / name)
         print(f"{args.count} images in {images_dir}")
+        _note_other_images(images_dir)
     print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
     return 0
