@@ -56,6 +56,9 @@ def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
     for row in rows.values():
         assert all((out / picture).is_file() for picture in row["pictures"])
     assert "faster-rcnn-shapes" in (out / "report.md").read_text()
+    # the steps each row trained, beside its seconds: what --max-steps reproduces on another machine
+    table = [line.split(" | ") for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0][4:6] == ["steps", "train s"] and all(line[4] == str(STEPS) for line in table[1:])
     assert f"the first {EVAL_IMAGES} images of the test split" in (out / "report.md").read_text()
     one_line_error(capsys, argv, "exists")  # the report folder is not overwritten without --overwrite
 

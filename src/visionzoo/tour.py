@@ -226,8 +226,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
     fewer = [f"{r['name']} on its first {r['test_images']}" for r in rows if "test_images" in r
              and r["test_images"] < min(eval_images or r["test_split_images"], r["test_split_images"])]
     split += f"; scored on fewer test images: {', '.join(fewer)}" if fewer else ""
-    header = "| model | task | data | params | train s | test metric | value | inference img/s | regions/img |\n"
-    header += "|---|---|---|---:|---:|---|---:|---:|---:|\n"
+    header = "| model | task | data | params | steps | train s | test metric | value | inference img/s | regions/img |\n"
+    header += "|---|---|---|---:|---:|---:|---|---:|---:|---:|\n"
     table = header + "".join(_table_row(r) for r in rows)
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
     markdown = (
@@ -242,8 +242,9 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
 def _table_row(row: dict[str, Any]) -> str:
     if "failed" in row:
         reason = row["failed"].replace("|", "\\|")
-        return f"| {row['model']} | | {row['dataset']} | | | | **failed**: {reason} | | |\n"
-    return (f"| {row['model']} | {row['task']} | {row['dataset']} | {row['parameters'] / 1e6:.2f} M | {_trained(row)} "
+        return f"| {row['model']} | | {row['dataset']} | | | | | **failed**: {reason} | | |\n"
+    steps = "" if row.get("trained_by", row["name"]) != row["name"] else row.get("steps", "")
+    return (f"| {row['model']} | {row['task']} | {row['dataset']} | {row['parameters'] / 1e6:.2f} M | {steps} | {_trained(row)} "
             f"| {row['metric']} | {row['value']:.4f} | {_rate(row['inference_images_per_s'])} | {_regions(row)} |\n")
 
 
