@@ -40,8 +40,9 @@ class AnchorGenerator(nn.Module):
     """Anchors for a list of feature maps over a padded image batch.
 
     Args:
-        sizes: per feature map, the anchor sizes (square root of the area, in input pixels).
-        aspect_ratios: per feature map, the height/width ratios.
+        sizes: per feature map, the anchor sizes (square root of the area, in input pixels); a flat
+            tuple of numbers means one size per map, as in torchvision.
+        aspect_ratios: per feature map, the height/width ratios; a flat tuple is shared by every map.
 
     ``forward(batch_shape, feature_maps)``: ``batch_shape`` (H, W) of the padded batch; ``feature_maps``
     Tensor[B, C, H_l, W_l]; returns per image ``Tensor[sum_l H_l · W_l · A_l, 4]`` xyxy (the same for
@@ -49,9 +50,13 @@ class AnchorGenerator(nn.Module):
 A map's stride is the integer ratio of the batch size to its size.
     """
 
-    def __init__(self, sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
-                 aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),) * 5):
+    def __init__(self, sizes: Sequence[Sequence[float]] | Sequence[float] = ((32,), (64,), (128,), (256,), (512,)),
+                 aspect_ratios: Sequence[Sequence[float]] | Sequence[float] = ((0.5, 1.0, 2.0),) * 5):
         super().__init__()
+        if sizes and not isinstance(sizes[0], Sequence):
+            sizes = tuple((s,) for s in sizes)
+        if aspect_ratios and not isinstance(aspect_ratios[0], Sequence):
+            aspect_ratios = (aspect_ratios,) * len(sizes)
         if len(sizes) != len(aspect_ratios):
             raise ValueError(f"AnchorGenerator: {len(sizes)} size tuples but {len(aspect_ratios)} aspect-ratio "
                              "tuples; give one of each per feature map")

@@ -1,0 +1,21 @@
+"""AnchorGenerator against torchvision's on the same feature maps."""
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from visionzoo.detection.anchors import AnchorGenerator
+
+
+@pytest.mark.parametrize(("sizes", "aspect_ratios"), [((32, 64, 128), (0.5, 1.0, 2.0)), ((32, 64), ((0.5, 1.0), (2.0,)))])
+def test_flat_sizes_mean_one_size_per_feature_map_as_in_torchvision(sizes, aspect_ratios):
+    """AnchorGenerator(sizes=(32, 64, 128), aspect_ratios=(0.5, 1.0, 2.0)), which torchvision takes as one size per
+    map with the ratios shared, raised "TypeError: 'int' object is not iterable"."""
+    maps = [torch.zeros(2, 3, 64 // 2**i, 48 // 2**i) for i in range(len(sizes))]
+    ours = AnchorGenerator(sizes, aspect_ratios)
+    theirs = TorchvisionAnchorGenerator(sizes, aspect_ratios)
+    assert ours.num_anchors_per_location() == theirs.num_anchors_per_location()
+    expected = theirs(ImageList(torch.zeros(2, 3, 128, 96), [(128, 96)] * 2), maps)
+    for a, b in zip(ours((128, 96), maps), expected, strict=True):
+        assert torch.equal(a, b)
