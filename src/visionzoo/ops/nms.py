@@ -6,8 +6,9 @@ against an already kept box, evaluated with the same float operations in the box
 
 The greedy pass is sequential by nature; here it runs in score blocks of growing size. Each block's
 candidates are first tested against the boxes kept so far, then the survivors are resolved among
-themselves (a suppression graph, settled in a few vectorised rounds). Both tests only look at pairs
-that can overlap enough: for ``IoU > t > 0`` the areas are within a factor 1/t and the corners of two
+themselves (a suppression graph, settled in a few vectorised rounds; split by score into halves
+while it would hold more than EDGE_LIMIT pairs, so mutually overlapping survivors stay cheap).
+Both tests only look at pairs that can overlap enough: for ``IoU > t > 0`` the areas are within a factor 1/t and the corners of two
 boxes are closer than ``(1 - t) / t * min(w_i, w_j)`` in x (and likewise in y), so with the reference
 boxes sorted by (category, area class, y strip, x1), a run of 16 nearby candidates needs a few
 contiguous slices of them. The slices, padded to a power of two, are tested in batches of
@@ -42,6 +43,9 @@ CATEGORY_PAIRS = 1 << 23
 # TARGET_SURVIVORS candidates survive the kept boxes, judging by the last block's survival rate.
 FIRST_BLOCK = 512
 TARGET_SURVIVORS = 8192
+# Most box pairs (both directions) a block's survivors may hold as suppression edges at once; above it
+# (survivors that mostly overlap each other) they are resolved in two halves by score, recursively.
+EDGE_LIMIT = 1 << 16
 # torchvision switches from the coordinate-offset trick to a per-category loop above this many
 # box coordinates on the CPU; the two give different float roundings, so we switch at the same place.
 BATCHED_NMS_OFFSET_LIMIT = 4000
@@ -307,13 +311,14 @@ def _chunks(boxes: _Boxes, cand: Tensor, by_category: bool, values: Tensor | Non
     return table.view(-1, CHUNK_ROWS)
 
 
-def _tiles(boxes: _Boxes, cand: Tensor, ref: Tensor):
+def _tiles(boxes: _Boxes, cand: Tensor, ref: Tensor, limit: int | None = None):
     """Yield (rows Long[T, R], cols Long[T, L], mixed) box ids such that every (cand, ref) pair of one
     category that may have IoU > thr is in some tile; ``mixed``: the tile may pair categories.
 
     Few pairs are tested all against all. Otherwise ``cand`` and ``ref`` come in spatial order:
     each chunk's columns are the concatenation of its search windows, and chunks with alike column
-    counts are batched, padded with the NaN box N.
+    counts are batched, padded with the NaN box N. If the windows hold more than ``limit`` columns
+    in all, yields only None (their column lists would be built at once).
     """
     if cand.numel() * ref.numel() <= DENSE_PAIRS:
         chunks = _chunks(boxes, cand, by_category=False)
@@ -327,6 +332,9 @@ def _tiles(boxes: _Boxes, cand: Tensor, ref: Tensor):
     chunks = _chunks(boxes, cand, by_category=boxes.has_cats)
     n_chunks = chunks.shape[0]
     chunk, lo, length = _windows(boxes.spatial, chunks, ref)
+    if limit is not None and int(length.sum()) > limit:
+        yield None
+        return
     window, offset = _expand(length)
     owner = chunk[window]
     column = ref[lo[window] + offset]
@@ -402,16 +410,21 @@ def _category_tiles(boxes: _Boxes):
             yield chunks[ids[s : s + per_batch]], cols[s : s + per_batch], False
 
 
-def _pairs(boxes: _Boxes, tiles, work: _Batch, edges: bool):
+def _pairs(boxes: _Boxes, tiles, work: _Batch, edges: bool, limit: int | None = None):
     """IoU > threshold for the (row, column) box pairs of ``tiles`` (see ``_tiles``).
 
     With ``edges`` False, returns Bool[N] marking the row boxes some column box suppresses; with
-    ``edges`` True, the pairs (i, j) of box indices with rank_i < rank_j.
+    ``edges`` True, the pairs (i, j) of box indices with rank_i < rank_j, or None as soon as more
+    than ``limit`` pairs (counted in both directions) are found.
     """
     device = boxes.floats.device
     hit = torch.zeros(boxes.n + 1, dtype=torch.bool, device=device)
     firsts, seconds = [], []
-    for rows, cols, mixed in tiles:
+    found = 0
+    for tile in tiles:
+        if tile is None:
+            return None
+        rows, cols, mixed = tile
         row_boxes = boxes.floats.index_select(1, rows.reshape(-1)).view(5, *rows.shape)
         col_boxes = boxes.floats.index_select(1, cols.reshape(-1)).view(5, *cols.shape)
         above = work.above(row_boxes, col_boxes, boxes.thr_f)
@@ -425,6 +438,9 @@ def _pairs(boxes: _Boxes, tiles, work: _Batch, edges: bool):
             p, q = above[t, r].nonzero(as_tuple=True)
             firsts.append(rows[t[p], r[p]])
             seconds.append(cols[t[p], q])
+            found += p.numel()
+            if limit is not None and found > limit:
+                return None
     if not edges:
         return hit[: boxes.n]
     if not firsts:
@@ -476,11 +492,32 @@ def _greedy_nms(boxes: _Boxes) -> Tensor:
         in_block &= boxes.active
         tiles = _tiles(boxes, *_in_order(boxes, in_block, kept & boxes.active))
         in_block &= ~_pairs(boxes, tiles, work, edges=False)
-        first, second = _pairs(boxes, _tiles(boxes, *_in_order(boxes, in_block, in_block)), work, edges=True)
-        kept |= _greedy_on_edges(in_block, first, second)
+        kept |= _resolve(boxes, in_block, work)
         survival = max(int(in_block.sum()) / (stop - start), 1.0 / 256)
         start, block = stop, max(FIRST_BLOCK, int(TARGET_SURVIVORS / survival))
     return kept
+
+
+def _resolve(boxes: _Boxes, cand: Tensor, work: _Batch) -> Tensor:
+    """Bool[N]: the boxes of mask ``cand`` greedy keeps, when no box outside ``cand`` suppresses any of them.
+
+    Their suppression edges are found all at once unless there are more than EDGE_LIMIT pairs (boxes
+    that mostly overlap each other, such as an object first met at lower scores, give one per pair):
+    the candidates are then split by score, the upper half resolved first and its kept boxes tested
+    against the lower half before that is resolved, so memory stays bounded as in a sequential pass.
+    """
+    count = int(cand.sum())
+    limit = EDGE_LIMIT if count > 1 else None
+    found = _pairs(boxes, _tiles(boxes, *_in_order(boxes, cand, cand), limit), work, edges=True, limit=limit)
+    if found is not None:
+        return _greedy_on_edges(cand, *found)
+    ranked = boxes.order.masked_select(cand[boxes.order])
+    upper = torch.zeros_like(cand)
+    upper[ranked[: count // 2]] = True
+    kept = _resolve(boxes, upper, work)
+    lower = cand & ~upper
+    lower &= ~_pairs(boxes, _tiles(boxes, *_in_order(boxes, lower, kept)), work, edges=False)
+    return kept | _resolve(boxes, lower, work)
 
 
 def _in_order(boxes: _Boxes, cand: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
