@@ -218,3 +218,20 @@ def test_boxes_as_python_lists_raise_naming_the_argument(op):
         op(x, [[0.0, 1.0, 1.0, 4.0, 4.0]], 2)
     with pytest.raises(ValueError, match=r"boxes\[0\] must be Tensor\[L, 4\], got list"):
         boxes_to_rois([[1.0, 1.0, 4.0, 4.0]])
+
+
+
+def test_box_lists_of_mixed_dtypes_are_promoted_not_cast_to_the_first():
+    """An image without boxes given as an int64 Tensor[0, 4] ahead of float boxes truncated those boxes to whole pixels
+    (boxes_to_rois cast every list to the first one's dtype), so roi_align and MultiScaleRoIAlign pooled the wrong windows."""
+    empty, floats = torch.zeros(0, 4, dtype=torch.long), torch.tensor([[1.5, 2.5, 6.5, 7.5]])
+    assert torch.equal(boxes_to_rois([empty, floats]), torch.tensor([[1.0, 1.5, 2.5, 6.5, 7.5]]))
+    assert torch.equal(boxes_to_rois([floats.long(), floats]), torch.tensor([[0.0, 1, 2, 6, 7], [1.0, 1.5, 2.5, 6.5, 7.5]]))
+    assert torch.equal(boxes_to_rois([floats.half(), floats * 100]),
+                       torch.tensor([[0.0, 1.5, 2.5, 6.5, 7.5], [1.0, 150.0, 250.0, 650.0, 750.0]]))
+    x = torch.arange(2 * 16 * 16.0).view(2, 1, 16, 16)
+    expected = tv.roi_align(x, [empty, floats], 2, 0.25, 2)
+    torch.testing.assert_close(expected, tv.roi_align(x, torch.tensor([[1.0, 1.5, 2.5, 6.5, 7.5]]), 2, 0.25, 2))
+    torch.testing.assert_close(roi_align(x, [empty, floats], 2, 0.25, 2), expected)
+    pooled = MultiScaleRoIAlign(["0"], 2, 2)({"0": x}, [empty, floats], [(64, 64), (64, 64)])
+    torch.testing.assert_close(pooled, expected)

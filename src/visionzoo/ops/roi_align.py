@@ -43,7 +43,8 @@ def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
     """Tensor[K, 5] (image index, x1, y1, x2, y2) from per-image lists of Tensor[L_i, 4] xyxy boxes.
 
-    The index column has the first list's dtype (as in torchvision); no lists give Tensor[0, 5] float32.
+    The result has the lists' promoted dtype (``torch.cat``'s, as in torchvision: an empty int64 list
+    beside float32 boxes gives float32); no lists give Tensor[0, 5] float32.
     """
     for i, b in enumerate(boxes):
         if not isinstance(b, Tensor):
@@ -52,9 +53,9 @@ def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
             raise ValueError(f"boxes[{i}] must be Tensor[L, 4], got shape {tuple(b.shape)}")
     if not boxes:
         return torch.zeros((0, 5))
-    dtype = boxes[0].dtype
-    ids = [torch.full((b.shape[0], 1), i, dtype=dtype, device=b.device) for i, b in enumerate(boxes)]
-    return torch.cat([torch.cat(ids), torch.cat([b.to(dtype) for b in boxes])], 1)
+    concat = torch.cat(boxes)
+    ids = [torch.full((b.shape[0], 1), i, dtype=concat.dtype, device=b.device) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids), concat], 1)
 
 
 def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
