@@ -237,8 +237,9 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes whose width and height are both >= ``min_size``.
 
     Args:
-        boxes: Tensor[N, 4] xyxy (or Tensor[..., 4]: indices then address the flattened leading dims
-        through ``torch.where`` as in torchvision).
+        boxes: Tensor[N, 4] xyxy. (Tensor[B, N, 4] is taken as torchvision takes it: each kept box then
+        gives its index along the first dimension, b, so the indices repeat; they are not indices into
+        the flattened boxes.)
 
     Returns:
         Tensor[K] int64. Flipped boxes have a negative side and are removed for any ``min_size > 0``.
