@@ -266,9 +266,9 @@ def test_overlapping_clusters_first_met_at_lower_scores_are_resolved_in_bounded_
     largest = [0]
     greedy_on_edges = nms_module._greedy_on_edges
 
-    def recording(members, first, second):
+    def recording(members, first, second, *rounds):
         largest.append(first.numel())
-        return greedy_on_edges(members, first, second)
+        return greedy_on_edges(members, first, second, *rounds)
 
     monkeypatch.setattr(nms_module, "_greedy_on_edges", recording)
     gen = torch.Generator().manual_seed(categories)
@@ -281,3 +281,21 @@ def test_overlapping_clusters_first_met_at_lower_scores_are_resolved_in_bounded_
     idxs = torch.randint(0, categories, (n,), generator=gen)
     assert torch.equal(batched_nms(boxes, scores, idxs, 0.7), tv.batched_nms(boxes, scores, idxs, 0.7))
     assert max(largest) <= 1 << 14
+
+
+def test_a_long_suppression_chain_takes_a_bounded_number_of_vectorised_rounds(path, monkeypatch):
+    """Boxes overlapping their neighbours along a row, with scores falling along it, took one vectorised round per
+    kept box: 50,000 such boxes took 6 s where torchvision takes 0.7 s."""
+    monkeypatch.setattr(nms_module, "MAX_ROUNDS", 8, raising=False)
+    n = 2000
+    x = torch.arange(n, dtype=torch.float32) * 0.5
+    boxes = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], 1)
+    scores = torch.linspace(1, 0, n)
+    expected = tv.nms(boxes, scores, 0.5)
+    rounds = []  # the rounds end on a torch.equal of the old and new kept masks: count those
+    equal = torch.equal
+    with monkeypatch.context() as m:
+        m.setattr(torch, "equal", lambda a, b: rounds.append(1) or equal(a, b))
+        keep = nms(boxes, scores, 0.5)
+    assert torch.equal(keep, expected) and keep.numel() == 286
+    assert len(rounds) <= 4 * (8 + 1)

@@ -46,6 +46,9 @@ TARGET_SURVIVORS = 8192
 # Most box pairs (both directions) a block's survivors may hold as suppression edges at once; above it
 # (survivors that mostly overlap each other) they are resolved in two halves by score, recursively.
 EDGE_LIMIT = 1 << 16
+# Rounds of the vectorised suppression-graph solution before the (at most EDGE_LIMIT) edges are
+# walked one box at a time instead.
+MAX_ROUNDS = 32
 # torchvision switches from the coordinate-offset trick to a per-category loop above this many
 # box coordinates on the CPU; the two give different float roundings, so we switch at the same place.
 BATCHED_NMS_OFFSET_LIMIT = 4000
@@ -453,20 +456,43 @@ def _pairs(boxes: _Boxes, tiles, work: _Batch, edges: bool, limit: int | None = 
     return first[forward], second[forward]
 
 
-def _greedy_on_edges(members: Tensor, first: Tensor, second: Tensor) -> Tensor:
-    """Bool[N]: the ``members`` greedy keeps when box ``first[e]`` (earlier) suppresses ``second[e]`` if kept.
+def _greedy_on_edges(members: Tensor, first: Tensor, second: Tensor, max_rounds: int | None = None) -> Tensor | None:
+    """Bool[N]: the ``members`` greedy keeps when box ``first[e]`` (earlier) suppresses ``second[e]`` if kept;
+    None if that takes more than ``max_rounds`` rounds.
 
     The answer is the unique solution of keep[j] = not any(keep[i] for edges i -> j); iterating that
     equation from all-kept settles every box once its predecessors have settled, so the loop runs
     as many rounds as the longest suppression chain (a few, on real and random sets).
     """
     keep = members
+    rounds = 0
     while first.numel():
+        if rounds == max_rounds:
+            return None
         new = members.clone()
         new[second[keep[first]]] = False
         if torch.equal(new, keep):
             break
         keep = new
+        rounds += 1
+    return keep
+
+
+def _greedy_in_order(boxes: _Boxes, members: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """Bool[N]: as :func:`_greedy_on_edges`, visiting the ``members`` one at a time by score: for a long
+    suppression chain (boxes overlapping their neighbours along a row, scores falling along it), where
+    the rounds would number a sizeable fraction of the boxes."""
+    successors: dict[int, list[int]] = {}
+    for i, j in zip(first.tolist(), second.tolist(), strict=True):
+        successors.setdefault(i, []).append(j)
+    suppressed: set[int] = set()
+    kept = []
+    for i in boxes.order.masked_select(members[boxes.order]).tolist():
+        if i not in suppressed:
+            kept.append(i)
+            suppressed.update(successors.get(i, ()))
+    keep = torch.zeros_like(members)
+    keep[torch.tensor(kept, dtype=torch.long, device=members.device)] = True
     return keep
 
 
@@ -510,7 +536,8 @@ def _resolve(boxes: _Boxes, cand: Tensor, work: _Batch) -> Tensor:
     limit = EDGE_LIMIT if count > 1 else None
     found = _pairs(boxes, _tiles(boxes, *_in_order(boxes, cand, cand), limit), work, edges=True, limit=limit)
     if found is not None:
-        return _greedy_on_edges(cand, *found)
+        settled = _greedy_on_edges(cand, *found, MAX_ROUNDS)
+        return _greedy_in_order(boxes, cand, *found) if settled is None else settled
     ranked = boxes.order.masked_select(cand[boxes.order])
     upper = torch.zeros_like(cand)
     upper[ranked[: count // 2]] = True
