@@ -299,3 +299,26 @@ def test_a_long_suppression_chain_takes_a_bounded_number_of_vectorised_rounds(pa
         keep = nms(boxes, scores, 0.5)
     assert torch.equal(keep, expected) and keep.numel() == 286
     assert len(rounds) <= 4 * (8 + 1)
+
+
+def test_batched_nms_on_categories_of_mutually_overlapping_boxes_holds_a_bounded_number_of_pairs(path, monkeypatch):
+    """batched_nms over 1,000 boxes in a few categories, each one cluster of overlapping boxes, held every
+    overlapping pair of a category at once: 4,000 boxes in 2 categories took 220 MB and 0.56 s (torchvision 6 MB)."""
+    monkeypatch.setattr(nms_module, "EDGE_LIMIT", 1 << 12)
+    monkeypatch.setattr(nms_module, "CATEGORY_EDGE_LIMIT", 1 << 14, raising=False)
+    largest = [0]
+    greedy_on_edges = nms_module._greedy_on_edges
+
+    def recording(members, first, second, *rounds):
+        largest.append(first.numel())
+        return greedy_on_edges(members, first, second, *rounds)
+
+    monkeypatch.setattr(nms_module, "_greedy_on_edges", recording)
+    gen = torch.Generator().manual_seed(0)
+    n = 1400
+    idxs = torch.arange(n) % 2
+    centres = torch.tensor([[100.0, 100.0], [400.0, 300.0]])[idxs] + torch.randn(n, 2, generator=gen) * 3
+    boxes = torch.cat([centres - 40, centres + 40], 1)
+    scores = torch.rand(n, generator=gen)
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes, scores, idxs, 0.5))
+    assert max(largest) <= 1 << 14

@@ -39,6 +39,9 @@ GROUP_BOXES = 32
 # batched_nms with categories small enough that all pairs within them number at most this: every
 # pair is tested at once (no blocks, no search windows).
 CATEGORY_PAIRS = 1 << 23
+# Unless the pairs above IoU (both directions) number more than this: categories whose boxes mostly
+# overlap each other are then suppressed in score blocks like nms', whose memory stays bounded.
+CATEGORY_EDGE_LIMIT = 1 << 20
 # Score blocks: the first has FIRST_BLOCK boxes; later ones are sized so that about
 # TARGET_SURVIVORS candidates survive the kept boxes, judging by the last block's survival rate.
 FIRST_BLOCK = 512
@@ -508,8 +511,9 @@ def _greedy_nms(boxes: _Boxes) -> Tensor:
     if boxes.has_cats:
         counts = torch.bincount(boxes.ints[1, : boxes.n][boxes.active]).double()
         if float((counts * counts).sum()) <= CATEGORY_PAIRS:
-            first, second = _pairs(boxes, _category_tiles(boxes), work, edges=True)
-            return kept | _greedy_on_edges(boxes.active, first, second)
+            found = _pairs(boxes, _category_tiles(boxes), work, edges=True, limit=CATEGORY_EDGE_LIMIT)
+            if found is not None:
+                return kept | _greedy_on_edges(boxes.active, *found)
     start, block = 0, FIRST_BLOCK
     while start < n:
         stop = min(n, start + block)
