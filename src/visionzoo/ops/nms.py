@@ -7,14 +7,15 @@ against an already kept box, evaluated with the same float operations in the box
 The greedy pass is sequential by nature; here it runs in score blocks of growing size. Each block's
 candidates are first tested against the boxes kept so far, then the survivors are resolved among
 themselves (a suppression graph, settled in a few vectorised rounds; split by score into halves
-while it would hold more than EDGE_LIMIT pairs, so mutually overlapping survivors stay cheap).
-Both tests only look at pairs that can overlap enough: for ``IoU > t > 0`` the areas are within a factor 1/t and the corners of two
-boxes are closer than ``(1 - t) / t * min(w_i, w_j)`` in x (and likewise in y), so with the reference
+while it would hold more than EDGE_LIMIT pairs, and walked box by box when a long suppression
+chain would need more than MAX_ROUNDS rounds). Both tests only look at pairs that can overlap
+enough: for ``IoU > t > 0`` the areas are within a factor 1/t and the corners of two boxes are
+closer than ``(1 - t) / t * min(w_i, w_j)`` in x (and likewise in y), so with the reference
 boxes sorted by (category, area class, y strip, x1), a run of 16 nearby candidates needs a few
 contiguous slices of them. The slices, padded to a power of two, are tested in batches of
-[runs, 16, columns] tensors: a dozen broadcast operations per batch, no Python loop over boxes.
-``batched_nms`` with small categories skips the blocks and tests all pairs within each category.
-Problems with few pairs are tested all against all.
+[runs, 16, columns] tensors: a dozen broadcast operations per batch, no Python loop over boxes
+(outside that walk). ``batched_nms`` with small categories skips the blocks and tests all pairs
+within each category. Problems with few pairs are tested all against all.
 """
 
 from __future__ import annotations
