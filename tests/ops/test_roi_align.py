@@ -235,3 +235,18 @@ def test_box_lists_of_mixed_dtypes_are_promoted_not_cast_to_the_first():
     torch.testing.assert_close(roi_align(x, [empty, floats], 2, 0.25, 2), expected)
     pooled = MultiScaleRoIAlign(["0"], 2, 2)({"0": x}, [empty, floats], [(64, 64), (64, 64)])
     torch.testing.assert_close(pooled, expected)
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_outputs_are_contiguous_like_torchvisions(op):
+    """roi_align and roi_pool returned a channels-last strided view, so the usual flattening of pooled features,
+    ``pooled.view(len(pooled), -1)``, raised "view size is not compatible with input tensor's size and stride"
+    where torchvision's contiguous result works."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 10, 12, generator=gen)
+    rois = random_rois(6, gen, 10, 12)
+    ours, theirs = getattr(roi_align_module, op)(x, rois, (3, 2)), getattr(tv, op)(x, rois, (3, 2))
+    assert ours.is_contiguous() and theirs.is_contiguous()
+    torch.testing.assert_close(ours.view(6, -1), theirs.view(6, -1))
+    single_level = MultiScaleRoIAlign(["0"], 2, 2)({"0": x}, [rois[:3, 1:], rois[3:, 1:]], [(10, 12)] * 2)
+    assert single_level.view(6, -1).shape == (6, 3 * 2 * 2)

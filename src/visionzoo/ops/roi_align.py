@@ -324,7 +324,7 @@ class _RoIAlignFunction(torch.autograd.Function):
                     _pool_non_finite(images[b], row_plans[k], col_plans[k], per_axis, out[k])
         ctx.plan = plan
         ctx.shape = (n, height, width, c)
-        return out.permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2).contiguous()  # NCHW memory, as torchvision's: .view() works
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -473,7 +473,7 @@ class _RoIPoolFunction(torch.autograd.Function):
                 argmax[i] = torch.where(found, flat, -1)
         ctx.save_for_backward(argmax)
         ctx.shape = features.shape
-        return out.permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2).contiguous()  # NCHW memory, as torchvision's: .view() works
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
