@@ -1,5 +1,6 @@
 """AnchorGenerator against torchvision's on the same feature maps."""
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
@@ -19,3 +20,16 @@ def test_flat_sizes_mean_one_size_per_feature_map_as_in_torchvision(sizes, aspec
     expected = theirs(ImageList(torch.zeros(2, 3, 128, 96), [(128, 96)] * 2), maps)
     for a, b in zip(ours((128, 96), maps), expected, strict=True):
         assert torch.equal(a, b)
+
+
+def test_numpy_sizes_per_feature_map_are_taken_like_tuples():
+    """After the flat-tuple form was accepted, per-map sizes given as a numpy array (np.array([[32, 40], [64, 80]]))
+    raised "The truth value of an array with more than one element is ambiguous", and a list of numpy rows counted
+    one size per map (3 anchors per location instead of 6)."""
+    maps = [torch.zeros(1, 3, 8, 6), torch.zeros(1, 3, 4, 3)]
+    expected = AnchorGenerator(((32, 40), (64, 80)), (0.5, 1.0, 2.0))((64, 48), maps)
+    for sizes in (np.array([[32, 40], [64, 80]]), [np.array([32, 40]), np.array([64, 80])]):
+        ours = AnchorGenerator(sizes, np.array([0.5, 1.0, 2.0]))
+        assert ours.num_anchors_per_location() == [6, 6]
+        for a, b in zip(ours((64, 48), maps), expected, strict=True):
+            assert torch.equal(a, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -53,9 +54,9 @@ A map's stride is the integer ratio of the batch size to its size.
     def __init__(self, sizes: Sequence[Sequence[float]] | Sequence[float] = ((32,), (64,), (128,), (256,), (512,)),
                  aspect_ratios: Sequence[Sequence[float]] | Sequence[float] = ((0.5, 1.0, 2.0),) * 5):
         super().__init__()
-        if sizes and not isinstance(sizes[0], Sequence):
+        if len(sizes) and isinstance(sizes[0], numbers.Number):
             sizes = tuple((s,) for s in sizes)
-        if aspect_ratios and not isinstance(aspect_ratios[0], Sequence):
+        if len(aspect_ratios) and isinstance(aspect_ratios[0], numbers.Number):
             aspect_ratios = (aspect_ratios,) * len(sizes)
         if len(sizes) != len(aspect_ratios):
             raise ValueError(f"AnchorGenerator: {len(sizes)} size tuples but {len(aspect_ratios)} aspect-ratio "
