@@ -322,3 +322,17 @@ def test_batched_nms_on_categories_of_mutually_overlapping_boxes_holds_a_bounded
     scores = torch.rand(n, generator=gen)
     assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes, scores, idxs, 0.5))
     assert max(largest) <= 1 << 14
+
+
+@pytest.mark.parametrize("n", [10, 2000])  # the shifted path and the per-category one
+def test_batched_nms_refuses_fractional_categories_and_takes_whole_float_ones(n):
+    """Float category ids 0.2 and 0.5 were read as integers on the per-category path and merged into category 0,
+    so a box of one suppressed a box of the other (torchvision's shift keeps them apart)."""
+    torch.manual_seed(0)
+    xy = torch.rand(n, 2) * 100
+    boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2) * 20], 1)
+    scores = torch.rand(n)
+    whole = torch.randint(0, 3, (n,))
+    assert torch.equal(batched_nms(boxes, scores, whole.float(), 0.5), tv.batched_nms(boxes, scores, whole, 0.5))
+    with pytest.raises(ValueError, match="idxs must hold integer categories"):
+        batched_nms(boxes, scores, whole * 0.3 + 0.2, 0.5)

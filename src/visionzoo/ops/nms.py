@@ -607,6 +607,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_inputs(boxes, scores, "batched_nms")
     if idxs.shape != scores.shape:
         raise ValueError(f"batched_nms: idxs must be Tensor[N] like scores, got shape {tuple(idxs.shape)}")
+    if idxs.is_floating_point() and not bool((idxs == idxs.trunc()).all()):
+        # the per-category path reads them as integers, which would merge categories 0.2 and 0.5
+        raise ValueError("batched_nms: idxs must hold integer categories, got fractional values")
     boxes, scores = boxes.detach(), scores.detach()
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
