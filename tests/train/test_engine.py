@@ -535,3 +535,38 @@ def test_an_error_in_a_data_loader_worker_is_raised_as_it_was(tmp_path):
         fit(ClassificationTask(Blobs.classes), model, Corrupt(16, 0), None, config)
     assert str(raised.value) == message
     assert "raise ValueError(message)" in "".join(raised.value.__notes__), "the worker's traceback is lost for --debug"
+
+
+def test_resume_keeps_the_runs_checkpoint_and_evaluation_periods_and_workers(tmp_path):
+    """A run started with --checkpoint-every 3 --eval-every 3 --workers 1 and resumed without them went on with
+    the defaults: no checkpoint before the end (a second kill lost everything since the resume), no evaluation
+    before the end, and its data read in the main process."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    class StoppedAt8(ClassificationTask):
+        def training_step(self, model, batch, optimizer):
+            if self.step == 8:
+                raise KeyboardInterrupt
+            return super().training_step(model, batch, optimizer)
+
+    def run(task, **settings):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        config = TrainConfig(out=str(tmp_path / "run"), batch_size=16, progress=False, precision="fp32", **settings)
+        return fit(task, model, Blobs(256, 0), Blobs(16, 1), config)
+
+    run(ClassificationTask(Blobs.classes), max_steps=4, checkpoint_every=3, eval_every=3, num_workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(StoppedAt8(Blobs.classes), max_steps=10, resume=True)
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 6, "the resumed run wrote no checkpoint at step 6"
+    assert {key: meta["config"][key] for key in ("checkpoint_every", "eval_every", "num_workers")} == {
+        "checkpoint_every": 3, "eval_every": 3, "num_workers": 1}
+    records = map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert [record["step"] for record in records if "split" in record] == [3, 4, 6]
+    run(ClassificationTask(Blobs.classes), max_steps=10, checkpoint_every=4, num_workers=0, resume=True)
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert (meta["config"]["checkpoint_every"], meta["config"]["num_workers"]) == (4, 0)  # given again: they win

@@ -112,9 +112,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                             "natively, else fp32")
     optim.add_argument("--seed", type=seed, help="default 0; with --resume, the run's")
     run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=nonnegative_int, default=0, help="data loader worker processes")
-    run.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
-    run.add_argument("--eval-every", type=positive_int, help="steps between evaluations (default: at the end)")
+    run.add_argument("--workers", type=nonnegative_int,
+                     help="data loader worker processes (default 0; with --resume, the run's)")
+    run.add_argument("--checkpoint-every", type=positive_int,
+                     help="steps between checkpoints (default 100; with --resume, the run's)")
+    run.add_argument("--eval-every", type=positive_int,
+                     help="steps between evaluations (default: at the end; with --resume, the run's)")
     run.add_argument("--device", choices=("cpu", "cuda"))
     run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="extra model argument, e.g. small_input=true (repeatable)")

@@ -88,9 +88,9 @@ class TrainConfig:
     precision: str | None = None  # None: "auto", or on resume the run's
     ema_decay: float | None = None
     seed: int | None = None  # None: 0, or on resume the run's
-    num_workers: int = 0
-    checkpoint_every: int = 100
-    eval_every: int | None = None
+    num_workers: int | None = None  # None: 0, or on resume the run's
+    checkpoint_every: int | None = None  # None: 100, or on resume the run's
+    eval_every: int | None = None  # None: only at the end, or on resume the run's
     eval_batch_size: int | None = None
     log_every: int = 1
     device: str | None = None
@@ -110,6 +110,8 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "betas": None,  # each optimizer's from the task's optimizer_options, else AdamW's
     "seed": 0,
     "precision": "auto",
+    "num_workers": 0,
+    "checkpoint_every": 100,
 }
 
 
@@ -122,9 +124,11 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-# The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one).
+# The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one). The
+# periods too: a run started with --checkpoint-every 50 and resumed without it would otherwise checkpoint only at
+# its end, and a second kill lose all it trained since the resume.
 RESUMED_SETTINGS = ("batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "grad_clip",
-                    "ema_decay", "seed", "precision")
+                    "ema_decay", "seed", "precision", "num_workers", "checkpoint_every", "eval_every")
 
 
 def resumed_config(config: TrainConfig) -> TrainConfig:
