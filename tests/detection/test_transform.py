@@ -38,3 +38,17 @@ def test_a_size_that_is_no_positive_integer_is_refused_when_the_detector_is_buil
     max_size=0 said of every image that it was 'too thin to detect in'."""
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model(name, **args)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"image_mean": [0.5]}, "image_mean must be 3 numbers, one per RGB channel, got [0.5]"),
+    ({"image_std": [0.2, 0.2]}, "image_std must be 3 numbers, one per RGB channel, got [0.2, 0.2]"),
+    ({"image_std": [0.2, 0.0, 0.2]}, "image_std must be positive, got [0.2, 0.0, 0.2]"),
+])
+def test_a_normalisation_that_is_not_one_number_per_rgb_channel_is_refused_when_built(args, message):
+    """--model-arg image_mean=[0.5] built the detector and refused every RGB image with 'image 0 must be
+    Tensor[1, H, W], got (3, 32, 32)', as if the image were wrong, and a zero std made the inputs infinite."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("fastrcnn_shapes", **args)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("fasterrcnn_shapes", **args)

@@ -123,13 +123,19 @@ class DetectionTransform(nn.Module):
         min_size: target short side; a tuple in training picks one at random per image (scale jitter);
             None keeps every image at its own size (R-CNN, which warps regions instead).
         max_size: cap on the long side.
-        image_mean, image_std: per-channel normalisation.
+        image_mean, image_std: per-channel normalisation, one number per RGB channel (the detectors take RGB).
         size_divisible: the padded batch's sides are multiples of it.
     """
 
     def __init__(self, min_size: int | Sequence[int] | None, max_size: int, image_mean: Sequence[float],
                  image_std: Sequence[float], size_divisible: int = 32):
         super().__init__()
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            # else a mean of [0.5] refused every RGB image as not "Tensor[1, H, W]", as if the image were wrong
+            if not isinstance(values, Sequence) or len(values) != 3:
+                raise ValueError(f"{name} must be 3 numbers, one per RGB channel, got {values!r:.60}")
+        if not all(v > 0 for v in image_std):
+            raise ValueError(f"image_std must be positive, got {image_std!r:.60}")
         sizes = () if min_size is None else (min_size,) if not isinstance(min_size, Sequence) else tuple(min_size)
         if (min_size is not None and not sizes) or not all(is_integer(size) and size > 0 for size in sizes):
             # else interpolate's "Input and output sizes should be greater than 0" at the first image
