@@ -627,3 +627,13 @@ def test_a_checkpoint_whose_folder_now_has_more_classes_is_refused_naming_the_fo
         ann_file.write_text(json.dumps(annotations))
     with pytest.raises(ValueError, match=f"was trained on {folder} with 7 classes, {folder} has 8: its classifier"):
         load_for_inference("fasterrcnn_shapes", tmp_path / "run" / "checkpoint.safetensors")
+
+
+def test_no_progress_also_hides_the_proposals_bar(tmp_path, monkeypatch, capfd):
+    """train fastrcnn_shapes --no-progress still drew the Selective Search bar ("proposals: 100%|...| 2/2") of each
+    split into a script's or CI's log."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, precision="fp32")
+    run_training("fastrcnn_shapes", "shapes", config, train_images=2, val_images=2)
+    assert len(list((tmp_path / "cache" / "proposals").glob("*.safetensors"))) == 2, "no proposals were computed"
+    assert "proposals" not in capfd.readouterr().err

@@ -174,15 +174,17 @@ class WithProposals(Dataset):
     """``dataset`` whose targets carry ``"proposals"``: Tensor[P_i, 4] xyxy of image i.
 
     Either the ``proposals`` themselves, or ``propose`` and its ``settings``: then they come from
-    :func:`cached_proposals` at the first access, so a split that is never read costs nothing.
+    :func:`cached_proposals` at the first access, so a split that is never read costs nothing; ``progress``
+    (which the training engine sets from ``--no-progress``) says whether their computation shows a bar.
     """
 
     def __init__(self, dataset: Dataset, proposals: Sequence[Tensor] | None = None, *, propose: Propose | None = None,
-                 settings: dict[str, Any] | None = None, cache_dir: str | Path | None = None):
+                 settings: dict[str, Any] | None = None, cache_dir: str | Path | None = None, progress: bool = True):
         if (proposals is None) == (propose is None):
             raise ValueError("WithProposals takes either the proposals or a propose function (with its settings)")
         self.dataset = dataset
         self.propose, self.settings, self.cache_dir = propose, dict(settings or {}), cache_dir
+        self.progress = progress
         self._proposals = None if proposals is None else self._checked(proposals)
 
     def _checked(self, proposals: Sequence[Tensor]) -> list[Tensor]:
@@ -193,7 +195,8 @@ class WithProposals(Dataset):
     @property
     def proposals(self) -> list[Tensor]:
         if self._proposals is None:
-            self._proposals = self._checked(cached_proposals(self.dataset, self.propose, self.settings, self.cache_dir))
+            self._proposals = self._checked(cached_proposals(self.dataset, self.propose, self.settings, self.cache_dir,
+                                                             progress=self.progress))
         return self._proposals
 
     def subset(self, indices: Sequence[int]) -> WithProposals:
@@ -202,7 +205,8 @@ class WithProposals(Dataset):
         part.classes = getattr(self.dataset, "classes", None)
         if self._proposals is not None:
             return WithProposals(part, [self._proposals[i] for i in indices])
-        return WithProposals(part, propose=self.propose, settings=self.settings, cache_dir=self.cache_dir)
+        return WithProposals(part, propose=self.propose, settings=self.settings, cache_dir=self.cache_dir,
+                             progress=self.progress)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -420,6 +420,9 @@ class Trainer:
         self.config.precision = resolve_precision(self.config.precision, self.dist.device)
         self.train_set = train_set
         self.val_set = val_set
+        for dataset in (train_set, val_set):  # one that shows a bar of its own as it prepares (R-CNN's proposals)
+            if hasattr(dataset, "progress"):
+                dataset.progress = self.dist.is_main and self.config.progress
         self.run_meta = dict(run_meta or {})
         self.out = Path(self.config.out)
         cfg = self.config
@@ -790,6 +793,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | Non
     Writes into ``config.out``: ``checkpoint.safetensors`` (+ ``.json``), ``metrics.jsonl``,
     ``loss.png``, ``summary.json`` and the task's own pictures (:meth:`Task.report`). Under ``torchrun``
     every process calls this; rank 0 alone writes. ``run_meta`` (data set name, image size, ...) is
-    stored in the checkpoint.
+    stored in the checkpoint. A data set with a ``progress`` attribute (one that shows a bar as it prepares itself,
+    R-CNN's proposals) has it set as the engine's own bar: off with ``config.progress`` False and on ranks but 0.
     """
     return Trainer(task, model, train_set, val_set, config, run_meta).fit()
