@@ -32,6 +32,26 @@ def test_mixup_mixes_images_and_targets_with_the_same_lambda():
     torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
 
 
+@pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.8, 0.0), (0.0, 1.0)])
+def test_a_batch_of_one_is_refused_by_mixup_and_cutmix(mixup_alpha, cutmix_alpha):
+    """--batch-size 1 --mixup 0.8 (or --cutmix) trained without a word on unmixed images: each image was mixed with
+    itself, the batch's only other, so the run had no mixup at all (timm's Mixup refuses a batch it cannot pair)."""
+    images, targets = torch.rand(1, 3, 8, 8), smooth_one_hot(torch.tensor([2]), 4)
+    with pytest.raises(ValueError, match="a batch of 1 image has no other to mix it with; give --batch-size 2 or more"):
+        mix_batch(images, targets, mixup_alpha, cutmix_alpha, torch.Generator().manual_seed(0))
+    assert mix_batch(images, targets, 0.0, 0.0, torch.Generator())[0] is images  # no mixing asked: nothing to refuse
+
+
+@pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.8, 0.0), (0.0, 1.0)])
+def test_in_an_odd_batch_only_the_middle_image_stays_unmixed(mixup_alpha, cutmix_alpha):
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    targets = smooth_one_hot(torch.arange(5), 5)
+    mixed, soft = mix_batch(images, targets, mixup_alpha, cutmix_alpha, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(mixed[2], images[2], rtol=0, atol=1e-6)
+    assert torch.equal(soft[2], targets[2])
+    assert all(soft[i, 4 - i] > 0 for i in (0, 1, 3, 4))
+
+
 def test_cutmix_pastes_a_box_and_sets_lambda_to_the_kept_area():
     images = torch.zeros(2, 1, 16, 16)
     images[1] = 1.0

@@ -29,7 +29,9 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
 
 def mix_batch(images: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, cutmix_alpha: float,
               generator: torch.Generator, switch_prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix each sample with the batch in reverse order (timm's "batch" mode).
+    """Mix each sample with the batch in reverse order (timm's "batch" mode). In an odd batch the middle sample is
+    its own partner and stays as it is (timm's Mixup refuses odd batches); a batch of 1 would mix nothing, and is
+    refused (ValueError).
 
     With both alphas positive, CutMix is chosen with probability ``switch_prob``; ``lam`` is drawn
     from Beta(alpha, alpha). CutMix pastes a box of the partner image and sets ``lam`` to the
@@ -44,6 +46,9 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, c
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets
+    if images.shape[0] < 2:
+        raise ValueError("mixup and CutMix mix each image with another of its batch, and a batch of 1 image has no "
+                         "other to mix it with; give --batch-size 2 or more")
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
     lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
