@@ -570,3 +570,29 @@ def test_resume_keeps_the_runs_checkpoint_and_evaluation_periods_and_workers(tmp
     run(ClassificationTask(Blobs.classes), max_steps=10, checkpoint_every=4, num_workers=0, resume=True)
     _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert (meta["config"]["checkpoint_every"], meta["config"]["num_workers"]) == (4, 0)  # given again: they win
+
+
+def test_resume_with_another_seed_in_the_middle_of_an_epoch_is_refused(tmp_path, caplog):
+    """A --seed 3 run stopped at batch 10 of 16 and resumed with --seed 5 shuffled the rest of that epoch anew, without
+    a word: some of its images were seen twice in the epoch and others not at all. It is refused now; at an epoch's
+    end, where no shuffle is under way, the new seed is taken and the log says so."""
+    import logging
+
+    from engine_script import Blobs
+
+    from visionzoo.checkpoint import CheckpointError
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit_blobs_every_5(tmp_path / "cut", _stopped_at_12(Blobs.classes), max_steps=20, seed=3)
+    with pytest.raises(CheckpointError, match=r"stopped at batch 10 of 16 of epoch 0 with --seed 3; --seed 5 would "
+                                              r"shuffle the rest of that epoch anew"):
+        _fit_blobs_every_5(tmp_path / "cut", max_steps=20, seed=5, resume=True)
+    assert _fit_blobs_every_5(tmp_path / "cut", max_steps=20, seed=3, resume=True).steps == 20  # its own seed: taken
+
+    _fit_blobs_every_5(tmp_path / "epoch", epochs=1, seed=3)
+    with caplog.at_level(logging.INFO, logger="visionzoo.train.engine"):
+        assert _fit_blobs_every_5(tmp_path / "epoch", epochs=2, seed=5, resume=True).steps == 32
+    assert "goes on with --seed 5 from epoch 1 (it was trained with --seed 3)" in caplog.text
+    _, meta = read_checkpoint(tmp_path / "epoch" / "checkpoint.safetensors")
+    assert meta["config"]["seed"] == 5
+

@@ -110,7 +110,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--precision", choices=PRECISIONS,
                        help="auto (default; with --resume, the run's): bf16 autocast where the CPU/GPU runs bf16 "
                             "natively, else fp32")
-    optim.add_argument("--seed", type=seed, help="default 0; with --resume, the run's")
+    optim.add_argument("--seed", type=seed,
+                       help="default 0; with --resume, the run's (another only at an epoch's end)")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=nonnegative_int,
                      help="data loader worker processes (default 0; with --resume, the run's)")

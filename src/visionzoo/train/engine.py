@@ -738,11 +738,27 @@ class Trainer:
         self.task.load_run_state(meta.get("task_state") or {})
         self.step = meta["step"]
         self.step_offset = self.step - resumed_epoch_step(meta, self.steps_per_epoch)
+        self._check_resumed_seed(path, meta.get("config", {}).get("seed"))
         self.total_steps = meta["total_steps"]
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
         self.train_seconds = meta["train_seconds"]
         log.info("resumed %s at step %d of %d", path, self.step, self.total_steps)
+
+    def _check_resumed_seed(self, path: Path, trained: int | None) -> None:
+        """Refuse another seed than the run's in the middle of an epoch: the epoch's order is a shuffle by the seed,
+        so a new one would draw the rest of it anew (some images twice, others not at all). At an epoch's end the
+        new seed shuffles the next epochs and draws the steps' randomness, and the log says so."""
+        seed = self.config.seed
+        if trained is None or trained == seed:
+            return
+        epoch, batch = self._epoch_position()
+        if batch:
+            raise CheckpointError(
+                f"--resume: {path} stopped at batch {batch} of {self.steps_per_epoch} of epoch {epoch} with --seed "
+                f"{trained}; --seed {seed} would shuffle the rest of that epoch anew (some images twice, others not at "
+                f"all): leave --seed out to go on with {trained}, or give it when resuming from an epoch's end")
+        log.info("the run goes on with --seed %d from epoch %d (it was trained with --seed %d)", seed, epoch, trained)
 
     # ---------------------------------------------------------------------------------- logging
     def _log(self, record: Mapping[str, Any]) -> None:
