@@ -596,3 +596,16 @@ def test_resume_with_another_seed_in_the_middle_of_an_epoch_is_refused(tmp_path,
     _, meta = read_checkpoint(tmp_path / "epoch" / "checkpoint.safetensors")
     assert meta["config"]["seed"] == 5
 
+
+def test_resume_in_the_warmup_keeps_the_learning_rate_and_ema_ramp_of_an_uninterrupted_run(tmp_path):
+    """A run of --warmup-steps 15 stopped at step 12 (its checkpoint at step 10, in the warmup and in the EMA's ramp
+    of decay (1 + step) / (10 + step)) and resumed with plain --resume: the same learning rate at every step, and the
+    same weights, EMA and optimizer state at the end, as the uninterrupted run."""
+    _assert_resumed_like_uninterrupted(tmp_path, {"max_steps": 20, "warmup_steps": 15}, {})
+
+    def lrs(run: str) -> dict[int, float]:
+        records = map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        return {record["step"]: record["lr"] for record in records if "lr" in record}
+
+    assert lrs("cut") == lrs("full")
+    assert [lrs("full")[step] for step in (1, 11, 15, 16)] == pytest.approx([2e-3 * f for f in (1 / 15, 11 / 15, 1, 1)])
