@@ -107,6 +107,17 @@ def test_resume_extends_a_finished_run_to_a_longer_budget(tmp_path):
     assert steps == list(range(1, 31))
 
 
+def test_resume_with_eval_every_0_drops_the_runs_evaluations_until_the_end(tmp_path, capsys):
+    """A resumed run keeps its --eval-every, and --eval-every took only positive periods: a run started with
+    --eval-every 2 could not be resumed with its evaluations left to the end (--eval-every 0 was an argparse error)."""
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--max-steps", "2", "--eval-every", "2", "--train-size", "64", "--out", str(run)]) == 0
+    assert main([*TRAIN, "--max-steps", "6", "--eval-every", "0", "--out", str(run), "--resume"]) == 0
+    evaluated = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"split"' in line]
+    assert evaluated == [2, 6]
+
+
 def test_resume_keeps_the_model_args_the_run_was_trained_with(tmp_path):
     """Without --model-arg small_input=true the resumed ResNet had a 7x7 stride-2 stem, and its weights did not load."""
     run = tmp_path / "run"

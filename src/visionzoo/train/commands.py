@@ -117,8 +117,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="data loader worker processes (default 0; with --resume, the run's)")
     run.add_argument("--checkpoint-every", type=positive_int,
                      help="steps between checkpoints (default 100; with --resume, the run's)")
-    run.add_argument("--eval-every", type=positive_int,
-                     help="steps between evaluations (default: at the end; with --resume, the run's)")
+    run.add_argument("--eval-every", type=nonnegative_int,
+                     help="steps between evaluations (default, and 0: at the end only; with --resume, the run's)")
     run.add_argument("--device", choices=("cpu", "cuda"))
     run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="extra model argument, e.g. small_input=true (repeatable)")
