@@ -223,3 +223,18 @@ def test_two_statistics_files_of_other_features_are_refused_and_pytorch_fids_are
     write_stats(tmp_path / "pytorch_fid.npz", mu, sigma)  # no record of its features: taken as it is
     assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "pytorch_fid.npz")]) == 0
     assert capsys.readouterr().out.strip() == "FID: 0.000000"
+
+
+def test_an_inception_download_that_fails_says_what_works_offline(tmp_path, capsys, monkeypatch):
+    """Offline, `visionzoo fid A B` ended in "could not download ...: Name or service not known" without saying that
+    a local weights file (--checkpoint) or the domain features need no download."""
+    from visionzoo.models import _hub
+
+    def offline(*args, **kwargs):
+        raise _hub.DownloadError("could not download https://example.invalid/pt_inception.pth: no network")
+
+    monkeypatch.setattr(_hub, "download_pretrained", offline)
+    monkeypatch.setattr(_hub, "download", offline)
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b)], "could not download", "--checkpoint",
+                   "--features domain")

@@ -159,7 +159,15 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
         size = args.img_size or DEFAULT_SIZES[args.data]
         features = domain_features(args.data, size, checkpoint=args.checkpoint)
         return features, {"size": size, "channels": features.in_chans}
-    return InceptionFeatures(args.checkpoint, resize=args.resize or "legacy", pretrained=args.checkpoint is None), {}
+    from visionzoo.models._hub import DownloadError
+
+    try:
+        features = InceptionFeatures(args.checkpoint, resize=args.resize or "legacy", pretrained=args.checkpoint is None)
+    except DownloadError as error:  # offline, say what works without the download
+        raise DownloadError(f"{error}; without it, give pytorch-fid's weights file as --checkpoint "
+                            "(pt_inception-2015-12-05-6726825d.pth), or use --features domain --data digits|shapes "
+                            "(offline, a classifier of the built-in data)") from None
+    return features, {}
 
 
 @register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
