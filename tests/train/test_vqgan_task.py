@@ -368,3 +368,20 @@ def test_a_tokenizer_trains_at_its_registered_size_unless_told(model_name, data,
     setup = build_setup(model_name, data)
     assert setup.run_meta["img_size"] == size and setup.splits["train"][0][0].shape[-1] == size
     assert build_setup(model_name, data, 48).run_meta["img_size"] == 48
+
+
+def test_training_the_domain_classifier_once_is_not_charged_to_the_time_budget(tmp_path, monkeypatch):
+    """On a fresh cache `train vqgan --max-steps 5 --minutes 0.3` (the tour's step budget) stopped after 1 step,
+    the minute of training its perceptual network at the first step counted as the run's training time."""
+    clock = StepClock(0.25)
+    monkeypatch.setattr(engine, "time", clock)
+
+    def slow_domain_features(data, image_size, in_chans):
+        clock.now += 1000.0  # trained once, then read from the cache
+        return DomainFeatures(in_chans)
+
+    monkeypatch.setattr(domain, "domain_features", slow_domain_features)
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=4, minutes=0.05, batch_size=8, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    _, result = run_training("vqgan", "digits", config, 16, TINY, {"disc_start": 2})
+    assert result.steps == 4 and result.train_seconds < 60

@@ -612,6 +612,7 @@ class Trainer:
         stop = self.step >= self.total_steps or self._out_of_time()
         if not stop:  # off the clock
             self._prepare_train_set()
+            self.task.prepare(dist_info.device)
         while not stop:
             epoch, start_step = self._epoch_position()
             self._replan_for_time(samples_seen // global_batch, timed_seconds)

@@ -79,6 +79,10 @@ class Task:
     def collate(self, samples: list[Any]) -> Any:
         return default_collate(samples)
 
+    def prepare(self, device: torch.device) -> None:
+        """Build, before the first step and off the run's clock, what the steps need and build at first use (a
+        perceptual network trained once and cached); nothing by default."""
+
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
         """Losses for ``optimizer``'s update on ``batch``: ``"loss"`` is back-propagated, the rest logged."""
         raise NotImplementedError

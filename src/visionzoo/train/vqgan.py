@@ -158,6 +158,9 @@ class VQGANTask(ReconstructionTask):
             self._perceptual = self._perceptual()
         return None if self._perceptual is None else self._perceptual.to(device)
 
+    def prepare(self, device: torch.device) -> None:
+        self.perceptual(device)
+
     def training_step(self, model: nn.Module, batch: torch.Tensor, optimizer: str) -> dict[str, torch.Tensor]:
         active = self.disc_active()
         if optimizer == "discriminator":
