@@ -48,6 +48,7 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
 
 
 _NOT_GIVEN = object()
+INFERENCE_PRECISION_HELP = "fp32 (default); bf16: bf16 autocast; auto: bf16 where the CPU/GPU runs it natively, else fp32"
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +184,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--img-size", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -217,7 +218,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
     parser.add_argument("--overwrite", action="store_true", help="replace files of the same name in --out")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--coco-json", metavar="FILE",
                         help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
     parser.add_argument("--image-ids", metavar="FILE",
@@ -361,7 +362,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
     parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out, and the numbered samples (NNNNN.png) of an earlier run in --images-dir")
 

@@ -1,0 +1,15 @@
+"""The help of `visionzoo eval`, `predict` and `sample`."""
+
+import pytest
+
+from visionzoo.cli import build_parser
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "sample"])
+def test_the_help_says_that_inference_runs_in_fp32_unless_told(command):
+    """`visionzoo eval --help` showed `--precision {auto,bf16,fp32}` without a word, so a user who read that auto is
+    the default (as for train) took eval's fp32 numbers for bf16 ones and could not match a bf16 run's val metrics."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    action = next(a for a in subparsers.choices[command]._actions if a.dest == "precision")
+    assert action.default == "fp32" and "fp32 (default)" in (action.help or "")
