@@ -173,3 +173,17 @@ def test_a_swapped_patch_takes_another_patchs_embedding():
     assert counts[0] == 0 and counts[1:].min() > 0.8 * 4000 / 15
     single = sample_corruption(1, 1, torch.Generator().manual_seed(0))  # no other patch: it keeps its own
     assert single.source.item() == 0
+
+
+def test_pretraining_on_a_coco_folder_needs_no_class_labels(tmp_path, capsys):
+    """`visionzoo train vit --objective mpp --data FOLDER` on a COCO folder stopped with "this data set has no
+    image-level class labels", though masked patch prediction learns patch colours and uses no labels."""
+    from visionzoo.data.export import export_shapes
+
+    export_shapes(tmp_path / "coco", splits=["train", "val"], num=4, image_size=32, progress=False)
+    out = tmp_path / "run"
+    assert main(["train", "vit_tiny_patch8_32", "--data", str(tmp_path / "coco"), *SMALL[2:], "--batch-size", "4",
+                 "--objective", "mpp", "--max-steps", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    checkpoint = out / "checkpoint.safetensors"
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "coco"),
+                 "--split", "val"]) == 0, capsys.readouterr().err

@@ -228,7 +228,8 @@ class ClassificationTask(Task):
             raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
         splits = open_splits(data, image_size=img_size)
         image, target = splits.first()[0]
-        class_label(target)
+        if objective == "classify":
+            class_label(target)
         in_chans, size = image.shape[0], image.shape[-1]
         classes = splits.first().classes
         translate = options.get("translate")

@@ -193,6 +193,11 @@ class MaskedPatchTask(ClassificationTask):
         mean, std = normalization(encoder, in_chans)
         return cls(classes, mean, std, encoder.patch_embed.patch_size, **options), model
 
+    def collate(self, samples: list[Any]) -> tuple[Tensor, None]:
+        """(images Tensor[B, C, H, W], None): the targets are the images' own patches, so data without class labels
+        (a COCO folder) pretrain too."""
+        return torch.stack([image for image, _ in samples]), None
+
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, Tensor]:
         images, _ = batch
         images = self.augment(images)
