@@ -374,3 +374,20 @@ def test_a_fixed_size_vit_on_data_of_another_size_is_refused_before_the_run_nami
     assert build_setup("vit_tiny_patch8_32", "digits", 32, options={"objective": objective}).run_meta["img_size"] == 32
     dynamic = build_setup("vit_tiny_patch8_32", "digits", None, {"dynamic_img_size": True}, options={"objective": objective})
     assert dynamic.run_meta["img_size"] == 8
+
+
+def test_classifying_a_coco_folder_is_refused_naming_the_folder_and_what_works(tmp_path, capsys):
+    """`visionzoo train resnet18 --data FOLDER` on a COCO folder stopped with "this data set has no image-level class
+    labels (its targets have no 'label')", naming neither the folder nor what a classifier or the folder can train on."""
+    from visionzoo.cli import main
+    from visionzoo.data.export import export_shapes
+
+    folder = tmp_path / "coco"
+    export_shapes(folder, splits=["train", "val"], num=2, image_size=32, progress=False)
+    assert main(["train", "resnet18", "--data", str(folder), "--max-steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"{folder} has no image-level class labels (a detection data set: boxes, not one class per image), which "
+            "classification needs: train a classifier on shapes or digits, or pretrain a ViT on these images with "
+            "--objective mpp" in error and "\n" not in error), error
+    assert not (tmp_path / "run").exists()

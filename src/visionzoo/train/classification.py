@@ -228,8 +228,10 @@ class ClassificationTask(Task):
             raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
         splits = open_splits(data, image_size=img_size)
         image, target = splits.first()[0]
-        if objective == "classify":
-            class_label(target)
+        if objective == "classify" and isinstance(target, Mapping) and "label" not in target:
+            raise ValueError(f"{data} has no image-level class labels (a detection data set: boxes, not one class per "
+                             "image), which classification needs: train a classifier on shapes or digits, or pretrain "
+                             "a ViT on these images with --objective mpp")
         in_chans, size = image.shape[0], image.shape[-1]
         classes = splits.first().classes
         translate = options.get("translate")
