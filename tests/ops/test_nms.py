@@ -256,21 +256,28 @@ def test_batched_nms_with_coordinates_the_shift_would_overflow_suppresses_per_ca
 
 
 
+@pytest.fixture
+def largest(monkeypatch):
+    """The edge counts of every suppression graph nms solves (a list, 0 first)."""
+    sizes = [0]
+    greedy_on_edges = nms_module._greedy_on_edges
+
+    def recording(members, first, second, *rounds):
+        sizes.append(first.numel())
+        return greedy_on_edges(members, first, second, *rounds)
+
+    monkeypatch.setattr(nms_module, "_greedy_on_edges", recording)
+    return sizes
+
+
 @pytest.mark.parametrize("categories", [1, 2])
-def test_overlapping_clusters_first_met_at_lower_scores_are_resolved_in_bounded_pieces(categories, path, monkeypatch):
+def test_overlapping_clusters_first_met_at_lower_scores_are_resolved_in_bounded_pieces(categories, path, monkeypatch,
+                                                                                       largest):
     """Objects whose boxes all rank below the first object's (a weak detection beside a strong one) made every box of
     a score block an edge with every other: 20,000 such boxes took 37 s and 5.5 GB where torchvision takes 4 MB."""
     monkeypatch.setattr(nms_module, "TARGET_SURVIVORS", 1024)
     monkeypatch.setattr(nms_module, "CATEGORY_PAIRS", 0)
     monkeypatch.setattr(nms_module, "EDGE_LIMIT", 1 << 14, raising=False)
-    largest = [0]
-    greedy_on_edges = nms_module._greedy_on_edges
-
-    def recording(members, first, second, *rounds):
-        largest.append(first.numel())
-        return greedy_on_edges(members, first, second, *rounds)
-
-    monkeypatch.setattr(nms_module, "_greedy_on_edges", recording)
     gen = torch.Generator().manual_seed(categories)
     n = 2500
     objects = torch.arange(n) * 5 // n  # object k's boxes all score below object k - 1's
@@ -301,19 +308,12 @@ def test_a_long_suppression_chain_takes_a_bounded_number_of_vectorised_rounds(pa
     assert len(rounds) <= 4 * (8 + 1)
 
 
-def test_batched_nms_on_categories_of_mutually_overlapping_boxes_holds_a_bounded_number_of_pairs(path, monkeypatch):
+def test_batched_nms_on_categories_of_mutually_overlapping_boxes_holds_a_bounded_number_of_pairs(path, monkeypatch,
+                                                                                                  largest):
     """batched_nms over 1,000 boxes in a few categories, each one cluster of overlapping boxes, held every
     overlapping pair of a category at once: 4,000 boxes in 2 categories took 220 MB and 0.56 s (torchvision 6 MB)."""
     monkeypatch.setattr(nms_module, "EDGE_LIMIT", 1 << 12)
     monkeypatch.setattr(nms_module, "CATEGORY_EDGE_LIMIT", 1 << 14, raising=False)
-    largest = [0]
-    greedy_on_edges = nms_module._greedy_on_edges
-
-    def recording(members, first, second, *rounds):
-        largest.append(first.numel())
-        return greedy_on_edges(members, first, second, *rounds)
-
-    monkeypatch.setattr(nms_module, "_greedy_on_edges", recording)
     gen = torch.Generator().manual_seed(0)
     n = 1400
     idxs = torch.arange(n) % 2
