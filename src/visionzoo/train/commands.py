@@ -81,7 +81,8 @@ def _task_options(args: argparse.Namespace, trained: dict[str, Any] | None = Non
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name (see `visionzoo list-models`)")
-    parser.add_argument("--data", required=True, help="built-in data set (shapes, digits) or a COCO folder")
+    parser.add_argument("--data", required=True, help="built-in data set (shapes, digits), a COCO folder, or one COCO .json file "
+                             "(its images beside it or in images/; it serves every split)")
     parser.add_argument("--img-size", type=positive_int,
                         help="image side in pixels (default: a generative model's registered size, else the data set's)")
     parser.add_argument("--train-size", type=positive_int, metavar="N",
@@ -180,7 +181,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
-    parser.add_argument("--data", help="data set name or COCO folder (default: the training data)")
+    parser.add_argument("--data", help="data set name, COCO folder or COCO .json file (default: the training data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--img-size", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int, default=128)
