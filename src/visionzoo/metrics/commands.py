@@ -198,11 +198,12 @@ def fid_command(args: argparse.Namespace) -> int:
     if folders:
         _check_statistics_fit_the_features(args, stats)
         features, reading = _fid_features(args)
-        check_same_features({**fingerprints, f"{folders[0]} (read with these options)": feature_fingerprint(features)})
+        fingerprint = feature_fingerprint(features)  # hashes the weights: once, for the check and --save-stats
+        check_same_features({**fingerprints, f"{folders[0]} (read with these options)": fingerprint})
     for path in folders:
         folder = folder_statistics(path, features, args.batch_size, **reading)
         if target is not None and path == args.path_a:
-            print(f"statistics of {path}: {save_statistics(target, folder, features)}")
+            print(f"statistics of {path}: {save_statistics(target, folder, fingerprint)}")
         stats[path] = folder.mean.numpy(), folder.covariance.numpy()
     (mu_a, sigma_a), (mu_b, sigma_b) = stats[args.path_a], stats[args.path_b]
     if mu_a.shape != mu_b.shape:

@@ -143,12 +143,12 @@ def feature_fingerprint(features: nn.Module) -> str:
     return " ".join([type(features).__name__, *settings, f"weights={digest.hexdigest()[:16]}"])
 
 
-def save_statistics(path: str | Path, stats: FeatureStatistics, features: nn.Module | None = None) -> Path:
+def save_statistics(path: str | Path, stats: FeatureStatistics, fingerprint: str | None = None) -> Path:
     """``stats`` as pytorch-fid's ``.npz`` (``mu`` float64[D], ``sigma`` float64[D, D]) at :func:`statistics_path`;
-    with ``features``, also its :func:`feature_fingerprint` and the image count (keys pytorch-fid ignores)."""
+    with the :func:`feature_fingerprint` of the features that made them, also it and the image count (keys
+    pytorch-fid ignores)."""
     path = statistics_path(path)
-    provenance = {} if features is None else {FINGERPRINT_KEY: np.array(feature_fingerprint(features)),
-                                              COUNT_KEY: np.array(stats.count)}
+    provenance = {} if fingerprint is None else {FINGERPRINT_KEY: np.array(fingerprint), COUNT_KEY: np.array(stats.count)}
     np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy(), **provenance)
     return path
 

@@ -82,6 +82,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options = options
+    recorded_teacher = None
     if config.resume and checkpoint.is_file():
         meta = checkpoint_metadata(checkpoint)
         trained = meta.get("run", {})
@@ -104,7 +105,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                              "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
                              "a prior over another tokenizer in a new --out")
         options = build_options = {**stored, **given}
-        _check_resumed_teacher(trained.get("teacher_sha256"), options.get("teacher_checkpoint"), config.out)
+        recorded_teacher = trained.get("teacher_sha256")
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
         model_args = without_weight_sources({**(trained.get("model_args") or {}), **(model_args or {})})
@@ -115,6 +116,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             recorded = {key: value for key, value in meta["model"].get("args", {}).items()
                         if key not in ("num_classes", "in_chans")}
             model_args = {**recorded, **(model_args or {})}
+    teacher_file = (options or {}).get("teacher_checkpoint")
+    teacher_sha256 = _teacher_sha256(teacher_file)  # hashed once: checked on resume, recorded for the next one
+    _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out)
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
     if builtin_name(data) is None and Path(data).expanduser().is_file():
@@ -126,8 +130,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     _check_val_classes(setup.splits["train"], val, data)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
                 "train_images": len(train)}
-    if (options or {}).get("teacher_checkpoint"):  # what a resumed run checks that it distils from the same teacher
-        run_meta["teacher_sha256"] = _file_sha256(options["teacher_checkpoint"])
+    if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
+        run_meta["teacher_sha256"] = teacher_sha256
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
@@ -146,17 +150,20 @@ def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
                          f"--data {trained}, or train on {data} in a new --out")
 
 
-def _file_sha256(path: str | Path) -> str:
-    with open(Path(path).expanduser(), "rb") as handle:
+def _teacher_sha256(teacher_checkpoint: str | None) -> str | None:
+    """The sha256 of the teacher file, or None without one (a missing file is the teacher's own error)."""
+    if not teacher_checkpoint or not Path(teacher_checkpoint).expanduser().is_file():
+        return None
+    with open(Path(teacher_checkpoint).expanduser(), "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _check_resumed_teacher(recorded: str | None, teacher_checkpoint: str | None, out: str) -> None:
+def _check_resumed_teacher(recorded: str | None, sha256: str | None, teacher_checkpoint: str | None, out: str) -> None:
     """Refuse to resume a distillation whose teacher file now holds other weights than the run started with
     (a teacher retrained into the same file): the rest of the run would distil from another teacher."""
-    if recorded is None or not teacher_checkpoint or not Path(teacher_checkpoint).expanduser().is_file():
-        return  # a run recorded before teachers were fingerprinted; a missing file is the teacher's own error
-    if _file_sha256(teacher_checkpoint) != recorded:
+    if recorded is None or sha256 is None:
+        return  # a run recorded before teachers were fingerprinted, or no teacher file to compare
+    if sha256 != recorded:
         raise ValueError(f"--resume: the teacher file {teacher_checkpoint} has changed since the run in {out} started "
                          "distilling from it (its sha256 differs); restore that file, or train in a new --out")
 
