@@ -243,7 +243,7 @@ def _table_row(row: dict[str, Any]) -> str:
     if "failed" in row:
         reason = row["failed"].replace("|", "\\|")
         return f"| {row['model']} | | {row['dataset']} | | | | | **failed**: {reason} | | |\n"
-    steps = "" if row.get("trained_by", row["name"]) != row["name"] else row.get("steps", "")
+    steps = "" if _reuses_weights(row) else row.get("steps", "")
     return (f"| {row['model']} | {row['task']} | {row['dataset']} | {row['parameters'] / 1e6:.2f} M | {steps} | {_trained(row)} "
             f"| {row['metric']} | {row['value']:.4f} | {_rate(row['inference_images_per_s'])} | {_regions(row)} |\n")
 
@@ -256,8 +256,13 @@ def _regions(row: dict[str, Any]) -> str:
     return "" if row.get("regions_per_image") is None else f"{row['regions_per_image']:.0f}"
 
 
+def _reuses_weights(row: dict[str, Any]) -> bool:
+    """Whether the row's job took another job's trained weights (its steps and seconds are that job's)."""
+    return row.get("trained_by", row["name"]) != row["name"]
+
+
 def _trained(row: dict[str, Any]) -> str:
-    if row.get("trained_by", row["name"]) != row["name"]:
+    if _reuses_weights(row):
         return f"({row['trained_by']}'s)"
     return f"{row['train_seconds']:.0f}"
 
