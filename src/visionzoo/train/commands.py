@@ -235,12 +235,16 @@ def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
     """The ``id`` of each image of ``paths`` in COCO annotation file ``ann_file``: the entry of its ``images`` whose
     ``file_name`` (relative to some images folder) the image's path ends with. ValueError naming the file and the
     image when an image has no such entry, or several."""
+    from visionzoo.data.coco import read_json
+
     try:
-        content = json.loads(Path(ann_file).read_text())
+        content = read_json(ann_file)  # names the line of a JSON error, the byte of a non-UTF-8 one
         entries = [(Path(entry["file_name"]).parts, entry["id"]) for entry in content["images"]]
     except FileNotFoundError:
+        if Path(ann_file).exists():  # read_json takes only a file
+            raise ValueError(f"--image-ids {ann_file} is a folder, not a COCO annotation file") from None
         raise FileNotFoundError(f"--image-ids {ann_file} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--image-ids {ann_file} is not a COCO annotation file with images' file_name and id "
                          f"({type(error).__name__}: {error})") from None
     ids = []
