@@ -30,6 +30,11 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number, Python's or NumPy's, and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
 def require_integers(owner: str, **settings: Any) -> None:
     """Raise ValueError naming ``owner`` and the setting when one given (not None) is not an integer, Python's or
     NumPy's: int() would turn seed=1.5 into another data set's seed 1, or grid_size=2.5 into 2, without a word."""
@@ -105,7 +110,7 @@ def _is_of(value: Any, kind: Any) -> bool:
     if kind is int:
         return is_integer(value)
     if kind is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+        return is_real(value)
     return isinstance(value, kind)
 
 

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import heapq
 import math
-import numbers
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from visionzoo.utils import image_array, is_integer
+from visionzoo.utils import image_array, is_integer, is_real
 
 # (colour spaces, k values at the reference size, similarity sets); C colour, T texture, S size, F fill.
 MODES: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {
@@ -283,10 +282,6 @@ def _rank(per_strategy: list[np.ndarray], seed: int) -> np.ndarray:
     return boxes[np.sort(first)]
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_selective_search_args(mode: str, max_proposals: int, min_size: float, seed: int) -> None:
     """Raise ValueError naming the argument of :func:`selective_search` that has a wrong type or value (the
     arguments arrive from the command line's JSON: a float count or a string would fail deep inside)."""
@@ -294,7 +289,7 @@ def check_selective_search_args(mode: str, max_proposals: int, min_size: float, 
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r:.40}")
     if not is_integer(max_proposals) or max_proposals <= 0:
         raise ValueError(f"max_proposals must be a positive integer, got {max_proposals!r:.40}")
-    if not _is_number(min_size) or not min_size >= 0:  # NaN fails too
+    if not is_real(min_size) or not min_size >= 0:  # NaN fails too
         raise ValueError(f"min_size must be a number >= 0, got {min_size!r:.40}")
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r:.40}")
@@ -305,9 +300,9 @@ def check_sliding_window_args(sizes: tuple[int, ...], aspect_ratios: tuple[float
     """Raise ValueError naming the argument of :func:`sliding_windows` that has a wrong type or value."""
     for name, values in (("sizes", sizes), ("aspect_ratios", aspect_ratios)):
         if (not isinstance(values, tuple | list) or not values
-                or not all(_is_number(v) and 0 < v < math.inf for v in values)):
+                or not all(is_real(v) and 0 < v < math.inf for v in values)):
             raise ValueError(f"{name} must be a list of positive numbers, got {values!r:.60}")
-    if not _is_number(stride_fraction) or not 0 < stride_fraction <= 1:
+    if not is_real(stride_fraction) or not 0 < stride_fraction <= 1:
         raise ValueError(f"stride_fraction must be in (0, 1], got {stride_fraction!r:.40}")
 
 
