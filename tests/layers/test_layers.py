@@ -175,6 +175,16 @@ def test_patch_embed_errors_name_the_problem():
         embed(torch.zeros(1, 3, 36, 36))
 
 
+def test_check_input_takes_what_forward_takes():
+    """Once the checks moved into one function for torch.fx, check_input of a padding embedding refused an image that
+    is no multiple of the patch ("30×30 is not a multiple of the 4×4 patch size"), which its forward pads and takes."""
+    padding = PatchEmbed(None, 4, 3, 8, pad=True)
+    assert padding(torch.zeros(1, 3, 30, 30)).shape == (1, 64, 8)
+    padding.check_input(torch.zeros(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="30×30 is not a multiple of the 4×4 patch size"):
+        PatchEmbed(None, 4, 3, 8).check_input(torch.zeros(1, 3, 30, 30))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(patch_size=0), r"patch_size must be positive, got \(0, 0\)"),
     (dict(patch_size=(4, -1)), r"patch_size must be positive, got \(4, -1\)"),

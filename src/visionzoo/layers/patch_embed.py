@@ -142,7 +142,7 @@ class PatchEmbed(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` for an input this embedding cannot take (channels, size)."""
-        _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None, False)
+        _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None, self.pad)
 
     def forward(self, x: Tensor) -> Tensor:
         x = _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None,
