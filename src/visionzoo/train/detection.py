@@ -67,6 +67,10 @@ def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return target
 
 
+# The target entries a data set may give beside boxes and labels, and their dtypes in a batch.
+_OPTIONAL_TARGETS = {"iscrowd": torch.int64, "area": torch.float32, "proposals": torch.float32,
+                     "unclipped_boxes": torch.float32}
+
 SCALE_JITTER_STEP = 32
 
 
@@ -144,10 +148,7 @@ class DetectionTask(Task):
         pycocotools scores them) and ``proposals``."""
         images = [image for image, _ in samples]
         targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long(),
-                    **({"iscrowd": target["iscrowd"].long()} if "iscrowd" in target else {}),
-                    **({"area": target["area"].float()} if "area" in target else {}),
-                    **({"proposals": target["proposals"].float()} if "proposals" in target else {}),
-                    **({"unclipped_boxes": target["unclipped_boxes"].float()} if "unclipped_boxes" in target else {})}
+                    **{key: target[key].to(dtype) for key, dtype in _OPTIONAL_TARGETS.items() if key in target}}
                    for _, target in samples]
         return images, targets
 
