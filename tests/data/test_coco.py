@@ -363,7 +363,10 @@ def test_image_size_resizes_boxes_and_masks(folder):
     image, target = ds[0]
     assert image.shape == (3, 60, 60) and target["masks"].shape == (2, 60, 60)
     assert torch.allclose(target["boxes"][0], torch.tensor([2 * 1.5, 3 * 2.0, 12 * 1.5, 11 * 2.0]))
-    assert target["area"][0] == pytest.approx(80 * 1.5 * 2.0)
+    # what evaluation reads stays in the file's pixels (before: area scaled to 80 * 1.5 * 2.0)
+    assert target["area"][0] == pytest.approx(80.0)
+    assert target["unclipped_boxes"][0].tolist() == [2.0, 3.0, 12.0, 11.0]
+    assert target["original_size"].tolist() == [30, 40]
     rows, cols = torch.nonzero(target["masks"][0], as_tuple=True)
     assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == (3, 6, 18, 22)
 

@@ -426,7 +426,8 @@ def test_evaluate_names_the_ap_of_a_single_class_data_set(monkeypatch):
     task = DetectionTask(["circle"])
     box = torch.tensor([[2.0, 2.0, 12.0, 12.0]])
     detections = [{"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
-    monkeypatch.setattr(task, "detect_all", lambda *args: (detections, [{"boxes": box, "labels": torch.tensor([1])}]))
+    monkeypatch.setattr(task, "detect_all", lambda *args: (detections, detections,
+                                                                [{"boxes": box, "labels": torch.tensor([1])}]))
     metrics = task.evaluate(None, None, 1, contextlib.nullcontext)
     assert metrics["ap/circle"] == pytest.approx(1.0) and metrics["map"] == pytest.approx(1.0)
 
@@ -492,6 +493,39 @@ def test_evaluate_scores_a_box_running_outside_its_image_unclipped_as_pycocotool
     assert reference["AP"] == pytest.approx(0.4)
     assert [metrics["map"], metrics["map_50"], metrics["map_75"]] == pytest.approx(
         [reference["AP"], reference["AP50"], reference["AP75"]])
+
+
+def test_evaluate_at_another_img_size_scores_in_the_files_pixels_as_pycocotools(tmp_path):
+    """With --img-size, ground truth and detections were scored in the resized image's pixels, so a 40 x 30 box
+    (area 1200, medium in the file) of a 100 x 50 image resized to 50 x 50 counted as small: eval gave map_small 1
+    and map_medium -1 where pycocotools, on the file, gives map_medium 1 and map_small -1."""
+    from visionzoo.data.coco import CocoDetection
+    from visionzoo.metrics import coco_evaluate
+
+    Image.new("RGB", (100, 50)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30], "area": 1200.0,
+                         "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [-10, 5, 30, 20], "area": 600.0,
+                         "iscrowd": 0}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, image_size=50)
+    image, target = dataset[0]
+    assert tuple(image.shape[-2:]) == (50, 50)
+    assert target["boxes"].tolist() == [[5.0, 10.0, 25.0, 40.0], [0.0, 5.0, 10.0, 25.0]]  # training: resized
+    # the first box found exactly, in the resized image's pixels; the second one's visible part
+    detection = {"boxes": torch.tensor([[5.0, 10.0, 25.0, 40.0], [0.0, 5.0, 10.0, 25.0]]),
+                 "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    reference = coco_evaluate(ground_truth, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30], "score": 0.9},
+                                             {"image_id": 1, "category_id": 1, "bbox": [0, 5, 20, 20], "score": 0.8}])
+    names = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm",
+             "map_large": "APl", "mar_100": "AR100"}
+    assert [metrics[k] for k in names] == pytest.approx([reference[v] for v in names.values()])
+    assert reference["APm"] == pytest.approx(1.0)
 
 
 def test_training_leaves_crowd_regions_out_of_the_targets():

@@ -228,6 +228,8 @@ class CocoDetection(Dataset):
     annotation has a segmentation and ``load_masks`` is set, ``masks`` bool Tensor[N, H, W]
     (polygons rasterised pixel for pixel as pycocotools does; RLE with compressed or uncompressed
     counts; when only some annotations have one, a warning names the count and the first without).
+    With ``image_size`` (see :func:`resize_sample`), ``unclipped_boxes`` and ``area`` stay in the file's
+    pixels, where evaluation scores, and ``original_size`` int64 Tensor[2] gives the file's (height, width).
 
     Args:
         images_dir: folder that the images' ``file_name`` entries are relative to.
@@ -499,8 +501,12 @@ class CocoDetection(Dataset):
 def resize_sample(
     image: torch.Tensor, target: dict[str, Any], size: int
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Resize image float[3, H, W] to [3, size, size] (bilinear) and scale ``boxes`` (and ``unclipped_boxes``),
-    ``area``, ``masks`` with it."""
+    """Resize image float[3, H, W] to [3, size, size] (bilinear) and scale ``boxes`` and ``masks`` with it.
+
+    What evaluation reads stays as the annotation file gives it, since pycocotools scores in the file's
+    pixels (its small/medium/large split reads the file's areas): ``unclipped_boxes`` and ``area`` are
+    kept, and ``original_size`` int64 Tensor[2] records the file's (height, width), by which
+    detections are scaled back (:func:`visionzoo.train.detection.in_file_pixels`)."""
     height, width = image.shape[-2:]
     if (height, width) == (size, size):
         return image, target
@@ -509,10 +515,8 @@ def resize_sample(
         image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
     )[0]
     target = dict(target)
-    for key in ("boxes", "unclipped_boxes"):
-        if key in target:
-            target[key] = target[key] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
-    target["area"] = target["area"] * (sx * sy)
+    target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+    target["original_size"] = torch.tensor([height, width])
     if "masks" in target:
         # Nearest neighbour by pixel centre; plain indexing also handles images without objects.
         rows = ((torch.arange(size) + 0.5) / sy).long().clamp_(max=height - 1)

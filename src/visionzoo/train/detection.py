@@ -67,9 +67,21 @@ def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return target
 
 
+def in_file_pixels(detection: Mapping[str, torch.Tensor], image: torch.Tensor,
+                   target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``detection`` with its boxes in the pixels of the file ``target`` came from: scaled from ``image``
+    Tensor[C, h, w] to the target's ``original_size`` (height, width) when the data set resized the image,
+    as torchvision's detectors map boxes back to their input."""
+    if "original_size" not in target:
+        return dict(detection)
+    height, width = target["original_size"].tolist()
+    scale = torch.tensor([width / image.shape[-1], height / image.shape[-2]] * 2, dtype=detection["boxes"].dtype)
+    return {**detection, "boxes": detection["boxes"] * scale}
+
+
 # The target entries a data set may give beside boxes and labels, and their dtypes in a batch.
 _OPTIONAL_TARGETS = {"iscrowd": torch.int64, "area": torch.float32, "proposals": torch.float32,
-                     "unclipped_boxes": torch.float32}
+                     "unclipped_boxes": torch.float32, "original_size": torch.int64}
 
 SCALE_JITTER_STEP = 32
 
@@ -143,9 +155,9 @@ class DetectionTask(Task):
 
     def collate(self, samples: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Images and targets: ``boxes``, ``labels`` and, where the data set gives them, ``iscrowd``,
-        ``area`` and ``unclipped_boxes`` (which evaluation needs: crowd regions are ignored, areas split
-        small/medium/large as the file says, boxes that run outside their image are scored unclipped as
-        pycocotools scores them) and ``proposals``."""
+        ``area``, ``unclipped_boxes`` and ``original_size`` (which evaluation needs: crowd regions are ignored,
+        areas split small/medium/large as the file says, boxes that run outside their image are scored unclipped
+        and a resized image's detections in the file's pixels, as pycocotools scores them) and ``proposals``."""
         images = [image for image, _ in samples]
         targets = [{"boxes": target["boxes"].float(), "labels": target["labels"].long(),
                     **{key: target[key].to(dtype) for key, dtype in _OPTIONAL_TARGETS.items() if key in target}}
@@ -187,27 +199,31 @@ class DetectionTask(Task):
         return results
 
     def detect_all(self, model: nn.Module, dataset: Dataset, batch_size: int, autocast: Callable[[], Any]
-                   ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
-        """Detections and targets of every image of ``dataset``. The last call's result is kept and
-        returned again for the same model, weights and data set (the end-of-training evaluation and
-        report share one pass)."""
+                   ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """Detections of every image of ``dataset`` in its pixels (what is drawn), the same in the
+        annotation file's pixels (what is scored: :func:`in_file_pixels`) and the evaluation targets. The
+        last call's result is kept and returned again for the same model, weights and data set (the
+        end-of-training evaluation and report share one pass)."""
         key = (id(model), id(dataset), sum(p._version for p in model.parameters()), model.training)
         if self._last_detections is not None and self._last_detections[0] == key:
             return self._last_detections[1]
-        detections, all_targets = [], []
+        detections, scored, all_targets = [], [], []
         for images, targets in self.batches(dataset, batch_size):
             targets, proposals = split_proposals(targets)
-            detections.extend(self.detect(model, images, autocast, proposals))
+            found = self.detect(model, images, autocast, proposals)
+            detections.extend(found)
+            scored.extend(in_file_pixels(d, image, t) for d, image, t in zip(found, images, targets))
             all_targets.extend(evaluation_target(target) for target in targets)
-        self._last_detections = (key, (detections, all_targets))
-        return detections, all_targets
+        self._last_detections = (key, (detections, scored, all_targets))
+        return detections, scored, all_targets
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  autocast: Callable[[], Any]) -> dict[str, float]:
         from visionzoo.metrics import MeanAveragePrecision
 
         metric = MeanAveragePrecision(class_metrics=True)
-        metric.update(*self.detect_all(model, dataset, batch_size, autocast))
+        _, detections, targets = self.detect_all(model, dataset, batch_size, autocast)
+        metric.update(detections, targets)
         result = metric.compute()
         metrics = {name: float(result[name]) for name in ("map", "map_50", "map_75", "map_small", "map_medium",
                                                           "map_large", "mar_100")}
@@ -226,9 +242,9 @@ class DetectionTask(Task):
         from visionzoo.train.drawing import grid
         from visionzoo.train.plots import plot_precision_recall
 
-        detections, targets = self.detect_all(model, dataset, batch_size, autocast)
+        detections, scored, targets = self.detect_all(model, dataset, batch_size, autocast)
         metric = MeanAveragePrecision()
-        metric.update(detections, targets)
+        metric.update(scored, targets)
         curves = metric.precision_recall(0.5)
         names = [self.classes[label - 1] if 1 <= label <= len(self.classes) else f"label {label}"
                  for label in curves["classes"].tolist()]
