@@ -1,6 +1,7 @@
 """The detection task: flips that move boxes, a short Faster R-CNN run on Shapes, COCO metrics, drawings."""
 
 import contextlib
+import io
 import json
 
 import pytest
@@ -300,7 +301,7 @@ def test_training_on_one_annotation_file_warns_that_validation_is_on_the_trainin
     assert any(str(ann_file) in w and "serve as the train, val and test splits" in w for w in warnings)
 
 
-def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_its_eval_skips_them_too(tmp_path, capsys, caplog):
+def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_evaluates_it(tmp_path, capsys, caplog):
     # before: the refusal's advice, skip_invalid=True, had no CLI flag
     from visionzoo.cli import main
     from visionzoo.train.run import checkpoint_metadata
@@ -526,6 +527,54 @@ def test_evaluate_at_another_img_size_scores_in_the_files_pixels_as_pycocotools(
              "map_large": "APl", "mar_100": "AR100"}
     assert [metrics[k] for k in names] == pytest.approx([reference[v] for v in names.values()])
     assert reference["APm"] == pytest.approx(1.0)
+
+
+def _pycocotools_stats(ground_truth, results, folder):
+    """pycocotools' 12 bbox numbers of ``results`` against ``ground_truth`` (dicts), quietly."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    (folder / "gt.json").write_text(json.dumps(ground_truth))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(folder / "gt.json"))
+        evaluation = COCOeval(coco, coco.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats
+
+
+def test_evaluate_with_skip_invalid_boxes_scores_the_skipped_boxes_as_misses_as_pycocotools(tmp_path):
+    """With --skip-invalid-boxes, a box with no area in its image left evaluation too, so an image whose
+    other object was found exactly scored AP 1.0 where pycocotools, which scores the file, counts the skipped
+    box as an object not found (AP 0.505)."""
+    from visionzoo.data.coco import CocoDetection
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "area": 256.0, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [70, 10, 10, 10], "area": 100.0, "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [30, 30, 0, 12], "area": 0.0, "iscrowd": 0},
+            {"id": 4, "image_id": 1, "category_id": 2, "bbox": [30, 30, 20, 20], "area": 400.0, "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, skip_invalid=True)
+    assert dataset.num_skipped == 2
+    assert dataset[0][1]["boxes"].tolist() == [[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0]]  # what trains
+    detection = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0]]),
+                 "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}
+    metrics = DetectionTask(["thing", "other"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    stats = _pycocotools_stats(ground_truth, [
+        {"image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": [30, 30, 20, 20], "score": 0.8}], tmp_path)
+    names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
+    assert [metrics[k] for k in names] == pytest.approx(stats[:6].tolist(), abs=1e-6)
+    assert metrics["mar_100"] == pytest.approx(stats[8], abs=1e-6)
+    assert metrics["map"] == pytest.approx(0.505, abs=1e-3)
 
 
 def test_training_leaves_crowd_regions_out_of_the_targets():

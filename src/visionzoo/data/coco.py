@@ -234,13 +234,16 @@ class CocoDetection(Dataset):
     Args:
         images_dir: folder that the images' ``file_name`` entries are relative to.
         ann_file: the instances JSON file.
-        skip_invalid: drop boxes with no area inside their image instead of raising; the count is
-            logged and kept in ``num_skipped``.
+        skip_invalid: drop boxes with no area inside their image from ``boxes`` instead of raising; the
+            count is logged and kept in ``num_skipped``. As pycocotools still scores them (as misses), an
+            image's skipped annotations come as ``skipped_boxes`` (the file's, xyxy), ``skipped_labels``,
+            ``skipped_area`` and ``skipped_iscrowd``, which only evaluation reads.
         transform: optional callable ``(image, target) -> (image, target)``.
         load_masks: decode segmentations into ``masks`` (costs time; detection alone needs none). Without it
             segmentations are neither read nor checked.
         image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, aspect not
-            kept), scaling boxes, areas and masks with it; None keeps the files' sizes.
+            kept), scaling boxes and masks with it (not what evaluation reads, see above); None keeps the
+            files' sizes.
 
     Attributes: ``classes`` (category names, ``classes[label - 1]``), ``cat_ids`` (sorted COCO
     category ids), ``label_to_cat_id`` / ``cat_id_to_label`` (dicts), ``image_ids`` (sorted),
@@ -276,7 +279,8 @@ class CocoDetection(Dataset):
         self.num_skipped = self._read_annotations(data["annotations"])
         if self.num_skipped:
             log.warning(
-                "%s: skipped %d boxes with no area inside their image", self.ann_file, self.num_skipped
+                "%s: skipped %d boxes with no area inside their image (left out of training; evaluation "
+                "scores them, as pycocotools does, as objects not found)", self.ann_file, self.num_skipped
             )
 
     def _read_categories(self, categories: Any) -> None:
@@ -322,7 +326,8 @@ class CocoDetection(Dataset):
             if not path.is_file():
                 raise FileNotFoundError(f"{self.ann_file}: image id {image_id}: file not found: {path}")
             width, height = _image_size(entry, path, where, self.ann_file)
-            self._images[image_id] = {"path": path, "width": width, "height": height, "annotations": []}
+            self._images[image_id] = {"path": path, "width": width, "height": height, "annotations": [],
+                                      "skipped": []}
         _check_same_kind(list(self._images), "image", self.ann_file)
         self.image_ids = sorted(self._images)
 
@@ -330,7 +335,6 @@ class CocoDetection(Dataset):
         if not isinstance(annotations, list):
             raise ValueError(f"{self.ann_file}: 'annotations' must be a list")
         seen: set[Any] = set()
-        skipped = 0
         for position, entry in enumerate(annotations):
             name = _entry_name("annotation", position, entry)
             _require(entry, ("id", "image_id", "category_id", "bbox"), name, self.ann_file)
@@ -354,17 +358,15 @@ class CocoDetection(Dataset):
                 box = clip_box(entry["bbox"], image["width"], image["height"])
             except ValueError as error:
                 raise ValueError(f"{self.ann_file}: {name}: {error}") from None
-            if box is None:
-                if self.skip_invalid:
-                    skipped += 1
-                    continue
+            if box is None and not self.skip_invalid:
                 raise ValueError(
                     f"{self.ann_file}: {name}: box {entry['bbox']} {_why_no_area(entry['bbox'], image['width'], image['height'])} "
                     f"(image id {entry['image_id']!r}, {image['width']}x{image['height']}); "
                     "pass skip_invalid=True (`visionzoo train --skip-invalid-boxes`) to drop such boxes"
                 )
             segmentation = entry.get("segmentation")
-            if segmentation is not None and self.load_masks:  # never decoded otherwise, as in a bbox evaluation
+            # never decoded otherwise (as in a bbox evaluation), nor for a skipped box
+            if segmentation is not None and self.load_masks and box is not None:
                 problem = _check_segmentation(segmentation, image["width"], image["height"])
                 if problem:
                     # the image entry's width/height may be what is wrong: blame it when its file says so
@@ -372,7 +374,7 @@ class CocoDetection(Dataset):
                     raise ValueError(f"{self.ann_file}: {name}: {problem}")
             area = entry.get("area")
             if area is None:
-                area = (box[2] - box[0]) * (box[3] - box[1])
+                area = 0.0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
             elif not _is_area(area):
                 raise ValueError(
                     f"{self.ann_file}: {name}: area must be a non-negative number, got {area!r:.80}"
@@ -380,7 +382,8 @@ class CocoDetection(Dataset):
             iscrowd = entry.get("iscrowd", 0)
             if not isinstance(iscrowd, int | float) or iscrowd not in (0, 1):
                 raise ValueError(f"{self.ann_file}: {name}: iscrowd must be 0 or 1, got {iscrowd!r:.80}")
-            image["annotations"].append(
+            # a skipped box is out of training but still scored, as pycocotools scores the file: a miss
+            image["annotations" if box is not None else "skipped"].append(
                 {
                     "box": box,
                     "unclipped_box": _xyxy(entry["bbox"]),
@@ -399,7 +402,7 @@ class CocoDetection(Dataset):
                 "%s: %d of %d annotations have no segmentation (the first: annotation id %r), so no sample "
                 "carries masks, only boxes", self.ann_file, len(without), len(kept), without[0]
             )
-        return skipped
+        return sum(len(image["skipped"]) for image in self._images.values())
 
     @property
     def cache_key(self) -> str | None:
@@ -479,6 +482,12 @@ class CocoDetection(Dataset):
             "iscrowd": torch.tensor([a["iscrowd"] for a in annotations], dtype=torch.int64),
             "image_id": image_id,
         }
+        if record["skipped"]:
+            skipped = record["skipped"]
+            target["skipped_boxes"] = torch.tensor([a["unclipped_box"] for a in skipped], dtype=torch.float32)
+            target["skipped_labels"] = torch.tensor([a["label"] for a in skipped], dtype=torch.int64)
+            target["skipped_area"] = torch.tensor([a["area"] for a in skipped], dtype=torch.float32)
+            target["skipped_iscrowd"] = torch.tensor([a["iscrowd"] for a in skipped], dtype=torch.int64)
         if self.has_masks and self.load_masks:
             height, width = record["height"], record["width"]
             masks = [self._decode(a, height, width) for a in annotations]

@@ -58,12 +58,22 @@ def training_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {"boxes": target["boxes"][keep], "labels": target["labels"][keep]}
 
 
+# A target's entries for the annotations left out of training (CocoDetection's skip_invalid), by the entry
+# of the scored target they join.
+_SKIPPED = {"boxes": "skipped_boxes", "labels": "skipped_labels", "area": "skipped_area", "iscrowd": "skipped_iscrowd"}
+
+
 def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What detections are scored against: the target with its ``unclipped_boxes`` (a COCO file's boxes as
-    written, which pycocotools scores against) as ``boxes`` where it has them."""
+    """What detections are scored against, as pycocotools scores a COCO file: the target with its
+    ``unclipped_boxes`` (the file's boxes as written) as ``boxes`` where it has them, and the annotations
+    left out of training for having no area in their image (``skipped_*``) added back, which no
+    detection can match."""
     target = dict(target)
     if "unclipped_boxes" in target:
         target["boxes"] = target.pop("unclipped_boxes")
+    if "skipped_boxes" in target:
+        for key, skipped in _SKIPPED.items():
+            target[key] = torch.cat([target[key], target.pop(skipped)])
     return target
 
 
@@ -81,7 +91,8 @@ def in_file_pixels(detection: Mapping[str, torch.Tensor], image: torch.Tensor,
 
 # The target entries a data set may give beside boxes and labels, and their dtypes in a batch.
 _OPTIONAL_TARGETS = {"iscrowd": torch.int64, "area": torch.float32, "proposals": torch.float32,
-                     "unclipped_boxes": torch.float32, "original_size": torch.int64}
+                     "unclipped_boxes": torch.float32, "original_size": torch.int64, "skipped_boxes": torch.float32,
+                     "skipped_labels": torch.int64, "skipped_area": torch.float32, "skipped_iscrowd": torch.int64}
 
 SCALE_JITTER_STEP = 32
 
@@ -294,8 +305,9 @@ class DetectionTask(Task):
                            help="training short sides: LOW-HIGH in steps of 32 (e.g. 96-160) or a comma list; "
                                 "evaluation keeps the model's min_size")
         group.add_argument("--skip-invalid-boxes", action="store_const", const=True, default=None,
-                           help="a COCO folder's boxes with no area inside their image are dropped (the count is "
-                                "logged) instead of refused; kept for eval of the run")
+                           help="a COCO folder's boxes with no area inside their image are left out of training "
+                                "(the count is logged) instead of refused; evaluation scores them as objects not "
+                                "found, as pycocotools does; kept for eval of the run")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
