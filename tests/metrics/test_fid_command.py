@@ -121,6 +121,20 @@ def test_two_statistics_files_build_no_network(tmp_path, capsys, no_network):
     assert main(["fid", str(small), str(shifted), "--features", "domain", "--data", "digits"]) == 0
 
 
+def test_feature_options_beside_two_statistics_files_are_named_as_unused(tmp_path, capsys, no_network):
+    """`fid a.npz b.npz --resize clean` printed the FID without a word, as if the statistics had been read with
+    clean-fid's resize; options that only choose how image folders are read now get a note that they were not used."""
+    small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))
+    shifted = write_stats(tmp_path / "shifted.npz", np.ones(4), np.eye(4))
+    capsys.readouterr()
+    assert main(["fid", str(small), str(shifted), "--resize", "clean", "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "FID: 4.000000"
+    assert "--resize, --batch-size" in captured.err and "not used" in captured.err
+    assert main(["fid", str(small), str(shifted)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_uppercase_npz_is_read_as_statistics(tmp_path, capsys, no_network):
     # before: "STATS.NPZ is neither an image folder nor an .npz statistics file"
     small = write_stats(tmp_path / "small.npz", np.zeros(4), np.eye(4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,17 @@ def coco_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+FID_BATCH_SIZE = 50
+
+
+def _folder_options_given(args: argparse.Namespace) -> list[str]:
+    """The options given that only choose how image folders are read (features, sizes, batches)."""
+    given = {"--features": args.features != "inception", "--data": args.data is not None,
+             "--img-size": args.img_size is not None, "--checkpoint": args.checkpoint is not None,
+             "--resize": args.resize is not None, "--batch-size": args.batch_size != FID_BATCH_SIZE}
+    return [option for option, is_given in given.items() if is_given]
+
+
 def _fid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path_a", help="a folder of images or an .npz of statistics (pytorch-fid's mu, sigma)")
     parser.add_argument("path_b", help="the other folder or .npz")
@@ -96,7 +108,7 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
                                              "(default: train it once and cache it)")
     parser.add_argument("--resize", choices=("legacy", "clean"),
                         help="inception: legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
-    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--batch-size", type=positive_int, default=FID_BATCH_SIZE)
     parser.add_argument("--save-stats", metavar="FILE", help="also write PATH_A's statistics to FILE (.npz)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
 
@@ -193,6 +205,10 @@ def fid_command(args: argparse.Namespace) -> int:
     fingerprints = {path: statistics_fingerprint(path) for path in stats}
     check_same_features(fingerprints)
     folders = [path for path in dict.fromkeys(paths) if path not in stats]
+    unused = _folder_options_given(args)
+    if not folders and unused:
+        print(f"note: {', '.join(unused)} choose how image folders are read; both paths are statistics files, "
+              "so they were not used", file=sys.stderr)
     for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
         image_files(path)
     if folders:
