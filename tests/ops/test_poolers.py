@@ -67,6 +67,19 @@ def test_single_level_and_empty_boxes():
     torch.testing.assert_close(pooler(x, boxes, [(96, 128)]), reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("names", [["1"], ["0", "1", "2"]])
+def test_zero_output_size_gives_an_empty_result_like_torchvision(names):
+    """MultiScaleRoIAlign with output_size 0 or (0, 7) raised ValueError where torchvision's pools to
+    Tensor[K, C, 0, 0] (or [K, C, 0, 7])."""
+    gen = torch.Generator().manual_seed(9)
+    x = pyramid(gen)
+    boxes = [image_boxes(8, gen, 96, 128), image_boxes(6, gen, 96, 128)]
+    for size in (0, (0, 7)):
+        ours = MultiScaleRoIAlign(names, size, 2)(x, boxes, [(96, 128)] * 2)
+        theirs = torchvision.ops.MultiScaleRoIAlign(names, size, 2)(x, boxes, [(96, 128)] * 2)
+        assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+
+
 def test_bad_input():
     gen = torch.Generator().manual_seed(8)
     x = pyramid(gen)

@@ -120,7 +120,27 @@ def test_roi_align_bad_input():
     with pytest.raises(ValueError, match="boxes\\[1\\] must be Tensor\\[L, 4\\]"):
         roi_align(x, [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
     with pytest.raises(ValueError, match="output_size"):
-        roi_align(x, torch.zeros(1, 5), (0, 2))
+        roi_align(x, torch.zeros(1, 5), (2, -1))
+
+
+@pytest.mark.parametrize("size", [0, (0, 7), (7, 0)])
+def test_zero_output_size_gives_an_empty_result_like_torchvision(size):
+    """An output_size of 0 (or (0, 7)) raised ValueError where torchvision returns Tensor[K, C, PH, PW]
+    with no elements and a zero input gradient."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 10, 10, generator=gen)
+    for rois in (random_rois(6, gen, 10, 10), torch.zeros(0, 5)):
+        for ours_op, their_op in [
+            (lambda f, r: roi_align(f, r, size, 1.0, -1), lambda f, r: tv.roi_align(f, r, size, 1.0, -1)),
+            (lambda f, r: roi_align(f, r, size, 0.5, 2, True), lambda f, r: tv.roi_align(f, r, size, 0.5, 2, True)),
+            (lambda f, r: roi_pool(f, r, size), lambda f, r: tv.roi_pool(f, r, size)),
+        ]:
+            ours_x, their_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ours, theirs = ours_op(ours_x, rois), their_op(their_x, rois)
+            assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+            ours.sum().backward()
+            theirs.sum().backward()
+            torch.testing.assert_close(ours_x.grad, their_x.grad, rtol=0, atol=0)
 
 
 def test_roi_pool_forward_and_gradient_match_torchvision():

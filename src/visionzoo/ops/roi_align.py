@@ -35,8 +35,8 @@ SPARSE_FRACTION = 0.6
 def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+    if len(size) != 2 or any(int(s) != s or s < 0 for s in size):
+        raise ValueError(f"{name} must be a non-negative int or (height, width), got {size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -94,10 +94,11 @@ def _as_rois(boxes: Tensor | list[Tensor], input: Tensor, name: str) -> Tensor:
 
 
 def _empty_like_output(input: Tensor, k: int, ph: int, pw: int) -> Tensor:
-    """Zeros [K, C, PH, PW] for no RoIs or an empty map, still tied to ``input`` so its gradient is 0, not None."""
+    """Zeros [K, C, PH, PW] for no RoIs, no bins or an empty map, still tied to ``input`` where the result
+    has no elements, so its gradient is 0, not None (as torchvision's)."""
     n, c, height, width = input.shape
-    if k == 0 and input.numel():
-        return input[:0, :, :1, :1].expand(0, c, ph, pw)
+    if k * ph * pw == 0 and input.numel():
+        return input[:1, :, :1, :1].expand(k, c, ph, pw)
     return input.new_zeros(k, c, ph, pw)
 
 
@@ -182,7 +183,7 @@ def roi_align(
     On the meta device the result is an empty meta Tensor[K, C, PH, PW] (boxes on meta with input
     elsewhere raise ValueError: torchvision returns uninitialised memory).
 
-    Bad input: K = 0 gives Tensor[0, C, PH, PW]. A flipped box (x2 < x1) is, with ``aligned=False``,
+    Bad input: K = 0 gives Tensor[0, C, PH, PW], PH or PW = 0 Tensor[K, C, PH, PW] (no elements). A flipped box (x2 < x1) is, with ``aligned=False``,
     stretched to width 1 starting at x1; with ``aligned=True`` it keeps its negative size: no samples
     with the adaptive grid (output 0; torchvision's CPU kernel fails to allocate a negative-sized
     buffer when only one axis is that flipped), samples walking backwards from x1 with a fixed grid,
@@ -199,7 +200,7 @@ def roi_align(
     if input.is_meta:  # shapes only (tracing, FakeTensor-style planning), as torchvision's meta kernel
         return input.new_empty(rois.shape[0], c, ph, pw)
     dtype = _compute_dtype(input)
-    if rois.shape[0] == 0 or input.numel() == 0:
+    if rois.shape[0] * ph * pw == 0 or input.numel() == 0:
         return _empty_like_output(input, rois.shape[0], ph, pw)
     with torch.autocast(device_type=input.device.type, enabled=False):
         r = rois.detach().to(dtype)
@@ -377,7 +378,7 @@ def roi_pool(
         Tensor[K, C, PH, PW] in ``input``'s dtype; the gradient of each output goes to its arg-max (the
         first maximum in row-major order), none from an empty bin. On the meta device: as :func:`roi_align`.
 
-    Bad input: K = 0 gives an empty result; a flipped box (x2 < x1) is rounded, then given width 1;
+    Bad input: K = 0 or PH or PW = 0 gives an empty result; a flipped box (x2 < x1) is rounded, then given width 1;
     a batch index outside [0, N) or a NaN or infinite box coordinate raises ValueError. NaN features
     are skipped (a bin of only NaN or values <= -FLT_MAX gives -FLT_MAX and no gradient), as in
     torchvision.
@@ -388,7 +389,7 @@ def roi_pool(
     if input.is_meta:  # shapes only (tracing, FakeTensor-style planning), as torchvision's meta kernel
         return input.new_empty(rois.shape[0], c, ph, pw)
     dtype = _compute_dtype(input)
-    if rois.shape[0] == 0 or input.numel() == 0:
+    if rois.shape[0] * ph * pw == 0 or input.numel() == 0:
         return _empty_like_output(input, rois.shape[0], ph, pw)
     with torch.autocast(device_type=input.device.type, enabled=False):
         r = rois.detach().to(dtype)
