@@ -286,6 +286,15 @@ def test_a_threshold_outside_zero_one_is_refused_naming_it(name, arg, value, mes
         create_model(name, **{arg: value})
 
 
+@pytest.mark.parametrize(("name", "weights"), [("fasterrcnn_shapes", (0, 0, 0, 0)), ("fastrcnn_shapes", (10, 10, 0, 5)),
+                                               ("rcnn_shapes", (float("nan"),) * 4), ("fasterrcnn_shapes", (1, float("inf"), 1, 1))])
+def test_a_zero_or_non_finite_box_regression_weight_is_refused_when_building(name, weights):
+    """bbox_reg_weights=(0, 0, 0, 0) built a detector whose decoding divided by zero: no detections, or boxes
+    as wide as the image, without a word."""
+    with pytest.raises(ValueError, match=r"^bbox_reg_weights: BoxCoder weights must be finite and non-zero"):
+        create_model(name, bbox_reg_weights=weights)
+
+
 @pytest.mark.parametrize("name", ["fasterrcnn_convnext_tiny_fpn", "fasterrcnn_swin_tiny_fpn"])
 @pytest.mark.parametrize(("option", "value"), [("frozen_batch_norm", True), ("batch_norm_eps", 0.0)])
 def test_batch_norm_options_on_a_backbone_without_batch_norms_are_refused_by_name(name, option, value):

@@ -67,3 +67,16 @@ def test_bad_input():
     # A zero-width anchor divides by zero, as in torchvision: inf/NaN, never a silent finite number.
     deltas = coder.encode(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([[1.0, 0.0, 1.0, 4.0]]))
     assert not torch.isfinite(deltas[0, [0, 2]]).any()
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0, 0.0, 0.0), (10.0, 10.0, 0.0, 5.0), (float("nan"),) * 4,
+                                     (10.0, float("inf"), 5.0, 5.0)])
+def test_a_zero_or_non_finite_weight_is_refused(weights):
+    """BoxCoder took a zero, NaN or infinite weight, then decoded every delta to inf/NaN boxes (or encoded
+    targets to inf/NaN) without a word."""
+    with pytest.raises(ValueError, match=r"BoxCoder weights must be finite and non-zero"):
+        BoxCoder(weights)
+    # negative weights encode and decode consistently, as in torchvision
+    coder = BoxCoder((-10.0, -10.0, -5.0, -5.0))
+    anchors, gt = torch.tensor([[0.0, 0.0, 4.0, 6.0]]), torch.tensor([[1.0, 2.0, 5.0, 5.0]])
+    torch.testing.assert_close(coder.decode(coder.encode(gt, anchors), anchors), gt)

@@ -91,7 +91,10 @@ class RoIHeads(nn.Module):
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
         self.box_predictor = box_predictor
-        self.box_coder = BoxCoder(bbox_reg_weights or (10.0, 10.0, 5.0, 5.0))
+        try:
+            self.box_coder = BoxCoder(bbox_reg_weights or (10.0, 10.0, 5.0, 5.0))
+        except ValueError as e:
+            raise ValueError(f"bbox_reg_weights: {e}") from None
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False,
                                ignore_below=background_iou_low)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)

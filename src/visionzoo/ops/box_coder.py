@@ -22,7 +22,7 @@ class BoxCoder:
     """Encode boxes as deltas relative to anchors and decode them back.
 
     Args:
-        weights: (wx, wy, ww, wh) multiplying (t_x, t_y, t_w, t_h).
+        weights: (wx, wy, ww, wh) multiplying (t_x, t_y, t_w, t_h); finite and non-zero.
         bbox_xform_clip: upper clamp of t_w and t_h before exp() when decoding.
     """
 
@@ -34,6 +34,9 @@ class BoxCoder:
         if len(weights) != 4:
             raise ValueError(f"BoxCoder weights must be 4 numbers (wx, wy, ww, wh), got {weights!r}")
         self.weights = tuple(float(w) for w in weights)
+        if not all(math.isfinite(w) and w != 0 for w in self.weights):
+            # decoding divides the deltas by them (torchvision does not check): every box would be inf/NaN
+            raise ValueError(f"BoxCoder weights must be finite and non-zero (wx, wy, ww, wh), got {weights!r}")
         self.bbox_xform_clip = float(bbox_xform_clip)
 
     def __repr__(self) -> str:
