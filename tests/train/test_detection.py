@@ -720,3 +720,26 @@ def test_no_progress_also_hides_the_proposals_bar(tmp_path, monkeypatch, capfd):
     run_training("fastrcnn_shapes", "shapes", config, train_images=2, val_images=2)
     assert len(list((tmp_path / "cache" / "proposals").glob("*.safetensors"))) == 2, "no proposals were computed"
     assert "proposals" not in capfd.readouterr().err
+
+
+def test_eval_no_progress_hides_the_proposals_bar(tmp_path, monkeypatch, capfd):
+    """`visionzoo eval fastrcnn_shapes` had no --no-progress (train has): a split whose Selective Search boxes were
+    not cached yet always drew their bar ("proposals: 100%|...| 2/2") into a script's or CI's log."""
+    import shutil
+
+    from visionzoo.cli import main
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, precision="fp32",
+                         checkpoint_every=10**9)
+    run_training("fastrcnn_shapes", str(folder), config)
+    cache = tmp_path / "cache" / "proposals"
+    argv = ["eval", "fastrcnn_shapes", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--split", "val"]
+    for flags, shown in (([], True), (["--no-progress"], False)):
+        shutil.rmtree(cache)
+        capfd.readouterr()
+        assert main(argv + flags) == 0
+        assert len(list(cache.glob("*.safetensors"))) == 1, "no proposals were computed"
+        assert ("proposals" in capfd.readouterr().err) == shown

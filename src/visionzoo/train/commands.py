@@ -23,7 +23,13 @@ from visionzoo.cli import (
     seed,
 )
 from visionzoo.train.distributed import process_rank
-from visionzoo.train.engine import CHECKPOINT_NAME, PRECISIONS, TrainConfig, autocast_context
+from visionzoo.train.engine import (
+    CHECKPOINT_NAME,
+    PRECISIONS,
+    TrainConfig,
+    autocast_context,
+    show_preparation_progress,
+)
 from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
 from visionzoo.utils import require_folder_or_absent, require_not_folder, require_unit_interval
@@ -187,6 +193,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 @register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
@@ -200,6 +207,7 @@ def eval_command(args: argparse.Namespace) -> int:
               f"at {args.img_size / trained_size:.2g}x the scale it learned, so its scores can fall far", file=sys.stderr)
     model = setup.model.eval()
     autocast = autocast_context(torch.device("cpu"), args.precision)
+    show_preparation_progress([setup.splits[args.split]], not args.no_progress)
     with torch.no_grad():
         metrics = setup.task.evaluate(model, setup.splits[args.split], args.batch_size, autocast)
     if args.json:

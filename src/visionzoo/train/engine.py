@@ -24,7 +24,7 @@ import pickle
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,9 +420,7 @@ class Trainer:
         self.config.precision = resolve_precision(self.config.precision, self.dist.device)
         self.train_set = train_set
         self.val_set = val_set
-        for dataset in (train_set, val_set):  # one that shows a bar of its own as it prepares (R-CNN's proposals)
-            if hasattr(dataset, "progress"):
-                dataset.progress = self.dist.is_main and self.config.progress
+        show_preparation_progress((train_set, val_set), self.dist.is_main and self.config.progress)
         self.run_meta = dict(run_meta or {})
         self.out = Path(self.config.out)
         cfg = self.config
@@ -801,6 +799,14 @@ def _logged_step(line: str) -> int | None:
     except json.JSONDecodeError:
         return None
     return record.get("step") if isinstance(record, dict) else None
+
+
+def show_preparation_progress(datasets: Iterable[Dataset | None], shown: bool) -> None:
+    """Switch the bar of each data set that shows one of its own as it prepares (R-CNN's proposals: those with a
+    ``progress`` attribute) on or off, as the command's own bar."""
+    for dataset in datasets:
+        if hasattr(dataset, "progress"):
+            dataset.progress = shown
 
 
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | None, config: TrainConfig,
