@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from visionzoo.data import Shapes
-from visionzoo.detection import RCNN, FastRCNN, selective_search, sliding_windows
+from visionzoo.detection import RCNN, FastRCNN, proposal_cache, selective_search, sliding_windows
 from visionzoo.detection.proposal_cache import (
     WithProposals,
     cached_proposals,
@@ -315,6 +315,30 @@ def test_proposals_run_in_worker_processes_in_the_data_set_order(tmp_path):
     serial = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path / "a", workers=1, progress=False)
     parallel = cached_proposals(data, sliding_window_boxes, {"m": 1}, tmp_path / "b", workers=2, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+
+
+def pid_boxes(image):
+    """One box holding the id of the process that proposed it."""
+    return torch.full((1, 4), float(os.getpid()), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_proposals_run_in_as_many_processes_as_workers_says(monkeypatch, workers):
+    """compute_proposals ran one process per CPU for workers=0, where the data loader's 0 means the main process."""
+    pools = []
+
+    class Recorded(proposal_cache.ProcessPoolExecutor):
+        def __init__(self, max_workers, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(proposal_cache, "ProcessPoolExecutor", Recorded)
+    pids = {int(p[0, 0]) for p in proposal_cache.compute_proposals(Shapes("val", length=4), pid_boxes, workers,
+                                                                   progress=False, chunk=1)}
+    if workers == 0:
+        assert pools == [] and pids == {os.getpid()}
+    else:
+        assert pools == [workers] and os.getpid() not in pids
 
 
 def sliding_window_boxes(image):

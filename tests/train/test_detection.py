@@ -743,3 +743,24 @@ def test_eval_no_progress_hides_the_proposals_bar(tmp_path, monkeypatch, capfd):
         assert main(argv + flags) == 0
         assert len(list(cache.glob("*.safetensors"))) == 1, "no proposals were computed"
         assert ("proposals" in capfd.readouterr().err) == shown
+
+
+def test_train_workers_sets_the_processes_that_compute_the_proposals(tmp_path, monkeypatch):
+    """`visionzoo train fastrcnn_shapes --workers 1` (or 0) computed the Selective Search boxes in one process per
+    CPU all the same: --workers reached the data loader only."""
+    from visionzoo.cli import main
+    from visionzoo.detection import proposal_cache
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    asked, compute = [], proposal_cache.compute_proposals
+
+    def recorded(dataset, propose, workers=None, *args, **kwargs):
+        asked.append(workers)
+        return compute(dataset, propose, workers, *args, **kwargs)
+
+    monkeypatch.setattr(proposal_cache, "compute_proposals", recorded)
+    assert main(["train", "fastrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
+                 "--workers", "1", "--no-progress", "--precision", "fp32", "--out", str(tmp_path / "run")]) == 0
+    assert asked == [1, 1]  # the train and val splits

@@ -2,7 +2,7 @@
 
 Selective Search costs tens of milliseconds per image and its boxes do not change while a detector
 trains, so the R-CNN papers compute them once per split. :func:`cached_proposals` does so in worker
-processes, stores them in ``<cache>/proposals/<key>.safetensors`` (the weights cache of
+processes (as many as the data loader's, ``--workers``), stores them in ``<cache>/proposals/<key>.safetensors`` (the weights cache of
 :mod:`visionzoo.models._hub`, i.e. ``$VISIONZOO_CACHE``) and reads them back on the next run. The key
 names the data set (its ``cache_key`` when it has one, else a hash of its images) and the proposal
 settings, so another split, size or mode never reuses the wrong file.
@@ -76,18 +76,19 @@ def _propose_range(dataset: Dataset, propose: Propose, start: int, stop: int) ->
         torch.set_num_threads(threads)
 
 
-def compute_proposals(dataset: Dataset, propose: Propose, workers: int = 0, progress: bool = True,
+def compute_proposals(dataset: Dataset, propose: Propose, workers: int | None = None, progress: bool = True,
                       chunk: int = 32) -> list[Tensor]:
-    """``propose(image)`` for every image of ``dataset``, in ``workers`` processes (0: one per CPU).
+    """``propose(image)`` for every image of ``dataset``, in ``workers`` processes: as the data loader's, 0 (and
+    1, which could only wait on its one worker) computes in this process; None: one per CPU.
 
     Returns:
         one float32 Tensor[P_i, 4] xyxy per image, in the data set's order.
     """
     count = len(dataset)
-    workers = workers or os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
     bar = tqdm(total=count, desc="proposals", unit="img", disable=not progress, leave=False)
-    if workers == 1 or len(ranges) <= 1:
+    if workers <= 1 or len(ranges) <= 1:
         out = []
         for start, stop in ranges:
             out.extend(_propose_range(dataset, propose, start, stop))
@@ -108,7 +109,7 @@ def compute_proposals(dataset: Dataset, propose: Propose, workers: int = 0, prog
 
 
 def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any], cache_dir: str | Path | None = None,
-                     workers: int = 0, progress: bool = True) -> list[Tensor]:
+                     workers: int | None = None, progress: bool = True) -> list[Tensor]:
     """The proposals of every image of ``dataset``, from the cache or computed and cached.
 
     Args:
@@ -116,6 +117,7 @@ def cached_proposals(dataset: Dataset, propose: Propose, settings: dict[str, Any
             ``functools.partial`` of one) to run in worker processes.
         settings: what ``propose`` does (method, mode, limits), part of the cache key.
         cache_dir: default ``<weights cache>/proposals``.
+        workers: processes that compute them (:func:`compute_proposals`).
     """
     from visionzoo.models._hub import cache_dir as weights_cache
 
@@ -175,16 +177,18 @@ class WithProposals(Dataset):
 
     Either the ``proposals`` themselves, or ``propose`` and its ``settings``: then they come from
     :func:`cached_proposals` at the first access, so a split that is never read costs nothing; ``progress``
-    (which the training engine sets from ``--no-progress``) says whether their computation shows a bar.
+    (which the training engine sets from ``--no-progress``) says whether their computation shows a bar, ``workers``
+    (set from ``--workers``) in how many processes it runs (None: one per CPU).
     """
 
     def __init__(self, dataset: Dataset, proposals: Sequence[Tensor] | None = None, *, propose: Propose | None = None,
-                 settings: dict[str, Any] | None = None, cache_dir: str | Path | None = None, progress: bool = True):
+                 settings: dict[str, Any] | None = None, cache_dir: str | Path | None = None, progress: bool = True,
+                 workers: int | None = None):
         if (proposals is None) == (propose is None):
             raise ValueError("WithProposals takes either the proposals or a propose function (with its settings)")
         self.dataset = dataset
         self.propose, self.settings, self.cache_dir = propose, dict(settings or {}), cache_dir
-        self.progress = progress
+        self.progress, self.workers = progress, workers
         self._proposals = None if proposals is None else self._checked(proposals)
 
     def _checked(self, proposals: Sequence[Tensor]) -> list[Tensor]:
@@ -196,7 +200,7 @@ class WithProposals(Dataset):
     def proposals(self) -> list[Tensor]:
         if self._proposals is None:
             self._proposals = self._checked(cached_proposals(self.dataset, self.propose, self.settings, self.cache_dir,
-                                                             progress=self.progress))
+                                                             self.workers, self.progress))
         return self._proposals
 
     def subset(self, indices: Sequence[int]) -> WithProposals:
@@ -206,7 +210,7 @@ class WithProposals(Dataset):
         if self._proposals is not None:
             return WithProposals(part, [self._proposals[i] for i in indices])
         return WithProposals(part, propose=self.propose, settings=self.settings, cache_dir=self.cache_dir,
-                             progress=self.progress)
+                             progress=self.progress, workers=self.workers)
 
     def __len__(self) -> int:
         return len(self.dataset)

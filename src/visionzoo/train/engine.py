@@ -421,6 +421,9 @@ class Trainer:
         self.train_set = train_set
         self.val_set = val_set
         show_preparation_progress((train_set, val_set), self.dist.is_main and self.config.progress)
+        for dataset in (train_set, val_set):  # one that computes in processes of its own as it prepares (proposals)
+            if hasattr(dataset, "workers"):
+                dataset.workers = self.config.num_workers
         self.run_meta = dict(run_meta or {})
         self.out = Path(self.config.out)
         cfg = self.config
@@ -817,6 +820,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | Non
     ``loss.png``, ``summary.json`` and the task's own pictures (:meth:`Task.report`). Under ``torchrun``
     every process calls this; rank 0 alone writes. ``run_meta`` (data set name, image size, ...) is
     stored in the checkpoint. A data set with a ``progress`` attribute (one that shows a bar as it prepares itself,
-    R-CNN's proposals) has it set as the engine's own bar: off with ``config.progress`` False and on ranks but 0.
+    R-CNN's proposals) has it set as the engine's own bar: off with ``config.progress`` False and on ranks but 0; one
+    with a ``workers`` attribute (processes it prepares itself in) gets ``config.num_workers``, the data loader's.
     """
     return Trainer(task, model, train_set, val_set, config, run_meta).fit()
