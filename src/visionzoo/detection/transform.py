@@ -39,7 +39,7 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
                     targets: Sequence[dict[str, Tensor]] | None) -> tuple[list[Tensor], list[tuple[int, int]]]:
     """What every detector's forward starts with: the images as a list (a Tensor[B, 3, H, W] is split),
     their (H, W) sizes, and in train mode the targets checked (see :func:`check_targets`); an image that is
-    not a Tensor or has no pixels is named. Floating-point images are cast to the detector's dtype (float64
+    not a Tensor, has no pixels or holds a NaN or infinite value is named. Floating-point images are cast to the detector's dtype (float64
     images into a float32 model)."""
     if isinstance(images, Tensor):
         if images.dim() != 4:
@@ -53,6 +53,11 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
             raise ValueError(f"image {index} must be a Tensor[3, H, W], got {type(image).__name__}")
         if image.dim() == 3 and 0 in image.shape[-2:]:  # else a division by zero when it is resized
             raise ValueError(f"image {index} has no pixels: {tuple(image.shape)}")
+        if image.is_floating_point():  # else no detections or meaningless ones, NaN losses (torchvision checks not)
+            bad = int((~torch.isfinite(image)).sum())
+            if bad:
+                raise ValueError(f"image {index} has {bad} NaN or infinite value{'s' if bad > 1 else ''} "
+                                 f"among its {image.numel()}")
     param = next(detector.parameters(), None)
     if param is not None and param.is_floating_point():
         images = [image.to(param.dtype) if isinstance(image, Tensor) and image.is_floating_point() else image
