@@ -2,6 +2,7 @@
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from torchvision import ops as tv
@@ -121,6 +122,24 @@ def test_roi_align_bad_input():
         roi_align(x, [torch.zeros(1, 4), torch.zeros(1, 5)], 2)
     with pytest.raises(ValueError, match="output_size"):
         roi_align(x, torch.zeros(1, 5), (2, -1))
+
+
+@pytest.mark.parametrize("size", [1.5, None, (2, "a"), (2, float("nan")), (float("inf"), 2)])
+def test_an_output_size_that_is_no_whole_number_is_refused_naming_it(size):
+    """output_size=1.5 (or None, (2, "a")) failed with "TypeError: object of type 'float' has no len()" or int()'s
+    ValueError, naming no argument."""
+    x = torch.zeros(1, 3, 8, 8)
+    for op in (roi_align, roi_pool):
+        with pytest.raises(ValueError, match=r"^output_size must be a non-negative int or \(height, width\)"):
+            op(x, torch.zeros(1, 5), size)
+
+
+def test_numpy_integers_are_output_sizes_as_in_torchvision():
+    x = torch.rand(1, 3, 8, 8)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]])
+    for size in (np.int64(2), (np.int64(2), 3)):
+        torch.testing.assert_close(roi_align(x, rois, size), tv.roi_align(x, rois, size))
+        torch.testing.assert_close(roi_pool(x, rois, size), tv.roi_pool(x, rois, size))
 
 
 @pytest.mark.parametrize("size", [0, (0, 7), (7, 0)])

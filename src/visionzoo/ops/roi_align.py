@@ -21,6 +21,7 @@ of every row, then of the row bins of those.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -33,9 +34,13 @@ SPARSE_FRACTION = 0.6
 
 
 def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int):
+    if isinstance(size, numbers.Integral):  # NumPy's too, as torchvision takes them
         size = (size, size)
-    if len(size) != 2 or any(int(s) != s or s < 0 for s in size):
+    try:
+        whole = len(size) == 2 and all(int(s) == s and s >= 0 for s in size)
+    except (TypeError, ValueError, OverflowError):  # no sequence, a string, NaN, inf
+        whole = False
+    if not whole:
         raise ValueError(f"{name} must be a non-negative int or (height, width), got {size!r}")
     return int(size[0]), int(size[1])
 
