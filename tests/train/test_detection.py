@@ -764,3 +764,8 @@ def test_train_workers_sets_the_processes_that_compute_the_proposals(tmp_path, m
     assert main(["train", "fastrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
                  "--workers", "1", "--no-progress", "--precision", "fp32", "--out", str(tmp_path / "run")]) == 0
     assert asked == [1, 1]  # the train and val splits
+    # at the default --workers 0 (the data loader in the main process) the costly proposals still use every CPU
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "other-cache"))
+    assert main(["train", "fastrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
+                 "--no-progress", "--precision", "fp32", "--out", str(tmp_path / "default")]) == 0
+    assert asked == [1, 1, None, None]

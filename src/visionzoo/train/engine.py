@@ -421,9 +421,11 @@ class Trainer:
         self.train_set = train_set
         self.val_set = val_set
         show_preparation_progress((train_set, val_set), self.dist.is_main and self.config.progress)
-        for dataset in (train_set, val_set):  # one that computes in processes of its own as it prepares (proposals)
+        # A data set that computes in processes of its own as it prepares (proposals) takes --workers N >= 1; at the
+        # default 0, which keeps the cheap loading in the main process, the costly preparation still uses every CPU.
+        for dataset in (train_set, val_set):
             if hasattr(dataset, "workers"):
-                dataset.workers = self.config.num_workers
+                dataset.workers = self.config.num_workers or None
         self.run_meta = dict(run_meta or {})
         self.out = Path(self.config.out)
         cfg = self.config
@@ -821,6 +823,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset | Non
     every process calls this; rank 0 alone writes. ``run_meta`` (data set name, image size, ...) is
     stored in the checkpoint. A data set with a ``progress`` attribute (one that shows a bar as it prepares itself,
     R-CNN's proposals) has it set as the engine's own bar: off with ``config.progress`` False and on ranks but 0; one
-    with a ``workers`` attribute (processes it prepares itself in) gets ``config.num_workers``, the data loader's.
+    with a ``workers`` attribute (processes it prepares itself in) gets ``config.num_workers`` when it is at least
+    1, else None (one process per CPU).
     """
     return Trainer(task, model, train_set, val_set, config, run_meta).fit()
