@@ -1,7 +1,8 @@
 """Backbones trained from scratch on built-in data on this CPU: test accuracy and wall time.
 
 One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writing
-``benchmarks/results/train_<job>.json``, so the README's rows can be filled across several runs:
+``benchmarks/results/train_<job>.json`` (or into ``--out-dir``, for a trial), so the README's rows can be filled
+across several runs:
 
 * ``<family>-digits32`` / ``<family>-shapes64``: one run, test accuracy on the held-out test split;
   ``<family>-shapes64-flips``: the same with the square's eight symmetries as augmentation;
@@ -17,6 +18,7 @@ One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writ
 
     python benchmarks/train_backbones.py --job vit-digits32
     python benchmarks/train_backbones.py --job deit-distillation --job vit-mpp
+    python benchmarks/train_backbones.py --job vit-digits32 --out-dir /tmp/trial   # the README's files stay
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+from arguments import output_folder
 from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import resolve_precision
@@ -184,11 +187,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
+                        help="the folder of the train_JOB.json results (default: %(default)s)")
     args = parser.parse_args()
     if args.list or not args.job:
         print("\n".join(JOBS))
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         print(f"{job}:", flush=True)
         start = time.perf_counter()
@@ -203,7 +208,7 @@ def main() -> None:
                 result = mpp_job(Path(tmp))
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine()
-        path = RESULTS / f"train_{job}.json"
+        path = args.out_dir / f"train_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)
 

@@ -18,6 +18,7 @@ WORK = {
     "precision": ("measure", "matmul_gflops"),
     "backbones": ("parameter_counts", "logit_differences", "speed"),
     "detection": ("conformance", "shapes", "proposal_detector"),
+    "train_backbones": ("train_and_test", "label_ambiguity_job", "distillation_job", "mpp_job"),
     "hipt_slides": ("ShapeSlides",),
     "fid": ("run",),
     "attention": ("time_case", "default_path"),
@@ -251,6 +252,20 @@ def test_detection_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path
     assert "is a file" in error, error
     error = refused(monkeypatch, capsys, "detection", ["--job", "shapes", "--out-dir", str(tmp_path / "file" / "d")])
     assert "is a file, not a folder" in error, error
+
+
+def test_train_backbones_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path):
+    """train_backbones.py had no way to write elsewhere: a trial of a job always replaced
+    benchmarks/results/train_JOB.json, the README's numbers."""
+    module = load("train_backbones")
+    monkeypatch.setattr(module, "label_ambiguity_job", lambda: {"images": 3})
+    out = tmp_path / "trial"
+    monkeypatch.setattr(sys, "argv", ["train_backbones.py", "--job", "shapes64-label-ambiguity", "--out-dir", str(out)])
+    module.main()
+    assert json.loads((out / "train_shapes64-label-ambiguity.json").read_text())["images"] == 3
+    (tmp_path / "file").write_text("x")
+    error = refused(monkeypatch, capsys, "train_backbones", ["--job", "vit-digits32", "--out-dir", str(tmp_path / "file")])
+    assert "is a file" in error, error
 
 
 @pytest.mark.parametrize("argv, flag", [
