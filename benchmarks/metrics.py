@@ -320,7 +320,7 @@ def row(what, size, reference, ref_ms, ours_ms, equal, diff, ref_repeats, ours_r
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # sys.argv is read before parsing too
     parser.add_argument("--repeats", type=positive_int, default=3, help="best of this many runs (default 3)")
     parser.add_argument(
         "--slow-repeats", type=positive_int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"

@@ -145,7 +145,7 @@ def run(repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # sys.argv is read before parsing too
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere, CPU time")

@@ -110,7 +110,7 @@ def evaluate(method: str, samples: list, cap: int, top: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # sys.argv is read before parsing too
     parser.add_argument("--images", type=positive_int, default=200, help="the first N Shapes val images")
     parser.add_argument("--threads", type=positive_int, default=1, help="threads for torch, OpenCV and BLAS")
     parser.add_argument("--max-proposals", type=positive_int, default=2000)

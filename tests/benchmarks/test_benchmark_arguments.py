@@ -24,6 +24,7 @@ WORK = {
     "attention": ("time_case", "default_path"),
     "metrics": ("coco_rows", "mean_ap_rows", "frechet_rows"),
     "selective_search": ("evaluate",),
+    "ops": ("run",),
 }
 
 
@@ -252,6 +253,19 @@ def test_detection_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path
     assert "is a file" in error, error
     error = refused(monkeypatch, capsys, "detection", ["--job", "shapes", "--out-dir", str(tmp_path / "file" / "d")])
     assert "is a file, not a folder" in error, error
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("ops", ["--one"]),
+    ("metrics", ["--one-t", "--quick"]),
+    ("selective_search", ["--thr", "2", "--images", "1"]),
+])
+def test_a_shortened_flag_that_the_script_reads_before_parsing_is_refused(monkeypatch, capsys, name, argv):
+    """ops.py and metrics.py choose their clock, and selective_search.py the BLAS threads, from sys.argv before
+    argparse runs: ops.py --one ran on one thread but timed wall clock and wrote "CPU time, one thread" into the
+    results, as argparse took --one for --one-thread; the scripts now take their flags spelled out only."""
+    error = refused(monkeypatch, capsys, name, argv)
+    assert "unrecognized arguments" in error and argv[0] in error, error
 
 
 def test_train_backbones_writes_its_results_into_out_dir(monkeypatch, capsys, tmp_path):
