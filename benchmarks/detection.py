@@ -206,9 +206,10 @@ def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
-    parser.add_argument("--repeats", type=positive_int, default=3)
-    parser.add_argument("--minutes", type=positive_float, default=8.0, help="training budget of each detector (shapes)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="latency repeats (conformance)")
+    parser.add_argument("--minutes", type=positive_float, default=8.0,
+                        help="training budget of each detector (shapes, rcnn, fast-rcnn)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="training batch (shapes, rcnn, fast-rcnn)")
     parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
                         help="the folder of the detection_JOB.json results (default: %(default)s)")
     args = parser.parse_args()
