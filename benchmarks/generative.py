@@ -65,6 +65,11 @@ DATA = (("digits", 32), ("shapes", 64))
 TOKENIZERS = {"vqvae": ("vqvae_small", "vqvae_small"), "vqgan": ("vqgan", "vqgan_f8"),
               "vit_vqgan": ("vit_vqgan", "vit_vqgan_64")}  # (Digits 32 px, Shapes 64 px)
 CI_SAMPLES = 200
+IMAGE_GPTS = ("image_gpt", "image_gpt_small")
+# The flags that only some models use: given with another model they are refused, not ignored.
+MODEL_FLAGS = {**dict.fromkeys(("--disc-start", "--disc-weight", "--perceptual-weight"), ("vqgan", "vit_vqgan")),
+               **dict.fromkeys(("--batch-size", "--lr", "--opt-betas", "--model-arg"), tuple(TOKENIZERS)),
+               "--tokenizer": ("vqgan_transformer",), "--seeds": IMAGE_GPTS, "--untrained": IMAGE_GPTS}
 
 
 def patches(images: torch.Tensor, size: int) -> np.ndarray:
@@ -382,22 +387,22 @@ def main() -> None:
     global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
-                        choices=(*TOKENIZERS, "vqgan_transformer", "image_gpt", "image_gpt_small", "dcgan", "baselines",
+                        choices=(*TOKENIZERS, "vqgan_transformer", *IMAGE_GPTS, "dcgan", "baselines",
                                  "codebook_stats"))
     parser.add_argument("--minutes", type=positive_float, default=5.0, help="training budget per data set (and seed)")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
-    parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"), default="vqgan",
-                        help="vqgan_transformer: whose codes (trained before with --model TOKENIZER)")
+    parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"),
+                        help="vqgan_transformer: whose codes (trained before with --model TOKENIZER; default vqgan)")
     parser.add_argument("--disc-start", type=disc_start_argument,
                         help="VQGANs: the step the discriminator starts at, or a share of the run (40%%)")
     parser.add_argument("--disc-weight", type=nonnegative_float,
                         help="VQGANs: the GAN loss weight (default: the model's registered one, else the task's 0.8)")
     parser.add_argument("--perceptual-weight", type=nonnegative_float,
                         help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="image_gpt: trainings for the probe curve")
+    parser.add_argument("--seeds", type=positive_int, help="image_gpt: trainings for the probe curve (default 3)")
     parser.add_argument("--untrained", action="store_true",
                         help="image_gpt: probe the model at initialisation (--seeds of them), without training")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="tokenizers: the training batch")
+    parser.add_argument("--batch-size", type=positive_int, help="tokenizers: the training batch (default 64)")
     parser.add_argument("--lr", type=positive_float, help="tokenizers: the peak learning rate (default: the task's)")
     parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
@@ -409,22 +414,26 @@ def main() -> None:
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
     args = parser.parse_args()
+    for flag, models in MODEL_FLAGS.items():
+        given = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if given not in (None, False, []) and args.model not in models:
+            parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
     RUNS = args.runs
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
-        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size, dict(args.model_arg), args.lr,
+        result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size or 64, dict(args.model_arg), args.lr,
                            tuple(args.opt_betas) if args.opt_betas else None)
         name = args.model
     elif args.model == "vqgan_transformer":
-        result = prior(args.tokenizer, args.minutes, args.data)
-        name = f"vqgan_transformer_{args.tokenizer}"
+        result = prior(args.tokenizer or "vqgan", args.minutes, args.data)
+        name = f"vqgan_transformer_{args.tokenizer or 'vqgan'}"
     elif args.model.startswith("image_gpt") and args.untrained:
-        result = untrained_image_gpt(args.seeds, args.data, args.model)
+        result = untrained_image_gpt(args.seeds or 3, args.data, args.model)
         name = f"{args.model}_untrained"
     elif args.model.startswith("image_gpt"):
         # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
-        result = image_gpt(args.minutes, args.seeds, args.data, args.model, args.out.parent if args.out else RESULTS)
+        result = image_gpt(args.minutes, args.seeds or 3, args.data, args.model, args.out.parent if args.out else RESULTS)
         name = args.model
     elif args.model == "codebook_stats":
         result = codebook_stats(args.data)

@@ -292,6 +292,37 @@ def test_generative_refuses_loss_weights_that_are_not_finite_and_non_negative(mo
     assert flag in error and "finite number >= 0" in error, error
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "vqvae", "--disc-start", "100"], "--disc-start"),  # recorded in the results as if it had applied
+    (["--model", "vqgan_transformer", "--batch-size", "32"], "--batch-size"),  # trained at 64
+    (["--model", "dcgan", "--lr", "1e-4"], "--lr"),
+    (["--model", "vqgan_transformer", "--model-arg", "depth=2"], "--model-arg"),
+    (["--model", "dcgan", "--seeds", "2"], "--seeds"),
+    (["--model", "vqvae", "--tokenizer", "vit_vqgan"], "--tokenizer"),
+    (["--model", "baselines", "--untrained"], "--untrained"),
+])
+def test_generative_refuses_a_flag_the_model_does_not_use_before_any_work(monkeypatch, capsys, argv, flag):
+    """generative.py took every flag with every --model and ignored those the model does not use: --model
+    vqgan_transformer --batch-size 32 trained at 64 without a word."""
+    error = refused(monkeypatch, capsys, "generative", argv)
+    assert f"{flag} is not used by --model {argv[1]}" in error, error
+
+
+def test_generative_hands_the_tokenizer_flags_and_their_defaults_on(monkeypatch, tmp_path):
+    module = load("generative")
+    calls = []
+    monkeypatch.setattr(module, "tokenizer", lambda *args: calls.append(args) or {"rows": {}})
+    monkeypatch.setattr(module, "prior", lambda *args: calls.append(args) or {"rows": {}})
+    for argv in (["--model", "vqgan", "--disc-start", "40%", "--batch-size", "16", "--opt-betas", "0.9", "0.99",
+                  "--model-arg", "code_dim=32"], ["--model", "vqvae"], ["--model", "vqgan_transformer"]):
+        monkeypatch.setattr(sys, "argv", ["generative.py", *argv, "--out", str(tmp_path / "result.json")])
+        module.main()
+    (kind, _, _, losses, batch, model_args, lr, betas), (kind2, _, _, _, batch2, *_), (tokenizer, *_) = calls
+    assert (kind, losses["disc_start"], batch, model_args, lr, betas) == ("vqgan", 0.4, 16, {"code_dim": 32}, None,
+                                                                           (0.9, 0.99))
+    assert (kind2, batch2, tokenizer) == ("vqvae", 64, "vqgan")
+
+
 def test_generative_refuses_a_runs_folder_that_is_a_file_before_any_work(monkeypatch, capsys, tmp_path):
     """--runs FILE was a NotADirectoryError traceback once the first run folder was made."""
     (tmp_path / "file").write_text("x")
