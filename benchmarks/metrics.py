@@ -321,11 +321,12 @@ def row(what, size, reference, ref_ms, ours_ms, equal, diff, ref_repeats, ours_r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # sys.argv is read before parsing too
-    parser.add_argument("--repeats", type=positive_int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--repeats", type=positive_int, help="best of this many runs (default 3, --quick 1)")
     parser.add_argument(
         "--slow-repeats", type=positive_int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"
     )
-    parser.add_argument("--quick", action="store_true", help="1,000 images / 20k dets, d=512, one repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 images / 20k dets, d=512, one repeat unless --repeats is given")
     parser.add_argument("--only", choices=PARTS, action="append",
                         help="measure this part only (repeatable); the file's rows of the other parts are kept")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
@@ -336,7 +337,7 @@ def main() -> None:
     args.out = Path(args.out or RESULTS / f"metrics{'_one_thread' if args.one_thread else ''}.json")
     earlier = existing_results(parser, args.out)
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
-    repeats = 1 if args.quick else args.repeats
+    repeats = args.repeats or (1 if args.quick else 3)
     parts = args.only or PARTS
     rows = []
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),

@@ -146,14 +146,14 @@ def run(repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)  # sys.argv is read before parsing too
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--quick", action="store_true", help="2 repeats")
+    parser.add_argument("--repeats", type=positive_int, help="best of this many runs (default 5, --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="2 repeats unless --repeats is given")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere, CPU time")
     parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "ops.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
-    repeats = 2 if args.quick else args.repeats
+    repeats = args.repeats or (2 if args.quick else 5)
     print(f"{'op':28s} {'size':28s} {'tv ms':>9s} {'ours ms':>9s} {'ratio':>6s} equal")
     rows = run(repeats)
     clock = "CPU time, one thread" if args.one_thread else f"wall clock, {torch.get_num_threads()} threads"

@@ -388,3 +388,25 @@ def test_selective_search_measures_every_method_named_once(monkeypatch, tmp_path
     module.main()
     assert measured == ["ours-single", "opencv-fast"]
     assert [row["method"] for row in json.loads(out.read_text())["rows"]] == measured
+
+
+@pytest.mark.parametrize("argv, expected", [(["--quick", "--repeats", "3"], 3), (["--quick"], 2), ([], 5)])
+def test_ops_quick_leaves_a_given_repeats(monkeypatch, tmp_path, argv, expected):
+    """ops.py --quick --repeats 3 measured the best of 2: --quick replaced the --repeats given beside it."""
+    module = load("ops")
+    calls = []
+    monkeypatch.setattr(module, "run", lambda repeats: calls.append(repeats) or [])
+    monkeypatch.setattr(sys, "argv", ["ops.py", *argv, "--out", str(tmp_path / "ops.json")])
+    module.main()
+    assert calls == [expected]
+
+
+@pytest.mark.parametrize("argv, expected", [(["--quick", "--repeats", "2"], 2), (["--quick"], 1), ([], 3)])
+def test_metrics_quick_leaves_a_given_repeats(monkeypatch, tmp_path, argv, expected):
+    """metrics.py --quick --repeats 2 measured one repeat: --quick replaced the --repeats given beside it."""
+    module = load("metrics")
+    calls = []
+    monkeypatch.setattr(module, "mean_ap_rows", lambda images, dets, repeats: calls.append(repeats) or [])
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "--only", "mean_ap", *argv, "--out", str(tmp_path / "m.json")])
+    module.main()
+    assert calls == [expected]
