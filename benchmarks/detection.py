@@ -21,7 +21,7 @@ One job at a time (``--job NAME``, repeatable), each writing ``benchmarks/result
   and seconds per image and its mAP on 20 val images.
 * ``fast-rcnn``: ``fastrcnn_shapes`` (one ResNet-18 pass per image, RoI pooling of the proposals) the same way.
 
-The R-CNN jobs compute the Selective Search boxes of each split once and cache them
+The R-CNN jobs compute the Selective Search boxes of the train and val splits once and cache them
 (``$VISIONZOO_CACHE/proposals``); ``proposal_seconds`` is that time (near 0 on a cache hit).
 
     python benchmarks/detection.py --job conformance
