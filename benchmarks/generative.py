@@ -416,7 +416,7 @@ def main() -> None:
     args = parser.parse_args()
     for flag, models in MODEL_FLAGS.items():
         given = getattr(args, flag.removeprefix("--").replace("-", "_"))
-        if given not in (None, False, []) and args.model not in models:
+        if given is not None and given is not False and given != [] and args.model not in models:  # 0 is given
             parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
     RUNS = args.runs
     if args.model in TOKENIZERS:

@@ -296,6 +296,7 @@ def test_generative_refuses_loss_weights_that_are_not_finite_and_non_negative(mo
     (["--model", "vqvae", "--disc-start", "100"], "--disc-start"),  # recorded in the results as if it had applied
     (["--model", "vqgan_transformer", "--batch-size", "32"], "--batch-size"),  # trained at 64
     (["--model", "dcgan", "--lr", "1e-4"], "--lr"),
+    (["--model", "vqvae", "--disc-weight", "0"], "--disc-weight"),
     (["--model", "vqgan_transformer", "--model-arg", "depth=2"], "--model-arg"),
     (["--model", "dcgan", "--seeds", "2"], "--seeds"),
     (["--model", "vqvae", "--tokenizer", "vit_vqgan"], "--tokenizer"),
