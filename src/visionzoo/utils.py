@@ -196,6 +196,12 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return ", ".join(matches) if matches else "none close"
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False on a device autocast does not know (meta), where torch
+    raises instead."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, or a CPU with AMX or AVX512-BF16).
 

@@ -535,3 +535,28 @@ def test_ema_weights_are_taken_by_default_as_timm_does(tmp_path):
     without = tmp_path / "without.safetensors"
     save_checkpoint(without, {f"model.{k}": v for k, v in trained.items()}, meta)
     assert _same_weights(create_model("resnet18", checkpoint=without), trained)
+
+
+@pytest.mark.parametrize("name, owner, method", [
+    ("vit_tiny_patch8_32", "visionzoo.layers.block.Block", "_mlp_residual_in_chunks"),
+    ("swin_tiny_patch2_window4_32", "visionzoo.models.swin_transformer.SwinTransformerStage", "_forward_in_chunks"),
+    ("convnext_atto_32", "visionzoo.models.convnext.ConvNeXtBlock", "_residual_in_chunks"),
+])
+def test_inference_off_the_cpu_runs_whole_batches_not_the_cpus_cache_sized_chunks(monkeypatch, name, owner, method):
+    """Inference split each block's work into CPU-cache-sized chunks on every device: on an H200 at batch 256 that
+    was hundreds of small kernels a block, and convnext_tiny ran at 329 img/s in fp32 where timm's ran at 3,202
+    (ViT-S/16 in bf16 5,051 against 19,005). Off the CPU (here the meta device) the whole batch runs at once."""
+    import importlib
+
+    module_name, class_name = owner.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    chunked = []
+    original = getattr(cls, method)
+    monkeypatch.setattr(cls, method, lambda self, *args: chunked.append(1) or original(self, *args))
+    model = create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 32, 32))
+        assert chunked, "the CPU keeps its chunks"
+        chunked.clear()
+        out = model.to("meta")(torch.empty(2, 3, 32, 32, device="meta"))
+    assert out.shape == (2, 3) and not chunked

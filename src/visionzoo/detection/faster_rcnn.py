@@ -36,7 +36,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
-from visionzoo.utils import check_argument_types, is_integer, require_nested_args
+from visionzoo.utils import autocast_enabled, check_argument_types, is_integer, require_nested_args
 
 
 class FasterRCNN(nn.Module):
@@ -127,7 +127,7 @@ class FasterRCNN(nn.Module):
         images, original_sizes = detector_inputs(self, images, targets)
         batch, targets = self.transform(images, targets)
         images = batch.tensors
-        if torch.is_autocast_enabled(images.device.type):
+        if autocast_enabled(images.device.type):
             # channels-last convolutions run ~20% faster on CPU; fp32 keeps torchvision's layout, and so its
             # exact numbers (a different summation order would reorder near-tied boxes in NMS)
             images = images.contiguous(memory_format=torch.channels_last)

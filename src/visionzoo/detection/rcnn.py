@@ -47,7 +47,7 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs, r
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
-from visionzoo.utils import check_argument_types, is_integer, require_nested_args
+from visionzoo.utils import autocast_enabled, check_argument_types, is_integer, require_nested_args
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 _PROPOSAL_FUNCTIONS = {"selective_search": selective_search, "sliding_window": sliding_windows}
@@ -91,7 +91,7 @@ class RegionCNN(nn.Module):
         self.cnn = cnn
 
     def forward(self, regions: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(regions.device.type):
+        if autocast_enabled(regions.device.type):
             regions = regions.contiguous(memory_format=torch.channels_last)
         return self.cnn(regions)
 
@@ -308,7 +308,7 @@ class FastRCNN(ProposalDetector):
         )
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
-        if torch.is_autocast_enabled(images.device.type):
+        if autocast_enabled(images.device.type):
             images = images.contiguous(memory_format=torch.channels_last)
         return {"0": self.backbone(images)[-1]}
 

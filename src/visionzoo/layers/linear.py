@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.utils import is_traced
+from visionzoo.utils import autocast_enabled, is_traced
 
 
 class Linear(nn.Linear):
@@ -36,7 +36,7 @@ class Linear(nn.Linear):
         if torch.is_grad_enabled() or is_traced():
             return F.linear(x, self.weight, self.bias)
         device_type = x.device.type
-        if not torch.is_autocast_enabled(device_type):
+        if not autocast_enabled(device_type):
             return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype(device_type)
         if self.weight.dtype == dtype:
