@@ -9,10 +9,12 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
 * ``speed``: inference images/s at ``--batch`` (32) 224×224, ours and timm's interleaved in one
   process, best of ``--repeats``; fp32, then bf16 autocast at ``--bf16-batch``. The fraction of the
   machine's matmul peak (measured here, best of 3: 2048² in fp32, 512² in bf16) uses each model's FLOPs counted by
-  ``torch.utils.flop_counter`` (2 per multiply-add).
+  ``torch.utils.flop_counter`` (2 per multiply-add). ``--device cuda`` measures on the GPU (each call
+  synchronised; fp32 matmuls without TF32, torch's default) into the ``speed_cuda`` section.
 
     python benchmarks/backbones.py                       # all three parts
     python benchmarks/backbones.py --part speed --one-thread
+    python benchmarks/backbones.py --part speed --device cuda --batch 256 --bf16-batch 256 --bf16-repeats 5
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from visionzoo.models import create_model, list_models
 RESULTS = Path(__file__).parent / "results"
 LOGIT_MODELS = ("vit_small_patch16_224", "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
                 "convnext_tiny")
+CPU = torch.device("cpu")
 SPEED_MODELS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
 
 
@@ -78,10 +81,19 @@ def logit_differences(batch: int = 2) -> dict[str, dict[str, float]]:
     return rows
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = best_seconds(lambda: a @ b, repeats)
+def synchronized(fn, device: torch.device):
+    """``fn`` that returns once the device has finished its work (a CUDA call only queues it)."""
+    if device.type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize(device))
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 3, device: torch.device = CPU
+                ) -> float:
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    product = synchronized(lambda: a @ b, device)
+    product()
+    best = best_seconds(product, repeats)
     return 2 * size ** 3 / best
 
 
@@ -92,36 +104,43 @@ def flops_per_image(model: torch.nn.Module, size: int = 224) -> float:
     return float(counter.get_total_flops())
 
 
-def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf16: bool) -> dict[str, float]:
+def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf16: bool,
+               device: torch.device = CPU) -> dict[str, float]:
     """Images/s of each model, measured in turn (interleaved) ``repeats`` times, best kept."""
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(batch, 3, 224, 224, device=device)
     best = {key: float("inf") for key in models}
 
     def run(model):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             model(x)
 
     for model in models.values():
-        run(model)  # warm-up: allocator, kernel selection
+        synchronized(lambda m=model: run(m), device)()  # warm-up: allocator, kernel selection
     for _ in range(repeats):
         for key, model in models.items():
-            best[key] = min(best[key], best_seconds(lambda m=model: run(m), 1))
+            best[key] = min(best[key], best_seconds(synchronized(lambda m=model: run(m), device), 1))
     return {key: batch / seconds for key, seconds in best.items()}
 
 
-def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int) -> dict:
-    # bf16 at 512²: a 2048² product takes seconds where bf16 is emulated; best of 3 all the same, since one call
-    # caught in a slow spell would understate the peak and overstate each model's share of it
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, size=512)}
+def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
+          device: torch.device = CPU) -> dict:
+    # bf16 at 512² on a CPU: a 2048² product takes seconds where bf16 is emulated; best of 3 all the same, since one
+    # call caught in a slow spell would understate the peak and overstate each model's share of it
+    bf16_size = 8192 if device.type == "cuda" else 512
+    peaks = {"fp32": matmul_peak(torch.float32, device=device),
+             "bf16": matmul_peak(torch.bfloat16, size=bf16_size, device=device)}
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
     rows = {"matmul_peak_flops": peaks, **machine(), "batch": batch, "bf16_batch": bf16_batch}
+    if device.type == "cuda":
+        rows["gpu"] = torch.cuda.get_device_name(device)
     for name in SPEED_MODELS:
         torch.manual_seed(0)
         models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}
         flops = flops_per_image(models["ours"])
+        models = {key: model.to(device) for key, model in models.items()}
         row = {"gflops_per_image": flops / 1e9}
         for precision, size, reps in (("fp32", batch, repeats), ("bf16", bf16_batch, bf16_repeats)):
-            rates = throughput(models, size, reps, bf16=precision == "bf16")
+            rates = throughput(models, size, reps, bf16=precision == "bf16", device=device)
             row[precision] = {
                 **{f"{k}_img_s": v for k, v in rates.items()},
                 "ratio": rates["ours"] / rates["timm"],
@@ -145,18 +164,24 @@ def main() -> None:
                         help="bf16 batch (small: on CPUs without AMX/AVX512-BF16 bf16 is emulated, ~100× slower)")
     parser.add_argument("--bf16-repeats", type=positive_int, default=1)
     parser.add_argument("--one-thread", action="store_true", help="torch.set_num_threads(1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if args.device == "cuda" and args.part != "speed":
+        parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
     results = existing_results(parser, args.out)
     if args.part in ("params", "all"):
         results["params"] = parameter_counts()
     if args.part in ("logits", "all"):
         results["logits"] = logit_differences()
     if args.part in ("speed", "all"):
-        key = "speed_one_thread" if args.one_thread else "speed"
-        results[key] = speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats)
+        key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
+        results[key] = speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats, torch.device(args.device))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -411,3 +411,27 @@ def test_metrics_quick_leaves_a_given_repeats(monkeypatch, tmp_path, argv, expec
     monkeypatch.setattr(sys, "argv", ["metrics.py", "--only", "mean_ap", *argv, "--out", str(tmp_path / "m.json")])
     module.main()
     assert calls == [expected]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--part", "speed", "--device", "cuda"], "no CUDA device"),
+    (["--part", "logits", "--device", "cuda"], "--part speed only"),
+])
+def test_backbones_device_cuda_is_refused_where_it_cannot_measure(monkeypatch, capsys, argv, message):
+    """--device cuda (the GPU's throughput beside timm's) is one line before any work where no GPU is, and for the
+    parts that are the same on every device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: "no CUDA" not in message)
+    error = refused(monkeypatch, capsys, "backbones", argv)
+    assert message in error, error
+
+
+def test_backbones_speed_synchronizes_a_cuda_device_before_the_clock_stops(monkeypatch):
+    """A CUDA call only queues its work: without a synchronize the GPU's throughput would time the launches."""
+    module = load("backbones")
+    calls = []
+    monkeypatch.setattr(module.torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    cuda = torch.device("cuda")
+    assert module.synchronized(lambda: calls.append("work"), cuda)() is not None
+    assert calls == ["work", cuda]
+    cpu_fn = module.synchronized(lambda: "done", torch.device("cpu"))
+    assert cpu_fn() == "done"
