@@ -2,6 +2,7 @@
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -87,3 +88,16 @@ def test_bad_input():
         MultiScaleRoIAlign(["p2"], 7, 2)(x, [torch.zeros(1, 4)], [(96, 128)])
     with pytest.raises(ValueError, match="image_shapes is empty"):
         MultiScaleRoIAlign(["0"], 7, 2)(x, [torch.zeros(1, 4)], [])
+
+
+@pytest.mark.parametrize("size", [1.5, None, "7", (2, "a"), float("nan")])
+def test_a_bad_output_size_is_a_value_error_naming_it_when_the_pooler_is_built(size):
+    """MultiScaleRoIAlign(output_size=1.5) failed when built with TypeError "'float' object is not iterable",
+    which names no argument (roi_align itself already names it)."""
+    with pytest.raises(ValueError, match="output_size"):
+        MultiScaleRoIAlign(["0"], size, 2)
+
+
+def test_a_numpy_integer_output_size_is_taken_as_roi_align_takes_it():
+    """(torchvision's pooler fails on one with TypeError; its roi_align takes it.)"""
+    assert MultiScaleRoIAlign(["0"], np.int64(3), 2).output_size == (3, 3)

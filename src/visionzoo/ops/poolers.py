@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import box_area
-from .roi_align import boxes_to_rois, roi_align
+from .roi_align import _pair, boxes_to_rois, roi_align
 
 __all__ = ["MultiScaleRoIAlign", "infer_scale", "fpn_levels"]
 
@@ -77,12 +77,10 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_level: int = 4,
     ) -> None:
         super().__init__()
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
         if not featmap_names:
             raise ValueError("MultiScaleRoIAlign: featmap_names is empty")
         self.featmap_names = list(featmap_names)
-        self.output_size = tuple(output_size)
+        self.output_size = _pair(output_size, "MultiScaleRoIAlign output_size")
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
