@@ -220,6 +220,14 @@ def is_traced() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_symbolic_tracing()
 
 
+def runs_in_cache_chunks(x: torch.Tensor) -> bool:
+    """Whether inference may take ``x`` through a block in CPU-cache-sized chunks (the ViT block's MLP, Swin's
+    sub-batches, ConvNeXt's residual): on the CPU, without autograd (which needs the whole activations) and not
+    traced (see :func:`is_traced`). A GPU runs the whole batch faster in one kernel than in hundreds of small ones."""
+    # the device last: under torch.fx, x is a proxy whose device cannot be read
+    return not torch.is_grad_enabled() and not is_traced() and x.device.type == "cpu"
+
+
 @functools.cache
 def _cpu_native_bf16() -> bool:
     cpu = torch.cpu

@@ -5,14 +5,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from visionzoo.layers.attention import Attention
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import Mlp
-from visionzoo.utils import is_traced
+from visionzoo.utils import runs_in_cache_chunks
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -55,8 +54,7 @@ class Block(nn.Module):
         """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias or boolean mask, and
         ``is_causal``: attend to earlier tokens only (see :class:`Attention`)."""
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias, is_causal)))
-        # the chunks keep a CPU's activations in its cache; a GPU runs the whole batch faster in one kernel
-        if torch.is_grad_enabled() or self.training or is_traced() or x.device.type != "cpu":
+        if self.training or not runs_in_cache_chunks(x):
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return self._mlp_residual_in_chunks(x)
 

@@ -41,7 +41,7 @@ from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types, is_traced, require_image_batch
+from visionzoo.utils import check_argument_types, require_image_batch, runs_in_cache_chunks
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -79,9 +79,7 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_dw(x).permute(0, 2, 3, 1)
-        # the chunks keep a CPU's activations in its cache; a GPU runs the whole batch faster in one kernel
-        if (torch.is_grad_enabled() or (self.training and isinstance(self.drop_path, DropPath)) or is_traced()
-                or x.device.type != "cpu"):
+        if (self.training and isinstance(self.drop_path, DropPath)) or not runs_in_cache_chunks(x):
             return x + self.drop_path(self._scale(self.mlp(self.norm(y))).permute(0, 3, 1, 2))
         return self._residual_in_chunks(x, y)
 

@@ -68,7 +68,7 @@ from visionzoo.layers.drop import drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import autocast_enabled, check_argument_types, is_traced
+from visionzoo.utils import autocast_enabled, check_argument_types, is_traced, runs_in_cache_chunks
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
@@ -519,8 +519,7 @@ class SwinTransformerStage(nn.Module):
             block.set_window_size(window)
 
     def forward(self, x: Tensor) -> Tensor:
-        # the sub-batches keep a CPU's activations in its cache; a GPU runs the whole batch faster in one kernel
-        if torch.is_grad_enabled() or is_traced() or x.device.type != "cpu":
+        if not runs_in_cache_chunks(x):
             return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
         return self._forward_in_chunks(x)
 
