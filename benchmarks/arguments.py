@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visionzoo.cli import positive_float, positive_int
+from visionzoo.cli import nonnegative_int, positive_float, positive_int
 
-__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "output_file", "output_folder",
-           "positive_float", "positive_int"]
+__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "nonnegative_int", "output_file",
+           "output_folder", "positive_float", "positive_int"]
 
 
 def output_file(text: str) -> Path:

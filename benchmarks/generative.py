@@ -30,6 +30,11 @@ survive encoding under bf16.
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
     python benchmarks/generative.py --model baselines
     python benchmarks/generative.py --model codebook_stats
+    python benchmarks/generative.py --model vit_vqgan --data shapes --device cuda --steps 12000 --runs /tmp/gpu
+
+``--steps N`` trains each model for N steps instead of ``--minutes`` (how far more steps than this CPU's
+budget go) and ``--device cuda`` trains on the GPU (bf16 autocast); what follows the training (test metrics,
+probes, sampling for FID) runs on the CPU either way.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ from visionzoo.train.vqgan import disc_start_argument
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path("runs/bench")
+# --device and --steps: set once by main(), over every run's own settings.
+TRAINING: dict[str, Any] = {}
 DATA = (("digits", 32), ("shapes", 64))
 TOKENIZERS = {"vqvae": ("vqvae_small", "vqvae_small"), "vqgan": ("vqgan", "vqgan_f8"),
               "vit_vqgan": ("vit_vqgan", "vit_vqgan_64")}  # (Digits 32 px, Shapes 64 px)
@@ -98,11 +105,12 @@ def stack(dataset, count: int | None = None) -> torch.Tensor:
 def train(model: str, data: str, size: int, minutes: float, out: Path, seed: int = 0,
           model_args: dict[str, Any] | None = None, options: dict[str, Any] | None = None, **config: Any):
     """One run through the engine, kept in ``out``; (setup, result, wall seconds)."""
-    settings = {"batch_size": 64, "precision": "auto", **config}
-    run_config = TrainConfig(out=str(out), minutes=minutes, overwrite=True, progress=False, eval_every=0,
+    settings = {"batch_size": 64, "precision": "auto", "minutes": minutes, **config, **TRAINING}
+    run_config = TrainConfig(out=str(out), overwrite=True, progress=False, eval_every=0,
                              checkpoint_every=10**9, seed=seed, **settings)
     start = time.perf_counter()
     setup, result = run_training(model, data, run_config, size, model_args, options)
+    setup.model.cpu()
     return setup, result, time.perf_counter() - start
 
 
@@ -389,7 +397,9 @@ def main() -> None:
     parser.add_argument("--model", required=True,
                         choices=(*TOKENIZERS, "vqgan_transformer", *IMAGE_GPTS, "dcgan", "baselines",
                                  "codebook_stats"))
-    parser.add_argument("--minutes", type=positive_float, default=5.0, help="training budget per data set (and seed)")
+    parser.add_argument("--minutes", type=positive_float, help="training budget per data set (and seed); default 5")
+    parser.add_argument("--steps", type=positive_int, help="train this many steps instead of --minutes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"),
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER; default vqgan)")
@@ -419,6 +429,17 @@ def main() -> None:
         if given is not None and given is not False and given != [] and args.model not in models:  # 0 is given
             parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
     RUNS = args.runs
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if args.untrained or args.model in ("baselines", "codebook_stats"):
+        for flag, given in (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu")):
+            if given:
+                parser.error(f"{flag} sets the training; --model {args.model}"
+                             f"{' --untrained' if args.untrained else ''} trains nothing")
+    if args.steps and args.minutes:
+        parser.error("--steps and --minutes are two budgets: give one")
+    args.minutes = args.minutes or 5.0
+    TRAINING.update({"device": args.device, **({"max_steps": args.steps, "minutes": None} if args.steps else {})})
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
@@ -448,7 +469,9 @@ def main() -> None:
     suffix = "" if not args.data else "_" + "_".join(args.data)
     path = args.out or RESULTS / f"generative_{name}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
+    where = {"device": args.device, "steps": args.steps,
+             **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {})}
+    path.write_text(json.dumps({**machine(), **where, **result}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -19,6 +19,11 @@ across several runs:
     python benchmarks/train_backbones.py --job vit-digits32
     python benchmarks/train_backbones.py --job deit-distillation --job vit-mpp
     python benchmarks/train_backbones.py --job vit-digits32 --out-dir /tmp/trial   # the README's files stay
+    python benchmarks/train_backbones.py --job resnet18-shapes64-fresh --device cuda --steps 8000 --eval-every 1000
+
+``--steps N`` trains a single-run job for N steps instead of its budget (how far more steps than this CPU's
+five minutes go), ``--eval-every`` records the validation accuracy along the way, ``--device cuda`` trains
+on the GPU (bf16 autocast) and ``--workers`` draws the batches in that many processes.
 """
 
 from __future__ import annotations
@@ -35,10 +40,10 @@ from typing import Any
 
 import torch
 
-from arguments import output_folder
+from arguments import nonnegative_int, output_folder, positive_int
 from timing import machine
 from visionzoo.train import TrainConfig
-from visionzoo.train.engine import resolve_precision
+from visionzoo.train.engine import METRICS_NAME, resolve_precision
 from visionzoo.train.run import run_training
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,12 +104,27 @@ SEEDS = (0, 1, 2)
 JOBS = (*SINGLE, "deit-distillation", "vit-mpp", "shapes64-label-ambiguity")
 
 
-def train_and_test(run: Run, out: Path, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Where:
+    """Where and how a job runs: the device, the data-loading processes, the validation period (None: none)."""
+    device: str = "cpu"
+    workers: int = 0
+    eval_every: int | None = None
+
+
+def validation_curve(out: Path) -> list[dict[str, float]]:
+    """The run's validation accuracy at each ``--eval-every`` evaluation, from its ``metrics.jsonl``."""
+    lines = map(json.loads, (out / METRICS_NAME).read_text().splitlines())
+    return [{"step": line["step"], "accuracy": line["accuracy"]} for line in lines if line.get("split") == "val"]
+
+
+def train_and_test(run: Run, out: Path, seed: int = 0, where: Where = Where(), **overrides: Any) -> dict[str, Any]:
     """Train ``run`` (with ``overrides`` of its fields) and evaluate on the test split."""
     run = Run(**{**run.__dict__, **overrides})
     config = TrainConfig(out=str(out), max_steps=run.steps, minutes=run.minutes, batch_size=run.batch_size, lr=run.lr,
                          weight_decay=run.weight_decay, warmup_steps=run.warmup_steps, ema_decay=run.ema_decay,
-                         seed=seed, precision="auto", overwrite=True, progress=False, checkpoint_every=10**9)
+                         seed=seed, precision="auto", overwrite=True, progress=False, checkpoint_every=10**9,
+                         device=where.device, num_workers=where.workers, eval_every=where.eval_every or 0)
     start = time.perf_counter()
     setup, result = run_training(run.model, run.data, config, run.img_size, run.model_args, run.options,
                                  train_images=run.train_images)
@@ -114,9 +134,12 @@ def train_and_test(run: Run, out: Path, seed: int = 0, **overrides: Any) -> dict
         metrics = setup.task.evaluate(model, setup.splits["test"], 256, contextlib.nullcontext)  # fp32
     row = {"model": run.model, "data": f"{run.data} {run.img_size}px", "seed": seed, "steps": result.steps,
            "minutes": run.minutes, "batch_size": run.batch_size, "train_seconds": round(result.train_seconds, 1),
-           "wall_seconds": round(wall, 1), "precision": resolve_precision(config.precision, torch.device("cpu")), "test": metrics, "options": run.options, "model_args": run.model_args,
+           "wall_seconds": round(wall, 1), "precision": resolve_precision(config.precision, torch.device(where.device)), "device": where.device,
+           "test": metrics, "options": run.options, "model_args": run.model_args,
            "train_images": len(setup.splits["train"]) if run.train_images is None else run.train_images,
            "checkpoint": str(out / "checkpoint.safetensors")}
+    if where.eval_every:
+        row["val_curve"] = validation_curve(out)
     print(f"  {run.model} seed {seed}: test {setup.task.metric} {metrics[setup.task.metric]:.4f} "
           f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)
     return row
@@ -127,14 +150,14 @@ def summary(values: list[float]) -> dict[str, float]:
             "values": values}
 
 
-def distillation_job(tmp: Path) -> dict[str, Any]:
-    teacher = train_and_test(TEACHER, tmp / "teacher")
+def distillation_job(tmp: Path, where: Where = Where()) -> dict[str, Any]:
+    teacher = train_and_test(TEACHER, tmp / "teacher", where=where)
     options = {**STUDENT.options, "teacher": TEACHER.model, "teacher_checkpoint": teacher["checkpoint"],
                "distillation": "hard"}
     distilled, plain = [], []
     for seed in SEEDS:
-        distilled.append(train_and_test(STUDENT, tmp / f"student{seed}", seed, options=options))
-        plain.append(train_and_test(BASELINE, tmp / f"plain{seed}", seed))
+        distilled.append(train_and_test(STUDENT, tmp / f"student{seed}", seed, where, options=options))
+        plain.append(train_and_test(BASELINE, tmp / f"plain{seed}", seed, where))
     with_teacher = summary([r["test"]["accuracy"] for r in distilled])
     without = summary([r["test"]["accuracy"] for r in plain])
     margin = with_teacher["mean"] - without["mean"]
@@ -143,14 +166,14 @@ def distillation_job(tmp: Path) -> dict[str, Any]:
             "margin_over_larger_std": margin / max(with_teacher["std"], without["std"], 1e-12)}
 
 
-def mpp_job(tmp: Path) -> dict[str, Any]:
+def mpp_job(tmp: Path, where: Where = Where()) -> dict[str, Any]:
     pretrained, scratch = [], []
     for seed in SEEDS:
-        pre = train_and_test(MPP_PRETRAIN, tmp / f"mpp{seed}", seed)
-        tuned = train_and_test(MPP_FINETUNE, tmp / f"finetune{seed}", seed,
+        pre = train_and_test(MPP_PRETRAIN, tmp / f"mpp{seed}", seed, where)
+        tuned = train_and_test(MPP_FINETUNE, tmp / f"finetune{seed}", seed, where,
                                options={"initial_checkpoint": pre["checkpoint"]})
         pretrained.append({"pretrain": pre, "finetune": tuned})
-        scratch.append(train_and_test(MPP_FINETUNE, tmp / f"scratch{seed}", seed,
+        scratch.append(train_and_test(MPP_FINETUNE, tmp / f"scratch{seed}", seed, where,
                                       steps=MPP_PRETRAIN.steps + MPP_FINETUNE.steps))
     with_mpp = summary([r["finetune"]["test"]["accuracy"] for r in pretrained])
     without = summary([r["test"]["accuracy"] for r in scratch])
@@ -189,7 +212,19 @@ def main() -> None:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
                         help="the folder of the train_JOB.json results (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int,
+                        help="single-run jobs: train this many steps instead of the job's budget")
+    parser.add_argument("--eval-every", type=positive_int, help="record the validation accuracy every N steps")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--workers", type=nonnegative_int, default=0,
+                        help="data-loading processes (default 0: the main process)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if args.steps and any(job not in SINGLE for job in args.job or ()):
+        parser.error("--steps applies to single-run jobs only: " + ", ".join(j for j in args.job if j not in SINGLE))
+    where = Where(args.device, args.workers, args.eval_every)
+    budget = {"steps": args.steps, "minutes": None} if args.steps else {}
     if args.list or not args.job:
         print("\n".join(JOBS))
         return
@@ -199,15 +234,17 @@ def main() -> None:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             if job in SINGLE:
-                result = train_and_test(SINGLE[job], Path(tmp) / "run")
+                result = train_and_test(SINGLE[job], Path(tmp) / "run", where=where, **budget)
             elif job == "shapes64-label-ambiguity":
                 result = label_ambiguity_job()
             elif job == "deit-distillation":
-                result = distillation_job(Path(tmp))
+                result = distillation_job(Path(tmp), where)
             else:
-                result = mpp_job(Path(tmp))
+                result = mpp_job(Path(tmp), where)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine()
+        if args.device == "cuda":
+            result["machine"]["gpu"] = torch.cuda.get_device_name()
         path = args.out_dir / f"train_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)

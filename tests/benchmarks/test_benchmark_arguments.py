@@ -435,3 +435,74 @@ def test_backbones_speed_synchronizes_a_cuda_device_before_the_clock_stops(monke
     assert calls == ["work", cuda]
     cpu_fn = module.synchronized(lambda: "done", torch.device("cpu"))
     assert cpu_fn() == "done"
+
+
+class _Trained(Exception):
+    """Raised by a stand-in run_training with the configuration it was given."""
+
+
+def _capture_training(monkeypatch, module):
+    def run_training(model, data, config, *args, **kwargs):
+        raise _Trained(config)
+
+    monkeypatch.setattr(module, "run_training", run_training)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vqvae", "--steps", "10", "--minutes", "2"], "--steps and --minutes are two budgets"),
+    (["--model", "baselines", "--minutes", "2"], "--minutes sets the training; --model baselines trains nothing"),
+    (["--model", "codebook_stats", "--steps", "5"], "--steps sets the training; --model codebook_stats"),
+    (["--model", "image_gpt", "--untrained", "--minutes", "1"], "--model image_gpt --untrained trains nothing"),
+    (["--model", "vqvae", "--steps", "0"], "--steps"),
+])
+def test_generative_refuses_a_budget_it_would_not_follow(monkeypatch, capsys, argv, message):
+    """--minutes with --model baselines (which trains nothing) was taken without a word."""
+    error = refused(monkeypatch, capsys, "generative", argv)
+    assert message in error, error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
+@pytest.mark.parametrize("name, argv", [("generative", ["--model", "vqvae"]),
+                                        ("train_backbones", ["--job", "vit-digits32"])])
+def test_device_cuda_without_a_gpu_is_one_line_before_any_work(monkeypatch, capsys, name, argv):
+    error = refused(monkeypatch, capsys, name, [*argv, "--device", "cuda"])
+    assert "no CUDA device is available" in error, error
+
+
+def test_generative_steps_replace_the_minutes_of_every_run(monkeypatch, tmp_path):
+    module = load("generative")
+    _capture_training(monkeypatch, module)
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "vqvae", "--steps", "123", "--data", "digits",
+                                      "--runs", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(_Trained) as trained:
+        module.main()
+    config = trained.value.args[0]
+    assert (config.max_steps, config.minutes, config.device) == (123, None, "cpu")
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "vqvae", "--data", "digits",
+                                      "--runs", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    module = load("generative")
+    _capture_training(monkeypatch, module)
+    with pytest.raises(_Trained) as trained:
+        module.main()
+    assert (trained.value.args[0].max_steps, trained.value.args[0].minutes) == (None, 5.0)
+
+
+def test_train_backbones_steps_and_eval_every_reach_the_run(monkeypatch, capsys, tmp_path):
+    module = load("train_backbones")
+    _capture_training(monkeypatch, module)
+    monkeypatch.setattr(sys, "argv", ["train_backbones.py", "--job", "resnet18-shapes64-fresh", "--steps", "77",
+                                      "--eval-every", "11", "--workers", "3", "--out-dir", str(tmp_path)])
+    with pytest.raises(_Trained) as trained:
+        module.main()
+    config = trained.value.args[0]
+    assert (config.max_steps, config.minutes, config.eval_every, config.num_workers) == (77, None, 11, 3)
+    error = refused(monkeypatch, capsys, "train_backbones", ["--job", "vit-mpp", "--steps", "5"])
+    assert "--steps applies to single-run jobs only: vit-mpp" in error, error
+
+
+def test_train_backbones_reads_the_validation_curve_of_its_run(tmp_path):
+    module = load("train_backbones")
+    lines = [{"step": 1, "loss": 2.0}, {"step": 5, "split": "val", "accuracy": 0.25, "loss": 1.5},
+             {"step": 10, "split": "val", "accuracy": 0.5, "loss": 1.0}]
+    (tmp_path / module.METRICS_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert module.validation_curve(tmp_path) == [{"step": 5, "accuracy": 0.25}, {"step": 10, "accuracy": 0.5}]
