@@ -166,19 +166,9 @@ def test_a_short_run_switches_the_discriminator_on_at_disc_start(tmp_path, untra
     assert (out / "reconstructions.png").is_file()
 
 
-class StepClock:
-    """A stand-in for the engine's ``time`` module whose clock moves ``tick`` seconds at each reading, so a time
-    budget gives the same steps however busy the machine is."""
-
-    def __init__(self, tick: float):
-        self.tick, self.now = tick, 0.0
-
-    def perf_counter(self) -> float:
-        self.now += self.tick
-        return self.now
-
-
 def test_a_run_with_a_share_as_disc_start(tmp_path, untrained_domain_features, monkeypatch):
+    from engine_script import StepClock
+
     out = tmp_path / "run"
     options = {"disc_start": 0.5, "perceptual_weight": 0.0}
     config = TrainConfig(out=str(out), max_steps=6, batch_size=8, progress=False, checkpoint_every=10**9,
