@@ -363,6 +363,8 @@ def test_a_tokenizer_trains_at_its_registered_size_unless_told(model_name, data,
 def test_training_the_domain_classifier_once_is_not_charged_to_the_time_budget(tmp_path, monkeypatch):
     """On a fresh cache `train vqgan --max-steps 5 --minutes 0.3` (the tour's step budget) stopped after 1 step,
     the minute of training its perceptual network at the first step counted as the run's training time."""
+    from engine_script import StepClock
+
     clock = StepClock(0.25)
     monkeypatch.setattr(engine, "time", clock)
 
