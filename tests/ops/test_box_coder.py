@@ -80,3 +80,12 @@ def test_a_zero_or_non_finite_weight_is_refused(weights):
     coder = BoxCoder((-10.0, -10.0, -5.0, -5.0))
     anchors, gt = torch.tensor([[0.0, 0.0, 4.0, 6.0]]), torch.tensor([[1.0, 2.0, 5.0, 5.0]])
     torch.testing.assert_close(coder.decode(coder.encode(gt, anchors), anchors), gt)
+
+
+def test_a_nan_clip_is_refused():
+    """BoxCoder(bbox_xform_clip=nan) decoded every box to NaN (a clamp to NaN); inf still means no clamp."""
+    with pytest.raises(ValueError, match=r"bbox_xform_clip must be a number or inf, got nan"):
+        BoxCoder(bbox_xform_clip=float("nan"))
+    boxes = BoxCoder(bbox_xform_clip=math.inf).decode(torch.tensor([[0.0, 0.0, 5.0, 5.0]]),
+                                                       torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+    assert torch.isfinite(boxes).all()

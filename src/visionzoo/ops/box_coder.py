@@ -38,6 +38,8 @@ class BoxCoder:
             # decoding divides the deltas by them (torchvision does not check): every box would be inf/NaN
             raise ValueError(f"BoxCoder weights must be finite and non-zero (wx, wy, ww, wh), got {weights!r}")
         self.bbox_xform_clip = float(bbox_xform_clip)
+        if math.isnan(self.bbox_xform_clip):  # a clamp to NaN makes every decoded box NaN
+            raise ValueError(f"BoxCoder bbox_xform_clip must be a number or inf, got {bbox_xform_clip!r}")
 
     def __repr__(self) -> str:
         return f"BoxCoder(weights={self.weights}, bbox_xform_clip={self.bbox_xform_clip})"
