@@ -404,6 +404,16 @@ def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     assert ds.images_dir == tmp_path / "images" and ds[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("images", [{"0": {"file_name": "a.png"}}, 5, "a.png"])
+def test_a_json_whose_images_is_not_a_list_says_so(tmp_path, images):
+    """`--data FILE.json` looked for the first image's folder before the file was checked: an 'images' object
+    ended in "KeyError: 0", a number in "TypeError: 'int' object is not subscriptable", both tracebacks."""
+    ann_file = tmp_path / "mine.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": [], "categories": CATEGORIES}))
+    with pytest.raises(ValueError, match=r"mine\.json: 'images' must be a list"):
+        create_dataset(ann_file)
+
+
 def test_create_dataset_builds_named_datasets_and_rejects_unknown_names(tmp_path):
     assert DATASETS == ("shapes", "digits")
     shapes = create_dataset("shapes", "val", image_size=64, length=3)

@@ -46,7 +46,8 @@ def _images_beside(ann_file: Path) -> Path:
     folder = ann_file.parent
     data = read_json(ann_file)
     images = data.get("images") if isinstance(data, dict) else None
-    first = images[0].get("file_name") if images and isinstance(images[0], dict) else None
+    # a file that is not COCO's shape is CocoDetection's to report, naming what is wrong
+    first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
     if isinstance(first, str) and not (folder / first).is_file() and (folder / "images" / first).is_file():
         return folder / "images"
     return folder
