@@ -322,6 +322,18 @@ def test_predict_image_ids_match_the_annotation_files_entries_by_file_name(tmp_p
                             "--image-ids", str(tmp_path / "val" / "dog.jpg")], "is not a COCO annotation file")
 
 
+@pytest.mark.parametrize("out", ["results.json", "results.json/pictures"])
+def test_predict_refuses_a_coco_json_that_is_the_out_folder_before_predicting(tmp_path, capsys, out):
+    """--coco-json naming --out (or a folder above it), which predict makes, failed after predicting and drawing with
+    "[Errno 21] Is a directory: 'results.json'", naming no option."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    coco_json, out = tmp_path / "results.json", tmp_path / out
+    one_line_error(capsys, ["predict", "fasterrcnn_shapes", str(tmp_path / "a.png"), "--checkpoint",
+                            "missing.safetensors", "--out", str(out), "--coco-json", str(coco_json)],
+                   f"--coco-json {coco_json} is ", "folder", "--out", "which predict makes")
+    assert not coco_json.exists()
+
+
 def test_coco_results_keep_the_data_sets_category_ids_as_written():
     """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
     for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to

@@ -307,6 +307,10 @@ def predict_command(args: argparse.Namespace) -> int:
                              f"{'--coco-json' if args.coco_json and output == Path(args.coco_json) else '--out'}")
     if args.coco_json:
         coco_json = require_not_folder(args.coco_json, "--coco-json", "a .json file").resolve()
+        if coco_json == out.resolve() or coco_json in out.resolve().parents:  # predict makes these folders
+            where = "the --out folder" if coco_json == out.resolve() else f"a folder of --out {args.out}"
+            raise ValueError(f"--coco-json {args.coco_json} is {where}, which predict makes; give the COCO results "
+                             "another name")
         own = {path.resolve(): path.name for path in written}
         if coco_json in own:
             raise ValueError(f"--coco-json {args.coco_json} is the {own[coco_json]} that predict writes into "
