@@ -1,6 +1,7 @@
 """The detection task: flips that move boxes, a short Faster R-CNN run on Shapes, COCO metrics, drawings."""
 
 import contextlib
+import copy
 import io
 import json
 
@@ -575,6 +576,37 @@ def test_evaluate_with_skip_invalid_boxes_scores_the_skipped_boxes_as_misses_as_
     assert [metrics[k] for k in names] == pytest.approx(stats[:6].tolist(), abs=1e-6)
     assert metrics["mar_100"] == pytest.approx(stats[8], abs=1e-6)
     assert metrics["map"] == pytest.approx(0.505, abs=1e-3)
+
+
+def test_evaluate_counts_an_area_of_zero_in_the_file_as_small_as_pycocotools(tmp_path):
+    """An annotation whose file gives "area": 0 (converters write it as a placeholder) was scored by its box's
+    area, so eval split small/medium/large otherwise than pycocotools on the same file (it counts 0 as small):
+    here APs -1 and APm 1.0 where pycocotools gives 1.0 and -1. A missing area still means the box's."""
+    from visionzoo.data.coco import CocoDetection
+
+    Image.new("RGB", (96, 96)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 96}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 40, 40], "area": 0, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "iscrowd": 0},
+            # no area inside the image and none in the file: the unclipped box's, 0, so small, as coco-eval's default
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100, 10, 0, 8], "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, skip_invalid=True)
+    detection = {"boxes": torch.tensor([[4.0, 4.0, 44.0, 44.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 1, contextlib.nullcontext)
+    results = [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 40, 40], "score": 0.9}]
+    with_areas = copy.deepcopy(ground_truth)  # pycocotools needs every area: coco-eval's default, the box's w * h
+    with_areas["annotations"][1]["area"], with_areas["annotations"][2]["area"] = 1600.0, 0.0
+    stats = _pycocotools_stats(with_areas, results, tmp_path)
+    names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
+    assert [metrics[k] for k in names] == pytest.approx(stats[:6].tolist(), abs=1e-6)
+    assert metrics["map_small"] == pytest.approx(0.5, abs=1e-2) and metrics["map_medium"] == 0.0
 
 
 def test_training_leaves_crowd_regions_out_of_the_targets():

@@ -237,7 +237,7 @@ class CocoDetection(Dataset):
         skip_invalid: drop boxes with no area inside their image from ``boxes`` instead of raising; the
             count is logged and kept in ``num_skipped``. As pycocotools still scores them (as misses), an
             image's skipped annotations come as ``skipped_boxes`` (the file's, xyxy), ``skipped_labels``,
-            ``skipped_area`` and ``skipped_iscrowd``, which only evaluation reads.
+            ``skipped_area`` (the file's, else its box's w * h) and ``skipped_iscrowd``, which only evaluation reads.
         transform: optional callable ``(image, target) -> (image, target)``.
         load_masks: decode segmentations into ``masks`` (costs time; detection alone needs none). Without it
             segmentations are neither read nor checked.
@@ -373,8 +373,8 @@ class CocoDetection(Dataset):
                     self._check_size_against_header(image, entry["image_id"])
                     raise ValueError(f"{self.ann_file}: {name}: {problem}")
             area = entry.get("area")
-            if area is None:
-                area = 0.0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+            if area is None:  # a skipped box's: the file's w * h, as coco-eval reads a file without areas
+                area = entry["bbox"][2] * entry["bbox"][3] if box is None else (box[2] - box[0]) * (box[3] - box[1])
             elif not _is_area(area):
                 raise ValueError(
                     f"{self.ann_file}: {name}: area must be a non-negative number, got {area!r:.80}"

@@ -61,19 +61,24 @@ def training_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 # A target's entries for the annotations left out of training (CocoDetection's skip_invalid), by the entry
 # of the scored target they join.
 _SKIPPED = {"boxes": "skipped_boxes", "labels": "skipped_labels", "area": "skipped_area", "iscrowd": "skipped_iscrowd"}
+# MeanAveragePrecision reads an area of 0 as none given (torchmetrics' rule) and scores the box's w * h instead; a
+# target's 0 is an area, which pycocotools counts as small: the least positive float32 lies in the same area ranges.
+_LEAST_AREA = torch.finfo(torch.float32).tiny
 
 
 def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What detections are scored against, as pycocotools scores a COCO file: the target with its
     ``unclipped_boxes`` (the file's boxes as written) as ``boxes`` where it has them, and the annotations
     left out of training for having no area in their image (``skipped_*``) added back, which no
-    detection can match."""
+    detection can match. An ``area`` of 0 is kept as an area (in the small range), as pycocotools keeps a file's."""
     target = dict(target)
     if "unclipped_boxes" in target:
         target["boxes"] = target.pop("unclipped_boxes")
     if "skipped_boxes" in target:
         for key, skipped in _SKIPPED.items():
             target[key] = torch.cat([target[key], target.pop(skipped)])
+    if "area" in target:
+        target["area"] = target["area"].masked_fill(target["area"] == 0, _LEAST_AREA)
     return target
 
 
