@@ -196,3 +196,16 @@ def test_a_file_where_the_export_writes_a_folder_is_named_before_anything_is_wri
     assert err.endswith(f"{tmp_path / name} is a file where the export writes its {name} folder; move it or give "
                         "another --out") and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [name] and (tmp_path / name).read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["annotations/instances_val.json", "val/000001.png"])
+def test_a_folder_where_the_export_writes_a_file_is_named_before_anything_is_written(tmp_path, capsys, name):
+    """--overwrite into a folder holding a folder of the name of a file the export writes wrote the images, then
+    failed with "[Errno 21] Is a directory", naming a temporary file where it was the JSON."""
+    (tmp_path / name).mkdir(parents=True)
+    (tmp_path / name / "notes.txt").write_text("mine")
+    assert main(["export-data", "shapes", "--out", str(tmp_path), "--split", "val", "--num", "2", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path / name} is a folder where the export writes a file; move it or give another "
+                        "--out") and "\n" not in err, err
+    assert not (tmp_path / "val" / "000000.png").exists() and (tmp_path / name / "notes.txt").read_text() == "mine"

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from visionzoo.checkpoint import atomic_write
 from visionzoo.data.masks import mask_to_rle
-from visionzoo.data.shapes import SPLIT_SEEDS, Shapes
+from visionzoo.data.shapes import DEFAULT_LENGTHS, SPLIT_SEEDS, Shapes
 from visionzoo.utils import require_folder_or_absent
 
 # Shapes draws any number of scenes, so a split has no length to bound ``num``: an export writes at most this
@@ -62,6 +62,12 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
+def image_index(name: str) -> int | None:
+    """The index of the image that an export names ``name`` (:func:`image_name`), or None for another name."""
+    stem = name[:-4]
+    return int(stem) if stem.isdigit() and name == image_name(int(stem)) else None
+
+
 def remove_earlier_images(images_dir: Path, count: int) -> None:
     """Delete the images of an earlier export from ``images_dir`` beyond the ``count`` this one writes, so that a
     smaller export does not leave the tail of a larger one beside its own (e.g. for tools that read the folder,
@@ -69,9 +75,18 @@ def remove_earlier_images(images_dir: Path, count: int) -> None:
     if not images_dir.is_dir():
         return
     for path in images_dir.iterdir():
-        stem = path.name[:-4]
-        if stem.isdigit() and path.name == image_name(int(stem)) and int(stem) >= count and path.is_file():
+        index = image_index(path.name)
+        if index is not None and index >= count and path.is_file():
             path.unlink()
+
+
+def folders_in_the_way(out_dir: Path, split: str, count: int) -> list[Path]:
+    """The folders in ``out_dir`` at the paths of files that an export of ``count`` images of ``split`` writes."""
+    found = [path for path in [out_dir / "annotations" / f"instances_{split}.json"] if path.is_dir()]
+    if (out_dir / split).is_dir():
+        found += sorted(path for path in (out_dir / split).iterdir()
+                        if (index := image_index(path.name)) is not None and index < count and path.is_dir())
+    return found
 
 
 def write_coco_split(dataset: Any, out_dir: str | Path, split: str, progress: bool = True) -> Path:
@@ -150,6 +165,11 @@ def export_shapes(
         if folder.exists() and not folder.is_dir():
             raise FileExistsError(f"{folder} is a file where the export writes its {folder.name} folder; move it or "
                                   "give another --out")
+    for split in splits:  # else "[Errno 21] Is a directory" once the images are written
+        in_the_way = folders_in_the_way(out_dir, split, DEFAULT_LENGTHS[split] if num is None else num)
+        if in_the_way:
+            raise IsADirectoryError(f"{in_the_way[0]} is a folder where the export writes a file; move it or give "
+                                    "another --out")
     return {
         split: write_coco_split(
             Shapes(split, image_size=image_size, length=num, seed=seed), out_dir, split, progress
