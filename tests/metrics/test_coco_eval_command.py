@@ -123,3 +123,14 @@ def test_bad_values_are_one_line_errors_naming_file_and_entry(files, capsys, tar
         dets[1][field] = value
         dt_path.write_text(json.dumps(dets))
     one_line_error(capsys, ["coco-eval", str(gt_path), str(dt_path)], *fragments)
+
+
+@pytest.mark.parametrize("key, value", [("images", {"1": {"id": 1}}), ("categories", "cats"), ("annotations", {"a": 1})])
+def test_a_list_of_the_ground_truth_that_is_not_a_list_is_named(files, capsys, tmp_path, key, value):
+    """An 'images' object was read as its keys: "image 0 is not an object: '1'" blamed an image the file does not
+    have."""
+    gt_path, dt_path, gt, _ = files
+    bad = tmp_path / "bad_gt.json"
+    bad.write_text(json.dumps({**gt, key: value}))
+    one_line_error(capsys, ["coco-eval", str(bad), str(dt_path)],
+                   f"bad_gt.json: {key!r} must be a list, got {type(value).__name__}")

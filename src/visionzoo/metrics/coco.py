@@ -331,6 +331,9 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     for key in ("images", "categories"):
         if key not in data:
             raise ValueError(f"{name}: no {key!r} list")
+    for key in ("images", "categories", "annotations"):  # an object would be read as its keys
+        if not isinstance(data.get(key, []), list | tuple) and not (key == "annotations" and data[key] is None):
+            raise ValueError(f"{name}: {key!r} must be a list, got {type(data[key]).__name__}")
     images, categories = data["images"], data["categories"]
     anns = data.get("annotations") or []
     image_ids = np.unique(_id_array(_column(images, "id", f"{name}: image"), f"{name}: image", "id"))
