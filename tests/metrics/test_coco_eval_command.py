@@ -134,3 +134,14 @@ def test_a_list_of_the_ground_truth_that_is_not_a_list_is_named(files, capsys, t
     bad.write_text(json.dumps({**gt, key: value}))
     one_line_error(capsys, ["coco-eval", str(bad), str(dt_path)],
                    f"bad_gt.json: {key!r} must be a list, got {type(value).__name__}")
+
+
+@pytest.mark.parametrize("field", ["category_id", "image_id"])
+def test_result_ids_of_another_type_than_the_ground_truths_are_refused(files, capsys, field):
+    """Results whose category_id were strings ("3") against a ground truth of integer ids were all left out as
+    "categories absent from" it: AP 0 everywhere, with a note that hid why (image_id said "absent", not why)."""
+    gt_path, dt_path, _, dets = files
+    dt_path.write_text(json.dumps([{**d, field: str(d[field])} for d in dets]))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(dt_path)],
+                   f"dt.json: result 0 has {field} {str(dets[0][field])!r}, a string, but the ground truth's",
+                   "are numbers")

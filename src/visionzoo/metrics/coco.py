@@ -303,6 +303,15 @@ def _index_of(ids: np.ndarray, sorted_ids: np.ndarray, what: str, name: str) -> 
     return pos.astype(np.int64)
 
 
+def _check_same_id_kind(ids: np.ndarray, gt_ids: np.ndarray, what: str, name: str) -> None:
+    """Raise ValueError when ``ids`` are strings and the ground truth's numbers, or the other way round: no id
+    could match (a result's category would be left out as absent, an image's reported absent)."""
+    if len(ids) and len(gt_ids) and (ids.dtype.kind == "U") != (gt_ids.dtype.kind == "U"):
+        kinds = ("a string", "numbers") if ids.dtype.kind == "U" else ("a number", "strings")
+        raise ValueError(f"{what} 0 has {name} {ids[0].tolist()!r}, {kinds[0]}, but the ground truth's {name}s are "
+                         f"{kinds[1]}: ids must match in type")
+
+
 def _check_mask_sizes(masks: list, image_ids: list, sizes: Mapping, what: str) -> None:
     """Raise ValueError naming the first mask whose size is not its image's ``(height, width)`` (when known)."""
     for i, (mask, image_id) in enumerate(zip(masks, image_ids)):
@@ -390,8 +399,8 @@ def load_detections(
     for ``segm``, ``segmentation`` (an RLE; when the first result also has a ``bbox``, as
     Detectron2's and MMDetection's do, every result needs one and its ``w * h`` is the area the
     area ranges test, as in pycocotools). Raises ValueError for an image id absent from the
-    ground truth (pycocotools asserts), a NaN score, a non-finite box or a mask of another size than
-    its image, naming the entry.
+    ground truth (pycocotools asserts), ids that are strings where the ground truth's are numbers (or the other
+    way round), a NaN score, a non-finite box or a mask of another size than its image, naming the entry.
     Results of a category the ground truth does not list are left out, as pycocotools leaves them
     out; their count is ``num_dropped``.
     """
@@ -403,6 +412,8 @@ def load_detections(
     det_image = _id_array(_column(data, "image_id", what), what, "image_id")
     det_cat = _id_array(_column(data, "category_id", what), what, "category_id")
     scores = _float_vector(_column(data, "score", what), what, "score")
+    _check_same_id_kind(det_image, gt.image_ids, what, "image_id")
+    _check_same_id_kind(det_cat, gt.category_ids, what, "category_id")
     image = _index_of(det_image, gt.image_ids, what, "image_id")
     if np.isnan(scores).any():
         raise ValueError(f"{what} {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
