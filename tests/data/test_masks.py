@@ -163,3 +163,20 @@ def test_polygon_known_values_and_errors():
         rle_from_polygons([[0, 0, 1, 1]], 5, 5, "annotation 4")
     with pytest.raises(ValueError, match="finite"):
         polygon_to_mask([[0, 0, 1, float("nan"), 2, 2]], 5, 5)
+
+
+@pytest.mark.parametrize("segmentation, height, width, message", [
+    ({"size": [4, [4]], "counts": [16]}, None, None, r"result 2: RLE size must be \[height, width\]"),
+    ({"size": [float("inf"), 4], "counts": [16]}, None, None, r"result 2: RLE size must be \[height, width\]"),
+    ({"size": [4, 4, 1], "counts": [16]}, None, None, r"result 2: RLE size must be \[height, width\]"),
+    ({"size": "4x4", "counts": [16]}, None, None, r"result 2: RLE size must be \[height, width\]"),
+    ([[0, 0, 3, 0, {"x": 3}, 3]], 4, 4, r"result 2: a polygon needs at least 3 finite \(x, y\) points"),
+    ([5], 4, 4, r"result 2: a polygon needs at least 3 finite \(x, y\) points, got 5"),
+    ([[0, 0, 3, 0, 3, 3]], [4], 4, r"result 2: the image's height and width must be positive integers, got \[4\], 4"),
+])
+def test_malformed_segmentations_are_value_errors_naming_the_entry(segmentation, height, width, message):
+    """coco-eval --iou-type segm ended in a traceback (TypeError "int() argument must be ... not 'list'",
+    OverflowError "cannot convert float infinity to integer", "'int' object is not iterable" while building the
+    message) for an RLE size, a polygon or an image height that were not numbers."""
+    with pytest.raises(ValueError, match=message):
+        to_rle(segmentation, height, width, "result 2")

@@ -104,10 +104,23 @@ def rle_from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int,
     return Rle(height, width, starts[keep], ends[keep])
 
 
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number >= 0 (4 or 4.0, not True, "4" or inf), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    if isinstance(value, float | np.floating) and not float(value).is_integer():  # 4.5, inf, nan
+        return None
+    return int(value) if value >= 0 else None
+
+
 def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     if "counts" not in rle or "size" not in rle:
         raise ValueError(f"{what}: an RLE needs 'size' and 'counts'")
-    height, width = (int(s) for s in rle["size"])
+    size = rle["size"]
+    sides = [_whole_number(side) for side in size] if isinstance(size, list | tuple) else []
+    if len(sides) != 2 or None in sides:
+        raise ValueError(f"{what}: RLE size must be [height, width], two whole numbers, got {size!r:.80}")
+    height, width = sides
     counts = rle["counts"]
     if isinstance(counts, str | bytes):
         try:
@@ -234,11 +247,12 @@ def rle_from_polygons(
     """
     runs = []
     for polygon in polygons:
-        xy = np.asarray(polygon, dtype=np.float64).ravel()
+        try:
+            xy = np.asarray(polygon, dtype=np.float64).ravel()
+        except (TypeError, ValueError):  # an object or a ragged list among the coordinates
+            xy = np.zeros(0)
         if xy.size < 6 or xy.size % 2 or not np.isfinite(xy).all():
-            raise ValueError(
-                f"{what}: a polygon needs at least 3 finite (x, y) points, got {list(polygon)[:8]}"
-            )
+            raise ValueError(f"{what}: a polygon needs at least 3 finite (x, y) points, got {polygon!r:.80}")
         runs.append(_runs_of_toggles(_polygon_toggles(xy, height, width), height * width))
     if not runs:
         return Rle(height, width, np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -261,6 +275,9 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
     if isinstance(segmentation, list | tuple):
         if height is None or width is None:
             raise ValueError(f"{what}: polygons need the image's 'height' and 'width'")
+        if not _whole_number(height) or not _whole_number(width):
+            raise ValueError(f"{what}: the image's height and width must be positive integers, got {height!r:.40}, "
+                             f"{width!r:.40}")
         return rle_from_polygons(segmentation, int(height), int(width), what)
     if hasattr(segmentation, "shape"):
         return rle_from_mask(segmentation, what)
