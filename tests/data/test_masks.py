@@ -180,3 +180,15 @@ def test_malformed_segmentations_are_value_errors_naming_the_entry(segmentation,
     message) for an RLE size, a polygon or an image height that were not numbers."""
     with pytest.raises(ValueError, match=message):
         to_rle(segmentation, height, width, "result 2")
+
+
+@pytest.mark.parametrize("far", [1e30, 1e9])
+def test_a_polygon_too_far_outside_its_image_to_rasterise_is_refused(far):
+    """A polygon vertex at 1e30 (a corrupt file) crashed coco-eval --iou-type segm with a segmentation fault (its edge
+    of 5e30 fine steps overflowed int64), and one at 1e9 asked for tens of GB; pycocotools runs out of memory."""
+    with pytest.raises(ValueError, match=r"annotation 4: a polygon reaching 1e\+\d+ is too large to rasterise"):
+        rle_from_polygons([[far, 10, 40, 10, 40, 40, 10, 40]], 60, 80, "annotation 4")
+    with pytest.raises(ValueError, match=r"annotation 4: an image of 1e\+30x80 pixels is too large"):  # OverflowError
+        to_rle([[0, 0, 3, 0, 3, 3]], 10**30, 80, "annotation 4")
+    # far outside, still rasterised as pycocotools does (nothing of it in the image)
+    assert not polygon_to_mask([[-5000, -5000, -4000, -5000, -4000, -4000]], 60, 80).any()

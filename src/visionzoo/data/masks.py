@@ -172,6 +172,18 @@ def rle_to_mask(rle: Rle | Mapping[str, Any]) -> np.ndarray:
     return np.repeat(values, runs).reshape(rle.width, rle.height).T
 
 
+# pycocotools samples every edge at each 1/5 pixel along its longer axis, wherever it runs: a polygon's edges outside
+# any image (a perimeter of 2 million pixels) would take gigabytes, and beyond int64 a crash.
+MAX_POLYGON_SAMPLES = 10**7
+MAX_POLYGON_IMAGE_PIXELS = 2**62
+
+
+def _polygon_samples(xy: np.ndarray) -> float:
+    """How many points :func:`_polygon_toggles` samples along polygon ``xy`` float64[2k] (counted in floats)."""
+    x, y = np.trunc(_POLY_SCALE * xy[0::2] + 0.5), np.trunc(_POLY_SCALE * xy[1::2] + 0.5)
+    return float(np.maximum(np.abs(np.roll(x, -1) - x), np.abs(np.roll(y, -1) - y)).sum() + len(x))
+
+
 def _polygon_toggles(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     """Column-major pixel indices int64[t] where polygon ``xy`` float64[2k] flips outside/inside.
 
@@ -253,6 +265,11 @@ def rle_from_polygons(
             xy = np.zeros(0)
         if xy.size < 6 or xy.size % 2 or not np.isfinite(xy).all():
             raise ValueError(f"{what}: a polygon needs at least 3 finite (x, y) points, got {polygon!r:.80}")
+        samples = _polygon_samples(xy)
+        if samples > MAX_POLYGON_SAMPLES:
+            raise ValueError(f"{what}: a polygon reaching {np.abs(xy).max():.3g} is too large to rasterise (its edges "
+                             f"take {samples:.3g} samples, over {MAX_POLYGON_SAMPLES:.0e}): its points lie far outside "
+                             f"the {width}x{height} image")
         runs.append(_runs_of_toggles(_polygon_toggles(xy, height, width), height * width))
     if not runs:
         return Rle(height, width, np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -278,6 +295,8 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
         if not _whole_number(height) or not _whole_number(width):
             raise ValueError(f"{what}: the image's height and width must be positive integers, got {height!r:.40}, "
                              f"{width!r:.40}")
+        if height * width > MAX_POLYGON_IMAGE_PIXELS:  # pixel indices are int64
+            raise ValueError(f"{what}: an image of {height:.3g}x{width:.3g} pixels is too large to rasterise polygons in")
         return rle_from_polygons(segmentation, int(height), int(width), what)
     if hasattr(segmentation, "shape"):
         return rle_from_mask(segmentation, what)
