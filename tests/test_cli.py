@@ -334,6 +334,21 @@ def test_predict_refuses_a_coco_json_that_is_the_out_folder_before_predicting(tm
     assert not coco_json.exists()
 
 
+def test_predict_image_ids_match_an_image_that_is_a_symlink_by_its_own_name(tmp_path):
+    """Images that are symlinks to content-named files (git-annex, DVC's and Hugging Face's caches) were matched by
+    their target's path, .../blobs/3f2a9c: "matches no entry of its images by file_name"."""
+    from visionzoo.train.commands import image_ids_from
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "blobs" / "3f2a9c", format="JPEG")
+    (tmp_path / "val" / "000000139.jpg").symlink_to(tmp_path / "blobs" / "3f2a9c")
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [{"id": 139, "file_name": "val/000000139.jpg"}]}))
+    assert image_ids_from(ann, [str(tmp_path / "val" / "000000139.jpg")]) == [139]
+    assert image_ids_from(ann, [str(tmp_path / "blobs" / ".." / "val" / "000000139.jpg")]) == [139]
+
+
 def test_coco_results_keep_the_data_sets_category_ids_as_written():
     """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
     for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -257,7 +258,9 @@ def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
                          f"({type(error).__name__}: {error})") from None
     ids = []
     for path in paths:
-        parts = Path(path).resolve().parts
+        # the path as given, made absolute (its ".." taken out) but not resolved: an image that is a symlink to a
+        # content-named file (git-annex, DVC's and Hugging Face's caches) is known by the link's name
+        parts = Path(os.path.abspath(path)).parts
         found = [image_id for name, image_id in entries if name and parts[-len(name):] == name]
         if len(found) != 1:
             problem = "no entry" if not found else f"{len(found)} entries (ids {found[:3]})"
