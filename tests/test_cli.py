@@ -585,3 +585,27 @@ def test_model_arguments_of_the_wrong_type_are_one_line(capsys, tmp_path, model_
     one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "a"), "--model-arg", model_arg],
                    message)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["coco-eval", "{long}.json", "{tmp}/dets.json"],
+    ["predict", "fasterrcnn_shapes", "{tmp}/a.png", "--checkpoint", "missing.safetensors", "--out", "{long}"],
+    ["train", "fasterrcnn_shapes", "--data", "{long}.json", "--out", "{tmp}/run"],
+])
+def test_a_file_name_too_long_for_the_file_system_is_a_one_line_error(command, tmp_path, capsys):
+    """A path with a name over the file system's 255 bytes (a file_name pasted twice, a generated name) ended in a
+    traceback, OSError "[Errno 36] File name too long", from the first is_file() of coco-eval, predict or --data."""
+    long = str(tmp_path / ("x" * 300))
+    one_line_error(capsys, [part.format(long=long, tmp=tmp_path) for part in command], "File name too long")
+
+
+def test_a_reader_that_goes_away_still_ends_the_output_quietly(monkeypatch, capfd):
+    """BrokenPipeError is an OSError, which is now a user error: it must still stop quietly (`coco-eval ... | head`)."""
+    def run(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("visionzoo.cli._COMMANDS", {})
+    from visionzoo.cli import register_command
+
+    register_command("pipe", "test")(run)
+    assert main(["pipe"]) == 0 and capfd.readouterr().err == ""

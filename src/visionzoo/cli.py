@@ -2,7 +2,7 @@
 
 A module adds a subcommand with :func:`register_command`; the modules listed in
 ``COMMAND_MODULES`` are imported when the CLI starts, so a new family only appends its module
-there. User errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ...) become one
+there. User errors (``ValueError``, ``OSError`` such as ``FileNotFoundError``, ...) become one
 line on stderr and exit status 2; ``--debug`` shows the traceback instead.
 """
 
@@ -34,6 +34,7 @@ USER_ERRORS = (
     IsADirectoryError,
     PermissionError,
     FloatingPointError,  # the engine's diverged loss, with advice on what to change
+    OSError,  # the rest name their file too: "[Errno 36] File name too long: '...'", a full disk
 )
 
 
@@ -154,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except PeerFailed:  # under torchrun: rank 0 failed in work it alone does, and says why in one line
         return 2
+    except BrokenPipeError:  # an OSError, so before the user errors
+        # The reader went away (`visionzoo coco-eval ... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except USER_ERRORS as error:
         if args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise
@@ -170,11 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`visionzoo coco-eval ... | head`): stop quietly, as Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
 
 
 def _out_of_memory(error: BaseException) -> bool:
