@@ -197,6 +197,22 @@ def test_a_file_that_is_not_utf8_names_the_file_and_byte(folder):
         create_dataset(ann_file)  # reads the file first to find the images folder
 
 
+def test_a_utf8_file_with_a_byte_order_mark_is_read_as_coco_eval_reads_it(folder):
+    """A JSON file saved with a UTF-8 byte order mark (Notepad's, PowerShell's) was refused by --data and predict
+    --image-ids, "invalid JSON at line 1, column 1: Unexpected UTF-8 BOM", while coco-eval read the same file."""
+    root, _ = folder
+    plain = _write(root)
+    marked = root / "marked.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    ds = CocoDetection(root / "images", marked)
+    assert ds.classes == ["cat", "dog", "zebra"] and len(ds) == 3
+    assert coco_evaluate(str(marked), [])["AP"] == 0
+    bad = root / "marked_latin1.json"
+    bad.write_bytes(b"\xef\xbb\xbf" + '{"images": [],\n "categories": [{"id": 1, "name": "caf\u00e9"}]}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"marked_latin1\.json: not UTF-8 text \(byte 56, line 2: 0xe9\)"):
+        CocoDetection(root / "images", bad)
+
+
 def test_missing_keys_name_file_and_entry(folder):
     root, _ = folder
     with pytest.raises(ValueError, match=r"instances\.json: the top level is missing 'annotations'"):

@@ -12,6 +12,7 @@ only when a sample is read; one that cannot be decoded raises ``ValueError`` nam
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -38,19 +39,21 @@ Transform = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[st
 
 
 def read_json(path: str | Path) -> Any:
-    """The parsed JSON of ``path``; a syntax error names the file, line and column, bytes that are not
-    UTF-8 the file, byte offset and line."""
+    """The parsed JSON of ``path`` (UTF-8, with or without a byte order mark); a syntax error names the file, line
+    and column, bytes that are not UTF-8 the file, byte offset and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     data = path.read_bytes()
+    # a byte order mark (Notepad's, PowerShell's) is skipped, as coco-eval's json.load skips it
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data.decode("utf-8")
+        text = data[start:].decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
+        at = start + error.start
+        line = data.count(b"\n", 0, at) + 1
         raise ValueError(
-            f"{path}: not UTF-8 text (byte {error.start}, line {line}: {data[error.start]:#04x}); "
-            "JSON files are UTF-8: save it as UTF-8"
+            f"{path}: not UTF-8 text (byte {at}, line {line}: {data[at]:#04x}); JSON files are UTF-8: save it as UTF-8"
         ) from None
     try:
         return json.loads(text)
