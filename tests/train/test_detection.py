@@ -243,6 +243,24 @@ def _one_step_run_on_a_coco_folder(tmp_path):
     return folder
 
 
+def test_eval_of_other_data_scores_a_box_without_area_as_pycocotools_instead_of_refusing_it(tmp_path, capsys, caplog):
+    """eval --data FILE with a box of no area inside its image, of a run trained without --skip-invalid-boxes, was
+    refused with advice for another command (`visionzoo train --skip-invalid-boxes`): no way to score the file,
+    which pycocotools scores (the box as an object not found). Inference reads data to score it, never to train."""
+    from visionzoo.cli import main
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
+    ann_file = folder / "annotations" / "instances_val.json"
+    annotations = json.loads(ann_file.read_text())
+    annotations["annotations"][0]["bbox"][2] = 0
+    ann_file.write_text(json.dumps(annotations))
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"),
+                 "--data", str(folder), "--split", "val", "--json", "--no-progress"]) == 0, capsys.readouterr().err
+    assert "map" in json.loads(capsys.readouterr().out)
+    assert "skipped 1 boxes with no area" in caplog.text
+
+
 def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
     """Same class count, other names: eval counted the detector's 'circle' scores as the folder's 'cat'."""
     from visionzoo.train.run import checkpoint_metadata, load_for_inference

@@ -312,7 +312,7 @@ class DetectionTask(Task):
         group.add_argument("--skip-invalid-boxes", action="store_const", const=True, default=None,
                            help="a COCO folder's boxes with no area inside their image are left out of training "
                                 "(the count is logged) instead of refused; evaluation scores them as objects not "
-                                "found, as pycocotools does; kept for eval of the run")
+                                "found, as pycocotools does (eval and predict always read data so)")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],

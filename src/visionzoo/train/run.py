@@ -217,7 +217,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     The model gets the trained weights, or with ``use_ema`` the EMA weights where the run kept them
     (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
     default is the EMA weights. ``use_ema`` for a run that kept none raises ValueError (timm's falls back to
-    the trained weights without a word).
+    the trained weights without a word). A detector's data are read with ``skip_invalid_boxes``: scored, not trained on.
     """
     from visionzoo.models._registry import _saved_model
 
@@ -238,9 +238,14 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         raise FileNotFoundError(f"{checkpoint} was trained on {trained_on}, which is not there{where}: the model is "
                                 "rebuilt with that data's classes and settings; run from the folder the run was "
                                 "trained in, or put the data back (eval also takes --data FOLDER)")
+    options = dict(run.get("options") or {})
+    if "skip_invalid_boxes" in task_class(model_name).own_options():
+        # data read to be scored, never trained on: a box with no area in its image is scored as pycocotools scores
+        # it (an object not found), not refused with advice for `train`
+        options["skip_invalid_boxes"] = True
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
-                            checkpoint=checkpoint, options=run.get("options"))
+                            checkpoint=checkpoint, options=options)
     if has_ema and not use_ema:  # create_model(checkpoint=) took the EMA weights
         _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}
