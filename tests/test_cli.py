@@ -349,6 +349,25 @@ def test_predict_image_ids_match_an_image_that_is_a_symlink_by_its_own_name(tmp_
     assert image_ids_from(ann, [str(tmp_path / "blobs" / ".." / "val" / "000000139.jpg")]) == [139]
 
 
+def test_predict_image_ids_take_the_files_category_ids_by_class_name(tmp_path):
+    """predict --coco-json --image-ids FILE wrote the training data's category ids, so against a FILE that numbers
+    the same classes otherwise coco-eval scored the model's 'circle' boxes as FILE's category 1, 'square': a wrong
+    AP without a word. The ids now come from FILE by name; a class FILE lacks whose id FILE gives another class is
+    refused."""
+    from visionzoo.train.commands import category_ids_from
+
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "square"}, {"id": 7, "name": "circle"}]}))
+    assert category_ids_from(ann, ["circle", "square"], None) == {1: 7, 2: 1}
+    assert category_ids_from(ann, ["circle", "square"], {1: 7, 2: 1}) == {1: 7, 2: 1}
+    with pytest.raises(ValueError, match=r"--image-ids .*instances_val\.json gives category id 1 to 'square'; the "
+                                         r"model's class 'star' has that id and no category of the file is named so"):
+        category_ids_from(ann, ["star", "circle", "square"], {1: 1, 2: 2, 3: 3})
+    assert category_ids_from(ann, ["circle", "square", "star"], None) == {1: 7, 2: 1, 3: 3}  # 3: absent, dropped
+    (tmp_path / "no_categories.json").write_text(json.dumps({"images": []}))
+    assert category_ids_from(tmp_path / "no_categories.json", ["circle"], {1: 4}) == {1: 4}
+
+
 def test_coco_results_keep_the_data_sets_category_ids_as_written():
     """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
     for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to

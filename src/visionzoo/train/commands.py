@@ -233,8 +233,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
     parser.add_argument("--image-ids", metavar="FILE",
                         help="with --coco-json: take each image's image_id from this COCO annotation file (the entry of "
-                             "'images' whose file_name the image's path ends with), so that coco-eval scores the "
-                             "results against it (default: numeric file names, else positions)")
+                             "'images' whose file_name the image's path ends with) and each class's category_id (the "
+                             "category of its name), so that coco-eval scores the results against it (default: numeric "
+                             "file names, else positions; the training data's ids)")
     parser.add_argument("--min-score", type=float, metavar="S",
                         help="detectors: draw and print the detections scoring at least S (default 0.5); "
                              "predictions.json and --coco-json keep every detection the model returns")
@@ -266,6 +267,30 @@ def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
             problem = "no entry" if not found else f"{len(found)} entries (ids {found[:3]})"
             raise ValueError(f"--image-ids {ann_file}: {path} matches {problem} of its images by file_name")
         ids.append(found[0])
+    return ids
+
+
+def category_ids_from(ann_file: str | Path, classes: list[str],
+                      label_to_cat_id: dict[int, int | str] | None) -> dict[int, int | str]:
+    """The category id of each label (1-based) of a model of ``classes`` in COCO annotation file ``ann_file``: the id
+    of the category of its name there, else its own (``label_to_cat_id``, else the label), which coco-eval leaves
+    out as absent. ValueError when the file gives that own id to a category of another name: its boxes would be
+    scored as that class. A file without categories leaves the ids as they are."""
+    from visionzoo.data.coco import read_json
+
+    own = {label: label_to_cat_id[label] if label_to_cat_id else label for label in range(1, len(classes) + 1)}
+    categories = read_json(ann_file).get("categories")
+    if not isinstance(categories, list):
+        return own
+    named = {str(c["name"]): c["id"] for c in categories if isinstance(c, dict) and "name" in c and "id" in c}
+    name_of = {cat_id: name for name, cat_id in named.items() if isinstance(cat_id, int | str)}
+    ids = {}
+    for label, name in enumerate(classes, start=1):
+        if name not in named and own[label] in name_of:
+            raise ValueError(f"--image-ids {ann_file} gives category id {own[label]!r} to {name_of[own[label]]!r}; the "
+                             f"model's class {name!r} has that id and no category of the file is named so: its boxes "
+                             "would be scored as another class")
+        ids[label] = named.get(name, own[label])
     return ids
 
 
@@ -336,6 +361,10 @@ def predict_command(args: argparse.Namespace) -> int:
     shown = {"min_score": 0.5 if args.min_score is None else args.min_score} if detection else {}
     if args.coco_json and Path(args.coco_json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.coco_json} exists; use --overwrite to replace it")
+    if args.coco_json:
+        label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None)
+        if args.image_ids:  # the file the results are scored against may number the classes its own way
+            label_to_cat_id = category_ids_from(args.image_ids, setup.task.classes, label_to_cat_id)
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
     # a detector sees each image at its own size (boxes in its pixels); a classifier at its training size
     images = load_images(args.images, None if detection else size, channels)
@@ -358,7 +387,6 @@ def predict_command(args: argparse.Namespace) -> int:
                for p, pred in zip(args.images, predictions)]  # pictures carry the tensors
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
-        label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None)
         Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id, image_ids)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
