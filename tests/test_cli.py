@@ -368,6 +368,28 @@ def test_predict_image_ids_take_the_files_category_ids_by_class_name(tmp_path):
     assert category_ids_from(tmp_path / "no_categories.json", ["circle"], {1: 4}) == {1: 4}
 
 
+def test_predict_image_ids_refuse_an_image_whose_size_is_not_its_entrys(tmp_path):
+    """predict reads images as stored, but an annotation file made on the EXIF-turned view gives them turned sizes
+    (and boxes): --coco-json --image-ids wrote boxes in the stored pixels and coco-eval scored them against the
+    turned ones, a wrong AP without a word. Such an image is now refused, as CocoDetection refuses it."""
+    import torch
+
+    from visionzoo.train.commands import check_annotated_sizes, image_entries_from
+
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "val" / "a.jpg")
+    Image.new("RGB", (5, 5)).save(tmp_path / "val" / "b.jpg")
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [{"id": 3, "file_name": "a.jpg", "width": 6, "height": 8},
+                                          {"id": 4, "file_name": "b.jpg"}]}))
+    paths = [str(tmp_path / "val" / "a.jpg"), str(tmp_path / "val" / "b.jpg")]
+    entries = image_entries_from(ann, paths)
+    assert [entry["id"] for entry in entries] == [3, 4]
+    with pytest.raises(ValueError, match=r"a\.jpg is 8x6, its entry in .*instances_val\.json says 6x8 \(turned"):
+        check_annotated_sizes(ann, paths, [torch.zeros(3, 6, 8), torch.zeros(3, 5, 5)], entries)
+    check_annotated_sizes(ann, paths[1:], [torch.zeros(3, 5, 5)], entries[1:])  # no size given: nothing to check
+
+
 def test_coco_results_keep_the_data_sets_category_ids_as_written():
     """CocoDetection takes string category ids ("cat", "3"), but predict --coco-json ended with "invalid literal
     for int() with base 10: 'cat'" after predicting, and wrote "3" as 3, which pycocotools and coco-eval match to

@@ -242,14 +242,19 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
-    """The ``id`` of each image of ``paths`` in COCO annotation file ``ann_file``: the entry of its ``images`` whose
+    """The ``id`` of each image of ``paths`` in COCO annotation file ``ann_file`` (see :func:`image_entries_from`)."""
+    return [entry["id"] for entry in image_entries_from(ann_file, paths)]
+
+
+def image_entries_from(ann_file: str | Path, paths: list[str]) -> list[dict[str, Any]]:
+    """The entry of each image of ``paths`` in COCO annotation file ``ann_file``: the one of its ``images`` whose
     ``file_name`` (relative to some images folder) the image's path ends with. ValueError naming the file and the
     image when an image has no such entry, or several."""
     from visionzoo.data.coco import read_json
 
     try:
         content = read_json(ann_file)  # names the line of a JSON error, the byte of a non-UTF-8 one
-        entries = [(Path(entry["file_name"]).parts, entry["id"]) for entry in content["images"]]
+        entries = [(Path(entry["file_name"]).parts, entry["id"], entry) for entry in content["images"]]
     except FileNotFoundError:
         if Path(ann_file).exists():  # read_json takes only a file
             raise ValueError(f"--image-ids {ann_file} is a folder, not a COCO annotation file") from None
@@ -257,17 +262,29 @@ def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--image-ids {ann_file} is not a COCO annotation file with images' file_name and id "
                          f"({type(error).__name__}: {error})") from None
-    ids = []
+    matched = []
     for path in paths:
         # the path as given, made absolute (its ".." taken out) but not resolved: an image that is a symlink to a
         # content-named file (git-annex, DVC's and Hugging Face's caches) is known by the link's name
         parts = Path(os.path.abspath(path)).parts
-        found = [image_id for name, image_id in entries if name and parts[-len(name):] == name]
+        found = [(image_id, entry) for name, image_id, entry in entries if name and parts[-len(name):] == name]
         if len(found) != 1:
-            problem = "no entry" if not found else f"{len(found)} entries (ids {found[:3]})"
+            problem = "no entry" if not found else f"{len(found)} entries (ids {[i for i, _ in found[:3]]})"
             raise ValueError(f"--image-ids {ann_file}: {path} matches {problem} of its images by file_name")
-        ids.append(found[0])
-    return ids
+        matched.append(found[0][1])
+    return matched
+
+
+def check_annotated_sizes(ann_file: str | Path, paths: list[str], images: list[torch.Tensor],
+                          entries: list[dict[str, Any]]) -> None:
+    """ValueError when an image (Tensor[C, H, W], as stored) is not the width x height its entry gives: its boxes
+    would be scored against boxes in other pixels (an annotation tool's EXIF-turned view, a resized copy)."""
+    for path, image, entry in zip(paths, images, entries):
+        size, given = (image.shape[-1], image.shape[-2]), (entry.get("width"), entry.get("height"))
+        if None not in given and given != size:
+            turned = " (turned by an EXIF orientation? images are read as stored)" if given == size[::-1] else ""
+            raise ValueError(f"{path} is {size[0]}x{size[1]}, its entry in --image-ids {ann_file} says "
+                             f"{given[0]}x{given[1]}{turned}: its boxes would be scored in other pixels")
 
 
 def category_ids_from(ann_file: str | Path, classes: list[str],
@@ -348,7 +365,8 @@ def predict_command(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--coco-json {args.coco_json}: its folder does not exist")
     if args.image_ids and not args.coco_json:
         raise ValueError("--image-ids numbers the images of --coco-json; add --coco-json FILE")
-    image_ids = image_ids_from(args.image_ids, args.images) if args.image_ids else None
+    entries = image_entries_from(args.image_ids, args.images) if args.image_ids else None
+    image_ids = [entry["id"] for entry in entries] if entries else None
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     clashes = [str(t) for t in written if t.exists()]
     if clashes and not args.overwrite:
@@ -368,6 +386,8 @@ def predict_command(args: argparse.Namespace) -> int:
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
     # a detector sees each image at its own size (boxes in its pixels); a classifier at its training size
     images = load_images(args.images, None if detection else size, channels)
+    if entries:
+        check_annotated_sizes(args.image_ids, args.images, images, entries)
     autocast = autocast_context(torch.device("cpu"), args.precision)
     if detection:
         # one image at a time: a batch of files holds all of them at once (~340 MB more per 600×800 photo through a
