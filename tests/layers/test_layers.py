@@ -257,6 +257,28 @@ def test_feature_take_indices_follows_timm():
             feature_take_indices(4, bad)
 
 
+def test_feature_info_accessors_take_timms_keys_and_index_lists():
+    """feature_info.get_dicts(keys=["num_chs", "reduction"]) (how effdet and other timm necks read a backbone)
+    raised "got an unexpected keyword argument 'keys'", and channels([0, 2]) "list indices must be integers"."""
+    from timm.models._features import FeatureInfo as TimmFeatureInfo
+
+    from visionzoo.models import create_model
+
+    ours = create_model("resnet18", features_only=True, out_indices=(0, 2, 3)).feature_info
+    reference = TimmFeatureInfo([dict(info) for info in ours], out_indices=(0, 1, 2))  # indexed as ours: by map
+    keys = ["num_chs", "reduction"]
+    assert ours.get_dicts(keys=keys) == reference.get_dicts(keys=keys) == [
+        dict(num_chs=64, reduction=2), dict(num_chs=128, reduction=8), dict(num_chs=256, reduction=16)]
+    for idx in (1, -1, [0, 2], (2, 1)):
+        assert ours.get_dicts(keys=keys, idx=idx) == reference.get_dicts(keys=keys, idx=idx)
+        every = ["num_chs", "reduction", "module"]  # timm's dicts also hold its own "index"
+        assert ours.get_dicts(idx=idx) == reference.get_dicts(keys=every, idx=idx)
+        assert ours.channels(idx) == reference.channels(idx)
+        assert ours.reduction(idx) == reference.reduction(idx)
+        assert ours.module_name(idx) == reference.module_name(idx)
+    assert ours.get_dicts() == list(ours) and ours.get_dicts()[0] is not ours[0]  # copies
+
+
 @pytest.mark.parametrize("bad", ["x", "12", (1.5,), (1, "a"), 2.0, True])
 def test_out_indices_that_are_not_integers_are_refused_by_name(bad):
     """out_indices='x' (from --model-arg, for a ResNet's features_only) failed with "invalid literal for int() with

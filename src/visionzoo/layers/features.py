@@ -17,7 +17,8 @@ class FeatureInfo(list):
 
     Each dict holds ``num_chs`` (channels C), ``reduction`` (input size / map size, the stride) and
     ``module`` (the name of the module whose output it is). ``channels()``/``reduction()``/
-    ``module_name()`` give one field for every map (a list) or, with ``idx``, for one map.
+    ``module_name()`` give one field for every map (a list) or, with ``idx``, for one map (an int) or for
+    several (a list or tuple of map positions, as timm's accessors take them).
     """
 
     def __init__(self, infos: Iterable[Mapping[str, Any]]):
@@ -27,20 +28,36 @@ class FeatureInfo(list):
             if missing:
                 raise ValueError(f"feature info {position} lacks {sorted(missing)}: {info}")
 
-    def get(self, key: str, idx: int | None = None) -> Any:
-        return [info[key] for info in self] if idx is None else self[idx][key]
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        if idx is None:
+            return [info[key] for info in self]
+        if isinstance(idx, list | tuple):
+            return [self[i][key] for i in idx]
+        return self[idx][key]
 
-    def channels(self, idx: int | None = None) -> list[int] | int:
+    def channels(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
         return self.get("num_chs", idx)
 
-    def reduction(self, idx: int | None = None) -> list[int] | int:
+    def reduction(self, idx: int | Sequence[int] | None = None) -> list[int] | int:
         return self.get("reduction", idx)
 
-    def module_name(self, idx: int | None = None) -> list[str] | str:
+    def module_name(self, idx: int | Sequence[int] | None = None) -> list[str] | str:
         return self.get("module", idx)
 
-    def get_dicts(self) -> list[dict[str, Any]]:
-        return [dict(info) for info in self]
+    def get_dicts(
+        self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Copies of the dicts (with ``keys``, of those fields only) of every map, or of the maps ``idx`` (an int:
+        one dict; a list or tuple: a list), as timm's ``get_dicts``."""
+
+        def fields(info: dict[str, Any]) -> dict[str, Any]:
+            return dict(info) if keys is None else {key: info[key] for key in keys}
+
+        if idx is None:
+            return [fields(info) for info in self]
+        if isinstance(idx, list | tuple):
+            return [fields(self[i]) for i in idx]
+        return fields(self[idx])
 
 
 def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str = "stage") -> tuple[int, ...]:
