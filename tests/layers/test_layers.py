@@ -303,6 +303,23 @@ def test_an_attention_dropout_rate_outside_0_1_is_refused_when_built(name, rate)
         create_model(name, attn_drop_rate=rate)
 
 
+@pytest.mark.parametrize(("name", "argument"), [
+    ("vit_tiny_patch8_32", "drop_rate"), ("vit_tiny_patch8_32", "pos_drop_rate"), ("vit_tiny_patch8_32", "proj_drop_rate"),
+    ("deit_tiny_distilled_patch8_32", "drop_rate"), ("swin_tiny_patch2_window4_32", "drop_rate"),
+    ("swin_tiny_patch2_window4_32", "proj_drop_rate"), ("convnext_atto_32", "drop_rate"), ("resnet18", "drop_rate"),
+    ("hipt_vit256_small", "proj_drop_rate"), ("vit4k_xs", "drop_rate"), ("hipt_4k", "drop_rate"),
+])
+@pytest.mark.parametrize("rate", [1.5, -0.1, float("nan")])
+def test_a_dropout_rate_outside_0_1_is_refused_by_name(name, argument, rate):
+    """drop_rate=1.5 was refused with torch's 'dropout probability has to be between 0 and 1, but got 1.5', which
+    names none of a ViT's three dropout rates (a ResNet built the model and failed at its first forward); NaN
+    was taken."""
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=re.escape(f"{argument} (a dropout probability) must be in [0, 1], got {rate}")):
+        create_model(name, **{argument: rate})
+
+
 @pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "swin_tiny_patch2_window4_32", "convnext_atto_32"])
 @pytest.mark.parametrize("mlp_ratio", [0.0, -1.0])
 def test_an_mlp_ratio_that_leaves_no_hidden_width_is_refused(name, mlp_ratio):

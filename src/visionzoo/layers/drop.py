@@ -33,6 +33,14 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def check_dropout_rates(**rates: float) -> None:
+    """``ValueError`` naming the first of the keyword arguments (a model's ``drop_rate=...``) that is no probability
+    in [0, 1]: torch's ``Dropout`` names no argument, and a model has several rates (NaN is refused too)."""
+    for name, rate in rates.items():
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} (a dropout probability) must be in [0, 1], got {rate}")
+
+
 def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
     """Per-block stochastic-depth rates rising linearly from 0 to ``drop_path_rate`` over all blocks,
     split into stages of ``depths`` blocks (the schedule of DeiT, Swin and ConvNeXt).

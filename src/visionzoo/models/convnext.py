@@ -35,7 +35,7 @@ from visionzoo.layers.classifier import (
     global_pool_2d,
     keeps_device_and_dtype,
 )
-from visionzoo.layers.drop import DropPath, drop_path_rates
+from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
@@ -255,6 +255,7 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"depths and dims need one entry per stage, got depths={depths}, dims={dims}")
         if stem_stride < 1:
             raise ValueError(f"stem_stride must be positive, got {stem_stride}")
+        check_dropout_rates(drop_rate=drop_rate)
         if kernel_size < 1 or kernel_size % 2 == 0:  # an even kernel's padding shrinks the map: the residual fails
             raise ValueError(f"kernel_size must be odd and positive (the depthwise conv keeps the map's size), "
                              f"got {kernel_size}")

@@ -39,7 +39,7 @@ from visionzoo.checkpoint import CheckpointError
 from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
-from visionzoo.layers.drop import drop_path_rates
+from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
 from visionzoo.utils import check_argument_types, is_traced
@@ -156,6 +156,7 @@ class ViT4K(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        check_dropout_rates(drop_rate=drop_rate)
         self.num_classes = num_classes
         self.in_dim = in_dim
         self.num_features = self.embed_dim = embed_dim

@@ -24,6 +24,7 @@ from visionzoo.layers.classifier import (
     keeps_device_and_dtype,
     pooled_width,
 )
+from visionzoo.layers.drop import check_dropout_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
@@ -153,6 +154,7 @@ class ResNet(nn.Module):
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"ResNet needs 4 stage depths of at least 1 block, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
+        check_dropout_rates(drop_rate=drop_rate)
         self.drop_rate = drop_rate
         self.in_chans = in_chans
         self.grad_checkpointing = False

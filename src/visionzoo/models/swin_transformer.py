@@ -64,7 +64,7 @@ from visionzoo.layers.classifier import (
     keeps_device_and_dtype,
     pooled_width,
 )
-from visionzoo.layers.drop import drop_path_rates
+from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
@@ -630,6 +630,7 @@ class SwinTransformer(nn.Module):
         if len(depths) != len(num_heads) or not depths:
             raise ValueError(f"depths and num_heads need one entry per stage, got {depths} and {num_heads}")
         _check_window(window_size)
+        check_dropout_rates(drop_rate=drop_rate, proj_drop_rate=proj_drop_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_layers = len(depths)

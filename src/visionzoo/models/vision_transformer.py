@@ -54,7 +54,7 @@ from visionzoo.layers import (
 from visionzoo.layers.attention_pool import AttentionPoolLatent, AttentionPoolPrr
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
-from visionzoo.layers.drop import drop_path_rates
+from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import check_argument_types
@@ -138,6 +138,7 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' needs the class token (class_token=True)")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        check_dropout_rates(drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate)
         use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
