@@ -346,3 +346,29 @@ def test_stage_depths_given_to_create_model_override_the_names_as_timms():
     assert [len(features.layer1), len(features.layer2)] == [1, 1]
     with pytest.raises(ValueError, match=r"4 stage depths of at least 1 block, got layers=\(2, 0, 2, 2\)"):
         create_model("resnet18", layers=(2, 0, 2, 2))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_drop_path_rate_follows_timm(name):
+    """create_model('resnet50', drop_path_rate=0.05), timm's ResNet-strikes-back recipe, was refused ('takes no
+    argument drop_path_rate'); stochastic depth now drops each block's residual branch as timm's: the same rates
+    (rising linearly over all blocks), the same training outputs and gradients for the same seed, none in eval."""
+    torch.manual_seed(0)
+    reference = timm.create_model(name, num_classes=3, drop_path_rate=0.3, layers=(1, 2, 1, 1))
+    ours = create_model(name, num_classes=3, drop_path_rate=0.3, layers=(1, 2, 1, 1))
+    ours.load_state_dict(reference.state_dict())
+    their_rates = [getattr(b.drop_path, "drop_prob", 0.0) for s in (1, 2, 3, 4) for b in getattr(reference, f"layer{s}")]
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for s in (1, 2, 3, 4) for b in getattr(ours, f"layer{s}")]
+    assert rates == pytest.approx(their_rates) and rates[-1] == pytest.approx(0.3) and rates[0] == 0.0
+    x = images(4, 3, 32, 32, seed=5)
+    outputs = []
+    for model in (ours, reference):
+        torch.manual_seed(7)
+        out = model.train()(x)
+        out.square().sum().backward()
+        outputs.append((out, model.conv1.weight.grad))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
+    features = create_model(name, features_only=True, drop_path_rate=0.3)
+    assert features.layer4[-1].drop_path.drop_prob == pytest.approx(0.3)

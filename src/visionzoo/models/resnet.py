@@ -24,7 +24,7 @@ from visionzoo.layers.classifier import (
     keeps_device_and_dtype,
     pooled_width,
 )
-from visionzoo.layers.drop import check_dropout_rates
+from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
@@ -32,11 +32,13 @@ from visionzoo.utils import check_argument_types, require_image_batch
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 convs with a residual: ``Tensor[B, C_in, H, W] -> Tensor[B, planes, H/s, W/s]``."""
+    """Two 3×3 convs with a residual: ``Tensor[B, C_in, H, W] -> Tensor[B, planes, H/s, W/s]``; ``drop_path``:
+    the stochastic-depth probability of the residual branch in training (timm's)."""
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 drop_path: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -44,6 +46,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None  # as timm's: no module without it
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -53,17 +56,20 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         out += shortcut  # in place, as torchvision: the sum is never needed for the backward pass
         return self.relu(out)
 
 
 class Bottleneck(nn.Module):
     """1×1 reduce, 3×3 (strided), 1×1 expand ×4, with a residual:
-    ``Tensor[B, C_in, H, W] -> Tensor[B, 4·planes, H/s, W/s]``."""
+    ``Tensor[B, C_in, H, W] -> Tensor[B, 4·planes, H/s, W/s]``; ``drop_path`` as :class:`BasicBlock`'s."""
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 drop_path: float = 0.0):
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
@@ -74,6 +80,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -84,6 +91,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         out += shortcut  # in place, as torchvision: the sum is never needed for the backward pass
         return self.relu(out)
 
@@ -100,13 +109,14 @@ _SIZES: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
 _STAGE_PLANES = (64, 128, 256, 512)
 
 
-def _make_stage(block: Block, in_chs: int, planes: int, depth: int, stride: int) -> nn.Sequential:
+def _make_stage(block: Block, in_chs: int, planes: int, stride: int, drop_paths: Sequence[float]) -> nn.Sequential:
+    """A stage of ``len(drop_paths)`` blocks, block i with the stochastic depth ``drop_paths[i]``."""
     out_chs = planes * block.expansion
     downsample = None
     if stride != 1 or in_chs != out_chs:
         downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs))
-    blocks = [block(in_chs, planes, stride, downsample)]
-    blocks += [block(out_chs, planes) for _ in range(depth - 1)]
+    blocks = [block(in_chs, planes, stride, downsample, drop_paths[0])]
+    blocks += [block(out_chs, planes, drop_path=rate) for rate in drop_paths[1:]]
     return nn.Sequential(*blocks)
 
 
@@ -130,6 +140,7 @@ class ResNet(nn.Module):
         zero_init_residual: start every block's last batch norm at zero, so each block begins as
             the identity (Goyal et al. 2017).
         drop_rate: dropout before ``fc``.
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks (timm's).
         small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
             stride is then 8 instead of 32. Module names (and so checkpoint keys) stay the same.
         global_pool: timm's names: "avg" (torchvision's), "max", "avgmax" (their mean), "catavgmax"
@@ -149,6 +160,7 @@ class ResNet(nn.Module):
         drop_rate: float = 0.0,
         small_input: bool = False,
         global_pool: str = "avg",
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -170,10 +182,11 @@ class ResNet(nn.Module):
         stem_reduction = 1 if small_input else 2
         infos = [dict(num_chs=64, reduction=stem_reduction, module="relu")]
         in_chs, reduction = 64, stem_reduction * (1 if small_input else 2)
-        for index, (planes, depth) in enumerate(zip(_STAGE_PLANES, layers), start=1):
+        rates = drop_path_rates(drop_path_rate, list(layers))
+        for index, (planes, stage_rates) in enumerate(zip(_STAGE_PLANES, rates), start=1):
             stride = 1 if index == 1 else 2
             reduction *= stride
-            setattr(self, f"layer{index}", _make_stage(block, in_chs, planes, depth, stride))
+            setattr(self, f"layer{index}", _make_stage(block, in_chs, planes, stride, stage_rates))
             in_chs = planes * block.expansion
             infos.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{index}"))
         self.feature_info = FeatureInfo(infos)
@@ -375,11 +388,12 @@ def _create(
     small_input: bool = False,
     global_pool: str = "avg",
     layers: Sequence[int] | None = None,
+    drop_path_rate: float = 0.0,
 ) -> ResNet | ResNetFeatures:
     """Build the size ``name``; ``layers`` (blocks per stage) overrides its depths, as timm's builders take it."""
     block, depths = _SIZES[name]
     model = ResNet(block, depths if layers is None else tuple(layers), num_classes, in_chans, zero_init_residual,
-                   drop_rate, small_input, global_pool)
+                   drop_rate, small_input, global_pool, drop_path_rate)
     return ResNetFeatures(model, out_indices) if features_only else model
 
 
