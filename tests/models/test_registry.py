@@ -54,6 +54,31 @@ def test_unknown_name_lists_closest():
         get_model_entry("resnet-18")
 
 
+@pytest.mark.parametrize("name, arch", [("vit_tiny_patch16_224.augreg_in21k_ft_in1k", "vit_tiny_patch16_224"),
+                                        ("swin_tiny_patch4_window7_224.ms_in1k", "swin_tiny_patch4_window7_224"),
+                                        ("resnet18.tv_in1k", "resnet18")])
+def test_timms_name_with_the_tag_of_our_weights_builds_that_model(name, arch):
+    """timm's names carry the tag of their weights ('vit_tiny_patch16_224.augreg_in21k_ft_in1k', as its model cards
+    and the Hub write them); they were refused as unknown models. The tag of the weights we have now names the model."""
+    assert get_model_entry(name) is get_model_entry(arch)
+    model = create_model(name, num_classes=3)
+    assert model.model_name == arch and model.model_args == {"num_classes": 3}
+    assert model.default_cfg == create_model(arch).default_cfg
+
+
+@pytest.mark.parametrize("name, message", [
+    ("resnet18.a1_in1k", "resnet18 has no weights tagged 'a1_in1k': its weights are timm's resnet18.tv_in1k; "
+                         "give 'resnet18' or 'resnet18.tv_in1k'"),
+    ("vit_tiny_patch8_32.augreg_in21k", "vit_tiny_patch8_32 has no weights tagged 'augreg_in21k': its official "
+                                        "weights are none; give 'vit_tiny_patch8_32'"),
+    ("fasterrcnn_resnet50_fpn.coco", "fasterrcnn_resnet50_fpn has no weights tagged 'coco': its official weights have "
+                                     "no tag; give 'fasterrcnn_resnet50_fpn'"),
+])
+def test_a_tag_of_weights_we_do_not_have_is_refused_naming_those_we_have(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model(name)
+
+
 @pytest.mark.parametrize("name", [123, None, ("resnet18",)])
 def test_a_name_that_is_no_string_is_refused_by_name(name):
     """create_model(123) failed inside the closest-name search with "'int' object is not iterable"."""

@@ -43,7 +43,9 @@ class Pretrained:
     (timm's) with ``filename`` in it. ``sha256`` is the full hex digest or a prefix of it
     (torchvision puts the first hex digits in its file names). ``model_args`` are builder arguments
     the weights are used with (torchvision's detectors freeze their batch norms for their COCO
-    weights); ``pretrained=True`` passes them unless the caller gives the same keywords.
+    weights); ``pretrained=True`` passes them unless the caller gives the same keywords. ``tag``: timm's tag
+    for these weights (``tv_in1k`` for torchvision's ResNets), with which ``NAME.TAG`` names the model; a timm
+    repository's (``timm/NAME.TAG``) is read from ``hf_hub_id`` (see :func:`weights_tag`).
     """
 
     url: str | None = None
@@ -51,6 +53,7 @@ class Pretrained:
     filename: str = "model.safetensors"
     sha256: str | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
+    tag: str | None = None
 
     def __post_init__(self):
         if (self.url is None) == (self.hf_hub_id is None):
@@ -175,13 +178,38 @@ def list_tasks() -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; an unknown name raises ``ValueError`` with the closest names, a name that
-    is no string ``TypeError``."""
+    """The registry entry of ``name``, or of ``NAME.TAG`` (timm's name of a model with its weights) where ``TAG`` is
+    our weights' :func:`weights_tag`; an unknown name raises ``ValueError`` with the closest names, a tag of other
+    weights ``ValueError`` naming ours, a name that is no string ``TypeError``."""
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {name!r}")
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; closest registered: {closest(name, _MODELS)}")
-    return _MODELS[name]
+    if name in _MODELS:
+        return _MODELS[name]
+    arch, _, tag = name.partition(".")
+    if tag and arch in _MODELS:
+        entry = _MODELS[arch]
+        ours = weights_tag(entry)
+        if tag == ours:
+            return entry
+        if ours:
+            have = f"its weights are timm's {arch}.{ours}; give {arch!r} or '{arch}.{ours}'"
+        else:
+            have = f"its official weights {'have no tag' if entry.pretrained else 'are none'}; give {arch!r}"
+        raise ValueError(f"{arch} has no weights tagged {tag!r}: {have}")
+    raise ValueError(f"unknown model {name!r}; closest registered: {closest(name, _MODELS)}")
+
+
+def weights_tag(entry: ModelEntry) -> str | None:
+    """timm's tag for ``entry``'s official weights (``augreg_in21k_ft_in1k``): ``Pretrained.tag``, else the tag in
+    a timm repository's name (``timm/NAME.TAG``); None without weights or a tag."""
+    weights = entry.pretrained
+    if weights is None:
+        return None
+    if weights.tag is not None:
+        return weights.tag
+    repo = (weights.hf_hub_id or "").rpartition("/")[2]
+    arch, _, tag = repo.partition(".")
+    return tag if arch == entry.name and tag else None
 
 
 def create_model(
@@ -220,6 +248,7 @@ def create_model(
     raise :class:`CheckpointError` naming the keys.
     """
     entry = get_model_entry(name)
+    name = entry.name  # without a weights tag: the name that rebuilds the model
     kwargs = {key: value for key, value in kwargs.items() if value is not None or key in entry.none_args}
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")

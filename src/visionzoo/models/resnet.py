@@ -398,9 +398,9 @@ def _create(
 
 
 def _torchvision_weights(filename: str) -> Pretrained:
-    # torchvision names its files NAME-<first 8 hex digits of the sha256>.pth
+    # torchvision names its files NAME-<first 8 hex digits of the sha256>.pth; timm tags them tv_in1k
     digest = filename.rsplit("-", 1)[1].split(".", 1)[0]
-    return Pretrained(url=f"https://download.pytorch.org/models/{filename}", sha256=digest)
+    return Pretrained(url=f"https://download.pytorch.org/models/{filename}", sha256=digest, tag="tv_in1k")
 
 
 _CFG = dict(
