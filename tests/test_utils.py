@@ -130,3 +130,27 @@ def test_the_annotations_are_read_once_per_constructor(monkeypatch):
 def test_an_unknown_argument_is_left_to_the_constructor_own_error():
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         _Checked(bogus=1)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "swin_tiny_patch2_window4_32", "convnext_atto_32", "resnet18",
+                                  "hipt_vit256_small", "hipt_4k"])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_images_that_are_no_tensor_are_refused_naming_what_they_are(name, features_only):
+    """A NumPy batch failed inside conv2d ('received an invalid combination of arguments', ConvNeXt: "'numpy.ndarray'
+    object has no attribute 'contiguous'") and a list of images with "'list' object has no attribute 'ndim'"."""
+    import torch
+
+    from visionzoo.models import create_model
+
+    if features_only and name == "hipt_4k":
+        vit4k = create_model("vit4k_xs").eval()  # HIPT's second stage takes grids of tile embeddings
+        with pytest.raises(TypeError, match=re.escape("expected grids Tensor[B, 384, gh, gw], got a numpy.ndarray")):
+            vit4k(np.zeros((1, 384, 2, 2), dtype=np.float32))
+        return
+    model = create_model(name, **({"features_only": True} if features_only else {})).eval()
+    batch = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(TypeError, match=re.escape("expected images Tensor[B, C, H, W], got a numpy.ndarray; "
+                                                  "convert it with torch.from_numpy")):
+        model(batch)
+    with pytest.raises(TypeError, match=re.escape("expected images Tensor[B, C, H, W], got a list")):
+        model([torch.zeros(3, 32, 32)])

@@ -281,9 +281,21 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
             part.training = training
 
 
+def require_tensor(x: Any, expected: str = "images Tensor[B, C, H, W]") -> None:
+    """TypeError naming what ``x`` is when it is no tensor: a NumPy batch has a shape too, and would fail deep inside
+    the first conv; a list of images has none."""
+    if not isinstance(x, torch.Tensor):
+        kind = type(x).__qualname__
+        if type(x).__module__ != "builtins":
+            kind = f"{type(x).__module__}.{kind}"
+        hint = "; convert it with torch.from_numpy" if kind == "numpy.ndarray" else ""
+        raise TypeError(f"expected {expected}, got a {kind}{hint}")
+
+
 def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
     """ValueError unless ``x`` is a ``Tensor[B, in_chans, H, W]`` of images, naming the shape it has (and, for other
-    channels, the ``in_chans`` that would take it)."""
+    channels, the ``in_chans`` that would take it); TypeError when it is no tensor (:func:`require_tensor`)."""
+    require_tensor(x)
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:

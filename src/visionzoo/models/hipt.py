@@ -42,7 +42,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
-from visionzoo.utils import check_argument_types, is_traced
+from visionzoo.utils import check_argument_types, is_traced, require_tensor
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -222,6 +222,7 @@ class ViT4K(nn.Module):
 
 def _checked_grid(x: Tensor, in_dim: int) -> Tensor:
     """``x``, or ``ValueError`` when it is no ``Tensor[B, in_dim, gh, gw]`` grid of at least one token."""
+    require_tensor(x, f"grids Tensor[B, {in_dim}, gh, gw]")
     if x.ndim != 4 or x.shape[1] != in_dim:
         raise ValueError(
             f"ViT-4K takes grids Tensor[B, {in_dim}, gh, gw] of ViT-256 [CLS] tokens, got shape {tuple(x.shape)}"
@@ -237,6 +238,7 @@ torch.fx.wrap("_checked_grid")
 
 def _checked_images(x: Tensor, in_chans: int) -> Tensor:
     """``x``, or ``ValueError`` when it is no ``Tensor[B, in_chans, H, W]``."""
+    require_tensor(x)
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape {tuple(x.shape)}")
     return x

@@ -407,8 +407,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take = feature_take_indices(len(self.blocks), len(self.blocks) if indices is None else indices, "block")
         last = max(take)
+        tokens = self.embed_patches(x)  # before reading the grid off x: it checks that x is images
         grid = self.grid_size(x)
-        x = self.add_pos_embed(self.embed_patches(x), grid)
+        x = self.add_pos_embed(tokens, grid)
         intermediates = []
         for index, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
             x = run_blocks([block], x, self.grad_checkpointing, attn_bias=attn_mask, is_causal=is_causal)
