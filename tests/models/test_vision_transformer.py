@@ -212,6 +212,25 @@ def test_img_size_288_resamples_a_224_checkpoint_as_timm(tmp_path):
         ours(images(1, 3, 224, 224))
 
 
+@pytest.mark.parametrize("patch_size, img_size", [(8, 64), ((8, 12), (64, 96)), (32, 224)])
+def test_another_patch_size_resamples_the_checkpoints_patch_kernel_as_timm(timm_tiny, patch_size, img_size):
+    """create_model('vit_tiny_patch16_224', patch_size=8, checkpoint=timm_file) was refused ('shape mismatches:
+    patch_embed.proj.weight (192, 3, 16, 16) vs model (192, 3, 8, 8)'), where timm's filter resamples the kernel
+    (FlexiViT's pseudo-inverse) with the position table; in_chans adapts the resampled kernel."""
+    _, path = timm_tiny
+    args = dict(patch_size=patch_size, img_size=img_size)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                  **args).eval()
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path, **args).eval()
+    torch.testing.assert_close(ours.patch_embed.proj.weight, reference.patch_embed.proj.weight)
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = images(2, 3, *size, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+    grey = create_model("vit_tiny_patch16_224", checkpoint=path, in_chans=1, **args).eval()
+    torch.testing.assert_close(grey.patch_embed.proj.weight, reference.patch_embed.proj.weight.sum(1, keepdim=True))
+
+
 @pytest.mark.parametrize("size", [(288, 288), (160, 224), (224, 224)])
 def test_dynamic_img_size_equals_timm(timm_tiny, size):
     reference_224, path = timm_tiny
