@@ -497,6 +497,25 @@ def test_a_checkpoint_for_other_windows_gets_timms_tables_and_logits(timm_small,
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("patch_size, img_size", [(4, 64), (1, 16)])
+def test_a_checkpoint_for_another_patch_size_gets_timms_resampled_kernel_and_logits(timm_small, patch_size, img_size):
+    """create_model('swin_tiny_patch2_window4_32', patch_size=4, checkpoint=timm_file) was refused ('shape
+    mismatches: patch_embed.proj.weight (48, 3, 2, 2) vs model (48, 3, 4, 4)'), where timm's filter resamples the
+    patch kernel. Sizes where the maps are those of the 32×32 model, so that the windows are too."""
+    from timm.models.swin_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
+
+    reference, path = timm_small
+    sizes = dict(SMALL_CONFIGS["swin_tiny_patch2_window4_32"], img_size=img_size, patch_size=patch_size)
+    theirs = TimmSwinTransformer(num_classes=10, **sizes).eval()
+    theirs.load_state_dict(timm_checkpoint_filter_fn(reference.state_dict(), theirs))
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=img_size,
+                        patch_size=patch_size).eval()
+    torch.testing.assert_close(ours.patch_embed.proj.weight, theirs.patch_embed.proj.weight)
+    x = images(2, 3, img_size, img_size, seed=26)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
 def test_a_model_cast_to_bfloat16_runs_with_and_without_autograd():
     torch.manual_seed(0)
     model = create_model("swin_tiny_patch2_window4_32", num_classes=3).eval()
