@@ -390,6 +390,24 @@ def test_timms_checkpoint_path_keyword_is_refused_naming_ours():
         create_model("resnet18", checkpoint_path="model.safetensors")
 
 
+@pytest.mark.parametrize("keyword", ["checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg"])
+def test_timms_local_file_keywords_are_refused_before_any_download(monkeypatch, keyword):
+    """create_model('resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=PATH)), timm's way to load a local
+    file, downloaded the official weights and only then refused the keyword, without naming ours."""
+    import visionzoo.models._hub as hub
+
+    def download(entry):
+        raise AssertionError(f"downloaded {entry.name}'s weights")
+
+    monkeypatch.setattr(hub, "download_pretrained", download)
+    value = "model.safetensors" if keyword == "checkpoint_path" else dict(file="model.safetensors")
+    with pytest.raises(TypeError, match=re.escape(f"resnet18 takes no argument '{keyword}'; give a local weights "
+                                                  "file as checkpoint=PATH")):
+        create_model("resnet18", pretrained=True, **{keyword: value})
+    with pytest.raises(TypeError, match=re.escape("resnet18 takes no argument 'pretrained_cfg_overlay'")):
+        create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(mean=(0.5, 0.5, 0.5)))
+
+
 @pytest.mark.parametrize("name, args, shape", [
     ("vit_tiny_patch8_32", (5, "avg"), (1, 3, 32, 32)),
     ("vit_tiny_patch8_32", (1000, "max"), (1, 3, 32, 32)),  # same head shape: was rebuilt token-pooled, silently

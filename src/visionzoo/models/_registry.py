@@ -250,6 +250,10 @@ def create_model(
     entry = get_model_entry(name)
     name = entry.name  # without a weights tag: the name that rebuilds the model
     kwargs = {key: value for key, value in kwargs.items() if value is not None or key in entry.none_args}
+    timm_sources = sorted(_TIMM_WEIGHT_SOURCES.intersection(kwargs))
+    if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
+        key = timm_sources[0]
+        raise ModelArgumentError(f"{name} takes no argument {key!r}{_local_file_hint(key, kwargs[key])}")
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     state: dict[str, torch.Tensor] | None = None
@@ -292,8 +296,7 @@ def create_model(
         if "unexpected keyword argument" not in str(error):
             raise
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        hint = "; give a local weights file as checkpoint=PATH" if unknown and unknown[1] == "checkpoint_path" else ""
-        raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}{hint}") from None
+        raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}") from None
     model.model_name = name
     model.model_args = args
     model.default_cfg = _default_cfg(entry)
@@ -301,6 +304,18 @@ def create_model(
     if state is not None:
         _load_state(model, entry, state, foreign, source, asked={"num_classes", "in_chans"} if pretrained else set(args))
     return model
+
+
+# timm's create_model keywords that give weights: a local file (checkpoint_path=PATH, or pretrained_cfg_overlay=
+# dict(file=PATH) with pretrained=True) or another pretrained config
+_TIMM_WEIGHT_SOURCES = {"checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg"}
+
+
+def _local_file_hint(key: str, value: Any) -> str:
+    """Where timm's ``key=value`` names a local weights file, how to give it here."""
+    if key == "checkpoint_path" or (isinstance(value, Mapping) and "file" in value):
+        return "; give a local weights file as checkpoint=PATH"
+    return ""
 
 
 def record_model_args(model: nn.Module, **args: Any) -> None:
