@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import re
 import socket
 import stat
 import threading
@@ -125,6 +126,18 @@ def test_pretrained_download_gives_torchvision_logits_then_uses_the_cache(mirror
     again = create_model("resnet18", pretrained=True, num_classes=10)
     assert len(server.requests) == 1  # served from the cache, no request
     assert torch.equal(again.conv1.weight, reference.conv1.weight) and again.fc.weight.shape == (10, 512)
+
+
+@pytest.mark.parametrize("arguments, error", [(dict(foo=1), "resnet18 takes no argument 'foo'"),
+                                             (dict(drop_rate=1.5), "drop_rate (a dropout probability) must be in"),
+                                             (dict(global_pool="mean"), "global_pool must be one of")])
+def test_arguments_the_model_refuses_download_nothing(mirror, arguments, error):
+    """create_model(name, pretrained=True) with a misspelt or bad keyword downloaded the weights (hundreds of MB for
+    the larger models) before the builder refused the keyword; the model is now built first."""
+    _, server, _, _ = mirror
+    with pytest.raises(ValueError, match=re.escape(error)):
+        create_model("resnet18", pretrained=True, **arguments)
+    assert server.requests == []
 
 
 def test_full_digest_is_accepted(mirror, monkeypatch, tmp_path):

@@ -273,19 +273,10 @@ def create_model(
         if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
             state = encoder_section(state)  # a masked-patch pretraining: the ViT it trained, with its colour head
         foreign = meta is None
-    elif pretrained:
-        from visionzoo.models._hub import download_pretrained
-
-        path = download_pretrained(entry)
-        source = str(path)
-        try:
-            state, _ = _read_weights(entry, path)
-        except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
-            raise CheckpointError(f"{error}; it is the cached download of {name}'s weights: delete it to "
-                                  "download them again") from None
+    elif pretrained and entry.pretrained is not None:  # without weights, the download below refuses naming the model
         kwargs = {**entry.pretrained.model_args, **kwargs}
 
-    args = dict(kwargs) if state is None else without_weight_sources(kwargs)
+    args = dict(kwargs) if state is None and not pretrained else without_weight_sources(kwargs)
     if num_classes is not None:
         args["num_classes"] = _whole_number(num_classes, "num_classes", 0)
     if in_chans is not None:
@@ -301,9 +292,24 @@ def create_model(
     model.model_args = args
     model.default_cfg = _default_cfg(entry)
     model.pretrained_cfg = model.default_cfg  # the name timm 0.9+ reads (timm.data.resolve_model_data_config)
+    if pretrained:  # downloaded once the model is built: arguments it refuses download nothing
+        state, source = _pretrained_state(entry)
     if state is not None:
         _load_state(model, entry, state, foreign, source, asked={"num_classes", "in_chans"} if pretrained else set(args))
     return model
+
+
+def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
+    """The official weights of ``entry`` (downloaded once into the cache) and the file they came from."""
+    from visionzoo.models._hub import download_pretrained
+
+    path = download_pretrained(entry)
+    try:
+        state, _ = _read_weights(entry, path)
+    except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
+        raise CheckpointError(f"{error}; it is the cached download of {entry.name}'s weights: delete it to "
+                              "download them again") from None
+    return state, str(path)
 
 
 # timm's create_model keywords that give weights: a local file (checkpoint_path=PATH, or pretrained_cfg_overlay=
