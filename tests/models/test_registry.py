@@ -3,6 +3,7 @@
 import logging
 import re
 
+import numpy as np
 import pytest
 import timm
 import timm.data
@@ -388,6 +389,26 @@ def test_timms_checkpoint_path_keyword_is_refused_naming_ours():
     with pytest.raises(TypeError, match=r"takes no argument 'checkpoint_path'; give a local weights file as "
                                         r"checkpoint=PATH"):
         create_model("resnet18", checkpoint_path="model.safetensors")
+
+
+def test_numpy_integer_sizes_are_taken_as_python_ints(tmp_path):
+    """img_size=np.int64(64) (a size computed with NumPy) failed with 'IndexError: invalid index to scalar variable'
+    inside the patch embedding, and Swin's window_size=np.int64(2) so too, where timm's to_2tuple takes them; the
+    arguments recorded to rebuild the model are Python's (our checkpoints' JSON metadata takes no NumPy scalar)."""
+    from visionzoo.models.vision_transformer import VisionTransformer
+
+    vit = create_model("vit_tiny_patch8_32", img_size=np.int64(64), patch_size=(np.int64(8), 8), drop_rate=np.float32(0))
+    assert vit.patch_embed.grid_size == (8, 8) and vit.pos_embed.shape == (1, 65, 192)
+    assert vit.model_args == {"img_size": 64, "patch_size": (8, 8), "drop_rate": 0.0}
+    assert type(vit.model_args["img_size"]) is int and type(vit.model_args["patch_size"][0]) is int
+    assert_rebuilds_from_its_checkpoint(vit.eval(), torch.zeros(1, 3, 64, 64), tmp_path)
+    assert VisionTransformer(img_size=np.int64(32), patch_size=8, depth=1).patch_embed.grid_size == (4, 4)
+    swin = create_model("swin_tiny_patch2_window4_32", img_size=np.int32(64), window_size=np.int64(2))
+    assert swin.layers[0].blocks[0].window_size == (2, 2) and swin.patch_embed.img_size == (64, 64)
+    swin.set_input_size(img_size=np.int64(64), window_size=np.int64(4))
+    assert swin.layers[0].blocks[0].window_size == (4, 4)
+    with torch.no_grad():
+        assert vit.eval()(torch.zeros(1, 3, 64, 64)).shape == swin.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("keyword", ["checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg"])

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.utils import require_image_batch
+from visionzoo.utils import is_integer, require_image_batch
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+    """``value`` (an int, NumPy's too, or a pair) as a pair of Python ints."""
+    return (int(value), int(value)) if is_integer(value) else (int(value[0]), int(value[1]))
 
 
 def _positive_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:

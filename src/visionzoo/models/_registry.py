@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -249,7 +250,7 @@ def create_model(
     """
     entry = get_model_entry(name)
     name = entry.name  # without a weights tag: the name that rebuilds the model
-    kwargs = {key: value for key, value in kwargs.items() if value is not None or key in entry.none_args}
+    kwargs = {key: _plain(value) for key, value in kwargs.items() if value is not None or key in entry.none_args}
     timm_sources = sorted(_TIMM_WEIGHT_SOURCES.intersection(kwargs))
     if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
         key = timm_sources[0]
@@ -330,6 +331,20 @@ def record_model_args(model: nn.Module, **args: Any) -> None:
     a model not built by :func:`create_model` has none."""
     if hasattr(model, "model_args"):
         model.model_args = {**model.model_args, **args}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars (``img_size=np.int64(64)``), also inside tuples, lists and dicts, as Python's: the
+    arguments are recorded in our checkpoints' JSON metadata, which takes no NumPy scalar."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, tuple):  # a torch.Size or a named tuple too: a plain tuple, as JSON keeps it
+        return tuple(_plain(item) for item in value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _whole_number(value: Any, name: str, minimum: int) -> int:

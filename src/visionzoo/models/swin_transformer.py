@@ -69,7 +69,13 @@ from visionzoo.layers.features import feature_take_indices, taken_in_order
 from visionzoo.layers.patch_embed import resample_patch_kernel
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import autocast_enabled, check_argument_types, is_traced, runs_in_cache_chunks
+from visionzoo.utils import (
+    autocast_enabled,
+    check_argument_types,
+    is_integer,
+    is_traced,
+    runs_in_cache_chunks,
+)
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
 MASK_VALUE = -100.0
@@ -81,7 +87,8 @@ _BIAS_CACHE_SIZE = 8
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+    """``value`` (an int, NumPy's too, or a pair) as a pair of Python ints."""
+    return (int(value), int(value)) if is_integer(value) else (int(value[0]), int(value[1]))
 
 
 def _int_or_pair(size: tuple[int, int]) -> int | tuple[int, int]:
@@ -732,19 +739,19 @@ class SwinTransformer(nn.Module):
         """
         if always_partition:
             raise ValueError("always_partition=True is not supported: windows always fit maps no larger than them")
-        if window_size is not None and not (isinstance(window_size, int) or (
-                len(window_size) == 2 and all(isinstance(side, int) for side in window_size))):
+        if window_size is not None and not (is_integer(window_size) or (
+                len(window_size) == 2 and all(is_integer(side) for side in window_size))):
             raise ValueError(f"window_size must be one window for all stages, an int or (h, w), got {window_size!r}")
         if window_size is not None:
             _check_window(window_size)
-        if window_ratio is not None and not (isinstance(window_ratio, int) and window_ratio > 0):
+        if window_ratio is not None and not (is_integer(window_ratio) and window_ratio > 0):
             raise ValueError(f"window_ratio must be one positive int for all stages, got {window_ratio!r}")
         self.patch_embed.set_input_size(img_size, patch_size)
         grid = self._patch_grid()
         if window_size is not None:
             window = _pair(window_size)
         elif window_ratio is not None:
-            window = tuple(max(1, side // window_ratio) for side in grid)
+            window = tuple(max(1, side // int(window_ratio)) for side in grid)
         else:
             window = tuple(max(1, w * g // r) for w, g, r in zip(self._reference_window, grid, self._reference_grid))
         if window_size is not None or window_ratio is not None:
