@@ -9,6 +9,7 @@ import difflib
 import functools
 import inspect
 import numbers
+import operator
 import os
 import types
 import typing
@@ -28,6 +29,17 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 def is_integer(value: object) -> bool:
     """Whether ``value`` is an integer, Python's or NumPy's, and not a bool (which Python counts as one)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def whole_number(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int (numpy integers too) of at least ``minimum``; else ValueError naming ``name``."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def is_real(value: object) -> bool:

@@ -451,6 +451,23 @@ def test_a_reset_classifier_is_recorded_so_that_the_checkpoint_rebuilds_the_mode
     assert_rebuilds_from_its_checkpoint(model, images(*shape, seed=1), tmp_path)
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "deit_tiny_distilled_patch8_32", "swin_tiny_patch2_window4_32",
+                                  "convnext_atto_32", "resnet18", "vit4k_xs", "hipt_4k"])
+def test_reset_classifier_takes_num_classes_as_create_model_does(name):
+    """reset_classifier(-1) left a model without a head recorded as num_classes=-1 (its checkpoint then failed to
+    rebuild it), 2.5 or True failed inside nn.Linear ('empty(): argument size ...'), '10' or None with "'>' not
+    supported", and np.int64(7) was recorded as a NumPy scalar, which our checkpoints' JSON cannot hold."""
+    model = create_model(name, num_classes=4)
+    for bad in (-1, 2.5, True, "10", None):
+        with pytest.raises(ValueError, match=re.escape(f"num_classes must be an integer >= 0, got {bad!r}")):
+            model.reset_classifier(bad)
+        assert model.num_classes == 4 and model.model_args["num_classes"] == 4
+    model.reset_classifier(np.int64(7))
+    assert type(model.num_classes) is int and type(model.model_args["num_classes"]) is int
+    heads = model.get_classifier()
+    assert all(head.out_features == 7 for head in (heads if isinstance(heads, tuple) else (heads,)))
+
+
 def test_integer_like_num_classes_is_taken_as_an_int():
     import numpy as np
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint
-from visionzoo.utils import closest
+from visionzoo.utils import closest, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +278,9 @@ def create_model(
 
     args = dict(kwargs) if state is None and not pretrained else without_weight_sources(kwargs)
     if num_classes is not None:
-        args["num_classes"] = _whole_number(num_classes, "num_classes", 0)
+        args["num_classes"] = whole_number(num_classes, "num_classes", 0)
     if in_chans is not None:
-        args["in_chans"] = _whole_number(in_chans, "in_chans", 1)
+        args["in_chans"] = whole_number(in_chans, "in_chans", 1)
     try:
         model = entry.builder(**args)
     except TypeError as error:
@@ -345,17 +344,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     return value
-
-
-def _whole_number(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int (numpy integers too) of at least ``minimum``; else ValueError naming ``name``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return number
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path, use_ema: bool = True) -> None:

@@ -41,7 +41,7 @@ from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types, require_image_batch, runs_in_cache_chunks
+from visionzoo.utils import check_argument_types, require_image_batch, runs_in_cache_chunks, whole_number
 
 # Hidden MLP activations computed at once in inference (fp32: 1 MiB), so that they stay in cache.
 _CHUNK_ELEMENTS = 1 << 18
@@ -311,6 +311,7 @@ class ConvNeXt(nn.Module):
         also removes the head's norm (an identity: ``fc`` then takes the pooled features as they are), as
         timm's. ``num_classes`` and ``global_pool`` are recorded in the arguments that rebuild the model
         (``model_args``, kept by our checkpoints)."""
+        num_classes = whole_number(num_classes, "num_classes", 0)
         if reset_other:
             self.head.norm = nn.Identity()
         self.head.in_features = self.num_features

@@ -42,7 +42,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
-from visionzoo.utils import check_argument_types, is_traced, require_tensor
+from visionzoo.utils import check_argument_types, is_traced, require_tensor, whole_number
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -190,6 +190,7 @@ class ViT4K(nn.Module):
     @keeps_device_and_dtype
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh ``num_classes``-way head (0: identity), recorded in ``model_args`` (see :func:`record_model_args`)."""
+        num_classes = whole_number(num_classes, "num_classes", 0)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         record_model_args(self, num_classes=num_classes)
@@ -351,6 +352,7 @@ class HIPT4K(nn.Module):
         return self.model4k.head
 
     def reset_classifier(self, num_classes: int) -> None:
+        num_classes = whole_number(num_classes, "num_classes", 0)
         self.num_classes = num_classes
         self.model4k.reset_classifier(num_classes)  # ViT-4K's reset keeps the device and dtype
         record_model_args(self, num_classes=num_classes)

@@ -28,7 +28,7 @@ from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types, require_image_batch
+from visionzoo.utils import check_argument_types, require_image_batch, whole_number
 
 
 class BasicBlock(nn.Module):
@@ -237,6 +237,7 @@ class ResNet(nn.Module):
         """Replace ``fc`` by a freshly initialised ``num_classes``-way head (0: identity), optionally
         with another ``global_pool`` (see :class:`ResNet`; "" only with ``num_classes=0``), as timm's; both are
         recorded in the arguments that rebuild the model (``model_args``, kept by our checkpoints)."""
+        num_classes = whole_number(num_classes, "num_classes", 0)
         self.global_pool = _check_global_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()

@@ -75,6 +75,7 @@ from visionzoo.utils import (
     is_integer,
     is_traced,
     runs_in_cache_chunks,
+    whole_number,
 )
 
 # timm's and the original code's value: finite, so that no row is ever all -inf
@@ -687,6 +688,7 @@ class SwinTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh ``num_classes``-way ``head.fc`` (0: identity), optionally with another ``global_pool``; both
         are recorded in the arguments that rebuild the model (``model_args``, kept by our checkpoints)."""
+        num_classes = whole_number(num_classes, "num_classes", 0)
         self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
         record_model_args(self, num_classes=num_classes, global_pool=self.head.global_pool)

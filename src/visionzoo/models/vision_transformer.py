@@ -58,7 +58,7 @@ from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.patch_embed import resample_patch_kernel
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, whole_number
 
 GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map", "prr", "")
 PATCH_POOLS = ("avg", "max", "avgmax")  # reductions over the patch tokens, followed by fc_norm by default
@@ -217,6 +217,7 @@ class VisionTransformer(nn.Module):
         only by a model built with it: another pool drops its ``attn_pool``. As timm's, the arguments that
         rebuild the model (``model_args``, kept by our checkpoints) follow: ``num_classes``, and with a
         ``global_pool`` that pool and the norm's place (``fc_norm``)."""
+        num_classes = whole_number(num_classes, "num_classes", 0)
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -529,6 +530,7 @@ class VisionTransformerDistilled(VisionTransformer):
         reading the two tokens: its ``prune_intermediate_layers`` passes it)."""
         if global_pool not in (None, "", "token"):
             raise ValueError(f"the distilled ViT pools its prefix tokens: global_pool must be 'token', got {global_pool!r}")
+        num_classes = whole_number(num_classes, "num_classes", 0)
         super().reset_classifier(num_classes)
         self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
