@@ -279,6 +279,24 @@ def test_feature_info_accessors_take_timms_keys_and_index_lists():
     assert ours.get_dicts() == list(ours) and ours.get_dicts()[0] is not ours[0]  # copies
 
 
+@pytest.mark.parametrize("name, unit", [("vit_tiny_patch8_32", "block"), ("swin_tiny_patch2_window4_32", "stage"),
+                                        ("convnext_atto_32", "stage"), ("resnet18", "map")])
+def test_bad_intermediate_indices_are_refused_naming_the_argument_given(name, unit):
+    """forward_intermediates(x, indices=(7,)) and prune_intermediate_layers(indices=(9,)) were refused naming
+    'out_indices', an argument neither takes."""
+    from visionzoo.models import create_model
+
+    model = create_model(name).eval()
+    with pytest.raises(ValueError, match=re.escape(f"indices must be {unit} indices in")) as refused:
+        model.forward_intermediates(torch.zeros(1, 3, 32, 32), indices=(9,))
+    assert "out_indices" not in str(refused.value)
+    with pytest.raises(ValueError, match=re.escape("indices=9 must be in 1..")) as refused:
+        model.prune_intermediate_layers(indices=9)
+    assert "out_indices" not in str(refused.value)
+    with pytest.raises(ValueError, match=re.escape(f"out_indices must be {unit} indices in")):
+        create_model(name, features_only=True, out_indices=(9,))
+
+
 @pytest.mark.parametrize("bad", ["x", "12", (1.5,), (1, "a"), 2.0, True])
 def test_out_indices_that_are_not_integers_are_refused_by_name(bad):
     """out_indices='x' (from --model-arg, for a ResNet's features_only) failed with "invalid literal for int() with

@@ -60,25 +60,27 @@ class FeatureInfo(list):
         return fields(self[idx])
 
 
-def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str = "stage") -> tuple[int, ...]:
+def feature_take_indices(count: int, out_indices: int | Sequence[int], unit: str = "stage",
+                         name: str = "out_indices") -> tuple[int, ...]:
     """The indices (in 0..count-1) that ``out_indices`` names, by timm's rule: an int n means the last n
     of the ``count`` maps (increasing); a sequence names maps, a negative index counting from the end,
     and keeps its order and repeats, as timm's ``feature_take_indices`` (its
     ``prune_intermediate_layers`` returns them so). A model takes each named map once, in its own order
-    (:func:`taken_in_order`). Raises ``ValueError`` naming ``out_indices`` for an int outside
-    1..count, an index outside -count..count-1, an empty sequence, or another value (a string, a float)."""
+    (:func:`taken_in_order`). Raises ``ValueError`` naming the argument (``name``) for an int outside
+    1..count, an index outside -count..count-1, an empty sequence, or another value (a string, a float): ``name``
+    is the argument the caller took them as (``indices`` for ``forward_intermediates``)."""
     if is_integer(out_indices):
         if not 0 < out_indices <= count:
-            raise ValueError(f"out_indices={out_indices} must be in 1..{count} (the last n of {count} {unit}s)")
+            raise ValueError(f"{name}={out_indices} must be in 1..{count} (the last n of {count} {unit}s)")
         return tuple(range(count - out_indices, count))
     given = tuple(out_indices) if isinstance(out_indices, Iterable) and not isinstance(out_indices, str) else None
     if given is None or not all(is_integer(i) for i in given):  # else int() read "12" as (1, 2), 1.5 as 1
-        raise ValueError(f"out_indices must be an int (the last n {unit}s) or a sequence of {unit} indices, "
+        raise ValueError(f"{name} must be an int (the last n {unit}s) or a sequence of {unit} indices, "
                          f"got {out_indices!r:.40}")
     indices = tuple(int(i) + count if i < 0 else int(i) for i in given)
     if not indices or not all(0 <= i < count for i in indices):
         raise ValueError(
-            f"out_indices must be {unit} indices in 0..{count - 1} (or from -{count}), at least one, "
+            f"{name} must be {unit} indices in 0..{count - 1} (or from -{count}), at least one, "
             f"got {given}"
         )
     return indices

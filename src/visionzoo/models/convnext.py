@@ -352,7 +352,7 @@ class ConvNeXt(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         stages = len(self.stages)
-        take = feature_take_indices(stages, stages if indices is None else indices)
+        take = feature_take_indices(stages, stages if indices is None else indices, name="indices")
         last = max(take)
         x = self._stem(x, last if stop_early else -1)
         intermediates = []
@@ -369,7 +369,7 @@ class ConvNeXt(nn.Module):
         are dropped the head goes too (its norm and ``fc`` become identities and ``global_pool`` "", so
         ``forward`` gives the map). ``prune_norm``: accepted for timm's signature (no norm before the
         head). Returns the stage indices as given (negative ones resolved), as timm's."""
-        take = feature_take_indices(len(self.stages), indices)
+        take = feature_take_indices(len(self.stages), indices, name="indices")
         last = max(take)
         prune_end = last < len(self.stages) - 1
         self.stages = self.stages[:last + 1]

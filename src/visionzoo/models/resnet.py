@@ -273,7 +273,7 @@ class ResNet(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take = feature_take_indices(5, 5 if indices is None else indices, "map")
+        take = feature_take_indices(5, 5 if indices is None else indices, "map", "indices")
         last = max(take)
         x = _check_images(x, self.conv1.in_channels)
         x = self.relu(self.bn1(self.conv1(x)))
@@ -293,7 +293,7 @@ class ResNet(nn.Module):
         ``prune_head`` or when stages are dropped the classifier goes too (``global_pool`` "", ``fc``
         an identity: ``forward`` gives the map). ``prune_norm``: accepted for timm's signature.
         Returns the map indices as given (negative ones resolved), as timm's."""
-        take = feature_take_indices(5, indices, "map")
+        take = feature_take_indices(5, indices, "map", "indices")
         last = max(take)
         for index in range(last + 1, 5):
             setattr(self, f"layer{index}", nn.Sequential())

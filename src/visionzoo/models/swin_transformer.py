@@ -802,7 +802,7 @@ class SwinTransformer(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         stages = len(self.layers)
-        take = feature_take_indices(stages, stages if indices is None else indices)
+        take = feature_take_indices(stages, stages if indices is None else indices, name="indices")
         last = max(take)
         x = self.patch_embed(x)
         intermediates = []
@@ -823,7 +823,7 @@ class SwinTransformer(nn.Module):
         ``prune_norm`` or when stages are dropped (it fits the last stage only), and the classifier
         (``global_pool`` "", ``head.fc`` an identity: ``forward`` gives the map) with ``prune_head`` or
         when stages are dropped. Returns the stage indices as given (negative ones resolved), as timm's."""
-        take = feature_take_indices(len(self.layers), indices)
+        take = feature_take_indices(len(self.layers), indices, name="indices")
         last = max(take)
         prune_end = last < len(self.layers) - 1
         if prune_norm or prune_end:

@@ -407,7 +407,8 @@ class VisionTransformer(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(len(self.blocks), len(self.blocks) if indices is None else indices, "block")
+        take = feature_take_indices(len(self.blocks), len(self.blocks) if indices is None else indices, "block",
+                                    "indices")
         last = max(take)
         tokens = self.embed_patches(x)  # before reading the grid off x: it checks that x is images
         grid = self.grid_size(x)
@@ -445,7 +446,7 @@ class VisionTransformer(nn.Module):
         with ``prune_norm`` the final norm and with ``prune_head`` the classifier (``fc_norm`` and
         ``head`` become identities and ``global_pool`` "", so ``forward`` gives the tokens), as timm's.
         Returns the block indices as given (negative ones resolved), as timm's."""
-        take = feature_take_indices(len(self.blocks), indices, "block")
+        take = feature_take_indices(len(self.blocks), indices, "block", "indices")
         last = max(take)
         self.blocks = self.blocks[:last + 1]
         if prune_norm and not self.features_only:
