@@ -1,6 +1,8 @@
 """ViT against timm: sizes, checkpoints (.pth/.safetensors), logits at 224 and other sizes, pooling,
 feature maps, the token interface used by masked patch prediction, and bad inputs."""
 
+import re
+
 import pytest
 import timm
 import torch
@@ -210,6 +212,26 @@ def test_img_size_288_resamples_a_224_checkpoint_as_timm(tmp_path):
         torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
     with pytest.raises(ValueError, match="224×224|288×288"):
         ours(images(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("img_size", [100, (100, 70)])
+def test_an_img_size_that_is_no_multiple_of_the_patch_takes_its_own_images_as_timm(timm_tiny, img_size):
+    """create_model('vit_tiny_patch16_224', img_size=100) built a 6×6 grid and then refused every image, its own
+    100×100 included ('image 100×100 is not a multiple of the 16×16 patch size'); timm's takes the images it is
+    built for, its patch conv leaving out the last rows and columns that make no whole patch."""
+    _, path = timm_tiny
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                  img_size=img_size).eval()
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path, img_size=img_size).eval()
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = images(2, 3, *size, seed=10)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+        features = create_model("vit_tiny_patch16_224", checkpoint=path, img_size=img_size, features_only=True).eval()
+        assert [tuple(m.shape) for m in features(x)] == [(2, 192, size[0] // 16, size[1] // 16)] * 3
+    dynamic = create_model("vit_tiny_patch16_224", dynamic_img_size=True).eval()
+    with pytest.raises(ValueError, match=re.escape("image 100×70 is not a multiple of the 16×16 patch size")):
+        dynamic(images(1, 3, 100, 70))  # as timm's: a dynamic size must be a multiple (or dynamic_img_pad=True)
 
 
 @pytest.mark.parametrize("patch_size, img_size", [(8, 64), ((8, 12), (64, 96)), (32, 224)])

@@ -45,7 +45,9 @@ def _checked_images(x: Tensor, in_chans: int, patch_size: tuple[int, int], img_s
                     pad: bool) -> Tensor:
     """``x`` (``Tensor[B, in_chans, H, W]``), with ``pad`` zero-padded on the right and bottom up to a multiple of
     ``patch_size``; ``ValueError`` for wrong channels, an image smaller than a patch, another size than
-    ``img_size`` (where given: a strict embedding), or (without ``pad``) a size that is no multiple of the patch."""
+    ``img_size`` (where given: a strict embedding), or (without ``pad``, for a size that is not the built one) a
+    size that is no multiple of the patch. An ``img_size`` that is no multiple is taken as timm's: the conv leaves
+    out the last rows and columns, which make no whole patch."""
     require_image_batch(x, in_chans)
     height, width = x.shape[-2:]
     ph, pw = patch_size
@@ -58,7 +60,7 @@ def _checked_images(x: Tensor, in_chans: int, patch_size: tuple[int, int], img_s
         )
     if pad and (height % ph or width % pw):
         return F.pad(x, (0, -width % pw, 0, -height % ph))
-    if height % ph or width % pw:
+    if img_size is None and (height % ph or width % pw):
         raise ValueError(f"image {height}×{width} is not a multiple of the {ph}×{pw} patch size")
     return x
 
