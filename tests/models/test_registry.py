@@ -144,6 +144,27 @@ def saved_timm_resnet18(path, **kwargs):
     return reference, path
 
 
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("vit_tiny_patch16_224", 224), ("convnext_atto", 64),
+                                        ("deit_tiny_distilled_patch16_224", 224)])
+def test_a_headless_file_gives_the_asked_classes_a_fresh_head(tmp_path, caplog, name, size):
+    """A file without a classifier (a backbone saved with num_classes=0, self-supervised weights: DINO, MAE) was
+    refused with num_classes=10 asked ('2 missing keys: fc.bias, fc.weight'), where timm's pretrained load keeps its
+    fresh head; unasked, it is still refused, as timm's strict load does, now saying what to give."""
+    torch.manual_seed(0)
+    reference = timm.create_model(name, num_classes=0).eval()
+    path = tmp_path / "headless.pth"
+    torch.save(reference.state_dict(), path)
+    with caplog.at_level(logging.INFO, logger="visionzoo"):
+        model = create_model(name, checkpoint=path, num_classes=10).eval()
+    assert any("has no classifier" in r.getMessage() and "fresh" in r.getMessage() for r in caplog.records)
+    x = images(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True), reference(x))
+        assert model(x).shape == (1, 10)
+    with pytest.raises(CheckpointError, match=r"has no classifier .*; give num_classes=N for a fresh one"):
+        create_model(name, checkpoint=path)
+
+
 def test_a_fine_tuned_head_is_kept_or_refused_never_replaced_unasked(tmp_path):
     # a 10-class timm file loaded without num_classes used to get a random 1000-class head and a log line
     reference, path = saved_timm_resnet18(tmp_path / "fine_tuned.pth", num_classes=10)

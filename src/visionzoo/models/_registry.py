@@ -444,7 +444,8 @@ def adapt_state_dict(
       weights are dropped. So are the head's weights for a model built with ``num_classes=0``.
     - A head for another number of classes (same input features) keeps the model's fresh head when
       ``reinit_head`` (the caller asked for its ``num_classes``); otherwise it is refused, as timm's strict
-      load does, naming the number of classes to ask for.
+      load does, naming the number of classes to ask for. A file without the head (a backbone's) keeps the
+      model's fresh head likewise (:func:`_fresh_heads`).
     - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv` when
       ``adapt_stem`` (the caller asked for its ``in_chans``); otherwise it is refused in the same way.
 
@@ -461,10 +462,13 @@ def adapt_state_dict(
             state = {k: v for k, v in state.items() if k not in absent}
     if entry is None:
         return state
+    headless: list[str] = []  # the model's heads the file has no weights for
     for head in entry.classifier:
         weight, bias = head + ".weight", head + ".bias"
         head_keys = [k for k in state if k.startswith(head + ".")]
-        if head_keys and not any(k.startswith(head + ".") for k in own):
+        if not head_keys and weight in own:
+            headless.append(head)
+        elif head_keys and not any(k.startswith(head + ".") for k in own):
             log.info("%s: the model has no classifier %s (num_classes=0); dropping its weights", source, head)
             for key in head_keys:
                 del state[key]
@@ -480,6 +484,8 @@ def adapt_state_dict(
             for key in (weight, bias):
                 if key in state and key in own:
                     state[key] = own[key]
+    if headless:
+        state = _fresh_heads(state, own, headless, reinit_head, source)
     if entry.first_conv is not None:
         key = entry.first_conv + ".weight"
         if key in state and key in own and _other_in_chans(state[key], own[key]):
@@ -491,6 +497,23 @@ def adapt_state_dict(
             log.info("%s: adapting %s from %d to %d input channels",
                      source, key, state[key].shape[1], own[key].shape[1])
             state[key] = adapt_input_conv(own[key].shape[1], state[key])
+    return state
+
+
+def _fresh_heads(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], heads: list[str], reinit_head: bool,
+                 source: str) -> dict[str, torch.Tensor]:
+    """``state`` of a file without the classifiers ``heads`` (a backbone's, self-supervised weights), with the
+    model's fresh ones where the caller asked for a ``num_classes`` (``reinit_head``), as timm's pretrained load.
+    Unasked, a file that lacks nothing else is refused saying so; any other is left for the strict load to report."""
+    head_keys = {key for key in own if key.startswith(tuple(head + "." for head in heads))}
+    names = ", ".join(heads)
+    if reinit_head:
+        log.info("%s: the file has no classifier %s; keeping the model's fresh one", source, names)
+        return {**state, **{key: own[key] for key in head_keys}}
+    missing = {key for key in own if key not in state and not key.endswith("num_batches_tracked")}
+    if missing == head_keys and set(state) <= set(own):
+        raise CheckpointError(f"checkpoint {source} has no classifier {names} (a backbone's weights); "
+                              "give num_classes=N for a fresh one (0: none)")
     return state
 
 
