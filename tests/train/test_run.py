@@ -195,3 +195,27 @@ def test_a_file_with_our_metadata_but_no_run_record_is_one_error_not_a_traceback
         assert main(["train", "resnet18", "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
         error = capsys.readouterr().err.strip()
         assert f"{path} is not a visionzoo training checkpoint" in error and "\n" not in error, error
+
+
+def test_timms_tagged_name_of_the_trained_model_is_that_model_in_eval_and_resume(tmp_path, capsys):
+    """create_model takes 'resnet18.tv_in1k' (timm's name with the tag of our weights) as resnet18, and records
+    resnet18; `eval` and `train --resume` given that name refused the run ('is for model 'resnet18', not
+    'resnet18.tv_in1k'', 'was trained as 'resnet18'')."""
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.safetensors"
+    save_checkpoint(path, {"model.x": torch.zeros(1)}, {"model": {"name": "resnet18", "args": {}}})
+    capsys.readouterr()
+    assert main(["eval", "resnet18.tv_in1k", "--checkpoint", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{path} records no data set it was trained on" in error, error  # past the model's name
+    save_checkpoint(path, {"model.x": torch.zeros(1)}, {
+        "model": {"name": "resnet18", "args": {"num_classes": 10, "in_chans": 1}}, "step": 1, "total_steps": 1,
+        "config": {"max_steps": 1}, "optimizers": {},
+        "run": {"data": "shapes", "img_size": 8, "in_chans": 1, "options": {}, "model_args": {}}})
+    assert main(["train", "resnet18.tv_in1k", "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "was trained as" not in error and "shapes" in error, error  # refused for its data, not its name

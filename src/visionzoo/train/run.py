@@ -24,6 +24,13 @@ from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
 
 
+def _registered_name(model_name: str) -> str:
+    """The name the model is registered (and its checkpoints recorded) under: timm's ``NAME.TAG`` is ``NAME``."""
+    from visionzoo.models import get_model_entry
+
+    return get_model_entry(model_name).name
+
+
 def task_class(model_name: str) -> type[Task]:
     from visionzoo.models import get_model_entry
 
@@ -79,6 +86,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``), and its
     ``model_args`` under those given again. An option
     that the model's task does not take is refused (ValueError), not ignored."""
+    model_name = _registered_name(model_name)
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options = options
@@ -221,6 +229,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     """
     from visionzoo.models._registry import _saved_model
 
+    model_name = _registered_name(model_name)
     meta = checkpoint_metadata(checkpoint)
     has_ema = _has_ema_weights(checkpoint)
     if use_ema and not has_ema:
