@@ -49,6 +49,7 @@ from arguments import output_folder, positive_float, positive_int
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
+from visionzoo.train.detection import coco_mean_ap
 from visionzoo.train.engine import fit, resolve_precision
 from visionzoo.train.run import build_setup
 
@@ -190,10 +191,8 @@ def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[
         result["warp_224_seconds_per_image"] = round(timed_detections(wide, images[:10])[1], 3)
         windows = create_model("sliding_window_shapes").eval()
         windows.load_state_dict(model.state_dict())
-        from visionzoo.metrics import MeanAveragePrecision
-
         detections, seconds = timed_detections(windows, images)
-        metric = MeanAveragePrecision()
+        metric = coco_mean_ap()  # as the detectors' eval scores
         metric.update(detections, [val[i][1] for i in range(len(images))])
         scores = metric.compute()
         result["sliding_window"] = {"windows_per_image": int(windows.propose(images[0]).shape[0]),

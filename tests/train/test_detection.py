@@ -819,3 +819,30 @@ def test_train_workers_sets_the_processes_that_compute_the_proposals(tmp_path, m
     assert main(["train", "fastrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
                  "--no-progress", "--precision", "fp32", "--out", str(tmp_path / "default")]) == 0
     assert asked == [1, 1, None, None]
+
+
+def test_evaluate_takes_pycocotools_thresholds_so_a_recall_of_exactly_one_falls_on_its_step(tmp_path):
+    """eval read torchmetrics' float32 recall thresholds (0.60000002 for 0.6): three of five objects found
+    exactly, a recall of 0.6, missed the 0.6 step, so eval gave AP 0.594 where pycocotools gives 61/101 = 0.604."""
+    from visionzoo.data.coco import CocoDetection
+
+    Image.new("RGB", (100, 40)).save(tmp_path / "a.png")
+    boxes = [[2 + 20 * i, 4, 14, 14] for i in range(5)]
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 40}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 196.0, "iscrowd": 0}
+                        for i, box in enumerate(boxes)],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    found = boxes[:3]
+    detection = {"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in found], dtype=torch.float32),
+                 "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    stats = _pycocotools_stats(ground_truth, [{"image_id": 1, "category_id": 1, "bbox": box, "score": score}
+                                              for box, score in zip(found, (0.9, 0.8, 0.7))], tmp_path)
+    assert stats[0] == pytest.approx(61 / 101)
+    names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
+    assert [metrics[k] for k in names] == pytest.approx(stats[:6].tolist(), abs=1e-6)
+    assert metrics["mar_100"] == pytest.approx(stats[8], abs=1e-6)

@@ -58,6 +58,11 @@ class CocoParams:
     area_labels: tuple[str, ...]
 
 
+# pycocotools' defaults, in float64: 0.5:0.05:0.95 and 0:0.01:1 (torchmetrics' are float32, 0.6 -> 0.60000002).
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+COCO_REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+
+
 def make_params(
     iou_type: str = "bbox",
     iou_thresholds: Sequence[float] | np.ndarray | None = None,
@@ -74,12 +79,8 @@ def make_params(
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    ious = (
-        np.linspace(0.5, 0.95, 10) if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
-    )
-    recs = (
-        np.linspace(0.0, 1.0, 101) if rec_thresholds is None else np.asarray(rec_thresholds, dtype=np.float64)
-    )
+    ious = COCO_IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
+    recs = COCO_REC_THRESHOLDS if rec_thresholds is None else np.asarray(rec_thresholds, dtype=np.float64)
     for name, values in (("iou_thresholds", ious), ("rec_thresholds", recs)):
         if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
             raise ValueError(f"{name} must be a non-empty list of finite numbers, got {values.tolist()}")

@@ -66,6 +66,15 @@ _SKIPPED = {"boxes": "skipped_boxes", "labels": "skipped_labels", "area": "skipp
 _LEAST_AREA = torch.finfo(torch.float32).tiny
 
 
+def coco_mean_ap(**options: Any):
+    """A :class:`~visionzoo.metrics.MeanAveragePrecision` at pycocotools' float64 IoU and recall thresholds, so
+    that eval gives pycocotools' numbers (torchmetrics' float32 ones put the 0.6 recall step at 0.60000002)."""
+    from visionzoo.metrics import MeanAveragePrecision
+    from visionzoo.metrics.coco import COCO_IOU_THRESHOLDS, COCO_REC_THRESHOLDS
+
+    return MeanAveragePrecision(iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_REC_THRESHOLDS, **options)
+
+
 def evaluation_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What detections are scored against, as pycocotools scores a COCO file: the target with its
     ``unclipped_boxes`` (the file's boxes as written) as ``boxes`` where it has them, and the annotations
@@ -235,9 +244,7 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  autocast: Callable[[], Any]) -> dict[str, float]:
-        from visionzoo.metrics import MeanAveragePrecision
-
-        metric = MeanAveragePrecision(class_metrics=True)
+        metric = coco_mean_ap(class_metrics=True)
         _, detections, targets = self.detect_all(model, dataset, batch_size, autocast)
         metric.update(detections, targets)
         result = metric.compute()
@@ -254,12 +261,11 @@ class DetectionTask(Task):
         """``pr_curve.png``: each class's precision–recall curve at IoU 0.5 over ``dataset`` (COCO's
         interpolated precision, AP@.5 in the legend); ``detections.png``: the first 16 images with their
         detections (score ≥ 0.5) and the ground truth."""
-        from visionzoo.metrics import MeanAveragePrecision
         from visionzoo.train.drawing import grid
         from visionzoo.train.plots import plot_precision_recall
 
         detections, scored, targets = self.detect_all(model, dataset, batch_size, autocast)
-        metric = MeanAveragePrecision()
+        metric = coco_mean_ap()
         metric.update(scored, targets)
         curves = metric.precision_recall(0.5)
         names = [self.classes[label - 1] if 1 <= label <= len(self.classes) else f"label {label}"
