@@ -84,7 +84,7 @@ def test_reads_images_boxes_and_labels_with_clipping(folder):
     assert torch.equal(image, torch.from_numpy(pixels["a.png"]).permute(2, 0, 1).float() / 255)
     assert torch.equal(target["boxes"], torch.tensor([[2.0, 3.0, 12.0, 11.0], [35.0, 0.0, 40.0, 6.0]]))
     assert target["labels"].tolist() == [1, 3]
-    assert target["area"].tolist() == [80.0, 30.0]  # the file's area, else the clipped box's
+    assert target["area"].tolist() == [80.0, 100.0]  # the file's area, else its box's w * h (as coco-eval)
     image, target = ds[1]
     assert torch.equal(target["boxes"], torch.tensor([[0.0, 2.0, 14.5, 20.0]]))
     assert target["iscrowd"].tolist() == [1]

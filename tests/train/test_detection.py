@@ -846,3 +846,26 @@ def test_evaluate_takes_pycocotools_thresholds_so_a_recall_of_exactly_one_falls_
     names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
     assert [metrics[k] for k in names] == pytest.approx(stats[:6].tolist(), abs=1e-6)
     assert metrics["mar_100"] == pytest.approx(stats[8], abs=1e-6)
+
+
+def test_evaluate_takes_a_missing_area_as_the_files_box_w_h_as_coco_eval(tmp_path):
+    """A box running out of its image with no "area" in the file took its clipped box's area (600, small) where
+    coco-eval takes the file's w * h (1200, medium): eval gave map_small 1 and map_medium -1, coco-eval the reverse."""
+    from visionzoo.data.coco import CocoDetection
+    from visionzoo.metrics import coco_evaluate
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-20, 0, 40, 30], "iscrowd": 0}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
+    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    detection = {"boxes": torch.tensor([[-20.0, 0.0, 20.0, 30.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1])}
+    metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
+    reference = coco_evaluate(ground_truth, [{"image_id": 1, "category_id": 1, "bbox": [-20, 0, 40, 30],
+                                              "score": 0.9}])
+    assert (reference["APs"], reference["APm"]) == pytest.approx((-1.0, 1.0))
+    assert (metrics["map_small"], metrics["map_medium"]) == pytest.approx((reference["APs"], reference["APm"]))

@@ -226,7 +226,7 @@ class CocoDetection(Dataset):
     and clipped to the image), ``unclipped_boxes`` the same unclipped (what evaluation scores against, as
     pycocotools does), ``labels`` int64 Tensor[N] in 1..K (the sorted category ids mapped
     to contiguous labels; ``label_to_cat_id`` maps back), ``area`` float32 Tensor[N] (the file's,
-    else the clipped box's), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
+    else its box's w * h, unclipped, as coco-eval takes it), ``iscrowd`` int64 Tensor[N] (crowd regions are kept; training code
     should ignore them and evaluation does), ``image_id`` int (COCO's id) and, when every
     annotation has a segmentation and ``load_masks`` is set, ``masks`` bool Tensor[N, H, W]
     (polygons rasterised pixel for pixel as pycocotools does; RLE with compressed or uncompressed
@@ -376,8 +376,8 @@ class CocoDetection(Dataset):
                     self._check_size_against_header(image, entry["image_id"])
                     raise ValueError(f"{self.ann_file}: {name}: {problem}")
             area = entry.get("area")
-            if area is None:  # a skipped box's: the file's w * h, as coco-eval reads a file without areas
-                area = entry["bbox"][2] * entry["bbox"][3] if box is None else (box[2] - box[0]) * (box[3] - box[1])
+            if area is None:  # the file's w * h (not the clipped box's), as coco-eval reads a file without areas
+                area = entry["bbox"][2] * entry["bbox"][3]
             elif not _is_area(area):
                 raise ValueError(
                     f"{self.ann_file}: {name}: area must be a non-negative number, got {area!r:.80}"
