@@ -650,3 +650,15 @@ def test_a_reader_that_goes_away_still_ends_the_output_quietly(monkeypatch, capf
 
     register_command("pipe", "test")(run)
     assert main(["pipe"]) == 0 and capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["predict", "resnet18", "--checkpoint", "x.safetensors", "a.png", "--out", "o", "--coco-json", ""], "--coco-json"),
+    (["train", "resnet18", "--data", "digits", "--out="], "--out"),
+    (["coco-eval", "", "dets.json"], "an argument"),
+])
+def test_an_empty_string_for_an_argument_is_one_error_naming_it(capsys, argv, named):
+    """predict --coco-json '' wrote no COCO results without a word (taken as not given), and --out '' is the current
+    folder to pathlib."""
+    assert main(argv) == 2
+    assert f"error: {named} is an empty string; give a value" in capsys.readouterr().err

@@ -151,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    empty = _given_empty(sys.argv[1:] if argv is None else list(argv))
+    if empty:
+        # an empty path is the current folder to pathlib ("--out ''" would name the folder the user stands in), an
+        # empty --coco-json was taken as not given
+        print(f"visionzoo {args.command}: error: {empty} is an empty string; give a value", file=sys.stderr)
+        return 2
     try:
         return int(args._run(args) or 0)
     except PeerFailed:  # under torchrun: rank 0 failed in work it alone does, and says why in one line
@@ -176,6 +182,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _given_empty(argv: Sequence[str]) -> str | None:
+    """The option (or positional argument) of ``argv`` given as an empty string, if any."""
+    for index, token in enumerate(argv):
+        if token.startswith("--") and token.endswith("="):
+            return token[:-1]
+        if token == "":
+            before = argv[index - 1] if index else ""
+            return before if before.startswith("-") and not _is_number(before) else "an argument"
+    return None
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _out_of_memory(error: BaseException) -> bool:
