@@ -662,3 +662,19 @@ def test_an_empty_string_for_an_argument_is_one_error_naming_it(capsys, argv, na
     folder to pathlib."""
     assert main(argv) == 2
     assert f"error: {named} is an empty string; give a value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad_id", [None, [1], 1.5, True, {"id": 1}])
+def test_predict_image_ids_refuse_an_entry_whose_id_is_no_coco_id(tmp_path, bad_id):
+    """An --image-ids entry whose id was null, a list or a float was copied into --coco-json's results, a file that
+    coco-eval then refused (or matched to nothing)."""
+    from visionzoo.train.commands import image_ids_from
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps({"images": [{"id": bad_id, "file_name": "a.jpg"}]}))
+    with pytest.raises(ValueError, match=r"--image-ids .*: the entry of .*a\.jpg has id .*; an image id is a whole "
+                                         r"number or a string"):
+        image_ids_from(ann, [str(tmp_path / "a.jpg")])
+    ann.write_text(json.dumps({"images": [{"id": "img-7", "file_name": "a.jpg"}]}))
+    assert image_ids_from(ann, [str(tmp_path / "a.jpg")]) == ["img-7"]

@@ -271,6 +271,10 @@ def image_entries_from(ann_file: str | Path, paths: list[str]) -> list[dict[str,
         if len(found) != 1:
             problem = "no entry" if not found else f"{len(found)} entries (ids {[i for i, _ in found[:3]]})"
             raise ValueError(f"--image-ids {ann_file}: {path} matches {problem} of its images by file_name")
+        image_id = found[0][0]
+        if isinstance(image_id, bool) or not isinstance(image_id, int | str):  # copied into the results as it is
+            raise ValueError(f"--image-ids {ann_file}: the entry of {path} has id {json.dumps(image_id)}; an image id "
+                             "is a whole number or a string")
         matched.append(found[0][1])
     return matched
 
