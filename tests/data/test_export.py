@@ -209,3 +209,13 @@ def test_a_folder_where_the_export_writes_a_file_is_named_before_anything_is_wri
     assert err.endswith(f"{tmp_path / name} is a folder where the export writes a file; move it or give another "
                         "--out") and "\n" not in err, err
     assert not (tmp_path / "val" / "000000.png").exists() and (tmp_path / name / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_export_data_names_seed_as_the_option_the_user_gave(tmp_path, capsys, seed):
+    """export-data --seed -1 said "Shapes seed must be in [0, 2**32)", naming the class, not the option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export-data", "shapes", "--out", str(tmp_path / "out"), "--seed", seed])
+    assert exit_info.value.code == 2
+    assert f"argument --seed: expected an integer in [0, 2**32), got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -35,8 +35,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=positive_int, default=128, help="image side in pixels (default 128)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="base seed of the dataset (default 0)")
+    parser.add_argument("--seed", type=shapes_seed, default=0, help="base seed of the dataset, in [0, 2**32) (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+
+def shapes_seed(text: str) -> int:
+    """Shapes' base seed: an integer in [0, 2**32) (what its scenes' generators take)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
+    return value
 
 
 @register_command(
