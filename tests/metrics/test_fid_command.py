@@ -105,6 +105,16 @@ def test_save_stats_naming_a_folder_is_refused(tmp_path, capsys, no_network, typ
     assert not (tmp_path / "stats.npz").exists() and not (tmp_path / "new.npz").exists()
 
 
+@pytest.mark.parametrize("typed", ["stats.npz", "stats"])
+def test_save_stats_onto_an_existing_folder_is_refused_before_any_feature(tmp_path, capsys, no_network, typed):
+    # before: --overwrite computed PATH_A's features, then failed with "[Errno 21] Is a directory", naming no option
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    (tmp_path / "stats.npz").mkdir()
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / typed), "--overwrite"],
+                   "--save-stats", f"writes {tmp_path / 'stats.npz'}, which is a folder")
+    assert (tmp_path / "stats.npz").is_dir()
+
+
 def test_statistics_of_another_inception_block_get_no_hint_at_the_domain_features(tmp_path, capsys, no_network):
     folder = write_folder(tmp_path / "a", 0)
     stats = write_stats(tmp_path / "stats.npz", np.zeros(768), np.eye(768))  # pytorch-fid --dims 768

@@ -142,6 +142,8 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
     if target.resolve() == Path(args.path_b).resolve():
         # the statistics of PATH_A would replace the ones they are compared with
         raise ValueError(f"--save-stats {args.save_stats} writes {target}, which is PATH_B; choose another file")
+    if target.is_dir():  # else --overwrite fails at the end, after PATH_A's features: "[Errno 21] Is a directory"
+        raise IsADirectoryError(f"--save-stats {args.save_stats} writes {target}, which is a folder; name a file")
     if target.exists() and not args.overwrite:
         raise ValueError(f"--save-stats: {target} exists; pass --overwrite to replace it")
     return target
