@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from visionzoo.metrics import FID
-from visionzoo.metrics.fid import feature_fingerprint, folder_statistics
+from visionzoo.metrics.fid import feature_fingerprint, folder_statistics, load_statistics
 from visionzoo.metrics.inception import InceptionFeatures
 
 
@@ -145,3 +145,10 @@ def test_the_feature_fingerprint_tells_resizes_and_weights_apart():
     with torch.no_grad():
         again.fc.bias[0] += 1e-6
     assert feature_fingerprint(again) != feature_fingerprint(legacy)
+
+
+def test_a_folder_named_like_a_statistics_file_is_not_called_missing(tmp_path):
+    # before: "statistics file .../real.npz does not exist", of a folder that does
+    (tmp_path / "real.npz").mkdir()
+    with pytest.raises(ValueError, match=r"real\.npz is a folder, not an \.npz statistics file"):
+        load_statistics(tmp_path / "real.npz")

@@ -176,6 +176,8 @@ def check_same_features(fingerprints: dict[str, str | None]) -> None:
 
 
 def _read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not an .npz statistics file (a folder of images must not end in .npz)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"statistics file {path} does not exist")
     why = f"{path} is not an FID statistics file (an .npz with 'mu' and 'sigma')"
