@@ -138,6 +138,19 @@ def test_factorised_l2_normalised_codes_look_up_by_cosine():
     assert quantised.shape == z.shape
 
 
+def test_integer_vectors_are_refused_not_rounded():
+    # before: the codes came back cast to the input's dtype, an int64 z got truncated codes (0.4 -> 0), silently
+    quantizer = VectorQuantizer(4, 2, ema_decay=None)
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.4, 0.4], [1.6, 1.6], [3.0, 3.0], [-1.0, -1.0]]))
+    z = torch.tensor([[[0, 0], [2, 2]]])
+    for call in (quantizer, quantizer.encode):
+        with pytest.raises(ValueError, match=r"takes floating-point vectors, got torch.int64; convert them with "
+                                             r"\.float\(\)"):
+            call(z)
+    assert quantizer(z.float())[0].tolist() == [[[0.4000000059604645] * 2, [1.600000023841858] * 2]]
+
+
 def test_bad_shapes_and_settings_are_one_clear_error():
     with pytest.raises(ValueError, match=r"takes Tensor\[B, 8, H, W\]"):
         VectorQuantizer(4, 8)(torch.randn(2, 3, 4, 4))

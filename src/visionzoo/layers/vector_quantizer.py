@@ -127,6 +127,8 @@ class VectorQuantizer(nn.Module):
         if z.dim() not in (3, 4) or z.shape[1 if z.dim() == 4 else 2] != self.dim:
             raise ValueError(f"VectorQuantizer({self.num_codes}, dim={self.dim}) takes Tensor[B, {self.dim}, H, W] "
                              f"or Tensor[B, N, {self.dim}], got {tuple(z.shape)}")
+        if not z.is_floating_point():  # forward's codes come back in z's dtype: an integer one would truncate them
+            raise ValueError(f"VectorQuantizer takes floating-point vectors, got {z.dtype}; convert them with .float()")
         vectors = z.permute(0, 2, 3, 1) if z.dim() == 4 else z
         # The lookup and the codebook's moving averages run in the codebook's dtype (float32, also under
         # bf16 autocast; that of a quantiser cast as a whole with .to(dtype)).
