@@ -527,6 +527,16 @@ def test_sample_refuses_an_images_dir_that_is_a_file_before_sampling(tmp_path, c
     assert images_dir.read_text() == "mine"
 
 
+def test_sample_refuses_an_out_below_a_file_before_sampling(tmp_path, capsys):
+    # before: it sampled, then failed with "[Errno 17] File exists: '.../notes.txt'", naming no option
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    out = notes / "grid.png"
+    one_line_error(capsys, ["sample", "dcgan", "--checkpoint", "missing.safetensors", "--out", str(out)],
+                   f"--out {out}: {notes} is a file, not a folder")
+    assert notes.read_text() == "mine"
+
+
 @pytest.mark.parametrize("command", [
     [*TRAIN, "--max-steps", "1"],
     ["tour", "--only", "convnext-digits", "--max-steps", "1"],

@@ -192,10 +192,14 @@ def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
 
 def require_not_folder(path: str | os.PathLike, option: str, kind: str) -> Path:
     """``path`` as a Path, refused up front (IsADirectoryError naming ``option``) when a folder holds the name of
-    the file (``kind``, e.g. "a .json file") a command is about to write."""
+    the file (``kind``, e.g. "a .json file") a command is about to write, and (NotADirectoryError) when a file holds
+    the name of a folder above it."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path} is a folder; give the path of {kind}")
+    above = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if above is not None and not above.is_dir():  # else writing fails after the work: "[Errno 17] File exists"
+        raise NotADirectoryError(f"{option} {path}: {above} is a file, not a folder; give the path of {kind}")
     return path
 
 
