@@ -76,6 +76,16 @@ def test_save_stats_into_a_missing_folder_fails_before_any_feature(tmp_path, cap
                    "--save-stats", "nowhere does not exist")
 
 
+def test_save_stats_below_a_file_is_refused_naming_the_file(tmp_path, capsys, no_network):
+    # before: "folder .../notes.txt does not exist", of a file that does
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(notes / "a.npz")],
+                   "--save-stats", f"{notes} is a file, not a folder")
+    assert notes.read_text() == "mine"
+
+
 @pytest.mark.parametrize("make_b", [lambda b: b, lambda b: b.mkdir() or b])
 def test_a_missing_or_empty_path_b_fails_before_any_feature(tmp_path, capsys, no_network, make_b):
     # before: PATH_A's features were computed (minutes for a large folder) and then PATH_B was found wanting

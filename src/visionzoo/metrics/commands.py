@@ -137,6 +137,8 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
         raise ValueError(f"--save-stats {args.save_stats} names a folder; name the file, e.g. "
                          f"{Path(args.save_stats) / 'stats.npz'}")
     target = statistics_path(args.save_stats)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise NotADirectoryError(f"--save-stats {args.save_stats}: {target.parent} is a file, not a folder")
     if not target.parent.is_dir():
         raise ValueError(f"--save-stats {args.save_stats}: folder {target.parent} does not exist")
     if target.resolve() == Path(args.path_b).resolve():
