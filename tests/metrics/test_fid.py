@@ -152,3 +152,13 @@ def test_a_folder_named_like_a_statistics_file_is_not_called_missing(tmp_path):
     (tmp_path / "real.npz").mkdir()
     with pytest.raises(ValueError, match=r"real\.npz is a folder, not an \.npz statistics file"):
         load_statistics(tmp_path / "real.npz")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_that_is_no_positive_integer_is_refused_naming_it(tmp_path, batch_size):
+    # before: -1 read no image at all (statistics of 0 images, "needs at least 2 samples, have 0"), 0 and 2.5 raised
+    # range()'s errors
+    for index in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{index}.png")
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size}"):
+        folder_statistics(tmp_path, pooled(), batch_size)

@@ -246,7 +246,9 @@ def read_batches(files: list[Path], batch_size: int, size: int | None = None, ch
     sizes give the same statistics at any ``batch_size`` (pytorch-fid only reads them one at a time)."""
     from visionzoo.train.run import load_images
 
-    for start in range(0, len(files), batch_size):
+    if not is_integer(batch_size) or batch_size < 1:  # a negative step would read no file, silently
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for start in range(0, len(files), int(batch_size)):
         if size is not None:
             yield load_images(files[start:start + batch_size], size, channels)
             continue
