@@ -151,6 +151,13 @@ def test_integer_vectors_are_refused_not_rounded():
     assert quantizer(z.float())[0].tolist() == [[[0.4000000059604645] * 2, [1.600000023841858] * 2]]
 
 
+@pytest.mark.parametrize("setting", [dict(commitment=float("nan")), dict(dead_code_threshold=float("nan"))])
+def test_a_nan_commitment_or_dead_code_threshold_is_refused(setting):
+    # before: taken; commitment=nan made every loss NaN, dead_code_threshold=nan turned the restarts off, silently
+    with pytest.raises(ValueError, match="commitment and dead_code_threshold must be >= 0"):
+        VectorQuantizer(4, 8, **setting)
+
+
 def test_bad_shapes_and_settings_are_one_clear_error():
     with pytest.raises(ValueError, match=r"takes Tensor\[B, 8, H, W\]"):
         VectorQuantizer(4, 8)(torch.randn(2, 3, 4, 4))

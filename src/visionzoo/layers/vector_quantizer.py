@@ -64,7 +64,7 @@ class VectorQuantizer(nn.Module):
         # Not a silent fallback: code_dim=0 would mean "no projection"; a negative commitment would push z away from its code.
         if code_dim is not None and code_dim < 1:
             raise ValueError(f"code_dim must be at least 1 (or None: no projection), got {code_dim}")
-        if commitment < 0 or dead_code_threshold < 0:
+        if not (commitment >= 0 and dead_code_threshold >= 0):  # NaN too
             raise ValueError(f"commitment and dead_code_threshold must be >= 0, got {commitment} and "
                              f"{dead_code_threshold}")
         if dead_code_restart not in RESTARTS:
