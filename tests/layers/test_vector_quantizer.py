@@ -1,5 +1,6 @@
 """The vector quantizer: nearest codes, straight-through gradients, losses, EMA codebook, dead codes, statistics."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,6 +157,16 @@ def test_a_nan_commitment_or_dead_code_threshold_is_refused(setting):
     # before: taken; commitment=nan made every loss NaN, dead_code_threshold=nan turned the restarts off, silently
     with pytest.raises(ValueError, match="commitment and dead_code_threshold must be >= 0"):
         VectorQuantizer(4, 8, **setting)
+
+
+@pytest.mark.parametrize("args, kwargs, name", [((8.5, 4), {}, "num_codes"), ((8, 4.0), {}, "dim"),
+                                                 ((8, 4), dict(code_dim=2.5), "code_dim")])
+def test_sizes_that_are_not_whole_numbers_are_refused_naming_them(args, kwargs, name):
+    # before: torch's "randn() received an invalid combination of arguments", naming none of them
+    with pytest.raises(ValueError, match=f"{name} must be a whole number"):
+        VectorQuantizer(*args, **kwargs)
+    quantizer = VectorQuantizer(np.int64(8), np.int64(4), code_dim=np.int64(2))
+    assert quantizer(torch.randn(2, 4, 3, 3))[0].shape == (2, 4, 3, 3) and quantizer.codebook.shape == (8, 2)
 
 
 def test_bad_shapes_and_settings_are_one_clear_error():

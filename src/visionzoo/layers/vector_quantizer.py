@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.utils import is_integer
+
 RESTARTS = ("random", "farthest")
 # The quantiser arguments where None is a value, not "unset": ``ema_decay=None`` learns the codebook by gradient
 # (for the registry, which otherwise drops None-valued keywords as timm does).
@@ -57,6 +59,9 @@ class VectorQuantizer(nn.Module):
                  dead_code_threshold: float = 1.0, code_dim: int | None = None, l2_normalize: bool = False,
                  eps: float = 1e-5, dead_code_restart: str = "random"):
         super().__init__()
+        for name, value in (("num_codes", num_codes), ("dim", dim), ("code_dim", code_dim)):
+            if value is not None and not is_integer(value):  # else torch's randn fails naming none of them
+                raise ValueError(f"VectorQuantizer's {name} must be a whole number, got {value!r}")
         if num_codes < 2 or dim < 1:
             raise ValueError(f"a codebook needs at least 2 codes of dimension >= 1, got {num_codes} x {dim}")
         if ema_decay is not None and not 0 <= ema_decay < 1:
