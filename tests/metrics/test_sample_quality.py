@@ -108,6 +108,21 @@ def test_parameter_checks_name_the_parameter():
         fid_confidence_interval(vectors, vectors[:, :3], samples=5)
 
 
+@pytest.mark.parametrize("kernel, message", [
+    (dict(degree=0), "KID's degree must be >= 1, got 0"),
+    (dict(degree=2.5), "KID's degree must be a whole number, got 2.5"),
+    (dict(gamma=float("nan")), "KID's gamma must be a positive number or None, got nan"),
+    (dict(gamma=-1.0), "KID's gamma must be a positive number or None, got -1.0"),
+    (dict(coef=float("nan")), "KID's coef must be a number >= 0, got nan"),
+])
+def test_kid_kernel_settings_that_give_no_distance_are_refused(kernel, message):
+    # before: degree=0 made every kernel value 1 (KID 0 for any features), NaN gamma or coef gave KID NaN, silently;
+    # torchmetrics refuses them
+    vectors = features(0, 20, dim=4)
+    with pytest.raises(ValueError, match=message):
+        kernel_inception_distance(vectors, features(1, 20, dim=4, shift=1.0), subsets=2, subset_size=10, **kernel)
+
+
 def test_counts_that_are_not_whole_numbers_are_refused_by_name():
     # before: TypeErrors from inside torch ("slice indices must be integers", "chunk(): argument 'chunks' must be
     # int, not float", "'float' object cannot be interpreted as an integer")

@@ -15,6 +15,8 @@ seed gives torchmetrics' numbers).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,18 @@ def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None
     return (x @ y.T * gamma + coef) ** degree
 
 
+def _check_kernel(degree: Any, gamma: Any, coef: Any) -> None:
+    """ValueError naming the setting of :func:`polynomial_kernel` that gives no distance: a degree of 0 makes every
+    kernel value 1 (KID 0 for any features), a NaN gamma or coef makes it NaN."""
+    _check_whole(degree, "KID's degree")
+    if degree < 1:
+        raise ValueError(f"KID's degree must be >= 1, got {degree}")
+    if gamma is not None and not (isinstance(gamma, numbers.Real) and 0 < gamma < math.inf):
+        raise ValueError(f"KID's gamma must be a positive number or None, got {gamma!r}")
+    if not (isinstance(coef, numbers.Real) and 0 <= coef < math.inf):
+        raise ValueError(f"KID's coef must be a number >= 0, got {coef!r}")
+
+
 def unbiased_mmd2(k_xx: Tensor, k_xy: Tensor, k_yy: Tensor) -> Tensor:
     """The unbiased MMD² estimate from the three kernel matrices of m samples each (diagonals left out)."""
     m = k_xx.shape[0]
@@ -78,6 +92,7 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
         raise ValueError(f"KID needs subset_size >= 2, got {subset_size}")
     if subsets < 1:
         raise ValueError(f"KID's subsets must be >= 1, got {subsets}")
+    _check_kernel(degree, gamma, coef)
     scores = []
     for _ in range(subsets):
         x = real[torch.randperm(len(real), generator=generator)[:subset_size]]
