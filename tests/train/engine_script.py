@@ -140,6 +140,7 @@ def main() -> None:
         visionzoo.checkpoint.save_file = refuse
         trainer._log = refuse
     trainer.fit()
+    assert not torch.distributed.is_initialized(), "fit left its process group for the interpreter's exit to end"
     if args.final:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   args.final.replace("%r", str(trainer.dist.rank)))

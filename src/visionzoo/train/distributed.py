@@ -19,6 +19,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # the process group was made by init_distributed, which close_distributed ends
 
     @property
     def is_main(self) -> bool:
@@ -65,9 +66,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
         target = torch.device("cpu")
     else:
         raise ValueError(f"unknown device {device!r}; use cpu or cuda")
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=PEER_WAIT)
-    return DistInfo(rank, world_size, local_rank, target)
+    return DistInfo(rank, world_size, local_rank, target, owns_group)
+
+
+def close_distributed(info: DistInfo) -> None:
+    """End the process group :func:`init_distributed` made, once every rank is done with it (PyTorch asks for
+    ``destroy_process_group`` before a process exits); one the caller made is left to the caller."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class PeerFailed(RuntimeError):

@@ -46,6 +46,7 @@ from visionzoo.checkpoint import (
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
+    close_distributed,
     init_distributed,
     mean_over_ranks,
     on_main,
@@ -657,17 +658,20 @@ class Trainer:
                 tick = time.perf_counter()
         bar.close()
         metrics = self.evaluate()
-        if main:
-            self._plot()
-            self._report()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
         result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics)
-        if main:
-            summary = {**asdict(result), "out": str(self.out), "model": model_record(self.model),
-                       "parameters": sum(p.numel() for p in self.model.parameters())}
-            text = json.dumps(summary, indent=2)
-            atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+        on_main(self.dist, lambda: self._finish(result))  # the other ranks wait, then all leave the group together
+        close_distributed(self.dist)
         return result
+
+    def _finish(self, result: TrainResult) -> None:
+        """Rank 0's last writes: the loss plot, the task's pictures and ``summary.json``."""
+        self._plot()
+        self._report()
+        summary = {**asdict(result), "out": str(self.out), "model": model_record(self.model),
+                   "parameters": sum(p.numel() for p in self.model.parameters())}
+        text = json.dumps(summary, indent=2)
+        atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
 
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
