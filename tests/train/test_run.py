@@ -219,3 +219,24 @@ def test_timms_tagged_name_of_the_trained_model_is_that_model_in_eval_and_resume
     assert main(["train", "resnet18.tv_in1k", "--data", "digits", "--resume", "--out", str(run), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert "was trained as" not in error and "shapes" in error, error  # refused for its data, not its name
+
+
+@pytest.mark.parametrize("flag", ["--initial-checkpoint", "--teacher-checkpoint"])
+def test_overwrite_refuses_a_run_folder_holding_a_file_the_run_reads(tmp_path, capsys, flag):
+    """--overwrite emptied the run folder after reading the run's --initial-checkpoint or --teacher-checkpoint from
+    it (a pretraining fine-tuned into its own folder): the weights the user started from were deleted."""
+    from visionzoo.cli import main
+    from visionzoo.models import create_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".visionzoo-run").touch()
+    weights = run / "start.pth"
+    torch.save(create_model("resnet18", num_classes=10, in_chans=1).state_dict(), weights)
+    teacher = ["--teacher", "resnet18"] if flag == "--teacher-checkpoint" else []
+    capsys.readouterr()
+    assert main(["train", "resnet18", "--data", "digits", "--max-steps", "1", "--batch-size", "4", "--precision",
+                 "fp32", "--no-progress", "--out", str(run), "--overwrite", flag, str(weights), *teacher]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{flag} {weights} is in --out {run}" in error and "\n" not in error, error
+    assert weights.is_file() and not (run / "checkpoint.safetensors").exists()

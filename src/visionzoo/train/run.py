@@ -88,6 +88,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     that the model's task does not take is refused (ValueError), not ignored."""
     model_name = _registered_name(model_name)
     check_task_options(task_class(model_name), model_name, options or {})
+    if config.overwrite:
+        _check_inputs_outside(config.out, {"--data": data, **{f"--{name.replace('_', '-')}": (options or {}).get(name)
+                                                              for name in ("initial_checkpoint", "teacher_checkpoint")}})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options = options
     recorded_teacher = None
@@ -145,6 +148,17 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         run_meta["classes"] = classes
     result = fit(setup.task, setup.model, train, first_items(val, val_images), config, run_meta)
     return setup, result
+
+
+def _check_inputs_outside(out: str | Path, inputs: Mapping[str, str | None]) -> None:
+    """Refuse an input (by flag: a file or folder the run reads) inside the run folder ``out``, which --overwrite
+    empties before the run writes into it: the run would delete the weights it starts from (a pretraining fine-tuned
+    into its own folder), its teacher or its data."""
+    folder = Path(out).expanduser().resolve()
+    for flag, path in inputs.items():
+        if path and builtin_name(path) is None and folder in Path(path).expanduser().resolve().parents:
+            raise ValueError(f"{flag} {path} is in --out {out}, which --overwrite empties: the run would delete it; "
+                             "give another --out, or move the file out of it")
 
 
 def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
