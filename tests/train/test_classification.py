@@ -391,3 +391,22 @@ def test_classifying_a_coco_folder_is_refused_naming_the_folder_and_what_works(t
             "classification needs: train a classifier on shapes or digits, or pretrain a ViT on these images with "
             "--objective mpp" in error and "\n" not in error), error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("trained, asked", [("mpp", "classify"), ("classify", "mpp")])
+def test_resuming_with_another_objective_is_refused_naming_both(tmp_path, capsys, trained, asked):
+    """A masked patch prediction run resumed with --objective classify failed as 'does not fit model': 80 missing
+    keys, 81 unexpected; a classifier resumed with --objective mpp as '--label-smoothing applies to classification'
+    (a flag of its first invocation) or with the same key lists."""
+    from visionzoo.cli import main
+
+    small = ["--data", "digits", "--img-size", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress"]
+    run = tmp_path / "run"
+    assert main(["train", "vit_tiny_patch8_32", *small, "--out", str(run), "--max-steps", "1", "--objective",
+                 trained]) == 0
+    capsys.readouterr()
+    assert main(["train", "vit_tiny_patch8_32", *small, "--out", str(run), "--max-steps", "2", "--resume",
+                 "--objective", asked]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"--objective {asked}: the run in {run} was trained with --objective {trained}" in error, error
+    assert "\n" not in error, error

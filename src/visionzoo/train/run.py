@@ -109,6 +109,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         stored = trained.get("options") or {}
         if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
             raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
+        if "objective" in given and given["objective"] != stored.get("objective", "classify"):
+            # another objective is another model (a pretraining's encoder and colour head, or a classifier)
+            raise ValueError(f"--objective {given['objective']}: the run in {config.out} was trained with --objective "
+                             f"{stored.get('objective', 'classify')}; leave --objective out to continue it, or start "
+                             f"a new --out from its weights with --initial-checkpoint {checkpoint}")
         tokenizer = stored.get("tokenizer")
         if given.get("tokenizer") is not None and tokenizer is not None and not _same_file(given["tokenizer"], tokenizer):
             # The engine loads the tokenizer's weights from the run's checkpoint: another file's would be ignored.
