@@ -633,3 +633,23 @@ def test_resume_in_the_warmup_keeps_the_learning_rate_and_ema_ramp_of_an_uninter
 
     assert lrs("cut") == lrs("full")
     assert [lrs("full")[step] for step in (1, 11, 15, 16)] == pytest.approx([2e-3 * f for f in (1 / 15, 11 / 15, 1, 1)])
+
+
+def test_resuming_a_finished_run_logs_its_final_evaluation_once(tmp_path):
+    """--resume of a run that had reached its end evaluated it again (as it should, to report its metrics) and
+    appended that evaluation to metrics.jsonl beside the first: two val records of the last step."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    run = tmp_path / "run"
+    for resume in (False, True, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+        config = TrainConfig(out=str(run), max_steps=4, batch_size=16, eval_every=2, progress=False,
+                             precision="fp32", resume=resume)
+        assert fit(ClassificationTask(Blobs.classes), model, Blobs(64, 0), Blobs(16, 1), config).steps == 4
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(record["step"], record.get("split")) for record in records] == [
+        (1, None), (2, None), (2, "val"), (3, None), (4, None), (4, "val")]

@@ -775,12 +775,14 @@ class Trainer:
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines of steps after the checkpoint (they will be run again) and any line a crash
-        cut short."""
+        cut short; of a run already at its end, also its final evaluation, which :meth:`fit` does and logs again."""
         path = self.out / METRICS_NAME
         if not path.exists():
             return
-        steps = [(line, _logged_step(line)) for line in path.read_text().splitlines()]
-        kept = [line for line, step in steps if step is not None and step <= self.step]
+        finished = self.step >= self.total_steps
+        records = [(line, _logged_record(line)) for line in path.read_text().splitlines()]
+        kept = [line for line, record in records if record is not None and record["step"] <= self.step
+                and not (finished and record["step"] == self.step and record.get("split") == "val")]
         # atomically: a process killed while rewriting would otherwise lose the whole log of the run so far
         atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
@@ -801,13 +803,13 @@ class Trainer:
             log.info("wrote %s", path)
 
 
-def _logged_step(line: str) -> int | None:
-    """The step of a metrics log line, or None for one that is not a whole record."""
+def _logged_record(line: str) -> dict[str, Any] | None:
+    """A metrics log line's record, or None for one that is not a whole record with a step."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return record.get("step") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and record.get("step") is not None else None
 
 
 def show_preparation_progress(datasets: Iterable[Dataset | None], shown: bool) -> None:
