@@ -240,3 +240,28 @@ def test_overwrite_refuses_a_run_folder_holding_a_file_the_run_reads(tmp_path, c
     error = capsys.readouterr().err.strip()
     assert f"{flag} {weights} is in --out {run}" in error and "\n" not in error, error
     assert weights.is_file() and not (run / "checkpoint.safetensors").exists()
+
+
+def test_resume_takes_the_runs_initial_checkpoint_given_again_under_another_spelling(tmp_path, capsys):
+    """--resume compared --initial-checkpoint with the run's as text: the same file given as ./FILE, by its absolute
+    path or through a .. was refused as 'other weights'."""
+    import json
+
+    from visionzoo.cli import main
+    from visionzoo.models import create_model
+
+    (tmp_path / "sub").mkdir()
+    weights = tmp_path / "start.pth"
+    torch.save(create_model("resnet18", num_classes=10, in_chans=1).state_dict(), weights)
+    run = tmp_path / "run"
+    small = ["train", "resnet18", "--data", "digits", "--batch-size", "4", "--precision", "fp32", "--no-progress",
+             "--out", str(run)]
+    assert main([*small, "--max-steps", "1", "--initial-checkpoint", str(weights)]) == 0
+    capsys.readouterr()
+    assert main([*small, "--max-steps", "2", "--resume", "--initial-checkpoint",
+                 str(tmp_path / "sub" / ".." / "start.pth")]) == 0, capsys.readouterr().err
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
+    other = tmp_path / "other.pth"
+    other.write_bytes(weights.read_bytes())
+    assert main([*small, "--max-steps", "3", "--resume", "--initial-checkpoint", str(other)]) == 2
+    assert f"--initial-checkpoint {other}: the run in {run} started from {weights}" in capsys.readouterr().err

@@ -107,8 +107,13 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         train_images = train_images or trained.get("train_images")
         given = {key: value for key, value in (options or {}).items() if value is not None}
         stored = trained.get("options") or {}
-        if given.get("initial_checkpoint", stored.get("initial_checkpoint")) != stored.get("initial_checkpoint"):
-            raise ValueError("--initial-checkpoint starts a run from other weights; --resume goes on from the run's own")
+        started_from = stored.get("initial_checkpoint")
+        if given.get("initial_checkpoint") is not None and not (
+                started_from is not None and _same_file(given["initial_checkpoint"], started_from)):
+            started = f"started from {started_from}" if started_from else "started from no --initial-checkpoint"
+            raise ValueError(f"--initial-checkpoint {given['initial_checkpoint']}: the run in {config.out} {started}; "
+                             "--resume goes on from the run's own weights: leave --initial-checkpoint out")
+        given.pop("initial_checkpoint", None)  # the run's own spelling of that file
         if "objective" in given and given["objective"] != stored.get("objective", "classify"):
             # another objective is another model (a pretraining's encoder and colour head, or a classifier)
             raise ValueError(f"--objective {given['objective']}: the run in {config.out} was trained with --objective "
