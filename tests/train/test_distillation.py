@@ -105,13 +105,16 @@ def test_a_teacher_for_other_classes_or_another_model_is_refused_before_the_run(
     out = tmp_path / "r"
     base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out)]
     for teacher, checkpoint, message in (("resnet18", imagenet, "predicts 1000 classes (fc), the data set has 10"),
-                                         ("resnet34", teacher_run, "is for model 'resnet18', not 'resnet34'")):
+                                         ("resnet34", teacher_run, f"--teacher resnet34: teacher checkpoint "
+                                                                   f"{teacher_run} is of model 'resnet18'; give "
+                                                                   "--teacher resnet18")):
         assert main([*base, "--teacher", teacher, "--teacher-checkpoint", str(checkpoint)]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error, error
         assert not out.exists()
     teacher = Teacher("resnet18", teacher_run, [str(i) for i in range(10)], 1)
     assert not any(p.requires_grad for p in teacher.model.parameters()) and not teacher.model.training
+    Teacher("resnet18.tv_in1k", teacher_run, [str(i) for i in range(10)], 1)  # timm's tagged name: that model
 
 
 def test_a_teacher_trained_at_another_image_size_is_refused(capsys, teacher_run, tmp_path):

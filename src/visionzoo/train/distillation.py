@@ -91,6 +91,10 @@ class Teacher:
         if not path.exists():  # a folder is refused by read_checkpoint, naming the file in it
             raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
         tensors, meta = read_checkpoint(path, use_ema=True)
+        trained_model = ((meta or {}).get("model") or {}).get("name")
+        if trained_model not in (None, entry.name):  # named as the teacher's: "is for model" read as the student's
+            raise ValueError(f"--teacher {model_name}: teacher checkpoint {path} is of model {trained_model!r}; give "
+                             f"--teacher {trained_model}")
         task_meta = (meta or {}).get("task") or {}
         run_meta = (meta or {}).get("run") or {}
         if task_meta.get("objective") == "mpp":
@@ -112,7 +116,7 @@ class Teacher:
                              f"it would see objects at {img_size / trained_size:.2g}x the scale it learned; train the "
                              f"student at --img-size {trained_size}, or a teacher at {img_size}")
         model = create_model(model_name, num_classes=len(classes), in_chans=in_chans,
-                             **saved_model_args(meta, path, model_name))
+                             **saved_model_args(meta, path, entry.name))
         state = model_state(tensors, meta, ema=True)
         if meta is None and entry.checkpoint_filter is not None:
             state = entry.checkpoint_filter(state, model)
