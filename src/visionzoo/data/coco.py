@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visionzoo.data.masks import rle_to_mask, to_rle
+from visionzoo.data.masks import json_whole_number, rle_to_mask, to_rle
 from visionzoo.utils import image_array, require_integers
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,6 @@ def _other_type_hint(value: int | str, known: Any) -> str:
     return f" (which has {other!r}, {'a string' if isinstance(other, str) else 'an integer'}: ids must match in type)"
 
 
-def _positive_int(value: Any) -> int | None:
-    """``value`` as an int when it is a positive whole number (640 or 640.0), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value) if value > 0 else None
-
-
 def _is_area(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
 
@@ -184,7 +175,7 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
         if "counts" not in segmentation or "size" not in segmentation:
             return "an RLE segmentation needs 'size' and 'counts'"
         size = segmentation["size"]
-        if not isinstance(size, list) or len(size) != 2 or None in map(_positive_int, size):
+        if not isinstance(size, list) or len(size) != 2 or None in (json_whole_number(side, 1) for side in size):
             return f"RLE size must be [height, width], got {size!r:.80}"
         if [int(side) for side in size] != [height, width]:
             return f"RLE size {size} differs from the image's [{height}, {width}]"
@@ -201,7 +192,7 @@ def _image_size(entry: dict[str, Any], path: Path, where: str, ann_file: Path) -
     """(width, height) from the JSON entry, or from the image file's header when the entry lacks them."""
     if "width" not in entry or "height" not in entry:
         return _read_image_size(path, where, ann_file)
-    size = _positive_int(entry["width"]), _positive_int(entry["height"])
+    size = json_whole_number(entry["width"], 1), json_whole_number(entry["height"], 1)
     for field, value in zip(("width", "height"), size):
         if value is None:
             raise ValueError(

@@ -104,20 +104,21 @@ def rle_from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int,
     return Rle(height, width, starts[keep], ends[keep])
 
 
-def _whole_number(value: Any) -> int | None:
-    """``value`` as an int when it is a whole number >= 0 (4 or 4.0, not True, "4" or inf), else None."""
+def json_whole_number(value: Any, minimum: int = 0) -> int | None:
+    """A JSON field's ``value`` as an int when it is a whole number >= ``minimum`` (4, or 4.0 as some tools write
+    it; NumPy's too; not True, "4", 4.5 or inf), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return None
     if isinstance(value, float | np.floating) and not float(value).is_integer():  # 4.5, inf, nan
         return None
-    return int(value) if value >= 0 else None
+    return int(value) if value >= minimum else None
 
 
 def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     if "counts" not in rle or "size" not in rle:
         raise ValueError(f"{what}: an RLE needs 'size' and 'counts'")
     size = rle["size"]
-    sides = [_whole_number(side) for side in size] if isinstance(size, list | tuple) else []
+    sides = [json_whole_number(side) for side in size] if isinstance(size, list | tuple) else []
     if len(sides) != 2 or None in sides:
         raise ValueError(f"{what}: RLE size must be [height, width], two whole numbers, got {size!r:.80}")
     height, width = sides
@@ -292,7 +293,7 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
     if isinstance(segmentation, list | tuple):
         if height is None or width is None:
             raise ValueError(f"{what}: polygons need the image's 'height' and 'width'")
-        if not _whole_number(height) or not _whole_number(width):
+        if json_whole_number(height, 1) is None or json_whole_number(width, 1) is None:
             raise ValueError(f"{what}: the image's height and width must be positive integers, got {height!r:.40}, "
                              f"{width!r:.40}")
         if height * width > MAX_POLYGON_IMAGE_PIXELS:  # pixel indices are int64
