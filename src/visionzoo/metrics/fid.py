@@ -16,6 +16,7 @@ import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,10 +56,8 @@ class FID:
     """
 
     def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
-        if not is_integer(batch_size) or batch_size < 1:
-            raise ValueError(f"FID's batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = positive_batch_size(batch_size, "FID's batch_size")
         self.features = features.eval()
-        self.batch_size = int(batch_size)  # Tensor.split refuses NumPy's integers
         self.real = FeatureStatistics()
         self.fake = FeatureStatistics()
         self.kept: dict[bool, list[Tensor]] | None = {True: [], False: []} if keep_features else None
@@ -238,6 +237,14 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def positive_batch_size(value: Any, name: str) -> int:
+    """``value`` as a Python int (Tensor.split refuses NumPy's integers) when it is a positive integer, else
+    ValueError naming ``name``."""
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def read_batches(files: list[Path], batch_size: int, size: int | None = None, channels: int = 3) -> Iterator[Tensor]:
     """Images as Tensor[B, channels, H, W] in [0, 1] (RGB-converted by default, as pytorch-fid reads them),
     ``batch_size`` files at a time, resized to ``size`` × ``size`` if given (antialiased); a file that cannot be
@@ -246,9 +253,8 @@ def read_batches(files: list[Path], batch_size: int, size: int | None = None, ch
     sizes give the same statistics at any ``batch_size`` (pytorch-fid only reads them one at a time)."""
     from visionzoo.train.run import load_images
 
-    if not is_integer(batch_size) or batch_size < 1:  # a negative step would read no file, silently
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for start in range(0, len(files), int(batch_size)):
+    batch_size = positive_batch_size(batch_size, "batch_size")  # a negative step would read no file, silently
+    for start in range(0, len(files), batch_size):
         if size is not None:
             yield load_images(files[start:start + batch_size], size, channels)
             continue
