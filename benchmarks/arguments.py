@@ -13,8 +13,19 @@ from typing import Any
 
 from visionzoo.cli import nonnegative_int, positive_float, positive_int
 
-__all__ = ["at_least_two", "at_least_two_images", "existing_results", "merge_rows", "nonnegative_int", "output_file",
+__all__ = ["at_least_two", "at_least_two_images", "device_name", "existing_results", "merge_rows", "nonnegative_int", "output_file",
            "output_folder", "positive_float", "positive_int"]
+
+
+def device_name(text: str) -> str:
+    """``--device``: cpu, or cuda where a CUDA device is available (refused when parsed, not after minutes of work)."""
+    import torch
+
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'cpu', 'cuda')")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda: no CUDA device is available here")
+    return text
 
 
 def output_file(text: str) -> Path:

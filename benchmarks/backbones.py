@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from arguments import existing_results, output_file, positive_int
+from arguments import device_name, existing_results, output_file, positive_int
 from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
 
@@ -164,14 +164,12 @@ def main() -> None:
                         help="bf16 batch (small: on CPUs without AMX/AVX512-BF16 bf16 is emulated, ~100× slower)")
     parser.add_argument("--bf16-repeats", type=positive_int, default=1)
     parser.add_argument("--one-thread", action="store_true", help="torch.set_num_threads(1)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    parser.add_argument("--device", type=device_name, default="cpu",
                         help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here")
     if args.device == "cuda" and args.part != "speed":
         parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
     results = existing_results(parser, args.out)

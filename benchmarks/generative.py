@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
-from arguments import output_file, output_folder, positive_float, positive_int
+from arguments import device_name, output_file, output_folder, positive_float, positive_int
 from timing import machine
 from visionzoo.cli import nonnegative_float
 from visionzoo.data import create_dataset
@@ -399,7 +399,7 @@ def main() -> None:
                                  "codebook_stats"))
     parser.add_argument("--minutes", type=positive_float, help="training budget per data set (and seed); default 5")
     parser.add_argument("--steps", type=positive_int, help="train this many steps instead of --minutes")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models train")
+    parser.add_argument("--device", type=device_name, default="cpu", help="where the models train (cpu, cuda)")
     parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"),
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER; default vqgan)")
@@ -429,8 +429,6 @@ def main() -> None:
         if given is not None and given is not False and given != [] and args.model not in models:  # 0 is given
             parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
     RUNS = args.runs
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here")
     if args.untrained or args.model in ("baselines", "codebook_stats"):
         for flag, given in (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu")):
             if given:

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from arguments import nonnegative_int, output_folder, positive_int
+from arguments import device_name, nonnegative_int, output_folder, positive_int
 from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import METRICS_NAME, resolve_precision
@@ -215,12 +215,10 @@ def main() -> None:
     parser.add_argument("--steps", type=positive_int,
                         help="single-run jobs: train this many steps instead of the job's budget")
     parser.add_argument("--eval-every", type=positive_int, help="record the validation accuracy every N steps")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", type=device_name, default="cpu")
     parser.add_argument("--workers", type=nonnegative_int, default=0,
                         help="data-loading processes (default 0: the main process)")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here")
     if args.steps and any(job not in SINGLE for job in args.job or ()):
         parser.error("--steps applies to single-run jobs only: " + ", ".join(j for j in args.job if j not in SINGLE))
     where = Where(args.device, args.workers, args.eval_every)
