@@ -480,16 +480,21 @@ def test_a_checkpoint_for_smaller_windows_is_interpolated(timm_small):
         assert torch.isfinite(model.eval()(images(1, 3, 48, 48))).all()
 
 
-@pytest.mark.parametrize("img_size, window_size", [(48, 6), (16, 2), (64, 8)])
-def test_a_checkpoint_for_other_windows_gets_timms_tables_and_logits(timm_small, img_size, window_size):
+def _timm_file_in_other_sizes(timm_small, **sizes):
+    """The small timm Swin's saved file loaded into timm's model of other ``sizes`` (through timm's checkpoint filter)
+    and into ours of the same sizes: (theirs, ours), in eval mode."""
     from timm.models.swin_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
 
     reference, path = timm_small
-    sizes = dict(SMALL_CONFIGS["swin_tiny_patch2_window4_32"], img_size=img_size, window_size=window_size)
-    theirs = TimmSwinTransformer(num_classes=10, **sizes).eval()
+    theirs = TimmSwinTransformer(num_classes=10, **{**SMALL_CONFIGS["swin_tiny_patch2_window4_32"], **sizes}).eval()
     theirs.load_state_dict(timm_checkpoint_filter_fn(reference.state_dict(), theirs))
-    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=img_size,
-                        window_size=window_size).eval()
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, **sizes).eval()
+    return theirs, ours
+
+
+@pytest.mark.parametrize("img_size, window_size", [(48, 6), (16, 2), (64, 8)])
+def test_a_checkpoint_for_other_windows_gets_timms_tables_and_logits(timm_small, img_size, window_size):
+    theirs, ours = _timm_file_in_other_sizes(timm_small, img_size=img_size, window_size=window_size)
     for key, value in ours.state_dict().items():
         torch.testing.assert_close(value, theirs.state_dict()[key], atol=1e-6, rtol=1e-6, msg=key)
     x = images(2, 3, img_size, img_size, seed=25)
@@ -502,14 +507,7 @@ def test_a_checkpoint_for_another_patch_size_gets_timms_resampled_kernel_and_log
     """create_model('swin_tiny_patch2_window4_32', patch_size=4, checkpoint=timm_file) was refused ('shape
     mismatches: patch_embed.proj.weight (48, 3, 2, 2) vs model (48, 3, 4, 4)'), where timm's filter resamples the
     patch kernel. Sizes where the maps are those of the 32×32 model, so that the windows are too."""
-    from timm.models.swin_transformer import checkpoint_filter_fn as timm_checkpoint_filter_fn
-
-    reference, path = timm_small
-    sizes = dict(SMALL_CONFIGS["swin_tiny_patch2_window4_32"], img_size=img_size, patch_size=patch_size)
-    theirs = TimmSwinTransformer(num_classes=10, **sizes).eval()
-    theirs.load_state_dict(timm_checkpoint_filter_fn(reference.state_dict(), theirs))
-    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, img_size=img_size,
-                        patch_size=patch_size).eval()
+    theirs, ours = _timm_file_in_other_sizes(timm_small, img_size=img_size, patch_size=patch_size)
     torch.testing.assert_close(ours.patch_embed.proj.weight, theirs.patch_embed.proj.weight)
     x = images(2, 3, img_size, img_size, seed=26)
     with torch.no_grad():
