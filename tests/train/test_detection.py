@@ -4,6 +4,7 @@ import contextlib
 import copy
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -464,23 +465,29 @@ class _FixedDetector(torch.nn.Module):
         return [dict(self.detection) for _ in images]
 
 
+def _one_image_coco(folder: Path, size: tuple[int, int], rest: dict, **dataset_options):
+    """A COCO folder in ``folder``: one black image a.png (id 1) of ``size`` (width, height), with the ground truth's
+    ``rest`` ("categories", "annotations"); (that ground truth as a dict, its CocoDetection without masks)."""
+    from visionzoo.data.coco import CocoDetection
+
+    Image.new("RGB", size).save(folder / "a.png")
+    ground_truth = {"images": [{"id": 1, "file_name": "a.png", "width": size[0], "height": size[1]}], **rest}
+    (folder / "instances.json").write_text(json.dumps(ground_truth))
+    return ground_truth, CocoDetection(folder, folder / "instances.json", load_masks=False, **dataset_options)
+
+
 def test_evaluate_on_a_coco_folder_ignores_crowd_regions_and_reads_areas_from_the_file_as_pycocotools(tmp_path):
     # before: the batches lost 'iscrowd' and 'area', so a crowd region counted as an object to find (map 0.5)
     # and a box's area replaced the file's mask area in the small/medium/large split (map_small 1, map_medium -1)
-    from visionzoo.data.coco import CocoDetection
     from visionzoo.metrics import coco_evaluate
 
-    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (64, 64), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "area": 2000.0, "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 30, 30, 30], "area": 900.0, "iscrowd": 1},
         ],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    })
     detection = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([1])}
     metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
@@ -493,18 +500,13 @@ def test_evaluate_on_a_coco_folder_ignores_crowd_regions_and_reads_areas_from_th
 def test_evaluate_scores_a_box_running_outside_its_image_unclipped_as_pycocotools(tmp_path):
     """A ground-truth box partly outside its image was clipped before scoring, so a detection of its visible part
     matched it at IoU 1 where pycocotools finds 0.67: eval reported AP 1.0 where pycocotools gives 0.4."""
-    from visionzoo.data.coco import CocoDetection
     from visionzoo.metrics import coco_evaluate
 
-    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (64, 48), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-8, 4, 24, 16], "area": 384.0,
                          "iscrowd": 0}],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    })
     assert dataset[0][1]["boxes"].tolist() == [[0.0, 4.0, 16.0, 20.0]]  # training still sees the visible part
     detection = {"boxes": torch.tensor([[0.0, 4.0, 16.0, 20.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([1])}
@@ -519,20 +521,15 @@ def test_evaluate_at_another_img_size_scores_in_the_files_pixels_as_pycocotools(
     """With --img-size, ground truth and detections were scored in the resized image's pixels, so a 40 x 30 box
     (area 1200, medium in the file) of a 100 x 50 image resized to 50 x 50 counted as small: eval gave map_small 1
     and map_medium -1 where pycocotools, on the file, gives map_medium 1 and map_small -1."""
-    from visionzoo.data.coco import CocoDetection
     from visionzoo.metrics import coco_evaluate
 
-    Image.new("RGB", (100, 50)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (100, 50), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30], "area": 1200.0,
                          "iscrowd": 0},
                         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [-10, 5, 30, 20], "area": 600.0,
                          "iscrowd": 0}],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, image_size=50)
+    }, image_size=50)
     image, target = dataset[0]
     assert tuple(image.shape[-2:]) == (50, 50)
     assert target["boxes"].tolist() == [[5.0, 10.0, 25.0, 40.0], [0.0, 5.0, 10.0, 25.0]]  # training: resized
@@ -567,11 +564,7 @@ def test_evaluate_with_skip_invalid_boxes_scores_the_skipped_boxes_as_misses_as_
     """With --skip-invalid-boxes, a box with no area in its image left evaluation too, so an image whose
     other object was found exactly scored AP 1.0 where pycocotools, which scores the file, counts the skipped
     box as an object not found (AP 0.505)."""
-    from visionzoo.data.coco import CocoDetection
-
-    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (64, 64), {
         "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "area": 256.0, "iscrowd": 0},
@@ -579,9 +572,7 @@ def test_evaluate_with_skip_invalid_boxes_scores_the_skipped_boxes_as_misses_as_
             {"id": 3, "image_id": 1, "category_id": 2, "bbox": [30, 30, 0, 12], "area": 0.0, "iscrowd": 0},
             {"id": 4, "image_id": 1, "category_id": 2, "bbox": [30, 30, 20, 20], "area": 400.0, "iscrowd": 0},
         ],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, skip_invalid=True)
+    }, skip_invalid=True)
     assert dataset.num_skipped == 2
     assert dataset[0][1]["boxes"].tolist() == [[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0]]  # what trains
     detection = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0]]),
@@ -600,11 +591,7 @@ def test_evaluate_counts_an_area_of_zero_in_the_file_as_small_as_pycocotools(tmp
     """An annotation whose file gives "area": 0 (converters write it as a placeholder) was scored by its box's
     area, so eval split small/medium/large otherwise than pycocotools on the same file (it counts 0 as small):
     here APs -1 and APm 1.0 where pycocotools gives 1.0 and -1. A missing area still means the box's."""
-    from visionzoo.data.coco import CocoDetection
-
-    Image.new("RGB", (96, 96)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 96}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (96, 96), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 40, 40], "area": 0, "iscrowd": 0},
@@ -612,9 +599,7 @@ def test_evaluate_counts_an_area_of_zero_in_the_file_as_small_as_pycocotools(tmp
             # no area inside the image and none in the file: the unclipped box's, 0, so small, as coco-eval's default
             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100, 10, 0, 8], "iscrowd": 0},
         ],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False, skip_invalid=True)
+    }, skip_invalid=True)
     detection = {"boxes": torch.tensor([[4.0, 4.0, 44.0, 44.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([1])}
     metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 1, contextlib.nullcontext)
@@ -824,18 +809,13 @@ def test_train_workers_sets_the_processes_that_compute_the_proposals(tmp_path, m
 def test_evaluate_takes_pycocotools_thresholds_so_a_recall_of_exactly_one_falls_on_its_step(tmp_path):
     """eval read torchmetrics' float32 recall thresholds (0.60000002 for 0.6): three of five objects found
     exactly, a recall of 0.6, missed the 0.6 step, so eval gave AP 0.594 where pycocotools gives 61/101 = 0.604."""
-    from visionzoo.data.coco import CocoDetection
 
-    Image.new("RGB", (100, 40)).save(tmp_path / "a.png")
     boxes = [[2 + 20 * i, 4, 14, 14] for i in range(5)]
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 40}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (100, 40), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 196.0, "iscrowd": 0}
                         for i, box in enumerate(boxes)],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    })
     found = boxes[:3]
     detection = {"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in found], dtype=torch.float32),
                  "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}
@@ -851,17 +831,12 @@ def test_evaluate_takes_pycocotools_thresholds_so_a_recall_of_exactly_one_falls_
 def test_evaluate_takes_a_missing_area_as_the_files_box_w_h_as_coco_eval(tmp_path):
     """A box running out of its image with no "area" in the file took its clipped box's area (600, small) where
     coco-eval takes the file's w * h (1200, medium): eval gave map_small 1 and map_medium -1, coco-eval the reverse."""
-    from visionzoo.data.coco import CocoDetection
     from visionzoo.metrics import coco_evaluate
 
-    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    ground_truth = {
-        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+    ground_truth, dataset = _one_image_coco(tmp_path, (64, 64), {
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [-20, 0, 40, 30], "iscrowd": 0}],
-    }
-    (tmp_path / "instances.json").write_text(json.dumps(ground_truth))
-    dataset = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
+    })
     detection = {"boxes": torch.tensor([[-20.0, 0.0, 20.0, 30.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([1])}
     metrics = DetectionTask(["thing"]).evaluate(_FixedDetector(detection), dataset, 2, contextlib.nullcontext)
