@@ -130,9 +130,7 @@ def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
     peaks = {"fp32": matmul_peak(torch.float32, device=device),
              "bf16": matmul_peak(torch.bfloat16, size=bf16_size, device=device)}
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
-    rows = {"matmul_peak_flops": peaks, **machine(), "batch": batch, "bf16_batch": bf16_batch}
-    if device.type == "cuda":
-        rows["gpu"] = torch.cuda.get_device_name(device)
+    rows = {"matmul_peak_flops": peaks, **machine(device), "batch": batch, "bf16_batch": bf16_batch}
     for name in SPEED_MODELS:
         torch.manual_seed(0)
         models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}

@@ -467,9 +467,8 @@ def main() -> None:
     suffix = "" if not args.data else "_" + "_".join(args.data)
     path = args.out or RESULTS / f"generative_{name}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    where = {"device": args.device, "steps": args.steps,
-             **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {})}
-    path.write_text(json.dumps({**machine(), **where, **result}, indent=2) + "\n")
+    where = {"device": args.device, "steps": args.steps}
+    path.write_text(json.dumps({**machine(args.device), **where, **result}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -32,9 +32,13 @@ def best_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
     return best_of(fn, repeats)[0]
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str | torch.device = "cpu") -> dict[str, Any]:
     """What a result was measured on: CPU architecture and vector extension (torch's dispatch level, e.g. AVX2 or
-    AVX512), whether bf16 runs natively (else ``--precision auto`` trains in fp32), threads, torch, the command."""
-    return {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": native_bf16(torch.device("cpu")), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv])}
+    AVX512), whether bf16 runs natively (else ``--precision auto`` trains in fp32), threads, torch, the command;
+    and the GPU's name when ``device`` is a CUDA device."""
+    about = {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "native_bf16": native_bf16(torch.device("cpu")), "cpus": os.cpu_count(),
+             "threads": torch.get_num_threads(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv])}
+    if torch.device(device).type == "cuda":
+        about["gpu"] = torch.cuda.get_device_name(device)
+    return about

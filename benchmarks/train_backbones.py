@@ -240,9 +240,7 @@ def main() -> None:
             else:
                 result = mpp_job(Path(tmp), where)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
-        result["machine"] = machine()
-        if args.device == "cuda":
-            result["machine"]["gpu"] = torch.cuda.get_device_name()
+        result["machine"] = machine(args.device)
         path = args.out_dir / f"train_{job}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)

@@ -107,3 +107,13 @@ def test_detection_computes_the_proposals_of_the_splits_it_uses_only(monkeypatch
     monkeypatch.setattr(detection, "fit", lambda *args: types.SimpleNamespace(steps=1, train_seconds=0.0))
     row = detection.train_and_evaluate("rcnn_shapes", None, 0.1, 2, tmp_path / "run", registered="rcnn_shapes")
     assert sorted(set(asked)) == ["train", "val"] and "proposal_seconds" in row
+
+
+def test_machine_names_the_gpu_only_for_a_cuda_device(monkeypatch):
+    """Every script's result says what it ran on: the GPU's name when it measured on CUDA, none on the CPU."""
+    timing = load("timing")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"a GPU for {torch.device(device)}")
+    assert "gpu" not in timing.machine()
+    assert "gpu" not in timing.machine("cpu")
+    assert timing.machine("cuda")["gpu"] == "a GPU for cuda"
+    assert timing.machine(torch.device("cuda", 1))["gpu"] == "a GPU for cuda:1"
