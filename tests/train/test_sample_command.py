@@ -178,3 +178,55 @@ def test_a_label_for_a_gan_is_refused_as_not_applying_not_as_an_unknown_class(ga
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "label does not apply" in err and "classes" not in err
     assert not out.exists()
+
+
+def test_an_out_folder_gets_each_sample_as_it_is_drawn_not_all_at_the_end(gan_checkpoint, tmp_path, monkeypatch,
+                                                                           capsys):
+    """-n 50000 --out grid.png held all 50,000 images in memory (1.3 GB for 16-pixel digits) and wrote a 146 x 112502
+    grid; samples for FID could only come through that grid. --out DIR now writes each batch's PNGs as it is drawn."""
+    written = []
+    sample = GANTask.sample
+
+    def counted(self, model, count, *args, **kwargs):
+        written.append(len(list(folder.iterdir())) if folder.exists() else 0)
+        return sample(self, model, count, *args, **kwargs)
+
+    monkeypatch.setattr(GANTask, "sample", counted)
+    folder = tmp_path / "samples"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "7", "--batch-size", "3", "--out", str(folder)]
+    assert main(args) == 0
+    assert written == [0, 3, 6]  # each batch was on disk before the next was drawn
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i:05d}.png" for i in range(7)]
+    assert f"7 samples of dcgan in {folder}" in capsys.readouterr().out
+    # the same images as a grid's --images-dir at that batch size
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "7", "--batch-size", "3",
+                 "--out", str(tmp_path / "g.png"), "--images-dir", str(tmp_path / "also")]) == 0
+    for index in range(7):
+        with Image.open(folder / f"{index:05d}.png") as mine, Image.open(tmp_path / "also" / f"{index:05d}.png") as also:
+            assert np.array_equal(np.asarray(mine), np.asarray(also))
+    assert main(args) == 2  # samples there: refused without --overwrite, as --images-dir
+    assert "already holds samples" in capsys.readouterr().err
+    assert main([*args[:-2], "-n", "2", "--out", str(folder), "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_a_grid_of_too_many_images_is_refused_before_loading_pointing_to_a_folder(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "dcgan", "--checkpoint", str(tmp_path / "missing.safetensors"), "-n", "50000",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "-n 50000" in err
+    assert "a grid holds at most 4096 images" in err and "--out DIR" in err
+    assert not out.exists()
+
+
+def test_out_and_images_dir_both_folders_and_a_bad_batch_size_are_refused_in_one_line(tmp_path, capsys):
+    assert main(["sample", "dcgan", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "a"),
+                 "--images-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--images-dir" in err and "grid" in err
+    with pytest.raises(SystemExit):
+        main(["sample", "dcgan", "--checkpoint", "missing.safetensors", "--out", str(tmp_path / "a"),
+              "--batch-size", "0"])
+    assert "--batch-size: expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -425,9 +425,13 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("-n", "--count", type=positive_int, default=64, help="how many images (default 64)")
-    parser.add_argument("--out", required=True, help="the grid PNG to write")
+    parser.add_argument("--out", required=True,
+                        help=f"the grid to write (.png or .jpg, at most {GRID_MAX_IMAGES} images), or a folder: every "
+                             "sample as its own PNG, written as it is drawn (for `visionzoo fid`)")
     parser.add_argument("--images-dir", metavar="DIR",
-                        help="also write every sample as its own PNG into DIR (for `visionzoo fid`)")
+                        help="with a grid --out, also write every sample as its own PNG into DIR (for `visionzoo fid`)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help=f"images drawn at a time (default {SAMPLE_BATCH}); a smaller one holds less in memory; the images of a --seed depend on it")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
@@ -485,6 +489,28 @@ def sample_batches(count: int, size: int | None = None) -> list[int]:
     return [min(size, count - start) for start in range(0, count, size)]
 
 
+# The most images a grid --out takes: more is a picture no one looks at, held whole in memory before it is written;
+# sampling for FID goes to a folder, one PNG a sample, written batch by batch.
+GRID_MAX_IMAGES = 4096
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _sample_out(text: str, count: int) -> tuple[Path, bool]:
+    """``--out`` as a Path and whether it is a grid (a .png or .jpg file) rather than a folder of single samples (an
+    existing folder, or a path with a trailing separator or no suffix)."""
+    out = Path(text)
+    if out.suffix.lower() in GRID_SUFFIXES:
+        require_not_folder(out, "--out", "a .png or .jpg file")
+        if count > GRID_MAX_IMAGES:
+            raise ValueError(f"-n {count} is too many images for the grid --out {out}: a grid holds at most "
+                             f"{GRID_MAX_IMAGES} images; give --out DIR to write each sample as its own PNG "
+                             "(which `visionzoo fid DIR` reads)")
+        return out, True
+    if out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix:
+        return require_folder_or_absent(out, "--out"), False
+    raise ValueError(f"--out must be a .png or .jpg file (a grid) or a folder (one PNG a sample), got {out}")
+
+
 # libjpeg's largest side; Pillow fails past it with "broken data stream when writing image file".
 JPEG_MAX_SIDE = 65500
 GRID_PADDING = 2
@@ -506,44 +532,54 @@ def _check_grid_fits(out: Path, count: int, nrow: int, side: int | None) -> None
                          f"--out is at most {JPEG_MAX_SIDE} pixels a side: change -n or --nrow, or write a .png")
 
 
-@register_command("sample", help="draw new images from a trained generative model into a grid PNG",
+@register_command("sample", help="draw new images from a trained generative model into a grid PNG or a folder of PNGs",
                   arguments=_sample_arguments)
 def sample_command(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out must be a .png or .jpg file, got {out}")
-    require_not_folder(out, "--out", "a .png or .jpg file")
-    if out.exists() and not args.overwrite:
+    out, is_grid = _sample_out(args.out, args.count)
+    if is_grid and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
-    images_dir = require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None
-    if images_dir is not None and out.resolve().parent == images_dir.resolve():
+    if not is_grid and args.images_dir:
+        raise ValueError(f"--images-dir goes with a grid --out; the folder --out {out} already gets every sample as "
+                         "its own PNG")
+    images_dir = out if not is_grid else (
+        require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None)
+    if is_grid and images_dir is not None and out.resolve().parent == images_dir.resolve():
         raise ValueError(f"--out {out} is in --images-dir {images_dir}, where a sample of its name would replace the "
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
     names = sample_names(args.count)
     if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
-    _check_grid_fits(out, args.count, args.nrow, setup.run_meta.get("img_size"))  # before sampling, which may take long
+    if is_grid:  # before sampling, which may take long
+        _check_grid_fits(out, args.count, args.nrow, setup.run_meta.get("img_size"))
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
         settings["label"] = args.label
     autocast = autocast_context(torch.device("cpu"), args.precision)
     generator = torch.Generator().manual_seed(args.seed)
+    grid = []
     with torch.no_grad():
-        images = torch.cat([setup.task.sample(setup.model.eval(), size, generator, autocast, **settings).float()
-                            for size in sample_batches(args.count)]).clamp(0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
+        for start, size in zip(range(0, args.count, args.batch_size or SAMPLE_BATCH),
+                               sample_batches(args.count, args.batch_size)):
+            images = setup.task.sample(setup.model.eval(), size, generator, autocast, **settings).float().clamp(0, 1)
+            if images_dir is not None:
+                if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
+                    images_dir.mkdir(parents=True, exist_ok=True)
+                    if args.overwrite:
+                        remove_earlier_samples(images_dir)
+                for image, name in zip(images, names[start:start + size]):
+                    save_image(image, images_dir / name)
+            if is_grid:
+                grid.append(images)
+    if is_grid:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(torch.cat(grid), out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
     if images_dir is not None:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        if args.overwrite:
-            remove_earlier_samples(images_dir)
-        for image, name in zip(images, names):
-            save_image(image, images_dir / name)
-        print(f"{args.count} images in {images_dir}")
+        if is_grid:
+            print(f"{args.count} images in {images_dir}")
         _note_other_images(images_dir)
     print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
     return 0
