@@ -99,6 +99,30 @@ def test_an_empty_batch_in_training_leaves_the_codebook():
     assert all(torch.equal(value, state[name]) for name, value in quantizer.state_dict().items())
 
 
+@pytest.mark.parametrize("ema_decay, code_dim", [(0.99, None), (None, None), (0.99, 2), (None, 2)])
+def test_an_empty_batch_has_a_zero_loss_no_codes_in_use_and_leaves_the_ema_codebook(ema_decay, code_dim):
+    """Loss and perplexity used to be NaN (the mean of no vectors, a histogram of 0 / 0), so a training step's
+    loss became NaN; now the loss is 0 (a sum over no vectors), its gradients zero, and usage and perplexity
+    (the effective number of codes in use) both 0."""
+    torch.manual_seed(0)
+    quantizer, twin = (VectorQuantizer(8, 4, ema_decay=ema_decay, code_dim=code_dim) for _ in range(2))
+    twin.load_state_dict(quantizer.state_dict())
+    for empty, grid in ((torch.zeros(0, 4, 3, 3, requires_grad=True), (0, 3, 3)),
+                        (torch.zeros(2, 0, 4, requires_grad=True), (2, 0))):
+        quantised, indices, loss, stats = quantizer(empty)
+        assert quantised.shape == empty.shape and indices.shape == grid
+        assert loss.item() == 0.0 and stats["perplexity"].item() == 0.0 and stats["usage"].item() == 0.0
+        loss.backward()
+        assert all(p.grad is None or (torch.isfinite(p.grad).all() and not p.grad.any())
+                   for p in quantizer.parameters())
+    z = torch.randn(2, 4, 3, 3)  # the next batch meets the codebook it would have met without the empty ones
+    torch.manual_seed(1)  # dead codes restart at random vectors
+    after_empty = quantizer(z)
+    torch.manual_seed(1)
+    assert torch.equal(after_empty[1], twin(z)[1])
+    assert all(torch.equal(value, twin.state_dict()[name]) for name, value in quantizer.state_dict().items())
+
+
 def test_farthest_restart_puts_dead_codes_on_the_worst_quantised_vectors():
     quantizer = VectorQuantizer(4, 2, ema_decay=0.0, dead_code_threshold=0.5, dead_code_restart="farthest")
     with torch.no_grad():

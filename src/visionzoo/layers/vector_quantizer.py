@@ -52,7 +52,8 @@ class VectorQuantizer(nn.Module):
 
     Shapes: ``z`` is Tensor[B, dim, H, W] (a feature map) or Tensor[B, N, dim] (tokens); ``quantised``
     has ``z``'s shape, ``indices`` is int64 Tensor[B, H, W] or Tensor[B, N]; ``loss`` a scalar;
-    ``stats``: ``{"perplexity", "usage"}`` scalars (detached).
+    ``stats``: ``{"perplexity", "usage"}`` scalars (detached). An empty batch (no vectors) gives a loss of 0 and
+    a perplexity and usage of 0, and leaves the codebook.
     """
 
     def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, ema_decay: float | None = 0.99,
@@ -158,9 +159,9 @@ class VectorQuantizer(nn.Module):
             # After the lookup: a dead code that some vectors chose still serves them in this forward, not
             # the batch vector it restarts at.
             self._restart_dead_codes(flat.detach(), distances)
-        loss = self.commitment * F.mse_loss(flat, codes.detach())
+        loss = self.commitment * _mean_squared_error(flat, codes.detach())
         if self.ema_decay is None:
-            loss = loss + F.mse_loss(codes, flat.detach())
+            loss = loss + _mean_squared_error(codes, flat.detach())
         quantised = flat + (codes - flat).detach()  # straight through: d quantised / d flat = identity
         out = self.project_out(quantised).reshape(*grid, self.dim).to(z.dtype)
         if channels_first:
@@ -196,6 +197,13 @@ class VectorQuantizer(nn.Module):
 
     def _stats(self, indices: Tensor) -> dict[str, Tensor]:
         histogram = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        if not len(indices.flatten()):  # no vectors, no codes in use: 0 for both (not exp of 0 / 0)
+            return {"perplexity": histogram.sum(), "usage": histogram.sum()}
         probabilities = histogram / histogram.sum()
         entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
         return {"perplexity": entropy.exp(), "usage": (histogram > 0).float().mean()}
+
+
+def _mean_squared_error(input: Tensor, target: Tensor) -> Tensor:
+    """``F.mse_loss``, but 0 (with zero gradients) over no vectors, where the mean is NaN."""
+    return F.mse_loss(input, target) if input.numel() else (input - target).sum()
