@@ -162,3 +162,18 @@ def test_a_batch_size_that_is_no_positive_integer_is_refused_naming_it(tmp_path,
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{index}.png")
     with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size}"):
         folder_statistics(tmp_path, pooled(), batch_size)
+
+
+def test_an_antialiased_resizes_rounding_past_1_is_taken_and_real_excess_is_refused_with_its_digits():
+    """torch's antialiased bilinear resize of a white image (CocoDetection's, torchvision's Resize) gives
+    1 + 3.6e-7: FID refused it with "these span [1, 1]"; a true excess is still refused, its digits shown."""
+    resized = torch.nn.functional.interpolate(torch.ones(4, 3, 45, 50), size=(16, 16), mode="bilinear",
+                                              align_corners=False, antialias=True)
+    assert resized.max() > 1
+    metric = FID(pooled())
+    metric.update(resized, real=True)
+    assert metric.real.count == 4
+    with pytest.raises(ValueError, match=r"FID takes images in \[0, 1\]; these span \[0, 1.001\]"):
+        metric.update(torch.cat([torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 1.001)]), real=False)
+    with pytest.raises(ValueError, match=r"these span \[-1e-05, -1e-05\]"):
+        metric.update(torch.full((1, 3, 4, 4), -1e-5), real=False)
