@@ -113,3 +113,18 @@ def test_linear_probes_give_one_accuracy_per_layer_and_a_curve(trained, tmp_path
     assert seeds.stat().st_size > 1000
     with pytest.raises(ValueError, match="list per layer"):
         plot_probe_curve([[[0.5]]], None, tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("fill, span", [(255.0, ", 255]"), (float("nan"), "[nan, nan]"), (-1.0, "[-1, ")])
+def test_images_outside_0_1_are_refused_not_read_as_the_brightest_colour(fill, span):
+    """Images of 0..255 (a uint8 loader's, as floats) used to become the brightest palette colour everywhere, and
+    NaN images the first colour: complete() and layer_features() gave pictures and probes of no input at all."""
+    torch.manual_seed(0)
+    model = create_model("image_gpt_small", img_size=4, **TINY)
+    images = torch.rand(2, 1, 4, 4)
+    images[0, 0, 0, 0] = fill
+    for call in (model.tokens, model.complete, lambda x: layer_features(model, x)):
+        with pytest.raises(ValueError, match=r"Image GPT takes images in \[0, 1\]; these span") as error:
+            call(images)
+        assert span in str(error.value)
+    assert model.tokens(images.clamp(0, 1).nan_to_num(0.5)).shape == (2, 16)

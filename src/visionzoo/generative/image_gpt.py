@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT, _check_integers
+from visionzoo.metrics.fid import check_unit_range
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types
@@ -96,11 +97,13 @@ class ImageGPT(nn.Module):
         self.palette.copy_(palette[palette.mean(1).argsort()])
 
     def tokens(self, images: Tensor) -> Tensor:
-        """Palette indices in raster order: Tensor[B, C, S, S] in [0, 1] → int64 Tensor[B, S·S]."""
+        """Palette indices in raster order: Tensor[B, C, S, S] in [0, 1] → int64 Tensor[B, S·S]; ValueError for
+        values outside [0, 1] or NaN."""
         size = self.img_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_chans, size, size):
             raise ValueError(f"Image GPT takes Tensor[B, {self.in_chans}, {size}, {size}] images, "
                              f"got {tuple(images.shape)}")
+        check_unit_range(images, "Image GPT")  # else 0..255 images all take the brightest colour, NaN the first
         pixels = images.permute(0, 2, 3, 1).reshape(images.shape[0], -1, 1, self.in_chans).float()
         return (pixels - self.palette.float()).pow(2).sum(-1).argmin(-1)
 
