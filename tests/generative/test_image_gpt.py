@@ -128,3 +128,16 @@ def test_images_outside_0_1_are_refused_not_read_as_the_brightest_colour(fill, s
             call(images)
         assert span in str(error.value)
     assert model.tokens(images.clamp(0, 1).nan_to_num(0.5)).shape == (2, 16)
+
+
+def test_an_empty_batch_gives_empty_tokens_features_and_completions_and_a_probe_refuses_it():
+    """tokens() of no images ended in torch's "cannot reshape tensor of 0 elements into shape [0, -1, 1, 1]", and
+    layer_features() gave no layers at all, so probe_accuracies() with no test images returned [] without a word."""
+    torch.manual_seed(0)
+    model = create_model("image_gpt_small", img_size=4, **TINY)
+    empty, images = torch.rand(0, 1, 4, 4), torch.rand(4, 1, 4, 4)
+    assert model.tokens(empty).shape == (0, 16)
+    assert model.complete(empty).shape == (0, 1, 4, 4)
+    assert [tuple(layer.shape) for layer in layer_features(model, empty)] == [(0, 32)] * 4
+    with pytest.raises(ValueError, match="test_features is empty"):
+        probe_accuracies(model, images, [0, 1, 0, 1], empty, [])

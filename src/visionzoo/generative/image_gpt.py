@@ -104,7 +104,7 @@ class ImageGPT(nn.Module):
             raise ValueError(f"Image GPT takes Tensor[B, {self.in_chans}, {size}, {size}] images, "
                              f"got {tuple(images.shape)}")
         check_unit_range(images, "Image GPT")  # else 0..255 images all take the brightest colour, NaN the first
-        pixels = images.permute(0, 2, 3, 1).reshape(images.shape[0], -1, 1, self.in_chans).float()
+        pixels = images.permute(0, 2, 3, 1).reshape(images.shape[0], size * size, 1, self.in_chans).float()
         return (pixels - self.palette.float()).pow(2).sum(-1).argmin(-1)
 
     def images_from_tokens(self, tokens: Tensor) -> Tensor:
@@ -143,7 +143,8 @@ def layer_features(model: nn.Module, images: Tensor, batch_size: int = 256) -> l
     training = model.training
     model.eval()
     pooled: list[list[Tensor]] = []
-    for start in range(0, images.shape[0], batch_size):
+    # At least one batch, so that no images give depth + 1 empty layers, not none
+    for start in range(0, max(images.shape[0], 1), batch_size):
         batch = images[start:start + batch_size].to(model.gpt.pos_embed.device)
         layers = model.gpt.forward_layers(model.tokens(batch))
         pooled.append([layer.float().mean(1).cpu() for layer in layers])
