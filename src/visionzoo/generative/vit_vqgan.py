@@ -35,6 +35,7 @@ from visionzoo.layers import Block, PatchEmbed
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.pos_embed import sincos_pos_embed_2d
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
+from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types
 
@@ -137,6 +138,7 @@ class ViTVQGAN(nn.Module):
         if images.dim() != 4 or images.shape[1] != self.in_chans:
             raise ValueError(f"ViT-VQGAN takes Tensor[B, {self.in_chans}, H, W] images in [0, 1], "
                              f"got {tuple(images.shape)}")
+        check_unit_range(images, "ViT-VQGAN")  # else 0..255 or [-1, 1] images are encoded as other images
         p = self.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ValueError(f"image sides must be multiples of the patch size {p}, got {tuple(images.shape[-2:])}")

@@ -31,6 +31,7 @@ from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
+from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types
 
@@ -191,6 +192,7 @@ class VQGAN(nn.Module):
         factor = 2 ** self.downsample
         if images.dim() != 4 or images.shape[1] != self.in_chans:
             raise ValueError(f"VQGAN takes Tensor[B, {self.in_chans}, H, W] images in [0, 1], got {tuple(images.shape)}")
+        check_unit_range(images, "VQGAN")  # else 0..255 or taming's [-1, 1] images are encoded as other images
         if images.shape[-1] % factor or images.shape[-2] % factor:
             raise ValueError(f"image sides must be multiples of {factor} (2**(len(ch_mult) - 1)), "
                              f"got {tuple(images.shape[-2:])}")

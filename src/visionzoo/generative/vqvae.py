@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
+from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types
 
@@ -104,6 +105,7 @@ class VQVAE(nn.Module):
         factor = 2 ** self.downsample
         if images.dim() != 4 or images.shape[1] != self.in_chans:
             raise ValueError(f"VQ-VAE takes Tensor[B, {self.in_chans}, H, W] images in [0, 1], got {tuple(images.shape)}")
+        check_unit_range(images, "VQ-VAE")  # else 0..255 or [-1, 1] images are encoded as other images
         if images.shape[-1] % factor or images.shape[-2] % factor:
             raise ValueError(f"image sides must be multiples of {factor} (2**downsample), got {tuple(images.shape[-2:])}")
 
