@@ -141,3 +141,11 @@ def test_an_empty_batch_gives_empty_tokens_features_and_completions_and_a_probe_
     assert [tuple(layer.shape) for layer in layer_features(model, empty)] == [(0, 32)] * 4
     with pytest.raises(ValueError, match="test_features is empty"):
         probe_accuracies(model, images, [0, 1, 0, 1], empty, [])
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused_naming_it(batch_size):
+    """layer_features(batch_size=0) ended in Python's "range() arg 3 must not be zero", -1 gave no layers at all."""
+    model = create_model("image_gpt_small", img_size=4, **TINY)
+    with pytest.raises(ValueError, match="layer_features' batch_size must be a positive integer"):
+        layer_features(model, torch.rand(2, 1, 4, 4), batch_size=batch_size)

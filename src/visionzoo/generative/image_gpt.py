@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT, _check_integers
-from visionzoo.metrics.fid import check_unit_range
+from visionzoo.metrics.fid import check_unit_range, positive_batch_size
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types
@@ -140,6 +140,7 @@ def layer_features(model: nn.Module, images: Tensor, batch_size: int = 256) -> l
     ``model`` is an Image GPT (or anything with ``tokens`` and a ``gpt``), ``images`` Tensor[B, C, S, S]
     in [0, 1]. The model runs in eval mode, unconditionally (no label reaches the features).
     """
+    batch_size = positive_batch_size(batch_size, "layer_features' batch_size")
     training = model.training
     model.eval()
     pooled: list[list[Tensor]] = []
