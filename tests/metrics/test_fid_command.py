@@ -272,3 +272,19 @@ def test_an_inception_download_that_fails_says_what_works_offline(tmp_path, caps
     folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
     one_line_error(capsys, ["fid", str(folder_a), str(folder_b)], "could not download", "--checkpoint",
                    "--features domain")
+
+
+def test_subfolders_of_a_folder_are_named_as_not_read(tmp_path, domain_args, capsys):
+    """Images in subfolders (class folders, as clean-fid reads them) were left out without a word whenever the folder
+    itself held 2 images or more: the FID of those few alone."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    write_folder(folder_a / "cats", 2)
+    write_folder(folder_a / "dogs", 3)
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("FID: ")
+    assert captured.err.strip().splitlines() == [
+        f"note: {folder_a} has subfolders (cats, dogs), which are not read (as in pytorch-fid); its statistics are "
+        "of the 6 images in the folder itself"]
+    assert main(["fid", str(folder_b), str(folder_b), *domain_args]) == 0
+    assert capsys.readouterr().err == ""

@@ -186,6 +186,15 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
     return features, {}
 
 
+def _note_subfolders(folder: str, count: int) -> None:
+    """Say when ``folder`` has subfolders, whose images FID leaves out (as pytorch-fid; clean-fid reads them)."""
+    subfolders = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
+    if subfolders:
+        shown = ", ".join(subfolders[:3]) + (", ..." if len(subfolders) > 3 else "")
+        print(f"note: {folder} has subfolders ({shown}), which are not read (as in pytorch-fid); its statistics are "
+              f"of the {count} images in the folder itself", file=sys.stderr)
+
+
 @register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
                   arguments=_fid_arguments)
 def fid_command(args: argparse.Namespace) -> int:
@@ -214,7 +223,7 @@ def fid_command(args: argparse.Namespace) -> int:
         print(f"note: {', '.join(unused)} choose how image folders are read; both paths are statistics files, "
               "so they were not used", file=sys.stderr)
     for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
-        image_files(path)
+        _note_subfolders(path, len(image_files(path)))
     if folders:
         _check_statistics_fit_the_features(args, stats)
         features, reading = _fid_features(args)
