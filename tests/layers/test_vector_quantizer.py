@@ -123,6 +123,25 @@ def test_an_empty_batch_has_a_zero_loss_no_codes_in_use_and_leaves_the_ema_codeb
     assert all(torch.equal(value, twin.state_dict()[name]) for name, value in quantizer.state_dict().items())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_vector_leaves_the_ema_codebook_as_the_batch_without_it_would(bad):
+    """One NaN vector in a training batch (a diverging encoder, a skipped step) made 6 of 8 codes NaN through the
+    moving averages and the dead-code restarts, and every later batch then came out NaN, for good."""
+    torch.manual_seed(0)
+    quantizer, twin = (VectorQuantizer(8, 4) for _ in range(2))
+    twin.load_state_dict(quantizer.state_dict())
+    z = torch.randn(1, 9, 4)
+    z[0, 4, 1] = bad
+    torch.manual_seed(1)  # dead codes restart at random vectors
+    _, _, loss, _ = quantizer(z)
+    assert not torch.isfinite(loss)  # the batch's loss still says so
+    torch.manual_seed(1)
+    twin(torch.cat([z[:, :4], z[:, 5:]], dim=1))
+    assert torch.isfinite(quantizer.codebook).all()
+    assert all(torch.equal(value, twin.state_dict()[name]) for name, value in quantizer.state_dict().items())
+    assert torch.isfinite(quantizer(torch.randn(1, 9, 4))[2])
+
+
 def test_farthest_restart_puts_dead_codes_on_the_worst_quantised_vectors():
     quantizer = VectorQuantizer(4, 2, ema_decay=0.0, dead_code_threshold=0.5, dead_code_restart="farthest")
     with torch.no_grad():

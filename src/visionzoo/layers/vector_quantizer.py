@@ -153,12 +153,17 @@ class VectorQuantizer(nn.Module):
         flat, grid = self._flatten(z)
         distances, indices = self._nearest(flat.detach())
         codes = self.code_vectors()[indices]
-        if self.training and self.ema_decay is not None and len(flat):  # an empty batch says nothing of the codes
-            self._ema_update(flat.detach(), indices)
-            codes = self.code_vectors()[indices]
-            # After the lookup: a dead code that some vectors chose still serves them in this forward, not
-            # the batch vector it restarts at.
-            self._restart_dead_codes(flat.detach(), distances)
+        if self.training and self.ema_decay is not None:
+            # A NaN or infinite vector (a diverging encoder) would make its code, and the dead codes restarted at
+            # it, NaN for good: the averages take the finite ones (the loss still shows the others).
+            finite = torch.isfinite(flat.detach()).all(1)
+            kept = flat.detach()[finite]
+            if len(kept):  # an empty batch says nothing of the codes
+                self._ema_update(kept, indices[finite])
+                codes = self.code_vectors()[indices]
+                # After the lookup: a dead code that some vectors chose still serves them in this forward, not
+                # the batch vector it restarts at.
+                self._restart_dead_codes(kept, distances[finite])
         loss = self.commitment * _mean_squared_error(flat, codes.detach())
         if self.ema_decay is None:
             loss = loss + _mean_squared_error(codes, flat.detach())
