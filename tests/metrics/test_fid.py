@@ -177,3 +177,15 @@ def test_an_antialiased_resizes_rounding_past_1_is_taken_and_real_excess_is_refu
         metric.update(torch.cat([torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 1.001)]), real=False)
     with pytest.raises(ValueError, match=r"these span \[-1e-05, -1e-05\]"):
         metric.update(torch.full((1, 3, 4, 4), -1e-5), real=False)
+
+
+def test_a_refusal_shows_the_bounds_in_three_digits_unless_that_hides_the_excess():
+    """Bounds were shown to 6 digits ('these span [0.208259, 254.98]'), and an excess below that precision
+    (1.000002) still read as 1: 'these span [0.2, 1]'."""
+    metric = FID(pooled())
+    with pytest.raises(ValueError, match=r"these span \[0.2, 1.000002\] \("):
+        metric.update(torch.tensor([0.2, 1.000002]).reshape(1, 1, 1, 2).expand(1, 3, 4, 2), real=True)
+    with pytest.raises(ValueError, match=r"these span \[0.208, 255\] \("):
+        metric.update(torch.tensor([0.20826, 254.98]).reshape(1, 1, 1, 2).expand(1, 3, 4, 2), real=True)
+    with pytest.raises(ValueError, match=r"these span \[-3e-06, 0.5\] \("):
+        metric.update(torch.tensor([-3e-6, 0.5]).reshape(1, 1, 1, 2).expand(1, 3, 4, 2), real=True)

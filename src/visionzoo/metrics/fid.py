@@ -42,8 +42,17 @@ def check_unit_range(images: Tensor, who: str) -> None:
     low, high = (float(v) for v in torch.aminmax(images))
     rounding = 8 * torch.finfo(images.dtype).eps if images.is_floating_point() else 0.0
     if not (-rounding <= low and high <= 1 + rounding):
-        raise ValueError(f"{who} takes images in [0, 1]; these span [{low:.6g}, {high:.6g}] (convert uint8 with / 255, "
-                         "[-1, 1] with (x + 1) / 2)")
+        raise ValueError(f"{who} takes images in [0, 1]; these span [{_bound(low)}, {_bound(high)}] (convert uint8 "
+                         "with / 255, [-1, 1] with (x + 1) / 2)")
+
+
+def _bound(value: float) -> str:
+    """``value`` to 3 significant digits, or as many more as show it on its side of [0, 1] (1.000002, not 1)."""
+    for digits in range(3, 17):
+        text = f"{value:.{digits}g}"
+        if (0 <= float(text) <= 1) == (0 <= value <= 1):
+            return text
+    return repr(value)
 
 
 class FID:
