@@ -149,3 +149,16 @@ def test_a_batch_size_that_is_not_a_positive_integer_is_refused_naming_it(batch_
     model = create_model("image_gpt_small", img_size=4, **TINY)
     with pytest.raises(ValueError, match="layer_features' batch_size must be a positive integer"):
         layer_features(model, torch.rand(2, 1, 4, 4), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("fill", [255.0, float("nan")])
+def test_fit_palette_refuses_images_outside_0_1_and_keeps_its_palette(fill):
+    """A palette fitted on 0..255 images got colours up to 255 (samples then drawn in 0..255), and one NaN pixel made
+    a palette colour NaN, without a word."""
+    model = create_model("image_gpt_small", img_size=4, **TINY)
+    before = model.palette.clone()
+    images = torch.rand(4, 1, 4, 4)
+    images[0, 0, 0, 0] = fill
+    with pytest.raises(ValueError, match=r"Image GPT takes images in \[0, 1\]; these span"):
+        model.fit_palette(images)
+    assert torch.equal(model.palette, before)

@@ -90,6 +90,7 @@ class ImageGPT(nn.Module):
         ``max_pixels`` of them, drawn at random); colours are stored darkest first."""
         if images.dim() != 4 or images.shape[1] != self.in_chans:
             raise ValueError(f"fit_palette takes Tensor[B, {self.in_chans}, H, W], got {tuple(images.shape)}")
+        check_unit_range(images, "Image GPT")  # else colours of 0..255, or NaN, that tokens() can never match
         pixels = images.permute(0, 2, 3, 1).reshape(-1, self.in_chans).float()
         if pixels.shape[0] > max_pixels:
             pixels = pixels[torch.randperm(pixels.shape[0], generator=generator)[:max_pixels]]
