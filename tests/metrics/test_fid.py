@@ -189,3 +189,23 @@ def test_a_refusal_shows_the_bounds_in_three_digits_unless_that_hides_the_excess
         metric.update(torch.tensor([0.20826, 254.98]).reshape(1, 1, 1, 2).expand(1, 3, 4, 2), real=True)
     with pytest.raises(ValueError, match=r"these span \[-3e-06, 0.5\] \("):
         metric.update(torch.tensor([-3e-6, 0.5]).reshape(1, 1, 1, 2).expand(1, 3, 4, 2), real=True)
+
+
+def test_a_broken_link_among_the_images_is_refused_before_any_feature(tmp_path):
+    """A dangling symlink (a dataset cache moved away) was read in its turn: the folder's features up to it were
+    computed, minutes for a large folder, and then FID ended with 'image .../z.png does not exist'."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (8, 8), (index * 60, 0, 0)).save(folder / f"{index}.png")
+    (folder / "z.png").symlink_to(tmp_path / "moved" / "z.png")
+    calls = []
+
+    class Counted(torch.nn.Module):
+        def forward(self, images):
+            calls.append(len(images))
+            return pooled()(images)
+
+    with pytest.raises(ValueError, match=r"z.png is a link to .*moved/z.png, which does not exist"):
+        folder_statistics(folder, Counted(), batch_size=1)
+    assert calls == []

@@ -233,11 +233,16 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted (pytorch-fid's extensions); subfolders are not read."""
+    """The image files directly in ``folder``, sorted (pytorch-fid's extensions); subfolders are not read, and a
+    link to a file that does not exist is refused."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is neither an image folder nor an .npz statistics file")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and not p.is_dir())
+    dangling = [path for path in files if not path.exists()]  # listed, yet not there: links to moved files
+    if dangling:  # refused now, not when its batch comes, after the features of the images before it
+        more = f" (and {len(dangling) - 1} more such links)" if len(dangling) > 1 else ""
+        raise ValueError(f"{dangling[0]} is a link to {dangling[0].readlink()}, which does not exist{more}")
     if len(files) < 2:
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
         unread = ""
