@@ -319,3 +319,32 @@ def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
             f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
+
+
+def check_unit_range(images: torch.Tensor, who: str) -> None:
+    """ValueError unless every value of ``images`` (a Tensor) is in [0, 1], give or take a few roundings of its
+    dtype (an antialiased bilinear resize of a white float32 image gives 1 + 3.6e-7); NaN is outside."""
+    if not images.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(images))
+    rounding = 8 * torch.finfo(images.dtype).eps if images.is_floating_point() else 0.0
+    if not (-rounding <= low and high <= 1 + rounding):
+        raise ValueError(f"{who} takes images in [0, 1]; these span [{_bound(low)}, {_bound(high)}] (convert uint8 "
+                         "with / 255, [-1, 1] with (x + 1) / 2)")
+
+
+def _bound(value: float) -> str:
+    """``value`` to 3 significant digits, or as many more as show it on its side of [0, 1] (1.000002, not 1)."""
+    for digits in range(3, 17):
+        text = f"{value:.{digits}g}"
+        if (0 <= float(text) <= 1) == (0 <= value <= 1):
+            return text
+    return repr(value)
+
+
+def positive_batch_size(value: Any, name: str) -> int:
+    """``value`` as a Python int (Tensor.split refuses NumPy's integers) when it is a positive integer, else
+    ValueError naming ``name``."""
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -22,10 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT, _check_integers
-from visionzoo.metrics.fid import check_unit_range, positive_batch_size
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, check_unit_range, positive_batch_size
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Generator | None = None) -> Tensor:

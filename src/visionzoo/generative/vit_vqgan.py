@@ -35,9 +35,8 @@ from visionzoo.layers import Block, PatchEmbed
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.pos_embed import sincos_pos_embed_2d
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
-from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, check_unit_range
 
 
 def _tanh_ffn(dim: int, hidden: int, out: int) -> nn.Sequential:

@@ -31,9 +31,8 @@ from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
-from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, check_unit_range
 
 
 def group_norm(channels: int) -> GroupNorm:

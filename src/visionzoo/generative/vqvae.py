@@ -16,9 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
-from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types
+from visionzoo.utils import check_argument_types, check_unit_range
 
 
 class ResidualBlock(nn.Module):

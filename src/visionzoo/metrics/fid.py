@@ -16,7 +16,6 @@ import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,30 +28,9 @@ from visionzoo.metrics.frechet import (
     frechet_distance,
     is_positive_semidefinite,
 )
-from visionzoo.utils import is_integer
+from visionzoo.utils import check_unit_range, positive_batch_size
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
-
-
-def check_unit_range(images: Tensor, who: str) -> None:
-    """ValueError unless every value of ``images`` (a Tensor) is in [0, 1], give or take a few roundings of its
-    dtype (an antialiased bilinear resize of a white float32 image gives 1 + 3.6e-7); NaN is outside."""
-    if not images.numel():
-        return
-    low, high = (float(v) for v in torch.aminmax(images))
-    rounding = 8 * torch.finfo(images.dtype).eps if images.is_floating_point() else 0.0
-    if not (-rounding <= low and high <= 1 + rounding):
-        raise ValueError(f"{who} takes images in [0, 1]; these span [{_bound(low)}, {_bound(high)}] (convert uint8 "
-                         "with / 255, [-1, 1] with (x + 1) / 2)")
-
-
-def _bound(value: float) -> str:
-    """``value`` to 3 significant digits, or as many more as show it on its side of [0, 1] (1.000002, not 1)."""
-    for digits in range(3, 17):
-        text = f"{value:.{digits}g}"
-        if (0 <= float(text) <= 1) == (0 <= value <= 1):
-            return text
-    return repr(value)
 
 
 class FID:
@@ -251,14 +229,6 @@ def image_files(folder: str | Path) -> list[Path]:
             unread = f" (its subfolders {shown} are not read; give one of them, or gather the images in one folder)"
         raise ValueError(f"{folder} holds {len(files)} image files{unread}; FID needs at least 2")
     return files
-
-
-def positive_batch_size(value: Any, name: str) -> int:
-    """``value`` as a Python int (Tensor.split refuses NumPy's integers) when it is a positive integer, else
-    ValueError naming ``name``."""
-    if not is_integer(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def read_batches(files: list[Path], batch_size: int, size: int | None = None, channels: int = 3) -> Iterator[Tensor]:

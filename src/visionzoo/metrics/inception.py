@@ -32,8 +32,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from visionzoo.checkpoint import CheckpointError
-from visionzoo.metrics.fid import check_unit_range
 from visionzoo.models._registry import Pretrained
+from visionzoo.utils import check_unit_range
 
 FID_WEIGHTS = Pretrained(
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
