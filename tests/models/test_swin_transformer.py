@@ -730,3 +730,59 @@ def test_the_feature_extractor_exempts_the_relative_position_tables_from_weight_
     features = create_model("swin_tiny_patch4_window7_224", features_only=True, out_indices=(0, 1))
     assert features.no_weight_decay() == {f"layers.{stage}.blocks.{block}.attn.relative_position_bias_table"
                                           for stage in (0, 1) for block in (0, 1)}
+
+
+# --- dynamic_img_size ------------------------------------------------------------------------------
+
+def _timm_dynamic_twin(timm_small, **kwargs):
+    """timm's small Swin with dynamic_img_size=True and ours built from its file with the same arguments."""
+    reference, path = timm_small
+    theirs = TimmSwinTransformer(num_classes=10, **{**SMALL_CONFIGS["swin_tiny_patch2_window4_32"], **kwargs})
+    theirs.load_state_dict(reference.state_dict(), strict=True)
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, **kwargs)
+    return ours.eval(), theirs.eval()
+
+
+# 38: maps 19, 10, 5 (the shifted blocks pad, after their roll in timm); 24×40: stage 2's map (3×5) exceeds its
+# build-time 4×4 window, which keeps no shift; 16: stage 2's map (2×2) is padded up to that window
+DYNAMIC_SIZES = [(38, 38), (24, 40), (16, 16)]
+
+
+@pytest.mark.parametrize("size", DYNAMIC_SIZES)
+def test_dynamic_img_size_gives_timms_logits_and_maps_at_other_sizes(timm_small, size, tmp_path):
+    """create_model(..., dynamic_img_size=True) was refused ('unexpected keyword argument'), where timm's Swin keeps
+    the windows and shifts of its img_size and makes the shift masks for each input's size."""
+    ours, theirs = _timm_dynamic_twin(timm_small, dynamic_img_size=True)
+    assert ours.dynamic_img_size and ours.model_args["dynamic_img_size"] is True
+    x = images(2, 3, *size, seed=98)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+        assert_same_outputs(ours.forward_intermediates(x, [0, 2]), theirs.forward_intermediates(x, [0, 2]))
+    torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)  # the autograd path
+    features = create_model("swin_tiny_patch2_window4_32", features_only=True, dynamic_img_size=True).eval()
+    features.load_state_dict(ours.state_dict(), strict=False)
+    with torch.no_grad():
+        assert_same_outputs(features(x), ours.forward_intermediates(x, intermediates_only=True))
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [dict(img_size=48, window_size=6), dict(img_size=64), dict(img_size=16)])
+def test_dynamic_img_size_after_set_input_size_gives_timms_logits(timm_small, kwargs):
+    ours, theirs = _timm_dynamic_twin(timm_small, dynamic_img_size=True)
+    ours.set_input_size(**kwargs)
+    theirs.set_input_size(**kwargs)
+    for size in DYNAMIC_SIZES[:2]:
+        x = images(2, 3, *size, seed=99)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+
+
+def test_without_dynamic_img_size_other_sizes_fit_the_windows_to_each_map(timm_small):
+    """Our default takes any size too, fitting the windows to each map and padding before the roll (see the module
+    docstring): at 38×38 that differs from timm's dynamic_img_size, which is why it is an option."""
+    ours, theirs = _timm_dynamic_twin(timm_small, dynamic_img_size=True)
+    default = create_model("swin_tiny_patch2_window4_32", checkpoint=timm_small[1], num_classes=10).eval()
+    assert not default.dynamic_img_size
+    x = images(2, 3, 38, 38, seed=98)
+    with torch.no_grad():
+        assert (default(x) - theirs(x)).abs().max() > 1e-3

@@ -26,6 +26,9 @@ input size among them), they are the same. Windows are fitted to the map as timm
 along a side where the map is no larger than the window, the window shrinks to the map and the
 shift is 0; ``img_size`` sets these build-time windows (and so the relative-position tables' shapes),
 and any other input size gets the same rule at run time with the built windows as the largest.
+With ``dynamic_img_size=True`` (timm's option) the model does as timm's does instead: every block keeps the
+window and shift of its map at ``img_size``, rolls before it pads, and makes the shift mask for the input's
+maps, so that its logits are timm's at any input size.
 
 Speed (inference): the relative position bias, gathered from its table, plus the shift mask, is one
 additive bias per (map, window, shift) given to ``scaled_dot_product_attention``; without autograd it
@@ -150,23 +153,32 @@ def _to_windows(t: Tensor, window: tuple[int, int]) -> Tensor:
 
 @lru_cache(maxsize=64)
 def window_plan(
-    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device,
+    roll_first: bool = False,
 ) -> WindowPlan:
-    """The :class:`WindowPlan` of a ``size`` map (cached: it depends on the sizes only)."""
+    """The :class:`WindowPlan` of a ``size`` map (cached: it depends on the sizes only). ``roll_first``: the map
+    is rolled before it is padded (timm's order), not padded and then rolled."""
     # normal tensors even when first asked for under inference_mode: autograd saves the indices later
     with torch.inference_mode(False):
-        return _make_window_plan(size, window, shift, device)
+        return _make_window_plan(size, window, shift, device, roll_first)
+
+
+def _source_index(index: Tensor, side: int, shift: int, roll_first: bool) -> Tensor:
+    """The padded map's row (or column) that row ``index`` of the rolled, padded map shows (``>= side``: padding)."""
+    if roll_first:
+        return torch.where(index < side, (index + shift) % side, index)
+    return (index + shift) % index.numel()
 
 
 def _make_window_plan(
-    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+    size: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device,
+    roll_first: bool = False,
 ) -> WindowPlan:
     (height, width), (wh, ww), (sh, sw) = size, window, shift
     grid = (math.ceil(height / wh) * wh, math.ceil(width / ww) * ww)
     row_index, col_index = torch.arange(grid[0], device="cpu"), torch.arange(grid[1], device="cpu")
-    # rolled row i shows padded row (i + shift) mod Hp
-    src_rows = _to_windows(((row_index + sh) % grid[0])[:, None].expand(grid), window).flatten()
-    src_cols = _to_windows(((col_index + sw) % grid[1])[None, :].expand(grid), window).flatten()
+    src_rows = _to_windows(_source_index(row_index, height, sh, roll_first)[:, None].expand(grid), window).flatten()
+    src_cols = _to_windows(_source_index(col_index, width, sw, roll_first)[None, :].expand(grid), window).flatten()
     real = (src_rows < height) & (src_cols < width)
     gather = torch.where(real, src_rows * width + src_cols, 0)
     # no boolean indexing (its size depends on the data: a graph break under torch.compile): padding slots write
@@ -212,12 +224,25 @@ def _plan_bias(table: Tensor, table_window: tuple[int, int], plan: WindowPlan) -
     return bias if plan.mask is None else bias + plan.mask.unsqueeze(1)
 
 
-def _map_plan(y: Tensor, window_size: tuple[int, int], shifted: bool) -> WindowPlan:
-    """The :class:`WindowPlan` of a block of ``window_size`` windows (``shifted`` or not) on ``y``
-    (``Tensor[B, H, W, C]``)."""
-    height, width = y.shape[1], y.shape[2]
-    window, shift = fit_window((height, width), window_size, shifted)
-    return window_plan((height, width), window, shift, y.device)
+def block_plan(
+    size: tuple[int, int], window_size: tuple[int, int], shifted: bool, fixed_size: tuple[int, int] | None,
+    device: torch.device,
+) -> WindowPlan:
+    """The :class:`WindowPlan` of a block of ``window_size`` windows (``shifted`` or not) on a ``size`` map: the
+    window and shift fitted to that map, padded before the roll; or with ``fixed_size`` (timm's
+    ``dynamic_img_size``) those fitted to a ``fixed_size`` map, whatever the map, rolled before the padding."""
+    if fixed_size is None:
+        window, shift = fit_window(size, window_size, shifted)
+        return window_plan(size, window, shift, device)
+    window, shift = fit_window(fixed_size, window_size, shifted)
+    return window_plan(size, window, shift, device, roll_first=True)
+
+
+def _map_plan(
+    y: Tensor, window_size: tuple[int, int], shifted: bool, fixed_size: tuple[int, int] | None
+) -> WindowPlan:
+    """:func:`block_plan` for the map ``y`` (``Tensor[B, H, W, C]``)."""
+    return block_plan((y.shape[1], y.shape[2]), window_size, shifted, fixed_size, y.device)
 
 
 def _partition(y: Tensor, plan: WindowPlan) -> Tensor:
@@ -320,6 +345,9 @@ class SwinTransformerBlock(nn.Module):
         dim, num_heads, mlp_ratio, qkv_bias: the sizes.
         window_size: the largest window (the relative position table's); see :func:`fit_window`.
         shifted: an SW-MSA block (rolled by half the window where the map exceeds it).
+        fixed_size: None, the window and shift are fitted to each map (padded before the roll); a map size
+            (timm's dynamic mask), those fitted to that size serve every map (rolled before the padding, as timm):
+            see :func:`block_plan`.
         proj_drop, attn_drop, drop_path: dropout after the projections, on the attention weights,
             and stochastic depth of both residual branches.
     """
@@ -336,10 +364,12 @@ class SwinTransformerBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         head_dim: int | None = None,
+        fixed_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.window_size = _pair(window_size)
         self.shifted = shifted
+        self.fixed_size = fixed_size
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, attn_drop, proj_drop, head_dim)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -364,8 +394,7 @@ class SwinTransformerBlock(nn.Module):
 
     def plan(self, height: int, width: int, device: torch.device) -> WindowPlan:
         """The windows of this block on a ``height × width`` map."""
-        window, shift = fit_window((height, width), self.window_size, self.shifted)
-        return window_plan((height, width), window, shift, device)
+        return block_plan((height, width), self.window_size, self.shifted, self.fixed_size, device)
 
     def attn_bias(self, plan: WindowPlan, dtype: torch.dtype) -> Tensor:
         """The additive attention bias of ``plan``'s windows, relative position bias plus shift mask:
@@ -403,7 +432,7 @@ class SwinTransformerBlock(nn.Module):
         """Attention of ``y`` (Tensor[B, H, W, C]) in window-slot order: ``Tensor[B, num_windows · N, C]``
         (see :class:`WindowPlan`), and the plan."""
         batch, _, _, channels = y.shape
-        plan = _map_plan(y, self.window_size, self.shifted)
+        plan = _map_plan(y, self.window_size, self.shifted, self.fixed_size)
         out = self.attn(_partition(y, plan), self.attn_bias(plan, y.dtype if is_traced() else _compute_dtype(y)))
         return out.reshape(batch, plan.num_windows * plan.area, channels), plan
 
@@ -481,7 +510,8 @@ class SwinTransformerStage(nn.Module):
     SW-MSA: ``Tensor[B, H, W, dim] -> Tensor[B, H', W', out_dim]`` (``H' = ⌈H/2⌉`` with downsampling).
 
     ``window_size`` is the stage's window, fitted by :func:`fit_window` to its map at the build-time
-    ``input_resolution``: that sets the blocks' relative position tables.
+    ``input_resolution``: that sets the blocks' relative position tables. ``dynamic_mask`` (timm's): the
+    blocks keep that window and its shift on maps of any size (see :class:`SwinTransformerBlock`'s ``fixed_size``).
     """
 
     def __init__(
@@ -499,6 +529,7 @@ class SwinTransformerStage(nn.Module):
         attn_drop: float = 0.0,
         drop_path: Sequence[float] = (),
         head_dim: int | None = None,
+        dynamic_mask: bool = False,
     ):
         super().__init__()
         if not downsample and dim != out_dim:
@@ -507,11 +538,13 @@ class SwinTransformerStage(nn.Module):
         self.output_resolution = tuple((s + 1) // 2 for s in input_resolution) if downsample else input_resolution
         self.downsample: nn.Module = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         self.grad_checkpointing = False  # timm's per-stage switch (SwinTransformer.set_grad_checkpointing)
+        self.dynamic_mask = dynamic_mask
         window, _ = fit_window(self.output_resolution, _pair(window_size), False)
         rates = list(drop_path) or [0.0] * depth
+        fixed_size = self.output_resolution if dynamic_mask else None
         self.blocks = nn.Sequential(*[
             SwinTransformerBlock(out_dim, num_heads, window, index % 2 == 1, mlp_ratio, qkv_bias, proj_drop,
-                                 attn_drop, rates[index], head_dim)
+                                 attn_drop, rates[index], head_dim, fixed_size)
             for index in range(depth)
         ])
 
@@ -526,6 +559,8 @@ class SwinTransformerStage(nn.Module):
         window, _ = fit_window(self.output_resolution, _pair(window_size), False)
         for block in self.blocks:
             block.set_window_size(window)
+            if self.dynamic_mask:
+                block.fixed_size = self.output_resolution
 
     def forward(self, x: Tensor) -> Tensor:
         if not runs_in_cache_chunks(x):
@@ -611,6 +646,10 @@ class SwinTransformer(nn.Module):
         drop_rate: dropout before ``head.fc``; ``proj_drop_rate`` after the projections;
             ``attn_drop_rate`` on the attention weights; ``drop_path_rate``: stochastic depth rising
             linearly from 0 over all blocks (timm's default 0.1).
+        dynamic_img_size: timm's option of the same name: every block keeps the window and shift fitted to
+            its map at ``img_size``, whatever the input's size, and the shift masks are made for the input's
+            maps (rolled, then padded to the windows, as timm), so that the logits are timm's at any size. Without
+            it the windows are fitted to each input's maps (padded, then rolled: see the module docstring).
 
     Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
     """
@@ -634,6 +673,7 @@ class SwinTransformer(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        dynamic_img_size: bool = False,
     ):
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
@@ -642,6 +682,7 @@ class SwinTransformer(nn.Module):
         check_dropout_rates(drop_rate=drop_rate, proj_drop_rate=proj_drop_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.dynamic_img_size = dynamic_img_size
         self.num_layers = len(depths)
         self.embed_dim = embed_dim
         dims = [embed_dim * 2 ** i for i in range(self.num_layers)]
@@ -659,7 +700,7 @@ class SwinTransformer(nn.Module):
             stage = SwinTransformerStage(
                 in_dim, dims[index], resolution, depth, downsample=index > 0, num_heads=num_heads[index],
                 window_size=_pair(window_size), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate, drop_path=rates[index], head_dim=head_dim,
+                attn_drop=attn_drop_rate, drop_path=rates[index], head_dim=head_dim, dynamic_mask=dynamic_img_size,
             )
             resolution = stage.output_resolution
             stages.append(stage)
