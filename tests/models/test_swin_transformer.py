@@ -786,3 +786,29 @@ def test_without_dynamic_img_size_other_sizes_fit_the_windows_to_each_map(timm_s
     x = images(2, 3, 38, 38, seed=98)
     with torch.no_grad():
         assert (default(x) - theirs(x)).abs().max() > 1e-3
+
+
+def test_strict_img_size_is_timms():
+    """strict_img_size was refused ('takes no argument'); as timm's, True takes img_size images only (that of
+    set_input_size once called), and False is dynamic_img_size=True, which also overrides it."""
+    strict = create_model("swin_tiny_patch2_window4_32", num_classes=10, strict_img_size=True).eval()
+    with torch.no_grad():
+        assert strict(images(1, 3, 32, 32)).shape == (1, 10)
+        with pytest.raises(ValueError, match=r"built for 32×32 images, got 38×38; .*dynamic_img_size=True"):
+            strict(images(1, 3, 38, 38))
+        strict.set_input_size(img_size=48)
+        assert strict(images(1, 3, 48, 48)).shape == (1, 10)
+        with pytest.raises(ValueError, match=r"built for 48×48 images, got 32×32"):
+            strict(images(1, 3, 32, 32))
+    for kwargs in (dict(strict_img_size=False), dict(strict_img_size=True, dynamic_img_size=True)):
+        model = create_model("swin_tiny_patch2_window4_32", num_classes=10, **kwargs)
+        assert model.dynamic_img_size and not model.patch_embed.strict_img_size, kwargs
+        assert all(block.fixed_size == stage.output_resolution for stage in model.layers for block in stage.blocks)
+    assert not create_model("swin_tiny_patch2_window4_32").patch_embed.strict_img_size  # our default: any size
+
+
+def test_strict_img_size_false_gives_timms_logits(timm_small):
+    ours, theirs = _timm_dynamic_twin(timm_small, strict_img_size=False)
+    x = images(2, 3, 38, 38, seed=100)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)

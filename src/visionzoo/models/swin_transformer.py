@@ -650,6 +650,9 @@ class SwinTransformer(nn.Module):
             its map at ``img_size``, whatever the input's size, and the shift masks are made for the input's
             maps (rolled, then padded to the windows, as timm), so that the logits are timm's at any size. Without
             it the windows are fitted to each input's maps (padded, then rolled: see the module docstring).
+        strict_img_size: timm's option: True takes ``img_size`` images only (ValueError for others), False is
+            ``dynamic_img_size=True`` (which overrides it, as in timm). None (our default, where timm's is True):
+            any size, the windows fitted to each map.
 
     Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
     """
@@ -674,6 +677,7 @@ class SwinTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         dynamic_img_size: bool = False,
+        strict_img_size: bool | None = None,
     ):
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
@@ -682,13 +686,16 @@ class SwinTransformer(nn.Module):
         check_dropout_rates(drop_rate=drop_rate, proj_drop_rate=proj_drop_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        # as timm's: strict_img_size=False is dynamic_img_size, which overrides strict_img_size=True
+        dynamic_img_size = dynamic_img_size or strict_img_size is False
         self.dynamic_img_size = dynamic_img_size
         self.num_layers = len(depths)
         self.embed_dim = embed_dim
         dims = [embed_dim * 2 ** i for i in range(self.num_layers)]
         self.num_features = dims[-1]
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm,
-                                      output_fmt="NHWC", strict_img_size=False, pad=True)
+                                      output_fmt="NHWC",
+                                      strict_img_size=bool(strict_img_size) and not dynamic_img_size, pad=True)
         patch = self.patch_embed.patch_size
         grid = self._patch_grid()
         # set_input_size scales this window with the patch grid, as timm's (its reference windows)
