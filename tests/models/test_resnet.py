@@ -126,6 +126,21 @@ def test_torchvisions_fx_feature_extractor_takes_ours_as_torchvisions():
         extractor(x[:, :1])
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_features_only_by_default_gives_timms_five_maps(name):
+    """Without out_indices our extractor gave the four stage outputs (C2-C5), where timm's gives the stem's map too:
+    maps[1] was then C3 for us and C2 for timm, and feature_info.channels() lacked the stem's 64."""
+    torch.manual_seed(3)
+    reference = randomize_batch_norm(timm.create_model(name, features_only=True), 3).eval()
+    ours = create_model(name, features_only=True).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert ours.feature_info.channels() == reference.feature_info.channels()
+    assert ours.feature_info.reduction() == reference.feature_info.reduction() == [2, 4, 8, 16, 32]
+    x = images(2, 3, 64, 64, seed=4)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+
+
 def test_features_only_out_indices_and_timm_feature_info():
     ours = create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
     reference = timm.create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
@@ -180,7 +195,7 @@ def test_small_input_stem_keeps_keys_and_stride_eight():
     assert small.forward_features(torch.randn(2, 1, 32, 32)).shape == (2, 512, 4, 4)
     features = create_model("resnet18", small_input=True, features_only=True)
     maps = features(torch.randn(1, 3, 32, 32))
-    assert [32 // m.shape[-1] for m in maps] == features.feature_info.reduction() == [1, 2, 4, 8]
+    assert [32 // m.shape[-1] for m in maps] == features.feature_info.reduction() == [1, 1, 2, 4, 8]
 
 
 def test_drop_rate_acts_in_training_only():

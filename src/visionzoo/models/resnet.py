@@ -338,9 +338,9 @@ torch.fx.wrap("_check_images")
 class ResNetFeatures(nn.Module):
     """A ResNet trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
 
-    ``out_indices`` picks maps from 0 (stem, after ``relu``, stride 2) and 1–4 (C2–C5, the outputs of
-    ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map ``i`` is
-    ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
+    ``out_indices`` (default: all five, as timm's) picks maps from 0 (stem, after ``relu``, stride 2) and 1–4
+    (C2–C5, the outputs of ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map
+    ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
     Modules keep the classifier's names; stages after the last index and the head are left out.
     As in timm, an int n picks the last n maps, a negative index counts from the end, and indices in
     another order or repeated give each map once, in network order (``out_indices`` and ``feature_info``
@@ -349,7 +349,7 @@ class ResNetFeatures(nn.Module):
 
     features_only = True
 
-    def __init__(self, resnet: ResNet, out_indices: int | Sequence[int] = (1, 2, 3, 4)):
+    def __init__(self, resnet: ResNet, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4)):
         super().__init__()
         out_indices = taken_in_order(feature_take_indices(len(resnet.feature_info), out_indices, "map"))
         self.out_indices = out_indices
@@ -383,7 +383,7 @@ def _create(
     num_classes: int = 1000,
     in_chans: int = 3,
     features_only: bool = False,
-    out_indices: int | Sequence[int] = (1, 2, 3, 4),
+    out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
     zero_init_residual: bool = False,
     drop_rate: float = 0.0,
     small_input: bool = False,
