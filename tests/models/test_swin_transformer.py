@@ -660,8 +660,7 @@ def test_set_input_size_scales_from_the_build_time_window_and_refuses_what_it_ca
             [block.window_size for block in reference.layers[0].blocks]
     before = {k: v.clone() for k, v in ours.state_dict().items()}
     for kwargs, message in [(dict(window_size=[(4, 4), (4, 4), (2, 2)]), "one window for all stages"),
-                            (dict(window_ratio=(2, 4, 4)), "one positive int"),
-                            (dict(always_partition=True), "always_partition")]:
+                            (dict(window_ratio=(2, 4, 4)), "one positive int")]:
         with pytest.raises(ValueError, match=message):
             ours.set_input_size(img_size=64, **kwargs)
     assert ours.patch_embed.img_size == (32, 32)
@@ -803,7 +802,7 @@ def test_strict_img_size_is_timms():
     for kwargs in (dict(strict_img_size=False), dict(strict_img_size=True, dynamic_img_size=True)):
         model = create_model("swin_tiny_patch2_window4_32", num_classes=10, **kwargs)
         assert model.dynamic_img_size and not model.patch_embed.strict_img_size, kwargs
-        assert all(block.fixed_size == stage.output_resolution for stage in model.layers for block in stage.blocks)
+        assert all(block.fixed_shift is not None for stage in model.layers for block in stage.blocks)
     assert not create_model("swin_tiny_patch2_window4_32").patch_embed.strict_img_size  # our default: any size
 
 
@@ -812,3 +811,47 @@ def test_strict_img_size_false_gives_timms_logits(timm_small):
     x = images(2, 3, 38, 38, seed=100)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+
+
+# --- always_partition ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, sizes", [
+    (dict(always_partition=True), [(32, 32)]),  # stage 2's 4×4 map: one window, shifted by 2 in every other block
+    (dict(always_partition=True, window_size=8), [(32, 32)]),  # stage 2's 4×4 map padded to an 8×8 window
+    (dict(always_partition=True, dynamic_img_size=True), DYNAMIC_SIZES),
+])
+def test_always_partition_gives_timms_windows_and_logits(tmp_path, kwargs, sizes):
+    """always_partition=True (timm's: full windows and shifts even on maps no larger than a window) was refused by
+    create_model ('takes no argument') and by set_input_size."""
+    torch.manual_seed(101)
+    theirs = randomise(TimmSwinTransformer(num_classes=10, **{**SMALL_CONFIGS["swin_tiny_patch2_window4_32"], **kwargs}),
+                       101).eval()
+    path = tmp_path / "swin.pth"
+    torch.save(theirs.state_dict(), path)
+    ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, **kwargs).eval()
+    assert [[block.plan(*stage.output_resolution, torch.device("cpu")).shift for block in stage.blocks][:2]
+            for stage in ours.layers] == [[block.shift_size for block in stage.blocks][:2] for stage in theirs.layers]
+    for size in sizes:
+        x = images(2, 3, *size, seed=102)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+    assert_rebuilds_from_its_checkpoint(ours, images(2, 3, 32, 32, seed=103), tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [dict(always_partition=True), dict(always_partition=True, img_size=48, window_size=8)])
+def test_set_input_size_always_partition_gives_timms_model(tmp_path, kwargs):
+    ours, reference = _timm_swin_twin()
+    ours.set_input_size(**kwargs)
+    reference.set_input_size(**kwargs)
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[key], atol=1e-6, rtol=1e-6, msg=key)
+    x = images(2, 3, *reference.patch_embed.img_size, seed=104)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+    assert ours.model_args["always_partition"] is True
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
+    ours.set_input_size(always_partition=False)
+    reference.set_input_size(always_partition=False)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)

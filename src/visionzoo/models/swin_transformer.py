@@ -28,7 +28,8 @@ shift is 0; ``img_size`` sets these build-time windows (and so the relative-posi
 and any other input size gets the same rule at run time with the built windows as the largest.
 With ``dynamic_img_size=True`` (timm's option) the model does as timm's does instead: every block keeps the
 window and shift of its map at ``img_size``, rolls before it pads, and makes the shift mask for the input's
-maps, so that its logits are timm's at any input size.
+maps, so that its logits are timm's at any input size; with ``always_partition=True`` (timm's too) the
+windows are not fitted at all: full windows, and half-window shifts, on maps of any size, rolled before padding.
 
 Speed (inference): the relative position bias, gathered from its table, plus the shift mask, is one
 additive bias per (map, window, shift) given to ``scaled_dot_product_attention``; without autograd it
@@ -225,24 +226,23 @@ def _plan_bias(table: Tensor, table_window: tuple[int, int], plan: WindowPlan) -
 
 
 def block_plan(
-    size: tuple[int, int], window_size: tuple[int, int], shifted: bool, fixed_size: tuple[int, int] | None,
+    size: tuple[int, int], window_size: tuple[int, int], shifted: bool, fixed_shift: tuple[int, int] | None,
     device: torch.device,
 ) -> WindowPlan:
     """The :class:`WindowPlan` of a block of ``window_size`` windows (``shifted`` or not) on a ``size`` map: the
-    window and shift fitted to that map, padded before the roll; or with ``fixed_size`` (timm's
-    ``dynamic_img_size``) those fitted to a ``fixed_size`` map, whatever the map, rolled before the padding."""
-    if fixed_size is None:
+    window and shift fitted to that map, padded before the roll; or with a ``fixed_shift`` (timm's dynamic mask
+    and ``always_partition``) ``window_size`` and that shift, whatever the map, rolled before the padding."""
+    if fixed_shift is None:
         window, shift = fit_window(size, window_size, shifted)
         return window_plan(size, window, shift, device)
-    window, shift = fit_window(fixed_size, window_size, shifted)
-    return window_plan(size, window, shift, device, roll_first=True)
+    return window_plan(size, window_size, fixed_shift, device, roll_first=True)
 
 
 def _map_plan(
-    y: Tensor, window_size: tuple[int, int], shifted: bool, fixed_size: tuple[int, int] | None
+    y: Tensor, window_size: tuple[int, int], shifted: bool, fixed_shift: tuple[int, int] | None
 ) -> WindowPlan:
     """:func:`block_plan` for the map ``y`` (``Tensor[B, H, W, C]``)."""
-    return block_plan((y.shape[1], y.shape[2]), window_size, shifted, fixed_size, y.device)
+    return block_plan((y.shape[1], y.shape[2]), window_size, shifted, fixed_shift, y.device)
 
 
 def _partition(y: Tensor, plan: WindowPlan) -> Tensor:
@@ -345,9 +345,9 @@ class SwinTransformerBlock(nn.Module):
         dim, num_heads, mlp_ratio, qkv_bias: the sizes.
         window_size: the largest window (the relative position table's); see :func:`fit_window`.
         shifted: an SW-MSA block (rolled by half the window where the map exceeds it).
-        fixed_size: None, the window and shift are fitted to each map (padded before the roll); a map size
-            (timm's dynamic mask), those fitted to that size serve every map (rolled before the padding, as timm):
-            see :func:`block_plan`.
+        fixed_shift: None, the window and shift are fitted to each map (padded before the roll); a shift
+            (timm's dynamic mask and ``always_partition``), ``window_size`` and that shift serve every map (rolled
+            before the padding, as timm's): see :func:`block_plan`.
         proj_drop, attn_drop, drop_path: dropout after the projections, on the attention weights,
             and stochastic depth of both residual branches.
     """
@@ -364,12 +364,12 @@ class SwinTransformerBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         head_dim: int | None = None,
-        fixed_size: tuple[int, int] | None = None,
+        fixed_shift: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.window_size = _pair(window_size)
         self.shifted = shifted
-        self.fixed_size = fixed_size
+        self.fixed_shift = fixed_shift
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, attn_drop, proj_drop, head_dim)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -394,7 +394,7 @@ class SwinTransformerBlock(nn.Module):
 
     def plan(self, height: int, width: int, device: torch.device) -> WindowPlan:
         """The windows of this block on a ``height × width`` map."""
-        return block_plan((height, width), self.window_size, self.shifted, self.fixed_size, device)
+        return block_plan((height, width), self.window_size, self.shifted, self.fixed_shift, device)
 
     def attn_bias(self, plan: WindowPlan, dtype: torch.dtype) -> Tensor:
         """The additive attention bias of ``plan``'s windows, relative position bias plus shift mask:
@@ -432,7 +432,7 @@ class SwinTransformerBlock(nn.Module):
         """Attention of ``y`` (Tensor[B, H, W, C]) in window-slot order: ``Tensor[B, num_windows · N, C]``
         (see :class:`WindowPlan`), and the plan."""
         batch, _, _, channels = y.shape
-        plan = _map_plan(y, self.window_size, self.shifted, self.fixed_size)
+        plan = _map_plan(y, self.window_size, self.shifted, self.fixed_shift)
         out = self.attn(_partition(y, plan), self.attn_bias(plan, y.dtype if is_traced() else _compute_dtype(y)))
         return out.reshape(batch, plan.num_windows * plan.area, channels), plan
 
@@ -511,7 +511,9 @@ class SwinTransformerStage(nn.Module):
 
     ``window_size`` is the stage's window, fitted by :func:`fit_window` to its map at the build-time
     ``input_resolution``: that sets the blocks' relative position tables. ``dynamic_mask`` (timm's): the
-    blocks keep that window and its shift on maps of any size (see :class:`SwinTransformerBlock`'s ``fixed_size``).
+    blocks keep that window and its shift on maps of any size. ``always_partition`` (timm's): the window is not
+    fitted, and the shifted blocks shift by half of it, on any map (see :class:`SwinTransformerBlock`'s
+    ``fixed_shift``).
     """
 
     def __init__(
@@ -530,6 +532,7 @@ class SwinTransformerStage(nn.Module):
         drop_path: Sequence[float] = (),
         head_dim: int | None = None,
         dynamic_mask: bool = False,
+        always_partition: bool = False,
     ):
         super().__init__()
         if not downsample and dim != out_dim:
@@ -538,29 +541,46 @@ class SwinTransformerStage(nn.Module):
         self.output_resolution = tuple((s + 1) // 2 for s in input_resolution) if downsample else input_resolution
         self.downsample: nn.Module = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         self.grad_checkpointing = False  # timm's per-stage switch (SwinTransformer.set_grad_checkpointing)
-        self.dynamic_mask = dynamic_mask
-        window, _ = fit_window(self.output_resolution, _pair(window_size), False)
+        self.dynamic_mask, self.always_partition = dynamic_mask, always_partition
+        window = self._block_window(_pair(window_size))
         rates = list(drop_path) or [0.0] * depth
-        fixed_size = self.output_resolution if dynamic_mask else None
         self.blocks = nn.Sequential(*[
             SwinTransformerBlock(out_dim, num_heads, window, index % 2 == 1, mlp_ratio, qkv_bias, proj_drop,
-                                 attn_drop, rates[index], head_dim, fixed_size)
+                                 attn_drop, rates[index], head_dim, self._fixed_shift(window, index % 2 == 1))
             for index in range(depth)
         ])
 
-    def set_input_size(self, input_resolution: tuple[int, int], window_size: tuple[int, int]) -> None:
+    def _block_window(self, window_size: tuple[int, int]) -> tuple[int, int]:
+        """The blocks' window: ``window_size`` fitted to the stage's map (timm's rule), or as it is with
+        ``always_partition``."""
+        return window_size if self.always_partition else fit_window(self.output_resolution, window_size, False)[0]
+
+    def _fixed_shift(self, window: tuple[int, int], shifted: bool) -> tuple[int, int] | None:
+        """The shift a block keeps on every map, as timm's: half the window with ``always_partition``, that of the
+        stage's map with ``dynamic_mask``; None otherwise (fitted to each map)."""
+        if self.always_partition:
+            return (window[0] // 2, window[1] // 2) if shifted else (0, 0)
+        if self.dynamic_mask:
+            return fit_window(self.output_resolution, window, shifted)[1]
+        return None
+
+    def set_input_size(
+        self, input_resolution: tuple[int, int], window_size: tuple[int, int], always_partition: bool | None = None
+    ) -> None:
         """Another build-time map size and window (timm's stage method): the blocks' windows are ``window_size``
-        fitted to the new map (see :meth:`SwinTransformerBlock.set_window_size`)."""
+        fitted to the new map (see :meth:`SwinTransformerBlock.set_window_size`); ``always_partition``, where
+        given, replaces the stage's."""
         self.input_resolution = input_resolution
         if isinstance(self.downsample, PatchMerging):
             self.output_resolution = tuple((s + 1) // 2 for s in input_resolution)
         else:
             self.output_resolution = input_resolution
-        window, _ = fit_window(self.output_resolution, _pair(window_size), False)
+        if always_partition is not None:
+            self.always_partition = always_partition
+        window = self._block_window(_pair(window_size))
         for block in self.blocks:
             block.set_window_size(window)
-            if self.dynamic_mask:
-                block.fixed_size = self.output_resolution
+            block.fixed_shift = self._fixed_shift(window, block.shifted)
 
     def forward(self, x: Tensor) -> Tensor:
         if not runs_in_cache_chunks(x):
@@ -653,6 +673,9 @@ class SwinTransformer(nn.Module):
         strict_img_size: timm's option: True takes ``img_size`` images only (ValueError for others), False is
             ``dynamic_img_size=True`` (which overrides it, as in timm). None (our default, where timm's is True):
             any size, the windows fitted to each map.
+        always_partition: timm's option: the windows are not fitted to the maps; every block cuts its map into
+            ``window_size`` windows (padding a smaller map up to one) and the shifted ones roll by half a window,
+            whatever the map's size (rolled, then padded, as timm's).
 
     Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
     """
@@ -678,6 +701,7 @@ class SwinTransformer(nn.Module):
         drop_path_rate: float = 0.1,
         dynamic_img_size: bool = False,
         strict_img_size: bool | None = None,
+        always_partition: bool = False,
     ):
         super().__init__()
         if len(depths) != len(num_heads) or not depths:
@@ -708,6 +732,7 @@ class SwinTransformer(nn.Module):
                 in_dim, dims[index], resolution, depth, downsample=index > 0, num_heads=num_heads[index],
                 window_size=_pair(window_size), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, drop_path=rates[index], head_dim=head_dim, dynamic_mask=dynamic_img_size,
+                always_partition=always_partition,
             )
             resolution = stage.output_resolution
             stages.append(stage)
@@ -780,15 +805,13 @@ class SwinTransformer(nn.Module):
         or (neither given) the build-time window scaled with the patch grid, so that each stage keeps its
         window-to-map ratio (at the current size nothing changes); each stage then fits it to its map, and
         a block whose window changes gets its relative position table resampled (BEiT's recipe, as timm).
-        A new patch size resamples the patch kernel (FlexiViT's pseudo-inverse). ``feature_info`` and the
-        arguments that rebuild the model (``model_args``: ``img_size``, ``window_size``) follow.
+        A new patch size resamples the patch kernel (FlexiViT's pseudo-inverse). ``always_partition``, where
+        given, replaces the built one (see :class:`SwinTransformer`). ``feature_info`` and the arguments that
+        rebuild the model (``model_args``: ``img_size``, ``window_size``, ``always_partition``) follow.
 
         One window for all stages: per-stage ``window_size``/``window_ratio`` sequences, which timm also
-        takes, and ``always_partition=True`` (windows and shifts on maps no larger than the window) are
-        refused with ``ValueError``, before anything changes.
+        takes, are refused with ``ValueError``, before anything changes.
         """
-        if always_partition:
-            raise ValueError("always_partition=True is not supported: windows always fit maps no larger than them")
         if window_size is not None and not (is_integer(window_size) or (
                 len(window_size) == 2 and all(is_integer(side) for side in window_size))):
             raise ValueError(f"window_size must be one window for all stages, an int or (h, w), got {window_size!r}")
@@ -808,7 +831,7 @@ class SwinTransformer(nn.Module):
             self._reference_window, self._reference_grid = window, grid
         resolution = grid
         for stage in self.layers:
-            stage.set_input_size(resolution, window)
+            stage.set_input_size(resolution, window, always_partition)
             resolution = stage.output_resolution
         stride = max(self.patch_embed.patch_size)
         self.feature_info = FeatureInfo(dict(info, reduction=stride * 2 ** index)
@@ -816,6 +839,8 @@ class SwinTransformer(nn.Module):
         changed = dict(img_size=_int_or_pair(self.patch_embed.img_size), window_size=_int_or_pair(window))
         if patch_size is not None:
             changed["patch_size"] = _int_or_pair(self.patch_embed.patch_size)
+        if always_partition is not None:
+            changed["always_partition"] = bool(always_partition)
         record_model_args(self, **changed)
 
     def forward_features(self, x: Tensor) -> Tensor:
