@@ -620,3 +620,10 @@ def test_sizes_given_to_create_model_override_the_names_as_timms():
     features = create_model("convnext_atto", features_only=True, depths=(1, 1, 2, 1))
     assert features.feature_info.channels() == [40, 80, 160, 320]
     assert [len(stage.blocks) for stage in features.stages] == [1, 1, 2, 1]
+
+
+def test_the_feature_extractor_names_its_layout_in_output_fmt():
+    """timm's feature extractors name their maps' layout (output_fmt, 'NCHW' for ConvNeXt); ours had no such
+    attribute (AttributeError for code written for timm)."""
+    assert create_model("convnext_atto", features_only=True).output_fmt == \
+        timm.create_model("convnext_atto", features_only=True).output_fmt == "NCHW"

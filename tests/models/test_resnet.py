@@ -387,3 +387,9 @@ def test_drop_path_rate_follows_timm(name):
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
     features = create_model(name, features_only=True, drop_path_rate=0.3)
     assert features.layer4[-1].drop_path.drop_prob == pytest.approx(0.3)
+
+
+def test_the_feature_extractor_names_its_layout_in_output_fmt():
+    """As timm's feature extractors (output_fmt 'NCHW'); ours had no such attribute."""
+    assert create_model("resnet18", features_only=True).output_fmt == \
+        timm.create_model("resnet18", features_only=True).output_fmt == "NCHW"

@@ -855,3 +855,15 @@ def test_set_input_size_always_partition_gives_timms_model(tmp_path, kwargs):
     reference.set_input_size(always_partition=False)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
+def test_output_fmt_names_the_layout_of_the_features():
+    """timm's Swin and its feature extractors name their layout in output_fmt ('NHWC'), which code written for timm
+    reads to know whether to permute; ours had none (AttributeError), and our feature maps are NCHW, not timm's NHWC."""
+    with torch.device("meta"):
+        model = create_model("swin_tiny_patch2_window4_32")
+        features = create_model("swin_tiny_patch2_window4_32", features_only=True)
+    assert model.output_fmt == timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).output_fmt == "NHWC"
+    assert features.output_fmt == "NCHW"
+    maps = create_model("swin_tiny_patch2_window4_32", features_only=True).eval()(images(1, 3, 32, 32))
+    assert maps[0].shape == (1, 48, 16, 16)  # channels second

@@ -829,3 +829,11 @@ def test_distilled_reset_classifier_takes_timms_empty_pool_and_keeps_both_tokens
         got = ours(x)
         assert_same_outputs(got, reference(x))
     assert got.shape == (2, 192) and ours.global_pool == "token"
+
+
+def test_the_feature_extractor_names_its_layout_in_output_fmt():
+    """As timm's feature extractor of a ViT (output_fmt 'NCHW': maps of the patch tokens); ours had no such
+    attribute. The classifier has none, as timm's."""
+    assert create_model("vit_tiny_patch8_32", features_only=True).output_fmt == \
+        timm.create_model("vit_tiny_patch16_224", features_only=True).output_fmt == "NCHW"
+    assert not hasattr(create_model("vit_tiny_patch8_32"), "output_fmt")

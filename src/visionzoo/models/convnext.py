@@ -414,6 +414,7 @@ class ConvNeXtFeatures(nn.Module):
     """
 
     features_only = True
+    output_fmt = "NCHW"  # timm's feature extractors' attribute: the maps' layout
 
     def __init__(self, model: ConvNeXt, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()

@@ -348,6 +348,7 @@ class ResNetFeatures(nn.Module):
     """
 
     features_only = True
+    output_fmt = "NCHW"  # timm's feature extractors' attribute: the maps' layout
 
     def __init__(self, resnet: ResNet, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4)):
         super().__init__()

@@ -710,6 +710,7 @@ class SwinTransformer(nn.Module):
         check_dropout_rates(drop_rate=drop_rate, proj_drop_rate=proj_drop_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.output_fmt = "NHWC"  # timm's attribute: the layout of forward_features' map
         # as timm's: strict_img_size=False is dynamic_img_size, which overrides strict_img_size=True
         dynamic_img_size = dynamic_img_size or strict_img_size is False
         self.dynamic_img_size = dynamic_img_size
@@ -930,14 +931,15 @@ class SwinTransformerFeatures(nn.Module):
 
     ``out_indices`` picks the outputs of ``layers.0..3`` (strides 4, 8, 16, 32 for 4×4 patches). Map
     ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
-    at each later stage: NCHW in shape (timm's features are NHWC), channels-last in memory, without
-    the final norm (as timm's). The stages after the last index, the norm and the head are left out.
+    at each later stage: NCHW in shape (timm's features are NHWC; ``output_fmt`` says which), channels-last
+    in memory, without the final norm (as timm's). The stages after the last index, the norm and the head are left out.
     As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
     another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
     list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
     """
 
     features_only = True
+    output_fmt = "NCHW"  # timm's feature extractors' attribute: the maps' layout
 
     def __init__(self, model: SwinTransformer, out_indices: int | Sequence[int] = (0, 1, 2, 3)):
         super().__init__()

@@ -165,6 +165,7 @@ class VisionTransformer(nn.Module):
         ])
         reduction = max(self.patch_embed.patch_size)  # timm's feat_ratio: the larger side of a non-square patch
         if features_only:
+            self.output_fmt = "NCHW"  # the layout of the maps, as timm's feature extractors name it
             self.out_indices = taken_in_order(feature_take_indices(depth, out_indices, "block"))
             # as timm's: the blocks after the last map would get no gradient (DDP refuses unused parameters)
             self.blocks = self.blocks[:max(self.out_indices) + 1]
