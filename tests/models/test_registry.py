@@ -137,6 +137,32 @@ def test_other_num_classes_reinitialises_head_with_log(torchvision_files, caplog
         torch.testing.assert_close(model.forward_features(x), torch.nn.Sequential(*list(reference.children())[:-2])(x))
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet18", dict(num_classes=5, global_pool="catavgmax")),  # fc takes 1024 features, the file's 512
+    ("swin_tiny_patch4_window7_224", dict(num_classes=5, global_pool="catavgmax", img_size=64, window_size=4,
+                                          depths=(1, 1, 1, 1))),
+    ("convnext_atto", dict(num_classes=7, global_pool="")),  # a 1×1-conv head: Tensor[7, 320, 1, 1]
+])
+def test_asked_classes_reinitialise_a_head_of_another_input_width(tmp_path, name, kwargs):
+    """create_model(name, checkpoint=..., num_classes=5, global_pool='catavgmax') was refused ('shape mismatches:
+    fc.bias (1000,) vs model (5,), fc.weight (1000, 512) vs model (5, 1024)'): only a head of the same input width was
+    re-initialised for the asked classes, where timm's pretrained load drops the file's head whenever num_classes
+    differs from it. The rest of the file loads, as timm's."""
+    architecture = {k: v for k, v in kwargs.items() if k not in ("num_classes", "global_pool")}
+    torch.manual_seed(0)
+    source = randomize(timm.create_model(name, **architecture), 1)
+    path = tmp_path / "file.pth"
+    torch.save(source.state_dict(), path)
+    ours = create_model(name, checkpoint=path, **kwargs).eval()
+    theirs = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+    x = images(2, 3, 64, 64, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), atol=1e-4, rtol=1e-5)
+        assert ours(x).shape == theirs(x).shape
+    with pytest.raises(CheckpointError, match="shape mismatch"):  # the file's classes, another width: refused
+        create_model(name, checkpoint=path, **{**kwargs, "num_classes": 1000})
+
+
 def saved_timm_resnet18(path, **kwargs):
     """timm's resnet18 built with ``kwargs`` and random weights (eval mode), its state dict saved at ``path``."""
     reference = randomize(timm.create_model("resnet18", **kwargs), 0).eval()

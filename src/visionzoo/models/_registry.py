@@ -442,9 +442,10 @@ def adapt_state_dict(
 
     - A feature extractor (``model.features_only``) leaves out the head and late stages: their
       weights are dropped. So are the head's weights for a model built with ``num_classes=0``.
-    - A head for another number of classes (same input features) keeps the model's fresh head when
-      ``reinit_head`` (the caller asked for its ``num_classes``); otherwise it is refused, as timm's strict
-      load does, naming the number of classes to ask for. A file without the head (a backbone's) keeps the
+    - A head for another number of classes keeps the model's fresh head when ``reinit_head`` (the caller asked
+      for its ``num_classes``; the head may then take another width, as after ``global_pool="catavgmax"``);
+      otherwise one of the same input features is refused, as timm's strict load does, naming the number of
+      classes to ask for. A file without the head (a backbone's) keeps the
       model's fresh head likewise (:func:`_fresh_heads`).
     - A stem conv for another number of input channels is adapted by :func:`adapt_input_conv` when
       ``adapt_stem`` (the caller asked for its ``in_chans``); otherwise it is refused in the same way.
@@ -472,7 +473,7 @@ def adapt_state_dict(
             log.info("%s: the model has no classifier %s (num_classes=0); dropping its weights", source, head)
             for key in head_keys:
                 del state[key]
-        elif weight in state and weight in own and _other_classes(state[weight], own[weight]):
+        elif weight in state and weight in own and _other_classes(state[weight], own[weight], reinit_head):
             if not reinit_head:
                 # a fine-tuned file loaded without num_classes would otherwise lose its trained head unnoticed
                 raise CheckpointError(
@@ -517,8 +518,11 @@ def _fresh_heads(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]
     return state
 
 
-def _other_classes(saved: torch.Tensor, own: torch.Tensor) -> bool:
-    return saved.shape != own.shape and saved.shape[1:] == own.shape[1:]
+def _other_classes(saved: torch.Tensor, own: torch.Tensor, any_width: bool) -> bool:
+    """A head for another number of classes: of the same input width, or (``any_width``: the caller asked for its
+    classes, whose head timm's pretrained load then drops whatever its shape) of any, as a "catavgmax" pool's
+    doubled width or ConvNeXt's 1×1-conv head without pooling."""
+    return saved.shape[0] != own.shape[0] and (any_width or saved.shape[1:] == own.shape[1:])
 
 
 def _other_in_chans(saved: torch.Tensor, own: torch.Tensor) -> bool:
