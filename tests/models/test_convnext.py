@@ -6,6 +6,7 @@ import re
 
 import pytest
 import timm
+import timm.data
 import torch
 from model_helpers import (
     assert_export_runs_at_other_batch_sizes,
@@ -99,6 +100,20 @@ def test_default_cfg_equals_timm(name):
     for key in ("hf_hub_id", "mean", "std", "input_size", "pool_size", "crop_pct", "interpolation", "first_conv",
                 "classifier", "num_classes"):
         assert cfg[key] == expected[key], key
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_test_time_size_is_timms(name):
+    """timm's ConvNeXt weights are evaluated at a larger test size (288×288, crop 0.95 or 1.0: test_input_size and
+    test_crop_pct in their pretrained_cfg), which timm.data.resolve_data_config(use_test_size=True) reads; ours had
+    neither, so the same call gave 224×224 at crop 0.875 for our model and another accuracy than timm reports."""
+    with torch.device("meta"):
+        ours = create_model(name)
+        theirs = timm.create_model(f"{name}.{TIMM_TAGS[name]}")
+    for key in ("test_input_size", "test_crop_pct"):
+        assert ours.default_cfg[key] == theirs.pretrained_cfg[key], key
+    assert timm.data.resolve_data_config(model=ours, use_test_size=True) == \
+        timm.data.resolve_data_config(model=theirs, use_test_size=True)
 
 
 def _timm_twin(name, num_classes):

@@ -500,59 +500,62 @@ def _timm(tag: str) -> Pretrained:
     return Pretrained(hf_hub_id=f"timm/{tag}")
 
 
-def _cfg(size: int = 224, crop_pct: float = 0.875, stride: int = 32) -> dict:
+def _cfg(size: int = 224, crop_pct: float = 0.875, stride: int = 32, test_crop_pct: float | None = None) -> dict:
+    """The registry entry's settings; ``test_crop_pct``: the weights are evaluated at 288×288 with that crop (timm's
+    ``test_input_size``/``test_crop_pct``, read by ``timm.data.resolve_data_config(use_test_size=True)``)."""
     # ls_init_value=None builds blocks without layer scale, so create_model passes that None on (timm's
     # create_model drops it and keeps the 1e-6 layer scale)
+    test = {} if test_crop_pct is None else dict(test_input_size=(3, 288, 288), test_crop_pct=test_crop_pct)
     return dict(
         checkpoint_filter=checkpoint_filter, first_conv="stem.0", classifier="head.fc", none_args=("ls_init_value",),
         input_size=(3, size, size), pool_size=(size // stride, size // stride), crop_pct=crop_pct,
-        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, **test,
     )
 
 
-@register_model(pretrained=_timm("convnext_atto.d2_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_atto.d2_in1k"), **_cfg(test_crop_pct=0.95))
 def convnext_atto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Atto (timm): depths (2, 2, 6, 2), dims 40..320, 3.7 M parameters."""
     return _create("convnext_atto", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_femto.d1_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_femto.d1_in1k"), **_cfg(test_crop_pct=0.95))
 def convnext_femto(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Femto (timm): depths (2, 2, 6, 2), dims 48..384, 5.2 M parameters."""
     return _create("convnext_femto", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_pico.d1_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_pico.d1_in1k"), **_cfg(test_crop_pct=0.95))
 def convnext_pico(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Pico (timm): depths (2, 2, 6, 2), dims 64..512, 9.0 M parameters."""
     return _create("convnext_pico", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_nano.d1h_in1k"), **_cfg(crop_pct=0.95))
+@register_model(pretrained=_timm("convnext_nano.d1h_in1k"), **_cfg(crop_pct=0.95, test_crop_pct=1.0))
 def convnext_nano(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-Nano (timm): depths (2, 2, 8, 2), dims 80..640, 15.6 M parameters."""
     return _create("convnext_nano", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_tiny.fb_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_tiny.fb_in1k"), **_cfg(test_crop_pct=1.0))
 def convnext_tiny(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-T: depths (3, 3, 9, 3), dims 96..768, 28.6 M parameters."""
     return _create("convnext_tiny", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_small.fb_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_small.fb_in1k"), **_cfg(test_crop_pct=1.0))
 def convnext_small(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-S: depths (3, 3, 27, 3), dims 96..768, 50.2 M parameters."""
     return _create("convnext_small", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_base.fb_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_base.fb_in1k"), **_cfg(test_crop_pct=1.0))
 def convnext_base(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-B: depths (3, 3, 27, 3), dims 128..1024, 88.6 M parameters."""
     return _create("convnext_base", **kwargs)
 
 
-@register_model(pretrained=_timm("convnext_large.fb_in1k"), **_cfg())
+@register_model(pretrained=_timm("convnext_large.fb_in1k"), **_cfg(test_crop_pct=1.0))
 def convnext_large(**kwargs) -> ConvNeXt | ConvNeXtFeatures:
     """ConvNeXt-L: depths (3, 3, 27, 3), dims 192..1536, 197.8 M parameters."""
     return _create("convnext_large", **kwargs)
