@@ -824,8 +824,8 @@ def test_always_partition_gives_timms_windows_and_logits(tmp_path, kwargs, sizes
     """always_partition=True (timm's: full windows and shifts even on maps no larger than a window) was refused by
     create_model ('takes no argument') and by set_input_size."""
     torch.manual_seed(101)
-    theirs = randomise(TimmSwinTransformer(num_classes=10, **{**SMALL_CONFIGS["swin_tiny_patch2_window4_32"], **kwargs}),
-                       101).eval()
+    config = {**SMALL_CONFIGS["swin_tiny_patch2_window4_32"], **kwargs}
+    theirs = randomise(TimmSwinTransformer(num_classes=10, **config), 101).eval()
     path = tmp_path / "swin.pth"
     torch.save(theirs.state_dict(), path)
     ours = create_model("swin_tiny_patch2_window4_32", checkpoint=path, num_classes=10, **kwargs).eval()
@@ -839,7 +839,10 @@ def test_always_partition_gives_timms_windows_and_logits(tmp_path, kwargs, sizes
     assert_rebuilds_from_its_checkpoint(ours, images(2, 3, 32, 32, seed=103), tmp_path)
 
 
-@pytest.mark.parametrize("kwargs", [dict(always_partition=True), dict(always_partition=True, img_size=48, window_size=8)])
+@pytest.mark.parametrize("kwargs", [
+    dict(always_partition=True),
+    dict(always_partition=True, img_size=48, window_size=8),
+])
 def test_set_input_size_always_partition_gives_timms_model(tmp_path, kwargs):
     ours, reference = _timm_swin_twin()
     ours.set_input_size(**kwargs)

@@ -932,7 +932,8 @@ class SwinTransformerFeatures(nn.Module):
     ``out_indices`` picks the outputs of ``layers.0..3`` (strides 4, 8, 16, 32 for 4×4 patches). Map
     ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
     at each later stage: NCHW in shape (timm's features are NHWC; ``output_fmt`` says which), channels-last
-    in memory, without the final norm (as timm's). The stages after the last index, the norm and the head are left out.
+    in memory, without the final norm (as timm's). The stages after the last index, the norm and the head
+    are left out.
     As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
     another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
     list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
