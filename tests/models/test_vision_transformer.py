@@ -20,6 +20,7 @@ from model_helpers import (
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model, get_model_entry
 from visionzoo.models.vision_transformer import VisionTransformer
 
@@ -837,3 +838,29 @@ def test_the_feature_extractor_names_its_layout_in_output_fmt():
     assert create_model("vit_tiny_patch8_32", features_only=True).output_fmt == \
         timm.create_model("vit_tiny_patch16_224", features_only=True).output_fmt == "NCHW"
     assert not hasattr(create_model("vit_tiny_patch8_32"), "output_fmt")
+
+
+@pytest.mark.parametrize("file_pool, pool", [("token", "avg"), ("avg", "token")])
+def test_asked_classes_take_a_file_whose_final_norm_sits_on_the_other_side_of_the_pooling(tmp_path, file_pool, pool):
+    """create_model('vit_...', checkpoint=a class-token file, num_classes=10, global_pool='avg'), the usual fine-tuning
+    with average pooling, was refused ('2 missing keys: fc_norm.bias, fc_norm.weight; 2 unexpected keys: norm.bias,
+    norm.weight'): with avg pooling the final norm follows the pooling (fc_norm). timm's pretrained load takes the file
+    when num_classes is asked, dropping its norm and keeping the model's fresh one; so does ours now, saying so in the
+    log. Unasked it is still refused, as timm's strict load refuses it."""
+    sizes = dict(img_size=32, patch_size=8, depth=2)
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", global_pool=file_pool, **sizes)
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    path = tmp_path / "file.pth"
+    torch.save(source.state_dict(), path)
+    ours = create_model("vit_tiny_patch16_224", checkpoint=path, num_classes=10, global_pool=pool, **sizes).eval()
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                               num_classes=10, global_pool=pool, **sizes).eval()
+    x = images(2, 3, 32, 32, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                                   theirs.forward_head(theirs.forward_features(x), pre_logits=True), atol=1e-5, rtol=1e-5)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        create_model("vit_tiny_patch16_224", checkpoint=path, global_pool=pool, **sizes)

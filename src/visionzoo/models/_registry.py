@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,9 @@ class Pretrained:
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: its builder, family (module name), task, official weights, the
-    module names of its stem conv and classifier (for in_chans/num_classes adaptation), and the
-    arguments for which None is a value of its own (``none_args``, kept by :func:`create_model`)."""
+    module names of its stem conv and classifier (for in_chans/num_classes adaptation), the
+    arguments for which None is a value of its own (``none_args``, kept by :func:`create_model`), and the two
+    places of its final norm (``final_norms``: a ViT's ``norm`` before the pooling, ``fc_norm`` after it)."""
 
     name: str
     builder: Callable[..., nn.Module]
@@ -81,6 +82,7 @@ class ModelEntry:
     default_cfg: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_reader: CheckpointReader | None = None
     none_args: tuple[str, ...] = ()
+    final_norms: tuple[str, ...] = ()
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -108,6 +110,7 @@ def register_model(
     classifier: str | tuple[str, ...] = (),
     checkpoint_reader: CheckpointReader | None = None,
     none_args: tuple[str, ...] = (),
+    final_norms: tuple[str, ...] = (),
     **default_cfg: Any,
 ):
     """Register a builder under its function name.
@@ -123,6 +126,9 @@ def register_model(
         none_args: arguments for which None means something other than the default (a quantiser's
             ``ema_decay=None``: a codebook learned by gradient), which :func:`create_model` passes on
             instead of dropping them as "not set".
+        final_norms: the two module names the final norm takes depending on the pooling (a ViT's ``("norm",
+            "fc_norm")``): a file with it in the other place loads when ``num_classes`` is asked (see
+            :func:`adapt_state_dict`).
         default_cfg: input size, mean/std and the like, as timm's ``pretrained_cfg``.
     """
 
@@ -134,7 +140,7 @@ def register_model(
         heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         _MODELS[name] = ModelEntry(
             name, builder, family, task, pretrained, checkpoint_filter, first_conv, heads, dict(default_cfg),
-            checkpoint_reader, tuple(none_args),
+            checkpoint_reader, tuple(none_args), tuple(final_norms),
         )
         return builder
 
@@ -487,6 +493,8 @@ def adapt_state_dict(
                     state[key] = own[key]
     if headless:
         state = _fresh_heads(state, own, headless, reinit_head, source)
+    if reinit_head and len(entry.final_norms) == 2:
+        state = _moved_final_norm(state, own, entry.final_norms, source)
     if entry.first_conv is not None:
         key = entry.first_conv + ".weight"
         if key in state and key in own and _other_in_chans(state[key], own[key]):
@@ -515,6 +523,25 @@ def _fresh_heads(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]
     if missing == head_keys and set(state) <= set(own):
         raise CheckpointError(f"checkpoint {source} has no classifier {names} (a backbone's weights); "
                               "give num_classes=N for a fresh one (0: none)")
+    return state
+
+
+def _moved_final_norm(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], places: tuple[str, ...],
+                      source: str) -> dict[str, torch.Tensor]:
+    """``state`` for a model whose final norm is in the other of ``places`` than the file's (a ViT's ``norm``
+    before the pooling, ``fc_norm`` after it: a class-token file fine-tuned with average pooling): the file's
+    norm is dropped and the model's keeps its fresh initialisation, as timm's pretrained load does when
+    ``num_classes`` is asked. Any other state is returned as it is."""
+    def under(keys: Iterable[str], module: str) -> set[str]:
+        return {key for key in keys if key.startswith(module + ".")}
+
+    for theirs, ours in (places, places[::-1]):
+        dropped, fresh = under(state, theirs), under(own, ours)
+        if dropped and fresh and not under(own, theirs) and not under(state, ours):
+            log.info("%s: the file's final norm %s precedes the pooling, the model's %s follows it (or the reverse):"
+                     " dropping the file's, keeping the model's fresh one", source, theirs, ours)
+            state = {key: value for key, value in state.items() if key not in dropped}
+            state.update({key: own[key] for key in fresh})
     return state
 
 

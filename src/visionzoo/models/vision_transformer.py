@@ -672,7 +672,7 @@ def _cfg(img_size: int = 224, crop_pct: float = 0.9, mean: tuple[float, ...] = A
          std: tuple[float, ...] = AUGREG_STD, classifier: str | tuple[str, ...] = "head", **extra: Any) -> dict[str, Any]:
     return dict(
         checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier=classifier,
-        input_size=(3, img_size, img_size), mean=mean, std=std, crop_pct=crop_pct,
+        final_norms=("norm", "fc_norm"), input_size=(3, img_size, img_size), mean=mean, std=std, crop_pct=crop_pct,
         interpolation="bicubic", num_classes=1000, **extra,
     )
 
