@@ -192,3 +192,27 @@ def test_a_job_evaluated_on_fewer_images_than_the_report_states_is_named(tmp_pat
         assert f"evaluated on {whole}" in report
         assert "scored on fewer test images: capped on its first 16." in report
         assert "whole on" not in report
+
+
+def test_overwrite_replaces_an_earlier_tours_files_and_keeps_the_users(tmp_path, monkeypatch, capsys):
+    """--overwrite removed the whole report folder, with the notes the user kept beside the report and in a job's
+    folder."""
+    import visionzoo.tour as tour
+
+    monkeypatch.setattr(tour, "TOUR_JOBS", [tour.TourJob("a", "vqvae_small", "digits"),
+                                            tour.TourJob("b", "vqvae_small", "digits")])
+    monkeypatch.setattr(tour, "run_job", lambda job, *args, **kwargs: tour.failed_row(job, "skipped"))
+    out = tmp_path / "tour"
+    for folder in (out, out / "a", out / "b"):
+        folder.mkdir(parents=True)
+        (folder / ".visionzoo-run").touch()
+    for name in ("report.json", "report.md", "a/checkpoint.safetensors", "a/predictions.png", "a/error.txt",
+                 "b/metrics.jsonl", "b/samples.png"):
+        (out / name).write_text("old")
+    (out / "notes.md").write_text("mine")
+    (out / "b" / "notes.md").write_text("mine too")
+    assert main(["tour", "--only", "a", "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".visionzoo-run", "b", "notes.md", "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "b").iterdir()) == [".visionzoo-run", "notes.md"]
+    assert (out / "notes.md").read_text() == "mine" and (out / "b" / "notes.md").read_text() == "mine too"
+    assert json.loads((out / "report.json").read_text())["rows"][0]["failed"] == "skipped"

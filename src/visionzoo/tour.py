@@ -28,9 +28,11 @@ from visionzoo.train.drawing import grid
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
     PRECISIONS,
+    RUN_MARKER,
     TrainConfig,
     autocast_context,
     prepare_run_dir,
+    run_outputs,
 )
 from visionzoo.train.run import build_setup, first_items, run_training
 from visionzoo.train.task import Task
@@ -108,6 +110,14 @@ TOUR_JOBS: list[TourJob] = [
 # The pictures a run folder may hold: the tour's own, the loss curve, and those of the task's report.
 PICTURES = ("predictions.png", "samples.png", "reconstructions.png", "completions.png", "probes.png", "loss.png",
             "pr_curve.png")
+
+
+def tour_outputs() -> list[str]:
+    """The files a tour writes into its folder (relative paths): its report, and in each job's folder the run's
+    files, its predictions and its traceback. A job folder's run marker stays with the user's files it holds (the
+    job's run replaces it), and a folder left holding only it goes."""
+    job_files = [name for name in run_outputs() if name != RUN_MARKER] + ["predictions.png", "error.txt"]
+    return [RUN_MARKER, "report.json", "report.md", *(f"{job.name}/{name}" for job in TOUR_JOBS for name in job_files)]
 
 
 def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
@@ -277,7 +287,9 @@ def _eval_images(text: str) -> int:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=positive_float, default=24.0, help="total training budget (default 24)")
     parser.add_argument("--out", default="runs/tour", help="report folder (default runs/tour)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder (only one that a tour wrote)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the tour in an existing report folder (only one that a tour wrote; the other "
+                             "files in it are kept)")
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -303,7 +315,7 @@ def tour_command(args: argparse.Namespace) -> int:
             print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
         return 0
     _check_dependencies(jobs)
-    out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite, resumable=False)
+    out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite, resumable=False, outputs=tour_outputs())
     rows: list[dict[str, Any]] = []
     failed: set[str] = set()
     for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):

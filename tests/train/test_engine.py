@@ -243,9 +243,27 @@ def test_overwrite_removes_a_run_folder(tmp_path, older_run):
         (run / "metrics.jsonl").write_text("{}\n")
     else:  # marked when created, so a run killed before it wrote anything is still known
         prepare_run_dir(run, resume=False, overwrite=False)
-    (run / "notes.txt").write_text("old")
+    for name in ("checkpoint.safetensors", "checkpoint.json", "loss.png", "summary.json", "pr_curve.png",
+                 ".checkpoint.safetensors.abc123.tmp"):
+        (run / name).write_text("old")
     prepare_run_dir(run, resume=False, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == [".visionzoo-run"]
+
+
+def test_overwrite_replaces_only_what_a_run_writes_and_keeps_the_users_files(tmp_path, caplog):
+    """--overwrite removed the whole run folder: the user's notes beside the run, and `predict --out RUN/pred`'s
+    pictures, were lost with it."""
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    for name in ("checkpoint.safetensors", "checkpoint.json", "metrics.jsonl", "loss.png", "samples.png"):
+        (run / name).write_text("old")
+    (run / "my_notes.txt").write_text("mine")
+    (run / "pred").mkdir()
+    (run / "pred" / "a.png").write_bytes(b"mine")
+    with caplog.at_level("INFO", logger="visionzoo"):
+        prepare_run_dir(run, resume=False, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [".visionzoo-run", "my_notes.txt", "pred"]
+    assert (run / "my_notes.txt").read_text() == "mine" and (run / "pred" / "a.png").read_bytes() == b"mine"
+    assert "my_notes.txt" in caplog.text and "pred" in caplog.text
 
 
 def test_precision_auto_picks_bf16_only_where_it_is_native():

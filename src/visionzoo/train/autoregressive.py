@@ -106,6 +106,7 @@ class AutoregressiveTask(Task):
 
     metric = "nll"
     higher_is_better = False
+    report_names = ("samples.png", "completions.png", "probes.png")
     defaults = {"lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "ema_decay": 0.0, "grad_clip": 1.0}
     label_drop = 0.1
 

@@ -99,7 +99,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (--max-steps and --epochs count from the "
                              "run's start, --minutes from now; without them it goes on to the end of its plan)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder (only one that a run wrote)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in an existing run folder (only one that a run wrote; the other files in "
+                             "it are kept)")
     budget = parser.add_argument_group("budget (the first reached ends the run)")
     budget.add_argument("--max-steps", type=positive_int, help="steps from the run's start, also with --resume")
     budget.add_argument("--epochs", type=positive_float, help="epochs from the run's start, also with --resume")

@@ -170,6 +170,7 @@ class DetectionTask(Task):
 
     metric = "map"
     higher_is_better = True
+    report_names = ("pr_curve.png", "detections.png")
     defaults = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "epochs": 4, "ema_decay": 0.0}
 
     def __init__(self, classes: Sequence[str], flip: float = 0.5):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import glob
 import json
 import logging
 import math
@@ -64,6 +65,10 @@ RUN_MARKER = ".visionzoo-run"  # written into every run and report folder: --ove
 # Evidence that a folder is a run's: older runs lack the marker. Generic names (summary.json, report.json) are not
 # evidence, since a user's own folder may hold files so named.
 RUN_FILES = (RUN_MARKER, CHECKPOINT_NAME, METRICS_NAME)
+# The files the engine writes into a run folder (the task's pictures are its Task.report_names): --overwrite replaces
+# only these, and keeps whatever else the user put there.
+ENGINE_OUTPUTS = (RUN_MARKER, CHECKPOINT_NAME, Path(CHECKPOINT_NAME).with_suffix(".json").name, METRICS_NAME,
+                  "loss.png", "summary.json")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -317,10 +322,40 @@ class Batches(Dataset):
             return WorkerError(error)
 
 
-def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: bool = True) -> Path:
+def run_outputs() -> tuple[str, ...]:
+    """The names of the files a run of any task may write into its folder: the engine's and the tasks' pictures."""
+    from visionzoo.train.task import _TASKS
+
+    pictures = sorted({name for task in _TASKS.values() for name in task.report_names})
+    return (*ENGINE_OUTPUTS, *pictures)
+
+
+def remove_outputs(out: Path, outputs: Iterable[str]) -> list[str]:
+    """Remove ``outputs`` (paths relative to ``out``, a subfolder's too: ``job/loss.png``) from ``out``, with the
+    temporary files of their writes cut short, and the subfolders this leaves empty or holding only a run marker;
+    the names of what ``out`` still holds (the user's), sorted."""
+    folders = set()
+    for name in outputs:
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink()
+        if path.parent != out:
+            folders.add(path.parent)
+    for folder in folders:
+        if folder.is_dir() and all(entry.name == RUN_MARKER for entry in folder.iterdir()):
+            shutil.rmtree(folder)
+    return sorted(entry.name for entry in out.iterdir() if entry.name != RUN_MARKER)
+
+
+def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: bool = True,
+                    outputs: Iterable[str] | None = None) -> Path:
     """The run folder, created and marked as ours; an existing non-empty one needs ``resume`` or ``overwrite``,
-    and ``overwrite`` removes only a folder that a run or tour wrote (a mistyped ``--out`` is not deleted).
-    ``resumable`` is False for a command without ``--resume`` (the tour), whose error does not suggest it."""
+    and ``overwrite`` replaces only a folder that a run or tour wrote (a mistyped ``--out`` is not touched), and in it
+    only the files a run writes (``outputs``, relative to ``out``; default :func:`run_outputs`): the user's own files
+    beside them are kept, and logged. ``resumable`` is False for a command without ``--resume`` (the tour), whose
+    error does not suggest it."""
     out = require_folder_or_absent(out, "--out")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -340,7 +375,9 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
                 f"--overwrite: {out} is not a visionzoo run folder (it holds no {RUN_MARKER}, {CHECKPOINT_NAME} or "
                 f"{METRICS_NAME}), so it is not removed; choose another --out, or empty it yourself"
             )
-        shutil.rmtree(out)
+        kept = remove_outputs(out, run_outputs() if outputs is None else outputs)
+        if kept:
+            log.info("--overwrite replaced the run in %s and kept the files no run writes: %s", out, ", ".join(kept))
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).touch()
     return out

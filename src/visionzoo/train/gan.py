@@ -47,6 +47,7 @@ class GANTask(Task):
 
     metric = "fid"
     higher_is_better = False
+    report_names = ("samples.png",)
     single_process = "its generator and discriminator are called past DDP's wrapper"
     defaults = {"lr": 2e-4, "batch_size": 64, "weight_decay": 0.0, "grad_clip": 0.0, "ema_decay": 0.0}
 

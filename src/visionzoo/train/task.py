@@ -49,6 +49,8 @@ class Task:
             engine's current estimate, re-sized as the run goes; None outside the engine).
         single_process: why the task cannot train under ``torchrun`` (None: it can); the engine refuses
             such a run before it starts.
+        report_names: the names of the files :meth:`report` may write into the run folder (``--overwrite``
+            replaces them with the engine's own files, and keeps any other).
     """
 
     name = "task"
@@ -57,6 +59,7 @@ class Task:
     defaults: Mapping[str, Any] = {}
     find_unused_parameters = False
     single_process: str | None = None
+    report_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.generator = torch.Generator()

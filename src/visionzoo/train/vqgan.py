@@ -93,6 +93,7 @@ class VQGANTask(ReconstructionTask):
 
     defaults = {"lr": 4e-4, "weight_decay": 0.0, "batch_size": 32, "ema_decay": 0.0}
     single_process = "the discriminator and the decoder's last layer are reached past DDP's wrapper"
+    report_names = ("reconstructions.png",)
 
     def __init__(self, disc_start: int | float = DISC_START, disc_weight: float = DISC_WEIGHT,
                  perceptual_weight: float = PERCEPTUAL_WEIGHT,
