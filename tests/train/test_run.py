@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from visionzoo.data import Shapes
 from visionzoo.train.run import load_images, training_images
@@ -222,24 +223,48 @@ def test_timms_tagged_name_of_the_trained_model_is_that_model_in_eval_and_resume
 
 
 @pytest.mark.parametrize("flag", ["--initial-checkpoint", "--teacher-checkpoint"])
-def test_overwrite_refuses_a_run_folder_holding_a_file_the_run_reads(tmp_path, capsys, flag):
+def test_overwrite_refuses_a_file_the_run_reads_that_it_would_replace_and_keeps_another(tmp_path, capsys, flag):
     """--overwrite emptied the run folder after reading the run's --initial-checkpoint or --teacher-checkpoint from
-    it (a pretraining fine-tuned into its own folder): the weights the user started from were deleted."""
+    it (a pretraining fine-tuned into its own folder): the weights the user started from were deleted. Now it replaces
+    only the run's files: a file of the run's own name is refused, another is read and kept."""
     from visionzoo.cli import main
     from visionzoo.models import create_model
 
     run = tmp_path / "run"
     run.mkdir()
     (run / ".visionzoo-run").touch()
-    weights = run / "start.pth"
-    torch.save(create_model("resnet18", num_classes=10, in_chans=1).state_dict(), weights)
     teacher = ["--teacher", "resnet18"] if flag == "--teacher-checkpoint" else []
+    small = ["train", "resnet18", "--data", "digits", "--max-steps", "1", "--batch-size", "4", "--precision", "fp32",
+             "--no-progress", "--out", str(run), "--overwrite", *teacher, flag]
+    weights = run / "checkpoint.safetensors"
+    save_file(create_model("resnet18", num_classes=10, in_chans=1).state_dict(), weights)
     capsys.readouterr()
-    assert main(["train", "resnet18", "--data", "digits", "--max-steps", "1", "--batch-size", "4", "--precision",
-                 "fp32", "--no-progress", "--out", str(run), "--overwrite", flag, str(weights), *teacher]) == 2
+    assert main([*small, str(weights)]) == 2
     error = capsys.readouterr().err.strip()
-    assert f"{flag} {weights} is in --out {run}" in error and "\n" not in error, error
-    assert weights.is_file() and not (run / "checkpoint.safetensors").exists()
+    assert f"{flag} {weights} is the run's own checkpoint.safetensors in --out {run}" in error and "\n" not in error
+    assert "--overwrite" in error and weights.is_file() and not (run / "metrics.jsonl").exists()
+    kept = weights.rename(run / "start.safetensors")
+    assert main([*small, str(kept)]) == 0, capsys.readouterr().err
+    assert kept.is_file() and (run / "metrics.jsonl").is_file()
+
+
+def test_resume_refuses_a_teacher_that_is_the_runs_own_checkpoint(tmp_path, capsys):
+    """A run resumed with --teacher-checkpoint RUN/checkpoint.safetensors distilled from its own checkpoint, wrote the
+    student over it, and every later --resume was refused as 'the teacher file has changed'."""
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    small = ["train", "resnet18", "--data", "digits", "--batch-size", "4", "--precision", "fp32", "--no-progress",
+             "--out", str(run)]
+    assert main([*small, "--max-steps", "1"]) == 0
+    before = (run / "checkpoint.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*small, "--max-steps", "2", "--resume", "--teacher", "resnet18", "--teacher-checkpoint",
+                 str(run / "checkpoint.safetensors")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"--teacher-checkpoint {run / 'checkpoint.safetensors'} is the run's own checkpoint.safetensors in --out "
+            f"{run}") in error and "--resume" in error and "\n" not in error, error
+    assert (run / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_resume_takes_the_runs_initial_checkpoint_given_again_under_another_spelling(tmp_path, capsys):

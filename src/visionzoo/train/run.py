@@ -19,7 +19,7 @@ from torchvision.transforms.functional import resize
 from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import builtin_name
 from visionzoo.models._registry import without_weight_sources
-from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit
+from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
 from visionzoo.utils import image_array
 
@@ -88,9 +88,6 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     that the model's task does not take is refused (ValueError), not ignored."""
     model_name = _registered_name(model_name)
     check_task_options(task_class(model_name), model_name, options or {})
-    if config.overwrite:
-        _check_inputs_outside(config.out, {"--data": data, **{f"--{name.replace('_', '-')}": (options or {}).get(name)
-                                                              for name in ("initial_checkpoint", "teacher_checkpoint")}})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options = options
     recorded_teacher = None
@@ -137,6 +134,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             recorded = {key: value for key, value in meta["model"].get("args", {}).items()
                         if key not in ("num_classes", "in_chans")}
             model_args = {**recorded, **(model_args or {})}
+    if config.overwrite or config.resume:  # the files the run reads, the resumed run's recorded ones too
+        _check_inputs_not_written(config, {"--data": data, **{f"--{name.replace('_', '-')}": value
+                                                              for name, value in (options or {}).items()}})
     teacher_file = (options or {}).get("teacher_checkpoint")
     teacher_sha256 = _teacher_sha256(teacher_file)  # hashed once: checked on resume, recorded for the next one
     _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out)
@@ -160,15 +160,21 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     return setup, result
 
 
-def _check_inputs_outside(out: str | Path, inputs: Mapping[str, str | None]) -> None:
-    """Refuse an input (by flag: a file or folder the run reads) inside the run folder ``out``, which --overwrite
-    empties before the run writes into it: the run would delete the weights it starts from (a pretraining fine-tuned
-    into its own folder), its teacher or its data."""
-    folder = Path(out).expanduser().resolve()
+def _check_inputs_not_written(config: TrainConfig, inputs: Mapping[str, Any]) -> None:
+    """Refuse an input (by flag: a file the run reads; options that are no file name none of these) that is one of the
+    files the run writes into its folder, which --overwrite removes and --resume writes over: a pretraining fine-tuned
+    into its own folder, or a teacher that is the run's own checkpoint, would be lost once read (the teacher would
+    also no longer match the one a later --resume checks)."""
+    folder = Path(config.out).expanduser().resolve()
+    written = {folder / name: name for name in run_outputs()}
     for flag, path in inputs.items():
-        if path and builtin_name(path) is None and folder in Path(path).expanduser().resolve().parents:
-            raise ValueError(f"{flag} {path} is in --out {out}, which --overwrite empties: the run would delete it; "
-                             "give another --out, or move the file out of it")
+        if not isinstance(path, str) or not path or builtin_name(path) is not None:
+            continue
+        name = written.get(Path(path).expanduser().resolve())
+        if name is not None:
+            how = "--resume writes over" if config.resume else "--overwrite replaces"
+            raise ValueError(f"{flag} {path} is the run's own {name} in --out {config.out}, which {how}: the run would "
+                             "lose it; copy it out of that folder and give the copy, or give another --out")
 
 
 def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
