@@ -671,3 +671,19 @@ def test_resuming_a_finished_run_logs_its_final_evaluation_once(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(record["step"], record.get("split")) for record in records] == [
         (1, None), (2, None), (2, "val"), (3, None), (4, None), (4, "val")]
+
+
+def test_resume_with_ema_off_of_a_run_with_ema_is_refused_as_another_lr_is(tmp_path):
+    """--resume --ema-decay 0 of a run trained with an EMA went on without it and wrote its checkpoint without the
+    EMA weights, without a word."""
+    from visionzoo.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=2, ema_decay=0.9)
+    before = (run / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match=r"trained with --ema-decay 0\.9, this run asks for 0, which would drop "
+                                              r"its EMA weights; leave --ema-decay out or give a decay in \(0, 1\)"):
+        _blobs_fit(run, max_steps=4, ema_decay=0.0, resume=True)
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+    assert _blobs_fit(run, max_steps=4, resume=True).metrics == {}  # left out: the run's EMA goes on
+    assert any(key.startswith("ema.") for key in load_file(run / "checkpoint.safetensors"))
