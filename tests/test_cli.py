@@ -130,6 +130,24 @@ def test_resume_keeps_the_model_args_the_run_was_trained_with(tmp_path):
     assert meta["model"]["args"]["small_input"] is True
 
 
+@pytest.mark.parametrize("model", ["resnet18", "vit_tiny_patch16_224"])
+def test_resume_with_a_model_arg_its_weights_do_not_fit_is_one_line_naming_it(tmp_path, capsys, model):
+    """--resume with --model-arg small_input=false (or embed_dim=96) failed as 'checkpoint RUN/checkpoint.safetensors
+    does not fit model ...: 151 shape mismatches: ...', naming neither --model-arg nor the key; an argument the weights
+    still fit (drop_path_rate) is taken."""
+    run = tmp_path / "run"
+    small = ["train", model, "--data", "digits", "--img-size", "16", "--batch-size", "4", "--precision", "fp32",
+             "--no-progress", "--out", str(run), "--model-arg"]
+    trained, changed, was = {"resnet18": ("small_input=true", "small_input=false", "with small_input=true"),
+                             "vit_tiny_patch16_224": ("patch_size=4", "embed_dim=96", "without embed_dim")}[model]
+    assert main([*small, trained, "--model-arg", "img_size=16" if "vit" in model else trained, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, [*small, changed, "--max-steps", "2", "--resume"],
+                   f"--model-arg {changed}: the run in {run} was trained {was}",
+                   f"leave --model-arg {changed.split('=')[0]} out to continue it")
+    assert main([*small, "drop_path_rate=0.1", "--max-steps", "2", "--resume"]) == 0
+
+
 def test_resume_continues_at_the_trained_size_and_refuses_another(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 0

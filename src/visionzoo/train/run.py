@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -91,6 +92,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options = options
     recorded_teacher = None
+    given_args, resumed_args = dict(model_args or {}), None
     if config.resume and checkpoint.is_file():
         meta = checkpoint_metadata(checkpoint)
         trained = meta.get("run", {})
@@ -127,6 +129,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
         model_args = without_weight_sources({**(trained.get("model_args") or {}), **(model_args or {})})
+        resumed_args = {**((meta.get("model") or {}).get("args") or {}), **(trained.get("model_args") or {})}
         if options.get("initial_checkpoint") is not None:
             # A fine-tuned run goes on from its own checkpoint, not from the file it started from (which may be
             # gone); its model arguments, taken from that file's, are the ones its checkpoint recorded.
@@ -142,6 +145,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out)
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, model_args, options=build_options)
+    if resumed_args is not None:
+        _check_resumed_model_args(checkpoint, setup.model, given_args, resumed_args, config.out)
     if builtin_name(data) is None and Path(data).expanduser().is_file():
         logging.getLogger(__name__).warning(
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
@@ -175,6 +180,26 @@ def _check_inputs_not_written(config: TrainConfig, inputs: Mapping[str, Any]) ->
             how = "--resume writes over" if config.resume else "--overwrite replaces"
             raise ValueError(f"{flag} {path} is the run's own {name} in --out {config.out}, which {how}: the run would "
                              "lose it; copy it out of that folder and give the copy, or give another --out")
+
+
+def _check_resumed_model_args(checkpoint: Path, model: torch.nn.Module, given: Mapping[str, Any],
+                              trained: Mapping[str, Any], out: str) -> None:
+    """Refuse a resumed run whose --model-arg ``given`` (other than the run's ``trained`` ones) build a model the
+    checkpoint's weights do not fit (another stem, width or depth), naming the arguments: the engine's load would
+    list every mismatched tensor instead. Shapes come from the file's header alone."""
+    changed = {key: value for key, value in given.items() if key not in trained or trained[key] != value}
+    if not changed:
+        return
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        saved = {key[len("model."):]: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
+                 if key.startswith("model.")}
+    if saved == {key: tuple(value.shape) for key, value in model.state_dict().items()}:
+        return  # e.g. another drop_path_rate: the weights still fit
+    asked = ", ".join(f"{key}={json.dumps(value)}" for key, value in changed.items())
+    was = ", ".join(f"with {key}={json.dumps(trained[key])}" if key in trained else f"without {key}"
+                    for key in changed)
+    raise ValueError(f"--model-arg {asked}: the run in {out} was trained {was}, and its weights do not fit the model "
+                     f"that builds; leave --model-arg {', '.join(changed)} out to continue it, or train in a new --out")
 
 
 def _check_resumed_data(trained: str | None, data: str, out: str) -> None:
