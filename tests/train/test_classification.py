@@ -52,6 +52,33 @@ def test_in_an_odd_batch_only_the_middle_image_stays_unmixed(mixup_alpha, cutmix
     assert all(soft[i, 4 - i] > 0 for i in (0, 1, 3, 4))
 
 
+@pytest.mark.parametrize("alpha", [1e9, 1e308])
+@pytest.mark.parametrize("which", ["mixup", "cutmix"])
+def test_a_huge_alpha_mixes_half_and_half_as_its_beta_says(alpha, which):
+    """--mixup 1e308 (or --cutmix) drew lambda 0.0 from numpy's Beta (its gamma draws overflow past ~9e307): every
+    image was replaced by its partner, without a word, where Beta(alpha, alpha) is 0.5 within 1e-150 (1e9: 1e-5)."""
+    images = torch.zeros(2, 1, 16, 16)
+    images[1] = 1.0
+    targets = smooth_one_hot(torch.tensor([0, 1]), 2)
+    alphas = {"mixup_alpha": alpha, "cutmix_alpha": 0.0} if which == "mixup" else {"mixup_alpha": 0.0, "cutmix_alpha": alpha}
+    for seed in range(5):
+        mixed, soft = mix_batch(images, targets, generator=torch.Generator().manual_seed(seed), **alphas)
+        kept = 1 - mixed[0].mean().item()  # the share of image 0 left in it
+        assert soft[0, 0].item() == pytest.approx(kept)
+        if which == "mixup":
+            assert kept == pytest.approx(0.5, abs=1e-3)
+        else:  # a box of side int(16 * sqrt(1 - 0.5)) = 11 at most, clipped where it runs out of the image
+            assert kept >= 1 - 11 * 11 / 256
+
+
+@pytest.mark.parametrize("flag, option", [("--mixup", "mixup_alpha"), ("--cutmix", "cutmix_alpha")])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_alpha_is_refused_by_the_task_as_by_the_command_line(flag, option, value):
+    """ClassificationTask(mixup_alpha=inf) was taken, and its Beta drew NaN: every mixed image and target NaN."""
+    with pytest.raises(ValueError, match=f"{flag} must be a finite number >= 0, got {value}"):
+        ClassificationTask(["a", "b"], **{option: value})
+
+
 def test_cutmix_pastes_a_box_and_sets_lambda_to_the_kept_area():
     images = torch.zeros(2, 1, 16, 16)
     images[1] = 1.0

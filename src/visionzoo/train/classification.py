@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ class ClassificationTask(Task):
         super().__init__()
         for flag, value, holds, bound in (
                 ("--label-smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
-                ("--mixup", mixup_alpha, mixup_alpha >= 0, ">= 0"), ("--cutmix", cutmix_alpha, cutmix_alpha >= 0, ">= 0"),
+                ("--mixup", mixup_alpha, 0 <= mixup_alpha < math.inf, "a finite number >= 0"),
+                ("--cutmix", cutmix_alpha, 0 <= cutmix_alpha < math.inf, "a finite number >= 0"),
                 ("--translate", translate, translate >= 0, ">= 0"),
                 ("--hflip", hflip, 0 <= hflip <= 1, "in [0, 1]"), ("--vflip", vflip, 0 <= vflip <= 1, "in [0, 1]"),
                 ("--rot90", rot90, 0 <= rot90 <= 1, "in [0, 1]"),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Beta(alpha, alpha) draws 0.5 within 1e-8 from here on (its deviation is 1 / sqrt(8 alpha + 4)), below float32's
+# resolution; numpy's sampler, a ratio of gamma draws, overflows past ~9e307 and draws 0 (every image swapped whole).
+MAX_ALPHA = 1e15
+
 
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     """Soft targets ``Tensor[B, K]`` float: ``1 - smoothing + smoothing/K`` on the label, ``smoothing/K`` elsewhere.
@@ -51,7 +55,8 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, c
                          "other to mix it with; give --batch-size 2 or more")
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
-    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
+    alpha = min(cutmix_alpha if use_cutmix else mixup_alpha, MAX_ALPHA)
+    lam = float(rng.beta(alpha, alpha))
     partner = images.flip(0)
     if use_cutmix:
         height, width = images.shape[-2:]
