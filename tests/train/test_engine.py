@@ -687,3 +687,14 @@ def test_resume_with_ema_off_of_a_run_with_ema_is_refused_as_another_lr_is(tmp_p
     assert (run / "checkpoint.safetensors").read_bytes() == before
     assert _blobs_fit(run, max_steps=4, resume=True).metrics == {}  # left out: the run's EMA goes on
     assert any(key.startswith("ema.") for key in load_file(run / "checkpoint.safetensors"))
+
+
+@pytest.mark.parametrize("budget, message", [
+    ({"epochs": 1e308}, r"--epochs 1e\+308 is more steps than can be counted \(16 an epoch\); give fewer epochs"),
+    ({"minutes": 1e308}, r"--minutes 1e\+308 buys more steps than can be counted at .* s a step; give fewer minutes"),
+])
+def test_a_budget_of_more_steps_than_can_be_counted_is_refused_by_its_flag(tmp_path, budget, message):
+    """--epochs 1e308 or --minutes 1e308 (finite, so taken when parsed) failed as a traceback, 'OverflowError: cannot
+    convert float infinity to integer'."""
+    with pytest.raises(ValueError, match=message):
+        _blobs_fit(tmp_path / "run", **budget)

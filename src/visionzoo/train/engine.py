@@ -532,7 +532,11 @@ class Trainer:
         if cfg.max_steps is not None:
             budgets[f"--max-steps {cfg.max_steps}"] = cfg.max_steps
         if cfg.epochs is not None:
-            steps = self.step_offset + max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+            steps = cfg.epochs * self.steps_per_epoch
+            if not math.isfinite(steps):  # a finite --epochs past ~1e306: math.ceil would raise OverflowError
+                raise ValueError(f"--epochs {cfg.epochs:g} is more steps than can be counted ({self.steps_per_epoch} "
+                                 "an epoch); give fewer epochs, or --max-steps")
+            steps = self.step_offset + max(1, math.ceil(steps))
             budgets[f"--epochs {cfg.epochs:g} ({steps} steps)"] = steps
         return budgets
 
@@ -549,7 +553,11 @@ class Trainer:
         # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
         # Each rank timed its own steps: all follow rank 0's plan, or their learning rates differ.
-        steps = int(self._rank0_value(max(1, int(cfg.minutes * 60 / seconds))))
+        planned = cfg.minutes * 60 / seconds
+        if not math.isfinite(planned):
+            raise ValueError(f"--minutes {cfg.minutes:g} buys more steps than can be counted at {seconds:.3g} s a "
+                             "step; give fewer minutes, or --max-steps")
+        steps = int(self._rank0_value(max(1, int(planned))))
         log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
                  f" after the {self.step} done" if self.step else "")
         return self.step + steps
