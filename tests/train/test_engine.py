@@ -231,7 +231,7 @@ def test_a_run_that_failed_before_writing_anything_does_not_block_its_rerun(tmp_
     assert [path.name for path in run.iterdir()] == [".visionzoo-run"]
     assert prepare_run_dir(run, resume=False, overwrite=False) == run
     (run / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+    with pytest.raises(FileExistsError, match="exists and is not empty.*--overwrite"):
         prepare_run_dir(run, resume=False, overwrite=False)
 
 
@@ -698,3 +698,18 @@ def test_a_budget_of_more_steps_than_can_be_counted_is_refused_by_its_flag(tmp_p
     convert float infinity to integer'."""
     with pytest.raises(ValueError, match=message):
         _blobs_fit(tmp_path / "run", **budget)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_pointed_to_overwrite_not_resume(tmp_path):
+    """A run killed before its first checkpoint (its marker and metrics.jsonl written) was refused with 'use --resume
+    to continue it or --overwrite', and --resume then with 'no checkpoint.safetensors': a loop of advice."""
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(FileExistsError) as refused:
+        prepare_run_dir(run, resume=False, overwrite=False)
+    assert "--resume" not in str(refused.value)
+    assert "holds no checkpoint.safetensors to resume (the run stopped before its first checkpoint); use --overwrite" \
+           in str(refused.value)
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint.safetensors in .*: the run stopped before its "
+                                                r"first checkpoint; start it again with --overwrite"):
+        prepare_run_dir(run, resume=True, overwrite=False)

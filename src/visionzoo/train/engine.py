@@ -359,9 +359,12 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
     out = require_folder_or_absent(out, "--out")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    # a run's folder without a checkpoint: a run stopped before its first one, with nothing to resume from
+    unsaved = not (out / CHECKPOINT_NAME).is_file() and any((out / name).exists() for name in RUN_FILES)
     if resume:
         if not (out / CHECKPOINT_NAME).is_file():
-            raise FileNotFoundError(f"--resume: no {CHECKPOINT_NAME} in {out}")
+            start_again = ": the run stopped before its first checkpoint; start it again with --overwrite" if unsaved else ""
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT_NAME} in {out}{start_again}")
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing
             stale.unlink()
         return out
@@ -369,6 +372,9 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
     if out.exists() and any(path.name != RUN_MARKER for path in out.iterdir()):
         if not overwrite:
             advice = "use --resume to continue it or --overwrite" if resumable else "use --overwrite to replace it"
+            if resumable and unsaved:
+                advice = (f"it holds no {CHECKPOINT_NAME} to resume (the run stopped before its first checkpoint); "
+                          "use --overwrite to start it again")
             raise FileExistsError(f"run folder {out} exists and is not empty; {advice}")
         if not any((out / name).exists() for name in RUN_FILES):
             raise FileExistsError(
