@@ -713,3 +713,18 @@ def test_a_run_stopped_before_its_first_checkpoint_is_pointed_to_overwrite_not_r
     with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint.safetensors in .*: the run stopped before its "
                                                 r"first checkpoint; start it again with --overwrite"):
         prepare_run_dir(run, resume=True, overwrite=False)
+
+
+def test_a_batch_of_one_through_batchnorm_is_refused_naming_batch_size(tmp_path):
+    """--batch-size 1 for a model whose BatchNorm then sees one value per channel (a ResNet at --img-size 8) failed
+    with torch's 'Expected more than 1 value per channel when training', naming no option."""
+    from engine_script import Blobs
+
+    from visionzoo.train import TrainConfig, fit
+    from visionzoo.train.classification import ClassificationTask
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    config = TrainConfig(out=str(tmp_path / "run"), progress=False, precision="fp32", batch_size=1, max_steps=2)
+    with pytest.raises(ValueError, match=r"^--batch-size 1: a BatchNorm layer of the model sees one value per channel "
+                                         r"\(.*\); give --batch-size 2 or more, or a larger --img-size$"):
+        fit(ClassificationTask(Blobs.classes), model, Blobs(16, 0), None, config)

@@ -72,6 +72,9 @@ ENGINE_OUTPUTS = (RUN_MARKER, CHECKPOINT_NAME, Path(CHECKPOINT_NAME).with_suffix
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# The start of torch's error for a BatchNorm layer given one value per channel in training (a batch of one image
+# whose feature map has come down to 1x1).
+BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
 # With only a time budget, the schedule's length is re-estimated this often (steps) from the pace so far.
 REPLAN_EVERY = 50
 
@@ -637,8 +640,15 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                losses = self.task.training_step(model, batch, name)
+            try:
+                with self.autocast():
+                    losses = self.task.training_step(model, batch, name)
+            except ValueError as error:  # torch's words name no option: the user's is the batch size (or image size)
+                if not str(error).startswith(BATCHNORM_ONE_VALUE):
+                    raise
+                raise ValueError(f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one "
+                                 f"value per channel ({error}); give --batch-size 2 or more, or a larger --img-size"
+                                 ) from None
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; lower --lr or use --precision fp32")
