@@ -706,3 +706,21 @@ def test_predict_image_ids_refuse_an_entry_whose_id_is_no_coco_id(tmp_path, bad_
         image_ids_from(ann, [str(tmp_path / "a.jpg")])
     ann.write_text(json.dumps({"images": [{"id": "img-7", "file_name": "a.jpg"}]}))
     assert image_ids_from(ann, [str(tmp_path / "a.jpg")]) == ["img-7"]
+
+
+def test_an_interrupted_run_says_whether_and_where_resume_goes_on(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in a run printed 'visionzoo train: interrupted', not saying whether the run folder can be resumed."""
+    from visionzoo.train.engine import Trainer
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "evaluate", interrupt)  # after the checkpoint of its last step
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        f"visionzoo train: interrupted; --resume goes on from the checkpoint of step 2 in {run}")
+    monkeypatch.setattr(Trainer, "_plan_total_steps", interrupt)  # before the first checkpoint
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(tmp_path / "new")]) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        f"visionzoo train: interrupted before the first checkpoint in {tmp_path / 'new'}; nothing to resume")

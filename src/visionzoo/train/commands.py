@@ -173,8 +173,16 @@ def train_command(args: argparse.Namespace) -> int:
     reports = process_rank() == 0  # under torchrun, rank 0 reports the run: the others' lines would repeat it
     if not reports:
         logging.getLogger("visionzoo").setLevel(logging.WARNING)
-    _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
-                             _task_options(args, trained), train_images=args.train_size)
+    try:
+        _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
+                                 _task_options(args, trained), train_images=args.train_size)
+    except KeyboardInterrupt:
+        if reports:  # whether the folder can go on: the user may think an interrupted run is lost, or resumable
+            checkpoint = out / CHECKPOINT_NAME
+            where = (f"; --resume goes on from the checkpoint of step {checkpoint_metadata(checkpoint)['step']} in {out}"
+                     if checkpoint.is_file() else f" before the first checkpoint in {out}; nothing to resume")
+            print(f"visionzoo train: interrupted{where}", file=sys.stderr)
+        return 130
     if not reports:  # only rank 0 evaluates: it alone has the summary
         return 0
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
