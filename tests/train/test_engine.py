@@ -728,3 +728,24 @@ def test_a_batch_of_one_through_batchnorm_is_refused_naming_batch_size(tmp_path)
     with pytest.raises(ValueError, match=r"^--batch-size 1: a BatchNorm layer of the model sees one value per channel "
                                          r"\(.*\); give --batch-size 2 or more, or a larger --img-size$"):
         fit(ClassificationTask(Blobs.classes), model, Blobs(16, 0), None, config)
+
+
+def test_a_run_folder_another_run_is_writing_is_refused_before_anything_is_removed(tmp_path):
+    """A second `train --resume` (or --overwrite) of a run still training in another terminal ran beside it: both
+    wrote the checkpoint in turn and metrics.jsonl held their steps interleaved (1..25, 31, 26, 32, 27, ...)."""
+    import fcntl
+
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=2)
+    before = sorted(p.name for p in run.iterdir())
+    other = os.open(run, os.O_RDONLY)  # the running process's hold on its folder
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for settings in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(FileExistsError, match=f"run folder {run} is in use by another run"):
+                _blobs_fit(run, max_steps=4, **settings)
+            assert sorted(p.name for p in run.iterdir()) == before
+    finally:
+        os.close(other)
+    assert _blobs_fit(run, max_steps=4, resume=True).steps == 4
+    assert _blobs_fit(run, max_steps=6, resume=True).steps == 6  # the folder is free again once a run ends

@@ -17,14 +17,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import fcntl
 import glob
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -392,6 +395,39 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
     return out
 
 
+def lock_folder(out: str | Path) -> int | None:
+    """An exclusive lock on the existing folder ``out`` (a descriptor to ``os.close``; the system releases it when the
+    process ends), or None where there is no such folder; FileExistsError where another process holds it."""
+    if not Path(out).is_dir():
+        return None
+    held = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(held)
+        raise FileExistsError(f"run folder {out} is in use by another run (a train still writing into it holds it); "
+                              "wait for that run to end, or stop it, first") from None
+    return held
+
+
+def _close_lock(held: int | None) -> None:
+    if held is not None:
+        os.close(held)
+
+
+def claim_run_dir(out: str | Path, resume: bool, overwrite: bool) -> int | None:
+    """:func:`prepare_run_dir`, the folder locked for this run first (the descriptor of :func:`lock_folder`): a run
+    started into a folder that another is still writing, a --resume in a second terminal for one, is refused before
+    --overwrite removes anything, and does not write its checkpoints and log between the other's."""
+    held = lock_folder(out)
+    try:
+        folder = prepare_run_dir(out, resume, overwrite)
+        return held if held is not None else lock_folder(folder)
+    except BaseException:
+        _close_lock(held)
+        raise
+
+
 def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -487,8 +523,18 @@ class Trainer:
         self.step_offset = 0
         if not cfg.resume:  # a resumed run is checked once its plan is read from the checkpoint
             check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
-        on_main(self.dist, lambda: prepare_run_dir(self.out, self.config.resume, self.config.overwrite))
+        held = on_main(self.dist, lambda: claim_run_dir(self.out, cfg.resume, cfg.overwrite))  # rank 0 writes
+        # a Trainer dropped without fit lets go of the folder as it is collected
+        self._release_at_collection = weakref.finalize(self, _close_lock, held)
+        try:
+            self._start(model, config)
+        except BaseException:
+            self.release_run_dir()
+            raise
 
+    def _start(self, model: nn.Module, config: TrainConfig) -> None:
+        """The set-up once the run folder is held: the model, optimizers and EMA, the resumed state, the plan."""
+        task, cfg = self.task, self.config
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.dist.device)
         self.autocast = autocast_context(self.dist.device, cfg.precision)
@@ -662,7 +708,17 @@ class Trainer:
         logged["lr"] = self.config.lr * factor
         return logged
 
+    def release_run_dir(self) -> None:
+        """Let go of the run folder (rank 0's lock on it; see :func:`claim_run_dir`)."""
+        self._release_at_collection()
+
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self.release_run_dir()
+
+    def _fit(self) -> TrainResult:
         cfg, dist_info = self.config, self.dist
         main = dist_info.is_main
         if main:
