@@ -254,6 +254,15 @@ def test_model_arg_values_read_python_literals_as_json_ones(text, value):
     assert parse_model_arg(text) == (text.split("=")[0], value)
 
 
+@pytest.mark.parametrize("text", ["=5", " =5"])
+def test_a_model_arg_without_a_key_is_refused_when_parsed(capsys, tmp_path, text):
+    """--model-arg =5 failed as 'resnet18 takes no argument "_create() got an unexpected keyword argument ''"'."""
+    with pytest.raises(SystemExit):
+        main([*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "run"), "--model-arg", text])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument --model-arg: expected KEY=VALUE with a KEY, got {text!r}" in err, err
+
+
 def test_an_image_size_that_does_not_fit_in_memory_is_one_line(capsys, tmp_path):
     """Digits preloads its images at --img-size: 5000 px asked for 126 GB and ended in a 37-line traceback (here 5 PB,
     beyond any address space, so that no overcommitting kernel grants it)."""

@@ -46,6 +46,8 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a KEY, got {text!r}")
     if value in _PYTHON_LITERALS:
         return key, _PYTHON_LITERALS[value]
     try:
