@@ -57,7 +57,7 @@ from visionzoo.train.distributed import (
     requested_world_size,
     step_seed,
 )
-from visionzoo.train.task import Task
+from visionzoo.train.task import _TASKS, Task
 from visionzoo.utils import is_integer, native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
@@ -330,8 +330,6 @@ class Batches(Dataset):
 
 def run_outputs() -> tuple[str, ...]:
     """The names of the files a run of any task may write into its folder: the engine's and the tasks' pictures."""
-    from visionzoo.train.task import _TASKS
-
     pictures = sorted({name for task in _TASKS.values() for name in task.report_names})
     return (*ENGINE_OUTPUTS, *pictures)
 

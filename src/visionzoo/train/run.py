@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
-from visionzoo.checkpoint import CheckpointError, model_state, read_checkpoint, read_metadata
+from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import builtin_name
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
@@ -166,7 +166,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
 
 
 def _check_inputs_not_written(config: TrainConfig, inputs: Mapping[str, Any]) -> None:
-    """Refuse an input (by flag: a file the run reads; options that are no file name none of these) that is one of the
+    """Refuse an input (by flag: a file the run reads; an option that is not a path matches none) that is one of the
     files the run writes into its folder, which --overwrite removes and --resume writes over: a pretraining fine-tuned
     into its own folder, or a teacher that is the run's own checkpoint, would be lost once read (the teacher would
     also no longer match the one a later --resume checks)."""
@@ -191,8 +191,8 @@ def _check_resumed_model_args(checkpoint: Path, model: torch.nn.Module, given: M
     if not changed:
         return
     with safe_open(str(checkpoint), framework="pt") as handle:
-        saved = {key[len("model."):]: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
-                 if key.startswith("model.")}
+        saved = {key[len(MODEL_PREFIX):]: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
+                 if key.startswith(MODEL_PREFIX)}
     if saved == {key: tuple(value.shape) for key, value in model.state_dict().items()}:
         return  # e.g. another drop_path_rate: the weights still fit
     asked = ", ".join(f"{key}={json.dumps(value)}" for key, value in changed.items())
