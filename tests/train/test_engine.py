@@ -749,3 +749,17 @@ def test_a_run_folder_another_run_is_writing_is_refused_before_anything_is_remov
         os.close(other)
     assert _blobs_fit(run, max_steps=4, resume=True).steps == 4
     assert _blobs_fit(run, max_steps=6, resume=True).steps == 6  # the folder is free again once a run ends
+
+
+def test_a_file_system_without_locks_still_trains(tmp_path, monkeypatch):
+    """Where flock is not supported (some network or FUSE file systems: EOPNOTSUPP, ENOLCK), the run folder's lock
+    must not stop the run."""
+    import errno
+    import fcntl
+
+    def unsupported(fd, operation):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    assert _blobs_fit(tmp_path / "run", max_steps=2).steps == 2
+    assert _blobs_fit(tmp_path / "run", max_steps=3, resume=True).steps == 3

@@ -395,7 +395,8 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
 
 def lock_folder(out: str | Path) -> int | None:
     """An exclusive lock on the existing folder ``out`` (a descriptor to ``os.close``; the system releases it when the
-    process ends), or None where there is no such folder; FileExistsError where another process holds it."""
+    process ends), or None where there is no such folder or its file system has no locks (some network and FUSE
+    ones); FileExistsError where another process holds it."""
     if not Path(out).is_dir():
         return None
     held = os.open(out, os.O_RDONLY)
@@ -405,6 +406,10 @@ def lock_folder(out: str | Path) -> int | None:
         os.close(held)
         raise FileExistsError(f"run folder {out} is in use by another run (a train still writing into it holds it); "
                               "wait for that run to end, or stop it, first") from None
+    except OSError as error:  # no locks there: the run goes on unguarded, as it did before folders were locked
+        os.close(held)
+        log.debug("run folder %s is not locked: %s", out, error)
+        return None
     return held
 
 
