@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import glob
 import json
 import logging
@@ -395,8 +394,12 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: b
 
 def lock_folder(out: str | Path) -> int | None:
     """An exclusive lock on the existing folder ``out`` (a descriptor to ``os.close``; the system releases it when the
-    process ends), or None where there is no such folder or its file system has no locks (some network and FUSE
-    ones); FileExistsError where another process holds it."""
+    process ends), or None where there is no such folder or its system or file system has no locks (Windows, some
+    network and FUSE file systems); FileExistsError where another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, and no descriptor of a folder to hold
+        return None
     if not Path(out).is_dir():
         return None
     held = os.open(out, os.O_RDONLY)
