@@ -1,5 +1,7 @@
 """VQGAN: the tokenizer interface, the straight-through gradient, the owned discriminator, bad input."""
 
+import re
+
 import pytest
 import torch
 
@@ -96,12 +98,13 @@ def test_bad_input_is_one_clear_error():
 
 @pytest.mark.parametrize("images", [torch.rand(2, 1, 32, 32) * 255, torch.rand(2, 1, 32, 32) * 2 - 1],
                          ids=["0..255", "taming's -1..1"])
-def test_images_outside_0_1_are_refused_by_forward_and_encode(images):
+@pytest.mark.parametrize("name, who", [("vqvae_small", "VQ-VAE"), ("vqgan", "VQGAN"), ("vit_vqgan", "ViT-VQGAN")])
+def test_images_outside_0_1_are_refused_by_every_tokenizer(name, who, images):
     """Images of 0..255, or in [-1, 1] as taming-transformers' VQGAN takes them, were encoded as they were (mapped
-    again to [-1, 1]): codes and reconstructions of other images, without a word."""
+    again to [-1, 1]) by VQ-VAE, VQGAN and ViT-VQGAN: codes and reconstructions of other images, without a word."""
     torch.manual_seed(0)
-    model = create_model("vqgan", in_chans=1)
+    model = create_model(name, in_chans=1)
     for call in (model, model.encode):
-        with pytest.raises(ValueError, match=r"VQGAN takes images in \[0, 1\]; these span"):
+        with pytest.raises(ValueError, match=rf"^{re.escape(who)} takes images in \[0, 1\]; these span"):
             call(images)
     assert model.encode(images.clamp(0, 1)).shape == (2, 8, 8)
