@@ -89,3 +89,18 @@ def test_a_nan_clip_is_refused():
     boxes = BoxCoder(bbox_xform_clip=math.inf).decode(torch.tensor([[0.0, 0.0, 5.0, 5.0]]),
                                                        torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     assert torch.isfinite(boxes).all()
+
+
+def test_torchvisions_per_image_box_lists_are_refused_naming_the_argument():
+    """torchvision's BoxCoder.encode/decode take per-image lists of boxes; ours (its encode_single and
+    decode_single) ended in "'list' object has no attribute 'dim'" given them, naming no argument."""
+    coder = BoxCoder()
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    with pytest.raises(ValueError, match=r"BoxCoder.decode: anchors must be Tensor\[N, 4\], got a list.*torch.cat"):
+        coder.decode(torch.zeros(1, 4), [anchors])
+    with pytest.raises(ValueError, match=r"BoxCoder.encode: gt_boxes must be Tensor\[N, 4\], got a list.*torch.cat"):
+        coder.encode([anchors], [anchors])
+    with pytest.raises(ValueError, match=r"BoxCoder.encode: anchors must be Tensor\[N, 4\], got a tuple"):
+        coder.encode(anchors, (anchors,))
+    with pytest.raises(ValueError, match=r"BoxCoder.decode: deltas must be Tensor\[N, 4K\], got a list"):
+        coder.decode([torch.zeros(1, 4)], anchors)

@@ -18,6 +18,16 @@ from torch import Tensor
 __all__ = ["BoxCoder"]
 
 
+def _check_tensors(method: str, **tensors: object) -> None:
+    """Refuse a non-Tensor argument by name: torchvision's encode/decode take per-image lists of boxes (ours are
+    its encode_single/decode_single), which otherwise failed on a list's missing ``dim``."""
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            shape = "Tensor[N, 4K]" if name == "deltas" else "Tensor[N, 4]"
+            hint = " (torchvision's per-image list: pass torch.cat of it)" if isinstance(value, list | tuple) else ""
+            raise ValueError(f"BoxCoder.{method}: {name} must be {shape}, got a {type(value).__name__}{hint}")
+
+
 class BoxCoder:
     """Encode boxes as deltas relative to anchors and decode them back.
 
@@ -56,6 +66,7 @@ class BoxCoder:
             gives inf/NaN deltas (a division by zero), as in torchvision; flipped boxes (x2 < x1) give
             NaN dw/dh (log of a negative ratio).
         """
+        _check_tensors("encode", gt_boxes=gt_boxes, anchors=anchors)
         if gt_boxes.shape != anchors.shape or gt_boxes.dim() != 2 or gt_boxes.shape[-1] != 4:
             raise ValueError(
                 "BoxCoder.encode: gt_boxes and anchors must both be Tensor[N, 4], got shapes "
@@ -86,6 +97,7 @@ class BoxCoder:
         Returns:
             Tensor[N, 4 * K] xyxy boxes in ``deltas``' dtype (not clipped to any image).
         """
+        _check_tensors("decode", deltas=deltas, anchors=anchors)
         if deltas.dim() != 2 or deltas.shape[1] % 4 or anchors.dim() != 2 or anchors.shape != (deltas.shape[0], 4):
             raise ValueError(
                 "BoxCoder.decode: deltas must be Tensor[N, 4K] and anchors Tensor[N, 4], got shapes "
