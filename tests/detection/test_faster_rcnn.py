@@ -407,3 +407,41 @@ def test_a_backbone_file_given_as_the_detectors_checkpoint_says_where_it_goes(tm
                                                         "weights") + r".*backbone_args=\{\"checkpoint\": PATH\}"):
         create_model("fasterrcnn_convnext_tiny_fpn", checkpoint=tmp_path / "convnext.pth")
     create_model("fasterrcnn_convnext_tiny_fpn", backbone_args={"checkpoint": str(tmp_path / "convnext.pth")})
+
+
+def test_a_float64_detector_detects_and_trains_in_float64_like_torchvision():
+    """A detector in float64 (model.double()) rounded its anchors, RPN outputs and box head outputs to float32:
+    its detections came back float32, 2e-5 px off torchvision's float64 model, and its RPN labelled other anchors
+    (IoU ties broken in float32), so the training losses were not torchvision's (loss_objectness 1.36 for 1.27)."""
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    size = dict(min_size=128, max_size=192)
+    reference = TorchvisionFasterRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5),
+                                      num_classes=5, **size)
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    ours = create_model("fasterrcnn_resnet18_fpn", num_classes=5, frozen_batch_norm=True, **size)
+    ours.load_state_dict(reference.state_dict())
+    reference.double().eval()
+    ours.double().eval()
+    inputs = [random_image(120, 150, 6).double(), random_image(90, 200, 7).double()]
+    with torch.no_grad():
+        expected, got = reference(inputs), ours(inputs)
+    for mine, theirs in zip(got, expected):
+        assert mine["boxes"].dtype == mine["scores"].dtype == torch.float64 and len(theirs["boxes"]) == 100
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-9, rtol=0)
+        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-12, rtol=0)
+        assert torch.equal(mine["labels"], theirs["labels"])
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]], dtype=torch.float64), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.int64)}]
+    reference.train()
+    ours.train()
+    torch.manual_seed(1)
+    expected = reference(inputs, [dict(t) for t in targets])
+    torch.manual_seed(1)
+    got = ours(inputs, [dict(t) for t in targets])
+    for key in expected:
+        torch.testing.assert_close(got[key].double(), expected[key].double(), atol=1e-7, rtol=0)

@@ -9,6 +9,13 @@ import torch
 from torch import Tensor, nn
 
 
+def box_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a detector's boxes and scores are computed in for maps of ``dtype``: float64 for a float64 model
+    (torchvision's, whose boxes follow its maps), float32 for anything else (bf16/fp16 cannot hold pixel corners
+    exactly)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float32,
                  device: torch.device | None = None) -> Tensor:
     """The anchors of one feature-map cell, centred on 0: ``Tensor[len(ratios) · len(sizes), 4]`` xyxy.
@@ -47,7 +54,8 @@ class AnchorGenerator(nn.Module):
 
     ``forward(batch_shape, feature_maps)``: ``batch_shape`` (H, W) of the padded batch; ``feature_maps``
     Tensor[B, C, H_l, W_l]; returns per image ``Tensor[sum_l H_l · W_l · A_l, 4]`` xyxy (the same for
-    every image of the batch), float32 whatever the maps' dtype (bf16 cannot hold pixel corners exactly).
+    every image of the batch), float32 whatever the maps' dtype (bf16 cannot hold pixel corners exactly), float64
+    for float64 maps (see :func:`box_dtype`).
 A map's stride is the integer ratio of the batch size to its size.
     """
 
@@ -70,11 +78,11 @@ A map's stride is the integer ratio of the batch size to its size.
     def forward(self, batch_shape: tuple[int, int], feature_maps: Sequence[Tensor]) -> list[Tensor]:
         if len(feature_maps) != len(self.sizes):
             raise ValueError(f"AnchorGenerator has sizes for {len(self.sizes)} feature maps, got {len(feature_maps)}")
-        device = feature_maps[0].device
+        device, dtype = feature_maps[0].device, box_dtype(feature_maps[0].dtype)
         per_level = []
         for feature, sizes, ratios in zip(feature_maps, self.sizes, self.aspect_ratios):
             grid = (feature.shape[-2], feature.shape[-1])
             stride = (batch_shape[0] // grid[0], batch_shape[1] // grid[1])
-            per_level.append(grid_anchors(cell_anchors(sizes, ratios, torch.float32, device), grid, stride))
+            per_level.append(grid_anchors(cell_anchors(sizes, ratios, dtype, device), grid, stride))
         anchors = torch.cat(per_level)
         return [anchors for _ in range(feature_maps[0].shape[0])]

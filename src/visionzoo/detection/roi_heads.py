@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.detection.anchors import box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -52,7 +53,8 @@ def fast_rcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, reg
     """Multi-task loss over R sampled proposals: cross-entropy of ``class_logits`` Tensor[R, K+1] with
     ``labels`` Tensor[R], plus smooth L1 (β = 1/9, summed, divided by R) between the true class's deltas
     (``box_deltas`` Tensor[R, 4(K+1)]) and ``regression`` Tensor[R, 4] on the positives; 0 for both when R is 0."""
-    class_logits, box_deltas = class_logits.float(), box_deltas.float()
+    dtype = box_dtype(class_logits.dtype)
+    class_logits, box_deltas = class_logits.to(dtype), box_deltas.to(dtype)
     if labels.numel() == 0:  # no proposal and no ground truth in the batch: nothing to learn from (not NaN)
         zero = class_logits.sum() + box_deltas.sum()
         return zero, zero
@@ -117,7 +119,8 @@ class RoIHeads(nn.Module):
             loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
                                                            torch.cat(regression))
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-        return self.postprocess(class_logits.float(), box_deltas.float(), proposals, image_sizes), {}
+        dtype = box_dtype(class_logits.dtype)
+        return self.postprocess(class_logits.to(dtype), box_deltas.to(dtype), proposals, image_sizes), {}
 
     def box_features(self, features: dict[str, Tensor], proposals: list[Tensor], pool_sizes: list[tuple[int, int]]
                      ) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.detection.anchors import AnchorGenerator
+from visionzoo.detection.anchors import AnchorGenerator, box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from visionzoo.utils import is_integer, require_unit_interval
@@ -48,7 +48,7 @@ class RPNHead(nn.Module):
 
 def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-level head outputs to anchor order (level, y, x, anchor): Tensor[B·sum HWA, 1] logits and
-    Tensor[B·sum HWA, 4] deltas, float32."""
+    Tensor[B·sum HWA, 4] deltas, float32 (float64 for a float64 head: :func:`box_dtype`)."""
     flat_logits, flat_deltas = [], []
     for level_logits, level_deltas in zip(logits, deltas):
         batch, num_anchors, height, width = level_logits.shape
@@ -56,14 +56,16 @@ def flatten_predictions(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Ten
                            .reshape(batch, -1, 1))
         flat_deltas.append(level_deltas.view(batch, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2)
                            .reshape(batch, -1, 4))
-    return torch.cat(flat_logits, 1).flatten(0, -2).float(), torch.cat(flat_deltas, 1).reshape(-1, 4).float()
+    dtype = box_dtype(logits[0].dtype)
+    return (torch.cat(flat_logits, 1).flatten(0, -2).to(dtype),
+            torch.cat(flat_deltas, 1).reshape(-1, 4).to(dtype))
 
 
 class RegionProposalNetwork(nn.Module):
     """Proposals for a batch: ``forward(batch, features, targets=None) -> (boxes, losses)``.
 
     ``batch``: an ImageBatch; ``features``: ordered dict of Tensor[B, C, H_l, W_l]; ``boxes``: per image
-    Tensor[P_i, 4] xyxy float32 in the resized image; ``losses``: ``{"loss_objectness",
+    Tensor[P_i, 4] xyxy float32 (float64 maps: float64) in the resized image; ``losses``: ``{"loss_objectness",
     "loss_rpn_box_reg"}`` in training, else empty.
 
     Args:
@@ -178,5 +180,5 @@ class RegionProposalNetwork(nn.Module):
         sampled = torch.cat([positive, negative])
         box_loss = F.smooth_l1_loss(deltas[positive], regression[positive], beta=1 / 9, reduction="sum")
         box_loss = box_loss / max(1, sampled.numel())
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], torch.cat(labels)[sampled])
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], torch.cat(labels)[sampled].to(objectness.dtype))
         return objectness_loss, box_loss
