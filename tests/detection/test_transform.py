@@ -68,3 +68,29 @@ def test_an_image_with_nan_or_infinite_values_is_refused_naming_it(name, value):
     target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}
     with pytest.raises(ValueError, match=r"^image 0 has 1 NaN or infinite value"):
         model.train()([image], [target])
+
+
+def test_images_that_require_gradients_get_torchvisions_gradients():
+    """An image that requires gradients (a saliency map, an adversarial attack on a detector) ended in
+    torch's 'A view was created in no_grad mode and is being modified inplace' as it was padded into the batch,
+    in eval and train mode alike; torchvision's transform passes the gradient through."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 50, 70, generator=generator), torch.rand(3, 64, 40, generator=generator)]
+    weights = torch.rand(2, 3, 96, 128, generator=generator)
+    grads = []
+    for transform in (DetectionTransform(64, 96, IMAGENET_MEAN, IMAGENET_STD),
+                      GeneralizedRCNNTransform(64, 96, IMAGENET_MEAN, IMAGENET_STD)):
+        inputs = [image.clone().requires_grad_(True) for image in images]
+        batch = transform.eval()(inputs)[0]
+        (batch.tensors * weights[:, :, : batch.tensors.shape[-2], : batch.tensors.shape[-1]]).sum().backward()
+        grads.append([image.grad for image in inputs])
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs)
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=3, min_size=64, max_size=96)
+    image = images[0].clone().requires_grad_(True)
+    model.eval()([image])[0]["scores"].sum().backward()
+    losses = model.train()([image], [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    assert image.grad is not None and bool(image.grad.abs().sum() > 0)

@@ -203,8 +203,10 @@ class DetectionTransform(nn.Module):
         height = -(-max(img.shape[-2] for img in images) // stride) * stride
         width = -(-max(img.shape[-1] for img in images) // stride) * stride
         batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
-        for slot, image in zip(batch, images):
-            slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        for index, image in enumerate(images):
+            # indexed, not iterated: iterating unbinds into views that autograd cannot copy an image needing
+            # gradients into
+            batch[index, :, : image.shape[-2], : image.shape[-1]].copy_(image)
         return batch
 
     def postprocess(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
