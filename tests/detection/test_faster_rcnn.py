@@ -445,3 +445,43 @@ def test_a_float64_detector_detects_and_trains_in_float64_like_torchvision():
     got = ours(inputs, [dict(t) for t in targets])
     for key in expected:
         torch.testing.assert_close(got[key].double(), expected[key].double(), atol=1e-7, rtol=0)
+
+
+class _OneMapBackbone(torch.nn.Module):
+    """A backbone returning one Tensor, as torchvision's FasterRCNN takes (its tutorial's mobilenet_v2 features)."""
+
+    out_channels = 16
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, stride=16, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_backbone_returning_one_tensor_is_its_map_0_as_in_torchvision():
+    """FasterRCNN over a backbone that returns a single Tensor (torchvision: "a single Tensor or an
+    OrderedDict[Tensor]", its map "0") ended in torch's 'values expected sparse tensor layout but got Strided'."""
+    from collections import OrderedDict
+
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+
+    torch.manual_seed(0)
+    args = dict(num_classes=3, min_size=96, max_size=128, anchor_sizes=((32, 64, 128),),
+                aspect_ratios=((0.5, 1.0, 2.0),), box_featmap_names=["0"], box_score_thresh=0.0)
+    model = FasterRCNN(_OneMapBackbone(), **args).eval()
+    as_dict = FasterRCNN(_OneMapBackbone(), **args).eval()
+    as_dict.load_state_dict(model.state_dict())
+    body = as_dict.backbone.forward
+    as_dict.backbone.forward = lambda x: OrderedDict([("0", body(x))])
+    images = [random_image(100, 120, 8), random_image(64, 90, 9)]
+    with torch.no_grad():
+        got, expected = model(images), as_dict(images)
+    for mine, theirs in zip(got, expected):
+        assert len(mine["boxes"]) > 0
+        assert torch.equal(mine["boxes"], theirs["boxes"]) and torch.equal(mine["scores"], theirs["scores"])
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}] * 2
+    losses = model.train()(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(value) for value in losses.values())

@@ -20,6 +20,7 @@ the built-in 128×128 Shapes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,8 @@ class FasterRCNN(nn.Module):
     """Faster R-CNN over ``backbone`` (image → ordered dict of maps with ``out_channels`` channels).
 
     Args (torchvision's names and defaults):
-        backbone: a module with ``out_channels``, returning an ordered dict of Tensor[B, C, H_l, W_l].
+        backbone: a module with ``out_channels``, returning an ordered dict of Tensor[B, C, H_l, W_l], or one
+            such Tensor (taken as map ``"0"``, as torchvision takes it).
         num_classes: including the background.
         min_size, max_size, image_mean, image_std: the input transform (``min_size`` a tuple: scale jitter
             in training).
@@ -132,6 +134,8 @@ class FasterRCNN(nn.Module):
             # exact numbers (a different summation order would reorder near-tied boxes in NMS)
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets,
                                                  tuple(images.shape[-2:]))
