@@ -485,3 +485,31 @@ def test_a_backbone_returning_one_tensor_is_its_map_0_as_in_torchvision():
     losses = model.train()(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert all(torch.isfinite(value) for value in losses.values())
+
+
+def test_a_torchvision_backbone_with_fpn_is_taken_and_detects_as_torchvision():
+    """FasterRCNN(torchvision's resnet_fpn_backbone(...)) failed when built, with "'FeaturePyramidNetwork' object has
+    no attribute 'extra_pool'": the anchor-level and level-name checks read attributes only our FPN has."""
+    import copy
+
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    args = dict(num_classes=3, min_size=96, max_size=128, box_score_thresh=0.0)
+    reference = TorchvisionFasterRCNN(backbone, **args).eval()
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    ours = FasterRCNN(copy.deepcopy(backbone), **args).eval()
+    ours.load_state_dict(reference.state_dict())
+    images = [random_image(100, 120, 10), random_image(64, 90, 11)]
+    with torch.no_grad():
+        got, expected = ours(images), reference(images)
+    for mine, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+        assert torch.equal(mine["labels"], theirs["labels"])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.detection.anchors import AnchorGenerator
-from visionzoo.detection.fpn import BackboneWithFPN
+from visionzoo.detection.fpn import BackboneWithFPN, FeaturePyramidNetwork
 from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from visionzoo.detection.rpn import RegionProposalNetwork, RPNHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs
@@ -148,7 +148,7 @@ def _check_anchor_levels(backbone: nn.Module, anchor_sizes: Sequence[Sequence[fl
     """Refuse, when building, an FPN whose number of maps differs from the anchor levels: the RPN would only
     fail at the first forward, naming neither ``out_indices`` nor ``anchor_sizes``."""
     fpn = getattr(backbone, "fpn", None)
-    if fpn is None:
+    if not isinstance(fpn, FeaturePyramidNetwork):  # another's FPN (torchvision's) is the user's to match
         return
     maps = len(fpn.inner_blocks)
     levels = maps + int(fpn.extra_pool)
@@ -162,7 +162,7 @@ def _check_featmap_names(backbone: nn.Module, names: Sequence[str]) -> None:
     """Refuse RoI-head level names that the FPN does not give: the pooler skips them, so a misspelt level was
     left out without a word (or, all misspelt, the first forward failed)."""
     fpn = getattr(backbone, "fpn", None)
-    if fpn is None:
+    if not isinstance(fpn, FeaturePyramidNetwork):  # another's FPN (torchvision's) is the user's to match
         return
     levels = [str(i) for i in range(len(fpn.inner_blocks))] + (["pool"] if fpn.extra_pool else [])
     unknown = [name for name in names if name not in levels]
