@@ -289,3 +289,28 @@ def test_outputs_are_contiguous_like_torchvisions(op):
     torch.testing.assert_close(ours.view(6, -1), theirs.view(6, -1))
     single_level = MultiScaleRoIAlign(["0"], 2, 2)({"0": x}, [rois[:3, 1:], rois[3:, 1:]], [(10, 12)] * 2)
     assert single_level.view(6, -1).shape == (6, 3 * 2 * 2)
+
+
+def test_roi_align_and_roi_pool_modules_are_torchvisions():
+    """torchvision.ops.RoIAlign / RoIPool, the modules a custom box head holds, had no counterpart: `from
+    visionzoo.ops import RoIAlign` raised ImportError. They take torchvision's arguments and give its results."""
+    from visionzoo.ops import RoIAlign, RoIPool
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 20, 24, generator=gen)
+    rois = random_rois(12, gen, 80, 96)
+    per_image = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    cases = [((7, 5), 0.25, 2, True), (3, 1 / 3, -1, False), ([4, 4], 0.5, 0, False)]
+    for output_size, scale, ratio, aligned in cases:
+        ours, theirs = RoIAlign(output_size, scale, ratio, aligned), tv.RoIAlign(output_size, scale, ratio, aligned)
+        assert repr(ours) == repr(theirs)
+        for boxes in (rois, per_image):
+            torch.testing.assert_close(ours(x, boxes), theirs(x, boxes))
+        ours, theirs = RoIPool(output_size, scale), tv.RoIPool(output_size, scale)
+        assert repr(ours) == repr(theirs)
+        for boxes in (rois, per_image):
+            torch.testing.assert_close(ours(x, boxes), theirs(x, boxes))
+    with pytest.raises(ValueError, match=r"RoIAlign output_size must be a non-negative int or \(height, width\)"):
+        RoIAlign(1.5, 1.0, 2)
+    with pytest.raises(ValueError, match=r"RoIPool output_size must be a non-negative int or \(height, width\)"):
+        RoIPool((2, "a"), 1.0)

@@ -2,7 +2,7 @@
 
 Boxes are ``(x1, y1, x2, y2)`` unless a format is named. See each module for the details:
 ``boxes`` (conversion, areas, IoU family, clipping), ``box_coder`` (R-CNN box transform),
-``nms`` (greedy, per category, soft), ``roi_align`` (RoI Align and RoI Pool), ``poolers``
+``nms`` (greedy, per category, soft), ``roi_align`` (RoI Align and RoI Pool, functions and modules), ``poolers``
 (multi-scale RoI Align for FPN).
 """
 
@@ -19,11 +19,13 @@ from .boxes import (
 )
 from .nms import batched_nms, nms, soft_nms
 from .poolers import MultiScaleRoIAlign
-from .roi_align import boxes_to_rois, roi_align, roi_pool
+from .roi_align import RoIAlign, RoIPool, boxes_to_rois, roi_align, roi_pool
 
 __all__ = [
     "BoxCoder",
     "MultiScaleRoIAlign",
+    "RoIAlign",
+    "RoIPool",
     "batched_nms",
     "box_area",
     "box_convert",

@@ -24,9 +24,9 @@ import math
 import numbers
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["roi_align", "roi_pool", "boxes_to_rois"]
+__all__ = ["roi_align", "roi_pool", "boxes_to_rois", "RoIAlign", "RoIPool"]
 
 # Rows (columns) of a RoI are gathered one by one, instead of read as one strided block, when fewer
 # than this fraction of the block's rows (columns) carry a sample.
@@ -490,3 +490,45 @@ class _RoIPoolFunction(torch.autograd.Function):
         grad_features = grad_out.new_zeros(size + 1)
         grad_features.index_add_(0, flat, grad_out.permute(0, 2, 3, 1).reshape(-1))
         return grad_features[:size].view(ctx.shape), None
+
+
+class RoIAlign(nn.Module):
+    """:func:`roi_align` as a module, torchvision.ops.RoIAlign's arguments and repr.
+
+    ``forward(input, rois)``: Tensor[N, C, H, W] and Tensor[K, 5] or a list of Tensor[L_i, 4] → Tensor[K, C, PH, PW].
+    """
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float, sampling_ratio: int,
+                 aligned: bool = False):
+        super().__init__()
+        _pair(output_size, "RoIAlign output_size")  # refused when built, not at the first batch
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})")
+
+
+class RoIPool(nn.Module):
+    """:func:`roi_pool` as a module, torchvision.ops.RoIPool's arguments and repr.
+
+    ``forward(input, rois)``: Tensor[N, C, H, W] and Tensor[K, 5] or a list of Tensor[L_i, 4] → Tensor[K, C, PH, PW].
+    """
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float):
+        super().__init__()
+        _pair(output_size, "RoIPool output_size")
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
