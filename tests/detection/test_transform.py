@@ -94,3 +94,18 @@ def test_images_that_require_gradients_get_torchvisions_gradients():
     losses = model.train()([image], [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1])}])
     sum(losses.values()).backward()
     assert image.grad is not None and bool(image.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_shapes", "fastrcnn_shapes"])
+def test_a_normalisation_given_as_a_numpy_array_is_taken(name):
+    """image_mean=np.array([0.485, 0.456, 0.406]) (a preprocessing config's, as torchvision takes any 3 numbers)
+    passed the detector's argument check and was then refused as 'image_mean must be 3 numbers, one per RGB
+    channel, got array([0.485, 0.456, 0.406])': three numbers said not to be three numbers."""
+    import numpy as np
+
+    model = create_model(name, image_mean=np.array(IMAGENET_MEAN), image_std=np.array(IMAGENET_STD, dtype=np.float32))
+    assert model.transform.image_mean == pytest.approx(IMAGENET_MEAN)
+    assert model.transform.image_std == pytest.approx(IMAGENET_STD)
+    assert all(type(value) is float for value in model.transform.image_mean + model.transform.image_std)
+    with pytest.raises(ValueError, match=re.escape("image_mean must be 3 numbers, one per RGB channel, got array([0.5")):
+        create_model(name, image_mean=np.array([0.5, 0.5]))

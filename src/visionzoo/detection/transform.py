@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,8 +137,9 @@ class DetectionTransform(nn.Module):
                  image_std: Sequence[float], size_divisible: int = 32):
         super().__init__()
         for name, values in (("image_mean", image_mean), ("image_std", image_std)):
-            # else a mean of [0.5] refused every RGB image as not "Tensor[1, H, W]", as if the image were wrong
-            if not isinstance(values, Sequence) or len(values) != 3:
+            # else a mean of [0.5] refused every RGB image as not "Tensor[1, H, W]", as if the image were wrong;
+            # a NumPy array is a sequence to the detectors' argument check, so it is one here too
+            if not isinstance(values, Sequence | np.ndarray) or np.ndim(values) != 1 or len(values) != 3:
                 raise ValueError(f"{name} must be 3 numbers, one per RGB channel, got {values!r:.60}")
         if not all(v > 0 for v in image_std):
             raise ValueError(f"image_std must be positive, got {image_std!r:.60}")
@@ -149,8 +151,8 @@ class DetectionTransform(nn.Module):
             raise ValueError(f"max_size must be a positive integer, got {max_size!r:.40}")
         self.min_size = sizes
         self.max_size = max_size
-        self.image_mean = tuple(image_mean)
-        self.image_std = tuple(image_std)
+        self.image_mean = tuple(float(value) for value in image_mean)
+        self.image_std = tuple(float(value) for value in image_std)
         self.size_divisible = size_divisible
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
