@@ -33,3 +33,17 @@ def test_numpy_sizes_per_feature_map_are_taken_like_tuples():
         assert ours.num_anchors_per_location() == [6, 6]
         for a, b in zip(ours((64, 48), maps), expected, strict=True):
             assert torch.equal(a, b)
+
+
+def test_an_image_batch_is_taken_as_torchvisions_image_list_is():
+    """torchvision's AnchorGenerator is called with the image batch (anchor_generator(image_list, feature_maps));
+    ours, given one (torchvision's ImageList or our ImageBatch), raised "'ImageList' object is not subscriptable"."""
+    from visionzoo.detection.transform import ImageBatch
+
+    sizes, ratios = ((32,), (64,)), ((0.5, 1.0, 2.0),) * 2
+    images = ImageList(torch.zeros(2, 3, 64, 96), [(64, 90), (60, 96)])
+    maps = [torch.zeros(2, 8, 16, 24), torch.zeros(2, 8, 8, 12)]
+    expected = TorchvisionAnchorGenerator(sizes, ratios)(images, maps)
+    for batch in (images, ImageBatch(images.tensors, images.image_sizes), (64, 96)):
+        got = AnchorGenerator(sizes, ratios)(batch, maps)
+        assert len(got) == 2 and all(torch.equal(mine, theirs) for mine, theirs in zip(got, expected))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +53,8 @@ class AnchorGenerator(nn.Module):
             tuple of numbers means one size per map, as in torchvision.
         aspect_ratios: per feature map, the height/width ratios; a flat tuple is shared by every map.
 
-    ``forward(batch_shape, feature_maps)``: ``batch_shape`` (H, W) of the padded batch; ``feature_maps``
+    ``forward(batch_shape, feature_maps)``: ``batch_shape`` (H, W) of the padded batch, or the batch itself (an
+    ImageBatch, or torchvision's ImageList, as torchvision's generator is called); ``feature_maps``
     Tensor[B, C, H_l, W_l]; returns per image ``Tensor[sum_l H_l · W_l · A_l, 4]`` xyxy (the same for
     every image of the batch), float32 whatever the maps' dtype (bf16 cannot hold pixel corners exactly), float64
     for float64 maps (see :func:`box_dtype`).
@@ -75,7 +77,9 @@ A map's stride is the integer ratio of the batch size to its size.
     def num_anchors_per_location(self) -> list[int]:
         return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
 
-    def forward(self, batch_shape: tuple[int, int], feature_maps: Sequence[Tensor]) -> list[Tensor]:
+    def forward(self, batch_shape: tuple[int, int] | Any, feature_maps: Sequence[Tensor]) -> list[Tensor]:
+        if isinstance(getattr(batch_shape, "tensors", None), Tensor):
+            batch_shape = tuple(batch_shape.tensors.shape[-2:])
         if len(feature_maps) != len(self.sizes):
             raise ValueError(f"AnchorGenerator has sizes for {len(self.sizes)} feature maps, got {len(feature_maps)}")
         device, dtype = feature_maps[0].device, box_dtype(feature_maps[0].dtype)
