@@ -513,3 +513,21 @@ def test_a_torchvision_backbone_with_fpn_is_taken_and_detects_as_torchvision():
         assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
         assert torch.equal(mine["labels"], theirs["labels"])
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_shapes", "fastrcnn_shapes"])
+def test_labels_are_checked_against_a_replaced_box_predictor(name):
+    """torchvision's fine-tuning recipe replaces the box predictor (model.roi_heads.box_predictor =
+    FastRCNNPredictor(in_features, num_classes)); training ours on the new classes was then refused with 'label 9
+    outside 1..6', the classes of the predictor it was built with."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    model.roi_heads.box_predictor = FastRCNNPredictor(model.roi_heads.box_predictor.cls_score.in_features, 11)
+    images = [random_image(100, 120, 12)]
+    extra = {"proposals": [torch.tensor([[0.0, 0.0, 40.0, 40.0], [8.0, 12.0, 52.0, 58.0]])]} if name.startswith("fastrcnn") else {}
+    losses = model(images, [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([10])}], **extra)
+    assert all(torch.isfinite(value) for value in losses.values())
+    with pytest.raises(ValueError, match=r"label 11 outside 1..10"):
+        model(images, [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([11])}], **extra)
