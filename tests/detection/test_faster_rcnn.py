@@ -531,3 +531,51 @@ def test_labels_are_checked_against_a_replaced_box_predictor(name):
     assert all(torch.isfinite(value) for value in losses.values())
     with pytest.raises(ValueError, match=r"label 11 outside 1..10"):
         model(images, [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([11])}], **extra)
+
+
+def test_torchvisions_component_keywords_build_the_detector_of_its_tutorial():
+    """torchvision's FasterRCNN takes its parts as rpn_anchor_generator, rpn_head, box_roi_pool, box_head and
+    box_predictor (its tutorial's one-map backbone with its own anchors and pooler); ours refused each with
+    "FasterRCNN.__init__() got an unexpected keyword argument 'rpn_anchor_generator'"."""
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
+
+    from visionzoo.detection.anchors import AnchorGenerator
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+    from visionzoo.detection.roi_heads import FastRCNNPredictor, TwoMLPHead
+    from visionzoo.detection.rpn import RPNHead
+    from visionzoo.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    sizes, ratios, size = ((32, 64, 128),), ((0.5, 1.0, 2.0),), dict(min_size=96, max_size=128, box_score_thresh=0.0)
+    reference = TorchvisionFasterRCNN(_OneMapBackbone(), num_classes=3, **size,
+                                      rpn_anchor_generator=TorchvisionAnchorGenerator(sizes, ratios),
+                                      box_roi_pool=TorchvisionMultiScaleRoIAlign(["0"], 5, 2)).eval()
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    ours = FasterRCNN(_OneMapBackbone(), num_classes=3, **size, rpn_anchor_generator=AnchorGenerator(sizes, ratios),
+                      box_roi_pool=MultiScaleRoIAlign(["0"], 5, 2)).eval()
+    ours.load_state_dict(reference.state_dict())
+    images = [random_image(100, 120, 13), random_image(64, 90, 14)]
+    with torch.no_grad():
+        got, expected = ours(images), reference(images)
+    for mine, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+    # every part given: they are the ones used, and the classes are the predictor's
+    parts = dict(rpn_anchor_generator=AnchorGenerator(sizes, ratios), rpn_head=RPNHead(16, 9),
+                 box_roi_pool=MultiScaleRoIAlign(["0"], 4, 2), box_head=TwoMLPHead(16 * 4 * 4, 32),
+                 box_predictor=FastRCNNPredictor(32, 5))
+    model = FasterRCNN(_OneMapBackbone(), num_classes=None, **size, **parts)
+    assert all(getattr(model.rpn if name.startswith("rpn") else model.roi_heads,
+                       name.replace("rpn_", "")) is part
+               for name, part in parts.items() if name != "rpn_anchor_generator")
+    assert model.rpn.anchor_generator is parts["rpn_anchor_generator"] and model.num_classes == 5
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([4])}] * 2
+    assert all(torch.isfinite(value) for value in model.train()(images, targets).values())
+    with pytest.raises(ValueError, match=r"num_classes 3 but box_predictor scores 5 classes"):
+        FasterRCNN(_OneMapBackbone(), num_classes=3, **size, **parts)
+    with pytest.raises(ValueError, match=r"num_classes counts the background .* got None"):
+        FasterRCNN(_OneMapBackbone(), num_classes=None, **size)

@@ -54,13 +54,15 @@ class FasterRCNN(nn.Module):
         anchor_sizes, aspect_ratios: per feature level (default: one size per FPN level 32..512).
         box_featmap_names: the maps the RoI heads pool from (default: every FPN level but "pool").
         representation_size: width of the two fully connected layers of the box head.
+        rpn_anchor_generator, rpn_head, box_roi_pool, box_head, box_predictor: torchvision's parts, given built
+            (None: built from the arguments above); with a box_predictor, num_classes is its number (leave None).
     """
 
     @check_argument_types
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int = 91,
+        num_classes: int | None = 91,
         min_size: int | Sequence[int] = 800,
         max_size: int = 1333,
         image_mean: Sequence[float] = IMAGENET_MEAN,
@@ -89,37 +91,60 @@ class FasterRCNN(nn.Module):
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
         bbox_reg_weights: tuple[float, float, float, float] | None = None,
+        rpn_anchor_generator: nn.Module | None = None,
+        rpn_head: nn.Module | None = None,
+        box_roi_pool: nn.Module | None = None,
+        box_head: nn.Module | None = None,
+        box_predictor: nn.Module | None = None,
     ):
         super().__init__()
-        if num_classes < 2:
+        if box_predictor is not None:
+            predicted = getattr(getattr(box_predictor, "cls_score", None), "out_features", num_classes)
+            if num_classes is not None and predicted != num_classes:  # torchvision: num_classes must then be None
+                raise ValueError(f"num_classes {num_classes} but box_predictor scores {predicted} classes; "
+                                 "leave num_classes None with a box_predictor")
+            num_classes = predicted
+        if num_classes is None or num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         self.num_classes = num_classes
         self.transform = DetectionTransform(min_size, max_size, image_mean, image_std)
         self.backbone = backbone
         channels = backbone.out_channels
-        _check_anchor_levels(backbone, anchor_sizes)
-        aspect_ratios = aspect_ratios or ((0.5, 1.0, 2.0),) * len(anchor_sizes)
-        anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios)
-        counts = anchor_generator.num_anchors_per_location()
-        if len(set(counts)) > 1:
-            # else the first forward fails in BoxCoder.decode, naming neither option
-            raise ValueError(f"anchor_sizes × aspect_ratios give {counts} anchors per location on the feature levels, "
-                             "but the RPN head, shared by all levels, predicts one number: give every level as many")
-        rpn_head = RPNHead(channels, counts[0])
+        if rpn_anchor_generator is None:
+            _check_anchor_levels(backbone, anchor_sizes)
+            aspect_ratios = aspect_ratios or ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+            anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios)
+        else:
+            anchor_generator = rpn_anchor_generator
+            anchor_sizes = getattr(anchor_generator, "sizes", anchor_sizes)
+        if rpn_head is None:
+            counts = anchor_generator.num_anchors_per_location()
+            if len(set(counts)) > 1:
+                # else the first forward fails in BoxCoder.decode, naming neither option
+                raise ValueError(f"anchor_sizes × aspect_ratios give {counts} anchors per location on the feature "
+                                 "levels, but the RPN head, shared by all levels, predicts one number: give every "
+                                 "level as many")
+            rpn_head = RPNHead(channels, counts[0])
         self.rpn = RegionProposalNetwork(
             anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
             rpn_positive_fraction, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
             {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
             rpn_score_thresh,
         )
-        if box_featmap_names is None:
-            pooled_levels = len(anchor_sizes) - int(getattr(getattr(backbone, "fpn", None), "extra_pool", False))
-            box_featmap_names = [str(i) for i in range(max(1, pooled_levels))]
-        _check_featmap_names(backbone, box_featmap_names)
-        pooler = MultiScaleRoIAlign(list(box_featmap_names), box_roi_output_size, box_sampling_ratio)
-        box_head = TwoMLPHead(channels * box_roi_output_size ** 2, representation_size)
+        if box_roi_pool is None:
+            if box_featmap_names is None:
+                pooled_levels = len(anchor_sizes) - int(getattr(getattr(backbone, "fpn", None), "extra_pool", False))
+                box_featmap_names = [str(i) for i in range(max(1, pooled_levels))]
+            _check_featmap_names(backbone, box_featmap_names)
+            box_roi_pool = MultiScaleRoIAlign(list(box_featmap_names), box_roi_output_size, box_sampling_ratio)
+        if box_head is None:
+            pooled = getattr(box_roi_pool, "output_size", box_roi_output_size)
+            pooled = (pooled, pooled) if isinstance(pooled, int) else tuple(pooled)
+            box_head = TwoMLPHead(channels * pooled[0] * pooled[-1], representation_size)
+        if box_predictor is None:
+            box_predictor = FastRCNNPredictor(representation_size, num_classes)
         self.roi_heads = RoIHeads(
-            pooler, box_head, FastRCNNPredictor(representation_size, num_classes), box_fg_iou_thresh,
+            box_roi_pool, box_head, box_predictor, box_fg_iou_thresh,
             box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
             box_score_thresh, box_nms_thresh, box_detections_per_img,
         )
