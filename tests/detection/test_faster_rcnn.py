@@ -579,3 +579,28 @@ def test_torchvisions_component_keywords_build_the_detector_of_its_tutorial():
         FasterRCNN(_OneMapBackbone(), num_classes=3, **size, **parts)
     with pytest.raises(ValueError, match=r"num_classes counts the background .* got None"):
         FasterRCNN(_OneMapBackbone(), num_classes=None, **size)
+
+
+def test_torchvisions_own_anchor_generator_and_pooler_work_as_parts():
+    """rpn_anchor_generator=torchvision's AnchorGenerator ended in "'tuple' object has no attribute 'tensors'": the
+    RPN called it with the batch's (H, W), where torchvision's RPN passes the batch (ImageList) itself."""
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
+
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+
+    torch.manual_seed(0)
+    models = [cls(_OneMapBackbone(), num_classes=3, min_size=96, max_size=128, box_score_thresh=0.0,
+                  rpn_anchor_generator=TorchvisionAnchorGenerator(((32, 64, 128),), ((0.5, 1.0, 2.0),)),
+                  box_roi_pool=TorchvisionMultiScaleRoIAlign(["0"], 5, 2)).eval()
+              for cls in (TorchvisionFasterRCNN, FasterRCNN)]
+    with torch.no_grad():
+        models[0].rpn.head.cls_logits.weight.mul_(30)
+    models[1].load_state_dict(models[0].state_dict())
+    images = [random_image(100, 120, 15), random_image(64, 90, 16)]
+    with torch.no_grad():
+        expected, got = (model(images) for model in models)
+    for mine, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)

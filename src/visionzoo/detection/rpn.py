@@ -109,7 +109,7 @@ class RegionProposalNetwork(nn.Module):
                 ) -> tuple[list[Tensor], dict[str, Tensor]]:
         maps = list(features.values())
         logits, deltas = self.head(maps)
-        anchors = self.anchor_generator(tuple(batch.tensors.shape[-2:]), maps)
+        anchors = self.anchor_generator(batch, maps)  # the batch, as torchvision passes it to its generators
         num_images = len(anchors)
         anchors_per_level = [int(level[0].numel()) for level in logits]
         objectness, deltas = flatten_predictions(logits, deltas)
