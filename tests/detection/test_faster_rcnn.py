@@ -5,6 +5,8 @@ import re
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn as torchvision_fasterrcnn
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 from torchvision.ops import box_iou
 
 from visionzoo.detection.faster_rcnn import fpn_backbone
@@ -538,8 +540,6 @@ def test_torchvisions_component_keywords_build_the_detector_of_its_tutorial():
     box_predictor (its tutorial's one-map backbone with its own anchors and pooler); ours refused each with
     "FasterRCNN.__init__() got an unexpected keyword argument 'rpn_anchor_generator'"."""
     from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
-    from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 
     from visionzoo.detection.anchors import AnchorGenerator
     from visionzoo.detection.faster_rcnn import FasterRCNN
@@ -585,8 +585,6 @@ def test_torchvisions_own_anchor_generator_and_pooler_work_as_parts():
     """rpn_anchor_generator=torchvision's AnchorGenerator ended in "'tuple' object has no attribute 'tensors'": the
     RPN called it with the batch's (H, W), where torchvision's RPN passes the batch (ImageList) itself."""
     from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
-    from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 
     from visionzoo.detection.faster_rcnn import FasterRCNN
 
@@ -604,3 +602,37 @@ def test_torchvisions_own_anchor_generator_and_pooler_work_as_parts():
     for mine, theirs in zip(got, expected):
         assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+
+
+def test_size_divisible_is_taken_as_torchvision_takes_it():
+    """torchvision's FasterRCNN passes size_divisible to its transform; ours refused it ("unexpected keyword argument
+    'size_divisible'"), and DetectionTransform(size_divisible=0) ended in a ZeroDivisionError at the first batch."""
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+
+    from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+    from visionzoo.detection.transform import DetectionTransform
+
+    torch.manual_seed(0)
+    args = dict(num_classes=3, min_size=72, max_size=100, box_score_thresh=0.0, size_divisible=64)
+    reference = TorchvisionFasterRCNN(_OneMapBackbone(), **args,
+                                      rpn_anchor_generator=TorchvisionAnchorGenerator(((32, 64, 128),), ((0.5, 1.0, 2.0),)),
+                                      box_roi_pool=TorchvisionMultiScaleRoIAlign(["0"], 5, 2)).eval()
+    ours = FasterRCNN(_OneMapBackbone(), **args, anchor_sizes=((32, 64, 128),), aspect_ratios=((0.5, 1.0, 2.0),),
+                      box_featmap_names=["0"], box_roi_output_size=5).eval()
+    ours.load_state_dict(reference.state_dict())
+    images = [random_image(100, 120, 17), random_image(64, 90, 18)]
+    with torch.no_grad():
+        batch, _ = ours.transform(images)
+        reference_batch, _ = reference.transform(images)
+        assert tuple(batch.tensors.shape[-2:]) == (128, 128) and torch.equal(batch.tensors, reference_batch.tensors)
+        proposals, _ = ours.rpn(batch, {"0": ours.backbone(batch.tensors)})
+        expected, _ = reference.rpn(reference_batch, {"0": reference.backbone(reference_batch.tensors)})
+    # (the detections differ: padded by 64 from 72 to 128 rows, torchvision's pooler takes the images' 72 rows for the
+    # size the map was computed from, so pools at a stride of 8 from the stride-16 map; ours infers it from the batch)
+    for mine, theirs in zip(proposals, expected):
+        assert len(theirs) > 10
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+    for bad in (0, -32, 2.5):
+        with pytest.raises(ValueError, match=f"size_divisible must be a positive integer, got {bad}"):
+            DetectionTransform(72, 100, IMAGENET_MEAN, IMAGENET_STD, size_divisible=bad)

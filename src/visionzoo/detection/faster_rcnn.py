@@ -47,8 +47,8 @@ class FasterRCNN(nn.Module):
         backbone: a module with ``out_channels``, returning an ordered dict of Tensor[B, C, H_l, W_l], or one
             such Tensor (taken as map ``"0"``, as torchvision takes it).
         num_classes: including the background.
-        min_size, max_size, image_mean, image_std: the input transform (``min_size`` a tuple: scale jitter
-            in training).
+        min_size, max_size, image_mean, image_std, size_divisible: the input transform (``min_size`` a tuple:
+            scale jitter in training; the padded batch's sides are multiples of ``size_divisible``).
         rpn_*: anchors' matching, sampling and the proposal filter of the RPN.
         box_*: RoI heads' matching and sampling, and the detection filter.
         anchor_sizes, aspect_ratios: per feature level (default: one size per FPN level 32..512).
@@ -67,6 +67,7 @@ class FasterRCNN(nn.Module):
         max_size: int = 1333,
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
+        size_divisible: int = 32,
         anchor_sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
         aspect_ratios: Sequence[Sequence[float]] | None = None,
         rpn_pre_nms_top_n_train: int = 2000,
@@ -107,7 +108,7 @@ class FasterRCNN(nn.Module):
         if num_classes is None or num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         self.num_classes = num_classes
-        self.transform = DetectionTransform(min_size, max_size, image_mean, image_std)
+        self.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)
         self.backbone = backbone
         channels = backbone.out_channels
         if rpn_anchor_generator is None:

@@ -157,6 +157,8 @@ class DetectionTransform(nn.Module):
             raise ValueError(f"min_size must be a positive integer or a list of them, got {min_size!r:.60}")
         if not is_integer(max_size) or max_size <= 0:
             raise ValueError(f"max_size must be a positive integer, got {max_size!r:.40}")
+        if not is_integer(size_divisible) or size_divisible <= 0:  # else a ZeroDivisionError at the first batch
+            raise ValueError(f"size_divisible must be a positive integer, got {size_divisible!r:.40}")
         self.min_size = sizes
         self.max_size = max_size
         self.image_mean = tuple(float(value) for value in image_mean)
