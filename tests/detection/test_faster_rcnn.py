@@ -636,3 +636,26 @@ def test_size_divisible_is_taken_as_torchvision_takes_it():
     for bad in (0, -32, 2.5):
         with pytest.raises(ValueError, match=f"size_divisible must be a positive integer, got {bad}"):
             DetectionTransform(72, 100, IMAGENET_MEAN, IMAGENET_STD, size_divisible=bad)
+
+
+def test_a_box_predictor_without_cls_score_needs_no_num_classes():
+    """With a box_predictor of its own kind (no cls_score to count its classes), FasterRCNN(..., num_classes=None,
+    box_predictor=...) was refused with 'num_classes counts the background and must be at least 2, got None',
+    where torchvision asks num_classes to be None with any box_predictor."""
+    from visionzoo.detection.faster_rcnn import FasterRCNN
+
+    class Predictor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scores, self.deltas = torch.nn.Linear(32, 4), torch.nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.scores(x), self.deltas(x)
+
+    torch.manual_seed(0)
+    model = FasterRCNN(_OneMapBackbone(), num_classes=None, min_size=96, max_size=128, anchor_sizes=((32, 64, 128),),
+                       aspect_ratios=((0.5, 1.0, 2.0),), box_featmap_names=["0"], representation_size=32,
+                       box_predictor=Predictor()).train()
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([3])}]
+    assert all(torch.isfinite(value) for value in model([random_image(100, 120, 19)], targets).values())
+    assert len(model.eval()([random_image(100, 120, 19)])[0]["boxes"]) > 0

@@ -100,12 +100,13 @@ class FasterRCNN(nn.Module):
     ):
         super().__init__()
         if box_predictor is not None:
+            # its classes, where it says (cls_score); another kind of predictor leaves the labels unchecked (None)
             predicted = getattr(getattr(box_predictor, "cls_score", None), "out_features", num_classes)
             if num_classes is not None and predicted != num_classes:  # torchvision: num_classes must then be None
                 raise ValueError(f"num_classes {num_classes} but box_predictor scores {predicted} classes; "
                                  "leave num_classes None with a box_predictor")
             num_classes = predicted
-        if num_classes is None or num_classes < 2:
+        if (num_classes is None and box_predictor is None) or (num_classes is not None and num_classes < 2):
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         self.num_classes = num_classes
         self.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)

@@ -71,7 +71,7 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
     return list(images), [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
 
 
-def _predicted_classes(detector: nn.Module) -> int:
+def _predicted_classes(detector: nn.Module) -> int | None:
     """The classes (background included) the detector's box predictor scores now: torchvision's fine-tuning
     recipe replaces ``roi_heads.box_predictor`` by one of its own number of classes after the model is built."""
     predictor = getattr(getattr(detector, "roi_heads", None), "box_predictor", None)
