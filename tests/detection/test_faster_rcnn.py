@@ -503,18 +503,7 @@ def test_a_torchvision_backbone_with_fpn_is_taken_and_detects_as_torchvision():
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
     args = dict(num_classes=3, min_size=96, max_size=128, box_score_thresh=0.0)
     reference = TorchvisionFasterRCNN(backbone, **args).eval()
-    with torch.no_grad():
-        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
-        reference.rpn.head.cls_logits.weight.mul_(30)
-    ours = FasterRCNN(copy.deepcopy(backbone), **args).eval()
-    ours.load_state_dict(reference.state_dict())
-    images = [random_image(100, 120, 10), random_image(64, 90, 11)]
-    with torch.no_grad():
-        got, expected = ours(images), reference(images)
-    for mine, theirs in zip(got, expected):
-        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
-        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
-        assert torch.equal(mine["labels"], theirs["labels"])
+    _assert_detects_as_torchvision(FasterRCNN(copy.deepcopy(backbone), **args).eval(), reference, seeds=(10, 11))
 
 
 @pytest.mark.parametrize("name", ["fasterrcnn_shapes", "fastrcnn_shapes"])
@@ -552,18 +541,9 @@ def test_torchvisions_component_keywords_build_the_detector_of_its_tutorial():
     reference = TorchvisionFasterRCNN(_OneMapBackbone(), num_classes=3, **size,
                                       rpn_anchor_generator=TorchvisionAnchorGenerator(sizes, ratios),
                                       box_roi_pool=TorchvisionMultiScaleRoIAlign(["0"], 5, 2)).eval()
-    with torch.no_grad():
-        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
-        reference.rpn.head.cls_logits.weight.mul_(30)
     ours = FasterRCNN(_OneMapBackbone(), num_classes=3, **size, rpn_anchor_generator=AnchorGenerator(sizes, ratios),
                       box_roi_pool=MultiScaleRoIAlign(["0"], 5, 2)).eval()
-    ours.load_state_dict(reference.state_dict())
-    images = [random_image(100, 120, 13), random_image(64, 90, 14)]
-    with torch.no_grad():
-        got, expected = ours(images), reference(images)
-    for mine, theirs in zip(got, expected):
-        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
-        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+    images = _assert_detects_as_torchvision(ours, reference, seeds=(13, 14))
     # every part given: they are the ones used, and the classes are the predictor's
     parts = dict(rpn_anchor_generator=AnchorGenerator(sizes, ratios), rpn_head=RPNHead(16, 9),
                  box_roi_pool=MultiScaleRoIAlign(["0"], 4, 2), box_head=TwoMLPHead(16 * 4 * 4, 32),
@@ -659,3 +639,21 @@ def test_a_box_predictor_without_cls_score_needs_no_num_classes():
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([3])}]
     assert all(torch.isfinite(value) for value in model([random_image(100, 120, 19)], targets).values())
     assert len(model.eval()([random_image(100, 120, 19)])[0]["boxes"]) > 0
+
+
+def _assert_detects_as_torchvision(ours, reference, seeds):
+    """``reference`` (torchvision's detector, eval) with its scores spread (class and objectness weights ×3 and ×30)
+    and its weights loaded into ``ours``: both give the same boxes and labels on two images of ``seeds``, which are
+    returned."""
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.weight.mul_(3)
+        reference.rpn.head.cls_logits.weight.mul_(30)
+    ours.load_state_dict(reference.state_dict())
+    images = [random_image(100, 120, seeds[0]), random_image(64, 90, seeds[1])]
+    with torch.no_grad():
+        got, expected = ours(images), reference(images)
+    for mine, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) > 10 and mine["boxes"].shape == theirs["boxes"].shape
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+        assert torch.equal(mine["labels"], theirs["labels"])
+    return images
