@@ -1,6 +1,7 @@
 """The training engine: exact resume after SIGKILL, torchrun with 2 processes, schedules, run folders."""
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -618,7 +619,6 @@ def test_resume_with_another_seed_in_the_middle_of_an_epoch_is_refused(tmp_path,
     """A --seed 3 run stopped at batch 10 of 16 and resumed with --seed 5 shuffled the rest of that epoch anew, without
     a word: some of its images were seen twice in the epoch and others not at all. It is refused now; at an epoch's
     end, where no shuffle is under way, the new seed is taken and the log says so."""
-    import logging
 
     from engine_script import Blobs
 
@@ -687,6 +687,21 @@ def test_resume_with_ema_off_of_a_run_with_ema_is_refused_as_another_lr_is(tmp_p
     assert (run / "checkpoint.safetensors").read_bytes() == before
     assert _blobs_fit(run, max_steps=4, resume=True).metrics == {}  # left out: the run's EMA goes on
     assert any(key.startswith("ema.") for key in load_file(run / "checkpoint.safetensors"))
+
+
+def test_resume_with_ema_on_of_a_run_without_one_says_where_the_average_starts(tmp_path, caplog):
+    """--resume --ema-decay 0.9 of a run trained without an EMA started the average from the resumed weights
+    without a word, so its EMA weights looked like a whole run's average."""
+    run = tmp_path / "run"
+    _blobs_fit(run, max_steps=2)
+    with caplog.at_level(logging.INFO, logger="visionzoo.train.engine"):
+        _blobs_fit(run, max_steps=4, ema_decay=0.9, resume=True)
+    assert "was trained without an EMA: the average (--ema-decay 0.9) starts from the weights of step 2" in caplog.text
+    assert any(key.startswith("ema.") for key in load_file(run / "checkpoint.safetensors"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="visionzoo.train.engine"):
+        _blobs_fit(run, max_steps=6, resume=True)  # the run's own EMA goes on: nothing to say
+    assert "without an EMA" not in caplog.text
 
 
 @pytest.mark.parametrize("budget, message", [

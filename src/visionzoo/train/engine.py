@@ -866,6 +866,9 @@ class Trainer:
                                   "or give a decay in (0, 1) to continue it")
         load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
+            if not any(key.startswith("ema.") for key in tensors):
+                log.info("--resume: %s was trained without an EMA: the average (--ema-decay %g) starts from the weights "
+                         "of step %d", path, self.config.ema_decay, meta["step"])
             load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))
         for name, optimizer in self.optimizers.items():
             if name not in meta["optimizers"]:
