@@ -1,4 +1,4 @@
-"""Box geometry: format conversion, areas, the IoU family, clipping and size filtering.
+"""Box geometry: format conversion, areas, the IoU family, clipping, size filtering and masks' boxes.
 
 Semantics and results are torchvision.ops': boxes are ``(x1, y1, x2, y2)`` unless a format is named;
 every function takes any number of leading batch dimensions. Half-precision and small integer
@@ -27,6 +27,7 @@ __all__ = [
     "complete_box_iou",
     "clip_boxes_to_image",
     "remove_small_boxes",
+    "masks_to_boxes",
 ]
 
 FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -248,3 +249,24 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
     return torch.where((widths >= min_size) & (heights >= min_size))[0]
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """The box around each mask's nonzero pixels: Tensor[N, H, W] → float32 Tensor[N, 4] xyxy of pixel indices
+    (``x2``/``y2`` the last column/row with a pixel, so a one-pixel mask gives ``x1 == x2``), as torchvision's; an
+    empty mask gives ``[0, 0, 0, 0]``, also when H or W is 0 (where torchvision returns no boxes at all)."""
+    if not isinstance(masks, Tensor) or masks.dim() != 3:
+        got = f"shape {tuple(masks.shape)}" if isinstance(masks, Tensor) else type(masks).__name__
+        raise ValueError(f"masks_to_boxes takes masks Tensor[N, H, W], got {got}")
+    if not masks.numel():
+        return masks.new_zeros((masks.shape[0], 4), dtype=torch.float32)
+    occupied = masks != 0
+    rows, cols = occupied.any(2), occupied.any(1)  # [N, H], [N, W]: where each mask has a pixel
+
+    def first_and_last(lines: Tensor) -> tuple[Tensor, Tensor]:
+        index = torch.arange(lines.shape[1], device=lines.device).expand_as(lines)
+        return torch.where(lines, index, lines.shape[1]).amin(1), torch.where(lines, index, -1).amax(1)
+
+    (y1, y2), (x1, x2) = first_and_last(rows), first_and_last(cols)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(rows.any(1)[:, None], boxes, torch.zeros_like(boxes))
