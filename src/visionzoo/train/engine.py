@@ -77,8 +77,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # The start of torch's error for a BatchNorm layer given one value per channel in training (a batch of one image
 # whose feature map has come down to 1x1).
 BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
-# With only a time budget, the schedule's length is re-estimated this often (steps) from the pace so far.
+# With only a time budget, the schedule's length is re-estimated this often (steps) from the pace so far, and at
+# these steps before the first REPLAN_EVERY: the first plan comes from three steps timed before the run, which a
+# busy spell can slow tenfold, and a short plan would otherwise end before it is re-sized.
 REPLAN_EVERY = 50
+EARLY_REPLANS = (8, 16, 32)
 
 
 @dataclass
@@ -646,8 +649,8 @@ class Trainer:
         self.train_set[0]
 
     def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
-        """With only a time budget, re-size the schedule (at each epoch and every ``REPLAN_EVERY`` steps) from
-        the steps timed so far.
+        """With only a time budget, re-size the schedule (at each epoch, at ``EARLY_REPLANS`` and every
+        ``REPLAN_EVERY`` steps) from the steps timed so far.
 
         The first estimate comes from a few steps and is easily off on a busy machine; the steps run
         since then measure the real pace. Rank 0's plan is broadcast so every process agrees.
@@ -768,7 +771,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
                                 img_s=f"{logged['samples_per_s']:.0f}")
-                if self.step % REPLAN_EVERY == 0:  # the pace drifts (a detector's proposals change as it learns)
+                # the pace drifts (a detector's proposals change as it learns)
+                if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
                     self._replan_for_time(samples_seen // global_batch, timed_seconds)
                     bar.total = self.total_steps
                 stop = self.step >= self.total_steps or self._out_of_time()
