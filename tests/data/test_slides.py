@@ -110,3 +110,18 @@ def test_settings_must_be_integers(setting, value):
     settings = {"tile_size": 16, "length": 4, "pool_size": 40, setting: value}
     with pytest.raises(ValueError, match=f"ShapeSlides {setting} must be an integer, got {value}"):
         ShapeSlides("val", **settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"tile_size": 8}, "ShapeSlides tile_size must be at least 16 and at most 4096 \\(Shapes' scene sizes\\), got 8"),
+    ({"tile_size": 0}, "ShapeSlides tile_size must be at least 16 and at most 4096 \\(Shapes' scene sizes\\), got 0"),
+    ({"tile_size": 5000}, "ShapeSlides tile_size must be at least 16 and at most 4096 \\(Shapes' scene sizes\\), got 5000"),
+    ({"seed": "a"}, "ShapeSlides seed must be an integer, got 'a'"),
+    ({"seed": -1}, r"ShapeSlides seed must be in \[0, 2\*\*32\), got -1"),
+    ({"min_objects": 0}, "ShapeSlides needs 1 <= min_objects <= max_objects <= 7, got 0, 1"),
+])
+def test_tile_size_seed_and_objects_are_refused_by_shapeslides_own_names(settings, message):
+    """ShapeSlides(tile_size=8) said "Shapes image_size must be at least 16", an argument the user never gave, and
+    seed="a" "invalid literal for int() with base 10: 'a'", naming no argument."""
+    with pytest.raises(ValueError, match=message):
+        ShapeSlides("val", **{"grid_size": 2, "tile_size": 16, "length": 2, "pool_size": 40, **settings})

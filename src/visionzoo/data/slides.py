@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.data.shapes import CLASSES, SPLIT_SEEDS, Shapes, sample_index
+from visionzoo.data.shapes import CLASSES, COLOR_NAMES, MAX_IMAGE_SIZE, SPLIT_SEEDS, Shapes, sample_index
 from visionzoo.utils import require_integers
 
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 200}
@@ -108,7 +108,16 @@ class ShapeSlides(Dataset):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown ShapeSlides split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
         require_integers("ShapeSlides", grid_size=grid_size, tile_size=tile_size, length=length, pool_size=pool_size,
-                         margin=margin)
+                         margin=margin, seed=seed, min_objects=min_objects, max_objects=max_objects)
+        # the tile pool is a Shapes data set, whose own errors would name its image_size, not tile_size
+        if not 16 <= tile_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"ShapeSlides tile_size must be at least 16 and at most {MAX_IMAGE_SIZE} (Shapes' scene "
+                             f"sizes), got {tile_size}")
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"ShapeSlides seed must be in [0, 2**32), got {seed}")
+        if not 1 <= min_objects <= max_objects <= len(COLOR_NAMES):
+            raise ValueError(f"ShapeSlides needs 1 <= min_objects <= max_objects <= {len(COLOR_NAMES)}, "
+                             f"got {min_objects}, {max_objects}")
         if grid_size < 1:
             raise ValueError(f"ShapeSlides grid_size must be >= 1, got {grid_size}")
         if not 1 <= margin <= grid_size * grid_size:
