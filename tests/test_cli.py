@@ -89,6 +89,44 @@ def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys)
                             "--out", str(tmp_path / "other"), "--min-score", "0.3"], "--min-score filters detections")
 
 
+
+def test_predict_runs_a_classifier_batch_size_images_at_a_time(trained, tmp_path, capsys, monkeypatch):
+    """predict ran every image given through the classifier in one forward: a folder's thousand photos at 224 px
+    held the activations of all of them at once (200 images at 128 px took 400 MB more than 10). It now takes
+    --batch-size images at a time (default 64), with the same predictions; --batch-size 0 is one line."""
+    from visionzoo.train.classification import ClassificationTask
+
+    digits = Digits("test", image_size=16)
+    paths = []
+    for index in range(5):
+        path = tmp_path / f"d{index}.png"
+        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(path)
+        paths.append(str(path))
+    sizes = []
+    original = ClassificationTask.predict
+
+    def counting(self, model, images, autocast):
+        sizes.append(len(images))
+        return original(self, model, images, autocast)
+
+    monkeypatch.setattr(ClassificationTask, "predict", counting)
+    checkpoint = ["--checkpoint", str(trained / "checkpoint.safetensors")]
+    assert main(["predict", "resnet18", *paths, *checkpoint, "--out", str(tmp_path / "two"), "--batch-size", "2"]) == 0
+    assert sizes == [2, 2, 1]
+    sizes.clear()
+    assert main(["predict", "resnet18", *paths, *checkpoint, "--out", str(tmp_path / "all")]) == 0
+    assert sizes == [5]
+    batched, whole = (json.loads((tmp_path / name / "predictions.json").read_text()) for name in ("two", "all"))
+    for one, other in zip(batched, whole, strict=True):
+        assert one["labels"] == other["labels"]
+        assert one["scores"] == pytest.approx(other["scores"], abs=1e-5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "resnet18", *paths, *checkpoint, "--out", str(tmp_path / "zero"), "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-size: expected a positive integer, got 0" in err
+
 def _normalised(model, images):
     from visionzoo.train.classification import normalization
 

@@ -232,6 +232,11 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# Images per forward of `visionzoo predict` (not a detector): a folder's thousand photos in one forward would hold the
+# activations of all of them at once.
+PREDICT_BATCH = 64
+
+
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
     parser.add_argument("images", nargs="+", help="image files, read as stored: an EXIF orientation tag is not applied (as torchvision's decode_image and COCO's annotations)")
@@ -251,6 +256,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-score", type=float, metavar="S",
                         help="detectors: draw and print the detections scoring at least S (default 0.5); "
                              "predictions.json and --coco-json keep every detection the model returns")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
+                        help=f"images per forward (default {PREDICT_BATCH}): a smaller one holds less in memory, the "
+                             "predictions are the same; a detector takes one image at a time whatever N is")
 
 
 def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
@@ -415,7 +423,9 @@ def predict_command(args: argparse.Namespace) -> int:
             except ValueError as error:  # the detector numbers the image in its batch of one: name the file
                 raise ValueError(f"{path}: {error}") from None
     else:
-        predictions = setup.task.predict(setup.model.eval(), images, autocast)
+        step = args.batch_size or PREDICT_BATCH
+        predictions = [prediction for start in range(0, len(images), step)
+                       for prediction in setup.task.predict(setup.model.eval(), images[start:start + step], autocast)]
     out.mkdir(parents=True, exist_ok=True)
     for image, prediction, target in zip(images, predictions, targets):
         setup.task.draw(image, prediction, **shown).save(target)
