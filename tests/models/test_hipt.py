@@ -564,3 +564,16 @@ def test_torch_fx_traces_both_stages_and_the_hierarchy():
     assert_fx_traces(model, x, {"model4k.norm": tokens})
     with pytest.raises(ValueError, match="HIPT takes 3-channel images"):
         torch.fx.symbolic_trace(model)(x[:, :1])
+
+
+def test_a_file_with_only_the_student_names_how_to_load_it(vit256, tmp_path):
+    """A DINO file saved with its student alone said "has no 'teacher' entry; it has ['student']" through create_model,
+    which has no way to ask for the student; the error now names the call that loads it."""
+    path = tmp_path / "student.pth"
+    torch.save({"student": {f"module.backbone.{k}": v for k, v in vit256.state_dict().items()}}, path)
+    with pytest.raises(CheckpointError, match=r"has no 'teacher' entry; it has \['student'\]: "
+                                              r"load_official_checkpoint\(model, .*student.pth', checkpoint_key='student'\)"):
+        create_model("hipt_vit256_small", checkpoint=path)
+    model = ViT256().eval()
+    load_official_checkpoint(model, path, checkpoint_key="student")
+    assert torch.equal(model.pos_embed, vit256.pos_embed)

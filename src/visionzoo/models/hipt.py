@@ -477,7 +477,11 @@ def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "tea
         raise CheckpointError(f"checkpoint {path} could not be read as a HIPT/DINO checkpoint: {first}") from None
     if isinstance(obj, Mapping) and ("teacher" in obj or "student" in obj):
         if checkpoint_key not in obj:
-            raise CheckpointError(f"checkpoint {path} has no {checkpoint_key!r} entry; it has {sorted(obj)}")
+            other = "student" if checkpoint_key == "teacher" else "teacher"
+            # create_model reads the teacher and takes no key: name the call that reads the other network
+            hint = (f": load_official_checkpoint(model, {str(path)!r}, checkpoint_key={other!r}) loads the {other}"
+                    if other in obj else "")
+            raise CheckpointError(f"checkpoint {path} has no {checkpoint_key!r} entry; it has {sorted(obj)}{hint}")
         obj = obj[checkpoint_key]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors under {checkpoint_key!r}")
