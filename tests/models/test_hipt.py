@@ -465,6 +465,14 @@ def test_encode_tiles_refuses_a_tile_batch_size_of_zero():
         small_hipt().encode_tiles(images(1, 3, 64, 64), tile_batch_size=0)
 
 
+@pytest.mark.parametrize("value", [2.5, "4", True])
+def test_encode_tiles_refuses_a_tile_batch_size_that_is_no_integer_by_name(value):
+    """encode_tiles(x, tile_batch_size=2.5) ended in "'float' object cannot be interpreted as an integer" and "4" in
+    "'<' not supported between instances of 'str' and 'int'", naming no argument; True ran one tile at a time."""
+    with pytest.raises(ValueError, match=f"tile_batch_size must be an integer, got {value!r}"):
+        small_hipt().encode_tiles(images(1, 3, 64, 64), tile_batch_size=value)
+
+
 # --- gradient checkpointing ---------------------------------------------------------------------
 
 def test_grad_checkpointing_changes_neither_outputs_nor_gradients():

@@ -42,7 +42,7 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
-from visionzoo.utils import check_argument_types, is_traced, require_tensor, whole_number
+from visionzoo.utils import check_argument_types, is_integer, is_traced, require_tensor, whole_number
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -376,6 +376,9 @@ class HIPT4K(nn.Module):
         """
         x = _checked_images(x, self.model256.patch_embed.in_chans)
         step = self.tile_batch_size if tile_batch_size is None else tile_batch_size
+        if not is_integer(step):  # 2.5 and "4" failed in range() and <, naming nothing; True ran one tile at a time
+            raise ValueError(f"tile_batch_size must be an integer, got {step!r}")
+        step = int(step)
         if step < 1:
             raise ValueError(f"tile_batch_size must be >= 1, got {step}")
         tiles, (gh, gw) = tile_view(x, self.tile_size, self.remainder, self.pad_value)
