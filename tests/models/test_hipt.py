@@ -465,6 +465,14 @@ def test_encode_tiles_refuses_a_tile_batch_size_of_zero():
         small_hipt().encode_tiles(images(1, 3, 64, 64), tile_batch_size=0)
 
 
+@pytest.mark.parametrize("tile_size", [0, -3, 2.5])
+def test_tile_view_refuses_a_tile_size_that_is_no_positive_integer_by_name(tile_size):
+    """tile_view(x, 0) ended in "ZeroDivisionError: integer modulo by zero", -3 in "size is -3 but must be >= 0" and
+    2.5 in a message about pad()'s argument, none naming tile_size."""
+    with pytest.raises(ValueError, match=f"tile_size must be an integer >= 1, got {tile_size}"):
+        tile_view(images(1, 3, 64, 64), tile_size)
+
+
 @pytest.mark.parametrize("value", [2.5, "4", True])
 def test_encode_tiles_refuses_a_tile_batch_size_that_is_no_integer_by_name(value):
     """encode_tiles(x, tile_batch_size=2.5) ended in "'float' object cannot be interpreted as an integer" and "4" in

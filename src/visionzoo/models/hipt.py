@@ -260,6 +260,7 @@ def tile_view(
     """
     if remainder not in REMAINDERS:
         raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
+    tile_size = whole_number(tile_size, "tile_size", 1)
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
     height, width = x.shape[-2:]
