@@ -155,7 +155,7 @@ def read_checkpoint(
         raise _unreadable(path, error) from None
     except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
         raise _unreadable(path, error) from None
-    return _unwrap_state_dict(obj, path, use_ema), None
+    return unwrap_state_dict(obj, path, use_ema), None
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
@@ -272,7 +272,10 @@ _STATE_DICT_KEYS = ("state_dict", "model", "model_ema", "module")
 _EMA_FIRST_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")  # timm's order with use_ema
 
 
-def _unwrap_state_dict(obj: Any, path: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any, path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of tensors in a loaded file's ``obj``: ``obj`` itself or its ``state_dict``/``model``/
+    ``model_ema``/``module`` entry (the EMA's first with ``use_ema``), wrapper prefixes taken off; CheckpointError
+    naming ``path`` and the entries that are no tensors otherwise."""
     for key in _EMA_FIRST_KEYS if use_ema else _STATE_DICT_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -23,6 +23,7 @@ from model_helpers import (
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.models import create_model, load_checkpoint
 from visionzoo.models.hipt import (
+    ViT4K,
     ViT256,
     interpolate_pos_encoding,
     load_official_checkpoint,
@@ -593,3 +594,20 @@ def test_a_file_with_only_the_student_names_how_to_load_it(vit256, tmp_path):
     model = ViT256().eval()
     load_official_checkpoint(model, path, checkpoint_key="student")
     assert torch.equal(model.pos_embed, vit256.pos_embed)
+
+
+@pytest.mark.parametrize("wrapper", ["model", "state_dict"])
+def test_load_official_checkpoint_takes_a_state_dict_under_model_or_state_dict_as_create_model_does(tmp_path, wrapper):
+    """A ViT-4K saved as {"model": state_dict} (a fine-tuning script's layout) loaded through create_model, but
+    load_official_checkpoint refused it with "does not hold a state dict of tensors under 'teacher'", a key the file
+    never had."""
+    torch.manual_seed(31)
+    region = randomise(create_model("vit4k_xs"), seed=32)
+    path = tmp_path / "vit4k.pth"
+    torch.save({wrapper: region.state_dict(), "epoch": 3}, path)
+    model = ViT4K()
+    load_official_checkpoint(model, path)
+    assert all(torch.equal(value, region.state_dict()[key]) for key, value in model.state_dict().items())
+    torch.save({"epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="is not a state dict of tensors: it has non-tensor entries"):
+        load_official_checkpoint(ViT4K(), path)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.checkpoint import CheckpointError
+from visionzoo.checkpoint import CheckpointError, unwrap_state_dict
 from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
@@ -465,7 +465,8 @@ def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "tea
 
     Reads with ``torch.load(weights_only=True)``, allowing only ``argparse.Namespace`` beyond
     tensors and containers (DINO saves its arguments), takes ``checkpoint_key`` ("teacher", the
-    weights HIPT uses, or "student") when the file holds a training state, strips the
+    weights HIPT uses, or "student") when the file holds a training state (else a state dict, plain
+    or under ``model``/``state_dict`` as :func:`create_model` reads it), strips the
     ``module.``/``backbone.`` prefixes and drops DINO's projection head.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for one that is
@@ -487,8 +488,10 @@ def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "tea
                     if other in obj else "")
             raise CheckpointError(f"checkpoint {path} has no {checkpoint_key!r} entry; it has {sorted(obj)}{hint}")
         obj = obj[checkpoint_key]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors under {checkpoint_key!r}")
+        if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors under {checkpoint_key!r}")
+    else:  # a plain or wrapped state dict ({"model": ...}), which create_model's reader takes too
+        obj = unwrap_state_dict(obj, path)
     return _backbone_state(obj)
 
 
