@@ -4,6 +4,7 @@ DINO checkpoint files, tile streaming (batching, pad/crop remainders, 1024² and
 frozen first stage, and bad inputs and files."""
 
 import argparse
+import copy
 import fractions
 import math
 
@@ -611,3 +612,20 @@ def test_load_official_checkpoint_takes_a_state_dict_under_model_or_state_dict_a
     torch.save({"epoch": 3}, path)
     with pytest.raises(CheckpointError, match="is not a state dict of tensors: it has non-tensor entries"):
         load_official_checkpoint(ViT4K(), path)
+
+
+def test_the_dino_file_loads_into_an_avg_pooled_classifier_as_a_vits_does(vit256, tmp_path):
+    """create_model("hipt_vit256_small", checkpoint=DINO file, num_classes=5, global_pool="avg"), a linear probe on
+    the mean token, failed with "2 missing keys: fc_norm.bias, fc_norm.weight; 2 unexpected keys: norm.bias,
+    norm.weight", where a ViT's file loads so: as for a ViT (and timm), the file's final norm, which precedes the
+    pooling, is dropped and the model's fc_norm after it keeps its fresh initialisation."""
+    path = dino_file(tmp_path / "vit256_small_dino.pth", vit256.state_dict())
+    model = create_model("hipt_vit256_small", checkpoint=path, num_classes=5, global_pool="avg").eval()
+    assert torch.equal(model.fc_norm.weight, torch.ones(384)) and torch.equal(model.fc_norm.bias, torch.zeros(384))
+    unnormed = copy.deepcopy(vit256)
+    unnormed.norm = torch.nn.Identity()
+    x = images(1, 3, 64, 64, seed=33)
+    with torch.no_grad():
+        tokens = unnormed.forward_features(x)
+        expected = model.head(F.layer_norm(tokens[:, 1:].mean(1), (384,), eps=1e-6))
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)

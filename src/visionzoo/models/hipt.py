@@ -515,7 +515,8 @@ def _cfg(input_size: int, **extra: Any) -> dict[str, Any]:
     )
 
 
-@register_model(first_conv="patch_embed.proj", classifier="head", **_cfg(256))
+# a linear probe on the mean token (global_pool="avg") takes the final norm as fc_norm, as a ViT's file does
+@register_model(first_conv="patch_embed.proj", classifier="head", final_norms=("norm", "fc_norm"), **_cfg(256))
 def hipt_vit256_small(**kwargs: Any) -> ViT256:
     """HIPT's ViT-256: DINO ViT-S/16 over 256 × 256 tiles, 21,665,664 parameters (no head).
     Official weights: ``vit256_small_dino.pth`` (see :func:`load_official_checkpoint`)."""
