@@ -373,7 +373,9 @@ class HIPT4K(nn.Module):
         [CLS] tokens (grid cell (r, c) is the tile at rows ``r·T ...``, columns ``c·T ...``).
 
         Tiles are gathered from a view of ``x`` and encoded ``tile_batch_size`` at a time (default:
-        the model's), so only one batch of tiles is ever copied; the result does not depend on it.
+        the model's), so one batch of tiles is copied at a time; the result does not depend on it.
+        With ``remainder="pad"`` and sides that are not multiples of ``T``, the view is of one padded
+        copy of ``x`` (a 4000 × 4000 image: one 4096 × 4096 copy, 201 MB in float32).
         """
         x = _checked_images(x, self.model256.patch_embed.in_chans)
         step = self.tile_batch_size if tile_batch_size is None else tile_batch_size
