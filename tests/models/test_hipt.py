@@ -445,6 +445,14 @@ def test_wrong_inputs_raise_value_error(model_name, shape, message):
     with torch.no_grad(), pytest.raises(ValueError, match=message):
         model.eval()(torch.zeros(shape))
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_a_grayscale_or_rgba_batch_is_told_the_in_chans_that_takes_it(channels):
+    """hipt_4k given a grayscale or RGBA batch said "HIPT takes 3-channel images Tensor[B, 3, H, W], got shape
+    (1, 1, 64, 64)" without the way out the other models name; it now names in_chans as they do."""
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"got shape \(1, {channels}, 64, 64\); build it with "
+                                                          rf"in_chans={channels}"):
+        small_hipt().eval()(torch.zeros(1, channels, 64, 64))
+
 
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="img_size"):

@@ -241,7 +241,10 @@ def _checked_images(x: Tensor, in_chans: int) -> Tensor:
     """``x``, or ``ValueError`` when it is no ``Tensor[B, in_chans, H, W]``."""
     require_tensor(x)
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+        # as the other models' errors do (require_image_batch), name the argument that takes such images
+        hint = f"; build it with in_chans={x.shape[1]}" if x.ndim == 4 else ""
+        raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape "
+                         f"{tuple(x.shape)}{hint}")
     return x
 
 
