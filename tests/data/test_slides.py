@@ -125,3 +125,15 @@ def test_tile_size_seed_and_objects_are_refused_by_shapeslides_own_names(setting
     seed="a" "invalid literal for int() with base 10: 'a'", naming no argument."""
     with pytest.raises(ValueError, match=message):
         ShapeSlides("val", **{"grid_size": 2, "tile_size": 16, "length": 2, "pool_size": 40, **settings})
+
+
+def test_pool_tile_indices_are_checked_against_the_pool_by_name():
+    """slides.tile(60) of a pool of 60 said "Shapes index 60 out of range for length 60", a data set the user never
+    made; tile and tile_label now name the pool, and take negative indices from its end."""
+    slides = _small()
+    for method in (slides.tile, slides.tile_label):
+        with pytest.raises(IndexError, match="ShapeSlides pool index 60 out of range for length 60"):
+            method(60)
+        with pytest.raises(TypeError, match="ShapeSlides pool indices must be integers, got float 1.5"):
+            method(1.5)
+    assert torch.equal(slides.tile(-1), slides.tile(59))

@@ -153,7 +153,7 @@ class ShapeSlides(Dataset):
 
     def tile_label(self, pool_index: int) -> int:
         """Shapes' classification label of pool tile ``pool_index``."""
-        scene = self.pool.scene(pool_index)
+        scene = self.pool.scene(self._pool_index(pool_index))
         return int(scene.classes[int(np.argmax(scene.visible_area))])
 
     def _pool_by_class(self) -> list[np.ndarray]:
@@ -171,6 +171,10 @@ class ShapeSlides(Dataset):
 
     def _index(self, index: int) -> int:
         return sample_index(index, self.length, "ShapeSlides")
+
+    def _pool_index(self, pool_index: int) -> int:
+        # the pool is a Shapes data set, whose own error would name Shapes, not the pool the user indexed
+        return sample_index(pool_index, len(self.pool), "ShapeSlides pool")
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of slide ``index``, a function of (seed, split, index) only."""
@@ -193,7 +197,7 @@ class ShapeSlides(Dataset):
 
     def tile(self, pool_index: int) -> torch.Tensor:
         """Pool tile ``pool_index``: float32 Tensor[3, T, T] in [0, 1]."""
-        return torch.from_numpy(self.pool.scene(pool_index).image)
+        return torch.from_numpy(self.pool.scene(self._pool_index(pool_index)).image)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         index = self._index(index)
