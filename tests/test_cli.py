@@ -127,6 +127,18 @@ def test_predict_runs_a_classifier_batch_size_images_at_a_time(trained, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--batch-size: expected a positive integer, got 0" in err
 
+
+def test_eval_on_a_folder_without_coco_annotations_names_every_split_looked_for(trained, tmp_path, capsys):
+    """eval --data FOLDER (a folder of images, no COCO annotations) at the default --split test said "no annotations
+    for split 'train'", a split the user never asked for; it now says the folder has none for any split."""
+    Image.new("L", (16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    err = one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                                  "--data", str(tmp_path)], f"{tmp_path} has no COCO annotations for any split",
+                         "instances_{train,val,test}.json")
+    assert "split 'train'" not in err
+
 def _normalised(model, images):
     from visionzoo.train.classification import normalization
 

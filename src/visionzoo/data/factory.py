@@ -122,7 +122,7 @@ def open_splits(data: str | Path, names: tuple[str, ...] = ("train", "val", "tes
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
     data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
-    evaluated). None at all raises the first split's FileNotFoundError."""
+    evaluated). None at all raises one FileNotFoundError naming every split's files looked for."""
     splits, missing = {}, {}
     for split in names:
         try:
@@ -132,7 +132,12 @@ def open_splits(data: str | Path, names: tuple[str, ...] = ("train", "val", "tes
                 raise
             missing[split] = error
     if not splits:
-        raise missing[names[0]]
+        if len(names) == 1:
+            raise missing[names[0]]
+        # the first split's error alone named a split that eval --split test never asked for
+        each = "{" + ",".join(names) + "}"
+        raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
+                                f"annotations/instances_{each}.json and annotations/instances_{each}2017.json")
     return Splits(splits, missing)
 
 
