@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -584,8 +585,8 @@ def sample_command(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     grid = []
     with torch.no_grad():
-        for start, size in zip(range(0, args.count, args.batch_size or SAMPLE_BATCH),
-                               sample_batches(args.count, args.batch_size)):
+        sizes = sample_batches(args.count, args.batch_size)
+        for start, size in zip(itertools.accumulate(sizes, initial=0), sizes):
             images = setup.task.sample(setup.model.eval(), size, generator, autocast, **settings).float().clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)

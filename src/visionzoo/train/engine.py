@@ -863,14 +863,15 @@ class Trainer:
             raise CheckpointError(f"--resume: {path} was trained on {saved_images} images, this run has {images}; "
                                   f"give --train-size {saved_images} to continue it")
         trained_decay = meta.get("config", {}).get("ema_decay")
-        if self.ema is None and any(key.startswith("ema.") for key in tensors):
+        has_ema = any(key.startswith("ema.") for key in tensors)
+        if self.ema is None and has_ema:
             # as another --lr is: the run would go on, and checkpoint, without the average it kept so far
             raise CheckpointError(f"--resume: {path} was trained with --ema-decay {trained_decay}, this run asks for "
                                   f"{self.config.ema_decay:g}, which would drop its EMA weights; leave --ema-decay out "
                                   "or give a decay in (0, 1) to continue it")
         load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
-            if not any(key.startswith("ema.") for key in tensors):
+            if not has_ema:
                 log.info("--resume: %s was trained without an EMA: the average (--ema-decay %g) starts from the weights "
                          "of step %d", path, self.config.ema_decay, meta["step"])
             load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))
