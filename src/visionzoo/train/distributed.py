@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,6 +87,27 @@ class PeerFailed(RuntimeError):
 T = TypeVar("T")
 
 
+# How long a collective's caller waits for gloo's worker thread to let go of the collective's tensor.
+RELEASE_WAIT_SECONDS = 10.0
+
+
+def collective(operation: Callable[..., object], tensor: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``operation(tensor, **kwargs)`` (``dist.broadcast``, ``dist.all_reduce``) on a tensor made in Python;
+    returns ``tensor`` once the backend no longer holds it.
+
+    Gloo's worker thread drops a finished collective's tensors after the caller has its result, and dropping a
+    tensor that Python made takes the GIL. A drop still waiting when the interpreter shuts down aborts the process
+    after its work is done ("terminate called without an active exception", SIGABRT: 4 torchrun runs in 90 on a
+    busy 2-core machine, which torchrun reports as failed). The caller therefore lets the worker thread finish.
+    """
+    operation(tensor, **kwargs)
+    if dist.get_backend() == "gloo":
+        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+        while tensor._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(1e-4)  # releases the GIL to the worker thread
+    return tensor
+
+
 def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
     """``action()`` on rank 0 alone while the others wait (None on them). When it raises, rank 0 raises its
     error and the others :class:`PeerFailed`, instead of each failing on the connection rank 0 dropped."""
@@ -96,13 +118,33 @@ def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
         except Exception as error:
             failure = error
     if info.distributed:
-        reason = [None if failure is None else f"{type(failure).__name__}: {failure}"]
-        dist.broadcast_object_list(reason, src=0)
-        if not info.is_main and reason[0] is not None:
-            raise PeerFailed(f"rank 0 failed: {reason[0]}")
+        reason = broadcast_text(info, None if failure is None else f"{type(failure).__name__}: {failure}")
+        if not info.is_main and reason is not None:
+            raise PeerFailed(f"rank 0 failed: {reason}")
     if failure is not None:
         raise failure
     return result
+
+
+def broadcast_text(info: DistInfo, text: str | None) -> str | None:
+    """Rank 0's ``text`` (or None) on every rank; the other ranks' ``text`` is ignored."""
+    encoded = b"" if text is None else text.encode()
+    length = torch.tensor(-1 if text is None else len(encoded), dtype=torch.int64, device=info.device)
+    length = int(collective(dist.broadcast, length, src=0))
+    if length <= 0:
+        return None if length < 0 else ""
+    data = torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if info.is_main else torch.empty(length,
+                                                                                                  dtype=torch.uint8)
+    data = collective(dist.broadcast, data.to(info.device), src=0)
+    return data.cpu().numpy().tobytes().decode()
+
+
+def rank0_value(info: DistInfo, value: float) -> float:
+    """``value`` as rank 0 has it, on every process (the value itself without torchrun)."""
+    if not info.distributed:
+        return value
+    shared = torch.tensor(float(value), dtype=torch.float64, device=info.device)
+    return collective(dist.broadcast, shared, src=0).item()
 
 
 def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
@@ -110,8 +152,8 @@ def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float
     global batch logs them; every rank gives the same names in the same order. ``values`` itself without torchrun."""
     if not info.distributed:
         return values
-    shared = torch.tensor(list(values.values()), dtype=torch.float64, device=info.device)
-    dist.all_reduce(shared)
+    shared = collective(dist.all_reduce, torch.tensor(list(values.values()), dtype=torch.float64,
+                                                            device=info.device))
     return dict(zip(values, (total / info.world_size for total in shared.tolist())))
 
 

@@ -53,6 +53,7 @@ from visionzoo.train.distributed import (
     init_distributed,
     mean_over_ranks,
     on_main,
+    rank0_value,
     requested_world_size,
     step_seed,
 )
@@ -621,7 +622,7 @@ class Trainer:
         if not math.isfinite(planned):
             raise ValueError(f"--minutes {cfg.minutes:g} buys more steps than can be counted at {seconds:.3g} s a "
                              "step; give fewer minutes, or --max-steps")
-        steps = int(self._rank0_value(max(1, int(planned))))
+        steps = int(rank0_value(self.dist, max(1, int(planned))))
         log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
                  f" after the {self.step} done" if self.step else "")
         return self.step + steps
@@ -659,7 +660,7 @@ class Trainer:
         if cfg.minutes is None or cfg.max_steps is not None or cfg.epochs is not None or steps_timed < 5:
             return
         remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
-        planned = int(self._rank0_value(self.step + int(remaining / (seconds / steps_timed))))
+        planned = int(rank0_value(self.dist, self.step + int(remaining / (seconds / steps_timed))))
         self.total_steps = max(self.step + 1, planned)
         self.warmup_steps = min(self.warmup_steps, self.total_steps)
 
@@ -667,15 +668,8 @@ class Trainer:
         """Whether the time budget is spent; rank 0's clock decides for every process."""
         if self.config.minutes is None:
             return False
-        return bool(self._rank0_value(self.train_seconds - self.session_start_seconds >= self.config.minutes * 60))
-
-    def _rank0_value(self, value: float) -> float:
-        """``value`` as rank 0 has it, on every process (the value itself without torchrun)."""
-        if not self.dist.distributed:
-            return value
-        shared = torch.tensor(float(value), dtype=torch.float64, device=self.dist.device)
-        torch.distributed.broadcast(shared, src=0)
-        return shared.item()
+        spent = self.train_seconds - self.session_start_seconds
+        return bool(rank0_value(self.dist, spent >= self.config.minutes * 60))
 
     def _epoch_position(self) -> tuple[int, int]:
         """(epoch, batch within it) of the next step at this run's global batch size."""
