@@ -524,6 +524,19 @@ def test_labels_are_checked_against_a_replaced_box_predictor(name):
         model(images, [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([11])}], **extra)
 
 
+@pytest.mark.parametrize("name", ["fasterrcnn_shapes", "fastrcnn_shapes", "rcnn_shapes"])
+def test_num_classes_is_that_of_a_replaced_box_predictor(name):
+    """After torchvision's recipe replaced the box predictor, ``model.num_classes`` still said the classes the
+    model was built with (7 where the new predictor scores 11)."""
+    from visionzoo.detection.roi_heads import FastRCNNPredictor
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert model.num_classes == 7
+    model.roi_heads.box_predictor = FastRCNNPredictor(model.roi_heads.box_predictor.cls_score.in_features, 11)
+    assert model.num_classes == 11
+
+
 def test_torchvisions_component_keywords_build_the_detector_of_its_tutorial():
     """torchvision's FasterRCNN takes its parts as rpn_anchor_generator, rpn_head, box_roi_pool, box_head and
     box_predictor (its tutorial's one-map backbone with its own anchors and pooler); ours refused each with

@@ -31,7 +31,7 @@ from visionzoo.checkpoint import CheckpointError
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.detection.anchors import AnchorGenerator
 from visionzoo.detection.fpn import BackboneWithFPN, FeaturePyramidNetwork
-from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from visionzoo.detection.roi_heads import FastRCNNPredictor, PredictorClasses, RoIHeads, TwoMLPHead
 from visionzoo.detection.rpn import RegionProposalNetwork, RPNHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
@@ -40,7 +40,7 @@ from visionzoo.ops import MultiScaleRoIAlign
 from visionzoo.utils import autocast_enabled, check_argument_types, is_integer, require_nested_args
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(PredictorClasses, nn.Module):
     """Faster R-CNN over ``backbone`` (image → ordered dict of maps with ``out_channels`` channels).
 
     Args (torchvision's names and defaults):
@@ -108,7 +108,7 @@ class FasterRCNN(nn.Module):
             num_classes = predicted
         if (num_classes is None and box_predictor is None) or (num_classes is not None and num_classes < 2):
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
-        self.num_classes = num_classes
+        self._num_classes = num_classes
         self.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)
         self.backbone = backbone
         channels = backbone.out_channels

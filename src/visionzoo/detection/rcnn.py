@@ -42,7 +42,7 @@ from visionzoo.detection.proposals import (
     selective_search,
     sliding_windows,
 )
-from visionzoo.detection.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from visionzoo.detection.roi_heads import FastRCNNPredictor, PredictorClasses, RoIHeads, TwoMLPHead
 from visionzoo.detection.transform import DetectionTransform, detector_inputs, resize_boxes
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
@@ -147,7 +147,7 @@ def _windows_of(image: Tensor, **window_args: Any) -> Tensor:
     return sliding_windows(int(image.shape[-2]), int(image.shape[-1]), **window_args)
 
 
-class ProposalDetector(nn.Module):
+class ProposalDetector(PredictorClasses, nn.Module):
     """A detector whose regions come from outside the network (R-CNN, Fast R-CNN, sliding window).
 
     Subclasses build ``transform``, ``roi_heads`` and :meth:`features`. ``proposals`` names the method
@@ -173,7 +173,7 @@ class ProposalDetector(nn.Module):
             if name not in defaults:
                 raise ValueError(f"{proposals} takes no argument {name!r}; it takes {', '.join(defaults)}")
         _PROPOSAL_CHECKS[proposals](**{**defaults, **(proposal_args or {})})
-        self.num_classes = num_classes
+        self._num_classes = num_classes
         self.proposal_method = proposals
         self.proposal_args = dict(proposal_args or {})
 

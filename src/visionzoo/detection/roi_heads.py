@@ -48,6 +48,20 @@ class FastRCNNPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+class PredictorClasses:
+    """A detector's ``num_classes`` (background included): the classes its ``roi_heads.box_predictor`` scores, read
+    from the predictor, so that it holds after torchvision's fine-tuning recipe replaces the predictor; for a
+    predictor without a ``cls_score`` Linear, the number the detector was built with (None: labels unchecked)."""
+
+    _num_classes: int | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        predictor = getattr(getattr(self, "roi_heads", None), "box_predictor", None)
+        scores = getattr(predictor, "cls_score", None)
+        return scores.out_features if isinstance(scores, nn.Linear) else self._num_classes
+
+
 def fast_rcnn_loss(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regression: Tensor
                    ) -> tuple[Tensor, Tensor]:
     """Multi-task loss over R sampled proposals: cross-entropy of ``class_logits`` Tensor[R, K+1] with

@@ -67,16 +67,8 @@ def detector_inputs(detector: nn.Module, images: Sequence[Tensor] | Tensor,
         if targets is None:
             raise ValueError(f"{type(detector).__name__} in train mode needs targets "
                              "(a dict with boxes and labels per image)")
-        check_targets(images, targets, _predicted_classes(detector))
+        check_targets(images, targets, detector.num_classes)
     return list(images), [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-
-
-def _predicted_classes(detector: nn.Module) -> int | None:
-    """The classes (background included) the detector's box predictor scores now: torchvision's fine-tuning
-    recipe replaces ``roi_heads.box_predictor`` by one of its own number of classes after the model is built."""
-    predictor = getattr(getattr(detector, "roi_heads", None), "box_predictor", None)
-    scores = getattr(predictor, "cls_score", None)
-    return scores.out_features if isinstance(scores, nn.Linear) else detector.num_classes
 
 
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]], num_classes: int | None) -> None:
