@@ -135,6 +135,25 @@ def test_polygon_and_rle_masks_match_pycocotools(folder):
     assert target["masks"].shape == (0, 24, 16)
 
 
+def test_polygons_of_fewer_than_3_points_beside_a_real_one_decode_as_pycocotools_decodes_them(folder):
+    """A two-point "polygon" or one with an odd coordinate left over, beside a real polygon (labelling tools write
+    them), made CocoDetection refuse the whole file ("a polygon must be a list of at least 3 (x, y) pairs") where
+    pycocotools' annToMask rasterises the short ones to nothing and reads an odd list's whole pairs."""
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[2, 3, 12, 3, 12, 11, 2, 11], [20, 20, 30, 20], [5, 5]]
+    annotations[1]["segmentation"] = [[35, 0, 40, 0, 40, 6, 35]]
+    annotations[2]["segmentation"] = [[0, 2, 14.5, 2, 7, 20], []]
+    ann_file = _write(root, annotations=annotations)
+    ds, coco = CocoDetection(root / "images", ann_file), COCO(str(ann_file))
+    for index in range(2):
+        _, target = ds[index]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[ds.image_ids[index]]))
+        for mask, ann in zip(target["masks"], anns):
+            assert torch.equal(mask, torch.from_numpy(coco.annToMask(ann).astype(bool))), ann["id"]
+    assert ds[0][1]["masks"][0].sum() == 80
+
+
 def test_masks_score_perfectly_against_their_polygons_in_ours_and_pycocotools(folder):
     """The loader's masks, as results, match their own polygons at every IoU threshold (up to 0.95)
     in our evaluator and in pycocotools': data and metrics rasterise polygons alike."""

@@ -192,3 +192,28 @@ def test_a_polygon_too_far_outside_its_image_to_rasterise_is_refused(far):
         to_rle([[0, 0, 3, 0, 3, 3]], 10**30, 80, "annotation 4")
     # far outside, still rasterised as pycocotools does (nothing of it in the image)
     assert not polygon_to_mask([[-5000, -5000, -4000, -5000, -4000, -4000]], 60, 80).any()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_polygons_of_fewer_than_3_points_beside_a_real_one_outline_nothing_as_in_pycocotools(seed):
+    """An annotation whose polygons include a two-point "polygon" or one with an odd coordinate left over (labelling
+    tools write them; detectron2 filters them out) was refused ("a polygon needs at least 3 finite (x, y) points"),
+    failing coco-eval --iou-type segm on the whole file, where pycocotools rasterises them to nothing and reads an odd
+    list's whole (x, y) pairs."""
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        height, width = (int(v) for v in rng.integers(1, 30, size=2))
+        polygons = [_random_polygon(rng, height, width)]
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.integers(1, 10))  # 1 to 9 coordinates: fewer than 3 points, or an odd count
+            polygons.append(np.round(rng.uniform(-3, max(height, width) + 3, n), 1).tolist())
+        reference = mask_utils.merge(mask_utils.frPyObjects([list(p) for p in polygons], height, width))
+        expected = mask_utils.decode(reference).astype(bool)
+        assert np.array_equal(polygon_to_mask(polygons, height, width), expected), (height, width, polygons)
+    # an odd coordinate left over in the only polygon: its whole pairs are the polygon
+    assert np.array_equal(polygon_to_mask([[0, 0, 4, 0, 4, 4, 2]], 5, 5), polygon_to_mask([[0, 0, 4, 0, 4, 4]], 5, 5))
+    # nothing but short polygons outlines nothing at all: still refused (pycocotools fails on it too)
+    with pytest.raises(ValueError, match=r"annotation 4: a polygon needs at least 3 finite \(x, y\) points"):
+        rle_from_polygons([[0, 0, 1, 1], [2, 2]], 5, 5, "annotation 4")
+    with pytest.raises(ValueError, match="annotation 4: a polygon needs at least 3 finite"):
+        rle_from_polygons([[0, 0, 4, 0, 4, 4], [1, float("nan")]], 5, 5, "annotation 4")

@@ -166,10 +166,13 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
     """Why ``segmentation`` cannot be decoded for a width x height image, or None when it can."""
     if isinstance(segmentation, list):
         for polygon in segmentation:
-            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+            if not isinstance(polygon, list):
                 return "a polygon must be a list of at least 3 (x, y) pairs"
             if not all(isinstance(v, int | float) and math.isfinite(v) for v in polygon):
                 return "a polygon must hold finite numbers"
+        # beside a real polygon, one of fewer than 3 points outlines nothing (as pycocotools rasterises it)
+        if segmentation and all(len(polygon) < 6 for polygon in segmentation):
+            return "a polygon must be a list of at least 3 (x, y) pairs"
         return None
     if isinstance(segmentation, dict):
         if "counts" not in segmentation or "size" not in segmentation:

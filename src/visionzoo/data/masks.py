@@ -255,17 +255,22 @@ def rle_from_polygons(
 ) -> Rle:
     """:class:`Rle` of the union of polygons ``[[x0, y0, x1, y1, ...], ...]`` on an h x w image.
 
-    Pixel for pixel pycocotools' ``merge(frPyObjects(polygons, h, w))``. Raises ValueError, naming
-    ``what``, for a polygon of fewer than 3 finite (x, y) points.
+    Pixel for pixel pycocotools' ``merge(frPyObjects(polygons, h, w))``: a polygon is its whole (x, y)
+    pairs (an odd last coordinate is left out) and one of fewer than 3 points outlines nothing. Raises
+    ValueError, naming ``what``, for a polygon that is not a list of finite numbers, or when no polygon
+    has 3 points (pycocotools fails on such a list).
     """
     runs = []
     for polygon in polygons:
         try:
             xy = np.asarray(polygon, dtype=np.float64).ravel()
         except (TypeError, ValueError):  # an object or a ragged list among the coordinates
-            xy = np.zeros(0)
-        if xy.size < 6 or xy.size % 2 or not np.isfinite(xy).all():
+            xy = np.array([np.nan])
+        if not np.isfinite(xy).all() or not isinstance(polygon, list | tuple | np.ndarray):
             raise ValueError(f"{what}: a polygon needs at least 3 finite (x, y) points, got {polygon!r:.80}")
+        xy = xy[: xy.size // 2 * 2]
+        if xy.size < 6:
+            continue
         samples = _polygon_samples(xy)
         if samples > MAX_POLYGON_SAMPLES:
             raise ValueError(f"{what}: a polygon reaching {np.abs(xy).max():.3g} is too large to rasterise (its edges "
@@ -273,6 +278,8 @@ def rle_from_polygons(
                              f"the {width}x{height} image")
         runs.append(_runs_of_toggles(_polygon_toggles(xy, height, width), height * width))
     if not runs:
+        if len(polygons):
+            raise ValueError(f"{what}: a polygon needs at least 3 finite (x, y) points, got {polygons[0]!r:.80}")
         return Rle(height, width, np.zeros(0, np.int64), np.zeros(0, np.int64))
     starts, ends = _union(runs)
     return Rle(height, width, starts.astype(np.int64), ends.astype(np.int64))
