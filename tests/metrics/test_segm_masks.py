@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+import torch
 
 from visionzoo.data.masks import rle_from_mask, rle_from_polygons, string_to_counts
 from visionzoo.metrics import coco_evaluate, mask_iou
@@ -204,3 +205,18 @@ def test_columns_loaded_for_bbox_are_refused_for_segm_by_name():
     with pytest.raises(ValueError, match=r"the detections have no masks \(loaded for 'bbox'\)"):
         coco_evaluate(ground, load_detections(dets, ground), iou_type="segm")
     assert coco_evaluate(ground, load_detections(dets, ground, "segm"), iou_type="segm")["AP"] == pytest.approx(1.0)
+
+
+def test_mask_rcnn_masks_of_shape_n_1_h_w_are_refused_by_name_with_the_fix():
+    """torchvision's Mask R-CNN gives masks [N, 1, H, W]: mask_to_rle(output["masks"][i]) ended in "too many values
+    to unpack (expected 2)", and mask_iou(output["masks"] > 0.5, ...) in "a mask must be [H, W]" naming no mask."""
+    from visionzoo.data.masks import mask_to_rle
+
+    masks = torch.rand(3, 1, 8, 10, generator=torch.Generator().manual_seed(0)) > 0.5
+    with pytest.raises(ValueError, match=r"^mask: a mask must be \[H, W\], got shape \(1, 8, 10\); .*\[:, 0\]"):
+        mask_to_rle(masks[0])
+    with pytest.raises(ValueError, match=r"^detection 0: a mask must be \[H, W\], got shape \(1, 8, 10\)"):
+        mask_iou(masks, masks[:, 0])
+    reference = mask_utils.encode(np.asfortranarray(masks[0, 0].numpy().astype(np.uint8)))
+    assert mask_to_rle(masks[0, 0])["counts"] == reference["counts"].decode()
+    np.testing.assert_array_equal(mask_iou(masks[:, 0], masks[:, 0]).diagonal(), [1.0, 1.0, 1.0])

@@ -138,7 +138,8 @@ def rle_from_mask(mask: Any, what: str = "mask") -> Rle:
     than count every pixel above 0 as foreground; threshold them first (``mask > 0.5``)."""
     array = np.asarray(mask.detach().cpu() if hasattr(mask, "cpu") else mask)
     if array.ndim != 2:
-        raise ValueError(f"a mask must be [H, W], got shape {array.shape}")
+        hint = "; torchvision's Mask R-CNN gives masks [N, 1, H, W]: take masks[:, 0]" if array.shape[:1] == (1,) else ""
+        raise ValueError(f"{what}: a mask must be [H, W], got shape {array.shape}{hint}")
     if array.dtype.kind in "fc":
         soft = (array != 0) & (array != 1)
         if soft.any():
@@ -159,8 +160,9 @@ def mask_to_counts(mask: Any) -> list[int]:
 
 def mask_to_rle(mask: Any) -> dict[str, Any]:
     """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of binary mask [H, W] (pycocotools' encode)."""
+    counts = mask_to_counts(mask)  # checks the shape before it is read
     height, width = np.shape(mask)
-    return {"size": [int(height), int(width)], "counts": counts_to_string(mask_to_counts(mask))}
+    return {"size": [int(height), int(width)], "counts": counts_to_string(counts)}
 
 
 def rle_to_mask(rle: Rle | Mapping[str, Any]) -> np.ndarray:
