@@ -220,3 +220,25 @@ def test_mask_rcnn_masks_of_shape_n_1_h_w_are_refused_by_name_with_the_fix():
     reference = mask_utils.encode(np.asfortranarray(masks[0, 0].numpy().astype(np.uint8)))
     assert mask_to_rle(masks[0, 0])["counts"] == reference["counts"].decode()
     np.testing.assert_array_equal(mask_iou(masks[:, 0], masks[:, 0]).diagonal(), [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("height, width", [("100", "120"), (100.5, 120), (0, 0)])
+def test_an_image_size_that_is_no_whole_number_is_not_held_against_rle_masks(height, width, reference_eval):
+    """An image whose height and width were strings ("100") stopped coco-eval --iou-type segm with "annotation 0: mask
+    is 100x120 but image 1 is 100x120", where pycocotools, which reads an RLE's own size, evaluates the file; such a
+    size is now not checked against (polygons, which need it, still name it)."""
+    h, w = 100, 120
+    gt = {
+        "images": [{"id": 1, "height": height, "width": width}],
+        "categories": [{"id": 1}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50),
+                         "area": 1600.0, "iscrowd": 0}],
+    }
+    dets = [{"image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 40, 50), "score": 0.9},
+            {"image_id": 1, "category_id": 1, "segmentation": _box_rle(h, w, 10, 10, 50, 50), "score": 0.5}]
+    ref = reference_eval(gt, dets, iou_type="segm")
+    ours = coco_evaluate(gt, dets, iou_type="segm")
+    np.testing.assert_allclose([ours[n] for n in SUMMARY_NAMES], ref.stats, rtol=0, atol=1e-12)
+    gt["annotations"][0]["segmentation"] = [[10, 10, 50, 10, 50, 50, 10, 50]]
+    with pytest.raises(ValueError, match="annotation 0: the image's height and width must be positive integers"):
+        coco_evaluate(gt, dets, iou_type="segm")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import rle_area, rle_boxes, to_rle
+from visionzoo.data.masks import json_whole_number, rle_area, rle_boxes, to_rle
 from visionzoo.metrics._masks import rle_iou_pairs
 
 SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -314,9 +314,10 @@ def _check_same_id_kind(ids: np.ndarray, gt_ids: np.ndarray, what: str, name: st
 
 
 def _check_mask_sizes(masks: list, image_ids: list, sizes: Mapping, what: str) -> None:
-    """Raise ValueError naming the first mask whose size is not its image's ``(height, width)`` (when known)."""
+    """Raise ValueError naming the first mask whose size is not its image's ``(height, width)`` (when known: an RLE
+    carries its own size, and pycocotools reads it whatever the image entry holds, "480" or nothing)."""
     for i, (mask, image_id) in enumerate(zip(masks, image_ids)):
-        height, width = sizes.get(image_id, (None, None))
+        height, width = (json_whole_number(side, 1) for side in sizes.get(image_id, (None, None)))
         if height is not None and width is not None and (mask.height, mask.width) != (height, width):
             raise ValueError(
                 f"{what} {i}: mask is {mask.height}x{mask.width} but image {image_id!r} is {height}x{width}"
