@@ -242,3 +242,32 @@ def test_an_image_size_that_is_no_whole_number_is_not_held_against_rle_masks(hei
     gt["annotations"][0]["segmentation"] = [[10, 10, 50, 10, 50, 50, 10, 50]]
     with pytest.raises(ValueError, match="annotation 0: the image's height and width must be positive integers"):
         coco_evaluate(gt, dets, iou_type="segm")
+
+
+def test_box_evaluation_of_results_that_carry_only_masks_takes_their_boxes_from_the_masks_as_pycocotools(
+    make_coco, reference_eval
+):
+    """Results of a mask-only model ({image_id, category_id, segmentation, score}, as SOLO-style models write them)
+    scored with the default --iou-type bbox stopped at "result 0 has no 'bbox'", where pycocotools' loadRes gives each
+    the tight box of its mask (a result's own bbox where it has one) and its mask's area for the area ranges."""
+    rng = np.random.default_rng(5)
+    gt, dets = make_coco(11, n_images=15, crowded_group=15)
+    h, w = 300, 400
+    results = []
+    for i, d in enumerate(dets):
+        x, y, bw, bh = d["bbox"]
+        m = np.zeros((h, w), np.uint8)
+        m[max(int(y), 0) : int(y + bh) + 1, max(int(x), 0) : int(x + bw) + 1] = 1
+        m[rng.random((h, w)) < 0.3] = 0  # the mask's area: well under its box's
+        enc = mask_utils.encode(np.asfortranarray(m))
+        result = {"image_id": d["image_id"], "category_id": d["category_id"], "segmentation": enc, "score": d["score"]}
+        if i % 10 == 5:
+            result["bbox"] = d["bbox"]  # pycocotools keeps a result's own box
+        if i % 2:
+            enc["counts"] = enc["counts"].decode()  # as read from JSON
+        results.append(result)
+    ref = reference_eval(gt, results, iou_type="bbox")
+    ours = coco_evaluate(gt, results, iou_type="bbox")
+    np.testing.assert_allclose([ours[n] for n in SUMMARY_NAMES], ref.stats, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours["precision"], ref.eval["precision"])
+    assert ours["AP50"] > 0.1

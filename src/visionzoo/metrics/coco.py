@@ -120,7 +120,8 @@ class CocoGroundTruth:
     image_ids: [I] sorted unique image ids; category_ids: [K] sorted unique category ids;
     category_names: K names. Per annotation, in file order: image, category: int64[G] indices into
     those; boxes: float64[G, 4] xywh; area: float64[G]; iscrowd: bool[G]; ids: int64[G];
-    masks: G :class:`visionzoo.data.masks.Rle` for ``segm``, else None.
+    masks: G :class:`visionzoo.data.masks.Rle` for ``segm``, else None; image_sizes: ``{image id: (height, width)}``
+    as the images list gives them (None where absent).
     """
 
     image_ids: np.ndarray
@@ -362,9 +363,8 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
         raise ValueError(f"{what} id {uniq[counts > 1][0].tolist()!r} is used more than once")
     iscrowd = _crowd_flags(_column(anns, "iscrowd", what, 0), what, ids)
     masks = None
-    sizes = None
+    sizes = {i["id"]: (i.get("height"), i.get("width")) for i in images}  # also for results read as masks
     if iou_type == "segm":
-        sizes = {i["id"]: (i.get("height"), i.get("width")) for i in images}
         masks = [
             to_rle(seg, *sizes[img], f"{what} {i}")
             for i, (seg, img) in enumerate(zip(_column(anns, "segmentation", what), ann_image.tolist()))
@@ -382,9 +382,9 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     )
 
 
-def _result_boxes(data: list, what: str) -> np.ndarray:
-    """float64[D, 4] ``bbox`` of every result; a ValueError names the first without 4 finite numbers."""
-    boxes = _float_matrix(_column(data, "bbox", what), 4, what, "bbox")
+def _result_boxes(values: list, what: str) -> np.ndarray:
+    """float64[D, 4] of every result's ``bbox`` ``values``; a ValueError names the first without 4 finite numbers."""
+    boxes = _float_matrix(values, 4, what, "bbox")
     bad = ~np.isfinite(boxes).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -400,7 +400,9 @@ def load_detections(
     Each result needs ``image_id``, ``category_id``, ``score`` and ``bbox`` (``[x, y, w, h]``) or,
     for ``segm``, ``segmentation`` (an RLE; when the first result also has a ``bbox``, as
     Detectron2's and MMDetection's do, every result needs one and its ``w * h`` is the area the
-    area ranges test, as in pycocotools). Raises ValueError for an image id absent from the
+    area ranges test, as in pycocotools). When the first result has a ``segmentation`` and no ``bbox``, a ``bbox``
+    evaluation reads the results as pycocotools' ``loadRes`` does: a result's box is its mask's tight box (unless
+    it has its own) and its area the mask's. Raises ValueError for an image id absent from the
     ground truth (pycocotools asserts), ids that are strings where the ground truth's are numbers (or the other
     way round), a NaN score, a non-finite box or a mask of another size than its image, naming the entry.
     Results of a category the ground truth does not list are left out, as pycocotools leaves them
@@ -420,7 +422,11 @@ def load_detections(
     if np.isnan(scores).any():
         raise ValueError(f"{what} {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
     masks = None
-    if iou_type == "segm":
+    first = data[0] if data and isinstance(data[0], Mapping) else {}
+    has_boxes = first.get("bbox") is not None and len(first["bbox"]) > 0
+    # pycocotools' loadRes reads results as masks when the first one has a segmentation and no bbox, whatever the
+    # evaluation: a box evaluation then takes each result's box from its mask (where it has none of its own)
+    if iou_type == "segm" or (not has_boxes and "segmentation" in first):
         sizes = gt.image_sizes or {}
         masks = [
             to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
@@ -429,14 +435,17 @@ def load_detections(
         _check_mask_sizes(masks, det_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         area = rle_area(masks)
-        first_box = data[0].get("bbox") if data and isinstance(data[0], Mapping) else None
-        if first_box is not None and len(first_box) > 0:
+        if has_boxes:
             # pycocotools' loadRes reads results as boxes when the first one has a bbox: every
             # result's area (what the area ranges test) is then its bbox's w * h, not its mask's
-            boxes = _result_boxes(data, what)
+            boxes = _result_boxes(_column(data, "bbox", what), what)
             area = boxes[:, 2] * boxes[:, 3]
+        elif iou_type == "bbox":
+            boxes = _result_boxes([r.get("bbox", b) for r, b in zip(data, boxes.tolist())], what)
+        if iou_type == "bbox":
+            masks = None
     else:
-        boxes = _result_boxes(data, what)
+        boxes = _result_boxes(_column(data, "bbox", what), what)
         area = boxes[:, 2] * boxes[:, 3]
     if len(gt.category_ids):
         pos = np.minimum(np.searchsorted(gt.category_ids, det_cat), len(gt.category_ids) - 1)
