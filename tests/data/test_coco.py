@@ -154,6 +154,25 @@ def test_polygons_of_fewer_than_3_points_beside_a_real_one_decode_as_pycocotools
     assert ds[0][1]["masks"][0].sum() == 80
 
 
+def test_rle_counts_written_as_whole_floats_decode_as_pycocotools_decodes_them(folder):
+    """Uncompressed RLE counts written as floats (1050.0, as NumPy-built files have them) made CocoDetection refuse the
+    file ("RLE counts must be a string (compressed) or a list of non-negative ints"), where pycocotools and coco-eval
+    read them."""
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [[2, 3, 12, 3, 12, 11, 2, 11]]
+    annotations[1]["segmentation"] = {"size": [30, 40], "counts": [1050.0, 5.0, 25, 5.0, 115.0]}
+    annotations[2]["segmentation"] = [[0, 2, 14.5, 2, 7, 20]]
+    ann_file = _write(root, annotations=annotations)
+    ds, coco = CocoDetection(root / "images", ann_file), COCO(str(ann_file))
+    _, target = ds[0]
+    reference = coco.annToMask(coco.loadAnns([2])[0]).astype(bool)
+    assert reference.sum() == 10 and torch.equal(target["masks"][1], torch.from_numpy(reference))
+    annotations[1]["segmentation"] = {"size": [30, 40], "counts": [1050.5, 5, 25, 5, 115]}
+    with pytest.raises(ValueError, match=r"annotation id 2: RLE counts must be a string \(compressed\) or a list of"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
 def test_masks_score_perfectly_against_their_polygons_in_ours_and_pycocotools(folder):
     """The loader's masks, as results, match their own polygons at every IoU threshold (up to 0.95)
     in our evaluator and in pycocotools': data and metrics rasterise polygons alike."""

@@ -184,9 +184,9 @@ def _check_segmentation(segmentation: Any, width: int, height: int) -> str | Non
             return f"RLE size {size} differs from the image's [{height}, {width}]"
         counts = segmentation["counts"]
         if not isinstance(counts, str) and not (
-            isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+            isinstance(counts, list) and all(json_whole_number(c) is not None for c in counts)
         ):
-            return "RLE counts must be a string (compressed) or a list of non-negative ints"
+            return "RLE counts must be a string (compressed) or a list of non-negative whole numbers"
         return None
     return f"segmentation must be polygons or RLE, got {type(segmentation).__name__}"
 
