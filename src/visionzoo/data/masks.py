@@ -260,7 +260,8 @@ def rle_from_polygons(
     Pixel for pixel pycocotools' ``merge(frPyObjects(polygons, h, w))``: a polygon is its whole (x, y)
     pairs (an odd last coordinate is left out) and one of fewer than 3 points outlines nothing. Raises
     ValueError, naming ``what``, for a polygon that is not a list of finite numbers, or when no polygon
-    has 3 points (pycocotools fails on such a list).
+    has 3 points: the entry outlines nothing (pycocotools fails on it when its first polygon has at
+    most 4 numbers, and gives an empty mask otherwise).
     """
     runs = []
     for polygon in polygons:
