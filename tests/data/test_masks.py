@@ -217,3 +217,16 @@ def test_polygons_of_fewer_than_3_points_beside_a_real_one_outline_nothing_as_in
         rle_from_polygons([[0, 0, 1, 1], [2, 2]], 5, 5, "annotation 4")
     with pytest.raises(ValueError, match="annotation 4: a polygon needs at least 3 finite"):
         rle_from_polygons([[0, 0, 4, 0, 4, 4], [1, float("nan")]], 5, 5, "annotation 4")
+
+
+def test_an_rle_whose_size_is_a_numpy_array_is_read_as_pycocotools_reads_it():
+    """An RLE built in Python with ``"size": np.array(mask.shape)`` was refused ("RLE size must be [height, width],
+    two whole numbers, got array([ 9, 11])") where pycocotools' decode, area and iou read it."""
+    mask = np.random.default_rng(6).random((9, 11)) < 0.4
+    reference = _reference_rle(mask)
+    for size in (np.array(mask.shape), np.array(mask.shape, dtype=np.uint32)):
+        rle = {"size": size, "counts": reference["counts"]}
+        assert np.array_equal(rle_to_mask(rle), mask) and np.array_equal(mask_utils.decode(rle).astype(bool), mask)
+        assert rle_area([to_rle(rle, None, None)])[0] == mask_utils.area(rle)
+    with pytest.raises(ValueError, match=r"RLE size must be \[height, width\]"):
+        to_rle({"size": np.array([[9, 11]]), "counts": reference["counts"]}, None, None)

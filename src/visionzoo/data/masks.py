@@ -118,7 +118,9 @@ def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     if "counts" not in rle or "size" not in rle:
         raise ValueError(f"{what}: an RLE needs 'size' and 'counts'")
     size = rle["size"]
-    sides = [json_whole_number(side) for side in size] if isinstance(size, list | tuple) else []
+    # a NumPy size (np.array(mask.shape)) too, as pycocotools reads it
+    listed = isinstance(size, list | tuple) or (isinstance(size, np.ndarray) and size.ndim == 1)
+    sides = [json_whole_number(side) for side in size] if listed else []
     if len(sides) != 2 or None in sides:
         raise ValueError(f"{what}: RLE size must be [height, width], two whole numbers, got {size!r:.80}")
     height, width = sides
