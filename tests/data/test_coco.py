@@ -173,6 +173,25 @@ def test_rle_counts_written_as_whole_floats_decode_as_pycocotools_decodes_them(f
         CocoDetection(root / "images", _write(root, annotations=annotations))
 
 
+def test_a_segmentation_listing_rles_decodes_to_their_union_as_pycocotools_decodes_it(folder):
+    """A segmentation given as a list of uncompressed RLEs (one per part) made CocoDetection refuse the file ("a
+    polygon must be a list of at least 3 (x, y) pairs"), where pycocotools' annToMask merges them."""
+    root, _ = folder
+    annotations = _annotations()
+    annotations[0]["segmentation"] = [{"size": [30, 40], "counts": [95, 5, 1100]},
+                                      {"size": [30, 40], "counts": [1050, 5, 25, 5, 115]}]
+    annotations[1]["segmentation"] = [[35, 0, 40, 0, 40, 6, 35, 6]]
+    annotations[2]["segmentation"] = [[0, 2, 14.5, 2, 7, 20]]
+    ann_file = _write(root, annotations=annotations)
+    ds, coco = CocoDetection(root / "images", ann_file), COCO(str(ann_file))
+    _, target = ds[0]
+    reference = coco.annToMask(coco.loadAnns([1])[0]).astype(bool)
+    assert reference.sum() == 15 and torch.equal(target["masks"][0], torch.from_numpy(reference))
+    annotations[0]["segmentation"][1]["size"] = [40, 30]
+    with pytest.raises(ValueError, match=r"annotation id 1: RLE size \[40, 30\] differs from the image's \[30, 40\]"):
+        CocoDetection(root / "images", _write(root, annotations=annotations))
+
+
 def test_masks_score_perfectly_against_their_polygons_in_ours_and_pycocotools(folder):
     """The loader's masks, as results, match their own polygons at every IoU threshold (up to 0.95)
     in our evaluator and in pycocotools': data and metrics rasterise polygons alike."""

@@ -230,3 +230,19 @@ def test_an_rle_whose_size_is_a_numpy_array_is_read_as_pycocotools_reads_it():
         assert rle_area([to_rle(rle, None, None)])[0] == mask_utils.area(rle)
     with pytest.raises(ValueError, match=r"RLE size must be \[height, width\]"):
         to_rle({"size": np.array([[9, 11]]), "counts": reference["counts"]}, None, None)
+
+
+def test_a_list_of_rles_is_their_union_as_pycocotools_reads_it():
+    """A segmentation given as a list of RLE dicts (one per part) was refused as a polygon ("a polygon needs at least 3
+    finite (x, y) points, got {'size': ...}"), where pycocotools' annToRLE merges them into their union."""
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        height, width = (int(v) for v in rng.integers(1, 30, size=2))
+        parts = [rng.random((height, width)) < rng.uniform(0, 0.3) for _ in range(int(rng.integers(1, 4)))]
+        uncompressed = [{"size": [height, width], "counts": mask_to_counts(p)} for p in parts]
+        expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(uncompressed, height, width)))
+        assert np.array_equal(rle_to_mask(to_rle(uncompressed, height, width)), expected.astype(bool))
+        compressed = [mask_to_rle(p) for p in parts]  # pycocotools fails on these in a list: read alike
+        assert np.array_equal(rle_to_mask(to_rle(compressed, None, None)), expected.astype(bool))
+    with pytest.raises(ValueError, match=r"result 1: the RLEs of one segmentation differ in size: 4x5 and 5x4"):
+        to_rle([mask_to_rle(np.ones((4, 5))), mask_to_rle(np.ones((5, 4)))], None, None, "result 1")

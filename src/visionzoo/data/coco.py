@@ -164,6 +164,9 @@ def _why_no_area(bbox: list[float], width: int, height: int) -> str:
 
 def _check_segmentation(segmentation: Any, width: int, height: int) -> str | None:
     """Why ``segmentation`` cannot be decoded for a width x height image, or None when it can."""
+    if isinstance(segmentation, list) and segmentation and all(isinstance(part, dict) for part in segmentation):
+        # a list of RLEs: their union, as pycocotools reads it
+        return next(filter(None, (_check_segmentation(part, width, height) for part in segmentation)), None)
     if isinstance(segmentation, list):
         for polygon in segmentation:
             if not isinstance(polygon, list):

@@ -295,13 +295,26 @@ def polygon_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int
     return rle_to_mask(rle_from_polygons(polygons, height, width))
 
 
+def _union_of_rles(parts: list[Rle], what: str) -> Rle:
+    """The union of RLEs ``parts`` of one size (pycocotools' ``merge``), naming ``what`` when their sizes differ."""
+    sizes = sorted({(p.height, p.width) for p in parts})
+    if len(sizes) > 1:
+        (h0, w0), (h1, w1) = sizes[:2]
+        raise ValueError(f"{what}: the RLEs of one segmentation differ in size: {h0}x{w0} and {h1}x{w1}")
+    starts, ends = _union([(p.starts, p.ends) for p in parts])
+    return Rle(parts[0].height, parts[0].width, starts.astype(np.int64), ends.astype(np.int64))
+
+
 def to_rle(segmentation: Any, height: int | None, width: int | None, what: str = "segmentation") -> Rle:
-    """:class:`Rle` of any supported segmentation: an :class:`Rle`, a COCO RLE dict, polygons (which
-    need the image's ``height`` and ``width``) or a binary mask [H, W]. Errors name ``what``."""
+    """:class:`Rle` of any supported segmentation: an :class:`Rle`, a COCO RLE dict, a list of them (their union, as
+    pycocotools reads it), polygons (which need the image's ``height`` and ``width``) or a binary mask [H, W].
+    Errors name ``what``."""
     if isinstance(segmentation, Rle):
         return segmentation
     if isinstance(segmentation, Mapping):
         return _rle_of_dict(segmentation, what)
+    if isinstance(segmentation, list | tuple) and segmentation and all(isinstance(s, Mapping) for s in segmentation):
+        return _union_of_rles([_rle_of_dict(part, what) for part in segmentation], what)
     if isinstance(segmentation, list | tuple):
         if height is None or width is None:
             raise ValueError(f"{what}: polygons need the image's 'height' and 'width'")
