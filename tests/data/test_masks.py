@@ -246,3 +246,17 @@ def test_a_list_of_rles_is_their_union_as_pycocotools_reads_it():
         assert np.array_equal(rle_to_mask(to_rle(compressed, None, None)), expected.astype(bool))
     with pytest.raises(ValueError, match=r"result 1: the RLEs of one segmentation differ in size: 4x5 and 5x4"):
         to_rle([mask_to_rle(np.ones((4, 5))), mask_to_rle(np.ones((5, 4)))], None, None, "result 1")
+
+
+def test_counts_written_as_the_text_of_bytes_are_named_with_the_fix():
+    """pycocotools' encode gives counts as bytes, which json.dump refuses; str(counts) writes "b'...'" into the results
+    file, and coco-eval said only "compressed RLE string has an invalid character \\"'\\"" (pycocotools reads a
+    nonsense area, 4294966887, from it)."""
+    mask = np.zeros((20, 30), bool)
+    mask[2:10, 3:12] = True
+    counts = _reference_rle(mask)["counts"]
+    for text in (str(counts), f"b\"{counts.decode()}\""):
+        with pytest.raises(ValueError, match=r"^result 0: RLE counts .* are the text of bytes .*counts\.decode\(\)"):
+            to_rle({"size": [20, 30], "counts": text}, None, None, "result 0")
+    with pytest.raises(ValueError, match=r"^result 0: compressed RLE string has an invalid character ' '$"):
+        to_rle({"size": [20, 30], "counts": "12 4"}, None, None, "result 0")

@@ -126,6 +126,9 @@ def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     height, width = sides
     counts = rle["counts"]
     if isinstance(counts, str | bytes):
+        if isinstance(counts, str) and counts[:2] in ("b'", 'b"'):  # json.dump refuses bytes; str() "fixes" it
+            raise ValueError(f"{what}: RLE counts {counts!r:.40} are the text of bytes (str(counts)); write "
+                             "counts.decode() instead")
         try:
             counts = string_to_counts(counts)
         except ValueError as error:
