@@ -79,6 +79,16 @@ def test_bad_input_raises():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1, np.nan], [0, 1]]))
 
 
+@pytest.mark.parametrize("scale", ["mu", "sigma"])
+def test_statistics_too_large_for_float64_raise_instead_of_giving_inf(scale):
+    """Statistics whose distance overflows float64 (an .npz with mu 1e200) gave FID inf, and sigmas of 1e300 a
+    LinAlgError from eigvalsh ('failed to converge'); both now say that the statistics are too large."""
+    mu, sigma = np.full(4, 1e200 if scale == "mu" else 0.0), np.eye(4) * (1e300 if scale == "sigma" else 1.0)
+    with pytest.raises(ValueError, match=r"too large for float64 \(largest \|mu\| 1e\+200, largest \|sigma\| 1\)"
+                       if scale == "mu" else r"too large for float64 \(largest \|mu\| 0, largest \|sigma\| 1e\+300\)"):
+        frechet_distance(mu, sigma, -mu, sigma)
+
+
 def test_feature_statistics_match_numpy_in_batches_and_merges():
     rng = np.random.default_rng(2)
     x = (rng.normal(size=(1000, 24)) * 3 + 1e4).astype(np.float32)  # a large offset: cancellation-prone

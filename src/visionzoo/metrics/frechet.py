@@ -131,6 +131,11 @@ def trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> float:
     return float(eigenvalues.clamp(min=0).sqrt().sum())
 
 
+# Bound on |mu1 - mu2|^2 D and on the entries of sigma1 sigma2 (|sigma|^2 D^2) for the distance to stay finite in
+# float64 (max ~1.8e308), with room for the sums over D.
+FLOAT64_BUDGET = 1e300
+
+
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), as pytorch-fid's
     ``calculate_frechet_distance`` (within ~1e-10 relative where its ``sqrtm`` is accurate).
@@ -155,6 +160,10 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
         if asymmetry(sigma) > SYMMETRY_TOLERANCE:
             raise ValueError(f"{name} is not symmetric (max |S - S^T| / max |S| = {asymmetry(sigma):.3g}); "
                              "a covariance matrix is")
+    largest_mu, largest_sigma = float(max(m1.abs().max(), m2.abs().max())), float(max(s1.abs().max(), s2.abs().max()))
+    if 4 * largest_mu * largest_mu * d > FLOAT64_BUDGET or largest_sigma * largest_sigma * d * d > FLOAT64_BUDGET:
+        raise ValueError(f"the statistics are too large for float64 (largest |mu| {largest_mu:.3g}, largest |sigma| "
+                         f"{largest_sigma:.3g}): their distance would overflow; a feature network's are not")
     diff = m1 - m2
     return max(0.0, float(diff @ diff + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product(s1, s2))
 
