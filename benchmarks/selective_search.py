@@ -26,17 +26,20 @@ import os
 import sys
 
 
-def _threads() -> int:
+def _threads() -> str:
+    """--threads as given (1 by default); argparse refuses it later when it is not a positive integer."""
     for i, arg in enumerate(sys.argv):
         if arg == "--threads" and i + 1 < len(sys.argv):
-            return int(sys.argv[i + 1])
+            return sys.argv[i + 1]
         if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return 1
+            return arg.split("=", 1)[1]
+    return "1"
 
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # before the pools start
-    os.environ[_var] = str(_threads())
+_THREADS = _threads()
+if _THREADS.isdecimal() and int(_THREADS) > 0:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # before the pools start
+        os.environ[_var] = str(int(_THREADS))
 
 import argparse  # noqa: E402
 import json  # noqa: E402

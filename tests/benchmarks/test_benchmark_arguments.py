@@ -506,3 +506,18 @@ def test_train_backbones_reads_the_validation_curve_of_its_run(tmp_path):
              {"step": 10, "split": "val", "accuracy": 0.5, "loss": 1.0}]
     (tmp_path / module.METRICS_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert module.validation_curve(tmp_path) == [{"step": 5, "accuracy": 0.25}, {"step": 10, "accuracy": 0.5}]
+
+
+@pytest.mark.parametrize("argv", [["--threads", "abc"], ["--threads=two"], ["--threads", "-1"], ["--threads"]])
+def test_selective_search_refuses_a_thread_count_that_is_not_a_number_in_one_line(monkeypatch, capsys, argv):
+    """selective_search.py reads --threads before argparse (the BLAS pools start with numpy): --threads abc was a
+    ValueError traceback from that early read, before argparse could refuse it."""
+    monkeypatch.setattr(sys, "argv", ["selective_search.py", *argv])
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the early read sets OMP_NUM_THREADS and its kin
+    module = load("selective_search")
+    monkeypatch.setattr(module, "evaluate", lambda *args: pytest.fail("selective_search.py started its work"))
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--threads" in error, error
