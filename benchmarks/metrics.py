@@ -328,7 +328,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 images / 20k dets, d=512, one repeat unless --repeats is given")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="measure this part only (repeatable); the file's rows of the other parts are kept")
+                        help="measure this part only (repeatable); the file's rows of the other parts (same clock) are kept")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
     parser.add_argument("--out", type=output_file, default=None, help="default benchmarks/results/metrics[_one_thread].json")
     args = parser.parse_args()
@@ -336,15 +336,24 @@ def main() -> None:
         torch.set_num_threads(1)
     args.out = Path(args.out or RESULTS / f"metrics{'_one_thread' if args.one_thread else ''}.json")
     earlier = existing_results(parser, args.out)
+    parts = args.only or PARTS
+    clock = "cpu, one thread" if args.one_thread else "wall"
+    kept = [row for row in earlier.get("rows") if isinstance(row, dict) and row.get("part") not in parts] \
+        if isinstance(earlier.get("rows"), list) else []
+    # rows from before rows said their clock have the file's ("wall" where the file said none either)
+    other = sorted({row.get("clock", earlier.get("clock", "wall")) for row in kept} - {clock})
+    if other:
+        parser.error(f"--out {args.out} keeps rows timed with clock {' and '.join(map(repr, other))}, and this run's "
+                     f"clock is {clock!r}; give another --out, or measure every part (no --only)")
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
     repeats = args.repeats or (1 if args.quick else 3)
-    parts = args.only or PARTS
     rows = []
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
                           ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),
                           ("frechet", lambda: frechet_rows(dim, 2 * dim, repeats, args.slow_repeats))):
         if part in parts:
-            rows += [{**r, "part": part, "quick": args.quick} for r in measure()]
+            rows += [{**r, "part": part, "quick": args.quick, "clock": clock, "torch_threads": torch.get_num_threads()}
+                     for r in measure()]
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"numpy {np.__version__}; best of {repeats} (pycocotools, pytorch-fid: {args.slow_repeats}); "
@@ -365,7 +374,7 @@ def main() -> None:
         json.dumps(
             {
                 "rows": rows,
-                "clock": "cpu, one thread" if args.one_thread else "wall",
+                "clock": clock,
                 "torch_threads": torch.get_num_threads(),
                 "quick": args.quick,
             },

@@ -521,3 +521,24 @@ def test_selective_search_refuses_a_thread_count_that_is_not_a_number_in_one_lin
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--threads" in error, error
+
+
+def test_metrics_does_not_file_its_rows_beside_rows_of_another_clock(monkeypatch, capsys, tmp_path):
+    """metrics.py --one-thread --only frechet --out metrics.json kept the file's wall-clock rows of the other parts
+    and relabelled the whole file "clock": "cpu, one thread": the kept rows' times read as CPU seconds. A run that
+    would mix the clocks is now refused before any work; the rows it writes say their own clock and threads."""
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    out = tmp_path / "metrics.json"
+    wall_rows = json.dumps({"rows": [{"part": part, "reference_ms": 1.0} for part in ("coco", "mean_ap", "frechet")],
+                            "torch_threads": 2, "quick": False})  # the README's file, from before the clock key
+    out.write_text(wall_rows)
+    error = refused(monkeypatch, capsys, "metrics", ["--one-thread", "--only", "frechet", "--quick", "--out", str(out)])
+    assert f"--out {out}" in error and "wall" in error and "cpu, one thread" in error, error
+    assert out.read_text() == wall_rows
+    module = load("metrics")
+    monkeypatch.setattr(module, "frechet_rows", lambda *args: [module.row("f", "n", "ref", 2.0, 1.0, True, 0.0, 1, 1)])
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "--only", "frechet", "--quick", "--out", str(out)])
+    module.main()
+    rows = {row["part"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["frechet"]["clock"] == "wall" and rows["frechet"]["torch_threads"] == torch.get_num_threads()
+    assert rows["coco"] == {"part": "coco", "reference_ms": 1.0}
