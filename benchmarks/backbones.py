@@ -171,16 +171,17 @@ def main() -> None:
     if args.device == "cuda" and args.part != "speed":
         parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
     results = existing_results(parser, args.out)
-    if args.part in ("params", "all"):
-        results["params"] = parameter_counts()
-    if args.part in ("logits", "all"):
-        results["logits"] = logit_differences()
-    if args.part in ("speed", "all"):
-        key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
-        results[key] = speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats, torch.device(args.device))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
+    parts = {"params": parameter_counts, "logits": logit_differences,
+             speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
+                                      torch.device(args.device))}
+    for key, measure in parts.items():
+        if args.part in (key.split("_")[0], "all"):
+            results[key] = measure()
+            # each part as it is done: a run stopped in a later part keeps the sections it has measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote the {key} section of {args.out}", flush=True)
 
 
 if __name__ == "__main__":

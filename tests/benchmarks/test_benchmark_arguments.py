@@ -542,3 +542,23 @@ def test_metrics_does_not_file_its_rows_beside_rows_of_another_clock(monkeypatch
     rows = {row["part"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows["frechet"]["clock"] == "wall" and rows["frechet"]["torch_threads"] == torch.get_num_threads()
     assert rows["coco"] == {"part": "coco", "reference_ms": 1.0}
+
+
+def test_backbones_all_writes_each_part_as_it_is_measured(monkeypatch, tmp_path):
+    """backbones.py (--part all) wrote --out once, after the speed part: a run stopped in that part (tens of minutes
+    on a CPU, Ctrl-C or an error) lost the params and logits sections it had already measured."""
+    module = load("backbones")
+    monkeypatch.setattr(module, "parameter_counts", lambda: {"vit": {"equal": True}})
+    monkeypatch.setattr(module, "logit_differences", lambda: {"vit": {"max_abs_diff_224": 0.0}})
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "speed", stopped)
+    out = tmp_path / "backbones.json"
+    out.write_text(json.dumps({"speed_cuda": {"kept": True}, "params": {"old": True}}))
+    monkeypatch.setattr(sys, "argv", ["backbones.py", "--out", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        module.main()
+    assert json.loads(out.read_text()) == {"speed_cuda": {"kept": True}, "params": {"vit": {"equal": True}},
+                                           "logits": {"vit": {"max_abs_diff_224": 0.0}}}
