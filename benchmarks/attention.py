@@ -134,6 +134,15 @@ def main() -> None:
         parser.error(f"--only {' '.join(args.only)} matches no case; the cases: {', '.join(CASES)}")
     defaults = attention.EXPLICIT_MAX_KEYS, attention.EXPLICIT_MAX_LOGITS_BYTES
     rows = []
+
+    def save() -> list[dict]:
+        """The file's rows with those measured so far, written out: a run stopped later keeps them."""
+        merged = merge_rows(earlier.get("rows"), rows, "case", list(CASES))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
+                                        "explicit_max_logits_bytes": defaults[1], "rows": merged}, indent=2) + "\n")
+        return merged
+
     for name, (build, keys) in cases.items():
         fused = written = float("inf")
         for _ in range(2):  # alternate, so that a slow spell of the machine hits both
@@ -145,12 +154,8 @@ def main() -> None:
                      "written_out_ms": round(written * 1000, 1), "ratio": round(written / fused, 3), **machine()})
         print(f"{name:48s} {keys:4d} keys  fused {fused * 1000:8.1f} ms  written out {written * 1000:8.1f} ms  "
               f"ratio {written / fused:.2f}  (default: {path})", flush=True)
-    measured = len(rows)
-    rows = merge_rows(earlier.get("rows"), rows, "case", list(CASES))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
-                                    "explicit_max_logits_bytes": defaults[1], "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out} ({measured} rows measured, {len(rows) - measured} kept from it)")
+        merged = save()
+    print(f"wrote {args.out} ({len(rows)} rows measured, {len(merged) - len(rows)} kept from it)")
 
 
 if __name__ == "__main__":

@@ -338,22 +338,30 @@ def main() -> None:
     earlier = existing_results(parser, args.out)
     parts = args.only or PARTS
     clock = "cpu, one thread" if args.one_thread else "wall"
-    kept = [row for row in earlier.get("rows") if isinstance(row, dict) and row.get("part") not in parts] \
-        if isinstance(earlier.get("rows"), list) else []
     # rows from before rows said their clock have the file's ("wall" where the file said none either)
-    other = sorted({row.get("clock", earlier.get("clock", "wall")) for row in kept} - {clock})
+    earlier_rows = [{"clock": earlier.get("clock", "wall"), **row} for row in earlier.get("rows")
+                    if isinstance(row, dict)] if isinstance(earlier.get("rows"), list) else []
+    other = sorted({row["clock"] for row in earlier_rows if row.get("part") not in parts} - {clock})
     if other:
         parser.error(f"--out {args.out} keeps rows timed with clock {' and '.join(map(repr, other))}, and this run's "
                      f"clock is {clock!r}; give another --out, or measure every part (no --only)")
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
     repeats = args.repeats or (1 if args.quick else 3)
     rows = []
+
+    def save() -> None:
+        """The file's rows with those measured so far, written out: a run stopped later keeps them."""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": merge_rows(earlier_rows, rows, "part", PARTS), "clock": clock,
+                                        "torch_threads": torch.get_num_threads(), "quick": args.quick}, indent=2))
+
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
                           ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),
                           ("frechet", lambda: frechet_rows(dim, 2 * dim, repeats, args.slow_repeats))):
         if part in parts:
             rows += [{**r, "part": part, "quick": args.quick, "clock": clock, "torch_threads": torch.get_num_threads()}
                      for r in measure()]
+            save()
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"numpy {np.__version__}; best of {repeats} (pycocotools, pytorch-fid: {args.slow_repeats}); "
@@ -367,21 +375,7 @@ def main() -> None:
             f"| {r['what']} | {r['size']} | {r['reference']} | {r['reference_ms']:,.0f} | {r['visionzoo_ms']:,.0f} "
             f"| {r['speedup']:.1f}x | {equal} |"
         )
-    rows = merge_rows(earlier.get("rows"), rows, "part", PARTS)
-    out = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "clock": clock,
-                "torch_threads": torch.get_num_threads(),
-                "quick": args.quick,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

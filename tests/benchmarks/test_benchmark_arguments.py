@@ -541,7 +541,7 @@ def test_metrics_does_not_file_its_rows_beside_rows_of_another_clock(monkeypatch
     module.main()
     rows = {row["part"]: row for row in json.loads(out.read_text())["rows"]}
     assert rows["frechet"]["clock"] == "wall" and rows["frechet"]["torch_threads"] == torch.get_num_threads()
-    assert rows["coco"] == {"part": "coco", "reference_ms": 1.0}
+    assert rows["coco"] == {"part": "coco", "reference_ms": 1.0, "clock": "wall"}
 
 
 def test_backbones_all_writes_each_part_as_it_is_measured(monkeypatch, tmp_path):
@@ -562,3 +562,40 @@ def test_backbones_all_writes_each_part_as_it_is_measured(monkeypatch, tmp_path)
         module.main()
     assert json.loads(out.read_text()) == {"speed_cuda": {"kept": True}, "params": {"vit": {"equal": True}},
                                            "logits": {"vit": {"max_abs_diff_224": 0.0}}}
+
+
+@pytest.mark.parametrize("name", ["attention", "metrics"])
+def test_a_run_stopped_half_way_keeps_the_rows_it_measured(monkeypatch, tmp_path, name):
+    """attention.py and metrics.py wrote --out once, after the last case or part: a run stopped in the last one
+    (attention's ViT-S/16 cases take minutes each on a CPU; metrics' pycocotools tens of seconds) lost every row it
+    had measured. Each row is now written as it is measured, beside the file's rows of other cases."""
+    module = load(name)
+    key, order, _, _ = _stub_measurements(module, name, monkeypatch)
+    if name == "attention":
+        last = order[-1]
+        time_case = module.time_case
+        monkeypatch.setattr(module, "time_case", lambda build, written_out, repeats: (
+            _stop() if build is module.CASES[last][0] else time_case(build, written_out, repeats)))
+        argv = ["--repeats", "1"]
+    else:
+        monkeypatch.setattr(module, "frechet_rows", lambda *args: _stop())
+        argv = ["--quick"]
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"rows": [{key: value, "earlier": True} for value in order]}))
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv, "--out", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        module.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [row[key] for row in rows] == order
+    assert [row[key] for row in rows if row.get("earlier")] == [order[-1]]
+    if name == "metrics":  # a --one-thread run of every part, stopped: the wall-clock rows left still say so
+        monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+        monkeypatch.setattr(sys, "argv", ["metrics.py", "--one-thread", "--quick", "--out", str(out)])
+        with pytest.raises(KeyboardInterrupt):
+            module.main()
+        clocks = {row["part"]: row["clock"] for row in json.loads(out.read_text())["rows"]}
+        assert clocks == {"coco": "cpu, one thread", "mean_ap": "cpu, one thread", "frechet": "wall"}, clocks
+
+
+def _stop():
+    raise KeyboardInterrupt
