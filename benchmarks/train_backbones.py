@@ -221,6 +221,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps and any(job not in SINGLE for job in args.job or ()):
         parser.error("--steps applies to single-run jobs only: " + ", ".join(j for j in args.job if j not in SINGLE))
+    for job in (args.job or ()) if args.steps else ():  # else the engine refuses the run once it is built
+        warmup = SINGLE[job].warmup_steps
+        if warmup and args.steps < warmup:
+            parser.error(f"--steps {args.steps} is fewer than the {warmup} warmup steps of --job {job}: its learning "
+                         f"rate would never reach its peak; give --steps {warmup} or more")
     where = Where(args.device, args.workers, args.eval_every)
     budget = {"steps": args.steps, "minutes": None} if args.steps else {}
     if args.list or not args.job:

@@ -599,3 +599,10 @@ def test_a_run_stopped_half_way_keeps_the_rows_it_measured(monkeypatch, tmp_path
 
 def _stop():
     raise KeyboardInterrupt
+
+
+def test_train_backbones_refuses_steps_shorter_than_the_jobs_warmup_before_any_work(monkeypatch, capsys):
+    """train_backbones.py --job vit-digits32 --steps 2 (a quick trial) built the run, then stopped with the engine's
+    ValueError traceback: the job's 30 warmup steps are more than the run's 2."""
+    error = refused(monkeypatch, capsys, "train_backbones", ["--job", "vit-digits32", "--steps", "2"])
+    assert "--steps 2" in error and "vit-digits32" in error and "30 warmup steps" in error, error
