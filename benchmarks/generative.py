@@ -247,12 +247,13 @@ def sampler_fid(setup, data: str, count: int, per_class: bool, seed: int = 0, **
 
 def prior(tokenizer_kind: str, minutes: float, only: list[str] | None) -> dict[str, Any]:
     rows = {}
-    for data, size in DATA:
-        if only and data not in only:
-            continue
+    wanted = [(data, size) for data, size in DATA if not only or data in only]
+    missing = [data for data, _ in wanted if not (RUNS / f"{tokenizer_kind}-{data}" / CHECKPOINT_NAME).is_file()]
+    if missing:  # before any training: a prior trained on one data set would be lost at the next
+        raise SystemExit("; ".join(f"no {RUNS / f'{tokenizer_kind}-{data}' / CHECKPOINT_NAME}: run --model "
+                                   f"{tokenizer_kind} --data {data} first" for data in missing))
+    for data, size in wanted:
         checkpoint = RUNS / f"{tokenizer_kind}-{data}" / CHECKPOINT_NAME
-        if not checkpoint.is_file():
-            raise SystemExit(f"no {checkpoint}: run --model {tokenizer_kind} --data {data} first")
         setup, result, wall = train("vqgan_transformer", data, size, minutes,
                                     RUNS / f"vqgan_transformer-{tokenizer_kind}-{data}",
                                     options={"tokenizer": str(checkpoint), "class_conditional": True})

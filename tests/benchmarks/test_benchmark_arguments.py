@@ -606,3 +606,21 @@ def test_train_backbones_refuses_steps_shorter_than_the_jobs_warmup_before_any_w
     ValueError traceback: the job's 30 warmup steps are more than the run's 2."""
     error = refused(monkeypatch, capsys, "train_backbones", ["--job", "vit-digits32", "--steps", "2"])
     assert "--steps 2" in error and "vit-digits32" in error and "30 warmup steps" in error, error
+
+
+def test_generative_prior_names_a_missing_tokenizer_before_training_any_data_set(monkeypatch, tmp_path):
+    """--model vqgan_transformer with the Digits tokenizer trained but not the Shapes one trained the Digits prior
+    for its minutes, then stopped at Shapes ('no runs/bench/vqgan-shapes/...') and wrote nothing: the Digits result
+    was lost. Every missing tokenizer is now named before any training."""
+    module = load("generative")
+    (tmp_path / "vqgan-digits").mkdir()
+    (tmp_path / "vqgan-digits" / module.CHECKPOINT_NAME).write_bytes(b"")
+    monkeypatch.setattr(module, "train", lambda *args, **kwargs: pytest.fail("the prior trained"))
+    out = tmp_path / "prior.json"
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "vqgan_transformer", "--runs", str(tmp_path),
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    message = str(exit_info.value.code)
+    assert str(tmp_path / "vqgan-shapes" / module.CHECKPOINT_NAME) in message and "--data shapes" in message, message
+    assert not out.exists()
