@@ -205,13 +205,20 @@ def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
-    parser.add_argument("--repeats", type=positive_int, default=3, help="latency repeats (conformance)")
-    parser.add_argument("--minutes", type=positive_float, default=8.0,
-                        help="training budget of each detector (shapes, rcnn, fast-rcnn)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="training batch (shapes, rcnn, fast-rcnn)")
+    parser.add_argument("--repeats", type=positive_int, help="latency repeats (conformance; default 3)")
+    parser.add_argument("--minutes", type=positive_float,
+                        help="training budget of each detector (shapes, rcnn, fast-rcnn; default 8)")
+    parser.add_argument("--batch-size", type=positive_int, help="training batch (shapes, rcnn, fast-rcnn; default 8)")
     parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
                         help="the folder of the detection_JOB.json results (default: %(default)s)")
     args = parser.parse_args()
+    trainings = ("shapes", "rcnn", "fast-rcnn")
+    for flag, jobs, default in (("--repeats", ("conformance",), 3), ("--minutes", trainings, 8.0),
+                                ("--batch-size", trainings, 8)):
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) is not None and not set(args.job) & set(jobs):  # given, not ignored
+            parser.error(f"{flag} is not used by --job {' --job '.join(args.job)} (only by {', '.join(jobs)})")
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         start = time.perf_counter()

@@ -624,3 +624,27 @@ def test_generative_prior_names_a_missing_tokenizer_before_training_any_data_set
     message = str(exit_info.value.code)
     assert str(tmp_path / "vqgan-shapes" / module.CHECKPOINT_NAME) in message and "--data shapes" in message, message
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, flag, users", [
+    (["--job", "conformance", "--minutes", "1"], "--minutes", "shapes, rcnn, fast-rcnn"),
+    (["--job", "conformance", "--batch-size", "4"], "--batch-size", "shapes, rcnn, fast-rcnn"),
+    (["--job", "shapes", "--job", "rcnn", "--repeats", "7"], "--repeats", "conformance"),
+])
+def test_detection_refuses_a_flag_its_jobs_do_not_use_before_any_work(monkeypatch, capsys, argv, flag, users):
+    """detection.py --job conformance --minutes 1 took the budget and ignored it without a word (as generative.py
+    did with its models' flags)."""
+    error = refused(monkeypatch, capsys, "detection", argv)
+    assert f"{flag} is not used by --job" in error and f"only by {users}" in error, error
+
+
+def test_detection_hands_its_flags_and_defaults_to_the_jobs_that_use_them(monkeypatch, tmp_path):
+    module = load("detection")
+    calls = []
+    monkeypatch.setattr(module, "conformance", lambda repeats: calls.append(("conformance", repeats)) or {})
+    monkeypatch.setattr(module, "shapes", lambda minutes, batch: calls.append(("shapes", minutes, batch)) or {})
+    for argv in (["--job", "conformance", "--job", "shapes"], ["--job", "conformance", "--job", "shapes", "--repeats",
+                                                                "7", "--minutes", "0.5", "--batch-size", "4"]):
+        monkeypatch.setattr(sys, "argv", ["detection.py", *argv, "--out-dir", str(tmp_path)])
+        module.main()
+    assert calls == [("conformance", 3), ("shapes", 8.0, 8), ("conformance", 7), ("shapes", 0.5, 4)]
