@@ -156,20 +156,28 @@ def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("params", "logits", "speed", "all"), default="all")
-    parser.add_argument("--batch", type=positive_int, default=32)
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--bf16-batch", type=positive_int, default=2,
-                        help="bf16 batch (small: on CPUs without AMX/AVX512-BF16 bf16 is emulated, ~100× slower)")
-    parser.add_argument("--bf16-repeats", type=positive_int, default=1)
-    parser.add_argument("--one-thread", action="store_true", help="torch.set_num_threads(1)")
+    # the speed part's flags: None when not given, so that another part can refuse them rather than ignore them
+    speed_flags = {"--batch": 32, "--repeats": 5, "--bf16-batch": 2, "--bf16-repeats": 1}
+    parser.add_argument("--batch", type=positive_int, help="speed: the fp32 batch (default 32)")
+    parser.add_argument("--repeats", type=positive_int, help="speed: best of this many (default 5)")
+    parser.add_argument("--bf16-batch", type=positive_int,
+                        help="speed: the bf16 batch (default 2; small: on CPUs without AMX/AVX512-BF16 bf16 is "
+                             "emulated, ~100× slower)")
+    parser.add_argument("--bf16-repeats", type=positive_int, help="speed: bf16 best of this many (default 1)")
+    parser.add_argument("--one-thread", action="store_true", help="speed: torch.set_num_threads(1)")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
     args = parser.parse_args()
-    if args.one_thread:
-        torch.set_num_threads(1)
     if args.device == "cuda" and args.part != "speed":
         parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
+    for flag, default in {**speed_flags, "--one-thread": False}.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) not in (None, False) and args.part not in ("speed", "all"):
+            parser.error(f"{flag} is used by --part speed only, not by --part {args.part}")
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    if args.one_thread:
+        torch.set_num_threads(1)
     results = existing_results(parser, args.out)
     speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
     parts = {"params": parameter_counts, "logits": logit_differences,

@@ -648,3 +648,24 @@ def test_detection_hands_its_flags_and_defaults_to_the_jobs_that_use_them(monkey
         monkeypatch.setattr(sys, "argv", ["detection.py", *argv, "--out-dir", str(tmp_path)])
         module.main()
     assert calls == [("conformance", 3), ("shapes", 8.0, 8), ("conformance", 7), ("shapes", 0.5, 4)]
+
+
+@pytest.mark.parametrize("part", ["params", "logits"])
+@pytest.mark.parametrize("argv", [["--batch", "8"], ["--repeats", "2"], ["--bf16-batch", "4"], ["--bf16-repeats", "2"],
+                                  ["--one-thread"]])
+def test_backbones_refuses_a_speed_flag_for_another_part_before_any_work(monkeypatch, capsys, part, argv):
+    """backbones.py --part logits --batch 8 took the batch and ignored it without a word: the logits are compared
+    on a batch of 2, whatever --batch says, and --one-thread left the params and logits parts on every thread."""
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    error = refused(monkeypatch, capsys, "backbones", ["--part", part, *argv])
+    assert f"{argv[0]} is used by --part speed only" in error, error
+
+
+def test_backbones_hands_the_speed_flags_and_their_defaults_on(monkeypatch, tmp_path):
+    module = load("backbones")
+    calls = []
+    monkeypatch.setattr(module, "speed", lambda *args: calls.append(args[:4]) or {})
+    for argv in ([], ["--batch", "4", "--repeats", "2", "--bf16-batch", "3", "--bf16-repeats", "5"]):
+        monkeypatch.setattr(sys, "argv", ["backbones.py", "--part", "speed", *argv, "--out", str(tmp_path / "b.json")])
+        module.main()
+    assert calls == [(32, 5, 2, 1), (4, 2, 3, 5)]
