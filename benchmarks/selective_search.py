@@ -17,7 +17,10 @@ parameters on the image as BGR uint8; its ``x, y, w, h`` become ``x, y, x + w, y
 method runs once on the first image before its timing starts.
 
     python benchmarks/selective_search.py                     # the README's table, one thread
-    python benchmarks/selective_search.py --images 20 --methods ours-fast,opencv-fast
+    python benchmarks/selective_search.py --images 20 --methods ours-fast,opencv-fast --out /tmp/ss.json
+
+A run writes its methods' rows into ``--out`` and keeps the file's rows of the other methods; every row says the
+``--images``, ``--max-proposals``, ``--top`` and ``--threads`` it was measured with.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arguments import output_file, positive_int  # noqa: E402
+from arguments import existing_results, merge_rows, output_file, positive_int  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo.data import Shapes  # noqa: E402
 from visionzoo.detection import selective_search  # noqa: E402
@@ -59,6 +62,7 @@ from visionzoo.ops import box_iou  # noqa: E402
 
 METHODS = ("ours-fast", "ours-quality", "opencv-fast", "opencv-quality")
 CHOICES = ("ours-single", "ours-fast", "ours-quality", "opencv-fast", "opencv-quality")
+SETTINGS = ("images", "max_proposals", "top", "threads")  # what each row was measured with
 
 
 def opencv_proposals(image: torch.Tensor, mode: str, cap: int) -> torch.Tensor:
@@ -120,12 +124,14 @@ def main() -> None:
     parser.add_argument("--top", type=positive_int, default=100, help="MABO over the first TOP proposals too")
     parser.add_argument("--methods", action="append",
                         help=f"comma-separated, repeatable, from {', '.join(CHOICES)} (default {','.join(METHODS)})")
-    parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "selective_search.json")
+    parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "selective_search.json",
+                        help="results JSON; its rows of the methods not measured now are kept (default: %(default)s)")
     args = parser.parse_args()
     methods = list(dict.fromkeys(m for text in args.methods or [",".join(METHODS)] for m in text.split(",")))
     unknown = sorted(set(methods) - set(CHOICES))
     if unknown:
         parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
+    earlier = existing_results(parser, args.out)
     dataset = Shapes("val")
     if args.images > len(dataset):
         parser.error(f"--images {args.images}: the Shapes val split has {len(dataset)} images")
@@ -138,7 +144,7 @@ def main() -> None:
     rows = []
     for method in methods:
         row = evaluate(method, samples, args.max_proposals, args.top)
-        rows.append(row)
+        rows.append({**row, **{name: getattr(args, name) for name in SETTINGS}})
         print(f"{method:16s} {row['recall@0.5']:7.4f} {row['recall@0.7']:7.4f} {row['mabo']:7.4f} {row[top]:9.4f} "
               f"{row['proposals_per_image']:7.1f} {row['cpu_s_per_image']:7.3f} {row['wall_s_per_image']:7.3f}",
               flush=True)
@@ -155,6 +161,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"images": args.images, "ground_truth_boxes": boxes, "max_proposals": args.max_proposals, "top": args.top,
             "opencv": cv2.__version__, **machine(), "threads": args.threads}
+    # the file's rows of methods not measured now are kept, with the settings of the run that measured them
+    earlier_meta = earlier.get("meta") if isinstance(earlier.get("meta"), dict) else {}
+    kept = [{**{name: earlier_meta[name] for name in SETTINGS if name in earlier_meta}, **row}
+            for row in earlier.get("rows") if isinstance(row, dict)] if isinstance(earlier.get("rows"), list) else []
+    rows = merge_rows(kept, rows, "method", CHOICES)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

@@ -669,3 +669,28 @@ def test_backbones_hands_the_speed_flags_and_their_defaults_on(monkeypatch, tmp_
         monkeypatch.setattr(sys, "argv", ["backbones.py", "--part", "speed", *argv, "--out", str(tmp_path / "b.json")])
         module.main()
     assert calls == [(32, 5, 2, 1), (4, 2, 3, 5)]
+
+
+def test_selective_search_methods_replace_their_rows_and_keep_the_files_others(monkeypatch, capsys, tmp_path):
+    """The docstring's trial, selective_search.py --images 20 --methods ours-fast,opencv-fast, wrote its two rows
+    over benchmarks/results/selective_search.json, dropping the README's ours-quality and opencv-quality rows (and
+    its meta then said 20 images for all). Rows of other methods are now kept, each saying the settings it was
+    measured with; a file that is not a results object is refused."""
+    module = load("selective_search")
+    monkeypatch.setattr(module, "evaluate", lambda method, samples, cap, top: {
+        "method": method, "recall@0.5": 0.5, "recall@0.7": 0.5, "mabo": 0.5, f"mabo_first_{top}": 0.5,
+        "proposals_per_image": 1.0, "cpu_s_per_image": 0.0, "wall_s_per_image": 0.0, "ground_truth_boxes": 3})
+    out = tmp_path / "ss.json"
+    meta = {"images": 200, "ground_truth_boxes": 705, "max_proposals": 2000, "top": 100, "threads": 1}
+    out.write_text(json.dumps({"meta": meta, "rows": [{"method": m, "mabo": 0.9} for m in module.METHODS]}))
+    monkeypatch.setattr(sys, "argv", ["selective_search.py", "--images", "1", "--methods", "opencv-fast,ours-fast",
+                                      "--out", str(out)])
+    module.main()
+    rows = {row["method"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == list(module.METHODS)
+    assert rows["ours-quality"] == {"method": "ours-quality", "mabo": 0.9, "images": 200, "max_proposals": 2000,
+                                    "top": 100, "threads": 1}
+    assert rows["ours-fast"]["mabo"] == 0.5 and rows["ours-fast"]["images"] == 1
+    out.write_text("[1, 2]")
+    error = refused(monkeypatch, capsys, "selective_search", ["--images", "1", "--out", str(out)])
+    assert f"--out {out}" in error and out.read_text() == "[1, 2]", error
