@@ -30,7 +30,8 @@ survive encoding under bf16.
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
     python benchmarks/generative.py --model baselines
     python benchmarks/generative.py --model codebook_stats
-    python benchmarks/generative.py --model vit_vqgan --data shapes --device cuda --steps 12000 --runs /tmp/gpu
+    python benchmarks/generative.py --model vit_vqgan --data shapes --device cuda --steps 12000 --runs /tmp/gpu \
+        --out /tmp/gpu/generative_vit_vqgan_shapes.json   # a trial: the README's CPU result stays
 
 ``--steps N`` trains each model for N steps instead of ``--minutes`` (how far more steps than this CPU's
 budget go) and ``--device cuda`` trains on the GPU (bf16 autocast); what follows the training (test metrics,
