@@ -34,7 +34,8 @@ survive encoding under bf16.
         --out /tmp/gpu/generative_vit_vqgan_shapes.json   # a trial: the README's CPU result stays
 
 ``--steps N`` trains each model for N steps instead of ``--minutes`` (how far more steps than this CPU's
-budget go) and ``--device cuda`` trains on the GPU (bf16 autocast); what follows the training (test metrics,
+budget go) and ``--device cuda`` trains on the GPU (bf16 autocast; its result and plots are named ``..._cuda``, beside
+the CPU's rather than over them); what follows the training (test metrics,
 probes, sampling for FID) runs on the CPU either way.
 """
 
@@ -294,8 +295,10 @@ def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, dict[s
     return torch.stack([image for image, _ in samples]), {k: torch.tensor([t[k] for t in targets]) for k in targets[0]}
 
 
-def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str, plots: Path) -> dict[str, Any]:
-    """Train ``model_name`` ``seeds`` times per data set and probe every layer; the probe curves go to ``plots``."""
+def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str, plots: Path, tag: str = ""
+              ) -> dict[str, Any]:
+    """Train ``model_name`` ``seeds`` times per data set and probe every layer; the probe curves go to ``plots``,
+    their file names ending in ``tag``."""
     from visionzoo.generative.image_gpt import layer_features, plot_probe_curve, raw_pixel_probe
     from visionzoo.metrics.probe import linear_probe_accuracy
 
@@ -332,8 +335,8 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
             depth = curves.shape[1] - 1
             mean = curves.mean(0)
             best = int(np.argmax(mean))
-            plot = plots / (f"image_gpt_probes_{data}.png" if name == PROBE_TARGETS[data][0]
-                              else f"image_gpt_probes_{data}_{name}.png")
+            plot = plots / (f"image_gpt_probes_{data}{tag}.png" if name == PROBE_TARGETS[data][0]
+                              else f"image_gpt_probes_{data}_{name}{tag}.png")
             plot_probe_curve(curves.tolist(), raw, plot, title=f"Image GPT linear probes: {data} {size} px, {name}")
             targets[name] = {"raw_pixel_probe": raw, "majority_class": majority, "mean_probes": mean.tolist(),
                              "std_probes": curves.std(0).tolist(), "best_layer": best,
@@ -419,7 +422,7 @@ def main() -> None:
     parser.add_argument("--opt-betas", type=adam_beta, nargs=2, metavar=("BETA1", "BETA2"),
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
     parser.add_argument("--out", type=output_file,
-                        help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA].json)")
+                        help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA][_cuda].json)")
     parser.add_argument("--runs", type=output_folder, default=RUNS,
                         help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
                              "give another one for trials that must not replace them)")
@@ -440,6 +443,8 @@ def main() -> None:
         parser.error("--steps and --minutes are two budgets: give one")
     args.minutes = args.minutes or 5.0
     TRAINING.update({"device": args.device, **({"max_steps": args.steps, "minutes": None} if args.steps else {})})
+    # a GPU run's files go beside the CPU's (the README's), not over them
+    tag = "_cuda" if args.device == "cuda" else ""
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
@@ -454,7 +459,8 @@ def main() -> None:
         name = f"{args.model}_untrained"
     elif args.model.startswith("image_gpt"):
         # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
-        result = image_gpt(args.minutes, args.seeds or 3, args.data, args.model, args.out.parent if args.out else RESULTS)
+        result = image_gpt(args.minutes, args.seeds or 3, args.data, args.model, args.out.parent if args.out else RESULTS,
+                           tag)
         name = args.model
     elif args.model == "codebook_stats":
         result = codebook_stats(args.data)
@@ -467,7 +473,7 @@ def main() -> None:
         result = baselines(args.data, sizes)
         name = "baselines"
     suffix = "" if not args.data else "_" + "_".join(args.data)
-    path = args.out or RESULTS / f"generative_{name}{suffix}.json"
+    path = args.out or RESULTS / f"generative_{name}{suffix}{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     where = {"device": args.device, "steps": args.steps}
     path.write_text(json.dumps({**machine(args.device), **where, **result}, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """Backbones trained from scratch on built-in data on this CPU: test accuracy and wall time.
 
 One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writing
-``benchmarks/results/train_<job>.json`` (or into ``--out-dir``, for a trial), so the README's rows can be filled
-across several runs:
+``benchmarks/results/train_<job>.json`` (``train_<job>_cuda.json`` with ``--device cuda``, beside the CPU's; or into
+``--out-dir``, for a trial), so the README's rows can be filled across several runs:
 
 * ``<family>-digits32`` / ``<family>-shapes64``: one run, test accuracy on the held-out test split;
   ``<family>-shapes64-flips``: the same with the square's eight symmetries as augmentation;
@@ -211,7 +211,8 @@ def main() -> None:
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
-                        help="the folder of the train_JOB.json results (default: %(default)s)")
+                        help="the folder of the train_JOB.json results, train_JOB_cuda.json for --device cuda "
+                             "(default: %(default)s)")
     parser.add_argument("--steps", type=positive_int,
                         help="single-run jobs: train this many steps instead of the job's budget")
     parser.add_argument("--eval-every", type=positive_int, help="record the validation accuracy every N steps")
@@ -246,7 +247,7 @@ def main() -> None:
                 result = mpp_job(Path(tmp), where)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine(args.device)
-        path = args.out_dir / f"train_{job}.json"
+        path = args.out_dir / f"train_{job}{'_cuda' if args.device == 'cuda' else ''}.json"  # not over the CPU's
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}", flush=True)
 

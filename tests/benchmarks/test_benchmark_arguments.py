@@ -694,3 +694,42 @@ def test_selective_search_methods_replace_their_rows_and_keep_the_files_others(m
     out.write_text("[1, 2]")
     error = refused(monkeypatch, capsys, "selective_search", ["--images", "1", "--out", str(out)])
     assert f"--out {out}" in error and out.read_text() == "[1, 2]", error
+
+
+def test_train_backbones_on_cuda_does_not_replace_the_cpu_result(monkeypatch, tmp_path):
+    """The README's GPU command (train_backbones.py --job JOB --device cuda ...) wrote train_JOB.json, the file of
+    the README's CPU row of that job, with the GPU run; a GPU run now writes train_JOB_cuda.json beside it."""
+    module = load("train_backbones")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {"device": device})
+    monkeypatch.setattr(module, "train_and_test", lambda run, out, where, **budget: {"device": where.device})
+    for device in ("cpu", "cuda"):
+        monkeypatch.setattr(sys, "argv", ["train_backbones.py", "--job", "vit-shapes64", "--device", device,
+                                          "--out-dir", str(tmp_path)])
+        module.main()
+    assert json.loads((tmp_path / "train_vit-shapes64.json").read_text())["device"] == "cpu"
+    assert json.loads((tmp_path / "train_vit-shapes64_cuda.json").read_text())["device"] == "cuda"
+
+
+def test_generative_on_cuda_does_not_replace_the_cpu_result_nor_its_plots(monkeypatch, tmp_path):
+    """The README's GPU command (generative.py --model image_gpt --data shapes --device cuda --minutes 4 --seeds 1)
+    wrote generative_image_gpt_shapes.json and image_gpt_probes_shapes*.png, the README's CPU result and pictures,
+    with the GPU run; by default a GPU run now writes ..._cuda.json and ..._cuda.png beside them."""
+    module = load("generative")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {})
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    calls = []
+    monkeypatch.setattr(module, "image_gpt", lambda *args: calls.append(args) or {"rows": {}})
+    monkeypatch.setattr(module, "dcgan", lambda *args: {"rows": {}})
+    for device in ("cpu", "cuda"):
+        monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "image_gpt", "--data", "shapes", "--device",
+                                          device, "--runs", str(tmp_path / "runs")])
+        module.main()
+    assert json.loads((tmp_path / "generative_image_gpt_shapes.json").read_text())["device"] == "cpu"
+    assert json.loads((tmp_path / "generative_image_gpt_shapes_cuda.json").read_text())["device"] == "cuda"
+    assert [args[4:] for args in calls] == [(tmp_path, ""), (tmp_path, "_cuda")]
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "dcgan", "--data", "digits", "--device", "cuda",
+                                      "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "mine.json")])
+    module.main()
+    assert json.loads((tmp_path / "mine.json").read_text())["device"] == "cuda"
