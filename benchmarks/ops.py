@@ -14,7 +14,7 @@ for NMS, max |difference| <= 1e-5 for the RoI ops). IoU threshold 0.5.
 
     python benchmarks/ops.py                 # the README's table, default threads
     python benchmarks/ops.py --quick         # fewer repeats
-    python benchmarks/ops.py --one-thread    # one thread everywhere, CPU seconds
+    python benchmarks/ops.py --one-thread    # one thread everywhere, CPU seconds, into results/ops_one_thread.json
 
 torchvision's CPU NMS and RoI kernels are single-threaded loops; visionzoo's are tensor operations
 that use torch's thread pool. On a loaded shared machine a thread pool waits for its slowest
@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import sys
 
-if "--one-thread" in sys.argv:  # before torch starts its thread pool
+ONE_THREAD = "--one-thread" in sys.argv
+if ONE_THREAD:  # before torch starts its thread pool
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[_var] = "1"
 
@@ -45,7 +46,7 @@ from arguments import output_file, positive_int  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo import ops  # noqa: E402
 
-CLOCK = time.process_time if "--one-thread" in sys.argv else time.perf_counter
+CLOCK = time.process_time if ONE_THREAD else time.perf_counter
 
 
 def uniform_boxes(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -149,7 +150,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=positive_int, help="best of this many runs (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="2 repeats unless --repeats is given")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere, CPU time")
-    parser.add_argument("--out", type=output_file, default=Path(__file__).parent / "results" / "ops.json")
+    parser.add_argument("--out", type=output_file, help="results JSON (default: %(default)s)",
+                        default=Path(__file__).parent / "results" / f"ops{'_one_thread' if ONE_THREAD else ''}.json")
     args = parser.parse_args()
     if args.one_thread:
         torch.set_num_threads(1)

@@ -733,3 +733,23 @@ def test_generative_on_cuda_does_not_replace_the_cpu_result_nor_its_plots(monkey
                                       "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "mine.json")])
     module.main()
     assert json.loads((tmp_path / "mine.json").read_text())["device"] == "cuda"
+
+
+@pytest.mark.parametrize("argv, name", [([], "ops.json"), (["--one-thread"], "ops_one_thread.json")])
+def test_ops_one_thread_default_out_is_its_own_file(monkeypatch, argv, name):
+    """ops.py --one-thread (the docstring's command) wrote its CPU-time rows over benchmarks/results/ops.json, the
+    README's wall-clock table; its default is now ops_one_thread.json, as metrics.py's is metrics_one_thread.json."""
+    monkeypatch.setattr(sys, "argv", ["ops.py", *argv])
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # --one-thread sets OMP_NUM_THREADS and its kin on import
+    module = load("ops")
+    parsed = []
+    parse_args = module.argparse.ArgumentParser.parse_args
+
+    def record(parser, *args, **kwargs):
+        parsed.append(parse_args(parser, *args, **kwargs))
+        raise _Parsed
+
+    monkeypatch.setattr(module.argparse.ArgumentParser, "parse_args", record)
+    with pytest.raises(_Parsed):
+        module.main()
+    assert Path(parsed[0].out) == BENCHMARKS / "results" / name
