@@ -11,7 +11,7 @@ Each timing is the best of ``--repeats`` (``--slow-repeats`` for pycocotools and
 take tens of seconds); "equal" compares the numbers of the two sides.
 
     python benchmarks/metrics.py                    # the README's table
-    python benchmarks/metrics.py --quick            # smaller sizes, one repeat
+    python benchmarks/metrics.py --quick --out /tmp/metrics_quick.json   # smaller sizes, one repeat
     python benchmarks/metrics.py --one-thread       # every library on one thread, CPU seconds
 
 On a shared machine wall-clock ratios move with the load (the libraries' thread pools suffer from
@@ -345,6 +345,10 @@ def main() -> None:
     if other:
         parser.error(f"--out {args.out} keeps rows timed with clock {' and '.join(map(repr, other))}, and this run's "
                      f"clock is {clock!r}; give another --out, or measure every part (no --only)")
+    full = sorted({row["part"] for row in earlier_rows if row.get("part") in parts and row.get("quick") is False})
+    if args.quick and full:  # a trial's smaller sizes are not the same measurement
+        parser.error(f"--quick would replace the full-size {', '.join(full)} rows of --out {args.out}; give another "
+                     "--out for the trial")
     images, dets, dim = (1000, 20_000, 512) if args.quick else (5000, 100_000, 2048)
     repeats = args.repeats or (1 if args.quick else 3)
     rows = []

@@ -753,3 +753,22 @@ def test_ops_one_thread_default_out_is_its_own_file(monkeypatch, argv, name):
     with pytest.raises(_Parsed):
         module.main()
     assert Path(parsed[0].out) == BENCHMARKS / "results" / name
+
+
+def test_metrics_quick_does_not_replace_full_size_rows(monkeypatch, capsys, tmp_path):
+    """metrics.py --quick (the docstring's trial: 1,000 images where the README's rows have 5,000, d=512 where they
+    have 2,048) replaced the README's rows in benchmarks/results/metrics.json with its own. It is now refused in one
+    line when it would replace full-size rows; into a file of quick rows, or a new one, it runs as before."""
+    out = tmp_path / "metrics.json"
+    full = json.dumps({"rows": [{"part": part, "quick": False, "clock": "wall"} for part in ("coco", "mean_ap")]})
+    out.write_text(full)
+    error = refused(monkeypatch, capsys, "metrics", ["--quick", "--only", "mean_ap", "--out", str(out)])
+    assert f"--out {out}" in error and "--quick" in error and "mean_ap" in error, error
+    assert out.read_text() == full
+    module = load("metrics")
+    monkeypatch.setattr(module, "coco_rows", lambda *args: [module.row("c", "n", "ref", 2.0, 1.0, True, 0.0, 1, 1)])
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "--quick", "--only", "coco", "--out", str(tmp_path / "new.json")])
+    module.main()
+    monkeypatch.setattr(sys, "argv", ["metrics.py", "--quick", "--only", "coco", "--out", str(tmp_path / "new.json")])
+    module.main()
+    assert [row["quick"] for row in json.loads((tmp_path / "new.json").read_text())["rows"]] == [True]
