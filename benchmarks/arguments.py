@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from visionzoo.checkpoint import atomic_write
 from visionzoo.cli import nonnegative_int, positive_float, positive_int
 
 __all__ = ["at_least_two", "at_least_two_images", "device_name", "existing_results", "merge_rows", "nonnegative_int", "output_file",
-           "output_folder", "positive_float", "positive_int"]
+           "output_folder", "positive_float", "positive_int", "write_json"]
 
 
 def device_name(text: str) -> str:
@@ -109,3 +110,10 @@ def merge_rows(earlier: Any, measured: list[dict[str, Any]], key: str, order: Se
             if isinstance(row, dict) and row.get(key) not in done]
     rank = {name: i for i, name in enumerate(order)}
     return sorted(kept + measured, key=lambda row: rank.get(row.get(key), len(rank)))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON in ``path`` (its folder made), through a temporary file renamed over it: a write
+    stopped half-way (a full disk, Ctrl-C) leaves the earlier results, not half of the new ones."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -20,7 +20,6 @@ says where each row came from.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
-from arguments import existing_results, merge_rows, output_file, positive_int
+from arguments import existing_results, merge_rows, output_file, positive_int, write_json
 from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
@@ -138,9 +137,8 @@ def main() -> None:
     def save() -> list[dict]:
         """The file's rows with those measured so far, written out: a run stopped later keeps them."""
         merged = merge_rows(earlier.get("rows"), rows, "case", list(CASES))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**machine(), "explicit_max_keys": defaults[0],
-                                        "explicit_max_logits_bytes": defaults[1], "rows": merged}, indent=2) + "\n")
+        write_json(args.out, {**machine(), "explicit_max_keys": defaults[0], "explicit_max_logits_bytes": defaults[1],
+                              "rows": merged})
         return merged
 
     for name, (build, keys) in cases.items():

@@ -20,7 +20,6 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from arguments import device_name, existing_results, output_file, positive_int
+from arguments import device_name, existing_results, output_file, positive_int, write_json
 from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
 
@@ -187,8 +186,7 @@ def main() -> None:
         if args.part in (key.split("_")[0], "all"):
             results[key] = measure()
             # each part as it is done: a run stopped in a later part keeps the sections it has measured
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            write_json(args.out, results)
             print(f"wrote the {key} section of {args.out}", flush=True)
 
 

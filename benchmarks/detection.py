@@ -34,7 +34,6 @@ The R-CNN jobs compute the Selective Search boxes of the train and val splits on
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
-from arguments import output_folder, positive_float, positive_int
+from arguments import output_folder, positive_float, positive_int, write_json
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
@@ -232,7 +231,7 @@ def main() -> None:
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine()
         path = args.out_dir / f"detection_{job}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
         print(f"wrote {path}")
 
 

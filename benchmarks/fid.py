@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
-from arguments import at_least_two_images, output_file
+from arguments import at_least_two_images, output_file, write_json
 from timing import best_seconds, machine
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
@@ -152,8 +151,7 @@ def main() -> None:
                         help="the JSON result (default: %(default)s)")
     args = parser.parse_args()
     result = run(args.images)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({**machine(), **result}, indent=2) + "\n")
+    write_json(args.out, {**machine(), **result})
     print(f"wrote {args.out}")
 
 

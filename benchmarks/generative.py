@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
-from arguments import device_name, output_file, output_folder, positive_float, positive_int
+from arguments import device_name, output_file, output_folder, positive_float, positive_int, write_json
 from timing import machine
 from visionzoo.cli import nonnegative_float
 from visionzoo.data import create_dataset
@@ -474,9 +474,7 @@ def main() -> None:
         name = "baselines"
     suffix = "" if not args.data else "_" + "_".join(args.data)
     path = args.out or RESULTS / f"generative_{name}{suffix}{tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    where = {"device": args.device, "steps": args.steps}
-    path.write_text(json.dumps({**machine(args.device), **where, **result}, indent=2) + "\n")
+    write_json(path, {**machine(args.device), "device": args.device, "steps": args.steps, **result})
     print(f"wrote {path}")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import tempfile
 import time
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arguments import output_file, positive_int
+from arguments import output_file, positive_int, write_json
 from timing import machine
 from visionzoo.data.shapes import CLASSES, Shapes
 from visionzoo.data.slides import ShapeSlides
@@ -293,8 +292,7 @@ def main() -> None:
     }
     print(table(result))
     print(f"total {result['total_seconds']:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     if not all(row["end_to_end_check"]["passed"] for row in rows if row["end_to_end_check"]):
         raise SystemExit("the end-to-end HIPT4K forward differs from the precomputed-grid path")

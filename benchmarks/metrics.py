@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arguments import existing_results, merge_rows, output_file, positive_int  # noqa: E402
+from arguments import existing_results, merge_rows, output_file, positive_int, write_json  # noqa: E402
 from timing import best_of  # noqa: E402
 from visionzoo.metrics import FeatureStatistics, MeanAveragePrecision, coco_evaluate, frechet_distance  # noqa: E402
 from visionzoo.metrics.coco import SUMMARY_NAMES  # noqa: E402
@@ -355,9 +355,8 @@ def main() -> None:
 
     def save() -> None:
         """The file's rows with those measured so far, written out: a run stopped later keeps them."""
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": merge_rows(earlier_rows, rows, "part", PARTS), "clock": clock,
-                                        "torch_threads": torch.get_num_threads(), "quick": args.quick}, indent=2))
+        write_json(args.out, {"rows": merge_rows(earlier_rows, rows, "part", PARTS), "clock": clock,
+                              "torch_threads": torch.get_num_threads(), "quick": args.quick})
 
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
                           ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),

@@ -33,7 +33,6 @@ if ONE_THREAD:  # before torch starts its thread pool
         os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -42,7 +41,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv  # noqa: E402
 
-from arguments import output_file, positive_int  # noqa: E402
+from arguments import output_file, positive_int, write_json  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo import ops  # noqa: E402
 
@@ -165,9 +164,8 @@ def main() -> None:
         print(f"| {row['op']} | {row['size']} | {row['torchvision_ms']:.1f} | {row['visionzoo_ms']:.1f} | "
               f"{row['ratio']:.2f} | {'yes' if row['equal'] else 'NO'} |")
     print(f"\n{clock}, best of {repeats}; ratio = visionzoo / torchvision (below 1: faster).")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"clock": clock, "repeats": repeats, "torchvision": torchvision.__version__, **machine()}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

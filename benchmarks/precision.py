@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from arguments import at_least_two, existing_results, merge_rows, output_file, positive_int
+from arguments import at_least_two, existing_results, merge_rows, output_file, positive_int, write_json
 from timing import machine
 from visionzoo.train import TrainConfig, fit
 from visionzoo.train.run import build_setup
@@ -89,8 +89,7 @@ def main() -> None:
         print(f"| {row['config']} | {row['fp32_samples_per_s']:.1f} | {row['bf16_samples_per_s']:.1f} | "
               f"{row['speedup']:.2f}x |")
     rows = merge_rows(earlier.get("rows"), rows, "config", [MATMUL, *CONFIGS])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

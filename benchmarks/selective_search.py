@@ -45,7 +45,6 @@ if _THREADS.isdecimal() and int(_THREADS) > 0:
         os.environ[_var] = str(int(_THREADS))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -54,7 +53,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arguments import existing_results, merge_rows, output_file, positive_int  # noqa: E402
+from arguments import existing_results, merge_rows, output_file, positive_int, write_json  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo.data import Shapes  # noqa: E402
 from visionzoo.detection import selective_search  # noqa: E402
@@ -166,7 +165,7 @@ def main() -> None:
     kept = [{**{name: earlier_meta[name] for name in SETTINGS if name in earlier_meta}, **row}
             for row in earlier.get("rows") if isinstance(row, dict)] if isinstance(earlier.get("rows"), list) else []
     rows = merge_rows(kept, rows, "method", CHOICES)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

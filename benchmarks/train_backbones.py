@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from arguments import device_name, nonnegative_int, output_folder, positive_int
+from arguments import device_name, nonnegative_int, output_folder, positive_int, write_json
 from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import METRICS_NAME, resolve_precision
@@ -248,7 +248,7 @@ def main() -> None:
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine(args.device)
         path = args.out_dir / f"train_{job}{'_cuda' if args.device == 'cuda' else ''}.json"  # not over the CPU's
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
         print(f"wrote {path}", flush=True)
 
 

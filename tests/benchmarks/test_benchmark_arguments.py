@@ -772,3 +772,26 @@ def test_metrics_quick_does_not_replace_full_size_rows(monkeypatch, capsys, tmp_
     monkeypatch.setattr(sys, "argv", ["metrics.py", "--quick", "--only", "coco", "--out", str(tmp_path / "new.json")])
     module.main()
     assert [row["quick"] for row in json.loads((tmp_path / "new.json").read_text())["rows"]] == [True]
+
+
+@pytest.mark.parametrize("name", ["attention", "precision", "metrics"])
+def test_a_write_that_fails_half_way_leaves_the_results_file_as_it_was(monkeypatch, tmp_path, name):
+    """The scripts wrote --out in place: a write stopped half-way (a full disk, Ctrl-C) left a truncated JSON where
+    the README's results had been, every row lost. They now write a temporary file and rename it over --out."""
+    module = load(name)
+    key, order, _, argv = _stub_measurements(module, name, monkeypatch)
+    out = tmp_path / "results.json"
+    before = json.dumps({"rows": [{key: value, "earlier": True} for value in order]})
+    out.write_text(before)
+    write_text = Path.write_text
+
+    def half_then_full_disk(path, text, *args, **kwargs):
+        write_text(path, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv, "--out", str(out)])
+    with pytest.raises(OSError):
+        module.main()
+    assert out.read_text() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
