@@ -31,7 +31,8 @@ def device_name(text: str) -> str:
 
 def output_file(text: str) -> Path:
     """A .json file to write the result into: not a folder, not inside a file, in a folder this process can write
-    (a missing folder is created), and not an existing file it cannot write."""
+    (a missing folder is created; the results are renamed into it from a temporary file there), and not an existing
+    file it cannot write."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give the .json file to write")
@@ -40,8 +41,7 @@ def output_file(text: str) -> Path:
     try:  # a real write, not os.access: that says yes to root on a read-only mount
         if path.exists():
             open(path, "r+b").close()
-        else:
-            _check_folder_writable(text, path.parent)
+        _check_folder_writable(text, path.parent)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"{text} cannot be written: {error.strerror or error}") from None
     return path

@@ -795,3 +795,22 @@ def test_a_write_that_fails_half_way_leaves_the_results_file_as_it_was(monkeypat
         module.main()
     assert out.read_text() == before
     assert [path.name for path in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_an_existing_out_in_a_folder_that_cannot_be_written_is_one_line_before_any_work(monkeypatch, capsys, tmp_path):
+    """The results are renamed into --out's folder from a temporary file there: an --out that exists and can be
+    written, in a folder where no file can be made, must be refused up front, not after the work."""
+    import tempfile as tempfile_module
+
+    out = tmp_path / "result.json"
+    out.write_text("{}")
+    temporary_file = tempfile_module.TemporaryFile
+
+    def no_new_files(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied")
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile_module, "TemporaryFile", no_new_files)
+    error = refused(monkeypatch, capsys, "precision", ["--out", str(out)])
+    assert f"{out} cannot be written: Permission denied" in error, error
