@@ -227,6 +227,11 @@ def main() -> None:
         if warmup and args.steps < warmup:
             parser.error(f"--steps {args.steps} is fewer than the {warmup} warmup steps of --job {job}: its learning "
                          f"rate would never reach its peak; give --steps {warmup} or more")
+    if args.job and set(args.job) == {"shapes64-label-ambiguity"}:  # the one job that trains nothing
+        for flag, given in (("--device", args.device != "cpu"), ("--workers", args.workers),
+                            ("--eval-every", args.eval_every)):
+            if given:
+                parser.error(f"{flag} is not used by --job shapes64-label-ambiguity: it trains nothing")
     where = Where(args.device, args.workers, args.eval_every)
     budget = {"steps": args.steps, "minutes": None} if args.steps else {}
     if args.list or not args.job:

@@ -814,3 +814,13 @@ def test_an_existing_out_in_a_folder_that_cannot_be_written_is_one_line_before_a
     monkeypatch.setattr(tempfile_module, "TemporaryFile", no_new_files)
     error = refused(monkeypatch, capsys, "precision", ["--out", str(out)])
     assert f"{out} cannot be written: Permission denied" in error, error
+
+
+@pytest.mark.parametrize("argv, flag", [(["--device", "cuda"], "--device"), (["--workers", "2"], "--workers"),
+                                        (["--eval-every", "100"], "--eval-every")])
+def test_train_backbones_refuses_training_flags_for_the_job_that_trains_nothing(monkeypatch, capsys, argv, flag):
+    """--job shapes64-label-ambiguity --device cuda measured on the CPU (it trains nothing) and wrote a result that
+    named the GPU as its machine; --workers and --eval-every were ignored without a word."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    error = refused(monkeypatch, capsys, "train_backbones", ["--job", "shapes64-label-ambiguity", *argv])
+    assert f"{flag} is not used by --job shapes64-label-ambiguity" in error, error
