@@ -59,6 +59,7 @@ from visionzoo.cli import nonnegative_float
 from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
 from visionzoo.metrics.fid import FID
+from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
 from visionzoo.train.commands import adam_beta, parse_model_arg
 from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, autocast_context
@@ -433,6 +434,15 @@ def main() -> None:
         given = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if given is not None and given is not False and given != [] and args.model not in models:  # 0 is given
             parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
+    if args.model_arg:  # each tokenizer built on the meta device: a bad argument is one line now, not a traceback later
+        for (data, _), name in zip(DATA, TOKENIZERS[args.model]):
+            if args.data and data not in args.data:
+                continue
+            try:
+                with torch.device("meta"):
+                    create_model(name, **dict(args.model_arg))
+            except ValueError as error:  # ModelArgumentError too
+                parser.error(f"--model-arg: {error}")
     RUNS = args.runs
     if args.untrained or args.model in ("baselines", "codebook_stats"):
         for flag, given in (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu")):

@@ -824,3 +824,15 @@ def test_train_backbones_refuses_training_flags_for_the_job_that_trains_nothing(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     error = refused(monkeypatch, capsys, "train_backbones", ["--job", "shapes64-label-ambiguity", *argv])
     assert f"{flag} is not used by --job shapes64-label-ambiguity" in error, error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vqvae", "--model-arg", "foo=1"], "vqvae_small takes no argument 'foo'"),
+    (["--model", "vqgan", "--data", "shapes", "--model-arg", "num_codes=-5"], "at least 2 codes"),
+    (["--model", "vit_vqgan", "--model-arg", "code_dim=abc"], "code_dim must be an integer"),
+])
+def test_generative_refuses_a_model_arg_the_tokenizer_cannot_take_before_any_work(monkeypatch, capsys, argv, message):
+    """--model vqvae --model-arg foo=1 loaded the data and then stopped with a ModelArgumentError traceback when the
+    model was built (a ValueError traceback for num_codes=-5)."""
+    error = refused(monkeypatch, capsys, "generative", argv)
+    assert "--model-arg" in error and message in error, error
