@@ -55,6 +55,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from arguments import device_name, output_file, output_folder, positive_float, positive_int, write_json
 from timing import machine
+from visionzoo.checkpoint import CheckpointError, read_metadata
 from visionzoo.cli import nonnegative_float
 from visionzoo.data import create_dataset
 from visionzoo.metrics.domain import DEFAULT_SIZES, domain_features
@@ -156,6 +157,14 @@ def tokenizer(kind: str, minutes: float, only: list[str] | None, losses: dict[st
             "model_args": model_args or {}, "rows": rows}
 
 
+def readable_tokenizer(kind: str, data: str) -> None:
+    """Stop in one line when the tokenizer checkpoint under ``RUNS`` cannot be read (cut short, not a checkpoint)."""
+    try:
+        read_metadata(RUNS / f"{kind}-{data}" / CHECKPOINT_NAME)
+    except CheckpointError as error:
+        raise SystemExit(f"{error}; train it again with --model {kind} --data {data}") from None
+
+
 def codebook_stats(only: list[str] | None) -> dict[str, Any]:
     """How far apart the trained tokenizers' codes are, and whether their codes survive bf16: for each
     ``runs/bench/KIND-DATA`` checkpoint, the median distance from a code to its nearest other code over the
@@ -167,6 +176,7 @@ def codebook_stats(only: list[str] | None) -> dict[str, Any]:
             checkpoint = RUNS / f"{kind}-{data}" / CHECKPOINT_NAME
             if (only and data not in only) or not checkpoint.is_file():
                 continue
+            readable_tokenizer(kind, data)
             setup = load_for_inference(name, checkpoint)
             model = setup.model.eval()
             codes = model.quantizer.code_vectors().detach().float()
@@ -255,6 +265,8 @@ def prior(tokenizer_kind: str, minutes: float, only: list[str] | None) -> dict[s
     if missing:  # before any training: a prior trained on one data set would be lost at the next
         raise SystemExit("; ".join(f"no {RUNS / f'{tokenizer_kind}-{data}' / CHECKPOINT_NAME}: run --model "
                                    f"{tokenizer_kind} --data {data} first" for data in missing))
+    for data, _ in wanted:
+        readable_tokenizer(tokenizer_kind, data)
     for data, size in wanted:
         checkpoint = RUNS / f"{tokenizer_kind}-{data}" / CHECKPOINT_NAME
         setup, result, wall = train("vqgan_transformer", data, size, minutes,

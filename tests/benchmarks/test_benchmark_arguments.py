@@ -836,3 +836,21 @@ def test_generative_refuses_a_model_arg_the_tokenizer_cannot_take_before_any_wor
     model was built (a ValueError traceback for num_codes=-5)."""
     error = refused(monkeypatch, capsys, "generative", argv)
     assert "--model-arg" in error and message in error, error
+
+
+@pytest.mark.parametrize("argv", [["--model", "vqgan_transformer", "--data", "digits"],
+                                  ["--model", "codebook_stats"]])
+def test_generative_names_a_damaged_tokenizer_checkpoint_in_one_line(monkeypatch, tmp_path, argv):
+    """A tokenizer checkpoint cut short (a run killed while copying it) was a CheckpointError traceback from
+    --model vqgan_transformer (after its data was loaded) and from --model codebook_stats."""
+    module = load("generative")
+    (tmp_path / "vqgan-digits").mkdir()
+    (tmp_path / "vqgan-digits" / module.CHECKPOINT_NAME).write_bytes(b"junk")
+    monkeypatch.setattr(module, "train", lambda *args, **kwargs: pytest.fail("the prior trained"))
+    out = tmp_path / "result.json"
+    monkeypatch.setattr(sys, "argv", ["generative.py", *argv, "--runs", str(tmp_path), "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    message = str(exit_info.value.code)
+    assert str(tmp_path / "vqgan-digits" / module.CHECKPOINT_NAME) in message and "corrupt" in message, message
+    assert "\n" not in message and not out.exists()
