@@ -564,6 +564,19 @@ def test_list_models_names_the_task_when_no_model_of_it_matches(capsys):
     assert capsys.readouterr().err.strip() == "no model matches 'nothing*'"
 
 
+def test_list_models_pretrained_lists_the_names_with_official_weights(capsys):
+    """timm.list_models(pretrained=True) has a command-line twin here: `list-models --pretrained` was refused as an
+    unrecognised argument."""
+    from visionzoo.models import list_models
+
+    assert main(["list-models", "convnext*", "--pretrained"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list_models("convnext*", pretrained=True) and "convnext_tiny" in listed
+    assert "convnext_atto_32" not in listed
+    assert main(["list-models", "*_32", "--pretrained"]) == 1
+    assert capsys.readouterr().err.strip() == "no pretrained model matches '*_32'"
+
+
 def test_list_models_refuses_an_unknown_task_listing_the_tasks(capsys):
     """It exited 1 with "no model matches '*'", as if the pattern were wrong."""
     with pytest.raises(SystemExit) as exit_info:

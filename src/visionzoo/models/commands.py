@@ -1,4 +1,4 @@
-"""``visionzoo list-models [PATTERN]``."""
+"""``visionzoo list-models [PATTERN] [--task TASK] [--pretrained]``."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'resnet*'")
     parser.add_argument("--task", choices=list_tasks(), metavar="TASK",
                         help=f"only models of this task: {', '.join(list_tasks())}")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="only models with official weights (pretrained=True), as timm.list_models(pretrained=True)")
 
 
 @register_command("list-models", help="list registered models", arguments=_arguments)
 def list_models_command(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern, task=args.task)
+    names = list_models(args.pattern, task=args.task, pretrained=args.pretrained)
     if not names:
-        kind = f"{args.task} model" if args.task else "model"  # 'vit*' names models, none of them detectors
+        # 'vit*' names models, none of them detectors
+        kind = " ".join(filter(None, ("pretrained" if args.pretrained else "", args.task, "model")))
         print(f"no {kind} matches {args.pattern!r}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
