@@ -252,3 +252,133 @@ def test_bfloat16_scores_and_areas_equal_torchmetrics():
     ours, ref = run_both(preds, targets, class_metrics=True)
     assert_same_results(ours, ref)
     assert 0 < ours["map"] < 1
+
+
+def mask_images(seed, n_images=12, n_classes=3, empty_target_images=(), empty_pred_images=()):
+    """Random per-image dicts with bool masks [N, H, W] and their boxes: blobs of several classes, some crowd, some
+    with a given area; predictions are shifted, grown or shrunk copies of the objects plus false positives."""
+    rng = np.random.default_rng(seed)
+
+    def blob(h, w):
+        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        y1, x1 = rng.integers(y0 + 2, h + 1), rng.integers(x0 + 2, w + 1)
+        mask = np.zeros((h, w), bool)
+        mask[y0:y1, x0:x1] = True
+        mask &= rng.random((h, w)) < 0.9  # holes: the mask area is not the box area
+        return mask
+
+    def boxes_of(masks):
+        out = []
+        for m in masks:
+            ys, xs = np.nonzero(m)
+            out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 1, 1])
+        return torch.tensor(np.array(out, dtype=np.float32).reshape(-1, 4))
+
+    preds, targets = [], []
+    for i in range(n_images):
+        h, w = int(rng.integers(20, 70)), int(rng.integers(20, 90))
+        n_gt = 0 if i in empty_target_images else int(rng.integers(1, 6))
+        gt = [blob(h, w) for _ in range(n_gt)]
+        labels = rng.integers(1, n_classes + 1, n_gt)
+        target = {"masks": torch.from_numpy(np.array(gt, bool).reshape(n_gt, h, w)), "boxes": boxes_of(gt),
+                  "labels": torch.from_numpy(labels), "iscrowd": torch.from_numpy((rng.random(n_gt) < 0.2).astype(np.int64))}
+        if rng.random() < 0.5:  # else the area comes from the mask
+            target["area"] = torch.from_numpy(np.where(rng.random(n_gt) < 0.5, rng.uniform(10, 4000, n_gt), 0.0))
+        targets.append(target)
+        dets, det_labels = [], []
+        if i not in empty_pred_images:
+            for m, label in zip(gt, labels):
+                if rng.random() < 0.8:
+                    m = np.roll(m, tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
+                    dets.append(m | blob(h, w) if rng.random() < 0.2 else m)
+                    det_labels.append(label if rng.random() < 0.9 else rng.integers(1, n_classes + 1))
+            for _ in range(int(rng.integers(0, 3))):
+                dets.append(blob(h, w))
+                det_labels.append(rng.integers(1, n_classes + 1))
+        n_det = len(dets)
+        preds.append({"masks": torch.from_numpy(np.array(dets, bool).reshape(n_det, h, w)), "boxes": boxes_of(dets),
+                      "scores": torch.from_numpy(rng.random(n_det).astype(np.float32)),
+                      "labels": torch.tensor(det_labels, dtype=torch.int64)})
+    return preds, targets
+
+
+@pytest.mark.parametrize(("seed", "kwargs"), [
+    (0, {"iou_type": "segm"}),
+    (1, {"iou_type": "segm", "class_metrics": True}),
+    (2, {"iou_type": "segm", "average": "micro", "class_metrics": True, "iou_thresholds": [0.3, 0.5, 0.75]}),
+    (3, {"iou_type": ("bbox", "segm"), "class_metrics": True}),
+    (4, {"iou_type": ("segm", "bbox"), "max_detection_thresholds": [1, 2, 5]}),
+], ids=["segm", "segm-per-class", "segm-micro", "bbox-and-segm", "segm-and-bbox-maxdets"])
+def test_masks_equal_torchmetrics(seed, kwargs):
+    """MeanAveragePrecision(iou_type="segm") raised TypeError: mask mAP on bool masks [N, H, W], alone or with bbox
+    (keys prefixed bbox_ / segm_), now equals torchmetrics', with several classes, crowd objects, given areas and
+    images without predictions."""
+    preds, targets = mask_images(seed, empty_pred_images=(2, 5))
+    ours, ref = run_both(preds, targets, batch=5, **kwargs)
+    assert_same_results(ours, ref)
+    prefix = "segm_" if len(kwargs["iou_type"]) == 2 else ""
+    assert 0.05 < ours[f"{prefix}map"] < 0.95
+
+
+def test_masks_images_without_objects_count_as_in_torchmetrics_bbox_and_segm():
+    """An image without objects counts: its predictions are false positives, as in torchmetrics' ("bbox", "segm")
+    and in bbox mode (torchmetrics' "segm" alone leaves out every image without masks, so there they do not count,
+    and predictions without any mask give -1)."""
+    preds, targets = mask_images(5, empty_target_images=(1, 4), empty_pred_images=(3,))
+    ours, _ = run_both(preds, targets, iou_type="segm", class_metrics=True)
+    both, _ = run_both(preds, targets, iou_type=("bbox", "segm"), class_metrics=True)
+    _, ref = run_both(preds, targets, iou_type=("bbox", "segm"), class_metrics=True)
+    assert_same_results(both, ref)
+    assert_same_results(ours, {key.removeprefix("segm_"): value for key, value in ref.items()
+                               if not key.startswith("bbox_")})
+    alone = MeanAveragePrecision(iou_type="segm")
+    alone.update([{**p, "masks": p["masks"][:0], "scores": p["scores"][:0], "labels": p["labels"][:0]} for p in preds],
+                 targets)
+    assert alone.compute()["map"] == 0
+
+
+def test_masks_are_only_needed_under_segm_and_boxes_only_under_bbox():
+    mask = torch.zeros(1, 8, 9, dtype=torch.bool)
+    mask[0, 2:6, 3:7] = True
+    metric = MeanAveragePrecision(iou_type="segm")
+    metric.update([{"masks": mask, "scores": torch.tensor([0.5]), "labels": torch.tensor([2])}],
+                  [{"masks": mask, "labels": torch.tensor([2])}])
+    out = metric.compute()
+    assert out["map"] == 1 and out["classes"].item() == 2
+    curves = metric.precision_recall()
+    assert curves["precision"].eq(1).all()
+
+
+@pytest.mark.parametrize(("iou_type", "pred", "target", "message"), [
+    ("segm", {"masks": None}, {}, r"^preds 0 has no 'masks'$"),
+    ("segm", {}, {"masks": None}, r"^targets 0 has no 'masks'$"),
+    (("bbox", "segm"), {}, {"masks": None}, r"^targets 0 has no 'masks'$"),
+    ("segm", {"masks": torch.zeros(2, 1, 8, 9, dtype=torch.bool)}, {},
+     r"^preds 0: 'masks' must be \[N, H, W\], got \[2, 1, 8, 9\]; torchvision's Mask R-CNN gives masks "
+     r"\[N, 1, H, W\]: take masks\[:, 0\]$"),
+    ("segm", {"masks": torch.zeros(8, 9, dtype=torch.bool)}, {}, r"^preds 0: 'masks' must be \[N, H, W\], got \[8, 9\]$"),
+    ("segm", {"masks": torch.zeros(3, 8, 9, dtype=torch.bool)}, {}, r"^preds 0: 3 masks but 2 scores$"),
+    ("segm", {}, {"masks": torch.zeros(1, 8, 9, dtype=torch.bool)}, r"^targets 0: 1 masks but 2 labels$"),
+    (("bbox", "segm"), {"boxes": torch.zeros(1, 4)}, {}, r"^preds 0: 1 boxes but 2 masks$"),
+    ("segm", {"masks": np.zeros((2, 8, 9), bool)}, {}, r"^preds 0: 'masks' must be a Tensor, got ndarray$"),
+    ("segm", {}, {"masks": torch.zeros(2, 8, 10, dtype=torch.bool)},
+     r"^image 0: the preds' 'masks' are 8x9 but the targets' 8x10$"),
+    ("segm", {"masks": torch.full((2, 8, 9), 0.7)}, {},
+     r"^preds 0: 'masks' 0: a float mask must hold only 0 and 1, got .*0.7.*mask > 0.5\)$"),
+])
+def test_bad_masks_raise_one_line_naming_the_image_and_key(iou_type, pred, target, message):
+    good = torch.zeros(2, 8, 9, dtype=torch.bool)
+    preds = {"masks": good, "boxes": torch.zeros(2, 4), "scores": torch.tensor([0.5, 0.4]), "labels": torch.tensor([1, 2])}
+    targets = {"masks": good, "boxes": torch.zeros(2, 4), "labels": torch.tensor([1, 2])}
+    preds = {k: v for k, v in {**preds, **pred}.items() if v is not None}
+    targets = {k: v for k, v in {**targets, **target}.items() if v is not None}
+    metric = MeanAveragePrecision(iou_type=iou_type)
+    with pytest.raises(ValueError, match=message):
+        metric.update([preds], [targets])
+
+
+def test_bad_iou_type_raises():
+    with pytest.raises(ValueError, match=r"^iou_type must be 'bbox', 'segm' or a tuple of them, got 'mask'$"):
+        MeanAveragePrecision(iou_type="mask")
+    with pytest.raises(ValueError, match=r"^iou_type must be 'bbox', 'segm' or a tuple of them, got \(\)$"):
+        MeanAveragePrecision(iou_type=())
