@@ -418,3 +418,20 @@ def test_relative_position_table_resampling_equals_timms(old, new):
         return t.view(2 * window[0] - 1, 2 * window[1] - 1, 3)[window[0] - 1, window[1] - 1]
 
     torch.testing.assert_close(offset_zero(resampled, new), offset_zero(table, old))  # offset 0 keeps its bias
+
+
+@pytest.mark.parametrize("drop_prob", [0.0, 0.3, 1.0])
+def test_drop_path_takes_timms_scale_by_keep(drop_prob):
+    """DropPath(0.2, scale_by_keep=False) and drop_path(x, 0.2, True, scale_by_keep=False), as timm users write them,
+    failed with "got an unexpected keyword argument 'scale_by_keep'"."""
+    x = torch.randn(64, 3, 5, generator=torch.Generator().manual_seed(0))
+    for scale_by_keep in (True, False):
+        torch.manual_seed(1)
+        ours = drop_path(x, drop_prob, True, scale_by_keep=scale_by_keep)
+        torch.manual_seed(1)
+        assert torch.equal(ours, timm.layers.drop_path(x, drop_prob, True, scale_by_keep=scale_by_keep))
+    if drop_prob == 0.3:
+        torch.manual_seed(1)
+        kept = DropPath(drop_prob, scale_by_keep=False).train()(x)
+        assert set(torch.unique(kept / x).tolist()) == {0.0, 1.0}  # survivors unscaled
+        assert DropPath(drop_prob, scale_by_keep=False).scale_by_keep is False

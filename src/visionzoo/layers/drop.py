@@ -6,28 +6,29 @@ import torch
 from torch import Tensor, nn
 
 
-def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
+def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True) -> Tensor:
     """Zero the whole residual branch ``x`` (Tensor[B, ...]) for a random ``drop_prob`` of the samples
-    and scale the survivors by ``1 / (1 - drop_prob)``, so the expectation is unchanged. With
-    ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0."""
+    and (with ``scale_by_keep``, timm's argument) scale the survivors by ``1 / (1 - drop_prob)``, so the
+    expectation is unchanged. With ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0."""
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask.div_(keep) if keep > 0.0 else x * mask
+    return x * mask.div_(keep) if keep > 0.0 and scale_by_keep else x * mask
 
 
 class DropPath(nn.Module):
     """:func:`drop_path` as a module (an identity in eval mode)."""
 
-    def __init__(self, drop_prob: float = 0.0):
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
 
     def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.drop_prob, self.training)
+        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
