@@ -435,3 +435,22 @@ def test_drop_path_takes_timms_scale_by_keep(drop_prob):
         kept = DropPath(drop_prob, scale_by_keep=False).train()(x)
         assert set(torch.unique(kept / x).tolist()) == {0.0, 1.0}  # survivors unscaled
         assert DropPath(drop_prob, scale_by_keep=False).scale_by_keep is False
+
+
+@pytest.mark.parametrize("kwargs", [dict(bias=(True, False)), dict(bias=(False, True), drop=(0.0, 0.5)),
+                                    dict(norm_layer=torch.nn.LayerNorm, drop=(0.25, 0.0)), dict(use_conv=True),
+                                    dict(use_conv=True, bias=(False, True), norm_layer=torch.nn.Identity)])
+def test_mlp_takes_timms_per_layer_biases_and_rates_a_norm_and_convolutions(kwargs):
+    """Mlp(16, 48, bias=(True, False)) gave fc2 a bias all the same (timm's checkpoint then lacked 'fc2.bias' and
+    did not load), drop=(0.1, 0.2) failed with "'<' not supported between instances of 'tuple' and 'int'", and
+    norm_layer=... or use_conv=True with "got an unexpected keyword argument"."""
+    torch.manual_seed(2)
+    reference = timm.layers.Mlp(16, 48, **kwargs).train()
+    ours = Mlp(16, 48, **kwargs).train()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(4, 16, 3, 5) if kwargs.get("use_conv") else torch.randn(4, 7, 16)
+    torch.manual_seed(3)
+    expected = reference(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours(x), expected)

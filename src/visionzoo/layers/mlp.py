@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
 
 
-class Mlp(nn.Module):
-    """``fc1 -> act -> drop -> fc2 -> drop``: ``Tensor[..., in_features] -> Tensor[..., out_features]``.
+def _per_layer(value):
+    """``value`` as a (fc1, fc2) pair: a pair as given, one value for both."""
+    return tuple(value) if isinstance(value, tuple | list) else (value, value)
 
-    Module names (``fc1``, ``fc2``) are timm's, so its checkpoints load key for key.
+
+class Mlp(nn.Module):
+    """``fc1 -> act -> drop1 -> norm -> fc2 -> drop2``: ``Tensor[..., in_features] -> Tensor[..., out_features]``,
+    or with ``use_conv`` (1×1 convolutions) ``Tensor[B, in_features, H, W] -> Tensor[B, out_features, H, W]``.
+
+    ``bias`` and ``drop`` take one value for both layers or an (fc1, fc2) pair; ``norm_layer`` optionally
+    normalises the hidden activations (an identity, without parameters, when None). The arguments, their order
+    and the module names (``fc1``, ``norm``, ``fc2``) are timm's, so its checkpoints load key for key.
     """
 
     def __init__(
@@ -19,8 +29,10 @@ class Mlp(nn.Module):
         hidden_features: int | None = None,
         out_features: int | None = None,
         act_layer: type[nn.Module] = nn.GELU,
-        drop: float = 0.0,
-        bias: bool = True,
+        norm_layer: type[nn.Module] | None = None,
+        bias: bool | tuple[bool, bool] = True,
+        drop: float | tuple[float, float] = 0.0,
+        use_conv: bool = False,
     ):
         super().__init__()
         if hidden_features is not None and hidden_features < 1:  # else 0 fell back to in_features without a word
@@ -28,11 +40,14 @@ class Mlp(nn.Module):
                              "(a width times an mlp_ratio below 1)")
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = Linear(in_features, hidden_features, bias=bias)
+        biases, drops = _per_layer(bias), _per_layer(drop)
+        layer = partial(nn.Conv2d, kernel_size=1) if use_conv else Linear
+        self.fc1 = layer(in_features, hidden_features, bias=biases[0])
         self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = Linear(hidden_features, out_features, bias=bias)
-        self.drop2 = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(drops[0])
+        self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
+        self.fc2 = layer(hidden_features, out_features, bias=biases[1])
+        self.drop2 = nn.Dropout(drops[1])
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
