@@ -454,3 +454,26 @@ def test_mlp_takes_timms_per_layer_biases_and_rates_a_norm_and_convolutions(kwar
     expected = reference(x)
     torch.manual_seed(3)
     torch.testing.assert_close(ours(x), expected)
+
+
+@pytest.mark.parametrize("kwargs, size", [
+    (dict(flatten=False), (24, 40)), (dict(norm_layer=torch.nn.LayerNorm), (24, 40)),
+    (dict(output_fmt="NHWC", flatten=False), (24, 40)),
+    (dict(strict_img_size=False, dynamic_img_pad=True), (30, 44)), (dict(dynamic_img_pad=True, output_fmt="NHWC"), (24, 40)),
+    (dict(img_size=None, dynamic_img_pad=True, flatten=False), (17, 9)), (dict(output_fmt="NCL"), (24, 40)),
+])
+def test_patch_embed_takes_timms_flatten_and_dynamic_img_pad(kwargs, size):
+    """PatchEmbed(..., flatten=False) and PatchEmbed(..., dynamic_img_pad=True), as timm users build it (timm's ViT
+    passes dynamic_img_pad), failed with "got an unexpected keyword argument"; output_fmt=None and "NCL" were
+    refused."""
+    base = dict(img_size=(24, 40), patch_size=8, in_chans=3, embed_dim=6)
+    torch.manual_seed(0)
+    reference = timm.layers.PatchEmbed(**{**base, **kwargs})
+    ours = PatchEmbed(**{**base, **kwargs})
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, *size)
+    expected = reference(x)
+    assert torch.equal(ours(x), expected)
+    assert ours.flatten == reference.flatten and ours.dynamic_img_pad == reference.dynamic_img_pad
+    positional = PatchEmbed(*(base[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim")), None, False)
+    assert positional.flatten is False and positional(torch.zeros(1, 3, 24, 40)).shape == (1, 6, 3, 5)  # timm's order

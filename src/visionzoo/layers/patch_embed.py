@@ -74,18 +74,22 @@ class PatchEmbed(nn.Module):
     """``Tensor[B, in_chans, H, W] -> tokens`` with one token per ``patch_size`` patch.
 
     Output layout by ``output_fmt``: "NLC" ``Tensor[B, (H/p)·(W/p), embed_dim]`` (ViT), "NHWC"
-    ``Tensor[B, H/p, W/p, embed_dim]`` (Swin) or "NCHW" ``Tensor[B, embed_dim, H/p, W/p]``.
+    ``Tensor[B, H/p, W/p, embed_dim]`` (Swin), "NCHW" ``Tensor[B, embed_dim, H/p, W/p]`` or "NCL"
+    ``Tensor[B, embed_dim, (H/p)·(W/p)]``; None (timm's default) is "NLC", or "NCHW" with ``flatten=False``.
 
     Args:
         img_size: the size the model is built for (sets ``grid_size``/``num_patches``); None for
             models that take any size.
+        norm_layer: optional normalisation of the tokens over ``embed_dim`` whatever the layout (module
+            name ``norm``, as timm's).
+        flatten: timm's older spelling of the layout, read only when ``output_fmt`` is None.
         strict_img_size: refuse any other input size (a ViT without position-embedding resampling).
-        pad: pad the right/bottom edges up to a multiple of the patch size instead of refusing an
-            input that is not one (Swin).
-        norm_layer: optional normalisation of the tokens (module name ``norm``, as timm's).
+        dynamic_img_pad: pad the right/bottom edges up to a multiple of the patch size instead of
+            refusing an input that is not one (Swin); ``pad`` is the same (visionzoo's earlier name).
 
-    The projection is named ``proj`` as in timm, so its checkpoints load key for key. Inputs with
-    the wrong number of channels or smaller than one patch raise a ``ValueError`` that says so.
+    The arguments, in timm's order, and the projection's name ``proj`` are timm's, so its checkpoints
+    load key for key. Inputs with the wrong number of channels or smaller than one patch raise a
+    ``ValueError`` that says so.
     """
 
     def __init__(
@@ -95,21 +99,29 @@ class PatchEmbed(nn.Module):
         in_chans: int = 3,
         embed_dim: int = 768,
         norm_layer: type[nn.Module] | None = None,
-        output_fmt: str = "NLC",
-        strict_img_size: bool = True,
-        pad: bool = False,
+        flatten: bool = True,
+        output_fmt: str | None = None,
         bias: bool = True,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        pad: bool = False,
     ):
         super().__init__()
-        if output_fmt not in ("NLC", "NHWC", "NCHW"):
-            raise ValueError(f"output_fmt must be NLC, NHWC or NCHW, got {output_fmt!r}")
+        if output_fmt is None:
+            output_fmt = "NLC" if flatten else "NCHW"
+        else:
+            flatten = False  # as timm's: the layout is output_fmt's
+        layouts = ("NLC", "NHWC", "NCHW", "NCL")
+        if output_fmt not in layouts:
+            raise ValueError(f"output_fmt must be NLC, NHWC, NCHW or NCL, got {output_fmt!r}")
         self.patch_size = _positive_pair(patch_size, "patch_size")
         self.img_size = None if img_size is None else _positive_pair(img_size, "img_size")
         self._set_grid()
         self.in_chans = in_chans
-        self.output_fmt = output_fmt
+        self.flatten = flatten
+        self.output_fmt = layouts[layouts.index(output_fmt)]  # a plain string for timm's Format enum too
         self.strict_img_size = strict_img_size and self.img_size is not None
-        self.pad = pad
+        self.dynamic_img_pad = dynamic_img_pad or pad
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
@@ -145,17 +157,19 @@ class PatchEmbed(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` for an input this embedding cannot take (channels, size)."""
-        _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None, self.pad)
+        _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None,
+                        self.dynamic_img_pad)
 
     def forward(self, x: Tensor) -> Tensor:
         x = _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None,
-                            self.pad)
+                            self.dynamic_img_pad)
         x = self.proj(x)
         if self.output_fmt == "NCHW":
             if isinstance(self.norm, nn.Identity):
                 return x
             return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = x.permute(0, 2, 3, 1)
-        if self.output_fmt == "NLC":
-            x = x.flatten(1, 2)
-        return self.norm(x)
+        if self.output_fmt == "NHWC":
+            return self.norm(x)
+        x = self.norm(x.flatten(1, 2))
+        return x.transpose(1, 2) if self.output_fmt == "NCL" else x

@@ -720,7 +720,7 @@ class SwinTransformer(nn.Module):
         self.num_features = dims[-1]
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=nn.LayerNorm,
                                       output_fmt="NHWC",
-                                      strict_img_size=bool(strict_img_size) and not dynamic_img_size, pad=True)
+                                      strict_img_size=bool(strict_img_size) and not dynamic_img_size, dynamic_img_pad=True)
         patch = self.patch_embed.patch_size
         grid = self._patch_grid()
         # set_input_size scales this window with the patch grid, as timm's (its reference windows)

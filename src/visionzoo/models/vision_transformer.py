@@ -153,7 +153,7 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size,
-                                      pad=dynamic_img_pad)
+                                      dynamic_img_pad=dynamic_img_pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -287,7 +287,7 @@ class VisionTransformer(nn.Module):
     def grid_size(self, x: Tensor) -> tuple[int, int]:
         """The token grid ``(H/p, W/p)`` of images ``Tensor[B, C, H, W]`` (rounded up with ``dynamic_img_pad``)."""
         ph, pw = self.patch_embed.patch_size
-        if self.patch_embed.pad:
+        if self.patch_embed.dynamic_img_pad:
             return -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
         return x.shape[-2] // ph, x.shape[-1] // pw
 
