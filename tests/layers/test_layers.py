@@ -477,3 +477,18 @@ def test_patch_embed_takes_timms_flatten_and_dynamic_img_pad(kwargs, size):
     assert ours.flatten == reference.flatten and ours.dynamic_img_pad == reference.dynamic_img_pad
     positional = PatchEmbed(*(base[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim")), None, False)
     assert positional.flatten is False and positional(torch.zeros(1, 3, 24, 40)).shape == (1, 6, 3, 5)  # timm's order
+
+
+@pytest.mark.parametrize("dynamic_img_pad", [False, True])
+def test_patch_embed_has_timms_feature_size_methods(dynamic_img_pad):
+    """embed.feat_ratio() and embed.dynamic_feat_size((H, W)), which timm's ViT code calls on its patch embedding,
+    failed with "'PatchEmbed' object has no attribute"."""
+    kwargs = dict(img_size=None, patch_size=(8, 6), embed_dim=4, dynamic_img_pad=dynamic_img_pad)
+    ours, reference = PatchEmbed(**kwargs), timm.layers.PatchEmbed(**kwargs)
+    assert ours.feat_ratio() == reference.feat_ratio() == 8
+    assert ours.feat_ratio(as_scalar=False) == reference.feat_ratio(as_scalar=False) == (8, 6)
+    for size in [(30, 44), (32, 42), (7, 5)]:
+        assert ours.dynamic_feat_size(size) == reference.dynamic_feat_size(size)
+    if dynamic_img_pad:
+        grid = PatchEmbed(**kwargs, output_fmt="NHWC")(torch.zeros(1, 3, 30, 44)).shape[1:3]
+        assert ours.dynamic_feat_size((30, 44)) == tuple(grid) == (4, 8)

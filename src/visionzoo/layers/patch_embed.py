@@ -155,6 +155,19 @@ class PatchEmbed(nn.Module):
             self.img_size = img_size
         self._set_grid()
 
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        """The stride of the token grid (timm's method): the larger patch side, or with ``as_scalar=False``
+        the patch size (h, w)."""
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid (rows, columns) of ``img_size`` (H, W) images (timm's method): rounded up with
+        ``dynamic_img_pad``, which pads the last patches, down otherwise."""
+        height, width, (ph, pw) = img_size[0], img_size[1], self.patch_size  # indexed: torch.fx's sizes do not unpack
+        if self.dynamic_img_pad:
+            return -(-height // ph), -(-width // pw)
+        return height // ph, width // pw
+
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` for an input this embedding cannot take (channels, size)."""
         _checked_images(x, self.in_chans, self.patch_size, self.img_size if self.strict_img_size else None,

@@ -286,10 +286,7 @@ class VisionTransformer(nn.Module):
 
     def grid_size(self, x: Tensor) -> tuple[int, int]:
         """The token grid ``(H/p, W/p)`` of images ``Tensor[B, C, H, W]`` (rounded up with ``dynamic_img_pad``)."""
-        ph, pw = self.patch_embed.patch_size
-        if self.patch_embed.dynamic_img_pad:
-            return -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
-        return x.shape[-2] // ph, x.shape[-1] // pw
+        return self.patch_embed.dynamic_feat_size(x.shape[-2:])
 
     def prefix_tokens(self) -> list[Tensor]:
         """The learned tokens put before the patch tokens, each Tensor[1, 1, embed_dim]."""
