@@ -492,3 +492,19 @@ def test_patch_embed_has_timms_feature_size_methods(dynamic_img_pad):
     if dynamic_img_pad:
         grid = PatchEmbed(**kwargs, output_fmt="NHWC")(torch.zeros(1, 3, 30, 44)).shape[1:3]
         assert ours.dynamic_feat_size((30, 44)) == tuple(grid) == (4, 8)
+
+
+def test_layer_scale_takes_timms_inplace():
+    """LayerScale(8, 1e-5, inplace=True), as timm users build it, failed with "got an unexpected keyword argument
+    'inplace'"."""
+    from visionzoo.layers import LayerScale
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    for inplace in (False, True):
+        ours, reference = LayerScale(8, 0.5, inplace=inplace), timm.layers.LayerScale(8, 0.5, inplace=inplace)
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        given = x.clone()
+        out = ours(given)
+        assert torch.equal(out, reference(x.clone())) and torch.equal(out, x * 0.5)
+        assert (out.data_ptr() == given.data_ptr()) is inplace and ours.inplace is inplace

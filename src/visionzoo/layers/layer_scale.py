@@ -10,12 +10,14 @@ class LayerScale(nn.Module):
     """``x * gamma`` over the last dimension: ``Tensor[..., dim] -> Tensor[..., dim]``.
 
     ``gamma`` starts at ``init_values`` (small, e.g. 1e-6, so a deep residual stack starts near the
-    identity). The parameter name is timm's.
+    identity). With ``inplace`` (timm's argument) ``x`` itself is scaled and returned. The parameter name
+    is timm's.
     """
 
-    def __init__(self, dim: int, init_values: float = 1e-5):
+    def __init__(self, dim: int, init_values: float = 1e-5, inplace: bool = False):
         super().__init__()
+        self.inplace = inplace
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+        return x.mul_(self.gamma) if self.inplace else x * self.gamma
