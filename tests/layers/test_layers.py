@@ -508,3 +508,21 @@ def test_layer_scale_takes_timms_inplace():
         out = ours(given)
         assert torch.equal(out, reference(x.clone())) and torch.equal(out, x * 0.5)
         assert (out.data_ptr() == given.data_ptr()) is inplace and ours.inplace is inplace
+
+
+@pytest.mark.parametrize("drop_prob", [1.5, -0.5, float("nan")])
+def test_a_drop_probability_outside_0_1_is_refused_by_name(drop_prob):
+    """drop_path(x, 1.5, training=True) failed with torch's "bernoulli_ expects p to be in [0, 1], but got p=-0.5"
+    (the keep probability, not the argument given), and drop_path(x, nan, True) returned NaNs."""
+    with pytest.raises(ValueError, match=re.escape(f"drop_prob must be in [0, 1], got {drop_prob}")):
+        drop_path(torch.ones(2, 3), drop_prob, training=True)
+    with pytest.raises(ValueError, match=re.escape(f"drop_prob must be in [0, 1], got {drop_prob}")):
+        DropPath(drop_prob)
+
+
+def test_drop_path_module_of_probability_one_zeroes_the_branch_like_timm():
+    """DropPath(1.0) was refused ('drop_prob must be in [0, 1)'), where timm's, and our drop_path, zero every sample."""
+    x = torch.randn(4, 3, 5)
+    assert torch.equal(DropPath(1.0).train()(x), timm.layers.DropPath(1.0).train()(x))
+    assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(DropPath(1.0).eval()(x), x)

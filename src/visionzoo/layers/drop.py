@@ -6,10 +6,17 @@ import torch
 from torch import Tensor, nn
 
 
+def _check_drop_prob(drop_prob: float) -> None:
+    if not 0.0 <= drop_prob <= 1.0:  # else bernoulli_ named the keep probability, and NaN passed
+        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+
+
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True) -> Tensor:
     """Zero the whole residual branch ``x`` (Tensor[B, ...]) for a random ``drop_prob`` of the samples
     and (with ``scale_by_keep``, timm's argument) scale the survivors by ``1 / (1 - drop_prob)``, so the
-    expectation is unchanged. With ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0."""
+    expectation is unchanged. With ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0.
+    ``ValueError`` for a ``drop_prob`` outside [0, 1] (NaN too)."""
+    _check_drop_prob(drop_prob)
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
@@ -22,8 +29,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        _check_drop_prob(drop_prob)
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
 
