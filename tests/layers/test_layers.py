@@ -26,7 +26,7 @@ from visionzoo.layers import attention as attention_module
 def test_attention_equals_timm_attention_with_the_same_weights():
     torch.manual_seed(0)
     reference = timm.layers.Attention(64, num_heads=4, qkv_bias=True).eval()
-    ours = Attention(64, num_heads=4).eval()
+    ours = Attention(64, num_heads=4, qkv_bias=True).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(3, 17, 64)
     torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
@@ -526,3 +526,17 @@ def test_drop_path_module_of_probability_one_zeroes_the_branch_like_timm():
     assert torch.equal(DropPath(1.0).train()(x), timm.layers.DropPath(1.0).train()(x))
     assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))
     assert torch.equal(DropPath(1.0).eval()(x), x)
+
+
+def test_attention_and_block_defaults_are_timms():
+    """Attention(64, 4) and Block(64, 4) built with timm's defaults had a qkv bias, which timm's do not: timm's state
+    dict did not load (missing 'qkv.bias'), and with strict=False the randomly initialised bias stayed in the sum."""
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from visionzoo.layers import Block
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 64)
+    for ours, reference in [(Attention(64, 4), timm.layers.Attention(64, 4)), (Block(64, 4), TimmBlock(64, 4))]:
+        ours.eval().load_state_dict(reference.eval().state_dict(), strict=True)
+        torch.testing.assert_close(ours(x), reference(x))

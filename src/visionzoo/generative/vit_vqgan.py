@@ -60,7 +60,7 @@ class ViTEncoder(nn.Module):
         # low-contrast images (Shapes' 8×8 patches) the raw embeddings vary across tokens 2-3× less than the
         # positions do, the first codes mostly encode position and training collapses to one code.
         self.embed_norm = LayerNorm(dim)
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = LayerNorm(dim)
         self.head = _tanh_ffn(dim, int(dim * mlp_ratio), dim)
 
@@ -81,7 +81,7 @@ class ViTDecoder(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.out_chans = out_chans
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = LayerNorm(dim)
         self.head = _tanh_ffn(dim, int(dim * mlp_ratio), patch_size * patch_size * out_chans)
 

@@ -86,7 +86,7 @@ class Attention(nn.Module):
 
     Args:
         dim: token width; must divide by ``num_heads``.
-        qkv_bias: biases on the q, k, v projections.
+        qkv_bias: biases on the q, k, v projections (off by default, as timm's).
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after ``proj``.
         head_dim: per-head width if not ``dim // num_heads`` (the inner width is then
@@ -97,7 +97,7 @@ class Attention(nn.Module):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
+        qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         head_dim: int | None = None,

@@ -32,7 +32,7 @@ class Block(nn.Module):
         dim: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
+        qkv_bias: bool = False,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         init_values: float | None = None,
