@@ -540,3 +540,14 @@ def test_attention_and_block_defaults_are_timms():
     for ours, reference in [(Attention(64, 4), timm.layers.Attention(64, 4)), (Block(64, 4), TimmBlock(64, 4))]:
         ours.eval().load_state_dict(reference.eval().state_dict(), strict=True)
         torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_attention_pool_latent_refuses_heads_that_do_not_split_the_width():
+    """AttentionPoolLatent(32, num_heads=0) failed with ZeroDivisionError: integer modulo by zero."""
+    from visionzoo.layers import AttentionPoolLatent
+
+    for heads in (0, -2):
+        with pytest.raises(ValueError, match=f"num_heads must be positive, got {heads}"):
+            AttentionPoolLatent(32, num_heads=heads)
+    with pytest.raises(ValueError, match="dim 32 is not divisible by num_heads 5"):
+        AttentionPoolLatent(32, num_heads=5)
