@@ -542,6 +542,29 @@ def test_attention_and_block_defaults_are_timms():
         torch.testing.assert_close(ours(x), reference(x))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(num_heads=4), dict(num_heads=4, norm_layer=torch.nn.LayerNorm, act_layer=torch.nn.SiLU),
+    dict(num_heads=2, out_features=16, mlp_ratio=2.0, qkv_bias=False),
+    dict(num_heads=4, latent_len=3, pool_type="avg", norm_layer=torch.nn.LayerNorm), dict(num_heads=4, out_features=0),
+    dict(num_heads=4, latent_len=2, pool_type=""),
+])
+def test_attention_pool_latent_takes_timms_arguments_and_defaults(kwargs):
+    """AttentionPoolLatent(32, num_heads=4) had a LayerNorm where timm's has none (its state dict did not load:
+    missing 'norm.weight'), and timm's in_features=, out_features=, latent_len=, pool_type=, act_layer= failed with
+    "got an unexpected keyword argument"."""
+    from visionzoo.layers import AttentionPoolLatent
+
+    torch.manual_seed(0)
+    reference = timm.layers.AttentionPoolLatent(in_features=32, **kwargs).eval()
+    ours = AttentionPoolLatent(in_features=32, **kwargs).eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 9, 32)
+    expected = reference(x)
+    torch.testing.assert_close(ours(x), expected)
+    assert ours.out_features == reference.out_features
+
+
 def test_attention_pool_latent_refuses_heads_that_do_not_split_the_width():
     """AttentionPoolLatent(32, num_heads=0) failed with ZeroDivisionError: integer modulo by zero."""
     from visionzoo.layers import AttentionPoolLatent

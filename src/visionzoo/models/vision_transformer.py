@@ -187,7 +187,7 @@ class VisionTransformer(nn.Module):
 
     def _attention_pool(self, global_pool: str, num_heads: int, mlp_ratio: float) -> nn.Module | None:
         if global_pool == "map":
-            return AttentionPoolLatent(self.embed_dim, num_heads, mlp_ratio)
+            return AttentionPoolLatent(self.embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_layer=LayerNorm)
         if global_pool == "prr":
             return AttentionPoolPrr(num_heads, "token" if self.cls_token is not None else "avg")
         return None
