@@ -574,3 +574,20 @@ def test_attention_pool_latent_refuses_heads_that_do_not_split_the_width():
             AttentionPoolLatent(32, num_heads=heads)
     with pytest.raises(ValueError, match="dim 32 is not divisible by num_heads 5"):
         AttentionPoolLatent(32, num_heads=5)
+
+
+@pytest.mark.parametrize("num_prefix_tokens", [0, 1, 2])
+def test_resample_abs_pos_embed_takes_timms_align_corners_and_verbose(num_prefix_tokens, caplog):
+    """resample_abs_pos_embed(..., align_corners=True) and (..., verbose=True), as timm's checkpoint filters call it,
+    failed with "got an unexpected keyword argument"."""
+    table = torch.randn(1, num_prefix_tokens + 6 * 8, 12, generator=torch.Generator().manual_seed(5))
+    for interpolation in ("bicubic", "bilinear"):
+        kwargs = dict(num_prefix_tokens=num_prefix_tokens, interpolation=interpolation, antialias=False,
+                      align_corners=True)
+        expected = timm.layers.resample_abs_pos_embed(table, [9, 5], [6, 8], **kwargs)
+        got = resample_abs_pos_embed(table, (9, 5), (6, 8), **kwargs)
+        assert torch.equal(got, expected)
+        assert not torch.equal(got, resample_abs_pos_embed(table, (9, 5), (6, 8), **{**kwargs, "align_corners": None}))
+    with caplog.at_level("INFO"):
+        resample_abs_pos_embed(table, (9, 5), (6, 8), num_prefix_tokens=num_prefix_tokens, verbose=True)
+    assert "(6, 8) to (9, 5)" in caplog.text

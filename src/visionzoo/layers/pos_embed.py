@@ -3,11 +3,14 @@ window size, and fixed 2-D sin-cos tables."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 def resample_abs_pos_embed(
@@ -17,6 +20,8 @@ def resample_abs_pos_embed(
     num_prefix_tokens: int = 1,
     interpolation: str = "bicubic",
     antialias: bool = True,
+    verbose: bool = False,
+    align_corners: bool | None = None,
 ) -> Tensor:
     """Resample a learned position table to another token grid, keeping the prefix tokens' rows.
 
@@ -25,8 +30,9 @@ def resample_abs_pos_embed(
         new_size: the target grid (H, W).
         old_size: the table's grid (h, w); square if None.
         num_prefix_tokens: leading rows (class/distillation tokens) copied unchanged.
-        interpolation, antialias: as ``F.interpolate`` (bicubic with antialias, as timm and the
-            ViT paper's fine-tuning at higher resolution).
+        interpolation, antialias, align_corners: as ``F.interpolate`` (bicubic with antialias, as timm
+            and the ViT paper's fine-tuning at higher resolution).
+        verbose: log the resize (INFO), as timm's.
 
     Returns Tensor[1, num_prefix_tokens + H·W, D] in the input's dtype (interpolated in float32).
     """
@@ -43,8 +49,11 @@ def resample_abs_pos_embed(
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = grid.shape[-1]
     grid = grid.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias)
+    grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias,
+                         align_corners=align_corners)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    if verbose:
+        log.info("Resized position embedding: %s to %s.", tuple(old_size), tuple(new_size))
     return torch.cat([prefix, grid], dim=1)
 
 
