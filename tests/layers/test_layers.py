@@ -21,6 +21,7 @@ from visionzoo.layers import (
     taken_in_order,
 )
 from visionzoo.layers import attention as attention_module
+from visionzoo.layers.patch_embed import _pair
 
 
 def test_attention_equals_timm_attention_with_the_same_weights():
@@ -591,3 +592,29 @@ def test_resample_abs_pos_embed_takes_timms_align_corners_and_verbose(num_prefix
     with caplog.at_level("INFO"):
         resample_abs_pos_embed(table, (9, 5), (6, 8), num_prefix_tokens=num_prefix_tokens, verbose=True)
     assert "(6, 8) to (9, 5)" in caplog.text
+
+
+
+@pytest.mark.parametrize("img_size, patch_size", [(8, 16), ((32, 8), 16), ((32, 32), (4, 40))])
+def test_an_image_size_smaller_than_a_patch_is_refused_when_built(img_size, patch_size):
+    """PatchEmbed(img_size=8, patch_size=16), and a ViT built so, made a grid of 0 patches without a word: the model
+    then failed on a larger input with dynamic_img_size ('Input and output sizes should be greater than 0, but got
+    input (H: 0, W: 0)') or when its position table was resampled."""
+    message = re.escape(f"img_size {_pair(img_size)} is smaller than one patch {_pair(patch_size)}")
+    with pytest.raises(ValueError, match=message):
+        PatchEmbed(img_size, patch_size, 3, 8)
+    embed = PatchEmbed(64, 4, 3, 8)
+    with pytest.raises(ValueError, match=message):
+        embed.set_input_size(img_size=img_size, patch_size=patch_size)
+    assert embed.img_size == (64, 64) and embed.patch_size == (4, 4) and embed.proj.kernel_size == (4, 4)  # unchanged
+    from visionzoo.models import create_model
+
+    with pytest.raises(ValueError, match=message):
+        create_model("vit_tiny_patch8_32", img_size=img_size, patch_size=patch_size)
+
+
+def test_a_new_image_size_smaller_than_the_patch_is_refused():
+    embed = PatchEmbed(64, 32, 3, 8)
+    with pytest.raises(ValueError, match=re.escape("img_size (16, 64) is smaller than one patch (32, 32)")):
+        embed.set_input_size(img_size=(16, 64))
+    assert embed.img_size == (64, 64) and embed.grid_size == (2, 2)

@@ -22,6 +22,12 @@ def _positive_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return pair
 
 
+def _check_fits(img_size: tuple[int, int] | None, patch_size: tuple[int, int]) -> None:
+    """``ValueError`` when an ``img_size`` side is smaller than the patch's: a grid of no patches."""
+    if img_size is not None and (img_size[0] < patch_size[0] or img_size[1] < patch_size[1]):
+        raise ValueError(f"img_size {img_size} is smaller than one patch {patch_size}")
+
+
 def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
                           antialias: bool = True) -> Tensor:
     """A patch-embedding kernel for another patch size by FlexiViT's pseudo-inverse resize (Beyer et al. 2023;
@@ -116,6 +122,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"output_fmt must be NLC, NHWC, NCHW or NCL, got {output_fmt!r}")
         self.patch_size = _positive_pair(patch_size, "patch_size")
         self.img_size = None if img_size is None else _positive_pair(img_size, "img_size")
+        _check_fits(self.img_size, self.patch_size)
         self._set_grid()
         self.in_chans = in_chans
         self.flatten = flatten
@@ -139,8 +146,10 @@ class PatchEmbed(nn.Module):
         kernel is :func:`resample_patch_kernel`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
         if img_size is not None:
             img_size = _positive_pair(img_size, "img_size")
-        if patch_size is not None and _positive_pair(patch_size, "patch_size") != self.patch_size:
-            old, new_size = self.proj, _pair(patch_size)
+        new_patch = self.patch_size if patch_size is None else _positive_pair(patch_size, "patch_size")
+        _check_fits(img_size or self.img_size, new_patch)
+        if new_patch != self.patch_size:
+            old, new_size = self.proj, new_patch
             proj = nn.Conv2d(old.in_channels, old.out_channels, new_size, stride=new_size, bias=old.bias is not None,
                              device=old.weight.device, dtype=old.weight.dtype)
             with torch.no_grad():
