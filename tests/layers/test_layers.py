@@ -618,3 +618,17 @@ def test_a_new_image_size_smaller_than_the_patch_is_refused():
     with pytest.raises(ValueError, match=re.escape("img_size (16, 64) is smaller than one patch (32, 32)")):
         embed.set_input_size(img_size=(16, 64))
     assert embed.img_size == (64, 64) and embed.grid_size == (2, 2)
+
+
+@pytest.mark.parametrize("shape, prefix, message", [
+    ((17, 8), 1, "pos_embed must be a Tensor[1, num_prefix_tokens + h·w, D], got shape (17, 8)"),
+    ((2, 17, 8), 1, "pos_embed must be a Tensor[1, num_prefix_tokens + h·w, D], got shape (2, 17, 8)"),
+    ((1, 3, 8), 5, "num_prefix_tokens=5 must be in 0..3, the rows of the position table"),
+    ((1, 17, 8), -1, "num_prefix_tokens=-1 must be in 0..17, the rows of the position table"),
+])
+def test_resample_refuses_a_table_of_another_shape_by_name(shape, prefix, message):
+    """A table without its batch dimension was refused as 'a position table of 7 grid tokens is not square' (its
+    width taken for its length), two tables with "shape '[1, 4, 4, 8]' is invalid for input of size 256", and more
+    prefix tokens than rows with "isqrt() argument must be nonnegative"."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resample_abs_pos_embed(torch.zeros(shape), (2, 2), num_prefix_tokens=prefix)

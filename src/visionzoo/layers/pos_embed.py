@@ -36,6 +36,11 @@ def resample_abs_pos_embed(
 
     Returns Tensor[1, num_prefix_tokens + H·W, D] in the input's dtype (interpolated in float32).
     """
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must be a Tensor[1, num_prefix_tokens + h·w, D], got shape {tuple(pos_embed.shape)}")
+    if not 0 <= num_prefix_tokens <= pos_embed.shape[1]:
+        raise ValueError(f"num_prefix_tokens={num_prefix_tokens} must be in 0..{pos_embed.shape[1]}, the rows of the "
+                         "position table")
     grid_tokens = pos_embed.shape[1] - num_prefix_tokens
     if old_size is None:
         side = math.isqrt(grid_tokens)
