@@ -632,3 +632,28 @@ def test_resample_refuses_a_table_of_another_shape_by_name(shape, prefix, messag
     prefix tokens than rows with "isqrt() argument must be nonnegative"."""
     with pytest.raises(ValueError, match=re.escape(message)):
         resample_abs_pos_embed(torch.zeros(shape), (2, 2), num_prefix_tokens=prefix)
+
+
+@pytest.mark.parametrize("kwargs", [dict(qk_norm=True), dict(proj_bias=False), dict(scale_attn_norm=True),
+                                    dict(scale_mlp_norm=True, proj_bias=False), dict(qk_norm=True, qkv_bias=True)])
+def test_attention_and_block_take_timms_norms_and_projection_bias(kwargs):
+    """Block(64, 4, qk_norm=True) and Attention(64, 4, qk_norm=True, norm_layer=...), as timm users build them (timm's
+    ViTs with qk_norm, proj_bias=False), failed with "got an unexpected keyword argument"."""
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from visionzoo.layers import Block
+    from visionzoo.layers.block import LayerNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 64)
+    attention_kwargs = {{"scale_attn_norm": "scale_norm"}.get(k, k): v for k, v in kwargs.items() if k != "scale_mlp_norm"}
+    pairs = [(Block(64, 4, **kwargs), TimmBlock(64, 4, **kwargs))]
+    if attention_kwargs:
+        pairs.append((Attention(64, 4, norm_layer=LayerNorm, **attention_kwargs),
+                      timm.layers.Attention(64, 4, norm_layer=LayerNorm, **attention_kwargs)))
+    for ours, reference in pairs:
+        assert list(ours.state_dict()) == list(reference.state_dict())
+        ours.eval().load_state_dict(reference.eval().state_dict(), strict=True)
+        torch.testing.assert_close(ours(x), reference(x))
+    with pytest.raises(ValueError, match="qk_norm and scale_norm need a norm_layer"):
+        Attention(64, 4, qk_norm=True)

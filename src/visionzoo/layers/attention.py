@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,6 +93,12 @@ class Attention(nn.Module):
         proj_drop: dropout after ``proj``.
         head_dim: per-head width if not ``dim // num_heads`` (the inner width is then
             ``num_heads · head_dim``).
+        qk_norm: normalise each head's queries and keys by ``norm_layer(head_dim)`` (``q_norm``, ``k_norm``).
+        scale_norm: normalise the heads' concatenated output by ``norm_layer`` before ``proj`` (``norm``).
+        proj_bias: a bias on ``proj``.
+        norm_layer: the norm of ``qk_norm`` and ``scale_norm`` (required by either).
+
+    The arguments after ``head_dim`` are keyword-only; they and their module names are timm's.
     """
 
     def __init__(
@@ -101,6 +109,11 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         head_dim: int | None = None,
+        *,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        norm_layer: Any = None,
     ):
         super().__init__()
         for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
@@ -112,13 +125,19 @@ class Attention(nn.Module):
             if dim % num_heads:
                 raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
             head_dim = dim // num_heads
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("qk_norm and scale_norm need a norm_layer")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         inner = num_heads * head_dim
         self.qkv = Linear(dim, 3 * inner, bias=qkv_bias)
+        # absent rather than identities when off: no extra nodes in a traced graph
+        self.q_norm = norm_layer(head_dim) if qk_norm else None
+        self.k_norm = norm_layer(head_dim) if qk_norm else None
+        self.norm = norm_layer(inner) if scale_norm else None
         self.attn_drop = attn_drop
-        self.proj = Linear(inner, dim)
+        self.proj = Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -129,7 +148,11 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         out = scaled_dot_product_attention(q, k, v, attn_bias, is_causal, self.attn_drop if self.training else 0.0,
                                            self.scale)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        if self.norm is not None:
+            out = self.norm(out)
         return self.proj_drop(self.proj(out))

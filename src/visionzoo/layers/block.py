@@ -25,6 +25,8 @@ class Block(nn.Module):
 
     Each residual branch is optionally scaled by LayerScale (``ls1``/``ls2``, when ``init_values``
     is given; identities otherwise) and dropped per sample by stochastic depth (``drop_path``).
+    ``qk_norm``, ``scale_attn_norm``, ``scale_mlp_norm`` (norms by ``norm_layer`` inside the attention and
+    the MLP) and ``proj_bias`` (the biases of ``attn.proj`` and the MLP) are timm's.
     """
 
     def __init__(
@@ -39,14 +41,20 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: Any = LayerNorm,
+        qk_norm: bool = False,
+        scale_attn_norm: bool = False,
+        scale_mlp_norm: bool = False,
+        proj_bias: bool = True,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+                              qk_norm=qk_norm, scale_norm=scale_attn_norm, proj_bias=proj_bias, norm_layer=norm_layer)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer if scale_mlp_norm else None,
+                       bias=proj_bias, drop=proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
