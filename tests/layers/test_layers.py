@@ -657,3 +657,24 @@ def test_attention_and_block_take_timms_norms_and_projection_bias(kwargs):
         torch.testing.assert_close(ours(x), reference(x))
     with pytest.raises(ValueError, match="qk_norm and scale_norm need a norm_layer"):
         Attention(64, 4, qk_norm=True)
+
+
+def test_attention_and_block_take_timms_attn_mask_keyword():
+    """attn(x, attn_mask=mask) and block(x, attn_mask=mask), as timm's forward is called, failed with "got an
+    unexpected keyword argument 'attn_mask'" (our name is attn_bias)."""
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from visionzoo.layers import Block
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 64)
+    mask = torch.rand(2, 1, 9, 9) > 0.3
+    mask[..., 0] = True
+    bias = torch.randn(2, 4, 9, 9)
+    for ours, reference in [(Attention(64, 4), timm.layers.Attention(64, 4)), (Block(64, 4), TimmBlock(64, 4))]:
+        ours.eval().load_state_dict(reference.eval().state_dict(), strict=True)
+        for given in (mask, bias):
+            torch.testing.assert_close(ours(x, attn_mask=given), reference(x, attn_mask=given))
+            torch.testing.assert_close(ours(x, attn_mask=given), ours(x, attn_bias=given))
+        with pytest.raises(ValueError, match="attn_bias or attn_mask, not both"):
+            ours(x, attn_bias=bias, attn_mask=mask)

@@ -80,6 +80,15 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_bias: Ten
     return weights.to(v.dtype) @ v
 
 
+def timm_mask(attn_bias: Tensor | None, attn_mask: Tensor | None) -> Tensor | None:
+    """The one of ``attn_bias`` (ours) and ``attn_mask`` (timm's name for it) that is given; ``ValueError`` for both."""
+    if attn_mask is None:
+        return attn_bias
+    if attn_bias is not None:
+        raise ValueError("give attn_bias or attn_mask, not both (attn_mask is timm's name for attn_bias)")
+    return attn_mask
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: ``Tensor[B, N, dim] -> Tensor[B, N, dim]``.
 
@@ -140,11 +149,14 @@ class Attention(nn.Module):
         self.proj = Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False,
+                attn_mask: Tensor | None = None) -> Tensor:
         """``x``: Tensor[B, N, dim]. ``attn_bias``: optional additive bias on the attention logits,
         broadcastable to Tensor[B, num_heads, N, N] (relative position bias, a shifted-window mask), or
-        a boolean mask (True: attend) as :func:`scaled_dot_product_attention` takes it.
-        ``is_causal``: token i attends to tokens <= i only (a decoder); not together with ``attn_bias``."""
+        a boolean mask (True: attend) as :func:`scaled_dot_product_attention` takes it; ``attn_mask`` is
+        timm's name for it. ``is_causal``: token i attends to tokens <= i only (a decoder); not together
+        with ``attn_bias``."""
+        attn_bias = timm_mask(attn_bias, attn_mask)
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

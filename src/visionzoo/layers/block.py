@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from visionzoo.layers.attention import Attention
+from visionzoo.layers.attention import Attention, timm_mask
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import Mlp
@@ -58,9 +58,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias or boolean mask, and
-        ``is_causal``: attend to earlier tokens only (see :class:`Attention`)."""
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """``x``: Tensor[B, N, dim]; ``attn_bias``: optional additive attention bias or boolean mask (``attn_mask``:
+        timm's name for it), and ``is_causal``: attend to earlier tokens only (see :class:`Attention`)."""
+        attn_bias = timm_mask(attn_bias, attn_mask)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias, is_causal)))
         if self.training or not runs_in_cache_chunks(x):
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
