@@ -678,3 +678,23 @@ def test_attention_and_block_take_timms_attn_mask_keyword():
             torch.testing.assert_close(ours(x, attn_mask=given), ours(x, attn_bias=given))
         with pytest.raises(ValueError, match="attn_bias or attn_mask, not both"):
             ours(x, attn_bias=bias, attn_mask=mask)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_heads=4, pool_type="avg"), dict(num_heads=2, pre_norm=True),
+                                    dict(post_norm=True, norm_layer=torch.nn.LayerNorm, pool_type="avg")])
+def test_attention_pool_prr_takes_timms_arguments(kwargs):
+    """AttentionPoolPrr(64), as timm's is built (width first), took 64 for the number of heads and pooled with 64
+    heads of width 1 without a word; AttentionPoolPrr(64, num_heads=4) failed with "got multiple values for argument
+    'num_heads'", and pre_norm/post_norm with "unexpected keyword argument"."""
+    from visionzoo.layers import AttentionPoolPrr
+
+    torch.manual_seed(0)
+    reference = timm.layers.AttentionPoolPrr(64, **kwargs).eval()
+    ours = AttentionPoolPrr(64, **kwargs).eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 9, 64)
+    torch.testing.assert_close(ours(x), reference(x))
+    assert ours.out_features == 64
+    with pytest.raises(ValueError, match="dim 64 is not divisible by num_heads 5"):
+        AttentionPoolPrr(64, num_heads=5)

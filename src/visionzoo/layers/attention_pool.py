@@ -78,22 +78,33 @@ class AttentionPoolLatent(nn.Module):
 
 class AttentionPoolPrr(nn.Module):
     """Patch representation refinement ("Locality-Attending Vision Transformer", timm's ``global_pool="prr"``):
-    ``Tensor[B, N, dim] -> Tensor[B, dim]``, without parameters.
+    ``Tensor[B, N, dim] -> Tensor[B, dim]``, without parameters but its optional norms.
 
     Each token attends to all of them with itself as query, key and value (split into ``num_heads``
     heads, no projections); then the first token is taken (``pool_type="token"``, a class token) or
-    the tokens are averaged ("avg").
+    the tokens are averaged ("avg"). ``pre_norm``/``post_norm`` normalise the tokens before/after the
+    attention by ``norm_layer`` (``nn.LayerNorm`` when None). Arguments and module names are timm's.
     """
 
-    def __init__(self, num_heads: int, pool_type: str = "token"):
+    def __init__(self, dim: int, num_heads: int = 8, pool_type: str = "token", pre_norm: bool = False,
+                 post_norm: bool = False, norm_layer: Any = None):
         super().__init__()
         if pool_type not in ("token", "avg"):
             raise ValueError(f"pool_type must be 'token' or 'avg', got {pool_type!r}")
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be positive, got {num_heads}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        norm_layer = norm_layer or nn.LayerNorm
         self.num_heads = num_heads
         self.pool_type = pool_type
+        self.out_features = dim
+        self.pre_norm = norm_layer(dim) if pre_norm else nn.Identity()
+        self.post_norm = norm_layer(dim) if post_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape
-        heads = x.view(batch, tokens, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        heads = self.pre_norm(x).reshape(batch, tokens, self.num_heads, dim // self.num_heads).transpose(1, 2)
         x = scaled_dot_product_attention(heads, heads, heads).transpose(1, 2).reshape(batch, tokens, dim)
+        x = self.post_norm(x)
         return x[:, 0] if self.pool_type == "token" else x.mean(dim=1)

@@ -189,7 +189,7 @@ class VisionTransformer(nn.Module):
         if global_pool == "map":
             return AttentionPoolLatent(self.embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_layer=LayerNorm)
         if global_pool == "prr":
-            return AttentionPoolPrr(num_heads, "token" if self.cls_token is not None else "avg")
+            return AttentionPoolPrr(self.embed_dim, num_heads, "token" if self.cls_token is not None else "avg")
         return None
 
     def init_weights(self) -> None:
