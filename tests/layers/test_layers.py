@@ -698,3 +698,31 @@ def test_attention_pool_prr_takes_timms_arguments(kwargs):
     assert ours.out_features == 64
     with pytest.raises(ValueError, match="dim 64 is not divisible by num_heads 5"):
         AttentionPoolPrr(64, num_heads=5)
+
+
+def test_layers_take_timms_device_and_dtype():
+    """Mlp(16, 48, device="meta"), PatchEmbed(..., dtype=torch.float64) and the other layers built with timm's
+    device=/dtype= keywords (timm's own models build every layer so) failed with "got an unexpected keyword argument
+    'device'"."""
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from visionzoo.layers import AttentionPoolLatent, AttentionPoolPrr, Block, LayerScale
+    from visionzoo.layers.norm import LayerNorm2d
+
+    built = [
+        (Mlp, timm.layers.Mlp, (16, 48), dict(norm_layer=torch.nn.LayerNorm)),
+        (Mlp, timm.layers.Mlp, (16, 48), dict(use_conv=True)),
+        (PatchEmbed, timm.layers.PatchEmbed, (32, 8, 3, 12), dict(norm_layer=torch.nn.LayerNorm)),
+        (LayerScale, timm.layers.LayerScale, (12,), {}),
+        (Attention, timm.layers.Attention, (16, 4), dict(qkv_bias=True, qk_norm=True, norm_layer=torch.nn.LayerNorm)),
+        (Block, TimmBlock, (16, 4), dict(init_values=1e-5, qk_norm=True)),
+        (AttentionPoolLatent, timm.layers.AttentionPoolLatent, (16,), dict(num_heads=4, norm_layer=torch.nn.LayerNorm)),
+        (LayerNorm2d, timm.layers.LayerNorm2d, (12,), {}),
+        (AttentionPoolPrr, timm.layers.AttentionPoolPrr, (16,), dict(num_heads=4, pre_norm=True, post_norm=True)),
+    ]
+    for ours, theirs, args, kwargs in built:
+        for factory in (dict(device="meta"), dict(dtype=torch.float64), dict(device="meta", dtype=torch.bfloat16)):
+            mine, reference = ours(*args, **kwargs, **factory), theirs(*args, **kwargs, **factory)
+            state = {key: (value.shape, value.device, value.dtype) for key, value in mine.state_dict().items()}
+            assert state == {key: (value.shape, value.device, value.dtype)
+                             for key, value in reference.state_dict().items()}, ours.__name__

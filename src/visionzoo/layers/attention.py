@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
+from visionzoo.layers.norm import factory
 from visionzoo.utils import is_traced, native_bf16
 
 # On CPU in bf16/fp16 the written-out product is faster than torch's fused kernels (benchmarks/attention.py) for
@@ -106,6 +107,7 @@ class Attention(nn.Module):
         scale_norm: normalise the heads' concatenated output by ``norm_layer`` before ``proj`` (``norm``).
         proj_bias: a bias on ``proj``.
         norm_layer: the norm of ``qk_norm`` and ``scale_norm`` (required by either).
+        device, dtype: those of the parameters.
 
     The arguments after ``head_dim`` are keyword-only; they and their module names are timm's.
     """
@@ -123,8 +125,11 @@ class Attention(nn.Module):
         scale_norm: bool = False,
         proj_bias: bool = True,
         norm_layer: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         for name, value in (("dim", dim), ("num_heads", num_heads), ("head_dim", head_dim)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -140,13 +145,13 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         inner = num_heads * head_dim
-        self.qkv = Linear(dim, 3 * inner, bias=qkv_bias)
+        self.qkv = Linear(dim, 3 * inner, bias=qkv_bias, **dd)
         # absent rather than identities when off: no extra nodes in a traced graph
-        self.q_norm = norm_layer(head_dim) if qk_norm else None
-        self.k_norm = norm_layer(head_dim) if qk_norm else None
-        self.norm = norm_layer(inner) if scale_norm else None
+        self.q_norm = norm_layer(head_dim, **factory(dd)) if qk_norm else None
+        self.k_norm = norm_layer(head_dim, **factory(dd)) if qk_norm else None
+        self.norm = norm_layer(inner, **factory(dd)) if scale_norm else None
         self.attn_drop = attn_drop
-        self.proj = Linear(inner, dim, bias=proj_bias)
+        self.proj = Linear(inner, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False,

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.linear import Linear
 from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.norm import factory
 
 
 class AttentionPoolLatent(nn.Module):
@@ -29,8 +30,9 @@ class AttentionPoolLatent(nn.Module):
     def __init__(self, in_features: int, out_features: int | None = None, embed_dim: int | None = None,
                  num_heads: int = 8, *, mlp_ratio: float = 4.0, qkv_bias: bool = True, latent_len: int = 1,
                  pool_type: str = "token", norm_layer: Any = None, act_layer: type[nn.Module] = nn.GELU,
-                 drop: float = 0.0):
+                 drop: float = 0.0, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         embed_dim = embed_dim or in_features
         out_features = in_features if out_features is None else out_features
         if num_heads < 1:
@@ -41,14 +43,14 @@ class AttentionPoolLatent(nn.Module):
             raise ValueError(f"pool_type must be 'token', 'avg' or '', got {pool_type!r}")
         self.num_heads = num_heads
         self.pool_type = pool_type
-        self.latent = nn.Parameter(torch.zeros(1, latent_len, embed_dim))
-        self.q = Linear(embed_dim, embed_dim, bias=qkv_bias)
-        self.kv = Linear(embed_dim, 2 * embed_dim, bias=qkv_bias)
+        self.latent = nn.Parameter(torch.zeros(1, latent_len, embed_dim, **dd))
+        self.q = Linear(embed_dim, embed_dim, bias=qkv_bias, **dd)
+        self.kv = Linear(embed_dim, 2 * embed_dim, bias=qkv_bias, **dd)
         if out_features > 0:
-            self.proj = Linear(embed_dim, out_features)
+            self.proj = Linear(embed_dim, out_features, **dd)
             self.proj_drop = nn.Dropout(drop)
-            self.norm = norm_layer(out_features) if norm_layer is not None else nn.Identity()
-            self.mlp = Mlp(out_features, int(out_features * mlp_ratio), act_layer=act_layer)
+            self.norm = norm_layer(out_features, **factory(dd)) if norm_layer is not None else nn.Identity()
+            self.mlp = Mlp(out_features, int(out_features * mlp_ratio), act_layer=act_layer, **dd)
         else:
             self.proj, self.proj_drop, self.norm, self.mlp = nn.Identity(), nn.Dropout(drop), nn.Identity(), None
             out_features = embed_dim
@@ -87,8 +89,10 @@ class AttentionPoolPrr(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, pool_type: str = "token", pre_norm: bool = False,
-                 post_norm: bool = False, norm_layer: Any = None):
+                 post_norm: bool = False, norm_layer: Any = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
+        dd = factory(dict(device=device, dtype=dtype))
         if pool_type not in ("token", "avg"):
             raise ValueError(f"pool_type must be 'token' or 'avg', got {pool_type!r}")
         if num_heads < 1:
@@ -99,8 +103,8 @@ class AttentionPoolPrr(nn.Module):
         self.num_heads = num_heads
         self.pool_type = pool_type
         self.out_features = dim
-        self.pre_norm = norm_layer(dim) if pre_norm else nn.Identity()
-        self.post_norm = norm_layer(dim) if post_norm else nn.Identity()
+        self.pre_norm = norm_layer(dim, **dd) if pre_norm else nn.Identity()
+        self.post_norm = norm_layer(dim, **dd) if post_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape

@@ -5,12 +5,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from visionzoo.layers.attention import Attention, timm_mask
 from visionzoo.layers.drop import DropPath
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import Mlp
+from visionzoo.layers.norm import factory
 from visionzoo.utils import runs_in_cache_chunks
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -26,7 +28,7 @@ class Block(nn.Module):
     Each residual branch is optionally scaled by LayerScale (``ls1``/``ls2``, when ``init_values``
     is given; identities otherwise) and dropped per sample by stochastic depth (``drop_path``).
     ``qk_norm``, ``scale_attn_norm``, ``scale_mlp_norm`` (norms by ``norm_layer`` inside the attention and
-    the MLP) and ``proj_bias`` (the biases of ``attn.proj`` and the MLP) are timm's.
+    the MLP), ``proj_bias`` (the biases of ``attn.proj`` and the MLP), ``device`` and ``dtype`` are timm's.
     """
 
     def __init__(
@@ -45,17 +47,21 @@ class Block(nn.Module):
         scale_attn_norm: bool = False,
         scale_mlp_norm: bool = False,
         proj_bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.norm1 = norm_layer(dim)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = norm_layer(dim, **factory(dd))
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                              qk_norm=qk_norm, scale_norm=scale_attn_norm, proj_bias=proj_bias, norm_layer=norm_layer)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+                              qk_norm=qk_norm, scale_norm=scale_attn_norm, proj_bias=proj_bias, norm_layer=norm_layer,
+                              **dd)
+        self.ls1 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
+        self.norm2 = norm_layer(dim, **factory(dd))
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, norm_layer=norm_layer if scale_mlp_norm else None,
-                       bias=proj_bias, drop=proj_drop)
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+                       bias=proj_bias, drop=proj_drop, **dd)
+        self.ls2 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None, is_causal: bool = False,

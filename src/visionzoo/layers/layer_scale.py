@@ -14,10 +14,11 @@ class LayerScale(nn.Module):
     is timm's.
     """
 
-    def __init__(self, dim: int, init_values: float = 1e-5, inplace: bool = False):
+    def __init__(self, dim: int, init_values: float = 1e-5, inplace: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.inplace = inplace
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values), device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         return x.mul_(self.gamma) if self.inplace else x * self.gamma

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 
 from visionzoo.layers.linear import Linear
+from visionzoo.layers.norm import factory
 
 
 def _per_layer(value):
@@ -20,7 +22,8 @@ class Mlp(nn.Module):
 
     ``bias`` and ``drop`` take one value for both layers or an (fc1, fc2) pair; ``norm_layer`` optionally
     normalises the hidden activations (an identity, without parameters, when None). The arguments, their order
-    and the module names (``fc1``, ``norm``, ``fc2``) are timm's, so its checkpoints load key for key.
+    and the module names (``fc1``, ``norm``, ``fc2``) are timm's, so its checkpoints load key for key;
+    ``device`` and ``dtype`` (timm's too) are those of the parameters.
     """
 
     def __init__(
@@ -33,8 +36,11 @@ class Mlp(nn.Module):
         bias: bool | tuple[bool, bool] = True,
         drop: float | tuple[float, float] = 0.0,
         use_conv: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if hidden_features is not None and hidden_features < 1:  # else 0 fell back to in_features without a word
             raise ValueError(f"the MLP's hidden width must be at least 1, got {hidden_features} "
                              "(a width times an mlp_ratio below 1)")
@@ -42,11 +48,11 @@ class Mlp(nn.Module):
         out_features = out_features or in_features
         biases, drops = _per_layer(bias), _per_layer(drop)
         layer = partial(nn.Conv2d, kernel_size=1) if use_conv else Linear
-        self.fc1 = layer(in_features, hidden_features, bias=biases[0])
+        self.fc1 = layer(in_features, hidden_features, bias=biases[0], **dd)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drops[0])
-        self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
-        self.fc2 = layer(hidden_features, out_features, bias=biases[1])
+        self.norm = norm_layer(hidden_features, **factory(dd)) if norm_layer is not None else nn.Identity()
+        self.fc2 = layer(hidden_features, out_features, bias=biases[1], **dd)
         self.drop2 = nn.Dropout(drops[1])
 
     def forward(self, x: Tensor) -> Tensor:

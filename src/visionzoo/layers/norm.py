@@ -7,6 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def factory(dd: dict) -> dict:
+    """The ``device``/``dtype`` keywords of ``dd`` that are set, for a user's ``norm_layer`` (which may take none)."""
+    return {key: value for key, value in dd.items() if value is not None}
+
+
 def _checked_map(x: Tensor) -> Tensor:
     """``x``, or ``ValueError`` when it is no ``Tensor[B, C, H, W]``."""
     if x.ndim != 4:
@@ -27,8 +32,9 @@ class LayerNorm2d(nn.LayerNorm):
     permutes are free and the output stays channels-last; a contiguous NCHW input costs one copy.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
-        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         x = _checked_map(x)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.layers.norm import factory
 from visionzoo.utils import is_integer, require_image_batch
 
 
@@ -93,9 +94,9 @@ class PatchEmbed(nn.Module):
         dynamic_img_pad: pad the right/bottom edges up to a multiple of the patch size instead of
             refusing an input that is not one (Swin); ``pad`` is the same (visionzoo's earlier name).
 
-    The arguments, in timm's order, and the projection's name ``proj`` are timm's, so its checkpoints
-    load key for key. Inputs with the wrong number of channels or smaller than one patch raise a
-    ``ValueError`` that says so.
+    The arguments, in timm's order (``device`` and ``dtype`` too), and the projection's name ``proj`` are
+    timm's, so its checkpoints load key for key. Inputs with the wrong number of channels or smaller than
+    one patch raise a ``ValueError`` that says so.
     """
 
     def __init__(
@@ -111,8 +112,11 @@ class PatchEmbed(nn.Module):
         strict_img_size: bool = True,
         dynamic_img_pad: bool = False,
         pad: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if output_fmt is None:
             output_fmt = "NLC" if flatten else "NCHW"
         else:
@@ -129,8 +133,8 @@ class PatchEmbed(nn.Module):
         self.output_fmt = layouts[layouts.index(output_fmt)]  # a plain string for timm's Format enum too
         self.strict_img_size = strict_img_size and self.img_size is not None
         self.dynamic_img_pad = dynamic_img_pad or pad
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
-        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias, **dd)
+        self.norm = norm_layer(embed_dim, **factory(dd)) if norm_layer is not None else nn.Identity()
 
     def _set_grid(self) -> None:
         if self.img_size is not None:
