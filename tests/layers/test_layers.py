@@ -726,3 +726,19 @@ def test_layers_take_timms_device_and_dtype():
             state = {key: (value.shape, value.device, value.dtype) for key, value in mine.state_dict().items()}
             assert state == {key: (value.shape, value.device, value.dtype)
                              for key, value in reference.state_dict().items()}, ours.__name__
+
+
+def test_block_takes_timms_arguments_in_timms_order():
+    """Block(64, 4, 4.0, True, True), timm's positional call for qk_norm=True, gave proj_drop=True (dropout of
+    probability 1) instead, without a word: every training step zeroed the branches."""
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from visionzoo.layers import Block
+
+    torch.manual_seed(0)
+    args = (64, 4, 4.0, True, True, False, True, False, 0.0, 0.0, 0.1)  # ..., qk_norm, norms, proj_bias, drops, init
+    ours, reference = Block(*args).train(), TimmBlock(*args).train()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 9, 64)
+    torch.testing.assert_close(ours(x), reference(x))

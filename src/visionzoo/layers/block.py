@@ -28,7 +28,8 @@ class Block(nn.Module):
     Each residual branch is optionally scaled by LayerScale (``ls1``/``ls2``, when ``init_values``
     is given; identities otherwise) and dropped per sample by stochastic depth (``drop_path``).
     ``qk_norm``, ``scale_attn_norm``, ``scale_mlp_norm`` (norms by ``norm_layer`` inside the attention and
-    the MLP), ``proj_bias`` (the biases of ``attn.proj`` and the MLP), ``device`` and ``dtype`` are timm's.
+    the MLP), ``proj_bias`` (the biases of ``attn.proj`` and the MLP), ``device`` and ``dtype`` are timm's, and
+    the arguments are in timm's order.
     """
 
     def __init__(
@@ -37,16 +38,17 @@ class Block(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_attn_norm: bool = False,
+        scale_mlp_norm: bool = False,
+        proj_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         init_values: float | None = None,
         drop_path: float = 0.0,
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: Any = LayerNorm,
-        qk_norm: bool = False,
-        scale_attn_norm: bool = False,
-        scale_mlp_norm: bool = False,
-        proj_bias: bool = True,
+        *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
