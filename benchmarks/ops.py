@@ -13,7 +13,7 @@ Each timing is the best of ``--repeats``; "equal" checks the results on that run
 for NMS, max |difference| <= 1e-5 for the RoI ops). IoU threshold 0.5.
 
     python benchmarks/ops.py                 # the README's table, default threads
-    python benchmarks/ops.py --quick         # fewer repeats
+    python benchmarks/ops.py --quick --out /tmp/ops_quick.json   # fewer repeats
     python benchmarks/ops.py --one-thread    # one thread everywhere, CPU seconds, into results/ops_one_thread.json
 
 torchvision's CPU NMS and RoI kernels are single-threaded loops; visionzoo's are tensor operations
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision import ops as tv  # noqa: E402
 
-from arguments import output_file, positive_int, write_json  # noqa: E402
+from arguments import existing_results, output_file, positive_int, write_json  # noqa: E402
 from timing import machine  # noqa: E402
 from visionzoo import ops  # noqa: E402
 
@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--out", type=output_file, help="results JSON (default: %(default)s)",
                         default=Path(__file__).parent / "results" / f"ops{'_one_thread' if ONE_THREAD else ''}.json")
     args = parser.parse_args()
+    earlier = existing_results(parser, args.out) if args.quick else {}
+    if earlier and (earlier.get("meta") or {}).get("quick") is not True:  # the README's file predates the flag
+        parser.error(f"--quick would replace the full run of --out {args.out}; give another --out for the trial")
     if args.one_thread:
         torch.set_num_threads(1)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -164,7 +167,7 @@ def main() -> None:
         print(f"| {row['op']} | {row['size']} | {row['torchvision_ms']:.1f} | {row['visionzoo_ms']:.1f} | "
               f"{row['ratio']:.2f} | {'yes' if row['equal'] else 'NO'} |")
     print(f"\n{clock}, best of {repeats}; ratio = visionzoo / torchvision (below 1: faster).")
-    meta = {"clock": clock, "repeats": repeats, "torchvision": torchvision.__version__, **machine()}
+    meta = {"clock": clock, "repeats": repeats, "quick": args.quick, "torchvision": torchvision.__version__, **machine()}
     write_json(args.out, {"meta": meta, "rows": rows})
 
 

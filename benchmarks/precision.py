@@ -6,7 +6,7 @@ autocast, alternating, best of ``--repeats``. A first row times one 1024×1024 m
 which says whether the CPU has native bf16 (AMX / AVX512-BF16) or emulates it.
 
     python benchmarks/precision.py                 # the README's table
-    python benchmarks/precision.py --steps 4 --repeats 1 --only resnet18-digits32
+    python benchmarks/precision.py --steps 4 --repeats 1 --only resnet18-digits32 --out /tmp/precision_trial.json
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ def main() -> None:
                         help="results JSON; its rows of configs not measured now are kept (default: %(default)s)")
     args = parser.parse_args()
     earlier = existing_results(parser, args.out)
+    longer = [(row["config"], row["steps"]) for row in earlier.get("rows") or [] if isinstance(row, dict)
+              and row.get("config") in (args.only or CONFIGS) and isinstance(row.get("steps"), int)
+              and row["steps"] > args.steps]
+    if longer:  # a trial of fewer steps is not the same measurement
+        parser.error(f"--steps {args.steps} would replace the {', '.join(name for name, _ in longer)} row of --out "
+                     f"{args.out} measured with {max(steps for _, steps in longer)} steps; give another --out for the "
+                     "trial")
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for name in args.only or CONFIGS:

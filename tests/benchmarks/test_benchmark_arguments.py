@@ -854,3 +854,53 @@ def test_generative_names_a_damaged_tokenizer_checkpoint_in_one_line(monkeypatch
     message = str(exit_info.value.code)
     assert str(tmp_path / "vqgan-digits" / module.CHECKPOINT_NAME) in message and "corrupt" in message, message
     assert "\n" not in message and not out.exists()
+
+
+def test_ops_quick_does_not_replace_a_full_run(monkeypatch, capsys, tmp_path):
+    """ops.py --quick (the docstring's trial: 2 repeats where the README's rows are the best of 5) wrote its rows over
+    benchmarks/results/ops.json, the README's table. It is now refused in one line when --out holds a full run (the
+    README's file, written before rows said quick, counts as one); into a new file or a quick one it runs as before."""
+    out = tmp_path / "ops.json"
+    full = json.dumps({"meta": {"clock": "wall clock, 2 threads", "repeats": 5}, "rows": [{"op": "nms"}]})
+    out.write_text(full)
+    error = refused(monkeypatch, capsys, "ops", ["--quick", "--out", str(out)])
+    assert f"--out {out}" in error and "--quick" in error, error
+    assert out.read_text() == full
+    module = load("ops")
+    monkeypatch.setattr(module, "run", lambda repeats: [])
+    trial = tmp_path / "trial.json"
+    for _ in range(2):  # a second trial replaces the first
+        monkeypatch.setattr(sys, "argv", ["ops.py", "--quick", "--out", str(trial)])
+        module.main()
+    assert json.loads(trial.read_text())["meta"]["quick"] is True
+    monkeypatch.setattr(sys, "argv", ["ops.py", "--out", str(out)])  # a full run replaces a full run
+    module.main()
+    assert json.loads(out.read_text())["meta"]["quick"] is False
+
+
+def test_precision_trial_does_not_replace_rows_of_more_steps(monkeypatch, capsys, tmp_path):
+    """The docstring's trial (--steps 4 --repeats 1 --only resnet18-digits32) wrote its row over the README's row of
+    5 steps in benchmarks/results/precision.json. A run of fewer --steps than a row it would replace is now refused in
+    one line; a run of as many steps or more, or into a new file, runs as before."""
+    module = load("precision")
+    first = next(iter(module.CONFIGS))
+    out = tmp_path / "precision.json"
+    full = json.dumps({"rows": [{"config": module.MATMUL}, {"config": first, "steps": 5}]})
+    out.write_text(full)
+    error = refused(monkeypatch, capsys, "precision", ["--steps", "4", "--only", first, "--out", str(out)])
+    assert f"--out {out}" in error and "--steps 4" in error and first in error and "5 steps" in error, error
+    assert out.read_text() == full
+    module = load("precision")
+    monkeypatch.setattr(module, "measure", lambda name, precision, steps: {"samples_per_s": 1.0})
+    monkeypatch.setattr(module, "matmul_gflops", lambda dtype: 1.0)
+    for argv in (["--steps", "4", "--out", str(tmp_path / "trial.json")], ["--steps", "5", "--out", str(out)]):
+        monkeypatch.setattr(sys, "argv", ["precision.py", "--only", first, *argv])
+        module.main()
+    assert [row.get("steps") for row in json.loads(out.read_text())["rows"]] == [None, 5]
+
+
+@pytest.mark.parametrize("name, trial", [("ops", "--quick"), ("precision", "--steps 4"), ("metrics", "--quick")])
+def test_the_docstring_trials_write_outside_the_results(name, trial):
+    doc = load(name).__doc__
+    lines = [line for line in doc.splitlines() if trial in line]
+    assert lines and all("--out /tmp/" in line for line in lines), lines
