@@ -8,6 +8,7 @@ import argparse
 import json
 import tempfile
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from visionzoo.checkpoint import atomic_write
 from visionzoo.cli import nonnegative_int, positive_float, positive_int
 
 __all__ = ["at_least_two", "at_least_two_images", "device_name", "existing_results", "merge_rows", "nonnegative_int", "output_file",
-           "output_folder", "positive_float", "positive_int", "write_json"]
+           "output_folder", "positive_float", "positive_int", "results_writer", "write_json"]
 
 
 def device_name(text: str) -> str:
@@ -70,18 +71,39 @@ def _check_folder_writable(text: str, folder: Path) -> None:
     tempfile.TemporaryFile(dir=folder).close()
 
 
-def existing_results(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
-    """The JSON object in ``path`` that a script adds its sections to ({} where there is none); a file that holds
-    something else is refused (argparse's one line, exit status 2) rather than read with a traceback or replaced."""
+# Who wrote a results file from before the files said so (write_json's "script"), by the names they were given.
+WRITERS = {"attention*.json": "attention.py", "backbones*.json": "backbones.py", "detection_*.json": "detection.py",
+           "fid*.json": "fid.py", "generative_*.json": "generative.py", "hipt_slides*.json": "hipt_slides.py",
+           "metrics*.json": "metrics.py", "ops*.json": "ops.py", "precision*.json": "precision.py",
+           "selective_search*.json": "selective_search.py", "train_*.json": "train_backbones.py",
+           "tour_report*.json": "visionzoo tour"}
+
+
+def results_writer(path: Path, results: dict[str, Any]) -> str | None:
+    """The script that wrote ``results`` (read from ``path``): its "script", or for a file written before results
+    said so, the script whose files are named like ``path``; None where neither says."""
+    if isinstance(results.get("script"), str):
+        return results["script"]
+    return next((script for pattern, script in WRITERS.items() if fnmatchcase(path.name, pattern)), None)
+
+
+def existing_results(parser: argparse.ArgumentParser, path: Path, script: str | Path,
+                     flag: str = "--out") -> dict[str, Any]:
+    """The JSON object in ``path`` that ``script`` (its ``__file__``) adds its sections to or replaces ({} where
+    there is none). A file that holds something else, or another script's results, is refused (argparse's one line,
+    exit status 2) rather than read with a traceback or replaced."""
     if not path.exists():
         return {}
     try:
         results = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        parser.error(f"--out {path} is not a JSON results file ({error}); give another --out or move it away")
+        parser.error(f"{flag} {path} is not a JSON results file ({error}); give another {flag} or move it away")
     if not isinstance(results, dict):
-        parser.error(f"--out {path} holds a JSON {type(results).__name__}, not the object of sections this script "
-                     "adds to; give another --out or move it away")
+        parser.error(f"{flag} {path} holds a JSON {type(results).__name__}, not the object of results this script "
+                     f"writes; give another {flag} or move it away")
+    writer = results_writer(path, results)
+    if writer not in (None, Path(script).name):
+        parser.error(f"{flag} {path} holds the results of {writer}; give another {flag} or move it away")
     return results
 
 
@@ -112,8 +134,10 @@ def merge_rows(earlier: Any, measured: list[dict[str, Any]], key: str, order: Se
     return sorted(kept + measured, key=lambda row: rank.get(row.get(key), len(rank)))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """``data`` as indented JSON in ``path`` (its folder made), through a temporary file renamed over it: a write
-    stopped half-way (a full disk, Ctrl-C) leaves the earlier results, not half of the new ones."""
-    text = json.dumps(data, indent=2) + "\n"
+def write_json(path: Path, data: dict[str, Any], script: str | Path) -> None:
+    """``data`` as indented JSON in ``path`` (its folder made), under a "script" key naming ``script`` (the writer's
+    ``__file__``), through a temporary file renamed over it: a write stopped half-way (a full disk, Ctrl-C) leaves
+    the earlier results, not half of the new ones."""
+    text = json.dumps({"script": Path(script).name, **{key: value for key, value in data.items() if key != "script"}},
+                      indent=2) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--out", type=output_file, default=RESULTS / "attention.json",
                         help="results JSON; its rows of other cases are kept (default: %(default)s)")
     args = parser.parse_args()
-    earlier = existing_results(parser, args.out)
+    earlier = existing_results(parser, args.out, __file__)
     cases = {name: case for name, case in CASES.items() if not args.only or any(part in name for part in args.only)}
     if not cases:  # would write a results file of no rows
         parser.error(f"--only {' '.join(args.only)} matches no case; the cases: {', '.join(CASES)}")
@@ -138,7 +138,7 @@ def main() -> None:
         """The file's rows with those measured so far, written out: a run stopped later keeps them."""
         merged = merge_rows(earlier.get("rows"), rows, "case", list(CASES))
         write_json(args.out, {**machine(), "explicit_max_keys": defaults[0], "explicit_max_logits_bytes": defaults[1],
-                              "rows": merged})
+                              "rows": merged}, __file__)
         return merged
 
     for name, (build, keys) in cases.items():

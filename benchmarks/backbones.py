@@ -177,7 +177,7 @@ def main() -> None:
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.one_thread:
         torch.set_num_threads(1)
-    results = existing_results(parser, args.out)
+    results = existing_results(parser, args.out, __file__)
     speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
     parts = {"params": parameter_counts, "logits": logit_differences,
              speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
@@ -186,7 +186,7 @@ def main() -> None:
         if args.part in (key.split("_")[0], "all"):
             results[key] = measure()
             # each part as it is done: a run stopped in a later part keeps the sections it has measured
-            write_json(args.out, results)
+            write_json(args.out, results, __file__)
             print(f"wrote the {key} section of {args.out}", flush=True)
 
 

@@ -44,7 +44,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
-from arguments import output_folder, positive_float, positive_int, write_json
+from arguments import existing_results, output_folder, positive_float, positive_int, write_json
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
@@ -218,6 +218,8 @@ def main() -> None:
         if getattr(args, name) is not None and not set(args.job) & set(jobs):  # given, not ignored
             parser.error(f"{flag} is not used by --job {' --job '.join(args.job)} (only by {', '.join(jobs)})")
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    for job in args.job:  # not another script's results
+        existing_results(parser, args.out_dir / f"detection_{job}.json", __file__, "--out-dir")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         start = time.perf_counter()
@@ -231,7 +233,7 @@ def main() -> None:
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine()
         path = args.out_dir / f"detection_{job}.json"
-        write_json(path, result)
+        write_json(path, result, __file__)
         print(f"wrote {path}")
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 from pytorch_fid import inception as pytorch_fid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
-from arguments import at_least_two_images, output_file, write_json
+from arguments import at_least_two_images, existing_results, output_file, write_json
 from timing import best_seconds, machine
 from visionzoo.cli import main as cli_main
 from visionzoo.metrics.inception import InceptionFeatures, resize_clean
@@ -150,8 +150,9 @@ def main() -> None:
     parser.add_argument("--out", type=output_file, default=RESULTS / "fid.json",
                         help="the JSON result (default: %(default)s)")
     args = parser.parse_args()
+    existing_results(parser, args.out, __file__)  # not another script's results
     result = run(args.images)
-    write_json(args.out, {**machine(), **result})
+    write_json(args.out, {**machine(), **result}, __file__)
     print(f"wrote {args.out}")
 
 

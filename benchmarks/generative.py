@@ -53,7 +53,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
-from arguments import device_name, output_file, output_folder, positive_float, positive_int, write_json
+from arguments import (
+    device_name,
+    existing_results,
+    output_file,
+    output_folder,
+    positive_float,
+    positive_int,
+    write_json,
+)
 from timing import machine
 from visionzoo.checkpoint import CheckpointError, read_metadata
 from visionzoo.cli import nonnegative_float
@@ -467,36 +475,36 @@ def main() -> None:
     TRAINING.update({"device": args.device, **({"max_steps": args.steps, "minutes": None} if args.steps else {})})
     # a GPU run's files go beside the CPU's (the README's), not over them
     tag = "_cuda" if args.device == "cuda" else ""
+    if args.model == "vqgan_transformer":
+        name = f"vqgan_transformer_{args.tokenizer or 'vqgan'}"
+    elif args.model.startswith("image_gpt") and args.untrained:
+        name = f"{args.model}_untrained"
+    else:
+        name = args.model
+    suffix = "" if not args.data else "_" + "_".join(args.data)
+    path = args.out or RESULTS / f"generative_{name}{suffix}{tag}.json"
+    existing_results(parser, path, __file__)  # not another script's results
     if args.model in TOKENIZERS:
         losses = {"disc_start": args.disc_start, "disc_weight": args.disc_weight,
                   "perceptual_weight": args.perceptual_weight}
         result = tokenizer(args.model, args.minutes, args.data, losses, args.batch_size or 64, dict(args.model_arg), args.lr,
                            tuple(args.opt_betas) if args.opt_betas else None)
-        name = args.model
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer or "vqgan", args.minutes, args.data)
-        name = f"vqgan_transformer_{args.tokenizer or 'vqgan'}"
     elif args.model.startswith("image_gpt") and args.untrained:
         result = untrained_image_gpt(args.seeds or 3, args.data, args.model)
-        name = f"{args.model}_untrained"
     elif args.model.startswith("image_gpt"):
         # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
         result = image_gpt(args.minutes, args.seeds or 3, args.data, args.model, args.out.parent if args.out else RESULTS,
                            tag)
-        name = args.model
     elif args.model == "codebook_stats":
         result = codebook_stats(args.data)
-        name = "codebook_stats"
     elif args.model == "dcgan":
         result = dcgan(args.minutes, args.data)
-        name = "dcgan"
     else:
         sizes = {"digits": sorted({32, IMAGE_GPT_SIZES["digits"]}), "shapes": sorted({64, IMAGE_GPT_SIZES["shapes"]})}
         result = baselines(args.data, sizes)
-        name = "baselines"
-    suffix = "" if not args.data else "_" + "_".join(args.data)
-    path = args.out or RESULTS / f"generative_{name}{suffix}{tag}.json"
-    write_json(path, {**machine(args.device), "device": args.device, "steps": args.steps, **result})
+    write_json(path, {**machine(args.device), "device": args.device, "steps": args.steps, **result}, __file__)
     print(f"wrote {path}")
 
 

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arguments import output_file, positive_int, write_json
+from arguments import existing_results, output_file, positive_int, write_json
 from timing import machine
 from visionzoo.data.shapes import CLASSES, Shapes
 from visionzoo.data.slides import ShapeSlides
@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "hipt_slides.json")
     args = parser.parse_args()
+    existing_results(parser, args.out, __file__)  # not another script's results
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -292,7 +293,7 @@ def main() -> None:
     }
     print(table(result))
     print(f"total {result['total_seconds']:.0f} s")
-    write_json(args.out, result)
+    write_json(args.out, result, __file__)
     print(f"wrote {args.out}")
     if not all(row["end_to_end_check"]["passed"] for row in rows if row["end_to_end_check"]):
         raise SystemExit("the end-to-end HIPT4K forward differs from the precomputed-grid path")

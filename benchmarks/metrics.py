@@ -335,7 +335,7 @@ def main() -> None:
     if args.one_thread:
         torch.set_num_threads(1)
     args.out = Path(args.out or RESULTS / f"metrics{'_one_thread' if args.one_thread else ''}.json")
-    earlier = existing_results(parser, args.out)
+    earlier = existing_results(parser, args.out, __file__)
     parts = args.only or PARTS
     clock = "cpu, one thread" if args.one_thread else "wall"
     # rows from before rows said their clock have the file's ("wall" where the file said none either)
@@ -356,7 +356,7 @@ def main() -> None:
     def save() -> None:
         """The file's rows with those measured so far, written out: a run stopped later keeps them."""
         write_json(args.out, {"rows": merge_rows(earlier_rows, rows, "part", PARTS), "clock": clock,
-                              "torch_threads": torch.get_num_threads(), "quick": args.quick})
+                              "torch_threads": torch.get_num_threads(), "quick": args.quick}, __file__)
 
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
                           ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),

@@ -152,8 +152,8 @@ def main() -> None:
     parser.add_argument("--out", type=output_file, help="results JSON (default: %(default)s)",
                         default=Path(__file__).parent / "results" / f"ops{'_one_thread' if ONE_THREAD else ''}.json")
     args = parser.parse_args()
-    earlier = existing_results(parser, args.out) if args.quick else {}
-    if earlier and (earlier.get("meta") or {}).get("quick") is not True:  # the README's file predates the flag
+    earlier = existing_results(parser, args.out, __file__)
+    if args.quick and earlier and (earlier.get("meta") or {}).get("quick") is not True:  # the README's file predates the flag
         parser.error(f"--quick would replace the full run of --out {args.out}; give another --out for the trial")
     if args.one_thread:
         torch.set_num_threads(1)
@@ -168,7 +168,7 @@ def main() -> None:
               f"{row['ratio']:.2f} | {'yes' if row['equal'] else 'NO'} |")
     print(f"\n{clock}, best of {repeats}; ratio = visionzoo / torchvision (below 1: faster).")
     meta = {"clock": clock, "repeats": repeats, "quick": args.quick, "torchvision": torchvision.__version__, **machine()}
-    write_json(args.out, {"meta": meta, "rows": rows})
+    write_json(args.out, {"meta": meta, "rows": rows}, __file__)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=output_file, default=RESULTS / "precision.json",
                         help="results JSON; its rows of configs not measured now are kept (default: %(default)s)")
     args = parser.parse_args()
-    earlier = existing_results(parser, args.out)
+    earlier = existing_results(parser, args.out, __file__)
     longer = [(row["config"], row["steps"]) for row in earlier.get("rows") or [] if isinstance(row, dict)
               and row.get("config") in (args.only or CONFIGS) and isinstance(row.get("steps"), int)
               and row["steps"] > args.steps]
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"| {row['config']} | {row['fp32_samples_per_s']:.1f} | {row['bf16_samples_per_s']:.1f} | "
               f"{row['speedup']:.2f}x |")
     rows = merge_rows(earlier.get("rows"), rows, "config", [MATMUL, *CONFIGS])
-    write_json(args.out, {"rows": rows})
+    write_json(args.out, {"rows": rows}, __file__)
 
 
 if __name__ == "__main__":

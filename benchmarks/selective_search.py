@@ -130,7 +130,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(CHOICES))
     if unknown:
         parser.error(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
-    earlier = existing_results(parser, args.out)
+    earlier = existing_results(parser, args.out, __file__)
     dataset = Shapes("val")
     if args.images > len(dataset):
         parser.error(f"--images {args.images}: the Shapes val split has {len(dataset)} images")
@@ -165,7 +165,7 @@ def main() -> None:
     kept = [{**{name: earlier_meta[name] for name in SETTINGS if name in earlier_meta}, **row}
             for row in earlier.get("rows") if isinstance(row, dict)] if isinstance(earlier.get("rows"), list) else []
     rows = merge_rows(kept, rows, "method", CHOICES)
-    write_json(args.out, {"meta": meta, "rows": rows})
+    write_json(args.out, {"meta": meta, "rows": rows}, __file__)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from arguments import device_name, nonnegative_int, output_folder, positive_int, write_json
+from arguments import device_name, existing_results, nonnegative_int, output_folder, positive_int, write_json
 from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import METRICS_NAME, resolve_precision
@@ -206,6 +206,11 @@ def label_ambiguity_job(repeats: int = 20) -> dict[str, Any]:
     return result
 
 
+def result_path(out_dir: Path, job: str, device: str) -> Path:
+    """The results file of ``job``: a GPU run's beside the CPU's, not over it."""
+    return out_dir / f"train_{job}{'_cuda' if device == 'cuda' else ''}.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", action="append", choices=JOBS)
@@ -237,6 +242,8 @@ def main() -> None:
     if args.list or not args.job:
         print("\n".join(JOBS))
         return
+    for job in args.job:  # not another script's results
+        existing_results(parser, result_path(args.out_dir, job, args.device), __file__, "--out-dir")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for job in args.job:
         print(f"{job}:", flush=True)
@@ -252,8 +259,8 @@ def main() -> None:
                 result = mpp_job(Path(tmp), where)
         result["job_seconds"] = round(time.perf_counter() - start, 1)
         result["machine"] = machine(args.device)
-        path = args.out_dir / f"train_{job}{'_cuda' if args.device == 'cuda' else ''}.json"  # not over the CPU's
-        write_json(path, result)
+        path = result_path(args.out_dir, job, args.device)
+        write_json(path, result, __file__)
         print(f"wrote {path}", flush=True)
 
 

@@ -344,7 +344,7 @@ def test_metrics_default_out_is_the_results_folder_from_any_working_folder(monke
     module = load("metrics")
     opened = []
 
-    def record(parser, path):
+    def record(parser, path, script):
         opened.append(Path(path))
         raise _Parsed
 
@@ -560,7 +560,8 @@ def test_backbones_all_writes_each_part_as_it_is_measured(monkeypatch, tmp_path)
     monkeypatch.setattr(sys, "argv", ["backbones.py", "--out", str(out)])
     with pytest.raises(KeyboardInterrupt):
         module.main()
-    assert json.loads(out.read_text()) == {"speed_cuda": {"kept": True}, "params": {"vit": {"equal": True}},
+    assert json.loads(out.read_text()) == {"script": "backbones.py", "speed_cuda": {"kept": True},
+                                           "params": {"vit": {"equal": True}},
                                            "logits": {"vit": {"max_abs_diff_224": 0.0}}}
 
 
@@ -904,3 +905,58 @@ def test_the_docstring_trials_write_outside_the_results(name, trial):
     doc = load(name).__doc__
     lines = [line for line in doc.splitlines() if trial in line]
     assert lines and all("--out /tmp/" in line for line in lines), lines
+
+
+OTHERS_OUT = {  # each script with the arguments that reach its write, the file it would write in folder D
+    "fid": ([], "out.json"), "ops": ([], "out.json"), "hipt_slides": ([], "out.json"),
+    "generative": (["--model", "dcgan", "--data", "digits"], "out.json"), "attention": ([], "out.json"),
+    "precision": ([], "out.json"), "metrics": ([], "out.json"), "selective_search": ([], "out.json"),
+    "backbones": (["--part", "params"], "out.json"), "detection": (["--job", "conformance"], "detection_conformance.json"),
+    "train_backbones": (["--job", "vit-digits32"], "train_vit-digits32.json"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS_OUT))
+def test_a_script_does_not_write_over_another_scripts_results(monkeypatch, capsys, tmp_path, name):
+    """fid.py --out benchmarks/results/backbones.json replaced the backbones results with FID's, and attention.py --out
+    a generative file dropped its rows: every script now refuses, in one line naming the file and the script that
+    wrote it, an --out (or a file in --out-dir) that holds another script's results."""
+    argv, file_name = OTHERS_OUT[name]
+    other = "selective_search.py" if name != "selective_search" else "fid.py"
+    out = tmp_path / file_name
+    content = json.dumps({"script": other, "rows": [{"method": "x", "earlier": True}]})
+    out.write_text(content)
+    flag = ["--out-dir", str(tmp_path)] if name in ("detection", "train_backbones") else ["--out", str(out)]
+    error = refused(monkeypatch, capsys, name, [*argv, *flag])
+    assert str(out) in error and other in error, error
+    assert out.read_text() == content
+
+
+@pytest.mark.parametrize("name, file_name, writer", [
+    ("fid", "backbones.json", "backbones.py"), ("attention", "generative_vqvae.json", "generative.py"),
+    ("ops", "train_vit-digits32.json", "train_backbones.py"), ("precision", "metrics_one_thread.json", "metrics.py"),
+    ("hipt_slides", "tour_report.json", "visionzoo tour")])
+def test_results_written_before_files_named_their_script_are_known_by_their_name(
+        monkeypatch, capsys, tmp_path, name, file_name, writer):
+    """The README's results files do not say which script wrote them: their names do."""
+    out = tmp_path / file_name
+    out.write_text(json.dumps({"rows": [{"earlier": True}]}))
+    error = refused(monkeypatch, capsys, name, [*OTHERS_OUT[name][0], "--out", str(out)])
+    assert str(out) in error and writer in error, error
+
+
+def test_the_readmes_results_are_safe_from_another_script(monkeypatch, capsys):
+    out = BENCHMARKS / "results" / "backbones.json"
+    before = out.read_bytes()
+    error = refused(monkeypatch, capsys, "fid", ["--out", str(out)])
+    assert "backbones.py" in error and out.read_bytes() == before
+
+
+def test_a_results_file_says_which_script_wrote_it_and_that_script_may_replace_it(monkeypatch, tmp_path):
+    module = load("ops")
+    monkeypatch.setattr(module, "run", lambda repeats: [])
+    out = tmp_path / "mine.json"
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["ops.py", "--out", str(out)])
+        module.main()
+        assert json.loads(out.read_text())["script"] == "ops.py"
