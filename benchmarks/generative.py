@@ -34,8 +34,8 @@ survive encoding under bf16.
         --out /tmp/gpu/generative_vit_vqgan_shapes.json   # a trial: the README's CPU result stays
 
 ``--steps N`` trains each model for N steps instead of ``--minutes`` (how far more steps than this CPU's
-budget go) and ``--device cuda`` trains on the GPU (bf16 autocast; its result and plots are named ``..._cuda``, beside
-the CPU's rather than over them); what follows the training (test metrics,
+budget go) and ``--device cuda`` trains on the GPU (bf16 autocast; its result and plots are named ``..._cuda`` and its
+runs go under ``runs/bench_cuda``, beside the CPU's rather than over them); what follows the training (test metrics,
 probes, sampling for FID) runs on the CPU either way.
 """
 
@@ -77,7 +77,8 @@ from visionzoo.train.run import load_for_inference, run_training
 from visionzoo.train.vqgan import disc_start_argument
 
 RESULTS = Path(__file__).parent / "results"
-RUNS = Path("runs/bench")
+DEFAULT_RUNS = Path("runs/bench")  # --device cuda: runs/bench_cuda
+RUNS = DEFAULT_RUNS
 # --device and --steps: set once by main(), over every run's own settings.
 TRAINING: dict[str, Any] = {}
 DATA = (("digits", 32), ("shapes", 64))
@@ -444,9 +445,9 @@ def main() -> None:
                         help="tokenizers: AdamW's betas (default: the model's, else the task's)")
     parser.add_argument("--out", type=output_file,
                         help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA][_cuda].json)")
-    parser.add_argument("--runs", type=output_folder, default=RUNS,
-                        help=f"the folder of the run folders (default {RUNS}, where the priors find the tokenizers; "
-                             "give another one for trials that must not replace them)")
+    parser.add_argument("--runs", type=output_folder,
+                        help=f"the folder of the run folders (default {DEFAULT_RUNS}, {DEFAULT_RUNS}_cuda for --device cuda, where the "
+                             "priors find the tokenizers; give another one for trials that must not replace them)")
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
     args = parser.parse_args()
@@ -463,7 +464,8 @@ def main() -> None:
                     create_model(name, **dict(args.model_arg))
             except ValueError as error:  # ModelArgumentError too
                 parser.error(f"--model-arg: {error}")
-    RUNS = args.runs
+    # a GPU run's tokenizers go beside the CPU's (those the README's priors read), not over them
+    RUNS = args.runs or (DEFAULT_RUNS.with_name(f"{DEFAULT_RUNS.name}_cuda") if args.device == "cuda" else DEFAULT_RUNS)
     if args.untrained or args.model in ("baselines", "codebook_stats"):
         for flag, given in (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu")):
             if given:

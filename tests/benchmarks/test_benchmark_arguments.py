@@ -960,3 +960,18 @@ def test_a_results_file_says_which_script_wrote_it_and_that_script_may_replace_i
         monkeypatch.setattr(sys, "argv", ["ops.py", "--out", str(out)])
         module.main()
         assert json.loads(out.read_text())["script"] == "ops.py"
+
+
+def test_generative_on_cuda_trains_into_its_own_runs_folder(monkeypatch, tmp_path):
+    """generative.py --model vqgan --device cuda trained into runs/bench/vqgan-DATA, replacing the tokenizers the CPU
+    priors (the README's) read; a GPU run's default runs folder is now runs/bench_cuda, and --runs still wins."""
+    module = load("generative")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {})
+    runs = []
+    monkeypatch.setattr(module, "dcgan", lambda *args: runs.append(module.RUNS) or {"rows": {}})
+    for argv in (["--device", "cuda"], [], ["--device", "cuda", "--runs", str(tmp_path / "mine")]):
+        monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "dcgan", "--data", "digits", *argv,
+                                          "--out", str(tmp_path / "out.json")])
+        module.main()
+    assert runs == [Path("runs/bench_cuda"), Path("runs/bench"), tmp_path / "mine"]
