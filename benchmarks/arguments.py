@@ -15,7 +15,7 @@ from typing import Any
 from visionzoo.checkpoint import atomic_write
 from visionzoo.cli import nonnegative_int, positive_float, positive_int
 
-__all__ = ["at_least_two", "at_least_two_images", "device_name", "existing_results", "merge_rows", "nonnegative_int", "output_file",
+__all__ = ["AppendOnce", "at_least_two", "at_least_two_images", "device_name", "existing_results", "merge_rows", "nonnegative_int", "output_file",
            "output_folder", "positive_float", "positive_int", "results_writer", "write_json"]
 
 
@@ -105,6 +105,16 @@ def existing_results(parser: argparse.ArgumentParser, path: Path, script: str | 
     if writer not in (None, Path(script).name):
         parser.error(f"{flag} {path} holds the results of {writer}; give another {flag} or move it away")
     return results
+
+
+class AppendOnce(argparse.Action):
+    """``action="append"`` that keeps each value once, in the order first given: a repeated ``--job J`` or
+    ``--data D`` runs (and names a file) once, as selective_search.py's ``--methods`` does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, given if values in given else [*given, values])
 
 
 def _at_least_two(text: str, reason: str) -> int:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo.layers.attention as attention
-from arguments import existing_results, merge_rows, output_file, positive_int, write_json
+from arguments import AppendOnce, existing_results, merge_rows, output_file, positive_int, write_json
 from timing import best_seconds, machine
 from visionzoo.generative.gpt import GPT
 from visionzoo.generative.image_gpt import ImageGPT
@@ -123,7 +123,7 @@ def default_path(build: Callable[[], Callable[[], None]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--only", action="append", help="cases whose name contains this (repeatable)")
+    parser.add_argument("--only", action=AppendOnce, help="cases whose name contains this (repeatable)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "attention.json",
                         help="results JSON; its rows of other cases are kept (default: %(default)s)")
     args = parser.parse_args()

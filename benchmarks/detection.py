@@ -44,7 +44,7 @@ import torchvision
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops import box_iou
 
-from arguments import existing_results, output_folder, positive_float, positive_int, write_json
+from arguments import AppendOnce, existing_results, output_folder, positive_float, positive_int, write_json
 from timing import machine
 from visionzoo.models import create_model
 from visionzoo.train import TrainConfig
@@ -203,7 +203,7 @@ def proposal_detector(registered: str, minutes: float, batch_size: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", action="append", choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
+    parser.add_argument("--job", action=AppendOnce, choices=("conformance", "shapes", "rcnn", "fast-rcnn"), required=True)
     parser.add_argument("--repeats", type=positive_int, help="latency repeats (conformance; default 3)")
     parser.add_argument("--minutes", type=positive_float,
                         help="training budget of each detector (shapes, rcnn, fast-rcnn; default 8)")

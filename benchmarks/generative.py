@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
 from arguments import (
+    AppendOnce,
     device_name,
     existing_results,
     output_file,
@@ -427,7 +428,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=positive_float, help="training budget per data set (and seed); default 5")
     parser.add_argument("--steps", type=positive_int, help="train this many steps instead of --minutes")
     parser.add_argument("--device", type=device_name, default="cpu", help="where the models train (cpu, cuda)")
-    parser.add_argument("--data", action="append", choices=[name for name, _ in DATA], help="only these data sets")
+    parser.add_argument("--data", action=AppendOnce, choices=[name for name, _ in DATA], help="only these data sets")
     parser.add_argument("--tokenizer", choices=("vqvae", "vqgan", "vit_vqgan"),
                         help="vqgan_transformer: whose codes (trained before with --model TOKENIZER; default vqgan)")
     parser.add_argument("--disc-start", type=disc_start_argument,

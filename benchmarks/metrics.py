@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arguments import existing_results, merge_rows, output_file, positive_int, write_json  # noqa: E402
+from arguments import AppendOnce, existing_results, merge_rows, output_file, positive_int, write_json  # noqa: E402
 from timing import best_of  # noqa: E402
 from visionzoo.metrics import FeatureStatistics, MeanAveragePrecision, coco_evaluate, frechet_distance  # noqa: E402
 from visionzoo.metrics.coco import SUMMARY_NAMES  # noqa: E402
@@ -327,7 +327,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true",
                         help="1,000 images / 20k dets, d=512, one repeat unless --repeats is given")
-    parser.add_argument("--only", choices=PARTS, action="append",
+    parser.add_argument("--only", choices=PARTS, action=AppendOnce,
                         help="measure this part only (repeatable); the file's rows of the other parts (same clock) are kept")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
     parser.add_argument("--out", type=output_file, default=None, help="default benchmarks/results/metrics[_one_thread].json")

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from arguments import at_least_two, existing_results, merge_rows, output_file, positive_int, write_json
+from arguments import (
+    AppendOnce,
+    at_least_two,
+    existing_results,
+    merge_rows,
+    output_file,
+    positive_int,
+    write_json,
+)
 from timing import machine
 from visionzoo.train import TrainConfig, fit
 from visionzoo.train.run import build_setup
@@ -61,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=at_least_two, default=5, help="training steps per measurement (the first is not timed)")
     parser.add_argument("--repeats", type=positive_int, default=1)
-    parser.add_argument("--only", action="append", choices=sorted(CONFIGS))
+    parser.add_argument("--only", action=AppendOnce, choices=sorted(CONFIGS))
     parser.add_argument("--out", type=output_file, default=RESULTS / "precision.json",
                         help="results JSON; its rows of configs not measured now are kept (default: %(default)s)")
     args = parser.parse_args()

@@ -40,7 +40,15 @@ from typing import Any
 
 import torch
 
-from arguments import device_name, existing_results, nonnegative_int, output_folder, positive_int, write_json
+from arguments import (
+    AppendOnce,
+    device_name,
+    existing_results,
+    nonnegative_int,
+    output_folder,
+    positive_int,
+    write_json,
+)
 from timing import machine
 from visionzoo.train import TrainConfig
 from visionzoo.train.engine import METRICS_NAME, resolve_precision
@@ -213,7 +221,7 @@ def result_path(out_dir: Path, job: str, device: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", action="append", choices=JOBS)
+    parser.add_argument("--job", action=AppendOnce, choices=JOBS)
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--out-dir", type=output_folder, default=RESULTS,
                         help="the folder of the train_JOB.json results, train_JOB_cuda.json for --device cuda "

@@ -975,3 +975,40 @@ def test_generative_on_cuda_trains_into_its_own_runs_folder(monkeypatch, tmp_pat
                                           "--out", str(tmp_path / "out.json")])
         module.main()
     assert runs == [Path("runs/bench_cuda"), Path("runs/bench"), tmp_path / "mine"]
+
+
+def test_a_value_given_twice_runs_once(monkeypatch, tmp_path):
+    """generative.py --data digits --data digits wrote generative_dcgan_digits_digits.json, and detection.py and
+    train_backbones.py --job J --job J (precision.py --only C --only C) ran the job twice: a repeated value now counts
+    once, in the order first given, as selective_search.py --methods does."""
+    module = load("generative")
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {})
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    monkeypatch.setattr(module, "dcgan", lambda minutes, data: {"data": data})
+    monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "dcgan", "--data", "shapes", "--data", "digits",
+                                      "--data", "shapes", "--runs", str(tmp_path / "runs")])
+    module.main()
+    assert [path.name for path in tmp_path.glob("*.json")] == ["generative_dcgan_shapes_digits.json"]
+    assert json.loads((tmp_path / "generative_dcgan_shapes_digits.json").read_text())["data"] == ["shapes", "digits"]
+    module = load("detection")
+    jobs = []
+    monkeypatch.setattr(module, "conformance", lambda repeats: jobs.append("conformance") or {})
+    monkeypatch.setattr(module, "shapes", lambda minutes, batch_size: jobs.append("shapes") or {})
+    monkeypatch.setattr(sys, "argv", ["detection.py", "--job", "shapes", "--job", "conformance", "--job", "shapes",
+                                      "--out-dir", str(tmp_path)])
+    module.main()
+    assert jobs == ["shapes", "conformance"]
+    module = load("train_backbones")
+    monkeypatch.setattr(module, "label_ambiguity_job", lambda: jobs.append("ambiguity") or {})
+    monkeypatch.setattr(sys, "argv", ["train_backbones.py", "--job", "shapes64-label-ambiguity", "--job",
+                                      "shapes64-label-ambiguity", "--out-dir", str(tmp_path)])
+    module.main()
+    assert jobs == ["shapes", "conformance", "ambiguity"]
+    module = load("precision")
+    first = next(iter(module.CONFIGS))
+    monkeypatch.setattr(module, "measure", lambda name, precision, steps: jobs.append(name) or {"samples_per_s": 1.0})
+    monkeypatch.setattr(module, "matmul_gflops", lambda dtype: 1.0)
+    monkeypatch.setattr(sys, "argv", ["precision.py", "--only", first, "--only", first, "--out", str(tmp_path / "p.json")])
+    module.main()
+    assert jobs[3:] == [first, first]  # fp32 and bf16, once
+    assert [row["config"] for row in json.loads((tmp_path / "p.json").read_text())["rows"]] == [module.MATMUL, first]
