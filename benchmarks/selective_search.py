@@ -30,13 +30,15 @@ import sys
 
 
 def _threads() -> str:
-    """--threads as given (1 by default); argparse refuses it later when it is not a positive integer."""
+    """--threads as given, the last one where it is given more than once as argparse reads it (1 by default);
+    argparse refuses it later when it is not a positive integer."""
+    given = "1"
     for i, arg in enumerate(sys.argv):
         if arg == "--threads" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-        if arg.startswith("--threads="):
-            return arg.split("=", 1)[1]
-    return "1"
+            given = sys.argv[i + 1]
+        elif arg.startswith("--threads="):
+            given = arg.split("=", 1)[1]
+    return given
 
 
 _THREADS = _threads()

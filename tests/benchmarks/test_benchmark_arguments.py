@@ -1012,3 +1012,27 @@ def test_a_value_given_twice_runs_once(monkeypatch, tmp_path):
     module.main()
     assert jobs[3:] == [first, first]  # fp32 and bf16, once
     assert [row["config"] for row in json.loads((tmp_path / "p.json").read_text())["rows"]] == [module.MATMUL, first]
+
+
+@pytest.mark.parametrize("argv", [["--threads", "1", "--threads", "3"], ["--threads=1", "--threads", "3"],
+                                  ["--threads", "1", "--threads=3"]])
+def test_selective_search_reads_the_last_thread_count_given_as_argparse_does(monkeypatch, tmp_path, argv):
+    """selective_search.py --threads 1 --threads 4 set the BLAS pools to 1 thread (the early read took the first
+    value) and torch and OpenCV to 4 (argparse takes the last), and recorded 4: both now take the last."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the early read sets OMP_NUM_THREADS and its kin
+    monkeypatch.setattr(sys, "argv", ["selective_search.py", *argv])
+    module = load("selective_search")
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    threads = []
+    monkeypatch.setattr(module.torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(module.cv2, "setNumThreads", threads.append)
+
+    def evaluate(method, samples, max_proposals, top):
+        return {"method": method, "recall@0.5": 1.0, "recall@0.7": 1.0, "mabo": 1.0, f"mabo_first_{top}": 1.0,
+                "proposals_per_image": 1.0, "cpu_s_per_image": 0.0, "wall_s_per_image": 0.0, "ground_truth_boxes": 1}
+
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    monkeypatch.setattr(sys, "argv", ["selective_search.py", *argv, "--images", "1", "--methods", "ours-fast",
+                                      "--out", str(tmp_path / "ss.json")])
+    module.main()
+    assert threads == [3, 3]
