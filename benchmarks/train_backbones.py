@@ -24,6 +24,9 @@ One job at a time (``--job NAME``, repeatable; ``--list`` shows them), each writ
 ``--steps N`` trains a single-run job for N steps instead of its budget (how far more steps than this CPU's
 five minutes go), ``--eval-every`` records the validation accuracy along the way, ``--device cuda`` trains
 on the GPU (bf16 autocast) and ``--workers`` draws the batches in that many processes.
+
+The runs train in a temporary folder, deleted after each job: a result keeps no checkpoint, and the options of a
+distilled or fine-tuned run name the job's run they start from (``teacher/checkpoint.safetensors``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from arguments import (
 )
 from timing import machine
 from visionzoo.train import TrainConfig
-from visionzoo.train.engine import METRICS_NAME, resolve_precision
+from visionzoo.train.engine import CHECKPOINT_NAME, METRICS_NAME, resolve_precision
 from visionzoo.train.run import run_training
 
 RESULTS = Path(__file__).parent / "results"
@@ -143,14 +146,20 @@ def train_and_test(run: Run, out: Path, seed: int = 0, where: Where = Where(), *
     row = {"model": run.model, "data": f"{run.data} {run.img_size}px", "seed": seed, "steps": result.steps,
            "minutes": run.minutes, "batch_size": run.batch_size, "train_seconds": round(result.train_seconds, 1),
            "wall_seconds": round(wall, 1), "precision": resolve_precision(config.precision, torch.device(where.device)), "device": where.device,
-           "test": metrics, "options": run.options, "model_args": run.model_args,
-           "train_images": len(setup.splits["train"]) if run.train_images is None else run.train_images,
-           "checkpoint": str(out / "checkpoint.safetensors")}
+           "test": metrics, "options": _named_in_job(run.options, out.parent), "model_args": run.model_args,
+           "train_images": len(setup.splits["train"]) if run.train_images is None else run.train_images}
     if where.eval_every:
         row["val_curve"] = validation_curve(out)
     print(f"  {run.model} seed {seed}: test {setup.task.metric} {metrics[setup.task.metric]:.4f} "
           f"({result.steps} steps, {result.train_seconds:.0f} s)", flush=True)
     return row
+
+
+def _named_in_job(options: dict[str, Any], job: Path) -> dict[str, Any]:
+    """``options`` with a path into the job's temporary folder (a teacher's or pretraining's checkpoint), deleted
+    when the job ends, given relative to it: the run of this job it names (teacher/checkpoint.safetensors)."""
+    return {key: str(Path(value).relative_to(job)) if isinstance(value, str) and Path(value).is_relative_to(job)
+            else value for key, value in options.items()}
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -160,7 +169,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def distillation_job(tmp: Path, where: Where = Where()) -> dict[str, Any]:
     teacher = train_and_test(TEACHER, tmp / "teacher", where=where)
-    options = {**STUDENT.options, "teacher": TEACHER.model, "teacher_checkpoint": teacher["checkpoint"],
+    options = {**STUDENT.options, "teacher": TEACHER.model, "teacher_checkpoint": str(tmp / "teacher" / CHECKPOINT_NAME),
                "distillation": "hard"}
     distilled, plain = [], []
     for seed in SEEDS:
@@ -179,7 +188,7 @@ def mpp_job(tmp: Path, where: Where = Where()) -> dict[str, Any]:
     for seed in SEEDS:
         pre = train_and_test(MPP_PRETRAIN, tmp / f"mpp{seed}", seed, where)
         tuned = train_and_test(MPP_FINETUNE, tmp / f"finetune{seed}", seed, where,
-                               options={"initial_checkpoint": pre["checkpoint"]})
+                               options={"initial_checkpoint": str(tmp / f"mpp{seed}" / CHECKPOINT_NAME)})
         pretrained.append({"pretrain": pre, "finetune": tuned})
         scratch.append(train_and_test(MPP_FINETUNE, tmp / f"scratch{seed}", seed, where,
                                       steps=MPP_PRETRAIN.steps + MPP_FINETUNE.steps))

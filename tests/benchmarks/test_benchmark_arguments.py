@@ -1036,3 +1036,42 @@ def test_selective_search_reads_the_last_thread_count_given_as_argparse_does(mon
                                       "--out", str(tmp_path / "ss.json")])
     module.main()
     assert threads == [3, 3]
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        yield from (text for item in [*value.keys(), *value.values()] for text in _strings(item))
+    elif isinstance(value, list):
+        yield from (text for item in value for text in _strings(item))
+    elif isinstance(value, str):
+        yield value
+
+
+def test_train_backbones_records_no_checkpoint_that_is_gone_after_the_run(monkeypatch, tmp_path):
+    """train_backbones.py recorded each run's "checkpoint" (and the distilled and fine-tuned runs' teacher_checkpoint
+    and initial_checkpoint) as a path in the job's temporary folder, deleted when the job ended: the results named
+    files that no longer exist. They now name none."""
+    module = load("train_backbones")
+    from types import SimpleNamespace
+
+    trainings = []
+
+    def run_training(model, data, config, *args, **kwargs):
+        trainings.append(Path(config.out))
+        task = SimpleNamespace(metric="accuracy", evaluate=lambda *args: {"accuracy": 0.5})
+        setup = SimpleNamespace(model=torch.nn.Identity(), task=task, splits={"train": [0, 1], "test": [0]})
+        return setup, SimpleNamespace(steps=config.max_steps or 1, train_seconds=1.0)
+
+    monkeypatch.setattr(module, "run_training", run_training)
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {})
+    monkeypatch.setattr(sys, "argv", ["train_backbones.py", "--job", "vit-digits32", "--job", "deit-distillation",
+                                      "--job", "vit-mpp", "--out-dir", str(tmp_path)])
+    module.main()
+    assert len(trainings) == 17 and not any(path.exists() for path in trainings)  # the job's folder is gone
+    for name in ("train_vit-digits32.json", "train_deit-distillation.json", "train_vit-mpp.json"):
+        result = json.loads((tmp_path / name).read_text())
+        gone = [text for text in _strings(result) if any(str(path.parent) in text for path in trainings)]
+        assert not gone, gone
+    assert "checkpoint" not in json.loads((tmp_path / "train_vit-digits32.json").read_text())
+    distilled = json.loads((tmp_path / "train_deit-distillation.json").read_text())["distilled"][0]
+    assert distilled["options"]["teacher_checkpoint"] == "teacher/checkpoint.safetensors"  # the job's teacher run
