@@ -153,7 +153,8 @@ def main() -> None:
                         default=Path(__file__).parent / "results" / f"ops{'_one_thread' if ONE_THREAD else ''}.json")
     args = parser.parse_args()
     earlier = existing_results(parser, args.out, __file__)
-    if args.quick and earlier and (earlier.get("meta") or {}).get("quick") is not True:  # the README's file predates the flag
+    meta = earlier.get("meta")  # the README's file predates "quick": a full run
+    if args.quick and earlier and not (isinstance(meta, dict) and meta.get("quick") is True):
         parser.error(f"--quick would replace the full run of --out {args.out}; give another --out for the trial")
     if args.one_thread:
         torch.set_num_threads(1)

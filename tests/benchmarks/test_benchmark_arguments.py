@@ -1075,3 +1075,11 @@ def test_train_backbones_records_no_checkpoint_that_is_gone_after_the_run(monkey
     assert "checkpoint" not in json.loads((tmp_path / "train_vit-digits32.json").read_text())
     distilled = json.loads((tmp_path / "train_deit-distillation.json").read_text())["distilled"][0]
     assert distilled["options"]["teacher_checkpoint"] == "teacher/checkpoint.safetensors"  # the job's teacher run
+
+
+@pytest.mark.parametrize("content", [{"meta": [1], "rows": []}, {"meta": "quick", "rows": []}])
+def test_ops_quick_refuses_an_out_whose_meta_is_not_an_object_in_one_line(monkeypatch, capsys, tmp_path, content):
+    out = tmp_path / "ops_trial.json"
+    out.write_text(json.dumps(content))
+    error = refused(monkeypatch, capsys, "ops", ["--quick", "--out", str(out)])
+    assert f"--out {out}" in error and "--quick" in error, error
