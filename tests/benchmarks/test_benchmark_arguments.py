@@ -2,6 +2,7 @@
 line and exit status 2, before any work: not a run of zero steps written out as a result, nor a traceback
 (IsADirectoryError) after minutes of measuring."""
 
+import argparse
 import json
 import os
 import sys
@@ -180,12 +181,8 @@ class _Parsed(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["attention", "backbones", "hipt_slides", "ops", "selective_search", "precision",
-                                  "fid"])
-def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypatch, tmp_path, name):
-    """precision.py's default --out was the relative benchmarks/results/precision.json: run from benchmarks/ (or any
-    other folder) it wrote a new benchmarks/benchmarks/results/precision.json, and --only kept no earlier row."""
-    module = load(name)
+def parsed_arguments(monkeypatch, module) -> argparse.Namespace:
+    """The arguments ``module.main()`` parses from ``sys.argv``, stopping it there (before any work)."""
     parsed = []
     parse_args = module.argparse.ArgumentParser.parse_args
 
@@ -194,11 +191,20 @@ def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypat
         raise _Parsed
 
     monkeypatch.setattr(module.argparse.ArgumentParser, "parse_args", record)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [f"{name}.py"])
     with pytest.raises(_Parsed):
         module.main()
-    assert Path(parsed[0].out).resolve().parent == BENCHMARKS / "results"
+    return parsed[0]
+
+
+@pytest.mark.parametrize("name", ["attention", "backbones", "hipt_slides", "ops", "selective_search", "precision",
+                                  "fid"])
+def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypatch, tmp_path, name):
+    """precision.py's default --out was the relative benchmarks/results/precision.json: run from benchmarks/ (or any
+    other folder) it wrote a new benchmarks/benchmarks/results/precision.json, and --only kept no earlier row."""
+    module = load(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py"])
+    assert Path(parsed_arguments(monkeypatch, module).out).resolve().parent == BENCHMARKS / "results"
 
 
 def test_image_gpt_probe_plots_go_beside_out_not_into_the_results(monkeypatch, tmp_path):
@@ -743,17 +749,7 @@ def test_ops_one_thread_default_out_is_its_own_file(monkeypatch, argv, name):
     monkeypatch.setattr(sys, "argv", ["ops.py", *argv])
     monkeypatch.setattr(os, "environ", dict(os.environ))  # --one-thread sets OMP_NUM_THREADS and its kin on import
     module = load("ops")
-    parsed = []
-    parse_args = module.argparse.ArgumentParser.parse_args
-
-    def record(parser, *args, **kwargs):
-        parsed.append(parse_args(parser, *args, **kwargs))
-        raise _Parsed
-
-    monkeypatch.setattr(module.argparse.ArgumentParser, "parse_args", record)
-    with pytest.raises(_Parsed):
-        module.main()
-    assert Path(parsed[0].out) == BENCHMARKS / "results" / name
+    assert Path(parsed_arguments(monkeypatch, module).out) == BENCHMARKS / "results" / name
 
 
 def test_metrics_quick_does_not_replace_full_size_rows(monkeypatch, capsys, tmp_path):
