@@ -382,13 +382,31 @@ def test_a_boolean_mask_keeps_torchs_meaning(dtype, native_bf16_cpu):
         torch.testing.assert_close(attention(x, attn_bias=mask), attention(x, attn_bias=additive))
 
 
+def test_timms_layer_names_import_from_visionzoo_layers():
+    """LayerNorm2d and resample_patch_embed (timm.layers' names) and FrozenBatchNorm2d (torchvision.ops') were not
+    in visionzoo.layers (the norms only in visionzoo.layers.norm, the resampling as resample_patch_kernel)."""
+    import torchvision
+
+    from visionzoo.layers import FrozenBatchNorm2d, LayerNorm2d, resample_patch_embed
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 6)
+    ours, theirs = LayerNorm2d(8), timm.layers.LayerNorm2d(8)
+    torch.testing.assert_close(ours(x), theirs(x))
+    frozen, reference = FrozenBatchNorm2d(8), torchvision.ops.FrozenBatchNorm2d(8)
+    reference.running_var.uniform_(0.5, 2.0)
+    frozen.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(frozen(x), reference(x))
+    assert resample_patch_embed.__name__ == "resample_patch_embed"
+
+
 @pytest.mark.parametrize("new_size", [(8, 8), (32, 32), (14, 10)])
 def test_patch_kernel_resampling_equals_timms_and_keeps_embeddings_of_resized_patches(new_size):
-    from visionzoo.layers.patch_embed import resample_patch_kernel
+    from visionzoo.layers import resample_patch_embed
 
     torch.manual_seed(7)
     weight = torch.randn(8, 3, 16, 16)
-    resampled = resample_patch_kernel(weight, new_size)
+    resampled = resample_patch_embed(weight, list(new_size), "bicubic", True, verbose=True)
     torch.testing.assert_close(resampled, timm.layers.resample_patch_embed(weight, list(new_size)))
     if new_size[0] >= 16:  # upsampling is invertible: a resized patch embeds as the original did
         patch = torch.randn(5, 3, 16, 16)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.layers.norm import factory
 from visionzoo.utils import is_integer, require_image_batch
+
+log = logging.getLogger(__name__)
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -29,10 +33,10 @@ def _check_fits(img_size: tuple[int, int] | None, patch_size: tuple[int, int]) -
         raise ValueError(f"img_size {img_size} is smaller than one patch {patch_size}")
 
 
-def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolation: str = "bicubic",
-                          antialias: bool = True) -> Tensor:
+def resample_patch_embed(weight: Tensor, new_size: tuple[int, int] | list[int], interpolation: str = "bicubic",
+                         antialias: bool = True, verbose: bool = False) -> Tensor:
     """A patch-embedding kernel for another patch size by FlexiViT's pseudo-inverse resize (Beyer et al. 2023;
-    timm's ``resample_patch_embed``): ``Tensor[C_out, C_in, h, w] -> Tensor[C_out, C_in, H, W]``.
+    timm's ``resample_patch_embed``, its arguments): ``Tensor[C_out, C_in, h, w] -> Tensor[C_out, C_in, H, W]``.
 
     With ``B`` the linear map that resizes an h×w patch to H×W (``interpolation``, ``antialias``), the new
     kernel is ``pinv(Bᵀ)`` applied to the old one: the least-squares kernel whose embedding of a resized patch
@@ -41,6 +45,8 @@ def resample_patch_kernel(weight: Tensor, new_size: tuple[int, int], interpolati
     old_size, new_size = tuple(weight.shape[-2:]), _pair(new_size)
     if old_size == new_size:
         return weight
+    if verbose:
+        log.info("resampling the patch embedding kernel from %s to %s", old_size, new_size)
     basis = torch.eye(old_size[0] * old_size[1], device=weight.device).view(-1, 1, *old_size)
     resized = F.interpolate(basis, size=new_size, mode=interpolation, antialias=antialias, align_corners=False)
     resize = resized.flatten(1).t()  # Tensor[H·W, h·w]: column j is basis patch j resized
@@ -147,7 +153,7 @@ class PatchEmbed(nn.Module):
                        patch_size: int | tuple[int, int] | None = None) -> None:
         """Another input size and/or patch size from now on (timm's method): ``img_size`` sets ``grid_size``
         and ``num_patches``; another ``patch_size`` replaces ``proj`` by a conv of that kernel and stride whose
-        kernel is :func:`resample_patch_kernel`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
+        kernel is :func:`resample_patch_embed`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
         if img_size is not None:
             img_size = _positive_pair(img_size, "img_size")
         new_patch = self.patch_size if patch_size is None else _positive_pair(patch_size, "patch_size")
@@ -157,7 +163,7 @@ class PatchEmbed(nn.Module):
             proj = nn.Conv2d(old.in_channels, old.out_channels, new_size, stride=new_size, bias=old.bias is not None,
                              device=old.weight.device, dtype=old.weight.dtype)
             with torch.no_grad():
-                proj.weight.copy_(resample_patch_kernel(old.weight, new_size))
+                proj.weight.copy_(resample_patch_embed(old.weight, new_size))
                 if old.bias is not None:
                     proj.bias.copy_(old.bias)
             for new_param, old_param in zip(proj.parameters(), old.parameters()):

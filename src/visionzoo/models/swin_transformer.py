@@ -70,7 +70,7 @@ from visionzoo.layers.classifier import (
 )
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import feature_take_indices, taken_in_order
-from visionzoo.layers.patch_embed import resample_patch_kernel
+from visionzoo.layers.patch_embed import resample_patch_embed
 from visionzoo.layers.pos_embed import resample_rel_pos_table
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import (
@@ -978,7 +978,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
       timm's (at the start of stages 1..3, ``head.fc.weight``);
     - timm's feature-extractor keys (``layers_1``) get their dot back;
     - a patch kernel made for another patch size is resampled to the model's (FlexiViT's pseudo-inverse), as
-      timm's filter does (:func:`~visionzoo.layers.patch_embed.resample_patch_kernel`);
+      timm's filter does (:func:`~visionzoo.layers.patch_embed.resample_patch_embed`);
     - a relative position table for another (square) window is resampled by BEiT's recipe, as timm's filter
       does (:func:`~visionzoo.layers.pos_embed.resample_rel_pos_table`); one for a non-square window is kept
       as it is, for the strict load to report (its window cannot be told from its size);
@@ -998,7 +998,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
         if getattr(model, "features_only", False) and stage is not None and int(stage) >= kept_stages:
             continue
         if key == "patch_embed.proj.weight" and value.ndim == 4:
-            value = resample_patch_kernel(value, model.patch_embed.patch_size)
+            value = resample_patch_embed(value, model.patch_embed.patch_size)
         if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
             side = math.isqrt(value.shape[0])
             # the window of a table whose rows are no odd square is ambiguous (5·9 rows: 3×5 or 5×3): left for

@@ -56,7 +56,7 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
-from visionzoo.layers.patch_embed import resample_patch_kernel
+from visionzoo.layers.patch_embed import resample_patch_embed
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import check_argument_types, whole_number
 
@@ -260,7 +260,7 @@ class VisionTransformer(nn.Module):
         """Take ``img_size`` images and/or ``patch_size`` patches from now on, as timm's method: the position
         table is resampled from the old token grid to the new one (bicubic, antialiased, prefix rows kept:
         :func:`~visionzoo.layers.resample_abs_pos_embed`), and another patch size resamples the patch kernel
-        (:func:`~visionzoo.layers.patch_embed.resample_patch_kernel`). Without ``dynamic_img_size`` other
+        (:func:`~visionzoo.layers.patch_embed.resample_patch_embed`). Without ``dynamic_img_size`` other
         input sizes are then refused. ``feature_info`` and the arguments that rebuild the model
         (``model_args``, kept by our checkpoints) follow."""
         old_grid = self.patch_embed.grid_size
@@ -594,7 +594,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
 
     The key names are the same; what changes: a position table made for another grid is resampled
     (bicubic, antialiased, prefix rows kept) to the model's ``patch_embed.grid_size`` and a patch kernel made for
-    another patch size to the model's (:func:`~visionzoo.layers.patch_embed.resample_patch_kernel`), as timm's own
+    another patch size to the model's (:func:`~visionzoo.layers.patch_embed.resample_patch_embed`), as timm's own
     filter does; the ``pre_logits`` layer of old timm checkpoints (unused by their heads) is
     dropped; DeiT III's ``gamma_1``/``gamma_2`` become ``ls1.gamma``/``ls2.gamma``. A table whose rows
     after the model's prefix rows are no square grid (a file of a model with other prefix tokens: a
@@ -615,7 +615,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
                     value, model.patch_embed.grid_size, (side, side), num_prefix_tokens=model.num_prefix_tokens
                 )
         elif key == "patch_embed.proj.weight" and value.ndim == 4:
-            value = resample_patch_kernel(value, model.patch_embed.patch_size)
+            value = resample_patch_embed(value, model.patch_embed.patch_size)
         elif ".gamma_" in key:
             block, _, index = key.rpartition(".gamma_")
             key = f"{block}.ls{index}.gamma"
