@@ -36,6 +36,38 @@ def test_mask_iou_equals_pycocotools_including_crowd():
         mask_iou(dets[:1], [mask_utils.encode(np.asfortranarray(np.ones((3, 3), np.uint8)))])
 
 
+def _scattered_masks(rng, n, h, w):
+    """Small boxes anywhere (many pairs with disjoint bounding boxes), some speckled so that runs wrap
+    into the next column, one empty and one full mask."""
+    masks = np.zeros((n, h, w), dtype=np.uint8)
+    for m in masks:
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        m[y0 : y0 + rng.integers(1, max(h // 3, 2)), x0 : x0 + rng.integers(1, max(w // 3, 2))] = 1
+        if rng.random() < 0.3:
+            m[rng.random((h, w)) < 0.1] ^= 1
+    masks[1] = 0
+    masks[2] = 1
+    return masks
+
+
+@pytest.mark.parametrize("height, width", [(23, 31), (1, 40), (37, 1)])
+def test_mask_iou_of_many_pairs_equals_pycocotools_bit_for_bit(height, width):
+    rng = np.random.default_rng(height * 100 + width)
+    dets = [mask_utils.encode(np.asfortranarray(m)) for m in _scattered_masks(rng, 60, height, width)]
+    gts = [mask_utils.encode(np.asfortranarray(m)) for m in _scattered_masks(rng, 40, height, width)]
+    crowd = rng.random(40) < 0.3
+    expected = mask_utils.iou(dets, gts, crowd.astype(np.uint8))
+    ours = mask_iou(dets, gts, crowd)
+    assert ours.dtype == np.float64 and ours.shape == (60, 40)
+    np.testing.assert_array_equal(ours, expected)
+    disjoint = mask_utils.toBbox(dets)[:, None, 0] >= (mask_utils.toBbox(gts)[None, :, [0, 2]].sum(-1))
+    assert (expected == 0).sum() > 100 and (expected > 0).sum() > 100 and disjoint.any()
+    assert (ours[:, crowd] != mask_iou(dets, gts)[:, crowd]).any()  # the crowd rule is applied
+    assert not ours[1].any() and not ours[:, 1].any()  # empty masks
+    np.testing.assert_array_equal(mask_iou(dets, gts[:0]), np.zeros((60, 0)))
+    np.testing.assert_array_equal(mask_iou(dets[:0], gts, crowd), np.zeros((0, 40)))
+
+
 def test_mask_iou_of_polygons_arrays_and_dicts_equals_pycocotools():
     rng = np.random.default_rng(2)
     h, w = 30, 40

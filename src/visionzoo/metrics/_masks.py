@@ -12,38 +12,76 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import Rle, to_rle
+from visionzoo.data.masks import Rle, rle_area, to_rle
 
 
-def _covered(m: Rle, x: np.ndarray) -> np.ndarray:
-    """Foreground pixels of ``m`` before each position x (int64[...])."""
-    cum = np.concatenate([[0], np.cumsum(m.ends - m.starts)])
-    i = np.searchsorted(m.ends, x, side="right")
-    nxt = np.minimum(i, max(len(m.starts) - 1, 0))
-    partial = np.where(i < len(m.starts), np.maximum(x - m.starts[nxt] if len(m.starts) else 0, 0), 0)
-    return cum[i] + partial
+def _concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of N masks end to end: starts, ends int64[R]; mask k's are bounds[k]:bounds[k + 1], int64[N + 1]."""
+    bounds = np.concatenate([[0], np.cumsum([len(m.starts) for m in masks], dtype=np.int64)])
+    none = np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([none, *(m.starts for m in masks)]).astype(np.int64)
+    ends = np.concatenate([none, *(m.ends for m in masks)]).astype(np.int64)
+    return starts, ends, bounds
 
 
-def _intersection(a: Rle, b: Rle) -> int:
-    if len(a.starts) == 0 or len(b.starts) == 0:
-        return 0
-    return int((_covered(b, a.ends) - _covered(b, a.starts)).sum())
+def _column_spans(masks: Sequence[Rle], starts: np.ndarray, ends: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """First and last column holding foreground of each of N masks, int64[N, 2]; an empty mask's [max, min] meets
+    no span."""
+    spans = np.tile(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min]), (len(masks), 1))
+    full = np.flatnonzero(bounds[1:] > bounds[:-1])
+    height = np.array([masks[k].height for k in full], dtype=np.int64)
+    spans[full, 0] = starts[bounds[full]] // height
+    spans[full, 1] = (ends[bounds[full + 1] - 1] - 1) // height
+    return spans
 
 
-def rle_iou_pairs(dets: Sequence[Rle], gts: Sequence[Rle], crowd: np.ndarray) -> np.ndarray:
-    """Mask IoU of pairs (dets[i], gts[i]), float64[P]; a crowd pair divides by the detection's area."""
-    out = np.zeros(len(dets))
-    for i, (d, g) in enumerate(zip(dets, gts)):
-        if (d.height, d.width) != (g.height, g.width):
-            raise ValueError(
-                f"mask sizes differ: detection {d.height}x{d.width}, ground truth {g.height}x{g.width}"
-            )
-        inter = _intersection(d, g)
-        if inter == 0:
-            continue
-        d_area = int((d.ends - d.starts).sum())
-        union = d_area if crowd[i] else d_area + int((g.ends - g.starts).sum()) - inter
-        out[i] = inter / union
+def _covered(starts: np.ndarray, ends: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Foreground pixels before each position x, int64[X], of the sorted runs starts, ends int64[R]."""
+    before = np.concatenate([[0], np.cumsum(ends - starts)])
+    i = np.searchsorted(ends, x, side="right")  # the runs that end at or before x
+    return before[i] + np.maximum(x - np.append(starts, np.iinfo(np.int64).max)[i], 0)
+
+
+def rle_iou_pairs(
+    dets: Sequence[Rle], gts: Sequence[Rle], det: np.ndarray, gt: np.ndarray, crowd: np.ndarray
+) -> np.ndarray:
+    """Mask IoU of the pairs (dets[det[p]], gts[gt[p]]), float64[P]; a crowd pair divides by the detection's area.
+
+    dets: D masks, gts: G masks; det, gt: int[P]; crowd: bool[P]. As in pycocotools, a pair whose masks share no
+    column is 0 without counting. The others are counted at once: ground truth k's runs are moved to its own
+    stretch [offset[k], offset[k] + height * width) of one pixel axis, so that all of them make one sorted list,
+    each pair's detection runs are moved onto its ground truth's stretch, and the ground-truth pixels before each
+    run's end and start are read from that list with one ``searchsorted``.
+    """
+    det, gt = np.asarray(det, dtype=np.int64), np.asarray(gt, dtype=np.int64)
+    d_hw = np.array([(m.height, m.width) for m in dets], dtype=np.int64).reshape(-1, 2)
+    g_hw = np.array([(m.height, m.width) for m in gts], dtype=np.int64).reshape(-1, 2)
+    differ = np.flatnonzero((d_hw[det] != g_hw[gt]).any(axis=1))
+    if len(differ):
+        (dh, dw), (gh, gw) = d_hw[det[differ[0]]], g_hw[gt[differ[0]]]
+        raise ValueError(f"mask sizes differ: detection {dh}x{dw}, ground truth {gh}x{gw}")
+
+    d_starts, d_ends, d_bounds = _concat_runs(dets)
+    g_starts, g_ends, g_bounds = _concat_runs(gts)
+    d_cols, g_cols = _column_spans(dets, d_starts, d_ends, d_bounds), _column_spans(gts, g_starts, g_ends, g_bounds)
+    d_cols, g_cols = d_cols[det], g_cols[gt]
+    pair = np.flatnonzero((d_cols[:, 0] <= g_cols[:, 1]) & (g_cols[:, 0] <= d_cols[:, 1]))
+    pd, pg = det[pair], gt[pair]
+
+    offset = np.concatenate([[0], np.cumsum(g_hw.prod(axis=1))])[:-1]
+    g_shift = np.repeat(offset, np.diff(g_bounds))
+    n_runs = d_bounds[pd + 1] - d_bounds[pd]
+    first = np.cumsum(n_runs) - n_runs
+    run = np.repeat(d_bounds[pd] - first, n_runs) + np.arange(n_runs.sum())  # the detection runs of every pair
+    shift = np.repeat(offset[pg], n_runs)
+    x = np.concatenate([d_starts[run] + shift, d_ends[run] + shift])
+    covered = _covered(g_starts + g_shift, g_ends + g_shift, x).reshape(2, -1)
+    inter = np.bincount(np.repeat(np.arange(len(pair)), n_runs), covered[1] - covered[0], minlength=len(pair))
+
+    d_area, g_area = rle_area(dets), rle_area(gts)
+    union = np.where(crowd[pair], d_area[pd], d_area[pd] + g_area[pg] - inter)
+    out = np.zeros(len(det))
+    out[pair] = inter / union
     return out
 
 
@@ -59,5 +97,4 @@ def mask_iou(dets: Sequence[Any], gts: Sequence[Any], iscrowd: Sequence[bool] | 
     if len(crowd) != len(g):
         raise ValueError(f"iscrowd needs one flag per ground truth: {len(g)} ground truths, {len(crowd)} flags")
     di, gi = np.meshgrid(np.arange(len(d)), np.arange(len(g)), indexing="ij")
-    di, gi = di.ravel(), gi.ravel()
-    return rle_iou_pairs([d[i] for i in di], [g[i] for i in gi], crowd[gi]).reshape(len(d), len(g))
+    return rle_iou_pairs(d, g, di.ravel(), gi.ravel(), crowd[gi.ravel()]).reshape(len(d), len(g))

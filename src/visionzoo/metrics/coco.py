@@ -491,7 +491,7 @@ def _pair_ious(
 ) -> np.ndarray:
     if iou_type == "bbox":
         return _box_iou_pairs(dt.boxes[det], gt.boxes[g], gt.iscrowd[g])
-    return rle_iou_pairs([dt.masks[i] for i in det], [gt.masks[i] for i in g], gt.iscrowd[g])
+    return rle_iou_pairs(dt.masks, gt.masks, det, g, gt.iscrowd[g])
 
 
 # ----------------------------------------------------------------------------------------------
