@@ -65,6 +65,15 @@ def test_rle_encoding_area_and_boxes_match_pycocotools():
         assert np.array_equal(rle_boxes([runs])[0], mask_utils.toBbox(reference))
 
 
+def test_boxes_and_areas_of_many_masks_of_several_sizes_at_once_match_pycocotools():
+    masks = list(_random_masks(np.random.default_rng(5)))
+    masks[7:7] = [np.zeros((3, 4), bool), np.ones((1, 9), bool), np.ones((8, 1), bool), np.zeros((1, 1), bool)]
+    reference = [_reference_rle(m) for m in masks]
+    runs = [to_rle(r, None, None) for r in reference]
+    np.testing.assert_array_equal(rle_boxes(runs), mask_utils.toBbox(reference))
+    np.testing.assert_array_equal(rle_area(runs), mask_utils.area(reference))
+    assert rle_boxes([]).shape == (0, 4) and rle_boxes(runs[-3:-2]).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
 def test_binary_masks_of_any_dtype_encode_alike():
     mask = np.random.default_rng(4).random((9, 7)) < 0.4
     expected = rle_from_mask(mask)

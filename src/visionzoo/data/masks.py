@@ -340,14 +340,18 @@ def rle_area(masks: Sequence[Rle]) -> np.ndarray:
 def rle_boxes(masks: Sequence[Rle]) -> np.ndarray:
     """Tight ``[x, y, w, h]`` boxes of N masks, float64[N, 4], zeros for an empty mask (pycocotools' ``toBbox``)."""
     out = np.zeros((len(masks), 4))
-    for i, m in enumerate(masks):
-        if len(m.starts) == 0:
-            continue
-        last = m.ends - 1
-        x_start, x_end = m.starts // m.height, last // m.height
-        if np.any(x_end > x_start):  # a run that wraps into the next column spans every row
-            y_min, y_max = 0, m.height - 1
-        else:
-            y_min, y_max = int((m.starts % m.height).min()), int((last % m.height).max())
-        out[i] = (x_start.min(), y_min, x_end.max() - x_start.min() + 1, y_max - y_min + 1)
+    full = [k for k, m in enumerate(masks) if len(m.starts)]
+    if not full:
+        return out
+    n_runs = np.array([len(masks[k].starts) for k in full])
+    first = np.cumsum(n_runs) - n_runs
+    h = np.repeat([masks[k].height for k in full], n_runs)
+    starts = np.concatenate([masks[k].starts for k in full])
+    last = np.concatenate([masks[k].ends for k in full]) - 1
+    x_start, x_end = starts // h, last // h
+    wraps = x_end > x_start  # a run that wraps into the next column spans every row
+    y_min = np.minimum.reduceat(np.where(wraps, 0, starts % h), first)
+    y_max = np.maximum.reduceat(np.where(wraps, h - 1, last % h), first)
+    x_min, x_max = x_start[first], x_end[first + n_runs - 1]  # runs are sorted
+    out[full] = np.stack([x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], axis=1)
     return out
