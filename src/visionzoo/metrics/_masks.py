@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import Rle, rle_area, to_rle
+from visionzoo.data.masks import Rle, rle_area, rle_boxes, to_rle
 
 
 def _concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -22,17 +22,6 @@ def _concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     starts = np.concatenate([none, *(m.starts for m in masks)]).astype(np.int64)
     ends = np.concatenate([none, *(m.ends for m in masks)]).astype(np.int64)
     return starts, ends, bounds
-
-
-def _column_spans(masks: Sequence[Rle], starts: np.ndarray, ends: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """First and last column holding foreground of each of N masks, int64[N, 2]; an empty mask's [max, min] meets
-    no span."""
-    spans = np.tile(np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min]), (len(masks), 1))
-    full = np.flatnonzero(bounds[1:] > bounds[:-1])
-    height = np.array([masks[k].height for k in full], dtype=np.int64)
-    spans[full, 0] = starts[bounds[full]] // height
-    spans[full, 1] = (ends[bounds[full + 1] - 1] - 1) // height
-    return spans
 
 
 def _covered(starts: np.ndarray, ends: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -47,8 +36,8 @@ def rle_iou_pairs(
 ) -> np.ndarray:
     """Mask IoU of the pairs (dets[det[p]], gts[gt[p]]), float64[P]; a crowd pair divides by the detection's area.
 
-    dets: D masks, gts: G masks; det, gt: int[P]; crowd: bool[P]. As in pycocotools, a pair whose masks share no
-    column is 0 without counting. The others are counted at once: ground truth k's runs are moved to its own
+    dets: D masks, gts: G masks; det, gt: int[P]; crowd: bool[P]. As in pycocotools, a pair whose masks' boxes do
+    not meet is 0 without counting. The others are counted at once: ground truth k's runs are moved to its own
     stretch [offset[k], offset[k] + height * width) of one pixel axis, so that all of them make one sorted list,
     each pair's detection runs are moved onto its ground truth's stretch, and the ground-truth pixels before each
     run's end and start are read from that list with one ``searchsorted``.
@@ -63,9 +52,9 @@ def rle_iou_pairs(
 
     d_starts, d_ends, d_bounds = _concat_runs(dets)
     g_starts, g_ends, g_bounds = _concat_runs(gts)
-    d_cols, g_cols = _column_spans(dets, d_starts, d_ends, d_bounds), _column_spans(gts, g_starts, g_ends, g_bounds)
-    d_cols, g_cols = d_cols[det], g_cols[gt]
-    pair = np.flatnonzero((d_cols[:, 0] <= g_cols[:, 1]) & (g_cols[:, 0] <= d_cols[:, 1]))
+    d_box, g_box = rle_boxes(dets)[det], rle_boxes(gts)[gt]  # an empty mask's box [0, 0, 0, 0] meets no box
+    meet = (d_box[:, :2] < g_box[:, :2] + g_box[:, 2:]) & (g_box[:, :2] < d_box[:, :2] + d_box[:, 2:])
+    pair = np.flatnonzero(meet.all(axis=1))
     pd, pg = det[pair], gt[pair]
 
     offset = np.concatenate([[0], np.cumsum(g_hw.prod(axis=1))])[:-1]
