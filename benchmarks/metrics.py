@@ -2,6 +2,8 @@
 
 - ``coco_evaluate`` from JSON files to the 12 numbers, against pycocotools and faster-coco-eval on
   the same files: 5,000 images / 100k detections, generated (seeded) into a temporary folder;
+- ``coco_evaluate(..., iou_type="segm")`` the same way, at the same sizes, with an instance mask (480x640,
+  compressed RLE, written with pycocotools' ``mask.encode``) for each ground truth and each result;
 - ``MeanAveragePrecision`` against torchmetrics' (``backend="faster_coco_eval"``) on the same
   per-image tensors (update + compute);
 - ``frechet_distance`` against pytorch-fid's ``calculate_frechet_distance`` at d=2048;
@@ -178,6 +180,100 @@ def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> li
     return rows
 
 
+def ellipse_rles(boxes: np.ndarray, height: int, width: int) -> list[dict]:
+    """The ellipses inscribed in ``boxes`` (float[N, 4] x, y, w, h; clipped to the image) as pycocotools'
+    compressed RLEs, their counts as str (JSON)."""
+    from pycocotools import mask as mask_utils
+
+    if not len(boxes):
+        return []
+    masks = np.zeros((height, width, len(boxes)), dtype=np.uint8, order="F")
+    for i, (x, y, w, h) in enumerate(boxes):
+        x0, y0 = max(int(x), 0), max(int(y), 0)
+        x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
+        rows, cols = np.arange(y0, y1)[:, None] + 0.5, np.arange(x0, x1)[None, :] + 0.5
+        masks[y0:y1, x0:x1, i] = ((cols - x - w / 2) / (w / 2)) ** 2 + ((rows - y - h / 2) / (h / 2)) ** 2 <= 1
+    rles = mask_utils.encode(masks)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def make_coco_segm(n_images: int, n_dets: int, seed: int = 3, n_cats: int = 20) -> tuple[dict, list]:
+    """``make_coco``'s images, boxes, classes and scores with instance masks: each ground truth and each result is
+    the ellipse inscribed in its box (a jittered copy of a ground truth's, or a false positive's anywhere), as
+    compressed RLE; the ground truth's ``area`` and ``bbox`` are its mask's, as in COCO, and the results carry
+    ``segmentation`` and ``score`` only (pycocotools' loadRes takes a result's area from its box when it has one)."""
+    from pycocotools import mask as mask_utils
+
+    gt, dets = make_coco(n_images, n_dets, seed=seed, n_cats=n_cats)
+    height, width = gt["images"][0]["height"], gt["images"][0]["width"]
+    by_image: dict[int, tuple[list, list]] = {img["id"]: ([], []) for img in gt["images"]}
+    for a in gt["annotations"]:
+        by_image[a["image_id"]][0].append(a)
+    for d in dets:
+        by_image[d["image_id"]][1].append(d)
+    for anns, mine in by_image.values():
+        for a, rle in zip(anns, ellipse_rles(np.array([a["bbox"] for a in anns]), height, width)):
+            a["segmentation"], a["area"] = rle, float(mask_utils.area(rle))
+            a["bbox"] = mask_utils.toBbox(rle).tolist()
+        for d, rle in zip(mine, ellipse_rles(np.array([d.pop("bbox") for d in mine]), height, width)):
+            d["segmentation"] = rle
+    return gt, dets
+
+
+def segm_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> list[dict]:
+    """coco_evaluate(iou_type="segm") from the JSON files against pycocotools' and (where installed)
+    faster-coco-eval's segm evaluation of the same files."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    try:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        FasterCOCO = None
+
+    gt, dets = make_coco_segm(n_images, n_dets)
+    with tempfile.TemporaryDirectory() as tmp:
+        gt_path, dt_path = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
+        gt_path.write_text(json.dumps(gt))
+        dt_path.write_text(json.dumps(dets))
+        del gt, dets
+
+        def ours():
+            result = coco_evaluate(gt_path, dt_path, iou_type="segm")
+            return np.array([result[n] for n in SUMMARY_NAMES])
+
+        def faster(gt_path, dt_path):
+            coco = FasterCOCO(str(gt_path))
+            ev = COCOeval_faster(coco, coco.loadRes(str(dt_path)), "segm", print_function=lambda *a, **k: None)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            return np.array(ev.stats[:12])
+
+        def pycoco(gt_path, dt_path):
+            coco = COCO(str(gt_path))
+            ev = COCOeval(coco, coco.loadRes(str(dt_path)), "segm")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            return np.array(ev.stats)
+
+        references = [("faster-coco-eval", repeats, faster)] if FasterCOCO is not None else []
+        references.append(("pycocotools", slow_repeats, pycoco))
+        ours_ms, ours_stats = best_ms(repeats, ours)
+        rows = []
+        size = f"{n_images:,} images / {n_dets:,} dets, 480x640 masks (JSON files, compressed RLE)"
+        for name, reps, fn in references:
+            ref_ms, ref_stats = best_ms(reps, quiet(lambda fn=fn: fn(gt_path, dt_path)))
+            diff = float(np.abs(ref_stats - ours_stats).max())
+            rows.append(row("coco_evaluate segm (12 numbers)", size, name, ref_ms, ours_ms, diff <= 1e-9, diff,
+                            reps, repeats))
+    return rows
+
+
 def xyxy(xywh: list) -> torch.Tensor:
     b = torch.tensor(xywh, dtype=torch.float32).reshape(-1, 4)
     return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
@@ -300,7 +396,7 @@ def frechet_rows(dim: int, n: int, repeats: int, slow_repeats: int) -> list[dict
 
 
 RESULTS = Path(__file__).parent / "results"
-PARTS = ["coco", "mean_ap", "frechet"]
+PARTS = ["coco", "segm", "mean_ap", "frechet"]
 
 
 def row(what, size, reference, ref_ms, ours_ms, equal, diff, ref_repeats, ours_repeats, note=""):
@@ -326,7 +422,7 @@ def main() -> None:
         "--slow-repeats", type=positive_int, default=1, help="runs of pycocotools and pytorch-fid (default 1)"
     )
     parser.add_argument("--quick", action="store_true",
-                        help="1,000 images / 20k dets, d=512, one repeat unless --repeats is given")
+                        help="1,000 images / 20k dets (bbox and segm), d=512, one repeat unless --repeats is given")
     parser.add_argument("--only", choices=PARTS, action=AppendOnce,
                         help="measure this part only (repeatable); the file's rows of the other parts (same clock) are kept")
     parser.add_argument("--one-thread", action="store_true", help="one thread everywhere; CPU time, not wall")
@@ -359,6 +455,7 @@ def main() -> None:
                               "torch_threads": torch.get_num_threads(), "quick": args.quick}, __file__)
 
     for part, measure in (("coco", lambda: coco_rows(images, dets, repeats, args.slow_repeats)),
+                          ("segm", lambda: segm_rows(images, dets, repeats, args.slow_repeats)),
                           ("mean_ap", lambda: mean_ap_rows(images, dets, repeats)),
                           ("frechet", lambda: frechet_rows(dim, 2 * dim, repeats, args.slow_repeats))):
         if part in parts:

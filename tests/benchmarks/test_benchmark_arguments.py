@@ -23,7 +23,7 @@ WORK = {
     "hipt_slides": ("ShapeSlides",),
     "fid": ("run",),
     "attention": ("time_case", "default_path"),
-    "metrics": ("coco_rows", "mean_ap_rows", "frechet_rows"),
+    "metrics": ("coco_rows", "segm_rows", "mean_ap_rows", "frechet_rows"),
     "selective_search": ("evaluate",),
     "ops": ("run",),
 }
@@ -152,9 +152,8 @@ def _stub_measurements(module, name, monkeypatch):
         first = next(iter(module.CONFIGS))  # an earlier row of a config it does not know is kept too, last
         return "config", [module.MATMUL, *module.CONFIGS, "gone"], [module.MATMUL, first], ["--only", first]
     fake = [module.row(part, "n", "ref", 2.0, 1.0, True, 0.0, 1, 1) for part in module.PARTS]
-    monkeypatch.setattr(module, "coco_rows", lambda *args: [fake[0]])
-    monkeypatch.setattr(module, "mean_ap_rows", lambda *args: [fake[1]])
-    monkeypatch.setattr(module, "frechet_rows", lambda *args: [fake[2]])
+    for part, fake_row in zip(module.PARTS, fake):
+        monkeypatch.setattr(module, f"{part}_rows", lambda *args, fake_row=fake_row: [fake_row])
     return "part", list(module.PARTS), ["mean_ap"], ["--only", "mean_ap", "--quick"]
 
 
@@ -601,7 +600,8 @@ def test_a_run_stopped_half_way_keeps_the_rows_it_measured(monkeypatch, tmp_path
         with pytest.raises(KeyboardInterrupt):
             module.main()
         clocks = {row["part"]: row["clock"] for row in json.loads(out.read_text())["rows"]}
-        assert clocks == {"coco": "cpu, one thread", "mean_ap": "cpu, one thread", "frechet": "wall"}, clocks
+        assert clocks == {"coco": "cpu, one thread", "segm": "cpu, one thread", "mean_ap": "cpu, one thread",
+                          "frechet": "wall"}, clocks
 
 
 def _stop():
