@@ -21,6 +21,7 @@ from visionzoo.data.masks import (
     rle_to_mask,
     string_to_counts,
     to_rle,
+    to_rles,
 )
 
 pytestmark = [
@@ -269,3 +270,104 @@ def test_counts_written_as_the_text_of_bytes_are_named_with_the_fix():
             to_rle({"size": [20, 30], "counts": text}, None, None, "result 0")
     with pytest.raises(ValueError, match=r"^result 0: compressed RLE string has an invalid character ' '$"):
         to_rle({"size": [20, 30], "counts": "12 4"}, None, None, "result 0")
+
+
+# Written by the character-at-a-time codec this package had before the vectorised one: runs past 2^31 and 2^62,
+# differences to the run two places before both ways, and (second pair) runs past int64, read as Python ints.
+GOLDEN_COUNTS = [
+    ([0, 2**31 + 5, 3, 2**40, 1, 7, 2**33, 0, 12, 2**62, 5], "0UPPPPP23kooooomo0NWPPPPPPPOoooooo7I\\PPPPPHPPPPPPPPPPPP4I"),
+    ([2**70, 1, 2**80, 3], "PPPPPPPPPPPPPP11PPPPPPPPPPPPPPPP12"),
+    ([1, -16, 0, -16, 0, -16, 0, -16, 0, -16, 0, -16, 0, -16, 0, -16, 0, -16], "1@0000000000000000"),
+    ([], ""),
+    ([7], "7"),
+]
+
+
+@pytest.mark.parametrize(("counts", "text"), GOLDEN_COUNTS)
+def test_compressed_counts_equal_the_character_at_a_time_codec(counts, text):
+    assert string_to_counts(text) == counts and string_to_counts(text.encode()) == counts
+    assert all(type(c) is int for c in string_to_counts(text))
+    assert counts_to_string(counts) == text
+
+
+def test_long_random_counts_round_trip():
+    """Tens of thousands of runs: small ones (one character), long ones past 2^31 (many), zeros, and differences to
+    the run two places before of both signs; each list also read back from its string in one piece."""
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 4, 5, 20_000, 20_001):
+        kind = rng.integers(0, 4, n)
+        counts = np.where(kind == 0, 0, np.where(kind == 1, rng.integers(1, 40, n), rng.integers(1, 2**45, n)))
+        counts[rng.random(n) < 0.01] = 2**31 + rng.integers(0, 3)
+        counts = counts.tolist()
+        assert string_to_counts(counts_to_string(counts)) == counts
+
+
+def test_long_compressed_string_of_pycocotools_decodes_to_its_runs():
+    mask = np.random.default_rng(12).random((400, 500)) < 0.5  # about 100,000 runs
+    reference = _reference_rle(mask)["counts"]
+    assert string_to_counts(reference) == mask_to_counts(mask)
+    assert counts_to_string(mask_to_counts(mask)) == reference.decode()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0P ", "invalid character ' '"),  # an invalid character wins over a run left open
+    ("1 0P", "invalid character ' '"),
+    ("00p", "invalid character 'p'"),  # 'p' is 48 + 64; 'o', the last valid one, continues a run
+    ("00o", "ends inside a run"),
+    ("aé1", "invalid character 'é'"),
+    ("00/", "invalid character '/'"),
+    (b"ab\xff", "invalid character '\ufffd'"),
+    ("P", "ends inside a run"),
+    ("11PPPP", "ends inside a run"),
+])
+def test_malformed_compressed_strings_raise_the_first_error(text, message):
+    with pytest.raises(ValueError, match=f"^compressed RLE string (has an )?{message}$"):
+        string_to_counts(text)
+
+
+def test_to_rles_decodes_a_batch_as_one_at_a_time():
+    """The compressed strings of a list are decoded together; every form among them gives to_rle's mask."""
+    rng = np.random.default_rng(13)
+    segmentations, sizes = [], []
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        mask = rng.random((h, w)) < rng.random()
+        form = t % 6
+        if form == 0:
+            seg = mask_to_rle(mask)
+        elif form == 1:
+            seg = _reference_rle(mask)  # bytes counts
+        elif form == 2:
+            seg = {"size": [h, w], "counts": mask_to_counts(mask)}
+        elif form == 3:
+            seg = [[1.0, 1.0, w - 1.5, 2.0, 3.0, h - 1.0]]
+        elif form == 4:
+            seg = mask
+        else:
+            seg = [mask_to_rle(mask), mask_to_rle(np.roll(mask, 1, axis=0))]
+        segmentations.append(seg)
+        sizes.append((h, w))
+    segmentations += [{"size": [0, 5], "counts": ""}, {"size": [3, 2], "counts": "6"}]  # no runs; one run
+    sizes += [(None, None)] * 2
+    batch = to_rles(segmentations, sizes, "ann")
+    single = [to_rle(s, h, w, f"ann {i}") for i, (s, (h, w)) in enumerate(zip(segmentations, sizes))]
+    assert len(batch) == len(single) == 62
+    for ours, expected in zip(batch, single):
+        assert (ours.height, ours.width) == (expected.height, expected.width)
+        assert ours.starts.dtype == ours.ends.dtype == np.int64
+        assert np.array_equal(ours.starts, expected.starts) and np.array_equal(ours.ends, expected.ends)
+
+
+@pytest.mark.parametrize(("segmentations", "message"), [
+    ([{"size": [1, 2], "counts": "02"}, {"size": [1, 2], "counts": "0P"}, {"size": [1, 2], "counts": "0 "}],
+     r"^ann 1: compressed RLE string ends inside a run$"),
+    ([{"size": [1, 2], "counts": "03"}, {"size": [1, 2], "counts": "0 "}], r"^ann 0: RLE counts sum to 3, expected 1x2 = 2$"),
+    ([{"size": [1, 2], "counts": "02"}, {"size": [1, 2], "counts": "1@"}], r"^ann 1: RLE counts must not be negative$"),
+    ([{"size": [1, 2], "counts": "02"}, {"size": [1], "counts": "02"}, {"size": [1, 2], "counts": "0 "}],
+     r"^ann 1: RLE size must be \[height, width\]"),
+    ([{"size": [1, 2], "counts": "02"}, [[0, 0]], {"size": [1, 2], "counts": "0P"}],
+     r"^ann 1: a polygon needs at least 3 finite \(x, y\) points"),
+])
+def test_to_rles_raises_the_first_entrys_error(segmentations, message):
+    with pytest.raises(ValueError, match=message):
+        to_rles(segmentations, [(1, 2)] * len(segmentations), "ann")

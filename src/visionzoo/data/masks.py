@@ -52,29 +52,56 @@ def counts_to_string(counts: Sequence[int]) -> str:
     return "".join(chars)
 
 
+def _counts_of_strings(texts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The run lengths of COCO's compressed strings ``texts``, decoded together (NumPy over all their characters).
+
+    Returns ``counts`` int64[R] (Python ints, dtype object, where a run or a sum passes int64) and ``first``
+    int64[K + 1]: text k's runs are ``counts[first[k]:first[k + 1]]``. Raises ValueError on an invalid character
+    or a text that ends inside a run (for one text, the error :func:`string_to_counts` states).
+    """
+    texts = [t.decode("ascii", errors="replace") if isinstance(t, bytes) else t for t in texts]
+    joined = "".join(texts)
+    try:
+        chars = np.frombuffer(joined.encode("ascii"), np.uint8)
+    except UnicodeEncodeError:  # one code point per character, so that an index names the character
+        chars = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), np.uint32)
+    invalid = (chars < 48) | (chars >= 112)
+    if invalid.any():
+        raise ValueError(f"compressed RLE string has an invalid character {joined[int(invalid.argmax())]!r}")
+    codes = (chars - 48).astype(np.uint8)  # 6 bits: bit 5 "more groups follow", bits 0-4 the group
+    lengths = np.array([len(t) for t in texts], dtype=np.int64)
+    text_end = np.cumsum(lengths)
+    last = codes < 32  # bit 5 clear: a run's last group
+    if not last[text_end[lengths > 0] - 1].all():
+        raise ValueError("compressed RLE string ends inside a run")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))[: len(ends)]  # every text ends a run: none spans two texts
+    groups = ends - starts + 1
+    place = np.arange(len(codes)) - np.repeat(starts, groups)  # 0 for a run's least significant group
+    kind = np.int64 if groups.max(initial=0) <= 12 else object  # 12 groups: 60 bits, an int64 with room for sums
+    bits = (codes & 0x1F).astype(kind) << (5 * place).astype(kind)
+    values = np.add.reduceat(bits, starts) if len(ends) else np.zeros(0, kind)  # disjoint bits: their sum is their OR
+    negative = codes[ends] >= 16  # bit 4 of the last group: the sign
+    values[negative] -= np.ones(int(negative.sum()), kind) << (5 * groups[negative]).astype(kind)
+    if kind is np.int64 and float(np.abs(values).sum(dtype=np.float64)) >= 2**62:  # sums below could pass int64
+        values = values.astype(object)
+    first = np.append(np.searchsorted(ends, text_end - lengths), len(ends))
+    # From its fourth run on, a text stores a run as the difference to the run two places before: a running sum
+    # along every other run, restarting at each text's first three runs (run 0 stands alone, runs 1 and 2 start the
+    # two chains). Both parities at once, as the columns of [R / 2, 2]: each the sum since its latest restart.
+    heads = (first[:-1, None] + np.arange(3)).ravel()
+    restart = np.zeros(len(ends) + len(ends) % 2, bool)
+    restart[heads[heads < np.repeat(first[1:], 3)]] = True
+    pairs = np.append(values, np.zeros(len(ends) % 2, kind)).reshape(-1, 2)
+    sums = np.cumsum(pairs, axis=0)
+    latest = np.maximum.accumulate(np.where(restart.reshape(-1, 2), np.arange(len(pairs))[:, None], 0), axis=0)
+    counts = sums - np.take_along_axis(sums - pairs, latest, axis=0)
+    return counts.ravel()[: len(ends)], first
+
+
 def string_to_counts(text: str | bytes) -> list[int]:
     """The run lengths of COCO's compressed string ``text``; ValueError on a malformed string."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii", errors="replace")
-    counts: list[int] = []
-    value, shift = 0, 0
-    for char in text:
-        group = ord(char) - 48
-        if not 0 <= group < 64:
-            raise ValueError(f"compressed RLE string has an invalid character {char!r}")
-        value |= (group & 0x1F) << shift
-        shift += 5
-        if group & 0x20:
-            continue
-        if group & 0x10:
-            value -= 1 << shift  # bit 4 of the last group is the sign
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-        value, shift = 0, 0
-    if shift:
-        raise ValueError("compressed RLE string ends inside a run")
-    return counts
+    return _counts_of_strings([text])[0].tolist()
 
 
 def _rle_of_flat(flat: np.ndarray, height: int, width: int) -> Rle:
@@ -82,6 +109,30 @@ def _rle_of_flat(flat: np.ndarray, height: int, width: int) -> Rle:
     padded = np.concatenate([[False], flat, [False]])
     change = np.flatnonzero(padded[1:] != padded[:-1])
     return Rle(height, width, change[0::2].astype(np.int64), change[1::2].astype(np.int64))
+
+
+def _rles_of_counts(counts: np.ndarray, first: np.ndarray, heights: Sequence[int], widths: Sequence[int]) -> list[Rle] | None:
+    """The :class:`Rle` of several masks at once: mask k has run lengths ``counts[first[k]:first[k + 1]]`` (int64[R],
+    background first) and size heights[k] x widths[k]. None when a count is negative or a mask's counts do not
+    cover its pixels (:func:`rle_from_counts` names the mask)."""
+    try:
+        pixels = np.array([h * w for h, w in zip(heights, widths)], dtype=np.int64)
+    except OverflowError:
+        return None
+    if counts.dtype != np.int64 or (counts < 0).any() or float(pixels.sum(dtype=np.float64)) >= 2**62:
+        return None
+    edges = np.cumsum(counts)
+    before = np.concatenate(([0], edges))[first]  # the pixels of the masks before each
+    if (np.diff(before) != pixels).any():
+        return None
+    runs = np.diff(first)
+    local = np.arange(len(counts)) - np.repeat(first[:-1], runs)  # a run's index in its mask
+    foreground = np.flatnonzero((local % 2 == 1) & (counts > 0))
+    owner = np.repeat(np.arange(len(runs)), runs)[foreground]
+    ends = edges[foreground] - before[owner]
+    starts = ends - counts[foreground]
+    split = np.cumsum(np.bincount(owner, minlength=len(runs)))[:-1]
+    return [Rle(int(h), int(w), s, e) for h, w, s, e in zip(heights, widths, np.split(starts, split), np.split(ends, split))]
 
 
 def rle_from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int, what: str = "RLE") -> Rle:
@@ -114,7 +165,8 @@ def json_whole_number(value: Any, minimum: int = 0) -> int | None:
     return int(value) if value >= minimum else None
 
 
-def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
+def _rle_header(rle: Mapping[str, Any], what: str) -> tuple[int, int, Any]:
+    """The checked height, width and counts of COCO RLE dict ``rle`` (counts as given: a list or a string)."""
     if "counts" not in rle or "size" not in rle:
         raise ValueError(f"{what}: an RLE needs 'size' and 'counts'")
     size = rle["size"]
@@ -123,12 +175,16 @@ def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
     sides = [json_whole_number(side) for side in size] if listed else []
     if len(sides) != 2 or None in sides:
         raise ValueError(f"{what}: RLE size must be [height, width], two whole numbers, got {size!r:.80}")
-    height, width = sides
     counts = rle["counts"]
+    if isinstance(counts, str) and counts[:2] in ("b'", 'b"'):  # json.dump refuses bytes; str() "fixes" it
+        raise ValueError(f"{what}: RLE counts {counts!r:.40} are the text of bytes (str(counts)); write "
+                         "counts.decode() instead")
+    return sides[0], sides[1], counts
+
+
+def _rle_of_dict(rle: Mapping[str, Any], what: str) -> Rle:
+    height, width, counts = _rle_header(rle, what)
     if isinstance(counts, str | bytes):
-        if isinstance(counts, str) and counts[:2] in ("b'", 'b"'):  # json.dump refuses bytes; str() "fixes" it
-            raise ValueError(f"{what}: RLE counts {counts!r:.40} are the text of bytes (str(counts)); write "
-                             "counts.decode() instead")
         try:
             counts = string_to_counts(counts)
         except ValueError as error:
@@ -330,6 +386,38 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
     if hasattr(segmentation, "shape"):
         return rle_from_mask(segmentation, what)
     raise ValueError(f"{what}: unsupported segmentation of type {type(segmentation).__name__}")
+
+
+def to_rles(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, Any]], what: str = "segmentation") -> list[Rle]:
+    """``[to_rle(segmentations[i], *sizes[i], f"{what} {i}") for i ...]``, ``sizes[i]`` the image's (height, width),
+    with the compressed RLE strings among them decoded together, in NumPy passes over all their characters and runs
+    (one at a time, a short string costs as much as a long one). The same masks, and the same first error, as one
+    at a time."""
+    rles = _to_rles_together(segmentations, sizes, what)
+    if rles is None:  # an entry is bad: one at a time raises the first one's error
+        rles = [to_rle(s, height, width, f"{what} {i}") for i, (s, (height, width)) in enumerate(zip(segmentations, sizes))]
+    return rles
+
+
+def _to_rles_together(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, Any]], what: str) -> list[Rle] | None:
+    """:func:`to_rles`, or None when an entry is bad (the batch may meet a later entry's error first)."""
+    rles: list[Any] = [None] * len(segmentations)
+    strings = []  # (index, height, width, text)
+    try:
+        for i, (segmentation, (height, width)) in enumerate(zip(segmentations, sizes)):
+            if isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), str | bytes):
+                strings.append((i, *_rle_header(segmentation, f"{what} {i}")))
+            else:
+                rles[i] = to_rle(segmentation, height, width, f"{what} {i}")
+        counts, first = _counts_of_strings([text for *_, text in strings])
+    except ValueError:
+        return None
+    decoded = _rles_of_counts(counts, first, [h for _, h, _, _ in strings], [w for _, _, w, _ in strings])
+    if decoded is None:
+        return None
+    for (i, *_), rle in zip(strings, decoded):
+        rles[i] = rle
+    return rles
 
 
 def rle_area(masks: Sequence[Rle]) -> np.ndarray:

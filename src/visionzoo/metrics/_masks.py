@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import Rle, rle_area, rle_boxes, to_rle
+from visionzoo.data.masks import Rle, rle_area, rle_boxes, to_rles
 
 
 def _concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,8 +80,8 @@ def mask_iou(dets: Sequence[Any], gts: Sequence[Any], iscrowd: Sequence[bool] | 
     dets, gts: RLE dicts, :class:`~visionzoo.data.masks.Rle` or binary arrays [H, W] of one size;
     iscrowd: bool[G], a crowd ground truth's IoU is intersection over the detection's area.
     """
-    d = [to_rle(s, None, None, f"detection {i}") for i, s in enumerate(dets)]
-    g = [to_rle(s, None, None, f"ground truth {i}") for i, s in enumerate(gts)]
+    d = to_rles(dets, [(None, None)] * len(dets), "detection")
+    g = to_rles(gts, [(None, None)] * len(gts), "ground truth")
     crowd = np.zeros(len(g), dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool).reshape(-1)
     if len(crowd) != len(g):
         raise ValueError(f"iscrowd needs one flag per ground truth: {len(g)} ground truths, {len(crowd)} flags")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import json_whole_number, rle_area, rle_boxes, to_rle
+from visionzoo.data.masks import json_whole_number, rle_area, rle_boxes, to_rles
 from visionzoo.metrics._masks import rle_iou_pairs
 
 SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -365,10 +365,7 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     masks = None
     sizes = {i["id"]: (i.get("height"), i.get("width")) for i in images}  # also for results read as masks
     if iou_type == "segm":
-        masks = [
-            to_rle(seg, *sizes[img], f"{what} {i}")
-            for i, (seg, img) in enumerate(zip(_column(anns, "segmentation", what), ann_image.tolist()))
-        ]
+        masks = to_rles(_column(anns, "segmentation", what), [sizes[img] for img in ann_image.tolist()], what)
         _check_mask_sizes(masks, ann_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         default_area = rle_area(masks)
@@ -428,10 +425,8 @@ def load_detections(
     # evaluation: a box evaluation then takes each result's box from its mask (where it has none of its own)
     if iou_type == "segm" or (not has_boxes and "segmentation" in first):
         sizes = gt.image_sizes or {}
-        masks = [
-            to_rle(seg, *sizes.get(img, (None, None)), f"{what} {i}")
-            for i, (seg, img) in enumerate(zip(_column(data, "segmentation", what), det_image.tolist()))
-        ]
+        masks = to_rles(_column(data, "segmentation", what), [sizes.get(img, (None, None)) for img in det_image.tolist()],
+                        what)
         _check_mask_sizes(masks, det_image.tolist(), sizes, what)
         boxes = rle_boxes(masks)
         area = rle_area(masks)
