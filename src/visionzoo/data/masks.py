@@ -158,6 +158,8 @@ def rle_from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int,
 def json_whole_number(value: Any, minimum: int = 0) -> int | None:
     """A JSON field's ``value`` as an int when it is a whole number >= ``minimum`` (4, or 4.0 as some tools write
     it; NumPy's too; not True, "4", 4.5 or inf), else None."""
+    if type(value) is int:  # the common case, read once per mask of a file: no isinstance chain
+        return value if value >= minimum else None
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         return None
     if isinstance(value, float | np.floating) and not float(value).is_integer():  # 4.5, inf, nan
@@ -422,7 +424,13 @@ def _to_rles_together(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, A
 
 def rle_area(masks: Sequence[Rle]) -> np.ndarray:
     """Foreground pixel counts of N masks, float64[N] (pycocotools' ``area``)."""
-    return np.array([float((m.ends - m.starts).sum()) for m in masks], dtype=np.float64).reshape(len(masks))
+    n_runs = np.array([len(m.starts) for m in masks], dtype=np.int64)
+    if not n_runs.sum():
+        return np.zeros(len(masks))
+    lengths = np.concatenate([m.ends - m.starts for m in masks], dtype=np.int64)
+    covered = np.concatenate([[0], np.cumsum(lengths)])
+    first = np.cumsum(n_runs) - n_runs
+    return (covered[first + n_runs] - covered[first]).astype(np.float64)
 
 
 def rle_boxes(masks: Sequence[Rle]) -> np.ndarray:

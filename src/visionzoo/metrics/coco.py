@@ -317,8 +317,10 @@ def _check_same_id_kind(ids: np.ndarray, gt_ids: np.ndarray, what: str, name: st
 def _check_mask_sizes(masks: list, image_ids: list, sizes: Mapping, what: str) -> None:
     """Raise ValueError naming the first mask whose size is not its image's ``(height, width)`` (when known: an RLE
     carries its own size, and pycocotools reads it whatever the image entry holds, "480" or nothing)."""
+    expected = {image_id: tuple(json_whole_number(side, 1) for side in sizes.get(image_id, (None, None)))
+                for image_id in set(image_ids)}  # read once per image, not once per mask
     for i, (mask, image_id) in enumerate(zip(masks, image_ids)):
-        height, width = (json_whole_number(side, 1) for side in sizes.get(image_id, (None, None)))
+        height, width = expected[image_id]
         if height is not None and width is not None and (mask.height, mask.width) != (height, width):
             raise ValueError(
                 f"{what} {i}: mask is {mask.height}x{mask.width} but image {image_id!r} is {height}x{width}"
