@@ -777,3 +777,21 @@ def test_a_file_system_without_locks_still_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", unsupported)
     assert _blobs_fit(tmp_path / "run", max_steps=2).steps == 2
     assert _blobs_fit(tmp_path / "run", max_steps=3, resume=True).steps == 3
+
+
+def test_torchrun_an_ema_codebook_follows_the_global_batch(tmp_path):
+    """A VQ-VAE's EMA codebook is a buffer that each rank updated from its own half of the batch, and DDP then
+    replaced rank 1's with rank 0's: under torchrun the codebook followed rank 0's samples alone, unlike one
+    process with the global batch. The codes' counts and sums are now summed over the ranks."""
+    from visionzoo.cli import main
+
+    common = ["vqvae_small", "--data", "digits", "--img-size", "8", "--max-steps", "3", "--precision", "fp32",
+              "--ema-decay", "0", "--no-progress", "--model-arg", "channels=8", "--model-arg", "res_channels=4",
+              "--model-arg", "embed_dim=4", "--model-arg", "num_codes=16", "--model-arg", "dead_code_threshold=0"]
+    process = _torchrun(["-m", "visionzoo", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp")])
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert main(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "single")]) == 0
+    ddp, _ = read_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
+    single, _ = read_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
+    for key in ("model.quantizer.codebook", "model.quantizer.ema_count", "model.quantizer.ema_sum"):
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -24,6 +24,7 @@ unit vectors, so the nearest code is the one of largest cosine similarity; the c
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -158,9 +159,9 @@ class VectorQuantizer(nn.Module):
             # it, NaN for good: the averages take the finite ones (the loss still shows the others).
             finite = torch.isfinite(flat.detach()).all(1)
             kept = flat.detach()[finite]
-            if len(kept):  # an empty batch says nothing of the codes
-                self._ema_update(kept, indices[finite])
+            if self._ema_update(kept, indices[finite]):  # an empty batch says nothing of the codes
                 codes = self.code_vectors()[indices]
+            if len(kept):
                 # After the lookup: a dead code that some vectors chose still serves them in this forward, not
                 # the batch vector it restarts at.
                 self._restart_dead_codes(kept, distances[finite])
@@ -174,14 +175,27 @@ class VectorQuantizer(nn.Module):
         return out, indices.reshape(grid), loss, self._stats(indices)
 
     @torch.no_grad()
-    def _ema_update(self, flat: Tensor, indices: Tensor) -> None:
+    def _ema_update(self, flat: Tensor, indices: Tensor) -> bool:
+        """Move the codebook towards the batch's vectors; False (nothing changed) when no process had any.
+
+        Under ``torchrun`` the codes' counts and sums are those of the global batch (summed over the processes), as
+        one process with it has them: each process then makes the same update, where DistributedDataParallel would
+        keep rank 0's alone."""
         one_hot = F.one_hot(indices, self.num_codes).to(flat.dtype)
-        counts = one_hot.sum(0)
+        counts, sums = one_hot.sum(0), one_hot.T @ flat
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from visionzoo.train.distributed import collective
+
+            shared = collective(dist.all_reduce, torch.cat([counts[:, None], sums], 1))
+            counts, sums = shared[:, 0], shared[:, 1:]
+        if not counts.sum():
+            return False
         self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
-        self.ema_sum.mul_(self.ema_decay).add_(one_hot.T @ flat, alpha=1 - self.ema_decay)
+        self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
         total = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        return True
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor, distances: Tensor) -> None:
