@@ -183,10 +183,8 @@ class VectorQuantizer(nn.Module):
         keep rank 0's alone."""
         one_hot = F.one_hot(indices, self.num_codes).to(flat.dtype)
         counts, sums = one_hot.sum(0), one_hot.T @ flat
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from visionzoo.train.distributed import collective
-
-            shared = collective(dist.all_reduce, torch.cat([counts[:, None], sums], 1))
+        if _distributed():
+            shared = _sum_over_processes(torch.cat([counts[:, None], sums], 1))
             counts, sums = shared[:, 0], shared[:, 1:]
         if not counts.sum():
             return False
@@ -216,11 +214,25 @@ class VectorQuantizer(nn.Module):
 
     def _stats(self, indices: Tensor) -> dict[str, Tensor]:
         histogram = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
+        if self.training and _distributed():  # every process trains: the global batch's codes, as one process has
+            histogram = _sum_over_processes(histogram)
         if not len(indices.flatten()):  # no vectors, no codes in use: 0 for both (not exp of 0 / 0)
             return {"perplexity": histogram.sum(), "usage": histogram.sum()}
         probabilities = histogram / histogram.sum()
         entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
         return {"perplexity": entropy.exp(), "usage": (histogram > 0).float().mean()}
+
+
+def _distributed() -> bool:
+    """Whether this process trains beside others (under ``torchrun``)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sum_over_processes(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the processes (every process calls this, in the same order)."""
+    from visionzoo.train.distributed import collective
+
+    return collective(dist.all_reduce, tensor)
 
 
 def _mean_squared_error(input: Tensor, target: Tensor) -> Tensor:
