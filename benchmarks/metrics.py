@@ -123,13 +123,19 @@ def quiet(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> list[dict]:
-    from faster_coco_eval import COCO as FasterCOCO
-    from faster_coco_eval import COCOeval_faster
+def evaluation_rows(gt: dict, dets: list, iou_type: str, what: str, size: str, repeats: int,
+                    slow_repeats: int) -> list[dict]:
+    """``coco_evaluate(iou_type=...)`` from JSON files of ``gt`` and ``dets`` against faster-coco-eval's (where
+    installed) and pycocotools' evaluation of the same files: one row per reference, labelled ``what`` and ``size``."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt, dets = make_coco(n_images, n_dets)
+    try:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        FasterCOCO = None
+
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, dt_path = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
         gt_path.write_text(json.dumps(gt))
@@ -137,14 +143,12 @@ def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> li
         del gt, dets
 
         def ours():
-            result = coco_evaluate(gt_path, dt_path)
+            result = coco_evaluate(gt_path, dt_path, iou_type=iou_type)
             return np.array([result[n] for n in SUMMARY_NAMES])
 
         def faster():
             coco = FasterCOCO(str(gt_path))
-            ev = COCOeval_faster(
-                coco, coco.loadRes(str(dt_path)), "bbox", print_function=lambda *a, **k: None
-            )
+            ev = COCOeval_faster(coco, coco.loadRes(str(dt_path)), iou_type, print_function=lambda *a, **k: None)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -152,32 +156,27 @@ def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> li
 
         def pycoco():
             coco = COCO(str(gt_path))
-            ev = COCOeval(coco, coco.loadRes(str(dt_path)), "bbox")
+            ev = COCOeval(coco, coco.loadRes(str(dt_path)), iou_type)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
             return np.array(ev.stats)
 
+        references = [("faster-coco-eval", repeats, faster)] if FasterCOCO is not None else []
+        references.append(("pycocotools", slow_repeats, pycoco))
         ours_ms, ours_stats = best_ms(repeats, ours)
         rows = []
-        size = f"{n_images:,} images / {n_dets:,} dets (JSON files)"
-        for name, fn, reps in (("faster-coco-eval", faster, repeats), ("pycocotools", pycoco, slow_repeats)):
+        for name, reps, fn in references:
             ref_ms, ref_stats = best_ms(reps, quiet(fn))
             diff = float(np.abs(ref_stats - ours_stats).max())
-            rows.append(
-                row(
-                    "coco_evaluate (12 numbers)",
-                    size,
-                    name,
-                    ref_ms,
-                    ours_ms,
-                    diff <= 1e-9,
-                    diff,
-                    reps,
-                    repeats,
-                )
-            )
+            rows.append(row(what, size, name, ref_ms, ours_ms, diff <= 1e-9, diff, reps, repeats))
     return rows
+
+
+def coco_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> list[dict]:
+    gt, dets = make_coco(n_images, n_dets)
+    return evaluation_rows(gt, dets, "bbox", "coco_evaluate (12 numbers)",
+                           f"{n_images:,} images / {n_dets:,} dets (JSON files)", repeats, slow_repeats)
 
 
 def ellipse_rles(boxes: np.ndarray, height: int, width: int) -> list[dict]:
@@ -225,53 +224,10 @@ def make_coco_segm(n_images: int, n_dets: int, seed: int = 3, n_cats: int = 20) 
 def segm_rows(n_images: int, n_dets: int, repeats: int, slow_repeats: int) -> list[dict]:
     """coco_evaluate(iou_type="segm") from the JSON files against pycocotools' and (where installed)
     faster-coco-eval's segm evaluation of the same files."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    try:
-        from faster_coco_eval import COCO as FasterCOCO
-        from faster_coco_eval import COCOeval_faster
-    except ImportError:
-        FasterCOCO = None
-
     gt, dets = make_coco_segm(n_images, n_dets)
-    with tempfile.TemporaryDirectory() as tmp:
-        gt_path, dt_path = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
-        gt_path.write_text(json.dumps(gt))
-        dt_path.write_text(json.dumps(dets))
-        del gt, dets
-
-        def ours():
-            result = coco_evaluate(gt_path, dt_path, iou_type="segm")
-            return np.array([result[n] for n in SUMMARY_NAMES])
-
-        def faster(gt_path, dt_path):
-            coco = FasterCOCO(str(gt_path))
-            ev = COCOeval_faster(coco, coco.loadRes(str(dt_path)), "segm", print_function=lambda *a, **k: None)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            return np.array(ev.stats[:12])
-
-        def pycoco(gt_path, dt_path):
-            coco = COCO(str(gt_path))
-            ev = COCOeval(coco, coco.loadRes(str(dt_path)), "segm")
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            return np.array(ev.stats)
-
-        references = [("faster-coco-eval", repeats, faster)] if FasterCOCO is not None else []
-        references.append(("pycocotools", slow_repeats, pycoco))
-        ours_ms, ours_stats = best_ms(repeats, ours)
-        rows = []
-        size = f"{n_images:,} images / {n_dets:,} dets, 480x640 masks (JSON files, compressed RLE)"
-        for name, reps, fn in references:
-            ref_ms, ref_stats = best_ms(reps, quiet(lambda fn=fn: fn(gt_path, dt_path)))
-            diff = float(np.abs(ref_stats - ours_stats).max())
-            rows.append(row("coco_evaluate segm (12 numbers)", size, name, ref_ms, ours_ms, diff <= 1e-9, diff,
-                            reps, repeats))
-    return rows
+    return evaluation_rows(gt, dets, "segm", "coco_evaluate segm (12 numbers)",
+                           f"{n_images:,} images / {n_dets:,} dets, 480x640 masks (JSON files, compressed RLE)",
+                           repeats, slow_repeats)
 
 
 def xyxy(xywh: list) -> torch.Tensor:

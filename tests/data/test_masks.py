@@ -325,8 +325,13 @@ def test_malformed_compressed_strings_raise_the_first_error(text, message):
         string_to_counts(text)
 
 
-def test_to_rles_decodes_a_batch_as_one_at_a_time():
-    """The compressed strings of a list are decoded together; every form among them gives to_rle's mask."""
+@pytest.mark.parametrize("decode_batch", [512, 4])
+def test_to_rles_decodes_a_batch_as_one_at_a_time(monkeypatch, decode_batch):
+    """The compressed strings of a list are decoded together (in batches of DECODE_BATCH); every form among them
+    gives to_rle's mask."""
+    import visionzoo.data.masks
+
+    monkeypatch.setattr(visionzoo.data.masks, "DECODE_BATCH", decode_batch)
     rng = np.random.default_rng(13)
     segmentations, sizes = [], []
     for t in range(60):

@@ -390,6 +390,9 @@ def to_rle(segmentation: Any, height: int | None, width: int | None, what: str =
     raise ValueError(f"{what}: unsupported segmentation of type {type(segmentation).__name__}")
 
 
+DECODE_BATCH = 512  # compressed strings decoded per NumPy pass
+
+
 def to_rles(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, Any]], what: str = "segmentation") -> list[Rle]:
     """``[to_rle(segmentations[i], *sizes[i], f"{what} {i}") for i ...]``, ``sizes[i]`` the image's (height, width),
     with the compressed RLE strings among them decoded together, in NumPy passes over all their characters and runs
@@ -411,14 +414,21 @@ def _to_rles_together(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, A
                 strings.append((i, *_rle_header(segmentation, f"{what} {i}")))
             else:
                 rles[i] = to_rle(segmentation, height, width, f"{what} {i}")
-        counts, first = _counts_of_strings([text for *_, text in strings])
     except ValueError:
         return None
-    decoded = _rles_of_counts(counts, first, [h for _, h, _, _ in strings], [w for _, _, w, _ in strings])
-    if decoded is None:
-        return None
-    for (i, *_), rle in zip(strings, decoded):
-        rles[i] = rle
+    # In batches: the arrays of a whole file's characters (100k masks: tens of MB each) would be fresh memory,
+    # page-faulted in at every call; a batch's fit the allocator's reused memory.
+    for start in range(0, len(strings), DECODE_BATCH):
+        batch = strings[start:start + DECODE_BATCH]
+        try:
+            counts, first = _counts_of_strings([text for *_, text in batch])
+        except ValueError:
+            return None
+        decoded = _rles_of_counts(counts, first, [h for _, h, _, _ in batch], [w for _, _, w, _ in batch])
+        if decoded is None:
+            return None
+        for (i, *_), rle in zip(batch, decoded):
+            rles[i] = rle
     return rles
 
 
