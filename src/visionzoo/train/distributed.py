@@ -97,8 +97,8 @@ def collective(operation: Callable[..., object], tensor: torch.Tensor, **kwargs)
 
     Gloo's worker thread drops a finished collective's tensors after the caller has its result, and dropping a
     tensor that Python made takes the GIL. A drop still waiting when the interpreter shuts down aborts the process
-    after its work is done ("terminate called without an active exception", SIGABRT: 4 torchrun runs in 90 on a
-    busy 2-core machine, which torchrun reports as failed). The caller therefore lets the worker thread finish.
+    after its work is done ("terminate called without an active exception", SIGABRT: 6 time-budget torchrun runs
+    in 135 on a busy 2-core machine, which torchrun reports as failed). The caller lets the worker thread finish.
     """
     operation(tensor, **kwargs)
     if dist.get_backend() == "gloo":
