@@ -432,23 +432,40 @@ def _to_rles_together(segmentations: Sequence[Any], sizes: Sequence[tuple[Any, A
     return rles
 
 
+def concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of N masks end to end: starts, ends int64[R]; mask k's are ``bounds[k]:bounds[k + 1]``, int64[N + 1]."""
+    bounds = np.concatenate([[0], np.cumsum([len(m.starts) for m in masks], dtype=np.int64)])
+    none = np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([none, *(m.starts for m in masks)]).astype(np.int64)
+    ends = np.concatenate([none, *(m.ends for m in masks)]).astype(np.int64)
+    return starts, ends, bounds
+
+
 def rle_area(masks: Sequence[Rle]) -> np.ndarray:
     """Foreground pixel counts of N masks, float64[N] (pycocotools' ``area``)."""
-    n_runs = np.array([len(m.starts) for m in masks], dtype=np.int64)
-    if not n_runs.sum():
-        return np.zeros(len(masks))
-    lengths = np.concatenate([m.ends - m.starts for m in masks], dtype=np.int64)
-    covered = np.concatenate([[0], np.cumsum(lengths)])
-    first = np.cumsum(n_runs) - n_runs
-    return (covered[first + n_runs] - covered[first]).astype(np.float64)
+    starts, ends, bounds = concat_runs(masks)
+    covered = np.concatenate([[0], np.cumsum(ends - starts)])
+    return (covered[bounds[1:]] - covered[bounds[:-1]]).astype(np.float64)
 
 
 def rle_boxes(masks: Sequence[Rle]) -> np.ndarray:
     """Tight ``[x, y, w, h]`` boxes of N masks, float64[N, 4], zeros for an empty mask (pycocotools' ``toBbox``)."""
     out = np.zeros((len(masks), 4))
-    full = [k for k, m in enumerate(masks) if len(m.starts)]
-    if not full:
+    starts, ends, bounds = concat_runs(masks)
+    n_runs = np.diff(bounds)
+    full = n_runs > 0
+    if not full.any():
         return out
+    first = bounds[:-1][full]  # reduceat's segments: an empty mask between two full ones holds no run
+    h = np.repeat(np.array([m.height for m in masks], dtype=np.int64), n_runs)
+    last = ends - 1
+    x_start, x_end = starts // h, last // h
+    wraps = x_end > x_start  # a run that wraps into the next column spans every row
+    y_min = np.minimum.reduceat(np.where(wraps, 0, starts % h), first)
+    y_max = np.maximum.reduceat(np.where(wraps, h - 1, last % h), first)
+    x_min, x_max = x_start[first], x_end[bounds[1:][full] - 1]  # runs are sorted
+    out[full] = np.stack([x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], axis=1)
+    return out
     n_runs = np.array([len(masks[k].starts) for k in full])
     first = np.cumsum(n_runs) - n_runs
     h = np.repeat([masks[k].height for k in full], n_runs)

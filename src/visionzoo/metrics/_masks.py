@@ -12,16 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from visionzoo.data.masks import Rle, rle_area, rle_boxes, to_rles
-
-
-def _concat_runs(masks: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of N masks end to end: starts, ends int64[R]; mask k's are bounds[k]:bounds[k + 1], int64[N + 1]."""
-    bounds = np.concatenate([[0], np.cumsum([len(m.starts) for m in masks], dtype=np.int64)])
-    none = np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([none, *(m.starts for m in masks)]).astype(np.int64)
-    ends = np.concatenate([none, *(m.ends for m in masks)]).astype(np.int64)
-    return starts, ends, bounds
+from visionzoo.data.masks import Rle, concat_runs, rle_area, rle_boxes, to_rles
 
 
 def _covered(starts: np.ndarray, ends: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -50,8 +41,8 @@ def rle_iou_pairs(
         (dh, dw), (gh, gw) = d_hw[det[differ[0]]], g_hw[gt[differ[0]]]
         raise ValueError(f"mask sizes differ: detection {dh}x{dw}, ground truth {gh}x{gw}")
 
-    d_starts, d_ends, d_bounds = _concat_runs(dets)
-    g_starts, g_ends, g_bounds = _concat_runs(gts)
+    d_starts, d_ends, d_bounds = concat_runs(dets)
+    g_starts, g_ends, g_bounds = concat_runs(gts)
     d_box, g_box = rle_boxes(dets)[det], rle_boxes(gts)[gt]  # an empty mask's box [0, 0, 0, 0] meets no box
     meet = (d_box[:, :2] < g_box[:, :2] + g_box[:, 2:]) & (g_box[:, :2] < d_box[:, :2] + d_box[:, 2:])
     pair = np.flatnonzero(meet.all(axis=1))
