@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-def _check_drop_prob(drop_prob: float) -> None:
-    if not 0.0 <= drop_prob <= 1.0:  # else bernoulli_ named the keep probability, and NaN passed
-        raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+from visionzoo.utils import require_unit_interval
 
 
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_by_keep: bool = True) -> Tensor:
@@ -16,7 +13,7 @@ def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_b
     and (with ``scale_by_keep``, timm's argument) scale the survivors by ``1 / (1 - drop_prob)``, so the
     expectation is unchanged. With ``drop_prob=1`` every sample's branch is zero (as timm's), not 0 / 0.
     ``ValueError`` for a ``drop_prob`` outside [0, 1] (NaN too)."""
-    _check_drop_prob(drop_prob)
+    require_unit_interval(drop_prob=drop_prob)  # else bernoulli_ named the keep probability
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
@@ -29,7 +26,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
         super().__init__()
-        _check_drop_prob(drop_prob)
+        require_unit_interval(drop_prob=drop_prob)  # else bernoulli_ named the keep probability
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
 
