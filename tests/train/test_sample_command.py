@@ -1,5 +1,7 @@
 """`visionzoo sample`: a seeded grid and per-image PNGs from a trained generative model; bad requests are one line."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,46 @@ def test_out_and_images_dir_both_folders_and_a_bad_batch_size_are_refused_in_one
               "--batch-size", "0"])
     assert "--batch-size: expected a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _live_tensor_bytes() -> int:
+    """The bytes of every tensor storage Python still holds (the model's weights among them)."""
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_the_memory_of_sampling_does_not_grow_with_n(gan_checkpoint, tmp_path, monkeypatch, capsys, grid):
+    """-n 50000 --out grid.png --images-dir DIR (a grid to look at, the PNGs for FID) was refused: the grid kept every
+    sample in memory. The samples now go to DIR batch by batch and the grid keeps its first GRID_MAX_IMAGES alone."""
+    held = []
+    sample = GANTask.sample
+
+    def measured(self, model, count, *args, **kwargs):
+        held.append(_live_tensor_bytes())
+        return sample(self, model, count, *args, **kwargs)
+
+    monkeypatch.setattr(GANTask, "sample", measured)
+    monkeypatch.setattr(commands, "GRID_MAX_IMAGES", 4)
+    images, out = tmp_path / "images", tmp_path / "grid.png"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "30", "--batch-size", "3"]
+    args += ["--out", str(out), "--images-dir", str(images)] if grid else ["--out", str(images)]
+    assert main(args) == 0
+    assert len(held) == 10 and sorted(p.name for p in images.iterdir()) == [f"{i:05d}.png" for i in range(30)]
+    # once the grid's first images are in (by the third batch), nothing more stays: less than one 16-pixel image more
+    assert held[-1] - held[2] < 16 * 16 * 4
+    if grid:
+        with Image.open(out) as picture:
+            assert picture.size == grid_size(4, 8, 16)
+            tiles = np.asarray(picture)
+        for index in range(4):
+            with Image.open(images / f"{index:05d}.png") as sample_image:
+                x = 2 + index * 18
+                assert np.array_equal(tiles[2:18, x:x + 16], np.asarray(sample_image))
+        assert (f"the first 4 of the 30 samples of dcgan in {out} (a grid holds at most 4 images); all 30 are in "
+                f"{images}") in capsys.readouterr().out

@@ -452,7 +452,8 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the grid to write (.png or .jpg, at most {GRID_MAX_IMAGES} images), or a folder: every "
                              "sample as its own PNG, written as it is drawn (for `visionzoo fid`)")
     parser.add_argument("--images-dir", metavar="DIR",
-                        help="with a grid --out, also write every sample as its own PNG into DIR (for `visionzoo fid`)")
+                        help="with a grid --out, also write every sample as its own PNG into DIR as it is drawn (for "
+                             f"`visionzoo fid`); the grid then shows the first {GRID_MAX_IMAGES} of any -n")
     parser.add_argument("--batch-size", type=positive_int,
                         help=f"images drawn at a time (default {SAMPLE_BATCH}); a smaller one holds less in memory; the images of a --seed depend on it")
     parser.add_argument("--seed", type=seed, default=0)
@@ -470,13 +471,15 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
 SAMPLE_NAME = "{:05d}.png"
 
 
-def sample_names(count: int) -> list[str]:
-    return [SAMPLE_NAME.format(index) for index in range(count)]
-
-
 def is_sample_name(name: str) -> bool:
-    """Whether ``name`` is one that :func:`sample_names` gives (not, e.g., 0001.png or 000001.png)."""
+    """Whether ``name`` is one that ``SAMPLE_NAME`` gives (not, e.g., 0001.png or 000001.png)."""
     return re.fullmatch(r"\d+\.png", name) is not None and name == SAMPLE_NAME.format(int(name[:-4]))
+
+
+def holds_samples(folder: Path, count: int) -> bool:
+    """Whether ``folder`` holds any of the first ``count`` sample names (a look at the folder, not ``count`` of them)."""
+    return folder.is_dir() and any(is_sample_name(path.name) and int(path.name[:-4]) < count
+                                   for path in folder.iterdir())
 
 
 def remove_earlier_samples(folder: Path) -> None:
@@ -513,21 +516,23 @@ def sample_batches(count: int, size: int | None = None) -> list[int]:
 
 
 # The most images a grid --out takes: more is a picture no one looks at, held whole in memory before it is written;
-# sampling for FID goes to a folder, one PNG a sample, written batch by batch.
+# sampling for FID goes to a folder, one PNG a sample, written batch by batch. With --images-dir the grid shows the
+# first GRID_MAX_IMAGES samples of any -n.
 GRID_MAX_IMAGES = 4096
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _sample_out(text: str, count: int) -> tuple[Path, bool]:
+def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[Path, bool]:
     """``--out`` as a Path and whether it is a grid (a .png or .jpg file) rather than a folder of single samples (an
     existing folder, or a path with a trailing separator or no suffix)."""
     out = Path(text)
     if out.suffix.lower() in GRID_SUFFIXES:
         require_not_folder(out, "--out", "a .png or .jpg file")
-        if count > GRID_MAX_IMAGES:
+        if count > GRID_MAX_IMAGES and not images_dir:
             raise ValueError(f"-n {count} is too many images for the grid --out {out}: a grid holds at most "
                              f"{GRID_MAX_IMAGES} images; give --out DIR to write each sample as its own PNG "
-                             "(which `visionzoo fid DIR` reads)")
+                             f"(which `visionzoo fid DIR` reads), or add --images-dir DIR for the first "
+                             f"{GRID_MAX_IMAGES} in the grid and all of them in DIR")
         return out, True
     if out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix:
         return require_folder_or_absent(out, "--out"), False
@@ -560,7 +565,7 @@ def _check_grid_fits(out: Path, count: int, nrow: int, side: int | None) -> None
 def sample_command(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
-    out, is_grid = _sample_out(args.out, args.count)
+    out, is_grid = _sample_out(args.out, args.count, args.images_dir)
     if is_grid and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     if not is_grid and args.images_dir:
@@ -571,12 +576,12 @@ def sample_command(args: argparse.Namespace) -> int:
     if is_grid and images_dir is not None and out.resolve().parent == images_dir.resolve():
         raise ValueError(f"--out {out} is in --images-dir {images_dir}, where a sample of its name would replace the "
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
-    names = sample_names(args.count)
-    if images_dir is not None and not args.overwrite and any((images_dir / name).exists() for name in names):
+    if images_dir is not None and not args.overwrite and holds_samples(images_dir, args.count):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
+    shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     if is_grid:  # before sampling, which may take long
-        _check_grid_fits(out, args.count, args.nrow, setup.run_meta.get("img_size"))
+        _check_grid_fits(out, shown, args.nrow, setup.run_meta.get("img_size"))
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
@@ -593,16 +598,20 @@ def sample_command(args: argparse.Namespace) -> int:
                     images_dir.mkdir(parents=True, exist_ok=True)
                     if args.overwrite:
                         remove_earlier_samples(images_dir)
-                for image, name in zip(images, names[start:start + size]):
-                    save_image(image, images_dir / name)
-            if is_grid:
-                grid.append(images)
+                for index, image in enumerate(images, start):
+                    save_image(image, images_dir / SAMPLE_NAME.format(index))
+            if start < shown:  # a copy of the grid's part alone, so that the rest of the batch is freed
+                grid.append(images if start + size <= shown else images[:shown - start].clone())
     if is_grid:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(torch.cat(grid), out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
     if images_dir is not None:
-        if is_grid:
+        if is_grid and shown == args.count:
             print(f"{args.count} images in {images_dir}")
         _note_other_images(images_dir)
-    print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
+    if shown < args.count and is_grid:
+        print(f"the first {shown} of the {args.count} samples of {args.model} in {out} (a grid holds at most "
+              f"{GRID_MAX_IMAGES} images); all {args.count} are in {images_dir}")
+    else:
+        print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
     return 0
