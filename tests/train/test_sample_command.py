@@ -275,3 +275,16 @@ def test_the_memory_of_sampling_does_not_grow_with_n(gan_checkpoint, tmp_path, m
                 assert np.array_equal(tiles[2:18, x:x + 16], np.asarray(sample_image))
         assert (f"the first 4 of the 30 samples of dcgan in {out} (a grid holds at most 4 images); all 30 are in "
                 f"{images}") in capsys.readouterr().out
+
+
+def test_the_note_on_other_images_in_an_out_folder_names_out(gan_checkpoint, tmp_path, capsys):
+    """--out DIR into a folder holding other images said "give an empty --images-dir for FID", an option the user had
+    not given (and which --out DIR refuses)."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "cat.png").write_text("mine")
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "2", "--out", str(folder)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--images-dir" not in err
+    assert err.endswith("give an empty --out folder for FID")
+    assert (folder / "cat.png").read_text() == "mine"

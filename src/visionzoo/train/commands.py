@@ -490,9 +490,9 @@ def remove_earlier_samples(folder: Path) -> None:
             path.unlink()
 
 
-def _note_other_images(folder: Path) -> None:
-    """Say when ``folder`` holds images besides the samples: ``visionzoo fid`` (and pytorch-fid) would read them as
-    samples too."""
+def _note_other_images(folder: Path, option: str) -> None:
+    """Say when ``folder`` (given as ``option``) holds images besides the samples: ``visionzoo fid`` (and pytorch-fid)
+    would read them as samples too."""
     from visionzoo.metrics.fid import IMAGE_EXTENSIONS
 
     others = sorted(path.name for path in folder.iterdir() if path.is_file() and not is_sample_name(path.name)
@@ -500,7 +500,7 @@ def _note_other_images(folder: Path) -> None:
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         print(f"note: {folder} also holds {len(others)} other image{'s' if len(others) > 1 else ''} ({shown}), which "
-              f"`visionzoo fid {folder}` would read with the samples; give an empty --images-dir for FID",
+              f"`visionzoo fid {folder}` would read with the samples; give an empty {option} for FID",
               file=sys.stderr)
 
 
@@ -608,7 +608,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if images_dir is not None:
         if is_grid and shown == args.count:
             print(f"{args.count} images in {images_dir}")
-        _note_other_images(images_dir)
+        _note_other_images(images_dir, "--images-dir" if is_grid else "--out folder")
     if shown < args.count and is_grid:
         print(f"the first {shown} of the {args.count} samples of {args.model} in {out} (a grid holds at most "
               f"{GRID_MAX_IMAGES} images); all {args.count} are in {images_dir}")
