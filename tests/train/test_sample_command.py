@@ -288,3 +288,18 @@ def test_the_note_on_other_images_in_an_out_folder_names_out(gan_checkpoint, tmp
     assert len(err.splitlines()) == 1 and "--images-dir" not in err
     assert err.endswith("give an empty --out folder for FID")
     assert (folder / "cat.png").read_text() == "mine"
+
+
+def test_numbered_samples_beyond_n_in_the_folder_are_refused_not_mixed_in(gan_checkpoint, tmp_path, capsys):
+    """-n 3 --out DIR into a folder holding 00007.png (another run's, whose first samples had gone) wrote 00000.png ...
+    00002.png beside it without a word, and `visionzoo fid DIR` read four samples, one of another run."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "00007.png").write_text("another run's")
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "3", "--out", str(folder)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"visionzoo sample: error: {folder} already holds samples; use --overwrite to replace them"
+    assert sorted(p.name for p in folder.iterdir()) == ["00007.png"]
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]

@@ -476,10 +476,10 @@ def is_sample_name(name: str) -> bool:
     return re.fullmatch(r"\d+\.png", name) is not None and name == SAMPLE_NAME.format(int(name[:-4]))
 
 
-def holds_samples(folder: Path, count: int) -> bool:
-    """Whether ``folder`` holds any of the first ``count`` sample names (a look at the folder, not ``count`` of them)."""
-    return folder.is_dir() and any(is_sample_name(path.name) and int(path.name[:-4]) < count
-                                   for path in folder.iterdir())
+def holds_samples(folder: Path) -> bool:
+    """Whether ``folder`` holds numbered samples: those of another run, even past the ones a run writes, would sit
+    beside its own and `visionzoo fid` read them all."""
+    return folder.is_dir() and any(is_sample_name(path.name) for path in folder.iterdir())
 
 
 def remove_earlier_samples(folder: Path) -> None:
@@ -576,7 +576,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if is_grid and images_dir is not None and out.resolve().parent == images_dir.resolve():
         raise ValueError(f"--out {out} is in --images-dir {images_dir}, where a sample of its name would replace the "
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
-    if images_dir is not None and not args.overwrite and holds_samples(images_dir, args.count):
+    if images_dir is not None and not args.overwrite and holds_samples(images_dir):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
