@@ -94,6 +94,17 @@ def test_a_label_is_a_class_name_or_index_and_an_unconditional_model_refuses_any
             sample(tiny_image_gpt().eval(), generator=torch.Generator(), label=label)
 
 
+def test_a_label_out_of_range_of_a_thousand_classes_is_refused_in_a_short_line():
+    """--label 1000 on a prior of ImageNet's 1,000 classes (taming-transformers' class-conditional one) printed all
+    1,000 class names in its error, some 11,000 characters."""
+    classes = [f"n{index:08d}" for index in range(1000)]
+    model = tiny_image_gpt(num_classes=1000).eval()
+    with pytest.raises(ValueError) as error:
+        AutoregressiveTask(classes).sample(model, 2, torch.Generator(), contextlib.nullcontext, label="1000")
+    assert str(error.value) == ("label must be a class in 0..999 (n00000000, n00000001, n00000002, ..., n00000999), "
+                                "got 1000")
+
+
 def test_a_top_k_beyond_the_vocabulary_is_refused_rather_than_ignored():
     """--top-k 100000 on a 16-colour Image GPT kept every token without a word: the option did nothing."""
     task = AutoregressiveTask()

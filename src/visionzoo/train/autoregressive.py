@@ -171,7 +171,9 @@ class AutoregressiveTask(Task):
         elif isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which int() refuses
             label = int(label)
         if not is_integer(label) or not 0 <= label < num_classes:
-            names = f" ({', '.join(self.classes)})" if self.classes else ""
+            # Digits' ten in full; ImageNet's thousand would make a line of 11,000 characters
+            shown = self.classes if len(self.classes) <= 10 else [*self.classes[:3], "...", self.classes[-1]]
+            names = f" ({', '.join(shown)})" if self.classes else ""
             raise ValueError(f"label must be a class in 0..{num_classes - 1}{names}, got {label!r}")
         return torch.full((count,), int(label), dtype=torch.long)
 
