@@ -176,8 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # that size) asked for 126 GB and ended in a 37-line traceback
         if not _out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise
-        print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower --img-size, --batch-size "
-              "or the number of images", file=sys.stderr)
+        print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower {_memory_options(args)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
@@ -207,6 +207,13 @@ def _out_of_memory(error: BaseException) -> bool:
     import torch
 
     return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _memory_options(args: argparse.Namespace) -> str:
+    """The options of the command that lower its memory, as advice: sample takes no --img-size."""
+    options = [option for option, name in (("--img-size", "img_size"), ("--batch-size", "batch_size"))
+               if hasattr(args, name)]
+    return f"{', '.join(options)} or the number of images" if options else "the number of images"
 
 
 def _allocation(error: BaseException) -> str:

@@ -303,3 +303,17 @@ def test_numbered_samples_beyond_n_in_the_folder_are_refused_not_mixed_in(gan_ch
     assert sorted(p.name for p in folder.iterdir()) == ["00007.png"]
     assert main([*args, "--overwrite"]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_running_out_of_memory_advises_the_options_sample_takes(gan_checkpoint, tmp_path, monkeypatch, capsys):
+    """Out of memory, sample advised to "lower --img-size, --batch-size or the number of images"; it takes no
+    --img-size (the model's size is the checkpoint's), and --img-size 32 was then refused as an unknown option."""
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 16000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(GANTask, "sample", out_of_memory)
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "grid.png")]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: out of memory: an allocation of 16.0 GB failed; lower "
+                                       "--batch-size or the number of images\n")
