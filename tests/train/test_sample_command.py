@@ -317,3 +317,17 @@ def test_running_out_of_memory_advises_the_options_sample_takes(gan_checkpoint, 
     assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "grid.png")]) == 2
     assert capsys.readouterr().err == ("visionzoo sample: error: out of memory: an allocation of 16.0 GB failed; lower "
                                        "--batch-size or the number of images\n")
+
+
+def test_a_capped_jpeg_grid_too_tall_names_the_grids_images_not_a_count_the_user_did_not_give(gan_checkpoint, tmp_path,
+                                                                                                capsys):
+    """-n 5000 --nrow 1 --out grid.jpg --images-dir DIR was refused as "-n 4096 images of 16 pixels at --nrow 1 make a
+    20 x 73730 grid": the user gave -n 5000; 4096 is the grid's cap."""
+    out = tmp_path / "grid.jpg"
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(out), "-n", "5000", "--nrow",
+                 "1", "--images-dir", str(tmp_path / "images")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("visionzoo sample: error: the grid's 4096 images (the first of -n 5000) of 16 pixels at --nrow 1 "
+                   "make a 20 x 73730 grid; a JPEG --out is at most 65500 pixels a side: change --nrow, or write a "
+                   ".png")
+    assert not out.exists() and not (tmp_path / "images").exists()

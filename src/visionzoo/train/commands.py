@@ -551,13 +551,17 @@ def grid_size(count: int, nrow: int, side: int, padding: int = GRID_PADDING) -> 
     return columns * (side + padding) + padding, rows * (side + padding) + padding
 
 
-def _check_grid_fits(out: Path, count: int, nrow: int, side: int | None) -> None:
+def _check_grid_fits(out: Path, count: int, shown: int, nrow: int, side: int | None) -> None:
+    """Refuse a JPEG grid of ``shown`` images (the first of ``count``) too large for the format."""
     if side is None or out.suffix.lower() not in (".jpg", ".jpeg"):
         return
-    width, height = grid_size(count, nrow, side)
+    width, height = grid_size(shown, nrow, side)
     if max(width, height) > JPEG_MAX_SIDE:
-        raise ValueError(f"-n {count} images of {side} pixels at --nrow {nrow} make a {width} x {height} grid; a JPEG "
-                         f"--out is at most {JPEG_MAX_SIDE} pixels a side: change -n or --nrow, or write a .png")
+        # beyond the cap, -n does not change the grid
+        images, change = (f"-n {count} images", "-n or --nrow") if shown == count else (
+            f"the grid's {shown} images (the first of -n {count})", "--nrow")
+        raise ValueError(f"{images} of {side} pixels at --nrow {nrow} make a {width} x {height} grid; a JPEG --out is "
+                         f"at most {JPEG_MAX_SIDE} pixels a side: change {change}, or write a .png")
 
 
 @register_command("sample", help="draw new images from a trained generative model into a grid PNG or a folder of PNGs",
@@ -581,7 +585,7 @@ def sample_command(args: argparse.Namespace) -> int:
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     if is_grid:  # before sampling, which may take long
-        _check_grid_fits(out, shown, args.nrow, setup.run_meta.get("img_size"))
+        _check_grid_fits(out, args.count, shown, args.nrow, setup.run_meta.get("img_size"))
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
