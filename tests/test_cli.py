@@ -128,6 +128,34 @@ def test_predict_runs_a_classifier_batch_size_images_at_a_time(trained, tmp_path
     assert len(err.splitlines()) == 1 and "--batch-size: expected a positive integer, got 0" in err
 
 
+def test_eval_on_the_cpu_by_device_gives_todays_metrics_and_cuda_without_a_gpu_is_one_line(trained, capsys,
+                                                                                           monkeypatch):
+    """eval took no --device (refused as an unrecognized argument) and always ran on the CPU. --device cpu gives the
+    metrics eval gave without it; --device cuda where no GPU is says so in one line before the checkpoint is read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the default is then the CPU, as before
+    argv = ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"), "--split", "val", "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--device", "cpu", "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out) == before
+    one_line_error(capsys, [*argv[:3], str(trained / "missing.safetensors"), "--device", "cuda"],
+                   "--device cuda was asked for, but no CUDA device is available")
+
+
+def test_eval_in_bf16_scores_close_to_fp32(trained, capsys):
+    argv = ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"), "--split", "val", "--json",
+            "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*argv, "--precision", "fp32"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--precision", "bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out)
+    assert bf16["loss"] != fp32["loss"]  # bf16 autocast ran
+    assert abs(bf16["accuracy"] - fp32["accuracy"]) <= 0.05
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+
+
 def test_eval_on_a_folder_without_coco_annotations_names_every_split_looked_for(trained, tmp_path, capsys):
     """eval --data FOLDER (a folder of images, no COCO annotations) at the default --split test said "no annotations
     for split 'train'", a split the user never asked for; it now says the folder has none for any split."""

@@ -131,6 +131,14 @@ def probability(text: str) -> float:
     return value
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``, as every command that runs a model takes it (:func:`visionzoo.utils.resolve_device` reads it)."""
+    parser.add_argument("--device", choices=DEVICES, help="cpu or cuda (default: cuda where available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)

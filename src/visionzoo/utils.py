@@ -218,6 +218,20 @@ def autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def resolve_device(device: str | None, index: int = 0) -> torch.device:
+    """The device ``--device`` names: ``"cuda"`` (GPU ``index``), ``"cpu"``, or None: CUDA where available, else the
+    CPU. ``"cuda"`` where no GPU is raises ValueError naming ``--device``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        return torch.device("cuda", index)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, or a CPU with AMX or AVX512-BF16).
 

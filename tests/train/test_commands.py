@@ -13,3 +13,14 @@ def test_the_help_says_that_inference_runs_in_fp32_unless_told(command):
     subparsers = next(a for a in parser._actions if a.dest == "command")
     action = next(a for a in subparsers.choices[command]._actions if a.dest == "precision")
     assert action.default == "fp32" and "fp32 (default)" in (action.help or "")
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_device_is_one_option_with_trains_choices_and_default(command):
+    """eval, predict, sample and fid took no --device and ran on the CPU, even on a GPU the run was trained on. They
+    take train's option: cpu or cuda, by default cuda where available as train."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    action = next(a for a in subparsers.choices[command]._actions if a.dest == "device")
+    assert action.option_strings == ["--device"] and action.choices == ("cpu", "cuda") and action.default is None
+    assert "default: cuda where available, else cpu" in action.help

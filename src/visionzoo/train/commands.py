@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from visionzoo.cli import (
+    add_device_argument,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -34,7 +35,12 @@ from visionzoo.train.engine import (
 )
 from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
 from visionzoo.train.task import _TASKS
-from visionzoo.utils import require_folder_or_absent, require_not_folder, require_unit_interval
+from visionzoo.utils import (
+    require_folder_or_absent,
+    require_not_folder,
+    require_unit_interval,
+    resolve_device,
+)
 
 # Python's spellings of JSON's literals: read as strings, "False" was a non-empty string, so small_input=False
 # built the small-input stem.
@@ -133,7 +139,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="steps between checkpoints (default 100; with --resume, the run's)")
     run.add_argument("--eval-every", type=nonnegative_int,
                      help="steps between evaluations (default, and 0: at the end only; with --resume, the run's)")
-    run.add_argument("--device", choices=("cpu", "cuda"))
+    add_device_argument(run)
     run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="extra model argument, e.g. small_input=true (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -206,12 +212,14 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=positive_int)
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 @register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
 def eval_command(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema)
     trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
     # a detector that scales every image to its min_size sees its objects at the trained scale at any --img-size
@@ -219,8 +227,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.img_size and trained_size and args.img_size != trained_size and not resizes:
         print(f"note: {args.checkpoint} was trained at {trained_size} px; at --img-size {args.img_size} objects appear "
               f"at {args.img_size / trained_size:.2g}x the scale it learned, so its scores can fall far", file=sys.stderr)
-    model = setup.model.eval()
-    autocast = autocast_context(torch.device("cpu"), args.precision)
+    model = setup.model.to(device).eval()
+    autocast = autocast_context(device, args.precision)
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
     with torch.no_grad():
         metrics = setup.task.evaluate(model, setup.splits[args.split], args.batch_size, autocast)

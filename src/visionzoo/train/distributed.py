@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from visionzoo.utils import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -56,17 +58,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world_size = requested_world_size()
     rank = process_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    target = resolve_device(device, local_rank)
+    if target.type == "cuda":
         torch.cuda.set_device(local_rank)
-        target = torch.device("cuda", local_rank)
-    elif device == "cpu":
-        target = torch.device("cpu")
-    else:
-        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=PEER_WAIT)
