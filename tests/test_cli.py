@@ -156,6 +156,29 @@ def test_eval_in_bf16_scores_close_to_fp32(trained, capsys):
     assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
 
 
+def test_predict_on_the_cpu_by_device_writes_todays_files_and_cuda_without_a_gpu_is_one_line(trained, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """predict took no --device (refused as an unrecognized argument) and always ran on the CPU. --device cpu writes
+    the predictions and pictures predict wrote without it; --device cuda where no GPU is says so in one line and
+    writes nothing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the default is then the CPU, as before
+    digits = Digits("test", image_size=16)
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"d{index}.png"
+        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(path)
+        paths.append(str(path))
+    argv = ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "before")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "cpu"), "--device", "cpu", "--precision", "fp32"]) == 0
+    for name in ("predictions.json", "d0.png", "d1.png", "d2.png"):
+        assert (tmp_path / "cpu" / name).read_bytes() == (tmp_path / "before" / name).read_bytes(), name
+    capsys.readouterr()
+    one_line_error(capsys, [*argv, "--out", str(tmp_path / "cuda"), "--device", "cuda"],
+                   "--device cuda was asked for, but no CUDA device is available")
+    assert not (tmp_path / "cuda").exists()
+
+
 def test_eval_on_a_folder_without_coco_annotations_names_every_split_looked_for(trained, tmp_path, capsys):
     """eval --data FOLDER (a folder of images, no COCO annotations) at the default --split test said "no annotations
     for split 'train'", a split the user never asked for; it now says the folder has none for any split."""

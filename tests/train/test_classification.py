@@ -437,3 +437,13 @@ def test_resuming_with_another_objective_is_refused_naming_both(tmp_path, capsys
     error = capsys.readouterr().err.strip()
     assert f"--objective {asked}: the run in {run} was trained with --objective {trained}" in error, error
     assert "\n" not in error, error
+
+
+def test_predict_takes_the_images_to_the_models_device(monkeypatch):
+    """`visionzoo predict --device cuda` puts the model on the GPU; the images, read on the CPU, follow it there as
+    in evaluate (the meta device stands in for CUDA here)."""
+    task = ClassificationTask(["a", "b"])
+    seen = []
+    monkeypatch.setattr(task, "logits", lambda model, images: seen.append(images.device) or torch.zeros(len(images), 2))
+    predictions = task.predict(torch.nn.Linear(1, 1, device="meta"), torch.zeros(3, 1, 4, 4), contextlib.nullcontext)
+    assert seen == [torch.device("meta")] and len(predictions) == 3

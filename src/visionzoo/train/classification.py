@@ -277,6 +277,7 @@ class ClassificationTask(Task):
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Top-5 classes and probabilities of each image of ``images`` (Tensor[B, C, H, W] in [0, 1])."""
+        images = images.to(next(model.parameters()).device)
         with autocast():
             probs = self.logits(model, images).softmax(-1)
         top = probs.topk(min(5, len(self.classes)), dim=-1)

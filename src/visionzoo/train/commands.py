@@ -255,6 +255,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
     parser.add_argument("--overwrite", action="store_true", help="replace files of the same name in --out")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
+    add_device_argument(parser)
     parser.add_argument("--coco-json", metavar="FILE",
                         help="detectors: also write the detections as COCO results (pycocotools' loadRes format)")
     parser.add_argument("--image-ids", metavar="FILE",
@@ -400,6 +401,7 @@ def predict_command(args: argparse.Namespace) -> int:
         raise ValueError("--image-ids numbers the images of --coco-json; add --coco-json FILE")
     entries = image_entries_from(args.image_ids, args.images) if args.image_ids else None
     image_ids = [entry["id"] for entry in entries] if entries else None
+    device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     clashes = [str(t) for t in written if t.exists()]
     if clashes and not args.overwrite:
@@ -421,20 +423,21 @@ def predict_command(args: argparse.Namespace) -> int:
     images = load_images(args.images, None if detection else size, channels)
     if entries:
         check_annotated_sizes(args.image_ids, args.images, images, entries)
-    autocast = autocast_context(torch.device("cpu"), args.precision)
+    model = setup.model.to(device).eval()
+    autocast = autocast_context(device, args.precision)
     if detection:
         # one image at a time: a batch of files holds all of them at once (~340 MB more per 600×800 photo through a
         # ResNet-18 FPN at 800 px), and an error names the file
         predictions = []
         for path, image in zip(args.images, images):
             try:
-                predictions.append(setup.task.predict(setup.model.eval(), [image], autocast)[0])
+                predictions.append(setup.task.predict(model, [image], autocast)[0])
             except ValueError as error:  # the detector numbers the image in its batch of one: name the file
                 raise ValueError(f"{path}: {error}") from None
     else:
         step = args.batch_size or PREDICT_BATCH
         predictions = [prediction for start in range(0, len(images), step)
-                       for prediction in setup.task.predict(setup.model.eval(), images[start:start + step], autocast)]
+                       for prediction in setup.task.predict(model, images[start:start + step], autocast)]
     out.mkdir(parents=True, exist_ok=True)
     for image, prediction, target in zip(images, predictions, targets):
         setup.task.draw(image, prediction, **shown).save(target)
