@@ -47,6 +47,28 @@ def test_sample_writes_a_seeded_grid_and_the_single_images(gan_checkpoint, tmp_p
         assert not torch.equal(torch.from_numpy(np.asarray(picture).copy()), first)
 
 
+def test_sample_on_the_cpu_by_device_draws_todays_images_and_cuda_without_a_gpu_is_one_line(gan_checkpoint, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """sample took no --device (refused as an unrecognized argument) and always drew on the CPU: 50,000 images for
+    FID on the CPU beside an idle GPU. --device cpu draws, from a --seed, the images sample drew without it; --device
+    cuda where no GPU is says so in one line and writes nothing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the default is then the CPU, as before
+    argv = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "5", "--batch-size", "2", "--seed", "3"]
+    assert main([*argv, "--out", str(tmp_path / "before.png"), "--images-dir", str(tmp_path / "before")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "cpu.png"), "--images-dir", str(tmp_path / "cpu"), "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    assert (tmp_path / "cpu.png").read_bytes() == (tmp_path / "before.png").read_bytes()
+    names = sorted(path.name for path in (tmp_path / "before").iterdir())
+    assert names == sorted(path.name for path in (tmp_path / "cpu").iterdir()) and len(names) == 5
+    for name in names:
+        assert (tmp_path / "cpu" / name).read_bytes() == (tmp_path / "before" / name).read_bytes(), name
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "cuda"), "--device", "cuda"]) == 2
+    error = capsys.readouterr().err
+    assert error == "visionzoo sample: error: --device cuda was asked for, but no CUDA device is available\n"
+    assert not (tmp_path / "cuda").exists()
+
+
 def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     out = str(tmp_path / "grid.png")
     assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", out, "--top-k", "5"]) != 0

@@ -474,6 +474,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
     parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
+    add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out, and the numbered samples (NNNNN.png) of an earlier run in --images-dir")
 
@@ -594,6 +595,7 @@ def sample_command(args: argparse.Namespace) -> int:
     if images_dir is not None and not args.overwrite and holds_samples(images_dir):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
+    device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
     if is_grid:  # before sampling, which may take long
         _check_grid_fits(out, args.count, shown, args.nrow, setup.run_meta.get("img_size"))
@@ -601,13 +603,15 @@ def sample_command(args: argparse.Namespace) -> int:
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
         settings["label"] = args.label
-    autocast = autocast_context(torch.device("cpu"), args.precision)
+    model = setup.model.to(device).eval()
+    autocast = autocast_context(device, args.precision)
+    # a CPU generator whatever --device is: the samplers draw where it lives, so a seed draws the same numbers
     generator = torch.Generator().manual_seed(args.seed)
     grid = []
     with torch.no_grad():
         sizes = sample_batches(args.count, args.batch_size)
         for start, size in zip(itertools.accumulate(sizes, initial=0), sizes):
-            images = setup.task.sample(setup.model.eval(), size, generator, autocast, **settings).float().clamp(0, 1)
+            images = setup.task.sample(model, size, generator, autocast, **settings).float().clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
                     images_dir.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,8 @@ class Task:
 
     def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
                **settings: Any) -> torch.Tensor:
-        """``count`` new images from a generative ``model`` (in eval mode): Tensor[count, C, H, W] in [0, 1].
+        """``count`` new images from a generative ``model`` (in eval mode, on any device): Tensor[count, C, H, W] in
+        [0, 1], on the CPU.
 
         ``settings`` are the sampler's (``temperature``, ``top_k``, ``top_p``, ``label``, ...); the
         randomness comes from ``generator`` alone, so a seed gives the same images.
