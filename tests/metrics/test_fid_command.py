@@ -151,8 +151,63 @@ def test_feature_options_beside_two_statistics_files_are_named_as_unused(tmp_pat
     captured = capsys.readouterr()
     assert captured.out.strip() == "FID: 4.000000"
     assert "--resize, --batch-size" in captured.err and "not used" in captured.err
+    assert main(["fid", str(small), str(shifted), "--precision", "bf16", "--device", "cpu"]) == 0
+    assert "--precision, --device" in capsys.readouterr().err
     assert main(["fid", str(small), str(shifted)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_fid_on_the_cpu_by_device_in_fp32_is_todays(tmp_path, domain_args, capsys, monkeypatch):
+    """fid took neither --device nor --precision (refused as unrecognized arguments) and read every folder on the
+    CPU. --device cpu --precision fp32 gives the FID that fid gave without them."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the default is then the CPU, as before
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    argv = ["fid", str(folder_a), str(folder_b), *domain_args]
+    assert main(argv) == 0
+    before = capsys.readouterr().out
+    assert before.startswith("FID: ")
+    assert main([*argv, "--device", "cpu", "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out == before
+
+
+def test_fid_device_cuda_without_a_gpu_is_one_line_before_any_network(tmp_path, capsys, no_network, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--device", "cuda"],
+                   "--device cuda was asked for, but no CUDA device is available")
+
+
+def test_fid_in_bf16_reads_features_close_to_fp32_ones(tmp_path, domain_args, capsys, monkeypatch):
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    forward, seen = DomainFeatures.forward, []
+
+    def recording(self, images):
+        features = forward(self, images)
+        seen.append(features.float())
+        return features
+
+    monkeypatch.setattr(DomainFeatures, "forward", recording)
+    argv = ["fid", str(folder_a), str(folder_b), *domain_args, "--device", "cpu"]
+    values = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        assert main([*argv, "--precision", precision]) == 0
+        values[precision] = (float(capsys.readouterr().out.removeprefix("FID: ")), torch.cat(seen))
+    (fp32, fp32_features), (bf16, bf16_features) = values["fp32"], values["bf16"]
+    assert not torch.equal(bf16_features, fp32_features)  # bf16 autocast ran
+    assert torch.nn.functional.cosine_similarity(bf16_features, fp32_features).min() > 0.99
+    assert bf16 == pytest.approx(fp32, rel=0.1)
+
+
+def test_fid_precision_defaults_to_fp32_and_its_help_says_why():
+    """FID moves with the features' precision: fid computes in fp32 (as pytorch-fid) unless told bf16."""
+    from visionzoo.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    action = next(a for a in subparsers.choices["fid"]._actions if a.dest == "precision")
+    assert action.default == "fp32" and action.choices == ("auto", "bf16", "fp32")
+    assert "fp32 (default" in action.help and "pytorch-fid" in action.help
 
 
 def test_an_uppercase_npz_is_read_as_statistics(tmp_path, capsys, no_network):
@@ -231,16 +286,24 @@ def test_saved_statistics_record_their_features_and_stay_readable_by_pytorch_fid
         assert int(data["visionzoo_num_images"]) == 6
     assert main(["fid", str(saved), str(folder_b), *domain_args]) == 0  # the same features: the same distance
     assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args, "--precision", "bf16", "--save-stats", str(saved),
+                 "--overwrite"]) == 0
+    with np.load(saved) as data:
+        assert str(data["visionzoo_features"]).endswith(" precision=bf16")
+    assert main(["fid", str(saved), str(folder_b), *domain_args, "--precision", "bf16"]) == 0
 
 
-@pytest.mark.parametrize("change", ["image size", "weights"])
+@pytest.mark.parametrize("change", ["image size", "weights", "precision"])
 def test_statistics_of_other_features_are_refused(tmp_path, domain_args, capsys, change):
+    """Statistics saved by --precision bf16 (FID moves with the features' precision) are features of their own."""
     folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
     saved = tmp_path / "a.npz"
     assert main(["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", str(saved)]) == 0
     other = list(domain_args)
     if change == "image size":
         other[other.index("--img-size") + 1] = "24"
+    elif change == "precision":
+        other += ["--precision", "bf16"]
     else:
         torch.manual_seed(1)
         save_file(DomainFeatures(1, 10).state_dict(), tmp_path / "other.safetensors")

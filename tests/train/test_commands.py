@@ -15,7 +15,7 @@ def test_the_help_says_that_inference_runs_in_fp32_unless_told(command):
     assert action.default == "fp32" and "fp32 (default)" in (action.help or "")
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "sample"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "sample", "fid"])
 def test_device_is_one_option_with_trains_choices_and_default(command):
     """eval, predict, sample and fid took no --device and ran on the CPU, even on a GPU the run was trained on. They
     take train's option: cpu or cuda, by default cuda where available as train."""

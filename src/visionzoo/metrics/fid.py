@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -250,13 +251,18 @@ def read_batches(files: list[Path], batch_size: int, size: int | None = None, ch
 
 
 def folder_statistics(path: str | Path, features: nn.Module, batch_size: int = 50, size: int | None = None,
-                      channels: int = 3) -> FeatureStatistics:
-    """Feature statistics of the images in folder ``path`` (read as :func:`read_batches` says)."""
+                      channels: int = 3, device: torch.device | str = "cpu",
+                      autocast: Callable[[], AbstractContextManager] = nullcontext) -> FeatureStatistics:
+    """Feature statistics of the images in folder ``path`` (read as :func:`read_batches` says), each batch taken to
+    ``device`` (where ``features`` lies) and through ``features`` in an ``autocast()`` context (bf16 autocast, or
+    none: fp32)."""
     stats = FeatureStatistics()
     features.eval()
     with torch.no_grad():
         for images in read_batches(image_files(path), batch_size, size, channels):
-            stats.update(features(images).double())
+            with autocast():
+                batch = features(images.to(device))
+            stats.update(batch.double())
     return stats
 
 
