@@ -217,7 +217,9 @@ def test_fid_command_matches_pytorch_fid_on_two_folders(weights_file, reference,
     a, b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
     expected = calculate_fid_given_paths([str(a), str(b)], batch_size=4, device="cpu", dims=2048, num_workers=0)
     stats = tmp_path / "a.npz"
-    argv = ["fid", str(a), str(b), "--checkpoint", str(weights_file), "--batch-size", "4", "--save-stats", str(stats)]
+    # on the reference's device: by default fid takes a GPU where one is, whose convolutions (cuDNN allows TF32) round otherwise
+    argv = ["fid", str(a), str(b), "--checkpoint", str(weights_file), "--batch-size", "4", "--save-stats", str(stats),
+            "--device", "cpu"]
     assert main(argv) == 0
     got = float(capsys.readouterr().out.split("FID: ")[1])
     assert expected > 1 and abs(got - expected) <= 1e-3 * expected

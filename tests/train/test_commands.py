@@ -1,4 +1,4 @@
-"""The help of `visionzoo eval`, `predict` and `sample`."""
+"""The help of the commands that run a model: `visionzoo train`, `eval`, `predict`, `sample` and `fid`."""
 
 import pytest
 
