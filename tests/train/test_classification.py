@@ -403,6 +403,23 @@ def test_a_fixed_size_vit_on_data_of_another_size_is_refused_before_the_run_nami
     assert dynamic.run_meta["img_size"] == 8
 
 
+def test_eval_of_a_fixed_size_vit_at_another_img_size_names_only_what_eval_takes(tmp_path, capsys):
+    """`visionzoo eval vit_tiny_patch8_32 --img-size 16` of a run trained at 32 px advised "give --img-size 32 (or
+    --model-arg dynamic_img_size=true)", an option eval does not take ("unrecognized arguments"), and a model whose
+    weights were trained at 32 px; it now names --img-size 32 alone."""
+    from visionzoo.cli import main
+
+    run = tmp_path / "vit"
+    assert main(["train", "vit_tiny_patch8_32", "--data", "digits", "--img-size", "32", "--max-steps", "1",
+                 "--batch-size", "4", "--precision", "fp32", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(run / "checkpoint.safetensors"), "--img-size", "16",
+                 "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert ("vit_tiny_patch8_32 is built for 32×32 images, digits has 16×16 ones: give --img-size 32" in error
+            and "--model-arg" not in error and "\n" not in error), error
+
+
 def test_classifying_a_coco_folder_is_refused_naming_the_folder_and_what_works(tmp_path, capsys):
     """`visionzoo train resnet18 --data FOLDER` on a COCO folder stopped with "this data set has no image-level class
     labels (its targets have no 'label')", naming neither the folder nor what a classifier or the folder can train on."""

@@ -254,13 +254,13 @@ class ClassificationTask(Task):
 
             task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
                                                 options.get("initial_checkpoint"), common)
-            check_image_size(model, model_name, data, tuple(image.shape[-2:]))
+            check_image_size(model, model_name, data, tuple(image.shape[-2:]), checkpoint)
             check_whole_patches(tuple(image.shape[-2:]), task.patch_size, data)
             return Setup(task, model, splits, run_meta)
 
         model = build_classifier(model_name, len(classes), in_chans, model_args, checkpoint,
                                  options.get("initial_checkpoint"))
-        check_image_size(model, model_name, data, tuple(image.shape[-2:]))
+        check_image_size(model, model_name, data, tuple(image.shape[-2:]), checkpoint)
         mean, std = normalization(model, in_chans)
         teacher = None
         if options.get("teacher") or options.get("teacher_checkpoint"):
@@ -294,14 +294,17 @@ class ClassificationTask(Task):
         return draw_classification(image, prediction["labels"][:3], prediction["scores"][:3], truth)
 
 
-def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[int, int]) -> None:
+def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[int, int],
+                     checkpoint: str | Path | None = None) -> None:
     """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
-    ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step."""
+    ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step. A model
+    rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg."""
     for module in model.modules():
         if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != size:
             side = module.img_size[0]
+            other = "" if checkpoint is not None else " (or --model-arg dynamic_img_size=true)"
             raise ValueError(f"{model_name} is built for {side}×{module.img_size[1]} images, {data} has "
-                             f"{size[0]}×{size[1]} ones: give --img-size {side} (or --model-arg dynamic_img_size=true)")
+                             f"{size[0]}×{size[1]} ones: give --img-size {side}{other}")
 
 
 def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
