@@ -734,7 +734,8 @@ def test_a_run_started_from_backbone_weights_evaluates_and_resumes_without_that_
 
 
 def test_a_checkpoint_whose_folder_now_has_more_classes_is_refused_naming_the_folder(tmp_path):
-    """Without --data (predict), the message named the data as None: "... with 7 classes, None has 8"."""
+    """Without --data (predict), the message named the data as None: "... with 7 classes, None has 8". It also counted
+    the detector's background as a class: a folder of 6 categories, now 7, was said to have 7, now 8."""
     from visionzoo.train.run import load_for_inference
 
     folder = _one_step_run_on_a_coco_folder(tmp_path)
@@ -743,7 +744,7 @@ def test_a_checkpoint_whose_folder_now_has_more_classes_is_refused_naming_the_fo
         annotations = json.loads(ann_file.read_text())
         annotations["categories"].append({"id": 99, "name": "cat"})
         ann_file.write_text(json.dumps(annotations))
-    with pytest.raises(ValueError, match=f"was trained on {folder} with 7 classes, {folder} has 8: its classifier"):
+    with pytest.raises(ValueError, match=f"was trained on {folder} with 6 classes, {folder} has 7: its classifier"):
         load_for_inference("fasterrcnn_shapes", tmp_path / "run" / "checkpoint.safetensors")
 
 

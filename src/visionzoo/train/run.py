@@ -314,11 +314,15 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}
     built = getattr(setup.model, "model_args", {})
+    classes = getattr(setup.task, "classes", None)
+    # the data's classes as the user counts them: a detector's num_classes also counts its background
+    uncounted = {"num_classes": built.get("num_classes", 0) - len(classes) if classes else 0}
     for key, what, consequence in (("num_classes", "classes", "its classifier would be untrained"),
                                    ("in_chans", "image channels", "its first layer would be adapted")):
         if trained.get(key) is not None and built.get(key) is not None and trained[key] != built[key]:
-            raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key]} {what}, "
-                             f"{data or run.get('data')} has {built[key]}: {consequence}, not the trained model")
+            offset = uncounted.get(key, 0)
+            raise ValueError(f"{checkpoint} was trained on {run.get('data')} with {trained[key] - offset} {what}, "
+                             f"{data or run.get('data')} has {built[key] - offset}: {consequence}, not the trained model")
     trained_classes = run.get("classes")  # checkpoints written before it was recorded lack it
     for split, dataset in setup.splits.items():
         classes = _class_names(dataset)
