@@ -303,6 +303,26 @@ def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names
     assert err.count("\n") == 1 and "no annotations for split 'train'" in err and "instances_train.json" in err
 
 
+def test_eval_of_one_split_reads_no_other_splits_annotation_file(tmp_path, capsys):
+    """eval --split val also parsed the folder's other annotation files: a train file still downloading (cut short)
+    stopped it with "instances_train.json: invalid JSON at line 1, ...", a file it does not score, and COCO's
+    instances_train2017.json (448 MB) was read through to evaluate val2017. It now reads the split it scores."""
+    from visionzoo.cli import main
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    train_file = folder / "annotations" / "instances_train.json"
+    train_file.write_bytes(train_file.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder), "--split", "val",
+                 "--json", "--no-progress"]) == 0
+    assert "map_50" in json.loads(capsys.readouterr().out)
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder), "--split", "train",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "instances_train.json: invalid JSON" in err, err
+
+
 def test_training_on_one_annotation_file_warns_that_validation_is_on_the_training_images(tmp_path, caplog):
     # before: a .json file served as train, val and test without a word, so val mAP was on training images
     import shutil

@@ -29,6 +29,14 @@ def _annotation_file(root: Path, split: str) -> Path:
     )
 
 
+def _has_annotations(root: Path, split: str) -> bool:
+    try:
+        _annotation_file(root, split)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _images_folder(root: Path, split: str, ann_file: Path) -> Path:
     candidates = [root / split, root / f"{split}2017", root / "images"]
     if ann_file.name.endswith("2017.json"):
@@ -99,6 +107,10 @@ def create_dataset(
     )
 
 
+# The splits of a data set, in the order a run's set-up opens them (the first present gives the classes).
+SPLITS = ("train", "val", "test")
+
+
 class Splits(dict):
     """A run's data splits by name. A split that ``data`` lacks (a COCO folder without its annotations) is absent:
     ``get`` gives None and indexing raises the FileNotFoundError that names the files looked for."""
@@ -118,11 +130,12 @@ class Splits(dict):
         return next(iter(self.values()))
 
 
-def open_splits(data: str | Path, names: tuple[str, ...] = ("train", "val", "test"), image_size: int | None = None,
+def open_splits(data: str | Path, names: tuple[str, ...] = SPLITS, image_size: int | None = None,
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
     data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
-    evaluated). None at all raises one FileNotFoundError naming every split's files looked for."""
+    evaluated). None of ``names`` raises the first one's FileNotFoundError, or, for a folder without annotations for
+    any split, one naming every split's files looked for."""
     splits, missing = {}, {}
     for split in names:
         try:
@@ -132,10 +145,11 @@ def open_splits(data: str | Path, names: tuple[str, ...] = ("train", "val", "tes
                 raise
             missing[split] = error
     if not splits:
-        if len(names) == 1:
+        root = Path(data).expanduser()
+        if any(_has_annotations(root, split) for split in SPLITS):
             raise missing[names[0]]
-        # the first split's error alone named a split that eval --split test never asked for
-        each = "{" + ",".join(names) + "}"
+        # no COCO folder at all: one split's error alone hid that (and named a split eval --split test never asked for)
+        each = "{" + ",".join(SPLITS) + "}"
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
                                 f"annotations/instances_{each}.json and annotations/instances_{each}2017.json")
     return Splits(splits, missing)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, register_task
 from visionzoo.utils import is_integer
@@ -265,7 +266,8 @@ class AutoregressiveTask(Task):
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
         """Build the model and the splits. Image GPT: ``img_size`` defaults to its registered 16 and the palette
         is fitted on the training split. The code prior: ``--tokenizer`` gives the tokenizer's architecture,
         weights and image size. With a ``checkpoint`` both come from it instead."""
@@ -273,8 +275,10 @@ class AutoregressiveTask(Task):
         from visionzoo.models import create_model, get_model_entry
         from visionzoo.models._registry import load_checkpoint
 
+        names = splits  # "splits" is rebound below to the splits opened
+
         def splits_at(size: int | None) -> Splits:
-            return open_splits(data, image_size=size)
+            return open_splits(data, names, image_size=size)
 
         options = dict(options or {})
         model_args = dict(model_args)

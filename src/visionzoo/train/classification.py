@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.cli import fraction, nonnegative_float, nonnegative_int, positive_float, unit_interval
+from visionzoo.data.factory import SPLITS
 from visionzoo.layers import PatchEmbed
 from visionzoo.train.distillation import DISTILLATION_KINDS, Teacher, distillation_loss, soft_cross_entropy
 from visionzoo.train.mixup import mix_batch, smooth_one_hot
@@ -221,14 +222,15 @@ class ClassificationTask(Task):
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
         from visionzoo.data import open_splits
 
         options = dict(options or {})
         objective = options.get("objective") or "classify"
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-        splits = open_splits(data, image_size=img_size)
+        splits = open_splits(data, splits, image_size=img_size)
         image, target = splits.first()[0]
         if objective == "classify" and isinstance(target, Mapping) and "label" not in target:
             raise ValueError(f"{data} has no image-level class labels (a detection data set: boxes, not one class per "

@@ -220,7 +220,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 @register_command("eval", help="evaluate a trained checkpoint on a data split", arguments=_eval_arguments)
 def eval_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema)
+    setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema,
+                               split=args.split)
     trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
     # a detector that scales every image to its min_size sees its objects at the trained scale at any --img-size
     resizes = bool(getattr(getattr(setup.model, "transform", None), "min_size", None))

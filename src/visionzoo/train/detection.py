@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.data.factory import SPLITS
 from visionzoo.train.task import Setup, Task, register_task
 
 BOX_KEYS = ("boxes", "proposals")
@@ -323,7 +324,8 @@ class DetectionTask(Task):
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
         from visionzoo.data import Splits, builtin_name, open_splits
         from visionzoo.models import create_model
 
@@ -331,7 +333,7 @@ class DetectionTask(Task):
         folder_args = {}
         if builtin_name(data) is None:  # a detector reads boxes only: masks would be decoded per sample, then dropped
             folder_args = {"load_masks": False, **({"skip_invalid": True} if options.get("skip_invalid_boxes") else {})}
-        splits = open_splits(data, image_size=img_size, **folder_args)
+        splits = open_splits(data, splits, image_size=img_size, **folder_args)
         reference = splits.first()
         image, target = reference[0]
         if not isinstance(target, Mapping) or "boxes" not in target:  # else a TypeError at the first batch

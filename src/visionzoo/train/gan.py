@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.data.factory import SPLITS
 from visionzoo.train.task import Setup, Task, check_trained_images, register_task
 
 OPTIMIZERS = ("discriminator", "generator")
@@ -148,7 +149,8 @@ class GANTask(Task):
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
         """The data's channels and side become the model's ``in_chans`` and ``img_size``; ``img_size`` defaults to
         32 on Digits and 64 on Shapes. Other data (a COCO folder) are refused: the FID has no features for them."""
         from visionzoo.data import open_splits
@@ -159,7 +161,7 @@ class GANTask(Task):
             raise ValueError(f"{model_name} trains on {', '.join(DOMAIN_DATA)}, not {data}: the gan task's FID needs "
                              "their domain features, which other data have none of")
         img_size = img_size or DEFAULT_SIZES.get(str(data).lower())  # Digits' own 8 px is below DCGAN's 16
-        splits = open_splits(data, image_size=img_size)
+        splits = open_splits(data, splits, image_size=img_size)
         image, _ = splits.first()[0]
         in_chans, size = int(image.shape[0]), int(image.shape[-1])
         model_args = dict(model_args)

@@ -19,6 +19,7 @@ from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import builtin_name
+from visionzoo.data.factory import SPLITS
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
@@ -39,14 +40,17 @@ def task_class(model_name: str) -> type[Task]:
 
 
 def build_setup(model_name: str, data: str, img_size: int | None = None, model_args: Mapping[str, Any] | None = None,
-                checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-    """The task, model and data splits of ``model_name`` trained on ``data`` (a data set name or folder).
+                checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                splits: tuple[str, ...] = SPLITS) -> Setup:
+    """The task, model and data ``splits`` (those ``data`` has) of ``model_name`` trained on ``data`` (a data set name
+    or folder).
 
     A model registered with ``train_defaults`` (e.g. ``{"lr": 2e-3}``) overrides its task's engine defaults
     with them; the user's settings still come first."""
     from visionzoo.models import get_model_entry
 
-    setup = task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options)
+    setup = task_class(model_name).setup(model_name, data, img_size, dict(model_args or {}), checkpoint, options,
+                                         splits)
     preferred = get_model_entry(model_name).default_cfg.get("train_defaults")
     if preferred:
         setup.task.defaults = {**setup.task.defaults, **preferred}
@@ -274,8 +278,9 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None = None,
-                       img_size: int | None = None, use_ema: bool = False) -> Setup:
-    """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones.
+                       img_size: int | None = None, use_ema: bool = False, split: str | None = None) -> Setup:
+    """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones. With ``split``
+    only that split of the data is opened (and checked), as eval scores it alone; else every split it has.
 
     The model gets the trained weights, or with ``use_ema`` the EMA weights where the run kept them
     (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
@@ -309,7 +314,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         options["skip_invalid_boxes"] = True
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
-                            checkpoint=checkpoint, options=options)
+                            checkpoint=checkpoint, options=options, splits=SPLITS if split is None else (split,))
     if has_ema and not use_ema:  # create_model(checkpoint=) took the EMA weights
         _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}

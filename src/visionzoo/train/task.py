@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from visionzoo.data.factory import SPLITS
 from visionzoo.utils import closest
 
 
@@ -125,10 +126,12 @@ class Task:
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
-        """Build the task, the model (from ``checkpoint`` if given) and the ``train/val/test`` splits.
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
+        """Build the task, the model (from ``checkpoint`` if given) and the data's ``splits`` (those it has).
 
-        ``options`` are the values of the task's own CLI options (see :meth:`add_arguments`).
+        ``options`` are the values of the task's own CLI options (see :meth:`add_arguments`); ``splits`` are all
+        three for training, the one scored for ``visionzoo eval``.
         """
         raise NotImplementedError
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.data.factory import SPLITS
 from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
 from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
 from visionzoo.train.reconstruction import ReconstructionTask
@@ -241,7 +242,8 @@ class VQGANTask(ReconstructionTask):
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
-              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None) -> Setup:
+              checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
+              splits: tuple[str, ...] = SPLITS) -> Setup:
         from visionzoo.metrics.domain import DOMAIN_DATA
         from visionzoo.models import get_model_entry
 
@@ -258,7 +260,7 @@ class VQGANTask(ReconstructionTask):
             if perceptual_file is not None and not Path(perceptual_file).is_file():
                 raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file "
                                         "(torchvision vgg16 weights)")
-        setup = super().setup(model_name, data, img_size, model_args, checkpoint, options)
+        setup = super().setup(model_name, data, img_size, model_args, checkpoint, options, splits)
         meta = setup.run_meta
         if checkpoint is None:
             try:  # else the run fails when the discriminator starts, which may be far into it
