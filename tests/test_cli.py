@@ -50,6 +50,25 @@ def test_train_writes_the_run_folder_and_eval_reproduces_its_validation_accuracy
     assert capsys.readouterr().err == ""  # at its own size: no note
 
 
+@pytest.mark.parametrize("split, batch_size", [("test", "128"), ("train", "100")])
+def test_eval_prints_what_the_loaded_model_scores_on_the_split(trained, capsys, split, batch_size):
+    """eval's numbers against the checkpoint's model run here on the same split: top-1, top-5 and the mean
+    cross-entropy, whatever the batching (100 leaves a last batch of 57 of the 1,257 training images)."""
+    digits = Digits(split, image_size=16)
+    images = torch.stack([digits[i][0] for i in range(len(digits))])
+    labels = torch.tensor([digits[i][1] for i in range(len(digits))])
+    model = create_model("resnet18", checkpoint=trained / "checkpoint.safetensors").eval()
+    with torch.no_grad():
+        logits = model(_normalised(model, images))
+    capsys.readouterr()
+    assert main(["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"), "--split", split,
+                 "--batch-size", batch_size, "--json", "--no-progress"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == (logits.argmax(1) == labels).sum().item() / len(labels)
+    assert metrics["top5"] == (logits.topk(5).indices == labels[:, None]).any(1).sum().item() / len(labels)
+    assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
 def test_eval_at_another_size_than_trained_says_so_beside_its_numbers(trained, capsys):
     """A detector evaluated at an odd --img-size reported mAP ~0 without a word."""
     capsys.readouterr()
