@@ -202,6 +202,11 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
+# every model ran a detector trained 8 at a time 128 images through its FPN at once (tens of GB for 800 px photos).
+EVAL_BATCH = 128
+
+
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
@@ -210,7 +215,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data set name, COCO folder or COCO .json file (default: the training data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--img-size", type=positive_int)
-    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--batch-size", type=positive_int,
+                        help=f"images per forward (default: the run's own, which its training evaluated with; "
+                             f"{EVAL_BATCH} for a checkpoint that records none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -222,7 +229,10 @@ def eval_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, args.data, args.img_size, use_ema=args.use_ema,
                                split=args.split)
-    trained_size = checkpoint_metadata(args.checkpoint).get("run", {}).get("img_size")
+    meta = checkpoint_metadata(args.checkpoint)
+    trained_size = meta.get("run", {}).get("img_size")
+    config = meta.get("config") or {}
+    batch_size = args.batch_size or config.get("eval_batch_size") or config.get("batch_size") or EVAL_BATCH
     # a detector that scales every image to its min_size sees its objects at the trained scale at any --img-size
     resizes = bool(getattr(getattr(setup.model, "transform", None), "min_size", None))
     if args.img_size and trained_size and args.img_size != trained_size and not resizes:
@@ -232,7 +242,7 @@ def eval_command(args: argparse.Namespace) -> int:
     autocast = autocast_context(device, args.precision)
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
     with torch.no_grad():
-        metrics = setup.task.evaluate(model, setup.splits[args.split], args.batch_size, autocast)
+        metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
