@@ -109,6 +109,26 @@ def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys)
 
 
 
+def test_predict_into_a_folder_of_the_users_files_names_every_file_overwrite_would_replace(trained, tmp_path, capsys):
+    """predict into a folder holding the user's own a.png and b.png said "OUT/a.png exists; use --overwrite to replace
+    it": --overwrite then replaced b.png too, which it never named. The refusal now counts and names them all."""
+    digits = Digits("test", image_size=16)
+    out, images = tmp_path / "mine", tmp_path / "photos"
+    out.mkdir()
+    images.mkdir()
+    for name in ("a", "b"):
+        (out / f"{name}.png").write_bytes(b"the user's own picture")
+    paths = []
+    for index, name in enumerate("abc"):
+        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(images / f"{name}.jpg")
+        paths.append(str(images / f"{name}.jpg"))
+    capsys.readouterr()
+    one_line_error(capsys, ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--out", str(out)], f"{out / 'a.png'} exists, and 1 more file predict writes (b.png); "
+                                                 "use --overwrite to replace them")
+    assert (out / "b.png").read_bytes() == b"the user's own picture" and not (out / "c.png").exists()
+
+
 def test_predict_runs_a_classifier_batch_size_images_at_a_time(trained, tmp_path, capsys, monkeypatch):
     """predict ran every image given through the classifier in one forward: a folder's thousand photos at 224 px
     held the activations of all of them at once (200 images at 128 px took 400 MB more than 10). It now takes

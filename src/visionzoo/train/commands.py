@@ -414,9 +414,13 @@ def predict_command(args: argparse.Namespace) -> int:
     image_ids = [entry["id"] for entry in entries] if entries else None
     device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
-    clashes = [str(t) for t in written if t.exists()]
-    if clashes and not args.overwrite:
-        raise FileExistsError(f"{clashes[0]} exists; use --overwrite to replace it")
+    clashes = [t for t in written if t.exists()]
+    if clashes and not args.overwrite:  # every one: --overwrite replaces them all, not only the first named
+        more = ""
+        if len(clashes) > 1:
+            names = ", ".join(t.name for t in clashes[1:4]) + (", ..." if len(clashes) > 4 else "")
+            more = f", and {len(clashes) - 1} more file{'s' if len(clashes) > 2 else ''} predict writes ({names})"
+        raise FileExistsError(f"{clashes[0]} exists{more}; use --overwrite to replace {'them' if more else 'it'}")
     detection = setup.task.name == "detection"
     if args.coco_json and not detection:
         raise ValueError(f"--coco-json writes detections; {args.model} is a {setup.task.name} model")
