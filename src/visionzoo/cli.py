@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from visionzoo.train.distributed import PeerFailed
+    from visionzoo.train.distributed import PeerFailed, reports_error
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise
-        print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
+        if reports_error(error):  # under torchrun: once, not once per process
+            print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:
         # torch's CPU allocator fails with a RuntimeError: an --img-size of 5000 on Digits (its images are preloaded at

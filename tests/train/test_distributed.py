@@ -1,9 +1,15 @@
-"""The collectives of visionzoo.train.distributed, between two processes on gloo as torchrun on a CPU runs them."""
+"""The collectives of visionzoo.train.distributed, between two processes on gloo as torchrun on a CPU runs them, and
+which process reports an error."""
 
 import json
 import subprocess
 import sys
 import textwrap
+
+import pytest
+import torch
+
+from visionzoo.train.distributed import DistInfo, every_rank, own_share, reports_error
 
 RANKS_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -54,3 +60,22 @@ def test_collectives_agree_and_leave_no_tensor_to_gloos_worker_thread(tmp_path):
         assert result["rank0_value"] == 10.0
         assert result["mean"] == {"loss": 1.5, "acc": 1.0}
         assert result["texts"] == ["PeerFailed: ünïcode ✓", "", None]
+
+
+def test_the_first_process_alone_reports_an_error_every_rank_meets(monkeypatch):
+    """Under torchrun every rank printed an error that each met on the same arguments (a bad --data), so the user
+    read it once per process. The first process of a machine reports those; an error in a rank's own batches, which
+    may be its alone, that rank reports too, unless it follows from the arguments alone."""
+    rank1 = DistInfo(1, 2, 1, torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not reports_error(ValueError("dataset path not found: data/"))
+    with pytest.raises(ValueError) as own, own_share(rank1):
+        raise ValueError("image 3.png cannot be read")
+    assert reports_error(own.value)
+    with pytest.raises(ValueError) as common, own_share(rank1):
+        raise every_rank(ValueError("--batch-size 1: a BatchNorm layer of the model sees one value per channel"))
+    assert not reports_error(common.value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert reports_error(common.value) and reports_error(ValueError("dataset path not found: data/"))
+    monkeypatch.delenv("LOCAL_RANK")  # no torchrun
+    assert reports_error(ValueError("dataset path not found: data/"))

@@ -25,6 +25,7 @@ from visionzoo.train.engine import (
 from visionzoo.utils import native_bf16
 
 SCRIPT = Path(__file__).with_name("engine_script.py")
+FAILING_RANK_SCRIPT = Path(__file__).with_name("failing_rank_script.py")
 
 
 def run_script(*args: str, expect_kill: bool = False) -> None:
@@ -170,6 +171,34 @@ def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path
                       "continue it or --overwrite"], process.stderr[-3000:]
     assert "[rank1]: Traceback" not in process.stderr, process.stderr[-3000:]
     assert (out / "todo.txt").read_text() == "not a run"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/missing/"], "dataset path not found: {tmp}/missing"),  # before the process group exists
+    (["--data", "digits", "--batch-size", "1000"],  # once it does
+     "the training set has 1257 samples, fewer than one batch of 1000 x 2 process(es); lower --batch-size"),
+])
+def test_torchrun_an_error_of_every_rank_is_one_line_once(tmp_path, args, message):
+    """Every rank ran into the same error on the same arguments and printed it: torchrun's output showed the line
+    once per rank. The first process of the machine reports it; the others exit with the same status quietly."""
+    process = _torchrun(["-m", "visionzoo", "train", "vit_tiny_patch8_32", "--img-size", "32", "--max-steps", "2",
+                         "--out", str(tmp_path / "run"), "--no-progress", *(a.format(tmp=tmp_path) for a in args)])
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert output.count(f"visionzoo train: error: {message.format(tmp=tmp_path)}\n") == 1, output[-3000:]
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "[rank1]: Traceback" not in output, output[-3000:]
+
+
+def test_torchrun_an_error_of_one_rank_alone_is_printed_by_that_rank(tmp_path):
+    """An error in a rank's own batches (a corrupt image in its share) may be that rank's alone: rank 1 prints it,
+    while rank 0, which never saw it, has nothing to say of it."""
+    process = _torchrun([str(FAILING_RANK_SCRIPT), "1", "train", "vit_tiny_patch8_32", "--data", "digits",
+                         "--img-size", "32", "--max-steps", "2", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert output.count("visionzoo train: error: image ") == 1, output[-3000:]
+    assert "in rank 1's share cannot be read" in output, output[-3000:]
 
 
 def test_two_ranks_partition_the_global_batch_of_one_process():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,11 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def local_process_rank() -> int:
+    """This process's rank among those ``torchrun`` started on this machine (0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
@@ -57,7 +63,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """
     world_size = requested_world_size()
     rank = process_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = local_process_rank()
     target = resolve_device(device, local_rank)
     if target.type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -79,6 +85,41 @@ class PeerFailed(RuntimeError):
 
 
 T = TypeVar("T")
+
+# The attribute that names the rank on whose own share of the work an error was raised (see own_share); None marks
+# an error that every rank raises alike.
+_OWN_RANK = "_visionzoo_own_rank"
+
+
+@contextlib.contextmanager
+def own_share(info: DistInfo) -> Iterator[None]:
+    """This rank's work on its own share of the data (its batches). An error raised in it may be this rank's alone
+    (an unreadable image in its share, a loss that is not finite on its batch): it is marked for
+    :func:`reports_error` to have this rank print it, whichever it is."""
+    try:
+        yield
+    except Exception as error:
+        if info.distributed and not hasattr(error, _OWN_RANK):
+            setattr(error, _OWN_RANK, info.rank)
+        raise
+
+
+def every_rank(error: Exception) -> Exception:
+    """``error`` marked as one that every rank raises alike, even in :func:`own_share`: it follows from the
+    arguments alone (a batch too small for the model's BatchNorm layers), so the first process reports it."""
+    setattr(error, _OWN_RANK, None)
+    return error
+
+
+def reports_error(error: BaseException) -> bool:
+    """Whether this process prints ``error``, the user error it stops on.
+
+    Under torchrun every rank sets its run up from the same arguments and files, and so stops on the same error:
+    the first process of each machine (``LOCAL_RANK`` 0: each machine's torchrun shows its own processes' output)
+    prints it and the others exit quietly, or the user would read the line once per process. An error raised in a
+    rank's own share of the work (:func:`own_share`) may be its alone, and that rank prints it; one that rank 0
+    alone meets in the work it alone does (:func:`on_main`) reaches the others as :class:`PeerFailed`."""
+    return local_process_rank() == 0 or getattr(error, _OWN_RANK, None) is not None
 
 
 # How long a collective's caller waits for gloo's worker thread to let go of the collective's tensor.

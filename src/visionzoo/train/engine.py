@@ -50,9 +50,11 @@ from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
     close_distributed,
+    every_rank,
     init_distributed,
     mean_over_ranks,
     on_main,
+    own_share,
     rank0_value,
     requested_world_size,
     step_seed,
@@ -695,9 +697,9 @@ class Trainer:
             except ValueError as error:  # torch's words name no option: the user's is the batch size (or image size)
                 if not str(error).startswith(BATCHNORM_ONE_VALUE):
                     raise
-                raise ValueError(f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one "
-                                 f"value per channel ({error}); give --batch-size 2 or more, or a larger --img-size"
-                                 ) from None
+                raise every_rank(ValueError(
+                    f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one value per "
+                    f"channel ({error}); give --batch-size 2 or more, or a larger --img-size")) from None
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; lower --lr or use --precision fp32")
@@ -737,46 +739,48 @@ class Trainer:
         if not stop:  # off the clock
             self._prepare_train_set()
             self.task.prepare(dist_info.device)
-        while not stop:
-            epoch, start_step = self._epoch_position()
-            self._replan_for_time(samples_seen // global_batch, timed_seconds)
-            bar.total = self.total_steps
-            sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
-                                        dist_info.rank, dist_info.world_size)
-            loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
-                                collate_fn=_as_is, num_workers=cfg.num_workers)
-            tick = time.perf_counter()
-            for batch in loader:
-                if isinstance(batch, WorkerError):
-                    batch.raise_it()
-                # Each rank's losses are of its own batch: the log and the bar show them over the global batch.
-                logged = mean_over_ranks(dist_info, self._train_step(move_to(batch, dist_info.device), self.step))
-                if self.ema is not None:
-                    self.ema.update(self.model, self.step)
-                self.step += 1
-                # Seconds since the previous step ended: data loading included, checkpoints and evaluation not.
-                seconds = time.perf_counter() - tick
-                self.train_seconds += seconds
-                samples_seen += global_batch
-                timed_seconds += seconds
-                logged["samples_per_s"] = global_batch / seconds
-                if main and self.step % cfg.log_every == 0:
-                    self._log({"step": self.step, "epoch": epoch, **logged})
-                bar.update(1)
-                bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
-                                img_s=f"{logged['samples_per_s']:.0f}")
-                # the pace drifts (a detector's proposals change as it learns)
-                if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
-                    self._replan_for_time(samples_seen // global_batch, timed_seconds)
-                    bar.total = self.total_steps
-                stop = self.step >= self.total_steps or self._out_of_time()
-                if self.step % cfg.checkpoint_every == 0 or stop:
-                    self._save()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
-                    self.evaluate()
-                if stop:
-                    break
+        # each rank's own batches: an error in them may be its alone (see own_share)
+        with own_share(dist_info):
+            while not stop:
+                epoch, start_step = self._epoch_position()
+                self._replan_for_time(samples_seen // global_batch, timed_seconds)
+                bar.total = self.total_steps
+                sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
+                                            dist_info.rank, dist_info.world_size)
+                loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
+                                    collate_fn=_as_is, num_workers=cfg.num_workers)
                 tick = time.perf_counter()
+                for batch in loader:
+                    if isinstance(batch, WorkerError):
+                        batch.raise_it()
+                    # Each rank's losses are of its own batch: the log and the bar show them over the global batch.
+                    logged = mean_over_ranks(dist_info, self._train_step(move_to(batch, dist_info.device), self.step))
+                    if self.ema is not None:
+                        self.ema.update(self.model, self.step)
+                    self.step += 1
+                    # Seconds since the previous step ended: data loading included, checkpoints and evaluation not.
+                    seconds = time.perf_counter() - tick
+                    self.train_seconds += seconds
+                    samples_seen += global_batch
+                    timed_seconds += seconds
+                    logged["samples_per_s"] = global_batch / seconds
+                    if main and self.step % cfg.log_every == 0:
+                        self._log({"step": self.step, "epoch": epoch, **logged})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
+                                    img_s=f"{logged['samples_per_s']:.0f}")
+                    # the pace drifts (a detector's proposals change as it learns)
+                    if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
+                        self._replan_for_time(samples_seen // global_batch, timed_seconds)
+                        bar.total = self.total_steps
+                    stop = self.step >= self.total_steps or self._out_of_time()
+                    if self.step % cfg.checkpoint_every == 0 or stop:
+                        self._save()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
+                        self.evaluate()
+                    if stop:
+                        break
+                    tick = time.perf_counter()
         bar.close()
         metrics = self.evaluate()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
