@@ -1,5 +1,9 @@
 """The vector quantizer: nearest codes, straight-through gradients, losses, EMA codebook, dead codes, statistics."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -288,3 +292,23 @@ def test_a_quantiser_cast_as_a_whole_runs_in_its_dtype(dtype, code_dim):
             assert torch.equal(indices, reference(z)[1])
         out, _, loss, _ = quantiser.train()(z.to(dtype))  # the EMA update in that dtype too
     assert out.dtype == dtype and torch.isfinite(loss)
+
+
+def test_the_sum_over_processes_needs_nothing_of_the_training_package(tmp_path):
+    """The quantiser's sum over processes imported its collective from visionzoo.train.distributed, a layer that
+    depended on the training package. It comes from visionzoo.distributed, which both use."""
+    script = textwrap.dedent(f"""
+        import sys
+        import torch
+        import torch.distributed as dist
+        from visionzoo.layers.vector_quantizer import _sum_over_processes
+
+        dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+        total = _sum_over_processes(torch.arange(3.0))
+        dist.destroy_process_group()
+        assert total.tolist() == [0.0, 1.0, 2.0], total
+        loaded = sorted(name for name in sys.modules if name.startswith("visionzoo.train"))
+        assert not loaded, loaded
+    """)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-3000:]

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.distributed import collective
 from visionzoo.utils import is_integer
 
 RESTARTS = ("random", "farthest")
@@ -230,8 +231,6 @@ def _distributed() -> bool:
 
 def _sum_over_processes(tensor: Tensor) -> Tensor:
     """``tensor`` summed over the processes (every process calls this, in the same order)."""
-    from visionzoo.train.distributed import collective
-
     return collective(dist.all_reduce, tensor)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+# re-exported: they live in visionzoo.distributed, which the layers use too
+from visionzoo.distributed import RELEASE_WAIT_SECONDS, collective  # noqa: F401
 from visionzoo.utils import resolve_device
 
 
@@ -120,27 +121,6 @@ def reports_error(error: BaseException) -> bool:
     rank's own share of the work (:func:`own_share`) may be its alone, and that rank prints it; one that rank 0
     alone meets in the work it alone does (:func:`on_main`) reaches the others as :class:`PeerFailed`."""
     return local_process_rank() == 0 or getattr(error, _OWN_RANK, None) is not None
-
-
-# How long a collective's caller waits for gloo's worker thread to let go of the collective's tensor.
-RELEASE_WAIT_SECONDS = 10.0
-
-
-def collective(operation: Callable[..., object], tensor: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``operation(tensor, **kwargs)`` (``dist.broadcast``, ``dist.all_reduce``) on a tensor made in Python;
-    returns ``tensor`` once the backend no longer holds it.
-
-    Gloo's worker thread drops a finished collective's tensors after the caller has its result, and dropping a
-    tensor that Python made takes the GIL. A drop still waiting when the interpreter shuts down aborts the process
-    after its work is done ("terminate called without an active exception", SIGABRT: 6 time-budget torchrun runs
-    in 135 on a busy 2-core machine, which torchrun reports as failed). The caller lets the worker thread finish.
-    """
-    operation(tensor, **kwargs)
-    if dist.get_backend() == "gloo":
-        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-        while tensor._use_count() > 1 and time.monotonic() < deadline:
-            time.sleep(1e-4)  # releases the GIL to the worker thread
-    return tensor
 
 
 def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
