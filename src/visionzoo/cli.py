@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except PeerFailed:  # under torchrun: rank 0 failed in work it alone does, and says why in one line
+    except PeerFailed:  # under torchrun: another rank failed where this one waited for it, and says why in one line
         return 2
     except BrokenPipeError:  # an OSError, so before the user errors
         # The reader went away (`visionzoo coco-eval ... | head`): stop quietly, as Unix tools do.

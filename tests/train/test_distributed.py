@@ -16,7 +16,8 @@ RANKS_SCRIPT = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
-    from visionzoo.train.distributed import DistInfo, broadcast_text, collective, mean_over_ranks, rank0_value
+    from visionzoo.train.distributed import (DistInfo, broadcast_text, collective, first_rank_where, mean_over_ranks,
+                                             rank0_value)
 
     def run(rank, out):
         torch.set_num_threads(1)
@@ -34,6 +35,7 @@ RANKS_SCRIPT = textwrap.dedent("""
             "mean": mean_over_ranks(info, {"loss": 1.0 + rank, "acc": 2.0 * rank}),
             "texts": [broadcast_text(info, text if rank == 0 else "ignored")
                       for text in ("PeerFailed: ünïcode ✓", "", None)],
+            "first_rank_where": [first_rank_where(info, flag) for flag in (rank == 1, True, False)],
         }
         dist.destroy_process_group()
         with open(f"{out}_{rank}.json", "w") as handle:
@@ -60,6 +62,7 @@ def test_collectives_agree_and_leave_no_tensor_to_gloos_worker_thread(tmp_path):
         assert result["rank0_value"] == 10.0
         assert result["mean"] == {"loss": 1.5, "acc": 1.0}
         assert result["texts"] == ["PeerFailed: ünïcode ✓", "", None]
+        assert result["first_rank_where"] == [1, 0, None]
 
 
 def test_the_first_process_alone_reports_an_error_every_rank_meets(monkeypatch):

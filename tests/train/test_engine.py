@@ -190,15 +190,32 @@ def test_torchrun_an_error_of_every_rank_is_one_line_once(tmp_path, args, messag
     assert "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def _torchrun_failing_on_one_rank(tmp_path: Path, rank: int, what: str) -> str:
+    """The output of a torchrun run whose ``rank`` fails in its own share (``what``: see failing_rank_script.py)."""
+    process = _torchrun([str(FAILING_RANK_SCRIPT), str(rank), what, "train", "vit_tiny_patch8_32", "--data", "digits",
+                         "--img-size", "32", "--max-steps", "2", "--out", str(tmp_path / "run"), "--no-progress",
+                         "--precision", "fp32"])
+    assert process.returncode != 0
+    return process.stdout + process.stderr
+
+
 def test_torchrun_an_error_of_one_rank_alone_is_printed_by_that_rank(tmp_path):
     """An error in a rank's own batches (a corrupt image in its share) may be that rank's alone: rank 1 prints it,
     while rank 0, which never saw it, has nothing to say of it."""
-    process = _torchrun([str(FAILING_RANK_SCRIPT), "1", "train", "vit_tiny_patch8_32", "--data", "digits",
-                         "--img-size", "32", "--max-steps", "2", "--out", str(tmp_path / "run"), "--no-progress"])
-    assert process.returncode != 0
-    output = process.stdout + process.stderr
+    output = _torchrun_failing_on_one_rank(tmp_path, 1, "batches")
     assert output.count("visionzoo train: error: image ") == 1, output[-3000:]
     assert "in rank 1's share cannot be read" in output, output[-3000:]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
+    """A diverged loss (too high an --lr) stopped every rank whose loss it was, each printing the line; where one
+    rank's alone was NaN, the others failed on the connection it dropped, with gloo's traceback. The ranks now agree
+    on it before backward: the first rank whose loss is not finite reports it, the others stop quietly."""
+    output = _torchrun_failing_on_one_rank(tmp_path, rank, "loss")
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "visionzoo train: error: the model loss is nan at step 0; lower --lr" in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
 def test_two_ranks_partition_the_global_batch_of_one_process():

@@ -82,7 +82,8 @@ def close_distributed(info: DistInfo) -> None:
 
 
 class PeerFailed(RuntimeError):
-    """Raised on the other ranks when rank 0 fails in work it alone does; rank 0 raises (and reports) the error."""
+    """Raised on the other ranks when one fails where they would wait for it (rank 0 in work it alone does, a rank
+    whose loss is not finite); that rank raises (and reports) the error."""
 
 
 T = TypeVar("T")
@@ -160,6 +161,16 @@ def rank0_value(info: DistInfo, value: float) -> float:
         return value
     shared = torch.tensor(float(value), dtype=torch.float64, device=info.device)
     return collective(dist.broadcast, shared, src=0).item()
+
+
+def first_rank_where(info: DistInfo, flag: bool) -> int | None:
+    """The lowest rank whose ``flag`` is true, on every rank (each calls this at the same point), or None where no
+    rank's is; without torchrun, this process's rank where ``flag`` is."""
+    if not info.distributed:
+        return info.rank if flag else None
+    shared = torch.tensor(info.rank if flag else info.world_size, dtype=torch.int64, device=info.device)
+    first = int(collective(dist.all_reduce, shared, op=dist.ReduceOp.MIN))
+    return None if first == info.world_size else first
 
 
 def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:

@@ -49,8 +49,10 @@ from visionzoo.checkpoint import (
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
     EpochBatchSampler,
+    PeerFailed,
     close_distributed,
     every_rank,
+    first_rank_where,
     init_distributed,
     mean_over_ranks,
     on_main,
@@ -701,7 +703,12 @@ class Trainer:
                     f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one value per "
                     f"channel ({error}); give --batch-size 2 or more, or a larger --img-size")) from None
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            # Every rank hears of a diverged loss before backward, where the others would wait for this rank in DDP's
+            # all-reduce: the first rank whose loss it is reports it, the others stop as on a peer's failure.
+            failed = first_rank_where(self.dist, not torch.isfinite(loss))
+            if failed is not None and failed != self.dist.rank:
+                raise PeerFailed(f"rank {failed}'s {name} loss is not finite at step {step}")
+            if failed is not None:
                 raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; lower --lr or use --precision fp32")
             loss.backward()
             if self.config.grad_clip:
