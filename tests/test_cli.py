@@ -420,9 +420,14 @@ def test_model_arguments_unknown_or_set_by_the_data_are_one_line(capsys, tmp_pat
         create_model("resnet18", bogus=1)
 
 
-def test_a_diverged_run_is_one_line(capsys, tmp_path):
-    one_line_error(capsys, [*TRAIN, "--max-steps", "3", "--lr", "1e30", "--grad-clip", "0",
-                            "--out", str(tmp_path / "nan")], "loss is", "lower --lr")
+@pytest.mark.parametrize("precision, advice", [("fp32", "lower --lr\n"), ("bf16", "lower --lr or use --precision fp32\n")])
+def test_a_diverged_run_is_one_line(capsys, tmp_path, precision, advice):
+    """A run already in fp32 was told to "use --precision fp32"."""
+    assert main([*TRAIN, "--max-steps", "3", "--lr", "1e30", "--grad-clip", "0", "--precision", precision,
+                 "--out", str(tmp_path / "nan")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionzoo train: error: the model loss is ") and err.endswith(advice), err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_eval_on_data_with_other_classes_or_channels_is_refused(trained, capsys):

@@ -709,7 +709,8 @@ class Trainer:
             if failed is not None and failed != self.dist.rank:
                 raise PeerFailed(f"rank {failed}'s {name} loss is not finite at step {step}")
             if failed is not None:
-                raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; lower --lr or use --precision fp32")
+                advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
+                raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
             loss.backward()
             if self.config.grad_clip:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
