@@ -379,6 +379,17 @@ def _blobs_fit(run: Path, **settings):
     return fit(ClassificationTask(Blobs.classes), model, Blobs(256, 0), None, config)
 
 
+def test_the_time_budgets_plan_names_the_minutes_given(tmp_path, monkeypatch, caplog):
+    """--minutes 0.02 was logged as "time budget 0.0 min" (one decimal), --minutes 0.05 as "0.1 min"."""
+    from engine_script import StepClock
+
+    monkeypatch.setattr(engine, "time", StepClock(0.01))
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    _blobs_fit(tmp_path / "run", minutes=0.02)
+    plans = [record.getMessage() for record in caplog.records if record.getMessage().startswith("time budget")]
+    assert len(plans) == 1 and plans[0].startswith("time budget 0.02 min at "), plans
+
+
 def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path, monkeypatch):
     """`--resume --minutes N` after a finished time-budget run trained nothing: it kept the first run's planned
     steps (all done) and counted the first run's seconds against the new budget."""

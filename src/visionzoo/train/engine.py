@@ -627,7 +627,7 @@ class Trainer:
             raise ValueError(f"--minutes {cfg.minutes:g} buys more steps than can be counted at {seconds:.3g} s a "
                              "step; give fewer minutes, or --max-steps")
         steps = int(rank0_value(self.dist, max(1, int(planned))))
-        log.info("time budget %.1f min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
+        log.info("time budget %g min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
                  f" after the {self.step} done" if self.step else "")
         return self.step + steps
 
