@@ -810,6 +810,21 @@ def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsy
         package_logger.setLevel(level)
 
 
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_under_torchrun_a_command_other_than_train_is_refused_once(monkeypatch, capsys, local_rank):
+    """`torchrun ... -m visionzoo eval` evaluated the whole split in every process and printed its table once per
+    process; predict's processes wrote the same files into --out at once, and all but the first failed on them.
+    Only train divides its work among torchrun's processes: the others are refused, in one line from the first."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert main(["list-models"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    expected = ("visionzoo list-models: error: list-models does not run under torchrun (only train shares its work "
+                "among the processes); run it in one process\n")
+    assert captured.err == (expected if local_rank == "0" else "")
+
+
 @pytest.mark.parametrize("model_arg, message", [
     ("drop_rate=abc", "ResNet: drop_rate must be a number, got 'abc'"),
     ("small_input=no", "ResNet: small_input must be a bool, got 'no'"),

@@ -44,20 +44,22 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+    distributed: bool = False  # shares its work among torchrun's processes
 
 
 _COMMANDS: dict[str, Command] = {}
 
 
 def register_command(
-    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None, distributed: bool = False
 ) -> Callable[[Callable[[argparse.Namespace], int | None]], Callable[[argparse.Namespace], int | None]]:
-    """Register ``run(args) -> exit code | None`` as ``visionzoo NAME``; ``arguments`` adds its options."""
+    """Register ``run(args) -> exit code | None`` as ``visionzoo NAME``; ``arguments`` adds its options. A command
+    runs under ``torchrun`` only if ``distributed`` (it shares its work among the processes)."""
 
     def decorator(run: Callable[[argparse.Namespace], int | None]):
         if name in _COMMANDS:
             raise ValueError(f"command {name!r} is registered twice")
-        _COMMANDS[name] = Command(name, help, arguments or (lambda parser: None), run)
+        _COMMANDS[name] = Command(name, help, arguments or (lambda parser: None), run, distributed)
         return run
 
     return decorator
@@ -149,12 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sorted(_COMMANDS.values(), key=lambda c: c.name):
         command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(command_parser)
-        command_parser.set_defaults(_run=command.run)
+        command_parser.set_defaults(_run=command.run, _distributed=command.distributed)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from visionzoo.train.distributed import PeerFailed, reports_error
+    from visionzoo.train.distributed import PeerFailed, reports_error, requested_world_size
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -166,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionzoo {args.command}: error: {empty} is an empty string; give a value", file=sys.stderr)
         return 2
     try:
+        if requested_world_size() > 1 and not args._distributed:
+            # each process would do all the work: print every result once per process, write the same files at once
+            raise ValueError(f"{args.command} does not run under torchrun (only train shares its work among the "
+                             "processes); run it in one process")
         return int(args._run(args) or 0)
     except PeerFailed:  # under torchrun: another rank failed where this one waited for it, and says why in one line
         return 2

@@ -161,7 +161,8 @@ def _data_name(data: str) -> str:
     return Path(data).name or "data"
 
 
-@register_command("train", help="train a registered model on built-in data or a COCO folder", arguments=_train_arguments)
+@register_command("train", help="train a registered model on built-in data or a COCO folder", arguments=_train_arguments,
+                  distributed=True)
 def train_command(args: argparse.Namespace) -> int:
     for key, value in args.model_arg:
         if key in DATA_SET_ARGS:
