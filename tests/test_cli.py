@@ -787,12 +787,15 @@ def test_train_size_draws_shapes_scenes_keeps_the_first_of_fixed_data_and_is_kep
 
 def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsys, caplog):
     """Every rank printed the closing summary ("resnet18 on digits: 4 steps ...", "run folder: ...") and logged
-    "resumed ... at step 4" and the time budget's plan, so torchrun's output showed each twice; rank 1 is silent."""
+    "resumed ... at step 4" and the time budget's plan, and warned of the data each read alike (one COCO file serving
+    every split), so torchrun's output showed each twice; rank 1 is silent."""
     from visionzoo.train import commands
     from visionzoo.train.engine import TrainResult
 
     def fake_run_training(model_name, data, config, *args, **kwargs):
         logging.getLogger("visionzoo.train.engine").info("resumed %s at step 4 of 4", config.out)
+        # as each rank reads one COCO file: a warning of the data every rank reads alike, shown twice
+        logging.getLogger("visionzoo.train.run").warning("one.json is one annotation file: ...")
         return None, TrainResult(tmp_path, 4, 1.0, 16.0, {})
 
     monkeypatch.setattr(commands, "run_training", fake_run_training)
@@ -805,6 +808,7 @@ def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsy
             assert main([*TRAIN, "--max-steps", "4", "--out", str(tmp_path / "run")]) == 0
             assert len(capsys.readouterr().out.splitlines()) == expected_lines, rank
             assert len([r for r in caplog.records if r.getMessage().startswith("resumed")]) == (expected_lines > 0)
+            assert len([r for r in caplog.records if r.getMessage().startswith("one.json")]) == (expected_lines > 0)
             caplog.clear()
     finally:
         package_logger.setLevel(level)

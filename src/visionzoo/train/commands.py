@@ -181,8 +181,8 @@ def train_command(args: argparse.Namespace) -> int:
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
     reports = process_rank() == 0  # under torchrun, rank 0 reports the run: the others' lines would repeat it
-    if not reports:
-        logging.getLogger("visionzoo").setLevel(logging.WARNING)
+    if not reports:  # their warnings too: of the data every rank reads alike, or echoes of rank 0's (its caches)
+        logging.getLogger("visionzoo").setLevel(logging.ERROR)
     try:
         _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
                                  _task_options(args, trained), train_images=args.train_size)
