@@ -173,6 +173,18 @@ def first_rank_where(info: DistInfo, flag: bool) -> int | None:
     return None if first == info.world_size else first
 
 
+def raise_first_failure(info: DistInfo, failure: Exception | None) -> None:
+    """Once every rank has called this at the same point with its error there (None where it has none): raise
+    ``failure`` on the lowest rank that has one, which reports it, and :class:`PeerFailed` on the others, which
+    would otherwise wait for it in their next collective and then fail on the connection it dropped; return where
+    no rank failed. Without torchrun, raise ``failure`` where there is one."""
+    failed = first_rank_where(info, failure is not None)
+    if failed is not None and failed != info.rank:
+        raise PeerFailed(f"rank {failed} failed")
+    if failure is not None:
+        raise failure
+
+
 def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
     """``values`` (a step's losses, each of this rank's batch) averaged over the ranks, as one process with the
     global batch logs them; every rank gives the same names in the same order. ``values`` itself without torchrun."""

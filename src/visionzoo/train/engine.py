@@ -27,7 +27,7 @@ import shutil
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,15 +48,15 @@ from visionzoo.checkpoint import (
 )
 from visionzoo.models._registry import load_state_dict_strict
 from visionzoo.train.distributed import (
+    DistInfo,
     EpochBatchSampler,
-    PeerFailed,
     close_distributed,
     every_rank,
-    first_rank_where,
     init_distributed,
     mean_over_ranks,
     on_main,
     own_share,
+    raise_first_failure,
     rank0_value,
     requested_world_size,
     step_seed,
@@ -306,6 +306,25 @@ class WorkerError:
     def raise_it(self) -> None:
         self.error.add_note(f"raised in a data loader worker:\n{self.traceback}")
         raise self.error
+
+
+def agreed_batches(info: DistInfo, loader: Iterable[Any]) -> Iterator[Any]:
+    """``loader``'s batches (a :class:`WorkerError` raised), each once every rank has loaded its own: a rank that
+    cannot load its batch (an unreadable image in its share) reports its error, and the others stop instead of
+    waiting for it in the step's all-reduce (see :func:`raise_first_failure`). Every rank's loader has as many."""
+    batches = iter(loader)
+    while True:
+        batch, failure = None, None
+        try:
+            batch = next(batches)
+            if isinstance(batch, WorkerError):
+                batch.raise_it()
+        except StopIteration:
+            return
+        except Exception as error:
+            failure = error
+        raise_first_failure(info, failure)
+        yield batch
 
 
 def _as_is(batch: Any) -> Any:
@@ -703,14 +722,12 @@ class Trainer:
                     f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one value per "
                     f"channel ({error}); give --batch-size 2 or more, or a larger --img-size")) from None
             loss = losses["loss"]
-            # Every rank hears of a diverged loss before backward, where the others would wait for this rank in DDP's
-            # all-reduce: the first rank whose loss it is reports it, the others stop as on a peer's failure.
-            failed = first_rank_where(self.dist, not torch.isfinite(loss))
-            if failed is not None and failed != self.dist.rank:
-                raise PeerFailed(f"rank {failed}'s {name} loss is not finite at step {step}")
-            if failed is not None:
+            diverged = None
+            if not torch.isfinite(loss):
                 advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
-                raise FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
+                diverged = FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
+            # before backward, where the other ranks would wait in DDP's all-reduce for a rank that stopped
+            raise_first_failure(self.dist, diverged)
             loss.backward()
             if self.config.grad_clip:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -758,9 +775,7 @@ class Trainer:
                 loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
                                     collate_fn=_as_is, num_workers=cfg.num_workers)
                 tick = time.perf_counter()
-                for batch in loader:
-                    if isinstance(batch, WorkerError):
-                        batch.raise_it()
+                for batch in agreed_batches(dist_info, loader):
                     # Each rank's losses are of its own batch: the log and the bar show them over the global batch.
                     logged = mean_over_ranks(dist_info, self._train_step(move_to(batch, dist_info.device), self.step))
                     if self.ema is not None:
