@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -812,6 +813,23 @@ def test_under_torchrun_only_rank_0_reports_the_run(tmp_path, monkeypatch, capsy
             caplog.clear()
     finally:
         package_logger.setLevel(level)
+
+
+def test_a_resumed_runs_closing_line_gives_the_throughput_of_its_session_as_such(tmp_path, capsys):
+    """A resumed run closed with "4 steps in 3.1 s (41.5 samples/s)": the steps and seconds of the whole run beside
+    the throughput of this session's steps alone, which disagreed (4 steps of 32 in 3.1 s are 41 samples/s only by
+    chance); one resumed at its end read "(0.0 samples/s)". The session's share is named."""
+    run = ["--out", str(tmp_path / "run")]
+    assert main([*TRAIN, "--max-steps", "2", *run]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(r"resnet18 on digits: 2 steps in \d+\.\d s \(\d+\.\d samples/s\)", first), first
+    assert main([*TRAIN, "--max-steps", "4", "--resume", *run]) == 0
+    resumed = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(r"resnet18 on digits: 4 steps in \d+\.\d s, 2 of them in this session "
+                        r"\(\d+\.\d samples/s\)", resumed), resumed
+    assert main([*TRAIN, "--resume", *run]) == 0
+    finished = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(r"resnet18 on digits: 4 steps in \d+\.\d s, none of them in this session", finished), finished
 
 
 @pytest.mark.parametrize("local_rank", ["0", "1"])

@@ -195,8 +195,11 @@ def train_command(args: argparse.Namespace) -> int:
         return 130
     if not reports:  # only rank 0 evaluates: it alone has the summary
         return 0
-    print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s "
-          f"({result.samples_per_second:.1f} samples/s)")
+    share = f" ({result.samples_per_second:.1f} samples/s)"
+    if result.start_step:  # resumed: the steps and seconds are the whole run's, the throughput this session's
+        session = result.steps - result.start_step
+        share = f", {session} of them in this session{share}" if session else ", none of them in this session"
+    print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s{share}")
     for name, value in result.metrics.items():
         print(f"  val {name:<12} {value:.4f}")
     print(f"run folder: {result.out}")

@@ -139,8 +139,9 @@ class TrainResult:
     out: Path
     steps: int
     train_seconds: float
-    samples_per_second: float
+    samples_per_second: float  # of this session's steps: from ``start_step`` on
     metrics: dict[str, float] = field(default_factory=dict)
+    start_step: int = 0  # where this session began: a resumed run's checkpoint step, else 0
 
 
 # The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one). The
@@ -759,7 +760,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
                    unit="step", dynamic_ncols=True, leave=False)
         global_batch = cfg.batch_size * dist_info.world_size
-        samples_seen, timed_seconds = 0, 0.0
+        start_step, samples_seen, timed_seconds = self.step, 0, 0.0
         stop = self.step >= self.total_steps or self._out_of_time()
         if not stop:  # off the clock
             self._prepare_train_set()
@@ -807,7 +808,7 @@ class Trainer:
         bar.close()
         metrics = self.evaluate()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
-        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics)
+        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, start_step)
         on_main(self.dist, lambda: self._finish(result))  # the other ranks wait, then all leave the group together
         close_distributed(self.dist)
         return result
