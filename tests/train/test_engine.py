@@ -220,6 +220,23 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def test_torchrun_a_resumed_runs_unreadable_log_is_one_line_from_rank_0(tmp_path):
+    """Rank 0 alone rewrites a resumed run's log, outside the work the others wait for: when it could not (its
+    metrics.jsonl a folder), rank 1 went on and failed on the connection rank 0 dropped, with gloo's traceback."""
+    from visionzoo.cli import main
+
+    common = ["train", "vit_tiny_patch8_32", "--data", "digits", "--img-size", "32", "--no-progress",
+              "--precision", "fp32", "--out", str(tmp_path / "run")]
+    assert main([*common, "--max-steps", "1", "--batch-size", "8"]) == 0
+    (tmp_path / "run" / "metrics.jsonl").unlink()
+    (tmp_path / "run" / "metrics.jsonl").mkdir()
+    process = _torchrun(["-m", "visionzoo", *common, "--max-steps", "2", "--resume"])
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "Is a directory" in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
 def test_two_ranks_partition_the_global_batch_of_one_process():
     one = list(EpochBatchSampler(100, 8, seed=3, epoch=2))
     ranks = [list(EpochBatchSampler(100, 4, seed=3, epoch=2, rank=r, world_size=2)) for r in range(2)]

@@ -752,8 +752,8 @@ class Trainer:
     def _fit(self) -> TrainResult:
         cfg, dist_info = self.config, self.dist
         main = dist_info.is_main
+        on_main(self.dist, self._truncate_log)  # the others wait: they would go on past a rank 0 that failed
         if main:
-            self._truncate_log()
             log.info("training %s for %d steps (%d per epoch), batch %d x %d process(es), %s on %s",
                      model_record(self.model)["name"], self.total_steps, self.steps_per_epoch,
                      cfg.batch_size, dist_info.world_size, cfg.precision, dist_info.device)
