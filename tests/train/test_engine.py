@@ -220,6 +220,14 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def test_torchrun_a_log_rank_0_cannot_write_is_one_line_from_it(tmp_path):
+    """Rank 0 alone appends each step to metrics.jsonl: on a full disk it printed its one line and stopped, while
+    rank 1, waiting for it in the next step, died on the connection it dropped, with gloo's traceback."""
+    output = _torchrun_failing_on_one_rank(tmp_path, 0, "log")
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "No space left on device" in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
 def test_torchrun_a_resumed_runs_unreadable_log_is_one_line_from_rank_0(tmp_path):
     """Rank 0 alone rewrites a resumed run's log, outside the work the others wait for: when it could not (its
     metrics.jsonl a folder), rank 1 went on and failed on the connection rank 0 dropped, with gloo's traceback."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -788,8 +789,8 @@ class Trainer:
                     samples_seen += global_batch
                     timed_seconds += seconds
                     logged["samples_per_s"] = global_batch / seconds
-                    if main and self.step % cfg.log_every == 0:
-                        self._log({"step": self.step, "epoch": epoch, **logged})
+                    if self.step % cfg.log_every == 0:  # rank 0 writes; the others hear if it could not (a full disk)
+                        on_main(dist_info, functools.partial(self._log, {"step": self.step, "epoch": epoch, **logged}))
                     bar.update(1)
                     bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
                                     img_s=f"{logged['samples_per_s']:.0f}")
