@@ -70,6 +70,7 @@ def test_the_first_process_alone_reports_an_error_every_rank_meets(monkeypatch):
     read it once per process. The first process of a machine reports those; an error in a rank's own batches, which
     may be its alone, that rank reports too, unless it follows from the arguments alone."""
     rank1 = DistInfo(1, 2, 1, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not reports_error(ValueError("dataset path not found: data/"))
     with pytest.raises(ValueError) as own, own_share(rank1):
@@ -81,4 +82,7 @@ def test_the_first_process_alone_reports_an_error_every_rank_meets(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert reports_error(common.value) and reports_error(ValueError("dataset path not found: data/"))
     monkeypatch.delenv("LOCAL_RANK")  # no torchrun
+    assert reports_error(ValueError("dataset path not found: data/"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a launcher's variable left in the environment of one process
+    monkeypatch.delenv("WORLD_SIZE")
     assert reports_error(ValueError("dataset path not found: data/"))

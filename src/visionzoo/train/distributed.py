@@ -121,7 +121,8 @@ def reports_error(error: BaseException) -> bool:
     prints it and the others exit quietly, or the user would read the line once per process. An error raised in a
     rank's own share of the work (:func:`own_share`) may be its alone, and that rank prints it; one that rank 0
     alone meets in the work it alone does (:func:`on_main`) reaches the others as :class:`PeerFailed`."""
-    return local_process_rank() == 0 or getattr(error, _OWN_RANK, None) is not None
+    return (requested_world_size() == 1 or local_process_rank() == 0
+            or getattr(error, _OWN_RANK, None) is not None)
 
 
 def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
