@@ -83,7 +83,8 @@ def close_distributed(info: DistInfo) -> None:
 
 class PeerFailed(RuntimeError):
     """Raised on the other ranks when one fails where they would wait for it (rank 0 in work it alone does, a rank
-    whose loss is not finite); that rank raises (and reports) the error."""
+    that cannot load its batch or whose loss is not finite: :func:`raise_first_failure`); that rank raises (and
+    reports) the error."""
 
 
 T = TypeVar("T")
