@@ -417,6 +417,21 @@ def test_the_time_budgets_plan_names_the_minutes_given(tmp_path, monkeypatch, ca
     assert len(plans) == 1 and plans[0].startswith("time budget 0.02 min at "), plans
 
 
+def test_a_refused_resume_does_not_first_say_it_resumed(tmp_path, caplog):
+    """`--resume --max-steps 2` of a run at step 4 logged "resumed ... at step 4 of 4" and then refused the budget,
+    so the user read that the run was resumed above the error saying it was not. The refusal is all they read."""
+    _blobs_fit(tmp_path / "run", max_steps=4)
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    with pytest.raises(ValueError, match="has trained 4 steps already and --max-steps 2 counts from the run's start"):
+        _blobs_fit(tmp_path / "run", max_steps=2, resume=True)
+    with pytest.raises(ValueError, match="--warmup-steps 9 is more than the run's 6 steps"):
+        _blobs_fit(tmp_path / "run", max_steps=6, warmup_steps=9, resume=True)
+    assert not [record.getMessage() for record in caplog.records], caplog.records
+    _blobs_fit(tmp_path / "run", max_steps=6, resume=True)
+    assert [record.getMessage() for record in caplog.records if "resumed" in record.getMessage()] == [
+        f"resumed {tmp_path / 'run' / 'checkpoint.safetensors'} at step 4 of 4"]
+
+
 def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path, monkeypatch):
     """`--resume --minutes N` after a finished time-budget run trained nothing: it kept the first run's planned
     steps (all done) and counted the first run's seconds against the new budget."""

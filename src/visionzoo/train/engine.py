@@ -590,16 +590,13 @@ class Trainer:
         self.resumed_warmup_steps: int | None = None
         if cfg.resume:
             self._load()
+            self._check_resumed_budget(config)  # before the run says it resumed: a refusal is all the user reads
+            log.info("resumed %s at step %d of %d", self.out / CHECKPOINT_NAME, self.step, self.total_steps)
         # --minutes is this session's time: on resume it counts from here, not from the run's start.
         self.session_start_seconds = self.train_seconds
         # The schedule's length follows this session's budget: the steps (or epochs) counted from the run's start,
         # or the steps done plus those that --minutes buys.
         self.total_steps = self._plan_total_steps()
-        if cfg.resume and self.total_steps < self.step and (config.max_steps is not None or config.epochs is not None):
-            # The budget counts from the run's start: one below the steps done would train nothing, silently.
-            budget = min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
-            raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
-                             f"from the run's start; give more than {self.step} steps to continue it")
         if cfg.warmup_steps is not None:  # a time budget's plan too: re-plans would only shorten it after the fact
             fixed = self._fixed_budget_steps()
             check_warmup(cfg.warmup_steps, self.total_steps, cfg.minutes if fixed is None else None)
@@ -613,6 +610,19 @@ class Trainer:
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None,
                 find_unused_parameters=task.find_unused_parameters,
             )
+
+    def _check_resumed_budget(self, config: TrainConfig) -> None:
+        """Refuse a resumed run's ``--max-steps`` or ``--epochs`` given again (``config``) below the steps done: the
+        budget counts from the run's start, and such a run would train nothing, silently; and a ``--warmup-steps``
+        longer than that budget."""
+        fixed = self._fixed_budget_steps()
+        if fixed is None:  # a time budget: its warmup is checked against its plan
+            return
+        if fixed < self.step and (config.max_steps is not None or config.epochs is not None):
+            budget = min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
+            raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
+                             f"from the run's start; give more than {self.step} steps to continue it")
+        check_warmup(self.config.warmup_steps, fixed)
 
     # ----------------------------------------------------------------------------------- budget
     def _fixed_budgets(self) -> dict[str, int]:
@@ -911,7 +921,6 @@ class Trainer:
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
         self.train_seconds = meta["train_seconds"]
-        log.info("resumed %s at step %d of %d", path, self.step, self.total_steps)
 
     def _check_resumed_seed(self, path: Path, trained: int | None) -> None:
         """Refuse another seed than the run's in the middle of an epoch: the epoch's order is a shuffle by the seed,
