@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from visionzoo.checkpoint import read_checkpoint
+from visionzoo.checkpoint import CheckpointError, read_checkpoint
 from visionzoo.train import engine
 from visionzoo.train.distributed import EpochBatchSampler
 from visionzoo.train.engine import (
@@ -430,6 +430,21 @@ def test_a_refused_resume_does_not_first_say_it_resumed(tmp_path, caplog):
     _blobs_fit(tmp_path / "run", max_steps=6, resume=True)
     assert [record.getMessage() for record in caplog.records if "resumed" in record.getMessage()] == [
         f"resumed {tmp_path / 'run' / 'checkpoint.safetensors'} at step 4 of 4"]
+
+
+def test_a_resume_refused_for_its_optimizer_settings_says_nothing_of_its_ema_first(tmp_path, caplog):
+    """`--resume --ema-decay 0.9 --lr 0.5` of a run trained without an EMA logged "the average (--ema-decay 0.9)
+    starts from the weights of step 4" and then refused the --lr (or a --max-steps below the steps done): the
+    refusal is all the user reads now."""
+    _blobs_fit(tmp_path / "run", max_steps=4, ema_decay=0.0)
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    with pytest.raises(CheckpointError, match="was trained with --lr 0.002, this run asks for 0.5"):
+        _blobs_fit(tmp_path / "run", max_steps=6, ema_decay=0.9, lr=0.5, resume=True)
+    with pytest.raises(ValueError, match="has trained 4 steps already and --max-steps 2"):
+        _blobs_fit(tmp_path / "run", max_steps=2, ema_decay=0.9, resume=True)
+    assert not [record.getMessage() for record in caplog.records]
+    _blobs_fit(tmp_path / "run", max_steps=6, ema_decay=0.9, resume=True)
+    assert any("starts from the weights of step 4" in record.getMessage() for record in caplog.records)
 
 
 def test_resume_with_minutes_trains_that_many_more_minutes(tmp_path, monkeypatch):

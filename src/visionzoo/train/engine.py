@@ -589,9 +589,7 @@ class Trainer:
         self.warmup_steps = 1  # for the timing steps of a time budget
         self.resumed_warmup_steps: int | None = None
         if cfg.resume:
-            self._load()
-            self._check_resumed_budget(config)  # before the run says it resumed: a refusal is all the user reads
-            log.info("resumed %s at step %d of %d", self.out / CHECKPOINT_NAME, self.step, self.total_steps)
+            self._load(config)
         # --minutes is this session's time: on resume it counts from here, not from the run's start.
         self.session_start_seconds = self.train_seconds
         # The schedule's length follows this session's budget: the steps (or epochs) counted from the run's start,
@@ -880,7 +878,9 @@ class Trainer:
         }
         save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
 
-    def _load(self) -> None:
+    def _load(self, given: TrainConfig) -> None:
+        """The run's state from its checkpoint, checked against this run's settings (``given``: as the user gave
+        them); what it tells the user comes once no check has refused the run, so that a refusal is all they read."""
         path = self.out / CHECKPOINT_NAME
         tensors, meta = read_checkpoint(path)
         check_training_record(meta, path)
@@ -904,9 +904,6 @@ class Trainer:
                                   "or give a decay in (0, 1) to continue it")
         load_state_dict_strict(self.model, model_state(tensors, meta), str(path))
         if self.ema is not None:
-            if not has_ema:
-                log.info("--resume: %s was trained without an EMA: the average (--ema-decay %g) starts from the weights "
-                         "of step %d", path, self.config.ema_decay, meta["step"])
             load_state_dict_strict(self.ema.module, model_state(tensors, meta, ema=True), str(path))
         for name, optimizer in self.optimizers.items():
             if name not in meta["optimizers"]:
@@ -916,11 +913,16 @@ class Trainer:
         self.task.load_run_state(meta.get("task_state") or {})
         self.step = meta["step"]
         self.step_offset = self.step - resumed_epoch_step(meta, self.steps_per_epoch)
+        self._check_resumed_budget(given)
         self._check_resumed_seed(path, meta.get("config", {}).get("seed"))
         self.total_steps = meta["total_steps"]
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
         self.train_seconds = meta["train_seconds"]
+        if self.ema is not None and not has_ema:
+            log.info("--resume: %s was trained without an EMA: the average (--ema-decay %g) starts from the weights "
+                     "of step %d", path, self.config.ema_decay, meta["step"])
+        log.info("resumed %s at step %d of %d", path, self.step, self.total_steps)
 
     def _check_resumed_seed(self, path: Path, trained: int | None) -> None:
         """Refuse another seed than the run's in the middle of an epoch: the epoch's order is a shuffle by the seed,
