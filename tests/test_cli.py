@@ -832,6 +832,17 @@ def test_a_resumed_runs_closing_line_gives_the_throughput_of_its_session_as_such
     assert re.fullmatch(r"resnet18 on digits: 4 steps in \d+\.\d s, none of them in this session", finished), finished
 
 
+def test_a_run_resumed_in_a_later_epoch_counts_its_sessions_steps_from_the_resume(tmp_path, capsys):
+    """The session's start was read from the epoch's batch position, which is 0 when a resumed run starts an epoch:
+    a run resumed at step 2 of 2-step epochs counted all 4 steps as this session's."""
+    run = [*TRAIN, "--train-size", "64", "--out", str(tmp_path / "run")]
+    assert main([*run, "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--max-steps", "4", "--resume"]) == 0
+    resumed = capsys.readouterr().out.splitlines()[0]
+    assert ", 2 of them in this session" in resumed, resumed
+
+
 @pytest.mark.parametrize("local_rank", ["0", "1"])
 def test_under_torchrun_a_command_other_than_train_is_refused_once(monkeypatch, capsys, local_rank):
     """`torchrun ... -m visionzoo eval` evaluated the whole split in every process and printed its table once per

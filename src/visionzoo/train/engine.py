@@ -769,7 +769,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
                    unit="step", dynamic_ncols=True, leave=False)
         global_batch = cfg.batch_size * dist_info.world_size
-        start_step, samples_seen, timed_seconds = self.step, 0, 0.0
+        session_start, samples_seen, timed_seconds = self.step, 0, 0.0
         stop = self.step >= self.total_steps or self._out_of_time()
         if not stop:  # off the clock
             self._prepare_train_set()
@@ -817,7 +817,7 @@ class Trainer:
         bar.close()
         metrics = self.evaluate()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
-        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, start_step)
+        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, session_start)
         on_main(self.dist, lambda: self._finish(result))  # the other ranks wait, then all leave the group together
         close_distributed(self.dist)
         return result
