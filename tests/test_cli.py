@@ -83,12 +83,7 @@ def test_eval_at_another_size_than_trained_says_so_beside_its_numbers(trained, c
 
 def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys):
     digits = Digits("test", image_size=16)
-    paths = []
-    for index in range(3):
-        image, _ = digits[index]
-        path = tmp_path / f"digit{index}.png"
-        Image.fromarray((image[0] * 255).round().byte().numpy(), "L").save(path)
-        paths.append(str(path))
+    paths = digit_files(tmp_path, [f"digit{index}" for index in range(3)])
     out = tmp_path / "pred"
     assert main(["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
                  "--out", str(out)]) == 0
@@ -113,16 +108,12 @@ def test_predict_draws_pngs_with_the_models_top_class(trained, tmp_path, capsys)
 def test_predict_into_a_folder_of_the_users_files_names_every_file_overwrite_would_replace(trained, tmp_path, capsys):
     """predict into a folder holding the user's own a.png and b.png said "OUT/a.png exists; use --overwrite to replace
     it": --overwrite then replaced b.png too, which it never named. The refusal now counts and names them all."""
-    digits = Digits("test", image_size=16)
     out, images = tmp_path / "mine", tmp_path / "photos"
     out.mkdir()
     images.mkdir()
     for name in ("a", "b"):
         (out / f"{name}.png").write_bytes(b"the user's own picture")
-    paths = []
-    for index, name in enumerate("abc"):
-        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(images / f"{name}.jpg")
-        paths.append(str(images / f"{name}.jpg"))
+    paths = digit_files(images, "abc", ".jpg")
     capsys.readouterr()
     one_line_error(capsys, ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors"),
                             "--out", str(out)], f"{out / 'a.png'} exists, and 1 more file predict writes (b.png); "
@@ -136,12 +127,7 @@ def test_predict_runs_a_classifier_batch_size_images_at_a_time(trained, tmp_path
     --batch-size images at a time (default 64), with the same predictions; --batch-size 0 is one line."""
     from visionzoo.train.classification import ClassificationTask
 
-    digits = Digits("test", image_size=16)
-    paths = []
-    for index in range(5):
-        path = tmp_path / f"d{index}.png"
-        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(path)
-        paths.append(str(path))
+    paths = digit_files(tmp_path, [f"d{index}" for index in range(5)])
     sizes = []
     original = ClassificationTask.predict
 
@@ -202,12 +188,7 @@ def test_predict_on_the_cpu_by_device_writes_todays_files_and_cuda_without_a_gpu
     the predictions and pictures predict wrote without it; --device cuda where no GPU is says so in one line and
     writes nothing."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the default is then the CPU, as before
-    digits = Digits("test", image_size=16)
-    paths = []
-    for index in range(3):
-        path = tmp_path / f"d{index}.png"
-        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(path)
-        paths.append(str(path))
+    paths = digit_files(tmp_path, [f"d{index}" for index in range(3)])
     argv = ["predict", "resnet18", *paths, "--checkpoint", str(trained / "checkpoint.safetensors")]
     assert main([*argv, "--out", str(tmp_path / "before")]) == 0
     assert main([*argv, "--out", str(tmp_path / "cpu"), "--device", "cpu", "--precision", "fp32"]) == 0
@@ -229,6 +210,17 @@ def test_eval_on_a_folder_without_coco_annotations_names_every_split_looked_for(
                                   "--data", str(tmp_path)], f"{tmp_path} has no COCO annotations for any split",
                          "instances_{train,val,test}.json")
     assert "split 'train'" not in err
+
+def digit_files(folder, names, suffix=".png"):
+    """Digits' first test images saved as ``folder/NAME+suffix`` (grayscale, 16 px), one per name: their paths."""
+    digits = Digits("test", image_size=16)
+    paths = []
+    for index, name in enumerate(names):
+        path = folder / f"{name}{suffix}"
+        Image.fromarray((digits[index][0][0] * 255).round().byte().numpy(), "L").save(path)
+        paths.append(str(path))
+    return paths
+
 
 def _normalised(model, images):
     from visionzoo.train.classification import normalization
