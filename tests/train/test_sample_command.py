@@ -263,7 +263,10 @@ def _live_tensor_bytes() -> int:
     for obj in gc.get_objects():
         if issubclass(type(obj), torch.Tensor):
             storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            try:
+                storages[storage.data_ptr()] = storage.nbytes()
+            except RuntimeError:  # a fake tensor of a graph that torch.export traced in an earlier test: no memory
+                continue
     return sum(storages.values())
 
 
