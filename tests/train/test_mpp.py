@@ -187,3 +187,23 @@ def test_pretraining_on_a_coco_folder_needs_no_class_labels(tmp_path, capsys):
     checkpoint = out / "checkpoint.safetensors"
     assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "coco"),
                  "--split", "val"]) == 0, capsys.readouterr().err
+
+
+def test_pretraining_on_a_coco_folder_reads_no_boxes_so_refuses_none(tmp_path, capsys):
+    """A COCO folder with one box of no area inside its image stopped `train vit --objective mpp` with advice to pass
+    --skip-invalid-boxes, which the same command then refused as an option for detectors: a dead end, though masked
+    patch prediction reads the images only, never a box."""
+    import json
+
+    from visionzoo.data.export import export_shapes
+
+    folder = tmp_path / "coco"
+    export_shapes(folder, splits=["train", "val"], num=4, image_size=32, progress=False)
+    ann_file = folder / "annotations" / "instances_train.json"
+    annotations = json.loads(ann_file.read_text())
+    annotations["annotations"][0]["bbox"][2] = 0
+    ann_file.write_text(json.dumps(annotations))
+    out = tmp_path / "run"
+    assert main(["train", "vit_tiny_patch8_32", "--data", str(folder), *SMALL[2:], "--batch-size", "4",
+                 "--objective", "mpp", "--max-steps", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "checkpoint.safetensors").is_file()

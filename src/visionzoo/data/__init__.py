@@ -15,9 +15,10 @@ from visionzoo.data.factory import (
            builtin_name,
            collate_detection,
            create_dataset,
+           images_only,
            open_splits,
 )
 from visionzoo.data.shapes import Shapes
 
 __all__ = ["DATASETS", "CocoDetection", "Digits", "Shapes", "Splits", "builtin_name", "collate_detection", "create_dataset",
-           "open_splits"]
+           "images_only", "open_splits"]

@@ -130,6 +130,13 @@ class Splits(dict):
         return next(iter(self.values()))
 
 
+def images_only(data: str | Path) -> dict[str, Any]:
+    """Keyword arguments for :func:`open_splits` / :func:`create_dataset` of a task that reads the images alone
+    (masked patch prediction, tokenizers, priors): a COCO path's masks are not decoded and a box with no area inside
+    its image is dropped rather than refused, since no box is read; built-in data take none."""
+    return {} if builtin_name(str(data)) is not None else {"load_masks": False, "skip_invalid": True}
+
+
 def open_splits(data: str | Path, names: tuple[str, ...] = SPLITS, image_size: int | None = None,
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in

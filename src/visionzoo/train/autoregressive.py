@@ -271,14 +271,14 @@ class AutoregressiveTask(Task):
         """Build the model and the splits. Image GPT: ``img_size`` defaults to its registered 16 and the palette
         is fitted on the training split. The code prior: ``--tokenizer`` gives the tokenizer's architecture,
         weights and image size. With a ``checkpoint`` both come from it instead."""
-        from visionzoo.data import Splits, open_splits
+        from visionzoo.data import Splits, images_only, open_splits
         from visionzoo.models import create_model, get_model_entry
         from visionzoo.models._registry import load_checkpoint
 
         names = splits  # "splits" is rebound below to the splits opened
 
         def splits_at(size: int | None) -> Splits:
-            return open_splits(data, names, image_size=size)
+            return open_splits(data, names, image_size=size, **images_only(data))
 
         options = dict(options or {})
         model_args = dict(model_args)

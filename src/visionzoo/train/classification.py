@@ -224,13 +224,13 @@ class ClassificationTask(Task):
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:
-        from visionzoo.data import open_splits
+        from visionzoo.data import images_only, open_splits
 
         options = dict(options or {})
         objective = options.get("objective") or "classify"
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-        splits = open_splits(data, splits, image_size=img_size)
+        splits = open_splits(data, splits, image_size=img_size, **images_only(data))
         image, target = splits.first()[0]
         if objective == "classify" and isinstance(target, Mapping) and "label" not in target:
             raise ValueError(f"{data} has no image-level class labels (a detection data set: boxes, not one class per "

@@ -98,13 +98,13 @@ class ReconstructionTask(Task):
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:
-        from visionzoo.data import open_splits
+        from visionzoo.data import images_only, open_splits
         from visionzoo.models import create_model, get_model_entry
 
         # The registered size sets the code grid the model was designed for (vqgan_f8: 8×8 at 64 px), so it is
         # the default rather than the data set's own (Shapes: 128 px, a 16×16 grid at four times the cost).
         img_size = img_size or get_model_entry(model_name).default_cfg["input_size"][-1]
-        splits = open_splits(data, splits, image_size=img_size)
+        splits = open_splits(data, splits, image_size=img_size, **images_only(data))
         image, _ = splits.first()[0]
         check_trained_images(model_name, checkpoint, data, in_chans=int(image.shape[0]))
         model_args = dict(model_args)
