@@ -330,3 +330,28 @@ def test_resuming_a_code_prior_with_another_tokenizer_is_refused_not_ignored(tmp
         run_training("vqgan_transformer", "digits", resumed, None, TINY, options={"tokenizer": str(files[1])})
     run_training("vqgan_transformer", "digits", resumed, None, TINY, options={"tokenizer": str(files[0])})
     assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 2
+
+
+def test_a_code_prior_resumes_after_its_tokenizer_file_is_gone(tmp_path):
+    """`train vqgan_transformer --resume` stopped with "checkpoint TOKENIZER does not exist" once the tokenizer's run
+    folder was moved or removed, though the prior's checkpoint holds the tokenizer's weights and goes on with them
+    (as eval and sample already did without the file)."""
+    import dataclasses
+
+    from visionzoo.checkpoint import save_checkpoint
+
+    args = {"in_chans": 1, "channels": 16, "res_channels": 8, "embed_dim": 8, "num_codes": 32}
+    torch.manual_seed(0)
+    tokenizer = create_model("vqvae_small", **args)
+    tokenizer_file = tmp_path / "tokenizer.safetensors"
+    save_checkpoint(tokenizer_file, {f"model.{k}": v for k, v in tokenizer.state_dict().items()},
+                    {"model": {"name": "vqvae_small", "args": args}, "run": {"img_size": 16}})
+    cfg = config(tmp_path / "prior", 1)
+    run_training("vqgan_transformer", "digits", cfg, None, TINY, options={"tokenizer": str(tokenizer_file)})
+    before = read_checkpoint(tmp_path / "prior" / "checkpoint.safetensors")[0]
+    tokenizer_file.unlink()
+    resumed = dataclasses.replace(cfg, max_steps=2, resume=True, overwrite=False)
+    setup, _ = run_training("vqgan_transformer", "digits", resumed, None, TINY)
+    assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 2
+    for name, value in setup.model.tokenizer.state_dict().items():  # frozen: the run's own tokenizer weights
+        torch.testing.assert_close(value, before[f"model.tokenizer.{name}"])

@@ -296,8 +296,11 @@ class AutoregressiveTask(Task):
             if model.gpt.num_classes:
                 _check_labelled(splits.first(), data, model_name)
         else:
-            if code_prior:
-                tokenizer, tokenizer_size = _tokenizer_record(options.get("tokenizer"), model_name)
+            # A resumed prior brings its tokenizer's record in model_args and no file: its checkpoint holds the
+            # tokenizer's weights, which the engine loads, so the file it was trained with may be gone.
+            tokenizer_file = options.get("tokenizer") if code_prior else None
+            if code_prior and (tokenizer_file is not None or not isinstance(model_args.get("tokenizer"), Mapping)):
+                tokenizer, tokenizer_size = _tokenizer_record(tokenizer_file, model_name)
                 model_args.setdefault("tokenizer", tokenizer)
                 img_size = img_size or tokenizer_size
             else:
@@ -318,10 +321,11 @@ class AutoregressiveTask(Task):
                 model_args.setdefault("num_classes", len(splits["train"].classes))
             model = create_model(model_name, **model_args)
             if code_prior:
-                load_checkpoint(model.tokenizer, options["tokenizer"], use_ema=True)
+                if tokenizer_file is not None:
+                    load_checkpoint(model.tokenizer, tokenizer_file, use_ema=True)
                 if model.in_chans != image.shape[0]:
-                    raise ValueError(f"--tokenizer {options['tokenizer']} takes {model.in_chans}-channel images, "
-                                     f"but {data} has {image.shape[0]} channels")
+                    raise ValueError(f"--tokenizer {tokenizer_file or model_args['tokenizer']['name']} takes "
+                                     f"{model.in_chans}-channel images, but {data} has {image.shape[0]} channels")
             else:
                 model.fit_palette(_palette_images(splits["train"]), generator=torch.Generator().manual_seed(0))
         image = splits.first()[0][0]

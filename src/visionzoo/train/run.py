@@ -94,7 +94,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     model_name = _registered_name(model_name)
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
-    build_options = options
+    build_options, build_args = options, {}
     recorded_teacher = None
     given_args, resumed_args = dict(model_args or {}), None
     if config.resume and checkpoint.is_file():
@@ -129,6 +129,12 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                              "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
                              "a prior over another tokenizer in a new --out")
         options = build_options = {**stored, **given}
+        recorded_tokenizer = ((meta.get("model") or {}).get("args") or {}).get("tokenizer")
+        if options.get("tokenizer") is not None and isinstance(recorded_tokenizer, Mapping):
+            # A prior goes on with the tokenizer weights its checkpoint holds, built from their record, not from
+            # the file it was trained over (which may be gone), as a fine-tuned run goes on below.
+            build_options = {**options, "tokenizer": None}
+            build_args = {"tokenizer": recorded_tokenizer}
         recorded_teacher = trained.get("teacher_sha256")
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
@@ -148,7 +154,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     teacher_sha256 = _teacher_sha256(teacher_file)  # hashed once: checked on resume, recorded for the next one
     _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out)
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
-    setup = build_setup(model_name, data, img_size, model_args, options=build_options)
+    setup = build_setup(model_name, data, img_size, {**build_args, **(model_args or {})}, options=build_options)
     if resumed_args is not None:
         _check_resumed_model_args(checkpoint, setup.model, given_args, resumed_args, config.out)
     if builtin_name(data) is None and Path(data).expanduser().is_file():
