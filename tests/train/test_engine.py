@@ -482,6 +482,54 @@ def test_max_steps_and_epochs_together_end_the_run_at_the_first_reached(tmp_path
     assert result.steps == meta["total_steps"] == steps
 
 
+@pytest.mark.parametrize(("budget", "ended_by", "flag"), [
+    ({"minutes": 0.02, "epochs": 10.0}, "time", "--minutes 0.02"),  # 1.2 s buys 120 of the 160 steps
+    ({"minutes": 0.02, "max_steps": 500}, "time", "--minutes 0.02"),
+    ({"minutes": 1.0, "epochs": 1.0}, "epochs", "--epochs 1 (16 steps)"),
+    ({"minutes": 1.0, "max_steps": 10}, "steps", "--max-steps 10"),
+])
+def test_a_time_budget_with_a_step_budget_plans_the_schedule_for_the_first_reached(tmp_path, monkeypatch, caplog,
+                                                                                   budget, ended_by, flag):
+    """`--epochs 1 --minutes 0.1` said "training resnet18 for 19 steps", stopped at step 3 as the time ran out,
+    without a word, and its learning rate never decayed: the schedule followed --epochs alone. It is planned for the
+    budget reached first, and the run says which one ended it (also in summary.json)."""
+    from engine_script import StepClock
+
+    monkeypatch.setattr(engine, "time", StepClock(0.01))
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    run = tmp_path / "run"
+    result = _blobs_fit(run, lr=1e-3, **budget)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["total_steps"] == result.steps, "the run ended before the end of its learning-rate schedule"
+    lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert lrs[-1] == pytest.approx(1e-3 * lr_factor(result.steps - 1, result.steps, meta["warmup_steps"], 0.01))
+    assert lrs[-1] < 0.05 * 1e-3
+    ends = [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()]
+    assert ends == [f"the {ended_by.rstrip('s')} budget ({flag}) ended the run at step {result.steps}"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["ended_by"], summary["planned_steps"]) == (ended_by, result.steps)
+
+
+def test_a_run_that_time_ends_before_its_plan_says_the_steps_its_schedule_was_planned_for(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """Time ran out at step 3 of the 19 planned, and the run said nothing of it."""
+    from engine_script import StepClock
+
+    monkeypatch.setattr(engine, "time", StepClock(0.01))
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.001)  # timed in a quiet spell
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    result = _blobs_fit(tmp_path / "run", minutes=0.001, epochs=10.0)
+    _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert result.steps < meta["total_steps"]
+    assert [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()] == [
+        f"the time budget (--minutes 0.001) ended the run at step {result.steps}, before the {meta['total_steps']} "
+        "steps its learning-rate schedule was planned for"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["ended_by"] == "time"
+    # resumed without a budget, it goes on to the end of that plan, not to its --epochs
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 1 / 0)  # no time budget to plan
+    assert _blobs_fit(tmp_path / "run", resume=True).steps == meta["total_steps"]
+
+
 def test_a_longer_resumed_plan_keeps_the_runs_warmup(tmp_path):
     """The warmup was re-derived from the new plan's length (a twentieth of it), so extending a 10-step run to
     400 steps put it back into a warmup of 20 steps: its learning rate fell to 11/20 of the peak at step 11."""

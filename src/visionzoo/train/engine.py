@@ -143,6 +143,8 @@ class TrainResult:
     samples_per_second: float  # of this session's steps: from ``start_step`` on
     metrics: dict[str, float] = field(default_factory=dict)
     start_step: int = 0  # where this session began: a resumed run's checkpoint step, else 0
+    ended_by: str = ""  # the budget that ended the run: "time", "steps" or "epochs"
+    planned_steps: int = 0  # the steps its learning-rate schedule was planned for
 
 
 # The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one). The
@@ -165,9 +167,10 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
     if "betas" in fill:
         fill["betas"] = tuple(fill["betas"])
     if meta is not None and config.max_steps is None and config.epochs is None and config.minutes is None:
-        # No budget given: the run goes on to the end of its plan (a time budget's planned steps), on its schedule.
+        # No budget given: the run goes on to the end of its plan (a time budget's planned steps, also one fewer
+        # than its --max-steps or --epochs), on its schedule.
         budget = {key: trained.get(key) for key in ("max_steps", "epochs") if trained.get(key) is not None}
-        fill.update(budget or {"max_steps": meta["total_steps"]})
+        fill.update(budget if budget and trained.get("minutes") is None else {"max_steps": meta["total_steps"]})
     return dataclasses.replace(config, **fill)
 
 
@@ -597,7 +600,8 @@ class Trainer:
         self.total_steps = self._plan_total_steps()
         if cfg.warmup_steps is not None:  # a time budget's plan too: re-plans would only shorten it after the fact
             fixed = self._fixed_budget_steps()
-            check_warmup(cfg.warmup_steps, self.total_steps, cfg.minutes if fixed is None else None)
+            check_warmup(cfg.warmup_steps, self.total_steps,
+                         cfg.minutes if fixed is None or self.total_steps < fixed else None)
             self.warmup_steps = cfg.warmup_steps
         elif self.resumed_warmup_steps is not None:  # a run keeps its warmup: a longer plan does not re-enter it
             self.warmup_steps = self.resumed_warmup_steps
@@ -617,7 +621,7 @@ class Trainer:
         if fixed is None:  # a time budget: its warmup is checked against its plan
             return
         if fixed < self.step and (config.max_steps is not None or config.epochs is not None):
-            budget = min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
+            budget = self._first_fixed_budget()
             raise ValueError(f"--resume: {self.out} has trained {self.step} steps already and {budget} counts "
                              f"from the run's start; give more than {self.step} steps to continue it")
         check_warmup(self.config.warmup_steps, fixed)
@@ -638,17 +642,24 @@ class Trainer:
             budgets[f"--epochs {cfg.epochs:g} ({steps} steps)"] = steps
         return budgets
 
+    def _first_fixed_budget(self) -> str:
+        """The flag (and value) of the fixed budget reached first: the one whose steps are the fewest."""
+        return min(self._fixed_budgets().items(), key=lambda item: item[1])[0]
+
     def _fixed_budget_steps(self) -> int | None:
         """The steps from the run's start that ``--max-steps`` and ``--epochs`` allow (the first reached ends the
         run); None for a time budget alone."""
         return min(self._fixed_budgets().values(), default=None)
 
     def _plan_total_steps(self) -> int:
+        """The steps of the schedule: those of ``--max-steps``/``--epochs``, or those ``--minutes`` buys at the pace of
+        a few steps timed now; with both, the fewer (the budget reached first), so that the learning rate decays
+        within the run whichever ends it."""
         cfg = self.config
         fixed = self._fixed_budget_steps()
-        if fixed is not None:
+        if cfg.minutes is None:
             return fixed
-        # Only a time budget: time a few steps on a throw-away copy to size the cosine schedule.
+        # Time a few steps on a throw-away copy to size the cosine schedule.
         seconds = self._seconds_per_step()
         # Each rank timed its own steps: all follow rank 0's plan, or their learning rates differ.
         planned = cfg.minutes * 60 / seconds
@@ -656,8 +667,12 @@ class Trainer:
             raise ValueError(f"--minutes {cfg.minutes:g} buys more steps than can be counted at {seconds:.3g} s a "
                              "step; give fewer minutes, or --max-steps")
         steps = int(rank0_value(self.dist, max(1, int(planned))))
-        log.info("time budget %g min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps,
-                 f" after the {self.step} done" if self.step else "")
+        after = f" after the {self.step} done" if self.step else ""
+        if fixed is not None and fixed <= self.step + steps:
+            log.info("time budget %g min at %.3f s/step: %d steps%s, more than %s allows: planning %d steps",
+                     cfg.minutes, seconds, steps, after, self._first_fixed_budget(), fixed)
+            return fixed
+        log.info("time budget %g min at %.3f s/step: planning %d steps%s", cfg.minutes, seconds, steps, after)
         return self.step + steps
 
     def _seconds_per_step(self, repeats: int = 3) -> float:
@@ -683,19 +698,29 @@ class Trainer:
         self.train_set[0]
 
     def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
-        """With only a time budget, re-size the schedule (at each epoch, at ``EARLY_REPLANS`` and every
-        ``REPLAN_EVERY`` steps) from the steps timed so far.
+        """With a time budget, re-size the schedule (at each epoch, at ``EARLY_REPLANS`` and every
+        ``REPLAN_EVERY`` steps) from the steps timed so far, up to the steps of ``--max-steps``/``--epochs``.
 
         The first estimate comes from a few steps and is easily off on a busy machine; the steps run
         since then measure the real pace. Rank 0's plan is broadcast so every process agrees.
         """
         cfg = self.config
-        if cfg.minutes is None or cfg.max_steps is not None or cfg.epochs is not None or steps_timed < 5:
+        if cfg.minutes is None or steps_timed < 5:
             return
         remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
         planned = int(rank0_value(self.dist, self.step + int(remaining / (seconds / steps_timed))))
-        self.total_steps = max(self.step + 1, planned)
+        fixed = self._fixed_budget_steps()
+        self.total_steps = max(self.step + 1, planned if fixed is None else min(planned, fixed))
         self.warmup_steps = min(self.warmup_steps, self.total_steps)
+
+    def _ended_by(self) -> tuple[str, str]:
+        """The budget that ended the run, once it has stopped: its kind (``time``, ``steps`` or ``epochs``) and its
+        flag as given. Time ran out, or the run reached its plan: a fixed budget's steps, else the time budget's."""
+        fixed = self._fixed_budget_steps()
+        if self.step >= self.total_steps and fixed is not None and self.total_steps >= fixed:
+            flag = self._first_fixed_budget()
+            return ("steps" if flag.startswith("--max-steps") else "epochs"), flag
+        return "time", f"--minutes {self.config.minutes:g}"
 
     def _out_of_time(self) -> bool:
         """Whether the time budget is spent; rank 0's clock decides for every process."""
@@ -815,9 +840,15 @@ class Trainer:
                         break
                     tick = time.perf_counter()
         bar.close()
+        ended_by, flag = self._ended_by()
+        if main:
+            cut_short = (f", before the {self.total_steps} steps its learning-rate schedule was planned for"
+                         if self.step < self.total_steps else "")
+            log.info("the %s budget (%s) ended the run at step %d%s", ended_by.rstrip("s"), flag, self.step, cut_short)
         metrics = self.evaluate()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
-        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, session_start)
+        result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, session_start, ended_by,
+                             self.total_steps)
         on_main(self.dist, lambda: self._finish(result))  # the other ranks wait, then all leave the group together
         close_distributed(self.dist)
         return result
