@@ -245,6 +245,26 @@ def test_torchrun_a_resumed_runs_unreadable_log_is_one_line_from_rank_0(tmp_path
     assert "Is a directory" in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def test_resuming_a_torchrun_run_in_one_process_says_its_global_batch_changes(tmp_path, caplog):
+    """A run trained by torchrun in 2 processes at --batch-size 8 and resumed in one process went on with a global
+    batch of 8, not 16: the only sign was "batch 8 x 1 process(es)" in the log. One warning line says it now, and
+    how to keep the run's batch."""
+    from visionzoo.cli import main
+
+    common = ["train", "resnet18", "--data", "digits", "--img-size", "16", "--model-arg", "small_input=true",
+              "--no-progress", "--precision", "fp32", "--out", str(tmp_path / "run")]
+    process = _torchrun(["-m", "visionzoo", *common, "--max-steps", "2", "--batch-size", "8"])
+    assert process.returncode == 0, process.stderr[-3000:]
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    assert main([*common, "--max-steps", "3", "--resume"]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"--resume: {tmp_path / 'run' / 'checkpoint.safetensors'} was trained with a global batch of "
+                        "16 (--batch-size 8 x 2 process(es)), this run's is 8 (8 x 1 process(es)); give --batch-size "
+                        "16 to keep it in 1 process(es)"]
+    caplog.clear()
+    assert main([*common, "--max-steps", "4", "--resume", "--batch-size", "16"]) == 0  # the same global batch
+    assert not [record for record in caplog.records if record.levelno == logging.WARNING]
+
 def test_two_ranks_partition_the_global_batch_of_one_process():
     one = list(EpochBatchSampler(100, 8, seed=3, epoch=2))
     ranks = [list(EpochBatchSampler(100, 4, seed=3, epoch=2, rank=r, world_size=2)) for r in range(2)]

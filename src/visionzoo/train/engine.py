@@ -905,6 +905,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "optimizers": optim_meta,
             "config": asdict(self.config),
+            "world_size": self.dist.world_size,
             "run": self.run_meta,
         }
         save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
@@ -946,6 +947,7 @@ class Trainer:
         self.step_offset = self.step - resumed_epoch_step(meta, self.steps_per_epoch)
         self._check_resumed_budget(given)
         self._check_resumed_seed(path, meta.get("config", {}).get("seed"))
+        self._warn_of_another_global_batch(path, meta)
         self.total_steps = meta["total_steps"]
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
@@ -969,6 +971,25 @@ class Trainer:
                 f"{trained}; --seed {seed} would shuffle the rest of that epoch anew (some images twice, others not at "
                 f"all): leave --seed out to go on with {trained}, or give it when resuming from an epoch's end")
         log.info("the run goes on with --seed %d from epoch %d (it was trained with --seed %d)", seed, epoch, trained)
+
+    def _warn_of_another_global_batch(self, path: Path, meta: Mapping[str, Any]) -> None:
+        """Say when the run goes on in another number of processes with another global batch (``--batch-size`` x
+        processes) than it was trained with: --batch-size is per process, and the run keeps its own, so resuming a
+        torchrun run in one process (or the reverse) changes the batch of every step, which the log showed only as
+        "batch 32 x 1 process(es)". The data position is mapped as for another --batch-size (see
+        :func:`resumed_epoch_step`). Checkpoints that do not record their process count: nothing to compare."""
+        trained_world, trained_batch = meta.get("world_size"), meta.get("config", {}).get("batch_size")
+        world, batch = self.dist.world_size, self.config.batch_size
+        if trained_world is None or trained_batch is None or trained_world == world:
+            return
+        trained_global = trained_batch * trained_world
+        if trained_global == batch * world:
+            return
+        keep = (f"give --batch-size {trained_global // world} to keep it in {world} process(es)"
+                if trained_global % world == 0 else f"no --batch-size keeps it in {world} process(es)")
+        log.warning("--resume: %s was trained with a global batch of %d (--batch-size %d x %d process(es)), this run's "
+                    "is %d (%d x %d process(es)); %s", path, trained_global, trained_batch, trained_world,
+                    batch * world, batch, world, keep)
 
     # ---------------------------------------------------------------------------------- logging
     def _log(self, record: Mapping[str, Any]) -> None:
