@@ -355,3 +355,25 @@ def test_a_code_prior_resumes_after_its_tokenizer_file_is_gone(tmp_path):
     assert json.loads((tmp_path / "prior" / "checkpoint.json").read_text())["step"] == 2
     for name, value in setup.model.tokenizer.state_dict().items():  # frozen: the run's own tokenizer weights
         torch.testing.assert_close(value, before[f"model.tokenizer.{name}"])
+
+
+def test_sample_of_a_run_on_a_coco_folder_needs_only_its_checkpoint(tmp_path, capsys):
+    # before: sample opened every split of the training folder for its classes and image size, and once the folder
+    # had moved it stopped with "... was trained on FOLDER, which is not there"
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "16", "--image-size", "16"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
+                 "--out", str(run)]) == 0
+    argv = ["sample", "image_gpt_small", "--checkpoint", str(run / "checkpoint.safetensors"), "-n", "4", "--seed", "3"]
+    assert main([*argv, "--out", str(tmp_path / "before.png")]) == 0
+    shutil.rmtree(folder)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "after.png")]) == 0, capsys.readouterr().err
+    before, after = (Image.open(tmp_path / f"{name}.png") for name in ("before", "after"))
+    assert before.size == after.size and before.tobytes() == after.tobytes()

@@ -276,10 +276,18 @@ def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
     ann_file.write_text(json.dumps(annotations))
     with pytest.raises(ValueError, match="the val split of .* names class 0 'cat', not 'circle'"):
         load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
-    # The folder moved: predict (which takes no --data) said "unknown dataset '...coco'; closest: none close".
+    # The folder moved: predict (which takes no --data) said "unknown dataset '...coco'; closest: none close". It now
+    # rebuilds the model from what the checkpoint records; one written before that was recorded names the folder.
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+
     folder.rename(tmp_path / "elsewhere")
-    with pytest.raises(FileNotFoundError, match=f"was trained on {folder}, which is not there: .* put the data back"):
-        load_for_inference("fasterrcnn_shapes", checkpoint)
+    assert load_for_inference("fasterrcnn_shapes", checkpoint, data_free=True).task.classes[0] == "circle"
+    tensors, meta = read_checkpoint(checkpoint)
+    del meta["run"]["inference"]
+    save_checkpoint(checkpoint, tensors, meta)
+    for data_free in (False, True):
+        with pytest.raises(FileNotFoundError, match=f"was trained on {folder}, which is not there: .* put the data"):
+            load_for_inference("fasterrcnn_shapes", checkpoint, data_free=data_free)
 
 
 def test_a_download_of_the_val_split_alone_is_evaluated_and_training_on_it_names_the_train_file(tmp_path, capsys):
@@ -888,3 +896,40 @@ def test_evaluate_takes_a_missing_area_as_the_files_box_w_h_as_coco_eval(tmp_pat
                                               "score": 0.9}])
     assert (reference["APs"], reference["APm"]) == pytest.approx((-1.0, 1.0))
     assert (metrics["map_small"], metrics["map_medium"]) == pytest.approx((reference["APs"], reference["APm"]))
+
+
+def test_predict_needs_only_the_checkpoint_once_the_training_folder_is_gone(tmp_path, capsys):
+    # before: predict opened every split of the training folder for its class names (and so parsed each annotation
+    # file), and once the folder had moved it stopped with "... was trained on FOLDER, which is not there"
+    import shutil
+
+    from visionzoo.cli import main
+    from visionzoo.train.drawing import to_pil
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    for split in ("train", "val"):  # category ids other than the labels: --coco-json must still name the folder's
+        ann_file = folder / "annotations" / f"instances_{split}.json"
+        annotations = json.loads(ann_file.read_text())
+        for entry in annotations["categories"]:
+            entry["id"] *= 10
+        for entry in annotations["annotations"]:
+            entry["category_id"] *= 10
+        ann_file.write_text(json.dumps(annotations))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    setup, _ = run_training("fasterrcnn_shapes", str(folder), config,
+                            model_args={"rpn_pre_nms_top_n_test": 50, "box_score_thresh": 0.0})
+    to_pil(setup.splits["val"][0][0], min_side=1).save(tmp_path / "scene.png")
+    argv = ["predict", "fasterrcnn_shapes", str(tmp_path / "scene.png"), "--checkpoint",
+            str(tmp_path / "run" / "checkpoint.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "before"), "--coco-json", str(tmp_path / "before.json")]) == 0
+    shutil.rmtree(folder)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "after"), "--coco-json", str(tmp_path / "after.json")]) == 0, \
+        capsys.readouterr().err
+    before = json.loads((tmp_path / "before" / "predictions.json").read_text())
+    assert before and before == json.loads((tmp_path / "after" / "predictions.json").read_text())
+    results = json.loads((tmp_path / "before.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {10, 20, 30, 40, 50, 60}
+    assert results == json.loads((tmp_path / "after.json").read_text())

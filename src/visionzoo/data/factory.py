@@ -137,12 +137,15 @@ def images_only(data: str | Path) -> dict[str, Any]:
     return {} if builtin_name(str(data)) is not None else {"load_masks": False, "skip_invalid": True}
 
 
-def open_splits(data: str | Path, names: tuple[str, ...] = SPLITS, image_size: int | None = None,
+def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, image_size: int | None = None,
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
     data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
     evaluated). None of ``names`` raises the first one's FileNotFoundError, or, for a folder without annotations for
-    any split, one naming every split's files looked for."""
+    any split, one naming every split's files looked for. ``names`` may also be splits already built (what a
+    checkpoint recorded of its data, for predict and sample), which are returned as they are."""
+    if isinstance(names, Splits):
+        return names
     splits, missing = {}, {}
     for split in names:
         try:

@@ -417,7 +417,7 @@ def predict_command(args: argparse.Namespace) -> int:
     entries = image_entries_from(args.image_ids, args.images) if args.image_ids else None
     image_ids = [entry["id"] for entry in entries] if entries else None
     device = resolve_device(args.device)
-    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
+    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
     clashes = [t for t in written if t.exists()]
     if clashes and not args.overwrite:  # every one: --overwrite replaces them all, not only the first named
         more = ""
@@ -615,7 +615,7 @@ def sample_command(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     device = resolve_device(args.device)
-    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema)
+    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
     if is_grid:  # before sampling, which may take long
         _check_grid_fits(out, args.count, shown, args.nrow, setup.run_meta.get("img_size"))
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),

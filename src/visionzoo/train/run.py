@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
-from visionzoo.data import builtin_name
+from visionzoo.data import Splits, builtin_name
 from visionzoo.data.factory import SPLITS
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
@@ -171,6 +171,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
+        run_meta["inference"] = _inference_record(setup.splits["train"])
     result = fit(setup.task, setup.model, train, first_items(val, val_images), config, run_meta)
     return setup, result
 
@@ -247,6 +248,55 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
     return a == b or (a.exists() and b.exists() and a.samefile(b))
 
 
+def _inference_record(dataset: Dataset) -> dict[str, Any]:
+    """What predict and sample rebuild the model from without the data (see :class:`RecordedData`): the shape of
+    ``dataset``'s first image, the kind of its target and the data's COCO category ids (label order) where it has
+    them."""
+    from visionzoo.detection.proposal_cache import WithProposals
+
+    # the proposals wrapper would compute every image's proposals to give its first sample
+    base = dataset.dataset if isinstance(dataset, WithProposals) else dataset
+    image, target = base[0]
+    record: dict[str, Any] = {"image_shape": [int(n) for n in image.shape],
+                              "target": sorted(key for key in ("label", "boxes") if key in target)
+                              if isinstance(target, Mapping) else "label"}
+    label_to_cat_id = getattr(base, "label_to_cat_id", None)
+    if label_to_cat_id:
+        record["category_ids"] = [label_to_cat_id[label] for label in sorted(label_to_cat_id)]
+    return record
+
+
+class RecordedData(Dataset):
+    """The data a run trained on as its checkpoint recorded them (``run["classes"]``, ``run["inference"]``): one
+    blank image of its first image's shape with a target of its kind, its classes, image size and category ids,
+    which is all a task's set-up reads of the data to rebuild the model. Predict and sample build on it, so that
+    a checkpoint alone is enough for them (the data may be elsewhere, or large to parse)."""
+
+    def __init__(self, run: Mapping[str, Any]):
+        record = run["inference"]
+        self.classes = list(run["classes"])
+        self.image_size = run.get("img_size")
+        self.image_shape = tuple(record["image_shape"])
+        self.target = record["target"]
+        if "category_ids" in record:
+            self.label_to_cat_id = {label: cat_id for label, cat_id in enumerate(record["category_ids"], 1)}
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        if index != 0:
+            raise IndexError(index)
+        target: Any = 0
+        if self.target != "label":
+            target = {}
+            if "label" in self.target:
+                target["label"] = 0
+            if "boxes" in self.target:
+                target.update(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64))
+        return torch.zeros(self.image_shape), target
+
+
 def _class_names(dataset: Any) -> list[str] | None:
     classes = getattr(dataset, "classes", None)
     return None if classes is None else [str(name) for name in classes]
@@ -284,9 +334,13 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None = None,
-                       img_size: int | None = None, use_ema: bool = False, split: str | None = None) -> Setup:
+                       img_size: int | None = None, use_ema: bool = False, split: str | None = None,
+                       data_free: bool = False) -> Setup:
     """Rebuild a trained run from its checkpoint; ``data``/``img_size`` default to the training ones. With ``split``
-    only that split of the data is opened (and checked), as eval scores it alone; else every split it has.
+    only that split of the data is opened (and checked), as eval scores it alone; else every split it has. With
+    ``data_free`` (predict, sample: they read no data set) and no ``data``, none is opened: the model is rebuilt from
+    what the checkpoint recorded of its data (:class:`RecordedData`, the one split ``"train"``), which older
+    checkpoints lack (their data are opened then).
 
     The model gets the trained weights, or with ``use_ema`` the EMA weights where the run kept them
     (``--ema-decay``): timm's ``validate.py`` default and ``--use-ema``, where ``create_model``'s
@@ -308,7 +362,15 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     if data is None and not trained_on:
         raise CheckpointError(f"{checkpoint} records no data set it was trained on (it was not written by `visionzoo "
                               "train`), which the model is rebuilt with; `visionzoo eval` takes --data")
-    if data is None and trained_on and builtin_name(trained_on) is None and not Path(trained_on).expanduser().exists():
+    # predict and sample (no data, no split) rebuild the model from what the checkpoint recorded of its data; older
+    # checkpoints, which recorded too little, open the data as eval does
+    recorded = data_free and data is None and split is None and "inference" in run and "classes" in run
+    if recorded:
+        splits: tuple[str, ...] | Splits = Splits({"train": RecordedData(run)}, {})
+    else:
+        splits = SPLITS if split is None else (split,)
+    if not recorded and data is None and trained_on and builtin_name(trained_on) is None and \
+            not Path(trained_on).expanduser().exists():
         where = "" if Path(trained_on).is_absolute() else f" (a relative path, read from {Path.cwd()})"
         raise FileNotFoundError(f"{checkpoint} was trained on {trained_on}, which is not there{where}: the model is "
                                 "rebuilt with that data's classes and settings; run from the folder the run was "
@@ -320,7 +382,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         options["skip_invalid_boxes"] = True
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
-                            checkpoint=checkpoint, options=options, splits=SPLITS if split is None else (split,))
+                            checkpoint=checkpoint, options=options, splits=splits)
     if has_ema and not use_ema:  # create_model(checkpoint=) took the EMA weights
         _load_trained_weights(setup.model, checkpoint)
     trained = (meta.get("model") or {}).get("args") or {}

@@ -131,7 +131,8 @@ class Task:
         """Build the task, the model (from ``checkpoint`` if given) and the data's ``splits`` (those it has).
 
         ``options`` are the values of the task's own CLI options (see :meth:`add_arguments`); ``splits`` are all
-        three for training, the one scored for ``visionzoo eval``.
+        three for training, the one scored for ``visionzoo eval``, or for predict and sample the stand-in a
+        checkpoint recorded of its data (a :class:`~visionzoo.data.Splits`, which ``open_splits`` passes through).
         """
         raise NotImplementedError
 
