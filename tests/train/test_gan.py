@@ -208,3 +208,17 @@ def test_a_checkpoint_loaded_for_other_data_or_another_size_is_refused_naming_bo
     with pytest.raises(ValueError, match="trained with in_chans 1, the shapes images here have 3"):
         load_for_inference("dcgan", path, data="shapes")
     assert load_for_inference("dcgan", path).model.img_size == 16
+
+
+def test_eval_says_how_many_images_of_the_split_its_fid_used(tmp_path, tiny_domain_features, capsys):
+    # before: "dcgan on train split (1257 images):" though the FID took the first 500 of them
+    from visionzoo.cli import main
+
+    run_training("dcgan", "digits", TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=16, progress=False,
+                                                precision="fp32"), 16, TINY)
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    capsys.readouterr()
+    assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "train", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "dcgan on train split (500 of its 1257 images):"
+    assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "test", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "dcgan on test split (270 images):"

@@ -250,7 +250,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{args.model} on {args.split} split ({len(setup.splits[args.split])} images):")
+        total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
+        print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images):")
         for name, value in metrics.items():
             print(f"  {name:<12} {value:.4f}")
     return 0

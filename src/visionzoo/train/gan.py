@@ -99,6 +99,11 @@ class GANTask(Task):
             return {"loss": loss, "g_loss": loss.detach()}
         raise ValueError(f"the gan task's optimizers are {OPTIMIZERS}, not {optimizer!r}")
 
+    def evaluated_images(self, dataset: Dataset) -> int:
+        """The first ``eval_samples`` images of ``dataset`` (all of a smaller one), which the FID compares with as
+        many generated ones."""
+        return min(len(dataset), self.eval_samples)
+
     def evaluate(self, model: nn.Module, dataset: Dataset, batch_size: int,
                  autocast: Callable[[], Any]) -> dict[str, float]:
         """``fid`` (domain features), and the discriminator's accuracy on real (``d_accuracy_real``), generated
@@ -106,7 +111,7 @@ class GANTask(Task):
         from visionzoo.metrics.domain import domain_features
         from visionzoo.metrics.fid import FID
 
-        count = min(len(dataset), self.eval_samples)
+        count = self.evaluated_images(dataset)
         features = domain_features(self.data, self.img_size, self.in_chans)
         feature_device = next(features.parameters()).device
         fid = FID(features, batch_size)

@@ -95,6 +95,10 @@ class Task:
         """Metrics of ``model`` (in eval mode) on ``dataset``; must contain :attr:`metric`."""
         raise NotImplementedError
 
+    def evaluated_images(self, dataset: Dataset) -> int:
+        """How many images of ``dataset`` :meth:`evaluate` scores (all of them by default; a GAN's FID fewer)."""
+        return len(dataset)
+
     def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
                autocast: Callable[[], Any]) -> list[Path]:
         """Write pictures of ``model`` (in eval mode) on ``dataset`` into the run folder ``out`` at the end of
