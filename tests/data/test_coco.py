@@ -374,6 +374,22 @@ def test_box_without_area_raises_or_is_skipped_and_counted(folder, caplog):
     assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == 3
 
 
+def test_a_reader_of_the_images_alone_drops_a_box_without_area_without_a_warning_about_training_on_boxes(
+        folder, caplog):
+    """Masked patch prediction, tokenizers and priors read no box, so dropping one loses them nothing; they used to
+    be warned that such boxes were "left out of training" and scored by evaluation "as objects not found"."""
+    from visionzoo.data import images_only
+
+    root, _ = folder
+    ann_file = _write(root, annotations=_annotations() + [{"id": 9, "image_id": 2, "category_id": 3,
+                                                           "bbox": [5, 5, 0, 4]}])
+    with caplog.at_level(logging.DEBUG, logger="visionzoo.data.coco"):
+        ds = CocoDetection(root / "images", ann_file, **images_only(root))
+    assert ds.num_skipped == 1 and len(ds) == len(_images())
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "skipped 1 boxes" in caplog.text and "training" not in caplog.text  # still said, at debug level
+
+
 @pytest.mark.parametrize(
     "bbox, message",
     [

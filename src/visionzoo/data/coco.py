@@ -244,6 +244,9 @@ class CocoDetection(Dataset):
         image_size: resize every image to ``image_size`` x ``image_size`` (bilinear, aspect not
             kept), scaling boxes and masks with it (not what evaluation reads, see above); None keeps the
             files' sizes.
+        read_boxes: False for a reader of the images alone (masked patch prediction, tokenizers, priors): the
+            boxes ``skip_invalid`` drops cost it nothing, so their count is logged at debug level, not warned of
+            as boxes left out of training.
 
     Attributes: ``classes`` (category names, ``classes[label - 1]``), ``cat_ids`` (sorted COCO
     category ids), ``label_to_cat_id`` / ``cat_id_to_label`` (dicts), ``image_ids`` (sorted),
@@ -258,6 +261,7 @@ class CocoDetection(Dataset):
         transform: Transform | None = None,
         load_masks: bool = True,
         image_size: int | None = None,
+        read_boxes: bool = True,
     ):
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
@@ -277,7 +281,10 @@ class CocoDetection(Dataset):
         self._read_categories(data["categories"])
         self._read_images(data["images"])
         self.num_skipped = self._read_annotations(data["annotations"])
-        if self.num_skipped:
+        if self.num_skipped and not read_boxes:
+            log.debug("%s: skipped %d boxes with no area inside their image (the images alone are read)",
+                      self.ann_file, self.num_skipped)
+        elif self.num_skipped:
             log.warning(
                 "%s: skipped %d boxes with no area inside their image (left out of training; evaluation "
                 "scores them, as pycocotools does, as objects not found)", self.ann_file, self.num_skipped

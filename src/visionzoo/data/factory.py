@@ -133,8 +133,10 @@ class Splits(dict):
 def images_only(data: str | Path) -> dict[str, Any]:
     """Keyword arguments for :func:`open_splits` / :func:`create_dataset` of a task that reads the images alone
     (masked patch prediction, tokenizers, priors): a COCO path's masks are not decoded and a box with no area inside
-    its image is dropped rather than refused, since no box is read; built-in data take none."""
-    return {} if builtin_name(str(data)) is not None else {"load_masks": False, "skip_invalid": True}
+    its image is dropped rather than refused, since no box is read (and not warned of: nothing they read is lost);
+    built-in data take none."""
+    return {} if builtin_name(str(data)) is not None else {"load_masks": False, "skip_invalid": True,
+                                                            "read_boxes": False}
 
 
 def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, image_size: int | None = None,
