@@ -931,3 +931,13 @@ def test_an_interrupted_run_says_whether_and_where_resume_goes_on(tmp_path, caps
     assert main([*TRAIN, "--max-steps", "2", "--out", str(tmp_path / "new")]) == 130
     assert capsys.readouterr().err.strip().endswith(
         f"visionzoo train: interrupted before the first checkpoint in {tmp_path / 'new'}; nothing to resume")
+
+
+def test_version_prints_the_installed_packages_version(capsys):
+    # before: "visionzoo: error: the following arguments are required: COMMAND"
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"visionzoo {version('visionzoo')}\n"

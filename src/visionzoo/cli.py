@@ -141,11 +141,24 @@ def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--device", choices=DEVICES, help="cpu or cuda (default: cuda where available, else cpu)")
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), or the source's own where it runs uninstalled."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("visionzoo")
+    except PackageNotFoundError:
+        from visionzoo import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = _OneLineParser(prog="visionzoo", description="visionzoo: the vision models of the notes, one command line.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
     for command in sorted(_COMMANDS.values(), key=lambda c: c.name):
