@@ -1,6 +1,8 @@
 """`visionzoo sample`: a seeded grid and per-image PNGs from a trained generative model; bad requests are one line."""
 
 import gc
+import itertools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -165,7 +167,8 @@ def test_a_jpeg_grid_too_large_for_the_format_is_refused_in_one_line_before_samp
 
 def test_many_samples_are_drawn_in_batches_of_bounded_size(gan_checkpoint, tmp_path, monkeypatch):
     """-n 10000 used to be one call of the sampler: an Image GPT's key-value cache alone grew to about 18 GB."""
-    assert sample_batches(1200) == [500, 500, 200] and sample_batches(500) == [500] and sample_batches(3, 2) == [2, 1]
+    assert list(sample_batches(1200)) == [500, 500, 200] and list(sample_batches(500)) == [500]
+    assert list(sample_batches(3, 2)) == [2, 1]
     calls = []
     sample = GANTask.sample
 
@@ -180,6 +183,20 @@ def test_many_samples_are_drawn_in_batches_of_bounded_size(gan_checkpoint, tmp_p
                  "--images-dir", str(images)]) == 0
     assert calls == [3, 3, 1]
     assert sorted(p.name for p in images.iterdir()) == [f"{i:05d}.png" for i in range(7)]
+
+
+def test_the_batch_plan_is_lazy_so_its_memory_does_not_grow_with_n():
+    """-n 10**9 with --images-dir first built a Python list of every batch's size (2,000,000 entries at the default
+    batch, 10**9 at --batch-size 1) before the first image was drawn."""
+    tracemalloc.start()
+    try:
+        batches = sample_batches(2_000_000, 1)
+        first = list(itertools.islice(batches, 3))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first == [1, 1, 1] and peak < 64 * 1024
+    assert sum(sample_batches(10**6 + 7, 1000)) == 10**6 + 7
 
 
 def test_a_seed_torch_cannot_take_is_refused_when_parsed(capsys, tmp_path):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -541,10 +541,11 @@ def _note_other_images(folder: Path, option: str) -> None:
 SAMPLE_BATCH = 500
 
 
-def sample_batches(count: int, size: int | None = None) -> list[int]:
-    """The sizes of the sampler calls that draw ``count`` images, ``size`` (default ``SAMPLE_BATCH``) at most each."""
+def sample_batches(count: int, size: int | None = None) -> Iterator[int]:
+    """The sizes of the sampler calls that draw ``count`` images, ``size`` (default ``SAMPLE_BATCH``) at most each,
+    one at a time: a list of them for -n 10**9 would take memory before the first image is drawn."""
     size = size or SAMPLE_BATCH
-    return [min(size, count - start) for start in range(0, count, size)]
+    return (min(size, count - start) for start in range(0, count, size))
 
 
 # The most images a grid --out takes: more is a picture no one looks at, held whole in memory before it is written;
@@ -629,8 +630,8 @@ def sample_command(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     grid = []
     with torch.no_grad():
-        sizes = sample_batches(args.count, args.batch_size)
-        for start, size in zip(itertools.accumulate(sizes, initial=0), sizes):
+        start = 0
+        for size in sample_batches(args.count, args.batch_size):
             images = setup.task.sample(model, size, generator, autocast, **settings).float().clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
@@ -641,6 +642,7 @@ def sample_command(args: argparse.Namespace) -> int:
                     save_image(image, images_dir / SAMPLE_NAME.format(index))
             if start < shown:  # a copy of the grid's part alone, so that the rest of the batch is freed
                 grid.append(images if start + size <= shown else images[:shown - start].clone())
+            start += size
     if is_grid:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(torch.cat(grid), out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
