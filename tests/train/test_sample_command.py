@@ -126,13 +126,13 @@ def test_overwrite_replaces_an_earlier_longer_runs_samples_and_keeps_other_files
     images = tmp_path / "images"
     args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--images-dir", str(images), "--overwrite"]
     assert main([*args, "-n", "10", "--out", str(tmp_path / "a.png")]) == 0
-    others = ["notes.txt", "cat.png", "0001.png", "000001.png", "00001.jpg"]
+    others = ["notes.txt", "cat.png", "0001.png", "1.png", "00001.jpg"]
     for name in others:
         (images / name).write_text("keep me")
     capsys.readouterr()
     assert main([*args, "-n", "4", "--out", str(tmp_path / "b.png")]) == 0
     # the images among them would be read as samples by `visionzoo fid`: said, not silently mixed in
-    assert (f"note: {images} also holds 4 other images (000001.png, 00001.jpg, 0001.png, ...), which `visionzoo fid "
+    assert (f"note: {images} also holds 4 other images (00001.jpg, 0001.png, 1.png, ...), which `visionzoo fid "
             f"{images}` would read with the samples") in capsys.readouterr().err
     assert sorted(p.name for p in images.iterdir()) == sorted([f"{i:05d}.png" for i in range(4)] + others)
     assert all((images / name).read_text() == "keep me" for name in others)
@@ -345,6 +345,34 @@ def test_numbered_samples_beyond_n_in_the_folder_are_refused_not_mixed_in(gan_ch
     assert sorted(p.name for p in folder.iterdir()) == ["00007.png"]
     assert main([*args, "--overwrite"]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_sample_names_past_99999_keep_their_order_and_mark_the_folder_as_holding_samples(gan_checkpoint, tmp_path,
+                                                                                          capsys):
+    """Samples were named {:05d}.png: past 99999 the names grew to 6 digits, so 100000.png sorted before 99999.png,
+    and a run's 000001.png (a run of over 100,000 samples pads to 6 digits) was not seen as another run's sample:
+    -n 3 into its folder wrote beside it without a word, and --overwrite left it there."""
+    from visionzoo.train.commands import holds_samples, is_sample_name, remove_earlier_samples, sample_name
+
+    for count in (1, 100000, 100001, 10**7 + 1):
+        names = [sample_name(index, count) for index in sorted({0, 9, 99999, count // 2, count - 1}) if index < count]
+        assert names == sorted(names) and len({len(name) for name in names}) == 1
+        assert all(is_sample_name(name) for name in names)
+    assert sample_name(7, 100000) == "00007.png" and sample_name(7, 100001) == "000007.png"
+    assert sample_name(10**7, 10**7 + 1) == "10000000.png"
+    assert not any(is_sample_name(name) for name in ("0001.png", "1.png", "00001.jpg", "0000a.png", "cat.png"))
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "000001.png").write_text("another run's")
+    (folder / "0001.png").write_text("mine")
+    assert holds_samples(folder)
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "3", "--out", str(folder)]
+    assert main(args) == 2
+    assert "already holds samples" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png", "0001.png"]
+    remove_earlier_samples(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["0001.png"]
 
 
 def test_running_out_of_memory_advises_the_options_sample_takes(gan_checkpoint, tmp_path, monkeypatch, capsys):

@@ -496,16 +496,23 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out, and the numbered samples (NNNNN.png) of an earlier run in --images-dir")
+                        help="replace --out, and the numbered samples (00000.png, ...) of an earlier run in --images-dir")
 
 
-# How `visionzoo sample --images-dir` names its images: 00000.png, 00001.png, ..., 123456.png.
-SAMPLE_NAME = "{:05d}.png"
+# How `visionzoo sample` names its images: 00000.png, 00001.png, ...; a run of more than 100,000 pads every name to
+# the digits of its last index (000000.png ... 123455.png), so that its names sort in the order they were drawn.
+SAMPLE_NAME_DIGITS = 5
+
+
+def sample_name(index: int, count: int) -> str:
+    """The file name of sample ``index`` of a run of ``count``: the index zero-padded to the digits of the run's last
+    index, at least ``SAMPLE_NAME_DIGITS``."""
+    return f"{index:0{max(SAMPLE_NAME_DIGITS, len(str(count - 1)))}d}.png"
 
 
 def is_sample_name(name: str) -> bool:
-    """Whether ``name`` is one that ``SAMPLE_NAME`` gives (not, e.g., 0001.png or 000001.png)."""
-    return re.fullmatch(r"\d+\.png", name) is not None and name == SAMPLE_NAME.format(int(name[:-4]))
+    """Whether ``name`` is one that :func:`sample_name` gives for some run (not, e.g., 0001.png or 1.png)."""
+    return re.fullmatch(rf"[0-9]{{{SAMPLE_NAME_DIGITS},}}\.png", name) is not None
 
 
 def holds_samples(folder: Path) -> bool:
@@ -639,7 +646,7 @@ def sample_command(args: argparse.Namespace) -> int:
                     if args.overwrite:
                         remove_earlier_samples(images_dir)
                 for index, image in enumerate(images, start):
-                    save_image(image, images_dir / SAMPLE_NAME.format(index))
+                    save_image(image, images_dir / sample_name(index, args.count))
             if start < shown:  # a copy of the grid's part alone, so that the rest of the batch is freed
                 grid.append(images if start + size <= shown else images[:shown - start].clone())
             start += size
