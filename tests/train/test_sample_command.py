@@ -153,6 +153,24 @@ def test_an_out_that_is_a_folder_is_refused_in_one_line_before_sampling(tmp_path
     assert (folder / "mine.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("exists", [False, True])
+def test_an_out_of_a_grids_name_with_a_trailing_slash_is_refused_not_written_as_a_grid(gan_checkpoint, tmp_path, capsys,
+                                                                                       exists):
+    """--out x.png/ (a folder, by its slash) wrote the grid file x.png, and with x.png there and --overwrite replaced
+    it; README and --help say a trailing separator names a folder."""
+    grid = tmp_path / "x.png"
+    if exists:
+        grid.write_text("mine")
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "4", "--out", f"{grid}/",
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"visionzoo sample: error: --out {grid}/ ends in a separator, so names a folder, but "
+                                f"has a grid's suffix .png; give --out {grid} for a grid, or a folder name without "
+                                ".png or .jpg for one PNG a sample"]
+    assert [p.name for p in tmp_path.iterdir()] == (["x.png"] if exists else [])
+    assert not exists or grid.read_text() == "mine"
+
+
 def test_a_jpeg_grid_too_large_for_the_format_is_refused_in_one_line_before_sampling(gan_checkpoint, tmp_path, capsys):
     """3700 images of 16 pixels in one column (66602 pixels high) used to sample, then end in Pillow's traceback
     'broken data stream when writing image file'; JPEG's sides stop at 65500."""

@@ -566,6 +566,10 @@ def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[P
     """``--out`` as a Path and whether it is a grid (a .png or .jpg file) rather than a folder of single samples (an
     existing folder, or a path with a trailing separator or no suffix)."""
     out = Path(text)
+    names_folder = text.endswith(("/", os.sep))
+    if out.suffix.lower() in GRID_SUFFIXES and names_folder:  # Path drops the separator: the grid would be written
+        raise ValueError(f"--out {text} ends in a separator, so names a folder, but has a grid's suffix {out.suffix}; "
+                         f"give --out {out} for a grid, or a folder name without .png or .jpg for one PNG a sample")
     if out.suffix.lower() in GRID_SUFFIXES:
         require_not_folder(out, "--out", "a .png or .jpg file")
         if count > GRID_MAX_IMAGES and not images_dir:
@@ -574,7 +578,7 @@ def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[P
                              f"(which `visionzoo fid DIR` reads), or add --images-dir DIR for the first "
                              f"{GRID_MAX_IMAGES} in the grid and all of them in DIR")
         return out, True
-    if out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix:
+    if out.is_dir() or names_folder or not out.suffix:
         return require_folder_or_absent(out, "--out"), False
     raise ValueError(f"--out must be a .png or .jpg file (a grid) or a folder (one PNG a sample), got {out}")
 
