@@ -2,6 +2,7 @@
 
 import gc
 import itertools
+import os
 import tracemalloc
 
 import numpy as np
@@ -169,6 +170,21 @@ def test_an_out_of_a_grids_name_with_a_trailing_slash_is_refused_not_written_as_
                                 ".png or .jpg for one PNG a sample"]
     assert [p.name for p in tmp_path.iterdir()] == (["x.png"] if exists else [])
     assert not exists or grid.read_text() == "mine"
+
+
+def test_an_out_folder_with_a_dot_in_its_name_is_refused_with_the_way_to_give_it(gan_checkpoint, tmp_path, capsys):
+    """--out runs/dcgan.v2 (a folder to the user) was refused as "--out must be a .png or .jpg file (a grid) or a
+    folder (one PNG a sample), got runs/dcgan.v2", which did not say how to give such a folder."""
+    folder = tmp_path / "dcgan.v2"
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "2", "--out"]
+    assert main([*args, str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"visionzoo sample: error: --out must be a .png or .jpg file (a grid) or a folder (one "
+                                f"PNG a sample), got {folder}; for a folder of that name, end it with a separator: "
+                                f"{folder}{os.sep}"]
+    assert not folder.exists()
+    assert main([*args, f"{folder}{os.sep}"]) == 0  # as the error says
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]
 
 
 def test_a_jpeg_grid_too_large_for_the_format_is_refused_in_one_line_before_sampling(gan_checkpoint, tmp_path, capsys):

@@ -580,7 +580,8 @@ def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[P
         return out, True
     if out.is_dir() or names_folder or not out.suffix:
         return require_folder_or_absent(out, "--out"), False
-    raise ValueError(f"--out must be a .png or .jpg file (a grid) or a folder (one PNG a sample), got {out}")
+    raise ValueError(f"--out must be a .png or .jpg file (a grid) or a folder (one PNG a sample), got {out}; for a "
+                     f"folder of that name, end it with a separator: {out}{os.sep}")
 
 
 # libjpeg's largest side; Pillow fails past it with "broken data stream when writing image file".
