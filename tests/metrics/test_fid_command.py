@@ -219,6 +219,21 @@ def test_an_uppercase_npz_is_read_as_statistics(tmp_path, capsys, no_network):
     assert capsys.readouterr().out.strip() == "FID: 4.000000"
 
 
+def test_save_stats_to_an_uppercase_npz_writes_that_file_which_fid_then_reads(tmp_path, domain_args, capsys):
+    """--save-stats STATS.NPZ wrote STATS.NPZ.npz (np.savez appends .npz to a name not ending in lowercase .npz),
+    while fid reads STATS.NPZ as statistics: `fid STATS.NPZ b` then said "statistics file STATS.NPZ does not exist"."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    upper = tmp_path / "STATS.NPZ"
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", str(upper)]) == 0
+    out = capsys.readouterr().out
+    assert f"statistics of {folder_a}: {upper}\n" in out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["STATS.NPZ", "a", "b", "digits-domain.safetensors"]
+    assert main(["fid", str(upper), str(folder_b), *domain_args]) == 0
+    assert capsys.readouterr().out.strip() == out.splitlines()[-1]
+    one_line_error(capsys, ["fid", str(folder_a), str(upper), *domain_args, "--save-stats", str(upper), "--overwrite"],
+                   "which is PATH_B")
+
+
 def test_a_bad_statistics_file_fails_before_any_feature(tmp_path, capsys, no_network):
     folder = write_folder(tmp_path / "a", 0)
     bad = tmp_path / "bad.npz"

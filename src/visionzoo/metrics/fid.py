@@ -110,9 +110,10 @@ def is_statistics(path: str | Path) -> bool:
 
 
 def statistics_path(path: str | Path) -> Path:
-    """The file :func:`save_statistics` writes for ``path``: ``.npz`` appended unless it ends so (as ``np.savez``)."""
+    """The file :func:`save_statistics` writes for ``path``: ``.npz`` appended unless it ends so, in any letter case
+    (np.savez also appends it to ``STATS.NPZ``, which :func:`is_statistics` reads as statistics)."""
     path = Path(path)
-    return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
+    return path if is_statistics(path.name) else path.with_name(path.name + ".npz")
 
 
 FINGERPRINT_KEY = "visionzoo_features"
@@ -138,7 +139,8 @@ def save_statistics(path: str | Path, stats: FeatureStatistics, fingerprint: str
     pytorch-fid ignores)."""
     path = statistics_path(path)
     provenance = {} if fingerprint is None else {FINGERPRINT_KEY: np.array(fingerprint), COUNT_KEY: np.array(stats.count)}
-    np.savez(path, mu=stats.mean.numpy(), sigma=stats.covariance.numpy(), **provenance)
+    with open(path, "wb") as file:  # a file, not a name, that np.savez would append .npz to
+        np.savez(file, mu=stats.mean.numpy(), sigma=stats.covariance.numpy(), **provenance)
     return path
 
 
