@@ -99,6 +99,20 @@ def test_a_grid_inside_the_images_dir_is_refused_before_sampling(gan_checkpoint,
     assert not images.exists()
 
 
+@pytest.mark.parametrize("images_dir", ["grid.png", "grid.png/deeper"])
+def test_an_images_dir_at_or_below_the_grid_is_refused_before_sampling(gan_checkpoint, tmp_path, capsys, images_dir):
+    """--out grid.png --images-dir grid.png (or grid.png/deeper) drew every sample into a folder grid.png, then
+    failed on the grid with "[Errno 21] Is a directory: 'grid.png'", naming no option: the grid was lost, after a
+    sampling run that may have taken hours."""
+    out, images = tmp_path / "grid.png", tmp_path / images_dir
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "3", "--out", str(out),
+                 "--images-dir", str(images)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"visionzoo sample: error: --images-dir {images} is --out {out} or inside it, the path "
+                                "the grid is written to; give the grid and the samples separate paths"]
+    assert not out.exists()
+
+
 def test_a_code_priors_checkpoint_given_for_image_gpt_names_its_model(tmp_path, capsys):
     """The prior's recorded --tokenizer used to reach Image GPT's set-up first: "--tokenizer is for code priors ..."."""
     from visionzoo.checkpoint import save_checkpoint

@@ -622,6 +622,10 @@ def sample_command(args: argparse.Namespace) -> int:
                          "its own PNG")
     images_dir = out if not is_grid else (
         require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None)
+    if is_grid and images_dir is not None and out.resolve() in (images_dir.resolve(), *images_dir.resolve().parents):
+        # the samples would make a folder of the grid's name, and the grid then fail to be written, after sampling
+        raise ValueError(f"--images-dir {images_dir} is --out {out} or inside it, the path the grid is written to; "
+                         "give the grid and the samples separate paths")
     if is_grid and images_dir is not None and out.resolve().parent == images_dir.resolve():
         raise ValueError(f"--out {out} is in --images-dir {images_dir}, where a sample of its name would replace the "
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
