@@ -148,6 +148,27 @@ def test_fid_command_bad_domain_arguments_are_one_line(tmp_path, capsys):
     assert "--resize clean chooses how Inception's input is resized" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", [1, 3])
+def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tmp_path, monkeypatch, capsys, size):
+    """fid --features domain --img-size 2 logged "training the digits domain classifier at 2 px", loaded the train
+    split, then failed in the first step with "domain features need images of at least 4 px, got (2, 2)", naming no
+    option."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a domain classifier was trained")
+
+    monkeypatch.setattr(domain, "train_domain_classifier", refuse)
+    with pytest.raises(ValueError, match=f"domain features need images of at least 4 px, got image_size {size}"):
+        domain_features("digits", size)
+    folder = write_folder(tmp_path / "a", 0)
+    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "digits", "--img-size",
+                 str(size)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo fid: error: --img-size {size}: domain features need images of at "
+                                       "least 4 px\n")
+    assert not (tmp_path / "domain").exists()
+
+
 def test_fid_refuses_images_outside_the_unit_range():
     fid = FID(DomainFeatures(1, 10))
     with pytest.raises(ValueError, match=r"images in \[0, 1\]; these span \[0, 255\]"):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from visionzoo.cli import add_device_argument, positive_int, register_command
 from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate
-from visionzoo.metrics.domain import DOMAIN_DATA
+from visionzoo.metrics.domain import DOMAIN_DATA, MIN_IMAGE_SIZE
 from visionzoo.train.engine import PRECISIONS, autocast_context, resolve_precision
 from visionzoo.utils import resolve_device
 
@@ -126,6 +126,8 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
     if args.features != "domain" and (args.data or args.img_size):
         raise ValueError("--data and --img-size choose the domain features; add --features domain")
+    if args.features == "domain" and args.img_size is not None and args.img_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--img-size {args.img_size}: domain features need images of at least {MIN_IMAGE_SIZE} px")
     if args.features == "domain" and args.resize:
         raise ValueError(f"--resize {args.resize} chooses how Inception's input is resized; domain features read "
                          "images resized to --img-size")

@@ -32,6 +32,8 @@ DOMAIN_DATA = ("digits", "shapes")
 # The sides the generative models train at: Digits' 8 px scans upsampled to 32, Shapes at 64.
 DEFAULT_SIZES = {"digits": 32, "shapes": 64}
 WIDTHS = (32, 64, 128)
+# The smallest side the network reads: its stages after the first halve the side.
+MIN_IMAGE_SIZE = 2 ** (len(WIDTHS) - 1)
 # Bump when the network, its targets or its training change, so that stale cached weights are not reused.
 # v2: trained outside the caller's autocast and RNG (a v1 file first built inside a bf16 training step
 # learnt in bf16 and is a worse network).
@@ -238,6 +240,8 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     data = data.lower()
     if data not in DOMAIN_DATA:
         raise ValueError(f"domain features exist for {', '.join(DOMAIN_DATA)}, not {data!r}")
+    if image_size < MIN_IMAGE_SIZE:  # else the train split is loaded and the first training step fails
+        raise ValueError(f"domain features need images of at least {MIN_IMAGE_SIZE} px, got image_size {image_size}")
     in_chans = in_chans or (1 if data == "digits" else 3)
     path = Path(checkpoint) if checkpoint else domain_weights_path(data, image_size, in_chans)
     if checkpoint and not path.is_file():
