@@ -423,6 +423,32 @@ def test_sample_names_past_99999_keep_their_order_and_mark_the_folder_as_holding
     assert sorted(p.name for p in folder.iterdir()) == ["0001.png"]
 
 
+def test_samples_with_non_finite_values_are_refused_not_written_black(gan_checkpoint, tmp_path, capsys, monkeypatch):
+    """A checkpoint whose generator held a NaN weight wrote its NaN images as black PNGs ("4 samples of dcgan in
+    DIR"), and `visionzoo fid DIR` gave a number for them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(gan_checkpoint, "pt") as source:
+        tensors = {key: source.get_tensor(key) for key in source.keys()}
+        metadata = source.metadata()
+    tensors["model.generator.layers.0.weight"][0] = float("nan")
+    broken = tmp_path / "nan.safetensors"
+    save_file(tensors, broken, metadata=metadata)
+    folder = tmp_path / "samples"
+    assert main(["sample", "dcgan", "--checkpoint", str(broken), "-n", "4", "--out", str(folder)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: dcgan drew images with non-finite values (NaN or "
+                                       f"infinity) from {broken}, whose weights hold non-finite values\n")
+    assert not folder.exists()
+    sample = GANTask.sample
+    monkeypatch.setattr(GANTask, "sample", lambda *a, **k: sample(*a, **k) * float("inf"))
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "4", "--out", str(folder),
+                 "--precision", "bf16"]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: dcgan drew images with non-finite values (NaN or "
+                                       f"infinity) from {gan_checkpoint}; try --precision fp32\n")
+    assert not folder.exists()
+
+
 def test_running_out_of_memory_advises_the_options_sample_takes(gan_checkpoint, tmp_path, monkeypatch, capsys):
     """Out of memory, sample advised to "lower --img-size, --batch-size or the number of images"; it takes no
     --img-size (the model's size is the checkpoint's), and --img-size 32 was then refused as an unknown option."""

@@ -609,6 +609,14 @@ def _check_grid_fits(out: Path, count: int, shown: int, nrow: int, side: int | N
                          f"at most {JPEG_MAX_SIDE} pixels a side: change {change}, or write a .png")
 
 
+def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
+    """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
+               if tensor.is_floating_point()):
+        return ", whose weights hold non-finite values"
+    return "; try --precision fp32" if precision != "fp32" else ""
+
+
 @register_command("sample", help="draw new images from a trained generative model into a grid PNG or a folder of PNGs",
                   arguments=_sample_arguments)
 def sample_command(args: argparse.Namespace) -> int:
@@ -648,7 +656,11 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            images = setup.task.sample(model, size, generator, autocast, **settings).float().clamp(0, 1)
+            images = setup.task.sample(model, size, generator, autocast, **settings).float()
+            if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
+                raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
+                                 f"{args.checkpoint}{_non_finite_cause(model, args.precision)}")
+            images = images.clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
                     images_dir.mkdir(parents=True, exist_ok=True)
