@@ -205,6 +205,15 @@ def test_initial_loss_is_near_uniform():
     assert float(loss) == pytest.approx(math.log(11), abs=0.1)
 
 
+@pytest.mark.parametrize("temperature", [1e-46, 1e-300, 5e-324])
+def test_a_temperature_below_float32s_range_is_greedy_not_an_error(temperature):
+    """--temperature 1e-300 ended in torch's "probability tensor contains either `inf`, `nan` or element < 0": the
+    temperature became 0 in float32, and the best logit 0 / 0 = nan."""
+    logits = torch.tensor([[5.0, 20.0, 3.0], [1.0, -2.0, 0.5], [2.0, 2.0, -1.0]])
+    tokens = sample_logits(logits, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert tokens[:2].tolist() == [1, 0] and tokens[2].item() in (0, 1)
+
+
 def test_a_tiny_temperature_is_greedy_not_nan():
     logits = torch.tensor([[5.0, 20.0, 3.0], [1.0, -2.0, 0.5]])
     tokens = sample_logits(logits, temperature=1e-38, generator=torch.Generator().manual_seed(0))

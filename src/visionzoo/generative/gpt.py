@@ -221,7 +221,11 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
         raise ValueError(f"logits must be Tensor[B, V], got {tuple(logits.shape)}")
     # Shifted so the best is 0 before dividing: a tiny temperature (near-greedy) would overflow to inf - inf = nan.
     logits = logits.float()
-    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
+    logits = logits - logits.max(-1, keepdim=True).values
+    if torch.tensor(temperature, dtype=logits.dtype) > 0:
+        logits = logits / temperature
+    else:  # a temperature under float32's smallest (1.4e-45) is 0 there, and the best 0 / 0 = nan: greedy, as it tends to
+        logits = logits.masked_fill(logits < 0, float("-inf"))
     if top_k is not None and top_k < logits.shape[-1]:
         # Everything below the k-th best goes; tokens tied with it stay (as nanoGPT), not an arbitrary pick of them.
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
