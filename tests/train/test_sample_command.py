@@ -321,6 +321,17 @@ def test_out_and_images_dir_both_folders_and_a_bad_batch_size_are_refused_in_one
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_nrow_with_a_folder_out_is_refused_as_images_dir_is(tmp_path, capsys):
+    """--out DIR --nrow 4 drew and wrote the samples, --nrow unused without a word (the user may have meant a grid);
+    --images-dir with a folder --out was already refused."""
+    folder = tmp_path / "samples"
+    assert main(["sample", "dcgan", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(folder),
+                 "--nrow", "4"]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: --nrow lays out a grid --out; the folder --out "
+                                       f"{folder} gets every sample as its own PNG\n")
+    assert not folder.exists()
+
+
 def _live_tensor_bytes() -> int:
     """The bytes of every tensor storage Python still holds (the model's weights among them)."""
     gc.collect()

@@ -492,7 +492,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
-    parser.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
+    parser.add_argument("--nrow", type=positive_int, help=f"images per row of a grid --out (default {GRID_NROW})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
@@ -559,6 +559,7 @@ def sample_batches(count: int, size: int | None = None) -> Iterator[int]:
 # sampling for FID goes to a folder, one PNG a sample, written batch by batch. With --images-dir the grid shows the
 # first GRID_MAX_IMAGES samples of any -n.
 GRID_MAX_IMAGES = 4096
+GRID_NROW = 8
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -628,6 +629,9 @@ def sample_command(args: argparse.Namespace) -> int:
     if not is_grid and args.images_dir:
         raise ValueError(f"--images-dir goes with a grid --out; the folder --out {out} already gets every sample as "
                          "its own PNG")
+    if not is_grid and args.nrow is not None:
+        raise ValueError(f"--nrow lays out a grid --out; the folder --out {out} gets every sample as its own PNG")
+    nrow = args.nrow or GRID_NROW
     images_dir = out if not is_grid else (
         require_folder_or_absent(args.images_dir, "--images-dir") if args.images_dir else None)
     if is_grid and images_dir is not None and out.resolve() in (images_dir.resolve(), *images_dir.resolve().parents):
@@ -643,7 +647,7 @@ def sample_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
     if is_grid:  # before sampling, which may take long
-        _check_grid_fits(out, args.count, shown, args.nrow, setup.run_meta.get("img_size"))
+        _check_grid_fits(out, args.count, shown, nrow, setup.run_meta.get("img_size"))
     settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
@@ -673,7 +677,7 @@ def sample_command(args: argparse.Namespace) -> int:
             start += size
     if is_grid:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(torch.cat(grid), out, nrow=args.nrow, padding=GRID_PADDING, pad_value=1.0)
+        save_image(torch.cat(grid), out, nrow=nrow, padding=GRID_PADDING, pad_value=1.0)
     if images_dir is not None:
         if is_grid and shown == args.count:
             print(f"{args.count} images in {images_dir}")
