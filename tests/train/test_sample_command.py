@@ -474,6 +474,18 @@ def test_running_out_of_memory_advises_the_options_sample_takes(gan_checkpoint, 
                                        "--batch-size or the number of images\n")
 
 
+@pytest.mark.parametrize("count", [5 * 10**18, 10**19])
+def test_a_batch_too_large_for_a_tensor_is_out_of_memory_not_a_traceback(gan_checkpoint, tmp_path, capsys, count):
+    """-n 10**19 --batch-size 10**19 ended in torch's traceback "Overflow when unpacking long long" (5 * 10**18:
+    "Storage size calculation overflowed"), where a batch merely too large for the machine is one line."""
+    folder = tmp_path / "samples"
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", str(count), "--batch-size", str(count),
+                 "--out", str(folder)]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: out of memory: an allocation failed; lower "
+                                       "--batch-size or the number of images\n")
+    assert not folder.exists()
+
+
 def test_a_capped_jpeg_grid_too_tall_names_the_grids_images_not_a_count_the_user_did_not_give(gan_checkpoint, tmp_path,
                                                                                                 capsys):
     """-n 5000 --nrow 1 --out grid.jpg --images-dir DIR was refused as "-n 4096 images of 16 pixels at --nrow 1 make a
