@@ -199,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reports_error(error):  # under torchrun: once, not once per process
             print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as error:
+    except (MemoryError, RuntimeError, TypeError) as error:
         # torch's CPU allocator fails with a RuntimeError: an --img-size of 5000 on Digits (its images are preloaded at
-        # that size) asked for 126 GB and ended in a 37-line traceback
+        # that size) asked for 126 GB and ended in a 37-line traceback; sizes past 2**63 fail to be sized at all
         if not _out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise
         print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower {_memory_options(args)}",
@@ -234,7 +234,13 @@ def _is_number(token: str) -> bool:
 def _out_of_memory(error: BaseException) -> bool:
     import torch
 
-    return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
+    return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or any(
+        words in str(error) for words in ("can't allocate memory", *TENSOR_SIZE_OVERFLOW))
+
+
+# torch's words for a tensor it cannot even size (beyond 2**63 elements or bytes: an --img-size or --batch-size of
+# 10**20): out of memory on any machine, as a smaller one too large for this machine is.
+TENSOR_SIZE_OVERFLOW = ("Overflow when unpacking long", "Storage size calculation overflowed")
 
 
 def _memory_options(args: argparse.Namespace) -> str:

@@ -169,6 +169,18 @@ def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tm
     assert not (tmp_path / "domain").exists()
 
 
+def test_an_image_size_beyond_any_tensor_is_out_of_memory_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """fid --features domain --img-size 10**20 ended in torch's traceback "upsample_bilinear2d(): argument
+    'output_size' failed to unpack the object at pos 1 with error "Overflow when unpacking long long", where
+    --img-size 100000 (too large for the machine) already said "out of memory: ..." in one line."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+    folder = write_folder(tmp_path / "a", 0)
+    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "digits", "--img-size",
+                 str(10**20)]) == 2
+    assert capsys.readouterr().err == ("visionzoo fid: error: out of memory: an allocation failed; lower --img-size, "
+                                       "--batch-size or the number of images\n")
+
+
 def test_fid_refuses_images_outside_the_unit_range():
     fid = FID(DomainFeatures(1, 10))
     with pytest.raises(ValueError, match=r"images in \[0, 1\]; these span \[0, 255\]"):

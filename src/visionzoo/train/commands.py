@@ -610,11 +610,6 @@ def _check_grid_fits(out: Path, count: int, shown: int, nrow: int, side: int | N
                          f"at most {JPEG_MAX_SIDE} pixels a side: change {change}, or write a .png")
 
 
-# torch's words for a batch it cannot even size a tensor for (beyond 2**63 elements or bytes): out of memory on any
-# machine, as a smaller batch too large for this one is.
-TENSOR_SIZE_OVERFLOW = ("Overflow when unpacking long", "Storage size calculation overflowed")
-
-
 def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
     """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
     if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
@@ -665,12 +660,7 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            try:
-                images = setup.task.sample(model, size, generator, autocast, **settings).float()
-            except (RuntimeError, TypeError) as error:
-                if not any(words in str(error) for words in TENSOR_SIZE_OVERFLOW):
-                    raise
-                raise MemoryError(f"a batch of {size} images is more than a tensor holds") from None
+            images = setup.task.sample(model, size, generator, autocast, **settings).float()
             if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
                 raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
                                  f"{args.checkpoint}{_non_finite_cause(model, args.precision)}")
