@@ -89,6 +89,37 @@ def test_ddp_and_compile_prefixes_are_taken_off_foreign_files_of_either_kind(tmp
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
 
 
+def test_timm_and_torchvision_training_files_with_their_argparse_arguments_load(tmp_path):
+    """timm's train.py (CheckpointSaver) and torchvision's reference scripts save their argparse.Namespace beside the
+    weights ("args"): both files were refused for safety, though timm's own loader reads them weights-only with
+    that one class allowed. The Namespace is allowed as plain data; anything else beside it is still refused."""
+    import argparse
+
+    from timm.utils import CheckpointSaver
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = torch.nn.Linear(3, 2)
+    args = argparse.Namespace(model="resnet18", lr=0.1, input_size=None, mean=[0.5, 0.5, 0.5])
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, model_ema=ema,
+                            checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path))
+    saver.save_checkpoint(0, metric=0.5)
+    loaded, meta = read_checkpoint(tmp_path / "last.pth.tar")
+    assert meta is None and all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    loaded, _ = read_checkpoint(tmp_path / "last.pth.tar", use_ema=True)
+    assert all(torch.equal(loaded[k], v) for k, v in ema.state_dict().items())
+
+    reference = tmp_path / "torchvision_reference.pth"
+    torch.save({"model": state(), "optimizer": {}, "lr_scheduler": {}, "epoch": 3, "args": args}, reference)
+    loaded, _ = read_checkpoint(reference)
+    assert all(torch.equal(loaded[k], v) for k, v in state().items())
+
+    torch.save({"model": state(), "args": argparse.Namespace(extra=Payload())}, tmp_path / "unsafe.pth")
+    with pytest.raises(CheckpointError, match="refused for safety.*_record_unpickling"):
+        read_checkpoint(tmp_path / "unsafe.pth")
+    assert UNPICKLED == []
+
+
 def test_an_averaged_models_ema_loses_its_step_count(tmp_path):
     # torchvision's reference scripts save model_ema = AveragedModel.state_dict(); its n_averaged was an unexpected key
     tensors = state()

@@ -7,11 +7,15 @@ rebuilds its model), and, for training checkpoints, the step, the optimizer's hy
 the run's configuration. A readable copy of that JSON is written beside it as ``NAME.json``.
 
 Foreign files (timm's ``.safetensors``/``.pth``, torchvision's ``.pth``) are read with
-``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused.
+``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused. The one class allowed
+beyond tensors and containers is ``argparse.Namespace``, which timm's ``train.py`` and torchvision's reference
+scripts save as ``args`` beside the weights (timm's own loader allows it the same way): its unpickling sets
+attributes, runs no code.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import mmap
 import os
@@ -29,6 +33,8 @@ from safetensors.torch import safe_open, save_file
 
 METADATA_KEY = "visionzoo"
 MODEL_PREFIX = "model."
+# the classes weights-only loading takes beyond tensors and containers: training files' saved arguments
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -128,6 +134,9 @@ def read_checkpoint(
     DDP and torch.compile. The metadata is ours (a dict) only for files that
     :func:`save_checkpoint` wrote; foreign files give ``None``.
 
+    Training files of timm's ``train.py`` and torchvision's reference scripts load too: the ``argparse.Namespace``
+    they keep beside the weights is allowed (:data:`SAFE_GLOBALS`).
+
     ``use_ema``: a foreign training file that holds EMA weights beside the trained ones gives its
     ``state_dict_ema`` (else ``model_ema``) rather than its ``state_dict``/``model``, as timm's
     ``load_state_dict(use_ema=True)``. Our own files are returned whole (both sections); see
@@ -144,7 +153,8 @@ def read_checkpoint(
     try:
         with warnings.catch_warnings():  # a damaged protocol byte would print torch's "file an issue" warning
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = _unsafe_global(error, path)
         if unsafe:

@@ -25,7 +25,6 @@ dict (``create_model(name, checkpoint=PATH)``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.checkpoint import CheckpointError, unwrap_state_dict
+from visionzoo.checkpoint import SAFE_GLOBALS, CheckpointError, unwrap_state_dict
 from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
@@ -480,7 +479,7 @@ def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "tea
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zipfile and torch each fail their own way
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
