@@ -191,6 +191,36 @@ def test_random_bytes_are_corrupt_not_unsafe(tmp_path):
     assert "safety" not in str(info.value)
 
 
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a5a3a4c1b2e0f9d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f\nsize 22883344\n")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".safetensors"])
+@pytest.mark.parametrize("kind, expected", [
+    ("lfs", "is a Git LFS pointer, not the weights it stands for: fetch them with `git lfs pull` in its repository"),
+    ("png", "is a PNG image, not a weights file"),
+    ("jpeg", "is a JPEG image, not a weights file"),
+    ("html", "is an HTML page, not a weights file"),
+])
+def test_files_that_are_no_weights_are_named_for_what_they_are(tmp_path, suffix, kind, expected):
+    """A Git LFS pointer (a model repository cloned without git-lfs), a picture or a web page saved under a weights
+    file's name read 'truncated or corrupt: Unsupported operand 118' (or 'header too large'): the user looked for
+    damage in a file that was never weights."""
+    from PIL import Image
+
+    path = tmp_path / f"model{suffix}"
+    if kind == "lfs":
+        path.write_bytes(LFS_POINTER)
+    elif kind == "html":
+        path.write_text("\n<!DOCTYPE html>\n<html><head><title>model.safetensors</title></head></html>\n")
+    else:
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(path, format=kind.upper())
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(f"checkpoint {path} {expected}"), str(info.value)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("keep", [0.9, 0.3, 0.0])
 def test_truncated_safetensors_gives_checkpoint_error(tmp_path, keep):
     whole = tmp_path / "whole.safetensors"

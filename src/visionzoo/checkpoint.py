@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
@@ -266,7 +267,31 @@ def _unreadable(path: Path, error: BaseException) -> CheckpointError:
             weights = path.parent / "checkpoint.safetensors"
             hint = f"; the run's weights are {weights}" if weights.is_file() and weights != path else ""
             return CheckpointError(f"checkpoint {path} is a JSON document, not a weights file{hint}")
+    other = _other_kind(path)
+    if other is not None:
+        return CheckpointError(f"checkpoint {path} {other}")
     return CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}")
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+
+
+def _other_kind(path: Path) -> str | None:
+    """What an unreadable file is instead of weights, where that can be told: a Git LFS pointer (a model repository
+    cloned without git-lfs holds these small text files under the weights' names), an image or an HTML page (a
+    web page saved in place of the download); None for a file that may be damaged weights."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(_LFS_POINTER):
+        return "is a Git LFS pointer, not the weights it stands for: fetch them with `git lfs pull` in its repository"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "is an HTML page, not a weights file"
+    try:
+        with Image.open(path, formats=_IMAGE_FORMATS) as image:
+            return f"is a {image.format} image, not a weights file"
+    except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError
+        return None
 
 
 def _is_safetensors(path: Path) -> bool:
