@@ -173,6 +173,22 @@ def test_a_corrupt_cached_download_says_to_delete_it(tmp_path, monkeypatch):
         InceptionFeatures(pretrained=True)
 
 
+def test_a_cached_download_that_fails_its_hash_is_refused(weights_file, tmp_path, monkeypatch):
+    """A valid weights file that is not the one downloaded (changed on disk, or another put in its place) was used."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    cached = cached_path(ours.FID_WEIGHTS)
+    cached.parent.mkdir(parents=True)
+    shutil.copy(weights_file, cached)
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    monkeypatch.setattr(ours, "FID_WEIGHTS", Pretrained(url=ours.FID_WEIGHTS.url, sha256=digest[:12]))
+    InceptionFeatures(pretrained=True)
+    monkeypatch.setattr(ours, "FID_WEIGHTS", Pretrained(url=ours.FID_WEIGHTS.url, sha256="6726825d"))
+    with pytest.raises(CheckpointError, match=rf"{cached} is truncated or corrupt: its sha256 is {digest}, expected "
+                                              r"6726825d\.\.\.; it is the cached download of pytorch-fid's weights: "
+                                              "delete it"):
+        InceptionFeatures(pretrained=True)
+
+
 def test_torchvisions_imagenet_inception_is_refused_as_fid_weights_in_one_line(tmp_path, capsys):
     # before: load_state_dict's multi-line RuntimeError "size mismatch for fc.weight ..." as a traceback
     import torchvision

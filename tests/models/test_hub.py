@@ -273,6 +273,27 @@ def test_a_damaged_file_in_the_cache_says_to_delete_it(mirror, tmp_path):
         create_model("resnet18", pretrained=True)
     assert server.requests == []
 
+def test_a_cached_file_that_fails_its_hash_is_refused_not_loaded(mirror, monkeypatch, tmp_path):
+    """A byte changed on disk inside a tensor's data (or another file put in the cached one's place) still reads as a
+    state dict: pretrained=True loaded those weights without a word. The cached file is now checked against the
+    hash it was downloaded with, the network untouched."""
+    _, server, digest, _ = mirror
+    with_weights(monkeypatch, "resnet18", sha256=digest[:8])
+    create_model("resnet18", pretrained=True)  # downloads and caches the served file
+    cached = tmp_path / "cache" / "resnet18-f37072fd.pth"
+    damaged = bytearray(cached.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    cached.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=rf"{cached} is truncated or corrupt: its sha256 is [0-9a-f]{{64}}, "
+                                              rf"expected {digest[:8]}\.\.\.; it is the cached download of "
+                                              "resnet18's weights: delete it to download them again"):
+        create_model("resnet18", pretrained=True)
+    assert server.requests == ["/models/resnet18-f37072fd.pth"]  # the first download alone
+    cached.unlink()
+    create_model("resnet18", pretrained=True)
+    assert len(server.requests) == 2
+
+
 def test_model_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(registry._MODELS, "resnet18", dataclasses.replace(get_model_entry("resnet18"), pretrained=None))
     with pytest.raises(ValueError, match="'resnet18' has no pretrained weights"):

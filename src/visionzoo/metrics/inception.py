@@ -233,11 +233,9 @@ class InceptionFeatures(nn.Module):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)
         if pretrained:
-            from visionzoo.models._hub import cached_path, download, weights_url
+            from visionzoo.models._hub import fetch_weights
 
-            checkpoint = cached_path(FID_WEIGHTS)
-            if not checkpoint.is_file():
-                download(weights_url(FID_WEIGHTS), checkpoint, FID_WEIGHTS.sha256)
+            checkpoint = fetch_weights(FID_WEIGHTS, "pytorch-fid's weights")
             try:
                 self.load_weights(checkpoint)
             except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time

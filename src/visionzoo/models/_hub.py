@@ -2,7 +2,8 @@
 
 Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``$XDG_CACHE_HOME/visionzoo``, else
 ``~/.cache/visionzoo`` (torch.hub's order, with our folder in place of its ``torch``).
-A file in the cache is used without touching the network; a download goes to a temporary file
+A file in the cache is used without touching the network, checked against the expected sha256 where there is
+one (a file changed on disk may still read as weights); a download goes to a temporary file
 beside its final name, is checked against the expected sha256 (the full digest, or the prefix
 torchvision puts in its file names; without one, at least that it begins as a weights file does) and
 only then renamed into place, so the cache never holds a partial or unverified file.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from visionzoo.checkpoint import atomic_write
+from visionzoo.checkpoint import CheckpointError, atomic_write
 from visionzoo.models._registry import ModelEntry, Pretrained
 
 log = logging.getLogger(__name__)
@@ -80,24 +81,50 @@ def cached_path(pretrained: Pretrained) -> Path:
 
 
 def download_pretrained(entry: ModelEntry) -> Path:
-    """The local path of ``entry``'s official weights, downloading and hash-checking them once.
+    """The local path of ``entry``'s official weights, downloading them once; hash-checked when downloaded and
+    when read from the cache (:func:`fetch_weights`).
 
     Raises:
         ValueError: the model has no official weights.
         DownloadError: the download failed (naming the URL) or the file's sha256 differs from the
             expected one (naming the URL and both digests; the file is deleted).
+        CheckpointError: the cached file's sha256 differs from the expected one.
     """
     if entry.pretrained is None:
         raise ValueError(f"model {entry.name!r} has no pretrained weights; build it with pretrained=False")
-    target = cached_path(entry.pretrained)
-    if target.is_file():
-        log.info("using cached weights %s", target)
-        return target
     headers = {}
     token = os.environ.get("HF_TOKEN")
     if entry.pretrained.url is None and token:
         headers["Authorization"] = f"Bearer {token}"
-    return download(weights_url(entry.pretrained), target, entry.pretrained.sha256, headers)
+    return fetch_weights(entry.pretrained, f"{entry.name}'s weights", headers)
+
+
+def fetch_weights(pretrained: Pretrained, what: str, headers: dict[str, str] | None = None) -> Path:
+    """The local path of the weights ``pretrained`` names (``what`` they are, for messages): the cached file, checked
+    against the expected sha256 where there is one, else a fresh download (:func:`download`).
+
+    Raises:
+        CheckpointError: the cached file's sha256 differs from the expected one (changed on disk, or another file put
+            in its place, which may still read as weights), naming the file and saying to delete it.
+        DownloadError: as :func:`download`.
+    """
+    target = cached_path(pretrained)
+    if not target.is_file():
+        return download(weights_url(pretrained), target, pretrained.sha256, headers)
+    log.info("using cached weights %s", target)
+    if pretrained.sha256 is not None:
+        with open(target, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if not digest.startswith(pretrained.sha256.lower()):
+            raise CheckpointError(
+                f"checkpoint {target} is truncated or corrupt: its sha256 is {digest}, expected "
+                f"{_expected(pretrained.sha256)}; it is the cached download of {what}: delete it to download them again")
+    return target
+
+
+def _expected(sha256: str) -> str:
+    """An expected digest as messages show it: a prefix (torchvision's) ends with an ellipsis."""
+    return sha256.lower() + ("..." if len(sha256) < 64 else "")
 
 
 def download(url: str, target: Path, sha256: str | None = None, headers: dict[str, str] | None = None,
@@ -118,7 +145,7 @@ def download(url: str, target: Path, sha256: str | None = None, headers: dict[st
             digest = _fetch(url, out, headers or {}, timeout)
         if sha256 is not None and not digest.startswith(sha256.lower()):
             raise DownloadError(
-                f"{url} has sha256 {digest}, expected {sha256.lower()}{'...' if len(sha256) < 64 else ''}; "
+                f"{url} has sha256 {digest}, expected {_expected(sha256)}; "
                 "the download was deleted (a corrupt transfer, or a mirror serving another file)"
             )
         if sha256 is None:
