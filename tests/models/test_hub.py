@@ -251,6 +251,20 @@ def test_network_failures_name_the_url(mirror, monkeypatch, tmp_path):
 
 
 
+def test_an_offline_failure_names_where_the_file_would_be_read(mirror, monkeypatch, tmp_path):
+    """Offline, pretrained=True said 'could not download URL: [Errno -2] Name or service not known' and no more: a
+    user holding the file (torchvision's or pytorch-fid's download in torch.hub's folder) could not tell where
+    visionzoo looks for it."""
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{closed}")
+    cached = tmp_path / "cache" / "resnet18-f37072fd.pth"
+    with pytest.raises(DownloadError, match=rf"could not download http://127.0.0.1:{closed}/models/resnet18-f37072fd.pth: "
+                                            rf".*refused; to use the file offline, put a copy of it at {cached}$"):
+        create_model("resnet18", pretrained=True)
+
+
 @pytest.mark.parametrize("below", ["", "sub"])
 def test_a_cache_that_is_a_file_is_named_before_any_download(mirror, monkeypatch, tmp_path, below):
     # it failed with a bare FileExistsError / NotADirectoryError from inside atomic_write

@@ -142,7 +142,10 @@ def download(url: str, target: Path, sha256: str | None = None, headers: dict[st
 
     def fetch_and_check(tmp: str) -> None:
         with open(tmp, "wb") as out:
-            digest = _fetch(url, out, headers or {}, timeout)
+            try:
+                digest = _fetch(url, out, headers or {}, timeout)
+            except DownloadError as error:  # offline, say where a copy the user has is read from
+                raise DownloadError(f"{error}; to use the file offline, put a copy of it at {target}") from None
         if sha256 is not None and not digest.startswith(sha256.lower()):
             raise DownloadError(
                 f"{url} has sha256 {digest}, expected {_expected(sha256)}; "
