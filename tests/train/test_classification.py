@@ -279,6 +279,26 @@ def test_an_initial_checkpoint_with_ema_weights_starts_from_them_as_timm_does(tm
         assert model.fc.out_features == 3
 
 
+def test_an_initial_checkpoint_in_a_familys_official_layout_loads_as_create_model_reads_it(tmp_path):
+    """HIPT's official file (a DINO training state: teacher, student, arguments) loads with create_model(checkpoint=),
+    which falls back on the family's reader, but --initial-checkpoint read it with the generic reader alone and
+    refused it ('is not a state dict of tensors: it has non-tensor entries ['teacher', 'student', ...]')."""
+    import argparse
+
+    from visionzoo.models import create_model
+    from visionzoo.train.classification import build_classifier
+
+    torch.manual_seed(0)
+    teacher = create_model("hipt_vit256_small").state_dict()
+    student = {f"module.backbone.{k}": v + 1 for k, v in teacher.items()}
+    path = tmp_path / "vit256_small_dino.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in teacher.items()}, "student": student, "epoch": 100,
+                "args": argparse.Namespace(arch="vit_small", patch_size=16)}, path)
+    model = build_classifier("hipt_vit256_small", 3, 3, {}, initial_checkpoint=path)
+    assert torch.equal(model.pos_embed, teacher["pos_embed"]) and torch.equal(model.norm.weight, teacher["norm.weight"])
+    assert model.head.out_features == 3
+
+
 def test_random_flips_draw_each_symmetry_of_the_square_equally_often():
     image = torch.arange(16.0).view(1, 1, 4, 4)  # no symmetry of its own: the 8 images below differ
     symmetries = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]

@@ -266,7 +266,7 @@ def create_model(
     foreign = True
     source = ""
     if checkpoint is not None:
-        tensors, meta = _read_weights(entry, checkpoint, use_ema)
+        tensors, meta = read_weights(entry, checkpoint, use_ema)
         source = str(checkpoint)
         if meta is not None:
             saved_args = dict(_saved_model(meta, name, source).get("args") or {})
@@ -311,7 +311,7 @@ def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
 
     path = download_pretrained(entry)
     try:
-        state, _ = _read_weights(entry, path)
+        state, _ = read_weights(entry, path)
     except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
         raise CheckpointError(f"{error}; it is the cached download of {entry.name}'s weights: delete it to "
                               "download them again") from None
@@ -363,14 +363,14 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path, use_ema: bool = Tr
     """
     name = getattr(model, "model_name", None)
     entry = _MODELS.get(name) if name is not None else None
-    tensors, meta = _read_weights(entry, checkpoint, use_ema)
+    tensors, meta = read_weights(entry, checkpoint, use_ema)
     if meta is not None and name is not None:
         _saved_model(meta, name, str(checkpoint))
     _load_state(model, entry, model_state(tensors, meta, ema=use_ema), meta is None, str(checkpoint),
                 asked=set(getattr(model, "model_args", {})))
 
 
-def _read_weights(
+def read_weights(
     entry: ModelEntry | None, path: str | Path, use_ema: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """:func:`read_checkpoint`, falling back on the family's own reader for official files it refuses."""

@@ -341,10 +341,11 @@ def build_classifier(model_name: str, num_classes: int, in_chans: int, model_arg
     if checkpoint is not None or initial_checkpoint is None:
         return create_model(model_name, checkpoint=checkpoint, num_classes=num_classes, in_chans=in_chans,
                             **model_args)
-    from visionzoo.checkpoint import read_checkpoint
+    from visionzoo.models import get_model_entry
+    from visionzoo.models._registry import read_weights
 
     # Read once for both the model's arguments and its weights: a .pth has no header to read apart.
-    loaded = read_checkpoint(initial_checkpoint, use_ema=True)
+    loaded = read_weights(get_model_entry(model_name), initial_checkpoint, use_ema=True)
     model = create_model(model_name, num_classes=num_classes, in_chans=in_chans,
                          **{**saved_model_args(loaded[1], initial_checkpoint, model_name), **model_args})
     load_initial_weights(model, initial_checkpoint, loaded)
@@ -369,19 +370,20 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     """Start ``model`` (a registered classifier) from the weights in ``path``, except its head.
 
     ``path`` is one of our checkpoints (a classifier's, or a masked-patch pretraining's encoder) or a
-    timm/torchvision file of the same model; ``loaded`` is what ``read_checkpoint(path, use_ema=True)``
-    returned, if the caller has read it already. A file with EMA weights (our ``ema.`` section, timm's
+    timm/torchvision file of the same model, or one in the family's official layout that only its own reader takes
+    (HIPT's DINO training states), as :func:`~visionzoo.models.create_model` reads them; ``loaded`` is what
+    ``read_weights(entry, path, use_ema=True)`` returned, if the caller has read it already. A file with EMA weights (our ``ema.`` section, timm's
     ``state_dict_ema``/``model_ema``) starts the model from those, as timm's ``train.py
     --initial-checkpoint`` (``create_model(checkpoint_path=)``) does. The head keeps its fresh initialisation.
     Logs the file's tensors left out (its head; a pretraining's [mask] embedding and colour head).
     """
-    from visionzoo.checkpoint import model_state, read_checkpoint
+    from visionzoo.checkpoint import model_state
     from visionzoo.models import get_model_entry
-    from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
+    from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict, read_weights
     from visionzoo.train.mpp import pretrained_encoder_state
 
     entry = get_model_entry(model.model_name)
-    tensors, meta = read_checkpoint(path, use_ema=True) if loaded is None else loaded
+    tensors, meta = read_weights(entry, path, use_ema=True) if loaded is None else loaded
     state = model_state(tensors, meta, ema=True)
     if meta is None and entry.checkpoint_filter is not None:
         state = entry.checkpoint_filter(state, model)
