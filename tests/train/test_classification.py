@@ -299,6 +299,19 @@ def test_an_initial_checkpoint_in_a_familys_official_layout_loads_as_create_mode
     assert model.head.out_features == 3
 
 
+def test_a_file_the_familys_filter_refuses_is_named_when_it_starts_a_fine_tuning(tmp_path):
+    """create_model(checkpoint=) names the file when the family's filter refuses its weights; --initial-checkpoint
+    said only 'the checkpoint holds one of HIPT's two ViTs ...', naming no file."""
+    from visionzoo.checkpoint import CheckpointError
+    from visionzoo.models import create_model
+    from visionzoo.train.classification import build_classifier
+
+    path = tmp_path / "tiles.pth"
+    torch.save(create_model("hipt_vit256_small").state_dict(), path)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path}: the checkpoint holds one of HIPT's two ViTs"):
+        build_classifier("hipt_4k", 3, 3, {}, initial_checkpoint=path)
+
+
 def test_random_flips_draw_each_symmetry_of_the_square_equally_often():
     image = torch.arange(16.0).view(1, 1, 4, 4)  # no symmetry of its own: the 8 images below differ
     symmetries = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]

@@ -416,15 +416,24 @@ def _load_state(
 ) -> None:
     """``asked``: the builder arguments the caller gave; the head and stem adapt only to a ``num_classes`` and
     ``in_chans`` among them (None: both)."""
-    if foreign and entry is not None and entry.checkpoint_filter is not None:
-        try:
-            state = entry.checkpoint_filter(state, model)
-        except CheckpointError as error:  # a filter knows the weights, not the file they came from
-            raise CheckpointError(f"checkpoint {source}: {error}") from None
+    if foreign:
+        state = filter_foreign_state(entry, state, model, source)
     asked = {"num_classes", "in_chans"} if asked is None else asked
     state = adapt_state_dict(state, model, entry, source, reinit_head="num_classes" in asked,
                              adapt_stem="in_chans" in asked)
     load_state_dict_strict(model, state, source)
+
+
+def filter_foreign_state(entry: ModelEntry | None, state: dict[str, torch.Tensor], model: nn.Module,
+                         source: str) -> dict[str, torch.Tensor]:
+    """``state``, a foreign file's (timm's, torchvision's, an official release's), through the family's checkpoint
+    filter where it has one; a filter's :class:`CheckpointError` is raised again naming ``source``, the file."""
+    if entry is None or entry.checkpoint_filter is None:
+        return state
+    try:
+        return entry.checkpoint_filter(state, model)
+    except CheckpointError as error:  # a filter knows the weights, not the file they came from
+        raise CheckpointError(f"checkpoint {source}: {error}") from None
 
 
 def _absent_module(key: str, model: nn.Module) -> str | None:

@@ -379,14 +379,19 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     """
     from visionzoo.checkpoint import model_state
     from visionzoo.models import get_model_entry
-    from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict, read_weights
+    from visionzoo.models._registry import (
+        adapt_state_dict,
+        filter_foreign_state,
+        load_state_dict_strict,
+        read_weights,
+    )
     from visionzoo.train.mpp import pretrained_encoder_state
 
     entry = get_model_entry(model.model_name)
     tensors, meta = read_weights(entry, path, use_ema=True) if loaded is None else loaded
     state = model_state(tensors, meta, ema=True)
-    if meta is None and entry.checkpoint_filter is not None:
-        state = entry.checkpoint_filter(state, model)
+    if meta is None:
+        state = filter_foreign_state(entry, state, model, str(path))
     given = list(state)
     prefix = ""
     if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":

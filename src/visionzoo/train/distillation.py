@@ -80,7 +80,7 @@ class Teacher:
                  image_size: tuple[int, int] | None = None) -> None:
         from visionzoo.checkpoint import model_state, read_checkpoint
         from visionzoo.models import create_model, get_model_entry
-        from visionzoo.models._registry import adapt_state_dict, load_state_dict_strict
+        from visionzoo.models._registry import adapt_state_dict, filter_foreign_state, load_state_dict_strict
         from visionzoo.train.classification import normalization, saved_model_args
 
         entry = get_model_entry(model_name)  # an unknown name fails before the file is read
@@ -118,8 +118,8 @@ class Teacher:
         model = create_model(model_name, num_classes=len(classes), in_chans=in_chans,
                              **saved_model_args(meta, path, entry.name))
         state = model_state(tensors, meta, ema=True)
-        if meta is None and entry.checkpoint_filter is not None:
-            state = entry.checkpoint_filter(state, model)
+        if meta is None:
+            state = filter_foreign_state(entry, state, model, str(path))
         own = model.state_dict()
         for head in entry.classifier:
             weight = state.get(head + ".weight")
