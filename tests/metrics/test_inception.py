@@ -217,6 +217,18 @@ def test_bad_input_is_one_clear_error(weights_file, tmp_path):
     assert np.isfinite(InceptionFeatures(weights_file).fc.weight.detach().numpy()).all()
 
 
+def test_a_refused_weights_file_leaves_the_network_as_it_was(weights_file, tmp_path):
+    """load_weights copied every tensor the file had before it refused the file for the ones it lacked: the network
+    it refused to load into was left half replaced."""
+    features = InceptionFeatures(weights_file)
+    before = {k: v.clone() for k, v in features.state_dict().items()}
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in before.items() if k != "fc.bias"}
+    torch.save(other, tmp_path / "no_fc_bias.pth")
+    with pytest.raises(ValueError, match=r"not an FID Inception-v3 weights file: missing \['fc.bias'\]"):
+        features.load_weights(tmp_path / "no_fc_bias.pth")
+    assert all(torch.equal(features.state_dict()[k], v) for k, v in before.items())
+
+
 def write_folder(folder, seed: int, count: int = 8, size: int = 48):
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(seed)

@@ -246,7 +246,8 @@ class InceptionFeatures(nn.Module):
         self.eval()
 
     def load_weights(self, checkpoint: str | Path) -> None:
-        """Load pytorch-fid's weight file (or any state dict of this layout), strictly."""
+        """Load pytorch-fid's weight file (or any state dict of this layout), strictly: a file that does not fit raises
+        ``ValueError`` and leaves the network unchanged."""
         from visionzoo.checkpoint import read_checkpoint
 
         tensors, _ = read_checkpoint(checkpoint)
@@ -257,11 +258,13 @@ class InceptionFeatures(nn.Module):
         if resized:
             raise ValueError(f"{checkpoint} is not an FID Inception-v3 weights file (pytorch-fid's "
                              f"pt_inception-2015-12-05): its {', '.join(resized[:2])} differ in shape")
-        missing, unexpected = self.load_state_dict(tensors, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        # checked before any copy: load_state_dict(strict=False) would copy what fits and leave the network half loaded
+        missing = [k for k in own if k not in tensors and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in tensors if k not in own]
         if missing or unexpected:
             raise ValueError(f"{checkpoint} is not an FID Inception-v3 weights file: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} in all)")
+        self.load_state_dict(tensors, strict=False)  # pytorch-fid's file has no batch-norm step counters
 
     def preprocess(self, images: Tensor) -> Tensor:
         """Images Tensor[B, 3, H, W] in [0, 1] of any dtype, resized per ``self.resize``, mapped to about [-1, 1]
