@@ -285,6 +285,24 @@ def test_a_missing_perceptual_checkpoint_is_refused_before_the_run(tmp_path, cap
     assert not (tmp_path / "run").exists()
 
 
+def test_a_perceptual_checkpoint_that_is_no_vgg16_is_refused_before_the_run(tmp_path, capsys):
+    """A file that is there but holds no VGG16 (a torchvision resnet18's) was read at the first step: "training
+    vqgan for 1 steps ...", then "checkpoint ... does not fit model VGG16Features", naming no option, with the run
+    folder made."""
+    import torchvision
+
+    resnet = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), resnet)
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "--perceptual-checkpoint", str(resnet), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"visionzoo train: error: --perceptual-checkpoint: checkpoint {resnet} does not "
+                                   "fit model VGG16Features: ") and captured.err.count("\n") == 1
+    assert "training vqgan" not in captured.out + captured.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_images_too_small_for_the_discriminator_are_refused_before_the_run(tmp_path, capsys):
     """8 px images (a 2-layer PatchGAN needs 12) used to train until --disc-start, then fail there."""
     run = tmp_path / "run"

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.data.factory import SPLITS
 from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
 from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
@@ -269,8 +270,13 @@ class VQGANTask(ReconstructionTask):
             except ValueError as error:
                 raise ValueError(f"--img-size {meta['img_size']} is too small for {model_name}'s discriminator ({error}): "
                                  "give a larger --img-size or fewer --model-arg disc_layers") from None
-        build = functools.partial(build_perceptual_loss, perceptual_file, data,
-                                  meta["img_size"], meta["in_chans"])
+        build: Callable[[], PerceptualLoss] | PerceptualLoss = functools.partial(
+            build_perceptual_loss, perceptual_file, data, meta["img_size"], meta["in_chans"])
+        if checkpoint is None and perceptual_file is not None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0:
+            try:  # read now: a file that holds no VGG16 would otherwise fail at the first step, naming no option
+                build = build()
+            except CheckpointError as error:
+                raise CheckpointError(f"--perceptual-checkpoint: {error}") from None
         setup.task = cls(disc_start=chosen.get("disc_start", DISC_START),
                          disc_weight=chosen.get("disc_weight", DISC_WEIGHT),
                          perceptual_weight=chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT), perceptual=build)
