@@ -151,6 +151,20 @@ def read_checkpoint(
     path = _checkpoint_file(path)
     if _is_safetensors(path):
         return _read_safetensors(path)
+    return unwrap_state_dict(load_torch_file(path), path, use_ema), None
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """The object a ``torch.save`` file holds, read with ``torch.load(weights_only=True)`` (:data:`SAFE_GLOBALS`
+    allowed), on the CPU: what a family's own reader of official files (HIPT's DINO states) unwraps itself.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: as :func:`read_checkpoint`, in one line naming ``path``: a truncated or corrupt file, a
+            file that is no weights at all (a Git LFS pointer, an image), or one refused for safety; never torch's
+            advice to load it with ``weights_only=False``.
+    """
+    path = _checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # a damaged protocol byte would print torch's "file an issue" warning
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -166,7 +180,7 @@ def read_checkpoint(
         raise _unreadable(path, error) from None
     except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
         raise _unreadable(path, error) from None
-    return unwrap_state_dict(obj, path, use_ema), None
+    return obj
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:

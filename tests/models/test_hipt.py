@@ -298,6 +298,34 @@ def test_missing_and_corrupt_files_name_the_path(vit256, tmp_path):
         load_official_checkpoint(ViT256(), unsafe)
 
 
+def test_unreadable_files_are_refused_as_every_familys_are_never_advising_unsafe_loading(vit256, tmp_path):
+    """HIPT's reader, which create_model falls back on for HIPT's names, wrapped torch's own message: a PNG or a Git
+    LFS pointer read 'could not be read as a HIPT/DINO checkpoint: Weights only load failed. ... Re-running
+    `torch.load` with `weights_only` set to `False` will likely succeed', advice to run arbitrary code for a file that
+    was never weights, and an unsafe pickle's message carried terminal escape codes."""
+    from PIL import Image
+
+    picture = tmp_path / "picture.pth"
+    Image.new("RGB", (8, 8)).save(picture, format="PNG")
+    pointer = tmp_path / "pointer.pth"
+    pointer.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 86000000\n")
+    truncated = tmp_path / "truncated.pth"
+    dino_file(truncated, vit256.state_dict())
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"teacher": {"backbone.cls_token": torch.zeros(1)}, "args": fractions.Fraction(1, 3)}, unsafe)
+    for path, expected in ((picture, "is a PNG image, not a weights file"), (pointer, "is a Git LFS pointer"),
+                           (truncated, "is truncated or corrupt: "),
+                           (unsafe, "is refused for safety: it holds a Python object of type fractions.Fraction")):
+        for load in (lambda p: create_model("hipt_vit256_small", checkpoint=p),
+                     lambda p: load_official_checkpoint(ViT256(), p)):
+            with pytest.raises(CheckpointError) as info:
+                load(path)
+            message = str(info.value)
+            assert message.startswith(f"checkpoint {path} {expected}"), message
+            assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
+
+
 def test_a_file_for_the_other_vit_is_refused_whole(tmp_path):
     torch.manual_seed(16)
     path = dino_file(tmp_path / "vit4k_xs_dino.pth", create_model("vit4k_xs").state_dict())

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionzoo.checkpoint import SAFE_GLOBALS, CheckpointError, unwrap_state_dict
+from visionzoo.checkpoint import CheckpointError, load_torch_file, unwrap_state_dict
 from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
@@ -467,23 +467,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
 def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "teacher") -> dict[str, Tensor]:
     """The backbone state dict in an official HIPT/DINO file (``vit256_small_dino.pth``, ``vit4k_xs_dino.pth``).
 
-    Reads with ``torch.load(weights_only=True)``, allowing only ``argparse.Namespace`` beyond
-    tensors and containers (DINO saves its arguments), takes ``checkpoint_key`` ("teacher", the
-    weights HIPT uses, or "student") when the file holds a training state (else a state dict, plain
+    Reads with :func:`~visionzoo.checkpoint.load_torch_file` (``torch.load(weights_only=True)``, allowing only
+    ``argparse.Namespace`` beyond tensors and containers: DINO saves its arguments), takes ``checkpoint_key``
+    ("teacher", the weights HIPT uses, or "student") when the file holds a training state (else a state dict, plain
     or under ``model``/``state_dict`` as :func:`create_model` reads it), strips the
     ``module.``/``backbone.`` prefixes and drops DINO's projection head.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` for one that is
     corrupt, needs other Python objects, or has no such key.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zipfile and torch each fail their own way
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} could not be read as a HIPT/DINO checkpoint: {first}") from None
+    obj = load_torch_file(path)
     if isinstance(obj, Mapping) and ("teacher" in obj or "student" in obj):
         if checkpoint_key not in obj:
             other = "student" if checkpoint_key == "teacher" else "teacher"
