@@ -221,6 +221,24 @@ def test_files_that_are_no_weights_are_named_for_what_they_are(tmp_path, suffix,
     assert "\n" not in str(info.value)
 
 
+def test_a_torchscript_archive_is_named_and_never_advised_to_unpickle(tmp_path):
+    """A TorchScript archive (torch.jit.save's: clean-fid's inception-2015-12-05.pt, a model exported for serving)
+    printed torch's warning 'received a zip file that looks like a TorchScript archive', then 'is truncated or
+    corrupt: Cannot use weights_only=True with TorchScript archives ... Re-running torch.load with weights_only set to
+    False will likely succeed, but it can result in arbitrary code execution'."""
+    path = tmp_path / "inception-2015-12-05.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {path} is a TorchScript archive (torch.jit.save's), not a state dict"), message
+    assert "weights_only" not in message and "\n" not in message
+
+
 @pytest.mark.parametrize("keep", [0.9, 0.3, 0.0])
 def test_truncated_safetensors_gives_checkpoint_error(tmp_path, keep):
     whole = tmp_path / "whole.safetensors"

@@ -23,6 +23,7 @@ import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,9 @@ def load_torch_file(path: str | os.PathLike) -> Any:
             advice to load it with ``weights_only=False``.
     """
     path = _checkpoint_file(path)
+    if _is_torchscript(path):  # torch.load would warn, then advise weights_only=False
+        raise CheckpointError(f"checkpoint {path} is a TorchScript archive (torch.jit.save's), not a state dict of "
+                              "weights; where you trust it, load it with torch.jit.load and save its state_dict()")
     try:
         with warnings.catch_warnings():  # a damaged protocol byte would print torch's "file an issue" warning
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -181,6 +185,17 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     except Exception as error:  # a damaged file fails in zipfile, struct, pickle or torch, each its own way
         raise _unreadable(path, error) from None
     return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip whose entries hold ``constants.pkl``, as torch's own test."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rpartition("/")[2] == "constants.pkl" for name in archive.namelist())
+    except Exception:  # a damaged archive fails in zipfile its own way (BadZipFile, NotImplementedError, ...):
+        return False  # left for torch.load to report
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
