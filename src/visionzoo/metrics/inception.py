@@ -238,7 +238,7 @@ class InceptionFeatures(nn.Module):
             checkpoint = fetch_weights(FID_WEIGHTS, "pytorch-fid's weights")
             try:
                 self.load_weights(checkpoint)
-            except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
+            except CheckpointError as error:  # a cached file that fails to load would fail every time
                 raise CheckpointError(f"{error}; it is the cached download of pytorch-fid's weights: delete it to "
                                       "download them again") from None
         elif checkpoint is not None:

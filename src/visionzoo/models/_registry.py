@@ -312,7 +312,7 @@ def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
     path = download_pretrained(entry)
     try:
         state, _ = read_weights(entry, path)
-    except CheckpointError as error:  # the cache is used unchecked: a file cut short there would fail every time
+    except CheckpointError as error:  # timm's cached files have no hash to check: one cut short would fail every time
         raise CheckpointError(f"{error}; it is the cached download of {entry.name}'s weights: delete it to "
                               "download them again") from None
     return state, str(path)
