@@ -221,6 +221,27 @@ def test_files_that_are_no_weights_are_named_for_what_they_are(tmp_path, suffix,
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["ViT-B_16.npz", "weights.pth", "array.npy"])
+def test_numpy_files_are_named_for_what_they_are(tmp_path, name):
+    """Google's ViT releases are JAX/Flax .npz archives; given as weights they read 'truncated or corrupt: Expected
+    hasRecord("version") to be true, but got false.  (Could this error message be improved? ...)' (a .npy
+    'Unsupported operand 147')."""
+    import numpy as np
+
+    path = tmp_path / name
+    with open(path, "wb") as handle:
+        if name.endswith(".npy"):
+            np.save(handle, np.ones(3, np.float32))
+        else:
+            np.savez(handle, **{"Transformer/encoder_norm/scale": np.ones(3, np.float32)})
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    expected = ("is a NumPy array file (.npy), not a weights file" if name.endswith(".npy") else
+                "is a NumPy archive (.npz), not a PyTorch weights file: JAX/Flax weights (Google's ViT releases) are "
+                "read by timm's ViTs (model.load_pretrained(FILE)), whose state_dict() loads here")
+    assert str(info.value) == f"checkpoint {path} {expected}"
+
+
 def test_a_torchscript_archive_is_named_and_never_advised_to_unpickle(tmp_path):
     """A TorchScript archive (torch.jit.save's: clean-fid's inception-2015-12-05.pt, a model exported for serving)
     printed torch's warning 'received a zip file that looks like a TorchScript archive', then 'is truncated or

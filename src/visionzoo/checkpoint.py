@@ -189,13 +189,18 @@ def load_torch_file(path: str | os.PathLike) -> Any:
 
 def _is_torchscript(path: Path) -> bool:
     """Whether ``path`` is a TorchScript archive: a zip whose entries hold ``constants.pkl``, as torch's own test."""
+    return any(name.rpartition("/")[2] == "constants.pkl" for name in _zip_names(path))
+
+
+def _zip_names(path: Path) -> list[str]:
+    """The entries of the zip archive at ``path``; none for a file that is no readable zip."""
     try:
         if not zipfile.is_zipfile(path):
-            return False
+            return []
         with zipfile.ZipFile(path) as archive:
-            return any(name.rpartition("/")[2] == "constants.pkl" for name in archive.namelist())
+            return archive.namelist()
     except Exception:  # a damaged archive fails in zipfile its own way (BadZipFile, NotImplementedError, ...):
-        return False  # left for torch.load to report
+        return []  # left for torch.load to report
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: Path) -> str | None:
@@ -308,14 +313,21 @@ _IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 
 def _other_kind(path: Path) -> str | None:
     """What an unreadable file is instead of weights, where that can be told: a Git LFS pointer (a model repository
-    cloned without git-lfs holds these small text files under the weights' names), an image or an HTML page (a
-    web page saved in place of the download); None for a file that may be damaged weights."""
+    cloned without git-lfs holds these small text files under the weights' names), an HTML page (a web page saved in
+    place of the download), a NumPy file (JAX/Flax weights come as .npz) or an image; None for a file that may be
+    damaged weights."""
     with open(path, "rb") as handle:
         head = handle.read(512)
     if head.startswith(_LFS_POINTER):
         return "is a Git LFS pointer, not the weights it stands for: fetch them with `git lfs pull` in its repository"
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         return "is an HTML page, not a weights file"
+    if head.startswith(b"\x93NUMPY"):
+        return "is a NumPy array file (.npy), not a weights file"
+    names = _zip_names(path)
+    if names and all(name.endswith(".npy") for name in names):
+        return ("is a NumPy archive (.npz), not a PyTorch weights file: JAX/Flax weights (Google's ViT releases) are "
+                "read by timm's ViTs (model.load_pretrained(FILE)), whose state_dict() loads here")
     try:
         with Image.open(path, formats=_IMAGE_FORMATS) as image:
             return f"is a {image.format} image, not a weights file"
