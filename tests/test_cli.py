@@ -404,6 +404,19 @@ def test_an_image_size_that_does_not_fit_in_memory_is_one_line(capsys, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("model", ["resnet18", "fasterrcnn_shapes"])
+def test_a_weights_file_given_as_a_model_argument_is_one_line_naming_the_options_that_take_it(capsys, tmp_path, model):
+    """--model-arg checkpoint=FILE ended in a traceback: "TypeError: create_model() got multiple values for keyword
+    argument 'checkpoint'"."""
+    weights = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18").state_dict(), weights)
+    one_line_error(capsys, ["train", model, "--data", "digits", "--max-steps", "1", "--out", str(tmp_path / "run"),
+                            "--model-arg", f"checkpoint={weights}"],
+                   f"--model-arg checkpoint={weights}: a weights file to start from is --initial-checkpoint FILE "
+                   "(classifiers); a detector's backbone takes --model-arg 'backbone_args={\"checkpoint\": \"FILE\"}'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_arguments_unknown_or_set_by_the_data_are_one_line(capsys, tmp_path):
     one_line_error(capsys, [*TRAIN, "--max-steps", "1", "--out", str(tmp_path / "a"), "--model-arg", "bogus=1"],
                    "resnet18 takes no argument 'bogus'")

@@ -167,6 +167,10 @@ def train_command(args: argparse.Namespace) -> int:
     for key, value in args.model_arg:
         if key in DATA_SET_ARGS:
             raise ValueError(f"--model-arg {key}={value}: {key} is set from --data, not given")
+        if key == "checkpoint":  # create_model's own argument, which the run passes itself
+            raise ValueError(f"--model-arg {key}={value}: a weights file to start from is --initial-checkpoint FILE "
+                             "(classifiers); a detector's backbone takes --model-arg "
+                             "'backbone_args={\"checkpoint\": \"FILE\"}'")
     out = Path(args.out or f"runs/{args.model}-{_data_name(args.data)}")
     trained = None
     if args.resume and (out / CHECKPOINT_NAME).is_file():  # its options, not the defaults, where none is given
