@@ -242,6 +242,21 @@ def test_numpy_files_are_named_for_what_they_are(tmp_path, name):
     assert str(info.value) == f"checkpoint {path} {expected}"
 
 
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_file_saved_with_a_newer_pickle_protocol_is_named_so_not_called_damaged(tmp_path, protocol, legacy):
+    """torch.save(..., pickle_protocol=4) writes a sound file that PyTorch's weights-only loader cannot read (its
+    FRAME opcode): it read 'truncated or corrupt: Unsupported operand 149'."""
+    path = tmp_path / "weights.pth"
+    torch.save(state(), path, pickle_protocol=protocol, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    assert str(info.value) == (
+        f"checkpoint {path} was saved with pickle protocol {protocol} (torch.save(..., pickle_protocol={protocol})), "
+        "which PyTorch's weights-only loader does not read; where you trust the file, save it again with torch.save's "
+        "default protocol")
+
+
 def test_a_torchscript_archive_is_named_and_never_advised_to_unpickle(tmp_path):
     """A TorchScript archive (torch.jit.save's: clean-fid's inception-2015-12-05.pt, a model exported for serving)
     printed torch's warning 'received a zip file that looks like a TorchScript archive', then 'is truncated or

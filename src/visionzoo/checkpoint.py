@@ -304,7 +304,29 @@ def _unreadable(path: Path, error: BaseException) -> CheckpointError:
     other = _other_kind(path)
     if other is not None:
         return CheckpointError(f"checkpoint {path} {other}")
+    protocol = _pickle_protocol(path)
+    if protocol is not None and protocol >= 4 and "Unsupported operand" in str(error):
+        return CheckpointError(
+            f"checkpoint {path} was saved with pickle protocol {protocol} (torch.save(..., pickle_protocol={protocol})), "
+            "which PyTorch's weights-only loader does not read; where you trust the file, save it again with "
+            "torch.save's default protocol")
     return CheckpointError(f"checkpoint {path} is truncated or corrupt: {_first_line(error)}")
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The pickle protocol of a torch.save file (its ``data.pkl`` entry, or the legacy format's first pickle), None
+    when there is no pickle to tell."""
+    pickles = [name for name in _zip_names(path) if name.rpartition("/")[2] == "data.pkl"]
+    try:
+        if pickles:
+            with zipfile.ZipFile(path) as archive, archive.open(pickles[0]) as entry:
+                head = entry.read(2)
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+    except Exception:  # a damaged archive: no protocol to tell
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None
 
 
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
