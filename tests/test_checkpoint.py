@@ -293,6 +293,17 @@ def test_safetensors_is_recognised_by_its_header(tmp_path):
     assert meta is None and all(torch.equal(loaded[k], v) for k, v in state().items())
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_torch_file_named_safetensors_is_read_as_what_it_is(tmp_path, legacy):
+    """A torch.save file renamed model.safetensors (as if the name converted it) was read by its name alone and
+    called damaged: 'is truncated or corrupt: Error while deserializing header: header too large'."""
+    path = tmp_path / "model.safetensors"
+    torch.save(state(), path, _use_new_zipfile_serialization=not legacy)
+    loaded, meta = read_checkpoint(path)
+    assert meta is None and all(torch.equal(loaded[k], v) for k, v in state().items())
+    assert read_metadata(path) is None
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         read_checkpoint(tmp_path / "nothere.pth")

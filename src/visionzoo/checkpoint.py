@@ -173,7 +173,9 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         with warnings.catch_warnings():  # a damaged protocol byte would print torch's "file an issue" warning
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             with torch.serialization.safe_globals(SAFE_GLOBALS):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                # an open file, not the path: torch.load would read a file named .safetensors as one by its name
+                with open(path, "rb") as handle:
+                    obj = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = _unsafe_global(error, path)
         if unsafe:
@@ -357,13 +359,18 @@ def _other_kind(path: Path) -> str | None:
         return None
 
 
+# How torch.save's files begin: a zip's first entry, or the legacy format's pickled magic number (protocol 2)
+_TORCH_STARTS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+
+
 def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
+    """By the file's start, else its name: a torch.save file renamed ``.safetensors`` is read as what it is."""
     with open(path, "rb") as handle:
         head = handle.read(9)
+    if head.startswith(_TORCH_STARTS):
+        return False
     # A safetensors file starts with a little-endian u64 header length followed by '{'.
-    return len(head) == 9 and head[8:9] == b"{"
+    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
 
 
 _STATE_DICT_KEYS = ("state_dict", "model", "model_ema", "module")

@@ -1,6 +1,7 @@
 """Classification task pieces: label smoothing, mixup, CutMix, translation, flips; against hand computations."""
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_an_initial_checkpoint_pth_is_read_once(tmp_path, monkeypatch):
     real_load = torch.load
 
     def counted(*args, **kwargs):
-        loads.append(args[0])
+        loads.append(Path(getattr(args[0], "name", args[0])))  # a path, or the file opened from it
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(visionzoo.checkpoint.torch, "load", counted)
