@@ -157,6 +157,21 @@ def test_truncated_pth_gives_checkpoint_error_at_any_length(tmp_path, legacy):
         assert "weights_only" not in message and "Weights only" not in message, (length, message)
 
 
+def test_a_truncated_zip_gives_the_reason_without_torchs_paragraph(tmp_path):
+    """A .pth cut short read '... is truncated or corrupt: PytorchStreamReader failed reading zip archive: failed
+    finding central directory. This is an internal miniz error. If you are seeing this error, there is a high
+    likelihood that your checkpoint file is corrupted. This can happen if ...': some 250 characters repeating what
+    'truncated or corrupt' says."""
+    whole = tmp_path / "whole.pth"
+    torch.save(state(), whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(cut)
+    assert str(info.value) == (f"checkpoint {cut} is truncated or corrupt: PytorchStreamReader failed reading zip "
+                               "archive: failed finding central directory")
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_damaged_pth_never_advises_unsafe_loading(tmp_path, legacy):
     """torch wraps a damaged file's unpickling error in advice to re-load with weights_only=False

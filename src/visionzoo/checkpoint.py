@@ -227,12 +227,14 @@ def _first_line(error: BaseException) -> str:
     if text.startswith(_TORCH_WEIGHTS_ONLY_PREFIX):
         text = _weights_only_reason(text)
     line = text.splitlines()[0].strip() if text else ""
+    line = line.split(_TORCH_ZIP_ADVICE)[0]  # torch's paragraph after a zip's reason says "corrupt" again
     if not re.search("[A-Za-z]{3}", line):
         line = f"{type(error).__name__} {line}".strip()
     return line
 
 
 _TORCH_WEIGHTS_ONLY_PREFIX = "Weights only load failed."
+_TORCH_ZIP_ADVICE = ". This is an internal miniz error."
 
 
 def _weights_only_reason(text: str) -> str:
