@@ -137,3 +137,31 @@ def test_an_img_size_the_tokenizer_cannot_cut_into_codes_is_refused_before_the_r
     assert capsys.readouterr().err == ("visionzoo train: error: vqvae_small takes no 18 px images (image sides must be "
                                        "multiples of 4 (2**downsample), got (18, 18)): give another --img-size\n")
     assert not run.exists()
+
+
+class _Overshooting(torch.nn.Module):
+    """A tokenizer whose reconstruction leaves [0, 1] (a decoder without a squashing output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))
+        self.quantizer = torch.nn.Module()
+        self.quantizer.num_codes = 4
+
+    def forward(self, images):
+        reconstruction = images * self.scale - 0.25
+        indices = torch.zeros(len(images), 2, 2, dtype=torch.long)
+        return reconstruction, indices, torch.zeros(()), {}
+
+
+def test_evaluation_scores_the_clamped_reconstruction_that_predict_scores_and_draws():
+    """eval scored the raw reconstruction, predict the one clamped to [0, 1] that it draws: one image, two PSNRs."""
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 8, 8)
+    task, model = ReconstructionTask(), _Overshooting().eval()
+    scores = task.evaluate(model, [(image, 0) for image in images], 2, contextlib.nullcontext)
+    predictions = task.predict(model, images, contextlib.nullcontext)
+    shown = torch.stack([prediction["reconstruction"] for prediction in predictions])
+    assert shown.min() == 0 and shown.max() == 1  # the clamp bit
+    assert scores["psnr"] == pytest.approx(sum(p["psnr"] for p in predictions) / 3, rel=1e-6)
+    assert scores["mse"] == pytest.approx(float((shown - images).pow(2).mean()), rel=1e-6)

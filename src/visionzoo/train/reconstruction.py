@@ -2,7 +2,8 @@
 
 The model maps images in [0, 1] to ``(reconstruction, indices, vq_loss, stats)``; the step minimises
 the mean squared reconstruction error plus the quantizer's loss. Evaluation reports PSNR (per image,
-then averaged, with a peak of 1), the mean squared error, and the codebook's use over the whole split:
+then averaged, with a peak of 1) and the mean squared error of the reconstruction clamped to [0, 1], the
+picture that ``predict`` scores and draws, and the codebook's use over the whole split:
 ``codebook_usage`` (the fraction of codes chosen at least once) and ``perplexity`` (``exp`` of the
 entropy of the code histogram), with a logged warning when the codebook has collapsed.
 """
@@ -56,10 +57,9 @@ class ReconstructionTask(Task):
         scores, errors, histogram = [], [], None
         for images in self.batches(dataset, batch_size):
             images = images.to(device)
-            with autocast():
-                reconstruction, indices, _, _ = model(images)
+            reconstruction, indices = self.reconstruct(model, images, autocast)
             scores.append(psnr(reconstruction, images).cpu())
-            errors.append((reconstruction.float() - images).pow(2).flatten(1).mean(1).cpu())
+            errors.append((reconstruction - images.float()).pow(2).flatten(1).mean(1).cpu())
             counts = torch.bincount(indices.flatten().cpu(), minlength=model.quantizer.num_codes)
             histogram = counts if histogram is None else histogram + counts
         probabilities = histogram.float() / histogram.sum()
@@ -73,12 +73,21 @@ class ReconstructionTask(Task):
         return {"psnr": float(torch.cat(scores).mean()), "mse": float(torch.cat(errors).mean()),
                 "codebook_usage": float((histogram > 0).float().mean()), "perplexity": perplexity}
 
+    @staticmethod
+    def reconstruct(model: nn.Module, images: torch.Tensor,
+                    autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction of ``images`` (Tensor[B, C, H, W] on the model's device) as an image, float32 clamped to
+        [0, 1], and its code indices (Tensor[B, h, w]): what evaluation and prediction both score, so that one image
+        has one PSNR."""
+        with torch.no_grad(), autocast():
+            reconstruction, indices, _, _ = model(images)
+        return reconstruction.float().clamp(0, 1), indices
+
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
         """Each image's reconstruction (Tensor[C, H, W] in [0, 1]), its code indices and its PSNR."""
         device = next(model.parameters()).device
-        with torch.no_grad(), autocast():
-            reconstruction, indices, _, _ = model(images.to(device))
-        reconstruction = reconstruction.float().clamp(0, 1).cpu()
+        reconstruction, indices = self.reconstruct(model, images.to(device), autocast)
+        reconstruction = reconstruction.cpu()
         return [{"reconstruction": r, "indices": i.cpu().tolist(), "psnr": float(p)}
                 for r, i, p in zip(reconstruction, indices, psnr(reconstruction, images.cpu()))]
 
