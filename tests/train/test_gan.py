@@ -222,3 +222,21 @@ def test_eval_says_how_many_images_of_the_split_its_fid_used(tmp_path, tiny_doma
     assert capsys.readouterr().out.splitlines()[0] == "dcgan on train split (500 of its 1257 images):"
     assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "test", "--no-progress"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "dcgan on test split (270 images):"
+
+
+def test_eval_json_gives_how_many_images_of_the_split_it_scored(tmp_path, tiny_domain_features, capsys):
+    # before: eval --json gave the metrics alone, without the image count the text header prints
+    import json
+
+    from visionzoo.cli import main
+
+    run_training("dcgan", "digits", TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=16, progress=False,
+                                                precision="fp32"), 16, TINY)
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    capsys.readouterr()
+    assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "train", "--json", "--no-progress"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["images_scored"], scored["split_images"]) == (500, 1257) and "fid" in scored
+    assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "test", "--json", "--no-progress"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["images_scored"], scored["split_images"]) == (270, 270)

@@ -228,7 +228,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{EVAL_BATCH} for a checkpoint that records none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the metrics as JSON, with images_scored (how many images of the split they "
+                             "score) and split_images (how many it holds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -251,10 +253,10 @@ def eval_command(args: argparse.Namespace) -> int:
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
     with torch.no_grad():
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
+    total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
+    if args.json:  # the counts of the text header, beside the metrics
+        print(json.dumps({**metrics, "images_scored": used, "split_images": total}, indent=2))
     else:
-        total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
         print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images):")
         for name, value in metrics.items():
             print(f"  {name:<12} {value:.4f}")
