@@ -587,6 +587,45 @@ def test_coco_results_keep_the_data_sets_category_ids_as_written():
     numeric = coco_results(["7.png"], [prediction], {1: 3, 2: 90})
     assert [r["category_id"] for r in numeric] == [3, 90]
 
+def test_coco_results_scored_by_pycocotools_give_evals_map_for_scores_apart_in_the_sixth_decimal():
+    """predict --coco-json rounded scores to 5 decimals and boxes to 3: a false detection scoring 0.3000004 in one
+    image and a true one scoring 0.3000046 in the next tied at 0.3, and pycocotools, taking tied detections in image
+    order, ranked the false one first, so the written results scored an mAP of 0.67 where eval gave 0.83."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from visionzoo.train.commands import coco_results
+    from visionzoo.train.detection import coco_mean_ap
+
+    detections = [{"boxes": torch.tensor([[30.0, 30.0, 40.0, 40.0], [0.0, 0.0, 10.0, 10.0]]),
+                   "scores": torch.tensor([0.3000004, 0.1]), "labels": torch.tensor([1, 1])},
+                  {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.3000046]),
+                   "labels": torch.tensor([1])}]
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}] * 2
+    metric = coco_mean_ap()
+    metric.update(detections, targets)
+    expected = float(metric.compute()["map"])
+    predictions = [{"boxes": d["boxes"].tolist(), "label_ids": d["labels"].tolist(), "scores": d["scores"].tolist()}
+                   for d in detections]
+    records = coco_results(["1.png", "2.png"], predictions, None)
+    ground_truth = COCO()
+    ground_truth.dataset = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1}],
+                            "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 10, 10],
+                                             "area": 100, "iscrowd": 0} for i in (1, 2)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth.createIndex()
+        scored = COCOeval(ground_truth, ground_truth.loadRes(records), "bbox")
+        scored.evaluate()
+        scored.accumulate()
+        scored.summarize()
+    assert expected == pytest.approx(0.83, abs=0.01)
+    assert scored.stats[0] == pytest.approx(expected, abs=1e-6)
+    assert [r["score"] for r in records] == [p for prediction in predictions for p in prediction["scores"]]
+
+
 def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
     run = tmp_path / "mine"
     run.mkdir()

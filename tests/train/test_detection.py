@@ -933,3 +933,35 @@ def test_predict_needs_only_the_checkpoint_once_the_training_folder_is_gone(tmp_
     results = json.loads((tmp_path / "before.json").read_text())
     assert results and {r["category_id"] for r in results} <= {10, 20, 30, 40, 50, 60}
     assert results == json.loads((tmp_path / "after.json").read_text())
+
+
+def test_predict_coco_json_scored_by_pycocotools_gives_evals_map_on_the_same_images(tmp_path, capsys):
+    """predict --coco-json rounded scores and boxes, so its file could score another mAP than eval on the same
+    images (tied scores ranked by image order); both now give pycocotools' numbers of the same detections."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "8", "--split", "train", "val"]) == 0
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=20, batch_size=4, progress=False,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", str(folder), config)
+    checkpoint, ann_file = str(tmp_path / "run" / "checkpoint.safetensors"), folder / "annotations" / "instances_val.json"
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder), "--split", "val",
+                 "--json", "--no-progress"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    images = sorted(str(path) for path in (folder / "val").glob("*.png"))
+    assert main(["predict", "fasterrcnn_shapes", *images, "--checkpoint", checkpoint, "--out", str(tmp_path / "pred"),
+                 "--coco-json", str(tmp_path / "dets.json"), "--image-ids", str(ann_file)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(ann_file))
+        scored = COCOeval(ground_truth, ground_truth.loadRes(str(tmp_path / "dets.json")), "bbox")
+        scored.evaluate()
+        scored.accumulate()
+        scored.summarize()
+    assert metrics["map"] > 0 and metrics["images_scored"] == len(images) == 8
+    names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    assert [metrics[name] for name in names] == pytest.approx(scored.stats[:6].tolist(), abs=1e-6)

@@ -373,7 +373,9 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]],
     """Detections as COCO result records: ``image_id`` from ``image_ids`` (one per path) when given, else from
     the numeric file names (COCO's ``000000123.jpg``) when every name is a distinct number in ASCII digits, else
     each image's position (1-based), so that two images never share an id; ``category_id`` the data set's id of
-    the label as its file writes it (an integer or a string), ``bbox`` xywh."""
+    the label as its file writes it (an integer or a string), ``bbox`` xywh. Boxes and scores are written unrounded
+    (as detectron2 and mmdetection write them): scores rounded to a few decimals tie, and pycocotools ranks tied
+    detections by image order, so the file would score another mAP than ``visionzoo eval``."""
     stems = [Path(path).stem for path in paths]
     numbers = [int(stem) for stem in stems if stem.isascii() and stem.isdigit()]  # not "²", which int() refuses
     by_name = len(numbers) == len(stems) and len(set(numbers)) == len(numbers)
@@ -382,8 +384,8 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]],
         image_id = image_ids[position - 1] if image_ids is not None else int(stem) if by_name else position
         for (x1, y1, x2, y2), label, score in zip(prediction["boxes"], prediction["label_ids"], prediction["scores"]):
             category = label_to_cat_id[label] if label_to_cat_id else int(label)
-            records.append({"image_id": image_id, "category_id": category,
-                            "bbox": [round(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(score, 5)})
+            records.append({"image_id": image_id, "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": score})
     return records
 
 
