@@ -527,9 +527,7 @@ def resize_sample(
     if (height, width) == (size, size):
         return image, target
     sx, sy = size / width, size / height
-    image = F.interpolate(
-        image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
+    image = resize_square(image, size)
     target = dict(target)
     target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
     target["original_size"] = torch.tensor([height, width])
@@ -538,4 +536,12 @@ def resize_sample(
         rows = ((torch.arange(size) + 0.5) / sy).long().clamp_(max=height - 1)
         cols = ((torch.arange(size) + 0.5) / sx).long().clamp_(max=width - 1)
         target["masks"] = target["masks"][:, rows][:, :, cols]
-    return image.clamp_(0, 1), target
+    return image, target
+
+
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Tensor[C, H, W] in [0, 1] → Tensor[C, size, size] in [0, 1], bilinear with antialiasing, the aspect not kept:
+    how a data set read at an ``image_size`` resizes its files (``image`` itself when it has that size already)."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)

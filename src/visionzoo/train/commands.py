@@ -25,6 +25,7 @@ from visionzoo.cli import (
     register_command,
     seed,
 )
+from visionzoo.data import builtin_name
 from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
@@ -447,8 +448,11 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.image_ids:  # the file the results are scored against may number the classes its own way
             label_to_cat_id = category_ids_from(args.image_ids, setup.task.classes, label_to_cat_id)
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
-    # a detector sees each image at its own size (boxes in its pixels); a classifier at its training size
+    # a detector sees each image at its own size (boxes in its pixels), or, trained on a COCO folder read at an
+    # --img-size, squashed to that square as that folder's files were (boxes mapped back); a classifier at its
+    # training size
     images = load_images(args.images, None if detection else size, channels)
+    squashed = size if detection and builtin_name(setup.run_meta.get("data")) is None else None
     if entries:
         check_annotated_sizes(args.image_ids, args.images, images, entries)
     model = setup.model.to(device).eval()
@@ -459,7 +463,7 @@ def predict_command(args: argparse.Namespace) -> int:
         predictions = []
         for path, image in zip(args.images, images):
             try:
-                predictions.append(setup.task.predict(model, [image], autocast)[0])
+                predictions.append(setup.task.predict(model, [image], autocast, image_size=squashed)[0])
             except ValueError as error:  # the detector numbers the image in its batch of one: name the file
                 raise ValueError(f"{path}: {error}") from None
     else:

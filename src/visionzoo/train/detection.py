@@ -280,10 +280,23 @@ class DetectionTask(Task):
               for (image, target), detection in zip(samples, detections)]).save(pictures)
         return [pr_curve, pictures]
 
-    def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
+    def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any],
+                image_size: int | None = None) -> list[dict[str, Any]]:
         """Detections of each image of ``images`` (Tensor[B, 3, H, W] or a list of Tensor[3, H, W]):
-        ``boxes`` (list of [x1, y1, x2, y2]), ``labels`` (class names), ``scores``."""
-        return [self._as_prediction(d) for d in self.detect(model, list(images), autocast)]
+        ``boxes`` (list of [x1, y1, x2, y2] in the image's pixels), ``labels`` (class names), ``scores``.
+
+        With ``image_size`` each image is first squashed to that square, as a COCO folder read with ``--img-size``
+        gives the model its files in training and evaluation, and the boxes are mapped back to the image's pixels,
+        as evaluation scores them (:func:`in_file_pixels`)."""
+        from visionzoo.data.coco import resize_square
+
+        images = list(images)
+        if image_size is None:
+            return [self._as_prediction(d) for d in self.detect(model, images, autocast)]
+        squares = [resize_square(image, image_size) for image in images]
+        found = self.detect(model, squares, autocast)
+        return [self._as_prediction(in_file_pixels(d, square, {"original_size": torch.tensor(image.shape[-2:])}))
+                for d, square, image in zip(found, squares, images)]
 
     def _as_prediction(self, detection: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """A detection's tensors as :meth:`predict`'s lists, with class names."""
