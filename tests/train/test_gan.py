@@ -226,8 +226,6 @@ def test_eval_says_how_many_images_of_the_split_its_fid_used(tmp_path, tiny_doma
 
 def test_eval_json_gives_how_many_images_of_the_split_it_scored(tmp_path, tiny_domain_features, capsys):
     # before: eval --json gave the metrics alone, without the image count the text header prints
-    import json
-
     from visionzoo.cli import main
 
     run_training("dcgan", "digits", TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=16, progress=False,
@@ -240,3 +238,20 @@ def test_eval_json_gives_how_many_images_of_the_split_it_scored(tmp_path, tiny_d
     assert main(["eval", "dcgan", "--checkpoint", checkpoint, "--split", "test", "--json", "--no-progress"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert (scored["images_scored"], scored["split_images"]) == (270, 270)
+
+
+def test_train_and_eval_line_up_the_values_of_every_metric(tmp_path, tiny_domain_features, capsys):
+    # before: names were padded to 12 characters, so d_accuracy_real's value stood 3 columns right of fid's
+    from visionzoo.cli import main
+
+    tiny = [arg for key, value in TINY.items() for arg in ("--model-arg", f"{key}={value}")]
+    capsys.readouterr()
+    assert main(["train", "dcgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--batch-size", "16",
+                 "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "run"), *tiny]) == 0
+    trained = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  val ")]
+    assert main(["eval", "dcgan", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--split", "val",
+                 "--no-progress"]) == 0
+    evaluated = capsys.readouterr().out.splitlines()[1:]
+    for lines in (trained, evaluated):
+        assert [line.split()[-2] for line in lines] == ["fid", "d_accuracy", "d_accuracy_real", "d_accuracy_fake"]
+        assert len({line.rindex(" ") for line in lines}) == 1, lines

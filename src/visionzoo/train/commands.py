@@ -205,10 +205,17 @@ def train_command(args: argparse.Namespace) -> int:
         session = result.steps - result.start_step
         share = f", {session} of them in this session{share}" if session else ", none of them in this session"
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s{share}")
-    for name, value in result.metrics.items():
-        print(f"  val {name:<12} {value:.4f}")
+    for line in metric_lines(result.metrics, "val "):
+        print(line)
     print(f"run folder: {result.out}")
     return 0
+
+
+def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
+    """One line a metric, ``"  {prefix}{name} {value:.4f}"``, the names padded to the longest (12 at least) so that
+    the values stand in one column."""
+    width = max([12, *map(len, metrics)])
+    return [f"  {prefix}{name:<{width}} {value:.4f}" for name, value in metrics.items()]
 
 
 # eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
@@ -259,8 +266,8 @@ def eval_command(args: argparse.Namespace) -> int:
         print(json.dumps({**metrics, "images_scored": used, "split_images": total}, indent=2))
     else:
         print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images):")
-        for name, value in metrics.items():
-            print(f"  {name:<12} {value:.4f}")
+        for line in metric_lines(metrics):
+            print(line)
     return 0
 
 
