@@ -34,7 +34,14 @@ from visionzoo.train.engine import (
     autocast_context,
     show_preparation_progress,
 )
-from visionzoo.train.run import checkpoint_metadata, load_for_inference, load_images, run_training, task_class
+from visionzoo.train.run import (
+    checkpoint_metadata,
+    image_sizes,
+    load_for_inference,
+    load_images,
+    run_training,
+    task_class,
+)
 from visionzoo.train.task import _TASKS
 from visionzoo.utils import (
     require_folder_or_absent,
@@ -339,12 +346,12 @@ def image_entries_from(ann_file: str | Path, paths: list[str]) -> list[dict[str,
     return matched
 
 
-def check_annotated_sizes(ann_file: str | Path, paths: list[str], images: list[torch.Tensor],
+def check_annotated_sizes(ann_file: str | Path, paths: list[str], sizes: list[tuple[int, int]],
                           entries: list[dict[str, Any]]) -> None:
-    """ValueError when an image (Tensor[C, H, W], as stored) is not the width x height its entry gives: its boxes
-    would be scored against boxes in other pixels (an annotation tool's EXIF-turned view, a resized copy)."""
-    for path, image, entry in zip(paths, images, entries):
-        size, given = (image.shape[-1], image.shape[-2]), (entry.get("width"), entry.get("height"))
+    """ValueError when an image's (width, height) as stored is not the one its entry gives: its boxes would be
+    scored against boxes in other pixels (an annotation tool's EXIF-turned view, a resized copy)."""
+    for path, size, entry in zip(paths, sizes, entries):
+        size, given = tuple(size), (entry.get("width"), entry.get("height"))
         if None not in given and given != size:
             turned = " (turned by an EXIF orientation? images are read as stored)" if given == size[::-1] else ""
             raise ValueError(f"{path} is {size[0]}x{size[1]}, its entry in --image-ids {ann_file} says "
@@ -455,36 +462,40 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.image_ids:  # the file the results are scored against may number the classes its own way
             label_to_cat_id = category_ids_from(args.image_ids, setup.task.classes, label_to_cat_id)
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
+    sizes = image_sizes(args.images)  # a missing or unreadable file is refused before anything is written
+    if entries:
+        check_annotated_sizes(args.image_ids, args.images, sizes, entries)
+    model = setup.model.to(device).eval()
+    autocast = autocast_context(device, args.precision)
     # a detector sees each image at its own size (boxes in its pixels), or, trained on a COCO folder read at an
     # --img-size, squashed to that square as that folder's files were (boxes mapped back); a classifier at its
     # training size
-    images = load_images(args.images, None if detection else size, channels)
     squashed = size if detection and builtin_name(setup.run_meta.get("data")) is None else None
-    if entries:
-        check_annotated_sizes(args.image_ids, args.images, images, entries)
-    model = setup.model.to(device).eval()
-    autocast = autocast_context(device, args.precision)
-    if detection:
-        # one image at a time: a batch of files holds all of them at once (~340 MB more per 600×800 photo through a
-        # ResNet-18 FPN at 800 px), and an error names the file
-        predictions = []
-        for path, image in zip(args.images, images):
-            try:
-                predictions.append(setup.task.predict(model, [image], autocast, image_size=squashed)[0])
-            except ValueError as error:  # the detector numbers the image in its batch of one: name the file
-                raise ValueError(f"{path}: {error}") from None
-    else:
-        step = args.batch_size or PREDICT_BATCH
-        predictions = [prediction for start in range(0, len(images), step)
-                       for prediction in setup.task.predict(model, images[start:start + step], autocast)]
-    out.mkdir(parents=True, exist_ok=True)
-    for image, prediction, target in zip(images, predictions, targets):
-        setup.task.draw(image, prediction, **shown).save(target)
-    records = [{"image": str(p), **{k: v for k, v in pred.items() if not isinstance(v, torch.Tensor)}}
-               for p, pred in zip(args.images, predictions)]  # pictures carry the tensors
+    # files are read a batch at a time, each batch drawn before the next is read: decoded all at once, a folder's
+    # photos took 3.7 MB a 640×480 one (18 GB for COCO's 5,000 val images). A detector takes one at a time: a batch
+    # of files would hold all of their activations (~340 MB more per 600×800 photo through a ResNet-18 FPN at
+    # 800 px), and an error names the file
+    step = 1 if detection else args.batch_size or PREDICT_BATCH
+    records = []
+    for start in range(0, len(args.images), step):
+        paths = args.images[start:start + step]
+        images = load_images(paths, None if detection else size, channels)
+        try:
+            predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
+                           else setup.task.predict(model, images, autocast))
+        except ValueError as error:
+            if not detection:
+                raise
+            raise ValueError(f"{paths[0]}: {error}") from None  # the detector numbers the image in its batch of one
+        out.mkdir(parents=True, exist_ok=True)
+        for path, image, prediction, target in zip(paths, images, predictions, targets[start:start + step]):
+            setup.task.draw(image, prediction, **shown).save(target)
+            # the pictures carry the tensors
+            records.append({"image": str(path),
+                            **{k: v for k, v in prediction.items() if not isinstance(v, torch.Tensor)}})
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
-        Path(args.coco_json).write_text(json.dumps(coco_results(args.images, predictions, label_to_cat_id, image_ids)))
+        Path(args.coco_json).write_text(json.dumps(coco_results(args.images, records, label_to_cat_id, image_ids)))
         print(f"COCO results in {args.coco_json}")
     for record in records:
         print(f"{record['image']}: {setup.task.describe(record, **shown)}")

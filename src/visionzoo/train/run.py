@@ -448,16 +448,33 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
     files are converted to ``channels``; 16-bit greyscale files are scaled by 65535 (see :func:`image_array`)."""
     images = []
     for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"image {path} is a folder; give the image files in it (e.g. {path / '*.png'})")
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as pil:
-                pixels = image_array(pil, channels, f"image {path}")
-        except (OSError, Image.DecompressionBombError) as error:  # the bomb error is no OSError: it named no file
-            raise ValueError(f"image {path} cannot be read: {error}") from None
+        with _opened_image(path) as pil:
+            pixels = image_array(pil, channels, f"image {path}")
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         images.append(tensor if size is None else resize(tensor, [size, size], antialias=True).clamp(0, 1))
     return images if size is None else torch.stack(images)
+
+
+def image_sizes(paths: list[str | Path]) -> list[tuple[int, int]]:
+    """The (width, height) of each image file as stored, read from its header without decoding its pixels: the
+    errors :func:`load_images` raises for a missing, folder or unreadable file, before any file is decoded."""
+    sizes = []
+    for path in paths:
+        with _opened_image(path) as pil:
+            sizes.append(pil.size)
+    return sizes
+
+
+@contextlib.contextmanager
+def _opened_image(path: str | Path) -> Iterator[Image.Image]:
+    """The image file ``path`` opened with PIL; an error while it is open or read names the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a folder; give the image files in it (e.g. {path / '*.png'})")
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as pil:
+            yield pil
+    except (OSError, Image.DecompressionBombError) as error:  # the bomb error is no OSError: it named no file
+        raise ValueError(f"image {path} cannot be read: {error}") from None
