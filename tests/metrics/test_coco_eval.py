@@ -259,3 +259,13 @@ def test_bad_ground_truth_box_and_area_name_the_annotation(make_coco):
     broken["annotations"][1]["area"] = "400"
     with pytest.raises(ValueError, match=r"annotation 1: area must be a number, got '400'"):
         coco_evaluate(broken, dets)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_ground_truth_box_raises_naming_the_annotation(make_coco, value):
+    """A NaN in a ground-truth bbox was read silently and gave other numbers than pycocotools, whose C IoU lets a NaN
+    overlap win the match; results with such a box were already refused, as CocoDetection refuses it."""
+    gt, dets = make_coco(0)
+    gt["annotations"][1]["bbox"][2] = value
+    with pytest.raises(ValueError, match=r"ground truth: annotation 1 has a non-finite bbox \[.*(nan|inf)"):
+        coco_evaluate(gt, dets)

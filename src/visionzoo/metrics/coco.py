@@ -372,7 +372,8 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
         boxes = rle_boxes(masks)
         default_area = rle_area(masks)
     else:
-        boxes = _float_matrix(_column(anns, "bbox", what), 4, what, "bbox")
+        # refused, as results' boxes are: pycocotools' matching goes astray on the NaN IoU of a NaN box
+        boxes = _finite_boxes(_column(anns, "bbox", what), what)
         default_area = boxes[:, 2] * boxes[:, 3]
     areas = _column(anns, "area", what, None)
     area = _float_vector([d if a is None else a for a, d in zip(areas, default_area.tolist())], what, "area")
@@ -381,8 +382,8 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     )
 
 
-def _result_boxes(values: list, what: str) -> np.ndarray:
-    """float64[D, 4] of every result's ``bbox`` ``values``; a ValueError names the first without 4 finite numbers."""
+def _finite_boxes(values: list, what: str) -> np.ndarray:
+    """float64[N, 4] of every entry's ``bbox`` ``values``; a ValueError names the first without 4 finite numbers."""
     boxes = _float_matrix(values, 4, what, "bbox")
     bad = ~np.isfinite(boxes).all(axis=1)
     if bad.any():
@@ -435,14 +436,14 @@ def load_detections(
         if has_boxes:
             # pycocotools' loadRes reads results as boxes when the first one has a bbox: every
             # result's area (what the area ranges test) is then its bbox's w * h, not its mask's
-            boxes = _result_boxes(_column(data, "bbox", what), what)
+            boxes = _finite_boxes(_column(data, "bbox", what), what)
             area = boxes[:, 2] * boxes[:, 3]
         elif iou_type == "bbox":
-            boxes = _result_boxes([r.get("bbox", b) for r, b in zip(data, boxes.tolist())], what)
+            boxes = _finite_boxes([r.get("bbox", b) for r, b in zip(data, boxes.tolist())], what)
         if iou_type == "bbox":
             masks = None
     else:
-        boxes = _result_boxes(_column(data, "bbox", what), what)
+        boxes = _finite_boxes(_column(data, "bbox", what), what)
         area = boxes[:, 2] * boxes[:, 3]
     if len(gt.category_ids):
         pos = np.minimum(np.searchsorted(gt.category_ids, det_cat), len(gt.category_ids) - 1)
