@@ -262,6 +262,27 @@ def test_eval_of_other_data_scores_a_box_without_area_as_pycocotools_instead_of_
     assert "skipped 1 boxes with no area" in caplog.text
 
 
+def test_a_checkpoint_refuses_data_with_a_class_fewer_or_more_naming_it(tmp_path):
+    """A val file without the checkpoint's last class was refused as naming "class 5 'nothing', not 'diamond'", as if
+    a category were named 'nothing'."""
+    from visionzoo.train.run import load_for_inference
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    ann_file = folder / "annotations" / "instances_val.json"
+    annotations = json.loads(ann_file.read_text())
+    shorter = dict(annotations, categories=annotations["categories"][:-1],
+                   annotations=[a for a in annotations["annotations"] if a["category_id"] != 6])
+    ann_file.write_text(json.dumps(shorter))
+    with pytest.raises(ValueError, match=r"the val split of .* has no class 5 \('diamond'\): its scores") as error:
+        load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
+    assert "nothing" not in str(error.value)
+    longer = dict(annotations, categories=[*annotations["categories"], {"id": 7, "name": "blob"}])
+    ann_file.write_text(json.dumps(longer))
+    with pytest.raises(ValueError, match=r"the val split of .* names class 6 'blob', which it was not trained on"):
+        load_for_inference("fasterrcnn_shapes", checkpoint, data=str(folder))
+
+
 def test_a_checkpoint_refuses_data_whose_classes_have_other_names(tmp_path):
     """Same class count, other names: eval counted the detector's 'circle' scores as the folder's 'cat'."""
     from visionzoo.train.run import checkpoint_metadata, load_for_inference

@@ -157,6 +157,36 @@ def test_training_refuses_a_val_split_whose_categories_give_other_labels(tmp_pat
                                          r"'square'"):
         run_training("fasterrcnn_shapes", str(folder), config)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("drop diamond", r"instances_val\.json has no class 5, where the train split names 'diamond'"),
+    ("add blob", r"instances_val\.json names class 6 'blob', where the train split has none"),
+])
+def test_a_val_split_with_fewer_or_more_categories_is_refused_naming_the_class(tmp_path, change, message):
+    """A val file without the train file's last category said "names class 5 'nothing' where the train split names
+    'diamond'", as if a category were named 'nothing'; one with a category more said "... where the train split names
+    'nothing'"."""
+    import json
+
+    from visionzoo.cli import main
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.run import run_training
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_val.json"
+    content = json.loads(ann_file.read_text())
+    if change == "drop diamond":
+        content["categories"] = [c for c in content["categories"] if c["name"] != "diamond"]
+        content["annotations"] = [a for a in content["annotations"] if a["category_id"] != 6]
+    else:
+        content["categories"].append({"id": 7, "name": "blob"})
+    ann_file.write_text(json.dumps(content))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, precision="fp32")
+    with pytest.raises(ValueError, match=message) as error:
+        run_training("fasterrcnn_shapes", str(folder), config)
+    assert "nothing" not in str(error.value)
 @pytest.mark.parametrize("other", ["vit_tiny_patch4_32", "dcgan"])
 def test_resuming_a_run_as_another_model_names_both_models(tmp_path, capsys, other):
     """Resuming a resnet18 run (trained with --model-arg small_input=true) as another model built that model with the

@@ -302,12 +302,12 @@ def _class_names(dataset: Any) -> list[str] | None:
     return None if classes is None else [str(name) for name in classes]
 
 
-def _first_class_difference(expected: list[str], classes: list[str]) -> tuple[int, str, str]:
-    """(index, ``classes``' name, ``expected``'s name) where two different class lists first differ ("nothing"
-    past the end of one)."""
+def _first_class_difference(expected: list[str], classes: list[str]) -> tuple[int, str | None, str | None]:
+    """(index, ``classes``' name, ``expected``'s name) where two different class lists first differ (None past the
+    end of one)."""
     index = next((i for i, (a, b) in enumerate(zip(expected, classes)) if a != b), min(len(expected), len(classes)))
-    return (index, classes[index] if index < len(classes) else "nothing",
-            expected[index] if index < len(expected) else "nothing")
+    return (index, classes[index] if index < len(classes) else None,
+            expected[index] if index < len(expected) else None)
 
 
 def _check_val_classes(train: Any, val: Any, data: str) -> None:
@@ -318,8 +318,14 @@ def _check_val_classes(train: Any, val: Any, data: str) -> None:
         return
     index, theirs, ours = _first_class_difference(expected, classes)
     source = getattr(val, "ann_file", f"the val split of {data}")
-    raise ValueError(f"{source} names class {index} {theirs!r} where the train split names {ours!r}: its scores "
-                     "would be counted against other classes; list the same categories in every split's file")
+    if theirs is None:
+        difference = f"has no class {index}, where the train split names {ours!r}"
+    elif ours is None:
+        difference = f"names class {index} {theirs!r}, where the train split has none"
+    else:
+        difference = f"names class {index} {theirs!r} where the train split names {ours!r}"
+    raise ValueError(f"{source} {difference}: its scores would be counted against other classes; list the same "
+                     "categories in every split's file")
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -402,9 +408,14 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         if trained_classes is None or classes is None or classes == trained_classes:
             continue
         index, theirs, ours = _first_class_difference(trained_classes, classes)
+        if theirs is None:
+            difference = f"has no class {index} ({ours!r})"
+        elif ours is None:
+            difference = f"names class {index} {theirs!r}, which it was not trained on"
+        else:
+            difference = f"names class {index} {theirs!r}, not {ours!r}"
         raise ValueError(f"{checkpoint} was trained on classes {trained_classes}; the {split} split of "
-                         f"{data or run.get('data')} names class {index} {theirs!r}, not {ours!r}: its scores "
-                         "would be counted against other classes")
+                         f"{data or run.get('data')} {difference}: its scores would be counted against other classes")
     for record in held:
         logging.getLogger(record.name).handle(record)
     return setup
