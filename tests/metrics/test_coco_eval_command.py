@@ -145,3 +145,27 @@ def test_result_ids_of_another_type_than_the_ground_truths_are_refused(files, ca
     one_line_error(capsys, ["coco-eval", str(gt_path), str(dt_path)],
                    f"dt.json: result 0 has {field} {str(dets[0][field])!r}, a string, but the ground truth's",
                    "are numbers")
+
+
+def test_an_annotation_id_of_zero_is_noted_as_where_pycocotools_differs(files, capsys, tmp_path):
+    """Ground truth numbering its annotations from 0 (as some exporters do) got other numbers than pycocotools on the
+    same files without a word: pycocotools takes match id 0 for "no match", so never finds annotation 0."""
+    gt_path, dt_path, gt, _ = files
+    assert main(["coco-eval", str(gt_path), str(dt_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    from_one = json.loads(captured.out)
+    from_zero = copy.deepcopy(gt)
+    for annotation in from_zero["annotations"]:
+        annotation["id"] -= 1
+    zero_path = tmp_path / "from_zero.json"
+    zero_path.write_text(json.dumps(from_zero))
+    for extra in ([], ["--json"]):
+        assert main(["coco-eval", str(zero_path), str(dt_path), *extra]) == 0
+        captured = capsys.readouterr()
+        notes = captured.err.strip().splitlines()
+        assert len(notes) == 1 and notes[0].startswith(f"note: {zero_path} has an annotation of id 0"), notes
+        assert "pycocotools" in notes[0]
+    # the numbers are those of the same file numbered from 1
+    assert {name: json.loads(captured.out)[name] for name in SUMMARY_NAMES} == {
+        name: from_one[name] for name in SUMMARY_NAMES}

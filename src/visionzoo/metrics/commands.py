@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionzoo.cli import add_device_argument, positive_int, register_command
-from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate
+from visionzoo.metrics.coco import IOU_TYPES, SUMMARY_NAMES, coco_evaluate, load_ground_truth
 from visionzoo.metrics.domain import DOMAIN_DATA, MIN_IMAGE_SIZE
 from visionzoo.train.engine import PRECISIONS, autocast_context, resolve_precision
 from visionzoo.utils import resolve_device
@@ -68,7 +68,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @register_command("coco-eval", help="COCO mAP of detections (pycocotools' numbers)", arguments=_arguments)
 def coco_eval_command(args: argparse.Namespace) -> int:
-    result = coco_evaluate(args.gt, args.dets, iou_type=args.iou_type)
+    ground = load_ground_truth(args.gt, args.iou_type)
+    result = coco_evaluate(ground, args.dets, iou_type=args.iou_type)
+    # pycocotools stores matches by annotation id, 0 meaning none (a crowd region is ignored either way)
+    if ground.ids.dtype.kind != "U" and bool(((ground.ids == 0) & ~ground.iscrowd).any()):
+        print(f"note: {args.gt} has an annotation of id 0, which pycocotools never counts as found (its matching takes "
+              "id 0 for none), so its numbers on these files can be lower; here it counts as any other id",
+              file=sys.stderr)
     if args.json:
         out = {name: result[name] for name in SUMMARY_NAMES}
         out["per_category"] = {str(k): v for k, v in result["per_category"].items()}
