@@ -487,6 +487,25 @@ def test_create_dataset_reads_coco_layouts(tmp_path):
         create_dataset(ann_file)  # its images are not beside it
 
 
+def test_create_dataset_reads_a_split_folder_under_images(tmp_path):
+    """A COCO folder with its images in images/val2017/ (as Ultralytics downloads COCO) could not be read at all:
+    images/ was taken as the images folder, and the first image was "not found: coco/images/a.png"."""
+    root = tmp_path / "coco"
+    _coco_folder(root, "val", year="2017", images_folder="images/val2017")
+    _coco_folder(root, "train", images_folder="images/train")
+    for split, images in (("val", "images/val2017"), ("train", "images/train")):
+        ds = create_dataset(root, split)
+        assert ds.images_dir == root / images and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)
+    # file names that hold the split folder are still read from images/ itself
+    prefixed = tmp_path / "prefixed"
+    _write_images(prefixed / "images" / "val", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    (prefixed / "annotations").mkdir()
+    _write(prefixed / "annotations", images=[dict(e, file_name=f"val/{e['file_name']}") for e in _images()],
+           name="instances_val.json")
+    ds = create_dataset(prefixed, "val")
+    assert ds.images_dir == prefixed / "images" and len(ds) == 3
+
+
 def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
     ds = create_dataset(str(_write(tmp_path, name="mine.json")), image_size=32)

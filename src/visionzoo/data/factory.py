@@ -38,27 +38,36 @@ def _has_annotations(root: Path, split: str) -> bool:
 
 
 def _images_folder(root: Path, split: str, ann_file: Path) -> Path:
-    candidates = [root / split, root / f"{split}2017", root / "images"]
+    names = [split, f"{split}2017"]
     if ann_file.name.endswith("2017.json"):
-        candidates.insert(0, candidates.pop(1))
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no images folder for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
-    )
+        names.reverse()
+    # images/val2017/ too, as Ultralytics downloads COCO
+    candidates = [*(root / name for name in names), *(root / "images" / name for name in names), root / "images"]
+    found = [candidate for candidate in candidates if candidate.is_dir()]
+    if not found:
+        raise FileNotFoundError(
+            f"no images folder for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
+        )
+    if found[0].parent == root / "images" and root / "images" in found:
+        # file names may hold the split folder (images/ then holds them): the first listed image decides
+        return _holding_first_image(ann_file, [found[0], root / "images"])
+    return found[0]
 
 
-def _images_beside(ann_file: Path) -> Path:
-    """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image."""
-    folder = ann_file.parent
+def _holding_first_image(ann_file: Path, folders: list[Path]) -> Path:
+    """The first of ``folders`` that holds the first image ``ann_file`` lists, else ``folders[0]``."""
     data = read_json(ann_file)
     images = data.get("images") if isinstance(data, dict) else None
     # a file that is not COCO's shape is CocoDetection's to report, naming what is wrong
     first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
-    if isinstance(first, str) and not (folder / first).is_file() and (folder / "images" / first).is_file():
-        return folder / "images"
-    return folder
+    if isinstance(first, str):
+        return next((folder for folder in folders if (folder / first).is_file()), folders[0])
+    return folders[0]
+
+
+def _images_beside(ann_file: Path) -> Path:
+    """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image."""
+    return _holding_first_image(ann_file, [ann_file.parent, ann_file.parent / "images"])
 
 
 def builtin_name(data: str | Path | None) -> str | None:
@@ -76,8 +85,8 @@ def create_dataset(
     - ``"shapes"`` / ``"digits"`` (case-insensitive): :class:`Shapes` / :class:`Digits` of ``split``; ``image_size``
       None keeps their default (128 / 8); ``kwargs`` go to the class.
     - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
-      ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/`` or
-      ``DIR/images/``.
+      ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/``,
+      ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/``.
     - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it.
 
     Paths give :class:`CocoDetection` (``image_size`` resizes, ``kwargs`` go to it). An unknown
