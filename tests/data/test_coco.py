@@ -512,6 +512,17 @@ def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     assert ds.images_dir == tmp_path / "images" and ds[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("images", ["images", "images/default"])
+def test_create_dataset_finds_the_images_of_a_json_in_an_annotations_folder(tmp_path, images):
+    """CVAT's COCO export (annotations/instances_default.json beside images/, or Datumaro's images/default/) could not
+    be read: --data of the file looked beside it and in annotations/images/ alone, and "default" is no split of a
+    COCO folder, so no --data took it."""
+    _write_images(tmp_path / images, {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    (tmp_path / "annotations").mkdir()
+    ds = create_dataset(str(_write(tmp_path / "annotations", name="instances_default.json")))
+    assert ds.images_dir == tmp_path / images and len(ds) == 3 and ds[1][0].shape == (3, 20, 50)
+
+
 @pytest.mark.parametrize("images", [{"0": {"file_name": "a.png"}}, 5, "a.png"])
 def test_a_json_whose_images_is_not_a_list_says_so(tmp_path, images):
     """`--data FILE.json` looked for the first image's folder before the file was checked: an 'images' object

@@ -66,8 +66,14 @@ def _holding_first_image(ann_file: Path, folders: list[Path]) -> Path:
 
 
 def _images_beside(ann_file: Path) -> Path:
-    """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image."""
-    return _holding_first_image(ann_file, [ann_file.parent, ann_file.parent / "images"])
+    """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image; for a JSON in an
+    annotations/ folder (CVAT's export: annotations/instances_default.json) also that folder's sibling
+    images/{subset}/ (Datumaro's images/default/) and images/."""
+    folder = ann_file.parent
+    folders = [folder, folder / "images"]
+    if folder.name == "annotations":
+        folders += [folder.parent / "images" / ann_file.stem.rsplit("_", 1)[-1], folder.parent / "images"]
+    return _holding_first_image(ann_file, folders)
 
 
 def builtin_name(data: str | Path | None) -> str | None:
@@ -87,7 +93,9 @@ def create_dataset(
     - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
       ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/``,
       ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/``.
-    - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it.
+    - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it; for a file in an
+      ``annotations/`` folder (CVAT's ``annotations/instances_default.json``) also ``images/{subset}/`` or
+      ``images/`` beside that folder.
 
     Paths give :class:`CocoDetection` (``image_size`` resizes, ``kwargs`` go to it). An unknown
     name that is no existing path raises ValueError with the closest dataset names; a folder
