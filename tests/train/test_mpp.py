@@ -207,3 +207,33 @@ def test_pretraining_on_a_coco_folder_reads_no_boxes_so_refuses_none(tmp_path, c
     assert main(["train", "vit_tiny_patch8_32", "--data", str(folder), *SMALL[2:], "--batch-size", "4",
                  "--objective", "mpp", "--max-steps", "1", "--out", str(out)]) == 0, capsys.readouterr().err
     assert (out / "checkpoint.safetensors").is_file()
+
+
+def test_pretraining_on_coco_images_of_several_sizes_without_img_size_names_two_of_them(tmp_path, capsys):
+    """A COCO folder of images of several sizes, read at their own sizes (no --img-size; --model-arg
+    dynamic_img_size=true, as the refusal of a size the ViT was not built for advises), ended in torch's traceback
+    "stack expects each tensor to be equal size" at the first batch holding two sizes."""
+    import json
+
+    from PIL import Image
+
+    from visionzoo.data.export import export_shapes
+
+    folder = tmp_path / "coco"
+    export_shapes(folder, splits=["train", "val"], num=4, image_size=32, progress=False)
+    Image.open(folder / "val" / "000002.png").resize((48, 32)).save(folder / "val" / "000002.png")
+    ann_file = folder / "annotations" / "instances_val.json"
+    annotations = json.loads(ann_file.read_text())
+    image_id = annotations["images"][2]["id"]
+    annotations["images"][2]["width"] = 48
+    annotations["annotations"] = [a for a in annotations["annotations"] if a["image_id"] != image_id]
+    ann_file.write_text(json.dumps(annotations))
+    argv = ["train", "vit_tiny_patch8_32", "--data", str(folder), "--precision", "fp32", "--no-progress",
+            "--batch-size", "4", "--objective", "mpp", "--model-arg", "dynamic_img_size=true", "--max-steps", "1"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "Traceback" not in error, error
+    assert f"instances_val.json: image id {image_id} is 48x32" in error and "instances_train.json" in error, error
+    assert "--img-size" in error and not (tmp_path / "run").exists()
+    assert main([*argv, "--img-size", "32", "--out", str(tmp_path / "resized")]) == 0, capsys.readouterr().err

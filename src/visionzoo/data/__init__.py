@@ -17,8 +17,9 @@ from visionzoo.data.factory import (
            create_dataset,
            images_only,
            open_splits,
+           require_one_image_size,
 )
 from visionzoo.data.shapes import Shapes
 
 __all__ = ["DATASETS", "CocoDetection", "Digits", "Shapes", "Splits", "builtin_name", "collate_detection", "create_dataset",
-           "images_only", "open_splits"]
+           "images_only", "open_splits", "require_one_image_size"]

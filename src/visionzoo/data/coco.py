@@ -437,6 +437,12 @@ class CocoDetection(Dataset):
         """The file of sample ``index``."""
         return self._images[self.image_ids[index]]["path"]
 
+    def stored_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of sample ``index``'s file, as the annotation file gives it (else the file's header);
+        reading the sample checks it against the file."""
+        record = self._images[self.image_ids[index]]
+        return record["width"], record["height"]
+
     def _check_size(self, record: dict[str, Any], image_id: Any, size: tuple[int, int], orientation: Any = None) -> None:
         """Raise when ``size`` (width, height), read from the image file, differs from the entry's;
         ``orientation``: the file's EXIF orientation tag, which explains a swapped size."""

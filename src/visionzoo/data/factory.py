@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,27 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
                                 f"annotations/instances_{each}.json and annotations/instances_{each}2017.json")
     return Splits(splits, missing)
+
+
+def require_one_image_size(splits: Mapping[str, Dataset]) -> None:
+    """Raise ValueError naming two images of different sizes where the COCO splits of ``splits`` are read at their
+    files' sizes (built without ``image_size``): a task that stacks its images into batches needs one size."""
+    first = None
+    for dataset in splits.values():
+        if not isinstance(dataset, CocoDetection) or dataset.image_size is not None:
+            continue
+        for index in range(len(dataset)):
+            size = dataset.stored_size(index)
+            if first is None:
+                first = dataset, index, size
+            elif size != first[2]:
+                other, at, (width, height) = first
+                where = "" if other is dataset else f" of {other.ann_file}"
+                raise ValueError(
+                    f"{dataset.ann_file}: image id {dataset.image_ids[index]} is {size[0]}x{size[1]}, image id "
+                    f"{other.image_ids[at]}{where} is {width}x{height}: images are batched at one size; give "
+                    "--img-size to resize them all (square)"
+                )
 
 
 def collate_detection(

@@ -224,7 +224,7 @@ class ClassificationTask(Task):
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:
-        from visionzoo.data import images_only, open_splits
+        from visionzoo.data import images_only, open_splits, require_one_image_size
 
         options = dict(options or {})
         objective = options.get("objective") or "classify"
@@ -236,6 +236,7 @@ class ClassificationTask(Task):
             raise ValueError(f"{data} has no image-level class labels (a detection data set: boxes, not one class per "
                              "image), which classification needs: train a classifier on shapes or digits, or pretrain "
                              "a ViT on these images with --objective mpp")
+        require_one_image_size(splits)  # else torch's "stack expects each tensor to be equal size" at a batch
         in_chans, size = image.shape[0], image.shape[-1]
         classes = splits.first().classes
         translate = options.get("translate")
