@@ -386,6 +386,43 @@ def test_a_time_budget_planned_from_steps_timed_in_a_busy_spell_is_re_planned_ea
     assert 0.04 * 60 * 0.8 <= result.train_seconds <= 0.04 * 60
 
 
+class SlowingClock:
+    """The engine's ``time``: each training step reads the clock twice (its start, its end) and takes ``fast``
+    seconds for its first ``fast_steps`` steps, then ``slow`` (the machine got busy)."""
+
+    def __init__(self, fast: float, slow: float, fast_steps: int):
+        self.fast, self.slow, self.fast_steps, self.readings, self.now = fast, slow, fast_steps, 0, 0.0
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        self.now += self.fast if self.readings <= 2 * self.fast_steps + 1 else self.slow
+        return self.now
+
+
+def test_a_re_planned_time_budget_goes_on_from_its_learning_rate_without_a_jump(tmp_path, monkeypatch, caplog):
+    """A time budget's schedule re-planned shorter (the machine got busy) was the cosine of the new length from the
+    run's start: the learning rate fell from 0.94 to 0.81 of --lr in one step at step 49, and from 0.59 to 0.29 at
+    step 65, where a step of its warmup rises by 0.08. The schedule now goes on from where it was to the end of the
+    new plan."""
+    monkeypatch.setattr(engine, "time", SlowingClock(0.01, 0.05, fast_steps=40))
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.01)
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    run = tmp_path / "run"
+    _blobs_fit(run, minutes=0.04, lr=1e-3)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert "planning 240 steps" in caplog.text and meta["total_steps"] < 240, "the test did not re-plan shorter"
+    lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    steps = [abs(after - before) for before, after in zip(lrs, lrs[1:])]
+    assert max(steps) <= 1e-3 / meta["warmup_steps"] * 1.001, "the learning rate jumped"  # the warmup's rise
+    assert lrs[-1] < lrs[60] < lrs[50] < lrs[40]
+    # time ran out before the plan's end: resumed without a budget, the run goes on to it on the same course
+    assert meta["step"] < meta["total_steps"]
+    _blobs_fit(run, resume=True)
+    lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert len(lrs) == meta["total_steps"] and lrs[-1] < 0.02 * 1e-3
+    assert max(abs(after - before) for before, after in zip(lrs, lrs[1:])) <= 1e-3 / meta["warmup_steps"] * 1.001
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ({"checkpoint_every": 0}, r"--checkpoint-every must lie in \[1, inf\), got 0"),  # was a ZeroDivisionError
     ({"log_every": 0}, r"log_every must lie in \[1, inf\), got 0"),
@@ -522,7 +559,8 @@ def test_a_time_budget_with_a_step_budget_plans_the_schedule_for_the_first_reach
     _, meta = read_checkpoint(run / "checkpoint.safetensors")
     assert meta["total_steps"] == result.steps, "the run ended before the end of its learning-rate schedule"
     lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-    assert lrs[-1] == pytest.approx(1e-3 * lr_factor(result.steps - 1, result.steps, meta["warmup_steps"], 0.01))
+    assert lrs[-1] == pytest.approx(1e-3 * lr_factor(result.steps - 1, result.steps, meta["warmup_steps"], 0.01,
+                                                     tuple(meta["lr_anchor"])))
     assert lrs[-1] < 0.05 * 1e-3
     ends = [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()]
     assert ends == [f"the {ended_by.rstrip('s')} budget ({flag}) ended the run at step {result.steps}"]

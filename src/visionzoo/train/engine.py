@@ -8,8 +8,9 @@ exact resume, and DistributedDataParallel under ``torchrun``. The family supplie
 
 Exact resume rests on three facts: the batch order is a pure function of ``(seed, epoch)``, the
 randomness of a step is re-seeded from ``(seed, rank, step)`` before it runs, and the learning
-rate is a pure function of the step; so the checkpoint needs only the weights, the EMA, the
-optimizer state and the step.
+rate is a pure function of the step and the plan (its steps, its warmup and the point a time budget
+last re-sized it from); so the checkpoint needs only the weights, the EMA, the optimizer state, the
+step and the plan.
 """
 
 from __future__ import annotations
@@ -233,12 +234,34 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{flag} must lie in {interval}, got {value}")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+# A plan's start: (step, share of its phase done there); see lr_factor.
+FRESH_PLAN = (0, 0.0)
+
+
+def schedule_share(step: int, total_steps: int, warmup_steps: int,
+                   anchor: tuple[int, float] = FRESH_PLAN) -> tuple[bool, float]:
+    """Whether ``step`` is in the warmup, and the share of its phase (the warmup, else the cosine decay) done before
+    it: from ``anchor``'s share at ``anchor``'s step (the first step of a re-sized plan, in the same phase; else the
+    phase's start) linearly to all of it at the phase's end (``warmup_steps``, else ``total_steps``)."""
+    start, done = anchor
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        start, done = (start, done) if start < warmup_steps else FRESH_PLAN
+        return True, done + (1.0 - done) * (step - start) / (warmup_steps - start)
+    start, done = (start, done) if start >= warmup_steps else (warmup_steps, 0.0)
+    return False, min(1.0, done + (1.0 - done) * (step - start) / max(1, total_steps - start))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float,
+              anchor: tuple[int, float] = FRESH_PLAN) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    ``anchor`` (step, share of its phase done there) is where a plan re-sized during the run takes over: it goes on
+    from the learning rate the run had reached, not from where a plan of its length would be at that step (see
+    :func:`schedule_share`)."""
+    warming, share = schedule_share(step, total_steps, warmup_steps, anchor)
+    if warming:  # the share done once this step has run
+        return share + (1.0 - share) / (warmup_steps - step)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * share))
 
 
 def check_warmup(warmup_steps: int | None, total_steps: int | None, minutes: float | None = None) -> None:
@@ -591,8 +614,10 @@ class Trainer:
         self.train_model: nn.Module = self.model
         self.warmup_steps = 1  # for the timing steps of a time budget
         self.resumed_warmup_steps: int | None = None
+        self.lr_anchor = FRESH_PLAN  # where a re-sized plan took over (see lr_factor)
         if cfg.resume:
             self._load(config)
+        resumed_plan = (self.total_steps, self.resumed_warmup_steps)
         # --minutes is this session's time: on resume it counts from here, not from the run's start.
         self.session_start_seconds = self.train_seconds
         # The schedule's length follows this session's budget: the steps (or epochs) counted from the run's start,
@@ -607,6 +632,11 @@ class Trainer:
             self.warmup_steps = self.resumed_warmup_steps
         else:
             self.warmup_steps = max(1, self.total_steps // 20)
+        kept_warmup = self.warmup_steps == resumed_plan[1] and self.lr_anchor[0] < self.warmup_steps
+        if (self.total_steps, self.warmup_steps) != resumed_plan and not kept_warmup:
+            # a resumed run with another plan: its decay is re-sized to it from the start (a warmup under way and
+            # kept goes on as it was)
+            self.lr_anchor = FRESH_PLAN
         if self.dist.distributed:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None,
@@ -710,8 +740,21 @@ class Trainer:
         remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
         planned = int(rank0_value(self.dist, self.step + int(remaining / (seconds / steps_timed))))
         fixed = self._fixed_budget_steps()
-        self.total_steps = max(self.step + 1, planned if fixed is None else min(planned, fixed))
-        self.warmup_steps = min(self.warmup_steps, self.total_steps)
+        self._resize_plan(max(self.step + 1, planned if fixed is None else min(planned, fixed)))
+
+    def _resize_plan(self, total_steps: int) -> None:
+        """End the schedule at ``total_steps``, going on from the learning rate of this step: the rest of its phase
+        (warmup or decay) is spread over the steps left to the phase's end, so the learning rate does not jump to
+        where a plan of the new length would be (from near --lr to near its floor, when the pace halved at step
+        50). A warmup is cut to the new plan, and the engine's own warmup to its twentieth of the new plan for the
+        rise still to come."""
+        if total_steps == self.total_steps:
+            return
+        warming, done = schedule_share(self.step, self.total_steps, self.warmup_steps, self.lr_anchor)
+        warmup = min(self.warmup_steps, total_steps)
+        if warming and self.config.warmup_steps is None and self.resumed_warmup_steps is None:
+            warmup = min(warmup, self.step + math.ceil((1.0 - done) * max(1, total_steps // 20)))
+        self.total_steps, self.warmup_steps, self.lr_anchor = total_steps, warmup, (self.step, done)
 
     def _ended_by(self) -> tuple[str, str]:
         """The budget that ended the run, once it has stopped: its kind (``time``, ``steps`` or ``epochs``) and its
@@ -740,7 +783,7 @@ class Trainer:
         self.task.generator.manual_seed(seed)
         self.task.step = step
         self.task.total_steps = self.total_steps
-        factor = lr_factor(step, self.total_steps or 1, self.warmup_steps, self.config.min_lr_ratio)
+        factor = lr_factor(step, self.total_steps or 1, self.warmup_steps, self.config.min_lr_ratio, self.lr_anchor)
         model = self.train_model.train()
         logged: dict[str, float] = {}
         for name, optimizer in self.optimizers.items():
@@ -902,6 +945,7 @@ class Trainer:
             "epoch_position": [*self._epoch_position(), self.steps_per_epoch],  # epoch, batch, batches per epoch
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "lr_anchor": list(self.lr_anchor),
             "train_seconds": self.train_seconds,
             "optimizers": optim_meta,
             "config": asdict(self.config),
@@ -951,6 +995,7 @@ class Trainer:
         self.total_steps = meta["total_steps"]
         # Checkpoints written before the warmup was recorded: the default one of their plan.
         self.resumed_warmup_steps = meta.get("warmup_steps", max(1, meta["total_steps"] // 20))
+        self.lr_anchor = tuple(meta.get("lr_anchor", FRESH_PLAN))
         self.train_seconds = meta["train_seconds"]
         if self.ema is not None and not has_ema:
             log.info("--resume: %s was trained without an EMA: the average (--ema-decay %g) starts from the weights "
