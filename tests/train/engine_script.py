@@ -2,10 +2,12 @@
 
 Usage: python engine_script.py OUT [--steps N] [--batch-size B] [--kill-at STEP] [--kill-in-save N]
 [--resume] [--dropout P] [--precision bf16|fp32] [--final FILE] [--minutes M [--skewed-timing]] [--prepared-in DIR]
+[--count-all-reduces FILE]
 On ranks other than 0, any write into the run folder raises.
 """
 
 import argparse
+import json
 import os
 import signal
 import time
@@ -89,6 +91,8 @@ def main() -> None:
     parser.add_argument("--skewed-timing", action="store_true",
                         help="each rank times its steps as (rank + 1) times slower, as busy machines differ")
     parser.add_argument("--prepared-in", help="the training set prepares itself at first use, cached in this folder")
+    parser.add_argument("--count-all-reduces", help="write the all-reduces called between the starts of consecutive "
+                                                    "training steps here, as a JSON list (%%r: the rank)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -133,6 +137,19 @@ def main() -> None:
             return real_step(batch, step)
 
         trainer._train_step = step_or_die
+    if args.count_all_reduces:
+        calls, at_step_starts = [0], []
+        real_all_reduce, real_train_step = torch.distributed.all_reduce, trainer._train_step
+
+        def counted_all_reduce(*a, **kw):
+            calls[0] += 1
+            return real_all_reduce(*a, **kw)
+
+        def noted_step(batch, step):
+            at_step_starts.append(calls[0])
+            return real_train_step(batch, step)
+
+        torch.distributed.all_reduce, trainer._train_step = counted_all_reduce, noted_step
     if not trainer.dist.is_main:
         def refuse(*_args, **_kwargs):
             raise AssertionError(f"rank {trainer.dist.rank} tried to write into the run folder")
@@ -141,6 +158,9 @@ def main() -> None:
         trainer._log = refuse
     trainer.fit()
     assert not torch.distributed.is_initialized(), "fit left its process group for the interpreter's exit to end"
+    if args.count_all_reduces:
+        Path(args.count_all_reduces.replace("%r", str(trainer.dist.rank))).write_text(
+            json.dumps([after - before for before, after in zip(at_step_starts, at_step_starts[1:])]))
     if args.final:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   args.final.replace("%r", str(trainer.dist.rank)))

@@ -157,6 +157,17 @@ def test_torchrun_ranks_follow_rank_0s_plan_of_a_time_budget(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
 
 
+def test_torchrun_a_step_agrees_on_its_batches_and_its_losses_in_two_all_reduces(tmp_path):
+    """Besides DDP's gradients, each step under torchrun made three all-reduces: one to agree that every rank had its
+    batch, one of a rank number to agree that every loss was finite and one of the losses to log; the second now
+    travels with the third."""
+    process = _torchrun([str(SCRIPT), str(tmp_path / "ddp"), "--batch-size", "8", "--steps", "5", "--precision",
+                         "fp32", "--count-all-reduces", str(tmp_path / "calls_%r.json")])
+    assert process.returncode == 0, process.stderr[-3000:]
+    for rank in range(2):
+        assert json.loads((tmp_path / f"calls_{rank}.json").read_text()) == [2] * 4
+
+
 def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path):
     """Rank 0 alone prepares the run folder; when it refused one, rank 1 failed on the dropped connection with
     a traceback (gloo's "Connection closed by peer") beside rank 0's line. Now rank 1 exits quietly."""

@@ -83,8 +83,8 @@ def close_distributed(info: DistInfo) -> None:
 
 class PeerFailed(RuntimeError):
     """Raised on the other ranks when one fails where they would wait for it (rank 0 in work it alone does, a rank
-    that cannot load its batch or whose loss is not finite: :func:`raise_first_failure`); that rank raises (and
-    reports) the error."""
+    that cannot load its batch or whose loss is not finite: :func:`raise_first_failure`, :func:`mean_over_ranks`); that
+    rank raises (and reports) the error."""
 
 
 T = TypeVar("T")
@@ -180,21 +180,35 @@ def raise_first_failure(info: DistInfo, failure: Exception | None) -> None:
     ``failure`` on the lowest rank that has one, which reports it, and :class:`PeerFailed` on the others, which
     would otherwise wait for it in their next collective and then fail on the connection it dropped; return where
     no rank failed. Without torchrun, raise ``failure`` where there is one."""
-    failed = first_rank_where(info, failure is not None)
+    _raise_at(info, first_rank_where(info, failure is not None), failure)
+
+
+def _raise_at(info: DistInfo, failed: int | None, failure: Exception | None) -> None:
+    """``failure`` on rank ``failed`` (the lowest that has one), :class:`PeerFailed` on the others; nothing where
+    ``failed`` is None."""
     if failed is not None and failed != info.rank:
         raise PeerFailed(f"rank {failed} failed")
     if failure is not None:
         raise failure
 
 
-def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
+def mean_over_ranks(info: DistInfo, values: dict[str, float], failure: Exception | None = None) -> dict[str, float]:
     """``values`` (a step's losses, each of this rank's batch) averaged over the ranks, as one process with the
-    global batch logs them; every rank gives the same names in the same order. ``values`` itself without torchrun."""
+    global batch logs them; every rank gives the same names in the same order. ``values`` itself without torchrun.
+
+    ``failure``, this rank's error at that point (a loss that is not finite) or None, is raised as
+    :func:`raise_first_failure` raises it, in the same all-reduce as the values: each step agrees on its losses and
+    on its failures at once."""
     if not info.distributed:
+        if failure is not None:
+            raise failure
         return values
-    shared = collective(dist.all_reduce, torch.tensor(list(values.values()), dtype=torch.float64,
-                                                            device=info.device))
-    return dict(zip(values, (total / info.world_size for total in shared.tolist())))
+    failed = [0.0] * info.world_size
+    failed[info.rank] = float(failure is not None)
+    shared = collective(dist.all_reduce, torch.tensor([*values.values(), *failed], dtype=torch.float64,
+                                                      device=info.device)).tolist()
+    _raise_at(info, next((rank for rank, flag in enumerate(shared[len(values):]) if flag), None), failure)
+    return dict(zip(values, (total / info.world_size for total in shared[:len(values)])))
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -804,15 +804,16 @@ class Trainer:
             if not torch.isfinite(loss):
                 advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
                 diverged = FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
-            # before backward, where the other ranks would wait in DDP's all-reduce for a rank that stopped
-            raise_first_failure(self.dist, diverged)
+            # Each rank's losses are of its own batch: the log and the bar show them over the global batch. The ranks
+            # agree on them before backward, where the others would wait in DDP's all-reduce for a rank that stopped.
+            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
+            logged.update(mean_over_ranks(self.dist, {prefix + k: float(v.detach()) for k, v in losses.items()},
+                                          diverged))
             loss.backward()
             if self.config.grad_clip:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             optimizer.step()
-            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
-            logged.update({prefix + k: float(v.detach()) for k, v in losses.items()})
         logged["lr"] = self.config.lr * factor
         return logged
 
@@ -854,8 +855,7 @@ class Trainer:
                                     collate_fn=_as_is, num_workers=cfg.num_workers)
                 tick = time.perf_counter()
                 for batch in agreed_batches(dist_info, loader):
-                    # Each rank's losses are of its own batch: the log and the bar show them over the global batch.
-                    logged = mean_over_ranks(dist_info, self._train_step(move_to(batch, dist_info.device), self.step))
+                    logged = self._train_step(move_to(batch, dist_info.device), self.step)
                     if self.ema is not None:
                         self.ema.update(self.model, self.step)
                     self.step += 1
