@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from visionzoo.train.distributed import PeerFailed, reports_error, requested_world_size
+    from visionzoo.utils import out_of_memory
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -202,10 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError, TypeError) as error:
         # torch's CPU allocator fails with a RuntimeError: an --img-size of 5000 on Digits (its images are preloaded at
         # that size) asked for 126 GB and ended in a 37-line traceback; sizes past 2**63 fail to be sized at all
-        if not _out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):
+        if not out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):
             raise
-        print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower {_memory_options(args)}",
-              file=sys.stderr)
+        if reports_error(error):  # under torchrun: once, as the user errors
+            print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower "
+                  f"{_memory_options(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
@@ -229,18 +231,6 @@ def _is_number(token: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or any(
-        words in str(error) for words in ("can't allocate memory", *TENSOR_SIZE_OVERFLOW))
-
-
-# torch's words for a tensor it cannot even size (beyond 2**63 elements or bytes: an --img-size or --batch-size of
-# 10**20): out of memory on any machine, as a smaller one too large for this machine is.
-TENSOR_SIZE_OVERFLOW = ("Overflow when unpacking long", "Storage size calculation overflowed")
 
 
 def _memory_options(args: argparse.Namespace) -> str:

@@ -232,6 +232,18 @@ def resolve_device(device: str | None, index: int = 0) -> torch.device:
     raise ValueError(f"unknown device {device!r}; use cpu or cuda")
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: Python's MemoryError, CUDA's, torch's CPU allocator's
+    RuntimeError ("can't allocate memory"), or a tensor torch cannot even size (:data:`TENSOR_SIZE_OVERFLOW`)."""
+    return isinstance(error, MemoryError | torch.cuda.OutOfMemoryError) or any(
+        words in str(error) for words in ("can't allocate memory", *TENSOR_SIZE_OVERFLOW))
+
+
+# torch's words for a tensor it cannot even size (beyond 2**63 elements or bytes: an --img-size or --batch-size of
+# 10**20): out of memory on any machine, as a smaller one too large for this machine is.
+TENSOR_SIZE_OVERFLOW = ("Overflow when unpacking long", "Storage size calculation overflowed")
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16, or a CPU with AMX or AVX512-BF16).
 

@@ -165,7 +165,8 @@ def test_torchrun_a_step_agrees_on_its_batches_and_its_losses_in_two_all_reduces
                          "fp32", "--count-all-reduces", str(tmp_path / "calls_%r.json")])
     assert process.returncode == 0, process.stderr[-3000:]
     for rank in range(2):
-        assert json.loads((tmp_path / f"calls_{rank}.json").read_text()) == [2] * 4
+        # the session's first step agrees on its failures apart: no rank knows yet the names of the losses
+        assert json.loads((tmp_path / f"calls_{rank}.json").read_text()) == [3, 2, 2, 2]
 
 
 def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path):
@@ -201,8 +202,9 @@ def test_torchrun_an_error_of_every_rank_is_one_line_once(tmp_path, args, messag
     assert "[rank1]: Traceback" not in output, output[-3000:]
 
 
-def _torchrun_failing_on_one_rank(tmp_path: Path, rank: int, what: str) -> str:
-    """The output of a torchrun run whose ``rank`` fails in its own share (``what``: see failing_rank_script.py)."""
+def _torchrun_failing_on_one_rank(tmp_path: Path, rank: int | str, what: str) -> str:
+    """The output of a torchrun run whose ``rank`` (or ``all`` ranks) fails in its own share (``what``: see
+    failing_rank_script.py)."""
     process = _torchrun([str(FAILING_RANK_SCRIPT), str(rank), what, "train", "vit_tiny_patch8_32", "--data", "digits",
                          "--img-size", "32", "--max-steps", "2", "--out", str(tmp_path / "run"), "--no-progress",
                          "--precision", "fp32"])
@@ -228,6 +230,18 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     output = _torchrun_failing_on_one_rank(tmp_path, rank, "loss")
     assert output.count("visionzoo train: error:") == 1, output[-3000:]
     assert "visionzoo train: error: the model loss is nan at step 0; lower --lr" in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize("rank", ["1", "all"])
+def test_torchrun_running_out_of_memory_is_one_line_once(tmp_path, rank):
+    """A training step out of memory on every rank printed the advice once per rank; on one rank alone, the others,
+    waiting for it in the step's all-reduce, printed gloo's traceback ("Connection closed by peer"). The ranks now
+    agree on it before backward, as on a loss that is not finite: the first rank out of memory reports it."""
+    output = _torchrun_failing_on_one_rank(tmp_path, rank, "memory")
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert ("visionzoo train: error: out of memory: an allocation of 68.7 GB failed; lower --img-size, --batch-size "
+            "or the number of images") in output, output[-3000:]
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
