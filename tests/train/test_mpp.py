@@ -119,6 +119,22 @@ def test_pretraining_runs_under_distributed_data_parallel(tmp_path, name, model_
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
 
 
+@pytest.mark.parametrize("name, model_args", [("vit_tiny_patch8_32", {}), ("vit_tiny_patch8_32", {"global_pool": "avg"}),
+                                              ("vit_tiny_patch8_32", {"global_pool": "map"}),
+                                              ("deit_tiny_distilled_patch8_32", {})])
+def test_pretraining_asks_ddp_to_find_unused_parameters_only_where_it_leaves_some(name, model_args):
+    """torchrun of a plain ViT's pretraining warned on every rank that "find_unused_parameters=True was specified in
+    DDP constructor, but did not find any unused parameters", a traversal of the autograd graph each step for
+    nothing: the task asked for it for every model, where only some leave parameters without a gradient."""
+    from visionzoo.train.mpp import MaskedPatchTask
+
+    task, model = MaskedPatchTask.build(name, [str(i) for i in range(10)], 1, model_args, None, None, {"translate": 0})
+    batch = (torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.zeros(4, dtype=torch.long))
+    task.training_step(model, batch, "main")["loss"].backward()
+    unused = [key for key, parameter in model.named_parameters() if parameter.grad is None]
+    assert task.find_unused_parameters == bool(unused), unused
+
+
 def test_fine_tuning_reports_the_tensors_it_leaves_out(mpp_run, caplog):
     """Fine-tuning from a pretraining left its [mask] embedding and colour head behind without a word."""
     import logging

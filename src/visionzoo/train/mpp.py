@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from visionzoo.train.classification import ClassificationTask
 
 COLOUR_BITS = 3
+# The parts of a ViT's classifier between its tokens and its head, which patch prediction does not reach: it applies
+# the head to each patch token.
+UNUSED_CLASSIFIER_PARTS = ("fc_norm", "attn_pool", "head_dist")
 
 
 def mean_colour_classes(images: Tensor, patch_size: tuple[int, int], bits: int = COLOUR_BITS) -> Tensor:
@@ -115,6 +118,13 @@ class MaskedPatchPredictor(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
+    def unused_parts(self) -> list[str]:
+        """The encoder's trainable classifier parts that patch prediction leaves out: a DeiT's ``head_dist``, a
+        patch pool's ``fc_norm``, an attention pool's ``attn_pool``."""
+        parts = {name: getattr(self.encoder, name, None) for name in UNUSED_CLASSIFIER_PARTS}
+        return [name for name, part in parts.items()
+                if part is not None and any(p.requires_grad for p in part.parameters())]
+
     def forward(self, images: Tensor, corruption: Corruption) -> Tensor:
         """``images``: Tensor[B, C, H, W] normalised. Returns Tensor[B, N, K]."""
         tokens = self.encoder.embed_patches(images)  # [B, N, D]
@@ -154,9 +164,6 @@ class MaskedPatchTask(ClassificationTask):
     :func:`evaluation_corruption`)."""
 
     defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "epochs": 10, "ema_decay": 0.0}
-    # The encoder's classifier parts that patch prediction leaves out (a DeiT's head_dist, an avg-pool ViT's fc_norm)
-    # get no gradient, which DistributedDataParallel refuses unless told.
-    find_unused_parameters = True
 
     def __init__(self, classes, mean, std, patch_size: tuple[int, int], **options: Any) -> None:
         super().__init__(classes, mean, std, **options)
@@ -191,7 +198,11 @@ class MaskedPatchTask(ClassificationTask):
             # without --use-ema then loads the trained ones over them
             load_state_dict_strict(model, model_state(tensors, meta, ema=True), str(checkpoint))
         mean, std = normalization(encoder, in_chans)
-        return cls(classes, mean, std, encoder.patch_embed.patch_size, **options), model
+        task = cls(classes, mean, std, encoder.patch_embed.patch_size, **options)
+        # Those parts get no gradient, which DistributedDataParallel refuses unless told; told without need, it warns
+        # on every rank and searches the autograd graph for them at each step.
+        task.find_unused_parameters = bool(model.unused_parts())
+        return task, model
 
     def collate(self, samples: list[Any]) -> tuple[Tensor, None]:
         """(images Tensor[B, C, H, W], None): the targets are the images' own patches, so data without class labels
