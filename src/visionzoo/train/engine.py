@@ -746,9 +746,8 @@ class Trainer:
     def _resize_plan(self, total_steps: int) -> None:
         """End the schedule at ``total_steps``, going on from the learning rate of this step: the rest of its phase
         (warmup or decay) is spread over the steps left to the phase's end, so the learning rate does not jump to
-        where a plan of the new length would be (from near --lr to near its floor, when the pace halved at step
-        50). A warmup is cut to the new plan, and the engine's own warmup to its twentieth of the new plan for the
-        rise still to come."""
+        where a plan of the new length would be at this step. A warmup is cut to the new plan, and the engine's own
+        warmup to its twentieth of the new plan for the rise still to come."""
         if total_steps == self.total_steps:
             return
         warming, done = schedule_share(self.step, self.total_steps, self.warmup_steps, self.lr_anchor)

@@ -199,8 +199,8 @@ class MaskedPatchTask(ClassificationTask):
             load_state_dict_strict(model, model_state(tensors, meta, ema=True), str(checkpoint))
         mean, std = normalization(encoder, in_chans)
         task = cls(classes, mean, std, encoder.patch_embed.patch_size, **options)
-        # Those parts get no gradient, which DistributedDataParallel refuses unless told; told without need, it warns
-        # on every rank and searches the autograd graph for them at each step.
+        # The parts patch prediction leaves out get no gradient, which DistributedDataParallel refuses unless told;
+        # told without need, it warns on every rank and searches the autograd graph for them at each step.
         task.find_unused_parameters = bool(model.unused_parts())
         return task, model
 
