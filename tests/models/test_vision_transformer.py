@@ -864,3 +864,17 @@ def test_asked_classes_take_a_file_whose_final_norm_sits_on_the_other_side_of_th
                                    theirs.forward_head(theirs.forward_features(x), pre_logits=True), atol=1e-5, rtol=1e-5)
     with pytest.raises(CheckpointError, match="missing keys"):
         create_model("vit_tiny_patch16_224", checkpoint=path, global_pool=pool, **sizes)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch8_32", "deit_tiny_distilled_patch8_32"])
+def test_gradients_have_the_layout_of_their_parameters(name):
+    """torchrun of a DeiT (`visionzoo train deit_tiny_distilled_patch8_32`) warned on every rank that "Grad strides do
+    not match bucket view strides ... may impair performance": its class and distillation tokens got the gradient
+    as a slice of their pair's, strided (384, 192, 1) where the parameter is (192, 192, 1)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1).train()
+    logits = model(images(2, 1, 32, 32, seed=0))
+    sum(output.sum() for output in (logits if isinstance(logits, tuple) else (logits,))).backward()
+    strided = {key: (tuple(p.stride()), tuple(p.grad.stride())) for key, p in model.named_parameters()
+               if p.grad is not None and p.grad.stride() != p.stride()}
+    assert not strided

@@ -309,9 +309,11 @@ class VisionTransformer(nn.Module):
             return self.pos_drop(tokens + pos_embed)
         batch = tokens.shape[0]
         count = len(prefix)
-        # Add the table to the prefix rows once, not once per image: the same sums as timm's cat-then-add.
-        head = (torch.cat(prefix, dim=1) + pos_embed[:, :count]).expand(batch, -1, -1)
-        return self.pos_drop(torch.cat([head, tokens + pos_embed[:, count:]], dim=1))
+        # Add the table to the prefix rows once, not once per image: the same sums as timm's cat-then-add. Each token
+        # is expanded on its own: a slice of their pair's expanded gradient would be strided unlike the token, which
+        # DistributedDataParallel warns of on every rank.
+        head = [(token + pos_embed[:, index:index + 1]).expand(batch, -1, -1) for index, token in enumerate(prefix)]
+        return self.pos_drop(torch.cat([*head, tokens + pos_embed[:, count:]], dim=1))
 
     def forward_tokens(self, tokens: Tensor, grid_size: tuple[int, int], attn_mask: Tensor | None = None,
                        is_causal: bool = False) -> Tensor:
