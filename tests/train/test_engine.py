@@ -165,8 +165,7 @@ def test_torchrun_a_step_agrees_on_its_batches_and_its_losses_in_two_all_reduces
                          "fp32", "--count-all-reduces", str(tmp_path / "calls_%r.json")])
     assert process.returncode == 0, process.stderr[-3000:]
     for rank in range(2):
-        # the session's first step agrees on its failures apart: no rank knows yet the names of the losses
-        assert json.loads((tmp_path / f"calls_{rank}.json").read_text()) == [3, 2, 2, 2]
+        assert json.loads((tmp_path / f"calls_{rank}.json").read_text()) == [2] * 4
 
 
 def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path):
@@ -202,9 +201,8 @@ def test_torchrun_an_error_of_every_rank_is_one_line_once(tmp_path, args, messag
     assert "[rank1]: Traceback" not in output, output[-3000:]
 
 
-def _torchrun_failing_on_one_rank(tmp_path: Path, rank: int | str, what: str) -> str:
-    """The output of a torchrun run whose ``rank`` (or ``all`` ranks) fails in its own share (``what``: see
-    failing_rank_script.py)."""
+def _torchrun_failing_on_one_rank(tmp_path: Path, rank: int, what: str) -> str:
+    """The output of a torchrun run whose ``rank`` fails in its own share (``what``: see failing_rank_script.py)."""
     process = _torchrun([str(FAILING_RANK_SCRIPT), str(rank), what, "train", "vit_tiny_patch8_32", "--data", "digits",
                          "--img-size", "32", "--max-steps", "2", "--out", str(tmp_path / "run"), "--no-progress",
                          "--precision", "fp32"])
@@ -233,16 +231,16 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
-@pytest.mark.parametrize("rank", ["1", "all"])
-def test_torchrun_running_out_of_memory_is_one_line_once(tmp_path, rank):
-    """A training step out of memory on every rank printed the advice once per rank; on one rank alone, the others,
-    waiting for it in the step's all-reduce, printed gloo's traceback ("Connection closed by peer"). The ranks now
-    agree on it before backward, as on a loss that is not finite: the first rank out of memory reports it."""
-    output = _torchrun_failing_on_one_rank(tmp_path, rank, "memory")
+def test_torchrun_running_out_of_memory_on_every_rank_is_one_line_once(tmp_path):
+    """Digits preloaded at an --img-size that no memory holds: every rank ran out of memory as it set the run up and
+    printed the advice, so the user read it once per process. The first process of the machine prints it now, as
+    the other errors every rank meets alike."""
+    process = _torchrun(["-m", "visionzoo", "train", "resnet18", "--data", "digits", "--img-size", "1000000",
+                         "--max-steps", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert output.count("visionzoo train: error: out of memory: ") == 1, output[-3000:]
     assert output.count("visionzoo train: error:") == 1, output[-3000:]
-    assert ("visionzoo train: error: out of memory: an allocation of 68.7 GB failed; lower --img-size, --batch-size "
-            "or the number of images") in output, output[-3000:]
-    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
 def test_torchrun_a_log_rank_0_cannot_write_is_one_line_from_it(tmp_path):

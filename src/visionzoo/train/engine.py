@@ -64,7 +64,7 @@ from visionzoo.train.distributed import (
     step_seed,
 )
 from visionzoo.train.task import _TASKS, Task
-from visionzoo.utils import is_integer, native_bf16, out_of_memory, require_folder_or_absent
+from visionzoo.utils import is_integer, native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
 
@@ -615,7 +615,6 @@ class Trainer:
         self.warmup_steps = 1  # for the timing steps of a time budget
         self.resumed_warmup_steps: int | None = None
         self.lr_anchor = FRESH_PLAN  # where a re-sized plan took over (see lr_factor)
-        self.logged_names: dict[str, list[str]] = {}  # each optimizer's logged losses (see _train_step)
         if cfg.resume:
             self._load(config)
         resumed_plan = (self.total_steps, self.resumed_warmup_steps)
@@ -790,7 +789,6 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
-            failure, losses = None, None
             try:
                 with self.autocast():
                     losses = self.task.training_step(model, batch, name)
@@ -800,25 +798,16 @@ class Trainer:
                 raise every_rank(ValueError(
                     f"--batch-size {self.config.batch_size}: a BatchNorm layer of the model sees one value per "
                     f"channel ({error}); give --batch-size 2 or more, or a larger --img-size")) from None
-            except (MemoryError, RuntimeError) as error:  # under torchrun: the ranks agree on it below
-                if not (self.dist.distributed and out_of_memory(error)):
-                    raise
-                failure = error
-            if losses is not None and not torch.isfinite(losses["loss"]):
-                advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
-                failure = FloatingPointError(f"the {name} loss is {losses['loss'].item()} at step {step}; {advice}")
-            # Each rank's losses are of its own batch: the log and the bar show them over the global batch. The ranks
-            # agree on them, and on a rank's failure, before backward, where the others would wait in DDP's
-            # all-reduce for a rank that stopped. A rank without losses (out of memory) gives the names of the
-            # previous step's; at the session's first step, with none yet, they agree on the failures first.
-            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
-            values = (dict.fromkeys(self.logged_names.get(name, ()), math.nan) if losses is None
-                      else {prefix + k: float(v.detach()) for k, v in losses.items()})
-            if name not in self.logged_names:
-                raise_first_failure(self.dist, failure)
-                self.logged_names[name] = list(values)
-            logged.update(mean_over_ranks(self.dist, values, failure))
             loss = losses["loss"]
+            diverged = None
+            if not torch.isfinite(loss):
+                advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
+                diverged = FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
+            # Each rank's losses are of its own batch: the log and the bar show them over the global batch. The ranks
+            # agree on them before backward, where the others would wait in DDP's all-reduce for a rank that stopped.
+            prefix = "" if len(self.optimizers) == 1 else f"{name}/"
+            logged.update(mean_over_ranks(self.dist, {prefix + k: float(v.detach()) for k, v in losses.items()},
+                                          diverged))
             loss.backward()
             if self.config.grad_clip:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
