@@ -606,9 +606,14 @@ def test_a_run_that_time_ends_before_its_plan_says_the_steps_its_schedule_was_pl
         f"the time budget (--minutes 0.001) ended the run at step {result.steps}, before the {meta['total_steps']} "
         "steps its learning-rate schedule was planned for"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["ended_by"] == "time"
-    # resumed without a budget, it goes on to the end of that plan, not to its --epochs
+    # resumed without a budget, it goes on to the end of that plan, not to its --epochs, and says so: it said "the
+    # step budget (--max-steps N) ended the run", a flag the user never gave
     monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 1 / 0)  # no time budget to plan
+    caplog.clear()
     assert _blobs_fit(tmp_path / "run", resume=True).steps == meta["total_steps"]
+    assert [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()] == [
+        f"the step budget (the {meta['total_steps']} steps its checkpoint planned; --resume without a budget) ended "
+        f"the run at step {meta['total_steps']}"]
 
 
 def test_a_longer_resumed_plan_keeps_the_runs_warmup(tmp_path):

@@ -557,6 +557,9 @@ class Trainer:
                  config: TrainConfig, run_meta: Mapping[str, Any] | None = None) -> None:
         self.task = task
         self.config = resolve_config(resumed_config(config), task)
+        # resumed without a budget: the checkpoint's plan is the budget (--max-steps filled in for the user)
+        self.budget_from_checkpoint = config.resume and all(
+            getattr(config, name) is None for name in ("max_steps", "epochs", "minutes"))
         if task.single_process and requested_world_size() > 1:
             raise ValueError(f"the {task.name} task does not run under torchrun ({task.single_process}); "
                              "train it in one process")
@@ -757,11 +760,15 @@ class Trainer:
 
     def _ended_by(self) -> tuple[str, str]:
         """The budget that ended the run, once it has stopped: its kind (``time``, ``steps`` or ``epochs``) and its
-        flag as given. Time ran out, or the run reached its plan: a fixed budget's steps, else the time budget's."""
+        flag as given (resumed without a budget: the checkpoint's plan, which fills in --max-steps). Time ran out, or
+        the run reached its plan: a fixed budget's steps, else the time budget's."""
         fixed = self._fixed_budget_steps()
         if self.step >= self.total_steps and fixed is not None and self.total_steps >= fixed:
             flag = self._first_fixed_budget()
-            return ("steps" if flag.startswith("--max-steps") else "epochs"), flag
+            steps = flag.startswith("--max-steps")
+            if steps and self.budget_from_checkpoint:  # a flag the user did not give
+                flag = f"the {self.config.max_steps} steps its checkpoint planned; --resume without a budget"
+            return ("steps" if steps else "epochs"), flag
         return "time", f"--minutes {self.config.minutes:g}"
 
     def _out_of_time(self) -> bool:
