@@ -498,3 +498,63 @@ def test_predict_takes_the_images_to_the_models_device(monkeypatch):
     monkeypatch.setattr(task, "logits", lambda model, images: seen.append(images.device) or torch.zeros(len(images), 2))
     predictions = task.predict(torch.nn.Linear(1, 1, device="meta"), torch.zeros(3, 1, 4, 4), contextlib.nullcontext)
     assert seen == [torch.device("meta")] and len(predictions) == 3
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory):
+    """A resnet18 run on digits (one step) and a copy of its checkpoint whose fc.weight is NaN, as a diverged run's."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from visionzoo.cli import main
+
+    folder = tmp_path_factory.mktemp("nan_run")
+    assert main(["train", "resnet18", "--data", "digits", "--max-steps", "1", "--batch-size", "4", "--precision", "fp32",
+                 "--no-progress", "--out", str(folder / "run")]) == 0
+    with safe_open(folder / "run" / "checkpoint.safetensors", "pt") as source:
+        tensors = {key: source.get_tensor(key) for key in source.keys()}
+        metadata = source.metadata()
+    tensors["model.fc.weight"][0, 0] = float("nan")
+    broken = folder / "run" / "nan.safetensors"
+    save_file(tensors, broken, metadata=metadata)
+    return broken
+
+
+def test_eval_of_weights_holding_nan_is_refused_in_one_line_not_scored(nan_checkpoint, capsys):
+    """`visionzoo eval --json` of a diverged model printed "loss": NaN (not JSON) beside an accuracy and a top-5 drawn
+    from the arbitrary order of NaN logits; it now refuses, saying the outputs are not finite and why."""
+    from visionzoo.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", "resnet18", "--checkpoint", str(nan_checkpoint), "--split", "val", "--json",
+                 "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"visionzoo eval: error: resnet18's outputs are not finite (NaN or infinity) with "
+                            f"{nan_checkpoint}, whose weights hold non-finite values\n")
+
+
+def test_predict_of_weights_holding_nan_writes_no_nan_scores(nan_checkpoint, tmp_path, capsys):
+    """`visionzoo predict` of a diverged model wrote NaN scores into predictions.json (not JSON) and printed "8 nan";
+    it now refuses before writing anything, as eval does; a non-finite output of finite weights (bf16's range)
+    suggests fp32."""
+    from PIL import Image
+
+    from visionzoo.cli import main
+
+    image = tmp_path / "0.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["predict", "resnet18", str(image), "--checkpoint", str(nan_checkpoint), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo predict: error: resnet18's outputs are not finite (NaN or infinity) "
+                                       f"with {nan_checkpoint}, whose weights hold non-finite values\n")
+    assert not out.exists()
+    finite = nan_checkpoint.parent / "checkpoint.safetensors"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClassificationTask, "logits", lambda self, model, images: torch.full((len(images), 10), np.inf))
+        assert main(["predict", "resnet18", str(image), "--checkpoint", str(finite), "--out", str(out),
+                     "--precision", "bf16"]) == 2
+    assert capsys.readouterr().err == (f"visionzoo predict: error: resnet18's outputs are not finite (NaN or infinity) "
+                                       f"with {finite}; try --precision fp32\n")
+    assert not out.exists()

@@ -19,7 +19,7 @@ from visionzoo.data.factory import SPLITS
 from visionzoo.layers import PatchEmbed
 from visionzoo.train.distillation import DISTILLATION_KINDS, Teacher, distillation_loss, soft_cross_entropy
 from visionzoo.train.mixup import mix_batch, smooth_one_hot
-from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
 
 OBJECTIVES = ("classify", "mpp")
 
@@ -175,6 +175,7 @@ class ClassificationTask(Task):
             images, labels = images.to(device), labels.to(device)
             with autocast():
                 logits = self.logits(model, images)
+            check_finite_outputs(logits)  # top-k of NaN logits is an arbitrary order, the loss NaN
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             ranked = logits.topk(top, dim=-1).indices
             correct1 += int((ranked[:, 0] == labels).sum())
@@ -282,7 +283,9 @@ class ClassificationTask(Task):
         """Top-5 classes and probabilities of each image of ``images`` (Tensor[B, C, H, W] in [0, 1])."""
         images = images.to(next(model.parameters()).device)
         with autocast():
-            probs = self.logits(model, images).softmax(-1)
+            logits = self.logits(model, images)
+        check_finite_outputs(logits)
+        probs = logits.softmax(-1)
         top = probs.topk(min(5, len(self.classes)), dim=-1)
         return [
             {"labels": [self.classes[i] for i in idx.tolist()], "scores": vals.tolist()}

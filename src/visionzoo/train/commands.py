@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from visionzoo.train.run import (
     run_training,
     task_class,
 )
-from visionzoo.train.task import _TASKS
+from visionzoo.train.task import _TASKS, NonFiniteOutputError
 from visionzoo.utils import (
     require_folder_or_absent,
     require_not_folder,
@@ -225,6 +226,24 @@ def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
     return [f"  {prefix}{name:<{width}} {value:.4f}" for name, value in metrics.items()]
 
 
+def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
+    """Why a model may have given non-finite outputs, as the end of an error: its weights, or bf16's range."""
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
+               if tensor.is_floating_point()):
+        return ", whose weights hold non-finite values"
+    return "; try --precision fp32" if precision != "fp32" else ""
+
+
+@contextmanager
+def _finite_outputs(model_name: str, checkpoint: str, model: torch.nn.Module, precision: str) -> Iterator[None]:
+    """Turn a task's NonFiniteOutputError into one error naming the model, the checkpoint and the likely cause."""
+    try:
+        yield
+    except NonFiniteOutputError:
+        raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with "
+                         f"{checkpoint}{_non_finite_cause(model, precision)}") from None
+
+
 # eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
 # every model ran a detector trained 8 at a time 128 images through its FPN at once (tens of GB for 800 px photos).
 EVAL_BATCH = 128
@@ -266,7 +285,7 @@ def eval_command(args: argparse.Namespace) -> int:
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
-    with torch.no_grad():
+    with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, model, args.precision):
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
     total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
     if args.json:  # the counts of the text header, beside the metrics
@@ -481,8 +500,9 @@ def predict_command(args: argparse.Namespace) -> int:
         paths = args.images[start:start + step]
         images = load_images(paths, None if detection else size, channels)
         try:
-            predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
-                           else setup.task.predict(model, images, autocast))
+            with _finite_outputs(args.model, args.checkpoint, model, args.precision):
+                predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
+                               else setup.task.predict(model, images, autocast))
         except ValueError as error:
             if not detection:
                 raise
@@ -638,14 +658,6 @@ def _check_grid_fits(out: Path, count: int, shown: int, nrow: int, side: int | N
             f"the grid's {shown} images (the first of -n {count})", "--nrow")
         raise ValueError(f"{images} of {side} pixels at --nrow {nrow} make a {width} x {height} grid; a JPEG --out is "
                          f"at most {JPEG_MAX_SIDE} pixels a side: change {change}, or write a .png")
-
-
-def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
-    """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
-    if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
-               if tensor.is_floating_point()):
-        return ", whose weights hold non-finite values"
-    return "; try --precision fp32" if precision != "fp32" else ""
 
 
 @register_command("sample", help="draw new images from a trained generative model into a grid PNG or a folder of PNGs",

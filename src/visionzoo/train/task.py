@@ -32,6 +32,17 @@ class Setup:
     run_meta: dict[str, Any]
 
 
+class NonFiniteOutputError(ValueError):
+    """A model's outputs hold NaN or infinity (diverged weights, or bf16's range): scores or metrics drawn from them
+    would be meaningless. The commands name the checkpoint and the likely cause."""
+
+
+def check_finite_outputs(outputs: torch.Tensor) -> None:
+    """NonFiniteOutputError when ``outputs`` (any shape, floating point) hold NaN or infinity."""
+    if not bool(torch.isfinite(outputs).all()):
+        raise NonFiniteOutputError("the model's outputs are not finite (NaN or infinity)")
+
+
 class Task:
     """Base class of training tasks.
 
