@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from visionzoo.checkpoint import (
     CheckpointError,
     atomic_write,
+    load_torch_file,
     model_state,
     process_umask,
     read_checkpoint,
@@ -452,3 +453,29 @@ def test_read_metadata_tells_a_foreign_pth_from_a_damaged_one(tmp_path):
     torch.save(TaggedDict(state()), unsafe)
     with pytest.raises(CheckpointError, match="refused for safety"):
         read_metadata(unsafe)
+
+
+def test_numpy_scalars_and_dtypes_beside_the_weights_load_as_plain_data(tmp_path):
+    """A training script's torch.save({"state_dict": sd, "best": np.float64(0.5)}) was "refused for safety": numpy's
+    scalars and dtypes are data (a dtype and raw bytes), so they are allowed as argparse.Namespace is, also under
+    numpy 1's module name; any other class beside them is still refused."""
+    import numpy as np
+
+    extras = {"best": np.float64(0.5), "epoch": np.int64(7), "ema": np.bool_(True), "lr": np.float32(0.1),
+              "dtype": np.dtype("float16")}
+    torch.save({"state_dict": state(), **extras}, tmp_path / "numpy.pth")
+    loaded, _ = read_checkpoint(tmp_path / "numpy.pth")
+    assert all(torch.equal(loaded[k], v) for k, v in state().items())
+    assert load_torch_file(tmp_path / "numpy.pth")["best"] == np.float64(0.5)
+
+    torch.save({"state_dict": state(), "best": np.float64(0.25)}, tmp_path / "new.pth",
+               _use_new_zipfile_serialization=False)  # a legacy file: its GLOBAL can be renamed in place
+    old = (tmp_path / "new.pth").read_bytes().replace(b"numpy._core.multiarray\nscalar\n",
+                                                      b"numpy.core.multiarray\nscalar\n")
+    (tmp_path / "numpy1.pth").write_bytes(old)
+    assert load_torch_file(tmp_path / "numpy1.pth")["best"] == 0.25
+
+    torch.save({"state_dict": state(), "best": np.float64(0.5), "extra": Payload()}, tmp_path / "unsafe.pth")
+    with pytest.raises(CheckpointError, match="refused for safety.*_record_unpickling"):
+        read_checkpoint(tmp_path / "unsafe.pth")
+    assert UNPICKLED == []

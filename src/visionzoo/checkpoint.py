@@ -7,10 +7,11 @@ rebuilds its model), and, for training checkpoints, the step, the optimizer's hy
 the run's configuration. A readable copy of that JSON is written beside it as ``NAME.json``.
 
 Foreign files (timm's ``.safetensors``/``.pth``, torchvision's ``.pth``) are read with
-``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused. The one class allowed
-beyond tensors and containers is ``argparse.Namespace``, which timm's ``train.py`` and torchvision's reference
-scripts save as ``args`` beside the weights (timm's own loader allows it the same way): its unpickling sets
-attributes, runs no code.
+``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is refused. Allowed beyond tensors and
+containers are ``argparse.Namespace``, which timm's ``train.py`` and torchvision's reference scripts save as
+``args`` beside the weights (timm's own loader allows it the same way): its unpickling sets attributes, runs no
+code; and numpy's boolean and numeric scalars and their dtypes (a script's ``"best": np.float64(0.5)``), which are
+a type code and raw bytes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,22 @@ from safetensors.torch import safe_open, save_file
 
 METADATA_KEY = "visionzoo"
 MODEL_PREFIX = "model."
-# the classes weights-only loading takes beyond tensors and containers: training files' saved arguments
-SAFE_GLOBALS = [argparse.Namespace]
+
+def _numpy_scalar_globals() -> list[Any]:
+    """What weights-only unpickling needs for numpy's boolean and numeric scalars and dtypes (a training script's
+    ``"best": np.float64(0.5)``): ``numpy.dtype`` and its classes, which it builds from a type code, and numpy's
+    ``scalar``, which makes a scalar of a dtype and raw bytes; under numpy 1's module name too, as older files name
+    it. Neither runs code; numpy's arrays and object dtypes stay refused."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    kinds = {type(np.dtype(code)) for code in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
+    return [np.dtype, *kinds, core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
+# the classes weights-only loading takes beyond tensors and containers: training files' saved arguments, and the
+# numpy scalars their scripts keep beside the weights (a best metric, an epoch)
+SAFE_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
 
 
 class CheckpointError(ValueError):

@@ -468,7 +468,7 @@ def read_official_checkpoint(path: str | os.PathLike, checkpoint_key: str = "tea
     """The backbone state dict in an official HIPT/DINO file (``vit256_small_dino.pth``, ``vit4k_xs_dino.pth``).
 
     Reads with :func:`~visionzoo.checkpoint.load_torch_file` (``torch.load(weights_only=True)``, allowing only
-    ``argparse.Namespace`` beyond tensors and containers: DINO saves its arguments), takes ``checkpoint_key``
+    ``argparse.Namespace`` and numpy scalars beyond tensors and containers: DINO saves its arguments), takes ``checkpoint_key``
     ("teacher", the weights HIPT uses, or "student") when the file holds a training state (else a state dict, plain
     or under ``model``/``state_dict`` as :func:`create_model` reads it), strips the
     ``module.``/``backbone.`` prefixes and drops DINO's projection head.
