@@ -150,6 +150,7 @@ def test_pretrained_downloads_checks_the_hash_and_caches(weights_file, tmp_path,
     try:
         monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
         monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # a user's pytorch-fid copy would pass the check
         with pytest.raises(DownloadError, match="sha256"):  # random weights are not the official file
             InceptionFeatures(pretrained=True)
         digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()

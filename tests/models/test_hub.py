@@ -101,6 +101,7 @@ def mirror(served, tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", server.url)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # not the user's torch.hub cache, which pretrained reads
     return served
 
 
@@ -336,3 +337,27 @@ def test_pretrained_entries_are_validated():
         Pretrained(url="https://x/y.pth", hf_hub_id="timm/y")
     with pytest.raises(ValueError, match="hex digits"):
         Pretrained(url="https://x/y.pth", sha256="not-hex")
+
+
+def test_torch_hubs_cached_copy_of_the_file_is_used_when_its_hash_matches(mirror, monkeypatch, tmp_path, caplog):
+    """A torchvision or pytorch-fid user already holds the file in torch.hub's cache ($TORCH_HOME/hub/checkpoints):
+    pretrained=True downloaded it again. That copy is now read in place when its sha256 is the expected one (no
+    request, nothing copied into our cache); one that differs is never used, and the file is downloaded."""
+    reference, server, digest, _ = mirror
+    served = Path(get_model_entry("resnet18").pretrained.url).name
+    hub_copy = tmp_path / "torch" / "hub" / "checkpoints" / served
+    hub_copy.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), hub_copy)
+    with_weights(monkeypatch, "resnet18", sha256=hashlib.sha256(hub_copy.read_bytes()).hexdigest()[:8])
+    with caplog.at_level("INFO", logger="visionzoo.models._hub"):
+        model = create_model("resnet18", pretrained=True)
+    assert server.requests == [] and not (tmp_path / "cache").exists()
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert f"using torch.hub's cached copy {hub_copy}" in caplog.text
+
+    with_weights(monkeypatch, "resnet18", sha256=digest[:8])  # the copy is another file than the expected one
+    damaged = bytearray(hub_copy.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # still reads as a state dict, with one weight changed
+    hub_copy.write_bytes(bytes(damaged))
+    create_model("resnet18", pretrained=True)
+    assert server.requests == [f"/models/{served}"] and (tmp_path / "cache" / served).is_file()

@@ -3,7 +3,9 @@
 Where files go: ``$VISIONZOO_CACHE``, else ``$TORCH_HOME/visionzoo``, else ``$XDG_CACHE_HOME/visionzoo``, else
 ``~/.cache/visionzoo`` (torch.hub's order, with our folder in place of its ``torch``).
 A file in the cache is used without touching the network, checked against the expected sha256 where there is
-one (a file changed on disk may still read as weights); a download goes to a temporary file
+one (a file changed on disk may still read as weights). Where the cache lacks a URL's file and torch.hub's cache
+(``$TORCH_HOME/hub/checkpoints``, torchvision's and pytorch-fid's downloads) holds one of its name whose sha256 is
+the expected one, that file is read in place; a download goes to a temporary file
 beside its final name, is checked against the expected sha256 (the full digest, or the prefix
 torchvision puts in its file names; without one, at least that it begins as a weights file does) and
 only then renamed into place, so the cache never holds a partial or unverified file.
@@ -110,16 +112,39 @@ def fetch_weights(pretrained: Pretrained, what: str, headers: dict[str, str] | N
     """
     target = cached_path(pretrained)
     if not target.is_file():
-        return download(weights_url(pretrained), target, pretrained.sha256, headers)
+        return _torch_hub_copy(pretrained) or download(weights_url(pretrained), target, pretrained.sha256, headers)
     log.info("using cached weights %s", target)
     if pretrained.sha256 is not None:
-        with open(target, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = _sha256(target)
         if not digest.startswith(pretrained.sha256.lower()):
             raise CheckpointError(
                 f"checkpoint {target} is truncated or corrupt: its sha256 is {digest}, expected "
                 f"{_expected(pretrained.sha256)}; it is the cached download of {what}: delete it to download them again")
     return target
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _torch_hub_copy(pretrained: Pretrained) -> Path | None:
+    """torch.hub's cached file of the same name (``$TORCH_HOME/hub/checkpoints/NAME``, where torchvision and
+    pytorch-fid keep their downloads) when its sha256 is the expected one, read in place rather than copied (the
+    same weights twice on disk); else None. A file of that name with another hash, or weights without a known hash,
+    are never taken from there."""
+    if pretrained.url is None or pretrained.sha256 is None:
+        return None
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / cached_path(pretrained).name
+    if not path.is_file():
+        return None
+    if not _sha256(path).startswith(pretrained.sha256.lower()):
+        log.info("not using torch.hub's cached %s: its sha256 is not the expected %s", path, _expected(pretrained.sha256))
+        return None
+    log.info("using torch.hub's cached copy %s (sha256 checked)", path)
+    return path
 
 
 def _expected(sha256: str) -> str:
