@@ -1029,6 +1029,42 @@ def test_predict_squashes_the_files_of_a_folder_trained_at_an_img_size_as_eval_d
         assert max(box[2] for box in record["boxes"]) > 128  # in the file's pixels, 192 wide
 
 
+def test_eval_of_a_folder_by_a_detector_trained_on_shapes_keeps_its_files_shapes_as_predict_does(tmp_path, capsys):
+    """eval --data FOLDER of a detector trained on built-in Shapes squashed the folder's 192×128 files to the run's
+    128×128 (its objects then 2/3 as wide as the detector learned them), while predict of the same files kept their
+    shape. eval now reads them at their own size, as predict does, unless --img-size is given."""
+    from visionzoo.cli import main
+    from visionzoo.train.run import load_for_inference
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_val.json"
+    content = json.loads(ann_file.read_text())
+    for entry in content["images"]:
+        path = folder / "val" / entry["file_name"]
+        Image.open(path).resize((192, 128), Image.BILINEAR).save(path)
+        entry["width"] = 192
+    for annotation in content["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        annotation.update(bbox=[1.5 * x, y, 1.5 * w, h], area=1.5 * w * h)
+        annotation.pop("segmentation", None)
+    ann_file.write_text(json.dumps(content))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    val = load_for_inference("fasterrcnn_shapes", checkpoint, str(folder), split="val").splits["val"]
+    assert [tuple(val[i][0].shape[-2:]) for i in range(2)] == [(128, 192)] * 2
+    resized = load_for_inference("fasterrcnn_shapes", checkpoint, str(folder), 64, split="val").splits["val"]
+    assert tuple(resized[0][0].shape[-2:]) == (64, 64)  # --img-size still squashes them
+    shapes = load_for_inference("fasterrcnn_shapes", checkpoint, "shapes", split="val").splits["val"]
+    assert tuple(shapes[0][0].shape[-2:]) == (128, 128)
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(checkpoint), "--data", str(folder), "--split", "val",
+                 "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_scored"] == 2
+
+
 def test_predict_reads_a_detectors_files_one_at_a_time(tmp_path, monkeypatch):
     # before: every file was decoded before the first was predicted, 3.7 MB a 640×480 photo (18 GB for COCO's val)
     import visionzoo.train.commands as commands

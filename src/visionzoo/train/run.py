@@ -386,8 +386,14 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         # data read to be scored, never trained on: a box with no area in its image is scored as pycocotools scores
         # it (an object not found), not refused with advice for `train`
         options["skip_invalid_boxes"] = True
+    trained_size = run.get("img_size")
+    if data is not None and builtin_name(data) is None and trained_on and builtin_name(trained_on) is not None and \
+            task_class(model_name).name == "detection":
+        # a detector learned the built-in data's objects unsquashed: another folder's files keep their shape, as
+        # predict gives them (it squashes only for a run trained on a folder read at an --img-size)
+        trained_size = None
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
-        setup = build_setup(model_name, data or run.get("data"), img_size or run.get("img_size"),
+        setup = build_setup(model_name, data or run.get("data"), img_size or trained_size,
                             checkpoint=checkpoint, options=options, splits=splits)
     if has_ema and not use_ema:  # create_model(checkpoint=) took the EMA weights
         _load_trained_weights(setup.model, checkpoint)
