@@ -522,7 +522,7 @@ def nan_checkpoint(tmp_path_factory):
 
 def test_eval_of_weights_holding_nan_is_refused_in_one_line_not_scored(nan_checkpoint, capsys):
     """`visionzoo eval --json` of a diverged model printed "loss": NaN (not JSON) beside an accuracy and a top-5 drawn
-    from the arbitrary order of NaN logits; it now refuses, saying the outputs are not finite and why."""
+    from the arbitrary order of NaN logits; it now refuses, naming the checkpoint and the tensor that holds NaN."""
     from visionzoo.cli import main
 
     capsys.readouterr()
@@ -530,8 +530,8 @@ def test_eval_of_weights_holding_nan_is_refused_in_one_line_not_scored(nan_check
                  "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (f"visionzoo eval: error: resnet18's outputs are not finite (NaN or infinity) with "
-                            f"{nan_checkpoint}, whose weights hold non-finite values\n")
+    assert captured.err == (f"visionzoo eval: error: {nan_checkpoint}: resnet18's weights hold non-finite values (NaN "
+                            "or infinity), first in fc.weight: its outputs would not be finite (did the run diverge?)\n")
 
 
 def test_predict_of_weights_holding_nan_writes_no_nan_scores(nan_checkpoint, tmp_path, capsys):
@@ -547,8 +547,9 @@ def test_predict_of_weights_holding_nan_writes_no_nan_scores(nan_checkpoint, tmp
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(["predict", "resnet18", str(image), "--checkpoint", str(nan_checkpoint), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (f"visionzoo predict: error: resnet18's outputs are not finite (NaN or infinity) "
-                                       f"with {nan_checkpoint}, whose weights hold non-finite values\n")
+    assert capsys.readouterr().err == (f"visionzoo predict: error: {nan_checkpoint}: resnet18's weights hold non-finite "
+                                       "values (NaN or infinity), first in fc.weight: its outputs would not be finite "
+                                       "(did the run diverge?)\n")
     assert not out.exists()
     finite = nan_checkpoint.parent / "checkpoint.safetensors"
     with pytest.MonkeyPatch.context() as patch:

@@ -1084,3 +1084,37 @@ def test_predict_reads_a_detectors_files_one_at_a_time(tmp_path, monkeypatch):
                  "--out", str(tmp_path / "pred"), "--batch-size", "8"]) == 0
     assert read == [1, 1, 1]
     assert [record["image"] for record in json.loads((tmp_path / "pred" / "predictions.json").read_text())] == paths
+
+
+def test_eval_and_predict_of_a_detector_whose_weights_hold_nan_refuse_rather_than_find_nothing(tmp_path, capsys):
+    """A detector whose weights hold NaN (a diverged run) gave NaN scores, which its score threshold dropped: eval
+    printed an mAP of 0 and predict "nothing found", as for a model that merely learned nothing. Both now refuse
+    in one line naming the checkpoint and the first non-finite tensor; predict writes nothing."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from visionzoo.cli import main
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    with safe_open(tmp_path / "run" / "checkpoint.safetensors", "pt") as source:
+        tensors = {key: source.get_tensor(key) for key in source.keys()}
+        metadata = source.metadata()
+    tensors["model.roi_heads.box_predictor.cls_score.weight"][0, 0] = float("nan")
+    broken = tmp_path / "nan.safetensors"
+    save_file(tensors, broken, metadata=metadata)
+    message = (f"error: {broken}: fasterrcnn_shapes's weights hold non-finite values (NaN or infinity), first in "
+               "roi_heads.box_predictor.cls_score.weight: its outputs would not be finite (did the run diverge?)\n")
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(broken), "--split", "val", "--json",
+                 "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"visionzoo eval: {message}"
+    image = tmp_path / "0.png"
+    Image.new("RGB", (128, 128), (90, 30, 30)).save(image)
+    out = tmp_path / "pred"
+    assert main(["predict", "fasterrcnn_shapes", str(image), "--checkpoint", str(broken), "--out", str(out),
+                 "--coco-json", str(tmp_path / "results.json")]) == 2
+    assert capsys.readouterr().err == f"visionzoo predict: {message}"
+    assert not out.exists() and not (tmp_path / "results.json").exists()

@@ -227,21 +227,32 @@ def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
 
 
 def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
-    """Why a model may have given non-finite outputs, as the end of an error: its weights, or bf16's range."""
+    """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
     if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
                if tensor.is_floating_point()):
         return ", whose weights hold non-finite values"
     return "; try --precision fp32" if precision != "fp32" else ""
 
 
+def check_finite_weights(model: torch.nn.Module, model_name: str, checkpoint: str) -> None:
+    """ValueError naming ``checkpoint`` and the first tensor of ``model``'s state that holds NaN or infinity (a run
+    that diverged): a detector's score threshold drops NaN scores, so it would report finding nothing, and a
+    classifier's ranking of NaN logits is arbitrary."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{checkpoint}: {model_name}'s weights hold non-finite values (NaN or infinity), first in "
+                             f"{name}: its outputs would not be finite (did the run diverge?)")
+
+
 @contextmanager
-def _finite_outputs(model_name: str, checkpoint: str, model: torch.nn.Module, precision: str) -> Iterator[None]:
-    """Turn a task's NonFiniteOutputError into one error naming the model, the checkpoint and the likely cause."""
+def _finite_outputs(model_name: str, checkpoint: str, precision: str) -> Iterator[None]:
+    """Turn a task's NonFiniteOutputError into one error naming the model and the checkpoint; its weights are
+    checked before (:func:`check_finite_weights`), so bf16's range is the likely cause."""
     try:
         yield
     except NonFiniteOutputError:
-        raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with "
-                         f"{checkpoint}{_non_finite_cause(model, precision)}") from None
+        hint = "; try --precision fp32" if precision != "fp32" else ""
+        raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
 
 
 # eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
@@ -282,10 +293,11 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.img_size and trained_size and args.img_size != trained_size and not resizes:
         print(f"note: {args.checkpoint} was trained at {trained_size} px; at --img-size {args.img_size} objects appear "
               f"at {args.img_size / trained_size:.2g}x the scale it learned, so its scores can fall far", file=sys.stderr)
+    check_finite_weights(setup.model, args.model, args.checkpoint)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
-    with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, model, args.precision):
+    with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, args.precision):
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
     total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
     if args.json:  # the counts of the text header, beside the metrics
@@ -484,6 +496,7 @@ def predict_command(args: argparse.Namespace) -> int:
     sizes = image_sizes(args.images)  # a missing or unreadable file is refused before anything is written
     if entries:
         check_annotated_sizes(args.image_ids, args.images, sizes, entries)
+    check_finite_weights(setup.model, args.model, args.checkpoint)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     # a detector sees each image at its own size (boxes in its pixels), or, trained on a COCO folder read at an
@@ -500,7 +513,7 @@ def predict_command(args: argparse.Namespace) -> int:
         paths = args.images[start:start + step]
         images = load_images(paths, None if detection else size, channels)
         try:
-            with _finite_outputs(args.model, args.checkpoint, model, args.precision):
+            with _finite_outputs(args.model, args.checkpoint, args.precision):
                 predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
                                else setup.task.predict(model, images, autocast))
         except ValueError as error:
