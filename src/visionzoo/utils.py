@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import numbers
 import operator
 import os
@@ -353,6 +354,9 @@ def check_unit_range(images: torch.Tensor, who: str) -> None:
     if not images.numel():
         return
     low, high = (float(v) for v in torch.aminmax(images))
+    if math.isnan(low) or math.isnan(high):  # aminmax gives NaN for both: "these span [nan, nan]" hid the cause
+        count = int(images.isnan().sum())
+        raise ValueError(f"{who} takes images in [0, 1]; these hold {count} NaN value{'s' if count > 1 else ''}")
     rounding = 8 * torch.finfo(images.dtype).eps if images.is_floating_point() else 0.0
     if not (-rounding <= low and high <= 1 + rounding):
         raise ValueError(f"{who} takes images in [0, 1]; these span [{_bound(low)}, {_bound(high)}] (convert uint8 "

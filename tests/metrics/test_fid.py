@@ -209,3 +209,18 @@ def test_a_broken_link_among_the_images_is_refused_before_any_feature(tmp_path):
     with pytest.raises(ValueError, match=r"z.png is a link to .*moved/z.png, which does not exist"):
         folder_statistics(folder, Counted(), batch_size=1)
     assert calls == []
+
+
+def test_images_holding_nan_are_refused_as_such_not_as_out_of_range():
+    """A generator that diverged gives NaN pixels: FID refused one NaN among values in [0, 1] with "these span
+    [nan, nan] (convert uint8 with / 255, ...)", advice about a range the images are in. It now counts the values
+    that are not numbers."""
+    metric = FID(pooled())
+    images = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    images[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^FID takes images in \[0, 1\]; these hold 1 NaN value$"):
+        metric.update(images, real=True)
+    images[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"these hold 17 NaN values"):
+        metric.update(images, real=True)
+    assert metric.real.count == 0
