@@ -559,3 +559,17 @@ def test_predict_of_weights_holding_nan_writes_no_nan_scores(nan_checkpoint, tmp
     assert capsys.readouterr().err == (f"visionzoo predict: error: resnet18's outputs are not finite (NaN or infinity) "
                                        f"with {finite}; try --precision fp32\n")
     assert not out.exists()
+
+
+def test_training_whose_validation_outputs_are_not_finite_stops_naming_the_step(tmp_path, capsys, monkeypatch):
+    """A run whose validation logits overflow (bf16's range; the training loss finite) ended with "the model's outputs
+    are not finite (NaN or infinity)", naming neither the evaluation nor the step; it now says both, with the
+    divergence's advice, as a non-finite training loss does."""
+    from visionzoo.cli import main
+
+    monkeypatch.setattr(ClassificationTask, "logits", lambda self, model, images: torch.full((len(images), 10), np.nan))
+    assert main(["train", "resnet18", "--data", "digits", "--max-steps", "1", "--batch-size", "4", "--precision", "bf16",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "visionzoo train: error: the model's outputs on the validation set are not finite (NaN or infinity) at step 1; "
+        "lower --lr or use --precision fp32\n")

@@ -63,7 +63,7 @@ from visionzoo.train.distributed import (
     requested_world_size,
     step_seed,
 )
-from visionzoo.train.task import _TASKS, Task
+from visionzoo.train.task import _TASKS, NonFiniteOutputError, Task
 from visionzoo.utils import is_integer, native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
@@ -808,8 +808,8 @@ class Trainer:
             loss = losses["loss"]
             diverged = None
             if not torch.isfinite(loss):
-                advice = "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
-                diverged = FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; {advice}")
+                diverged = FloatingPointError(f"the {name} loss is {loss.item()} at step {step}; "
+                                              f"{self._divergence_advice()}")
             # Each rank's losses are of its own batch: the log and the bar show them over the global batch. The ranks
             # agree on them before backward, where the others would wait in DDP's all-reduce for a rank that stopped.
             prefix = "" if len(self.optimizers) == 1 else f"{name}/"
@@ -911,6 +911,9 @@ class Trainer:
         text = json.dumps(summary, indent=2)
         atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
 
+    def _divergence_advice(self) -> str:
+        return "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
+
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on the validation set (rank 0; the others wait). EMA ones prefixed ``ema_``."""
@@ -923,8 +926,13 @@ class Trainer:
             models = [("", self.model)] + ([("ema_", self.ema.module)] if self.ema is not None else [])
             for prefix, model in models:
                 model.eval()
-                with torch.no_grad():
-                    result = self.task.evaluate(model, self.val_set, batch_size, self.autocast)
+                try:
+                    with torch.no_grad():
+                        result = self.task.evaluate(model, self.val_set, batch_size, self.autocast)
+                except NonFiniteOutputError:  # as a non-finite training loss stops the run
+                    raise FloatingPointError(
+                        f"the {'EMA ' if prefix else ''}model's outputs on the validation set are not finite (NaN or "
+                        f"infinity) at step {self.step}; {self._divergence_advice()}") from None
                 metrics.update({prefix + k: v for k, v in result.items()})
             self._log({"step": self.step, "split": "val", **metrics})
             log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
