@@ -269,3 +269,18 @@ def test_a_non_finite_ground_truth_box_raises_naming_the_annotation(make_coco, v
     gt["annotations"][1]["bbox"][2] = value
     with pytest.raises(ValueError, match=r"ground truth: annotation 1 has a non-finite bbox \[.*(nan|inf)"):
         coco_evaluate(gt, dets)
+
+
+def test_a_non_finite_ground_truth_box_or_area_is_refused_naming_the_annotation(make_coco):
+    """A result's NaN score or infinite box was refused, but the same in the ground truth was scored: an infinite box
+    matched nothing (AP 0 for its category, without a word) and a NaN area fell in no area range as the file said
+    nothing of it. Both are refused, naming the annotation, as a result's are."""
+    gt, dets = make_coco(0)
+    broken = copy.deepcopy(gt)
+    broken["annotations"][1]["bbox"] = [1, 2, float("inf"), 4]
+    with pytest.raises(ValueError, match=r"annotation 1 has a non-finite bbox \[1.0, 2.0, inf, 4.0\]"):
+        coco_evaluate(broken, dets)
+    broken = copy.deepcopy(gt)
+    broken["annotations"][2]["area"] = float("nan")
+    with pytest.raises(ValueError, match=r"annotation 2 has a non-finite area nan"):
+        coco_evaluate(broken, dets)

@@ -377,13 +377,17 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
         default_area = boxes[:, 2] * boxes[:, 3]
     areas = _column(anns, "area", what, None)
     area = _float_vector([d if a is None else a for a, d in zip(areas, default_area.tolist())], what, "area")
+    if not np.isfinite(area).all():  # NaN falls in no area range
+        i = int(np.flatnonzero(~np.isfinite(area))[0])
+        raise ValueError(f"{what} {i} has a non-finite area {area[i]}")
     return CocoGroundTruth(
         image_ids, cat_ids, cat_names, image, category, boxes, area, iscrowd, ids, masks, sizes
     )
 
 
 def _finite_boxes(values: list, what: str) -> np.ndarray:
-    """float64[N, 4] of every entry's ``bbox`` ``values``; a ValueError names the first without 4 finite numbers."""
+    """float64[D, 4] of every entry's ``bbox`` ``values`` (results' or annotations'); a ValueError names the first
+    without 4 finite numbers."""
     boxes = _float_matrix(values, 4, what, "bbox")
     bad = ~np.isfinite(boxes).all(axis=1)
     if bad.any():
