@@ -377,3 +377,22 @@ def test_sample_of_a_run_on_a_coco_folder_needs_only_its_checkpoint(tmp_path, ca
     assert main([*argv, "--out", str(tmp_path / "after.png")]) == 0, capsys.readouterr().err
     before, after = (Image.open(tmp_path / f"{name}.png") for name in ("before", "after"))
     assert before.size == after.size and before.tobytes() == after.tobytes()
+
+
+def test_eval_of_an_image_gpt_whose_logits_overflow_is_refused_not_printed_as_nan(tmp_path, capsys, monkeypatch):
+    """eval --json of an Image GPT whose logits overflowed (bf16's range; its weights finite) printed "nll": NaN,
+    which is not JSON; it now refuses as a classifier's eval does, suggesting fp32."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = tiny_image_gpt()
+    path = tmp_path / "igpt.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
+                     "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: forward(self, *a, **k) * float("inf"))
+    capsys.readouterr()
+    assert main(["eval", "image_gpt_small", "--checkpoint", str(path), "--json", "--precision", "bf16"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (f"visionzoo eval: error: image_gpt_small's outputs are not finite "
+                                                   f"(NaN or infinity) with {path}; try --precision fp32\n")

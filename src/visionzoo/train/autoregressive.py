@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
-from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
 from visionzoo.utils import is_integer
 
 GRID = 64
@@ -154,6 +154,7 @@ class AutoregressiveTask(Task):
             with autocast():
                 tokens = self.tokens(model, images)
                 logits = model(tokens, self._conditioning(model, labels, drop=False))
+            check_finite_outputs(logits)  # else an nll of NaN, which eval --json would print as no JSON reads it
             total += float(F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum"))
             count += tokens.numel()
         nll = total / max(count, 1)
