@@ -1,5 +1,6 @@
 """The "vqgan" task: two optimizers, the discriminator switching on at --disc-start, training through the engine."""
 
+import contextlib
 import json
 
 import pytest
@@ -395,3 +396,18 @@ def test_training_the_domain_classifier_once_is_not_charged_to_the_time_budget(t
                          checkpoint_every=10**9, precision="fp32")
     _, result = run_training("vqgan", "digits", config, 16, TINY, {"disc_start": 2})
     assert result.steps == 4 and result.train_seconds < 60
+
+
+def test_a_reconstruction_that_is_not_finite_is_refused_not_scored():
+    """A tokenizer whose reconstruction overflowed (bf16's range) gave a PSNR of NaN (eval --json printed it as no
+    JSON reader takes it), or, infinite, was clamped to white and scored; the reconstruction is now checked before
+    the clamp, so that eval and predict refuse in one line as they do for a classifier's logits."""
+    from visionzoo.train.task import NonFiniteOutputError
+
+    class Overflowing(torch.nn.Module):
+        def forward(self, images):
+            return images * float("inf"), torch.zeros(len(images), 2, 2, dtype=torch.long), None, None
+
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteOutputError):
+        VQGANTask.reconstruct(Overflowing(), images, contextlib.nullcontext)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.train.task import Setup, Task, check_trained_images, register_task
+from visionzoo.train.task import Setup, Task, check_finite_outputs, check_trained_images, register_task
 from visionzoo.utils import eval_mode
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class ReconstructionTask(Task):
         has one PSNR."""
         with torch.no_grad(), autocast():
             reconstruction, indices, _, _ = model(images)
+        check_finite_outputs(reconstruction)  # the clamp would turn infinity into white, NaN stays: a PSNR of NaN
         return reconstruction.float().clamp(0, 1), indices
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any]) -> list[dict[str, Any]]:
