@@ -255,3 +255,20 @@ def test_train_and_eval_line_up_the_values_of_every_metric(tmp_path, tiny_domain
     for lines in (trained, evaluated):
         assert [line.split()[-2] for line in lines] == ["fid", "d_accuracy", "d_accuracy_real", "d_accuracy_fake"]
         assert len({line.rindex(" ") for line in lines}) == 1, lines
+
+
+def test_evaluation_of_a_generator_drawing_non_finite_images_names_the_outputs(tiny_domain_features, monkeypatch):
+    """A generator whose images overflowed (bf16's range; its weights finite) was scored: NaN pixels stopped FID with
+    "FID takes images in [0, 1]; these hold N NaN values", which spoke of FID's input, not of the model, and
+    infinite ones were clamped to white and scored. Its images are now checked first, so that eval refuses as it
+    does for a classifier's logits, and training stops naming the step."""
+    from visionzoo.train.task import NonFiniteOutputError
+
+    torch.manual_seed(0)
+    model = DCGAN(in_chans=1, img_size=16, **TINY).eval()
+    task = GANTask("digits", 16, 1)
+    generate = DCGAN.generate
+    monkeypatch.setattr(DCGAN, "generate", lambda self, *a, **k: generate(self, *a, **k) + float("inf"))
+    dataset = [(torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(i)), 0) for i in range(4)]
+    with pytest.raises(NonFiniteOutputError):
+        task.evaluate(model, dataset, 4, contextlib.nullcontext)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.train.task import Setup, Task, check_trained_images, register_task
+from visionzoo.train.task import Setup, Task, check_finite_outputs, check_trained_images, register_task
 
 OPTIMIZERS = ("discriminator", "generator")
 EVAL_SAMPLES = 500
@@ -123,6 +123,7 @@ class GANTask(Task):
             with autocast():
                 fake = model.generate(real.shape[0], generator)
                 logits = {True: model.discriminate(real), False: model.discriminate(fake)}
+            check_finite_outputs(fake)  # the clamp below would score infinite pixels as white
             for is_real, images in ((True, real), (False, fake)):
                 fid.update(images.float().clamp(0, 1).to(feature_device), real=is_real)
                 correct[is_real] += int(((logits[is_real] > 0) == is_real).sum())
