@@ -253,3 +253,19 @@ def test_pretraining_on_coco_images_of_several_sizes_without_img_size_names_two_
     assert f"instances_val.json: image id {image_id} is 48x32" in error and "instances_train.json" in error, error
     assert "--img-size" in error and not (tmp_path / "run").exists()
     assert main([*argv, "--img-size", "32", "--out", str(tmp_path / "resized")]) == 0, capsys.readouterr().err
+
+
+def test_eval_of_a_pretraining_whose_logits_are_not_finite_is_refused(mpp_run, capsys, monkeypatch):
+    """eval --json of a masked patch prediction run whose colour logits overflowed (bf16's range) printed "loss": NaN,
+    which no JSON reader takes, beside an accuracy read from the arbitrary order of NaN logits; it now refuses as a
+    classifier's eval does."""
+    from visionzoo.train.mpp import MaskedPatchPredictor
+
+    forward = MaskedPatchPredictor.forward
+    monkeypatch.setattr(MaskedPatchPredictor, "forward", lambda self, *a, **k: forward(self, *a, **k) * float("nan"))
+    capsys.readouterr()
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), "--split", "val", "--json",
+                 "--precision", "bf16", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (f"visionzoo eval: error: vit_tiny_patch8_32's outputs are not "
+                                                   f"finite (NaN or infinity) with {mpp_run}; try --precision fp32\n")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.train.classification import ClassificationTask
+from visionzoo.train.task import check_finite_outputs
 
 COLOUR_BITS = 3
 # The parts of a ViT's classifier between its tokens and its head, which patch prediction does not reach: it applies
@@ -229,6 +230,7 @@ class MaskedPatchTask(ClassificationTask):
             corruption = evaluation_corruption(start, *classes.shape)
             with autocast():
                 logits = model(self.normalize(images), corruption)
+            check_finite_outputs(logits)  # else a NaN loss beside an accuracy of an arbitrary ranking
             scores = mpp_metrics(logits, classes, corruption)
             loss_sum += float(scores["loss_sum"])
             correct += scores["correct"]
