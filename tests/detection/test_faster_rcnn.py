@@ -271,7 +271,7 @@ def test_a_negative_or_fractional_count_of_boxes_to_keep_is_refused_naming_it(na
     # (a fraction is refused by the constructor's type check, a negative count by the detector's own)
     expected = f"{arg} must be an integer >= 0, got {value}" if value < 0 else f"{arg} must be an integer, got {value}"
     with pytest.raises(ValueError, match=re.escape(expected)):
-        create_model(name, **{arg: value})
+        create_model("fasterrcnn_shapes", **{arg: value})
 
 
 @pytest.mark.parametrize(("name", "arg", "value", "message"), [
@@ -285,7 +285,7 @@ def test_a_threshold_outside_zero_one_is_refused_naming_it(name, arg, value, mes
     # before: box_score_thresh=50 (a percentage) kept no detection and NaN no box, without a word; inverted RPN
     # IoU thresholds named the Matcher's arguments, not the detector's
     with pytest.raises(ValueError, match=re.escape(message)):
-        create_model(name, **{arg: value})
+        create_model("fasterrcnn_shapes", **{arg: value})
 
 
 @pytest.mark.parametrize(("name", "weights"), [("fasterrcnn_shapes", (0, 0, 0, 0)), ("fastrcnn_shapes", (10, 10, 0, 5)),
@@ -386,6 +386,15 @@ def test_an_fpn_width_that_is_no_positive_integer_is_refused_when_built(channels
     # create tensor with negative dimension -3"
     with pytest.raises(ValueError, match=re.escape(f"fpn_channels must be a positive integer, got {channels}")):
         create_model("fasterrcnn_shapes", fpn_channels=channels)
+
+
+@pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("box_roi_output_size", 0),
+                                            ("box_roi_output_size", -2)])
+def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):
+    # 0 built a box head giving no features: the detector trained and detected from the predictor's biases alone,
+    # every box of an image scored alike, without a word (PyTorch's zero-element warning aside)
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be an integer >= 1, got {value}")):
+        create_model("fasterrcnn_shapes", **{arg: value})
 
 
 @pytest.mark.parametrize(("backbone_args", "message"), [

@@ -179,6 +179,13 @@ def test_nested_arguments_that_the_detector_sets_or_that_are_no_dict_are_refused
         create_model(name, **args)
 
 
+@pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("output_size", 0), ("output_size", -1)])
+def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):
+    # 0 built a box head giving no features: Fast R-CNN trained and detected from the predictor's biases alone
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be an integer >= 1, got {value}")):
+        create_model("fastrcnn_shapes", **{arg: value})
+
+
 @pytest.mark.parametrize(("proposals", "args", "message"), [
     ("selective_search", {"max_proposal": 100}, "selective_search takes no argument 'max_proposal'; it takes mode, "
                                                 "max_proposals, min_size, seed"),

@@ -37,7 +37,13 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs
 from visionzoo.layers.norm import FrozenBatchNorm2d
 from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.ops import MultiScaleRoIAlign
-from visionzoo.utils import autocast_enabled, check_argument_types, is_integer, require_nested_args
+from visionzoo.utils import (
+    autocast_enabled,
+    check_argument_types,
+    is_integer,
+    require_nested_args,
+    whole_number,
+)
 
 
 class FasterRCNN(PredictorClasses, nn.Module):
@@ -109,6 +115,9 @@ class FasterRCNN(PredictorClasses, nn.Module):
         if (num_classes is None and box_predictor is None) or (num_classes is not None and num_classes < 2):
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         self._num_classes = num_classes
+        # 0 built a box head of no features: the detector trained and detected on the predictor's biases alone
+        whole_number(representation_size, "representation_size", 1)
+        whole_number(box_roi_output_size, "box_roi_output_size", 1)
         self.transform = DetectionTransform(min_size, max_size, image_mean, image_std, size_divisible)
         self.backbone = backbone
         channels = backbone.out_channels

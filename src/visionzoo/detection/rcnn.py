@@ -47,7 +47,13 @@ from visionzoo.detection.transform import DetectionTransform, detector_inputs, r
 from visionzoo.models._registry import register_model
 from visionzoo.ops import boxes_to_rois, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 from visionzoo.ops.poolers import infer_scale
-from visionzoo.utils import autocast_enabled, check_argument_types, is_integer, require_nested_args
+from visionzoo.utils import (
+    autocast_enabled,
+    check_argument_types,
+    is_integer,
+    require_nested_args,
+    whole_number,
+)
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 _PROPOSAL_FUNCTIONS = {"selective_search": selective_search, "sliding_window": sliding_windows}
@@ -294,6 +300,9 @@ class FastRCNN(ProposalDetector):
                  positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, background_iou_low: float = 0.1,
                  box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3, box_detections_per_img: int = 100,
                  bbox_reg_weights: tuple[float, ...] | None = None):
+        # 0 built a box head of no features: the detector trained and detected on the predictor's biases alone
+        whole_number(representation_size, "representation_size", 1)
+        whole_number(output_size, "output_size", 1)
         if proposals == "selective_search" and proposal_args is None:
             proposal_args = {"mode": "fast", "max_proposals": 2000}
         super().__init__(num_classes, proposals, proposal_args)
