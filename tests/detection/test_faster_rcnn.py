@@ -388,6 +388,14 @@ def test_an_fpn_width_that_is_no_positive_integer_is_refused_when_built(channels
         create_model("fasterrcnn_shapes", fpn_channels=channels)
 
 
+@pytest.mark.parametrize("arg", ["rpn_batch_size_per_image", "box_batch_size_per_image"])
+def test_a_sample_size_per_image_under_one_is_refused_naming_the_stage(arg):
+    # both were "BalancedSampler: batch_size_per_image 0 must be positive and positive_fraction 0.5 in [0, 1]",
+    # naming neither the argument given nor whether the RPN's or the box head's was wrong
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be an integer >= 1, got 0")):
+        create_model("fasterrcnn_shapes", **{arg: 0})
+
+
 @pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("box_roi_output_size", 0),
                                             ("box_roi_output_size", -2)])
 def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):

@@ -179,6 +179,13 @@ def test_nested_arguments_that_the_detector_sets_or_that_are_no_dict_are_refused
         create_model(name, **args)
 
 
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+def test_a_sample_size_per_image_under_one_is_refused_naming_it(name):
+    # was "BalancedSampler: batch_size_per_image -4 must be positive and positive_fraction 0.25 in [0, 1]"
+    with pytest.raises(ValueError, match="^" + re.escape("batch_size_per_image must be an integer >= 1, got -4")):
+        create_model(name, batch_size_per_image=-4)
+
+
 @pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("output_size", 0), ("output_size", -1)])
 def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):
     # 0 built a box head giving no features: Fast R-CNN trained and detected from the predictor's biases alone

@@ -262,6 +262,8 @@ class RCNN(ProposalDetector):
                  background_iou_low: float = 0.1, box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
                  box_detections_per_img: int = 100, bbox_reg_weights: tuple[float, ...] | None = None,
                  chunk: int = 256):
+        # else the box head's check, naming its box_batch_size_per_image, which this class calls otherwise
+        whole_number(batch_size_per_image, "batch_size_per_image", 1)
         if proposals == "selective_search" and proposal_args is None:
             proposal_args = {"mode": "fast", "max_proposals": 2000}
         super().__init__(num_classes, proposals, proposal_args)
@@ -303,6 +305,8 @@ class FastRCNN(ProposalDetector):
         # 0 built a box head of no features: the detector trained and detected on the predictor's biases alone
         whole_number(representation_size, "representation_size", 1)
         whole_number(output_size, "output_size", 1)
+        # else the box head's check, naming its box_batch_size_per_image, which this class calls otherwise
+        whole_number(batch_size_per_image, "batch_size_per_image", 1)
         if proposals == "selective_search" and proposal_args is None:
             proposal_args = {"mode": "fast", "max_proposals": 2000}
         super().__init__(num_classes, proposals, proposal_args)

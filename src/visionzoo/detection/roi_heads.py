@@ -20,7 +20,7 @@ from visionzoo.detection.anchors import box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from visionzoo.utils import is_integer, require_unit_interval
+from visionzoo.utils import is_integer, require_unit_interval, whole_number
 
 
 class TwoMLPHead(nn.Module):
@@ -97,6 +97,8 @@ class RoIHeads(nn.Module):
         super().__init__()
         if not is_integer(detections_per_img) or detections_per_img < 0:  # -1 kept all but the last, silently
             raise ValueError(f"box_detections_per_img must be an integer >= 0, got {detections_per_img!r}")
+        # else the sampler's error, naming neither the argument nor the stage (the RPN samples too)
+        whole_number(batch_size_per_image, "box_batch_size_per_image", 1)
         require_unit_interval(box_score_thresh=score_thresh, box_nms_thresh=nms_thresh, fg_iou_thresh=fg_iou_thresh,
                               bg_iou_thresh=bg_iou_thresh, box_positive_fraction=positive_fraction)
         if bg_iou_thresh > fg_iou_thresh:

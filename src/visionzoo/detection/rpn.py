@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from visionzoo.detection.anchors import AnchorGenerator, box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from visionzoo.utils import is_integer, require_unit_interval
+from visionzoo.utils import is_integer, require_unit_interval, whole_number
 
 
 class RPNHead(nn.Module):
@@ -83,6 +83,8 @@ class RegionProposalNetwork(nn.Module):
                 if not is_integer(count) or count < 0:
                     name = f"rpn_{kind}_nms_top_n_{'train' if mode == 'training' else 'test'}"
                     raise ValueError(f"{name} must be an integer >= 0, got {count!r}")
+        # else the sampler's error, naming neither the argument nor the stage (the box head samples too)
+        whole_number(batch_size_per_image, "rpn_batch_size_per_image", 1)
         require_unit_interval(rpn_fg_iou_thresh=fg_iou_thresh, rpn_bg_iou_thresh=bg_iou_thresh,
                               rpn_nms_thresh=nms_thresh, rpn_score_thresh=score_thresh,
                               rpn_positive_fraction=positive_fraction)
