@@ -191,6 +191,16 @@ def test_trainable_layers_on_a_backbone_without_resnets_layers_is_refused_by_nam
         create_model("fasterrcnn_convnext_tiny_fpn", trainable_backbone_layers=5)
 
 
+@pytest.mark.parametrize("value", [6, -1, 2.5, "3", True])
+def test_trainable_backbone_layers_that_are_no_count_of_layers_are_refused_naming_it(value):
+    # 6 and -1 were refused as "trainable_layers must be in 0..5", an argument the user had not given; 2.5 and "3"
+    # (--model-arg trainable_backbone_layers=2.5) failed with a TypeError traceback; True trained one layer
+    with pytest.raises(ValueError, match=re.escape(f"trainable_backbone_layers must be an integer in 0..5, got {value!r}")):
+        create_model("fasterrcnn_shapes", trainable_backbone_layers=value)
+    with pytest.raises(ValueError, match=re.escape(f"trainable_layers must be an integer in 0..5, got {value!r}")):
+        fpn_backbone("resnet18", trainable_layers=value)
+
+
 def test_trainable_layers_on_resnet_freezes_the_others():
     body = fpn_backbone("resnet18", trainable_layers=2)
     frozen = {n.split(".")[0] for n, p in body.body.named_parameters() if not p.requires_grad}

@@ -242,8 +242,7 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
             if isinstance(module, nn.BatchNorm2d | FrozenBatchNorm2d):
                 module.eps = batch_norm_eps
     if trainable_layers is not None:
-        if not 0 <= trainable_layers <= 5:
-            raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+        _require_layer_count(trainable_layers, "trainable_layers")
         if not all(hasattr(body, layer) for layer in ("conv1", "layer1")):
             # the layer names are ResNet's: on any other backbone no parameter matches, which froze all of it
             raise ValueError(f"trainable_layers counts ResNet's layers; {name} has none (leave it None to train "
@@ -255,6 +254,13 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
             if all(not param_name.startswith(layer) for layer in trainable):
                 param.requires_grad_(False)
     return BackboneWithFPN(body, body.feature_info.channels(), out_channels, extra_pool)
+
+
+def _require_layer_count(value: Any, name: str) -> None:
+    """Refuse a count of trainable ResNet layers that is no integer in 0..5 (2.5 failed slicing the layer names,
+    a bool counted as 0 or 1), naming ``name``."""
+    if not is_integer(value) or not 0 <= value <= 5:
+        raise ValueError(f"{name} must be an integer in 0..5, got {value!r:.40}")
 
 
 def checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
@@ -284,6 +290,8 @@ def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indi
             backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
+    if trainable_backbone_layers is not None:  # else refused by fpn_backbone's name for it
+        _require_layer_count(trainable_backbone_layers, "trainable_backbone_layers")
     if not is_integer(fpn_channels) or fpn_channels < 1:  # 0 built a detector that failed at its first image
         raise ValueError(f"fpn_channels must be a positive integer, got {fpn_channels!r:.40}")
     require_nested_args("backbone_args", backbone_args, {
