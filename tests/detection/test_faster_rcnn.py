@@ -201,6 +201,14 @@ def test_trainable_backbone_layers_that_are_no_count_of_layers_are_refused_namin
         fpn_backbone("resnet18", trainable_layers=value)
 
 
+@pytest.mark.parametrize(("arg", "value"), [("frozen_batch_norm", "no"), ("extra_pool", "false"), ("extra_pool", 0)])
+def test_a_switch_of_the_fpn_backbone_given_no_bool_is_refused_naming_it(arg, value):
+    # --model-arg frozen_batch_norm=no gave the string "no", which counted as true: the batch norms were frozen
+    # without a word, as check_argument_types refuses for the models' own switches
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be a bool, got {value!r}")):
+        create_model("fasterrcnn_shapes", **{arg: value})
+
+
 def test_trainable_layers_on_resnet_freezes_the_others():
     body = fpn_backbone("resnet18", trainable_layers=2)
     frozen = {n.split(".")[0] for n, p in body.body.named_parameters() if not p.requires_grad}
