@@ -209,6 +209,14 @@ def test_a_switch_of_the_fpn_backbone_given_no_bool_is_refused_naming_it(arg, va
         create_model("fasterrcnn_shapes", **{arg: value})
 
 
+@pytest.mark.parametrize("value", ["abc", -1.0, float("nan")])
+def test_a_batch_norm_epsilon_that_is_no_number_at_least_zero_is_refused_naming_it(value):
+    # --model-arg batch_norm_eps=abc ended in a TypeError traceback from the batch norms' forward; -1 was refused by
+    # torch in training only, naming no argument, and made the evaluated model's variances negative
+    with pytest.raises(ValueError, match=re.escape(f"batch_norm_eps must be a number >= 0, got {value!r}")):
+        create_model("fasterrcnn_shapes", batch_norm_eps=value)
+
+
 def test_trainable_layers_on_resnet_freezes_the_others():
     body = fpn_backbone("resnet18", trainable_layers=2)
     frozen = {n.split(".")[0] for n, p in body.body.named_parameters() if not p.requires_grad}

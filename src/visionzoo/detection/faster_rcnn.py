@@ -42,6 +42,7 @@ from visionzoo.utils import (
     autocast_enabled,
     check_argument_types,
     is_integer,
+    is_real,
     require_nested_args,
     whole_number,
 )
@@ -226,6 +227,9 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
     """
     from visionzoo.models import create_model
 
+    if batch_norm_eps is not None and not (is_real(batch_norm_eps) and batch_norm_eps >= 0):
+        # else a TypeError from the first forward (a string), or variances made negative (-1), NaN
+        raise ValueError(f"batch_norm_eps must be a number >= 0, got {batch_norm_eps!r:.40}")
     if out_indices is None:
         out_indices = (-4, -3, -2, -1)  # counted from the end: (0, 1, 2, 3) were a ViT's first four blocks
     if not isinstance(out_indices, int):
