@@ -15,7 +15,12 @@ from torch import nn
 from visionzoo.checkpoint import CheckpointError, save_checkpoint
 from visionzoo.cli import main
 from visionzoo.models import create_model, get_model_entry, list_models, list_tasks, register_model
-from visionzoo.models._registry import adapt_input_conv, load_checkpoint, load_state_dict_strict
+from visionzoo.models._registry import (
+    ModelArgumentError,
+    adapt_input_conv,
+    load_checkpoint,
+    load_state_dict_strict,
+)
 
 RESNETS = ["resnet101", "resnet18", "resnet34", "resnet50"]
 
@@ -688,3 +693,12 @@ def test_inference_off_the_cpu_runs_whole_batches_not_the_cpus_cache_sized_chunk
         chunked.clear()
         out = model.to("meta")(torch.empty(2, 3, 32, 32, device="meta"))
     assert out.shape == (2, 3) and not chunked
+
+
+@pytest.mark.parametrize(("name", "argument"), [("fasterrcnn_shapes", "backbone"), ("rcnn_shapes", "cnn"),
+                                                ("fastrcnn_shapes", "backbone")])
+def test_an_argument_that_the_builder_sets_itself_is_refused_naming_it(name, argument):
+    # was Python's "_create() got multiple values for argument 'backbone'", which --model-arg backbone=resnet50
+    # showed as a traceback
+    with pytest.raises(ModelArgumentError, match=re.escape(f"{name} sets {argument!r} itself: it cannot be given")):
+        create_model(name, **{argument: "resnet50"})

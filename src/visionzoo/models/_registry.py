@@ -290,6 +290,10 @@ def create_model(
     try:
         model = entry.builder(**args)
     except TypeError as error:
+        # a keyword the builder passes itself (a detector's backbone): Python's "multiple values" error, a traceback
+        given_twice = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", str(error))
+        if given_twice and given_twice[1] in args:
+            raise ModelArgumentError(f"{name} sets {given_twice[1]!r} itself: it cannot be given") from None
         if "unexpected keyword argument" not in str(error):
             raise
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
