@@ -1,5 +1,7 @@
 """AnchorGenerator against torchvision's on the same feature maps."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvi
 from torchvision.models.detection.image_list import ImageList
 
 from visionzoo.detection.anchors import AnchorGenerator
+from visionzoo.models import create_model
 
 
 @pytest.mark.parametrize(("sizes", "aspect_ratios"), [((32, 64, 128), (0.5, 1.0, 2.0)), ((32, 64), ((0.5, 1.0), (2.0,)))])
@@ -47,3 +50,16 @@ def test_an_image_batch_is_taken_as_torchvisions_image_list_is():
     for batch in (images, ImageBatch(images.tensors, images.image_sizes), (64, 96)):
         got = AnchorGenerator(sizes, ratios)(batch, maps)
         assert len(got) == 2 and all(torch.equal(mine, theirs) for mine, theirs in zip(got, expected))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"anchor_sizes": ((0,), (32,), (64,))}, "anchor sizes (anchor_sizes) must be positive numbers, got ((0,), (32,)"),
+    ({"anchor_sizes": ((-16,), (32,), (64,))}, "anchor sizes (anchor_sizes) must be positive numbers, got ((-16,),"),
+    ({"aspect_ratios": ((0.0, 1.0, 2.0),) * 3}, "aspect ratios (aspect_ratios) must be positive numbers, got ((0.0,"),
+    ({"aspect_ratios": ((float("nan"), 1.0, 2.0),) * 3}, "aspect ratios (aspect_ratios) must be positive numbers"),
+])
+def test_anchors_of_no_size_or_no_aspect_are_refused_when_the_detector_is_built(args, message):
+    # an aspect ratio of 0 made loss_rpn_box_reg NaN, a size of 0 or -16 gave anchors of no area that no box matched;
+    # both trained without a word
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("fasterrcnn_shapes", **args)

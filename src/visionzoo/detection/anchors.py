@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,11 @@ A map's stride is the integer ratio of the batch size to its size.
                              "tuples; give one of each per feature map")
         self.sizes = tuple(tuple(s) for s in sizes)
         self.aspect_ratios = tuple(tuple(a) for a in aspect_ratios)
+        for what, name, values in (("anchor sizes", "anchor_sizes", self.sizes),
+                                   ("aspect ratios", "aspect_ratios", self.aspect_ratios)):
+            # else anchors of no area (size 0) that no box matches, or NaN box losses (ratio 0), without a word
+            if not all(isinstance(v, numbers.Real) and v > 0 and math.isfinite(v) for level in values for v in level):
+                raise ValueError(f"{what} ({name}) must be positive numbers, got {values!r:.80}")
 
     def num_anchors_per_location(self) -> list[int]:
         return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
