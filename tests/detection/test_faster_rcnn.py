@@ -422,6 +422,14 @@ def test_a_sample_size_per_image_under_one_is_refused_naming_the_stage(arg):
         create_model("fasterrcnn_shapes", **{arg: 0})
 
 
+@pytest.mark.parametrize("channels", [0, -2, 2.5])
+def test_fpn_backbone_refuses_an_fpn_width_that_is_no_positive_integer_when_built(channels):
+    # fpn_backbone("resnet18", out_channels=0) built, and the detector over it failed at its first image with
+    # torch's "expected weight to be at least 1 at dimension 0", naming no argument
+    with pytest.raises(ValueError, match=re.escape(f"out_channels must be a positive integer, got {channels}")):
+        fpn_backbone("resnet18", out_channels=channels)
+
+
 @pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("box_roi_output_size", 0),
                                             ("box_roi_output_size", -2)])
 def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):

@@ -227,6 +227,8 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
     """
     from visionzoo.models import create_model
 
+    if not is_integer(out_channels) or out_channels < 1:  # else torch's error at the detector's first image
+        raise ValueError(f"out_channels must be a positive integer, got {out_channels!r:.40}")
     if batch_norm_eps is not None and not (is_real(batch_norm_eps) and batch_norm_eps >= 0):
         # else a TypeError from the first forward (a string), or variances made negative (-1), NaN
         raise ValueError(f"batch_norm_eps must be a number >= 0, got {batch_norm_eps!r:.40}")
