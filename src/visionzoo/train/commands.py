@@ -226,10 +226,15 @@ def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
     return [f"  {prefix}{name:<{width}} {value:.4f}" for name, value in metrics.items()]
 
 
+def _first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first tensor of ``model``'s state that holds NaN or infinity (a run that diverged), or None."""
+    return next((name for name, tensor in model.state_dict().items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+
+
 def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
     """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
-    if not all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values()
-               if tensor.is_floating_point()):
+    if _first_non_finite(model) is not None:
         return ", whose weights hold non-finite values"
     return "; try --precision fp32" if precision != "fp32" else ""
 
@@ -238,10 +243,10 @@ def check_finite_weights(model: torch.nn.Module, model_name: str, checkpoint: st
     """ValueError naming ``checkpoint`` and the first tensor of ``model``'s state that holds NaN or infinity (a run
     that diverged): a detector's score threshold drops NaN scores, so it would report finding nothing, and a
     classifier's ranking of NaN logits is arbitrary."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{checkpoint}: {model_name}'s weights hold non-finite values (NaN or infinity), first in "
-                             f"{name}: its outputs would not be finite (did the run diverge?)")
+    name = _first_non_finite(model)
+    if name is not None:
+        raise ValueError(f"{checkpoint}: {model_name}'s weights hold non-finite values (NaN or infinity), first in "
+                         f"{name}: its outputs would not be finite (did the run diverge?)")
 
 
 @contextmanager
