@@ -988,18 +988,14 @@ def test_predict_coco_json_scored_by_pycocotools_gives_evals_map_on_the_same_ima
     assert [metrics[name] for name in names] == pytest.approx(scored.stats[:6].tolist(), abs=1e-6)
 
 
-def test_predict_squashes_the_files_of_a_folder_trained_at_an_img_size_as_eval_does(tmp_path):
-    """A detector trained on a COCO folder with --img-size 128 learns, and eval scores it, on every file squashed to
-    128×128, but predict gave it the files at their own shapes: the objects of a 192×128 file came 1.5 times as wide as
-    it had learned them, and predict --coco-json of the val images scored far under eval (mAP 0.045 against 0.082 after
-    60 steps on Shapes widened to 192×128). predict now squashes such files as eval does, and maps the boxes back to
-    the file's pixels, so that it returns the detections eval scores."""
+def _widened_shapes_folder(folder, splits, num):
+    """A COCO folder of ``num`` Shapes images a split, each widened from 128×128 to 192×128 (boxes and areas with
+    them, masks dropped); each split's annotation file as read back."""
     from visionzoo.cli import main
-    from visionzoo.train.run import load_for_inference
 
-    folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "3", "--split", "train", "val"]) == 0
-    for split in ("train", "val"):
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", str(num), "--split", *splits]) == 0
+    contents = {}
+    for split in splits:
         ann_file = folder / "annotations" / f"instances_{split}.json"
         content = json.loads(ann_file.read_text())
         for entry in content["images"]:
@@ -1011,6 +1007,21 @@ def test_predict_squashes_the_files_of_a_folder_trained_at_an_img_size_as_eval_d
             annotation.update(bbox=[1.5 * x, y, 1.5 * w, h], area=1.5 * w * h)
             annotation.pop("segmentation", None)
         ann_file.write_text(json.dumps(content))
+        contents[split] = content
+    return contents
+
+
+def test_predict_squashes_the_files_of_a_folder_trained_at_an_img_size_as_eval_does(tmp_path):
+    """A detector trained on a COCO folder with --img-size 128 learns, and eval scores it, on every file squashed to
+    128×128, but predict gave it the files at their own shapes: the objects of a 192×128 file came 1.5 times as wide as
+    it had learned them, and predict --coco-json of the val images scored far under eval (mAP 0.045 against 0.082 after
+    60 steps on Shapes widened to 192×128). predict now squashes such files as eval does, and maps the boxes back to
+    the file's pixels, so that it returns the detections eval scores."""
+    from visionzoo.cli import main
+    from visionzoo.train.run import load_for_inference
+
+    folder = tmp_path / "coco"
+    content = _widened_shapes_folder(folder, ("train", "val"), 3)["val"]
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
                          checkpoint_every=10**9, precision="fp32")
     run_training("fasterrcnn_shapes", str(folder), config, 128,
@@ -1037,18 +1048,7 @@ def test_eval_of_a_folder_by_a_detector_trained_on_shapes_keeps_its_files_shapes
     from visionzoo.train.run import load_for_inference
 
     folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "val"]) == 0
-    ann_file = folder / "annotations" / "instances_val.json"
-    content = json.loads(ann_file.read_text())
-    for entry in content["images"]:
-        path = folder / "val" / entry["file_name"]
-        Image.open(path).resize((192, 128), Image.BILINEAR).save(path)
-        entry["width"] = 192
-    for annotation in content["annotations"]:
-        x, y, w, h = annotation["bbox"]
-        annotation.update(bbox=[1.5 * x, y, 1.5 * w, h], area=1.5 * w * h)
-        annotation.pop("segmentation", None)
-    ann_file.write_text(json.dumps(content))
+    _widened_shapes_folder(folder, ("val",), 2)
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
                          checkpoint_every=10**9, precision="fp32")
     run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
