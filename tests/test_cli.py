@@ -248,6 +248,21 @@ def test_eval_on_a_folder_without_coco_annotations_names_every_split_looked_for(
                          "instances_{train,val,test}.json")
     assert "split 'train'" not in err
 
+
+def test_eval_at_a_split_a_coco_folder_lacks_names_the_splits_it_has(trained, tmp_path, capsys):
+    """eval --data FOLDER without --split, on a folder exported with --split train val, said "no annotations for split
+    'test' in FOLDER: looked for ..." and left the user to find which splits there are; it now names them and the
+    --split to give."""
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--data", str(folder)], "no annotations for split 'test'", "instances_test.json",
+                   "; it has train and val: give --split val")
+    (folder / "annotations" / "instances_train.json").unlink()
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--data", str(folder), "--split", "train"], "; it has val: give --split val")
+
 def digit_files(folder, names, suffix=".png"):
     """Digits' first test images saved as ``folder/NAME+suffix`` (grayscale, 16 px), one per name: their paths."""
     digits = Digits("test", image_size=16)

@@ -161,8 +161,8 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
     data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
-    evaluated). None of ``names`` raises the first one's FileNotFoundError, or, for a folder without annotations for
-    any split, one naming every split's files looked for. ``names`` may also be splits already built (what a
+    evaluated). None of ``names`` raises the first one's FileNotFoundError with the splits the folder has, or, for a
+    folder without annotations for any split, one naming every split's files looked for. ``names`` may also be splits already built (what a
     checkpoint recorded of its data, for predict and sample), which are returned as they are."""
     if isinstance(names, Splits):
         return names
@@ -176,8 +176,11 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
             missing[split] = error
     if not splits:
         root = Path(data).expanduser()
-        if any(_has_annotations(root, split) for split in SPLITS):
-            raise missing[names[0]]
+        present = [split for split in SPLITS if _has_annotations(root, split)]
+        if present:
+            # names is a subset only for eval's --split, so the splits the folder has say what to give
+            raise FileNotFoundError(f"{missing[names[0]]}; it has {' and '.join(present)}: "
+                                    f"give --split {present[-1]}")
         # no COCO folder at all: one split's error alone hid that (and named a split eval --split test never asked for)
         each = "{" + ",".join(SPLITS) + "}"
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
