@@ -179,6 +179,14 @@ def require_unit_interval(**settings: float) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {value!r:.40}")
 
 
+def require_bools(**settings: Any) -> None:
+    """Raise ValueError naming the setting when one is not a bool, Python's or NumPy's: ``--model-arg
+    frozen_batch_norm=no`` gives the string "no", which counts as true, and would switch it on without a word."""
+    for name, value in settings.items():
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError(f"{name} must be a bool, got {value!r:.40}")
+
+
 def require_folder_or_absent(path: str | os.PathLike, option: str) -> Path:
     """``path`` as a Path, refused up front (NotADirectoryError naming ``option``) when a file already holds
     the name of the folder a command is about to write into, or of a folder above it."""

@@ -207,6 +207,9 @@ def test_a_switch_of_the_fpn_backbone_given_no_bool_is_refused_naming_it(arg, va
     # without a word, as check_argument_types refuses for the models' own switches
     with pytest.raises(ValueError, match=re.escape(f"{arg} must be a bool, got {value!r}")):
         create_model("fasterrcnn_shapes", **{arg: value})
+    # fpn_backbone's own switches were not checked: fpn_backbone("resnet18", frozen_batch_norm="no") froze them
+    with pytest.raises(ValueError, match=re.escape(f"{arg} must be a bool, got {value!r}")):
+        fpn_backbone("resnet18", **{arg: value})
 
 
 @pytest.mark.parametrize("value", ["abc", -1.0, float("nan")])

@@ -24,7 +24,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,6 +42,7 @@ from visionzoo.utils import (
     check_argument_types,
     is_integer,
     is_real,
+    require_bools,
     require_nested_args,
     whole_number,
 )
@@ -227,6 +227,7 @@ def fpn_backbone(name: str, out_indices: int | Sequence[int] | None = None, out_
     """
     from visionzoo.models import create_model
 
+    require_bools(frozen_batch_norm=frozen_batch_norm, extra_pool=extra_pool)
     if not is_integer(out_channels) or out_channels < 1:  # else torch's error at the detector's first image
         raise ValueError(f"out_channels must be a positive integer, got {out_channels!r:.40}")
     if batch_norm_eps is not None and not (is_real(batch_norm_eps) and batch_norm_eps >= 0):
@@ -297,9 +298,6 @@ def _create(backbone: str, *, num_classes: int = 91, in_chans: int = 3, out_indi
             backbone_args: dict[str, Any] | None = None, **kwargs: Any) -> FasterRCNN:
     if in_chans != 3:
         raise ValueError(f"the detectors take RGB images (in_chans=3), got in_chans={in_chans}")
-    for option, value in (("frozen_batch_norm", frozen_batch_norm), ("extra_pool", extra_pool)):
-        if not isinstance(value, bool | np.bool_):  # --model-arg frozen_batch_norm=no gives "no", which is true
-            raise ValueError(f"{option} must be a bool, got {value!r:.40}")
     if trainable_backbone_layers is not None:  # else refused by fpn_backbone's name for it
         _require_layer_count(trainable_backbone_layers, "trainable_backbone_layers")
     if not is_integer(fpn_channels) or fpn_channels < 1:  # 0 built a detector that failed at its first image
