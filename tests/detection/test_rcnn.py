@@ -186,6 +186,14 @@ def test_a_sample_size_per_image_under_one_is_refused_naming_it(name):
         create_model(name, batch_size_per_image=-4)
 
 
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+@pytest.mark.parametrize("value", [2, -0.5])
+def test_a_positive_fraction_outside_zero_to_one_is_refused_naming_the_argument_given(name, value):
+    # was "box_positive_fraction must be in [0, 1], got 2", an argument these detectors do not take
+    with pytest.raises(ValueError, match="^" + re.escape(f"positive_fraction must be in [0, 1], got {value}")):
+        create_model(name, positive_fraction=value)
+
+
 @pytest.mark.parametrize(("arg", "value"), [("representation_size", 0), ("output_size", 0), ("output_size", -1)])
 def test_a_box_head_of_no_width_or_no_pooled_cells_is_refused_when_built(arg, value):
     # 0 built a box head giving no features: Fast R-CNN trained and detected from the predictor's biases alone

@@ -52,6 +52,7 @@ from visionzoo.utils import (
     check_argument_types,
     is_integer,
     require_nested_args,
+    require_unit_interval,
     whole_number,
 )
 
@@ -262,8 +263,10 @@ class RCNN(ProposalDetector):
                  background_iou_low: float = 0.1, box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
                  box_detections_per_img: int = 100, bbox_reg_weights: tuple[float, ...] | None = None,
                  chunk: int = 256):
-        # else the box head's check, naming its box_batch_size_per_image, which this class calls otherwise
+        # else the box head's checks, naming its box_batch_size_per_image and box_positive_fraction, which this class
+        # calls otherwise
         whole_number(batch_size_per_image, "batch_size_per_image", 1)
+        require_unit_interval(positive_fraction=positive_fraction)
         if proposals == "selective_search" and proposal_args is None:
             proposal_args = {"mode": "fast", "max_proposals": 2000}
         super().__init__(num_classes, proposals, proposal_args)
@@ -305,8 +308,10 @@ class FastRCNN(ProposalDetector):
         # 0 built a box head of no features: the detector trained and detected on the predictor's biases alone
         whole_number(representation_size, "representation_size", 1)
         whole_number(output_size, "output_size", 1)
-        # else the box head's check, naming its box_batch_size_per_image, which this class calls otherwise
+        # else the box head's checks, naming its box_batch_size_per_image and box_positive_fraction, which this class
+        # calls otherwise
         whole_number(batch_size_per_image, "batch_size_per_image", 1)
+        require_unit_interval(positive_fraction=positive_fraction)
         if proposals == "selective_search" and proposal_args is None:
             proposal_args = {"mode": "fast", "max_proposals": 2000}
         super().__init__(num_classes, proposals, proposal_args)
