@@ -446,6 +446,26 @@ def test_a_re_planned_time_budget_goes_on_from_its_learning_rate_without_a_jump(
     assert max(abs(after - before) for before, after in zip(lrs, lrs[1:])) <= 1e-3 / meta["warmup_steps"] * 1.001
 
 
+def test_a_time_budget_re_planned_below_its_warmup_still_decays_its_learning_rate(tmp_path, monkeypatch, caplog):
+    """--warmup-steps 200 --minutes 0.04 was checked against the first plan (240 steps) only: when the machine got
+    busy and re-plans shrank the plan below 200 steps, the warmup was cut to the whole plan, so the learning rate
+    rose to the last step and never decayed. The warmup now keeps its share of the first plan (200 of 240), short
+    of the plan's end, and the run says so once."""
+    monkeypatch.setattr(engine, "time", SlowingClock(0.01, 0.03, fast_steps=40))
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.01)
+    caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
+    run = tmp_path / "run"
+    _blobs_fit(run, minutes=0.04, lr=1e-3, warmup_steps=200)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert "planning 240 steps" in caplog.text and meta["total_steps"] < 200, "the test did not re-plan below 200"
+    assert meta["warmup_steps"] < meta["total_steps"]
+    lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert max(lrs) == pytest.approx(1e-3) and lrs[-1] < 0.2 * 1e-3, "the learning rate never decayed"
+    cuts = [record.getMessage() for record in caplog.records if "warmup" in record.getMessage()]
+    assert len(cuts) == 1 and cuts[0].startswith("--warmup-steps 200 would take all of the "), cuts
+    assert "the share of the plan it had at the start (83%)" in cuts[0]
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ({"checkpoint_every": 0}, r"--checkpoint-every must lie in \[1, inf\), got 0"),  # was a ZeroDivisionError
     ({"log_every": 0}, r"log_every must lie in \[1, inf\), got 0"),

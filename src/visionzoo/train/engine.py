@@ -618,6 +618,7 @@ class Trainer:
         self.warmup_steps = 1  # for the timing steps of a time budget
         self.resumed_warmup_steps: int | None = None
         self.lr_anchor = FRESH_PLAN  # where a re-sized plan took over (see lr_factor)
+        self.warmup_cut_said = False  # a re-plan that cuts the warmup says so once (see _resize_plan)
         if cfg.resume:
             self._load(config)
         resumed_plan = (self.total_steps, self.resumed_warmup_steps)
@@ -635,6 +636,7 @@ class Trainer:
             self.warmup_steps = self.resumed_warmup_steps
         else:
             self.warmup_steps = max(1, self.total_steps // 20)
+        self.warmup_share = self.warmup_steps / self.total_steps  # what a re-plan that cuts the warmup keeps
         kept_warmup = self.warmup_steps == resumed_plan[1] and self.lr_anchor[0] < self.warmup_steps
         if (self.total_steps, self.warmup_steps) != resumed_plan and not kept_warmup:
             # a resumed run with another plan: its decay is re-sized to it from the start (a warmup under way and
@@ -748,14 +750,25 @@ class Trainer:
     def _resize_plan(self, total_steps: int) -> None:
         """End the schedule at ``total_steps``, going on from the learning rate of this step: the rest of its phase
         (warmup or decay) is spread over the steps left to the phase's end, so the learning rate does not jump to
-        where a plan of the new length would be at this step. A warmup is cut to the new plan, and the engine's own
-        warmup to its twentieth of the new plan for the rise still to come."""
+        where a plan of the new length would be at this step. The engine's own warmup is cut to its twentieth of the
+        new plan for the rise still to come; a warmup under way that the new plan would not outlast (``--warmup-steps``
+        was checked against the first plan only) to its share of this session's first plan, at least one step short of
+        the new end, so that the learning rate still decays (said once)."""
         if total_steps == self.total_steps:
             return
         warming, done = schedule_share(self.step, self.total_steps, self.warmup_steps, self.lr_anchor)
         warmup = min(self.warmup_steps, total_steps)
         if warming and self.config.warmup_steps is None and self.resumed_warmup_steps is None:
             warmup = min(warmup, self.step + math.ceil((1.0 - done) * max(1, total_steps // 20)))
+        elif warming and warmup >= total_steps > self.step + 1:
+            warmup = min(total_steps - 1, max(self.step + 1, int(total_steps * self.warmup_share)))
+            if not self.warmup_cut_said:
+                given = (f"--warmup-steps {self.config.warmup_steps}" if self.config.warmup_steps is not None
+                         else f"the run's warmup of {self.warmup_steps} steps")
+                log.info("%s would take all of the %d steps --minutes %g now buys at this pace: warming up to step %d "
+                         "instead, the share of the plan it had at the start (%.0f%%), so that the learning rate "
+                         "decays after it", given, total_steps, self.config.minutes, warmup, 100 * self.warmup_share)
+                self.warmup_cut_said = True
         self.total_steps, self.warmup_steps, self.lr_anchor = total_steps, warmup, (self.step, done)
 
     def _ended_by(self) -> tuple[str, str]:
