@@ -51,6 +51,22 @@ def test_inception_score_equals_torchmetrics_with_the_same_seed():
         inception_score(logits[:5])
 
 
+def test_inception_score_averages_over_the_chunks_torch_gives_fewer_than_splits_as_torchmetrics():
+    # the docstring said "over splits chunks": 11 samples in 10 splits are 6 chunks (five of 2, one of 1)
+    logits = features(5, 11, dim=6) * 3
+    reference = InceptionScore(feature=torch.nn.Identity(), splits=10)
+    reference.features = [logits]
+    torch.manual_seed(3)
+    expected = reference.compute()
+    mean, std = inception_score(logits, splits=10, generator=torch.Generator().manual_seed(3))
+    assert (mean, std) == pytest.approx((float(expected[0]), float(expected[1])), rel=1e-10)
+    shuffled = logits[torch.randperm(11, generator=torch.Generator().manual_seed(3))].double()
+    chunks = shuffled.chunk(10)
+    assert [len(chunk) for chunk in chunks] == [2, 2, 2, 2, 2, 1]
+    scores = torch.tensor([inception_score(chunk, splits=1)[0] for chunk in chunks], dtype=torch.float64)
+    assert (mean, std) == pytest.approx((float(scores.mean()), float(scores.std())), rel=1e-10)
+
+
 def test_fid_interval_brackets_the_full_sample_fid_and_narrows_with_more_samples():
     real, fake = features(3, 400, dim=8), features(4, 400, dim=8, shift=0.5)
     fid = frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))

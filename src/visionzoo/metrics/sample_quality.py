@@ -104,7 +104,9 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
 
 
 def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: torch.Generator | None = None) -> tuple[float, float]:
-    """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over ``splits`` chunks of the shuffled samples.
+    """IS of classifier ``logits`` Tensor[N, K]: (mean, sample std) over the chunks of the shuffled samples that
+    ``Tensor.chunk(splits)`` gives, as torchmetrics does: chunks of ceil(N / splits) samples, the last holding the
+    rest, so fewer than ``splits`` where N is no multiple of them (N=11, splits=10: six, five of 2 and one of 1).
 
     For numbers comparable with published ones and torchmetrics' give
     :meth:`~visionzoo.metrics.inception.InceptionFeatures.logits_unbiased` (the classifier without its bias)."""
