@@ -438,8 +438,32 @@ def test_a_re_planned_time_budget_goes_on_from_its_learning_rate_without_a_jump(
     steps = [abs(after - before) for before, after in zip(lrs, lrs[1:])]
     assert max(steps) <= 1e-3 / meta["warmup_steps"] * 1.001, "the learning rate jumped"  # the warmup's rise
     assert lrs[-1] < lrs[60] < lrs[50] < lrs[40]
-    # time ran out before the plan's end: resumed without a budget, the run goes on to it on the same course
-    assert meta["step"] < meta["total_steps"]
+
+
+def test_a_time_budget_that_slows_down_ends_its_learning_rate_schedule_with_the_time(tmp_path, monkeypatch):
+    """The re-plans took the pace of the whole run so far, and came every 50 steps: a run whose steps slowed from
+    0.01 to 0.05 s at step 40 was re-planned at step 50 to 93 steps (the average pace of its fast and slow steps),
+    ran out of time at step 80 and ended with its learning rate still at 0.25 of --lr. The plan now follows the
+    pace of the last steps, every ten steps, so the schedule ends with the time."""
+    monkeypatch.setattr(engine, "time", SlowingClock(0.01, 0.05, fast_steps=40))
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.01)
+    run = tmp_path / "run"
+    _blobs_fit(run, minutes=0.04, lr=1e-3)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["total_steps"] - 2 <= meta["step"] <= meta["total_steps"], (meta["step"], meta["total_steps"])
+    lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert lrs[-1] < 0.05 * 1e-3, lrs[-1]
+
+
+def test_a_time_budget_that_ran_out_before_its_plan_resumes_on_the_same_course(tmp_path, monkeypatch):
+    """Steps that slow tenfold after the last re-plan end the run before its plan: resumed without a budget, the run
+    goes on to the plan's end with no jump in its learning rate."""
+    monkeypatch.setattr(engine, "time", SlowingClock(0.01, 0.1, fast_steps=225))
+    monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.01)
+    run = tmp_path / "run"
+    _blobs_fit(run, minutes=0.04, lr=1e-3)
+    _, meta = read_checkpoint(run / "checkpoint.safetensors")
+    assert meta["step"] < meta["total_steps"], "the test's run reached its plan"
     _blobs_fit(run, resume=True)
     lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert len(lrs) == meta["total_steps"] and lrs[-1] < 0.02 * 1e-3
@@ -604,7 +628,7 @@ def test_a_time_budget_with_a_step_budget_plans_the_schedule_for_the_first_reach
     lrs = [record["lr"] for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert lrs[-1] == pytest.approx(1e-3 * lr_factor(result.steps - 1, result.steps, meta["warmup_steps"], 0.01,
                                                      tuple(meta["lr_anchor"])))
-    assert lrs[-1] < 0.05 * 1e-3
+    assert lrs[-1] < 0.05 * 1e-3, lrs[-1]
     ends = [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()]
     assert ends == [f"the {ended_by.rstrip('s')} budget ({flag}) ended the run at step {result.steps}"]
     summary = json.loads((run / "summary.json").read_text())
@@ -619,11 +643,11 @@ def test_a_run_that_time_ends_before_its_plan_says_the_steps_its_schedule_was_pl
     monkeypatch.setattr(engine, "time", StepClock(0.01))
     monkeypatch.setattr(engine.Trainer, "_seconds_per_step", lambda self: 0.001)  # timed in a quiet spell
     caplog.set_level(logging.INFO, logger="visionzoo.train.engine")
-    result = _blobs_fit(tmp_path / "run", minutes=0.001, epochs=10.0)
+    result = _blobs_fit(tmp_path / "run", minutes=0.0005, epochs=10.0)  # out of time before the first re-plan
     _, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert result.steps < meta["total_steps"]
     assert [record.getMessage() for record in caplog.records if "ended the run" in record.getMessage()] == [
-        f"the time budget (--minutes 0.001) ended the run at step {result.steps}, before the {meta['total_steps']} "
+        f"the time budget (--minutes 0.0005) ended the run at step {result.steps}, before the {meta['total_steps']} "
         "steps its learning-rate schedule was planned for"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["ended_by"] == "time"
     # resumed without a budget, it goes on to the end of that plan, not to its --epochs, and says so: it said "the

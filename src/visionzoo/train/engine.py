@@ -15,6 +15,7 @@ step and the plan.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -84,11 +85,13 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # The start of torch's error for a BatchNorm layer given one value per channel in training (a batch of one image
 # whose feature map has come down to 1x1).
 BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
-# With only a time budget, the schedule's length is re-estimated this often (steps) from the pace so far, and at
-# these steps before the first REPLAN_EVERY: the first plan comes from three steps timed before the run, which a
-# busy spell can slow tenfold, and a short plan would otherwise end before it is re-sized.
-REPLAN_EVERY = 50
-EARLY_REPLANS = (8, 16, 32)
+# With only a time budget, the schedule's length is re-estimated this often (steps), and at these steps before the
+# first REPLAN_EVERY: the first plan comes from three steps timed before the run, which a busy spell can slow tenfold,
+# and a short plan would otherwise end before it is re-sized. Each estimate takes the pace of the last PACE_WINDOW
+# steps, not of the whole run, so that a plan follows a machine that gets busy (or free) within a few re-plans.
+REPLAN_EVERY = 10
+EARLY_REPLANS = (5, 8)
+PACE_WINDOW = 20
 
 
 @dataclass
@@ -732,12 +735,15 @@ class Trainer:
         on_main(self.dist, lambda: self.train_set[0])
         self.train_set[0]
 
-    def _replan_for_time(self, steps_timed: int, seconds: float) -> None:
+    def _replan_for_time(self, steps_timed: int, seconds: float, between_steps: bool = False) -> None:
         """With a time budget, re-size the schedule (at each epoch, at ``EARLY_REPLANS`` and every
-        ``REPLAN_EVERY`` steps) from the steps timed so far, up to the steps of ``--max-steps``/``--epochs``.
+        ``REPLAN_EVERY`` steps) from the pace of the last ``steps_timed`` steps (``seconds`` in all), up to the steps
+        of ``--max-steps``/``--epochs``.
 
         The first estimate comes from a few steps and is easily off on a busy machine; the steps run
-        since then measure the real pace. Rank 0's plan is broadcast so every process agrees.
+        since then measure the real pace. Rank 0's plan is broadcast so every process agrees. ``between_steps``:
+        called after a step, where a plan with no step left ends the run; else (before an epoch's first step) the
+        plan keeps the step about to run.
         """
         cfg = self.config
         if cfg.minutes is None or steps_timed < 5:
@@ -745,7 +751,7 @@ class Trainer:
         remaining = max(0.0, cfg.minutes * 60 - (self.train_seconds - self.session_start_seconds))
         planned = int(rank0_value(self.dist, self.step + int(remaining / (seconds / steps_timed))))
         fixed = self._fixed_budget_steps()
-        self._resize_plan(max(self.step + 1, planned if fixed is None else min(planned, fixed)))
+        self._resize_plan(max(self.step + (0 if between_steps else 1), planned if fixed is None else min(planned, fixed)))
 
     def _resize_plan(self, total_steps: int) -> None:
         """End the schedule at ``total_steps``, going on from the learning rate of this step: the rest of its phase
@@ -858,6 +864,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, leave=False)
         global_batch = cfg.batch_size * dist_info.world_size
         session_start, samples_seen, timed_seconds = self.step, 0, 0.0
+        recent_seconds: collections.deque[float] = collections.deque(maxlen=PACE_WINDOW)
         stop = self.step >= self.total_steps or self._out_of_time()
         if not stop:  # off the clock
             self._prepare_train_set()
@@ -866,7 +873,7 @@ class Trainer:
         with own_share(dist_info):
             while not stop:
                 epoch, start_step = self._epoch_position()
-                self._replan_for_time(samples_seen // global_batch, timed_seconds)
+                self._replan_for_time(len(recent_seconds), sum(recent_seconds))
                 bar.total = self.total_steps
                 sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
                                             dist_info.rank, dist_info.world_size)
@@ -883,6 +890,7 @@ class Trainer:
                     self.train_seconds += seconds
                     samples_seen += global_batch
                     timed_seconds += seconds
+                    recent_seconds.append(seconds)
                     logged["samples_per_s"] = global_batch / seconds
                     if self.step % cfg.log_every == 0:  # rank 0 writes; the others hear if it could not (a full disk)
                         on_main(dist_info, functools.partial(self._log, {"step": self.step, "epoch": epoch, **logged}))
@@ -891,7 +899,7 @@ class Trainer:
                                     img_s=f"{logged['samples_per_s']:.0f}")
                     # the pace drifts (a detector's proposals change as it learns)
                     if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
-                        self._replan_for_time(samples_seen // global_batch, timed_seconds)
+                        self._replan_for_time(len(recent_seconds), sum(recent_seconds), between_steps=True)
                         bar.total = self.total_steps
                     stop = self.step >= self.total_steps or self._out_of_time()
                     if self.step % cfg.checkpoint_every == 0 or stop:
