@@ -396,3 +396,24 @@ def test_eval_of_an_image_gpt_whose_logits_overflow_is_refused_not_printed_as_na
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == (f"visionzoo eval: error: image_gpt_small's outputs are not finite "
                                                    f"(NaN or infinity) with {path}; try --precision fp32\n")
+
+
+def test_sample_of_an_image_gpt_with_nan_weights_is_one_line_naming_the_checkpoint(tmp_path, capsys):
+    """sample of an Image GPT (or a prior) whose weights held NaN (a diverged run) stopped in a traceback from
+    torch.multinomial: "probability tensor contains either `inf`, `nan` or element < 0"; it now refuses before
+    drawing, naming the checkpoint and the tensor, as eval and predict do, and writes nothing."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = tiny_image_gpt()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["model.gpt.head.weight"][0, 0] = float("nan")
+    path = tmp_path / "igpt.safetensors"
+    save_checkpoint(path, state, {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
+                                  "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    out = tmp_path / "samples"
+    capsys.readouterr()
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(path), "-n", "2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: {path}: image_gpt_small's weights hold non-finite "
+                                       "values (NaN or infinity), first in gpt.head.weight: its outputs would not be "
+                                       "finite (did the run diverge?)\n")
+    assert not out.exists()

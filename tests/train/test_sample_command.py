@@ -436,7 +436,8 @@ def test_sample_names_past_99999_keep_their_order_and_mark_the_folder_as_holding
 
 def test_samples_with_non_finite_values_are_refused_not_written_black(gan_checkpoint, tmp_path, capsys, monkeypatch):
     """A checkpoint whose generator held a NaN weight wrote its NaN images as black PNGs ("4 samples of dcgan in
-    DIR"), and `visionzoo fid DIR` gave a number for them."""
+    DIR"), and `visionzoo fid DIR` gave a number for them. Such weights are now refused before drawing, as eval and
+    predict refuse them; images that overflow from finite weights are still refused once drawn."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -448,8 +449,9 @@ def test_samples_with_non_finite_values_are_refused_not_written_black(gan_checkp
     save_file(tensors, broken, metadata=metadata)
     folder = tmp_path / "samples"
     assert main(["sample", "dcgan", "--checkpoint", str(broken), "-n", "4", "--out", str(folder)]) == 2
-    assert capsys.readouterr().err == (f"visionzoo sample: error: dcgan drew images with non-finite values (NaN or "
-                                       f"infinity) from {broken}, whose weights hold non-finite values\n")
+    assert capsys.readouterr().err == (f"visionzoo sample: error: {broken}: dcgan's weights hold non-finite values "
+                                       "(NaN or infinity), first in generator.layers.0.weight: its outputs would not "
+                                       "be finite (did the run diverge?)\n")
     assert not folder.exists()
     sample = GANTask.sample
     monkeypatch.setattr(GANTask, "sample", lambda *a, **k: sample(*a, **k) * float("inf"))

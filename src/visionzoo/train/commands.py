@@ -232,13 +232,6 @@ def _first_non_finite(model: torch.nn.Module) -> str | None:
                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
 
 
-def _non_finite_cause(model: torch.nn.Module, precision: str) -> str:
-    """Why a sampler may have drawn non-finite images, as the end of an error: its weights, or bf16's range."""
-    if _first_non_finite(model) is not None:
-        return ", whose weights hold non-finite values"
-    return "; try --precision fp32" if precision != "fp32" else ""
-
-
 def check_finite_weights(model: torch.nn.Module, model_name: str, checkpoint: str) -> None:
     """ValueError naming ``checkpoint`` and the first tensor of ``model``'s state that holds NaN or infinity (a run
     that diverged): a detector's score threshold drops NaN scores, so it would report finding nothing, and a
@@ -712,6 +705,9 @@ def sample_command(args: argparse.Namespace) -> int:
                                                  ("top_p", args.top_p)) if value is not None}
     if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
         settings["label"] = args.label
+    # before drawing: an autoregressive sampler's NaN logits fail in torch.multinomial, a generator's NaN images
+    # would be refused only after the first batch
+    check_finite_weights(setup.model, args.model, args.checkpoint)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     # a CPU generator whatever --device is: the samplers draw where it lives, so a seed draws the same numbers
@@ -722,8 +718,9 @@ def sample_command(args: argparse.Namespace) -> int:
         for size in sample_batches(args.count, args.batch_size):
             images = setup.task.sample(model, size, generator, autocast, **settings).float()
             if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
+                hint = "; try --precision fp32" if args.precision != "fp32" else ""  # the weights are finite
                 raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
-                                 f"{args.checkpoint}{_non_finite_cause(model, args.precision)}")
+                                 f"{args.checkpoint}{hint}")
             images = images.clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
