@@ -163,3 +163,12 @@ def test_fit_palette_refuses_images_outside_0_1_and_keeps_its_palette(fill):
     with pytest.raises(ValueError, match=r"Image GPT takes images in \[0, 1\]; these (span|hold 1 NaN value)"):
         model.fit_palette(images)
     assert torch.equal(model.palette, before)
+
+
+def test_a_probe_plot_path_without_a_suffix_returns_the_png_written(tmp_path):
+    """plot_probe_curve(acc, raw, "runs/probes") returned Path("runs/probes"), which did not exist: matplotlib had
+    written runs/probes.png. The path returned is now the file written."""
+    path = plot_probe_curve([0.2, 0.5, 0.4], 0.3, tmp_path / "probes")
+    assert path == tmp_path / "probes.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probes.png"]

@@ -173,7 +173,8 @@ def raw_pixel_probe(train_images: Tensor, train_labels: Tensor | Sequence[int], 
 
 def plot_probe_curve(accuracies: Sequence[float] | Sequence[Sequence[float]], raw_pixel: float | None,
                      path: str | Path, title: str = "Image GPT linear probes") -> Path:
-    """Write a PNG of probe accuracy per layer (0: the embedding) with the raw-pixel probe as a line.
+    """Write a PNG of probe accuracy per layer (0: the embedding) with the raw-pixel probe as a line; returns the
+    file written: ``path``, with ``.png`` added where it has no suffix (as matplotlib's ``savefig`` adds it).
 
     ``accuracies``: one list per layer, or one such list per seed (drawn as the mean and the min–max band).
     """
@@ -200,6 +201,7 @@ def plot_probe_curve(accuracies: Sequence[float] | Sequence[Sequence[float]], ra
     ax.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
+    path = path if path.suffix else path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
