@@ -172,3 +172,17 @@ def test_a_probe_plot_path_without_a_suffix_returns_the_png_written(tmp_path):
     assert path == tmp_path / "probes.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probes.png"]
+
+
+def test_a_palette_larger_than_the_pixels_is_refused_naming_palette_size():
+    """fit_palette of more colours than pixels stopped with "k-means of 40 clusters needs points Tensor[M, C] with
+    M >= k, got (32, 1)", naming neither palette_size nor the images."""
+    model = create_model("image_gpt_small", img_size=4, palette_size=40, **TINY)
+    with pytest.raises(ValueError, match=r"Image GPT's palette_size=40 needs at least 40 pixels to fit its colours "
+                                         r"to, got 32 \(2 images of 4 x 4\)"):
+        model.fit_palette(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="palette_size=40 needs at least 40 pixels to fit its colours to, got "
+                                         "max_pixels=20"):
+        model.fit_palette(torch.rand(3, 1, 4, 4), max_pixels=20)
+    model.fit_palette(torch.rand(3, 1, 4, 4))  # 48 pixels: enough
+    assert model.palette.shape == (40, 1)

@@ -417,3 +417,15 @@ def test_sample_of_an_image_gpt_with_nan_weights_is_one_line_naming_the_checkpoi
                                        "values (NaN or infinity), first in gpt.head.weight: its outputs would not be "
                                        "finite (did the run diverge?)\n")
     assert not out.exists()
+
+
+def test_train_with_a_palette_larger_than_its_pixels_is_one_line_naming_palette_size(tmp_path, capsys):
+    """train image_gpt_small --model-arg palette_size=100000 on 8 px Digits stopped with "k-means of 100000 clusters
+    needs points Tensor[M, C] with M >= k, got (64000, 1)", naming neither the option nor the images."""
+    out = tmp_path / "run"
+    assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--batch-size", "8",
+                 "--max-steps", "1", "--no-progress", "--model-arg", "palette_size=100000", "--model-arg",
+                 "embed_dim=8", "--model-arg", "depth=1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("visionzoo train: error: Image GPT's palette_size=100000 needs at least 100000 "
+                                       "pixels to fit its colours to, got 64000 (1000 images of 8 x 8)\n")
+    assert not out.exists()

@@ -91,9 +91,16 @@ class ImageGPT(nn.Module):
             raise ValueError(f"fit_palette takes Tensor[B, {self.in_chans}, H, W], got {tuple(images.shape)}")
         check_unit_range(images, "Image GPT")  # else colours of 0..255, or NaN, that tokens() can never match
         pixels = images.permute(0, 2, 3, 1).reshape(-1, self.in_chans).float()
+        colours = self.palette.shape[0]
+        if min(pixels.shape[0], max_pixels) < colours:  # else k-means' own error, which names neither
+            batch, _, height, width = images.shape
+            given = (f"{pixels.shape[0]} ({batch} images of {height} x {width})" if pixels.shape[0] <= max_pixels
+                     else f"max_pixels={max_pixels}")
+            raise ValueError(f"Image GPT's palette_size={colours} needs at least {colours} pixels to fit its colours "
+                             f"to, got {given}")
         if pixels.shape[0] > max_pixels:
             pixels = pixels[torch.randperm(pixels.shape[0], generator=generator)[:max_pixels]]
-        palette = kmeans(pixels, self.palette.shape[0], generator=generator)
+        palette = kmeans(pixels, colours, generator=generator)
         self.palette.copy_(palette[palette.mean(1).argsort()])
 
     def tokens(self, images: Tensor) -> Tensor:
