@@ -186,3 +186,15 @@ def test_a_palette_larger_than_the_pixels_is_refused_naming_palette_size():
         model.fit_palette(torch.rand(3, 1, 4, 4), max_pixels=20)
     model.fit_palette(torch.rand(3, 1, 4, 4))  # 48 pixels: enough
     assert model.palette.shape == (40, 1)
+
+
+def test_layer_features_gives_the_model_back_in_its_mode_also_after_an_error():
+    """layer_features switched the model to eval mode and back only when it returned: after an error (images
+    outside [0, 1]) a model that was training stayed in eval mode, so training went on with its dropout off."""
+    torch.manual_seed(0)
+    model = create_model("image_gpt_small", img_size=4, drop=0.1, **TINY).train()
+    with pytest.raises(ValueError, match=r"images in \[0, 1\]"):
+        layer_features(model, torch.full((2, 1, 4, 4), 2.0))
+    assert model.training and all(part.training for part in model.modules())
+    layer_features(model, torch.rand(2, 1, 4, 4))
+    assert model.training

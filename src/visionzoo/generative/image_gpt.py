@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from visionzoo.generative.gpt import GPT, _check_integers
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types, check_unit_range, positive_batch_size
+from visionzoo.utils import check_argument_types, check_unit_range, eval_mode, positive_batch_size
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Generator | None = None) -> Tensor:
@@ -145,18 +145,17 @@ def layer_features(model: nn.Module, images: Tensor, batch_size: int = 256) -> l
     (the embedding output, then each block's).
 
     ``model`` is an Image GPT (or anything with ``tokens`` and a ``gpt``), ``images`` Tensor[B, C, S, S]
-    in [0, 1]. The model runs in eval mode, unconditionally (no label reaches the features).
+    in [0, 1]. The model runs in eval mode (its own mode given back, also after an error), unconditionally (no
+    label reaches the features).
     """
     batch_size = positive_batch_size(batch_size, "layer_features' batch_size")
-    training = model.training
-    model.eval()
     pooled: list[list[Tensor]] = []
-    # At least one batch, so that no images give depth + 1 empty layers, not none
-    for start in range(0, max(images.shape[0], 1), batch_size):
-        batch = images[start:start + batch_size].to(model.gpt.pos_embed.device)
-        layers = model.gpt.forward_layers(model.tokens(batch))
-        pooled.append([layer.float().mean(1).cpu() for layer in layers])
-    model.train(training)
+    with eval_mode(model):  # its own mode back also after an error (bad images), not eval mode for its training
+        # At least one batch, so that no images give depth + 1 empty layers, not none
+        for start in range(0, max(images.shape[0], 1), batch_size):
+            batch = images[start:start + batch_size].to(model.gpt.pos_embed.device)
+            layers = model.gpt.forward_layers(model.tokens(batch))
+            pooled.append([layer.float().mean(1).cpu() for layer in layers])
     return [torch.cat(chunks) for chunks in zip(*pooled)]
 
 
