@@ -319,6 +319,11 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
     return pixels[..., None] if channels == 1 else pixels
 
 
+class NonFiniteOutputError(ValueError):
+    """A model's outputs hold NaN or infinity (diverged weights, or bf16's range): scores, metrics or samples drawn
+    from them would be meaningless. The commands name the checkpoint and the likely cause."""
+
+
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     """``module`` and its submodules in eval mode inside the block; afterwards each gets back its own mode (a

@@ -220,3 +220,18 @@ def test_a_tiny_temperature_is_greedy_not_nan():
     assert tokens.tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"logits must be Tensor\[B, V\], got \(3,\)"):
         sample_logits(logits[0])
+
+
+def test_logits_with_nan_or_infinity_are_refused_naming_them():
+    """sample_logits of NaN logits, +inf ones or a row of nothing but -inf stopped in torch.multinomial's
+    RuntimeError ("probability tensor contains either `inf`, `nan` or element < 0"); it is now a ValueError
+    (NonFiniteOutputError) that says what the logits hold. -inf, a token ruled out, stays allowed."""
+    from visionzoo.utils import NonFiniteOutputError
+
+    generator = torch.Generator().manual_seed(0)
+    inf = float("inf")
+    for logits in ([[0.0, float("nan")]], [[inf, 0.0]], [[0.0, 1.0], [-inf, -inf]]):
+        with pytest.raises(NonFiniteOutputError, match=r"logits must be finite or -inf \(a token ruled out\), with "
+                                                      r"a finite one in every row; got NaN, \+inf or a row of -inf"):
+            sample_logits(torch.tensor(logits), generator=generator)
+    assert sample_logits(torch.tensor([[-inf, 0.0, -inf]]), generator=generator).tolist() == [1]

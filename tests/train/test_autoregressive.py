@@ -429,3 +429,23 @@ def test_train_with_a_palette_larger_than_its_pixels_is_one_line_naming_palette_
     assert capsys.readouterr().err == ("visionzoo train: error: Image GPT's palette_size=100000 needs at least 100000 "
                                        "pixels to fit its colours to, got 64000 (1000 images of 8 x 8)\n")
     assert not out.exists()
+
+
+def test_sample_of_an_image_gpt_whose_logits_overflow_is_one_line_naming_the_checkpoint(tmp_path, capsys):
+    """sample of an Image GPT whose finite weights gave infinite logits (bf16's range, or weights this large) stopped
+    in a traceback from torch.multinomial; it now says so in one line naming the checkpoint, as eval does."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = tiny_image_gpt()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["model.gpt.norm.weight"].fill_(1e30)
+    state["model.gpt.head.weight"].fill_(1e30)
+    path = tmp_path / "igpt.safetensors"
+    save_checkpoint(path, state, {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
+                                  "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    out = tmp_path / "samples"
+    capsys.readouterr()
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(path), "-n", "2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: image_gpt_small's outputs are not finite (NaN or "
+                                       f"infinity) with {path}\n")
+    assert not out.exists()

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from visionzoo.layers import Attention, Linear, Mlp
 from visionzoo.layers.attention import scaled_dot_product_attention
-from visionzoo.utils import eval_mode, is_integer
+from visionzoo.utils import NonFiniteOutputError, eval_mode, is_integer
 
 
 class Block(nn.Module):
@@ -209,7 +209,8 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
 
     The logits are divided by ``temperature`` (> 0); ``top_k`` keeps the k most likely tokens (and any tied with the k-th); ``top_p``
     (nucleus) then keeps the smallest set of most likely tokens whose probability reaches ``p``, never
-    fewer than the best one. The draw uses ``generator``.
+    fewer than the best one. The draw uses ``generator``. Logits of NaN or +inf, or a row of nothing but -inf, raise
+    :class:`~visionzoo.utils.NonFiniteOutputError` (a ValueError).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -219,6 +220,10 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if logits.dim() != 2:
         raise ValueError(f"logits must be Tensor[B, V], got {tuple(logits.shape)}")
+    # else torch.multinomial's "probability tensor contains either `inf`, `nan` or element < 0" (an overflow, NaN weights)
+    if bool(logits.isnan().any() | logits.isposinf().any()) or not bool(logits.isfinite().any(-1).all()):
+        raise NonFiniteOutputError("logits must be finite or -inf (a token ruled out), with a finite one in every row; "
+                                   "got NaN, +inf or a row of -inf")
     # Shifted so the best is 0 before dividing: a tiny temperature (near-greedy) would overflow to inf - inf = nan.
     logits = logits.float()
     logits = logits - logits.max(-1, keepdim=True).values

@@ -716,7 +716,8 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            images = setup.task.sample(model, size, generator, autocast, **settings).float()
+            with _finite_outputs(args.model, args.checkpoint, args.precision):  # an autoregressive sampler's logits
+                images = setup.task.sample(model, size, generator, autocast, **settings).float()
             if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
                 hint = "; try --precision fp32" if args.precision != "fp32" else ""  # the weights are finite
                 raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "

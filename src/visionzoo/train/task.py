@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.utils import closest
+from visionzoo.utils import NonFiniteOutputError, closest
 
 
 @dataclass
@@ -30,11 +30,6 @@ class Setup:
     model: nn.Module
     splits: dict[str, Dataset]
     run_meta: dict[str, Any]
-
-
-class NonFiniteOutputError(ValueError):
-    """A model's outputs hold NaN or infinity (diverged weights, or bf16's range): scores or metrics drawn from them
-    would be meaningless. The commands name the checkpoint and the likely cause."""
 
 
 def check_finite_outputs(outputs: torch.Tensor) -> None:
