@@ -319,6 +319,12 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
     return pixels[..., None] if channels == 1 else pixels
 
 
+def first_non_finite(module: torch.nn.Module) -> str | None:
+    """The name of the first tensor of ``module``'s state that holds NaN or infinity (a run that diverged), or None."""
+    return next((name for name, tensor in module.state_dict().items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
+
+
 class NonFiniteOutputError(ValueError):
     """A model's outputs hold NaN or infinity (diverged weights, or bf16's range): scores, metrics or samples drawn
     from them would be meaningless. The commands name the checkpoint and the likely cause."""

@@ -449,3 +449,26 @@ def test_sample_of_an_image_gpt_whose_logits_overflow_is_one_line_naming_the_che
     assert capsys.readouterr().err == (f"visionzoo sample: error: image_gpt_small's outputs are not finite (NaN or "
                                        f"infinity) with {path}\n")
     assert not out.exists()
+
+
+def test_a_tokenizer_with_nan_weights_is_refused_naming_it(tmp_path, capsys):
+    """A prior trained over the checkpoint of a diverged tokenizer (a NaN codebook) trained without a word, on codes
+    that said nothing of the images, and its samples decoded to NaN; eval refused that tokenizer. It is now refused
+    before the run, naming --tokenizer and the tensor."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    vqvae = create_model("vqvae_small", in_chans=1, **VQVAE)
+    state = {f"model.{k}": v for k, v in vqvae.state_dict().items()}
+    state["model.quantizer.codebook"][3, 0] = float("nan")
+    path = tmp_path / "vqvae.safetensors"
+    save_checkpoint(path, state, {"model": {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}},
+                                  "run": {"data": "digits", "img_size": 16, "in_chans": 1}})
+    run = tmp_path / "prior"
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--tokenizer", str(path), "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
+                 "--model-arg", "num_heads=2", "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: --tokenizer {path}: vqvae_small's weights hold "
+                                       "non-finite values (NaN or infinity), first in quantizer.codebook: its codes "
+                                       "would not tell images apart (did its run diverge?)\n")
+    assert not run.exists()

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
-from visionzoo.utils import is_integer
+from visionzoo.utils import first_non_finite, is_integer
 
 GRID = 64
 COLUMNS = 8
@@ -324,6 +324,11 @@ class AutoregressiveTask(Task):
             if code_prior:
                 if tokenizer_file is not None:
                     load_checkpoint(model.tokenizer, tokenizer_file, use_ema=True)
+                    broken = first_non_finite(model.tokenizer)
+                    if broken is not None:  # else NaN distances give every patch one code, and samples decode to NaN
+                        raise ValueError(f"--tokenizer {tokenizer_file}: {model_args['tokenizer']['name']}'s weights "
+                                         f"hold non-finite values (NaN or infinity), first in {broken}: its codes "
+                                         "would not tell images apart (did its run diverge?)")
                 if model.in_chans != image.shape[0]:
                     raise ValueError(f"--tokenizer {tokenizer_file or model_args['tokenizer']['name']} takes "
                                      f"{model.in_chans}-channel images, but {data} has {image.shape[0]} channels")

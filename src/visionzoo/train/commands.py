@@ -45,6 +45,7 @@ from visionzoo.train.run import (
 )
 from visionzoo.train.task import _TASKS, NonFiniteOutputError
 from visionzoo.utils import (
+    first_non_finite,
     require_folder_or_absent,
     require_not_folder,
     require_unit_interval,
@@ -226,17 +227,11 @@ def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
     return [f"  {prefix}{name:<{width}} {value:.4f}" for name, value in metrics.items()]
 
 
-def _first_non_finite(model: torch.nn.Module) -> str | None:
-    """The name of the first tensor of ``model``'s state that holds NaN or infinity (a run that diverged), or None."""
-    return next((name for name, tensor in model.state_dict().items()
-                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())), None)
-
-
 def check_finite_weights(model: torch.nn.Module, model_name: str, checkpoint: str) -> None:
     """ValueError naming ``checkpoint`` and the first tensor of ``model``'s state that holds NaN or infinity (a run
     that diverged): a detector's score threshold drops NaN scores, so it would report finding nothing, and a
     classifier's ranking of NaN logits is arbitrary."""
-    name = _first_non_finite(model)
+    name = first_non_finite(model)
     if name is not None:
         raise ValueError(f"{checkpoint}: {model_name}'s weights hold non-finite values (NaN or infinity), first in "
                          f"{name}: its outputs would not be finite (did the run diverge?)")
