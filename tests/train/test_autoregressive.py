@@ -472,3 +472,20 @@ def test_a_tokenizer_with_nan_weights_is_refused_naming_it(tmp_path, capsys):
                                        "non-finite values (NaN or infinity), first in quantizer.codebook: its codes "
                                        "would not tell images apart (did its run diverge?)\n")
     assert not run.exists()
+
+
+def test_resuming_with_the_other_class_conditional_choice_names_the_option(tmp_path, capsys):
+    """train image_gpt_small --resume --class-conditional of a run trained without classes said "checkpoint ... does
+    not fit model image_gpt_small: 1 shape mismatches: gpt.start_embed.weight (1, 16) vs model (11, 16)", naming
+    no option; it now names --class-conditional and the run's own choice. Given as trained, the run goes on."""
+    run = tmp_path / "igpt"
+    argv = ["train", "image_gpt_small", "--data", "digits", "--img-size", "4", "--batch-size", "8", "--no-progress",
+            "--out", str(run)]
+    assert main([*argv, "--max-steps", "1", "--model-arg", "embed_dim=16", "--model-arg", "depth=1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "2", "--resume", "--class-conditional"]) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: --class-conditional: the run in {run} was trained "
+                                       "unconditionally (--no-class-conditional); leave --class-conditional out to "
+                                       "continue it, or train in a new --out\n")
+    assert main([*argv, "--max-steps", "2", "--resume", "--no-class-conditional"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 2

@@ -122,6 +122,15 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             raise ValueError(f"--objective {given['objective']}: the run in {config.out} was trained with --objective "
                              f"{stored.get('objective', 'classify')}; leave --objective out to continue it, or start "
                              f"a new --out from its weights with --initial-checkpoint {checkpoint}")
+        conditional = given.get("class_conditional")
+        trained_classes = ((meta.get("model") or {}).get("args") or {}).get("num_classes", 0)
+        if conditional is not None and conditional != bool(trained_classes):
+            # else the start embeddings' shapes differ, and loading the checkpoint names a tensor, not the option
+            flag = "--class-conditional" if conditional else "--no-class-conditional"
+            how = f"on {trained_classes} classes (--class-conditional)" if trained_classes else \
+                "unconditionally (--no-class-conditional)"
+            raise ValueError(f"{flag}: the run in {config.out} was trained {how}; leave {flag} out to continue it, "
+                             "or train in a new --out")
         tokenizer = stored.get("tokenizer")
         if given.get("tokenizer") is not None and tokenizer is not None and not _same_file(given["tokenizer"], tokenizer):
             # The engine loads the tokenizer's weights from the run's checkpoint: another file's would be ignored.
