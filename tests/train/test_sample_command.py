@@ -500,3 +500,13 @@ def test_a_capped_jpeg_grid_too_tall_names_the_grids_images_not_a_count_the_user
                    "make a 20 x 73730 grid; a JPEG --out is at most 65500 pixels a side: change --nrow, or write a "
                    ".png")
     assert not out.exists() and not (tmp_path / "images").exists()
+
+
+def test_sample_help_says_what_a_class_conditional_model_draws_without_label(capsys):
+    """`sample --help` said only "--label: class to draw (name or index) for a class-conditional model": nothing
+    told that without it a class-conditional prior or Image GPT draws unconditional samples (its "no class" start
+    token), not a mix of its classes as samples.png shows."""
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "without --label, a class-conditional model draws unconditionally" in help_text

@@ -547,7 +547,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
-    parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model")
+    parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model; without --label, "
+                                        "a class-conditional model draws unconditionally (its \"no class\" start "
+                                        "token, learnt from the labels dropped in training)")
     parser.add_argument("--nrow", type=positive_int, help=f"images per row of a grid --out (default {GRID_NROW})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
