@@ -327,7 +327,9 @@ def first_non_finite(module: torch.nn.Module) -> str | None:
 
 class NonFiniteOutputError(ValueError):
     """A model's outputs hold NaN or infinity (diverged weights, or bf16's range): scores, metrics or samples drawn
-    from them would be meaningless. The commands name the checkpoint and the likely cause."""
+    from them would be meaningless. The commands name the checkpoint and the likely cause. Here, not in
+    visionzoo.train.task (which the tasks import it from), because the samplers and the detectors' RPN and RoI heads
+    raise it too."""
 
 
 @contextlib.contextmanager
@@ -365,6 +367,13 @@ def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
             f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
+
+
+def check_finite_outputs(*outputs: torch.Tensor) -> None:
+    """NonFiniteOutputError when any of ``outputs`` (Tensors of any shape, floating point) holds NaN or infinity
+    (one check, so one device synchronisation, for all of them)."""
+    if not bool(torch.stack([torch.isfinite(output).all() for output in outputs]).all()):
+        raise NonFiniteOutputError("the model's outputs are not finite (NaN or infinity)")
 
 
 def check_unit_range(images: torch.Tensor, who: str) -> None:

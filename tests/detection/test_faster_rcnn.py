@@ -724,3 +724,20 @@ def _assert_detects_as_torchvision(ours, reference, seeds):
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
         assert torch.equal(mine["labels"], theirs["labels"])
     return images
+
+
+@pytest.mark.parametrize("layer", ["rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor.cls_score",
+                                   "roi_heads.box_predictor.bbox_pred"])
+def test_outputs_of_the_rpn_or_the_box_head_that_overflow_are_refused_rather_than_dropped(layer):
+    # before: finite weights whose outputs overflowed gave NaN or infinite objectness, deltas and scores, which the
+    # thresholds, the clipping and NMS dropped or kept at random: the detector found nothing, or arbitrary boxes
+    from visionzoo.train.task import NonFiniteOutputError
+
+    torch.manual_seed(0)
+    model = create_model("fasterrcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64).eval()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        model(image)
+        model.get_submodule(layer).weight.fill_(1e38)  # finite, but sums past float32's range
+        with pytest.raises(NonFiniteOutputError, match=r"not finite \(NaN or infinity\)"):
+            model(image)

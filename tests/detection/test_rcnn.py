@@ -536,3 +536,21 @@ def test_fast_rcnn_pools_a_short_image_at_its_maps_stride():
     features, boxes, _ = seen["args"]
     expected = torchvision.ops.roi_pool(features["0"], boxes, 7, 1 / 16)
     torch.testing.assert_close(seen["out"], expected)
+
+
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes", "sliding_window_shapes"])
+@pytest.mark.parametrize("layer", ["cls_score", "bbox_pred"])
+def test_box_head_outputs_that_overflow_are_refused_rather_than_dropped(name, layer):
+    # before: finite weights whose class logits overflowed gave NaN scores, which the score threshold dropped (a
+    # detector "finding nothing"), and overflowing box deltas gave NaN or clipped boxes that were dropped alike
+    from visionzoo.train.task import NonFiniteOutputError
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    proposals = [torch.tensor([[2.0, 3.0, 40.0, 50.0], [10.0, 10.0, 60.0, 30.0]])]
+    with torch.no_grad():
+        assert len(model(image, proposals=proposals)[0]["scores"]) > 0
+        getattr(model.roi_heads.box_predictor, layer).weight.fill_(1e38)  # finite, but sums past float32's range
+        with pytest.raises(NonFiniteOutputError, match=r"not finite \(NaN or infinity\)"):
+            model(image, proposals=proposals)

@@ -1118,3 +1118,41 @@ def test_eval_and_predict_of_a_detector_whose_weights_hold_nan_refuse_rather_tha
                  "--coco-json", str(tmp_path / "results.json")]) == 2
     assert capsys.readouterr().err == f"visionzoo predict: {message}"
     assert not out.exists() and not (tmp_path / "results.json").exists()
+
+
+def test_eval_and_predict_of_a_detector_whose_outputs_overflow_refuse_rather_than_find_nothing(tmp_path, capsys):
+    """A detector with finite weights whose box head's logits overflowed (bf16's range, or weights grown large)
+    gave NaN scores, which its score threshold dropped: eval printed a low mAP and predict "nothing found". The
+    task's evaluation now raises NonFiniteOutputError, and eval and predict refuse in one line, as a classifier's."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from visionzoo.cli import main
+    from visionzoo.train.task import NonFiniteOutputError
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    with safe_open(tmp_path / "run" / "checkpoint.safetensors", "pt") as source:
+        tensors = {key: source.get_tensor(key) for key in source.keys()}
+        metadata = source.metadata()
+    tensors["model.roi_heads.box_predictor.cls_score.weight"].fill_(1e38)  # finite, but sums past the range
+    broken = tmp_path / "overflow.safetensors"
+    save_file(tensors, broken, metadata=metadata)
+    setup = build_setup("fasterrcnn_shapes", "shapes", checkpoint=broken, splits=("val",))
+    with pytest.raises(NonFiniteOutputError):
+        setup.task.evaluate(setup.model.eval(), Subset(setup.splits["val"], range(2)), 2, contextlib.nullcontext)
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(broken), "--split", "val", "--json",
+                 "--precision", "bf16", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (f"visionzoo eval: error: fasterrcnn_shapes's outputs are not finite "
+                                                   f"(NaN or infinity) with {broken}; try --precision fp32\n")
+    image = tmp_path / "0.png"
+    Image.new("RGB", (128, 128), (90, 30, 30)).save(image)
+    out = tmp_path / "pred"
+    assert main(["predict", "fasterrcnn_shapes", str(image), "--checkpoint", str(broken), "--out", str(out),
+                 "--coco-json", str(tmp_path / "results.json")]) == 2
+    assert capsys.readouterr().err == (f"visionzoo predict: error: {image}: fasterrcnn_shapes's outputs are not "
+                                       f"finite (NaN or infinity) with {broken}\n")
+    assert not out.exists() and not (tmp_path / "results.json").exists()

@@ -20,7 +20,7 @@ from visionzoo.detection.anchors import box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.layers.linear import Linear
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from visionzoo.utils import is_integer, require_unit_interval, whole_number
+from visionzoo.utils import check_finite_outputs, is_integer, require_unit_interval, whole_number
 
 
 class TwoMLPHead(nn.Module):
@@ -135,6 +135,9 @@ class RoIHeads(nn.Module):
             loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_deltas, torch.cat(labels),
                                                            torch.cat(regression))
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        # NaN scores fail the score threshold and NaN boxes the size filter: a detector whose outputs overflowed (bf16's
+        # range) would report finding nothing; in training the loss is non-finite and the engine stops
+        check_finite_outputs(class_logits, box_deltas)
         dtype = box_dtype(class_logits.dtype)
         return self.postprocess(class_logits.to(dtype), box_deltas.to(dtype), proposals, image_sizes), {}
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from visionzoo.detection.anchors import AnchorGenerator, box_dtype
 from visionzoo.detection.sampling import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from visionzoo.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
-from visionzoo.utils import is_integer, require_unit_interval, whole_number
+from visionzoo.utils import check_finite_outputs, is_integer, require_unit_interval, whole_number
 
 
 class RPNHead(nn.Module):
@@ -115,6 +115,8 @@ class RegionProposalNetwork(nn.Module):
         num_images = len(anchors)
         anchors_per_level = [int(level[0].numel()) for level in logits]
         objectness, deltas = flatten_predictions(logits, deltas)
+        if not self.training:  # NaN scores fail the score threshold: the detector would find nothing, without a word
+            check_finite_outputs(objectness, deltas)  # (training stops on its non-finite loss instead)
         proposals = self.box_coder.decode(deltas.detach(), torch.cat(anchors)).view(num_images, -1, 4)
         boxes = self.filter_proposals(proposals, objectness.detach(), batch.image_sizes, anchors_per_level)
         losses: dict[str, Tensor] = {}

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.utils import NonFiniteOutputError, closest
+from visionzoo.utils import NonFiniteOutputError, check_finite_outputs, closest  # noqa: F401
 
 
 @dataclass
@@ -30,12 +30,6 @@ class Setup:
     model: nn.Module
     splits: dict[str, Dataset]
     run_meta: dict[str, Any]
-
-
-def check_finite_outputs(outputs: torch.Tensor) -> None:
-    """NonFiniteOutputError when ``outputs`` (any shape, floating point) hold NaN or infinity."""
-    if not bool(torch.isfinite(outputs).all()):
-        raise NonFiniteOutputError("the model's outputs are not finite (NaN or infinity)")
 
 
 class Task:
