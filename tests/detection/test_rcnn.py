@@ -554,3 +554,29 @@ def test_box_head_outputs_that_overflow_are_refused_rather_than_dropped(name, la
         getattr(model.roi_heads.box_predictor, layer).weight.fill_(1e38)  # finite, but sums past float32's range
         with pytest.raises(NonFiniteOutputError, match=r"not finite \(NaN or infinity\)"):
             model(image, proposals=proposals)
+
+
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+def test_non_finite_proposals_are_refused_and_ones_without_area_are_left_out_saying_so(name, caplog):
+    # before: a NaN or infinite proposal, and one with x2 <= x1 or y2 <= y1, were dropped without a word, so a
+    # corrupt proposal file gave fewer detections than asked for and nothing said why
+    model = create_model(name).eval()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    good = torch.tensor([[2.0, 3.0, 40.0, 50.0], [10.0, 10.0, 60.0, 30.0]])
+    with torch.no_grad():
+        for bad in (float("nan"), float("inf")):
+            proposals = [good, torch.cat((good, torch.tensor([[1.0, bad, 9.0, 9.0]])))]
+            with pytest.raises(ValueError, match=rf"proposals of image 1, entry 2: non-finite box \[1.0, {bad}, 9.0, "
+                                                 r"9.0\]"):
+                model(image * 2, proposals=proposals)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="visionzoo"):
+            expected = model(image, proposals=[good])
+            assert not caplog.records
+            degenerate = torch.tensor([[30.0, 5.0, 20.0, 9.0], [5.0, 9.0, 20.0, 9.0], [70.0, 70.0, 90.0, 90.0]])
+            got = model(image, proposals=[torch.cat((good[:1], degenerate, good[1:]))])
+        assert [record.getMessage() for record in caplog.records] == [
+            "3 of the 5 proposals have less than 1 px of width or height inside their image (x2 <= x1, y2 <= y1 or "
+            "outside it) and are left out, as torchvision's remove_small_boxes leaves them: first image 0, entry 1 "
+            "[30.0, 5.0, 20.0, 9.0]"]
+        assert torch.equal(got[0]["boxes"], expected[0]["boxes"]) and torch.equal(got[0]["scores"], expected[0]["scores"])

@@ -7,7 +7,9 @@ per-class NMS) and torchvision's API: ``model(images, targets, proposals=None)``
 train mode and one ``{"boxes", "labels", "scores"}`` per image in eval mode. ``proposals`` (one
 Tensor[P_i, 4] xyxy per image, in the input image's pixels) are usually cached per data set split
 (:mod:`visionzoo.detection.proposal_cache`); without them the model computes its own for each image
-(Selective Search, or every sliding window), which is part of its inference cost.
+(Selective Search, or every sliding window), which is part of its inference cost. A proposal with NaN or infinity
+is refused, naming its image and entry; those with less than 1 px of width or height inside their image are left
+out, as torchvision's ``remove_small_boxes`` leaves them, with one warning giving their count.
 
 - **R-CNN** warps every proposal, grown by ``context_padding`` pixels of context at the warped size
   (the paper's p = 16 at 227), to ``warp_size`` × ``warp_size`` and runs a whole classification CNN
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +58,8 @@ from visionzoo.utils import (
     require_unit_interval,
     whole_number,
 )
+
+log = logging.getLogger(__name__)
 
 PROPOSAL_METHODS = ("selective_search", "sliding_window")
 _PROPOSAL_FUNCTIONS = {"selective_search": selective_search, "sliding_window": sliding_windows}
@@ -224,14 +229,30 @@ class ProposalDetector(PredictorClasses, nn.Module):
             raise ValueError(f"{len(images)} images but {len(proposals)} proposal sets")
         device = batch.tensors.device
         regions = []
+        total, dropped, first = 0, 0, None
         for index, (boxes, original, size) in enumerate(zip(proposals, original_sizes, batch.image_sizes)):
             if not isinstance(boxes, Tensor):
                 raise ValueError(f"proposals of image {index} must be a Tensor[P, 4], got {type(boxes).__name__}")
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"proposals of image {index} must be Tensor[P, 4], got {tuple(boxes.shape)}")
-            boxes = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)
-            boxes = boxes[remove_small_boxes(boxes, min_size=1.0)]
-            regions.append(resize_boxes(boxes, original, size))
+            if not bool(torch.isfinite(boxes).all()):  # else clipped to NaN and dropped by the size filter, unsaid
+                entry = int(torch.where(~torch.isfinite(boxes).all(dim=1))[0][0])
+                raise ValueError(f"proposals of image {index}, entry {entry}: non-finite box {boxes[entry].tolist()}")
+            clipped = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)
+            keep = remove_small_boxes(clipped, min_size=1.0)
+            total += len(clipped)
+            if len(keep) < len(clipped):
+                dropped += len(clipped) - len(keep)
+                if first is None:
+                    left_out = torch.ones(len(clipped), dtype=torch.bool, device=keep.device)
+                    left_out[keep] = False
+                    entry = int(left_out.nonzero()[0])
+                    first = f"image {index}, entry {entry} {boxes[entry].tolist()}"
+            regions.append(resize_boxes(clipped[keep], original, size))
+        if dropped:  # Selective Search's and the sliding windows' boxes all have area: these came from the caller
+            log.warning("%d of the %d proposals have less than 1 px of width or height inside their image (x2 <= x1, "
+                        "y2 <= y1 or outside it) and are left out, as torchvision's remove_small_boxes leaves them: "
+                        "first %s", dropped, total, first)
         detections, losses = self.roi_heads(self.features(batch.tensors), regions, batch.image_sizes, targets,
                                             tuple(batch.tensors.shape[-2:]))
         if self.training:
