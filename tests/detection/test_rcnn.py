@@ -580,3 +580,18 @@ def test_non_finite_proposals_are_refused_and_ones_without_area_are_left_out_say
             "outside it) and are left out, as torchvision's remove_small_boxes leaves them: first image 0, entry 1 "
             "[30.0, 5.0, 20.0, 9.0]"]
         assert torch.equal(got[0]["boxes"], expected[0]["boxes"]) and torch.equal(got[0]["scores"], expected[0]["scores"])
+
+
+def test_an_image_smaller_than_every_sliding_window_is_named_rather_than_found_empty(caplog):
+    # before: an 8×8 image (or a 3 px strip) held no window of 16 px or more, so the detector classified nothing
+    # and returned no detection, without a word: predict said "nothing found", as of an image it had looked at
+    model = create_model("sliding_window_shapes").eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="visionzoo"):
+        model([torch.rand(3, 40, 40, generator=generator)])
+        assert not caplog.records
+        found = model([torch.rand(3, 40, 40, generator=generator), torch.rand(3, 8, 8, generator=generator)])
+    assert len(found[1]["boxes"]) == 0
+    assert [record.getMessage() for record in caplog.records] == [
+        "image 1 of 8×8 px holds no sliding window (sizes (16, 24, 32, 48, 64) at aspect ratios (0.5, 1.0, 2.0)): "
+        "nothing is detected in it"]

@@ -215,6 +215,17 @@ class ProposalDetector(PredictorClasses, nn.Module):
     def features(self, images: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def _note_images_without_windows(self, images: Sequence[Tensor], proposals: Sequence[Tensor]) -> None:
+        """Warn of each image smaller than every sliding window: else it got no detection, as if looked at."""
+        if self.proposal_method != "sliding_window":
+            return
+        settings = self.proposal_settings
+        for index, (image, boxes) in enumerate(zip(images, proposals)):
+            if not len(boxes):
+                log.warning("image %d of %d×%d px holds no sliding window (sizes %s at aspect ratios %s): nothing is "
+                            "detected in it", index, image.shape[-2], image.shape[-1], tuple(settings["sizes"]),
+                            tuple(settings["aspect_ratios"]))
+
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
                 proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         images, original_sizes = detector_inputs(self, images, targets)
@@ -225,6 +236,7 @@ class ProposalDetector(PredictorClasses, nn.Module):
         batch, targets = self.transform(images, targets)
         if proposals is None:
             proposals = [self.propose(image.detach().float().cpu()) for image in images]
+            self._note_images_without_windows(images, proposals)
         elif len(proposals) != len(images):
             raise ValueError(f"{len(images)} images but {len(proposals)} proposal sets")
         device = batch.tensors.device
