@@ -1156,3 +1156,33 @@ def test_eval_and_predict_of_a_detector_whose_outputs_overflow_refuse_rather_tha
     assert capsys.readouterr().err == (f"visionzoo predict: error: {image}: fasterrcnn_shapes's outputs are not "
                                        f"finite (NaN or infinity) with {broken}\n")
     assert not out.exists() and not (tmp_path / "results.json").exists()
+
+
+def test_predict_that_stops_at_a_later_image_leaves_no_pictures_of_the_earlier_ones(tmp_path, capsys):
+    """predict drew each image as it went: a later image the detector cannot take (a strip too thin to resize) stopped
+    it with one line naming that file, but left the earlier pictures in --out without predictions.json, so the same
+    command without that file was refused ("... exists; use --overwrite"). What the failed run drew is now removed,
+    and --out with it where the run made it."""
+    from visionzoo.cli import main
+
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    images = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "thin.png"]
+    for path, size in zip(images, [(64, 64), (40, 90), (2000, 10)]):
+        Image.new("RGB", size, (90, 30, 30)).save(path)
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "fasterrcnn_shapes", *map(str, images), "--checkpoint", checkpoint, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo predict: error: {images[2]}: image 0 of 10×2000 px is too thin to "
+                                       "detect in: with its long side at max_size 128 its short side would be under "
+                                       "1 px\n")
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["predict", "fasterrcnn_shapes", *map(str, images), "--checkpoint", checkpoint, "--out", str(out)]) == 2
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]  # the user's folder and file stay
+    assert main(["predict", "fasterrcnn_shapes", *map(str, images[:2]), "--checkpoint", checkpoint, "--out",
+                 str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["a.png", "b.png", "notes.txt", "predictions.json"]

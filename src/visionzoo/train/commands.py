@@ -502,23 +502,35 @@ def predict_command(args: argparse.Namespace) -> int:
     # 800 px), and an error names the file
     step = 1 if detection else args.batch_size or PREDICT_BATCH
     records = []
-    for start in range(0, len(args.images), step):
-        paths = args.images[start:start + step]
-        images = load_images(paths, None if detection else size, channels)
-        try:
-            with _finite_outputs(args.model, args.checkpoint, args.precision):
-                predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
-                               else setup.task.predict(model, images, autocast))
-        except ValueError as error:
-            if not detection:
-                raise
-            raise ValueError(f"{paths[0]}: {error}") from None  # the detector numbers the image in its batch of one
-        out.mkdir(parents=True, exist_ok=True)
-        for path, image, prediction, target in zip(paths, images, predictions, targets[start:start + step]):
-            setup.task.draw(image, prediction, **shown).save(target)
-            # the pictures carry the tensors
-            records.append({"image": str(path),
-                            **{k: v for k, v in prediction.items() if not isinstance(v, torch.Tensor)}})
+    made_out, drawn = not out.exists(), []
+    try:
+        for start in range(0, len(args.images), step):
+            paths = args.images[start:start + step]
+            images = load_images(paths, None if detection else size, channels)
+            try:
+                with _finite_outputs(args.model, args.checkpoint, args.precision):
+                    predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
+                                   else setup.task.predict(model, images, autocast))
+            except ValueError as error:
+                if not detection:
+                    raise
+                raise ValueError(f"{paths[0]}: {error}") from None  # the detector numbers the image in its batch of one
+            out.mkdir(parents=True, exist_ok=True)
+            for path, image, prediction, target in zip(paths, images, predictions, targets[start:start + step]):
+                if not target.exists():
+                    drawn.append(target)
+                setup.task.draw(image, prediction, **shown).save(target)
+                # the pictures carry the tensors
+                records.append({"image": str(path),
+                                **{k: v for k, v in prediction.items() if not isinstance(v, torch.Tensor)}})
+    except Exception:
+        # an image the model cannot take (too thin, outputs not finite) stops the run after the earlier ones were
+        # drawn: without predictions.json they would only make the same command, less that image, need --overwrite
+        for target in drawn:
+            target.unlink(missing_ok=True)
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     if args.coco_json:
         Path(args.coco_json).write_text(json.dumps(coco_results(args.images, records, label_to_cat_id, image_ids)))
