@@ -595,3 +595,12 @@ def test_an_image_smaller_than_every_sliding_window_is_named_rather_than_found_e
     assert [record.getMessage() for record in caplog.records] == [
         "image 1 of 8×8 px holds no sliding window (sizes (16, 24, 32, 48, 64) at aspect ratios (0.5, 1.0, 2.0)): "
         "nothing is detected in it"]
+
+
+def test_proposals_given_to_a_data_set_with_nan_are_refused_naming_the_data_sets_image():
+    # before: accepted, then refused by the model naming the image by its place in a batch ("image 1"), not in the
+    # data set, at the first batch that held it (or, before the model refused them, dropped without a word)
+    data = Shapes("val", length=3)
+    good = torch.tensor([[1.0, 2.0, 30.0, 40.0]])
+    with pytest.raises(ValueError, match=r"proposals of image 2, entry 1: non-finite box \[1.0, 2.0, inf, 40.0\]"):
+        WithProposals(data, [good, good, torch.tensor([[1.0, 2.0, 30.0, 40.0], [1.0, 2.0, float("inf"), 40.0]])])

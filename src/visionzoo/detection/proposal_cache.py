@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from visionzoo.checkpoint import atomic_write
+from visionzoo.detection.proposals import require_finite_proposals
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,10 @@ class WithProposals(Dataset):
         self.dataset = dataset
         self.propose, self.settings, self.cache_dir = propose, dict(settings or {}), cache_dir
         self.progress, self.workers = progress, workers
+        if proposals is not None:  # named by their image in the data set, not by its place in a batch, and at once
+            for index, boxes in enumerate(proposals):
+                if isinstance(boxes, Tensor) and boxes.dim() == 2:  # the model names other shapes
+                    require_finite_proposals(boxes, index)
         self._proposals = None if proposals is None else self._checked(proposals)
 
     def _checked(self, proposals: Sequence[Tensor]) -> list[Tensor]:

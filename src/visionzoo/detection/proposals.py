@@ -282,6 +282,15 @@ def _rank(per_strategy: list[np.ndarray], seed: int) -> np.ndarray:
     return boxes[np.sort(first)]
 
 
+def require_finite_proposals(boxes: Tensor, image: int) -> None:
+    """ValueError naming ``image`` (its index) and the first entry of ``boxes`` Tensor[P, 4] that holds NaN or
+    infinity: such a proposal would be clipped to NaN and dropped by the size filter, without a word."""
+    finite = torch.isfinite(boxes)
+    if not bool(finite.all()):
+        entry = int(torch.where(~finite.all(dim=1))[0][0])
+        raise ValueError(f"proposals of image {image}, entry {entry}: non-finite box {boxes[entry].tolist()}")
+
+
 def check_selective_search_args(mode: str, max_proposals: int, min_size: float, seed: int) -> None:
     """Raise ValueError naming the argument of :func:`selective_search` that has a wrong type or value (the
     arguments arrive from the command line's JSON: a float count or a string would fail deep inside)."""

@@ -42,6 +42,7 @@ from visionzoo.detection.proposals import (
     SELECTIVE_SEARCH_VERSION,
     check_selective_search_args,
     check_sliding_window_args,
+    require_finite_proposals,
     selective_search,
     sliding_windows,
 )
@@ -247,9 +248,7 @@ class ProposalDetector(PredictorClasses, nn.Module):
                 raise ValueError(f"proposals of image {index} must be a Tensor[P, 4], got {type(boxes).__name__}")
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"proposals of image {index} must be Tensor[P, 4], got {tuple(boxes.shape)}")
-            if not bool(torch.isfinite(boxes).all()):  # else clipped to NaN and dropped by the size filter, unsaid
-                entry = int(torch.where(~torch.isfinite(boxes).all(dim=1))[0][0])
-                raise ValueError(f"proposals of image {index}, entry {entry}: non-finite box {boxes[entry].tolist()}")
+            require_finite_proposals(boxes, index)
             clipped = clip_boxes_to_image(boxes.to(device=device, dtype=torch.float32), original)
             keep = remove_small_boxes(clipped, min_size=1.0)
             total += len(clipped)
