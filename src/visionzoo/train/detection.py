@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.train.task import Setup, Task, register_task
+from visionzoo.detection.proposal_cache import image_name
+from visionzoo.train.task import NonFiniteOutputError, Setup, Task, register_task
 
 BOX_KEYS = ("boxes", "proposals")
 
@@ -203,13 +204,15 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def detect(self, model: nn.Module, images: Sequence[torch.Tensor], autocast: Callable[[], Any],
-               proposals: Sequence[torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+               proposals: Sequence[torch.Tensor] | None = None, name_of: Callable[[int], str] | None = None
+               ) -> list[dict[str, torch.Tensor]]:
         """Detections per image (on the CPU); ``proposals`` for detectors over external ones (else their own).
 
         Images of different sizes run in separate batches: in one batch each would be padded to the largest (as
         torchvision's GeneralizedRCNNTransform does), which moves its features near the border and so its scores,
         and an image's result would depend on the batch it came in (torchvision's reference evaluates one image at
-        a time). Images of one size, as Shapes' are, still run together.
+        a time). Images of one size, as Shapes' are, still run together. With ``name_of`` (an image's index in
+        ``images`` → its name, e.g. its file), an image the model refuses (ValueError) is named by it.
         """
         device = next(model.parameters()).device
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -218,8 +221,24 @@ class DetectionTask(Task):
         results: list[dict[str, torch.Tensor]] = [{} for _ in images]
         for indices in groups.values():
             extra = {} if proposals is None else {"proposals": [proposals[i] for i in indices]}
-            with autocast():
-                detections = model([images[i].to(device) for i in indices], **extra)
+            try:
+                with autocast():
+                    detections = model([images[i].to(device) for i in indices], **extra)
+            except NonFiniteOutputError:
+                raise
+            except ValueError:
+                if name_of is None:
+                    raise
+                # the model numbers the image in this group of one size: run each alone to name the one it refuses
+                for index in indices:
+                    try:
+                        self.detect(model, images[index:index + 1], autocast,
+                                    None if proposals is None else proposals[index:index + 1])
+                    except NonFiniteOutputError:
+                        raise
+                    except ValueError as error:
+                        raise ValueError(f"{name_of(index)}: {error}") from None
+                raise
             for index, found in zip(indices, detections):
                 results[index] = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
                                   for key, value in found.items()}
@@ -237,7 +256,8 @@ class DetectionTask(Task):
         detections, scored, all_targets = [], [], []
         for images, targets in self.batches(dataset, batch_size):
             targets, proposals = split_proposals(targets)
-            found = self.detect(model, images, autocast, proposals)
+            start = len(detections)
+            found = self.detect(model, images, autocast, proposals, lambda i, start=start: image_name(dataset, start + i))
             detections.extend(found)
             scored.extend(in_file_pixels(d, image, t) for d, image, t in zip(found, images, targets))
             all_targets.extend(evaluation_target(target) for target in targets)
