@@ -1209,3 +1209,27 @@ def test_evaluate_names_the_file_of_an_image_the_detector_cannot_take(tmp_path):
         DetectionTask(["circle"]).evaluate(model, data, 4, contextlib.nullcontext)
     assert str(error.value) == (f"{tmp_path / '2.png'}: image 0 of 10×2000 px is too thin to detect in: with its long "
                                 "side at max_size 128 its short side would be under 1 px")
+
+
+def test_training_on_a_folder_with_an_image_too_thin_to_resize_names_its_file_before_training(tmp_path, capsys):
+    """train on a COCO file holding a strip too thin to resize failed at the step that drew it, with "image 2 of
+    10×2000 px is too thin to detect in: ...", numbering the image in its shuffled batch and naming no file. The
+    set-up now reads the sizes the annotation file gives and names the file before the first step."""
+    from visionzoo.cli import main
+
+    images, annotations = [], []
+    for index, size in enumerate([(64, 64), (64, 64), (2000, 10), (64, 64)]):
+        Image.new("RGB", size).save(tmp_path / f"{index}.png")
+        images.append({"id": index + 1, "file_name": f"{index}.png", "width": size[0], "height": size[1]})
+        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+                            "iscrowd": 0, "area": 25})
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                   "categories": [{"id": 1, "name": "circle"}]}))
+    capsys.readouterr()
+    assert main(["train", "fasterrcnn_shapes", "--data", str(tmp_path / "ann.json"), "--max-steps", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visionzoo train: error: {tmp_path / '2.png'}: 10×2000 px is too thin for fasterrcnn_shapes to detect in: with "
+        f"its long side at max_size 128 its short side would be under 1 px; leave it out of {tmp_path / 'ann.json'}, or "
+        "give --img-size to squash every image to that square")
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

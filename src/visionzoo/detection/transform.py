@@ -164,7 +164,7 @@ class DetectionTransform(nn.Module):
             if image.dim() != 3 or image.shape[0] != len(self.image_mean):
                 raise ValueError(f"image {index} must be Tensor[{len(self.image_mean)}, H, W], got {tuple(image.shape)}")
             height, width = image.shape[-2:]
-            if self.min_size and int(min(height, width) * (self.max_size / max(height, width))) < 1:
+            if self.too_thin(height, width):
                 # else interpolate's "Input and output sizes should be greater than 0", naming no image
                 raise ValueError(f"image {index} of {height}×{width} px is too thin to detect in: with its long side "
                                  f"at max_size {self.max_size} its short side would be under 1 px")
@@ -176,6 +176,11 @@ class DetectionTransform(nn.Module):
                 out_targets.append(target)
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in out_images]
         return ImageBatch(self.batch_images(out_images), sizes), out_targets
+
+    def too_thin(self, height: int, width: int) -> bool:
+        """Whether an image of ``height`` × ``width`` px, its long side capped at ``max_size``, would have a short side
+        under 1 px: it cannot be resized."""
+        return bool(self.min_size) and int(min(height, width) * (self.max_size / max(height, width))) < 1
 
     def normalize(self, image: Tensor) -> Tensor:
         """``(image - mean) / std`` per channel: Tensor[C, H, W]."""

@@ -154,6 +154,23 @@ def apply_scale_jitter(model: nn.Module, text: str) -> None:
         model.model_args["min_size"] = sizes
 
 
+def require_detectable_sizes(dataset: Dataset, model: nn.Module, model_name: str) -> None:
+    """ValueError naming the first file of ``dataset`` (a COCO folder read at its files' sizes) that ``model``'s
+    transform could not resize (:meth:`~visionzoo.detection.transform.DetectionTransform.too_thin`), from the sizes
+    its annotation file gives: the batch that drew it would fail mid-run, naming the image by its place in it."""
+    transform = getattr(model, "transform", None)
+    stored_size = getattr(dataset, "stored_size", None)
+    if not hasattr(transform, "too_thin") or stored_size is None or getattr(dataset, "image_size", None) is not None:
+        return
+    for index in range(len(dataset)):
+        width, height = stored_size(index)
+        if transform.too_thin(height, width):
+            raise ValueError(f"{dataset.image_path(index)}: {height}×{width} px is too thin for {model_name} to detect "
+                             f"in: with its long side at max_size {transform.max_size} its short side would be under "
+                             f"1 px; leave it out of {dataset.ann_file}, or give --img-size to squash every image to "
+                             "that square")
+
+
 def with_cached_proposals(dataset: Dataset, model: nn.Module) -> Dataset:
     """``dataset`` with ``model``'s proposals in its targets, computed (or read from the cache) at first use."""
     from visionzoo.detection.proposal_cache import WithProposals
@@ -379,6 +396,8 @@ class DetectionTask(Task):
         model = create_model(model_name, checkpoint=checkpoint, num_classes=len(classes) + 1, **model_args)
         if options.get("scale_jitter"):
             apply_scale_jitter(model, options["scale_jitter"])
+        for split in splits.values():
+            require_detectable_sizes(split, model, model_name)
         # the side the data set resizes to (Shapes' 128, --img-size), None for a folder read at its own sizes: its
         # first image's width would have eval and --resume squash every image to that square
         run_meta = {"data": data, "img_size": getattr(reference, "image_size", None), "in_chans": int(image.shape[0])}
