@@ -1233,3 +1233,27 @@ def test_training_on_a_folder_with_an_image_too_thin_to_resize_names_its_file_be
         f"its long side at max_size 128 its short side would be under 1 px; leave it out of {tmp_path / 'ann.json'}, or "
         "give --img-size to squash every image to that square")
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_eval_of_a_split_without_ground_truth_that_counts_says_why_every_metric_is_minus_one(tmp_path, capsys):
+    """eval on a split whose annotations are none (or only crowd regions) printed -1.0000 for every metric and
+    nothing else: pycocotools' mark for nothing to score, read as a score. It now says so."""
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "val"]) == 0
+    annotations = folder / "annotations" / "instances_val.json"
+    coco = json.loads(annotations.read_text())
+    for annotation in coco["annotations"]:
+        annotation["iscrowd"] = 1
+    annotations.write_text(json.dumps(coco))
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
+                         checkpoint_every=10**9, precision="fp32")
+    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"),
+                 "--data", str(folder), "--split", "val", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "-1.0000" in out
+    assert "note: the val split holds no ground-truth objects to score (none, or only crowd regions): every metric " \
+           "is -1, pycocotools' mark for nothing to score" in err

@@ -41,6 +41,9 @@ DEFAULT_AREA_RANGES: dict[str, tuple[float, float]] = {
 # pycocotools caps the IoU needed for a match just below 1 so that a perfect overlap always matches.
 _MAX_IOU_THRESHOLD = 1 - 1e-10
 
+# pycocotools' value of a metric with nothing to score: no ground truth of its kind (a class, an area range)
+NO_GROUND_TRUTH = -1.0
+
 
 @dataclass(frozen=True, eq=False)
 class CocoParams:
@@ -755,7 +758,7 @@ def _summary_value(
         s = s[np.where(iou == params.iou_thresholds)[0]]
     s = s[:, :, :, aind, mind] if ap else s[:, :, aind, mind]
     defined = s[s > -1]
-    return float(np.mean(defined)) if defined.size else -1.0
+    return float(np.mean(defined)) if defined.size else NO_GROUND_TRUTH
 
 
 def summarize(

@@ -27,6 +27,7 @@ from visionzoo.cli import (
     seed,
 )
 from visionzoo.data import builtin_name
+from visionzoo.metrics.coco import NO_GROUND_TRUTH
 from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
@@ -293,6 +294,9 @@ def eval_command(args: argparse.Namespace) -> int:
     with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, args.precision):
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
     total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
+    if metrics and all(value == NO_GROUND_TRUTH for value in metrics.values()):
+        print(f"note: the {args.split} split holds no ground-truth objects to score (none, or only crowd regions): "
+              "every metric is -1, pycocotools' mark for nothing to score", file=sys.stderr)
     if args.json:  # the counts of the text header, beside the metrics
         print(json.dumps({**metrics, "images_scored": used, "split_images": total}, indent=2))
     else:

@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from visionzoo.metrics.coco import NO_GROUND_TRUTH  # noqa: E402
+
 _NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split"}
-_NO_GROUND_TRUTH = -1.0  # COCO's value of a metric with no ground truth (a class or area range without objects)
 
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
@@ -39,7 +40,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
         ax = axes[0, 1]
         for key in sorted({k for r in val for k in r} - _NOT_LOSSES):
             points = [(r["step"], r[key]) for r in val if key in r]
-            if all(value == _NO_GROUND_TRUTH for _, value in points):
+            if all(value == NO_GROUND_TRUTH for _, value in points):
                 continue  # not a score: e.g. map_large on data without large objects
             ax.plot(*zip(*points), marker="o", label=key)
         ax.set_xlabel("step")
