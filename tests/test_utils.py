@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionzoo.utils import check_argument_types, image_array
+from visionzoo.utils import check_argument_types, image_array, with_article
 
 SIXTEEN_BIT = np.array([[0, 255, 256, 1000], [30000, 40000, 65534, 65535]], dtype=np.uint16)
 
@@ -154,3 +154,9 @@ def test_images_that_are_no_tensor_are_refused_naming_what_they_are(name, featur
         model(batch)
     with pytest.raises(TypeError, match=re.escape("expected images Tensor[B, C, H, W], got a list")):
         model([torch.zeros(3, 32, 32)])
+
+
+@pytest.mark.parametrize(("word", "expected"), [("image_gpt_small", "an image_gpt_small"), ("dcgan", "a dcgan"),
+                                                ("vqvae_small", "a vqvae_small"), ("ImageNet", "an ImageNet")])
+def test_a_word_gets_the_article_of_its_first_letter(word, expected):
+    assert with_article(word) == expected

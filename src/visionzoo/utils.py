@@ -212,6 +212,11 @@ def require_not_folder(path: str | os.PathLike, option: str, kind: str) -> Path:
     return path
 
 
+def with_article(word: str) -> str:
+    """``word`` after "a" or "an", by its first letter (a model name: "an image_gpt_small", "a dcgan")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ', '-joined list of the names in ``choices`` closest to ``name`` (for error messages)."""
     choices = list(choices)

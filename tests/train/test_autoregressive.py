@@ -180,6 +180,19 @@ def test_a_checkpoint_that_is_not_a_tokenizers_is_refused_naming_it(tmp_path):
         create_model("vqgan_transformer", tokenizer={"name": "dcgan", "args": {"in_chans": 1, "img_size": 16}})
 
 
+def test_a_checkpoint_named_with_a_vowel_is_an_image_gpt_checkpoint(tmp_path):
+    """It said "is a image_gpt_small checkpoint"."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    model = create_model("image_gpt_small", in_chans=1, img_size=4, **TINY)
+    path = tmp_path / "igpt.safetensors"
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "image_gpt_small", "args": model.model_args}, "run": {"img_size": 4}})
+    with pytest.raises(ValueError, match=f"--tokenizer {path} is an image_gpt_small checkpoint, not a tokenizer's"):
+        run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 1), None, TINY,
+                     options={"tokenizer": str(path)})
+
+
 def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_remembered():
     torch.manual_seed(0)
     tokenizer = {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}}

@@ -74,6 +74,8 @@ def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
     assert "resnet18" in capsys.readouterr().err
     assert main([*base, "--teacher", "vqvae_small", "--teacher-checkpoint", str(teacher_run)]) == 2
     assert "--teacher vqvae_small is a reconstruction model; the teacher is a classifier" in capsys.readouterr().err
+    assert main([*base, "--teacher", "image_gpt_small", "--teacher-checkpoint", str(teacher_run)]) == 2
+    assert "--teacher image_gpt_small is an autoregressive model; the teacher is a classifier" in capsys.readouterr().err
     # the run folder itself was said not to exist
     assert main([*base, "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run.parent)]) == 2
     assert f"is a folder, not a checkpoint file; did you mean {teacher_run}?" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
-from visionzoo.utils import first_non_finite, is_integer
+from visionzoo.utils import first_non_finite, is_integer, with_article
 
 GRID = 64
 COLUMNS = 8
@@ -387,7 +387,7 @@ def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any]
     from visionzoo.models import get_model_entry, list_models
 
     if record["name"] in list_models() and get_model_entry(record["name"]).task not in TOKENIZER_TASKS:
-        raise ValueError(f"--tokenizer {path} is a {record['name']} checkpoint, not a tokenizer's "
+        raise ValueError(f"--tokenizer {path} is {with_article(record['name'])} checkpoint, not a tokenizer's "
                          "(vqvae_small, vqgan, vqgan_f8, vit_vqgan, vit_vqgan_64, ...)")
     return {"name": record["name"], "args": dict(record.get("args") or {})}, (meta.get("run") or {}).get("img_size")
 

@@ -51,6 +51,7 @@ from visionzoo.utils import (
     require_not_folder,
     require_unit_interval,
     resolve_device,
+    with_article,
 )
 
 # Python's spellings of JSON's literals: read as strings, "False" was a non-empty string, so small_input=False
@@ -479,9 +480,9 @@ def predict_command(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{clashes[0]} exists{more}; use --overwrite to replace {'them' if more else 'it'}")
     detection = setup.task.name == "detection"
     if args.coco_json and not detection:
-        raise ValueError(f"--coco-json writes detections; {args.model} is a {setup.task.name} model")
+        raise ValueError(f"--coco-json writes detections; {args.model} is {with_article(setup.task.name)} model")
     if args.min_score is not None and not detection:
-        raise ValueError(f"--min-score filters detections; {args.model} is a {setup.task.name} model")
+        raise ValueError(f"--min-score filters detections; {args.model} is {with_article(setup.task.name)} model")
     shown = {"min_score": 0.5 if args.min_score is None else args.min_score} if detection else {}
     if args.coco_json and Path(args.coco_json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.coco_json} exists; use --overwrite to replace it")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visionzoo.utils import with_article
+
 DISTILLATION_KINDS = ("hard", "soft")
 
 
@@ -85,7 +87,7 @@ class Teacher:
 
         entry = get_model_entry(model_name)  # an unknown name fails before the file is read
         if entry.task != "classification":
-            raise ValueError(f"--teacher {model_name} is a {entry.task} model; the teacher is a classifier "
+            raise ValueError(f"--teacher {model_name} is {with_article(entry.task)} model; the teacher is a classifier "
                              "(`visionzoo list-models` shows each model's task)")
         path = Path(checkpoint)
         if not path.exists():  # a folder is refused by read_checkpoint, naming the file in it
