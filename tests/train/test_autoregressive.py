@@ -502,3 +502,14 @@ def test_resuming_with_the_other_class_conditional_choice_names_the_option(tmp_p
                                        "continue it, or train in a new --out\n")
     assert main([*argv, "--max-steps", "2", "--resume", "--no-class-conditional"]) == 0
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
+
+
+def test_eval_on_shapes_of_a_run_trained_below_its_size_names_the_runs_size(tmp_path, capsys):
+    """It said "Shapes image_size must be at least 16, got 8", a size the user never gave."""
+    run_training("image_gpt_small", "digits", config(tmp_path / "run", 1), 8, TINY)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    assert main(["eval", "image_gpt_small", "--checkpoint", str(checkpoint), "--data", "shapes"]) == 2
+    assert capsys.readouterr().err == (
+        f"visionzoo eval: error: --data shapes: {checkpoint} was trained at 8 px (on digits), the size its images are "
+        "read at, and Shapes images are at least 16 px: give --img-size 16 or more for a model that reads other sizes, "
+        "or other --data\n")

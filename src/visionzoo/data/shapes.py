@@ -49,6 +49,7 @@ SIZE_RANGES = ((15.0, 21.0), (21.0, 29.0), (29.0, 38.0))
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 4000, "val": 500, "test": 500}
 REFERENCE_SIZE = 128
+MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 4096
 MIN_VISIBLE_SIDE = 12.0
 MIN_VISIBLE_FRACTION = 0.5
@@ -448,8 +449,8 @@ class Shapes(Dataset):
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
         require_integers("Shapes", image_size=image_size, length=length, seed=seed, min_objects=min_objects,
                          max_objects=max_objects)
-        if image_size < 16:
-            raise ValueError(f"Shapes image_size must be at least 16, got {image_size}")
+        if image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"Shapes image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
         if image_size > MAX_IMAGE_SIZE:  # memory grows with its square: 100,000 px is killed by the kernel, unnamed
             raise ValueError(f"Shapes image_size must be at most {MAX_IMAGE_SIZE} (a scene of that side takes "
                              f"about 1 GB to draw), got {image_size}")

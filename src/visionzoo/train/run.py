@@ -20,6 +20,7 @@ from torchvision.transforms.functional import resize
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import Splits, builtin_name
 from visionzoo.data.factory import SPLITS
+from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
@@ -401,6 +402,11 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
         # a detector learned the built-in data's objects unsquashed: another folder's files keep their shape, as
         # predict gives them (it squashes only for a run trained on a folder read at an --img-size)
         trained_size = None
+    if img_size is None and trained_size is not None and builtin_name(data) == "shapes" and \
+            trained_size < SHAPES_MIN_SIZE:  # else Shapes' own error, naming a size the user never gave
+        raise ValueError(f"--data {data}: {checkpoint} was trained at {trained_size} px (on {trained_on}), the size its "
+                         f"images are read at, and Shapes images are at least {SHAPES_MIN_SIZE} px: give --img-size "
+                         f"{SHAPES_MIN_SIZE} or more for a model that reads other sizes, or other --data")
     with _held_logs(logging.getLogger("visionzoo.models._registry")) as held:  # "adapting ..." would precede a refusal
         setup = build_setup(model_name, data or run.get("data"), img_size or trained_size,
                             checkpoint=checkpoint, options=options, splits=splits)
