@@ -513,3 +513,31 @@ def test_eval_on_shapes_of_a_run_trained_below_its_size_names_the_runs_size(tmp_
         f"visionzoo eval: error: --data shapes: {checkpoint} was trained at 8 px (on digits), the size its images are "
         "read at, and Shapes images are at least 16 px: give --img-size 16 or more for a model that reads other sizes, "
         "or other --data\n")
+
+
+def saved_tokenizer(path, name, args, size):
+    """An untrained tokenizer's checkpoint as `visionzoo train` writes it, trained at ``size`` px on Digits."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(name, in_chans=1, **args)
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": name, "args": {"in_chans": 1, **args}},
+                     "run": {"data": "digits", "img_size": size, "in_chans": 1}})
+    return path
+
+
+PRIOR_ARGS = ["--max-steps", "1", "--batch-size", "8", "--no-progress", "--model-arg", "embed_dim=16",
+              "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
+
+
+def test_a_prior_img_size_its_tokenizer_cannot_cut_into_codes_names_img_size(tmp_path, capsys):
+    """It said "image sides must be multiples of 4 (2**downsample), got (2, 2)", naming no option."""
+    path = saved_tokenizer(tmp_path / "vqvae.safetensors", "vqvae_small", VQVAE, 16)
+    run = tmp_path / "prior"
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--tokenizer", str(path), "--img-size", "2",
+                 *PRIOR_ARGS, "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"visionzoo train: error: --img-size 2: the tokenizer vqvae_small of {path} takes no 2 px images (image sides "
+        "must be multiples of 4 (2**downsample), got (2, 2)): give another --img-size, such as its own 16\n")
+    assert not run.exists()

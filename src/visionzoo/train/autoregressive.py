@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
-from visionzoo.utils import first_non_finite, is_integer, with_article
+from visionzoo.utils import eval_mode, first_non_finite, is_integer, with_article
 
 GRID = 64
 COLUMNS = 8
@@ -300,6 +300,7 @@ class AutoregressiveTask(Task):
             # A resumed prior brings its tokenizer's record in model_args and no file: its checkpoint holds the
             # tokenizer's weights, which the engine loads, so the file it was trained with may be gone.
             tokenizer_file = options.get("tokenizer") if code_prior else None
+            tokenizer_size = None
             if code_prior and (tokenizer_file is not None or not isinstance(model_args.get("tokenizer"), Mapping)):
                 tokenizer, tokenizer_size = _tokenizer_record(tokenizer_file, model_name)
                 model_args.setdefault("tokenizer", tokenizer)
@@ -312,7 +313,9 @@ class AutoregressiveTask(Task):
             if model_args.setdefault("img_size", side) != side:  # else the first batch fails, naming no option
                 raise ValueError(f"--model-arg img_size={model_args['img_size']} does not fit the {data} images' {side}: "
                                  f"give --img-size {model_args['img_size']} instead")
-            if not code_prior:
+            if code_prior:
+                _tokenizer_grid(model_args["tokenizer"], side, tokenizer_file, tokenizer_size)
+            else:
                 model_args.setdefault("in_chans", int(image.shape[0]))
             conditional = options.get("class_conditional")
             if conditional is None:
@@ -390,6 +393,25 @@ def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any]
         raise ValueError(f"--tokenizer {path} is {with_article(record['name'])} checkpoint, not a tokenizer's "
                          "(vqvae_small, vqgan, vqgan_f8, vit_vqgan, vit_vqgan_64, ...)")
     return {"name": record["name"], "args": dict(record.get("args") or {})}, (meta.get("run") or {}).get("img_size")
+
+
+def _tokenizer_grid(tokenizer: Mapping[str, Any], side: int, path: str | None,
+                    trained_size: int | None) -> tuple[int, int]:
+    """The (rows, columns) of the code grid the ``tokenizer`` record's architecture cuts a ``side`` px image into;
+    a side it cannot cut is refused naming --img-size (else the prior's constructor fails naming no option)."""
+    from visionzoo.models import create_model
+
+    name = tokenizer["name"]
+    model = create_model(name, **dict(tokenizer.get("args") or {}))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            grid = model.encode(torch.zeros(1, int(model.in_chans), side, side)).shape[1:]
+    except ValueError as error:
+        where = f" of {path}" if path else ""
+        own = f", such as its own {trained_size}" if trained_size else ""
+        raise ValueError(f"--img-size {side}: the tokenizer {name}{where} takes no {side} px images ({error}): give "
+                         f"another --img-size{own}") from None
+    return int(grid[0]), int(grid[1])
 
 
 def _palette_images(dataset: Dataset) -> torch.Tensor:
