@@ -541,3 +541,28 @@ def test_a_prior_img_size_its_tokenizer_cannot_cut_into_codes_names_img_size(tmp
         f"visionzoo train: error: --img-size 2: the tokenizer vqvae_small of {path} takes no 2 px images (image sides "
         "must be multiples of 4 (2**downsample), got (2, 2)): give another --img-size, such as its own 16\n")
     assert not run.exists()
+
+
+VIT_VQGAN = dict(patch_size=4, embed_dim=16, depth=1, num_heads=2, num_codes=32, disc_width=8)
+
+
+@pytest.mark.parametrize(("name", "args", "how"), [
+    ("vqvae_small", VQVAE, "its convolutions read any size"),
+    ("vit_vqgan", VIT_VQGAN, "its fixed sin-cos positions are computed for the grid of 8x8, not resampled from a "
+                             "table of its 4x4"),
+])
+def test_a_prior_at_another_size_than_its_tokenizers_says_so_once(tmp_path, caplog, name, args, how):
+    """A prior at --img-size 32 over a tokenizer trained at 16 px trained without a word."""
+    path = saved_tokenizer(tmp_path / "tokenizer.safetensors", name, args, 16)
+    with caplog.at_level("INFO", logger="visionzoo"):
+        run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 1), 32, TINY,
+                     options={"tokenizer": str(path)})
+    notes = [r.getMessage() for r in caplog.records if "was trained at 16 px" in r.getMessage()]
+    assert notes == [f"--img-size 32: the tokenizer {name} of {path} was trained at 16 px, where its codes are a grid "
+                     f"of 4x4; at 32 px they are a grid of 8x8, of images at a scale it never encoded in training ({how})"]
+    assert load_for_inference("vqgan_transformer", tmp_path / "prior" / "checkpoint.safetensors").model.grid_size == (8, 8)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="visionzoo"):
+        run_training("vqgan_transformer", "digits", config(tmp_path / "own", 1), None, TINY,
+                     options={"tokenizer": str(path)})
+    assert not [r for r in caplog.records if "was trained at" in r.getMessage()]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,8 @@ from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
 from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
 from visionzoo.utils import eval_mode, first_non_finite, is_integer, with_article
+
+log = logging.getLogger(__name__)
 
 GRID = 64
 COLUMNS = 8
@@ -314,7 +317,7 @@ class AutoregressiveTask(Task):
                 raise ValueError(f"--model-arg img_size={model_args['img_size']} does not fit the {data} images' {side}: "
                                  f"give --img-size {model_args['img_size']} instead")
             if code_prior:
-                _tokenizer_grid(model_args["tokenizer"], side, tokenizer_file, tokenizer_size)
+                _check_tokenizer_size(model_args["tokenizer"], side, tokenizer_file, tokenizer_size)
             else:
                 model_args.setdefault("in_chans", int(image.shape[0]))
             conditional = options.get("class_conditional")
@@ -395,23 +398,36 @@ def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any]
     return {"name": record["name"], "args": dict(record.get("args") or {})}, (meta.get("run") or {}).get("img_size")
 
 
-def _tokenizer_grid(tokenizer: Mapping[str, Any], side: int, path: str | None,
-                    trained_size: int | None) -> tuple[int, int]:
-    """The (rows, columns) of the code grid the ``tokenizer`` record's architecture cuts a ``side`` px image into;
-    a side it cannot cut is refused naming --img-size (else the prior's constructor fails naming no option)."""
+def _check_tokenizer_size(tokenizer: Mapping[str, Any], side: int, path: str | None, trained_size: int | None) -> None:
+    """Refuse a ``side`` the ``tokenizer`` record's architecture cannot cut into codes, naming --img-size (else the
+    prior's constructor fails naming no option); say once, at info, that another side than the ``trained_size``
+    gives another code grid. Both tokenizer kinds read any side they can cut: a convolutional one by its
+    convolutions, a ViT-VQGAN by sin-cos positions computed for the grid (it has no table of its training grid)."""
     from visionzoo.models import create_model
 
     name = tokenizer["name"]
     model = create_model(name, **dict(tokenizer.get("args") or {}))
-    try:
+    where = f" of {path}" if path else ""
+
+    def grid(size: int) -> str:
         with torch.no_grad(), eval_mode(model):
-            grid = model.encode(torch.zeros(1, int(model.in_chans), side, side)).shape[1:]
+            rows, columns = model.encode(torch.zeros(1, int(model.in_chans), size, size)).shape[1:]
+        return f"{rows}x{columns}"
+
+    try:
+        codes = grid(side)
     except ValueError as error:
-        where = f" of {path}" if path else ""
         own = f", such as its own {trained_size}" if trained_size else ""
         raise ValueError(f"--img-size {side}: the tokenizer {name}{where} takes no {side} px images ({error}): give "
                          f"another --img-size{own}") from None
-    return int(grid[0]), int(grid[1])
+    if trained_size and side != trained_size:
+        trained_codes = grid(trained_size)
+        how = ("its convolutions read any size" if getattr(model, "patch_size", None) is None else
+               f"its fixed sin-cos positions are computed for the grid of {codes}, not resampled from a table of "
+               f"its {trained_codes}")
+        log.info("--img-size %d: the tokenizer %s%s was trained at %d px, where its codes are a grid of %s; at %d px "
+                 "they are a grid of %s, of images at a scale it never encoded in training (%s)", side, name, where,
+                 trained_size, trained_codes, side, codes, how)
 
 
 def _palette_images(dataset: Dataset) -> torch.Tensor:
