@@ -510,3 +510,94 @@ def test_sample_help_says_what_a_class_conditional_model_draws_without_label(cap
         main(["sample", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "without --label, a class-conditional model draws unconditionally" in help_text
+
+
+@pytest.fixture(scope="module")
+def image_gpt_run(tmp_path_factory):
+    """A tiny Image GPT trained 2 steps on Digits at 8 px."""
+    out = tmp_path_factory.mktemp("igpt") / "run"
+    assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--max-steps", "2",
+                 "--batch-size", "8", "--no-progress", "--out", str(out), "--model-arg", "embed_dim=16",
+                 "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    return out / "checkpoint.safetensors"
+
+
+def _cells(path, columns, rows, side=32):
+    """A grid PNG (padding 2, white) cut into its cells, Tensor[rows, columns, 3, side, side]."""
+    with Image.open(path) as picture:
+        assert picture.size == (2 + columns * (side + 2), 2 + rows * (side + 2))
+        pixels = torch.from_numpy(np.asarray(picture.convert("RGB")).copy()).permute(2, 0, 1)
+    return torch.stack([torch.stack([pixels[:, 2 + r * (side + 2):r * (side + 2) + side + 2,
+                                            2 + c * (side + 2):c * (side + 2) + side + 2] for c in range(columns)])
+                        for r in range(rows)])
+
+
+def test_sample_complete_writes_images_their_top_halves_and_completions_of_a_split(image_gpt_run, tmp_path, capsys):
+    """Image GPT's completions of half-images were only the run's completions.png or the Python API."""
+    grid = tmp_path / "grid.png"
+    argv = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", "val", "-n", "12",
+            "--out", str(grid)]
+    assert main(argv) == 0
+    assert f"12 images of the val split of digits completed by image_gpt_small in {grid}" in capsys.readouterr().out
+    cells = _cells(grid, 8, 10)  # two groups of 8 (the second of 4 and white cells): images, halves, 3 completions
+    images, halves, completions = cells[0], cells[1], cells[2:5]
+    top, bottom = (..., slice(0, 16), slice(None)), (..., slice(16, None), slice(None))
+    assert torch.equal(halves[bottom], torch.full_like(halves[bottom], 128))  # the bottom half given grey
+    assert torch.equal(images[top], halves[top]) and not torch.equal(images[bottom], halves[bottom])
+    assert all(torch.equal(c[top], completions[0][top]) for c in completions)  # the given top half, in palette colours
+    assert not torch.equal(completions[0][bottom], completions[1][bottom])  # the bottoms drawn, each its own
+    assert torch.equal(cells[5:, 4:], torch.full_like(cells[5:, 4:], 255))  # the second group's empty cells
+    assert not torch.equal(cells[5, 0], cells[0, 0])  # the ninth image starts the second group
+    first = grid.read_bytes()
+    assert main([*argv, "--overwrite"]) == 0  # seeded
+    assert grid.read_bytes() == first
+    assert main([*argv, "--overwrite", "--label", "3"]) == 2  # as sample refuses it
+    assert "label 3 given, but this model is unconditional" in capsys.readouterr().err
+
+
+def test_sample_complete_reads_a_folder_of_images_at_the_runs_size(image_gpt_run, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, value in enumerate((0, 255, 90)):
+        Image.new("L" if index else "RGB", (40, 30), value).save(folder / f"{index}.{'png' if index else 'jpg'}")
+    (folder / "notes.txt").write_text("not an image")
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", str(folder),
+                 "--out", str(grid), "--nrow", "3"]) == 0
+    assert f"3 images of {folder} completed by image_gpt_small in {grid}" in capsys.readouterr().out
+    cells = _cells(grid, 3, 5)
+    assert cells[0, 1].float().mean() > 200 and cells[0, 0].float().mean() < 50  # 1.png white, 0.jpg black, in order
+
+
+@pytest.mark.parametrize("source", ["val", "folder"])
+def test_sample_complete_is_refused_in_one_line_for_a_model_that_cannot_complete(gan_checkpoint, tmp_path, capsys,
+                                                                                source):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (16, 16)).save(folder / "a.png")
+    out = tmp_path / "grid.png"
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--complete",
+                 "val" if source == "val" else str(folder), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: --complete: dcgan draws images, it does not complete "
+                                       "them; Image GPT does (image_gpt, image_gpt_small)\n")
+    assert not out.exists()
+
+
+def test_bad_complete_requests_are_one_line(image_gpt_run, tmp_path, capsys):
+    base = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run)]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for extra, message in [
+        (["--complete", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g.png")],
+         f"--complete {tmp_path / 'nowhere'} is neither a split of the run's data (train, val, test) nor a folder"),
+        (["--complete", str(empty), "--out", str(tmp_path / "g.png")],
+         f"--complete {empty} holds no PNG or JPEG files"),
+        (["--complete", "val", "--out", str(tmp_path / "folder")],
+         "--complete writes a grid of completions: give a .png or .jpg --out"),
+        (["--complete", "val", "--out", str(tmp_path / "g.png"), "--images-dir", str(tmp_path / "d")],
+         "--complete writes a grid of completions: give a .png or .jpg --out"),
+    ]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("visionzoo sample: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "folder").exists()

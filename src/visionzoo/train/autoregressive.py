@@ -47,6 +47,8 @@ MAX_CLASS_ROWS = 16
 REPORT_SEED = 0
 # Training images the palette's k-means sees (a random subset: Shapes renders each image on demand).
 PALETTE_IMAGES = 1000
+# Completions of each image in completions.png and in `visionzoo sample --complete`.
+COMPLETIONS = 3
 # The run report's probes: fit on half of the validation split (up to this many images), scored on the other half.
 PROBE_IMAGES = 500
 PROBE_MIN_IMAGES = 20
@@ -201,12 +203,40 @@ class AutoregressiveTask(Task):
         of class ``label`` (a class-conditional model: an index or a class name) or unconditional (None). A ``top_k`` beyond the model's
         vocabulary is refused: it would keep every token, as if not given.
         """
-        vocabulary = model.gpt.vocab_size
-        if top_k is not None and top_k > vocabulary:
-            raise ValueError(f"top_k {top_k} is more than the {vocabulary} tokens of this model's vocabulary, so it "
-                             f"would keep them all and change nothing; give at most {vocabulary}")
+        _check_top_k(model, top_k)
         labels = self._labels_of(model, label, count)
         return self._generate(model, labels, count, generator, autocast, temperature, top_k, top_p)
+
+    def complete(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
+                 generator: torch.Generator, autocast: Callable[[], Any], columns: int = COLUMNS,
+                 temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 label: int | str | None = None) -> torch.Tensor:
+        """The cells of a grid of completions, Tensor[R · columns, C, S, S] in [0, 1], of ``images`` Tensor[B, C, S, S]
+        in [0, 1] by a model that completes images (Image GPT): for each group of ``columns`` images a row of them, a
+        row of their top halves (the bottom grey) and ``COMPLETIONS`` rows of completions of those halves, sampled as
+        :meth:`sample` samples; a last group of fewer images is filled with white cells. A class-conditional model is
+        given ``label`` (as in :meth:`sample`), else ``labels`` int64 Tensor[B] (the images' classes), else nothing
+        (its "no class" start token); an unconditional model ignores both."""
+        _check_top_k(model, top_k)
+        device = next(model.parameters()).device
+        if label is not None:  # refused for an unconditional model, as sample refuses it
+            labels = self._labels_of(model, label, images.shape[0])
+        elif not model.gpt.num_classes:
+            labels = None
+        settings = {"temperature": 1.0 if temperature is None else temperature, "top_k": top_k, "top_p": top_p}
+        cells = []
+        for start in range(0, images.shape[0], columns):
+            group = images[start:start + columns].to(device)
+            condition = None if labels is None else labels[start:start + columns].to(device)
+            half = group.clone()
+            half[..., group.shape[-2] // 2:, :] = 0.5
+            with torch.no_grad(), autocast():
+                completions = [model.complete(group, generator, condition, **settings) for _ in range(COMPLETIONS)]
+            for row in (group, half, *completions):
+                row = row.float().clamp(0, 1).cpu()
+                blank = row.new_ones(columns - row.shape[0], *row.shape[1:])
+                cells.append(torch.cat([row, blank]))
+        return torch.cat(cells)
 
     def report(self, model: nn.Module, dataset: Dataset, out: Path, batch_size: int,
                autocast: Callable[[], Any]) -> list[Path]:
@@ -216,7 +246,6 @@ class AutoregressiveTask(Task):
         linear-probe accuracy of every layer."""
         from torchvision.utils import save_image
 
-        device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(REPORT_SEED)
         num_classes = model.gpt.num_classes
         labels = report_labels(num_classes)
@@ -226,15 +255,8 @@ class AutoregressiveTask(Task):
         save_image(_enlarge(samples), paths[0], nrow=COLUMNS, padding=2, pad_value=1.0)
         if hasattr(model, "complete") and len(dataset) >= COLUMNS:
             images, targets = self.collate([dataset[i] for i in range(COLUMNS)])
-            images = images.to(device)
-            condition = targets.to(device) if num_classes else None
-            half = images.clone()
-            half[..., images.shape[-2] // 2:, :] = 0.5
-            with torch.no_grad(), autocast():
-                completions = [model.complete(images, generator, condition) for _ in range(3)]
-            rows = torch.cat([images, half, *completions]).float().clamp(0, 1).cpu()
             paths.append(Path(out) / "completions.png")
-            save_image(_enlarge(rows), paths[1], nrow=COLUMNS, padding=2, pad_value=1.0)
+            save_completions(self.complete(model, images, targets, generator, autocast), paths[1], COLUMNS)
         if hasattr(model, "complete") and len(dataset) >= 2 * PROBE_MIN_IMAGES:
             probes = self._probe_report(model, dataset, Path(out) / "probes.png")
             paths += [probes] if probes is not None else []
@@ -379,6 +401,13 @@ def _code_priors() -> list[str]:
     return [name for name in list_models(task="autoregressive") if get_model_entry(name).family == "code_prior"]
 
 
+def image_gpts() -> list[str]:
+    """The registered models that complete images: the autoregressive ones that are not code priors."""
+    from visionzoo.models import list_models
+
+    return [name for name in list_models(task="autoregressive") if name not in _code_priors()]
+
+
 def _tokenizer_record(path: str | None, model_name: str) -> tuple[dict[str, Any], int | None]:
     """The tokenizer's registry record and training image side, from its training checkpoint."""
     from visionzoo.checkpoint import read_metadata
@@ -434,6 +463,22 @@ def _palette_images(dataset: Dataset) -> torch.Tensor:
     """Up to ``PALETTE_IMAGES`` training images drawn at random (seeded): Tensor[M, C, H, W]."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:PALETTE_IMAGES]
     return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _check_top_k(model: nn.Module, top_k: int | None) -> None:
+    """Refuse a ``top_k`` beyond the model's vocabulary: it would keep every token, as if not given."""
+    vocabulary = model.gpt.vocab_size
+    if top_k is not None and top_k > vocabulary:
+        raise ValueError(f"top_k {top_k} is more than the {vocabulary} tokens of this model's vocabulary, so it "
+                         f"would keep them all and change nothing; give at most {vocabulary}")
+
+
+def save_completions(cells: torch.Tensor, path: str | Path, columns: int = COLUMNS) -> None:
+    """Write :meth:`AutoregressiveTask.complete`'s cells Tensor[R · columns, C, S, S] as a PNG or JPEG grid,
+    ``columns`` a row, tiny images enlarged (as completions.png)."""
+    from torchvision.utils import save_image
+
+    save_image(_enlarge(cells), path, nrow=columns, padding=2, pad_value=1.0)
 
 
 def _enlarge(images: torch.Tensor) -> torch.Tensor:

@@ -567,6 +567,12 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", help="class to draw (name or index) for a class-conditional model; without --label, "
                                         "a class-conditional model draws unconditionally (its \"no class\" start "
                                         "token, learnt from the labels dropped in training)")
+    parser.add_argument("--complete", metavar="SOURCE",
+                        help="models that complete images (Image GPT): instead of new images, complete the top halves "
+                             "of the first -n images of SOURCE, a split of the run's data (train, val, test; ./val for "
+                             "a folder of that name) or a folder of PNG or JPEG files (resized to the run's size); "
+                             "the grid --out holds, for each --nrow images, a row of them, a row of their top halves "
+                             "and three rows of completions, as the run's completions.png")
     parser.add_argument("--nrow", type=positive_int, help=f"images per row of a grid --out (default {GRID_NROW})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=INFERENCE_PRECISION_HELP)
     add_device_argument(parser)
@@ -636,6 +642,15 @@ def sample_batches(count: int, size: int | None = None) -> Iterator[int]:
 GRID_MAX_IMAGES = 4096
 GRID_NROW = 8
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler's options that were given: temperature, top_k, top_p and label."""
+    settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
+                                                 ("top_p", args.top_p)) if value is not None}
+    if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
+        settings["label"] = args.label
+    return settings
 
 
 def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[Path, bool]:
@@ -710,15 +725,16 @@ def sample_command(args: argparse.Namespace) -> int:
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
     if images_dir is not None and not args.overwrite and holds_samples(images_dir):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
+    if args.complete is not None:
+        if not is_grid or images_dir is not None:
+            raise ValueError("--complete writes a grid of completions: give a .png or .jpg --out, without --images-dir")
+        return _complete_command(args, out, nrow)
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     device = resolve_device(args.device)
     setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
     if is_grid:  # before sampling, which may take long
         _check_grid_fits(out, args.count, shown, nrow, setup.run_meta.get("img_size"))
-    settings = {name: value for name, value in (("temperature", args.temperature), ("top_k", args.top_k),
-                                                 ("top_p", args.top_p)) if value is not None}
-    if args.label is not None:  # the task tells a class name from an index, and refuses a label its model takes not
-        settings["label"] = args.label
+    settings = _sampler_settings(args)
     # before drawing: an autoregressive sampler's NaN logits fail in torch.multinomial, a generator's NaN images
     # would be refused only after the first batch
     check_finite_weights(setup.model, args.model, args.checkpoint)
@@ -759,4 +775,60 @@ def sample_command(args: argparse.Namespace) -> int:
               f"{GRID_MAX_IMAGES} images); all {args.count} are in {images_dir}")
     else:
         print(f"{args.count} sample{'' if args.count == 1 else 's'} of {args.model} in {out}")
+    return 0
+
+
+# Image files `sample --complete FOLDER` reads.
+COMPLETE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
+    """``sample --complete``: a grid of the first -n images of a split of the run's data or of a folder, their top
+    halves and the model's completions of them (:meth:`AutoregressiveTask.complete`)."""
+    from visionzoo.data.factory import SPLITS
+    from visionzoo.train.autoregressive import COMPLETIONS, save_completions
+
+    source = args.complete
+    if source in SPLITS:  # the split's data, opened as eval opens them
+        setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, split=source)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"--complete {source} is neither a split of the run's data ({', '.join(SPLITS)}) nor a "
+                             "folder of PNG or JPEG files")
+        setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
+    if not hasattr(setup.model, "complete") or not hasattr(setup.task, "complete"):
+        from visionzoo.train.autoregressive import image_gpts
+
+        raise ValueError(f"--complete: {args.model} draws images, it does not complete them; Image GPT does "
+                         f"({', '.join(image_gpts())})")
+    model = setup.model
+    if source in SPLITS:
+        dataset = setup.splits[source]
+        count = min(args.count, len(dataset))
+        images, labels = setup.task.collate([dataset[i] for i in range(count)])
+        what = f"the {source} split of {setup.run_meta['data']}"
+    else:
+        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in COMPLETE_SUFFIXES and path.is_file())
+        if not files:
+            raise ValueError(f"--complete {source} holds no PNG or JPEG files")
+        files = files[:args.count]
+        images, labels, count, what = load_images(files, model.img_size, model.in_chans), None, len(files), source
+    settings = _sampler_settings(args)
+    check_finite_weights(model, args.model, args.checkpoint)
+    device = resolve_device(args.device)
+    model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(args.seed)
+    with _finite_outputs(args.model, args.checkpoint, args.precision):
+        cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
+                                    columns=nrow, **settings)
+    if not bool(torch.isfinite(cells).all()):
+        hint = "; try --precision fp32" if args.precision != "fp32" else ""
+        raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
+                         f"{args.checkpoint}{hint}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_completions(cells, out, nrow)
+    fewer = f" (it has {count}, fewer than -n {args.count})" if count < args.count and source in SPLITS else ""
+    print(f"{count} images of {what}{fewer} completed by {args.model} in {out}: a row of {nrow} images, a row of their "
+          f"top halves and {COMPLETIONS} rows of completions of each, in turn")
     return 0
