@@ -1,6 +1,7 @@
 """The autoregressive task: batches, label dropping, NLL, sampling, the code prior over a trained tokenizer, the CLI."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -566,3 +567,20 @@ def test_a_prior_at_another_size_than_its_tokenizers_says_so_once(tmp_path, capl
         run_training("vqgan_transformer", "digits", config(tmp_path / "own", 1), None, TINY,
                      options={"tokenizer": str(path)})
     assert not [r for r in caplog.records if "was trained at" in r.getMessage()]
+
+
+def test_image_gpts_palette_is_fitted_on_the_train_size_images_it_trains_on(tmp_path):
+    """--train-size 20 trained on 20 images with a palette fitted on up to 1000 of the whole train split."""
+    from visionzoo.data import create_dataset
+    from visionzoo.train.autoregressive import _palette_images
+    from visionzoo.train.run import first_items
+
+    cfg = dataclasses.replace(config(tmp_path / "run", 1), batch_size=8)
+    setup, _ = run_training("image_gpt_small", "digits", cfg, 8, TINY, train_images=20)
+    split = create_dataset("digits", "train", image_size=8)
+    expected = create_model("image_gpt_small", in_chans=1, img_size=8, **TINY)
+    expected.fit_palette(_palette_images(first_items(split, 20)), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(setup.model.palette, expected.palette)
+    whole = create_model("image_gpt_small", in_chans=1, img_size=8, **TINY)
+    whole.fit_palette(_palette_images(split), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(whole.palette, expected.palette)

@@ -140,6 +140,12 @@ class AutoregressiveTask(Task):
             labels = labels.masked_fill(dropped.to(labels.device), num_classes)
         return labels
 
+    def fit_training_images(self, model: nn.Module, train: Dataset, whole: bool) -> None:
+        """Image GPT's palette, fitted by the set-up on the train split, fitted again on ``train`` where it holds
+        fewer of the split's images (``--train-size``): the palette is learnt from the images the run trains on."""
+        if hasattr(model, "fit_palette") and not whole:
+            _fit_palette(model, train)
+
     def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                       optimizer: str) -> dict[str, torch.Tensor]:
         images, labels = batch
@@ -295,7 +301,7 @@ class AutoregressiveTask(Task):
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:
         """Build the model and the splits. Image GPT: ``img_size`` defaults to its registered 16 and the palette
-        is fitted on the training split. The code prior: ``--tokenizer`` gives the tokenizer's architecture,
+        is fitted on the training split (again on fewer of its images by :meth:`fit_training_images`). The code prior: ``--tokenizer`` gives the tokenizer's architecture,
         weights and image size. With a ``checkpoint`` both come from it instead."""
         from visionzoo.data import Splits, images_only, open_splits
         from visionzoo.models import create_model, get_model_entry
@@ -361,7 +367,7 @@ class AutoregressiveTask(Task):
                     raise ValueError(f"--tokenizer {tokenizer_file or model_args['tokenizer']['name']} takes "
                                      f"{model.in_chans}-channel images, but {data} has {image.shape[0]} channels")
             else:
-                model.fit_palette(_palette_images(splits["train"]), generator=torch.Generator().manual_seed(0))
+                _fit_palette(model, splits["train"])
         image = splits.first()[0][0]
         classes = list(getattr(splits.first(), "classes", []))
         if model.gpt.num_classes not in (0, len(classes)):
@@ -463,6 +469,11 @@ def _palette_images(dataset: Dataset) -> torch.Tensor:
     """Up to ``PALETTE_IMAGES`` training images drawn at random (seeded): Tensor[M, C, H, W]."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:PALETTE_IMAGES]
     return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _fit_palette(model: nn.Module, dataset: Dataset) -> None:
+    """Fit Image GPT's palette on up to ``PALETTE_IMAGES`` of ``dataset``'s images (seeded)."""
+    model.fit_palette(_palette_images(dataset), generator=torch.Generator().manual_seed(0))
 
 
 def _check_top_k(model: nn.Module, top_k: int | None) -> None:

@@ -172,6 +172,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
             "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
     train = training_images(setup.splits["train"], train_images, data)
+    setup.task.fit_training_images(setup.model, train, whole=len(train) >= len(setup.splits["train"]))
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     _check_val_classes(setup.splits["train"], val, data)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),

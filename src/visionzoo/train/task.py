@@ -87,6 +87,11 @@ class Task:
         """Build, before the first step and off the run's clock, what the steps need and build at first use (a
         perceptual network trained once and cached); nothing by default."""
 
+    def fit_training_images(self, model: nn.Module, train: Dataset, whole: bool) -> None:
+        """Fit what ``model`` takes from its training images before the first step (Image GPT: its palette) to
+        ``train``, the images the run trains on; ``whole``: the train split the set-up fitted to, not fewer of its
+        images (``--train-size``). Nothing by default."""
+
     def training_step(self, model: nn.Module, batch: Any, optimizer: str) -> dict[str, torch.Tensor]:
         """Losses for ``optimizer``'s update on ``batch``: ``"loss"`` is back-propagated, the rest logged."""
         raise NotImplementedError
