@@ -584,3 +584,19 @@ def test_image_gpts_palette_is_fitted_on_the_train_size_images_it_trains_on(tmp_
     whole = create_model("image_gpt_small", in_chans=1, img_size=8, **TINY)
     whole.fit_palette(_palette_images(split), generator=torch.Generator().manual_seed(0))
     assert not torch.equal(whole.palette, expected.palette)
+
+
+def test_a_palette_larger_than_the_training_pixels_colours_is_warned_of_once(tmp_path, caplog):
+    """palette_size=64 on 8 px Digits (17 grey levels) filled the palette with 47 duplicates no pixel ever maps to."""
+    with caplog.at_level("INFO", logger="visionzoo"):
+        setup, _ = run_training("image_gpt_small", "digits", config(tmp_path / "run", 1), 8,
+                                {**TINY, "palette_size": 64})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["--model-arg palette_size=64 is more than the 17 distinct colours of the training pixels the "
+                        "palette is fitted to: 47 of its colours repeat others, tokens no pixel is ever given; give "
+                        "--model-arg palette_size=17 or fewer"]
+    assert len(torch.unique(setup.model.palette, dim=0)) == 17
+    caplog.clear()
+    with caplog.at_level("INFO", logger="visionzoo"):
+        run_training("image_gpt_small", "digits", config(tmp_path / "own", 1), 8, TINY)  # 16 colours
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

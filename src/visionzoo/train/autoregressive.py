@@ -142,9 +142,19 @@ class AutoregressiveTask(Task):
 
     def fit_training_images(self, model: nn.Module, train: Dataset, whole: bool) -> None:
         """Image GPT's palette, fitted by the set-up on the train split, fitted again on ``train`` where it holds
-        fewer of the split's images (``--train-size``): the palette is learnt from the images the run trains on."""
-        if hasattr(model, "fit_palette") and not whole:
+        fewer of the split's images (``--train-size``): the palette is learnt from the images the run trains on. A
+        palette with more colours than those images have is warned of once."""
+        if not hasattr(model, "fit_palette"):
+            return
+        if not whole:
             _fit_palette(model, train)
+        # k-means places a centre on every distinct colour before it repeats one, so the palette's distinct colours
+        # are the fitted pixels' where it has more entries than they have colours
+        size, distinct = model.palette.shape[0], len(torch.unique(model.palette, dim=0))
+        if distinct < size:
+            log.warning("--model-arg palette_size=%d is more than the %d distinct colours of the training pixels the "
+                        "palette is fitted to: %d of its colours repeat others, tokens no pixel is ever given; give "
+                        "--model-arg palette_size=%d or fewer", size, distinct, size - distinct, distinct)
 
     def training_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                       optimizer: str) -> dict[str, torch.Tensor]:
