@@ -601,3 +601,18 @@ def test_bad_complete_requests_are_one_line(image_gpt_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("visionzoo sample: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "folder").exists()
+
+
+def test_a_jpeg_grid_of_completions_too_large_for_the_format_is_refused_before_completing(image_gpt_run, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from visionzoo.train.autoregressive import AutoregressiveTask
+
+    monkeypatch.setattr(AutoregressiveTask, "complete", lambda *args, **kwargs: pytest.fail("completed"))
+    out = tmp_path / "grid.jpg"
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", "train", "-n", "400",
+                 "--nrow", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: --complete: 400 images at --nrow 1 make a grid of 2000 "
+                                       "rows of 32 px cells, 36 x 68002 pixels; a JPEG --out is at most 65500 pixels a "
+                                       "side: change -n or --nrow, or write a .png\n")
+    assert not out.exists()
+

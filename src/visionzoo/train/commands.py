@@ -786,7 +786,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     """``sample --complete``: a grid of the first -n images of a split of the run's data or of a folder, their top
     halves and the model's completions of them (:meth:`AutoregressiveTask.complete`)."""
     from visionzoo.data.factory import SPLITS
-    from visionzoo.train.autoregressive import COMPLETIONS, save_completions
+    from visionzoo.train.autoregressive import COMPLETIONS, MIN_CELL, save_completions
 
     source = args.complete
     if source in SPLITS:  # the split's data, opened as eval opens them
@@ -814,6 +814,13 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
             raise ValueError(f"--complete {source} holds no PNG or JPEG files")
         files = files[:args.count]
         images, labels, count, what = load_images(files, model.img_size, model.in_chans), None, len(files), source
+    side = model.img_size * max(1, -(-MIN_CELL // model.img_size))  # as save_completions enlarges them
+    rows = -(-count // nrow) * (2 + COMPLETIONS)
+    width, height = grid_size(rows * nrow, nrow, side)
+    if out.suffix.lower() in (".jpg", ".jpeg") and max(width, height) > JPEG_MAX_SIDE:  # else Pillow fails, after it all
+        raise ValueError(f"--complete: {count} images at --nrow {nrow} make a grid of {rows} rows of {side} px cells, "
+                         f"{width} x {height} pixels; a JPEG --out is at most {JPEG_MAX_SIDE} pixels a side: change -n "
+                         "or --nrow, or write a .png")
     settings = _sampler_settings(args)
     check_finite_weights(model, args.model, args.checkpoint)
     device = resolve_device(args.device)
