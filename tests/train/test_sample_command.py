@@ -567,6 +567,9 @@ def test_sample_complete_reads_a_folder_of_images_at_the_runs_size(image_gpt_run
     assert f"3 images of {folder} completed by image_gpt_small in {grid}" in capsys.readouterr().out
     cells = _cells(grid, 3, 5)
     assert cells[0, 1].float().mean() > 200 and cells[0, 0].float().mean() < 50  # 1.png white, 0.jpg black, in order
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", str(folder), "-n", "1",
+                 "--out", str(grid), "--overwrite"]) == 0
+    assert f"1 image of {folder} completed by image_gpt_small in {grid}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("source", ["val", "folder"])

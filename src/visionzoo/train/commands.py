@@ -836,6 +836,6 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_completions(cells, out, nrow)
     fewer = f" (it has {count}, fewer than -n {args.count})" if count < args.count and source in SPLITS else ""
-    print(f"{count} images of {what}{fewer} completed by {args.model} in {out}: a row of {nrow} images, a row of their "
-          f"top halves and {COMPLETIONS} rows of completions of each, in turn")
+    print(f"{count} image{'' if count == 1 else 's'} of {what}{fewer} completed by {args.model} in {out}: a row of "
+          f"{nrow} images, a row of their top halves and {COMPLETIONS} rows of completions of each, in turn")
     return 0
