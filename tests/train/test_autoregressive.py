@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -412,18 +413,26 @@ def test_eval_of_an_image_gpt_whose_logits_overflow_is_refused_not_printed_as_na
                                                    f"(NaN or infinity) with {path}; try --precision fp32\n")
 
 
+def _tiny_image_gpt_checkpoint(folder: Path, edits: dict) -> Path:
+    """A tiny Image GPT's checkpoint ``folder / "igpt.safetensors"``, each tensor named in ``edits`` changed in place
+    by its function first."""
+    from visionzoo.checkpoint import save_checkpoint
+
+    state = {f"model.{k}": v for k, v in tiny_image_gpt().state_dict().items()}
+    for name, edit in edits.items():
+        edit(state[f"model.{name}"])
+    path = folder / "igpt.safetensors"
+    save_checkpoint(path, state, {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
+                                  "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    return path
+
+
 def test_sample_of_an_image_gpt_with_nan_weights_is_one_line_naming_the_checkpoint(tmp_path, capsys):
     """sample of an Image GPT (or a prior) whose weights held NaN (a diverged run) stopped in a traceback from
     torch.multinomial: "probability tensor contains either `inf`, `nan` or element < 0"; it now refuses before
     drawing, naming the checkpoint and the tensor, as eval and predict do, and writes nothing."""
-    from visionzoo.checkpoint import save_checkpoint
 
-    model = tiny_image_gpt()
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state["model.gpt.head.weight"][0, 0] = float("nan")
-    path = tmp_path / "igpt.safetensors"
-    save_checkpoint(path, state, {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
-                                  "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    path = _tiny_image_gpt_checkpoint(tmp_path, {"gpt.head.weight": lambda weight: weight[0, 0].fill_(float("nan"))})
     out = tmp_path / "samples"
     capsys.readouterr()
     assert main(["sample", "image_gpt_small", "--checkpoint", str(path), "-n", "2", "--out", str(out)]) == 2
@@ -448,15 +457,9 @@ def test_train_with_a_palette_larger_than_its_pixels_is_one_line_naming_palette_
 def test_sample_of_an_image_gpt_whose_logits_overflow_is_one_line_naming_the_checkpoint(tmp_path, capsys):
     """sample of an Image GPT whose finite weights gave infinite logits (bf16's range, or weights this large) stopped
     in a traceback from torch.multinomial; it now says so in one line naming the checkpoint, as eval does."""
-    from visionzoo.checkpoint import save_checkpoint
 
-    model = tiny_image_gpt()
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state["model.gpt.norm.weight"].fill_(1e30)
-    state["model.gpt.head.weight"].fill_(1e30)
-    path = tmp_path / "igpt.safetensors"
-    save_checkpoint(path, state, {"model": {"name": "image_gpt_small", "args": {"in_chans": 1, "img_size": 4, **TINY}},
-                                  "run": {"data": "digits", "img_size": 4, "in_chans": 1}})
+    path = _tiny_image_gpt_checkpoint(tmp_path, {"gpt.norm.weight": lambda weight: weight.fill_(1e30),
+                                                 "gpt.head.weight": lambda weight: weight.fill_(1e30)})
     out = tmp_path / "samples"
     capsys.readouterr()
     assert main(["sample", "image_gpt_small", "--checkpoint", str(path), "-n", "2", "--out", str(out)]) == 2

@@ -1188,20 +1188,25 @@ def test_predict_that_stops_at_a_later_image_leaves_no_pictures_of_the_earlier_o
     assert sorted(path.name for path in out.iterdir()) == ["a.png", "b.png", "notes.txt", "predictions.json"]
 
 
+def _folder_with_a_thin_strip(folder, annotation_name: str) -> None:
+    """Four black PNGs in ``folder`` (the third, 2.png, a 10×2000 strip too thin to resize) and their COCO file."""
+    images, annotations = [], []
+    for index, size in enumerate([(64, 64), (64, 64), (2000, 10), (64, 64)]):
+        Image.new("RGB", size).save(folder / f"{index}.png")
+        images.append({"id": index + 1, "file_name": f"{index}.png", "width": size[0], "height": size[1]})
+        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+                            "iscrowd": 0, "area": 25})
+    (folder / annotation_name).write_text(json.dumps({"images": images, "annotations": annotations,
+                                                    "categories": [{"id": 1, "name": "circle"}]}))
+
+
 def test_evaluate_names_the_file_of_an_image_the_detector_cannot_take(tmp_path):
     """Evaluation over a COCO folder holding a strip too thin to resize stopped with "image 0 of 10×2000 px is too
     thin to detect in: ...", numbering the image in its batch of images of one size (0 here, the split's 2): the user
     had to search the folder for it. The error now begins with that image's file."""
     from visionzoo.data.coco import CocoDetection
 
-    images, annotations = [], []
-    for index, size in enumerate([(64, 64), (64, 64), (2000, 10), (64, 64)]):
-        Image.new("RGB", size).save(tmp_path / f"{index}.png")
-        images.append({"id": index + 1, "file_name": f"{index}.png", "width": size[0], "height": size[1]})
-        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [1, 1, 5, 5],
-                            "iscrowd": 0, "area": 25})
-    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                         "categories": [{"id": 1, "name": "circle"}]}))
+    _folder_with_a_thin_strip(tmp_path, "instances.json")
     data = CocoDetection(tmp_path, tmp_path / "instances.json", load_masks=False)
     torch.manual_seed(0)
     model = create_model("fasterrcnn_shapes", num_classes=2, rpn_pre_nms_top_n_test=50).eval()
@@ -1217,14 +1222,7 @@ def test_training_on_a_folder_with_an_image_too_thin_to_resize_names_its_file_be
     set-up now reads the sizes the annotation file gives and names the file before the first step."""
     from visionzoo.cli import main
 
-    images, annotations = [], []
-    for index, size in enumerate([(64, 64), (64, 64), (2000, 10), (64, 64)]):
-        Image.new("RGB", size).save(tmp_path / f"{index}.png")
-        images.append({"id": index + 1, "file_name": f"{index}.png", "width": size[0], "height": size[1]})
-        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [1, 1, 5, 5],
-                            "iscrowd": 0, "area": 25})
-    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                   "categories": [{"id": 1, "name": "circle"}]}))
+    _folder_with_a_thin_strip(tmp_path, "ann.json")
     capsys.readouterr()
     assert main(["train", "fasterrcnn_shapes", "--data", str(tmp_path / "ann.json"), "--max-steps", "1",
                  "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
