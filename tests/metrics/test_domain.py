@@ -257,3 +257,22 @@ def test_fid_command_names_a_checkpoint_that_is_not_domain_features(tmp_path, ca
                                 (narrow, "size mismatch for stages.0.0.weight")):
         one_line_error(capsys, ["fid", str(folder), str(folder), "--features", "domain", "--data", "digits",
                                 "--img-size", "16", "--checkpoint", str(checkpoint)], str(checkpoint), message)
+
+
+@pytest.mark.parametrize("scale, dtype, span", [(255, torch.uint8, r"\[0, 255\]"), (255, torch.float32, r"\[0, 255\]"),
+                                                (2, torch.float32, r"\[-1, 1\]")])
+def test_features_called_directly_refuse_images_outside_the_unit_range(scale, dtype, span):
+    # before: DomainFeatures gave features of uint8, 0..255 or [-1, 1] images without a word (FID.update refused
+    # them, but features taken directly for kernel_inception_distance were of other images: a silently wrong KID)
+    torch.manual_seed(0)
+    model = DomainFeatures(1, 10).eval()
+    images = torch.rand(2, 1, 16, 16)
+    images[0, 0, 0, 0], images[1, 0, 0, 0] = 0.0, 1.0
+    if scale == 2:
+        images = images * 2 - 1
+    else:
+        images = (images * 255).round().to(dtype)
+    for call in (model, model.logits):
+        with pytest.raises(ValueError, match=rf"DomainFeatures takes images in \[0, 1\]; these span {span}"):
+            call(images)
+    assert len(model.feature_maps(torch.rand(1, 1, 16, 16) * 2 - 1)) == 3  # the perceptual loss' maps of any decoder output

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.checkpoint import atomic_write
+from visionzoo.utils import check_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class DomainFeatures(nn.Module):
         image_size: the side of the images it was trained on; ``forward`` (the FID features) then refuses other
             sizes, whose features are not comparable (None: any size).
 
-    ``forward(images: Tensor[B, in_chans, H, W])`` (any dtype, converted to the network's) → Tensor[B, widths[-1]];
+    ``forward(images: Tensor[B, in_chans, H, W] in [0, 1])`` (any dtype, converted to the network's; values outside
+    [0, 1] raise ValueError) → Tensor[B, widths[-1]];
     ``logits`` → Tensor[B, num_outputs]; ``feature_maps`` → one Tensor[B, widths[i], H / (stem_stride · 2**i),
     W / (stem_stride · 2**i)] per stage.
     """
@@ -96,6 +98,9 @@ class DomainFeatures(nn.Module):
         if self.image_size is not None and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"these domain features were trained on {self.image_size}×{self.image_size} images, "
                              f"got {tuple(images.shape[-2:])}; resize them to {self.image_size} px first")
+        # the FID/KID features: 0..255 or [-1, 1] images would give other images' features without a word (the
+        # perceptual loss' feature_maps take a decoder's unclamped output, so only here)
+        check_unit_range(images, "DomainFeatures")
         return self.feature_maps(images.to(self.head.weight.dtype))[-1].mean(dim=(2, 3))
 
     def logits(self, images: Tensor) -> Tensor:
