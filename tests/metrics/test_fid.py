@@ -224,3 +224,23 @@ def test_images_holding_nan_are_refused_as_such_not_as_out_of_range():
     with pytest.raises(ValueError, match=r"these hold 17 NaN values"):
         metric.update(images, real=True)
     assert metric.real.count == 0
+
+
+def test_an_empty_batch_adds_nothing_as_in_torchmetrics():
+    # before: ValueError "FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got (0, 3, 8, 8)", which
+    # a loop over a generator's batches could hit at its remainder; torchmetrics' FID takes it as a no-op
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(6, 3, 8, 8, generator=generator), torch.rand(5, 3, 8, 8, generator=generator)
+    expected = FID(pooled())
+    expected.update(real, real=True)
+    expected.update(fake, real=False)
+    metric = FID(pooled(), keep_features=True)
+    for is_real, images in ((True, real), (False, fake)):
+        metric.update(images[:0], real=is_real)
+        metric.update(images, real=is_real)
+        metric.update(images[:0], real=is_real)
+    assert (metric.real.count, metric.fake.count) == (6, 5)
+    assert metric.compute() == pytest.approx(expected.compute(), rel=1e-12)
+    assert sum(len(f) for f in metric.kept[True]) == 6 and sum(len(f) for f in metric.kept[False]) == 5
+    with pytest.raises(ValueError, match=r"FID.update takes a batch Tensor\[B, C, H, W\].*got \(0, 8, 8\)"):
+        metric.update(torch.rand(0, 8, 8), real=True)

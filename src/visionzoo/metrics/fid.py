@@ -54,11 +54,14 @@ class FID:
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
-        """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics."""
+        """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics; an empty batch
+        (B = 0) adds nothing, as in torchmetrics."""
         if not isinstance(images, Tensor):
             raise ValueError(f"FID.update takes a Tensor[B, C, H, W] of images in [0, 1], got {type(images).__name__}")
-        if images.dim() != 4 or images.shape[0] == 0:
+        if images.dim() != 4:
             raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            return
         check_unit_range(images, "FID")
         stats = self.real if real else self.fake
         batch, kept = FeatureStatistics(stats.dim), []  # folded in at the end: an update that fails adds nothing
