@@ -244,3 +244,15 @@ def test_an_empty_batch_adds_nothing_as_in_torchmetrics():
     assert sum(len(f) for f in metric.kept[True]) == 6 and sum(len(f) for f in metric.kept[False]) == 5
     with pytest.raises(ValueError, match=r"FID.update takes a batch Tensor\[B, C, H, W\].*got \(0, 8, 8\)"):
         metric.update(torch.rand(0, 8, 8), real=True)
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, "0"])
+def test_a_confidence_interval_seed_that_is_not_a_whole_number_is_refused_by_name(seed):
+    # before: RuntimeError "manual_seed expected a long, but got NoneType" (or float, str) from inside torch
+    generator = torch.Generator().manual_seed(0)
+    metric = FID(pooled(), keep_features=True)
+    metric.update(torch.rand(6, 3, 8, 8, generator=generator), real=True)
+    metric.update(torch.rand(6, 3, 8, 8, generator=generator), real=False)
+    with pytest.raises(ValueError, match=f"FID.confidence_interval's seed must be a whole number, got {seed!r}"):
+        metric.confidence_interval(samples=3, seed=seed)
+    assert metric.confidence_interval(samples=3, seed=np.int64(4)) == metric.confidence_interval(samples=3, seed=4)

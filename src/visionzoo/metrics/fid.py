@@ -92,13 +92,14 @@ class FID:
 
     def confidence_interval(self, samples: int = 100, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
         """FID's percentile bootstrap interval (:func:`~visionzoo.metrics.sample_quality.fid_confidence_interval`)."""
-        from visionzoo.metrics.sample_quality import fid_confidence_interval
+        from visionzoo.metrics.sample_quality import _check_whole, fid_confidence_interval
 
         if self.kept is None:
             raise ValueError("build FID(..., keep_features=True) to bootstrap its confidence interval")
+        _check_whole(seed, "FID.confidence_interval's seed")  # else torch's "manual_seed expected a long"
         self.compute()  # the same checks on the sample counts
         return fid_confidence_interval(torch.cat(self.kept[True]), torch.cat(self.kept[False]), samples, confidence,
-                                       torch.Generator().manual_seed(seed))
+                                       torch.Generator().manual_seed(int(seed)))
 
     def compute(self) -> float:
         for name, stats in (("real", self.real), ("generated", self.fake)):
