@@ -1,5 +1,7 @@
 """The FID accumulator's state: update, compute, reset; folders of images."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -256,3 +258,26 @@ def test_a_confidence_interval_seed_that_is_not_a_whole_number_is_refused_by_nam
     with pytest.raises(ValueError, match=f"FID.confidence_interval's seed must be a whole number, got {seed!r}"):
         metric.confidence_interval(samples=3, seed=seed)
     assert metric.confidence_interval(samples=3, seed=np.int64(4)) == metric.confidence_interval(samples=3, seed=4)
+
+
+@pytest.mark.parametrize("keep_features", [False, True])
+@pytest.mark.parametrize("real", ["False", None, 1, torch.tensor([True, False])])
+def test_a_real_flag_that_is_not_true_or_false_is_refused_and_adds_nothing(real, keep_features):
+    # before: "False" was counted as real and None as generated without a word; with keep_features=True any such
+    # flag raised KeyError after the features were already folded into the statistics, which then held images
+    # the kept features (and so confidence_interval) did not
+    metric = FID(pooled(), keep_features=keep_features)
+    with pytest.raises(ValueError, match=re.escape(f"FID.update's real must be True or False, got {real!r}")):
+        metric.update(torch.rand(4, 3, 8, 8), real=real)
+    assert (metric.real.count, metric.fake.count) == (0, 0)
+    if keep_features:
+        assert metric.kept == {True: [], False: []}
+
+
+def test_numpy_and_one_element_tensor_flags_name_the_side():
+    generator = torch.Generator().manual_seed(0)
+    metric = FID(pooled(), keep_features=True)
+    metric.update(torch.rand(3, 3, 8, 8, generator=generator), real=np.bool_(True))
+    metric.update(torch.rand(2, 3, 8, 8, generator=generator), real=torch.tensor(False))
+    assert (metric.real.count, metric.fake.count) == (3, 2)
+    assert [len(f) for f in metric.kept[True]] == [3] and [len(f) for f in metric.kept[False]] == [2]

@@ -60,6 +60,7 @@ class FID:
             raise ValueError(f"FID.update takes a Tensor[B, C, H, W] of images in [0, 1], got {type(images).__name__}")
         if images.dim() != 4:
             raise ValueError(f"FID.update takes a batch Tensor[B, C, H, W] of images in [0, 1], got {tuple(images.shape)}")
+        real = _side(real)
         if images.shape[0] == 0:
             return
         check_unit_range(images, "FID")
@@ -106,6 +107,16 @@ class FID:
             if stats.count < 2:
                 raise ValueError(f"FID needs at least 2 {name} images, has {stats.count}")
         return frechet_distance(self.real.mean, self.real.covariance, self.fake.mean, self.fake.covariance)
+
+
+def _side(real: object) -> bool:
+    """FID.update's ``real`` flag as a bool: Python's or NumPy's, or a one-element bool Tensor; ValueError otherwise
+    (a string "False" would be truthy, and the kept features are filed under True and False)."""
+    if isinstance(real, Tensor) and real.dtype == torch.bool and real.numel() == 1:
+        return bool(real)
+    if isinstance(real, (bool, np.bool_)):
+        return bool(real)
+    raise ValueError(f"FID.update's real must be True or False, got {real!r}")
 
 
 def is_statistics(path: str | Path) -> bool:
