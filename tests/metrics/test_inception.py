@@ -359,3 +359,16 @@ def test_without_resize_images_below_75_px_are_refused_up_front():
                 features.logits(torch.rand(1, 3, height, width))
         assert features(torch.rand(1, 3, 75, 75)).shape == (1, 2048)  # the smallest that runs
         assert features(torch.rand(1, 3, 75, 120)).shape == (1, 2048)
+
+
+def test_random_weights_are_warned_of_and_loaded_ones_are_not(weights_file, caplog):
+    # before: InceptionFeatures() (no checkpoint, pretrained=False) gave a random network without a word, and an FID
+    # over it that is no FID; pytorch-fid's InceptionV3 and torchmetrics' FID load the FID weights by default
+    with caplog.at_level("WARNING", logger="visionzoo.metrics.inception"):
+        InceptionFeatures(weights_file)
+        assert caplog.records == []
+        InceptionFeatures(resize="clean")
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "InceptionFeatures has random weights" in record.getMessage()
+    assert "pretrained=True or checkpoint=PATH" in record.getMessage()

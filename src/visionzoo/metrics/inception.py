@@ -23,6 +23,7 @@ it once into the weights cache (hash-checked).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from torch import Tensor, nn
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.models._registry import Pretrained
 from visionzoo.utils import check_unit_range
+
+log = logging.getLogger(__name__)
 
 FID_WEIGHTS = Pretrained(
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
@@ -201,7 +204,8 @@ class InceptionFeatures(nn.Module):
         checkpoint: pytorch-fid's ``pt_inception-2015-12-05`` weights file (torchvision's Inception-v3 keys).
         resize: "legacy" (pytorch-fid), "clean" (clean-fid) or "none" (inputs already 299×299; any side of at
             least ``MIN_INPUT_SIZE`` = 75 px runs, but FID's numbers are for 299).
-        pretrained: download pytorch-fid's file (once, hash-checked) when no ``checkpoint`` is given.
+        pretrained: download pytorch-fid's file (once, hash-checked) when no ``checkpoint`` is given. With neither,
+            the weights are random (timm's default, not pytorch-fid's or torchmetrics'), and a warning is logged.
 
     ``logits(images)`` gives the 1008-way classifier output; ``logits_unbiased(images)`` the same without its
     bias, which is what the Inception Score is defined on (give those to
@@ -243,6 +247,10 @@ class InceptionFeatures(nn.Module):
                                       "download them again") from None
         elif checkpoint is not None:
             self.load_weights(checkpoint)
+        else:  # timm's default, but pytorch-fid's InceptionV3 and torchmetrics' FID load the FID weights unasked
+            log.warning("InceptionFeatures has random weights (no checkpoint, pretrained=False): an FID, KID or "
+                        "Inception Score of its features is comparable with no published one; give "
+                        "pretrained=True or checkpoint=PATH for pytorch-fid's network")
         self.eval()
 
     def load_weights(self, checkpoint: str | Path) -> None:
