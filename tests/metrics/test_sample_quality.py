@@ -203,3 +203,17 @@ def test_fid_interval_of_one_dimensional_features():
     fid = frechet_distance(real.mean(0), real.var()[None, None], fake.mean(0), fake.var()[None, None])
     low, high = fid_confidence_interval(real, fake, samples=50, generator=torch.Generator().manual_seed(0))
     assert low < fid < high and fid > 0.1
+
+
+def test_a_generator_that_is_not_a_torch_generator_is_refused_by_name():
+    # before: TypeError "randperm() received an invalid combination of arguments - got (int, generator=int) ..." (or
+    # randint's) from inside torch, for a seed given where the Generator goes
+    vectors = features(0, 20, dim=4)
+    for call, who in ((lambda g: kernel_inception_distance(vectors, vectors, subsets=2, subset_size=10, generator=g),
+                       "KID's"),
+                      (lambda g: inception_score(vectors, splits=2, generator=g), "the Inception Score's"),
+                      (lambda g: fid_confidence_interval(vectors, vectors, samples=2, generator=g), "the FID interval's")):
+        with pytest.raises(ValueError, match=f"{who} generator must be a torch.Generator or None, got 0 "
+                                             r"\(seed one with torch.Generator\(\).manual_seed\(0\)\)"):
+            call(0)
+        assert call(torch.Generator().manual_seed(3)) == call(torch.Generator().manual_seed(3))
