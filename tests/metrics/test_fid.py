@@ -281,3 +281,12 @@ def test_numpy_and_one_element_tensor_flags_name_the_side():
     metric.update(torch.rand(2, 3, 8, 8, generator=generator), real=torch.tensor(False))
     assert (metric.real.count, metric.fake.count) == (3, 2)
     assert [len(f) for f in metric.kept[True]] == [3] and [len(f) for f in metric.kept[False]] == [2]
+
+
+@pytest.mark.parametrize("features, got", [(None, "got None"), (InceptionFeatures, "got the class InceptionFeatures"),
+                                           (lambda images: images.mean(dim=(2, 3)), "got function")])
+def test_features_that_are_not_a_module_are_refused_by_name(features, got):
+    # before: AttributeError "'NoneType' object has no attribute 'eval'", or TypeError "Module.eval() missing 1
+    # required positional argument: 'self'" for the class given uncalled
+    with pytest.raises(ValueError, match=f"FID's features must be a torch.nn.Module .*, {got}"):
+        FID(features)

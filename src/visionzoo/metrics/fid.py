@@ -47,6 +47,11 @@ class FID:
 
     def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
         self.batch_size = positive_batch_size(batch_size, "FID's batch_size")
+        if not isinstance(features, nn.Module):
+            got = (f"the class {features.__name__} (build one: {features.__name__}(...))" if isinstance(features, type)
+                   else "None" if features is None else type(features).__name__)
+            raise ValueError(f"FID's features must be a torch.nn.Module instance mapping images to Tensor[B, D] "
+                             f"(InceptionFeatures(pretrained=True), domain_features(...)), got {got}")
         self.features = features.eval()
         self.real = FeatureStatistics()
         self.fake = FeatureStatistics()
