@@ -217,3 +217,11 @@ def test_a_generator_that_is_not_a_torch_generator_is_refused_by_name():
                                              r"\(seed one with torch.Generator\(\).manual_seed\(0\)\)"):
             call(0)
         assert call(torch.Generator().manual_seed(3)) == call(torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("confidence", ["0.9", None, float("nan"), 1.0])
+def test_a_confidence_that_is_not_a_number_in_the_unit_interval_is_refused_by_name(confidence):
+    # before: "0.9" and None raised TypeError "'<' not supported between instances of 'int' and 'str'" (NoneType)
+    vectors = features(0, 20, dim=4)
+    with pytest.raises(ValueError, match=r"the FID interval's confidence must be a number in \(0, 1\), got "):
+        fid_confidence_interval(vectors, vectors, samples=2, confidence=confidence)

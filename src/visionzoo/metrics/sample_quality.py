@@ -154,8 +154,8 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
     bias (the mean of the resampled FIDs minus the full-sample FID), clamped at 0.
     """
     real, fake = _tensor(real, "the FID interval's real features"), _tensor(fake, "the FID interval's generated features")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if not (isinstance(confidence, numbers.Real) and 0 < confidence < 1):
+        raise ValueError(f"the FID interval's confidence must be a number in (0, 1), got {confidence!r}")
     _check_whole(samples, "the FID interval's samples")
     if samples < 1:
         raise ValueError(f"the FID interval's samples must be >= 1, got {samples}")
