@@ -290,3 +290,24 @@ def test_features_that_are_not_a_module_are_refused_by_name(features, got):
     # required positional argument: 'self'" for the class given uncalled
     with pytest.raises(ValueError, match=f"FID's features must be a torch.nn.Module .*, {got}"):
         FID(features)
+
+
+def test_features_switched_to_training_mode_after_construction_are_read_in_eval_mode():
+    # before: FID put its features in eval mode only when built; a feature network that a parent module's .train()
+    # (a training loop holding it) switched back read every batch with its batch norms' batch statistics, which
+    # made each image's features depend on its batch, and moved their running statistics for good: a silently
+    # wrong FID. torchmetrics' FID keeps its Inception in eval mode (NoTrainInceptionV3.train)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten())
+    images = torch.rand(8, 3, 8, 8, generator=generator)
+    expected = FID(features, batch_size=3)
+    expected.update(images, real=True)
+    running = features[1].running_mean.clone()
+    metric = FID(features, batch_size=3)
+    features.train()
+    metric.update(images, real=True)
+    torch.testing.assert_close(metric.real.mean, expected.real.mean, rtol=0, atol=0)
+    torch.testing.assert_close(features[1].running_mean, running, rtol=0, atol=0)
+    assert features.training and features[1].training  # its own mode back for the loop that holds it

@@ -29,7 +29,7 @@ from visionzoo.metrics.frechet import (
     frechet_distance,
     is_positive_semidefinite,
 )
-from visionzoo.utils import check_unit_range, positive_batch_size
+from visionzoo.utils import check_unit_range, eval_mode, positive_batch_size
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
 
@@ -72,7 +72,10 @@ class FID:
         stats = self.real if real else self.fake
         batch, kept = FeatureStatistics(stats.dim), []  # folded in at the end: an update that fails adds nothing
         for part in images.split(self.batch_size):
-            features = self.features(part)
+            # eval mode for each batch, not only when built: a loop's .train() on a module holding the network would
+            # give batch-dependent features from batch statistics (and move the running ones), as torchmetrics guards
+            with eval_mode(self.features):
+                features = self.features(part)
             if not isinstance(features, Tensor) or features.dim() != 2:
                 got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
                 raise ValueError(f"FID's feature module must return Tensor[B, D], got {got} (pytorch-fid's "
