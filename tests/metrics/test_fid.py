@@ -311,3 +311,19 @@ def test_features_switched_to_training_mode_after_construction_are_read_in_eval_
     torch.testing.assert_close(metric.real.mean, expected.real.mean, rtol=0, atol=0)
     torch.testing.assert_close(features[1].running_mean, running, rtol=0, atol=0)
     assert features.training and features[1].training  # its own mode back for the loop that holds it
+
+
+def test_features_of_another_dimension_than_earlier_ones_are_refused_naming_both():
+    # before: generated images of another size through a feature module whose output grows with it were taken, and
+    # compute() said "expected mu1, mu2 of shape [D] and sigma1, sigma2 of shape [D, D]; got [12], [48], ..."; more
+    # real ones said "features have 48 dimensions, expected 12", naming neither side
+    generator = torch.Generator().manual_seed(0)
+    metric = FID(torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten()), keep_features=True)  # 3·(H/4)² features
+    metric.update(torch.rand(4, 3, 8, 8, generator=generator), real=True)
+    for real, side in ((False, "generated"), (True, "real")):
+        with pytest.raises(ValueError, match=f"FID's features of these {side} images have 48 dimensions, but those of "
+                                             "the real images before have 12: .* one network at one image size"):
+            metric.update(torch.rand(3, 3, 16, 16, generator=generator), real=real)
+    assert (metric.real.count, metric.fake.count) == (4, 0) and metric.kept[False] == []
+    metric.update(torch.rand(3, 3, 8, 8, generator=generator), real=False)
+    assert metric.compute() >= 0

@@ -80,6 +80,7 @@ class FID:
                 got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
                 raise ValueError(f"FID's feature module must return Tensor[B, D], got {got} (pytorch-fid's "
                                  "InceptionV3 returns a list of [B, D, 1, 1]: use InceptionFeatures)")
+            self._check_dimension(features.shape[1], real)
             features = features.double()
             batch.update(features)
             if self.kept is not None:
@@ -87,6 +88,15 @@ class FID:
         stats.merge(batch)
         if self.kept is not None:
             self.kept[real].extend(kept)
+
+    def _check_dimension(self, dim: int, real: bool) -> None:
+        """ValueError naming both sides when ``dim``-d features of the ``real`` side meet features of another
+        dimension seen before (a feature module whose output grows with the image size, given other sizes)."""
+        for seen, stats in (("real", self.real), ("generated", self.fake)):
+            if stats.dim is not None and stats.count and stats.dim != dim:
+                raise ValueError(f"FID's features of these {'real' if real else 'generated'} images have {dim} "
+                                 f"dimensions, but those of the {seen} images before have {stats.dim}: FID compares "
+                                 "features of one network at one image size")
 
     def reset(self, keep_real: bool = False) -> None:
         """Forget the generated images seen, and the real ones unless ``keep_real`` (torchmetrics'
