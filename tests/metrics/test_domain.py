@@ -1,6 +1,7 @@
 """Domain features: the classifier learns its data, is cached once, and serves `visionzoo fid --features domain`."""
 
 import os
+import re
 import stat
 
 import numpy as np
@@ -276,3 +277,23 @@ def test_features_called_directly_refuse_images_outside_the_unit_range(scale, dt
         with pytest.raises(ValueError, match=rf"DomainFeatures takes images in \[0, 1\]; these span {span}"):
             call(images)
     assert len(model.feature_maps(torch.rand(1, 1, 16, 16) * 2 - 1)) == 3  # the perceptual loss' maps of any decoder output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=32.0), "domain_features' image_size must be an integer, got 32.0"),
+    (dict(image_size="32"), "domain_features' image_size must be an integer, got '32'"),
+    (dict(image_size=None), "domain_features' image_size must be an integer, got None"),
+    (dict(image_size=32, in_chans=0), "domain_features' in_chans must be an integer >= 1, got 0"),
+    (dict(image_size=32, in_chans=1.0), "domain_features' in_chans must be an integer >= 1, got 1.0"),
+])
+def test_sizes_and_channels_that_are_not_whole_numbers_are_refused_by_name(tmp_path, monkeypatch, kwargs, message):
+    # before: image_size=32.0 was taken as another size than 32 (a network cached as digits-32.0, trained anew for a
+    # minute, whose fingerprint "image_size=32.0" refused statistics made at 32); "32" and None raised TypeError
+    # "'<' not supported between instances of 'str' and 'int'"; in_chans=0 was read as the data's default
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(domain, "train_domain_classifier", lambda *args: pytest.fail("trained a network"))
+    weights = tmp_path / "digits-domain.safetensors"
+    save_file(DomainFeatures(1, 10).state_dict(), weights)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        domain_features("digits", checkpoint=weights, **kwargs)
+    assert domain_features("digits", np.int64(32), in_chans=np.int64(1), checkpoint=weights).image_size == 32

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.checkpoint import atomic_write
-from visionzoo.utils import check_unit_range
+from visionzoo.utils import check_unit_range, is_integer, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +245,14 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     data = data.lower()
     if data not in DOMAIN_DATA:
         raise ValueError(f"domain features exist for {', '.join(DOMAIN_DATA)}, not {data!r}")
+    if not is_integer(image_size):  # 32.0 would name another cache file and fingerprint than 32
+        raise ValueError(f"domain_features' image_size must be an integer, got {image_size!r}")
+    image_size = int(image_size)
     if image_size < MIN_IMAGE_SIZE:  # else the train split is loaded and the first training step fails
         raise ValueError(f"domain features need images of at least {MIN_IMAGE_SIZE} px, got image_size {image_size}")
-    in_chans = in_chans or (1 if data == "digits" else 3)
+    if in_chans is None:
+        in_chans = 1 if data == "digits" else 3
+    in_chans = whole_number(in_chans, "domain_features' in_chans", 1)
     path = Path(checkpoint) if checkpoint else domain_weights_path(data, image_size, in_chans)
     if checkpoint and not path.is_file():
         raise FileNotFoundError(f"domain features checkpoint {path} does not exist")
