@@ -297,3 +297,10 @@ def test_sizes_and_channels_that_are_not_whole_numbers_are_refused_by_name(tmp_p
     with pytest.raises(ValueError, match=re.escape(message)):
         domain_features("digits", checkpoint=weights, **kwargs)
     assert domain_features("digits", np.int64(32), in_chans=np.int64(1), checkpoint=weights).image_size == 32
+
+
+@pytest.mark.parametrize("data", [None, 3, "mnist"])
+def test_a_data_name_that_is_not_a_domain_is_refused_by_name(data):
+    # before: None and 3 raised AttributeError "'NoneType' object has no attribute 'lower'"
+    with pytest.raises(ValueError, match=re.escape(f"domain features exist for digits, shapes, not {data!r}")):
+        domain_features(data, 32)

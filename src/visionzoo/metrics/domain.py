@@ -242,9 +242,9 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     """
     from safetensors.torch import save_file
 
-    data = data.lower()
-    if data not in DOMAIN_DATA:
+    if not isinstance(data, str) or data.lower() not in DOMAIN_DATA:  # else None.lower()'s AttributeError
         raise ValueError(f"domain features exist for {', '.join(DOMAIN_DATA)}, not {data!r}")
+    data = data.lower()
     if not is_integer(image_size):  # 32.0 would name another cache file and fingerprint than 32
         raise ValueError(f"domain_features' image_size must be an integer, got {image_size!r}")
     image_size = int(image_size)
