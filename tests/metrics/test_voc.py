@@ -222,3 +222,12 @@ def test_fractional_labels_are_refused_naming_the_entry_not_truncated(side):
         voc_evaluate(detections, ground_truths)
     entries[side][0]["labels"] = np.array([1.0])  # whole floats are class indices still
     assert voc_evaluate(detections, ground_truths)["mAP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("use_07", [False, True])
+def test_voc_ap_refuses_a_curve_holding_nan(use_07):
+    # before: voc_ap([0.5, nan], [1, 0.5]) returned nan (and with use_07_metric a number that skipped the NaN point)
+    with pytest.raises(ValueError, match=r"recall and precision must be finite, got NaN or infinity in recall"):
+        voc_ap([0.5, float("nan")], [1.0, 0.5], use_07_metric=use_07)
+    with pytest.raises(ValueError, match=r"in precision"):
+        voc_ap([0.5, 1.0], [float("inf"), 0.5], use_07_metric=use_07)

@@ -32,6 +32,9 @@ def voc_ap(
     prec = np.asarray(precision, dtype=np.float64).reshape(-1)
     if rec.shape != prec.shape:
         raise ValueError(f"recall and precision must have the same length, got {rec.size} and {prec.size}")
+    for name, values in (("recall", rec), ("precision", prec)):
+        if not np.isfinite(values).all():  # else NaN flows into the area (or the 11-point maximum skips it)
+            raise ValueError(f"recall and precision must be finite, got NaN or infinity in {name}")
     if use_07_metric:
         reached = rec[None, :] >= _VOC07_RECALLS[:, None]
         best = np.where(reached, prec[None, :], -np.inf).max(axis=1, initial=-np.inf)
