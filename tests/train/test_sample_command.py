@@ -619,3 +619,33 @@ def test_a_jpeg_grid_of_completions_too_large_for_the_format_is_refused_before_c
                                        "side: change -n or --nrow, or write a .png\n")
     assert not out.exists()
 
+
+
+def test_sample_complete_completes_at_most_batch_size_images_at_a_time(image_gpt_run, tmp_path, capsys, monkeypatch):
+    """--batch-size was ignored by --complete, which completed one row of --nrow images at a time whatever it was; it
+    is now the most images completed at a time, and without it a row of --nrow is, as before."""
+    from visionzoo.generative.image_gpt import ImageGPT
+
+    batches = []
+    complete = ImageGPT.complete
+    monkeypatch.setattr(ImageGPT, "complete", lambda self, images, *args, **kwargs: (
+        batches.append(images.shape[0]), complete(self, images, *args, **kwargs))[1])
+    base = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", "val", "-n", "5", "--nrow",
+            "4", "--seed", "1"]
+    assert main([*base, "--out", str(tmp_path / "default.png")]) == 0
+    assert batches == [4, 4, 4, 1, 1, 1]  # a row of --nrow at a time, three completions each
+    batches.clear()
+    assert main([*base, "--out", str(tmp_path / "rows.png"), "--batch-size", "4"]) == 0
+    assert batches == [4, 4, 4, 1, 1, 1]
+    assert (tmp_path / "rows.png").read_bytes() == (tmp_path / "default.png").read_bytes()
+    for size, expected in (("2", [2, 2, 2, 2, 2, 2, 1, 1, 1]), ("8", [5, 5, 5])):
+        batches.clear()
+        grid = tmp_path / f"batch{size}.png"
+        assert main([*base, "--out", str(grid), "--batch-size", size]) == 0
+        assert batches == expected
+        assert "5 images of the val split of digits completed" in capsys.readouterr().out
+        cells, first = _cells(grid, 4, 10), _cells(tmp_path / "default.png", 4, 10)
+        assert torch.equal(cells[:2], first[:2]) and torch.equal(cells[5:7], first[5:7])  # the same images and halves
+        assert torch.equal(cells[5:, 1:], torch.full_like(cells[5:, 1:], 255))  # the second row's one image
+        assert main([*base, "--out", str(grid), "--batch-size", size, "--overwrite"]) == 0  # seeded
+        assert _cells(grid, 4, 10).equal(cells)

@@ -226,13 +226,15 @@ class AutoregressiveTask(Task):
     def complete(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
                  generator: torch.Generator, autocast: Callable[[], Any], columns: int = COLUMNS,
                  temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 label: int | str | None = None) -> torch.Tensor:
+                 label: int | str | None = None, batch_size: int | None = None) -> torch.Tensor:
         """The cells of a grid of completions, Tensor[R · columns, C, S, S] in [0, 1], of ``images`` Tensor[B, C, S, S]
         in [0, 1] by a model that completes images (Image GPT): for each group of ``columns`` images a row of them, a
         row of their top halves (the bottom grey) and ``COMPLETIONS`` rows of completions of those halves, sampled as
-        :meth:`sample` samples; a last group of fewer images is filled with white cells. A class-conditional model is
-        given ``label`` (as in :meth:`sample`), else ``labels`` int64 Tensor[B] (the images' classes), else nothing
-        (its "no class" start token); an unconditional model ignores both."""
+        :meth:`sample` samples; a last group of fewer images is filled with white cells. The images are completed
+        ``batch_size`` at a time (default ``columns``), each batch ``COMPLETIONS`` times in turn, so that the draws of
+        a seeded ``generator`` depend on it. A class-conditional model is given ``label`` (as in :meth:`sample`), else
+        ``labels`` int64 Tensor[B] (the images' classes), else nothing (its "no class" start token); an unconditional
+        model ignores both."""
         _check_top_k(model, top_k)
         device = next(model.parameters()).device
         if label is not None:  # refused for an unconditional model, as sample refuses it
@@ -240,16 +242,21 @@ class AutoregressiveTask(Task):
         elif not model.gpt.num_classes:
             labels = None
         settings = {"temperature": 1.0 if temperature is None else temperature, "top_k": top_k, "top_p": top_p}
+        batch_size = batch_size or columns
+        completions: list[list[torch.Tensor]] = [[] for _ in range(COMPLETIONS)]
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size].to(device)
+            condition = None if labels is None else labels[start:start + batch_size].to(device)
+            with torch.no_grad(), autocast():
+                for drawn in completions:
+                    drawn.append(model.complete(batch, generator, condition, **settings).float().clamp(0, 1).cpu())
+        half = images.clone()
+        half[..., images.shape[-2] // 2:, :] = 0.5
+        rows = (images, half, *(torch.cat(drawn) for drawn in completions))
         cells = []
         for start in range(0, images.shape[0], columns):
-            group = images[start:start + columns].to(device)
-            condition = None if labels is None else labels[start:start + columns].to(device)
-            half = group.clone()
-            half[..., group.shape[-2] // 2:, :] = 0.5
-            with torch.no_grad(), autocast():
-                completions = [model.complete(group, generator, condition, **settings) for _ in range(COMPLETIONS)]
-            for row in (group, half, *completions):
-                row = row.float().clamp(0, 1).cpu()
+            for row in rows:
+                row = row[start:start + columns].float().clamp(0, 1).cpu()
                 blank = row.new_ones(columns - row.shape[0], *row.shape[1:])
                 cells.append(torch.cat([row, blank]))
         return torch.cat(cells)

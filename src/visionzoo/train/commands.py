@@ -559,7 +559,8 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a grid --out, also write every sample as its own PNG into DIR as it is drawn (for "
                              f"`visionzoo fid`); the grid then shows the first {GRID_MAX_IMAGES} of any -n")
     parser.add_argument("--batch-size", type=positive_int,
-                        help=f"images drawn at a time (default {SAMPLE_BATCH}); a smaller one holds less in memory; the images of a --seed depend on it")
+                        help=f"images drawn at a time (default {SAMPLE_BATCH}; with --complete, images completed at a time, "
+                             "default --nrow); a smaller one holds less in memory; the images of a --seed depend on it")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
@@ -828,7 +829,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     with _finite_outputs(args.model, args.checkpoint, args.precision):
         cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
-                                    columns=nrow, **settings)
+                                    columns=nrow, batch_size=args.batch_size, **settings)
     if not bool(torch.isfinite(cells).all()):
         hint = "; try --precision fp32" if args.precision != "fp32" else ""
         raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
