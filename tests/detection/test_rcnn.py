@@ -578,7 +578,7 @@ def test_non_finite_proposals_are_refused_and_ones_without_area_are_left_out_say
         assert [record.getMessage() for record in caplog.records] == [
             "3 of the 5 proposals have less than 1 px of width or height inside their image (x2 <= x1, y2 <= y1 or "
             "outside it) and are left out, as torchvision's remove_small_boxes leaves them: first image 0, entry 1 "
-            "[30.0, 5.0, 20.0, 9.0]"]
+            "[30.0, 5.0, 20.0, 9.0] (said once for this model; later ones are logged at debug level)"]
         assert torch.equal(got[0]["boxes"], expected[0]["boxes"]) and torch.equal(got[0]["scores"], expected[0]["scores"])
 
 
@@ -604,3 +604,26 @@ def test_proposals_given_to_a_data_set_with_nan_are_refused_naming_the_data_sets
     good = torch.tensor([[1.0, 2.0, 30.0, 40.0]])
     with pytest.raises(ValueError, match=r"proposals of image 2, entry 1: non-finite box \[1.0, 2.0, inf, 40.0\]"):
         WithProposals(data, [good, good, torch.tensor([[1.0, 2.0, 30.0, 40.0], [1.0, 2.0, float("inf"), 40.0]])])
+
+
+@pytest.mark.parametrize("name", ["rcnn_shapes", "fastrcnn_shapes"])
+def test_proposals_left_out_are_warned_of_once_per_model_not_at_every_call(name, caplog):
+    # before: every call whose proposals held one without area warned again, so a training run on such proposals
+    # logged the same line at every step
+    model = create_model(name).eval()
+    image = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    proposals = [torch.tensor([[2.0, 3.0, 40.0, 50.0], [30.0, 5.0, 20.0, 9.0], [10.0, 10.0, 60.0, 30.0]])]
+    with torch.no_grad(), caplog.at_level("DEBUG", logger="visionzoo"):
+        for _ in range(4):
+            model(image, proposals=proposals)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        "1 of the 3 proposals have less than 1 px of width or height inside their image (x2 <= x1, y2 <= y1 or "
+        "outside it) and are left out, as torchvision's remove_small_boxes leaves them: first image 0, entry 1 "
+        "[30.0, 5.0, 20.0, 9.0] (said once for this model; later ones are logged at debug level)"]
+    assert sum("left out" in record.getMessage() for record in caplog.records if record.levelname == "DEBUG") == 3
+    caplog.clear()
+    with torch.no_grad(), caplog.at_level("WARNING", logger="visionzoo"):
+        create_model(name).eval()(image, proposals=proposals)  # another model says it again
+    assert len(caplog.records) == 1
+

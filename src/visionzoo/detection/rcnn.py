@@ -189,6 +189,7 @@ class ProposalDetector(PredictorClasses, nn.Module):
         self._num_classes = num_classes
         self.proposal_method = proposals
         self.proposal_args = dict(proposal_args or {})
+        self._warned: set[str] = set()  # the warnings this model gave: each once, later ones at debug level
 
     @property
     def cache_proposals(self) -> bool:
@@ -215,6 +216,15 @@ class ProposalDetector(PredictorClasses, nn.Module):
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def _warn_once(self, kind: str, message: str, *args: Any) -> None:
+        """Log ``message % args`` as a warning the first time this model meets ``kind``, later at debug level: a
+        training run or a predict over many files calls the model once a batch or an image, and would repeat it."""
+        if kind in self._warned:
+            log.debug(message, *args)
+            return
+        self._warned.add(kind)
+        log.warning(message + " (said once for this model; later ones are logged at debug level)", *args)
 
     def _note_images_without_windows(self, images: Sequence[Tensor], proposals: Sequence[Tensor]) -> None:
         """Warn of each image smaller than every sliding window: else it got no detection, as if looked at."""
@@ -261,9 +271,10 @@ class ProposalDetector(PredictorClasses, nn.Module):
                     first = f"image {index}, entry {entry} {boxes[entry].tolist()}"
             regions.append(resize_boxes(clipped[keep], original, size))
         if dropped:  # Selective Search's and the sliding windows' boxes all have area: these came from the caller
-            log.warning("%d of the %d proposals have less than 1 px of width or height inside their image (x2 <= x1, "
-                        "y2 <= y1 or outside it) and are left out, as torchvision's remove_small_boxes leaves them: "
-                        "first %s", dropped, total, first)
+            self._warn_once("proposals without area",
+                            "%d of the %d proposals have less than 1 px of width or height inside their image (x2 <= "
+                            "x1, y2 <= y1 or outside it) and are left out, as torchvision's remove_small_boxes leaves "
+                            "them: first %s", dropped, total, first)
         detections, losses = self.roi_heads(self.features(batch.tensors), regions, batch.image_sizes, targets,
                                             tuple(batch.tensors.shape[-2:]))
         if self.training:
