@@ -594,7 +594,7 @@ def test_an_image_smaller_than_every_sliding_window_is_named_rather_than_found_e
     assert len(found[1]["boxes"]) == 0
     assert [record.getMessage() for record in caplog.records] == [
         "image 1 of 8×8 px holds no sliding window (sizes (16, 24, 32, 48, 64) at aspect ratios (0.5, 1.0, 2.0)): "
-        "nothing is detected in it"]
+        "nothing is detected in it (said once for this model; later ones are logged at debug level)"]
 
 
 def test_proposals_given_to_a_data_set_with_nan_are_refused_naming_the_data_sets_image():
@@ -627,3 +627,17 @@ def test_proposals_left_out_are_warned_of_once_per_model_not_at_every_call(name,
         create_model(name).eval()(image, proposals=proposals)  # another model says it again
     assert len(caplog.records) == 1
 
+
+def test_images_without_sliding_windows_are_warned_of_once_per_model_with_their_count(caplog):
+    # before: one warning line per small image, so predict over a folder of small images gave a line an image
+    model = create_model("sliding_window_shapes").eval()
+    generator = torch.Generator().manual_seed(0)
+    small = [torch.rand(3, 8, 8, generator=generator) for _ in range(3)]
+    with torch.no_grad(), caplog.at_level("WARNING", logger="visionzoo"):
+        model([torch.rand(3, 40, 40, generator=generator), *small])
+        for image in small:
+            model([image])
+    assert [record.getMessage() for record in caplog.records] == [
+        "image 1 of 8×8 px and 2 more of the 4 images hold no sliding window (sizes (16, 24, 32, 48, 64) at aspect "
+        "ratios (0.5, 1.0, 2.0)): nothing is detected in them (said once for this model; later ones are logged at "
+        "debug level)"]

@@ -227,15 +227,20 @@ class ProposalDetector(PredictorClasses, nn.Module):
         log.warning(message + " (said once for this model; later ones are logged at debug level)", *args)
 
     def _note_images_without_windows(self, images: Sequence[Tensor], proposals: Sequence[Tensor]) -> None:
-        """Warn of each image smaller than every sliding window: else it got no detection, as if looked at."""
+        """Warn of images smaller than every sliding window (else they got no detection, as if looked at): the first
+        of them and how many, once for this model."""
         if self.proposal_method != "sliding_window":
             return
+        empty = [index for index, boxes in enumerate(proposals) if not len(boxes)]
+        if not empty:
+            return
         settings = self.proposal_settings
-        for index, (image, boxes) in enumerate(zip(images, proposals)):
-            if not len(boxes):
-                log.warning("image %d of %d×%d px holds no sliding window (sizes %s at aspect ratios %s): nothing is "
-                            "detected in it", index, image.shape[-2], image.shape[-1], tuple(settings["sizes"]),
-                            tuple(settings["aspect_ratios"]))
+        image = images[empty[0]]
+        what = f"image {empty[0]} of {image.shape[-2]}×{image.shape[-1]} px" + (
+            f" and {len(empty) - 1} more of the {len(images)} images hold" if len(empty) > 1 else " holds")
+        self._warn_once("images without windows", "%s no sliding window (sizes %s at aspect ratios %s): nothing is "
+                        "detected in %s", what, tuple(settings["sizes"]), tuple(settings["aspect_ratios"]),
+                        "them" if len(empty) > 1 else "it")
 
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
                 proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
