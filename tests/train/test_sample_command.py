@@ -649,3 +649,23 @@ def test_sample_complete_completes_at_most_batch_size_images_at_a_time(image_gpt
         assert torch.equal(cells[5:, 1:], torch.full_like(cells[5:, 1:], 255))  # the second row's one image
         assert main([*base, "--out", str(grid), "--batch-size", size, "--overwrite"]) == 0  # seeded
         assert _cells(grid, 4, 10).equal(cells)
+
+
+def test_sample_complete_of_a_split_a_coco_folder_lacks_names_the_ones_it_has_and_complete_not_split(tmp_path, capsys):
+    """sample --complete test of a run on a COCO folder without test annotations told the user to "give --split val",
+    an option sample does not take; it now says "give --complete val"."""
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "16", "--image-size", "16", "--split", "train",
+                 "val"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--out", str(run), "--model-arg", "embed_dim=16",
+                 "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "grid.png"
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(run / "checkpoint.safetensors"), "--complete", "test",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visionzoo sample: error: no annotations for split 'test' in {folder}: looked for ")
+    assert err.endswith("; it has train and val: give --complete val\n") and err.count("\n") == 1
+    assert not out.exists()

@@ -148,6 +148,20 @@ class Splits(dict):
         return next(iter(self.values()))
 
 
+class MissingSplitError(FileNotFoundError):
+    """A COCO folder lacks the annotations of the split asked for: ``missing`` (the error naming the files looked
+    for), the splits it has, ``present``, and ``option``, the argument that picks a split (eval's --split, sample's
+    --complete), which the message tells to give."""
+
+    def __init__(self, missing: FileNotFoundError, present: list[str], option: str = "--split"):
+        super().__init__(str(missing))
+        self.present = present
+        self.option = option
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}; it has {' and '.join(self.present)}: give {self.option} {self.present[-1]}"
+
+
 def images_only(data: str | Path) -> dict[str, Any]:
     """Keyword arguments for :func:`open_splits` / :func:`create_dataset` of a task that reads the images alone
     (masked patch prediction, tokenizers, priors): a COCO path's masks are not decoded and a box with no area inside
@@ -161,9 +175,10 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
     data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
-    evaluated). None of ``names`` raises the first one's FileNotFoundError with the splits the folder has, or, for a
-    folder without annotations for any split, one naming every split's files looked for. ``names`` may also be splits already built (what a
-    checkpoint recorded of its data, for predict and sample), which are returned as they are."""
+    evaluated). None of ``names`` raises the first one's :class:`MissingSplitError` with the splits the folder
+    has, or, for a folder without annotations for any split, a FileNotFoundError naming every split's files looked
+    for. ``names`` may also be splits already built (what a checkpoint recorded of its data, for predict and sample),
+    which are returned as they are."""
     if isinstance(names, Splits):
         return names
     splits, missing = {}, {}
@@ -178,9 +193,9 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
         root = Path(data).expanduser()
         present = [split for split in SPLITS if _has_annotations(root, split)]
         if present:
-            # names is a subset only for eval's --split, so the splits the folder has say what to give
-            raise FileNotFoundError(f"{missing[names[0]]}; it has {' and '.join(present)}: "
-                                    f"give --split {present[-1]}")
+            # names is a subset only for one split asked for (eval's --split, sample's --complete), so the splits
+            # the folder has say what to give
+            raise MissingSplitError(missing[names[0]], present)
         # no COCO folder at all: one split's error alone hid that (and named a split eval --split test never asked for)
         each = "{" + ",".join(SPLITS) + "}"
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "

@@ -786,12 +786,16 @@ COMPLETE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     """``sample --complete``: a grid of the first -n images of a split of the run's data or of a folder, their top
     halves and the model's completions of them (:meth:`AutoregressiveTask.complete`)."""
-    from visionzoo.data.factory import SPLITS
+    from visionzoo.data.factory import SPLITS, MissingSplitError
     from visionzoo.train.autoregressive import COMPLETIONS, MIN_CELL, save_completions
 
     source = args.complete
     if source in SPLITS:  # the split's data, opened as eval opens them
-        setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, split=source)
+        try:
+            setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, split=source)
+        except MissingSplitError as error:  # the split to give is one of --complete, not of eval's --split
+            error.option = "--complete"
+            raise
     else:
         folder = Path(source)
         if not folder.is_dir():
