@@ -669,3 +669,18 @@ def test_sample_complete_of_a_split_a_coco_folder_lacks_names_the_ones_it_has_an
     assert err.startswith(f"visionzoo sample: error: no annotations for split 'test' in {folder}: looked for ")
     assert err.endswith("; it has train and val: give --complete val\n") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_sample_complete_of_fewer_images_than_nrow_lays_out_only_their_columns(image_gpt_run, tmp_path, capsys):
+    """--complete val -n 3 wrote a grid 8 cells wide, 5 of its columns white, and said "a row of 8 images"; with
+    --nrow 100 a 3402 px wide grid of 97 white columns. As sample's grids, it now has a column an image."""
+    base = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", "val", "-n", "3"]
+    for nrow in ([], ["--nrow", "100"]):
+        grid = tmp_path / f"grid{len(nrow)}.png"
+        assert main([*base, *nrow, "--out", str(grid)]) == 0
+        assert capsys.readouterr().out == (f"3 images of the val split of digits completed by image_gpt_small in {grid}: "
+                                           "a row of 3 images, a row of their top halves and 3 rows of completions of "
+                                           "each, in turn\n")
+        cells = _cells(grid, 3, 5)
+        assert not torch.equal(cells[0, 2], torch.full_like(cells[0, 2], 255))  # the third image, no white cell
+    assert (tmp_path / "grid0.png").read_bytes() == (tmp_path / "grid2.png").read_bytes()

@@ -819,6 +819,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
             raise ValueError(f"--complete {source} holds no PNG or JPEG files")
         files = files[:args.count]
         images, labels, count, what = load_images(files, model.img_size, model.in_chans), None, len(files), source
+    nrow = min(nrow, count)  # as sample's grids: no column of white cells past the images
     side = model.img_size * max(1, -(-MIN_CELL // model.img_size))  # as save_completions enlarges them
     rows = -(-count // nrow) * (2 + COMPLETIONS)
     width, height = grid_size(rows * nrow, nrow, side)
