@@ -684,3 +684,27 @@ def test_sample_complete_of_fewer_images_than_nrow_lays_out_only_their_columns(i
         cells = _cells(grid, 3, 5)
         assert not torch.equal(cells[0, 2], torch.full_like(cells[0, 2], 255))  # the third image, no white cell
     assert (tmp_path / "grid0.png").read_bytes() == (tmp_path / "grid2.png").read_bytes()
+
+
+def test_sample_complete_caps_the_images_it_completes_with_advice_it_takes(image_gpt_run, tmp_path, capsys,
+                                                                          monkeypatch):
+    """--complete -n past the grid's cap was told to give --out DIR or --images-dir, which --complete refuses, and a
+    folder of 3 images with -n 10 past the cap was refused though 3 would be completed: the cap is now on the images
+    completed, with advice that --complete takes."""
+    monkeypatch.setattr(commands, "GRID_MAX_IMAGES", 4)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("L", (8, 8), 60 * index).save(folder / f"{index}.png")
+    base = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run)]
+    assert main([*base, "--complete", str(folder), "-n", "10", "--out", str(tmp_path / "folder.png")]) == 0
+    assert f"3 images of {folder} completed" in capsys.readouterr().out
+    out = tmp_path / "grid.png"
+    assert main([*base, "--complete", "val", "-n", "10", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: --complete: -n 10 images of the val split of digits are "
+                                       "more than the 4 a grid of completions holds; give -n 4 or fewer\n")
+    assert not out.exists()
+    monkeypatch.setattr(commands, "GRID_MAX_IMAGES", 2)
+    assert main([*base, "--complete", str(folder), "-n", "10", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: --complete: the 3 images of {folder} are more than the "
+                                       "2 a grid of completions holds; give -n 2 or fewer\n")

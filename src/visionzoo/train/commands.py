@@ -654,9 +654,10 @@ def _sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[Path, bool]:
+def _sample_out(text: str, count: int | None, images_dir: str | None = None) -> tuple[Path, bool]:
     """``--out`` as a Path and whether it is a grid (a .png or .jpg file) rather than a folder of single samples (an
-    existing folder, or a path with a trailing separator or no suffix)."""
+    existing folder, or a path with a trailing separator or no suffix). A grid of ``count`` samples is checked to fit;
+    None (``--complete``, whose count is known once its source is read) is not."""
     out = Path(text)
     names_folder = text.endswith(("/", os.sep))
     if out.suffix.lower() in GRID_SUFFIXES and names_folder:  # Path drops the separator: the grid would be written
@@ -664,7 +665,7 @@ def _sample_out(text: str, count: int, images_dir: str | None = None) -> tuple[P
                          f"give --out {out} for a grid, or a folder name without .png or .jpg for one PNG a sample")
     if out.suffix.lower() in GRID_SUFFIXES:
         require_not_folder(out, "--out", "a .png or .jpg file")
-        if count > GRID_MAX_IMAGES and not images_dir:
+        if count is not None and count > GRID_MAX_IMAGES and not images_dir:
             raise ValueError(f"-n {count} is too many images for the grid --out {out}: a grid holds at most "
                              f"{GRID_MAX_IMAGES} images; give --out DIR to write each sample as its own PNG "
                              f"(which `visionzoo fid DIR` reads), or add --images-dir DIR for the first "
@@ -706,7 +707,7 @@ def _check_grid_fits(out: Path, count: int, shown: int, nrow: int, side: int | N
 def sample_command(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
-    out, is_grid = _sample_out(args.out, args.count, args.images_dir)
+    out, is_grid = _sample_out(args.out, args.count if args.complete is None else None, args.images_dir)
     if is_grid and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; use --overwrite to replace it")
     if not is_grid and args.images_dir:
@@ -810,15 +811,21 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     model = setup.model
     if source in SPLITS:
         dataset = setup.splits[source]
-        count = min(args.count, len(dataset))
-        images, labels = setup.task.collate([dataset[i] for i in range(count)])
-        what = f"the {source} split of {setup.run_meta['data']}"
+        count, what = min(args.count, len(dataset)), f"the {source} split of {setup.run_meta['data']}"
     else:
         files = sorted(path for path in folder.iterdir() if path.suffix.lower() in COMPLETE_SUFFIXES and path.is_file())
         if not files:
             raise ValueError(f"--complete {source} holds no PNG or JPEG files")
         files = files[:args.count]
-        images, labels, count, what = load_images(files, model.img_size, model.in_chans), None, len(files), source
+        count, what = len(files), source
+    if count > GRID_MAX_IMAGES:  # before they are read
+        asked = f"-n {count} images" if count == args.count else f"the {count} images"
+        raise ValueError(f"--complete: {asked} of {what} are more than the {GRID_MAX_IMAGES} a grid of completions "
+                         f"holds; give -n {GRID_MAX_IMAGES} or fewer")
+    if source in SPLITS:
+        images, labels = setup.task.collate([dataset[i] for i in range(count)])
+    else:
+        images, labels = load_images(files, model.img_size, model.in_chans), None
     nrow = min(nrow, count)  # as sample's grids: no column of white cells past the images
     side = model.img_size * max(1, -(-MIN_CELL // model.img_size))  # as save_completions enlarges them
     rows = -(-count // nrow) * (2 + COMPLETIONS)
