@@ -708,3 +708,14 @@ def test_sample_complete_caps_the_images_it_completes_with_advice_it_takes(image
     assert main([*base, "--complete", str(folder), "-n", "10", "--out", str(out)]) == 2
     assert capsys.readouterr().err == (f"visionzoo sample: error: --complete: the 3 images of {folder} are more than the "
                                        "2 a grid of completions holds; give -n 2 or fewer\n")
+
+
+def test_sample_complete_of_one_image_a_row_says_image_not_images(image_gpt_run, tmp_path, capsys):
+    """--complete -n 1 (and --nrow 1) said "a row of 1 images, a row of their top halves"."""
+    grid = tmp_path / "grid.png"
+    base = ["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--complete", "val", "--out", str(grid)]
+    for extra, count in ((["-n", "1"], "1 image"), (["-n", "2", "--nrow", "1", "--overwrite"], "2 images")):
+        assert main([*base, *extra]) == 0
+        assert capsys.readouterr().out == (f"{count} of the val split of digits completed by image_gpt_small in {grid}: "
+                                           "a row of 1 image, a row of its top half and 3 rows of completions of it, "
+                                           "in turn\n")

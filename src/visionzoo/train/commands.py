@@ -849,6 +849,8 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_completions(cells, out, nrow)
     fewer = f" (it has {count}, fewer than -n {args.count})" if count < args.count and source in SPLITS else ""
+    row = (f"{nrow} images, a row of their top halves and {COMPLETIONS} rows of completions of each" if nrow > 1 else
+           f"1 image, a row of its top half and {COMPLETIONS} rows of completions of it")
     print(f"{count} image{'' if count == 1 else 's'} of {what}{fewer} completed by {args.model} in {out}: a row of "
-          f"{nrow} images, a row of their top halves and {COMPLETIONS} rows of completions of each, in turn")
+          f"{row}, in turn")
     return 0
