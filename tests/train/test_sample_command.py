@@ -719,3 +719,39 @@ def test_sample_complete_of_one_image_a_row_says_image_not_images(image_gpt_run,
         assert capsys.readouterr().out == (f"{count} of the val split of digits completed by image_gpt_small in {grid}: "
                                            "a row of 1 image, a row of its top half and 3 rows of completions of it, "
                                            "in turn\n")
+
+
+@pytest.fixture(scope="module")
+def conditional_runs(tmp_path_factory):
+    """Tiny class-conditional Image GPT (8 px) and VQGAN prior runs on Digits, 2 steps each."""
+    root = tmp_path_factory.mktemp("conditional")
+    tiny = ["--batch-size", "8", "--max-steps", "2", "--no-progress", "--model-arg", "embed_dim=16",
+            "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
+    assert main(["train", "image_gpt_small", "--data", "digits", "--img-size", "8", "--class-conditional",
+                 "--out", str(root / "igpt"), *tiny]) == 0
+    assert main(["train", "vqvae_small", "--data", "digits", "--img-size", "16", "--out", str(root / "tokenizer"),
+                 "--model-arg", "channels=16", "--model-arg", "res_channels=8", "--model-arg", "embed_dim=8",
+                 "--model-arg", "num_codes=32", "--batch-size", "8", "--max-steps", "2", "--no-progress"]) == 0
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--tokenizer",
+                 str(root / "tokenizer" / "checkpoint.safetensors"), "--out", str(root / "prior"), *tiny]) == 0
+    return {"image_gpt_small": root / "igpt" / "checkpoint.safetensors",
+            "vqgan_transformer": root / "prior" / "checkpoint.safetensors"}
+
+
+@pytest.mark.parametrize("model", ["image_gpt_small", "vqgan_transformer"])
+@pytest.mark.parametrize("label", ["11", "seven"])
+def test_a_label_the_model_has_no_class_for_names_the_label_option(conditional_runs, tmp_path, capsys, model, label):
+    """sample --label 11 of a class-conditional Digits model said "label must be a class in 0..9 (0, 1, ..., 9), got
+    11", the Python API's words, which name no option; the command now names --label and what it was given."""
+    out = tmp_path / "grid.png"
+    argv = ["sample", model, "--checkpoint", str(conditional_runs[model]), "--out", str(out), "--label", label]
+    capsys.readouterr()
+    assert main(argv) == 2
+    got = 11 if label == "11" else repr(label)
+    assert capsys.readouterr().err == (f"visionzoo sample: error: --label {label}: label must be a class in 0..9 "
+                                       f"(0, 1, 2, 3, 4, 5, 6, 7, 8, 9), got {got}\n")
+    assert not out.exists()
+    if model == "image_gpt_small":  # --complete refuses it as sample does
+        assert main([*argv, "--complete", "val"]) == 2
+        assert capsys.readouterr().err.startswith(f"visionzoo sample: error: --label {label}: label must be a class")
+        assert not out.exists()

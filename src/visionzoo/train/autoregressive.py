@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
-from visionzoo.train.task import Setup, Task, check_finite_outputs, register_task
+from visionzoo.train.task import LabelError, Setup, Task, check_finite_outputs, register_task
 from visionzoo.utils import eval_mode, first_non_finite, is_integer, with_article
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class AutoregressiveTask(Task):
             return None
         num_classes = model.gpt.num_classes
         if num_classes == 0:
-            raise ValueError(f"label {label} given, but this model is unconditional (trained without classes)")
+            raise LabelError(f"label {label} given, but this model is unconditional (trained without classes)")
         if isinstance(label, str) and label in self.classes:
             label = self.classes.index(label)
         elif isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which int() refuses
@@ -197,7 +197,7 @@ class AutoregressiveTask(Task):
             # Digits' ten in full; ImageNet's thousand would make a line of 11,000 characters
             shown = self.classes if len(self.classes) <= 10 else [*self.classes[:3], "...", self.classes[-1]]
             names = f" ({', '.join(shown)})" if self.classes else ""
-            raise ValueError(f"label must be a class in 0..{num_classes - 1}{names}, got {label!r}")
+            raise LabelError(f"label must be a class in 0..{num_classes - 1}{names}, got {label!r}")
         return torch.full((count,), int(label), dtype=torch.long)
 
     def _generate(self, model: nn.Module, labels: torch.Tensor | None, count: int, generator: torch.Generator,

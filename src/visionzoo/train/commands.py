@@ -44,7 +44,7 @@ from visionzoo.train.run import (
     run_training,
     task_class,
 )
-from visionzoo.train.task import _TASKS, NonFiniteOutputError
+from visionzoo.train.task import _TASKS, LabelError, NonFiniteOutputError
 from visionzoo.utils import (
     first_non_finite,
     require_folder_or_absent,
@@ -248,6 +248,15 @@ def _finite_outputs(model_name: str, checkpoint: str, precision: str) -> Iterato
     except NonFiniteOutputError:
         hint = "; try --precision fp32" if precision != "fp32" else ""
         raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
+
+
+@contextmanager
+def _label_option(label: str | None) -> Iterator[None]:
+    """Name ``--label`` and its value before the task's refusal of a label (:class:`LabelError`)."""
+    try:
+        yield
+    except LabelError as error:
+        raise ValueError(f"--label {label}: {error}") from None
 
 
 # eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
@@ -748,7 +757,7 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            with _finite_outputs(args.model, args.checkpoint, args.precision):  # an autoregressive sampler's logits
+            with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
                 images = setup.task.sample(model, size, generator, autocast, **settings).float()
             if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
                 hint = "; try --precision fp32" if args.precision != "fp32" else ""  # the weights are finite
@@ -839,7 +848,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     device = resolve_device(args.device)
     model = model.to(device).eval()
     generator = torch.Generator().manual_seed(args.seed)
-    with _finite_outputs(args.model, args.checkpoint, args.precision):
+    with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
         cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
                                     columns=nrow, batch_size=args.batch_size, **settings)
     if not bool(torch.isfinite(cells).all()):

@@ -22,6 +22,11 @@ from visionzoo.data.factory import SPLITS
 from visionzoo.utils import NonFiniteOutputError, check_finite_outputs, closest  # noqa: F401
 
 
+class LabelError(ValueError):
+    """A sampler's ``label`` its model cannot take (no such class, or a model without classes). The message is the
+    Python API's; `visionzoo sample` puts the option that gave the label before it."""
+
+
 @dataclass
 class Setup:
     """What a task builds for a run: itself, the model, the data splits and what the checkpoint records."""
