@@ -2,6 +2,7 @@
 
 import gc
 import itertools
+import json
 import os
 import tracemalloc
 
@@ -755,3 +756,26 @@ def test_a_label_the_model_has_no_class_for_names_the_label_option(conditional_r
         assert main([*argv, "--complete", "val"]) == 2
         assert capsys.readouterr().err.startswith(f"visionzoo sample: error: --label {label}: label must be a class")
         assert not out.exists()
+
+
+def test_sample_complete_of_a_split_with_no_images_does_not_speak_of_training(tmp_path, capsys):
+    """sample --complete test of a COCO folder whose instances_test.json lists no images said "'images' is empty:
+    there is nothing to train or evaluate on", though sample neither trains nor evaluates; the words now fit it."""
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "8", "--image-size", "16", "--split", "train",
+                 "val"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--out", str(run), "--model-arg", "embed_dim=16",
+                 "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    val = json.loads((folder / "annotations" / "instances_val.json").read_text())
+    ann_file = folder / "annotations" / "instances_test.json"
+    ann_file.write_text(json.dumps({**val, "images": [], "annotations": []}))
+    (folder / "test").mkdir()
+    capsys.readouterr()
+    out = tmp_path / "grid.png"
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(run / "checkpoint.safetensors"), "--complete", "test",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"visionzoo sample: error: {ann_file}: 'images' is empty: it lists no images to read\n"
+    assert not out.exists()

@@ -316,7 +316,7 @@ class CocoDetection(Dataset):
         if not isinstance(images, list):
             raise ValueError(f"{self.ann_file}: 'images' must be a list")
         if not images:
-            raise ValueError(f"{self.ann_file}: 'images' is empty: there is nothing to train or evaluate on")
+            raise ValueError(f"{self.ann_file}: 'images' is empty: it lists no images to read")
         self._images: dict[Any, dict[str, Any]] = {}
         for position, entry in enumerate(images):
             where = _entry_name("image", position, entry)
