@@ -116,8 +116,12 @@ def test_parameter_checks_name_the_parameter():
         inception_score(vectors, splits=0)
     with pytest.raises(ValueError, match="subsets must be >= 1, got 0"):
         kernel_inception_distance(vectors, vectors, subsets=0, subset_size=10)
-    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
-        fid_confidence_interval(vectors, vectors, samples=0)
+    for samples in (0, 1):  # one resample gave the zero-width interval (x, x), which reads as certain
+        with pytest.raises(ValueError, match=f"the FID interval's samples must be >= 2 .*, got {samples}$"):
+            fid_confidence_interval(vectors, vectors, samples=samples)
+    low, high = fid_confidence_interval(vectors, features(1, 20, dim=4), samples=2,
+                                        generator=torch.Generator().manual_seed(0))
+    assert low < high
     with pytest.raises(ValueError, match="at least 2 images per side, got 1 real and 20 generated"):
         fid_confidence_interval(vectors[:1], vectors, samples=5)
     with pytest.raises(ValueError, match=r"features \[N, D\] and \[M, D\]"):

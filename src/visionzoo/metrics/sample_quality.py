@@ -147,7 +147,7 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
                             generator: torch.Generator | None = None) -> tuple[float, float]:
     """Bias-corrected bootstrap interval of FID between feature sets ``real`` Tensor[N, D] and ``fake`` Tensor[M, D].
 
-    Both sets are resampled with replacement ``samples`` times. A resample repeats some vectors and so
+    Both sets are resampled with replacement ``samples`` times (at least 2). A resample repeats some vectors and so
     looks less spread than the data: its FID is biased upwards, by about as much as the distance itself
     when two sets come from one distribution, and the plain percentile interval then misses the
     full-sample FID. The interval is therefore the percentile interval moved down by the bootstrap's
@@ -157,8 +157,8 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
     if not (isinstance(confidence, numbers.Real) and 0 < confidence < 1):
         raise ValueError(f"the FID interval's confidence must be a number in (0, 1), got {confidence!r}")
     _check_whole(samples, "the FID interval's samples")
-    if samples < 1:
-        raise ValueError(f"the FID interval's samples must be >= 1, got {samples}")
+    if samples < 2:  # one resample's FID is both ends of its interval: a width of 0, which reads as certain
+        raise ValueError(f"the FID interval's samples must be >= 2 (the resamples whose spread it reads), got {samples}")
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"the FID interval needs features [N, D] and [M, D], got {tuple(real.shape)} and "
                          f"{tuple(fake.shape)}")
