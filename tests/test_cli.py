@@ -754,6 +754,19 @@ def test_list_models_names_the_task_when_no_model_of_it_matches(capsys):
     assert capsys.readouterr().err.strip() == "no model matches 'nothing*'"
 
 
+def test_list_models_suggests_the_closest_names_when_nothing_matches(capsys):
+    """`list-models 'resnt*'`, `list-models resnet` (no glob) and `list-models RESNET18` said only "no model matches
+    ...", where an unknown name everywhere else is answered with the closest registered ones."""
+    assert main(["list-models", "resnt*"]) == 1
+    assert capsys.readouterr().err.strip() == "no model matches 'resnt*'; closest: resnet50, resnet34, resnet18"
+    assert main(["list-models", "resnet"]) == 1
+    assert "closest: resnet50, resnet34, resnet18" in capsys.readouterr().err
+    assert main(["list-models", "RESNET18"]) == 1
+    assert capsys.readouterr().err.strip().endswith("closest: fasterrcnn_resnet18_fpn, resnet18")
+    assert main(["list-models", "resnt*", "--task", "detection"]) == 1  # only names the filters leave
+    assert capsys.readouterr().err.strip() == "no detection model matches 'resnt*'; closest: rcnn_resnet50, fastrcnn_resnet50"
+
+
 def test_list_models_pretrained_lists_the_names_with_official_weights(capsys):
     """timm.list_models(pretrained=True) has a command-line twin here: `list-models --pretrained` was refused as an
     unrecognised argument."""
@@ -1043,3 +1056,4 @@ def test_version_prints_the_installed_packages_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"visionzoo {version('visionzoo')}\n"
+

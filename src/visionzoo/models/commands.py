@@ -7,6 +7,7 @@ import sys
 
 from visionzoo.cli import register_command
 from visionzoo.models import get_model_entry, list_models, list_tasks
+from visionzoo.utils import closest
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,10 @@ def list_models_command(args: argparse.Namespace) -> int:
     if not names:
         # 'vit*' names models, none of them detectors
         kind = " ".join(filter(None, ("pretrained" if args.pretrained else "", args.task, "model")))
-        print(f"no {kind} matches {args.pattern!r}", file=sys.stderr)
+        # a typo ('resnt*'), a name without its glob ('resnet') or in capitals: the names the filters leave, nearest
+        near = closest(args.pattern, list_models(task=args.task, pretrained=args.pretrained))
+        hint = "" if near == "none close" else f"; closest: {near}"
+        print(f"no {kind} matches {args.pattern!r}{hint}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)
     for name in names:
