@@ -1057,3 +1057,20 @@ def test_version_prints_the_installed_packages_version(capsys):
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"visionzoo {version('visionzoo')}\n"
 
+
+@pytest.mark.parametrize("argv, expected", [
+    (["list-models", "--pretraind"],
+     "visionzoo list-models: error: unrecognized arguments: --pretraind; closest to --pretraind: --pretrained"),
+    (["tour", "--onyl", "vit-digits", "--list"],
+     "visionzoo tour: error: unrecognized arguments: --onyl vit-digits; closest to --onyl: --only"),
+    (["export-data", "shapes", "--out", "x", "--nmu=3"],
+     "visionzoo export-data: error: unrecognized arguments: --nmu=3; closest to --nmu: --num"),
+    (["list-models", "--zzzzzz"], "visionzoo list-models: error: unrecognized arguments: --zzzzzz"),
+])
+def test_a_misspelled_option_is_answered_with_the_closest_option_of_its_command(capsys, argv, expected):
+    """`list-models --pretraind` said "visionzoo: error: unrecognized arguments: --pretraind", naming neither the
+    command nor the option meant, where an unknown model or tour job is answered with the closest names."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == expected

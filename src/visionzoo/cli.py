@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     empty = _given_empty(sys.argv[1:] if argv is None else list(argv))
     if empty:
         # an empty path is the current folder to pathlib ("--out ''" would name the folder the user stands in), an
@@ -212,6 +212,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with an unknown option refused by its command's parser, naming the closest
+    option it takes (argparse before 3.14 names neither the command nor a suggestion)."""
+    from visionzoo.utils import closest
+
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        command_parser = commands.choices[args.command]
+        options = [option for action in command_parser._actions for option in action.option_strings]
+        hint = ""
+        for token in extras:
+            option = token.split("=", 1)[0]
+            near = closest(option, options, n=1) if option.startswith("--") else "none close"
+            if near != "none close":
+                hint = f"; closest to {option}: {near}"
+                break
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    return args
 
 
 def _given_empty(argv: Sequence[str]) -> str | None:
