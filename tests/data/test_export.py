@@ -219,3 +219,14 @@ def test_export_data_names_seed_as_the_option_the_user_gave(tmp_path, capsys, se
     assert exit_info.value.code == 2
     assert f"argument --seed: expected an integer in [0, 2**32), got {seed}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", ["15", "4097"])
+def test_export_data_names_image_size_as_the_option_the_user_gave(tmp_path, capsys, size):
+    """export-data --image-size 8 said "Shapes image_size must be at least 16, got 8", naming the class's argument,
+    not the option, and --help gave no range."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export-data", "shapes", "--out", str(tmp_path / "out"), "--image-size", size])
+    assert exit_info.value.code == 2
+    assert f"argument --image-size: expected an integer in [16, 4096], got {size}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

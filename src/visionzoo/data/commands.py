@@ -6,7 +6,7 @@ import argparse
 
 from visionzoo.cli import positive_int, register_command
 from visionzoo.data.export import MAX_EXPORT_IMAGES, export_shapes
-from visionzoo.data.shapes import DEFAULT_LENGTHS, SPLIT_SEEDS
+from visionzoo.data.shapes import DEFAULT_LENGTHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLIT_SEEDS
 
 EXPORTABLE = ("shapes",)
 
@@ -33,10 +33,19 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         + ")",
     )
     parser.add_argument(
-        "--image-size", type=positive_int, default=128, help="image side in pixels (default 128)"
+        "--image-size", type=shapes_image_size, default=128,
+        help=f"image side in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default 128)",
     )
     parser.add_argument("--seed", type=shapes_seed, default=0, help="base seed of the dataset, in [0, 2**32) (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+
+def shapes_image_size(text: str) -> int:
+    """Shapes' image side: an integer in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE] (what its scenes are drawn at)."""
+    value = int(text)
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {text}")
+    return value
 
 
 def shapes_seed(text: str) -> int:
