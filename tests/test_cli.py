@@ -1066,6 +1066,13 @@ def test_version_prints_the_installed_packages_version(capsys):
     (["export-data", "shapes", "--out", "x", "--nmu=3"],
      "visionzoo export-data: error: unrecognized arguments: --nmu=3; closest to --nmu: --num"),
     (["list-models", "--zzzzzz"], "visionzoo list-models: error: unrecognized arguments: --zzzzzz"),
+    # an option of visionzoo itself, given after the command: where it goes, not the command's --help
+    (["list-models", "--debug"],
+     "visionzoo list-models: error: unrecognized arguments: --debug; --debug goes before the command: "
+     "visionzoo --debug list-models ..."),
+    (["tour", "--list", "--version"],
+     "visionzoo tour: error: unrecognized arguments: --version; --version goes before the command: "
+     "visionzoo --version tour ..."),
 ])
 def test_a_misspelled_option_is_answered_with_the_closest_option_of_its_command(capsys, argv, expected):
     """`list-models --pretraind` said "visionzoo: error: unrecognized arguments: --pretraind", naming neither the

@@ -223,13 +223,19 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     if extras:
         commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
         command_parser = commands.choices[args.command]
-        options = [option for action in command_parser._actions for option in action.option_strings]
+        # compared without their dashes, which every long option shares (--debug was "closest" to --help)
+        options = {option[2:]: option for action in command_parser._actions for option in action.option_strings
+                   if option.startswith("--")}
+        own = {option for action in parser._actions for option in action.option_strings}
         hint = ""
         for token in extras:
             option = token.split("=", 1)[0]
-            near = closest(option, options, n=1) if option.startswith("--") else "none close"
+            if option in own:
+                hint = f"; {option} goes before the command: visionzoo {option} {args.command} ..."
+                break
+            near = closest(option[2:], options, n=1) if option.startswith("--") else "none close"
             if near != "none close":
-                hint = f"; closest to {option}: {near}"
+                hint = f"; closest to {option}: {options[near]}"
                 break
         command_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     return args
