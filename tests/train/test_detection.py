@@ -1086,14 +1086,11 @@ def test_predict_reads_a_detectors_files_one_at_a_time(tmp_path, monkeypatch):
     assert [record["image"] for record in json.loads((tmp_path / "pred" / "predictions.json").read_text())] == paths
 
 
-def test_eval_and_predict_of_a_detector_whose_weights_hold_nan_refuse_rather_than_find_nothing(tmp_path, capsys):
-    """A detector whose weights hold NaN (a diverged run) gave NaN scores, which its score threshold dropped: eval
-    printed an mAP of 0 and predict "nothing found", as for a model that merely learned nothing. Both now refuse
-    in one line naming the checkpoint and the first non-finite tensor; predict writes nothing."""
+def _edited_detector_checkpoint(tmp_path, name: str, edit) -> Path:
+    """``tmp_path / name``: the checkpoint of a one-step fasterrcnn_shapes run (in ``tmp_path / "run"``) whose box
+    classifier's weight ``edit`` changed in place."""
     from safetensors import safe_open
     from safetensors.torch import save_file
-
-    from visionzoo.cli import main
 
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
                          checkpoint_every=10**9, precision="fp32")
@@ -1101,9 +1098,19 @@ def test_eval_and_predict_of_a_detector_whose_weights_hold_nan_refuse_rather_tha
     with safe_open(tmp_path / "run" / "checkpoint.safetensors", "pt") as source:
         tensors = {key: source.get_tensor(key) for key in source.keys()}
         metadata = source.metadata()
-    tensors["model.roi_heads.box_predictor.cls_score.weight"][0, 0] = float("nan")
-    broken = tmp_path / "nan.safetensors"
-    save_file(tensors, broken, metadata=metadata)
+    edit(tensors["model.roi_heads.box_predictor.cls_score.weight"])
+    save_file(tensors, tmp_path / name, metadata=metadata)
+    return tmp_path / name
+
+
+def test_eval_and_predict_of_a_detector_whose_weights_hold_nan_refuse_rather_than_find_nothing(tmp_path, capsys):
+    """A detector whose weights hold NaN (a diverged run) gave NaN scores, which its score threshold dropped: eval
+    printed an mAP of 0 and predict "nothing found", as for a model that merely learned nothing. Both now refuse
+    in one line naming the checkpoint and the first non-finite tensor; predict writes nothing."""
+
+    from visionzoo.cli import main
+
+    broken = _edited_detector_checkpoint(tmp_path, "nan.safetensors", lambda weight: weight[0, 0].fill_(float("nan")))
     message = (f"error: {broken}: fasterrcnn_shapes's weights hold non-finite values (NaN or infinity), first in "
                "roi_heads.box_predictor.cls_score.weight: its outputs would not be finite (did the run diverge?)\n")
     capsys.readouterr()
@@ -1124,21 +1131,12 @@ def test_eval_and_predict_of_a_detector_whose_outputs_overflow_refuse_rather_tha
     """A detector with finite weights whose box head's logits overflowed (bf16's range, or weights grown large)
     gave NaN scores, which its score threshold dropped: eval printed a low mAP and predict "nothing found". The
     task's evaluation now raises NonFiniteOutputError, and eval and predict refuse in one line, as a classifier's."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from visionzoo.cli import main
     from visionzoo.train.task import NonFiniteOutputError
 
-    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, eval_every=0,
-                         checkpoint_every=10**9, precision="fp32")
-    run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 50}, val_images=2)
-    with safe_open(tmp_path / "run" / "checkpoint.safetensors", "pt") as source:
-        tensors = {key: source.get_tensor(key) for key in source.keys()}
-        metadata = source.metadata()
-    tensors["model.roi_heads.box_predictor.cls_score.weight"].fill_(1e38)  # finite, but sums past the range
-    broken = tmp_path / "overflow.safetensors"
-    save_file(tensors, broken, metadata=metadata)
+    # finite, but sums past the range
+    broken = _edited_detector_checkpoint(tmp_path, "overflow.safetensors", lambda weight: weight.fill_(1e38))
     setup = build_setup("fasterrcnn_shapes", "shapes", checkpoint=broken, splits=("val",))
     with pytest.raises(NonFiniteOutputError):
         setup.task.evaluate(setup.model.eval(), Subset(setup.splits["val"], range(2)), 2, contextlib.nullcontext)

@@ -652,16 +652,23 @@ def test_sample_complete_completes_at_most_batch_size_images_at_a_time(image_gpt
         assert _cells(grid, 4, 10).equal(cells)
 
 
-def test_sample_complete_of_a_split_a_coco_folder_lacks_names_the_ones_it_has_and_complete_not_split(tmp_path, capsys):
-    """sample --complete test of a run on a COCO folder without test annotations told the user to "give --split val",
-    an option sample does not take; it now says "give --complete val"."""
+def _image_gpt_run_on_a_coco_folder(tmp_path, num: int):
+    """A COCO folder ``tmp_path / "coco"`` of ``num`` 16 px Shapes images a split (train and val, no test) and a
+    tiny Image GPT run ``tmp_path / "run"`` trained on it for one step: (folder, run)."""
     folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "16", "--image-size", "16", "--split", "train",
-                 "val"]) == 0
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", str(num), "--image-size", "16", "--split",
+                 "train", "val"]) == 0
     run = tmp_path / "run"
     assert main(["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1",
                  "--batch-size", "8", "--no-progress", "--out", str(run), "--model-arg", "embed_dim=16",
                  "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    return folder, run
+
+
+def test_sample_complete_of_a_split_a_coco_folder_lacks_names_the_ones_it_has_and_complete_not_split(tmp_path, capsys):
+    """sample --complete test of a run on a COCO folder without test annotations told the user to "give --split val",
+    an option sample does not take; it now says "give --complete val"."""
+    folder, run = _image_gpt_run_on_a_coco_folder(tmp_path, 16)
     capsys.readouterr()
     out = tmp_path / "grid.png"
     assert main(["sample", "image_gpt_small", "--checkpoint", str(run / "checkpoint.safetensors"), "--complete", "test",
@@ -761,13 +768,7 @@ def test_a_label_the_model_has_no_class_for_names_the_label_option(conditional_r
 def test_sample_complete_of_a_split_with_no_images_does_not_speak_of_training(tmp_path, capsys):
     """sample --complete test of a COCO folder whose instances_test.json lists no images said "'images' is empty:
     there is nothing to train or evaluate on", though sample neither trains nor evaluates; the words now fit it."""
-    folder = tmp_path / "coco"
-    assert main(["export-data", "shapes", "--out", str(folder), "--num", "8", "--image-size", "16", "--split", "train",
-                 "val"]) == 0
-    run = tmp_path / "run"
-    assert main(["train", "image_gpt_small", "--data", str(folder), "--img-size", "8", "--max-steps", "1",
-                 "--batch-size", "8", "--no-progress", "--out", str(run), "--model-arg", "embed_dim=16",
-                 "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    folder, run = _image_gpt_run_on_a_coco_folder(tmp_path, 8)
     val = json.loads((folder / "annotations" / "instances_val.json").read_text())
     ann_file = folder / "annotations" / "instances_test.json"
     ann_file.write_text(json.dumps({**val, "images": [], "annotations": []}))
