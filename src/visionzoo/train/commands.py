@@ -250,6 +250,15 @@ def _finite_outputs(model_name: str, checkpoint: str, precision: str) -> Iterato
         raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
 
 
+def _require_finite_images(images: torch.Tensor, args: argparse.Namespace) -> None:
+    """ValueError when a sampler drew NaN or infinity (save_image would write them as black pixels, without a word):
+    the weights were checked finite before drawing, so the likely cause is bf16's range."""
+    if not bool(torch.isfinite(images).all()):
+        hint = "; try --precision fp32" if args.precision != "fp32" else ""
+        raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
+                         f"{args.checkpoint}{hint}")
+
+
 @contextmanager
 def _label_option(label: str | None) -> Iterator[None]:
     """Name ``--label`` and its value before the task's refusal of a label (:class:`LabelError`)."""
@@ -759,10 +768,7 @@ def sample_command(args: argparse.Namespace) -> int:
         for size in sample_batches(args.count, args.batch_size):
             with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
                 images = setup.task.sample(model, size, generator, autocast, **settings).float()
-            if not bool(torch.isfinite(images).all()):  # save_image would write NaN as black pixels, without a word
-                hint = "; try --precision fp32" if args.precision != "fp32" else ""  # the weights are finite
-                raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
-                                 f"{args.checkpoint}{hint}")
+            _require_finite_images(images, args)
             images = images.clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
@@ -851,10 +857,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
         cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
                                     columns=nrow, batch_size=args.batch_size, **settings)
-    if not bool(torch.isfinite(cells).all()):
-        hint = "; try --precision fp32" if args.precision != "fp32" else ""
-        raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
-                         f"{args.checkpoint}{hint}")
+    _require_finite_images(cells, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_completions(cells, out, nrow)
     fewer = f" (it has {count}, fewer than -n {args.count})" if count < args.count and source in SPLITS else ""
