@@ -168,31 +168,22 @@ def test_a_code_prior_checkpoint_holding_its_tokenizers_discriminator_resumes_an
     assert not hasattr(reloaded.model.tokenizer, "discriminator")
 
 
-def test_a_checkpoint_that_is_not_a_tokenizers_is_refused_naming_it(tmp_path):
+@pytest.mark.parametrize(("name", "args", "article"), [
+    ("dcgan", {"in_chans": 1, "img_size": 16}, "a"),
+    ("image_gpt_small", {"in_chans": 1, "img_size": 4, **TINY}, "an"),  # it said "is a image_gpt_small checkpoint"
+])
+def test_a_checkpoint_that_is_not_a_tokenizers_is_refused_naming_it(tmp_path, name, args, article):
     from visionzoo.checkpoint import save_checkpoint
 
-    dcgan = create_model("dcgan", in_chans=1, img_size=16)
-    path = tmp_path / "dcgan.safetensors"
-    save_checkpoint(path, {f"model.{k}": v for k, v in dcgan.state_dict().items()},
-                    {"model": {"name": "dcgan", "args": dcgan.model_args}, "run": {"img_size": 16}})
-    with pytest.raises(ValueError, match=f"--tokenizer {path} is a dcgan checkpoint, not a tokenizer's"):
-        run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 1), None, TINY,
-                     options={"tokenizer": str(path)})
-    with pytest.raises(ValueError, match="dcgan is not a tokenizer"):
-        create_model("vqgan_transformer", tokenizer={"name": "dcgan", "args": {"in_chans": 1, "img_size": 16}})
-
-
-def test_a_checkpoint_named_with_a_vowel_is_an_image_gpt_checkpoint(tmp_path):
-    """It said "is a image_gpt_small checkpoint"."""
-    from visionzoo.checkpoint import save_checkpoint
-
-    model = create_model("image_gpt_small", in_chans=1, img_size=4, **TINY)
-    path = tmp_path / "igpt.safetensors"
+    model = create_model(name, **args)
+    path = tmp_path / f"{name}.safetensors"
     save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
-                    {"model": {"name": "image_gpt_small", "args": model.model_args}, "run": {"img_size": 4}})
-    with pytest.raises(ValueError, match=f"--tokenizer {path} is an image_gpt_small checkpoint, not a tokenizer's"):
+                    {"model": {"name": name, "args": model.model_args}, "run": {"img_size": args["img_size"]}})
+    with pytest.raises(ValueError, match=f"--tokenizer {path} is {article} {name} checkpoint, not a tokenizer's"):
         run_training("vqgan_transformer", "digits", config(tmp_path / "prior", 1), None, TINY,
                      options={"tokenizer": str(path)})
+    with pytest.raises(ValueError, match=f"{name} is not a tokenizer"):
+        create_model("vqgan_transformer", tokenizer={"name": name, "args": args})
 
 
 def test_a_code_priors_codes_are_encoded_once_per_image_and_image_gpts_are_not_remembered():
