@@ -2,6 +2,7 @@
 
 import logging
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -623,6 +624,38 @@ def test_none_is_kept_where_it_is_a_value():
     assert create_model("vqvae_small").quantizer.ema_decay == 0.99
     with torch.device("meta"):
         assert not any(k.endswith("gamma") for k in create_model("convnext_atto", ls_init_value=None).state_dict())
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet18", {}), ("convnext_atto", dict(features_only=True)),
+                                          ("swin_tiny_patch4_window7_224", {}), ("deit_tiny_distilled_patch16_224", {})])
+def test_device_and_dtype_build_the_model_there_as_timms_create_model(name, kwargs):
+    """timm.create_model(name, device="meta", dtype=torch.bfloat16) builds the model on that device in that dtype
+    (integer buffers stay integers); ours refused both: "resnet18 takes no argument 'device'"."""
+    ours = create_model(name, device="meta", dtype=torch.bfloat16, **kwargs)
+    reference = timm.create_model(name, device="meta", dtype=torch.bfloat16, **kwargs)
+    def placed(model):  # timm's feature extractor names its stages stages_N: the tensors are compared, not the keys
+        return Counter((tensor.device.type, tensor.dtype) for tensor in model.state_dict().values())
+
+    assert placed(ours) == placed(reference)
+    assert {device for device, _ in placed(ours)} == {"meta"} and ("meta", torch.bfloat16) in placed(ours)
+    assert ours.model_args == kwargs  # where the model lives is no argument that rebuilds it (timm's _model_args)
+
+
+def test_a_dtype_loads_a_timm_file_cast_and_bad_places_are_refused_by_name(tmp_path):
+    reference = randomize(timm.create_model("resnet18"), 3).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("resnet18", checkpoint=path, device="cpu", dtype=torch.float64).eval()
+    expected = timm.create_model("resnet18", dtype=torch.float64).eval()
+    expected.load_state_dict(reference.state_dict())
+    x = images(1, 3, 32, 32, seed=5).double()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), expected(x), atol=1e-10, rtol=1e-10)
+    for bad, message in ((dict(dtype="bfloat16"), "dtype must be a floating-point torch.dtype"),
+                         (dict(dtype=torch.int64), "dtype must be a floating-point torch.dtype"),
+                         (dict(device="gpu"), "device 'gpu'")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            create_model("resnet18", **bad)
 
 
 # --- EMA weights ----------------------------------------------------------------------------------

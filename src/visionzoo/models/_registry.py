@@ -9,6 +9,7 @@ that a checkpoint alone rebuilds its model.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import re
@@ -241,6 +242,9 @@ def create_model(
         num_classes, in_chans: as in timm. Loading weights made for another number of classes
             re-initialises the head; for another number of input channels the stem conv is adapted
             (summed or repeated), each with a log line.
+        device, dtype (keywords): as timm's, the device the model is built on (``"meta"``: no memory) and the
+            floating-point dtype of its weights (integer buffers stay integers); a checkpoint's weights are
+            copied in cast. Neither is recorded in ``model_args``.
         kwargs: passed to the builder (sizes, drop_path_rate, ...); they override the arguments
             recorded in our checkpoints. As in timm, a keyword given as None means "not set" and is
             dropped (the builder's default, or the checkpoint's recorded value, stays), so that a
@@ -256,6 +260,7 @@ def create_model(
     entry = get_model_entry(name)
     name = entry.name  # without a weights tag: the name that rebuilds the model
     kwargs = {key: _plain(value) for key, value in kwargs.items() if value is not None or key in entry.none_args}
+    device, dtype = _placement(kwargs.pop("device", None), kwargs.pop("dtype", None))
     timm_sources = sorted(_TIMM_WEIGHT_SOURCES.intersection(kwargs))
     if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
         key = timm_sources[0]
@@ -288,7 +293,8 @@ def create_model(
     if in_chans is not None:
         args["in_chans"] = whole_number(in_chans, "in_chans", 1)
     try:
-        model = entry.builder(**args)
+        with device if device is not None else contextlib.nullcontext():
+            model = entry.builder(**args)
     except TypeError as error:
         # a keyword the builder passes itself (a detector's backbone): Python's "multiple values" error, a traceback
         given_twice = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", str(error))
@@ -298,6 +304,8 @@ def create_model(
             raise
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
         raise ModelArgumentError(f"{name} takes no argument {unknown[1] if unknown else str(error)!r}") from None
+    if dtype is not None:
+        model.to(dtype=dtype)
     model.model_name = name
     model.model_args = args
     model.default_cfg = _default_cfg(entry)
@@ -307,6 +315,19 @@ def create_model(
     if state is not None:
         _load_state(model, entry, state, foreign, source, asked={"num_classes", "in_chans"} if pretrained else set(args))
     return model
+
+
+def _placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """timm's ``create_model(device=, dtype=)``: the device the model is built on and the floating-point dtype of its
+    weights, each None where not given; anything else raises ``ValueError`` naming the argument."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (torch.bfloat16, ...), got {dtype!r}")
+    if device is None:
+        return None, dtype
+    try:
+        return torch.device(device), dtype
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r}: {error}") from None
 
 
 def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
