@@ -658,6 +658,29 @@ def test_a_dtype_loads_a_timm_file_cast_and_bad_places_are_refused_by_name(tmp_p
             create_model("resnet18", **bad)
 
 
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "vit_tiny_patch16_224", "resnet18"])
+def test_timms_getter_feature_class_gives_timms_maps_and_others_are_refused_by_name(tmp_path, name):
+    """timm's features_only=True, feature_cls="getter" (its feature extractor over forward_intermediates: NCHW maps for
+    Swin too, where timm's default list is NHWC) was refused: "takes no argument 'feature_cls'". Ours are getters:
+    'getter' and 'list' are taken, the classes whose outputs ours do not give ('dict', 'hook', 'fx') refused."""
+    reference = randomize(timm.create_model(name), 4).eval()
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    theirs = timm.create_model(name, features_only=True, feature_cls="getter", out_indices=(1, -1), pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ours = create_model(name, checkpoint=path, features_only=True, feature_cls="getter", out_indices=(1, -1)).eval()
+    assert ours.model_args == dict(features_only=True, out_indices=(1, -1))
+    assert ours.feature_info.channels() == theirs.feature_info.channels()
+    x = images(1, 3, 224, 224, seed=6)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), theirs(x), atol=1e-4)
+    assert create_model(name, features_only=True, feature_cls="LIST", out_indices=(-1,)).feature_info.channels() == \
+        [reference.num_features]
+    with pytest.raises(ValueError, match=re.escape(f"{name}'s feature extractor returns a list of maps, as timm's "
+                                                   "feature_cls 'getter' or 'list' does; got feature_cls='dict'")):
+        create_model(name, features_only=True, feature_cls="dict")
+
+
 # --- EMA weights ----------------------------------------------------------------------------------
 
 def _same_weights(model, state):

@@ -245,6 +245,8 @@ def create_model(
         device, dtype (keywords): as timm's, the device the model is built on (``"meta"``: no memory) and the
             floating-point dtype of its weights (integer buffers stay integers); a checkpoint's weights are
             copied in cast. Neither is recorded in ``model_args``.
+        feature_cls (keyword, with ``features_only=True``): timm's ``"getter"`` or ``"list"``, whose list of maps
+            ours give (see :func:`_check_feature_cls`); not recorded.
         kwargs: passed to the builder (sizes, drop_path_rate, ...); they override the arguments
             recorded in our checkpoints. As in timm, a keyword given as None means "not set" and is
             dropped (the builder's default, or the checkpoint's recorded value, stays), so that a
@@ -261,6 +263,8 @@ def create_model(
     name = entry.name  # without a weights tag: the name that rebuilds the model
     kwargs = {key: _plain(value) for key, value in kwargs.items() if value is not None or key in entry.none_args}
     device, dtype = _placement(kwargs.pop("device", None), kwargs.pop("dtype", None))
+    if kwargs.get("features_only") and "feature_cls" in kwargs:
+        _check_feature_cls(name, kwargs.pop("feature_cls"))
     timm_sources = sorted(_TIMM_WEIGHT_SOURCES.intersection(kwargs))
     if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
         key = timm_sources[0]
@@ -328,6 +332,19 @@ def _placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtyp
         return torch.device(device), dtype
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device {device!r}: {error}") from None
+
+
+# timm's feature_cls values whose outputs our feature extractors give: a list of maps from the model's own stages
+# (timm's "getter" reads them through forward_intermediates, NCHW for Swin too; "list" is its default class)
+_FEATURE_CLASSES = ("getter", "list")
+
+
+def _check_feature_cls(name: str, feature_cls: Any) -> None:
+    """timm's ``feature_cls`` for ``features_only``: one whose outputs ours give is taken (and, building nothing
+    else, not recorded); another (``"dict"``, ``"hook"``, ``"fx"``, a class) raises ``ValueError`` naming it."""
+    if not (isinstance(feature_cls, str) and feature_cls.lower() in _FEATURE_CLASSES):
+        raise ValueError(f"{name}'s feature extractor returns a list of maps, as timm's feature_cls "
+                         f"{' or '.join(map(repr, _FEATURE_CLASSES))} does; got feature_cls={feature_cls!r}")
 
 
 def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
