@@ -266,7 +266,7 @@ def test_feature_info_accessors_take_timms_keys_and_index_lists():
     from visionzoo.models import create_model
 
     ours = create_model("resnet18", features_only=True, out_indices=(0, 2, 3)).feature_info
-    reference = TimmFeatureInfo([dict(info) for info in ours], out_indices=(0, 1, 2))  # indexed as ours: by map
+    reference = TimmFeatureInfo([dict(info) for info in ours.info], out_indices=ours.out_indices)
     keys = ["num_chs", "reduction"]
     assert ours.get_dicts(keys=keys) == reference.get_dicts(keys=keys) == [
         dict(num_chs=64, reduction=2), dict(num_chs=128, reduction=8), dict(num_chs=256, reduction=16)]
@@ -277,7 +277,33 @@ def test_feature_info_accessors_take_timms_keys_and_index_lists():
         assert ours.channels(idx) == reference.channels(idx)
         assert ours.reduction(idx) == reference.reduction(idx)
         assert ours.module_name(idx) == reference.module_name(idx)
-    assert ours.get_dicts() == list(ours) and ours.get_dicts()[0] is not ours[0]  # copies
+    assert ours.get_dicts() == [ours[i] for i in (0, 2, 3)] and ours.get_dicts()[0] is not ours[0]  # copies
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224", "vit_small_patch16_224"])
+@pytest.mark.parametrize("out_indices", [(1, 2), (-1,), 2, (0, 3)])
+def test_a_feature_extractors_feature_info_is_timms(name, out_indices):
+    """timm's feature extractors describe every stage (``info``, ``len``, an int index) and name the maps returned in
+    ``feature_info.out_indices``; the accessors without an index read those. Ours described the maps returned alone and
+    had no out_indices, so the usual neck code ``[info.channels(i) for i in info.out_indices]`` failed with
+    AttributeError, and ``channels(0)`` of resnet50's out_indices=(1, 2) gave 256 where timm's gives 64."""
+    from visionzoo.models import create_model
+
+    ours = create_model(name, features_only=True, out_indices=out_indices, device="meta").feature_info
+    theirs = timm.create_model(name, features_only=True, out_indices=out_indices, device="meta").feature_info
+    for info in theirs.info:  # our ResNet's stem activation has torchvision's name, relu
+        info["module"] = "relu" if info["module"] == "act1" else info["module"]
+    count = len(theirs)
+    assert len(ours) == count and [dict(info) for info in ours.info] == \
+        [{k: v for k, v in info.items() if k != "index"} for info in theirs.info]
+    assert ours.out_indices == tuple(i % count for i in theirs.out_indices)
+    for accessor in ("channels", "reduction", "module_name"):
+        assert getattr(ours, accessor)() == getattr(theirs, accessor)()
+        assert [getattr(ours, accessor)(i) for i in ours.out_indices] == getattr(theirs, accessor)()
+        for idx in (0, -1, [0, count - 1]):
+            assert getattr(ours, accessor)(idx) == getattr(theirs, accessor)(idx), (accessor, idx)
+    assert ours.get_dicts(keys=["num_chs", "reduction"]) == theirs.get_dicts(keys=["num_chs", "reduction"])
+    assert [ours[i]["num_chs"] for i in range(count)] == [theirs[i]["num_chs"] for i in range(count)]
 
 
 @pytest.mark.parametrize("name, unit", [("vit_tiny_patch8_32", "block"), ("swin_tiny_patch2_window4_32", "stage"),

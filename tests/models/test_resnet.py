@@ -146,7 +146,7 @@ def test_features_only_out_indices_and_timm_feature_info():
     reference = timm.create_model("resnet50", features_only=True, out_indices=(0, 2, 3))
     assert ours.feature_info.channels() == reference.feature_info.channels() == [64, 512, 1024]
     assert ours.feature_info.reduction() == reference.feature_info.reduction() == [2, 8, 16]
-    assert ours.feature_info.channels(1) == 512
+    assert ours.feature_info.channels(1) == reference.feature_info.channels(1) == 256  # of every map: layer1's
     # stages after the last requested one are left out, as timm does
     assert hasattr(ours, "layer3") and not hasattr(ours, "layer4")
     maps = ours(torch.randn(1, 3, 64, 64))

@@ -13,24 +13,36 @@ from visionzoo.utils import is_integer
 
 
 class FeatureInfo(list):
-    """A list of dicts, one per returned feature map, in output order.
+    """The feature maps a model can give (a list of dicts, in network order) and, in ``out_indices``, the positions of
+    those it returns, as timm's ``FeatureInfo``: a feature extractor's lists every map of its model (``info``,
+    ``len``, ``[i]``) and ``out_indices`` names the maps it returns (each once, in network order); a model's own
+    returns them all.
 
     Each dict holds ``num_chs`` (channels C), ``reduction`` (input size / map size, the stride) and
-    ``module`` (the name of the module whose output it is). ``channels()``/``reduction()``/
-    ``module_name()`` give one field for every map (a list) or, with ``idx``, for one map (an int) or for
-    several (a list or tuple of map positions, as timm's accessors take them).
+    ``module`` (the name of the module whose output it is). ``channels()``/``reduction()``/``module_name()`` give
+    one field of each returned map (a list); with ``idx``, as timm's, of the map at that position of every map (an
+    int) or of several (a list or tuple): ``[info.channels(i) for i in info.out_indices]`` is ``info.channels()``.
     """
 
-    def __init__(self, infos: Iterable[Mapping[str, Any]]):
+    def __init__(self, infos: Iterable[Mapping[str, Any]], out_indices: Sequence[int] | None = None):
         super().__init__(dict(info) for info in infos)
         for position, info in enumerate(self):
             missing = {"num_chs", "reduction", "module"} - set(info)
             if missing:
                 raise ValueError(f"feature info {position} lacks {sorted(missing)}: {info}")
+        self.out_indices = tuple(range(len(self))) if out_indices is None else tuple(out_indices)
+        if not all(is_integer(i) and 0 <= i < len(self) for i in self.out_indices):
+            raise ValueError(f"feature info out_indices must be positions in 0..{len(self) - 1}, "
+                             f"got {self.out_indices}")
+
+    @property
+    def info(self) -> list[dict[str, Any]]:
+        """Every map's dict, as timm's ``FeatureInfo.info``."""
+        return self
 
     def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
         if idx is None:
-            return [info[key] for info in self]
+            return [self[i][key] for i in self.out_indices]
         if isinstance(idx, list | tuple):
             return [self[i][key] for i in idx]
         return self[idx][key]
@@ -47,14 +59,14 @@ class FeatureInfo(list):
     def get_dicts(
         self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]:
-        """Copies of the dicts (with ``keys``, of those fields only) of every map, or of the maps ``idx`` (an int:
-        one dict; a list or tuple: a list), as timm's ``get_dicts``."""
+        """Copies of the dicts (with ``keys``, of those fields only) of the returned maps, or of the maps ``idx``
+        (positions among every map: an int gives one dict, a list or tuple a list), as timm's ``get_dicts``."""
 
         def fields(info: dict[str, Any]) -> dict[str, Any]:
             return dict(info) if keys is None else {key: info[key] for key in keys}
 
         if idx is None:
-            return [fields(info) for info in self]
+            return [fields(self[i]) for i in self.out_indices]
         if isinstance(idx, list | tuple):
             return [fields(self[i]) for i in idx]
         return fields(self[idx])

@@ -405,12 +405,13 @@ class ConvNeXtFeatures(nn.Module):
     """A ConvNeXt trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
 
     ``out_indices`` picks the outputs of ``stages.0..3`` (strides 4, 8, 16, 32; with ``stem_stride=2``
-    2, 4, 8, 16). Map ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` (floored) with
-    ``r = feature_info.reduction(i)``, NCHW in shape and channels-last in memory. Modules keep the
+    2, 4, 8, 16). Map ``i`` is ``Tensor[B, feature_info.channels()[i], H/r, W/r]`` (floored) with
+    ``r = feature_info.reduction()[i]``, NCHW in shape and channels-last in memory. Modules keep the
     classifier's names; the stages after the last index and the head are left out, as timm does.
     As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
-    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
-    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
+    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info.out_indices``
+    list those maps, ``feature_info`` every map of the model, as timm's; timm's ``feature_info.out_indices`` keeps the
+    order given, which then does not match its maps).
     """
 
     features_only = True
@@ -423,7 +424,7 @@ class ConvNeXtFeatures(nn.Module):
         self.in_chans, self.stem_stride = model.in_chans, model.stem_stride
         self.stem = model.stem
         self.stages = nn.Sequential(*list(model.stages)[:max(out_indices) + 1])
-        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+        self.feature_info = FeatureInfo(model.feature_info, out_indices)
         self.default_cfg: dict = {}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -431,7 +432,7 @@ class ConvNeXtFeatures(nn.Module):
         _set_grad_checkpointing(self.stages, enable)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction(-1))
+        x = check_images(x, self.in_chans, self.stem_stride, self.feature_info.reduction()[-1])
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         maps = []
         for index, stage in enumerate(self.stages):

@@ -340,11 +340,12 @@ class ResNetFeatures(nn.Module):
 
     ``out_indices`` (default: all five, as timm's) picks maps from 0 (stem, after ``relu``, stride 2) and 1–4
     (C2–C5, the outputs of ``layer1..layer4``, strides 4, 8, 16, 32; with ``small_input`` 1, 1, 2, 4, 8). Map
-    ``i`` is ``Tensor[B, feature_info.channels(i), H/r, W/r]`` with ``r = feature_info.reduction(i)``.
+    ``i`` is ``Tensor[B, feature_info.channels()[i], H/r, W/r]`` with ``r = feature_info.reduction()[i]``.
     Modules keep the classifier's names; stages after the last index and the head are left out.
     As in timm, an int n picks the last n maps, a negative index counts from the end, and indices in
-    another order or repeated give each map once, in network order (``out_indices`` and ``feature_info``
-    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
+    another order or repeated give each map once, in network order (``out_indices`` and ``feature_info.out_indices``
+    list those maps, ``feature_info`` every map of the model, as timm's; timm's ``feature_info.out_indices`` keeps the
+    order given, which then does not match its maps).
     """
 
     features_only = True
@@ -358,7 +359,7 @@ class ResNetFeatures(nn.Module):
         self.num_stages = max(out_indices)
         for index in range(1, self.num_stages + 1):
             setattr(self, f"layer{index}", getattr(resnet, f"layer{index}"))
-        self.feature_info = FeatureInfo(resnet.feature_info[i] for i in out_indices)
+        self.feature_info = FeatureInfo(resnet.feature_info, out_indices)
         self.default_cfg: dict = {}
         self.grad_checkpointing = resnet.grad_checkpointing
 

@@ -835,8 +835,8 @@ class SwinTransformer(nn.Module):
             stage.set_input_size(resolution, window, always_partition)
             resolution = stage.output_resolution
         stride = max(self.patch_embed.patch_size)
-        self.feature_info = FeatureInfo(dict(info, reduction=stride * 2 ** index)
-                                        for index, info in enumerate(self.feature_info))
+        self.feature_info = FeatureInfo((dict(info, reduction=stride * 2 ** index)
+                                         for index, info in enumerate(self.feature_info)), self.feature_info.out_indices)
         changed = dict(img_size=_int_or_pair(self.patch_embed.img_size), window_size=_int_or_pair(window))
         if patch_size is not None:
             changed["patch_size"] = _int_or_pair(self.patch_embed.patch_size)
@@ -930,13 +930,14 @@ class SwinTransformerFeatures(nn.Module):
     """A Swin trunk returning feature maps: ``forward(Tensor[B, in_chans, H, W]) -> list[Tensor]``.
 
     ``out_indices`` picks the outputs of ``layers.0..3`` (strides 4, 8, 16, 32 for 4×4 patches). Map
-    ``i`` is ``Tensor[B, feature_info.channels(i), h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
+    ``i`` is ``Tensor[B, feature_info.channels()[i], h_i, w_i]`` with ``h_0 = ⌈H/p⌉`` halved (rounding up)
     at each later stage: NCHW in shape (timm's features are NHWC; ``output_fmt`` says which), channels-last
     in memory, without the final norm (as timm's). The stages after the last index, the norm and the head
     are left out.
     As in timm, an int n picks the last n stages, a negative index counts from the end, and indices in
-    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info``
-    list those maps; timm's ``feature_info`` keeps the order given, which then does not match its maps).
+    another order or repeated give each map once, in stage order (``out_indices`` and ``feature_info.out_indices``
+    list those maps, ``feature_info`` every map of the model, as timm's; timm's ``feature_info.out_indices`` keeps the
+    order given, which then does not match its maps).
     """
 
     features_only = True
@@ -948,7 +949,7 @@ class SwinTransformerFeatures(nn.Module):
         self.out_indices = out_indices
         self.patch_embed = model.patch_embed
         self.layers = nn.Sequential(*list(model.layers)[:max(out_indices) + 1])
-        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+        self.feature_info = FeatureInfo(model.feature_info, out_indices)
         self.default_cfg: dict = {}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -95,12 +95,13 @@ class VisionTransformer(nn.Module):
             (``norm``); None: only for ``global_pool`` "avg", "max" or "avgmax" (timm's default).
         features_only: return feature maps instead of logits: ``forward`` gives a list of
             ``Tensor[B, embed_dim, H/p, W/p]`` (the outputs of the blocks ``out_indices``, prefix tokens
-            removed, no final norm; timm's ``features_only``), ``feature_info`` describes them, and
+            removed, no final norm; timm's ``features_only``), ``feature_info`` describes every block's and
+            names those in its ``out_indices``, as timm's, and
             the model has no ``norm``/``fc_norm``/``head`` nor the blocks after the last of ``out_indices``
             (their checkpoint weights are dropped).
         out_indices: the blocks whose outputs ``features_only`` returns: an int n for the last n
             blocks, or a sequence of block indices (any order, repeats allowed: each map comes once,
-            in block order, as timm's; ``out_indices`` and ``feature_info`` then list those maps).
+            in block order, as timm's; ``out_indices`` and ``feature_info.out_indices`` then list those maps).
 
     Token layout: ``num_prefix_tokens`` prefix tokens (the class token) then the ``gh·gw`` patch
     tokens in raster order, where ``(gh, gw) = (H / p, W / p)`` is the input's grid.
@@ -170,7 +171,8 @@ class VisionTransformer(nn.Module):
             # as timm's: the blocks after the last map would get no gradient (DDP refuses unused parameters)
             self.blocks = self.blocks[:max(self.out_indices) + 1]
             self.feature_info = FeatureInfo(
-                dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in self.out_indices
+                (dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)),
+                self.out_indices,
             )
             self.attn_pool = None
         else:
@@ -271,7 +273,8 @@ class VisionTransformer(nn.Module):
                 table = resample_abs_pos_embed(self.pos_embed, grid, old_grid, num_prefix_tokens=self.num_prefix_tokens)
             self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
         reduction = max(self.patch_embed.patch_size)
-        self.feature_info = FeatureInfo(dict(info, reduction=reduction) for info in self.feature_info)
+        self.feature_info = FeatureInfo((dict(info, reduction=reduction) for info in self.feature_info),
+                                        self.feature_info.out_indices)
         changed = dict(img_size=_int_or_pair(self.patch_embed.img_size))
         if patch_size is not None:
             changed["patch_size"] = _int_or_pair(self.patch_embed.patch_size)
