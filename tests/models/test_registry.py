@@ -565,6 +565,20 @@ def test_timms_data_config_reads_our_cfg(name, size, mean):
     assert config["crop_pct"] == model.default_cfg["crop_pct"]
 
 
+TIMM_SHARED = sorted(set(list_models(pretrained=True)) & set(timm.list_models()))
+
+
+@pytest.mark.parametrize("name", TIMM_SHARED)
+def test_pretrained_cfg_names_timms_tag_and_crop_mode(name):
+    """timm's pretrained_cfg of a model's weights carries their tag ('tv_in1k', 'augreg_in21k_ft_in1k') and the crop
+    mode of its evaluation ('center'); ours had neither, so model.pretrained_cfg["tag"] raised KeyError."""
+    with torch.device("meta"):
+        ours = create_model(name).pretrained_cfg
+        theirs = timm.create_model(f"{name}.{ours['tag']}").pretrained_cfg
+    assert {key: ours[key] for key in ("tag", "crop_mode")} == {key: theirs[key] for key in ("tag", "crop_mode")}
+    assert timm.data.resolve_data_config(pretrained_cfg=ours) == timm.data.resolve_data_config(pretrained_cfg=theirs)
+
+
 @pytest.mark.parametrize("name", ["convnext_atto_32", "swin_tiny_patch2_window4_32", "vit_tiny_patch4_32", "resnet18"])
 def test_own_checkpoint_loads_into_a_feature_extractor_without_the_late_stages(tmp_path, name, caplog):
     torch.manual_seed(5)

@@ -440,6 +440,8 @@ def _saved_model(meta: Mapping[str, Any], name: str, source: str) -> Mapping[str
 
 def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
     cfg: dict[str, Any] = {"architecture": entry.name, **entry.default_cfg}
+    if "crop_pct" in cfg:  # timm's evaluation crop: centred, unless the family says otherwise
+        cfg.setdefault("crop_mode", "center")
     if entry.first_conv is not None:
         cfg["first_conv"] = entry.first_conv
     if entry.classifier:
@@ -449,6 +451,9 @@ def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
         cfg.update({"url": weights.url} if weights.url else {"hf_hub_id": weights.hf_hub_id, "filename": weights.filename})
         if weights.sha256:
             cfg["sha256"] = weights.sha256
+        tag = weights_tag(entry)
+        if tag:
+            cfg["tag"] = tag  # timm's name of these weights (NAME.TAG)
     return cfg
 
 
