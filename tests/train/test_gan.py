@@ -123,7 +123,7 @@ def test_a_short_run_on_digits_writes_a_checkpoint_samples_and_a_finite_fid(tmp_
                                   temperature=None, top_k=None, top_p=None, label=None)
     assert first.shape == (5, 1, 16, 16) and torch.equal(first, second)
     assert 0 <= first.min() and first.max() <= 1
-    with pytest.raises(ValueError, match="label, top_k does not apply"):
+    with pytest.raises(ValueError, match="label, top_k do not apply to a GAN"):
         reloaded.task.sample(model, 5, torch.Generator(), contextlib.nullcontext, top_k=5, label=3)
 
 

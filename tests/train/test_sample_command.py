@@ -76,7 +76,7 @@ def test_sample_on_the_cpu_by_device_draws_todays_images_and_cuda_without_a_gpu_
 def test_bad_sample_requests_are_one_line(gan_checkpoint, tmp_path, capsys):
     out = str(tmp_path / "grid.png")
     assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", out, "--top-k", "5"]) != 0
-    assert "top_k" in capsys.readouterr().err
+    assert "--top-k does not apply to a GAN" in capsys.readouterr().err  # the option, not the keyword top_k
     assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(tmp_path / "grid.gif")]) != 0
     assert "--out must be a .png or .jpg" in capsys.readouterr().err
     assert main(["sample", "resnet18", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", out]) != 0
@@ -265,9 +265,14 @@ def test_a_label_for_a_gan_is_refused_as_not_applying_not_as_an_unknown_class(ga
     classes, of a model that takes no class at all (--label 3 then said the label does not apply)."""
     out = tmp_path / "grid.png"
     assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(out), "--label", label]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "label does not apply" in err and "classes" not in err
+    # it named the Python keyword ("label does not apply"), not the option
+    assert capsys.readouterr().err == ("visionzoo sample: error: --label does not apply to a GAN, which samples from "
+                                       "its latent alone\n")
     assert not out.exists()
+    assert main(["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "--out", str(out), "--label", label,
+                 "--top-k", "5"]) == 2
+    assert capsys.readouterr().err == ("visionzoo sample: error: --label, --top-k do not apply to a GAN, which samples "
+                                       "from its latent alone\n")
 
 
 def test_an_out_folder_gets_each_sample_as_it_is_drawn_not_all_at_the_end(gan_checkpoint, tmp_path, monkeypatch,
@@ -552,8 +557,14 @@ def test_sample_complete_writes_images_their_top_halves_and_completions_of_a_spl
     first = grid.read_bytes()
     assert main([*argv, "--overwrite"]) == 0  # seeded
     assert grid.read_bytes() == first
+    # it read "--label 3: label 3 given, but this model is unconditional ...", saying the label twice
+    unconditional = ("visionzoo sample: error: --label 3 given, but this model is unconditional (trained without "
+                     "classes)\n")
     assert main([*argv, "--overwrite", "--label", "3"]) == 2  # as sample refuses it
-    assert "label 3 given, but this model is unconditional" in capsys.readouterr().err
+    assert capsys.readouterr().err == unconditional
+    assert main(["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--out", str(grid), "--overwrite",
+                 "--label", "3"]) == 2
+    assert capsys.readouterr().err == unconditional
 
 
 def test_sample_complete_reads_a_folder_of_images_at_the_runs_size(image_gpt_run, tmp_path, capsys):
@@ -756,12 +767,13 @@ def test_a_label_the_model_has_no_class_for_names_the_label_option(conditional_r
     capsys.readouterr()
     assert main(argv) == 2
     got = 11 if label == "11" else repr(label)
-    assert capsys.readouterr().err == (f"visionzoo sample: error: --label {label}: label must be a class in 0..9 "
+    # it read "--label 11: label must be a class in 0..9 (...), got 11", the label and its value twice
+    assert capsys.readouterr().err == (f"visionzoo sample: error: --label must be a class in 0..9 "
                                        f"(0, 1, 2, 3, 4, 5, 6, 7, 8, 9), got {got}\n")
     assert not out.exists()
     if model == "image_gpt_small":  # --complete refuses it as sample does
         assert main([*argv, "--complete", "val"]) == 2
-        assert capsys.readouterr().err.startswith(f"visionzoo sample: error: --label {label}: label must be a class")
+        assert capsys.readouterr().err.startswith("visionzoo sample: error: --label must be a class in 0..9 (")
         assert not out.exists()
 
 

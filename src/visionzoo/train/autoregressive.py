@@ -188,7 +188,7 @@ class AutoregressiveTask(Task):
             return None
         num_classes = model.gpt.num_classes
         if num_classes == 0:
-            raise LabelError(f"label {label} given, but this model is unconditional (trained without classes)")
+            raise LabelError(f"{label} given, but this model is unconditional (trained without classes)")
         if isinstance(label, str) and label in self.classes:
             label = self.classes.index(label)
         elif isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which int() refuses
@@ -197,7 +197,7 @@ class AutoregressiveTask(Task):
             # Digits' ten in full; ImageNet's thousand would make a line of 11,000 characters
             shown = self.classes if len(self.classes) <= 10 else [*self.classes[:3], "...", self.classes[-1]]
             names = f" ({', '.join(shown)})" if self.classes else ""
-            raise LabelError(f"label must be a class in 0..{num_classes - 1}{names}, got {label!r}")
+            raise LabelError(f"must be a class in 0..{num_classes - 1}{names}, got {label!r}")
         return torch.full((count,), int(label), dtype=torch.long)
 
     def _generate(self, model: nn.Module, labels: torch.Tensor | None, count: int, generator: torch.Generator,

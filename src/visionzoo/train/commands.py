@@ -44,7 +44,7 @@ from visionzoo.train.run import (
     run_training,
     task_class,
 )
-from visionzoo.train.task import _TASKS, LabelError, NonFiniteOutputError
+from visionzoo.train.task import _TASKS, NonFiniteOutputError, SettingError
 from visionzoo.utils import (
     first_non_finite,
     require_folder_or_absent,
@@ -259,13 +259,17 @@ def _require_finite_images(images: torch.Tensor, args: argparse.Namespace) -> No
                          f"{args.checkpoint}{hint}")
 
 
+# sample's option of each sampler setting (:func:`_sampler_settings`)
+SETTING_OPTIONS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "label": "--label"}
+
+
 @contextmanager
-def _label_option(label: str | None) -> Iterator[None]:
-    """Name ``--label`` and its value before the task's refusal of a label (:class:`LabelError`)."""
+def _setting_options() -> Iterator[None]:
+    """The task's refusal of a sampler setting (:class:`SettingError`) naming sample's option, not the keyword."""
     try:
         yield
-    except LabelError as error:
-        raise ValueError(f"--label {label}: {error}") from None
+    except SettingError as error:
+        raise ValueError(error.naming(SETTING_OPTIONS)) from None
 
 
 # eval's images per forward for a checkpoint without its run's batch size. A run's own is the default: one 128 for
@@ -766,7 +770,7 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
+            with _finite_outputs(args.model, args.checkpoint, args.precision), _setting_options():
                 images = setup.task.sample(model, size, generator, autocast, **settings).float()
             _require_finite_images(images, args)
             images = images.clamp(0, 1)
@@ -854,7 +858,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     device = resolve_device(args.device)
     model = model.to(device).eval()
     generator = torch.Generator().manual_seed(args.seed)
-    with _finite_outputs(args.model, args.checkpoint, args.precision), _label_option(args.label):
+    with _finite_outputs(args.model, args.checkpoint, args.precision), _setting_options():
         cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
                                     columns=nrow, batch_size=args.batch_size, **settings)
     _require_finite_images(cells, args)

@@ -28,7 +28,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.train.task import Setup, Task, check_finite_outputs, check_trained_images, register_task
+from visionzoo.train.task import (
+    SettingError,
+    Setup,
+    Task,
+    check_finite_outputs,
+    check_trained_images,
+    register_task,
+)
 
 OPTIMIZERS = ("discriminator", "generator")
 EVAL_SAMPLES = 500
@@ -135,7 +142,8 @@ class GANTask(Task):
         """``count`` images Tensor[count, C, H, W] in [0, 1]; a GAN takes no sampler settings (all must be None)."""
         given = sorted(name for name, value in settings.items() if value is not None)
         if given:
-            raise ValueError(f"a GAN samples from its latent alone; {', '.join(given)} does not apply to it")
+            raise SettingError(given, f"{'does' if len(given) == 1 else 'do'} not apply to a GAN, which samples from "
+                               "its latent alone")
         with torch.no_grad(), autocast():
             images = model.generate(count, generator)
         return images.float().clamp(0, 1).cpu()

@@ -22,9 +22,25 @@ from visionzoo.data.factory import SPLITS
 from visionzoo.utils import NonFiniteOutputError, check_finite_outputs, closest  # noqa: F401
 
 
-class LabelError(ValueError):
-    """A sampler's ``label`` its model cannot take (no such class, or a model without classes). The message is the
-    Python API's; `visionzoo sample` puts the option that gave the label before it."""
+class SettingError(ValueError):
+    """Sampler settings its model cannot take. The message is ``names`` (the Python keywords, comma-separated) and
+    ``predicate``; `visionzoo sample` says the same of its options (:meth:`naming`), each named once."""
+
+    def __init__(self, names: Sequence[str], predicate: str) -> None:
+        self.names, self.predicate = tuple(names), predicate
+        super().__init__(f"{', '.join(self.names)} {predicate}")
+
+    def naming(self, options: Mapping[str, str]) -> str:
+        """The message with each setting named as ``options`` maps it (``{"top_k": "--top-k"}``)."""
+        return f"{', '.join(options.get(name, name) for name in self.names)} {self.predicate}"
+
+
+class LabelError(SettingError):
+    """A sampler's ``label`` its model cannot take (no such class, or a model without classes): "label
+    ``predicate``"."""
+
+    def __init__(self, predicate: str) -> None:
+        super().__init__(("label",), predicate)
 
 
 @dataclass
