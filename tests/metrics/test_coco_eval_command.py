@@ -169,3 +169,19 @@ def test_an_annotation_id_of_zero_is_noted_as_where_pycocotools_differs(files, c
     # the numbers are those of the same file numbered from 1
     assert {name: json.loads(captured.out)[name] for name in SUMMARY_NAMES} == {
         name: from_one[name] for name in SUMMARY_NAMES}
+
+
+@pytest.mark.parametrize("token", ["Infinity", "-Infinity"])
+def test_an_infinite_score_in_a_results_file_is_refused_naming_the_entry(files, capsys, tmp_path, token):
+    """JSON has no Infinity, but Python's json reads the token (as pycocotools does), and coco-eval ranked such a
+    result first (or last) of all without a word; a NaN score or an infinite box was already refused."""
+    gt_path, _, _, dets = files
+    bad = tmp_path / "bad.json"
+    text = json.dumps(dets[:3]).replace(json.dumps(dets[2]["score"]), token, 1)
+    bad.write_text(text)
+    assert token in text
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)],
+                   f"{bad}: result 2 has a non-finite score {float(token)}")
+    bad.write_text(json.dumps(dets[:3]).replace(json.dumps(dets[1]["bbox"]), f"[1, 2, {token}, 4]", 1))
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)],
+                   f"{bad}: result 1 has a non-finite bbox [1.0, 2.0, {float(token)}, 4.0]")

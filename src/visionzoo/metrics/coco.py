@@ -411,7 +411,8 @@ def load_detections(
     evaluation reads the results as pycocotools' ``loadRes`` does: a result's box is its mask's tight box (unless
     it has its own) and its area the mask's. Raises ValueError for an image id absent from the
     ground truth (pycocotools asserts), ids that are strings where the ground truth's are numbers (or the other
-    way round), a NaN score, a non-finite box or a mask of another size than its image, naming the entry.
+    way round), a NaN score (an infinite one too, in a JSON file), a non-finite box or a mask of another size than
+    its image, naming the entry.
     Results of a category the ground truth does not list are left out, as pycocotools leaves them
     out; their count is ``num_dropped``.
     """
@@ -428,6 +429,11 @@ def load_detections(
     image = _index_of(det_image, gt.image_ids, what, "image_id")
     if np.isnan(scores).any():
         raise ValueError(f"{what} {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
+    if isinstance(dets, str | os.PathLike) and np.isinf(scores).any():
+        # JSON has no Infinity: Python's json (and so pycocotools) reads the token, and the result would rank first
+        # or last of all without a word. Results given as Python objects keep pycocotools' ranking of +-inf.
+        i = int(np.flatnonzero(np.isinf(scores))[0])
+        raise ValueError(f"{what} {i} has a non-finite score {scores[i]}")
     masks = None
     first = data[0] if data and isinstance(data[0], Mapping) else {}
     has_boxes = first.get("bbox") is not None and len(first["bbox"]) > 0
@@ -839,7 +845,7 @@ def coco_evaluate(
     Degenerate boxes follow pycocotools: a box with w <= 0 or h <= 0 overlaps nothing (IoU 0); such
     a detection is then a false positive, except that a negative area ``w * h`` lies outside every
     area range, which makes it ignored (neither true nor false positive). Scores of +-inf rank
-    first / last.
+    first / last (in ``dets`` given as dicts; a JSON file's Infinity is refused).
     Empty detections give AP/AR 0 where there is ground truth and -1 elsewhere. One difference
     from pycocotools: it never counts a match with a ground truth whose id is 0 (it stores match
     ids with 0 meaning "none"); here an annotation id of 0 is an id like any other.
