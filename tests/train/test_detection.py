@@ -1253,3 +1253,28 @@ def test_eval_of_a_split_without_ground_truth_that_counts_says_why_every_metric_
     assert "-1.0000" in out
     assert "note: the val split holds no ground-truth objects to score (none, or only crowd regions): every metric " \
            "is -1, pycocotools' mark for nothing to score" in err
+
+
+def test_predict_names_the_file_too_small_for_every_sliding_window_not_image_0(tmp_path, monkeypatch, caplog):
+    # before: predict runs the detector a file at a time, so the warning said "image 0 of 8×8 px holds no sliding
+    # window" of whichever file it was; evaluation numbered the image in its group of one size in a batch
+    import visionzoo.train.commands as commands
+    from visionzoo.cli import main
+
+    torch.manual_seed(0)
+    setup = build_setup("sliding_window_shapes", "shapes", splits=("val",))
+    monkeypatch.setattr(commands, "load_for_inference", lambda *args, **kwargs: setup)
+    paths = [tmp_path / "big.png", tmp_path / "tiny.png"]
+    Image.effect_noise((40, 40), 60).convert("RGB").save(paths[0])
+    Image.effect_noise((8, 8), 60).convert("RGB").save(paths[1])
+    with caplog.at_level("WARNING", logger="visionzoo"):
+        assert main(["predict", "sliding_window_shapes", *map(str, paths), "--checkpoint", "run.safetensors",
+                     "--out", str(tmp_path / "pred")]) == 0
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{paths[1]} of 8×8 px holds no sliding window (sizes (16, 24, 32, 48, 64) at aspect ratios (0.5, 1.0, 2.0)): "
+        "nothing is detected in it (said once for this model; later ones are logged at debug level)"]
+    caplog.clear()
+    with torch.no_grad(), caplog.at_level("WARNING", logger="visionzoo"):
+        setup.task.detect(create_model("sliding_window_shapes").eval(), [torch.rand(3, 40, 40), torch.rand(3, 8, 8)],
+                          contextlib.nullcontext, name_of=["a.png", "b.png"].__getitem__)
+    assert caplog.records[0].getMessage().startswith("b.png of 8×8 px holds no sliding window")

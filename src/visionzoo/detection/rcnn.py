@@ -226,9 +226,10 @@ class ProposalDetector(PredictorClasses, nn.Module):
         self._warned.add(kind)
         log.warning(message + " (said once for this model; later ones are logged at debug level)", *args)
 
-    def _note_images_without_windows(self, images: Sequence[Tensor], proposals: Sequence[Tensor]) -> None:
+    def _note_images_without_windows(self, images: Sequence[Tensor], proposals: Sequence[Tensor],
+                                     image_names: Sequence[str] | None) -> None:
         """Warn of images smaller than every sliding window (else they got no detection, as if looked at): the first
-        of them and how many, once for this model."""
+        of them (by its name in ``image_names``, else "image INDEX") and how many, once for this model."""
         if self.proposal_method != "sliding_window":
             return
         empty = [index for index, boxes in enumerate(proposals) if not len(boxes)]
@@ -236,14 +237,17 @@ class ProposalDetector(PredictorClasses, nn.Module):
             return
         settings = self.proposal_settings
         image = images[empty[0]]
-        what = f"image {empty[0]} of {image.shape[-2]}×{image.shape[-1]} px" + (
+        name = f"image {empty[0]}" if image_names is None else image_names[empty[0]]
+        what = f"{name} of {image.shape[-2]}×{image.shape[-1]} px" + (
             f" and {len(empty) - 1} more of the {len(images)} images hold" if len(empty) > 1 else " holds")
         self._warn_once("images without windows", "%s no sliding window (sizes %s at aspect ratios %s): nothing is "
                         "detected in %s", what, tuple(settings["sizes"]), tuple(settings["aspect_ratios"]),
                         "them" if len(empty) > 1 else "it")
 
     def forward(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
-                proposals: Sequence[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+                proposals: Sequence[Tensor] | None = None, image_names: Sequence[str] | None = None
+                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """``image_names``: what a warning calls each image (its file, say; default "image INDEX")."""
         images, original_sizes = detector_inputs(self, images, targets)
         if isinstance(proposals, Tensor):  # else its rows would be read as one proposal set per image
             raise ValueError(f"proposals must be a list of Tensor[P_i, 4], one per image, got one Tensor"
@@ -252,7 +256,7 @@ class ProposalDetector(PredictorClasses, nn.Module):
         batch, targets = self.transform(images, targets)
         if proposals is None:
             proposals = [self.propose(image.detach().float().cpu()) for image in images]
-            self._note_images_without_windows(images, proposals)
+            self._note_images_without_windows(images, proposals, image_names)
         elif len(proposals) != len(images):
             raise ValueError(f"{len(images)} images but {len(proposals)} proposal sets")
         device = batch.tensors.device

@@ -240,14 +240,16 @@ def check_finite_weights(model: torch.nn.Module, model_name: str, checkpoint: st
 
 
 @contextmanager
-def _finite_outputs(model_name: str, checkpoint: str, precision: str) -> Iterator[None]:
-    """Turn a task's NonFiniteOutputError into one error naming the model and the checkpoint; its weights are
-    checked before (:func:`check_finite_weights`), so bf16's range is the likely cause."""
+def _finite_outputs(model_name: str, checkpoint: str, precision: str, image: str | None = None) -> Iterator[None]:
+    """Turn a task's NonFiniteOutputError into one error naming the model and the checkpoint (and ``image``, the file
+    the outputs were of, where given); its weights are checked before (:func:`check_finite_weights`), so bf16's range
+    is the likely cause."""
     try:
         yield
     except NonFiniteOutputError:
         hint = "; try --precision fp32" if precision != "fp32" else ""
-        raise ValueError(f"{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
+        of = "" if image is None else f"{image}: "
+        raise ValueError(f"{of}{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
 
 
 def _require_finite_images(images: torch.Tensor, args: argparse.Namespace) -> None:
@@ -534,14 +536,10 @@ def predict_command(args: argparse.Namespace) -> int:
         for start in range(0, len(args.images), step):
             paths = args.images[start:start + step]
             images = load_images(paths, None if detection else size, channels)
-            try:
-                with _finite_outputs(args.model, args.checkpoint, args.precision):
-                    predictions = (setup.task.predict(model, images, autocast, image_size=squashed) if detection
-                                   else setup.task.predict(model, images, autocast))
-            except ValueError as error:
-                if not detection:
-                    raise
-                raise ValueError(f"{paths[0]}: {error}") from None  # the detector numbers the image in its batch of one
+            # the detector's errors and warnings name the file (it would number the image in its batch of one)
+            with _finite_outputs(args.model, args.checkpoint, args.precision, paths[0] if detection else None):
+                predictions = (setup.task.predict(model, images, autocast, image_size=squashed, names=paths)
+                               if detection else setup.task.predict(model, images, autocast))
             out.mkdir(parents=True, exist_ok=True)
             for path, image, prediction, target in zip(paths, images, predictions, targets[start:start + step]):
                 if not target.exists():

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
 from visionzoo.detection.proposal_cache import image_name
+from visionzoo.detection.rcnn import ProposalDetector
 from visionzoo.train.task import NonFiniteOutputError, Setup, Task, register_task
 
 BOX_KEYS = ("boxes", "proposals")
@@ -229,7 +230,8 @@ class DetectionTask(Task):
         torchvision's GeneralizedRCNNTransform does), which moves its features near the border and so its scores,
         and an image's result would depend on the batch it came in (torchvision's reference evaluates one image at
         a time). Images of one size, as Shapes' are, still run together. With ``name_of`` (an image's index in
-        ``images`` → its name, e.g. its file), an image the model refuses (ValueError) is named by it.
+        ``images`` → its name, e.g. its file), an image the model refuses (ValueError) is named by it, and so is one
+        a proposal detector warns of (too small for its sliding windows), rather than by its place in a group.
         """
         device = next(model.parameters()).device
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -238,6 +240,8 @@ class DetectionTask(Task):
         results: list[dict[str, torch.Tensor]] = [{} for _ in images]
         for indices in groups.values():
             extra = {} if proposals is None else {"proposals": [proposals[i] for i in indices]}
+            if name_of is not None and isinstance(model, ProposalDetector):
+                extra["image_names"] = [name_of(i) for i in indices]
             try:
                 with autocast():
                     detections = model([images[i].to(device) for i in indices], **extra)
@@ -318,20 +322,22 @@ class DetectionTask(Task):
         return [pr_curve, pictures]
 
     def predict(self, model: nn.Module, images: torch.Tensor, autocast: Callable[[], Any],
-                image_size: int | None = None) -> list[dict[str, Any]]:
+                image_size: int | None = None, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Detections of each image of ``images`` (Tensor[B, 3, H, W] or a list of Tensor[3, H, W]):
         ``boxes`` (list of [x1, y1, x2, y2] in the image's pixels), ``labels`` (class names), ``scores``.
 
         With ``image_size`` each image is first squashed to that square, as a COCO folder read with ``--img-size``
         gives the model its files in training and evaluation, and the boxes are mapped back to the image's pixels,
-        as evaluation scores them (:func:`in_file_pixels`)."""
+        as evaluation scores them (:func:`in_file_pixels`). ``names`` (their files, say) name the images in errors
+        and warnings (:meth:`detect`)."""
         from visionzoo.data.coco import resize_square
 
         images = list(images)
+        name_of = None if names is None else names.__getitem__
         if image_size is None:
-            return [self._as_prediction(d) for d in self.detect(model, images, autocast)]
+            return [self._as_prediction(d) for d in self.detect(model, images, autocast, name_of=name_of)]
         squares = [resize_square(image, image_size) for image in images]
-        found = self.detect(model, squares, autocast)
+        found = self.detect(model, squares, autocast, name_of=name_of)
         return [self._as_prediction(in_file_pixels(d, square, {"original_size": torch.tensor(image.shape[-2:])}))
                 for d, square, image in zip(found, squares, images)]
 
