@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 COMMAND_MODULES = (
     "visionzoo.models.commands",
@@ -66,10 +67,30 @@ def register_command(
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line (no usage block) and exit status 2."""
+    """argparse that reports a bad option as one line (no usage block) and exit status 2, and records its long options
+    (``long_options``, its groups' too) and its commands' parsers (``command_parsers``) as they are added: argparse
+    lists neither publicly, and :func:`_parse` suggests the closest option from them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.long_options: list[str] = []  # before argparse adds --help
+        self.command_parsers: dict[str, _OneLineParser] = {}
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _record(self, action: argparse.Action) -> argparse.Action:
+        self.long_options += [option for option in action.option_strings if option.startswith("--")]
+        return action
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._record(super().add_argument(*args, **kwargs))
+
+    def add_argument_group(self, *args: Any, **kwargs: Any):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *args, **kwargs: self._record(add(*args, **kwargs))
+        return group
 
 
 def positive_int(text: str) -> int:
@@ -153,7 +174,7 @@ def _version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _OneLineParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = _OneLineParser(prog="visionzoo", description="visionzoo: the vision models of the notes, one command line.")
@@ -163,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for command in sorted(_COMMANDS.values(), key=lambda c: c.name):
         command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        parser.command_parsers[command.name] = command_parser
         command.add_arguments(command_parser)
         command_parser.set_defaults(_run=command.run, _distributed=command.distributed)
     return parser
@@ -214,19 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(parser: _OneLineParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)``, with an unknown option refused by its command's parser, naming the closest
     option it takes (argparse before 3.14 names neither the command nor a suggestion)."""
     from visionzoo.utils import closest
 
     args, extras = parser.parse_known_args(argv)
     if extras:
-        commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-        command_parser = commands.choices[args.command]
+        command_parser = parser.command_parsers[args.command]
         # compared without their dashes, which every long option shares (--debug was "closest" to --help)
-        options = {option[2:]: option for action in command_parser._actions for option in action.option_strings
-                   if option.startswith("--")}
-        own = {option for action in parser._actions for option in action.option_strings}
+        options = {option[2:]: option for option in command_parser.long_options}
+        own = set(parser.long_options)
         hint = ""
         for token in extras:
             option = token.split("=", 1)[0]
