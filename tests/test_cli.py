@@ -1096,3 +1096,21 @@ def test_the_parsers_record_their_commands_and_options_for_the_closest_option():
                 if option.startswith("--")]
         assert sorted(command_parser.long_options) == sorted(held), name
     assert {"--lr", "--max-steps", "--class-conditional"} <= set(parser.command_parsers["train"].long_options)
+
+
+@pytest.mark.parametrize("command, option, words", [
+    ("eval", "--split", "(default test)"),
+    ("eval", "--img-size", "(default: the run's)"),
+    ("sample", "--seed", "(default 0)"),
+    ("fid", "--batch-size", "(default 50, as pytorch-fid's)"),
+    ("tour", "--precision", "auto (default)"),
+    ("tour", "--no-progress", "no progress bar"),
+])
+def test_every_option_with_a_default_says_it_in_its_help(command, option, words):
+    """eval --split showed "{train,val,test}" with no word that the test split is evaluated unless told (and no help
+    at all), as sample --seed, fid --batch-size and eval --img-size; tour --precision listed auto without saying it
+    is the default, and tour --no-progress had no help where every other command's says "no progress bar"."""
+    parser = build_parser().command_parsers[command]
+    help_text = " ".join(parser.format_help().split())  # argparse wraps at the terminal's width
+    start = help_text.index(f" {option} ", help_text.index("options:"))
+    assert words in help_text[start:start + 200]

@@ -293,12 +293,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", action="append", help="run only this job (repeatable); see --list")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
+                        help="auto (default): bf16 where the CPU/GPU runs it natively, else fp32")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="also stop each job after this many steps (a result independent of the machine's speed)")
     parser.add_argument("--eval-images", type=_eval_images, default=None,
                         help="evaluate each job on at most this many validation and test images (default: all)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 @register_command("tour", help="train and evaluate every family on built-in data; write a report", arguments=_arguments)

@@ -117,7 +117,8 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
                                              "(default: train it once and cache it)")
     parser.add_argument("--resize", choices=("legacy", "clean"),
                         help="inception: legacy (default): pytorch-fid's bilinear resize; clean: clean-fid's PIL bicubic")
-    parser.add_argument("--batch-size", type=positive_int, default=FID_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=positive_int, default=FID_BATCH_SIZE,
+                        help=f"images per forward (default {FID_BATCH_SIZE}, as pytorch-fid's)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default, as pytorch-fid computes: FID moves with the features' precision); bf16: "
                              "bf16 autocast, faster on a GPU, its FIDs comparable only with each other; auto: bf16 "

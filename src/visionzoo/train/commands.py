@@ -285,8 +285,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--data", help="data set name, COCO folder or COCO .json file (default: the training data)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--img-size", type=positive_int)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="the split to evaluate (default test)")
+    parser.add_argument("--img-size", type=positive_int, help="image side in pixels (default: the run's)")
     parser.add_argument("--batch-size", type=positive_int,
                         help=f"images per forward (default: the run's own, which its training evaluated with; "
                              f"{EVAL_BATCH} for a checkpoint that records none)")
@@ -581,7 +582,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int,
                         help=f"images drawn at a time (default {SAMPLE_BATCH}; with --complete, images completed at a time, "
                              "default --nrow); a smaller one holds less in memory; the images of a --seed depend on it")
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the draws (default 0)")
     parser.add_argument("--temperature", type=positive_float, help="divide the logits by this (autoregressive models)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=probability, help="sample within the nucleus of probability p")
