@@ -314,6 +314,11 @@ class AutoregressiveTask(Task):
                            help="condition on the class (default: yes for vqgan_transformer, no for image_gpt)")
 
     @classmethod
+    def models_taking(cls, option: str) -> list[str]:
+        """``--tokenizer``: the code priors alone (Image GPT quantises pixels with its own palette)."""
+        return _code_priors() if option == "tokenizer" else super().models_taking(option)
+
+    @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:

@@ -155,6 +155,14 @@ class Task:
         return {action.dest: action for action in parser._actions}
 
     @classmethod
+    def models_taking(cls, option: str) -> list[str]:
+        """The registered models that take this task's ``option`` (``"tokenizer"``): by default every model of the
+        task."""
+        from visionzoo.models import list_models
+
+        return list_models(task=cls.name)
+
+    @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
               checkpoint: str | Path | None = None, options: Mapping[str, Any] | None = None,
               splits: tuple[str, ...] = SPLITS) -> Setup:
@@ -253,8 +261,6 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 def check_task_options(task: type[Task], model_name: str, options: Mapping[str, Any]) -> None:
     """Refuse an option given in ``options`` (not None) that ``task``, the task of ``model_name``, does not take:
     its run would ignore it silently. The ValueError names the option and the models that take it."""
-    from visionzoo.models import list_models
-
     own = task.own_options()
     for name, value in options.items():
         if value is None or name in own:
@@ -265,7 +271,7 @@ def check_task_options(task: type[Task], model_name: str, options: Mapping[str, 
             raise ValueError(f"unknown task option {name!r}; {model_name} ({task.name}) takes "
                              f"{', '.join(own) if own else 'none'}")
         flag = next(iter(takers.values())).option_strings[0]
-        models = [model for other in takers for model in list_models(task=other)]
+        models = [model for other in takers for model in _TASKS[other].models_taking(name)]
         shown = ", ".join(models[:3]) + (", ..." if len(models) > 3 else "")
         raise ValueError(f"{flag} is for {' and '.join(takers)} models ({shown}); {model_name}, a model of the "
                          f"{task.name} task, would ignore it")
