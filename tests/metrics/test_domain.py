@@ -143,7 +143,16 @@ def test_fid_command_bad_domain_arguments_are_one_line(tmp_path, capsys):
     assert main(["fid", str(folder), str(folder), "--features", "domain"]) != 0
     assert "--features domain needs --data" in capsys.readouterr().err
     assert main(["fid", str(folder), str(folder), "--data", "digits"]) != 0
-    assert "add --features domain" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("visionzoo fid: error: --data applies to --features domain, not to "
+                                       "Inception's features; add --features domain\n")
+    # before: "--data and --img-size choose the domain features; add --features domain", naming a --data not given,
+    # which --features domain then asked for
+    assert main(["fid", str(folder), str(folder), "--img-size", "32"]) != 0
+    assert capsys.readouterr().err == ("visionzoo fid: error: --img-size applies to --features domain, not to "
+                                       "Inception's features; add --features domain --data digits (or shapes)\n")
+    assert main(["fid", str(folder), str(folder), "--data", "shapes", "--img-size", "32"]) != 0
+    assert capsys.readouterr().err == ("visionzoo fid: error: --data and --img-size apply to --features domain, not "
+                                       "to Inception's features; add --features domain\n")
     # before: --resize clean was ignored and gave the legacy number
     assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "digits", "--resize", "clean"]) != 0
     assert "--resize clean chooses how Inception's input is resized" in capsys.readouterr().err

@@ -132,7 +132,10 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
     if args.features == "domain" and args.data is None:
         raise ValueError("--features domain needs --data digits or --data shapes (the domain's classifier)")
     if args.features != "domain" and (args.data or args.img_size):
-        raise ValueError("--data and --img-size choose the domain features; add --features domain")
+        given = [option for option, value in (("--data", args.data), ("--img-size", args.img_size)) if value]
+        add = "--features domain" + ("" if args.data else " --data digits (or shapes)")  # which it would ask for next
+        raise ValueError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --features domain, not to "
+                         f"Inception's features; add {add}")
     if args.features == "domain" and args.img_size is not None and args.img_size < MIN_IMAGE_SIZE:
         raise ValueError(f"--img-size {args.img_size}: domain features need images of at least {MIN_IMAGE_SIZE} px")
     if args.features == "domain" and args.resize:
