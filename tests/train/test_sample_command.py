@@ -792,3 +792,17 @@ def test_sample_complete_of_a_split_with_no_images_does_not_speak_of_training(tm
     err = capsys.readouterr().err
     assert err == f"visionzoo sample: error: {ann_file}: 'images' is empty: it lists no images to read\n"
     assert not out.exists()
+
+
+def test_a_top_k_beyond_the_vocabulary_names_the_option(image_gpt_run, tmp_path, capsys):
+    """sample --top-k 100000 said "top_k 100000 is more than the ... tokens", naming the Python keyword, not the
+    option, as --label and the GAN's refusals did."""
+    out = tmp_path / "grid.png"
+    for extra in ([], ["--complete", "val"]):
+        assert main(["sample", "image_gpt_small", "--checkpoint", str(image_gpt_run), "--out", str(out), "--top-k",
+                     "100000", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("visionzoo sample: error: --top-k 100000 is more than the ") and len(err.splitlines()) == 1
+        assert err.endswith(" tokens of this model's vocabulary, so it would keep them all and change nothing; give at "
+                            f"most {err.split('more than the ')[1].split()[0]}\n")
+    assert not out.exists()

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
-from visionzoo.train.task import LabelError, Setup, Task, check_finite_outputs, register_task
+from visionzoo.train.task import LabelError, SettingError, Setup, Task, check_finite_outputs, register_task
 from visionzoo.utils import eval_mode, first_non_finite, is_integer, with_article
 
 log = logging.getLogger(__name__)
@@ -502,8 +502,8 @@ def _check_top_k(model: nn.Module, top_k: int | None) -> None:
     """Refuse a ``top_k`` beyond the model's vocabulary: it would keep every token, as if not given."""
     vocabulary = model.gpt.vocab_size
     if top_k is not None and top_k > vocabulary:
-        raise ValueError(f"top_k {top_k} is more than the {vocabulary} tokens of this model's vocabulary, so it "
-                         f"would keep them all and change nothing; give at most {vocabulary}")
+        raise SettingError(("top_k",), f"{top_k} is more than the {vocabulary} tokens of this model's vocabulary, so "
+                           f"it would keep them all and change nothing; give at most {vocabulary}")
 
 
 def save_completions(cells: torch.Tensor, path: str | Path, columns: int = COLUMNS) -> None:
