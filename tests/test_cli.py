@@ -1118,3 +1118,27 @@ def test_every_option_with_a_default_says_it_in_its_help(command, option, words)
     help_text = " ".join(parser.format_help().split())  # argparse wraps at the terminal's width
     start = help_text.index(f" {option} ", help_text.index("options:"))
     assert words in help_text[start:start + 200]
+
+
+def test_each_tasks_own_options_are_read_without_argparses_private_actions(monkeypatch):
+    """Task.own_options (which refuses another task's option, e.g. train dcgan --mixup 0.2) read argparse's private
+    ArgumentParser._actions; it now reads the actions a RecordingParser kept as they were added, groups' included."""
+    import argparse
+
+    from visionzoo.train.task import _TASKS
+
+    build_parser()  # imports every task's module
+    for name, task in _TASKS.items():
+        plain = argparse.ArgumentParser(add_help=False)
+        task.add_arguments(plain)
+        assert {dest: action.option_strings for dest, action in task.own_options().items()} == {
+            action.dest: action.option_strings for action in plain._actions}, name
+    assert list(_TASKS["autoregressive"].own_options()) == ["tokenizer", "class_conditional"]
+    from visionzoo.cli import RecordingParser
+
+    parser = RecordingParser(add_help=False)
+    parser.add_argument_group("group").add_argument("--in-group", type=int)
+    parser.add_argument("--plain", "-p")
+    parser.add_argument("path")
+    assert [action.dest for action in parser.recorded_actions] == ["in_group", "plain", "path"]
+    assert parser.long_options == ["--in-group", "--plain"]

@@ -66,21 +66,20 @@ def register_command(
     return decorator
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line (no usage block) and exit status 2, and records its long options
-    (``long_options``, its groups' too) and its commands' parsers (``command_parsers``) as they are added: argparse
-    lists neither publicly, and :func:`_parse` suggests the closest option from them."""
+class RecordingParser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps the actions added to it, its argument groups' too (``recorded_actions``), and so
+    its long options (``long_options``): argparse lists them only in a private attribute."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.long_options: list[str] = []  # before argparse adds --help
-        self.command_parsers: dict[str, _OneLineParser] = {}
+        self.recorded_actions: list[argparse.Action] = []  # before argparse adds --help
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    @property
+    def long_options(self) -> list[str]:
+        return [option for action in self.recorded_actions for option in action.option_strings if option.startswith("--")]
 
     def _record(self, action: argparse.Action) -> argparse.Action:
-        self.long_options += [option for option in action.option_strings if option.startswith("--")]
+        self.recorded_actions.append(action)
         return action
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
@@ -91,6 +90,19 @@ class _OneLineParser(argparse.ArgumentParser):
         add = group.add_argument
         group.add_argument = lambda *args, **kwargs: self._record(add(*args, **kwargs))
         return group
+
+
+class _OneLineParser(RecordingParser):
+    """argparse that reports a bad option as one line (no usage block) and exit status 2, and keeps its commands'
+    parsers (``command_parsers``) as they are added: :func:`_parse` suggests the closest option of the command from
+    them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.command_parsers: dict[str, _OneLineParser] = {}
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text: str) -> int:

@@ -150,9 +150,11 @@ class Task:
     @classmethod
     def own_options(cls) -> dict[str, argparse.Action]:
         """The options :meth:`add_arguments` declares, by name (``"disc_start"``): the ones this task takes."""
-        parser = argparse.ArgumentParser(add_help=False)
+        from visionzoo.cli import RecordingParser
+
+        parser = RecordingParser(add_help=False)
         cls.add_arguments(parser)
-        return {action.dest: action for action in parser._actions}
+        return {action.dest: action for action in parser.recorded_actions}
 
     @classmethod
     def models_taking(cls, option: str) -> list[str]:
