@@ -64,7 +64,9 @@ def test_a_short_tour_writes_a_report_with_pictures(tmp_path, capsys):
 
 
 def test_unknown_job_is_one_clear_error(capsys):
-    one_line_error(capsys, ["tour", "--only", "faster-rcnn-shape"], "no tour job 'faster-rcnn-shape'")
+    one_line_error(capsys, ["tour", "--only", "faster-rcnn-shape"], "no tour job 'faster-rcnn-shape'; closest: ")
+    # it read "no tour job 'zzzzqq'; closest: none close", a suggestion of nothing
+    one_line_error(capsys, ["tour", "--only", "zzzzqq"], "no tour job 'zzzzqq'; `visionzoo tour --list` lists them")
     with pytest.raises(SystemExit) as exit_info:
         main(["tour", "--eval-images", "1"])
     err = capsys.readouterr().err.strip()

@@ -308,7 +308,9 @@ def tour_command(args: argparse.Namespace) -> int:
         names = {job.name for job in jobs}
         for name in args.only:
             if name not in names:
-                raise ValueError(f"no tour job {name!r}; closest: {closest(name, names)}")
+                near = closest(name, names)
+                hint = "`visionzoo tour --list` lists them" if near == "none close" else f"closest: {near}"
+                raise ValueError(f"no tour job {name!r}; {hint}")
         jobs = [job for job in jobs if job.name in args.only]
     if args.list:  # the jobs that would run, with their share of --minutes
         for job, minutes in zip(jobs, job_minutes(jobs, args.minutes)):

@@ -545,6 +545,11 @@ def test_create_dataset_builds_named_datasets_and_rejects_unknown_names(tmp_path
     assert create_dataset("digits")[0][0].shape == (1, 8, 8)
     with pytest.raises(ValueError, match=r"unknown dataset 'shapse'; closest: shapes"):
         create_dataset("shapse")
+    # it read "unknown dataset 'nonexist'; closest: none close; built-in: ...", a suggestion of nothing
+    with pytest.raises(ValueError) as error:
+        create_dataset("nonexist")
+    assert str(error.value) == ("unknown dataset 'nonexist'; built-in: shapes, digits, or give a COCO folder or "
+                                ".json file")
     with pytest.raises(FileNotFoundError, match="dataset path not found"):
         create_dataset(str(tmp_path / "nowhere"))
 

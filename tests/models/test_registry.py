@@ -59,6 +59,11 @@ def test_unknown_name_lists_closest():
         create_model("resnet5")
     with pytest.raises(ValueError, match="resnet18"):
         get_model_entry("resnet-18")
+    # it read "unknown model 'zzzzqq'; closest registered: none close", a suggestion of nothing
+    with pytest.raises(ValueError) as error:
+        create_model("zzzzqq")
+    assert str(error.value) == ("unknown model 'zzzzqq'; no registered name is close (list_models() or `visionzoo "
+                                "list-models` lists them)")
 
 
 @pytest.mark.parametrize("name, arch", [("vit_tiny_patch16_224.augreg_in21k_ft_in1k", "vit_tiny_patch16_224"),

@@ -119,9 +119,10 @@ def create_dataset(
     looks_like_path = any(sep in text for sep in ("/", "\\")) or text.lower().endswith(".json")
     if looks_like_path:
         raise FileNotFoundError(f"dataset path not found: {path}")
+    near = closest(text, DATASETS)
+    hint = "" if near == "none close" else f"; closest: {near}"
     raise ValueError(
-        f"unknown dataset {text!r}; closest: {closest(text, DATASETS)}; built-in: {', '.join(DATASETS)}, "
-        "or give a COCO folder or .json file"
+        f"unknown dataset {text!r}{hint}; built-in: {', '.join(DATASETS)}, or give a COCO folder or .json file"
     )
 
 

@@ -203,7 +203,10 @@ def get_model_entry(name: str) -> ModelEntry:
         else:
             have = f"its official weights {'have no tag' if entry.pretrained else 'are none'}; give {arch!r}"
         raise ValueError(f"{arch} has no weights tagged {tag!r}: {have}")
-    raise ValueError(f"unknown model {name!r}; closest registered: {closest(name, _MODELS)}")
+    near = closest(name, _MODELS)
+    hint = ("no registered name is close (list_models() or `visionzoo list-models` lists them)" if near == "none close"
+            else f"closest registered: {near}")
+    raise ValueError(f"unknown model {name!r}; {hint}")
 
 
 def weights_tag(entry: ModelEntry) -> str | None:
