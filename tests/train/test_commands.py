@@ -1,8 +1,12 @@
 """The help of the commands that run a model: `visionzoo train`, `eval`, `predict`, `sample` and `fid`."""
 
+import json
+import shutil
+
 import pytest
 
-from visionzoo.cli import build_parser
+from visionzoo.cli import build_parser, main
+from visionzoo.data import same_images_note
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "sample"])
@@ -24,3 +28,40 @@ def test_device_is_one_option_with_trains_choices_and_default(command):
     action = next(a for a in subparsers.choices[command]._actions if a.dest == "device")
     assert action.option_strings == ["--device"] and action.choices == ("cpu", "cuda") and action.default is None
     assert "default: cuda where available, else cpu" in action.help
+
+
+def test_a_run_on_one_coco_file_says_where_its_val_and_test_figures_are_scored(tmp_path, capsys):
+    """A run trained on one COCO .json file, which serves every split, printed and wrote its val figures (train's
+    summary, summary.json, metrics.jsonl), eval --split test its test figures and sample --complete test its grid,
+    all on the training images, with no word at that time. Each now says so in one line, and the run's files record
+    it; another run's data (a COCO folder's run evaluated on the file) are not its training images."""
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "8", "--image-size", "16", "--split",
+                 "train"]) == 0
+    ann_file = folder / "train" / "annotations.json"  # the images beside their JSON
+    shutil.move(folder / "annotations" / "instances_train.json", ann_file)
+    note = f"note: {ann_file} serves every split: the {{}} figures are on the training images\n"
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "image_gpt_small", "--data", str(ann_file), "--img-size", "8", "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--out", str(run), "--model-arg", "embed_dim=16",
+                 "--model-arg", "depth=1", "--model-arg", "num_heads=2"]) == 0
+    assert capsys.readouterr().err.endswith(note.format("val"))
+    recorded = note.format("val")[len("note: "):-1]
+    assert json.loads((run / "summary.json").read_text())["note"] == recorded
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["note"] for record in val if record.get("split") == "val"] == [recorded]
+    checkpoint = str(run / "checkpoint.safetensors")
+    assert main(["eval", "image_gpt_small", "--checkpoint", checkpoint, "--split", "test", "--no-progress"]) == 0
+    assert capsys.readouterr().err == note.format("test")
+    assert main(["eval", "image_gpt_small", "--checkpoint", checkpoint, "--split", "test", "--no-progress",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["note"] == note.format("test")[len("note: "):-1] and err == note.format("test")
+    assert main(["eval", "image_gpt_small", "--checkpoint", checkpoint, "--split", "train", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""  # the train split's figures are on the training images by name
+    assert main(["sample", "image_gpt_small", "--checkpoint", checkpoint, "--complete", "test", "-n", "2",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    assert capsys.readouterr().err == note.format("test")
+    assert same_images_note(ann_file, "test", trained_on=folder) is None  # another run's data: not its training images
+    assert same_images_note(folder, "test") is None and same_images_note("shapes", "val") is None

@@ -18,8 +18,10 @@ from visionzoo.data.factory import (
            images_only,
            open_splits,
            require_one_image_size,
+           same_images_note,
 )
 from visionzoo.data.shapes import Shapes
 
 __all__ = ["DATASETS", "CocoDetection", "Digits", "Shapes", "Splits", "builtin_name", "collate_detection", "create_dataset",
-           "images_only", "open_splits", "require_one_image_size"]
+           "images_only", "open_splits", "require_one_image_size",
+           "same_images_note"]

@@ -84,6 +84,21 @@ def builtin_name(data: str | Path | None) -> str | None:
     return text if text in DATASETS else None
 
 
+def same_images_note(data: str | Path, split: str, trained_on: str | Path | None = None) -> str | None:
+    """The line that says figures on ``split`` of ``data`` are on the training images, where ``data`` is one COCO
+    .json file, which serves every split (:func:`create_dataset`), and the run was trained on it (``trained_on``, the
+    run's data; None: ``data`` is the run's); else None (the train split, built-in data, a COCO folder, another file
+    than the run's)."""
+    path = Path(data).expanduser()
+    if split == "train" or builtin_name(str(data)) is not None or not path.is_file():
+        return None
+    if trained_on is not None:
+        trained = Path(trained_on).expanduser()
+        if not (trained.is_file() and path.samefile(trained)):
+            return None
+    return f"{data} serves every split: the {split} figures are on the training images"
+
+
 def create_dataset(
     name_or_path: str | Path, split: str = "train", image_size: int | None = None, **kwargs: Any
 ) -> Dataset:

@@ -26,7 +26,7 @@ from visionzoo.cli import (
     register_command,
     seed,
 )
-from visionzoo.data import builtin_name
+from visionzoo.data import builtin_name, same_images_note
 from visionzoo.metrics.coco import NO_GROUND_TRUTH
 from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import (
@@ -216,10 +216,22 @@ def train_command(args: argparse.Namespace) -> int:
         session = result.steps - result.start_step
         share = f", {session} of them in this session{share}" if session else ", none of them in this session"
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s{share}")
+    if result.metrics:
+        _note_same_images(args.data, "val")
     for line in metric_lines(result.metrics, "val "):
         print(line)
     print(f"run folder: {result.out}")
     return 0
+
+
+def _note_same_images(data: str, split: str, trained_on: str | None = None) -> str | None:
+    """Say on stderr, in one line, where ``split``'s figures of ``data`` are on the training images (see
+    :func:`~visionzoo.data.same_images_note`); the line, else None."""
+    note = same_images_note(data, split, trained_on)
+    if note is not None:
+        sys.stdout.flush()  # after the lines it follows, where stdout is buffered
+        print(f"note: {note}", file=sys.stderr)
+    return note
 
 
 def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
@@ -323,8 +335,11 @@ def eval_command(args: argparse.Namespace) -> int:
     if metrics and all(value == NO_GROUND_TRUTH for value in metrics.values()):
         print(f"note: the {args.split} split holds no ground-truth objects to score (none, or only crowd regions): "
               "every metric is -1, pycocotools' mark for nothing to score", file=sys.stderr)
+    trained_on = meta.get("run", {}).get("data")
+    note = _note_same_images(args.data or trained_on, args.split, trained_on) if trained_on else None
     if args.json:  # the counts of the text header, beside the metrics
-        print(json.dumps({**metrics, "images_scored": used, "split_images": total}, indent=2))
+        print(json.dumps({**metrics, "images_scored": used, "split_images": total,
+                          **({"note": note} if note else {})}, indent=2))
     else:
         print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images):")
         for line in metric_lines(metrics):
@@ -830,6 +845,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     if source in SPLITS:
         dataset = setup.splits[source]
         count, what = min(args.count, len(dataset)), f"the {source} split of {setup.run_meta['data']}"
+        _note_same_images(setup.run_meta["data"], source)
     else:
         files = sorted(path for path in folder.iterdir() if path.suffix.lower() in COMPLETE_SUFFIXES and path.is_file())
         if not files:

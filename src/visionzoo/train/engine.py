@@ -928,9 +928,14 @@ class Trainer:
         self._plot()
         self._report()
         summary = {**asdict(result), "out": str(self.out), "model": model_record(self.model),
-                   "parameters": sum(p.numel() for p in self.model.parameters())}
+                   "parameters": sum(p.numel() for p in self.model.parameters()), **self._note()}
         text = json.dumps(summary, indent=2)
         atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+
+    def _note(self) -> dict[str, str]:
+        """``{"note": ...}`` where the run's data record one about its val figures (the training images scored, see
+        :func:`~visionzoo.data.same_images_note`), else nothing: written beside those figures."""
+        return {"note": self.run_meta["note"]} if "note" in self.run_meta else {}
 
     def _divergence_advice(self) -> str:
         return "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
@@ -955,7 +960,7 @@ class Trainer:
                         f"the {'EMA ' if prefix else ''}model's outputs on the validation set are not finite (NaN or "
                         f"infinity) at step {self.step}; {self._divergence_advice()}") from None
                 metrics.update({prefix + k: v for k, v in result.items()})
-            self._log({"step": self.step, "split": "val", **metrics})
+            self._log({"step": self.step, "split": "val", **metrics, **self._note()})
             log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
-from visionzoo.data import Splits, builtin_name
+from visionzoo.data import Splits, builtin_name, same_images_note
 from visionzoo.data.factory import SPLITS
 from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
 from visionzoo.models._registry import without_weight_sources
@@ -179,6 +179,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                 "train_images": len(train)}
     if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
         run_meta["teacher_sha256"] = teacher_sha256
+    note = same_images_note(data, "val")
+    if note is not None:  # beside the val figures the run writes (metrics.jsonl, summary.json), for a later reader
+        run_meta["note"] = note
     classes = _class_names(setup.splits["train"])
     if classes is not None:
         run_meta["classes"] = classes
