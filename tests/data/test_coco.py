@@ -506,6 +506,29 @@ def test_create_dataset_reads_a_split_folder_under_images(tmp_path):
     assert ds.images_dir == prefixed / "images" and len(ds) == 3
 
 
+@pytest.mark.parametrize("layout", ["images/train", "file"])
+def test_create_dataset_parses_the_annotation_file_once(tmp_path, monkeypatch, layout):
+    """A COCO folder of the images/{split} layout, and a .json file given alone, had their annotation file parsed
+    twice as they were opened: once to find the folder of the first image, again to read it (COCO's 450 MB
+    instances_train2017.json takes tens of seconds a parse). It is now parsed once."""
+    from visionzoo.data import coco, factory
+
+    _coco_folder(tmp_path, "train", images_folder="images/train")
+    parsed = []
+    read_json = coco.read_json
+
+    def counting(path):
+        parsed.append(Path(path))
+        return read_json(path)
+
+    monkeypatch.setattr(coco, "read_json", counting)
+    monkeypatch.setattr(factory, "read_json", counting)
+    data = tmp_path if layout != "file" else tmp_path / "annotations" / "instances_train.json"
+    ds = create_dataset(data, "train")
+    assert ds.images_dir == tmp_path / "images" / "train" and len(ds) == 3
+    assert parsed == [tmp_path / "annotations" / "instances_train.json"]
+
+
 def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
     ds = create_dataset(str(_write(tmp_path, name="mine.json")), image_size=32)

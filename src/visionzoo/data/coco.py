@@ -247,6 +247,8 @@ class CocoDetection(Dataset):
         read_boxes: False for a reader of the images alone (masked patch prediction, tokenizers, priors): the
             boxes ``skip_invalid`` drops cost it nothing, so their count is logged at debug level, not warned of
             as boxes left out of training.
+        content: the parsed JSON of ``ann_file`` where the caller has read it already (:func:`create_dataset`,
+            to find the images folder), so that a large file is not parsed twice; None reads ``ann_file``.
 
     Attributes: ``classes`` (category names, ``classes[label - 1]``), ``cat_ids`` (sorted COCO
     category ids), ``label_to_cat_id`` / ``cat_id_to_label`` (dicts), ``image_ids`` (sorted),
@@ -262,6 +264,7 @@ class CocoDetection(Dataset):
         load_masks: bool = True,
         image_size: int | None = None,
         read_boxes: bool = True,
+        content: Any = None,
     ):
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
@@ -274,7 +277,7 @@ class CocoDetection(Dataset):
         self.image_size = image_size
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir}")
-        data = read_json(self.ann_file)
+        data = read_json(self.ann_file) if content is None else content
         if not isinstance(data, dict):
             raise ValueError(f"{self.ann_file}: expected a JSON object with images, annotations, categories")
         _require(data, ("images", "annotations", "categories"), "the top level", self.ann_file)

@@ -38,7 +38,9 @@ def _has_annotations(root: Path, split: str) -> bool:
     return True
 
 
-def _images_folder(root: Path, split: str, ann_file: Path) -> Path:
+def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
+    """The images folder of ``split`` and, where finding it parsed ``ann_file``, its content (else None), which
+    :class:`CocoDetection` then takes rather than parse the file again."""
     names = [split, f"{split}2017"]
     if ann_file.name.endswith("2017.json"):
         names.reverse()
@@ -51,13 +53,14 @@ def _images_folder(root: Path, split: str, ann_file: Path) -> Path:
         )
     if found[0].parent == root / "images" and root / "images" in found:
         # file names may hold the split folder (images/ then holds them): the first listed image decides
-        return _holding_first_image(ann_file, [found[0], root / "images"])
-    return found[0]
+        content = read_json(ann_file)
+        return _holding_first_image(content, [found[0], root / "images"]), content
+    return found[0], None
 
 
-def _holding_first_image(ann_file: Path, folders: list[Path]) -> Path:
-    """The first of ``folders`` that holds the first image ``ann_file`` lists, else ``folders[0]``."""
-    data = read_json(ann_file)
+def _holding_first_image(data: Any, folders: list[Path]) -> Path:
+    """The first of ``folders`` that holds the first image the parsed annotation file ``data`` lists, else
+    ``folders[0]``."""
     images = data.get("images") if isinstance(data, dict) else None
     # a file that is not COCO's shape is CocoDetection's to report, naming what is wrong
     first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
@@ -66,15 +69,17 @@ def _holding_first_image(ann_file: Path, folders: list[Path]) -> Path:
     return folders[0]
 
 
-def _images_beside(ann_file: Path) -> Path:
+def _images_beside(ann_file: Path) -> tuple[Path, Any]:
     """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image; for a JSON in an
     annotations/ folder (CVAT's export: annotations/instances_default.json) also that folder's sibling
-    images/{subset}/ (Datumaro's images/default/) and images/."""
+    images/{subset}/ (Datumaro's images/default/) and images/. With the file's parsed content, for
+    :class:`CocoDetection`."""
     folder = ann_file.parent
     folders = [folder, folder / "images"]
     if folder.name == "annotations":
         folders += [folder.parent / "images" / ann_file.stem.rsplit("_", 1)[-1], folder.parent / "images"]
-    return _holding_first_image(ann_file, folders)
+    content = read_json(ann_file)
+    return _holding_first_image(content, folders), content
 
 
 def builtin_name(data: str | Path | None) -> str | None:
@@ -126,11 +131,13 @@ def create_dataset(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         ann_file = _annotation_file(path, split)
-        return CocoDetection(_images_folder(path, split, ann_file), ann_file, image_size=image_size, **kwargs)
+        images_dir, content = _images_folder(path, split, ann_file)
+        return CocoDetection(images_dir, ann_file, image_size=image_size, content=content, **kwargs)
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise ValueError(f"dataset file must be a COCO .json file, got {path}")
-        return CocoDetection(_images_beside(path), path, image_size=image_size, **kwargs)
+        images_dir, content = _images_beside(path)
+        return CocoDetection(images_dir, path, image_size=image_size, content=content, **kwargs)
     looks_like_path = any(sep in text for sep in ("/", "\\")) or text.lower().endswith(".json")
     if looks_like_path:
         raise FileNotFoundError(f"dataset path not found: {path}")
