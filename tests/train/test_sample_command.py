@@ -440,6 +440,29 @@ def test_sample_names_past_99999_keep_their_order_and_mark_the_folder_as_holding
     assert sorted(p.name for p in folder.iterdir()) == ["0001.png"]
 
 
+def test_a_users_date_named_png_in_the_folder_is_not_taken_for_a_sample(gan_checkpoint, tmp_path, capsys):
+    """A folder holding the user's 20261205.png (a photo named by its date) was said to "already hold samples", and
+    the --overwrite that message advised deleted the photo as an earlier run's sample. A name of more than 5 digits
+    is a sample's only beside a sample's first of its length (a run of over 100,000 writes 000000.png first), so the
+    photo is now kept, sampled beside, and named as an image `visionzoo fid` would read with the samples."""
+    from visionzoo.train.commands import holds_samples
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "20261205.png").write_text("mine")
+    assert not holds_samples(folder)
+    args = ["sample", "dcgan", "--checkpoint", str(gan_checkpoint), "-n", "2", "--out", str(folder)]
+    for extra in ([], ["--overwrite"]):
+        assert main([*args, *extra]) == 0
+        err = capsys.readouterr().err
+        assert err.startswith(f"note: {folder} also holds 1 other image (20261205.png)") and err.count("\n") == 1
+        assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "20261205.png"]
+        assert (folder / "20261205.png").read_text() == "mine"
+    (folder / "00000000.png").write_text("a run of 20 million's first sample")  # beside it, 20261205.png is one
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]
+
+
 def test_samples_with_non_finite_values_are_refused_not_written_black(gan_checkpoint, tmp_path, capsys, monkeypatch):
     """A checkpoint whose generator held a NaN weight wrote its NaN images as black PNGs ("4 samples of dcgan in
     DIR"), and `visionzoo fid DIR` gave a number for them. Such weights are now refused before drawing, as eval and

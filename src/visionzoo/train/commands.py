@@ -633,18 +633,26 @@ def is_sample_name(name: str) -> bool:
     return re.fullmatch(rf"[0-9]{{{SAMPLE_NAME_DIGITS},}}\.png", name) is not None
 
 
+def sample_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that are samples of some run: those of :func:`is_sample_name`, a name longer than
+    ``SAMPLE_NAME_DIGITS`` digits only beside one of its length with a leading zero (a run of over 100,000 writes
+    000000.png first), so that a user's photo named by its date (20261205.png) is not taken for one."""
+    named = [path for path in folder.iterdir() if is_sample_name(path.name) and path.is_file()]
+    zero_led = {len(path.stem) for path in named if path.stem.startswith("0")}
+    return [path for path in named if len(path.stem) == SAMPLE_NAME_DIGITS or len(path.stem) in zero_led]
+
+
 def holds_samples(folder: Path) -> bool:
     """Whether ``folder`` holds numbered samples: those of another run, even past the ones a run writes, would sit
     beside its own and `visionzoo fid` read them all."""
-    return folder.is_dir() and any(is_sample_name(path.name) for path in folder.iterdir())
+    return folder.is_dir() and bool(sample_files(folder))
 
 
 def remove_earlier_samples(folder: Path) -> None:
-    """Delete the numbered sample files of an earlier run in ``folder``, so that a shorter run does not leave
-    the tail of a longer one mixed with its own; every other file stays."""
-    for path in folder.iterdir():
-        if is_sample_name(path.name) and path.is_file():
-            path.unlink()
+    """Delete the numbered sample files of an earlier run in ``folder`` (:func:`sample_files`), so that a shorter run
+    does not leave the tail of a longer one mixed with its own; every other file stays."""
+    for path in sample_files(folder):
+        path.unlink()
 
 
 def _note_other_images(folder: Path, option: str) -> None:
@@ -652,7 +660,8 @@ def _note_other_images(folder: Path, option: str) -> None:
     would read them as samples too."""
     from visionzoo.metrics.fid import IMAGE_EXTENSIONS
 
-    others = sorted(path.name for path in folder.iterdir() if path.is_file() and not is_sample_name(path.name)
+    samples = set(sample_files(folder))
+    others = sorted(path.name for path in folder.iterdir() if path.is_file() and path not in samples
                     and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
