@@ -125,6 +125,20 @@ def test_a_smaller_export_over_a_larger_one_leaves_only_its_own_images_and_the_u
     assert all((out / "val" / name).read_text() == "mine" for name in ("notes.txt", "0003.png", "000003.png.bak"))
 
 
+def test_overwrite_keeps_a_users_date_named_png_in_the_split_folder(tmp_path):
+    """export-data --overwrite deleted the user's 20261205.png (a photo named by its date) from DIR/val/ as image
+    20261205 of an earlier export; an export names its images with 6 digits (it writes at most 100,000), so longer
+    names are now left alone."""
+    out = tmp_path / "out"
+    (out / "val").mkdir(parents=True)
+    for name in ("20261205.png", "1234567.png"):
+        (out / "val" / name).write_text("mine")
+    argv = ["export-data", "shapes", "--out", str(out), "--split", "val", "--num", "2", "--image-size", "16"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["000000.png", "000001.png", "1234567.png",
+                                                                 "20261205.png"]
+
+
 def test_unknown_dataset_is_one_line_error(tmp_path, capsys):
     assert main(["export-data", "digits", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ carrying its ``caption`` when the dataset has one.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,15 @@ def _annotations(
 
 
 def image_name(index: int) -> str:
-    """The file name of image ``index`` in an export: 000000.png, 000001.png, ..."""
+    """The file name of image ``index`` in an export: 000000.png, 000001.png, ... (6 digits: an export holds at most
+    ``MAX_EXPORT_IMAGES``)."""
     return f"{index:06d}.png"
 
 
 def image_index(name: str) -> int | None:
-    """The index of the image that an export names ``name`` (:func:`image_name`), or None for another name."""
-    stem = name[:-4]
-    return int(stem) if stem.isdigit() and name == image_name(int(stem)) else None
+    """The index of the image that an export names ``name`` (:func:`image_name`), or None for another name: one of
+    more digits than an export writes (a user's 20261205.png, named by its date) is no export's."""
+    return int(name[:6]) if re.fullmatch(r"[0-9]{6}\.png", name) else None
 
 
 def remove_earlier_images(images_dir: Path, count: int) -> None:
