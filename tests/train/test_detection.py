@@ -393,6 +393,26 @@ def test_training_on_one_annotation_file_warns_that_validation_is_on_the_trainin
     assert any(str(ann_file) in w and "serve as the train, val and test splits" in w for w in warnings)
 
 
+def test_train_on_a_val_split_without_objects_says_why_its_val_figures_are_minus_one(tmp_path, capsys):
+    """train on a COCO folder whose instances_val.json lists no annotations printed "val map -1.0000" and every other
+    metric at -1 without a word, where eval of the same split says in one line that it holds no ground-truth
+    objects; train now says so too, in eval's words."""
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_val.json"
+    ann_file.write_text(json.dumps({**json.loads(ann_file.read_text()), "annotations": []}))
+    capsys.readouterr()
+    assert main(["train", "fasterrcnn_shapes", "--data", str(folder), "--out", str(tmp_path / "run"), "--max-steps",
+                 "1", "--batch-size", "2", "--no-progress", "--precision", "fp32", "--model-arg",
+                 "rpn_pre_nms_top_n_test=50"]) == 0
+    out, err = capsys.readouterr()
+    assert "  val map          -1.0000" in out
+    assert err == ("note: the val split holds no ground-truth objects to score (none, or only crowd regions): every "
+                   "metric is -1, pycocotools' mark for nothing to score\n")
+
+
 def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_evaluates_it(tmp_path, capsys, caplog):
     # before: the refusal's advice, skip_invalid=True, had no CLI flag
     from visionzoo.cli import main

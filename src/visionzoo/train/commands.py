@@ -218,6 +218,7 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"{args.model} on {args.data}: {result.steps} steps in {result.train_seconds:.1f} s{share}")
     if result.metrics:
         _note_same_images(args.data, "val")
+        _note_no_ground_truth(result.metrics, "val")
     for line in metric_lines(result.metrics, "val "):
         print(line)
     print(f"run folder: {result.out}")
@@ -232,6 +233,14 @@ def _note_same_images(data: str, split: str, trained_on: str | None = None) -> s
         sys.stdout.flush()  # after the lines it follows, where stdout is buffered
         print(f"note: {note}", file=sys.stderr)
     return note
+
+
+def _note_no_ground_truth(metrics: dict[str, float], split: str) -> None:
+    """Say on stderr, in one line, where every metric of ``split`` is pycocotools' -1: it held nothing to score."""
+    if metrics and all(value == NO_GROUND_TRUTH for value in metrics.values()):
+        sys.stdout.flush()  # after the lines it follows, where stdout is buffered
+        print(f"note: the {split} split holds no ground-truth objects to score (none, or only crowd regions): "
+              "every metric is -1, pycocotools' mark for nothing to score", file=sys.stderr)
 
 
 def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
@@ -332,9 +341,7 @@ def eval_command(args: argparse.Namespace) -> int:
     with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, args.precision):
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
     total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
-    if metrics and all(value == NO_GROUND_TRUTH for value in metrics.values()):
-        print(f"note: the {args.split} split holds no ground-truth objects to score (none, or only crowd regions): "
-              "every metric is -1, pycocotools' mark for nothing to score", file=sys.stderr)
+    _note_no_ground_truth(metrics, args.split)
     trained_on = meta.get("run", {}).get("data")
     note = _note_same_images(args.data or trained_on, args.split, trained_on) if trained_on else None
     if args.json:  # the counts of the text header, beside the metrics
