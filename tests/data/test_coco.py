@@ -529,6 +529,31 @@ def test_create_dataset_parses_the_annotation_file_once(tmp_path, monkeypatch, l
     assert parsed == [tmp_path / "annotations" / "instances_train.json"]
 
 
+def test_the_splits_of_one_json_file_are_one_data_set_read_once(folder, monkeypatch, caplog):
+    """open_splits of one .json file, which serves every split, built it three times (train, val, test): the file
+    was parsed and every image file checked three times (the headers of those without a size read thrice), and a
+    warning of it (boxes skipped) was logged three times. The splits are now one data set, read once."""
+    from visionzoo.data import coco, factory, open_splits
+
+    root, _ = folder
+    ann_file = _write(root, annotations=[*_annotations(), {"id": 9, "image_id": 2, "category_id": 3,
+                                                           "bbox": [2, 3, 0, 8]}])
+    parsed = []
+    read_json = coco.read_json
+
+    def counting(path):
+        parsed.append(Path(path))
+        return read_json(path)
+
+    monkeypatch.setattr(coco, "read_json", counting)
+    monkeypatch.setattr(factory, "read_json", counting)
+    with caplog.at_level(logging.WARNING):
+        splits = open_splits(ann_file, skip_invalid=True)
+    assert list(splits) == ["train", "val", "test"] and splits["train"] is splits["val"] is splits["test"]
+    assert len(splits["test"]) == 3 and parsed == [ann_file]
+    assert caplog.text.count("skipped 1 boxes") == 1
+
+
 def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
     ds = create_dataset(str(_write(tmp_path, name="mine.json")), image_size=32)

@@ -197,13 +197,16 @@ def images_only(data: str | Path) -> dict[str, Any]:
 def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, image_size: int | None = None,
                 **kwargs: Any) -> Splits:
     """``create_dataset(data, split, image_size, **kwargs)`` for each split of ``names`` that ``data`` has: built-in
-    data have all, a COCO folder those with annotations (so that a download of COCO's val split alone can be
-    evaluated). None of ``names`` raises the first one's :class:`MissingSplitError` with the splits the folder
+    data have all, one COCO .json file all as one data set (read once), a COCO folder those with annotations (so
+    that a download of COCO's val split alone can be evaluated). None of ``names`` raises the first one's :class:`MissingSplitError` with the splits the folder
     has, or, for a folder without annotations for any split, a FileNotFoundError naming every split's files looked
     for. ``names`` may also be splits already built (what a checkpoint recorded of its data, for predict and sample),
     which are returned as they are."""
     if isinstance(names, Splits):
         return names
+    if names and builtin_name(str(data)) is None and Path(data).expanduser().is_file():
+        # one file serves every split: one data set, its file parsed and images checked once
+        return Splits(dict.fromkeys(names, create_dataset(data, names[0], image_size=image_size, **kwargs)), {})
     splits, missing = {}, {}
     for split in names:
         try:
