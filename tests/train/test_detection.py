@@ -413,6 +413,30 @@ def test_train_on_a_val_split_without_objects_says_why_its_val_figures_are_minus
                    "metric is -1, pycocotools' mark for nothing to score\n")
 
 
+def test_training_a_detector_on_a_train_split_without_objects_warns_before_the_first_step(tmp_path, caplog):
+    """A COCO folder whose instances_train.json lists no annotations (images exported before they were labelled)
+    trained a detector for its whole budget on background alone, without a word, and its val map was 0. A warning
+    naming the file now comes before the first step; a split of crowd regions alone has no objects to learn either."""
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--split", "train", "val"]) == 0
+    ann_file = folder / "annotations" / "instances_train.json"
+    content = json.loads(ann_file.read_text())
+    argv = ["train", "fasterrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
+            "--no-progress", "--precision", "fp32", "--model-arg", "rpn_pre_nms_top_n_test=50"]
+    for index, annotations in enumerate(([], [dict(a, iscrowd=1) for a in content["annotations"]],
+                                         content["annotations"])):
+        ann_file.write_text(json.dumps({**content, "annotations": annotations}))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert main([*argv, "--out", str(tmp_path / f"run{index}")]) == 0
+        warned = [r.getMessage() for r in caplog.records if "no objects to learn" in r.getMessage()]
+        assert warned == ([f"{ann_file} lists no objects to learn in the train split (no annotation, or only crowd "
+                           "regions): the detector learns to find nothing"] if annotations is not
+                          content["annotations"] else [])
+
+
 def test_skip_invalid_boxes_trains_on_a_folder_with_a_zero_area_box_and_evaluates_it(tmp_path, capsys, caplog):
     # before: the refusal's advice, skip_invalid=True, had no CLI flag
     from visionzoo.cli import main

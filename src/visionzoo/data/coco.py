@@ -252,7 +252,8 @@ class CocoDetection(Dataset):
 
     Attributes: ``classes`` (category names, ``classes[label - 1]``), ``cat_ids`` (sorted COCO
     category ids), ``label_to_cat_id`` / ``cat_id_to_label`` (dicts), ``image_ids`` (sorted),
-    ``num_skipped``, ``has_masks``.
+    ``num_skipped``, ``num_objects`` (the boxes kept that are not crowd regions: what a detector learns to find),
+    ``has_masks``.
     """
 
     def __init__(
@@ -405,6 +406,7 @@ class CocoDetection(Dataset):
                 }
             )
         kept = [a for image in self._images.values() for a in image["annotations"]]
+        self.num_objects = sum(1 for a in kept if not a["iscrowd"])
         without = [a["id"] for a in kept if not a["segmentation"]]
         self.has_masks = bool(kept) and not without
         if self.load_masks and 0 < len(without) < len(kept):

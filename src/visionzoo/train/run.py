@@ -171,6 +171,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         logging.getLogger(__name__).warning(
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
             "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
+    if setup.task.name == "detection" and getattr(setup.splits["train"], "num_objects", None) == 0:
+        # a file exported before it was labelled: the whole budget would be spent on background
+        logging.getLogger(__name__).warning(
+            f"{setup.splits['train'].ann_file} lists no objects to learn in the train split (no annotation, or only "
+            "crowd regions): the detector learns to find nothing")
     train = training_images(setup.splits["train"], train_images, data)
     setup.task.fit_training_images(setup.model, train, whole=len(train) >= len(setup.splits["train"]))
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
