@@ -65,3 +65,12 @@ def test_a_run_on_one_coco_file_says_where_its_val_and_test_figures_are_scored(t
     assert capsys.readouterr().err == note.format("test")
     assert same_images_note(ann_file, "test", trained_on=folder) is None  # another run's data: not its training images
     assert same_images_note(folder, "test") is None and same_images_note("shapes", "val") is None
+
+
+def test_eval_json_help_names_the_note_it_may_carry():
+    """eval --json's help named images_scored and split_images but not the note it carries where one COCO .json file
+    serves every split, so a reader of the JSON met a key its help did not explain."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    action = next(a for a in subparsers.choices["eval"]._actions if a.dest == "json")
+    assert "note where the split's images are the run's training images" in " ".join(action.help.split())

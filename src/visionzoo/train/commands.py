@@ -316,7 +316,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the metrics as JSON, with images_scored (how many images of the split they "
-                             "score) and split_images (how many it holds)")
+                             "score) and split_images (how many it holds), and note where the split's images are the "
+                             "run's training images (one COCO .json file serves every split)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
