@@ -554,6 +554,21 @@ def test_the_splits_of_one_json_file_are_one_data_set_read_once(folder, monkeypa
     assert caplog.text.count("skipped 1 boxes") == 1
 
 
+@pytest.mark.parametrize("images", ["val", "val2017", "images/val"])
+def test_file_names_that_hold_the_split_folder_are_read_from_the_folders_root(tmp_path, images):
+    """A COCO folder whose file names hold the split folder relative to the folder itself (val/a.png, with the images
+    in coco/val/) could not be read: coco/val/ was taken as the images folder and the first image was "file not
+    found: coco/val/val/a.png". As for images/val/ under images/, the first listed image decides."""
+    root = tmp_path / "coco"
+    _write_images(root / images, {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    (root / "annotations").mkdir()
+    year = "2017" if images.endswith("2017") else ""
+    _write(root / "annotations", images=[dict(e, file_name=f"{images}/{e['file_name']}") for e in _images()],
+           name=f"instances_val{year}.json")
+    ds = create_dataset(root, "val")
+    assert ds.images_dir == root and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)
+
+
 def test_create_dataset_finds_images_folder_beside_json(tmp_path):
     _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
     ds = create_dataset(str(_write(tmp_path, name="mine.json")), image_size=32)

@@ -39,8 +39,8 @@ def _has_annotations(root: Path, split: str) -> bool:
 
 
 def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
-    """The images folder of ``split`` and, where finding it parsed ``ann_file``, its content (else None), which
-    :class:`CocoDetection` then takes rather than parse the file again."""
+    """The images folder of ``split`` and ``ann_file``'s content, parsed to find it, which :class:`CocoDetection`
+    then takes rather than parse the file again."""
     names = [split, f"{split}2017"]
     if ann_file.name.endswith("2017.json"):
         names.reverse()
@@ -51,11 +51,11 @@ def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
         raise FileNotFoundError(
             f"no images folder for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
         )
-    if found[0].parent == root / "images" and root / "images" in found:
-        # file names may hold the split folder (images/ then holds them): the first listed image decides
-        content = read_json(ann_file)
-        return _holding_first_image(content, [found[0], root / "images"]), content
-    return found[0], None
+    # file names may hold the split folder (val/a.png, images/val/a.png: images/ or the root then holds them): the
+    # first listed image decides
+    content = read_json(ann_file)
+    folders = [found[0], *([root / "images"] if found[0].parent == root / "images" else []), root]
+    return _holding_first_image(content, folders), content
 
 
 def _holding_first_image(data: Any, folders: list[Path]) -> Path:
@@ -113,7 +113,8 @@ def create_dataset(
       None keeps their default (128 / 8); ``kwargs`` go to the class.
     - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
       ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/``,
-      ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/``.
+      ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/`` (or ``DIR/`` itself, for file names
+      that hold the split folder: the folder holding the first listed image).
     - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it; for a file in an
       ``annotations/`` folder (CVAT's ``annotations/instances_default.json``) also ``images/{subset}/`` or
       ``images/`` beside that folder.
