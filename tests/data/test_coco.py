@@ -586,6 +586,18 @@ def test_create_dataset_finds_the_images_of_a_json_in_an_annotations_folder(tmp_
     assert ds.images_dir == tmp_path / images and len(ds) == 3 and ds[1][0].shape == (3, 20, 50)
 
 
+def test_a_json_in_an_annotations_folder_reads_file_names_relative_to_the_folder_above(tmp_path):
+    """A .json in annotations/ whose file names are relative to the data set's folder (images/a.png, as the folder
+    layout reads them) could not be given alone: it looked in annotations/, annotations/images/ and images/, and the
+    first image was "file not found: annotations/images/a.png"."""
+    _write_images(tmp_path / "images", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    (tmp_path / "annotations").mkdir()
+    ann_file = _write(tmp_path / "annotations", images=[dict(e, file_name=f"images/{e['file_name']}") for e in _images()],
+                      name="mine.json")
+    ds = create_dataset(ann_file)
+    assert ds.images_dir == tmp_path and len(ds) == 3 and ds[1][0].shape == (3, 20, 50)
+
+
 @pytest.mark.parametrize("images", [{"0": {"file_name": "a.png"}}, 5, "a.png"])
 def test_a_json_whose_images_is_not_a_list_says_so(tmp_path, images):
     """`--data FILE.json` looked for the first image's folder before the file was checked: an 'images' object

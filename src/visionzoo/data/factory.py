@@ -72,12 +72,13 @@ def _holding_first_image(data: Any, folders: list[Path]) -> Path:
 def _images_beside(ann_file: Path) -> tuple[Path, Any]:
     """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image; for a JSON in an
     annotations/ folder (CVAT's export: annotations/instances_default.json) also that folder's sibling
-    images/{subset}/ (Datumaro's images/default/) and images/. With the file's parsed content, for
-    :class:`CocoDetection`."""
+    images/{subset}/ (Datumaro's images/default/) and images/, and the folder above it (file names that hold their
+    folder, images/a.png, as a COCO folder's may). With the file's parsed content, for :class:`CocoDetection`."""
     folder = ann_file.parent
     folders = [folder, folder / "images"]
     if folder.name == "annotations":
-        folders += [folder.parent / "images" / ann_file.stem.rsplit("_", 1)[-1], folder.parent / "images"]
+        folders += [folder.parent / "images" / ann_file.stem.rsplit("_", 1)[-1], folder.parent / "images",
+                    folder.parent]
     content = read_json(ann_file)
     return _holding_first_image(content, folders), content
 
