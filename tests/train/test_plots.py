@@ -72,3 +72,13 @@ def test_validation_metrics_without_ground_truth_are_left_out(tmp_path, monkeypa
     records.append({"step": 3, "split": "val", "ap/star": 0.5})  # -1 once, a score later: kept
     ax = _drawn_figure(tmp_path, monkeypatch, records).axes[1]
     assert sorted(line.get_label() for line in ax.lines) == ["ap/star", "map"]
+
+
+def test_the_validation_panel_of_a_run_on_one_coco_file_says_it_is_on_the_training_images(tmp_path, monkeypatch):
+    """loss.png of a run on one COCO .json file, which serves every split, drew its val metrics on a panel called
+    "validation", though they were measured on the training images; its val records carry a note, which the panel's
+    label now says in short."""
+    records = [{"step": 1, "loss": 2.0}, {"step": 1, "split": "val", "map": 0.5}]
+    assert _drawn_figure(tmp_path, monkeypatch, records).axes[1].get_ylabel() == "validation"
+    records[1]["note"] = "a.json serves every split: the val figures are on the training images"
+    assert _drawn_figure(tmp_path, monkeypatch, records).axes[1].get_ylabel() == "validation (on the training images)"

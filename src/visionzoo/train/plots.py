@@ -19,7 +19,8 @@ _NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split", "note"}
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Draw every logged loss against the step, and the validation metrics on a second panel (those that are
-    COCO's -1 at every evaluation, metrics without ground truth, left out)."""
+    COCO's -1 at every evaluation, metrics without ground truth, left out; labelled as on the training images where
+    the val records carry a note, see :func:`~visionzoo.data.same_images_note`)."""
     train, val = [], []
     for line in Path(metrics_path).read_text().splitlines():
         record = json.loads(line)
@@ -44,7 +45,8 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:
                 continue  # not a score: e.g. map_large on data without large objects
             ax.plot(*zip(*points), marker="o", label=key)
         ax.set_xlabel("step")
-        ax.set_ylabel("validation")
+        # a run on one COCO .json file, which serves every split, notes so in its val records
+        ax.set_ylabel("validation (on the training images)" if any("note" in r for r in val) else "validation")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
