@@ -337,6 +337,19 @@ def test_missing_image_names_path_and_image_id(folder):
         CocoDetection(root / "images", _write(root, images=images))
 
 
+def test_several_missing_images_are_counted_in_the_one_line_that_names_the_first(folder):
+    """A split with several listed images missing on disk (an interrupted download) named the first alone, so the
+    user put it back and ran again (parsing the file again) to learn of the next; the line now counts them all."""
+    root, _ = folder
+    images = _images()
+    for entry in images[1:]:
+        entry["file_name"] = f"gone{entry['id']}.png"
+    with pytest.raises(FileNotFoundError) as error:
+        CocoDetection(root / "images", _write(root, images=images))
+    assert str(error.value) == (f"{root / 'instances.json'}: image id 2: file not found: {root / 'images' / 'gone2.png'} "
+                                "(and 1 more of its 3 images: image id 5, gone5.png)")
+
+
 def test_masks_left_out_because_some_annotations_lack_a_segmentation_are_reported(folder, caplog):
     # before: one annotation without a segmentation silently took the masks away from every sample
     root, _ = folder

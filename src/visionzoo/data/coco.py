@@ -322,6 +322,7 @@ class CocoDetection(Dataset):
         if not images:
             raise ValueError(f"{self.ann_file}: 'images' is empty: it lists no images to read")
         self._images: dict[Any, dict[str, Any]] = {}
+        missing: list[tuple[Any, Path]] = []
         for position, entry in enumerate(images):
             where = _entry_name("image", position, entry)
             _require(entry, ("id", "file_name"), where, self.ann_file)
@@ -334,11 +335,19 @@ class CocoDetection(Dataset):
                     f"{self.ann_file}: {where}: file_name must be a non-empty string, got {entry['file_name']!r:.80}"
                 )
             path = self.images_dir / entry["file_name"]
-            if not path.is_file():
-                raise FileNotFoundError(f"{self.ann_file}: image id {image_id}: file not found: {path}")
+            if not path.is_file():  # counted, so that a download missing several says so at once
+                missing.append((image_id, path))
+                continue
             width, height = _image_size(entry, path, where, self.ann_file)
             self._images[image_id] = {"path": path, "width": width, "height": height, "annotations": [],
                                       "skipped": []}
+        if missing:
+            (image_id, path), rest = missing[0], missing[1:]
+            more = ""
+            if rest:
+                more = (f" (and {len(rest)} more of its {len(images)} images: image id {rest[0][0]}, "
+                        f"{rest[0][1].name}{', ...' if len(rest) > 1 else ''})")
+            raise FileNotFoundError(f"{self.ann_file}: image id {image_id}: file not found: {path}{more}")
         _check_same_kind(list(self._images), "image", self.ann_file)
         self.image_ids = sorted(self._images)
 
