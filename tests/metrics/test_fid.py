@@ -1,5 +1,6 @@
 """The FID accumulator's state: update, compute, reset; folders of images."""
 
+import json
 import re
 
 import numpy as np
@@ -327,3 +328,72 @@ def test_features_of_another_dimension_than_earlier_ones_are_refused_naming_both
     assert (metric.real.count, metric.fake.count) == (4, 0) and metric.kept[False] == []
     metric.update(torch.rand(3, 3, 8, 8, generator=generator), real=False)
     assert metric.compute() >= 0
+
+
+RANKS_FID_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from visionzoo.metrics import FID
+
+def run(rank, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}_store", rank=rank, world_size=2)
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(41, 3, 8, 8, generator=generator), torch.rand(30, 3, 8, 8, generator=generator) * 0.8
+    pooled = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    result = {}
+    for sync in (True, False):
+        metric = FID(pooled, sync_on_compute=sync, keep_features=True)
+        metric.update(real[rank::2], real=True)  # 21 and 20 real images
+        metric.update(fake[rank * 29:(rank + 1) * 29], real=False)  # 29 and 1 generated images
+        if not sync:  # rank 1's one generated image has no covariance of its own
+            result["False"] = metric.compute() if rank == 0 else None
+        else:
+            result["True"] = [metric.compute(), metric.compute()]
+            result["interval"] = metric.confidence_interval(samples=20)
+            result["counts"] = [metric.real.count, metric.fake.count]  # its own images, kept for more updates
+    dist.destroy_process_group()
+    with open(f"{out}_{rank}.json", "w") as handle:
+        json.dump(result, handle)
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+"""
+
+
+def test_compute_under_torch_distributed_scores_the_images_of_every_rank(tmp_path):
+    """Under an initialised process group (torchrun), compute() gave each rank the FID of its own share of the
+    images, unless the user merged them with FeatureStatistics.all_gather() by hand; a rank with one generated image
+    could not compute at all. It now syncs every rank's statistics at compute, as torchmetrics' FID does
+    (sync_on_compute=False keeps each rank's own), and every rank gets the FID of all the images."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_FID_SCRIPT)
+    process = subprocess.run([sys.executable, str(script), str(tmp_path / "rank")], capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(41, 3, 8, 8, generator=generator), torch.rand(30, 3, 8, 8, generator=generator) * 0.8
+    whole = FID(pooled(), keep_features=True)
+    whole.update(real, real=True)
+    whole.update(fake[:30], real=False)
+    own = FID(pooled())
+    own.update(real[0::2], real=True)
+    own.update(fake[:29], real=False)
+    for result in results:
+        assert result["True"] == pytest.approx([whole.compute()] * 2, rel=1e-10, abs=1e-12)
+    assert results[0]["True"] == results[1]["True"]  # the same statistics, merged in rank order, on every rank
+    assert results[0]["interval"] == results[1]["interval"]
+    in_rank_order = FID(pooled(), keep_features=True)  # the kept features, gathered in rank order
+    for images, real_side in ((real[0::2], True), (real[1::2], True), (fake[:29], False), (fake[29:], False)):
+        in_rank_order.update(images, real=real_side)
+    assert results[0]["interval"] == pytest.approx(list(in_rank_order.confidence_interval(samples=20)), rel=1e-9)
+    assert results[0]["counts"] == [21, 29] and results[1]["counts"] == [20, 1]
+    assert results[0]["False"] == pytest.approx(own.compute(), rel=1e-10)
+    assert results[0]["False"] != pytest.approx(whole.compute(), rel=1e-3)

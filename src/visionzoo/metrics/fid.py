@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from visionzoo.metrics.frechet import (
 )
 from visionzoo.utils import check_unit_range, eval_mode, positive_batch_size
 
+T = TypeVar("T", FeatureStatistics, Tensor)
+
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's
 
 
@@ -43,10 +46,17 @@ class FID:
         features: image → feature module (put in eval mode here).
         batch_size: images per forward pass in :meth:`update`.
         keep_features: also keep every feature vector, for :meth:`confidence_interval`.
+        sync_on_compute: under an initialised ``torch.distributed`` process group of more than one process,
+            :meth:`compute` and :meth:`confidence_interval` score the images of every rank (merged in rank order,
+            so every rank gets the same number), as torchmetrics' ``sync_on_compute``; each rank keeps its own
+            images for further updates. False: each rank scores its own.
+        process_group: the group to sync over (None: the default group).
     """
 
-    def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False):
+    def __init__(self, features: nn.Module, batch_size: int = 50, keep_features: bool = False,
+                 sync_on_compute: bool = True, process_group: Any = None):
         self.batch_size = positive_batch_size(batch_size, "FID's batch_size")
+        self.sync_on_compute, self.process_group = sync_on_compute, process_group
         if not isinstance(features, nn.Module):
             got = (f"the class {features.__name__} (build one: {features.__name__}(...))" if isinstance(features, type)
                    else "None" if features is None else type(features).__name__)
@@ -117,14 +127,30 @@ class FID:
             raise ValueError("build FID(..., keep_features=True) to bootstrap its confidence interval")
         _check_whole(seed, "FID.confidence_interval's seed")  # else torch's "manual_seed expected a long"
         self.compute()  # the same checks on the sample counts
-        return fid_confidence_interval(torch.cat(self.kept[True]), torch.cat(self.kept[False]), samples, confidence,
-                                       torch.Generator().manual_seed(int(seed)))
+        nothing = [torch.empty(0, 0, dtype=torch.float64)]  # a rank that saw no images of a side
+        real, fake = (self._gathered(torch.cat(self.kept[side] or nothing)) for side in (True, False))
+        return fid_confidence_interval(real, fake, samples, confidence, torch.Generator().manual_seed(int(seed)))
 
     def compute(self) -> float:
-        for name, stats in (("real", self.real), ("generated", self.fake)):
+        real, fake = self._gathered(self.real), self._gathered(self.fake)
+        for name, stats in (("real", real), ("generated", fake)):
             if stats.count < 2:
                 raise ValueError(f"FID needs at least 2 {name} images, has {stats.count}")
-        return frechet_distance(self.real.mean, self.real.covariance, self.fake.mean, self.fake.covariance)
+        return frechet_distance(real.mean, real.covariance, fake.mean, fake.covariance)
+
+    def _gathered(self, state: T) -> T:
+        """``state`` (FeatureStatistics, or kept features Tensor[N, D]) of every rank's images, in rank order, where
+        :meth:`compute` syncs (see ``sync_on_compute``); ``state`` itself otherwise."""
+        import torch.distributed as dist
+
+        if not (self.sync_on_compute and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(self.process_group) > 1):
+            return state
+        if isinstance(state, FeatureStatistics):
+            return state.all_gather(self.process_group)
+        states: list[Any] = [None] * dist.get_world_size(self.process_group)
+        dist.all_gather_object(states, state, group=self.process_group)
+        return torch.cat([features for features in states if features.numel()])
 
 
 def _side(real: object) -> bool:

@@ -121,7 +121,7 @@ class GANTask(Task):
         count = self.evaluated_images(dataset)
         features = domain_features(self.data, self.img_size, self.in_chans)
         feature_device = next(features.parameters()).device
-        fid = FID(features, batch_size)
+        fid = FID(features, batch_size, sync_on_compute=False)  # rank 0 alone evaluates: no rank to sync with
         device = next(model.parameters()).device
         correct = {True: 0, False: 0}
         generator = torch.Generator().manual_seed(EVAL_SEED)
