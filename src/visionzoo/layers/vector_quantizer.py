@@ -12,9 +12,10 @@ input vector of the current batch, so that the codebook stays in use (a known VQ
 of codes doing all the work): a random one (``dead_code_restart="random"``, as Jukebox and
 vector-quantize-pytorch), or the vectors farthest from their nearest code (``"farthest"``): the random
 pick mostly lands next to a busy code, the farthest ones where the quantisation error is largest, as a
-k-means split would. ``usage`` (the fraction of codes used in the batch) and
-``perplexity`` (``exp`` of the entropy of the batch's code histogram: K when all K codes are used
-equally) are reported with every forward.
+k-means split would. Under ``torchrun`` the candidates are the global batch's vectors, gathered from every
+process (as vector-quantize-pytorch samples them), and every process restarts the same codes alike. ``usage`` (the
+fraction of codes used in the batch) and ``perplexity`` (``exp`` of the entropy of the batch's code histogram: K
+when all K codes are used equally) are reported with every forward.
 
 ``code_dim`` gives ViT-VQGAN's factorised codes (Yu et al. 2022): the vector is projected to a low
 dimension and the lookup runs there; with ``l2_normalize`` both the projected vector and the codes are
@@ -162,7 +163,7 @@ class VectorQuantizer(nn.Module):
             kept = flat.detach()[finite]
             if self._ema_update(kept, indices[finite]):  # an empty batch says nothing of the codes
                 codes = self.code_vectors()[indices]
-            if len(kept):
+            if len(kept) or _distributed():  # under torchrun another process may hold the vectors
                 # After the lookup: a dead code that some vectors chose still serves them in this forward, not
                 # the batch vector it restarts at.
                 self._restart_dead_codes(kept, distances[finite])
@@ -198,13 +199,27 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor, distances: Tensor) -> None:
-        if self.dead_code_threshold > 0:
-            dead = torch.where(self.ema_count < self.dead_code_threshold)[0]
-            if dead.numel():
-                picks = flat[self._restart_rows(distances, dead.numel())]
-                self.codebook[dead] = picks
-                self.ema_sum[dead] = picks * self.dead_code_threshold
-                self.ema_count[dead] = self.dead_code_threshold
+        """Restart the dead codes at vectors of ``flat`` Tensor[M, code_dim] (``distances`` Tensor[M] to their
+        nearest codes). Under ``torchrun`` at vectors of the global batch, as vector-quantize-pytorch samples them:
+        every process's are gathered and rank 0's picks are used by all, so each restarts the same codes alike."""
+        if self.dead_code_threshold == 0:
+            return
+        dead = torch.where(self.ema_count < self.dead_code_threshold)[0]  # the same on every process
+        if not dead.numel():
+            return
+        if _distributed():
+            dtype = torch.promote_types(flat.dtype, torch.float32)  # the distances' precision, a bf16 codebook's
+            gathered = _gather_over_processes(torch.cat([flat.to(dtype), distances[:, None].to(dtype)], 1))
+            flat, distances = gathered[:, :-1].to(flat.dtype), gathered[:, -1]
+            if not len(flat):  # no process had a vector
+                return
+            rows = collective(dist.broadcast, self._restart_rows(distances, dead.numel()), src=0)
+        else:
+            rows = self._restart_rows(distances, dead.numel())
+        picks = flat[rows]
+        self.codebook[dead] = picks
+        self.ema_sum[dead] = picks * self.dead_code_threshold
+        self.ema_count[dead] = self.dead_code_threshold
 
     def _restart_rows(self, distances: Tensor, count: int) -> Tensor:
         """Rows of the batch's ``distances`` Tensor[M] (to the nearest code) where ``count`` dead codes restart."""
@@ -232,6 +247,19 @@ def _distributed() -> bool:
 def _sum_over_processes(tensor: Tensor) -> Tensor:
     """``tensor`` summed over the processes (every process calls this, in the same order)."""
     return collective(dist.all_reduce, tensor)
+
+
+def _gather_over_processes(rows: Tensor) -> Tensor:
+    """Every process's ``rows`` Tensor[M, D] (M may differ between them), concatenated in rank order (every process
+    calls this, in the same order). All-reduces of zero-padded blocks, which any backend runs."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts = torch.zeros(world, dtype=torch.int64, device=rows.device)
+    counts[rank] = len(rows)
+    counts = _sum_over_processes(counts).tolist()
+    blocks = rows.new_zeros(world, max(counts), rows.shape[1])
+    blocks[rank, :len(rows)] = rows
+    blocks = _sum_over_processes(blocks)
+    return torch.cat([blocks[process, :count] for process, count in enumerate(counts)])
 
 
 def _mean_squared_error(input: Tensor, target: Tensor) -> Tensor:
