@@ -231,6 +231,18 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def test_torchrun_a_gradient_of_a_size_one_dimension_is_no_warning(tmp_path):
+    """A VQ-VAE on Digits under torchrun printed DistributedDataParallel's "Grad strides do not match bucket view
+    strides ... may impair performance" (five lines) from every rank: the gradient of its last layer's weight
+    [32, 1, 4, 4] has another stride in its dimension of size 1 than DDP's bucket, the same memory layout
+    (pytorch/pytorch#47163). The engine no longer shows that spurious warning."""
+    process = _torchrun(["-m", "visionzoo", "train", "vqvae_small", "--data", "digits", "--img-size", "16",
+                         "--max-steps", "1", "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-progress",
+                         "--precision", "fp32"])
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "Grad strides do not match bucket view strides" not in process.stderr, process.stderr[-3000:]
+
+
 def test_torchrun_running_out_of_memory_on_every_rank_is_one_line_once(tmp_path):
     """Digits preloaded at an --img-size that no memory holds: every rank ran out of memory as it set the run up and
     printed the advice, so the user read it once per process. The first process of the machine prints it now, as

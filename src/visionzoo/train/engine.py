@@ -29,6 +29,7 @@ import pickle
 import shutil
 import time
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 # The start of torch's error for a BatchNorm layer given one value per channel in training (a batch of one image
 # whose feature map has come down to 1x1).
 BATCHNORM_ONE_VALUE = "Expected more than 1 value per channel when training"
+# DistributedDataParallel's warning, in backward, for a gradient whose strides are not its bucket's, which "may
+# impair performance". It also compares the stride of a dimension of size 1, which places nothing: a decoder's last
+# layer to one channel (a VQ-VAE's on Digits, weight [32, 1, 4, 4]) has a gradient of the bucket's memory layout,
+# and every rank printed the five lines (pytorch/pytorch#47163).
+SPURIOUS_DDP_WARNING = "Grad strides do not match bucket view strides"
 # With only a time budget, the schedule's length is re-estimated this often (steps), and at these steps before the
 # first REPLAN_EVERY: the first plan comes from three steps timed before the run, which a busy spell can slow tenfold,
 # and a short plan would otherwise end before it is re-sized. Each estimate takes the pace of the last PACE_WINDOW
@@ -834,7 +840,9 @@ class Trainer:
             prefix = "" if len(self.optimizers) == 1 else f"{name}/"
             logged.update(mean_over_ranks(self.dist, {prefix + k: float(v.detach()) for k, v in losses.items()},
                                           diverged))
-            loss.backward()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=SPURIOUS_DDP_WARNING)
+                loss.backward()
             if self.config.grad_clip:
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
