@@ -203,7 +203,7 @@ def build_parser() -> _OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from visionzoo.train.distributed import PeerFailed, reports_error, requested_world_size
+    from visionzoo.train.distributed import PeerFailed, peer_gone, reports_error, requested_world_size
     from visionzoo.utils import out_of_memory
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -235,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, TypeError) as error:
+        if peer_gone(error) and not (args.debug or os.environ.get("VISIONZOO_DEBUG")):
+            return 2  # as PeerFailed: the rank that failed says why, in its own line
         # torch's CPU allocator fails with a RuntimeError: an --img-size of 5000 on Digits (its images are preloaded at
         # that size) asked for 126 GB and ended in a 37-line traceback; sizes past 2**63 fail to be sized at all
         if not out_of_memory(error) or args.debug or os.environ.get("VISIONZOO_DEBUG"):

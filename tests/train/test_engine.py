@@ -85,12 +85,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    """``torchrun`` of 2 processes on this machine with ``args`` (the script and its arguments)."""
+def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun`` of 2 processes on this machine with ``args`` (the script and its arguments); past ``timeout``
+    seconds torchrun is stopped, its ranks with it, and TimeoutExpired raised."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # torchrun stops its ranks on SIGTERM; killed, it would leave them running (hung)
+            process.communicate(timeout=60)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +236,46 @@ def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     output = _torchrun_failing_on_one_rank(tmp_path, rank, "loss")
     assert output.count("visionzoo train: error:") == 1, output[-3000:]
     assert "visionzoo train: error: the model loss is nan at step 0; lower --lr" in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize("rank, what, message", [
+    (1, "forward", "an image in rank 1's batch does not fit the model"),
+    (0, "memory", "out of memory: an allocation of 68.7 GB failed"),
+])
+def test_torchrun_a_forward_pass_that_fails_on_one_rank_alone_is_one_line_from_it(tmp_path, rank, what, message):
+    """A forward pass that failed on one rank alone (its batch ran out of memory, or held an image the model
+    refused) stopped that rank with its line, while the others, waiting for it in the step's all-reduce, failed on
+    the connection it dropped with gloo's traceback. The failing rank reports it, the others stop quietly."""
+    output = _torchrun_failing_on_one_rank(tmp_path, rank, what)
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert f"visionzoo train: error: {message}" in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
+def test_torchrun_a_forward_pass_that_fails_on_one_rank_of_a_vq_vae_does_not_hang(tmp_path):
+    """The ranks once agreed on a forward pass that failed on one of them in the step's all-reduce of the losses:
+    a VQ-VAE's quantiser sums its codes' counts over the ranks inside the forward pass, where the others then
+    waited in an all-reduce the failing rank never joined, and the run hung. The failing rank stops at once, and
+    the others, on the connection it drops, quietly."""
+    process = _torchrun([str(FAILING_RANK_SCRIPT), "1", "forward", "train", "vqvae_small", "--data", "digits",
+                         "--img-size", "16", "--max-steps", "2", "--batch-size", "4", "--out", str(tmp_path / "run"),
+                         "--no-progress", "--precision", "fp32"], timeout=120)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "visionzoo train: error: an image in rank 1's batch does not fit the model" in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
+
+
+def test_torchrun_a_backward_pass_that_fails_on_one_rank_alone_is_one_line_from_it(tmp_path):
+    """A rank that ran out of memory in its backward pass printed its line, while rank 0, waiting for its gradients
+    in DistributedDataParallel's all-reduce (where no step of ours can agree with it first), printed gloo's
+    traceback: "Connection closed by peer ... This is typically caused by a remote worker crashing". A rank whose
+    peer is gone now stops quietly: the rank that failed says why."""
+    output = _torchrun_failing_on_one_rank(tmp_path, 1, "backward")
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "visionzoo train: error: out of memory: an allocation of 68.7 GB failed" in output, output[-3000:]
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 

@@ -87,6 +87,19 @@ class PeerFailed(RuntimeError):
     rank raises (and reports) the error."""
 
 
+# gloo's words for a collective whose peer process is gone (it stopped on its own error, or was killed).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another process of the group is gone: under torchrun
+    that process reports why it stopped (or torchrun reports how), where no step could first agree on it (a rank
+    out of memory in its forward or backward pass, while the others wait for it in a collective of the model's
+    forward pass, of the step, or of DDP's gradients)."""
+    return requested_world_size() > 1 and isinstance(error, RuntimeError) and any(
+        words in str(error) for words in PEER_GONE)
+
+
 T = TypeVar("T")
 
 # The attribute that names the rank on whose own share of the work an error was raised (see own_share); None marks
