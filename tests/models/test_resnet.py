@@ -7,6 +7,7 @@ import torchvision
 from model_helpers import (
     assert_grad_checkpointing_changes_nothing,
     assert_pool_built_and_reset_give_reference_outputs,
+    assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
     checkpointed_step,
     images,
@@ -393,3 +394,33 @@ def test_the_feature_extractor_names_its_layout_in_output_fmt():
     """As timm's feature extractors (output_fmt 'NCHW'); ours had no such attribute."""
     assert create_model("resnet18", features_only=True).output_fmt == \
         timm.create_model("resnet18", features_only=True).output_fmt == "NCHW"
+
+
+@pytest.mark.parametrize("name, output_stride", [("resnet18", 16), ("resnet50", 8)])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_output_stride_dilates_the_last_stages_as_timms(name, output_stride, features_only, tmp_path):
+    """create_model('resnet50', output_stride=16) (timm's dilated ResNet, DeepLab's backbone) was refused: "resnet50
+    takes no argument 'output_stride'". The same weights now give timm's maps, reductions and logits, and a
+    checkpoint rebuilds the dilated model."""
+    torch.manual_seed(81)
+    kwargs = dict(features_only=True) if features_only else dict(num_classes=10)
+    reference = randomize_batch_norm(timm.create_model(name, output_stride=output_stride, **kwargs), 81).eval()
+    ours = create_model(name, output_stride=output_stride, **kwargs).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert [info["reduction"] for info in ours.feature_info] == [info["reduction"] for info in reference.feature_info]
+    assert ours.feature_info.reduction()[-1] == output_stride
+    x = images(2, 3, 64, 64, seed=82)
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x))
+    assert ours.model_args["output_stride"] == output_stride
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
+
+
+@pytest.mark.parametrize("output_stride", [4, 12, 64, "16"])
+def test_an_output_stride_timm_refuses_is_refused_by_name(output_stride):
+    with pytest.raises(ValueError, match=r"output_stride must be (one of \(8, 16, 32\)|an integer)"):
+        create_model("resnet18", output_stride=output_stride)
+    with pytest.raises(ValueError, match="output_stride must be"):
+        create_model("resnet50", features_only=True, output_stride=output_stride)
+    with pytest.raises(AssertionError):  # timm's: assert output_stride in (8, 16, 32)
+        timm.create_model("resnet18", output_stride=output_stride)

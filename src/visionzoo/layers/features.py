@@ -102,3 +102,14 @@ def taken_in_order(indices: Sequence[int]) -> tuple[int, ...]:
     """The maps a model returns for :func:`feature_take_indices`' ``indices``: each once, increasing (timm's
     ``forward_intermediates`` and ``features_only`` models walk their stages and keep those named)."""
     return tuple(sorted(set(indices)))
+
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def check_output_stride(output_stride: int) -> int:
+    """``output_stride`` if it is one of timm's :data:`OUTPUT_STRIDES` (the network's stride, the stages past it
+    dilated instead), else ``ValueError`` naming the argument."""
+    if not (is_integer(output_stride) and output_stride in OUTPUT_STRIDES):
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES} (the network's stride), got {output_stride!r}")
+    return output_stride

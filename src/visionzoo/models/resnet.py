@@ -25,7 +25,7 @@ from visionzoo.layers.classifier import (
     pooled_width,
 )
 from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
-from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
+from visionzoo.layers.features import FeatureInfo, check_output_stride, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import check_argument_types, require_image_batch, whole_number
@@ -33,17 +33,20 @@ from visionzoo.utils import check_argument_types, require_image_batch, whole_num
 
 class BasicBlock(nn.Module):
     """Two 3×3 convs with a residual: ``Tensor[B, C_in, H, W] -> Tensor[B, planes, H/s, W/s]``; ``drop_path``:
-    the stochastic-depth probability of the residual branch in training (timm's)."""
+    the stochastic-depth probability of the residual branch in training (timm's); ``dilation``: of the second
+    conv, ``first_dilation`` (default ``dilation``) of the first, as timm's for a dilated stage."""
 
     expansion = 1
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=1, bias=False)
+        first_dilation = first_dilation or dilation
+        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
+                               bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None  # as timm's: no module without it
@@ -64,17 +67,21 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     """1×1 reduce, 3×3 (strided), 1×1 expand ×4, with a residual:
-    ``Tensor[B, C_in, H, W] -> Tensor[B, 4·planes, H/s, W/s]``; ``drop_path`` as :class:`BasicBlock`'s."""
+    ``Tensor[B, C_in, H, W] -> Tensor[B, 4·planes, H/s, W/s]``; ``drop_path`` as :class:`BasicBlock`'s;
+    ``first_dilation`` (default ``dilation``) of the 3×3 conv, as timm's (``dilation`` is that of the stage's
+    other blocks)."""
 
     expansion = 4
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
+        first_dilation = first_dilation or dilation
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
+                               bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
@@ -109,14 +116,16 @@ _SIZES: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
 _STAGE_PLANES = (64, 128, 256, 512)
 
 
-def _make_stage(block: Block, in_chs: int, planes: int, stride: int, drop_paths: Sequence[float]) -> nn.Sequential:
-    """A stage of ``len(drop_paths)`` blocks, block i with the stochastic depth ``drop_paths[i]``."""
+def _make_stage(block: Block, in_chs: int, planes: int, stride: int, drop_paths: Sequence[float],
+                dilation: int = 1, first_dilation: int = 1) -> nn.Sequential:
+    """A stage of ``len(drop_paths)`` blocks, block i with the stochastic depth ``drop_paths[i]``; a dilated stage
+    (``dilation`` > 1, stride 1) starts at the previous stage's ``first_dilation``, as timm's."""
     out_chs = planes * block.expansion
     downsample = None
     if stride != 1 or in_chs != out_chs:
         downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs))
-    blocks = [block(in_chs, planes, stride, downsample, drop_paths[0])]
-    blocks += [block(out_chs, planes, drop_path=rate) for rate in drop_paths[1:]]
+    blocks = [block(in_chs, planes, stride, downsample, drop_paths[0], dilation, first_dilation)]
+    blocks += [block(out_chs, planes, drop_path=rate, dilation=dilation) for rate in drop_paths[1:]]
     return nn.Sequential(*blocks)
 
 
@@ -147,6 +156,9 @@ class ResNet(nn.Module):
             (both side by side: ``fc`` takes ``2·num_features``, ``head_hidden_size``), the same with a
             "fast" prefix ("fast": "avg"), or "" (no pooling, with ``num_classes=0``: ``forward`` gives
             the feature map).
+        output_stride: the network's stride, 32, 16 or 8 (timm's): the stages that would stride past it
+            keep stride 1 and dilate their 3×3 convs instead (DeepLab's dilated ResNet), so the last maps are
+            H/16 or H/8 with the same weights.
     """
 
     @check_argument_types
@@ -161,8 +173,10 @@ class ResNet(nn.Module):
         small_input: bool = False,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        output_stride: int = 32,
     ):
         super().__init__()
+        check_output_stride(output_stride)
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"ResNet needs 4 stage depths of at least 1 block, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
@@ -183,10 +197,14 @@ class ResNet(nn.Module):
         infos = [dict(num_chs=64, reduction=stem_reduction, module="relu")]
         in_chs, reduction = 64, stem_reduction * (1 if small_input else 2)
         rates = drop_path_rates(drop_path_rate, list(layers))
+        dilation = 1
         for index, (planes, stage_rates) in enumerate(zip(_STAGE_PLANES, rates), start=1):
-            stride = 1 if index == 1 else 2
+            stride, first_dilation = 1 if index == 1 else 2, dilation
+            if reduction >= output_stride:
+                dilation, stride = dilation * stride, 1
             reduction *= stride
-            setattr(self, f"layer{index}", _make_stage(block, in_chs, planes, stride, stage_rates))
+            setattr(self, f"layer{index}", _make_stage(block, in_chs, planes, stride, stage_rates, dilation,
+                                                       first_dilation))
             in_chs = planes * block.expansion
             infos.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{index}"))
         self.feature_info = FeatureInfo(infos)
@@ -244,7 +262,7 @@ class ResNet(nn.Module):
         record_model_args(self, num_classes=num_classes, global_pool=self.global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/32, W/32]`` (H/8 with small_input).
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/output_stride, W/output_stride]`` (H/8 with small_input).
         Other input ranks or channel counts raise ValueError."""
         x = _check_images(x, self.conv1.in_channels)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -392,11 +410,12 @@ def _create(
     global_pool: str = "avg",
     layers: Sequence[int] | None = None,
     drop_path_rate: float = 0.0,
+    output_stride: int = 32,
 ) -> ResNet | ResNetFeatures:
     """Build the size ``name``; ``layers`` (blocks per stage) overrides its depths, as timm's builders take it."""
     block, depths = _SIZES[name]
     model = ResNet(block, depths if layers is None else tuple(layers), num_classes, in_chans, zero_init_residual,
-                   drop_rate, small_input, global_pool, drop_path_rate)
+                   drop_rate, small_input, global_pool, drop_path_rate, output_stride)
     return ResNetFeatures(model, out_indices) if features_only else model
 
 
