@@ -13,6 +13,7 @@ from model_helpers import (
     assert_fx_traces,
     assert_grad_checkpointing_changes_nothing,
     assert_pool_built_and_reset_give_reference_outputs,
+    assert_rebuilds_from_its_checkpoint,
     assert_same_outputs,
     assert_trace_runs_at_other_batch_sizes,
     checkpointed_step,
@@ -642,3 +643,35 @@ def test_the_feature_extractor_names_its_layout_in_output_fmt():
     attribute (AttributeError for code written for timm)."""
     assert create_model("convnext_atto", features_only=True).output_fmt == \
         timm.create_model("convnext_atto", features_only=True).output_fmt == "NCHW"
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_output_stride_dilates_the_last_stages_as_timms(output_stride, features_only, tmp_path):
+    """create_model('convnext_atto', output_stride=16) (timm's dilated ConvNeXt, for segmentation) was refused:
+    "convnext_atto takes no argument 'output_stride'". timm's weights now give timm's maps, reductions and logits
+    (its stride-1 downsample: a 2×2 conv padded as 'same', dilated from the second dilated stage on; dilated
+    depthwise convs), and a checkpoint rebuilds the dilated model."""
+    torch.manual_seed(101)
+    kwargs = dict(features_only=True) if features_only else dict(num_classes=6)
+    reference = randomise(timm.create_model("convnext_atto", output_stride=output_stride, **kwargs), seed=101).eval()
+    ours = create_model("convnext_atto", output_stride=output_stride, **kwargs).eval()
+    ours.load_state_dict(convnext.checkpoint_filter(reference.state_dict(), ours), strict=True)
+    assert [info["reduction"] for info in ours.feature_info] == [info["reduction"] for info in reference.feature_info]
+    assert ours.feature_info.reduction()[-1] == output_stride
+    x = images(2, 3, 61, 67, seed=102)  # odd sizes: the 'same' padding of an even kernel is one-sided
+    with torch.no_grad():
+        assert_same_outputs(ours(x), reference(x), atol=ATOL)
+    assert ours.model_args["output_stride"] == output_stride
+    assert_rebuilds_from_its_checkpoint(ours, x, tmp_path)
+
+
+@pytest.mark.parametrize("output_stride", [4, 12, 64])
+def test_an_output_stride_timm_refuses_is_refused_by_name(output_stride):
+    with pytest.raises(AssertionError):  # timm's: assert output_stride in (8, 16, 32)
+        timm.create_model("convnext_atto", output_stride=output_stride)
+    with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16, 32\)"):
+        create_model("convnext_atto", output_stride=output_stride)
+    with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16, 32\)"):
+        create_model("convnext_atto", features_only=True, output_stride=output_stride)
+

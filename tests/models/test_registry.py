@@ -777,3 +777,13 @@ def test_an_argument_that_the_builder_sets_itself_is_refused_naming_it(name, arg
     # showed as a traceback
     with pytest.raises(ModelArgumentError, match=re.escape(f"{name} sets {argument!r} itself: it cannot be given")):
         create_model(name, **{argument: "resnet50"})
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "vit_small_patch16_224"])
+def test_output_stride_is_refused_by_name_for_the_transformers_as_timm(name):
+    """timm's Swin and ViT take no output_stride (TypeError): ours refuse it too, naming it (ResNet and ConvNeXt
+    take it)."""
+    with torch.device("meta"), pytest.raises(TypeError, match="output_stride"):
+        timm.create_model(name, output_stride=16)
+    with pytest.raises(ValueError, match=f"{name} takes no argument 'output_stride'"):
+        create_model(name, output_stride=16)

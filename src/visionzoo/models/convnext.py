@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionzoo.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -36,7 +37,7 @@ from visionzoo.layers.classifier import (
     keeps_device_and_dtype,
 )
 from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
-from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
+from visionzoo.layers.features import FeatureInfo, check_output_stride, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
@@ -59,6 +60,7 @@ class ConvNeXtBlock(nn.Module):
         kernel_size: of the depthwise conv (padding keeps H, W).
         ls_init_value: initial layer scale ``gamma`` (None: no layer scale).
         drop_path: stochastic-depth probability of the residual branch in training.
+        dilation: of the depthwise conv (a stage past the model's ``output_stride``).
     """
 
     def __init__(
@@ -68,9 +70,11 @@ class ConvNeXtBlock(nn.Module):
         kernel_size: int = 7,
         ls_init_value: float | None = 1e-6,
         drop_path: float = 0.0,
+        dilation: int = 1,
     ):
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                                 groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
         # a bare parameter (not a LayerScale module): timm's key is ``blocks.M.gamma``
@@ -110,9 +114,27 @@ class ConvNeXtBlock(nn.Module):
         return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
+class SamePaddedConv2d(nn.Conv2d):
+    """A stride-1 conv that keeps the map's size, as ``padding="same"`` (for an even extent, one pixel more padded
+    after than before, as torch's and timm's): ``Tensor[B, C_in, H, W] -> Tensor[B, C_out, H, W]``. The padding is
+    its own step, since torch warns at every ``padding="same"`` conv of an even kernel and odd dilation."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_chs, out_chs, kernel_size, dilation=dilation)
+        total = dilation * (kernel_size - 1)
+        self.same_padding = (total // 2, total - total // 2) * 2  # F.pad's (left, right, top, bottom)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.same_padding))
+
+
 class ConvNeXtStage(nn.Module):
     """An optional downsample (LayerNorm2d, ``stride``×``stride`` conv) then ``depth`` blocks:
-    ``Tensor[B, in_chs, H, W] -> Tensor[B, out_chs, H/stride, W/stride]``."""
+    ``Tensor[B, in_chs, H, W] -> Tensor[B, out_chs, H/stride, W/stride]``.
+
+    ``dilation`` (in, out), as timm's: a stage that dilates instead of striding (``stride`` 1, out > in) keeps
+    its 2×2 downsample conv, at stride 1 and dilation ``in``, padded as "same" (for an even kernel one pixel
+    more after than before, as timm's), and its blocks' depthwise convs are dilated by ``out``."""
 
     def __init__(
         self,
@@ -124,17 +146,20 @@ class ConvNeXtStage(nn.Module):
         ls_init_value: float | None = 1e-6,
         kernel_size: int = 7,
         mlp_ratio: float = 4.0,
+        dilation: tuple[int, int] = (1, 1),
     ):
         super().__init__()
-        if stride > 1 or in_chs != out_chs:
-            self.downsample: nn.Module = nn.Sequential(
-                LayerNorm2d(in_chs), nn.Conv2d(in_chs, out_chs, stride, stride=stride)
-            )
+        if dilation[0] != dilation[1]:
+            conv: nn.Conv2d = SamePaddedConv2d(in_chs, out_chs, 2, dilation=dilation[0])
+        else:
+            conv = nn.Conv2d(in_chs, out_chs, stride, stride=stride)
+        if stride > 1 or in_chs != out_chs or dilation[0] != dilation[1]:
+            self.downsample: nn.Module = nn.Sequential(LayerNorm2d(in_chs), conv)
         else:
             self.downsample = nn.Identity()
         rates = list(drop_path_rates) or [0.0] * depth
         self.blocks = nn.Sequential(*[
-            ConvNeXtBlock(out_chs, mlp_ratio, kernel_size, ls_init_value, rate) for rate in rates
+            ConvNeXtBlock(out_chs, mlp_ratio, kernel_size, ls_init_value, rate, dilation[1]) for rate in rates
         ])
         self.grad_checkpointing = False  # timm's per-stage switch (ConvNeXt.set_grad_checkpointing)
 
@@ -229,6 +254,8 @@ class ConvNeXt(nn.Module):
         global_pool: timm's names: "avg", "max", "avgmax" (their mean), the same with a "fast" prefix
             ("fast": "avg"), or "" (no pooling: ``forward`` gives ``Tensor[B, num_classes, h, w]``
             logits per position, or the normalised map with ``num_classes=0``), see :class:`ConvNeXtHead`.
+        output_stride: the network's stride, 32, 16 or 8 (timm's): the stages that would stride past it
+            keep their size and dilate instead (see :class:`ConvNeXtStage`), with the same weights.
 
     Any input of at least ``stem_stride · 2**(stages - 1)`` pixels a side is taken (sizes that are no
     multiple of a stride are floored, as timm does); other inputs raise ``ValueError``.
@@ -249,8 +276,10 @@ class ConvNeXt(nn.Module):
         drop_path_rate: float = 0.0,
         head_init_scale: float = 1.0,
         global_pool: str = "avg",
+        output_stride: int = 32,
     ):
         super().__init__()
+        check_output_stride(output_stride)
         if len(depths) != len(dims) or not depths:
             raise ValueError(f"depths and dims need one entry per stage, got depths={depths}, dims={dims}")
         if stem_stride < 1:
@@ -263,10 +292,15 @@ class ConvNeXt(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0]))
         rates = drop_path_rates(drop_path_rate, list(depths))
         stages, infos, in_chs = [], [], dims[0]
+        reduction, dilation = stem_stride, 1
         for index, (depth, dim) in enumerate(zip(depths, dims)):
-            stride = 1 if index == 0 else 2
-            stages.append(ConvNeXtStage(in_chs, dim, depth, stride, rates[index], ls_init_value, kernel_size, mlp_ratio))
-            infos.append(dict(num_chs=dim, reduction=stem_stride * 2 ** index, module=f"stages.{index}"))
+            stride, first_dilation = 1 if index == 0 else 2, dilation
+            if reduction >= output_stride and stride > 1:
+                dilation, stride = dilation * stride, 1
+            reduction *= stride
+            stages.append(ConvNeXtStage(in_chs, dim, depth, stride, rates[index], ls_init_value, kernel_size, mlp_ratio,
+                                        (first_dilation, dilation)))
+            infos.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{index}"))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
         self.feature_info = FeatureInfo(infos)
@@ -321,8 +355,8 @@ class ConvNeXt(nn.Module):
         record_model_args(self, num_classes=num_classes, global_pool=self.head.global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/r, W/r]`` with ``r = stem_stride · 8``
-        (four stages), in channels-last memory."""
+        """``Tensor[B, in_chans, H, W] -> Tensor[B, num_features, H/r, W/r]`` with ``r = feature_info.reduction(-1)``,
+        the output stride, in channels-last memory."""
         return self.stages(self._stem(x))
 
     def _stem(self, x: Tensor, last_stage: int = -1) -> Tensor:
