@@ -584,6 +584,23 @@ def test_pretrained_cfg_names_timms_tag_and_crop_mode(name):
     assert timm.data.resolve_data_config(pretrained_cfg=ours) == timm.data.resolve_data_config(pretrained_cfg=theirs)
 
 
+@pytest.mark.parametrize("name", TIMM_SHARED)
+def test_pretrained_cfg_says_whether_the_input_size_is_fixed_as_timms(name):
+    """timm's pretrained_cfg carries fixed_input_size (True for Swin and ViT/DeiT weights, False for ResNet and
+    ConvNeXt), which its validation and benchmark scripts read before resizing; ours lacked it (KeyError)."""
+    with torch.device("meta"):
+        ours = create_model(name).pretrained_cfg
+        theirs = timm.create_model(f"{name}.{ours['tag']}").pretrained_cfg
+    assert ours["fixed_input_size"] is theirs["fixed_input_size"]
+
+
+@pytest.mark.parametrize("name, fixed", [("convnext_atto_32", False), ("resnet18", False),
+                                         ("swin_tiny_patch2_window4_32", True), ("vit_tiny_patch4_32", True)])
+def test_our_own_classifiers_say_whether_the_input_size_is_fixed_as_their_family(name, fixed):
+    with torch.device("meta"):
+        assert create_model(name).pretrained_cfg["fixed_input_size"] is fixed
+
+
 @pytest.mark.parametrize("name", ["convnext_atto_32", "swin_tiny_patch2_window4_32", "vit_tiny_patch4_32", "resnet18"])
 def test_own_checkpoint_loads_into_a_feature_extractor_without_the_late_stages(tmp_path, name, caplog):
     torch.manual_seed(5)

@@ -445,6 +445,8 @@ def _default_cfg(entry: ModelEntry) -> dict[str, Any]:
     cfg: dict[str, Any] = {"architecture": entry.name, **entry.default_cfg}
     if "crop_pct" in cfg:  # timm's evaluation crop: centred, unless the family says otherwise
         cfg.setdefault("crop_mode", "center")
+    if "input_size" in cfg:  # timm's: may the weights be run at another size (the family's entries say if not)
+        cfg.setdefault("fixed_input_size", False)
     if entry.first_conv is not None:
         cfg["first_conv"] = entry.first_conv
     if entry.classifier:

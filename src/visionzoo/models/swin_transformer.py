@@ -1070,6 +1070,7 @@ def _cfg(size: int = 224, crop_pct: float = 0.9, stride: int = 32) -> dict[str, 
         checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier="head.fc",
         input_size=(3, size, size), pool_size=(size // stride, size // stride), crop_pct=crop_pct,
         interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+        fixed_input_size=True,  # timm's: the window size and attention masks are built for input_size
     )
 
 

@@ -675,7 +675,7 @@ def _cfg(img_size: int = 224, crop_pct: float = 0.9, mean: tuple[float, ...] = A
     return dict(
         checkpoint_filter=checkpoint_filter_fn, first_conv="patch_embed.proj", classifier=classifier,
         final_norms=("norm", "fc_norm"), input_size=(3, img_size, img_size), mean=mean, std=std, crop_pct=crop_pct,
-        interpolation="bicubic", num_classes=1000, **extra,
+        interpolation="bicubic", num_classes=1000, fixed_input_size=True, **extra,  # timm's: a position table per patch
     )
 
 
