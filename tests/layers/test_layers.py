@@ -272,8 +272,7 @@ def test_feature_info_accessors_take_timms_keys_and_index_lists():
         dict(num_chs=64, reduction=2), dict(num_chs=128, reduction=8), dict(num_chs=256, reduction=16)]
     for idx in (1, -1, [0, 2], (2, 1)):
         assert ours.get_dicts(keys=keys, idx=idx) == reference.get_dicts(keys=keys, idx=idx)
-        every = ["num_chs", "reduction", "module"]  # timm's dicts also hold its own "index"
-        assert ours.get_dicts(idx=idx) == reference.get_dicts(keys=every, idx=idx)
+        assert ours.get_dicts(idx=idx) == reference.get_dicts(idx=idx)  # with each map's index, as timm's
         assert ours.channels(idx) == reference.channels(idx)
         assert ours.reduction(idx) == reference.reduction(idx)
         assert ours.module_name(idx) == reference.module_name(idx)
@@ -294,8 +293,8 @@ def test_a_feature_extractors_feature_info_is_timms(name, out_indices):
     for info in theirs.info:  # our ResNet's stem activation has torchvision's name, relu
         info["module"] = "relu" if info["module"] == "act1" else info["module"]
     count = len(theirs)
-    assert len(ours) == count and [dict(info) for info in ours.info] == \
-        [{k: v for k, v in info.items() if k != "index"} for info in theirs.info]
+    assert len(ours) == count and [dict(info) for info in ours.info] == theirs.info  # each with its index, as timm's
+    assert [info["index"] for info in ours.info] == list(range(count))
     assert ours.out_indices == tuple(i % count for i in theirs.out_indices)
     for accessor in ("channels", "reduction", "module_name"):
         assert getattr(ours, accessor)() == getattr(theirs, accessor)()
@@ -304,6 +303,7 @@ def test_a_feature_extractors_feature_info_is_timms(name, out_indices):
             assert getattr(ours, accessor)(idx) == getattr(theirs, accessor)(idx), (accessor, idx)
     assert ours.get_dicts(keys=["num_chs", "reduction"]) == theirs.get_dicts(keys=["num_chs", "reduction"])
     assert [ours[i]["num_chs"] for i in range(count)] == [theirs[i]["num_chs"] for i in range(count)]
+
 
 
 @pytest.mark.parametrize("name, unit", [("vit_tiny_patch8_32", "block"), ("swin_tiny_patch2_window4_32", "stage"),

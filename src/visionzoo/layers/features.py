@@ -18,8 +18,8 @@ class FeatureInfo(list):
     ``len``, ``[i]``) and ``out_indices`` names the maps it returns (each once, in network order); a model's own
     returns them all.
 
-    Each dict holds ``num_chs`` (channels C), ``reduction`` (input size / map size, the stride) and
-    ``module`` (the name of the module whose output it is). ``channels()``/``reduction()``/``module_name()`` give
+    Each dict holds ``num_chs`` (channels C), ``reduction`` (input size / map size, the stride),
+    ``module`` (the name of the module whose output it is) and ``index`` (its position, added as timm's does). ``channels()``/``reduction()``/``module_name()`` give
     one field of each returned map (a list); with ``idx``, as timm's, of the map at that position of every map (an
     int) or of several (a list or tuple): ``[info.channels(i) for i in info.out_indices]`` is ``info.channels()``.
     """
@@ -30,6 +30,7 @@ class FeatureInfo(list):
             missing = {"num_chs", "reduction", "module"} - set(info)
             if missing:
                 raise ValueError(f"feature info {position} lacks {sorted(missing)}: {info}")
+            info.setdefault("index", position)
         self.out_indices = tuple(range(len(self))) if out_indices is None else tuple(out_indices)
         if not all(is_integer(i) and 0 <= i < len(self) for i in self.out_indices):
             raise ValueError(f"feature info out_indices must be positions in 0..{len(self) - 1}, "
