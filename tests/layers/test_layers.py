@@ -10,6 +10,7 @@ import torch
 from visionzoo.layers import (
     Attention,
     DropPath,
+    FeatureInfo,
     Mlp,
     PatchEmbed,
     drop_path,
@@ -304,6 +305,25 @@ def test_a_feature_extractors_feature_info_is_timms(name, out_indices):
     assert ours.get_dicts(keys=["num_chs", "reduction"]) == theirs.get_dicts(keys=["num_chs", "reduction"])
     assert [ours[i]["num_chs"] for i in range(count)] == [theirs[i]["num_chs"] for i in range(count)]
 
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224", "vit_small_patch16_224"])
+@pytest.mark.parametrize("out_indices", [3, (1, 2), (0, -1)])
+def test_feature_info_from_other_is_timms(name, out_indices):
+    """timm's FeatureInfo.from_other(out_indices) (a copy describing other returned maps, as its feature getters build
+    theirs) did not exist here: AttributeError."""
+    from visionzoo.models import create_model
+
+    ours = create_model(name, features_only=True, out_indices=(1,), device="meta").feature_info
+    theirs = timm.create_model(name, features_only=True, out_indices=(1,), device="meta").feature_info
+    other, expected = ours.from_other(out_indices), theirs.from_other(out_indices)
+    assert isinstance(other, FeatureInfo) and len(other) == len(expected)
+    assert other.out_indices == tuple(i % len(expected) for i in expected.out_indices)  # resolved, as our extractors'
+    assert other.channels() == expected.channels() and other.reduction() == expected.reduction()
+    assert [info["index"] for info in other.info] == [info["index"] for info in expected.info]
+    other[0]["num_chs"] = -1  # a deep copy, as timm's
+    assert ours.out_indices == (1,) and ours[0]["num_chs"] == expected[0]["num_chs"]
+    with pytest.raises(ValueError, match=r"out_indices=0 must be in 1\.\."):
+        ours.from_other(0)
 
 
 @pytest.mark.parametrize("name, unit", [("vit_tiny_patch8_32", "block"), ("swin_tiny_patch2_window4_32", "stage"),

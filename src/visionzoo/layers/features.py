@@ -6,6 +6,7 @@ Detection necks (an FPN) read this to size their convolutions, as they read timm
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,13 @@ class FeatureInfo(list):
         if not all(is_integer(i) and 0 <= i < len(self) for i in self.out_indices):
             raise ValueError(f"feature info out_indices must be positions in 0..{len(self) - 1}, "
                              f"got {self.out_indices}")
+
+    def from_other(self, out_indices: int | Sequence[int]) -> FeatureInfo:
+        """A copy (of every dict) returning the maps ``out_indices`` names, as timm's ``from_other``: an int n the last
+        n maps, a sequence map indices (negative ones from the end). Like our extractors' (and unlike timm's, which
+        keeps them as given), its ``out_indices`` are resolved, each once, in network order. Other values raise
+        ``ValueError`` naming ``out_indices``."""
+        return FeatureInfo(copy.deepcopy(list(self)), taken_in_order(feature_take_indices(len(self), out_indices, "map")))
 
     @property
     def info(self) -> list[dict[str, Any]]:
