@@ -186,6 +186,43 @@ def test_zero_init_residual_makes_blocks_identities_like_torchvision():
     assert plain.layer1[1].bn3.weight.min() == 1.0
 
 
+def zeroed_norm_weights(model: nn.Module) -> set[str]:
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.any()}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("zero_init_last", [True, False])
+def test_zero_init_last_initialises_as_timms(name, zero_init_last):
+    """timm's switch (create_model(name, zero_init_last=...)) was refused as an unknown argument. With it, the
+    weights start as timm's: each block's last batch norm (BasicBlock bn2, Bottleneck bn3) at zero or not, the
+    others at one, convs kaiming-normal (fan_out), fc torch's default; compared per tensor by statistics."""
+    torch.manual_seed(0)
+    ours = create_model(name, zero_init_last=zero_init_last)
+    reference = timm.create_model(name, zero_init_last=zero_init_last)
+    expected = zeroed_norm_weights(reference)
+    assert zeroed_norm_weights(ours) == expected and len(expected) == (8 if name == "resnet18" else 16) * zero_init_last
+    reference_state = reference.state_dict()
+    for key, value in ours.state_dict().items():
+        other = reference_state[key]
+        if value.ndim > 1 or key.startswith("fc."):  # random: the same spread
+            torch.testing.assert_close(value.std(), other.std(), rtol=0.05, atol=0, msg=key)
+        else:  # batch norms: their constants
+            assert torch.equal(value, other), key
+    assert ours.fc.weight.abs().max() <= ours.fc.in_features ** -0.5  # torch's default: uniform in ±1/sqrt(fan_in)
+
+
+def test_resnet_keeps_torchvisions_init_unless_asked():
+    """Our ResNets are torchvision's (their weights, preprocessing and zero_init_residual=False), so by default no
+    batch norm starts at zero; zero_init_last is timm's name for zero_init_residual, and giving both is refused."""
+    assert not zeroed_norm_weights(create_model("resnet18"))
+    assert zeroed_norm_weights(create_model("resnet18", zero_init_residual=True)) == zeroed_norm_weights(
+        create_model("resnet18", zero_init_last=True))
+    with pytest.raises(ValueError, match="zero_init_residual or zero_init_last, not both"):
+        create_model("resnet18", zero_init_residual=True, zero_init_last=True)
+    with pytest.raises(ValueError, match="zero_init_last must be a bool"):
+        create_model("resnet18", zero_init_last="no")
+
+
 def test_small_input_stem_keeps_keys_and_stride_eight():
     standard = create_model("resnet18")
     small = create_model("resnet18", small_input=True, in_chans=1, num_classes=10)

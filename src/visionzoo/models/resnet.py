@@ -146,8 +146,10 @@ class ResNet(nn.Module):
         num_classes: classifier outputs; 0 makes ``fc`` an identity (``forward`` gives pooled
             features ``Tensor[B, num_features]``).
         in_chans: input channels.
-        zero_init_residual: start every block's last batch norm at zero, so each block begins as
-            the identity (Goyal et al. 2017).
+        zero_init_residual: start every block's last batch norm (BasicBlock ``bn2``, Bottleneck ``bn3``) at
+            zero, so each block begins as the identity (Goyal et al. 2017). Off by default, as in torchvision,
+            whose weights and preprocessing the registered names carry; timm's ResNet has it on by default.
+        zero_init_last: timm's name for ``zero_init_residual`` (give one of the two); None: not given.
         drop_rate: dropout before ``fc``.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks (timm's).
         small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
@@ -174,9 +176,15 @@ class ResNet(nn.Module):
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
         output_stride: int = 32,
+        zero_init_last: bool | None = None,
     ):
         super().__init__()
         check_output_stride(output_stride)
+        if zero_init_last is not None:
+            if zero_init_residual:
+                raise ValueError("give zero_init_residual or zero_init_last, not both (zero_init_last is timm's "
+                                 "name for zero_init_residual)")
+            zero_init_residual = zero_init_last
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"ResNet needs 4 stage depths of at least 1 block, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
@@ -411,11 +419,12 @@ def _create(
     layers: Sequence[int] | None = None,
     drop_path_rate: float = 0.0,
     output_stride: int = 32,
+    zero_init_last: bool | None = None,
 ) -> ResNet | ResNetFeatures:
     """Build the size ``name``; ``layers`` (blocks per stage) overrides its depths, as timm's builders take it."""
     block, depths = _SIZES[name]
     model = ResNet(block, depths if layers is None else tuple(layers), num_classes, in_chans, zero_init_residual,
-                   drop_rate, small_input, global_pool, drop_path_rate, output_stride)
+                   drop_rate, small_input, global_pool, drop_path_rate, output_stride, zero_init_last)
     return ResNetFeatures(model, out_indices) if features_only else model
 
 
