@@ -667,3 +667,13 @@ def test_the_dino_file_loads_into_an_avg_pooled_classifier_as_a_vits_does(vit256
         tokens = unnormed.forward_features(x)
         expected = model.head(F.layer_norm(tokens[:, 1:].mean(1), (384,), eps=1e-6))
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
+def test_a_region_of_integer_pixels_is_told_the_normalisation_hipt_takes(dtype):
+    """A region read as uint8 (PIL or OpenSlide through torch.from_numpy) ended in "Input type (unsigned char) and
+    bias type (float) should be the same", naming neither the input nor the normalisation HIPT expects."""
+    x = torch.zeros(1, 3, 64, 64, dtype=dtype)
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"HIPT takes floating-point images normalised with "
+                                                          rf"mean = std = 0.5, got dtype {dtype}"):
+        small_hipt()(x)

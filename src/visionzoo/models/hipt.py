@@ -237,13 +237,16 @@ torch.fx.wrap("_checked_grid")
 
 
 def _checked_images(x: Tensor, in_chans: int) -> Tensor:
-    """``x``, or ``ValueError`` when it is no ``Tensor[B, in_chans, H, W]``."""
+    """``x``, or ``ValueError`` when it is no floating-point ``Tensor[B, in_chans, H, W]``."""
     require_tensor(x)
     if x.ndim != 4 or x.shape[1] != in_chans:
         # as the other models' errors do (require_image_batch), name the argument that takes such images
         hint = f"; build it with in_chans={x.shape[1]}" if x.ndim == 4 else ""
         raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape "
                          f"{tuple(x.shape)}{hint}")
+    if not x.is_floating_point():  # a uint8 region read from a slide failed in the first conv, naming neither
+        raise ValueError(f"HIPT takes floating-point images normalised with mean = std = {HIPT_MEAN[0]}, got dtype "
+                         f"{x.dtype}; scale uint8 pixels to [0, 1], then (x - 0.5) / 0.5")
     return x
 
 
