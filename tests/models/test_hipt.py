@@ -677,3 +677,12 @@ def test_a_region_of_integer_pixels_is_told_the_normalisation_hipt_takes(dtype):
     with torch.no_grad(), pytest.raises(ValueError, match=rf"HIPT takes floating-point images normalised with "
                                                           rf"mean = std = 0.5, got dtype {dtype}"):
         small_hipt()(x)
+
+
+def test_a_region_with_nan_pixels_is_refused_by_name():
+    """A region with NaN pixels (a failed stain normalisation) gave a NaN embedding without a word; the tile
+    streaming then carried it into every slide-level feature built from that region."""
+    x = images(2, 3, 128, 128, seed=90)
+    x[1, 0, 70, 3] = x[1, 2, 5, 100] = float("nan")
+    with torch.no_grad(), pytest.raises(ValueError, match=r"HIPT's images hold 2 NaN or infinite values \(region 1\)"):
+        small_hipt()(x)

@@ -237,7 +237,7 @@ torch.fx.wrap("_checked_grid")
 
 
 def _checked_images(x: Tensor, in_chans: int) -> Tensor:
-    """``x``, or ``ValueError`` when it is no floating-point ``Tensor[B, in_chans, H, W]``."""
+    """``x``, or ``ValueError`` when it is no floating-point ``Tensor[B, in_chans, H, W]`` or holds NaN or infinity."""
     require_tensor(x)
     if x.ndim != 4 or x.shape[1] != in_chans:
         # as the other models' errors do (require_image_batch), name the argument that takes such images
@@ -247,6 +247,12 @@ def _checked_images(x: Tensor, in_chans: int) -> Tensor:
     if not x.is_floating_point():  # a uint8 region read from a slide failed in the first conv, naming neither
         raise ValueError(f"HIPT takes floating-point images normalised with mean = std = {HIPT_MEAN[0]}, got dtype "
                          f"{x.dtype}; scale uint8 pixels to [0, 1], then (x - 0.5) / 0.5")
+    if not is_traced():  # a traced graph keeps no data-dependent branch; one NaN pixel made the whole embedding NaN
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            count, regions = int(bad.sum()), bad.flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"HIPT's images hold {count} NaN or infinite value{'s' if count > 1 else ''} "
+                             f"(region{'s' if len(regions) > 1 else ''} {', '.join(map(str, regions))})")
     return x
 
 
