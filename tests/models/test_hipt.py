@@ -7,6 +7,7 @@ import argparse
 import copy
 import fractions
 import math
+import re
 
 import pytest
 import torch
@@ -331,7 +332,7 @@ def test_a_file_for_the_other_vit_is_refused_whole(tmp_path):
     path = dino_file(tmp_path / "vit4k_xs_dino.pth", create_model("vit4k_xs").state_dict())
     model = ViT256()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"vit4k_xs_dino.pth.*(missing|unexpected)"):
+    with pytest.raises(CheckpointError, match=r"vit4k_xs_dino.pth: the checkpoint holds HIPT's ViT-4K"):
         load_official_checkpoint(model, path)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -686,3 +687,21 @@ def test_a_region_with_nan_pixels_is_refused_by_name():
     x[1, 0, 70, 3] = x[1, 2, 5, 100] = float("nan")
     with torch.no_grad(), pytest.raises(ValueError, match=r"HIPT's images hold 2 NaN or infinite values \(region 1\)"):
         small_hipt()(x)
+
+
+@pytest.mark.parametrize(("file_of", "given_to", "says"), [
+    ("vit4k_xs", "hipt_vit256_small", r"holds HIPT's ViT-4K \(vit4k_xs\), not its ViT-256"),
+    ("hipt_vit256_small", "vit4k_xs", r"holds HIPT's ViT-256 \(hipt_vit256_small\), not its ViT-4K"),
+])
+def test_the_other_vits_file_names_the_file_and_the_vit_it_holds(tmp_path, file_of, given_to, says):
+    """vit4k_xs_dino.pth given to a ViT-256 (or the other way round) listed 74 missing keys, 2 unexpected and 76
+    shape mismatches, which do not say that the file is simply the other ViT's."""
+    torch.manual_seed(91)
+    path = dino_file(tmp_path / "official.pth", create_model(file_of).state_dict())
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {re.escape(str(path))}: the checkpoint {says}; load it into"):
+        create_model(given_to, checkpoint=path)
+    model = create_model(given_to)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {re.escape(str(path))}: the checkpoint {says}; load it into"):
+        load_official_checkpoint(model, path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -451,6 +451,18 @@ def _single_vit(state: Mapping[str, Tensor], model: HIPT4K) -> str | None:
     return None
 
 
+def _refuse_the_other_vit(state: Mapping[str, Tensor], model: nn.Module) -> None:
+    """CheckpointError when ``model`` is one of HIPT's ViTs and the backbone ``state`` the other's (told apart by the
+    layer only each has: ViT-256's patch embedding, ViT-4K's ``phi``): key lists would not say so."""
+    vits = {ViT256: ("ViT-256 (hipt_vit256_small)", "patch_embed.proj.weight", "a hipt_vit256_small or a hipt_4k's "
+                     "model256"),
+            ViT4K: ("ViT-4K (vit4k_xs)", "phi.0.weight", "a vit4k_xs or a hipt_4k's model4k")}
+    for cls, other in ((ViT256, ViT4K), (ViT4K, ViT256)):
+        if isinstance(model, cls) and vits[other][1] in state and vits[cls][1] not in state:
+            raise CheckpointError(f"the checkpoint holds HIPT's {vits[other][0]}, not its {vits[cls][0].split()[0]}; "
+                                  f"load it into {vits[other][2]}")
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """A DINO ``teacher``/``student`` dict of HIPT's (or a plain backbone dict) -> ours.
 
@@ -460,6 +472,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
     classifier: a model built with one keeps its own (freshly initialised) head.
     """
     out = _backbone_state(state_dict)
+    _refuse_the_other_vit(out, model)
     if isinstance(model, HIPT4K) and not any(key.startswith(("model256.", "model4k.")) for key in out):
         part = _single_vit(out, model)
         if part is not None:
@@ -507,7 +520,11 @@ def load_official_checkpoint(model: nn.Module, path: str | os.PathLike, checkpoi
 
     Raises :class:`CheckpointError` naming missing, unexpected or mismatched keys.
     """
-    state = checkpoint_filter_fn(read_official_checkpoint(path, checkpoint_key), model)
+    state = read_official_checkpoint(path, checkpoint_key)
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except CheckpointError as error:  # the filter knows the weights, not the file they came from
+        raise CheckpointError(f"checkpoint {path}: {error}") from None
     load_state_dict_strict(model, state, str(path))
 
 
