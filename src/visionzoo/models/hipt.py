@@ -298,7 +298,8 @@ torch.fx.wrap("tile_view")
 
 
 class HIPT4K(nn.Module):
-    """The hierarchy: images ``Tensor[B, in_chans, H, W]`` (normalised with mean = std = 0.5) ->
+    """The hierarchy: float images ``Tensor[B, in_chans, H, W]`` (RGB in [0, 1] normalised with mean = std = 0.5, as
+    the official eval transform does: values in [-1, 1]; ``pretrained_cfg`` carries them) ->
     ``Tensor[B, 192]`` region embeddings, or ``Tensor[B, num_classes]`` logits with a head.
 
     Submodules carry the official ``HIPT_4K`` names: ``model256`` (:class:`ViT256`) and ``model4k``
