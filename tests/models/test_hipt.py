@@ -705,3 +705,11 @@ def test_the_other_vits_file_names_the_file_and_the_vit_it_holds(tmp_path, file_
     with pytest.raises(CheckpointError, match=rf"^checkpoint {re.escape(str(path))}: the checkpoint {says}; load it into"):
         load_official_checkpoint(model, path)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("pad_value", [float("nan"), float("inf")])
+def test_a_pad_value_that_is_no_finite_number_is_refused_by_name(pad_value):
+    """create_model("hipt_4k", pad_value=nan) was taken, and every region whose sides are not multiples of the tile
+    then gave a NaN embedding, the padded pixels spreading through attention."""
+    with pytest.raises(ValueError, match=rf"pad_value must be a finite number, got {pad_value}"):
+        create_model("hipt_4k", pad_value=pad_value)

@@ -338,6 +338,8 @@ class HIPT4K(nn.Module):
             raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
         if tile_batch_size < 1:
             raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
+        if not math.isfinite(pad_value):  # padded pixels reach every token through attention: the embedding went NaN
+            raise ValueError(f"pad_value must be a finite number, got {pad_value}")
         self.tile_size = tile_size
         self.tile_batch_size = tile_batch_size
         self.remainder = remainder
