@@ -713,3 +713,16 @@ def test_a_pad_value_that_is_no_finite_number_is_refused_by_name(pad_value):
     then gave a NaN embedding, the padded pixels spreading through attention."""
     with pytest.raises(ValueError, match=rf"pad_value must be a finite number, got {pad_value}"):
         create_model("hipt_4k", pad_value=pad_value)
+
+
+def test_vit4k_xs_given_images_channels_says_it_takes_token_grids():
+    """`visionzoo train vit4k_xs --data shapes` (which builds the model with the images' in_chans) said "vit4k_xs
+    takes no argument 'in_chans'", an argument the user never gave, and not that ViT-4K takes no images at all."""
+    from visionzoo.train.classification import build_classifier
+
+    message = (r"vit4k_xs takes grids Tensor\[B, 384, gh, gw\] of ViT-256 \[CLS\] tokens, not images, so it has no "
+               r"in_chans; hipt_4k takes images")
+    with pytest.raises(ValueError, match=message):
+        create_model("vit4k_xs", in_chans=3)
+    with pytest.raises(ValueError, match=message):
+        build_classifier("vit4k_xs", 6, 3, {})

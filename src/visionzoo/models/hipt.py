@@ -553,6 +553,9 @@ def hipt_vit256_small(**kwargs: Any) -> ViT256:
 def vit4k_xs(**kwargs: Any) -> ViT4K:
     """HIPT's ViT-4K: 6 blocks of 6 heads, 192 wide, over a grid of 384-wide ViT-256 [CLS] tokens;
     2,781,504 parameters (no head). Official weights: ``vit4k_xs_dino.pth``."""
+    if "in_chans" in kwargs:  # the train command builds classifiers for its images' channels
+        raise ValueError("vit4k_xs takes grids Tensor[B, 384, gh, gw] of ViT-256 [CLS] tokens, not images, so it has "
+                         "no in_chans; hipt_4k takes images (ViT-256 over their tiles, then ViT-4K)")
     return ViT4K(**kwargs)
 
 
