@@ -750,6 +750,28 @@ def test_eval_of_a_foreign_state_dict_says_what_it_is_and_how_to_load_it(capsys,
     one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(damaged)], "damaged.pth is truncated or corrupt")
 
 
+def test_eval_of_an_official_dino_file_says_it_is_foreign_weights_not_a_damaged_file(capsys, tmp_path):
+    """`eval hipt_vit256_small --checkpoint vit256_small_dino.pth` (HIPT's official file, which create_model and
+    --initial-checkpoint read) said "is not a state dict of tensors: it has non-tensor entries ['teacher', 'student',
+    'args']", as if the file were broken, where a plain foreign state dict is told how to load and train from it."""
+    import argparse
+
+    official = tmp_path / "vit256_small_dino.pth"
+    backbone = {"backbone.cls_token": torch.zeros(1, 1, 384), "head.mlp.0.weight": torch.zeros(8, 384)}
+    torch.save({"teacher": backbone, "student": {f"module.{k}": v for k, v in backbone.items()},
+                "args": argparse.Namespace(arch="vit_small")}, official)
+    one_line_error(capsys, ["eval", "hipt_vit256_small", "--checkpoint", str(official)],
+                   f"{official} is a state dict without visionzoo's metadata",
+                   f"--initial-checkpoint {official}")
+    # another family has no reader of DINO's training states: the file stays refused as before, as does a damaged one
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(official)],
+                   "not a state dict of tensors: it has non-tensor entries ['teacher', 'student'")
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(official.read_bytes()[:300])
+    one_line_error(capsys, ["eval", "hipt_vit256_small", "--checkpoint", str(damaged)],
+                   "damaged.pth is truncated or corrupt")
+
+
 def test_list_models_names_the_task_when_no_model_of_it_matches(capsys):
     """`list-models 'vit*' --task detection` said "no model matches 'vit*'", while 15 models match it"""
     assert main(["list-models", "vit*", "--task", "detection"]) == 1

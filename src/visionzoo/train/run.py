@@ -347,9 +347,23 @@ def _check_val_classes(train: Any, val: Any, data: str) -> None:
                      "categories in every split's file")
 
 
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON document of one of our training checkpoints, without reading its tensors."""
-    meta = read_metadata(path)
+def checkpoint_metadata(path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+    """The JSON document of one of our training checkpoints, without reading its tensors. With ``model_name``, an
+    official file that only its family's own reader takes (HIPT's DINO training states) is told to be foreign weights,
+    as a plain state dict is, rather than refused as no state dict."""
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as error:
+        from visionzoo.models import get_model_entry
+
+        reader = None if model_name is None else get_model_entry(model_name).checkpoint_reader
+        if reader is None:
+            raise
+        try:
+            reader(path)
+        except CheckpointError:
+            raise error from None
+        meta = None
     if meta is None:
         raise CheckpointError(
             f"{path} is a state dict without visionzoo's metadata, not a checkpoint written by `visionzoo train`; "
@@ -375,7 +389,7 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     from visionzoo.models._registry import _saved_model
 
     model_name = _registered_name(model_name)
-    meta = checkpoint_metadata(checkpoint)
+    meta = checkpoint_metadata(checkpoint, model_name)
     has_ema = _has_ema_weights(checkpoint)
     if use_ema and not has_ema:
         raise ValueError(f"--use-ema: {checkpoint} holds no EMA weights (its run was trained without --ema-decay); "
