@@ -437,6 +437,25 @@ def test_a_fixed_size_vit_on_data_of_another_size_is_refused_before_the_run_nami
     assert dynamic.run_meta["img_size"] == 8
 
 
+def test_hipt_4k_cropping_images_smaller_than_a_tile_is_refused_before_the_run(tmp_path):
+    """`train hipt_4k --model-arg remainder=crop` on Digits (8 px images, 256 px tiles) prepared its run folder and
+    began training, then failed at the first step with "image 8×8 is smaller than one 256×256 tile"; the set-up now
+    refuses it naming what fits, and the default remainder="pad" still builds it."""
+    from visionzoo.train.engine import TrainConfig
+    from visionzoo.train.run import build_setup, run_training
+
+    out = tmp_path / "hipt"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=r"hipt_4k crops digits's 8×8 images to whole 256×256 tiles, of which they "
+                                         r"hold none: give --img-size 256 or more, or --model-arg remainder=pad"):
+        run_training("hipt_4k", "digits", config, model_args={"remainder": "crop"})
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"hipt_4k crops digits's 40×40 images to whole 64×64 tiles, of which they "
+                                         r"hold none: give --img-size 64 or more, --model-arg tile_size=32 or less, "):
+        build_setup("hipt_4k", "digits", 40, {"remainder": "crop", "tile_size": 64})
+    assert build_setup("hipt_4k", "digits", None, {"tile_size": 16}).run_meta["img_size"] == 8
+
+
 def test_eval_of_a_fixed_size_vit_at_another_img_size_names_only_what_eval_takes(tmp_path, capsys):
     """`visionzoo eval vit_tiny_patch8_32 --img-size 16` of a run trained at 32 px advised "give --img-size 32 (or
     --model-arg dynamic_img_size=true)", an option eval does not take ("unrecognized arguments"), and a model whose

@@ -304,7 +304,18 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
                      checkpoint: str | Path | None = None) -> None:
     """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
     ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step. A model
-    rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg."""
+    rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg. HIPT-4K
+    cropping its images to whole tiles (``remainder="crop"``) needs images of at least one tile."""
+    from visionzoo.models.hipt import HIPT4K
+
+    if isinstance(model, HIPT4K) and model.remainder == "crop" and min(size) < model.tile_size:
+        patch = model.model256.patch_embed.patch_size[0]
+        fits = min(size) // patch * patch  # the largest tile the images hold
+        tile = f", --model-arg tile_size={fits} or less" if fits else ""
+        other = "" if checkpoint is not None else f"{tile}, or --model-arg remainder=pad"
+        raise ValueError(f"{model_name} crops {data}'s {size[0]}×{size[1]} images to whole {model.tile_size}×"
+                         f"{model.tile_size} tiles, of which they hold none: give --img-size {model.tile_size} or "
+                         f"more{other}")
     for module in model.modules():
         if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != size:
             side = module.img_size[0]
