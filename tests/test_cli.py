@@ -1164,3 +1164,47 @@ def test_each_tasks_own_options_are_read_without_argparses_private_actions(monke
     parser.add_argument("path")
     assert [action.dest for action in parser.recorded_actions] == ["in_group", "plain", "path"]
     assert parser.long_options == ["--in-group", "--plain"]
+
+
+def _roboflow_folder(tmp_path, *splits):
+    """A Shapes export (2 images a split) rearranged as Roboflow exports COCO: DIR/{train,valid,test}/ each holding
+    its images and _annotations.coco.json."""
+    folder = tmp_path / "roboflow"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--image-size", "64", "--split",
+                 *splits]) == 0
+    for split in splits:
+        target = folder / ("valid" if split == "val" else split)
+        (folder / split).rename(target)
+        (folder / "annotations" / f"instances_{split}.json").rename(target / "_annotations.coco.json")
+    (folder / "annotations").rmdir()
+    return folder
+
+
+def test_a_roboflow_coco_export_trains_and_evaluates_by_split(tmp_path, capsys):
+    """Roboflow's COCO export (train/, valid/ and test/, each with its images and _annotations.coco.json) was refused:
+    "has no COCO annotations for any split". Each split is now read from its own folder."""
+    folder = _roboflow_folder(tmp_path, "train", "val")
+    run = tmp_path / "run"
+    assert main(["train", "fasterrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
+                 "--precision", "fp32", "--no-progress", "--model-arg", "rpn_pre_nms_top_n_test=50",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert "note" not in summary  # validation is on valid/, not on the training images
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(run / "checkpoint.safetensors"), "--data",
+                 str(folder), "--split", "val", "--json", "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["split_images"] == 2
+    (folder / "valid").rename(folder / "val")  # "val" names the split too
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(run / "checkpoint.safetensors"), "--data",
+                 str(folder), "--split", "val", "--json", "--no-progress"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    one_line_error(capsys, ["eval", "fasterrcnn_shapes", "--checkpoint", str(run / "checkpoint.safetensors"),
+                            "--data", str(folder), "--split", "test"], "no annotations for split 'test'",
+                   str(folder / "test" / "_annotations.coco.json"), "; it has train and val: give --split val")
+
+
+def test_a_folder_without_annotations_names_the_roboflow_layout_among_those_looked_for(trained, tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
+                            "--data", str(tmp_path)], f"{tmp_path} has no COCO annotations for any split",
+                   "instances_{train,val,test}.json", "{train,valid,val,test}/_annotations.coco.json")

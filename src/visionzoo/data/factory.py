@@ -17,10 +17,19 @@ from visionzoo.utils import closest
 DATASETS = ("shapes", "digits")
 
 
+# Roboflow's COCO export: each split's folder holds its images and this file, the val split's folder named valid/
+ROBOFLOW_FILE = "_annotations.coco.json"
+
+
+def _split_folders(split: str) -> list[str]:
+    return ["valid", split] if split == "val" else [split]
+
+
 def _annotation_file(root: Path, split: str) -> Path:
     candidates = [
         root / "annotations" / f"instances_{split}.json",
         root / "annotations" / f"instances_{split}2017.json",
+        *(root / folder / ROBOFLOW_FILE for folder in _split_folders(split)),
     ]
     for candidate in candidates:
         if candidate.is_file():
@@ -41,6 +50,9 @@ def _has_annotations(root: Path, split: str) -> bool:
 def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
     """The images folder of ``split`` and ``ann_file``'s content, parsed to find it, which :class:`CocoDetection`
     then takes rather than parse the file again."""
+    if ann_file.name == ROBOFLOW_FILE:
+        content = read_json(ann_file)
+        return _holding_first_image(content, [ann_file.parent, root]), content
     names = [split, f"{split}2017"]
     if ann_file.name.endswith("2017.json"):
         names.reverse()
@@ -115,7 +127,9 @@ def create_dataset(
     - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
       ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/``,
       ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/`` (or ``DIR/`` itself, for file names
-      that hold the split folder: the folder holding the first listed image).
+      that hold the split folder: the folder holding the first listed image); or Roboflow's
+      ``DIR/{split}/_annotations.coco.json`` (the val split's in ``DIR/valid/`` or ``DIR/val/``) with the images
+      beside it.
     - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it; for a file in an
       ``annotations/`` folder (CVAT's ``annotations/instances_default.json``) also ``images/{subset}/`` or
       ``images/`` beside that folder.
@@ -226,8 +240,10 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
             raise MissingSplitError(missing[names[0]], present)
         # no COCO folder at all: one split's error alone hid that (and named a split eval --split test never asked for)
         each = "{" + ",".join(SPLITS) + "}"
+        folders = "{" + ",".join(folder for split in SPLITS for folder in _split_folders(split)) + "}"
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
-                                f"annotations/instances_{each}.json and annotations/instances_{each}2017.json")
+                                f"annotations/instances_{each}.json, annotations/instances_{each}2017.json and "
+                                f"{folders}/{ROBOFLOW_FILE} (Roboflow's export)")
     return Splits(splits, missing)
 
 
