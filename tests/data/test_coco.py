@@ -272,9 +272,9 @@ def test_a_utf8_file_with_a_byte_order_mark_is_read_as_coco_eval_reads_it(folder
 
 def test_missing_keys_name_file_and_entry(folder):
     root, _ = folder
-    with pytest.raises(ValueError, match=r"instances\.json: the top level is missing 'annotations'"):
+    with pytest.raises(ValueError, match=r"instances\.json: the top level is missing 'categories'"):
         ann_file = root / "instances.json"
-        ann_file.write_text(json.dumps({"images": [], "categories": []}))
+        ann_file.write_text(json.dumps({"images": [], "annotations": []}))
         CocoDetection(root / "images", ann_file)
     annotations = _annotations()
     del annotations[1]["bbox"]
@@ -853,3 +853,20 @@ def test_image_size_must_be_an_integer_when_built(folder, image_size):
     root, _ = folder
     with pytest.raises(ValueError, match=f"CocoDetection image_size must be an integer, got {image_size!r}"):
         CocoDetection(root / "images", _write(root), image_size=image_size)
+
+
+def test_an_image_info_file_is_read_by_readers_of_images_and_refused_by_name_for_boxes(folder):
+    """A COCO file without 'annotations' (COCO's image_info_test2017.json lists images alone), which pycocotools and
+    torchvision load, was refused with "the top level is missing 'annotations'" even by tasks that read no box. A
+    reader of the images alone now takes it; a reader of boxes is told the file is an image-info file."""
+    root, pixels = folder
+    ann_file = root / "image_info.json"
+    ann_file.write_text(json.dumps({"images": _images(), "categories": CATEGORIES}))
+    ds = CocoDetection(root / "images", ann_file, read_boxes=False, load_masks=False, skip_invalid=True)
+    assert len(ds) == 3 and ds.classes == ["cat", "dog", "zebra"] and ds.num_objects == 0
+    image, target = ds[1]
+    assert torch.equal(image, torch.from_numpy(pixels["b.png"]).permute(2, 0, 1).float() / 255)
+    assert target["boxes"].shape == (0, 4)
+    with pytest.raises(ValueError, match=r"image_info\.json: it holds no 'annotations', as an image-info file "
+                                         r"\(images alone, like COCO's image_info_test2017\.json\)"):
+        CocoDetection(root / "images", ann_file)

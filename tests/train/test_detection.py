@@ -1322,3 +1322,29 @@ def test_predict_names_the_file_too_small_for_every_sliding_window_not_image_0(t
         setup.task.detect(create_model("sliding_window_shapes").eval(), [torch.rand(3, 40, 40), torch.rand(3, 8, 8)],
                           contextlib.nullcontext, name_of=["a.png", "b.png"].__getitem__)
     assert caplog.records[0].getMessage().startswith("b.png of 8×8 px holds no sliding window")
+
+
+def test_an_image_info_file_numbers_predictions_and_is_refused_for_scoring_by_name(tmp_path, capsys):
+    """A COCO file without 'annotations' (an image-info file, as COCO's image_info_test2017.json) gives predict
+    --image-ids its ids as pycocotools would; eval of it said only "the top level is missing 'annotations'", and now
+    says the file is an image-info file, with no boxes to score against."""
+    from visionzoo.cli import main
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
+    ann_file = folder / "annotations" / "instances_val.json"
+    content = json.loads(ann_file.read_text())
+    del content["annotations"]
+    ann_file.write_text(json.dumps(content))
+    checkpoint = str(tmp_path / "run" / "checkpoint.safetensors")
+    images = sorted(str(path) for path in (folder / "val").glob("*.png"))
+    capsys.readouterr()
+    assert main(["predict", "fasterrcnn_shapes", *images, "--checkpoint", checkpoint, "--out", str(tmp_path / "pred"),
+                 "--coco-json", str(tmp_path / "dets.json"), "--image-ids", str(ann_file)]) == 0
+    ids = {entry["file_name"]: entry["id"] for entry in content["images"]}
+    assert {r["image_id"] for r in json.loads((tmp_path / "dets.json").read_text())} <= set(ids.values())
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", checkpoint, "--data", str(folder), "--split", "val",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{ann_file}: it holds no 'annotations', as an image-info file" in err

@@ -411,3 +411,23 @@ def test_a_reconstruction_that_is_not_finite_is_refused_not_scored():
     images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(NonFiniteOutputError):
         VQGANTask.reconstruct(Overflowing(), images, contextlib.nullcontext)
+
+
+def test_a_tokenizer_trains_on_a_coco_folder_of_image_info_files(tmp_path, capsys):
+    """COCO files without 'annotations' (image-info files, as COCO's image_info_test2017.json, which pycocotools and
+    torchvision load) were refused with "the top level is missing 'annotations'", though a tokenizer reads no box."""
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "4", "--image-size", "16", "--split",
+                 "train", "val"]) == 0
+    for split in ("train", "val"):
+        ann_file = folder / "annotations" / f"instances_{split}.json"
+        content = json.loads(ann_file.read_text())
+        del content["annotations"]
+        ann_file.write_text(json.dumps(content))
+    capsys.readouterr()
+    assert main(["train", "vqgan", "--data", str(folder), "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+                 "--no-progress", "--precision", "fp32", "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]",
+                 "--model-arg", "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8",
+                 "--model-arg", "disc_width=8", "--perceptual-weight", "0", "--out", str(tmp_path / "run")]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()

@@ -246,7 +246,8 @@ class CocoDetection(Dataset):
             files' sizes.
         read_boxes: False for a reader of the images alone (masked patch prediction, tokenizers, priors): the
             boxes ``skip_invalid`` drops cost it nothing, so their count is logged at debug level, not warned of
-            as boxes left out of training.
+            as boxes left out of training, and a file without ``annotations`` (an image-info file) is read as
+            images without objects; True refuses such a file, naming it.
         content: the parsed JSON of ``ann_file`` where the caller has read it already (:func:`create_dataset`,
             to find the images folder), so that a large file is not parsed twice; None reads ``ann_file``.
 
@@ -281,10 +282,16 @@ class CocoDetection(Dataset):
         data = read_json(self.ann_file) if content is None else content
         if not isinstance(data, dict):
             raise ValueError(f"{self.ann_file}: expected a JSON object with images, annotations, categories")
-        _require(data, ("images", "annotations", "categories"), "the top level", self.ann_file)
+        _require(data, ("images", "categories"), "the top level", self.ann_file)
+        if "annotations" not in data and read_boxes:
+            raise ValueError(
+                f"{self.ann_file}: it holds no 'annotations', as an image-info file (images alone, like COCO's "
+                "image_info_test2017.json): training or scoring a detector needs an instances file with boxes"
+            )
         self._read_categories(data["categories"])
         self._read_images(data["images"])
-        self.num_skipped = self._read_annotations(data["annotations"])
+        # a reader of the images alone takes an image-info file, as pycocotools and torchvision load it
+        self.num_skipped = self._read_annotations(data.get("annotations", []))
         if self.num_skipped and not read_boxes:
             log.debug("%s: skipped %d boxes with no area inside their image (the images alone are read)",
                       self.ann_file, self.num_skipped)
