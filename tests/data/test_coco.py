@@ -870,3 +870,16 @@ def test_an_image_info_file_is_read_by_readers_of_images_and_refused_by_name_for
     with pytest.raises(ValueError, match=r"image_info\.json: it holds no 'annotations', as an image-info file "
                                          r"\(images alone, like COCO's image_info_test2017\.json\)"):
         CocoDetection(root / "images", ann_file)
+
+
+def test_check_files_names_an_unreadable_image_or_a_size_its_entry_does_not_give(folder):
+    root, _ = folder
+    ds = CocoDetection(root / "images", _write(root))
+    ds.check_files()
+    (root / "images" / "b.png").write_bytes((root / "images" / "b.png").read_bytes()[:-30])
+    ds.check_files(1)  # b.png is the second image
+    with pytest.raises(ValueError, match=r"instances\.json: image id 2: image .*b\.png cannot be read"):
+        ds.check_files()
+    Image.new("RGB", (41, 30)).save(root / "images" / "a.png")
+    with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 41x30, the annotations say 40x30"):
+        ds.check_files(1)

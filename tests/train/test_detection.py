@@ -1348,3 +1348,24 @@ def test_an_image_info_file_numbers_predictions_and_is_refused_for_scoring_by_na
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{ann_file}: it holds no 'annotations', as an image-info file" in err
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_an_unreadable_val_image_is_named_before_training_not_at_the_final_evaluation(tmp_path, capsys, damage):
+    """A val image that is no image (or a truncated PNG), whose entry gives its width and height, was found only when
+    read: train spent its whole budget, then stopped at the final evaluation. Set-up now names the file."""
+    from visionzoo.cli import main
+
+    folder = tmp_path / "coco"
+    assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--image-size", "64", "--split",
+                 "train", "val"]) == 0
+    bad = folder / "val" / "000001.png"
+    bad.write_bytes(b"not an image" if damage == "text" else bad.read_bytes()[:-40])
+    capsys.readouterr()
+    assert main(["train", "fasterrcnn_shapes", "--data", str(folder), "--max-steps", "1", "--batch-size", "2",
+                 "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    assert "training fasterrcnn_shapes" not in captured.out + captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert f"instances_val.json: image id 1: image {bad} cannot be read" in captured.err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

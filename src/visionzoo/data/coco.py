@@ -485,6 +485,25 @@ class CocoDetection(Dataset):
         where = f"image id {image_id}"
         self._check_size(record, image_id, _read_image_size(record["path"], where, self.ann_file))
 
+    def check_files(self, count: int | None = None) -> None:
+        """Raise ValueError naming the file when one of the first ``count`` images (all with None) cannot be read
+        (not an image, a truncated PNG) or its header's size differs from its entry's: what reading it would find,
+        at the cost of its header and, for a PNG, its chunks' checksums, not of decoding its pixels (a split that
+        a run evaluates only at the end is checked so before training)."""
+        for image_id in self.image_ids[:count]:
+            record = self._images[image_id]
+            try:
+                with Image.open(record["path"]) as file:
+                    size = file.size
+                    file.verify()  # nothing else may read the file first
+                if size != (record["width"], record["height"]):
+                    with Image.open(record["path"]) as file:  # its EXIF orientation may say why
+                        self._check_size(record, image_id, size, file.getexif().get(EXIF_ORIENTATION))
+            except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # verify raises SyntaxError too
+                raise ValueError(
+                    f"{self.ann_file}: image id {image_id}: image {record['path']} cannot be read: {error}"
+                ) from None
+
     def _load_image(self, record: dict[str, Any], image_id: Any) -> torch.Tensor:
         try:
             with Image.open(record["path"]) as file:

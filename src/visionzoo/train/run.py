@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
-from visionzoo.data import Splits, builtin_name, same_images_note
+from visionzoo.data import CocoDetection, Splits, builtin_name, same_images_note
 from visionzoo.data.factory import SPLITS
 from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
 from visionzoo.models._registry import without_weight_sources
@@ -180,6 +180,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     setup.task.fit_training_images(setup.model, train, whole=len(train) >= len(setup.splits["train"]))
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     _check_val_classes(setup.splits["train"], val, data)
+    evaluated = getattr(val, "dataset", val)  # a detector's proposals wrap the split
+    if isinstance(evaluated, CocoDetection):  # else a bad file stops the run at its final evaluation
+        evaluated.check_files(val_images)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
                 "train_images": len(train)}
     if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
