@@ -185,3 +185,13 @@ def test_an_infinite_score_in_a_results_file_is_refused_naming_the_entry(files, 
     bad.write_text(json.dumps(dets[:3]).replace(json.dumps(dets[1]["bbox"]), f"[1, 2, {token}, 4]", 1))
     one_line_error(capsys, ["coco-eval", str(gt_path), str(bad)],
                    f"{bad}: result 1 has a non-finite bbox [1.0, 2.0, {float(token)}, 4.0]")
+
+
+def test_a_ground_truth_file_given_as_the_results_is_called_one(files, capsys):
+    """`coco-eval GT GT` said only "expected a list of result objects, got dict"; it now says the second file looks
+    like a ground-truth annotation file and what coco-eval takes second."""
+    gt_path, _, _, _ = files
+    one_line_error(capsys, ["coco-eval", str(gt_path), str(gt_path)],
+                   f"{gt_path}: looks like a ground-truth annotation file (it has images, annotations, categories)",
+                   "coco-eval takes the ground truth first and the results second",
+                   "a JSON list of {image_id, category_id, bbox, score} objects")

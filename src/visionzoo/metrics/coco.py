@@ -419,6 +419,12 @@ def load_detections(
     name = str(dets) if isinstance(dets, str | os.PathLike) else "detections"
     data = _read_json(dets, "detections") if isinstance(dets, str | os.PathLike) else dets
     if not isinstance(data, list | tuple):
+        keys = [key for key in ("images", "annotations", "categories") if isinstance(data, Mapping) and key in data]
+        if keys:  # `coco-eval GT GT`, or the two files given the other way round
+            shape = "bbox" if iou_type == "bbox" else "segmentation"
+            raise ValueError(f"{name}: looks like a ground-truth annotation file (it has {', '.join(keys)}), not "
+                             "results: coco-eval takes the ground truth first and the results second, a JSON list of "
+                             f"{{image_id, category_id, {shape}, score}} objects (as predict --coco-json writes)")
         raise ValueError(f"{name}: expected a list of result objects, got {type(data).__name__}")
     what = f"{name}: result"
     det_image = _id_array(_column(data, "image_id", what), what, "image_id")
