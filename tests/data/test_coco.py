@@ -883,3 +883,17 @@ def test_check_files_names_an_unreadable_image_or_a_size_its_entry_does_not_give
     Image.new("RGB", (41, 30)).save(root / "images" / "a.png")
     with pytest.raises(ValueError, match=r"image id 1: .*a\.png is 41x30, the annotations say 40x30"):
         ds.check_files(1)
+
+
+def test_a_split_folder_without_the_images_gives_way_to_the_one_that_holds_them(tmp_path):
+    """A COCO folder with both val/ (notes, labels of another tool) and images/val/ (the images) could not be read:
+    val/ was taken as the images folder, and the first image was "file not found: coco/val/a.png". The first of the
+    folders looked in that holds the first listed image is now read."""
+    root = tmp_path / "coco"
+    _coco_folder(root, "val", images_folder="images/val")
+    (root / "val").mkdir()
+    (root / "val" / "notes.txt").write_text("labels live elsewhere")
+    ds = create_dataset(root, "val")
+    assert ds.images_dir == root / "images" / "val" and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)
+    _write_images(root / "val", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)}, seed=1)
+    assert create_dataset(root, "val").images_dir == root / "val"  # both hold them: val/ first, as before

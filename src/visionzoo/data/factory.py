@@ -64,9 +64,11 @@ def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
             f"no images folder for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
         )
     # file names may hold the split folder (val/a.png, images/val/a.png: images/ or the root then holds them): the
-    # first listed image decides
+    # first listed image decides; the other folders found come after, for a val/ that holds no images beside an
+    # images/val/ that does
     content = read_json(ann_file)
     folders = [found[0], *([root / "images"] if found[0].parent == root / "images" else []), root]
+    folders += [folder for folder in found[1:] if folder not in folders]
     return _holding_first_image(content, folders), content
 
 
@@ -127,7 +129,7 @@ def create_dataset(
     - a folder in COCO's layout: ``DIR/annotations/instances_{split}.json`` (or
       ``instances_{split}2017.json``) with images in ``DIR/{split}/``, ``DIR/{split}2017/``,
       ``DIR/images/{split}/``, ``DIR/images/{split}2017/`` or ``DIR/images/`` (or ``DIR/`` itself, for file names
-      that hold the split folder: the folder holding the first listed image); or Roboflow's
+      that hold the split folder): the first of them that holds the first listed image; or Roboflow's
       ``DIR/{split}/_annotations.coco.json`` (the val split's in ``DIR/valid/`` or ``DIR/val/``) with the images
       beside it.
     - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it; for a file in an
