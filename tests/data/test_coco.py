@@ -897,3 +897,23 @@ def test_a_split_folder_without_the_images_gives_way_to_the_one_that_holds_them(
     assert ds.images_dir == root / "images" / "val" and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)
     _write_images(root / "val", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)}, seed=1)
     assert create_dataset(root, "val").images_dir == root / "val"  # both hold them: val/ first, as before
+
+
+def test_a_split_with_two_annotation_files_says_which_it_reads(tmp_path, caplog):
+    """A COCO folder with both instances_val.json and instances_val2017.json (an old export beside a new one) read
+    the first without a word, so a user could score a file they did not mean; it now warns, naming both."""
+    root = tmp_path / "coco"
+    _coco_folder(root, "val")
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps({"images": [], "annotations": [],
+                                                                            "categories": []}))
+    with caplog.at_level(logging.WARNING):
+        ds = create_dataset(root, "val")
+    assert ds.ann_file == root / "annotations" / "instances_val.json" and len(ds) == 3
+    assert caplog.text.count("annotations for split 'val'") == 1
+    assert (f"{root} has two annotations for split 'val': reading {root / 'annotations' / 'instances_val.json'}, "
+            f"not {root / 'annotations' / 'instances_val2017.json'}") in caplog.text
+    caplog.clear()
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        create_dataset(root, "val")
+    assert caplog.text == ""

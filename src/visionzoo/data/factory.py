@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from visionzoo.data.digits import Digits
 from visionzoo.data.shapes import Shapes
 from visionzoo.utils import closest
 
+log = logging.getLogger(__name__)
+
 DATASETS = ("shapes", "digits")
 
 
@@ -25,18 +28,32 @@ def _split_folders(split: str) -> list[str]:
     return ["valid", split] if split == "val" else [split]
 
 
-def _annotation_file(root: Path, split: str) -> Path:
-    candidates = [
+def _annotation_candidates(root: Path, split: str) -> list[Path]:
+    """The files that may hold ``split``'s annotations in COCO folder ``root``, the first found read."""
+    return [
         root / "annotations" / f"instances_{split}.json",
         root / "annotations" / f"instances_{split}2017.json",
         *(root / folder / ROBOFLOW_FILE for folder in _split_folders(split)),
     ]
+
+
+def _annotation_file(root: Path, split: str) -> Path:
+    candidates = _annotation_candidates(root, split)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
         f"no annotations for split {split!r} in {root}: looked for {', '.join(str(c) for c in candidates)}"
     )
+
+
+def _warn_of_other_annotations(root: Path, split: str, ann_file: Path) -> None:
+    """Warn when ``split`` has another annotation file than ``ann_file``, the one read (an old export beside a new
+    one): which one is read would otherwise go unsaid."""
+    others = [c for c in _annotation_candidates(root, split) if c != ann_file and c.is_file()]
+    if others:
+        log.warning("%s has %s annotations for split %r: reading %s, not %s", root, "two" if len(others) == 1
+                    else len(others) + 1, split, ann_file, ", ".join(str(other) for other in others))
 
 
 def _has_annotations(root: Path, split: str) -> bool:
@@ -149,6 +166,7 @@ def create_dataset(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         ann_file = _annotation_file(path, split)
+        _warn_of_other_annotations(path, split, ann_file)
         images_dir, content = _images_folder(path, split, ann_file)
         return CocoDetection(images_dir, ann_file, image_size=image_size, content=content, **kwargs)
     if path.is_file():
