@@ -496,8 +496,11 @@ def test_create_dataset_reads_coco_layouts(tmp_path):
         FileNotFoundError, match=r"looked for .*instances_train\.json, .*instances_train2017\.json"
     ):
         create_dataset(tmp_path / "plain", "train")
+    assert create_dataset(ann_file).images_dir == tmp_path / "year" / "train2017"  # the split's folder
+    lone = tmp_path / "lone.json"
+    lone.write_bytes(ann_file.read_bytes())
     with pytest.raises(FileNotFoundError, match=r"image id 1: file not found"):
-        create_dataset(ann_file)  # its images are not beside it
+        create_dataset(lone)  # its images are not beside it
 
 
 def test_create_dataset_reads_a_split_folder_under_images(tmp_path):
@@ -917,3 +920,15 @@ def test_a_split_with_two_annotation_files_says_which_it_reads(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         create_dataset(root, "val")
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("split", ["val", "val2017"])
+def test_a_coco_folders_annotation_file_given_alone_finds_the_split_folder_beside_annotations(tmp_path, split):
+    """The annotation file of a COCO folder given alone (export-data's coco/annotations/instances_val.json, COCO's
+    own annotations/instances_val2017.json beside val2017/) could not be read: its images were looked for in
+    annotations/, images/ and the folder above, not in the split's folder, and the first was "file not found:
+    coco/annotations/a.png"."""
+    root = tmp_path / "coco"
+    _coco_folder(root, "val", year=split[3:])
+    ds = create_dataset(root / "annotations" / f"instances_{split}.json")
+    assert ds.images_dir == root / split and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)

@@ -103,12 +103,14 @@ def _holding_first_image(data: Any, folders: list[Path]) -> Path:
 def _images_beside(ann_file: Path) -> tuple[Path, Any]:
     """The JSON's own folder, or its images/ subfolder, whichever holds the first listed image; for a JSON in an
     annotations/ folder (CVAT's export: annotations/instances_default.json) also that folder's sibling
-    images/{subset}/ (Datumaro's images/default/) and images/, and the folder above it (file names that hold their
-    folder, images/a.png, as a COCO folder's may). With the file's parsed content, for :class:`CocoDetection`."""
+    images/{subset}/ (Datumaro's images/default/), {subset}/ (a COCO folder's own file: val2017/ beside
+    annotations/instances_val2017.json) and images/, and the folder above it (file names that hold their folder,
+    images/a.png, as a COCO folder's may). With the file's parsed content, for :class:`CocoDetection`."""
     folder = ann_file.parent
     folders = [folder, folder / "images"]
     if folder.name == "annotations":
-        folders += [folder.parent / "images" / ann_file.stem.rsplit("_", 1)[-1], folder.parent / "images",
+        subset = ann_file.stem.rsplit("_", 1)[-1]
+        folders += [folder.parent / "images" / subset, folder.parent / subset, folder.parent / "images",
                     folder.parent]
     content = read_json(ann_file)
     return _holding_first_image(content, folders), content
@@ -150,8 +152,8 @@ def create_dataset(
       ``DIR/{split}/_annotations.coco.json`` (the val split's in ``DIR/valid/`` or ``DIR/val/``) with the images
       beside it.
     - a ``.json`` file: its images relative to its folder or to an ``images/`` folder beside it; for a file in an
-      ``annotations/`` folder (CVAT's ``annotations/instances_default.json``) also ``images/{subset}/`` or
-      ``images/`` beside that folder.
+      ``annotations/`` folder (CVAT's ``annotations/instances_default.json``, a COCO folder's own) also
+      ``images/{subset}/``, ``{subset}/`` or ``images/`` beside that folder.
 
     Paths give :class:`CocoDetection` (``image_size`` resizes, ``kwargs`` go to it). An unknown
     name that is no existing path raises ValueError with the closest dataset names; a folder
