@@ -1208,3 +1208,25 @@ def test_a_folder_without_annotations_names_the_roboflow_layout_among_those_look
     one_line_error(capsys, ["eval", "resnet18", "--checkpoint", str(trained / "checkpoint.safetensors"),
                             "--data", str(tmp_path)], f"{tmp_path} has no COCO annotations for any split",
                    "instances_{train,val,test}.json", "{train,valid,val,test}/_annotations.coco.json")
+
+
+@pytest.mark.parametrize("layout", ["roboflow", "coco"])
+def test_training_on_one_split_file_of_a_coco_folder_names_the_folder_to_give(tmp_path, capsys, caplog, layout):
+    """train --data DIR/train/_annotations.coco.json (or DIR/annotations/instances_train.json) warned that validation
+    is on training images and told of a COCO folder's layout, of a folder that is one: it now names it to give."""
+    if layout == "roboflow":
+        folder = _roboflow_folder(tmp_path, "train", "val")
+        ann_file = folder / "train" / "_annotations.coco.json"
+    else:
+        folder = tmp_path / "coco"
+        assert main(["export-data", "shapes", "--out", str(folder), "--num", "2", "--image-size", "64", "--split",
+                     "train", "val"]) == 0
+        ann_file = folder / "annotations" / "instances_train.json"
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "fasterrcnn_shapes", "--data", str(ann_file), "--max-steps", "1", "--batch-size", "2",
+                     "--precision", "fp32", "--no-progress", "--model-arg", "rpn_pre_nms_top_n_test=50",
+                     "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    err = caplog.text
+    assert f"{ann_file} is one annotation file: its images serve as the train, val and test splits" in err
+    assert f"it is the train split of COCO folder {folder}, which has val too: give --data {folder}" in err

@@ -138,6 +138,20 @@ def same_images_note(data: str | Path, split: str, trained_on: str | Path | None
     return f"{data} serves every split: the {split} figures are on the training images"
 
 
+def split_of_folder(ann_file: str | Path) -> tuple[Path, str, list[str]] | None:
+    """Where ``ann_file`` is the file a COCO folder reads one split from (DIR/annotations/instances_train.json,
+    Roboflow's DIR/train/_annotations.coco.json) and that folder has other splits: the folder, the split and the
+    others; else None."""
+    path = Path(ann_file).expanduser()
+    root = path.parent.parent
+    for split in SPLITS:
+        candidate = next((c for c in _annotation_candidates(root, split) if c.is_file()), None)
+        if candidate is not None and candidate.samefile(path):
+            others = [other for other in SPLITS if other != split and _has_annotations(root, other)]
+            return (root, split, others) if others else None
+    return None
+
+
 def create_dataset(
     name_or_path: str | Path, split: str = "train", image_size: int | None = None, **kwargs: Any
 ) -> Dataset:

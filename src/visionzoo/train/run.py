@@ -19,7 +19,7 @@ from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import CocoDetection, Splits, builtin_name, same_images_note
-from visionzoo.data.factory import SPLITS
+from visionzoo.data.factory import SPLITS, split_of_folder
 from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
@@ -168,9 +168,15 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     if resumed_args is not None:
         _check_resumed_model_args(checkpoint, setup.model, given_args, resumed_args, config.out)
     if builtin_name(data) is None and Path(data).expanduser().is_file():
+        apart = "a COCO folder (annotations/instances_{train,val}.json) holds them apart"
+        folder = split_of_folder(data)
+        if folder is not None:  # the user gave one split's file of a folder that holds them apart already
+            root, split, others = folder
+            apart = f"it is the {split} split of COCO folder {root}, which has {' and '.join(others)} too: give " \
+                    f"--data {root} to hold them apart"
         logging.getLogger(__name__).warning(
             f"{data} is one annotation file: its images serve as the train, val and test splits, so validation "
-            "scores are on training images; a COCO folder (annotations/instances_{train,val}.json) holds them apart")
+            f"scores are on training images; {apart}")
     if setup.task.name == "detection" and getattr(setup.splits["train"], "num_objects", None) == 0:
         # a file exported before it was labelled: the whole budget would be spent on background
         logging.getLogger(__name__).warning(
