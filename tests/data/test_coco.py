@@ -932,3 +932,23 @@ def test_a_coco_folders_annotation_file_given_alone_finds_the_split_folder_besid
     _coco_folder(root, "val", year=split[3:])
     ds = create_dataset(root / "annotations" / f"instances_{split}.json")
     assert ds.images_dir == root / split and len(ds) == 3 and ds[2][0].shape == (3, 24, 16)
+
+
+def test_a_split_whose_images_are_in_two_folders_says_which_it_reads(tmp_path, caplog):
+    """A COCO folder with the val images in both val/ and images/val/ (a copy resized since, say) read val/ without a
+    word; it still does, and now warns, naming both folders."""
+    root = tmp_path / "coco"
+    _coco_folder(root, "val")
+    _write_images(root / "images" / "val", {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)}, seed=1)
+    with caplog.at_level(logging.WARNING):
+        ds = create_dataset(root, "val")
+    assert ds.images_dir == root / "val"
+    assert caplog.text.count("hold the images of split") == 1
+    assert f"{root / 'val'} and {root / 'images' / 'val'} hold the images of split 'val' (a.png): reading {root / 'val'}" \
+        in caplog.text
+    caplog.clear()
+    for name in ("a.png", "b.png", "c.png"):
+        (root / "images" / "val" / name).unlink()
+    with caplog.at_level(logging.WARNING):
+        create_dataset(root, "val")
+    assert caplog.text == ""

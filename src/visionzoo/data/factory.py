@@ -86,16 +86,28 @@ def _images_folder(root: Path, split: str, ann_file: Path) -> tuple[Path, Any]:
     content = read_json(ann_file)
     folders = [found[0], *([root / "images"] if found[0].parent == root / "images" else []), root]
     folders += [folder for folder in found[1:] if folder not in folders]
-    return _holding_first_image(content, folders), content
+    chosen = _holding_first_image(content, folders)
+    first = _first_file_name(content)
+    also = [folder for folder in found if folder != chosen and first is not None and (folder / first).is_file()]
+    if also:  # two copies (one resized since, say): which one is read would otherwise go unsaid
+        log.warning("%s and %s hold the images of split %r (%s): reading %s", chosen,
+                    " and ".join(str(folder) for folder in also), split, first, chosen)
+    return chosen, content
+
+
+def _first_file_name(data: Any) -> str | None:
+    """The file_name of the first image the parsed annotation file ``data`` lists, or None."""
+    images = data.get("images") if isinstance(data, dict) else None
+    # a file that is not COCO's shape is CocoDetection's to report, naming what is wrong
+    first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
+    return first if isinstance(first, str) and first else None
 
 
 def _holding_first_image(data: Any, folders: list[Path]) -> Path:
     """The first of ``folders`` that holds the first image the parsed annotation file ``data`` lists, else
     ``folders[0]``."""
-    images = data.get("images") if isinstance(data, dict) else None
-    # a file that is not COCO's shape is CocoDetection's to report, naming what is wrong
-    first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
-    if isinstance(first, str):
+    first = _first_file_name(data)
+    if first is not None:
         return next((folder for folder in folders if (folder / first).is_file()), folders[0])
     return folders[0]
 
