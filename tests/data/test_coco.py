@@ -952,3 +952,22 @@ def test_a_split_whose_images_are_in_two_folders_says_which_it_reads(tmp_path, c
     with caplog.at_level(logging.WARNING):
         create_dataset(root, "val")
     assert caplog.text == ""
+
+
+def test_a_folder_holding_annotation_files_itself_names_what_to_give(tmp_path):
+    """--data of a Roboflow split folder (DIR/valid/, holding _annotations.coco.json) or of a folder holding a COCO
+    .json beside its images said only that it "has no COCO annotations for any split"; it now names what to give."""
+    from visionzoo.data import open_splits
+
+    split = tmp_path / "roboflow" / "valid"
+    _write_images(split, {"a.png": (40, 30), "b.png": (50, 20), "c.png": (16, 24)})
+    _write(split, name="_annotations.coco.json")
+    with pytest.raises(FileNotFoundError, match=r"has no COCO annotations for any split: .*; it holds "
+                                                 r"_annotations\.coco\.json, Roboflow's valid split: give --data "
+                                                 rf"{tmp_path / 'roboflow'} \(the export\) or the file"):
+        open_splits(split)
+    plain = tmp_path / "plain"
+    _write_images(plain / "images", {"a.png": (40, 30)})
+    _write(plain, name="mine.json")
+    with pytest.raises(FileNotFoundError, match=rf"; it holds mine\.json: give --data {plain / 'mine.json'}"):
+        open_splits(plain)

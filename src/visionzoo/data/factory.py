@@ -291,8 +291,22 @@ def open_splits(data: str | Path, names: tuple[str, ...] | Splits = SPLITS, imag
         folders = "{" + ",".join(folder for split in SPLITS for folder in _split_folders(split)) + "}"
         raise FileNotFoundError(f"{data} has no COCO annotations for any split: looked for "
                                 f"annotations/instances_{each}.json, annotations/instances_{each}2017.json and "
-                                f"{folders}/{ROBOFLOW_FILE} (Roboflow's export)")
+                                f"{folders}/{ROBOFLOW_FILE} (Roboflow's export){_what_to_give(root)}")
     return Splits(splits, missing)
+
+
+def _what_to_give(folder: Path) -> str:
+    """For a folder without a COCO folder's annotations that holds .json files itself (one split's folder of a
+    Roboflow export, a file beside its images): '; it holds ...: give ...', else ''."""
+    if (folder / ROBOFLOW_FILE).is_file():
+        return (f"; it holds {ROBOFLOW_FILE}, Roboflow's {folder.name} split: give --data {folder.parent} (the export) "
+                "or the file")
+    files = sorted(path.name for path in folder.glob("*.json") if path.is_file())
+    if not files:
+        return ""
+    if len(files) == 1:
+        return f"; it holds {files[0]}: give --data {folder / files[0]}"
+    return f"; it holds {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}: give one of them as --data"
 
 
 def require_one_image_size(splits: Mapping[str, Dataset]) -> None:
