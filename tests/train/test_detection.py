@@ -1369,3 +1369,22 @@ def test_an_unreadable_val_image_is_named_before_training_not_at_the_final_evalu
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     assert f"instances_val.json: image id 1: image {bad} cannot be read" in captured.err
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_eval_names_an_unreadable_image_before_evaluating_any(tmp_path, capsys, monkeypatch):
+    """eval of a split with a file that is no image evaluated every image before it (minutes on COCO's val), then
+    stopped naming it; it is now named before the first image is evaluated."""
+    from visionzoo.cli import main
+    from visionzoo.train.detection import DetectionTask
+
+    folder = _one_step_run_on_a_coco_folder(tmp_path)
+    bad = folder / "val" / "000001.png"
+    bad.write_bytes(b"not an image")
+    evaluated = []
+    monkeypatch.setattr(DetectionTask, "evaluate", lambda *args, **kwargs: evaluated.append(1) or {})
+    capsys.readouterr()
+    assert main(["eval", "fasterrcnn_shapes", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"),
+                 "--data", str(folder), "--split", "val", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"instances_val.json: image id 1: image {bad} cannot be read" in err
+    assert evaluated == []

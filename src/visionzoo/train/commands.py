@@ -37,6 +37,7 @@ from visionzoo.train.engine import (
     show_preparation_progress,
 )
 from visionzoo.train.run import (
+    check_image_files,
     checkpoint_metadata,
     image_sizes,
     load_for_inference,
@@ -338,6 +339,7 @@ def eval_command(args: argparse.Namespace) -> int:
     check_finite_weights(setup.model, args.model, args.checkpoint)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
+    check_image_files(setup.splits[args.split], setup.task.evaluated_images(setup.splits[args.split]))
     show_preparation_progress([setup.splits[args.split]], not args.no_progress)
     with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, args.precision):
         metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)

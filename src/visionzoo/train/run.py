@@ -69,6 +69,15 @@ def first_items(dataset: Dataset, count: int | None) -> Dataset:
     return subset
 
 
+def check_image_files(dataset: Dataset, count: int | None = None) -> None:
+    """Before the first ``count`` images of ``dataset`` (all with None) are evaluated: ValueError naming a COCO image
+    file that cannot be read, from its header (:meth:`CocoDetection.check_files`), rather than once the images before
+    it are evaluated. Other data are not checked."""
+    inner = getattr(dataset, "dataset", dataset)  # a detector's proposals wrap the split
+    if isinstance(inner, CocoDetection) and len(inner) == len(dataset):  # not a Subset: its indices would differ
+        inner.check_files(count)
+
+
 def training_images(dataset: Dataset, count: int | None, data: str) -> Dataset:
     """``data``'s train split ``dataset`` as ``count`` images (all with None): its first ``count``, and where it has
     fewer, a procedural data set (a class with ``with_length``, e.g. :class:`~visionzoo.data.Shapes`) is drawn to
@@ -186,9 +195,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     setup.task.fit_training_images(setup.model, train, whole=len(train) >= len(setup.splits["train"]))
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     _check_val_classes(setup.splits["train"], val, data)
-    evaluated = getattr(val, "dataset", val)  # a detector's proposals wrap the split
-    if isinstance(evaluated, CocoDetection):  # else a bad file stops the run at its final evaluation
-        evaluated.check_files(val_images)
+    check_image_files(val, val_images)  # else a bad file stops the run at its final evaluation
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
                 "train_images": len(train)}
     if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
