@@ -195,3 +195,13 @@ def test_a_ground_truth_file_given_as_the_results_is_called_one(files, capsys):
                    f"{gt_path}: looks like a ground-truth annotation file (it has images, annotations, categories)",
                    "coco-eval takes the ground truth first and the results second",
                    "a JSON list of {image_id, category_id, bbox, score} objects")
+
+
+def test_results_given_as_the_ground_truth_are_called_results(files, capsys):
+    """`coco-eval DETS GT` (the files the other way round) said "expected a COCO dict with 'images' and
+    'categories', got list"; it now says the first file looks like results and which file goes first."""
+    gt_path, dt_path, _, _ = files
+    one_line_error(capsys, ["coco-eval", str(dt_path), str(gt_path)],
+                   f"{dt_path}: looks like a results file (a list of result objects), not ground truth",
+                   "coco-eval takes the ground truth first (a JSON object with images, annotations, categories) and "
+                   "the results second")

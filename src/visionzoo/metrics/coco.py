@@ -342,6 +342,11 @@ def load_ground_truth(gt: Mapping | str | os.PathLike, iou_type: str = "bbox") -
     name = str(gt) if isinstance(gt, str | os.PathLike) else "ground truth"
     data = _read_json(gt, "ground-truth") if isinstance(gt, str | os.PathLike) else gt
     if not isinstance(data, Mapping):
+        if isinstance(data, list | tuple) and data and isinstance(data[0], Mapping) and "score" in data[0]:
+            # `coco-eval DETS GT`: the two files the other way round
+            raise ValueError(f"{name}: looks like a results file (a list of result objects), not ground truth: "
+                             "coco-eval takes the ground truth first (a JSON object with images, annotations, "
+                             "categories) and the results second")
         raise ValueError(
             f"{name}: expected a COCO dict with 'images' and 'categories', got {type(data).__name__}"
         )
