@@ -205,3 +205,18 @@ def test_results_given_as_the_ground_truth_are_called_results(files, capsys):
                    f"{dt_path}: looks like a results file (a list of result objects), not ground truth",
                    "coco-eval takes the ground truth first (a JSON object with images, annotations, categories) and "
                    "the results second")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ground_truth_without_objects_is_noted_beside_its_minus_ones(files, capsys, tmp_path, as_json):
+    """coco-eval of an image-info file (COCO's image_info_test2017.json, no 'annotations') printed twelve -1s and
+    nothing else, as eval notes of a split without objects; it now notes why on stderr."""
+    gt_path, dt_path, gt, _ = files
+    info = tmp_path / "image_info.json"
+    info.write_text(json.dumps({key: value for key, value in gt.items() if key != "annotations"}))
+    assert main(["coco-eval", str(info), str(dt_path), *(["--json"] if as_json else [])]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"note: {info} holds no ground-truth objects to score (no annotations, as an image-info "
+                            "file, or only crowd regions): every number is -1, pycocotools' mark for nothing to score\n")
+    assert main(["coco-eval", str(gt_path), str(dt_path)]) == 0
+    assert capsys.readouterr().err == ""
