@@ -210,3 +210,21 @@ def test_resuming_with_a_teacher_file_that_now_holds_other_weights_is_refused(te
     assert main([*base, "--max-steps", "3", "--resume"]) == 2
     assert f"the teacher file {teacher} has changed" in capsys.readouterr().err
     assert read_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 2
+
+
+def test_a_soft_distillation_resumed_as_hard_drops_its_temperature(teacher_run, tmp_path, capsys):
+    """A soft run (--distillation-tau 3) resumed with --distillation hard was refused as '--distillation-tau 3.0
+    applies to --distillation soft', a flag the user had not typed: the run's own temperature was kept."""
+    from visionzoo.checkpoint import read_checkpoint
+
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--out", str(out), "--teacher", "resnet18",
+            "--teacher-checkpoint", str(teacher_run)]
+    assert main([*base, "--max-steps", "1", "--distillation", "soft", "--distillation-tau", "3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--max-steps", "2", "--resume", "--distillation", "hard"]) == 0, capsys.readouterr().err
+    options = read_checkpoint(out / "checkpoint.safetensors")[1]["run"]["options"]
+    assert options["distillation"] == "hard" and options["distillation_tau"] in (None, 1.0), options
+    # a temperature typed with hard is still refused, resumed or not
+    assert main([*base, "--max-steps", "3", "--resume", "--distillation-tau", "3"]) == 2
+    assert "--distillation-tau 3.0 applies to --distillation soft" in capsys.readouterr().err

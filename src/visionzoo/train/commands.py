@@ -105,6 +105,10 @@ def _task_options(args: argparse.Namespace, trained: dict[str, Any] | None = Non
             options[name] = value
         elif name in own:
             options[name] = (trained or {}).get(name, default)
+    if (options.get("teacher") and options.get("distillation") == "hard"
+            and getattr(args, "distillation_tau", _NOT_GIVEN) is _NOT_GIVEN):
+        # a resumed soft distillation's temperature is not carried into the hard one now asked for, which takes none
+        options["distillation_tau"] = None
     return options
 
 

@@ -147,6 +147,10 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             raise ValueError(f"--tokenizer {given['tokenizer']}: the run in {config.out} learnt the codes of {tokenizer}, "
                              "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
                              "a prior over another tokenizer in a new --out")
+        if (given.get("teacher") or stored.get("teacher")) and given.get("distillation") == "hard" \
+                and "distillation_tau" not in given:
+            # the run's temperature tempered its soft distillation; hard distillation, now asked for, takes none
+            stored = {**stored, "distillation_tau": None}
         options = build_options = {**stored, **given}
         recorded_tokenizer = ((meta.get("model") or {}).get("args") or {}).get("tokenizer")
         if options.get("tokenizer") is not None and isinstance(recorded_tokenizer, Mapping):
