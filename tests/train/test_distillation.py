@@ -228,3 +228,22 @@ def test_a_soft_distillation_resumed_as_hard_drops_its_temperature(teacher_run, 
     # a temperature typed with hard is still refused, resumed or not
     assert main([*base, "--max-steps", "3", "--resume", "--distillation-tau", "3"]) == 2
     assert "--distillation-tau 3.0 applies to --distillation soft" in capsys.readouterr().err
+
+
+def test_resuming_with_another_teacher_file_names_the_one_the_run_distilled_from(teacher_run, tmp_path, capsys):
+    """A distillation resumed with --teacher-checkpoint OTHER (a file of other weights) was refused as 'the teacher
+    file OTHER has changed since the run ... started distilling from it': the run had never read that file."""
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+
+    other = tmp_path / "other.safetensors"
+    tensors, meta = read_checkpoint(teacher_run)
+    save_checkpoint(other, {key: value + 1 if value.is_floating_point() else value for key, value in tensors.items()},
+                    meta)
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--out", str(out), "--teacher", "resnet18"]
+    assert main([*base, "--teacher-checkpoint", str(teacher_run), "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--teacher-checkpoint", str(other), "--max-steps", "2", "--resume"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"--teacher-checkpoint {other} holds other weights than {teacher_run}, the teacher the run in {out} "
+            "started distilling from" in error and "has changed" not in error and "\n" not in error), error

@@ -105,7 +105,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     check_task_options(task_class(model_name), model_name, options or {})
     checkpoint = Path(config.out) / CHECKPOINT_NAME
     build_options, build_args = options, {}
-    recorded_teacher = None
+    recorded_teacher, recorded_teacher_file = None, None
     given_args, resumed_args = dict(model_args or {}), None
     if config.resume and checkpoint.is_file():
         meta = checkpoint_metadata(checkpoint)
@@ -158,7 +158,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             # the file it was trained over (which may be gone), as a fine-tuned run goes on below.
             build_options = {**options, "tokenizer": None}
             build_args = {"tokenizer": recorded_tokenizer}
-        recorded_teacher = trained.get("teacher_sha256")
+        recorded_teacher, recorded_teacher_file = trained.get("teacher_sha256"), trained.get("teacher_file")
         # the --model-arg the run was trained with (a model built without them would not take its weights), less
         # the files its nested models started from (backbone_args={"checkpoint": ...}): the run's own replace them
         model_args = without_weight_sources({**(trained.get("model_args") or {}), **(model_args or {})})
@@ -175,7 +175,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                                                               for name, value in (options or {}).items()}})
     teacher_file = (options or {}).get("teacher_checkpoint")
     teacher_sha256 = _teacher_sha256(teacher_file)  # hashed once: checked on resume, recorded for the next one
-    _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out)
+    _check_resumed_teacher(recorded_teacher, teacher_sha256, teacher_file, config.out, recorded_teacher_file)
     torch.manual_seed(config.seed or 0)  # the initial weights follow the run's seed (None: 0)
     setup = build_setup(model_name, data, img_size, {**build_args, **(model_args or {})}, options=build_options)
     if resumed_args is not None:
@@ -204,6 +204,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                 "train_images": len(train)}
     if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
         run_meta["teacher_sha256"] = teacher_sha256
+        # the file it started from, which a resume that gives another file of other weights names
+        run_meta["teacher_file"] = recorded_teacher_file or str(teacher_file)
     note = same_images_note(data, "val")
     if note is not None:  # beside the val figures the run writes (metrics.jsonl, summary.json), for a later reader
         run_meta["note"] = note
@@ -271,11 +273,17 @@ def _teacher_sha256(teacher_checkpoint: str | None) -> str | None:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _check_resumed_teacher(recorded: str | None, sha256: str | None, teacher_checkpoint: str | None, out: str) -> None:
+def _check_resumed_teacher(recorded: str | None, sha256: str | None, teacher_checkpoint: str | None, out: str,
+                           recorded_file: str | None = None) -> None:
     """Refuse to resume a distillation whose teacher file now holds other weights than the run started with
-    (a teacher retrained into the same file): the rest of the run would distil from another teacher."""
+    (a teacher retrained into the same file, or another file given, ``recorded_file`` being the one the run
+    started distilling from): the rest of the run would distil from another teacher."""
     if recorded is None or sha256 is None:
         return  # a run recorded before teachers were fingerprinted, or no teacher file to compare
+    if sha256 != recorded and recorded_file is not None and not _same_file(teacher_checkpoint, recorded_file):
+        raise ValueError(f"--resume: --teacher-checkpoint {teacher_checkpoint} holds other weights than "
+                         f"{recorded_file}, the teacher the run in {out} started distilling from (their sha256 differ); "
+                         "give that file, or train in a new --out")
     if sha256 != recorded:
         raise ValueError(f"--resume: the teacher file {teacher_checkpoint} has changed since the run in {out} started "
                          "distilling from it (its sha256 differs); restore that file, or train in a new --out")
