@@ -247,3 +247,23 @@ def test_resuming_with_another_teacher_file_names_the_one_the_run_distilled_from
     error = capsys.readouterr().err.strip()
     assert (f"--teacher-checkpoint {other} holds other weights than {teacher_run}, the teacher the run in {out} "
             "started distilling from" in error and "has changed" not in error and "\n" not in error), error
+
+
+def test_a_checkpoint_of_a_model_that_is_no_classifier_is_refused_as_a_teacher_without_naming_it(tmp_path, capsys):
+    """--teacher resnet18 with a VQ-VAE's checkpoint said "give --teacher vqvae_small", a command that fails in turn
+    ("--teacher vqvae_small is a reconstruction model; the teacher is a classifier")."""
+    from visionzoo.checkpoint import read_checkpoint, save_checkpoint
+    from visionzoo.models import create_model
+
+    vqvae = tmp_path / "vqvae.safetensors"
+    model = create_model("vqvae_small")
+    save_checkpoint(vqvae, model.state_dict(), {"model": {"name": "vqvae_small", "args": {}},
+                                                 "task": {"name": "reconstruction"}})
+    assert read_checkpoint(vqvae)[1]["model"]["name"] == "vqvae_small"
+    out = tmp_path / "r"
+    assert main(["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out), "--teacher",
+                 "resnet18", "--teacher-checkpoint", str(vqvae)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"teacher checkpoint {vqvae} is of model 'vqvae_small', a reconstruction model; the teacher is a classifier"
+            in error and "give --teacher" not in error and "\n" not in error), error
+    assert not out.exists()

@@ -61,6 +61,16 @@ def distillation_loss(
     return (1.0 - alpha) * base + alpha * distill
 
 
+def _registered_task(model_name: str) -> str | None:
+    """The task of registered model ``model_name``, or None for a name not registered (here)."""
+    from visionzoo.models import get_model_entry
+
+    try:
+        return get_model_entry(model_name).task
+    except ValueError:  # an unknown name
+        return None
+
+
 class Teacher:
     """A frozen classifier with its own input normalisation, loaded when built so that a file that does not
     fit fails before the run starts.
@@ -95,6 +105,10 @@ class Teacher:
         tensors, meta = read_checkpoint(path, use_ema=True)
         trained_model = ((meta or {}).get("model") or {}).get("name")
         if trained_model not in (None, entry.name):  # named as the teacher's: "is for model" read as the student's
+            trained_task = _registered_task(trained_model)
+            if trained_task not in (None, "classification"):  # "give --teacher" it would be refused in turn
+                raise ValueError(f"--teacher {model_name}: teacher checkpoint {path} is of model {trained_model!r}, "
+                                 f"{with_article(trained_task)} model; the teacher is a classifier")
             raise ValueError(f"--teacher {model_name}: teacher checkpoint {path} is of model {trained_model!r}; give "
                              f"--teacher {trained_model}")
         task_meta = (meta or {}).get("task") or {}
