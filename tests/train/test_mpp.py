@@ -269,3 +269,19 @@ def test_eval_of_a_pretraining_whose_logits_are_not_finite_is_refused(mpp_run, c
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == (f"visionzoo eval: error: vit_tiny_patch8_32's outputs are not "
                                                    f"finite (NaN or infinity) with {mpp_run}; try --precision fp32\n")
+
+
+def test_eval_of_a_pretraining_says_its_accuracy_is_of_patch_colours(mpp_run, capsys):
+    """`visionzoo eval` of a masked patch prediction checkpoint on Digits printed "accuracy 0.1167" under the header
+    a classifier gets, read as the digits' classification accuracy: it is that of the corrupted patches' colours."""
+    import json
+
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), "--data", "digits", "--split", "val",
+                 "--no-progress"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("vit_tiny_patch8_32 on val split (") and (
+        "masked patch prediction: the 3-bit mean colour of its images' corrupted patches, not their labels") in header
+    assert main(["eval", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), "--data", "digits", "--split", "val",
+                 "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scores"].startswith("masked patch prediction") and 0 <= report["accuracy"] <= 1

@@ -353,9 +353,12 @@ def eval_command(args: argparse.Namespace) -> int:
     note = _note_same_images(args.data or trained_on, args.split, trained_on) if trained_on else None
     if args.json:  # the counts of the text header, beside the metrics
         print(json.dumps({**metrics, "images_scored": used, "split_images": total,
+                          **({"scores": setup.task.scores} if setup.task.scores else {}),
                           **({"note": note} if note else {})}, indent=2))
     else:
-        print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images):")
+        scores = f"; {setup.task.scores}" if setup.task.scores else ""
+        print(f"{args.model} on {args.split} split ({total if used == total else f'{used} of its {total}'} images"
+              f"{scores}):")
         for line in metric_lines(metrics):
             print(line)
     return 0

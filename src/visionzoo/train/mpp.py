@@ -165,6 +165,9 @@ class MaskedPatchTask(ClassificationTask):
     :func:`evaluation_corruption`)."""
 
     defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "epochs": 10, "ema_decay": 0.0}
+    # its accuracy, under a classifier's metric names, is not that of the data's labels
+    scores = (f"masked patch prediction: the {COLOUR_BITS}-bit mean colour of its images' corrupted patches, not "
+              "their labels")
 
     def __init__(self, classes, mean, std, patch_size: tuple[int, int], **options: Any) -> None:
         super().__init__(classes, mean, std, **options)

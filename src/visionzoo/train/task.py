@@ -73,6 +73,8 @@ class Task:
             such a run before it starts.
         report_names: the names of the files :meth:`report` may write into the run folder (``--overwrite``
             replaces them with the engine's own files, and keeps any other).
+        scores: what :meth:`evaluate`'s metrics score where their names do not say it (`visionzoo eval` shows it
+            beside them); None where they do.
     """
 
     name = "task"
@@ -82,6 +84,7 @@ class Task:
     find_unused_parameters = False
     single_process: str | None = None
     report_names: tuple[str, ...] = ()
+    scores: str | None = None
 
     def __init__(self) -> None:
         self.generator = torch.Generator()
