@@ -285,3 +285,17 @@ def test_eval_of_a_pretraining_says_its_accuracy_is_of_patch_colours(mpp_run, ca
                  "--no-progress", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scores"].startswith("masked patch prediction") and 0 <= report["accuracy"] <= 1
+
+
+def test_predict_with_a_pretraining_names_its_file_and_the_command_that_fine_tunes_it(mpp_run, tmp_path, capsys):
+    """`visionzoo predict` of a masked patch prediction checkpoint answered "this checkpoint is ...; fine-tune it with
+    `visionzoo train MODEL --initial-checkpoint FILE` first", naming neither the file nor the model it knew."""
+    from PIL import Image
+
+    image = tmp_path / "grey.png"
+    Image.new("L", (32, 32), 128).save(image)
+    assert main(["predict", "vit_tiny_patch8_32", "--checkpoint", str(mpp_run), str(image), "--out",
+                 str(tmp_path / "pred")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"{mpp_run} is a masked patch prediction pretraining, not a classifier; fine-tune it first (`visionzoo "
+            f"train vit_tiny_patch8_32 --initial-checkpoint {mpp_run}`)" in error and "\n" not in error), error

@@ -168,6 +168,7 @@ class MaskedPatchTask(ClassificationTask):
     # its accuracy, under a classifier's metric names, is not that of the data's labels
     scores = (f"masked patch prediction: the {COLOUR_BITS}-bit mean colour of its images' corrupted patches, not "
               "their labels")
+    pretraining = ("MODEL", "FILE")  # the model and checkpoint that predict names, set by build
 
     def __init__(self, classes, mean, std, patch_size: tuple[int, int], **options: Any) -> None:
         super().__init__(classes, mean, std, **options)
@@ -203,6 +204,7 @@ class MaskedPatchTask(ClassificationTask):
             load_state_dict_strict(model, model_state(tensors, meta, ema=True), str(checkpoint))
         mean, std = normalization(encoder, in_chans)
         task = cls(classes, mean, std, encoder.patch_embed.patch_size, **options)
+        task.pretraining = (encoder.model_name, str(checkpoint or "FILE"))
         # The parts patch prediction leaves out get no gradient, which DistributedDataParallel refuses unless told;
         # told without need, it warns on every rank and searches the autograd graph for them at each step.
         task.find_unused_parameters = bool(model.unused_parts())
@@ -244,5 +246,6 @@ class MaskedPatchTask(ClassificationTask):
         return {**super().checkpoint_meta(), "objective": "mpp", "patch_size": list(self.patch_size)}
 
     def predict(self, model, images, autocast):
-        raise ValueError("this checkpoint is a masked patch prediction pretraining, not a classifier; fine-tune "
-                         "it with `visionzoo train MODEL --initial-checkpoint FILE` first")
+        model_name, checkpoint = self.pretraining
+        raise ValueError(f"{checkpoint} is a masked patch prediction pretraining, not a classifier; fine-tune it first "
+                         f"(`visionzoo train {model_name} --initial-checkpoint {checkpoint}`)")
