@@ -299,3 +299,20 @@ def test_predict_with_a_pretraining_names_its_file_and_the_command_that_fine_tun
     error = capsys.readouterr().err.strip()
     assert (f"{mpp_run} is a masked patch prediction pretraining, not a classifier; fine-tune it first (`visionzoo "
             f"train vit_tiny_patch8_32 --initial-checkpoint {mpp_run}`)" in error and "\n" not in error), error
+
+
+def test_fine_tuning_a_pretraining_at_another_image_size_resamples_its_position_table(mpp_run, tmp_path, capsys):
+    """Fine-tuning the 32-px pretraining at 16 px (--model-arg img_size=16) was refused ("does not fit model
+    vit_tiny_patch8_32: 1 shape mismatches: pos_embed (1, 17, 192) vs model (1, 5, 192)"), where a timm file of the
+    same weights has its position table resampled, as timm's filter does."""
+    from visionzoo.layers import resample_abs_pos_embed
+    from visionzoo.train.classification import build_classifier
+
+    out = tmp_path / "ft"
+    assert main(["train", "vit_tiny_patch8_32", *SMALL[:2], "--img-size", "16", "--model-arg", "img_size=16",
+                 *SMALL[4:], "--initial-checkpoint", str(mpp_run), "--max-steps", "1", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    model = build_classifier("vit_tiny_patch8_32", 10, 1, {"img_size": 16}, initial_checkpoint=mpp_run)
+    pretrained = read_checkpoint(mpp_run)[0]["ema.encoder.pos_embed"]
+    expected = resample_abs_pos_embed(pretrained, (2, 2), (4, 4), num_prefix_tokens=1)
+    torch.testing.assert_close(model.pos_embed.detach(), expected, rtol=1e-5, atol=1e-6)

@@ -411,6 +411,8 @@ def load_initial_weights(model: nn.Module, path: str | Path,
     prefix = ""
     if meta is not None and (meta.get("task") or {}).get("objective") == "mpp":
         state, prefix = pretrained_encoder_state(state), "encoder."
+    if meta is not None:  # ours, fitted to another size as a timm file of the same weights is (position tables)
+        state = filter_foreign_state(entry, state, model, str(path))
     own = model.state_dict()
     heads = tuple(head + "." for head in entry.classifier)
     state = {k: v for k, v in state.items() if not k.startswith(heads)}
