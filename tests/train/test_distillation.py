@@ -267,3 +267,20 @@ def test_a_checkpoint_of_a_model_that_is_no_classifier_is_refused_as_a_teacher_w
     assert (f"teacher checkpoint {vqvae} is of model 'vqvae_small', a reconstruction model; the teacher is a classifier"
             in error and "give --teacher" not in error and "\n" not in error), error
     assert not out.exists()
+
+
+def test_a_vit_teacher_built_for_another_size_is_refused_with_what_the_cli_can_do(capsys, tmp_path):
+    """A timm-style file of a 32-px ViT teaching at 16 px was refused ending "build it with img_size=... or
+    dynamic_img_size=True", create_model's arguments, which `visionzoo train` cannot pass to the teacher."""
+    from visionzoo.models import create_model
+
+    vit = tmp_path / "vit32.pth"
+    torch.save(create_model("vit_tiny_patch8_32", num_classes=10, in_chans=1).state_dict(), vit)
+    out = tmp_path / "r"
+    assert main(["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out), "--teacher",
+                 "vit_tiny_patch8_32", "--teacher-checkpoint", str(vit)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (f"teacher vit_tiny_patch8_32 ({vit}) does not take this run's 16×16 images: the model is built for 32×32 "
+            "images; train the student at --img-size 32, or give a teacher trained at 16 px" in error
+            and "build it with" not in error and "\n" not in error), error
+    assert not out.exists()

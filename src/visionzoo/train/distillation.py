@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visionzoo.layers import PatchEmbed
 from visionzoo.utils import with_article
 
 DISTILLATION_KINDS = ("hard", "soft")
@@ -149,6 +150,12 @@ class Teacher:
         if self.mean is None:
             self.mean, self.std = normalization(model, in_chans)
         if image_size is not None:
+            for module in model.modules():  # a ViT built for one size: create_model's img_size is not the CLI's to give
+                if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != image_size:
+                    raise ValueError(f"teacher {model_name} ({path}) does not take this run's {image_size[0]}×"
+                                     f"{image_size[1]} images: the model is built for {module.img_size[0]}×"
+                                     f"{module.img_size[1]} images; train the student at --img-size "
+                                     f"{module.img_size[1]}, or give a teacher trained at {image_size[1]} px")
             try:  # here, rather than at the first step once the run folder is written, naming the teacher
                 self(torch.zeros(1, in_chans, *image_size))
             except (ValueError, RuntimeError) as error:
