@@ -17,3 +17,44 @@ def remove_module_temp_dirs(tmp_path_factory):
     for path in set(base.iterdir()) - before:
         if path.is_dir() and not path.name.startswith("test_"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+TWO_RANKS_FRAME = """
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+{body}
+
+def run(rank, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{{out}}_store", rank=rank, world_size=2)
+    result = work(rank)
+    dist.destroy_process_group()
+    with open(f"{{out}}_{{rank}}.json", "w") as handle:
+        json.dump(result, handle)
+
+if __name__ == "__main__":
+    mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+"""
+
+
+@pytest.fixture
+def two_ranks(tmp_path):
+    """Run ``body`` (Python source defining ``work(rank) -> dict`` of JSON values) in two forked processes of one
+    gloo process group, ``torch.distributed`` initialised, and return their two dicts in rank order."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(body: str) -> list[dict]:
+        script = tmp_path / "ranks.py"
+        script.write_text(TWO_RANKS_FRAME.format(body=textwrap.dedent(body)))
+        process = subprocess.run([sys.executable, str(script), str(tmp_path / "rank")], capture_output=True,
+                                 text=True, timeout=120)
+        assert process.returncode == 0, process.stderr[-3000:]
+        return [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
+
+    return run

@@ -314,16 +314,10 @@ def test_the_sum_over_processes_needs_nothing_of_the_training_package(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
 
 
-RESTART_RANKS_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import torch
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
+RESTART_RANKS_WORK = textwrap.dedent("""
     from visionzoo.layers.vector_quantizer import VectorQuantizer
 
-    def run(rank, out):
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{out}_store", rank=rank, world_size=2)
+    def work(rank):
         result = {}
         for restart in ("farthest", "random"):
             torch.manual_seed(rank)  # as the engine seeds each rank's step: another draw on each
@@ -338,29 +332,17 @@ RESTART_RANKS_SCRIPT = textwrap.dedent("""
                 z = torch.tensor([[[20.0, -20.0]]])
             quantizer.train()(z)
             result[restart] = quantizer.codebook.tolist()
-        dist.destroy_process_group()
-        with open(f"{out}_{rank}.json", "w") as handle:
-            json.dump(result, handle)
-
-    if __name__ == "__main__":
-        mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+        return result
 """)
 
 
-def test_under_torchrun_dead_codes_restart_at_vectors_of_every_process(tmp_path):
+def test_under_torchrun_dead_codes_restart_at_vectors_of_every_process(two_ranks):
     """Under torchrun each process restarted the dead codes at vectors of its own share of the batch, and
     DistributedDataParallel's broadcast of the buffers then kept rank 0's: a vector that only rank 1 held (the
     farthest of the global batch) was never a restart point, and a rank with no vectors restarted nothing while
     the others did. The candidates are now gathered from every process, rank 0 picks, and every process restarts
     the same codes at the same vectors."""
-    import json
-
-    script = tmp_path / "ranks.py"
-    script.write_text(RESTART_RANKS_SCRIPT)
-    process = subprocess.run([sys.executable, str(script), str(tmp_path / "rank")], capture_output=True, text=True,
-                             timeout=120)
-    assert process.returncode == 0, process.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
+    ranks = two_ranks(RESTART_RANKS_WORK)
     assert ranks[0] == ranks[1]
     # codes 2 and 3 chose no vector: dead, they restart at the farthest vectors of the global batch, rank 1's first
     assert ranks[0]["farthest"][2] == [20.0, -20.0]

@@ -1,6 +1,5 @@
 """The FID accumulator's state: update, compute, reset; folders of images."""
 
-import json
 import re
 
 import numpy as np
@@ -330,16 +329,10 @@ def test_features_of_another_dimension_than_earlier_ones_are_refused_naming_both
     assert metric.compute() >= 0
 
 
-RANKS_FID_SCRIPT = """
-import json, sys
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+RANKS_FID_WORK = """
 from visionzoo.metrics import FID
 
-def run(rank, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}_store", rank=rank, world_size=2)
+def work(rank):
     generator = torch.Generator().manual_seed(0)
     real, fake = torch.rand(41, 3, 8, 8, generator=generator), torch.rand(30, 3, 8, 8, generator=generator) * 0.8
     pooled = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
@@ -354,29 +347,16 @@ def run(rank, out):
             result["True"] = [metric.compute(), metric.compute()]
             result["interval"] = metric.confidence_interval(samples=20)
             result["counts"] = [metric.real.count, metric.fake.count]  # its own images, kept for more updates
-    dist.destroy_process_group()
-    with open(f"{out}_{rank}.json", "w") as handle:
-        json.dump(result, handle)
-
-if __name__ == "__main__":
-    mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+    return result
 """
 
 
-def test_compute_under_torch_distributed_scores_the_images_of_every_rank(tmp_path):
+def test_compute_under_torch_distributed_scores_the_images_of_every_rank(two_ranks):
     """Under an initialised process group (torchrun), compute() gave each rank the FID of its own share of the
     images, unless the user merged them with FeatureStatistics.all_gather() by hand; a rank with one generated image
     could not compute at all. It now syncs every rank's statistics at compute, as torchmetrics' FID does
     (sync_on_compute=False keeps each rank's own), and every rank gets the FID of all the images."""
-    import subprocess
-    import sys
-
-    script = tmp_path / "ranks.py"
-    script.write_text(RANKS_FID_SCRIPT)
-    process = subprocess.run([sys.executable, str(script), str(tmp_path / "rank")], capture_output=True, text=True,
-                             timeout=120)
-    assert process.returncode == 0, process.stderr[-3000:]
-    results = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
+    results = two_ranks(RANKS_FID_WORK)
 
     generator = torch.Generator().manual_seed(0)
     real, fake = torch.rand(41, 3, 8, 8, generator=generator), torch.rand(30, 3, 8, 8, generator=generator) * 0.8

@@ -1,9 +1,6 @@
 """The collectives of visionzoo.train.distributed, between two processes on gloo as torchrun on a CPU runs them, and
 which process reports an error."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -11,17 +8,11 @@ import torch
 
 from visionzoo.train.distributed import DistInfo, every_rank, own_share, reports_error
 
-RANKS_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import torch
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
+RANKS_WORK = textwrap.dedent("""
     from visionzoo.train.distributed import (DistInfo, broadcast_text, collective, first_rank_where, mean_over_ranks,
                                              rank0_value)
 
-    def run(rank, out):
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{out}_store", rank=rank, world_size=2)
+    def work(rank):
         info = DistInfo(rank, 2, rank, torch.device("cpu"))
         held_after = []
         for step in range(200):
@@ -37,26 +28,15 @@ RANKS_SCRIPT = textwrap.dedent("""
                       for text in ("PeerFailed: ünïcode ✓", "", None)],
             "first_rank_where": [first_rank_where(info, flag) for flag in (rank == 1, True, False)],
         }
-        dist.destroy_process_group()
-        with open(f"{out}_{rank}.json", "w") as handle:
-            json.dump(result, handle)
-
-    if __name__ == "__main__":
-        mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+        return result
 """)
 
 
-def test_collectives_agree_and_leave_no_tensor_to_gloos_worker_thread(tmp_path):
+def test_collectives_agree_and_leave_no_tensor_to_gloos_worker_thread(two_ranks):
     """Gloo's worker thread dropped a finished broadcast's tensor after the caller went on (24 of 200 broadcasts on
     rank 0); a drop still waiting at the interpreter's exit aborted torchrun runs after their work was done
     ("terminate called without an active exception"). ``collective`` returns once the tensor is released."""
-    script = tmp_path / "ranks.py"
-    script.write_text(RANKS_SCRIPT)
-    process = subprocess.run([sys.executable, str(script), str(tmp_path / "rank")],
-                             capture_output=True, text=True, timeout=120)
-    assert process.returncode == 0, process.stderr[-3000:]
-    for rank in range(2):
-        result = json.loads((tmp_path / f"rank_{rank}.json").read_text())
+    for rank, result in enumerate(two_ranks(RANKS_WORK)):
         assert result["held_after"] == [1] * 200, f"rank {rank}: a collective's tensor still held by gloo"
         assert result["broadcast"] == 0.0
         assert result["rank0_value"] == 10.0
