@@ -522,14 +522,10 @@ def test_create_dataset_reads_a_split_folder_under_images(tmp_path):
     assert ds.images_dir == prefixed / "images" and len(ds) == 3
 
 
-@pytest.mark.parametrize("layout", ["images/train", "file"])
-def test_create_dataset_parses_the_annotation_file_once(tmp_path, monkeypatch, layout):
-    """A COCO folder of the images/{split} layout, and a .json file given alone, had their annotation file parsed
-    twice as they were opened: once to find the folder of the first image, again to read it (COCO's 450 MB
-    instances_train2017.json takes tens of seconds a parse). It is now parsed once."""
+def _count_json_reads(monkeypatch) -> list[Path]:
+    """The paths of the annotation files parsed from now on, in order (visionzoo.data's read_json counted)."""
     from visionzoo.data import coco, factory
 
-    _coco_folder(tmp_path, "train", images_folder="images/train")
     parsed = []
     read_json = coco.read_json
 
@@ -539,6 +535,16 @@ def test_create_dataset_parses_the_annotation_file_once(tmp_path, monkeypatch, l
 
     monkeypatch.setattr(coco, "read_json", counting)
     monkeypatch.setattr(factory, "read_json", counting)
+    return parsed
+
+
+@pytest.mark.parametrize("layout", ["images/train", "file"])
+def test_create_dataset_parses_the_annotation_file_once(tmp_path, monkeypatch, layout):
+    """A COCO folder of the images/{split} layout, and a .json file given alone, had their annotation file parsed
+    twice as they were opened: once to find the folder of the first image, again to read it (COCO's 450 MB
+    instances_train2017.json takes tens of seconds a parse). It is now parsed once."""
+    _coco_folder(tmp_path, "train", images_folder="images/train")
+    parsed = _count_json_reads(monkeypatch)
     data = tmp_path if layout != "file" else tmp_path / "annotations" / "instances_train.json"
     ds = create_dataset(data, "train")
     assert ds.images_dir == tmp_path / "images" / "train" and len(ds) == 3
@@ -549,20 +555,12 @@ def test_the_splits_of_one_json_file_are_one_data_set_read_once(folder, monkeypa
     """open_splits of one .json file, which serves every split, built it three times (train, val, test): the file
     was parsed and every image file checked three times (the headers of those without a size read thrice), and a
     warning of it (boxes skipped) was logged three times. The splits are now one data set, read once."""
-    from visionzoo.data import coco, factory, open_splits
+    from visionzoo.data import open_splits
 
     root, _ = folder
     ann_file = _write(root, annotations=[*_annotations(), {"id": 9, "image_id": 2, "category_id": 3,
                                                            "bbox": [2, 3, 0, 8]}])
-    parsed = []
-    read_json = coco.read_json
-
-    def counting(path):
-        parsed.append(Path(path))
-        return read_json(path)
-
-    monkeypatch.setattr(coco, "read_json", counting)
-    monkeypatch.setattr(factory, "read_json", counting)
+    parsed = _count_json_reads(monkeypatch)
     with caplog.at_level(logging.WARNING):
         splits = open_splits(ann_file, skip_invalid=True)
     assert list(splits) == ["train", "val", "test"] and splits["train"] is splits["val"] is splits["test"]
