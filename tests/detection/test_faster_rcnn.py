@@ -741,3 +741,45 @@ def test_outputs_of_the_rpn_or_the_box_head_that_overflow_are_refused_rather_tha
         model.get_submodule(layer).weight.fill_(1e38)  # finite, but sums past float32's range
         with pytest.raises(NonFiniteOutputError, match=r"not finite \(NaN or infinity\)"):
             model(image)
+
+
+@pytest.mark.parametrize("output_stride, dilated", [(16, [False, False, True]), (8, [False, True, True])])
+def test_a_dilated_backbone_detects_and_trains_as_torchvisions_over_the_same_dilated_resnet(output_stride, dilated):
+    """backbone_args={"output_stride": 16} (or 8) gives the FPN levels of one stride (C4 and C5 both 1/16): the anchors'
+    strides, the RoI pooler's scales and level map, the extra pool level and the RPN's per-level top-n then behave
+    as torchvision's FasterRCNN over its resnet50(replace_stride_with_dilation=...), on the same weights."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+    from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
+
+    from visionzoo.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    body = resnet50(replace_stride_with_dilation=dilated, norm_layer=TorchvisionFrozenBatchNorm2d)
+    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, [256, 512, 1024, 2048], 256,
+                               extra_blocks=LastLevelMaxPool())
+    size = dict(num_classes=5, min_size=128, max_size=160, box_score_thresh=0.0)
+    # canonical level 6 (a 112 px box at level 5): on these small images the RoIs then reach the levels of one
+    # stride, which torchvision's level map clamps to the first of them
+    levels = dict(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2, canonical_level=6)
+    reference = TorchvisionFasterRCNN(backbone, box_roi_pool=TorchvisionMultiScaleRoIAlign(**levels), **size).eval()
+    ours = create_model("fasterrcnn_resnet50_fpn", frozen_batch_norm=True, backbone_args={"output_stride": output_stride},
+                        box_roi_pool=MultiScaleRoIAlign(**levels), **size).eval()
+    images = _assert_detects_as_torchvision(ours, reference, seeds=(15, 16))
+    with torch.no_grad():
+        maps = ours.backbone(ours.transform(images)[0].tensors)
+    strides = [round(160 / m.shape[-1]) for m in maps.values()]
+    assert strides == {16: [4, 8, 16, 16, 32], 8: [4, 8, 8, 8, 16]}[output_stride]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [5.0, 8.0, 110.0, 95.0]]), "labels": torch.tensor([1, 3])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    reference.train()
+    ours.train()
+    torch.manual_seed(1)
+    expected = reference(images, [dict(t) for t in targets])
+    torch.manual_seed(1)
+    got = ours(images, [dict(t) for t in targets])
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
