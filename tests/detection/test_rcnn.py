@@ -641,3 +641,17 @@ def test_images_without_sliding_windows_are_warned_of_once_per_model_with_their_
         "image 1 of 8×8 px and 2 more of the 4 images hold no sliding window (sizes (16, 24, 32, 48, 64) at aspect "
         "ratios (0.5, 1.0, 2.0)): nothing is detected in them (said once for this model; later ones are logged at "
         "debug level)"]
+
+
+def test_fast_rcnn_over_a_dilated_backbone_pools_its_map_at_the_output_stride():
+    # backbone_args={"output_stride": 8} dilates C4 (the pooled map) to stride 8: 32×32 on a 256 px input
+    torch.manual_seed(0)
+    model = create_model("fastrcnn_shapes", backbone_args={"output_stride": 8}).eval()
+    seen = {}
+    model.roi_heads.box_roi_pool.register_forward_hook(lambda module, args, out: seen.update(args=args, out=out))
+    with torch.no_grad():
+        model([torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(2))],
+              proposals=[torch.tensor([[10.0, 5.0, 60.0, 35.0], [40.0, 30.0, 120.0, 110.0]])])
+    features, boxes, _ = seen["args"]
+    assert features["0"].shape[-2:] == (32, 32)
+    torch.testing.assert_close(seen["out"], torchvision.ops.roi_pool(features["0"], boxes, 7, 1 / 8))
