@@ -93,6 +93,18 @@ def test_a_temperature_for_hard_distillation_is_refused_not_ignored(capsys, teac
     assert not out.exists()
 
 
+def test_a_teacher_with_distillation_alpha_0_is_refused_not_run_for_nothing(capsys, teacher_run, tmp_path):
+    """--teacher with --distillation-alpha 0 ran the teacher on every batch and gave its term a weight of 0: the
+    run trained on the labels alone, at a teacher's cost."""
+    out = tmp_path / "r"
+    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out),
+            "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run)]
+    assert main([*base, "--distillation-alpha", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--distillation-alpha 0.0 gives the teacher no weight" in error and "\n" not in error, error
+    assert not out.exists()
+
+
 def test_a_teacher_for_other_classes_or_another_model_is_refused_before_the_run(capsys, teacher_run, tmp_path):
     """A timm/torchvision file with a 1000-class head was loaded with its head re-initialised, so the student
     distilled from a random classifier without a word; a checkpoint of another model failed only at the first

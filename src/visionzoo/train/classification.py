@@ -326,8 +326,8 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
 
 def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
     """Refuse the options a training run of ``objective`` would ignore: label smoothing, mixup, CutMix and a
-    teacher under ``mpp`` (its targets are patch colours, not labels), distillation settings without a teacher, and a
-    temperature for hard distillation."""
+    teacher under ``mpp`` (its targets are patch colours, not labels), distillation settings without a teacher, a
+    temperature for hard distillation, and a teacher given no weight (``distillation_alpha`` 0)."""
     if objective == "mpp":
         for flag in ("--label-smoothing", "--mixup", "--cutmix", "--teacher", "--teacher-checkpoint"):
             if options.get(flag[2:].replace("-", "_")):
@@ -338,6 +338,9 @@ def refuse_unused_options(options: Mapping[str, Any], objective: str) -> None:
         if kind == "hard" and options.get("distillation_tau") not in (None, DISTILLATION_DEFAULTS["distillation_tau"]):
             raise ValueError(f"--distillation-tau {options['distillation_tau']} applies to --distillation soft; hard "
                              "distillation learns the teacher's arg-max, which a temperature does not change")
+        if options.get("distillation_alpha") == 0:
+            raise ValueError(f"--distillation-alpha {options['distillation_alpha']} gives the teacher no weight: the "
+                             "run would not distil; leave out --teacher to train on the labels alone")
         return
     given = {name: options[name] for name in DISTILLATION_DEFAULTS if options.get(name) is not None}
     # all three at their defaults pass: what every run recorded before they lost their argparse defaults (resumed)
