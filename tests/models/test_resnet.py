@@ -223,6 +223,15 @@ def test_resnet_keeps_torchvisions_init_unless_asked():
         create_model("resnet18", zero_init_last="no")
 
 
+@pytest.mark.parametrize("residual, last", [(True, True), (False, True), (True, False), (False, False)])
+def test_giving_zero_init_residual_and_zero_init_last_is_refused_whatever_their_values(residual, last):
+    """zero_init_residual=True with zero_init_last was refused, while zero_init_residual=False with
+    zero_init_last=True was taken and zeroed the batch norms that the first argument said to leave alone."""
+    with pytest.raises(ValueError, match="give zero_init_residual or zero_init_last, not both"):
+        create_model("resnet18", zero_init_residual=residual, zero_init_last=last)
+    assert not zeroed_norm_weights(create_model("resnet18", zero_init_residual=False))
+
+
 def test_small_input_stem_keeps_keys_and_stride_eight():
     standard = create_model("resnet18")
     small = create_model("resnet18", small_input=True, in_chans=1, num_classes=10)

@@ -149,7 +149,9 @@ class ResNet(nn.Module):
         zero_init_residual: start every block's last batch norm (BasicBlock ``bn2``, Bottleneck ``bn3``) at
             zero, so each block begins as the identity (Goyal et al. 2017). Off by default, as in torchvision,
             whose weights and preprocessing the registered names carry; timm's ResNet has it on by default.
-        zero_init_last: timm's name for ``zero_init_residual`` (give one of the two); None: not given.
+            None: not given (off).
+        zero_init_last: timm's name for ``zero_init_residual`` (give one of the two, at any value); None: not
+            given.
         drop_rate: dropout before ``fc``.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 over all blocks (timm's).
         small_input: a 3×3 stride-1 ``conv1`` and no max-pool, for 32×32 inputs: the network's
@@ -170,7 +172,7 @@ class ResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int = 1000,
         in_chans: int = 3,
-        zero_init_residual: bool = False,
+        zero_init_residual: bool | None = None,
         drop_rate: float = 0.0,
         small_input: bool = False,
         global_pool: str = "avg",
@@ -180,11 +182,10 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         check_output_stride(output_stride)
-        if zero_init_last is not None:
-            if zero_init_residual:
-                raise ValueError("give zero_init_residual or zero_init_last, not both (zero_init_last is timm's "
-                                 "name for zero_init_residual)")
-            zero_init_residual = zero_init_last
+        if zero_init_residual is not None and zero_init_last is not None:
+            raise ValueError("give zero_init_residual or zero_init_last, not both (zero_init_last is timm's "
+                             "name for zero_init_residual)")
+        zero_init_residual = bool(zero_init_residual or zero_init_last)
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"ResNet needs 4 stage depths of at least 1 block, got layers={tuple(layers)}")
         self.global_pool = _check_global_pool(global_pool, num_classes)
@@ -412,7 +413,7 @@ def _create(
     in_chans: int = 3,
     features_only: bool = False,
     out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
-    zero_init_residual: bool = False,
+    zero_init_residual: bool | None = None,
     drop_rate: float = 0.0,
     small_input: bool = False,
     global_pool: str = "avg",
