@@ -74,3 +74,17 @@ def test_eval_json_help_names_the_note_it_may_carry():
     subparsers = next(a for a in parser._actions if a.dest == "command")
     action = next(a for a in subparsers.choices["eval"]._actions if a.dest == "json")
     assert "note where the split's images are the run's training images" in " ".join(action.help.split())
+
+
+def test_train_tells_a_task_option_typed_at_its_default_from_one_left_out():
+    """train keeps every task option's default aside (``_task_option_defaults``) and marks one left out, so that
+    ``--mixup 0`` typed at its default is told apart from no --mixup; the common options keep their defaults."""
+    from visionzoo.cli import _parse
+    from visionzoo.train.commands import _NOT_GIVEN
+
+    args = _parse(build_parser(), ["train", "resnet18", "--data", "digits", "--mixup", "0", "--lr", "0.1"])
+    defaults = args._task_option_defaults
+    assert args.mixup == 0.0 and defaults["mixup"] == 0.0
+    assert args.label_smoothing is _NOT_GIVEN and defaults["label_smoothing"] == 0.0
+    assert {"teacher", "distillation_alpha", "disc_start", "tokenizer", "scale_jitter"} <= set(defaults)
+    assert args.lr == 0.1 and not {"lr", "data", "out", "model", "help"} & set(defaults)

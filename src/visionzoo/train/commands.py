@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from visionzoo.cli import (
+    RecordingParser,
     add_device_argument,
     fraction,
     nonnegative_float,
@@ -80,14 +81,15 @@ _NOT_GIVEN = object()
 INFERENCE_PRECISION_HELP = "fp32 (default); bf16: bf16 autocast; auto: bf16 where the CPU/GPU runs it natively, else fp32"
 
 
-def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_task_arguments(parser: RecordingParser) -> None:
     """Every registered task's own options. Their defaults are kept aside and replaced by a marker, so that an
     option typed on the command line is told apart from one left out even when it is typed at its default."""
-    before = {action.dest for action in parser._actions}
+    before = {action.dest for action in parser.recorded_actions}
+    start = len(parser.recorded_actions)
     for task in _TASKS.values():
         task.add_arguments(parser)
     defaults = {}
-    for action in parser._actions:
+    for action in parser.recorded_actions[start:]:
         if action.dest not in before:
             defaults[action.dest], action.default = action.default, _NOT_GIVEN
     parser.set_defaults(_task_option_defaults=defaults)
