@@ -362,8 +362,9 @@ def require_tensor(x: Any, expected: str = "images Tensor[B, C, H, W]") -> None:
 
 
 def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
-    """ValueError unless ``x`` is a ``Tensor[B, in_chans, H, W]`` of images, naming the shape it has (and, for other
-    channels, the ``in_chans`` that would take it); TypeError when it is no tensor (:func:`require_tensor`)."""
+    """ValueError unless ``x`` is a floating-point ``Tensor[B, in_chans, H, W]`` of images, naming the shape it has
+    (and, for other channels, the ``in_chans`` that would take it) or its dtype (:func:`require_float_images`);
+    TypeError when it is no tensor (:func:`require_tensor`)."""
     require_tensor(x)
     if x.ndim != 4:
         raise ValueError(f"expected images Tensor[B, C, H, W], got a tensor of shape {tuple(x.shape)}")
@@ -372,6 +373,19 @@ def require_image_batch(x: torch.Tensor, in_chans: int) -> None:
             f"the model takes {in_chans}-channel images, got {x.shape[1]} channels "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
+    require_float_images(x)
+
+
+def require_float_images(x: torch.Tensor, who: str = "the model", normalised: str = "",
+                         normalisation: str = "normalise them with the mean and std in model.pretrained_cfg") -> None:
+    """ValueError unless the images ``x`` (a Tensor) are floating point: integer or bool pixels (uint8, as PIL and
+    OpenSlide give them through torch.from_numpy) ended in the first conv's "Input type (unsigned char) and bias type
+    (float) should be the same", naming neither the input nor what the model takes. ``normalised`` and
+    ``normalisation``: a model's own input normalisation, said after "floating-point images" and after the scaling
+    to [0, 1]."""
+    if not x.is_floating_point():
+        raise ValueError(f"{who} takes floating-point images{normalised}, got dtype {x.dtype}; scale uint8 pixels to "
+                         f"[0, 1] (x / 255), then {normalisation}")
 
 
 def check_finite_outputs(*outputs: torch.Tensor) -> None:

@@ -878,3 +878,21 @@ def test_gradients_have_the_layout_of_their_parameters(name):
     strided = {key: (tuple(p.stride()), tuple(p.grad.stride())) for key, p in model.named_parameters()
                if p.grad is not None and p.grad.stride() != p.stride()}
     assert not strided
+
+
+@pytest.mark.parametrize("name, size", [("vit_tiny_patch8_32", 32), ("deit_tiny_distilled_patch8_32", 32),
+                                        ("resnet18", 32), ("convnext_atto", 32),
+                                        ("swin_tiny_patch4_window7_224", 224)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_images_are_refused_in_the_same_line_by_every_family(name, size, dtype):
+    """A ViT (DeiT too) given uint8 images, as PIL gives them through torch.from_numpy, ended in torch's "Input type
+    (unsigned char) and bias type (float) should be the same", ConvNeXt and Swin likewise, ResNet in "expected scalar
+    type Byte but found Float": none named the input or what the model takes."""
+    from visionzoo.models import create_model
+
+    model = create_model(name, num_classes=3).eval()
+    x = torch.zeros(1, 3, size, size, dtype=dtype)
+    with torch.no_grad(), pytest.raises(ValueError) as error:
+        model(x)
+    assert str(error.value) == (f"the model takes floating-point images, got dtype {dtype}; scale uint8 pixels to "
+                                "[0, 1] (x / 255), then normalise them with the mean and std in model.pretrained_cfg")

@@ -41,7 +41,14 @@ from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
-from visionzoo.utils import check_argument_types, is_integer, is_traced, require_tensor, whole_number
+from visionzoo.utils import (
+    check_argument_types,
+    is_integer,
+    is_traced,
+    require_float_images,
+    require_tensor,
+    whole_number,
+)
 
 POS_GRID = 14  # both official tables are for a 224-pixel ViT-S/16: 14 × 14 grid rows plus the [CLS] row
 REMAINDERS = ("pad", "crop")
@@ -244,9 +251,9 @@ def _checked_images(x: Tensor, in_chans: int) -> Tensor:
         hint = f"; build it with in_chans={x.shape[1]}" if x.ndim == 4 else ""
         raise ValueError(f"HIPT takes {in_chans}-channel images Tensor[B, {in_chans}, H, W], got shape "
                          f"{tuple(x.shape)}{hint}")
-    if not x.is_floating_point():  # a uint8 region read from a slide failed in the first conv, naming neither
-        raise ValueError(f"HIPT takes floating-point images normalised with mean = std = {HIPT_MEAN[0]}, got dtype "
-                         f"{x.dtype}; scale uint8 pixels to [0, 1], then (x - 0.5) / 0.5")
+    # a uint8 region read from a slide failed in the first conv, naming neither
+    require_float_images(x, "HIPT", f" normalised with mean = std = {HIPT_MEAN[0]}",
+                         f"(x - {HIPT_MEAN[0]}) / {HIPT_STD[0]}")
     if not is_traced():  # a traced graph keeps no data-dependent branch; one NaN pixel made the whole embedding NaN
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
