@@ -1230,3 +1230,29 @@ def test_training_on_one_split_file_of_a_coco_folder_names_the_folder_to_give(tm
     err = caplog.text
     assert f"{ann_file} is one annotation file: its images serve as the train, val and test splits" in err
     assert f"it is the train split of COCO folder {folder}, which has val too: give --data {folder}" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "resnet18", "--data", "digits", "--max-steps", "x"], "--max-steps: expected a positive integer, got 'x'"),
+    (["train", "resnet18", "--data", "digits", "--workers", "two"], "--workers: expected an integer >= 0, got 'two'"),
+    (["train", "resnet18", "--data", "digits", "--batch-size", "2.5"],
+     "--batch-size: expected a positive integer, got '2.5'"),
+    (["train", "resnet18", "--data", "digits", "--lr", "fast"], "--lr: expected a finite positive number, got 'fast'"),
+    (["train", "resnet18", "--data", "digits", "--seed", "one"], "--seed: expected an integer in [-2**63, 2**64), got 'one'"),
+    (["train", "resnet18", "--data", "digits", "--label-smoothing", "a"], "expected a number in [0, 1), got 'a'"),
+    (["train", "resnet18", "--data", "digits", "--mixup", "b"], "--mixup: expected a finite number >= 0, got 'b'"),
+    (["train", "resnet18", "--data", "digits", "--opt-betas", "0.9", "c"], "--opt-betas: expected an Adam beta in "
+                                                                           "[0, 1), got 'c'"),
+    (["train", "resnet18", "--data", "digits", "--opt-betas", "0.9", "1"], "--opt-betas: expected an Adam beta in "
+                                                                           "[0, 1), got 1"),
+    (["export-data", "shapes", "--out", "x", "--seed", "s"], "--seed: expected an integer in [0, 2**32), got 's'"),
+    (["export-data", "shapes", "--out", "x", "--image-size", "big"], "--image-size: expected an integer in [")
+])
+def test_an_option_that_is_no_number_is_told_what_it_takes(capsys, argv, message):
+    """--max-steps x said argparse's "argument --max-steps: invalid positive_int value: 'x'", naming a function of
+    ours, where --max-steps 0 said "expected a positive integer, got 0"; so did every option typed with them."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

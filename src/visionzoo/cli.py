@@ -105,65 +105,54 @@ class _OneLineParser(RecordingParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+def parse_number(text: str, kind: type[int] | type[float], expected: str, holds: Callable[[Any], bool]) -> Any:
+    """``text`` read as ``kind`` (int or float), or argparse's error saying what was ``expected`` ("a positive
+    integer") both for a number that fails ``holds`` and for no number at all, which argparse itself reported as
+    "invalid positive_int value: 'x'", naming our function."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not holds(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return parse_number(text, int, "a positive integer", lambda value: value > 0)
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
-    return value
+    return parse_number(text, float, "a finite positive number", lambda value: 0 < value < math.inf)
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+    return parse_number(text, int, "an integer >= 0", lambda value: value >= 0)
 
 
 def nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+    return parse_number(text, float, "a finite number >= 0", lambda value: 0 <= value < math.inf)
 
 
 def seed(text: str) -> int:
     """An integer that ``torch.manual_seed`` takes: in [-2**63, 2**64) (beyond, torch's "Overflow when unpacking
     long long")."""
-    value = int(text)
-    if not -2**63 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {text}")
-    return value
+    return parse_number(text, int, "an integer in [-2**63, 2**64)", lambda value: -2**63 <= value < 2**64)
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1): a decay, a smoothing, a share."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+    return parse_number(text, float, "a number in [0, 1)", lambda value: 0 <= value < 1)
 
 
 def unit_interval(text: str) -> float:
     """A number in [0, 1]: a weight of one term against another."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
+    return parse_number(text, float, "a number in [0, 1]", lambda value: 0 <= value <= 1)
 
 
 def probability(text: str) -> float:
     """A number in (0, 1]: a share of probability mass (top-p sampling's nucleus)."""
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value
+    return parse_number(text, float, "a number in (0, 1]", lambda value: 0 < value <= 1)
 
 
 DEVICES = ("cpu", "cuda")

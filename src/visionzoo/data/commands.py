@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionzoo.cli import positive_int, register_command
+from visionzoo.cli import parse_number, positive_int, register_command
 from visionzoo.data.export import MAX_EXPORT_IMAGES, export_shapes
 from visionzoo.data.shapes import DEFAULT_LENGTHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLIT_SEEDS
 
@@ -42,18 +42,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def shapes_image_size(text: str) -> int:
     """Shapes' image side: an integer in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE] (what its scenes are drawn at)."""
-    value = int(text)
-    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"expected an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {text}")
-    return value
+    return parse_number(text, int, f"an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]",
+                        lambda value: MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE)
 
 
 def shapes_seed(text: str) -> int:
     """Shapes' base seed: an integer in [0, 2**32) (what its scenes' generators take)."""
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
-    return value
+    return parse_number(text, int, "an integer in [0, 2**32)", lambda value: 0 <= value < 2**32)
 
 
 @register_command(

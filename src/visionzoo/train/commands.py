@@ -21,6 +21,7 @@ from visionzoo.cli import (
     fraction,
     nonnegative_float,
     nonnegative_int,
+    parse_number,
     positive_float,
     positive_int,
     probability,
@@ -166,10 +167,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def adam_beta(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"an Adam beta lies in [0, 1), got {text}")
-    return value
+    return parse_number(text, float, "an Adam beta in [0, 1)", lambda value: 0 <= value < 1)
 
 
 # The model arguments a run takes from its data.
