@@ -493,14 +493,7 @@ def test_a_float64_detector_detects_and_trains_in_float64_like_torchvision():
         assert torch.equal(mine["labels"], theirs["labels"])
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]], dtype=torch.float64), "labels": torch.tensor([1])},
                {"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.int64)}]
-    reference.train()
-    ours.train()
-    torch.manual_seed(1)
-    expected = reference(inputs, [dict(t) for t in targets])
-    torch.manual_seed(1)
-    got = ours(inputs, [dict(t) for t in targets])
-    for key in expected:
-        torch.testing.assert_close(got[key].double(), expected[key].double(), atol=1e-7, rtol=0)
+    _assert_losses_as_torchvision(ours, reference, inputs, targets, atol=1e-7, rtol=0)
 
 
 class _OneMapBackbone(torch.nn.Module):
@@ -708,6 +701,20 @@ def test_a_box_predictor_without_cls_score_needs_no_num_classes():
     assert len(model.eval()([random_image(100, 120, 19)])[0]["boxes"]) > 0
 
 
+def _assert_losses_as_torchvision(ours, reference, images, targets, atol, rtol):
+    """Both detectors in training mode give the same losses (compared in float64) on ``images`` and ``targets`` (each
+    a copy), their samplers drawn from the same seed."""
+    reference.train()
+    ours.train()
+    torch.manual_seed(1)
+    expected = reference(images, [dict(t) for t in targets])
+    torch.manual_seed(1)
+    got = ours(images, [dict(t) for t in targets])
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key].double(), expected[key].double(), atol=atol, rtol=rtol)
+
+
 def _assert_detects_as_torchvision(ours, reference, seeds):
     """``reference`` (torchvision's detector, eval) with its scores spread (class and objectness weights ×3 and ×30)
     and its weights loaded into ``ours``: both give the same boxes and labels on two images of ``seeds``, which are
@@ -774,12 +781,4 @@ def test_a_dilated_backbone_detects_and_trains_as_torchvisions_over_the_same_dil
     assert strides == {16: [4, 8, 16, 16, 32], 8: [4, 8, 8, 8, 16]}[output_stride]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [5.0, 8.0, 110.0, 95.0]]), "labels": torch.tensor([1, 3])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
-    reference.train()
-    ours.train()
-    torch.manual_seed(1)
-    expected = reference(images, [dict(t) for t in targets])
-    torch.manual_seed(1)
-    got = ours(images, [dict(t) for t in targets])
-    assert set(got) == set(expected)
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4)
+    _assert_losses_as_torchvision(ours, reference, images, targets, atol=1e-5, rtol=1e-4)
