@@ -81,27 +81,24 @@ def test_cli_distillation_errors_are_one_line(capsys, teacher_run, tmp_path):
     assert f"is a folder, not a checkpoint file; did you mean {teacher_run}?" in capsys.readouterr().err
 
 
-def test_a_temperature_for_hard_distillation_is_refused_not_ignored(capsys, teacher_run, tmp_path):
-    """--distillation-tau 4 with the default --distillation hard trained on the teacher's arg-max, which no
-    temperature changes: the run took the option and ignored it."""
+@pytest.mark.parametrize("option, message", [
+    # --distillation-tau 4 with the default --distillation hard trained on the teacher's arg-max, which no
+    # temperature changes: the run took the option and ignored it
+    (["--distillation-tau", "4"], "--distillation-tau 4.0 applies to --distillation soft"),
+    # --distillation-alpha 0 ran the teacher on every batch and gave its term a weight of 0: the run trained on the
+    # labels alone, at a teacher's cost
+    (["--distillation-alpha", "0"], "--distillation-alpha 0.0 gives the teacher no weight"),
+], ids=["tau-with-hard", "alpha-0"])
+def test_a_distillation_setting_that_would_do_nothing_is_refused_before_the_run(capsys, teacher_run, tmp_path,
+                                                                                 option, message):
+    """A teacher's setting that the run would ignore, or that leaves the teacher no part in the loss, is refused in
+    one line before the run folder is made."""
     out = tmp_path / "r"
     base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out),
             "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run)]
-    assert main([*base, "--distillation-tau", "4"]) == 2
+    assert main([*base, *option]) == 2
     error = capsys.readouterr().err.strip()
-    assert "--distillation-tau 4.0 applies to --distillation soft" in error and "\n" not in error, error
-    assert not out.exists()
-
-
-def test_a_teacher_with_distillation_alpha_0_is_refused_not_run_for_nothing(capsys, teacher_run, tmp_path):
-    """--teacher with --distillation-alpha 0 ran the teacher on every batch and gave its term a weight of 0: the
-    run trained on the labels alone, at a teacher's cost."""
-    out = tmp_path / "r"
-    base = ["train", "resnet18", "--data", "digits", *SMALL, "--max-steps", "1", "--out", str(out),
-            "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_run)]
-    assert main([*base, "--distillation-alpha", "0"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "--distillation-alpha 0.0 gives the teacher no weight" in error and "\n" not in error, error
+    assert message in error and "\n" not in error, error
     assert not out.exists()
 
 
