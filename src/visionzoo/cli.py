@@ -256,9 +256,9 @@ def _parse(parser: _OneLineParser, argv: Sequence[str] | None) -> argparse.Names
             if option in own:
                 hint = f"; {option} goes before the command: visionzoo {option} {args.command} ..."
                 break
-            near = closest(option[2:], options, n=1) if option.startswith("--") else "none close"
-            if near != "none close":
-                hint = f"; closest to {option}: {options[near]}"
+            near = closest(option[2:], options, n=1) if option.startswith("--") else []
+            if near:
+                hint = f"; closest to {option}: {options[near[0]]}"
                 break
         command_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     return args

@@ -309,7 +309,7 @@ def tour_command(args: argparse.Namespace) -> int:
         for name in args.only:
             if name not in names:
                 near = closest(name, names)
-                hint = "`visionzoo tour --list` lists them" if near == "none close" else f"closest: {near}"
+                hint = f"closest: {', '.join(near)}" if near else "`visionzoo tour --list` lists them"
                 raise ValueError(f"no tour job {name!r}; {hint}")
         jobs = [job for job in jobs if job.name in args.only]
     if args.list:  # the jobs that would run, with their share of --minutes

@@ -217,13 +217,12 @@ def with_article(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
-def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
-    """A ', '-joined list of the names in ``choices`` closest to ``name`` (for error messages)."""
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The at most ``n`` names of ``choices`` closest to ``name``, closest first (for error messages); empty where none
+    is close, so that a message says something else than a suggestion of nothing."""
     choices = list(choices)
     matches = difflib.get_close_matches(name, choices, n=n, cutoff=0.4)
-    if not matches:
-        matches = [c for c in choices if name.lower() in c.lower()][:n]
-    return ", ".join(matches) if matches else "none close"
+    return matches or [c for c in choices if name.lower() in c.lower()][:n]
 
 
 def autocast_enabled(device_type: str) -> bool:

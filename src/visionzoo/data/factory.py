@@ -206,7 +206,7 @@ def create_dataset(
     if looks_like_path:
         raise FileNotFoundError(f"dataset path not found: {path}")
     near = closest(text, DATASETS)
-    hint = "" if near == "none close" else f"; closest: {near}"
+    hint = f"; closest: {', '.join(near)}" if near else ""
     raise ValueError(
         f"unknown dataset {text!r}{hint}; built-in: {', '.join(DATASETS)}, or give a COCO folder or .json file"
     )

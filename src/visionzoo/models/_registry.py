@@ -204,8 +204,8 @@ def get_model_entry(name: str) -> ModelEntry:
             have = f"its official weights {'have no tag' if entry.pretrained else 'are none'}; give {arch!r}"
         raise ValueError(f"{arch} has no weights tagged {tag!r}: {have}")
     near = closest(name, _MODELS)
-    hint = ("no registered name is close (list_models() or `visionzoo list-models` lists them)" if near == "none close"
-            else f"closest registered: {near}")
+    hint = (f"closest registered: {', '.join(near)}" if near
+            else "no registered name is close (list_models() or `visionzoo list-models` lists them)")
     raise ValueError(f"unknown model {name!r}; {hint}")
 
 

@@ -26,7 +26,7 @@ def list_models_command(args: argparse.Namespace) -> int:
         kind = " ".join(filter(None, ("pretrained" if args.pretrained else "", args.task, "model")))
         # a typo ('resnt*'), a name without its glob ('resnet') or in capitals: the names the filters leave, nearest
         near = closest(args.pattern, list_models(task=args.task, pretrained=args.pretrained))
-        hint = "" if near == "none close" else f"; closest: {near}"
+        hint = f"; closest: {', '.join(near)}" if near else ""
         print(f"no {kind} matches {args.pattern!r}{hint}", file=sys.stderr)
         return 1
     width = max(len(n) for n in names)

@@ -284,5 +284,5 @@ def check_task_options(task: type[Task], model_name: str, options: Mapping[str, 
 
 def get_task(name: str) -> Callable[..., Task]:
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {closest(name, _TASKS)}")
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(closest(name, _TASKS)) or 'none close'}")
     return _TASKS[name]
