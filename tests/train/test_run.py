@@ -320,3 +320,18 @@ def test_resume_takes_the_runs_initial_checkpoint_given_again_under_another_spel
     other.write_bytes(weights.read_bytes())
     assert main([*small, "--max-steps", "3", "--resume", "--initial-checkpoint", str(other)]) == 2
     assert f"--initial-checkpoint {other}: the run in {run} started from {weights}" in capsys.readouterr().err
+
+
+def test_an_unknown_task_names_the_registered_tasks():
+    """get_task('zzzzqq') said "registered: none close", naming no task where none was close to the name."""
+    import re
+
+    from visionzoo.train.task import _TASKS, get_task
+
+    with pytest.raises(ValueError) as caught:
+        get_task("zzzzqq")
+    message = str(caught.value)
+    assert "none close" not in message
+    assert re.fullmatch(r"unknown task 'zzzzqq'; registered: (.+)", message).group(1).split(", ") == sorted(_TASKS)
+    with pytest.raises(ValueError, match=r"unknown task 'detectoin'; closest registered: detection"):
+        get_task("detectoin")

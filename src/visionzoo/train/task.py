@@ -284,5 +284,7 @@ def check_task_options(task: type[Task], model_name: str, options: Mapping[str, 
 
 def get_task(name: str) -> Callable[..., Task]:
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(closest(name, _TASKS)) or 'none close'}")
+        near = closest(name, _TASKS)
+        hint = f"closest registered: {', '.join(near)}" if near else f"registered: {', '.join(sorted(_TASKS))}"
+        raise ValueError(f"unknown task {name!r}; {hint}")
     return _TASKS[name]
