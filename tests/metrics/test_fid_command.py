@@ -366,3 +366,17 @@ def test_subfolders_of_a_folder_are_named_as_not_read(tmp_path, domain_args, cap
         "of the 6 images in the folder itself"]
     assert main(["fid", str(folder_b), str(folder_b), *domain_args]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_upper_case_extensions_are_read_and_named(tmp_path, domain_args, capsys):
+    """Files named a.PNG were read without a word, where pytorch-fid's case-sensitive glob skips them on Linux:
+    the same folders gave two FIDs, and nothing said why."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    (folder_a / "0.png").rename(folder_a / "0.PNG")
+    (folder_a / "1.png").rename(folder_a / "1.Png")
+    assert main(["fid", str(folder_a), str(folder_b), *domain_args]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("FID: ")
+    assert captured.err.strip().splitlines() == [
+        f"note: {folder_a} has 2 of its 6 images under upper-case extensions (0.PNG, 1.Png); they are read, where "
+        "pytorch-fid's case-sensitive listing skips them on Linux, so its FID of this folder would differ"]

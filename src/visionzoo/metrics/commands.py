@@ -209,13 +209,21 @@ def _fid_features(args: argparse.Namespace) -> tuple[nn.Module, dict]:
     return features, {}
 
 
-def _note_subfolders(folder: str, count: int) -> None:
-    """Say when ``folder`` has subfolders, whose images FID leaves out (as pytorch-fid; clean-fid reads them)."""
+def _note_folder_reading(folder: str, files: list[Path]) -> None:
+    """Say where ``folder`` is read otherwise than pytorch-fid would: subfolders, whose images FID leaves out (as
+    pytorch-fid; clean-fid reads them), and files of upper-case extensions (``a.PNG``), which FID reads and
+    pytorch-fid's case-sensitive listing skips on Linux, so the two FIDs of such a folder differ."""
     subfolders = sorted(path.name for path in Path(folder).iterdir() if path.is_dir())
     if subfolders:
         shown = ", ".join(subfolders[:3]) + (", ..." if len(subfolders) > 3 else "")
         print(f"note: {folder} has subfolders ({shown}), which are not read (as in pytorch-fid); its statistics are "
-              f"of the {count} images in the folder itself", file=sys.stderr)
+              f"of the {len(files)} images in the folder itself", file=sys.stderr)
+    upper = [path.name for path in files if path.suffix != path.suffix.lower()]
+    if upper:
+        shown = ", ".join(upper[:3]) + (", ..." if len(upper) > 3 else "")
+        print(f"note: {folder} has {len(upper)} of its {len(files)} images under upper-case extensions ({shown}); "
+              "they are read, where pytorch-fid's case-sensitive listing skips them on Linux, so its FID of this "
+              "folder would differ", file=sys.stderr)
 
 
 @register_command("fid", help="Fréchet Inception Distance between two image folders or .npz statistics",
@@ -247,7 +255,7 @@ def fid_command(args: argparse.Namespace) -> int:
         print(f"note: {', '.join(unused)} choose how image folders are read; both paths are statistics files, "
               "so they were not used", file=sys.stderr)
     for path in folders:  # a missing or empty PATH_B fails before PATH_A's features, not after
-        _note_subfolders(path, len(image_files(path)))
+        _note_folder_reading(path, image_files(path))
     if folders:
         _check_statistics_fit_the_features(args, stats)
         features, reading = _fid_features(args)
