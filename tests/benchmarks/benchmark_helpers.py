@@ -6,6 +6,21 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
+# The functions that do each script's work: any call means the arguments were not refused up front.
+WORK = {
+    "generative": ("tokenizer", "prior", "image_gpt", "untrained_image_gpt", "dcgan", "baselines", "codebook_stats"),
+    "precision": ("measure", "matmul_gflops"),
+    "backbones": ("parameter_counts", "logit_differences", "speed"),
+    "detection": ("conformance", "shapes", "proposal_detector"),
+    "train_backbones": ("train_and_test", "label_ambiguity_job", "distillation_job", "mpp_job"),
+    "hipt_slides": ("ShapeSlides",),
+    "fid": ("run",),
+    "attention": ("time_case", "default_path"),
+    "metrics": ("coco_rows", "segm_rows", "mean_ap_rows", "frechet_rows"),
+    "selective_search": ("evaluate",),
+    "ops": ("run",),
+}
+
 
 def load(name):
     """benchmarks/NAME.py as a fresh module (the folder on sys.path, for the scripts' shared modules)."""

@@ -11,22 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmark_helpers import BENCHMARKS, load
-
-# The functions that do each script's work: any call means the arguments were not refused up front.
-WORK = {
-    "generative": ("tokenizer", "prior", "image_gpt", "dcgan", "baselines", "codebook_stats"),
-    "precision": ("measure", "matmul_gflops"),
-    "backbones": ("parameter_counts", "logit_differences", "speed"),
-    "detection": ("conformance", "shapes", "proposal_detector"),
-    "train_backbones": ("train_and_test", "label_ambiguity_job", "distillation_job", "mpp_job"),
-    "hipt_slides": ("ShapeSlides",),
-    "fid": ("run",),
-    "attention": ("time_case", "default_path"),
-    "metrics": ("coco_rows", "segm_rows", "mean_ap_rows", "frechet_rows"),
-    "selective_search": ("evaluate",),
-    "ops": ("run",),
-}
+from benchmark_helpers import BENCHMARKS, WORK, load
 
 
 def refused(monkeypatch, capsys, name, argv):
