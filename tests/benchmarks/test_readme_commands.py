@@ -1,0 +1,373 @@
+"""The README's commands still run as written: every ``python benchmarks/SCRIPT.py ...`` and ``visionzoo ...`` command
+of its shell blocks and code spans is accepted by its parser and by the checks its script or command makes before any
+work (nothing is trained or measured), and every ``benchmarks/results/`` file it names exists.
+
+A code span of options alone (``--job vit-mpp``, ``--minutes 9.5 --data shapes``) is read as the last whole command
+before it with those options given instead of its own: "the same with ...". The few spans of visionzoo options in a
+benchmark's paragraph (``--precision auto``) are listed in VISIONZOO_SPANS with the command they are read with; an
+option's name alone (``--resume``) must be one that the command before it, or visionzoo, takes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from functools import cache
+
+import pytest
+import torch
+from benchmark_helpers import BENCHMARKS, WORK, load
+
+ROOT = BENCHMARKS.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+# Spans that name a command without being one, each with the reason it is not parsed.
+NOT_COMMANDS = {
+    "visionzoo train": "the command's name in prose",
+    "visionzoo fid --features domain": "the option of `visionzoo fid` that the text explains, without its two folders",
+}
+# Spans of options in prose that belong to a visionzoo command, not to the benchmark script of their paragraph (or
+# follow no command): each is read as part of the command given here.
+VISIONZOO_SPANS = {
+    "--ema-decay 0": "visionzoo train resnet18 --data digits",  # resuming a run that has an EMA
+    "--precision auto": "visionzoo train resnet18 --data digits",  # the default that the benchmarks rely on
+    "--train-size 100000": "visionzoo train resnet18 --data shapes",  # the -fresh jobs' setting
+    "--model-arg global_pool=max": "visionzoo train vit_tiny_patch8_64 --data shapes",  # the -max jobs' setting
+    "--hflip 0.5 --vflip 0.5 --rot90 0.5": "visionzoo train resnet18 --data shapes",  # the -flips jobs' setting
+}
+# Words that stand for a value in a command, and the value it is checked with.
+PLACEHOLDERS = {
+    "NAME": "vit-digits32",  # --job NAME: a job of the table below it
+    "JOB": "resnet18-shapes64-fresh",  # --job JOB: each job of the GPU table below it
+    "A": "real_images/",  # visionzoo fid A B: two folders
+    "B": "generated_images/",
+}
+# The first words of shell commands that are not ours to parse.
+OTHER_PROGRAMS = {"make": "the Makefile's targets (demo, test), not an argument parser"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the README as it is checked: ``program`` (a benchmark script's name, or "visionzoo") and its
+    arguments; ``text`` is what the README wrote. A span of options reads as a whole command (``fragment``: its
+    paragraph's last whole command with those options), or only names an option (``names``): one that ``program``
+    (a script, "visionzoo COMMAND", or any visionzoo command for "visionzoo") must take."""
+
+    text: str
+    program: str
+    argv: tuple[str, ...]
+    fragment: bool = False
+    names: bool = False
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The fenced code blocks of ``text`` that hold shell commands (not the Python examples)."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+    return [body for language, body in blocks if language in ("", "bash", "sh", "shell", "console")]
+
+
+def split_command(tokens: list[str], text: str) -> Command | str | None:
+    """The command of one shell command's ``tokens``: a Command for ours, the program's name for another's, None
+    for a line that holds none."""
+    if not tokens:
+        return None
+    if tokens[0] == "torchrun" and "-m" in tokens:  # torchrun [its options] -m visionzoo ...
+        tokens = tokens[tokens.index("-m") + 1:]
+    if tokens[0] in ("python", "python3") and len(tokens) > 1:
+        tokens = tokens[1:] if tokens[1] != "-m" else tokens[2:]
+    if tokens[0] == "visionzoo":
+        return Command(text, "visionzoo", tuple(tokens[1:]))
+    match = re.fullmatch(r"benchmarks/(\w+)\.py", tokens[0])
+    if match:
+        return Command(text, match[1], tuple(tokens[1:]))
+    return tokens[0]
+
+
+def block_commands(block: str) -> tuple[list[Command], list[str]]:
+    """The commands of a shell block (lines joined at a trailing backslash, ``#`` comments dropped, split at
+    ``&&``, ``||``, ``;`` and ``|``), and the names of the other programs it runs."""
+    ours, others = [], []
+    for line in block.replace("\\\n", " ").splitlines():
+        tokens = shlex.split(line, comments=True)
+        start = 0
+        for index in [*(i for i, token in enumerate(tokens) if token in ("&&", "||", ";", "|")), len(tokens)]:
+            found = split_command(tokens[start:index], shlex.join(tokens[start:index]))
+            start = index + 1
+            if isinstance(found, Command):
+                ours.append(found)
+            elif found is not None:
+                others.append(found)
+    return ours, others
+
+
+def prose(text: str) -> str:
+    return re.sub(r"^```\w*\n.*?^```", "", text, flags=re.S | re.M)
+
+
+def sections(text: str) -> list[str]:
+    """The prose of ``text`` between its headings: a fragment reads over a whole command of its own section."""
+    return re.split(r"^#+ .*$", prose(text), flags=re.M)
+
+
+def spans(section: str) -> list[str]:
+    """The code spans of ``section``, a span broken over lines read as one line."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", section)]
+
+
+def placeholders_filled(tokens: list[str]) -> list[str]:
+    return [PLACEHOLDERS.get(token, token) for token in tokens]
+
+
+def span_commands(section: str) -> list[Command]:
+    """The commands of a section's code spans in order: whole ones (``python benchmarks/...``, ``visionzoo ...``) and
+    spans of options (``--...``), read over the last whole command before them (see :func:`read_fragment`)."""
+    commands, base = [], None
+    for span in spans(section):
+        if span in NOT_COMMANDS:
+            continue
+        if span.startswith(("python benchmarks/", "visionzoo ")):
+            base = split_command(placeholders_filled(shlex.split(span)), span)
+            commands.append(base)
+        elif span.startswith("--"):
+            command, whole = read_fragment(span, tuple(placeholders_filled(shlex.split(span))), base)
+            commands.append(command)
+            base = command if whole else base  # the next "the same with ..." reads over it
+    return commands
+
+
+def read_fragment(text: str, argv: tuple[str, ...], base: Command | None) -> tuple[Command, bool]:
+    """A span of options ``argv`` as the command it stands for, and whether it is a whole one: on its own where it
+    gives the required option of ``base``'s script (``--model``, ``--job``), else ``base`` with these options given
+    instead of its own; a span of VISIONZOO_SPANS as part of its visionzoo command; an option's name without the
+    value it takes only names it (``names``)."""
+    if text in VISIONZOO_SPANS:
+        prefix = tuple(shlex.split(VISIONZOO_SPANS[text]))[1:]
+        if len(argv) == 1:
+            return Command(text, f"visionzoo {prefix[0]}", argv, names=True), False
+        return Command(text, "visionzoo", (*prefix, *argv), fragment=True), False
+    parser = None if base is None else script_parser(base.program) if base.program != "visionzoo" else \
+        visionzoo_parser().command_parsers.get(base.argv[0])
+    actions = {} if parser is None else {option: action for action in parser._actions
+                                        for option in action.option_strings}
+    if len(argv) == 1 and (argv[0] not in actions or actions[argv[0]].nargs != 0):
+        program = "visionzoo" if base is None else f"visionzoo {base.argv[0]}" if base.program == "visionzoo" \
+            else base.program
+        return Command(text, program, argv, names=True), False
+    if base is None:
+        raise AssertionError(f"README: `{text}` follows no command to read it with; add it to VISIONZOO_SPANS")
+    if parser is not None and {token.split("=")[0] for token in argv} & required_options(parser):
+        return Command(text, base.program, argv, fragment=True), True
+    return Command(text, base.program, merged(base.argv, argv), fragment=True), False
+
+
+def readme_commands() -> list[Command]:
+    commands = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        for block in shell_blocks(text):
+            commands += block_commands(block)[0]
+        for section in sections(text):
+            commands += span_commands(section)
+    return commands
+
+
+def results_paths() -> list[str]:
+    """The benchmarks/results/ paths the documents name (a pattern with ``*`` stands for the files it matches)."""
+    found = []
+    for document in DOCUMENTS:
+        found += [path.rstrip(".") for path in re.findall(r"benchmarks/results/[\w.*/-]+", document.read_text())]
+    return sorted(set(found))
+
+
+def options_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+
+
+def required_options(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions if action.required for option in action.option_strings}
+
+
+class Accepted(Exception):
+    """The command got past its checks to its first piece of work."""
+
+
+class _Parser(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+@cache
+def script_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser benchmarks/NAME.py builds in its ``main``, taken where it starts to parse."""
+    saved = sys.argv
+    sys.argv = [f"{name}.py"]
+    original = argparse.ArgumentParser.parse_args
+
+    def caught(self, *args, **kwargs):
+        raise _Parser(self)
+
+    argparse.ArgumentParser.parse_args = caught
+    try:
+        load(name).main()
+    except _Parser as found:
+        return found.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+        sys.argv = saved
+    raise AssertionError(f"benchmarks/{name}.py parsed no arguments")
+
+
+@cache
+def visionzoo_parser():
+    from visionzoo.cli import build_parser
+
+    return build_parser()
+
+
+def visionzoo_options(command: str | None = None) -> set[str]:
+    """The long options of ``visionzoo COMMAND``, or of every command."""
+    parsers = visionzoo_parser().command_parsers
+    return set().union(*(options_of(parsers[name]) for name in ([command] if command else parsers)))
+
+
+def merged(base: tuple[str, ...], fragment: tuple[str, ...]) -> tuple[str, ...]:
+    """``base``'s arguments with the options ``fragment`` gives replaced by the fragment's."""
+    given = {token.split("=")[0] for token in fragment if token.startswith("--")}
+    kept, replaced = [], False
+    for token in base:
+        if token.startswith("--"):
+            replaced = token.split("=")[0] in given
+        if not replaced:
+            kept.append(token)
+    return (*kept, *fragment)
+
+
+def refusal(capsys, error: BaseException | None = None) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    return str(error) if error is not None else lines[-1] if lines else "exit status 2"
+
+
+def check_script(name: str, argv: tuple[str, ...], monkeypatch, capsys) -> str | None:
+    """None where benchmarks/NAME.py takes ``argv`` up to its first piece of work, else its error. As on a machine with
+    a GPU: the README's ``--device cuda`` runs were made on one."""
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])  # before the import: some scripts read it then
+    module = load(name)
+
+    def started(*args, **kwargs):
+        raise Accepted
+
+    for function in (*WORK[name], "write_json"):
+        monkeypatch.setattr(module, function, started)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        module.main()
+    except Accepted:
+        return None
+    except SystemExit as exit_info:
+        return refusal(capsys) if exit_info.code else None
+    return None  # done without work: --list
+
+
+def _accept_training(model, data, config, img_size=None, model_args=None, options=None, **kwargs):
+    from visionzoo.train.engine import check_config
+    from visionzoo.train.run import _registered_name, task_class
+    from visionzoo.train.task import check_task_options
+
+    name = _registered_name(model)
+    check_task_options(task_class(name), name, options or {})
+    check_config(config)
+    raise Accepted
+
+
+def check_visionzoo(argv: tuple[str, ...], monkeypatch, capsys) -> str | None:
+    """None where ``visionzoo ARGV`` is parsed and passes the checks its command makes before any work, else the
+    error it prints."""
+    import visionzoo.tour
+    import visionzoo.train.commands
+    from visionzoo.cli import _given_empty, _parse
+    from visionzoo.metrics.commands import _check_fid_arguments
+    from visionzoo.models import get_model_entry
+
+    try:
+        args = _parse(visionzoo_parser(), list(argv))
+    except SystemExit:
+        return refusal(capsys)
+    if _given_empty(list(argv)):
+        return f"{_given_empty(list(argv))} is an empty string"
+    monkeypatch.setattr(visionzoo.train.commands, "run_training", _accept_training)
+    monkeypatch.setattr(visionzoo.tour, "_check_dependencies", lambda jobs: (_ for _ in ()).throw(Accepted))
+    checks = {"train": visionzoo.train.commands.train_command, "tour": visionzoo.tour.tour_command,
+              "fid": _check_fid_arguments, **dict.fromkeys(("eval", "predict", "sample"),
+                                                           lambda args: get_model_entry(args.model))}
+    try:
+        checks.get(args.command, lambda args: None)(args)
+    except Accepted:
+        pass
+    except (ValueError, OSError) as error:
+        return refusal(capsys, error)
+    return None
+
+
+COMMANDS = readme_commands()
+
+
+@pytest.fixture
+def restored():
+    """The environment and torch's threads as they were: some scripts set them when imported or parsed."""
+    environment, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    os.environ.clear()
+    os.environ.update(environment)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[command.text for command in COMMANDS])
+def test_a_readme_command_is_accepted(command, monkeypatch, capsys, restored):
+    if command.names:  # an option named in prose
+        program, _, name = command.program.partition(" ")
+        options = (visionzoo_options(name or None) if program == "visionzoo" else options_of(script_parser(program)))
+        assert command.argv[0] in options, f"README: `{command.text}`: {command.program} takes no {command.argv[0]}"
+        return
+    monkeypatch.chdir(ROOT)  # the README's paths are the repository's
+    if command.program == "visionzoo":
+        error = check_visionzoo(command.argv, monkeypatch, capsys)
+    else:
+        error = check_script(command.program, command.argv, monkeypatch, capsys)
+    program = command.program if command.program == "visionzoo" else f"python benchmarks/{command.program}.py"
+    shown = f" (read as `{program} {' '.join(command.argv)}`)" if command.fragment else ""
+    assert error is None, f"README: `{command.text}`{shown}: {error}"
+
+
+def test_the_readme_commands_are_found():
+    """The extraction finds the README's commands of each kind, so that a change to it cannot check nothing."""
+    programs = {command.program for command in COMMANDS if not command.fragment}
+    assert {"visionzoo", "generative", "train_backbones", "detection", "backbones", "metrics"} <= programs, programs
+    assert sum(command.fragment for command in COMMANDS) >= 10
+    others = {name for document in DOCUMENTS for block in shell_blocks(document.read_text())
+              for name in block_commands(block)[1]}
+    assert others <= set(OTHER_PROGRAMS), f"shell commands of other programs: {sorted(others - set(OTHER_PROGRAMS))}"
+
+
+def test_every_listed_exception_is_still_in_the_readme():
+    """A span or placeholder the README no longer has is taken off the lists, not left to excuse a later one."""
+    text = "\n".join(" ".join(document.read_text().split()) for document in DOCUMENTS)
+    assert [span for span in [*NOT_COMMANDS, *VISIONZOO_SPANS] if f"`{span}`" not in text] == []
+    words = {token for command in readme_commands_unfilled() for token in command}
+    assert sorted(set(PLACEHOLDERS) - words) == []
+
+
+def readme_commands_unfilled() -> list[list[str]]:
+    found = []
+    for document in DOCUMENTS:
+        for section in sections(document.read_text()):
+            found += [shlex.split(span) for span in spans(section)
+                      if span.startswith(("python benchmarks/", "visionzoo ")) and span not in NOT_COMMANDS]
+    return found
+
+
+@pytest.mark.parametrize("path", results_paths())
+def test_a_results_file_the_readme_names_exists(path):
+    assert list(ROOT.glob(path)) if "*" in path else (ROOT / path).is_file(), f"README names {path}, not in the repo"
