@@ -56,7 +56,7 @@ PLACEHOLDERS = {
     "B": "generated_images/",
 }
 # The first words of shell commands that are not ours to parse.
-OTHER_PROGRAMS = {"make": "the Makefile's targets (demo, test), not an argument parser"}
+OTHER_PROGRAMS = {"make": "the Makefile's targets (demo, test): each must be one of the Makefile's"}
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ def shell_blocks(text: str) -> list[str]:
     return [body for language, body in blocks if language in ("", "bash", "sh", "shell", "console")]
 
 
-def split_command(tokens: list[str], text: str) -> Command | str | None:
-    """The command of one shell command's ``tokens``: a Command for ours, the program's name for another's, None
-    for a line that holds none."""
+def split_command(tokens: list[str], text: str) -> Command | tuple[str, ...] | None:
+    """The command of one shell command's ``tokens``: a Command for ours, the tokens of another program's, None for a
+    line that holds none."""
     if not tokens:
         return None
     if tokens[0] == "torchrun" and "-m" in tokens:  # torchrun [its options] -m visionzoo ...
@@ -93,12 +93,12 @@ def split_command(tokens: list[str], text: str) -> Command | str | None:
     match = re.fullmatch(r"benchmarks/(\w+)\.py", tokens[0])
     if match:
         return Command(text, match[1], tuple(tokens[1:]))
-    return tokens[0]
+    return tuple(tokens)
 
 
-def block_commands(block: str) -> tuple[list[Command], list[str]]:
+def block_commands(block: str) -> tuple[list[Command], list[tuple[str, ...]]]:
     """The commands of a shell block (lines joined at a trailing backslash, ``#`` comments dropped, split at
-    ``&&``, ``||``, ``;`` and ``|``), and the names of the other programs it runs."""
+    ``&&``, ``||``, ``;`` and ``|``), and the other programs' commands it holds."""
     ours, others = [], []
     for line in block.replace("\\\n", " ").splitlines():
         tokens = shlex.split(line, comments=True)
@@ -365,9 +365,19 @@ def test_the_readme_commands_are_found():
     programs = {command.program for command in COMMANDS if not command.fragment}
     assert {"visionzoo", "generative", "train_backbones", "detection", "backbones", "metrics"} <= programs, programs
     assert sum(command.fragment for command in COMMANDS) >= 10
-    others = {name for document in DOCUMENTS for block in shell_blocks(document.read_text())
-              for name in block_commands(block)[1]}
+    others = {tokens[0] for tokens in other_commands()}
     assert others <= set(OTHER_PROGRAMS), f"shell commands of other programs: {sorted(others - set(OTHER_PROGRAMS))}"
+
+
+def other_commands() -> list[tuple[str, ...]]:
+    return [tokens for document in DOCUMENTS for block in shell_blocks(document.read_text())
+            for tokens in block_commands(block)[1]]
+
+
+def test_a_make_target_the_readme_gives_exists():
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    given = {target for tokens in other_commands() if tokens[0] == "make" for target in tokens[1:]}
+    assert given and given <= targets, f"README runs make {' '.join(sorted(given - targets))}; Makefile has {targets}"
 
 
 def test_every_listed_exception_is_still_in_the_readme():
