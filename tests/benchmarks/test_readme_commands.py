@@ -299,12 +299,13 @@ def _accept_training(model, data, config, img_size=None, model_args=None, option
 
 
 def check_visionzoo(argv: tuple[str, ...], monkeypatch, capsys) -> str | None:
-    """None where ``visionzoo ARGV`` is parsed and passes the checks its command makes before any work, else the
-    error it prints."""
+    """None where ``visionzoo ARGV`` is parsed and passes the checks its command makes before any work (train up to
+    its run, the others up to choosing their device; coco-eval, export-data and list-models are only parsed), else
+    the error it prints."""
+    import visionzoo.metrics.commands
     import visionzoo.tour
-    import visionzoo.train.commands
+    import visionzoo.train.commands as commands
     from visionzoo.cli import _given_empty, _parse
-    from visionzoo.metrics.commands import _check_fid_arguments
     from visionzoo.models import get_model_entry
 
     try:
@@ -313,11 +314,19 @@ def check_visionzoo(argv: tuple[str, ...], monkeypatch, capsys) -> str | None:
         return refusal(capsys)
     if _given_empty(list(argv)):
         return f"{_given_empty(list(argv))} is an empty string"
-    monkeypatch.setattr(visionzoo.train.commands, "run_training", _accept_training)
-    monkeypatch.setattr(visionzoo.tour, "_check_dependencies", lambda jobs: (_ for _ in ()).throw(Accepted))
-    checks = {"train": visionzoo.train.commands.train_command, "tour": visionzoo.tour.tour_command,
-              "fid": _check_fid_arguments, **dict.fromkeys(("eval", "predict", "sample"),
-                                                           lambda args: get_model_entry(args.model))}
+
+    def started(*args, **kwargs):
+        raise Accepted
+
+    monkeypatch.setattr(commands, "run_training", _accept_training)
+    for module, function in ((visionzoo.tour, "_check_dependencies"), (commands, "resolve_device"),
+                             (commands, "_complete_command"), (visionzoo.metrics.commands, "resolve_device")):
+        monkeypatch.setattr(module, function, started)
+    checks = {"train": commands.train_command, "tour": visionzoo.tour.tour_command,
+              "fid": visionzoo.metrics.commands.fid_command,
+              **{name: lambda args, run=run: (get_model_entry(args.model), run(args))
+                 for name, run in (("eval", commands.eval_command), ("predict", commands.predict_command),
+                                   ("sample", commands.sample_command))}}
     try:
         checks.get(args.command, lambda args: None)(args)
     except Accepted:
