@@ -276,6 +276,7 @@ def check_script(name: str, argv: tuple[str, ...], monkeypatch, capsys) -> tuple
 
     for function in (*WORK[name], "write_json"):
         monkeypatch.setattr(module, function, started)
+    monkeypatch.setattr(Path, "mkdir", started)  # the results folder is made once the checks are done
     monkeypatch.setattr(module, "existing_results", results)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     try:
