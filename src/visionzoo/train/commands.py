@@ -96,9 +96,9 @@ def _add_task_arguments(parser: RecordingParser) -> None:
     parser.set_defaults(_task_option_defaults=defaults)
 
 
-def _task_options(args: argparse.Namespace, trained: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of the model's task (the given values, else those the run was ``trained`` with when it is
-    resumed, else their defaults), and those of other tasks that were typed, at any value, which
+def _task_options(args: argparse.Namespace, resumed: bool = False) -> dict[str, Any]:
+    """The options of the model's task (the given values, else their defaults, which a ``resumed`` run leaves to
+    :func:`run_training` to take from its record), and those of other tasks that were typed, at any value, which
     :func:`run_training` refuses rather than ignore."""
     own = task_class(args.model).own_options()
     options = {}
@@ -106,12 +106,8 @@ def _task_options(args: argparse.Namespace, trained: dict[str, Any] | None = Non
         value = getattr(args, name)
         if value is not _NOT_GIVEN:
             options[name] = value
-        elif name in own:
-            options[name] = (trained or {}).get(name, default)
-    if (options.get("teacher") and options.get("distillation") == "hard"
-            and getattr(args, "distillation_tau", _NOT_GIVEN) is _NOT_GIVEN):
-        # a resumed soft distillation's temperature is not carried into the hard one now asked for, which takes none
-        options["distillation_tau"] = None
+        elif name in own and not resumed:
+            options[name] = default
     return options
 
 
@@ -189,9 +185,7 @@ def train_command(args: argparse.Namespace) -> int:
                              "(classifiers); a detector's backbone takes --model-arg "
                              "'backbone_args={\"checkpoint\": \"FILE\"}'")
     out = Path(args.out or f"runs/{args.model}-{_data_name(args.data)}")
-    trained = None
-    if args.resume and (out / CHECKPOINT_NAME).is_file():  # its options, not the defaults, where none is given
-        trained = checkpoint_metadata(out / CHECKPOINT_NAME).get("run", {}).get("options")
+    options = _task_options(args, resumed=args.resume and (out / CHECKPOINT_NAME).is_file())
     config = TrainConfig(
         out=str(out),
         batch_size=args.batch_size, max_steps=args.max_steps, epochs=args.epochs, minutes=args.minutes,
@@ -206,7 +200,7 @@ def train_command(args: argparse.Namespace) -> int:
         logging.getLogger("visionzoo").setLevel(logging.ERROR)
     try:
         _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
-                                 _task_options(args, trained), train_images=args.train_size)
+                                 options, train_images=args.train_size)
     except KeyboardInterrupt:
         if reports:  # whether the folder can go on: the user may think an interrupted run is lost, or resumable
             checkpoint = out / CHECKPOINT_NAME

@@ -98,8 +98,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     evaluating on its val split (its first ``val_images``). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
     settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
-    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``), and its
-    ``model_args`` under those given again. An option
+    trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``; the task's
+    defaults where the run recorded none), and its ``model_args`` under those given again. A soft distillation
+    resumed as hard drops its recorded temperature unless one is given. An option
     that the model's task does not take is refused (ValueError), not ignored."""
     model_name = _registered_name(model_name)
     check_task_options(task_class(model_name), model_name, options or {})
@@ -147,11 +148,11 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
             raise ValueError(f"--tokenizer {given['tokenizer']}: the run in {config.out} learnt the codes of {tokenizer}, "
                              "whose weights its checkpoint holds and goes on with; leave --tokenizer out, or train "
                              "a prior over another tokenizer in a new --out")
-        if (given.get("teacher") or stored.get("teacher")) and given.get("distillation") == "hard" \
-                and "distillation_tau" not in given:
+        defaults = {name: action.default for name, action in task_class(model_name).own_options().items()}
+        options = build_options = {**defaults, **stored, **given}
+        if options.get("teacher") and options.get("distillation") == "hard" and "distillation_tau" not in given:
             # the run's temperature tempered its soft distillation; hard distillation, now asked for, takes none
-            stored = {**stored, "distillation_tau": None}
-        options = build_options = {**stored, **given}
+            options["distillation_tau"] = None
         recorded_tokenizer = ((meta.get("model") or {}).get("args") or {}).get("tokenizer")
         if options.get("tokenizer") is not None and isinstance(recorded_tokenizer, Mapping):
             # A prior goes on with the tokenizer weights its checkpoint holds, built from their record, not from
