@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from visionzoo.metrics import coco_evaluate
-from visionzoo.metrics.coco import SUMMARY_NAMES
+from visionzoo.metrics.coco import SUMMARY_NAMES, no_ground_truth_note
 
 
 def assert_same_as_pycocotools(ours, ref):
@@ -284,3 +284,10 @@ def test_a_non_finite_ground_truth_box_or_area_is_refused_naming_the_annotation(
     broken["annotations"][2]["area"] = float("nan")
     with pytest.raises(ValueError, match=r"annotation 2 has a non-finite area nan"):
         coco_evaluate(broken, dets)
+
+
+def test_the_note_of_nothing_to_score_needs_every_figure_at_minus_one():
+    """train, eval and coco-eval share this note; one figure scored, or none at all, is no such case."""
+    assert no_ground_truth_note([-1.0] * 12, "gt.json").startswith("gt.json holds no ground-truth objects to score")
+    assert no_ground_truth_note([-1.0, 0.0], "the val split") is None
+    assert no_ground_truth_note([], "the val split") is None

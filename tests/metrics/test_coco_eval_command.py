@@ -217,6 +217,6 @@ def test_ground_truth_without_objects_is_noted_beside_its_minus_ones(files, caps
     assert main(["coco-eval", str(info), str(dt_path), *(["--json"] if as_json else [])]) == 0
     captured = capsys.readouterr()
     assert captured.err == (f"note: {info} holds no ground-truth objects to score (no annotations, as an image-info "
-                            "file, or only crowd regions): every number is -1, pycocotools' mark for nothing to score\n")
+                            "file, or only crowd regions): every metric is -1, pycocotools' mark for nothing to score\n")
     assert main(["coco-eval", str(gt_path), str(dt_path)]) == 0
     assert capsys.readouterr().err == ""

@@ -409,8 +409,8 @@ def test_train_on_a_val_split_without_objects_says_why_its_val_figures_are_minus
                  "rpn_pre_nms_top_n_test=50"]) == 0
     out, err = capsys.readouterr()
     assert "  val map          -1.0000" in out
-    assert err == ("note: the val split holds no ground-truth objects to score (none, or only crowd regions): every "
-                   "metric is -1, pycocotools' mark for nothing to score\n")
+    assert err == ("note: the val split holds no ground-truth objects to score (no annotations, as an image-info "
+                   "file, or only crowd regions): every metric is -1, pycocotools' mark for nothing to score\n")
 
 
 def test_training_a_detector_on_a_train_split_without_objects_warns_before_the_first_step(tmp_path, caplog):
@@ -1295,8 +1295,8 @@ def test_eval_of_a_split_without_ground_truth_that_counts_says_why_every_metric_
                  "--data", str(folder), "--split", "val", "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert "-1.0000" in out
-    assert "note: the val split holds no ground-truth objects to score (none, or only crowd regions): every metric " \
-           "is -1, pycocotools' mark for nothing to score" in err
+    assert "note: the val split holds no ground-truth objects to score (no annotations, as an image-info file, or " \
+           "only crowd regions): every metric is -1, pycocotools' mark for nothing to score" in err
 
 
 def test_predict_names_the_file_too_small_for_every_sliding_window_not_image_0(tmp_path, monkeypatch, caplog):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,16 @@ _MAX_IOU_THRESHOLD = 1 - 1e-10
 
 # pycocotools' value of a metric with nothing to score: no ground truth of its kind (a class, an area range)
 NO_GROUND_TRUTH = -1.0
+
+
+def no_ground_truth_note(figures: Iterable[float], source: str) -> str | None:
+    """The one-line note (without "note: ") for pycocotools' ``figures`` of ``source`` (a file, "the val split")
+    when every one is -1, what it gives where nothing was there to score; None when one is not, or there are none."""
+    figures = list(figures)
+    if not figures or any(value != NO_GROUND_TRUTH for value in figures):
+        return None
+    return (f"{source} holds no ground-truth objects to score (no annotations, as an image-info file, or only crowd "
+            "regions): every metric is -1, pycocotools' mark for nothing to score")
 
 
 @dataclass(frozen=True, eq=False)

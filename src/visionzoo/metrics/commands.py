@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionzoo.cli import add_device_argument, positive_int, register_command
-from visionzoo.metrics.coco import IOU_TYPES, NO_GROUND_TRUTH, SUMMARY_NAMES, coco_evaluate, load_ground_truth
+from visionzoo.metrics.coco import (
+    IOU_TYPES,
+    SUMMARY_NAMES,
+    coco_evaluate,
+    load_ground_truth,
+    no_ground_truth_note,
+)
 from visionzoo.metrics.domain import DOMAIN_DATA, MIN_IMAGE_SIZE
 from visionzoo.train.engine import PRECISIONS, autocast_context, resolve_precision
 from visionzoo.utils import resolve_device
@@ -75,9 +81,9 @@ def coco_eval_command(args: argparse.Namespace) -> int:
         print(f"note: {args.gt} has an annotation of id 0, which pycocotools never counts as found (its matching takes "
               "id 0 for none), so its numbers on these files can be lower; here it counts as any other id",
               file=sys.stderr)
-    if all(result[name] == NO_GROUND_TRUTH for name in SUMMARY_NAMES):  # as eval notes a split without objects
-        print(f"note: {args.gt} holds no ground-truth objects to score (no annotations, as an image-info file, or only "
-              "crowd regions): every number is -1, pycocotools' mark for nothing to score", file=sys.stderr)
+    note = no_ground_truth_note((result[name] for name in SUMMARY_NAMES), str(args.gt))
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         out = {name: result[name] for name in SUMMARY_NAMES}
         out["per_category"] = {str(k): v for k, v in result["per_category"].items()}

@@ -29,7 +29,7 @@ from visionzoo.cli import (
     seed,
 )
 from visionzoo.data import builtin_name, same_images_note
-from visionzoo.metrics.coco import NO_GROUND_TRUTH
+from visionzoo.metrics.coco import no_ground_truth_note
 from visionzoo.train.distributed import process_rank
 from visionzoo.train.engine import (
     CHECKPOINT_NAME,
@@ -236,10 +236,10 @@ def _note_same_images(data: str, split: str, trained_on: str | None = None) -> s
 
 def _note_no_ground_truth(metrics: dict[str, float], split: str) -> None:
     """Say on stderr, in one line, where every metric of ``split`` is pycocotools' -1: it held nothing to score."""
-    if metrics and all(value == NO_GROUND_TRUTH for value in metrics.values()):
+    note = no_ground_truth_note(metrics.values(), f"the {split} split")
+    if note is not None:
         sys.stdout.flush()  # after the lines it follows, where stdout is buffered
-        print(f"note: the {split} split holds no ground-truth objects to score (none, or only crowd regions): "
-              "every metric is -1, pycocotools' mark for nothing to score", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
 
 
 def metric_lines(metrics: dict[str, float], prefix: str = "") -> list[str]:
