@@ -886,6 +886,28 @@ def test_check_files_names_an_unreadable_image_or_a_size_its_entry_does_not_give
         ds.check_files(1)
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_check_files_names_a_truncated_jpeg_and_takes_one_with_bytes_after_its_end(folder, progressive):
+    """A JPEG cut short passed check_files, whose header and PIL's verify (a no-op for JPEG) look at nothing past
+    the header: train checked its val split before the first step, trained to the end of its budget, and only
+    then stopped at its evaluation, on that file. A complete JPEG followed by other bytes (a phone's motion photo
+    appends a video) is still taken."""
+    root, pixels = folder
+    images = [{**image, "file_name": image["file_name"].replace(".png", ".jpg")} for image in _images()]
+    for name, array in pixels.items():
+        Image.fromarray(array).save(root / "images" / name.replace(".png", ".jpg"), quality=90, progressive=progressive)
+    ds = CocoDetection(root / "images", _write(root, images=images))
+    jpeg = root / "images" / "b.jpg"
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data + b"appended video" * 50)
+    ds.check_files()
+    for cut in (len(data) // 2, len(data) - 2):
+        jpeg.write_bytes(data[:cut])
+        ds.check_files(1)  # b.jpg is the second image
+        with pytest.raises(ValueError, match=r"instances\.json: image id 2: image .*b\.jpg cannot be read: .*truncated"):
+            ds.check_files()
+
+
 def test_a_split_folder_without_the_images_gives_way_to_the_one_that_holds_them(tmp_path):
     """A COCO folder with both val/ (notes, labels of another tool) and images/val/ (the images) could not be read:
     val/ was taken as the images folder, and the first image was "file not found: coco/val/a.png". The first of the

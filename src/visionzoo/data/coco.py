@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,22 @@ def _read_image_size(path: Path, where: str, ann_file: Path) -> tuple[int, int]:
             return image.size
     except (OSError, Image.DecompressionBombError) as error:  # the bomb error is no OSError: it named no file
         raise ValueError(f"{ann_file}: {where}: image {path} cannot be read: {error}") from None
+
+
+_JPEG_END = b"\xff\xd9"  # the end-of-image marker, a JPEG's last bytes
+
+
+def _check_whole_jpeg(file: Image.Image, path: Path) -> None:
+    """Raise OSError where the JPEG ``file`` (just opened from ``path``) is cut short, as decoding it would. A file
+    that ends in the end-of-image marker is whole, at the cost of reading its last bytes; one that does not (cut
+    short, or with bytes after its image: a phone's motion photo appends a video) is decoded at 1/8 scale, which
+    reads all its image data."""
+    with open(path, "rb") as raw:
+        raw.seek(-len(_JPEG_END), os.SEEK_END)
+        if raw.read() == _JPEG_END:
+            return
+    file.draft(file.mode, (max(1, file.width // 8), max(1, file.height // 8)))
+    file.load()
 
 
 def clip_box(bbox: Any, width: int, height: int) -> tuple[float, float, float, float] | None:
@@ -487,15 +504,19 @@ class CocoDetection(Dataset):
 
     def check_files(self, count: int | None = None) -> None:
         """Raise ValueError naming the file when one of the first ``count`` images (all with None) cannot be read
-        (not an image, a truncated PNG) or its header's size differs from its entry's: what reading it would find,
-        at the cost of its header and, for a PNG, its chunks' checksums, not of decoding its pixels (a split that
-        a run evaluates only at the end is checked so before training)."""
+        (not an image, a truncated PNG or JPEG) or its header's size differs from its entry's: what reading it would
+        find, at the cost of its header and, for a PNG, its chunks' checksums, for a JPEG its last bytes (see
+        :func:`_check_whole_jpeg`), not of decoding its pixels (a split that a run evaluates only at the end is
+        checked so before training)."""
         for image_id in self.image_ids[:count]:
             record = self._images[image_id]
             try:
                 with Image.open(record["path"]) as file:
                     size = file.size
-                    file.verify()  # nothing else may read the file first
+                    if file.format in ("JPEG", "MPO"):  # PIL's verify reads nothing of a JPEG past its header
+                        _check_whole_jpeg(file, record["path"])
+                    else:
+                        file.verify()  # nothing else may read the file first
                 if size != (record["width"], record["height"]):
                     with Image.open(record["path"]) as file:  # its EXIF orientation may say why
                         self._check_size(record, image_id, size, file.getexif().get(EXIF_ORIENTATION))
