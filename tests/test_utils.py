@@ -54,11 +54,22 @@ def test_float_images_in_the_unit_interval_are_read_as_they_are(tmp_path):
         assert np.array_equal(image_array(image, 3), np.repeat(values[..., None], 3, axis=2))
 
 
-@pytest.mark.parametrize("bad", [255.0, -0.5, float("nan")])
+@pytest.mark.parametrize("bad", [255.0, -0.5])
 def test_float_images_outside_the_unit_interval_are_refused_naming_the_image(bad):
     values = np.zeros((4, 4), dtype=np.float32)
     values[1, 2] = bad
     with pytest.raises(ValueError, match="scan.tif is a 32-bit float image with values"):
+        image_array(Image.fromarray(values, "F"), 1, "scan.tif")
+
+
+@pytest.mark.parametrize("bad, said", [(float("nan"), "2 NaN values"), (float("inf"), "2 infinite values")])
+def test_a_float_image_holding_nan_or_infinity_is_refused_saying_so(bad, said):
+    """A float TIFF of values in [0, 1] but for a NaN pixel was refused as 'a 32-bit float image with values
+    0.1..0.9; float images are read in [0, 1]': its range was taken without the NaN, which the message hid."""
+    values = np.linspace(0.1, 0.9, 16, dtype=np.float32).reshape(4, 4)
+    values[1, 2] = values[3, 0] = bad
+    with pytest.raises(ValueError, match=f"scan.tif is a 32-bit float image holding {said}; float images are read "
+                                         r"in \[0, 1\]"):
         image_array(Image.fromarray(values, "F"), 1, "scan.tif")
 
 

@@ -301,9 +301,14 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
     """
     if image.mode == "F":
         grey = np.asarray(image, dtype=np.float32)
-        if grey.size and not (np.isfinite(grey).all() and 0 <= grey.min() <= grey.max() <= 1):
-            raise ValueError(f"{name} is a 32-bit float image with values {np.nanmin(grey):.4g}..{np.nanmax(grey):.4g}; "
-                             "float images are read in [0, 1]: scale it, or save it as an 8- or 16-bit PNG")
+        advice = "float images are read in [0, 1]: scale it, or save it as an 8- or 16-bit PNG"
+        counts = {"NaN": int(np.isnan(grey).sum()), "infinite": int(np.isinf(grey).sum())}
+        if any(counts.values()):  # else its range, taken without them, would look in [0, 1]
+            held = " and ".join(f"{count} {kind} value{'s' if count > 1 else ''}" for kind, count in counts.items()
+                                if count)
+            raise ValueError(f"{name} is a 32-bit float image holding {held}; {advice}")
+        if grey.size and not 0 <= grey.min() <= grey.max() <= 1:
+            raise ValueError(f"{name} is a 32-bit float image with values {grey.min():.4g}..{grey.max():.4g}; {advice}")
         return np.repeat(grey[..., None], channels, axis=2)
     if image.mode in SIXTEEN_BIT_MODES:
         grey = np.asarray(image, dtype=np.float32)
