@@ -1,7 +1,8 @@
 """The README's commands still run as written: every ``python benchmarks/SCRIPT.py ...`` and ``visionzoo ...`` command
 of its shell blocks and code spans is accepted by its parser and by the checks its script or command makes before any
 work (nothing is trained or measured), the results file each benchmark command writes is in the repository, and
-every ``benchmarks/results/`` file the README names exists.
+every ``benchmarks/results/`` file the README names exists. The usage commands of each benchmark script's docstring
+are checked the same way.
 
 A code span of options alone (``--job vit-mpp``, ``--minutes 9.5 --data shapes``) is read as the last whole command
 before it with those options given instead of its own: "the same with ...". The few spans of visionzoo options in a
@@ -11,6 +12,7 @@ option's name alone (``--resume``) must be one that the command before it, or vi
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import shlex
@@ -410,3 +412,61 @@ def readme_commands_unfilled() -> list[list[str]]:
 @pytest.mark.parametrize("path", results_paths())
 def test_a_results_file_the_readme_names_exists(path):
     assert list(ROOT.glob(path)) if "*" in path else (ROOT / path).is_file(), f"README names {path}, not in the repo"
+
+
+def docstring_commands() -> list[tuple[str, Command]]:
+    """The usage commands of each benchmarks/*.py module docstring (its lines ``python benchmarks/...``, one ended by
+    a backslash joined to the next), each with its place, "SCRIPT.py:LINE"."""
+    found = []
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        source = path.read_text()
+        docstring = ast.parse(source).body[0]
+        lines = source.splitlines()[docstring.lineno - 1:docstring.end_lineno]
+        for number, line in enumerate(lines, docstring.lineno):
+            text = line.strip()
+            following = iter(lines[number - docstring.lineno + 1:])
+            while text.startswith("python benchmarks/") and text.endswith("\\"):
+                text = text[:-1] + next(following).strip()
+            if text.startswith("python benchmarks/"):
+                tokens = shlex.split(text, comments=True)
+                found.append((f"{path.name}:{number}", split_command(tokens, shlex.join(tokens))))
+    return found
+
+
+DOCSTRING_COMMANDS = docstring_commands()
+# Usage commands of the scripts' docstrings whose results file is not in the repository, and why.
+USAGE_RESULTS_ELSEWHERE = {
+    "python benchmarks/generative.py --model image_gpt --untrained --seeds 3":
+        "without --data it writes generative_image_gpt_untrained.json for both data sets; the repository holds the "
+        "files of --data digits and --data shapes, the README's commands",
+    "python benchmarks/generative.py --model codebook_stats":
+        "without --data it writes generative_codebook_stats.json; the repository holds that of --data shapes, the "
+        "README's command",
+    "python benchmarks/train_backbones.py --job resnet18-shapes64-fresh --device cuda --steps 8000 --eval-every 1000":
+        "a GPU run's file (train_<job>_cuda.json): the GPU machine's JSON files did not come back",
+}
+
+
+@pytest.mark.parametrize("place, command", DOCSTRING_COMMANDS,
+                         ids=[f"{place} {' '.join(command.argv)}" for place, command in DOCSTRING_COMMANDS])
+def test_a_benchmark_usage_command_is_accepted(place, command, monkeypatch, capsys, restored):
+    """Each usage line of a benchmark script's docstring is taken up to its first piece of work, as the README's
+    commands are; one that writes into the repository writes a file that is there."""
+    monkeypatch.chdir(ROOT)
+    error, written = check_script(command.program, command.argv, monkeypatch, capsys)
+    assert error is None, f"benchmarks/{place}: `{command.text}`: {error}"
+    if command.text in USAGE_RESULTS_ELSEWHERE:
+        return
+    missing = [os.path.relpath(ROOT / path, ROOT) for path in written
+               if (ROOT / path).resolve().is_relative_to(ROOT) and not (ROOT / path).is_file()]
+    assert missing == [], f"benchmarks/{place}: `{command.text}` writes {', '.join(missing)}, not in the repository"
+
+
+def test_the_benchmark_usage_commands_are_found():
+    """Every script that parses arguments shows at least one usage command, so that a change to the extraction
+    cannot check nothing."""
+    scripts = {command.program for _, command in DOCSTRING_COMMANDS}
+    assert scripts == set(WORK), f"scripts without a usage command found: {sorted(set(WORK) - scripts)}"
+    assert len(DOCSTRING_COMMANDS) >= 30
+    assert sorted(set(USAGE_RESULTS_ELSEWHERE) - {command.text for _, command in DOCSTRING_COMMANDS}) == []
+
