@@ -2,7 +2,7 @@
 of its shell blocks and code spans is accepted by its parser and by the checks its script or command makes before any
 work (nothing is trained or measured), the results file each benchmark command writes is in the repository, and
 every ``benchmarks/results/`` file the README names exists. The usage commands of each benchmark script's docstring
-are checked the same way.
+are checked the same way, and the commands the results files record are parsed as they were when they ran.
 
 A code span of options alone (``--job vit-mpp``, ``--minutes 9.5 --data shapes``) is read as the last whole command
 before it with those options given instead of its own: "the same with ...". The few spans of visionzoo options in a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import re
 import shlex
@@ -470,3 +471,108 @@ def test_the_benchmark_usage_commands_are_found():
     assert len(DOCSTRING_COMMANDS) >= 30
     assert sorted(set(USAGE_RESULTS_ELSEWHERE) - {command.text for _, command in DOCSTRING_COMMANDS}) == []
 
+
+# Words of recorded commands that stand for a value, and the value each is parsed with.
+RECORDED_PLACEHOLDERS = {
+    "FILE": "probe.json",  # --out FILE: each probe of generative_tokenizer_probes wrote its own
+    "JOB": "resnet18-shapes64-fresh",  # --job JOB: each job of cuda_trainings_h200.log
+}
+# Settings a results file records under another name than their option's (the option's name is argparse's dest).
+RECORDED_AS = {"betas": "opt_betas", "model_args": "model_arg"}
+# How a parsed value is written in a results file, where not as parsed: --model-arg's (KEY, VALUE) pairs as an object.
+WRITTEN_AS = {"model_arg": dict}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A command a results file records (``place``: the file and where in it), and the object that holds it: the
+    settings it records beside the command."""
+
+    place: str
+    command: Command
+    record: dict
+
+
+def recorded_in(results: object, place: str) -> list[tuple[str, str, dict]]:
+    """(place, command text, the object holding it) for every "command" string in the JSON ``results``."""
+    if isinstance(results, list):
+        return [found for index, item in enumerate(results) for found in recorded_in(item, f"{place}[{index}]")]
+    if not isinstance(results, dict):
+        return []
+    found = [(place, results["command"], results)] if isinstance(results.get("command"), str) else []
+    return found + [item for key, value in results.items() for item in recorded_in(value, f"{place}/{key}")]
+
+
+def read_recorded(place: str, text: str, record: dict) -> list[Recorded]:
+    """The commands of one recorded text: a remark in parentheses at its end is prose, but "(then OPTIONS)" is a
+    second run of the same script with those options."""
+    text, _, remark = text.partition(" (")
+    text = text.strip()
+    tokens = [RECORDED_PLACEHOLDERS.get(token, token) for token in shlex.split(text)]
+    command = split_command(tokens, text)
+    found = [Recorded(place, command, record)]
+    if remark.startswith("then --"):
+        then = remark.removeprefix("then ").removesuffix(")")
+        found.append(Recorded(f"{place} (then)", Command(then, command.program, tuple(shlex.split(then))), {}))
+    return found
+
+
+def logged_commands(path: Path) -> list[tuple[str, str, dict]]:
+    """(place, command text, no settings) for each command a results log names in its ``#`` header, run from the
+    repository's root or from benchmarks/ (``cd benchmarks; python SCRIPT.py``)."""
+    lines = path.read_text().splitlines()
+    return [(f"{path.name}:{number}", f"python benchmarks/{match[1]}.py{match[2]}", {})
+            for number, line in enumerate(lines, 1) if line.startswith("#")
+            for match in [re.search(r"\bpython (?:benchmarks/)?(\w+)\.py\b(.*)$", line)] if match]
+
+
+def recorded_commands() -> list[Recorded]:
+    """The commands the results files record: each "command" of a JSON file, and those a log's header gives."""
+    found = []
+    for path in sorted((BENCHMARKS / "results").glob("*.json")):
+        for place, text, record in recorded_in(json.loads(path.read_text()), path.name):
+            found += read_recorded(place, text, record)
+    for path in sorted((BENCHMARKS / "results").glob("*.log")):
+        for place, text, record in logged_commands(path):
+            found += read_recorded(place, text, record)
+    return found
+
+
+RECORDED = recorded_commands()
+
+
+def recorded_settings(record: dict) -> dict[str, object]:
+    """The settings a results object records under their option's name (``options`` holds a tokenizer's losses)."""
+    settings = {**record, **(record.get("options") if isinstance(record.get("options"), dict) else {})}
+    return {RECORDED_AS.get(key, key): value for key, value in settings.items()}
+
+
+@pytest.mark.parametrize("recorded", RECORDED, ids=[f"{item.place} {' '.join(item.command.argv)}" for item in RECORDED])
+def test_a_command_a_results_file_records_parses_as_it_did(recorded, monkeypatch, capsys, restored):
+    """A results file's command is parsed by its script's parser as it was then: no option renamed or dropped since,
+    and every setting the file records beside it under an option's name (where the command gave it) is the value
+    the parser reads now. Only parsed: where a recorded run wrote its file is that machine's business."""
+    monkeypatch.chdir(ROOT)
+    parser = script_parser(recorded.command.program)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # some ran on a GPU machine
+    monkeypatch.setattr(sys.modules["arguments"], "_check_folder_writable", lambda text, folder: None)
+    try:
+        args = vars(parser.parse_args(list(recorded.command.argv)))
+    except SystemExit:
+        pytest.fail(f"benchmarks/results/{recorded.place}: `{recorded.command.text}`: {refusal(capsys)}")
+    settings = recorded_settings(recorded.record)
+    now = {name: WRITTEN_AS.get(name, lambda value: value)(args[name]) for name in settings
+           if args.get(name) is not None}  # None: a default the script settles later, recorded as the value it took
+    differ = {name: (value, settings[name]) for name, value in now.items() if value != settings[name]}
+    assert differ == {}, f"benchmarks/results/{recorded.place}: `{recorded.command.text}` now reads (now, then): {differ}"
+
+
+def test_the_recorded_commands_are_found():
+    """The walk finds the commands of the results files that record one, of each script that records it, so that a
+    change to it cannot check nothing; each placeholder it fills is still in a recorded command."""
+    assert len(RECORDED) >= 50
+    programs = {item.command.program for item in RECORDED}
+    assert {"backbones", "generative", "hipt_slides", "ops", "selective_search", "train_backbones"} <= programs
+    texts = [json.dumps(json.loads(path.read_text())) for path in (BENCHMARKS / "results").glob("*.json")]
+    texts += [path.read_text() for path in (BENCHMARKS / "results").glob("*.log")]
+    assert [word for word in RECORDED_PLACEHOLDERS if not any(re.search(rf"\b{word}\b", text) for text in texts)] == []
