@@ -2,7 +2,7 @@
 of its shell blocks and code spans is accepted by its parser and by the checks its script or command makes before any
 work (nothing is trained or measured), the results file each benchmark command writes is in the repository, and
 every ``benchmarks/results/`` file the README names exists. The usage commands of each benchmark script's docstring
-are checked the same way, and the commands the results files record are parsed as they were when they ran.
+are checked the same way, and each command a results file records still reads as it did when it ran.
 
 A code span of options alone (``--job vit-mpp``, ``--minutes 9.5 --data shapes``) is read as the last whole command
 before it with those options given instead of its own: "the same with ...". The few spans of visionzoo options in a
