@@ -300,3 +300,71 @@ def test_shapes_image_size_has_a_ceiling_named_at_the_command_line(tmp_path, cap
     assert capsys.readouterr().err == ("visionzoo export-data: error: argument --image-size: expected an integer in "
                                        "[16, 4096], got 100000\n")
     assert not (tmp_path / "out").exists()
+
+
+def _scene_digest(ds: Shapes) -> str:
+    h = hashlib.sha256()
+    for i in range(len(ds)):
+        scene = ds.scene(i)
+        for array in (scene.image, scene.instance_map, scene.boxes):
+            h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def test_default_sizes_and_background_draw_the_scenes_of_before_the_options():
+    # the renderer's scenes before object_sizes and background existed: README figures depend on them
+    h = hashlib.sha256()
+    for size, low, high in ((64, 1, 1), (96, 1, 6)):
+        ds = Shapes("val", size, 12, min_objects=low, max_objects=high)
+        for i in range(len(ds)):
+            scene = ds.scene(i)
+            for array in (scene.image, scene.instance_map, scene.boxes):
+                h.update(array.tobytes())
+    assert h.hexdigest() == "a0d671fba8ec91c48dfac277e62ef5993d060b9b70a1dba514a0b6488faa0d59"
+    explicit = Shapes("val", 64, 12, min_objects=1, max_objects=1, object_sizes=("large", "small", "medium"),
+                      background="textured")
+    assert _scene_digest(explicit) == _scene_digest(Shapes("val", 64, 12, min_objects=1, max_objects=1))
+
+
+def test_object_sizes_draw_only_the_sizes_named():
+    ds = Shapes("train", 64, 60, min_objects=1, max_objects=3, object_sizes=("large",))
+    sizes = np.concatenate([ds.scene(i).sizes for i in range(len(ds))])
+    assert set(sizes.tolist()) == {SIZE_NAMES.index("large")}
+    mixed = Shapes("train", 64, 60, object_sizes=["medium", "small"])
+    sizes = np.concatenate([mixed.scene(i).sizes for i in range(len(mixed))])
+    assert set(sizes.tolist()) == {0, 1}
+    assert _scene_digest(ds) == _scene_digest(Shapes("train", 64, 60, min_objects=1, max_objects=3,
+                                                     object_sizes=("large",)))
+
+
+def test_plain_background_is_the_textured_scene_without_its_texture():
+    textured = Shapes("test", 64, 20, max_objects=3)
+    plain = Shapes("test", 64, 20, max_objects=3, background="plain")
+    for i in range(len(plain)):
+        a, b = textured.scene(i), plain.scene(i)
+        np.testing.assert_array_equal(a.instance_map, b.instance_map)
+        np.testing.assert_array_equal(a.classes, b.classes)
+        objects = a.instance_map >= 0
+        np.testing.assert_array_equal(a.image[:, objects], b.image[:, objects])
+        # plain: a flat colour plus the pixel noise (±NOISE_AMPLITUDE) on every channel
+        spread = b.image[:, ~objects].max(axis=1) - b.image[:, ~objects].min(axis=1)
+        assert spread.max() <= 0.1 + 1e-6
+    spreads = [np.ptp(textured.scene(i).image[:, textured.scene(i).instance_map < 0], axis=1).max() for i in range(20)]
+    assert min(spreads) > 0.1  # the texture is what the plain background leaves out
+
+
+def test_options_are_kept_named_and_checked():
+    ds = Shapes("val", 32, 3, object_sizes=("large",), background="plain")
+    longer = ds.with_length(5)
+    assert (longer.object_sizes, longer.background) == (("large",), "plain")
+    assert _scene_digest(longer.with_length(3)) == _scene_digest(ds)
+    assert ds.cache_key.startswith("shapes-val-32px-3-seed0-1to6-large-plain-")
+    assert re.fullmatch(r"shapes-val-32px-3-seed0-1to6-[0-9a-f]{8}", Shapes("val", 32, 3).cache_key)
+    assert repr(ds).endswith("object_sizes=('large',), background='plain')")
+    for value, message in ((("huge",), "has unknown size 'huge'"), ("large", "must be a sequence of size names"),
+                           ((), "must name one to three different sizes"), (("large", "large"), "must name one to three")):
+        with pytest.raises(ValueError, match=re.escape(f"Shapes object_sizes {message}")):
+            Shapes("val", object_sizes=value)
+    for value in ("flat", None, 1):
+        with pytest.raises(ValueError, match=f"Shapes background must be one of textured, plain, got {value!r}"):
+            Shapes("val", background=value)

@@ -137,3 +137,25 @@ def test_pool_tile_indices_are_checked_against_the_pool_by_name():
         with pytest.raises(TypeError, match="ShapeSlides pool indices must be integers, got float 1.5"):
             method(1.5)
     assert torch.equal(slides.tile(-1), slides.tile(59))
+
+
+def test_default_tiles_are_the_slides_of_before_and_options_reach_the_pool():
+    # the slides before object_sizes and background existed: the README's slide figures depend on them
+    assert _digest(_small("val")) == "d192474614d1e1552fb2ab0efaaacdfff677ca7ea6e9f029d2ad3b83373816a3"
+    easy = _small("val", object_sizes=("large",), background="plain")
+    assert (easy.pool.object_sizes, easy.pool.background) == (("large",), "plain")
+    assert _digest(easy) == _digest(_small("val", object_sizes=["large"], background="plain"))
+    assert _digest(easy) != _digest(_small("val"))
+    sizes = np.concatenate([easy.pool.scene(j).sizes for j in range(len(easy.pool))])
+    assert set(sizes.tolist()) == {2}
+    assert repr(easy).endswith("margin=1, object_sizes=('large',), background='plain')")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"object_sizes": ("huge",)}, "ShapeSlides object_sizes has unknown size 'huge'"),
+    ({"object_sizes": "large"}, "ShapeSlides object_sizes must be a sequence of size names"),
+    ({"background": "flat"}, "ShapeSlides background must be one of textured, plain, got 'flat'"),
+])
+def test_tile_options_are_refused_by_shapeslides_own_names(settings, message):
+    with pytest.raises(ValueError, match=message):
+        _small("val", **settings)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ SIZE_NAMES = ("small", "medium", "large")
 # by area (not by extent) keeps the classification label, the class of the most visible object,
 # balanced across shapes: a star spans more than a square of the same area.
 SIZE_RANGES = ((15.0, 21.0), (21.0, 29.0), (29.0, 38.0))
+BACKGROUNDS = ("textured", "plain")
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 4000, "val": 500, "test": 500}
 REFERENCE_SIZE = 128
@@ -184,11 +185,12 @@ def _tight(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _propose(rng: np.random.Generator, size: int, scale: float):
-    """Draw one shape at a random place fully inside the image: (cls, size index, mask, x0, y0) or None."""
+def _propose(rng: np.random.Generator, size: int, scale: float, sizes: tuple[int, ...]):
+    """Draw one shape of a size in ``sizes`` (indices into SIZE_NAMES) at a random place fully inside the
+    image: (cls, size index, mask, x0, y0) or None."""
     u = rng.random(6).tolist()  # one call: numpy's per-call cost dominates at these sizes
     cls = min(int(u[0] * len(CLASSES)), len(CLASSES) - 1)
-    size_index = min(int(u[1] * len(SIZE_NAMES)), len(SIZE_NAMES) - 1)
+    size_index = sizes[min(int(u[1] * len(sizes)), len(sizes) - 1)]
     low, high = SIZE_RANGES[size_index]
     extent = (low + (high - low) * u[2]) * scale / _UNIT_AREA_SIDE[cls]
     angle = 2 * math.pi * u[3]
@@ -244,8 +246,8 @@ def _cover_updates(
     return updates
 
 
-def _place_objects(rng: np.random.Generator, size: int, min_objects: int, max_objects: int):
-    """Place up to a random number of objects; returns (instance map int8[H, W], objects)."""
+def _place_objects(rng: np.random.Generator, size: int, min_objects: int, max_objects: int, sizes: tuple[int, ...]):
+    """Place up to a random number of objects of sizes ``sizes``; returns (instance map int8[H, W], objects)."""
     scale = size / REFERENCE_SIZE
     min_side = MIN_VISIBLE_SIDE * scale
     count = int(rng.integers(min_objects, max_objects + 1))
@@ -254,7 +256,7 @@ def _place_objects(rng: np.random.Generator, size: int, min_objects: int, max_ob
     objects: list[_Object] = []
     for j in range(count):
         for _ in range(MAX_TRIES):
-            proposal = _propose(rng, size, scale)
+            proposal = _propose(rng, size, scale, sizes)
             if proposal is None:
                 continue
             cls, size_index, mask, x0, y0 = proposal
@@ -322,15 +324,20 @@ def render_scene(
     min_objects: int = 1,
     max_objects: int = 6,
     grid: _Grid | None = None,
+    sizes: tuple[int, ...] = (0, 1, 2),
+    background: str = "textured",
 ) -> Scene:
-    """Draw one scene with ``rng``: the objects' placement, then background, colours and pixel noise."""
+    """Draw one scene with ``rng``: the objects' placement (sizes drawn from ``sizes``, indices into
+    SIZE_NAMES), then background (``"textured"`` or ``"plain"``), colours and pixel noise."""
     grid = grid or _Grid(size)
-    instance_map, objects = _place_objects(rng, size, min_objects, max_objects)
+    instance_map, objects = _place_objects(rng, size, min_objects, max_objects, sizes)
     base = rng.uniform(0.3, 0.6) + rng.uniform(-0.05, 0.05, size=3).astype(np.float32)
     noise = rng.random((size, size), dtype=np.float32)
     noise *= 2 * NOISE_AMPLITUDE
     noise -= NOISE_AMPLITUDE
-    image = base[:, None, None] + (_texture(rng, grid, size) + noise)[None]
+    # a plain scene still draws its texture, so it is the textured scene of its seed with the texture left out
+    texture = _texture(rng, grid, size)
+    image = base[:, None, None] + ((texture if background == "textured" else 0.0) + noise)[None]
     colors = np.array([o.color for o in objects], dtype=np.int64)
     rgb = PALETTE[colors] + rng.uniform(-COLOR_JITTER, COLOR_JITTER, size=(len(objects), 3)).astype(
         np.float32
@@ -396,6 +403,28 @@ def to_classification(image: torch.Tensor, target: dict[str, Any]) -> tuple[torc
     return image, target["label"]
 
 
+def size_indices(object_sizes: Sequence[str] | None, owner: str) -> tuple[int, ...]:
+    """The sorted indices into SIZE_NAMES of ``object_sizes`` (None: all); ValueError naming ``owner`` for an
+    unknown, repeated or missing name, or for a bare string (whose letters would read as names)."""
+    if object_sizes is None:
+        return tuple(range(len(SIZE_NAMES)))
+    if isinstance(object_sizes, str) or not isinstance(object_sizes, Sequence):
+        raise ValueError(f"{owner} object_sizes must be a sequence of size names from {SIZE_NAMES}, "
+                         f"e.g. ('large',), got {object_sizes!r:.40}")
+    unknown = [name for name in object_sizes if name not in SIZE_NAMES]
+    if unknown:
+        raise ValueError(f"{owner} object_sizes has unknown size {unknown[0]!r:.40}; choose from {', '.join(SIZE_NAMES)}")
+    if not object_sizes or len(set(object_sizes)) != len(object_sizes):
+        raise ValueError(f"{owner} object_sizes must name one to three different sizes, got {tuple(object_sizes)}")
+    return tuple(sorted(SIZE_NAMES.index(name) for name in object_sizes))
+
+
+def check_background(background: Any, owner: str) -> None:
+    """ValueError naming ``owner`` unless ``background`` is one of BACKGROUNDS."""
+    if not isinstance(background, str) or background not in BACKGROUNDS:
+        raise ValueError(f"{owner} background must be one of {', '.join(BACKGROUNDS)}, got {background!r:.40}")
+
+
 def sample_index(index: Any, length: int, what: str) -> int:
     """``index`` (an integer, negative from the end) as a position in 0..length-1; TypeError for a
     non-integer (a float would silently round down to another sample), IndexError naming the index given."""
@@ -432,6 +461,12 @@ class Shapes(Dataset):
         transform: optional callable ``(image, target) -> (image, target)``.
         seed: base seed; another seed gives another dataset.
         min_objects, max_objects: how many objects a scene asks for (a full scene may hold fewer).
+        object_sizes: the size names objects are drawn from (default all of ``size_names``; e.g.
+            ``("large",)`` for large objects only).
+        background: ``"textured"`` (default) or ``"plain"``: the same scenes without the background
+            texture (the flat base colour and the pixel noise stay).
+
+    The defaults draw the same scenes as before these two options existed, bit for bit.
     """
 
     def __init__(
@@ -444,9 +479,13 @@ class Shapes(Dataset):
         seed: int = 0,
         min_objects: int = 1,
         max_objects: int = 6,
+        object_sizes: Sequence[str] | None = None,
+        background: str = "textured",
     ):
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown Shapes split {split!r}; choose from {', '.join(SPLIT_SEEDS)}")
+        sizes = size_indices(object_sizes, "Shapes")
+        check_background(background, "Shapes")
         require_integers("Shapes", image_size=image_size, length=length, seed=seed, min_objects=min_objects,
                          max_objects=max_objects)
         if image_size < MIN_IMAGE_SIZE:
@@ -468,6 +507,9 @@ class Shapes(Dataset):
         self.transform = transform
         self.seed = int(seed)
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
+        self.object_sizes = tuple(SIZE_NAMES[i] for i in sizes)
+        self.background = background
+        self._sizes = sizes
         self.classes = list(CLASSES)
         self.color_names = list(COLOR_NAMES)
         self.size_names = list(SIZE_NAMES)
@@ -485,7 +527,8 @@ class Shapes(Dataset):
 
     def scene(self, index: int) -> Scene:
         """Sample ``index`` as numpy arrays (see :class:`Scene`)."""
-        return render_scene(self.rng(index), self.image_size, self.min_objects, self.max_objects, self._grid)
+        return render_scene(self.rng(index), self.image_size, self.min_objects, self.max_objects, self._grid,
+                            self._sizes, self.background)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         index = self._index(index)
@@ -514,7 +557,7 @@ class Shapes(Dataset):
         """The same data set drawn to ``length`` samples: its first ``min(length, len(self))`` are this one's
         (each sample depends only on seed, split and index), the rest new scenes of the same stream."""
         return Shapes(self.split, self.image_size, length, self.transform, self.seed, self.min_objects,
-                      self.max_objects)
+                      self.max_objects, self.object_sizes, self.background)
 
     @property
     def cache_key(self) -> str | None:
@@ -524,7 +567,15 @@ class Shapes(Dataset):
             return None
         first = hashlib.sha1(self.scene(0).image.tobytes()).hexdigest()[:8] if self.length else "empty"
         return (f"shapes-{self.split}-{self.image_size}px-{self.length}-seed{self.seed}-"
-                f"{self.min_objects}to{self.max_objects}-{first}")
+                f"{self.min_objects}to{self.max_objects}{self._options_key()}-{first}")
+
+    def _options_key(self) -> str:
+        """'' with the default sizes and background (so older cache names still match), else '-large-plain' etc."""
+        sizes = "" if self.object_sizes == SIZE_NAMES else "-" + "+".join(self.object_sizes)
+        return sizes + ("" if self.background == "textured" else f"-{self.background}")
 
     def __repr__(self) -> str:
-        return f"Shapes(split={self.split!r}, image_size={self.image_size}, length={self.length}, seed={self.seed})"
+        options = "" if self.object_sizes == SIZE_NAMES else f", object_sizes={self.object_sizes}"
+        options += "" if self.background == "textured" else f", background={self.background!r}"
+        return (f"Shapes(split={self.split!r}, image_size={self.image_size}, length={self.length}, "
+                f"seed={self.seed}{options})")

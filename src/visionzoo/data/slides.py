@@ -19,7 +19,7 @@ in training. Slides share pool tiles, which lets a frozen tile encoder run once 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionzoo.data.shapes import CLASSES, COLOR_NAMES, MAX_IMAGE_SIZE, SPLIT_SEEDS, Shapes, sample_index
+from visionzoo.data.shapes import (
+    CLASSES,
+    COLOR_NAMES,
+    MAX_IMAGE_SIZE,
+    SIZE_NAMES,
+    SPLIT_SEEDS,
+    Shapes,
+    check_background,
+    sample_index,
+    size_indices,
+)
 from visionzoo.utils import require_integers
 
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 200}
@@ -88,6 +98,9 @@ class ShapeSlides(Dataset):
         pool_size: scenes in the split's tile pool (default 600 / 150 / 300).
         seed: base seed of both the slides and the pool.
         min_objects, max_objects: objects per tile scene (one by default, so a tile shows its label).
+        object_sizes, background: the tiles' object sizes and background, as :class:`Shapes` takes them
+            (default: all sizes over a textured background; ``("large",)`` and ``"plain"`` make tiles a
+            small ViT learns to read within minutes on a CPU).
         margin: the majority class's lead over the runner-up, in tiles (≥ 1: never a tie).
         transform: optional callable ``(image, target) -> (image, target)``.
     """
@@ -103,6 +116,8 @@ class ShapeSlides(Dataset):
         min_objects: int = 1,
         max_objects: int = 1,
         margin: int = 1,
+        object_sizes: Sequence[str] | None = None,
+        background: str = "textured",
         transform: Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]] | None = None,
     ):
         if split not in SPLIT_SEEDS:
@@ -118,6 +133,8 @@ class ShapeSlides(Dataset):
         if not 1 <= min_objects <= max_objects <= len(COLOR_NAMES):
             raise ValueError(f"ShapeSlides needs 1 <= min_objects <= max_objects <= {len(COLOR_NAMES)}, "
                              f"got {min_objects}, {max_objects}")
+        size_indices(object_sizes, "ShapeSlides")  # named here, not as the pool's Shapes
+        check_background(background, "ShapeSlides")
         if grid_size < 1:
             raise ValueError(f"ShapeSlides grid_size must be >= 1, got {grid_size}")
         if not 1 <= margin <= grid_size * grid_size:
@@ -136,7 +153,8 @@ class ShapeSlides(Dataset):
         self.transform = transform
         self.classes = list(CLASSES)
         self.pool = Shapes(
-            split, image_size=tile_size, length=pool_size, seed=seed, min_objects=min_objects, max_objects=max_objects
+            split, image_size=tile_size, length=pool_size, seed=seed, min_objects=min_objects, max_objects=max_objects,
+            object_sizes=object_sizes, background=background,
         )
         self._labels: np.ndarray | None = None
         self._by_class: list[np.ndarray] | None = None
@@ -220,5 +238,8 @@ class ShapeSlides(Dataset):
     def __repr__(self) -> str:
         return (
             f"ShapeSlides(split={self.split!r}, grid_size={self.grid_size}, tile_size={self.tile_size}, "
-            f"length={self.length}, pool_size={len(self.pool)}, seed={self.seed}, margin={self.margin})"
+            f"length={self.length}, pool_size={len(self.pool)}, seed={self.seed}, margin={self.margin}"
+            + ("" if self.pool.object_sizes == SIZE_NAMES else f", object_sizes={self.pool.object_sizes}")
+            + ("" if self.pool.background == "textured" else f", background={self.pool.background!r}")
+            + ")"
         )
