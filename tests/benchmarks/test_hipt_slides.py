@@ -1,0 +1,58 @@
+"""benchmarks/hipt_slides.py: the --tiles settings choose the slides' tiles, the encoder and the results file."""
+
+import sys
+
+import pytest
+from benchmark_helpers import BENCHMARKS, load
+
+
+class _Checked(Exception):
+    pass
+
+
+def _out_and_slides(monkeypatch, argv):
+    """The results path main() checks and the ShapeSlides settings it would build, without any work."""
+    module = load("hipt_slides")
+    seen = {}
+
+    def check(parser, out, script):
+        seen["out"] = out
+
+    def slides(split, **settings):
+        seen["slides"] = settings
+        raise _Checked
+
+    monkeypatch.setattr(module, "existing_results", check)
+    monkeypatch.setattr(module, "ShapeSlides", slides)
+    monkeypatch.setattr(sys, "argv", ["hipt_slides.py", *argv])
+    with pytest.raises(_Checked):
+        module.main()
+    return seen["out"], seen["slides"]
+
+
+def test_easy_tiles_write_their_own_results_and_the_default_is_unchanged(monkeypatch, tmp_path):
+    out, slides = _out_and_slides(monkeypatch, [])
+    assert out == BENCHMARKS / "results" / "hipt_slides.json"
+    assert (slides["object_sizes"], slides["background"]) == (None, "textured")
+    out, slides = _out_and_slides(monkeypatch, ["--tiles", "easy"])
+    assert out == BENCHMARKS / "results" / "hipt_slides_easy.json"
+    assert (slides["object_sizes"], slides["background"]) == (("large",), "plain")
+    out, _ = _out_and_slides(monkeypatch, ["--tiles", "easy", "--out", str(tmp_path / "trial.json")])
+    assert out == tmp_path / "trial.json"
+
+
+def test_an_unknown_tiles_setting_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["hipt_slides.py", "--tiles", "hard"])
+    with pytest.raises(SystemExit) as stop:
+        load("hipt_slides").main()
+    assert stop.value.code == 2
+    assert "argument --tiles: invalid choice: 'hard'" in capsys.readouterr().err
+
+
+def test_the_textured_setting_is_hipts_vit256_and_the_easy_one_is_scaled_down():
+    module = load("hipt_slides")
+    assert module.TILES["textured"].encoder_args == {}
+    assert module.TILES["textured"].encoder_name() == (
+        "hipt_vit256_small (patch 16, 12 blocks, 384 wide, feature: [CLS])")
+    assert module.TILES["easy"].encoder_name() == (
+        "hipt_vit256_small scaled down (patch 8, 4 blocks, 192 wide, feature: max-pooled patch tokens)")
