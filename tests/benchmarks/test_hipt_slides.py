@@ -39,20 +39,27 @@ def test_easy_tiles_write_their_own_results_and_the_default_is_unchanged(monkeyp
     assert (slides["object_sizes"], slides["background"]) == (("large",), "plain")
     out, _ = _out_and_slides(monkeypatch, ["--tiles", "easy", "--out", str(tmp_path / "trial.json")])
     assert out == tmp_path / "trial.json"
+    out, slides = _out_and_slides(monkeypatch, ["--encoder", "scaled"])
+    assert out == BENCHMARKS / "results" / "hipt_slides_scaled.json" and slides["background"] == "textured"
+    out, _ = _out_and_slides(monkeypatch, ["--tiles", "easy", "--encoder", "vit256"])
+    assert out == BENCHMARKS / "results" / "hipt_slides_easy_vit256.json"
+    out, _ = _out_and_slides(monkeypatch, ["--tiles", "easy", "--encoder", "scaled"])
+    assert out == BENCHMARKS / "results" / "hipt_slides_easy.json"
 
 
-def test_an_unknown_tiles_setting_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["hipt_slides.py", "--tiles", "hard"])
+@pytest.mark.parametrize("flag", ["--tiles", "--encoder"])
+def test_an_unknown_setting_is_one_line(monkeypatch, capsys, flag):
+    monkeypatch.setattr(sys, "argv", ["hipt_slides.py", flag, "hard"])
     with pytest.raises(SystemExit) as stop:
         load("hipt_slides").main()
     assert stop.value.code == 2
-    assert "argument --tiles: invalid choice: 'hard'" in capsys.readouterr().err
+    assert f"argument {flag}: invalid choice: 'hard'" in capsys.readouterr().err
 
 
-def test_the_textured_setting_is_hipts_vit256_and_the_easy_one_is_scaled_down():
+def test_the_textured_tiles_train_hipts_vit256_and_the_easy_ones_the_scaled_down_one():
     module = load("hipt_slides")
-    assert module.TILES["textured"].encoder_args == {}
-    assert module.TILES["textured"].encoder_name() == (
-        "hipt_vit256_small (patch 16, 12 blocks, 384 wide, feature: [CLS])")
-    assert module.TILES["easy"].encoder_name() == (
+    assert (module.TILES["textured"].encoder, module.TILES["easy"].encoder) == ("vit256", "scaled")
+    assert module.ENCODERS["vit256"].args == {}
+    assert module.ENCODERS["vit256"].name() == "hipt_vit256_small (patch 16, 12 blocks, 384 wide, feature: [CLS])"
+    assert module.ENCODERS["scaled"].name() == (
         "hipt_vit256_small scaled down (patch 8, 4 blocks, 192 wide, feature: max-pooled patch tokens)")
