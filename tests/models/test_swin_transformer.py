@@ -428,7 +428,8 @@ def test_bad_inputs_raise_one_clear_error_each():
     with pytest.raises(ValueError, match="3-channel images, got 1 channels"):
         model(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="smaller than one 2×2 patch"):
-        model(torch.zeros(1, 3, 1, 32))
+        model(torch.zeros(1, 3, 0, 32))
+    assert model.forward_features(torch.zeros(1, 3, 1, 32)).shape == (1, 1, 4, 192)  # padded to one patch, as timm's
     with pytest.raises(ValueError, match=r"Tensor\[B, C, H, W\]"):
         model(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="global_pool"):

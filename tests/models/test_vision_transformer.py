@@ -268,8 +268,10 @@ def test_dynamic_img_size_equals_timm(timm_tiny, size):
 
 
 @pytest.mark.parametrize("distilled", [False, True])
-@pytest.mark.parametrize("size", [(33, 31), (32, 45), (32, 32), (9, 8)])
+@pytest.mark.parametrize("size", [(33, 31), (32, 45), (32, 32), (9, 8), (7, 9), (3, 5)])
 def test_dynamic_img_pad_pads_sizes_that_are_no_multiple_of_the_patch_as_timm(size, distilled):
+    """Sizes below one patch (7×9, 3×5 with 8×8 patches) were refused ('image 7×9 is smaller than one 8×8 patch'),
+    where timm pads them to one patch as any other size."""
     name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
     torch.manual_seed(44)
     kwargs = dict(SMALL_CONFIGS["vit_tiny_patch8_32"], dynamic_img_size=True, dynamic_img_pad=True)

@@ -57,14 +57,15 @@ def resample_patch_embed(weight: Tensor, new_size: tuple[int, int] | list[int], 
 def _checked_images(x: Tensor, in_chans: int, patch_size: tuple[int, int], img_size: tuple[int, int] | None,
                     pad: bool) -> Tensor:
     """``x`` (``Tensor[B, in_chans, H, W]``), with ``pad`` zero-padded on the right and bottom up to a multiple of
-    ``patch_size``; ``ValueError`` for wrong channels, an image smaller than a patch, another size than
+    ``patch_size`` (an image smaller than a patch too, as timm's); ``ValueError`` for wrong channels, an image
+    smaller than a patch (without ``pad``; with it, one without pixels), another size than
     ``img_size`` (where given: a strict embedding), or (without ``pad``, for a size that is not the built one) a
     size that is no multiple of the patch. An ``img_size`` that is no multiple is taken as timm's: the conv leaves
     out the last rows and columns, which make no whole patch."""
     require_image_batch(x, in_chans)
     height, width = x.shape[-2:]
     ph, pw = patch_size
-    if height < ph or width < pw:
+    if (height < ph or width < pw) and not (pad and height and width):
         raise ValueError(f"image {height}×{width} is smaller than one {ph}×{pw} patch")
     if img_size is not None and (height, width) != img_size:
         raise ValueError(

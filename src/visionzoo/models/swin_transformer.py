@@ -677,7 +677,8 @@ class SwinTransformer(nn.Module):
             ``window_size`` windows (padding a smaller map up to one) and the shifted ones roll by half a window,
             whatever the map's size (rolled, then padded, as timm's).
 
-    Any image of at least one patch is taken; wrong channels or a smaller image raise ValueError.
+    Any image with pixels is taken (one smaller than a patch is padded to one); wrong channels or an empty image raise
+    ValueError.
     """
 
     @check_argument_types

@@ -90,7 +90,7 @@ class VisionTransformer(nn.Module):
             the position table at each forward (timm's option of the same name).
         dynamic_img_pad: zero-pad the right and bottom of an input that is no multiple of the patch
             size up to the next multiple (a grid of ``⌈H/p⌉ × ⌈W/p⌉`` tokens) instead of refusing it, as
-            timm's option of the same name (with ``dynamic_img_size``, any input of at least one patch).
+            timm's option of the same name (with ``dynamic_img_size``, any input, one smaller than a patch too).
         fc_norm: put the final LayerNorm after the pooling (``fc_norm``) instead of before it
             (``norm``); None: only for ``global_pool`` "avg", "max" or "avgmax" (timm's default).
         features_only: return feature maps instead of logits: ``forward`` gives a list of
