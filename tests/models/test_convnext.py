@@ -259,8 +259,9 @@ def test_official_facebookresearch_layout_loads(timm_tiny, tmp_path, wrapped):
 
 # --- feature maps ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("size", [(96, 128), (65, 97)])  # and sides that are no multiple of the stride 32
 @pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (1, 3), (0, 1)])
-def test_features_only_equals_timm(timm_atto, out_indices):
+def test_features_only_equals_timm(timm_atto, out_indices, size):
     _, path = timm_atto
     reference = timm.create_model("convnext_atto", features_only=True, out_indices=out_indices, pretrained=True,
                                   pretrained_cfg_overlay=dict(file=str(path))).eval()
@@ -269,7 +270,7 @@ def test_features_only_equals_timm(timm_atto, out_indices):
     assert ours.feature_info.reduction() == reference.feature_info.reduction()
     assert ours.feature_info.module_name() == reference.feature_info.module_name()
     assert len(ours.stages) == max(out_indices) + 1
-    x = images(2, 3, 96, 128, seed=11)
+    x = images(2, 3, *size, seed=11)
     with torch.no_grad():
         expected, got = reference(x), ours(x)
     assert len(got) == len(expected) == len(out_indices)

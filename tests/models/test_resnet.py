@@ -127,8 +127,9 @@ def test_torchvisions_fx_feature_extractor_takes_ours_as_torchvisions():
         extractor(x[:, :1])
 
 
+@pytest.mark.parametrize("size", [(64, 64), (65, 97)])  # and sides that are no multiple of the stride 32
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_features_only_by_default_gives_timms_five_maps(name):
+def test_features_only_by_default_gives_timms_five_maps(name, size):
     """Without out_indices our extractor gave the four stage outputs (C2-C5), where timm's gives the stem's map too:
     maps[1] was then C3 for us and C2 for timm, and feature_info.channels() lacked the stem's 64."""
     torch.manual_seed(3)
@@ -137,7 +138,7 @@ def test_features_only_by_default_gives_timms_five_maps(name):
     ours.load_state_dict(reference.state_dict(), strict=True)
     assert ours.feature_info.channels() == reference.feature_info.channels()
     assert ours.feature_info.reduction() == reference.feature_info.reduction() == [2, 4, 8, 16, 32]
-    x = images(2, 3, 64, 64, seed=4)
+    x = images(2, 3, *size, seed=4)
     with torch.no_grad():
         assert_same_outputs(ours(x), reference(x))
 

@@ -503,6 +503,20 @@ def test_a_checkpoint_for_other_windows_gets_timms_tables_and_logits(timm_small,
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("img_size", [40, (24, 40), 20])
+def test_a_checkpoint_at_an_img_size_whose_maps_pad_gets_timms_tables_and_logits_with_dynamic_img_size(timm_small,
+                                                                                                      img_size):
+    """img_size= at creation other than the file's, where a stage's map is no multiple of its window (40: stage 2's 5×5
+    map in 4×4 windows; (24, 40): stage 2's 3×5 map, its window fitted to (3, 4), tables resampled; 20: 3×3 windows
+    on stages 1 and 2): with dynamic_img_size=True (timm's order: roll, then pad) the tables and logits are timm's."""
+    theirs, ours = _timm_file_in_other_sizes(timm_small, img_size=img_size, dynamic_img_size=True)
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs.state_dict()[key], atol=1e-6, rtol=1e-6, msg=key)
+    x = images(2, 3, *((img_size, img_size) if isinstance(img_size, int) else img_size), seed=27)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=ATOL, rtol=1e-5)
+
+
 @pytest.mark.parametrize("patch_size, img_size", [(4, 64), (1, 16)])
 def test_a_checkpoint_for_another_patch_size_gets_timms_resampled_kernel_and_logits(timm_small, patch_size, img_size):
     """create_model('swin_tiny_patch2_window4_32', patch_size=4, checkpoint=timm_file) was refused ('shape

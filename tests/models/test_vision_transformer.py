@@ -215,6 +215,28 @@ def test_img_size_288_resamples_a_224_checkpoint_as_timm(tmp_path):
         ours(images(1, 3, 224, 224))
 
 
+@pytest.mark.parametrize("img_size", [48, (40, 56)])
+def test_distilled_img_size_resamples_the_grid_rows_and_keeps_both_token_rows_as_timm(tmp_path, img_size):
+    """A distilled DeiT file built for 32×32 into a model for img_size: the class and distillation rows stay before
+    the resampled grid, as timm's filter keeps them."""
+    kwargs = SMALL_CONFIGS["vit_tiny_patch8_32"]
+    torch.manual_seed(47)
+    source = timm.create_model("deit_tiny_distilled_patch16_224", **kwargs)
+    path = tmp_path / "deit_distilled.pth"
+    torch.save(source.state_dict(), path)
+    args = dict(kwargs, img_size=img_size)
+    reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)), **args).eval()
+    ours = create_model("deit_tiny_distilled_patch16_224", checkpoint=path, **args).eval()
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    assert ours.pos_embed.shape == reference.pos_embed.shape == (1, 2 + size[0] // 8 * size[1] // 8, 192)
+    torch.testing.assert_close(ours.pos_embed, reference.pos_embed)
+    assert torch.equal(ours.pos_embed[:, :2], source.pos_embed[:, :2])
+    x = images(2, 3, *size, seed=48)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=ATOL, rtol=1e-5)
+
+
 @pytest.mark.parametrize("img_size", [100, (100, 70)])
 def test_an_img_size_that_is_no_multiple_of_the_patch_takes_its_own_images_as_timm(timm_tiny, img_size):
     """create_model('vit_tiny_patch16_224', img_size=100) built a 6×6 grid and then refused every image, its own
