@@ -314,6 +314,30 @@ def test_dynamic_img_pad_pads_sizes_that_are_no_multiple_of_the_patch_as_timm(si
 
 
 @pytest.mark.parametrize("distilled", [False, True])
+def test_dynamic_img_pad_at_an_img_size_that_is_no_multiple_is_refused_at_build_naming_the_arguments(distilled):
+    """img_size=36, patch 8 and dynamic_img_pad=True without dynamic_img_size built a model with a 4×4 position table
+    whose own 36×36 images pad to 5×5 tokens: every forward was refused ('the model's position table is for a 4×4
+    token grid, got 5×5; build it with img_size=...'), and timm's fails the same way ('The size of tensor a (26) must
+    match the size of tensor b (17)'). The build is refused now, naming the arguments; dynamic_img_size takes it."""
+    name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
+    sizes = dict(SMALL_CONFIGS["vit_tiny_patch8_32"], depth=1)
+    message = re.escape("img_size 36×36 is no multiple of the 8×8 patch: with dynamic_img_pad=True its images pad to "
+                        "a 5×5 token grid, but the position table is for 4×4 (timm's model fails on them); give an "
+                        "img_size that is a multiple of the patch, or dynamic_img_size=True")
+    with pytest.raises(ValueError, match=message):
+        create_model(name, **dict(sizes, img_size=36), dynamic_img_pad=True)
+    model = create_model(name, **sizes, dynamic_img_pad=True)
+    with pytest.raises(ValueError, match=message):
+        model.set_input_size(img_size=36)
+    with pytest.raises(ValueError, match=re.escape("img_size 32×32 is no multiple of the 12×12 patch")):
+        model.set_input_size(patch_size=12)
+    assert model.patch_embed.img_size == (32, 32) and model.pos_embed.shape[1] == model.num_prefix_tokens + 16
+    padded = create_model(name, **dict(sizes, img_size=36), dynamic_img_pad=True, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        assert padded.forward_features(images(1, 3, 36, 36)).shape == (1, padded.num_prefix_tokens + 25, 192)
+
+
+@pytest.mark.parametrize("distilled", [False, True])
 def test_proj_drop_rate_drops_as_timms_in_training(distilled):
     name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
     kwargs = dict(SMALL_CONFIGS["vit_tiny_patch8_32"], proj_drop_rate=0.3)

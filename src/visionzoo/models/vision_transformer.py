@@ -56,7 +56,7 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
-from visionzoo.layers.patch_embed import resample_patch_embed
+from visionzoo.layers.patch_embed import _positive_pair, resample_patch_embed
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import check_argument_types, whole_number
 
@@ -90,7 +90,9 @@ class VisionTransformer(nn.Module):
             the position table at each forward (timm's option of the same name).
         dynamic_img_pad: zero-pad the right and bottom of an input that is no multiple of the patch
             size up to the next multiple (a grid of ``⌈H/p⌉ × ⌈W/p⌉`` tokens) instead of refusing it, as
-            timm's option of the same name (with ``dynamic_img_size``, any input, one smaller than a patch too).
+            timm's option of the same name (with ``dynamic_img_size``, any input, one smaller than a patch too;
+            without it, an ``img_size`` that is no multiple of the patch is refused: its padded grid would not
+            be the position table's).
         fc_norm: put the final LayerNorm after the pooling (``fc_norm``) instead of before it
             (``norm``); None: only for ``global_pool`` "avg", "max" or "avgmax" (timm's default).
         features_only: return feature maps instead of logits: ``forward`` gives a list of
@@ -155,6 +157,7 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size,
                                       dynamic_img_pad=dynamic_img_pad)
+        _check_padded_grid(self.patch_embed.img_size, self.patch_embed.patch_size, dynamic_img_pad, dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -265,6 +268,11 @@ class VisionTransformer(nn.Module):
         (:func:`~visionzoo.layers.patch_embed.resample_patch_embed`). Without ``dynamic_img_size`` other
         input sizes are then refused. ``feature_info`` and the arguments that rebuild the model
         (``model_args``, kept by our checkpoints) follow."""
+        _check_padded_grid(
+            self.patch_embed.img_size if img_size is None else _positive_pair(img_size, "img_size"),
+            self.patch_embed.patch_size if patch_size is None else _positive_pair(patch_size, "patch_size"),
+            self.patch_embed.dynamic_img_pad, self.dynamic_img_size,
+        )
         old_grid = self.patch_embed.grid_size
         self.patch_embed.set_input_size(img_size, patch_size)
         grid = self.patch_embed.grid_size
@@ -556,6 +564,24 @@ class VisionTransformerDistilled(VisionTransformer):
         if self.distilled_training and self.training:
             return cls, dist
         return (cls + dist) / 2
+
+
+def _check_padded_grid(img_size: tuple[int, int], patch_size: tuple[int, int], dynamic_img_pad: bool,
+                       dynamic_img_size: bool) -> None:
+    """``ValueError`` naming the arguments when ``img_size`` images, padded to whole patches (``dynamic_img_pad``), make
+    a larger token grid than the position table's (whole patches only) and the table is not resampled per input (no
+    ``dynamic_img_size``): such a model, timm's too, can take none of its images."""
+    if not dynamic_img_pad or dynamic_img_size:
+        return
+    padded = tuple(-(-side // patch) for side, patch in zip(img_size, patch_size))
+    table = tuple(side // patch for side, patch in zip(img_size, patch_size))
+    if padded != table:
+        raise ValueError(
+            f"img_size {img_size[0]}×{img_size[1]} is no multiple of the {patch_size[0]}×{patch_size[1]} patch: with "
+            f"dynamic_img_pad=True its images pad to a {padded[0]}×{padded[1]} token grid, but the position table is "
+            f"for {table[0]}×{table[1]} (timm's model fails on them); give an img_size that is a multiple of the "
+            "patch, or dynamic_img_size=True"
+        )
 
 
 def _pos_embed_at(pos_embed: Tensor, grid_size: tuple[int, int], own: tuple[int, int], dynamic: bool,
