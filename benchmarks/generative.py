@@ -26,10 +26,10 @@ survive encoding under bf16.
     python benchmarks/generative.py --model vit_vqgan --minutes 10 --data digits --disc-start 900 --batch-size 32
     python benchmarks/generative.py --model vqgan_transformer --tokenizer vqgan --minutes 4 --data digits
     python benchmarks/generative.py --model image_gpt --minutes 3 --seeds 3 --data digits
-    python benchmarks/generative.py --model image_gpt --untrained --seeds 3
+    python benchmarks/generative.py --model image_gpt --untrained --seeds 3 --data digits   # and --data shapes
     python benchmarks/generative.py --model dcgan --minutes 4 --data digits
     python benchmarks/generative.py --model baselines
-    python benchmarks/generative.py --model codebook_stats
+    python benchmarks/generative.py --model codebook_stats --data shapes
     python benchmarks/generative.py --model vit_vqgan --data shapes --device cuda --steps 12000 --runs /tmp/gpu \
         --out /tmp/gpu/generative_vit_vqgan_shapes.json   # a trial: the README's CPU result stays
 

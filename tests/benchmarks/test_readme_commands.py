@@ -437,12 +437,6 @@ def docstring_commands() -> list[tuple[str, Command]]:
 DOCSTRING_COMMANDS = docstring_commands()
 # Usage commands of the scripts' docstrings whose results file is not in the repository, and why.
 USAGE_RESULTS_ELSEWHERE = {
-    "python benchmarks/generative.py --model image_gpt --untrained --seeds 3":
-        "without --data it writes generative_image_gpt_untrained.json for both data sets; the repository holds the "
-        "files of --data digits and --data shapes, the README's commands",
-    "python benchmarks/generative.py --model codebook_stats":
-        "without --data it writes generative_codebook_stats.json; the repository holds that of --data shapes, the "
-        "README's command",
     "python benchmarks/train_backbones.py --job resnet18-shapes64-fresh --device cuda --steps 8000 --eval-every 1000":
         "a GPU run's file (train_<job>_cuda.json): the GPU machine's JSON files did not come back",
 }
