@@ -49,8 +49,6 @@ is checked against the precomputed-grid path.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -64,36 +62,40 @@ from torch import nn
 
 from arguments import existing_results, output_file, positive_int, write_json
 from timing import machine
-from visionzoo.data.shapes import CLASSES, Shapes
+from visionzoo.data.shapes import CLASSES
 from visionzoo.data.slides import ShapeSlides
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models import create_model
-from visionzoo.models.hipt import HIPT4K
 from visionzoo.train import TrainConfig
-from visionzoo.train.classification import ClassificationTask
-from visionzoo.train.engine import fit
+from visionzoo.train.slides import (
+    EASY_TILES,
+    ENCODER,
+    SCALED_ENCODER,
+    VIT4K_BATCH,
+    VIT4K_LR,
+    VIT4K_WEIGHT_DECAY,
+    accuracy,
+    encode_pool,
+    encoder_tiles,
+    grids,
+    normalize,
+    slide_model,
+    tile_accuracy,
+    train_encoder,
+    train_vit4k,
+)
 
 RESULTS = Path(__file__).parent / "results"
 TILE = 64
 GRID = 4
-ENCODER = "hipt_vit256_small"
 ENCODER_TILES = {"train": 4000, "val": 200, "test": 500}
 ENCODER_BATCH = 64
 SLIDES = {"train": 3000, "test": 600}
 POOLS = {"train": 600, "test": 300}
 VIT4K_STEPS = 300
-VIT4K_BATCH = 32
-VIT4K_LR = 5e-4
-VIT4K_WEIGHT_DECAY = 0.05
 SEED = 0
 CHECK_SLIDES = 2
-MEAN = STD = 0.5  # the encoder's normalisation (HIPT's, the engine's for this model)
 
-
-# HIPT's ViT-256 design scaled to minutes of one CPU core: ViT-Ti's width, 4 blocks, 8-pixel patches (8 × 8 tokens
-# a 64-pixel tile) and max pooling over the patch tokens; with the [CLS] token instead, the same model stayed
-# at chance on the easy tiles (see the README's HIPT section)
-SCALED_ENCODER: dict[str, Any] = {"patch_size": 8, "embed_dim": 192, "num_heads": 3, "depth": 4, "global_pool": "max"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ TILES = {
     "textured": Tiles("Shapes' default tiles: one small, medium or large shape over a textured background",
                       None, "textured", "vit256"),
     "easy": Tiles("one large shape over a plain background (Shapes object_sizes=('large',), background='plain')",
-                  ("large",), "plain", "scaled"),
+                  EASY_TILES["object_sizes"], EASY_TILES["background"], "scaled"),
 }
 
 
@@ -140,92 +142,20 @@ def results_name(tiles: str, encoder: str) -> str:
             + ("" if encoder == TILES[tiles].encoder else f"_{encoder}") + ".json")
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    return (images - MEAN) / STD
-
-
-def train_encoder(setting: Tiles, recipe: Encoder, out: Path) -> tuple[nn.Module, dict[str, Any]]:
+def train_tile_encoder(setting: Tiles, recipe: Encoder, out: Path) -> tuple[nn.Module, dict[str, Any]]:
     """``hipt_vit256_small`` trained by the engine to classify single-object Shapes tiles (the slides'
     tiles); tile accuracy on the Shapes test split."""
-    tiles = {split: Shapes(split, image_size=TILE, length=ENCODER_TILES[split], seed=SEED, min_objects=1, max_objects=1,
-                           **setting.data())
-             for split in ENCODER_TILES}
-    torch.manual_seed(SEED)
-    model = create_model(ENCODER, num_classes=len(CLASSES), **recipe.args)
-    task = ClassificationTask(CLASSES, (MEAN,) * 3, (STD,) * 3, translate=TILE // 16)
+    tiles = {split: encoder_tiles(split, TILE, ENCODER_TILES[split], SEED, **setting.data()) for split in ENCODER_TILES}
     config = TrainConfig(out=str(out), max_steps=recipe.steps, batch_size=ENCODER_BATCH, lr=recipe.lr,
                          warmup_steps=recipe.steps // 10, seed=SEED, precision="fp32", overwrite=True,
                          progress=False, checkpoint_every=10**9, eval_every=10**9)
-    result = fit(task, model, tiles["train"], tiles["val"], config, {"data": "shapes (1 object)", "img_size": TILE})
-    model.eval()
-    with torch.no_grad():
-        metrics = task.evaluate(model, tiles["test"], 256, contextlib.nullcontext)
+    model, result = train_encoder(tiles["train"], tiles["val"], config, recipe.args)
     info = {"model": ENCODER, "model_args": recipe.args, "tile_size": TILE, "steps": result.steps,
             "batch_size": ENCODER_BATCH, "lr": recipe.lr, "train_seconds": round(result.train_seconds, 1),
-            "train_tiles": ENCODER_TILES["train"], "tile_test_accuracy": metrics["accuracy"],
+            "train_tiles": ENCODER_TILES["train"], "tile_test_accuracy": tile_accuracy(model, tiles["test"]),
             "tile_test_split": f"Shapes test, 1 object, {ENCODER_TILES['test']} tiles, {setting.data()}",
             "chance": 1 / len(CLASSES)}
     return model, info
-
-
-@torch.inference_mode()
-def encode_pool(encoder: nn.Module, slides: ShapeSlides, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen encoder on every pool tile: ([CLS] Tensor[P, 384], head logits Tensor[P, K] or empty)."""
-    features, logits = [], []
-    head = encoder.get_classifier()
-    for start in range(0, len(slides.pool), batch):
-        tiles = torch.stack([slides.tile(j) for j in range(start, min(start + batch, len(slides.pool)))])
-        tokens = encoder.forward_features(normalize(tiles))
-        cls = encoder.forward_head(tokens, pre_logits=True)
-        features.append(cls)
-        logits.append(head(cls) if isinstance(head, nn.Linear) else cls[:, :0])
-    return torch.cat(features), torch.cat(logits)
-
-
-def grids(slides: ShapeSlides, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Every slide's grid ``Tensor[N, 384, G, G]``, its label ``Tensor[N]`` and tile indices int64[N, G, G]."""
-    layouts = [slides.layout(i) for i in range(len(slides))]
-    indices = np.stack([layout.tile_indices for layout in layouts])
-    grid = features[torch.from_numpy(indices)].permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([layout.label for layout in layouts])
-    return grid, labels, indices
-
-
-def train_vit4k(train_grids: torch.Tensor, train_labels: torch.Tensor, num_classes: int) -> tuple[nn.Module, float]:
-    """``vit4k_xs`` on precomputed grids ``Tensor[N, D, G, G]`` (``in_dim`` D, HIPT's 384 unless the tile
-    encoder is narrower): AdamW, linear warmup then cosine decay, seeded batches."""
-    torch.manual_seed(SEED)
-    model = create_model("vit4k_xs", num_classes=num_classes, in_dim=train_grids.shape[1])
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n not in model.no_weight_decay())]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": VIT4K_WEIGHT_DECAY},
-                                   {"params": rest, "weight_decay": 0.0}], lr=VIT4K_LR)
-    warmup = VIT4K_STEPS // 10
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                 0.5 * (1 + math.cos(math.pi * (s - warmup) / (VIT4K_STEPS - warmup))))
-    generator = torch.Generator().manual_seed(SEED)
-    order = torch.randperm(len(train_labels), generator=generator)
-    cursor = 0
-    model.train()
-    start = time.perf_counter()
-    for _ in range(VIT4K_STEPS):
-        if cursor + VIT4K_BATCH > len(order):
-            order, cursor = torch.randperm(len(train_labels), generator=generator), 0
-        pick = order[cursor:cursor + VIT4K_BATCH]
-        cursor += VIT4K_BATCH
-        loss = F.cross_entropy(model(train_grids[pick]), train_labels[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    return model.eval(), time.perf_counter() - start
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    predictions = torch.cat([model(inputs[i:i + batch]).argmax(-1) for i in range(0, len(inputs), batch)])
-    return float((predictions == labels).float().mean())
 
 
 def tile_vote(tile_logits: torch.Tensor, indices: np.ndarray, labels: torch.Tensor, num_classes: int) -> float:
@@ -238,9 +168,7 @@ def tile_vote(tile_logits: torch.Tensor, indices: np.ndarray, labels: torch.Tens
 @torch.inference_mode()
 def end_to_end_check(encoder: nn.Module, vit4k: nn.Module, slides: ShapeSlides, test_grids: torch.Tensor) -> dict:
     """HIPT4K on the slide images (tiles cut and streamed) against ViT-4K on the precomputed grids."""
-    hipt = HIPT4K(num_classes=vit4k.num_classes, tile_size=TILE, tile_batch_size=5)
-    hipt.model256, hipt.model4k = encoder, vit4k
-    hipt.eval()
+    hipt = slide_model(encoder, vit4k, TILE)
     diffs, agree = [], []
     for index in range(CHECK_SLIDES):
         image, _ = slides[index]
@@ -268,7 +196,7 @@ def run_row(name: str, encoder: nn.Module | None, data: dict[str, ShapeSlides], 
     encode_seconds = time.perf_counter() - start
     train_grids, train_labels, _ = grids(data["train"], pools["train"][0])
     test_grids, test_labels, test_indices = grids(data["test"], pools["test"][0])
-    vit4k, seconds = train_vit4k(train_grids, train_labels, num_classes)
+    vit4k, seconds, _ = train_vit4k(train_grids, train_labels, num_classes, VIT4K_STEPS, SEED)
     row = {
         "tile_encoder": name,
         "linear_probe_tile_accuracy": linear_probe_accuracy(pools["train"][0], data["train"].pool_labels,
@@ -331,7 +259,7 @@ def main() -> None:
 
     print(f"training the tile encoder ({ENCODER} {recipe.args}, {recipe.steps} steps)...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        encoder, encoder_info = train_encoder(setting, recipe, Path(tmp) / "encoder")
+        encoder, encoder_info = train_tile_encoder(setting, recipe, Path(tmp) / "encoder")
     print(f"  tile accuracy {encoder_info['tile_test_accuracy']:.3f} ({encoder_info['train_seconds']:.0f} s)", flush=True)
     rows = [run_row("trained ViT-256 (supervised)", encoder, data, num_classes)]
     rows[0]["tile_accuracy"] = encoder_info["tile_test_accuracy"]
