@@ -161,6 +161,8 @@ def test_every_job_passes_options_its_task_takes():
     from visionzoo.train.task import check_task_options
 
     for job in TOUR_JOBS:
+        if job.pipeline is not None:  # not one engine run of job.model
+            continue
         check_task_options(task_class(job.model), job.model, {**job.options, **dict.fromkeys(job.uses, "x")})
 
 
@@ -218,3 +220,63 @@ def test_overwrite_replaces_an_earlier_tours_files_and_keeps_the_users(tmp_path,
     assert sorted(p.name for p in (out / "b").iterdir()) == [".visionzoo-run", "notes.md"]
     assert (out / "notes.md").read_text() == "mine" and (out / "b" / "notes.md").read_text() == "mine too"
     assert json.loads((out / "report.json").read_text())["rows"][0]["failed"] == "skipped"
+
+
+def test_the_default_budget_gives_the_hipt_slides_row_its_own_minutes_and_the_other_rows_theirs():
+    """The HIPT slides row came with a larger default --minutes, so that the rows before it keep their shares of the
+    24 minutes they had."""
+    import argparse
+
+    import visionzoo.tour as tour
+
+    parser = argparse.ArgumentParser()
+    tour._arguments(parser)
+    shares = dict(zip([job.name for job in TOUR_JOBS], job_minutes(TOUR_JOBS, parser.get_default("minutes"))))
+    others = [job for job in TOUR_JOBS if job.name != "hipt-slides"]
+    assert [shares[job.name] for job in others] == pytest.approx(job_minutes(others, 24.0), abs=1e-12)
+    assert 1.5 <= shares["hipt-slides"] <= 2.0
+
+
+def _small_slides(monkeypatch):
+    """The hipt-slides row on a few tiles and slides: seconds, not minutes."""
+    import visionzoo.tour as tour
+
+    monkeypatch.setattr(tour, "SLIDE_ENCODER", {**tour.SLIDE_ENCODER, "batch_size": 8})
+    monkeypatch.setattr(tour, "SLIDE_ENCODER_TILES", {"train": 32, "val": 8, "test": 12})
+    monkeypatch.setattr(tour, "SLIDE_COUNTS", {"train": 24, "test": 10})
+    monkeypatch.setattr(tour, "SLIDE_POOLS", {"train": 48, "test": 48})
+    return tour
+
+
+def test_the_hipt_slides_row_trains_its_two_stages_and_reports_the_test_slides_accuracy(tmp_path, monkeypatch):
+    _small_slides(monkeypatch)
+    out = tmp_path / "tour"
+    argv = ["tour", "--out", str(out), "--only", "hipt-slides", "--max-steps", "2", "--eval-images", "6",
+            "--no-progress", "--precision", "fp32"]
+    assert main(argv) == 0
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert (row["name"], row["dataset"], row["metric"]) == ("hipt-slides", "slides 256px", "accuracy")
+    assert 0.0 <= row["value"] <= 1.0 and row["value"] == row["test_metrics"]["accuracy"]
+    assert 0.0 <= row["test_metrics"]["tile_accuracy"] <= 1.0
+    assert row["steps"] == 2 and row["vit4k_steps"] == 2  # --max-steps caps both stages
+    assert row["test_images"] == 6 and row["inference_images_per_s"] > 0
+    assert "hipt-slides/predictions.png" in row["pictures"]
+    assert all((out / picture).is_file() for picture in row["pictures"])
+    assert "| hipt_vit256_small+vit4k_xs | slide classification | slides 256px |" in (out / "report.md").read_text()
+
+
+def test_a_failure_in_the_hipt_slides_row_is_reported_as_a_failed_row(tmp_path, monkeypatch, capsys):
+    tour = _small_slides(monkeypatch)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("vit4k broke")
+
+    monkeypatch.setattr(tour.hipt_slides, "train_vit4k", broken)
+    out = tmp_path / "tour"
+    argv = ["tour", "--out", str(out), "--only", "hipt-slides", "--max-steps", "1", "--eval-images", "4",
+            "--no-progress", "--precision", "fp32"]
+    assert main(argv) == 1
+    row = json.loads((out / "report.json").read_text())["rows"][0]
+    assert row["failed"] == "RuntimeError: vit4k broke"
+    assert "vit4k broke" in (out / "hipt-slides" / "error.txt").read_text()
+    assert "1 of 1 jobs failed: hipt-slides" in capsys.readouterr().err
