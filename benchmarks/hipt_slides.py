@@ -1,6 +1,6 @@
 """HIPT on built-in slides: a ViT-4K trained on frozen ViT-256 [CLS] features of ShapeSlides mosaics.
 
-The data: :class:`~visionzoo.data.slides.ShapeSlides`, mosaics of ``GRID × GRID`` Shapes tiles labelled
+The data: :class:`~visionzoo.data.slides.ShapeSlides`, mosaics of ``G × G`` Shapes tiles labelled
 by their most frequent shape (6 classes, never a tie). Test slides are made of Shapes test-split tiles,
 never seen in training.
 
@@ -70,9 +70,18 @@ from visionzoo.train import TrainConfig
 from visionzoo.train.slides import (
     EASY_TILES,
     ENCODER,
+    ENCODER_BATCH,
+    ENCODER_TILES,
+    GRID_SIZE,
+    POOLS,
     SCALED_ENCODER,
+    SCALED_LR,
+    SCALED_STEPS,
+    SLIDES,
+    TILE_SIZE,
     VIT4K_BATCH,
     VIT4K_LR,
+    VIT4K_STEPS,
     VIT4K_WEIGHT_DECAY,
     accuracy,
     encode_pool,
@@ -86,13 +95,6 @@ from visionzoo.train.slides import (
 )
 
 RESULTS = Path(__file__).parent / "results"
-TILE = 64
-GRID = 4
-ENCODER_TILES = {"train": 4000, "val": 200, "test": 500}
-ENCODER_BATCH = 64
-SLIDES = {"train": 3000, "test": 600}
-POOLS = {"train": 600, "test": 300}
-VIT4K_STEPS = 300
 SEED = 0
 CHECK_SLIDES = 2
 
@@ -126,7 +128,7 @@ class Tiles:
         return {"object_sizes": self.object_sizes, "background": self.background}
 
 
-ENCODERS = {"vit256": Encoder({}, 100, 1e-3), "scaled": Encoder(SCALED_ENCODER, 300, 5e-4)}
+ENCODERS = {"vit256": Encoder({}, 100, 1e-3), "scaled": Encoder(SCALED_ENCODER, SCALED_STEPS, SCALED_LR)}
 TILES = {
     "textured": Tiles("Shapes' default tiles: one small, medium or large shape over a textured background",
                       None, "textured", "vit256"),
@@ -145,12 +147,13 @@ def results_name(tiles: str, encoder: str) -> str:
 def train_tile_encoder(setting: Tiles, recipe: Encoder, out: Path) -> tuple[nn.Module, dict[str, Any]]:
     """``hipt_vit256_small`` trained by the engine to classify single-object Shapes tiles (the slides'
     tiles); tile accuracy on the Shapes test split."""
-    tiles = {split: encoder_tiles(split, TILE, ENCODER_TILES[split], SEED, **setting.data()) for split in ENCODER_TILES}
+    tiles = {split: encoder_tiles(split, TILE_SIZE, ENCODER_TILES[split], SEED, **setting.data())
+             for split in ENCODER_TILES}
     config = TrainConfig(out=str(out), max_steps=recipe.steps, batch_size=ENCODER_BATCH, lr=recipe.lr,
                          warmup_steps=recipe.steps // 10, seed=SEED, precision="fp32", overwrite=True,
                          progress=False, checkpoint_every=10**9, eval_every=10**9)
     model, result = train_encoder(tiles["train"], tiles["val"], config, recipe.args)
-    info = {"model": ENCODER, "model_args": recipe.args, "tile_size": TILE, "steps": result.steps,
+    info = {"model": ENCODER, "model_args": recipe.args, "tile_size": TILE_SIZE, "steps": result.steps,
             "batch_size": ENCODER_BATCH, "lr": recipe.lr, "train_seconds": round(result.train_seconds, 1),
             "train_tiles": ENCODER_TILES["train"], "tile_test_accuracy": tile_accuracy(model, tiles["test"]),
             "tile_test_split": f"Shapes test, 1 object, {ENCODER_TILES['test']} tiles, {setting.data()}",
@@ -168,7 +171,7 @@ def tile_vote(tile_logits: torch.Tensor, indices: np.ndarray, labels: torch.Tens
 @torch.inference_mode()
 def end_to_end_check(encoder: nn.Module, vit4k: nn.Module, slides: ShapeSlides, test_grids: torch.Tensor) -> dict:
     """HIPT4K on the slide images (tiles cut and streamed) against ViT-4K on the precomputed grids."""
-    hipt = slide_model(encoder, vit4k, TILE)
+    hipt = slide_model(encoder, vit4k, TILE_SIZE)
     diffs, agree = [], []
     for index in range(CHECK_SLIDES):
         image, _ = slides[index]
@@ -250,8 +253,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    data = {split: ShapeSlides(split, grid_size=GRID, tile_size=TILE, length=SLIDES[split], pool_size=POOLS[split],
-                               seed=SEED, **setting.data()) for split in ("train", "test")}
+    data = {split: ShapeSlides(split, grid_size=GRID_SIZE, tile_size=TILE_SIZE, length=SLIDES[split],
+                               pool_size=POOLS[split], seed=SEED, **setting.data()) for split in ("train", "test")}
     num_classes = len(data["train"].classes)
     train_labels = np.array([data["train"].layout(i).label for i in range(len(data["train"]))])
     test_labels = np.array([data["test"].layout(i).label for i in range(len(data["test"]))])
@@ -276,9 +279,10 @@ def main() -> None:
         "design": {
             "summary": "ViT-4K (vit4k_xs) trained on the frozen feature grids of a ViT-256 tile encoder (its [CLS], or "
                        "as tile_encoder says); slide label = most frequent shape among the slide's tiles",
-            "tile_encoder": f"{recipe.name()} on {TILE}-pixel tiles (a {TILE // patch}×{TILE // patch} token "
-                            f"grid), trained supervised {recipe.steps} steps of {ENCODER_BATCH} single-object "
-                            "tiles through the engine, then frozen; 256-pixel tiles are too slow to train on this CPU",
+            "tile_encoder": f"{recipe.name()} on {TILE_SIZE}-pixel tiles (a {TILE_SIZE // patch}×"
+                            f"{TILE_SIZE // patch} token grid), trained supervised {recipe.steps} steps of "
+                            f"{ENCODER_BATCH} single-object tiles through the engine, then frozen; 256-pixel tiles "
+                            "are too slow to train on this CPU",
             "references": "the same ViT-256 frozen at random initialisation; perfect tile features (a fixed random "
                           "384-vector per true tile class), the ViT-4K stage's ceiling with a right tile encoder",
             "vit4k": f"vit4k_xs, AdamW lr {VIT4K_LR} wd {VIT4K_WEIGHT_DECAY}, {VIT4K_STEPS} steps of {VIT4K_BATCH} "
@@ -288,7 +292,8 @@ def main() -> None:
             "linear_probe": "logistic regression on standardised frozen features, train pool -> test pool tiles",
             "tile_vote": "plurality of the encoder's own tile predictions (trained encoder only)",
         },
-        "data": {"dataset": "ShapeSlides", "tiles": args.tiles, "tile_content": setting.content, "tile_size": TILE, "grid_size": GRID, "slide_pixels": GRID * TILE,
+        "data": {"dataset": "ShapeSlides", "tiles": args.tiles, "tile_content": setting.content, "tile_size": TILE_SIZE,
+                 "grid_size": GRID_SIZE, "slide_pixels": GRID_SIZE * TILE_SIZE,
                  "classes": data["train"].classes, "slides": SLIDES, "tile_pools": POOLS, "seed": SEED,
                  "test_label_counts": np.bincount(test_labels, minlength=num_classes).tolist()},
         "encoder": encoder_info,

@@ -241,10 +241,10 @@ def _small_slides(monkeypatch):
     """The hipt-slides row on a few tiles and slides: seconds, not minutes."""
     import visionzoo.tour as tour
 
-    monkeypatch.setattr(tour, "SLIDE_ENCODER", {**tour.SLIDE_ENCODER, "batch_size": 8})
-    monkeypatch.setattr(tour, "SLIDE_ENCODER_TILES", {"train": 32, "val": 8, "test": 12})
-    monkeypatch.setattr(tour, "SLIDE_COUNTS", {"train": 24, "test": 10})
-    monkeypatch.setattr(tour, "SLIDE_POOLS", {"train": 48, "test": 48})
+    monkeypatch.setattr(tour.hipt_slides, "ENCODER_BATCH", 8)
+    monkeypatch.setattr(tour.hipt_slides, "ENCODER_TILES", {"train": 32, "val": 8, "test": 12})
+    monkeypatch.setattr(tour.hipt_slides, "SLIDES", {"train": 24, "test": 10})
+    monkeypatch.setattr(tour.hipt_slides, "POOLS", {"train": 48, "test": 48})
     return tour
 
 

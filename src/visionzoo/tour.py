@@ -83,14 +83,8 @@ class TourJob:
 
 
 # HIPT on ShapeSlides, as benchmarks/hipt_slides.py --tiles easy runs it (the README's "HIPT slide-level demo"), in
-# a tour's share: 4 × 4 slides of 64-pixel easy tiles, the scaled-down ViT-256 trained on single-object tiles for
+# a tour's share: the benchmark's slides of easy tiles, the scaled-down ViT-256 trained on single-object tiles for
 # ENCODER_SHARE of the training time (or up to its 300 steps), then vit4k_xs on the frozen feature grids for the rest.
-SLIDE_TILE, SLIDE_GRID = 64, 4
-SLIDE_ENCODER = {"steps": 300, "batch_size": 64, "lr": 5e-4}
-SLIDE_ENCODER_TILES = {"train": 4000, "val": 200, "test": 500}
-SLIDE_COUNTS = {"train": 3000, "test": 600}
-SLIDE_POOLS = {"train": 600, "test": 300}
-SLIDE_VIT4K_STEPS = 300
 ENCODER_SHARE = 0.75
 SLIDES_PICTURED = 8
 
@@ -104,22 +98,23 @@ def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "au
     the test slides' accuracy; inference times the whole :class:`~visionzoo.models.hipt.HIPT4K` on slide images."""
     folder = out / job.name
     seconds = minutes * 60 * TRAIN_FRACTION
-    steps = {"encoder": SLIDE_ENCODER["steps"], "vit4k": SLIDE_VIT4K_STEPS}
+    steps = {"encoder": hipt_slides.SCALED_STEPS, "vit4k": hipt_slides.VIT4K_STEPS}
     steps = {name: min(count, max_steps) if max_steps is not None else count for name, count in steps.items()}
 
     def length(split: str, count: int) -> int:  # --eval-images caps the val and test splits
         return count if split == "train" or eval_images is None else min(count, eval_images)
 
-    tiles = {split: hipt_slides.encoder_tiles(split, SLIDE_TILE, length(split, count), 0, **hipt_slides.EASY_TILES)
-             for split, count in SLIDE_ENCODER_TILES.items()}
+    tile_size = hipt_slides.TILE_SIZE
+    tiles = {split: hipt_slides.encoder_tiles(split, tile_size, length(split, count), 0, **hipt_slides.EASY_TILES)
+             for split, count in hipt_slides.ENCODER_TILES.items()}
     config = TrainConfig(out=str(folder), minutes=seconds * ENCODER_SHARE / 60, max_steps=steps["encoder"],
-                         batch_size=SLIDE_ENCODER["batch_size"], lr=SLIDE_ENCODER["lr"], seed=0, precision=precision,
+                         batch_size=hipt_slides.ENCODER_BATCH, lr=hipt_slides.SCALED_LR, seed=0, precision=precision,
                          overwrite=True, progress=progress, checkpoint_every=10**9, eval_every=10**9)
     encoder, encoded = hipt_slides.train_encoder(tiles["train"], tiles["val"], config, hipt_slides.SCALED_ENCODER)
     tile_accuracy = hipt_slides.tile_accuracy(encoder, tiles["test"])
-    data = {split: ShapeSlides(split, grid_size=SLIDE_GRID, tile_size=SLIDE_TILE, length=length(split, count),
-                               pool_size=SLIDE_POOLS[split], seed=0, **hipt_slides.EASY_TILES)
-            for split, count in SLIDE_COUNTS.items()}
+    data = {split: ShapeSlides(split, grid_size=hipt_slides.GRID_SIZE, tile_size=tile_size, length=length(split, count),
+                               pool_size=hipt_slides.POOLS[split], seed=0, **hipt_slides.EASY_TILES)
+            for split, count in hipt_slides.SLIDES.items()}
     features = {split: hipt_slides.encode_pool(encoder, slides)[0] for split, slides in data.items()}
     encoder.reset_classifier(0)  # from here on the encoder gives tile features, as HIPT's ViT-256 does
     train_grids, train_labels, _ = hipt_slides.grids(data["train"], features["train"])
@@ -127,14 +122,14 @@ def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "au
     vit4k, vit4k_seconds, vit4k_steps = hipt_slides.train_vit4k(
         train_grids, train_labels, len(data["train"].classes), steps["vit4k"], seconds=seconds * (1 - ENCODER_SHARE))
     accuracy = hipt_slides.accuracy(vit4k, test_grids, test_labels)
-    model = hipt_slides.slide_model(encoder, vit4k, SLIDE_TILE)
+    model = hipt_slides.slide_model(encoder, vit4k, tile_size)
     slides_per_s = _time_and_picture_slides(model, data["test"], folder / "predictions.png")
     majority = int(torch.bincount(train_labels, minlength=len(data["train"].classes)).argmax())
     return {
         "name": job.name,
         "model": job.model,
         "task": "slide classification",
-        "dataset": f"{job.data} {SLIDE_GRID * SLIDE_TILE}px",
+        "dataset": f"{job.data} {hipt_slides.GRID_SIZE * tile_size}px",
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(encoded.train_seconds + vit4k_seconds, 1),
         "steps": encoded.steps,
@@ -147,7 +142,7 @@ def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "au
         "test_metrics": {"accuracy": accuracy, "tile_accuracy": tile_accuracy,
                          "majority_class_baseline": float((test_labels == majority).float().mean())},
         "test_images": len(data["test"]),
-        "test_split_images": SLIDE_COUNTS["test"],
+        "test_split_images": hipt_slides.SLIDES["test"],
         "inference_images_per_s": round(slides_per_s, 2),
         "regions_per_image": None,
         "pictures": [f"{job.name}/{name}" for name in PICTURES if (folder / name).exists()],

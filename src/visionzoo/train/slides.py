@@ -38,6 +38,16 @@ MEAN = STD = 0.5  # the encoder's normalisation (HIPT's, the engine's for this m
 SCALED_ENCODER: dict[str, Any] = {"patch_size": 8, "embed_dim": 192, "num_heads": 3, "depth": 4, "global_pool": "max"}
 # What "easy" tiles show: one large shape over a plain background (Shapes' own options)
 EASY_TILES: dict[str, Any] = {"object_sizes": ("large",), "background": "plain"}
+# The demo's sizes (the benchmark's, and the tour's within its time share): slides of 4 × 4 tiles of 64 pixels
+# (HIPT's tiles are 256 pixels, far too slow to train on a CPU), the tile encoder's data and batch, and the
+# scaled-down encoder's recipe
+TILE_SIZE, GRID_SIZE = 64, 4
+ENCODER_TILES = {"train": 4000, "val": 200, "test": 500}
+ENCODER_BATCH = 64
+SCALED_STEPS, SCALED_LR = 300, 5e-4
+SLIDES = {"train": 3000, "test": 600}
+POOLS = {"train": 600, "test": 300}
+VIT4K_STEPS = 300
 VIT4K_BATCH = 32
 VIT4K_LR = 5e-4
 VIT4K_WEIGHT_DECAY = 0.05
