@@ -289,6 +289,12 @@ def _cpu_native_bf16() -> bool:
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), whose matmuls want larger products."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def image_array(image: Image.Image, channels: int, name: str = "image") -> np.ndarray:
     """float32[H, W, channels] in [0, 1] (``channels`` 1 or 3) from a PIL ``image`` of any mode.
 
