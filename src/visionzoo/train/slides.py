@@ -13,7 +13,6 @@ The pipeline, shared by ``benchmarks/hipt_slides.py`` and the tour's ``hipt-slid
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,8 @@ from visionzoo.data.slides import ShapeSlides
 from visionzoo.models import create_model
 from visionzoo.models.hipt import HIPT4K
 from visionzoo.train.classification import ClassificationTask
-from visionzoo.train.engine import TrainConfig, TrainResult, fit
+from visionzoo.train.engine import TrainConfig, TrainResult, fit, lr_factor
+from visionzoo.train.task import weight_decay_groups
 
 ENCODER = "hipt_vit256_small"
 MEAN = STD = 0.5  # the encoder's normalisation (HIPT's, the engine's for this model)
@@ -120,13 +120,9 @@ def train_vit4k(train_grids: torch.Tensor, train_labels: torch.Tensor, num_class
     and the steps it trained."""
     torch.manual_seed(seed)
     model = create_model("vit4k_xs", num_classes=num_classes, in_dim=train_grids.shape[1])
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n not in model.no_weight_decay())]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": VIT4K_WEIGHT_DECAY},
-                                   {"params": rest, "weight_decay": 0.0}], lr=VIT4K_LR)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, VIT4K_WEIGHT_DECAY), lr=VIT4K_LR)
     warmup = steps // 10
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, min_ratio=0.0))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_labels), generator=generator)
     cursor = done = 0
