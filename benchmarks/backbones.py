@@ -11,9 +11,12 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
   machine's matmul peak (measured here, best of 3: 2048² in fp32, 512² in bf16) uses each model's FLOPs counted by
   ``torch.utils.flop_counter`` (2 per multiply-add). ``--device cuda`` measures on the GPU (each call
   synchronised; fp32 matmuls without TF32, torch's default) into the ``speed_cuda`` section.
+  ``--keep-freed-memory`` first makes glibc keep freed blocks for reuse (``timing.keep_freed_memory``), for both
+  libraries alike, so that no forward pays page faults for its activations; into ``speed_keep_freed_memory``.
 
     python benchmarks/backbones.py                       # all three parts
     python benchmarks/backbones.py --part speed --one-thread
+    python benchmarks/backbones.py --part speed --keep-freed-memory --bf16-batch 32 --bf16-repeats 7
     python benchmarks/backbones.py --part speed --device cuda --batch 256 --bf16-batch 256 --bf16-repeats 5
 """
 
@@ -29,7 +32,7 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from arguments import device_name, existing_results, output_file, positive_int, write_json
-from timing import best_seconds, machine
+from timing import best_seconds, keep_freed_memory, machine
 from visionzoo.models import create_model, list_models
 
 RESULTS = Path(__file__).parent / "results"
@@ -164,21 +167,30 @@ def main() -> None:
                              "emulated, ~100× slower)")
     parser.add_argument("--bf16-repeats", type=positive_int, help="speed: bf16 best of this many (default 1)")
     parser.add_argument("--one-thread", action="store_true", help="speed: torch.set_num_threads(1)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="speed, CPU: glibc keeps freed blocks for reuse (both libraries), so that no forward "
+                             "faults its activations in again")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
     args = parser.parse_args()
     if args.device == "cuda" and args.part != "speed":
         parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
-    for flag, default in {**speed_flags, "--one-thread": False}.items():
+    if args.keep_freed_memory and args.device == "cuda":
+        parser.error("--keep-freed-memory is for the CPU (torch's CUDA allocator already keeps freed blocks)")
+    for flag, default in {**speed_flags, "--one-thread": False, "--keep-freed-memory": False}.items():
         name = flag.removeprefix("--").replace("-", "_")
         if getattr(args, name) not in (None, False) and args.part not in ("speed", "all"):
             parser.error(f"{flag} is used by --part speed only, not by --part {args.part}")
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.one_thread:
         torch.set_num_threads(1)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     results = existing_results(parser, args.out, __file__)
     speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
+    if args.keep_freed_memory:
+        speed_key += "_keep_freed_memory"
     parts = {"params": parameter_counts, "logits": logit_differences,
              speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
                                       torch.device(args.device))}

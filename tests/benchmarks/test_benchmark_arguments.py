@@ -644,13 +644,27 @@ def test_detection_hands_its_flags_and_defaults_to_the_jobs_that_use_them(monkey
 
 @pytest.mark.parametrize("part", ["params", "logits"])
 @pytest.mark.parametrize("argv", [["--batch", "8"], ["--repeats", "2"], ["--bf16-batch", "4"], ["--bf16-repeats", "2"],
-                                  ["--one-thread"]])
+                                  ["--one-thread"], ["--keep-freed-memory"]])
 def test_backbones_refuses_a_speed_flag_for_another_part_before_any_work(monkeypatch, capsys, part, argv):
     """backbones.py --part logits --batch 8 took the batch and ignored it without a word: the logits are compared
     on a batch of 2, whatever --batch says, and --one-thread left the params and logits parts on every thread."""
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
     error = refused(monkeypatch, capsys, "backbones", ["--part", part, *argv])
     assert f"{argv[0]} is used by --part speed only" in error, error
+
+
+def test_backbones_keep_freed_memory_sets_the_allocator_and_writes_its_own_section(monkeypatch, tmp_path, capsys):
+    module = load("backbones")
+    kept = []
+    monkeypatch.setattr(module, "keep_freed_memory", lambda: kept.append(True))  # process-wide: not in the suite's
+    monkeypatch.setattr(module, "speed", lambda *args: {"measured": True})
+    out = tmp_path / "b.json"
+    monkeypatch.setattr(sys, "argv", ["backbones.py", "--part", "speed", "--keep-freed-memory", "--out", str(out)])
+    module.main()
+    assert kept == [True] and json.loads(out.read_text())["speed_keep_freed_memory"] == {"measured": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    error = refused(monkeypatch, capsys, "backbones", ["--part", "speed", "--keep-freed-memory", "--device", "cuda"])
+    assert "--keep-freed-memory is for the CPU" in error and kept == [True]
 
 
 def test_backbones_hands_the_speed_flags_and_their_defaults_on(monkeypatch, tmp_path):
