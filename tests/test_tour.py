@@ -280,3 +280,42 @@ def test_a_failure_in_the_hipt_slides_row_is_reported_as_a_failed_row(tmp_path, 
     assert row["failed"] == "RuntimeError: vit4k broke"
     assert "vit4k broke" in (out / "hipt-slides" / "error.txt").read_text()
     assert "1 of 1 jobs failed: hipt-slides" in capsys.readouterr().err
+
+
+def test_the_hipt_slides_row_times_its_slides_under_the_tours_precision(tmp_path):
+    """The row timed its slides in fp32 whatever --precision said, where every other row's inference figure is
+    taken under the tour's autocast; the slides are now read under the autocast factory the row is given."""
+    import contextlib
+
+    import torch
+
+    from visionzoo.data.slides import ShapeSlides
+    from visionzoo.tour import _time_and_picture_slides
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.autocast_seen = []
+
+        def forward(self, images):
+            self.autocast_seen.append(torch.is_autocast_enabled("cpu"))
+            return torch.zeros(len(images), 6, dtype=torch.bfloat16 if self.autocast_seen[-1] else torch.float32)
+
+    slides = ShapeSlides("test", grid_size=2, tile_size=16, length=2, pool_size=48, seed=0)
+    for factory, expected in ((lambda: torch.autocast("cpu", dtype=torch.bfloat16), True),
+                              (contextlib.nullcontext, False)):
+        model = Recorder()
+        rate = _time_and_picture_slides(model, slides, tmp_path / "p.png", factory)
+        assert rate > 0 and model.autocast_seen == [expected] * 3
+        assert (tmp_path / "p.png").is_file()
+
+
+def test_best_inference_seconds_keeps_the_shortest_call_and_stops_after_a_slow_one():
+    from visionzoo.tour import best_inference_seconds
+
+    calls = []
+    seconds, result = best_inference_seconds(lambda: calls.append(1) or len(calls), repeats=3)
+    assert len(calls) == 3 and result == 3 and seconds >= 0
+    calls.clear()
+    seconds, result = best_inference_seconds(lambda: calls.append(1) or len(calls), repeats=3, enough=0.0)
+    assert len(calls) == 1 and result == 1
