@@ -2,6 +2,7 @@
 
 from __future__ import annotations  # as in the package: the annotations checked are strings
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -27,6 +28,42 @@ def test_sixteen_bit_greyscale_is_scaled_by_65535_not_clipped_at_255(mode, chann
     assert pixels.shape == (2, 4, channels) and pixels.dtype == np.float32
     expected = (SIXTEEN_BIT.astype(np.float32) / 65535)[..., None]
     assert np.array_equal(pixels, np.repeat(expected, channels, axis=2))
+
+
+def test_a_32_bit_integer_image_holding_0_to_255_is_read_as_8_bit_with_one_warning_naming_it(tmp_path, caplog):
+    """A mode "I" image (a 32-bit integer TIFF, or Image.fromarray of int32) of values 0..255 was divided by 65535:
+    nearly black, without a word. Its values say 8 bits; the guess is said once per file."""
+    values = np.array([[0, 1, 128, 255]], dtype=np.int32)
+    path = tmp_path / "scan.tif"
+    Image.fromarray(values, "I").save(path)
+    with caplog.at_level(logging.WARNING, logger="visionzoo.utils"):
+        for _ in range(2):  # a data set reads its files every epoch: warned once
+            with Image.open(path) as image:
+                assert image.mode == "I"
+                pixels = image_array(image, 3, f"image {path}")
+            assert np.array_equal(pixels, np.repeat(values[..., None].astype(np.float32) / 255, 3, axis=2))
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"image {path} is a 32-bit integer image with values 0..255: read as 8-bit" in warnings[0]
+
+
+def test_a_32_bit_integer_image_beyond_255_is_read_as_16_bit_saying_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="visionzoo.utils"):
+        pixels = image_array(Image.fromarray(np.array([[0, 4095]], dtype=np.int32), "I"), 1, "depth-4095.tif")
+    assert np.array_equal(pixels[..., 0], np.array([[0, 4095]], dtype=np.float32) / 65535)
+    assert "depth-4095.tif is a 32-bit integer image with values 0..4095: read as 16-bit" in caplog.text
+
+
+def test_a_16_bit_pgm_opened_as_mode_i_stays_16_bit_even_when_dark(tmp_path, caplog):
+    """PIL opens a 16-bit PGM as mode "I": the file says 16 bits, so 0..255 there is a dark image, not 8-bit data."""
+    values = np.array([[0, 200, 255, 10]], dtype=np.uint16)
+    path = tmp_path / "dark.pgm"
+    Image.fromarray(values).save(path)
+    with caplog.at_level(logging.WARNING, logger="visionzoo.utils"), Image.open(path) as image:
+        assert image.mode == "I"
+        pixels = image_array(image, 1, "dark.pgm")
+    assert np.array_equal(pixels[..., 0], values.astype(np.float32) / 65535)
+    assert not caplog.records
 
 
 def test_eight_bit_images_are_divided_by_255_as_before():

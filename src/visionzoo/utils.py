@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import logging
 import math
 import numbers
 import operator
@@ -23,8 +24,12 @@ import torch
 from PIL import Image
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-# PIL's modes of 16-bit greyscale images: a 16-bit PNG opens as "I;16" (older Pillow: "I", 32-bit integers).
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# PIL's modes of 16-bit greyscale images. Mode "I" (32-bit integers) holds 16-bit files too: a 16-bit PGM, or with
+# older Pillow a 16-bit PNG; in other files (a 32-bit integer TIFF) or in memory its scale is read from its values.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
+
+log = logging.getLogger(__name__)
 
 
 def is_integer(value: object) -> bool:
@@ -301,7 +306,9 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
     8-bit images are converted by PIL (grey, palette, RGBA, CMYK, LAB to "L" or "RGB", through "RGB" where PIL
     has no direct conversion) and divided by 255; a mode PIL cannot convert raises ValueError naming ``name``; 16-bit
     greyscale ones are divided by 65535, since PIL's conversion would clip every value above 255 to white.
-    A mode "I" image with values outside 0..65535 raises ValueError naming ``name``. 32-bit float ("F", e.g.
+    A mode "I" (32-bit integer) image is 16-bit when its file is a PNG or PGM/PPM; otherwise (a 32-bit TIFF, or one
+    made in memory) it is divided by 255 when its values fit 0..255, else by 65535, and a warning names ``name``
+    and the guess (once per ``name``). Values outside 0..65535 raise ValueError naming ``name``. 32-bit float ("F", e.g.
     a float TIFF) images are taken as they are when in [0, 1]; other values raise, since PIL would clip them to
     0..255 and no one scale fits every float image.
     """
@@ -316,11 +323,16 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
         if grey.size and not 0 <= grey.min() <= grey.max() <= 1:
             raise ValueError(f"{name} is a 32-bit float image with values {grey.min():.4g}..{grey.max():.4g}; {advice}")
         return np.repeat(grey[..., None], channels, axis=2)
-    if image.mode in SIXTEEN_BIT_MODES:
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
         grey = np.asarray(image, dtype=np.float32)
-        if grey.size and not 0 <= grey.min() <= grey.max() <= 65535:
-            raise ValueError(f"{name} has values {grey.min():.0f}..{grey.max():.0f}, beyond 16 bits (0..65535)")
-        return np.repeat(grey[..., None] / 65535, channels, axis=2)
+        low, high = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(f"{name} has values {low:.0f}..{high:.0f}, beyond 16 bits (0..65535)")
+        scale = 65535
+        if image.mode == "I" and image.format not in SIXTEEN_BIT_FORMATS:
+            scale = 255 if high <= 255 else 65535
+            _warn_integer_scale(name, f"{low:.0f}..{high:.0f}", scale)
+        return np.repeat(grey[..., None] / scale, channels, axis=2)
     target = "L" if channels == 1 else "RGB"
     try:
         converted = image.convert(target)
@@ -332,6 +344,13 @@ def image_array(image: Image.Image, channels: int, name: str = "image") -> np.nd
                              "save it as an RGB or greyscale PNG") from None
     pixels = np.asarray(converted, dtype=np.float32) / 255
     return pixels[..., None] if channels == 1 else pixels
+
+
+@functools.cache  # once per image: a data set reads its files again every epoch
+def _warn_integer_scale(name: str, values: str, scale: int) -> None:
+    bits = 8 if scale == 255 else 16
+    log.warning("%s is a 32-bit integer image with values %s: read as %d-bit (divided by %d); save it as an 8- or "
+                "16-bit PNG to read it without a guess", name, values, bits, scale)
 
 
 def first_non_finite(module: torch.nn.Module) -> str | None:
