@@ -16,6 +16,7 @@ from visionzoo.layers import (
     drop_path,
     drop_path_rates,
     feature_take_indices,
+    positive_pair,
     resample_abs_pos_embed,
     scaled_dot_product_attention,
     sincos_pos_embed_2d,
@@ -23,6 +24,15 @@ from visionzoo.layers import (
 )
 from visionzoo.layers import attention as attention_module
 from visionzoo.layers.patch_embed import _pair
+
+
+def test_positive_pair_gives_python_int_sides_and_refuses_a_side_below_one_naming_it():
+    """A public helper of the layers: the ViT resamples its patch embedding with it, as PatchEmbed does."""
+    assert positive_pair(np.int64(4), "patch_size") == (4, 4)
+    assert positive_pair((16, np.int32(8)), "img_size") == (16, 8)
+    assert all(type(side) is int for side in positive_pair((np.int64(2), 3), "img_size"))
+    with pytest.raises(ValueError, match=re.escape("img_size must be positive, got (8, 0)")):
+        positive_pair((8, 0), "img_size")
 
 
 def test_attention_equals_timm_attention_with_the_same_weights():

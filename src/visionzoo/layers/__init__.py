@@ -10,13 +10,13 @@ from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.linear import Linear, drop_cast_caches
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import FrozenBatchNorm2d, LayerNorm2d
-from visionzoo.layers.patch_embed import PatchEmbed, resample_patch_embed
+from visionzoo.layers.patch_embed import PatchEmbed, positive_pair, resample_patch_embed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Attention", "AttentionPoolLatent", "AttentionPoolPrr", "Block", "DropPath", "FeatureInfo", "FrozenBatchNorm2d",
     "LayerNorm2d", "LayerScale", "Linear", "Mlp", "PatchEmbed",
-    "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "resample_abs_pos_embed",
-    "resample_patch_embed",
+    "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "positive_pair",
+    "resample_abs_pos_embed", "resample_patch_embed",
     "run_blocks", "scaled_dot_product_attention", "sincos_pos_embed_2d", "taken_in_order",
 ]

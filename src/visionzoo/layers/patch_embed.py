@@ -19,8 +19,9 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (int(value), int(value)) if is_integer(value) else (int(value[0]), int(value[1]))
 
 
-def _positive_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    """``value`` as (h, w), or ``ValueError`` naming ``name`` when a side is below 1."""
+def positive_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """``value`` (an int or an (h, w) pair of ints, NumPy's too) as (h, w) Python ints, or ``ValueError`` naming
+    ``name`` when a side is below 1: the sizes of images, patches and windows."""
     pair = _pair(value)
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {pair}")
@@ -131,8 +132,8 @@ class PatchEmbed(nn.Module):
         layouts = ("NLC", "NHWC", "NCHW", "NCL")
         if output_fmt not in layouts:
             raise ValueError(f"output_fmt must be NLC, NHWC, NCHW or NCL, got {output_fmt!r}")
-        self.patch_size = _positive_pair(patch_size, "patch_size")
-        self.img_size = None if img_size is None else _positive_pair(img_size, "img_size")
+        self.patch_size = positive_pair(patch_size, "patch_size")
+        self.img_size = None if img_size is None else positive_pair(img_size, "img_size")
         _check_fits(self.img_size, self.patch_size)
         self._set_grid()
         self.in_chans = in_chans
@@ -156,8 +157,8 @@ class PatchEmbed(nn.Module):
         and ``num_patches``; another ``patch_size`` replaces ``proj`` by a conv of that kernel and stride whose
         kernel is :func:`resample_patch_embed`'s (bias, device, dtype, ``requires_grad`` and mode kept)."""
         if img_size is not None:
-            img_size = _positive_pair(img_size, "img_size")
-        new_patch = self.patch_size if patch_size is None else _positive_pair(patch_size, "patch_size")
+            img_size = positive_pair(img_size, "img_size")
+        new_patch = self.patch_size if patch_size is None else positive_pair(patch_size, "patch_size")
         _check_fits(img_size or self.img_size, new_patch)
         if new_patch != self.patch_size:
             old, new_size = self.proj, new_patch

@@ -56,7 +56,7 @@ from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
 from visionzoo.layers.grad_checkpoint import run_blocks
-from visionzoo.layers.patch_embed import _positive_pair, resample_patch_embed
+from visionzoo.layers.patch_embed import positive_pair, resample_patch_embed
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
 from visionzoo.utils import check_argument_types, whole_number
 
@@ -269,8 +269,8 @@ class VisionTransformer(nn.Module):
         input sizes are then refused. ``feature_info`` and the arguments that rebuild the model
         (``model_args``, kept by our checkpoints) follow."""
         _check_padded_grid(
-            self.patch_embed.img_size if img_size is None else _positive_pair(img_size, "img_size"),
-            self.patch_embed.patch_size if patch_size is None else _positive_pair(patch_size, "patch_size"),
+            self.patch_embed.img_size if img_size is None else positive_pair(img_size, "img_size"),
+            self.patch_embed.patch_size if patch_size is None else positive_pair(patch_size, "patch_size"),
             self.patch_embed.dynamic_img_pad, self.dynamic_img_size,
         )
         old_grid = self.patch_embed.grid_size
