@@ -32,11 +32,15 @@ survive encoding under bf16.
     python benchmarks/generative.py --model codebook_stats --data shapes
     python benchmarks/generative.py --model vit_vqgan --data shapes --device cuda --steps 12000 --runs /tmp/gpu \
         --out /tmp/gpu/generative_vit_vqgan_shapes.json   # a trial: the README's CPU result stays
+    python benchmarks/generative.py --model vit_vqgan --data shapes --steps 300 --seed 1 --runs /tmp/probes \
+        --out /tmp/probes/seed1.json   # a probe of another seed
 
 ``--steps N`` trains each model for N steps instead of ``--minutes`` (how far more steps than this CPU's
 budget go) and ``--device cuda`` trains on the GPU (bf16 autocast; its result and plots are named ``..._cuda`` and its
 runs go under ``runs/bench_cuda``, beside the CPU's rather than over them); what follows the training (test metrics,
 probes, sampling for FID) runs on the CPU either way.
+``--seed N`` seeds every training (Image GPT's ``--seeds`` trainings take N, N+1, ...) and, with ``--untrained``, the
+initial weights; another seed than 0 writes ``..._seedN.json`` by default, beside the README's seed-0 result.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from arguments import (
     AppendOnce,
     device_name,
     existing_results,
+    nonnegative_int,
     output_file,
     output_folder,
     positive_float,
@@ -82,6 +87,7 @@ DEFAULT_RUNS = Path("runs/bench")  # --device cuda: runs/bench_cuda
 RUNS = DEFAULT_RUNS
 # --device and --steps: set once by main(), over every run's own settings.
 TRAINING: dict[str, Any] = {}
+SEED = 0  # --seed: every training's, set once by main(); Image GPT's --seeds trainings count up from it
 DATA = (("digits", 32), ("shapes", 64))
 TOKENIZERS = {"vqvae": ("vqvae_small", "vqvae_small"), "vqgan": ("vqgan", "vqgan_f8"),
               "vit_vqgan": ("vit_vqgan", "vit_vqgan_64")}  # (Digits 32 px, Shapes 64 px)
@@ -116,12 +122,12 @@ def stack(dataset, count: int | None = None) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def train(model: str, data: str, size: int, minutes: float, out: Path, seed: int = 0,
+def train(model: str, data: str, size: int, minutes: float, out: Path, seed: int | None = None,
           model_args: dict[str, Any] | None = None, options: dict[str, Any] | None = None, **config: Any):
-    """One run through the engine, kept in ``out``; (setup, result, wall seconds)."""
+    """One run through the engine, kept in ``out`` (``seed`` None: ``SEED``); (setup, result, wall seconds)."""
     settings = {"batch_size": 64, "precision": "auto", "minutes": minutes, **config, **TRAINING}
     run_config = TrainConfig(out=str(out), overwrite=True, progress=False, eval_every=0,
-                             checkpoint_every=10**9, seed=seed, **settings)
+                             checkpoint_every=10**9, seed=SEED if seed is None else seed, **settings)
     start = time.perf_counter()
     setup, result = run_training(model, data, run_config, size, model_args, options)
     setup.model.cpu()
@@ -332,7 +338,7 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
             continue
         size = IMAGE_GPT_SIZES[data]
         runs = []
-        for seed in range(seeds):
+        for seed in range(SEED, SEED + seeds):
             setup, result, wall = train(model_name, data, size, minutes, RUNS / f"{model_name}-{data}-seed{seed}", seed=seed)
             model = setup.model.eval()
             with torch.no_grad():
@@ -385,7 +391,7 @@ def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str) -> 
             continue
         size = IMAGE_GPT_SIZES[data]
         curves: dict[str, list[list[float]]] = {name: [] for name in PROBE_TARGETS[data]}
-        for seed in range(seeds):
+        for seed in range(SEED, SEED + seeds):
             torch.manual_seed(seed)
             setup = build_setup(model_name, data, size)
             model = setup.model.eval()
@@ -420,7 +426,7 @@ def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    global RUNS
+    global RUNS, SEED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
                         choices=(*TOKENIZERS, "vqgan_transformer", *IMAGE_GPTS, "dcgan", "baselines",
@@ -437,6 +443,9 @@ def main() -> None:
                         help="VQGANs: the GAN loss weight (default: the model's registered one, else the task's 0.8)")
     parser.add_argument("--perceptual-weight", type=nonnegative_float,
                         help="VQGANs: the perceptual loss weight (default: the model's registered one, else 1.0)")
+    parser.add_argument("--seed", type=nonnegative_int,
+                        help="the seed of every training (image_gpt: of the first of --seeds, counting up); default 0, "
+                             "and another one's result is named ..._seedN.json by default")
     parser.add_argument("--seeds", type=positive_int, help="image_gpt: trainings for the probe curve (default 3)")
     parser.add_argument("--untrained", action="store_true",
                         help="image_gpt: probe the model at initialisation (--seeds of them), without training")
@@ -468,7 +477,9 @@ def main() -> None:
     # a GPU run's tokenizers go beside the CPU's (those the README's priors read), not over them
     RUNS = args.runs or (DEFAULT_RUNS.with_name(f"{DEFAULT_RUNS.name}_cuda") if args.device == "cuda" else DEFAULT_RUNS)
     if args.untrained or args.model in ("baselines", "codebook_stats"):
-        for flag, given in (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu")):
+        trains = (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu"),
+                  *((("--seed", args.seed is not None),) if not args.untrained else ()))  # untrained: its init's
+        for flag, given in trains:
             if given:
                 parser.error(f"{flag} sets the training; --model {args.model}"
                              f"{' --untrained' if args.untrained else ''} trains nothing")
@@ -476,8 +487,9 @@ def main() -> None:
         parser.error("--steps and --minutes are two budgets: give one")
     args.minutes = args.minutes or 5.0
     TRAINING.update({"device": args.device, **({"max_steps": args.steps, "minutes": None} if args.steps else {})})
-    # a GPU run's files go beside the CPU's (the README's), not over them
-    tag = "_cuda" if args.device == "cuda" else ""
+    SEED = args.seed or 0
+    # a GPU run's files go beside the CPU's (the README's), not over them; so do another seed's
+    tag = (f"_seed{SEED}" if SEED else "") + ("_cuda" if args.device == "cuda" else "")
     if args.model == "vqgan_transformer":
         name = f"vqgan_transformer_{args.tokenizer or 'vqgan'}"
     elif args.model.startswith("image_gpt") and args.untrained:
@@ -507,7 +519,8 @@ def main() -> None:
     else:
         sizes = {"digits": sorted({32, IMAGE_GPT_SIZES["digits"]}), "shapes": sorted({64, IMAGE_GPT_SIZES["shapes"]})}
         result = baselines(args.data, sizes)
-    write_json(path, {**machine(args.device), "device": args.device, "steps": args.steps, **result}, __file__)
+    write_json(path, {**machine(args.device), "device": args.device, "steps": args.steps, "seed": SEED, **result},
+               __file__)
     print(f"wrote {path}")
 
 
