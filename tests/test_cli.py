@@ -1074,6 +1074,30 @@ def test_an_interrupted_run_says_whether_and_where_resume_goes_on(tmp_path, caps
         f"visionzoo train: interrupted before the first checkpoint in {tmp_path / 'new'}; nothing to resume")
 
 
+@pytest.mark.parametrize("error, message", [(KeyboardInterrupt, "visionzoo train: interrupted; --resume goes on"),
+                                            (ValueError("bad batch"), "visionzoo train: error: bad batch")])
+def test_a_run_stopped_mid_step_clears_its_progress_bar_before_its_last_line(tmp_path, capsys, monkeypatch, error,
+                                                                             message):
+    """Ctrl-C during a step left the progress bar open: the interrupted line was written after the bar's text on its
+    line ('...loss=0.0510]visionzoo train: interrupted; ...'), and the bar was cleared only after it."""
+    from visionzoo.train.engine import Trainer
+
+    step = Trainer._train_step
+
+    def stopping_step(self, batch, index):
+        if index == 2:
+            raise error
+        return step(self, batch, index)
+
+    monkeypatch.setattr(Trainer, "_train_step", stopping_step)
+    argv = [token for token in TRAIN if token != "--no-progress"]
+    assert main([*argv, "--max-steps", "4", "--checkpoint-every", "1", "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    before, _, after = err.partition(message)
+    assert after, err
+    assert before.endswith(("\r", "\n")) and "\r" not in after, repr(err[-300:])
+
+
 def test_version_prints_the_installed_packages_version(capsys):
     # before: "visionzoo: error: the following arguments are required: COMMAND"
     from importlib.metadata import version

@@ -870,54 +870,56 @@ class Trainer:
                      cfg.batch_size, dist_info.world_size, cfg.precision, dist_info.device)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and cfg.progress),
                    unit="step", dynamic_ncols=True, leave=False)
-        global_batch = cfg.batch_size * dist_info.world_size
-        session_start, samples_seen, timed_seconds = self.step, 0, 0.0
-        recent_seconds: collections.deque[float] = collections.deque(maxlen=PACE_WINDOW)
-        stop = self.step >= self.total_steps or self._out_of_time()
-        if not stop:  # off the clock
-            self._prepare_train_set()
-            self.task.prepare(dist_info.device)
-        # each rank's own batches: an error in them may be its alone (see own_share)
-        with own_share(dist_info):
-            while not stop:
-                epoch, start_step = self._epoch_position()
-                self._replan_for_time(len(recent_seconds), sum(recent_seconds))
-                bar.total = self.total_steps
-                sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
-                                            dist_info.rank, dist_info.world_size)
-                loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
-                                    collate_fn=_as_is, num_workers=cfg.num_workers)
-                tick = time.perf_counter()
-                for batch in agreed_batches(dist_info, loader):
-                    logged = self._train_step(move_to(batch, dist_info.device), self.step)
-                    if self.ema is not None:
-                        self.ema.update(self.model, self.step)
-                    self.step += 1
-                    # Seconds since the previous step ended: data loading included, checkpoints and evaluation not.
-                    seconds = time.perf_counter() - tick
-                    self.train_seconds += seconds
-                    samples_seen += global_batch
-                    timed_seconds += seconds
-                    recent_seconds.append(seconds)
-                    logged["samples_per_s"] = global_batch / seconds
-                    if self.step % cfg.log_every == 0:  # rank 0 writes; the others hear if it could not (a full disk)
-                        on_main(dist_info, functools.partial(self._log, {"step": self.step, "epoch": epoch, **logged}))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
-                                    img_s=f"{logged['samples_per_s']:.0f}")
-                    # the pace drifts (a detector's proposals change as it learns)
-                    if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
-                        self._replan_for_time(len(recent_seconds), sum(recent_seconds), between_steps=True)
-                        bar.total = self.total_steps
-                    stop = self.step >= self.total_steps or self._out_of_time()
-                    if self.step % cfg.checkpoint_every == 0 or stop:
-                        self._save()
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
-                        self.evaluate()
-                    if stop:
-                        break
+        try:  # closed before an error's or Ctrl-C's line, which would follow the bar's text on its line
+            global_batch = cfg.batch_size * dist_info.world_size
+            session_start, samples_seen, timed_seconds = self.step, 0, 0.0
+            recent_seconds: collections.deque[float] = collections.deque(maxlen=PACE_WINDOW)
+            stop = self.step >= self.total_steps or self._out_of_time()
+            if not stop:  # off the clock
+                self._prepare_train_set()
+                self.task.prepare(dist_info.device)
+            # each rank's own batches: an error in them may be its alone (see own_share)
+            with own_share(dist_info):
+                while not stop:
+                    epoch, start_step = self._epoch_position()
+                    self._replan_for_time(len(recent_seconds), sum(recent_seconds))
+                    bar.total = self.total_steps
+                    sampler = EpochBatchSampler(len(self.train_set), cfg.batch_size, cfg.seed, epoch, start_step,
+                                                dist_info.rank, dist_info.world_size)
+                    loader = DataLoader(Batches(self.train_set, self.task.collate), sampler=sampler, batch_size=None,
+                                        collate_fn=_as_is, num_workers=cfg.num_workers)
                     tick = time.perf_counter()
-        bar.close()
+                    for batch in agreed_batches(dist_info, loader):
+                        logged = self._train_step(move_to(batch, dist_info.device), self.step)
+                        if self.ema is not None:
+                            self.ema.update(self.model, self.step)
+                        self.step += 1
+                        # Seconds since the previous step ended: data loading included, checkpoints and evaluation not.
+                        seconds = time.perf_counter() - tick
+                        self.train_seconds += seconds
+                        samples_seen += global_batch
+                        timed_seconds += seconds
+                        recent_seconds.append(seconds)
+                        logged["samples_per_s"] = global_batch / seconds
+                        if self.step % cfg.log_every == 0:  # rank 0 writes; the others hear if it could not (a full disk)
+                            on_main(dist_info, functools.partial(self._log, {"step": self.step, "epoch": epoch, **logged}))
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{logged.get('loss', next(iter(logged.values()))):.4f}",
+                                        img_s=f"{logged['samples_per_s']:.0f}")
+                        # the pace drifts (a detector's proposals change as it learns)
+                        if self.step % REPLAN_EVERY == 0 or self.step in EARLY_REPLANS:
+                            self._replan_for_time(len(recent_seconds), sum(recent_seconds), between_steps=True)
+                            bar.total = self.total_steps
+                        stop = self.step >= self.total_steps or self._out_of_time()
+                        if self.step % cfg.checkpoint_every == 0 or stop:
+                            self._save()
+                        if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
+                            self.evaluate()
+                        if stop:
+                            break
+                        tick = time.perf_counter()
+        finally:
+            bar.close()
         ended_by, flag = self._ended_by()
         if main:
             cut_short = (f", before the {self.total_steps} steps its learning-rate schedule was planned for"
