@@ -220,3 +220,28 @@ def test_ground_truth_without_objects_is_noted_beside_its_minus_ones(files, caps
                             "file, or only crowd regions): every metric is -1, pycocotools' mark for nothing to score\n")
     assert main(["coco-eval", str(gt_path), str(dt_path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_results_of_only_some_images_are_noted_as_the_others_objects_missed(files, capsys, tmp_path):
+    """predict --coco-json on a few test images, then coco-eval against the whole test split's file, gave an mAP
+    near 0 without a word: pycocotools counts every object of the images without results as missed. Noted when most
+    images with objects have no results (a detector gives results of low scores too)."""
+    gt_path, _, gt, dets = files
+    with_objects = sorted({a["image_id"] for a in gt["annotations"] if not a.get("iscrowd")})
+    covered = {d["image_id"] for d in dets}
+    every = dets + [{**dets[0], "image_id": image} for image in with_objects if image not in covered]
+    (tmp_path / "every.json").write_text(json.dumps(every))
+    assert main(["coco-eval", str(gt_path), str(tmp_path / "every.json")]) == 0
+    assert "no results" not in capsys.readouterr().err
+    half = [d for d in every if d["image_id"] in with_objects[len(with_objects) // 2:]]  # a detector's misses
+    (tmp_path / "half.json").write_text(json.dumps(half))
+    assert main(["coco-eval", str(gt_path), str(tmp_path / "half.json")]) == 0
+    assert "no results" not in capsys.readouterr().err
+    some = [d for d in dets if d["image_id"] in with_objects[:2]]
+    (tmp_path / "some.json").write_text(json.dumps(some))
+    assert main(["coco-eval", str(gt_path), str(tmp_path / "some.json"), "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # the note stays off stdout
+    missing = len(with_objects) - 2
+    assert (f"note: {tmp_path / 'some.json'} has no results on {missing} of the {len(with_objects)} images with "
+            f"objects in {gt_path}") in captured.err, captured.err

@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from visionzoo.cli import add_device_argument, positive_int, register_command
 from visionzoo.metrics.coco import (
     IOU_TYPES,
     SUMMARY_NAMES,
+    CocoDetections,
+    CocoGroundTruth,
     coco_evaluate,
+    load_detections,
     load_ground_truth,
     no_ground_truth_note,
 )
@@ -65,6 +70,14 @@ def format_per_category(result: dict) -> list[str]:
     return lines
 
 
+def images_without_results(ground: CocoGroundTruth, detections: CocoDetections) -> tuple[int, int]:
+    """(how many of them ``detections`` has no result on, how many images of ``ground`` have objects): crowd regions
+    alone are no objects. The command notes most of them without results: a detector that ran on an image gives
+    results of low scores too, so those images were not given to it."""
+    with_objects = np.unique(ground.image[~ground.iscrowd])
+    return int((~np.isin(with_objects, detections.image)).sum()), len(with_objects)
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("gt", help="COCO ground-truth JSON (images, annotations, categories)")
     parser.add_argument("dets", help="COCO results JSON: a list of {image_id, category_id, bbox, score}")
@@ -75,7 +88,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @register_command("coco-eval", help="COCO mAP of detections (pycocotools' numbers)", arguments=_arguments)
 def coco_eval_command(args: argparse.Namespace) -> int:
     ground = load_ground_truth(args.gt, args.iou_type)
-    result = coco_evaluate(ground, args.dets, iou_type=args.iou_type)
+    detections = load_detections(args.dets, ground, args.iou_type)
+    result = coco_evaluate(ground, detections, iou_type=args.iou_type)
+    missed, total = images_without_results(ground, detections)
+    if 2 * missed > total:  # predict --coco-json on a few files, scored against a whole split's file
+        print(f"note: {args.dets} has no results on {missed} of the {total} images with objects in {args.gt}, whose "
+              "objects count as missed (pycocotools' rule); to score only the images predicted, give a ground-truth "
+              "file of those images", file=sys.stderr)
     # pycocotools stores matches by annotation id, 0 meaning none (a crowd region is ignored either way)
     if ground.ids.dtype.kind != "U" and bool(((ground.ids == 0) & ~ground.iscrowd).any()):
         print(f"note: {args.gt} has an annotation of id 0, which pycocotools never counts as found (its matching takes "
