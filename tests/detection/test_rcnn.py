@@ -655,3 +655,23 @@ def test_fast_rcnn_over_a_dilated_backbone_pools_its_map_at_the_output_stride():
     features, boxes, _ = seen["args"]
     assert features["0"].shape[-2:] == (32, 32)
     torch.testing.assert_close(seen["out"], torchvision.ops.roi_pool(features["0"], boxes, 7, 1 / 8))
+
+
+def test_proposals_stopped_part_way_clear_their_progress_bar(capsys):
+    """Ctrl-C while R-CNN's proposals were computed left their bar open: train's "interrupted before the first
+    checkpoint" line was written after the bar's text, on its line."""
+    calls = []
+
+    def stopping(image):
+        calls.append(image)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return torch.zeros(1, 4)
+
+    try:
+        proposal_cache.compute_proposals(Shapes("val", length=4), stopping, workers=0, progress=True, chunk=1)
+    except KeyboardInterrupt:  # where train prints its line: the traceback still holds the bar
+        err = capsys.readouterr().err
+    else:
+        pytest.fail("not interrupted")
+    assert "proposals" in err and err.endswith("\r"), repr(err[-200:])

@@ -88,24 +88,24 @@ def compute_proposals(dataset: Dataset, propose: Propose, workers: int | None = 
     count = len(dataset)
     workers = (os.cpu_count() or 1) if workers is None else workers
     ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
-    bar = tqdm(total=count, desc="proposals", unit="img", disable=not progress, leave=False)
-    if workers <= 1 or len(ranges) <= 1:
-        out = []
-        for start, stop in ranges:
-            out.extend(_propose_range(dataset, propose, start, stop))
-            bar.update(stop - start)
-        bar.close()
-        return out
-    results: list[list[Tensor]] = [[] for _ in ranges]
-    # fork, as torch's DataLoader workers: no re-import of the caller's script (spawn would need a
-    # __main__ guard there), and each child runs torch on one thread, so it never enters OpenMP
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-        futures = {pool.submit(_propose_range, dataset, propose, start, stop): i for i, (start, stop) in enumerate(ranges)}
-        for future in as_completed(futures):
-            index = futures[future]
-            results[index] = future.result()
-            bar.update(len(results[index]))
-    bar.close()
+    # closed on the way out: an error's or Ctrl-C's line would otherwise follow the bar's text on its line
+    with tqdm(total=count, desc="proposals", unit="img", disable=not progress, leave=False) as bar:
+        if workers <= 1 or len(ranges) <= 1:
+            out = []
+            for start, stop in ranges:
+                out.extend(_propose_range(dataset, propose, start, stop))
+                bar.update(stop - start)
+            return out
+        results: list[list[Tensor]] = [[] for _ in ranges]
+        # fork, as torch's DataLoader workers: no re-import of the caller's script (spawn would need a
+        # __main__ guard there), and each child runs torch on one thread, so it never enters OpenMP
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            futures = {pool.submit(_propose_range, dataset, propose, start, stop): i
+                       for i, (start, stop) in enumerate(ranges)}
+            for future in as_completed(futures):
+                index = futures[future]
+                results[index] = future.result()
+                bar.update(len(results[index]))
     return [boxes for part in results for boxes in part]
 
 
