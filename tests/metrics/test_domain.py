@@ -179,6 +179,27 @@ def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tm
     assert not (tmp_path / "domain").exists()
 
 
+@pytest.mark.parametrize("size", [4, 15])
+def test_a_shapes_image_size_below_its_smallest_scene_is_refused_before_training(tmp_path, monkeypatch, capsys, size):
+    """fid --features domain --data shapes --img-size 4 logged "training the shapes domain classifier at 4 px", then
+    failed with "Shapes image_size must be at least 16, got 4", naming no option."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a domain classifier was trained")
+
+    monkeypatch.setattr(domain, "train_domain_classifier", refuse)
+    with pytest.raises(ValueError, match=f"domain features of shapes need images of at least 16 px, got image_size "
+                                         f"{size}"):
+        domain_features("shapes", size)
+    folder = write_folder(tmp_path / "a", 0)
+    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "shapes", "--img-size",
+                 str(size)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo fid: error: --img-size {size}: domain features of shapes need "
+                                       "images of at least 16 px (Shapes' smallest scenes)\n")
+    assert not (tmp_path / "domain").exists()
+
+
 def test_an_image_size_beyond_any_tensor_is_out_of_memory_not_a_traceback(tmp_path, monkeypatch, capsys):
     """fid --features domain --img-size 10**20 ended in torch's traceback "upsample_bilinear2d(): argument
     'output_size' failed to unpack the object at pos 1 with error "Overflow when unpacking long long", where

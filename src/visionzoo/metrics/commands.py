@@ -21,7 +21,7 @@ from visionzoo.metrics.coco import (
     load_ground_truth,
     no_ground_truth_note,
 )
-from visionzoo.metrics.domain import DOMAIN_DATA, MIN_IMAGE_SIZE
+from visionzoo.metrics.domain import DOMAIN_DATA, MIN_IMAGE_SIZE, smallest_size
 from visionzoo.train.engine import PRECISIONS, autocast_context, resolve_precision
 from visionzoo.utils import resolve_device
 
@@ -166,6 +166,9 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
                          f"Inception's features; add {add}")
     if args.features == "domain" and args.img_size is not None and args.img_size < MIN_IMAGE_SIZE:
         raise ValueError(f"--img-size {args.img_size}: domain features need images of at least {MIN_IMAGE_SIZE} px")
+    if args.features == "domain" and args.img_size is not None and args.img_size < smallest_size(args.data):
+        raise ValueError(f"--img-size {args.img_size}: domain features of {args.data} need images of at least "
+                         f"{smallest_size(args.data)} px (Shapes' smallest scenes)")
     if args.features == "domain" and args.resize:
         raise ValueError(f"--resize {args.resize} chooses how Inception's input is resized; domain features read "
                          "images resized to --img-size")

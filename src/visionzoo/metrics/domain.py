@@ -233,6 +233,14 @@ def _load_domain_features(path: Path, data: str, image_size: int, in_chans: int)
     return model
 
 
+def smallest_size(data: str) -> int:
+    """The smallest image side the domain features of ``data`` (``"digits"`` or ``"shapes"``) take: the network's
+    (:data:`MIN_IMAGE_SIZE`), and for Shapes its smallest scenes, which it is trained on."""
+    from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
+
+    return max(MIN_IMAGE_SIZE, SHAPES_MIN_SIZE) if data == "shapes" else MIN_IMAGE_SIZE
+
+
 def domain_features(data: str, image_size: int, in_chans: int | None = None,
                     checkpoint: str | Path | None = None) -> DomainFeatures:
     """The frozen domain feature network of ``data`` (``"digits"`` or ``"shapes"``) at ``image_size``.
@@ -250,6 +258,9 @@ def domain_features(data: str, image_size: int, in_chans: int | None = None,
     image_size = int(image_size)
     if image_size < MIN_IMAGE_SIZE:  # else the train split is loaded and the first training step fails
         raise ValueError(f"domain features need images of at least {MIN_IMAGE_SIZE} px, got image_size {image_size}")
+    if image_size < smallest_size(data):  # else "Shapes image_size must be ..." after "training the ... classifier"
+        raise ValueError(f"domain features of {data} need images of at least {smallest_size(data)} px, got image_size "
+                         f"{image_size}")
     if in_chans is None:
         in_chans = 1 if data == "digits" else 3
     in_chans = whole_number(in_chans, "domain_features' in_chans", 1)
