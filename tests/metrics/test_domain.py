@@ -231,7 +231,8 @@ def test_fid_command_names_an_empty_folder_and_an_unreadable_image(tmp_path, cap
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     domain_args = ["--features", "domain", "--data", "digits", "--img-size", "16", "--checkpoint", str(weights)]
     assert main(["fid", str(tmp_path / "empty"), str(good), *domain_args]) == 2
-    assert "holds 0 image files; FID needs at least 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds 0 image files (1 other file is not read: notes.txt; FID reads" in err and "needs at least 2" in err
     broken = write_folder(tmp_path / "broken", 0)
     (broken / "9.png").write_bytes(b"not a png")
     assert main(["fid", str(good), str(broken), *domain_args]) == 2

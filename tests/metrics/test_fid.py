@@ -106,6 +106,18 @@ def test_a_folder_of_class_subfolders_says_they_are_not_read(tmp_path):
     assert folder_statistics(tmp_path / "cat", pooled()).count == 2
 
 
+def test_a_folder_of_other_files_names_them_and_the_extensions_read(tmp_path):
+    """A folder of .gif frames (or of notes) was "holds 0 image files; FID needs at least 2": not saying that its
+    files were there but not read, nor which files are."""
+    for name in ("a.gif", "b.gif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one.png")
+    with pytest.raises(ValueError, match=r"holds 1 image file \(3 other files are not read: a\.gif, b\.gif, "
+                                         r"notes\.txt; FID reads \.bmp, \.jpeg, \.jpg, .*\.webp files\); FID needs at "
+                                         r"least 2"):
+        folder_statistics(tmp_path, pooled())
+
+
 def test_a_subfolder_named_like_an_image_is_not_read_as_one(tmp_path):
     # before: "image .../frames.png is a folder; give the image files in it" (pytorch-fid: IsADirectoryError)
     for index in range(2):

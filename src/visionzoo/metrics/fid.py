@@ -286,10 +286,17 @@ def image_files(folder: str | Path) -> list[Path]:
     if len(files) < 2:
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
         unread = ""
+        others = sorted(p.name for p in folder.iterdir() if not p.is_dir() and p not in files)
         if subfolders:
             shown = ", ".join(subfolders[:3]) + ("..." if len(subfolders) > 3 else "")
             unread = f" (its subfolders {shown} are not read; give one of them, or gather the images in one folder)"
-        raise ValueError(f"{folder} holds {len(files)} image files{unread}; FID needs at least 2")
+        elif others:
+            shown = ", ".join(others[:3]) + ("..." if len(others) > 3 else "")
+            read = ", ".join(f".{extension}" for extension in sorted(IMAGE_EXTENSIONS))
+            unread = (f" ({len(others)} other file{'s are' if len(others) > 1 else ' is'} not read: {shown}; FID reads "
+                      f"{read} files)")
+        plural = "" if len(files) == 1 else "s"
+        raise ValueError(f"{folder} holds {len(files)} image file{plural}{unread}; FID needs at least 2")
     return files
 
 
