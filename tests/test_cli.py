@@ -1098,6 +1098,18 @@ def test_a_run_stopped_mid_step_clears_its_progress_bar_before_its_last_line(tmp
     assert before.endswith(("\r", "\n")) and "\r" not in after, repr(err[-300:])
 
 
+def test_train_given_checkpoint_says_which_option_starts_from_one(tmp_path, capsys):
+    """eval, predict and sample read --checkpoint FILE; train has none, and argparse took `train --checkpoint FILE`
+    for its only option of that prefix: "argument --checkpoint-every: expected a positive integer, got 'FILE'"."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TRAIN, "--checkpoint", "runs/r18/checkpoint.safetensors", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--checkpoint-every" not in err, err
+    assert "train takes no --checkpoint" in err and "--initial-checkpoint FILE" in err and "--resume" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_version_prints_the_installed_packages_version(capsys):
     # before: "visionzoo: error: the following arguments are required: COMMAND"
     from importlib.metadata import version

@@ -159,7 +159,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="extra model argument, e.g. small_input=true (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # eval's, predict's and sample's option: argparse would take it for the only one of its prefix, --checkpoint-every
+    parser.add_argument("--checkpoint", nargs="?", action=_NoCheckpoint, help=argparse.SUPPRESS)
     _add_task_arguments(parser)
+
+
+class _NoCheckpoint(argparse.Action):
+    """train's refusal of --checkpoint, naming the options that do what it was likely meant for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error("train takes no --checkpoint (eval, predict and sample read one): a classifier starts from a "
+                     "checkpoint's weights with --initial-checkpoint FILE, and --resume continues the run in --out")
 
 
 def adam_beta(text: str) -> float:
