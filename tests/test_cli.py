@@ -1110,6 +1110,22 @@ def test_train_given_checkpoint_says_which_option_starts_from_one(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["trian", "resnet18"], "argument COMMAND: invalid choice: 'trian'"),
+    (["eval", "resnet18", "--checkpoint", "c.safetensors", "--split", "tset"], "argument --split: invalid choice: 'tset'"),
+    (["fid", "a", "b", "--features", "domian"], "argument --features: invalid choice: 'domian'"),
+])
+def test_a_misspelled_choice_is_answered_with_the_closest_one(capsys, argv, expected):
+    """A misspelled command or choice listed every choice and suggested none, where a misspelled model, data set or
+    option names the closest (argparse suggests only from Python 3.14)."""
+    closest = {"trian": "train", "tset": "test", "domian": "domain"}[argv[0] if argv[0] == "trian" else argv[-1]]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and err.endswith(f"; closest: {closest}"), err
+
+
 def test_version_prints_the_installed_packages_version(capsys):
     # before: "visionzoo: error: the following arguments are required: COMMAND"
     from importlib.metadata import version

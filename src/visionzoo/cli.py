@@ -102,7 +102,20 @@ class _OneLineParser(RecordingParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{_closest_choice(message)}\n")
+
+
+def _closest_choice(message: str) -> str:
+    """"; closest: NAME" for argparse's message of an invalid choice (argparse suggests one only from Python 3.14),
+    else ""."""
+    from visionzoo.utils import closest
+
+    match = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
+    if match is None:
+        return ""
+    choices = [choice.strip().strip("'") for choice in match[2].split(",")]
+    near = closest(match[1], choices, n=1)
+    return f"; closest: {near[0]}" if near else ""
 
 
 def parse_number(text: str, kind: type[int] | type[float], expected: str, holds: Callable[[Any], bool]) -> Any:
