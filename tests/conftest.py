@@ -1,6 +1,17 @@
+import os
 import shutil
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under `pytest -n 2` (make test) each worker process is one core's: torch's own threads there would only
+    contend with the other worker. The environment reaches the processes that tests start (torchrun, scripts)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module", autouse=True)
