@@ -32,7 +32,8 @@ def test_hflip_moves_boxes_with_the_pixels():
 def test_a_short_run_trains_evaluates_and_draws(tmp_path):
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=12, batch_size=4, overwrite=True, progress=False,
                          eval_every=0, checkpoint_every=10**9, precision="fp32")
-    setup, result = run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 100})
+    setup, result = run_training("fasterrcnn_shapes", "shapes", config, model_args={"rpn_pre_nms_top_n_test": 100},
+                                 val_images=2)
     losses = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) >= 2 and result.steps == 12
     first, last = (float(line.split('"loss": ')[1].split(",")[0]) for line in (losses[0], losses[-1]))
@@ -52,7 +53,7 @@ def test_a_short_run_trains_evaluates_and_draws(tmp_path):
 def test_the_detector_reloads_from_its_checkpoint(tmp_path):
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
                          eval_every=0, checkpoint_every=10**9, precision="fp32")
-    setup, _ = run_training("fasterrcnn_shapes", "shapes", config)
+    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, val_images=2)
     again = build_setup("fasterrcnn_shapes", "shapes", checkpoint=tmp_path / "run" / "checkpoint.safetensors")
     image = setup.splits["val"][0][0]
     with torch.no_grad():
@@ -99,7 +100,8 @@ def test_predict_min_score_sets_what_is_drawn_and_printed_but_the_json_keeps_eve
 
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
                          eval_every=0, checkpoint_every=10**9, precision="fp32")
-    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0})
+    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0},
+                               val_images=2)
     to_pil(setup.splits["val"][0][0], min_side=1).save(tmp_path / "scene.png")
     base = ["predict", "fasterrcnn_shapes", str(tmp_path / "scene.png"), "--checkpoint",
             str(tmp_path / "run" / "checkpoint.safetensors"), "--overwrite"]
@@ -144,7 +146,8 @@ def test_predict_draws_and_writes_coco_results_for_grey_and_rgba_files(tmp_path,
 
     config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, overwrite=True, progress=False,
                          eval_every=0, checkpoint_every=10**9, precision="fp32")
-    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0})
+    setup, _ = run_training("fasterrcnn_shapes", "shapes", config, model_args={"box_score_thresh": 0.0},
+                               val_images=2)
     picture = to_pil(setup.splits["val"][0][0], min_side=1)
     picture.convert("L").save(tmp_path / "7.png")
     picture.resize((160, 96)).convert("RGBA").save(tmp_path / "rgba.png")
