@@ -4,8 +4,6 @@ alone, AVX512-BF16, AMX) and a figure means little without it."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 import sys
@@ -15,7 +13,7 @@ from typing import Any
 
 import torch
 
-from visionzoo.utils import native_bf16
+from visionzoo.utils import keep_freed_memory, native_bf16  # noqa: F401 (the scripts' import)
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3, clock: Callable[[], float] = time.perf_counter
@@ -32,28 +30,6 @@ def best_of(fn: Callable[[], Any], repeats: int = 3, clock: Callable[[], float] 
 def best_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
     """The fewest seconds one call of ``fn`` took over ``repeats`` calls."""
     return best_of(fn, repeats)[0]
-
-
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
-
-
-def keep_freed_memory() -> None:
-    """Make glibc's malloc keep freed blocks of up to 32 MiB for reuse instead of returning them to the system.
-
-    By default a freed block above the (dynamic) mmap threshold is unmapped, and the heap's free top is trimmed,
-    so each forward pass's large activations are mapped again and every page faulted in on first touch: in bf16
-    ViT-S/16 inference at batch 32, timm's forward takes ~120,000 page faults (~25% of its CPU time on one thread),
-    and how many it takes depends on the process's allocation history. With both thresholds raised (the process
-    keeps what it has freed, as PyTorch's CUDA allocator does on a GPU) that cost is gone for every model in the
-    process. ``OSError`` where the C library has no ``mallopt`` (not glibc)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if not hasattr(libc, "mallopt"):
-        raise OSError("this C library has no mallopt (glibc's): --keep-freed-memory needs Linux with glibc")
-    for parameter, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2**31 - 1)):
-        if libc.mallopt(parameter, value) != 1:
-            raise OSError(f"mallopt({parameter}, {value}) failed")
 
 
 def machine(device: str | torch.device = "cpu") -> dict[str, Any]:
