@@ -158,24 +158,31 @@ def test_fid_command_bad_domain_arguments_are_one_line(tmp_path, capsys):
     assert "--resize clean chooses how Inception's input is resized" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("size", [1, 3])
-def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tmp_path, monkeypatch, capsys, size):
-    """fid --features domain --img-size 2 logged "training the digits domain classifier at 2 px", loaded the train
-    split, then failed in the first step with "domain features need images of at least 4 px, got (2, 2)", naming no
-    option."""
+def _refused_before_training(tmp_path, monkeypatch, capsys, data, size, reason):
+    """domain_features(data, size) and `fid --features domain --data DATA --img-size SIZE` refuse the size with
+    ``reason`` before any domain classifier is trained or cached."""
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
 
     def refuse(*args, **kwargs):
         raise AssertionError("a domain classifier was trained")
 
     monkeypatch.setattr(domain, "train_domain_classifier", refuse)
-    with pytest.raises(ValueError, match=f"domain features need images of at least 4 px, got image_size {size}"):
-        domain_features("digits", size)
+    with pytest.raises(ValueError, match=f"{re.escape(reason)}, got image_size {size}"):
+        domain_features(data, size)
     folder = write_folder(tmp_path / "a", 0)
-    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "digits", "--img-size",
+    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", data, "--img-size",
                  str(size)]) == 2
-    assert capsys.readouterr().err == (f"visionzoo fid: error: --img-size {size}: domain features need images of at "
-                                       "least 4 px\n")
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tmp_path, monkeypatch, capsys, size):
+    """fid --features domain --img-size 2 logged "training the digits domain classifier at 2 px", loaded the train
+    split, then failed in the first step with "domain features need images of at least 4 px, got (2, 2)", naming no
+    option."""
+    error = _refused_before_training(tmp_path, monkeypatch, capsys, "digits", size,
+                                     "domain features need images of at least 4 px")
+    assert error == f"visionzoo fid: error: --img-size {size}: domain features need images of at least 4 px\n"
     assert not (tmp_path / "domain").exists()
 
 
@@ -183,20 +190,10 @@ def test_an_image_size_below_the_networks_smallest_is_refused_before_training(tm
 def test_a_shapes_image_size_below_its_smallest_scene_is_refused_before_training(tmp_path, monkeypatch, capsys, size):
     """fid --features domain --data shapes --img-size 4 logged "training the shapes domain classifier at 4 px", then
     failed with "Shapes image_size must be at least 16, got 4", naming no option."""
-    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a domain classifier was trained")
-
-    monkeypatch.setattr(domain, "train_domain_classifier", refuse)
-    with pytest.raises(ValueError, match=f"domain features of shapes need images of at least 16 px, got image_size "
-                                         f"{size}"):
-        domain_features("shapes", size)
-    folder = write_folder(tmp_path / "a", 0)
-    assert main(["fid", str(folder), str(folder), "--features", "domain", "--data", "shapes", "--img-size",
-                 str(size)]) == 2
-    assert capsys.readouterr().err == (f"visionzoo fid: error: --img-size {size}: domain features of shapes need "
-                                       "images of at least 16 px (Shapes' smallest scenes)\n")
+    error = _refused_before_training(tmp_path, monkeypatch, capsys, "shapes", size,
+                                     "domain features of shapes need images of at least 16 px")
+    assert error == (f"visionzoo fid: error: --img-size {size}: domain features of shapes need images of at least "
+                     "16 px (Shapes' smallest scenes)\n")
     assert not (tmp_path / "domain").exists()
 
 
