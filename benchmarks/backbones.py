@@ -11,7 +11,7 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
   machine's matmul peak (measured here, best of 3: 2048² in fp32, 512² in bf16) uses each model's FLOPs counted by
   ``torch.utils.flop_counter`` (2 per multiply-add). ``--device cuda`` measures on the GPU (each call
   synchronised; fp32 matmuls without TF32, torch's default) into the ``speed_cuda`` section.
-  ``--keep-freed-memory`` first makes glibc keep freed blocks for reuse (``timing.keep_freed_memory``), for both
+  ``--keep-freed-memory`` first makes glibc keep freed blocks for reuse (``visionzoo.utils.keep_freed_memory``), for both
   libraries alike, so that no forward pays page faults for its activations; into ``speed_keep_freed_memory``.
 
     python benchmarks/backbones.py                       # all three parts
@@ -32,8 +32,9 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from arguments import device_name, existing_results, output_file, positive_int, write_json
-from timing import best_seconds, keep_freed_memory, machine
+from timing import best_seconds, machine
 from visionzoo.models import create_model, list_models
+from visionzoo.utils import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
 LOGIT_MODELS = ("vit_small_patch16_224", "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
@@ -125,7 +126,9 @@ def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf1
 
 
 def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
-          device: torch.device = CPU) -> dict:
+          device: torch.device = CPU, keep_freed: bool = False) -> dict:
+    if keep_freed:  # process-wide: here, with the measuring, and not in a run refused or stopped before it
+        keep_freed_memory()
     # bf16 at 512² on a CPU: a 2048² product takes seconds where bf16 is emulated; best of 3 all the same, since one
     # call caught in a slow spell would understate the peak and overstate each model's share of it
     bf16_size = 8192 if device.type == "cuda" else 512
@@ -185,15 +188,13 @@ def main() -> None:
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.one_thread:
         torch.set_num_threads(1)
-    if args.keep_freed_memory:
-        keep_freed_memory()
     results = existing_results(parser, args.out, __file__)
     speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
     if args.keep_freed_memory:
         speed_key += "_keep_freed_memory"
     parts = {"params": parameter_counts, "logits": logit_differences,
              speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
-                                      torch.device(args.device))}
+                                      torch.device(args.device), args.keep_freed_memory)}
     for key, measure in parts.items():
         if args.part in (key.split("_")[0], "all"):
             results[key] = measure()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from visionzoo.utils import keep_freed_memory, native_bf16  # noqa: F401 (the scripts' import)
+from visionzoo.utils import native_bf16
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3, clock: Callable[[], float] = time.perf_counter

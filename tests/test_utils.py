@@ -208,3 +208,39 @@ def test_images_that_are_no_tensor_are_refused_naming_what_they_are(name, featur
                                                 ("vqvae_small", "a vqvae_small"), ("ImageNet", "an ImageNet")])
 def test_a_word_gets_the_article_of_its_first_letter(word, expected):
     assert with_article(word) == expected
+
+
+def test_keep_freed_memory_stops_large_buffers_from_being_faulted_in_again(tmp_path):
+    """timm's bf16 ViT-S/16 forward took ~120,000 page faults (its activations mapped afresh at every call), a
+    cost that varies with the process's history; keep_freed_memory() (benchmarks/backbones.py --keep-freed-memory) makes glibc keep
+    freed blocks for reuse.
+    Measured in a child process: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "faults.py"
+    script.write_text("""
+import resource
+import torch
+from visionzoo.utils import keep_freed_memory
+
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):  # a forward pass: several activations of 12 MiB alive at once, then all freed
+        held = [torch.empty(3 * 2**20).fill_(1.0) for _ in range(6)]
+        del held
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+# glibc's default adapts its mmap threshold to the sizes freed so far, so its faults depend on the process's
+# history; a fixed 1 MiB threshold is that default's worst case, every 12 MiB buffer mapped afresh
+import ctypes, ctypes.util
+ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 2**20)
+faults()
+before = faults()
+keep_freed_memory()
+faults()
+print(before, faults())
+""")
+    before, after = map(int, subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                                            check=True).stdout.split())
+    assert before > 4 * 6 * 2000 and after < before / 10  # 12 MiB is 3,072 pages of 4 KiB

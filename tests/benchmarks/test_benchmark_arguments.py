@@ -724,12 +724,18 @@ def test_backbones_refuses_a_speed_flag_for_another_part_before_any_work(monkeyp
 
 
 def test_backbones_keep_freed_memory_sets_the_allocator_and_writes_its_own_section(monkeypatch, tmp_path, capsys):
+    """The allocator is set in speed(), with the measuring: set in main(), a run refused later (or the README
+    commands' check, which replaces the work) left the whole process keeping freed memory."""
     module = load("backbones")
     kept = []
     monkeypatch.setattr(module, "keep_freed_memory", lambda: kept.append(True))  # process-wide: not in the suite's
-    monkeypatch.setattr(module, "speed", lambda *args: {"measured": True})
+    monkeypatch.setattr(module, "matmul_peak", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(module, "SPEED_MODELS", ())
     out = tmp_path / "b.json"
     monkeypatch.setattr(sys, "argv", ["backbones.py", "--part", "speed", "--keep-freed-memory", "--out", str(out)])
+    module.main()
+    assert kept == [True] and json.loads(out.read_text())["speed_keep_freed_memory"]["matmul_peak_flops"]
+    monkeypatch.setattr(module, "speed", lambda *args: {"measured": args[5]})
     module.main()
     assert kept == [True] and json.loads(out.read_text())["speed_keep_freed_memory"] == {"measured": True}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -28,7 +28,7 @@ def _mlp_chunk_elements(x: Tensor) -> int:
     img/s in one chunk against 76 at 2^21 elements)."""
     if freed_memory_kept():
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        return MMAP_THRESHOLD_MAX // torch.empty((), dtype=dtype).element_size()
+        return MMAP_THRESHOLD_MAX // dtype.itemsize
     return _MLP_CHUNK_ELEMENTS
 
 
