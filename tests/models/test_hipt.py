@@ -726,3 +726,19 @@ def test_vit4k_xs_given_images_channels_says_it_takes_token_grids():
         create_model("vit4k_xs", in_chans=3)
     with pytest.raises(ValueError, match=message):
         build_classifier("vit4k_xs", 6, 3, {})
+
+
+def test_tiles_of_a_slide_in_cpu_memory_are_copied_to_the_models_device_a_batch_at_a_time():
+    """A slide is read where it lies (a 4096² region in the CPU's memory) and each tile batch goes to ViT-256's
+    device; before, the tiles were handed over on the slide's device, so a model on a GPU refused a slide on the CPU.
+    The meta device stands in for a GPU here: every tile batch reaches the model on it, and so does the grid."""
+    model = small_hipt().to("meta")
+    devices = []
+    model.model256.register_forward_pre_hook(lambda module, args: devices.append(args[0].device))
+    x = images(1, 3, 128, 192, seed=23)  # on the CPU: 6 tiles
+    with torch.no_grad():
+        grid = model.encode_tiles(x, tile_batch_size=4)
+        logits = model(x)
+    assert devices == [torch.device("meta")] * 3  # two batches, then one of the model's 64
+    assert grid.device.type == "meta" and grid.shape == (1, 384, 2, 3)
+    assert logits.device.type == "meta" and logits.shape == (1, 192)  # no head: the region embedding

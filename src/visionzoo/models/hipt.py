@@ -394,7 +394,9 @@ class HIPT4K(nn.Module):
         [CLS] tokens (grid cell (r, c) is the tile at rows ``r·T ...``, columns ``c·T ...``).
 
         Tiles are gathered from a view of ``x`` and encoded ``tile_batch_size`` at a time (default:
-        the model's), so one batch of tiles is copied at a time; the result does not depend on it.
+        the model's), so one batch of tiles is copied at a time; the result does not depend on it. Each batch
+        is copied to ViT-256's device: a slide in the CPU's memory is read by a model on a GPU a batch at a time,
+        and the grid is on the model's device.
         With ``remainder="pad"`` and sides that are not multiples of ``T``, the view is of one padded
         copy of ``x`` (a 4000 × 4000 image: one 4096 × 4096 copy, 201 MB in float32).
         """
@@ -407,18 +409,19 @@ class HIPT4K(nn.Module):
             raise ValueError(f"tile_batch_size must be >= 1, got {step}")
         tiles, (gh, gw) = tile_view(x, self.tile_size, self.remainder, self.pad_value)
         batch, cells = x.shape[0], gh * gw
+        device = next(self.model256.parameters()).device
         order = torch.arange(batch * cells, device=x.device)
         image, row, col = order // cells, order % cells // gw, order % gw
         grad = torch.is_grad_enabled() and not self.freeze_vit256
         with torch.set_grad_enabled(grad):
             if is_traced():  # a trace would keep the traced number of tile batches: all tiles in one
-                features = [self.model256(tiles[image, row, col])]
+                features = [self.model256(tiles[image, row, col].to(device))]
             else:
                 features = [self.model256(tiles[image[start:start + step], row[start:start + step],
-                                                col[start:start + step]])
+                                                col[start:start + step]].to(device))
                             for start in range(0, batch * cells, step)]
         if not features:  # an empty batch: no tiles to encode
-            return x.new_zeros(0, self.model256.num_features, gh, gw)
+            return x.new_zeros(0, self.model256.num_features, gh, gw, device=device)
         grid = torch.cat(features).reshape(batch, gh, gw, -1)
         return grid.permute(0, 3, 1, 2)
 
