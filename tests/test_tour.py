@@ -319,3 +319,77 @@ def test_best_inference_seconds_keeps_the_shortest_call_and_stops_after_a_slow_o
     calls.clear()
     seconds, result = best_inference_seconds(lambda: calls.append(1) or len(calls), repeats=3, enough=0.0)
     assert len(calls) == 1 and result == 1
+
+
+def test_every_job_runs_on_the_device_the_tour_is_given_and_the_report_names_it(tmp_path, monkeypatch):
+    """The tour took no --device: on a GPU machine its jobs trained on the GPU (the engine's default) while it
+    evaluated under the CPU's autocast and the report said nothing of where they ran."""
+    import torch
+
+    import visionzoo.tour as tour
+
+    jobs = [tour.TourJob("a", "vqvae_small", "digits"), tour.TourJob("b", "vqvae_small", "digits")]
+    devices = []
+
+    def fake_run_job(job, minutes, out, *args, device, **kwargs):
+        devices.append(device)
+        return {"name": job.name, "model": job.model, "task": "reconstruction", "dataset": "digits 32px",
+                "parameters": 10, "train_seconds": 1.0, "steps": 3, "metric": "psnr", "value": 20.0,
+                "inference_images_per_s": 5.0, "regions_per_image": None, "pictures": []}
+
+    monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
+    monkeypatch.setattr(tour, "run_job", fake_run_job)
+    out = tmp_path / "tour"
+    assert main(["tour", "--out", str(out), "--minutes", "1", "--no-progress", "--device", "cpu"]) == 0
+    assert devices == [torch.device("cpu")] * 2
+    assert json.loads((out / "report.json").read_text())["device"] == "cpu"
+    assert "within 1 minutes on this machine (cpu)," in (out / "report.md").read_text()
+
+
+def test_tour_device_cuda_without_a_gpu_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one_line_error(capsys, ["tour", "--out", str(tmp_path / "tour"), "--device", "cuda"],
+                   "--device cuda was asked for, but no CUDA device is available")
+    assert not (tmp_path / "tour").exists()
+
+
+def test_a_job_trains_and_is_evaluated_on_the_tours_device(tmp_path, monkeypatch):
+    import torch
+
+    import visionzoo.tour as tour
+
+    seen = {}
+
+    def stop_at_training(model, data, config, *args, **kwargs):
+        seen["device"] = config.device
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(tour, "run_training", stop_at_training)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        tour.run_job(tour.TourJob("a", "vqvae_small", "digits"), 0.01, tmp_path, device=torch.device("cpu"))
+    assert seen["device"] == "cpu"
+
+
+def test_the_hipt_slides_row_trains_both_stages_on_the_tours_device(tmp_path, monkeypatch):
+    import torch
+
+    tour = _small_slides(monkeypatch)
+    seen = {}
+    train_encoder, train_vit4k = tour.hipt_slides.train_encoder, tour.hipt_slides.train_vit4k
+
+    def encoder_spy(train, val, config, model_args):
+        seen["encoder"] = config.device
+        return train_encoder(train, val, config, model_args)
+
+    def vit4k_spy(*args, device, **kwargs):
+        seen["vit4k"] = device
+        return train_vit4k(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(tour.hipt_slides, "train_encoder", encoder_spy)
+    monkeypatch.setattr(tour.hipt_slides, "train_vit4k", vit4k_spy)
+    argv = ["tour", "--out", str(tmp_path / "tour"), "--only", "hipt-slides", "--max-steps", "1", "--eval-images",
+            "4", "--no-progress", "--precision", "fp32", "--device", "cpu"]
+    assert main(argv) == 0
+    assert seen == {"encoder": "cpu", "vit4k": torch.device("cpu")}

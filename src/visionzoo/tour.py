@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from visionzoo.checkpoint import atomic_write, model_state, read_checkpoint
-from visionzoo.cli import USER_ERRORS, positive_float, positive_int, register_command
+from visionzoo.cli import USER_ERRORS, add_device_argument, positive_float, positive_int, register_command
 from visionzoo.data.slides import ShapeSlides
 from visionzoo.train import slides as hipt_slides
 from visionzoo.train.drawing import draw_classification, grid
@@ -39,12 +39,13 @@ from visionzoo.train.engine import (
 )
 from visionzoo.train.run import build_setup, first_items, run_training
 from visionzoo.train.task import Task
-from visionzoo.utils import closest
+from visionzoo.utils import closest, resolve_device
 
 log = logging.getLogger(__name__)
 
 # Training gets this fraction of a job's share; set-up, evaluation and pictures take the rest.
 TRAIN_FRACTION = 0.8
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,14 @@ SLIDES_PICTURED = 8
 
 
 def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "auto", progress: bool = True,
-                   max_steps: int | None = None, eval_images: int | None = None) -> dict[str, Any]:
+                   max_steps: int | None = None, eval_images: int | None = None,
+                   device: torch.device = CPU) -> dict[str, Any]:
     """HIPT's slide pipeline (:mod:`visionzoo.train.slides`) in ``minutes``: its report row, as :func:`run_job`'s.
 
     The tile encoder trains through the engine for ``ENCODER_SHARE`` of the training time, the ViT-4K for the rest;
     ``max_steps`` caps both, ``eval_images`` the validation tiles, the test tiles and the test slides. Its metric is
-    the test slides' accuracy; inference times the whole :class:`~visionzoo.models.hipt.HIPT4K` on slide images."""
+    the test slides' accuracy; inference times the whole :class:`~visionzoo.models.hipt.HIPT4K` on slide images.
+    Both stages train and read on ``device``; the slide images stay in the CPU's memory, their tiles streamed."""
     folder = out / job.name
     seconds = minutes * 60 * TRAIN_FRACTION
     steps = {"encoder": hipt_slides.SCALED_STEPS, "vit4k": hipt_slides.VIT4K_STEPS}
@@ -109,7 +112,8 @@ def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "au
              for split, count in hipt_slides.ENCODER_TILES.items()}
     config = TrainConfig(out=str(folder), minutes=seconds * ENCODER_SHARE / 60, max_steps=steps["encoder"],
                          batch_size=hipt_slides.ENCODER_BATCH, lr=hipt_slides.SCALED_LR, seed=0, precision=precision,
-                         overwrite=True, progress=progress, checkpoint_every=10**9, eval_every=10**9)
+                         overwrite=True, progress=progress, checkpoint_every=10**9, eval_every=10**9,
+                         device=device.type)
     encoder, encoded = hipt_slides.train_encoder(tiles["train"], tiles["val"], config, hipt_slides.SCALED_ENCODER)
     tile_accuracy = hipt_slides.tile_accuracy(encoder, tiles["test"])
     data = {split: ShapeSlides(split, grid_size=hipt_slides.GRID_SIZE, tile_size=tile_size, length=length(split, count),
@@ -120,11 +124,12 @@ def run_slides_job(job: TourJob, minutes: float, out: Path, precision: str = "au
     train_grids, train_labels, _ = hipt_slides.grids(data["train"], features["train"])
     test_grids, test_labels, _ = hipt_slides.grids(data["test"], features["test"])
     vit4k, vit4k_seconds, vit4k_steps = hipt_slides.train_vit4k(
-        train_grids, train_labels, len(data["train"].classes), steps["vit4k"], seconds=seconds * (1 - ENCODER_SHARE))
+        train_grids, train_labels, len(data["train"].classes), steps["vit4k"], seconds=seconds * (1 - ENCODER_SHARE),
+        device=device)
     accuracy = hipt_slides.accuracy(vit4k, test_grids, test_labels)
     model = hipt_slides.slide_model(encoder, vit4k, tile_size)
     slides_per_s = _time_and_picture_slides(model, data["test"], folder / "predictions.png",
-                                            autocast_context(torch.device("cpu"), precision))
+                                            autocast_context(device, precision))
     majority = int(torch.bincount(train_labels, minlength=len(data["train"].classes)).argmax())
     return {
         "name": job.name,
@@ -172,9 +177,9 @@ def _time_and_picture_slides(model: torch.nn.Module, slides: ShapeSlides, pictur
     samples = [slides[i] for i in range(min(SLIDES_PICTURED, len(slides)))]
     images = hipt_slides.normalize(torch.stack([image for image, _ in samples]))  # Tensor[S, 3, G * T, G * T]
 
-    def infer() -> torch.Tensor:
+    def infer() -> torch.Tensor:  # on the CPU: a GPU's work is done when it returns
         with autocast():
-            return model(images).float().softmax(-1)
+            return model(images).float().softmax(-1).cpu()
 
     best, probabilities = best_inference_seconds(infer)
     scores, predicted = probabilities.max(-1)
@@ -238,9 +243,10 @@ def job_minutes(jobs: list[TourJob], minutes: float) -> list[float]:
     return [min(share, job.max_minutes) if job.max_minutes else share for job, share in zip(jobs, shares)]
 
 
-def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
-            progress: bool = True, max_steps: int | None = None, eval_images: int | None = None) -> dict[str, Any]:
-    """Train, evaluate on the test split, time and picture one job; its report row.
+def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto", progress: bool = True,
+            max_steps: int | None = None, eval_images: int | None = None,
+            device: torch.device = CPU) -> dict[str, Any]:
+    """Train, evaluate on the test split, time and picture one job on ``device``; its report row.
 
     ``max_steps`` ends the training earlier than ``minutes`` when reached, so that a run's result does not
     depend on the machine's speed. ``eval_images`` caps the validation and test images (below the job's own cap).
@@ -248,7 +254,7 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
     eval_images = min((cap for cap in (job.eval_images, eval_images) if cap is not None), default=None)
     settings = {**job.config, "max_steps": max_steps} if max_steps is not None else dict(job.config)
     config = TrainConfig(out=str(out / job.name), minutes=minutes * TRAIN_FRACTION, precision=precision,
-                         overwrite=True, progress=progress, checkpoint_every=10**9, **settings)
+                         overwrite=True, progress=progress, checkpoint_every=10**9, device=device.type, **settings)
     options = dict(job.options)
     for option, earlier in job.uses.items():
         options[option] = str(_trained_checkpoint(job, earlier, out))
@@ -261,9 +267,9 @@ def run_job(job: TourJob, minutes: float, out: Path, precision: str = "auto",
         setup = build_setup(job.model, job.data, job.img_size, job.model_args, options=options)
         setup.model.load_state_dict(model_state(*read_checkpoint(checkpoint)))  # another model's name, same weights
         result = None
-    task, model = setup.task, setup.model.eval()
+    task, model = setup.task, setup.model.to(device).eval()
     test = first_items(setup.splits["test"], eval_images)
-    autocast = autocast_context(torch.device("cpu"), precision)
+    autocast = autocast_context(device, precision)
     with torch.no_grad():
         metrics = task.evaluate(model, test, 128, autocast)
     samples = [test[i] for i in range(min(64, len(test)))]
@@ -332,10 +338,13 @@ def _regions_per_image(model: torch.nn.Module, images: list[torch.Tensor]) -> fl
     return float(rpn.post_nms_top_n()) if rpn is not None else None  # the model is in eval mode
 
 
-def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_images: int | None = None) -> str:
-    """``report.json`` and ``report.md`` in ``out``; returns the markdown table."""
+def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_images: int | None = None,
+                 device: str = "cpu") -> str:
+    """``report.json`` and ``report.md`` in ``out``; ``device`` names what the jobs ran on (see
+    :func:`device_name`). Returns the markdown table."""
     # rewritten after every job, atomically: a tour killed while writing keeps the rows of the jobs done
-    report = json.dumps({"budget_minutes": minutes, "eval_images": eval_images, "rows": rows}, indent=2)
+    report = json.dumps({"budget_minutes": minutes, "eval_images": eval_images, "device": device, "rows": rows},
+                        indent=2)
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(report))
     split = "the test split" if eval_images is None else f"the first {eval_images} images of the test split"
     # a job's own cap (R-CNN's 100 test images, the sliding window's 4) is below what the sentence says
@@ -348,11 +357,16 @@ def write_report(rows: list[dict[str, Any]], out: Path, minutes: float, eval_ima
     pictures = "".join(f"\n### {r['name']}\n\n" + "".join(f"![{p}]({p})\n" for p in r["pictures"]) for r in rows)
     markdown = (
         f"# visionzoo tour\n\nEvery family trained from scratch on built-in data within {minutes:g} minutes "
-        f"on this machine, evaluated on {split}. For the samplers (gan, autoregressive) inference img/s "
+        f"on this machine ({device}), evaluated on {split}. For the samplers (gan, autoregressive) inference img/s "
         f"counts images drawn.\n\n{table}{pictures}"
     )
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown))
     return table
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda`` with the GPU's name, for the report."""
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
 def _table_row(row: dict[str, Any]) -> str:
@@ -402,6 +416,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 where the CPU/GPU runs it natively, else fp32")
+    add_device_argument(parser)
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="also stop each job after this many steps (a result independent of the machine's speed)")
     parser.add_argument("--eval-images", type=_eval_images, default=None,
@@ -425,6 +440,7 @@ def tour_command(args: argparse.Namespace) -> int:
             print(f"{job.name:<24} {job.model:<30} {job.data:<8} {minutes:5.1f} min")
         return 0
     _check_dependencies(jobs)
+    device = resolve_device(args.device)
     out = prepare_run_dir(args.out, resume=False, overwrite=args.overwrite, resumable=False, outputs=tour_outputs())
     rows: list[dict[str, Any]] = []
     failed: set[str] = set()
@@ -437,7 +453,7 @@ def tour_command(args: argparse.Namespace) -> int:
         else:
             try:
                 rows.append((job.pipeline or run_job)(job, minutes, out, args.precision, progress=not args.no_progress,
-                                    max_steps=args.max_steps, eval_images=args.eval_images))
+                                    max_steps=args.max_steps, eval_images=args.eval_images, device=device))
             except Exception as error:  # noqa: BLE001 - one job's failure must not cost the others' results
                 rows.append(failed_row(job, _reason(error)))
                 failed.add(job.name)
@@ -445,7 +461,7 @@ def tour_command(args: argparse.Namespace) -> int:
                 log_file.parent.mkdir(parents=True, exist_ok=True)
                 log_file.write_text(traceback.format_exc())
                 print(f"[tour] {job.name} failed: {_reason(error)} (traceback: {log_file})", file=sys.stderr)
-        table = write_report(rows, out, args.minutes, args.eval_images)
+        table = write_report(rows, out, args.minutes, args.eval_images, device_name(device))
     print(table)
     print(f"report: {out / 'report.md'}")
     if failed:

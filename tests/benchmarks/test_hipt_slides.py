@@ -63,3 +63,20 @@ def test_the_textured_tiles_train_hipts_vit256_and_the_easy_ones_the_scaled_down
     assert module.ENCODERS["vit256"].name() == "hipt_vit256_small (patch 16, 12 blocks, 384 wide, feature: [CLS])"
     assert module.ENCODERS["scaled"].name() == (
         "hipt_vit256_small scaled down (patch 8, 4 blocks, 192 wide, feature: max-pooled patch tokens)")
+
+
+def test_the_tile_encoder_trains_on_the_cpu_as_the_rest_of_the_benchmark(monkeypatch, tmp_path):
+    """On a GPU machine the engine's default put the tile encoder on the GPU while the benchmark's ViT-4K and its
+    checks ran on the CPU, so the run failed at the first pool of tiles."""
+    module = load("hipt_slides")
+    seen = {}
+
+    def stop(train, val, config, model_args):
+        seen["device"] = config.device
+        raise _Checked
+
+    monkeypatch.setattr(module, "train_encoder", stop)
+    monkeypatch.setattr(module, "ENCODER_TILES", {"train": 2, "val": 2, "test": 2})
+    with pytest.raises(_Checked):
+        module.train_tile_encoder(module.TILES["easy"], module.ENCODERS["scaled"], tmp_path)
+    assert seen["device"] == "cpu"

@@ -89,16 +89,17 @@ def tile_accuracy(encoder: nn.Module, tiles: Shapes) -> float:
 
 @torch.inference_mode()
 def encode_pool(encoder: nn.Module, slides: ShapeSlides, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen encoder on every pool tile: (features ``Tensor[P, D]``, head logits ``Tensor[P, K]``, or
-    ``Tensor[P, 0]`` once the head is removed)."""
+    """The frozen encoder on every pool tile, read on the encoder's device: (features ``Tensor[P, D]``, head logits
+    ``Tensor[P, K]``, or ``Tensor[P, 0]`` once the head is removed), on the CPU."""
     features, logits = [], []
     head = encoder.get_classifier()
+    device = next(encoder.parameters()).device
     for start in range(0, len(slides.pool), batch):
         tiles = torch.stack([slides.tile(j) for j in range(start, min(start + batch, len(slides.pool)))])
-        tokens = encoder.forward_features(normalize(tiles))
+        tokens = encoder.forward_features(normalize(tiles.to(device)))
         cls = encoder.forward_head(tokens, pre_logits=True)
-        features.append(cls)
-        logits.append(head(cls) if isinstance(head, nn.Linear) else cls[:, :0])
+        features.append(cls.cpu())
+        logits.append((head(cls) if isinstance(head, nn.Linear) else cls[:, :0]).cpu())
     return torch.cat(features), torch.cat(logits)
 
 
@@ -113,13 +114,13 @@ def grids(slides: ShapeSlides, features: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def train_vit4k(train_grids: torch.Tensor, train_labels: torch.Tensor, num_classes: int, steps: int, seed: int = 0,
-                seconds: float | None = None) -> tuple[nn.Module, float, int]:
+                seconds: float | None = None, device: torch.device | str = "cpu") -> tuple[nn.Module, float, int]:
     """``vit4k_xs`` on precomputed grids ``Tensor[N, D, G, G]`` (``in_dim`` D, HIPT's 384 unless the tile
     encoder is narrower) and labels ``Tensor[N]``: AdamW, linear warmup then cosine decay over ``steps``, seeded
-    batches; stops early once ``seconds`` have passed (None: never). Returns the model in eval mode, the seconds
-    and the steps it trained."""
+    batches, on ``device``; stops early once ``seconds`` have passed (None: never). Returns the model (on
+    ``device``) in eval mode, the seconds and the steps it trained."""
     torch.manual_seed(seed)
-    model = create_model("vit4k_xs", num_classes=num_classes, in_dim=train_grids.shape[1])
+    model = create_model("vit4k_xs", num_classes=num_classes, in_dim=train_grids.shape[1]).to(device)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, VIT4K_WEIGHT_DECAY), lr=VIT4K_LR)
     warmup = steps // 10
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, min_ratio=0.0))
@@ -133,7 +134,7 @@ def train_vit4k(train_grids: torch.Tensor, train_labels: torch.Tensor, num_class
             order, cursor = torch.randperm(len(train_labels), generator=generator), 0
         pick = order[cursor:cursor + VIT4K_BATCH]
         cursor += VIT4K_BATCH
-        loss = F.cross_entropy(model(train_grids[pick]), train_labels[pick])
+        loss = F.cross_entropy(model(train_grids[pick].to(device)), train_labels[pick].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -145,8 +146,11 @@ def train_vit4k(train_grids: torch.Tensor, train_labels: torch.Tensor, num_class
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    """``model``'s accuracy on ``inputs`` ``Tensor[N, ...]`` against ``labels`` ``Tensor[N]``."""
-    predictions = torch.cat([model(inputs[i:i + batch]).argmax(-1) for i in range(0, len(inputs), batch)])
+    """``model``'s accuracy on ``inputs`` ``Tensor[N, ...]`` against ``labels`` ``Tensor[N]``, read on the model's
+    device."""
+    device = next(model.parameters()).device
+    predictions = torch.cat([model(inputs[i:i + batch].to(device)).argmax(-1).cpu()
+                             for i in range(0, len(inputs), batch)])
     return float((predictions == labels).float().mean())
 
 
