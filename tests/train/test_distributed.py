@@ -66,3 +66,42 @@ def test_the_first_process_alone_reports_an_error_every_rank_meets(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")  # a launcher's variable left in the environment of one process
     monkeypatch.delenv("WORLD_SIZE")
     assert reports_error(ValueError("dataset path not found: data/"))
+
+
+def test_more_torchrun_processes_than_gpus_is_one_clear_error_reported_by_the_first(monkeypatch):
+    """``torchrun --nproc_per_node 2`` on a one-GPU machine: the second process asked for GPU 1 and died with
+    "invalid device ordinal" while the first waited for it in NCCL's set-up. Every process now refuses before
+    touching a GPU, saying how many there are, and the first process alone prints it."""
+    from visionzoo.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail("set_device was called"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        for device in ("cuda", None):
+            with pytest.raises(ValueError) as refused:
+                distributed.init_distributed(device)
+            assert str(refused.value) == (
+                "torchrun started 2 processes on this machine, but it has 1 GPU, and each process trains on a GPU "
+                "of its own (NCCL takes one per process): give torchrun --nproc_per_node 1, or --device cpu")
+            assert reports_error(refused.value) == (rank == 0)
+
+
+def test_as_many_torchrun_processes_as_gpus_each_take_their_own(monkeypatch):
+    from visionzoo.train import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # a group the caller made: none is started
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = distributed.init_distributed("cuda")
+    assert chosen == [1] and info.device == torch.device("cuda", 1) and not info.owns_group

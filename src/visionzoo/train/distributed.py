@@ -67,6 +67,12 @@ def init_distributed(device: str | None = None) -> DistInfo:
     local_rank = local_process_rank()
     target = resolve_device(device, local_rank)
     if target.type == "cuda":
+        gpus, processes = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        if processes > gpus:  # each rank checks, so the first reports it; the others' set_device or NCCL fail
+            raise every_rank(ValueError(
+                f"torchrun started {processes} processes on this machine, but it has {gpus} GPU"
+                f"{'' if gpus == 1 else 's'}, and each process trains on a GPU of its own (NCCL takes one per "
+                f"process): give torchrun --nproc_per_node {gpus}, or --device cpu"))
         torch.cuda.set_device(local_rank)
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:
