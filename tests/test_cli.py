@@ -1017,15 +1017,29 @@ def test_a_file_name_too_long_for_the_file_system_is_a_one_line_error(command, t
 
 
 def test_a_reader_that_goes_away_still_ends_the_output_quietly(monkeypatch, capfd):
-    """BrokenPipeError is an OSError, which is now a user error: it must still stop quietly (`coco-eval ... | head`)."""
+    """BrokenPipeError is an OSError, which is now a user error: it must still stop quietly (`coco-eval ... | head`),
+    its later output sent to the null device. The redirection is recorded rather than done: done, it pointed pytest's
+    own capture file at the null device, and the next test in the process failed reading its output."""
+    import os
+
     def run(args):
         raise BrokenPipeError(32, "Broken pipe")
 
+    import importlib
+
+    from visionzoo.cli import COMMAND_MODULES
+
+    for module in COMMAND_MODULES:  # registered now: imported first under the patch below, they would register there
+        importlib.import_module(module)
+    redirected = []
+    monkeypatch.setattr(os, "dup2", lambda source, target: redirected.append((os.readlink(f"/proc/self/fd/{source}"),
+                                                                              target)))
     monkeypatch.setattr("visionzoo.cli._COMMANDS", {})
     from visionzoo.cli import register_command
 
     register_command("pipe", "test")(run)
     assert main(["pipe"]) == 0 and capfd.readouterr().err == ""
+    assert redirected == [(os.devnull, sys.stdout.fileno())]
 
 
 @pytest.mark.parametrize("argv, named", [
