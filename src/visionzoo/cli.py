@@ -205,7 +205,13 @@ def build_parser() -> _OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from visionzoo.train.distributed import PeerFailed, peer_gone, reports_error, requested_world_size
+    from visionzoo.train.distributed import (
+        PeerFailed,
+        leave_error_to_first_process,
+        peer_gone,
+        reports_error,
+        requested_world_size,
+    )
     from visionzoo.utils import out_of_memory
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -235,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if reports_error(error):  # under torchrun: once, not once per process
             print(f"visionzoo {args.command}: error: {error}", file=sys.stderr)
+        else:
+            leave_error_to_first_process()
         return 2
     except (MemoryError, RuntimeError, TypeError) as error:
         if peer_gone(error) and not (args.debug or os.environ.get("VISIONZOO_DEBUG")):
@@ -246,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reports_error(error):  # under torchrun: once, as the user errors
             print(f"visionzoo {args.command}: error: out of memory: {_allocation(error)}; lower "
                   f"{_memory_options(args)}", file=sys.stderr)
+        else:
+            leave_error_to_first_process()
         return 2
     except KeyboardInterrupt:
         print(f"visionzoo {args.command}: interrupted", file=sys.stderr)

@@ -192,6 +192,21 @@ def test_torchrun_a_refusal_on_rank_0_alone_is_one_line_from_every_rank(tmp_path
     assert (out / "todo.txt").read_text() == "not a run"
 
 
+def test_torchrun_the_first_process_still_reports_an_error_it_meets_after_the_others(tmp_path):
+    """The processes that leave an error to the first one exited at once, and torchrun stopped the first as soon as
+    one had exited: where it met the error a moment later (here one second; on an H100 machine its first CUDA call),
+    the user read no reason at all. The others now wait for it."""
+    script = tmp_path / "late_first_rank.py"
+    script.write_text("import os, sys, time\nfrom visionzoo.cli import main\n"
+                      "if os.environ['RANK'] == '0':\n    time.sleep(1.0)\nsys.exit(main(sys.argv[1:]))\n")
+    process = _torchrun([str(script), "train", "vit_tiny_patch8_32", "--data", str(tmp_path / "missing"),
+                         "--out", str(tmp_path / "run"), "--no-progress"])
+    assert process.returncode != 0
+    errors = [line for line in process.stderr.splitlines() if line.startswith("visionzoo train: error:")]
+    assert errors == [f"visionzoo train: error: dataset path not found: {tmp_path / 'missing'}"], \
+        process.stderr[-3000:]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "{tmp}/missing/"], "dataset path not found: {tmp}/missing"),  # before the process group exists
     (["--data", "digits", "--batch-size", "1000"],  # once it does

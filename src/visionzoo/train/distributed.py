@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -143,6 +144,19 @@ def reports_error(error: BaseException) -> bool:
     alone meets in the work it alone does (:func:`on_main`) reaches the others as :class:`PeerFailed`."""
     return (requested_world_size() == 1 or local_process_rank() == 0
             or getattr(error, _OWN_RANK, None) is not None)
+
+
+# How long a process that leaves its error to the machine's first process (:func:`reports_error`) waits before it
+# exits: torchrun stops every other process once one has exited, and stopped the first one before it printed the
+# error it met a moment later (an H100 machine, two processes for its one GPU: the user read no reason at all).
+REPORTER_GRACE_SECONDS = 3.0
+
+
+def leave_error_to_first_process() -> None:
+    """Under torchrun, give the first process :data:`REPORTER_GRACE_SECONDS` to print the error this one met too,
+    before this one exits; nothing outside torchrun."""
+    if requested_world_size() > 1:
+        time.sleep(REPORTER_GRACE_SECONDS)
 
 
 def on_main(info: DistInfo, action: Callable[[], T]) -> T | None:
