@@ -42,6 +42,8 @@ VISIONZOO_SPANS = {
     "--train-size 100000": "visionzoo train resnet18 --data shapes",  # the -fresh jobs' setting
     "--model-arg global_pool=max": "visionzoo train vit_tiny_patch8_64 --data shapes",  # the -max jobs' setting
     "--hflip 0.5 --vflip 0.5 --rot90 0.5": "visionzoo train resnet18 --data shapes",  # the -flips jobs' setting
+    "--device cuda": "visionzoo train resnet18 --data digits",  # torchrun on GPUs
+    "--device cpu": "visionzoo train resnet18 --data digits",  # torchrun on gloo where GPUs are
 }
 # Benchmark commands of the README whose results file is not in the repository, and why.
 RESULTS_ELSEWHERE = {
