@@ -380,3 +380,13 @@ def test_upper_case_extensions_are_read_and_named(tmp_path, domain_args, capsys)
     assert captured.err.strip().splitlines() == [
         f"note: {folder_a} has 2 of its 6 images under upper-case extensions (0.PNG, 1.Png); they are read, where "
         "pytorch-fid's case-sensitive listing skips them on Linux, so its FID of this folder would differ"]
+
+
+@pytest.mark.parametrize("name", ["grid.png", "stats.JPG"])
+def test_save_stats_naming_an_image_is_refused_before_any_feature(tmp_path, capsys, no_network, name):
+    """--save-stats grid.png wrote grid.png.npz (np.savez appends the suffix) after computing every feature."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / name)],
+                   f"--save-stats {tmp_path / name} names an image; the statistics are an .npz file, e.g. "
+                   f"{(tmp_path / name).with_suffix('.npz')}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b"]

@@ -177,7 +177,7 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
 def _save_stats_target(args: argparse.Namespace) -> Path | None:
     """The file ``--save-stats`` will write (np.savez appends .npz), refused before any feature is computed
     where it cannot or should not be written."""
-    from visionzoo.metrics.fid import is_statistics, statistics_path
+    from visionzoo.metrics.fid import IMAGE_EXTENSIONS, is_statistics, statistics_path
 
     if not args.save_stats:
         return None
@@ -187,6 +187,10 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
         # statistics_path would drop the slash and write a file beside the folder, not in it
         raise ValueError(f"--save-stats {args.save_stats} names a folder; name the file, e.g. "
                          f"{Path(args.save_stats) / 'stats.npz'}")
+    suffix = Path(args.save_stats).suffix.lower().lstrip(".")
+    if suffix in IMAGE_EXTENSIONS:  # np.savez would write x.png.npz: PATH_A's statistics, not a picture
+        raise ValueError(f"--save-stats {args.save_stats} names an image; the statistics are an .npz file, e.g. "
+                         f"{Path(args.save_stats).with_suffix('.npz')}")
     target = statistics_path(args.save_stats)
     if target.parent.exists() and not target.parent.is_dir():
         raise NotADirectoryError(f"--save-stats {args.save_stats}: {target.parent} is a file, not a folder")
