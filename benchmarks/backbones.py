@@ -13,10 +13,14 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
   synchronised; fp32 matmuls without TF32, torch's default) into the ``speed_cuda`` section.
   ``--keep-freed-memory`` first makes glibc keep freed blocks for reuse (``visionzoo.utils.keep_freed_memory``), for both
   libraries alike, so that no forward pays page faults for its activations; into ``speed_keep_freed_memory``.
+  ``--compile`` measures both libraries' models through ``torch.compile`` (inductor, with its ``freezing`` option:
+  weights folded in as constants for inference), compiled at the warm-up call of each precision and not timed; the
+  section gets ``_compiled``.
 
     python benchmarks/backbones.py                       # all three parts
     python benchmarks/backbones.py --part speed --one-thread
     python benchmarks/backbones.py --part speed --keep-freed-memory --bf16-batch 32 --bf16-repeats 7
+    python benchmarks/backbones.py --part speed --keep-freed-memory --compile --bf16-batch 32 --bf16-repeats 7
     python benchmarks/backbones.py --part speed --device cuda --batch 256 --bf16-batch 256 --bf16-repeats 5
 """
 
@@ -125,8 +129,18 @@ def throughput(models: dict[str, torch.nn.Module], batch: int, repeats: int, bf1
     return {key: batch / seconds for key, seconds in best.items()}
 
 
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` through ``torch.compile`` for inference: inductor, weights frozen into the graph."""
+    import torch._inductor.config as inductor_config
+
+    # process-wide, as the allocator's setting: torch.compile(options={"freezing": True}) compiled without freezing
+    # (ViT-S/16 bf16 at 84 img/s, eager's 85, where the global setting gave 111)
+    inductor_config.freezing = True
+    return torch.compile(model)
+
+
 def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
-          device: torch.device = CPU, keep_freed: bool = False) -> dict:
+          device: torch.device = CPU, keep_freed: bool = False, compile_models: bool = False) -> dict:
     if keep_freed:  # process-wide: here, with the measuring, and not in a run refused or stopped before it
         keep_freed_memory()
     # bf16 at 512² on a CPU: a 2048² product takes seconds where bf16 is emulated; best of 3 all the same, since one
@@ -135,12 +149,15 @@ def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
     peaks = {"fp32": matmul_peak(torch.float32, device=device),
              "bf16": matmul_peak(torch.bfloat16, size=bf16_size, device=device)}
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
-    rows = {"matmul_peak_flops": peaks, **machine(device), "batch": batch, "bf16_batch": bf16_batch}
+    rows = {"matmul_peak_flops": peaks, **machine(device), "batch": batch, "bf16_batch": bf16_batch,
+            "compiled": compile_models}
     for name in SPEED_MODELS:
         torch.manual_seed(0)
         models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}
         flops = flops_per_image(models["ours"])
         models = {key: model.to(device) for key, model in models.items()}
+        if compile_models:
+            models = {key: compiled(model) for key, model in models.items()}
         row = {"gflops_per_image": flops / 1e9}
         for precision, size, reps in (("fp32", batch, repeats), ("bf16", bf16_batch, bf16_repeats)):
             rates = throughput(models, size, reps, bf16=precision == "bf16", device=device)
@@ -173,6 +190,8 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="speed, CPU: glibc keeps freed blocks for reuse (both libraries), so that no forward "
                              "faults its activations in again")
+    parser.add_argument("--compile", action="store_true",
+                        help="speed: both libraries' models through torch.compile (inductor, frozen weights)")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
@@ -181,7 +200,8 @@ def main() -> None:
         parser.error("--device cuda measures --part speed only (the other parts are the same on every device)")
     if args.keep_freed_memory and args.device == "cuda":
         parser.error("--keep-freed-memory is for the CPU (torch's CUDA allocator already keeps freed blocks)")
-    for flag, default in {**speed_flags, "--one-thread": False, "--keep-freed-memory": False}.items():
+    for flag, default in {**speed_flags, "--one-thread": False, "--keep-freed-memory": False,
+                          "--compile": False}.items():
         name = flag.removeprefix("--").replace("-", "_")
         if getattr(args, name) not in (None, False) and args.part not in ("speed", "all"):
             parser.error(f"{flag} is used by --part speed only, not by --part {args.part}")
@@ -192,9 +212,11 @@ def main() -> None:
     speed_key = "speed_cuda" if args.device == "cuda" else "speed_one_thread" if args.one_thread else "speed"
     if args.keep_freed_memory:
         speed_key += "_keep_freed_memory"
+    if args.compile:
+        speed_key += "_compiled"
     parts = {"params": parameter_counts, "logits": logit_differences,
              speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
-                                      torch.device(args.device), args.keep_freed_memory)}
+                                      torch.device(args.device), args.keep_freed_memory, args.compile)}
     for key, measure in parts.items():
         if args.part in (key.split("_")[0], "all"):
             results[key] = measure()

@@ -714,7 +714,7 @@ def test_detection_hands_its_flags_and_defaults_to_the_jobs_that_use_them(monkey
 
 @pytest.mark.parametrize("part", ["params", "logits"])
 @pytest.mark.parametrize("argv", [["--batch", "8"], ["--repeats", "2"], ["--bf16-batch", "4"], ["--bf16-repeats", "2"],
-                                  ["--one-thread"], ["--keep-freed-memory"]])
+                                  ["--one-thread"], ["--keep-freed-memory"], ["--compile"]])
 def test_backbones_refuses_a_speed_flag_for_another_part_before_any_work(monkeypatch, capsys, part, argv):
     """backbones.py --part logits --batch 8 took the batch and ignored it without a word: the logits are compared
     on a batch of 2, whatever --batch says, and --one-thread left the params and logits parts on every thread."""
@@ -741,6 +741,24 @@ def test_backbones_keep_freed_memory_sets_the_allocator_and_writes_its_own_secti
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     error = refused(monkeypatch, capsys, "backbones", ["--part", "speed", "--keep-freed-memory", "--device", "cuda"])
     assert "--keep-freed-memory is for the CPU" in error and kept == [True]
+
+
+def test_backbones_compile_times_both_libraries_compiled_into_its_own_section(monkeypatch, tmp_path):
+    module = load("backbones")
+    compiled, timed = [], []
+    monkeypatch.setattr(module, "compiled", lambda model: compiled.append(type(model).__module__.split(".")[0])
+                        or torch.nn.Identity())
+    monkeypatch.setattr(module, "matmul_peak", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(module, "SPEED_MODELS", ("resnet18",))
+    monkeypatch.setattr(module, "flops_per_image", lambda model: 1.0)
+    monkeypatch.setattr(module, "throughput", lambda models, *args, **kwargs: timed.append(
+        sorted(type(model).__name__ for model in models.values())) or {key: 1.0 for key in models})
+    out = tmp_path / "b.json"
+    monkeypatch.setattr(sys, "argv", ["backbones.py", "--part", "speed", "--compile", "--out", str(out)])
+    module.main()
+    assert sorted(compiled) == ["timm", "visionzoo"] and timed == [["Identity", "Identity"]] * 2
+    section = json.loads(out.read_text())["speed_compiled"]
+    assert section["compiled"] is True and section["resnet18"]["bf16"]["ratio"] == 1.0
 
 
 def test_backbones_hands_the_speed_flags_and_their_defaults_on(monkeypatch, tmp_path):
