@@ -101,6 +101,13 @@ def test_a_job_that_needs_another_job_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "t").exists()  # refused before anything ran
 
 
+def _report_row(job):
+    """The report row of a job that ran (as run_job returns it), for a tour whose jobs are replaced."""
+    return {"name": job.name, "model": job.model, "task": "reconstruction", "dataset": "digits 32px",
+            "parameters": 10, "train_seconds": 1.0, "steps": 3, "metric": "psnr", "value": 20.0,
+            "inference_images_per_s": 5.0, "regions_per_image": None, "pictures": []}
+
+
 def test_a_failed_job_is_reported_and_the_tour_goes_on(tmp_path, monkeypatch, capsys):
     """One job's failure ended the whole tour with no report, losing the rows of the jobs before it."""
     import visionzoo.tour as tour
@@ -116,9 +123,7 @@ def test_a_failed_job_is_reported_and_the_tour_goes_on(tmp_path, monkeypatch, ca
             raise ValueError("bad  option\nfor a")
         if job.name == "b":
             raise RuntimeError("boom | crash")
-        return {"name": job.name, "model": job.model, "task": "reconstruction", "dataset": "digits 32px",
-                "parameters": 10, "train_seconds": 1.0, "steps": 3, "metric": "psnr", "value": 20.0,
-                "inference_images_per_s": 5.0, "regions_per_image": None, "pictures": []}
+        return _report_row(job)
 
     monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
     monkeypatch.setattr(tour, "run_job", fake_run_job)
@@ -333,9 +338,7 @@ def test_every_job_runs_on_the_device_the_tour_is_given_and_the_report_names_it(
 
     def fake_run_job(job, minutes, out, *args, device, **kwargs):
         devices.append(device)
-        return {"name": job.name, "model": job.model, "task": "reconstruction", "dataset": "digits 32px",
-                "parameters": 10, "train_seconds": 1.0, "steps": 3, "metric": "psnr", "value": 20.0,
-                "inference_images_per_s": 5.0, "regions_per_image": None, "pictures": []}
+        return _report_row(job)
 
     monkeypatch.setattr(tour, "TOUR_JOBS", jobs)
     monkeypatch.setattr(tour, "run_job", fake_run_job)
