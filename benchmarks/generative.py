@@ -40,7 +40,8 @@ budget go) and ``--device cuda`` trains on the GPU (bf16 autocast; its result an
 runs go under ``runs/bench_cuda``, beside the CPU's rather than over them); what follows the training (test metrics,
 probes, sampling for FID) runs on the CPU either way.
 ``--seed N`` seeds every training (Image GPT's ``--seeds`` trainings take N, N+1, ...) and, with ``--untrained``, the
-initial weights; another seed than 0 writes ``..._seedN.json`` by default, beside the README's seed-0 result.
+initial weights; another seed than 0 writes ``..._seedN.json`` by default, beside the README's seed-0 result, and
+trains under ``runs/bench_seedN``, beside the seed-0 tokenizers that the README's priors read.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ from visionzoo.train.run import load_for_inference, run_training
 from visionzoo.train.vqgan import disc_start_argument
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_RUNS = Path("runs/bench")  # --device cuda: runs/bench_cuda
+DEFAULT_RUNS = Path("runs/bench")  # --device cuda: runs/bench_cuda; --seed N: runs/bench_seedN
 RUNS = DEFAULT_RUNS
 # --device and --steps: set once by main(), over every run's own settings.
 TRAINING: dict[str, Any] = {}
@@ -456,8 +457,9 @@ def main() -> None:
     parser.add_argument("--out", type=output_file,
                         help="the JSON result (default: benchmarks/results/generative_MODEL[_DATA][_cuda].json)")
     parser.add_argument("--runs", type=output_folder,
-                        help=f"the folder of the run folders (default {DEFAULT_RUNS}, {DEFAULT_RUNS}_cuda for --device cuda, where the "
-                             "priors find the tokenizers; give another one for trials that must not replace them)")
+                        help=f"the folder of the run folders (default {DEFAULT_RUNS}, {DEFAULT_RUNS}_cuda for --device cuda, "
+                             f"{DEFAULT_RUNS}_seedN for --seed N, where the priors find the tokenizers; give another "
+                             "one for trials that must not replace them)")
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
     args = parser.parse_args()
@@ -475,7 +477,9 @@ def main() -> None:
             except ValueError as error:  # ModelArgumentError too
                 parser.error(f"--model-arg: {error}")
     # a GPU run's tokenizers go beside the CPU's (those the README's priors read), not over them
-    RUNS = args.runs or (DEFAULT_RUNS.with_name(f"{DEFAULT_RUNS.name}_cuda") if args.device == "cuda" else DEFAULT_RUNS)
+    # another seed's runs, or a GPU's, go beside the CPU's seed-0 ones (the README's tokenizers, which its priors read)
+    runs_tag = (f"_seed{args.seed}" if args.seed else "") + ("_cuda" if args.device == "cuda" else "")
+    RUNS = args.runs or DEFAULT_RUNS.with_name(DEFAULT_RUNS.name + runs_tag)
     if args.untrained or args.model in ("baselines", "codebook_stats"):
         trains = (("--minutes", args.minutes), ("--steps", args.steps), ("--device", args.device != "cpu"),
                   *((("--seed", args.seed is not None),) if not args.untrained else ()))  # untrained: its init's

@@ -1066,6 +1066,22 @@ def test_generative_on_cuda_trains_into_its_own_runs_folder(monkeypatch, tmp_pat
     assert runs == [Path("runs/bench_cuda"), Path("runs/bench"), tmp_path / "mine"]
 
 
+def test_generative_with_another_seed_trains_into_its_own_runs_folder(monkeypatch, tmp_path):
+    """generative.py --model vqgan --seed 1 wrote its result beside the seed-0 one (..._seed1.json) but trained into
+    runs/bench/vqgan-DATA, replacing the seed-0 tokenizer that the README's priors read. Another seed's runs go to
+    runs/bench_seedN (runs/bench_seedN_cuda on a GPU), where that seed's priors find them."""
+    module = load("generative")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(module, "machine", lambda device="cpu": {})
+    runs = []
+    monkeypatch.setattr(module, "dcgan", lambda *args: runs.append(module.RUNS) or {"rows": {}})
+    for argv in (["--seed", "1"], ["--seed", "2", "--device", "cuda"], ["--seed", "0"]):
+        monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "dcgan", "--data", "digits", *argv,
+                                          "--out", str(tmp_path / "out.json")])
+        module.main()
+    assert runs == [Path("runs/bench_seed1"), Path("runs/bench_seed2_cuda"), Path("runs/bench")]
+
+
 def test_a_value_given_twice_runs_once(monkeypatch, tmp_path):
     """generative.py --data digits --data digits wrote generative_dcgan_digits_digits.json, and detection.py and
     train_backbones.py --job J --job J (precision.py --only C --only C) ran the job twice: a repeated value now counts
