@@ -17,6 +17,7 @@ split's Selective Search boxes computed once, cached on disk, and carried in the
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from visionzoo.detection.rcnn import ProposalDetector
 from visionzoo.train.task import NonFiniteOutputError, Setup, Task, register_task
 
 BOX_KEYS = ("boxes", "proposals")
+# How a detector names an image of its batch in an error ("image 0 of 2×300 px is too thin ..."), taken off where
+# the file's name takes its place.
+_IN_BATCH = re.compile(r"^image \d+ (of )?")
 
 
 def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -258,7 +262,8 @@ class DetectionTask(Task):
                     except NonFiniteOutputError:
                         raise
                     except ValueError as error:
-                        raise ValueError(f"{name_of(index)}: {error}") from None
+                        # alone, the image is the model's "image 0": the file's name says which, so the number goes
+                        raise ValueError(f"{name_of(index)}: {_IN_BATCH.sub('', str(error), count=1)}") from None
                 raise
             for index, found in zip(indices, detections):
                 results[index] = {key: value.float().cpu() if value.is_floating_point() else value.cpu()
