@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from visionzoo.utils import check_argument_types, image_array, with_article
+from visionzoo.utils import check_argument_types, check_unit_range, image_array, with_article
 
 SIXTEEN_BIT = np.array([[0, 255, 256, 1000], [30000, 40000, 65534, 65535]], dtype=np.uint16)
 
@@ -244,3 +245,14 @@ print(before, faults())
     before, after = map(int, subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                                             check=True).stdout.split())
     assert before > 4 * 6 * 2000 and after < before / 10  # 12 MiB is 3,072 pages of 4 KiB
+
+
+def test_the_unit_range_check_of_images_that_require_grad_warns_nothing(recwarn):
+    """A generator's output fed to a VQGAN or to InceptionFeatures (a feature loss) requires grad: the range check's
+    conversion to Python floats made PyTorch warn 'Converting a tensor with requires_grad=True to a scalar', a
+    warning about the library's code that the user could do nothing about."""
+    images = torch.rand(2, 3, 4, 4, requires_grad=True)
+    check_unit_range(images, "VQGAN")
+    with pytest.raises(ValueError, match=r"span \[0, 2\]"):
+        check_unit_range(torch.tensor([0.0, 2.0], requires_grad=True), "VQGAN")
+    assert not [str(w.message) for w in recwarn.list if "requires_grad" in str(w.message)]

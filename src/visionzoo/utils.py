@@ -463,7 +463,7 @@ def check_unit_range(images: torch.Tensor, who: str) -> None:
     dtype (an antialiased bilinear resize of a white float32 image gives 1 + 3.6e-7); NaN is outside."""
     if not images.numel():
         return
-    low, high = (float(v) for v in torch.aminmax(images))
+    low, high = (float(v) for v in torch.aminmax(images.detach()))  # detached: a generator's output warns otherwise
     if math.isnan(low) or math.isnan(high):  # aminmax gives NaN for both: "these span [nan, nan]" hid the cause
         count = int(images.isnan().sum())
         raise ValueError(f"{who} takes images in [0, 1]; these hold {count} NaN value{'s' if count > 1 else ''}")
