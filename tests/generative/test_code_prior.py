@@ -102,3 +102,11 @@ def test_a_vqgan_priors_tokenizer_leaves_out_its_discriminator_and_loads_files_t
     tokens = model.tokens(images)
     assert torch.equal(reloaded.tokens(images), tokens)
     assert torch.equal(reloaded(tokens), model(tokens))
+
+
+def test_generate_decodes_sampled_codes_and_the_same_seed_gives_the_same_images():
+    torch.manual_seed(0)
+    prior = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, num_classes=0, **TINY)
+    images = prior.generate(2, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, prior.generate(2, generator=torch.Generator().manual_seed(0)))

@@ -198,3 +198,20 @@ def test_layer_features_gives_the_model_back_in_its_mode_also_after_an_error():
     assert model.training and all(part.training for part in model.modules())
     layer_features(model, torch.rand(2, 1, 4, 4))
     assert model.training
+
+
+def test_generate_samples_images_and_the_same_seed_gives_the_same_images():
+    """A Python user sampling an Image GPT found no generate (DCGAN has one): it took model.gpt.generate and
+    model.images_from_tokens, as the training task does."""
+    torch.manual_seed(0)
+    model = create_model("image_gpt", img_size=8, num_classes=3, **TINY).train()
+    images = model.generate(3, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, model.generate(3, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(images, model.generate(3, generator=torch.Generator().manual_seed(1)))
+    assert model.training  # sampled in eval mode (no dropout from the global RNG), given back in its own
+    labelled = model.generate(2, generator=torch.Generator().manual_seed(0), labels=torch.tensor([0, 2]), top_k=2)
+    assert labelled.shape == (2, 1, 8, 8)
+    for count in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="count must be a positive integer"):
+            model.generate(count)

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from visionzoo.generative.gpt import GPT
+from visionzoo.generative.gpt import GPT, ImageSampler
 from visionzoo.models._registry import create_model, register_model
 from visionzoo.utils import check_argument_types
 
 
-class CodeTransformer(nn.Module):
+class CodeTransformer(ImageSampler, nn.Module):
     """A GPT prior over the code grid of a frozen tokenizer.
 
     Args:

@@ -192,6 +192,25 @@ class GPT(nn.Module):
             x = self.tok_embed(new)[:, None] + self.pos_embed[:, tokens.shape[1]:tokens.shape[1] + 1]
 
 
+class ImageSampler:
+    """``generate(count)`` for a model of image tokens: a ``gpt`` (:class:`GPT`) over them and ``images_from_tokens``
+    (Image GPT's palette, a code prior's tokenizer), as DCGAN's ``generate``."""
+
+    @torch.no_grad()
+    def generate(self, count: int, generator: torch.Generator | None = None, labels: Tensor | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+        """``count`` images Tensor[count, C, H, W] in [0, 1], sampled token by token (:meth:`GPT.generate`: the
+        sampler's ``temperature``, ``top_k``, ``top_p``; ``labels`` Tensor[count] for a class-conditional model)
+        from ``generator`` (None: the global RNG), so one seed gives the same images. Runs in eval mode and gives
+        the model back in its own mode."""
+        if not is_integer(count) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        with eval_mode(self):
+            tokens = self.gpt.generate(int(count), labels=labels, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       generator=generator)
+            return self.images_from_tokens(tokens)
+
+
 def _check_integers(name: str, values: Tensor, shape: tuple[int, ...], bound: int, note: str = "") -> None:
     """Raise a ValueError naming ``name`` unless ``values`` is an integer Tensor[shape] in ``0 .. bound - 1``
     (an index out of range would be a raw IndexError of an embedding, a negative one none at all)."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from visionzoo.generative.gpt import GPT, _check_integers
+from visionzoo.generative.gpt import GPT, ImageSampler, _check_integers
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 from visionzoo.utils import check_argument_types, check_unit_range, eval_mode, positive_batch_size
@@ -57,7 +57,7 @@ def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Genera
     return centroids
 
 
-class ImageGPT(nn.Module):
+class ImageGPT(ImageSampler, nn.Module):
     """Image GPT over ``img_size`` × ``img_size`` images of ``in_chans`` channels in [0, 1].
 
     Args:
