@@ -327,6 +327,17 @@ def test_missing_file_and_directory(tmp_path):
         read_checkpoint(tmp_path)
 
 
+def test_an_empty_path_or_one_that_is_no_path_is_refused_naming_it(tmp_path, monkeypatch):
+    """checkpoint='' (a script's unset --initial-checkpoint) said 'checkpoint . is a folder' (Path('') is the working
+    folder), and checkpoint=3 gave os' 'expected str, bytes or os.PathLike object, not int', naming nothing."""
+    monkeypatch.chdir(tmp_path)
+    save_file(state(), str(tmp_path / "checkpoint.safetensors"))  # the working folder holds a run's file
+    with pytest.raises(FileNotFoundError, match=r"checkpoint path is empty \(''\)"):
+        read_checkpoint("")
+    with pytest.raises(TypeError, match="checkpoint must be a path .*, got 3"):
+        read_checkpoint(3)
+
+
 @pytest.mark.parametrize("document", ['{"run": {"data": "digits"}}', '{"model": {}, "step": 3}', "[1, 2]"])
 def test_a_runs_json_record_given_as_checkpoint_is_named_json_with_the_weights_beside_it(tmp_path, document):
     """It said 'truncated or corrupt: Unsupported operand 123' (torch.load reading '{' as a pickle opcode), or,

@@ -127,7 +127,12 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
 
 def _checkpoint_file(path: str | os.PathLike) -> Path:
     """``path`` as a Path to an existing file; a folder (often a run folder) is refused naming the file
-    that the command wants, since it says neither missing nor corrupt."""
+    that the command wants, since it says neither missing nor corrupt. An empty path (``Path("")`` is the working
+    folder) raises FileNotFoundError, and no path at all TypeError, each naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or os.PathLike), got {path!r}")
+    if not os.fspath(path):
+        raise FileNotFoundError("checkpoint path is empty ('')")
     path = Path(path)
     if path.is_dir():
         inside = path / "checkpoint.safetensors"

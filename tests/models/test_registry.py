@@ -653,6 +653,17 @@ def test_none_valued_keywords_are_dropped_as_timm_does(tmp_path):
     assert rebuilt.global_pool == "max" and rebuilt.num_classes == 4
 
 
+
+def test_an_empty_checkpoint_path_loads_nothing_as_timms_checkpoint_path(tmp_path, monkeypatch):
+    """create_model(name, checkpoint=args.initial_checkpoint), whose unset default is '' in timm's train.py, said
+    'checkpoint . is a folder'; timm loads nothing for checkpoint_path='' (``if checkpoint_path:``), as for None."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=3, checkpoint="")
+    torch.manual_seed(0)
+    assert torch.equal(model.fc.weight, create_model("resnet18", num_classes=3).fc.weight)
+    assert model.model_args == {"num_classes": 3}
+
 def test_none_is_kept_where_it_is_a_value():
     learned = create_model("vqvae_small", ema_decay=None)
     assert learned.quantizer.ema_decay is None and isinstance(learned.quantizer.codebook, nn.Parameter)

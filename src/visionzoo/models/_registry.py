@@ -236,7 +236,8 @@ def create_model(
     Args:
         pretrained: download the official weights of this name (cached, hash-checked) and load them.
         checkpoint: a local weights file: ours (which also restores the model's arguments), or a
-            timm/torchvision file of the same architecture (converted by the family's filter).
+            timm/torchvision file of the same architecture (converted by the family's filter). ``""`` loads
+            nothing, as None (timm's ``checkpoint_path=""``, a script's unset option).
         use_ema: take the checkpoint's EMA weights where it has them: the ``ema.`` section of ours
             (a run with ``--ema-decay``), ``state_dict_ema`` or ``model_ema`` of a timm training file;
             the trained weights otherwise. True by default, as timm's ``create_model(checkpoint_path=)``
@@ -272,6 +273,8 @@ def create_model(
     if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
         key = timm_sources[0]
         raise ModelArgumentError(f"{name} takes no argument {key!r}{_local_file_hint(key, kwargs[key])}")
+    if isinstance(checkpoint, str) and not checkpoint:
+        checkpoint = None
     if pretrained and checkpoint is not None:
         raise ValueError("give either pretrained=True or checkpoint=PATH, not both")
     state: dict[str, torch.Tensor] | None = None
