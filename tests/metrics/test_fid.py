@@ -325,6 +325,26 @@ def test_features_switched_to_training_mode_after_construction_are_read_in_eval_
     assert features.training and features[1].training  # its own mode back for the loop that holds it
 
 
+
+def test_images_are_taken_to_the_device_of_the_feature_network():
+    """FID(InceptionFeatures(...).cuda()).update(cpu_images) failed in the first conv ('Input type
+    (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should be the same'); pytorch-fid, and our folder
+    statistics, take each batch to the network's device. Shown with a network on the meta device."""
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+            self.seen = []
+
+        def forward(self, images):
+            self.seen.append(images.device.type)
+            return torch.rand(len(images), 2)
+
+    probe = Probe()
+    fid = FID(probe, batch_size=2)
+    fid.update(torch.rand(3, 3, 8, 8), real=True)
+    assert probe.seen == ["meta", "meta"] and fid.real.count == 3
+
 def test_features_of_another_dimension_than_earlier_ones_are_refused_naming_both():
     # before: generated images of another size through a feature module whose output grows with it were taken, and
     # compute() said "expected mu1, mu2 of shape [D] and sigma1, sigma2 of shape [D, D]; got [12], [48], ..."; more

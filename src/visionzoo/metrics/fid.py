@@ -13,6 +13,7 @@ rather than compared, since such low-level differences move FID by more than the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -69,8 +70,8 @@ class FID:
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
-        """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1]) into the real or the generated statistics; an empty batch
-        (B = 0) adds nothing, as in torchmetrics."""
+        """Fold ``images`` (Tensor[B, 3, H, W] in [0, 1], on any device: each batch goes to the features' device)
+        into the real or the generated statistics; an empty batch (B = 0) adds nothing, as in torchmetrics."""
         if not isinstance(images, Tensor):
             raise ValueError(f"FID.update takes a Tensor[B, C, H, W] of images in [0, 1], got {type(images).__name__}")
         if images.dim() != 4:
@@ -81,11 +82,12 @@ class FID:
         check_unit_range(images, "FID")
         stats = self.real if real else self.fake
         batch, kept = FeatureStatistics(stats.dim), []  # folded in at the end: an update that fails adds nothing
+        device = _device_of(self.features, images.device)
         for part in images.split(self.batch_size):
             # eval mode for each batch, not only when built: a loop's .train() on a module holding the network would
             # give batch-dependent features from batch statistics (and move the running ones), as torchmetrics guards
             with eval_mode(self.features):
-                features = self.features(part)
+                features = self.features(part.to(device))
             if not isinstance(features, Tensor) or features.dim() != 2:
                 got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
                 raise ValueError(f"FID's feature module must return Tensor[B, D], got {got} (pytorch-fid's "
@@ -151,6 +153,13 @@ class FID:
         states: list[Any] = [None] * dist.get_world_size(self.process_group)
         dist.all_gather_object(states, state, group=self.process_group)
         return torch.cat([features for features in states if features.numel()])
+
+
+def _device_of(module: nn.Module, default: torch.device) -> torch.device:
+    """Where ``module``'s weights lie (its first parameter or buffer), else ``default``: FID takes each batch there, as
+    pytorch-fid does, so that a network moved to a GPU takes the images a loader gives on the CPU."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return default if first is None else first.device
 
 
 def _side(real: object) -> bool:
