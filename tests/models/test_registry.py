@@ -815,3 +815,29 @@ def test_output_stride_is_refused_by_name_for_the_transformers_as_timm(name):
         timm.create_model(name, output_stride=16)
     with pytest.raises(ValueError, match=f"{name} takes no argument 'output_stride'"):
         create_model(name, output_stride=16)
+
+
+def test_a_lightning_modules_file_of_the_network_under_one_attribute_loads(tmp_path, caplog):
+    """A PyTorch Lightning checkpoint of a module holding the network as ``self.model`` keeps it as ``model.conv1.weight``
+    and so on: it was refused with 102 missing and 102 unexpected keys, where the DDP and torch.compile prefixes
+    (``module.``, ``_orig_mod.``) are taken off. A file with more than the network (a loss's weights beside it) is
+    still refused."""
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", num_classes=5).eval()
+    network = reference.state_dict()
+    path = tmp_path / "epoch=3-step=100.ckpt"
+    torch.save({"epoch": 3, "global_step": 100, "pytorch-lightning_version": "2.2.0", "hyper_parameters": {"lr": 0.1},
+                "state_dict": {f"model.{key}": value for key, value in network.items()}}, path)
+    with caplog.at_level(logging.INFO, logger="visionzoo.models._registry"):
+        model = create_model("resnet18", num_classes=5, checkpoint=path).eval()
+    assert "every key carries the prefix 'model.'" in caplog.text
+    x = images(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    loaded = create_model("resnet18", num_classes=5).eval()
+    load_checkpoint(loaded, path)
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in network.items())
+    torch.save({"state_dict": {**{f"model.{key}": value for key, value in network.items()},
+                               "criterion.weight": torch.ones(5)}}, path)
+    with pytest.raises(CheckpointError, match="unexpected keys: criterion.weight, model.bn1.bias"):
+        create_model("resnet18", num_classes=5, checkpoint=path)

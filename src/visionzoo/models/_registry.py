@@ -479,10 +479,30 @@ def _load_state(
     load_state_dict_strict(model, state, source)
 
 
+def without_wrapper_prefix(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """``state`` without the one prefix that all its keys carry and the model's lack (``model.``: a PyTorch Lightning
+    module's file of the network it holds as ``self.model``), where no key is the model's as it is and some are
+    once it is taken off; ``state`` itself otherwise (a file with more than the network is left for the strict load
+    to report). As :func:`~visionzoo.checkpoint.read_checkpoint` takes off DDP's ``module.``, with a log line."""
+    prefixes = {key.partition(".")[0] for key in state}
+    own = model.state_dict()
+    if len(prefixes) != 1 or not all("." in key for key in state) or any(key in own for key in state):
+        return state
+    prefix = prefixes.pop() + "."
+    stripped = {key.removeprefix(prefix): value for key, value in state.items()}
+    if not any(key in own for key in stripped):
+        return state
+    log.info("%s: every key carries the prefix %r (a wrapper's, as a Lightning module's attribute): taking it off",
+             source, prefix)
+    return stripped
+
+
 def filter_foreign_state(entry: ModelEntry | None, state: dict[str, torch.Tensor], model: nn.Module,
                          source: str) -> dict[str, torch.Tensor]:
-    """``state``, a foreign file's (timm's, torchvision's, an official release's), through the family's checkpoint
-    filter where it has one; a filter's :class:`CheckpointError` is raised again naming ``source``, the file."""
+    """``state``, a foreign file's (timm's, torchvision's, an official release's), without a wrapper's prefix
+    (:func:`without_wrapper_prefix`) and through the family's checkpoint filter where it has one; a filter's
+    :class:`CheckpointError` is raised again naming ``source``, the file."""
+    state = without_wrapper_prefix(state, model, source)
     if entry is None or entry.checkpoint_filter is None:
         return state
     try:
