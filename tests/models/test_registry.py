@@ -487,6 +487,19 @@ def test_timms_local_file_keywords_are_refused_before_any_download(monkeypatch, 
         create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(mean=(0.5, 0.5, 0.5)))
 
 
+
+def test_torchvisions_weights_keywords_are_refused_naming_ours():
+    """fasterrcnn_resnet50_fpn(weights="DEFAULT", weights_backbone=...), torchvision's call, said only 'takes no
+    argument'. weights=None stays a keyword not set, as torchvision's default."""
+    with pytest.raises(TypeError, match=re.escape("resnet18 takes no argument 'weights'; torchvision's weights: give "
+                                                  "pretrained=True for the official weights of this name, or "
+                                                  "checkpoint=PATH for a file")):
+        create_model("resnet18", weights="IMAGENET1K_V1")
+    with pytest.raises(TypeError, match=re.escape("takes no argument 'weights_backbone'; a detector's backbone "
+                                                  "weights go in backbone_args={'pretrained': True}")):
+        create_model("fasterrcnn_resnet18_fpn", weights_backbone="DEFAULT")
+    assert create_model("resnet18", num_classes=2, weights=None).fc.out_features == 2
+
 @pytest.mark.parametrize("name, args, shape", [
     ("vit_tiny_patch8_32", (5, "avg"), (1, 3, 32, 32)),
     ("vit_tiny_patch8_32", (1000, "max"), (1, 3, 32, 32)),  # same head shape: was rebuilt token-pooled, silently

@@ -269,9 +269,9 @@ def create_model(
     device, dtype = _placement(kwargs.pop("device", None), kwargs.pop("dtype", None))
     if kwargs.get("features_only") and "feature_cls" in kwargs:
         _check_feature_cls(name, kwargs.pop("feature_cls"))
-    timm_sources = sorted(_TIMM_WEIGHT_SOURCES.intersection(kwargs))
-    if timm_sources:  # refused before pretrained=True downloads weights that were not asked for
-        key = timm_sources[0]
+    foreign_sources = sorted(_FOREIGN_WEIGHT_SOURCES.intersection(kwargs))
+    if foreign_sources:  # refused before pretrained=True downloads weights that were not asked for
+        key = foreign_sources[0]
         raise ModelArgumentError(f"{name} takes no argument {key!r}{_local_file_hint(key, kwargs[key])}")
     if isinstance(checkpoint, str) and not checkpoint:
         checkpoint = None
@@ -367,14 +367,20 @@ def _pretrained_state(entry: ModelEntry) -> tuple[dict[str, torch.Tensor], str]:
 
 
 # timm's create_model keywords that give weights: a local file (checkpoint_path=PATH, or pretrained_cfg_overlay=
-# dict(file=PATH) with pretrained=True) or another pretrained config
-_TIMM_WEIGHT_SOURCES = {"checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg"}
+# dict(file=PATH) with pretrained=True) or another pretrained config; and torchvision's builders' (weights="DEFAULT")
+_FOREIGN_WEIGHT_SOURCES = {"checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg", "weights", "weights_backbone"}
 
 
 def _local_file_hint(key: str, value: Any) -> str:
-    """Where timm's ``key=value`` names a local weights file, how to give it here."""
+    """Where timm's or torchvision's ``key=value`` gives weights, how to give them here."""
     if key == "checkpoint_path" or (isinstance(value, Mapping) and "file" in value):
         return "; give a local weights file as checkpoint=PATH"
+    if key == "weights":
+        return ("; torchvision's weights: give pretrained=True for the official weights of this name, or "
+                "checkpoint=PATH for a file")
+    if key == "weights_backbone":
+        return ("; a detector's backbone weights go in backbone_args={'pretrained': True} or {'checkpoint': PATH} "
+                "(R-CNN's CNN: cnn_args)")
     return ""
 
 
