@@ -205,10 +205,8 @@ class AutoregressiveTask(Task):
                   top_p: float | None) -> torch.Tensor:
         device = next(model.parameters()).device
         with torch.no_grad(), autocast():
-            tokens = model.gpt.generate(count, labels=None if labels is None else labels.to(device),
-                                        temperature=1.0 if temperature is None else temperature, top_k=top_k,
-                                        top_p=top_p, generator=generator)
-            images = model.images_from_tokens(tokens)
+            images = model.generate(count, generator, None if labels is None else labels.to(device),
+                                    1.0 if temperature is None else temperature, top_k, top_p)
         return images.float().clamp(0, 1).cpu()
 
     def sample(self, model: nn.Module, count: int, generator: torch.Generator, autocast: Callable[[], Any],
