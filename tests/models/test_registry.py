@@ -109,6 +109,16 @@ def test_list_models_patterns():
     assert {"classification", "detection", "gan"} <= set(list_tasks()) and list_tasks() == sorted(set(list_tasks()))
 
 
+def test_is_model_answers_as_timms():
+    """timm.is_model(name), a timm user's check before create_model, had no counterpart (AttributeError)."""
+    from visionzoo.models import is_model
+
+    names = ["resnet18", "vit_small_patch16_224.augreg_in21k_ft_in1k", "resnet18.tv_in1k", "resnet_18",
+             "resnet18.a1_in1k", "vqgan", ""]
+    assert [is_model(name) for name in names] == [True, True, True, False, False, True, False]
+    assert [timm.is_model(name) for name in names[:4]] == [True, True, True, False]
+    assert is_model(None) is False
+
 def test_registering_a_name_twice_is_refused():
     def resnet18():
         return nn.Identity()

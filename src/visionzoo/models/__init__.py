@@ -12,11 +12,12 @@ from visionzoo.models._registry import (
     Pretrained,
     create_model,
     get_model_entry,
+    is_model,
     list_models,
     list_tasks,
     load_checkpoint,
     register_model,
 )
 
-__all__ = ["ModelEntry", "Pretrained", "create_model", "get_model_entry", "list_models", "list_tasks",
+__all__ = ["ModelEntry", "Pretrained", "create_model", "get_model_entry", "is_model", "list_models", "list_tasks",
            "load_checkpoint", "register_model"]

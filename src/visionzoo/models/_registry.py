@@ -179,6 +179,16 @@ def _globs(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def is_model(name: str) -> bool:
+    """Whether :func:`create_model` takes ``name``: a registered name, or ``NAME.TAG`` with our weights' tag (timm's
+    ``is_model``, which takes any tag of its own weights)."""
+    try:
+        get_model_entry(name)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def list_tasks() -> list[str]:
     """The tasks of the registered models (``classification``, ``detection``, ...), sorted."""
     return sorted({entry.task for entry in _MODELS.values()})
