@@ -482,6 +482,14 @@ def _bound(value: float) -> str:
     return repr(value)
 
 
+def check_generator(generator: Any, who: str = "") -> None:
+    """ValueError naming ``who``'s generator unless it is a torch.Generator or None (a seed given in its place would
+    fail inside torch.randperm with a list of its signatures, or on its missing ``device``)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{who + ' ' if who else ''}generator must be a torch.Generator or None, got {generator!r} "
+                         f"(seed one with torch.Generator().manual_seed({generator!r}))")
+
+
 def positive_batch_size(value: Any, name: str) -> int:
     """``value`` as a Python int (Tensor.split refuses NumPy's integers) when it is a positive integer, else
     ValueError naming ``name``."""

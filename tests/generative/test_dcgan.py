@@ -98,3 +98,13 @@ def test_generate_in_training_mode_samples_as_in_eval_and_leaves_the_running_sta
 def test_registered_for_the_gan_task():
     entry = get_model_entry("dcgan")
     assert entry.task == "gan" and entry.default_cfg["input_size"] == (1, 32, 32)
+
+
+@pytest.mark.parametrize("seed", [0, np.int64(3), "0"])
+def test_a_seed_given_for_the_generator_is_refused_naming_the_argument(seed):
+    """generate(2, generator=0) failed with "AttributeError: 'int' object has no attribute 'device'"."""
+    model = DCGAN(**TINY)
+    for call in (model.generate, model.sample_latents):
+        with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got .* \(seed one with "
+                                             r"torch.Generator\(\).manual_seed"):
+            call(2, generator=seed)

@@ -235,3 +235,12 @@ def test_logits_with_nan_or_infinity_are_refused_naming_them():
                                                       r"a finite one in every row; got NaN, \+inf or a row of -inf"):
             sample_logits(torch.tensor(logits), generator=generator)
     assert sample_logits(torch.tensor([[-inf, 0.0, -inf]]), generator=generator).tolist() == [1]
+
+
+def test_a_seed_given_for_the_generator_is_refused_naming_the_argument():
+    """generate(2, generator=0) failed with "AttributeError: 'int' object has no attribute 'device'" (Image GPT's and
+    the code prior's generate and complete pass it on)."""
+    with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got 0"):
+        tiny_gpt().generate(2, generator=0)
+    with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got 0"):
+        sample_logits(torch.zeros(2, 3), generator=0)

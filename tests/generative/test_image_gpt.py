@@ -215,3 +215,15 @@ def test_generate_samples_images_and_the_same_seed_gives_the_same_images():
     for count in (0, 1.5, "2"):
         with pytest.raises(ValueError, match="count must be a positive integer"):
             model.generate(count)
+
+
+def test_a_seed_given_for_a_generator_is_refused_naming_the_argument():
+    """fit_palette(images, generator=0) failed inside torch.randint with its list of signatures; generate and
+    complete with "'int' object has no attribute 'device'"."""
+    model = create_model("image_gpt", img_size=8, **TINY)
+    images = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"k-means' generator must be a torch.Generator or None, got 0"):
+        model.fit_palette(images, generator=0)
+    for call in (lambda: model.generate(2, generator=0), lambda: model.complete(images, generator=0)):
+        with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got 0"):
+            call()

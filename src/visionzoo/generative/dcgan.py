@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types, eval_mode, is_integer
+from visionzoo.utils import check_argument_types, check_generator, eval_mode, is_integer
 
 IN_CHANS = (1, 3)
 MIN_SIZE = 16
@@ -130,6 +130,7 @@ class DCGAN(nn.Module):
     def sample_latents(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """``count`` latents from N(0, I) drawn from ``generator`` (None: the global RNG): float32
         Tensor[count, latent_dim] on the model's device."""
+        check_generator(generator)
         device = next(self.parameters()).device
         source = device if generator is None else generator.device
         return torch.randn(int(count), self.latent_dim, generator=generator, device=source).to(device)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from visionzoo.layers import Attention, Linear, Mlp
 from visionzoo.layers.attention import scaled_dot_product_attention
-from visionzoo.utils import NonFiniteOutputError, eval_mode, is_integer
+from visionzoo.utils import NonFiniteOutputError, check_generator, eval_mode, is_integer
 
 
 class Block(nn.Module):
@@ -158,6 +158,7 @@ class GPT(nn.Module):
         prefix for every token at 64 positions (64 wide, 4 blocks) and 14 times at 256 (128 wide, 6 blocks),
         with the same tokens; so only the cached path is kept.
         """
+        check_generator(generator)
         with eval_mode(self):  # dropout off (it would draw from the global RNG, not ``generator``); mode restored
             return self._generate(prefix, length, labels, temperature, top_k, top_p, generator)
 
@@ -231,6 +232,7 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     fewer than the best one. The draw uses ``generator``. Logits of NaN or +inf, or a row of nothing but -inf, raise
     :class:`~visionzoo.utils.NonFiniteOutputError` (a ValueError).
     """
+    check_generator(generator)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if top_k is not None and (not is_integer(top_k) or top_k < 1):

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 from visionzoo.generative.gpt import GPT, ImageSampler, _check_integers
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
-from visionzoo.utils import check_argument_types, check_unit_range, eval_mode, positive_batch_size
+from visionzoo.utils import (
+    check_argument_types,
+    check_generator,
+    check_unit_range,
+    eval_mode,
+    positive_batch_size,
+)
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Generator | None = None) -> Tensor:
@@ -35,6 +41,7 @@ def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Genera
     """
     if points.dim() != 2 or points.shape[0] < k or k < 1:
         raise ValueError(f"k-means of {k} clusters needs points Tensor[M, C] with M >= k, got {tuple(points.shape)}")
+    check_generator(generator, "k-means'")
     points = points.float()
     count = points.shape[0]
     centroids = points[torch.randint(count, (1,), generator=generator)]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from visionzoo.metrics.frechet import frechet_distance
-from visionzoo.utils import is_integer
+from visionzoo.utils import check_generator, is_integer
 
 
 def _tensor(values: Any, name: str) -> Tensor:
@@ -44,14 +44,6 @@ def _check_whole(value: Any, name: str) -> None:
     """ValueError naming ``name`` unless ``value`` is an integer (Python's or NumPy's; not a bool or a float)."""
     if not is_integer(value):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
-
-
-def _check_generator(generator: Any, who: str) -> None:
-    """ValueError naming ``who``'s generator unless it is a torch.Generator or None (a seed given in its place would
-    fail inside torch.randperm with a list of its signatures)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"{who} generator must be a torch.Generator or None, got {generator!r} (seed one with "
-                         f"torch.Generator().manual_seed({generator!r}))")
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> Tensor:
@@ -101,7 +93,7 @@ def kernel_inception_distance(real: Tensor | np.ndarray, fake: Tensor | np.ndarr
     if subsets < 1:
         raise ValueError(f"KID's subsets must be >= 1, got {subsets}")
     _check_kernel(degree, gamma, coef)
-    _check_generator(generator, "KID's")
+    check_generator(generator, "KID's")
     scores = []
     for _ in range(subsets):
         x = real[torch.randperm(len(real), generator=generator)[:subset_size]]
@@ -125,7 +117,7 @@ def inception_score(logits: Tensor | np.ndarray, splits: int = 10, generator: to
         raise ValueError(f"the Inception Score's splits must be >= 1, got {splits}")
     if logits.dim() != 2 or len(logits) < splits:
         raise ValueError(f"the Inception Score needs logits [N, K] with N >= splits={splits}, got {tuple(logits.shape)}")
-    _check_generator(generator, "the Inception Score's")
+    check_generator(generator, "the Inception Score's")
     logits = logits[torch.randperm(len(logits), generator=generator)].double()
     scores = []
     for part in logits.chunk(splits):
@@ -165,7 +157,7 @@ def fid_confidence_interval(real: Tensor | np.ndarray, fake: Tensor | np.ndarray
     if min(len(real), len(fake)) < 2:
         raise ValueError(f"the FID interval needs at least 2 images per side, got {len(real)} real and {len(fake)} "
                          "generated (a covariance needs 2)")
-    _check_generator(generator, "the FID interval's")
+    check_generator(generator, "the FID interval's")
     real, fake = real.double(), fake.double()
     full = frechet_distance(*_gaussian(real), *_gaussian(fake))
     values = []
