@@ -970,3 +970,18 @@ def test_integer_images_are_refused_in_the_same_line_by_every_family(name, size,
         model(x)
     assert str(error.value) == (f"the model takes floating-point images, got dtype {dtype}; scale uint8 pixels to "
                                 "[0, 1] (x / 255), then normalise them with the mean and std in model.pretrained_cfg")
+
+
+def test_a_file_of_timms_feature_extractor_loads_into_ours_and_gives_its_maps(tmp_path):
+    """timm's ``features_only`` ViT keeps the network as ``model``: its file's keys all carry that prefix, which
+    the registry's loading takes off (``without_wrapper_prefix``) before the ViT's checkpoint filter."""
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=32, features_only=True, out_indices=(11,)).eval()
+    assert all(key.startswith("model.") for key in reference.state_dict())
+    path = tmp_path / "features.safetensors"
+    save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, path)
+    ours = create_model("vit_tiny_patch16_224", img_size=32, checkpoint=path, features_only=True,
+                        out_indices=(11,)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], reference(x)[0], atol=1e-5, rtol=1e-5)

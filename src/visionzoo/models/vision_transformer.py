@@ -630,10 +630,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
     dropped; DeiT III's ``gamma_1``/``gamma_2`` become ``ls1.gamma``/``ls2.gamma``. A table whose rows
     after the model's prefix rows are no square grid (a file of a model with other prefix tokens: a
     ViT's into a distilled DeiT, or back) is kept as it is, for the strict load to report with the
-    keys that differ. timm's feature extractor (``features_only``) wraps the ViT as ``model``: that prefix goes.
+    keys that differ. (The ``model.`` prefix of timm's feature extractor, ``features_only``, which wraps the ViT as
+    ``model``, is taken off before, by :func:`~visionzoo.models._registry.without_wrapper_prefix`.)
     """
-    if state_dict and all(key.startswith("model.") for key in state_dict):
-        state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
     out = {}
     for key, value in state_dict.items():
         if key.startswith("pre_logits."):
