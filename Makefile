@@ -14,8 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
+# taming-transformers (a reference for VQGAN's tests) without its declared pytorch-lightning: the tests use its
+# Encoder, Decoder and quantizer modules only, which need torch, numpy and einops.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps taming-transformers-rom1504==0.0.6
 	touch $@
 
 demo: $(VENV)/.installed

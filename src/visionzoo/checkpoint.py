@@ -11,7 +11,8 @@ Foreign files (timm's ``.safetensors``/``.pth``, torchvision's ``.pth``) are rea
 containers are ``argparse.Namespace``, which timm's ``train.py`` and torchvision's reference scripts save as
 ``args`` beside the weights (timm's own loader allows it the same way): its unpickling sets attributes, runs no
 code; and numpy's boolean and numeric scalars and their dtypes (a script's ``"best": np.float64(0.5)``), which are
-a type code and raw bytes.
+a type code and raw bytes; and the callback classes that PyTorch Lightning 1.0–1.4 files use as dictionary keys
+(taming-transformers' ``.ckpt`` files), read as inert stand-ins.
 """
 
 from __future__ import annotations
@@ -49,9 +50,23 @@ def _numpy_scalar_globals() -> list[Any]:
     return [np.dtype, *kinds, core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
 
 
-# the classes weights-only loading takes beyond tensors and containers: training files' saved arguments, and the
-# numpy scalars their scripts keep beside the weights (a best metric, an epoch)
-SAFE_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
+class LightningCallbackKey:
+    """Stands in, on load, for a PyTorch Lightning callback class: Lightning 1.0–1.4 ``.ckpt`` files (those of
+    taming-transformers' official VQGANs among them) key their callbacks' states by the class itself
+    (``checkpoint["callbacks"][ModelCheckpoint]``). Only the name is read; nothing of Lightning is imported or run."""
+
+
+def _lightning_callback_keys() -> list[tuple[type, str]]:
+    """A stand-in class (:class:`LightningCallbackKey`) under the name of each of Lightning's callbacks that keep a
+    state, one class each so that two callbacks stay two keys."""
+    names = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+             "pytorch_lightning.callbacks.early_stopping.EarlyStopping")
+    return [(type(name.rpartition(".")[2], (LightningCallbackKey,), {}), name) for name in names]
+
+
+# the classes weights-only loading takes beyond tensors and containers: training files' saved arguments, the
+# numpy scalars their scripts keep beside the weights (a best metric, an epoch), and old Lightning files' callback keys
+SAFE_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals(), *_lightning_callback_keys()]
 
 
 class CheckpointError(ValueError):

@@ -1,10 +1,19 @@
-"""VQGAN: the tokenizer interface, the straight-through gradient, the owned discriminator, bad input."""
+"""VQGAN: the tokenizer interface, the straight-through gradient, the owned discriminator, bad input; taming-transformers'
+checkpoints (Lightning .ckpt files, the official f16 configs, pretrained=True) against taming's own modules."""
 
+import http.server
 import re
+import sys
+import threading
+import types
 
 import pytest
 import torch
+from taming.modules.diffusionmodules import model as taming_model
+from taming.modules.vqvae import quantize as taming_quantize
+from torch import nn
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.generative.vqgan import VQGAN, AttnBlock
 from visionzoo.models import create_model, get_model_entry
 
@@ -108,3 +117,177 @@ def test_images_outside_0_1_are_refused_by_every_tokenizer(name, who, images):
         with pytest.raises(ValueError, match=rf"^{re.escape(who)} takes images in \[0, 1\]; these span"):
             call(images)
     assert model.encode(images.clamp(0, 1)).shape == (2, 8, 8)
+
+
+# ------------------------------------------------------------------ taming-transformers' files and models
+# a taming ddconfig small enough for a test, with attention inside a level (8 px at resolution 32) as the f16 models
+TAMING_SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=32, z_channels=16,
+                    embed_dim=8, num_codes=64)
+
+
+class TamingVQModel(nn.Module):
+    """taming's VQModel without its Lightning shell (taming/models/vqgan.py imports pytorch_lightning): the same
+    submodule names, so its state dict is the one a taming .ckpt holds; encode and decode as VQModel's."""
+
+    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, embed_dim, num_codes,
+                 in_chans=3):
+        super().__init__()
+        ddconfig = dict(double_z=False, z_channels=z_channels, resolution=resolution, in_channels=in_chans,
+                        out_ch=in_chans, ch=ch, ch_mult=list(ch_mult), num_res_blocks=num_res_blocks,
+                        attn_resolutions=list(attn_resolutions), dropout=0.0)
+        self.encoder = taming_model.Encoder(**ddconfig)
+        self.decoder = taming_model.Decoder(**ddconfig)
+        self.quantize = taming_quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25, legacy=False)
+        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+
+    def forward(self, x):
+        quant, _, (_, _, indices) = self.quantize(self.quant_conv(self.encoder(x)))
+        return self.decoder(self.post_quant_conv(quant)), indices
+
+
+class _FakeModelCheckpoint:  # pickled under Lightning's module name, as Lightning 1.0 keyed its callbacks
+    pass
+
+
+def taming_ckpt(path, model: nn.Module, monkeypatch) -> None:
+    """Save ``model`` as a Lightning 1.0 ``last.ckpt`` of taming's: the state dict with its loss module's weights,
+    optimizer states, and the callbacks keyed by Lightning's ModelCheckpoint class."""
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    module = sys.modules["pytorch_lightning.callbacks.model_checkpoint"]
+    _FakeModelCheckpoint.__module__, _FakeModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = _FakeModelCheckpoint
+    state = dict(model.state_dict())
+    state["loss.discriminator.main.0.weight"] = torch.randn(64, 3, 4, 4)
+    state["loss.discriminator.main.2.running_mean"] = torch.zeros(128)
+    state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
+    state["loss.logvar"] = torch.zeros(())
+    torch.save({"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8", "state_dict": state,
+                "callbacks": {_FakeModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x"}},
+                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}],
+                "lr_schedulers": []}, path)
+
+
+def seeded_taming(sizes=TAMING_SMALL, in_chans=3) -> TamingVQModel:
+    torch.manual_seed(0)
+    model = TamingVQModel(**sizes, in_chans=in_chans)
+    with torch.no_grad():  # taming's uniform(-1/n, 1/n) codebook would leave all vectors near one code
+        model.quantize.embedding.weight.normal_()
+        for module in model.modules():  # GroupNorm affine off its identity init, so a misplaced norm shows
+            if isinstance(module, nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def test_a_taming_checkpoint_gives_tamings_codes_and_reconstructions(tmp_path, monkeypatch):
+    reference = seeded_taming()
+    path = tmp_path / "last.ckpt"
+    taming_ckpt(path, reference, monkeypatch)
+    ours = create_model("vqgan", checkpoint=path, **TAMING_SMALL, ema_decay=None, out_act="clamp").eval()
+    images = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(1))  # not the ddconfig's resolution
+    with torch.no_grad():
+        theirs, their_indices = reference(images * 2 - 1)
+        reconstruction, indices, _, _ = ours(images)
+        assert torch.equal(indices.flatten(), their_indices) and len(indices.unique()) > 10
+        torch.testing.assert_close(reconstruction, ((theirs + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.decode(indices), reconstruction)
+    # one per residual block of the 8-px level: 1 in the encoder, 2 in the decoder (one more block per level)
+    assert [sum(isinstance(m, AttnBlock) for m in part) for part in (ours.encoder.down, ours.decoder.up)] == [1, 2]
+
+
+def test_a_taming_checkpoint_into_an_ema_codebook_starts_its_averages_at_the_codes(tmp_path, monkeypatch):
+    reference = seeded_taming()
+    taming_ckpt(tmp_path / "last.ckpt", reference, monkeypatch)
+    ours = create_model("vqgan", checkpoint=tmp_path / "last.ckpt", **TAMING_SMALL, out_act="clamp")
+    assert torch.equal(ours.quantizer.codebook, reference.quantize.embedding.weight)
+    assert torch.equal(ours.quantizer.ema_sum / ours.quantizer.ema_count[:, None], ours.quantizer.codebook)
+
+    torch.manual_seed(5)
+    fresh = create_model("vqgan", **TAMING_SMALL, out_act="clamp")
+    torch.manual_seed(5)
+    loaded = create_model("vqgan", checkpoint=tmp_path / "last.ckpt", **TAMING_SMALL, out_act="clamp")
+    for key, value in fresh.discriminator.state_dict().items():  # taming's loss.discriminator is not loaded
+        assert torch.equal(loaded.discriminator.state_dict()[key], value), key
+
+
+def test_the_official_f16_configs_are_tamings_sizes(tmp_path, monkeypatch):
+    sizes = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,
+                 z_channels=256, embed_dim=256)
+    for name, codes in (("vqgan_imagenet_f16_1024", 1024), ("vqgan_imagenet_f16_16384", 16384)):
+        reference = TamingVQModel(**sizes, num_codes=codes)
+        ours = create_model(name)
+        ours_count = sum(p.numel() for n, p in ours.named_parameters() if not n.startswith("discriminator."))
+        assert ours_count == sum(p.numel() for p in reference.parameters())
+        assert ours.out_act == "clamp" and ours.quantizer.ema_decay is None
+        assert get_model_entry(name).pretrained.url.startswith("https://heibox.uni-heidelberg.de/d/")
+    path = tmp_path / "last.ckpt"
+    taming_ckpt(path, reference, monkeypatch)  # all of the last one's keys map onto ours
+    create_model("vqgan_imagenet_f16_16384", checkpoint=path)
+
+
+def test_pretrained_downloads_tamings_share_link_once(tmp_path, monkeypatch):
+    reference = seeded_taming()
+    payload = tmp_path / "last.ckpt"
+    taming_ckpt(payload, reference, monkeypatch)
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = payload.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        small = {key: value for key, value in TAMING_SMALL.items() if key != "num_codes"}
+        for _ in range(2):
+            ours = create_model("vqgan_imagenet_f16_1024", pretrained=True, **small, num_codes=64).eval()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == ["/d/8088892a516d4e3baf92/files/?p=%2Fckpts%2Flast.ckpt&dl=1"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vqgan_imagenet_f16_1024.ckpt"]
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images)[0], ((reference(images * 2 - 1)[0] + 1) / 2).clamp(0, 1),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"quantize.used": torch.arange(64)}, "remapped indices"),
+    ({"quantize.proj.weight": torch.zeros(64, 16, 1, 1)}, "Gumbel"),
+])
+def test_taming_files_this_vqgan_cannot_be_are_refused_by_what_they_hold(tmp_path, extra, message):
+    state = {**seeded_taming().state_dict(), **extra}
+    torch.save(state, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match=message):
+        create_model("vqgan", checkpoint=tmp_path / "model.pth", **TAMING_SMALL, ema_decay=None)
+
+
+def test_a_taming_file_of_other_sizes_is_refused_naming_the_keys(tmp_path):
+    torch.save(seeded_taming().state_dict(), tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match="missing keys|unexpected keys|shape"):
+        create_model("vqgan", checkpoint=tmp_path / "model.pth", **{**TAMING_SMALL, "attn_resolutions": ()},
+                     ema_decay=None)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(attn_resolutions=(16,)), "needs the resolution"),
+    (dict(attn_resolutions=(12,), resolution=32), r"attn_resolutions \[12\] are no level's map side"),
+    (dict(out_act="sigmoid"), "out_act must be one of"),
+])
+def test_taming_arguments_that_cannot_be_built_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        VQGAN(**{**TINY, **arguments})

@@ -21,17 +21,18 @@ indices Tensor[B, H/f, W/f] (f = 2**(len(ch_mult) - 1)) and ``decode(indices)`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionzoo.checkpoint import CheckpointError
 from visionzoo.generative.patchgan import PatchGAN
 from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
-from visionzoo.models._registry import register_model
+from visionzoo.models._registry import Pretrained, register_model
 from visionzoo.utils import check_argument_types, check_unit_range
 
 
@@ -102,10 +103,12 @@ def _middle(channels: int, dropout: float) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """Tensor[B, in_chans, H, W] → Tensor[B, z_channels, H / 2**(L-1), W / 2**(L-1)], L = len(ch_mult)."""
+    """Tensor[B, in_chans, H, W] → Tensor[B, z_channels, H / 2**(L-1), W / 2**(L-1)], L = len(ch_mult).
+    ``attn_levels``: the levels (0: full resolution) with an attention block after each residual block (taming's
+    ``attn_resolutions``)."""
 
     def __init__(self, in_chans: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attn_levels: frozenset[int] = frozenset()):
         super().__init__()
         self.conv_in = nn.Conv2d(in_chans, ch, 3, padding=1)
         layers: list[nn.Module] = []
@@ -114,6 +117,8 @@ class Encoder(nn.Module):
             for _ in range(num_res_blocks):
                 layers.append(ResnetBlock(width, ch * mult, dropout))
                 width = ch * mult
+                if level in attn_levels:
+                    layers.append(AttnBlock(width))
             if level < len(ch_mult) - 1:
                 layers.append(Downsample(width))
         self.down = nn.Sequential(*layers)
@@ -127,10 +132,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Tensor[B, z_channels, h, w] → Tensor[B, out_chans, h * 2**(L-1), w * 2**(L-1)] (pre-activation)."""
+    """Tensor[B, z_channels, h, w] → Tensor[B, out_chans, h * 2**(L-1), w * 2**(L-1)] (pre-activation);
+    ``attn_levels`` as the encoder's."""
 
     def __init__(self, out_chans: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attn_levels: frozenset[int] = frozenset()):
         super().__init__()
         width = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
@@ -140,6 +146,8 @@ class Decoder(nn.Module):
             for _ in range(num_res_blocks + 1):
                 layers.append(ResnetBlock(width, ch * ch_mult[level], dropout))
                 width = ch * ch_mult[level]
+                if level in attn_levels:
+                    layers.append(AttnBlock(width))
             if level > 0:
                 layers.append(Upsample(width))
         self.up = nn.Sequential(*layers)
@@ -149,6 +157,26 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+OUT_ACTIVATIONS = ("tanh", "clamp")
+
+
+def attention_levels(attn_resolutions: Sequence[int], resolution: int | None, levels: int) -> frozenset[int]:
+    """The levels (0: full resolution, ``levels`` in all) whose map side at ``resolution`` is one of
+    ``attn_resolutions``: taming's ``ddconfig`` placement of attention blocks."""
+    if not attn_resolutions:
+        return frozenset()
+    if resolution is None:
+        raise ValueError(f"attn_resolutions {tuple(attn_resolutions)} needs the resolution they refer to "
+                         "(taming's ddconfig 'resolution', e.g. resolution=256)")
+    sides = [resolution // 2 ** level for level in range(levels)]
+    chosen = frozenset(level for level, side in enumerate(sides) if side in attn_resolutions)
+    unmatched = sorted(set(attn_resolutions) - set(sides))
+    if unmatched:  # taming would build no attention there, silently
+        raise ValueError(f"attn_resolutions {unmatched} are no level's map side at resolution {resolution} "
+                         f"(the sides are {sides})")
+    return chosen
 
 
 class VQGAN(nn.Module):
@@ -164,6 +192,12 @@ class VQGAN(nn.Module):
         commitment, ema_decay, dead_code_threshold, dead_code_restart: the quantizer's (EMA codebook by default).
         code_dim, l2_normalize: ViT-VQGAN's factorised, l2-normalised lookup (None, False: taming's plain codes).
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
+        attn_resolutions, resolution: taming's placement of attention blocks inside the levels: after every
+            residual block of each level whose map side, for ``resolution``-pixel images, is listed (the
+            lowest resolution always has its middle attention block). Any image size runs; the sides name levels.
+        out_act: how the decoder's output becomes an image in [0, 1]: ``"tanh"`` (ours: ``(tanh(x) + 1) / 2``)
+            or ``"clamp"`` (taming's decoder has no output activation and its images are clamped to [-1, 1]:
+            ``clamp((x + 1) / 2, 0, 1)``, with no gradient at clamped pixels).
     """
 
     @check_argument_types
@@ -171,20 +205,25 @@ class VQGAN(nn.Module):
                  z_channels: int = 64, embed_dim: int = 64, num_codes: int = 512, dropout: float = 0.0,
                  commitment: float = 0.25, ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0,
                  code_dim: int | None = None, l2_normalize: bool = False, disc_width: int = 64, disc_layers: int = 2,
-                 dead_code_restart: str = "random"):
+                 dead_code_restart: str = "random", attn_resolutions: Sequence[int] = (),
+                 resolution: int | None = None, out_act: str = "tanh"):
         super().__init__()
         if in_chans < 1:
             raise ValueError(f"in_chans must be at least 1, got {in_chans}")
         if len(ch_mult) < 2:
             raise ValueError(f"ch_mult needs at least 2 levels (one downsampling), got {tuple(ch_mult)}")
+        if out_act not in OUT_ACTIVATIONS:
+            raise ValueError(f"out_act must be one of {OUT_ACTIVATIONS}, got {out_act!r}")
         self.in_chans = in_chans
         self.downsample = len(ch_mult) - 1
-        self.encoder = Encoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
+        self.out_act = out_act
+        attn_levels = attention_levels(attn_resolutions, resolution, len(ch_mult))
+        self.encoder = Encoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout, attn_levels)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold, code_dim,
                                          l2_normalize, dead_code_restart=dead_code_restart)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
-        self.decoder = Decoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout)
+        self.decoder = Decoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout, attn_levels)
         self.discriminator = PatchGAN(in_chans, disc_width, disc_layers)
 
     def _check(self, images: Tensor) -> None:
@@ -214,11 +253,101 @@ class VQGAN(nn.Module):
         return self._decode(self.quantizer.decode_indices(indices).permute(0, 3, 1, 2))
 
     def _decode(self, quantised: Tensor) -> Tensor:
-        return (torch.tanh(self.decoder(self.post_quant_conv(quantised))) + 1) / 2
+        out = self.decoder(self.post_quant_conv(quantised))
+        if self.out_act == "clamp":
+            return ((out + 1) / 2).clamp(0, 1)
+        return (torch.tanh(out) + 1) / 2
 
     def last_layer_weight(self) -> nn.Parameter:
         """The decoder's last conv weight, whose gradient norms set the GAN loss's adaptive weight."""
         return self.decoder.conv_out.weight
+
+
+# ---------------------------------------------------------------------------- taming-transformers' files
+# Module renames inside a block: our name → taming's (and the attention's one qkv conv is its q, k and v convs).
+_TAMING_RENAMES = {"shortcut": "nin_shortcut", "proj": "proj_out"}
+
+
+def is_taming_state(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` is in taming-transformers' VQModel layout (``encoder.down.0.block.0.…``,
+    ``quantize.embedding.weight``) rather than ours."""
+    return "quantize.embedding.weight" in state or any(key.startswith("encoder.down.0.block.") for key in state)
+
+
+def _taming_prefixes(model: VQGAN) -> dict[str, str]:
+    """Our module path → taming's, for the encoder's and decoder's residual, attention and resampling blocks."""
+    prefixes = {}
+    for part, sequence, level, step in (("encoder.down", model.encoder.down, 0, 1),
+                                        ("decoder.up", model.decoder.up, model.downsample, -1)):
+        counts = {"block": 0, "attn": 0}
+        for index, layer in enumerate(sequence):
+            if isinstance(layer, (Downsample, Upsample)):
+                prefixes[f"{part}.{index}"] = f"{part}.{level}.{'downsample' if step > 0 else 'upsample'}"
+                level, counts = level + step, {"block": 0, "attn": 0}
+                continue
+            kind = "attn" if isinstance(layer, AttnBlock) else "block"
+            prefixes[f"{part}.{index}"] = f"{part}.{level}.{kind}.{counts[kind]}"
+            counts[kind] += 1
+    for part in ("encoder", "decoder"):
+        prefixes.update({f"{part}.mid.0": f"{part}.mid.block_1", f"{part}.mid.1": f"{part}.mid.attn_1",
+                         f"{part}.mid.2": f"{part}.mid.block_2"})
+    return prefixes
+
+
+def _taming_key(key: str, prefixes: Mapping[str, str]) -> str:
+    """The taming name of our state key ``key`` (the same name where both agree)."""
+    module, _, leaf = key.rpartition(".")
+    for ours, theirs in prefixes.items():
+        if module == ours or module.startswith(ours + "."):
+            rest = module[len(ours):].lstrip(".").split(".") if module != ours else []
+            module = ".".join([theirs, *(_TAMING_RENAMES.get(part, part) for part in rest if part)])
+            break
+    return f"{module}.{leaf}" if module else leaf
+
+
+def checkpoint_filter(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Our own files pass unchanged; a taming-transformers VQModel state dict (a ``.ckpt``'s ``state_dict``,
+    e.g. the official ``vqgan_imagenet_f16_16384``) is converted to ours for ``model``, a :class:`VQGAN` of the
+    same sizes: blocks renamed, each attention block's q, k, v convs stacked into one, ``quantize.embedding.weight``
+    as the codebook (with an EMA codebook, its averages start from it). Taming's ``loss.*`` (its LPIPS and its
+    BatchNorm PatchGAN, not ours) is not loaded: the discriminator keeps ``model``'s weights. Keys that fit
+    nowhere are passed on for the strict load to report.
+
+    Raises:
+        CheckpointError: taming's Gumbel quantizer or index remapping, which this VQGAN does not have.
+    """
+    if not is_taming_state(state) or not isinstance(model, VQGAN):
+        return state
+    if "quantize.used" in state:
+        raise CheckpointError("a taming-transformers VQGAN with remapped indices (the quantizer's 'remap' file, "
+                              "key quantize.used) is not supported; its codes would not be the file's indices")
+    if "quantize.embed.weight" in state or "quantize.proj.weight" in state:
+        raise CheckpointError("a taming-transformers Gumbel VQGAN (GumbelQuantize: keys quantize.proj, "
+                              "quantize.embed) is not supported; only VectorQuantizer files load")
+    theirs = {key: value for key, value in state.items() if not key.startswith("loss.")}
+    prefixes = _taming_prefixes(model)
+    own = model.state_dict()
+    converted: dict[str, Tensor] = {}
+    for key, value in own.items():
+        if key.startswith("discriminator."):
+            converted[key] = value
+        elif key.startswith("quantizer."):
+            continue
+        elif key.endswith(".qkv.weight") or key.endswith(".qkv.bias"):
+            module, leaf = _taming_key(key, prefixes).rsplit(".", 2)[0], key.rpartition(".")[2]
+            parts = [f"{module}.{name}.{leaf}" for name in ("q", "k", "v")]
+            if all(part in theirs for part in parts):
+                converted[key] = torch.cat([theirs.pop(part) for part in parts])
+        elif _taming_key(key, prefixes) in theirs:
+            converted[key] = theirs.pop(_taming_key(key, prefixes))
+    if "quantize.embedding.weight" in theirs:
+        codebook = theirs.pop("quantize.embedding.weight")
+        converted["quantizer.codebook"] = codebook
+        if "quantizer.ema_sum" in own:  # an EMA codebook: averages of one vector per code
+            converted["quantizer.ema_count"] = torch.ones_like(own["quantizer.ema_count"])
+            converted["quantizer.ema_sum"] = codebook.clone()
+    converted.update(theirs)  # what fitted nowhere: reported as unexpected
+    return converted
 
 
 # Variants are sizes only. The full-resolution level dominates the cost on a CPU, hence width 32 there.
@@ -235,20 +364,50 @@ F8_TASK_OPTIONS = {"perceptual_weight": 0.1, "disc_weight": 0.1}
 F8_TRAIN_DEFAULTS = {"lr": 2e-3}
 
 
-@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32))
+_CFG = dict(task="vqgan", none_args=QUANTIZER_NONE_ARGS, checkpoint_filter=checkpoint_filter)
+
+
+@register_model(**_CFG, input_size=(3, 32, 32))
 def vqgan(**kwargs) -> VQGAN:
     """VQGAN for CPU training: a 4× smaller code grid (8×8 for 32 px), widths 32–64, 512 EMA codes of 64 dimensions."""
     return VQGAN(**{**_SIZES["vqgan"], **kwargs})
 
 
-@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 32, 32))
+@register_model(**_CFG, input_size=(3, 32, 32))
 def vqgan_base(**kwargs) -> VQGAN:
     """A wider, deeper 4× VQGAN: widths 64–128, two residual blocks per encoder level (about 3× the compute)."""
     return VQGAN(**{**_SIZES["vqgan_base"], **kwargs})
 
 
-@register_model(task="vqgan", none_args=QUANTIZER_NONE_ARGS, input_size=(3, 64, 64), task_options=F8_TASK_OPTIONS,
+@register_model(**_CFG, input_size=(3, 64, 64), task_options=F8_TASK_OPTIONS,
                 train_defaults=F8_TRAIN_DEFAULTS)
 def vqgan_f8(**kwargs) -> VQGAN:
     """VQGAN with an 8× smaller code grid (8×8 for 64 px Shapes), widths 32–64, a 3-layer PatchGAN 32 wide."""
     return VQGAN(**{**_SIZES["vqgan_f8"], **kwargs})
+
+
+# taming-transformers' ImageNet VQGANs (configs/model.yaml of each): 256 px, 16× smaller code grid, attention at the
+# 16-px level, codes learnt by gradient, no output activation. Their discriminator is a BatchNorm PatchGAN, which ours
+# (GroupNorm, 3 layers, 64 wide, the same depth and width) replaces; it is not in what loads.
+_TAMING_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,
+                   z_channels=256, embed_dim=256, dropout=0.0, ema_decay=None, dead_code_threshold=0.0,
+                   out_act="clamp", disc_width=64, disc_layers=3)
+_HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
+
+
+def _taming_weights(share: str, name: str) -> Pretrained:
+    return Pretrained(url=_HEIBOX.format(share), cache_name=f"{name}.ckpt")
+
+
+@register_model(**_CFG, input_size=(3, 256, 256),
+                pretrained=_taming_weights("8088892a516d4e3baf92", "vqgan_imagenet_f16_1024"))
+def vqgan_imagenet_f16_1024(**kwargs) -> VQGAN:
+    """taming-transformers' ImageNet VQGAN, f=16 with 1,024 codes (``pretrained=True``: their ``last.ckpt``)."""
+    return VQGAN(**{**_TAMING_F16, "num_codes": 1024, **kwargs})
+
+
+@register_model(**_CFG, input_size=(3, 256, 256),
+                pretrained=_taming_weights("a7530b09fed84f80a887", "vqgan_imagenet_f16_16384"))
+def vqgan_imagenet_f16_16384(**kwargs) -> VQGAN:
+    """taming-transformers' ImageNet VQGAN, f=16 with 16,384 codes (``pretrained=True``: their ``last.ckpt``)."""
+    return VQGAN(**{**_TAMING_F16, "num_codes": 16384, **kwargs})

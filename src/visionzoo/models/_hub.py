@@ -76,9 +76,9 @@ def weights_url(pretrained: Pretrained) -> str:
 
 
 def cached_path(pretrained: Pretrained) -> Path:
-    """Where the weights live in the cache: ``NAME`` of the URL, or ``hf/ORG--REPO/FILENAME``."""
+    """Where the weights live in the cache: ``NAME`` of the URL (or its ``cache_name``), or ``hf/ORG--REPO/FILENAME``."""
     if pretrained.url is not None:
-        return cache_dir() / Path(urllib.parse.urlsplit(pretrained.url).path).name
+        return cache_dir() / (pretrained.cache_name or Path(urllib.parse.urlsplit(pretrained.url).path).name)
     if pretrained.hf_hub_id is not None:
         return cache_dir() / "hf" / pretrained.hf_hub_id.replace("/", "--") / pretrained.filename
     raise ValueError("Pretrained needs a url or an hf_hub_id")

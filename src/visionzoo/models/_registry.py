@@ -46,7 +46,8 @@ class Pretrained:
     the weights are used with (torchvision's detectors freeze their batch norms for their COCO
     weights); ``pretrained=True`` passes them unless the caller gives the same keywords. ``tag``: timm's tag
     for these weights (``tv_in1k`` for torchvision's ResNets), with which ``NAME.TAG`` names the model; a timm
-    repository's (``timm/NAME.TAG``) is read from ``hf_hub_id`` (see :func:`weights_tag`).
+    repository's (``timm/NAME.TAG``) is read from ``hf_hub_id`` (see :func:`weights_tag`). ``cache_name``: the
+    file's name in the cache for a URL whose path does not end in one (a share link's ``.../files/?p=...``).
     """
 
     url: str | None = None
@@ -55,6 +56,7 @@ class Pretrained:
     sha256: str | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
     tag: str | None = None
+    cache_name: str | None = None
 
     def __post_init__(self):
         if (self.url is None) == (self.hf_hub_id is None):
