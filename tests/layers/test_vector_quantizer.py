@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from taming.modules.vqvae.quantize import VectorQuantizer2
 
 from visionzoo.layers.vector_quantizer import VectorQuantizer
 
@@ -347,3 +348,23 @@ def test_under_torchrun_dead_codes_restart_at_vectors_of_every_process(two_ranks
     # codes 2 and 3 chose no vector: dead, they restart at the farthest vectors of the global batch, rank 1's first
     assert ranks[0]["farthest"][2] == [20.0, -20.0]
     assert [20.0, -20.0] in ranks[0]["random"][2:]  # rank 1's, the only vector of the global batch
+
+
+def test_a_codebook_learnt_by_gradient_equals_tamings_quantizer_in_codes_loss_and_gradients():
+    torch.manual_seed(0)
+    theirs = VectorQuantizer2(48, 6, beta=0.25, legacy=False)  # legacy=True weighs the two terms the other way round
+    theirs.embedding.weight.data.normal_()
+    ours = VectorQuantizer(48, 6, commitment=0.25, ema_decay=None)
+    ours.codebook.data.copy_(theirs.embedding.weight.data)
+    z = torch.randn(2, 6, 5, 7)
+    z_theirs, z_ours = z.clone().requires_grad_(), z.clone().requires_grad_()
+    quantised_theirs, loss_theirs, (_, _, indices_theirs) = theirs(z_theirs)
+    quantised_ours, indices_ours, loss_ours, _ = ours(z_ours)
+    assert torch.equal(indices_ours.flatten(), indices_theirs)
+    torch.testing.assert_close(quantised_ours, quantised_theirs)
+    torch.testing.assert_close(loss_ours, loss_theirs)
+    weights = torch.randn_like(z)
+    ((quantised_theirs * weights).sum() + loss_theirs).backward()
+    ((quantised_ours * weights).sum() + loss_ours).backward()
+    torch.testing.assert_close(z_ours.grad, z_theirs.grad)
+    torch.testing.assert_close(ours.codebook.grad, theirs.embedding.weight.grad)
