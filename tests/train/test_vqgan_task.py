@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from visionzoo.checkpoint import read_checkpoint
 from visionzoo.cli import main
 from visionzoo.generative.patchgan import adaptive_weight
-from visionzoo.generative.perceptual import PerceptualLoss
+from visionzoo.generative.perceptual import PerceptualLoss, VGG16Features
 from visionzoo.generative.vqgan import VQGAN
 from visionzoo.metrics import domain
 from visionzoo.metrics.domain import DomainFeatures
@@ -431,3 +432,62 @@ def test_a_tokenizer_trains_on_a_coco_folder_of_image_info_files(tmp_path, capsy
                  "--model-arg", "disc_width=8", "--perceptual-weight", "0", "--out", str(tmp_path / "run")]) == 0, \
         capsys.readouterr().err
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+
+
+@pytest.fixture
+def lpips_files(tmp_path):
+    """``(a seeded VGG16's features.* in torchvision's layout, the lpips package's learnt weights for it)``."""
+    lpips = pytest.importorskip("lpips")
+    torch.manual_seed(0)
+    vgg16 = tmp_path / "vgg16_features.pth"
+    torch.save(VGG16Features().state_dict(), vgg16)
+    return vgg16, Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+
+
+def test_visionzoo_train_vqgan_with_lpips_weights_trains_with_lpips_and_records_the_file(tmp_path, lpips_files):
+    vgg16, weights = lpips_files
+    out = tmp_path / "run"
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "--precision", "fp32", "--perceptual-checkpoint", str(vgg16), "--lpips-weights",
+            str(weights), "--out", str(out), "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]", "--model-arg",
+            "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8", "--model-arg", "disc_width=8"]
+    assert main(argv) == 0
+    _, meta = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["run"]["options"]["lpips_weights"] == str(weights)
+    assert meta["run"]["options"]["perceptual_checkpoint"] == str(vgg16)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "split" not in line]
+    assert records[0]["autoencoder/perceptual"] > 0
+    setup = VQGANTask.setup("vqgan", "digits", 16, meta["run"]["model_args"], options=meta["run"]["options"])
+    learnt = setup.task.perceptual(torch.device("cpu")).layer_weights()
+    assert [len(w) for w in learnt] == [64, 128, 256, 512, 512]
+    assert torch.equal(learnt[0], torch.load(weights, map_location="cpu")["lin0.model.1.weight"].flatten())
+
+
+def test_lpips_weights_without_a_vgg16_are_refused_before_the_run(tmp_path, lpips_files, capsys):
+    _, weights = lpips_files
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--no-progress",
+            "--lpips-weights", str(weights), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: --lpips-weights {weights} weighs the channels of VGG16: "
+                                       "give its torchvision vgg16 weights with --perceptual-checkpoint too\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_or_foreign_lpips_weights_file_is_refused_before_the_run_naming_the_option(tmp_path, lpips_files,
+                                                                                            capsys):
+    vgg16, weights = lpips_files
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--no-progress",
+            "--perceptual-checkpoint", str(vgg16), "--out", str(tmp_path / "run")]
+    missing = tmp_path / "vgg.pth"
+    assert main([*argv, "--lpips-weights", str(missing)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo train: error: --lpips-weights {missing} is not a file "
+                                       "(LPIPS's vgg.pth)\n")
+    alexnet = weights.with_name("alex.pth")
+    assert main([*argv, "--lpips-weights", str(alexnet)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"visionzoo train: error: --lpips-weights: checkpoint {alexnet} holds no LPIPS "
+                                   "weights for VGG16 (lin1.model.1.weight has shape [1, 192, 1, 1], expected "
+                                   "[1, 128, 1, 1];") and captured.err.count("\n") == 1
+    assert main([*argv, "--lpips-weights", str(vgg16)]) == 2  # the VGG16 file given in its place
+    assert "--lpips-weights: checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -18,8 +18,9 @@ the engine's estimate at the pace so far, and the steps after the start are slow
 own forward and backward), so its share of the steps ends a little under ``1 - share``.
 
 The perceptual network belongs to the task (frozen, never in the model's state dict), built at the
-first training step: VGG16 from ``--perceptual-checkpoint`` (a torchvision file) or else the classifier
-trained on the built-in data (see :mod:`visionzoo.generative.perceptual`). Evaluation, prediction and
+first training step: VGG16 from ``--perceptual-checkpoint`` (a torchvision file), with ``--lpips-weights``
+(LPIPS's learnt linear layers) LPIPS proper as taming's, or else the classifier trained on the built-in
+data (see :mod:`visionzoo.generative.perceptual`). Evaluation, prediction and
 drawing are :class:`~visionzoo.train.reconstruction.ReconstructionTask`'s (PSNR, mse, codebook usage,
 perplexity). The model must be a tokenizer (``model(images) -> (reconstruction, indices, vq_loss,
 stats)``) with a ``discriminator`` submodule and ``last_layer_weight()``, as VQGAN is.
@@ -43,7 +44,12 @@ from torch.utils.data import Dataset
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.data.factory import SPLITS
 from visionzoo.generative.patchgan import adaptive_weight_from_output_grads, hinge_d_loss, hinge_g_loss
-from visionzoo.generative.perceptual import PerceptualLoss, build_perceptual_loss
+from visionzoo.generative.perceptual import (
+    PerceptualLoss,
+    VGG16Features,
+    build_perceptual_loss,
+    read_lpips_weights,
+)
 from visionzoo.train.reconstruction import ReconstructionTask
 from visionzoo.train.task import Setup, register_task, weight_decay_groups
 
@@ -240,6 +246,10 @@ class VQGANTask(ReconstructionTask):
         group.add_argument("--perceptual-checkpoint", metavar="FILE",
                            help="torchvision vgg16 weights for the perceptual loss "
                                 "(default: the classifier trained on the built-in data)")
+        group.add_argument("--lpips-weights", metavar="FILE",
+                           help="LPIPS's learnt channel weights for the VGG16 of --perceptual-checkpoint (the lpips "
+                                "package's weights/v0.1/vgg.pth, or taming-transformers' vgg.pth): the perceptual loss "
+                                "is then LPIPS, as taming's (default: every channel weighs 1)")
 
     @classmethod
     def setup(cls, model_name: str, data: str, img_size: int | None, model_args: Mapping[str, Any],
@@ -251,7 +261,10 @@ class VQGANTask(ReconstructionTask):
         # The user's options, else the model's registered ones (e.g. ViT-VQGAN's paper's loss weights), else taming's.
         chosen = {**get_model_entry(model_name).default_cfg.get("task_options", {}),
                   **{k: v for k, v in (options or {}).items() if v is not None}}
-        perceptual_file = chosen.get("perceptual_checkpoint")
+        perceptual_file, lpips_file = chosen.get("perceptual_checkpoint"), chosen.get("lpips_weights")
+        if lpips_file is not None and perceptual_file is None:
+            raise ValueError(f"--lpips-weights {lpips_file} weighs the channels of VGG16: give its torchvision vgg16 "
+                             "weights with --perceptual-checkpoint too")
         # Each would fail only at the first training step, after the run has started, naming no option.
         if checkpoint is None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0:
             if perceptual_file is None and str(data).lower() not in DOMAIN_DATA:
@@ -261,6 +274,8 @@ class VQGANTask(ReconstructionTask):
             if perceptual_file is not None and not Path(perceptual_file).is_file():
                 raise FileNotFoundError(f"--perceptual-checkpoint {perceptual_file} is not a file "
                                         "(torchvision vgg16 weights)")
+            if lpips_file is not None and not Path(lpips_file).is_file():
+                raise FileNotFoundError(f"--lpips-weights {lpips_file} is not a file (LPIPS's vgg.pth)")
         setup = super().setup(model_name, data, img_size, model_args, checkpoint, options, splits)
         meta = setup.run_meta
         if checkpoint is None:
@@ -271,13 +286,24 @@ class VQGANTask(ReconstructionTask):
                 raise ValueError(f"--img-size {meta['img_size']} is too small for {model_name}'s discriminator ({error}): "
                                  "give a larger --img-size or fewer --model-arg disc_layers") from None
         build: Callable[[], PerceptualLoss] | PerceptualLoss = functools.partial(
-            build_perceptual_loss, perceptual_file, data, meta["img_size"], meta["in_chans"])
+            build_perceptual_loss, perceptual_file, data, meta["img_size"], meta["in_chans"], lpips_file)
         if checkpoint is None and perceptual_file is not None and chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT) > 0:
-            try:  # read now: a file that holds no VGG16 would otherwise fail at the first step, naming no option
-                build = build()
-            except CheckpointError as error:
-                raise CheckpointError(f"--perceptual-checkpoint: {error}") from None
+            build = _vgg16_perceptual_loss(perceptual_file, lpips_file)
         setup.task = cls(disc_start=chosen.get("disc_start", DISC_START),
                          disc_weight=chosen.get("disc_weight", DISC_WEIGHT),
                          perceptual_weight=chosen.get("perceptual_weight", PERCEPTUAL_WEIGHT), perceptual=build)
         return setup
+
+
+def _vgg16_perceptual_loss(vgg16_file: str | Path, lpips_file: str | Path | None) -> PerceptualLoss:
+    """The perceptual loss over VGG16, read before the run: a file that holds no VGG16 or no LPIPS weights would
+    otherwise fail at the first step, naming no option. Its error names the option of the file at fault."""
+    try:
+        weights = None if lpips_file is None else read_lpips_weights(lpips_file)
+    except CheckpointError as error:
+        raise CheckpointError(f"--lpips-weights: {error}") from None
+    try:
+        network = VGG16Features.from_torchvision(vgg16_file)
+    except CheckpointError as error:
+        raise CheckpointError(f"--perceptual-checkpoint: {error}") from None
+    return PerceptualLoss(network, weights)
