@@ -72,6 +72,21 @@ def test_lpips_equals_the_lpips_package_in_distance_and_gradient(lpips_package, 
         torch.testing.assert_close(ours(*single), expected, rtol=1e-5, atol=0)
 
 
+def test_without_lpips_weights_vgg16_gives_the_lpips_packages_baseline(lpips_package, vgg16_file):
+    reference, _ = lpips_package
+    baseline = build_perceptual_loss(checkpoint=vgg16_file)
+    assert baseline.layer_weights() is None
+    torch.manual_seed(2)
+    x, y = torch.rand(2, 3, 48, 40), torch.rand(2, 3, 48, 40)
+    reference.lpips = False  # what LPIPS(lpips=False) sets: every channel weighs 1
+    try:
+        with torch.no_grad():
+            expected = reference(x, y, normalize=True).flatten()
+    finally:
+        reference.lpips = True
+    torch.testing.assert_close(baseline(x, y), expected, rtol=1e-5, atol=0)
+
+
 def test_lpips_weights_of_another_layout_are_refused_naming_the_file(lpips_package, vgg16_file, tmp_path):
     _, weights_file = lpips_package
     alexnet = weights_file.with_name("alex.pth")  # the same keys, AlexNet's widths
