@@ -110,3 +110,190 @@ def test_generate_decodes_sampled_codes_and_the_same_seed_gives_the_same_images(
     images = prior.generate(2, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 1, 16, 16) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, prior.generate(2, generator=torch.Generator().manual_seed(0)))
+
+
+# ------------------------------------------------------------------ taming-transformers' second stage
+# A small taming Net2NetTransformer: a VQGAN of 16 px images (8×8 codes, attention at the 8-px level) and minGPT.
+TAMING_FIRST_STAGE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], resolution=16,
+                          z_channels=16, embed_dim=8, num_codes=64)
+TAMING_TOKENIZER = {"name": "vqgan", "args": {**TAMING_FIRST_STAGE, "ema_decay": None, "out_act": "clamp"}}
+TAMING_GPT = dict(n_layer=2, n_head=4, n_embd=32)
+OUR_GPT = dict(depth=2, num_heads=4, embed_dim=32)
+
+
+@pytest.fixture
+def mingpt(monkeypatch):
+    """taming's minGPT module; it imports ``transformers.top_k_top_p_filtering``, which a stub stands in for."""
+    import importlib
+    import sys
+    import types
+
+    stub = types.ModuleType("transformers")
+    stub.top_k_top_p_filtering = None
+    monkeypatch.setitem(sys.modules, "transformers", stub)
+    return importlib.import_module("taming.modules.transformer.mingpt")
+
+
+class TamingNet2Net(torch.nn.Module):
+    """taming's Net2NetTransformer without its Lightning shell: the same submodule names (a VQModel as
+    ``first_stage_model``, minGPT as ``transformer``; Labelator and SOSProvider have no weights), so its state dict
+    is the one a taming .ckpt holds."""
+
+    def __init__(self, mingpt, block_size=64, **gpt):
+        from taming.modules.diffusionmodules import model as taming_model
+        from taming.modules.vqvae import quantize as taming_quantize
+
+        super().__init__()
+        sizes = TAMING_FIRST_STAGE
+        ddconfig = dict(double_z=False, z_channels=sizes["z_channels"], resolution=sizes["resolution"], in_channels=3,
+                        out_ch=3, ch=sizes["ch"], ch_mult=sizes["ch_mult"], num_res_blocks=sizes["num_res_blocks"],
+                        attn_resolutions=sizes["attn_resolutions"], dropout=0.0)
+        first = torch.nn.Module()
+        first.encoder = taming_model.Encoder(**ddconfig)
+        first.decoder = taming_model.Decoder(**ddconfig)
+        first.quantize = taming_quantize.VectorQuantizer2(sizes["num_codes"], sizes["embed_dim"], beta=0.25,
+                                                          legacy=False)
+        first.quant_conv = torch.nn.Conv2d(sizes["z_channels"], sizes["embed_dim"], 1)
+        first.post_quant_conv = torch.nn.Conv2d(sizes["embed_dim"], sizes["z_channels"], 1)
+        self.first_stage_model = first
+        self.transformer = mingpt.GPT(sizes["num_codes"], block_size, **{**TAMING_GPT, **gpt})
+        with torch.no_grad():  # off their plain inits (codes near one point, zero positions, identity norms)
+            first.quantize.embedding.weight.normal_()
+            self.transformer.pos_emb.normal_(0, 0.5)
+            for module in self.modules():
+                if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.normal_(0, 0.1)
+        self.eval()
+
+    def codes(self, images):
+        """The first stage's codes of images in [0, 1], Tensor[B, h·w] (taming's encode_to_z)."""
+        first = self.first_stage_model
+        _, _, (_, _, indices) = first.quantize(first.quant_conv(first.encoder(images * 2 - 1)))
+        return indices.reshape(images.shape[0], -1)
+
+    def logits(self, conditioning, codes):
+        """taming's forward: logits for the codes after the conditioning tokens Tensor[B, c_len]."""
+        cz = torch.cat([conditioning, codes], dim=1)
+        return self.transformer(cz[:, :-1])[0][:, conditioning.shape[1] - 1:]
+
+    def greedy(self, conditioning, steps):
+        """taming's sample(..., sample=False): the most likely code, step by step, Tensor[B, steps]."""
+        x = conditioning
+        for _ in range(steps):
+            probs = self.transformer(x)[0][:, -1].softmax(-1)
+            x = torch.cat([x, probs.topk(1, dim=-1).indices], dim=1)
+        return x[:, conditioning.shape[1]:]
+
+
+def save_taming_transformer(path, model: torch.nn.Module, **extra) -> None:
+    """A Lightning .ckpt as taming writes it: the state dict with the training state beside it."""
+    torch.save({"epoch": 7, "global_step": 4321, "pytorch-lightning_version": "1.0.8",
+                "state_dict": {**model.state_dict(), **extra}, "optimizer_states": [], "lr_schedulers": []}, path)
+
+
+def taming_prior(path, num_classes, **sizes):
+    args = {"tokenizer": TAMING_TOKENIZER, "img_size": 16, "num_classes": num_classes, **OUR_GPT, **sizes}
+    return create_model("vqgan_transformer", checkpoint=path, **args).eval()
+
+
+@pytest.mark.parametrize("num_classes", [10, 0], ids=["class-conditional", "unconditional"])
+def test_a_taming_transformer_gives_tamings_logits_and_greedy_codes(tmp_path, mingpt, num_classes):
+    torch.manual_seed(0)
+    reference = TamingNet2Net(mingpt)
+    save_taming_transformer(tmp_path / "last.ckpt", reference)
+    ours = taming_prior(tmp_path / "last.ckpt", num_classes)
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 4, 9]) if num_classes else None
+    # the class is taming's conditioning token; an unconditional model's is its sos token, 0
+    conditioning = (labels if num_classes else torch.zeros(3, dtype=torch.long))[:, None]
+    with torch.no_grad():
+        codes = ours.tokens(images)
+        assert torch.equal(codes, reference.codes(images)) and len(codes.unique()) > 5
+        theirs = reference.logits(conditioning, codes)
+        assert theirs.shape == (3, 64, 64)
+        torch.testing.assert_close(ours(codes, labels), theirs, atol=1e-5, rtol=1e-5)
+        greedy = ours.gpt.generate(3, labels=labels, top_k=1, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(greedy, reference.greedy(conditioning, 64))
+    if num_classes:  # the "no class" start taming never trained: the mean of the class starts
+        rows = ours.gpt.start_embed.weight
+        torch.testing.assert_close(rows[num_classes], rows[:num_classes].mean(0))
+
+
+def test_the_imagenet_cin_prior_has_tamings_sizes_and_downloads_its_file_once(tmp_path, mingpt, monkeypatch):
+    import http.server
+    import threading
+
+    from visionzoo.generative.code_prior import _TAMING_CIN
+    from visionzoo.generative.gpt import GPT
+    from visionzoo.models import get_model_entry
+
+    # cin_transformer's minGPT (vocab 16384, block_size 256) against ours on the meta device (no memory)
+    with torch.device("meta"):
+        theirs = mingpt.GPT(16384, 256, n_layer=48, n_head=24, n_embd=1536)
+        gpt = GPT(16384, 16 * 16, _TAMING_CIN["num_classes"], _TAMING_CIN["embed_dim"], _TAMING_CIN["depth"],
+                  _TAMING_CIN["num_heads"])
+    assert sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("start_embed")) == sum(
+        p.numel() for p in theirs.parameters())
+    assert (gpt.blocks[0].attn.num_heads, _TAMING_CIN["tokenizer"]["name"]) == (24, "vqgan_imagenet_f16_16384")
+    entry = get_model_entry("vqgan_transformer_imagenet_cin")
+    assert entry.pretrained.url.startswith("https://app.koofr.net/content/links/")
+
+    torch.manual_seed(0)
+    reference = TamingNet2Net(mingpt)
+    payload = tmp_path / "last.ckpt"
+    save_taming_transformer(payload, reference)
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = payload.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        for _ in range(2):  # the registered sizes, made small
+            ours = create_model("vqgan_transformer_imagenet_cin", pretrained=True, tokenizer=TAMING_TOKENIZER,
+                                img_size=16, num_classes=10, **OUR_GPT).eval()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == ["/content/links/90cbd5aa-ef70-4f5e-99bc-f12e5a89380e/files/get/last.ckpt"
+                        "?path=%2F2021-04-03T19-39-50_cin_transformer%2Fcheckpoints%2Flast.ckpt"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vqgan_transformer_imagenet_cin.ckpt"]
+    codes = torch.randint(64, (2, 64), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(codes, torch.tensor([3, 7])),
+                                   reference.logits(torch.tensor([[3], [7]]), codes), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(gpt=dict(block_size=32)), r"pos_emb \(1, 32, 32\) holds fewer than the prior's 64 positions"),
+    (dict(gpt=dict(n_unmasked=4)), r"transformer.blocks.0.attn.mask is not causal"),
+    (dict(extra={"cond_stage_model.encoder.conv_in.weight": torch.zeros(1)}), r"cond_stage_model.* is not supported"),
+    (dict(extra={"permuter.forward_shuffle_idx": torch.arange(64)}), r"permuter.forward_shuffle_idx"),
+    (dict(sizes=dict(depth=3)), r"missing keys: gpt\.blocks\.2\."),
+    (dict(sizes=dict(num_classes=65)), r"65 classes need as many rows of transformer.tok_emb.weight \(64, 32\)"),
+    (dict(sizes=dict(tokenizer=TOKENIZER)), r"first stage .* is a VQGAN; this prior's tokenizer is vqvae_small"),
+], ids=["block_size", "n_unmasked", "cond_stage", "permuter", "depth", "classes", "tokenizer"])
+def test_taming_transformers_that_do_not_fit_are_one_error_naming_the_file(tmp_path, mingpt, change, message):
+    from visionzoo.checkpoint import CheckpointError
+
+    torch.manual_seed(0)
+    path = tmp_path / "last.ckpt"
+    save_taming_transformer(path, TamingNet2Net(mingpt, **change.get("gpt", {})), **change.get("extra", {}))
+    sizes = {"num_classes": 10, **change.get("sizes", {})}
+    with pytest.raises(CheckpointError, match=message) as error:
+        taming_prior(path, **sizes)
+    assert str(path) in str(error.value)
