@@ -213,7 +213,9 @@ def vqgan_transformer(**kwargs) -> CodeTransformer:
 
 
 # taming-transformers' class-conditional ImageNet transformer (2021-04-03T19-39-50_cin_transformer): 1.4B parameters
-# over vqgan_imagenet_f16_16384's 16×16 codes, class labels 0..999 embedded as tokens.
+# over vqgan_imagenet_f16_16384's 16×16 codes, class labels 0..999 embedded as tokens. Its project.yaml was not at
+# hand: 48 blocks 1536 wide give the paper's 1.4B, and 24 heads are those of the ImageNet config quoted in taming's
+# issue #104 (heads change no weight shape, so a wrong count would load and give other logits).
 _TAMING_CIN = dict(tokenizer={"name": "vqgan_imagenet_f16_16384", "args": {}}, img_size=256, num_classes=1000,
                    embed_dim=1536, depth=48, num_heads=24)
 _KOOFR_CIN = ("https://app.koofr.net/content/links/90cbd5aa-ef70-4f5e-99bc-f12e5a89380e/files/get/last.ckpt"
