@@ -702,8 +702,9 @@ def test_module_entry_point_lists_models():
     ("resnet18", ["--no-class-conditional"], ["--class-conditional is for autoregressive models"]),
     # it listed "(image_gpt, image_gpt_small, vqgan_transformer)": every autoregressive model, though Image GPT
     # refuses a tokenizer too (it quantises pixels with its own palette)
-    ("resnet18", ["--tokenizer", "x.safetensors"], ["--tokenizer is for autoregressive models (vqgan_transformer); "
-                                                     "resnet18, a model of the classification task, would ignore it"]),
+    ("resnet18", ["--tokenizer", "x.safetensors"], ["--tokenizer is for autoregressive models (vqgan_transformer, "
+                                                     "vqgan_transformer_imagenet_cin); resnet18, a model of the "
+                                                     "classification task, would ignore it"]),
     ("vqvae_small", ["--disc-weight", "0.1"], ["--disc-weight is for vqgan models", "reconstruction task"]),
 ])
 def test_an_option_of_another_task_is_refused_naming_the_models_that_take_it(capsys, tmp_path, model, option,
