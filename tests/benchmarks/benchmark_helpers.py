@@ -19,6 +19,7 @@ WORK = {
     "metrics": ("coco_rows", "segm_rows", "mean_ap_rows", "frechet_rows"),
     "selective_search": ("evaluate",),
     "ops": ("run",),
+    "vqgan_taming": ("the_pair",),
 }
 
 

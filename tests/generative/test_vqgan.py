@@ -291,3 +291,17 @@ def test_a_taming_file_of_other_sizes_is_refused_naming_the_keys(tmp_path):
 def test_taming_arguments_that_cannot_be_built_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         VQGAN(**{**TINY, **arguments})
+
+
+def test_inference_runs_channels_last_and_gives_the_codes_and_images_of_the_autograd_path():
+    torch.manual_seed(0)
+    model = create_model("vqgan", **TAMING_SMALL, ema_decay=None, out_act="clamp").eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with_grad, codes_with_grad, _, _ = model(images)
+    seen = []
+    model.decoder.conv_out.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0]))
+    with torch.no_grad():
+        without_grad, codes, _, _ = model(images)
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+    assert torch.equal(codes, codes_with_grad)
+    torch.testing.assert_close(without_grad, with_grad.detach(), atol=1e-5, rtol=1e-5)

@@ -255,6 +255,23 @@ def test_group_norm_equals_torch_on_channels_last_inputs_and_gradients():
     torch.testing.assert_close(ours.weight.grad, torch.autograd.grad((reference(b) * upstream).sum(), reference.weight)[0])
 
 
+def test_group_norm_without_autograd_keeps_a_channels_last_input_channels_last():
+    """Inference copied every norm's channels-last input to the contiguous layout (12% of a 256 px VQGAN
+    reconstruction), and its output then took the next convolution off its fastest layout."""
+    from visionzoo.layers.norm import GroupNorm
+
+    torch.manual_seed(0)
+    ours, reference = GroupNorm(4, 8, eps=1e-6), torch.nn.GroupNorm(4, 8, eps=1e-6)
+    torch.nn.init.normal_(ours.weight)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = ours(x)
+        torch.testing.assert_close(out, reference(x))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert ours(x).is_contiguous()  # with autograd: the contiguous layout its backward needs
+
+
 def test_feature_take_indices_follows_timm():
     from timm.models._features import feature_take_indices as timm_feature_take_indices
 
