@@ -14,7 +14,7 @@ from taming.modules.vqvae import quantize as taming_quantize
 from torch import nn
 
 from visionzoo.checkpoint import CheckpointError
-from visionzoo.generative.vqgan import VQGAN, AttnBlock
+from visionzoo.generative.vqgan import VQGAN, AttnBlock, taming_vqgan_args
 from visionzoo.models import create_model, get_model_entry
 
 TINY = dict(ch=8, ch_mult=(1, 2), z_channels=8, embed_dim=8, num_codes=32, disc_width=8)
@@ -305,3 +305,54 @@ def test_inference_runs_channels_last_and_gives_the_codes_and_images_of_the_auto
     assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
     assert torch.equal(codes, codes_with_grad)
     torch.testing.assert_close(without_grad, with_grad.detach(), atol=1e-5, rtol=1e-5)
+
+
+TAMING_YAML = """
+model:
+  base_learning_rate: 4.5e-06
+  target: taming.models.vqgan.VQModel
+  params:
+    embed_dim: 8
+    n_embed: 64
+    monitor: val/rec_loss
+    ddconfig:
+      double_z: false
+      z_channels: 16
+      resolution: 32
+      in_channels: 3
+      out_ch: 3
+      ch: 32
+      ch_mult: [1, 2, 2]
+      num_res_blocks: 1
+      attn_resolutions: [8]
+      dropout: 0.0
+    lossconfig:
+      target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator
+      params: {disc_start: 10000, disc_weight: 0.8, codebook_weight: 1.0}
+"""
+
+
+def test_tamings_model_yaml_gives_the_arguments_of_its_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "model.yaml").write_text(TAMING_YAML)
+    reference = seeded_taming()
+    taming_ckpt(tmp_path / "last.ckpt", reference, monkeypatch)
+    args = taming_vqgan_args(tmp_path / "model.yaml")
+    assert args == {**{key: value for key, value in TAMING_SMALL.items()}, "in_chans": 3, "dropout": 0.0,
+                    "ema_decay": None, "dead_code_threshold": 0.0, "out_act": "clamp"}
+    ours = create_model("vqgan", checkpoint=tmp_path / "last.ckpt", **args).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images)[0], ((reference(images * 2 - 1)[0] + 1) / 2).clamp(0, 1),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("target: taming.models.vqgan.VQModel", "target: taming.models.vqgan.GumbelVQ"), "is not taming.models.vqgan.VQModel"),
+    (("double_z: false", "double_z: true"), "KL autoencoder"),
+    (("    n_embed: 64\n", ""), "lacks n_embed"),
+    (("out_ch: 3", "out_ch: 1"), "out_ch 1 differs"),
+])
+def test_a_taming_config_this_vqgan_cannot_be_is_refused_naming_what(tmp_path, change, message):
+    (tmp_path / "model.yaml").write_text(TAMING_YAML.replace(*change))
+    with pytest.raises(ValueError, match=f"taming config {re.escape(str(tmp_path))}.*{message}"):
+        taming_vqgan_args(tmp_path / "model.yaml")

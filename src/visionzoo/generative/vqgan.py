@@ -21,7 +21,9 @@ indices Tensor[B, H/f, W/f] (f = 2**(len(ch_mult) - 1)) and ``decode(indices)`` 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -275,6 +277,51 @@ class VQGAN(nn.Module):
 # ---------------------------------------------------------------------------- taming-transformers' files
 # Module renames inside a block: our name → taming's (and the attention's one qkv conv is its q, k and v convs).
 _TAMING_RENAMES = {"shortcut": "nin_shortcut", "proj": "proj_out"}
+
+
+# taming's ddconfig keys → our VQGAN arguments (double_z, out_ch and in_channels are checked, not passed)
+_TAMING_DDCONFIG = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks", "z_channels": "z_channels",
+                    "attn_resolutions": "attn_resolutions", "resolution": "resolution", "dropout": "dropout"}
+
+
+def taming_vqgan_args(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """Our :class:`VQGAN` arguments for a taming-transformers VQModel config: its ``model.yaml`` (a path, read with
+    PyYAML), the loaded mapping, or its ``model.params``. ``create_model("vqgan", checkpoint=CKPT,
+    **taming_vqgan_args(YAML))`` then gives taming's model with its file's weights.
+
+    Raises:
+        ValueError: a config that is not a VQModel's (Gumbel or EMA quantizers, a KL autoencoder's ``double_z``),
+            or lacks a key, naming it.
+    """
+    source = f"taming config {config}" if isinstance(config, (str, os.PathLike)) else "the taming config"
+    if isinstance(config, (str, os.PathLike)):
+        import yaml
+
+        with open(config) as handle:
+            config = yaml.safe_load(handle)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{source} is no mapping of settings")
+    model = config.get("model", config)
+    target = model.get("target", "taming.models.vqgan.VQModel") if isinstance(model, Mapping) else None
+    if target != "taming.models.vqgan.VQModel":
+        raise ValueError(f"{source}: model.target {target!r} is not taming.models.vqgan.VQModel (Gumbel and EMA "
+                         "quantizers, and other models, do not load into this VQGAN)")
+    params = model.get("params", model)
+    ddconfig = params.get("ddconfig")
+    missing = [key for key in ("embed_dim", "n_embed") if key not in params]
+    missing += [f"ddconfig.{key}" for key in (*_TAMING_DDCONFIG, "in_channels") if not isinstance(ddconfig, Mapping)
+                or key not in ddconfig]
+    if missing:
+        raise ValueError(f"{source} lacks {', '.join(missing)}")
+    if ddconfig.get("double_z"):
+        raise ValueError(f"{source}: ddconfig.double_z is true, a KL autoencoder's encoder, not a VQGAN's")
+    if ddconfig.get("out_ch", ddconfig["in_channels"]) != ddconfig["in_channels"]:
+        raise ValueError(f"{source}: ddconfig.out_ch {ddconfig['out_ch']} differs from in_channels "
+                         f"{ddconfig['in_channels']}; this VQGAN reconstructs its input's channels")
+    args = {ours: ddconfig[theirs] for theirs, ours in _TAMING_DDCONFIG.items()}
+    args["ch_mult"], args["attn_resolutions"] = tuple(args["ch_mult"]), tuple(args["attn_resolutions"])
+    return {**args, "in_chans": ddconfig["in_channels"], "embed_dim": params["embed_dim"],
+            "num_codes": params["n_embed"], "ema_decay": None, "dead_code_threshold": 0.0, "out_act": "clamp"}
 
 
 def is_taming_state(state: Mapping[str, Tensor]) -> bool:
