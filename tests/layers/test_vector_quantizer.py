@@ -1,5 +1,6 @@
 """The vector quantizer: nearest codes, straight-through gradients, losses, EMA codebook, dead codes, statistics."""
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from taming.modules.vqvae.quantize import VectorQuantizer2
+from vector_quantize_pytorch import VectorQuantize
 
 from visionzoo.layers.vector_quantizer import VectorQuantizer
 
@@ -368,3 +370,90 @@ def test_a_codebook_learnt_by_gradient_equals_tamings_quantizer_in_codes_loss_an
     ((quantised_ours * weights).sum() + loss_ours).backward()
     torch.testing.assert_close(z_ours.grad, z_theirs.grad)
     torch.testing.assert_close(ours.codebook.grad, theirs.embedding.weight.grad)
+
+
+def _lucidrains_twin(code_dim, l2_normalize, dead_code_threshold=0.0, **theirs_kwargs):
+    """vector-quantize-pytorch's VectorQuantize and ours with the same codebook and projections, EMA decay 0.9,
+    β = 0.25, plain straight-through (their default is the rotation trick), no k-means, no dead-code restart unless
+    given a threshold."""
+    theirs = VectorQuantize(8, 16, codebook_dim=code_dim, use_cosine_sim=l2_normalize, decay=0.9,
+                            commitment_weight=0.25, threshold_ema_dead_code=dead_code_threshold, kmeans_init=False,
+                            rotation_trick=False, **theirs_kwargs)
+    ours = VectorQuantizer(16, 8, commitment=0.25, ema_decay=0.9, dead_code_threshold=dead_code_threshold,
+                           code_dim=code_dim, l2_normalize=l2_normalize)
+    with torch.no_grad():
+        ours.codebook.copy_(theirs.codebook)
+        ours.ema_sum.copy_(theirs._codebook.embed_avg[0])
+        if code_dim:
+            ours.project_in.load_state_dict(theirs.project_in.state_dict())
+            ours.project_out.load_state_dict(theirs.project_out.state_dict())
+    return theirs, ours
+
+
+TWIN_SETTINGS = [(None, False), (4, False), (None, True), (4, True)]  # code_dim, l2_normalize
+
+
+@pytest.mark.parametrize("code_dim, l2_normalize", TWIN_SETTINGS)
+def test_ema_training_steps_equal_vector_quantize_pytorchs_codes_and_codebook(code_dim, l2_normalize):
+    """Five training steps on the same batches: the same codes, counts, sums and codebook after each EMA step (and
+    with code_dim + l2_normalize, their codebook_dim + use_cosine_sim: projected, unit vectors, unit codes). The one
+    difference is by design (the module docstring): their output and commitment loss take the codes before the
+    batch's EMA step, ours after it."""
+    torch.manual_seed(0)
+    theirs, ours = _lucidrains_twin(code_dim, l2_normalize)
+    close = functools.partial(torch.testing.assert_close, atol=1e-6, rtol=0)
+    for _ in range(5):
+        z = torch.randn(2, 12, 8)
+        z_theirs, z_ours = z.clone().requires_grad_(), z.clone().requires_grad_()
+        before = theirs.codebook.clone()
+        out_theirs, indices_theirs, loss_theirs = theirs(z_theirs)
+        out_ours, indices_ours, loss_ours, _ = ours(z_ours)
+        after = theirs.codebook
+        assert torch.equal(indices_ours, indices_theirs)
+        close(ours.code_vectors(), after)
+        close(ours.ema_count, theirs._codebook.cluster_size[0])
+        close(ours.ema_sum, theirs._codebook.embed_avg[0])
+        with torch.no_grad():
+            vectors = ours.project_in(z)
+            vectors = torch.nn.functional.normalize(vectors, dim=-1) if l2_normalize else vectors
+            for out, loss, codes in ((out_theirs, loss_theirs, before[indices_theirs]),
+                                     (out_ours, loss_ours, after[indices_theirs])):
+                close(out, ours.project_out(codes))
+                close(loss, 0.25 * torch.mean((vectors - codes) ** 2))
+        weights = torch.randn_like(z)
+        (out_theirs * weights).sum().backward()
+        (out_ours * weights).sum().backward()
+        close(z_ours.grad, z_theirs.grad)  # the same straight-through path
+
+
+@pytest.mark.parametrize("code_dim, l2_normalize", TWIN_SETTINGS)
+def test_eval_quantises_a_feature_map_as_vector_quantize_pytorch(code_dim, l2_normalize):
+    """Without an EMA step both output the same codes; their loss is 0 in eval mode, ours the commitment term."""
+    torch.manual_seed(1)
+    theirs, ours = _lucidrains_twin(code_dim, l2_normalize, accept_image_fmap=True)
+    theirs.eval(), ours.eval()
+    z = torch.randn(2, 8, 3, 5)
+    out_theirs, indices_theirs, loss_theirs = theirs(z)
+    out_ours, indices_ours, loss_ours, _ = ours(z)
+    assert torch.equal(indices_ours, indices_theirs) and indices_ours.shape == (2, 3, 5)
+    torch.testing.assert_close(out_ours, out_theirs, atol=1e-6, rtol=0)
+    assert loss_theirs.item() == 0.0 and loss_ours.item() > 0
+
+
+@pytest.mark.parametrize("code_dim, l2_normalize", TWIN_SETTINGS)
+def test_dead_codes_restart_as_vector_quantize_pytorchs(code_dim, l2_normalize):
+    """A batch of 16 copies of one vector: one code serves them and the 15 others fall under the threshold after the
+    EMA step; both sides restart those at the (only) vector, with the threshold's count, and leave the live one."""
+    torch.manual_seed(2)
+    theirs, ours = _lucidrains_twin(code_dim, l2_normalize, dead_code_threshold=2.0)
+    z = torch.randn(1, 1, 8).expand(1, 16, 8)
+    _, indices_theirs, _ = theirs(z)
+    _, indices_ours, _, _ = ours(z)
+    assert torch.equal(indices_ours, indices_theirs) and indices_ours.unique().numel() == 1
+    close = functools.partial(torch.testing.assert_close, atol=1e-6, rtol=0)
+    close(ours.code_vectors(), theirs.codebook)
+    close(ours.ema_count, theirs._codebook.cluster_size[0])
+    close(ours.ema_sum, theirs._codebook.embed_avg[0])
+    live = indices_ours[0, 0]
+    assert ours.ema_count[live] == pytest.approx(0.9 + 0.1 * 16)
+    assert torch.equal(ours.ema_count[torch.arange(16) != live], torch.full((15,), 2.0))

@@ -20,6 +20,18 @@ when all K codes are used equally) are reported with every forward.
 ``code_dim`` gives ViT-VQGAN's factorised codes (Yu et al. 2022): the vector is projected to a low
 dimension and the lookup runs there; with ``l2_normalize`` both the projected vector and the codes are
 unit vectors, so the nearest code is the one of largest cosine similarity; the code is projected back.
+
+For vector-quantize-pytorch users: their ``VectorQuantize(dim, codebook_size)`` is ``VectorQuantizer(num_codes, dim)``
+(the sizes in the other order); ``decay`` is ``ema_decay``, ``commitment_weight`` ``commitment``,
+``threshold_ema_dead_code`` ``dead_code_threshold``, ``codebook_dim`` ``code_dim``, ``use_cosine_sim``
+``l2_normalize`` and ``get_output_from_indices`` ``decode_indices``; their ``(quantize, indices, loss)`` are our first
+three returns. Ours is their ``rotation_trick=False`` (plain straight-through), takes either layout (theirs needs
+``accept_image_fmap=True`` for Tensor[B, C, H, W]) and has other defaults (theirs: decay 0.8, weight 1, no restarts);
+their ``learnable_codebook=True, ema_update=False`` weighs the codebook and commitment terms alike (ours: 1 and β).
+By design, with an EMA codebook in training our output and commitment loss take each vector's code after the batch's
+EMA step, theirs (and Sonnet's) before it; the codes chosen and the codebook after each step are theirs, as tested.
+With ``l2_normalize`` they store unit codes, we the moving average (``code_vectors()`` gives the unit codes); in
+eval mode their loss is 0, ours the commitment term.
 """
 
 from __future__ import annotations
