@@ -167,6 +167,30 @@ def test_farthest_restart_puts_dead_codes_on_the_worst_quantised_vectors():
     assert (random.codebook[2:, None] == z[0][None]).all(-1).any(1).all()  # on batch vectors, any of them
 
 
+def test_random_restarts_land_on_distinct_vectors_of_the_batch():
+    """Dead codes restarted at random vectors were drawn with replacement: with 31 dead codes and 64 vectors about 6
+    came out copies of another (the lookup takes the first of two equal codes, so each copy died again), where
+    Jukebox and vector-quantize-pytorch draw without replacement. Now distinct vectors while the batch has enough."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(32, 4, ema_decay=0.99, dead_code_threshold=1.0)
+    with torch.no_grad():
+        quantizer.codebook.add_(100.0)  # far from the batch: one code serves it all, the 31 others die
+        quantizer.ema_sum.copy_(quantizer.codebook)
+    z = torch.randn(1, 64, 4)
+    _, indices, _, _ = quantizer(z)
+    assert indices.unique().numel() == 1
+    restarted = quantizer.codebook[torch.arange(32) != indices[0, 0]]
+    assert len(restarted.unique(dim=0)) == 31 and (restarted[:, None] == z[0][None]).all(-1).any(1).all()
+    _, later, _, _ = quantizer(z)
+    assert later.unique().numel() == 31  # each restarted code now serves its vector
+    crowded = VectorQuantizer(32, 4, ema_decay=0.99, dead_code_threshold=1.0)
+    with torch.no_grad():
+        crowded.codebook.add_(100.0)
+        crowded.ema_sum.copy_(crowded.codebook)
+    crowded(z[:, :10])  # more dead codes than vectors: every vector is a restart point, every dead code restarts
+    assert len(crowded.codebook.unique(dim=0)) == 11 and (crowded.ema_count >= 1.0).all()
+
+
 def test_perplexity_and_usage_count_the_codes_in_use():
     quantizer = VectorQuantizer(4, 2, ema_decay=None).eval()
     with torch.no_grad():

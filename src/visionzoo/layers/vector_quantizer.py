@@ -7,13 +7,13 @@ The loss is the commitment term ``β |z - sg[e]|²`` plus, when the codebook is 
 ``ema_decay`` the codebook instead follows exponential moving averages of the vectors assigned to each
 code (the paper's appendix; Laplace-smoothed counts), which trains faster and steadier.
 
-Dead codes: a code whose moving-average count falls below ``dead_code_threshold`` is restarted at an
-input vector of the current batch, so that the codebook stays in use (a known VQ failure is a handful
-of codes doing all the work): a random one (``dead_code_restart="random"``, as Jukebox and
-vector-quantize-pytorch), or the vectors farthest from their nearest code (``"farthest"``): the random
-pick mostly lands next to a busy code, the farthest ones where the quantisation error is largest, as a
-k-means split would. Under ``torchrun`` the candidates are the global batch's vectors, gathered from every
-process (as vector-quantize-pytorch samples them), and every process restarts the same codes alike. ``usage`` (the
+Dead codes: a code whose moving-average count falls below ``dead_code_threshold`` is restarted at an input vector of
+the current batch, so that the codebook stays in use (a known VQ failure is a handful of codes doing all the work):
+a random one (``dead_code_restart="random"``, as Jukebox and vector-quantize-pytorch, each on another vector while
+the batch has enough), or the vectors farthest from their nearest code (``"farthest"``): the random pick mostly
+lands next to a busy code, the farthest ones where the quantisation error is largest, as a k-means split would.
+Under ``torchrun`` the candidates are the global batch's vectors, gathered from every process (as
+vector-quantize-pytorch samples them), and every process restarts the same codes alike. ``usage`` (the
 fraction of codes used in the batch) and ``perplexity`` (``exp`` of the entropy of the batch's code histogram: K
 when all K codes are used equally) are reported with every forward.
 
@@ -234,11 +234,13 @@ class VectorQuantizer(nn.Module):
         self.ema_count[dead] = self.dead_code_threshold
 
     def _restart_rows(self, distances: Tensor, count: int) -> Tensor:
-        """Rows of the batch's ``distances`` Tensor[M] (to the nearest code) where ``count`` dead codes restart."""
+        """Rows of the batch's ``distances`` Tensor[M] (to the nearest code) where ``count`` dead codes restart:
+        int64 Tensor[count], distinct while ``count <= M`` (two codes on one vector: the copy never wins a vector)."""
         if self.dead_code_restart == "random":
-            return torch.randint(len(distances), (count,), device=distances.device)
-        farthest = distances.argsort(descending=True)
-        return farthest[torch.arange(count, device=distances.device) % len(farthest)]
+            order = torch.randperm(len(distances), device=distances.device)
+        else:
+            order = distances.argsort(descending=True)
+        return order[torch.arange(count, device=distances.device) % len(order)]
 
     def _stats(self, indices: Tensor) -> dict[str, Tensor]:
         histogram = torch.bincount(indices.flatten(), minlength=self.num_codes).float()
