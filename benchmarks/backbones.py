@@ -15,13 +15,16 @@ Three parts, each writing its section of ``benchmarks/results/backbones.json`` (
   libraries alike, so that no forward pays page faults for its activations; into ``speed_keep_freed_memory``.
   ``--compile`` measures both libraries' models through ``torch.compile`` (inductor, with its ``freezing`` option:
   weights folded in as constants for inference), compiled at the warm-up call of each precision and not timed; the
-  section gets ``_compiled``.
+  section gets ``_compiled``. ``--models`` measures others than the three of the issue's table (resnet50, beside
+  timm's resnet50, the same network as torchvision's) and is for another ``--out``.
 
     python benchmarks/backbones.py                       # all three parts
     python benchmarks/backbones.py --part speed --one-thread
     python benchmarks/backbones.py --part speed --keep-freed-memory --bf16-batch 32 --bf16-repeats 7
     python benchmarks/backbones.py --part speed --keep-freed-memory --compile --bf16-batch 32 --bf16-repeats 7
     python benchmarks/backbones.py --part speed --device cuda --batch 256 --bf16-batch 256 --bf16-repeats 5
+    python benchmarks/backbones.py --part speed --models resnet50 --bf16-batch 32 --bf16-repeats 5 \
+        --out benchmarks/results/backbones_resnet50.json
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ LOGIT_MODELS = ("vit_small_patch16_224", "deit_small_distilled_patch16_224", "sw
                 "convnext_tiny")
 CPU = torch.device("cpu")
 SPEED_MODELS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
+# measured when named with --models (not by default: the issue's table is the three above)
+OTHER_SPEED_MODELS = ("resnet50",)
 
 
 def count(model: torch.nn.Module) -> int:
@@ -140,7 +145,8 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
-          device: torch.device = CPU, keep_freed: bool = False, compile_models: bool = False) -> dict:
+          device: torch.device = CPU, keep_freed: bool = False, compile_models: bool = False,
+          names: tuple[str, ...] | None = None) -> dict:
     if keep_freed:  # process-wide: here, with the measuring, and not in a run refused or stopped before it
         keep_freed_memory()
     # bf16 at 512² on a CPU: a 2048² product takes seconds where bf16 is emulated; best of 3 all the same, since one
@@ -151,7 +157,7 @@ def speed(batch: int, repeats: int, bf16_batch: int, bf16_repeats: int,
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
     rows = {"matmul_peak_flops": peaks, **machine(device), "batch": batch, "bf16_batch": bf16_batch,
             "compiled": compile_models}
-    for name in SPEED_MODELS:
+    for name in SPEED_MODELS if names is None else names:
         torch.manual_seed(0)
         models = {"ours": create_model(name).eval(), "timm": timm.create_model(name).eval()}
         flops = flops_per_image(models["ours"])
@@ -192,6 +198,8 @@ def main() -> None:
                              "faults its activations in again")
     parser.add_argument("--compile", action="store_true",
                         help="speed: both libraries' models through torch.compile (inductor, frozen weights)")
+    parser.add_argument("--models", nargs="+", choices=SPEED_MODELS + OTHER_SPEED_MODELS, default=None,
+                        help=f"speed: these models (default: {' '.join(SPEED_MODELS)})")
     parser.add_argument("--device", type=device_name, default="cpu",
                         help="where --part speed measures (cuda: into the speed_cuda section)")
     parser.add_argument("--out", type=output_file, default=RESULTS / "backbones.json")
@@ -201,7 +209,7 @@ def main() -> None:
     if args.keep_freed_memory and args.device == "cuda":
         parser.error("--keep-freed-memory is for the CPU (torch's CUDA allocator already keeps freed blocks)")
     for flag, default in {**speed_flags, "--one-thread": False, "--keep-freed-memory": False,
-                          "--compile": False}.items():
+                          "--compile": False, "--models": None}.items():
         name = flag.removeprefix("--").replace("-", "_")
         if getattr(args, name) not in (None, False) and args.part not in ("speed", "all"):
             parser.error(f"{flag} is used by --part speed only, not by --part {args.part}")
@@ -216,7 +224,8 @@ def main() -> None:
         speed_key += "_compiled"
     parts = {"params": parameter_counts, "logits": logit_differences,
              speed_key: lambda: speed(args.batch, args.repeats, args.bf16_batch, args.bf16_repeats,
-                                      torch.device(args.device), args.keep_freed_memory, args.compile)}
+                                      torch.device(args.device), args.keep_freed_memory, args.compile,
+                                      args.models and tuple(args.models))}
     for key, measure in parts.items():
         if args.part in (key.split("_")[0], "all"):
             results[key] = measure()
