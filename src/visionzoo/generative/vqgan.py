@@ -35,7 +35,7 @@ from visionzoo.layers.attention import scaled_dot_product_attention
 from visionzoo.layers.norm import GroupNorm
 from visionzoo.layers.vector_quantizer import QUANTIZER_NONE_ARGS, VectorQuantizer
 from visionzoo.models._registry import Pretrained, register_model
-from visionzoo.utils import check_argument_types, check_unit_range
+from visionzoo.utils import check_argument_types, check_unit_range, inference_layout
 
 
 def group_norm(channels: int) -> GroupNorm:
@@ -169,8 +169,7 @@ def network_input(images: Tensor) -> Tensor:
     convolution and norm then keeps (the decoder's codes come out of the quantizer in it too): 1.2× the fp32
     and 2.7× the bf16 speed of the contiguous layout for a 256 px f16 model on an AMX CPU
     (benchmarks/vqgan_taming.py). Training keeps the contiguous layout (see :class:`~visionzoo.layers.norm.GroupNorm`)."""
-    x = images * 2 - 1
-    return x if torch.is_grad_enabled() else x.contiguous(memory_format=torch.channels_last)
+    return inference_layout(images * 2 - 1, in_fp32=True)
 
 
 def attention_levels(attn_resolutions: Sequence[int], resolution: int | None, levels: int) -> frozenset[int]:

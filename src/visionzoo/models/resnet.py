@@ -28,7 +28,7 @@ from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, check_output_stride, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
 from visionzoo.models._registry import Pretrained, record_model_args, register_model
-from visionzoo.utils import check_argument_types, require_image_batch, whole_number
+from visionzoo.utils import check_argument_types, inference_layout, require_image_batch, whole_number
 
 
 class BasicBlock(nn.Module):
@@ -350,17 +350,12 @@ class ResNet(nn.Module):
 
 def _check_images(x: Tensor, in_chans: int) -> Tensor:
     """``x``, or ``ValueError`` for input the stem conv cannot take: not ``Tensor[B, in_chans, H, W]``, or a side
-    of 0. In bf16 (autocast or a bf16 model) on a CPU without autograd ``x`` comes back channels-last, the layout its
-    convolutions run fastest in, which every layer then keeps: ResNet-50 at batch 32 on an AMX CPU makes 2× the
-    images/s of torchvision's under bf16 autocast. fp32 keeps the given layout, and so torchvision's numbers (the
-    channels-last kernels round otherwise: logits 4e-4 apart, for 1.3× the speed); so does training."""
+    of 0. bf16 inference on a CPU gets it channels-last (:func:`~visionzoo.utils.inference_layout`: 2× torchvision's
+    images/s for ResNet-50 under bf16 autocast); fp32 keeps torchvision's layout and numbers, and training its own."""
     require_image_batch(x, in_chans)
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"image {x.shape[-2]}×{x.shape[-1]} has no pixels (input shape {tuple(x.shape)})")
-    low_precision = torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16)
-    if low_precision and not torch.is_grad_enabled() and x.device.type == "cpu":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+    return inference_layout(x)
 
 
 # torch.fx (torchvision's create_feature_extractor) records the check as one call, run on the real input; the
