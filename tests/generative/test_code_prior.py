@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from served_file import served_file
 
 from visionzoo.models import create_model
 
@@ -221,9 +222,6 @@ def test_a_taming_transformer_gives_tamings_logits_and_greedy_codes(tmp_path, mi
 
 
 def test_the_imagenet_cin_prior_has_tamings_sizes_and_downloads_its_file_once(tmp_path, mingpt, monkeypatch):
-    import http.server
-    import threading
-
     from visionzoo.generative.code_prior import _TAMING_CIN
     from visionzoo.generative.gpt import GPT
     from visionzoo.models import get_model_entry
@@ -243,32 +241,10 @@ def test_the_imagenet_cin_prior_has_tamings_sizes_and_downloads_its_file_once(tm
     reference = TamingNet2Net(mingpt)
     payload = tmp_path / "last.ckpt"
     save_taming_transformer(payload, reference)
-    requests = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            body = payload.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
-        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with served_file(payload, monkeypatch, tmp_path) as requests:
         for _ in range(2):  # the registered sizes, made small
             ours = create_model("vqgan_transformer_imagenet_cin", pretrained=True, tokenizer=TAMING_TOKENIZER,
                                 img_size=16, num_classes=10, **OUR_GPT).eval()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert requests == ["/content/links/90cbd5aa-ef70-4f5e-99bc-f12e5a89380e/files/get/last.ckpt"
                         "?path=%2F2021-04-03T19-39-50_cin_transformer%2Fcheckpoints%2Flast.ckpt"]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vqgan_transformer_imagenet_cin.ckpt"]

@@ -1,14 +1,13 @@
 """VQGAN: the tokenizer interface, the straight-through gradient, the owned discriminator, bad input; taming-transformers'
 checkpoints (Lightning .ckpt files, the official f16 configs, pretrained=True) against taming's own modules."""
 
-import http.server
 import re
 import sys
-import threading
 import types
 
 import pytest
 import torch
+from served_file import served_file
 from taming.modules.diffusionmodules import model as taming_model
 from taming.modules.vqvae import quantize as taming_quantize
 from torch import nn
@@ -231,32 +230,10 @@ def test_pretrained_downloads_tamings_share_link_once(tmp_path, monkeypatch):
     reference = seeded_taming()
     payload = tmp_path / "last.ckpt"
     taming_ckpt(payload, reference, monkeypatch)
-    requests = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            body = payload.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
-        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-        small = {key: value for key, value in TAMING_SMALL.items() if key != "num_codes"}
+    small = {key: value for key, value in TAMING_SMALL.items() if key != "num_codes"}
+    with served_file(payload, monkeypatch, tmp_path) as requests:
         for _ in range(2):
             ours = create_model("vqgan_imagenet_f16_1024", pretrained=True, **small, num_codes=64).eval()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert requests == ["/d/8088892a516d4e3baf92/files/?p=%2Fckpts%2Flast.ckpt&dl=1"]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vqgan_imagenet_f16_1024.ckpt"]
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
