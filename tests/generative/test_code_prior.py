@@ -273,3 +273,49 @@ def test_taming_transformers_that_do_not_fit_are_one_error_naming_the_file(tmp_p
     with pytest.raises(CheckpointError, match=message) as error:
         taming_prior(path, **sizes)
     assert str(path) in str(error.value)
+
+
+def test_sample_draws_from_the_official_weights_with_pretrained(tmp_path, mingpt, monkeypatch, capsys):
+    """`visionzoo sample` took only checkpoints of `visionzoo train`: taming's prior could be drawn from in Python
+    only. --pretrained fetches the official file and draws what generate() draws with the same seed."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.cli import main
+    from visionzoo.generative.code_prior import CodeTransformer
+    from visionzoo.models import _registry as registry
+    from visionzoo.models import get_model_entry
+
+    small = dict(tokenizer=TAMING_TOKENIZER, img_size=16, num_classes=10, **OUR_GPT)
+    name = "vqgan_transformer_imagenet_cin"
+    monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(
+        get_model_entry(name), builder=lambda **kwargs: CodeTransformer(**{**small, **kwargs})))
+    torch.manual_seed(0)
+    payload = tmp_path / "last.ckpt"
+    save_taming_transformer(payload, TamingNet2Net(mingpt))
+    with served_file(payload, monkeypatch, tmp_path) as requests:
+        assert main(["sample", name, "--pretrained", "-n", "2", "--label", "7", "--top-k", "5", "--nrow", "2",
+                     "--out", str(tmp_path / "grid.png")]) == 0
+        model = create_model(name, pretrained=True).eval()
+    assert len(requests) == 1  # the second load read the cache
+    with torch.no_grad():
+        expected = model.generate(2, torch.Generator().manual_seed(0), torch.tensor([7, 7]), 1.0, 5, None)
+    grid = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png").convert("RGB"))).permute(2, 0, 1) / 255
+    assert grid.shape == (3, 16 + 2 * 2, 2 * 16 + 3 * 2)  # two 16 px cells, torchvision's 2 px padding
+    torch.testing.assert_close(grid[:, 2:18, 2:18], expected[0].clamp(0, 1), atol=1 / 255, rtol=0)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["vqgan_transformer", "--pretrained"], "vqgan_transformer has no official weights"),
+    (["vqgan_transformer"], "give the weights to sample from: --checkpoint FILE"),
+    (["vqgan_transformer_imagenet_cin", "--pretrained", "--checkpoint", "x.safetensors"], "one of them"),
+    (["resnet18", "--pretrained"], "resnet18 is a classification model, which draws no images"),
+])
+def test_sample_asks_for_one_source_of_weights(tmp_path, capsys, arguments, message):
+    from visionzoo.cli import main
+
+    assert main(["sample", *arguments, "-n", "2", "--out", str(tmp_path / "grid.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error and not (tmp_path / "grid.png").exists()

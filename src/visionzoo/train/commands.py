@@ -44,6 +44,7 @@ from visionzoo.train.run import (
     image_sizes,
     load_for_inference,
     load_images,
+    pretrained_for_sampling,
     run_training,
     task_class,
 )
@@ -289,7 +290,7 @@ def _require_finite_images(images: torch.Tensor, args: argparse.Namespace) -> No
     if not bool(torch.isfinite(images).all()):
         hint = "; try --precision fp32" if args.precision != "fp32" else ""
         raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
-                         f"{args.checkpoint}{hint}")
+                         f"{args.checkpoint or 'its official weights'}{hint}")
 
 
 # sample's option of each sampler setting (:func:`_sampler_settings`)
@@ -606,7 +607,11 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered generative model name (dcgan, image_gpt, vqgan_transformer, ...)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--checkpoint", help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="the model's official weights instead of a --checkpoint (downloaded once; the models "
+                             "of `visionzoo list-models --pretrained`, e.g. taming-transformers' "
+                             "vqgan_transformer_imagenet_cin, whose --label is an ImageNet class index)")
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("-n", "--count", type=positive_int, default=64, help="how many images (default 64)")
@@ -794,19 +799,29 @@ def sample_command(args: argparse.Namespace) -> int:
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
     if images_dir is not None and not args.overwrite and holds_samples(images_dir):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
+    if (args.checkpoint is None) == (not args.pretrained):
+        raise ValueError("give the weights to sample from: --checkpoint FILE (a run of `visionzoo train`) or "
+                         "--pretrained (the model's official weights), one of them")
+    if args.pretrained and (args.use_ema or args.complete is not None):
+        raise ValueError(f"--pretrained takes the official weights as they are: {'--use-ema' if args.use_ema else '--complete'} "
+                         "is for a --checkpoint of `visionzoo train`")
     if args.complete is not None:
         if not is_grid or images_dir is not None:
             raise ValueError("--complete writes a grid of completions: give a .png or .jpg --out, without --images-dir")
         return _complete_command(args, out, nrow)
     shown = min(args.count, GRID_MAX_IMAGES) if is_grid else 0  # the first samples, which the grid keeps
     device = resolve_device(args.device)
-    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
+    if args.pretrained:
+        setup = pretrained_for_sampling(args.model)
+    else:
+        setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
+    weights = args.checkpoint or f"{args.model}'s official weights"
     if is_grid:  # before sampling, which may take long
         _check_grid_fits(out, args.count, shown, nrow, setup.run_meta.get("img_size"))
     settings = _sampler_settings(args)
     # before drawing: an autoregressive sampler's NaN logits fail in torch.multinomial, a generator's NaN images
     # would be refused only after the first batch
-    check_finite_weights(setup.model, args.model, args.checkpoint)
+    check_finite_weights(setup.model, args.model, weights)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     # a CPU generator whatever --device is: the samplers draw where it lives, so a seed draws the same numbers
@@ -815,7 +830,7 @@ def sample_command(args: argparse.Namespace) -> int:
     with torch.no_grad():
         start = 0
         for size in sample_batches(args.count, args.batch_size):
-            with _finite_outputs(args.model, args.checkpoint, args.precision), _setting_options():
+            with _finite_outputs(args.model, weights, args.precision), _setting_options():
                 images = setup.task.sample(model, size, generator, autocast, **settings).float()
             _require_finite_images(images, args)
             images = images.clamp(0, 1)

@@ -494,6 +494,27 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     return setup
 
 
+def pretrained_for_sampling(model_name: str) -> Setup:
+    """A generative model with its official weights (``create_model(name, pretrained=True)``), as ``visionzoo sample
+    --pretrained`` draws from it: its task built without data (no class names: a ``--label`` is a class index), no
+    splits, and the image side of the model's default configuration."""
+    from visionzoo.models import create_model, get_model_entry
+
+    model_name = _registered_name(model_name)
+    entry = get_model_entry(model_name)
+    if entry.pretrained is None:
+        raise ValueError(f"{model_name} has no official weights to sample from (`visionzoo list-models --pretrained` "
+                         "lists those that do); give a --checkpoint of `visionzoo train`")
+    task_cls = task_class(model_name)
+    if task_cls.sample is Task.sample:  # before building the task, which a classifier's needs its classes for
+        raise ValueError(f"{model_name} is a {task_cls.name} model, which draws no images; `visionzoo sample` needs "
+                         "a generative model")
+    task = task_cls()
+    model = create_model(model_name, pretrained=True)
+    side = getattr(model, "img_size", None) or entry.default_cfg.get("input_size", (None, None))[-1]
+    return Setup(task, model, {}, {"img_size": side})
+
+
 def _has_ema_weights(checkpoint: str | Path) -> bool:
     """Whether our training ``checkpoint`` (a .safetensors file) has an ``ema.`` section, from its header alone."""
     with safe_open(str(checkpoint), framework="pt") as handle:
