@@ -332,3 +332,16 @@ def test_a_data_name_that_is_not_a_domain_is_refused_by_name(data):
     # before: None and 3 raised AttributeError "'NoneType' object has no attribute 'lower'"
     with pytest.raises(ValueError, match=re.escape(f"domain features exist for digits, shapes, not {data!r}")):
         domain_features(data, 32)
+
+
+def test_features_without_autograd_run_channels_last_and_equal_the_autograd_path():
+    torch.manual_seed(0)
+    network = DomainFeatures(in_chans=3, num_outputs=4, stem_stride=2).eval()
+    seen = []
+    network.stages[0][0].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with_grad = network(images)
+    with torch.no_grad():
+        without_grad = network(images)
+    assert seen[0].is_contiguous() and seen[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(without_grad, with_grad.detach(), atol=1e-5, rtol=1e-5)
