@@ -278,6 +278,9 @@ class VQGAN(nn.Module):
 _TAMING_RENAMES = {"shortcut": "nin_shortcut", "proj": "proj_out"}
 
 
+# What every taming VQModel is beside its sizes: a codebook learnt by gradient (so no dead-code restarts) and a decoder
+# without output activation, its images clamped.
+TAMING_VQMODEL = {"ema_decay": None, "dead_code_threshold": 0.0, "out_act": "clamp"}
 # taming's ddconfig keys → our VQGAN arguments (double_z, out_ch and in_channels are checked, not passed)
 _TAMING_DDCONFIG = {"ch": "ch", "ch_mult": "ch_mult", "num_res_blocks": "num_res_blocks", "z_channels": "z_channels",
                     "attn_resolutions": "attn_resolutions", "resolution": "resolution", "dropout": "dropout"}
@@ -320,7 +323,7 @@ def taming_vqgan_args(config: Mapping[str, Any] | str | os.PathLike) -> dict[str
     args = {ours: ddconfig[theirs] for theirs, ours in _TAMING_DDCONFIG.items()}
     args["ch_mult"], args["attn_resolutions"] = tuple(args["ch_mult"]), tuple(args["attn_resolutions"])
     return {**args, "in_chans": ddconfig["in_channels"], "embed_dim": params["embed_dim"],
-            "num_codes": params["n_embed"], "ema_decay": None, "dead_code_threshold": 0.0, "out_act": "clamp"}
+            "num_codes": params["n_embed"], **TAMING_VQMODEL}
 
 
 def is_taming_state(state: Mapping[str, Tensor]) -> bool:
@@ -393,8 +396,8 @@ def checkpoint_filter(state: dict[str, Tensor], model: nn.Module) -> dict[str, T
             parts = [f"{module}.{name}.{leaf}" for name in ("q", "k", "v")]
             if all(part in theirs for part in parts):
                 converted[key] = torch.cat([theirs.pop(part) for part in parts])
-        elif _taming_key(key, prefixes) in theirs:
-            converted[key] = theirs.pop(_taming_key(key, prefixes))
+        elif (name := _taming_key(key, prefixes)) in theirs:
+            converted[key] = theirs.pop(name)
     if "quantize.embedding.weight" in theirs:
         codebook = theirs.pop("quantize.embedding.weight")
         converted["quantizer.codebook"] = codebook
@@ -446,8 +449,7 @@ def vqgan_f8(**kwargs) -> VQGAN:
 # 16-px level, codes learnt by gradient, no output activation. Their discriminator is a BatchNorm PatchGAN, which ours
 # (GroupNorm, 3 layers, 64 wide, the same depth and width) replaces; it is not in what loads.
 _TAMING_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,
-                   z_channels=256, embed_dim=256, dropout=0.0, ema_decay=None, dead_code_threshold=0.0,
-                   out_act="clamp", disc_width=64, disc_layers=3)
+                   z_channels=256, embed_dim=256, dropout=0.0, **TAMING_VQMODEL, disc_width=64, disc_layers=3)
 _HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
 
 
