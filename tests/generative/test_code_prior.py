@@ -3,6 +3,7 @@
 import pytest
 import torch
 from served_file import served_file
+from taming_reference import TamingVQModel
 
 from visionzoo.models import create_model
 
@@ -141,23 +142,10 @@ class TamingNet2Net(torch.nn.Module):
     is the one a taming .ckpt holds."""
 
     def __init__(self, mingpt, block_size=64, **gpt):
-        from taming.modules.diffusionmodules import model as taming_model
-        from taming.modules.vqvae import quantize as taming_quantize
-
         super().__init__()
-        sizes = TAMING_FIRST_STAGE
-        ddconfig = dict(double_z=False, z_channels=sizes["z_channels"], resolution=sizes["resolution"], in_channels=3,
-                        out_ch=3, ch=sizes["ch"], ch_mult=sizes["ch_mult"], num_res_blocks=sizes["num_res_blocks"],
-                        attn_resolutions=sizes["attn_resolutions"], dropout=0.0)
-        first = torch.nn.Module()
-        first.encoder = taming_model.Encoder(**ddconfig)
-        first.decoder = taming_model.Decoder(**ddconfig)
-        first.quantize = taming_quantize.VectorQuantizer2(sizes["num_codes"], sizes["embed_dim"], beta=0.25,
-                                                          legacy=False)
-        first.quant_conv = torch.nn.Conv2d(sizes["z_channels"], sizes["embed_dim"], 1)
-        first.post_quant_conv = torch.nn.Conv2d(sizes["embed_dim"], sizes["z_channels"], 1)
+        first = TamingVQModel(**TAMING_FIRST_STAGE)
         self.first_stage_model = first
-        self.transformer = mingpt.GPT(sizes["num_codes"], block_size, **{**TAMING_GPT, **gpt})
+        self.transformer = mingpt.GPT(TAMING_FIRST_STAGE["num_codes"], block_size, **{**TAMING_GPT, **gpt})
         with torch.no_grad():  # off their plain inits (codes near one point, zero positions, identity norms)
             first.quantize.embedding.weight.normal_()
             self.transformer.pos_emb.normal_(0, 0.5)

@@ -8,8 +8,7 @@ import types
 import pytest
 import torch
 from served_file import served_file
-from taming.modules.diffusionmodules import model as taming_model
-from taming.modules.vqvae import quantize as taming_quantize
+from taming_reference import TamingVQModel
 from torch import nn
 
 from visionzoo.checkpoint import CheckpointError
@@ -122,27 +121,6 @@ def test_images_outside_0_1_are_refused_by_every_tokenizer(name, who, images):
 # a taming ddconfig small enough for a test, with attention inside a level (8 px at resolution 32) as the f16 models
 TAMING_SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=32, z_channels=16,
                     embed_dim=8, num_codes=64)
-
-
-class TamingVQModel(nn.Module):
-    """taming's VQModel without its Lightning shell (taming/models/vqgan.py imports pytorch_lightning): the same
-    submodule names, so its state dict is the one a taming .ckpt holds; encode and decode as VQModel's."""
-
-    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, embed_dim, num_codes,
-                 in_chans=3):
-        super().__init__()
-        ddconfig = dict(double_z=False, z_channels=z_channels, resolution=resolution, in_channels=in_chans,
-                        out_ch=in_chans, ch=ch, ch_mult=list(ch_mult), num_res_blocks=num_res_blocks,
-                        attn_resolutions=list(attn_resolutions), dropout=0.0)
-        self.encoder = taming_model.Encoder(**ddconfig)
-        self.decoder = taming_model.Decoder(**ddconfig)
-        self.quantize = taming_quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25, legacy=False)
-        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
-
-    def forward(self, x):
-        quant, _, (_, _, indices) = self.quantize(self.quant_conv(self.encoder(x)))
-        return self.decoder(self.post_quant_conv(quant)), indices
 
 
 class _FakeModelCheckpoint:  # pickled under Lightning's module name, as Lightning 1.0 keyed its callbacks
