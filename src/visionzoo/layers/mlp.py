@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from visionzoo.layers.linear import Linear
+from visionzoo.layers.linear import Linear, has_forward_hooks
 from visionzoo.layers.norm import factory
 
 
@@ -56,4 +56,11 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drops[1])
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+        return self.drop2(self.fc2(self.norm(self.drop1(self.hidden(x)))))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """``act(fc1(x))``, the activation fused into the product where :meth:`Linear.forward_act` can (not where
+        ``fc1`` has forward hooks: they are run, and see ``fc1``'s own output)."""
+        if isinstance(self.fc1, Linear) and not has_forward_hooks(self.fc1):
+            return self.fc1.forward_act(x, self.act)
+        return self.act(self.fc1(x))

@@ -109,7 +109,7 @@ class ConvNeXtBlock(nn.Module):
         out = None
         for start in range(0, max(rows.shape[0], 1), step):  # an empty batch runs once, into an empty map
             stop = start + step
-            branch = mlp.fc2(mlp.act(mlp.fc1(self.norm(rows[start:stop]))))
+            branch = mlp.fc2(mlp.hidden(self.norm(rows[start:stop])))
             if out is None:
                 dtype = torch.promote_types(shortcut.dtype, branch.dtype)
                 if self.gamma is not None:

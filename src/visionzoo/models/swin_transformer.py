@@ -446,7 +446,7 @@ class SwinTransformerBlock(nn.Module):
 
     def _forward_inplace(self, x: Tensor) -> Tensor:
         """:meth:`forward` writing into ``x`` (contiguous), with fewer temporaries: the attention output is
-        added from window-slot order by ``index_add_``, GELU runs in place and ``fc2`` accumulates into
+        added from window-slot order by ``index_add_``, GELU runs fused or in place (:meth:`Mlp.hidden`) and ``fc2`` accumulates into
         ``x`` (the same sums as :meth:`forward`, up to rounding order)."""
         batch, height, width, channels = x.shape
         out, plan = self._attend(self.norm1(x))
@@ -457,12 +457,7 @@ class SwinTransformerBlock(nn.Module):
             x = _residual(x, out.index_select(1, plan.scatter).view(batch, height, width, channels), True)
         mlp = self.mlp
         rows = x.view(-1, channels)
-        hidden = mlp.fc1(self.norm2(rows))
-        if isinstance(mlp.act, nn.GELU):
-            torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
-        else:
-            hidden = mlp.act(hidden)
-        hidden = mlp.drop1(hidden)
+        hidden = mlp.drop1(mlp.hidden(self.norm2(rows)))
         fc2 = mlp.fc2
         if not self.training and rows.dtype == hidden.dtype == fc2.weight.dtype:
             torch.addmm(rows, hidden, fc2.weight.t(), out=rows)  # not addmm_: FLOP counters know addmm
