@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from served_file import served_file
 from taming_reference import TamingVQModel
 
+from served_file import served_file
 from visionzoo.models import create_model
 
 TOKENIZER = {"name": "vqvae_small", "args": {"in_chans": 1, "channels": 16, "res_channels": 8, "embed_dim": 8,

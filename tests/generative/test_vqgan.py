@@ -7,10 +7,10 @@ import types
 
 import pytest
 import torch
-from served_file import served_file
 from taming_reference import TamingVQModel
 from torch import nn
 
+from served_file import served_file
 from visionzoo.checkpoint import CheckpointError
 from visionzoo.generative.vqgan import VQGAN, AttnBlock, taming_vqgan_args
 from visionzoo.models import create_model, get_model_entry

@@ -592,3 +592,68 @@ def test_training_whose_validation_outputs_are_not_finite_stops_naming_the_step(
     assert capsys.readouterr().err.endswith(
         "visionzoo train: error: the model's outputs on the validation set are not finite (NaN or infinity) at step 1; "
         "lower --lr or use --precision fp32\n")
+
+
+def _serve_as_official_weights(name: str, model: torch.nn.Module, tmp_path: Path, monkeypatch):
+    """``model``'s weights saved as a torch file and made ``name``'s official weights (their URL and sha256), for
+    :func:`served_file` to serve."""
+    import dataclasses
+    import hashlib
+
+    from visionzoo.models import _registry as registry
+    from visionzoo.models import get_model_entry
+
+    payload = tmp_path / f"{name}-random.pth"
+    torch.save(model.state_dict(), payload)
+    entry = get_model_entry(name)
+    weights = dataclasses.replace(entry.pretrained, url=f"https://download.example/models/{payload.name}",
+                                  hf_hub_id=None, sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+    monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(entry, pretrained=weights))
+    return payload
+
+
+def test_predict_pretrained_gives_the_top5_imagenet_classes_of_timms_evaluation_transform(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """`visionzoo predict` took only a --checkpoint of `visionzoo train`; --pretrained fetches the official weights
+    (here random ones served over loopback) and gives the top-5 ImageNet-1k classes, named as torchvision names
+    them, with the probabilities of the model on timm's evaluation transform of the image."""
+    import json
+
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.models import ResNet50_Weights
+
+    from served_file import served_file
+    from visionzoo.cli import main
+    from visionzoo.models import create_model
+
+    torch.manual_seed(0)
+    payload = _serve_as_official_weights("resnet18", create_model("resnet18"), tmp_path, monkeypatch)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8)).resize((520, 360), Image.BICUBIC)
+    photo.save(tmp_path / "cat.png")
+    with served_file(payload, monkeypatch, tmp_path) as requests:
+        assert main(["predict", "resnet18", "--pretrained", str(tmp_path / "cat.png"), "--out",
+                     str(tmp_path / "preds")]) == 0
+        model = create_model("resnet18", pretrained=True).eval()
+    assert len(requests) == 1  # the second load read the cache
+    (record,) = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    transform = create_transform(**resolve_data_config(model=model), is_training=False)
+    with torch.no_grad():
+        expected = model(transform(photo)[None]).softmax(-1)[0].topk(5)
+    names = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    assert record["labels"] == [names[i] for i in expected.indices.tolist()]
+    torch.testing.assert_close(torch.tensor(record["scores"]), expected.values, atol=1e-6, rtol=0)
+    assert Image.open(tmp_path / "preds" / "cat.png").size[0] > 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'cat.png'}: {names[expected.indices[0]]} " in out
+
+
+def test_official_class_names_are_torchvisions_or_indices_for_another_head():
+    from visionzoo.train.run import official_class_names
+
+    imagenet = official_class_names("imagenet", 1000)
+    assert len(imagenet) == 1000 and imagenet[0] == "tench" and imagenet[999] == "toilet tissue"
+    assert official_class_names("imagenet", 21843)[:2] == ["0", "1"]  # an in21k head: the class indices
+    coco = official_class_names("coco", 90)
+    assert coco[0] == "person" and coco[11] == "N/A" and len(coco) == 90

@@ -88,3 +88,32 @@ def test_train_tells_a_task_option_typed_at_its_default_from_one_left_out():
     assert args.label_smoothing is _NOT_GIVEN and defaults["label_smoothing"] == 0.0
     assert {"teacher", "distillation_alpha", "disc_start", "tokenizer", "scale_jitter"} <= set(defaults)
     assert args.lr == 0.1 and not {"lr", "data", "out", "model", "help"} & set(defaults)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["resnet18"], "give the weights to predict with: --checkpoint FILE (a run of `visionzoo train`) or --pretrained "
+                   "(the model's official weights), one of them"),
+    (["resnet18", "--pretrained", "--checkpoint", "run.safetensors"], "or --pretrained (the model's official weights), "
+                                                                      "one of them"),
+    (["resnet18", "--pretrained", "--use-ema"], "--pretrained takes the official weights as they are: --use-ema is for "
+                                                "a --checkpoint of `visionzoo train`"),
+    (["vit_tiny_patch4_32", "--pretrained"], "vit_tiny_patch4_32 has no official weights to predict with (`visionzoo "
+                                             "list-models --pretrained` lists those that do)"),
+    (["vqgan_imagenet_f16_1024", "--pretrained"], "vqgan_imagenet_f16_1024 is a vqgan model; `visionzoo predict "
+                                                  "--pretrained` runs the official weights of classifiers and detectors"),
+    (["vqgan_transformer_imagenet_cin", "--pretrained"], "is an autoregressive model; `visionzoo predict --pretrained`"),
+])
+def test_predict_asks_for_one_source_of_weights_that_it_can_run(tmp_path, capsys, monkeypatch, arguments, message):
+    """`visionzoo predict` took only --checkpoint; with --pretrained (the official weights) beside it, a request
+    without weights, with both, with EMA weights the official files do not have, for a model without official
+    weights or for official weights predict cannot run is one line, before anything is downloaded or written."""
+    from PIL import Image
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # a download would fail, not hang
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    Image.new("RGB", (32, 32)).save(tmp_path / "cat.png")
+    assert main(["predict", *arguments, str(tmp_path / "cat.png"), "--out", str(tmp_path / "preds")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert not (tmp_path / "preds").exists() and not (tmp_path / "cache").exists()

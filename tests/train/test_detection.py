@@ -1391,3 +1391,49 @@ def test_eval_names_an_unreadable_image_before_evaluating_any(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"instances_val.json: image id 1: image {bad} cannot be read" in err
     assert evaluated == []
+
+
+def test_predict_pretrained_names_a_detectors_objects_with_cocos_categories(tmp_path, monkeypatch, capsys):
+    """`visionzoo predict fasterrcnn_resnet50_fpn --pretrained`: torchvision's COCO weights (here a random file of
+    their layout, served over loopback) detect objects named by COCO's categories as torchvision names them, with
+    the detector's own resizing; --coco-json writes each label as its COCO category id."""
+    import dataclasses
+    import hashlib
+
+    import numpy as np
+    import torchvision
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    from served_file import served_file
+    from visionzoo.cli import main
+    from visionzoo.models import _registry as registry
+    from visionzoo.models import get_model_entry
+
+    name = "fasterrcnn_resnet50_fpn"
+    torch.manual_seed(0)
+    payload = tmp_path / "fasterrcnn_resnet50_fpn_coco-random.pth"
+    torch.save(torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(),
+               payload)
+    entry = get_model_entry(name)
+    # small inputs to be quick, and every detection of the random head kept (its scores are about 1/91)
+    small = {**entry.pretrained.model_args, "min_size": 160, "max_size": 160, "box_score_thresh": 0.0}
+    weights = dataclasses.replace(entry.pretrained, model_args=small,
+                                  sha256=hashlib.sha256(payload.read_bytes()).hexdigest())
+    monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(entry, pretrained=weights))
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "street.png")
+    with served_file(payload, monkeypatch, tmp_path):
+        assert main(["predict", name, "--pretrained", str(tmp_path / "street.png"), "--out", str(tmp_path / "preds"),
+                     "--coco-json", str(tmp_path / "results.json")]) == 0
+        model = create_model(name, pretrained=True).eval()
+    (record,) = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    with torch.no_grad():
+        (expected,) = model([torch.from_numpy(pixels).permute(2, 0, 1).float() / 255])
+    categories = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    assert len(record["labels"]) > 0
+    assert record["label_ids"] == expected["labels"].tolist()
+    assert record["labels"] == [categories[label] for label in expected["labels"].tolist()]
+    torch.testing.assert_close(torch.tensor(record["boxes"]), expected["boxes"])
+    torch.testing.assert_close(torch.tensor(record["scores"]), expected["scores"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["category_id"] for r in results] == record["label_ids"]

@@ -335,3 +335,58 @@ def test_an_unknown_task_names_the_registered_tasks():
     assert re.fullmatch(r"unknown task 'zzzzqq'; registered: (.+)", message).group(1).split(", ") == sorted(_TASKS)
     with pytest.raises(ValueError, match=r"unknown task 'detectoin'; closest registered: detection"):
         get_task("detectoin")
+
+
+def _photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """An RGB photo stand-in of ``size`` (width, height): smooth gradients and noise, so that resampling matters."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
+    return Image.fromarray((smooth + rng.integers(0, 56, (height, width, 3))).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_small_patch16_224", "convnext_nano", "swin_base_patch4_window12_384"])
+@pytest.mark.parametrize("size", [(333, 250), (250, 333), (224, 224)])
+def test_the_eval_crop_of_official_weights_is_timms_evaluation_transform(name, size):
+    """`predict --pretrained` reads an image as timm evaluates the weights: the shorter side resized to
+    floor(size / crop_pct) with the configuration's interpolation (bilinear for the ResNets, bicubic for ViT, Swin,
+    ConvNeXt), the centre cropped. Normalised as the task normalises it, equal to timm's transform of the same PIL
+    image: both resize the uint8 image with PIL (torchvision's resize of a uint8 tensor differs by up to 2/255)."""
+    from timm.data import create_transform, resolve_data_config
+
+    from visionzoo.models import get_model_entry
+    from visionzoo.models._registry import _default_cfg
+    from visionzoo.train.run import eval_crop
+
+    cfg = _default_cfg(get_model_entry(name))
+    image = _photo(size)
+    ours = eval_crop(image, cfg)
+    side = cfg["input_size"][-1]
+    assert ours.shape == (3, side, side) and ours.dtype == torch.float32
+    mean, std = torch.tensor(cfg["mean"]).view(3, 1, 1), torch.tensor(cfg["std"]).view(3, 1, 1)
+    theirs = create_transform(**resolve_data_config(pretrained_cfg=cfg), is_training=False)(image)
+    assert torch.equal((ours - mean) / std, theirs)
+
+
+def test_load_eval_images_reads_grey_and_rgba_files_as_rgb(tmp_path):
+    from visionzoo.models import get_model_entry
+    from visionzoo.models._registry import _default_cfg
+    from visionzoo.train.run import eval_crop, load_eval_images
+
+    cfg = _default_cfg(get_model_entry("resnet18"))
+    photo = _photo((300, 240))
+    photo.convert("L").save(tmp_path / "grey.png")
+    photo.convert("RGBA").save(tmp_path / "rgba.png")
+    images = load_eval_images([tmp_path / "grey.png", tmp_path / "rgba.png"], cfg)
+    assert images.shape == (2, 3, 224, 224)
+    assert torch.equal(images[0], eval_crop(photo.convert("L").convert("RGB"), cfg))
+    assert torch.equal(images[1], eval_crop(photo, cfg))
+
+
+def test_an_eval_configuration_other_than_a_square_centre_crop_is_refused_by_name():
+    from visionzoo.train.run import eval_crop
+
+    cfg = {"architecture": "some_net", "input_size": (3, 224, 224), "crop_pct": 0.9, "crop_mode": "squash"}
+    with pytest.raises(ValueError, match="some_net: .*crop_mode 'squash'"):
+        eval_crop(_photo((64, 64)), cfg)

@@ -42,8 +42,10 @@ from visionzoo.train.run import (
     check_image_files,
     checkpoint_metadata,
     image_sizes,
+    load_eval_images,
     load_for_inference,
     load_images,
+    pretrained_for_prediction,
     pretrained_for_sampling,
     run_training,
     task_class,
@@ -378,7 +380,12 @@ PREDICT_BATCH = 64
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name")
     parser.add_argument("images", nargs="+", help="image files, read as stored: an EXIF orientation tag is not applied (as torchvision's decode_image and COCO's annotations)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--checkpoint", help="a checkpoint written by `visionzoo train`")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="the model's official weights instead of a --checkpoint (downloaded once; the classifiers "
+                             "and detectors of `visionzoo list-models --pretrained`): a classifier's top-5 ImageNet-1k "
+                             "classes of each image read as timm's evaluation transform reads it, a detector's COCO "
+                             "objects")
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")
@@ -496,8 +503,14 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]],
     return records
 
 
-@register_command("predict", help="draw a trained model's predictions into PNGs", arguments=_predict_arguments)
+@register_command("predict", help="draw the predictions of a trained model or of official weights into PNGs", arguments=_predict_arguments)
 def predict_command(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (not args.pretrained):
+        raise ValueError("give the weights to predict with: --checkpoint FILE (a run of `visionzoo train`) or "
+                         "--pretrained (the model's official weights), one of them")
+    if args.pretrained and args.use_ema:
+        raise ValueError("--pretrained takes the official weights as they are: --use-ema is for a --checkpoint of "
+                         "`visionzoo train`")
     if args.min_score is not None:
         require_unit_interval(**{"--min-score": args.min_score})
     out = require_folder_or_absent(args.out, "--out")
@@ -533,7 +546,11 @@ def predict_command(args: argparse.Namespace) -> int:
     entries = image_entries_from(args.image_ids, args.images) if args.image_ids else None
     image_ids = [entry["id"] for entry in entries] if entries else None
     device = resolve_device(args.device)
-    setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
+    if args.pretrained:
+        setup = pretrained_for_prediction(args.model)
+    else:
+        setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
+    weights = args.checkpoint or f"{args.model}'s official weights"
     clashes = [t for t in written if t.exists()]
     if clashes and not args.overwrite:  # every one: --overwrite replaces them all, not only the first named
         more = ""
@@ -550,14 +567,15 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.coco_json and Path(args.coco_json).exists() and not args.overwrite:
         raise FileExistsError(f"{args.coco_json} exists; use --overwrite to replace it")
     if args.coco_json:
-        label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None)
+        # official COCO weights label each object with its COCO category id
+        label_to_cat_id = getattr(setup.splits.first(), "label_to_cat_id", None) if setup.splits else None
         if args.image_ids:  # the file the results are scored against may number the classes its own way
             label_to_cat_id = category_ids_from(args.image_ids, setup.task.classes, label_to_cat_id)
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
     sizes = image_sizes(args.images)  # a missing or unreadable file is refused before anything is written
     if entries:
         check_annotated_sizes(args.image_ids, args.images, sizes, entries)
-    check_finite_weights(setup.model, args.model, args.checkpoint)
+    check_finite_weights(setup.model, args.model, weights)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
     # a detector sees each image at its own size (boxes in its pixels), or, trained on a COCO folder read at an
@@ -574,9 +592,12 @@ def predict_command(args: argparse.Namespace) -> int:
     try:
         for start in range(0, len(args.images), step):
             paths = args.images[start:start + step]
-            images = load_images(paths, None if detection else size, channels)
+            if "eval_transform" in setup.run_meta:  # official weights: the images as they were evaluated
+                images = load_eval_images(paths, setup.run_meta["eval_transform"])
+            else:
+                images = load_images(paths, None if detection else size, channels)
             # the detector's errors and warnings name the file (it would number the image in its batch of one)
-            with _finite_outputs(args.model, args.checkpoint, args.precision, paths[0] if detection else None):
+            with _finite_outputs(args.model, weights, args.precision, paths[0] if detection else None):
                 predictions = (setup.task.predict(model, images, autocast, image_size=squashed, names=paths)
                                if detection else setup.task.predict(model, images, autocast))
             out.mkdir(parents=True, exist_ok=True)

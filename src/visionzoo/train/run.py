@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from visionzoo.data.shapes import MIN_IMAGE_SIZE as SHAPES_MIN_SIZE
 from visionzoo.models._registry import without_weight_sources
 from visionzoo.train.engine import CHECKPOINT_NAME, TrainConfig, TrainResult, fit, run_outputs
 from visionzoo.train.task import Setup, Task, check_task_options, get_task
-from visionzoo.utils import image_array
+from visionzoo.utils import image_array, with_article
+
+# timm's crop fraction where a configuration gives none (timm.data.constants.DEFAULT_CROP_PCT)
+DEFAULT_CROP_PCT = 0.875
 
 
 def _registered_name(model_name: str) -> str:
@@ -515,6 +519,50 @@ def pretrained_for_sampling(model_name: str) -> Setup:
     return Setup(task, model, {}, {"img_size": side})
 
 
+def pretrained_for_prediction(model_name: str) -> Setup:
+    """A classifier or detector with its official weights (``create_model(name, pretrained=True)``), as ``visionzoo
+    predict --pretrained`` runs it: its task built without data, with the class names torchvision publishes for the
+    weights' head (:func:`official_class_names`), no splits, and ``run_meta["eval_transform"]``, a classifier's
+    default configuration, which :func:`load_eval_images` reads its images with (a detector resizes them itself)."""
+    from visionzoo.models import create_model, get_model_entry
+    from visionzoo.train.classification import ClassificationTask, normalization
+    from visionzoo.train.detection import DetectionTask
+
+    model_name = _registered_name(model_name)
+    entry = get_model_entry(model_name)
+    if entry.pretrained is None:
+        raise ValueError(f"{model_name} has no official weights to predict with (`visionzoo list-models --pretrained` "
+                         "lists those that do); give a --checkpoint of `visionzoo train`")
+    task_cls = task_class(model_name)
+    if task_cls not in (ClassificationTask, DetectionTask):
+        raise ValueError(f"{model_name} is {with_article(task_cls.name)} model; `visionzoo predict --pretrained` runs "
+                         "the official weights of classifiers and detectors (`visionzoo list-models --pretrained`)")
+    model = create_model(model_name, pretrained=True)
+    outputs = model.default_cfg["num_classes"]  # the head of the official weights
+    if task_cls is DetectionTask:  # label 0 is the background
+        return Setup(DetectionTask(official_class_names("coco", outputs - 1)), model, {},
+                     {"img_size": None, "in_chans": 3})
+    mean, std = normalization(model, 3)
+    task = ClassificationTask(official_class_names("imagenet", outputs), mean, std)
+    return Setup(task, model, {}, {"img_size": model.default_cfg["input_size"][-1], "in_chans": 3,
+                                   "eval_transform": model.default_cfg})
+
+
+def official_class_names(kind: str, count: int) -> list[str]:
+    """The names of ``count`` classes of official weights: ImageNet-1k's 1,000 (``kind`` "imagenet") or COCO's 90
+    labels 1..90 ("coco", "N/A" for the ids COCO leaves unused), as torchvision publishes them with its weights
+    (``meta["categories"]``); for another ``count`` (a head of ImageNet-21k's 21,843 classes) the class indices
+    as strings, from "0" (from "1" for COCO's labels)."""
+    from torchvision.models import ResNet50_Weights
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    if kind == "imagenet":
+        names, first = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"]), 0
+    else:
+        names, first = list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])[1:], 1
+    return names if len(names) == count else [str(index) for index in range(first, first + count)]
+
+
 def _has_ema_weights(checkpoint: str | Path) -> bool:
     """Whether our training ``checkpoint`` (a .safetensors file) has an ``ema.`` section, from its header alone."""
     with safe_open(str(checkpoint), framework="pt") as handle:
@@ -558,6 +606,39 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         images.append(tensor if size is None else resize(tensor, [size, size], antialias=True).clamp(0, 1))
     return images if size is None else torch.stack(images)
+
+
+def load_eval_images(paths: list[str | Path], cfg: Mapping[str, Any]) -> torch.Tensor:
+    """Image files as timm's evaluation transform for a model's default configuration ``cfg`` reads them, before its
+    normalisation (which the task applies): ``Tensor[B, 3, S, S]`` float in [0, 1], S ``cfg["input_size"]``'s side.
+    See :func:`eval_crop`; files are converted to RGB as :func:`load_images` converts them."""
+    images = []
+    for path in paths:
+        with _opened_image(path) as pil:
+            pixels = image_array(pil, 3, f"image {path}")
+        rgb = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
+        images.append(eval_crop(rgb, cfg))
+    return torch.stack(images)
+
+
+def eval_crop(image: Image.Image, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """An RGB PIL ``image`` as timm's ``create_transform(**resolve_data_config(pretrained_cfg=cfg),
+    is_training=False)`` gives it, less the normalisation: the shorter side resized to ``floor(size / crop_pct)`` with
+    ``cfg["interpolation"]`` (PIL's resampling, on the uint8 image, as timm's), the centre ``size`` × ``size``
+    cropped; Tensor[3, size, size] float in [0, 1]. ValueError for a configuration of another kind (a non-square
+    input, a crop mode other than timm's centre crop)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional
+
+    height, width = cfg["input_size"][-2:]
+    mode = cfg.get("crop_mode", "center")
+    if height != width or mode != "center":
+        raise ValueError(f"{cfg.get('architecture')}: predicting with its official weights takes a square input_size "
+                         f"and a centre crop; its configuration has {height}x{width}, crop_mode {mode!r}")
+    scaled = math.floor(width / cfg.get("crop_pct", DEFAULT_CROP_PCT))
+    image = functional.resize(image, [scaled], interpolation=InterpolationMode(cfg.get("interpolation", "bilinear")))
+    image = functional.center_crop(image, [height, width])
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
 
 
 def image_sizes(paths: list[str | Path]) -> list[tuple[int, int]]:
