@@ -612,7 +612,8 @@ def _serve_as_official_weights(name: str, model: torch.nn.Module, tmp_path: Path
     return payload
 
 
-def test_predict_pretrained_gives_the_top5_imagenet_classes_of_timms_evaluation_transform(tmp_path, monkeypatch,
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])  # bilinear at crop 0.875, bicubic at 0.9
+def test_predict_pretrained_gives_the_top5_imagenet_classes_of_timms_evaluation_transform(name, tmp_path, monkeypatch,
                                                                                            capsys):
     """`visionzoo predict` took only a --checkpoint of `visionzoo train`; --pretrained fetches the official weights
     (here random ones served over loopback) and gives the top-5 ImageNet-1k classes, named as torchvision names
@@ -628,14 +629,14 @@ def test_predict_pretrained_gives_the_top5_imagenet_classes_of_timms_evaluation_
     from visionzoo.models import create_model
 
     torch.manual_seed(0)
-    payload = _serve_as_official_weights("resnet18", create_model("resnet18"), tmp_path, monkeypatch)
+    payload = _serve_as_official_weights(name, create_model(name), tmp_path, monkeypatch)
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8)).resize((520, 360), Image.BICUBIC)
     photo.save(tmp_path / "cat.png")
     with served_file(payload, monkeypatch, tmp_path) as requests:
-        assert main(["predict", "resnet18", "--pretrained", str(tmp_path / "cat.png"), "--out",
+        assert main(["predict", name, "--pretrained", str(tmp_path / "cat.png"), "--out",
                      str(tmp_path / "preds")]) == 0
-        model = create_model("resnet18", pretrained=True).eval()
+        model = create_model(name, pretrained=True).eval()
     assert len(requests) == 1  # the second load read the cache
     (record,) = json.loads((tmp_path / "preds" / "predictions.json").read_text())
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
