@@ -117,3 +117,14 @@ def test_predict_asks_for_one_source_of_weights_that_it_can_run(tmp_path, capsys
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error, error
     assert not (tmp_path / "preds").exists() and not (tmp_path / "cache").exists()
+
+
+def test_predict_pretrained_refuses_a_missing_image_before_downloading_the_weights(tmp_path, capsys, monkeypatch):
+    """A mistyped image path was refused only once the official weights (330 MB for a ViT-B) were downloaded."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert main(["predict", "resnet18", "--pretrained", str(tmp_path / "cat.jgp"), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(f"image {tmp_path / 'cat.jgp'} does not exist"), error
+    assert not (tmp_path / "cache").exists()

@@ -547,6 +547,7 @@ def predict_command(args: argparse.Namespace) -> int:
     image_ids = [entry["id"] for entry in entries] if entries else None
     device = resolve_device(args.device)
     if args.pretrained:
+        image_sizes(args.images)  # a mistyped image is refused before the weights are downloaded
         setup = pretrained_for_prediction(args.model)
     else:
         setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
