@@ -334,6 +334,18 @@ def freed_memory_kept() -> bool:
     return _freed_memory_kept
 
 
+def inference_chunk_elements(x: torch.Tensor, default: int) -> int:
+    """How many hidden activations a block computes at once in CPU inference on ``x`` (the ViT block's MLP,
+    ConvNeXt's residual): ``default``, cache-sized chunks that spare the page faults of a large buffer mapped afresh
+    at every call; where glibc keeps freed blocks (:func:`keep_freed_memory`) there are none below its 32 MiB
+    ceiling and larger products run faster, so as many as fit in 32 MiB of the computing dtype (autocast's or
+    ``x``'s)."""
+    if not _freed_memory_kept:
+        return default
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return MMAP_THRESHOLD_MAX // dtype.itemsize
+
+
 @functools.cache
 def _cpu_native_bf16() -> bool:
     cpu = torch.cpu

@@ -317,6 +317,27 @@ def test_block_chunked_path_equals_plain_path(monkeypatch, ls_init_value, chunk)
         assert torch.equal(x, images(3, 24, 13, 11, seed=17))  # the input is left alone
 
 
+def test_where_freed_memory_is_kept_the_residual_runs_in_chunks_of_32_mib(monkeypatch):
+    """As the ViT block's MLP: once visionzoo.utils.keep_freed_memory() has run, a large product costs no page faults,
+    and convnext_tiny in bf16 at batch 32 ran 1.2x faster with 32 MiB chunks than with 2^21 elements."""
+    import visionzoo.utils as utils
+
+    monkeypatch.setattr(convnext, "_CHUNK_ELEMENTS", 96 * 100)  # chunks of 100 pixels
+    torch.manual_seed(18)
+    block = randomise(ConvNeXtBlock(24), seed=19).eval()  # hidden width 96
+    rows = []
+    block.mlp.fc1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    x = images(2, 24, 15, 15, seed=20)  # 450 pixels
+    with torch.inference_mode():
+        expected = block(x)
+        assert rows == [100] * 4 + [50]
+        monkeypatch.setattr(utils, "_freed_memory_kept", True)
+        rows.clear()
+        got = block(x)
+        assert rows == [450]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_a_trace_or_export_runs_at_other_batch_sizes(monkeypatch):
     """The pixel chunks were unrolled by torch.jit.trace: traced on 2 images, a block left the rows beyond them
     without their residual, and convnext_atto's logits at batch 8 were 1.74 off; torch.export with a dynamic batch
