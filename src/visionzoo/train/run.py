@@ -498,17 +498,26 @@ def load_for_inference(model_name: str, checkpoint: str | Path, data: str | None
     return setup
 
 
-def pretrained_for_sampling(model_name: str) -> Setup:
-    """A generative model with its official weights (``create_model(name, pretrained=True)``), as ``visionzoo sample
-    --pretrained`` draws from it: its task built without data (no class names: a ``--label`` is a class index), no
-    splits, and the image side of the model's default configuration."""
-    from visionzoo.models import create_model, get_model_entry
+def _with_official_weights(model_name: str, use: str) -> tuple[str, Any]:
+    """The registered name of ``model_name`` and its registry entry; ValueError where it has no official weights
+    ``use`` (e.g. "to sample from")."""
+    from visionzoo.models import get_model_entry
 
     model_name = _registered_name(model_name)
     entry = get_model_entry(model_name)
     if entry.pretrained is None:
-        raise ValueError(f"{model_name} has no official weights to sample from (`visionzoo list-models --pretrained` "
-                         "lists those that do); give a --checkpoint of `visionzoo train`")
+        raise ValueError(f"{model_name} has no official weights {use} (`visionzoo list-models --pretrained` lists "
+                         "those that do); give a --checkpoint of `visionzoo train`")
+    return model_name, entry
+
+
+def pretrained_for_sampling(model_name: str) -> Setup:
+    """A generative model with its official weights (``create_model(name, pretrained=True)``), as ``visionzoo sample
+    --pretrained`` draws from it: its task built without data (no class names: a ``--label`` is a class index), no
+    splits, and the image side of the model's default configuration."""
+    from visionzoo.models import create_model
+
+    model_name, entry = _with_official_weights(model_name, "to sample from")
     task_cls = task_class(model_name)
     if task_cls.sample is Task.sample:  # before building the task, which a classifier's needs its classes for
         raise ValueError(f"{model_name} is a {task_cls.name} model, which draws no images; `visionzoo sample` needs "
@@ -524,15 +533,11 @@ def pretrained_for_prediction(model_name: str) -> Setup:
     predict --pretrained`` runs it: its task built without data, with the class names torchvision publishes for the
     weights' head (:func:`official_class_names`), no splits, and ``run_meta["eval_transform"]``, a classifier's
     default configuration, which :func:`load_eval_images` reads its images with (a detector resizes them itself)."""
-    from visionzoo.models import create_model, get_model_entry
+    from visionzoo.models import create_model
     from visionzoo.train.classification import ClassificationTask, normalization
     from visionzoo.train.detection import DetectionTask
 
-    model_name = _registered_name(model_name)
-    entry = get_model_entry(model_name)
-    if entry.pretrained is None:
-        raise ValueError(f"{model_name} has no official weights to predict with (`visionzoo list-models --pretrained` "
-                         "lists those that do); give a --checkpoint of `visionzoo train`")
+    model_name, _ = _with_official_weights(model_name, "to predict with")
     task_cls = task_class(model_name)
     if task_cls not in (ClassificationTask, DetectionTask):
         raise ValueError(f"{model_name} is {with_article(task_cls.name)} model; `visionzoo predict --pretrained` runs "
