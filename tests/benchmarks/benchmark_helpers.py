@@ -14,6 +14,7 @@ WORK = {
     "detection": ("conformance", "shapes", "proposal_detector"),
     "train_backbones": ("train_and_test", "label_ambiguity_job", "distillation_job", "mpp_job"),
     "hipt_slides": ("ShapeSlides",),
+    "hipt_region": ("measure", "in_fresh_process"),
     "fid": ("run",),
     "attention": ("time_case", "default_path"),
     "metrics": ("coco_rows", "segm_rows", "mean_ap_rows", "frechet_rows"),

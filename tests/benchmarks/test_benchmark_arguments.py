@@ -38,6 +38,8 @@ def refused(monkeypatch, capsys, name, argv):
     ("precision", ["--steps", "1"], "--steps"),
     ("precision", ["--repeats", "0"], "--repeats"),
     ("backbones", ["--part", "speed", "--batch", "0"], "--batch"),
+    ("hipt_region", ["--side", "0"], "--side"),
+    ("hipt_region", ["--repeats", "0"], "--repeats"),
     ("detection", ["--job", "shapes", "--minutes", "0"], "--minutes"),
     ("hipt_slides", ["--threads", "-2"], "--threads"),
     ("fid", ["--images", "0"], "--images"),
@@ -46,6 +48,11 @@ def refused(monkeypatch, capsys, name, argv):
 def test_a_zero_or_negative_count_is_one_line_before_any_work(monkeypatch, capsys, name, argv, flag):
     error = refused(monkeypatch, capsys, name, argv)
     assert flag in error and ("positive" in error or "at least 2" in error), error
+
+
+def test_a_region_of_partial_tiles_is_one_line_before_any_work(monkeypatch, capsys):
+    error = refused(monkeypatch, capsys, "hipt_region", ["--side", "1000"])
+    assert "--side" in error and "multiple of HIPT's 256 px tiles" in error, error
 
 
 @pytest.mark.parametrize("name, argv", [
