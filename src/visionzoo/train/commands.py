@@ -503,14 +503,23 @@ def coco_results(paths: list[str], predictions: list[dict[str, Any]],
     return records
 
 
+def _weight_source(args: argparse.Namespace, use: str, checkpoint_only: dict[str, bool]) -> str:
+    """How ``predict`` and ``sample`` name their weights in messages: the ``--checkpoint`` file or the model's official
+    weights. ValueError unless exactly one of ``--checkpoint`` and ``--pretrained`` is given (``use``: what for,
+    e.g. "to sample from"), or for ``--pretrained`` with an option of ``checkpoint_only`` that is set."""
+    if (args.checkpoint is None) == (not args.pretrained):
+        raise ValueError(f"give the weights {use}: --checkpoint FILE (a run of `visionzoo train`) or --pretrained (the "
+                         "model's official weights), one of them")
+    given = [flag for flag, is_set in checkpoint_only.items() if is_set]
+    if args.pretrained and given:
+        raise ValueError(f"--pretrained takes the official weights as they are: {given[0]} is for a --checkpoint of "
+                         "`visionzoo train`")
+    return args.checkpoint or f"{args.model}'s official weights"
+
+
 @register_command("predict", help="draw the predictions of a trained model or of official weights into PNGs", arguments=_predict_arguments)
 def predict_command(args: argparse.Namespace) -> int:
-    if (args.checkpoint is None) == (not args.pretrained):
-        raise ValueError("give the weights to predict with: --checkpoint FILE (a run of `visionzoo train`) or "
-                         "--pretrained (the model's official weights), one of them")
-    if args.pretrained and args.use_ema:
-        raise ValueError("--pretrained takes the official weights as they are: --use-ema is for a --checkpoint of "
-                         "`visionzoo train`")
+    weights = _weight_source(args, "to predict with", {"--use-ema": args.use_ema})
     if args.min_score is not None:
         require_unit_interval(**{"--min-score": args.min_score})
     out = require_folder_or_absent(args.out, "--out")
@@ -551,7 +560,6 @@ def predict_command(args: argparse.Namespace) -> int:
         setup = pretrained_for_prediction(args.model)
     else:
         setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
-    weights = args.checkpoint or f"{args.model}'s official weights"
     clashes = [t for t in written if t.exists()]
     if clashes and not args.overwrite:  # every one: --overwrite replaces them all, not only the first named
         more = ""
@@ -821,12 +829,7 @@ def sample_command(args: argparse.Namespace) -> int:
                          "grid and `visionzoo fid` would read the grid as a sample; write the grid elsewhere")
     if images_dir is not None and not args.overwrite and holds_samples(images_dir):
         raise FileExistsError(f"{images_dir} already holds samples; use --overwrite to replace them")
-    if (args.checkpoint is None) == (not args.pretrained):
-        raise ValueError("give the weights to sample from: --checkpoint FILE (a run of `visionzoo train`) or "
-                         "--pretrained (the model's official weights), one of them")
-    if args.pretrained and (args.use_ema or args.complete is not None):
-        raise ValueError(f"--pretrained takes the official weights as they are: {'--use-ema' if args.use_ema else '--complete'} "
-                         "is for a --checkpoint of `visionzoo train`")
+    weights = _weight_source(args, "to sample from", {"--use-ema": args.use_ema, "--complete": args.complete is not None})
     if args.complete is not None:
         if not is_grid or images_dir is not None:
             raise ValueError("--complete writes a grid of completions: give a .png or .jpg --out, without --images-dir")
@@ -837,7 +840,6 @@ def sample_command(args: argparse.Namespace) -> int:
         setup = pretrained_for_sampling(args.model)
     else:
         setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
-    weights = args.checkpoint or f"{args.model}'s official weights"
     if is_grid:  # before sampling, which may take long
         _check_grid_fits(out, args.count, shown, nrow, setup.run_meta.get("img_size"))
     settings = _sampler_settings(args)
