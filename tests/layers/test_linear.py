@@ -110,21 +110,37 @@ def _recording_onednn(monkeypatch) -> list[str]:
 
 @native_bf16_cpu
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(7, 16), (2, 5, 16), "strided"])
+@pytest.mark.parametrize("shape", [(7, 32), (2, 5, 32), "strided"])
 def test_bf16_inference_is_one_onednn_call_equal_to_autocast_linear(monkeypatch, bias, shape):
     """F.linear copies the bias into every output row before adding the product (addmm): a pass over the output.
     The bf16 inference product is oneDNN's fused linear instead, with autocast's operands and the same sums."""
     calls = _recording_onednn(monkeypatch)
     torch.manual_seed(1)
-    reference = nn.Linear(16, 24, bias=bias)
-    ours = Linear(16, 24, bias=bias)
+    reference = nn.Linear(32, 48, bias=bias)
+    ours = Linear(32, 48, bias=bias)
     ours.load_state_dict(reference.state_dict())
-    x = torch.randn(16, 9).t()[:, :16] if shape == "strided" else torch.randn(*shape)
+    x = torch.randn(32, 9).t() if shape == "strided" else torch.randn(*shape)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, expected = ours(x), reference(x)
     assert calls == ["none"]
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     assert torch.equal(out, expected)
+
+
+@native_bf16_cpu
+def test_products_of_at_most_16_cubed_multiply_adds_skip_onednn(monkeypatch):
+    """oneDNN's call has a fixed cost (~25 µs) that torch's own loop for the smallest products does not pay (3–5 µs
+    for one row of a 96→32 layer): a product of at most 16³ multiply-adds takes F.linear, a larger one oneDNN."""
+    calls = _recording_onednn(monkeypatch)
+    torch.manual_seed(4)
+    reference = nn.Linear(96, 32)
+    ours = Linear(96, 32)
+    ours.load_state_dict(reference.state_dict())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for rows in (1, 2):
+            x = torch.randn(rows, 96)
+            assert torch.equal(ours(x), reference(x))
+    assert calls == ["none"]  # 1 × 96 × 32 = 3,072 multiply-adds: F.linear; 2 rows, 6,144: oneDNN
 
 
 def test_empty_and_single_rows_still_multiply():
