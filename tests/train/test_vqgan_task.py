@@ -1,15 +1,18 @@
 """The "vqgan" task: two optimizers, the discriminator switching on at --disc-start, training through the engine."""
 
 import contextlib
+import copy
 import json
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from visionzoo.checkpoint import read_checkpoint
 from visionzoo.cli import main
-from visionzoo.generative.patchgan import adaptive_weight
+from visionzoo.generative.patchgan import adaptive_weight, adaptive_weight_from_output_grads
 from visionzoo.generative.perceptual import PerceptualLoss, VGG16Features
 from visionzoo.generative.vqgan import VQGAN
 from visionzoo.metrics import domain
@@ -55,12 +58,15 @@ def test_the_discriminator_step_reuses_the_reconstruction_and_starts_at_disc_sta
     task.step = 1
     with pytest.raises(ValueError, match="autoencoder"):  # the reconstruction of step 0 is not reused
         task.training_step(model, batch, "discriminator")
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # the EMA codebook moves at each forward
     losses = task.training_step(model, batch, "autoencoder")
     assert losses["disc_active"] == 1 and losses["adaptive_weight"] > 0
     losses["loss"].backward()
     assert model.last_layer_weight().grad is not None
-    reconstruction = task._cache[2]
     critic = task.training_step(model, batch, "discriminator")
+    model.load_state_dict(state)
+    with torch.no_grad():
+        reconstruction = model(batch)[0]
     real, fake = model.discriminator(batch * 2 - 1), model.discriminator(reconstruction * 2 - 1)
     expected = 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
     assert critic["d_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -371,6 +377,87 @@ def test_the_autoencoder_update_equals_backpropagating_the_full_loss():
     for name, grad in ours.items():  # summation order differs: float32 noise, relative to the largest gradient
         torch.testing.assert_close(grad, theirs[name], rtol=0, atol=1e-5 * scale, msg=name)
 
+
+
+def adamw(task: VQGANTask, model: VQGAN) -> dict[str, torch.optim.Optimizer]:
+    return {name: torch.optim.AdamW(task.parameter_groups(model, name, 0.01), lr=1e-3, betas=(0.5, 0.9))
+            for name in task.optimizer_names()}
+
+
+@pytest.mark.parametrize("disc_start", [0, 1])
+def test_a_training_step_judges_the_reconstruction_once_and_updates_both_optimizers_as_two_passes_would(disc_start):
+    """The discriminator's logits on the reconstruction, taken in the autoencoder update, serve its own update too:
+    two forwards a step, not three, and the weights of both optimizers move as with a pass of each update's own."""
+    torch.manual_seed(0)
+    model = VQGAN(in_chans=1, **TINY)
+    initial, reference = copy.deepcopy(model), copy.deepcopy(model)
+    features = DomainFeatures(1).feature_maps
+    task = VQGANTask(disc_start=disc_start, disc_weight=0.8, perceptual=PerceptualLoss(features))
+    batch = torch.rand(4, 1, 16, 16)
+    calls = []
+    model.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    task.step = 0
+    for name, optimizer in adamw(task, model).items():  # as the engine's step
+        optimizer.zero_grad(set_to_none=True)
+        task.training_step(model, batch, name)["loss"].backward()
+        if name == "autoencoder":
+            assert all(p.grad is None for p in model.discriminator.parameters())
+        optimizer.step()
+    active = disc_start == 0
+    assert len(calls) == (2 if active else 0)
+
+    # The same step with a pass each: taming's full loss, then the discriminator on the detached reconstruction.
+    expected, critic = adamw(task, reference), reference.discriminator
+    reconstruction, _, vq_loss, _ = reference(batch)
+    nll = (reconstruction - batch).abs().mean() + F.mse_loss(reconstruction, batch)
+    nll = nll + PerceptualLoss(features)(reconstruction, batch).mean()
+    if active:
+        g_loss = -critic(reconstruction * 2 - 1).mean()
+        (rec_grad,), (gan_grad,) = torch.autograd.grad(nll, reconstruction), torch.autograd.grad(g_loss, reconstruction)
+        weight = adaptive_weight_from_output_grads(reconstruction, rec_grad, gan_grad, reference.last_layer_weight())
+        torch.autograd.backward([reconstruction, vq_loss], [rec_grad + 0.8 * weight * gan_grad, torch.ones(())])
+    else:
+        (nll + vq_loss).backward()
+    expected["autoencoder"].step()
+    if active:
+        real, fake = critic(batch * 2 - 1), critic(reconstruction.detach() * 2 - 1)
+        (0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())).backward()
+        expected["discriminator"].step()
+
+    ours, theirs, before = (dict(m.named_parameters()) for m in (model, reference, initial))
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-7, msg=name)
+    assert not torch.equal(ours["decoder.conv_out.weight"], before["decoder.conv_out.weight"])
+    # (The last bias has no gradient at the start, where every logit lies within the hinge's margins.)
+    critic_moved = [not torch.equal(ours[n], before[n]) for n in ours if n.startswith("discriminator.") and "weight" in n]
+    assert all(critic_moved) if active else not any(critic_moved)
+
+def test_the_kept_logits_of_the_reconstruction_live_one_step_at_most():
+    """The graph kept from the autoencoder update to the discriminator's is freed by that update, by the next
+    autoencoder update when the discriminator's did not run, and never serves another step."""
+    torch.manual_seed(0)
+    model = VQGAN(in_chans=1, **TINY)
+    task = VQGANTask(disc_start=0, perceptual_weight=0.0)
+    batch = torch.rand(4, 1, 16, 16)
+    task.step = 0
+    task.training_step(model, batch, "autoencoder")
+    kept = weakref.ref(task._fake_logits[2])
+    task.step = 1  # a discriminator update of another step than the autoencoder's is refused
+    with pytest.raises(ValueError, match="run training_step\\(model, batch, 'autoencoder'\\) first"):
+        task.training_step(model, batch, "discriminator")
+    assert kept() is None
+
+    task.training_step(model, batch, "autoencoder")
+    kept = weakref.ref(task._fake_logits[2])
+    task.training_step(model, batch, "autoencoder")  # no discriminator update in between
+    assert kept() is None
+    kept = weakref.ref(task._fake_logits[2])
+    task.training_step(model, batch, "discriminator")["loss"].backward()
+    assert kept() is None and task._fake_logits is None
+
+    task.disc_start = 5  # before disc_start nothing is kept
+    task.training_step(model, batch, "autoencoder")
+    assert task._fake_logits is None
 
 @pytest.mark.parametrize("model_name, data, size", [("vqgan_f8", "shapes", 64), ("vit_vqgan", "digits", 32),
                                                     ("vqvae_small", "digits", 64)])

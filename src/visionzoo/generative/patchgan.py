@@ -6,8 +6,8 @@ pixels for ``n_layers=3``) as real or fake. Weights start as pix2pix's: N(0, 0.0
 N(1, 0.02) for norm scales.
 
 Normalisation: GroupNorm, not pix2pix's BatchNorm (taming offers BatchNorm or ActNorm). A VQGAN step
-calls the discriminator three times, on a batch of reconstructions for the generator loss, then on
-a batch of real images and a batch of reconstructions for its own loss. In training mode BatchNorm
+calls the discriminator on a batch of reconstructions, whose logits serve the generator loss and then
+its own, and on a batch of real images for its own loss. In training mode BatchNorm
 would normalise each of those all-real or all-fake batches by its own statistics, which lets the
 discriminator tell the batches apart by their statistics rather than by their patches, and the
 generator step would move its running statistics with fakes alone. GroupNorm judges every image on

@@ -8,8 +8,10 @@ Each engine step runs two optimizers in order, both AdamW with taming's betas (0
   weight ``λ = ‖∇ nll‖ / (‖∇ gan‖ + 1e-4)`` is taken at the decoder's last layer (``nll`` = reconstruction
   + perceptual), so the GAN term never outweighs the reconstruction in gradient.
 - ``discriminator`` (the model's ``discriminator`` submodule): the hinge loss on D(x) and D(x̂), reusing
-  the reconstruction x̂ of the autoencoder update of the same step (detached) instead of a second
-  forward. Before ``disc_start`` its loss is a constant zero and no discriminator weight moves.
+  the autoencoder update's D(x̂) of the same step: that forward ran on a detached copy of x̂ with the same
+  discriminator weights (the autoencoder optimizer does not move them), so the discriminator runs twice a
+  step, not three times, and its backward here reaches its own weights only. Before ``disc_start`` its
+  loss is a constant zero and no discriminator weight moves.
 
 ``disc_start`` is a step (taming's ``disc_start``) or a share of the planned run (``--disc-start 40%``):
 the share starts the discriminator at the same point of any machine's run, where a step count leaves it
@@ -116,7 +118,9 @@ class VQGANTask(ReconstructionTask):
         self.disc_weight = disc_weight
         self.perceptual_weight = perceptual_weight
         self._perceptual = perceptual if perceptual_weight > 0 else None
-        self._cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # (step, batch, D(x̂) with its graph from the detached x̂): made by an active autoencoder step, taken by the
+        # discriminator step of the same step.
+        self._fake_logits: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------- optimizers
     def optimizer_names(self) -> tuple[str, str]:
@@ -174,6 +178,7 @@ class VQGANTask(ReconstructionTask):
         active = self.disc_active()
         if optimizer == "discriminator":
             return self._discriminator_step(model, batch, active)
+        self._fake_logits = None
         reconstruction, _, vq_loss, stats = model(batch)
         reconstruction, images = reconstruction.float(), batch.float()
         rec = (reconstruction - images).abs().mean() + F.mse_loss(reconstruction, images)
@@ -184,22 +189,27 @@ class VQGANTask(ReconstructionTask):
         loss = nll + vq_loss
         g_loss, weight = rec.new_zeros(()), rec.new_zeros(())
         if active:
-            g_loss = hinge_g_loss(model.discriminator(reconstruction * 2 - 1))
+            # The discriminator judges a detached copy of the reconstruction, so that the graph of its logits, kept
+            # for this step's discriminator update, holds nothing of the autoencoder's; the discriminator's weights
+            # do not move in between (the autoencoder optimizer holds none of them).
+            fake = reconstruction.detach().requires_grad_()
+            fake_logits = model.discriminator(fake * 2 - 1)
+            g_loss = hinge_g_loss(fake_logits)
             # Each loss is backpropagated to the reconstruction once; the update then flows back from there
             # through a stand-in with the same value and gradient as nll + weight * g_loss.
             rec_grad, = torch.autograd.grad(nll, reconstruction)
-            gan_grad, = torch.autograd.grad(g_loss, reconstruction)
+            gan_grad, = torch.autograd.grad(g_loss, fake, retain_graph=True)
+            self._fake_logits = (self.step, batch, fake_logits)
             weight = adaptive_weight_from_output_grads(reconstruction, rec_grad, gan_grad,
                                                        model.last_layer_weight()) * self.disc_weight
             stand_in = (reconstruction * (rec_grad + weight * gan_grad)).sum()
             loss = stand_in - stand_in.detach() + (nll + weight * g_loss).detach() + vq_loss
-        self._cache = (self.step, batch, reconstruction.detach())
         return {"loss": loss, "rec": rec.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.detach(),
                 "g_loss": g_loss.detach(), "adaptive_weight": weight, "disc_active": rec.new_tensor(float(active)),
                 "perplexity": stats["perplexity"].detach(), "codes_used": stats["usage"].detach()}
 
     def _discriminator_step(self, model: nn.Module, batch: torch.Tensor, active: bool) -> dict[str, torch.Tensor]:
-        cache, self._cache = self._cache, None
+        cache, self._fake_logits = self._fake_logits, None
         if not active:
             # A leaf, so backward runs and the discriminator's gradients stay None: AdamW leaves it untouched.
             zero = torch.zeros((), device=batch.device, requires_grad=True)
@@ -207,8 +217,7 @@ class VQGANTask(ReconstructionTask):
         if cache is None or cache[0] != self.step or cache[1] is not batch:
             raise ValueError("the vqgan discriminator step reuses the reconstruction of the same step's autoencoder "
                              "step; run training_step(model, batch, 'autoencoder') first")
-        real_logits = model.discriminator(batch * 2 - 1)
-        fake_logits = model.discriminator(cache[2] * 2 - 1)
+        real_logits, fake_logits = model.discriminator(batch * 2 - 1), cache[2]
         d_loss = hinge_d_loss(real_logits, fake_logits)
         return {"loss": d_loss, "d_loss": d_loss.detach(), "disc_active": d_loss.new_ones(()),
                 "logits_real": real_logits.detach().float().mean(), "logits_fake": fake_logits.detach().float().mean()}
