@@ -1115,7 +1115,8 @@ def test_a_run_stopped_mid_step_clears_its_progress_bar_before_its_last_line(tmp
 
 def test_train_given_checkpoint_says_which_option_starts_from_one(tmp_path, capsys):
     """eval, predict and sample read --checkpoint FILE; train has none, and argparse took `train --checkpoint FILE`
-    for its only option of that prefix: "argument --checkpoint-every: expected a positive integer, got 'FILE'"."""
+    for its only option of that prefix: "argument --checkpoint-every: expected a positive integer, got 'FILE'". Taken
+    only in full, it would be refused as the start of --checkpoint-every, an option of another use."""
     with pytest.raises(SystemExit) as exit_info:
         main([*TRAIN, "--checkpoint", "runs/r18/checkpoint.safetensors", "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
@@ -1174,6 +1175,30 @@ def test_a_misspelled_option_is_answered_with_the_closest_option_of_its_command(
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == expected
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([*TRAIN, "--max", "2"], "visionzoo train: error: unrecognized arguments: --max 2; options are taken only in "
+     "full: --max is the start of --max-steps"),
+    ([*TRAIN, "--max=2"], "visionzoo train: error: unrecognized arguments: --max=2; options are taken only in full: "
+     "--max is the start of --max-steps"),
+    # train's hidden --checkpoint (a refusal naming the options meant) is not offered
+    ([*TRAIN, "--check", "2"], "--check is the start of --checkpoint-every"),
+    (["predict", "resnet18", "a.png", "--out", "o", "--check", "c.safetensors"],
+     "visionzoo predict: error: unrecognized arguments: --check c.safetensors; options are taken only in full: --check "
+     "is the start of --checkpoint"),
+    (["--deb", "list-models"], "unrecognized arguments: --deb; options are taken only in full: --deb is the start "
+     "of --debug"),
+])
+def test_an_abbreviated_option_is_refused_naming_it(tmp_path, capsys, argv, expected):
+    """argparse took a unique prefix for its option: `train ... --max 2` ran 2 steps as --max-steps 2, and an option
+    added later with the same prefix would have silently changed what the command meant (or made it ambiguous)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_parsers_record_their_commands_and_options_for_the_closest_option():

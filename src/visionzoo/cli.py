@@ -95,11 +95,12 @@ class RecordingParser(argparse.ArgumentParser):
 class _OneLineParser(RecordingParser):
     """argparse that reports a bad option as one line (no usage block) and exit status 2, and keeps its commands'
     parsers (``command_parsers``) as they are added: :func:`_parse` suggests the closest option of the command from
-    them."""
+    them. It takes options only as spelled in full: argparse's abbreviations (``--max 2`` for ``--max-steps 2``) would
+    change meaning, or become ambiguous, once an option of the same prefix is added."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.command_parsers: dict[str, _OneLineParser] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}{_closest_choice(message)}\n")
@@ -279,12 +280,24 @@ def _parse(parser: _OneLineParser, argv: Sequence[str] | None) -> argparse.Names
             if option in own:
                 hint = f"; {option} goes before the command: visionzoo {option} {args.command} ..."
                 break
+            started = _started_options(option, [parser, command_parser])
+            if started:  # argparse's abbreviation, which a later option of the same start would change
+                hint = f"; options are taken only in full: {option} is the start of {' and '.join(started)}"
+                break
             near = closest(option[2:], options, n=1) if option.startswith("--") else []
             if near:
                 hint = f"; closest to {option}: {options[near[0]]}"
                 break
         command_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
     return args
+
+
+def _started_options(option: str, parsers: Sequence[RecordingParser]) -> list[str]:
+    """The long options of ``parsers`` shown in their help that start with ``option`` (``--max``: ``--max-steps``)."""
+    if not option.startswith("--") or option == "--":
+        return []
+    return [name for parser in parsers for action in parser.recorded_actions if action.help != argparse.SUPPRESS
+            for name in action.option_strings if name.startswith(option) and name.startswith("--")]
 
 
 def _given_empty(argv: Sequence[str]) -> str | None:

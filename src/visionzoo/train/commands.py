@@ -162,7 +162,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
                      help="extra model argument, e.g. small_input=true (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # eval's, predict's and sample's option: argparse would take it for the only one of its prefix, --checkpoint-every
+    # eval's, predict's and sample's option, refused naming train's ways to start from weights: as an unknown option
+    # it would be answered with --checkpoint-every, the option it starts
     parser.add_argument("--checkpoint", nargs="?", action=_NoCheckpoint, help=argparse.SUPPRESS)
     _add_task_arguments(parser)
 
