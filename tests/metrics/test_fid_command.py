@@ -44,12 +44,11 @@ def no_network(monkeypatch):
     monkeypatch.setattr(inception, "InceptionFeatures", refuse)
 
 
-def test_save_stats_checks_the_file_np_savez_writes(tmp_path, domain_args, capsys):
+def test_save_stats_replaces_an_existing_file_only_with_overwrite(tmp_path, domain_args, capsys):
     folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
     existing = write_stats(tmp_path / "a.npz", np.zeros(128), np.eye(128))
     before = existing.read_bytes()
-    typed = str(tmp_path / "a")  # np.savez writes a.npz
-    argv = ["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", typed]
+    argv = ["fid", str(folder_a), str(folder_b), *domain_args, "--save-stats", str(existing)]
     one_line_error(capsys, argv, f"{existing} exists; pass --overwrite")
     assert existing.read_bytes() == before
     assert main([*argv, "--overwrite"]) == 0
@@ -59,14 +58,14 @@ def test_save_stats_checks_the_file_np_savez_writes(tmp_path, domain_args, capsy
     assert not (tmp_path / "a.npz.npz").exists()
 
 
-@pytest.mark.parametrize("typed", ["b.npz", "b", "./sub/../b.npz"])
+@pytest.mark.parametrize("typed", ["b.npz", "./sub/../b.npz"])
 def test_save_stats_onto_path_b_is_refused(tmp_path, domain_args, capsys, typed):
     folder_a = write_folder(tmp_path / "a", 0)
     (tmp_path / "sub").mkdir()
     stats_b = write_stats(tmp_path / "b.npz", np.zeros(128), np.eye(128))
     before = stats_b.read_bytes()
     one_line_error(capsys, ["fid", str(folder_a), str(stats_b), *domain_args, "--save-stats", str(tmp_path / typed),
-                            "--overwrite"], "which is PATH_B")
+                            "--overwrite"], "is PATH_B; choose another file")
     assert stats_b.read_bytes() == before
 
 
@@ -115,13 +114,12 @@ def test_save_stats_naming_a_folder_is_refused(tmp_path, capsys, no_network, typ
     assert not (tmp_path / "stats.npz").exists() and not (tmp_path / "new.npz").exists()
 
 
-@pytest.mark.parametrize("typed", ["stats.npz", "stats"])
-def test_save_stats_onto_an_existing_folder_is_refused_before_any_feature(tmp_path, capsys, no_network, typed):
+def test_save_stats_onto_an_existing_folder_is_refused_before_any_feature(tmp_path, capsys, no_network):
     # before: --overwrite computed PATH_A's features, then failed with "[Errno 21] Is a directory", naming no option
     folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
     (tmp_path / "stats.npz").mkdir()
-    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / typed), "--overwrite"],
-                   "--save-stats", f"writes {tmp_path / 'stats.npz'}, which is a folder")
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / "stats.npz"),
+                            "--overwrite"], f"--save-stats {tmp_path / 'stats.npz'} is a folder; name a file")
     assert (tmp_path / "stats.npz").is_dir()
 
 
@@ -231,7 +229,7 @@ def test_save_stats_to_an_uppercase_npz_writes_that_file_which_fid_then_reads(tm
     assert main(["fid", str(upper), str(folder_b), *domain_args]) == 0
     assert capsys.readouterr().out.strip() == out.splitlines()[-1]
     one_line_error(capsys, ["fid", str(folder_a), str(upper), *domain_args, "--save-stats", str(upper), "--overwrite"],
-                   "which is PATH_B")
+                   "is PATH_B; choose another file")
 
 
 def test_a_bad_statistics_file_fails_before_any_feature(tmp_path, capsys, no_network):
@@ -380,6 +378,18 @@ def test_upper_case_extensions_are_read_and_named(tmp_path, domain_args, capsys)
     assert captured.err.strip().splitlines() == [
         f"note: {folder_a} has 2 of its 6 images under upper-case extensions (0.PNG, 1.Png); they are read, where "
         "pytorch-fid's case-sensitive listing skips them on Linux, so its FID of this folder would differ"]
+
+
+@pytest.mark.parametrize("name, named", [("stats", "stats.npz"), ("stats.txt", "stats.txt.npz"),
+                                         ("real.npz.bak", "real.npz.bak.npz")])
+def test_save_stats_without_npz_is_refused_before_any_feature(tmp_path, capsys, no_network, name, named):
+    """--save-stats stats.txt wrote stats.txt.npz (np.savez appends the suffix), a file the user did not name; written
+    as named, neither `visionzoo fid` nor pytorch-fid would read it back, both taking statistics from .npz files only."""
+    folder_a, folder_b = write_folder(tmp_path / "a", 0), write_folder(tmp_path / "b", 1)
+    one_line_error(capsys, ["fid", str(folder_a), str(folder_b), "--save-stats", str(tmp_path / name)],
+                   f"--save-stats {tmp_path / name} is not an .npz file, the only statistics that fid (and pytorch-fid) "
+                   f"read back; name it {tmp_path / named}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b"]
 
 
 @pytest.mark.parametrize("name", ["grid.png", "stats.JPG"])

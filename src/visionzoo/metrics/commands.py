@@ -152,7 +152,8 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
                              "bf16 autocast, faster on a GPU or a bf16-native CPU (2.4× on AMX), its FIDs comparable "
                              "only with each other; auto: bf16 where the CPU/GPU runs it natively, else fp32")
     add_device_argument(parser)
-    parser.add_argument("--save-stats", metavar="FILE", help="also write PATH_A's statistics to FILE (.npz)")
+    parser.add_argument("--save-stats", metavar="FILE",
+                        help="also write PATH_A's statistics to FILE, an .npz file (pytorch-fid's format)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-stats file")
 
 
@@ -175,9 +176,9 @@ def _check_fid_arguments(args: argparse.Namespace) -> None:
 
 
 def _save_stats_target(args: argparse.Namespace) -> Path | None:
-    """The file ``--save-stats`` will write (np.savez appends .npz), refused before any feature is computed
-    where it cannot or should not be written."""
-    from visionzoo.metrics.fid import IMAGE_EXTENSIONS, is_statistics, statistics_path
+    """The file ``--save-stats`` names, refused before any feature is computed where it cannot or should not be
+    written: one not ending in .npz, to which np.savez would append it, is refused too."""
+    from visionzoo.metrics.fid import IMAGE_EXTENSIONS, is_statistics
 
     if not args.save_stats:
         return None
@@ -191,16 +192,20 @@ def _save_stats_target(args: argparse.Namespace) -> Path | None:
     if suffix in IMAGE_EXTENSIONS:  # np.savez would write x.png.npz: PATH_A's statistics, not a picture
         raise ValueError(f"--save-stats {args.save_stats} names an image; the statistics are an .npz file, e.g. "
                          f"{Path(args.save_stats).with_suffix('.npz')}")
-    target = statistics_path(args.save_stats)
+    if not is_statistics(args.save_stats):
+        # written as named, neither fid nor pytorch-fid would take it for statistics: both tell them by .npz
+        raise ValueError(f"--save-stats {args.save_stats} is not an .npz file, the only statistics that fid (and "
+                         f"pytorch-fid) read back; name it {args.save_stats}.npz")
+    target = Path(args.save_stats)
     if target.parent.exists() and not target.parent.is_dir():
         raise NotADirectoryError(f"--save-stats {args.save_stats}: {target.parent} is a file, not a folder")
     if not target.parent.is_dir():
         raise ValueError(f"--save-stats {args.save_stats}: folder {target.parent} does not exist")
     if target.resolve() == Path(args.path_b).resolve():
         # the statistics of PATH_A would replace the ones they are compared with
-        raise ValueError(f"--save-stats {args.save_stats} writes {target}, which is PATH_B; choose another file")
+        raise ValueError(f"--save-stats {args.save_stats} is PATH_B; choose another file")
     if target.is_dir():  # else --overwrite fails at the end, after PATH_A's features: "[Errno 21] Is a directory"
-        raise IsADirectoryError(f"--save-stats {args.save_stats} writes {target}, which is a folder; name a file")
+        raise IsADirectoryError(f"--save-stats {args.save_stats} is a folder; name a file")
     if target.exists() and not args.overwrite:
         raise ValueError(f"--save-stats: {target} exists; pass --overwrite to replace it")
     return target
