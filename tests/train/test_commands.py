@@ -128,3 +128,31 @@ def test_predict_pretrained_refuses_a_missing_image_before_downloading_the_weigh
     error = capsys.readouterr().err.strip()
     assert error.endswith(f"image {tmp_path / 'cat.jgp'} does not exist"), error
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("make", [lambda path: None, lambda path: path.mkdir()])
+def test_predict_checkpoint_refuses_a_missing_image_before_reading_the_checkpoint(tmp_path, capsys, monkeypatch, make):
+    """predict --checkpoint read the run (the weights, and with older checkpoints its data) and only then found a
+    mistyped image path; the files are checked first, with the same messages as before."""
+    from PIL import Image
+
+    from visionzoo.train import commands
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise ValueError("the checkpoint was read")
+
+    monkeypatch.setattr(commands, "load_for_inference", spy)
+    Image.new("RGB", (16, 16)).save(tmp_path / "cat.png")
+    checkpoint = tmp_path / "run.safetensors"
+    checkpoint.write_bytes(b"weights")
+    missing = tmp_path / "dog.png"
+    make(missing)
+    assert main(["predict", "resnet18", "--checkpoint", str(checkpoint), str(tmp_path / "cat.png"), str(missing),
+                 "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip()
+    expected = f"image {missing} does not exist" if not missing.exists() else f"image {missing} is a folder"
+    assert len(error.splitlines()) == 1 and expected in error, error
+    assert calls == [] and not (tmp_path / "o").exists()

@@ -526,7 +526,8 @@ def test_predict_takes_a_coco_json_in_the_out_folder_it_makes_but_not_one_named_
     out = tmp_path / "pictures"
     argv = ["predict", "fasterrcnn_shapes", "x.png", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)]
     assert main(argv + ["--coco-json", str(out / "results.json")]) == 2
-    assert "missing.safetensors" in capsys.readouterr().err  # past the --coco-json checks, to loading the checkpoint
+    # past the --coco-json checks, to the images' (checked before the checkpoint is read)
+    assert "image x.png does not exist" in capsys.readouterr().err
     for name in ("predictions.json", "x.png"):
         assert main(argv + ["--coco-json", str(out / name), "--overwrite"]) == 2
         err = capsys.readouterr().err.strip()

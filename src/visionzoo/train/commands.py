@@ -556,8 +556,9 @@ def predict_command(args: argparse.Namespace) -> int:
     entries = image_entries_from(args.image_ids, args.images) if args.image_ids else None
     image_ids = [entry["id"] for entry in entries] if entries else None
     device = resolve_device(args.device)
+    # a missing or unreadable file is refused before the weights are downloaded or read, and before anything is written
+    sizes = image_sizes(args.images)
     if args.pretrained:
-        image_sizes(args.images)  # a mistyped image is refused before the weights are downloaded
         setup = pretrained_for_prediction(args.model)
     else:
         setup = load_for_inference(args.model, args.checkpoint, use_ema=args.use_ema, data_free=True)
@@ -582,7 +583,6 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.image_ids:  # the file the results are scored against may number the classes its own way
             label_to_cat_id = category_ids_from(args.image_ids, setup.task.classes, label_to_cat_id)
     size, channels = setup.run_meta["img_size"], setup.run_meta["in_chans"]
-    sizes = image_sizes(args.images)  # a missing or unreadable file is refused before anything is written
     if entries:
         check_annotated_sizes(args.image_ids, args.images, sizes, entries)
     check_finite_weights(setup.model, args.model, weights)
