@@ -5,6 +5,7 @@ import re
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from taming_reference import TamingVQModel
@@ -311,3 +312,43 @@ def test_a_taming_config_this_vqgan_cannot_be_is_refused_naming_what(tmp_path, c
     (tmp_path / "model.yaml").write_text(TAMING_YAML.replace(*change))
     with pytest.raises(ValueError, match=f"taming config {re.escape(str(tmp_path))}.*{message}"):
         taming_vqgan_args(tmp_path / "model.yaml")
+
+
+def test_predict_pretrained_reconstructs_each_image_as_taming_reads_it(tmp_path, monkeypatch, capsys):
+    """`predict --pretrained` refused taming's official VQGANs ("a vqgan model; ... classifiers and detectors"), where
+    `predict --checkpoint` reconstructs a trained VQGAN's images. It reconstructs each image as taming-transformers
+    reads it: the shorter side resized to the model's size, the centre square cropped, scaled to [-1, 1]."""
+    import dataclasses
+    import json
+
+    from PIL import Image
+
+    from visionzoo.cli import main
+    from visionzoo.models import _registry as registry
+
+    reference = seeded_taming()
+    payload = tmp_path / "last.ckpt"
+    taming_ckpt(payload, reference, monkeypatch)
+    name = "vqgan_imagenet_f16_16384"
+    entry = get_model_entry(name)
+
+    def small(**kwargs):  # the official model at the served weights' sizes, and its side at theirs
+        return entry.builder(**{**TAMING_SMALL, **kwargs})
+
+    monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(
+        entry, builder=small, default_cfg={**entry.default_cfg, "input_size": (3, 32, 32)}))
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)  # 64 wide: the centre 32 are read
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    with served_file(payload, monkeypatch, tmp_path) as requests:
+        assert main(["predict", name, "--pretrained", str(tmp_path / "wide.png"), "--out", str(tmp_path / "o")]) == 0
+    assert len(requests) == 1
+    (record,) = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    crop = torch.from_numpy(pixels[:, 16:48]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        reconstruction, indices = reference(crop * 2 - 1)
+    reconstruction = ((reconstruction + 1) / 2).clamp(0, 1)
+    assert record["indices"] == indices.reshape(1, 8, 8)[0].tolist()
+    mse = float((reconstruction - crop).pow(2).mean())
+    assert abs(record["psnr"] - 10 * np.log10(1 / mse)) < 1e-3
+    assert f"wide.png: PSNR {record['psnr']:.2f} dB" in capsys.readouterr().out
+    assert Image.open(tmp_path / "o" / "wide.png").size == (128 * 2, 128)  # the crop and its reconstruction

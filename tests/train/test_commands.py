@@ -99,9 +99,9 @@ def test_train_tells_a_task_option_typed_at_its_default_from_one_left_out():
                                                 "a --checkpoint of `visionzoo train`"),
     (["vit_tiny_patch4_32", "--pretrained"], "vit_tiny_patch4_32 has no official weights to predict with (`visionzoo "
                                              "list-models --pretrained` lists those that do)"),
-    (["vqgan_imagenet_f16_1024", "--pretrained"], "vqgan_imagenet_f16_1024 is a vqgan model; `visionzoo predict "
-                                                  "--pretrained` runs the official weights of classifiers and detectors"),
-    (["vqgan_transformer_imagenet_cin", "--pretrained"], "is an autoregressive model; `visionzoo predict --pretrained`"),
+    (["vqgan_transformer_imagenet_cin", "--pretrained"], "vqgan_transformer_imagenet_cin is an autoregressive model; "
+                                                         "`visionzoo predict --pretrained` runs the official weights of "
+                                                         "classifiers, detectors and VQGANs"),
 ])
 def test_predict_asks_for_one_source_of_weights_that_it_can_run(tmp_path, capsys, monkeypatch, arguments, message):
     """`visionzoo predict` took only --checkpoint; with --pretrained (the official weights) beside it, a request

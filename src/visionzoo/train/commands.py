@@ -383,10 +383,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files, read as stored: an EXIF orientation tag is not applied (as torchvision's decode_image and COCO's annotations)")
     parser.add_argument("--checkpoint", help="a checkpoint written by `visionzoo train`")
     parser.add_argument("--pretrained", action="store_true",
-                        help="the model's official weights instead of a --checkpoint (downloaded once; the classifiers "
-                             "and detectors of `visionzoo list-models --pretrained`): a classifier's top-5 ImageNet-1k "
-                             "classes of each image read as timm's evaluation transform reads it, a detector's COCO "
-                             "objects")
+                        help="the model's official weights instead of a --checkpoint (downloaded once; the "
+                             "classifiers, detectors and VQGANs of `visionzoo list-models --pretrained`): a "
+                             "classifier's top-5 ImageNet-1k classes of each image read as timm's evaluation transform "
+                             "reads it, a detector's COCO objects, a VQGAN's reconstruction of the image's centre "
+                             "square as taming-transformers reads it")
     parser.add_argument("--use-ema", action="store_true",
                         help="the EMA weights of a run trained with --ema-decay (default: the trained weights)")
     parser.add_argument("--out", required=True, help="folder for the annotated PNGs and predictions.json")

@@ -528,21 +528,34 @@ def pretrained_for_sampling(model_name: str) -> Setup:
     return Setup(task, model, {}, {"img_size": side})
 
 
+# How taming-transformers reads an image for its VQGANs (taming/data/base.py): the shorter side resized to the
+# model's size (albumentations' SmallestMaxSize, bilinear) and the centre square cropped; our VQGAN takes it in
+# [0, 1] and scales it to taming's [-1, 1] itself.
+TAMING_CROP = {"crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"}
+
+
 def pretrained_for_prediction(model_name: str) -> Setup:
-    """A classifier or detector with its official weights (``create_model(name, pretrained=True)``), as ``visionzoo
-    predict --pretrained`` runs it: its task built without data, with the class names torchvision publishes for the
-    weights' head (:func:`official_class_names`), no splits, and ``run_meta["eval_transform"]``, a classifier's
-    default configuration, which :func:`load_eval_images` reads its images with (a detector resizes them itself)."""
+    """A classifier, detector or VQGAN with its official weights (``create_model(name, pretrained=True)``), as
+    ``visionzoo predict --pretrained`` runs it: its task built without data, with the class names torchvision
+    publishes for the weights' head (:func:`official_class_names`), no splits, and ``run_meta["eval_transform"]``,
+    the configuration :func:`load_eval_images` reads the images with: a classifier's default configuration, a VQGAN's
+    side with taming-transformers' crop (``TAMING_CROP``); a detector resizes them itself."""
     from visionzoo.models import create_model
     from visionzoo.train.classification import ClassificationTask, normalization
     from visionzoo.train.detection import DetectionTask
+    from visionzoo.train.reconstruction import ReconstructionTask
 
-    model_name, _ = _with_official_weights(model_name, "to predict with")
+    model_name, entry = _with_official_weights(model_name, "to predict with")
     task_cls = task_class(model_name)
-    if task_cls not in (ClassificationTask, DetectionTask):
+    if task_cls not in (ClassificationTask, DetectionTask) and not issubclass(task_cls, ReconstructionTask):
         raise ValueError(f"{model_name} is {with_article(task_cls.name)} model; `visionzoo predict --pretrained` runs "
-                         "the official weights of classifiers and detectors (`visionzoo list-models --pretrained`)")
+                         "the official weights of classifiers, detectors and VQGANs (`visionzoo list-models "
+                         "--pretrained`)")
     model = create_model(model_name, pretrained=True)
+    if issubclass(task_cls, ReconstructionTask):
+        side = entry.default_cfg["input_size"][-1]
+        return Setup(task_cls(), model, {}, {"img_size": side, "in_chans": 3,
+                                             "eval_transform": {"input_size": (3, side, side), **TAMING_CROP}})
     outputs = model.default_cfg["num_classes"]  # the head of the official weights
     if task_cls is DetectionTask:  # label 0 is the background
         return Setup(DetectionTask(official_class_names("coco", outputs - 1)), model, {},
