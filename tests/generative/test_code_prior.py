@@ -275,6 +275,7 @@ def test_sample_draws_from_the_official_weights_with_pretrained(tmp_path, mingpt
     from visionzoo.generative.code_prior import CodeTransformer
     from visionzoo.models import _registry as registry
     from visionzoo.models import get_model_entry
+    from visionzoo.train.run import task_class
 
     small = dict(tokenizer=TAMING_TOKENIZER, img_size=16, num_classes=10, **OUR_GPT)
     name = "vqgan_transformer_imagenet_cin"
@@ -287,7 +288,14 @@ def test_sample_draws_from_the_official_weights_with_pretrained(tmp_path, mingpt
         assert main(["sample", name, "--pretrained", "-n", "2", "--label", "7", "--top-k", "5", "--nrow", "2",
                      "--out", str(tmp_path / "grid.png")]) == 0
         model = create_model(name, pretrained=True).eval()
-    assert len(requests) == 1  # the second load read the cache
+        with monkeypatch.context() as patch:  # images that are not finite name the weights as predict names them
+            task = task_class(name)
+            sample = task.sample
+            patch.setattr(task, "sample", lambda *args, **kwargs: sample(*args, **kwargs) * float("inf"))
+            assert main(["sample", name, "--pretrained", "-n", "2", "--out", str(tmp_path / "inf.png")]) == 2
+    assert capsys.readouterr().err == (f"visionzoo sample: error: {name} drew images with non-finite values (NaN or "
+                                       f"infinity) from {name}'s official weights\n")
+    assert len(requests) == 1  # the other loads read the cache
     with torch.no_grad():
         expected = model.generate(2, torch.Generator().manual_seed(0), torch.tensor([7, 7]), 1.0, 5, None)
     grid = torch.from_numpy(np.array(Image.open(tmp_path / "grid.png").convert("RGB"))).permute(2, 0, 1) / 255

@@ -287,13 +287,13 @@ def _finite_outputs(model_name: str, checkpoint: str, precision: str, image: str
         raise ValueError(f"{of}{model_name}'s outputs are not finite (NaN or infinity) with {checkpoint}{hint}") from None
 
 
-def _require_finite_images(images: torch.Tensor, args: argparse.Namespace) -> None:
-    """ValueError when a sampler drew NaN or infinity (save_image would write them as black pixels, without a word):
-    the weights were checked finite before drawing, so the likely cause is bf16's range."""
+def _require_finite_images(images: torch.Tensor, args: argparse.Namespace, weights: str) -> None:
+    """ValueError when a sampler drew NaN or infinity (save_image would write them as black pixels, without a word)
+    from ``weights`` (as :func:`_weight_source` names them): they were checked finite before drawing, so the likely
+    cause is bf16's range."""
     if not bool(torch.isfinite(images).all()):
         hint = "; try --precision fp32" if args.precision != "fp32" else ""
-        raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from "
-                         f"{args.checkpoint or 'its official weights'}{hint}")
+        raise ValueError(f"{args.model} drew images with non-finite values (NaN or infinity) from {weights}{hint}")
 
 
 # sample's option of each sampler setting (:func:`_sampler_settings`)
@@ -858,7 +858,7 @@ def sample_command(args: argparse.Namespace) -> int:
         for size in sample_batches(args.count, args.batch_size):
             with _finite_outputs(args.model, weights, args.precision), _setting_options():
                 images = setup.task.sample(model, size, generator, autocast, **settings).float()
-            _require_finite_images(images, args)
+            _require_finite_images(images, args, weights)
             images = images.clamp(0, 1)
             if images_dir is not None:
                 if start == 0:  # made once the sampler took the request (a --label it refuses leaves no folder)
@@ -948,7 +948,7 @@ def _complete_command(args: argparse.Namespace, out: Path, nrow: int) -> int:
     with _finite_outputs(args.model, args.checkpoint, args.precision), _setting_options():
         cells = setup.task.complete(model, images, labels, generator, autocast_context(device, args.precision),
                                     columns=nrow, batch_size=args.batch_size, **settings)
-    _require_finite_images(cells, args)
+    _require_finite_images(cells, args, args.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_completions(cells, out, nrow)
     fewer = f" (it has {count}, fewer than -n {args.count})" if count < args.count and source in SPLITS else ""

@@ -520,7 +520,7 @@ def pretrained_for_sampling(model_name: str) -> Setup:
     model_name, entry = _with_official_weights(model_name, "to sample from")
     task_cls = task_class(model_name)
     if task_cls.sample is Task.sample:  # before building the task, which a classifier's needs its classes for
-        raise ValueError(f"{model_name} is a {task_cls.name} model, which draws no images; `visionzoo sample` needs "
+        raise ValueError(f"{model_name} is {with_article(task_cls.name)} model, which draws no images; `visionzoo sample` needs "
                          "a generative model")
     task = task_cls()
     model = create_model(model_name, pretrained=True)
