@@ -456,6 +456,22 @@ def test_hipt_4k_cropping_images_smaller_than_a_tile_is_refused_before_the_run(t
     assert build_setup("hipt_4k", "digits", None, {"tile_size": 16}).run_meta["img_size"] == 8
 
 
+def test_a_convnext_on_images_under_its_output_stride_is_refused_before_the_run_naming_img_size(tmp_path):
+    """`train convnext_atto_32 --data digits` without --img-size (8 px images, a 16-fold reduction) prepared its run,
+    drew the progress bar and failed at the first step with the model's own "image 8×8 is too small"; the set-up
+    now refuses it naming --img-size and the model's registered size, and at 16 px it builds."""
+    from visionzoo.train.engine import TrainConfig
+    from visionzoo.train.run import build_setup, run_training
+
+    out = tmp_path / "convnext"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=r"^convnext_atto_32 reduces its images 16-fold and needs at least 16×16 ones, "
+                                         r"digits has 8×8 ones: give --img-size 32$"):
+        run_training("convnext_atto_32", "digits", config)
+    assert not out.exists()
+    assert build_setup("convnext_atto_32", "digits", 16).run_meta["img_size"] == 16
+
+
 def test_eval_of_a_fixed_size_vit_at_another_img_size_names_only_what_eval_takes(tmp_path, capsys):
     """`visionzoo eval vit_tiny_patch8_32 --img-size 16` of a run trained at 32 px advised "give --img-size 32 (or
     --model-arg dynamic_img_size=true)", an option eval does not take ("unrecognized arguments"), and a model whose

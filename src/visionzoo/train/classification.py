@@ -305,7 +305,9 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
     """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
     ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step. A model
     rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg. HIPT-4K
-    cropping its images to whole tiles (``remainder="crop"``) needs images of at least one tile."""
+    cropping its images to whole tiles (``remainder="crop"``) needs images of at least one tile, and a ConvNeXt images
+    of at least its output stride."""
+    from visionzoo.models.convnext import ConvNeXt
     from visionzoo.models.hipt import HIPT4K
 
     if isinstance(model, HIPT4K) and model.remainder == "crop" and min(size) < model.tile_size:
@@ -316,6 +318,13 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
         raise ValueError(f"{model_name} crops {data}'s {size[0]}×{size[1]} images to whole {model.tile_size}×"
                          f"{model.tile_size} tiles, of which they hold none: give --img-size {model.tile_size} or "
                          f"more{other}")
+    if isinstance(model, ConvNeXt):  # else the model's own refusal at the first step, once the run has started
+        reduction = model.feature_info.reduction()[-1]
+        if min(size) < reduction:
+            side = model.default_cfg.get("input_size", (0, 0, 0))[-1]
+            raise ValueError(f"{model_name} reduces its images {reduction}-fold and needs at least {reduction}×"
+                             f"{reduction} ones, {data} has {size[0]}×{size[1]} ones: give --img-size "
+                             f"{max(side, reduction)}")
     for module in model.modules():
         if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != size:
             side = module.img_size[0]
