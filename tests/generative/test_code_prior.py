@@ -315,3 +315,14 @@ def test_sample_asks_for_one_source_of_weights(tmp_path, capsys, arguments, mess
     assert main(["sample", *arguments, "-n", "2", "--out", str(tmp_path / "grid.png")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error and not (tmp_path / "grid.png").exists()
+
+
+def test_a_prior_built_on_the_meta_device_has_the_grid_and_parameters_of_one_built_on_the_cpu():
+    """Its constructor encoded a blank image with the tokenizer to find the code grid, which fails on the meta device
+    (no values to check or quantise): the training set-up counts a prior's parameters there before building it."""
+    on_cpu = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, **TINY)
+    with torch.device("meta"):
+        on_meta = create_model("vqgan_transformer", tokenizer=TOKENIZER, img_size=16, **TINY)
+    assert on_meta.grid_size == on_cpu.grid_size == (4, 4)
+    assert all(p.is_meta for p in on_meta.parameters())
+    assert [(n, p.shape) for n, p in on_meta.named_parameters()] == [(n, p.shape) for n, p in on_cpu.named_parameters()]

@@ -594,3 +594,32 @@ def test_a_palette_larger_than_the_training_pixels_colours_is_warned_of_once(tmp
     with caplog.at_level("INFO", logger="visionzoo"):
         run_training("image_gpt_small", "digits", config(tmp_path / "own", 1), 8, TINY)  # 16 colours
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_prior_too_large_for_the_memory_is_refused_before_it_is_built_or_the_run_starts(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """It was built (vqgan_transformer_imagenet_cin: 1.4 B parameters, 5 GiB of weights) and trained, its AdamW state
+    exhausting the machine; here the machine has 64 KiB."""
+    import visionzoo.train.task as task_module
+
+    path = saved_tokenizer(tmp_path / "vqvae.safetensors", "vqvae_small", VQVAE, 16)
+    monkeypatch.setattr(task_module, "available_memory", lambda: 2**16)
+    run = tmp_path / "prior"
+    assert main(["train", "vqgan_transformer", "--data", "digits", "--tokenizer", str(path), *PRIOR_ARGS,
+                 "--out", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and not run.exists()
+    assert error.startswith("visionzoo train: error: vqgan_transformer has ")
+    assert "parameters: training it needs at least" in error and "this machine has 0.1 MiB available" in error
+
+
+def test_the_imagenet_prior_is_counted_on_the_meta_device_and_refused_below_its_20_gib():
+    from visionzoo.train.task import check_training_memory
+
+    args = {"tokenizer": {"name": "vqvae_small", "args": {"in_chans": 1, **VQVAE}}, "img_size": 16, "num_classes": 10}
+    with pytest.raises(ValueError) as refused:
+        check_training_memory("vqgan_transformer_imagenet_cin", args, available=16 * 2**30)
+    assert str(refused.value).startswith(
+        "vqgan_transformer_imagenet_cin has 1,360,069,033 parameters: training it needs at least 20.3 GiB for its weights, "
+        "gradients and AdamW state, and this machine has 16.0 GiB available: train a smaller model")
+    check_training_memory("vqgan_transformer_imagenet_cin", args, available=21 * 2**30)

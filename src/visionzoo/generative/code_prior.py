@@ -65,8 +65,13 @@ class CodeTransformer(ImageSampler, nn.Module):
             self.omitted_weights = ("tokenizer.discriminator",)
         self.in_chans = int(self.tokenizer.in_chans)
         self.img_size = img_size
+        probe = self.tokenizer
+        if any(parameter.is_meta for parameter in probe.parameters()):  # built on the meta device: runs no layer
+            with torch.device("cpu"):
+                probe = create_model(tokenizer["name"], **dict(tokenizer.get("args") or {})).eval()
         with torch.no_grad():
-            grid = self.tokenizer.encode(torch.zeros(1, self.in_chans, img_size, img_size)).shape[1:]
+            grid = probe.encode(torch.zeros(1, self.in_chans, img_size, img_size,
+                                            device=next(probe.parameters()).device)).shape[1:]
         self.grid_size = (int(grid[0]), int(grid[1]))
         self.gpt = GPT(self.tokenizer.quantizer.num_codes, self.grid_size[0] * self.grid_size[1], num_classes,
                        embed_dim, depth, num_heads, mlp_ratio, drop)

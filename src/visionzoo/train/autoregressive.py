@@ -35,7 +35,15 @@ from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
 from visionzoo.train.classification import class_label
-from visionzoo.train.task import LabelError, SettingError, Setup, Task, check_finite_outputs, register_task
+from visionzoo.train.task import (
+    LabelError,
+    SettingError,
+    Setup,
+    Task,
+    check_finite_outputs,
+    check_training_memory,
+    register_task,
+)
 from visionzoo.utils import eval_mode, first_non_finite, is_integer, with_article
 
 log = logging.getLogger(__name__)
@@ -374,6 +382,7 @@ class AutoregressiveTask(Task):
             if conditional:
                 _check_labelled(splits["train"], data, model_name)
                 model_args.setdefault("num_classes", len(splits["train"].classes))
+            check_training_memory(model_name, model_args)
             model = create_model(model_name, **model_args)
             if code_prior:
                 if tokenizer_file is not None:

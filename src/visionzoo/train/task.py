@@ -9,6 +9,7 @@ models give in the registry (``@register_model(task=...)``).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,50 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
+
+# What each trained parameter costs at the least: its float32 weight and gradient and AdamW's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+FROZEN_BYTES_PER_PARAMETER = 4
+
+
+def available_memory() -> int | None:
+    """The bytes of memory this machine can still give (Linux's MemAvailable, else the free pages), None where
+    neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_training_memory(model_name: str, model_args: Mapping[str, Any], available: int | None = None) -> None:
+    """Refuse, before it is built, a model whose weights, gradients and AdamW state alone outgrow the memory
+    ``available`` (default: :func:`available_memory`): counted on the meta device, which allocates nothing, so the
+    run fails here rather than exhausting the machine (vqgan_transformer_imagenet_cin's 1.4 B parameters need 20 GiB
+    before the first activation)."""
+    from visionzoo.models import create_model, get_model_entry
+
+    with torch.device("meta"):
+        model = create_model(model_name, **model_args)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    needed = trained * TRAINING_BYTES_PER_PARAMETER + frozen * FROZEN_BYTES_PER_PARAMETER
+    available = available_memory() if available is None else available
+    if available is not None and needed > available:
+        raise ValueError(f"{model_name} has {trained + frozen:,} parameters: training it needs at least "
+                         f"{_gibibytes(needed)} for its weights, gradients and AdamW state, and this machine has "
+                         f"{_gibibytes(available)} available: train a smaller model (see `visionzoo list-models "
+                         f"--task {get_model_entry(model_name).task}`)")
+
+
+def _gibibytes(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**29 else f"{count / 2**20:.1f} MiB"
 
 
 def check_trained_images(model_name: str, checkpoint: str | Path | None, data: str, **values: int) -> None:
