@@ -176,7 +176,7 @@ def test_setup_takes_the_data_channels_and_size():
     assert setup.run_meta == {"data": "digits", "img_size": 32, "in_chans": 1}
     with pytest.raises(ValueError, match="img_size=64 does not fit the digits images' 32"):
         build_setup("dcgan", "digits", 32, {**TINY, "img_size": 64})
-    with pytest.raises(ValueError, match="power of two of at least 16, got 24"):
+    with pytest.raises(ValueError, match="power of two of at least 16 px, digits has 24 px ones here: give --img-size 16 or 32"):
         build_setup("dcgan", "digits", 24, TINY)
 
 
@@ -272,3 +272,17 @@ def test_evaluation_of_a_generator_drawing_non_finite_images_names_the_outputs(t
     dataset = [(torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(i)), 0) for i in range(4)]
     with pytest.raises(NonFiniteOutputError):
         task.evaluate(model, dataset, 4, contextlib.nullcontext)
+
+
+@pytest.mark.parametrize(("size", "sides"), [(12, "16"), (20, "16 or 32"), (48, "32 or 64")])
+def test_a_side_that_is_no_power_of_two_is_refused_before_the_run_naming_img_size(tmp_path, capsys, size, sides):
+    """It said "DCGAN img_size must be a power of two of at least 16, got 12", naming no option."""
+    from visionzoo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "dcgan", "--data", "digits", "--img-size", str(size), "--out", str(run), "--max-steps", "1",
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"visionzoo train: error: dcgan draws images whose side is a power of two of at least 16 px, digits has {size} "
+        f"px ones here: give --img-size {sides}\n")
+    assert not run.exists()
