@@ -135,7 +135,19 @@ def test_an_img_size_the_tokenizer_cannot_cut_into_codes_is_refused_before_the_r
             "--out", str(run), *[a for k, v in TINY.items() for a in ("--model-arg", f"{k}={v}")]]
     assert main(argv) == 2
     assert capsys.readouterr().err == ("visionzoo train: error: vqvae_small takes no 18 px images (image sides must be "
-                                       "multiples of 4 (2**downsample), got (18, 18)): give another --img-size\n")
+                                       "multiples of 4 (2**downsample), got (18, 18)): give another --img-size, "
+                                       "such as its registered 64\n")
+    assert not run.exists()
+
+
+def test_a_patch_size_that_does_not_divide_the_img_size_is_refused_naming_a_size_it_takes(tmp_path, capsys):
+    """It said "vit_vqgan_64 takes no 12 px images (...): give another --img-size", naming no size it takes."""
+    run = tmp_path / "run"
+    assert main(["train", "vit_vqgan_64", "--data", "digits", "--img-size", "12", "--max-steps", "1", "--no-progress",
+                 "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        "visionzoo train: error: vit_vqgan_64 takes no 12 px images (image sides must be multiples of the patch size "
+        "8, got (12, 12)): give another --img-size, such as its registered 64\n")
     assert not run.exists()
 
 

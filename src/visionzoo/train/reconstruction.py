@@ -113,7 +113,8 @@ class ReconstructionTask(Task):
 
         # The registered size sets the code grid the model was designed for (vqgan_f8: 8×8 at 64 px), so it is
         # the default rather than the data set's own (Shapes: 128 px, a 16×16 grid at four times the cost).
-        img_size = img_size or get_model_entry(model_name).default_cfg["input_size"][-1]
+        registered = get_model_entry(model_name).default_cfg["input_size"][-1]
+        img_size = img_size or registered
         splits = open_splits(data, splits, image_size=img_size, **images_only(data))
         image, _ = splits.first()[0]
         check_trained_images(model_name, checkpoint, data, in_chans=int(image.shape[0]))
@@ -124,7 +125,8 @@ class ReconstructionTask(Task):
             with torch.no_grad(), eval_mode(model):  # eval: no codebook update
                 model(image[None])
         except ValueError as error:
-            raise ValueError(f"{model_name} takes no {image.shape[-1]} px images ({error}): give another --img-size") \
-                from None
+            such = f", such as its registered {registered}" if registered != image.shape[-1] else ""
+            raise ValueError(f"{model_name} takes no {image.shape[-1]} px images ({error}): give another "
+                             f"--img-size{such}") from None
         run_meta = {"data": data, "img_size": int(image.shape[-1]), "in_chans": int(image.shape[0])}
         return Setup(cls(), model, splits, run_meta)
