@@ -472,6 +472,32 @@ def test_a_convnext_on_images_under_its_output_stride_is_refused_before_the_run_
     assert build_setup("convnext_atto_32", "digits", 16).run_meta["img_size"] == 16
 
 
+def test_a_vit_of_any_size_on_images_of_no_whole_patches_is_refused_before_the_run_naming_img_size(tmp_path):
+    """`train hipt_vit256_small --data digits` (a ViT of any image size, 16 px patches, on 8 px images) wrote its run
+    folder, started training and failed at the first step with the layer's own "image 8×8 is smaller than one 16×16
+    patch", naming neither the model nor a flag; so did images that are no multiple of the patch ("image 20×20 is not
+    a multiple of the 16×16 patch size") and a ViT given --model-arg dynamic_img_size=true. The set-up now refuses
+    them before the run, naming --img-size (the registered size, or the nearest smaller multiple of the patch)."""
+    from visionzoo.train.engine import TrainConfig
+    from visionzoo.train.run import build_setup, run_training
+
+    out = tmp_path / "hipt"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=r"^hipt_vit256_small cuts its images into whole 16×16 patches, digits has "
+                                         r"8×8 ones: give --img-size 256 \(or --model-arg dynamic_img_pad=true\)$"):
+        run_training("hipt_vit256_small", "digits", config)
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"^hipt_vit256_small cuts its images into whole 16×16 patches, digits has "
+                                         r"20×20 ones: give --img-size 16 \(or"):
+        build_setup("hipt_vit256_small", "digits", 20)
+    with pytest.raises(ValueError, match=r"^vit_tiny_patch16_224 cuts its images into whole 16×16 patches, digits "
+                                         r"has 8×8 ones: give --img-size 224 \(or"):
+        build_setup("vit_tiny_patch16_224", "digits", None, {"dynamic_img_size": True})
+    assert build_setup("vit_tiny_patch16_224", "digits", 16, {"dynamic_img_size": True}).run_meta["img_size"] == 16
+    padded = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    assert build_setup("vit_tiny_patch16_224", "digits", None, padded).run_meta["img_size"] == 8
+
+
 def test_eval_of_a_fixed_size_vit_at_another_img_size_names_only_what_eval_takes(tmp_path, capsys):
     """`visionzoo eval vit_tiny_patch8_32 --img-size 16` of a run trained at 32 px advised "give --img-size 32 (or
     --model-arg dynamic_img_size=true)", an option eval does not take ("unrecognized arguments"), and a model whose

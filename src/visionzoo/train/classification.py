@@ -305,8 +305,8 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
     """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
     ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step. A model
     rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg. HIPT-4K
-    cropping its images to whole tiles (``remainder="crop"``) needs images of at least one tile, and a ConvNeXt images
-    of at least its output stride."""
+    cropping its images to whole tiles (``remainder="crop"``) needs images of at least one tile, a ConvNeXt images
+    of at least its output stride, and a ViT of any image size (``dynamic_img_size``) whole patches."""
     from visionzoo.models.convnext import ConvNeXt
     from visionzoo.models.hipt import HIPT4K
 
@@ -325,6 +325,17 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
             raise ValueError(f"{model_name} reduces its images {reduction}-fold and needs at least {reduction}×"
                              f"{reduction} ones, {data} has {size[0]}×{size[1]} ones: give --img-size "
                              f"{max(side, reduction)}")
+    embed = getattr(model, "patch_embed", None)
+    # a ViT of any image size (dynamic_img_size) takes whole patches only, as timm's: else the layer's own refusal
+    # at the first step, naming no flag
+    if isinstance(embed, PatchEmbed) and not embed.strict_img_size and not embed.dynamic_img_pad:
+        (ph, pw), side = embed.patch_size, getattr(model, "default_cfg", {}).get("input_size", (0, 0, 0))[-1]
+        if size[0] % ph or size[1] % pw:
+            step = math.lcm(ph, pw)
+            fits = min(size) // step * step or max(side, step)  # the nearest smaller size, or the registered one
+            other = "" if checkpoint is not None else " (or --model-arg dynamic_img_pad=true)"
+            raise ValueError(f"{model_name} cuts its images into whole {ph}×{pw} patches, {data} has {size[0]}×"
+                             f"{size[1]} ones: give --img-size {fits}{other}")
     for module in model.modules():
         if isinstance(module, PatchEmbed) and module.strict_img_size and tuple(module.img_size) != size:
             side = module.img_size[0]
