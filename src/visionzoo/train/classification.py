@@ -258,7 +258,7 @@ class ClassificationTask(Task):
 
             task, model = MaskedPatchTask.build(model_name, classes, in_chans, model_args, checkpoint,
                                                 options.get("initial_checkpoint"), common)
-            check_image_size(model, model_name, data, tuple(image.shape[-2:]), checkpoint)
+            check_image_size(model, model_name, data, tuple(image.shape[-2:]), checkpoint, objective)
             check_whole_patches(tuple(image.shape[-2:]), task.patch_size, data)
             return Setup(task, model, splits, run_meta)
 
@@ -301,7 +301,7 @@ class ClassificationTask(Task):
 
 
 def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[int, int],
-                     checkpoint: str | Path | None = None) -> None:
+                     checkpoint: str | Path | None = None, objective: str = "classify") -> None:
     """Refuse ``data``'s images of ``size`` (H, W) for a model built for one input size (a ViT without
     ``dynamic_img_size``), naming the flag that fits them, before a run starts rather than at its first step. A model
     rebuilt from its ``checkpoint`` (eval) takes only the size it was trained at: eval has no --model-arg. HIPT-4K
@@ -327,8 +327,9 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
                              f"{max(side, reduction)}")
     embed = getattr(model, "patch_embed", None)
     # a ViT of any image size (dynamic_img_size) takes whole patches only, as timm's: else the layer's own refusal
-    # at the first step, naming no flag
-    if isinstance(embed, PatchEmbed) and not embed.strict_img_size and not embed.dynamic_img_pad:
+    # at the first step, naming no flag. Under mpp, check_whole_patches says so, padding being no way out there.
+    if (objective != "mpp" and isinstance(embed, PatchEmbed) and not embed.strict_img_size
+            and not embed.dynamic_img_pad):
         (ph, pw), side = embed.patch_size, getattr(model, "default_cfg", {}).get("input_size", (0, 0, 0))[-1]
         if size[0] % ph or size[1] % pw:
             step = math.lcm(ph, pw)
