@@ -5,7 +5,7 @@ Each configuration trains the same model on the same data for the same steps thr
 autocast, alternating, best of ``--repeats``. A first row times one 1024×1024 matmul in each dtype,
 which says whether the CPU has native bf16 (AMX / AVX512-BF16) or emulates it.
 
-    python benchmarks/precision.py                 # the README's table
+    python benchmarks/precision.py --steps 12 --repeats 3      # the README's table
     python benchmarks/precision.py --steps 4 --repeats 1 --only resnet18-digits32 --out /tmp/precision_trial.json
 """
 
@@ -40,6 +40,11 @@ MATMUL = "matmul 1024² (GFLOP/s)"
 CONFIGS = {
     # name: (model, data, image size, model arguments, batch size)
     "resnet18-digits32": ("resnet18", "digits", 32, {}, 64),
+    # the tour's backbones (README's Digits rows) and a tokenizer of issue 12
+    "vit-digits32": ("vit_tiny_patch8_32", "digits", 32, {"global_pool": "avg"}, 64),
+    "swin-digits32": ("swin_tiny_patch2_window4_32", "digits", 32, {}, 64),
+    "convnext-digits32": ("convnext_atto_32", "digits", 32, {}, 64),
+    "vit_vqgan-shapes64": ("vit_vqgan_64", "shapes", 64, {}, 32),
 }
 
 
