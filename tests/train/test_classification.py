@@ -418,20 +418,28 @@ def test_resume_keeps_the_classification_options_the_run_was_trained_with(tmp_pa
     assert meta["step"] == 2 and meta["task"]["objective"] == "mpp"
 
 
+def _refused_before_the_run(tmp_path, model: str, pattern: str, **kwargs) -> None:
+    """``run_training`` of ``model`` on Digits raises a ValueError matching ``pattern`` before writing its run folder."""
+    from visionzoo.train.engine import TrainConfig
+    from visionzoo.train.run import run_training
+
+    out = tmp_path / "run"
+    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match=pattern):
+        run_training(model, "digits", config, **kwargs)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("objective", ["classify", "mpp"])
 def test_a_fixed_size_vit_on_data_of_another_size_is_refused_before_the_run_naming_img_size(tmp_path, objective):
     """vit_tiny_patch8_32 on Digits without --img-size (8 px images) prepared its run folder, timed and began
     training, then failed at the first step with the library's advice ("build it with img_size=..."); the set-up
     now refuses it naming --img-size, and at --img-size 32 builds it."""
-    from visionzoo.train.engine import TrainConfig
-    from visionzoo.train.run import build_setup, run_training
+    from visionzoo.train.run import build_setup
 
-    out = tmp_path / "vit"
-    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
-    with pytest.raises(ValueError, match=r"vit_tiny_patch8_32 is built for 32×32 images, digits has 8×8 ones: "
-                                         r"give --img-size 32 \(or --model-arg dynamic_img_size=true\)"):
-        run_training("vit_tiny_patch8_32", "digits", config, options={"objective": objective})
-    assert not out.exists()
+    _refused_before_the_run(tmp_path, "vit_tiny_patch8_32", r"vit_tiny_patch8_32 is built for 32×32 images, digits "
+                            r"has 8×8 ones: give --img-size 32 \(or --model-arg dynamic_img_size=true\)",
+                            options={"objective": objective})
     assert build_setup("vit_tiny_patch8_32", "digits", 32, options={"objective": objective}).run_meta["img_size"] == 32
     dynamic = build_setup("vit_tiny_patch8_32", "digits", None, {"dynamic_img_size": True}, options={"objective": objective})
     assert dynamic.run_meta["img_size"] == 8
@@ -441,15 +449,11 @@ def test_hipt_4k_cropping_images_smaller_than_a_tile_is_refused_before_the_run(t
     """`train hipt_4k --model-arg remainder=crop` on Digits (8 px images, 256 px tiles) prepared its run folder and
     began training, then failed at the first step with "image 8×8 is smaller than one 256×256 tile"; the set-up now
     refuses it naming what fits, and the default remainder="pad" still builds it."""
-    from visionzoo.train.engine import TrainConfig
-    from visionzoo.train.run import build_setup, run_training
+    from visionzoo.train.run import build_setup
 
-    out = tmp_path / "hipt"
-    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
-    with pytest.raises(ValueError, match=r"hipt_4k crops digits's 8×8 images to whole 256×256 tiles, of which they "
-                                         r"hold none: give --img-size 256 or more, or --model-arg remainder=pad"):
-        run_training("hipt_4k", "digits", config, model_args={"remainder": "crop"})
-    assert not out.exists()
+    _refused_before_the_run(tmp_path, "hipt_4k", r"hipt_4k crops digits's 8×8 images to whole 256×256 tiles, of which "
+                            r"they hold none: give --img-size 256 or more, or --model-arg remainder=pad",
+                            model_args={"remainder": "crop"})
     with pytest.raises(ValueError, match=r"hipt_4k crops digits's 40×40 images to whole 64×64 tiles, of which they "
                                          r"hold none: give --img-size 64 or more, --model-arg tile_size=32 or less, "):
         build_setup("hipt_4k", "digits", 40, {"remainder": "crop", "tile_size": 64})
@@ -460,15 +464,10 @@ def test_a_convnext_on_images_under_its_output_stride_is_refused_before_the_run_
     """`train convnext_atto_32 --data digits` without --img-size (8 px images, a 16-fold reduction) prepared its run,
     drew the progress bar and failed at the first step with the model's own "image 8×8 is too small"; the set-up
     now refuses it naming --img-size and the model's registered size, and at 16 px it builds."""
-    from visionzoo.train.engine import TrainConfig
-    from visionzoo.train.run import build_setup, run_training
+    from visionzoo.train.run import build_setup
 
-    out = tmp_path / "convnext"
-    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
-    with pytest.raises(ValueError, match=r"^convnext_atto_32 reduces its images 16-fold and needs at least 16×16 ones, "
-                                         r"digits has 8×8 ones: give --img-size 32$"):
-        run_training("convnext_atto_32", "digits", config)
-    assert not out.exists()
+    _refused_before_the_run(tmp_path, "convnext_atto_32", r"^convnext_atto_32 reduces its images 16-fold and needs at "
+                            r"least 16×16 ones, digits has 8×8 ones: give --img-size 32$")
     assert build_setup("convnext_atto_32", "digits", 16).run_meta["img_size"] == 16
 
 
@@ -478,15 +477,10 @@ def test_a_vit_of_any_size_on_images_of_no_whole_patches_is_refused_before_the_r
     patch", naming neither the model nor a flag; so did images that are no multiple of the patch ("image 20×20 is not
     a multiple of the 16×16 patch size") and a ViT given --model-arg dynamic_img_size=true. The set-up now refuses
     them before the run, naming --img-size (the registered size, or the nearest smaller multiple of the patch)."""
-    from visionzoo.train.engine import TrainConfig
-    from visionzoo.train.run import build_setup, run_training
+    from visionzoo.train.run import build_setup
 
-    out = tmp_path / "hipt"
-    config = TrainConfig(out=str(out), max_steps=1, batch_size=4, precision="fp32", progress=False)
-    with pytest.raises(ValueError, match=r"^hipt_vit256_small cuts its images into whole 16×16 patches, digits has "
-                                         r"8×8 ones: give --img-size 256 \(or --model-arg dynamic_img_pad=true\)$"):
-        run_training("hipt_vit256_small", "digits", config)
-    assert not out.exists()
+    _refused_before_the_run(tmp_path, "hipt_vit256_small", r"^hipt_vit256_small cuts its images into whole 16×16 "
+                            r"patches, digits has 8×8 ones: give --img-size 256 \(or --model-arg dynamic_img_pad=true\)$")
     with pytest.raises(ValueError, match=r"^hipt_vit256_small cuts its images into whole 16×16 patches, digits has "
                                          r"20×20 ones: give --img-size 16 \(or"):
         build_setup("hipt_vit256_small", "digits", 20)
