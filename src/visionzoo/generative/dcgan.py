@@ -24,9 +24,14 @@ IN_CHANS = (1, 3)
 MIN_SIZE = 16
 
 
+def is_drawable_size(img_size: int) -> bool:
+    """Whether a DCGAN draws images of side ``img_size``: a power of two of at least ``MIN_SIZE``."""
+    return img_size >= MIN_SIZE and not img_size & (img_size - 1)
+
+
 def _check_size(img_size: int) -> int:
     """The number of stride-2 stages between 4×4 and ``img_size`` (a power of two ≥ 16)."""
-    if img_size < MIN_SIZE or img_size & (img_size - 1):
+    if not is_drawable_size(img_size):
         raise ValueError(f"DCGAN img_size must be a power of two of at least {MIN_SIZE}, got {img_size}")
     return img_size.bit_length() - 3
 

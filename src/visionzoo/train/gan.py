@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionzoo.data.factory import SPLITS
-from visionzoo.generative.dcgan import MIN_SIZE
+from visionzoo.generative.dcgan import MIN_SIZE, is_drawable_size
 from visionzoo.train.task import (
     SettingError,
     Setup,
@@ -179,7 +179,7 @@ class GANTask(Task):
         splits = open_splits(data, splits, image_size=img_size)
         image, _ = splits.first()[0]
         in_chans, size = int(image.shape[0]), int(image.shape[-1])
-        if size < MIN_SIZE or size & (size - 1):  # else DCGAN's own error, naming its img_size rather than the option
+        if not is_drawable_size(size):  # else DCGAN's own error, naming its img_size rather than the option
             sides = sorted({max(MIN_SIZE, 1 << (size.bit_length() - 1)), max(MIN_SIZE, 1 << size.bit_length())})
             raise ValueError(f"{model_name} draws images whose side is a power of two of at least {MIN_SIZE} px, "
                              f"{data} has {size} px ones here: give --img-size {' or '.join(map(str, sides))}")
