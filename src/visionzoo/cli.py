@@ -297,7 +297,7 @@ def _started_options(option: str, parsers: Sequence[RecordingParser]) -> list[st
     if not option.startswith("--") or option == "--":
         return []
     return [name for parser in parsers for action in parser.recorded_actions if action.help != argparse.SUPPRESS
-            for name in action.option_strings if name.startswith(option) and name.startswith("--")]
+            for name in action.option_strings if name.startswith(option)]
 
 
 def _given_empty(argv: Sequence[str]) -> str | None:

@@ -310,6 +310,7 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
     from visionzoo.models.convnext import ConvNeXt
     from visionzoo.models.hipt import HIPT4K
 
+    registered = getattr(model, "default_cfg", {}).get("input_size", (0, 0, 0))[-1]  # 0: none recorded
     if isinstance(model, HIPT4K) and model.remainder == "crop" and min(size) < model.tile_size:
         patch = model.model256.patch_embed.patch_size[0]
         fits = min(size) // patch * patch  # the largest tile the images hold
@@ -321,19 +322,18 @@ def check_image_size(model: nn.Module, model_name: str, data: str, size: tuple[i
     if isinstance(model, ConvNeXt):  # else the model's own refusal at the first step, once the run has started
         reduction = model.feature_info.reduction()[-1]
         if min(size) < reduction:
-            side = model.default_cfg.get("input_size", (0, 0, 0))[-1]
             raise ValueError(f"{model_name} reduces its images {reduction}-fold and needs at least {reduction}×"
                              f"{reduction} ones, {data} has {size[0]}×{size[1]} ones: give --img-size "
-                             f"{max(side, reduction)}")
+                             f"{max(registered, reduction)}")
     embed = getattr(model, "patch_embed", None)
     # a ViT of any image size (dynamic_img_size) takes whole patches only, as timm's: else the layer's own refusal
     # at the first step, naming no flag. Under mpp, check_whole_patches says so, padding being no way out there.
     if (objective != "mpp" and isinstance(embed, PatchEmbed) and not embed.strict_img_size
             and not embed.dynamic_img_pad):
-        (ph, pw), side = embed.patch_size, getattr(model, "default_cfg", {}).get("input_size", (0, 0, 0))[-1]
+        ph, pw = embed.patch_size
         if size[0] % ph or size[1] % pw:
             step = math.lcm(ph, pw)
-            fits = min(size) // step * step or max(side, step)  # the nearest smaller size, or the registered one
+            fits = min(size) // step * step or max(registered, step)  # the nearest smaller size, or the registered one
             other = "" if checkpoint is not None else " (or --model-arg dynamic_img_pad=true)"
             raise ValueError(f"{model_name} cuts its images into whole {ph}×{pw} patches, {data} has {size[0]}×"
                              f"{size[1]} ones: give --img-size {fits}{other}")
