@@ -3,6 +3,7 @@
 from visionzoo.layers.attention import Attention, scaled_dot_product_attention
 from visionzoo.layers.attention_pool import AttentionPoolLatent, AttentionPoolPrr
 from visionzoo.layers.block import Block
+from visionzoo.layers.depthwise_conv import DepthwiseConv2d
 from visionzoo.layers.drop import DropPath, drop_path, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
@@ -14,7 +15,7 @@ from visionzoo.layers.patch_embed import PatchEmbed, positive_pair, resample_pat
 from visionzoo.layers.pos_embed import resample_abs_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
-    "Attention", "AttentionPoolLatent", "AttentionPoolPrr", "Block", "DropPath", "FeatureInfo", "FrozenBatchNorm2d",
+    "Attention", "AttentionPoolLatent", "AttentionPoolPrr", "Block", "DepthwiseConv2d", "DropPath", "FeatureInfo", "FrozenBatchNorm2d",
     "LayerNorm2d", "LayerScale", "Linear", "Mlp", "PatchEmbed",
     "drop_cast_caches", "drop_path", "drop_path_rates", "feature_take_indices", "positive_pair",
     "resample_abs_pos_embed", "resample_patch_embed",

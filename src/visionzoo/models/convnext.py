@@ -36,6 +36,7 @@ from visionzoo.layers.classifier import (
     global_pool_2d,
     keeps_device_and_dtype,
 )
+from visionzoo.layers.depthwise_conv import DepthwiseConv2d
 from visionzoo.layers.drop import DropPath, check_dropout_rates, drop_path_rates
 from visionzoo.layers.features import FeatureInfo, check_output_stride, feature_take_indices, taken_in_order
 from visionzoo.layers.grad_checkpoint import run_blocks
@@ -84,8 +85,7 @@ class ConvNeXtBlock(nn.Module):
         dilation: int = 1,
     ):
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
-                                 groups=dim)
+        self.conv_dw = DepthwiseConv2d(dim, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
         # a bare parameter (not a LayerScale module): timm's key is ``blocks.M.gamma``
