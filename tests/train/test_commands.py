@@ -156,3 +156,54 @@ def test_predict_checkpoint_refuses_a_missing_image_before_reading_the_checkpoin
     expected = f"image {missing} does not exist" if not missing.exists() else f"image {missing} is a folder"
     assert len(error.splitlines()) == 1 and expected in error, error
     assert calls == [] and not (tmp_path / "o").exists()
+
+
+# a one-block ViT: each run on Digits takes well under a second
+DIGITS = ["train", "vit_tiny_patch4_32", "--data", "digits", "--img-size", "16", "--model-arg", "img_size=16",
+          "--model-arg", "embed_dim=16", "--model-arg", "depth=1", "--model-arg", "num_heads=2",
+          "--batch-size", "8", "--precision", "fp32", "--no-progress"]
+
+
+def _val_records(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record.get("split") == "val"]
+
+
+def test_val_size_scores_the_val_splits_first_images_and_a_resumed_run_keeps_it(tmp_path, capsys):
+    """A run's evaluations scored the whole val split (an R-CNN's 500 Shapes scenes took over 15 minutes after one
+    step), with no way to score fewer. --val-size N scores the first N (all of a smaller split), the run's files
+    say how many, eval --max-images N gives the same figures, and --resume keeps N unless given another."""
+    from visionzoo.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    assert main([*DIGITS, "--max-steps", "1", "--val-size", "3", "--out", str(run)]) == 0
+    assert "val on the first 3 of the split's 270 images:" in capsys.readouterr().out.splitlines()
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["val_images_scored"], summary["val_split_images"]) == (3, 270)
+    assert [(r["images_scored"], r["split_images"]) for r in _val_records(run)] == [(3, 270)]
+    checkpoint = run / "checkpoint.safetensors"
+    assert read_checkpoint(checkpoint)[1]["run"]["val_images"] == 3
+    assert main(["eval", "vit_tiny_patch4_32", "--checkpoint", str(checkpoint), "--split", "val", "--max-images", "3",
+                 "--json", "--no-progress"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["images_scored"], scored["split_images"]) == (3, 270)
+    assert scored["loss"] == pytest.approx(summary["metrics"]["loss"], rel=1e-5)
+    assert main([*DIGITS, "--max-steps", "2", "--out", str(run), "--resume"]) == 0
+    assert [r["images_scored"] for r in _val_records(run)] == [3, 3]
+    assert "val on the first 3 of the split's 270 images:" in capsys.readouterr().out.splitlines()
+    assert main([*DIGITS, "--max-steps", "3", "--val-size", "1000", "--out", str(run), "--resume"]) == 0
+    assert [r["images_scored"] for r in _val_records(run)] == [3, 3, 270]
+    assert read_checkpoint(checkpoint)[1]["run"]["val_images"] == 270
+    assert "val on the first" not in capsys.readouterr().out  # the whole split: no line
+
+
+def test_eval_max_images_says_it_scored_n_of_the_splits_images(tmp_path, capsys):
+    """eval scored the whole split, however long it took. --max-images N scores its first N, and says so."""
+    run = tmp_path / "run"
+    assert main([*DIGITS, "--max-steps", "1", "--val-size", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    eval_ = ["eval", "vit_tiny_patch4_32", "--checkpoint", str(run / "checkpoint.safetensors"), "--no-progress"]
+    assert main([*eval_, "--max-images", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "vit_tiny_patch4_32 on test split (5 of its 270 images):"
+    assert main([*eval_, "--max-images", "5000"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "vit_tiny_patch4_32 on test split (270 images):"

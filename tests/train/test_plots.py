@@ -82,3 +82,12 @@ def test_the_validation_panel_of_a_run_on_one_coco_file_says_it_is_on_the_traini
     assert _drawn_figure(tmp_path, monkeypatch, records).axes[1].get_ylabel() == "validation"
     records[1]["note"] = "a.json serves every split: the val figures are on the training images"
     assert _drawn_figure(tmp_path, monkeypatch, records).axes[1].get_ylabel() == "validation (on the training images)"
+
+
+def test_the_validation_panel_draws_metrics_not_the_counts_of_images_scored(tmp_path, monkeypatch):
+    """Val records say how many images their metrics score (images_scored of split_images, --val-size); those counts
+    are not metrics to draw beside them."""
+    records = [{"step": 1, "loss": 2.0}, {"step": 1, "split": "val", "accuracy": 0.5, "images_scored": 3,
+                                          "split_images": 270}]
+    ax = _drawn_figure(tmp_path, monkeypatch, records).axes[1]
+    assert [line.get_label() for line in ax.lines] == ["accuracy"]

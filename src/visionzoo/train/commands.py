@@ -41,6 +41,7 @@ from visionzoo.train.engine import (
 from visionzoo.train.run import (
     check_image_files,
     checkpoint_metadata,
+    first_items,
     image_sizes,
     load_eval_images,
     load_for_inference,
@@ -124,6 +125,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-size", type=positive_int, metavar="N",
                         help="training images: Shapes, being procedural, draws N scenes (its default 4000 are the "
                              "first of them); other data keep the first N of their train split")
+    parser.add_argument("--val-size", type=positive_int, metavar="N",
+                        help="validation images: the run's evaluations score the first N of the val split (all of a "
+                             "smaller one; with --resume, the run's N)")
     parser.add_argument("--out", help="run folder (default: runs/MODEL-DATA)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (--max-steps and --epochs count from the "
@@ -216,7 +220,7 @@ def train_command(args: argparse.Namespace) -> int:
         logging.getLogger("visionzoo").setLevel(logging.ERROR)
     try:
         _, result = run_training(args.model, args.data, config, args.img_size, dict(args.model_arg),
-                                 options, train_images=args.train_size)
+                                 options, train_images=args.train_size, val_images=args.val_size)
     except KeyboardInterrupt:
         if reports:  # whether the folder can go on: the user may think an interrupted run is lost, or resumable
             checkpoint = out / CHECKPOINT_NAME
@@ -234,6 +238,8 @@ def train_command(args: argparse.Namespace) -> int:
     if result.metrics:
         _note_same_images(args.data, "val")
         _note_no_ground_truth(result.metrics, "val")
+        if result.val_images_scored is not None and result.val_images_scored < result.val_split_images:
+            print(f"val on the first {result.val_images_scored} of the split's {result.val_split_images} images:")
     for line in metric_lines(result.metrics, "val "):
         print(line)
     print(f"run folder: {result.out}")
@@ -323,6 +329,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data set name, COCO folder or COCO .json file (default: the training data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"),
                         help="the split to evaluate (default test)")
+    parser.add_argument("--max-images", type=positive_int, metavar="N",
+                        help="score only the split's first N images (all of a smaller split)")
     parser.add_argument("--img-size", type=positive_int, help="image side in pixels (default: the run's)")
     parser.add_argument("--batch-size", type=positive_int,
                         help=f"images per forward (default: the run's own, which its training evaluated with; "
@@ -353,11 +361,12 @@ def eval_command(args: argparse.Namespace) -> int:
     check_finite_weights(setup.model, args.model, args.checkpoint)
     model = setup.model.to(device).eval()
     autocast = autocast_context(device, args.precision)
-    check_image_files(setup.splits[args.split], setup.task.evaluated_images(setup.splits[args.split]))
-    show_preparation_progress([setup.splits[args.split]], not args.no_progress)
+    split = first_items(setup.splits[args.split], args.max_images)
+    total, used = len(setup.splits[args.split]), setup.task.evaluated_images(split)
+    check_image_files(setup.splits[args.split], used)
+    show_preparation_progress([split], not args.no_progress)
     with torch.no_grad(), _finite_outputs(args.model, args.checkpoint, args.precision):
-        metrics = setup.task.evaluate(model, setup.splits[args.split], batch_size, autocast)
-    total, used = len(setup.splits[args.split]), setup.task.evaluated_images(setup.splits[args.split])
+        metrics = setup.task.evaluate(model, split, batch_size, autocast)
     _note_no_ground_truth(metrics, args.split)
     trained_on = meta.get("run", {}).get("data")
     note = _note_same_images(args.data or trained_on, args.split, trained_on) if trained_on else None

@@ -155,6 +155,8 @@ class TrainResult:
     start_step: int = 0  # where this session began: a resumed run's checkpoint step, else 0
     ended_by: str = ""  # the budget that ended the run: "time", "steps" or "epochs"
     planned_steps: int = 0  # the steps its learning-rate schedule was planned for
+    val_images_scored: int | None = None  # the val images its metrics score (None: no val set)
+    val_split_images: int | None = None  # the val split's, of which they are the first
 
 
 # The settings a resumed run takes from its checkpoint unless they are given again (its budget is not one). The
@@ -928,7 +930,7 @@ class Trainer:
         metrics = self.evaluate()
         throughput = samples_seen / timed_seconds if timed_seconds else 0.0
         result = TrainResult(self.out, self.step, self.train_seconds, throughput, metrics, session_start, ended_by,
-                             self.total_steps)
+                             self.total_steps, *self._val_counts())
         on_main(self.dist, lambda: self._finish(result))  # the other ranks wait, then all leave the group together
         close_distributed(self.dist)
         return result
@@ -946,6 +948,13 @@ class Trainer:
         """``{"note": ...}`` where the run's data record one about its val figures (the training images scored, see
         :func:`~visionzoo.data.same_images_note`), else nothing: written beside those figures."""
         return {"note": self.run_meta["note"]} if "note" in self.run_meta else {}
+
+    def _val_counts(self) -> tuple[int | None, int | None]:
+        """The val images the task's metrics score (a GAN's FID fewer than the val set) and the val split's size
+        (``run_meta``'s ``val_split_images``, else the val set's): (None, None) without a val set."""
+        if self.val_set is None:
+            return None, None
+        return self.task.evaluated_images(self.val_set), self.run_meta.get("val_split_images", len(self.val_set))
 
     def _divergence_advice(self) -> str:
         return "lower --lr" if self.config.precision == "fp32" else "lower --lr or use --precision fp32"
@@ -970,7 +979,9 @@ class Trainer:
                         f"the {'EMA ' if prefix else ''}model's outputs on the validation set are not finite (NaN or "
                         f"infinity) at step {self.step}; {self._divergence_advice()}") from None
                 metrics.update({prefix + k: v for k, v in result.items()})
-            self._log({"step": self.step, "split": "val", **metrics, **self._note()})
+            scored, split = self._val_counts()
+            self._log({"step": self.step, "split": "val", **metrics, "images_scored": scored, "split_images": split,
+                       **self._note()})
             log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from visionzoo.metrics.coco import NO_GROUND_TRUTH  # noqa: E402
 
-_NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split", "note"}
+_NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "split", "images_scored", "split_images", "note"}
 
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path:

@@ -63,7 +63,8 @@ def build_setup(model_name: str, data: str, img_size: int | None = None, model_a
 
 
 def first_items(dataset: Dataset, count: int | None) -> Dataset:
-    """The first ``count`` items of ``dataset`` (all with None); keeps the wrapped data set's attributes."""
+    """The first ``count`` items of ``dataset`` (all with None or a larger ``count``); keeps the wrapped data set's
+    attributes."""
     if count is None or count >= len(dataset):
         return dataset
     if hasattr(dataset, "subset"):  # a data set with proposals: computed for these images alone
@@ -99,7 +100,8 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
                  model_args: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
                  train_images: int | None = None, val_images: int | None = None) -> tuple[Setup, TrainResult]:
     """Train ``model_name`` on ``data``'s train split (``train_images`` of it, see :func:`training_images`),
-    evaluating on its val split (its first ``val_images``). A resumed run continues at the image size it was trained at unless
+    evaluating on its val split (its first ``val_images``, all of a smaller split; a resumed run keeps the count it
+    recorded unless given another). A resumed run continues at the image size it was trained at unless
     ``img_size`` says otherwise (the engine refuses a different one; it also keeps the run's optimisation
     settings, see :func:`~visionzoo.train.engine.resumed_config`), and with the task options it was
     trained with where ``options`` leaves them None (a prior's ``tokenizer``, a DeiT's ``teacher``; the task's
@@ -123,6 +125,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
         _check_resumed_data(trained.get("data"), data, config.out)
         img_size = img_size or trained.get("img_size")
         train_images = train_images or trained.get("train_images")
+        val_images = val_images or trained.get("val_images")
         given = {key: value for key, value in (options or {}).items() if value is not None}
         stored = trained.get("options") or {}
         started_from = stored.get("initial_checkpoint")
@@ -205,8 +208,9 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     val = setup.splits["val"]  # training needs both (a missing one raises, naming its files); evaluation only its own
     _check_val_classes(setup.splits["train"], val, data)
     check_image_files(val, val_images)  # else a bad file stops the run at its final evaluation
+    evaluated = first_items(val, val_images)
     run_meta = {**setup.run_meta, "options": dict(options or {}), "model_args": dict(model_args or {}),
-                "train_images": len(train)}
+                "train_images": len(train), "val_images": len(evaluated), "val_split_images": len(val)}
     if teacher_sha256 is not None:  # what a resumed run checks that it distils from the same teacher
         run_meta["teacher_sha256"] = teacher_sha256
         # the file it started from, which a resume that gives another file of other weights names
@@ -218,7 +222,7 @@ def run_training(model_name: str, data: str, config: TrainConfig, img_size: int 
     if classes is not None:
         run_meta["classes"] = classes
         run_meta["inference"] = _inference_record(setup.splits["train"])
-    result = fit(setup.task, setup.model, train, first_items(val, val_images), config, run_meta)
+    result = fit(setup.task, setup.model, train, evaluated, config, run_meta)
     return setup, result
 
 
