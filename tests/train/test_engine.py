@@ -17,6 +17,7 @@ from visionzoo.checkpoint import CheckpointError, read_checkpoint
 from visionzoo.train import engine
 from visionzoo.train.distributed import EpochBatchSampler
 from visionzoo.train.engine import (
+    adamw,
     autocast_context,
     lr_factor,
     prepare_run_dir,
@@ -1171,3 +1172,31 @@ def test_torchrun_an_ema_codebook_follows_the_global_batch(tmp_path):
 
     # the perplexity of the global batch's codes, not the mean of each rank's (3.4594 where it is 3.4655)
     assert logged("ddp") == [pytest.approx(record, rel=1e-4) for record in logged("single")]
+
+
+def test_adamw_is_fused_for_float_parameters_and_steps_as_torchs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    twin.load_state_dict(model.state_dict())
+
+    def groups(m):
+        return [{"params": [p for p in m.parameters() if p.dim() > 1], "weight_decay": 0.05},
+                {"params": [p for p in m.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
+
+    ours = adamw(groups(model), lr=1e-2, betas=(0.5, 0.9))
+    plain = torch.optim.AdamW(groups(twin), lr=1e-2, betas=(0.5, 0.9))
+    assert ours.defaults["fused"] is True and plain.defaults["fused"] is None
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for m, optimizer in ((model, ours), (twin, plain)):
+            optimizer.zero_grad()
+            m(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_is_not_fused_where_torch_has_no_fused_kernel():
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    assert not adamw([{"params": [param]}], lr=1e-3).defaults.get("fused")
