@@ -694,3 +694,21 @@ def test_official_class_names_are_torchvisions_or_indices_for_another_head():
     assert official_class_names("imagenet", 21843)[:2] == ["0", "1"]  # an in21k head: the class indices
     coco = official_class_names("coco", 90)
     assert coco[0] == "person" and coco[11] == "N/A" and len(coco) == 90
+
+
+def test_a_classifier_too_large_for_the_memory_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """The memory check ran in the autoregressive task's set-up alone: `train resnet18` on a machine without the
+    memory for its weights, gradients and AdamW state made its run folder and started; the engine now refuses every
+    task's model in one line before the folder is made (here the machine has 64 KiB beside the model's weights)."""
+    import visionzoo.train.task as task_module
+    from visionzoo.cli import main
+
+    monkeypatch.setattr(task_module, "available_memory", lambda: 2**16)
+    run = tmp_path / "run"
+    assert main(["train", "resnet18", "--data", "digits", "--img-size", "32", "--max-steps", "1", "--precision", "fp32",
+                 "--no-progress", "--out", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and not run.exists()
+    assert error.startswith("visionzoo train: error: resnet18 has 11,175,370 parameters: training it needs at least "
+                            "170.5 MiB for its weights, gradients and AdamW state, and this machine has 42.7 MiB "
+                            "available: train a smaller model (see `visionzoo list-models --task classification`)")

@@ -1438,3 +1438,16 @@ def test_predict_pretrained_names_a_detectors_objects_with_cocos_categories(tmp_
     torch.testing.assert_close(torch.tensor(record["scores"]), expected["scores"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["category_id"] for r in results] == record["label_ids"]
+
+
+def test_a_detector_too_large_for_the_memory_is_refused_before_the_run(tmp_path, monkeypatch):
+    """Only the autoregressive task checked that a model's training fits in memory; a detection run made its folder
+    and started whatever the memory; the engine refuses it before the folder is made."""
+    import visionzoo.train.task as task_module
+
+    monkeypatch.setattr(task_module, "available_memory", lambda: 2**16)
+    config = TrainConfig(out=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, precision="fp32")
+    with pytest.raises(ValueError, match=r"^fasterrcnn_shapes has [\d,]+ parameters: training it needs at least .* "
+                                         r"this machine has .* available: .*--task detection"):
+        run_training("fasterrcnn_shapes", "shapes", config, val_images=2)
+    assert not (tmp_path / "run").exists()

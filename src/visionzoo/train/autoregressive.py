@@ -382,7 +382,10 @@ class AutoregressiveTask(Task):
             if conditional:
                 _check_labelled(splits["train"], data, model_name)
                 model_args.setdefault("num_classes", len(splits["train"].classes))
-            check_training_memory(model_name, model_args)
+            if not torch.cuda.is_available():
+                # the run trains in this machine's memory: refused before the build; with a GPU, where the engine
+                # checks the built model against the GPU's, the build costs this machine its weights alone
+                check_training_memory(model_name, model_args)
             model = create_model(model_name, **model_args)
             if code_prior:
                 if tokenizer_file is not None:

@@ -65,7 +65,7 @@ from visionzoo.train.distributed import (
     requested_world_size,
     step_seed,
 )
-from visionzoo.train.task import _TASKS, NonFiniteOutputError, Task
+from visionzoo.train.task import _TASKS, NonFiniteOutputError, Task, check_model_fits
 from visionzoo.utils import is_integer, native_bf16, require_folder_or_absent
 
 log = logging.getLogger(__name__)
@@ -586,6 +586,7 @@ class Trainer:
                              "train it in one process")
         self.dist = init_distributed(self.config.device)
         self.config.precision = resolve_precision(self.config.precision, self.dist.device)
+        check_model_fits(model, self.dist.device, task.name)  # before the run folder is made
         self.train_set = train_set
         self.val_set = val_set
         show_preparation_progress((train_set, val_set), self.dist.is_main and self.config.progress)

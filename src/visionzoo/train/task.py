@@ -256,24 +256,47 @@ def available_memory() -> int | None:
         return None
 
 
+def device_memory(device: torch.device) -> tuple[int | None, str]:
+    """The bytes a training on ``device`` can still take, and where they are, as a refusal names it: a CUDA device's
+    free memory (``torch.cuda.mem_get_info``, "this GPU"), else :func:`available_memory` ("this machine")."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "this GPU"
+    return available_memory(), "this machine"
+
+
 def check_training_memory(model_name: str, model_args: Mapping[str, Any], available: int | None = None) -> None:
-    """Refuse, before it is built, a model whose weights, gradients and AdamW state alone outgrow the memory
+    """Refuse, before it is built, a model whose weights, gradients and AdamW state alone outgrow this machine's memory
     ``available`` (default: :func:`available_memory`): counted on the meta device, which allocates nothing, so the
     run fails here rather than exhausting the machine (vqgan_transformer_imagenet_cin's 1.4 B parameters need 20 GiB
-    before the first activation)."""
+    before the first activation). The engine checks every run again against its device (:func:`check_model_fits`)."""
     from visionzoo.models import create_model, get_model_entry
 
     with torch.device("meta"):
         model = create_model(model_name, **model_args)
+    available = available_memory() if available is None else available
+    _refuse_unfit(model, model_name, get_model_entry(model_name).task, available, "this machine")
+
+
+def check_model_fits(model: nn.Module, device: torch.device, task_name: str) -> None:
+    """Refuse to train the built ``model`` (a model of the ``task_name`` task) on ``device`` where its weights,
+    gradients and AdamW state alone outgrow the memory there (:func:`device_memory`), before the run's folder is
+    made. The weights it already holds on that device (a model built on the CPU trained there) count as available
+    to it."""
+    available, where = device_memory(device)
+    if available is not None:
+        held = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == device.type)
+        _refuse_unfit(model, getattr(model, "model_name", type(model).__name__), task_name, available + held, where)
+
+
+def _refuse_unfit(model: nn.Module, model_name: str, task_name: str, available: int | None, where: str) -> None:
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     needed = trained * TRAINING_BYTES_PER_PARAMETER + frozen * FROZEN_BYTES_PER_PARAMETER
-    available = available_memory() if available is None else available
     if available is not None and needed > available:
         raise ValueError(f"{model_name} has {trained + frozen:,} parameters: training it needs at least "
-                         f"{_gibibytes(needed)} for its weights, gradients and AdamW state, and this machine has "
+                         f"{_gibibytes(needed)} for its weights, gradients and AdamW state, and {where} has "
                          f"{_gibibytes(available)} available: train a smaller model (see `visionzoo list-models "
-                         f"--task {get_model_entry(model_name).task}`)")
+                         f"--task {task_name}`)")
 
 
 def _gibibytes(count: int) -> str:
