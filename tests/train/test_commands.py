@@ -207,3 +207,45 @@ def test_eval_max_images_says_it_scored_n_of_the_splits_images(tmp_path, capsys)
     assert capsys.readouterr().out.splitlines()[0] == "vit_tiny_patch4_32 on test split (5 of its 270 images):"
     assert main([*eval_, "--max-images", "5000"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "vit_tiny_patch4_32 on test split (270 images):"
+
+
+def test_predict_reconstructs_as_many_images_at_once_as_half_the_memory_holds(tmp_path, monkeypatch):
+    """`predict vqgan_imagenet_f16_16384 --pretrained` read 64 images a forward, as a classifier does: 10 GiB at its
+    256 px (164 to 188 MiB an image, measured). A reconstruction now reads as many as half the free memory holds, at
+    RECONSTRUCTION_BYTES_PER_PIXEL, from 1 to PREDICT_BATCH; --batch-size is still taken as given."""
+    import numpy as np
+    from PIL import Image
+
+    import visionzoo.train.task as task_module
+    from visionzoo.checkpoint import save_checkpoint
+    from visionzoo.models import create_model
+    from visionzoo.train.commands import PREDICT_BATCH, RECONSTRUCTION_BYTES_PER_PIXEL, reconstruction_batch
+    from visionzoo.train.reconstruction import ReconstructionTask
+
+    image_bytes = RECONSTRUCTION_BYTES_PER_PIXEL * 256 * 256
+    assert reconstruction_batch(256, 2 * 10 * image_bytes + image_bytes) == 10
+    assert reconstruction_batch(256, 2**20) == 1
+    assert reconstruction_batch(256, 2**50) == reconstruction_batch(16, None) == PREDICT_BATCH
+
+    args = dict(channels=16, res_channels=8, embed_dim=8, num_codes=32)
+    model = create_model("vqvae_small", in_chans=1, **args)
+    checkpoint = tmp_path / "vqvae.safetensors"
+    save_checkpoint(checkpoint, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"model": {"name": "vqvae_small", "args": {"in_chans": 1, **args}},
+                     "run": {"data": "digits", "img_size": 16, "in_chans": 1}})
+    images = []
+    for index in range(3):
+        images.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(np.full((16, 16), 40 * index, dtype=np.uint8)).save(images[-1])
+    batches = []
+    predict = ReconstructionTask.predict
+    monkeypatch.setattr(ReconstructionTask, "predict",
+                        lambda self, model, images, autocast: batches.append(len(images)) or predict(self, model, images,
+                                                                                                        autocast))
+    monkeypatch.setattr(task_module, "available_memory", lambda: 4 * RECONSTRUCTION_BYTES_PER_PIXEL * 16 * 16)
+    command = ["predict", "vqvae_small", "--checkpoint", str(checkpoint), *images, "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "default")]) == 0
+    assert batches == [2, 1]
+    batches.clear()
+    assert main([*command, "--batch-size", "3", "--out", str(tmp_path / "given")]) == 0
+    assert batches == [3]

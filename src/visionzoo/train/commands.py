@@ -38,6 +38,7 @@ from visionzoo.train.engine import (
     autocast_context,
     show_preparation_progress,
 )
+from visionzoo.train.reconstruction import ReconstructionTask
 from visionzoo.train.run import (
     check_image_files,
     checkpoint_metadata,
@@ -51,7 +52,7 @@ from visionzoo.train.run import (
     run_training,
     task_class,
 )
-from visionzoo.train.task import _TASKS, NonFiniteOutputError, SettingError
+from visionzoo.train.task import _TASKS, NonFiniteOutputError, SettingError, device_memory
 from visionzoo.utils import (
     first_non_finite,
     require_folder_or_absent,
@@ -386,6 +387,20 @@ def eval_command(args: argparse.Namespace) -> int:
 # Images per forward of `visionzoo predict` (not a detector): a folder's thousand photos in one forward would hold the
 # activations of all of them at once.
 PREDICT_BATCH = 64
+# The memory a VQGAN's reconstruction takes per pixel of an image, rounded up from vqgan_imagenet_f16_16384's in fp32
+# on the CPU (benchmarks/reconstruction_memory.py: 2.55 to 2.95 KiB, 164 to 188 MiB a 256 px image in batches of 8
+# to 1; at 64 px about 90 MiB a forward whatever its batch, and 2.2 KiB a pixel): PREDICT_BATCH of its 256 px images
+# would take 10 GiB. The half of the memory the batch leaves holds the fixed part.
+RECONSTRUCTION_BYTES_PER_PIXEL = 3 * 2**10
+
+
+def reconstruction_batch(side: int, available: int | None) -> int:
+    """`visionzoo predict`'s default images per forward for a reconstruction of ``side`` px images: as many as half
+    of the ``available`` bytes hold at ``RECONSTRUCTION_BYTES_PER_PIXEL``, from 1 to ``PREDICT_BATCH`` (that where
+    the memory is not known)."""
+    if available is None:
+        return PREDICT_BATCH
+    return max(1, min(PREDICT_BATCH, available // 2 // (RECONSTRUCTION_BYTES_PER_PIXEL * side * side)))
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -415,8 +430,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detectors: draw and print the detections scoring at least S (default 0.5); "
                              "predictions.json and --coco-json keep every detection the model returns")
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
-                        help=f"images per forward (default {PREDICT_BATCH}): a smaller one holds less in memory, the "
-                             "predictions are the same; a detector takes one image at a time whatever N is")
+                        help=f"images per forward (default {PREDICT_BATCH}; a VQGAN's reconstruction: as many as half "
+                             "the free memory of the device holds, at most that): a smaller one holds less in memory, "
+                             "the predictions are the same; a detector takes one image at a time whatever N is")
 
 
 def image_ids_from(ann_file: str | Path, paths: list[str]) -> list[int | str]:
@@ -608,6 +624,9 @@ def predict_command(args: argparse.Namespace) -> int:
     # of files would hold all of their activations (~340 MB more per 600×800 photo through a ResNet-18 FPN at
     # 800 px), and an error names the file
     step = 1 if detection else args.batch_size or PREDICT_BATCH
+    if args.batch_size is None and isinstance(setup.task, ReconstructionTask):
+        # a reconstruction holds activations for every pixel of its images: 10 GiB for 64 of a taming VQGAN's
+        step = reconstruction_batch(size, device_memory(device)[0])
     records = []
     made_out, drawn = not out.exists(), []
     try:
