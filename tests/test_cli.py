@@ -1083,10 +1083,16 @@ def test_an_interrupted_run_says_whether_and_where_resume_goes_on(tmp_path, caps
     assert main([*TRAIN, "--max-steps", "2", "--out", str(run)]) == 130
     assert capsys.readouterr().err.strip().endswith(
         f"visionzoo train: interrupted; --resume goes on from the checkpoint of step 2 in {run}")
-    monkeypatch.setattr(Trainer, "_plan_total_steps", interrupt)  # before the first checkpoint
+    monkeypatch.setattr(Trainer, "_plan_total_steps", interrupt)  # before the run wrote anything: its folder is gone
     assert main([*TRAIN, "--max-steps", "2", "--out", str(tmp_path / "new")]) == 130
     assert capsys.readouterr().err.strip().endswith(
-        f"visionzoo train: interrupted before the first checkpoint in {tmp_path / 'new'}; nothing to resume")
+        f"visionzoo train: interrupted before the run wrote anything; no run folder {tmp_path / 'new'} is left")
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(Trainer, "_save", interrupt)  # its steps logged, its first checkpoint not written
+    assert main([*TRAIN, "--max-steps", "2", "--out", str(tmp_path / "started")]) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        f"visionzoo train: interrupted before the first checkpoint in {tmp_path / 'started'}; nothing to resume")
 
 
 @pytest.mark.parametrize("error, message", [(KeyboardInterrupt, "visionzoo train: interrupted; --resume goes on"),

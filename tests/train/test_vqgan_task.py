@@ -578,3 +578,32 @@ def test_a_missing_or_foreign_lpips_weights_file_is_refused_before_the_run_namin
     assert main([*argv, "--lpips-weights", str(vgg16)]) == 2  # the VGG16 file given in its place
     assert "--lpips-weights: checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_run_stopped_while_its_domain_classifier_trains_leaves_no_run_folder(tmp_path, monkeypatch, capsys, stop):
+    """`train vqgan --data digits` made its run folder, then trained the domain classifier of its perceptual loss (a
+    minute); stopped there (Ctrl-C, an error), it left an empty run folder behind. The engine now takes back the
+    folders it made and its marker when a run stops before writing anything; the user's own are left as they were."""
+    def stopped(*args, **kwargs):
+        raise stop("stopped while the domain classifier trains")
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))  # no cached classifier: it is trained first
+    monkeypatch.setattr(domain, "train_domain_classifier", stopped)
+    mine, empty = tmp_path / "mine", tmp_path / "empty"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    empty.mkdir()
+    argv = ["train", "vqgan", "--data", "digits", "--img-size", "16", "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "--precision", "fp32", "--model-arg", "ch=8", "--model-arg", "ch_mult=[1,2]",
+            "--model-arg", "num_codes=32", "--model-arg", "embed_dim=8", "--model-arg", "z_channels=8",
+            "--model-arg", "disc_width=8"]
+    said = {mine / "runs" / "vqgan": "before the run wrote anything; no run folder {} is left",
+            empty: "before the first checkpoint in {}; nothing to resume"}
+    for out, words in said.items():
+        capsys.readouterr()
+        with contextlib.nullcontext() if stop is KeyboardInterrupt else pytest.raises(RuntimeError, match="stopped"):
+            assert main([*argv, "--out", str(out)]) == 130
+            assert capsys.readouterr().err == f"visionzoo train: interrupted {words.format(out)}\n"
+    assert [path.name for path in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "the user's"
+    assert list(empty.iterdir()) == []

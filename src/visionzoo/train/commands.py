@@ -227,6 +227,8 @@ def train_command(args: argparse.Namespace) -> int:
             checkpoint = out / CHECKPOINT_NAME
             where = (f"; --resume goes on from the checkpoint of step {checkpoint_metadata(checkpoint)['step']} in {out}"
                      if checkpoint.is_file() else f" before the first checkpoint in {out}; nothing to resume")
+            if not out.exists():  # the engine took back the folder of a run that wrote nothing
+                where = f" before the run wrote anything; no run folder {out} is left"
             print(f"visionzoo train: interrupted{where}", file=sys.stderr)
         return 130
     if not reports:  # only rank 0 evaluates: it alone has the summary

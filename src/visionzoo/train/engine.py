@@ -510,6 +510,33 @@ def claim_run_dir(out: str | Path, resume: bool, overwrite: bool) -> int | None:
         raise
 
 
+def unmade_folders(out: str | Path) -> list[Path]:
+    """``out`` and those of the folders above it that do not exist, innermost first: what making ``out`` creates."""
+    out = Path(out).absolute()
+    made = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        made.append(folder)
+    return made
+
+
+def remove_unwritten_run_dir(out: str | Path, made: Iterable[Path], marked: bool) -> None:
+    """Take back what claiming the run folder ``out`` made, for a run that stopped (failed, or was interrupted in its
+    set-up: a VQGAN's domain classifier trains for a minute) before it wrote anything there: the marker it put in
+    (``marked``), then the folders it made (``made``, innermost first) that are empty. A folder holding anything
+    else, the user's files or the run's, is left as it is."""
+    out = Path(out)
+    if not out.is_dir() or any(entry.name != RUN_MARKER for entry in out.iterdir()):
+        return
+    if marked:
+        (out / RUN_MARKER).unlink(missing_ok=True)
+    for folder in made:
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()
+
+
 def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -609,12 +636,20 @@ class Trainer:
         self.step_offset = 0
         if not cfg.resume:  # a resumed run is checked once its plan is read from the checkpoint
             check_warmup(cfg.warmup_steps, self._fixed_budget_steps())
-        held = on_main(self.dist, lambda: claim_run_dir(self.out, cfg.resume, cfg.overwrite))  # rank 0 writes
+        # what claiming the folder makes (its folders, its marker), taken back if the run stops before writing
+        self._claimed: tuple[list[Path], bool] | None = None
+
+        def claim() -> int | None:
+            self._claimed = (unmade_folders(self.out), not (self.out / RUN_MARKER).exists())
+            return claim_run_dir(self.out, cfg.resume, cfg.overwrite)
+
+        held = on_main(self.dist, claim)  # rank 0 writes
         # a Trainer dropped without fit lets go of the folder as it is collected
         self._release_at_collection = weakref.finalize(self, _close_lock, held)
         try:
             self._start(model, config)
         except BaseException:
+            self._remove_unwritten_run_dir()
             self.release_run_dir()
             raise
 
@@ -867,9 +902,18 @@ class Trainer:
         """Let go of the run folder (rank 0's lock on it; see :func:`claim_run_dir`)."""
         self._release_at_collection()
 
+    def _remove_unwritten_run_dir(self) -> None:
+        """On rank 0, after a failure or an interrupt: :func:`remove_unwritten_run_dir`."""
+        if self._claimed is not None:
+            with contextlib.suppress(OSError):  # the failure is the one to report
+                remove_unwritten_run_dir(self.out, *self._claimed)
+
     def fit(self) -> TrainResult:
         try:
             return self._fit()
+        except BaseException:
+            self._remove_unwritten_run_dir()
+            raise
         finally:
             self.release_run_dir()
 
