@@ -2,9 +2,10 @@
 process reports an error: with ``batches`` it cannot read its training batches (as when its share of the data holds
 a corrupt image), with ``loss`` its training loss is NaN (as on a batch that overflows), with ``forward`` its model's
 forward pass refuses its batch (an image that fails only in the model; a classifier's or a VQ-VAE's), with ``memory`` its forward pass runs out of
-memory, with ``backward`` its backward pass runs out of memory, with ``log`` (rank 0, which alone writes it) the metrics log cannot be written (a full disk).
+memory, with ``backward`` its backward pass runs out of memory, with ``log`` (rank 0, which alone writes it) the metrics log cannot be written (a full disk),
+with ``fits`` its device has 64 KiB free, too little to train the model.
 
-Usage: python failing_rank_script.py RANK batches|loss|forward|memory|backward|log ARGUMENTS... (the arguments of ``visionzoo``)
+Usage: python failing_rank_script.py RANK batches|loss|forward|memory|backward|log|fits ARGUMENTS... (the arguments of ``visionzoo``)
 """
 
 import os
@@ -57,4 +58,8 @@ if __name__ == "__main__":
             raise OSError(28, "No space left on device", str(self.out / engine.METRICS_NAME))
 
         engine.Trainer._log = full_disk
+    elif os.environ.get("RANK") == failing and what == "fits":
+        import visionzoo.train.task
+
+        visionzoo.train.task.available_memory = lambda: 2**16
     raise SystemExit(main(sys.argv[3:]))

@@ -244,6 +244,17 @@ def test_torchrun_an_error_of_one_rank_alone_is_printed_by_that_rank(tmp_path):
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
 
 
+def test_torchrun_a_model_too_large_for_one_ranks_device_is_refused_by_that_rank_before_the_run(tmp_path):
+    """Each rank checks that the model's training fits its own device's memory; where rank 1's alone did not, it
+    stopped while rank 0 went on and made the run folder (left holding its marker when torchrun stopped it). The
+    ranks now agree first: rank 1 prints the refusal, rank 0 stops quietly, and no run folder is made."""
+    output = _torchrun_failing_on_one_rank(tmp_path, 1, "fits")
+    assert output.count("visionzoo train: error:") == 1, output[-3000:]
+    assert "visionzoo train: error: vit_tiny_patch8_32 has " in output and "this machine has " in output, output[-3000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_torchrun_a_loss_that_is_not_finite_is_one_line_once(tmp_path, rank):
     """A diverged loss (too high an --lr) stopped every rank whose loss it was, each printing the line; where one

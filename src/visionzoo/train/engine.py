@@ -613,7 +613,13 @@ class Trainer:
                              "train it in one process")
         self.dist = init_distributed(self.config.device)
         self.config.precision = resolve_precision(self.config.precision, self.dist.device)
-        check_model_fits(model, self.dist.device, task.name)  # before the run folder is made
+        failure = None
+        try:  # before the run folder is made; each rank asks its own device, so the refusal may be one rank's alone
+            with own_share(self.dist):
+                check_model_fits(model, self.dist.device, task.name)
+        except ValueError as error:
+            failure = error
+        raise_first_failure(self.dist, failure)  # the other ranks stop too, rather than wait for it at the folder
         self.train_set = train_set
         self.val_set = val_set
         show_preparation_progress((train_set, val_set), self.dist.is_main and self.config.progress)
