@@ -15,6 +15,12 @@ import argparse
 import contextlib
 import subprocess
 import sys
+from pathlib import Path
+
+from arguments import existing_results, output_file, write_json
+from timing import machine
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def status_bytes(key: str) -> int:
@@ -43,6 +49,13 @@ def measure(model_name: str, batch: int, side: int) -> int:
     return status_bytes("VmHWM") - before
 
 
+def measure_in_child(model_name: str, batch: int, side: int) -> int:
+    """:func:`measure` in a fresh process, whose peak memory no earlier row has raised."""
+    done = subprocess.run([sys.executable, __file__, "--model", model_name, "--child", str(batch), str(side)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
 def row(text: str) -> tuple[int, int]:
     batch, _, side = text.partition("x")
     if not (batch.isdigit() and side.isdigit() and int(batch) > 0 and int(side) > 0):
@@ -56,19 +69,24 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", type=row, default=[(1, 256), (2, 256), (4, 256), (8, 256), (4, 128)],
                         metavar="BATCHxSIDE", help="batches and image sides, one process each (default 1x256 2x256 "
                                                    "4x256 8x256 4x128)")
+    parser.add_argument("--out", type=output_file, default=RESULTS / "reconstruction_memory.json",
+                        help="results JSON (default: %(default)s)")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(measure(args.model, *args.child))
         return
+    existing_results(parser, args.out, __file__)
+    rows = []
     print(f"{args.model}, fp32 on the CPU, one thread: peak resident memory added by a reconstruction")
     print(f"{'batch':>5} {'side':>5} {'added MiB':>10} {'MiB/image':>10} {'KiB/pixel':>10}")
     for batch, side in args.rows:
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(batch), str(side)],
-                              capture_output=True, text=True, check=True)
-        added = int(done.stdout.split()[-1])
+        added = measure_in_child(args.model, batch, side)
         print(f"{batch:>5} {side:>5} {added / 2**20:>10.0f} {added / batch / 2**20:>10.0f} "
               f"{added / batch / side ** 2 / 2**10:>10.2f}")
+        rows.append({"model": args.model, "batch": batch, "side": side, "added_bytes": added,
+                     "mib_per_image": added / batch / 2**20, "kib_per_pixel": added / batch / side ** 2 / 2**10})
+    write_json(args.out, {"measurements": rows, **machine(), "threads": 1}, __file__)  # each row measured on one thread
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ WORK = {
     "selective_search": ("evaluate",),
     "ops": ("run",),
     "vqgan_taming": ("the_pair",),
+    "reconstruction_memory": ("measure_in_child",),
 }
 
 

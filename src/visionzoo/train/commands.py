@@ -389,10 +389,10 @@ def eval_command(args: argparse.Namespace) -> int:
 # Images per forward of `visionzoo predict` (not a detector): a folder's thousand photos in one forward would hold the
 # activations of all of them at once.
 PREDICT_BATCH = 64
-# The memory a VQGAN's reconstruction takes per pixel of an image, rounded up from vqgan_imagenet_f16_16384's in fp32
-# on the CPU (benchmarks/reconstruction_memory.py: 2.55 to 2.95 KiB, 164 to 188 MiB a 256 px image in batches of 8
-# to 1; at 64 px about 90 MiB a forward whatever its batch, and 2.2 KiB a pixel): PREDICT_BATCH of its 256 px images
-# would take 10 GiB. The half of the memory the batch leaves holds the fixed part.
+# The memory a VQGAN's reconstruction takes per pixel of an image, from vqgan_imagenet_f16_16384's in fp32 on the CPU
+# (benchmarks/reconstruction_memory.py: 2.55 to 3.02 KiB, 163 to 193 MiB a 256 px image in batches of 8 to 1; 3.44 KiB
+# at 128 px, where a forward's fixed part weighs more): PREDICT_BATCH of its 256 px images would take 10 GiB. The
+# half of the memory the batch leaves holds the fixed part and what this rounds off.
 RECONSTRUCTION_BYTES_PER_PIXEL = 3 * 2**10
 
 
