@@ -45,6 +45,9 @@ CONFIGS = {
     "swin-digits32": ("swin_tiny_patch2_window4_32", "digits", 32, {}, 64),
     "convnext-digits32": ("convnext_atto_32", "digits", 32, {}, 64),
     "vit_vqgan-shapes64": ("vit_vqgan_64", "shapes", 64, {}, 32),
+    # the convolutional networks on larger images, where each convolution has more work per call
+    "resnet18-shapes128": ("resnet18", "shapes", 128, {}, 32),
+    "convnext_atto-shapes128": ("convnext_atto", "shapes", 128, {}, 32),
 }
 
 
