@@ -76,3 +76,14 @@ def two_ranks(tmp_path):
         return [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in range(2)]
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def glibc_frees_as_by_default(monkeypatch):
+    """`visionzoo.cli.main` makes its process keep freed memory (process-wide, for good): in the suite's processes,
+    which run many commands and tests whose chunk sizes follow glibc's defaults, it records the call instead."""
+    import visionzoo.utils
+
+    calls = []
+    monkeypatch.setattr(visionzoo.utils, "keep_freed_memory", lambda: calls.append(True))
+    return calls

@@ -1354,3 +1354,17 @@ def test_an_option_that_is_no_number_is_told_what_it_takes(capsys, argv, message
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_command_keeps_freed_memory_for_its_process(glibc_frees_as_by_default, capsys):
+    """A CPU training mapped its large activations afresh at every step (glibc unmaps freed blocks above its mmap
+    threshold), faulting in every page again: a command now makes its process keep them (the suite's fixture
+    records the call rather than changing the suite's process); a command refused before it runs does not."""
+    assert main(["list-models", "resnet18"]) == 0
+    assert glibc_frees_as_by_default == [True]
+    assert main(["list-models", "vit*", "--task", "detection"]) == 1  # ran, found nothing
+    assert glibc_frees_as_by_default == [True, True]
+    with pytest.raises(SystemExit):
+        main(["list-models", "--no-such-option"])
+    assert glibc_frees_as_by_default == [True, True]
+    capsys.readouterr()
