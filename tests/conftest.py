@@ -78,12 +78,14 @@ def two_ranks(tmp_path):
     return run
 
 
-@pytest.fixture(autouse=True)
-def glibc_frees_as_by_default(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def glibc_frees_as_by_default():
     """`visionzoo.cli.main` makes its process keep freed memory (process-wide, for good): in the suite's processes,
-    which run many commands and tests whose chunk sizes follow glibc's defaults, it records the call instead."""
+    which run many commands and tests whose chunk sizes follow glibc's defaults, it records the call instead. For the
+    whole session, so that module-scoped fixtures, set up before any function-scoped one, find it in place too."""
     import visionzoo.utils
 
     calls = []
-    monkeypatch.setattr(visionzoo.utils, "keep_freed_memory", lambda: calls.append(True))
-    return calls
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(visionzoo.utils, "keep_freed_memory", lambda: calls.append(True))
+        yield calls
