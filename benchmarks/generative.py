@@ -96,7 +96,8 @@ CI_SAMPLES = 200
 IMAGE_GPTS = ("image_gpt", "image_gpt_small")
 # The flags that only some models use: given with another model they are refused, not ignored.
 MODEL_FLAGS = {**dict.fromkeys(("--disc-start", "--disc-weight", "--perceptual-weight"), ("vqgan", "vit_vqgan")),
-               **dict.fromkeys(("--batch-size", "--lr", "--opt-betas", "--model-arg"), tuple(TOKENIZERS)),
+               **dict.fromkeys(("--batch-size", "--lr", "--opt-betas"), tuple(TOKENIZERS)),
+               "--model-arg": (*TOKENIZERS, *IMAGE_GPTS),
                "--tokenizer": ("vqgan_transformer",), "--seeds": IMAGE_GPTS, "--untrained": IMAGE_GPTS}
 
 
@@ -325,10 +326,10 @@ def probe_split(dataset, count: int | None = None) -> tuple[torch.Tensor, dict[s
     return torch.stack([image for image, _ in samples]), {k: torch.tensor([t[k] for t in targets]) for k in targets[0]}
 
 
-def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str, plots: Path, tag: str = ""
-              ) -> dict[str, Any]:
-    """Train ``model_name`` ``seeds`` times per data set and probe every layer; the probe curves go to ``plots``,
-    their file names ending in ``tag``."""
+def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: str, plots: Path, tag: str = "",
+              model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model_name`` (with ``model_args`` over its registered size) ``seeds`` times per data set and probe
+    every layer; the probe curves go to ``plots``, their file names ending in ``tag``."""
     from visionzoo.generative.image_gpt import layer_features, plot_probe_curve, raw_pixel_probe
     from visionzoo.metrics.probe import linear_probe_accuracy
 
@@ -340,7 +341,8 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
         size = IMAGE_GPT_SIZES[data]
         runs = []
         for seed in range(SEED, SEED + seeds):
-            setup, result, wall = train(model_name, data, size, minutes, RUNS / f"{model_name}-{data}-seed{seed}", seed=seed)
+            setup, result, wall = train(model_name, data, size, minutes, RUNS / f"{model_name}-{data}-seed{seed}", seed=seed,
+                                        model_args=model_args)
             model = setup.model.eval()
             with torch.no_grad():
                 test = setup.task.evaluate(model, setup.splits["test"], 128, contextlib.nullcontext)
@@ -376,12 +378,14 @@ def image_gpt(minutes: float, seeds: int, only: list[str] | None, model_name: st
             print(f"{data} {name}: mean probe per layer {' '.join(f'{p:.3f}' for p in mean)}; raw pixels {raw:.3f}; "
                   f"majority class {majority:.3f}; best layer {best} of 0..{depth}", flush=True)
         rows[data] = {"img_size": size, "runs": runs, "layers": depth + 1, "targets": targets}
-    return {"minutes": minutes, "model": model_name, "rows": rows}
+    return {"minutes": minutes, "model": model_name, "model_args": model_args or {}, "rows": rows}
 
 
-def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str) -> dict[str, Any]:
-    """The probes of ``model_name`` at initialisation (``seeds`` seeds), with the palette the task fits: what the
-    architecture and palette give before any training, the floor a trained model's probe curve is read against."""
+def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str, model_args: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """The probes of ``model_name`` (with ``model_args`` over its registered size) at initialisation (``seeds``
+    seeds), with the palette the task fits: what the architecture and palette give before any training, the floor a
+    trained model's probe curve is read against."""
     from visionzoo.generative.image_gpt import layer_features
     from visionzoo.metrics.probe import linear_probe_accuracy
     from visionzoo.train.run import build_setup
@@ -394,7 +398,7 @@ def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str) -> 
         curves: dict[str, list[list[float]]] = {name: [] for name in PROBE_TARGETS[data]}
         for seed in range(SEED, SEED + seeds):
             torch.manual_seed(seed)
-            setup = build_setup(model_name, data, size)
+            setup = build_setup(model_name, data, size, model_args)
             model = setup.model.eval()
             with torch.no_grad():
                 train_x, train_y = probe_split(setup.splits["train"], 2000)
@@ -409,7 +413,7 @@ def untrained_image_gpt(seeds: int, only: list[str] | None, model_name: str) -> 
         rows[data] = {"img_size": size, "targets": {
             name: {"probes": runs, "mean_probes": np.mean(runs, 0).tolist(), "std_probes": np.std(runs, 0).tolist()}
             for name, runs in curves.items()}}
-    return {"model": model_name, "untrained": True, "seeds": seeds, "rows": rows}
+    return {"model": model_name, "model_args": model_args or {}, "untrained": True, "seeds": seeds, "rows": rows}
 
 
 def dcgan(minutes: float, only: list[str] | None) -> dict[str, Any]:
@@ -461,14 +465,15 @@ def main() -> None:
                              f"{DEFAULT_RUNS}_seedN for --seed N, where the priors find the tokenizers; give another "
                              "one for trials that must not replace them)")
     parser.add_argument("--model-arg", type=parse_model_arg, action="append", default=[], metavar="KEY=VALUE",
-                        help="tokenizers: a model argument over the registered size (repeatable), e.g. disc_width=64")
+                        help="tokenizers and Image GPT: a model argument over the registered size (repeatable), e.g. "
+                             "disc_width=64, drop=0.1")
     args = parser.parse_args()
     for flag, models in MODEL_FLAGS.items():
         given = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if given is not None and given is not False and given != [] and args.model not in models:  # 0 is given
             parser.error(f"{flag} is not used by --model {args.model} (only by {', '.join(models)})")
-    if args.model_arg:  # each tokenizer built on the meta device: a bad argument is one line now, not a traceback later
-        for (data, _), name in zip(DATA, TOKENIZERS[args.model]):
+    if args.model_arg:  # each model built on the meta device: a bad argument is one line now, not a traceback later
+        for (data, _), name in zip(DATA, TOKENIZERS.get(args.model, (args.model,) * len(DATA))):
             if args.data and data not in args.data:
                 continue
             try:
@@ -511,11 +516,12 @@ def main() -> None:
     elif args.model == "vqgan_transformer":
         result = prior(args.tokenizer or "vqgan", args.minutes, args.data)
     elif args.model.startswith("image_gpt") and args.untrained:
-        result = untrained_image_gpt(args.seeds or 3, args.data, args.model)
+        result = untrained_image_gpt(args.seeds or 3, args.data, args.model, dict(args.model_arg))
     elif args.model.startswith("image_gpt"):
-        # the probe plots go beside the JSON: a trial's --out elsewhere leaves the README's pictures alone
+        # the probe plots go beside the JSON, named after it when --out is given: a trial's plots leave the README's
+        # pictures alone
         result = image_gpt(args.minutes, args.seeds or 3, args.data, args.model, args.out.parent if args.out else RESULTS,
-                           tag)
+                           f"{tag}_{args.out.stem}" if args.out else tag, dict(args.model_arg))
     elif args.model == "codebook_stats":
         result = codebook_stats(args.data)
     elif args.model == "dcgan":

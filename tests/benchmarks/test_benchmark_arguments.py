@@ -322,6 +322,22 @@ def test_generative_hands_the_tokenizer_flags_and_their_defaults_on(monkeypatch,
     assert (kind2, batch2, tokenizer) == ("vqvae", 64, "vqgan")
 
 
+def test_generative_hands_model_args_on_to_image_gpt_trained_or_untrained(monkeypatch, tmp_path):
+    """--model-arg was a tokenizer flag only: Image GPT's probe curve could not be measured for another dropout or
+    depth than the registered one."""
+    module = load("generative")
+    calls = []
+    monkeypatch.setattr(module, "image_gpt", lambda *args: calls.append(("trained", args)) or {"rows": {}})
+    monkeypatch.setattr(module, "untrained_image_gpt", lambda *args: calls.append(("untrained", args)) or {"rows": {}})
+    for extra in ([], ["--untrained"]):
+        monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "image_gpt", "--model-arg", "drop=0.25", *extra,
+                                          "--out", str(tmp_path / "trial.json")])
+        module.main()
+    (kind, trained), (kind2, untrained) = calls
+    assert (kind, trained[-1], kind2, untrained[-1]) == ("trained", {"drop": 0.25}, "untrained", {"drop": 0.25})
+    assert trained[5] == "_trial"  # the probe plots named after --out, not over the README's
+
+
 def test_generative_refuses_a_runs_folder_that_is_a_file_before_any_work(monkeypatch, capsys, tmp_path):
     """--runs FILE was a NotADirectoryError traceback once the first run folder was made."""
     (tmp_path / "file").write_text("x")
@@ -836,7 +852,7 @@ def test_generative_on_cuda_does_not_replace_the_cpu_result_nor_its_plots(monkey
         module.main()
     assert json.loads((tmp_path / "generative_image_gpt_shapes.json").read_text())["device"] == "cpu"
     assert json.loads((tmp_path / "generative_image_gpt_shapes_cuda.json").read_text())["device"] == "cuda"
-    assert [args[4:] for args in calls] == [(tmp_path, ""), (tmp_path, "_cuda")]
+    assert [args[4:6] for args in calls] == [(tmp_path, ""), (tmp_path, "_cuda")]
     monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "dcgan", "--data", "digits", "--device", "cuda",
                                       "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "mine.json")])
     module.main()
@@ -928,6 +944,7 @@ def test_train_backbones_refuses_training_flags_for_the_job_that_trains_nothing(
     (["--model", "vqvae", "--model-arg", "foo=1"], "vqvae_small takes no argument 'foo'"),
     (["--model", "vqgan", "--data", "shapes", "--model-arg", "num_codes=-5"], "at least 2 codes"),
     (["--model", "vit_vqgan", "--model-arg", "code_dim=abc"], "code_dim must be an integer"),
+    (["--model", "image_gpt", "--model-arg", "dropout=0.1"], "image_gpt takes no argument 'dropout'"),
 ])
 def test_generative_refuses_a_model_arg_the_tokenizer_cannot_take_before_any_work(monkeypatch, capsys, argv, message):
     """--model vqvae --model-arg foo=1 loaded the data and then stopped with a ModelArgumentError traceback when the
