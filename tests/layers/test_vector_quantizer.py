@@ -11,7 +11,7 @@ import torch
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from vector_quantize_pytorch import VectorQuantize
 
-from visionzoo.layers.vector_quantizer import VectorQuantizer
+from visionzoo.layers.vector_quantizer import VectorQuantizer, lloyd_kmeans
 
 
 def test_each_vector_gets_its_nearest_code_in_either_layout():
@@ -342,7 +342,7 @@ def test_the_sum_over_processes_needs_nothing_of_the_training_package(tmp_path):
 
 
 RESTART_RANKS_WORK = textwrap.dedent("""
-    from visionzoo.layers.vector_quantizer import VectorQuantizer
+    from visionzoo.layers.vector_quantizer import VectorQuantizer, lloyd_kmeans
 
     def work(rank):
         result = {}
@@ -481,3 +481,100 @@ def test_dead_codes_restart_as_vector_quantize_pytorchs(code_dim, l2_normalize):
     live = indices_ours[0, 0]
     assert ours.ema_count[live] == pytest.approx(0.9 + 0.1 * 16)
     assert torch.equal(ours.ema_count[torch.arange(16) != live], torch.full((15,), 2.0))
+
+
+@pytest.mark.parametrize("code_dim, l2_normalize", TWIN_SETTINGS)
+def test_kmeans_init_equals_vector_quantize_pytorchs(code_dim, l2_normalize):
+    """kmeans_init=True: the first training forward starts the codebook at k-means centroids of its batch (their
+    k-means: codes drawn among the vectors, 10 Lloyd iterations, spherical with cosine similarity) with the clusters'
+    sizes as counts; then the same codes, counts, sums and codebook as theirs at every step, from the same draws."""
+    torch.manual_seed(0)
+    theirs = VectorQuantize(8, 16, codebook_dim=code_dim, use_cosine_sim=l2_normalize, decay=0.9,
+                            commitment_weight=0.25, threshold_ema_dead_code=0, kmeans_init=True, kmeans_iters=10,
+                            rotation_trick=False)
+    ours = VectorQuantizer(16, 8, commitment=0.25, ema_decay=0.9, dead_code_threshold=0, code_dim=code_dim,
+                           l2_normalize=l2_normalize, kmeans_init=True)
+    if code_dim:
+        ours.project_in.load_state_dict(theirs.project_in.state_dict())
+        ours.project_out.load_state_dict(theirs.project_out.state_dict())
+    random_codes = ours.code_vectors().clone()
+    close = functools.partial(torch.testing.assert_close, atol=1e-5, rtol=0)
+    for step in range(3):
+        z = torch.randn(2, 40, 8)
+        torch.manual_seed(10 + step)
+        _, indices_theirs, _ = theirs(z)
+        torch.manual_seed(10 + step)
+        _, indices_ours, _, _ = ours(z)
+        assert torch.equal(indices_ours, indices_theirs)
+        close(ours.code_vectors(), theirs.codebook)
+        close(ours.ema_count, theirs._codebook.cluster_size[0])
+        close(ours.ema_sum, theirs._codebook.embed_avg[0])
+    assert bool(ours.initialised)
+    assert (ours.code_vectors() - random_codes).abs().max() > 0.1  # the random start is gone
+
+
+def test_kmeans_init_runs_once_and_its_flag_travels_in_the_state_dict():
+    """The k-means runs at the first training forward only, not in eval mode, and not again in a quantiser that
+    loads an initialised one's state (a resumed run); without kmeans_init the state dict is as it was."""
+    assert "initialised" not in VectorQuantizer(8, 4).state_dict()
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 4, kmeans_init=True, dead_code_threshold=0)
+    start = quantizer.codebook.clone()
+    quantizer.eval()(torch.randn(1, 20, 4))
+    assert torch.equal(quantizer.codebook, start) and not quantizer.initialised
+    quantizer.train()(torch.randn(1, 20, 4) + 5)
+    assert quantizer.initialised and quantizer.codebook.mean() > 3  # centroids of the shifted batch
+    resumed = VectorQuantizer(8, 4, kmeans_init=True, dead_code_threshold=0)
+    resumed.load_state_dict(quantizer.state_dict())
+    z = torch.randn(1, 20, 4) - 5
+    quantizer(z), resumed(z)  # an EMA step each, from the same state: the same codebook, no k-means at -5
+    assert torch.equal(resumed.codebook, quantizer.codebook) and resumed.codebook.mean() > 0
+
+
+def test_lloyd_kmeans_finds_two_clusters_and_keeps_an_empty_clusters_centroid():
+    vectors = torch.tensor([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+    centroids, sizes = lloyd_kmeans(vectors, torch.tensor([[1.0, 1.0], [9.0, 1.0], [100.0, 100.0]]), 3)
+    assert centroids.tolist() == [[0.0, 1.0], [10.0, 1.0], [100.0, 100.0]] and sizes.tolist() == [2, 2, 0]
+    unit = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0]]), dim=1)
+    centroids, sizes = lloyd_kmeans(unit, unit[[0, 2]], 2, spherical=True)
+    torch.testing.assert_close(centroids, torch.tensor([[1.0, 0.0], [0.0995037, 0.9950372]]))
+    assert sizes.tolist() == [2, 1]
+
+
+def test_kmeans_iters_must_be_a_whole_number():
+    with pytest.raises(ValueError, match="kmeans_iters must be a whole number >= 0, got -1"):
+        VectorQuantizer(8, 4, kmeans_init=True, kmeans_iters=-1)
+
+
+KMEANS_RANKS_WORK = textwrap.dedent("""
+    from visionzoo.layers.vector_quantizer import VectorQuantizer, lloyd_kmeans
+
+    def work(rank):
+        torch.manual_seed(rank)  # another draw on each process, as the engine seeds them
+        quantizer = VectorQuantizer(2, 2, ema_decay=0.5, dead_code_threshold=0, kmeans_init=True)
+        # each process holds one of the two clusters of the global batch
+        z = torch.tensor([[[0.0, 0.0], [0.0, 1.0]]]) if rank == 0 else torch.tensor([[[10.0, 0.0], [10.0, 1.0]]])
+        quantizer.train()(z)
+        return {"codebook": sorted(quantizer.codebook.tolist()), "counts": quantizer.ema_count.sum().item()}
+""")
+
+
+def test_under_torchrun_kmeans_init_clusters_the_global_batch_alike_on_every_process(two_ranks):
+    """Each process's k-means over its own share of the batch would give each its own codebook (rank 0's at x = 0,
+    rank 1's at x = 10), and DistributedDataParallel would keep rank 0's. The k-means runs over the gathered global
+    batch, from rank 0's draw: the same centroids of all four vectors on both (either split of them, x summing to
+    10), with counts summing to the global batch's 4."""
+    ranks = two_ranks(KMEANS_RANKS_WORK)
+    assert ranks[0] == ranks[1]
+    assert sum(x for x, _ in ranks[0]["codebook"]) == pytest.approx(10.0) and ranks[0]["counts"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("name", ["vqvae_small", "vqgan", "vit_vqgan"])
+def test_tokenizers_take_kmeans_init(name):
+    from visionzoo.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, kmeans_init=True)
+    assert model.quantizer.kmeans_init and not model.quantizer.initialised
+    model.train()(torch.rand(2, model.in_chans, 32, 32))
+    assert model.quantizer.initialised

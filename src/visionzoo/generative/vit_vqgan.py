@@ -103,7 +103,8 @@ class ViTVQGAN(nn.Module):
         decoder_depth: the decoder's blocks, if not ``depth``.
         num_codes, code_dim: codebook size and the factorised lookup dimension.
         l2_normalize: look up l2-normalised codes (the paper's; cosine similarity).
-        commitment, ema_decay, dead_code_threshold, dead_code_restart: the quantizer's (EMA codebook by default).
+        commitment, ema_decay, dead_code_threshold, dead_code_restart, kmeans_init: the quantizer's (EMA codebook by
+            default).
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
     """
 
@@ -112,7 +113,7 @@ class ViTVQGAN(nn.Module):
                  decoder_depth: int | None = None, num_heads: int = 4, mlp_ratio: float = 4.0,
                  num_codes: int = 512, code_dim: int = 8, l2_normalize: bool = True, commitment: float = 0.25,
                  ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0, disc_width: int = 64,
-                 disc_layers: int = 2, dead_code_restart: str = "random"):
+                 disc_layers: int = 2, dead_code_restart: str = "random", kmeans_init: bool = False):
         super().__init__()
         if in_chans < 1 or patch_size < 1:
             raise ValueError(f"in_chans and patch_size must be at least 1, got {in_chans} and {patch_size}")
@@ -125,7 +126,8 @@ class ViTVQGAN(nn.Module):
         self.patch_size = patch_size
         self.encoder = ViTEncoder(patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
         self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold, code_dim,
-                                         l2_normalize, dead_code_restart=dead_code_restart)
+                                         l2_normalize, dead_code_restart=dead_code_restart,
+                                         kmeans_init=kmeans_init)
         self.decoder = ViTDecoder(patch_size, in_chans, embed_dim, decoder_depth, num_heads, mlp_ratio)
         self.discriminator = PatchGAN(in_chans, disc_width, disc_layers)
         # The quantizer's projections too: with PyTorch's default bias the projected (small, freshly

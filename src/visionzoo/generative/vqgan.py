@@ -199,7 +199,8 @@ class VQGAN(nn.Module):
         z_channels: channels of the encoder's output before the 1×1 conv to ``embed_dim``.
         embed_dim, num_codes: code dimension and codebook size.
         dropout: inside the residual blocks.
-        commitment, ema_decay, dead_code_threshold, dead_code_restart: the quantizer's (EMA codebook by default).
+        commitment, ema_decay, dead_code_threshold, dead_code_restart, kmeans_init: the quantizer's (EMA codebook by
+            default).
         code_dim, l2_normalize: ViT-VQGAN's factorised, l2-normalised lookup (None, False: taming's plain codes).
         disc_width, disc_layers: the PatchGAN's first width and number of stride-2 layers.
         attn_resolutions, resolution: taming's placement of attention blocks inside the levels: after every
@@ -216,7 +217,7 @@ class VQGAN(nn.Module):
                  commitment: float = 0.25, ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0,
                  code_dim: int | None = None, l2_normalize: bool = False, disc_width: int = 64, disc_layers: int = 2,
                  dead_code_restart: str = "random", attn_resolutions: Sequence[int] = (),
-                 resolution: int | None = None, out_act: str = "tanh"):
+                 resolution: int | None = None, out_act: str = "tanh", kmeans_init: bool = False):
         super().__init__()
         if in_chans < 1:
             raise ValueError(f"in_chans must be at least 1, got {in_chans}")
@@ -231,7 +232,8 @@ class VQGAN(nn.Module):
         self.encoder = Encoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout, attn_levels)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold, code_dim,
-                                         l2_normalize, dead_code_restart=dead_code_restart)
+                                         l2_normalize, dead_code_restart=dead_code_restart,
+                                         kmeans_init=kmeans_init)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.decoder = Decoder(in_chans, ch, ch_mult, num_res_blocks, z_channels, dropout, attn_levels)
         self.discriminator = PatchGAN(in_chans, disc_width, disc_layers)

@@ -82,14 +82,15 @@ class VQVAE(nn.Module):
         channels, res_channels, num_res: widths of the convolutions and residual blocks, and their number.
         downsample: stride-2 stages (the code grid is the image / 2**downsample).
         embed_dim, num_codes: code dimension and codebook size.
-        commitment, ema_decay, dead_code_threshold, code_dim, l2_normalize, dead_code_restart: the quantizer's.
+        commitment, ema_decay, dead_code_threshold, code_dim, l2_normalize, dead_code_restart, kmeans_init: the
+            quantizer's.
     """
 
     @check_argument_types
     def __init__(self, in_chans: int = 3, channels: int = 128, res_channels: int = 64, num_res: int = 2,
                  downsample: int = 2, embed_dim: int = 64, num_codes: int = 512, commitment: float = 0.25,
                  ema_decay: float | None = 0.99, dead_code_threshold: float = 1.0, code_dim: int | None = None,
-                 l2_normalize: bool = False, dead_code_restart: str = "random"):
+                 l2_normalize: bool = False, dead_code_restart: str = "random", kmeans_init: bool = False):
         super().__init__()
         if downsample < 1:
             raise ValueError(f"downsample must be at least 1, got {downsample}")
@@ -97,7 +98,8 @@ class VQVAE(nn.Module):
         self.downsample = downsample
         self.encoder = Encoder(in_chans, channels, res_channels, num_res, downsample, embed_dim)
         self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment, ema_decay, dead_code_threshold, code_dim,
-                                         l2_normalize, dead_code_restart=dead_code_restart)
+                                         l2_normalize, dead_code_restart=dead_code_restart,
+                                         kmeans_init=kmeans_init)
         self.decoder = Decoder(in_chans, channels, res_channels, num_res, downsample, embed_dim)
 
     def _check(self, images: Tensor) -> None:

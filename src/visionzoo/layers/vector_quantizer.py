@@ -13,7 +13,13 @@ a random one (``dead_code_restart="random"``, as Jukebox and vector-quantize-pyt
 the batch has enough), or the vectors farthest from their nearest code (``"farthest"``): the random pick mostly
 lands next to a busy code, the farthest ones where the quantisation error is largest, as a k-means split would.
 Under ``torchrun`` the candidates are the global batch's vectors, gathered from every process (as
-vector-quantize-pytorch samples them), and every process restarts the same codes alike. ``usage`` (the
+vector-quantize-pytorch samples them), and every process restarts the same codes alike.
+
+``kmeans_init`` starts the codebook from the data instead of at random, as vector-quantize-pytorch's option of that
+name: the first training forward runs ``kmeans_iters`` Lloyd iterations on its batch's lookup vectors (from codes
+drawn among them; spherical k-means with ``l2_normalize``), takes the centroids as codes and the clusters' sizes as
+their counts, then quantises as usual. The ``initialised`` buffer, in the state dict, keeps a resumed run from
+doing it again. Under ``torchrun`` the k-means runs on the global batch, alike on every process. ``usage`` (the
 fraction of codes used in the batch) and ``perplexity`` (``exp`` of the entropy of the batch's code histogram: K
 when all K codes are used equally) are reported with every forward.
 
@@ -21,14 +27,15 @@ when all K codes are used equally) are reported with every forward.
 dimension and the lookup runs there; with ``l2_normalize`` both the projected vector and the codes are
 unit vectors, so the nearest code is the one of largest cosine similarity; the code is projected back.
 
-For vector-quantize-pytorch users: their ``VectorQuantize(dim, codebook_size)`` is ``VectorQuantizer(num_codes, dim)``
-(the sizes in the other order); ``decay`` is ``ema_decay``, ``commitment_weight`` ``commitment``,
+For vector-quantize-pytorch users: their ``VectorQuantize(dim, codebook_size)`` is ``VectorQuantizer(num_codes,
+dim)`` (the sizes in the other order); ``decay`` is ``ema_decay``, ``commitment_weight`` ``commitment``,
 ``threshold_ema_dead_code`` ``dead_code_threshold``, ``codebook_dim`` ``code_dim``, ``use_cosine_sim``
-``l2_normalize`` and ``get_output_from_indices`` ``decode_indices``; their ``(quantize, indices, loss)`` are our first
-three returns. Ours is their ``rotation_trick=False`` (plain straight-through), takes either layout (theirs needs
-``accept_image_fmap=True`` for Tensor[B, C, H, W]) and has other defaults (theirs: decay 0.8, weight 1, no restarts);
-their ``learnable_codebook=True, ema_update=False`` weighs the codebook and commitment terms alike (ours: 1 and β).
-By design, with an EMA codebook in training our output and commitment loss take each vector's code after the batch's
+``l2_normalize`` (``kmeans_init`` and ``kmeans_iters`` keep their names) and ``get_output_from_indices``
+``decode_indices``; their ``(quantize, indices, loss)`` are our first three returns. Ours is their
+``rotation_trick=False`` (plain straight-through), takes either layout (theirs needs ``accept_image_fmap=True`` for
+Tensor[B, C, H, W]) and has other defaults (theirs: decay 0.8, weight 1, no restarts); their
+``learnable_codebook=True, ema_update=False`` weighs the codebook and commitment terms alike (ours: 1 and β). By
+design, with an EMA codebook in training our output and commitment loss take each vector's code after the batch's
 EMA step, theirs (and Sonnet's) before it; the codes chosen and the codebook after each step are theirs, as tested.
 With ``l2_normalize`` they store unit codes, we the moving average (``code_vectors()`` gives the unit codes); in
 eval mode their loss is 0, ours the commitment term.
@@ -64,6 +71,8 @@ class VectorQuantizer(nn.Module):
         code_dim: lookup dimension of factorised codes (None: ``dim``, no projection).
         l2_normalize: look up unit vectors (cosine similarity).
         eps: Laplace smoothing of the counts.
+        kmeans_init: start the codebook at k-means centroids of the first training batch (see the module docstring).
+        kmeans_iters: its Lloyd iterations.
 
     Shapes: ``z`` is Tensor[B, dim, H, W] (a feature map) or Tensor[B, N, dim] (tokens); ``quantised``
     has ``z``'s shape, ``indices`` is int64 Tensor[B, H, W] or Tensor[B, N]; ``loss`` a scalar;
@@ -73,7 +82,8 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes: int, dim: int, commitment: float = 0.25, ema_decay: float | None = 0.99,
                  dead_code_threshold: float = 1.0, code_dim: int | None = None, l2_normalize: bool = False,
-                 eps: float = 1e-5, dead_code_restart: str = "random"):
+                 eps: float = 1e-5, dead_code_restart: str = "random", kmeans_init: bool = False,
+                 kmeans_iters: int = 10):
         super().__init__()
         for name, value in (("num_codes", num_codes), ("dim", dim), ("code_dim", code_dim)):
             if value is not None and not is_integer(value):  # else torch's randn fails naming none of them
@@ -90,6 +100,8 @@ class VectorQuantizer(nn.Module):
                              f"{dead_code_threshold}")
         if dead_code_restart not in RESTARTS:
             raise ValueError(f"dead_code_restart must be one of {RESTARTS}, got {dead_code_restart!r}")
+        if not is_integer(kmeans_iters) or kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be a whole number >= 0, got {kmeans_iters!r}")
         self.num_codes = num_codes
         self.dim = dim
         self.code_dim = code_dim or dim
@@ -109,6 +121,10 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("codebook", codebook)
             self.register_buffer("ema_count", torch.ones(num_codes))
             self.register_buffer("ema_sum", codebook.clone())
+        self.kmeans_init = bool(kmeans_init)
+        self.kmeans_iters = int(kmeans_iters)
+        if self.kmeans_init:  # only then: the state dicts of quantisers without it stay as they were
+            self.register_buffer("initialised", torch.tensor(False))
 
     def lookup(self, vectors: Tensor) -> Tensor:
         """Index of the nearest code of each of ``vectors`` Tensor[M, code_dim]: int64 Tensor[M]."""
@@ -166,6 +182,8 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         channels_first = z.dim() == 4
         flat, grid = self._flatten(z)
+        if self.training and self.kmeans_init and not self.initialised:
+            self._init_from_kmeans(flat.detach()[torch.isfinite(flat.detach()).all(1)])
         distances, indices = self._nearest(flat.detach())
         codes = self.code_vectors()[indices]
         if self.training and self.ema_decay is not None:
@@ -187,6 +205,33 @@ class VectorQuantizer(nn.Module):
         if channels_first:
             out = out.permute(0, 3, 1, 2)
         return out, indices.reshape(grid), loss, self._stats(indices)
+
+    @torch.no_grad()
+    def _init_from_kmeans(self, flat: Tensor) -> None:
+        """Set the codebook to k-means centroids of ``flat`` Tensor[M, code_dim] (the global batch's under
+        ``torchrun``), the counts to the clusters' sizes; nothing while no process has a vector."""
+        if _distributed():
+            flat = _gather_over_processes(flat.to(self.codebook.dtype))
+        if not len(flat):
+            return
+        flat = flat.to(self.codebook.dtype)
+        # Distinct vectors while the batch has enough, as vector-quantize-pytorch draws them; rank 0's draw for all
+        if len(flat) >= self.num_codes:
+            rows = torch.randperm(len(flat), device=flat.device)[:self.num_codes]
+        else:
+            rows = torch.randint(0, len(flat), (self.num_codes,), device=flat.device)
+        if _distributed():
+            rows = collective(dist.broadcast, rows, src=0)
+        centroids, sizes = lloyd_kmeans(flat, flat[rows], self.kmeans_iters, self.l2_normalize)
+        if self.ema_decay is None:
+            self.codebook.copy_(centroids)
+        else:
+            self.ema_sum.copy_(centroids * sizes[:, None])
+            self.ema_count.copy_(sizes)
+            total = sizes.sum()
+            smoothed = (sizes + self.eps) / (total + self.num_codes * self.eps) * total
+            self.codebook.copy_(self.ema_sum / smoothed[:, None])
+        self.initialised.fill_(True)
 
     @torch.no_grad()
     def _ema_update(self, flat: Tensor, indices: Tensor) -> bool:
@@ -251,6 +296,21 @@ class VectorQuantizer(nn.Module):
         probabilities = histogram / histogram.sum()
         entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum()
         return {"perplexity": entropy.exp(), "usage": (histogram > 0).float().mean()}
+
+
+def lloyd_kmeans(vectors: Tensor, centroids: Tensor, iterations: int, spherical: bool = False) -> tuple[Tensor, Tensor]:
+    """``iterations`` Lloyd steps from ``centroids`` Tensor[K, D] over ``vectors`` Tensor[M, D]: (centroids
+    Tensor[K, D], cluster sizes Tensor[K] of the last assignment; all 0 without iterations). ``spherical``: unit
+    vectors, nearest by cosine similarity, centroids renormalised. An empty cluster keeps its centroid."""
+    sizes = vectors.new_zeros(len(centroids))
+    for _ in range(iterations):
+        nearest = (vectors @ centroids.T).argmax(1) if spherical else torch.cdist(vectors, centroids).argmin(1)
+        sizes = torch.bincount(nearest, minlength=len(centroids)).to(vectors.dtype)
+        means = vectors.new_zeros(centroids.shape).index_add_(0, nearest, vectors) / sizes.clamp_min(1)[:, None]
+        if spherical:
+            means = F.normalize(means, dim=1)
+        centroids = torch.where((sizes == 0)[:, None], centroids, means)
+    return centroids, sizes
 
 
 def _distributed() -> bool:
