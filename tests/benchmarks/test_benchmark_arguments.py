@@ -201,7 +201,8 @@ def test_the_default_out_is_the_results_folder_from_any_working_folder(monkeypat
 
 def test_image_gpt_probe_plots_go_beside_out_not_into_the_results(monkeypatch, tmp_path):
     """generative.py --model image_gpt --out trial.json (a trial, with --runs elsewhere) still drew its probe plots
-    over benchmarks/results/image_gpt_probes_*.png, the README's pictures."""
+    over benchmarks/results/image_gpt_probes_*.png, the README's pictures. Beside --out, and named after it: a trial
+    whose --out is in benchmarks/results (a result the README quotes) must not draw over them either."""
     import types
 
     import visionzoo.generative.image_gpt as image_gpt
@@ -223,7 +224,7 @@ def test_image_gpt_probe_plots_go_beside_out_not_into_the_results(monkeypatch, t
     monkeypatch.setattr(sys, "argv", ["generative.py", "--model", "image_gpt_small", "--data", "digits", "--seeds", "1",
                                       "--out", str(out), "--runs", str(tmp_path / "runs")])
     module.main()
-    assert plots == [out.parent / "image_gpt_probes_digits.png"] and out.parent.is_dir()
+    assert plots == [out.parent / "image_gpt_probes_digits_image_gpt.png"] and out.parent.is_dir()
     assert json.loads(out.read_text())["rows"]["digits"]["targets"]["digit"]["plot"] == str(plots[0])
 
 
