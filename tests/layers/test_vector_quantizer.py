@@ -578,3 +578,16 @@ def test_tokenizers_take_kmeans_init(name):
     assert model.quantizer.kmeans_init and not model.quantizer.initialised
     model.train()(torch.rand(2, model.in_chans, 32, 32))
     assert model.quantizer.initialised
+
+
+def test_kmeans_init_of_a_codebook_learnt_by_gradient_takes_the_centroids():
+    """Without an EMA (ema_decay=None) the centroids become the codebook parameter itself, which the optimizer then
+    moves; a batch with fewer vectors than codes draws some of them twice, as vector-quantize-pytorch's does."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(4, 2, ema_decay=None, kmeans_init=True)
+    z = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [10.0, 0.0]]])
+    quantizer.train()(z)
+    assert isinstance(quantizer.codebook, torch.nn.Parameter) and quantizer.initialised
+    for code in quantizer.codebook.tolist():  # each code a centroid of some of the three vectors
+        assert code in ([0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [0.0, 0.5])
+    assert [10.0, 0.0] in quantizer.codebook.tolist()
