@@ -342,7 +342,7 @@ def test_the_sum_over_processes_needs_nothing_of_the_training_package(tmp_path):
 
 
 RESTART_RANKS_WORK = textwrap.dedent("""
-    from visionzoo.layers.vector_quantizer import VectorQuantizer, lloyd_kmeans
+    from visionzoo.layers.vector_quantizer import VectorQuantizer
 
     def work(rank):
         result = {}
@@ -547,7 +547,7 @@ def test_kmeans_iters_must_be_a_whole_number():
 
 
 KMEANS_RANKS_WORK = textwrap.dedent("""
-    from visionzoo.layers.vector_quantizer import VectorQuantizer, lloyd_kmeans
+    from visionzoo.layers.vector_quantizer import VectorQuantizer
 
     def work(rank):
         torch.manual_seed(rank)  # another draw on each process, as the engine seeds them

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from visionzoo.generative.gpt import GPT, ImageSampler, _check_integers
+from visionzoo.layers.vector_quantizer import lloyd_kmeans
 from visionzoo.metrics.probe import linear_probe_accuracy
 from visionzoo.models._registry import register_model
 from visionzoo.utils import (
@@ -53,15 +54,7 @@ def kmeans(points: Tensor, k: int, iterations: int = 50, generator: torch.Genera
             chosen = torch.randint(count, (1,), generator=generator)
         centroids = torch.cat([centroids, points[chosen]])
         distances = torch.minimum(distances, (points - points[chosen]).pow(2).sum(1))
-    for _ in range(iterations):
-        assignment = torch.cdist(points, centroids).argmin(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
-        sizes = torch.bincount(assignment, minlength=k)
-        moved = torch.where((sizes > 0)[:, None], sums / sizes.clamp_min(1)[:, None], centroids)
-        if torch.equal(moved, centroids):
-            break
-        centroids = moved
-    return centroids
+    return lloyd_kmeans(points, centroids, iterations)[0]
 
 
 class ImageGPT(ImageSampler, nn.Module):

@@ -210,11 +210,11 @@ class VectorQuantizer(nn.Module):
     def _init_from_kmeans(self, flat: Tensor) -> None:
         """Set the codebook to k-means centroids of ``flat`` Tensor[M, code_dim] (the global batch's under
         ``torchrun``), the counts to the clusters' sizes; nothing while no process has a vector."""
+        flat = flat.to(self.codebook.dtype)
         if _distributed():
-            flat = _gather_over_processes(flat.to(self.codebook.dtype))
+            flat = _gather_over_processes(flat)
         if not len(flat):
             return
-        flat = flat.to(self.codebook.dtype)
         # Distinct vectors while the batch has enough, as vector-quantize-pytorch draws them; rank 0's draw for all
         if len(flat) >= self.num_codes:
             rows = torch.randperm(len(flat), device=flat.device)[:self.num_codes]
@@ -228,9 +228,7 @@ class VectorQuantizer(nn.Module):
         else:
             self.ema_sum.copy_(centroids * sizes[:, None])
             self.ema_count.copy_(sizes)
-            total = sizes.sum()
-            smoothed = (sizes + self.eps) / (total + self.num_codes * self.eps) * total
-            self.codebook.copy_(self.ema_sum / smoothed[:, None])
+            self._codebook_from_averages()
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -249,10 +247,14 @@ class VectorQuantizer(nn.Module):
             return False
         self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
         self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
+        self._codebook_from_averages()
+        return True
+
+    def _codebook_from_averages(self) -> None:
+        """Each code the mean its moving averages hold: the sum over the Laplace-smoothed count."""
         total = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (total + self.num_codes * self.eps) * total
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
-        return True
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor, distances: Tensor) -> None:
@@ -301,7 +303,8 @@ class VectorQuantizer(nn.Module):
 def lloyd_kmeans(vectors: Tensor, centroids: Tensor, iterations: int, spherical: bool = False) -> tuple[Tensor, Tensor]:
     """``iterations`` Lloyd steps from ``centroids`` Tensor[K, D] over ``vectors`` Tensor[M, D]: (centroids
     Tensor[K, D], cluster sizes Tensor[K] of the last assignment; all 0 without iterations). ``spherical``: unit
-    vectors, nearest by cosine similarity, centroids renormalised. An empty cluster keeps its centroid."""
+    vectors, nearest by cosine similarity, centroids renormalised. An empty cluster keeps its centroid. Stops early
+    once the centroids no longer move (a fixed point: more steps would change nothing)."""
     sizes = vectors.new_zeros(len(centroids))
     for _ in range(iterations):
         nearest = (vectors @ centroids.T).argmax(1) if spherical else torch.cdist(vectors, centroids).argmin(1)
@@ -309,7 +312,10 @@ def lloyd_kmeans(vectors: Tensor, centroids: Tensor, iterations: int, spherical:
         means = vectors.new_zeros(centroids.shape).index_add_(0, nearest, vectors) / sizes.clamp_min(1)[:, None]
         if spherical:
             means = F.normalize(means, dim=1)
-        centroids = torch.where((sizes == 0)[:, None], centroids, means)
+        moved = torch.where((sizes == 0)[:, None], centroids, means)
+        if torch.equal(moved, centroids):
+            break
+        centroids = moved
     return centroids, sizes
 
 
