@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from torch.utils.data import Dataset, Subset
-from torchvision.transforms.functional import resize
 
 from visionzoo.checkpoint import MODEL_PREFIX, CheckpointError, model_state, read_checkpoint, read_metadata
 from visionzoo.data import CocoDetection, Splits, builtin_name, same_images_note
@@ -621,6 +620,8 @@ def load_images(paths: list[str | Path], size: int | None, channels: int) -> tor
     """Image files as ``Tensor[B, channels, size, size]`` float in [0, 1] (resized with antialiasing), or with
     ``size`` None as a list of Tensor[channels, H_i, W_i] at their own sizes. Grayscale, palette and RGBA
     files are converted to ``channels``; 16-bit greyscale files are scaled by 65535 (see :func:`image_array`)."""
+    from torchvision.transforms.functional import resize  # here: importing torchvision takes seconds
+
     images = []
     for path in paths:
         with _opened_image(path) as pil:
