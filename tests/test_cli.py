@@ -686,11 +686,16 @@ def test_existing_run_folder_is_refused_and_kept(capsys, tmp_path):
     assert (run / "notes.txt").read_text() == "keep me"
 
 
-def test_module_entry_point_lists_models():
-    result = subprocess.run([sys.executable, "-m", "visionzoo", "list-models", "resnet*"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["resnet101", "resnet18", "resnet34", "resnet50"]
+def test_module_entry_point_lists_models_without_importing_torchvision():
+    """torchvision's ops import torch._dynamo, which made every command, --help too, start 2 s later."""
+    code = ("import runpy, sys; sys.argv = ['visionzoo', 'list-models', 'resnet*']\n"
+            "try:\n    runpy.run_module('visionzoo', run_name='__main__')\n"
+            "finally:\n    print('torchvision imported:', 'torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["resnet101", "resnet18", "resnet34", "resnet50"]
+    assert lines[-1] == "torchvision imported: False"
 
 
 @pytest.mark.parametrize("model, option, fragments", [
