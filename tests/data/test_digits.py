@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+import visionzoo.data.digits as digits_module
 from visionzoo.data import Digits
+from visionzoo.data.digits import SPLITS, digits_cache_path, digits_table, load_digits_arrays, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,67 @@ def test_an_in_place_transform_does_not_change_the_data_set():
     assert torch.equal(ds.images, clean.images)
     first, _ = ds[0]
     assert not torch.equal(first, clean.images[0])  # the transform ran, on its own copy
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An empty cache folder, and no table held in this process before or after the test."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    digits_table.cache_clear()
+    yield tmp_path / "cache"
+    digits_table.cache_clear()
+
+
+def sklearns_splits() -> dict[str, np.ndarray]:
+    _, labels = load_digits_arrays()
+    return {split: split_indices(labels, split) for split in SPLITS}
+
+
+def refuse_scikit_learn(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("the table was read from scikit-learn again")
+
+    monkeypatch.setattr(digits_module, "load_digits_arrays", refuse)
+    monkeypatch.setattr(digits_module, "split_indices", refuse)
+
+
+def test_the_table_is_cached_and_read_back_without_scikit_learn(own_cache, monkeypatch, reference):
+    expected = sklearns_splits()
+    first = {split: Digits(split) for split in SPLITS}
+    assert digits_cache_path().parent == own_cache / "digits" and digits_cache_path().is_file()
+    digits_table.cache_clear()
+    refuse_scikit_learn(monkeypatch)
+    for split in SPLITS:
+        again = Digits(split, image_size=16, channels=3)
+        assert np.array_equal(again.indices, expected[split]) and np.array_equal(first[split].indices, expected[split])
+        assert again.targets == reference[1][expected[split]].tolist()
+        assert torch.equal(again.images[:, :1], Digits(split, image_size=16).images)
+        assert torch.equal(first[split].images, torch.from_numpy(reference[0][expected[split]])[:, None])
+    again.indices[0] = -1  # the data set's own copy: the table stays as read
+    assert digits_table()[2][split][0] != -1
+
+
+@pytest.mark.parametrize("damage", ["not a zip", "overlapping splits", "float indices"])
+def test_a_damaged_cache_file_is_read_again_from_scikit_learn_and_replaced(own_cache, damage):
+    path = digits_cache_path()
+    path.parent.mkdir(parents=True)
+    images, labels = load_digits_arrays()
+    splits = sklearns_splits()
+    if damage == "not a zip":
+        path.write_bytes(b"not numpy")
+    else:
+        if damage == "overlapping splits":
+            splits["val"] = splits["train"][:270]
+        else:
+            splits = {split: indices.astype(np.float64) for split, indices in splits.items()}
+        with open(path, "wb") as handle:
+            np.savez(handle, images=images, labels=labels, **splits)
+    assert np.array_equal(Digits("val").indices, sklearns_splits()["val"])
+    digits_table.cache_clear()
+    assert np.array_equal(digits_module._read_table(path)[2]["val"], sklearns_splits()["val"])
+
+
+def test_a_cache_that_cannot_be_written_is_skipped(own_cache):
+    own_cache.write_text("a file where the cache folder would be")
+    assert np.array_equal(Digits("test").indices, sklearns_splits()["test"])
+    assert own_cache.read_text() == "a file where the cache folder would be"

@@ -3,18 +3,30 @@
 The split is stratified by class and fixed (70 / 15 / 15 with ``random_state=0``); train, val and
 test together hold every image exactly once. Images are scaled from 0..16 to [0, 1], optionally
 resized (bilinear, ``align_corners=False``) and repeated to 3 channels, and kept as one tensor.
+
+The images, labels and split are read from scikit-learn once and kept in the cache
+(``$VISIONZOO_CACHE/digits``, one file per scikit-learn version, whose split it is): importing
+scikit-learn takes about a second, which every command on Digits, and each process of a
+``torchrun``, paid at its start.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from visionzoo.checkpoint import atomic_write
 from visionzoo.utils import require_integers
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -28,6 +40,54 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+def digits_cache_path() -> Path:
+    """The cached table's file: ``$VISIONZOO_CACHE/digits/digits-sklearn-VERSION.npz``."""
+    from importlib.metadata import version
+
+    from visionzoo.models._hub import cache_dir
+
+    return cache_dir() / "digits" / f"digits-sklearn-{version('scikit-learn')}.npz"
+
+
+def _read_table(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The table in ``path``; ValueError unless it holds the 1,797 images, their labels and a split of them."""
+    with np.load(path, allow_pickle=False) as table:
+        images, labels = table["images"], table["labels"]
+        splits = {split: table[split] for split in SPLITS}
+    indices = list(splits.values())
+    if (images.shape != (NUM_IMAGES, 8, 8) or images.dtype != np.float32 or labels.shape != (NUM_IMAGES,)
+            or labels.dtype != np.int64 or any(part.dtype != np.int64 or part.ndim != 1 for part in indices)
+            or not all(np.all(part[1:] > part[:-1]) for part in indices)
+            or not np.array_equal(np.sort(np.concatenate(indices)), np.arange(NUM_IMAGES))):
+        raise ValueError(f"{path} is not a Digits table")
+    return images, labels, splits
+
+
+@functools.lru_cache(maxsize=1)
+def digits_table() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(images float32[1797, 8, 8] in [0, 1], labels int64[1797], {split: sorted int64 indices}), read-only: from
+    the cache when it holds them, else from scikit-learn (then cached; a cache that cannot be written is skipped)."""
+    path = digits_cache_path()
+    try:
+        images, labels, splits = _read_table(path)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        if path.exists():
+            log.info("reading the Digits table again from scikit-learn: %s", error)
+        images, labels = load_digits_arrays()
+        splits = {split: split_indices(labels, split) for split in SPLITS}
+        try:
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as handle:  # a handle: np.savez would add .npz to the temporary name
+                    np.savez(handle, images=images, labels=labels, **splits)
+
+            atomic_write(path, write)
+        except OSError as write_error:
+            log.info("the Digits table is not cached (%s)", write_error)
+    for array in (images, labels, *splits.values()):
+        array.setflags(write=False)
+    return images, labels, splits
 
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
@@ -82,12 +142,12 @@ class Digits(Dataset):
             raise ValueError(f"Digits image_size must be positive, got {image_size}")
         if channels not in (1, 3):
             raise ValueError(f"Digits channels must be 1 or 3, got {channels}")
-        images, labels = load_digits_arrays()
+        images, labels, splits = digits_table()
         self.split = split
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.transform = transform
-        self.indices = split_indices(labels, split)
+        self.indices = splits[split].copy()
         self.images = prepare_images(images[self.indices], self.image_size, self.channels)
         self.targets = labels[self.indices].tolist()
         self.classes = [str(d) for d in range(10)]
