@@ -5,9 +5,12 @@ frozen first stage, and bad inputs and files."""
 
 import argparse
 import copy
+import dataclasses
 import fractions
+import hashlib
 import math
 import re
+import urllib.parse
 
 import pytest
 import torch
@@ -21,9 +24,11 @@ from model_helpers import (
     count,
     images,
 )
+from test_hub import Server
 
 from visionzoo.checkpoint import CheckpointError
-from visionzoo.models import create_model, load_checkpoint
+from visionzoo.models import _registry as registry
+from visionzoo.models import create_model, get_model_entry, load_checkpoint
 from visionzoo.models.hipt import (
     ViT4K,
     ViT256,
@@ -325,6 +330,38 @@ def test_unreadable_files_are_refused_as_every_familys_are_never_advising_unsafe
             message = str(info.value)
             assert message.startswith(f"checkpoint {path} {expected}"), message
             assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
+
+
+def test_pretrained_downloads_the_official_files_through_githubs_redirect(vit256, tmp_path, monkeypatch):
+    """pretrained=True fetches the DINO training states from the HIPT repository's raw URLs, which GitHub redirects
+    to its LFS host, checks their hashes and loads the teachers, as load_official_checkpoint does."""
+    torch.manual_seed(31)
+    region = randomise(create_model("vit4k_xs"), seed=32).eval()
+    root = tmp_path / "www"
+    server, expected_requests = Server(root), []
+    try:
+        monkeypatch.setenv("VISIONZOO_WEIGHTS_MIRROR", server.url)
+        monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+        for name, model in (("hipt_vit256_small", vit256), ("vit4k_xs", region)):
+            entry = get_model_entry(name)
+            raw = urllib.parse.urlsplit(entry.pretrained.url).path
+            assert raw.startswith("/mahmoodlab/HIPT/raw/master/HIPT_4K/Checkpoints/") and len(entry.pretrained.sha256) == 64
+            media = "/media" + raw.replace("/raw/", "/", 1)
+            (root / media.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            path = dino_file(root / media.lstrip("/"), model.state_dict())
+            server.redirects[raw] = server.url + media
+            expected_requests += [raw, media]
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(
+                entry, pretrained=dataclasses.replace(entry.pretrained, sha256=digest)))
+            loaded = create_model(name, pretrained=True)
+            assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items()), name
+            assert create_model(name, pretrained=True, num_classes=3).head.weight.shape[0] == 3  # from the cache
+        assert server.requests == expected_requests  # each file fetched once, through the redirect
+        assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == ["vit256_small_dino.pth",
+                                                                               "vit4k_xs_dino.pth"]
+    finally:
+        server.close()
 
 
 def test_a_file_for_the_other_vit_is_refused_whole(tmp_path):

@@ -102,6 +102,9 @@ def test_train_tells_a_task_option_typed_at_its_default_from_one_left_out():
     (["vqgan_transformer_imagenet_cin", "--pretrained"], "vqgan_transformer_imagenet_cin is an autoregressive model; "
                                                          "`visionzoo predict --pretrained` runs the official weights of "
                                                          "classifiers, detectors and VQGANs"),
+    (["hipt_vit256_small", "--pretrained"], "hipt_vit256_small's official weights have no classifier (self-supervised "
+                                            "features), so `visionzoo predict` has no classes to name"),
+    (["vit4k_xs", "--pretrained"], "vit4k_xs's official weights have no classifier"),
 ])
 def test_predict_asks_for_one_source_of_weights_that_it_can_run(tmp_path, capsys, monkeypatch, arguments, message):
     """`visionzoo predict` took only --checkpoint; with --pretrained (the official weights) beside it, a request

@@ -39,7 +39,7 @@ from visionzoo.layers import Block, run_blocks
 from visionzoo.layers.block import LayerNorm
 from visionzoo.layers.classifier import keeps_device_and_dtype
 from visionzoo.layers.drop import check_dropout_rates, drop_path_rates
-from visionzoo.models._registry import load_state_dict_strict, record_model_args, register_model
+from visionzoo.models._registry import Pretrained, load_state_dict_strict, record_model_args, register_model
 from visionzoo.models.vision_transformer import VisionTransformer
 from visionzoo.utils import (
     check_argument_types,
@@ -551,18 +551,29 @@ def _cfg(input_size: int, **extra: Any) -> dict[str, Any]:
     )
 
 
+def _official(filename: str, sha256: str) -> Pretrained:
+    """An official file of the HIPT repository (Git LFS; GitHub redirects its raw URL to the file), whose
+    ``teacher`` the reader takes."""
+    return Pretrained(url=f"https://github.com/mahmoodlab/HIPT/raw/master/HIPT_4K/Checkpoints/{filename}",
+                      sha256=sha256)
+
+
 # a linear probe on the mean token (global_pool="avg") takes the final norm as fc_norm, as a ViT's file does
-@register_model(first_conv="patch_embed.proj", classifier="head", final_norms=("norm", "fc_norm"), **_cfg(256))
+@register_model(first_conv="patch_embed.proj", classifier="head", final_norms=("norm", "fc_norm"), **_cfg(256),
+                pretrained=_official("vit256_small_dino.pth",
+                                     "6960cd5a8657dc8bb214671aa0c6dbd3f5b698e84386884955836487ddc89e24"))
 def hipt_vit256_small(**kwargs: Any) -> ViT256:
     """HIPT's ViT-256: DINO ViT-S/16 over 256 × 256 tiles, 21,665,664 parameters (no head).
-    Official weights: ``vit256_small_dino.pth`` (see :func:`load_official_checkpoint`)."""
+    Official weights: ``vit256_small_dino.pth`` (``pretrained=True``, or see :func:`load_official_checkpoint`)."""
     return ViT256(**kwargs)
 
 
-@register_model(classifier="head", **_cfg(4096))
+@register_model(classifier="head", **_cfg(4096),
+                pretrained=_official("vit4k_xs_dino.pth",
+                                     "2b0bd9e9a602a35f2bb3f76da39d2b53a91f23fc3f115dc59a63267d95ad2b7b"))
 def vit4k_xs(**kwargs: Any) -> ViT4K:
     """HIPT's ViT-4K: 6 blocks of 6 heads, 192 wide, over a grid of 384-wide ViT-256 [CLS] tokens;
-    2,781,504 parameters (no head). Official weights: ``vit4k_xs_dino.pth``."""
+    2,781,504 parameters (no head). Official weights: ``vit4k_xs_dino.pth`` (``pretrained=True``)."""
     if "in_chans" in kwargs:  # the train command builds classifiers for its images' channels
         raise ValueError("vit4k_xs takes grids Tensor[B, 384, gh, gw] of ViT-256 [CLS] tokens, not images, so it has "
                          "no in_chans; hipt_4k takes images (ViT-256 over their tiles, then ViT-4K)")

@@ -554,6 +554,10 @@ def pretrained_for_prediction(model_name: str) -> Setup:
         raise ValueError(f"{model_name} is {with_article(task_cls.name)} model; `visionzoo predict --pretrained` runs "
                          "the official weights of classifiers, detectors and VQGANs (`visionzoo list-models "
                          "--pretrained`)")
+    if task_cls is ClassificationTask and not entry.default_cfg.get("num_classes"):  # refused before the download
+        raise ValueError(f"{model_name}'s official weights have no classifier (self-supervised features), so `visionzoo "
+                         f"predict` has no classes to name: create_model({model_name!r}, pretrained=True) gives their "
+                         "features")
     model = create_model(model_name, pretrained=True)
     if issubclass(task_cls, ReconstructionTask):
         side = entry.default_cfg["input_size"][-1]
